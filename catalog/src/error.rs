@@ -1,0 +1,78 @@
+//! The catalog's error type. Every variant names what the user sent and what to change.
+
+use crate::LogPosition;
+
+/// One problem found in a datasource spec, with the JSON path of the field at fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpecProblem {
+    /// JSON path of the offending field, e.g. `metrics[2].field`.
+    pub field: String,
+    /// What is wrong and what would be accepted instead.
+    pub message: String,
+}
+
+impl std::fmt::Display for SpecProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+fn join_problems(problems: &[SpecProblem]) -> String {
+    problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid datasource spec: {}", join_problems(.0))]
+    InvalidSpec(Vec<SpecProblem>),
+
+    #[error("datasource spec is not valid JSON: {0}")]
+    SpecJson(#[from] serde_json::Error),
+
+    #[error("invalid period {text:?}: {reason} (use ISO-8601 like PT1M, PT15M, PT1H, P1D)")]
+    InvalidPeriod { text: String, reason: String },
+
+    #[error("datasource {name:?} already exists; use update to change it")]
+    DatasourceExists { name: String },
+
+    #[error("datasource {name:?} does not exist")]
+    UnknownDatasource { name: String },
+
+    #[error("update of datasource {name:?} refused: {reason}")]
+    IncompatibleUpdate { name: String, reason: String },
+
+    #[error(
+        "catalog command at log position {position} is older than the catalog (at {applied}); \
+         commands must be applied in log order"
+    )]
+    OutOfOrder { position: LogPosition, applied: LogPosition },
+
+    #[error("internal error (this is a bug in tidemark, please report it): {0}")]
+    Internal(String),
+}
+
+/// The status class of an error, mapped to a wire status only at the edges (HTTP, gRPC, Kafka).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusCode {
+    InvalidArgument,
+    NotFound,
+    AlreadyExists,
+    FailedPrecondition,
+    Internal,
+}
+
+impl Error {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Error::InvalidSpec(_) | Error::SpecJson(_) | Error::InvalidPeriod { .. } => {
+                StatusCode::InvalidArgument
+            }
+            Error::DatasourceExists { .. } => StatusCode::AlreadyExists,
+            Error::UnknownDatasource { .. } => StatusCode::NotFound,
+            Error::IncompatibleUpdate { .. } => StatusCode::FailedPrecondition,
+            Error::OutOfOrder { .. } | Error::Internal(_) => StatusCode::Internal,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,26 @@
+//! tidemark-catalog: the pure domain of tidemark. Datasource specs and their validation,
+//! time periods, beacon extraction, the partitioner, and the catalog state machine that keeps
+//! every spec version by log position. No I/O, no clocks: everything here is a function of
+//! its inputs, so the edge and apply can run the same checks and replicas agree.
+//!
+//! ```text
+//!  JSON spec ──► DatasourceSpec::from_json ──► CatalogCommand ──► Catalog::apply(position)
+//!                                                                     │ spec_at(position)
+//!  beacon JSON ───────────────────────────► event::extract(spec) ─────┴──► Event | RejectReason
+//! ```
+
+pub mod catalog;
+pub mod error;
+pub mod event;
+pub mod partitioner;
+pub mod period;
+pub mod spec;
+
+pub use catalog::{Catalog, CatalogCommand, CatalogEffect, DatasourceEntry, DatasourceId};
+pub use error::{Error, Result, StatusCode};
+pub use event::{Event, MetricInput, RejectReason};
+pub use period::Period;
+pub use spec::{DatasourceSpec, MetricKind, MetricSpec};
+
+/// A position in the node's command log (a Raft index once replication lands).
+pub type LogPosition = u64;

@@ -1,0 +1,56 @@
+//! The storage error type. Variants carry the file, offset or position a DBA needs to act.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("I/O error on {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+
+    /// An fsync failed: the node must stop rather than retry, since the kernel may have
+    /// dropped the dirty pages (the PostgreSQL fsync lesson).
+    #[error("fsync failed on {path}: {source}; stopping: durable state is unknown, restart the node to recover from the log")]
+    Fsync { path: PathBuf, source: std::io::Error },
+
+    #[error("malformed record batch: {reason}")]
+    BadBatch { reason: String },
+
+    #[error("record batch uses compression codec {codec}, which this build cannot read yet")]
+    UnsupportedCompression { codec: u8 },
+
+    #[error("corrupt data in {path} at byte {position}: {reason}")]
+    Corrupt { path: PathBuf, position: u64, reason: String },
+
+    #[error("offset {offset} is out of range for partition {partition} (available {earliest}..{next})")]
+    OffsetOutOfRange { partition: u32, offset: i64, earliest: i64, next: i64 },
+
+    #[error("the {what} is shut down")]
+    Closed { what: &'static str },
+
+    #[error("realtime index for {datasource} is at its memory bound ({bytes} bytes); retry after persists catch up")]
+    IndexFull { datasource: String, bytes: usize },
+
+    #[error("sketch error: {0}")]
+    Sketch(String),
+
+    #[error("internal error (this is a bug in tidemark, please report it): {0}")]
+    Internal(String),
+}
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
+        let path = path.into();
+        move |source| Error::Io { path, source }
+    }
+
+    pub(crate) fn fsync(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
+        let path = path.into();
+        move |source| Error::Fsync { path, source }
+    }
+
+    pub(crate) fn bad_batch(reason: impl Into<String>) -> Error {
+        Error::BadBatch { reason: reason.into() }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
