@@ -18,7 +18,11 @@ impl std::fmt::Display for SpecProblem {
 }
 
 fn join_problems(problems: &[SpecProblem]) -> String {
-    problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+    problems
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -45,7 +49,10 @@ pub enum Error {
         "catalog command at log position {position} is older than the catalog (at {applied}); \
          commands must be applied in log order"
     )]
-    OutOfOrder { position: LogPosition, applied: LogPosition },
+    OutOfOrder {
+        position: LogPosition,
+        applied: LogPosition,
+    },
 
     #[error("internal error (this is a bug in tidemark, please report it): {0}")]
     Internal(String),

@@ -45,13 +45,32 @@ pub enum MetricInput<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RejectReason {
     NotAnObject,
-    MissingTimestamp { field: String },
-    BadTimestamp { field: String, detail: String },
-    TooFarInFuture { time_ms: i64, limit_ms: i64 },
-    BadDimension { name: String, got: &'static str },
-    BadField { metric: String, field: String, expected: &'static str, got: String },
+    MissingTimestamp {
+        field: String,
+    },
+    BadTimestamp {
+        field: String,
+        detail: String,
+    },
+    TooFarInFuture {
+        time_ms: i64,
+        limit_ms: i64,
+    },
+    BadDimension {
+        name: String,
+        got: &'static str,
+    },
+    BadField {
+        metric: String,
+        field: String,
+        expected: &'static str,
+        got: String,
+    },
     /// A rejection decided elsewhere (for example a publish right), carried with its text.
-    Other { code: u8, detail: String },
+    Other {
+        code: u8,
+        detail: String,
+    },
 }
 
 impl RejectReason {
@@ -87,8 +106,16 @@ impl fmt::Display for RejectReason {
                 f,
                 "dimension {name:?} must be a string, number or boolean, got {got}"
             ),
-            RejectReason::BadField { metric, field, expected, got } => {
-                write!(f, "field {field:?} (for metric {metric:?}) must be {expected}, got {got}")
+            RejectReason::BadField {
+                metric,
+                field,
+                expected,
+                got,
+            } => {
+                write!(
+                    f,
+                    "field {field:?} (for metric {metric:?}) must be {expected}, got {got}"
+                )
             }
             RejectReason::Other { detail, .. } => f.write_str(detail),
         }
@@ -108,9 +135,14 @@ fn kind_of(v: &Value) -> &'static str {
 
 /// Parses a timestamp value: epoch milliseconds (number or digit string) or RFC 3339.
 pub fn parse_timestamp(field: &str, v: &Value) -> Result<i64, RejectReason> {
-    let bad = |detail: String| RejectReason::BadTimestamp { field: field.to_string(), detail };
+    let bad = |detail: String| RejectReason::BadTimestamp {
+        field: field.to_string(),
+        detail,
+    };
     match v {
-        Value::Null => Err(RejectReason::MissingTimestamp { field: field.to_string() }),
+        Value::Null => Err(RejectReason::MissingTimestamp {
+            field: field.to_string(),
+        }),
         Value::Number(n) => {
             if let Some(ms) = n.as_i64() {
                 Ok(ms)
@@ -123,7 +155,9 @@ pub fn parse_timestamp(field: &str, v: &Value) -> Result<i64, RejectReason> {
         }
         Value::String(s) => {
             if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
-                return s.parse::<i64>().map_err(|_| bad(format!("{s:?} is too large")));
+                return s
+                    .parse::<i64>()
+                    .map_err(|_| bad(format!("{s:?} is too large")));
             }
             DateTime::parse_from_rfc3339(s)
                 .map(|t| t.timestamp_millis())
@@ -139,10 +173,17 @@ pub fn extract<'a>(spec: &DatasourceSpec, beacon: &'a Value) -> Result<Event<'a>
     extract_object(spec, obj)
 }
 
-pub fn extract_object<'a>(spec: &DatasourceSpec, obj: &'a Map<String, Value>) -> Result<Event<'a>, RejectReason> {
+pub fn extract_object<'a>(
+    spec: &DatasourceSpec,
+    obj: &'a Map<String, Value>,
+) -> Result<Event<'a>, RejectReason> {
     let ts_field = &spec.timestamp.field;
     let time_ms = match obj.get(ts_field) {
-        None => return Err(RejectReason::MissingTimestamp { field: ts_field.clone() }),
+        None => {
+            return Err(RejectReason::MissingTimestamp {
+                field: ts_field.clone(),
+            });
+        }
         Some(v) => parse_timestamp(ts_field, v)?,
     };
 
@@ -154,7 +195,10 @@ pub fn extract_object<'a>(spec: &DatasourceSpec, obj: &'a Map<String, Value>) ->
             Some(Value::Number(n)) => Some(DimValue::Owned(n.to_string())),
             Some(Value::Bool(b)) => Some(DimValue::Borrowed(if *b { "true" } else { "false" })),
             Some(other) => {
-                return Err(RejectReason::BadDimension { name: name.clone(), got: kind_of(other) });
+                return Err(RejectReason::BadDimension {
+                    name: name.clone(),
+                    got: kind_of(other),
+                });
             }
         });
     }
@@ -163,7 +207,9 @@ pub fn extract_object<'a>(spec: &DatasourceSpec, obj: &'a Map<String, Value>) ->
     for metric in &spec.metrics {
         let input = match (&metric.kind, metric.kind.field().map(|f| (f, obj.get(f)))) {
             (MetricKind::Count, _) => MetricInput::Count,
-            (_, None) | (_, Some((_, None))) | (_, Some((_, Some(Value::Null)))) => MetricInput::Absent,
+            (_, None) | (_, Some((_, None))) | (_, Some((_, Some(Value::Null)))) => {
+                MetricInput::Absent
+            }
             (kind, Some((field, Some(v)))) => {
                 let bad = |expected: &'static str, got: String| RejectReason::BadField {
                     metric: metric.name.clone(),
@@ -175,15 +221,26 @@ pub fn extract_object<'a>(spec: &DatasourceSpec, obj: &'a Map<String, Value>) ->
                     MetricKind::LongSum { .. } => match v {
                         Value::Number(n) => match n.as_i64() {
                             Some(i) => MetricInput::Long(i),
-                            None => return Err(bad("a whole number within 64 bits", n.to_string())),
+                            None => {
+                                return Err(bad("a whole number within 64 bits", n.to_string()));
+                            }
                         },
                         other => return Err(bad("a whole number", kind_of(other).to_string())),
                     },
                     MetricKind::Hll { .. } => match v {
                         Value::String(s) => MetricInput::Distinct(DimValue::Borrowed(s.as_str())),
                         Value::Number(n) => MetricInput::Distinct(DimValue::Owned(n.to_string())),
-                        Value::Bool(b) => MetricInput::Distinct(DimValue::Borrowed(if *b { "true" } else { "false" })),
-                        other => return Err(bad("a string, number or boolean", kind_of(other).to_string())),
+                        Value::Bool(b) => MetricInput::Distinct(DimValue::Borrowed(if *b {
+                            "true"
+                        } else {
+                            "false"
+                        })),
+                        other => {
+                            return Err(bad(
+                                "a string, number or boolean",
+                                kind_of(other).to_string(),
+                            ));
+                        }
                     },
                     _ => match v {
                         Value::Number(n) => match n.as_f64() {
@@ -197,7 +254,11 @@ pub fn extract_object<'a>(spec: &DatasourceSpec, obj: &'a Map<String, Value>) ->
         };
         metrics.push(input);
     }
-    Ok(Event { time_ms, dims, metrics })
+    Ok(Event {
+        time_ms,
+        dims,
+        metrics,
+    })
 }
 
 #[cfg(test)]
@@ -225,7 +286,12 @@ mod tests {
         assert_eq!(e.dims, vec![Some("m1".into()), Some("7".into())]);
         assert_eq!(
             e.metrics,
-            vec![MetricInput::Count, MetricInput::Long(3), MetricInput::Double(9.5), MetricInput::Distinct("42".into())]
+            vec![
+                MetricInput::Count,
+                MetricInput::Long(3),
+                MetricInput::Double(9.5),
+                MetricInput::Distinct("42".into())
+            ]
         );
     }
 
@@ -242,7 +308,10 @@ mod tests {
         assert_eq!(parse_timestamp("ts", &json!(1234)), Ok(1234));
         assert_eq!(parse_timestamp("ts", &json!("1234")), Ok(1234));
         assert_eq!(parse_timestamp("ts", &json!(1234.0)), Ok(1234));
-        assert_eq!(parse_timestamp("ts", &json!("1970-01-01T00:00:01+01:00")), Ok(-3_599_000));
+        assert_eq!(
+            parse_timestamp("ts", &json!("1970-01-01T00:00:01+01:00")),
+            Ok(-3_599_000)
+        );
         assert!(parse_timestamp("ts", &json!(12.5)).is_err());
         assert!(parse_timestamp("ts", &json!("yesterday")).is_err());
     }
@@ -255,11 +324,20 @@ mod tests {
             (json!({"page": "x"}), "\"ts\" is missing"),
             (json!({"ts": true}), "is a boolean"),
             (json!({"ts": 1, "page": {"a": 1}}), "dimension \"page\""),
-            (json!({"ts": 1, "qty": 1.5}), "field \"qty\" (for metric \"qty\") must be a whole number"),
-            (json!({"ts": 1, "amount": "12"}), "must be a number, got a string"),
+            (
+                json!({"ts": 1, "qty": 1.5}),
+                "field \"qty\" (for metric \"qty\") must be a whole number",
+            ),
+            (
+                json!({"ts": 1, "amount": "12"}),
+                "must be a number, got a string",
+            ),
         ];
         for (beacon, needle) in cases {
-            let reason = extract(&s, &beacon).err().map(|r| r.to_string()).unwrap_or_default();
+            let reason = extract(&s, &beacon)
+                .err()
+                .map(|r| r.to_string())
+                .unwrap_or_default();
             assert!(reason.contains(needle), "{beacon}: {reason}");
         }
     }

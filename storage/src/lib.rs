@@ -13,5 +13,6 @@ pub mod command_log;
 pub mod error;
 pub mod raw;
 pub mod rollup;
+pub mod segment;
 
 pub use error::{Error, Result};

@@ -127,7 +127,8 @@ impl DistinctState {
 
 pub fn new_hll(lg_k: u8) -> HllSketch {
     // lg_k is validated by the spec (4..=21), which is the range DataSketches accepts.
-    HllSketch::new(lg_k, HllType::Hll8).unwrap_or_else(|e| panic!("lg_k {lg_k} passed spec validation but HLL refused it: {e}"))
+    HllSketch::new(lg_k, HllType::Hll8)
+        .unwrap_or_else(|e| panic!("lg_k {lg_k} passed spec validation but HLL refused it: {e}"))
 }
 
 /// Merges encoded distinct states: exact while the union stays small, an HLL union beyond.
@@ -142,7 +143,12 @@ pub struct DistinctMerger {
 
 impl DistinctMerger {
     pub fn new(lg_k: u8) -> Self {
-        DistinctMerger { lg_k, exact: Vec::new(), exact_limit: 4096, union: None }
+        DistinctMerger {
+            lg_k,
+            exact: Vec::new(),
+            exact_limit: 4096,
+            union: None,
+        }
     }
 
     /// Merges one encoded state (as written by [`DistinctState::encode`]).
@@ -151,8 +157,13 @@ impl DistinctMerger {
         match bytes.first() {
             None => Ok(()),
             Some(&TAG_EXACT) => {
-                let n = *bytes.get(1).ok_or_else(|| corrupt("exact distinct state"))? as usize;
-                let vals = bytes.get(2..2 + n * 8).ok_or_else(|| corrupt("exact distinct state"))?;
+                let n = *bytes
+                    .get(1)
+                    .ok_or_else(|| corrupt("exact distinct state"))?
+                    as usize;
+                let vals = bytes
+                    .get(2..2 + n * 8)
+                    .ok_or_else(|| corrupt("exact distinct state"))?;
                 for c in vals.chunks_exact(8) {
                     let mut a = [0u8; 8];
                     a.copy_from_slice(c);
@@ -161,7 +172,8 @@ impl DistinctMerger {
                 Ok(())
             }
             Some(&TAG_SKETCH) => {
-                let s = HllSketch::deserialize(&bytes[1..]).map_err(|e| Error::Sketch(e.to_string()))?;
+                let s = HllSketch::deserialize(&bytes[1..])
+                    .map_err(|e| Error::Sketch(e.to_string()))?;
                 self.union_mut().update(&s);
                 Ok(())
             }
@@ -179,7 +191,8 @@ impl DistinctMerger {
                     self.exact.sort_unstable();
                     self.exact.dedup();
                     if self.exact.len() > self.exact_limit / 2 {
-                        let mut u = HllUnion::new(self.lg_k).unwrap_or_else(|e| panic!("lg_k {}: {e}", self.lg_k));
+                        let mut u = HllUnion::new(self.lg_k)
+                            .unwrap_or_else(|e| panic!("lg_k {}: {e}", self.lg_k));
                         for h in self.exact.drain(..) {
                             u.update_value(h);
                         }
@@ -192,13 +205,16 @@ impl DistinctMerger {
 
     fn union_mut(&mut self) -> &mut HllUnion {
         if self.union.is_none() {
-            let mut u = HllUnion::new(self.lg_k).unwrap_or_else(|e| panic!("lg_k {}: {e}", self.lg_k));
+            let mut u =
+                HllUnion::new(self.lg_k).unwrap_or_else(|e| panic!("lg_k {}: {e}", self.lg_k));
             for h in self.exact.drain(..) {
                 u.update_value(h);
             }
             self.union = Some(u);
         }
-        self.union.as_mut().unwrap_or_else(|| unreachable!("set above"))
+        self.union
+            .as_mut()
+            .unwrap_or_else(|| unreachable!("set above"))
     }
 
     pub fn estimate(&mut self) -> f64 {
@@ -207,7 +223,8 @@ impl DistinctMerger {
                 let mut est = u.estimate();
                 if !self.exact.is_empty() {
                     // Exact values gathered before a sketch arrived are folded in now.
-                    let mut u2 = HllUnion::new(self.lg_k).unwrap_or_else(|e| panic!("lg_k {}: {e}", self.lg_k));
+                    let mut u2 = HllUnion::new(self.lg_k)
+                        .unwrap_or_else(|e| panic!("lg_k {}: {e}", self.lg_k));
                     u2.update(&u.to_sketch(HllType::Hll8));
                     for h in &self.exact {
                         u2.update_value(*h);
@@ -305,7 +322,9 @@ impl QuantileState {
 }
 
 pub fn new_tdigest(compression: u16) -> TDigestMut {
-    TDigestMut::new(compression).unwrap_or_else(|e| panic!("compression {compression} passed spec validation but t-digest refused it: {e}"))
+    TDigestMut::new(compression).unwrap_or_else(|e| {
+        panic!("compression {compression} passed spec validation but t-digest refused it: {e}")
+    })
 }
 
 /// Merges encoded quantile states: exact values while few, a t-digest beyond.
@@ -319,7 +338,12 @@ pub struct QuantileMerger {
 
 impl QuantileMerger {
     pub fn new(compression: u16) -> Self {
-        QuantileMerger { compression, exact: Vec::new(), exact_limit: 8192, digests: Vec::new() }
+        QuantileMerger {
+            compression,
+            exact: Vec::new(),
+            exact_limit: 8192,
+            digests: Vec::new(),
+        }
     }
 
     #[inline]
@@ -327,8 +351,13 @@ impl QuantileMerger {
         match bytes.first() {
             None => Ok(()),
             Some(&TAG_EXACT) => {
-                let n = *bytes.get(1).ok_or_else(|| corrupt("exact quantile state"))? as usize;
-                let vals = bytes.get(2..2 + n * 8).ok_or_else(|| corrupt("exact quantile state"))?;
+                let n = *bytes
+                    .get(1)
+                    .ok_or_else(|| corrupt("exact quantile state"))?
+                    as usize;
+                let vals = bytes
+                    .get(2..2 + n * 8)
+                    .ok_or_else(|| corrupt("exact quantile state"))?;
                 for c in vals.chunks_exact(8) {
                     let mut a = [0u8; 8];
                     a.copy_from_slice(c);
@@ -337,7 +366,8 @@ impl QuantileMerger {
                 Ok(())
             }
             Some(&TAG_SKETCH) => {
-                let t = TDigestMut::deserialize(&bytes[1..]).map_err(|e| Error::Sketch(e.to_string()))?;
+                let t = TDigestMut::deserialize(&bytes[1..])
+                    .map_err(|e| Error::Sketch(e.to_string()))?;
                 self.digests.push(t);
                 if self.digests.len() >= 64 {
                     self.collapse();
@@ -444,12 +474,16 @@ mod tests {
         let mut m = DistinctMerger::new(12);
         // 2,000 groups of 50 users each, half overlapping the next group: 50,025 distinct.
         for g in 0..2000u64 {
-            m.merge_encoded(&encoded_distinct(g * 25..g * 25 + 50)).expect("merge");
+            m.merge_encoded(&encoded_distinct(g * 25..g * 25 + 50))
+                .expect("merge");
         }
         let exact = 1999.0 * 25.0 + 50.0;
         let est = m.estimate();
         // lg_k 12: RSE about 1.6%; 3 standard errors is under 5%.
-        assert!((est - exact).abs() / exact < 0.05, "estimate {est} vs exact {exact}");
+        assert!(
+            (est - exact).abs() / exact < 0.05,
+            "estimate {est} vs exact {exact}"
+        );
     }
 
     #[test]
@@ -476,7 +510,9 @@ mod tests {
         for _ in 0..1000 {
             let mut s = QuantileState::default();
             for _ in 0..40 {
-                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 let u = ((x >> 11) as f64 / (1u64 << 53) as f64).max(1e-12);
                 let v = 10.0 / u.powf(0.7);
                 all.push(v);
@@ -488,7 +524,10 @@ mod tests {
         }
         let est = m.quantile(0.99).expect("some");
         let exact = exact_quantile(&mut all, 0.99).expect("some");
-        assert!((est - exact).abs() / exact < 0.02, "p99 {est} vs exact {exact}");
+        assert!(
+            (est - exact).abs() / exact < 0.02,
+            "p99 {est} vs exact {exact}"
+        );
     }
 
     #[test]
