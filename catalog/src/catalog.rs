@@ -114,10 +114,7 @@ impl Catalog {
     }
 
     pub fn by_id(&self, id: DatasourceId) -> Option<&DatasourceEntry> {
-        self.datasources
-            .values()
-            .find(|e| e.id == id)
-            .or_else(|| self.deleted.get(&id))
+        self.datasources.values().find(|e| e.id == id).or_else(|| self.deleted.get(&id))
     }
 
     /// Live datasources in name order.
@@ -127,11 +124,7 @@ impl Catalog {
 
     /// Deleted datasources whose grace period has passed at writer time `now_ms`.
     pub fn purgeable(&self, now_ms: i64) -> Vec<DatasourceId> {
-        self.deleted
-            .values()
-            .filter(|e| e.deleted.is_some_and(|d| d.purge_after_ms <= now_ms))
-            .map(|e| e.id)
-            .collect()
+        self.deleted.values().filter(|e| e.deleted.is_some_and(|d| d.purge_after_ms <= now_ms)).map(|e| e.id).collect()
     }
 
     /// Checks a command against the current state without applying it (for the edge).
@@ -140,15 +133,9 @@ impl Catalog {
             CatalogCommand::CreateDatasource { spec } => {
                 spec.validate()?;
                 if self.datasources.contains_key(&spec.name) {
-                    return Err(Error::DatasourceExists {
-                        name: spec.name.clone(),
-                    });
+                    return Err(Error::DatasourceExists { name: spec.name.clone() });
                 }
-                if let Some(e) = self
-                    .deleted
-                    .values()
-                    .find(|e| e.current().name == spec.name)
-                {
+                if let Some(e) = self.deleted.values().find(|e| e.current().name == spec.name) {
                     return Err(Error::IncompatibleUpdate {
                         name: spec.name.clone(),
                         reason: format!(
@@ -171,12 +158,7 @@ impl Catalog {
 
     /// Applies a command at `position`. Applying the same position twice is a no-op, so a
     /// replay after a crash is harmless.
-    pub fn apply(
-        &mut self,
-        position: LogPosition,
-        writer_time_ms: i64,
-        cmd: &CatalogCommand,
-    ) -> Result<CatalogEffect> {
+    pub fn apply(&mut self, position: LogPosition, writer_time_ms: i64, cmd: &CatalogCommand) -> Result<CatalogEffect> {
         if position <= self.applied && self.applied != 0 {
             return Ok(CatalogEffect::AlreadyApplied);
         }
@@ -186,14 +168,7 @@ impl Catalog {
                 let id = DatasourceId(position);
                 self.datasources.insert(
                     spec.name.clone(),
-                    DatasourceEntry {
-                        id,
-                        versions: vec![SpecVersion {
-                            position,
-                            spec: spec.clone(),
-                        }],
-                        deleted: None,
-                    },
+                    DatasourceEntry { id, versions: vec![SpecVersion { position, spec: spec.clone() }], deleted: None },
                 );
                 CatalogEffect::Created(id)
             }
@@ -202,10 +177,7 @@ impl Catalog {
                     .datasources
                     .get_mut(&spec.name)
                     .ok_or_else(|| Error::Internal("checked datasource vanished".into()))?;
-                entry.versions.push(SpecVersion {
-                    position,
-                    spec: spec.clone(),
-                });
+                entry.versions.push(SpecVersion { position, spec: spec.clone() });
                 CatalogEffect::Updated(entry.id)
             }
             CatalogCommand::DeleteDatasource { name, grace_ms } => {
@@ -213,10 +185,7 @@ impl Catalog {
                     .datasources
                     .remove(name)
                     .ok_or_else(|| Error::Internal("checked datasource vanished".into()))?;
-                entry.deleted = Some(Deletion {
-                    position,
-                    purge_after_ms: writer_time_ms.saturating_add(*grace_ms),
-                });
+                entry.deleted = Some(Deletion { position, purge_after_ms: writer_time_ms.saturating_add(*grace_ms) });
                 let id = entry.id;
                 self.deleted.insert(id, entry);
                 CatalogEffect::Deleted(id)
@@ -231,11 +200,7 @@ impl Catalog {
     }
 
     fn live(&self, name: &str) -> Result<&DatasourceEntry> {
-        self.datasources
-            .get(name)
-            .ok_or_else(|| Error::UnknownDatasource {
-                name: name.to_string(),
-            })
+        self.datasources.get(name).ok_or_else(|| Error::UnknownDatasource { name: name.to_string() })
     }
 }
 
@@ -255,19 +220,10 @@ mod tests {
     #[test]
     fn spec_versions_follow_log_positions() {
         let mut cat = Catalog::default();
-        cat.apply(10, 0, &CatalogCommand::CreateDatasource { spec: spec("a") })
-            .expect("create");
+        cat.apply(10, 0, &CatalogCommand::CreateDatasource { spec: spec("a") }).expect("create");
         let mut v2 = spec("a");
-        v2.metrics.push(MetricSpec {
-            name: "s".into(),
-            kind: MetricKind::DoubleSum { field: "x".into() },
-        });
-        cat.apply(
-            20,
-            0,
-            &CatalogCommand::UpdateDatasource { spec: v2.clone() },
-        )
-        .expect("update");
+        v2.metrics.push(MetricSpec { name: "s".into(), kind: MetricKind::DoubleSum { field: "x".into() } });
+        cat.apply(20, 0, &CatalogCommand::UpdateDatasource { spec: v2.clone() }).expect("update");
         let entry = cat.get("a").expect("exists");
         assert_eq!(entry.spec_at(10).metrics.len(), 1);
         assert_eq!(entry.spec_at(19).metrics.len(), 1);
@@ -280,29 +236,12 @@ mod tests {
     fn replay_is_idempotent_and_errors_are_clear() {
         let mut cat = Catalog::default();
         let create = CatalogCommand::CreateDatasource { spec: spec("a") };
-        assert_eq!(
-            cat.apply(5, 0, &create).ok(),
-            Some(CatalogEffect::Created(DatasourceId(5)))
-        );
-        assert_eq!(
-            cat.apply(5, 0, &create).ok(),
-            Some(CatalogEffect::AlreadyApplied)
-        );
-        let err = cat
-            .apply(6, 0, &create)
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        assert_eq!(cat.apply(5, 0, &create).ok(), Some(CatalogEffect::Created(DatasourceId(5))));
+        assert_eq!(cat.apply(5, 0, &create).ok(), Some(CatalogEffect::AlreadyApplied));
+        let err = cat.apply(6, 0, &create).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("already exists"), "{err}");
         let err = cat
-            .apply(
-                7,
-                0,
-                &CatalogCommand::DeleteDatasource {
-                    name: "zz".into(),
-                    grace_ms: 0,
-                },
-            )
+            .apply(7, 0, &CatalogCommand::DeleteDatasource { name: "zz".into(), grace_ms: 0 })
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();
@@ -312,56 +251,22 @@ mod tests {
     #[test]
     fn deleted_name_is_reusable_after_purge_as_a_new_incarnation() {
         let mut cat = Catalog::default();
-        cat.apply(1, 0, &CatalogCommand::CreateDatasource { spec: spec("a") })
-            .expect("create");
-        cat.apply(
-            2,
-            1_000,
-            &CatalogCommand::DeleteDatasource {
-                name: "a".into(),
-                grace_ms: 500,
-            },
-        )
-        .expect("delete");
+        cat.apply(1, 0, &CatalogCommand::CreateDatasource { spec: spec("a") }).expect("create");
+        cat.apply(2, 1_000, &CatalogCommand::DeleteDatasource { name: "a".into(), grace_ms: 500 }).expect("delete");
         assert!(cat.get("a").is_none());
-        assert!(
-            cat.apply(
-                3,
-                1_100,
-                &CatalogCommand::CreateDatasource { spec: spec("a") }
-            )
-            .is_err()
-        );
+        assert!(cat.apply(3, 1_100, &CatalogCommand::CreateDatasource { spec: spec("a") }).is_err());
         assert!(cat.purgeable(1_499).is_empty());
         assert_eq!(cat.purgeable(1_500), vec![DatasourceId(1)]);
-        cat.apply(
-            4,
-            1_500,
-            &CatalogCommand::PurgeDatasource {
-                id: DatasourceId(1),
-            },
-        )
-        .expect("purge");
-        cat.apply(
-            5,
-            1_600,
-            &CatalogCommand::CreateDatasource { spec: spec("a") },
-        )
-        .expect("recreate");
+        cat.apply(4, 1_500, &CatalogCommand::PurgeDatasource { id: DatasourceId(1) }).expect("purge");
+        cat.apply(5, 1_600, &CatalogCommand::CreateDatasource { spec: spec("a") }).expect("recreate");
         assert_eq!(cat.get("a").map(|e| e.id), Some(DatasourceId(5)));
     }
 
     #[test]
     fn commands_round_trip_through_json() {
-        let cmd = CatalogCommand::DeleteDatasource {
-            name: "a".into(),
-            grace_ms: 5,
-        };
+        let cmd = CatalogCommand::DeleteDatasource { name: "a".into(), grace_ms: 5 };
         let text = serde_json::to_string(&cmd).expect("serializes");
-        assert_eq!(
-            text,
-            r#"{"op":"delete_datasource","name":"a","grace_ms":5}"#
-        );
+        assert_eq!(text, r#"{"op":"delete_datasource","name":"a","grace_ms":5}"#);
         let back: CatalogCommand = serde_json::from_str(&text).expect("parses");
         assert_eq!(back, cmd);
     }

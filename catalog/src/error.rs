@@ -18,11 +18,7 @@ impl std::fmt::Display for SpecProblem {
 }
 
 fn join_problems(problems: &[SpecProblem]) -> String {
-    problems
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join("; ")
+    problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -49,10 +45,7 @@ pub enum Error {
         "catalog command at log position {position} is older than the catalog (at {applied}); \
          commands must be applied in log order"
     )]
-    OutOfOrder {
-        position: LogPosition,
-        applied: LogPosition,
-    },
+    OutOfOrder { position: LogPosition, applied: LogPosition },
 
     #[error("internal error (this is a bug in tidemark, please report it): {0}")]
     Internal(String),
@@ -71,9 +64,7 @@ pub enum StatusCode {
 impl Error {
     pub fn status(&self) -> StatusCode {
         match self {
-            Error::InvalidSpec(_) | Error::SpecJson(_) | Error::InvalidPeriod { .. } => {
-                StatusCode::InvalidArgument
-            }
+            Error::InvalidSpec(_) | Error::SpecJson(_) | Error::InvalidPeriod { .. } => StatusCode::InvalidArgument,
             Error::DatasourceExists { .. } => StatusCode::AlreadyExists,
             Error::UnknownDatasource { .. } => StatusCode::NotFound,
             Error::IncompatibleUpdate { .. } => StatusCode::FailedPrecondition,

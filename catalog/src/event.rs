@@ -94,28 +94,17 @@ impl fmt::Display for RejectReason {
             RejectReason::MissingTimestamp { field } => {
                 write!(f, "timestamp field {field:?} is missing or null")
             }
-            RejectReason::BadTimestamp { field, detail } => write!(
-                f,
-                "timestamp field {field:?} {detail}; send epoch milliseconds or RFC 3339"
-            ),
-            RejectReason::TooFarInFuture { time_ms, limit_ms } => write!(
-                f,
-                "event time {time_ms} ms is more than {limit_ms} ms ahead of the server clock"
-            ),
-            RejectReason::BadDimension { name, got } => write!(
-                f,
-                "dimension {name:?} must be a string, number or boolean, got {got}"
-            ),
-            RejectReason::BadField {
-                metric,
-                field,
-                expected,
-                got,
-            } => {
-                write!(
-                    f,
-                    "field {field:?} (for metric {metric:?}) must be {expected}, got {got}"
-                )
+            RejectReason::BadTimestamp { field, detail } => {
+                write!(f, "timestamp field {field:?} {detail}; send epoch milliseconds or RFC 3339")
+            }
+            RejectReason::TooFarInFuture { time_ms, limit_ms } => {
+                write!(f, "event time {time_ms} ms is more than {limit_ms} ms ahead of the server clock")
+            }
+            RejectReason::BadDimension { name, got } => {
+                write!(f, "dimension {name:?} must be a string, number or boolean, got {got}")
+            }
+            RejectReason::BadField { metric, field, expected, got } => {
+                write!(f, "field {field:?} (for metric {metric:?}) must be {expected}, got {got}")
             }
             RejectReason::Other { detail, .. } => f.write_str(detail),
         }
@@ -135,14 +124,9 @@ fn kind_of(v: &Value) -> &'static str {
 
 /// Parses a timestamp value: epoch milliseconds (number or digit string) or RFC 3339.
 pub fn parse_timestamp(field: &str, v: &Value) -> Result<i64, RejectReason> {
-    let bad = |detail: String| RejectReason::BadTimestamp {
-        field: field.to_string(),
-        detail,
-    };
+    let bad = |detail: String| RejectReason::BadTimestamp { field: field.to_string(), detail };
     match v {
-        Value::Null => Err(RejectReason::MissingTimestamp {
-            field: field.to_string(),
-        }),
+        Value::Null => Err(RejectReason::MissingTimestamp { field: field.to_string() }),
         Value::Number(n) => {
             if let Some(ms) = n.as_i64() {
                 Ok(ms)
@@ -155,9 +139,7 @@ pub fn parse_timestamp(field: &str, v: &Value) -> Result<i64, RejectReason> {
         }
         Value::String(s) => {
             if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
-                return s
-                    .parse::<i64>()
-                    .map_err(|_| bad(format!("{s:?} is too large")));
+                return s.parse::<i64>().map_err(|_| bad(format!("{s:?} is too large")));
             }
             DateTime::parse_from_rfc3339(s)
                 .map(|t| t.timestamp_millis())
@@ -173,16 +155,11 @@ pub fn extract<'a>(spec: &DatasourceSpec, beacon: &'a Value) -> Result<Event<'a>
     extract_object(spec, obj)
 }
 
-pub fn extract_object<'a>(
-    spec: &DatasourceSpec,
-    obj: &'a Map<String, Value>,
-) -> Result<Event<'a>, RejectReason> {
+pub fn extract_object<'a>(spec: &DatasourceSpec, obj: &'a Map<String, Value>) -> Result<Event<'a>, RejectReason> {
     let ts_field = &spec.timestamp.field;
     let time_ms = match obj.get(ts_field) {
         None => {
-            return Err(RejectReason::MissingTimestamp {
-                field: ts_field.clone(),
-            });
+            return Err(RejectReason::MissingTimestamp { field: ts_field.clone() });
         }
         Some(v) => parse_timestamp(ts_field, v)?,
     };
@@ -195,10 +172,7 @@ pub fn extract_object<'a>(
             Some(Value::Number(n)) => Some(DimValue::Owned(n.to_string())),
             Some(Value::Bool(b)) => Some(DimValue::Borrowed(if *b { "true" } else { "false" })),
             Some(other) => {
-                return Err(RejectReason::BadDimension {
-                    name: name.clone(),
-                    got: kind_of(other),
-                });
+                return Err(RejectReason::BadDimension { name: name.clone(), got: kind_of(other) });
             }
         });
     }
@@ -207,9 +181,7 @@ pub fn extract_object<'a>(
     for metric in &spec.metrics {
         let input = match (&metric.kind, metric.kind.field().map(|f| (f, obj.get(f)))) {
             (MetricKind::Count, _) => MetricInput::Count,
-            (_, None) | (_, Some((_, None))) | (_, Some((_, Some(Value::Null)))) => {
-                MetricInput::Absent
-            }
+            (_, None) | (_, Some((_, None))) | (_, Some((_, Some(Value::Null)))) => MetricInput::Absent,
             (kind, Some((field, Some(v)))) => {
                 let bad = |expected: &'static str, got: String| RejectReason::BadField {
                     metric: metric.name.clone(),
@@ -230,16 +202,9 @@ pub fn extract_object<'a>(
                     MetricKind::Hll { .. } => match v {
                         Value::String(s) => MetricInput::Distinct(DimValue::Borrowed(s.as_str())),
                         Value::Number(n) => MetricInput::Distinct(DimValue::Owned(n.to_string())),
-                        Value::Bool(b) => MetricInput::Distinct(DimValue::Borrowed(if *b {
-                            "true"
-                        } else {
-                            "false"
-                        })),
+                        Value::Bool(b) => MetricInput::Distinct(DimValue::Borrowed(if *b { "true" } else { "false" })),
                         other => {
-                            return Err(bad(
-                                "a string, number or boolean",
-                                kind_of(other).to_string(),
-                            ));
+                            return Err(bad("a string, number or boolean", kind_of(other).to_string()));
                         }
                     },
                     _ => match v {
@@ -254,11 +219,7 @@ pub fn extract_object<'a>(
         };
         metrics.push(input);
     }
-    Ok(Event {
-        time_ms,
-        dims,
-        metrics,
-    })
+    Ok(Event { time_ms, dims, metrics })
 }
 
 #[cfg(test)]
@@ -308,10 +269,7 @@ mod tests {
         assert_eq!(parse_timestamp("ts", &json!(1234)), Ok(1234));
         assert_eq!(parse_timestamp("ts", &json!("1234")), Ok(1234));
         assert_eq!(parse_timestamp("ts", &json!(1234.0)), Ok(1234));
-        assert_eq!(
-            parse_timestamp("ts", &json!("1970-01-01T00:00:01+01:00")),
-            Ok(-3_599_000)
-        );
+        assert_eq!(parse_timestamp("ts", &json!("1970-01-01T00:00:01+01:00")), Ok(-3_599_000));
         assert!(parse_timestamp("ts", &json!(12.5)).is_err());
         assert!(parse_timestamp("ts", &json!("yesterday")).is_err());
     }
@@ -324,20 +282,11 @@ mod tests {
             (json!({"page": "x"}), "\"ts\" is missing"),
             (json!({"ts": true}), "is a boolean"),
             (json!({"ts": 1, "page": {"a": 1}}), "dimension \"page\""),
-            (
-                json!({"ts": 1, "qty": 1.5}),
-                "field \"qty\" (for metric \"qty\") must be a whole number",
-            ),
-            (
-                json!({"ts": 1, "amount": "12"}),
-                "must be a number, got a string",
-            ),
+            (json!({"ts": 1, "qty": 1.5}), "field \"qty\" (for metric \"qty\") must be a whole number"),
+            (json!({"ts": 1, "amount": "12"}), "must be a number, got a string"),
         ];
         for (beacon, needle) in cases {
-            let reason = extract(&s, &beacon)
-                .err()
-                .map(|r| r.to_string())
-                .unwrap_or_default();
+            let reason = extract(&s, &beacon).err().map(|r| r.to_string()).unwrap_or_default();
             assert!(reason.contains(needle), "{beacon}: {reason}");
         }
     }

@@ -137,9 +137,7 @@ impl MetricKind {
 
     pub fn tdigest_compression(&self) -> u16 {
         match self {
-            MetricKind::Tdigest { compression, .. } => {
-                compression.unwrap_or(TDIGEST_COMPRESSION_DEFAULT)
-            }
+            MetricKind::Tdigest { compression, .. } => compression.unwrap_or(TDIGEST_COMPRESSION_DEFAULT),
             _ => TDIGEST_COMPRESSION_DEFAULT,
         }
     }
@@ -173,11 +171,7 @@ impl DatasourceSpec {
             let path = e.path().to_string();
             let inner = e.into_inner();
             Error::InvalidSpec(vec![SpecProblem {
-                field: if path == "." {
-                    "(spec)".to_string()
-                } else {
-                    path
-                },
+                field: if path == "." { "(spec)".to_string() } else { path },
                 message: inner.to_string(),
             }])
         })?;
@@ -196,16 +190,9 @@ impl DatasourceSpec {
             problem("name".into(), msg);
         }
         if self.timestamp.field.is_empty() {
-            problem(
-                "timestamp.field".into(),
-                "must name the input field holding event time".into(),
-            );
+            problem("timestamp.field".into(), "must name the input field holding event time".into());
         }
-        if !self
-            .granularity
-            .segment
-            .is_multiple_of(&self.granularity.query)
-        {
+        if !self.granularity.segment.is_multiple_of(&self.granularity.query) {
             problem(
                 "granularity.segment".into(),
                 format!(
@@ -222,10 +209,7 @@ impl DatasourceSpec {
                 problem(path.clone(), msg);
             }
             if dim == &self.timestamp.field {
-                problem(
-                    path.clone(),
-                    format!("{dim:?} is the timestamp field and cannot also be a dimension"),
-                );
+                problem(path.clone(), format!("{dim:?} is the timestamp field and cannot also be a dimension"));
             }
             columns.push((dim, path));
         }
@@ -238,113 +222,66 @@ impl DatasourceSpec {
             if let Some(field) = metric.kind.field()
                 && field.is_empty()
             {
-                problem(
-                    format!("{path}.field"),
-                    "must name the input field this metric reads".into(),
-                );
+                problem(format!("{path}.field"), "must name the input field this metric reads".into());
             }
             if let MetricKind::Hll { lg_k: Some(k), .. } = metric.kind
                 && !(4..=21).contains(&k)
             {
-                problem(
-                    format!("{path}.lg_k"),
-                    format!("{k} is out of range; use 4 to 21 (default 12)"),
-                );
+                problem(format!("{path}.lg_k"), format!("{k} is out of range; use 4 to 21 (default 12)"));
             }
-            if let MetricKind::Tdigest {
-                compression: Some(c),
-                ..
-            } = metric.kind
+            if let MetricKind::Tdigest { compression: Some(c), .. } = metric.kind
                 && c < 10
             {
-                problem(
-                    format!("{path}.compression"),
-                    format!("{c} is too small; use at least 10 (default 100)"),
-                );
+                problem(format!("{path}.compression"), format!("{c} is too small; use at least 10 (default 100)"));
             }
         }
         for (i, (name, path)) in columns.iter().enumerate() {
             if *name == TIME_COLUMN {
-                problem(
-                    path.clone(),
-                    format!("{TIME_COLUMN:?} is reserved for event time"),
-                );
+                problem(path.clone(), format!("{TIME_COLUMN:?} is reserved for event time"));
             }
             if let Some((_, first)) = columns[..i].iter().find(|(other, _)| other == name) {
-                problem(
-                    path.clone(),
-                    format!("column {name:?} is already defined at {first}"),
-                );
+                problem(path.clone(), format!("column {name:?} is already defined at {first}"));
             }
         }
 
         if let Some(tenant) = &self.tenant
             && !self.dimensions.contains(tenant)
         {
-            problem(
-                "tenant".into(),
-                format!("{tenant:?} is not one of the dimensions"),
-            );
+            problem("tenant".into(), format!("{tenant:?} is not one of the dimensions"));
         }
         for (i, key) in self.clustering.iter().enumerate() {
             if !self.dimensions.contains(key) {
-                problem(
-                    format!("clustering[{i}]"),
-                    format!("{key:?} is not one of the dimensions"),
-                );
+                problem(format!("clustering[{i}]"), format!("{key:?} is not one of the dimensions"));
             }
             if self.clustering[..i].contains(key) {
                 problem(format!("clustering[{i}]"), format!("{key:?} appears twice"));
             }
         }
         if self.partitions == 0 || self.partitions > PARTITIONS_MAX {
-            problem(
-                "partitions".into(),
-                format!(
-                    "{} is out of range; use 1 to {PARTITIONS_MAX}",
-                    self.partitions
-                ),
-            );
+            problem("partitions".into(), format!("{} is out of range; use 1 to {PARTITIONS_MAX}", self.partitions));
         }
 
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(Error::InvalidSpec(problems))
-        }
+        if problems.is_empty() { Ok(()) } else { Err(Error::InvalidSpec(problems)) }
     }
 
     /// Decides whether `new` may replace `self` for an existing datasource.
     pub fn check_update(&self, new: &DatasourceSpec) -> Result<()> {
-        let refuse = |reason: String| {
-            Err(Error::IncompatibleUpdate {
-                name: self.name.clone(),
-                reason,
-            })
-        };
+        let refuse = |reason: String| Err(Error::IncompatibleUpdate { name: self.name.clone(), reason });
         if new.name != self.name {
-            return refuse(format!(
-                "the name cannot change (to {:?}); create a new datasource",
-                new.name
-            ));
+            return refuse(format!("the name cannot change (to {:?}); create a new datasource", new.name));
         }
         if new.timestamp != self.timestamp {
             return refuse("the timestamp field cannot change".into());
         }
         for dim in &self.dimensions {
             if !new.dimensions.contains(dim) {
-                return refuse(format!(
-                    "dimension {dim:?} cannot be removed; dimensions may only be added"
-                ));
+                return refuse(format!("dimension {dim:?} cannot be removed; dimensions may only be added"));
             }
         }
         for old in &self.metrics {
             match new.metrics.iter().find(|m| m.name == old.name) {
                 None => {
-                    return refuse(format!(
-                        "metric {:?} cannot be removed; metrics may only be added",
-                        old.name
-                    ));
+                    return refuse(format!("metric {:?} cannot be removed; metrics may only be added", old.name));
                 }
                 Some(m) if m.kind != old.kind => {
                     return refuse(format!(
@@ -359,10 +296,7 @@ impl DatasourceSpec {
             return refuse("the tenant dimension cannot change".into());
         }
         if new.partitions < self.partitions {
-            return refuse(format!(
-                "partitions can only grow (from {} to {} asked)",
-                self.partitions, new.partitions
-            ));
+            return refuse(format!("partitions can only grow (from {} to {} asked)", self.partitions, new.partitions));
         }
         new.validate()
     }
@@ -372,34 +306,8 @@ impl DatasourceSpec {
     }
 }
 
-/// Names are SQL identifiers and Kafka topic names at once, so they keep to the common subset.
-fn check_identifier(name: &str) -> Option<String> {
-    if name.is_empty() {
-        return Some("must not be empty".into());
-    }
-    if name.len() > NAME_LEN_MAX {
-        return Some(format!(
-            "is {} bytes long; the limit is {NAME_LEN_MAX}",
-            name.len()
-        ));
-    }
-    let mut chars = name.chars();
-    let first_ok = chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
-    if !first_ok || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-        return Some(format!(
-            "{name:?} must start with a letter or _ and hold only letters, digits and _"
-        ));
-    }
-    None
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    pub(crate) const BEACONS: &str = r#"{"name": "beacons",
+/// The demo's `beacons` datasource, exactly as issue 2 specifies it.
+pub const DEMO_BEACONS_SPEC: &str = r#"{"name": "beacons",
      "timestamp": {"field": "ts"},
      "granularity": {"query": "PT1M", "segment": "PT1H"},
      "dimensions": ["merchant_id", "app", "event", "page", "country", "device"],
@@ -414,6 +322,28 @@ mod tests {
      "clustering": ["merchant_id"],
      "partitions": 3,
      "late_window": "PT10M"}"#;
+
+/// Names are SQL identifiers and Kafka topic names at once, so they keep to the common subset.
+fn check_identifier(name: &str) -> Option<String> {
+    if name.is_empty() {
+        return Some("must not be empty".into());
+    }
+    if name.len() > NAME_LEN_MAX {
+        return Some(format!("is {} bytes long; the limit is {NAME_LEN_MAX}", name.len()));
+    }
+    let mut chars = name.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    if !first_ok || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Some(format!("{name:?} must start with a letter or _ and hold only letters, digits and _"));
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use super::DEMO_BEACONS_SPEC as BEACONS;
 
     fn beacons() -> DatasourceSpec {
         DatasourceSpec::from_json(BEACONS).expect("the demo spec is valid")
@@ -465,12 +395,7 @@ mod tests {
             .replace(r#""partitions": 3"#, r#""partitions": 0"#)
             .replace(r#""segment": "PT1H""#, r#""segment": "PT90S""#);
         let err = err_text(DatasourceSpec::from_json(&text));
-        for needle in [
-            "tenant",
-            "\"count\" is already defined",
-            "partitions",
-            "granularity.segment",
-        ] {
+        for needle in ["tenant", "\"count\" is already defined", "partitions", "granularity.segment"] {
             assert!(err.contains(needle), "missing {needle:?} in {err}");
         }
     }
@@ -480,12 +405,7 @@ mod tests {
         let old = beacons();
         let mut added = old.clone();
         added.dimensions.push("campaign".into());
-        added.metrics.push(MetricSpec {
-            name: "qty".into(),
-            kind: MetricKind::LongSum {
-                field: "qty".into(),
-            },
-        });
+        added.metrics.push(MetricSpec { name: "qty".into(), kind: MetricKind::LongSum { field: "qty".into() } });
         added.granularity.query = Period::parse("PT5M").expect("valid");
         assert!(old.check_update(&added).is_ok());
 
@@ -494,9 +414,7 @@ mod tests {
         assert!(err_text(old.check_update(&removed)).contains("\"page\" cannot be removed"));
 
         let mut retyped = old.clone();
-        retyped.metrics[1].kind = MetricKind::LongSum {
-            field: "amount".into(),
-        };
+        retyped.metrics[1].kind = MetricKind::LongSum { field: "amount".into() };
         assert!(err_text(old.check_update(&retyped)).contains("amount_sum"));
 
         let mut fewer = old.clone();

@@ -105,9 +105,7 @@ pub struct CommandLog<T: Send + 'static> {
 
 impl<T: Send + 'static> std::fmt::Debug for CommandLog<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CommandLog")
-            .field("dir", &self.dir)
-            .finish_non_exhaustive()
+        f.debug_struct("CommandLog").field("dir", &self.dir).finish_non_exhaustive()
     }
 }
 
@@ -123,10 +121,7 @@ pub struct Replay {
 impl<T: Send + 'static> CommandLog<T> {
     /// Opens (or creates) the log, returning the entries to replay. Durable entries are sent
     /// to `sink` from then on.
-    pub fn open(
-        config: CommandLogConfig,
-        sink: SyncSender<Durable<T>>,
-    ) -> Result<(CommandLog<T>, Replay)> {
+    pub fn open(config: CommandLogConfig, sink: SyncSender<Durable<T>>) -> Result<(CommandLog<T>, Replay)> {
         let dir = config.dir.clone();
         fs::create_dir_all(&dir).map_err(Error::io(&dir))?;
         let mut files = list_files(&dir)?;
@@ -136,23 +131,12 @@ impl<T: Send + 'static> CommandLog<T> {
             let scan = scan_file(path)?;
             if let Some(reason) = scan.failure {
                 if i + 1 != count {
-                    return Err(Error::Corrupt {
-                        path: path.clone(),
-                        position: scan.good_len,
-                        reason,
-                    });
+                    return Err(Error::Corrupt { path: path.clone(), position: scan.good_len, reason });
                 }
                 let len = fs::metadata(path).map_err(Error::io(path))?.len();
                 replay.cut_bytes = len - scan.good_len;
-                replay.cut_reason = Some(format!(
-                    "{} at byte {}: {reason}",
-                    path.display(),
-                    scan.good_len
-                ));
-                let f = OpenOptions::new()
-                    .write(true)
-                    .open(path)
-                    .map_err(Error::io(path))?;
+                replay.cut_reason = Some(format!("{} at byte {}: {reason}", path.display(), scan.good_len));
+                let f = OpenOptions::new().write(true).open(path).map_err(Error::io(path))?;
                 f.set_len(scan.good_len).map_err(Error::io(path))?;
                 f.sync_all().map_err(Error::fsync(path))?;
             }
@@ -163,29 +147,18 @@ impl<T: Send + 'static> CommandLog<T> {
                     return Err(Error::Corrupt {
                         path: path.clone(),
                         position: 0,
-                        reason: format!(
-                            "position {} follows {}; the log has a gap",
-                            e.position, prev.position
-                        ),
+                        reason: format!("position {} follows {}; the log has a gap", e.position, prev.position),
                     });
                 }
                 replay.entries.push(e);
             }
         }
-        let next_position = replay
-            .entries
-            .last()
-            .map(|e| e.position + 1)
-            .unwrap_or_else(|| {
-                // An empty log continues after the newest file's first position (files that were
-                // trimmed empty still name where the log stood).
-                files.last().map(|(first, _)| *first).unwrap_or(1)
-            });
-        let last_writer_time_ms = replay
-            .entries
-            .last()
-            .map(|e| e.writer_time_ms)
-            .unwrap_or(i64::MIN);
+        let next_position = replay.entries.last().map(|e| e.position + 1).unwrap_or_else(|| {
+            // An empty log continues after the newest file's first position (files that were
+            // trimmed empty still name where the log stood).
+            files.last().map(|(first, _)| *first).unwrap_or(1)
+        });
+        let last_writer_time_ms = replay.entries.last().map(|e| e.writer_time_ms).unwrap_or(i64::MIN);
         let active = match files.pop() {
             Some((_, path)) => path,
             None => create_file(&dir, next_position)?,
@@ -208,62 +181,30 @@ impl<T: Send + 'static> CommandLog<T> {
                 .spawn(move || flush_loop(shared, config, active, sink))
                 .map_err(Error::io(&dir))?
         };
-        Ok((
-            CommandLog {
-                shared,
-                flusher: Some(flusher),
-                dir,
-                config,
-            },
-            replay,
-        ))
+        Ok((CommandLog { shared, flusher: Some(flusher), dir, config }, replay))
     }
 
     /// Queues an entry and returns its position. The ticket reaches the sink once the entry
     /// is durable (or with `Durable::Failed`).
-    pub fn append(
-        &self,
-        writer_time_ms: i64,
-        kind: u8,
-        payload: Vec<u8>,
-        ticket: T,
-    ) -> Result<u64> {
+    pub fn append(&self, writer_time_ms: i64, kind: u8, payload: Vec<u8>, ticket: T) -> Result<u64> {
         if payload.len() > ENTRY_BYTES_MAX {
-            return Err(Error::Internal(format!(
-                "command of {} bytes exceeds the entry bound",
-                payload.len()
-            )));
+            return Err(Error::Internal(format!("command of {} bytes exceeds the entry bound", payload.len())));
         }
         let mut st = self.shared.lock();
         if let Some(reason) = &st.failed {
-            return Err(Error::LogFailed {
-                reason: reason.clone(),
-            });
+            return Err(Error::LogFailed { reason: reason.clone() });
         }
         if st.closed {
-            return Err(Error::Closed {
-                what: "command log",
-            });
+            return Err(Error::Closed { what: "command log" });
         }
         if st.pending.len() >= self.config.pending_max {
-            return Err(Error::Overloaded {
-                pending: st.pending.len(),
-                bound: self.config.pending_max,
-            });
+            return Err(Error::Overloaded { pending: st.pending.len(), bound: self.config.pending_max });
         }
         let position = st.next_position;
         st.next_position += 1;
         let writer_time_ms = writer_time_ms.max(st.last_writer_time_ms);
         st.last_writer_time_ms = writer_time_ms;
-        st.pending.push((
-            Entry {
-                position,
-                writer_time_ms,
-                kind,
-                payload,
-            },
-            ticket,
-        ));
+        st.pending.push((Entry { position, writer_time_ms, kind, payload }, ticket));
         drop(st);
         self.shared.wake.notify_one();
         Ok(position)
@@ -336,11 +277,7 @@ fn flush_loop<T: Send>(
             }
             if !window.is_zero() && !st.closed {
                 // Gather more writers into this fsync; the first one waits at most `window`.
-                st = shared
-                    .wake
-                    .wait_timeout(st, window)
-                    .unwrap_or_else(|p| p.into_inner())
-                    .0;
+                st = shared.wake.wait_timeout(st, window).unwrap_or_else(|p| p.into_inner()).0;
             }
             std::mem::take(&mut st.pending)
         };
@@ -374,10 +311,7 @@ fn flush_loop<T: Send>(
 fn fail<T>(shared: &Shared<T>, sink: &SyncSender<Durable<T>>, reason: String) {
     let mut st = shared.lock();
     st.failed = Some(reason.clone());
-    let tickets = std::mem::take(&mut st.pending)
-        .into_iter()
-        .map(|(_, t)| t)
-        .collect();
+    let tickets = std::mem::take(&mut st.pending).into_iter().map(|(_, t)| t).collect();
     drop(st);
     let _ = sink.send(Durable::Failed { reason, tickets });
 }
@@ -390,26 +324,14 @@ struct ActiveFile {
 
 impl ActiveFile {
     fn open(path: PathBuf) -> Result<ActiveFile> {
-        let file = OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .map_err(Error::io(&path))?;
+        let file = OpenOptions::new().append(true).open(&path).map_err(Error::io(&path))?;
         let len = file.metadata().map_err(Error::io(&path))?.len();
         Ok(ActiveFile { path, file, len })
     }
 
-    fn write_and_sync(
-        &mut self,
-        bytes: &[u8],
-        first_position: u64,
-        config: &CommandLogConfig,
-    ) -> Result<()> {
+    fn write_and_sync(&mut self, bytes: &[u8], first_position: u64, config: &CommandLogConfig) -> Result<()> {
         if self.len >= config.file_bytes_max {
-            let dir = self
-                .path
-                .parent()
-                .map(Path::to_path_buf)
-                .unwrap_or_default();
+            let dir = self.path.parent().map(Path::to_path_buf).unwrap_or_default();
             let path = create_file(&dir, first_position)?;
             *self = ActiveFile::open(path)?;
         }
@@ -439,21 +361,14 @@ fn file_name(first_position: u64) -> String {
 
 fn create_file(dir: &Path, first_position: u64) -> Result<PathBuf> {
     let path = dir.join(file_name(first_position));
-    let mut f = OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .open(&path)
-        .map_err(Error::io(&path))?;
+    let mut f = OpenOptions::new().create(true).truncate(true).write(true).open(&path).map_err(Error::io(&path))?;
     let mut header = Vec::with_capacity(FILE_HEADER_LEN);
     header.extend_from_slice(FILE_MAGIC);
     header.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     header.extend_from_slice(&[0u8; 4]);
     f.write_all(&header).map_err(Error::io(&path))?;
     f.sync_all().map_err(Error::fsync(&path))?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(Error::fsync(dir))?;
+    File::open(dir).and_then(|d| d.sync_all()).map_err(Error::fsync(dir))?;
     Ok(path)
 }
 
@@ -462,11 +377,7 @@ fn list_files(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     for item in fs::read_dir(dir).map_err(Error::io(dir))? {
         let item = item.map_err(Error::io(dir))?;
         let name = item.file_name();
-        if let Some(first) = name
-            .to_string_lossy()
-            .strip_suffix(".cmdlog")
-            .and_then(|s| s.parse::<u64>().ok())
-        {
+        if let Some(first) = name.to_string_lossy().strip_suffix(".cmdlog").and_then(|s| s.parse::<u64>().ok()) {
             files.push((first, item.path()));
         }
     }
@@ -482,14 +393,8 @@ struct Scan {
 
 fn scan_file(path: &Path) -> Result<Scan> {
     let mut bytes = Vec::new();
-    File::open(path)
-        .and_then(|mut f| f.read_to_end(&mut bytes))
-        .map_err(Error::io(path))?;
-    let mut scan = Scan {
-        entries: Vec::new(),
-        good_len: 0,
-        failure: None,
-    };
+    File::open(path).and_then(|mut f| f.read_to_end(&mut bytes)).map_err(Error::io(path))?;
+    let mut scan = Scan { entries: Vec::new(), good_len: 0, failure: None };
     if bytes.len() < FILE_HEADER_LEN || &bytes[..8] != FILE_MAGIC {
         scan.failure = Some("file header is incomplete or not a command log".into());
         return Ok(scan);
@@ -503,8 +408,7 @@ fn scan_file(path: &Path) -> Result<Scan> {
         };
         let body_len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
         let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
-        let Some(body) = bytes.get(pos + ENTRY_HEADER_LEN..pos + ENTRY_HEADER_LEN + body_len)
-        else {
+        let Some(body) = bytes.get(pos + ENTRY_HEADER_LEN..pos + ENTRY_HEADER_LEN + body_len) else {
             scan.failure = Some("entry body is truncated".into());
             break;
         };
@@ -517,12 +421,7 @@ fn scan_file(path: &Path) -> Result<Scan> {
         let position = u64::from_le_bytes(p);
         p.copy_from_slice(&body[8..16]);
         let writer_time_ms = i64::from_le_bytes(p);
-        scan.entries.push(Entry {
-            position,
-            writer_time_ms,
-            kind: body[16],
-            payload: body[BODY_FIXED_LEN..].to_vec(),
-        });
+        scan.entries.push(Entry { position, writer_time_ms, kind: body[16], payload: body[BODY_FIXED_LEN..].to_vec() });
         pos += ENTRY_HEADER_LEN + body_len;
         scan.good_len = pos as u64;
     }
@@ -546,10 +445,7 @@ mod tests {
     fn drain(rx: &Receiver<Durable<u32>>, n: usize) -> Vec<(Entry, u32)> {
         let mut out = Vec::new();
         while out.len() < n {
-            match rx
-                .recv_timeout(Duration::from_secs(10))
-                .expect("durable in time")
-            {
+            match rx.recv_timeout(Duration::from_secs(10)).expect("durable in time") {
                 Durable::Entries(es) => out.extend(es),
                 Durable::Failed { reason, .. } => panic!("fsync failed: {reason}"),
             }
@@ -564,9 +460,7 @@ mod tests {
             let (log, replay, rx) = open(dir.path(), 1);
             assert!(replay.entries.is_empty());
             for i in 0..40u32 {
-                let pos = log
-                    .append(100 - i64::from(i), 7, vec![i as u8; 20], i)
-                    .expect("append");
+                let pos = log.append(100 - i64::from(i), 7, vec![i as u8; 20], i).expect("append");
                 assert_eq!(pos, u64::from(i) + 1);
             }
             let mut got = drain(&rx, 40);
@@ -585,10 +479,7 @@ mod tests {
         assert_eq!(replay.entries.len(), 50);
         assert_eq!(replay.entries[49].payload, vec![49u8; 20]);
         assert_eq!(log.next_position(), 51);
-        assert!(
-            list_files(dir.path()).expect("list").len() > 2,
-            "small files roll"
-        );
+        assert!(list_files(dir.path()).expect("list").len() > 2, "small files roll");
         // Entries 1..=40 share the first file; it goes only when everything in it is below.
         assert_eq!(log.trim_below(40).expect("trim"), 0);
         let removed = log.trim_below(45).expect("trim");
@@ -612,11 +503,7 @@ mod tests {
         }
         let (_, path) = list_files(dir.path()).expect("list").pop().expect("a file");
         let len = fs::metadata(&path).expect("meta").len();
-        OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .and_then(|f| f.set_len(len - 2))
-            .expect("truncate");
+        OpenOptions::new().write(true).open(&path).and_then(|f| f.set_len(len - 2)).expect("truncate");
         let (log, replay, rx) = open(dir.path(), 0);
         assert_eq!(replay.entries.len(), 1);
         assert!(replay.cut_bytes > 0);
@@ -631,11 +518,7 @@ mod tests {
         let mut config = CommandLogConfig::new(dir.path());
         config.pending_max = 0;
         let (log, _) = CommandLog::<u32>::open(config, tx).expect("open");
-        let err = log
-            .append(0, 0, vec![], 0)
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        let err = log.append(0, 0, vec![], 0).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("retry shortly"), "{err}");
     }
 }

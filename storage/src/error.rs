@@ -5,20 +5,14 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("I/O error on {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
 
     /// An fsync failed: the node must stop rather than retry, since the kernel may have
     /// dropped the dirty pages (the PostgreSQL fsync lesson).
     #[error(
         "fsync failed on {path}: {source}; stopping: durable state is unknown, restart the node to recover from the log"
     )]
-    Fsync {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Fsync { path: PathBuf, source: std::io::Error },
 
     #[error("malformed record batch: {reason}")]
     BadBatch { reason: String },
@@ -27,25 +21,12 @@ pub enum Error {
     UnsupportedCompression { codec: u8 },
 
     #[error("corrupt data in {path} at byte {position}: {reason}")]
-    Corrupt {
-        path: PathBuf,
-        position: u64,
-        reason: String,
-    },
+    Corrupt { path: PathBuf, position: u64, reason: String },
 
-    #[error(
-        "offset {offset} is out of range for partition {partition} (available {earliest}..{next})"
-    )]
-    OffsetOutOfRange {
-        partition: u32,
-        offset: i64,
-        earliest: i64,
-        next: i64,
-    },
+    #[error("offset {offset} is out of range for partition {partition} (available {earliest}..{next})")]
+    OffsetOutOfRange { partition: u32, offset: i64, earliest: i64, next: i64 },
 
-    #[error(
-        "the command log has {pending} entries waiting for fsync (bound {bound}); retry shortly"
-    )]
+    #[error("the command log has {pending} entries waiting for fsync (bound {bound}); retry shortly")]
     Overloaded { pending: usize, bound: usize },
 
     #[error("the command log stopped after an fsync failure ({reason}); restart the node")]
@@ -54,9 +35,7 @@ pub enum Error {
     #[error("the {what} is shut down")]
     Closed { what: &'static str },
 
-    #[error(
-        "realtime index for {datasource} is at its memory bound ({bytes} bytes); retry after persists catch up"
-    )]
+    #[error("realtime index for {datasource} is at its memory bound ({bytes} bytes); retry after persists catch up")]
     IndexFull { datasource: String, bytes: usize },
 
     #[error("sketch error: {0}")]
@@ -78,9 +57,7 @@ impl Error {
     }
 
     pub(crate) fn bad_batch(reason: impl Into<String>) -> Error {
-        Error::BadBatch {
-            reason: reason.into(),
-        }
+        Error::BadBatch { reason: reason.into() }
     }
 }
 

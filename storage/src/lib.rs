@@ -14,5 +14,6 @@ pub mod error;
 pub mod raw;
 pub mod rollup;
 pub mod segment;
+pub mod snapshot;
 
 pub use error::{Error, Result};

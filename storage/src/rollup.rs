@@ -3,5 +3,6 @@
 pub mod dictionary;
 pub mod index;
 pub mod state;
+mod to_arrow;
 
 pub use index::{MetricColumn, RollupIndex};

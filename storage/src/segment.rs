@@ -9,7 +9,7 @@ pub mod reader;
 pub mod writer;
 
 pub use format::{SegmentId, SegmentMeta};
-pub use reader::Segment;
+pub use reader::{Segment, table_schema};
 pub use writer::{WrittenSegment, write_segment};
 
 #[cfg(test)]

@@ -37,9 +37,7 @@ pub struct PartitionLogConfig {
 
 impl Default for PartitionLogConfig {
     fn default() -> Self {
-        PartitionLogConfig {
-            file_bytes_max: 256 * 1024 * 1024,
-        }
+        PartitionLogConfig { file_bytes_max: 256 * 1024 * 1024 }
     }
 }
 
@@ -59,9 +57,7 @@ pub struct IndexEntry {
 
 impl IndexEntry {
     fn overlaps(&self, start_ms: i64, end_ms: i64) -> bool {
-        self.min_event_ms <= self.max_event_ms
-            && self.min_event_ms < end_ms
-            && self.max_event_ms >= start_ms
+        self.min_event_ms <= self.max_event_ms && self.min_event_ms < end_ms && self.max_event_ms >= start_ms
     }
 
     fn encode(&self, out: &mut Vec<u8>) {
@@ -123,9 +119,7 @@ impl LogFile {
     }
 
     fn overlaps(&self, start_ms: i64, end_ms: i64) -> bool {
-        self.min_event_ms <= self.max_event_ms
-            && self.min_event_ms < end_ms
-            && self.max_event_ms >= start_ms
+        self.min_event_ms <= self.max_event_ms && self.min_event_ms < end_ms && self.max_event_ms >= start_ms
     }
 }
 
@@ -152,11 +146,7 @@ pub struct PartitionLog {
 }
 
 impl PartitionLog {
-    pub fn open(
-        dir: &Path,
-        partition: u32,
-        config: PartitionLogConfig,
-    ) -> Result<(PartitionLog, Recovery)> {
+    pub fn open(dir: &Path, partition: u32, config: PartitionLogConfig) -> Result<(PartitionLog, Recovery)> {
         fs::create_dir_all(dir).map_err(Error::io(dir))?;
         let mut bases: Vec<i64> = Vec::new();
         for item in fs::read_dir(dir).map_err(Error::io(dir))? {
@@ -211,12 +201,8 @@ impl PartitionLog {
 
     fn create_file(&self, base: i64) -> Result<LogFile> {
         let path = self.file_path(base);
-        let mut file = OpenOptions::new()
-            .create_new(true)
-            .read(true)
-            .append(true)
-            .open(&path)
-            .map_err(Error::io(&path))?;
+        let mut file =
+            OpenOptions::new().create_new(true).read(true).append(true).open(&path).map_err(Error::io(&path))?;
         let mut header = Vec::with_capacity(FILE_HEADER_LEN as usize);
         header.extend_from_slice(FILE_MAGIC);
         header.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
@@ -237,11 +223,7 @@ impl PartitionLog {
 
     fn load_file(&self, base: i64, is_last: bool, recovery: &mut Recovery) -> Result<LogFile> {
         let path = self.file_path(base);
-        let file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .open(&path)
-            .map_err(Error::io(&path))?;
+        let file = OpenOptions::new().read(true).append(true).open(&path).map_err(Error::io(&path))?;
         let len = file.metadata().map_err(Error::io(&path))?.len();
         let mut lf = LogFile {
             base_offset: base,
@@ -253,10 +235,7 @@ impl PartitionLog {
             max_event_ms: i64::MIN,
         };
         let mut header = [0u8; FILE_HEADER_LEN as usize];
-        if len < FILE_HEADER_LEN
-            || lf.file.read_exact_at(&mut header, 0).is_err()
-            || &header[..8] != FILE_MAGIC
-        {
+        if len < FILE_HEADER_LEN || lf.file.read_exact_at(&mut header, 0).is_err() || &header[..8] != FILE_MAGIC {
             if is_last {
                 // A file whose header never became durable holds nothing that was synced.
                 recovery.cut_bytes += len;
@@ -264,11 +243,7 @@ impl PartitionLog {
                 fs::remove_file(&path).map_err(Error::io(&path))?;
                 return self.create_file(base);
             }
-            return Err(Error::Corrupt {
-                path,
-                position: 0,
-                reason: "not a tidemark raw log file".into(),
-            });
+            return Err(Error::Corrupt { path, position: 0, reason: "not a tidemark raw log file".into() });
         }
         if !is_last && let Some(entries) = self.read_sidecar(base, len) {
             for e in entries {
@@ -282,19 +257,11 @@ impl PartitionLog {
         }
         if let Some(reason) = scan.failure {
             if !is_last {
-                return Err(Error::Corrupt {
-                    path,
-                    position: scan.good_len,
-                    reason,
-                });
+                return Err(Error::Corrupt { path, position: scan.good_len, reason });
             }
             // A torn tail: the entry was never synced, so nothing acknowledged is in it.
             recovery.cut_bytes += len - scan.good_len;
-            recovery.cut_reason = Some(format!(
-                "{} at byte {}: {reason}",
-                path.display(),
-                scan.good_len
-            ));
+            recovery.cut_reason = Some(format!("{} at byte {}: {reason}", path.display(), scan.good_len));
             lf.file.set_len(scan.good_len).map_err(Error::io(&path))?;
             lf.file.sync_all().map_err(Error::fsync(&path))?;
             lf.len = scan.good_len;
@@ -319,12 +286,7 @@ impl PartitionLog {
         if recorded_len != file_len || body.len() != 24 + count * INDEX_ENTRY_LEN {
             return None;
         }
-        Some(
-            body[24..]
-                .chunks_exact(INDEX_ENTRY_LEN)
-                .map(IndexEntry::decode)
-                .collect(),
-        )
+        Some(body[24..].chunks_exact(INDEX_ENTRY_LEN).map(IndexEntry::decode).collect())
     }
 }
 
@@ -343,9 +305,7 @@ impl PartitionLog {
         let path = self.index_path(lf.base_offset);
         let tmp = path.with_extension("idx.tmp");
         fs::write(&tmp, &out).map_err(Error::io(&tmp))?;
-        File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(Error::fsync(&tmp))?;
+        File::open(&tmp).and_then(|f| f.sync_all()).map_err(Error::fsync(&tmp))?;
         fs::rename(&tmp, &path).map_err(Error::io(&path))?;
         sync_dir(&self.dir)
     }
@@ -361,10 +321,7 @@ impl PartitionLog {
 
     /// The first offset still stored.
     pub fn earliest_offset(&self) -> i64 {
-        self.files
-            .iter()
-            .find_map(|f| f.entries.first().map(|e| e.base_offset))
-            .unwrap_or(self.next_offset)
+        self.files.iter().find_map(|f| f.entries.first().map(|e| e.base_offset)).unwrap_or(self.next_offset)
     }
 
     /// The command log position of the last batch stored: replay skips entries up to it.
@@ -374,10 +331,7 @@ impl PartitionLog {
 
     /// The event-time range of every file, oldest first: (base offset, min, max) in ms.
     pub fn file_event_ranges(&self) -> Vec<(i64, i64, i64)> {
-        self.files
-            .iter()
-            .map(|f| (f.base_offset, f.min_event_ms, f.max_event_ms))
-            .collect()
+        self.files.iter().map(|f| (f.base_offset, f.min_event_ms, f.max_event_ms)).collect()
     }
 
     /// Appends one batch, assigning its offsets. `batch` must be a whole RecordBatch v2; its
@@ -410,10 +364,7 @@ impl PartitionLog {
 
         let active = self.active_mut();
         let file_pos = active.len;
-        active
-            .file
-            .write_all(&entry)
-            .map_err(Error::io(&active.path))?;
+        active.file.write_all(&entry).map_err(Error::io(&active.path))?;
         active.len += entry.len() as u64;
         let index = IndexEntry {
             base_offset,
@@ -436,10 +387,7 @@ impl PartitionLog {
     pub fn sync(&mut self) -> Result<()> {
         if self.unsynced {
             let active = self.active();
-            active
-                .file
-                .sync_data()
-                .map_err(Error::fsync(&active.path))?;
+            active.file.sync_data().map_err(Error::fsync(&active.path))?;
             self.unsynced = false;
         }
         Ok(())
@@ -477,10 +425,7 @@ impl PartitionLog {
         }
         let mut out = Vec::new();
         let mut bytes = 0usize;
-        let start_file = self
-            .files
-            .partition_point(|f| f.base_offset <= offset)
-            .saturating_sub(1);
+        let start_file = self.files.partition_point(|f| f.base_offset <= offset).saturating_sub(1);
         for lf in &self.files[start_file..] {
             let first = lf.entries.partition_point(|e| e.last_offset < offset);
             for e in &lf.entries[first..] {
@@ -501,40 +446,23 @@ impl PartitionLog {
         self.files
             .iter()
             .filter(|f| f.overlaps(start_ms, end_ms))
-            .flat_map(|f| {
-                f.entries
-                    .iter()
-                    .filter(|e| e.overlaps(start_ms, end_ms))
-                    .copied()
-            })
+            .flat_map(|f| f.entries.iter().filter(|e| e.overlaps(start_ms, end_ms)).copied())
             .collect()
     }
 
     /// Reads the batch an index entry points at.
     pub fn read_at(&self, entry: &IndexEntry) -> Result<StoredBatch> {
-        let i = self
-            .files
-            .partition_point(|f| f.base_offset <= entry.base_offset)
-            .saturating_sub(1);
+        let i = self.files.partition_point(|f| f.base_offset <= entry.base_offset).saturating_sub(1);
         read_entry(&self.files[i], entry)
     }
 }
 
 fn read_entry(lf: &LogFile, e: &IndexEntry) -> Result<StoredBatch> {
     let mut buf = vec![0u8; e.entry_len as usize];
-    lf.file
-        .read_exact_at(&mut buf, e.file_pos)
-        .map_err(Error::io(&lf.path))?;
-    let corrupt = |reason: String| Error::Corrupt {
-        path: lf.path.clone(),
-        position: e.file_pos,
-        reason,
-    };
+    lf.file.read_exact_at(&mut buf, e.file_pos).map_err(Error::io(&lf.path))?;
+    let corrupt = |reason: String| Error::Corrupt { path: lf.path.clone(), position: e.file_pos, reason };
     let parsed = parse_entry(&buf).map_err(corrupt)?;
-    Ok(StoredBatch {
-        frame: parsed.0,
-        batch: buf[parsed.1..].to_vec(),
-    })
+    Ok(StoredBatch { frame: parsed.0, batch: buf[parsed.1..].to_vec() })
 }
 
 /// Checks one whole entry; returns its frame and where its batch starts.
@@ -545,9 +473,7 @@ fn parse_entry(buf: &[u8]) -> std::result::Result<(Frame, usize), String> {
     let frame_len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
     let crc = u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]);
     let frame_end = ENTRY_PREFIX_LEN + frame_len;
-    let frame_bytes = buf
-        .get(ENTRY_PREFIX_LEN..frame_end)
-        .ok_or("frame is truncated")?;
+    let frame_bytes = buf.get(ENTRY_PREFIX_LEN..frame_end).ok_or("frame is truncated")?;
     if crc32c::crc32c(frame_bytes) != crc {
         return Err("frame checksum mismatch".into());
     }
@@ -565,43 +491,31 @@ struct Scan {
 /// Walks a file's entries from the header on, stopping at the first one that is incomplete,
 /// fails a checksum, or breaks offset continuity.
 fn scan_entries(file: &File, len: u64, base: i64) -> Scan {
-    let mut scan = Scan {
-        entries: Vec::new(),
-        good_len: FILE_HEADER_LEN,
-        failure: None,
-    };
+    let mut scan = Scan { entries: Vec::new(), good_len: FILE_HEADER_LEN, failure: None };
     let mut expected_offset = base;
     let mut pos = FILE_HEADER_LEN;
     while pos < len {
         let result = (|| -> std::result::Result<IndexEntry, String> {
             let mut prefix = [0u8; ENTRY_PREFIX_LEN];
-            file.read_exact_at(&mut prefix, pos)
-                .map_err(|_| "entry prefix is truncated".to_string())?;
+            file.read_exact_at(&mut prefix, pos).map_err(|_| "entry prefix is truncated".to_string())?;
             let frame_len = u32::from_le_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as u64;
             let batch_at = pos + ENTRY_PREFIX_LEN as u64 + frame_len;
             let mut batch_prefix = [0u8; record_batch::LOG_OVERHEAD];
             if batch_at + record_batch::LOG_OVERHEAD as u64 > len {
                 return Err("entry is truncated".into());
             }
-            file.read_exact_at(&mut batch_prefix, batch_at)
-                .map_err(|e| e.to_string())?;
-            let batch_len =
-                record_batch::peek_total_len(&batch_prefix).map_err(|e| e.to_string())? as u64;
+            file.read_exact_at(&mut batch_prefix, batch_at).map_err(|e| e.to_string())?;
+            let batch_len = record_batch::peek_total_len(&batch_prefix).map_err(|e| e.to_string())? as u64;
             let entry_len = batch_at + batch_len - pos;
             if pos + entry_len > len || entry_len > u32::MAX as u64 {
                 return Err("entry is truncated".into());
             }
             let mut buf = vec![0u8; entry_len as usize];
-            file.read_exact_at(&mut buf, pos)
-                .map_err(|e| e.to_string())?;
+            file.read_exact_at(&mut buf, pos).map_err(|e| e.to_string())?;
             let (frame, batch_start) = parse_entry(&buf)?;
-            let header =
-                record_batch::parse_header(&buf[batch_start..]).map_err(|e| e.to_string())?;
+            let header = record_batch::parse_header(&buf[batch_start..]).map_err(|e| e.to_string())?;
             if header.base_offset != expected_offset {
-                return Err(format!(
-                    "batch base offset {} where {expected_offset} was expected",
-                    header.base_offset
-                ));
+                return Err(format!("batch base offset {} where {expected_offset} was expected", header.base_offset));
             }
             Ok(IndexEntry {
                 base_offset: header.base_offset,
@@ -631,9 +545,7 @@ fn scan_entries(file: &File, len: u64, base: i64) -> Scan {
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(Error::fsync(dir))
+    File::open(dir).and_then(|d| d.sync_all()).map_err(Error::fsync(dir))
 }
 
 #[cfg(test)]
@@ -668,18 +580,13 @@ mod tests {
     #[test]
     fn offsets_are_dense_and_survive_reopen_and_roll() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let config = PartitionLogConfig {
-            file_bytes_max: 300,
-        };
+        let config = PartitionLogConfig { file_bytes_max: 300 };
         {
             let (mut log, rec) = PartitionLog::open(dir.path(), 0, config.clone()).expect("open");
             assert_eq!(rec.entries, 0);
             for i in 0..10u64 {
                 let e = log
-                    .append(
-                        &frame(i + 1, (i * 100) as i64, (i * 100 + 50) as i64),
-                        &mut batch(3, "b"),
-                    )
+                    .append(&frame(i + 1, (i * 100) as i64, (i * 100 + 50) as i64), &mut batch(3, "b"))
                     .expect("append");
                 assert_eq!(e.base_offset, (i * 3) as i64);
             }
@@ -694,11 +601,7 @@ mod tests {
         let all = log.read(0, usize::MAX).expect("read");
         assert_eq!(all.len(), 10);
         let from_mid = log.read(16, 1).expect("read");
-        assert_eq!(
-            from_mid.len(),
-            1,
-            "at least one batch even when over max_bytes"
-        );
+        assert_eq!(from_mid.len(), 1, "at least one batch even when over max_bytes");
         let (h, recs) = record_batch::decode_records(&from_mid[0].batch).expect("decode");
         assert_eq!(h.base_offset, 15);
         assert_eq!(recs[1].0, 16);
@@ -708,34 +611,16 @@ mod tests {
     #[test]
     fn event_time_reads_touch_only_overlapping_entries() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (mut log, _) =
-            PartitionLog::open(dir.path(), 0, PartitionLogConfig { file_bytes_max: 1 })
-                .expect("open");
-        log.append(&frame(1, 0, 99), &mut batch(1, "a"))
-            .expect("append");
-        log.append(&frame(2, 100, 199), &mut batch(1, "b"))
-            .expect("append");
-        log.append(&frame(3, 1, 0), &mut batch(1, "c"))
-            .expect("append"); // no event times
-        log.append(&frame(4, 50, 150), &mut batch(1, "d"))
-            .expect("append"); // late
-        let hits: Vec<u64> = log
-            .entries_overlapping(100, 200)
-            .iter()
-            .map(|e| e.log_position)
-            .collect();
+        let (mut log, _) = PartitionLog::open(dir.path(), 0, PartitionLogConfig { file_bytes_max: 1 }).expect("open");
+        log.append(&frame(1, 0, 99), &mut batch(1, "a")).expect("append");
+        log.append(&frame(2, 100, 199), &mut batch(1, "b")).expect("append");
+        log.append(&frame(3, 1, 0), &mut batch(1, "c")).expect("append"); // no event times
+        log.append(&frame(4, 50, 150), &mut batch(1, "d")).expect("append"); // late
+        let hits: Vec<u64> = log.entries_overlapping(100, 200).iter().map(|e| e.log_position).collect();
         assert_eq!(hits, vec![2, 4]);
         // One entry per file here, so each file's range is its entry's.
         let ranges = log.file_event_ranges();
-        assert_eq!(
-            ranges,
-            vec![
-                (0, 0, 99),
-                (1, 100, 199),
-                (2, i64::MAX, i64::MIN),
-                (3, 50, 150)
-            ]
-        );
+        assert_eq!(ranges, vec![(0, 0, 99), (1, 100, 199), (2, i64::MAX, i64::MIN), (3, 50, 150)]);
     }
 
     #[test]
@@ -743,45 +628,32 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path;
         {
-            let (mut log, _) =
-                PartitionLog::open(dir.path(), 2, PartitionLogConfig::default()).expect("open");
-            log.append(&frame(1, 0, 1), &mut batch(2, "a"))
-                .expect("append");
-            log.append(&frame(2, 0, 1), &mut batch(2, "b"))
-                .expect("append");
+            let (mut log, _) = PartitionLog::open(dir.path(), 2, PartitionLogConfig::default()).expect("open");
+            log.append(&frame(1, 0, 1), &mut batch(2, "a")).expect("append");
+            log.append(&frame(2, 0, 1), &mut batch(2, "b")).expect("append");
             log.sync().expect("sync");
             path = log.active().path.clone();
         }
         let len = fs::metadata(&path).expect("meta").len();
-        OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .and_then(|f| f.set_len(len - 3))
-            .expect("truncate");
-        let (mut log, rec) =
-            PartitionLog::open(dir.path(), 2, PartitionLogConfig::default()).expect("reopen");
+        OpenOptions::new().write(true).open(&path).and_then(|f| f.set_len(len - 3)).expect("truncate");
+        let (mut log, rec) = PartitionLog::open(dir.path(), 2, PartitionLogConfig::default()).expect("reopen");
         assert_eq!(rec.entries, 1);
         assert!(rec.cut_bytes > 0 && rec.cut_reason.is_some());
         assert_eq!(log.next_offset(), 2);
         assert_eq!(log.last_log_position(), Some(1));
-        let e = log
-            .append(&frame(2, 0, 1), &mut batch(1, "c"))
-            .expect("append after cut");
+        let e = log.append(&frame(2, 0, 1), &mut batch(1, "c")).expect("append after cut");
         assert_eq!(e.base_offset, 2);
     }
 
     #[test]
     fn corruption_in_a_sealed_file_is_an_error_not_a_cut() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let config = PartitionLogConfig {
-            file_bytes_max: 100,
-        };
+        let config = PartitionLogConfig { file_bytes_max: 100 };
         let first;
         {
             let (mut log, _) = PartitionLog::open(dir.path(), 0, config.clone()).expect("open");
             for i in 0..4 {
-                log.append(&frame(i + 1, 0, 1), &mut batch(1, "x"))
-                    .expect("append");
+                log.append(&frame(i + 1, 0, 1), &mut batch(1, "x")).expect("append");
             }
             log.sync().expect("sync");
             first = log.files[0].path.clone();
@@ -791,10 +663,7 @@ mod tests {
         let n = bytes.len();
         bytes[n - 2] ^= 0xff;
         fs::write(&first, bytes).expect("write");
-        let err = PartitionLog::open(dir.path(), 0, config)
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        let err = PartitionLog::open(dir.path(), 0, config).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("corrupt data"), "{err}");
     }
 }

@@ -87,16 +87,11 @@ fn be_i16(b: &[u8], at: usize) -> i16 {
 /// Reads the batch length from the first 12 bytes, to know how many bytes a batch takes.
 pub fn peek_total_len(prefix: &[u8]) -> Result<usize> {
     if prefix.len() < LOG_OVERHEAD {
-        return Err(Error::bad_batch(format!(
-            "{} bytes is too short for a batch header",
-            prefix.len()
-        )));
+        return Err(Error::bad_batch(format!("{} bytes is too short for a batch header", prefix.len())));
     }
     let len = be_i32(prefix, 8);
     if len < (HEADER_LEN - LOG_OVERHEAD) as i32 {
-        return Err(Error::bad_batch(format!(
-            "batchLength {len} is shorter than a v2 header"
-        )));
+        return Err(Error::bad_batch(format!("batchLength {len} is shorter than a v2 header")));
     }
     Ok(LOG_OVERHEAD + len as usize)
 }
@@ -105,23 +100,16 @@ pub fn peek_total_len(prefix: &[u8]) -> Result<usize> {
 pub fn parse_header(batch: &[u8]) -> Result<BatchHeader> {
     let total = peek_total_len(batch)?;
     if batch.len() != total {
-        return Err(Error::bad_batch(format!(
-            "batchLength says {total} bytes but {} were given",
-            batch.len()
-        )));
+        return Err(Error::bad_batch(format!("batchLength says {total} bytes but {} were given", batch.len())));
     }
     let magic = batch[16] as i8;
     if magic != MAGIC {
-        return Err(Error::bad_batch(format!(
-            "magic {magic} is not supported; only RecordBatch v2 (magic 2)"
-        )));
+        return Err(Error::bad_batch(format!("magic {magic} is not supported; only RecordBatch v2 (magic 2)")));
     }
     let crc = be_i32(batch, 17) as u32;
     let actual = crc32c::crc32c(&batch[CRC_START..]);
     if crc != actual {
-        return Err(Error::bad_batch(format!(
-            "CRC32C mismatch: header says {crc:#010x}, bytes give {actual:#010x}"
-        )));
+        return Err(Error::bad_batch(format!("CRC32C mismatch: header says {crc:#010x}, bytes give {actual:#010x}")));
     }
     let header = BatchHeader {
         base_offset: be_i64(batch, 0),
@@ -138,9 +126,7 @@ pub fn parse_header(batch: &[u8]) -> Result<BatchHeader> {
         record_count: be_i32(batch, 57),
     };
     if header.record_count < 0 || header.last_offset_delta < 0 {
-        return Err(Error::bad_batch(
-            "negative record count or last offset delta",
-        ));
+        return Err(Error::bad_batch("negative record count or last offset delta"));
     }
     Ok(header)
 }
@@ -160,12 +146,7 @@ pub fn encode(records: &[Record]) -> Vec<u8> {
     encode_with_producer(records, -1, -1, -1)
 }
 
-pub fn encode_with_producer(
-    records: &[Record],
-    producer_id: i64,
-    producer_epoch: i16,
-    base_sequence: i32,
-) -> Vec<u8> {
+pub fn encode_with_producer(records: &[Record], producer_id: i64, producer_epoch: i16, base_sequence: i32) -> Vec<u8> {
     let base_ts = records.iter().map(|r| r.timestamp_ms).min().unwrap_or(-1);
     let max_ts = records.iter().map(|r| r.timestamp_ms).max().unwrap_or(-1);
     let mut out = Vec::with_capacity(HEADER_LEN + records.len() * 64);
@@ -209,14 +190,9 @@ pub fn encode_with_producer(
 pub fn decode_records(batch: &[u8]) -> Result<(BatchHeader, Vec<(i64, Record)>)> {
     let header = parse_header(batch)?;
     if header.compression() != 0 {
-        return Err(Error::UnsupportedCompression {
-            codec: header.compression(),
-        });
+        return Err(Error::UnsupportedCompression { codec: header.compression() });
     }
-    let mut cur = Cursor {
-        buf: &batch[HEADER_LEN..],
-        pos: 0,
-    };
+    let mut cur = Cursor { buf: &batch[HEADER_LEN..], pos: 0 };
     let mut records = Vec::with_capacity(header.record_count as usize);
     for _ in 0..header.record_count {
         let len = cur.varint()?;
@@ -238,11 +214,8 @@ pub fn decode_records(batch: &[u8]) -> Result<(BatchHeader, Vec<(i64, Record)>)>
         }
         let mut headers = Vec::with_capacity(header_count as usize);
         for _ in 0..header_count {
-            let k = cur
-                .bytes()?
-                .ok_or_else(|| Error::bad_batch("null header key"))?;
-            let k =
-                String::from_utf8(k).map_err(|_| Error::bad_batch("header key is not UTF-8"))?;
+            let k = cur.bytes()?.ok_or_else(|| Error::bad_batch("null header key"))?;
+            let k = String::from_utf8(k).map_err(|_| Error::bad_batch("header key is not UTF-8"))?;
             headers.push((k, cur.bytes()?));
         }
         if cur.pos != end {
@@ -250,12 +223,7 @@ pub fn decode_records(batch: &[u8]) -> Result<(BatchHeader, Vec<(i64, Record)>)>
         }
         records.push((
             header.base_offset + i64::from(offset_delta),
-            Record {
-                timestamp_ms: header.base_timestamp + ts_delta,
-                key,
-                value,
-                headers,
-            },
+            Record { timestamp_ms: header.base_timestamp + ts_delta, key, value, headers },
         ));
     }
     Ok((header, records))
@@ -293,10 +261,7 @@ impl Cursor<'_> {
     fn uvarint(&mut self, max_bytes: usize) -> Result<u64> {
         let mut v: u64 = 0;
         for i in 0..max_bytes {
-            let b = *self
-                .buf
-                .get(self.pos)
-                .ok_or_else(|| Error::bad_batch("varint runs past the end"))?;
+            let b = *self.buf.get(self.pos).ok_or_else(|| Error::bad_batch("varint runs past the end"))?;
             self.pos += 1;
             v |= u64::from(b & 0x7f) << (7 * i);
             if b & 0x80 == 0 {
@@ -319,10 +284,7 @@ impl Cursor<'_> {
             return Ok(None);
         }
         let end = self.pos + len as usize;
-        let b = self
-            .buf
-            .get(self.pos..end)
-            .ok_or_else(|| Error::bad_batch("field runs past the end of the batch"))?;
+        let b = self.buf.get(self.pos..end).ok_or_else(|| Error::bad_batch("field runs past the end of the batch"))?;
         self.pos = end;
         Ok(Some(b.to_vec()))
     }
@@ -339,10 +301,7 @@ mod tests {
             proptest::option::of(proptest::collection::vec(any::<u8>(), 0..20)),
             proptest::option::of(proptest::collection::vec(any::<u8>(), 0..200)),
             proptest::collection::vec(
-                (
-                    "[a-z]{0,8}",
-                    proptest::option::of(proptest::collection::vec(any::<u8>(), 0..8)),
-                ),
+                ("[a-z]{0,8}", proptest::option::of(proptest::collection::vec(any::<u8>(), 0..8))),
                 0..3,
             ),
         )
@@ -380,17 +339,9 @@ mod tests {
 
     #[test]
     fn known_bytes_match_kafka_layout() {
-        let batch = encode(&[Record {
-            timestamp_ms: 1000,
-            key: None,
-            value: Some(b"hi".to_vec()),
-            headers: vec![],
-        }]);
+        let batch = encode(&[Record { timestamp_ms: 1000, key: None, value: Some(b"hi".to_vec()), headers: vec![] }]);
         // Record: attrs 0, tsDelta 0, offsetDelta 0, key -1 (0x01), value len 2 (0x04) 'h' 'i', 0 headers.
-        assert_eq!(
-            &batch[HEADER_LEN..],
-            &[0x10, 0, 0, 0, 0x01, 0x04, b'h', b'i', 0]
-        );
+        assert_eq!(&batch[HEADER_LEN..], &[0x10, 0, 0, 0, 0x01, 0x04, b'h', b'i', 0]);
         assert_eq!(batch[16], 2);
         assert_eq!(be_i32(&batch, 8) as usize, batch.len() - 12);
         assert_eq!(be_i64(&batch, 43), -1, "no producer id");

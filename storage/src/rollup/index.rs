@@ -24,14 +24,8 @@ pub enum MetricColumn {
     DoubleSum(Vec<f64>),
     Min(Vec<f64>),
     Max(Vec<f64>),
-    Distinct {
-        lg_k: u8,
-        states: Vec<DistinctState>,
-    },
-    Quantile {
-        compression: u16,
-        states: Vec<QuantileState>,
-    },
+    Distinct { lg_k: u8, states: Vec<DistinctState> },
+    Quantile { compression: u16, states: Vec<QuantileState> },
 }
 
 impl MetricColumn {
@@ -42,14 +36,10 @@ impl MetricColumn {
             MetricKind::DoubleSum { .. } => MetricColumn::DoubleSum(Vec::new()),
             MetricKind::Min { .. } => MetricColumn::Min(Vec::new()),
             MetricKind::Max { .. } => MetricColumn::Max(Vec::new()),
-            MetricKind::Hll { .. } => MetricColumn::Distinct {
-                lg_k: kind.hll_lg_k(),
-                states: Vec::new(),
-            },
-            MetricKind::Tdigest { .. } => MetricColumn::Quantile {
-                compression: kind.tdigest_compression(),
-                states: Vec::new(),
-            },
+            MetricKind::Hll { .. } => MetricColumn::Distinct { lg_k: kind.hll_lg_k(), states: Vec::new() },
+            MetricKind::Tdigest { .. } => {
+                MetricColumn::Quantile { compression: kind.tdigest_compression(), states: Vec::new() }
+            }
         }
     }
 
@@ -109,23 +99,14 @@ impl MetricColumn {
                 s.add(distinct_hash(text), *lg_k);
                 s.heap_bytes() as isize - before as isize
             }
-            (
-                MetricColumn::Quantile {
-                    compression,
-                    states,
-                },
-                MetricInput::Double(x),
-            ) => {
+            (MetricColumn::Quantile { compression, states }, MetricInput::Double(x)) => {
                 let s = &mut states[row];
                 let before = s.heap_bytes();
                 s.add(*x, *compression);
                 s.heap_bytes() as isize - before as isize
             }
             // Extraction produces inputs matching the spec the column was built from.
-            (col, input) => panic!(
-                "metric input {input:?} does not fit column {}",
-                col.kind_name()
-            ),
+            (col, input) => panic!("metric input {input:?} does not fit column {}", col.kind_name()),
         }
     }
 
@@ -178,11 +159,7 @@ impl RollupIndex {
             buckets: Vec::new(),
             dim_ids: Vec::new(),
             table: HashTable::new(),
-            metrics: spec
-                .metrics
-                .iter()
-                .map(|m| MetricColumn::for_kind(&m.kind))
-                .collect(),
+            metrics: spec.metrics.iter().map(|m| MetricColumn::for_kind(&m.kind)).collect(),
             events: 0,
             state_heap_bytes: 0,
             scratch: Vec::with_capacity(spec.dimensions.len()),
@@ -250,14 +227,7 @@ impl RollupIndex {
 
     /// Approximate bytes held, for the memory bound that triggers a persist.
     pub fn memory_bytes(&self) -> usize {
-        let per_row = 8
-            + 4 * self.dims.len()
-            + 4
-            + self
-                .metrics
-                .iter()
-                .map(MetricColumn::row_bytes)
-                .sum::<usize>();
+        let per_row = 8 + 4 * self.dims.len() + 4 + self.metrics.iter().map(MetricColumn::row_bytes).sum::<usize>();
         let dicts: usize = self.dims.iter().map(Dictionary::heap_bytes).sum();
         self.rows() * per_row + dicts + self.state_heap_bytes.max(0) as usize
     }
@@ -294,18 +264,14 @@ impl RollupIndex {
     /// time, then the other dimensions in spec order. Ties cannot happen: rows are unique.
     pub fn sorted_rows(&self, clustering: &[usize]) -> Vec<u32> {
         let ranks: Vec<Vec<u32>> = self.dims.iter().map(Dictionary::sorted_ranks).collect();
-        let rest: Vec<usize> = (0..self.dims.len())
-            .filter(|d| !clustering.contains(d))
-            .collect();
+        let rest: Vec<usize> = (0..self.dims.len()).filter(|d| !clustering.contains(d)).collect();
         let mut order: Vec<u32> = (0..self.rows() as u32).collect();
         let key = |r: u32, d: usize| ranks[d][self.dim_id(r as usize, d) as usize];
         order.sort_unstable_by(|&a, &b| {
             clustering
                 .iter()
                 .map(|&d| key(a, d).cmp(&key(b, d)))
-                .chain(std::iter::once(
-                    self.buckets[a as usize].cmp(&self.buckets[b as usize]),
-                ))
+                .chain(std::iter::once(self.buckets[a as usize].cmp(&self.buckets[b as usize])))
                 .chain(rest.iter().map(|&d| key(a, d).cmp(&key(b, d))))
                 .find(|o| o.is_ne())
                 .unwrap_or(std::cmp::Ordering::Equal)
@@ -350,30 +316,18 @@ mod tests {
         }
         assert_eq!(idx.rows(), 3);
         assert_eq!(idx.events(), 5);
-        let MetricColumn::Count(counts) = idx.metric(0) else {
-            panic!("count column")
-        };
+        let MetricColumn::Count(counts) = idx.metric(0) else { panic!("count column") };
         assert_eq!(counts, &vec![2, 1, 2]);
-        let MetricColumn::LongSum(n) = idx.metric(1) else {
-            panic!("longSum column")
-        };
+        let MetricColumn::LongSum(n) = idx.metric(1) else { panic!("longSum column") };
         assert_eq!(n, &vec![3, 3, 0]);
-        let MetricColumn::DoubleSum(amt) = idx.metric(2) else {
-            panic!("doubleSum column")
-        };
+        let MetricColumn::DoubleSum(amt) = idx.metric(2) else { panic!("doubleSum column") };
         assert_eq!(amt, &vec![1.0, 0.0, 0.0]);
-        let MetricColumn::Min(lo) = idx.metric(3) else {
-            panic!("min column")
-        };
+        let MetricColumn::Min(lo) = idx.metric(3) else { panic!("min column") };
         assert_eq!(lo[0], -1.0);
         assert!(lo[1].is_nan() && lo[2].is_nan(), "no input is null");
-        let MetricColumn::Max(hi) = idx.metric(4) else {
-            panic!("max column")
-        };
+        let MetricColumn::Max(hi) = idx.metric(4) else { panic!("max column") };
         assert_eq!(hi[0], 2.0);
-        let MetricColumn::Distinct { states, .. } = idx.metric(5) else {
-            panic!("hll column")
-        };
+        let MetricColumn::Distinct { states, .. } = idx.metric(5) else { panic!("hll column") };
         assert_eq!(states[0].estimate(), 2.0);
         assert!(states[2].is_empty());
         // Sorted: m=a first (row 2), then m=b by time (rows 0, 1).
@@ -387,13 +341,12 @@ mod tests {
         let build = || {
             let mut idx = RollupIndex::new(&spec);
             for i in 0..5000u64 {
-                let b = json!({"ts": i * 1000, "m": format!("m{}", i % 37), "u": format!("u{}", i % 101), "amt": i as f64});
+                let b =
+                    json!({"ts": i * 1000, "m": format!("m{}", i % 37), "u": format!("u{}", i % 101), "amt": i as f64});
                 idx.add(&extract(&spec, &b).expect("valid"));
             }
             let mut merged = DistinctMerger::new(12);
-            let MetricColumn::Distinct { states, .. } = idx.metric(5) else {
-                panic!("hll column")
-            };
+            let MetricColumn::Distinct { states, .. } = idx.metric(5) else { panic!("hll column") };
             let mut bytes = Vec::new();
             for s in states {
                 let mut one = Vec::new();

@@ -26,6 +26,9 @@ use crate::error::{Error, Result};
 pub const EXACT_MAX: usize = 16;
 const TAG_EXACT: u8 = 1;
 const TAG_SKETCH: u8 = 2;
+/// A merger's exact list, longer than a row state's: `0x03 | n u32 | n x 8 bytes`. Only
+/// partial aggregates carry it; segments never do.
+const TAG_LONG_EXACT: u8 = 3;
 
 /// The identity of a value for distinct counting.
 #[inline]
@@ -143,12 +146,7 @@ pub struct DistinctMerger {
 
 impl DistinctMerger {
     pub fn new(lg_k: u8) -> Self {
-        DistinctMerger {
-            lg_k,
-            exact: Vec::new(),
-            exact_limit: 4096,
-            union: None,
-        }
+        DistinctMerger { lg_k, exact: Vec::new(), exact_limit: 4096, union: None }
     }
 
     /// Merges one encoded state (as written by [`DistinctState::encode`]).
@@ -157,13 +155,8 @@ impl DistinctMerger {
         match bytes.first() {
             None => Ok(()),
             Some(&TAG_EXACT) => {
-                let n = *bytes
-                    .get(1)
-                    .ok_or_else(|| corrupt("exact distinct state"))?
-                    as usize;
-                let vals = bytes
-                    .get(2..2 + n * 8)
-                    .ok_or_else(|| corrupt("exact distinct state"))?;
+                let n = *bytes.get(1).ok_or_else(|| corrupt("exact distinct state"))? as usize;
+                let vals = bytes.get(2..2 + n * 8).ok_or_else(|| corrupt("exact distinct state"))?;
                 for c in vals.chunks_exact(8) {
                     let mut a = [0u8; 8];
                     a.copy_from_slice(c);
@@ -171,9 +164,14 @@ impl DistinctMerger {
                 }
                 Ok(())
             }
+            Some(&TAG_LONG_EXACT) => {
+                for v in long_exact(bytes)? {
+                    self.add_hash(u64::from_le_bytes(v));
+                }
+                Ok(())
+            }
             Some(&TAG_SKETCH) => {
-                let s = HllSketch::deserialize(&bytes[1..])
-                    .map_err(|e| Error::Sketch(e.to_string()))?;
+                let s = HllSketch::deserialize(&bytes[1..]).map_err(|e| Error::Sketch(e.to_string()))?;
                 self.union_mut().update(&s);
                 Ok(())
             }
@@ -191,8 +189,7 @@ impl DistinctMerger {
                     self.exact.sort_unstable();
                     self.exact.dedup();
                     if self.exact.len() > self.exact_limit / 2 {
-                        let mut u = HllUnion::new(self.lg_k)
-                            .unwrap_or_else(|e| panic!("lg_k {}: {e}", self.lg_k));
+                        let mut u = HllUnion::new(self.lg_k).unwrap_or_else(|e| panic!("lg_k {}: {e}", self.lg_k));
                         for h in self.exact.drain(..) {
                             u.update_value(h);
                         }
@@ -203,18 +200,44 @@ impl DistinctMerger {
         }
     }
 
+    /// The merged state as bytes that [`Self::merge_encoded`] accepts (a partial aggregate).
+    pub fn to_state_bytes(&mut self) -> Vec<u8> {
+        match &mut self.union {
+            None => {
+                self.exact.sort_unstable();
+                self.exact.dedup();
+                let mut out = Vec::with_capacity(5 + self.exact.len() * 8);
+                out.push(TAG_LONG_EXACT);
+                out.extend_from_slice(&(self.exact.len() as u32).to_le_bytes());
+                for h in &self.exact {
+                    out.extend_from_slice(&h.to_le_bytes());
+                }
+                out
+            }
+            Some(u) => {
+                for h in self.exact.drain(..) {
+                    u.update_value(h);
+                }
+                let mut out = vec![TAG_SKETCH];
+                out.extend_from_slice(&u.to_sketch(HllType::Hll8).serialize());
+                out
+            }
+        }
+    }
+
+    pub fn heap_bytes(&self) -> usize {
+        self.exact.capacity() * 8 + self.union.as_ref().map_or(0, HllUnion::estimated_size)
+    }
+
     fn union_mut(&mut self) -> &mut HllUnion {
         if self.union.is_none() {
-            let mut u =
-                HllUnion::new(self.lg_k).unwrap_or_else(|e| panic!("lg_k {}: {e}", self.lg_k));
+            let mut u = HllUnion::new(self.lg_k).unwrap_or_else(|e| panic!("lg_k {}: {e}", self.lg_k));
             for h in self.exact.drain(..) {
                 u.update_value(h);
             }
             self.union = Some(u);
         }
-        self.union
-            .as_mut()
-            .unwrap_or_else(|| unreachable!("set above"))
+        self.union.as_mut().unwrap_or_else(|| unreachable!("set above"))
     }
 
     pub fn estimate(&mut self) -> f64 {
@@ -223,8 +246,7 @@ impl DistinctMerger {
                 let mut est = u.estimate();
                 if !self.exact.is_empty() {
                     // Exact values gathered before a sketch arrived are folded in now.
-                    let mut u2 = HllUnion::new(self.lg_k)
-                        .unwrap_or_else(|e| panic!("lg_k {}: {e}", self.lg_k));
+                    let mut u2 = HllUnion::new(self.lg_k).unwrap_or_else(|e| panic!("lg_k {}: {e}", self.lg_k));
                     u2.update(&u.to_sketch(HllType::Hll8));
                     for h in &self.exact {
                         u2.update_value(*h);
@@ -240,6 +262,17 @@ impl DistinctMerger {
             }
         }
     }
+}
+
+fn long_exact(bytes: &[u8]) -> Result<impl Iterator<Item = [u8; 8]> + '_> {
+    let n = bytes.get(1..5).ok_or_else(|| corrupt("long exact state"))?;
+    let n = u32::from_le_bytes([n[0], n[1], n[2], n[3]]) as usize;
+    let vals = bytes.get(5..5 + n * 8).ok_or_else(|| corrupt("long exact state"))?;
+    Ok(vals.chunks_exact(8).map(|c| {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(c);
+        a
+    }))
 }
 
 fn corrupt(what: &str) -> Error {
@@ -322,9 +355,8 @@ impl QuantileState {
 }
 
 pub fn new_tdigest(compression: u16) -> TDigestMut {
-    TDigestMut::new(compression).unwrap_or_else(|e| {
-        panic!("compression {compression} passed spec validation but t-digest refused it: {e}")
-    })
+    TDigestMut::new(compression)
+        .unwrap_or_else(|e| panic!("compression {compression} passed spec validation but t-digest refused it: {e}"))
 }
 
 /// Merges encoded quantile states: exact values while few, a t-digest beyond.
@@ -338,12 +370,7 @@ pub struct QuantileMerger {
 
 impl QuantileMerger {
     pub fn new(compression: u16) -> Self {
-        QuantileMerger {
-            compression,
-            exact: Vec::new(),
-            exact_limit: 8192,
-            digests: Vec::new(),
-        }
+        QuantileMerger { compression, exact: Vec::new(), exact_limit: 8192, digests: Vec::new() }
     }
 
     #[inline]
@@ -351,13 +378,8 @@ impl QuantileMerger {
         match bytes.first() {
             None => Ok(()),
             Some(&TAG_EXACT) => {
-                let n = *bytes
-                    .get(1)
-                    .ok_or_else(|| corrupt("exact quantile state"))?
-                    as usize;
-                let vals = bytes
-                    .get(2..2 + n * 8)
-                    .ok_or_else(|| corrupt("exact quantile state"))?;
+                let n = *bytes.get(1).ok_or_else(|| corrupt("exact quantile state"))? as usize;
+                let vals = bytes.get(2..2 + n * 8).ok_or_else(|| corrupt("exact quantile state"))?;
                 for c in vals.chunks_exact(8) {
                     let mut a = [0u8; 8];
                     a.copy_from_slice(c);
@@ -365,9 +387,14 @@ impl QuantileMerger {
                 }
                 Ok(())
             }
+            Some(&TAG_LONG_EXACT) => {
+                for v in long_exact(bytes)? {
+                    self.add(f64::from_le_bytes(v));
+                }
+                Ok(())
+            }
             Some(&TAG_SKETCH) => {
-                let t = TDigestMut::deserialize(&bytes[1..])
-                    .map_err(|e| Error::Sketch(e.to_string()))?;
+                let t = TDigestMut::deserialize(&bytes[1..]).map_err(|e| Error::Sketch(e.to_string()))?;
                 self.digests.push(t);
                 if self.digests.len() >= 64 {
                     self.collapse();
@@ -388,6 +415,32 @@ impl QuantileMerger {
             }
             self.digests.push(t);
         }
+    }
+
+    /// The merged state as bytes that [`Self::merge_encoded`] accepts (a partial aggregate).
+    pub fn to_state_bytes(&mut self) -> Vec<u8> {
+        if self.digests.is_empty() {
+            let mut out = Vec::with_capacity(5 + self.exact.len() * 8);
+            out.push(TAG_LONG_EXACT);
+            out.extend_from_slice(&(self.exact.len() as u32).to_le_bytes());
+            for v in &self.exact {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+            return out;
+        }
+        self.collapse();
+        let mut t = self.digests.pop().unwrap_or_else(|| new_tdigest(self.compression));
+        for x in self.exact.drain(..) {
+            t.update(x);
+        }
+        let mut out = vec![TAG_SKETCH];
+        out.extend_from_slice(&t.serialize());
+        self.digests.push(t);
+        out
+    }
+
+    pub fn heap_bytes(&self) -> usize {
+        self.exact.capacity() * 8 + self.digests.iter().map(TDigestMut::estimated_size).sum::<usize>()
     }
 
     fn collapse(&mut self) {
@@ -474,16 +527,12 @@ mod tests {
         let mut m = DistinctMerger::new(12);
         // 2,000 groups of 50 users each, half overlapping the next group: 50,025 distinct.
         for g in 0..2000u64 {
-            m.merge_encoded(&encoded_distinct(g * 25..g * 25 + 50))
-                .expect("merge");
+            m.merge_encoded(&encoded_distinct(g * 25..g * 25 + 50)).expect("merge");
         }
         let exact = 1999.0 * 25.0 + 50.0;
         let est = m.estimate();
         // lg_k 12: RSE about 1.6%; 3 standard errors is under 5%.
-        assert!(
-            (est - exact).abs() / exact < 0.05,
-            "estimate {est} vs exact {exact}"
-        );
+        assert!((est - exact).abs() / exact < 0.05, "estimate {est} vs exact {exact}");
     }
 
     #[test]
@@ -510,9 +559,7 @@ mod tests {
         for _ in 0..1000 {
             let mut s = QuantileState::default();
             for _ in 0..40 {
-                x = x
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                 let u = ((x >> 11) as f64 / (1u64 << 53) as f64).max(1e-12);
                 let v = 10.0 / u.powf(0.7);
                 all.push(v);
@@ -524,10 +571,28 @@ mod tests {
         }
         let est = m.quantile(0.99).expect("some");
         let exact = exact_quantile(&mut all, 0.99).expect("some");
-        assert!(
-            (est - exact).abs() / exact < 0.02,
-            "p99 {est} vs exact {exact}"
-        );
+        assert!((est - exact).abs() / exact < 0.02, "p99 {est} vs exact {exact}");
+    }
+
+    #[test]
+    fn partial_states_round_trip_through_bytes() {
+        let mut a = DistinctMerger::new(12);
+        for g in 0..30u64 {
+            a.merge_encoded(&encoded_distinct(g * 10..g * 10 + 10)).expect("merge");
+        }
+        let mut b = DistinctMerger::new(12);
+        b.merge_encoded(&a.to_state_bytes()).expect("merge partial");
+        b.merge_encoded(&encoded_distinct(295..305)).expect("merge");
+        assert_eq!(b.estimate(), 305.0);
+
+        let mut q = QuantileMerger::new(100);
+        for v in [3.0, 1.0, 2.0] {
+            q.add(v);
+        }
+        let mut r = QuantileMerger::new(100);
+        r.merge_encoded(&q.to_state_bytes()).expect("merge partial");
+        r.add(4.0);
+        assert_eq!(r.quantile(0.5), Some(2.5));
     }
 
     #[test]

@@ -14,8 +14,8 @@ use std::sync::Arc;
 
 use arrow_array::types::Int32Type;
 use arrow_array::{
-    Array, ArrayRef, BinaryArray, DictionaryArray, Float64Array, Int32Array, Int64Array,
-    StringArray, TimestampMillisecondArray,
+    Array, ArrayRef, BinaryArray, DictionaryArray, Float64Array, Int32Array, Int64Array, StringArray,
+    TimestampMillisecondArray,
 };
 use arrow_buffer::{BooleanBuffer, Buffer, NullBuffer, OffsetBuffer, ScalarBuffer};
 use arrow_schema::{DataType, Field, Schema, TimeUnit};
@@ -36,15 +36,32 @@ pub struct Segment {
 pub fn column_type(kind: ColumnKind, metric_type: Option<&str>) -> DataType {
     match kind {
         ColumnKind::Time => DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
-        ColumnKind::Dimension => {
-            DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8))
-        }
+        ColumnKind::Dimension => DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
         ColumnKind::Metric => match metric_type {
             Some("count") | Some("longSum") => DataType::Int64,
             _ => DataType::Float64,
         },
         ColumnKind::Sketch => DataType::Binary,
     }
+}
+
+/// The SQL schema of a datasource under `spec`: `__time`, the dimensions, then the metrics.
+/// Segments and the realtime index are both served in it.
+pub fn table_schema(spec: &tidemark_catalog::DatasourceSpec) -> Schema {
+    let mut fields = vec![Field::new(tidemark_catalog::spec::TIME_COLUMN, column_type(ColumnKind::Time, None), false)];
+    for d in &spec.dimensions {
+        fields.push(Field::new(d, column_type(ColumnKind::Dimension, None), true));
+    }
+    for m in &spec.metrics {
+        let kind = match m.kind {
+            tidemark_catalog::MetricKind::Hll { .. } | tidemark_catalog::MetricKind::Tdigest { .. } => {
+                ColumnKind::Sketch
+            }
+            _ => ColumnKind::Metric,
+        };
+        fields.push(Field::new(&m.name, column_type(kind, Some(m.kind.type_name())), true));
+    }
+    Schema::new(fields)
 }
 
 impl Segment {
@@ -54,11 +71,7 @@ impl Segment {
         // node never truncates a file that may still be mapped; checksums are verified below
         // before any column is read.
         let mmap = unsafe { Mmap::map(&file) }.map_err(Error::io(path))?;
-        let corrupt = |position: u64, reason: String| Error::Corrupt {
-            path: path.to_path_buf(),
-            position,
-            reason,
-        };
+        let corrupt = |position: u64, reason: String| Error::Corrupt { path: path.to_path_buf(), position, reason };
         let len = mmap.len();
         if len < HEADER_LEN + TRAILER_LEN || &mmap[..8] != MAGIC {
             return Err(corrupt(0, "not a tidemark segment file".into()));
@@ -67,70 +80,40 @@ impl Segment {
         if version != FORMAT_VERSION {
             return Err(corrupt(
                 8,
-                format!(
-                    "segment format version {version} is not supported (this node reads {FORMAT_VERSION})"
-                ),
+                format!("segment format version {version} is not supported (this node reads {FORMAT_VERSION})"),
             ));
         }
         let trailer = &mmap[len - TRAILER_LEN..];
         if &trailer[8..] != FOOTER_MAGIC {
-            return Err(corrupt(
-                (len - 8) as u64,
-                "footer magic missing: the file is truncated".into(),
-            ));
+            return Err(corrupt((len - 8) as u64, "footer magic missing: the file is truncated".into()));
         }
-        let footer_len =
-            u32::from_le_bytes([trailer[0], trailer[1], trailer[2], trailer[3]]) as usize;
+        let footer_len = u32::from_le_bytes([trailer[0], trailer[1], trailer[2], trailer[3]]) as usize;
         let footer_crc = u32::from_le_bytes([trailer[4], trailer[5], trailer[6], trailer[7]]);
-        let footer_start = (len - TRAILER_LEN)
-            .checked_sub(footer_len)
-            .filter(|s| *s >= HEADER_LEN)
-            .ok_or_else(|| {
-                corrupt(
-                    (len - TRAILER_LEN) as u64,
-                    format!("footer length {footer_len} does not fit the file"),
-                )
+        let footer_start =
+            (len - TRAILER_LEN).checked_sub(footer_len).filter(|s| *s >= HEADER_LEN).ok_or_else(|| {
+                corrupt((len - TRAILER_LEN) as u64, format!("footer length {footer_len} does not fit the file"))
             })?;
         let footer = &mmap[footer_start..len - TRAILER_LEN];
         if crc32c::crc32c(footer) != footer_crc {
-            return Err(corrupt(
-                footer_start as u64,
-                "footer checksum mismatch".into(),
-            ));
+            return Err(corrupt(footer_start as u64, "footer checksum mismatch".into()));
         }
         let meta: SegmentMeta = serde_json::from_slice(footer)
             .map_err(|e| corrupt(footer_start as u64, format!("footer is unreadable: {e}")))?;
         for col in &meta.columns {
             let (s, e) = (col.start as usize, col.end as usize);
             if s > e || e > footer_start {
-                return Err(corrupt(
-                    col.start,
-                    format!("column {} lies outside the data region", col.name),
-                ));
+                return Err(corrupt(col.start, format!("column {} lies outside the data region", col.name)));
             }
             if crc32c::crc32c(&mmap[s..e]) != col.crc32c {
-                return Err(corrupt(
-                    col.start,
-                    format!("checksum mismatch in column {} (bytes {s}..{e})", col.name),
-                ));
+                return Err(corrupt(col.start, format!("checksum mismatch in column {} (bytes {s}..{e})", col.name)));
             }
             for b in &col.buffers {
-                if b.offset < col.start
-                    || b.offset + b.len > col.end
-                    || b.offset as usize % ALIGN != 0
-                {
-                    return Err(corrupt(
-                        b.offset,
-                        format!("buffer {:?} of column {} is misplaced", b.role, col.name),
-                    ));
+                if b.offset < col.start || b.offset + b.len > col.end || !(b.offset as usize).is_multiple_of(ALIGN) {
+                    return Err(corrupt(b.offset, format!("buffer {:?} of column {} is misplaced", b.role, col.name)));
                 }
             }
         }
-        Ok(Segment {
-            path: path.to_path_buf(),
-            mmap: Arc::new(mmap),
-            meta,
-        })
+        Ok(Segment { path: path.to_path_buf(), mmap: Arc::new(mmap), meta })
     }
 
     pub fn meta(&self) -> &SegmentMeta {
@@ -153,20 +136,14 @@ impl Segment {
                 .iter()
                 .map(|c| {
                     let nullable = c.kind != ColumnKind::Time;
-                    Field::new(
-                        &c.name,
-                        column_type(c.kind, c.metric_type.as_deref()),
-                        nullable,
-                    )
+                    Field::new(&c.name, column_type(c.kind, c.metric_type.as_deref()), nullable)
                 })
                 .collect::<Vec<_>>(),
         )
     }
 
     fn entry(&self, name: &str) -> Result<&ColumnEntry> {
-        self.meta.column(name).ok_or_else(|| {
-            Error::Internal(format!("segment {} has no column {name}", self.meta.id))
-        })
+        self.meta.column(name).ok_or_else(|| Error::Internal(format!("segment {} has no column {name}", self.meta.id)))
     }
 
     /// A zero-copy Arrow buffer over part of the mapping.
@@ -181,18 +158,15 @@ impl Segment {
     }
 
     fn required(&self, col: &ColumnEntry, role: BufferRole) -> Result<Buffer> {
-        col.buffer(role)
-            .map(|r| self.buffer(r))
-            .ok_or_else(|| Error::Corrupt {
-                path: self.path.clone(),
-                position: col.start,
-                reason: format!("column {} lacks its {role:?} buffer", col.name),
-            })
+        col.buffer(role).map(|r| self.buffer(r)).ok_or_else(|| Error::Corrupt {
+            path: self.path.clone(),
+            position: col.start,
+            reason: format!("column {} lacks its {role:?} buffer", col.name),
+        })
     }
 
     fn nulls(&self, col: &ColumnEntry) -> Option<NullBuffer> {
-        col.buffer(BufferRole::Validity)
-            .map(|r| NullBuffer::new(BooleanBuffer::new(self.buffer(r), 0, self.rows())))
+        col.buffer(BufferRole::Validity).map(|r| NullBuffer::new(BooleanBuffer::new(self.buffer(r), 0, self.rows())))
     }
 
     /// The column as an Arrow array backed by the mapping.
@@ -206,8 +180,7 @@ impl Segment {
         };
         let array: ArrayRef = match col.kind {
             ColumnKind::Time => {
-                let values =
-                    ScalarBuffer::<i64>::new(self.required(col, BufferRole::Values)?, 0, rows);
+                let values = ScalarBuffer::<i64>::new(self.required(col, BufferRole::Values)?, 0, rows);
                 Arc::new(TimestampMillisecondArray::new(values, None).with_timezone("UTC"))
             }
             ColumnKind::Dimension => {
@@ -216,20 +189,11 @@ impl Segment {
                     self.nulls(col),
                 );
                 let card = col.cardinality.unwrap_or(0) as usize;
-                let offsets = ScalarBuffer::<i32>::new(
-                    self.required(col, BufferRole::DictOffsets)?,
-                    0,
-                    card + 1,
-                );
-                let values = StringArray::try_new(
-                    OffsetBuffer::new(offsets),
-                    self.required(col, BufferRole::DictData)?,
-                    None,
-                )
-                .map_err(bad)?;
-                Arc::new(
-                    DictionaryArray::<Int32Type>::try_new(keys, Arc::new(values)).map_err(bad)?,
-                )
+                let offsets = ScalarBuffer::<i32>::new(self.required(col, BufferRole::DictOffsets)?, 0, card + 1);
+                let values =
+                    StringArray::try_new(OffsetBuffer::new(offsets), self.required(col, BufferRole::DictData)?, None)
+                        .map_err(bad)?;
+                Arc::new(DictionaryArray::<Int32Type>::try_new(keys, Arc::new(values)).map_err(bad)?)
             }
             ColumnKind::Metric => match col.metric_type.as_deref() {
                 Some("count") | Some("longSum") => Arc::new(Int64Array::new(
@@ -242,8 +206,7 @@ impl Segment {
                 )),
             },
             ColumnKind::Sketch => {
-                let offsets =
-                    ScalarBuffer::<i32>::new(self.required(col, BufferRole::Offsets)?, 0, rows + 1);
+                let offsets = ScalarBuffer::<i32>::new(self.required(col, BufferRole::Offsets)?, 0, rows + 1);
                 Arc::new(
                     BinaryArray::try_new(
                         OffsetBuffer::new(offsets),
@@ -261,18 +224,9 @@ impl Segment {
     pub fn dictionary(&self, dim: &str) -> Result<StringArray> {
         let col = self.entry(dim)?;
         let card = col.cardinality.unwrap_or(0) as usize;
-        let offsets =
-            ScalarBuffer::<i32>::new(self.required(col, BufferRole::DictOffsets)?, 0, card + 1);
-        StringArray::try_new(
-            OffsetBuffer::new(offsets),
-            self.required(col, BufferRole::DictData)?,
-            None,
-        )
-        .map_err(|e| Error::Corrupt {
-            path: self.path.clone(),
-            position: col.start,
-            reason: e.to_string(),
-        })
+        let offsets = ScalarBuffer::<i32>::new(self.required(col, BufferRole::DictOffsets)?, 0, card + 1);
+        StringArray::try_new(OffsetBuffer::new(offsets), self.required(col, BufferRole::DictData)?, None)
+            .map_err(|e| Error::Corrupt { path: self.path.clone(), position: col.start, reason: e.to_string() })
     }
 
     /// Rows whose `dim` equals any of `values` (`None` is null), from the bitmap index.

@@ -42,8 +42,7 @@ fn build(beacons: &[Beacon]) -> (DatasourceSpec, RollupIndex) {
     let spec = spec();
     let mut idx = RollupIndex::new(&spec);
     for &(minute, m, page, n, amt, u) in beacons {
-        let mut v =
-            json!({"ts": minute * 60_000 + 7, "m": format!("m{m}"), "n": n, "u": format!("u{u}")});
+        let mut v = json!({"ts": minute * 60_000 + 7, "m": format!("m{m}"), "n": n, "u": format!("u{u}")});
         if let Some(p) = page {
             v["page"] = json!(format!("/p{p}"));
         }
@@ -57,14 +56,7 @@ fn build(beacons: &[Beacon]) -> (DatasourceSpec, RollupIndex) {
 
 fn arb_beacons() -> impl Strategy<Value = Vec<Beacon>> {
     proptest::collection::vec(
-        (
-            0i64..60,
-            0u8..5,
-            proptest::option::of(0u8..4),
-            -5i64..50,
-            proptest::option::of(-100i32..1000),
-            0u16..40,
-        ),
+        (0i64..60, 0u8..5, proptest::option::of(0u8..4), -5i64..50, proptest::option::of(-100i32..1000), 0u16..40),
         1..300,
     )
 }
@@ -148,9 +140,7 @@ proptest! {
 
 #[test]
 fn quantile_column_round_trips_through_sketch_and_exact_states() {
-    let beacons: Vec<Beacon> = (0..500)
-        .map(|i| (0, (i % 2) as u8, None, 1, Some(i as i32), 1))
-        .collect();
+    let beacons: Vec<Beacon> = (0..500).map(|i| (0, (i % 2) as u8, None, 1, Some(i), 1)).collect();
     let (spec, idx) = build(&beacons);
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("q.seg");
@@ -177,35 +167,19 @@ fn a_corrupted_byte_is_named_by_its_column() {
     let mut bytes = std::fs::read(&path).expect("read");
     bytes[amt.start as usize + 3] ^= 0x01;
     std::fs::write(&path, &bytes).expect("write");
-    let err = Segment::open(&path)
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
+    let err = Segment::open(&path).err().map(|e| e.to_string()).unwrap_or_default();
     assert!(err.contains("checksum mismatch in column amt"), "{err}");
 
     bytes.truncate(bytes.len() - 1);
     std::fs::write(&path, &bytes).expect("write");
-    let err = Segment::open(&path)
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
+    let err = Segment::open(&path).err().map(|e| e.to_string()).unwrap_or_default();
     assert!(err.contains("truncated"), "{err}");
 }
 
 #[test]
 fn same_index_writes_identical_bytes() {
-    let beacons: Vec<Beacon> = (0..200)
-        .map(|i| {
-            (
-                i % 7,
-                (i % 3) as u8,
-                Some((i % 4) as u8),
-                i,
-                Some(i as i32),
-                (i % 50) as u16,
-            )
-        })
-        .collect();
+    let beacons: Vec<Beacon> =
+        (0..200).map(|i| (i % 7, (i % 3) as u8, Some((i % 4) as u8), i, Some(i as i32), (i % 50) as u16)).collect();
     let dir = tempfile::tempdir().expect("tempdir");
     let (spec, a) = build(&beacons);
     let (_, b) = build(&beacons);

@@ -42,21 +42,11 @@ impl Builder {
         self.pad();
         let offset = self.buf.len() as u64;
         self.buf.extend_from_slice(bytes);
-        BufferRef {
-            role,
-            offset,
-            len: bytes.len() as u64,
-        }
+        BufferRef { role, offset, len: bytes.len() as u64 }
     }
 
     /// Closes a column that started at `start`: pads, then checksums its byte range.
-    fn column(
-        &mut self,
-        name: &str,
-        kind: ColumnKind,
-        start: u64,
-        buffers: Vec<BufferRef>,
-    ) -> ColumnEntry {
+    fn column(&mut self, name: &str, kind: ColumnKind, start: u64, buffers: Vec<BufferRef>) -> ColumnEntry {
         self.pad();
         let end = self.buf.len() as u64;
         ColumnEntry {
@@ -101,15 +91,8 @@ fn validity(valid: impl Iterator<Item = bool>, rows: usize) -> (Option<Vec<u8>>,
 }
 
 /// Writes `index` (rolled up under `spec`) as segment `id` at `path`.
-pub fn write_segment(
-    path: &Path,
-    id: SegmentId,
-    spec: &DatasourceSpec,
-    index: &RollupIndex,
-) -> Result<WrittenSegment> {
-    if index.dimension_count() != spec.dimensions.len()
-        || index.metric_count() != spec.metrics.len()
-    {
+pub fn write_segment(path: &Path, id: SegmentId, spec: &DatasourceSpec, index: &RollupIndex) -> Result<WrittenSegment> {
+    if index.dimension_count() != spec.dimensions.len() || index.metric_count() != spec.metrics.len() {
         return Err(Error::Internal(format!(
             "index shape ({} dims, {} metrics) does not match the spec of {}",
             index.dimension_count(),
@@ -117,16 +100,10 @@ pub fn write_segment(
             spec.name
         )));
     }
-    let clustering: Vec<usize> = spec
-        .clustering
-        .iter()
-        .filter_map(|c| spec.dimension_index(c))
-        .collect();
+    let clustering: Vec<usize> = spec.clustering.iter().filter_map(|c| spec.dimension_index(c)).collect();
     let order = index.sorted_rows(&clustering);
     let rows = order.len();
-    let mut b = Builder {
-        buf: Vec::with_capacity(HEADER_LEN + rows * 64),
-    };
+    let mut b = Builder { buf: Vec::with_capacity(HEADER_LEN + rows * 64) };
     b.buf.extend_from_slice(MAGIC);
     b.buf.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     b.buf.extend_from_slice(&0u32.to_le_bytes());
@@ -136,12 +113,7 @@ pub fn write_segment(
     let times: Vec<i64> = order.iter().map(|&r| index.bucket(r as usize)).collect();
     let start = b.start();
     let values = b.buffer(BufferRole::Values, &le_bytes(&times, i64::to_le_bytes));
-    columns.push(b.column(
-        tidemark_catalog::spec::TIME_COLUMN,
-        ColumnKind::Time,
-        start,
-        vec![values],
-    ));
+    columns.push(b.column(tidemark_catalog::spec::TIME_COLUMN, ColumnKind::Time, start, vec![values]));
 
     // dimensions
     for (d, name) in spec.dimensions.iter().enumerate() {
@@ -174,32 +146,20 @@ pub fn write_segment(
             let appended = bitmaps[slot].try_push(pos as u32);
             debug_assert!(appended.is_ok(), "positions ascend");
         }
-        let (valid, nulls) = validity(
-            order
-                .iter()
-                .map(|&r| index.dim_id(r as usize, d) != NULL_ID),
-            rows,
-        );
+        let (valid, nulls) = validity(order.iter().map(|&r| index.dim_id(r as usize, d) != NULL_ID), rows);
         let mut bitmap_offsets = Vec::with_capacity(bitmaps.len() + 1);
         let mut bitmap_data = Vec::new();
         bitmap_offsets.push(0u64);
         for bm in &bitmaps {
-            bm.serialize_into(&mut bitmap_data)
-                .map_err(|e| Error::Internal(format!("roaring serialize: {e}")))?;
+            bm.serialize_into(&mut bitmap_data).map_err(|e| Error::Internal(format!("roaring serialize: {e}")))?;
             bitmap_offsets.push(bitmap_data.len() as u64);
         }
         let start = b.start();
         let mut bufs = vec![
             b.buffer(BufferRole::Values, &le_bytes(&keys, i32::to_le_bytes)),
-            b.buffer(
-                BufferRole::DictOffsets,
-                &le_bytes(&dict_offsets, i32::to_le_bytes),
-            ),
+            b.buffer(BufferRole::DictOffsets, &le_bytes(&dict_offsets, i32::to_le_bytes)),
             b.buffer(BufferRole::DictData, &dict_data),
-            b.buffer(
-                BufferRole::BitmapOffsets,
-                &le_bytes(&bitmap_offsets, u64::to_le_bytes),
-            ),
+            b.buffer(BufferRole::BitmapOffsets, &le_bytes(&bitmap_offsets, u64::to_le_bytes)),
             b.buffer(BufferRole::Bitmaps, &bitmap_data),
         ];
         if let Some(v) = valid {
@@ -217,49 +177,29 @@ pub fn write_segment(
         let (kind, bufs, nulls) = match index.metric(m) {
             MetricColumn::Count(v) => {
                 let vals: Vec<i64> = order.iter().map(|&r| v[r as usize] as i64).collect();
-                (
-                    ColumnKind::Metric,
-                    vec![b.buffer(BufferRole::Values, &le_bytes(&vals, i64::to_le_bytes))],
-                    0,
-                )
+                (ColumnKind::Metric, vec![b.buffer(BufferRole::Values, &le_bytes(&vals, i64::to_le_bytes))], 0)
             }
             MetricColumn::LongSum(v) => {
                 let vals: Vec<i64> = order.iter().map(|&r| v[r as usize]).collect();
-                (
-                    ColumnKind::Metric,
-                    vec![b.buffer(BufferRole::Values, &le_bytes(&vals, i64::to_le_bytes))],
-                    0,
-                )
+                (ColumnKind::Metric, vec![b.buffer(BufferRole::Values, &le_bytes(&vals, i64::to_le_bytes))], 0)
             }
             MetricColumn::DoubleSum(v) | MetricColumn::Min(v) | MetricColumn::Max(v) => {
                 let vals: Vec<f64> = order.iter().map(|&r| v[r as usize]).collect();
                 let (valid, nulls) = validity(vals.iter().map(|x| !x.is_nan()), rows);
                 // Null slots hold 0 so a scan that ignores validity stays finite.
-                let vals: Vec<f64> = vals
-                    .into_iter()
-                    .map(|x| if x.is_nan() { 0.0 } else { x })
-                    .collect();
-                let mut bufs =
-                    vec![b.buffer(BufferRole::Values, &le_bytes(&vals, f64::to_le_bytes))];
+                let vals: Vec<f64> = vals.into_iter().map(|x| if x.is_nan() { 0.0 } else { x }).collect();
+                let mut bufs = vec![b.buffer(BufferRole::Values, &le_bytes(&vals, f64::to_le_bytes))];
                 if let Some(v) = valid {
                     bufs.push(b.buffer(BufferRole::Validity, &v));
                 }
                 (ColumnKind::Metric, bufs, nulls)
             }
-            MetricColumn::Distinct { states, .. } => sketch_buffers(
-                &mut b,
-                rows,
-                &order,
-                |r, out| states[r].encode(out),
-                |r| states[r].is_empty(),
-            )?,
-            MetricColumn::Quantile { states, .. } => sketch_buffers(
-                &mut b,
-                rows,
-                &order,
-                |r, out| states[r].encode(out),
-                |r| states[r].is_empty(),
-            )?,
+            MetricColumn::Distinct { states, .. } => {
+                sketch_buffers(&mut b, rows, &order, |r, out| states[r].encode(out), |r| states[r].is_empty())?
+            }
+            MetricColumn::Quantile { states, .. } => {
+                sketch_buffers(&mut b, rows, &order, |r, out| states[r].encode(out), |r| states[r].is_empty())?
+            }
         };
         let mut col = b.column(&metric.name, kind, start, bufs);
         col.metric_type = Some(metric.kind.type_name().to_string());
@@ -280,20 +220,14 @@ pub fn write_segment(
         clustering: spec.clustering.clone(),
         columns,
     };
-    let footer =
-        serde_json::to_vec(&meta).map_err(|e| Error::Internal(format!("footer encode: {e}")))?;
+    let footer = serde_json::to_vec(&meta).map_err(|e| Error::Internal(format!("footer encode: {e}")))?;
     b.buf.extend_from_slice(&footer);
-    b.buf
-        .extend_from_slice(&(footer.len() as u32).to_le_bytes());
-    b.buf
-        .extend_from_slice(&crc32c::crc32c(&footer).to_le_bytes());
+    b.buf.extend_from_slice(&(footer.len() as u32).to_le_bytes());
+    b.buf.extend_from_slice(&crc32c::crc32c(&footer).to_le_bytes());
     b.buf.extend_from_slice(FOOTER_MAGIC);
 
     write_atomically(path, &b.buf)?;
-    Ok(WrittenSegment {
-        meta,
-        file_bytes: b.buf.len() as u64,
-    })
+    Ok(WrittenSegment { meta, file_bytes: b.buf.len() as u64 })
 }
 
 type SketchColumn = (ColumnKind, Vec<BufferRef>, u64);
@@ -310,16 +244,11 @@ fn sketch_buffers(
     offsets.push(0i32);
     for &r in order {
         encode(r as usize, &mut data);
-        offsets.push(
-            i32::try_from(data.len())
-                .map_err(|_| Error::Internal("sketch column exceeds 2 GiB".into()))?,
-        );
+        offsets.push(i32::try_from(data.len()).map_err(|_| Error::Internal("sketch column exceeds 2 GiB".into()))?);
     }
     let (valid, nulls) = validity(order.iter().map(|&r| !is_empty(r as usize)), rows);
-    let mut bufs = vec![
-        b.buffer(BufferRole::Offsets, &le_bytes(&offsets, i32::to_le_bytes)),
-        b.buffer(BufferRole::Data, &data),
-    ];
+    let mut bufs =
+        vec![b.buffer(BufferRole::Offsets, &le_bytes(&offsets, i32::to_le_bytes)), b.buffer(BufferRole::Data, &data)];
     if let Some(v) = valid {
         bufs.push(b.buffer(BufferRole::Validity, &v));
     }
@@ -334,7 +263,5 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     f.write_all(bytes).map_err(Error::io(&tmp))?;
     f.sync_all().map_err(Error::fsync(&tmp))?;
     fs::rename(&tmp, path).map_err(Error::io(path))?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(Error::fsync(dir))
+    File::open(dir).and_then(|d| d.sync_all()).map_err(Error::fsync(dir))
 }

@@ -1,0 +1,107 @@
+//! tidemark-query: SQL over tidemark's data with DataFusion. Tables read a snapshot (segments
+//! plus realtime rows) through `tidemark_storage::snapshot::SnapshotSource`; this crate owns
+//! no listener (the `sql` crate serves it).
+//!
+//! ```text
+//!  SQL ─► session (catalog tidemark: public.<datasource>, sys.<table>; Druid functions)
+//!            └─► DatasourceTable::scan ─► Pruning (time, dimension bitmaps)
+//!                     └─► TidemarkScanExec (segment columns zero-copy + realtime batches)
+//! ```
+
+use std::sync::Arc;
+
+use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider};
+use datafusion::dataframe::DataFrame;
+use datafusion::error::DataFusionError;
+use datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext};
+use datafusion::sql::parser::{DFParser, Statement};
+use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
+use tidemark_storage::snapshot::SnapshotSource;
+
+pub mod pruning;
+pub mod scan;
+pub mod schemas;
+pub mod sketch_aggregates;
+pub mod table;
+pub mod time_floor;
+
+pub const CATALOG: &str = "tidemark";
+pub const DATASOURCE_SCHEMA: &str = "public";
+pub const SYSTEM_SCHEMA: &str = "sys";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The statement writes or changes schema; tidemark's SQL is read-only.
+    #[error("{statement} is not supported: {hint}")]
+    ReadOnly { statement: String, hint: &'static str },
+
+    #[error("{0}")]
+    DataFusion(#[from] DataFusionError),
+}
+
+impl Error {
+    /// Whether the caller sent something wrong (as opposed to a fault in tidemark).
+    pub fn is_user_error(&self) -> bool {
+        match self {
+            Error::ReadOnly { .. } => true,
+            Error::DataFusion(e) => matches!(
+                e.find_root(),
+                DataFusionError::Plan(_)
+                    | DataFusionError::SQL(..)
+                    | DataFusionError::SchemaError(..)
+                    | DataFusionError::NotImplemented(_)
+            ),
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A session over `source` with tidemark's tables and functions.
+pub fn new_session(source: Arc<dyn SnapshotSource>) -> SessionContext {
+    let config = SessionConfig::new()
+        .with_default_catalog_and_schema(CATALOG, DATASOURCE_SCHEMA)
+        .with_create_default_catalog_and_schema(false)
+        .with_information_schema(true);
+    let ctx = SessionContext::new_with_config(config);
+    let catalog = MemoryCatalogProvider::new();
+    // MemoryCatalogProvider::register_schema only fails for duplicate names, which these are not.
+    let _ = catalog.register_schema(DATASOURCE_SCHEMA, Arc::new(schemas::DatasourceSchema { source: source.clone() }));
+    let _ = catalog.register_schema(SYSTEM_SCHEMA, Arc::new(schemas::SystemSchema { source }));
+    ctx.register_catalog(CATALOG, Arc::new(catalog));
+    ctx.register_udf(time_floor::TimeFloor::udf());
+    ctx.register_udaf(sketch_aggregates::ApproxCountDistinctHll::udaf());
+    ctx.register_udaf(sketch_aggregates::ApproxQuantileDs::udaf());
+    ctx
+}
+
+/// Plans one read-only statement. Writes get an error that says how data gets in.
+pub async fn sql(ctx: &SessionContext, text: &str) -> Result<DataFrame> {
+    let statements = DFParser::parse_sql(text).map_err(Error::DataFusion)?;
+    if statements.len() != 1 {
+        return Err(Error::DataFusion(DataFusionError::Plan(format!(
+            "expected exactly one SQL statement, got {}",
+            statements.len()
+        ))));
+    }
+    if let Some(Statement::Statement(stmt)) = statements.front() {
+        let kind = match stmt.as_ref() {
+            SqlStatement::Insert(_) => Some("INSERT"),
+            SqlStatement::Update(_) => Some("UPDATE"),
+            SqlStatement::Delete(_) => Some("DELETE"),
+            SqlStatement::Merge(_) => Some("MERGE"),
+            SqlStatement::Truncate(_) => Some("TRUNCATE"),
+            _ => None,
+        };
+        if let Some(kind) = kind {
+            let hint = if kind == "DELETE" || kind == "TRUNCATE" {
+                "tidemark removes data with `tidemark delete --datasource D --where ...` and retention rules, not SQL"
+            } else {
+                table::READ_ONLY_HINT
+            };
+            return Err(Error::ReadOnly { statement: kind.to_string(), hint });
+        }
+    }
+    let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
+    Ok(ctx.sql_with_options(text, options).await?)
+}
