@@ -38,6 +38,12 @@ pub enum Error {
     #[error("realtime index for {datasource} is at its memory bound ({bytes} bytes); retry after persists catch up")]
     IndexFull { datasource: String, bytes: usize },
 
+    #[error("log entry of kind {kind} cannot be applied: {reason}")]
+    BadCommand { kind: u8, reason: String },
+
+    #[error(transparent)]
+    Catalog(#[from] tidemark_catalog::Error),
+
     #[error("sketch error: {0}")]
     Sketch(String),
 

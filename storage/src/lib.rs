@@ -10,6 +10,7 @@
 //! [`rollup::RollupIndex`].
 
 pub mod command_log;
+pub mod engine;
 pub mod error;
 pub mod raw;
 pub mod rollup;

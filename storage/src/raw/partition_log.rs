@@ -450,6 +450,15 @@ impl PartitionLog {
             .collect()
     }
 
+    /// The stored batch that came from command log position `position`, if any. Positions
+    /// increase with offsets, so this is a binary search.
+    pub fn entry_at_position(&self, position: u64) -> Option<IndexEntry> {
+        let file = self.files.partition_point(|f| f.entries.first().is_some_and(|e| e.log_position <= position));
+        let f = &self.files[file.checked_sub(1)?];
+        let i = f.entries.partition_point(|e| e.log_position < position);
+        f.entries.get(i).filter(|e| e.log_position == position).copied()
+    }
+
     /// Reads the batch an index entry points at.
     pub fn read_at(&self, entry: &IndexEntry) -> Result<StoredBatch> {
         let i = self.files.partition_point(|f| f.base_offset <= entry.base_offset).saturating_sub(1);

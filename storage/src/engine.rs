@@ -1,0 +1,508 @@
+//! The engine: the single node's state machine. Applying command log entries in position
+//! order is the only way its state changes (DESIGN.md, invariant 1); the replication issue
+//! wraps the same `apply` in openraft's state machine.
+//!
+//! ```text
+//!  Entry ─► Command::decode ─► catalog command ──► Catalog (specs by position)
+//!                          ├─► events ─► raw log append (offsets) ─► extract under spec_at(position)
+//!                          │                                         ├─► realtime index of its interval
+//!                          │                                         └─► sys.rejects
+//!                          └─► persist ─► segment file ─► timeline
+//! ```
+//!
+//! Invariants:
+//! - Apply is deterministic: it reads only the entry (position, writer time, payload) and
+//!   state built from earlier entries. Decisions that need a clock (closing an interval,
+//!   the memory bound) are made by [`Engine::persist_decisions`] and logged as commands.
+//! - Apply is idempotent across restarts: a raw batch records its log position, so an entry
+//!   already in the raw log is not appended twice, and realtime indexes are rebuilt from the
+//!   raw log, never from the command log.
+//! - A datasource spec change first persists that datasource's realtime indexes, so an index
+//!   only ever holds rows of one spec version.
+
+pub mod checkpoint;
+pub mod command;
+mod datasource;
+pub mod idempotency;
+pub mod rejects;
+mod system_tables;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use arrow_array::RecordBatch;
+use serde_json::Value;
+use tidemark_catalog::event::{RejectReason, extract};
+use tidemark_catalog::{Catalog, CatalogCommand, CatalogEffect, DatasourceId};
+
+use crate::command_log::Entry;
+use crate::engine::checkpoint::{Checkpoint, DatasourceCheckpoint};
+use crate::engine::command::{Command, EventsCommand, PersistCommand, PersistReason};
+use crate::engine::datasource::DatasourceState;
+use crate::engine::idempotency::{BatchOutcome, IdempotencyWindow, RejectedLine, Seen};
+use crate::engine::rejects::RejectsTable;
+use crate::error::{Error, Result};
+use crate::raw::record_batch;
+use crate::snapshot::{SnapshotSource, TableSnapshot};
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub data_dir: PathBuf,
+    pub raw_file_bytes_max: u64,
+    /// Realtime memory (all datasources) above which the largest index is persisted.
+    pub realtime_bytes_persist: usize,
+    /// Realtime memory above which writes are refused (503) until persists catch up.
+    pub realtime_bytes_max: usize,
+    pub idempotency_window_ms: i64,
+    pub idempotency_keys_max: usize,
+    pub rejects_max: usize,
+}
+
+impl EngineConfig {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        EngineConfig {
+            data_dir: data_dir.into(),
+            raw_file_bytes_max: 256 * 1024 * 1024,
+            realtime_bytes_persist: 512 * 1024 * 1024,
+            realtime_bytes_max: 1024 * 1024 * 1024,
+            idempotency_window_ms: 24 * 3_600_000,
+            idempotency_keys_max: 1_000_000,
+            rejects_max: 100_000,
+        }
+    }
+}
+
+/// What applying one entry did, for whoever waits on it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Applied {
+    Catalog(CatalogEffect),
+    Events(BatchOutcome),
+    /// A retried batch (same idempotency key and body): nothing applied, original answer.
+    Retry(BatchOutcome),
+    Persisted {
+        segments: usize,
+    },
+    /// The command was logged but refused at apply (e.g. its datasource vanished meanwhile).
+    Refused {
+        reason: String,
+        status: RefusalStatus,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalStatus {
+    NotFound,
+    Conflict,
+    Invalid,
+}
+
+/// What opening the engine found.
+#[derive(Debug, Clone, Default)]
+pub struct Recovery {
+    pub checkpoint_position: u64,
+    pub raw_batches_replayed: u64,
+    pub raw_cut_bytes: u64,
+}
+
+#[derive(Debug)]
+pub struct Engine {
+    config: EngineConfig,
+    catalog: Catalog,
+    datasources: BTreeMap<DatasourceId, DatasourceState>,
+    idempotency: IdempotencyWindow,
+    rejects: RejectsTable,
+    applied_position: u64,
+    writer_time_ms: i64,
+    checkpoint_position: u64,
+}
+
+impl Engine {
+    /// Opens the engine from its checkpoint and raw logs. Entries after
+    /// [`Engine::applied_position`] must then be replayed from the command log.
+    pub fn open(config: EngineConfig) -> Result<(Engine, Recovery)> {
+        let cp = checkpoint::load(&config.data_dir)?;
+        let mut recovery = Recovery::default();
+        let mut engine = Engine {
+            catalog: Catalog::default(),
+            datasources: BTreeMap::new(),
+            idempotency: IdempotencyWindow::new(config.idempotency_window_ms, config.idempotency_keys_max),
+            rejects: RejectsTable::new(config.rejects_max),
+            applied_position: 0,
+            writer_time_ms: i64::MIN,
+            checkpoint_position: 0,
+            config,
+        };
+        let Some(cp) = cp else { return Ok((engine, recovery)) };
+        engine.catalog = cp.catalog;
+        engine.idempotency = cp.idempotency;
+        engine.idempotency.set_bounds(engine.config.idempotency_window_ms, engine.config.idempotency_keys_max);
+        engine.rejects = cp.rejects;
+        engine.rejects.set_bound(engine.config.rejects_max);
+        engine.applied_position = cp.applied_position;
+        engine.writer_time_ms = cp.writer_time_ms;
+        engine.checkpoint_position = cp.applied_position;
+        recovery.checkpoint_position = cp.applied_position;
+        for dcp in cp.datasources {
+            let Some(entry) = engine.catalog.by_id(dcp.id) else { continue };
+            let spec = entry.current().clone();
+            let mut ds = DatasourceState::open(&engine.config, dcp.id, &spec, &mut recovery)?;
+            ds.restore(dcp)?;
+            let replayed = ds.rebuild_realtime(&engine.catalog, cp.applied_position)?;
+            recovery.raw_batches_replayed += replayed;
+            engine.datasources.insert(ds.id, ds);
+        }
+        Ok((engine, recovery))
+    }
+
+    pub fn applied_position(&self) -> u64 {
+        self.applied_position
+    }
+
+    pub fn checkpoint_position(&self) -> u64 {
+        self.checkpoint_position
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.config.data_dir
+    }
+
+    /// Applies one entry. Entries at or below the applied position are ignored (replay).
+    pub fn apply(&mut self, entry: &Entry) -> Result<Applied> {
+        if entry.position <= self.applied_position {
+            return Ok(Applied::Refused { reason: "already applied".into(), status: RefusalStatus::Conflict });
+        }
+        let cmd = Command::decode(entry.kind, &entry.payload)?;
+        self.writer_time_ms = self.writer_time_ms.max(entry.writer_time_ms);
+        let out = match cmd {
+            Command::Catalog(c) => self.apply_catalog(entry.position, entry.writer_time_ms, &c),
+            Command::Events(e) => self.apply_events(entry.position, entry.writer_time_ms, e),
+            Command::Persist(p) => self.apply_persist(entry.position, &p),
+        };
+        self.applied_position = entry.position;
+        self.idempotency.expire(self.writer_time_ms);
+        out
+    }
+
+    fn apply_catalog(&mut self, position: u64, writer_time_ms: i64, cmd: &CatalogCommand) -> Result<Applied> {
+        if let Err(e) = self.catalog.check(cmd) {
+            let status = match e.status() {
+                tidemark_catalog::StatusCode::NotFound => RefusalStatus::NotFound,
+                tidemark_catalog::StatusCode::AlreadyExists => RefusalStatus::Conflict,
+                _ => RefusalStatus::Invalid,
+            };
+            return Ok(Applied::Refused { reason: e.to_string(), status });
+        }
+        // A spec change closes the datasource's realtime indexes under the old spec first.
+        if let CatalogCommand::UpdateDatasource { spec } = cmd
+            && let Some(entry) = self.catalog.get(&spec.name)
+        {
+            let id = entry.id;
+            if let Some(ds) = self.datasources.get_mut(&id) {
+                ds.persist_all(&self.catalog, position, PersistReason::SpecChanged)?;
+            }
+        }
+        let effect = self.catalog.apply(position, writer_time_ms, cmd)?;
+        match &effect {
+            CatalogEffect::Created(id) => {
+                let spec = self
+                    .catalog
+                    .by_id(*id)
+                    .map(|e| e.current().clone())
+                    .ok_or_else(|| Error::Internal("created datasource missing".into()))?;
+                let mut recovery = Recovery::default();
+                let ds = DatasourceState::open(&self.config, *id, &spec, &mut recovery)?;
+                self.datasources.insert(*id, ds);
+            }
+            CatalogEffect::Updated(id) => {
+                let spec = self
+                    .catalog
+                    .by_id(*id)
+                    .map(|e| e.current().clone())
+                    .ok_or_else(|| Error::Internal("updated datasource missing".into()))?;
+                if let Some(ds) = self.datasources.get_mut(id) {
+                    ds.grow_partitions(&self.config, &spec)?;
+                }
+            }
+            CatalogEffect::Deleted(id) => {
+                if let Some(ds) = self.datasources.get_mut(id) {
+                    ds.drop_realtime();
+                    let name = ds.name.clone();
+                    self.idempotency.remove_datasource(&name);
+                    self.rejects.remove_datasource(&name);
+                }
+            }
+            CatalogEffect::Purged(id) => {
+                if let Some(ds) = self.datasources.remove(id) {
+                    ds.remove_files()?;
+                }
+            }
+            CatalogEffect::AlreadyApplied => {}
+        }
+        Ok(Applied::Catalog(effect))
+    }
+
+    fn apply_events(&mut self, position: u64, writer_time_ms: i64, cmd: EventsCommand) -> Result<Applied> {
+        let header = &cmd.header;
+        let Some(entry) = self.catalog.get(&header.datasource) else {
+            return Ok(Applied::Refused {
+                reason: format!("datasource {:?} does not exist", header.datasource),
+                status: RefusalStatus::NotFound,
+            });
+        };
+        let id = entry.id;
+        if let Some(key) = &header.idempotency_key {
+            match self.idempotency.check(&header.datasource, key, header.body_hash) {
+                Seen::New => {}
+                Seen::Retry(outcome) => return Ok(Applied::Retry(outcome)),
+                Seen::Conflict => {
+                    return Ok(Applied::Refused {
+                        reason: format!(
+                            "Idempotency-Key {key:?} was already used for a different batch on {:?}; use a new key for new data",
+                            header.datasource
+                        ),
+                        status: RefusalStatus::Conflict,
+                    });
+                }
+            }
+        }
+        let spec = entry.spec_at(position).clone();
+        let catalog_version = self.catalog.applied_position();
+        let ds =
+            self.datasources.get_mut(&id).ok_or_else(|| Error::Internal(format!("no state for datasource {id}")))?;
+        if header.partition as usize >= ds.partition_count() {
+            return Ok(Applied::Refused {
+                reason: format!(
+                    "partition {} does not exist; {:?} has {}",
+                    header.partition,
+                    header.datasource,
+                    ds.partition_count()
+                ),
+                status: RefusalStatus::Invalid,
+            });
+        }
+
+        let mut batch = cmd.batch;
+        let (_, records) = record_batch::decode_records(&batch)?;
+        let binding: BTreeMap<u32, &command::VerdictRecord> = header.verdicts.iter().map(|v| (v.index, v)).collect();
+        let values: Vec<Option<Value>> = records
+            .iter()
+            .enumerate()
+            .map(|(i, (_, r))| {
+                if binding.contains_key(&(i as u32)) {
+                    return None;
+                }
+                r.value.as_deref().and_then(|v| serde_json::from_slice(v).ok())
+            })
+            .collect();
+        let mut results = Vec::with_capacity(records.len());
+        for (i, value) in values.iter().enumerate() {
+            let r = match (binding.get(&(i as u32)), value) {
+                (Some(v), _) => Err(RejectReason::Other { code: v.code, detail: v.reason.clone() }),
+                (None, None) => Err(RejectReason::Other { code: 1, detail: "record value is not valid JSON".into() }),
+                (None, Some(v)) => extract(&spec, v),
+            };
+            results.push(r);
+        }
+        let (mut min_ms, mut max_ms) = (i64::MAX, i64::MIN);
+        for e in results.iter().flatten() {
+            min_ms = min_ms.min(e.time_ms);
+            max_ms = max_ms.max(e.time_ms);
+        }
+        let frame = crate::raw::frame::Frame {
+            log_position: position,
+            writer_time_ms,
+            catalog_version,
+            min_event_ms: min_ms,
+            max_event_ms: max_ms,
+            publisher: header.publisher.clone(),
+            verdicts: header.verdicts.iter().map(Into::into).collect(),
+        };
+        let stored = ds.append_raw(header.partition, &frame, &mut batch)?;
+        let mut outcome = BatchOutcome {
+            partition: header.partition,
+            log_position: position,
+            base_offset: stored.base_offset,
+            last_offset: stored.last_offset,
+            ..BatchOutcome::default()
+        };
+        for (i, r) in results.into_iter().enumerate() {
+            match r {
+                Ok(event) => {
+                    ds.add_event(&spec, position, writer_time_ms, &event);
+                    outcome.accepted += 1;
+                }
+                Err(reason) => {
+                    let text = reason.to_string();
+                    self.rejects.push(rejects::RejectRow {
+                        datasource: header.datasource.clone(),
+                        partition: header.partition,
+                        offset: stored.base_offset + i as i64,
+                        log_position: position,
+                        writer_time_ms,
+                        record_index: i as u32,
+                        code: reason.code(),
+                        reason: text.clone(),
+                        payload: rejects::payload_text(records[i].1.value.as_deref().unwrap_or_default()),
+                    });
+                    ds.events_rejected += 1;
+                    outcome.rejected.push(RejectedLine { index: i as u32, reason: text });
+                }
+            }
+        }
+        if let Some(key) = &header.idempotency_key {
+            self.idempotency.remember(&header.datasource, key, header.body_hash, writer_time_ms, outcome.clone());
+        }
+        Ok(Applied::Events(outcome))
+    }
+
+    fn apply_persist(&mut self, position: u64, cmd: &PersistCommand) -> Result<Applied> {
+        let Some(ds) = self.datasources.get_mut(&cmd.datasource) else {
+            return Ok(Applied::Persisted { segments: 0 });
+        };
+        let n = ds.persist(&self.catalog, position, cmd.interval_start_ms, cmd.late)?;
+        Ok(Applied::Persisted { segments: n })
+    }
+
+    /// Which intervals should persist now, by the writer's clock `now_ms` and the memory
+    /// bound. Pure: the caller logs the returned commands.
+    pub fn persist_decisions(&self, now_ms: i64) -> Vec<PersistCommand> {
+        let mut out = Vec::new();
+        for ds in self.datasources.values() {
+            let Some(entry) = self.catalog.by_id(ds.id) else { continue };
+            if entry.deleted.is_some() {
+                continue;
+            }
+            out.extend(ds.closed_intervals(entry.current(), now_ms));
+        }
+        if out.is_empty() && self.realtime_bytes() > self.config.realtime_bytes_persist {
+            let largest = self
+                .datasources
+                .values()
+                .flat_map(|ds| ds.open_indexes().map(move |(start, late, bytes)| (bytes, ds.id, start, late)))
+                .max();
+            if let Some((_, id, start, late)) = largest {
+                out.push(PersistCommand {
+                    datasource: id,
+                    interval_start_ms: start,
+                    late,
+                    reason: PersistReason::MemoryBound,
+                });
+            }
+        }
+        out
+    }
+
+    /// Deleted datasources whose grace period passed at writer time `now_ms`.
+    pub fn purge_decisions(&self, now_ms: i64) -> Vec<CatalogCommand> {
+        self.catalog.purgeable(now_ms).into_iter().map(|id| CatalogCommand::PurgeDatasource { id }).collect()
+    }
+
+    pub fn realtime_bytes(&self) -> usize {
+        self.datasources.values().map(DatasourceState::realtime_bytes).sum()
+    }
+
+    /// Whether writes should be refused until persists catch up (the realtime memory bound).
+    pub fn is_overloaded(&self) -> bool {
+        self.realtime_bytes() > self.config.realtime_bytes_max
+    }
+
+    /// Syncs the raw logs and writes a checkpoint at the applied position; the command log
+    /// may then be trimmed below the returned position.
+    pub fn checkpoint(&mut self) -> Result<u64> {
+        for ds in self.datasources.values_mut() {
+            ds.sync()?;
+        }
+        let cp = Checkpoint {
+            version: checkpoint::CHECKPOINT_VERSION,
+            applied_position: self.applied_position,
+            writer_time_ms: self.writer_time_ms,
+            catalog: self.catalog.clone(),
+            datasources: self
+                .datasources
+                .values()
+                .map(|ds| ds.checkpoint(self.applied_position))
+                .collect::<Vec<DatasourceCheckpoint>>(),
+            idempotency: self.idempotency.clone(),
+            rejects: self.rejects.clone(),
+        };
+        checkpoint::store(&self.config.data_dir, &cp)?;
+        self.checkpoint_position = self.applied_position;
+        Ok(self.applied_position)
+    }
+
+    /// The read-only edge check of one beacon under the current spec of `datasource`.
+    pub fn check_beacon(&self, datasource: &str, beacon: &Value) -> Option<Result<i64, RejectReason>> {
+        let spec = self.catalog.get(datasource)?.current();
+        Some(extract(spec, beacon).map(|e| e.time_ms))
+    }
+
+    pub fn partitions_of(&self, datasource: &str) -> Option<u32> {
+        self.catalog.get(datasource).map(|e| e.current().partitions)
+    }
+
+    /// A query snapshot of one datasource as of the applied position.
+    pub fn table_snapshot(&self, name: &str) -> Option<TableSnapshot> {
+        let entry = self.catalog.get(name)?;
+        let ds = self.datasources.get(&entry.id)?;
+        let spec = entry.current().clone();
+        let schema = Arc::new(crate::segment::table_schema(&spec));
+        let realtime = ds.realtime_batches(&spec, schema);
+        Some(TableSnapshot { spec, log_position: self.applied_position, segments: ds.segments(), realtime })
+    }
+
+    pub fn rejects(&self) -> &RejectsTable {
+        &self.rejects
+    }
+
+    /// Totals for metrics: (events ingested, events rejected, realtime rows, segments).
+    pub fn totals(&self) -> (u64, u64, u64, u64) {
+        self.datasources.values().fold((0, 0, 0, 0), |acc, ds| {
+            (
+                acc.0 + ds.events_ingested,
+                acc.1 + ds.events_rejected,
+                acc.2 + ds.realtime_rows(),
+                acc.3 + ds.segment_count() as u64,
+            )
+        })
+    }
+}
+
+/// The engine shared between the applier (writes) and queries (reads).
+#[derive(Debug, Clone)]
+pub struct SharedEngine(pub Arc<RwLock<Engine>>);
+
+impl SharedEngine {
+    pub fn read(&self) -> std::sync::RwLockReadGuard<'_, Engine> {
+        self.0.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn write(&self) -> std::sync::RwLockWriteGuard<'_, Engine> {
+        self.0.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl SnapshotSource for SharedEngine {
+    fn table_names(&self) -> Vec<String> {
+        self.read().catalog.datasources().map(|e| e.current().name.clone()).collect()
+    }
+
+    fn snapshot(&self, table: &str) -> Option<TableSnapshot> {
+        self.read().table_snapshot(table)
+    }
+
+    fn system_table_names(&self) -> Vec<String> {
+        system_tables::NAMES.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn system_table(&self, name: &str) -> Option<RecordBatch> {
+        system_tables::build(&self.read(), name)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,93 @@
+//! The engine's durable state besides data files: catalog, segment timeline, idempotency keys,
+//! rejects, as of one applied log position. Written atomically (temp file, fsync, rename) after
+//! the raw logs are synced, so the command log can be trimmed below it. Realtime indexes are
+//! not in it: they are rebuilt from the raw log on start.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tidemark_catalog::{Catalog, DatasourceId};
+
+use crate::engine::idempotency::IdempotencyWindow;
+use crate::engine::rejects::RejectsTable;
+use crate::error::{Error, Result};
+use crate::segment::SegmentId;
+
+pub const CHECKPOINT_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub version: u32,
+    pub applied_position: u64,
+    pub writer_time_ms: i64,
+    pub catalog: Catalog,
+    pub datasources: Vec<DatasourceCheckpoint>,
+    pub idempotency: IdempotencyWindow,
+    pub rejects: RejectsTable,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DatasourceCheckpoint {
+    pub id: DatasourceId,
+    pub segments: Vec<SegmentRecord>,
+    /// interval start → log position of its last persist: events applied before it are in
+    /// segments, events after it are in a late chunk.
+    pub persisted: Vec<(i64, u64)>,
+    /// Raw batches at or after this position may hold events not yet in any segment.
+    pub realtime_from: u64,
+    pub events_ingested: u64,
+    pub events_rejected: u64,
+}
+
+/// A published segment, as the timeline knows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SegmentRecord {
+    pub id: SegmentId,
+    /// Relative to the data directory.
+    pub file: PathBuf,
+    pub file_bytes: u64,
+    pub rows: u64,
+    pub events: u64,
+    pub published_at: u64,
+}
+
+pub fn path(data_dir: &Path) -> PathBuf {
+    data_dir.join("state").join("checkpoint.json")
+}
+
+pub fn load(data_dir: &Path) -> Result<Option<Checkpoint>> {
+    let p = path(data_dir);
+    let bytes = match fs::read(&p) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::Io { path: p, source: e }),
+    };
+    let cp: Checkpoint = serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
+        path: p.clone(),
+        position: 0,
+        reason: format!("checkpoint unreadable: {e}"),
+    })?;
+    if cp.version != CHECKPOINT_VERSION {
+        return Err(Error::Corrupt {
+            path: p,
+            position: 0,
+            reason: format!("checkpoint version {} is not {CHECKPOINT_VERSION}; upgrade the node", cp.version),
+        });
+    }
+    Ok(Some(cp))
+}
+
+pub fn store(data_dir: &Path, cp: &Checkpoint) -> Result<()> {
+    let p = path(data_dir);
+    let dir = p.parent().unwrap_or(data_dir);
+    fs::create_dir_all(dir).map_err(Error::io(dir))?;
+    let tmp = p.with_extension("json.tmp");
+    let bytes = serde_json::to_vec(cp).map_err(|e| Error::Internal(format!("checkpoint encode: {e}")))?;
+    let mut f = File::create(&tmp).map_err(Error::io(&tmp))?;
+    f.write_all(&bytes).map_err(Error::io(&tmp))?;
+    f.sync_all().map_err(Error::fsync(&tmp))?;
+    fs::rename(&tmp, &p).map_err(Error::io(&p))?;
+    File::open(dir).and_then(|d| d.sync_all()).map_err(Error::fsync(dir))
+}

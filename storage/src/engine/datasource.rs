@@ -1,0 +1,354 @@
+//! One datasource's state inside the engine: its raw log partitions, realtime indexes (one per
+//! open segment interval, plus late chunks for intervals already persisted), and its segment
+//! timeline.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use arrow_array::RecordBatch;
+use arrow_schema::SchemaRef;
+use tidemark_catalog::event::extract;
+use tidemark_catalog::{Catalog, DatasourceId, DatasourceSpec, Event};
+
+use crate::engine::checkpoint::{DatasourceCheckpoint, SegmentRecord};
+use crate::engine::command::{PersistCommand, PersistReason};
+use crate::engine::{EngineConfig, Recovery};
+use crate::error::{Error, Result};
+use crate::raw::frame::Frame;
+use crate::raw::partition_log::{IndexEntry, PartitionLog, PartitionLogConfig};
+use crate::raw::record_batch;
+use crate::rollup::RollupIndex;
+use crate::segment::{Segment, SegmentId, write_segment};
+
+/// The version string of segments written by ingest; reindexing publishes higher versions.
+pub(crate) const INGEST_VERSION: &str = "1";
+
+#[derive(Debug)]
+pub(crate) struct OpenInterval {
+    index: RollupIndex,
+    /// Log position of the first event in it: raw batches from here on may be unpersisted.
+    first_position: u64,
+    first_writer_time_ms: i64,
+    /// The last Arrow snapshot and the event count it was taken at.
+    cache: Mutex<Option<(u64, RecordBatch)>>,
+}
+
+impl OpenInterval {
+    fn new(spec: &DatasourceSpec, position: u64, writer_time_ms: i64) -> Self {
+        OpenInterval {
+            index: RollupIndex::new(spec),
+            first_position: position,
+            first_writer_time_ms: writer_time_ms,
+            cache: Mutex::new(None),
+        }
+    }
+
+    fn batch(&self, spec: &DatasourceSpec, schema: SchemaRef) -> Option<RecordBatch> {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((events, batch)) = cache.as_ref()
+            && *events == self.index.events()
+            && batch.schema() == schema
+        {
+            return Some(batch.clone());
+        }
+        let batch = self.index.to_record_batch(spec, schema).ok()?;
+        *cache = Some((self.index.events(), batch.clone()));
+        Some(batch)
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct DatasourceState {
+    pub(crate) id: DatasourceId,
+    pub(crate) name: String,
+    data_dir: PathBuf,
+    dir: PathBuf,
+    partitions: Vec<PartitionLog>,
+    raw_config: PartitionLogConfig,
+    open: BTreeMap<i64, OpenInterval>,
+    late: BTreeMap<i64, OpenInterval>,
+    segments: Vec<(SegmentRecord, Arc<Segment>)>,
+    /// interval start → position of its last persist.
+    persisted: BTreeMap<i64, u64>,
+    /// From a checkpoint: raw batches before this position are all covered by segments.
+    realtime_from: Option<u64>,
+    pub(crate) events_ingested: u64,
+    pub(crate) events_rejected: u64,
+}
+
+impl DatasourceState {
+    pub(crate) fn open(
+        config: &EngineConfig,
+        id: DatasourceId,
+        spec: &DatasourceSpec,
+        recovery: &mut Recovery,
+    ) -> Result<Self> {
+        let dir = config.data_dir.join("datasources").join(id.to_string());
+        let raw_config = PartitionLogConfig { file_bytes_max: config.raw_file_bytes_max };
+        let mut ds = DatasourceState {
+            id,
+            name: spec.name.clone(),
+            data_dir: config.data_dir.clone(),
+            dir,
+            partitions: Vec::new(),
+            raw_config,
+            open: BTreeMap::new(),
+            late: BTreeMap::new(),
+            segments: Vec::new(),
+            persisted: BTreeMap::new(),
+            realtime_from: None,
+            events_ingested: 0,
+            events_rejected: 0,
+        };
+        ds.grow_partitions_to(spec.partitions, recovery)?;
+        Ok(ds)
+    }
+
+    fn grow_partitions_to(&mut self, n: u32, recovery: &mut Recovery) -> Result<()> {
+        while self.partitions.len() < n as usize {
+            let p = self.partitions.len() as u32;
+            let (log, rec) = PartitionLog::open(&self.dir.join("raw").join(p.to_string()), p, self.raw_config.clone())?;
+            recovery.raw_cut_bytes += rec.cut_bytes;
+            if let Some(reason) = rec.cut_reason {
+                tracing::warn!(datasource = %self.name, partition = p, %reason, bytes = rec.cut_bytes, "cut torn raw log tail");
+            }
+            self.partitions.push(log);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn grow_partitions(&mut self, _config: &EngineConfig, spec: &DatasourceSpec) -> Result<()> {
+        let mut recovery = Recovery::default();
+        self.grow_partitions_to(spec.partitions, &mut recovery)
+    }
+
+    pub(crate) fn partition_count(&self) -> usize {
+        self.partitions.len()
+    }
+
+    pub(crate) fn restore(&mut self, cp: DatasourceCheckpoint) -> Result<()> {
+        for rec in cp.segments {
+            let seg = Segment::open(&self.data_dir.join(&rec.file))?;
+            self.segments.push((rec, Arc::new(seg)));
+        }
+        self.persisted = cp.persisted.into_iter().collect();
+        self.realtime_from = Some(cp.realtime_from);
+        self.events_ingested = cp.events_ingested;
+        self.events_rejected = cp.events_rejected;
+        Ok(())
+    }
+
+    /// Re-adds to realtime indexes the events of raw batches applied up to `through` that no
+    /// segment covers. Returns the number of raw batches read.
+    pub(crate) fn rebuild_realtime(&mut self, catalog: &Catalog, through: u64) -> Result<u64> {
+        let Some(entry) = catalog.by_id(self.id) else { return Ok(0) };
+        if entry.deleted.is_some() {
+            return Ok(0);
+        }
+        let from = self.realtime_from_hint(through);
+        let mut replayed = 0;
+        for p in 0..self.partitions.len() {
+            let offset = self.partitions[p].earliest_offset();
+            let batches = self.partitions[p].read(offset, usize::MAX)?;
+            for stored in batches {
+                let position = stored.frame.log_position;
+                if position < from || position > through {
+                    continue;
+                }
+                replayed += 1;
+                let spec = entry.spec_at(position).clone();
+                let (_, records) = record_batch::decode_records(&stored.batch)?;
+                for (i, (_, record)) in records.iter().enumerate() {
+                    if stored.frame.verdicts.iter().any(|v| v.record_index == i as u32) {
+                        continue;
+                    }
+                    let Some(value) = record.value.as_deref().and_then(|v| serde_json::from_slice(v).ok()) else {
+                        continue;
+                    };
+                    let Ok(event) = extract(&spec, &value) else { continue };
+                    let interval = spec.granularity.segment.bucket_start(event.time_ms);
+                    if self.persisted.get(&interval).is_some_and(|covered| *covered > position) {
+                        continue;
+                    }
+                    // Counted in the checkpoint already; only the index is rebuilt.
+                    self.route(&spec, position, stored.frame.writer_time_ms, interval).index.add(&event);
+                }
+            }
+        }
+        Ok(replayed)
+    }
+
+    /// The earliest raw position that may hold unpersisted events; saved in checkpoints.
+    fn realtime_from_hint(&self, through: u64) -> u64 {
+        self.realtime_from.unwrap_or(through + 1)
+    }
+
+    /// Appends a batch to its partition, or finds it there when replaying.
+    pub(crate) fn append_raw(&mut self, partition: u32, frame: &Frame, batch: &mut [u8]) -> Result<IndexEntry> {
+        let log = &mut self.partitions[partition as usize];
+        if log.last_log_position().is_some_and(|last| last >= frame.log_position) {
+            // A replay after a restart: the batch reached the raw log before the crash.
+            return log.entry_at_position(frame.log_position).ok_or_else(|| {
+                Error::Internal(format!(
+                    "raw log of {} partition {partition} is past position {} but lacks its batch",
+                    self.name, frame.log_position
+                ))
+            });
+        }
+        log.append(frame, batch)
+    }
+
+    fn route(&mut self, spec: &DatasourceSpec, position: u64, writer_time_ms: i64, interval: i64) -> &mut OpenInterval {
+        let map = if self.persisted.contains_key(&interval) { &mut self.late } else { &mut self.open };
+        map.entry(interval).or_insert_with(|| OpenInterval::new(spec, position, writer_time_ms))
+    }
+
+    pub(crate) fn add_event(&mut self, spec: &DatasourceSpec, position: u64, writer_time_ms: i64, event: &Event<'_>) {
+        let interval = spec.granularity.segment.bucket_start(event.time_ms);
+        self.route(spec, position, writer_time_ms, interval).index.add(event);
+        self.events_ingested += 1;
+    }
+
+    /// Writes the index of `interval` (or its late chunk) as the interval's next shard.
+    pub(crate) fn persist(&mut self, catalog: &Catalog, position: u64, interval: i64, late: bool) -> Result<usize> {
+        let map = if late { &mut self.late } else { &mut self.open };
+        let Some(open) = map.remove(&interval) else { return Ok(0) };
+        if open.index.is_empty() {
+            return Ok(0);
+        }
+        let entry =
+            catalog.by_id(self.id).ok_or_else(|| Error::Internal(format!("datasource {} not in catalog", self.id)))?;
+        // The index was built under the spec in force at its first event (specs change only
+        // after persisting every open index).
+        let spec = entry.spec_at(open.first_position);
+        let shard = self.segments.iter().filter(|(r, _)| r.id.interval_start_ms == interval).count() as u32;
+        let id = SegmentId {
+            datasource: self.name.clone(),
+            interval_start_ms: interval,
+            interval_end_ms: interval + spec.granularity.segment.millis(),
+            version: INGEST_VERSION.to_string(),
+            shard,
+        };
+        let rel = PathBuf::from("datasources")
+            .join(self.id.to_string())
+            .join("segments")
+            .join(format!("{interval}_{}_{shard}.seg", INGEST_VERSION));
+        let abs = self.data_dir.join(&rel);
+        let written = write_segment(&abs, id.clone(), spec, &open.index)?;
+        let segment = Segment::open(&abs)?;
+        let record = SegmentRecord {
+            id,
+            file: rel,
+            file_bytes: written.file_bytes,
+            rows: written.meta.rows,
+            events: written.meta.events,
+            published_at: position,
+        };
+        self.segments.push((record, Arc::new(segment)));
+        self.persisted.insert(interval, position);
+        Ok(1)
+    }
+
+    pub(crate) fn persist_all(&mut self, catalog: &Catalog, position: u64, _reason: PersistReason) -> Result<()> {
+        let open: Vec<i64> = self.open.keys().copied().collect();
+        for interval in open {
+            self.persist(catalog, position, interval, false)?;
+        }
+        let late: Vec<i64> = self.late.keys().copied().collect();
+        for interval in late {
+            self.persist(catalog, position, interval, true)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn closed_intervals(&self, spec: &DatasourceSpec, now_ms: i64) -> Vec<PersistCommand> {
+        let seg = spec.granularity.segment.millis();
+        let late_ms = spec.late_window.millis();
+        let mut out = Vec::new();
+        for (start, _) in self.open.iter().filter(|(start, _)| now_ms >= **start + seg + late_ms) {
+            out.push(PersistCommand {
+                datasource: self.id,
+                interval_start_ms: *start,
+                late: false,
+                reason: PersistReason::IntervalClosed,
+            });
+        }
+        for start in self.late.iter().filter(|(_, c)| now_ms >= c.first_writer_time_ms + late_ms).map(|(s, _)| s) {
+            out.push(PersistCommand {
+                datasource: self.id,
+                interval_start_ms: *start,
+                late: true,
+                reason: PersistReason::IntervalClosed,
+            });
+        }
+        out
+    }
+
+    /// (interval start, late?, bytes) of every realtime index.
+    pub(crate) fn open_indexes(&self) -> impl Iterator<Item = (i64, bool, usize)> + '_ {
+        self.open
+            .iter()
+            .map(|(s, o)| (*s, false, o.index.memory_bytes()))
+            .chain(self.late.iter().map(|(s, o)| (*s, true, o.index.memory_bytes())))
+    }
+
+    pub(crate) fn realtime_bytes(&self) -> usize {
+        self.open_indexes().map(|(_, _, b)| b).sum()
+    }
+
+    pub(crate) fn realtime_rows(&self) -> u64 {
+        self.open.values().chain(self.late.values()).map(|o| o.index.rows() as u64).sum()
+    }
+
+    pub(crate) fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    pub(crate) fn segment_records(&self) -> impl Iterator<Item = &SegmentRecord> {
+        self.segments.iter().map(|(r, _)| r)
+    }
+
+    pub(crate) fn segments(&self) -> Vec<Arc<Segment>> {
+        self.segments.iter().map(|(_, s)| s.clone()).collect()
+    }
+
+    pub(crate) fn realtime_batches(&self, spec: &DatasourceSpec, schema: SchemaRef) -> Vec<RecordBatch> {
+        self.open.values().chain(self.late.values()).filter_map(|o| o.batch(spec, schema.clone())).collect()
+    }
+
+    pub(crate) fn drop_realtime(&mut self) {
+        self.open.clear();
+        self.late.clear();
+    }
+
+    pub(crate) fn sync(&mut self) -> Result<()> {
+        for p in &mut self.partitions {
+            p.sync()?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn checkpoint(&self, applied: u64) -> DatasourceCheckpoint {
+        let realtime_from =
+            self.open.values().chain(self.late.values()).map(|o| o.first_position).min().unwrap_or(applied + 1);
+        DatasourceCheckpoint {
+            id: self.id,
+            segments: self.segments.iter().map(|(r, _)| r.clone()).collect(),
+            persisted: self.persisted.iter().map(|(k, v)| (*k, *v)).collect(),
+            realtime_from,
+            events_ingested: self.events_ingested,
+            events_rejected: self.events_rejected,
+        }
+    }
+
+    pub(crate) fn remove_files(self) -> Result<()> {
+        drop(self.partitions);
+        drop(self.segments);
+        match std::fs::remove_dir_all(&self.dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::Io { path: self.dir.clone(), source: e }),
+        }
+    }
+}

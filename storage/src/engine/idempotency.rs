@@ -1,0 +1,165 @@
+//! The idempotency window: an `Idempotency-Key` (scoped to a datasource) makes a retried batch
+//! count once and get the original answer; the same key with a different body is a conflict.
+//!
+//! Invariant: expiry uses the writer time stamped on log entries, never the local clock, so
+//! every replica (and every replay) keeps and forgets the same keys.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+/// What a batch's apply answered; replayed to a retry with the same key.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchOutcome {
+    pub accepted: u32,
+    pub rejected: Vec<RejectedLine>,
+    /// First and last raw log offsets the batch got, if it was stored.
+    pub base_offset: i64,
+    pub last_offset: i64,
+    pub partition: u32,
+    pub log_position: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RejectedLine {
+    pub index: u32,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Remembered {
+    pub body_hash: u64,
+    pub writer_time_ms: i64,
+    pub outcome: BatchOutcome,
+}
+
+/// What the window says about a batch with a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Seen {
+    New,
+    /// A retry of a batch already applied: answer with its outcome, apply nothing.
+    Retry(BatchOutcome),
+    /// The key was used for a different body.
+    Conflict,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(into = "WindowRecord", from = "WindowRecord")]
+pub struct IdempotencyWindow {
+    window_ms: i64,
+    keys_max: usize,
+    entries: BTreeMap<(String, String), Remembered>,
+    /// Keys in the order they were remembered (writer time is monotonic), for expiry.
+    order: VecDeque<(i64, String, String)>,
+}
+
+/// The on-disk form: JSON maps need string keys, so entries travel as a list.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct WindowRecord {
+    window_ms: i64,
+    keys_max: usize,
+    entries: Vec<(String, String, Remembered)>,
+    order: VecDeque<(i64, String, String)>,
+}
+
+impl From<IdempotencyWindow> for WindowRecord {
+    fn from(w: IdempotencyWindow) -> Self {
+        WindowRecord {
+            window_ms: w.window_ms,
+            keys_max: w.keys_max,
+            entries: w.entries.into_iter().map(|((ds, k), r)| (ds, k, r)).collect(),
+            order: w.order,
+        }
+    }
+}
+
+impl From<WindowRecord> for IdempotencyWindow {
+    fn from(r: WindowRecord) -> Self {
+        IdempotencyWindow {
+            window_ms: r.window_ms,
+            keys_max: r.keys_max,
+            entries: r.entries.into_iter().map(|(ds, k, v)| ((ds, k), v)).collect(),
+            order: r.order,
+        }
+    }
+}
+
+impl IdempotencyWindow {
+    pub fn new(window_ms: i64, keys_max: usize) -> Self {
+        IdempotencyWindow { window_ms, keys_max, entries: BTreeMap::new(), order: VecDeque::new() }
+    }
+
+    pub fn set_bounds(&mut self, window_ms: i64, keys_max: usize) {
+        self.window_ms = window_ms;
+        self.keys_max = keys_max;
+    }
+
+    pub fn check(&self, datasource: &str, key: &str, body_hash: u64) -> Seen {
+        match self.entries.get(&(datasource.to_string(), key.to_string())) {
+            None => Seen::New,
+            Some(r) if r.body_hash == body_hash => Seen::Retry(r.outcome.clone()),
+            Some(_) => Seen::Conflict,
+        }
+    }
+
+    pub fn remember(
+        &mut self,
+        datasource: &str,
+        key: &str,
+        body_hash: u64,
+        writer_time_ms: i64,
+        outcome: BatchOutcome,
+    ) {
+        let k = (datasource.to_string(), key.to_string());
+        self.order.push_back((writer_time_ms, k.0.clone(), k.1.clone()));
+        self.entries.insert(k, Remembered { body_hash, writer_time_ms, outcome });
+    }
+
+    /// Forgets keys older than the window at writer time `now_ms`, and the oldest beyond the bound.
+    pub fn expire(&mut self, now_ms: i64) {
+        while let Some((t, ds, key)) = self.order.front() {
+            let too_old = *t < now_ms.saturating_sub(self.window_ms);
+            if !too_old && self.order.len() <= self.keys_max {
+                break;
+            }
+            let k = (ds.clone(), key.clone());
+            if self.entries.get(&k).is_some_and(|r| r.writer_time_ms == *t) {
+                self.entries.remove(&k);
+            }
+            self.order.pop_front();
+        }
+    }
+
+    pub fn remove_datasource(&mut self, name: &str) {
+        self.entries.retain(|(ds, _), _| ds != name);
+        self.order.retain(|(_, ds, _)| ds != name);
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_conflicts_and_expiry_follow_writer_time() {
+        let mut w = IdempotencyWindow::new(1000, 10);
+        let out = BatchOutcome { accepted: 3, ..BatchOutcome::default() };
+        assert_eq!(w.check("ds", "k", 1), Seen::New);
+        w.remember("ds", "k", 1, 100, out.clone());
+        assert_eq!(w.check("ds", "k", 1), Seen::Retry(out));
+        assert_eq!(w.check("ds", "k", 2), Seen::Conflict);
+        assert_eq!(w.check("other", "k", 2), Seen::New, "keys are scoped to a datasource");
+        w.expire(1100);
+        assert_eq!(w.len(), 1);
+        w.expire(1101);
+        assert_eq!(w.check("ds", "k", 1), Seen::New);
+    }
+}

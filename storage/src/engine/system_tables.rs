@@ -1,0 +1,153 @@
+//! `sys.datasources`, `sys.segments` and `sys.rejects` as Arrow batches.
+
+use std::sync::Arc;
+
+use arrow_array::{
+    ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray, UInt32Array, UInt64Array,
+};
+use arrow_schema::{DataType, Field, Schema, TimeUnit};
+
+use crate::engine::Engine;
+
+pub(crate) const NAMES: [&str; 3] = ["datasources", "segments", "rejects"];
+
+fn ts_type() -> DataType {
+    DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()))
+}
+
+fn batch(fields: Vec<Field>, columns: Vec<ArrayRef>) -> Option<RecordBatch> {
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).ok()
+}
+
+pub(crate) fn build(engine: &Engine, name: &str) -> Option<RecordBatch> {
+    match name {
+        "datasources" => datasources(engine),
+        "segments" => segments(engine),
+        "rejects" => rejects(engine),
+        _ => None,
+    }
+}
+
+fn datasources(engine: &Engine) -> Option<RecordBatch> {
+    let entries: Vec<_> = engine.catalog.datasources().collect();
+    let state = |e: &&tidemark_catalog::DatasourceEntry| engine.datasources.get(&e.id);
+    let spec_json: Vec<String> =
+        entries.iter().map(|e| serde_json::to_string(e.current()).unwrap_or_default()).collect();
+    batch(
+        vec![
+            Field::new("name", DataType::Utf8, false),
+            Field::new("id", DataType::Utf8, false),
+            Field::new("partitions", DataType::UInt32, false),
+            Field::new("query_granularity", DataType::Utf8, false),
+            Field::new("segment_granularity", DataType::Utf8, false),
+            Field::new("dimensions", DataType::Utf8, false),
+            Field::new("metrics", DataType::Utf8, false),
+            Field::new("spec_versions", DataType::UInt64, false),
+            Field::new("spec_position", DataType::UInt64, false),
+            Field::new("segments", DataType::UInt64, false),
+            Field::new("realtime_rows", DataType::UInt64, false),
+            Field::new("events_ingested", DataType::UInt64, false),
+            Field::new("events_rejected", DataType::UInt64, false),
+            Field::new("spec", DataType::Utf8, false),
+        ],
+        vec![
+            Arc::new(StringArray::from_iter_values(entries.iter().map(|e| e.current().name.clone()))),
+            Arc::new(StringArray::from_iter_values(entries.iter().map(|e| e.id.to_string()))),
+            Arc::new(UInt32Array::from_iter_values(entries.iter().map(|e| e.current().partitions))),
+            Arc::new(StringArray::from_iter_values(entries.iter().map(|e| e.current().granularity.query.to_string()))),
+            Arc::new(StringArray::from_iter_values(
+                entries.iter().map(|e| e.current().granularity.segment.to_string()),
+            )),
+            Arc::new(StringArray::from_iter_values(entries.iter().map(|e| e.current().dimensions.join(",")))),
+            Arc::new(StringArray::from_iter_values(
+                entries
+                    .iter()
+                    .map(|e| e.current().metrics.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(",")),
+            )),
+            Arc::new(UInt64Array::from_iter_values(entries.iter().map(|e| e.versions.len() as u64))),
+            Arc::new(UInt64Array::from_iter_values(
+                entries.iter().map(|e| e.versions.last().map_or(0, |v| v.position)),
+            )),
+            Arc::new(UInt64Array::from_iter_values(
+                entries.iter().map(|e| state(e).map_or(0, |d| d.segment_count() as u64)),
+            )),
+            Arc::new(UInt64Array::from_iter_values(entries.iter().map(|e| state(e).map_or(0, |d| d.realtime_rows())))),
+            Arc::new(UInt64Array::from_iter_values(entries.iter().map(|e| state(e).map_or(0, |d| d.events_ingested)))),
+            Arc::new(UInt64Array::from_iter_values(entries.iter().map(|e| state(e).map_or(0, |d| d.events_rejected)))),
+            Arc::new(StringArray::from_iter_values(spec_json)),
+        ],
+    )
+}
+
+fn segments(engine: &Engine) -> Option<RecordBatch> {
+    let live: Vec<_> = engine
+        .catalog
+        .datasources()
+        .filter_map(|e| engine.datasources.get(&e.id))
+        .flat_map(|ds| ds.segment_records())
+        .collect();
+    batch(
+        vec![
+            Field::new("datasource", DataType::Utf8, false),
+            Field::new("segment_id", DataType::Utf8, false),
+            Field::new("interval_start", ts_type(), false),
+            Field::new("interval_end", ts_type(), false),
+            Field::new("version", DataType::Utf8, false),
+            Field::new("shard", DataType::UInt32, false),
+            Field::new("rows", DataType::UInt64, false),
+            Field::new("events", DataType::UInt64, false),
+            Field::new("bytes", DataType::UInt64, false),
+            Field::new("published_at", DataType::UInt64, false),
+            Field::new("file", DataType::Utf8, false),
+        ],
+        vec![
+            Arc::new(StringArray::from_iter_values(live.iter().map(|r| r.id.datasource.clone()))),
+            Arc::new(StringArray::from_iter_values(live.iter().map(|r| r.id.to_string()))),
+            Arc::new(
+                TimestampMillisecondArray::from_iter_values(live.iter().map(|r| r.id.interval_start_ms))
+                    .with_timezone("UTC"),
+            ),
+            Arc::new(
+                TimestampMillisecondArray::from_iter_values(live.iter().map(|r| r.id.interval_end_ms))
+                    .with_timezone("UTC"),
+            ),
+            Arc::new(StringArray::from_iter_values(live.iter().map(|r| r.id.version.clone()))),
+            Arc::new(UInt32Array::from_iter_values(live.iter().map(|r| r.id.shard))),
+            Arc::new(UInt64Array::from_iter_values(live.iter().map(|r| r.rows))),
+            Arc::new(UInt64Array::from_iter_values(live.iter().map(|r| r.events))),
+            Arc::new(UInt64Array::from_iter_values(live.iter().map(|r| r.file_bytes))),
+            Arc::new(UInt64Array::from_iter_values(live.iter().map(|r| r.published_at))),
+            Arc::new(StringArray::from_iter_values(live.iter().map(|r| r.file.display().to_string()))),
+        ],
+    )
+}
+
+fn rejects(engine: &Engine) -> Option<RecordBatch> {
+    let rows: Vec<_> = engine.rejects.rows().collect();
+    batch(
+        vec![
+            Field::new("datasource", DataType::Utf8, false),
+            Field::new("partition", DataType::UInt32, false),
+            Field::new("offset", DataType::Int64, false),
+            Field::new("log_position", DataType::UInt64, false),
+            Field::new("received_at", ts_type(), false),
+            Field::new("record_index", DataType::UInt32, false),
+            Field::new("code", DataType::UInt32, false),
+            Field::new("reason", DataType::Utf8, false),
+            Field::new("payload", DataType::Utf8, false),
+        ],
+        vec![
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.datasource.clone()))),
+            Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.partition))),
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.offset))),
+            Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.log_position))),
+            Arc::new(
+                TimestampMillisecondArray::from_iter_values(rows.iter().map(|r| r.writer_time_ms)).with_timezone("UTC"),
+            ),
+            Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.record_index))),
+            Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| u32::from(r.code)))),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.reason.clone()))),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.payload.clone()))),
+        ],
+    )
+}

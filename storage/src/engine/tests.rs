@@ -1,0 +1,211 @@
+//! The engine end to end in-process: apply, persist, checkpoint, restart, replay.
+
+use serde_json::json;
+use tidemark_catalog::spec::DEMO_BEACONS_SPEC;
+use tidemark_catalog::{CatalogCommand, DatasourceSpec};
+
+use super::command::{Command, EventsCommand, EventsHeader, PersistCommand, PersistReason, VerdictRecord};
+use super::*;
+use crate::raw::record_batch::{Record, encode};
+
+const HOUR: i64 = 3_600_000;
+const T0: i64 = 1_795_651_200_000; // 2026-11-26T00:00Z
+
+struct Log {
+    entries: Vec<Entry>,
+}
+
+impl Log {
+    fn push(&mut self, writer_time_ms: i64, cmd: &Command) -> Entry {
+        let e =
+            Entry { position: self.entries.len() as u64 + 1, writer_time_ms, kind: cmd.kind(), payload: cmd.encode() };
+        self.entries.push(e.clone());
+        e
+    }
+}
+
+fn spec() -> DatasourceSpec {
+    DatasourceSpec::from_json(DEMO_BEACONS_SPEC).expect("demo spec")
+}
+
+fn events_cmd(partition: u32, beacons: &[serde_json::Value], key: Option<&str>) -> Command {
+    let records: Vec<Record> = beacons
+        .iter()
+        .map(|b| Record {
+            timestamp_ms: 0,
+            key: None,
+            value: Some(serde_json::to_vec(b).expect("json")),
+            headers: vec![],
+        })
+        .collect();
+    Command::Events(EventsCommand {
+        header: EventsHeader {
+            datasource: "beacons".into(),
+            partition,
+            publisher: None,
+            idempotency_key: key.map(str::to_string),
+            body_hash: beacons.len() as u64,
+            verdicts: vec![],
+        },
+        batch: encode(&records),
+    })
+}
+
+fn beacon(ts: i64, merchant: &str, user: &str) -> serde_json::Value {
+    json!({"ts": ts, "merchant_id": merchant, "app": "web", "event": "page_view", "page": "/", "country": "US",
+           "device": "mobile", "user_id": user, "latency_ms": 12.5})
+}
+
+fn total_count(engine: &Engine) -> i64 {
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::Int64Type;
+    let snap = engine.table_snapshot("beacons").expect("snapshot");
+    let count_idx = 1 + snap.spec.dimensions.len();
+    let mut total = 0;
+    for s in &snap.segments {
+        let col = s.column("count").expect("count column");
+        total += col.as_primitive::<Int64Type>().values().iter().sum::<i64>();
+    }
+    for b in &snap.realtime {
+        total += b.column(count_idx).as_primitive::<Int64Type>().values().iter().sum::<i64>();
+    }
+    total
+}
+
+#[test]
+fn apply_persist_checkpoint_restart_replay() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = EngineConfig::new(dir.path());
+    let mut log = Log { entries: vec![] };
+    let (mut engine, _) = Engine::open(config.clone()).expect("open");
+    let e = log.push(T0, &Command::Catalog(CatalogCommand::CreateDatasource { spec: spec() }));
+    assert!(matches!(engine.apply(&e).expect("create"), Applied::Catalog(CatalogEffect::Created(_))));
+
+    // 10 events in hour 0, one bad line, on two partitions.
+    let mut batch: Vec<_> = (0..5).map(|i| beacon(T0 + i * 60_000, "m1", &format!("u{i}"))).collect();
+    batch.push(json!({"ts": "not a time"}));
+    let e = log.push(T0 + 1000, &events_cmd(0, &batch, Some("k1")));
+    let Applied::Events(out) = engine.apply(&e).expect("events") else { panic!("events outcome") };
+    assert_eq!(out.accepted, 5);
+    assert_eq!(out.rejected.len(), 1);
+    assert!(out.rejected[0].reason.contains("\"ts\""), "{:?}", out.rejected);
+    assert_eq!((out.base_offset, out.last_offset), (0, 5));
+    let e = log.push(
+        T0 + 2000,
+        &events_cmd(1, &(5..10).map(|i| beacon(T0 + i * 60_000, "m2", "u1")).collect::<Vec<_>>(), None),
+    );
+    engine.apply(&e).expect("events");
+    assert_eq!(total_count(&engine), 10);
+    assert_eq!(engine.rejects().rows().count(), 1);
+
+    // A retry with the same key counts once and answers the same; a different body conflicts.
+    let e = log.push(T0 + 3000, &events_cmd(0, &batch, Some("k1")));
+    assert_eq!(engine.apply(&e).expect("retry"), Applied::Retry(out.clone()));
+    let e = log.push(T0 + 3000, &events_cmd(0, &batch[..2], Some("k1")));
+    assert!(matches!(engine.apply(&e).expect("conflict"), Applied::Refused { status: RefusalStatus::Conflict, .. }));
+    assert_eq!(total_count(&engine), 10);
+
+    // The writer's clock passes hour 0's end plus the late window: a persist is decided.
+    let decisions = engine.persist_decisions(T0 + HOUR + 10 * 60_000);
+    assert_eq!(decisions.len(), 1);
+    assert_eq!(decisions[0].interval_start_ms, T0);
+    let e = log.push(T0 + HOUR + 10 * 60_000, &Command::Persist(decisions[0].clone()));
+    assert_eq!(engine.apply(&e).expect("persist"), Applied::Persisted { segments: 1 });
+    assert_eq!(total_count(&engine), 10);
+
+    // A late event for hour 0 goes to a late chunk; a new one to hour 1.
+    let e = log.push(
+        T0 + HOUR + 11 * 60_000,
+        &events_cmd(2, &[beacon(T0 + 30_000, "m3", "u9"), beacon(T0 + HOUR + 5, "m3", "u9")], None),
+    );
+    engine.apply(&e).expect("late events");
+    assert_eq!(total_count(&engine), 12);
+    engine.checkpoint().expect("checkpoint");
+
+    // Entries after the checkpoint: more events in hour 1.
+    let e = log.push(T0 + HOUR + 12 * 60_000, &events_cmd(0, &[beacon(T0 + HOUR + 7, "m1", "u1")], None));
+    engine.apply(&e).expect("events after checkpoint");
+    let expected_rows =
+        engine.table_snapshot("beacons").map(|s| s.realtime.iter().map(|b| b.num_rows()).sum::<usize>());
+    drop(engine);
+
+    // Restart: realtime rebuilt from raw up to the checkpoint, the rest replayed from the log.
+    let (mut engine, recovery) = Engine::open(config.clone()).expect("reopen");
+    assert_eq!(recovery.checkpoint_position, 7);
+    for e in &log.entries {
+        engine.apply(e).expect("replay");
+    }
+    assert_eq!(total_count(&engine), 13);
+    assert_eq!(
+        engine.table_snapshot("beacons").map(|s| s.realtime.iter().map(|b| b.num_rows()).sum::<usize>()),
+        expected_rows
+    );
+    assert_eq!(engine.rejects().rows().count(), 1, "rejects are not doubled by replay");
+
+    // The late chunk persists as one extra shard of hour 0.
+    let decisions = engine.persist_decisions(T0 + HOUR + 30 * 60_000);
+    assert!(decisions.iter().any(|d| d.late && d.interval_start_ms == T0), "{decisions:?}");
+    for d in decisions {
+        let e = log.push(T0 + HOUR + 30 * 60_000, &Command::Persist(d));
+        engine.apply(&e).expect("persist");
+    }
+    let snap = engine.table_snapshot("beacons").expect("snapshot");
+    let hour0: Vec<u32> =
+        snap.segments.iter().filter(|s| s.meta().id.interval_start_ms == T0).map(|s| s.meta().id.shard).collect();
+    assert_eq!(hour0, vec![0, 1]);
+    assert_eq!(total_count(&engine), 13);
+}
+
+#[test]
+fn binding_verdicts_and_spec_updates() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut engine, _) = Engine::open(EngineConfig::new(dir.path())).expect("open");
+    let mut log = Log { entries: vec![] };
+    let e = log.push(T0, &Command::Catalog(CatalogCommand::CreateDatasource { spec: spec() }));
+    engine.apply(&e).expect("create");
+    let Command::Events(mut cmd) = events_cmd(0, &[beacon(T0, "m1", "u1"), beacon(T0, "m1", "u2")], None) else {
+        unreachable!()
+    };
+    cmd.header.verdicts = vec![VerdictRecord { index: 1, code: 4, reason: "event time too far ahead".into() }];
+    let e = log.push(T0, &Command::Events(cmd));
+    let Applied::Events(out) = engine.apply(&e).expect("events") else { panic!("events") };
+    assert_eq!(out.accepted, 1);
+    assert_eq!(out.rejected[0].reason, "event time too far ahead");
+
+    // Adding a dimension persists open indexes under the old spec first.
+    let mut v2 = spec();
+    v2.dimensions.push("campaign".into());
+    let e = log.push(T0 + 5, &Command::Catalog(CatalogCommand::UpdateDatasource { spec: v2.clone() }));
+    engine.apply(&e).expect("update");
+    let snap = engine.table_snapshot("beacons").expect("snapshot");
+    assert_eq!(snap.segments.len(), 1);
+    assert!(snap.realtime.is_empty());
+    assert!(snap.segments[0].meta().column("campaign").is_none(), "older segment predates the dimension");
+    let mut b = beacon(T0 + 1, "m1", "u3");
+    b["campaign"] = json!("spring");
+    let e = log.push(T0 + 6, &events_cmd(0, &[b], None));
+    engine.apply(&e).expect("events");
+    let snap = engine.table_snapshot("beacons").expect("snapshot");
+    assert_eq!(
+        snap.realtime[0].schema().field_with_name("campaign").map(|f| f.name().clone()).ok(),
+        Some("campaign".into())
+    );
+
+    // Unknown datasource and a newer command format are refused clearly.
+    let Command::Events(mut cmd) = events_cmd(0, &[beacon(T0, "m1", "u1")], None) else { unreachable!() };
+    cmd.header.datasource = "nope".into();
+    let e = log.push(T0 + 7, &Command::Events(cmd));
+    assert!(matches!(engine.apply(&e).expect("refused"), Applied::Refused { status: RefusalStatus::NotFound, .. }));
+    let mut e = log.push(
+        T0 + 8,
+        &Command::Persist(PersistCommand {
+            datasource: DatasourceId(1),
+            interval_start_ms: 0,
+            late: false,
+            reason: PersistReason::MemoryBound,
+        }),
+    );
+    e.payload[0] = 9;
+    let err = engine.apply(&e).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.contains("upgrade the node"), "{err}");
+}
