@@ -40,7 +40,7 @@ use crate::command_log::Entry;
 use crate::engine::checkpoint::{Checkpoint, DatasourceCheckpoint};
 use crate::engine::command::{Command, EventsCommand, PersistCommand, PersistReason};
 use crate::engine::datasource::DatasourceState;
-use crate::engine::idempotency::{BatchOutcome, IdempotencyWindow, RejectedLine, Seen};
+use crate::engine::idempotency::{BatchOutcome, IdempotencyWindow, PartOutcome, RejectedLine, Seen};
 use crate::engine::rejects::RejectsTable;
 use crate::error::{Error, Result};
 use crate::raw::record_batch;
@@ -274,86 +274,88 @@ impl Engine {
         let catalog_version = self.catalog.applied_position();
         let ds =
             self.datasources.get_mut(&id).ok_or_else(|| Error::Internal(format!("no state for datasource {id}")))?;
-        if header.partition as usize >= ds.partition_count() {
+        if let Some(part) = header.parts.iter().find(|p| p.partition as usize >= ds.partition_count()) {
             return Ok(Applied::Refused {
                 reason: format!(
                     "partition {} does not exist; {:?} has {}",
-                    header.partition,
+                    part.partition,
                     header.datasource,
                     ds.partition_count()
                 ),
                 status: RefusalStatus::Invalid,
             });
         }
-
-        let mut batch = cmd.batch;
-        let (_, records) = record_batch::decode_records(&batch)?;
-        let binding: BTreeMap<u32, &command::VerdictRecord> = header.verdicts.iter().map(|v| (v.index, v)).collect();
-        let values: Vec<Option<Value>> = records
-            .iter()
-            .enumerate()
-            .map(|(i, (_, r))| {
-                if binding.contains_key(&(i as u32)) {
-                    return None;
-                }
-                r.value.as_deref().and_then(|v| serde_json::from_slice(v).ok())
-            })
-            .collect();
-        let mut results = Vec::with_capacity(records.len());
-        for (i, value) in values.iter().enumerate() {
-            let r = match (binding.get(&(i as u32)), value) {
-                (Some(v), _) => Err(RejectReason::Other { code: v.code, detail: v.reason.clone() }),
-                (None, None) => Err(RejectReason::Other { code: 1, detail: "record value is not valid JSON".into() }),
-                (None, Some(v)) => extract(&spec, v),
+        let mut outcome = BatchOutcome { log_position: position, ..BatchOutcome::default() };
+        for (part, mut batch) in header.parts.iter().zip(cmd.batches) {
+            let (_, records) = record_batch::decode_records(&batch)?;
+            let binding: BTreeMap<u32, &command::VerdictRecord> = part.verdicts.iter().map(|v| (v.index, v)).collect();
+            let values: Vec<Option<Value>> = records
+                .iter()
+                .enumerate()
+                .map(|(i, (_, r))| {
+                    if binding.contains_key(&(i as u32)) {
+                        return None;
+                    }
+                    r.value.as_deref().and_then(|v| serde_json::from_slice(v).ok())
+                })
+                .collect();
+            let results: Vec<_> = values
+                .iter()
+                .enumerate()
+                .map(|(i, value)| match (binding.get(&(i as u32)), value) {
+                    (Some(v), _) => Err(RejectReason::Other { code: v.code, detail: v.reason.clone() }),
+                    (None, None) => {
+                        Err(RejectReason::Other { code: 1, detail: "record value is not valid JSON".into() })
+                    }
+                    (None, Some(v)) => extract(&spec, v),
+                })
+                .collect();
+            let (mut min_ms, mut max_ms) = (i64::MAX, i64::MIN);
+            for e in results.iter().flatten() {
+                min_ms = min_ms.min(e.time_ms);
+                max_ms = max_ms.max(e.time_ms);
+            }
+            let frame = crate::raw::frame::Frame {
+                log_position: position,
+                writer_time_ms,
+                catalog_version,
+                min_event_ms: min_ms,
+                max_event_ms: max_ms,
+                publisher: header.publisher.clone(),
+                verdicts: part.verdicts.iter().map(Into::into).collect(),
             };
-            results.push(r);
-        }
-        let (mut min_ms, mut max_ms) = (i64::MAX, i64::MIN);
-        for e in results.iter().flatten() {
-            min_ms = min_ms.min(e.time_ms);
-            max_ms = max_ms.max(e.time_ms);
-        }
-        let frame = crate::raw::frame::Frame {
-            log_position: position,
-            writer_time_ms,
-            catalog_version,
-            min_event_ms: min_ms,
-            max_event_ms: max_ms,
-            publisher: header.publisher.clone(),
-            verdicts: header.verdicts.iter().map(Into::into).collect(),
-        };
-        let stored = ds.append_raw(header.partition, &frame, &mut batch)?;
-        let mut outcome = BatchOutcome {
-            partition: header.partition,
-            log_position: position,
-            base_offset: stored.base_offset,
-            last_offset: stored.last_offset,
-            ..BatchOutcome::default()
-        };
-        for (i, r) in results.into_iter().enumerate() {
-            match r {
-                Ok(event) => {
-                    ds.add_event(&spec, position, writer_time_ms, &event);
-                    outcome.accepted += 1;
-                }
-                Err(reason) => {
-                    let text = reason.to_string();
-                    self.rejects.push(rejects::RejectRow {
-                        datasource: header.datasource.clone(),
-                        partition: header.partition,
-                        offset: stored.base_offset + i as i64,
-                        log_position: position,
-                        writer_time_ms,
-                        record_index: i as u32,
-                        code: reason.code(),
-                        reason: text.clone(),
-                        payload: rejects::payload_text(records[i].1.value.as_deref().unwrap_or_default()),
-                    });
-                    ds.events_rejected += 1;
-                    outcome.rejected.push(RejectedLine { index: i as u32, reason: text });
+            let stored = ds.append_raw(part.partition, &frame, &mut batch)?;
+            outcome.parts.push(PartOutcome {
+                partition: part.partition,
+                base_offset: stored.base_offset,
+                last_offset: stored.last_offset,
+            });
+            for (i, r) in results.into_iter().enumerate() {
+                match r {
+                    Ok(event) => {
+                        ds.add_event(&spec, position, writer_time_ms, &event);
+                        outcome.accepted += 1;
+                    }
+                    Err(reason) => {
+                        let text = reason.to_string();
+                        self.rejects.push(rejects::RejectRow {
+                            datasource: header.datasource.clone(),
+                            partition: part.partition,
+                            offset: stored.base_offset + i as i64,
+                            log_position: position,
+                            writer_time_ms,
+                            record_index: part.line(i),
+                            code: reason.code(),
+                            reason: text.clone(),
+                            payload: rejects::payload_text(records[i].1.value.as_deref().unwrap_or_default()),
+                        });
+                        ds.events_rejected += 1;
+                        outcome.rejected.push(RejectedLine { index: part.line(i), reason: text });
+                    }
                 }
             }
         }
+        outcome.rejected.sort_by_key(|r| r.index);
         if let Some(key) = &header.idempotency_key {
             self.idempotency.remember(&header.datasource, key, header.body_hash, writer_time_ms, outcome.clone());
         }

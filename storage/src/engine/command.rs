@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! kind 1 catalog:  version u8 | JSON CatalogCommand
-//! kind 2 events:   version u8 | header_len u32 LE | JSON EventsHeader | RecordBatch v2 bytes
+//! kind 2 events:   version u8 | header_len u32 LE | JSON EventsHeader | RecordBatch v2 bytes of
+//!                  each part, concatenated (lengths in the header)
 //! kind 3 persist:  version u8 | JSON PersistCommand
 //! ```
 
@@ -18,18 +19,18 @@ pub const KIND_CATALOG: u8 = 1;
 pub const KIND_EVENTS: u8 = 2;
 pub const KIND_PERSIST: u8 = 3;
 
-/// A batch of beacons for one datasource partition, as the edge received them.
+/// One request's beacons for a datasource, split by partition, as the edge received them.
+/// One request is one entry, so it is applied (and counted, and deduplicated) as a whole.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EventsCommand {
     pub header: EventsHeader,
-    /// Kafka RecordBatch v2, one record per beacon (value = the beacon's JSON bytes).
-    pub batch: Vec<u8>,
+    /// Per part, a Kafka RecordBatch v2, one record per beacon (value = the beacon's bytes).
+    pub batches: Vec<Vec<u8>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EventsHeader {
     pub datasource: String,
-    pub partition: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub publisher: Option<String>,
     /// Makes a retried batch count once (scoped to the datasource, remembered for a window).
@@ -38,9 +39,26 @@ pub struct EventsHeader {
     /// Hash of the request body, to tell a retry from a different batch under the same key.
     #[serde(default)]
     pub body_hash: u64,
-    /// Binding edge verdicts (shape, future timestamp, rights): these records are rejected.
+    pub parts: Vec<EventsPart>,
+}
+
+/// The beacons of one request that go to one partition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventsPart {
+    pub partition: u32,
+    /// The request line of each record, to answer per line; empty means 0, 1, 2, ...
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lines: Vec<u32>,
+    /// Binding edge verdicts (shape, future timestamp, rights), by record index in the part.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub verdicts: Vec<VerdictRecord>,
+    pub batch_len: u32,
+}
+
+impl EventsPart {
+    pub fn line(&self, record: usize) -> u32 {
+        self.lines.get(record).copied().unwrap_or(record as u32)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -103,7 +121,9 @@ impl Command {
                 let header = to_json(&e.header);
                 out.extend_from_slice(&(header.len() as u32).to_le_bytes());
                 out.extend_from_slice(&header);
-                out.extend_from_slice(&e.batch);
+                for b in &e.batches {
+                    out.extend_from_slice(b);
+                }
             }
         }
         out
@@ -125,7 +145,20 @@ impl Command {
                 let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
                 let header = body.get(4..4 + len).ok_or_else(|| bad("events header truncated".into()))?;
                 let header: EventsHeader = serde_json::from_slice(header).map_err(|e| bad(e.to_string()))?;
-                Ok(Command::Events(EventsCommand { header, batch: body[4 + len..].to_vec() }))
+                let mut rest = &body[4 + len..];
+                let mut batches = Vec::with_capacity(header.parts.len());
+                for part in &header.parts {
+                    let n = part.batch_len as usize;
+                    if rest.len() < n {
+                        return Err(bad(format!("batch of partition {} is truncated", part.partition)));
+                    }
+                    batches.push(rest[..n].to_vec());
+                    rest = &rest[n..];
+                }
+                if !rest.is_empty() {
+                    return Err(bad("events entry has trailing bytes".into()));
+                }
+                Ok(Command::Events(EventsCommand { header, batches }))
             }
             other => Err(bad(format!("unknown command kind {other}; upgrade the node"))),
         }
@@ -156,13 +189,20 @@ mod tests {
             Command::Events(EventsCommand {
                 header: EventsHeader {
                     datasource: "beacons".into(),
-                    partition: 2,
                     publisher: Some("key1".into()),
                     idempotency_key: Some("k".into()),
                     body_hash: 99,
-                    verdicts: vec![VerdictRecord { index: 0, code: 4, reason: "future".into() }],
+                    parts: vec![
+                        EventsPart {
+                            partition: 2,
+                            lines: vec![3],
+                            verdicts: vec![VerdictRecord { index: 0, code: 4, reason: "future".into() }],
+                            batch_len: batch.len() as u32,
+                        },
+                        EventsPart { partition: 0, lines: vec![], verdicts: vec![], batch_len: batch.len() as u32 },
+                    ],
                 },
-                batch,
+                batches: vec![batch.clone(), batch],
             }),
         ];
         for cmd in cmds {

@@ -12,12 +12,18 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BatchOutcome {
     pub accepted: u32,
+    /// Rejected request lines, ascending.
     pub rejected: Vec<RejectedLine>,
-    /// First and last raw log offsets the batch got, if it was stored.
+    /// Where each part was stored.
+    pub parts: Vec<PartOutcome>,
+    pub log_position: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartOutcome {
+    pub partition: u32,
     pub base_offset: i64,
     pub last_offset: i64,
-    pub partition: u32,
-    pub log_position: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -4,7 +4,7 @@ use serde_json::json;
 use tidemark_catalog::spec::DEMO_BEACONS_SPEC;
 use tidemark_catalog::{CatalogCommand, DatasourceSpec};
 
-use super::command::{Command, EventsCommand, EventsHeader, PersistCommand, PersistReason, VerdictRecord};
+use super::command::{Command, EventsCommand, EventsHeader, EventsPart, PersistCommand, PersistReason, VerdictRecord};
 use super::*;
 use crate::raw::record_batch::{Record, encode};
 
@@ -38,16 +38,16 @@ fn events_cmd(partition: u32, beacons: &[serde_json::Value], key: Option<&str>) 
             headers: vec![],
         })
         .collect();
+    let batch = encode(&records);
     Command::Events(EventsCommand {
         header: EventsHeader {
             datasource: "beacons".into(),
-            partition,
             publisher: None,
             idempotency_key: key.map(str::to_string),
             body_hash: beacons.len() as u64,
-            verdicts: vec![],
+            parts: vec![EventsPart { partition, lines: vec![], verdicts: vec![], batch_len: batch.len() as u32 }],
         },
-        batch: encode(&records),
+        batches: vec![batch],
     })
 }
 
@@ -89,7 +89,7 @@ fn apply_persist_checkpoint_restart_replay() {
     assert_eq!(out.accepted, 5);
     assert_eq!(out.rejected.len(), 1);
     assert!(out.rejected[0].reason.contains("\"ts\""), "{:?}", out.rejected);
-    assert_eq!((out.base_offset, out.last_offset), (0, 5));
+    assert_eq!((out.parts[0].base_offset, out.parts[0].last_offset), (0, 5));
     let e = log.push(
         T0 + 2000,
         &events_cmd(1, &(5..10).map(|i| beacon(T0 + i * 60_000, "m2", "u1")).collect::<Vec<_>>(), None),
@@ -166,7 +166,7 @@ fn binding_verdicts_and_spec_updates() {
     let Command::Events(mut cmd) = events_cmd(0, &[beacon(T0, "m1", "u1"), beacon(T0, "m1", "u2")], None) else {
         unreachable!()
     };
-    cmd.header.verdicts = vec![VerdictRecord { index: 1, code: 4, reason: "event time too far ahead".into() }];
+    cmd.header.parts[0].verdicts = vec![VerdictRecord { index: 1, code: 4, reason: "event time too far ahead".into() }];
     let e = log.push(T0, &Command::Events(cmd));
     let Applied::Events(out) = engine.apply(&e).expect("events") else { panic!("events") };
     assert_eq!(out.accepted, 1);
