@@ -132,8 +132,9 @@ impl fmt::Display for Pruning {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut parts = Vec::new();
         if self.time_min_ms.is_some() || self.time_max_ms.is_some() {
-            let show = |v: Option<i64>| v.map_or("-inf".to_string(), format_ms);
-            parts.push(format!("__time=[{}, {})", show(self.time_min_ms), show(self.time_max_ms)));
+            let lo = self.time_min_ms.map_or("-inf".to_string(), format_ms);
+            let hi = self.time_max_ms.map_or("+inf".to_string(), format_ms);
+            parts.push(format!("__time=[{lo}, {hi})"));
         }
         for (dim, values) in &self.dimension_values {
             let vals: Vec<String> =

@@ -443,6 +443,11 @@ impl Engine {
         Some(extract(spec, beacon).map(|e| e.time_ms))
     }
 
+    /// The idempotency window's view of a keyed batch (read-only, for the edge).
+    pub fn idempotency_check(&self, datasource: &str, key: &str, body_hash: u64) -> Seen {
+        self.idempotency.check(datasource, key, body_hash)
+    }
+
     pub fn partitions_of(&self, datasource: &str) -> Option<u32> {
         self.catalog.get(datasource).map(|e| e.current().partitions)
     }

@@ -1,0 +1,270 @@
+//! `POST /v1/beacons/{datasource}`: a JSON array or NDJSON of beacons in, per-line answers out.
+//!
+//! The edge checks what it must answer at once and what binds forever (DESIGN.md, invariant
+//! 4): the body size, that each beacon is a JSON object with a usable timestamp not too far
+//! ahead of the server clock. Those refusals travel in the log entry as binding verdicts.
+//! Validation of the rest is decided at apply under the spec in force there (apply wins);
+//! with the `reject_batch` policy the edge runs it read-only and refuses a failing batch whole.
+//! Beacons go to partitions by murmur2 of their tenant value, as Kafka's Java client does.
+//!
+//! Each request is one log entry; the answer comes after it is durable and applied.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+use serde_json::value::RawValue;
+use tidemark_catalog::event::{RejectReason, extract, parse_timestamp};
+use tidemark_catalog::partitioner::partition_for_key;
+use tidemark_catalog::spec::InvalidRecordPolicy;
+use tidemark_storage::engine::command::{Command, EventsCommand, EventsHeader, EventsPart, VerdictRecord};
+use tidemark_storage::engine::idempotency::{BatchOutcome, Seen};
+use tidemark_storage::engine::{Applied, RefusalStatus};
+use tidemark_storage::raw::record_batch::{Record, encode};
+
+use crate::error::{Error, Result};
+use crate::node::{Node, now_ms};
+
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+const IDEMPOTENCY_KEY_BYTES_MAX: usize = 256;
+
+#[derive(Debug, Clone)]
+pub struct BeaconLimits {
+    pub body_bytes_max: usize,
+    /// Beacons stamped further ahead of the server clock than this are refused.
+    pub future_ms_max: i64,
+}
+
+impl Default for BeaconLimits {
+    fn default() -> Self {
+        BeaconLimits { body_bytes_max: 16 * 1024 * 1024, future_ms_max: 24 * 3_600_000 }
+    }
+}
+
+/// One beacon as received: its exact bytes and, if it parsed, its value.
+struct Line<'a> {
+    raw: &'a [u8],
+    value: Option<Value>,
+    parse_error: Option<String>,
+}
+
+/// Splits a body into beacons: a JSON array, or one JSON value per non-blank line.
+fn split_body(body: &[u8]) -> Result<Vec<Line<'_>>> {
+    let first = body.iter().position(|b| !b.is_ascii_whitespace());
+    let Some(first) = first else {
+        return Err(Error::BadRequest("the body holds no beacons; send a JSON array or NDJSON".into()));
+    };
+    if body[first] == b'[' {
+        let items: Vec<&RawValue> = serde_json::from_slice(body)
+            .map_err(|e| Error::BadRequest(format!("the body starts with '[' but is not a JSON array: {e}")))?;
+        if items.is_empty() {
+            return Err(Error::BadRequest("the JSON array holds no beacons".into()));
+        }
+        return Ok(items
+            .into_iter()
+            .map(|raw| {
+                let bytes = raw.get().as_bytes();
+                let value: Option<Value> = serde_json::from_str(raw.get()).ok();
+                Line { raw: bytes, value, parse_error: None }
+            })
+            .collect());
+    }
+    let text_ok = std::str::from_utf8(body).is_ok();
+    if !text_ok {
+        return Err(Error::BadRequest("the body is not UTF-8 text; send a JSON array or NDJSON".into()));
+    }
+    Ok(body
+        .split(|b| *b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+        .filter(|l| l.iter().any(|b| !b.is_ascii_whitespace()))
+        .map(|raw| match serde_json::from_slice::<Value>(raw) {
+            Ok(v) => Line { raw, value: Some(v), parse_error: None },
+            Err(e) => Line { raw, value: None, parse_error: Some(format!("line is not valid JSON: {e}")) },
+        })
+        .collect())
+}
+
+#[derive(Debug, serde::Serialize)]
+struct Answer<'a> {
+    accepted: u32,
+    rejected: &'a [tidemark_storage::engine::idempotency::RejectedLine],
+    log_position: u64,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    replayed: bool,
+}
+
+fn answer(outcome: &BatchOutcome, replayed: bool) -> Response {
+    let body = Answer {
+        accepted: outcome.accepted,
+        rejected: &outcome.rejected,
+        log_position: outcome.log_position,
+        replayed,
+    };
+    (StatusCode::OK, Json(body)).into_response()
+}
+
+pub async fn post_beacons(
+    node: &Node,
+    limits: &BeaconLimits,
+    datasource: &str,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<Response> {
+    if body.len() > limits.body_bytes_max {
+        return Err(Error::TooLarge { limit_bytes: limits.body_bytes_max });
+    }
+    if let Some(reason) = node.fatal() {
+        return Err(Error::Stopped { reason });
+    }
+    let key = match headers.get(IDEMPOTENCY_KEY) {
+        None => None,
+        Some(v) => {
+            let k = v.to_str().map_err(|_| Error::BadRequest("Idempotency-Key must be visible ASCII".into()))?;
+            if k.is_empty() || k.len() > IDEMPOTENCY_KEY_BYTES_MAX {
+                return Err(Error::BadRequest(format!(
+                    "Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_BYTES_MAX} bytes"
+                )));
+            }
+            Some(k.to_string())
+        }
+    };
+    let body_hash = xxhash_rust::xxh3::xxh3_64(&body);
+    let lines = split_body(&body)?;
+    let now = now_ms();
+
+    let (spec, seen) = {
+        let engine = node.engine();
+        let e = engine.read();
+        let entry = e.catalog().get(datasource).ok_or_else(|| {
+            Error::NotFound(format!("datasource {datasource:?} does not exist; create it with POST /v1/datasources"))
+        })?;
+        if e.is_overloaded() {
+            return Err(Error::Overloaded {
+                reason: "the realtime index is at its memory bound while persists catch up".into(),
+                retry_after_s: 5,
+            });
+        }
+        let seen = key.as_ref().map(|k| e.idempotency_check(datasource, k, body_hash));
+        (entry.current().clone(), seen)
+    };
+    match seen {
+        Some(Seen::Retry(outcome)) => return Ok(answer(&outcome, true)),
+        Some(Seen::Conflict) => {
+            return Err(Error::Unprocessable(format!(
+                "Idempotency-Key {:?} was already used for a different batch; use a new key for new data",
+                key.unwrap_or_default()
+            )));
+        }
+        _ => {}
+    }
+
+    // Edge verdicts, per line.
+    let ts_field = &spec.timestamp.field;
+    let mut parts: BTreeMap<u32, (Vec<u32>, Vec<Record>, Vec<VerdictRecord>)> = BTreeMap::new();
+    let mut batch_refusals = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let binding: Option<RejectReason> = match (&line.value, &line.parse_error) {
+            (_, Some(err)) => Some(RejectReason::Other { code: 1, detail: err.clone() }),
+            (None, None) => Some(RejectReason::Other { code: 1, detail: "beacon is not valid JSON".into() }),
+            (Some(v), None) => match v.as_object() {
+                None => Some(RejectReason::NotAnObject),
+                Some(obj) => match obj.get(ts_field).map(|t| parse_timestamp(ts_field, t)) {
+                    None => Some(RejectReason::MissingTimestamp { field: ts_field.clone() }),
+                    Some(Err(r)) => Some(r),
+                    Some(Ok(t)) if t > now + limits.future_ms_max => {
+                        Some(RejectReason::TooFarInFuture { time_ms: t, limit_ms: limits.future_ms_max })
+                    }
+                    Some(Ok(_)) => None,
+                },
+            },
+        };
+        if spec.invalid_records == InvalidRecordPolicy::RejectBatch {
+            let problem = binding
+                .as_ref()
+                .map(ToString::to_string)
+                .or_else(|| line.value.as_ref().and_then(|v| extract(&spec, v).err()).map(|r| r.to_string()));
+            if let Some(p) = problem {
+                batch_refusals.push(serde_json::json!({ "index": i, "reason": p }));
+            }
+        }
+        let tenant = spec
+            .tenant
+            .as_ref()
+            .and_then(|t| line.value.as_ref()?.get(t))
+            .map(|v| match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+            .unwrap_or_default();
+        let partition = partition_for_key(tenant.as_bytes(), spec.partitions);
+        let ts = line.value.as_ref().and_then(|v| v.get(ts_field)).and_then(|t| parse_timestamp(ts_field, t).ok());
+        let part = parts.entry(partition).or_default();
+        if let Some(r) = binding {
+            part.2.push(VerdictRecord { index: part.1.len() as u32, code: r.code(), reason: r.to_string() });
+        }
+        part.0.push(i as u32);
+        part.1.push(Record {
+            timestamp_ms: ts.unwrap_or(now),
+            key: spec.tenant.as_ref().map(|_| tenant.into_bytes()),
+            value: Some(line.raw.to_vec()),
+            headers: vec![],
+        });
+    }
+    if !batch_refusals.is_empty() {
+        let body = serde_json::json!({
+            "error": format!("{} of {} beacons fail validation and {datasource:?} refuses whole batches (invalid_records = reject_batch); nothing was stored", batch_refusals.len(), lines.len()),
+            "rejected": batch_refusals,
+        });
+        return Ok((StatusCode::BAD_REQUEST, Json(body)).into_response());
+    }
+
+    let mut batches = Vec::with_capacity(parts.len());
+    let mut header_parts = Vec::with_capacity(parts.len());
+    for (partition, (line_indexes, records, verdicts)) in parts {
+        let batch = encode(&records);
+        header_parts.push(EventsPart { partition, lines: line_indexes, verdicts, batch_len: batch.len() as u32 });
+        batches.push(batch);
+    }
+    let cmd = Command::Events(EventsCommand {
+        header: EventsHeader {
+            datasource: datasource.to_string(),
+            publisher: None,
+            idempotency_key: key,
+            body_hash,
+            parts: header_parts,
+        },
+        batches,
+    });
+    match node.propose(&cmd).await? {
+        Applied::Events(outcome) => Ok(answer(&outcome, false)),
+        Applied::Retry(outcome) => Ok(answer(&outcome, true)),
+        Applied::Refused { reason, status } => Err(match status {
+            RefusalStatus::NotFound => Error::NotFound(reason),
+            RefusalStatus::Conflict => Error::Unprocessable(reason),
+            RefusalStatus::Invalid => Error::BadRequest(reason),
+        }),
+        other => Err(Error::Storage(tidemark_storage::Error::Internal(format!("beacon batch applied as {other:?}")))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_split_into_beacons() {
+        let arr = split_body(br#" [{"a":1}, {"b":2}, 3]"#).ok().unwrap_or_default();
+        assert_eq!(arr.len(), 3);
+        assert_eq!(arr[1].raw, br#"{"b":2}"#);
+        let nd = split_body(b"{\"a\":1}\r\n\n  \n{oops\n{\"c\":3}").ok().unwrap_or_default();
+        assert_eq!(nd.len(), 3);
+        assert!(nd[1].parse_error.as_deref().unwrap_or_default().contains("not valid JSON"));
+        for bad in [&b"  "[..], b"[1, 2", b"[]"] {
+            let err = split_body(bad).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(!err.is_empty(), "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+}

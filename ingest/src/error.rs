@@ -1,0 +1,86 @@
+//! The ingest error type, and its one mapping to HTTP statuses.
+
+use axum::http::StatusCode;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Storage(#[from] tidemark_storage::Error),
+
+    #[error(transparent)]
+    Catalog(#[from] tidemark_catalog::Error),
+
+    #[error("the node stopped accepting writes: {reason}")]
+    Stopped { reason: String },
+
+    #[error("{0}")]
+    BadRequest(String),
+
+    #[error("{0}")]
+    NotFound(String),
+
+    #[error("{0}")]
+    Conflict(String),
+
+    #[error("{0}")]
+    Unprocessable(String),
+
+    #[error("request body is larger than the {limit_bytes}-byte limit; split the batch")]
+    TooLarge { limit_bytes: usize },
+
+    #[error("{reason}; retry after {retry_after_s} s")]
+    Overloaded { reason: String, retry_after_s: u64 },
+}
+
+impl Error {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Error::Storage(tidemark_storage::Error::Overloaded { .. }) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Error::Catalog(e) => match e.status() {
+                tidemark_catalog::StatusCode::InvalidArgument => StatusCode::BAD_REQUEST,
+                tidemark_catalog::StatusCode::NotFound => StatusCode::NOT_FOUND,
+                tidemark_catalog::StatusCode::AlreadyExists => StatusCode::CONFLICT,
+                tidemark_catalog::StatusCode::FailedPrecondition => StatusCode::CONFLICT,
+                tidemark_catalog::StatusCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+            Error::Stopped { .. } | Error::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Error::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::Conflict(_) => StatusCode::CONFLICT,
+            Error::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Error::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        }
+    }
+
+    pub fn retry_after_s(&self) -> Option<u64> {
+        match self {
+            Error::Overloaded { retry_after_s, .. } => Some(*retry_after_s),
+            Error::Storage(tidemark_storage::Error::Overloaded { .. }) => Some(1),
+            _ => None,
+        }
+    }
+}
+
+impl axum::response::IntoResponse for Error {
+    fn into_response(self) -> axum::response::Response {
+        let status = self.status();
+        let mut body = serde_json::json!({ "error": self.to_string() });
+        if let Error::Catalog(tidemark_catalog::Error::InvalidSpec(problems)) = &self {
+            body["problems"] = problems
+                .iter()
+                .map(|p| serde_json::json!({ "field": p.field, "message": p.message }))
+                .collect::<Vec<_>>()
+                .into();
+        }
+        let mut resp = (status, axum::Json(body)).into_response();
+        if let Some(s) = self.retry_after_s()
+            && let Ok(v) = axum::http::HeaderValue::from_str(&s.to_string())
+        {
+            resp.headers_mut().insert(axum::http::header::RETRY_AFTER, v);
+        }
+        resp
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

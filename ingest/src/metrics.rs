@@ -1,0 +1,99 @@
+//! Node metrics in Prometheus text format: counters end in `_total`, durations are in
+//! seconds, and no label carries a merchant (cardinality stays bounded).
+
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Bucket upper bounds in seconds, shared by the latency histograms.
+const BUCKETS_S: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
+
+#[derive(Debug, Default)]
+pub struct Histogram {
+    counts: [AtomicU64; 12],
+    inf: AtomicU64,
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, seconds: f64) {
+        match BUCKETS_S.iter().position(|b| seconds <= *b) {
+            Some(i) => self.counts[i].fetch_add(1, Ordering::Relaxed),
+            None => self.inf.fetch_add(1, Ordering::Relaxed),
+        };
+        self.sum_us.fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
+    }
+
+    fn render(&self, name: &str, help: &str, out: &mut String) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (i, b) in BUCKETS_S.iter().enumerate() {
+            cumulative += self.counts[i].load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cumulative}");
+        }
+        cumulative += self.inf.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+        let _ = writeln!(out, "{name}_sum {}", self.sum_us.load(Ordering::Relaxed) as f64 / 1e6);
+        let _ = writeln!(out, "{name}_count {cumulative}");
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub persist_seconds: Histogram,
+    pub query_seconds: Histogram,
+    pub beacon_requests: Mutex<std::collections::BTreeMap<u16, u64>>,
+    pub commands_applied: AtomicU64,
+}
+
+/// Gauges read from the engine at scrape time.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EngineGauges {
+    pub events_ingested: u64,
+    pub events_rejected: u64,
+    pub realtime_rows: u64,
+    pub realtime_bytes: u64,
+    pub segments: u64,
+    pub applied_position: u64,
+}
+
+impl Metrics {
+    pub fn count_beacon_request(&self, status: u16) {
+        let mut m = self.beacon_requests.lock().unwrap_or_else(|p| p.into_inner());
+        *m.entry(status).or_default() += 1;
+    }
+
+    pub fn render(&self, g: EngineGauges) -> String {
+        let mut out = String::with_capacity(4096);
+        let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+        };
+        metric(
+            "tidemark_events_ingested_total",
+            "counter",
+            "Events rolled up into the realtime index.",
+            g.events_ingested,
+        );
+        metric("tidemark_events_rejected_total", "counter", "Events rejected (see sys.rejects).", g.events_rejected);
+        metric("tidemark_realtime_rows", "gauge", "Rows in realtime indexes.", g.realtime_rows);
+        metric("tidemark_realtime_bytes", "gauge", "Approximate bytes held by realtime indexes.", g.realtime_bytes);
+        metric("tidemark_segments", "gauge", "Published segments.", g.segments);
+        metric("tidemark_applied_log_position", "gauge", "Position of the last applied log entry.", g.applied_position);
+        metric(
+            "tidemark_commands_applied_total",
+            "counter",
+            "Log entries applied since start.",
+            self.commands_applied.load(Ordering::Relaxed),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP tidemark_beacon_requests_total Beacon requests by HTTP status.\n# TYPE tidemark_beacon_requests_total counter"
+        );
+        for (status, n) in self.beacon_requests.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            let _ = writeln!(out, "tidemark_beacon_requests_total{{status=\"{status}\"}} {n}");
+        }
+        self.persist_seconds.render("tidemark_persist_duration_seconds", "Time to write one segment.", &mut out);
+        self.query_seconds.render("tidemark_query_duration_seconds", "Time to answer one SQL request.", &mut out);
+        out
+    }
+}

@@ -1,0 +1,130 @@
+//! The node's configuration: one serde tree from TOML, with precedence defaults < file <
+//! environment (`TIDEMARK_*`) < flags. `validate` reports every problem at once.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct Config {
+    pub(crate) data_dir: PathBuf,
+    pub(crate) http_addr: String,
+    pub(crate) flight_addr: String,
+    /// Create the demo `beacons` datasource on start if it does not exist.
+    pub(crate) demo_datasource: bool,
+    pub(crate) ingest: IngestConfig,
+    pub(crate) storage: StorageConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct IngestConfig {
+    pub(crate) body_bytes_max: usize,
+    pub(crate) future_ms_max: i64,
+    pub(crate) group_commit_window_ms: u64,
+    pub(crate) pending_entries_max: usize,
+    pub(crate) idempotency_window_ms: i64,
+    pub(crate) idempotency_keys_max: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct StorageConfig {
+    pub(crate) raw_file_bytes_max: u64,
+    pub(crate) realtime_bytes_persist: usize,
+    pub(crate) realtime_bytes_max: usize,
+    pub(crate) rejects_max: usize,
+    pub(crate) tick_interval_ms: u64,
+    pub(crate) checkpoint_interval_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from(".tidemark-data"),
+            http_addr: "127.0.0.1:8080".into(),
+            flight_addr: "127.0.0.1:50051".into(),
+            demo_datasource: true,
+            ingest: IngestConfig::default(),
+            storage: StorageConfig::default(),
+        }
+    }
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            body_bytes_max: 16 * 1024 * 1024,
+            future_ms_max: 24 * 3_600_000,
+            group_commit_window_ms: 2,
+            pending_entries_max: 65_536,
+            idempotency_window_ms: 24 * 3_600_000,
+            idempotency_keys_max: 1_000_000,
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            raw_file_bytes_max: 256 * 1024 * 1024,
+            realtime_bytes_persist: 512 * 1024 * 1024,
+            realtime_bytes_max: 1024 * 1024 * 1024,
+            rejects_max: 100_000,
+            tick_interval_ms: 1000,
+            checkpoint_interval_ms: 10_000,
+        }
+    }
+}
+
+impl Config {
+    pub(crate) fn from_toml(text: &str, origin: &str) -> anyhow::Result<Config> {
+        toml::from_str(text).map_err(|e| anyhow::anyhow!("{origin}: {e}"))
+    }
+
+    /// Every problem, at once.
+    pub(crate) fn validate(&self) -> Result<(), Vec<String>> {
+        let mut problems = Vec::new();
+        for (name, addr) in [("http_addr", &self.http_addr), ("flight_addr", &self.flight_addr)] {
+            if addr.parse::<SocketAddr>().is_err() {
+                problems.push(format!("{name}: {addr:?} is not an address like 127.0.0.1:8080"));
+            }
+        }
+        if self.ingest.body_bytes_max == 0 {
+            problems.push("ingest.body_bytes_max: must be positive".into());
+        }
+        if self.ingest.future_ms_max < 0 {
+            problems.push("ingest.future_ms_max: must not be negative".into());
+        }
+        if self.storage.realtime_bytes_persist > self.storage.realtime_bytes_max {
+            problems.push(format!(
+                "storage.realtime_bytes_persist ({}) must not exceed storage.realtime_bytes_max ({})",
+                self.storage.realtime_bytes_persist, self.storage.realtime_bytes_max
+            ));
+        }
+        if self.storage.tick_interval_ms == 0 {
+            problems.push("storage.tick_interval_ms: must be positive".into());
+        }
+        if problems.is_empty() { Ok(()) } else { Err(problems) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_file_parses_and_validation_lists_every_problem() {
+        let example = include_str!("../tidemark.example.toml");
+        let cfg = Config::from_toml(example, "tidemark.example.toml").expect("example parses");
+        assert!(cfg.validate().is_ok());
+        let mut bad = cfg.clone();
+        bad.http_addr = "localhost".into();
+        bad.storage.realtime_bytes_persist = usize::MAX;
+        let problems = bad.validate().err().unwrap_or_default();
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(Config::from_toml("colour = 1", "x").is_err(), "unknown keys are refused");
+    }
+}

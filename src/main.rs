@@ -1,0 +1,454 @@
+//! The `tidemark` binary: CLI, configuration, and the wiring of one node. Domain logic lives
+//! in the crates; this file only parses, builds and starts them.
+
+use std::io::Read as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tidemark_catalog::spec::DEMO_BEACONS_SPEC;
+use tidemark_catalog::{CatalogCommand, DatasourceSpec};
+use tidemark_ingest::beacons::BeaconLimits;
+use tidemark_ingest::{IngestState, Node, NodeConfig};
+use tidemark_sql::SqlState;
+use tidemark_storage::engine::EngineConfig;
+use tidemark_storage::engine::command::Command;
+use tidemark_storage::snapshot::SnapshotSource;
+
+mod client;
+mod config;
+mod demo;
+
+use client::Client;
+use config::Config;
+
+#[derive(Debug, Parser)]
+#[command(name = "tidemark", version, about = "Analytics database for tracking beacons")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Run a node (single node, loopback ports by default).
+    Serve(ServeArgs),
+    /// Send realistic merchant traffic to a node.
+    Demo(demo::DemoArgs),
+    /// Run one SQL statement on a node and print the result.
+    Sql(SqlArgs),
+    /// Manage datasources.
+    #[command(subcommand)]
+    Datasource(DatasourceCmd),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// TOML configuration file (see tidemark.example.toml).
+    #[arg(long, env = "TIDEMARK_CONFIG")]
+    config: Option<PathBuf>,
+    #[arg(long, env = "TIDEMARK_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    #[arg(long, env = "TIDEMARK_HTTP_ADDR")]
+    http_addr: Option<String>,
+    #[arg(long, env = "TIDEMARK_FLIGHT_ADDR")]
+    flight_addr: Option<String>,
+    /// Do not create the demo `beacons` datasource.
+    #[arg(long, env = "TIDEMARK_NO_DEMO_DATASOURCE")]
+    no_demo_datasource: bool,
+    /// Also run the demo traffic generator against this node.
+    #[arg(long, env = "TIDEMARK_DEMO")]
+    demo: bool,
+    /// Group commit window (ms).
+    #[arg(long, env = "TIDEMARK_GROUP_COMMIT_WINDOW_MS")]
+    group_commit_window_ms: Option<u64>,
+    /// How often the writer checks for intervals to persist (ms).
+    #[arg(long, env = "TIDEMARK_TICK_INTERVAL_MS")]
+    tick_interval_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Format {
+    Table,
+    Json,
+    Csv,
+}
+
+#[derive(Debug, Args)]
+struct SqlArgs {
+    /// The statement, or `-` to read it from standard input.
+    query: String,
+    #[arg(long, env = "TIDEMARK_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
+    #[arg(long, value_enum, default_value = "table")]
+    format: Format,
+}
+
+#[derive(Debug, Args)]
+struct UrlArg {
+    #[arg(long, env = "TIDEMARK_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum DatasourceCmd {
+    /// Create a datasource from a JSON spec file (`-` for standard input).
+    Create {
+        #[arg(long)]
+        file: PathBuf,
+        #[command(flatten)]
+        url: UrlArg,
+    },
+    /// List datasources.
+    List {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        url: UrlArg,
+    },
+    /// Show one datasource with every spec version.
+    Show {
+        name: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        url: UrlArg,
+    },
+    /// Replace a datasource's spec (dimensions and metrics may be added, granularities changed).
+    Update {
+        name: String,
+        #[arg(long)]
+        file: PathBuf,
+        #[command(flatten)]
+        url: UrlArg,
+    },
+    /// Delete a datasource; its data is purged after the grace period.
+    Delete {
+        name: String,
+        /// ISO-8601 period, e.g. PT1H.
+        #[arg(long, default_value = "PT1H")]
+        grace: String,
+        #[command(flatten)]
+        url: UrlArg,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Serve(args) => serve(args),
+        Cmd::Demo(args) => demo::run(&args),
+        Cmd::Sql(args) => sql(args),
+        Cmd::Datasource(cmd) => datasource(cmd),
+    };
+    if let Err(e) = result {
+        eprintln!("tidemark: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn load_config(args: &ServeArgs) -> Result<Config> {
+    let mut cfg = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+            Config::from_toml(&text, &path.display().to_string())?
+        }
+        None => Config::default(),
+    };
+    if let Some(d) = &args.data_dir {
+        cfg.data_dir = d.clone();
+    }
+    if let Some(a) = &args.http_addr {
+        cfg.http_addr = a.clone();
+    }
+    if let Some(a) = &args.flight_addr {
+        cfg.flight_addr = a.clone();
+    }
+    if args.no_demo_datasource {
+        cfg.demo_datasource = false;
+    }
+    if let Some(w) = args.group_commit_window_ms {
+        cfg.ingest.group_commit_window_ms = w;
+    }
+    if let Some(t) = args.tick_interval_ms {
+        cfg.storage.tick_interval_ms = t;
+    }
+    if let Err(problems) = cfg.validate() {
+        bail!("invalid configuration:\n  {}", problems.join("\n  "));
+    }
+    Ok(cfg)
+}
+
+fn node_config(cfg: &Config) -> NodeConfig {
+    let mut engine = EngineConfig::new(&cfg.data_dir);
+    engine.raw_file_bytes_max = cfg.storage.raw_file_bytes_max;
+    engine.realtime_bytes_persist = cfg.storage.realtime_bytes_persist;
+    engine.realtime_bytes_max = cfg.storage.realtime_bytes_max;
+    engine.idempotency_window_ms = cfg.ingest.idempotency_window_ms;
+    engine.idempotency_keys_max = cfg.ingest.idempotency_keys_max;
+    engine.rejects_max = cfg.storage.rejects_max;
+    let mut node = NodeConfig::new(engine);
+    node.group_commit_window_ms = cfg.ingest.group_commit_window_ms;
+    node.pending_entries_max = cfg.ingest.pending_entries_max;
+    node.tick_interval_ms = cfg.storage.tick_interval_ms;
+    node.checkpoint_interval_ms = cfg.storage.checkpoint_interval_ms;
+    node
+}
+
+fn serve(args: ServeArgs) -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let cfg = load_config(&args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(run_node(cfg, args.demo))
+}
+
+async fn run_node(cfg: Config, demo: bool) -> Result<()> {
+    std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("cannot create {}", cfg.data_dir.display()))?;
+    let started = Instant::now();
+    let (node, report) = Node::start(node_config(&cfg)).context("cannot start the node")?;
+    tracing::info!(
+        data_dir = %cfg.data_dir.display(),
+        checkpoint = report.checkpoint_position,
+        replayed_entries = report.replayed_entries,
+        raw_batches_replayed = report.raw_batches_replayed,
+        cut_bytes = report.cut_bytes,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "node started"
+    );
+    if cfg.demo_datasource && node.engine().read().catalog().get("beacons").is_none() {
+        let spec = DatasourceSpec::from_json(DEMO_BEACONS_SPEC)?;
+        node.propose(&Command::Catalog(CatalogCommand::CreateDatasource { spec })).await?;
+        tracing::info!("created the demo datasource `beacons`");
+    }
+
+    let source: Arc<dyn SnapshotSource> = Arc::new(node.engine());
+    let sql_state = SqlState { source };
+    let metrics = node.metrics();
+    let sql_router = tidemark_sql::http::router(sql_state.clone()).layer(axum::middleware::from_fn(
+        move |req: axum::extract::Request, next: axum::middleware::Next| {
+            let metrics = metrics.clone();
+            async move {
+                let t = Instant::now();
+                let resp = next.run(req).await;
+                metrics.query_seconds.observe(t.elapsed().as_secs_f64());
+                resp
+            }
+        },
+    ));
+    let ingest_state = IngestState {
+        node: node.clone(),
+        limits: BeaconLimits { body_bytes_max: cfg.ingest.body_bytes_max, future_ms_max: cfg.ingest.future_ms_max },
+    };
+    let app = tidemark_ingest::router(ingest_state)
+        .merge(sql_router)
+        // The beacon handler enforces its own limit with a clear 413; this bound is a backstop.
+        .layer(axum::extract::DefaultBodyLimit::max(cfg.ingest.body_bytes_max + 1));
+
+    let http = tokio::net::TcpListener::bind(&cfg.http_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.http_addr))?;
+    let flight_addr: std::net::SocketAddr = cfg.flight_addr.parse()?;
+    let flight =
+        tokio::net::TcpListener::bind(flight_addr).await.with_context(|| format!("cannot listen on {flight_addr}"))?;
+    tracing::info!(http = %cfg.http_addr, flight = %flight_addr, "serving");
+    println!("tidemark is serving: HTTP http://{} , Flight SQL grpc://{}", cfg.http_addr, flight_addr);
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut http_stop = stop_rx.clone();
+    let http_task = tokio::spawn(async move {
+        axum::serve(http, app)
+            .with_graceful_shutdown(async move {
+                let _ = http_stop.changed().await;
+            })
+            .await
+    });
+    let mut flight_stop = stop_rx.clone();
+    let flight_task = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(tidemark_sql::flight::flight_service(sql_state))
+            .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(flight), async move {
+                let _ = flight_stop.changed().await;
+            }),
+    );
+    if demo {
+        let args = demo::DemoArgs {
+            url: format!("http://{}", cfg.http_addr),
+            datasource: "beacons".into(),
+            rate: 2000,
+            backfill: 200_000,
+            seconds: None,
+            merchants: 1000,
+            seed: 42,
+            batch: 500,
+        };
+        std::thread::spawn(move || {
+            if let Err(e) = demo::run(&args) {
+                eprintln!("demo stopped: {e:#}");
+            }
+        });
+    }
+
+    // Stop on Ctrl-C / SIGTERM, or at once when the node hits a fatal error (fsync).
+    let fatal = loop {
+        tokio::select! {
+            _ = shutdown_signal() => break None,
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {
+                if let Some(reason) = node.fatal() {
+                    break Some(reason);
+                }
+            }
+        }
+    };
+    let _ = stop_tx.send(true);
+    let _ = http_task.await;
+    let _ = flight_task.await;
+    if let Some(reason) = fatal {
+        eprintln!("tidemark: stopping: {reason}");
+        std::process::exit(70);
+    }
+    node.shutdown();
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+fn sql(args: SqlArgs) -> Result<()> {
+    let query = if args.query == "-" {
+        let mut s = String::new();
+        std::io::stdin().read_to_string(&mut s)?;
+        s
+    } else {
+        args.query
+    };
+    let client = Client::new(&args.url);
+    let accept = match args.format {
+        Format::Table => tidemark_sql::http::ARROW_STREAM,
+        Format::Json => "application/json",
+        Format::Csv => "text/csv",
+    };
+    let reply = client.send("POST", "/v1/sql", "text/plain", &[("Accept", accept)], query.as_bytes())?.ok()?;
+    match args.format {
+        Format::Table => {
+            let reader = datafusion::arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(reply.body), None)?;
+            let batches: Vec<_> = reader.collect::<Result<_, _>>()?;
+            println!("{}", datafusion::arrow::util::pretty::pretty_format_batches(&batches)?);
+            let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+            eprintln!("({rows} row{})", if rows == 1 { "" } else { "s" });
+        }
+        Format::Json | Format::Csv => println!("{}", reply.text()),
+    }
+    Ok(())
+}
+
+fn read_spec(file: &PathBuf) -> Result<Vec<u8>> {
+    if file.as_os_str() == "-" {
+        let mut v = Vec::new();
+        std::io::stdin().read_to_end(&mut v)?;
+        return Ok(v);
+    }
+    std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))
+}
+
+fn print_json(body: &[u8]) -> Result<()> {
+    let v: serde_json::Value = serde_json::from_slice(body)?;
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    Ok(())
+}
+
+fn datasource(cmd: DatasourceCmd) -> Result<()> {
+    match cmd {
+        DatasourceCmd::Create { file, url } => {
+            let reply =
+                Client::new(&url.url).send("POST", "/v1/datasources", "application/json", &[], &read_spec(&file)?)?;
+            print_json(&reply.ok()?.body)
+        }
+        DatasourceCmd::Update { name, file, url } => {
+            let reply = Client::new(&url.url).send(
+                "PUT",
+                &format!("/v1/datasources/{name}"),
+                "application/json",
+                &[],
+                &read_spec(&file)?,
+            )?;
+            print_json(&reply.ok()?.body)
+        }
+        DatasourceCmd::Delete { name, grace, url } => {
+            let reply = Client::new(&url.url).delete(&format!("/v1/datasources/{name}?grace={grace}"))?;
+            print_json(&reply.ok()?.body)
+        }
+        DatasourceCmd::Show { name, json, url } => {
+            let reply = Client::new(&url.url).get(&format!("/v1/datasources/{name}"))?.ok()?;
+            if json {
+                return print_json(&reply.body);
+            }
+            let v: serde_json::Value = serde_json::from_slice(&reply.body)?;
+            let spec = v.get("spec").ok_or_else(|| anyhow!("the node's answer has no spec"))?;
+            println!("name:        {}", v["name"].as_str().unwrap_or_default());
+            println!("id:          {}", v["id"].as_str().unwrap_or_default());
+            println!("granularity: query {} segment {}", spec["granularity"]["query"], spec["granularity"]["segment"]);
+            println!("partitions:  {}", spec["partitions"]);
+            println!("dimensions:  {}", spec["dimensions"]);
+            let metrics: Vec<String> = spec["metrics"]
+                .as_array()
+                .map(|m| {
+                    m.iter()
+                        .map(|m| format!("{} ({})", m["name"].as_str().unwrap_or(""), m["type"].as_str().unwrap_or("")))
+                        .collect()
+                })
+                .unwrap_or_default();
+            println!("metrics:     {}", metrics.join(", "));
+            println!("versions:    {}", v["versions"].as_array().map_or(0, |a| a.len()));
+            Ok(())
+        }
+        DatasourceCmd::List { json, url } => {
+            let reply = Client::new(&url.url).get("/v1/datasources")?.ok()?;
+            if json {
+                return print_json(&reply.body);
+            }
+            let v: serde_json::Value = serde_json::from_slice(&reply.body)?;
+            println!("{:<24} {:<10} {:<8} {:<8} {:>10}", "NAME", "ID", "QUERY", "SEGMENT", "PARTITIONS");
+            for d in v.as_array().into_iter().flatten() {
+                let spec = &d["spec"];
+                println!(
+                    "{:<24} {:<10} {:<8} {:<8} {:>10}",
+                    d["name"].as_str().unwrap_or_default(),
+                    d["id"].as_str().unwrap_or_default(),
+                    spec["granularity"]["query"].as_str().unwrap_or_default(),
+                    spec["granularity"]["segment"].as_str().unwrap_or_default(),
+                    spec["partitions"]
+                );
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! Starts the real `tidemark` binary on free loopback ports and talks to it over HTTP.
+
+use std::io::Read as _;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct TestNode {
+    child: Option<Child>,
+    pub http: String,
+    pub flight: String,
+    pub data_dir: PathBuf,
+    log: PathBuf,
+    agent: ureq::Agent,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub body: String,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+impl TestNode {
+    pub fn start(data_dir: &Path) -> TestNode {
+        Self::start_with(data_dir, &[])
+    }
+
+    pub fn start_with(data_dir: &Path, extra: &[&str]) -> TestNode {
+        let http = format!("127.0.0.1:{}", free_port());
+        let flight = format!("127.0.0.1:{}", free_port());
+        std::fs::create_dir_all(data_dir).expect("data dir");
+        let log = data_dir.join(format!("node-{}.log", free_port()));
+        let out = std::fs::File::create(&log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_tidemark"))
+            .args(["serve", "--data-dir"])
+            .arg(data_dir)
+            .args(["--http-addr", &http, "--flight-addr", &flight, "--tick-interval-ms", "200"])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .spawn()
+            .expect("spawn tidemark");
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(60)))
+            .build()
+            .into();
+        let node = TestNode { child: Some(child), http, flight, data_dir: data_dir.to_path_buf(), log, agent };
+        node.wait_healthy();
+        node
+    }
+
+    fn wait_healthy(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(r) = self.try_get("/health")
+                && r.status == 200
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("tidemark did not become healthy; log:\n{}", self.log_text());
+    }
+
+    pub fn log_text(&self) -> String {
+        let mut s = String::new();
+        let _ = std::fs::File::open(&self.log).and_then(|mut f| f.read_to_string(&mut s));
+        s
+    }
+
+    fn finish(r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Result<Reply, ureq::Error> {
+        let mut resp = r?;
+        let status = resp.status().as_u16();
+        let headers = resp
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or_default().to_string()))
+            .collect();
+        let body = resp.body_mut().with_config().limit(1 << 30).read_to_string()?;
+        Ok(Reply { status, body, headers })
+    }
+
+    fn try_get(&self, path: &str) -> Result<Reply, ureq::Error> {
+        Self::finish(self.agent.get(&format!("http://{}{path}", self.http)).call())
+    }
+
+    pub fn get(&self, path: &str) -> Reply {
+        self.try_get(path).unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    }
+
+    pub fn delete(&self, path: &str) -> Reply {
+        Self::finish(self.agent.delete(&format!("http://{}{path}", self.http)).call())
+            .unwrap_or_else(|e| panic!("DELETE {path}: {e}"))
+    }
+
+    pub fn try_post(&self, path: &str, body: &[u8], headers: &[(&str, &str)]) -> Result<Reply, ureq::Error> {
+        let mut req = self.agent.post(&format!("http://{}{path}", self.http));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        Self::finish(req.send(body))
+    }
+
+    pub fn post(&self, path: &str, body: &[u8], headers: &[(&str, &str)]) -> Reply {
+        self.try_post(path, body, headers).unwrap_or_else(|e| panic!("POST {path}: {e}"))
+    }
+
+    pub fn put(&self, path: &str, body: &[u8]) -> Reply {
+        Self::finish(self.agent.put(&format!("http://{}{path}", self.http)).send(body))
+            .unwrap_or_else(|e| panic!("PUT {path}: {e}"))
+    }
+
+    /// Rows of a SQL query as JSON objects.
+    pub fn sql(&self, query: &str) -> Vec<serde_json::Value> {
+        let r = self.post("/v1/sql", query.as_bytes(), &[("Content-Type", "text/plain")]);
+        assert_eq!(r.status, 200, "{query}: {}", r.body);
+        r.json().as_array().cloned().unwrap_or_default()
+    }
+
+    /// One number from a one-row, one-column query.
+    pub fn sql_i64(&self, query: &str) -> i64 {
+        let rows = self.sql(query);
+        rows.first()
+            .and_then(|r| r.as_object())
+            .and_then(|o| o.values().next())
+            .and_then(|v| v.as_i64().or_else(|| v.as_f64().map(|f| f as i64)))
+            .unwrap_or_else(|| panic!("{query}: no number in {rows:?}"))
+    }
+
+    /// Runs the CLI against this node.
+    pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_tidemark"))
+            .args(args)
+            .env("TIDEMARK_URL", format!("http://{}", self.http))
+            .output()
+            .expect("run tidemark CLI");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// SIGKILL: no shutdown path runs.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = c.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        None
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
