@@ -170,3 +170,24 @@ fn closed_intervals_persist_and_survive_restart() {
     let exact = users.len() as i64;
     assert!((hll - exact).abs() as f64 <= 0.05 * exact as f64, "{hll} vs {exact}");
 }
+
+#[test]
+fn overload_answers_503_with_retry_after() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("tidemark.toml");
+    std::fs::write(&config, "[storage]\nrealtime_bytes_persist = 500\nrealtime_bytes_max = 1000\n").expect("config");
+    let node = TestNode::start_with(
+        &dir.path().join("data"),
+        &["--config", &config.to_string_lossy(), "--tick-interval-ms", "600000"],
+    );
+    let body = ndjson(&traffic(3, 10, now_ms() - 60_000, 30_000, 100));
+    assert_eq!(node.post("/v1/beacons/beacons", &body, &[]).status, 200);
+    let r = node.post("/v1/beacons/beacons", &body, &[]);
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(r.header("retry-after").is_some(), "Retry-After missing");
+    assert!(r.json()["error"].as_str().unwrap_or_default().contains("memory bound"), "{}", r.body);
+    let health = node.get("/health");
+    assert_eq!(health.status, 503);
+    assert_eq!(health.json()["writes"], false);
+    assert_eq!(health.json()["reads"], true);
+}

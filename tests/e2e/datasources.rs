@@ -89,3 +89,30 @@ fn datasource_lifecycle_through_the_cli() {
             || node.sql_i64("SELECT COUNT(*) FROM sys.segments WHERE datasource = 'shops'") == 0
     );
 }
+
+#[test]
+fn datasource_rest_errors_are_clear() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = TestNode::start(dir.path());
+    let spec = tidemark_catalog::spec::DEMO_BEACONS_SPEC.replace("\"partitions\": 3", "\"partitions\": 2");
+    let r = node.put("/v1/datasources/beacons", spec.as_bytes());
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert!(r.json()["error"].as_str().unwrap_or_default().contains("partitions can only grow"), "{}", r.body);
+    let r = node.put("/v1/datasources/other", tidemark_catalog::spec::DEMO_BEACONS_SPEC.as_bytes());
+    assert_eq!(r.status, 400, "{}", r.body);
+    let r = node.delete("/v1/datasources/nope");
+    assert_eq!(r.status, 404, "{}", r.body);
+    let r = node.post(
+        "/v1/datasources",
+        br#"{"name": "x y", "timestamp": {"field": ""}, "granularity": {"query": "PT1M", "segment": "PT1H"}}"#,
+        &[],
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    let fields: Vec<String> = r.json()["problems"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["field"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(fields, vec!["name".to_string(), "timestamp.field".to_string()], "{}", r.body);
+}

@@ -3,14 +3,14 @@
 use std::io::Read as _;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
+
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub struct TestNode {
+pub(crate) struct TestNode {
     child: Option<Child>,
-    pub http: String,
-    pub flight: String,
-    pub data_dir: PathBuf,
+    pub(crate) http: String,
+    pub(crate) flight: String,
     log: PathBuf,
     agent: ureq::Agent,
 }
@@ -19,28 +19,28 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
 
-pub struct Reply {
-    pub status: u16,
-    pub body: String,
-    pub headers: Vec<(String, String)>,
+pub(crate) struct Reply {
+    pub(crate) status: u16,
+    pub(crate) body: String,
+    pub(crate) headers: Vec<(String, String)>,
 }
 
 impl Reply {
-    pub fn json(&self) -> serde_json::Value {
+    pub(crate) fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
     }
 
-    pub fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 }
 
 impl TestNode {
-    pub fn start(data_dir: &Path) -> TestNode {
+    pub(crate) fn start(data_dir: &Path) -> TestNode {
         Self::start_with(data_dir, &[])
     }
 
-    pub fn start_with(data_dir: &Path, extra: &[&str]) -> TestNode {
+    pub(crate) fn start_with(data_dir: &Path, extra: &[&str]) -> TestNode {
         let http = format!("127.0.0.1:{}", free_port());
         let flight = format!("127.0.0.1:{}", free_port());
         std::fs::create_dir_all(data_dir).expect("data dir");
@@ -50,7 +50,8 @@ impl TestNode {
         let child = Command::new(env!("CARGO_BIN_EXE_tidemark"))
             .args(["serve", "--data-dir"])
             .arg(data_dir)
-            .args(["--http-addr", &http, "--flight-addr", &flight, "--tick-interval-ms", "200"])
+            .args(["--http-addr", &http, "--flight-addr", &flight])
+            .args(if extra.contains(&"--tick-interval-ms") { &[][..] } else { &["--tick-interval-ms", "200"][..] })
             .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::from(out))
@@ -62,7 +63,7 @@ impl TestNode {
             .timeout_global(Some(Duration::from_secs(60)))
             .build()
             .into();
-        let node = TestNode { child: Some(child), http, flight, data_dir: data_dir.to_path_buf(), log, agent };
+        let node = TestNode { child: Some(child), http, flight, log, agent };
         node.wait_healthy();
         node
     }
@@ -80,7 +81,7 @@ impl TestNode {
         panic!("tidemark did not become healthy; log:\n{}", self.log_text());
     }
 
-    pub fn log_text(&self) -> String {
+    pub(crate) fn log_text(&self) -> String {
         let mut s = String::new();
         let _ = std::fs::File::open(&self.log).and_then(|mut f| f.read_to_string(&mut s));
         s
@@ -102,16 +103,16 @@ impl TestNode {
         Self::finish(self.agent.get(&format!("http://{}{path}", self.http)).call())
     }
 
-    pub fn get(&self, path: &str) -> Reply {
+    pub(crate) fn get(&self, path: &str) -> Reply {
         self.try_get(path).unwrap_or_else(|e| panic!("GET {path}: {e}"))
     }
 
-    pub fn delete(&self, path: &str) -> Reply {
+    pub(crate) fn delete(&self, path: &str) -> Reply {
         Self::finish(self.agent.delete(&format!("http://{}{path}", self.http)).call())
             .unwrap_or_else(|e| panic!("DELETE {path}: {e}"))
     }
 
-    pub fn try_post(&self, path: &str, body: &[u8], headers: &[(&str, &str)]) -> Result<Reply, ureq::Error> {
+    pub(crate) fn try_post(&self, path: &str, body: &[u8], headers: &[(&str, &str)]) -> Result<Reply, ureq::Error> {
         let mut req = self.agent.post(&format!("http://{}{path}", self.http));
         for (k, v) in headers {
             req = req.header(*k, *v);
@@ -119,24 +120,24 @@ impl TestNode {
         Self::finish(req.send(body))
     }
 
-    pub fn post(&self, path: &str, body: &[u8], headers: &[(&str, &str)]) -> Reply {
+    pub(crate) fn post(&self, path: &str, body: &[u8], headers: &[(&str, &str)]) -> Reply {
         self.try_post(path, body, headers).unwrap_or_else(|e| panic!("POST {path}: {e}"))
     }
 
-    pub fn put(&self, path: &str, body: &[u8]) -> Reply {
+    pub(crate) fn put(&self, path: &str, body: &[u8]) -> Reply {
         Self::finish(self.agent.put(&format!("http://{}{path}", self.http)).send(body))
             .unwrap_or_else(|e| panic!("PUT {path}: {e}"))
     }
 
     /// Rows of a SQL query as JSON objects.
-    pub fn sql(&self, query: &str) -> Vec<serde_json::Value> {
+    pub(crate) fn sql(&self, query: &str) -> Vec<serde_json::Value> {
         let r = self.post("/v1/sql", query.as_bytes(), &[("Content-Type", "text/plain")]);
         assert_eq!(r.status, 200, "{query}: {}", r.body);
         r.json().as_array().cloned().unwrap_or_default()
     }
 
     /// One number from a one-row, one-column query.
-    pub fn sql_i64(&self, query: &str) -> i64 {
+    pub(crate) fn sql_i64(&self, query: &str) -> i64 {
         let rows = self.sql(query);
         rows.first()
             .and_then(|r| r.as_object())
@@ -146,7 +147,7 @@ impl TestNode {
     }
 
     /// Runs the CLI against this node.
-    pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
+    pub(crate) fn cli(&self, args: &[&str]) -> (i32, String, String) {
         let out = Command::new(env!("CARGO_BIN_EXE_tidemark"))
             .args(args)
             .env("TIDEMARK_URL", format!("http://{}", self.http))
@@ -160,7 +161,7 @@ impl TestNode {
     }
 
     /// SIGKILL: no shutdown path runs.
-    pub fn kill9(&mut self) {
+    pub(crate) fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -168,7 +169,7 @@ impl TestNode {
     }
 
     /// SIGTERM and wait for a clean exit.
-    pub fn stop(&mut self) -> Option<i32> {
+    pub(crate) fn stop(&mut self) -> Option<i32> {
         let mut c = self.child.take()?;
         let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
         let deadline = Instant::now() + Duration::from_secs(30);

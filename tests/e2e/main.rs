@@ -9,15 +9,15 @@ mod harness;
 use tidemark_loadgen::{Beacon, Traffic, TrafficConfig};
 
 /// Generated beacons around `now_ms`, deterministic for a seed.
-pub fn traffic(seed: u64, merchants: usize, start_ms: i64, span_ms: i64, n: usize) -> Vec<Beacon> {
+pub(crate) fn traffic(seed: u64, merchants: usize, start_ms: i64, span_ms: i64, n: usize) -> Vec<Beacon> {
     Traffic::new(&TrafficConfig { seed, merchants, skew: 1.1 }).batch(start_ms, span_ms, n)
 }
 
-pub fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
-pub fn ndjson(beacons: &[Beacon]) -> Vec<u8> {
+pub(crate) fn ndjson(beacons: &[Beacon]) -> Vec<u8> {
     let mut out = Vec::new();
     for b in beacons {
         out.extend_from_slice(b.to_json().to_string().as_bytes());
