@@ -33,8 +33,14 @@ fn is_state_column(t: &DataType) -> bool {
     matches!(t, DataType::Binary | DataType::LargeBinary | DataType::BinaryView)
 }
 
-fn binary_values(array: &ArrayRef) -> Result<ArrayRef> {
-    Ok(if matches!(array.data_type(), DataType::Binary) { array.clone() } else { cast(array, &DataType::Binary)? })
+/// Calls `merge` with every non-null encoded state in `array` (stored states or partials).
+fn for_each_state(array: &ArrayRef, mut merge: impl FnMut(&[u8]) -> tidemark_storage::Result<()>) -> Result<()> {
+    let states =
+        if matches!(array.data_type(), DataType::Binary) { array.clone() } else { cast(array, &DataType::Binary)? };
+    for state in states.as_binary::<i32>().iter().flatten() {
+        merge(state).map_err(storage_err)?;
+    }
+    Ok(())
 }
 
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -101,18 +107,11 @@ impl Accumulator for DistinctAccumulator {
             }
             return Ok(());
         }
-        let states = binary_values(input)?;
-        for state in states.as_binary::<i32>().iter().flatten() {
-            self.merger.merge_encoded(state).map_err(storage_err)?;
-        }
-        Ok(())
+        for_each_state(input, |s| self.merger.merge_encoded(s))
     }
 
     fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
-        for state in states[0].as_binary::<i32>().iter().flatten() {
-            self.merger.merge_encoded(state).map_err(storage_err)?;
-        }
-        Ok(())
+        for_each_state(&states[0], |s| self.merger.merge_encoded(s))
     }
 
     fn state(&mut self) -> Result<Vec<ScalarValue>> {
@@ -202,18 +201,11 @@ impl Accumulator for QuantileAccumulator {
             }
             return Ok(());
         }
-        let states = binary_values(input)?;
-        for state in states.as_binary::<i32>().iter().flatten() {
-            self.merger.merge_encoded(state).map_err(storage_err)?;
-        }
-        Ok(())
+        for_each_state(input, |s| self.merger.merge_encoded(s))
     }
 
     fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
-        for state in states[0].as_binary::<i32>().iter().flatten() {
-            self.merger.merge_encoded(state).map_err(storage_err)?;
-        }
-        Ok(())
+        for_each_state(&states[0], |s| self.merger.merge_encoded(s))
     }
 
     fn state(&mut self) -> Result<Vec<ScalarValue>> {

@@ -336,6 +336,11 @@ impl ActiveFile {
             *self = ActiveFile::open(path)?;
         }
         self.file.write_all(bytes).map_err(Error::io(&self.path))?;
+        // Fault point for tests: an fsync that fails as a dying disk's would.
+        fail::fail_point!("cmdlog-fsync", |_| Err(Error::Fsync {
+            path: self.path.clone(),
+            source: std::io::Error::other("injected fsync failure"),
+        }));
         self.file.sync_data().map_err(Error::fsync(&self.path))?;
         self.len += bytes.len() as u64;
         Ok(())
@@ -455,6 +460,8 @@ mod tests {
 
     #[test]
     fn entries_become_durable_in_order_and_replay_after_reopen() {
+        // Serialised with the fault-point test, which makes every fsync fail while it runs.
+        let _serial = fail::FailScenario::setup();
         let dir = tempfile::tempdir().expect("tempdir");
         {
             let (log, replay, rx) = open(dir.path(), 1);
@@ -495,6 +502,8 @@ mod tests {
 
     #[test]
     fn torn_tail_is_cut() {
+        // Serialised with the fault-point test, which makes every fsync fail while it runs.
+        let _serial = fail::FailScenario::setup();
         let dir = tempfile::tempdir().expect("tempdir");
         {
             let (log, _, rx) = open(dir.path(), 0);
@@ -513,7 +522,30 @@ mod tests {
     }
 
     #[test]
+    fn an_fsync_failure_fails_the_batch_and_stops_the_log() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let scenario = fail::FailScenario::setup();
+        let (log, _, rx) = open(dir.path(), 0);
+        fail::cfg("cmdlog-fsync", "return").expect("failpoint");
+        log.append(1, 1, b"lost".to_vec(), 7).expect("queued");
+        match rx.recv_timeout(Duration::from_secs(10)).expect("an answer") {
+            Durable::Failed { reason, tickets } => {
+                assert!(reason.contains("fsync failed") && reason.contains("restart the node"), "{reason}");
+                assert_eq!(tickets, vec![7], "the waiting writer learns its entry is not durable");
+            }
+            Durable::Entries(_) => panic!("an entry was reported durable although its fsync failed"),
+        }
+        fail::cfg("cmdlog-fsync", "off").expect("failpoint");
+        // No retry after an fsync error: the log refuses all further work.
+        let err = log.append(1, 1, b"after".to_vec(), 8).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("stopped after an fsync failure"), "{err}");
+        scenario.teardown();
+    }
+
+    #[test]
     fn bounded_queue_answers_overloaded() {
+        // Serialised with the fault-point test, which makes every fsync fail while it runs.
+        let _serial = fail::FailScenario::setup();
         let dir = tempfile::tempdir().expect("tempdir");
         let (tx, _rx) = sync_channel(1);
         let mut config = CommandLogConfig::new(dir.path());
