@@ -61,7 +61,7 @@ impl Default for IngestConfig {
             group_commit_window_ms: 2,
             pending_entries_max: 65_536,
             idempotency_window_ms: 24 * 3_600_000,
-            idempotency_keys_max: 1_000_000,
+            idempotency_keys_max: 100_000,
         }
     }
 }

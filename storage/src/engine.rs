@@ -67,7 +67,7 @@ impl EngineConfig {
             realtime_bytes_persist: 512 * 1024 * 1024,
             realtime_bytes_max: 1024 * 1024 * 1024,
             idempotency_window_ms: 24 * 3_600_000,
-            idempotency_keys_max: 1_000_000,
+            idempotency_keys_max: 100_000,
             rejects_max: 100_000,
         }
     }

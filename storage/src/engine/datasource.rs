@@ -149,13 +149,13 @@ impl DatasourceState {
         let from = self.realtime_from_hint(through);
         let mut replayed = 0;
         for p in 0..self.partitions.len() {
-            let offset = self.partitions[p].earliest_offset();
-            let batches = self.partitions[p].read(offset, usize::MAX)?;
-            for stored in batches {
-                let position = stored.frame.log_position;
-                if position < from || position > through {
-                    continue;
+            // One batch at a time: the raw log may be far larger than memory.
+            for index_entry in self.partitions[p].entries_from_position(from) {
+                if index_entry.log_position > through {
+                    break;
                 }
+                let stored = self.partitions[p].read_at(&index_entry)?;
+                let position = stored.frame.log_position;
                 replayed += 1;
                 let spec = entry.spec_at(position).clone();
                 let (_, records) = record_batch::decode_records(&stored.batch)?;
@@ -199,8 +199,14 @@ impl DatasourceState {
         log.append(frame, batch)
     }
 
+    /// The index an event of `interval` goes to. Once an interval has been persisted and the
+    /// writer's clock (stamped on the entry, so replays agree) is past its end plus the late
+    /// window, its stragglers collect in one late chunk; an interval persisted early (memory
+    /// bound, spec change) simply starts a new open index.
     fn route(&mut self, spec: &DatasourceSpec, position: u64, writer_time_ms: i64, interval: i64) -> &mut OpenInterval {
-        let map = if self.persisted.contains_key(&interval) { &mut self.late } else { &mut self.open };
+        let closed = writer_time_ms >= interval + spec.granularity.segment.millis() + spec.late_window.millis();
+        let late = closed && self.persisted.contains_key(&interval) && !self.open.contains_key(&interval);
+        let map = if late { &mut self.late } else { &mut self.open };
         map.entry(interval).or_insert_with(|| OpenInterval::new(spec, position, writer_time_ms))
     }
 

@@ -459,6 +459,11 @@ impl PartitionLog {
         f.entries.get(i).filter(|e| e.log_position == position).copied()
     }
 
+    /// Index entries of every batch from command log position `position` on, in offset order.
+    pub fn entries_from_position(&self, position: u64) -> Vec<IndexEntry> {
+        self.files.iter().flat_map(|f| f.entries.iter().filter(|e| e.log_position >= position).copied()).collect()
+    }
+
     /// Reads the batch an index entry points at.
     pub fn read_at(&self, entry: &IndexEntry) -> Result<StoredBatch> {
         let i = self.files.partition_point(|f| f.base_offset <= entry.base_offset).saturating_sub(1);
