@@ -13,15 +13,15 @@ use tidemark_storage::rollup::RollupIndex;
 use tidemark_storage::segment::{Segment, SegmentId, write_segment};
 use tidemark_storage::snapshot::{SnapshotSource, TableSnapshot};
 
-pub const DAY_START_MS: i64 = 1_795_651_200_000;
-pub const HOUR_MS: i64 = 3_600_000;
+pub(crate) const DAY_START_MS: i64 = 1_795_651_200_000;
+pub(crate) const HOUR_MS: i64 = 3_600_000;
 
-pub fn spec() -> DatasourceSpec {
+pub(crate) fn spec() -> DatasourceSpec {
     DatasourceSpec::from_json(DEMO_BEACONS_SPEC).expect("demo spec")
 }
 
 /// `n` beacons as NDJSON lines, from `merchants` merchants over `span_ms`.
-pub fn lines(seed: u64, merchants: usize, start_ms: i64, span_ms: i64, n: usize) -> Vec<Vec<u8>> {
+pub(crate) fn lines(seed: u64, merchants: usize, start_ms: i64, span_ms: i64, n: usize) -> Vec<Vec<u8>> {
     Traffic::new(&TrafficConfig { seed, merchants, skew: 1.1 })
         .batch(start_ms, span_ms, n)
         .iter()
@@ -30,7 +30,7 @@ pub fn lines(seed: u64, merchants: usize, start_ms: i64, span_ms: i64, n: usize)
 }
 
 /// Rolls `lines` into one index per hour and writes each as a segment in `dir`.
-pub fn build_segments(dir: &std::path::Path, lines: &[Vec<u8>]) -> Vec<Arc<Segment>> {
+pub(crate) fn build_segments(dir: &std::path::Path, lines: &[Vec<u8>]) -> Vec<Arc<Segment>> {
     let spec = spec();
     let mut hours: std::collections::BTreeMap<i64, RollupIndex> = std::collections::BTreeMap::new();
     for l in lines {
@@ -57,7 +57,7 @@ pub fn build_segments(dir: &std::path::Path, lines: &[Vec<u8>]) -> Vec<Arc<Segme
 }
 
 #[derive(Debug)]
-pub struct Segments(pub Vec<Arc<Segment>>);
+pub(crate) struct Segments(pub(crate) Vec<Arc<Segment>>);
 
 impl SnapshotSource for Segments {
     fn table_names(&self) -> Vec<String> {

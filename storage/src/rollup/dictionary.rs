@@ -13,12 +13,17 @@ pub struct Dictionary {
     /// Concatenated UTF-8 of every value; `spans[id - 1]` locates value `id`.
     bytes: String,
     spans: Vec<(u32, u32)>,
+    /// `hashes[id - 1]`: kept so growing the table never rehashes strings.
+    hashes: Vec<u64>,
     table: HashTable<u32>,
 }
 
+#[inline]
 fn hash_str(s: &str) -> u64 {
-    // A fixed seed keeps behaviour (and benchmark figures) the same from run to run.
-    xxhash_rust::xxh3::xxh3_64(s.as_bytes())
+    use std::hash::BuildHasher;
+    // In-memory only (ids, not hashes, are what persists), so the fastest good hash for short
+    // strings wins; a fixed seed keeps behaviour and benchmark figures the same run to run.
+    foldhash::fast::FixedState::with_seed(0x7469_6465).hash_one(s)
 }
 
 impl Dictionary {
@@ -26,7 +31,7 @@ impl Dictionary {
     #[inline]
     pub fn intern(&mut self, value: &str) -> u32 {
         let h = hash_str(value);
-        let Dictionary { bytes, spans, table } = self;
+        let Dictionary { bytes, spans, hashes, table } = self;
         let get = |id: u32| -> &str {
             let (start, len) = spans[(id - 1) as usize];
             &bytes[start as usize..(start + len) as usize]
@@ -37,12 +42,10 @@ impl Dictionary {
         let start = bytes.len() as u32;
         bytes.push_str(value);
         spans.push((start, value.len() as u32));
+        hashes.push(h);
         let id = spans.len() as u32;
-        let (bytes_ref, spans_ref) = (&*bytes, &*spans);
-        table.insert_unique(h, id, |&other| {
-            let (s, l) = spans_ref[(other - 1) as usize];
-            hash_str(&bytes_ref[s as usize..(s + l) as usize])
-        });
+        let hashes_ref = &*hashes;
+        table.insert_unique(h, id, |&other| hashes_ref[(other - 1) as usize]);
         id
     }
 
@@ -65,7 +68,7 @@ impl Dictionary {
     }
 
     pub fn heap_bytes(&self) -> usize {
-        self.bytes.capacity() + self.spans.capacity() * 8 + self.table.capacity() * 5
+        self.bytes.capacity() + self.spans.capacity() * 16 + self.table.capacity() * 5
     }
 
     /// `ranks[id]` is the position of value `id` in byte-wise sorted order, null first.

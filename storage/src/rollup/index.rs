@@ -131,6 +131,8 @@ pub struct RollupIndex {
     buckets: Vec<i64>,
     /// `dim_ids[row * ndims + d]`: dictionary id of dimension `d` (0 = null).
     dim_ids: Vec<u32>,
+    /// `row_hashes[row]`: kept so growing the table never rehashes keys.
+    row_hashes: Vec<u64>,
     table: HashTable<u32>,
     metrics: Vec<MetricColumn>,
     events: u64,
@@ -158,6 +160,7 @@ impl RollupIndex {
             dims: vec![Dictionary::default(); spec.dimensions.len()],
             buckets: Vec::new(),
             dim_ids: Vec::new(),
+            row_hashes: Vec::new(),
             table: HashTable::new(),
             metrics: spec.metrics.iter().map(|m| MetricColumn::for_kind(&m.kind)).collect(),
             events: 0,
@@ -195,11 +198,9 @@ impl RollupIndex {
                 for m in &mut self.metrics {
                     m.push_empty();
                 }
-                let (buckets, dim_ids) = (&self.buckets, &self.dim_ids);
-                self.table.insert_unique(h, row as u32, |&r| {
-                    let r = r as usize;
-                    row_hash(buckets[r], &dim_ids[r * ndims..(r + 1) * ndims])
-                });
+                self.row_hashes.push(h);
+                let hashes = &self.row_hashes;
+                self.table.insert_unique(h, row as u32, |&r| hashes[r as usize]);
                 row
             }
         };
@@ -227,7 +228,7 @@ impl RollupIndex {
 
     /// Approximate bytes held, for the memory bound that triggers a persist.
     pub fn memory_bytes(&self) -> usize {
-        let per_row = 8 + 4 * self.dims.len() + 4 + self.metrics.iter().map(MetricColumn::row_bytes).sum::<usize>();
+        let per_row = 8 + 4 * self.dims.len() + 8 + 4 + self.metrics.iter().map(MetricColumn::row_bytes).sum::<usize>();
         let dicts: usize = self.dims.iter().map(Dictionary::heap_bytes).sum();
         self.rows() * per_row + dicts + self.state_heap_bytes.max(0) as usize
     }

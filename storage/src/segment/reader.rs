@@ -113,7 +113,12 @@ impl Segment {
                 }
             }
         }
-        Ok(Segment { path: path.to_path_buf(), mmap: Arc::new(mmap), meta })
+        let segment = Segment { path: path.to_path_buf(), mmap: Arc::new(mmap), meta };
+        // Structural checks once, here, so reads can build arrays without re-validating.
+        for col in &segment.meta.columns {
+            segment.build(col, true)?;
+        }
+        Ok(segment)
     }
 
     pub fn meta(&self) -> &SegmentMeta {
@@ -169,9 +174,15 @@ impl Segment {
         col.buffer(BufferRole::Validity).map(|r| NullBuffer::new(BooleanBuffer::new(self.buffer(r), 0, self.rows())))
     }
 
-    /// The column as an Arrow array backed by the mapping.
+    /// The column as an Arrow array backed by the mapping. Its structure (offsets, keys,
+    /// UTF-8) was validated once when the segment was opened, so this is O(1).
     pub fn column(&self, name: &str) -> Result<ArrayRef> {
-        let col = self.entry(name)?;
+        self.build(self.entry(name)?, false)
+    }
+
+    /// Builds a column's array; with `validate`, Arrow checks every offset, key and string
+    /// (O(rows)), which `open` does once so later reads can skip it.
+    fn build(&self, col: &ColumnEntry, validate: bool) -> Result<ArrayRef> {
         let rows = self.rows();
         let bad = |e: arrow_schema::ArrowError| Error::Corrupt {
             path: self.path.clone(),
@@ -188,12 +199,14 @@ impl Segment {
                     ScalarBuffer::new(self.required(col, BufferRole::Values)?, 0, rows),
                     self.nulls(col),
                 );
-                let card = col.cardinality.unwrap_or(0) as usize;
-                let offsets = ScalarBuffer::<i32>::new(self.required(col, BufferRole::DictOffsets)?, 0, card + 1);
-                let values =
-                    StringArray::try_new(OffsetBuffer::new(offsets), self.required(col, BufferRole::DictData)?, None)
-                        .map_err(bad)?;
-                Arc::new(DictionaryArray::<Int32Type>::try_new(keys, Arc::new(values)).map_err(bad)?)
+                let values = self.dictionary_array(col, validate)?;
+                if validate {
+                    Arc::new(DictionaryArray::<Int32Type>::try_new(keys, Arc::new(values)).map_err(bad)?)
+                } else {
+                    // SAFETY: `open` built this column with `validate`, which checked every
+                    // key against the dictionary; the bytes are immutable and checksummed.
+                    Arc::new(unsafe { DictionaryArray::<Int32Type>::new_unchecked(keys, Arc::new(values)) })
+                }
             }
             ColumnKind::Metric => match col.metric_type.as_deref() {
                 Some("count") | Some("longSum") => Arc::new(Int64Array::new(
@@ -207,26 +220,38 @@ impl Segment {
             },
             ColumnKind::Sketch => {
                 let offsets = ScalarBuffer::<i32>::new(self.required(col, BufferRole::Offsets)?, 0, rows + 1);
-                Arc::new(
-                    BinaryArray::try_new(
-                        OffsetBuffer::new(offsets),
-                        self.required(col, BufferRole::Data)?,
-                        self.nulls(col),
-                    )
-                    .map_err(bad)?,
-                )
+                let data = self.required(col, BufferRole::Data)?;
+                if validate {
+                    Arc::new(BinaryArray::try_new(OffsetBuffer::new(offsets), data, self.nulls(col)).map_err(bad)?)
+                } else {
+                    // SAFETY: validated at open (monotonic offsets within `data`).
+                    Arc::new(unsafe {
+                        BinaryArray::new_unchecked(OffsetBuffer::new_unchecked(offsets), data, self.nulls(col))
+                    })
+                }
             }
         };
         Ok(array)
     }
 
-    /// The sorted dictionary of a dimension.
-    pub fn dictionary(&self, dim: &str) -> Result<StringArray> {
-        let col = self.entry(dim)?;
+    fn dictionary_array(&self, col: &ColumnEntry, validate: bool) -> Result<StringArray> {
         let card = col.cardinality.unwrap_or(0) as usize;
         let offsets = ScalarBuffer::<i32>::new(self.required(col, BufferRole::DictOffsets)?, 0, card + 1);
-        StringArray::try_new(OffsetBuffer::new(offsets), self.required(col, BufferRole::DictData)?, None)
-            .map_err(|e| Error::Corrupt { path: self.path.clone(), position: col.start, reason: e.to_string() })
+        let data = self.required(col, BufferRole::DictData)?;
+        if validate {
+            return StringArray::try_new(OffsetBuffer::new(offsets), data, None).map_err(|e| Error::Corrupt {
+                path: self.path.clone(),
+                position: col.start,
+                reason: format!("dictionary of {}: {e}", col.name),
+            });
+        }
+        // SAFETY: validated at open (monotonic offsets, UTF-8).
+        Ok(unsafe { StringArray::new_unchecked(OffsetBuffer::new_unchecked(offsets), data, None) })
+    }
+
+    /// The sorted dictionary of a dimension.
+    pub fn dictionary(&self, dim: &str) -> Result<StringArray> {
+        self.dictionary_array(self.entry(dim)?, false)
     }
 
     /// Rows whose `dim` equals any of `values` (`None` is null), from the bitmap index.
