@@ -70,8 +70,8 @@ impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
             raw_file_bytes_max: 256 * 1024 * 1024,
-            realtime_bytes_persist: 512 * 1024 * 1024,
-            realtime_bytes_max: 1024 * 1024 * 1024,
+            realtime_bytes_persist: 128 * 1024 * 1024,
+            realtime_bytes_max: 512 * 1024 * 1024,
             rejects_max: 100_000,
             tick_interval_ms: 1000,
             checkpoint_interval_ms: 10_000,

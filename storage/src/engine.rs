@@ -64,8 +64,8 @@ impl EngineConfig {
         EngineConfig {
             data_dir: data_dir.into(),
             raw_file_bytes_max: 256 * 1024 * 1024,
-            realtime_bytes_persist: 512 * 1024 * 1024,
-            realtime_bytes_max: 1024 * 1024 * 1024,
+            realtime_bytes_persist: 128 * 1024 * 1024,
+            realtime_bytes_max: 512 * 1024 * 1024,
             idempotency_window_ms: 24 * 3_600_000,
             idempotency_keys_max: 100_000,
             rejects_max: 100_000,
