@@ -106,6 +106,9 @@ fn answer(outcome: &BatchOutcome, replayed: bool) -> Response {
     (StatusCode::OK, Json(body)).into_response()
 }
 
+/// One partition's share of a request: request line numbers, records, binding verdicts.
+type PartBuilder = (Vec<u32>, Vec<Record>, Vec<VerdictRecord>);
+
 pub async fn post_beacons(
     node: &Node,
     limits: &BeaconLimits,
@@ -163,7 +166,7 @@ pub async fn post_beacons(
 
     // Edge verdicts, per line.
     let ts_field = &spec.timestamp.field;
-    let mut parts: BTreeMap<u32, (Vec<u32>, Vec<Record>, Vec<VerdictRecord>)> = BTreeMap::new();
+    let mut parts: BTreeMap<u32, PartBuilder> = BTreeMap::new();
     let mut batch_refusals = Vec::new();
     for (i, line) in lines.iter().enumerate() {
         let binding: Option<RejectReason> = match (&line.value, &line.parse_error) {

@@ -21,7 +21,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tidemark_storage::command_log::{CommandLog, CommandLogConfig, Durable};
-use tidemark_storage::engine::command::{Command, KIND_CATALOG, KIND_PERSIST};
+use tidemark_storage::engine::command::{Command, KIND_CATALOG};
 use tidemark_storage::engine::{Applied, Engine, EngineConfig, SharedEngine};
 
 use crate::error::{Error, Result};
@@ -205,6 +205,12 @@ impl Node {
             let _ = t.join();
         }
         if self.fatal().is_none() {
+            // Let segments being written finish, so the next start need not rebuild them.
+            let waited = self.inner.engine.write().publish_persisted(true);
+            if let Err(e) = waited {
+                set_fatal(&self.inner, format!("writing a segment failed: {e}"));
+                return;
+            }
             checkpoint(&self.inner);
         }
     }
@@ -230,11 +236,7 @@ fn apply_loop(inner: &Inner, rx: Receiver<Durable<Ticket>>) {
                             answer(ticket, Err(reason));
                             continue;
                         }
-                        let started = Instant::now();
                         let result = engine.apply(&entry);
-                        if entry.kind == KIND_PERSIST {
-                            inner.metrics.persist_seconds.observe(started.elapsed().as_secs_f64());
-                        }
                         inner.metrics.commands_applied.fetch_add(1, Ordering::Relaxed);
                         match result {
                             Ok(applied) => answer(ticket, Ok(applied)),
@@ -248,8 +250,9 @@ fn apply_loop(inner: &Inner, rx: Receiver<Durable<Ticket>>) {
                                 answer(ticket, Err(reason));
                             }
                         }
-                        needs_checkpoint |= entry.kind == KIND_PERSIST || entry.kind == KIND_CATALOG;
+                        needs_checkpoint |= entry.kind == KIND_CATALOG;
                     }
+                    needs_checkpoint |= publish(inner, &mut engine);
                 }
                 let n = inner.since_checkpoint.fetch_add(1, Ordering::Relaxed) + 1;
                 if needs_checkpoint || n >= inner.config.checkpoint_every_entries {
@@ -262,6 +265,22 @@ fn apply_loop(inner: &Inner, rx: Receiver<Durable<Ticket>>) {
                     answer(t, Err(reason.clone()));
                 }
             }
+        }
+    }
+}
+
+/// Publishes segments the writer finished; true if any were (the timeline changed).
+fn publish(inner: &Inner, engine: &mut Engine) -> bool {
+    match engine.publish_persisted(false) {
+        Ok(seconds) => {
+            for s in &seconds {
+                inner.metrics.persist_seconds.observe(*s);
+            }
+            !seconds.is_empty()
+        }
+        Err(e) => {
+            set_fatal(inner, format!("writing a segment failed: {e}"));
+            false
         }
     }
 }
@@ -312,6 +331,11 @@ fn tick_loop(inner: &Inner) {
         // Wait for our own decisions to apply, so the next tick does not decide them again.
         for rx in waiting {
             let _ = rx.blocking_recv();
+        }
+        // Segments finished since the last apply become visible now, and are checkpointed.
+        let published = publish(inner, &mut inner.engine.write());
+        if published {
+            checkpoint(inner);
         }
         let stale = inner.last_checkpoint.lock().unwrap_or_else(|p| p.into_inner()).elapsed()
             >= Duration::from_millis(inner.config.checkpoint_interval_ms);

@@ -24,6 +24,7 @@ pub mod checkpoint;
 pub mod command;
 mod datasource;
 pub mod idempotency;
+mod persister;
 pub mod rejects;
 mod system_tables;
 
@@ -115,6 +116,7 @@ pub struct Engine {
     applied_position: u64,
     writer_time_ms: i64,
     checkpoint_position: u64,
+    persister: persister::Persister,
 }
 
 impl Engine {
@@ -131,6 +133,7 @@ impl Engine {
             applied_position: 0,
             writer_time_ms: i64::MIN,
             checkpoint_position: 0,
+            persister: persister::Persister::start()?,
             config,
         };
         let Some(cp) = cp else { return Ok((engine, recovery)) };
@@ -203,7 +206,9 @@ impl Engine {
         {
             let id = entry.id;
             if let Some(ds) = self.datasources.get_mut(&id) {
-                ds.persist_all(&self.catalog, position, PersistReason::SpecChanged)?;
+                for job in ds.persist_all(&self.catalog, position)? {
+                    self.persister.submit(job)?;
+                }
             }
         }
         let effect = self.catalog.apply(position, writer_time_ms, cmd)?;
@@ -366,8 +371,38 @@ impl Engine {
         let Some(ds) = self.datasources.get_mut(&cmd.datasource) else {
             return Ok(Applied::Persisted { segments: 0 });
         };
-        let n = ds.persist(&self.catalog, position, cmd.interval_start_ms, cmd.late)?;
-        Ok(Applied::Persisted { segments: n })
+        match ds.start_persist(&self.catalog, position, cmd.interval_start_ms, cmd.late)? {
+            Some(job) => {
+                self.persister.submit(job)?;
+                Ok(Applied::Persisted { segments: 1 })
+            }
+            None => Ok(Applied::Persisted { segments: 0 }),
+        }
+    }
+
+    /// Publishes segments the writer has finished (with `wait`, after waiting for all of
+    /// them). Returns the seconds each took to write. A failed segment write is an I/O fault
+    /// that stops the node, like an fsync error.
+    pub fn publish_persisted(&mut self, wait: bool) -> Result<Vec<f64>> {
+        let finished = self.persister.collect(wait);
+        let mut seconds = Vec::with_capacity(finished.len());
+        for f in finished {
+            seconds.push(f.seconds);
+            let written = f.result?;
+            match self.datasources.get_mut(&f.job.datasource) {
+                Some(ds) => ds.finish_persist(&f.job.id, &written)?,
+                // Purged while it was being written: nothing refers to the file.
+                None => {
+                    let _ = std::fs::remove_file(&f.job.path);
+                }
+            }
+        }
+        Ok(seconds)
+    }
+
+    /// Segments being written right now.
+    pub fn persists_in_flight(&self) -> usize {
+        self.persister.in_flight()
     }
 
     /// Which intervals should persist now, by the writer's clock `now_ms` and the memory
@@ -416,6 +451,7 @@ impl Engine {
     /// Syncs the raw logs and writes a checkpoint at the applied position; the command log
     /// may then be trimmed below the returned position.
     pub fn checkpoint(&mut self) -> Result<u64> {
+        self.publish_persisted(false)?;
         for ds in self.datasources.values_mut() {
             ds.sync()?;
         }

@@ -13,13 +13,14 @@ use tidemark_catalog::{Catalog, DatasourceId, DatasourceSpec, Event};
 
 use crate::engine::checkpoint::{DatasourceCheckpoint, SegmentRecord};
 use crate::engine::command::{PersistCommand, PersistReason};
+
 use crate::engine::{EngineConfig, Recovery};
 use crate::error::{Error, Result};
 use crate::raw::frame::Frame;
 use crate::raw::partition_log::{IndexEntry, PartitionLog, PartitionLogConfig};
 use crate::raw::record_batch;
 use crate::rollup::RollupIndex;
-use crate::segment::{Segment, SegmentId, write_segment};
+use crate::segment::{Segment, SegmentId, WrittenSegment, write_segment};
 
 /// The version string of segments written by ingest; reindexing publishes higher versions.
 pub(crate) const INGEST_VERSION: &str = "1";
@@ -58,6 +59,33 @@ impl OpenInterval {
     }
 }
 
+/// An index being written as a segment.
+#[derive(Debug)]
+struct Persisting {
+    id: SegmentId,
+    /// Relative to the data directory.
+    file: PathBuf,
+    position: u64,
+    open: Arc<OpenInterval>,
+}
+
+/// Work for the segment writer thread.
+#[derive(Debug)]
+pub(crate) struct PersistJob {
+    pub(crate) datasource: DatasourceId,
+    pub(crate) path: PathBuf,
+    pub(crate) id: SegmentId,
+    pub(crate) spec: DatasourceSpec,
+    pub(crate) open: Arc<OpenInterval>,
+}
+
+impl PersistJob {
+    /// Writes the segment file; runs on the writer thread, off the engine lock.
+    pub(crate) fn run(&self) -> Result<WrittenSegment> {
+        write_segment(&self.path, self.id.clone(), &self.spec, &self.open.index)
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct DatasourceState {
     pub(crate) id: DatasourceId,
@@ -68,6 +96,8 @@ pub(crate) struct DatasourceState {
     raw_config: PartitionLogConfig,
     open: BTreeMap<i64, OpenInterval>,
     late: BTreeMap<i64, OpenInterval>,
+    /// Indexes handed to the segment writer: still queried until their segment is published.
+    persisting: Vec<Persisting>,
     segments: Vec<(SegmentRecord, Arc<Segment>)>,
     /// interval start → position of its last persist.
     persisted: BTreeMap<i64, u64>,
@@ -95,6 +125,7 @@ impl DatasourceState {
             raw_config,
             open: BTreeMap::new(),
             late: BTreeMap::new(),
+            persisting: Vec::new(),
             segments: Vec::new(),
             persisted: BTreeMap::new(),
             realtime_from: None,
@@ -205,7 +236,9 @@ impl DatasourceState {
     /// bound, spec change) simply starts a new open index.
     fn route(&mut self, spec: &DatasourceSpec, position: u64, writer_time_ms: i64, interval: i64) -> &mut OpenInterval {
         let closed = writer_time_ms >= interval + spec.granularity.segment.millis() + spec.late_window.millis();
-        let late = closed && self.persisted.contains_key(&interval) && !self.open.contains_key(&interval);
+        let persisted = self.persisted.contains_key(&interval)
+            || self.persisting.iter().any(|p| p.id.interval_start_ms == interval);
+        let late = closed && persisted && !self.open.contains_key(&interval);
         let map = if late { &mut self.late } else { &mut self.open };
         map.entry(interval).or_insert_with(|| OpenInterval::new(spec, position, writer_time_ms))
     }
@@ -216,19 +249,27 @@ impl DatasourceState {
         self.events_ingested += 1;
     }
 
-    /// Writes the index of `interval` (or its late chunk) as the interval's next shard.
-    pub(crate) fn persist(&mut self, catalog: &Catalog, position: u64, interval: i64, late: bool) -> Result<usize> {
+    /// Hands the index of `interval` (or its late chunk) to the segment writer as the
+    /// interval's next shard. The index stays queryable until [`Self::finish_persist`].
+    pub(crate) fn start_persist(
+        &mut self,
+        catalog: &Catalog,
+        position: u64,
+        interval: i64,
+        late: bool,
+    ) -> Result<Option<PersistJob>> {
         let map = if late { &mut self.late } else { &mut self.open };
-        let Some(open) = map.remove(&interval) else { return Ok(0) };
+        let Some(open) = map.remove(&interval) else { return Ok(None) };
         if open.index.is_empty() {
-            return Ok(0);
+            return Ok(None);
         }
         let entry =
             catalog.by_id(self.id).ok_or_else(|| Error::Internal(format!("datasource {} not in catalog", self.id)))?;
         // The index was built under the spec in force at its first event (specs change only
         // after persisting every open index).
-        let spec = entry.spec_at(open.first_position);
-        let shard = self.segments.iter().filter(|(r, _)| r.id.interval_start_ms == interval).count() as u32;
+        let spec = entry.spec_at(open.first_position).clone();
+        let shard = (self.segments.iter().filter(|(r, _)| r.id.interval_start_ms == interval).count()
+            + self.persisting.iter().filter(|p| p.id.interval_start_ms == interval).count()) as u32;
         let id = SegmentId {
             datasource: self.name.clone(),
             interval_start_ms: interval,
@@ -236,36 +277,46 @@ impl DatasourceState {
             version: INGEST_VERSION.to_string(),
             shard,
         };
-        let rel = PathBuf::from("datasources")
+        let file = PathBuf::from("datasources")
             .join(self.id.to_string())
             .join("segments")
             .join(format!("{interval}_{}_{shard}.seg", INGEST_VERSION));
-        let abs = self.data_dir.join(&rel);
-        let written = write_segment(&abs, id.clone(), spec, &open.index)?;
-        let segment = Segment::open(&abs)?;
+        let open = Arc::new(open);
+        self.persisting.push(Persisting { id: id.clone(), file: file.clone(), position, open: open.clone() });
+        Ok(Some(PersistJob { datasource: self.id, path: self.data_dir.join(&file), id, spec, open }))
+    }
+
+    /// Publishes a segment the writer finished: it replaces its index in queries at once.
+    pub(crate) fn finish_persist(&mut self, id: &SegmentId, written: &WrittenSegment) -> Result<()> {
+        let Some(i) = self.persisting.iter().position(|p| &p.id == id) else { return Ok(()) };
+        let p = self.persisting.remove(i);
+        let segment = Segment::open(&self.data_dir.join(&p.file))?;
         let record = SegmentRecord {
-            id,
-            file: rel,
+            id: p.id,
+            file: p.file,
             file_bytes: written.file_bytes,
             rows: written.meta.rows,
             events: written.meta.events,
-            published_at: position,
+            published_at: p.position,
         };
+        let interval = record.id.interval_start_ms;
         self.segments.push((record, Arc::new(segment)));
-        self.persisted.insert(interval, position);
-        Ok(1)
+        let covered = self.persisted.entry(interval).or_insert(p.position);
+        *covered = (*covered).max(p.position);
+        Ok(())
     }
 
-    pub(crate) fn persist_all(&mut self, catalog: &Catalog, position: u64, _reason: PersistReason) -> Result<()> {
+    pub(crate) fn persist_all(&mut self, catalog: &Catalog, position: u64) -> Result<Vec<PersistJob>> {
+        let mut jobs = Vec::new();
         let open: Vec<i64> = self.open.keys().copied().collect();
         for interval in open {
-            self.persist(catalog, position, interval, false)?;
+            jobs.extend(self.start_persist(catalog, position, interval, false)?);
         }
         let late: Vec<i64> = self.late.keys().copied().collect();
         for interval in late {
-            self.persist(catalog, position, interval, true)?;
+            jobs.extend(self.start_persist(catalog, position, interval, true)?);
         }
-        Ok(())
+        Ok(jobs)
     }
 
     pub(crate) fn closed_intervals(&self, spec: &DatasourceSpec, now_ms: i64) -> Vec<PersistCommand> {
@@ -300,11 +351,17 @@ impl DatasourceState {
     }
 
     pub(crate) fn realtime_bytes(&self) -> usize {
-        self.open_indexes().map(|(_, _, b)| b).sum()
+        self.open_indexes().map(|(_, _, b)| b).sum::<usize>()
+            + self.persisting.iter().map(|p| p.open.index.memory_bytes()).sum::<usize>()
     }
 
     pub(crate) fn realtime_rows(&self) -> u64 {
-        self.open.values().chain(self.late.values()).map(|o| o.index.rows() as u64).sum()
+        self.open
+            .values()
+            .chain(self.late.values())
+            .chain(self.persisting.iter().map(|p| p.open.as_ref()))
+            .map(|o| o.index.rows() as u64)
+            .sum()
     }
 
     pub(crate) fn segment_count(&self) -> usize {
@@ -320,12 +377,18 @@ impl DatasourceState {
     }
 
     pub(crate) fn realtime_batches(&self, spec: &DatasourceSpec, schema: SchemaRef) -> Vec<RecordBatch> {
-        self.open.values().chain(self.late.values()).filter_map(|o| o.batch(spec, schema.clone())).collect()
+        self.open
+            .values()
+            .chain(self.late.values())
+            .chain(self.persisting.iter().map(|p| p.open.as_ref()))
+            .filter_map(|o| o.batch(spec, schema.clone()))
+            .collect()
     }
 
     pub(crate) fn drop_realtime(&mut self) {
         self.open.clear();
         self.late.clear();
+        self.persisting.clear();
     }
 
     pub(crate) fn sync(&mut self) -> Result<()> {
@@ -336,8 +399,15 @@ impl DatasourceState {
     }
 
     pub(crate) fn checkpoint(&self, applied: u64) -> DatasourceCheckpoint {
-        let realtime_from =
-            self.open.values().chain(self.late.values()).map(|o| o.first_position).min().unwrap_or(applied + 1);
+        // In-flight persists are not covered yet: a restart rebuilds their rows from raw.
+        let realtime_from = self
+            .open
+            .values()
+            .chain(self.late.values())
+            .chain(self.persisting.iter().map(|p| p.open.as_ref()))
+            .map(|o| o.first_position)
+            .min()
+            .unwrap_or(applied + 1);
         DatasourceCheckpoint {
             id: self.id,
             segments: self.segments.iter().map(|(r, _)| r.clone()).collect(),

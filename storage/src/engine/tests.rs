@@ -111,6 +111,10 @@ fn apply_persist_checkpoint_restart_replay() {
     assert_eq!(decisions[0].interval_start_ms, T0);
     let e = log.push(T0 + HOUR + 10 * 60_000, &Command::Persist(decisions[0].clone()));
     assert_eq!(engine.apply(&e).expect("persist"), Applied::Persisted { segments: 1 });
+    // While the segment is written, its rows are still answered from the index.
+    assert_eq!(total_count(&engine), 10);
+    assert_eq!(engine.publish_persisted(true).expect("publish").len(), 1);
+    assert_eq!(engine.table_snapshot("beacons").map(|s| s.segments.len()), Some(1));
     assert_eq!(total_count(&engine), 10);
 
     // A late event for hour 0 goes to a late chunk; a new one to hour 1.
@@ -149,6 +153,7 @@ fn apply_persist_checkpoint_restart_replay() {
         let e = log.push(T0 + HOUR + 30 * 60_000, &Command::Persist(d));
         engine.apply(&e).expect("persist");
     }
+    engine.publish_persisted(true).expect("publish");
     let snap = engine.table_snapshot("beacons").expect("snapshot");
     let hour0: Vec<u32> =
         snap.segments.iter().filter(|s| s.meta().id.interval_start_ms == T0).map(|s| s.meta().id.shard).collect();
@@ -177,6 +182,7 @@ fn binding_verdicts_and_spec_updates() {
     v2.dimensions.push("campaign".into());
     let e = log.push(T0 + 5, &Command::Catalog(CatalogCommand::UpdateDatasource { spec: v2.clone() }));
     engine.apply(&e).expect("update");
+    engine.publish_persisted(true).expect("publish");
     let snap = engine.table_snapshot("beacons").expect("snapshot");
     assert_eq!(snap.segments.len(), 1);
     assert!(snap.realtime.is_empty());
@@ -243,6 +249,7 @@ fn same_log_builds_byte_identical_segments() {
             };
             engine.apply(&e).expect("persist");
         }
+        engine.publish_persisted(true).expect("publish");
         let snap = engine.table_snapshot("beacons").expect("snapshot");
         assert!(snap.realtime.is_empty());
         let mut files: Vec<(String, Vec<u8>)> = snap

@@ -1,0 +1,92 @@
+//! The segment writer: a thread that turns persisting indexes into segment files off the
+//! engine lock, so ingest and queries keep going while a large interval is written. Apply
+//! decides what to persist (deterministically, at a log position); this thread only does the
+//! I/O, and the engine publishes each finished segment the next time it runs.
+
+use std::sync::Mutex;
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::thread::JoinHandle;
+
+use crate::engine::datasource::PersistJob;
+use crate::error::{Error, Result};
+use crate::segment::WrittenSegment;
+
+pub(crate) struct Finished {
+    pub(crate) job: PersistJob,
+    pub(crate) result: Result<WrittenSegment>,
+    pub(crate) seconds: f64,
+}
+
+#[derive(Debug)]
+pub(crate) struct Persister {
+    jobs: Option<Sender<PersistJob>>,
+    /// Behind a mutex only so the engine stays `Sync` for readers; only the writer side uses it.
+    finished: Mutex<Receiver<Finished>>,
+    thread: Option<JoinHandle<()>>,
+    in_flight: usize,
+}
+
+impl std::fmt::Debug for Finished {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Finished").field("segment", &self.job.id).field("ok", &self.result.is_ok()).finish()
+    }
+}
+
+impl Persister {
+    pub(crate) fn start() -> Result<Persister> {
+        let (jobs_tx, jobs_rx) = channel::<PersistJob>();
+        let (done_tx, done_rx) = channel::<Finished>();
+        let thread = std::thread::Builder::new()
+            .name("tidemark-persist".into())
+            .spawn(move || {
+                while let Ok(job) = jobs_rx.recv() {
+                    let started = std::time::Instant::now();
+                    let result = job.run();
+                    let seconds = started.elapsed().as_secs_f64();
+                    if done_tx.send(Finished { job, result, seconds }).is_err() {
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| Error::Internal(format!("cannot start the segment writer: {e}")))?;
+        Ok(Persister { jobs: Some(jobs_tx), finished: Mutex::new(done_rx), thread: Some(thread), in_flight: 0 })
+    }
+
+    pub(crate) fn submit(&mut self, job: PersistJob) -> Result<()> {
+        let tx = self.jobs.as_ref().ok_or(Error::Closed { what: "segment writer" })?;
+        tx.send(job).map_err(|_| Error::Closed { what: "segment writer" })?;
+        self.in_flight += 1;
+        Ok(())
+    }
+
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// Finished jobs; with `wait`, blocks until every submitted job has finished.
+    pub(crate) fn collect(&mut self, wait: bool) -> Vec<Finished> {
+        let mut out = Vec::new();
+        let finished = self.finished.get_mut().unwrap_or_else(|p| p.into_inner());
+        while self.in_flight > 0 {
+            let next = if wait { finished.recv().ok() } else { finished.try_recv().ok() };
+            match next {
+                Some(f) => {
+                    self.in_flight -= 1;
+                    out.push(f);
+                }
+                None => break,
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Persister {
+    fn drop(&mut self) {
+        // Closing the job channel ends the thread after the job at hand.
+        self.jobs.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
