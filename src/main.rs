@@ -17,6 +17,7 @@ use tidemark_storage::engine::EngineConfig;
 use tidemark_storage::engine::command::Command;
 use tidemark_storage::snapshot::SnapshotSource;
 
+mod bench;
 mod client;
 mod config;
 mod demo;
@@ -37,6 +38,8 @@ enum Cmd {
     Serve(ServeArgs),
     /// Send realistic merchant traffic to a node.
     Demo(demo::DemoArgs),
+    /// Load a node and report throughput, ack latency and server CPU per event.
+    Bench(bench::BenchArgs),
     /// Run one SQL statement on a node and print the result.
     Sql(SqlArgs),
     /// Manage datasources.
@@ -140,6 +143,7 @@ fn main() {
     let result = match cli.command {
         Cmd::Serve(args) => serve(args),
         Cmd::Demo(args) => demo::run(&args),
+        Cmd::Bench(args) => bench::run(&args),
         Cmd::Sql(args) => sql(args),
         Cmd::Datasource(cmd) => datasource(cmd),
     };
