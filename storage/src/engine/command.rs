@@ -92,8 +92,6 @@ pub enum PersistReason {
     IntervalClosed,
     /// The realtime index reached its memory bound.
     MemoryBound,
-    /// The datasource's spec changed: open indexes close under the old spec.
-    SpecChanged,
 }
 
 #[derive(Debug, Clone, PartialEq)]
