@@ -230,7 +230,7 @@ impl Engine {
                     .map(|e| e.current().clone())
                     .ok_or_else(|| Error::Internal("updated datasource missing".into()))?;
                 if let Some(ds) = self.datasources.get_mut(id) {
-                    ds.grow_partitions(&self.config, &spec)?;
+                    ds.grow_partitions(&spec)?;
                 }
             }
             CatalogEffect::Deleted(id) => {
@@ -473,19 +473,9 @@ impl Engine {
         Ok(self.applied_position)
     }
 
-    /// The read-only edge check of one beacon under the current spec of `datasource`.
-    pub fn check_beacon(&self, datasource: &str, beacon: &Value) -> Option<Result<i64, RejectReason>> {
-        let spec = self.catalog.get(datasource)?.current();
-        Some(extract(spec, beacon).map(|e| e.time_ms))
-    }
-
     /// The idempotency window's view of a keyed batch (read-only, for the edge).
     pub fn idempotency_check(&self, datasource: &str, key: &str, body_hash: u64) -> Seen {
         self.idempotency.check(datasource, key, body_hash)
-    }
-
-    pub fn partitions_of(&self, datasource: &str) -> Option<u32> {
-        self.catalog.get(datasource).map(|e| e.current().partitions)
     }
 
     /// A query snapshot of one datasource as of the applied position.

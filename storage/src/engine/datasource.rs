@@ -149,7 +149,7 @@ impl DatasourceState {
         Ok(())
     }
 
-    pub(crate) fn grow_partitions(&mut self, _config: &EngineConfig, spec: &DatasourceSpec) -> Result<()> {
+    pub(crate) fn grow_partitions(&mut self, spec: &DatasourceSpec) -> Result<()> {
         let mut recovery = Recovery::default();
         self.grow_partitions_to(spec.partitions, &mut recovery)
     }
