@@ -12,10 +12,28 @@ pub(crate) struct Config {
     pub(crate) data_dir: PathBuf,
     pub(crate) http_addr: String,
     pub(crate) flight_addr: String,
+    /// The Kafka protocol listener.
+    pub(crate) kafka_addr: String,
+    /// The address Kafka clients are told to connect to; defaults to `kafka_addr`.
+    pub(crate) kafka_advertised_addr: Option<String>,
     /// Create the demo `beacons` datasource on start if it does not exist.
     pub(crate) demo_datasource: bool,
     pub(crate) ingest: IngestConfig,
+    pub(crate) kafka: KafkaSection,
     pub(crate) storage: StorageConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct KafkaSection {
+    pub(crate) request_bytes_max: usize,
+    pub(crate) decompressed_batch_bytes_max: usize,
+}
+
+impl Default for KafkaSection {
+    fn default() -> Self {
+        KafkaSection { request_bytes_max: 100 * 1024 * 1024, decompressed_batch_bytes_max: 64 * 1024 * 1024 }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -46,8 +64,11 @@ impl Default for Config {
             data_dir: PathBuf::from(".tidemark-data"),
             http_addr: "127.0.0.1:8080".into(),
             flight_addr: "127.0.0.1:50051".into(),
+            kafka_addr: "127.0.0.1:9092".into(),
+            kafka_advertised_addr: None,
             demo_datasource: true,
             ingest: IngestConfig::default(),
+            kafka: KafkaSection::default(),
             storage: StorageConfig::default(),
         }
     }
@@ -87,7 +108,16 @@ impl Config {
     /// Every problem, at once.
     pub(crate) fn validate(&self) -> Result<(), Vec<String>> {
         let mut problems = Vec::new();
-        for (name, addr) in [("http_addr", &self.http_addr), ("flight_addr", &self.flight_addr)] {
+        let advertised = self.kafka_advertised_addr.clone().unwrap_or_default();
+        for (name, addr) in [
+            ("http_addr", &self.http_addr),
+            ("flight_addr", &self.flight_addr),
+            ("kafka_addr", &self.kafka_addr),
+            ("kafka_advertised_addr", &advertised),
+        ] {
+            if name == "kafka_advertised_addr" && addr.is_empty() {
+                continue;
+            }
             if addr.parse::<SocketAddr>().is_err() {
                 problems.push(format!("{name}: {addr:?} is not an address like 127.0.0.1:8080"));
             }
@@ -103,6 +133,12 @@ impl Config {
                 "storage.realtime_bytes_persist ({}) must not exceed storage.realtime_bytes_max ({})",
                 self.storage.realtime_bytes_persist, self.storage.realtime_bytes_max
             ));
+        }
+        if self.kafka.request_bytes_max < 1024 {
+            problems.push("kafka.request_bytes_max: must be at least 1024".into());
+        }
+        if self.kafka.decompressed_batch_bytes_max > (1 << 30) {
+            problems.push("kafka.decompressed_batch_bytes_max: must be at most 1 GiB (1073741824)".into());
         }
         if self.storage.tick_interval_ms == 0 {
             problems.push("storage.tick_interval_ms: must be positive".into());

@@ -58,6 +58,12 @@ struct ServeArgs {
     http_addr: Option<String>,
     #[arg(long, env = "TIDEMARK_FLIGHT_ADDR")]
     flight_addr: Option<String>,
+    /// Kafka protocol listener (default 127.0.0.1:9092).
+    #[arg(long, env = "TIDEMARK_KAFKA_ADDR")]
+    kafka_addr: Option<String>,
+    /// The address Kafka clients are told to connect to (default: the listener's).
+    #[arg(long, env = "TIDEMARK_KAFKA_ADVERTISED_ADDR")]
+    kafka_advertised_addr: Option<String>,
     /// Do not create the demo `beacons` datasource.
     #[arg(long, env = "TIDEMARK_NO_DEMO_DATASOURCE")]
     no_demo_datasource: bool,
@@ -170,6 +176,12 @@ fn load_config(args: &ServeArgs) -> Result<Config> {
     if let Some(a) = &args.flight_addr {
         cfg.flight_addr = a.clone();
     }
+    if let Some(a) = &args.kafka_addr {
+        cfg.kafka_addr = a.clone();
+    }
+    if let Some(a) = &args.kafka_advertised_addr {
+        cfg.kafka_advertised_addr = Some(a.clone());
+    }
     if args.no_demo_datasource {
         cfg.demo_datasource = false;
     }
@@ -263,8 +275,23 @@ async fn run_node(cfg: Config, demo: bool) -> Result<()> {
     let flight_addr: std::net::SocketAddr = cfg.flight_addr.parse()?;
     let flight =
         tokio::net::TcpListener::bind(flight_addr).await.with_context(|| format!("cannot listen on {flight_addr}"))?;
-    tracing::info!(http = %cfg.http_addr, flight = %flight_addr, "serving");
-    println!("tidemark is serving: HTTP http://{} , Flight SQL grpc://{}", cfg.http_addr, flight_addr);
+    let kafka = tokio::net::TcpListener::bind(&cfg.kafka_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.kafka_addr))?;
+    let kafka_advertised: std::net::SocketAddr = match &cfg.kafka_advertised_addr {
+        Some(a) => a.parse()?,
+        None => kafka.local_addr()?,
+    };
+    let mut kafka_config = tidemark_ingest::kafka::KafkaConfig::new(kafka_advertised);
+    kafka_config.request_bytes_max = cfg.kafka.request_bytes_max;
+    kafka_config.decompressed_batch_bytes_max = cfg.kafka.decompressed_batch_bytes_max;
+    kafka_config.future_ms_max = cfg.ingest.future_ms_max;
+    tracing::info!(http = %cfg.http_addr, flight = %flight_addr, kafka = %cfg.kafka_addr, "serving");
+    println!(
+        "tidemark is serving: HTTP http://{} , Flight SQL grpc://{} , Kafka {}",
+        cfg.http_addr, flight_addr, cfg.kafka_addr
+    );
+    let kafka_task = tokio::spawn(tidemark_ingest::kafka::serve(kafka, node.clone(), kafka_config));
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut http_stop = stop_rx.clone();
@@ -315,6 +342,7 @@ async fn run_node(cfg: Config, demo: bool) -> Result<()> {
     let _ = stop_tx.send(true);
     let _ = http_task.await;
     let _ = flight_task.await;
+    kafka_task.abort();
     if let Some(reason) = fatal {
         eprintln!("tidemark: stopping: {reason}");
         std::process::exit(70);

@@ -238,6 +238,8 @@ pub async fn post_beacons(
             idempotency_key: key,
             body_hash,
             parts: header_parts,
+            future_ms_max: None,
+            decompressed_bytes_max: None,
         },
         batches,
     });

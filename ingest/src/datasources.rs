@@ -33,7 +33,7 @@ pub fn describe(entry: &DatasourceEntry, with_versions: bool) -> Value {
     v
 }
 
-async fn apply(node: &Node, cmd: CatalogCommand) -> Result<CatalogEffect> {
+pub(crate) async fn apply(node: &Node, cmd: CatalogCommand) -> Result<CatalogEffect> {
     match node.propose(&Command::Catalog(cmd)).await? {
         Applied::Catalog(effect) => Ok(effect),
         Applied::Refused { reason, status } => Err(match status {

@@ -1,7 +1,7 @@
 //! tidemark-ingest: the write doors and the node runtime behind them. HTTP beacons
 //! (`beacons.rs`), datasource administration (`datasources.rs`), health and metrics, all as
-//! one axum router the binary merges; `node.rs` turns each write into a command log entry and
-//! answers after it is applied. (The Kafka door joins here in the next issue.)
+//! one axum router the binary merges; the Kafka protocol door (`kafka.rs`); `node.rs` turns each
+//! write into a command log entry and answers after it is applied.
 //!
 //! ```text
 //!  POST /v1/beacons/{ds} ─► edge checks ─► Node::propose ─► command log ─► Engine::apply
@@ -20,6 +20,7 @@ use serde_json::json;
 pub mod beacons;
 pub mod datasources;
 pub mod error;
+pub mod kafka;
 pub mod metrics;
 pub mod node;
 

@@ -54,6 +54,20 @@ impl NodeConfig {
 }
 
 type Answer = std::result::Result<Applied, String>;
+
+/// A submitted entry's answer, once it is durable and applied.
+#[derive(Debug)]
+pub struct Pending(tokio::sync::oneshot::Receiver<Answer>);
+
+impl Pending {
+    pub async fn wait(self) -> Result<Applied> {
+        match self.0.await {
+            Ok(Ok(applied)) => Ok(applied),
+            Ok(Err(reason)) => Err(Error::Stopped { reason }),
+            Err(_) => Err(Error::Stopped { reason: "the node is shutting down".into() }),
+        }
+    }
+}
 type Ticket = Option<tokio::sync::oneshot::Sender<Answer>>;
 
 pub fn now_ms() -> i64 {
@@ -69,6 +83,7 @@ struct Inner {
     stopping: AtomicBool,
     since_checkpoint: AtomicU64,
     last_checkpoint: Mutex<Instant>,
+    applied_tx: tokio::sync::watch::Sender<u64>,
     config: NodeConfig,
 }
 
@@ -124,6 +139,7 @@ impl Node {
         }
         let checkpoint = engine.checkpoint()?;
         log.trim_below(checkpoint + 1)?;
+        let (applied_tx, _) = tokio::sync::watch::channel(engine.applied_position());
         let inner = Arc::new(Inner {
             log,
             engine: SharedEngine(Arc::new(RwLock::new(engine))),
@@ -132,6 +148,7 @@ impl Node {
             stopping: AtomicBool::new(false),
             since_checkpoint: AtomicU64::new(0),
             last_checkpoint: Mutex::new(Instant::now()),
+            applied_tx,
             config,
         });
         let applier = {
@@ -185,16 +202,24 @@ impl Node {
 
     /// Logs `cmd` and waits until it is durable and applied.
     pub async fn propose(&self, cmd: &Command) -> Result<Applied> {
+        self.submit(cmd)?.wait().await
+    }
+
+    /// Logs `cmd` now and returns a handle to wait on. Entries submitted one after another
+    /// are applied in that order, which a Kafka connection relies on for its pipelined
+    /// produce requests (an idempotent producer's sequence numbers).
+    pub fn submit(&self, cmd: &Command) -> Result<Pending> {
         if let Some(reason) = self.fatal() {
             return Err(Error::Stopped { reason });
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.inner.log.append(now_ms(), cmd.kind(), cmd.encode(), Some(tx))?;
-        match rx.await {
-            Ok(Ok(applied)) => Ok(applied),
-            Ok(Err(reason)) => Err(Error::Stopped { reason }),
-            Err(_) => Err(Error::Stopped { reason: "the node is shutting down".into() }),
-        }
+        Ok(Pending(rx))
+    }
+
+    /// Changes whenever entries were applied: Kafka Fetch long-polls on it.
+    pub fn applied_watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.applied_tx.subscribe()
     }
 
     /// Stops the ticker and checkpoints, so the next start replays little.
@@ -253,6 +278,7 @@ fn apply_loop(inner: &Inner, rx: Receiver<Durable<Ticket>>) {
                         needs_checkpoint |= entry.kind == KIND_CATALOG;
                     }
                     needs_checkpoint |= publish(inner, &mut engine);
+                    inner.applied_tx.send_replace(engine.applied_position());
                 }
                 let n = inner.since_checkpoint.fetch_add(1, Ordering::Relaxed) + 1;
                 if needs_checkpoint || n >= inner.config.checkpoint_every_entries {

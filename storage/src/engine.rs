@@ -14,6 +14,9 @@
 //! - Apply is deterministic: it reads only the entry (position, writer time, payload) and
 //!   state built from earlier entries. Decisions that need a clock (closing an interval,
 //!   the memory bound) are made by [`Engine::persist_decisions`] and logged as commands.
+//! - A client's bytes cannot stop the node: a part whose batch does not decode, or that an
+//!   idempotent producer's sequence rules refuse, is refused on its own (the same way on every
+//!   replica) and nothing of it is stored.
 //! - Apply is idempotent across restarts: a raw batch records its log position, so an entry
 //!   already in the raw log is not appended twice, and realtime indexes are rebuilt from the
 //!   raw log, never from the command log.
@@ -22,9 +25,11 @@
 
 pub mod checkpoint;
 pub mod command;
+pub mod consumer_offsets;
 mod datasource;
 pub mod idempotency;
 mod persister;
+pub mod producers;
 pub mod rejects;
 mod system_tables;
 
@@ -39,9 +44,11 @@ use tidemark_catalog::{Catalog, CatalogCommand, CatalogEffect, DatasourceId};
 
 use crate::command_log::Entry;
 use crate::engine::checkpoint::{Checkpoint, DatasourceCheckpoint};
-use crate::engine::command::{Command, EventsCommand, PersistCommand, PersistReason};
+use crate::engine::command::{Command, EventsCommand, InitProducerCommand, PersistCommand, PersistReason};
+use crate::engine::consumer_offsets::ConsumerOffsets;
 use crate::engine::datasource::DatasourceState;
-use crate::engine::idempotency::{BatchOutcome, IdempotencyWindow, PartOutcome, RejectedLine, Seen};
+use crate::engine::idempotency::{BatchOutcome, IdempotencyWindow, PartError, PartOutcome, RejectedLine, Seen};
+use crate::engine::producers::{ProducerStates, SequenceCheck};
 use crate::engine::rejects::RejectsTable;
 use crate::error::{Error, Result};
 use crate::raw::record_batch;
@@ -58,6 +65,9 @@ pub struct EngineConfig {
     pub idempotency_window_ms: i64,
     pub idempotency_keys_max: usize,
     pub rejects_max: usize,
+    /// Idempotent producers idle this long (writer time) are forgotten, as Kafka's
+    /// `producer.id.expiration.ms`.
+    pub producer_idle_ms: i64,
 }
 
 impl EngineConfig {
@@ -70,6 +80,7 @@ impl EngineConfig {
             idempotency_window_ms: 24 * 3_600_000,
             idempotency_keys_max: 100_000,
             rejects_max: 100_000,
+            producer_idle_ms: 24 * 3_600_000,
         }
     }
 }
@@ -84,6 +95,12 @@ pub enum Applied {
     Persisted {
         segments: usize,
     },
+    /// An idempotent producer id and epoch.
+    Producer {
+        id: i64,
+        epoch: i16,
+    },
+    Offsets,
     /// The command was logged but refused at apply (e.g. its datasource vanished meanwhile).
     Refused {
         reason: String,
@@ -113,6 +130,8 @@ pub struct Engine {
     datasources: BTreeMap<DatasourceId, DatasourceState>,
     idempotency: IdempotencyWindow,
     rejects: RejectsTable,
+    producers: ProducerStates,
+    consumer_offsets: ConsumerOffsets,
     applied_position: u64,
     writer_time_ms: i64,
     checkpoint_position: u64,
@@ -130,6 +149,8 @@ impl Engine {
             datasources: BTreeMap::new(),
             idempotency: IdempotencyWindow::new(config.idempotency_window_ms, config.idempotency_keys_max),
             rejects: RejectsTable::new(config.rejects_max),
+            producers: ProducerStates::default(),
+            consumer_offsets: ConsumerOffsets::default(),
             applied_position: 0,
             writer_time_ms: i64::MIN,
             checkpoint_position: 0,
@@ -142,6 +163,8 @@ impl Engine {
         engine.idempotency.set_bounds(engine.config.idempotency_window_ms, engine.config.idempotency_keys_max);
         engine.rejects = cp.rejects;
         engine.rejects.set_bound(engine.config.rejects_max);
+        engine.producers = cp.producers;
+        engine.consumer_offsets = cp.consumer_offsets;
         engine.applied_position = cp.applied_position;
         engine.writer_time_ms = cp.writer_time_ms;
         engine.checkpoint_position = cp.applied_position;
@@ -185,9 +208,15 @@ impl Engine {
             Command::Catalog(c) => self.apply_catalog(entry.position, entry.writer_time_ms, &c),
             Command::Events(e) => self.apply_events(entry.position, entry.writer_time_ms, e),
             Command::Persist(p) => self.apply_persist(entry.position, &p),
+            Command::InitProducer(p) => Ok(self.apply_init_producer(&p)),
+            Command::Offsets(o) => {
+                self.consumer_offsets.apply(&o, entry.writer_time_ms);
+                Ok(Applied::Offsets)
+            }
         };
         self.applied_position = entry.position;
         self.idempotency.expire(self.writer_time_ms);
+        self.producers.expire(self.writer_time_ms, self.config.producer_idle_ms);
         out
     }
 
@@ -239,6 +268,8 @@ impl Engine {
                     let name = ds.name.clone();
                     self.idempotency.remove_datasource(&name);
                     self.rejects.remove_datasource(&name);
+                    self.producers.remove_datasource(id.0);
+                    self.consumer_offsets.remove_topic(&name);
                 }
             }
             CatalogEffect::Purged(id) => {
@@ -292,7 +323,45 @@ impl Engine {
         }
         let mut outcome = BatchOutcome { log_position: position, ..BatchOutcome::default() };
         for (part, mut batch) in header.parts.iter().zip(cmd.batches) {
-            let (_, records) = record_batch::decode_records(&batch)?;
+            let cap = header.decompressed_bytes_max.map_or(record_batch::DECOMPRESSED_BYTES_CEILING, |c| {
+                usize::try_from(c).unwrap_or(usize::MAX).min(record_batch::DECOMPRESSED_BYTES_CEILING)
+            });
+            let (batch_header, records) = match record_batch::decode_records_capped(&batch, cap) {
+                Ok(decoded) => decoded,
+                Err(e) => {
+                    outcome.parts.push(PartOutcome {
+                        partition: part.partition,
+                        base_offset: -1,
+                        last_offset: -1,
+                        duplicate: false,
+                        error: Some(PartError::CorruptBatch { reason: e.to_string() }),
+                    });
+                    continue;
+                }
+            };
+            match self.producers.check(id.0, part.partition, &batch_header) {
+                SequenceCheck::Append => {}
+                SequenceCheck::Duplicate(meta) => {
+                    outcome.parts.push(PartOutcome {
+                        partition: part.partition,
+                        base_offset: meta.base_offset,
+                        last_offset: meta.last_offset,
+                        duplicate: true,
+                        error: None,
+                    });
+                    continue;
+                }
+                SequenceCheck::Refuse(error) => {
+                    outcome.parts.push(PartOutcome {
+                        partition: part.partition,
+                        base_offset: -1,
+                        last_offset: -1,
+                        duplicate: false,
+                        error: Some(PartError::Sequence(error)),
+                    });
+                    continue;
+                }
+            }
             let binding: BTreeMap<u32, &command::VerdictRecord> = part.verdicts.iter().map(|v| (v.index, v)).collect();
             let values: Vec<Option<Value>> = records
                 .iter()
@@ -312,7 +381,12 @@ impl Engine {
                     (None, None) => {
                         Err(RejectReason::Other { code: 1, detail: "record value is not valid JSON".into() })
                     }
-                    (None, Some(v)) => extract(&spec, v),
+                    (None, Some(v)) => extract(&spec, v).and_then(|e| match header.future_ms_max {
+                        Some(limit) if e.time_ms > writer_time_ms.saturating_add(limit) => {
+                            Err(RejectReason::TooFarInFuture { time_ms: e.time_ms, limit_ms: limit })
+                        }
+                        _ => Ok(e),
+                    }),
                 })
                 .collect();
             let (mut min_ms, mut max_ms) = (i64::MAX, i64::MIN);
@@ -330,10 +404,20 @@ impl Engine {
                 verdicts: part.verdicts.iter().map(Into::into).collect(),
             };
             let stored = ds.append_raw(part.partition, &frame, &mut batch)?;
+            self.producers.record(
+                id.0,
+                part.partition,
+                &batch_header,
+                stored.base_offset,
+                stored.last_offset,
+                writer_time_ms,
+            );
             outcome.parts.push(PartOutcome {
                 partition: part.partition,
                 base_offset: stored.base_offset,
                 last_offset: stored.last_offset,
+                duplicate: false,
+                error: None,
             });
             for (i, r) in results.into_iter().enumerate() {
                 match r {
@@ -365,6 +449,11 @@ impl Engine {
             self.idempotency.remember(&header.datasource, key, header.body_hash, writer_time_ms, outcome.clone());
         }
         Ok(Applied::Events(outcome))
+    }
+
+    fn apply_init_producer(&mut self, cmd: &InitProducerCommand) -> Applied {
+        let (id, epoch) = self.producers.init_producer(cmd.existing);
+        Applied::Producer { id, epoch }
     }
 
     fn apply_persist(&mut self, position: u64, cmd: &PersistCommand) -> Result<Applied> {
@@ -467,6 +556,8 @@ impl Engine {
                 .collect::<Vec<DatasourceCheckpoint>>(),
             idempotency: self.idempotency.clone(),
             rejects: self.rejects.clone(),
+            producers: self.producers.clone(),
+            consumer_offsets: self.consumer_offsets.clone(),
         };
         checkpoint::store(&self.config.data_dir, &cp)?;
         self.checkpoint_position = self.applied_position;
@@ -490,6 +581,20 @@ impl Engine {
 
     pub fn rejects(&self) -> &RejectsTable {
         &self.rejects
+    }
+
+    pub fn producers(&self) -> &ProducerStates {
+        &self.producers
+    }
+
+    pub fn consumer_offsets(&self) -> &ConsumerOffsets {
+        &self.consumer_offsets
+    }
+
+    /// The raw log of one partition of a live datasource, for Kafka Fetch and ListOffsets.
+    pub fn partition_log(&self, datasource: &str, partition: u32) -> Option<&crate::raw::partition_log::PartitionLog> {
+        let entry = self.catalog.get(datasource)?;
+        self.datasources.get(&entry.id)?.partition(partition)
     }
 
     /// Totals for metrics: (events ingested, events rejected, realtime rows, segments).

@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use tidemark_catalog::{Catalog, DatasourceId};
 
+use crate::engine::consumer_offsets::ConsumerOffsets;
 use crate::engine::idempotency::IdempotencyWindow;
+use crate::engine::producers::ProducerStates;
 use crate::engine::rejects::RejectsTable;
 use crate::error::{Error, Result};
 use crate::segment::SegmentId;
@@ -26,6 +28,10 @@ pub struct Checkpoint {
     pub datasources: Vec<DatasourceCheckpoint>,
     pub idempotency: IdempotencyWindow,
     pub rejects: RejectsTable,
+    #[serde(default)]
+    pub producers: ProducerStates,
+    #[serde(default)]
+    pub consumer_offsets: ConsumerOffsets,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -6,6 +6,8 @@
 //! kind 2 events:   version u8 | header_len u32 LE | JSON EventsHeader | RecordBatch v2 bytes of
 //!                  each part, concatenated (lengths in the header)
 //! kind 3 persist:  version u8 | JSON PersistCommand
+//! kind 4 producer: version u8 | JSON InitProducerCommand
+//! kind 5 offsets:  version u8 | JSON OffsetsCommand
 //! ```
 
 use serde::{Deserialize, Serialize};
@@ -18,6 +20,8 @@ pub const COMMAND_VERSION: u8 = 1;
 pub const KIND_CATALOG: u8 = 1;
 pub const KIND_EVENTS: u8 = 2;
 pub const KIND_PERSIST: u8 = 3;
+pub const KIND_PRODUCER: u8 = 4;
+pub const KIND_OFFSETS: u8 = 5;
 
 /// One request's beacons for a datasource, split by partition, as the edge received them.
 /// One request is one entry, so it is applied (and counted, and deduplicated) as a whole.
@@ -40,6 +44,15 @@ pub struct EventsHeader {
     #[serde(default)]
     pub body_hash: u64,
     pub parts: Vec<EventsPart>,
+    /// Events stamped further than this ahead of the entry's writer time are rejected at
+    /// apply. Set by doors that leave all per-record checks to apply (Kafka); it travels in
+    /// the entry so every replica and replay applies the same limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub future_ms_max: Option<i64>,
+    /// A part whose records decompress to more than this is refused at apply (as corrupt).
+    /// Travels in the entry for the same reason as `future_ms_max`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decompressed_bytes_max: Option<u64>,
 }
 
 /// The beacons of one request that go to one partition.
@@ -94,11 +107,44 @@ pub enum PersistReason {
     MemoryBound,
 }
 
+/// Allocates an idempotent producer id, or bumps the epoch of an existing one (KIP-360).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InitProducerCommand {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub existing: Option<(i64, i16)>,
+}
+
+/// Consumer group offsets: committed, deleted per partition, or dropped with their group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "op")]
+pub enum OffsetsCommand {
+    Commit { group: String, offsets: Vec<CommittedOffset> },
+    Delete { group: String, partitions: Vec<(String, u32)> },
+    DeleteGroup { group: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommittedOffset {
+    pub topic: String,
+    pub partition: u32,
+    pub offset: i64,
+    #[serde(default = "no_epoch")]
+    pub leader_epoch: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<String>,
+}
+
+fn no_epoch() -> i32 {
+    -1
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
     Catalog(CatalogCommand),
     Events(EventsCommand),
     Persist(PersistCommand),
+    InitProducer(InitProducerCommand),
+    Offsets(OffsetsCommand),
 }
 
 impl Command {
@@ -107,6 +153,8 @@ impl Command {
             Command::Catalog(_) => KIND_CATALOG,
             Command::Events(_) => KIND_EVENTS,
             Command::Persist(_) => KIND_PERSIST,
+            Command::InitProducer(_) => KIND_PRODUCER,
+            Command::Offsets(_) => KIND_OFFSETS,
         }
     }
 
@@ -115,6 +163,8 @@ impl Command {
         match self {
             Command::Catalog(c) => out.extend_from_slice(&to_json(c)),
             Command::Persist(p) => out.extend_from_slice(&to_json(p)),
+            Command::InitProducer(p) => out.extend_from_slice(&to_json(p)),
+            Command::Offsets(o) => out.extend_from_slice(&to_json(o)),
             Command::Events(e) => {
                 let header = to_json(&e.header);
                 out.extend_from_slice(&(header.len() as u32).to_le_bytes());
@@ -138,6 +188,8 @@ impl Command {
         match kind {
             KIND_CATALOG => serde_json::from_slice(body).map(Command::Catalog).map_err(|e| bad(e.to_string())),
             KIND_PERSIST => serde_json::from_slice(body).map(Command::Persist).map_err(|e| bad(e.to_string())),
+            KIND_PRODUCER => serde_json::from_slice(body).map(Command::InitProducer).map_err(|e| bad(e.to_string())),
+            KIND_OFFSETS => serde_json::from_slice(body).map(Command::Offsets).map_err(|e| bad(e.to_string())),
             KIND_EVENTS => {
                 let len = body.get(..4).ok_or_else(|| bad("events header length missing".into()))?;
                 let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
@@ -199,8 +251,21 @@ mod tests {
                         },
                         EventsPart { partition: 0, lines: vec![], verdicts: vec![], batch_len: batch.len() as u32 },
                     ],
+                    future_ms_max: Some(1000),
+                    decompressed_bytes_max: Some(1 << 20),
                 },
                 batches: vec![batch.clone(), batch],
+            }),
+            Command::InitProducer(InitProducerCommand { existing: Some((4, 2)) }),
+            Command::Offsets(OffsetsCommand::Commit {
+                group: "g".into(),
+                offsets: vec![CommittedOffset {
+                    topic: "beacons".into(),
+                    partition: 1,
+                    offset: 42,
+                    leader_epoch: -1,
+                    metadata: Some("m".into()),
+                }],
             }),
         ];
         for cmd in cmds {

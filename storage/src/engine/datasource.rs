@@ -158,6 +158,10 @@ impl DatasourceState {
         self.partitions.len()
     }
 
+    pub(crate) fn partition(&self, p: u32) -> Option<&PartitionLog> {
+        self.partitions.get(p as usize)
+    }
+
     pub(crate) fn restore(&mut self, cp: DatasourceCheckpoint) -> Result<()> {
         for rec in cp.segments {
             let seg = Segment::open(&self.data_dir.join(&rec.file))?;

@@ -24,6 +24,32 @@ pub struct PartOutcome {
     pub partition: u32,
     pub base_offset: i64,
     pub last_offset: i64,
+    /// The batch was a retry an idempotent producer already stored: offsets are the original's.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub duplicate: bool,
+    /// The part was refused at apply; nothing of it was stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<PartError>,
+}
+
+/// Why apply refused one part of an entry. Decided from the entry's bytes and applied state
+/// only, so every replica refuses the same parts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PartError {
+    /// The idempotent producer's epoch or sequence does not fit (see `producers`).
+    Sequence(crate::engine::producers::SequenceError),
+    /// The batch's records do not decode (bad framing, bad compression, over the size cap).
+    CorruptBatch { reason: String },
+}
+
+impl std::fmt::Display for PartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PartError::Sequence(e) => e.fmt(f),
+            PartError::CorruptBatch { reason } => write!(f, "corrupt batch: {reason}"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

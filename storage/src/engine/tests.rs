@@ -46,6 +46,8 @@ fn events_cmd(partition: u32, beacons: &[serde_json::Value], key: Option<&str>) 
             idempotency_key: key.map(str::to_string),
             body_hash: beacons.len() as u64,
             parts: vec![EventsPart { partition, lines: vec![], verdicts: vec![], batch_len: batch.len() as u32 }],
+            future_ms_max: None,
+            decompressed_bytes_max: None,
         },
         batches: vec![batch],
     })

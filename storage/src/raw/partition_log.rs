@@ -464,6 +464,45 @@ impl PartitionLog {
         self.files.iter().flat_map(|f| f.entries.iter().filter(|e| e.log_position >= position).copied()).collect()
     }
 
+    /// Kafka ListOffsets by time: the first record whose timestamp is at or after `ts_ms`, as
+    /// (offset, timestamp). Scans batch headers from the start: the index does not keep
+    /// record timestamps, and lookups by time are rare (a consumer seeking once).
+    pub fn offset_for_timestamp(&self, ts_ms: i64) -> Result<Option<(i64, i64)>> {
+        for lf in &self.files {
+            for e in &lf.entries {
+                let stored = read_entry(lf, e)?;
+                let header = record_batch::parse_header(&stored.batch)?;
+                if header.max_timestamp < ts_ms {
+                    continue;
+                }
+                let (_, records) = record_batch::decode_records(&stored.batch)?;
+                if let Some((offset, r)) = records.into_iter().find(|(_, r)| r.timestamp_ms >= ts_ms) {
+                    return Ok(Some((offset, r.timestamp_ms)));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Kafka ListOffsets MAX_TIMESTAMP: the record with the largest timestamp (the first of
+    /// equals), as (offset, timestamp).
+    pub fn max_timestamp_offset(&self) -> Result<Option<(i64, i64)>> {
+        let mut best: Option<(i64, IndexEntry, usize)> = None;
+        for (fi, lf) in self.files.iter().enumerate() {
+            for e in &lf.entries {
+                let stored = read_entry(lf, e)?;
+                let header = record_batch::parse_header(&stored.batch)?;
+                if best.as_ref().is_none_or(|(ts, _, _)| header.max_timestamp > *ts) {
+                    best = Some((header.max_timestamp, *e, fi));
+                }
+            }
+        }
+        let Some((ts, e, fi)) = best else { return Ok(None) };
+        let stored = read_entry(&self.files[fi], &e)?;
+        let (_, records) = record_batch::decode_records(&stored.batch)?;
+        Ok(records.into_iter().find(|(_, r)| r.timestamp_ms == ts).map(|(o, r)| (o, r.timestamp_ms)))
+    }
+
     /// Reads the batch an index entry points at.
     pub fn read_at(&self, entry: &IndexEntry) -> Result<StoredBatch> {
         let i = self.files.partition_point(|f| f.base_offset <= entry.base_offset).saturating_sub(1);

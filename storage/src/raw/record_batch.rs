@@ -14,6 +14,7 @@
 //! All header integers are big-endian; record fields are zigzag varints.
 
 use crate::error::{Error, Result};
+use crate::raw::compression;
 
 pub const HEADER_LEN: usize = 61;
 /// Bytes before `batchLength`'s count starts: baseOffset + batchLength.
@@ -186,15 +187,49 @@ pub fn encode_with_producer(records: &[Record], producer_id: i64, producer_epoch
     out
 }
 
-/// Decodes the records of an uncompressed batch. Offsets are `base_offset + offsetDelta`.
+/// Decompressed record sections larger than this are refused at apply. The edge refuses far
+/// smaller ones first (its configurable limit), so this only guards against a hostile log.
+pub const DECOMPRESSED_BYTES_CEILING: usize = 1 << 30;
+
+/// The smallest encoded record: length, attributes, timestamp delta, offset delta, key, value
+/// and header count, one byte each. Bounds how many records a section can hold.
+const MIN_RECORD_BYTES: usize = 7;
+
+/// Decodes the records of a batch, decompressing its record section if it is compressed.
+/// Offsets are `base_offset + offsetDelta`.
 pub fn decode_records(batch: &[u8]) -> Result<(BatchHeader, Vec<(i64, Record)>)> {
+    decode_records_capped(batch, DECOMPRESSED_BYTES_CEILING)
+}
+
+/// As [`decode_records`], refusing a record section that decompresses to more than `cap` bytes.
+/// Also checks what Kafka's broker checks of a produced batch: the records are numbered
+/// 0, 1, 2, ... and `lastOffsetDelta` is the last of them, so offsets stay dense.
+pub fn decode_records_capped(batch: &[u8], cap: usize) -> Result<(BatchHeader, Vec<(i64, Record)>)> {
     let header = parse_header(batch)?;
-    if header.compression() != 0 {
-        return Err(Error::UnsupportedCompression { codec: header.compression() });
+    let section = &batch[HEADER_LEN..];
+    let inflated;
+    let body = if header.compression() == compression::NONE {
+        section
+    } else {
+        inflated = compression::decompress(header.compression(), section, cap)?;
+        &inflated[..]
+    };
+    let mut cur = Cursor { buf: body, pos: 0 };
+    let count = header.record_count as usize;
+    if count > body.len() / MIN_RECORD_BYTES + 1 {
+        return Err(Error::bad_batch(format!(
+            "recordCount {count} cannot fit in a record section of {} bytes",
+            body.len()
+        )));
     }
-    let mut cur = Cursor { buf: &batch[HEADER_LEN..], pos: 0 };
-    let mut records = Vec::with_capacity(header.record_count as usize);
-    for _ in 0..header.record_count {
+    if header.last_offset_delta as usize + 1 != count.max(1) {
+        return Err(Error::bad_batch(format!(
+            "lastOffsetDelta {} does not match recordCount {count}",
+            header.last_offset_delta
+        )));
+    }
+    let mut records = Vec::with_capacity(count);
+    for i in 0..count {
         let len = cur.varint()?;
         if len < 0 {
             return Err(Error::bad_batch("negative record length"));
@@ -206,11 +241,14 @@ pub fn decode_records(batch: &[u8]) -> Result<(BatchHeader, Vec<(i64, Record)>)>
         cur.pos += 1; // record attributes, unused
         let ts_delta = cur.varlong()?;
         let offset_delta = cur.varint()?;
+        if offset_delta as usize != i {
+            return Err(Error::bad_batch(format!("record {i} has offset delta {offset_delta}; expected {i}")));
+        }
         let key = cur.bytes()?;
         let value = cur.bytes()?;
         let header_count = cur.varint()?;
-        if header_count < 0 {
-            return Err(Error::bad_batch("negative header count"));
+        if header_count < 0 || header_count as usize > end.saturating_sub(cur.pos) {
+            return Err(Error::bad_batch(format!("record {i} declares {header_count} headers that cannot fit")));
         }
         let mut headers = Vec::with_capacity(header_count as usize);
         for _ in 0..header_count {
@@ -227,6 +265,32 @@ pub fn decode_records(batch: &[u8]) -> Result<(BatchHeader, Vec<(i64, Record)>)>
         ));
     }
     Ok((header, records))
+}
+
+/// Builds a batch of `records` whose record section is compressed with `codec` (see
+/// [`compression`]); the load tool and tests use it to produce what Kafka clients send.
+pub fn encode_compressed(
+    records: &[Record],
+    codec: u8,
+    producer_id: i64,
+    producer_epoch: i16,
+    base_sequence: i32,
+) -> Result<Vec<u8>> {
+    let plain = encode_with_producer(records, producer_id, producer_epoch, base_sequence);
+    if codec == compression::NONE {
+        return Ok(plain);
+    }
+    let packed = compression::compress(codec, &plain[HEADER_LEN..])?;
+    let mut out = Vec::with_capacity(HEADER_LEN + packed.len());
+    out.extend_from_slice(&plain[..HEADER_LEN]);
+    out.extend_from_slice(&packed);
+    let attributes = i16::from(codec);
+    out[21..23].copy_from_slice(&attributes.to_be_bytes());
+    let batch_len = (out.len() - LOG_OVERHEAD) as i32;
+    out[8..12].copy_from_slice(&batch_len.to_be_bytes());
+    let crc = crc32c::crc32c(&out[CRC_START..]);
+    out[17..21].copy_from_slice(&crc.to_be_bytes());
+    Ok(out)
 }
 
 fn put_varint(out: &mut Vec<u8>, v: i32) {
@@ -283,7 +347,7 @@ impl Cursor<'_> {
         if len < 0 {
             return Ok(None);
         }
-        let end = self.pos + len as usize;
+        let end = self.pos.saturating_add(len as usize);
         let b = self.buf.get(self.pos..end).ok_or_else(|| Error::bad_batch("field runs past the end of the batch"))?;
         self.pos = end;
         Ok(Some(b.to_vec()))
@@ -335,6 +399,40 @@ mod tests {
             batch[at] ^= 0x40;
             prop_assert!(parse_header(&batch).is_err());
         }
+    }
+
+    #[test]
+    fn compressed_batches_decode_to_the_same_records() {
+        let records: Vec<Record> = (0..300)
+            .map(|i| Record {
+                timestamp_ms: 1_700_000_000_000 + i,
+                key: Some(format!("m{}", i % 7).into_bytes()),
+                value: Some(format!("{{\"n\":{i}}}").into_bytes()),
+                headers: vec![("h".into(), Some(b"v".to_vec()))],
+            })
+            .collect();
+        for codec in [compression::GZIP, compression::SNAPPY, compression::LZ4, compression::ZSTD] {
+            let mut batch = encode_compressed(&records, codec, 7, 1, 40).expect("encodes");
+            set_base_offset(&mut batch, 1000);
+            let (header, decoded) = decode_records(&batch).expect("decodes");
+            assert_eq!(header.compression(), codec);
+            assert_eq!((header.producer_id, header.producer_epoch, header.base_sequence), (7, 1, 40));
+            let got: Vec<Record> = decoded.iter().map(|(_, r)| r.clone()).collect();
+            assert_eq!(got, records, "{}", compression::codec_name(codec));
+            assert_eq!(decoded.last().map(|(o, _)| *o), Some(1299));
+            assert!(decode_records_capped(&batch, 100).is_err(), "the cap applies");
+        }
+    }
+
+    #[test]
+    fn a_huge_declared_record_count_is_refused_before_allocating() {
+        let mut batch = encode(&[Record { timestamp_ms: 1, key: None, value: None, headers: vec![] }]);
+        batch[57..61].copy_from_slice(&i32::MAX.to_be_bytes());
+        batch[23..27].copy_from_slice(&(i32::MAX - 1).to_be_bytes());
+        let crc = crc32c::crc32c(&batch[CRC_START..]);
+        batch[17..21].copy_from_slice(&crc.to_be_bytes());
+        let err = decode_records(&batch).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("cannot fit"), "{err}");
     }
 
     #[test]

@@ -1,0 +1,125 @@
+//! The Kafka door: a broker that Kafka clients use unchanged. A datasource is a topic; its raw
+//! log partitions are the topic's partitions; produced batches take the same log entry and
+//! apply path as HTTP beacons. The wire format is the `kafka-protocol` crate's; the broker
+//! logic (what each request does to the node) is here.
+//!
+//! ```text
+//!  socket ─► connection: size-prefixed frame (≤ request_bytes_max) ─► header ─► bounds check
+//!         ─► kafka-protocol decode ─► handler ─► response, in request order
+//!  produce ─► edge checks (one batch, CRC, capped decompression, policy) ─► Node::submit
+//!  fetch   ─► raw log batches as stored (long poll on the applied position)
+//!  groups  ─► coordinator (membership in memory; offsets are logged commands)
+//! ```
+//!
+//! Invariants:
+//! - Nothing a client sends is allocated by its declared size before the bytes are there:
+//!   frames are read as they arrive up to the limit, and every length in a body is checked
+//!   against the body ([`bounds`]) before the crate decodes it.
+//! - A connection's requests are answered in order, and produce requests are logged in the
+//!   order they arrived, so an idempotent producer's in-flight batches keep their sequence.
+//! - Acknowledged means durable and applied, as for HTTP beacons.
+
+pub mod bounds;
+mod connection;
+mod fetch;
+mod groups;
+mod metadata;
+mod produce;
+mod topics;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+use crate::node::Node;
+
+pub use groups::Coordinator;
+
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    /// The address clients are told to connect to (Metadata, FindCoordinator).
+    pub advertised: SocketAddr,
+    /// This node's broker id.
+    pub node_id: i32,
+    /// Larger requests close the connection (Kafka's `socket.request.max.bytes`).
+    pub request_bytes_max: usize,
+    /// A produced batch may decompress to at most this many bytes.
+    pub decompressed_batch_bytes_max: usize,
+    /// Events stamped further ahead of the writer's clock are rejected at apply.
+    pub future_ms_max: i64,
+    /// Requests answered concurrently per connection (answers still go out in order).
+    pub in_flight_per_connection: usize,
+}
+
+impl KafkaConfig {
+    pub fn new(advertised: SocketAddr) -> Self {
+        KafkaConfig {
+            advertised,
+            node_id: 1,
+            request_bytes_max: 100 * 1024 * 1024,
+            decompressed_batch_bytes_max: 64 * 1024 * 1024,
+            future_ms_max: 24 * 3_600_000,
+            in_flight_per_connection: 16,
+        }
+    }
+}
+
+/// What every connection shares.
+#[derive(Debug)]
+pub(crate) struct Broker {
+    pub node: Node,
+    pub config: KafkaConfig,
+    pub coordinator: Coordinator,
+}
+
+/// Accepts Kafka connections until the listener fails.
+pub async fn serve(listener: TcpListener, node: Node, config: KafkaConfig) -> std::io::Result<()> {
+    let coordinator = Coordinator::default();
+    let broker = Arc::new(Broker { node, config, coordinator });
+    groups::spawn_expiry(broker.clone());
+    loop {
+        let (stream, peer) = listener.accept().await?;
+        let _ = stream.set_nodelay(true);
+        let broker = broker.clone();
+        tokio::spawn(async move {
+            if let Err(reason) = connection::run(stream, broker).await {
+                tracing::info!(%peer, %reason, "kafka connection closed");
+            }
+        });
+    }
+}
+
+/// Kafka error codes the door answers with.
+pub(crate) mod code {
+    pub(crate) const NONE: i16 = 0;
+    pub(crate) const OFFSET_OUT_OF_RANGE: i16 = 1;
+    pub(crate) const CORRUPT_MESSAGE: i16 = 2;
+    pub(crate) const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+    pub(crate) const COORDINATOR_NOT_AVAILABLE: i16 = 15;
+    pub(crate) const NOT_ENOUGH_REPLICAS: i16 = 19;
+    pub(crate) const INVALID_REQUIRED_ACKS: i16 = 21;
+    pub(crate) const ILLEGAL_GENERATION: i16 = 22;
+    pub(crate) const INCONSISTENT_GROUP_PROTOCOL: i16 = 23;
+    pub(crate) const INVALID_GROUP_ID: i16 = 24;
+    pub(crate) const UNKNOWN_MEMBER_ID: i16 = 25;
+    pub(crate) const INVALID_SESSION_TIMEOUT: i16 = 26;
+    pub(crate) const REBALANCE_IN_PROGRESS: i16 = 27;
+    pub(crate) const UNSUPPORTED_VERSION: i16 = 35;
+    pub(crate) const TOPIC_ALREADY_EXISTS: i16 = 36;
+    pub(crate) const INVALID_PARTITIONS: i16 = 37;
+    pub(crate) const INVALID_REPLICATION_FACTOR: i16 = 38;
+    pub(crate) const INVALID_CONFIG: i16 = 40;
+    pub(crate) const INVALID_REQUEST: i16 = 42;
+    pub(crate) const UNSUPPORTED_FOR_MESSAGE_FORMAT: i16 = 43;
+    pub(crate) const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
+    pub(crate) const INVALID_PRODUCER_EPOCH: i16 = 47;
+    pub(crate) const TRANSACTIONAL_ID_AUTHORIZATION_FAILED: i16 = 53;
+    pub(crate) const KAFKA_STORAGE_ERROR: i16 = 56;
+    pub(crate) const GROUP_ID_NOT_FOUND: i16 = 69;
+    pub(crate) const NON_EMPTY_GROUP: i16 = 68;
+    pub(crate) const UNSUPPORTED_COMPRESSION_TYPE: i16 = 76;
+    pub(crate) const MEMBER_ID_REQUIRED: i16 = 79;
+    pub(crate) const INVALID_RECORD: i16 = 87;
+    pub(crate) const GROUP_SUBSCRIBED_TO_TOPIC: i16 = 86;
+}

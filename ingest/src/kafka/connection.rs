@@ -1,0 +1,192 @@
+//! One client connection: reads size-prefixed request frames, checks and decodes them, and
+//! writes the answers back in request order.
+//!
+//! A reader loop does each request's immediate part (for produce: the edge checks and the
+//! log append, so entries keep the connection's order) and queues the rest as a future; a
+//! writer awaits those futures one by one and writes their answers. A malformed or over-size
+//! frame, an unknown API or an unsupported version closes the connection with a logged reason,
+//! as Kafka's broker does.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, RequestHeader, ResponseHeader};
+use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::mpsc;
+
+use crate::kafka::{Broker, bounds, fetch, groups, metadata, produce, topics};
+
+/// A request after its header: what the handlers see.
+#[derive(Debug, Clone)]
+pub(crate) struct Request {
+    pub api: ApiKey,
+    pub version: i16,
+    pub correlation_id: i32,
+    pub client_id: String,
+}
+
+/// The rest of a request's handling; resolves to the encoded answer, or none (acks=0).
+pub(crate) type Reply = Pin<Box<dyn Future<Output = Option<Bytes>> + Send>>;
+
+pub(crate) fn ready(answer: Option<Bytes>) -> Reply {
+    Box::pin(std::future::ready(answer))
+}
+
+/// Why a connection was closed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Close {
+    #[error("client closed the connection")]
+    Eof,
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Protocol(String),
+}
+
+pub(crate) async fn run(stream: TcpStream, broker: Arc<Broker>) -> Result<(), Close> {
+    let (mut rd, wr) = stream.into_split();
+    let (tx, rx) = mpsc::channel::<Reply>(broker.config.in_flight_per_connection.max(1));
+    let writer = tokio::spawn(write_loop(wr, rx));
+    let result = loop {
+        let frame = match read_frame(&mut rd, broker.config.request_bytes_max).await {
+            Ok(f) => f,
+            Err(e) => break Err(e),
+        };
+        let reply = match dispatch(&broker, frame) {
+            Ok(r) => r,
+            Err(e) => break Err(e),
+        };
+        if tx.send(reply).await.is_err() {
+            break Ok(());
+        }
+    };
+    drop(tx);
+    // Answers already promised still go out before the socket closes.
+    let written = writer.await.unwrap_or(Ok(()));
+    match (result, written) {
+        (Err(Close::Eof), Ok(())) => Ok(()),
+        (Err(e), _) => Err(e),
+        (Ok(()), w) => w,
+    }
+}
+
+async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Reply>) -> Result<(), Close> {
+    while let Some(reply) = rx.recv().await {
+        if let Some(bytes) = reply.await {
+            wr.write_all(&bytes).await?;
+        }
+    }
+    wr.shutdown().await.ok();
+    Ok(())
+}
+
+/// Reads one frame. The body grows as bytes arrive, so a client that declares a large frame
+/// and sends nothing holds no memory.
+async fn read_frame(rd: &mut (impl AsyncReadExt + Unpin), max: usize) -> Result<Bytes, Close> {
+    let mut size = [0u8; 4];
+    match rd.read_exact(&mut size).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(Close::Eof),
+        Err(e) => return Err(e.into()),
+    }
+    let size = i32::from_be_bytes(size);
+    if size < 8 {
+        return Err(Close::Protocol(format!("frame size {size} is too small for a request header")));
+    }
+    if size as usize > max {
+        return Err(Close::Protocol(format!(
+            "request of {size} bytes is larger than the {max}-byte limit (socket.request.max.bytes)"
+        )));
+    }
+    let mut body = Vec::with_capacity((size as usize).min(64 * 1024));
+    let n = rd.take(size as u64).read_to_end(&mut body).await?;
+    if n < size as usize {
+        return Err(Close::Protocol(format!("connection closed after {n} of a {size}-byte request")));
+    }
+    Ok(Bytes::from(body))
+}
+
+fn dispatch(broker: &Arc<Broker>, mut frame: Bytes) -> Result<Reply, Close> {
+    let key = i16::from_be_bytes([frame[0], frame[1]]);
+    let version = i16::from_be_bytes([frame[2], frame[3]]);
+    let api = ApiKey::try_from(key).map_err(|_| Close::Protocol(format!("unknown API key {key}")))?;
+    let header = RequestHeader::decode(&mut frame, api.request_header_version(version))
+        .map_err(|e| Close::Protocol(format!("bad {api:?} request header: {e}")))?;
+    let req = Request {
+        api,
+        version,
+        correlation_id: header.correlation_id,
+        client_id: header.client_id.map(|c| c.to_string()).unwrap_or_default(),
+    };
+    let Some((min, max, schema)) = bounds::schema(api) else {
+        return Err(Close::Protocol(format!("{api:?} requests are not supported by tidemark")));
+    };
+    if !(min..=max).contains(&version) {
+        if api == ApiKey::ApiVersions {
+            // KIP-511: answer in v0 with the versions we do support, so the client retries.
+            return Ok(ready(metadata::api_versions_unsupported(&req)));
+        }
+        return Err(Close::Protocol(format!("{api:?} v{version} is not supported; this broker serves v{min}-v{max}")));
+    }
+    bounds::check(&schema, version, &frame)
+        .map_err(|e| Close::Protocol(format!("{api:?} v{version} request refused before decoding: {e}")))?;
+    let b = broker.clone();
+    Ok(match api {
+        ApiKey::ApiVersions => {
+            let r: ApiVersionsRequest = decode(&req, &mut frame)?;
+            ready(metadata::api_versions(&req, &r))
+        }
+        ApiKey::Metadata => ready(metadata::metadata(&b, &req, decode(&req, &mut frame)?)),
+        ApiKey::DescribeConfigs => ready(metadata::describe_configs(&b, &req, decode(&req, &mut frame)?)),
+        ApiKey::Produce => produce::produce(&b, &req, decode(&req, &mut frame)?),
+        ApiKey::InitProducerId => produce::init_producer_id(&b, &req, decode(&req, &mut frame)?),
+        ApiKey::Fetch => fetch::fetch(b, req, decode_owned(&mut frame, version, api)?),
+        ApiKey::ListOffsets => ready(fetch::list_offsets(&b, &req, decode(&req, &mut frame)?)),
+        ApiKey::CreateTopics => topics::create_topics(b, req, decode_owned(&mut frame, version, api)?),
+        ApiKey::DeleteTopics => topics::delete_topics(b, req, decode_owned(&mut frame, version, api)?),
+        ApiKey::CreatePartitions => topics::create_partitions(b, req, decode_owned(&mut frame, version, api)?),
+        ApiKey::FindCoordinator => ready(groups::find_coordinator(&b, &req, decode(&req, &mut frame)?)),
+        ApiKey::JoinGroup => groups::join_group(b, req, decode_owned(&mut frame, version, api)?),
+        ApiKey::SyncGroup => groups::sync_group(b, req, decode_owned(&mut frame, version, api)?),
+        ApiKey::Heartbeat => ready(groups::heartbeat(&b, &req, decode(&req, &mut frame)?)),
+        ApiKey::LeaveGroup => ready(groups::leave_group(&b, &req, decode(&req, &mut frame)?)),
+        ApiKey::OffsetCommit => groups::offset_commit(b, req, decode_owned(&mut frame, version, api)?),
+        ApiKey::OffsetFetch => ready(groups::offset_fetch(&b, &req, decode(&req, &mut frame)?)),
+        ApiKey::ListGroups => ready(groups::list_groups(&b, &req, decode(&req, &mut frame)?)),
+        ApiKey::DescribeGroups => ready(groups::describe_groups(&b, &req, decode(&req, &mut frame)?)),
+        ApiKey::DeleteGroups => groups::delete_groups(b, req, decode_owned(&mut frame, version, api)?),
+        ApiKey::OffsetDelete => groups::offset_delete(b, req, decode_owned(&mut frame, version, api)?),
+        other => return Err(Close::Protocol(format!("{other:?} requests are not supported by tidemark"))),
+    })
+}
+
+fn decode<T: Decodable>(req: &Request, body: &mut Bytes) -> Result<T, Close> {
+    decode_owned(body, req.version, req.api)
+}
+
+fn decode_owned<T: Decodable>(body: &mut Bytes, version: i16, api: ApiKey) -> Result<T, Close> {
+    T::decode(body, version).map_err(|e| Close::Protocol(format!("malformed {api:?} v{version} request: {e}")))
+}
+
+/// Encodes an answer with its size prefix and response header. An answer the crate cannot
+/// encode at this version is a bug on our side: it is logged and the client gets no answer
+/// (it times out and retries), rather than a malformed frame.
+pub(crate) fn encode<R: Encodable + HeaderVersion>(req: &Request, resp: &R) -> Option<Bytes> {
+    let mut buf = BytesMut::with_capacity(64);
+    buf.put_i32(0);
+    let header = ResponseHeader::default().with_correlation_id(req.correlation_id);
+    let encoded =
+        header.encode(&mut buf, R::header_version(req.version)).and_then(|()| resp.encode(&mut buf, req.version));
+    if let Err(e) = encoded {
+        tracing::error!(api = ?req.api, version = req.version, error = %e, "cannot encode a Kafka response");
+        return None;
+    }
+    let size = (buf.len() - 4) as i32;
+    buf[0..4].copy_from_slice(&size.to_be_bytes());
+    Some(buf.freeze())
+}

@@ -1,0 +1,371 @@
+//! Produce and InitProducerId: batches in, one log entry per topic (datasource) per request.
+//!
+//! The edge checks what it can answer from the bytes alone, cheaply: exactly one RecordBatch
+//! v2 per partition with a good CRC, a known partition, no transactions. Decoding the records
+//! (capped decompression), the idempotent producer's sequence and the per-record validation
+//! happen once, at apply, where they bind; the cap and the future-time limit travel in the
+//! entry. With the `reject_batch` policy the edge also decodes and validates read-only and
+//! refuses a failing batch with INVALID_RECORD and per-record errors.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use kafka_protocol::messages::produce_response::{
+    BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
+};
+use kafka_protocol::messages::{
+    InitProducerIdRequest, InitProducerIdResponse, ProduceRequest, ProduceResponse, ProducerId,
+};
+use kafka_protocol::protocol::StrBytes;
+use serde_json::Value;
+use tidemark_catalog::DatasourceSpec;
+use tidemark_catalog::event::{RejectReason, extract};
+use tidemark_catalog::spec::InvalidRecordPolicy;
+use tidemark_storage::engine::Applied;
+use tidemark_storage::engine::command::{Command, EventsCommand, EventsHeader, EventsPart, InitProducerCommand};
+use tidemark_storage::engine::idempotency::PartError;
+use tidemark_storage::engine::producers::SequenceError;
+use tidemark_storage::raw::record_batch::{self, BatchHeader};
+
+use crate::kafka::connection::{Reply, Request, encode, ready};
+use crate::kafka::{Broker, code};
+use crate::node::{Pending, now_ms};
+
+/// How long a client is asked to back off while the node is at its realtime memory bound.
+const OVERLOAD_THROTTLE_MS: i32 = 1000;
+
+/// One partition's answer, filled in at the edge or after apply.
+#[derive(Debug, Default)]
+struct PartAnswer {
+    index: i32,
+    error: i16,
+    message: Option<String>,
+    base_offset: i64,
+    record_errors: Vec<(i32, String)>,
+}
+
+impl PartAnswer {
+    fn error(index: i32, error: i16, message: impl Into<String>) -> Self {
+        PartAnswer { index, error, message: Some(message.into()), base_offset: -1, record_errors: Vec::new() }
+    }
+}
+
+/// A topic's share of the request: its answers, and the entry that carries its good parts.
+struct TopicWork {
+    name: String,
+    answers: Vec<PartAnswer>,
+    /// For each part in the entry, which answer it fills.
+    slots: Vec<usize>,
+    pending: Option<Pending>,
+}
+
+pub(crate) fn produce(b: &Arc<Broker>, req: &Request, r: ProduceRequest) -> Reply {
+    let acks = r.acks;
+    let mut throttle_ms = 0;
+    let refuse_all = if r.transactional_id.is_some() {
+        Some((
+            code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+            "transactions are not supported by tidemark; use an idempotent producer without transactional.id",
+        ))
+    } else if !matches!(acks, -1 | 0 | 1) {
+        Some((code::INVALID_REQUIRED_ACKS, "acks must be -1 (all), 0 or 1"))
+    } else {
+        None
+    };
+    let mut work = Vec::with_capacity(r.topic_data.len());
+    for topic in r.topic_data {
+        let name = topic.name.0.to_string();
+        let mut w = TopicWork { name: name.clone(), answers: Vec::new(), slots: Vec::new(), pending: None };
+        if let Some((err, msg)) = refuse_all {
+            w.answers = topic.partition_data.iter().map(|p| PartAnswer::error(p.index, err, msg)).collect();
+            work.push(w);
+            continue;
+        }
+        let (spec, overloaded) = {
+            let engine = b.node.engine();
+            let e = engine.read();
+            (e.catalog().get(&name).map(|entry| entry.current().clone()), e.is_overloaded())
+        };
+        let Some(spec) = spec else {
+            w.answers = topic
+                .partition_data
+                .iter()
+                .map(|p| {
+                    PartAnswer::error(
+                        p.index,
+                        code::UNKNOWN_TOPIC_OR_PARTITION,
+                        format!("topic {name:?} does not exist; create the datasource first (tidemark datasource create, or CreateTopics with config tidemark.spec)"),
+                    )
+                })
+                .collect();
+            work.push(w);
+            continue;
+        };
+        let mut parts = Vec::new();
+        let mut batches = Vec::new();
+        for pd in topic.partition_data {
+            let slot = w.answers.len();
+            let checked = if overloaded {
+                throttle_ms = OVERLOAD_THROTTLE_MS;
+                Err(PartAnswer::error(
+                    pd.index,
+                    code::NOT_ENOUGH_REPLICAS,
+                    "the realtime index is at its memory bound while segments persist; retry shortly",
+                ))
+            } else if parts.iter().any(|p: &EventsPart| p.partition as i32 == pd.index) {
+                Err(PartAnswer::error(pd.index, code::INVALID_REQUEST, "the partition appears twice in one request"))
+            } else {
+                check_part(b, &spec, pd.index, pd.records.as_ref())
+            };
+            match checked {
+                Err(answer) => w.answers.push(answer),
+                Ok(batch) => {
+                    w.answers.push(PartAnswer { index: pd.index, ..PartAnswer::default() });
+                    w.slots.push(slot);
+                    parts.push(EventsPart {
+                        partition: pd.index as u32,
+                        lines: Vec::new(),
+                        verdicts: Vec::new(),
+                        batch_len: batch.len() as u32,
+                    });
+                    batches.push(batch.to_vec());
+                }
+            }
+        }
+        if !parts.is_empty() {
+            let cmd = Command::Events(EventsCommand {
+                header: EventsHeader {
+                    datasource: name,
+                    publisher: None,
+                    idempotency_key: None,
+                    body_hash: 0,
+                    parts,
+                    future_ms_max: Some(b.config.future_ms_max),
+                    decompressed_bytes_max: Some(b.config.decompressed_batch_bytes_max as u64),
+                },
+                batches,
+            });
+            match b.node.submit(&cmd) {
+                Ok(p) => w.pending = Some(p),
+                Err(e) => {
+                    for &slot in &w.slots {
+                        let a = &mut w.answers[slot];
+                        *a = PartAnswer::error(a.index, code::KAFKA_STORAGE_ERROR, e.to_string());
+                    }
+                }
+            }
+        }
+        work.push(w);
+    }
+    let req = req.clone();
+    Box::pin(async move {
+        for w in &mut work {
+            let Some(pending) = w.pending.take() else { continue };
+            match pending.wait().await {
+                Ok(Applied::Events(outcome)) => {
+                    for (slot, part) in w.slots.iter().zip(&outcome.parts) {
+                        let a = &mut w.answers[*slot];
+                        match &part.error {
+                            None => a.base_offset = part.base_offset,
+                            Some(e) => {
+                                let err = match e {
+                                    PartError::Sequence(SequenceError::InvalidProducerEpoch { .. }) => {
+                                        code::INVALID_PRODUCER_EPOCH
+                                    }
+                                    PartError::Sequence(SequenceError::OutOfOrderSequence { .. }) => {
+                                        code::OUT_OF_ORDER_SEQUENCE_NUMBER
+                                    }
+                                    PartError::CorruptBatch { .. } => code::CORRUPT_MESSAGE,
+                                };
+                                *a = PartAnswer::error(a.index, err, e.to_string());
+                            }
+                        }
+                    }
+                }
+                Ok(Applied::Refused { reason, .. }) => {
+                    for &slot in &w.slots {
+                        let a = &mut w.answers[slot];
+                        *a = PartAnswer::error(a.index, code::UNKNOWN_TOPIC_OR_PARTITION, reason.clone());
+                    }
+                }
+                Ok(other) => {
+                    tracing::error!(?other, "a produce entry applied as something else");
+                    for &slot in &w.slots {
+                        let a = &mut w.answers[slot];
+                        *a = PartAnswer::error(a.index, code::KAFKA_STORAGE_ERROR, "internal error");
+                    }
+                }
+                Err(e) => {
+                    for &slot in &w.slots {
+                        let a = &mut w.answers[slot];
+                        *a = PartAnswer::error(a.index, code::KAFKA_STORAGE_ERROR, e.to_string());
+                    }
+                }
+            }
+        }
+        if acks == 0 {
+            return None;
+        }
+        let mut resp = ProduceResponse::default();
+        resp.throttle_time_ms = throttle_ms;
+        resp.responses = work
+            .into_iter()
+            .map(|w| {
+                let mut t = TopicProduceResponse::default();
+                t.name = kafka_protocol::messages::TopicName(StrBytes::from_string(w.name));
+                t.partition_responses = w.answers.into_iter().map(|a| partition_response(&req, a)).collect();
+                t
+            })
+            .collect();
+        encode(&req, &resp)
+    })
+}
+
+fn partition_response(req: &Request, a: PartAnswer) -> PartitionProduceResponse {
+    let mut p = PartitionProduceResponse::default();
+    p.index = a.index;
+    p.error_code = a.error;
+    p.base_offset = a.base_offset;
+    p.log_append_time_ms = -1;
+    if req.version >= 5 {
+        p.log_start_offset = 0;
+    }
+    if req.version >= 8 {
+        p.error_message = a.message.map(StrBytes::from_string);
+        p.record_errors = a
+            .record_errors
+            .into_iter()
+            .map(|(i, m)| {
+                let mut e = BatchIndexAndErrorMessage::default();
+                e.batch_index = i;
+                e.batch_index_error_message = Some(StrBytes::from_string(m));
+                e
+            })
+            .collect();
+    }
+    p
+}
+
+/// The edge checks of one partition's records; the batch bytes if they pass.
+fn check_part<'a>(
+    b: &Broker,
+    spec: &DatasourceSpec,
+    index: i32,
+    records: Option<&'a Bytes>,
+) -> Result<&'a Bytes, PartAnswer> {
+    let err = |code: i16, msg: String| PartAnswer::error(index, code, msg);
+    if index < 0 || index as u32 >= spec.partitions {
+        return Err(err(
+            code::UNKNOWN_TOPIC_OR_PARTITION,
+            format!("partition {index} does not exist; {:?} has {} partitions", spec.name, spec.partitions),
+        ));
+    }
+    let Some(bytes) = records.filter(|r| !r.is_empty()) else {
+        return Err(err(code::CORRUPT_MESSAGE, "the partition carries no record batch".into()));
+    };
+    let total = record_batch::peek_total_len(bytes).map_err(|e| err(code::CORRUPT_MESSAGE, e.to_string()))?;
+    if total != bytes.len() {
+        return Err(err(
+            code::INVALID_REQUEST,
+            format!(
+                "a produce request must carry exactly one record batch per partition; this one has {} bytes after the first batch",
+                bytes.len().saturating_sub(total)
+            ),
+        ));
+    }
+    if bytes.len() > 16 && bytes[16] as i8 != record_batch::MAGIC {
+        return Err(err(
+            code::UNSUPPORTED_FOR_MESSAGE_FORMAT,
+            format!("message format v{} is not supported; use RecordBatch v2 (Kafka 0.11+ clients)", bytes[16] as i8),
+        ));
+    }
+    let header: BatchHeader =
+        record_batch::parse_header(bytes).map_err(|e| err(code::CORRUPT_MESSAGE, e.to_string()))?;
+    if header.is_transactional() || header.is_control() {
+        return Err(err(
+            code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+            "transactional batches are not supported by tidemark; use an idempotent producer without transactional.id"
+                .into(),
+        ));
+    }
+    if header.compression() > 4 {
+        return Err(err(
+            code::UNSUPPORTED_COMPRESSION_TYPE,
+            format!("compression codec {} is unknown; use none, gzip, snappy, lz4 or zstd", header.compression()),
+        ));
+    }
+    if spec.invalid_records == InvalidRecordPolicy::RejectBatch {
+        let (_, decoded) = record_batch::decode_records_capped(bytes, b.config.decompressed_batch_bytes_max)
+            .map_err(|e| err(code::CORRUPT_MESSAGE, e.to_string()))?;
+        let now = now_ms();
+        let mut problems = Vec::new();
+        for (i, (_, r)) in decoded.iter().enumerate() {
+            let value: Option<Value> = r.value.as_deref().and_then(|v| serde_json::from_slice(v).ok());
+            let problem = match value {
+                None => Some("record value is not valid JSON".to_string()),
+                Some(v) => match extract(spec, &v) {
+                    Err(reason) => Some(reason.to_string()),
+                    Ok(e) if e.time_ms > now + b.config.future_ms_max => Some(
+                        RejectReason::TooFarInFuture { time_ms: e.time_ms, limit_ms: b.config.future_ms_max }
+                            .to_string(),
+                    ),
+                    Ok(_) => None,
+                },
+            };
+            if let Some(p) = problem {
+                problems.push((i as i32, p));
+            }
+        }
+        if !problems.is_empty() {
+            let mut a = err(
+                code::INVALID_RECORD,
+                format!(
+                    "{} of {} records fail validation and {:?} refuses whole batches (invalid_records = reject_batch); nothing was stored",
+                    problems.len(),
+                    decoded.len(),
+                    spec.name
+                ),
+            );
+            a.record_errors = problems;
+            return Err(a);
+        }
+    }
+    Ok(bytes)
+}
+
+pub(crate) fn init_producer_id(b: &Arc<Broker>, req: &Request, r: InitProducerIdRequest) -> Reply {
+    let req = req.clone();
+    if r.transactional_id.is_some() {
+        let mut resp = InitProducerIdResponse::default();
+        resp.error_code = code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED;
+        resp.producer_id = ProducerId(-1);
+        resp.producer_epoch = -1;
+        return ready(encode(&req, &resp));
+    }
+    let existing = (r.producer_id.0 >= 0).then_some((r.producer_id.0, r.producer_epoch));
+    let submitted = b.node.submit(&Command::InitProducer(InitProducerCommand { existing }));
+    Box::pin(async move {
+        let mut resp = InitProducerIdResponse::default();
+        match submitted {
+            Ok(pending) => match pending.wait().await {
+                Ok(Applied::Producer { id, epoch }) => {
+                    resp.producer_id = ProducerId(id);
+                    resp.producer_epoch = epoch;
+                }
+                other => {
+                    tracing::warn!(?other, "InitProducerId failed");
+                    resp.error_code = code::COORDINATOR_NOT_AVAILABLE;
+                    resp.producer_id = ProducerId(-1);
+                    resp.producer_epoch = -1;
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "InitProducerId failed");
+                resp.error_code = code::COORDINATOR_NOT_AVAILABLE;
+                resp.producer_id = ProducerId(-1);
+                resp.producer_epoch = -1;
+            }
+        }
+        encode(&req, &resp)
+    })
+}
