@@ -2,25 +2,10 @@
 //! pyarrow (installed by `dev/test`), compared with exact answers computed here.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::process::Command;
 
-use crate::harness::TestNode;
+use crate::harness::{TestNode, python};
 use crate::{ndjson, now_ms, traffic};
-
-fn python() -> PathBuf {
-    if let Ok(p) = std::env::var("TIDEMARK_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let home = std::env::var("HOME").unwrap_or_default();
-    let venv = PathBuf::from(home).join(".cache/tidemark-venv/bin/python");
-    assert!(
-        venv.exists(),
-        "the Flight SQL client test needs Python with adbc-driver-flightsql and pyarrow; run `bash dev/test`, which installs them into {}",
-        venv.display()
-    );
-    venv
-}
 
 #[test]
 fn adbc_flight_sql_client_reads_exact_answers() {

@@ -11,8 +11,24 @@ pub(crate) struct TestNode {
     child: Option<Child>,
     pub(crate) http: String,
     pub(crate) flight: String,
+    pub(crate) kafka: String,
     log: PathBuf,
     agent: ureq::Agent,
+}
+
+/// The Python with the test clients (Flight SQL, Kafka) that `dev/test` installs.
+pub(crate) fn python() -> PathBuf {
+    if let Ok(p) = std::env::var("TIDEMARK_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let home = std::env::var("HOME").unwrap_or_default();
+    let venv = PathBuf::from(home).join(".cache/tidemark-venv/bin/python");
+    assert!(
+        venv.exists(),
+        "this test needs the Python clients; run `bash dev/test`, which installs them into {}",
+        venv.display()
+    );
+    venv
 }
 
 fn free_port() -> u16 {
@@ -43,6 +59,7 @@ impl TestNode {
     pub(crate) fn start_with(data_dir: &Path, extra: &[&str]) -> TestNode {
         let http = format!("127.0.0.1:{}", free_port());
         let flight = format!("127.0.0.1:{}", free_port());
+        let kafka = format!("127.0.0.1:{}", free_port());
         std::fs::create_dir_all(data_dir).expect("data dir");
         let log = data_dir.join(format!("node-{}.log", free_port()));
         let out = std::fs::File::create(&log).expect("log file");
@@ -50,7 +67,7 @@ impl TestNode {
         let child = Command::new(env!("CARGO_BIN_EXE_tidemark"))
             .args(["serve", "--data-dir"])
             .arg(data_dir)
-            .args(["--http-addr", &http, "--flight-addr", &flight])
+            .args(["--http-addr", &http, "--flight-addr", &flight, "--kafka-addr", &kafka])
             .args(if extra.contains(&"--tick-interval-ms") { &[][..] } else { &["--tick-interval-ms", "200"][..] })
             .args(extra)
             .env("RUST_LOG", "info")
@@ -63,7 +80,7 @@ impl TestNode {
             .timeout_global(Some(Duration::from_secs(60)))
             .build()
             .into();
-        let node = TestNode { child: Some(child), http, flight, log, agent };
+        let node = TestNode { child: Some(child), http, flight, kafka, log, agent };
         node.wait_healthy();
         node
     }

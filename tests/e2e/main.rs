@@ -5,6 +5,7 @@ mod crash;
 mod datasources;
 mod flight_adbc;
 mod harness;
+mod kafka;
 
 use tidemark_loadgen::{Beacon, Traffic, TrafficConfig};
 

@@ -1,0 +1,319 @@
+//! The Kafka door with real clients: kcat (librdkafka), confluent-kafka (librdkafka),
+//! kafka-python and aiokafka, installed by `dev/test`. Every client produces with acks=all
+//! and idempotence in every codec, reads the records back from offset 0, and they are compared
+//! record by record with what was sent; SQL over Flight SQL then returns exact totals computed
+//! here. Consumer groups commit, survive a restart and resume.
+//!
+//! `TIDEMARK_KAFKA_RECORDS` sets records per client and codec (default 20,000; the longer run
+//! uses 100,000).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use tidemark_catalog::partitioner::partition_for_key;
+use tidemark_catalog::spec::DEMO_BEACONS_SPEC;
+use tidemark_loadgen::Beacon;
+
+use crate::harness::{TestNode, python};
+use crate::{now_ms, traffic};
+
+const CODECS: [&str; 5] = ["none", "gzip", "snappy", "lz4", "zstd"];
+const PARTITIONS: u32 = 3;
+
+fn records_per_codec() -> usize {
+    std::env::var("TIDEMARK_KAFKA_RECORDS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000)
+}
+
+fn script() -> &'static str {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/kafka_clients.py")
+}
+
+fn kcat() -> PathBuf {
+    PathBuf::from(std::env::var("TIDEMARK_KCAT").unwrap_or_else(|_| "kcat".into()))
+}
+
+/// Runs the Python client script and returns its JSON answer.
+fn py(node: &TestNode, args: &[&str]) -> serde_json::Value {
+    let out = Command::new(python()).arg(script()).args(args).output().expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "kafka_clients.py {args:?} failed:\n{stdout}\n{stderr}\nnode log (tail):\n{}",
+        tail(&node.log_text())
+    );
+    let last = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(last).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+fn tail(s: &str) -> String {
+    s.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+}
+
+fn create_topic(node: &TestNode, name: &str) {
+    let mut spec: serde_json::Value = serde_json::from_str(DEMO_BEACONS_SPEC).expect("demo spec");
+    spec["name"] = serde_json::json!(name);
+    spec["partitions"] = serde_json::json!(PARTITIONS);
+    let r = node.post("/v1/datasources", spec.to_string().as_bytes(), &[]);
+    assert_eq!(r.status, 201, "{}", r.body);
+}
+
+/// What was sent, per record: key, value, and the seq header.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Sent {
+    key: String,
+    value: String,
+    timestamp: Option<i64>,
+}
+
+/// Writes `key TAB value TAB timestamp` lines for the clients.
+fn write_records(path: &Path, beacons: &[Beacon]) -> Vec<Sent> {
+    let mut text = String::new();
+    let mut sent = Vec::with_capacity(beacons.len());
+    for b in beacons {
+        let value = b.to_json().to_string();
+        text.push_str(&format!("{}\t{}\t{}\n", b.merchant_id, value, b.ts_ms));
+        sent.push(Sent { key: b.merchant_id.clone(), value, timestamp: Some(b.ts_ms) });
+    }
+    std::fs::write(path, text).expect("write records");
+    sent
+}
+
+#[derive(Debug, Clone)]
+struct Got {
+    partition: u32,
+    offset: i64,
+    sent: Sent,
+    headers: Vec<(String, Option<String>)>,
+}
+
+fn read_consumed(path: &Path, with_timestamps: bool) -> Vec<Got> {
+    let text = std::fs::read_to_string(path).expect("consumed file");
+    text.lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+            Got {
+                partition: v["partition"].as_u64().expect("partition") as u32,
+                offset: v["offset"].as_i64().expect("offset"),
+                sent: Sent {
+                    key: v["key"].as_str().unwrap_or_default().to_string(),
+                    value: v["value"].as_str().unwrap_or_default().to_string(),
+                    timestamp: with_timestamps.then(|| v["timestamp"].as_i64().unwrap_or(-1)),
+                },
+                headers: v["headers"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|h| (h[0].as_str().unwrap_or_default().to_string(), h[1].as_str().map(str::to_string)))
+                    .collect(),
+            }
+        })
+        .collect()
+}
+
+/// kcat -C from offset 0 of every partition, as the same JSON lines the Python script writes.
+fn kcat_consume(node: &TestNode, topic: &str, out: &Path) -> usize {
+    let output = Command::new(kcat())
+        .args(["-C", "-b", &node.kafka, "-t", topic, "-o", "beginning", "-e", "-q", "-f", "%p\t%o\t%k\t%T\t%h\t%s\n"])
+        .output()
+        .expect("run kcat");
+    assert!(output.status.success(), "kcat -C failed: {}", String::from_utf8_lossy(&output.stderr));
+    let mut lines = String::new();
+    let mut n = 0;
+    for l in String::from_utf8_lossy(&output.stdout).lines() {
+        let f: Vec<&str> = l.splitn(6, '\t').collect();
+        assert_eq!(f.len(), 6, "kcat line: {l}");
+        let headers: Vec<serde_json::Value> = f[4]
+            .split(',')
+            .filter(|h| !h.is_empty())
+            .map(|h| {
+                let (k, v) = h.split_once('=').unwrap_or((h, ""));
+                serde_json::json!([k, v])
+            })
+            .collect();
+        let row = serde_json::json!({
+            "partition": f[0].parse::<u32>().expect("partition"),
+            "offset": f[1].parse::<i64>().expect("offset"),
+            "key": f[2], "timestamp": f[3].parse::<i64>().expect("timestamp"),
+            "headers": headers, "value": f[5],
+        });
+        lines.push_str(&row.to_string());
+        lines.push('\n');
+        n += 1;
+    }
+    std::fs::write(out, lines).expect("write consumed");
+    n
+}
+
+fn kcat_produce(node: &TestNode, topic: &str, codec: &str, file: &Path) {
+    // kcat reads `key TAB value` lines; the timestamp column is dropped for it.
+    let text = std::fs::read_to_string(file).expect("records");
+    let kv: String = text.lines().map(|l| l.rsplit_once('\t').map_or(l, |(kv, _)| kv)).map(|l| format!("{l}\n")).collect();
+    let kv_path = file.with_extension("kv");
+    std::fs::write(&kv_path, kv).expect("write kv");
+    let out = Command::new(kcat())
+        .args(["-P", "-b", &node.kafka, "-t", topic, "-K", "\t", "-z", codec, "-H", &format!("codec={codec}")])
+        .args(["-X", "acks=all", "-X", "enable.idempotence=true", "-X", "partitioner=murmur2_random", "-l"])
+        .arg(&kv_path)
+        .output()
+        .expect("run kcat");
+    assert!(out.status.success(), "kcat -P {codec} failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Checks `got` against `sent` record by record, offsets dense per partition, partitions by
+/// murmur2 of the key (all three clients are set to Java's partitioner).
+fn compare(client: &str, sent: &[Sent], got: &[Got]) {
+    assert_eq!(got.len(), sent.len(), "{client}: consumed {} of {} records", got.len(), sent.len());
+    let mut by_partition: BTreeMap<u32, Vec<i64>> = BTreeMap::new();
+    for g in got {
+        by_partition.entry(g.partition).or_default().push(g.offset);
+        let expected = partition_for_key(g.sent.key.as_bytes(), PARTITIONS);
+        assert_eq!(g.partition, expected, "{client}: key {} went to partition {}", g.sent.key, g.partition);
+    }
+    for (p, mut offsets) in by_partition {
+        offsets.sort_unstable();
+        let dense: Vec<i64> = (0..offsets.len() as i64).collect();
+        assert_eq!(offsets, dense, "{client}: partition {p} offsets are not 0..n");
+    }
+    let mut a: Vec<&Sent> = sent.iter().collect();
+    let mut b: Vec<&Sent> = got.iter().map(|g| &g.sent).collect();
+    a.sort();
+    b.sort();
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x, y, "{client}: a record came back different");
+    }
+}
+
+fn sql_totals(node: &TestNode, topic: &str) -> (i64, f64) {
+    let v = py(
+        node,
+        &[
+            "sql",
+            &format!("grpc://{}", node.flight),
+            &format!("SELECT SUM(\"count\") AS c, SUM(amount_sum) AS s FROM {topic}"),
+        ],
+    );
+    (v["c"].as_i64().expect("count"), v["s"].as_f64().unwrap_or(0.0))
+}
+
+fn expected_totals(beacons: &[Beacon]) -> (i64, f64) {
+    (beacons.len() as i64, beacons.iter().filter_map(|b| b.amount).sum())
+}
+
+fn assert_totals(client: &str, got: (i64, f64), want: (i64, f64)) {
+    assert_eq!(got.0, want.0, "{client}: SUM(count)");
+    assert!((got.1 - want.1).abs() <= 1e-6 * want.1.abs().max(1.0), "{client}: SUM(amount) {} vs {}", got.1, want.1);
+}
+
+#[test]
+fn real_clients_produce_every_codec_and_read_it_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = TestNode::start(dir.path());
+    let n = records_per_codec();
+    let start = now_ms() - 30 * 60_000;
+    for (ci, client) in ["kcat", "confluent", "kafka-python", "aiokafka"].into_iter().enumerate() {
+        let topic = format!("k_{}", client.replace('-', "_"));
+        create_topic(&node, &topic);
+        let mut sent = Vec::new();
+        let mut all = Vec::new();
+        for (k, codec) in CODECS.iter().enumerate() {
+            let beacons = traffic(100 + (ci * 10 + k) as u64, 500, start, 20 * 60_000, n);
+            let file = dir.path().join(format!("{topic}-{codec}.tsv"));
+            let mut s = write_records(&file, &beacons);
+            if client == "kcat" {
+                kcat_produce(&node, &topic, codec, &file);
+                // kcat stamps records with the produce time: compare without timestamps.
+                s.iter_mut().for_each(|r| r.timestamp = None);
+            } else {
+                let v = py(&node, &["produce", client, codec, &node.kafka, &topic, &file.display().to_string()]);
+                assert_eq!(v["produced"], n, "{client} {codec}: {v}");
+            }
+            sent.extend(s);
+            all.extend(beacons);
+        }
+        let out = dir.path().join(format!("{topic}.consumed"));
+        let consumed = if client == "kcat" {
+            kcat_consume(&node, &topic, &out)
+        } else {
+            let v = py(&node, &["consume", client, &node.kafka, &topic, &sent.len().to_string(), &out.display().to_string()]);
+            v["consumed"].as_u64().unwrap_or(0) as usize
+        };
+        assert_eq!(consumed, sent.len(), "{client}");
+        let got = read_consumed(&out, client != "kcat");
+        compare(client, &sent, &got);
+        for g in &got {
+            match client {
+                "kcat" => assert!(g.headers.iter().any(|(k, _)| k == "codec"), "{client}: headers {:?}", g.headers),
+                _ => assert_eq!(g.headers.len(), 1, "{client}: headers {:?}", g.headers),
+            }
+        }
+        assert_totals(client, sql_totals(&node, &topic), expected_totals(&all));
+    }
+    assert_eq!(node.sql_i64("SELECT COUNT(*) FROM sys.rejects"), 0);
+}
+
+#[test]
+fn consumer_groups_commit_survive_a_restart_and_resume() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut node = TestNode::start(dir.path());
+    let topic = "k_groups";
+    create_topic(&node, topic);
+    let start = now_ms() - 30 * 60_000;
+    let first = traffic(7, 200, start, 10 * 60_000, 3_000);
+    let file = dir.path().join("first.tsv");
+    write_records(&file, &first);
+    py(&node, &["produce", "confluent", "lz4", &node.kafka, topic, &file.display().to_string()]);
+
+    let groups = [("kafka-python", "g_kafka_python"), ("confluent", "g_confluent"), ("aiokafka", "g_aiokafka")];
+    for (client, group) in groups {
+        let out = dir.path().join(format!("{group}-1"));
+        let v = py(&node, &["consume", client, &node.kafka, topic, "3000", &out.display().to_string(), group]);
+        assert_eq!(v["consumed"], 3000, "{client}");
+    }
+    // kcat's balanced consumer (-G) commits as it goes.
+    let out = Command::new(kcat())
+        .args(["-b", &node.kafka, "-G", "g_kcat", "-X", "auto.offset.reset=earliest", "-e", "-q", "-f", "%o\n", topic])
+        .output()
+        .expect("kcat -G");
+    assert!(out.status.success(), "kcat -G: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 3000, "kcat -G read everything once");
+
+    // Lag tools see every group and its committed offsets.
+    let listed = py(&node, &["groups", &node.kafka]);
+    for group in ["g_kafka_python", "g_confluent", "g_aiokafka", "g_kcat"] {
+        let offsets = listed[group].as_object().unwrap_or_else(|| panic!("{group} not listed: {listed}"));
+        let total: i64 = offsets.iter().filter(|(k, _)| k.contains('/')).filter_map(|(_, v)| v.as_i64()).sum();
+        assert_eq!(total, 3000, "{group}: {listed}");
+        assert_eq!(offsets["__state"], "Empty", "{group} has no members left: {listed}");
+    }
+
+    node.stop();
+    let node = TestNode::start(dir.path());
+    let second = traffic(8, 200, start, 10 * 60_000, 2_000);
+    let file2 = dir.path().join("second.tsv");
+    write_records(&file2, &second);
+    py(&node, &["produce", "kafka-python", "gzip", &node.kafka, topic, &file2.display().to_string()]);
+    let second_values: std::collections::BTreeSet<String> = second.iter().map(|b| b.to_json().to_string()).collect();
+    for (client, group) in groups {
+        let out = dir.path().join(format!("{group}-2"));
+        let v = py(&node, &["consume", client, &node.kafka, topic, "2000", &out.display().to_string(), group]);
+        assert_eq!(v["consumed"], 2000, "{client} resumed");
+        let got = read_consumed(&out, false);
+        assert!(
+            got.iter().all(|g| second_values.contains(&g.sent.value)),
+            "{client}: after the restart the group re-read records it had committed"
+        );
+    }
+    assert_eq!(node.sql_i64("SELECT SUM(\"count\") FROM k_groups"), 5000);
+}
+
+#[test]
+fn a_transactional_producer_is_refused_promptly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = TestNode::start(dir.path());
+    let v = py(&node, &["transactional", &node.kafka]);
+    assert_eq!(v["refused"], true, "{v}");
+    assert!(v["seconds"].as_f64().unwrap_or(99.0) < 10.0, "{v}");
+    assert!(v["error"].as_str().unwrap_or_default().to_lowercase().contains("transaction"), "{v}");
+}

@@ -1,0 +1,264 @@
+"""Real Kafka clients against a tidemark node, driven by tests/e2e/kafka.rs.
+
+Subcommands (all print one JSON object on stdout):
+  produce CLIENT CODEC BOOTSTRAP TOPIC FILE   records from FILE (key TAB value TAB timestamp per line),
+                                              acks=all, idempotence on, each with header seq=<line>
+  consume CLIENT BOOTSTRAP TOPIC COUNT OUT [GROUP]
+                                              read COUNT records (from offset 0, or from the group's
+                                              committed offsets) into OUT as JSON lines; with GROUP,
+                                              commit and leave
+  groups BOOTSTRAP                            list groups and their committed offsets (admin API)
+  sql GRPC_URI QUERY                          one row over Flight SQL (ADBC)
+  transactional BOOTSTRAP                     a transactional producer must be refused, not hang
+CLIENT is confluent (librdkafka), kafka-python or aiokafka.
+"""
+
+import asyncio
+import json
+import sys
+import time
+
+
+def read_records(path):
+    out = []
+    with open(path, "rb") as f:
+        for i, line in enumerate(f):
+            key, value, ts = line.rstrip(b"\n").split(b"\t")
+            out.append((key, value, int(ts), str(i).encode()))
+    return out
+
+
+def produce_confluent(codec, boot, topic, records):
+    from confluent_kafka import Producer
+
+    p = Producer({
+        "bootstrap.servers": boot,
+        "acks": "all",
+        "enable.idempotence": True,
+        "compression.type": codec,
+        "linger.ms": 20,
+        # Java's (and tidemark's HTTP) partitioner, so the test can check partitions.
+        "partitioner": "murmur2_random",
+    })
+    errors = []
+
+    def done(err, _msg):
+        if err is not None:
+            errors.append(str(err))
+
+    for key, value, ts, seq in records:
+        while True:
+            try:
+                p.produce(topic, key=key, value=value, timestamp=ts, headers=[("seq", seq)], on_delivery=done)
+                break
+            except BufferError:
+                p.poll(0.1)
+    left = p.flush(60)
+    if left or errors:
+        raise RuntimeError(f"{left} undelivered, errors: {errors[:5]}")
+
+
+def produce_kafka_python(codec, boot, topic, records):
+    from kafka import KafkaProducer
+
+    p = KafkaProducer(
+        bootstrap_servers=boot,
+        acks="all",
+        enable_idempotence=True,
+        compression_type=None if codec == "none" else codec,
+        linger_ms=20,
+    )
+    futures = [p.send(topic, key=k, value=v, timestamp_ms=ts, headers=[("seq", s)]) for k, v, ts, s in records]
+    for f in futures:
+        f.get(timeout=60)
+    p.close()
+
+
+def produce_aiokafka(codec, boot, topic, records):
+    from aiokafka import AIOKafkaProducer
+
+    async def run():
+        p = AIOKafkaProducer(
+            bootstrap_servers=boot,
+            acks="all",
+            enable_idempotence=True,
+            compression_type=None if codec == "none" else codec,
+            linger_ms=20,
+        )
+        await p.start()
+        try:
+            futures = [await p.send(topic, key=k, value=v, timestamp_ms=ts, headers=[("seq", s)]) for k, v, ts, s in records]
+            for f in futures:
+                await f
+        finally:
+            await p.stop()
+
+    asyncio.run(run())
+
+
+def row(partition, offset, key, value, headers, ts):
+    return json.dumps({
+        "partition": partition,
+        "offset": offset,
+        "key": key.decode() if key is not None else None,
+        "value": value.decode() if value is not None else None,
+        "headers": [[k, v.decode() if v is not None else None] for k, v in (headers or [])],
+        "timestamp": ts,
+    })
+
+
+def consume_confluent(boot, topic, count, out, group):
+    from confluent_kafka import Consumer, TopicPartition
+
+    conf = {
+        "bootstrap.servers": boot,
+        "group.id": group or f"probe-{time.time()}",
+        "auto.offset.reset": "earliest",
+        "enable.auto.commit": False,
+    }
+    c = Consumer(conf)
+    if group:
+        c.subscribe([topic])
+    else:
+        meta = c.list_topics(topic, timeout=10)
+        parts = meta.topics[topic].partitions
+        c.assign([TopicPartition(topic, p, 0) for p in parts])
+    got = 0
+    deadline = time.time() + 120
+    with open(out, "w") as f:
+        while got < count and time.time() < deadline:
+            for m in c.consume(num_messages=1000, timeout=1.0):
+                if m.error():
+                    raise RuntimeError(str(m.error()))
+                f.write(row(m.partition(), m.offset(), m.key(), m.value(), m.headers(), m.timestamp()[1]) + "\n")
+                got += 1
+    if group:
+        c.commit(asynchronous=False)
+    c.close()
+    return got
+
+
+def consume_kafka_python(boot, topic, count, out, group):
+    from kafka import KafkaConsumer, TopicPartition
+
+    c = KafkaConsumer(
+        bootstrap_servers=boot,
+        group_id=group,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        consumer_timeout_ms=5000,
+    )
+    if group:
+        c.subscribe([topic])
+    else:
+        parts = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or [])]
+        c.assign(parts)
+        c.seek_to_beginning()
+    got = 0
+    deadline = time.time() + 120
+    with open(out, "w") as f:
+        while got < count and time.time() < deadline:
+            batch = c.poll(timeout_ms=1000, max_records=1000)
+            for records in batch.values():
+                for m in records:
+                    f.write(row(m.partition, m.offset, m.key, m.value, m.headers, m.timestamp) + "\n")
+                    got += 1
+    if group:
+        c.commit()
+    c.close()
+    return got
+
+
+def consume_aiokafka(boot, topic, count, out, group):
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    async def run():
+        c = AIOKafkaConsumer(bootstrap_servers=boot, group_id=group, auto_offset_reset="earliest", enable_auto_commit=False)
+        await c.start()
+        got = 0
+        try:
+            if group:
+                c.subscribe([topic])
+            else:
+                # An unsubscribed consumer has no metadata for the topic: ask for every topic's.
+                cluster = await c._client.fetch_all_metadata()
+                parts = [TopicPartition(topic, p) for p in sorted(cluster.partitions_for_topic(topic) or [])]
+                c.assign(parts)
+                await c.seek_to_beginning()
+            deadline = time.time() + 120
+            with open(out, "w") as f:
+                while got < count and time.time() < deadline:
+                    batch = await c.getmany(timeout_ms=1000, max_records=1000)
+                    for records in batch.values():
+                        for m in records:
+                            f.write(row(m.partition, m.offset, m.key, m.value, m.headers, m.timestamp) + "\n")
+                            got += 1
+            if group:
+                await c.commit()
+        finally:
+            await c.stop()
+        return got
+
+    return asyncio.run(run())
+
+
+def groups(boot):
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=boot)
+    out = {}
+    # kafka-python 3: list_groups() gives dicts of the ListGroups response fields.
+    names = [g["group_id"] for g in admin.list_groups()]
+    described = {gid: d.get("group_state") for gid, d in admin.describe_groups(names).items()} if names else {}
+    offsets = admin.list_group_offsets({name: None for name in names}) if names else {}
+    for name in names:
+        out[name] = {f"{tp.topic}/{tp.partition}": meta.offset for tp, meta in offsets.get(name, {}).items()}
+        out[name]["__state"] = described.get(name)
+    admin.close()
+    return out
+
+
+def transactional(boot):
+    from confluent_kafka import KafkaException, Producer
+
+    p = Producer({"bootstrap.servers": boot, "transactional.id": "tx-1", "transaction.timeout.ms": 10000})
+    t = time.time()
+    try:
+        p.init_transactions(15)
+    except KafkaException as e:
+        return {"refused": True, "seconds": round(time.time() - t, 2), "error": str(e.args[0])}
+    return {"refused": False}
+
+
+def main():
+    cmd = sys.argv[1]
+    if cmd == "produce":
+        client, codec, boot, topic, path = sys.argv[2:7]
+        records = read_records(path)
+        t = time.time()
+        {"confluent": produce_confluent, "kafka-python": produce_kafka_python, "aiokafka": produce_aiokafka}[client](
+            codec, boot, topic, records
+        )
+        print(json.dumps({"produced": len(records), "seconds": round(time.time() - t, 3)}))
+    elif cmd == "consume":
+        client, boot, topic, count, out = sys.argv[2:7]
+        group = sys.argv[7] if len(sys.argv) > 7 else None
+        fn = {"confluent": consume_confluent, "kafka-python": consume_kafka_python, "aiokafka": consume_aiokafka}[client]
+        print(json.dumps({"consumed": fn(boot, topic, int(count), out, group)}))
+    elif cmd == "groups":
+        print(json.dumps(groups(sys.argv[2])))
+    elif cmd == "sql":
+        import adbc_driver_flightsql.dbapi as flight_sql
+
+        with flight_sql.connect(sys.argv[2]) as conn, conn.cursor() as cur:
+            cur.execute(sys.argv[3])
+            table = cur.fetch_arrow_table()
+            print(json.dumps({k: v[0] for k, v in table.to_pydict().items()}))
+    elif cmd == "transactional":
+        print(json.dumps(transactional(sys.argv[2])))
+    else:
+        raise SystemExit(f"unknown command {cmd}")
+
+
+if __name__ == "__main__":
+    main()
