@@ -8,6 +8,8 @@
 //! from the median. The generator uses its own PRNG (SplitMix64) so a seed gives the same
 //! events on every machine and version.
 
+pub mod kafka;
+
 use serde_json::{Value, json};
 
 pub const APPS: [&str; 4] = ["web", "ios", "android", "pos"];

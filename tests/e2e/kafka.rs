@@ -317,3 +317,93 @@ fn a_transactional_producer_is_refused_promptly() {
     assert!(v["seconds"].as_f64().unwrap_or(99.0) < 10.0, "{v}");
     assert!(v["error"].as_str().unwrap_or_default().to_lowercase().contains("transaction"), "{v}");
 }
+
+/// Idempotent batches from the wire-level producer in `tidemark-loadgen`, which can resend
+/// the very same batch (same producer id, epoch and sequence) as a client retry does.
+mod idempotence {
+    use bytes::Bytes;
+    use tidemark_loadgen::kafka::KafkaConn;
+    use tidemark_storage::raw::compression::LZ4;
+    use tidemark_storage::raw::record_batch::{Record, encode_compressed};
+
+    use super::*;
+
+    const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
+    const BATCH: usize = 100;
+
+    fn batch(seed: u64, pid: i64, epoch: i16, seq: i32) -> Bytes {
+        let records: Vec<Record> = traffic(seed, 50, now_ms() - 20 * 60_000, 10 * 60_000, BATCH)
+            .iter()
+            .map(|b| Record {
+                timestamp_ms: b.ts_ms,
+                key: Some(b.merchant_id.clone().into_bytes()),
+                value: Some(b.to_json().to_string().into_bytes()),
+                headers: vec![],
+            })
+            .collect();
+        Bytes::from(encode_compressed(&records, LZ4, pid, epoch, seq).expect("batch"))
+    }
+
+    #[test]
+    fn a_retried_batch_is_stored_and_counted_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let node = TestNode::start(dir.path());
+        create_topic(&node, "k_idem");
+        let mut conn = KafkaConn::connect(&node.kafka).expect("connect");
+        let (pid, epoch) = conn.init_producer_id().expect("producer id");
+        let b0 = batch(1, pid, epoch, 0);
+        let first = conn.produce("k_idem", &[(0, b0.clone())], -1).expect("produce");
+        assert_eq!((first[0].error_code, first[0].base_offset), (0, 0));
+        let again = conn.produce("k_idem", &[(0, b0)], -1).expect("retry");
+        assert_eq!((again[0].error_code, again[0].base_offset), (0, 0), "a retry gets the original offset");
+
+        // Five in flight at once, then all five again: the second round is all duplicates.
+        let round: Vec<(i32, Bytes)> = (1..=5).map(|i| (0, batch(10 + i, pid, epoch, i as i32 * BATCH as i32))).collect();
+        for _ in 0..2 {
+            let ids: Vec<i32> =
+                round.iter().map(|b| conn.send_produce("k_idem", std::slice::from_ref(b), -1).expect("send")).collect();
+            for (i, c) in ids.into_iter().enumerate() {
+                let ack = conn.read_produce(c).expect("ack");
+                assert_eq!((ack[0].error_code, ack[0].base_offset), (0, (i as i64 + 1) * BATCH as i64));
+            }
+        }
+        let gap = conn.produce("k_idem", &[(0, batch(99, pid, epoch, 10_000))], -1).expect("gap");
+        assert_eq!(gap[0].error_code, OUT_OF_ORDER_SEQUENCE_NUMBER);
+        assert_eq!(node.sql_i64("SELECT SUM(\"count\") FROM k_idem"), 6 * BATCH as i64);
+    }
+
+    #[test]
+    fn kill_9_between_produce_and_ack_then_a_retry_counts_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut node = TestNode::start(dir.path());
+        create_topic(&node, "k_crash");
+        let (pid, epoch) = KafkaConn::connect(&node.kafka).and_then(|mut c| c.init_producer_id()).expect("producer id");
+        let batches: Vec<(i32, Bytes)> =
+            (0..10).map(|i| ((i % 2) as i32, batch(200 + i, pid, epoch, (i / 2) as i32 * BATCH as i32))).collect();
+        // Round one is durable before the kill (its acks are never read); round two is killed
+        // the moment it is sent, so some of it may never have reached the log.
+        let mut conn = KafkaConn::connect(&node.kafka).expect("connect");
+        for b in &batches[..6] {
+            conn.send_produce("k_crash", std::slice::from_ref(b), -1).expect("send");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        for b in &batches[6..] {
+            conn.send_produce("k_crash", std::slice::from_ref(b), -1).expect("send");
+        }
+        node.kill9();
+        drop(conn);
+
+        let node = TestNode::start(dir.path());
+        let mut conn = KafkaConn::connect(&node.kafka).expect("connect");
+        for b in &batches {
+            let ack = conn.produce("k_crash", std::slice::from_ref(b), -1).expect("retry");
+            assert_eq!(ack[0].error_code, 0, "retry of partition {} after the crash: {ack:?}", b.0);
+        }
+        assert_eq!(node.sql_i64("SELECT SUM(\"count\") FROM k_crash"), 10 * BATCH as i64, "every batch exactly once");
+        // The producer's state came back too: the next batch continues, a gap is refused.
+        let next = conn.produce("k_crash", &[(0, batch(300, pid, epoch, 5 * BATCH as i32))], -1).expect("next");
+        assert_eq!(next[0].error_code, 0);
+        let gap = conn.produce("k_crash", &[(1, batch(301, pid, epoch, 9 * BATCH as i32))], -1).expect("gap");
+        assert_eq!(gap[0].error_code, OUT_OF_ORDER_SEQUENCE_NUMBER);
+    }
+}

@@ -62,7 +62,7 @@ struct TopicWork {
 pub(crate) fn produce(b: &Arc<Broker>, req: &Request, r: ProduceRequest) -> Reply {
     let acks = r.acks;
     let mut throttle_ms = 0;
-    let refuse_all = if r.transactional_id.is_some() {
+    let refuse_all = if r.transactional_id.as_ref().is_some_and(|t| !t.0.is_empty()) {
         Some((
             code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
             "transactions are not supported by tidemark; use an idempotent producer without transactional.id",
@@ -335,7 +335,7 @@ fn check_part<'a>(
 
 pub(crate) fn init_producer_id(b: &Arc<Broker>, req: &Request, r: InitProducerIdRequest) -> Reply {
     let req = req.clone();
-    if r.transactional_id.is_some() {
+    if r.transactional_id.as_ref().is_some_and(|t| !t.0.is_empty()) {
         let mut resp = InitProducerIdResponse::default();
         resp.error_code = code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED;
         resp.producer_id = ProducerId(-1);
