@@ -1,40 +1,29 @@
-//! `tidemark bench`: a load tool for a running node. Concurrent clients send batches of
-//! generated beacons for a fixed time; it reports events/s, acknowledgement latency
-//! percentiles (an ack means durable and queryable), and, given the node's pid, the server's
-//! CPU-seconds per million events.
+//! `tidemark bench`: load tools for a running node, one per front door. Each reports
+//! events/s, acknowledgement latency percentiles and, given the node's pid, the server's
+//! CPU-seconds per million events (read from /proc, so the tool's own CPU is not counted).
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+pub(crate) mod http;
+pub(crate) mod produce;
 
-use anyhow::{Context, Result, bail};
-use tidemark_loadgen::{Traffic, TrafficConfig};
+use anyhow::{Context, Result};
 
-use crate::client::Client;
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum BenchCmd {
+    /// POST batches of beacons to the HTTP beacon endpoint.
+    Http(http::BenchArgs),
+    /// Produce lz4 batches over the Kafka protocol (acks=all, idempotent).
+    Produce(produce::ProduceArgs),
+}
 
-#[derive(Debug, Clone, clap::Args)]
-pub(crate) struct BenchArgs {
-    #[arg(long, env = "TIDEMARK_URL", default_value = "http://127.0.0.1:8080")]
-    url: String,
-    #[arg(long, default_value = "beacons")]
-    datasource: String,
-    /// Concurrent clients, each sending one request at a time.
-    #[arg(long, default_value_t = 4)]
-    clients: usize,
-    /// Beacons per request.
-    #[arg(long, default_value_t = 1000)]
-    batch: usize,
-    #[arg(long, default_value_t = 20)]
-    seconds: u64,
-    #[arg(long, default_value_t = 100_000)]
-    merchants: usize,
-    /// The node's process id, to report its CPU time (Linux /proc).
-    #[arg(long)]
-    pid: Option<u32>,
+pub(crate) fn run(cmd: &BenchCmd) -> Result<()> {
+    match cmd {
+        BenchCmd::Http(args) => http::run(args),
+        BenchCmd::Produce(args) => produce::run(args),
+    }
 }
 
 /// User + system CPU seconds of a process, from /proc/PID/stat.
-fn cpu_seconds(pid: u32) -> Result<f64> {
+pub(crate) fn cpu_seconds(pid: u32) -> Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("no process {pid}"))?;
     // Fields after the command name (which may hold spaces) start after the last ')'.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
@@ -45,89 +34,9 @@ fn cpu_seconds(pid: u32) -> Result<f64> {
     Ok((ticks(11) + ticks(12)) / 100.0)
 }
 
-fn percentile(sorted: &[f64], q: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
     sorted[((sorted.len() - 1) as f64 * q).round() as usize]
-}
-
-pub(crate) fn run(args: &BenchArgs) -> Result<()> {
-    if args.clients == 0 || args.batch == 0 {
-        bail!("--clients and --batch must be positive");
-    }
-    // Bodies are made before the clock starts, so the tool measures the node, not itself.
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
-    let bodies: Vec<Vec<u8>> = (0..args.clients * 8)
-        .map(|i| {
-            let mut t = Traffic::new(&TrafficConfig { seed: 7 + i as u64, merchants: args.merchants, skew: 1.1 });
-            let mut body = Vec::with_capacity(args.batch * 220);
-            for b in t.batch(now - 600_000, 600_000, args.batch) {
-                body.extend_from_slice(b.to_json().to_string().as_bytes());
-                body.push(b'\n');
-            }
-            body
-        })
-        .collect();
-    let bodies = Arc::new(bodies);
-    let latencies = Arc::new(Mutex::new(Vec::<f64>::new()));
-    let failures = Arc::new(Mutex::new(0u64));
-    let stop = Arc::new(AtomicBool::new(false));
-    let cpu0 = args.pid.map(cpu_seconds).transpose()?;
-    let started = Instant::now();
-    let mut threads = Vec::new();
-    for c in 0..args.clients {
-        let (bodies, latencies, failures, stop) = (bodies.clone(), latencies.clone(), failures.clone(), stop.clone());
-        let client = Client::new(&args.url);
-        let path = format!("/v1/beacons/{}", args.datasource);
-        threads.push(std::thread::spawn(move || {
-            let mut i = c;
-            let mut mine = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                let t = Instant::now();
-                let r = client.send("POST", &path, "application/x-ndjson", &[], &bodies[i % bodies.len()]);
-                match r {
-                    Ok(reply) if reply.status == 200 => mine.push(t.elapsed().as_secs_f64() * 1000.0),
-                    _ => *failures.lock().unwrap_or_else(|p| p.into_inner()) += 1,
-                }
-                i += 1;
-            }
-            latencies.lock().unwrap_or_else(|p| p.into_inner()).extend(mine);
-        }));
-    }
-    std::thread::sleep(Duration::from_secs(args.seconds));
-    stop.store(true, Ordering::Relaxed);
-    for t in threads {
-        let _ = t.join();
-    }
-    let wall = started.elapsed().as_secs_f64();
-    let cpu = match (args.pid, cpu0) {
-        (Some(pid), Some(c0)) => Some(cpu_seconds(pid)? - c0),
-        _ => None,
-    };
-    let mut lat = latencies.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    lat.sort_by(f64::total_cmp);
-    let events = lat.len() as f64 * args.batch as f64;
-    println!(
-        "{} requests of {} beacons from {} clients in {wall:.1} s: {:.0} events/s acknowledged ({} failed requests)",
-        lat.len(),
-        args.batch,
-        args.clients,
-        events / wall,
-        failures.lock().unwrap_or_else(|p| p.into_inner())
-    );
-    println!(
-        "ack latency per request: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-        percentile(&lat, 0.5),
-        percentile(&lat, 0.99),
-        lat.last().copied().unwrap_or(f64::NAN)
-    );
-    if let Some(cpu) = cpu {
-        println!(
-            "server CPU {cpu:.1} s: {:.0} events/s per server core, {:.2} CPU-s per million events",
-            events / cpu.max(1e-9),
-            cpu / (events / 1e6).max(1e-9)
-        );
-    }
-    Ok(())
 }

@@ -9,6 +9,7 @@
 //! boolean dimension is kept as its JSON text; a missing metric field contributes nothing
 //! (the `count` still counts the event).
 
+use std::borrow::Cow;
 use std::fmt;
 
 use chrono::DateTime;
@@ -25,7 +26,7 @@ pub struct Event<'a> {
 }
 
 /// A dimension value: borrowed from the beacon when it was a string, rendered otherwise.
-pub type DimValue<'a> = std::borrow::Cow<'a, str>;
+pub type DimValue<'a> = Cow<'a, str>;
 
 /// What one metric reads from one event.
 #[derive(Debug, Clone, PartialEq)]
@@ -111,23 +112,16 @@ impl fmt::Display for RejectReason {
     }
 }
 
-fn kind_of(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
 /// Parses a timestamp value: epoch milliseconds (number or digit string) or RFC 3339.
 pub fn parse_timestamp(field: &str, v: &Value) -> Result<i64, RejectReason> {
+    timestamp_of(field, &Field::of(v))
+}
+
+fn timestamp_of(field: &str, v: &Field<'_>) -> Result<i64, RejectReason> {
     let bad = |detail: String| RejectReason::BadTimestamp { field: field.to_string(), detail };
     match v {
-        Value::Null => Err(RejectReason::MissingTimestamp { field: field.to_string() }),
-        Value::Number(n) => {
+        Field::Null => Err(RejectReason::MissingTimestamp { field: field.to_string() }),
+        Field::Number(n) => {
             if let Some(ms) = n.as_i64() {
                 Ok(ms)
             } else {
@@ -137,7 +131,7 @@ pub fn parse_timestamp(field: &str, v: &Value) -> Result<i64, RejectReason> {
                 }
             }
         }
-        Value::String(s) => {
+        Field::Str(s) => {
             if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
                 return s.parse::<i64>().map_err(|_| bad(format!("{s:?} is too large")));
             }
@@ -145,7 +139,43 @@ pub fn parse_timestamp(field: &str, v: &Value) -> Result<i64, RejectReason> {
                 .map(|t| t.timestamp_millis())
                 .map_err(|e| bad(format!("{s:?} is not a valid time ({e})")))
         }
-        other => Err(bad(format!("is {}", kind_of(other)))),
+        other => Err(bad(format!("is {}", other.kind()))),
+    }
+}
+
+/// One top-level field of a beacon, as extraction needs it: scalars with their value,
+/// containers only by kind. Strings borrow from the beacon when they can.
+#[derive(Debug, Clone, PartialEq)]
+enum Field<'a> {
+    Null,
+    Bool(bool),
+    Number(serde_json::Number),
+    Str(Cow<'a, str>),
+    Array,
+    Object,
+}
+
+impl<'a> Field<'a> {
+    fn of(v: &'a Value) -> Field<'a> {
+        match v {
+            Value::Null => Field::Null,
+            Value::Bool(b) => Field::Bool(*b),
+            Value::Number(n) => Field::Number(n.clone()),
+            Value::String(s) => Field::Str(Cow::Borrowed(s.as_str())),
+            Value::Array(_) => Field::Array,
+            Value::Object(_) => Field::Object,
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Field::Null => "null",
+            Field::Bool(_) => "a boolean",
+            Field::Number(_) => "a number",
+            Field::Str(_) => "a string",
+            Field::Array => "an array",
+            Field::Object => "an object",
+        }
     }
 }
 
@@ -156,32 +186,55 @@ pub fn extract<'a>(spec: &DatasourceSpec, beacon: &'a Value) -> Result<Event<'a>
 }
 
 pub fn extract_object<'a>(spec: &DatasourceSpec, obj: &'a Map<String, Value>) -> Result<Event<'a>, RejectReason> {
+    extract_fields(spec, |name| obj.get(name).map(Field::of))
+}
+
+/// Extracts an event straight from a beacon's JSON bytes, as [`extract`] of the parsed value
+/// would (same results, same reasons), without building the value: one pass that keeps only
+/// the fields the spec reads and borrows their strings. This is apply's hot path.
+pub fn extract_json<'a>(spec: &DatasourceSpec, beacon: &'a [u8]) -> Result<Event<'a>, RejectReason> {
+    let wanted = Wanted(spec);
+    let mut de = serde_json::Deserializer::from_slice(beacon);
+    let fields = serde::de::DeserializeSeed::deserialize(wanted, &mut de)
+        .and_then(|f| de.end().map(|()| f))
+        .map_err(|e| RejectReason::Other { code: 1, detail: format!("record value is not valid JSON: {e}") })?;
+    let Some(fields) = fields else { return Err(RejectReason::NotAnObject) };
+    extract_fields(spec, |name| {
+        // The last occurrence of a repeated key wins, as it does in a parsed value.
+        fields.iter().rev().find(|(k, _)| k.as_ref() == name).map(|(_, f)| f.clone())
+    })
+}
+
+fn extract_fields<'a>(
+    spec: &DatasourceSpec,
+    get: impl Fn(&str) -> Option<Field<'a>>,
+) -> Result<Event<'a>, RejectReason> {
     let ts_field = &spec.timestamp.field;
-    let time_ms = match obj.get(ts_field) {
+    let time_ms = match get(ts_field) {
         None => {
             return Err(RejectReason::MissingTimestamp { field: ts_field.clone() });
         }
-        Some(v) => parse_timestamp(ts_field, v)?,
+        Some(v) => timestamp_of(ts_field, &v)?,
     };
 
     let mut dims = Vec::with_capacity(spec.dimensions.len());
     for name in &spec.dimensions {
-        dims.push(match obj.get(name) {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some(DimValue::Borrowed(s.as_str())),
-            Some(Value::Number(n)) => Some(DimValue::Owned(n.to_string())),
-            Some(Value::Bool(b)) => Some(DimValue::Borrowed(if *b { "true" } else { "false" })),
+        dims.push(match get(name) {
+            None | Some(Field::Null) => None,
+            Some(Field::Str(s)) => Some(s),
+            Some(Field::Number(n)) => Some(DimValue::Owned(n.to_string())),
+            Some(Field::Bool(b)) => Some(DimValue::Borrowed(if b { "true" } else { "false" })),
             Some(other) => {
-                return Err(RejectReason::BadDimension { name: name.clone(), got: kind_of(other) });
+                return Err(RejectReason::BadDimension { name: name.clone(), got: other.kind() });
             }
         });
     }
 
     let mut metrics = Vec::with_capacity(spec.metrics.len());
     for metric in &spec.metrics {
-        let input = match (&metric.kind, metric.kind.field().map(|f| (f, obj.get(f)))) {
+        let input = match (&metric.kind, metric.kind.field().map(|f| (f, get(f)))) {
             (MetricKind::Count, _) => MetricInput::Count,
-            (_, None) | (_, Some((_, None))) | (_, Some((_, Some(Value::Null)))) => MetricInput::Absent,
+            (_, None) | (_, Some((_, None))) | (_, Some((_, Some(Field::Null)))) => MetricInput::Absent,
             (kind, Some((field, Some(v)))) => {
                 let bad = |expected: &'static str, got: String| RejectReason::BadField {
                     metric: metric.name.clone(),
@@ -191,28 +244,28 @@ pub fn extract_object<'a>(spec: &DatasourceSpec, obj: &'a Map<String, Value>) ->
                 };
                 match kind {
                     MetricKind::LongSum { .. } => match v {
-                        Value::Number(n) => match n.as_i64() {
+                        Field::Number(n) => match n.as_i64() {
                             Some(i) => MetricInput::Long(i),
                             None => {
                                 return Err(bad("a whole number within 64 bits", n.to_string()));
                             }
                         },
-                        other => return Err(bad("a whole number", kind_of(other).to_string())),
+                        other => return Err(bad("a whole number", other.kind().to_string())),
                     },
                     MetricKind::Hll { .. } => match v {
-                        Value::String(s) => MetricInput::Distinct(DimValue::Borrowed(s.as_str())),
-                        Value::Number(n) => MetricInput::Distinct(DimValue::Owned(n.to_string())),
-                        Value::Bool(b) => MetricInput::Distinct(DimValue::Borrowed(if *b { "true" } else { "false" })),
+                        Field::Str(s) => MetricInput::Distinct(s),
+                        Field::Number(n) => MetricInput::Distinct(DimValue::Owned(n.to_string())),
+                        Field::Bool(b) => MetricInput::Distinct(DimValue::Borrowed(if b { "true" } else { "false" })),
                         other => {
-                            return Err(bad("a string, number or boolean", kind_of(other).to_string()));
+                            return Err(bad("a string, number or boolean", other.kind().to_string()));
                         }
                     },
                     _ => match v {
-                        Value::Number(n) => match n.as_f64() {
+                        Field::Number(n) => match n.as_f64() {
                             Some(f) if f.is_finite() => MetricInput::Double(f),
                             _ => return Err(bad("a finite number", n.to_string())),
                         },
-                        other => return Err(bad("a number", kind_of(other).to_string())),
+                        other => return Err(bad("a number", other.kind().to_string())),
                     },
                 }
             }
@@ -220,6 +273,153 @@ pub fn extract_object<'a>(spec: &DatasourceSpec, obj: &'a Map<String, Value>) ->
         metrics.push(input);
     }
     Ok(Event { time_ms, dims, metrics })
+}
+
+/// The fields of a spec, for the one-pass reader: `deserialize` yields `None` for a beacon
+/// that is not an object, else the wanted top-level fields in document order.
+struct Wanted<'s>(&'s DatasourceSpec);
+
+impl Wanted<'_> {
+    fn wants(&self, key: &str) -> bool {
+        let s = self.0;
+        s.timestamp.field == key
+            || s.dimensions.iter().any(|d| d == key)
+            || s.metrics.iter().any(|m| m.kind.field() == Some(key))
+    }
+}
+
+type Fields<'a> = Vec<(Cow<'a, str>, Field<'a>)>;
+
+impl<'de> serde::de::DeserializeSeed<'de> for Wanted<'_> {
+    type Value = Option<Fields<'de>>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Wanted<'_> {
+    type Value = Option<Fields<'de>>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut out = Vec::with_capacity(16);
+        while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+            if self.wants(&key) {
+                let field = map.next_value::<FieldOf<'de>>()?.0;
+                out.push((key, field));
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        Ok(Some(out))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(None)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+}
+
+/// A key, borrowed from the input unless it had escapes.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> serde::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_str(StrVisitor).map(Key)
+    }
+}
+
+struct StrVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrVisitor {
+    type Value = Cow<'de, str>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Cow::Borrowed(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v.to_string()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v))
+    }
+}
+
+/// One wanted field's value.
+struct FieldOf<'a>(Field<'a>);
+
+impl<'de> serde::Deserialize<'de> for FieldOf<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(FieldVisitor).map(FieldOf)
+    }
+}
+
+struct FieldVisitor;
+
+impl<'de> serde::de::Visitor<'de> for FieldVisitor {
+    type Value = Field<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(Field::Null)
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(Field::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(Field::Number(v.into()))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(Field::Number(v.into()))
+    }
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Self::Value, E> {
+        serde_json::Number::from_f64(v).map(Field::Number).ok_or_else(|| E::custom("number is not finite"))
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Field::Str(Cow::Borrowed(v)))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Field::Str(Cow::Owned(v.to_string())))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Field::Str(Cow::Owned(v)))
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(Field::Array)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        while map.next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?.is_some() {}
+        Ok(Field::Object)
+    }
 }
 
 #[cfg(test)]
@@ -272,6 +472,39 @@ mod tests {
         assert_eq!(parse_timestamp("ts", &json!("1970-01-01T00:00:01+01:00")), Ok(-3_599_000));
         assert!(parse_timestamp("ts", &json!(12.5)).is_err());
         assert!(parse_timestamp("ts", &json!("yesterday")).is_err());
+    }
+
+    #[test]
+    fn extract_json_agrees_with_extract_on_every_shape() {
+        let s = spec();
+        let beacons = [
+            r#"{"ts": 1700000000000, "merchant_id": "m1", "page": "/a", "qty": 2, "amount": 1.25, "user_id": "u"}"#,
+            r#"{"ts": "2026-11-26T10:00:00Z", "merchant_id": "m\u00e9\n", "page": true, "user_id": 7.5}"#,
+            r#"{"ts": 1, "ts": 2, "merchant_id": null, "extra": {"deep": [1, {"x": 2}]}, "amount": -0.0}"#,
+            r#"{"ts": 1, "qty": 1.5}"#,
+            r#"{"ts": 1, "amount": "12"}"#,
+            r#"{"ts": 1, "page": {"a": 1}}"#,
+            r#"{"ts": 1, "page": [1]}"#,
+            r#"{"ts": true}"#,
+            r#"{"ts": 12.5}"#,
+            r#"{"ts": "yesterday"}"#,
+            r#"{"page": "x"}"#,
+            r#"{"ts": 1, "qty": 18446744073709551615}"#,
+            r#"{"ts": 1, "user_id": 18446744073709551615, "amount": 1e300}"#,
+            r#"[1, 2]"#,
+            r#""text""#,
+            r#"42"#,
+            r#"null"#,
+            r#"{}"#,
+        ];
+        for b in beacons {
+            let v: Value = serde_json::from_str(b).expect("valid JSON");
+            assert_eq!(extract_json(&s, b.as_bytes()), extract(&s, &v), "{b}");
+        }
+        for bad in [&b"{\"ts\": 1"[..], b"", b"{\"ts\": 1} trailing", b"\xff"] {
+            let reason = extract_json(&s, bad).err().map(|r| (r.code(), r.to_string()));
+            assert!(reason.as_ref().is_some_and(|(c, t)| *c == 1 && t.contains("not valid JSON")), "{reason:?}");
+        }
     }
 
     #[test]

@@ -90,6 +90,18 @@ pub async fn serve(listener: TcpListener, node: Node, config: KafkaConfig) -> st
     }
 }
 
+/// Runs the door's request decoding on one frame (without its size prefix) exactly as a
+/// connection does: header, API and version, bounds check, then `kafka-protocol`'s decoder.
+/// For the fuzzer (`fuzz/`): any input must give `Ok` or `Err`, never a panic or an abort.
+pub fn decode_frame(frame: &[u8]) -> Result<(), String> {
+    match connection::parse_frame(bytes::Bytes::copy_from_slice(frame)).map_err(|e| e.to_string())? {
+        connection::Parsed::UnsupportedApiVersions(_) => Ok(()),
+        connection::Parsed::Request(req, mut body) => {
+            connection::decode_request(&req, &mut body).map(|_| ()).map_err(|e| e.to_string())
+        }
+    }
+}
+
 /// Kafka error codes the door answers with.
 pub(crate) mod code {
     pub(crate) const NONE: i16 = 0;

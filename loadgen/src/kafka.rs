@@ -155,7 +155,12 @@ impl KafkaConn {
     }
 
     /// Sends and waits (acks must not be 0: a request with acks=0 gets no answer).
-    pub fn produce(&mut self, topic: &str, batches: &[(i32, Bytes)], acks: i16) -> Result<Vec<PartitionAck>, KafkaError> {
+    pub fn produce(
+        &mut self,
+        topic: &str,
+        batches: &[(i32, Bytes)],
+        acks: i16,
+    ) -> Result<Vec<PartitionAck>, KafkaError> {
         let c = self.send_produce(topic, batches, acks)?;
         self.read_produce(c)
     }

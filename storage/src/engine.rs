@@ -38,8 +38,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use arrow_array::RecordBatch;
-use serde_json::Value;
-use tidemark_catalog::event::{RejectReason, extract};
+use tidemark_catalog::event::{RejectReason, extract_json};
 use tidemark_catalog::{Catalog, CatalogCommand, CatalogEffect, DatasourceId};
 
 use crate::command_log::Entry;
@@ -363,32 +362,31 @@ impl Engine {
                 }
             }
             let binding: BTreeMap<u32, &command::VerdictRecord> = part.verdicts.iter().map(|v| (v.index, v)).collect();
-            let values: Vec<Option<Value>> = records
+            let mut verdicts: Vec<crate::raw::frame::Verdict> = part.verdicts.iter().map(Into::into).collect();
+            let results: Vec<_> = records
                 .iter()
                 .enumerate()
                 .map(|(i, (_, r))| {
-                    if binding.contains_key(&(i as u32)) {
-                        return None;
+                    if let Some(v) = binding.get(&(i as u32)) {
+                        return Err(RejectReason::Other { code: v.code, detail: v.reason.clone() });
                     }
-                    r.value.as_deref().and_then(|v| serde_json::from_slice(v).ok())
-                })
-                .collect();
-            let results: Vec<_> = values
-                .iter()
-                .enumerate()
-                .map(|(i, value)| match (binding.get(&(i as u32)), value) {
-                    (Some(v), _) => Err(RejectReason::Other { code: v.code, detail: v.reason.clone() }),
-                    (None, None) => {
-                        Err(RejectReason::Other { code: 1, detail: "record value is not valid JSON".into() })
-                    }
-                    (None, Some(v)) => extract(&spec, v).and_then(|e| match header.future_ms_max {
-                        Some(limit) if e.time_ms > writer_time_ms.saturating_add(limit) => {
-                            Err(RejectReason::TooFarInFuture { time_ms: e.time_ms, limit_ms: limit })
+                    let event = extract_json(&spec, r.value.as_deref().unwrap_or_default())?;
+                    match header.future_ms_max {
+                        Some(limit) if event.time_ms > writer_time_ms.saturating_add(limit) => {
+                            // Decided by a clock, so it binds: kept in the frame for replays.
+                            let reason = RejectReason::TooFarInFuture { time_ms: event.time_ms, limit_ms: limit };
+                            verdicts.push(crate::raw::frame::Verdict {
+                                record_index: i as u32,
+                                code: reason.code(),
+                                reason: reason.to_string(),
+                            });
+                            Err(reason)
                         }
-                        _ => Ok(e),
-                    }),
+                        _ => Ok(event),
+                    }
                 })
                 .collect();
+            verdicts.sort_by_key(|v| v.record_index);
             let (mut min_ms, mut max_ms) = (i64::MAX, i64::MIN);
             for e in results.iter().flatten() {
                 min_ms = min_ms.min(e.time_ms);
@@ -401,7 +399,7 @@ impl Engine {
                 min_event_ms: min_ms,
                 max_event_ms: max_ms,
                 publisher: header.publisher.clone(),
-                verdicts: part.verdicts.iter().map(Into::into).collect(),
+                verdicts,
             };
             let stored = ds.append_raw(part.partition, &frame, &mut batch)?;
             self.producers.record(

@@ -198,7 +198,7 @@ fn bench_tool_reports_what_the_node_acknowledged() {
     let dir = tempfile::tempdir().expect("tempdir");
     let node = TestNode::start(dir.path());
     let (code, out, err) =
-        node.cli(&["bench", "--clients", "2", "--batch", "50", "--seconds", "1", "--merchants", "100"]);
+        node.cli(&["bench", "http", "--clients", "2", "--batch", "50", "--seconds", "1", "--merchants", "100"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("(0 failed requests)") && out.contains("ack latency per request: p50"), "{out}");
     let requests: i64 = out.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or(-1);

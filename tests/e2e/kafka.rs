@@ -149,7 +149,8 @@ fn kcat_consume(node: &TestNode, topic: &str, out: &Path) -> usize {
 fn kcat_produce(node: &TestNode, topic: &str, codec: &str, file: &Path) {
     // kcat reads `key TAB value` lines; the timestamp column is dropped for it.
     let text = std::fs::read_to_string(file).expect("records");
-    let kv: String = text.lines().map(|l| l.rsplit_once('\t').map_or(l, |(kv, _)| kv)).map(|l| format!("{l}\n")).collect();
+    let kv: String =
+        text.lines().map(|l| l.rsplit_once('\t').map_or(l, |(kv, _)| kv)).map(|l| format!("{l}\n")).collect();
     let kv_path = file.with_extension("kv");
     std::fs::write(&kv_path, kv).expect("write kv");
     let out = Command::new(kcat())
@@ -236,7 +237,10 @@ fn real_clients_produce_every_codec_and_read_it_back() {
         let consumed = if client == "kcat" {
             kcat_consume(&node, &topic, &out)
         } else {
-            let v = py(&node, &["consume", client, &node.kafka, &topic, &sent.len().to_string(), &out.display().to_string()]);
+            let v = py(
+                &node,
+                &["consume", client, &node.kafka, &topic, &sent.len().to_string(), &out.display().to_string()],
+            );
             v["consumed"].as_u64().unwrap_or(0) as usize
         };
         assert_eq!(consumed, sent.len(), "{client}");
@@ -358,7 +362,8 @@ mod idempotence {
         assert_eq!((again[0].error_code, again[0].base_offset), (0, 0), "a retry gets the original offset");
 
         // Five in flight at once, then all five again: the second round is all duplicates.
-        let round: Vec<(i32, Bytes)> = (1..=5).map(|i| (0, batch(10 + i, pid, epoch, i as i32 * BATCH as i32))).collect();
+        let round: Vec<(i32, Bytes)> =
+            (1..=5).map(|i| (0, batch(10 + i, pid, epoch, i as i32 * BATCH as i32))).collect();
         for _ in 0..2 {
             let ids: Vec<i32> =
                 round.iter().map(|b| conn.send_produce("k_idem", std::slice::from_ref(b), -1).expect("send")).collect();

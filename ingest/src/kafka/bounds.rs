@@ -175,9 +175,15 @@ pub struct BoundsError(pub String);
 
 /// Checks that every length `body` declares fits in it, for request `schema` at `version`.
 pub(crate) fn check(schema: &Schema, version: i16, body: &[u8]) -> Result<(), BoundsError> {
+    walk(schema, version, body).map(|_| ())
+}
+
+/// As [`check`], returning how many bytes the schema accounts for (tests compare it with the
+/// encoded length to prove a schema matches the wire format).
+pub(crate) fn walk(schema: &Schema, version: i16, body: &[u8]) -> Result<usize, BoundsError> {
     let mut w = Walker { buf: body, pos: 0, flexible: version >= schema.flexible_from, version };
     w.fields(schema.fields)?;
-    Ok(())
+    Ok(w.pos)
 }
 
 struct Walker<'a> {
@@ -311,3 +317,6 @@ impl Walker<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -12,7 +12,13 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, RequestHeader, ResponseHeader};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, CreatePartitionsRequest, CreateTopicsRequest, DeleteGroupsRequest, DeleteTopicsRequest,
+    DescribeConfigsRequest, DescribeGroupsRequest, FetchRequest, FindCoordinatorRequest, HeartbeatRequest,
+    InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest, ListGroupsRequest, ListOffsetsRequest, MetadataRequest,
+    OffsetCommitRequest, OffsetDeleteRequest, OffsetFetchRequest, ProduceRequest, RequestHeader, ResponseHeader,
+    SyncGroupRequest,
+};
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -111,7 +117,20 @@ async fn read_frame(rd: &mut (impl AsyncReadExt + Unpin), max: usize) -> Result<
     Ok(Bytes::from(body))
 }
 
-fn dispatch(broker: &Arc<Broker>, mut frame: Bytes) -> Result<Reply, Close> {
+/// A frame after its header, version and bounds checks.
+#[derive(Debug)]
+pub(crate) enum Parsed {
+    /// A request this door serves, at a version it serves, with every length in bounds.
+    Request(Request, Bytes),
+    /// ApiVersions at a version we do not serve: answered in v0 (KIP-511).
+    UnsupportedApiVersions(Request),
+}
+
+/// Reads the request header and checks the API, its version and the body's lengths.
+pub(crate) fn parse_frame(mut frame: Bytes) -> Result<Parsed, Close> {
+    if frame.len() < 4 {
+        return Err(Close::Protocol(format!("a {}-byte frame is too small for a request header", frame.len())));
+    }
     let key = i16::from_be_bytes([frame[0], frame[1]]);
     let version = i16::from_be_bytes([frame[2], frame[3]]);
     let api = ApiKey::try_from(key).map_err(|_| Close::Protocol(format!("unknown API key {key}")))?;
@@ -128,49 +147,103 @@ fn dispatch(broker: &Arc<Broker>, mut frame: Bytes) -> Result<Reply, Close> {
     };
     if !(min..=max).contains(&version) {
         if api == ApiKey::ApiVersions {
-            // KIP-511: answer in v0 with the versions we do support, so the client retries.
-            return Ok(ready(metadata::api_versions_unsupported(&req)));
+            return Ok(Parsed::UnsupportedApiVersions(req));
         }
         return Err(Close::Protocol(format!("{api:?} v{version} is not supported; this broker serves v{min}-v{max}")));
     }
     bounds::check(&schema, version, &frame)
         .map_err(|e| Close::Protocol(format!("{api:?} v{version} request refused before decoding: {e}")))?;
-    let b = broker.clone();
-    Ok(match api {
-        ApiKey::ApiVersions => {
-            let r: ApiVersionsRequest = decode(&req, &mut frame)?;
-            ready(metadata::api_versions(&req, &r))
-        }
-        ApiKey::Metadata => ready(metadata::metadata(&b, &req, decode(&req, &mut frame)?)),
-        ApiKey::DescribeConfigs => ready(metadata::describe_configs(&b, &req, decode(&req, &mut frame)?)),
-        ApiKey::Produce => produce::produce(&b, &req, decode(&req, &mut frame)?),
-        ApiKey::InitProducerId => produce::init_producer_id(&b, &req, decode(&req, &mut frame)?),
-        ApiKey::Fetch => fetch::fetch(b, req, decode_owned(&mut frame, version, api)?),
-        ApiKey::ListOffsets => ready(fetch::list_offsets(&b, &req, decode(&req, &mut frame)?)),
-        ApiKey::CreateTopics => topics::create_topics(b, req, decode_owned(&mut frame, version, api)?),
-        ApiKey::DeleteTopics => topics::delete_topics(b, req, decode_owned(&mut frame, version, api)?),
-        ApiKey::CreatePartitions => topics::create_partitions(b, req, decode_owned(&mut frame, version, api)?),
-        ApiKey::FindCoordinator => ready(groups::find_coordinator(&b, &req, decode(&req, &mut frame)?)),
-        ApiKey::JoinGroup => groups::join_group(b, req, decode_owned(&mut frame, version, api)?),
-        ApiKey::SyncGroup => groups::sync_group(b, req, decode_owned(&mut frame, version, api)?),
-        ApiKey::Heartbeat => ready(groups::heartbeat(&b, &req, decode(&req, &mut frame)?)),
-        ApiKey::LeaveGroup => ready(groups::leave_group(&b, &req, decode(&req, &mut frame)?)),
-        ApiKey::OffsetCommit => groups::offset_commit(b, req, decode_owned(&mut frame, version, api)?),
-        ApiKey::OffsetFetch => ready(groups::offset_fetch(&b, &req, decode(&req, &mut frame)?)),
-        ApiKey::ListGroups => ready(groups::list_groups(&b, &req, decode(&req, &mut frame)?)),
-        ApiKey::DescribeGroups => ready(groups::describe_groups(&b, &req, decode(&req, &mut frame)?)),
-        ApiKey::DeleteGroups => groups::delete_groups(b, req, decode_owned(&mut frame, version, api)?),
-        ApiKey::OffsetDelete => groups::offset_delete(b, req, decode_owned(&mut frame, version, api)?),
+    Ok(Parsed::Request(req, frame))
+}
+
+/// A decoded request body.
+#[derive(Debug)]
+pub(crate) enum Decoded {
+    ApiVersions(ApiVersionsRequest),
+    Metadata(MetadataRequest),
+    DescribeConfigs(DescribeConfigsRequest),
+    Produce(ProduceRequest),
+    InitProducerId(InitProducerIdRequest),
+    Fetch(FetchRequest),
+    ListOffsets(ListOffsetsRequest),
+    CreateTopics(CreateTopicsRequest),
+    DeleteTopics(DeleteTopicsRequest),
+    CreatePartitions(CreatePartitionsRequest),
+    FindCoordinator(FindCoordinatorRequest),
+    JoinGroup(JoinGroupRequest),
+    SyncGroup(SyncGroupRequest),
+    Heartbeat(HeartbeatRequest),
+    LeaveGroup(LeaveGroupRequest),
+    OffsetCommit(OffsetCommitRequest),
+    OffsetFetch(OffsetFetchRequest),
+    ListGroups(ListGroupsRequest),
+    DescribeGroups(DescribeGroupsRequest),
+    DeleteGroups(DeleteGroupsRequest),
+    OffsetDelete(OffsetDeleteRequest),
+}
+
+/// Decodes a body that passed [`parse_frame`].
+pub(crate) fn decode_request(req: &Request, body: &mut Bytes) -> Result<Decoded, Close> {
+    Ok(match req.api {
+        ApiKey::ApiVersions => Decoded::ApiVersions(decode(req, body)?),
+        ApiKey::Metadata => Decoded::Metadata(decode(req, body)?),
+        ApiKey::DescribeConfigs => Decoded::DescribeConfigs(decode(req, body)?),
+        ApiKey::Produce => Decoded::Produce(decode(req, body)?),
+        ApiKey::InitProducerId => Decoded::InitProducerId(decode(req, body)?),
+        ApiKey::Fetch => Decoded::Fetch(decode(req, body)?),
+        ApiKey::ListOffsets => Decoded::ListOffsets(decode(req, body)?),
+        ApiKey::CreateTopics => Decoded::CreateTopics(decode(req, body)?),
+        ApiKey::DeleteTopics => Decoded::DeleteTopics(decode(req, body)?),
+        ApiKey::CreatePartitions => Decoded::CreatePartitions(decode(req, body)?),
+        ApiKey::FindCoordinator => Decoded::FindCoordinator(decode(req, body)?),
+        ApiKey::JoinGroup => Decoded::JoinGroup(decode(req, body)?),
+        ApiKey::SyncGroup => Decoded::SyncGroup(decode(req, body)?),
+        ApiKey::Heartbeat => Decoded::Heartbeat(decode(req, body)?),
+        ApiKey::LeaveGroup => Decoded::LeaveGroup(decode(req, body)?),
+        ApiKey::OffsetCommit => Decoded::OffsetCommit(decode(req, body)?),
+        ApiKey::OffsetFetch => Decoded::OffsetFetch(decode(req, body)?),
+        ApiKey::ListGroups => Decoded::ListGroups(decode(req, body)?),
+        ApiKey::DescribeGroups => Decoded::DescribeGroups(decode(req, body)?),
+        ApiKey::DeleteGroups => Decoded::DeleteGroups(decode(req, body)?),
+        ApiKey::OffsetDelete => Decoded::OffsetDelete(decode(req, body)?),
         other => return Err(Close::Protocol(format!("{other:?} requests are not supported by tidemark"))),
     })
 }
 
-fn decode<T: Decodable>(req: &Request, body: &mut Bytes) -> Result<T, Close> {
-    decode_owned(body, req.version, req.api)
+fn dispatch(broker: &Arc<Broker>, frame: Bytes) -> Result<Reply, Close> {
+    let (req, mut body) = match parse_frame(frame)? {
+        Parsed::UnsupportedApiVersions(req) => return Ok(ready(metadata::api_versions_unsupported(&req))),
+        Parsed::Request(req, body) => (req, body),
+    };
+    let b = broker.clone();
+    Ok(match decode_request(&req, &mut body)? {
+        Decoded::ApiVersions(r) => ready(metadata::api_versions(&req, &r)),
+        Decoded::Metadata(r) => ready(metadata::metadata(&b, &req, r)),
+        Decoded::DescribeConfigs(r) => ready(metadata::describe_configs(&b, &req, r)),
+        Decoded::Produce(r) => produce::produce(&b, &req, r),
+        Decoded::InitProducerId(r) => produce::init_producer_id(&b, &req, r),
+        Decoded::Fetch(r) => fetch::fetch(b, req, r),
+        Decoded::ListOffsets(r) => ready(fetch::list_offsets(&b, &req, r)),
+        Decoded::CreateTopics(r) => topics::create_topics(b, req, r),
+        Decoded::DeleteTopics(r) => topics::delete_topics(b, req, r),
+        Decoded::CreatePartitions(r) => topics::create_partitions(b, req, r),
+        Decoded::FindCoordinator(r) => ready(groups::find_coordinator(&b, &req, r)),
+        Decoded::JoinGroup(r) => groups::join_group(b, req, r),
+        Decoded::SyncGroup(r) => groups::sync_group(b, req, r),
+        Decoded::Heartbeat(r) => ready(groups::heartbeat(&b, &req, r)),
+        Decoded::LeaveGroup(r) => ready(groups::leave_group(&b, &req, r)),
+        Decoded::OffsetCommit(r) => groups::offset_commit(b, req, r),
+        Decoded::OffsetFetch(r) => ready(groups::offset_fetch(&b, &req, r)),
+        Decoded::ListGroups(r) => ready(groups::list_groups(&b, &req, r)),
+        Decoded::DescribeGroups(r) => ready(groups::describe_groups(&b, &req, r)),
+        Decoded::DeleteGroups(r) => groups::delete_groups(b, req, r),
+        Decoded::OffsetDelete(r) => groups::offset_delete(b, req, r),
+    })
 }
 
-fn decode_owned<T: Decodable>(body: &mut Bytes, version: i16, api: ApiKey) -> Result<T, Close> {
-    T::decode(body, version).map_err(|e| Close::Protocol(format!("malformed {api:?} v{version} request: {e}")))
+fn decode<T: Decodable>(req: &Request, body: &mut Bytes) -> Result<T, Close> {
+    T::decode(body, req.version)
+        .map_err(|e| Close::Protocol(format!("malformed {:?} v{} request: {e}", req.api, req.version)))
 }
 
 /// Encodes an answer with its size prefix and response header. An answer the crate cannot

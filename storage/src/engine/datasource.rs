@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
-use tidemark_catalog::event::extract;
+use tidemark_catalog::event::extract_json;
 use tidemark_catalog::{Catalog, DatasourceId, DatasourceSpec, Event};
 
 use crate::engine::checkpoint::{DatasourceCheckpoint, SegmentRecord};
@@ -198,10 +198,7 @@ impl DatasourceState {
                     if stored.frame.verdicts.iter().any(|v| v.record_index == i as u32) {
                         continue;
                     }
-                    let Some(value) = record.value.as_deref().and_then(|v| serde_json::from_slice(v).ok()) else {
-                        continue;
-                    };
-                    let Ok(event) = extract(&spec, &value) else { continue };
+                    let Ok(event) = extract_json(&spec, record.value.as_deref().unwrap_or_default()) else { continue };
                     let interval = spec.granularity.segment.bucket_start(event.time_ms);
                     if self.persisted.get(&interval).is_some_and(|covered| *covered > position) {
                         continue;

@@ -137,6 +137,19 @@ pub fn set_base_offset(batch: &mut [u8], base_offset: i64) {
     batch[0..8].copy_from_slice(&base_offset.to_be_bytes());
 }
 
+/// Sets the idempotent producer fields of a batch in place and recomputes its CRC (the load
+/// tool resends one prepared batch under fresh sequence numbers without recompressing it).
+pub fn restamp_producer(batch: &mut [u8], producer_id: i64, producer_epoch: i16, base_sequence: i32) {
+    if batch.len() < HEADER_LEN {
+        return;
+    }
+    batch[43..51].copy_from_slice(&producer_id.to_be_bytes());
+    batch[51..53].copy_from_slice(&producer_epoch.to_be_bytes());
+    batch[53..57].copy_from_slice(&base_sequence.to_be_bytes());
+    let crc = crc32c::crc32c(&batch[CRC_START..]);
+    batch[17..21].copy_from_slice(&crc.to_be_bytes());
+}
+
 /// Sets the partition leader epoch in place (also outside the CRC).
 pub fn set_partition_leader_epoch(batch: &mut [u8], epoch: i32) {
     batch[12..16].copy_from_slice(&epoch.to_be_bytes());
@@ -422,6 +435,15 @@ mod tests {
             assert_eq!(decoded.last().map(|(o, _)| *o), Some(1299));
             assert!(decode_records_capped(&batch, 100).is_err(), "the cap applies");
         }
+    }
+
+    #[test]
+    fn restamped_batches_keep_a_valid_crc() {
+        let records = vec![Record { timestamp_ms: 5, key: None, value: Some(b"{}".to_vec()), headers: vec![] }; 3];
+        let mut batch = encode_compressed(&records, compression::LZ4, -1, -1, -1).expect("encodes");
+        restamp_producer(&mut batch, 42, 3, 900);
+        let h = parse_header(&batch).expect("CRC still valid");
+        assert_eq!((h.producer_id, h.producer_epoch, h.base_sequence), (42, 3, 900));
     }
 
     #[test]
