@@ -33,11 +33,14 @@ fn protocol(e: impl std::fmt::Display) -> KafkaError {
     KafkaError::Protocol(e.to_string())
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartitionAck {
     pub partition: i32,
     pub error_code: i16,
     pub base_offset: i64,
+    pub error_message: Option<String>,
+    /// Per-record errors (INVALID_RECORD): (index in the batch, message).
+    pub record_errors: Vec<(i32, String)>,
 }
 
 #[derive(Debug)]
@@ -150,8 +153,43 @@ impl KafkaConn {
             .responses
             .iter()
             .flat_map(|t| t.partition_responses.iter())
-            .map(|p| PartitionAck { partition: p.index, error_code: p.error_code, base_offset: p.base_offset })
+            .map(|p| PartitionAck {
+                partition: p.index,
+                error_code: p.error_code,
+                base_offset: p.base_offset,
+                error_message: p.error_message.as_ref().map(|m| m.to_string()),
+                record_errors: p
+                    .record_errors
+                    .iter()
+                    .map(|e| {
+                        (e.batch_index, e.batch_index_error_message.as_ref().map(|m| m.to_string()).unwrap_or_default())
+                    })
+                    .collect(),
+            })
             .collect())
+    }
+
+    /// Writes raw bytes (tests of malformed input).
+    pub fn write_raw(&mut self, bytes: &[u8]) -> Result<(), KafkaError> {
+        self.stream.write_all(bytes)?;
+        Ok(())
+    }
+
+    /// Whether the peer closed the connection (reads until EOF or `timeout`).
+    pub fn closed_within(&mut self, timeout: Duration) -> Result<bool, KafkaError> {
+        self.stream.set_read_timeout(Some(timeout))?;
+        let mut buf = [0u8; 1024];
+        loop {
+            match self.stream.read(&mut buf) {
+                Ok(0) => return Ok(true),
+                Ok(_) => continue,
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                    return Ok(false);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Ok(true),
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     /// Sends and waits (acks must not be 0: a request with acks=0 gets no answer).

@@ -177,6 +177,17 @@ impl TestNode {
         )
     }
 
+    /// The node's resident memory in KiB (Linux /proc).
+    pub(crate) fn rss_kib(&self) -> u64 {
+        let pid = self.child.as_ref().map(|c| c.id()).unwrap_or_default();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    }
+
     /// SIGKILL: no shutdown path runs.
     pub(crate) fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {

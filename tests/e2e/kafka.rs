@@ -412,3 +412,182 @@ mod idempotence {
         assert_eq!(gap[0].error_code, OUT_OF_ORDER_SEQUENCE_NUMBER);
     }
 }
+
+#[test]
+fn topics_are_administered_as_datasources() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = TestNode::start(dir.path());
+    let mut spec: serde_json::Value = serde_json::from_str(DEMO_BEACONS_SPEC).expect("demo spec");
+    spec["name"] = serde_json::json!("k_admin");
+    let v = py(&node, &["admin", &node.kafka, &spec.to_string()]);
+    let step = |name: &str| v[name].clone();
+    assert_eq!(step("create_without_spec")["ok"], false, "{v}");
+    assert!(step("create_without_spec")["error"].as_str().unwrap_or_default().contains("tidemark.spec"), "{v}");
+    assert_eq!(step("create")["ok"], true, "{v}");
+    assert!(step("create_again")["error"].as_str().unwrap_or_default().contains("TopicAlreadyExists"), "{v}");
+    // kafka-python shows the topic's own settings; confluent-kafka lists defaults too.
+    assert!(v["configs"].as_str().unwrap_or_default().contains("tidemark.spec"), "{v}");
+    let all = &v["confluent_configs"];
+    assert_eq!(all["retention.ms"], "-1", "{v}");
+    assert!(all["tidemark.spec"].as_str().unwrap_or_default().contains("\"partitions\":2"), "{v}");
+    assert_eq!(step("grow")["ok"], true, "{v}");
+    assert_eq!(v["partitions_after_grow"], 4, "{v}");
+    assert!(step("shrink")["error"].as_str().unwrap_or_default().contains("only grow"), "{v}");
+    assert_eq!(step("delete")["ok"], true, "{v}");
+    let topics: Vec<&str> =
+        v["topics_after_delete"].as_array().into_iter().flatten().filter_map(|t| t.as_str()).collect();
+    assert!(!topics.contains(&"k_admin"), "{v}");
+    // The datasource followed the topic: created with 2 partitions, grown to 4, deleted.
+    let r = node.get("/v1/datasources/k_admin");
+    assert_eq!(r.status, 404, "{}", r.body);
+}
+
+#[test]
+fn list_offsets_by_time_finds_the_first_record_at_or_after_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = TestNode::start(dir.path());
+    create_topic(&node, "k_times");
+    let start = now_ms() - 30 * 60_000;
+    let mut beacons = traffic(5, 100, start, 10 * 60_000, 3_000);
+    beacons.sort_by_key(|b| b.ts_ms);
+    let file = dir.path().join("times.tsv");
+    write_records(&file, &beacons);
+    py(&node, &["produce", "confluent", "none", &node.kafka, "k_times", &file.display().to_string()]);
+    // One producer, so each partition holds its records in send (= time) order.
+    let target = beacons[beacons.len() / 2].ts_ms;
+    let mut expected: BTreeMap<String, i64> = BTreeMap::new();
+    let mut next: BTreeMap<u32, i64> = BTreeMap::new();
+    for b in &beacons {
+        let p = partition_for_key(b.merchant_id.as_bytes(), PARTITIONS);
+        let offset = next.entry(p).or_default();
+        if b.ts_ms >= target {
+            expected.entry(p.to_string()).or_insert(*offset);
+        }
+        *offset += 1;
+    }
+    let got = py(&node, &["offsets_for_times", &node.kafka, "k_times", &target.to_string()]);
+    for (p, offset) in &expected {
+        assert_eq!(got[p], *offset, "partition {p}: {got}");
+    }
+}
+
+/// Bad bytes from the network: closed connections with a logged reason, clear error codes,
+/// and never a crash or a memory jump.
+mod bad_input {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use tidemark_loadgen::kafka::KafkaConn;
+    use tidemark_storage::raw::compression::NONE;
+    use tidemark_storage::raw::record_batch::{Record, encode_compressed};
+
+    use super::*;
+
+    const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+    const CORRUPT_MESSAGE: i16 = 2;
+    const INVALID_RECORD: i16 = 87;
+
+    fn records(values: &[&str]) -> Bytes {
+        let ts = now_ms() - 60_000;
+        let recs: Vec<Record> = values
+            .iter()
+            .map(|v| Record {
+                timestamp_ms: ts,
+                key: Some(b"m1".to_vec()),
+                value: Some(v.replace("TS", &ts.to_string()).into_bytes()),
+                headers: vec![],
+            })
+            .collect();
+        Bytes::from(encode_compressed(&recs, NONE, -1, -1, -1).expect("batch"))
+    }
+
+    #[test]
+    fn hostile_frames_close_the_connection_and_the_node_carries_on() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let node = TestNode::start(dir.path());
+        let rss_before = node.rss_kib();
+        // A frame that declares 200 MiB.
+        let mut c = KafkaConn::connect(&node.kafka).expect("connect");
+        c.write_raw(&(200i32 << 20).to_be_bytes()).expect("write");
+        assert!(c.closed_within(Duration::from_secs(5)).expect("read"), "over-size frame not refused");
+        // A 20-byte Metadata v1 request that declares i32::MAX topics.
+        let mut frame = Vec::new();
+        frame.extend_from_slice(&3i16.to_be_bytes()); // Metadata
+        frame.extend_from_slice(&1i16.to_be_bytes()); // v1
+        frame.extend_from_slice(&7i32.to_be_bytes()); // correlation id
+        frame.extend_from_slice(&(-1i16).to_be_bytes()); // null client id
+        frame.extend_from_slice(&i32::MAX.to_be_bytes()); // topic count
+        frame.extend_from_slice(&[0, 1, b'x']);
+        let mut c = KafkaConn::connect(&node.kafka).expect("connect");
+        c.write_raw(&[&(frame.len() as i32).to_be_bytes()[..], &frame].concat()).expect("write");
+        assert!(c.closed_within(Duration::from_secs(5)).expect("read"), "huge array not refused");
+        // Garbage, and an unknown API key.
+        for junk in [&b"\x00\x00\x00\x0cgarbagegarbag"[..], b"\x00\x00\x00\x08\x7f\x7f\x00\x00\x00\x00\x00\x01"] {
+            let mut c = KafkaConn::connect(&node.kafka).expect("connect");
+            c.write_raw(junk).expect("write");
+            assert!(c.closed_within(Duration::from_secs(5)).expect("read"), "{junk:?} not refused");
+        }
+        assert_eq!(node.get("/health").status, 200);
+        let grown = node.rss_kib().saturating_sub(rss_before);
+        assert!(grown < 100 * 1024, "the node grew by {grown} KiB on hostile frames");
+        let log = node.log_text();
+        assert!(log.contains("larger than the") && log.contains("refused before decoding"), "reasons are logged");
+    }
+
+    #[test]
+    fn invalid_records_follow_the_datasource_policy() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let node = TestNode::start(dir.path());
+        create_topic(&node, "k_dead_letter");
+        let mut spec: serde_json::Value = serde_json::from_str(DEMO_BEACONS_SPEC).expect("spec");
+        spec["name"] = serde_json::json!("k_strict");
+        spec["invalid_records"] = serde_json::json!("reject_batch");
+        assert_eq!(node.post("/v1/datasources", spec.to_string().as_bytes(), &[]).status, 201);
+        let mut c = KafkaConn::connect(&node.kafka).expect("connect");
+        let mixed = records(&[r#"{"ts": TS, "merchant_id": "m1"}"#, "not json", "[1, 2]", r#"{"merchant_id": "m1"}"#]);
+
+        // dead_letter (default): stored raw, the good record rolled up, the rest in sys.rejects.
+        let ack = c.produce("k_dead_letter", &[(0, mixed.clone())], -1).expect("produce");
+        assert_eq!(ack[0].error_code, 0, "{ack:?}");
+        assert_eq!(node.sql_i64("SELECT SUM(\"count\") FROM k_dead_letter"), 1);
+        let rejects =
+            node.sql("SELECT record_index, reason FROM sys.rejects WHERE datasource = 'k_dead_letter' ORDER BY 1");
+        assert_eq!(rejects.len(), 3, "{rejects:?}");
+        assert!(rejects[0]["reason"].as_str().unwrap_or_default().contains("not valid JSON"), "{rejects:?}");
+        assert!(rejects[1]["reason"].as_str().unwrap_or_default().contains("not a JSON object"), "{rejects:?}");
+        assert!(rejects[2]["reason"].as_str().unwrap_or_default().contains("\"ts\" is missing"), "{rejects:?}");
+
+        // reject_batch: the whole batch is refused with per-record errors, nothing stored.
+        let ack = c.produce("k_strict", &[(0, mixed)], -1).expect("produce");
+        assert_eq!(ack[0].error_code, INVALID_RECORD, "{ack:?}");
+        let indexes: Vec<i32> = ack[0].record_errors.iter().map(|(i, _)| *i).collect();
+        assert_eq!(indexes, vec![1, 2, 3], "{ack:?}");
+        assert!(ack[0].error_message.as_deref().unwrap_or_default().contains("reject_batch"), "{ack:?}");
+        let good = records(&[r#"{"ts": TS, "merchant_id": "m2"}"#]);
+        assert_eq!(c.produce("k_strict", &[(1, good)], -1).expect("produce")[0].error_code, 0);
+        assert_eq!(node.sql_i64("SELECT SUM(\"count\") FROM k_strict"), 1);
+
+        // An unknown topic, a partition out of range, a batch whose records do not decode.
+        let one = records(&[r#"{"ts": TS}"#]);
+        assert_eq!(c.produce("nope", &[(0, one.clone())], -1).expect("p")[0].error_code, UNKNOWN_TOPIC_OR_PARTITION);
+        assert_eq!(c.produce("k_strict", &[(9, one)], -1).expect("p")[0].error_code, UNKNOWN_TOPIC_OR_PARTITION);
+        let mut broken = records(&[r#"{"ts": TS}"#]).to_vec();
+        broken[61] = 0x7e; // the first record's length (zigzag 63) now runs past the batch; fix the CRC
+        let crc = crc32c_of(&broken[21..]);
+        broken[17..21].copy_from_slice(&crc.to_be_bytes());
+        let ack = c.produce("k_dead_letter", &[(1, Bytes::from(broken))], -1).expect("produce");
+        assert_eq!(ack[0].error_code, CORRUPT_MESSAGE, "{ack:?}");
+        assert_eq!(node.get("/health").status, 200);
+    }
+
+    fn crc32c_of(data: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for &b in data {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 != 0 { (crc >> 1) ^ 0x82F6_3B78 } else { crc >> 1 };
+            }
+        }
+        !crc
+    }
+}

@@ -10,6 +10,8 @@ Subcommands (all print one JSON object on stdout):
   groups BOOTSTRAP                            list groups and their committed offsets (admin API)
   sql GRPC_URI QUERY                          one row over Flight SQL (ADBC)
   transactional BOOTSTRAP                     a transactional producer must be refused, not hang
+  admin BOOTSTRAP SPEC_JSON                   CreateTopics/DescribeConfigs/CreatePartitions/DeleteTopics
+  offsets_for_times BOOTSTRAP TOPIC TS        ListOffsets by time, per partition
 CLIENT is confluent (librdkafka), kafka-python or aiokafka.
 """
 
@@ -218,6 +220,50 @@ def groups(boot):
     return out
 
 
+def admin(boot, spec_json):
+    """Topic administration with kafka-python's admin client; returns what each step answered."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import ConfigResource, ConfigResourceType, NewPartitions, NewTopic
+
+    a = KafkaAdminClient(bootstrap_servers=boot)
+    out = {}
+
+    def attempt(name, fn):
+        try:
+            r = fn()
+            out[name] = {"ok": True, "result": repr(r)[:500]}
+        except Exception as e:  # the error the client raises is what the test checks
+            out[name] = {"ok": False, "error": f"{type(e).__name__}: {e}"[:800]}
+
+    attempt("create_without_spec", lambda: a.create_topics([NewTopic("k_admin_bare", 3, 1)]))
+    attempt("create", lambda: a.create_topics([NewTopic("k_admin", 2, 1, topic_configs={"tidemark.spec": spec_json})]))
+    attempt("create_again", lambda: a.create_topics([NewTopic("k_admin", 2, 1, topic_configs={"tidemark.spec": spec_json})]))
+    configs = a.describe_configs([ConfigResource(ConfigResourceType.TOPIC, "k_admin")])
+    out["configs"] = repr(configs)[:4000]
+    from confluent_kafka.admin import AdminClient, ConfigResource as CR
+
+    confluent_admin = AdminClient({"bootstrap.servers": boot})  # must outlive its futures
+    futures = confluent_admin.describe_configs([CR("topic", "k_admin")])
+    out["confluent_configs"] = {k: e.value for f in futures.values() for k, e in f.result(10).items()}
+    attempt("grow", lambda: a.create_partitions({"k_admin": NewPartitions(4)}))
+    attempt("shrink", lambda: a.create_partitions({"k_admin": NewPartitions(1)}))
+    out["partitions_after_grow"] = len(a.describe_topics(["k_admin"])[0]["partitions"])
+    attempt("delete", lambda: a.delete_topics(["k_admin"]))
+    out["topics_after_delete"] = sorted(a.list_topics())
+    a.close()
+    return out
+
+
+def offsets_for_times(boot, topic, ts):
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": boot, "group.id": "offsets-for-times"})
+    parts = c.list_topics(topic, timeout=10).topics[topic].partitions
+    found = c.offsets_for_times([TopicPartition(topic, p, ts) for p in parts], timeout=10)
+    c.close()
+    return {str(tp.partition): tp.offset for tp in found}
+
+
 def transactional(boot):
     from confluent_kafka import KafkaException, Producer
 
@@ -254,6 +300,10 @@ def main():
             cur.execute(sys.argv[3])
             table = cur.fetch_arrow_table()
             print(json.dumps({k: v[0] for k, v in table.to_pydict().items()}))
+    elif cmd == "admin":
+        print(json.dumps(admin(sys.argv[2], sys.argv[3])))
+    elif cmd == "offsets_for_times":
+        print(json.dumps(offsets_for_times(sys.argv[2], sys.argv[3], int(sys.argv[4]))))
     elif cmd == "transactional":
         print(json.dumps(transactional(sys.argv[2])))
     else:
