@@ -113,11 +113,16 @@ impl KafkaConn {
 
     /// Allocates an idempotent producer id: (id, epoch).
     pub fn init_producer_id(&mut self) -> Result<(i64, i16), KafkaError> {
+        self.reinit_producer_id(-1, -1)
+    }
+
+    /// Re-initialises a producer id (KIP-360): the same id with a bumped epoch.
+    pub fn reinit_producer_id(&mut self, producer_id: i64, epoch: i16) -> Result<(i64, i16), KafkaError> {
         let mut req = InitProducerIdRequest::default();
         req.transactional_id = None;
         req.transaction_timeout_ms = 60_000;
-        req.producer_id = kafka_protocol::messages::ProducerId(-1);
-        req.producer_epoch = -1;
+        req.producer_id = kafka_protocol::messages::ProducerId(producer_id);
+        req.producer_epoch = epoch;
         let c = self.send(ApiKey::InitProducerId, INIT_PRODUCER_ID_VERSION, &req)?;
         let resp: InitProducerIdResponse = self.receive(INIT_PRODUCER_ID_VERSION, c)?;
         if resp.error_code != 0 {

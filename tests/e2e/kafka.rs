@@ -310,6 +310,14 @@ fn consumer_groups_commit_survive_a_restart_and_resume() {
         );
     }
     assert_eq!(node.sql_i64("SELECT SUM(\"count\") FROM k_groups"), 5000);
+
+    // Admin: delete one partition's offsets of a group, delete a whole group.
+    let v = py(&node, &["groups_admin", &node.kafka, topic]);
+    assert_eq!(v["g_confluent_partitions_after_offset_delete"], serde_json::json!([1, 2]), "{v}");
+    let left: Vec<&str> =
+        v["groups_after_delete"].as_array().into_iter().flatten().filter_map(|g| g.as_str()).collect();
+    assert!(!left.contains(&"g_kafka_python") && left.contains(&"g_confluent"), "{v}");
+    assert!(v["delete_unknown"].as_str().unwrap_or_default().contains("GroupIdNotFound"), "{v}");
 }
 
 #[test]
@@ -333,6 +341,7 @@ mod idempotence {
     use super::*;
 
     const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
+    const INVALID_PRODUCER_EPOCH: i16 = 47;
     const BATCH: usize = 100;
 
     fn batch(seed: u64, pid: i64, epoch: i16, seq: i32) -> Bytes {
@@ -374,7 +383,14 @@ mod idempotence {
         }
         let gap = conn.produce("k_idem", &[(0, batch(99, pid, epoch, 10_000))], -1).expect("gap");
         assert_eq!(gap[0].error_code, OUT_OF_ORDER_SEQUENCE_NUMBER);
-        assert_eq!(node.sql_i64("SELECT SUM(\"count\") FROM k_idem"), 6 * BATCH as i64);
+        // A bumped epoch starts at sequence 0 and fences the old one.
+        let (same, bumped) = conn.reinit_producer_id(pid, epoch).expect("bump");
+        assert_eq!((same, bumped), (pid, epoch + 1));
+        let fresh = conn.produce("k_idem", &[(0, batch(98, pid, bumped, 0))], -1).expect("new epoch");
+        assert_eq!(fresh[0].error_code, 0, "{fresh:?}");
+        let stale = conn.produce("k_idem", &[(0, batch(97, pid, epoch, 600))], -1).expect("old epoch");
+        assert_eq!(stale[0].error_code, INVALID_PRODUCER_EPOCH, "{stale:?}");
+        assert_eq!(node.sql_i64("SELECT SUM(\"count\") FROM k_idem"), 7 * BATCH as i64);
     }
 
     #[test]
@@ -478,7 +494,7 @@ mod bad_input {
 
     use bytes::Bytes;
     use tidemark_loadgen::kafka::KafkaConn;
-    use tidemark_storage::raw::compression::NONE;
+    use tidemark_storage::raw::compression::{GZIP, NONE};
     use tidemark_storage::raw::record_batch::{Record, encode_compressed};
 
     use super::*;
@@ -577,6 +593,14 @@ mod bad_input {
         broken[17..21].copy_from_slice(&crc.to_be_bytes());
         let ack = c.produce("k_dead_letter", &[(1, Bytes::from(broken))], -1).expect("produce");
         assert_eq!(ack[0].error_code, CORRUPT_MESSAGE, "{ack:?}");
+
+        // A gzip bomb: 80 MiB of zeros in a few hundred KiB, over the 64 MiB per-batch cap.
+        let bomb = vec![Record { timestamp_ms: 1, key: None, value: Some(vec![b'0'; 80 << 20]), headers: vec![] }];
+        let bomb = Bytes::from(encode_compressed(&bomb, GZIP, -1, -1, -1).expect("bomb"));
+        assert!(bomb.len() < 1 << 20, "{} bytes", bomb.len());
+        let ack = c.produce("k_dead_letter", &[(2, bomb)], -1).expect("produce");
+        assert_eq!(ack[0].error_code, CORRUPT_MESSAGE, "{ack:?}");
+        assert!(ack[0].error_message.as_deref().unwrap_or_default().contains("per-batch limit"), "{ack:?}");
         assert_eq!(node.get("/health").status, 200);
     }
 

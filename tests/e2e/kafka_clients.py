@@ -10,6 +10,7 @@ Subcommands (all print one JSON object on stdout):
   groups BOOTSTRAP                            list groups and their committed offsets (admin API)
   sql GRPC_URI QUERY                          one row over Flight SQL (ADBC)
   transactional BOOTSTRAP                     a transactional producer must be refused, not hang
+  groups_admin BOOTSTRAP TOPIC                OffsetDelete and DeleteGroups
   admin BOOTSTRAP SPEC_JSON                   CreateTopics/DescribeConfigs/CreatePartitions/DeleteTopics
   offsets_for_times BOOTSTRAP TOPIC TS        ListOffsets by time, per partition
 CLIENT is confluent (librdkafka), kafka-python or aiokafka.
@@ -220,6 +221,23 @@ def groups(boot):
     return out
 
 
+def groups_admin(boot, topic):
+    """OffsetDelete and DeleteGroups through kafka-python's admin client."""
+    from kafka import KafkaAdminClient, TopicPartition
+
+    a = KafkaAdminClient(bootstrap_servers=boot)
+    out = {}
+    a.delete_group_offsets("g_confluent", [TopicPartition(topic, 0)])
+    left = a.list_group_offsets({"g_confluent": None}).get("g_confluent", {})
+    out["g_confluent_partitions_after_offset_delete"] = sorted(tp.partition for tp in left)
+    a.delete_groups(["g_kafka_python"])
+    out["groups_after_delete"] = sorted(g["group_id"] for g in a.list_groups())
+    # Per-group errors come back in the result, not as exceptions.
+    out["delete_unknown"] = repr(a.delete_groups(["no_such_group"]))
+    a.close()
+    return out
+
+
 def admin(boot, spec_json):
     """Topic administration with kafka-python's admin client; returns what each step answered."""
     from kafka import KafkaAdminClient
@@ -300,6 +318,8 @@ def main():
             cur.execute(sys.argv[3])
             table = cur.fetch_arrow_table()
             print(json.dumps({k: v[0] for k, v in table.to_pydict().items()}))
+    elif cmd == "groups_admin":
+        print(json.dumps(groups_admin(sys.argv[2], sys.argv[3])))
     elif cmd == "admin":
         print(json.dumps(admin(sys.argv[2], sys.argv[3])))
     elif cmd == "offsets_for_times":
