@@ -83,8 +83,17 @@ pub async fn serve(listener: TcpListener, node: Node, config: KafkaConfig) -> st
         let _ = stream.set_nodelay(true);
         let broker = broker.clone();
         tokio::spawn(async move {
-            if let Err(reason) = connection::run(stream, broker).await {
-                tracing::info!(%peer, %reason, "kafka connection closed");
+            let metrics = broker.node.metrics();
+            metrics.kafka_connections_open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let closed = connection::run(stream, broker).await;
+            metrics.kafka_connections_open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            match closed {
+                Ok(()) => {}
+                Err(connection::Close::Protocol(reason)) => {
+                    metrics.kafka_connections_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::warn!(%peer, %reason, "kafka connection refused");
+                }
+                Err(reason) => tracing::info!(%peer, %reason, "kafka connection closed"),
             }
         });
     }

@@ -44,6 +44,15 @@ pub struct Metrics {
     pub query_seconds: Histogram,
     pub beacon_requests: Mutex<std::collections::BTreeMap<u16, u64>>,
     pub commands_applied: AtomicU64,
+    /// Kafka requests by API name.
+    pub kafka_requests: Mutex<std::collections::BTreeMap<&'static str, u64>>,
+    /// Kafka produce partition answers by error code (0 = stored).
+    pub kafka_produce_partitions: Mutex<std::collections::BTreeMap<i16, u64>>,
+    pub kafka_connections_open: AtomicU64,
+    /// Connections closed because of what the client sent (over-size, malformed, unsupported).
+    pub kafka_connections_refused: AtomicU64,
+    /// Produce request to answer (durable and applied).
+    pub kafka_produce_seconds: Histogram,
 }
 
 /// Gauges read from the engine at scrape time.
@@ -61,6 +70,14 @@ impl Metrics {
     pub fn count_beacon_request(&self, status: u16) {
         let mut m = self.beacon_requests.lock().unwrap_or_else(|p| p.into_inner());
         *m.entry(status).or_default() += 1;
+    }
+
+    pub fn count_kafka_request(&self, api: &'static str) {
+        *self.kafka_requests.lock().unwrap_or_else(|p| p.into_inner()).entry(api).or_default() += 1;
+    }
+
+    pub fn count_kafka_produce_partition(&self, error_code: i16) {
+        *self.kafka_produce_partitions.lock().unwrap_or_else(|p| p.into_inner()).entry(error_code).or_default() += 1;
     }
 
     pub fn render(&self, g: EngineGauges) -> String {
@@ -85,6 +102,18 @@ impl Metrics {
             "Log entries applied since start.",
             self.commands_applied.load(Ordering::Relaxed),
         );
+        metric(
+            "tidemark_kafka_connections",
+            "gauge",
+            "Open Kafka connections.",
+            self.kafka_connections_open.load(Ordering::Relaxed),
+        );
+        metric(
+            "tidemark_kafka_connections_refused_total",
+            "counter",
+            "Kafka connections closed for what the client sent (over-size, malformed, unsupported).",
+            self.kafka_connections_refused.load(Ordering::Relaxed),
+        );
         let _ = writeln!(
             out,
             "# HELP tidemark_beacon_requests_total Beacon requests by HTTP status.\n# TYPE tidemark_beacon_requests_total counter"
@@ -92,6 +121,25 @@ impl Metrics {
         for (status, n) in self.beacon_requests.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             let _ = writeln!(out, "tidemark_beacon_requests_total{{status=\"{status}\"}} {n}");
         }
+        let _ = writeln!(
+            out,
+            "# HELP tidemark_kafka_requests_total Kafka requests by API.\n# TYPE tidemark_kafka_requests_total counter"
+        );
+        for (api, n) in self.kafka_requests.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            let _ = writeln!(out, "tidemark_kafka_requests_total{{api=\"{api}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP tidemark_kafka_produce_partitions_total Produce partition answers by Kafka error code (0 = stored).\n# TYPE tidemark_kafka_produce_partitions_total counter"
+        );
+        for (code, n) in self.kafka_produce_partitions.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            let _ = writeln!(out, "tidemark_kafka_produce_partitions_total{{error_code=\"{code}\"}} {n}");
+        }
+        self.kafka_produce_seconds.render(
+            "tidemark_kafka_produce_duration_seconds",
+            "Kafka produce request to answer (durable and applied).",
+            &mut out,
+        );
         self.persist_seconds.render("tidemark_persist_duration_seconds", "Time to write one segment.", &mut out);
         self.query_seconds.render("tidemark_query_duration_seconds", "Time to answer one SQL request.", &mut out);
         out

@@ -548,6 +548,15 @@ mod bad_input {
         assert!(grown < 100 * 1024, "the node grew by {grown} KiB on hostile frames");
         let log = node.log_text();
         assert!(log.contains("larger than the") && log.contains("refused before decoding"), "reasons are logged");
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let metrics = node.get("/metrics").body;
+            if metrics.contains("tidemark_kafka_connections_refused_total 4") {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "refusals are counted:\n{metrics}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     #[test]
@@ -582,6 +591,9 @@ mod bad_input {
         let good = records(&[r#"{"ts": TS, "merchant_id": "m2"}"#]);
         assert_eq!(c.produce("k_strict", &[(1, good)], -1).expect("produce")[0].error_code, 0);
         assert_eq!(node.sql_i64("SELECT SUM(\"count\") FROM k_strict"), 1);
+        let metrics = node.get("/metrics").body;
+        assert!(metrics.contains("tidemark_kafka_produce_partitions_total{error_code=\"87\"} 1"), "{metrics}");
+        assert!(metrics.contains("tidemark_kafka_requests_total{api=\"Produce\"} 3"), "{metrics}");
 
         // An unknown topic, a partition out of range, a batch whose records do not decode.
         let one = records(&[r#"{"ts": TS}"#]);

@@ -216,6 +216,7 @@ fn dispatch(broker: &Arc<Broker>, frame: Bytes) -> Result<Reply, Close> {
         Parsed::Request(req, body) => (req, body),
     };
     let b = broker.clone();
+    b.node.metrics().count_kafka_request(api_name(req.api));
     Ok(match decode_request(&req, &mut body)? {
         Decoded::ApiVersions(r) => ready(metadata::api_versions(&req, &r)),
         Decoded::Metadata(r) => ready(metadata::metadata(&b, &req, r)),
@@ -244,6 +245,33 @@ fn dispatch(broker: &Arc<Broker>, frame: Bytes) -> Result<Reply, Close> {
 fn decode<T: Decodable>(req: &Request, body: &mut Bytes) -> Result<T, Close> {
     T::decode(body, req.version)
         .map_err(|e| Close::Protocol(format!("malformed {:?} v{} request: {e}", req.api, req.version)))
+}
+
+fn api_name(api: ApiKey) -> &'static str {
+    match api {
+        ApiKey::ApiVersions => "ApiVersions",
+        ApiKey::Metadata => "Metadata",
+        ApiKey::DescribeConfigs => "DescribeConfigs",
+        ApiKey::Produce => "Produce",
+        ApiKey::InitProducerId => "InitProducerId",
+        ApiKey::Fetch => "Fetch",
+        ApiKey::ListOffsets => "ListOffsets",
+        ApiKey::CreateTopics => "CreateTopics",
+        ApiKey::DeleteTopics => "DeleteTopics",
+        ApiKey::CreatePartitions => "CreatePartitions",
+        ApiKey::FindCoordinator => "FindCoordinator",
+        ApiKey::JoinGroup => "JoinGroup",
+        ApiKey::SyncGroup => "SyncGroup",
+        ApiKey::Heartbeat => "Heartbeat",
+        ApiKey::LeaveGroup => "LeaveGroup",
+        ApiKey::OffsetCommit => "OffsetCommit",
+        ApiKey::OffsetFetch => "OffsetFetch",
+        ApiKey::ListGroups => "ListGroups",
+        ApiKey::DescribeGroups => "DescribeGroups",
+        ApiKey::DeleteGroups => "DeleteGroups",
+        ApiKey::OffsetDelete => "OffsetDelete",
+        _ => "other",
+    }
 }
 
 /// Encodes an answer with its size prefix and response header. An answer the crate cannot

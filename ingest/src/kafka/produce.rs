@@ -158,6 +158,8 @@ pub(crate) fn produce(b: &Arc<Broker>, req: &Request, r: ProduceRequest) -> Repl
         work.push(w);
     }
     let req = req.clone();
+    let metrics = b.node.metrics();
+    let started = std::time::Instant::now();
     Box::pin(async move {
         for w in &mut work {
             let Some(pending) = w.pending.take() else { continue };
@@ -203,6 +205,10 @@ pub(crate) fn produce(b: &Arc<Broker>, req: &Request, r: ProduceRequest) -> Repl
                 }
             }
         }
+        for a in work.iter().flat_map(|w| &w.answers) {
+            metrics.count_kafka_produce_partition(a.error);
+        }
+        metrics.kafka_produce_seconds.observe(started.elapsed().as_secs_f64());
         if acks == 0 {
             return None;
         }
