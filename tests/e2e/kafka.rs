@@ -321,6 +321,25 @@ fn consumer_groups_commit_survive_a_restart_and_resume() {
 }
 
 #[test]
+fn two_consumers_in_a_group_split_the_partitions() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = TestNode::start(dir.path());
+    create_topic(&node, "k_pair");
+    let v = py(&node, &["group_pair", &node.kafka, "k_pair", "3000"]);
+    let a: Vec<Vec<u64>> = v["assignments"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|x| x.as_array().into_iter().flatten().filter_map(serde_json::Value::as_u64).collect())
+        .collect();
+    assert!(a.len() == 2 && !a[0].is_empty() && !a[1].is_empty(), "both members own partitions: {v}");
+    let mut all: Vec<u64> = a.concat();
+    all.sort_unstable();
+    assert_eq!(all, vec![0, 1, 2], "the partitions are split without overlap: {v}");
+    assert_eq!((v["total"].as_u64(), v["distinct"].as_u64()), (Some(3000), Some(3000)), "each record once: {v}");
+}
+
+#[test]
 fn a_transactional_producer_is_refused_promptly() {
     let dir = tempfile::tempdir().expect("tempdir");
     let node = TestNode::start(dir.path());

@@ -10,6 +10,7 @@ Subcommands (all print one JSON object on stdout):
   groups BOOTSTRAP                            list groups and their committed offsets (admin API)
   sql GRPC_URI QUERY                          one row over Flight SQL (ADBC)
   transactional BOOTSTRAP                     a transactional producer must be refused, not hang
+  group_pair BOOTSTRAP TOPIC COUNT            two consumers in one group split the partitions
   groups_admin BOOTSTRAP TOPIC                OffsetDelete and DeleteGroups
   admin BOOTSTRAP SPEC_JSON                   CreateTopics/DescribeConfigs/CreatePartitions/DeleteTopics
   offsets_for_times BOOTSTRAP TOPIC TS        ListOffsets by time, per partition
@@ -221,6 +222,54 @@ def groups(boot):
     return out
 
 
+def group_pair(boot, topic, count):
+    """Two kafka-python consumers in one group split the partitions; once the group is stable,
+    COUNT records are produced and the pair must read each exactly once."""
+    import threading
+
+    from confluent_kafka import Producer
+    from kafka import KafkaConsumer
+
+    consumers = [
+        KafkaConsumer(topic, bootstrap_servers=boot, group_id="g_pair", auto_offset_reset="earliest",
+                      enable_auto_commit=False, client_id=f"pair-{i}")
+        for i in range(2)
+    ]
+    got = [[], []]
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def run(i):
+        while not stop.is_set():
+            for records in consumers[i].poll(timeout_ms=200).values():
+                with lock:
+                    got[i].extend((m.partition, m.offset) for m in records)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        a = [set(tp.partition for tp in c.assignment()) for c in consumers]
+        if all(a) and not (a[0] & a[1]) and len(a[0] | a[1]) == 3:
+            break
+        time.sleep(0.2)
+    assignments = [sorted(tp.partition for tp in c.assignment()) for c in consumers]
+    p = Producer({"bootstrap.servers": boot, "acks": "all", "enable.idempotence": True, "partitioner": "murmur2_random"})
+    for i in range(count):
+        p.produce(topic, key=f"m{i % 97}".encode(), value=json.dumps({"ts": int(time.time() * 1000), "merchant_id": f"m{i % 97}"}).encode())
+    p.flush(30)
+    while time.time() < deadline and len(got[0]) + len(got[1]) < count:
+        time.sleep(0.1)
+    stop.set()
+    for t in threads:
+        t.join()
+    for c in consumers:
+        c.close()
+    every = got[0] + got[1]
+    return {"assignments": assignments, "read": [len(g) for g in got], "distinct": len(set(every)), "total": len(every)}
+
+
 def groups_admin(boot, topic):
     """OffsetDelete and DeleteGroups through kafka-python's admin client."""
     from kafka import KafkaAdminClient, TopicPartition
@@ -318,6 +367,8 @@ def main():
             cur.execute(sys.argv[3])
             table = cur.fetch_arrow_table()
             print(json.dumps({k: v[0] for k, v in table.to_pydict().items()}))
+    elif cmd == "group_pair":
+        print(json.dumps(group_pair(sys.argv[2], sys.argv[3], int(sys.argv[4]))))
     elif cmd == "groups_admin":
         print(json.dumps(groups_admin(sys.argv[2], sys.argv[3])))
     elif cmd == "admin":
