@@ -19,6 +19,10 @@ use tidemark_storage::engine::Engine;
 use crate::kafka::connection::{Reply, Request, encode};
 use crate::kafka::{Broker, code};
 
+/// The most one Fetch answer carries, whatever the client asks (Kafka's broker caps it with
+/// `fetch.max.bytes`, 55 MiB); a connection holds at most a few answers in flight.
+const FETCH_BYTES_MAX: usize = 64 << 20;
+
 const LATEST: i64 = -1;
 const EARLIEST: i64 = -2;
 const MAX_TIMESTAMP: i64 = -3;
@@ -50,7 +54,7 @@ fn read_all(e: &Engine, req: &Request, r: &FetchRequest) -> (FetchResponse, usiz
     let mut resp = FetchResponse::default();
     let mut total = 0usize;
     let mut errors = false;
-    let max_bytes = if r.max_bytes <= 0 { usize::MAX } else { r.max_bytes as usize };
+    let max_bytes = if r.max_bytes <= 0 { FETCH_BYTES_MAX } else { (r.max_bytes as usize).min(FETCH_BYTES_MAX) };
     for topic in &r.topics {
         let name = topic.topic.0.to_string();
         let mut t = FetchableTopicResponse::default();

@@ -155,7 +155,7 @@ impl ProducerStates {
             return;
         }
         // Ids are allocated here, so an id seen in a batch is never handed out again.
-        self.next_producer_id = self.next_producer_id.max(h.producer_id + 1);
+        self.next_producer_id = self.next_producer_id.max(h.producer_id.saturating_add(1));
         let entry = self
             .partitions
             .entry(datasource)
@@ -272,6 +272,13 @@ mod tests {
         w.record(1, 0, &header(4, 0, i32::MAX - 1, 2), 0, 1, 0);
         assert_eq!(w.check(1, 0, &header(4, 0, 0, 1)), SequenceCheck::Append, "wraps to 0");
         assert_eq!(s.init_producer(None).0, 10, "ids seen in batches are never reused");
+    }
+
+    #[test]
+    fn a_client_chosen_huge_producer_id_does_not_overflow() {
+        let mut s = ProducerStates::default();
+        s.record(1, 0, &header(i64::MAX, 0, 0, 1), 0, 0, 0);
+        assert_eq!(s.check(1, 0, &header(i64::MAX, 0, 1, 1)), SequenceCheck::Append);
     }
 
     #[test]
