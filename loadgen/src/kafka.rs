@@ -47,6 +47,8 @@ pub struct PartitionAck {
 pub struct KafkaConn {
     stream: TcpStream,
     next_correlation: i32,
+    /// `throttle_time_ms` of the last produce answer.
+    pub last_throttle_ms: i32,
 }
 
 impl KafkaConn {
@@ -54,7 +56,7 @@ impl KafkaConn {
         let stream = TcpStream::connect(addr)?;
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(Duration::from_secs(60)))?;
-        Ok(KafkaConn { stream, next_correlation: 1 })
+        Ok(KafkaConn { stream, next_correlation: 1, last_throttle_ms: 0 })
     }
 
     fn send<R: Encodable>(&mut self, api: ApiKey, version: i16, body: &R) -> Result<i32, KafkaError> {
@@ -154,6 +156,7 @@ impl KafkaConn {
 
     pub fn read_produce(&mut self, correlation: i32) -> Result<Vec<PartitionAck>, KafkaError> {
         let resp: ProduceResponse = self.receive(PRODUCE_VERSION, correlation)?;
+        self.last_throttle_ms = resp.throttle_time_ms;
         Ok(resp
             .responses
             .iter()

@@ -521,6 +521,7 @@ mod bad_input {
     const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
     const CORRUPT_MESSAGE: i16 = 2;
     const INVALID_RECORD: i16 = 87;
+    const NOT_ENOUGH_REPLICAS: i16 = 19;
 
     fn records(values: &[&str]) -> Bytes {
         let ts = now_ms() - 60_000;
@@ -633,6 +634,30 @@ mod bad_input {
         assert_eq!(ack[0].error_code, CORRUPT_MESSAGE, "{ack:?}");
         assert!(ack[0].error_message.as_deref().unwrap_or_default().contains("per-batch limit"), "{ack:?}");
         assert_eq!(node.get("/health").status, 200);
+    }
+
+    #[test]
+    fn at_the_memory_bound_produce_is_refused_with_a_throttle() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("tiny.toml");
+        std::fs::write(&config, "[storage]\nrealtime_bytes_persist = 100000\nrealtime_bytes_max = 200000\n")
+            .expect("config");
+        // A ticker that never runs: nothing persists, so the bound holds for the whole test.
+        let cfg = config.display().to_string();
+        let node = TestNode::start_with(&dir.path().join("data"), &["--config", &cfg, "--tick-interval-ms", "600000"]);
+        create_topic(&node, "k_full");
+        let big: Vec<String> = (0..3000)
+            .map(|i| format!(r#"{{"ts": TS, "merchant_id": "m{i}", "page": "/p{i}", "user_id": "u{i}"}}"#))
+            .collect();
+        let big: Vec<&str> = big.iter().map(String::as_str).collect();
+        let mut c = KafkaConn::connect(&node.kafka).expect("connect");
+        assert_eq!(c.produce("k_full", &[(0, records(&big))], -1).expect("produce")[0].error_code, 0);
+        let ack = c.produce("k_full", &[(0, records(&big))], -1).expect("produce");
+        assert_eq!(ack[0].error_code, NOT_ENOUGH_REPLICAS, "{ack:?}");
+        assert!(ack[0].error_message.as_deref().unwrap_or_default().contains("memory bound"), "{ack:?}");
+        assert!(c.last_throttle_ms > 0, "throttle_time_ms asks the client to back off");
+        assert_eq!(node.get("/health").status, 503);
+        assert_eq!(node.sql_i64("SELECT SUM(\"count\") FROM k_full"), 3000, "only the first batch was stored");
     }
 
     fn crc32c_of(data: &[u8]) -> u32 {
