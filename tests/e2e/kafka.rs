@@ -258,6 +258,34 @@ fn real_clients_produce_every_codec_and_read_it_back() {
 }
 
 #[test]
+fn clients_with_their_default_settings_produce_too() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = TestNode::start(dir.path());
+    create_topic(&node, "k_defaults");
+    let beacons = traffic(31, 100, now_ms() - 20 * 60_000, 10 * 60_000, 1_000);
+    let file = dir.path().join("defaults.tsv");
+    write_records(&file, &beacons);
+    for client in ["confluent", "kafka-python", "aiokafka"] {
+        let v = py(&node, &["produce_defaults", client, &node.kafka, "k_defaults", &file.display().to_string()]);
+        assert_eq!(v["produced"], 1000, "{client}: {v}");
+    }
+    let kv: String = std::fs::read_to_string(&file)
+        .expect("records")
+        .lines()
+        .map(|l| format!("{}\n", l.rsplit_once('\t').map_or(l, |(kv, _)| kv)))
+        .collect();
+    std::fs::write(dir.path().join("defaults.kv"), kv).expect("kv");
+    let out = Command::new(kcat())
+        .args(["-P", "-b", &node.kafka, "-t", "k_defaults", "-K", "\t", "-l"])
+        .arg(dir.path().join("defaults.kv"))
+        .output()
+        .expect("kcat");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (count, sum) = expected_totals(&beacons);
+    assert_totals("defaults", sql_totals(&node, "k_defaults"), (4 * count, 4.0 * sum));
+}
+
+#[test]
 fn consumer_groups_commit_survive_a_restart_and_resume() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut node = TestNode::start(dir.path());

@@ -3,6 +3,7 @@
 Subcommands (all print one JSON object on stdout):
   produce CLIENT CODEC BOOTSTRAP TOPIC FILE   records from FILE (key TAB value TAB timestamp per line),
                                               acks=all, idempotence on, each with header seq=<line>
+  produce_defaults CLIENT BOOTSTRAP TOPIC FILE  the same with every client setting left at its default
   consume CLIENT BOOTSTRAP TOPIC COUNT OUT [GROUP]
                                               read COUNT records (from offset 0, or from the group's
                                               committed offsets) into OUT as JSON lines; with GROUP,
@@ -98,6 +99,38 @@ def produce_aiokafka(codec, boot, topic, records):
             await p.stop()
 
     asyncio.run(run())
+
+
+def produce_defaults(client, boot, topic, records):
+    """Each client exactly as it comes: no acks, idempotence, batching or partitioner settings."""
+    if client == "confluent":
+        from confluent_kafka import Producer
+
+        p = Producer({"bootstrap.servers": boot})
+        for k, v, _, _ in records:
+            p.produce(topic, key=k, value=v)
+        if p.flush(60):
+            raise RuntimeError("undelivered records")
+    elif client == "kafka-python":
+        from kafka import KafkaProducer
+
+        p = KafkaProducer(bootstrap_servers=boot)
+        for f in [p.send(topic, key=k, value=v) for k, v, _, _ in records]:
+            f.get(timeout=60)
+        p.close()
+    else:
+        from aiokafka import AIOKafkaProducer
+
+        async def run():
+            p = AIOKafkaProducer(bootstrap_servers=boot)
+            await p.start()
+            try:
+                for f in [await p.send(topic, key=k, value=v) for k, v, _, _ in records]:
+                    await f
+            finally:
+                await p.stop()
+
+        asyncio.run(run())
 
 
 def row(partition, offset, key, value, headers, ts):
@@ -353,6 +386,11 @@ def main():
             codec, boot, topic, records
         )
         print(json.dumps({"produced": len(records), "seconds": round(time.time() - t, 3)}))
+    elif cmd == "produce_defaults":
+        client, boot, topic, path = sys.argv[2:6]
+        records = read_records(path)
+        produce_defaults(client, boot, topic, records)
+        print(json.dumps({"produced": len(records)}))
     elif cmd == "consume":
         client, boot, topic, count, out = sys.argv[2:7]
         group = sys.argv[7] if len(sys.argv) > 7 else None
