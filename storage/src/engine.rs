@@ -131,6 +131,7 @@ pub struct Engine {
     rejects: RejectsTable,
     producers: ProducerStates,
     consumer_offsets: ConsumerOffsets,
+    replication: Option<serde_json::Value>,
     applied_position: u64,
     writer_time_ms: i64,
     checkpoint_position: u64,
@@ -150,6 +151,7 @@ impl Engine {
             rejects: RejectsTable::new(config.rejects_max),
             producers: ProducerStates::default(),
             consumer_offsets: ConsumerOffsets::default(),
+            replication: None,
             applied_position: 0,
             writer_time_ms: i64::MIN,
             checkpoint_position: 0,
@@ -164,6 +166,7 @@ impl Engine {
         engine.rejects.set_bound(engine.config.rejects_max);
         engine.producers = cp.producers;
         engine.consumer_offsets = cp.consumer_offsets;
+        engine.replication = cp.replication;
         engine.applied_position = cp.applied_position;
         engine.writer_time_ms = cp.writer_time_ms;
         engine.checkpoint_position = cp.applied_position;
@@ -556,6 +559,7 @@ impl Engine {
             rejects: self.rejects.clone(),
             producers: self.producers.clone(),
             consumer_offsets: self.consumer_offsets.clone(),
+            replication: self.replication.clone(),
         };
         checkpoint::store(&self.config.data_dir, &cp)?;
         self.checkpoint_position = self.applied_position;
@@ -579,6 +583,18 @@ impl Engine {
 
     pub fn rejects(&self) -> &RejectsTable {
         &self.rejects
+    }
+
+    /// The replication layer's opaque record (see `Checkpoint::replication`), as of the last
+    /// checkpoint loaded or the last [`Engine::set_replication`].
+    pub fn replication(&self) -> Option<&serde_json::Value> {
+        self.replication.as_ref()
+    }
+
+    /// Sets what the next checkpoint records for the replication layer. The caller keeps it
+    /// in step with what it has applied.
+    pub fn set_replication(&mut self, meta: serde_json::Value) {
+        self.replication = Some(meta);
     }
 
     pub fn producers(&self) -> &ProducerStates {

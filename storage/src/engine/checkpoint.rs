@@ -32,6 +32,11 @@ pub struct Checkpoint {
     pub producers: ProducerStates,
     #[serde(default)]
     pub consumer_offsets: ConsumerOffsets,
+    /// The replication layer's record of what this checkpoint covers (Raft's last applied log
+    /// id and membership), opaque here: storage knows no Raft. Written in the same atomic file
+    /// as the state it describes, so the two never disagree after a crash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

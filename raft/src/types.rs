@@ -1,0 +1,43 @@
+//! The openraft type config: what a Raft entry carries and what applying it answers.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use tidemark_storage::engine::Applied;
+
+pub type NodeId = u64;
+
+openraft::declare_raft_types!(
+    /// tidemark's Raft types: entries carry [`LogCommand`]s, nodes are addressed by
+    /// `BasicNode { addr }` (the node's Raft RPC address).
+    pub TypeConfig:
+        D = LogCommand,
+        R = ApplyAnswer,
+        NodeId = NodeId,
+        Node = openraft::BasicNode,
+);
+
+/// One command as the engine applies it: the kind and bytes of `engine::command::Command`
+/// and the time its writer stamped on it (apply's only clock). The bytes are the same as in
+/// the single-node command log, so the engine's apply path does not know which log fed it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogCommand {
+    pub writer_time_ms: i64,
+    pub kind: u8,
+    #[serde(with = "serde_bytes")]
+    pub payload: Vec<u8>,
+}
+
+impl fmt::Display for LogCommand {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "command kind {} ({} bytes) at {}", self.kind, self.payload.len(), self.writer_time_ms)
+    }
+}
+
+/// What applying an entry answered. It only travels from the state machine to the waiting
+/// writer on the same node, never over the network, so it is not serialized.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ApplyAnswer {
+    #[serde(skip)]
+    pub applied: Option<Result<Applied, String>>,
+}
