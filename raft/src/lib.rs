@@ -12,12 +12,13 @@
 //! of the last applied log id and membership, kept inside the engine's checkpoint so the two
 //! are written atomically.
 //!
-//! Status: the store and the state machine pass openraft's storage suite, and an in-process
-//! cluster replicates commands to engines that agree byte for byte. The tonic network, the
-//! node runtime on Raft, snapshots with data files and the cluster CLI are the next slices
-//! (issue 4).
+//! Status: the store and the state machine pass openraft's storage suite; three nodes, in one
+//! process over an in-memory network and over the tonic network (`network.rs`), replicate
+//! commands to engines that agree byte for byte. The node runtime on Raft, snapshots with
+//! data files and the cluster CLI are the next slices (issue 4).
 
 pub mod log_store;
+pub mod network;
 pub mod state_machine;
 mod types;
 

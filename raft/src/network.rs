@@ -1,0 +1,199 @@
+//! Raft RPC between nodes over tonic: the client side (openraft's `RaftNetworkV2`) and the
+//! server side (`raft_service`, a tonic service that hands requests to the local Raft).
+//!
+//! Each RPC carries one openraft message as MessagePack with named fields inside a protobuf
+//! `RaftMessage` (`proto/raft.proto`); the answer carries the `Result` of handling it, so a
+//! remote Raft error arrives as itself. Connections are made lazily and re-made after a
+//! failure: a peer that is down is `Unreachable`, and openraft backs off.
+
+use std::io;
+
+use openraft::errors::{NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
+use openraft::type_config::alias::{SnapshotMetaOf, SnapshotOf, VoteOf};
+use openraft::{BasicNode, Raft};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tidemark_proto::raft::RaftMessage;
+use tidemark_proto::raft::raft_service_client::RaftServiceClient;
+use tidemark_proto::raft::raft_service_server::{RaftService, RaftServiceServer};
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+
+use crate::state_machine::EngineStateMachine;
+use crate::types::{NodeId, TypeConfig};
+
+/// Snapshots travel whole for now; this bounds one message (the engine checkpoint).
+const MESSAGE_BYTES_MAX: usize = 256 << 20;
+
+fn encode<T: Serialize>(v: &T) -> io::Result<Vec<u8>> {
+    rmp_serde::to_vec_named(v).map_err(io::Error::other)
+}
+
+fn decode<T: DeserializeOwned>(b: &[u8]) -> io::Result<T> {
+    rmp_serde::from_slice(b).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// Makes connections to peers; `BasicNode::addr` is the peer's Raft RPC `host:port`.
+#[derive(Debug, Clone, Default)]
+pub struct GrpcNetwork;
+
+impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
+    type Network = GrpcConnection;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> GrpcConnection {
+        GrpcConnection { target, addr: node.addr.clone(), client: None }
+    }
+}
+
+#[derive(Debug)]
+pub struct GrpcConnection {
+    target: NodeId,
+    addr: String,
+    client: Option<RaftServiceClient<Channel>>,
+}
+
+/// The snapshot message: the leader's vote and the whole snapshot.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SnapshotMessage {
+    vote: VoteOf<TypeConfig>,
+    meta: SnapshotMetaOf<TypeConfig>,
+    #[serde(with = "serde_bytes")]
+    data: Vec<u8>,
+}
+
+impl GrpcConnection {
+    async fn client(&mut self) -> Result<RaftServiceClient<Channel>, Unreachable<TypeConfig>> {
+        if let Some(c) = &self.client {
+            return Ok(c.clone());
+        }
+        let endpoint = Channel::from_shared(format!("http://{}", self.addr)).map_err(|e| Unreachable::new(&e))?;
+        let channel = endpoint.connect().await.map_err(|e| Unreachable::new(&e))?;
+        let client = RaftServiceClient::new(channel)
+            .max_decoding_message_size(MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(MESSAGE_BYTES_MAX);
+        self.client = Some(client.clone());
+        Ok(client)
+    }
+
+    /// Sends one message and decodes the peer's `Result`. A transport failure drops the
+    /// connection so the next call reconnects.
+    async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &mut self,
+        method: Method,
+        req: &Req,
+    ) -> Result<Result<Resp, RaftError<TypeConfig>>, RPCError<TypeConfig>> {
+        let body = encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let mut client = self.client().await?;
+        let msg = RaftMessage { body };
+        let answer = match method {
+            Method::AppendEntries => client.append_entries(msg).await,
+            Method::Vote => client.vote(msg).await,
+            Method::InstallSnapshot => client.install_snapshot(msg).await,
+        };
+        let answer = match answer {
+            Ok(a) => a.into_inner(),
+            Err(status) => {
+                self.client = None;
+                let e = io::Error::other(format!("raft rpc to node {} at {}: {status}", self.target, self.addr));
+                return Err(if status.code() == tonic::Code::Unavailable {
+                    RPCError::Unreachable(Unreachable::new(&e))
+                } else {
+                    RPCError::Network(NetworkError::new(&e))
+                });
+            }
+        };
+        decode(&answer.body).map_err(|e| RPCError::Network(NetworkError::new(&e)))
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Method {
+    AppendEntries,
+    Vote,
+    InstallSnapshot,
+}
+
+fn remote(e: RaftError<TypeConfig>) -> RPCError<TypeConfig> {
+    let e = io::Error::other(e.to_string());
+    RPCError::Network(NetworkError::new(&e))
+}
+
+impl RaftNetworkV2<TypeConfig> for GrpcConnection {
+    type SnapshotData = Vec<u8>;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(Method::AppendEntries, &rpc).await?.map_err(remote)
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(Method::Vote, &rpc).await?.map_err(remote)
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: VoteOf<TypeConfig>,
+        snapshot: SnapshotOf<TypeConfig, Vec<u8>>,
+        _cancel: impl std::future::Future<Output = ReplicationClosed> + Send + 'static,
+        _option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let msg = SnapshotMessage { vote, meta: snapshot.meta, data: snapshot.snapshot };
+        match self.call(Method::InstallSnapshot, &msg).await {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) => Err(StreamingError::Network(NetworkError::new(&io::Error::other(e.to_string())))),
+            Err(RPCError::Unreachable(u)) => Err(StreamingError::Unreachable(u)),
+            Err(e) => Err(StreamingError::Network(NetworkError::new(&io::Error::other(e.to_string())))),
+        }
+    }
+}
+
+/// The server side: hands each RPC to the local Raft and answers with its `Result`.
+#[derive(Debug, Clone)]
+pub struct RaftRpc {
+    raft: Raft<TypeConfig, EngineStateMachine>,
+}
+
+/// The tonic service for this node's Raft, to add to the node's gRPC server.
+pub fn raft_service(raft: Raft<TypeConfig, EngineStateMachine>) -> RaftServiceServer<RaftRpc> {
+    RaftServiceServer::new(RaftRpc { raft })
+        .max_decoding_message_size(MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(MESSAGE_BYTES_MAX)
+}
+
+fn bad_request(e: io::Error) -> Status {
+    Status::invalid_argument(format!("undecodable raft message: {e}"))
+}
+
+fn answer<T: Serialize>(result: &T) -> Result<Response<RaftMessage>, Status> {
+    let body = encode(result).map_err(|e| Status::internal(e.to_string()))?;
+    Ok(Response::new(RaftMessage { body }))
+}
+
+#[tonic::async_trait]
+impl RaftService for RaftRpc {
+    async fn append_entries(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let rpc: AppendEntriesRequest<TypeConfig> = decode(&req.into_inner().body).map_err(bad_request)?;
+        answer(&self.raft.append_entries(rpc).await)
+    }
+
+    async fn vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let rpc: VoteRequest<TypeConfig> = decode(&req.into_inner().body).map_err(bad_request)?;
+        answer(&self.raft.vote(rpc).await)
+    }
+
+    async fn install_snapshot(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let msg: SnapshotMessage = decode(&req.into_inner().body).map_err(bad_request)?;
+        let snapshot = openraft::storage::Snapshot { meta: msg.meta, snapshot: msg.data };
+        let result = self.raft.install_full_snapshot(msg.vote, snapshot).await.map_err(RaftError::<TypeConfig>::Fatal);
+        answer(&result)
+    }
+}
