@@ -77,6 +77,9 @@ impl TestNode {
             .expect("spawn tidemark");
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
+            // No pooled connections: a test that makes the node close one (an over-size body)
+            // must not see the next request fail on the dead socket.
+            .max_idle_connections_per_host(0)
             .timeout_global(Some(Duration::from_secs(60)))
             .build()
             .into();
