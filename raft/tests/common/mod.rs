@@ -89,7 +89,7 @@ fn events(i: u64, start_ms: i64) -> Command {
 
 /// Writes through whichever node leads. A loaded test machine can delay heartbeats past the
 /// leader's lease; a write refused with ForwardToLeader was not logged, so it is retried.
-async fn write(members: &[Member], cmd: &Command, writer_time_ms: i64) -> Applied {
+async fn write(members: &[Member], cmd: &Command, writer_time_ms: i64) -> (Applied, u64) {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let leader = members.iter().find_map(|m| m.raft.metrics().borrow_watched().current_leader);
@@ -97,7 +97,7 @@ async fn write(members: &[Member], cmd: &Command, writer_time_ms: i64) -> Applie
         if let Some(node) = node {
             match node.raft.client_write(command(cmd, writer_time_ms)).await {
                 Ok(resp) => match resp.data.applied {
-                    Some(Ok(applied)) => return applied,
+                    Some(Ok(applied)) => return (applied, resp.log_id.index),
                     other => panic!("{cmd:?} answered {other:?}"),
                 },
                 Err(e) if e.forward_to_leader().is_some() => {}
@@ -136,10 +136,10 @@ pub(crate) async fn write_and_compare(members: &[Member], addrs: &[String], dirs
 
     let hour = 1_790_000_000_000 / 3_600_000 * 3_600_000;
     let spec = DatasourceSpec::from_json(DEMO_BEACONS_SPEC).expect("spec");
-    let created = write(members, &Command::Catalog(CatalogCommand::CreateDatasource { spec }), hour).await;
+    let (created, _) = write(members, &Command::Catalog(CatalogCommand::CreateDatasource { spec }), hour).await;
     assert!(matches!(created, Applied::Catalog(_)), "{created:?}");
     for i in 0..40 {
-        assert!(matches!(write(members, &events(i, hour), hour + 1000).await, Applied::Events(_)));
+        assert!(matches!(write(members, &events(i, hour), hour + 1000).await.0, Applied::Events(_)));
     }
     // The leader decides when an interval ends; every replica persists it at that index.
     let id = members[0].engine.read().catalog().get("beacons").map(|e| e.id).expect("datasource id");
@@ -155,6 +155,13 @@ pub(crate) async fn write_and_compare(members: &[Member], addrs: &[String], dirs
         members.iter().filter_map(|m| m.raft.metrics().borrow_watched().last_applied.clone()).map(|l| l.index).max();
     for m in members {
         m.raft.wait(Some(Duration::from_secs(10))).applied_index_at_least(last, "caught up").await.expect("caught up");
+        // Raft's metrics can run ahead of the state machine task; the engine's own applied
+        // position is what says the persist was applied there.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while Some(m.engine.read().applied_position()) < last {
+            assert!(std::time::Instant::now() < deadline, "a replica did not apply the persist");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         m.engine.write().publish_persisted(true).expect("segments written");
     }
     let totals: Vec<_> = members.iter().map(|m| m.engine.read().totals()).collect();
