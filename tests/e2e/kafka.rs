@@ -542,7 +542,7 @@ mod bad_input {
     use bytes::Bytes;
     use tidemark_loadgen::kafka::KafkaConn;
     use tidemark_storage::raw::compression::{GZIP, NONE};
-    use tidemark_storage::raw::record_batch::{Record, encode_compressed};
+    use tidemark_storage::raw::record_batch::{Record, encode_compressed, refresh_crc};
 
     use super::*;
 
@@ -649,8 +649,7 @@ mod bad_input {
         assert_eq!(c.produce("k_strict", &[(9, one)], -1).expect("p")[0].error_code, UNKNOWN_TOPIC_OR_PARTITION);
         let mut broken = records(&[r#"{"ts": TS}"#]).to_vec();
         broken[61] = 0x7e; // the first record's length (zigzag 63) now runs past the batch; fix the CRC
-        let crc = crc32c_of(&broken[21..]);
-        broken[17..21].copy_from_slice(&crc.to_be_bytes());
+        refresh_crc(&mut broken);
         let ack = c.produce("k_dead_letter", &[(1, Bytes::from(broken))], -1).expect("produce");
         assert_eq!(ack[0].error_code, CORRUPT_MESSAGE, "{ack:?}");
 
@@ -686,16 +685,5 @@ mod bad_input {
         assert!(c.last_throttle_ms > 0, "throttle_time_ms asks the client to back off");
         assert_eq!(node.get("/health").status, 503);
         assert_eq!(node.sql_i64("SELECT SUM(\"count\") FROM k_full"), 3000, "only the first batch was stored");
-    }
-
-    fn crc32c_of(data: &[u8]) -> u32 {
-        let mut crc = !0u32;
-        for &b in data {
-            crc ^= u32::from(b);
-            for _ in 0..8 {
-                crc = if crc & 1 != 0 { (crc >> 1) ^ 0x82F6_3B78 } else { crc >> 1 };
-            }
-        }
-        !crc
     }
 }

@@ -137,6 +137,15 @@ pub fn set_base_offset(batch: &mut [u8], base_offset: i64) {
     batch[0..8].copy_from_slice(&base_offset.to_be_bytes());
 }
 
+/// Recomputes the batch CRC after the bytes it covers (attributes onward) were changed.
+pub fn refresh_crc(batch: &mut [u8]) {
+    if batch.len() < HEADER_LEN {
+        return;
+    }
+    let crc = crc32c::crc32c(&batch[CRC_START..]);
+    batch[17..21].copy_from_slice(&crc.to_be_bytes());
+}
+
 /// Sets the idempotent producer fields of a batch in place and recomputes its CRC (the load
 /// tool resends one prepared batch under fresh sequence numbers without recompressing it).
 pub fn restamp_producer(batch: &mut [u8], producer_id: i64, producer_epoch: i16, base_sequence: i32) {
@@ -146,8 +155,7 @@ pub fn restamp_producer(batch: &mut [u8], producer_id: i64, producer_epoch: i16,
     batch[43..51].copy_from_slice(&producer_id.to_be_bytes());
     batch[51..53].copy_from_slice(&producer_epoch.to_be_bytes());
     batch[53..57].copy_from_slice(&base_sequence.to_be_bytes());
-    let crc = crc32c::crc32c(&batch[CRC_START..]);
-    batch[17..21].copy_from_slice(&crc.to_be_bytes());
+    refresh_crc(batch);
 }
 
 /// Sets the partition leader epoch in place (also outside the CRC).
@@ -195,8 +203,7 @@ pub fn encode_with_producer(records: &[Record], producer_id: i64, producer_epoch
     }
     let batch_len = (out.len() - LOG_OVERHEAD) as i32;
     out[8..12].copy_from_slice(&batch_len.to_be_bytes());
-    let crc = crc32c::crc32c(&out[CRC_START..]);
-    out[17..21].copy_from_slice(&crc.to_be_bytes());
+    refresh_crc(&mut out);
     out
 }
 
@@ -301,8 +308,7 @@ pub fn encode_compressed(
     out[21..23].copy_from_slice(&attributes.to_be_bytes());
     let batch_len = (out.len() - LOG_OVERHEAD) as i32;
     out[8..12].copy_from_slice(&batch_len.to_be_bytes());
-    let crc = crc32c::crc32c(&out[CRC_START..]);
-    out[17..21].copy_from_slice(&crc.to_be_bytes());
+    refresh_crc(&mut out);
     Ok(out)
 }
 
@@ -451,8 +457,7 @@ mod tests {
         let mut batch = encode(&[Record { timestamp_ms: 1, key: None, value: None, headers: vec![] }]);
         batch[57..61].copy_from_slice(&i32::MAX.to_be_bytes());
         batch[23..27].copy_from_slice(&(i32::MAX - 1).to_be_bytes());
-        let crc = crc32c::crc32c(&batch[CRC_START..]);
-        batch[17..21].copy_from_slice(&crc.to_be_bytes());
+        refresh_crc(&mut batch);
         let err = decode_records(&batch).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("cannot fit"), "{err}");
     }
