@@ -18,6 +18,13 @@ pub(crate) struct Config {
     pub(crate) kafka_advertised_addr: Option<String>,
     /// Create the demo `beacons` datasource on start if it does not exist.
     pub(crate) demo_datasource: bool,
+    /// This node's Raft id, unique in its cluster.
+    pub(crate) node_id: u64,
+    /// Raft RPC listener.
+    pub(crate) raft_addr: String,
+    /// HTTP address of a cluster member to join; none: start (or restart) on its own.
+    pub(crate) join: Option<String>,
+    pub(crate) raft: RaftSection,
     pub(crate) ingest: IngestConfig,
     pub(crate) kafka: KafkaSection,
     pub(crate) storage: StorageConfig,
@@ -38,10 +45,23 @@ impl Default for KafkaSection {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+pub(crate) struct RaftSection {
+    pub(crate) heartbeat_interval_ms: u64,
+    pub(crate) election_timeout_min_ms: u64,
+    pub(crate) election_timeout_max_ms: u64,
+}
+
+impl Default for RaftSection {
+    fn default() -> Self {
+        RaftSection { heartbeat_interval_ms: 100, election_timeout_min_ms: 600, election_timeout_max_ms: 1200 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub(crate) struct IngestConfig {
     pub(crate) body_bytes_max: usize,
     pub(crate) future_ms_max: i64,
-    pub(crate) group_commit_window_ms: u64,
     pub(crate) pending_entries_max: usize,
     pub(crate) idempotency_window_ms: i64,
     pub(crate) idempotency_keys_max: usize,
@@ -67,6 +87,10 @@ impl Default for Config {
             kafka_addr: "127.0.0.1:9092".into(),
             kafka_advertised_addr: None,
             demo_datasource: true,
+            node_id: 1,
+            raft_addr: "127.0.0.1:9093".into(),
+            join: None,
+            raft: RaftSection::default(),
             ingest: IngestConfig::default(),
             kafka: KafkaSection::default(),
             storage: StorageConfig::default(),
@@ -79,7 +103,6 @@ impl Default for IngestConfig {
         IngestConfig {
             body_bytes_max: 16 * 1024 * 1024,
             future_ms_max: 24 * 3_600_000,
-            group_commit_window_ms: 2,
             pending_entries_max: 65_536,
             idempotency_window_ms: 24 * 3_600_000,
             idempotency_keys_max: 100_000,
@@ -109,18 +132,37 @@ impl Config {
     pub(crate) fn validate(&self) -> Result<(), Vec<String>> {
         let mut problems = Vec::new();
         let advertised = self.kafka_advertised_addr.clone().unwrap_or_default();
+        let join = self.join.clone().unwrap_or_default();
         for (name, addr) in [
+            ("raft_addr", &self.raft_addr),
+            ("join", &join),
             ("http_addr", &self.http_addr),
             ("flight_addr", &self.flight_addr),
             ("kafka_addr", &self.kafka_addr),
             ("kafka_advertised_addr", &advertised),
         ] {
-            if name == "kafka_advertised_addr" && addr.is_empty() {
+            if matches!(name, "kafka_advertised_addr" | "join") && addr.is_empty() {
                 continue;
             }
             if addr.parse::<SocketAddr>().is_err() {
                 problems.push(format!("{name}: {addr:?} is not an address like 127.0.0.1:8080"));
             }
+        }
+        if self.node_id == 0 {
+            problems.push("node_id: must be positive".into());
+        }
+        let r = &self.raft;
+        if r.heartbeat_interval_ms == 0 || r.election_timeout_min_ms <= r.heartbeat_interval_ms {
+            problems.push(format!(
+                "raft: election_timeout_min_ms ({}) must exceed heartbeat_interval_ms ({}), which must be positive",
+                r.election_timeout_min_ms, r.heartbeat_interval_ms
+            ));
+        }
+        if r.election_timeout_max_ms <= r.election_timeout_min_ms {
+            problems.push(format!(
+                "raft: election_timeout_max_ms ({}) must exceed election_timeout_min_ms ({})",
+                r.election_timeout_max_ms, r.election_timeout_min_ms
+            ));
         }
         if self.ingest.body_bytes_max == 0 {
             problems.push("ingest.body_bytes_max: must be positive".into());

@@ -12,6 +12,7 @@ use tidemark_catalog::spec::DEMO_BEACONS_SPEC;
 use tidemark_catalog::{CatalogCommand, DatasourceSpec};
 use tidemark_ingest::beacons::BeaconLimits;
 use tidemark_ingest::{IngestState, Node, NodeConfig};
+use tidemark_raft::Member;
 use tidemark_sql::SqlState;
 use tidemark_storage::engine::EngineConfig;
 use tidemark_storage::engine::command::Command;
@@ -24,6 +25,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod bench;
 mod client;
+mod cluster;
 mod config;
 mod demo;
 
@@ -51,6 +53,9 @@ enum Cmd {
     /// Manage datasources.
     #[command(subcommand)]
     Datasource(DatasourceCmd),
+    /// Inspect and change the cluster's membership.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCmd),
 }
 
 #[derive(Debug, Args)]
@@ -76,9 +81,16 @@ struct ServeArgs {
     /// Also run the demo traffic generator against this node.
     #[arg(long, env = "TIDEMARK_DEMO")]
     demo: bool,
-    /// Group commit window (ms).
-    #[arg(long, env = "TIDEMARK_GROUP_COMMIT_WINDOW_MS")]
-    group_commit_window_ms: Option<u64>,
+    /// This node's Raft id, unique in its cluster (default 1).
+    #[arg(long, env = "TIDEMARK_NODE_ID")]
+    node_id: Option<u64>,
+    /// Raft RPC listener (default 127.0.0.1:9093).
+    #[arg(long, env = "TIDEMARK_RAFT_ADDR")]
+    raft_addr: Option<String>,
+    /// HTTP address of a cluster member to join (e.g. 127.0.0.1:8080). Without it a new node
+    /// starts its own one-voter cluster.
+    #[arg(long, env = "TIDEMARK_JOIN")]
+    join: Option<String>,
     /// How often the writer checks for intervals to persist (ms).
     #[arg(long, env = "TIDEMARK_TICK_INTERVAL_MS")]
     tick_interval_ms: Option<u64>,
@@ -158,6 +170,7 @@ fn main() {
         Cmd::Bench(cmd) => bench::run(&cmd),
         Cmd::Sql(args) => sql(args),
         Cmd::Datasource(cmd) => datasource(cmd),
+        Cmd::Cluster(cmd) => cluster::run(cmd),
     };
     if let Err(e) = result {
         eprintln!("tidemark: {e:#}");
@@ -191,8 +204,14 @@ fn load_config(args: &ServeArgs) -> Result<Config> {
     if args.no_demo_datasource {
         cfg.demo_datasource = false;
     }
-    if let Some(w) = args.group_commit_window_ms {
-        cfg.ingest.group_commit_window_ms = w;
+    if let Some(id) = args.node_id {
+        cfg.node_id = id;
+    }
+    if let Some(a) = &args.raft_addr {
+        cfg.raft_addr = a.clone();
+    }
+    if let Some(j) = &args.join {
+        cfg.join = Some(j.clone());
     }
     if let Some(t) = args.tick_interval_ms {
         cfg.storage.tick_interval_ms = t;
@@ -203,7 +222,7 @@ fn load_config(args: &ServeArgs) -> Result<Config> {
     Ok(cfg)
 }
 
-fn node_config(cfg: &Config) -> NodeConfig {
+fn node_config(cfg: &Config, kafka_advertised: std::net::SocketAddr) -> NodeConfig {
     let mut engine = EngineConfig::new(&cfg.data_dir);
     engine.raw_file_bytes_max = cfg.storage.raw_file_bytes_max;
     engine.realtime_bytes_persist = cfg.storage.realtime_bytes_persist;
@@ -212,7 +231,11 @@ fn node_config(cfg: &Config) -> NodeConfig {
     engine.idempotency_keys_max = cfg.ingest.idempotency_keys_max;
     engine.rejects_max = cfg.storage.rejects_max;
     let mut node = NodeConfig::new(engine);
-    node.group_commit_window_ms = cfg.ingest.group_commit_window_ms;
+    node.node_id = cfg.node_id;
+    node.me = Member { raft: cfg.raft_addr.clone(), http: cfg.http_addr.clone(), kafka: kafka_advertised.to_string() };
+    node.heartbeat_interval_ms = cfg.raft.heartbeat_interval_ms;
+    node.election_timeout_min_ms = cfg.raft.election_timeout_min_ms;
+    node.election_timeout_max_ms = cfg.raft.election_timeout_max_ms;
     node.pending_entries_max = cfg.ingest.pending_entries_max;
     node.tick_interval_ms = cfg.storage.tick_interval_ms;
     node.checkpoint_interval_ms = cfg.storage.checkpoint_interval_ms;
@@ -236,20 +259,39 @@ fn serve(args: ServeArgs) -> Result<()> {
 async fn run_node(cfg: Config, demo: bool) -> Result<()> {
     std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("cannot create {}", cfg.data_dir.display()))?;
     let started = Instant::now();
-    let (node, report) = Node::start(node_config(&cfg)).context("cannot start the node")?;
+    // Every listener is bound before the node starts, so a port in use fails at once.
+    let http = tokio::net::TcpListener::bind(&cfg.http_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.http_addr))?;
+    let flight_addr: std::net::SocketAddr = cfg.flight_addr.parse()?;
+    let flight =
+        tokio::net::TcpListener::bind(flight_addr).await.with_context(|| format!("cannot listen on {flight_addr}"))?;
+    let kafka = tokio::net::TcpListener::bind(&cfg.kafka_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.kafka_addr))?;
+    let raft = tokio::net::TcpListener::bind(&cfg.raft_addr)
+        .await
+        .with_context(|| format!("cannot listen on {} (raft_addr)", cfg.raft_addr))?;
+    let kafka_advertised: std::net::SocketAddr = match &cfg.kafka_advertised_addr {
+        Some(a) => a.parse()?,
+        None => kafka.local_addr()?,
+    };
+    let (node, report) = Node::start(node_config(&cfg, kafka_advertised), raft).await.context("cannot start the node")?;
     tracing::info!(
         data_dir = %cfg.data_dir.display(),
+        node_id = cfg.node_id,
         checkpoint = report.checkpoint_position,
-        replayed_entries = report.replayed_entries,
         raw_batches_replayed = report.raw_batches_replayed,
         cut_bytes = report.cut_bytes,
         elapsed_ms = started.elapsed().as_millis() as u64,
         "node started"
     );
-    if cfg.demo_datasource && node.engine().read().catalog().get("beacons").is_none() {
-        let spec = DatasourceSpec::from_json(DEMO_BEACONS_SPEC)?;
-        node.propose(&Command::Catalog(CatalogCommand::CreateDatasource { spec })).await?;
-        tracing::info!("created the demo datasource `beacons`");
+    if cfg.join.is_none() {
+        node.bootstrap().await.context("cannot start the cluster")?;
+    }
+    cluster::announce_in_background(node.clone(), cfg.join.clone());
+    if cfg.join.is_none() && cfg.demo_datasource {
+        create_demo_datasource(&node).await?;
     }
 
     let source: Arc<dyn SnapshotSource> = Arc::new(node.engine());
@@ -275,27 +317,15 @@ async fn run_node(cfg: Config, demo: bool) -> Result<()> {
         // The beacon handler enforces its own limit with a clear 413; this bound is a backstop.
         .layer(axum::extract::DefaultBodyLimit::max(cfg.ingest.body_bytes_max + 1));
 
-    let http = tokio::net::TcpListener::bind(&cfg.http_addr)
-        .await
-        .with_context(|| format!("cannot listen on {}", cfg.http_addr))?;
-    let flight_addr: std::net::SocketAddr = cfg.flight_addr.parse()?;
-    let flight =
-        tokio::net::TcpListener::bind(flight_addr).await.with_context(|| format!("cannot listen on {flight_addr}"))?;
-    let kafka = tokio::net::TcpListener::bind(&cfg.kafka_addr)
-        .await
-        .with_context(|| format!("cannot listen on {}", cfg.kafka_addr))?;
-    let kafka_advertised: std::net::SocketAddr = match &cfg.kafka_advertised_addr {
-        Some(a) => a.parse()?,
-        None => kafka.local_addr()?,
-    };
     let mut kafka_config = tidemark_ingest::kafka::KafkaConfig::new(kafka_advertised);
+    kafka_config.node_id = cfg.node_id as i32;
     kafka_config.request_bytes_max = cfg.kafka.request_bytes_max;
     kafka_config.decompressed_batch_bytes_max = cfg.kafka.decompressed_batch_bytes_max;
     kafka_config.future_ms_max = cfg.ingest.future_ms_max;
-    tracing::info!(http = %cfg.http_addr, flight = %flight_addr, kafka = %cfg.kafka_addr, "serving");
+    tracing::info!(http = %cfg.http_addr, flight = %flight_addr, kafka = %cfg.kafka_addr, raft = %cfg.raft_addr, "serving");
     println!(
-        "tidemark is serving: HTTP http://{} , Flight SQL grpc://{} , Kafka {}",
-        cfg.http_addr, flight_addr, cfg.kafka_addr
+        "tidemark is serving: HTTP http://{} , Flight SQL grpc://{} , Kafka {} , Raft {} (node {})",
+        cfg.http_addr, flight_addr, cfg.kafka_addr, cfg.raft_addr, cfg.node_id
     );
     let kafka_task = tokio::spawn(tidemark_ingest::kafka::serve(kafka, node.clone(), kafka_config));
 
@@ -353,8 +383,20 @@ async fn run_node(cfg: Config, demo: bool) -> Result<()> {
         eprintln!("tidemark: stopping: {reason}");
         std::process::exit(70);
     }
-    node.shutdown();
+    node.shutdown().await;
     tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+/// On the node that starts a cluster: once it leads, the demo datasource exists.
+async fn create_demo_datasource(node: &Node) -> Result<()> {
+    let leader = node.replica().wait_for_leader(Duration::from_secs(30)).await?;
+    if leader != node.replica().node_id() || node.engine().read().catalog().get("beacons").is_some() {
+        return Ok(());
+    }
+    let spec = DatasourceSpec::from_json(DEMO_BEACONS_SPEC)?;
+    node.propose(&Command::Catalog(CatalogCommand::CreateDatasource { spec })).await?;
+    tracing::info!("created the demo datasource `beacons`");
     Ok(())
 }
 

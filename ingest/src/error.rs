@@ -10,6 +10,9 @@ pub enum Error {
     #[error(transparent)]
     Catalog(#[from] tidemark_catalog::Error),
 
+    #[error(transparent)]
+    Replication(#[from] tidemark_raft::Error),
+
     #[error("the node stopped accepting writes: {reason}")]
     Stopped { reason: String },
 
@@ -35,7 +38,6 @@ pub enum Error {
 impl Error {
     pub fn status(&self) -> StatusCode {
         match self {
-            Error::Storage(tidemark_storage::Error::Overloaded { .. }) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Error::Catalog(e) => match e.status() {
                 tidemark_catalog::StatusCode::InvalidArgument => StatusCode::BAD_REQUEST,
@@ -43,6 +45,13 @@ impl Error {
                 tidemark_catalog::StatusCode::AlreadyExists => StatusCode::CONFLICT,
                 tidemark_catalog::StatusCode::FailedPrecondition => StatusCode::CONFLICT,
                 tidemark_catalog::StatusCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+            Error::Replication(e) => match e {
+                tidemark_raft::Error::Refused(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                tidemark_raft::Error::Membership(_) => StatusCode::CONFLICT,
+                // No leader to take the write right now (election, no quorum, leadership
+                // moved mid-write): the client retries, with its idempotency key.
+                _ => StatusCode::SERVICE_UNAVAILABLE,
             },
             Error::Stopped { .. } | Error::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Error::BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -56,7 +65,11 @@ impl Error {
     pub fn retry_after_s(&self) -> Option<u64> {
         match self {
             Error::Overloaded { retry_after_s, .. } => Some(*retry_after_s),
-            Error::Storage(tidemark_storage::Error::Overloaded { .. }) => Some(1),
+            Error::Replication(
+                tidemark_raft::Error::Overloaded { .. }
+                | tidemark_raft::Error::NotLeader { .. }
+                | tidemark_raft::Error::OutcomeUnknown,
+            ) => Some(1),
             _ => None,
         }
     }

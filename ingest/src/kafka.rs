@@ -73,6 +73,59 @@ pub(crate) struct Broker {
     pub coordinator: Coordinator,
 }
 
+/// One broker as Metadata describes it.
+#[derive(Debug, Clone)]
+pub(crate) struct BrokerAddr {
+    pub id: i32,
+    pub host: String,
+    pub port: i32,
+}
+
+impl Broker {
+    /// Every cluster member's Kafka address (this node's own advertised one even before it
+    /// joined a cluster), and the leader: it leads every partition and coordinates groups.
+    pub(crate) fn cluster(&self) -> (Vec<BrokerAddr>, Option<i32>) {
+        let replica = self.node.replica();
+        let me = i64::from(self.config.node_id);
+        let mut brokers: Vec<BrokerAddr> = replica
+            .members()
+            .iter()
+            // This node's own address is the one it was started with, even before the
+            // membership records a move.
+            .filter(|(id, _)| **id as i64 != me)
+            .filter_map(|(id, m)| {
+                let addr: SocketAddr = m.kafka.parse().ok()?;
+                Some(BrokerAddr { id: *id as i32, host: addr.ip().to_string(), port: i32::from(addr.port()) })
+            })
+            .collect();
+        brokers.push(BrokerAddr {
+            id: self.config.node_id,
+            host: self.config.advertised.ip().to_string(),
+            port: i32::from(self.config.advertised.port()),
+        });
+        brokers.sort_by_key(|b| b.id);
+        let leader = replica.leader().map(|(id, _)| id as i32).filter(|id| brokers.iter().any(|b| b.id == *id));
+        (brokers, leader)
+    }
+
+    /// Group membership lives on the leader, which logs the offsets.
+    pub(crate) fn coordinates(&self) -> bool {
+        self.node.replica().is_leader()
+    }
+}
+
+/// The Kafka error for a write the node did not take: clients refresh metadata and retry on
+/// NOT_LEADER_OR_FOLLOWER (the idempotent producer's sequence makes the retry safe).
+pub(crate) fn write_error_code(e: &crate::Error) -> i16 {
+    match e {
+        crate::Error::Replication(
+            tidemark_raft::Error::NotLeader { .. } | tidemark_raft::Error::OutcomeUnknown,
+        ) => code::NOT_LEADER_OR_FOLLOWER,
+        crate::Error::Replication(tidemark_raft::Error::Overloaded { .. }) => code::NOT_ENOUGH_REPLICAS,
+        _ => code::KAFKA_STORAGE_ERROR,
+    }
+}
+
 /// Accepts Kafka connections until the listener fails.
 pub async fn serve(listener: TcpListener, node: Node, config: KafkaConfig) -> std::io::Result<()> {
     let coordinator = Coordinator::default();
@@ -117,7 +170,10 @@ pub(crate) mod code {
     pub(crate) const OFFSET_OUT_OF_RANGE: i16 = 1;
     pub(crate) const CORRUPT_MESSAGE: i16 = 2;
     pub(crate) const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+    pub(crate) const LEADER_NOT_AVAILABLE: i16 = 5;
+    pub(crate) const NOT_LEADER_OR_FOLLOWER: i16 = 6;
     pub(crate) const COORDINATOR_NOT_AVAILABLE: i16 = 15;
+    pub(crate) const NOT_COORDINATOR: i16 = 16;
     pub(crate) const NOT_ENOUGH_REPLICAS: i16 = 19;
     pub(crate) const INVALID_REQUIRED_ACKS: i16 = 21;
     pub(crate) const ILLEGAL_GENERATION: i16 = 22;
@@ -131,6 +187,7 @@ pub(crate) mod code {
     pub(crate) const INVALID_PARTITIONS: i16 = 37;
     pub(crate) const INVALID_REPLICATION_FACTOR: i16 = 38;
     pub(crate) const INVALID_CONFIG: i16 = 40;
+    pub(crate) const NOT_CONTROLLER: i16 = 41;
     pub(crate) const INVALID_REQUEST: i16 = 42;
     pub(crate) const UNSUPPORTED_FOR_MESSAGE_FORMAT: i16 = 43;
     pub(crate) const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;

@@ -1,10 +1,10 @@
 //! tidemark-ingest: the write doors and the node runtime behind them. HTTP beacons
 //! (`beacons.rs`), datasource administration (`datasources.rs`), health and metrics, all as
 //! one axum router the binary merges; the Kafka protocol door (`kafka.rs`); `node.rs` turns each
-//! write into a command log entry and answers after it is applied.
+//! write into a Raft log entry and answers after it is applied.
 //!
 //! ```text
-//!  POST /v1/beacons/{ds} ─► edge checks ─► Node::propose ─► command log ─► Engine::apply
+//!  POST /v1/beacons/{ds} ─► edge checks ─► Node::propose ─► Raft log ─► Engine::apply
 //!  /v1/datasources ───────► catalog command ─┘
 //!  GET /health, /metrics ◄── Node gauges
 //! ```
@@ -13,13 +13,15 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde_json::json;
 
 pub mod beacons;
+pub mod cluster;
 pub mod datasources;
 pub mod error;
+pub mod forward;
 pub mod kafka;
 pub mod metrics;
 pub mod node;
@@ -33,12 +35,24 @@ pub struct IngestState {
     pub limits: beacons::BeaconLimits,
 }
 
-/// The ingest and admin HTTP routes.
+/// The ingest and admin HTTP routes. Writes run on the leader: a follower forwards them.
 pub fn router(state: IngestState) -> Router {
+    let leader = || axum::middleware::from_fn_with_state(state.clone(), forward::leader_only);
     Router::new()
-        .route("/v1/beacons/{datasource}", post(post_beacons))
-        .route("/v1/datasources", get(list_datasources).post(create_datasource))
-        .route("/v1/datasources/{name}", get(show_datasource).put(update_datasource).delete(delete_datasource))
+        .route("/v1/beacons/{datasource}", post(post_beacons).layer(leader()))
+        .route("/v1/datasources", get(list_datasources).merge(post(create_datasource).layer(leader())))
+        .route(
+            "/v1/datasources/{name}",
+            get(show_datasource).merge(put(update_datasource).delete(delete_datasource).layer(leader())),
+        )
+        .route("/v1/cluster", get(cluster::status))
+        .route("/v1/cluster/join", post(cluster::join).layer(leader()))
+        .route("/v1/cluster/learners", post(cluster::add_learner).layer(leader()))
+        .route("/v1/cluster/promote", post(cluster::promote).layer(leader()))
+        .route("/v1/cluster/remove", post(cluster::remove).layer(leader()))
+        .route("/v1/cluster/transfer-leader", post(cluster::transfer_leader).layer(leader()))
+        .route("/v1/cluster/read-index", get(cluster::read_index).layer(leader()))
+        .route("/v1/cluster/init-producer", post(cluster::init_producer).layer(leader()))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .with_state(state)
@@ -87,23 +101,46 @@ async fn delete_datasource(
     datasources::delete(&s.node, &name, p.grace.as_deref()).await.unwrap_or_else(IntoResponse::into_response)
 }
 
-/// For a load balancer: can this node take writes, reads, or neither.
-async fn health(State(s): State<IngestState>) -> Response {
+#[derive(Debug, serde::Deserialize)]
+struct HealthParams {
+    /// `writes` (default) or `reads`: what the load balancer needs this node for.
+    require: Option<String>,
+}
+
+/// For a load balancer: can this node take writes (it leads, or knows the leader to forward
+/// to), serve reads (it applied a committed state and is not stopped), or neither. The status
+/// is 200 when the `require`d capability (writes by default) is there, 503 otherwise.
+async fn health(State(s): State<IngestState>, Query(p): Query<HealthParams>) -> Response {
     let fatal = s.node.fatal();
     let engine = s.node.engine();
     let (overloaded, applied) = {
         let e = engine.read();
         (e.is_overloaded(), e.applied_position())
     };
-    let writes = fatal.is_none() && !overloaded;
+    let cluster = s.node.replica().status();
+    let leader_known = cluster.leader.is_some();
+    let writes = fatal.is_none() && !overloaded && leader_known;
+    let reads = fatal.is_none() && cluster.applied_index.is_some();
+    let reason = fatal
+        .clone()
+        .or_else(|| (!leader_known).then(|| "no leader is known: election in progress, or no quorum".to_string()))
+        .or_else(|| overloaded.then(|| "realtime index at its memory bound".to_string()));
     let body = json!({
-        "status": if writes { "ok" } else { "degraded" },
+        "status": if writes && reads { "ok" } else { "degraded" },
         "writes": writes,
-        "reads": true,
+        "reads": reads,
+        "role": cluster.state,
+        "node_id": cluster.node_id,
+        "leader": cluster.leader,
+        "term": cluster.term,
         "applied_position": applied,
-        "reason": fatal.or_else(|| overloaded.then(|| "realtime index at its memory bound".to_string())),
+        "reason": reason,
     });
-    let status = if writes { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let ok = match p.require.as_deref() {
+        Some("reads") => reads,
+        _ => writes,
+    };
+    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(body)).into_response()
 }
 

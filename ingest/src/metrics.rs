@@ -53,6 +53,10 @@ pub struct Metrics {
     pub kafka_connections_refused: AtomicU64,
     /// Produce request to answer (durable and applied).
     pub kafka_produce_seconds: Histogram,
+    /// HTTP writes this follower handed to the leader.
+    pub http_forwarded: AtomicU64,
+    /// Times this node saw the cluster's leader change (including to "none").
+    pub leader_changes: AtomicU64,
 }
 
 /// Gauges read from the engine at scrape time.
@@ -64,6 +68,19 @@ pub struct EngineGauges {
     pub realtime_bytes: u64,
     pub segments: u64,
     pub applied_position: u64,
+    pub raft: RaftGauges,
+}
+
+/// This node's view of Raft at scrape time.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RaftGauges {
+    pub node_id: u64,
+    pub is_leader: bool,
+    pub term: u64,
+    pub last_log_index: u64,
+    pub committed_index: u64,
+    pub applied_index: u64,
+    pub voters: u64,
 }
 
 impl Metrics {
@@ -101,6 +118,35 @@ impl Metrics {
             "counter",
             "Log entries applied since start.",
             self.commands_applied.load(Ordering::Relaxed),
+        );
+        let r = g.raft;
+        metric("tidemark_raft_is_leader", "gauge", "1 if this node leads the Raft group.", u64::from(r.is_leader));
+        metric("tidemark_raft_term", "gauge", "Current Raft term.", r.term);
+        metric("tidemark_raft_voters", "gauge", "Voters in the membership this node knows.", r.voters);
+        metric("tidemark_raft_last_log_index", "gauge", "Last index in this node's Raft log.", r.last_log_index);
+        metric(
+            "tidemark_raft_commit_lag_entries",
+            "gauge",
+            "Entries in this node's log not yet known committed.",
+            r.last_log_index.saturating_sub(r.committed_index),
+        );
+        metric(
+            "tidemark_raft_apply_lag_entries",
+            "gauge",
+            "Committed entries not yet applied here.",
+            r.committed_index.saturating_sub(r.applied_index),
+        );
+        metric(
+            "tidemark_raft_leader_changes_total",
+            "counter",
+            "Leader changes this node observed.",
+            self.leader_changes.load(Ordering::Relaxed),
+        );
+        metric(
+            "tidemark_http_forwarded_total",
+            "counter",
+            "HTTP writes forwarded to the leader.",
+            self.http_forwarded.load(Ordering::Relaxed),
         );
         metric(
             "tidemark_kafka_connections",

@@ -7,19 +7,23 @@
 //!        ─► EngineStateMachine::apply ─► Engine::apply(position = Raft index) ─► answer
 //! ```
 //!
-//! The engine's apply path is the one the single-node command log feeds: a Raft index is a
-//! log position, and a command's bytes are the same. What the Raft layer adds is the record
-//! of the last applied log id and membership, kept inside the engine's checkpoint so the two
-//! are written atomically.
+//! A Raft index is the engine's log position, and an entry carries a command's bytes. What
+//! the Raft layer adds is the record of the last applied log id and membership, kept inside
+//! the engine's checkpoint so the two are written atomically. `replica.rs` is what the rest
+//! of tidemark uses: one node's replica (submit in order, leader, membership, status).
 //!
-//! Status: the store and the state machine pass openraft's storage suite; three nodes, in one
-//! process over an in-memory network and over the tonic network (`network.rs`), replicate
-//! commands to engines that agree byte for byte. The node runtime on Raft, snapshots with
-//! data files and the cluster CLI are the next slices (issue 4).
+//! Status: the store and the state machine pass openraft's storage suite; three replicas
+//! agree byte for byte; the node runtime runs on it (a single node is a one-voter cluster).
+//! Not yet: snapshots that carry data files (a wiped node can rejoin only while the leader
+//! still holds the log from the start), the transport fault layer (issue 4).
 
+pub mod error;
 pub mod log_store;
 pub mod network;
+pub mod replica;
 pub mod state_machine;
 mod types;
 
-pub use types::{ApplyAnswer, LogCommand, NodeId, TypeConfig};
+pub use error::{Error, Result};
+pub use replica::{ClusterStatus, Replica, ReplicaConfig, Submitted};
+pub use types::{ApplyAnswer, LogCommand, Member, NodeId, TypeConfig};

@@ -10,9 +10,12 @@ use std::io;
 
 use openraft::errors::{NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
+    VoteRequest, VoteResponse,
+};
 use openraft::type_config::alias::{SnapshotMetaOf, SnapshotOf, VoteOf};
-use openraft::{BasicNode, Raft};
+use openraft::Raft;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tidemark_proto::raft::RaftMessage;
@@ -22,7 +25,7 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use crate::state_machine::EngineStateMachine;
-use crate::types::{NodeId, TypeConfig};
+use crate::types::{Member, NodeId, TypeConfig};
 
 /// Snapshots travel whole for now; this bounds one message (the engine checkpoint).
 const MESSAGE_BYTES_MAX: usize = 256 << 20;
@@ -35,15 +38,15 @@ fn decode<T: DeserializeOwned>(b: &[u8]) -> io::Result<T> {
     rmp_serde::from_slice(b).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
-/// Makes connections to peers; `BasicNode::addr` is the peer's Raft RPC `host:port`.
+/// Makes connections to peers at their `Member::raft` address.
 #[derive(Debug, Clone, Default)]
 pub struct GrpcNetwork;
 
 impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
     type Network = GrpcConnection;
 
-    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> GrpcConnection {
-        GrpcConnection { target, addr: node.addr.clone(), client: None }
+    async fn new_client(&mut self, target: NodeId, node: &Member) -> GrpcConnection {
+        GrpcConnection { target, addr: node.raft.clone(), client: None }
     }
 }
 
@@ -91,6 +94,7 @@ impl GrpcConnection {
             Method::AppendEntries => client.append_entries(msg).await,
             Method::Vote => client.vote(msg).await,
             Method::InstallSnapshot => client.install_snapshot(msg).await,
+            Method::TransferLeader => client.transfer_leader(msg).await,
         };
         let answer = match answer {
             Ok(a) => a.into_inner(),
@@ -113,6 +117,7 @@ enum Method {
     AppendEntries,
     Vote,
     InstallSnapshot,
+    TransferLeader,
 }
 
 fn remote(e: RaftError<TypeConfig>) -> RPCError<TypeConfig> {
@@ -137,6 +142,14 @@ impl RaftNetworkV2<TypeConfig> for GrpcConnection {
         _option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
         self.call(Method::Vote, &rpc).await?.map_err(remote)
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(Method::TransferLeader, &req).await?.map_err(remote)
     }
 
     async fn full_snapshot(
@@ -188,6 +201,12 @@ impl RaftService for RaftRpc {
     async fn vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let rpc: VoteRequest<TypeConfig> = decode(&req.into_inner().body).map_err(bad_request)?;
         answer(&self.raft.vote(rpc).await)
+    }
+
+    async fn transfer_leader(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let rpc: TransferLeaderRequest<TypeConfig> = decode(&req.into_inner().body).map_err(bad_request)?;
+        let result = self.raft.handle_transfer_leader(rpc).await.map_err(RaftError::<TypeConfig>::Fatal);
+        answer(&result)
     }
 
     async fn install_snapshot(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {

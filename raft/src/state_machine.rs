@@ -1,7 +1,7 @@
 //! The replicated state machine: committed Raft entries applied to the engine, in index order.
 //!
 //! A normal entry's index is its log position for the engine, so the engine's idempotent,
-//! deterministic apply path (DESIGN.md invariant 1) is the one the single-node command log
+//! deterministic apply path (DESIGN.md invariant 1) is the one every replica
 //! uses. This module adds what openraft needs to know: the last applied log id and the
 //! membership, recorded inside the engine's checkpoint (`Engine::set_replication`) so they
 //! are written in the same atomic file as the state they describe. After a restart, openraft
@@ -21,8 +21,9 @@ use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine, S
 use openraft::type_config::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
 use openraft::{EntryPayload, OptionalSend, StoredMembership};
 use serde::{Deserialize, Serialize};
-use tidemark_storage::command_log::Entry as LogEntry;
+use tidemark_storage::engine::command::Entry as LogEntry;
 use tidemark_storage::engine::checkpoint::{self, Checkpoint};
+use tidemark_storage::engine::command::KIND_CATALOG;
 use tidemark_storage::engine::{Engine, EngineConfig, SharedEngine};
 
 use crate::types::{ApplyAnswer, TypeConfig};
@@ -46,6 +47,8 @@ pub struct EngineStateMachine {
     config: EngineConfig,
     meta: ReplicationMeta,
     current: Arc<Mutex<Option<StoredSnapshot>>>,
+    /// The engine's applied position after each applied batch: Kafka Fetch long-polls on it.
+    applied_tx: tokio::sync::watch::Sender<u64>,
 }
 
 fn meta_json(m: &ReplicationMeta) -> io::Result<serde_json::Value> {
@@ -59,7 +62,13 @@ impl EngineStateMachine {
             None => ReplicationMeta::default(),
             Some(v) => serde_json::from_value(v.clone()).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?,
         };
-        Ok(EngineStateMachine { engine, config, meta, current: Arc::new(Mutex::new(None)) })
+        let (applied_tx, _) = tokio::sync::watch::channel(engine.read().applied_position());
+        Ok(EngineStateMachine { engine, config, meta, current: Arc::new(Mutex::new(None)), applied_tx })
+    }
+
+    /// Changes whenever entries were applied.
+    pub fn applied_watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.applied_tx.subscribe()
     }
 
     pub fn engine(&self) -> SharedEngine {
@@ -83,6 +92,7 @@ impl RaftStateMachine<TypeConfig> for EngineStateMachine {
     where
         Strm: futures::Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
     {
+        let mut catalog_changed = false;
         while let Some((entry, responder)) = entries.try_next().await? {
             let log_id = entry.log_id.clone();
             let answer = match entry.payload {
@@ -98,6 +108,7 @@ impl RaftStateMachine<TypeConfig> for EngineStateMachine {
                         kind: cmd.kind,
                         payload: cmd.payload,
                     };
+                    catalog_changed |= cmd.kind == KIND_CATALOG;
                     let result = self.engine.write().apply(&e);
                     Some(match result {
                         Ok(applied) => Ok(applied),
@@ -116,7 +127,16 @@ impl RaftStateMachine<TypeConfig> for EngineStateMachine {
             }
         }
         let meta = meta_json(&self.meta)?;
-        self.engine.write().set_replication(meta);
+        let mut engine = self.engine.write();
+        engine.set_replication(meta);
+        // Segments the writer finished become visible; a failure to write one stops the node.
+        let published = engine.publish_persisted(false).map_err(|e| io::Error::other(format!("writing a segment: {e}")))?;
+        // A catalog change is checkpointed at once, as the single-node runtime did: files a
+        // dropped datasource leaves behind are only removed once no replay can need them.
+        if catalog_changed || !published.is_empty() {
+            engine.checkpoint().map_err(|e| io::Error::other(format!("checkpoint: {e}")))?;
+        }
+        self.applied_tx.send_replace(engine.applied_position());
         Ok(())
     }
 
@@ -132,8 +152,10 @@ impl RaftStateMachine<TypeConfig> for EngineStateMachine {
         cp.replication = Some(meta_json(&replication)?);
         checkpoint::store(&self.config.data_dir, &cp).map_err(io::Error::other)?;
         let (engine, _) = Engine::open(self.config.clone()).map_err(io::Error::other)?;
+        let position = engine.applied_position();
         *self.engine.write() = engine;
         self.meta = replication;
+        self.applied_tx.send_replace(position);
         *self.slot() = Some((meta.clone(), data));
         Ok(())
     }

@@ -8,18 +8,36 @@ use tidemark_storage::engine::Applied;
 pub type NodeId = u64;
 
 openraft::declare_raft_types!(
-    /// tidemark's Raft types: entries carry [`LogCommand`]s, nodes are addressed by
-    /// `BasicNode { addr }` (the node's Raft RPC address).
+    /// tidemark's Raft types: entries carry [`LogCommand`]s, a node is known by its
+    /// [`Member`] addresses.
     pub TypeConfig:
         D = LogCommand,
         R = ApplyAnswer,
         NodeId = NodeId,
-        Node = openraft::BasicNode,
+        Node = Member,
 );
 
+/// Where a cluster member listens. The membership carries it, so every node knows where to
+/// forward a write (HTTP), where to send Kafka clients (Kafka) and where Raft talks (Raft).
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Member {
+    /// Raft RPC `host:port`.
+    pub raft: String,
+    /// HTTP API `host:port` (beacons, admin, SQL over HTTP).
+    pub http: String,
+    /// The Kafka address clients are told to use.
+    pub kafka: String,
+}
+
+impl fmt::Display for Member {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "raft {} http {} kafka {}", self.raft, self.http, self.kafka)
+    }
+}
+
 /// One command as the engine applies it: the kind and bytes of `engine::command::Command`
-/// and the time its writer stamped on it (apply's only clock). The bytes are the same as in
-/// the single-node command log, so the engine's apply path does not know which log fed it.
+/// and the time its writer stamped on it (apply's only clock). The engine sees it as an
+/// `engine::command::Entry` whose position is the Raft index.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogCommand {
     pub writer_time_ms: i64,

@@ -6,7 +6,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use openraft::BasicNode;
+use tidemark_raft::Member;
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
@@ -28,7 +28,7 @@ struct Conn {
 impl RaftNetworkFactory<TypeConfig> for Router {
     type Network = Conn;
 
-    async fn new_client(&mut self, target: NodeId, _node: &BasicNode) -> Conn {
+    async fn new_client(&mut self, target: NodeId, _node: &Member) -> Conn {
         Conn { router: self.clone(), target }
     }
 }

@@ -1,4 +1,4 @@
-//! The engine: the single node's state machine. Applying command log entries in position
+//! The engine: each replica's state machine. Applying log entries (Raft entries) in position
 //! order is the only way its state changes (DESIGN.md, invariant 1); the replication issue
 //! wraps the same `apply` in openraft's state machine.
 //!
@@ -19,7 +19,7 @@
 //!   replica) and nothing of it is stored.
 //! - Apply is idempotent across restarts: a raw batch records its log position, so an entry
 //!   already in the raw log is not appended twice, and realtime indexes are rebuilt from the
-//!   raw log, never from the command log.
+//!   raw log, never from the Raft log.
 //! - A datasource spec change first persists that datasource's realtime indexes, so an index
 //!   only ever holds rows of one spec version.
 
@@ -41,7 +41,7 @@ use arrow_array::RecordBatch;
 use tidemark_catalog::event::{RejectReason, extract_json};
 use tidemark_catalog::{Catalog, CatalogCommand, CatalogEffect, DatasourceId};
 
-use crate::command_log::Entry;
+use self::command::Entry;
 use crate::engine::checkpoint::{Checkpoint, DatasourceCheckpoint};
 use crate::engine::command::{Command, EventsCommand, InitProducerCommand, PersistCommand, PersistReason};
 use crate::engine::consumer_offsets::ConsumerOffsets;
@@ -140,7 +140,7 @@ pub struct Engine {
 
 impl Engine {
     /// Opens the engine from its checkpoint and raw logs. Entries after
-    /// [`Engine::applied_position`] must then be replayed from the command log.
+    /// [`Engine::applied_position`] must then be replayed from the Raft log.
     pub fn open(config: EngineConfig) -> Result<(Engine, Recovery)> {
         let cp = checkpoint::load(&config.data_dir)?;
         let mut recovery = Recovery::default();
@@ -538,7 +538,7 @@ impl Engine {
         self.realtime_bytes() > self.config.realtime_bytes_max
     }
 
-    /// Syncs the raw logs and writes a checkpoint at the applied position; the command log
+    /// Syncs the raw logs and writes a checkpoint at the applied position; the Raft log
     /// may then be trimmed below the returned position.
     pub fn checkpoint(&mut self) -> Result<u64> {
         self.publish_persisted(false)?;

@@ -26,12 +26,6 @@ pub enum Error {
     #[error("offset {offset} is out of range for partition {partition} (available {earliest}..{next})")]
     OffsetOutOfRange { partition: u32, offset: i64, earliest: i64, next: i64 },
 
-    #[error("the command log has {pending} entries waiting for fsync (bound {bound}); retry shortly")]
-    Overloaded { pending: usize, bound: usize },
-
-    #[error("the command log stopped after an fsync failure ({reason}); restart the node")]
-    LogFailed { reason: String },
-
     #[error("the {what} is shut down")]
     Closed { what: &'static str },
 

@@ -2,14 +2,13 @@
 //! about the network, Raft or SQL.
 //!
 //! ```text
-//!  command log (group commit) ──apply──► raw log per partition (Kafka RecordBatch v2 + frame)
-//!                                   └──► rollup index (inline exact states ─► sketches)
+//!  log entry (Raft index) ──Engine::apply──► raw log per partition (Kafka RecordBatch v2 + frame)
+//!                                      └──► rollup index (inline exact states ─► sketches)
 //! ```
 //!
-//! Key types: [`command_log::CommandLog`], [`raw::partition_log::PartitionLog`],
+//! Key types: [`engine::Engine`], [`raw::partition_log::PartitionLog`],
 //! [`rollup::RollupIndex`].
 
-pub mod command_log;
 pub mod engine;
 pub mod error;
 pub mod raw;

@@ -3,7 +3,7 @@
 use crate::harness::TestNode;
 use crate::now_ms;
 
-const SHOPS: &str = r#"{"name": "shops", "timestamp": {"field": "ts"},
+pub(crate) const SHOPS: &str = r#"{"name": "shops", "timestamp": {"field": "ts"},
   "granularity": {"query": "PT1M", "segment": "PT1H"},
   "dimensions": ["merchant_id", "page"],
   "metrics": [{"name": "count", "type": "count"}, {"name": "qty", "type": "longSum", "field": "qty"}],

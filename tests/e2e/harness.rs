@@ -32,7 +32,52 @@ pub(crate) fn python() -> PathBuf {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+    free_port_on("127.0.0.1")
+}
+
+/// A port that is free now, below the kernel's ephemeral range (32768–60999 on Linux): a
+/// port the kernel hands out is one an outgoing connection (the nodes talk to each other)
+/// can take before the node binds it. Random, so parallel tests rarely pick the same one.
+fn free_port_on(ip: &str) -> u16 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEED: AtomicU64 = AtomicU64::new(0);
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+    let mut x = t ^ u64::from(std::process::id()).rotate_left(32) ^ SEED.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed);
+    for _ in 0..1000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let port = 20_000 + (x % 12_000) as u16;
+        if TcpListener::bind((ip, port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port on {ip} between 20000 and 32000");
+}
+
+/// A cluster member's fixed addresses, so it can be restarted where the others expect it.
+#[derive(Debug, Clone)]
+pub(crate) struct MemberAddrs {
+    pub(crate) node_id: u64,
+    pub(crate) http: String,
+    pub(crate) flight: String,
+    pub(crate) kafka: String,
+    pub(crate) raft: String,
+}
+
+impl MemberAddrs {
+    /// Member `node_id` listens on 127.0.0.<node_id>, on free ports.
+    pub(crate) fn new(node_id: u64) -> MemberAddrs {
+        let ip = format!("127.0.0.{node_id}");
+        let port = || free_port_on(&ip);
+        MemberAddrs {
+            node_id,
+            http: format!("{ip}:{}", port()),
+            flight: format!("{ip}:{}", port()),
+            kafka: format!("{ip}:{}", port()),
+            raft: format!("{ip}:{}", port()),
+        }
+    }
 }
 
 pub(crate) struct Reply {
@@ -57,9 +102,49 @@ impl TestNode {
     }
 
     pub(crate) fn start_with(data_dir: &Path, extra: &[&str]) -> TestNode {
-        let http = format!("127.0.0.1:{}", free_port());
-        let flight = format!("127.0.0.1:{}", free_port());
-        let kafka = format!("127.0.0.1:{}", free_port());
+        for _ in 0..3 {
+            let addrs = MemberAddrs {
+                node_id: 1,
+                http: format!("127.0.0.1:{}", free_port()),
+                flight: format!("127.0.0.1:{}", free_port()),
+                kafka: format!("127.0.0.1:{}", free_port()),
+                raft: format!("127.0.0.1:{}", free_port()),
+            };
+            let mut node = Self::spawn(data_dir, &addrs, extra);
+            // Another process can take a port between our check and the node's bind.
+            let deadline = Instant::now() + Duration::from_secs(2);
+            let exited = loop {
+                if let Some(Ok(Some(status))) = node.child.as_mut().map(Child::try_wait) {
+                    break Some(status);
+                }
+                if Instant::now() > deadline || node_answers(&node) {
+                    break None;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            };
+            if exited.is_some() && node.log_text().contains("Address already in use") {
+                continue;
+            }
+            node.wait_healthy();
+            return node;
+        }
+        panic!("three attempts to start tidemark found a port in use");
+    }
+
+    /// Starts (or restarts) a cluster member; `join` is another member's HTTP address. It does
+    /// not wait: a joining node is healthy only once it has a leader.
+    pub(crate) fn start_member(data_dir: &Path, addrs: &MemberAddrs, join: Option<&str>, extra: &[&str]) -> TestNode {
+        let id = addrs.node_id.to_string();
+        let mut args = vec!["--node-id", &id];
+        if let Some(j) = join {
+            args.extend(["--join", j]);
+        }
+        args.extend(extra);
+        Self::spawn(data_dir, addrs, &args)
+    }
+
+    fn spawn(data_dir: &Path, addrs: &MemberAddrs, extra: &[&str]) -> TestNode {
+        let (http, flight, kafka) = (addrs.http.clone(), addrs.flight.clone(), addrs.kafka.clone());
         std::fs::create_dir_all(data_dir).expect("data dir");
         let log = data_dir.join(format!("node-{}.log", free_port()));
         let out = std::fs::File::create(&log).expect("log file");
@@ -67,7 +152,7 @@ impl TestNode {
         let child = Command::new(env!("CARGO_BIN_EXE_tidemark"))
             .args(["serve", "--data-dir"])
             .arg(data_dir)
-            .args(["--http-addr", &http, "--flight-addr", &flight, "--kafka-addr", &kafka])
+            .args(["--http-addr", &http, "--flight-addr", &flight, "--kafka-addr", &kafka, "--raft-addr", &addrs.raft])
             .args(if extra.contains(&"--tick-interval-ms") { &[][..] } else { &["--tick-interval-ms", "200"][..] })
             .args(extra)
             .env("RUST_LOG", "info")
@@ -83,12 +168,10 @@ impl TestNode {
             .timeout_global(Some(Duration::from_secs(60)))
             .build()
             .into();
-        let node = TestNode { child: Some(child), http, flight, kafka, log, agent };
-        node.wait_healthy();
-        node
+        TestNode { child: Some(child), http, flight, kafka, log, agent }
     }
 
-    fn wait_healthy(&self) {
+    pub(crate) fn wait_healthy(&self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
             if let Ok(r) = self.try_get("/health")
@@ -119,7 +202,7 @@ impl TestNode {
         Ok(Reply { status, body, headers })
     }
 
-    fn try_get(&self, path: &str) -> Result<Reply, ureq::Error> {
+    pub(crate) fn try_get(&self, path: &str) -> Result<Reply, ureq::Error> {
         Self::finish(self.agent.get(&format!("http://{}{path}", self.http)).call())
     }
 
@@ -214,6 +297,10 @@ impl TestNode {
         let _ = c.wait();
         None
     }
+}
+
+fn node_answers(node: &TestNode) -> bool {
+    node.try_get("/health").is_ok()
 }
 
 impl Drop for TestNode {

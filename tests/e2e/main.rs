@@ -1,6 +1,7 @@
 //! End-to-end tests against the real `tidemark` binary: one test binary, modules per area.
 
 mod beacons;
+mod cluster;
 mod crash;
 mod datasources;
 mod flight_adbc;

@@ -336,8 +336,12 @@ pub(crate) fn find_coordinator(b: &Broker, req: &Request, r: FindCoordinatorRequ
             "transactions are not supported by tidemark; use an idempotent producer without transactional.id",
         )
     });
-    let host = s(&b.config.advertised.ip().to_string());
-    let port = i32::from(b.config.advertised.port());
+    let (brokers, leader) = b.cluster();
+    let coordinator = leader.and_then(|id| brokers.into_iter().find(|a| a.id == id));
+    let refusal = refusal.or_else(|| {
+        coordinator.is_none().then_some((code::COORDINATOR_NOT_AVAILABLE, "no leader is elected yet; retry shortly"))
+    });
+    let (id, host, port) = coordinator.map(|a| (a.id, s(&a.host), a.port)).unwrap_or((-1, s(""), -1));
     if req.version >= 4 {
         resp.coordinators = r
             .coordinator_keys
@@ -353,7 +357,7 @@ pub(crate) fn find_coordinator(b: &Broker, req: &Request, r: FindCoordinatorRequ
                         c.port = -1;
                     }
                     None => {
-                        c.node_id = BrokerId(b.config.node_id);
+                        c.node_id = BrokerId(id);
                         c.host = host.clone();
                         c.port = port;
                     }
@@ -372,7 +376,7 @@ pub(crate) fn find_coordinator(b: &Broker, req: &Request, r: FindCoordinatorRequ
                 resp.port = -1;
             }
             None => {
-                resp.node_id = BrokerId(b.config.node_id);
+                resp.node_id = BrokerId(id);
                 resp.host = host;
                 resp.port = port;
             }
@@ -387,6 +391,9 @@ pub(crate) fn join_group(b: Arc<Broker>, req: Request, r: JoinGroupRequest) -> R
     let immediate = |outcome: JoinOutcome| ready(join_answer(&req, outcome));
     if group_id.is_empty() {
         return immediate(JoinOutcome::error(code::INVALID_GROUP_ID, ""));
+    }
+    if !b.coordinates() {
+        return immediate(JoinOutcome::error(code::NOT_COORDINATOR, &r.member_id));
     }
     if !(SESSION_TIMEOUT_MIN_MS..=SESSION_TIMEOUT_MAX_MS).contains(&r.session_timeout_ms) {
         return immediate(JoinOutcome::error(code::INVALID_SESSION_TIMEOUT, &r.member_id));
@@ -491,6 +498,9 @@ pub(crate) fn sync_group(b: Arc<Broker>, req: Request, r: SyncGroupRequest) -> R
     let member_id = r.member_id.to_string();
     let (tx, rx) = oneshot::channel();
     let (early, protocol_type, protocol) = b.coordinator.with(|groups| {
+        if !b.coordinates() {
+            return (Some(SyncOutcome { error: code::NOT_COORDINATOR, assignment: Bytes::new() }), None, None);
+        }
         let Some(g) = groups.get_mut(&group_id) else {
             return (Some(SyncOutcome { error: code::UNKNOWN_MEMBER_ID, assignment: Bytes::new() }), None, None);
         };
@@ -553,6 +563,9 @@ pub(crate) fn heartbeat(b: &Broker, req: &Request, r: HeartbeatRequest) -> Optio
     let group_id = r.group_id.0.to_string();
     let member_id = r.member_id.to_string();
     let error = b.coordinator.with(|groups| {
+        if !b.coordinates() {
+            return code::NOT_COORDINATOR;
+        }
         let Some(g) = groups.get_mut(&group_id) else { return code::UNKNOWN_MEMBER_ID };
         let Some(m) = g.members.get_mut(&member_id) else { return code::UNKNOWN_MEMBER_ID };
         m.last_seen = Instant::now();
@@ -649,6 +662,8 @@ pub(crate) fn offset_commit(b: Arc<Broker>, req: Request, r: OffsetCommitRequest
     let group = r.group_id.0.to_string();
     let allowed = if group.is_empty() {
         code::INVALID_GROUP_ID
+    } else if !b.coordinates() {
+        code::NOT_COORDINATOR
     } else {
         commit_allowed(&b, &group, r.generation_id_or_member_epoch, r.member_id.as_str())
     };
@@ -689,14 +704,14 @@ pub(crate) fn offset_commit(b: Arc<Broker>, req: Request, r: OffsetCommitRequest
     Box::pin(async move {
         let failed = match submitted {
             None => None,
-            Some(Err(e)) => Some(e.to_string()),
+            Some(Err(e)) => Some((e.to_string(), not_coordinator(&e))),
             Some(Ok(p)) => match p.wait().await {
                 Ok(Applied::Offsets) => None,
-                Ok(other) => Some(format!("{other:?}")),
-                Err(e) => Some(e.to_string()),
+                Ok(other) => Some((format!("{other:?}"), code::COORDINATOR_NOT_AVAILABLE)),
+                Err(e) => Some((e.to_string(), not_coordinator(&e))),
             },
         };
-        if let Some(reason) = &failed {
+        if let Some((reason, _)) = &failed {
             tracing::warn!(%reason, "offset commit failed");
         }
         let mut resp = OffsetCommitResponse::default();
@@ -710,8 +725,10 @@ pub(crate) fn offset_commit(b: Arc<Broker>, req: Request, r: OffsetCommitRequest
                     .map(|(index, err)| {
                         let mut p = OffsetCommitResponsePartition::default();
                         p.partition_index = index;
-                        p.error_code =
-                            if err == code::NONE && failed.is_some() { code::COORDINATOR_NOT_AVAILABLE } else { err };
+                        p.error_code = match &failed {
+                            Some((_, code)) if err == code::NONE => *code,
+                            _ => err,
+                        };
                         p
                     })
                     .collect();
@@ -720,6 +737,14 @@ pub(crate) fn offset_commit(b: Arc<Broker>, req: Request, r: OffsetCommitRequest
             .collect();
         encode(&req, &resp)
     })
+}
+
+/// A commit the leader did not take: NOT_COORDINATOR sends the consumer to FindCoordinator.
+fn not_coordinator(e: &crate::Error) -> i16 {
+    match super::write_error_code(e) {
+        code::NOT_LEADER_OR_FOLLOWER => code::NOT_COORDINATOR,
+        _ => code::COORDINATOR_NOT_AVAILABLE,
+    }
 }
 
 /// One group's committed offsets for the asked topics (all committed ones when `None`).

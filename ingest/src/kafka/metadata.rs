@@ -67,19 +67,28 @@ fn str_bytes(s: &str) -> StrBytes {
 }
 
 pub(crate) fn metadata(b: &Broker, req: &Request, r: MetadataRequest) -> Option<Bytes> {
-    let node = BrokerId(b.config.node_id);
+    let (brokers, leader) = b.cluster();
     let mut resp = MetadataResponse::default();
-    let mut broker = MetadataResponseBroker::default();
-    broker.node_id = node;
-    broker.host = str_bytes(&b.config.advertised.ip().to_string());
-    broker.port = i32::from(b.config.advertised.port());
-    resp.brokers = vec![broker];
+    resp.brokers = brokers
+        .iter()
+        .map(|a| {
+            let mut broker = MetadataResponseBroker::default();
+            broker.node_id = BrokerId(a.id);
+            broker.host = str_bytes(&a.host);
+            broker.port = a.port;
+            broker
+        })
+        .collect();
+    let replicas: Vec<BrokerId> = brokers.iter().map(|a| BrokerId(a.id)).collect();
     if req.version >= 2 {
         resp.cluster_id = Some(str_bytes(CLUSTER_ID));
     }
     if req.version >= 1 {
-        resp.controller_id = node;
+        resp.controller_id = BrokerId(leader.unwrap_or(-1));
     }
+    // Every partition's raw log lives in the one Raft group, so the Raft leader leads them all
+    // and its term is the leader epoch clients compare.
+    let epoch = b.node.replica().status().term as i32;
     let engine = b.node.engine();
     let e = engine.read();
     let catalog = e.catalog();
@@ -94,10 +103,19 @@ pub(crate) fn metadata(b: &Broker, req: &Request, r: MetadataRequest) -> Option<
             .map(|p| {
                 let mut part = MetadataResponsePartition::default();
                 part.partition_index = p;
-                part.leader_id = node;
-                part.leader_epoch = 0;
-                part.replica_nodes = vec![node];
-                part.isr_nodes = vec![node];
+                match leader {
+                    Some(id) => {
+                        part.leader_id = BrokerId(id);
+                        part.leader_epoch = epoch;
+                    }
+                    None => {
+                        part.error_code = code::LEADER_NOT_AVAILABLE;
+                        part.leader_id = BrokerId(-1);
+                        part.leader_epoch = -1;
+                    }
+                }
+                part.replica_nodes = replicas.clone();
+                part.isr_nodes = replicas.clone();
                 part
             })
             .collect();

@@ -72,6 +72,7 @@ pub(crate) fn produce(b: &Arc<Broker>, req: &Request, r: ProduceRequest) -> Repl
     } else {
         None
     };
+    let leading = b.node.replica().is_leader();
     let mut work = Vec::with_capacity(r.topic_data.len());
     for topic in r.topic_data {
         let name = topic.name.0.to_string();
@@ -105,7 +106,13 @@ pub(crate) fn produce(b: &Arc<Broker>, req: &Request, r: ProduceRequest) -> Repl
         let mut batches = Vec::new();
         for pd in topic.partition_data {
             let slot = w.answers.len();
-            let checked = if overloaded {
+            let checked = if !leading {
+                Err(PartAnswer::error(
+                    pd.index,
+                    code::NOT_LEADER_OR_FOLLOWER,
+                    "this broker does not lead the partition; refresh metadata",
+                ))
+            } else if overloaded {
                 throttle_ms = OVERLOAD_THROTTLE_MS;
                 Err(PartAnswer::error(
                     pd.index,
@@ -150,7 +157,7 @@ pub(crate) fn produce(b: &Arc<Broker>, req: &Request, r: ProduceRequest) -> Repl
                 Err(e) => {
                     for &slot in &w.slots {
                         let a = &mut w.answers[slot];
-                        *a = PartAnswer::error(a.index, code::KAFKA_STORAGE_ERROR, e.to_string());
+                        *a = PartAnswer::error(a.index, super::write_error_code(&e), e.to_string());
                     }
                 }
             }
@@ -200,7 +207,7 @@ pub(crate) fn produce(b: &Arc<Broker>, req: &Request, r: ProduceRequest) -> Repl
                 Err(e) => {
                     for &slot in &w.slots {
                         let a = &mut w.answers[slot];
-                        *a = PartAnswer::error(a.index, code::KAFKA_STORAGE_ERROR, e.to_string());
+                        *a = PartAnswer::error(a.index, super::write_error_code(&e), e.to_string());
                     }
                 }
             }
@@ -349,24 +356,16 @@ pub(crate) fn init_producer_id(b: &Arc<Broker>, req: &Request, r: InitProducerId
         return ready(encode(&req, &resp));
     }
     let existing = (r.producer_id.0 >= 0).then_some((r.producer_id.0, r.producer_epoch));
-    let submitted = b.node.submit(&Command::InitProducer(InitProducerCommand { existing }));
+    let b = b.clone();
     Box::pin(async move {
         let mut resp = InitProducerIdResponse::default();
-        match submitted {
-            Ok(pending) => match pending.wait().await {
-                Ok(Applied::Producer { id, epoch }) => {
-                    resp.producer_id = ProducerId(id);
-                    resp.producer_epoch = epoch;
-                }
-                other => {
-                    tracing::warn!(?other, "InitProducerId failed");
-                    resp.error_code = code::COORDINATOR_NOT_AVAILABLE;
-                    resp.producer_id = ProducerId(-1);
-                    resp.producer_epoch = -1;
-                }
-            },
-            Err(e) => {
-                tracing::warn!(error = %e, "InitProducerId failed");
+        match allocate_producer(&b, existing).await {
+            Ok((id, epoch)) => {
+                resp.producer_id = ProducerId(id);
+                resp.producer_epoch = epoch;
+            }
+            Err(reason) => {
+                tracing::warn!(%reason, "InitProducerId failed");
                 resp.error_code = code::COORDINATOR_NOT_AVAILABLE;
                 resp.producer_id = ProducerId(-1);
                 resp.producer_epoch = -1;
@@ -374,4 +373,29 @@ pub(crate) fn init_producer_id(b: &Arc<Broker>, req: &Request, r: InitProducerId
         }
         encode(&req, &resp)
     })
+}
+
+/// Producer ids are logged commands: the leader logs it, and a follower (any broker may get
+/// InitProducerId) has the leader do it.
+async fn allocate_producer(b: &Broker, existing: Option<(i64, i16)>) -> Result<(i64, i16), String> {
+    let replica = b.node.replica();
+    if !replica.is_leader()
+        && let Some((id, leader)) = replica.leader()
+        && id != replica.node_id()
+    {
+        let body = serde_json::json!({ "existing": existing });
+        let v = crate::forward::call_leader(&leader.http, "/v1/cluster/init-producer", body, replica.node_id()).await?;
+        let pid = v.get("producer_id").and_then(serde_json::Value::as_i64);
+        let epoch = v.get("epoch").and_then(serde_json::Value::as_i64);
+        return match (pid, epoch) {
+            (Some(p), Some(e)) => Ok((p, e as i16)),
+            _ => Err(format!("the leader answered {v}")),
+        };
+    }
+    let pending = b.node.submit(&Command::InitProducer(InitProducerCommand { existing })).map_err(|e| e.to_string())?;
+    match pending.wait().await {
+        Ok(Applied::Producer { id, epoch }) => Ok((id, epoch)),
+        Ok(other) => Err(format!("applied as {other:?}")),
+        Err(e) => Err(e.to_string()),
+    }
 }

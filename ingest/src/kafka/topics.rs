@@ -36,6 +36,10 @@ fn catalog_error(e: &Error) -> Refusal {
             _ => code::INVALID_CONFIG,
         },
         Error::BadRequest(_) => code::INVALID_CONFIG,
+        // Admin clients send topic changes to the controller: the leader.
+        Error::Replication(tidemark_raft::Error::NotLeader { .. } | tidemark_raft::Error::OutcomeUnknown) => {
+            code::NOT_CONTROLLER
+        }
         _ => code::KAFKA_STORAGE_ERROR,
     };
     (code, e.to_string())

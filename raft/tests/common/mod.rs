@@ -7,12 +7,12 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use openraft::async_runtime::WatchReceiver;
-use openraft::{BasicNode, Config, Raft, RaftNetworkFactory};
+use openraft::{Config, Raft, RaftNetworkFactory};
 use tidemark_catalog::spec::DEMO_BEACONS_SPEC;
 use tidemark_catalog::{CatalogCommand, DatasourceSpec};
 use tidemark_raft::log_store::LogStore;
 use tidemark_raft::state_machine::EngineStateMachine;
-use tidemark_raft::{LogCommand, NodeId, TypeConfig};
+use tidemark_raft::{LogCommand, Member as Addrs, NodeId, TypeConfig};
 use tidemark_storage::engine::command::{
     Command, EventsCommand, EventsHeader, EventsPart, PersistCommand, PersistReason,
 };
@@ -129,8 +129,8 @@ fn segment_files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
 /// Initializes a three-node cluster on node 1, writes a datasource, 2,000 events and a
 /// persist through the leader, and checks that every replica applied the same thing.
 pub(crate) async fn write_and_compare(members: &[Member], addrs: &[String], dirs: &[tempfile::TempDir]) {
-    let voters: BTreeMap<NodeId, BasicNode> =
-        addrs.iter().enumerate().map(|(i, a)| (i as NodeId + 1, BasicNode::new(a.clone()))).collect();
+    let voters: BTreeMap<NodeId, Addrs> =
+        addrs.iter().enumerate().map(|(i, a)| (i as NodeId + 1, Addrs { raft: a.clone(), ..Addrs::default() })).collect();
     members[0].raft.initialize(voters).await.expect("initialize");
     members[0].raft.wait(Some(Duration::from_secs(10))).current_leader(1, "leader").await.expect("node 1 leads");
 

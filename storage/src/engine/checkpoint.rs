@@ -1,6 +1,6 @@
 //! The engine's durable state besides data files: catalog, segment timeline, idempotency keys,
 //! rejects, as of one applied log position. Written atomically (temp file, fsync, rename) after
-//! the raw logs are synced, so the command log can be trimmed below it. Realtime indexes are
+//! the raw logs are synced, so the Raft log can be purged below it. Realtime indexes are
 //! not in it: they are rebuilt from the raw log on start.
 
 use std::fs::{self, File};

@@ -16,6 +16,17 @@ use tidemark_catalog::{CatalogCommand, DatasourceId};
 use crate::error::{Error, Result};
 use crate::raw::frame::Verdict;
 
+
+/// One log entry as the engine applies it: its position in the log (the Raft index), the
+/// writer's clock when it was logged (apply's only clock), and a command's kind and bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub position: u64,
+    pub writer_time_ms: i64,
+    pub kind: u8,
+    pub payload: Vec<u8>,
+}
+
 pub const COMMAND_VERSION: u8 = 1;
 pub const KIND_CATALOG: u8 = 1;
 pub const KIND_EVENTS: u8 = 2;

@@ -1,6 +1,6 @@
 //! Consumer group offsets: what each group committed per topic partition. Changed only by
 //! logged [`OffsetsCommand`]s, so committed offsets are as durable as the data and survive a
-//! restart (through the checkpoint and command log replay). Group membership itself is
+//! restart (through the checkpoint and Raft log replay). Group membership itself is
 //! soft state in the Kafka door's coordinator; only offsets are kept.
 
 use std::collections::BTreeMap;

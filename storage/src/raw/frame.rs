@@ -25,7 +25,7 @@ pub struct Verdict {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {
-    /// The command log position (Raft index, later) the batch came from.
+    /// The log position (Raft index) the batch came from.
     pub log_position: u64,
     /// The time the writer stamped on the entry; apply uses it instead of the local clock.
     pub writer_time_ms: i64,

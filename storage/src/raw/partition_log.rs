@@ -10,7 +10,7 @@
 //!   touches only the files whose range overlaps it.
 //! - On open, a torn or corrupt tail of the newest file is cut at the last whole entry. Damage
 //!   in a sealed file is not a torn tail and is reported as an error, never cut.
-//! - Appends are not durable until [`PartitionLog::sync`]; the command log is trimmed only
+//! - Appends are not durable until [`PartitionLog::sync`]; the Raft log is purged only
 //!   below what every partition has synced, so a crash can be replayed from there.
 
 use std::fs::{self, File, OpenOptions};
@@ -324,7 +324,7 @@ impl PartitionLog {
         self.files.iter().find_map(|f| f.entries.first().map(|e| e.base_offset)).unwrap_or(self.next_offset)
     }
 
-    /// The command log position of the last batch stored: replay skips entries up to it.
+    /// The log position (Raft index) of the last batch stored: replay skips entries up to it.
     pub fn last_log_position(&self) -> Option<u64> {
         self.last_log_position
     }
@@ -450,7 +450,7 @@ impl PartitionLog {
             .collect()
     }
 
-    /// The stored batch that came from command log position `position`, if any. Positions
+    /// The stored batch that came from log position (Raft index) `position`, if any. Positions
     /// increase with offsets, so this is a binary search.
     pub fn entry_at_position(&self, position: u64) -> Option<IndexEntry> {
         let file = self.files.partition_point(|f| f.entries.first().is_some_and(|e| e.log_position <= position));
@@ -459,7 +459,7 @@ impl PartitionLog {
         f.entries.get(i).filter(|e| e.log_position == position).copied()
     }
 
-    /// Index entries of every batch from command log position `position` on, in offset order.
+    /// Index entries of every batch from log position `position` on, in offset order.
     pub fn entries_from_position(&self, position: u64) -> Vec<IndexEntry> {
         self.files.iter().flat_map(|f| f.entries.iter().filter(|e| e.log_position >= position).copied()).collect()
     }

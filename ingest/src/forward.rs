@@ -1,0 +1,96 @@
+//! Writes that reach a follower: any node accepts them, and a follower hands the request as it
+//! came (method, path, headers, body) to the leader's HTTP address and answers with the
+//! leader's answer. The client never needs to know who leads.
+//!
+//! Invariants:
+//! - A request is forwarded at most once: the forwarded copy carries `x-tidemark-forwarded-by`,
+//!   and a node that receives one without leading answers 503 (leadership moved on the way)
+//!   rather than forwarding again, so no request can loop.
+//! - With no leader known (an election, or no quorum) the answer is 503 with `Retry-After`.
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::header::HOST;
+use axum::http::{HeaderValue, Uri};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use hyper_util::rt::TokioIo;
+use tidemark_raft::NodeId;
+
+use crate::IngestState;
+use crate::error::Error;
+
+pub const FORWARDED_BY: &str = "x-tidemark-forwarded-by";
+
+/// Middleware for write routes: runs the route on the leader, forwards it from a follower.
+pub async fn leader_only(State(s): State<IngestState>, req: Request, next: Next) -> Response {
+    let replica = s.node.replica();
+    if replica.is_leader() {
+        return next.run(req).await;
+    }
+    let me = replica.node_id();
+    let no_leader = || Error::Replication(tidemark_raft::Error::NotLeader { node: me, leader: None });
+    match replica.leader() {
+        // Raft's view and the metrics can disagree for a moment; let Raft decide.
+        Some((id, _)) if id == me => next.run(req).await,
+        Some(_) if req.headers().contains_key(FORWARDED_BY) => Error::Stopped {
+            reason: "leadership moved while the request was forwarded; retry it".into(),
+        }
+        .into_response(),
+        Some((id, leader)) => match forward(&leader.http, req, me).await {
+            Ok(resp) => {
+                s.node.metrics().http_forwarded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                resp
+            }
+            Err(reason) => {
+                tracing::warn!(leader = id, %reason, "forwarding a write to the leader failed");
+                Error::Replication(tidemark_raft::Error::Stopped(format!(
+                    "forwarding to the leader (node {id} at {}) failed: {reason}; retry with the same idempotency key",
+                    leader.http
+                )))
+                .into_response()
+            }
+        },
+        None => no_leader().into_response(),
+    }
+}
+
+/// Sends a JSON request to the leader's HTTP API and returns its JSON answer (for Kafka
+/// requests a follower must have the leader run, such as InitProducerId).
+pub(crate) async fn call_leader(
+    addr: &str,
+    path: &str,
+    body: serde_json::Value,
+    me: NodeId,
+) -> Result<serde_json::Value, String> {
+    let req = axum::http::Request::post(path)
+        .header(axum::http::header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body.to_string()))
+        .map_err(|e| e.to_string())?;
+    let resp = forward(addr, req, me).await?;
+    let status = resp.status();
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.map_err(|e| e.to_string())?;
+    if !status.is_success() {
+        return Err(format!("leader answered {status}: {}", String::from_utf8_lossy(&bytes)));
+    }
+    serde_json::from_slice(&bytes).map_err(|e| e.to_string())
+}
+
+async fn forward(addr: &str, mut req: Request, me: NodeId) -> Result<Response, String> {
+    let stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let _ = stream.set_nodelay(true);
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake::<_, Body>(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "forwarding connection closed");
+        }
+    });
+    let path = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
+    *req.uri_mut() = path.parse::<Uri>().map_err(|e| e.to_string())?;
+    let headers = req.headers_mut();
+    headers.insert(HOST, HeaderValue::from_str(addr).map_err(|e| e.to_string())?);
+    headers.insert(FORWARDED_BY, HeaderValue::from(me));
+    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    Ok(resp.map(Body::new))
+}

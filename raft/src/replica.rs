@@ -1,0 +1,455 @@
+//! One node's replica of the log: openraft over the RocksDB log store, the engine state
+//! machine and the gRPC network, with the few operations the rest of tidemark needs: submit
+//! a command and wait for it to be applied, ask who leads, change the membership, read the
+//! cluster's status.
+//!
+//! Invariants:
+//! - `submit` keeps order: commands submitted one after another reach the Raft log in that
+//!   order (a single forwarder task hands them to openraft), which a Kafka connection's
+//!   pipelined produce requests rely on.
+//! - A writer is answered only after its entry is committed and applied here, so the answer
+//!   means "replicated to a majority and queryable on the leader".
+//! - A single node is a one-voter cluster and takes exactly this path.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use openraft::async_runtime::WatchReceiver;
+use openraft::errors::ClientWriteError;
+use openraft::impls::ProgressResponder;
+use openraft::raft::ClientWriteResult;
+use openraft::type_config::alias::OneshotReceiverOf;
+use openraft::{ChangeMembers, Config, Raft, ReadPolicy, ServerState, SnapshotPolicy};
+use serde::Serialize;
+use tidemark_storage::engine::{Applied, Engine, EngineConfig, SharedEngine};
+
+use crate::error::{Error, Result};
+use crate::log_store::LogStore;
+use crate::network::{GrpcNetwork, raft_service};
+use crate::state_machine::EngineStateMachine;
+use crate::types::{LogCommand, Member, NodeId, TypeConfig};
+
+pub type RaftNode = Raft<TypeConfig, EngineStateMachine>;
+
+#[derive(Debug, Clone)]
+pub struct ReplicaConfig {
+    pub node_id: NodeId,
+    /// This node's addresses, as the membership will carry them.
+    pub me: Member,
+    pub engine: EngineConfig,
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot (an engine checkpoint) after this many entries.
+    pub snapshot_every_entries: u64,
+    /// Raft entries kept below a snapshot, so a briefly lagging follower catches up from the
+    /// log rather than by snapshot.
+    pub entries_kept_after_snapshot: u64,
+    /// Writes waiting for the Raft log before `submit` answers `Overloaded`.
+    pub in_flight_max: usize,
+}
+
+impl ReplicaConfig {
+    pub fn new(node_id: NodeId, me: Member, engine: EngineConfig) -> ReplicaConfig {
+        ReplicaConfig {
+            node_id,
+            me,
+            engine,
+            heartbeat_interval_ms: 100,
+            election_timeout_min_ms: 600,
+            election_timeout_max_ms: 1200,
+            snapshot_every_entries: 20_000,
+            entries_kept_after_snapshot: 20_000,
+            in_flight_max: 65_536,
+        }
+    }
+}
+
+type Responder = ProgressResponder<TypeConfig, ClientWriteResult<TypeConfig>>;
+type ResponseRx = OneshotReceiverOf<TypeConfig, ClientWriteResult<TypeConfig>>;
+
+#[derive(Debug)]
+struct Inner {
+    raft: RaftNode,
+    engine: SharedEngine,
+    config: ReplicaConfig,
+    queue: tokio::sync::mpsc::UnboundedSender<(LogCommand, Responder)>,
+    in_flight: Arc<AtomicUsize>,
+    applied: tokio::sync::watch::Receiver<u64>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// A handle on this node's replica; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Replica {
+    inner: Arc<Inner>,
+}
+
+/// A submitted command's answer, once it is committed and applied.
+#[derive(Debug)]
+pub struct Submitted {
+    rx: ResponseRx,
+    node: NodeId,
+    _slot: InFlight,
+}
+
+#[derive(Debug)]
+struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Submitted {
+    pub async fn wait(self) -> Result<Applied> {
+        let answer = self.rx.await.map_err(|_| Error::Stopped("Raft stopped before answering".into()))?;
+        match answer {
+            Ok(resp) => match resp.data.applied {
+                Some(Ok(applied)) => Ok(applied),
+                Some(Err(reason)) => Err(Error::Refused(reason)),
+                None => Err(Error::Stopped(format!("entry {} was not applied by this node", resp.log_id))),
+            },
+            Err(ClientWriteError::ForwardToLeader(f)) => {
+                let leader = f.leader_id.zip(f.leader_node);
+                Err(Error::NotLeader { node: self.node, leader })
+            }
+            Err(ClientWriteError::LogEntryDiscarded(_)) => Err(Error::OutcomeUnknown),
+            Err(e) => Err(Error::Stopped(e.to_string())),
+        }
+    }
+}
+
+/// The cluster as this node sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterStatus {
+    pub node_id: NodeId,
+    pub state: String,
+    pub leader: Option<NodeId>,
+    pub term: u64,
+    pub last_log_index: Option<u64>,
+    pub committed_index: Option<u64>,
+    pub applied_index: Option<u64>,
+    pub snapshot_index: Option<u64>,
+    pub purged_index: Option<u64>,
+    pub voters: BTreeMap<NodeId, Member>,
+    pub learners: BTreeMap<NodeId, Member>,
+    /// On the leader: the highest index each member is known to hold.
+    pub replication: Option<BTreeMap<NodeId, Option<u64>>>,
+    /// Why Raft stopped on this node, if it did.
+    pub fatal: Option<String>,
+}
+
+impl Replica {
+    /// Opens the Raft log (`<data_dir>/raft`) and the engine, starts Raft and serves Raft RPC
+    /// on `listener`. A node that was never part of a cluster waits to be initialized
+    /// ([`Replica::bootstrap`]) or added by a leader.
+    pub async fn open(config: ReplicaConfig, listener: tokio::net::TcpListener) -> Result<(Replica, OpenReport)> {
+        let raft_dir = config.engine.data_dir.join("raft");
+        let log = LogStore::open(&raft_dir).map_err(|source| Error::Store { path: raft_dir.clone(), source })?;
+        let (engine, recovery) = Engine::open(config.engine.clone())?;
+        let report = OpenReport {
+            checkpoint_position: recovery.checkpoint_position,
+            raw_batches_replayed: recovery.raw_batches_replayed,
+            cut_bytes: recovery.raw_cut_bytes,
+        };
+        let engine = SharedEngine(Arc::new(std::sync::RwLock::new(engine)));
+        let sm = EngineStateMachine::new(engine.clone(), config.engine.clone())
+            .map_err(|source| Error::Store { path: config.engine.data_dir.clone(), source })?;
+        let applied = sm.applied_watch();
+        let raft_config = Config {
+            cluster_name: "tidemark".into(),
+            heartbeat_interval: config.heartbeat_interval_ms,
+            election_timeout_min: config.election_timeout_min_ms,
+            election_timeout_max: config.election_timeout_max_ms,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every_entries),
+            max_in_snapshot_log_to_keep: config.entries_kept_after_snapshot,
+            ..Config::default()
+        }
+        .validate()
+        .map_err(|e| Error::Membership(format!("invalid Raft timing: {e}")))?;
+        let raft = Raft::new(config.node_id, Arc::new(raft_config), GrpcNetwork, log, sm)
+            .await
+            .map_err(|e| Error::Stopped(format!("Raft did not start: {e}")))?;
+
+        let server = {
+            let service = raft_service(raft.clone());
+            tokio::spawn(async move {
+                let incoming = tonic::transport::server::TcpIncoming::from(listener);
+                if let Err(e) = tonic::transport::Server::builder().add_service(service).serve_with_incoming(incoming).await
+                {
+                    tracing::error!(error = %e, "the Raft RPC server stopped");
+                }
+            })
+        };
+        let (queue, mut rx) = tokio::sync::mpsc::unbounded_channel::<(LogCommand, Responder)>();
+        let forwarder = {
+            let raft = raft.clone();
+            tokio::spawn(async move {
+                while let Some((cmd, responder)) = rx.recv().await {
+                    // On a fatal error the responder is dropped and the writer told Raft stopped.
+                    if let Err(e) = raft.client_write_ff(cmd, Some(responder)).await {
+                        tracing::error!(error = %e, "Raft refused a write: it has stopped");
+                    }
+                }
+            })
+        };
+        let inner = Inner {
+            raft,
+            engine,
+            config,
+            queue,
+            in_flight: Arc::new(AtomicUsize::new(0)),
+            applied,
+            tasks: vec![server, forwarder],
+        };
+        Ok((Replica { inner: Arc::new(inner) }, report))
+    }
+
+    /// Makes this node a one-voter cluster if it was never initialized: the single-node
+    /// default, and the first node of a new cluster. A no-op on restart.
+    pub async fn bootstrap(&self) -> Result<()> {
+        let raft = &self.inner.raft;
+        let initialized = raft.is_initialized().await.map_err(|e| Error::Stopped(e.to_string()))?;
+        if !initialized {
+            let members = BTreeMap::from([(self.inner.config.node_id, self.inner.config.me.clone())]);
+            raft.initialize(members).await.map_err(|e| Error::Membership(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Waits until some node leads (for start-up and tests).
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Result<NodeId> {
+        let m = self
+            .inner
+            .raft
+            .wait(Some(timeout))
+            .metrics(|m| m.current_leader.is_some(), "a leader is elected")
+            .await
+            .map_err(|e| Error::Stopped(format!("no leader within {timeout:?}: {e}")))?;
+        m.current_leader.ok_or_else(|| Error::Stopped("no leader".into()))
+    }
+
+    pub fn raft(&self) -> &RaftNode {
+        &self.inner.raft
+    }
+
+    pub fn engine(&self) -> SharedEngine {
+        self.inner.engine.clone()
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.inner.config.node_id
+    }
+
+    pub fn me(&self) -> &Member {
+        &self.inner.config.me
+    }
+
+    /// Changes whenever entries were applied here.
+    pub fn applied_watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.applied.clone()
+    }
+
+    /// Whether this node leads, as far as it knows.
+    pub fn is_leader(&self) -> bool {
+        self.inner.raft.metrics().borrow_watched().state == ServerState::Leader
+    }
+
+    /// The leader this node knows of, with its addresses.
+    pub fn leader(&self) -> Option<(NodeId, Member)> {
+        let m = self.inner.raft.metrics().borrow_watched().clone();
+        let id = m.current_leader?;
+        let member = m.membership_config.membership().get_node(&id)?.clone();
+        Some((id, member))
+    }
+
+    /// Every member (voters and learners) with its addresses.
+    pub fn members(&self) -> BTreeMap<NodeId, Member> {
+        let m = self.inner.raft.metrics().borrow_watched().clone();
+        m.membership_config.nodes().map(|(id, n)| (*id, n.clone())).collect()
+    }
+
+    /// Why Raft stopped on this node, if it did.
+    pub fn fatal(&self) -> Option<String> {
+        self.inner.raft.metrics().borrow_watched().running_state.as_ref().err().map(|e| e.to_string())
+    }
+
+    /// Calls `f(from, to)` on every change of the leader this node knows (for metrics, logs).
+    pub fn on_leader_change(&self, f: impl Fn(Option<NodeId>, Option<NodeId>) + Send + 'static) {
+        let mut rx = self.inner.raft.metrics();
+        tokio::spawn(async move {
+            let mut last = rx.borrow_watched().current_leader;
+            while rx.changed().await.is_ok() {
+                let now = rx.borrow_watched().current_leader;
+                if now != last {
+                    f(last, now);
+                    last = now;
+                }
+            }
+        });
+    }
+
+    /// Hands `cmd` to the Raft log now; wait on the answer with [`Submitted::wait`].
+    pub fn submit(&self, cmd: LogCommand) -> Result<Submitted> {
+        if let Some(reason) = self.fatal() {
+            return Err(Error::Stopped(reason));
+        }
+        let in_flight = self.inner.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        let slot = InFlight(self.inner.in_flight.clone());
+        if in_flight > self.inner.config.in_flight_max {
+            return Err(Error::Overloaded { in_flight: in_flight - 1, bound: self.inner.config.in_flight_max });
+        }
+        let (responder, rx) = Responder::complete_only();
+        self.inner.queue.send((cmd, responder)).map_err(|_| Error::Stopped("the node is shutting down".into()))?;
+        Ok(Submitted { rx, node: self.node_id(), _slot: slot })
+    }
+
+    /// Adds a learner and, when `blocking`, waits until it has caught up with the log.
+    pub async fn add_learner(&self, id: NodeId, member: Member, blocking: bool) -> Result<()> {
+        self.inner.raft.add_learner(id, member, blocking).await.map_err(|e| self.membership_error(e))?;
+        Ok(())
+    }
+
+    /// Records new addresses for a member that moved (restarted on other ports with its data).
+    /// Only for the same node with the same log: pointing an id at another node's data would
+    /// let two logs claim one vote.
+    pub async fn update_member(&self, id: NodeId, member: Member) -> Result<()> {
+        let nodes = BTreeMap::from([(id, member)]);
+        self.inner.raft.change_membership(ChangeMembers::SetNodes(nodes), true).await.map_err(|e| self.membership_error(e))?;
+        Ok(())
+    }
+
+    /// Makes learners voters.
+    pub async fn promote(&self, ids: BTreeSet<NodeId>) -> Result<()> {
+        self.inner.raft.change_membership(ChangeMembers::AddVoterIds(ids), false).await.map_err(|e| self.membership_error(e))?;
+        Ok(())
+    }
+
+    /// Removes members (voters or learners) from the cluster.
+    pub async fn remove(&self, ids: BTreeSet<NodeId>) -> Result<()> {
+        let voters: BTreeSet<NodeId> = self.inner.raft.voter_ids().filter(|v| ids.contains(v)).collect();
+        if !voters.is_empty() {
+            self.inner
+                .raft
+                .change_membership(ChangeMembers::RemoveVoters(voters), false)
+                .await
+                .map_err(|e| self.membership_error(e))?;
+        }
+        let learners: BTreeSet<NodeId> = self.inner.raft.learner_ids().filter(|v| ids.contains(v)).collect();
+        if !learners.is_empty() {
+            self.inner
+                .raft
+                .change_membership(ChangeMembers::RemoveNodes(learners), false)
+                .await
+                .map_err(|e| self.membership_error(e))?;
+        }
+        Ok(())
+    }
+
+    /// Asks the leader to hand leadership to `to`; returns once `to` leads, or fails after
+    /// `timeout`.
+    pub async fn transfer_leader(&self, to: NodeId, timeout: Duration) -> Result<()> {
+        if !self.is_leader() {
+            return Err(Error::NotLeader { node: self.node_id(), leader: self.leader() });
+        }
+        if !self.inner.raft.voter_ids().any(|v| v == to) {
+            return Err(Error::Membership(format!("node {to} is not a voter")));
+        }
+        self.inner.raft.trigger().transfer_leader(to).await.map_err(|e| Error::Stopped(e.to_string()))?;
+        self.inner
+            .raft
+            .wait(Some(timeout))
+            .metrics(|m| m.current_leader == Some(to), "the new leader is elected")
+            .await
+            .map_err(|e| Error::Membership(format!("node {to} did not take over within {timeout:?}: {e}")))?;
+        Ok(())
+    }
+
+    /// A read index: on the leader, the log index a read must see applied to reflect every
+    /// write acknowledged before it (ReadIndex: a heartbeat round confirms leadership).
+    pub async fn read_index(&self) -> Result<u64> {
+        let read = self.inner.raft.ensure_linearizable(ReadPolicy::ReadIndex).await.map_err(|e| {
+            match e.forward_to_leader() {
+                Some(f) => Error::NotLeader { node: self.node_id(), leader: f.leader_id.zip(f.leader_node.clone()) },
+                None => Error::Stopped(e.to_string()),
+            }
+        })?;
+        Ok(read.index())
+    }
+
+    /// Waits until this node has applied `index` (a read index from the leader).
+    pub async fn wait_applied(&self, index: u64, timeout: Duration) -> Result<()> {
+        let mut rx = self.applied_watch();
+        let wait = rx.wait_for(|applied| *applied >= index);
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(Error::Stopped("the state machine stopped".into())),
+            Err(_) => Err(Error::Stopped(format!("this node did not apply index {index} within {timeout:?}"))),
+        }
+    }
+
+    pub fn status(&self) -> ClusterStatus {
+        let m = self.inner.raft.metrics().borrow_watched().clone();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let mut voter_nodes = BTreeMap::new();
+        let mut learner_nodes = BTreeMap::new();
+        for (id, n) in membership.nodes() {
+            if voters.contains(id) {
+                voter_nodes.insert(*id, n.clone());
+            } else {
+                learner_nodes.insert(*id, n.clone());
+            }
+        }
+        ClusterStatus {
+            node_id: m.id,
+            state: format!("{:?}", m.state).to_lowercase(),
+            leader: m.current_leader,
+            term: m.current_term,
+            last_log_index: m.last_log_index,
+            committed_index: m.local_committed.as_ref().map(|l| l.index),
+            applied_index: m.last_applied.as_ref().map(|l| l.index),
+            snapshot_index: m.snapshot.as_ref().map(|l| l.index),
+            purged_index: m.purged.as_ref().map(|l| l.index),
+            voters: voter_nodes,
+            learners: learner_nodes,
+            replication: m
+                .replication
+                .as_ref()
+                .map(|r| r.iter().map(|(id, l)| (*id, l.as_ref().map(|l| l.index))).collect()),
+            fatal: m.running_state.as_ref().err().map(|e| e.to_string()),
+        }
+    }
+
+    fn membership_error<E: std::fmt::Display>(&self, e: openraft::errors::RaftError<TypeConfig, E>) -> Error
+    where
+        E: openraft::TryAsRef<openraft::errors::ForwardToLeader<TypeConfig>> + std::error::Error,
+    {
+        match e.forward_to_leader() {
+            Some(f) => Error::NotLeader { node: self.node_id(), leader: f.leader_id.zip(f.leader_node.clone()) },
+            None => Error::Membership(e.to_string()),
+        }
+    }
+
+    /// Stops Raft and the RPC server; the engine is left for the caller to checkpoint.
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.inner.raft.shutdown().await {
+            tracing::warn!(error = %e, "Raft did not stop cleanly");
+        }
+        for t in &self.inner.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// What opening the engine found.
+#[derive(Debug, Clone, Default)]
+pub struct OpenReport {
+    pub checkpoint_position: u64,
+    pub raw_batches_replayed: u64,
+    pub cut_bytes: u64,
+}

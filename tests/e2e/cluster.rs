@@ -1,0 +1,306 @@
+//! Three `tidemark serve` processes on 127.0.0.1–3 as one Raft cluster: writes through any
+//! node, the leader SIGKILLed and restarted while writers keep going, and at the end every
+//! acknowledged event present exactly once on every node.
+//!
+//! `TIDEMARK_CHAOS_KILLS` sets the number of leader kills (default 20); the longer run is
+//! `TIDEMARK_CHAOS_KILLS=200 cargo test --test e2e cluster::leader_kills -- --nocapture`.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+use tidemark_loadgen::Beacon;
+
+use crate::harness::{MemberAddrs, TestNode};
+use crate::{ndjson, now_ms, traffic};
+
+struct Cluster {
+    dirs: Vec<TempDir>,
+    addrs: Vec<MemberAddrs>,
+    nodes: Vec<Option<TestNode>>,
+}
+
+fn agent(timeout: Duration) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_idle_connections_per_host(0)
+        .timeout_global(Some(timeout))
+        .build()
+        .into()
+}
+
+fn get_json(agent: &ureq::Agent, url: &str) -> Option<serde_json::Value> {
+    let mut r = agent.get(url).call().ok()?;
+    let text = r.body_mut().read_to_string().ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+impl Cluster {
+    /// Node 1 starts the cluster; nodes 2 and 3 join through it.
+    fn start() -> Cluster {
+        let dirs: Vec<TempDir> = (0..3).map(|_| tempfile::tempdir().expect("tempdir")).collect();
+        let addrs: Vec<MemberAddrs> = (1..=3).map(MemberAddrs::new).collect();
+        let first = TestNode::start_member(dirs[0].path(), &addrs[0], None, &[]);
+        first.wait_healthy();
+        let mut nodes = vec![Some(first)];
+        for i in 1..3 {
+            nodes.push(Some(TestNode::start_member(dirs[i].path(), &addrs[i], Some(&addrs[0].http), &[])));
+        }
+        let c = Cluster { dirs, addrs, nodes };
+        c.wait_for(Duration::from_secs(90), "three voters", |s| {
+            s["voters"].as_object().is_some_and(|v| v.len() == 3) && s["leader"].is_u64()
+        });
+        c
+    }
+
+    fn node(&self, i: usize) -> &TestNode {
+        self.nodes[i].as_ref().expect("node is running")
+    }
+
+    /// The cluster status from the leader if one answers (only it knows how far each member
+    /// is), else from the first running node that answers.
+    fn status(&self) -> Option<serde_json::Value> {
+        let a = agent(Duration::from_secs(2));
+        let all: Vec<serde_json::Value> =
+            self.nodes.iter().flatten().filter_map(|n| get_json(&a, &format!("http://{}/v1/cluster", n.http))).collect();
+        let leader = all.iter().find(|s| s["state"] == "leader").cloned();
+        leader.or_else(|| all.into_iter().next())
+    }
+
+    fn wait_for(&self, timeout: Duration, what: &str, ok: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.status()
+                && ok(&s)
+            {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "cluster never reached: {what}; last status {:?}", self.status());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Index of the node every running node agrees leads.
+    fn leader(&self) -> usize {
+        let s = self.wait_for(Duration::from_secs(60), "a leader", |s| s["leader"].is_u64());
+        (s["leader"].as_u64().unwrap_or(1) - 1) as usize
+    }
+
+    fn kill(&mut self, i: usize) {
+        if let Some(mut n) = self.nodes[i].take() {
+            n.kill9();
+        }
+    }
+
+    fn restart(&mut self, i: usize) {
+        let join = (i != 0).then(|| self.addrs[0].http.clone());
+        self.nodes[i] = Some(TestNode::start_member(self.dirs[i].path(), &self.addrs[i], join.as_deref(), &[]));
+    }
+
+    /// Waits until every node reports the same exact aggregates, and returns them.
+    fn converged(&self, expected: &BTreeMap<String, (i64, f64)>) {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        for (i, n) in self.nodes.iter().enumerate() {
+            let n = n.as_ref().expect("all nodes run at the end");
+            loop {
+                let got = aggregates(n);
+                if &got == expected {
+                    break;
+                }
+                let events: i64 = got.values().map(|v| v.0).sum();
+                let want: i64 = expected.values().map(|v| v.0).sum();
+                assert!(
+                    Instant::now() < deadline,
+                    "node {} holds {events} events, expected {want} (every acknowledged one, once)",
+                    i + 1
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+}
+
+/// Per merchant: events and total amount (amounts in cents, so sums are exact).
+fn aggregates(n: &TestNode) -> BTreeMap<String, (i64, f64)> {
+    n.sql("SELECT merchant_id, SUM(\"count\") AS c, SUM(amount_sum) AS a FROM beacons GROUP BY merchant_id")
+        .into_iter()
+        .map(|r| {
+            let m = r["merchant_id"].as_str().unwrap_or_default().to_string();
+            (m, (r["c"].as_i64().unwrap_or(-1), (r["a"].as_f64().unwrap_or(0.0) * 100.0).round()))
+        })
+        .collect()
+}
+
+fn expected(batches: &[Vec<Beacon>], acked: &[usize]) -> BTreeMap<String, (i64, f64)> {
+    let mut out: BTreeMap<String, (i64, f64)> = BTreeMap::new();
+    for &i in acked {
+        for b in &batches[i] {
+            let e = out.entry(b.merchant_id.clone()).or_default();
+            e.0 += 1;
+            e.1 += b.amount.unwrap_or(0.0) * 100.0;
+        }
+    }
+    out.values_mut().for_each(|v| v.1 = v.1.round());
+    out
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+#[test]
+fn three_nodes_forward_writes_and_agree() {
+    let c = Cluster::start();
+    let leader = c.leader();
+    let follower = (leader + 1) % 3;
+    let batches: Vec<Vec<Beacon>> = (0..4).map(|i| traffic(7000 + i, 20, now_ms() - 600_000, 600_000, 200)).collect();
+    for (i, b) in batches.iter().enumerate() {
+        // Through a follower: it forwards to the leader and answers with the leader's answer.
+        let r = c.node(follower).post("/v1/beacons/beacons", &ndjson(b), &[("Idempotency-Key", &format!("fw-{i}"))]);
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.json()["accepted"], 200, "{}", r.body);
+    }
+    c.converged(&expected(&batches, &[0, 1, 2, 3]));
+    for i in 0..3 {
+        let h = c.node(i).get("/health").json();
+        assert_eq!(h["writes"], true, "{h}");
+        assert_eq!(h["leader"].as_u64(), Some(leader as u64 + 1), "{h}");
+        assert_eq!(h["role"], if i == leader { "leader" } else { "follower" }, "{h}");
+    }
+    // A datasource change through a follower reaches every node's catalog.
+    let spec = crate::datasources::SHOPS;
+    let r = c.node(follower).post("/v1/datasources", spec.as_bytes(), &[("Content-Type", "application/json")]);
+    assert!(r.status == 200 || r.status == 201, "{}", r.body);
+    for i in 0..3 {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while c.node(i).get("/v1/datasources/shops").status != 200 {
+            assert!(Instant::now() < deadline, "node {} never saw the new datasource", i + 1);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    // The CLI shows the three members and who leads.
+    let (code, out, err) = c.node(follower).cli(&["cluster", "status"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("leader") && out.matches("127.0.0.").count() >= 9, "{out}");
+
+    // Leadership moves on request, and writes follow it.
+    let target = (leader + 2) % 3;
+    let (code, out, err) = c.node(follower).cli(&["cluster", "transfer-leader", &(target + 1).to_string()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(c.leader(), target);
+    let more = vec![traffic(7100, 20, now_ms() - 600_000, 600_000, 100)];
+    let r = c.node(leader).post("/v1/beacons/beacons", &ndjson(&more[0]), &[("Idempotency-Key", "fw-after")]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let mut all = batches.clone();
+    all.extend(more);
+    c.converged(&expected(&all, &[0, 1, 2, 3, 4]));
+}
+
+#[test]
+fn leader_kills_lose_no_acknowledged_write() {
+    let kills: usize = std::env::var("TIDEMARK_CHAOS_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
+    let mut c = Cluster::start();
+    let base = now_ms() - 1_800_000;
+    let batches: Arc<Vec<Vec<Beacon>>> =
+        Arc::new((0..20_000).map(|i| traffic(90_000 + i, 25, base, 1_200_000, 50)).collect());
+    let acked = Arc::new(Mutex::new(Vec::<(usize, Instant)>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let urls: Vec<String> = c.addrs.iter().map(|a| format!("http://{}/v1/beacons/beacons", a.http)).collect();
+    let mut writers = Vec::new();
+    for w in 0..2 {
+        let (batches, acked, stop, next, urls) = (batches.clone(), acked.clone(), stop.clone(), next.clone(), urls.clone());
+        writers.push(std::thread::spawn(move || {
+            let agent = agent(Duration::from_secs(5));
+            let mut target = w;
+            while !stop.load(Ordering::SeqCst) {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                if i >= batches.len() {
+                    return;
+                }
+                let body = ndjson(&batches[i]);
+                // The same batch and key until some node acknowledges it: a retry after a lost
+                // answer must count once.
+                loop {
+                    let r = agent.post(&urls[target % urls.len()]).header("Idempotency-Key", &format!("chaos-{i}")).send(&body[..]);
+                    if let Ok(resp) = r
+                        && resp.status() == 200
+                    {
+                        acked.lock().unwrap_or_else(|p| p.into_inner()).push((i, Instant::now()));
+                        break;
+                    }
+                    if stop.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    target += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }));
+    }
+
+    let mut failovers = Vec::new();
+    for k in 0..kills {
+        let leader = c.leader();
+        let before = acked.lock().unwrap_or_else(|p| p.into_inner()).len();
+        let killed_at = Instant::now();
+        c.kill(leader);
+        // Failover: from the kill to the next acknowledged write.
+        let deadline = killed_at + Duration::from_secs(30);
+        let failover = loop {
+            let first_after =
+                acked.lock().unwrap_or_else(|p| p.into_inner()).iter().skip(before).find(|(_, t)| *t > killed_at).map(|(_, t)| *t);
+            if let Some(t) = first_after {
+                break t.duration_since(killed_at);
+            }
+            assert!(Instant::now() < deadline, "kill {k}: no write acknowledged within 30 s of killing node {}", leader + 1);
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        failovers.push(failover.as_secs_f64());
+        c.restart(leader);
+        // The next kill needs a quorum without the next leader: wait until the restarted node
+        // is a voter that holds the log again.
+        let id = leader as u64 + 1;
+        c.wait_for(Duration::from_secs(60), "the restarted node caught up", |s| {
+            let leader_last = s["last_log_index"].as_u64().unwrap_or(0);
+            s["replication"].get(id.to_string()).and_then(|v| v.as_u64()).is_some_and(|m| m + 50 >= leader_last)
+        });
+    }
+    stop.store(true, Ordering::SeqCst);
+    for w in writers {
+        let _ = w.join();
+    }
+    let acked: Vec<usize> = acked.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(i, _)| *i).collect();
+    assert!(acked.len() >= kills, "writers were acknowledged only {} times", acked.len());
+    let mut unique = acked.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique.len(), acked.len(), "a batch was acknowledged twice");
+    // Batches in flight when the writers stopped may have been applied without an answer;
+    // finish them with their keys, so the expected total is exact.
+    let leader = c.leader();
+    let in_flight: Vec<usize> = (0..batches.len()).filter(|i| !unique.contains(i)).take(8).collect();
+    let mut done = unique.clone();
+    for &i in &in_flight {
+        let r = c.node(leader).post("/v1/beacons/beacons", &ndjson(&batches[i]), &[("Idempotency-Key", &format!("chaos-{i}"))]);
+        if r.status == 200 {
+            done.push(i);
+        }
+    }
+    c.converged(&expected(&batches, &done));
+
+    failovers.sort_by(f64::total_cmp);
+    println!(
+        "chaos: {kills} leader kills, {} batches ({} events) acknowledged; failover p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+        acked.len(),
+        acked.len() * 50,
+        percentile(&failovers, 0.5) * 1000.0,
+        percentile(&failovers, 0.99) * 1000.0,
+        failovers.last().copied().unwrap_or(f64::NAN) * 1000.0
+    );
+}
