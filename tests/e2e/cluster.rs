@@ -212,6 +212,17 @@ fn leader_kills_lose_no_acknowledged_write() {
     let stop = Arc::new(AtomicBool::new(false));
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let urls: Vec<String> = c.addrs.iter().map(|a| format!("http://{}/v1/beacons/beacons", a.http)).collect();
+    // A real Kafka client too: librdkafka, idempotent, acks=all, all three brokers to start from.
+    let stopfile = c.dirs[0].path().join("stop-kafka-producer");
+    let bootstrap = c.addrs.iter().map(|a| a.kafka.clone()).collect::<Vec<_>>().join(",");
+    let kafka_producer = std::process::Command::new(crate::harness::python())
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/kafka_clients.py"))
+        .args(["produce_until", &bootstrap, "beacons"])
+        .arg(&stopfile)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the Kafka producer");
     let mut writers = Vec::new();
     for w in 0..2 {
         let (batches, acked, stop, next, urls) = (batches.clone(), acked.clone(), stop.clone(), next.clone(), urls.clone());
@@ -275,6 +286,20 @@ fn leader_kills_lose_no_acknowledged_write() {
     for w in writers {
         let _ = w.join();
     }
+    std::fs::write(&stopfile, b"").expect("stop file");
+    let out = kafka_producer.wait_with_output().expect("Kafka producer");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("Kafka producer ({e}): {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    });
+    assert_eq!(report["undelivered"], 0, "every produced record is acknowledged in the end: {report}");
+    assert_eq!(report["errors"].as_array().map(Vec::len), Some(0), "{report}");
+    let kafka_delivered: BTreeMap<String, i64> = report["delivered"]
+        .as_object()
+        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_i64().unwrap_or(0))).collect())
+        .unwrap_or_default();
+    let kafka_total: i64 = kafka_delivered.values().sum();
+    assert_eq!(report["produced"].as_i64(), Some(kafka_total), "{report}");
+    assert!(kafka_total > 0, "{report}");
     let acked: Vec<usize> = acked.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(i, _)| *i).collect();
     assert!(acked.len() >= kills, "writers were acknowledged only {} times", acked.len());
     let mut unique = acked.clone();
@@ -292,11 +317,15 @@ fn leader_kills_lose_no_acknowledged_write() {
             done.push(i);
         }
     }
-    c.converged(&expected(&batches, &done));
+    let mut want = expected(&batches, &done);
+    for (m, n) in &kafka_delivered {
+        want.insert(m.clone(), (*n, (*n * 100) as f64));
+    }
+    c.converged(&want);
 
     failovers.sort_by(f64::total_cmp);
     println!(
-        "chaos: {kills} leader kills, {} batches ({} events) acknowledged; failover p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+        "chaos: {kills} leader kills, {} HTTP batches ({} events) and {kafka_total} Kafka records acknowledged, each counted once on all 3 nodes; failover p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
         acked.len(),
         acked.len() * 50,
         percentile(&failovers, 0.5) * 1000.0,

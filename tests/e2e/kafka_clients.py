@@ -15,6 +15,9 @@ Subcommands (all print one JSON object on stdout):
   groups_admin BOOTSTRAP TOPIC                OffsetDelete and DeleteGroups
   admin BOOTSTRAP SPEC_JSON                   CreateTopics/DescribeConfigs/CreatePartitions/DeleteTopics
   offsets_for_times BOOTSTRAP TOPIC TS        ListOffsets by time, per partition
+  produce_until BOOTSTRAP TOPIC STOPFILE       an idempotent acks=all producer (librdkafka) sending
+                                              beacons for merchants kafka-0..9 until STOPFILE exists,
+                                              then flushing; prints delivered counts per merchant
 CLIENT is confluent (librdkafka), kafka-python or aiokafka.
 """
 
@@ -376,6 +379,48 @@ def transactional(boot):
     return {"refused": False}
 
 
+def produce_until(boot, topic, stopfile):
+    import os
+
+    from confluent_kafka import Producer
+
+    p = Producer({
+        "bootstrap.servers": boot,
+        "acks": "all",
+        "enable.idempotence": True,
+        "linger.ms": 5,
+        # Ride out leader failovers: the idempotent producer retries with the same sequence.
+        "message.timeout.ms": 300000,
+        "compression.type": "lz4",
+    })
+    delivered = {}
+    errors = []
+
+    def done(err, msg):
+        if err is not None:
+            errors.append(str(err))
+        else:
+            m = json.loads(msg.value())["merchant_id"]
+            delivered[m] = delivered.get(m, 0) + 1
+
+    produced = 0
+    while not os.path.exists(stopfile):
+        now = int(time.time() * 1000)
+        for _ in range(50):
+            value = json.dumps({"ts": now, "merchant_id": f"kafka-{produced % 10}", "user_id": f"u{produced % 97}",
+                                "latency_ms": 1.0, "amount": 1.0})
+            while True:
+                try:
+                    p.produce(topic, value=value.encode(), on_delivery=done)
+                    break
+                except BufferError:
+                    p.poll(0.1)
+            produced += 1
+        p.poll(0.05)
+    left = p.flush(240)
+    return {"produced": produced, "undelivered": left, "errors": errors[:5], "delivered": delivered}
+
+
 def main():
     cmd = sys.argv[1]
     if cmd == "produce":
@@ -413,6 +458,8 @@ def main():
         print(json.dumps(admin(sys.argv[2], sys.argv[3])))
     elif cmd == "offsets_for_times":
         print(json.dumps(offsets_for_times(sys.argv[2], sys.argv[3], int(sys.argv[4]))))
+    elif cmd == "produce_until":
+        print(json.dumps(produce_until(sys.argv[2], sys.argv[3], sys.argv[4])))
     elif cmd == "transactional":
         print(json.dumps(transactional(sys.argv[2])))
     else:
