@@ -53,7 +53,7 @@ pub(crate) struct RaftSection {
 
 impl Default for RaftSection {
     fn default() -> Self {
-        RaftSection { heartbeat_interval_ms: 100, election_timeout_min_ms: 600, election_timeout_max_ms: 1200 }
+        RaftSection { heartbeat_interval_ms: 100, election_timeout_min_ms: 400, election_timeout_max_ms: 800 }
     }
 }
 

@@ -55,8 +55,8 @@ impl NodeConfig {
             checkpoint_every_entries: 20_000,
             checkpoint_interval_ms: 10_000,
             heartbeat_interval_ms: 100,
-            election_timeout_min_ms: 600,
-            election_timeout_max_ms: 1200,
+            election_timeout_min_ms: 400,
+            election_timeout_max_ms: 800,
         }
     }
 }
