@@ -99,11 +99,18 @@ impl Cluster {
         self.nodes[i] = Some(TestNode::start_member(self.dirs[i].path(), &self.addrs[i], join.as_deref(), &[]));
     }
 
+    /// Starts node `i` asking the member at `via` to add it (a wiped node joins afresh).
+    fn start_joining(&mut self, i: usize, via: usize) {
+        let via = self.addrs[via].http.clone();
+        self.nodes[i] = Some(TestNode::start_member(self.dirs[i].path(), &self.addrs[i], Some(&via), &[]));
+    }
+
     /// Waits until every node reports the same exact aggregates, and returns them.
     fn converged(&self, expected: &BTreeMap<String, (i64, f64)>) {
         let deadline = Instant::now() + Duration::from_secs(90);
         for (i, n) in self.nodes.iter().enumerate() {
             let n = n.as_ref().expect("all nodes run at the end");
+            n.wait_healthy();
             loop {
                 let got = aggregates(n);
                 if &got == expected {
@@ -199,6 +206,43 @@ fn three_nodes_forward_writes_and_agree() {
     let mut all = batches.clone();
     all.extend(more);
     c.converged(&expected(&all, &[0, 1, 2, 3, 4]));
+}
+
+#[test]
+fn a_killed_follower_catches_up_and_a_wiped_node_rejoins() {
+    let mut c = Cluster::start();
+    let leader = c.leader();
+    let (follower, other) = ((leader + 1) % 3, (leader + 2) % 3);
+    let batches: Vec<Vec<Beacon>> = (0..4).map(|i| traffic(8000 + i, 15, now_ms() - 600_000, 600_000, 300)).collect();
+    let post = |c: &Cluster, i: usize| {
+        let r = c.node(leader).post("/v1/beacons/beacons", &ndjson(&batches[i]), &[("Idempotency-Key", &format!("cu-{i}"))]);
+        assert_eq!(r.status, 200, "{}", r.body);
+    };
+
+    // Two of three still commit; the follower catches up from the leader's log on restart.
+    c.kill(follower);
+    post(&c, 0);
+    post(&c, 1);
+    c.restart(follower);
+    c.converged(&expected(&batches, &[0, 1]));
+
+    // A node that lost its disk: removed from the cluster, wiped, and joined again as new.
+    c.kill(other);
+    let (code, out, err) = c.node(leader).cli(&["cluster", "remove", &(other + 1).to_string()]);
+    assert_eq!(code, 0, "{out}{err}");
+    c.wait_for(Duration::from_secs(30), "two voters", |s| s["voters"].as_object().is_some_and(|v| v.len() == 2));
+    post(&c, 2);
+    let dir = c.dirs[other].path().to_path_buf();
+    for entry in std::fs::read_dir(&dir).expect("data dir").flatten() {
+        let p = entry.path();
+        let _ = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+    }
+    c.start_joining(other, leader);
+    c.wait_for(Duration::from_secs(60), "three voters again", |s| {
+        s["voters"].as_object().is_some_and(|v| v.len() == 3 && v.contains_key(&(other + 1).to_string()))
+    });
+    post(&c, 3);
+    c.converged(&expected(&batches, &[0, 1, 2, 3]));
 }
 
 #[test]
