@@ -55,9 +55,10 @@ pub(crate) struct ProduceArgs {
     /// none, gzip, snappy, lz4 or zstd.
     #[arg(long, default_value = "lz4")]
     codec: String,
-    /// The node's process id, to report its CPU time (Linux /proc).
+    /// Process ids of the nodes (repeat for each replica of a cluster), to report each one's
+    /// CPU time per event (Linux /proc).
     #[arg(long)]
-    pid: Option<u32>,
+    pid: Vec<u32>,
 }
 
 fn codec(name: &str) -> Result<u8> {
@@ -185,7 +186,7 @@ pub(crate) fn run(args: &ProduceArgs) -> Result<()> {
     let pool = Arc::new(pool);
     let stop = Arc::new(AtomicBool::new(false));
     let tally = Arc::new(Mutex::new(Tally::default()));
-    let cpu0 = args.pid.map(cpu_seconds).transpose()?;
+    let cpu0 = args.pid.iter().map(|p| cpu_seconds(*p)).collect::<Result<Vec<f64>>>()?;
     let started = Instant::now();
     let threads: Vec<_> = (0..args.connections)
         .map(|_| {
@@ -204,10 +205,10 @@ pub(crate) fn run(args: &ProduceArgs) -> Result<()> {
         }
     }
     let wall = started.elapsed().as_secs_f64();
-    let cpu = match (args.pid, cpu0) {
-        (Some(pid), Some(c0)) => Some(cpu_seconds(pid)? - c0),
-        _ => None,
-    };
+    let mut cpu = Vec::new();
+    for (pid, c0) in args.pid.iter().zip(&cpu0) {
+        cpu.push((*pid, cpu_seconds(*pid)? - c0));
+    }
     let mut t = tally.lock().unwrap_or_else(|p| p.into_inner());
     t.latencies_ms.sort_by(f64::total_cmp);
     let events = t.events as f64;
@@ -226,9 +227,9 @@ pub(crate) fn run(args: &ProduceArgs) -> Result<()> {
         percentile(&t.latencies_ms, 0.99),
         t.latencies_ms.last().copied().unwrap_or(f64::NAN)
     );
-    if let Some(cpu) = cpu {
+    for (pid, cpu) in cpu {
         println!(
-            "server CPU {cpu:.1} s: {:.0} events/s per server core, {:.2} CPU-s per million events",
+            "server {pid} CPU {cpu:.1} s: {:.0} events/s per server core, {:.2} CPU-s per million events",
             events / cpu.max(1e-9),
             cpu / (events / 1e6).max(1e-9)
         );
