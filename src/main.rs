@@ -91,6 +91,9 @@ struct ServeArgs {
     /// starts its own one-voter cluster.
     #[arg(long, env = "TIDEMARK_JOIN")]
     join: Option<String>,
+    /// Tests only: accept Raft transport fault rules at POST /v1/test/faults.
+    #[arg(long, hide = true)]
+    test_faults: bool,
     /// How often the writer checks for intervals to persist (ms).
     #[arg(long, env = "TIDEMARK_TICK_INTERVAL_MS")]
     tick_interval_ms: Option<u64>,
@@ -222,7 +225,7 @@ fn load_config(args: &ServeArgs) -> Result<Config> {
     Ok(cfg)
 }
 
-fn node_config(cfg: &Config, kafka_advertised: std::net::SocketAddr) -> NodeConfig {
+fn node_config(cfg: &Config, kafka_advertised: std::net::SocketAddr, test_faults: bool) -> NodeConfig {
     let mut engine = EngineConfig::new(&cfg.data_dir);
     engine.raw_file_bytes_max = cfg.storage.raw_file_bytes_max;
     engine.realtime_bytes_persist = cfg.storage.realtime_bytes_persist;
@@ -236,6 +239,7 @@ fn node_config(cfg: &Config, kafka_advertised: std::net::SocketAddr) -> NodeConf
     node.heartbeat_interval_ms = cfg.raft.heartbeat_interval_ms;
     node.election_timeout_min_ms = cfg.raft.election_timeout_min_ms;
     node.election_timeout_max_ms = cfg.raft.election_timeout_max_ms;
+    node.test_faults = test_faults;
     node.pending_entries_max = cfg.ingest.pending_entries_max;
     node.tick_interval_ms = cfg.storage.tick_interval_ms;
     node.checkpoint_interval_ms = cfg.storage.checkpoint_interval_ms;
@@ -253,10 +257,10 @@ fn serve(args: ServeArgs) -> Result<()> {
         .init();
     let cfg = load_config(&args)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(run_node(cfg, args.demo))
+    runtime.block_on(run_node(cfg, args.demo, args.test_faults))
 }
 
-async fn run_node(cfg: Config, demo: bool) -> Result<()> {
+async fn run_node(cfg: Config, demo: bool, test_faults: bool) -> Result<()> {
     std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("cannot create {}", cfg.data_dir.display()))?;
     let started = Instant::now();
     // Every listener is bound before the node starts, so a port in use fails at once.
@@ -276,7 +280,7 @@ async fn run_node(cfg: Config, demo: bool) -> Result<()> {
         Some(a) => a.parse()?,
         None => kafka.local_addr()?,
     };
-    let (node, report) = Node::start(node_config(&cfg, kafka_advertised), raft).await.context("cannot start the node")?;
+    let (node, report) = Node::start(node_config(&cfg, kafka_advertised, test_faults), raft).await.context("cannot start the node")?;
     tracing::info!(
         data_dir = %cfg.data_dir.display(),
         node_id = cfg.node_id,

@@ -149,6 +149,20 @@ pub(crate) async fn init_producer(State(s): State<IngestState>, body: Bytes) -> 
     run.await.unwrap_or_else(|e: Error| e.into_response())
 }
 
+/// Test-only: replaces this node's Raft transport fault rules (404 unless the node was
+/// started with `--test-faults`).
+pub(crate) async fn set_faults(State(s): State<IngestState>, body: Bytes) -> Response {
+    let Some(faults) = s.node.replica().faults() else {
+        return Error::NotFound("transport faults are off; start the node with --test-faults".into()).into_response();
+    };
+    let run = || {
+        let rules: tidemark_raft::FaultRules = parse(&body)?;
+        faults.set(rules).map_err(Error::BadRequest)?;
+        Ok::<_, Error>(Json(json!({ "faults": faults.rules() })).into_response())
+    };
+    run().unwrap_or_else(IntoResponse::into_response)
+}
+
 pub(crate) async fn read_index(State(s): State<IngestState>) -> Response {
     match s.node.replica().read_index().await {
         Ok(index) => Json(json!({ "index": index })).into_response(),

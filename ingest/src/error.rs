@@ -68,6 +68,7 @@ impl Error {
             Error::Replication(
                 tidemark_raft::Error::Overloaded { .. }
                 | tidemark_raft::Error::NotLeader { .. }
+                | tidemark_raft::Error::NotCommitted { .. }
                 | tidemark_raft::Error::OutcomeUnknown,
             ) => Some(1),
             _ => None,

@@ -53,6 +53,7 @@ pub fn router(state: IngestState) -> Router {
         .route("/v1/cluster/transfer-leader", post(cluster::transfer_leader).layer(leader()))
         .route("/v1/cluster/read-index", get(cluster::read_index).layer(leader()))
         .route("/v1/cluster/init-producer", post(cluster::init_producer).layer(leader()))
+        .route("/v1/test/faults", post(cluster::set_faults))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .with_state(state)

@@ -42,6 +42,10 @@ pub struct NodeConfig {
     pub heartbeat_interval_ms: u64,
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
+    /// An HTTP write not committed within this long is answered 503 (its outcome unknown).
+    pub write_timeout_ms: u64,
+    /// Let tests inject Raft transport faults (`POST /v1/test/faults`).
+    pub test_faults: bool,
 }
 
 impl NodeConfig {
@@ -57,6 +61,8 @@ impl NodeConfig {
             heartbeat_interval_ms: 100,
             election_timeout_min_ms: 400,
             election_timeout_max_ms: 800,
+            write_timeout_ms: 10_000,
+            test_faults: false,
         }
     }
 }
@@ -114,6 +120,7 @@ impl Node {
         rc.heartbeat_interval_ms = config.heartbeat_interval_ms;
         rc.election_timeout_min_ms = config.election_timeout_min_ms;
         rc.election_timeout_max_ms = config.election_timeout_max_ms;
+        rc.test_faults = config.test_faults;
         let (replica, opened) = Replica::open(rc, raft_listener).await?;
         let report = StartReport {
             checkpoint_position: opened.checkpoint_position,
@@ -200,9 +207,15 @@ impl Node {
         }
     }
 
-    /// Logs `cmd` and waits until it is committed and applied.
+    /// Logs `cmd` and waits until it is committed and applied, at most `write_timeout_ms`
+    /// (without a quorum a write never commits; the caller hears so and may retry).
     pub async fn propose(&self, cmd: &Command) -> Result<Applied> {
-        self.submit(cmd)?.wait().await
+        let waited_ms = self.inner.config.write_timeout_ms;
+        let pending = self.submit(cmd)?;
+        match tokio::time::timeout(Duration::from_millis(waited_ms), pending.wait()).await {
+            Ok(answer) => answer,
+            Err(_) => Err(Error::Replication(tidemark_raft::Error::NotCommitted { waited_ms })),
+        }
     }
 
     /// Logs `cmd` now and returns a handle to wait on. Entries submitted one after another

@@ -14,6 +14,11 @@ pub enum Error {
     #[error("leadership changed before the write committed; its outcome is unknown: retry it with the same idempotency key")]
     OutcomeUnknown,
 
+    /// No answer in time: usually no quorum (a partition, most voters down). The write may
+    /// still commit later.
+    #[error("the write was not committed within {waited_ms} ms (is a majority of voters up and reachable?); its outcome is unknown: retry it with the same idempotency key")]
+    NotCommitted { waited_ms: u64 },
+
     #[error("{in_flight} writes are waiting for the Raft log (bound {bound}); retry later")]
     Overloaded { in_flight: usize, bound: usize },
 

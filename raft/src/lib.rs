@@ -18,6 +18,7 @@
 //! still holds the log from the start), the transport fault layer (issue 4).
 
 pub mod error;
+pub mod faults;
 pub mod log_store;
 pub mod network;
 pub mod replica;
@@ -25,5 +26,6 @@ pub mod state_machine;
 mod types;
 
 pub use error::{Error, Result};
+pub use faults::FaultRules;
 pub use replica::{ClusterStatus, Replica, ReplicaConfig, Submitted};
 pub use types::{ApplyAnswer, LogCommand, Member, NodeId, TypeConfig};

@@ -24,6 +24,7 @@ use tidemark_proto::raft::raft_service_server::{RaftService, RaftServiceServer};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
+use crate::faults::{Fault, Faults};
 use crate::state_machine::EngineStateMachine;
 use crate::types::{Member, NodeId, TypeConfig};
 
@@ -38,15 +39,18 @@ fn decode<T: DeserializeOwned>(b: &[u8]) -> io::Result<T> {
     rmp_serde::from_slice(b).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
-/// Makes connections to peers at their `Member::raft` address.
+/// Makes connections to peers at their `Member::raft` address. With `faults` (tests only),
+/// every message first consults the fault rules.
 #[derive(Debug, Clone, Default)]
-pub struct GrpcNetwork;
+pub struct GrpcNetwork {
+    pub faults: Option<Faults>,
+}
 
 impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
     type Network = GrpcConnection;
 
     async fn new_client(&mut self, target: NodeId, node: &Member) -> GrpcConnection {
-        GrpcConnection { target, addr: node.raft.clone(), client: None }
+        GrpcConnection { target, addr: node.raft.clone(), client: None, faults: self.faults.clone() }
     }
 }
 
@@ -55,6 +59,7 @@ pub struct GrpcConnection {
     target: NodeId,
     addr: String,
     client: Option<RaftServiceClient<Channel>>,
+    faults: Option<Faults>,
 }
 
 /// The snapshot message: the leader's vote and the whole snapshot.
@@ -87,6 +92,16 @@ impl GrpcConnection {
         method: Method,
         req: &Req,
     ) -> Result<Result<Resp, RaftError<TypeConfig>>, RPCError<TypeConfig>> {
+        if let Some(faults) = &self.faults {
+            let fault = faults.for_message(self.target);
+            let injected = |what: &str| io::Error::other(format!("test fault: {what} to node {}", self.target));
+            match fault {
+                Fault::Unreachable => return Err(RPCError::Unreachable(Unreachable::new(&injected("partitioned")))),
+                Fault::Dropped => return Err(RPCError::Network(NetworkError::new(&injected("message dropped")))),
+                Fault::Delayed(d) => tokio::time::sleep(d).await,
+                Fault::None => {}
+            }
+        }
         let body = encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let mut client = self.client().await?;
         let msg = RaftMessage { body };

@@ -26,6 +26,7 @@ use serde::Serialize;
 use tidemark_storage::engine::{Applied, Engine, EngineConfig, SharedEngine};
 
 use crate::error::{Error, Result};
+use crate::faults::Faults;
 use crate::log_store::LogStore;
 use crate::network::{GrpcNetwork, raft_service};
 use crate::state_machine::EngineStateMachine;
@@ -49,6 +50,8 @@ pub struct ReplicaConfig {
     pub entries_kept_after_snapshot: u64,
     /// Writes waiting for the Raft log before `submit` answers `Overloaded`.
     pub in_flight_max: usize,
+    /// Let tests inject transport faults ([`Replica::faults`]).
+    pub test_faults: bool,
 }
 
 impl ReplicaConfig {
@@ -63,6 +66,7 @@ impl ReplicaConfig {
             snapshot_every_entries: 20_000,
             entries_kept_after_snapshot: 20_000,
             in_flight_max: 65_536,
+            test_faults: false,
         }
     }
 }
@@ -78,6 +82,7 @@ struct Inner {
     queue: tokio::sync::mpsc::UnboundedSender<(LogCommand, Responder)>,
     in_flight: Arc<AtomicUsize>,
     applied: tokio::sync::watch::Receiver<u64>,
+    faults: Option<Faults>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -171,7 +176,9 @@ impl Replica {
         }
         .validate()
         .map_err(|e| Error::Membership(format!("invalid Raft timing: {e}")))?;
-        let raft = Raft::new(config.node_id, Arc::new(raft_config), GrpcNetwork, log, sm)
+        let faults = config.test_faults.then(Faults::default);
+        let network = GrpcNetwork { faults: faults.clone() };
+        let raft = Raft::new(config.node_id, Arc::new(raft_config), network, log, sm)
             .await
             .map_err(|e| Error::Stopped(format!("Raft did not start: {e}")))?;
 
@@ -204,6 +211,7 @@ impl Replica {
             queue,
             in_flight: Arc::new(AtomicUsize::new(0)),
             applied,
+            faults,
             tasks: vec![server, forwarder],
         };
         Ok((Replica { inner: Arc::new(inner) }, report))
@@ -247,6 +255,11 @@ impl Replica {
 
     pub fn me(&self) -> &Member {
         &self.inner.config.me
+    }
+
+    /// The transport fault rules, when the node was started with test faults enabled.
+    pub fn faults(&self) -> Option<&Faults> {
+        self.inner.faults.as_ref()
     }
 
     /// Changes whenever entries were applied here.

@@ -116,7 +116,8 @@ impl RaftStateMachine<TypeConfig> for EngineStateMachine {
                         Err(tidemark_storage::Error::BadCommand { kind, reason }) => {
                             Err(format!("log entry of kind {kind} refused: {reason}"))
                         }
-                        // An I/O fault: stop rather than diverge from the replicas.
+                        // An I/O fault, or an entry from a newer version (a rolling upgrade
+                        // reached a node not yet upgraded): stop rather than diverge.
                         Err(err) => return Err(io::Error::other(format!("applying {log_id} failed: {err}"))),
                     })
                 }

@@ -35,6 +35,12 @@ pub enum Error {
     #[error("log entry of kind {kind} cannot be applied: {reason}")]
     BadCommand { kind: u8, reason: String },
 
+    /// Written by a newer node (a new kind or format version). Unlike a bad command, which
+    /// every replica refuses alike, only older nodes refuse this one: such a node must stop
+    /// rather than skip the entry and diverge.
+    #[error("log entry of kind {kind} (format version {version}) was written by a newer tidemark; upgrade this node, it stopped rather than skip the entry")]
+    NewerCommand { kind: u8, version: u8 },
+
     #[error(transparent)]
     Catalog(#[from] tidemark_catalog::Error),
 

@@ -20,6 +20,7 @@ struct Cluster {
     dirs: Vec<TempDir>,
     addrs: Vec<MemberAddrs>,
     nodes: Vec<Option<TestNode>>,
+    extra: Vec<&'static str>,
 }
 
 fn agent(timeout: Duration) -> ureq::Agent {
@@ -40,15 +41,19 @@ fn get_json(agent: &ureq::Agent, url: &str) -> Option<serde_json::Value> {
 impl Cluster {
     /// Node 1 starts the cluster; nodes 2 and 3 join through it.
     fn start() -> Cluster {
+        Self::start_with(&[])
+    }
+
+    fn start_with(extra: &[&'static str]) -> Cluster {
         let dirs: Vec<TempDir> = (0..3).map(|_| tempfile::tempdir().expect("tempdir")).collect();
         let addrs: Vec<MemberAddrs> = (1..=3).map(MemberAddrs::new).collect();
-        let first = TestNode::start_member(dirs[0].path(), &addrs[0], None, &[]);
+        let first = TestNode::start_member(dirs[0].path(), &addrs[0], None, extra);
         first.wait_healthy();
         let mut nodes = vec![Some(first)];
         for i in 1..3 {
-            nodes.push(Some(TestNode::start_member(dirs[i].path(), &addrs[i], Some(&addrs[0].http), &[])));
+            nodes.push(Some(TestNode::start_member(dirs[i].path(), &addrs[i], Some(&addrs[0].http), extra)));
         }
-        let c = Cluster { dirs, addrs, nodes };
+        let c = Cluster { dirs, addrs, nodes, extra: extra.to_vec() };
         c.wait_for(Duration::from_secs(90), "three voters", |s| {
             s["voters"].as_object().is_some_and(|v| v.len() == 3) && s["leader"].is_u64()
         });
@@ -96,13 +101,13 @@ impl Cluster {
 
     fn restart(&mut self, i: usize) {
         let join = (i != 0).then(|| self.addrs[0].http.clone());
-        self.nodes[i] = Some(TestNode::start_member(self.dirs[i].path(), &self.addrs[i], join.as_deref(), &[]));
+        self.nodes[i] = Some(TestNode::start_member(self.dirs[i].path(), &self.addrs[i], join.as_deref(), &self.extra));
     }
 
     /// Starts node `i` asking the member at `via` to add it (a wiped node joins afresh).
     fn start_joining(&mut self, i: usize, via: usize) {
         let via = self.addrs[via].http.clone();
-        self.nodes[i] = Some(TestNode::start_member(self.dirs[i].path(), &self.addrs[i], Some(&via), &[]));
+        self.nodes[i] = Some(TestNode::start_member(self.dirs[i].path(), &self.addrs[i], Some(&via), &self.extra));
     }
 
     /// Waits until every node reports the same exact aggregates, and returns them.
@@ -206,6 +211,72 @@ fn three_nodes_forward_writes_and_agree() {
     let mut all = batches.clone();
     all.extend(more);
     c.converged(&expected(&all, &[0, 1, 2, 3, 4]));
+}
+
+/// Sets node `i`'s transport faults: the peers (node ids) it cannot reach.
+fn cut_off(c: &Cluster, i: usize, unreachable: &[usize]) {
+    let ids: Vec<u64> = unreachable.iter().map(|j| *j as u64 + 1).collect();
+    let body = serde_json::json!({ "unreachable": ids }).to_string();
+    let r = c.node(i).post("/v1/test/faults", body.as_bytes(), &[("Content-Type", "application/json")]);
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
+#[test]
+fn a_partitioned_leader_acknowledges_nothing_and_the_majority_goes_on() {
+    let c = Cluster::start_with(&["--test-faults"]);
+    let old = c.leader();
+    let majority = [(old + 1) % 3, (old + 2) % 3];
+    let old_term = c.status().and_then(|s| s["term"].as_u64()).unwrap_or(0);
+    let batches: Vec<Vec<Beacon>> = (0..3).map(|i| traffic(9100 + i, 12, now_ms() - 600_000, 600_000, 100)).collect();
+    let post = |node: &TestNode, i: usize, timeout: Duration| {
+        agent(timeout)
+            .post(&format!("http://{}/v1/beacons/beacons", node.http))
+            .header("Idempotency-Key", &format!("part-{i}"))
+            .send(&ndjson(&batches[i])[..])
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+    };
+    post(c.node(old), 0, Duration::from_secs(10));
+
+    cut_off(&c, old, &majority);
+    for &m in &majority {
+        cut_off(&c, m, &[old]);
+    }
+    // The old leader cannot commit: a write sent to it is not acknowledged.
+    let minority = post(c.node(old), 1, Duration::from_secs(3));
+    assert_ne!(minority, 200, "an isolated leader acknowledged a write");
+
+    // The majority elects a leader of a later term and goes on.
+    let a = agent(Duration::from_secs(2));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let new_status = loop {
+        let s = get_json(&a, &format!("http://{}/v1/cluster", c.node(majority[0]).http));
+        if let Some(s) = s.filter(|s| s["leader"].as_u64().is_some_and(|l| l != old as u64 + 1)) {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the majority elected no leader");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(new_status["term"].as_u64().unwrap_or(0) > old_term, "a new leader needs a new term: {new_status}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while post(c.node(majority[0]), 2, Duration::from_secs(5)) != 200 {
+        assert!(Instant::now() < deadline, "the majority took no write");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Still cut off, the old leader acknowledges nothing.
+    assert_ne!(post(c.node(old), 1, Duration::from_secs(2)), 200, "an isolated node acknowledged a write");
+
+    // Healed, the old leader follows; the write it never acknowledged is retried with its
+    // key and counts once.
+    for i in 0..3 {
+        cut_off(&c, i, &[]);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while post(c.node(old), 1, Duration::from_secs(5)) != 200 {
+        assert!(Instant::now() < deadline, "after healing, the write was never taken");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    c.converged(&expected(&batches, &[0, 1, 2]));
 }
 
 #[test]

@@ -191,10 +191,11 @@ impl Command {
     pub fn decode(kind: u8, payload: &[u8]) -> Result<Command> {
         let bad = |reason: String| Error::BadCommand { kind, reason };
         let (&version, body) = payload.split_first().ok_or_else(|| bad("empty payload".into()))?;
+        if version > COMMAND_VERSION {
+            return Err(Error::NewerCommand { kind, version });
+        }
         if version != COMMAND_VERSION {
-            return Err(bad(format!(
-                "command format version {version} is newer than this node understands ({COMMAND_VERSION}); upgrade the node"
-            )));
+            return Err(bad(format!("command format version {version} is not one this node writes ({COMMAND_VERSION})")));
         }
         match kind {
             KIND_CATALOG => serde_json::from_slice(body).map(Command::Catalog).map_err(|e| bad(e.to_string())),
@@ -221,7 +222,7 @@ impl Command {
                 }
                 Ok(Command::Events(EventsCommand { header, batches }))
             }
-            other => Err(bad(format!("unknown command kind {other}; upgrade the node"))),
+            other => Err(Error::NewerCommand { kind: other, version }),
         }
     }
 }
@@ -285,7 +286,7 @@ mod tests {
             let mut newer = bytes.clone();
             newer[0] = COMMAND_VERSION + 1;
             let err = Command::decode(cmd.kind(), &newer).err().map(|e| e.to_string()).unwrap_or_default();
-            assert!(err.contains("upgrade the node"), "{err}");
+            assert!(err.contains("upgrade this node"), "{err}");
         }
     }
 }

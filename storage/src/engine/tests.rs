@@ -215,7 +215,7 @@ fn binding_verdicts_and_spec_updates() {
     );
     e.payload[0] = 9;
     let err = engine.apply(&e).err().map(|e| e.to_string()).unwrap_or_default();
-    assert!(err.contains("upgrade the node"), "{err}");
+    assert!(err.contains("upgrade this node"), "{err}");
 }
 
 /// Invariant 1: replicas that applied the same log hold byte-identical segments.
