@@ -299,7 +299,8 @@ async fn run_node(cfg: Config, demo: bool, test_faults: bool) -> Result<()> {
     }
 
     let source: Arc<dyn SnapshotSource> = Arc::new(node.engine());
-    let sql_state = SqlState { source };
+    let barrier: Arc<dyn tidemark_sql::ReadBarrier> = Arc::new(RaftReadBarrier(node.clone()));
+    let sql_state = SqlState { source, barrier: Some(barrier) };
     let metrics = node.metrics();
     let sql_router = tidemark_sql::http::router(sql_state.clone()).layer(axum::middleware::from_fn(
         move |req: axum::extract::Request, next: axum::middleware::Next| {
@@ -390,6 +391,17 @@ async fn run_node(cfg: Config, demo: bool, test_faults: bool) -> Result<()> {
     node.shutdown().await;
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// Read-your-writes for the SQL doors, through the node's Raft read index.
+#[derive(Debug)]
+struct RaftReadBarrier(Node);
+
+impl tidemark_sql::ReadBarrier for RaftReadBarrier {
+    fn wait(&self) -> futures::future::BoxFuture<'static, std::result::Result<(), String>> {
+        let node = self.0.clone();
+        Box::pin(async move { node.read_barrier().await.map_err(|e| e.to_string()) })
+    }
 }
 
 /// On the node that starts a cluster: once it leads, the demo datasource exists.

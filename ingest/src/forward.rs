@@ -60,12 +60,18 @@ pub async fn leader_only(State(s): State<IngestState>, req: Request, next: Next)
 pub(crate) async fn call_leader(
     addr: &str,
     path: &str,
-    body: serde_json::Value,
+    body: Option<serde_json::Value>,
     me: NodeId,
 ) -> Result<serde_json::Value, String> {
-    let req = axum::http::Request::post(path)
+    let (method, body) = match body {
+        Some(b) => (axum::http::Method::POST, b.to_string()),
+        None => (axum::http::Method::GET, String::new()),
+    };
+    let req = axum::http::Request::builder()
+        .method(method)
+        .uri(path)
         .header(axum::http::header::CONTENT_TYPE, "application/json")
-        .body(Body::from(body.to_string()))
+        .body(Body::from(body))
         .map_err(|e| e.to_string())?;
     let resp = forward(addr, req, me).await?;
     let status = resp.status();

@@ -230,6 +230,28 @@ impl Node {
         Ok(Pending(submitted, self.inner.metrics.clone()))
     }
 
+    /// Read-your-writes: waits until this node has applied everything acknowledged before
+    /// the call (the leader's read index; a follower asks the leader for it).
+    pub async fn read_barrier(&self) -> Result<()> {
+        let replica = self.replica();
+        let wait = Duration::from_millis(self.inner.config.write_timeout_ms);
+        let index = if replica.is_leader() {
+            replica.read_index().await?
+        } else {
+            let me = replica.node_id();
+            let Some((_, leader)) = replica.leader().filter(|(id, _)| *id != me) else {
+                return Err(Error::Replication(tidemark_raft::Error::NotLeader { node: me, leader: None }));
+            };
+            let v = crate::forward::call_leader(&leader.http, "/v1/cluster/read-index", None, me)
+                .await
+                .map_err(|reason| Error::Stopped { reason: format!("asking the leader for a read index: {reason}") })?;
+            v.get("index").and_then(serde_json::Value::as_u64).ok_or_else(|| Error::Stopped {
+                reason: format!("the leader answered {v} for a read index"),
+            })?
+        };
+        Ok(replica.wait_applied(index, wait).await?)
+    }
+
     /// Changes whenever entries were applied: Kafka Fetch long-polls on it.
     pub fn applied_watch(&self) -> tokio::sync::watch::Receiver<u64> {
         self.inner.replica.applied_watch()

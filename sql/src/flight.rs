@@ -203,6 +203,14 @@ async fn result_schema(state: &SqlState, text: &str) -> Result<SchemaRef, Status
 
 /// Plans `text` again and streams its result. The schema message goes first even when there
 /// are no rows, so clients always learn the columns.
+/// The consistency a Flight SQL call asked for in its `tidemark-consistency` metadata.
+async fn consistency<T>(state: &SqlState, request: &Request<T>) -> Result<(), Status> {
+    let asked = request.metadata().get(crate::CONSISTENCY_HEADER).map(|v| v.to_str().unwrap_or("(not text)"));
+    crate::consistency(state, asked).await.map_err(|e| {
+        if e.is_user_error() { Status::invalid_argument(e.to_string()) } else { Status::unavailable(e.to_string()) }
+    })
+}
+
 async fn execute(state: &SqlState, text: &str) -> Result<Response<DoGetStream>, Status> {
     tracing::debug!(sql = %text, "flight sql: executing");
     let df = plan(state, text).await?;
@@ -495,9 +503,10 @@ impl FlightSqlService for TidemarkFlightSql {
     async fn do_get_statement(
         &self,
         ticket: TicketStatementQuery,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
         let text = sql_text(&ticket.statement_handle, "ticket")?;
+        consistency(&self.state, &request).await?;
         execute(&self.state, &text).await
     }
 
@@ -567,9 +576,10 @@ impl FlightSqlService for TidemarkFlightSql {
     async fn do_get_prepared_statement(
         &self,
         command: CommandPreparedStatementQuery,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
         let text = sql_text(&command.prepared_statement_handle, "prepared statement handle")?;
+        consistency(&self.state, &request).await?;
         execute(&self.state, &text).await
     }
 

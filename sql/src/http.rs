@@ -53,6 +53,11 @@ async fn sql_handler(State(state): State<SqlState>, headers: HeaderMap, body: By
     if text.trim().is_empty() {
         return error_response(StatusCode::BAD_REQUEST, "no SQL statement given".into());
     }
+    let asked = headers.get(crate::CONSISTENCY_HEADER).map(|v| v.to_str().unwrap_or("(not text)"));
+    if let Err(e) = crate::consistency(&state, asked).await {
+        let status = if e.is_user_error() { StatusCode::BAD_REQUEST } else { StatusCode::SERVICE_UNAVAILABLE };
+        return error_response(status, e.to_string());
+    }
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("application/json").to_string();
     let (schema, batches) = match run_query(&state, &text).await {
         Ok(r) => r,

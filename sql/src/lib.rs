@@ -14,10 +14,37 @@ use tidemark_storage::snapshot::SnapshotSource;
 pub mod flight;
 pub mod http;
 
-/// What both doors need: where data comes from.
+/// What both doors need: where data comes from, and how to wait for read-your-writes.
 #[derive(Debug, Clone)]
 pub struct SqlState {
     pub source: Arc<dyn SnapshotSource>,
+    pub barrier: Option<Arc<dyn ReadBarrier>>,
+}
+
+/// The request header (HTTP) or gRPC metadata key (Flight SQL) that asks for a consistency
+/// level; its one value besides the default `applied` is `read-your-writes`.
+pub const CONSISTENCY_HEADER: &str = "tidemark-consistency";
+
+/// Read-your-writes: before a read that asks for it, wait until this node has applied every
+/// write acknowledged before the read began (a Raft read index, which the leader confirms
+/// with a heartbeat round). The binary injects the replication layer's implementation, so
+/// the SQL doors name no Raft crate.
+pub trait ReadBarrier: Send + Sync + std::fmt::Debug {
+    fn wait(&self) -> futures::future::BoxFuture<'static, std::result::Result<(), String>>;
+}
+
+/// Applies the consistency a request asked for (`None`: read what this node applied).
+pub async fn consistency(state: &SqlState, asked: Option<&str>) -> Result<()> {
+    match asked.map(str::trim) {
+        None | Some("") | Some("applied") => Ok(()),
+        Some("read-your-writes") => match &state.barrier {
+            Some(b) => b.wait().await.map_err(Error::Consistency),
+            None => Ok(()),
+        },
+        Some(other) => Err(Error::BadRequest(format!(
+            "{CONSISTENCY_HEADER}: {other:?} is not a consistency level; use \"applied\" (default) or \"read-your-writes\""
+        ))),
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +57,9 @@ pub enum Error {
 
     #[error("bad request: {0}")]
     BadRequest(String),
+
+    #[error("read-your-writes is not available right now: {0}")]
+    Consistency(String),
 }
 
 impl Error {
@@ -37,7 +67,7 @@ impl Error {
         match self {
             Error::Query(e) => e.is_user_error(),
             Error::BadRequest(_) => true,
-            Error::Encode(_) => false,
+            Error::Encode(_) | Error::Consistency(_) => false,
         }
     }
 }

@@ -93,6 +93,22 @@ impl Cluster {
         (s["leader"].as_u64().unwrap_or(1) - 1) as usize
     }
 
+    /// The last lines of every running node's log, for a failure message.
+    fn logs_tail(&self, lines: usize) -> String {
+        let mut out = String::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            let Some(n) = n else { continue };
+            let text = n.log_text();
+            let tail: Vec<&str> = text.lines().rev().take(lines).collect();
+            out.push_str(&format!("\n--- node {} (last {lines} lines)\n", i + 1));
+            for l in tail.iter().rev() {
+                out.push_str(&l.chars().take(300).collect::<String>());
+                out.push('\n');
+            }
+        }
+        out
+    }
+
     fn kill(&mut self, i: usize) {
         if let Some(mut n) = self.nodes[i].take() {
             n.kill9();
@@ -178,6 +194,25 @@ fn three_nodes_forward_writes_and_agree() {
         assert_eq!(r.json()["accepted"], 200, "{}", r.body);
     }
     c.converged(&expected(&batches, &[0, 1, 2, 3]));
+    // Read-your-writes: a read on any node right after an acknowledged write sees it.
+    let count = "SELECT SUM(\"count\") AS n FROM beacons";
+    let mut total = 800;
+    let ryw: Vec<Vec<Beacon>> = (0..3).map(|k| traffic(7200 + k, 20, now_ms() - 600_000, 600_000, 50)).collect();
+    for (k, i) in [follower, leader, (leader + 2) % 3].into_iter().enumerate() {
+        let r = c.node(leader).post("/v1/beacons/beacons", &ndjson(&ryw[k]), &[("Idempotency-Key", &format!("ryw-{k}"))]);
+        assert_eq!(r.status, 200, "{}", r.body);
+        total += 50;
+        let r = c.node(i).post(
+            "/v1/sql",
+            count.as_bytes(),
+            &[("Content-Type", "text/plain"), ("tidemark-consistency", "read-your-writes")],
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.json()[0]["n"], total, "node {} read its writes", i + 1);
+    }
+    let r = c.node(follower).post("/v1/sql", count.as_bytes(), &[("tidemark-consistency", "eventual-ish")]);
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("read-your-writes"), "{}", r.body);
     for i in 0..3 {
         let h = c.node(i).get("/health").json();
         assert_eq!(h["writes"], true, "{h}");
@@ -210,7 +245,8 @@ fn three_nodes_forward_writes_and_agree() {
     assert_eq!(r.status, 200, "{}", r.body);
     let mut all = batches.clone();
     all.extend(more);
-    c.converged(&expected(&all, &[0, 1, 2, 3, 4]));
+    all.extend(ryw);
+    c.converged(&expected(&all, &[0, 1, 2, 3, 4, 5, 6, 7]));
 }
 
 /// Sets node `i`'s transport faults: the peers (node ids) it cannot reach.
@@ -384,7 +420,13 @@ fn leader_kills_lose_no_acknowledged_write() {
             if let Some(t) = first_after {
                 break t.duration_since(killed_at);
             }
-            assert!(Instant::now() < deadline, "kill {k}: no write acknowledged within 30 s of killing node {}", leader + 1);
+            assert!(
+                Instant::now() < deadline,
+                "kill {k}: no write acknowledged within 30 s of killing node {}; status {:?}{}",
+                leader + 1,
+                c.status(),
+                c.logs_tail(40)
+            );
             std::thread::sleep(Duration::from_millis(10));
         };
         failovers.push(failover.as_secs_f64());
