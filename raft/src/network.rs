@@ -7,6 +7,7 @@
 //! failure: a peer that is down is `Unreachable`, and openraft backs off.
 
 use std::io;
+use std::time::Duration;
 
 use openraft::errors::{NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
@@ -76,7 +77,15 @@ impl GrpcConnection {
         if let Some(c) = &self.client {
             return Ok(c.clone());
         }
-        let endpoint = Channel::from_shared(format!("http://{}", self.addr)).map_err(|e| Unreachable::new(&e))?;
+        // A peer that is down, paused or still starting must fail fast, not hang a replication
+        // stream: openraft leaves transport timeouts to the network.
+        let endpoint = Channel::from_shared(format!("http://{}", self.addr))
+            .map_err(|e| Unreachable::new(&e))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(1))
+            .keep_alive_timeout(Duration::from_secs(2))
+            .keep_alive_while_idle(true);
         let channel = endpoint.connect().await.map_err(|e| Unreachable::new(&e))?;
         let client = RaftServiceClient::new(channel)
             .max_decoding_message_size(MESSAGE_BYTES_MAX)
@@ -88,6 +97,26 @@ impl GrpcConnection {
     /// Sends one message and decodes the peer's `Result`. A transport failure drops the
     /// connection so the next call reconnects.
     async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &mut self,
+        method: Method,
+        req: &Req,
+        ttl: Duration,
+    ) -> Result<Result<Resp, RaftError<TypeConfig>>, RPCError<TypeConfig>> {
+        match tokio::time::timeout(ttl, self.call_once(method, req)).await {
+            Ok(answer) => answer,
+            Err(_) => {
+                // The connection may be stuck (a paused or half-dead peer): start afresh.
+                self.client = None;
+                let e = io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("raft rpc to node {} at {} timed out after {ttl:?}", self.target, self.addr),
+                );
+                Err(RPCError::Unreachable(Unreachable::new(&e)))
+            }
+        }
+    }
+
+    async fn call_once<Req: Serialize, Resp: DeserializeOwned>(
         &mut self,
         method: Method,
         req: &Req,
@@ -135,6 +164,14 @@ enum Method {
     TransferLeader,
 }
 
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// How long one RPC may take: openraft's soft limit, never below what a loaded machine needs
+/// to answer a heartbeat (its limit is the heartbeat interval).
+fn ttl(option: &RPCOption) -> Duration {
+    option.soft_ttl().max(Duration::from_millis(1000))
+}
+
 fn remote(e: RaftError<TypeConfig>) -> RPCError<TypeConfig> {
     let e = io::Error::other(e.to_string());
     RPCError::Network(NetworkError::new(&e))
@@ -146,25 +183,25 @@ impl RaftNetworkV2<TypeConfig> for GrpcConnection {
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
-        _option: RPCOption,
+        option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call(Method::AppendEntries, &rpc).await?.map_err(remote)
+        self.call(Method::AppendEntries, &rpc, ttl(&option)).await?.map_err(remote)
     }
 
     async fn vote(
         &mut self,
         rpc: VoteRequest<TypeConfig>,
-        _option: RPCOption,
+        option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call(Method::Vote, &rpc).await?.map_err(remote)
+        self.call(Method::Vote, &rpc, ttl(&option)).await?.map_err(remote)
     }
 
     async fn transfer_leader(
         &mut self,
         req: TransferLeaderRequest<TypeConfig>,
-        _option: RPCOption,
+        option: RPCOption,
     ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call(Method::TransferLeader, &req).await?.map_err(remote)
+        self.call(Method::TransferLeader, &req, ttl(&option)).await?.map_err(remote)
     }
 
     async fn full_snapshot(
@@ -172,10 +209,12 @@ impl RaftNetworkV2<TypeConfig> for GrpcConnection {
         vote: VoteOf<TypeConfig>,
         snapshot: SnapshotOf<TypeConfig, Vec<u8>>,
         _cancel: impl std::future::Future<Output = ReplicationClosed> + Send + 'static,
-        _option: RPCOption,
+        option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         let msg = SnapshotMessage { vote, meta: snapshot.meta, data: snapshot.snapshot };
-        match self.call(Method::InstallSnapshot, &msg).await {
+        // A whole snapshot travels in one message: give it time.
+        let ttl = option.soft_ttl().max(Duration::from_secs(60));
+        match self.call(Method::InstallSnapshot, &msg, ttl).await {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) => Err(StreamingError::Network(NetworkError::new(&io::Error::other(e.to_string())))),
             Err(RPCError::Unreachable(u)) => Err(StreamingError::Unreachable(u)),

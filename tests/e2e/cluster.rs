@@ -434,7 +434,8 @@ fn leader_kills_lose_no_acknowledged_write() {
         // The next kill needs a quorum without the next leader: wait until the restarted node
         // is a voter that holds the log again.
         let id = leader as u64 + 1;
-        c.wait_for(Duration::from_secs(60), "the restarted node caught up", |s| {
+        // A restart rebuilds the realtime index from the raw log, which grows with the run.
+        c.wait_for(Duration::from_secs(180), "the restarted node caught up", |s| {
             let leader_last = s["last_log_index"].as_u64().unwrap_or(0);
             s["replication"].get(id.to_string()).and_then(|v| v.as_u64()).is_some_and(|m| m + 50 >= leader_last)
         });
