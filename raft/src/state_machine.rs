@@ -148,6 +148,17 @@ impl RaftStateMachine<TypeConfig> for EngineStateMachine {
     async fn install_snapshot(&mut self, meta: &SnapshotMetaOf<TypeConfig>, data: Vec<u8>) -> Result<(), io::Error> {
         let mut cp: Checkpoint =
             serde_json::from_slice(&data).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        // The snapshot is the leader's checkpoint, which names segments and raw log files this
+        // node does not have. Until snapshots carry those files (issue 4, item 6), refusing is
+        // the only safe answer: installing it would leave a replica that silently lacks data.
+        if let Some(ds) = cp.datasources.iter().find(|d| d.events_ingested + d.events_rejected > 0 || !d.segments.is_empty()) {
+            return Err(io::Error::other(format!(
+                "cannot catch up by snapshot at {:?}: datasource {} has data files, and snapshots do not carry them yet; \
+                 remove this node and add it again while the leader still holds the log from its start \
+                 (raise the entries kept after a snapshot), see issue 4",
+                meta.last_log_id, ds.id.0
+            )));
+        }
         let replication =
             ReplicationMeta { last_applied: meta.last_log_id.clone(), membership: meta.last_membership.clone() };
         cp.replication = Some(meta_json(&replication)?);

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
+use tidemark_catalog::spec::DEMO_BEACONS_SPEC;
 use tidemark_loadgen::Beacon;
 
 use crate::harness::{MemberAddrs, TestNode};
@@ -99,8 +100,10 @@ impl Cluster {
         for (i, n) in self.nodes.iter().enumerate() {
             let Some(n) = n else { continue };
             let text = n.log_text();
-            let tail: Vec<&str> = text.lines().rev().take(lines).collect();
-            out.push_str(&format!("\n--- node {} (last {lines} lines)\n", i + 1));
+            let tail: Vec<&str> =
+                text.lines().filter(|l| !l.contains("HeartbeatWorker") && !l.contains("h2::proto")).rev().take(lines).collect();
+            let health = n.try_get("/health").map(|r| r.body).unwrap_or_else(|e| e.to_string());
+            out.push_str(&format!("\n--- node {} health {health} (last {lines} lines)\n", i + 1));
             for l in tail.iter().rev() {
                 out.push_str(&l.chars().take(300).collect::<String>());
                 out.push('\n');
@@ -126,14 +129,18 @@ impl Cluster {
         self.nodes[i] = Some(TestNode::start_member(self.dirs[i].path(), &self.addrs[i], Some(&via), &self.extra));
     }
 
-    /// Waits until every node reports the same exact aggregates, and returns them.
+    /// Waits until every node reports the same exact aggregates of `beacons`.
     fn converged(&self, expected: &BTreeMap<String, (i64, f64)>) {
+        self.converged_in("beacons", expected)
+    }
+
+    fn converged_in(&self, table: &str, expected: &BTreeMap<String, (i64, f64)>) {
         let deadline = Instant::now() + Duration::from_secs(90);
         for (i, n) in self.nodes.iter().enumerate() {
             let n = n.as_ref().expect("all nodes run at the end");
             n.wait_healthy();
             loop {
-                let got = aggregates(n);
+                let got = aggregates(n, table);
                 if &got == expected {
                     break;
                 }
@@ -151,8 +158,8 @@ impl Cluster {
 }
 
 /// Per merchant: events and total amount (amounts in cents, so sums are exact).
-fn aggregates(n: &TestNode) -> BTreeMap<String, (i64, f64)> {
-    n.sql("SELECT merchant_id, SUM(\"count\") AS c, SUM(amount_sum) AS a FROM beacons GROUP BY merchant_id")
+fn aggregates(n: &TestNode, table: &str) -> BTreeMap<String, (i64, f64)> {
+    n.sql(&format!("SELECT merchant_id, SUM(\"count\") AS c, SUM(amount_sum) AS a FROM {table} GROUP BY merchant_id"))
         .into_iter()
         .map(|r| {
             let m = r["merchant_id"].as_str().unwrap_or_default().to_string();
@@ -356,19 +363,36 @@ fn a_killed_follower_catches_up_and_a_wiped_node_rejoins() {
 fn leader_kills_lose_no_acknowledged_write() {
     let kills: usize = std::env::var("TIDEMARK_CHAOS_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
     let mut c = Cluster::start();
-    let base = now_ms() - 1_800_000;
-    let batches: Arc<Vec<Vec<Beacon>>> =
-        Arc::new((0..20_000).map(|i| traffic(90_000 + i, 25, base, 1_200_000, 50)).collect());
+    // One-minute segments with a one-minute late window: intervals close and persist all
+    // through the run (persist decisions race the kills too), and a restart replays only the
+    // last minutes of raw log instead of everything since the hour began.
+    let spec = DEMO_BEACONS_SPEC
+        .replace("\"beacons\"", "\"chaos\"")
+        .replace("\"segment\": \"PT1H\"", "\"segment\": \"PT1M\"")
+        .replace("\"PT10M\"", "\"PT1M\"");
+    let r = c.node(c.leader()).post("/v1/datasources", spec.as_bytes(), &[("Content-Type", "application/json")]);
+    assert!(r.status == 200 || r.status == 201, "{}", r.body);
+    // Batch i is generated from i and the time it was first sent, so writers never run out
+    // and the check regenerates exactly what was sent.
+    let first_sent = Arc::new(Mutex::new(BTreeMap::<usize, i64>::new()));
+    let batch = {
+        let first_sent = first_sent.clone();
+        move |i: usize| {
+            let ts = *first_sent.lock().unwrap_or_else(|p| p.into_inner()).entry(i).or_insert_with(now_ms);
+            traffic(90_000 + i as u64, 25, ts - 1000, 1000, 50)
+        }
+    };
     let acked = Arc::new(Mutex::new(Vec::<(usize, Instant)>::new()));
+    let last_refusal = Arc::new(Mutex::new(String::new()));
     let stop = Arc::new(AtomicBool::new(false));
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let urls: Vec<String> = c.addrs.iter().map(|a| format!("http://{}/v1/beacons/beacons", a.http)).collect();
+    let urls: Vec<String> = c.addrs.iter().map(|a| format!("http://{}/v1/beacons/chaos", a.http)).collect();
     // A real Kafka client too: librdkafka, idempotent, acks=all, all three brokers to start from.
     let stopfile = c.dirs[0].path().join("stop-kafka-producer");
     let bootstrap = c.addrs.iter().map(|a| a.kafka.clone()).collect::<Vec<_>>().join(",");
     let kafka_producer = std::process::Command::new(crate::harness::python())
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/kafka_clients.py"))
-        .args(["produce_until", &bootstrap, "beacons"])
+        .args(["produce_until", &bootstrap, "chaos"])
         .arg(&stopfile)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -376,25 +400,29 @@ fn leader_kills_lose_no_acknowledged_write() {
         .expect("start the Kafka producer");
     let mut writers = Vec::new();
     for w in 0..2 {
-        let (batches, acked, stop, next, urls) = (batches.clone(), acked.clone(), stop.clone(), next.clone(), urls.clone());
+        let (acked, stop, next, urls) = (acked.clone(), stop.clone(), next.clone(), urls.clone());
+        let batch = batch.clone();
+        let last_refusal = last_refusal.clone();
         writers.push(std::thread::spawn(move || {
             let agent = agent(Duration::from_secs(5));
             let mut target = w;
             while !stop.load(Ordering::SeqCst) {
                 let i = next.fetch_add(1, Ordering::SeqCst);
-                if i >= batches.len() {
-                    return;
-                }
-                let body = ndjson(&batches[i]);
+                let body = ndjson(&batch(i));
                 // The same batch and key until some node acknowledges it: a retry after a lost
                 // answer must count once.
                 loop {
                     let r = agent.post(&urls[target % urls.len()]).header("Idempotency-Key", &format!("chaos-{i}")).send(&body[..]);
-                    if let Ok(resp) = r
-                        && resp.status() == 200
-                    {
-                        acked.lock().unwrap_or_else(|p| p.into_inner()).push((i, Instant::now()));
-                        break;
+                    match r {
+                        Ok(resp) if resp.status() == 200 => {
+                            acked.lock().unwrap_or_else(|p| p.into_inner()).push((i, Instant::now()));
+                            break;
+                        }
+                        Ok(mut resp) => {
+                            let body = resp.body_mut().read_to_string().unwrap_or_default();
+                            *last_refusal.lock().unwrap_or_else(|p| p.into_inner()) = format!("{}: {body}", resp.status());
+                        }
+                        Err(e) => *last_refusal.lock().unwrap_or_else(|p| p.into_inner()) = e.to_string(),
                     }
                     if stop.load(Ordering::SeqCst) {
                         return;
@@ -422,8 +450,9 @@ fn leader_kills_lose_no_acknowledged_write() {
             }
             assert!(
                 Instant::now() < deadline,
-                "kill {k}: no write acknowledged within 30 s of killing node {}; status {:?}{}",
+                "kill {k}: no write acknowledged within 30 s of killing node {}; last refusal {}; status {:?}{}",
                 leader + 1,
+                last_refusal.lock().unwrap_or_else(|p| p.into_inner()),
                 c.status(),
                 c.logs_tail(40)
             );
@@ -467,19 +496,22 @@ fn leader_kills_lose_no_acknowledged_write() {
     // Batches in flight when the writers stopped may have been applied without an answer;
     // finish them with their keys, so the expected total is exact.
     let leader = c.leader();
-    let in_flight: Vec<usize> = (0..batches.len()).filter(|i| !unique.contains(i)).take(8).collect();
+    let taken = next.load(Ordering::SeqCst);
+    let in_flight: Vec<usize> = (0..taken).filter(|i| !unique.contains(i)).collect();
+    assert!(in_flight.len() <= 2, "only the two writers' last batches can be unanswered: {in_flight:?}");
     let mut done = unique.clone();
     for &i in &in_flight {
-        let r = c.node(leader).post("/v1/beacons/beacons", &ndjson(&batches[i]), &[("Idempotency-Key", &format!("chaos-{i}"))]);
+        let r = c.node(leader).post("/v1/beacons/chaos", &ndjson(&batch(i)), &[("Idempotency-Key", &format!("chaos-{i}"))]);
         if r.status == 200 {
             done.push(i);
         }
     }
-    let mut want = expected(&batches, &done);
+    let generated: Vec<Vec<Beacon>> = (0..taken).map(batch).collect();
+    let mut want = expected(&generated, &done);
     for (m, n) in &kafka_delivered {
         want.insert(m.clone(), (*n, (*n * 100) as f64));
     }
-    c.converged(&want);
+    c.converged_in("chaos", &want);
 
     failovers.sort_by(f64::total_cmp);
     println!(
