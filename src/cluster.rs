@@ -88,8 +88,12 @@ pub(crate) fn run(cmd: ClusterCmd) -> Result<()> {
                 &json!({ "node_id": node_id, "raft": raft, "http": http, "kafka": kafka }),
             )?);
         }
-        ClusterCmd::Promote { node_id, url } => done(post(&url.url, "/v1/cluster/promote", &json!({ "node_id": node_id }))?),
-        ClusterCmd::Remove { node_id, url } => done(post(&url.url, "/v1/cluster/remove", &json!({ "node_id": node_id }))?),
+        ClusterCmd::Promote { node_id, url } => {
+            done(post(&url.url, "/v1/cluster/promote", &json!({ "node_id": node_id }))?)
+        }
+        ClusterCmd::Remove { node_id, url } => {
+            done(post(&url.url, "/v1/cluster/remove", &json!({ "node_id": node_id }))?)
+        }
         ClusterCmd::TransferLeader { node_id, url } => {
             done(post(&url.url, "/v1/cluster/transfer-leader", &json!({ "node_id": node_id }))?)
         }

@@ -49,11 +49,19 @@ pub(crate) struct RaftSection {
     pub(crate) heartbeat_interval_ms: u64,
     pub(crate) election_timeout_min_ms: u64,
     pub(crate) election_timeout_max_ms: u64,
+    pub(crate) snapshot_every_entries: u64,
+    pub(crate) entries_kept_after_snapshot: u64,
 }
 
 impl Default for RaftSection {
     fn default() -> Self {
-        RaftSection { heartbeat_interval_ms: 100, election_timeout_min_ms: 400, election_timeout_max_ms: 800 }
+        RaftSection {
+            heartbeat_interval_ms: 100,
+            election_timeout_min_ms: 400,
+            election_timeout_max_ms: 800,
+            snapshot_every_entries: 20_000,
+            entries_kept_after_snapshot: 20_000,
+        }
     }
 }
 
@@ -163,6 +171,9 @@ impl Config {
                 "raft: election_timeout_max_ms ({}) must exceed election_timeout_min_ms ({})",
                 r.election_timeout_max_ms, r.election_timeout_min_ms
             ));
+        }
+        if r.snapshot_every_entries == 0 {
+            problems.push("raft.snapshot_every_entries: must be positive".into());
         }
         if self.ingest.body_bytes_max == 0 {
             problems.push("ingest.body_bytes_max: must be positive".into());

@@ -97,6 +97,12 @@ struct ServeArgs {
     /// How often the writer checks for intervals to persist (ms).
     #[arg(long, env = "TIDEMARK_TICK_INTERVAL_MS")]
     tick_interval_ms: Option<u64>,
+    /// Build a Raft snapshot after this many log entries (`[raft] snapshot_every_entries`).
+    #[arg(long, env = "TIDEMARK_SNAPSHOT_EVERY_ENTRIES")]
+    snapshot_every_entries: Option<u64>,
+    /// Raft entries kept below a snapshot (`[raft] entries_kept_after_snapshot`).
+    #[arg(long, env = "TIDEMARK_ENTRIES_KEPT_AFTER_SNAPSHOT")]
+    entries_kept_after_snapshot: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -216,6 +222,12 @@ fn load_config(args: &ServeArgs) -> Result<Config> {
     if let Some(j) = &args.join {
         cfg.join = Some(j.clone());
     }
+    if let Some(n) = args.snapshot_every_entries {
+        cfg.raft.snapshot_every_entries = n;
+    }
+    if let Some(n) = args.entries_kept_after_snapshot {
+        cfg.raft.entries_kept_after_snapshot = n;
+    }
     if let Some(t) = args.tick_interval_ms {
         cfg.storage.tick_interval_ms = t;
     }
@@ -239,6 +251,8 @@ fn node_config(cfg: &Config, kafka_advertised: std::net::SocketAddr, test_faults
     node.heartbeat_interval_ms = cfg.raft.heartbeat_interval_ms;
     node.election_timeout_min_ms = cfg.raft.election_timeout_min_ms;
     node.election_timeout_max_ms = cfg.raft.election_timeout_max_ms;
+    node.checkpoint_every_entries = cfg.raft.snapshot_every_entries;
+    node.entries_kept_after_snapshot = cfg.raft.entries_kept_after_snapshot;
     node.test_faults = test_faults;
     node.pending_entries_max = cfg.ingest.pending_entries_max;
     node.tick_interval_ms = cfg.storage.tick_interval_ms;
@@ -280,7 +294,8 @@ async fn run_node(cfg: Config, demo: bool, test_faults: bool) -> Result<()> {
         Some(a) => a.parse()?,
         None => kafka.local_addr()?,
     };
-    let (node, report) = Node::start(node_config(&cfg, kafka_advertised, test_faults), raft).await.context("cannot start the node")?;
+    let (node, report) =
+        Node::start(node_config(&cfg, kafka_advertised, test_faults), raft).await.context("cannot start the node")?;
     tracing::info!(
         data_dir = %cfg.data_dir.display(),
         node_id = cfg.node_id,

@@ -33,10 +33,10 @@ pub async fn leader_only(State(s): State<IngestState>, req: Request, next: Next)
     match replica.leader() {
         // Raft's view and the metrics can disagree for a moment; let Raft decide.
         Some((id, _)) if id == me => next.run(req).await,
-        Some(_) if req.headers().contains_key(FORWARDED_BY) => Error::Stopped {
-            reason: "leadership moved while the request was forwarded; retry it".into(),
+        Some(_) if req.headers().contains_key(FORWARDED_BY) => {
+            Error::Stopped { reason: "leadership moved while the request was forwarded; retry it".into() }
+                .into_response()
         }
-        .into_response(),
         Some((id, leader)) => match forward(&leader.http, req, me).await {
             Ok(resp) => {
                 s.node.metrics().http_forwarded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

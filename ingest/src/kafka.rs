@@ -118,9 +118,9 @@ impl Broker {
 /// NOT_LEADER_OR_FOLLOWER (the idempotent producer's sequence makes the retry safe).
 pub(crate) fn write_error_code(e: &crate::Error) -> i16 {
     match e {
-        crate::Error::Replication(
-            tidemark_raft::Error::NotLeader { .. } | tidemark_raft::Error::OutcomeUnknown,
-        ) => code::NOT_LEADER_OR_FOLLOWER,
+        crate::Error::Replication(tidemark_raft::Error::NotLeader { .. } | tidemark_raft::Error::OutcomeUnknown) => {
+            code::NOT_LEADER_OR_FOLLOWER
+        }
         crate::Error::Replication(tidemark_raft::Error::Overloaded { .. }) => code::NOT_ENOUGH_REPLICAS,
         _ => code::KAFKA_STORAGE_ERROR,
     }

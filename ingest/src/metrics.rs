@@ -69,6 +69,19 @@ pub struct EngineGauges {
     pub segments: u64,
     pub applied_position: u64,
     pub raft: RaftGauges,
+    pub snapshots: SnapshotGauges,
+}
+
+/// Snapshot transfer counters since start.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SnapshotGauges {
+    pub built: u64,
+    pub installed: u64,
+    pub files_fetched: u64,
+    pub bytes_fetched: u64,
+    pub files_reused: u64,
+    pub bytes_served: u64,
+    pub fetch_failures: u64,
 }
 
 /// This node's view of Raft at scrape time.
@@ -141,6 +154,44 @@ impl Metrics {
             "counter",
             "Leader changes this node observed.",
             self.leader_changes.load(Ordering::Relaxed),
+        );
+        let sn = g.snapshots;
+        metric("tidemark_raft_snapshots_built_total", "counter", "Snapshots this node built.", sn.built);
+        metric(
+            "tidemark_raft_snapshots_installed_total",
+            "counter",
+            "Snapshots installed here from another node.",
+            sn.installed,
+        );
+        metric(
+            "tidemark_raft_snapshot_files_fetched_total",
+            "counter",
+            "Snapshot data files fetched from another node.",
+            sn.files_fetched,
+        );
+        metric(
+            "tidemark_raft_snapshot_bytes_fetched_total",
+            "counter",
+            "Snapshot data bytes fetched from another node.",
+            sn.bytes_fetched,
+        );
+        metric(
+            "tidemark_raft_snapshot_files_reused_total",
+            "counter",
+            "Snapshot data files this node already held (same bytes), not fetched.",
+            sn.files_reused,
+        );
+        metric(
+            "tidemark_raft_snapshot_bytes_served_total",
+            "counter",
+            "Snapshot data bytes served to other nodes.",
+            sn.bytes_served,
+        );
+        metric(
+            "tidemark_raft_snapshot_fetch_failures_total",
+            "counter",
+            "Snapshot stagings that failed (retried when the leader sends the snapshot again).",
+            sn.fetch_failures,
         );
         metric(
             "tidemark_http_forwarded_total",

@@ -24,7 +24,7 @@ use tidemark_storage::engine::command::Command;
 use tidemark_storage::engine::{Applied, EngineConfig, SharedEngine};
 
 use crate::error::{Error, Result};
-use crate::metrics::{EngineGauges, Metrics, RaftGauges};
+use crate::metrics::{EngineGauges, Metrics, RaftGauges, SnapshotGauges};
 
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -37,6 +37,9 @@ pub struct NodeConfig {
     pub tick_interval_ms: u64,
     /// Snapshot (an engine checkpoint; the Raft log is purged below it) after this many entries.
     pub checkpoint_every_entries: u64,
+    /// Raft entries kept below a snapshot, so a briefly lagging follower catches up from the
+    /// log rather than by snapshot.
+    pub entries_kept_after_snapshot: u64,
     /// Checkpoint at least this often while entries are being applied.
     pub checkpoint_interval_ms: u64,
     pub heartbeat_interval_ms: u64,
@@ -57,6 +60,7 @@ impl NodeConfig {
             pending_entries_max: 65_536,
             tick_interval_ms: 1000,
             checkpoint_every_entries: 20_000,
+            entries_kept_after_snapshot: 20_000,
             checkpoint_interval_ms: 10_000,
             heartbeat_interval_ms: 100,
             election_timeout_min_ms: 400,
@@ -117,6 +121,7 @@ impl Node {
         let mut rc = ReplicaConfig::new(config.node_id, config.me.clone(), config.engine.clone());
         rc.in_flight_max = config.pending_entries_max;
         rc.snapshot_every_entries = config.checkpoint_every_entries;
+        rc.entries_kept_after_snapshot = config.entries_kept_after_snapshot;
         rc.heartbeat_interval_ms = config.heartbeat_interval_ms;
         rc.election_timeout_min_ms = config.election_timeout_min_ms;
         rc.election_timeout_max_ms = config.election_timeout_max_ms;
@@ -194,6 +199,16 @@ impl Node {
             applied_index: st.applied_index.unwrap_or(0),
             voters: st.voters.len() as u64,
         };
+        let s = self.inner.replica.snapshot_stats();
+        let snapshots = SnapshotGauges {
+            built: s.built.load(Ordering::Relaxed),
+            installed: s.installed.load(Ordering::Relaxed),
+            files_fetched: s.files_fetched.load(Ordering::Relaxed),
+            bytes_fetched: s.bytes_fetched.load(Ordering::Relaxed),
+            files_reused: s.files_reused.load(Ordering::Relaxed),
+            bytes_served: s.bytes_served.load(Ordering::Relaxed),
+            fetch_failures: s.fetch_failures.load(Ordering::Relaxed),
+        };
         let e = self.inner.engine.read();
         let (events_ingested, events_rejected, realtime_rows, segments) = e.totals();
         EngineGauges {
@@ -204,6 +219,7 @@ impl Node {
             segments,
             applied_position: e.applied_position(),
             raft,
+            snapshots,
         }
     }
 
@@ -245,9 +261,9 @@ impl Node {
             let v = crate::forward::call_leader(&leader.http, "/v1/cluster/read-index", None, me)
                 .await
                 .map_err(|reason| Error::Stopped { reason: format!("asking the leader for a read index: {reason}") })?;
-            v.get("index").and_then(serde_json::Value::as_u64).ok_or_else(|| Error::Stopped {
-                reason: format!("the leader answered {v} for a read index"),
-            })?
+            v.get("index")
+                .and_then(serde_json::Value::as_u64)
+                .ok_or_else(|| Error::Stopped { reason: format!("the leader answered {v} for a read index") })?
         };
         Ok(replica.wait_applied(index, wait).await?)
     }
@@ -303,6 +319,9 @@ fn publish(inner: &Inner) -> bool {
 }
 
 fn checkpoint(inner: &Inner) {
+    // Segment writes in flight finish off the engine lock (the checkpoint waits for them).
+    let idle = inner.engine.read().persist_idle();
+    idle.wait(Duration::from_secs(60));
     let result = inner.engine.write().checkpoint();
     match result {
         Ok(_) => *inner.last_checkpoint.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now(),

@@ -11,12 +11,16 @@ pub enum Error {
     /// The entry was appended on this node, which lost leadership before it committed. It may
     /// still commit through the new leader: retry with the same idempotency key (HTTP) or
     /// producer sequence (Kafka), which the engine deduplicates.
-    #[error("leadership changed before the write committed; its outcome is unknown: retry it with the same idempotency key")]
+    #[error(
+        "leadership changed before the write committed; its outcome is unknown: retry it with the same idempotency key"
+    )]
     OutcomeUnknown,
 
     /// No answer in time: usually no quorum (a partition, most voters down). The write may
     /// still commit later.
-    #[error("the write was not committed within {waited_ms} ms (is a majority of voters up and reachable?); its outcome is unknown: retry it with the same idempotency key")]
+    #[error(
+        "the write was not committed within {waited_ms} ms (is a majority of voters up and reachable?); its outcome is unknown: retry it with the same idempotency key"
+    )]
     NotCommitted { waited_ms: u64 },
 
     #[error("{in_flight} writes are waiting for the Raft log (bound {bound}); retry later")]

@@ -12,16 +12,20 @@
 //! the engine's checkpoint so the two are written atomically. `replica.rs` is what the rest
 //! of tidemark uses: one node's replica (submit in order, leader, membership, status).
 //!
+//! Snapshots carry the engine checkpoint and a manifest of its data files, which the
+//! receiving node fetches itself (`snapshot.rs`). Transport faults can be injected in tests
+//! (`faults.rs`).
+//!
 //! Status: the store and the state machine pass openraft's storage suite; three replicas
 //! agree byte for byte; the node runtime runs on it (a single node is a one-voter cluster).
-//! Not yet: snapshots that carry data files (a wiped node can rejoin only while the leader
-//! still holds the log from the start), the transport fault layer (issue 4).
+//! Not yet (issue 4): the scrubber, the no-quorum spool.
 
 pub mod error;
 pub mod faults;
 pub mod log_store;
 pub mod network;
 pub mod replica;
+pub mod snapshot;
 pub mod state_machine;
 mod types;
 

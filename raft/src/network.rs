@@ -9,6 +9,7 @@
 use std::io;
 use std::time::Duration;
 
+use openraft::Raft;
 use openraft::errors::{NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
@@ -16,7 +17,6 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 use openraft::type_config::alias::{SnapshotMetaOf, SnapshotOf, VoteOf};
-use openraft::Raft;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tidemark_proto::raft::RaftMessage;
@@ -26,10 +26,12 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use crate::faults::{Fault, Faults};
+use crate::snapshot::{Manifest, ReadFile, SnapshotTransfer};
 use crate::state_machine::EngineStateMachine;
 use crate::types::{Member, NodeId, TypeConfig};
 
-/// Snapshots travel whole for now; this bounds one message (the engine checkpoint).
+/// Bounds one message; the largest is a snapshot's checkpoint and manifest (data files are
+/// fetched apart, in chunks).
 const MESSAGE_BYTES_MAX: usize = 256 << 20;
 
 fn encode<T: Serialize>(v: &T) -> io::Result<Vec<u8>> {
@@ -63,7 +65,7 @@ pub struct GrpcConnection {
     faults: Option<Faults>,
 }
 
-/// The snapshot message: the leader's vote and the whole snapshot.
+/// The snapshot message: the leader's vote and the snapshot (checkpoint and manifest).
 #[derive(serde::Serialize, serde::Deserialize)]
 struct SnapshotMessage {
     vote: VoteOf<TypeConfig>,
@@ -212,8 +214,9 @@ impl RaftNetworkV2<TypeConfig> for GrpcConnection {
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         let msg = SnapshotMessage { vote, meta: snapshot.meta, data: snapshot.snapshot };
-        // A whole snapshot travels in one message: give it time.
-        let ttl = option.soft_ttl().max(Duration::from_secs(60));
+        // The receiver stages the data files before it answers (up to STAGE_WAIT, then it
+        // asks for the snapshot again while its fetch goes on).
+        let ttl = option.soft_ttl().max(STAGE_WAIT + Duration::from_secs(30));
         match self.call(Method::InstallSnapshot, &msg, ttl).await {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) => Err(StreamingError::Network(NetworkError::new(&io::Error::other(e.to_string())))),
@@ -223,15 +226,23 @@ impl RaftNetworkV2<TypeConfig> for GrpcConnection {
     }
 }
 
+/// How long a snapshot RPC waits for the data files to be staged before it answers
+/// "not yet" (the fetch goes on, and the leader's next attempt joins it).
+const STAGE_WAIT: Duration = Duration::from_secs(40);
+
 /// The server side: hands each RPC to the local Raft and answers with its `Result`.
 #[derive(Debug, Clone)]
 pub struct RaftRpc {
     raft: Raft<TypeConfig, EngineStateMachine>,
+    snapshots: std::sync::Arc<SnapshotTransfer>,
 }
 
 /// The tonic service for this node's Raft, to add to the node's gRPC server.
-pub fn raft_service(raft: Raft<TypeConfig, EngineStateMachine>) -> RaftServiceServer<RaftRpc> {
-    RaftServiceServer::new(RaftRpc { raft })
+pub fn raft_service(
+    raft: Raft<TypeConfig, EngineStateMachine>,
+    snapshots: std::sync::Arc<SnapshotTransfer>,
+) -> RaftServiceServer<RaftRpc> {
+    RaftServiceServer::new(RaftRpc { raft, snapshots })
         .max_decoding_message_size(MESSAGE_BYTES_MAX)
         .max_encoding_message_size(MESSAGE_BYTES_MAX)
 }
@@ -247,6 +258,16 @@ fn answer<T: Serialize>(result: &T) -> Result<Response<RaftMessage>, Status> {
 
 #[tonic::async_trait]
 impl RaftService for RaftRpc {
+    async fn read_snapshot_file(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let r: ReadFile = decode(&req.into_inner().body).map_err(bad_request)?;
+        let snapshots = self.snapshots.clone();
+        let chunk = tokio::task::spawn_blocking(move || snapshots.read(&r.snapshot, r.index, r.offset, r.max))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map(serde_bytes::ByteBuf::from);
+        answer(&chunk)
+    }
+
     async fn append_entries(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let rpc: AppendEntriesRequest<TypeConfig> = decode(&req.into_inner().body).map_err(bad_request)?;
         answer(&self.raft.append_entries(rpc).await)
@@ -265,6 +286,19 @@ impl RaftService for RaftRpc {
 
     async fn install_snapshot(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let msg: SnapshotMessage = decode(&req.into_inner().body).map_err(bad_request)?;
+        let manifest = std::sync::Arc::new(Manifest::decode(&msg.data).map_err(bad_request)?);
+        let members = msg.meta.last_membership.membership().nodes().map(|(id, m)| (*id, m.clone())).collect();
+        let total = manifest.total_bytes();
+        match tokio::time::timeout(STAGE_WAIT, self.snapshots.stage(manifest.clone(), members)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(Status::unavailable(format!("snapshot {}: {e}", manifest.id))),
+            Err(_) => {
+                return Err(Status::unavailable(format!(
+                    "snapshot {}: still fetching its data files ({total} bytes in all); send it again",
+                    manifest.id
+                )));
+            }
+        }
         let snapshot = openraft::storage::Snapshot { meta: msg.meta, snapshot: msg.data };
         let result = self.raft.install_full_snapshot(msg.vote, snapshot).await.map_err(RaftError::<TypeConfig>::Fatal);
         answer(&result)

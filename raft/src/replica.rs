@@ -29,6 +29,7 @@ use crate::error::{Error, Result};
 use crate::faults::Faults;
 use crate::log_store::LogStore;
 use crate::network::{GrpcNetwork, raft_service};
+use crate::snapshot::{SnapshotStats, SnapshotTransfer};
 use crate::state_machine::EngineStateMachine;
 use crate::types::{LogCommand, Member, NodeId, TypeConfig};
 
@@ -83,6 +84,7 @@ struct Inner {
     in_flight: Arc<AtomicUsize>,
     applied: tokio::sync::watch::Receiver<u64>,
     faults: Option<Faults>,
+    snapshots: Arc<SnapshotTransfer>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -162,7 +164,8 @@ impl Replica {
             cut_bytes: recovery.raw_cut_bytes,
         };
         let engine = SharedEngine(Arc::new(std::sync::RwLock::new(engine)));
-        let sm = EngineStateMachine::new(engine.clone(), config.engine.clone())
+        let snapshots = SnapshotTransfer::new(config.node_id, &config.engine.data_dir);
+        let sm = EngineStateMachine::new(engine.clone(), config.engine.clone(), snapshots.clone())
             .map_err(|source| Error::Store { path: config.engine.data_dir.clone(), source })?;
         let applied = sm.applied_watch();
         let raft_config = Config {
@@ -183,10 +186,11 @@ impl Replica {
             .map_err(|e| Error::Stopped(format!("Raft did not start: {e}")))?;
 
         let server = {
-            let service = raft_service(raft.clone());
+            let service = raft_service(raft.clone(), snapshots.clone());
             tokio::spawn(async move {
                 let incoming = tonic::transport::server::TcpIncoming::from(listener);
-                if let Err(e) = tonic::transport::Server::builder().add_service(service).serve_with_incoming(incoming).await
+                if let Err(e) =
+                    tonic::transport::Server::builder().add_service(service).serve_with_incoming(incoming).await
                 {
                     tracing::error!(error = %e, "the Raft RPC server stopped");
                 }
@@ -212,6 +216,7 @@ impl Replica {
             in_flight: Arc::new(AtomicUsize::new(0)),
             applied,
             faults,
+            snapshots,
             tasks: vec![server, forwarder],
         };
         Ok((Replica { inner: Arc::new(inner) }, report))
@@ -260,6 +265,11 @@ impl Replica {
     /// The transport fault rules, when the node was started with test faults enabled.
     pub fn faults(&self) -> Option<&Faults> {
         self.inner.faults.as_ref()
+    }
+
+    /// Snapshot transfer counters (built, installed, bytes fetched and served).
+    pub fn snapshot_stats(&self) -> &SnapshotStats {
+        &self.inner.snapshots.stats
     }
 
     /// Changes whenever entries were applied here.
@@ -332,13 +342,21 @@ impl Replica {
     /// let two logs claim one vote.
     pub async fn update_member(&self, id: NodeId, member: Member) -> Result<()> {
         let nodes = BTreeMap::from([(id, member)]);
-        self.inner.raft.change_membership(ChangeMembers::SetNodes(nodes), true).await.map_err(|e| self.membership_error(e))?;
+        self.inner
+            .raft
+            .change_membership(ChangeMembers::SetNodes(nodes), true)
+            .await
+            .map_err(|e| self.membership_error(e))?;
         Ok(())
     }
 
     /// Makes learners voters.
     pub async fn promote(&self, ids: BTreeSet<NodeId>) -> Result<()> {
-        self.inner.raft.change_membership(ChangeMembers::AddVoterIds(ids), false).await.map_err(|e| self.membership_error(e))?;
+        self.inner
+            .raft
+            .change_membership(ChangeMembers::AddVoterIds(ids), false)
+            .await
+            .map_err(|e| self.membership_error(e))?;
         Ok(())
     }
 

@@ -7,12 +7,11 @@
 //! are written in the same atomic file as the state they describe. After a restart, openraft
 //! replays the Raft log from there.
 //!
-//! Snapshots are the engine's checkpoint. A snapshot installed on a node replaces its catalog
-//! and state; the data files it refers to (segments, raw log files) are not carried yet: a
-//! manifest of checksummed files that the joining node fetches is the next slice (issue 4,
-//! item 6). Until then only a node whose datasources have no data files can be rebuilt from a
-//! snapshot.
+//! Snapshots are the engine's checkpoint plus a manifest of the data files it names
+//! (`snapshot.rs`): the receiving node fetches those files before openraft hands the snapshot
+//! here, and installing swaps files and checkpoint in (`engine::install`) and reopens the engine.
 
+use std::fs::File;
 use std::io;
 use std::sync::{Arc, Mutex};
 
@@ -21,11 +20,12 @@ use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine, S
 use openraft::type_config::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
 use openraft::{EntryPayload, OptionalSend, StoredMembership};
 use serde::{Deserialize, Serialize};
-use tidemark_storage::engine::command::Entry as LogEntry;
 use tidemark_storage::engine::checkpoint::{self, Checkpoint};
+use tidemark_storage::engine::command::Entry as LogEntry;
 use tidemark_storage::engine::command::KIND_CATALOG;
 use tidemark_storage::engine::{Engine, EngineConfig, SharedEngine};
 
+use crate::snapshot::{Manifest, SnapshotTransfer};
 use crate::types::{ApplyAnswer, TypeConfig};
 
 type LogId = LogIdOf<TypeConfig>;
@@ -38,7 +38,7 @@ struct ReplicationMeta {
     membership: Membership,
 }
 
-/// A built or installed snapshot: its meta and the checkpoint bytes.
+/// A snapshot this node built: its meta and its encoded [`Manifest`].
 type StoredSnapshot = (SnapshotMetaOf<TypeConfig>, Vec<u8>);
 
 #[derive(Debug)]
@@ -47,6 +47,7 @@ pub struct EngineStateMachine {
     config: EngineConfig,
     meta: ReplicationMeta,
     current: Arc<Mutex<Option<StoredSnapshot>>>,
+    transfer: Arc<SnapshotTransfer>,
     /// The engine's applied position after each applied batch: Kafka Fetch long-polls on it.
     applied_tx: tokio::sync::watch::Sender<u64>,
 }
@@ -57,13 +58,17 @@ fn meta_json(m: &ReplicationMeta) -> io::Result<serde_json::Value> {
 
 impl EngineStateMachine {
     /// Wraps an opened engine; what it last applied comes from its checkpoint.
-    pub fn new(engine: SharedEngine, config: EngineConfig) -> io::Result<EngineStateMachine> {
+    pub fn new(
+        engine: SharedEngine,
+        config: EngineConfig,
+        transfer: Arc<SnapshotTransfer>,
+    ) -> io::Result<EngineStateMachine> {
         let meta = match engine.read().replication() {
             None => ReplicationMeta::default(),
             Some(v) => serde_json::from_value(v.clone()).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?,
         };
         let (applied_tx, _) = tokio::sync::watch::channel(engine.read().applied_position());
-        Ok(EngineStateMachine { engine, config, meta, current: Arc::new(Mutex::new(None)), applied_tx })
+        Ok(EngineStateMachine { engine, config, meta, current: Arc::new(Mutex::new(None)), transfer, applied_tx })
     }
 
     /// Changes whenever entries were applied.
@@ -131,10 +136,13 @@ impl RaftStateMachine<TypeConfig> for EngineStateMachine {
         let mut engine = self.engine.write();
         engine.set_replication(meta);
         // Segments the writer finished become visible; a failure to write one stops the node.
-        let published = engine.publish_persisted(false).map_err(|e| io::Error::other(format!("writing a segment: {e}")))?;
+        let published =
+            engine.publish_persisted(false).map_err(|e| io::Error::other(format!("writing a segment: {e}")))?;
         // A catalog change is checkpointed at once, as the single-node runtime did: files a
         // dropped datasource leaves behind are only removed once no replay can need them.
-        if catalog_changed || !published.is_empty() {
+        // (Not while other segments are still being written: a checkpoint waits for them, and
+        // apply must not; the next publish or the periodic checkpoint records them.)
+        if catalog_changed || (!published.is_empty() && engine.persists_in_flight() == 0) {
             engine.checkpoint().map_err(|e| io::Error::other(format!("checkpoint: {e}")))?;
         }
         self.applied_tx.send_replace(engine.applied_position());
@@ -142,46 +150,74 @@ impl RaftStateMachine<TypeConfig> for EngineStateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        CheckpointBuilder { engine: self.engine.clone(), meta: self.meta.clone(), current: self.current.clone() }
+        CheckpointBuilder {
+            engine: self.engine.clone(),
+            transfer: self.transfer.clone(),
+            current: self.current.clone(),
+        }
     }
 
     async fn install_snapshot(&mut self, meta: &SnapshotMetaOf<TypeConfig>, data: Vec<u8>) -> Result<(), io::Error> {
-        let mut cp: Checkpoint =
-            serde_json::from_slice(&data).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        // The snapshot is the leader's checkpoint, which names segments and raw log files this
-        // node does not have. Until snapshots carry those files (issue 4, item 6), refusing is
-        // the only safe answer: installing it would leave a replica that silently lacks data.
-        if let Some(ds) = cp.datasources.iter().find(|d| d.events_ingested + d.events_rejected > 0 || !d.segments.is_empty()) {
-            return Err(io::Error::other(format!(
-                "cannot catch up by snapshot at {:?}: datasource {} has data files, and snapshots do not carry them yet; \
-                 remove this node and add it again while the leader still holds the log from its start \
-                 (raise the entries kept after a snapshot), see issue 4",
-                meta.last_log_id, ds.id.0
-            )));
+        if meta.last_log_id <= self.meta.last_applied {
+            // Already there (a snapshot sent twice): nothing to replace.
+            return Ok(());
         }
+        let manifest = Manifest::decode(&data)?;
+        let staged = self.transfer.staged_files(&manifest)?;
+        let mut cp: Checkpoint =
+            serde_json::from_slice(&manifest.checkpoint).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         let replication =
             ReplicationMeta { last_applied: meta.last_log_id.clone(), membership: meta.last_membership.clone() };
         cp.replication = Some(meta_json(&replication)?);
-        checkpoint::store(&self.config.data_dir, &cp).map_err(io::Error::other)?;
-        let (engine, _) = Engine::open(self.config.clone()).map_err(io::Error::other)?;
-        let position = engine.applied_position();
-        *self.engine.write() = engine;
+        {
+            // Queries wait while the state is swapped; nothing else writes to the engine.
+            let mut engine = self.engine.write();
+            engine
+                .quiesce()
+                .map_err(|e| io::Error::other(format!("finishing segment writes before a snapshot: {e}")))?;
+            tidemark_storage::engine::install::install(&self.config.data_dir, &cp, &staged)
+                .map_err(|e| io::Error::other(format!("installing snapshot {}: {e}", manifest.id)))?;
+            let (fresh, recovery) = Engine::open(self.config.clone())
+                .map_err(|e| io::Error::other(format!("opening the engine from snapshot {}: {e}", manifest.id)))?;
+            tracing::info!(
+                snapshot = %manifest.id,
+                position = fresh.applied_position(),
+                files = manifest.files.len(),
+                bytes = manifest.total_bytes(),
+                raw_batches_replayed = recovery.raw_batches_replayed,
+                "installed a snapshot"
+            );
+            *engine = fresh;
+        }
+        self.transfer.clear_staging();
+        self.transfer.stats.installed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.meta = replication;
-        self.applied_tx.send_replace(position);
-        *self.slot() = Some((meta.clone(), data));
+        self.applied_tx.send_replace(self.engine.read().applied_position());
+        // Another node's snapshot is not served from here: the next one asked for is built.
+        *self.slot() = None;
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<SnapshotOf<TypeConfig, Vec<u8>>>, io::Error> {
-        Ok(self.slot().clone().map(|(meta, snapshot)| Snapshot { meta, snapshot }))
+        if let Some((meta, snapshot)) = self.slot().clone() {
+            return Ok(Some(Snapshot { meta, snapshot }));
+        }
+        // None built since start (or the last was installed from elsewhere): the leader needs
+        // one to send, so build it now.
+        if self.meta.last_applied.is_none() {
+            return Ok(None);
+        }
+        let mut builder = self.get_snapshot_builder().await;
+        builder.build_snapshot().await.map(Some)
     }
 }
 
-/// Builds a snapshot by checkpointing the engine.
+/// Builds a snapshot: checkpoints the engine and describes the data files the checkpoint
+/// names.
 #[derive(Debug)]
 pub struct CheckpointBuilder {
     engine: SharedEngine,
-    meta: ReplicationMeta,
+    transfer: Arc<SnapshotTransfer>,
     current: Arc<Mutex<Option<StoredSnapshot>>>,
 }
 
@@ -189,15 +225,41 @@ impl RaftSnapshotBuilder<TypeConfig> for CheckpointBuilder {
     type SnapshotData = Vec<u8>;
 
     async fn build_snapshot(&mut self) -> Result<SnapshotOf<TypeConfig, Vec<u8>>, io::Error> {
-        let data_dir = {
+        // openraft builds while entries go on being applied: what the snapshot claims must
+        // come from the engine under the same lock as the checkpoint. The replication record
+        // lags the engine by at most the batch being applied; entries between are skipped as
+        // already applied when the receiver gets them again.
+        // Segment writes in flight finish off the lock first (the checkpoint waits for them).
+        let idle = self.engine.read().persist_idle();
+        tokio::task::spawn_blocking(move || idle.wait(std::time::Duration::from_secs(60)))
+            .await
+            .map_err(io::Error::other)?;
+        let (replication, checkpoint, files) = {
             let mut e = self.engine.write();
-            e.set_replication(meta_json(&self.meta)?);
             e.checkpoint().map_err(io::Error::other)?;
-            e.data_dir().to_path_buf()
+            let replication: ReplicationMeta = match e.replication() {
+                Some(v) => {
+                    serde_json::from_value(v.clone()).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?
+                }
+                None => ReplicationMeta::default(),
+            };
+            let dir = e.data_dir().to_path_buf();
+            let checkpoint = std::fs::read(checkpoint::path(&dir))?;
+            let files = e
+                .data_files()
+                .into_iter()
+                .map(|(rel, len)| {
+                    let file = File::open(dir.join(&rel))
+                        .map_err(|err| io::Error::new(err.kind(), format!("{}: {err}", rel.display())))?;
+                    Ok((rel, len, file))
+                })
+                .collect::<io::Result<Vec<_>>>()?;
+            (replication, checkpoint, files)
         };
-        let data = std::fs::read(checkpoint::path(&data_dir))?;
-        let meta =
-            SnapshotMeta { last_log_id: self.meta.last_applied.clone(), last_membership: self.meta.membership.clone() };
+        let index = replication.last_applied.as_ref().map(|l| l.index).unwrap_or(0);
+        let manifest = self.transfer.publish(index, checkpoint, files).await?;
+        let data = manifest.encode()?;
+        let meta = SnapshotMeta { last_log_id: replication.last_applied, last_membership: replication.membership };
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some((meta.clone(), data.clone()));
         Ok(Snapshot { meta, snapshot: data })
     }

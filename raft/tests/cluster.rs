@@ -6,11 +6,11 @@ mod common;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use tidemark_raft::Member;
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
 use openraft::type_config::alias::{SnapshotOf, VoteOf};
+use tidemark_raft::Member;
 use tidemark_raft::{NodeId, TypeConfig};
 
 use common::Node;

@@ -28,7 +28,9 @@ pub mod command;
 pub mod consumer_offsets;
 mod datasource;
 pub mod idempotency;
+pub mod install;
 mod persister;
+pub use persister::PersistIdle;
 pub mod producers;
 pub mod rejects;
 mod system_tables;
@@ -142,6 +144,7 @@ impl Engine {
     /// Opens the engine from its checkpoint and raw logs. Entries after
     /// [`Engine::applied_position`] must then be replayed from the Raft log.
     pub fn open(config: EngineConfig) -> Result<(Engine, Recovery)> {
+        install::finish_interrupted(&config.data_dir)?;
         let cp = checkpoint::load(&config.data_dir)?;
         let mut recovery = Recovery::default();
         let mut engine = Engine {
@@ -490,6 +493,11 @@ impl Engine {
         Ok(seconds)
     }
 
+    /// A handle to wait for the segment writer to be idle, without holding the engine lock.
+    pub fn persist_idle(&self) -> PersistIdle {
+        self.persister.idle()
+    }
+
     /// Segments being written right now.
     pub fn persists_in_flight(&self) -> usize {
         self.persister.in_flight()
@@ -540,8 +548,14 @@ impl Engine {
 
     /// Syncs the raw logs and writes a checkpoint at the applied position; the Raft log
     /// may then be trimmed below the returned position.
+    ///
+    /// It first waits for segments being written and publishes them: a checkpoint that named
+    /// an interval as persisting would come back, after a restart or on a replica installing
+    /// it as a snapshot, with that interval's rows in an open index, which the leader's later
+    /// persist commands (for its late chunk) never close, so the replica's segments would
+    /// diverge. Callers wait on [`Engine::persist_idle`] first to keep this short.
     pub fn checkpoint(&mut self) -> Result<u64> {
-        self.publish_persisted(false)?;
+        self.publish_persisted(true)?;
         for ds in self.datasources.values_mut() {
             ds.sync()?;
         }
@@ -564,6 +578,23 @@ impl Engine {
         checkpoint::store(&self.config.data_dir, &cp)?;
         self.checkpoint_position = self.applied_position;
         Ok(self.applied_position)
+    }
+
+    /// The data files the last [`Engine::checkpoint`] refers to, relative to the data
+    /// directory, with the length that checkpoint covers: what a snapshot must carry.
+    pub fn data_files(&self) -> Vec<(PathBuf, u64)> {
+        let dir = &self.config.data_dir;
+        self.datasources
+            .values()
+            .flat_map(DatasourceState::data_files)
+            .map(|(p, len)| (p.strip_prefix(dir).map(Path::to_path_buf).unwrap_or(p), len))
+            .collect()
+    }
+
+    /// Waits for segment writes in flight and publishes them, so no writer thread touches the
+    /// data directory afterwards (before a snapshot replaces it).
+    pub fn quiesce(&mut self) -> Result<()> {
+        self.publish_persisted(true).map(|_| ())
     }
 
     /// The idempotency window's view of a keyed batch (read-only, for the edge).

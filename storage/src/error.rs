@@ -38,7 +38,9 @@ pub enum Error {
     /// Written by a newer node (a new kind or format version). Unlike a bad command, which
     /// every replica refuses alike, only older nodes refuse this one: such a node must stop
     /// rather than skip the entry and diverge.
-    #[error("log entry of kind {kind} (format version {version}) was written by a newer tidemark; upgrade this node, it stopped rather than skip the entry")]
+    #[error(
+        "log entry of kind {kind} (format version {version}) was written by a newer tidemark; upgrade this node, it stopped rather than skip the entry"
+    )]
     NewerCommand { kind: u8, version: u8 },
 
     #[error(transparent)]

@@ -69,8 +69,12 @@ impl Cluster {
     /// is), else from the first running node that answers.
     fn status(&self) -> Option<serde_json::Value> {
         let a = agent(Duration::from_secs(2));
-        let all: Vec<serde_json::Value> =
-            self.nodes.iter().flatten().filter_map(|n| get_json(&a, &format!("http://{}/v1/cluster", n.http))).collect();
+        let all: Vec<serde_json::Value> = self
+            .nodes
+            .iter()
+            .flatten()
+            .filter_map(|n| get_json(&a, &format!("http://{}/v1/cluster", n.http)))
+            .collect();
         let leader = all.iter().find(|s| s["state"] == "leader").cloned();
         leader.or_else(|| all.into_iter().next())
     }
@@ -100,8 +104,12 @@ impl Cluster {
         for (i, n) in self.nodes.iter().enumerate() {
             let Some(n) = n else { continue };
             let text = n.log_text();
-            let tail: Vec<&str> =
-                text.lines().filter(|l| !l.contains("HeartbeatWorker") && !l.contains("h2::proto")).rev().take(lines).collect();
+            let tail: Vec<&str> = text
+                .lines()
+                .filter(|l| !l.contains("HeartbeatWorker") && !l.contains("h2::proto"))
+                .rev()
+                .take(lines)
+                .collect();
             let health = n.try_get("/health").map(|r| r.body).unwrap_or_else(|e| e.to_string());
             out.push_str(&format!("\n--- node {} health {health} (last {lines} lines)\n", i + 1));
             for l in tail.iter().rev() {
@@ -158,8 +166,18 @@ impl Cluster {
 }
 
 /// Per merchant: events and total amount (amounts in cents, so sums are exact).
+/// A node still catching up may not know the table yet: that reads as no rows.
 fn aggregates(n: &TestNode, table: &str) -> BTreeMap<String, (i64, f64)> {
-    n.sql(&format!("SELECT merchant_id, SUM(\"count\") AS c, SUM(amount_sum) AS a FROM {table} GROUP BY merchant_id"))
+    let q = format!("SELECT merchant_id, SUM(\"count\") AS c, SUM(amount_sum) AS a FROM {table} GROUP BY merchant_id");
+    let r = n.post("/v1/sql", q.as_bytes(), &[("Content-Type", "text/plain")]);
+    if r.status != 200 && r.body.contains("not found") {
+        return BTreeMap::new();
+    }
+    assert_eq!(r.status, 200, "{q}: {}", r.body);
+    r.json()
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
         .into_iter()
         .map(|r| {
             let m = r["merchant_id"].as_str().unwrap_or_default().to_string();
@@ -206,7 +224,8 @@ fn three_nodes_forward_writes_and_agree() {
     let mut total = 800;
     let ryw: Vec<Vec<Beacon>> = (0..3).map(|k| traffic(7200 + k, 20, now_ms() - 600_000, 600_000, 50)).collect();
     for (k, i) in [follower, leader, (leader + 2) % 3].into_iter().enumerate() {
-        let r = c.node(leader).post("/v1/beacons/beacons", &ndjson(&ryw[k]), &[("Idempotency-Key", &format!("ryw-{k}"))]);
+        let r =
+            c.node(leader).post("/v1/beacons/beacons", &ndjson(&ryw[k]), &[("Idempotency-Key", &format!("ryw-{k}"))]);
         assert_eq!(r.status, 200, "{}", r.body);
         total += 50;
         let r = c.node(i).post(
@@ -329,7 +348,11 @@ fn a_killed_follower_catches_up_and_a_wiped_node_rejoins() {
     let (follower, other) = ((leader + 1) % 3, (leader + 2) % 3);
     let batches: Vec<Vec<Beacon>> = (0..4).map(|i| traffic(8000 + i, 15, now_ms() - 600_000, 600_000, 300)).collect();
     let post = |c: &Cluster, i: usize| {
-        let r = c.node(leader).post("/v1/beacons/beacons", &ndjson(&batches[i]), &[("Idempotency-Key", &format!("cu-{i}"))]);
+        let r = c.node(leader).post(
+            "/v1/beacons/beacons",
+            &ndjson(&batches[i]),
+            &[("Idempotency-Key", &format!("cu-{i}"))],
+        );
         assert_eq!(r.status, 200, "{}", r.body);
     };
 
@@ -359,6 +382,148 @@ fn a_killed_follower_catches_up_and_a_wiped_node_rejoins() {
     c.converged(&expected(&batches, &[0, 1, 2, 3]));
 }
 
+/// A counter from a node's `/metrics`.
+fn metric(n: &TestNode, name: &str) -> u64 {
+    let text = n.get("/metrics").body;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0)
+}
+
+/// Every published segment file under a node's data directory: relative path → CRC-32C.
+fn segment_files(dir: &std::path::Path) -> BTreeMap<String, u32> {
+    let mut out = BTreeMap::new();
+    let root = dir.join("datasources");
+    for ds in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+        for f in std::fs::read_dir(ds.path().join("segments")).into_iter().flatten().flatten() {
+            let p = f.path();
+            if p.extension().is_some_and(|e| e == "seg") {
+                let rel = p.strip_prefix(&root).map(|r| r.display().to_string()).unwrap_or_default();
+                out.insert(rel, crc32c::crc32c(&std::fs::read(&p).unwrap_or_default()));
+            }
+        }
+    }
+    out
+}
+
+/// A one-minute-segment datasource, so events minutes old persist at the next tick.
+fn minute_datasource(c: &Cluster, name: &str) {
+    let spec = DEMO_BEACONS_SPEC
+        .replace("\"beacons\"", &format!("\"{name}\""))
+        .replace("\"segment\": \"PT1H\"", "\"segment\": \"PT1M\"")
+        .replace("\"PT10M\"", "\"PT1M\"");
+    let r = c.node(c.leader()).post("/v1/datasources", spec.as_bytes(), &[("Content-Type", "application/json")]);
+    assert!(r.status == 200 || r.status == 201, "{}", r.body);
+}
+
+#[test]
+fn nodes_behind_the_purged_log_catch_up_by_snapshot_with_its_data_files() {
+    // A snapshot every 30 entries, 5 kept: a node that misses a few dozen writes can only
+    // catch up by snapshot.
+    let mut c = Cluster::start_with(&["--snapshot-every-entries", "30", "--entries-kept-after-snapshot", "5"]);
+    let leader = c.leader();
+    let (behind, wiped) = ((leader + 1) % 3, (leader + 2) % 3);
+    minute_datasource(&c, "snap");
+    // Events 5 to 30 minutes old: their minutes are closed, so segments are written.
+    let start = now_ms() - 30 * 60_000;
+    let batches: Vec<Vec<Beacon>> = (0..90).map(|i| traffic(9500 + i, 12, start, 25 * 60_000, 40)).collect();
+    let post = |c: &Cluster, range: std::ops::Range<usize>| {
+        for i in range {
+            let r = c.node(leader).post(
+                "/v1/beacons/snap",
+                &ndjson(&batches[i]),
+                &[("Idempotency-Key", &format!("snap-{i}"))],
+            );
+            assert_eq!(r.status, 200, "{}", r.body);
+        }
+    };
+    let purged_past = |c: &Cluster, index: u64| {
+        c.wait_for(Duration::from_secs(60), "the leader purged its log", |s| {
+            s["purged_index"].as_u64().is_some_and(|p| p > index)
+        });
+    };
+
+    // A follower that was down while the leader snapshotted and purged: it restarts with its
+    // old data and reuses what it holds.
+    let at_kill = c.status().and_then(|s| s["applied_index"].as_u64()).unwrap_or(0);
+    c.kill(behind);
+    post(&c, 0..40);
+    purged_past(&c, at_kill + 5);
+    c.restart(behind);
+
+    // A node that lost its disk: removed, wiped, joined again; it fetches every file.
+    c.wait_for(Duration::from_secs(60), "three voters in step", |s| {
+        let applied = s["applied_index"].as_u64().unwrap_or(0);
+        s["replication"].as_object().is_some_and(|r| r.values().all(|v| v.as_u64().unwrap_or(0) + 50 >= applied))
+    });
+    c.kill(wiped);
+    let (code, out, err) = c.node(leader).cli(&["cluster", "remove", &(wiped + 1).to_string()]);
+    assert_eq!(code, 0, "{out}{err}");
+    c.wait_for(Duration::from_secs(30), "two voters", |s| s["voters"].as_object().is_some_and(|v| v.len() == 2));
+    let at_removal = c.status().and_then(|s| s["applied_index"].as_u64()).unwrap_or(0);
+    post(&c, 40..70);
+    purged_past(&c, at_removal + 5);
+    let dir = c.dirs[wiped].path().to_path_buf();
+    for entry in std::fs::read_dir(&dir).expect("data dir").flatten() {
+        let p = entry.path();
+        let _ = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+    }
+    c.start_joining(wiped, leader);
+    c.wait_for(Duration::from_secs(90), "three voters again", |s| {
+        s["voters"].as_object().is_some_and(|v| v.len() == 3 && v.contains_key(&(wiped + 1).to_string()))
+    });
+    post(&c, 70..90);
+    let all: Vec<usize> = (0..90).collect();
+    c.converged_in("snap", &expected(&batches, &all));
+
+    for i in [behind, wiped] {
+        let n = c.node(i);
+        assert!(metric(n, "tidemark_raft_snapshots_installed_total") >= 1, "node {} installed no snapshot", i + 1);
+    }
+    let fetched = |i: usize| {
+        let n = c.node(i);
+        let names = ["installed_total", "files_fetched_total", "bytes_fetched_total", "files_reused_total"];
+        names
+            .map(|m| metric(n, &format!("tidemark_raft_snapshot{}_{m}", if m == "installed_total" { "s" } else { "" })))
+    };
+    eprintln!(
+        "snapshot [installed, files fetched, bytes fetched, files reused]: behind {:?}, wiped {:?}",
+        fetched(behind),
+        fetched(wiped)
+    );
+    assert!(fetched(wiped)[2] > 0, "the wiped node fetched no data");
+    assert!(metric(c.node(leader), "tidemark_raft_snapshot_bytes_served_total") > 0, "the leader served no data");
+
+    // Replicas agree byte for byte: every segment, fetched or written here, on every node.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let files: Vec<BTreeMap<String, u32>> = c.dirs.iter().map(|d| segment_files(d.path())).collect();
+        if !files[0].is_empty() && files.iter().all(|f| f == &files[0]) {
+            break;
+        }
+        if Instant::now() > deadline {
+            let logs: Vec<String> = c
+                .nodes
+                .iter()
+                .flatten()
+                .map(|n| {
+                    n.log_text()
+                        .lines()
+                        .filter(|l| l.contains("snapshot") || l.contains("ERROR") || l.contains("WARN"))
+                        .take(30)
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                })
+                .collect();
+            panic!(
+                "segment files differ between nodes (leader {leader}, behind {behind}, wiped {wiped}): {files:?}\n{}",
+                logs.join("\n----\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 #[test]
 fn leader_kills_lose_no_acknowledged_write() {
     let kills: usize = std::env::var("TIDEMARK_CHAOS_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
@@ -366,12 +531,7 @@ fn leader_kills_lose_no_acknowledged_write() {
     // One-minute segments with a one-minute late window: intervals close and persist all
     // through the run (persist decisions race the kills too), and a restart replays only the
     // last minutes of raw log instead of everything since the hour began.
-    let spec = DEMO_BEACONS_SPEC
-        .replace("\"beacons\"", "\"chaos\"")
-        .replace("\"segment\": \"PT1H\"", "\"segment\": \"PT1M\"")
-        .replace("\"PT10M\"", "\"PT1M\"");
-    let r = c.node(c.leader()).post("/v1/datasources", spec.as_bytes(), &[("Content-Type", "application/json")]);
-    assert!(r.status == 200 || r.status == 201, "{}", r.body);
+    minute_datasource(&c, "chaos");
     // Batch i is generated from i and the time it was first sent, so writers never run out
     // and the check regenerates exactly what was sent.
     let first_sent = Arc::new(Mutex::new(BTreeMap::<usize, i64>::new()));
@@ -412,7 +572,10 @@ fn leader_kills_lose_no_acknowledged_write() {
                 // The same batch and key until some node acknowledges it: a retry after a lost
                 // answer must count once.
                 loop {
-                    let r = agent.post(&urls[target % urls.len()]).header("Idempotency-Key", &format!("chaos-{i}")).send(&body[..]);
+                    let r = agent
+                        .post(&urls[target % urls.len()])
+                        .header("Idempotency-Key", &format!("chaos-{i}"))
+                        .send(&body[..]);
                     match r {
                         Ok(resp) if resp.status() == 200 => {
                             acked.lock().unwrap_or_else(|p| p.into_inner()).push((i, Instant::now()));
@@ -420,7 +583,8 @@ fn leader_kills_lose_no_acknowledged_write() {
                         }
                         Ok(mut resp) => {
                             let body = resp.body_mut().read_to_string().unwrap_or_default();
-                            *last_refusal.lock().unwrap_or_else(|p| p.into_inner()) = format!("{}: {body}", resp.status());
+                            *last_refusal.lock().unwrap_or_else(|p| p.into_inner()) =
+                                format!("{}: {body}", resp.status());
                         }
                         Err(e) => *last_refusal.lock().unwrap_or_else(|p| p.into_inner()) = e.to_string(),
                     }
@@ -443,8 +607,13 @@ fn leader_kills_lose_no_acknowledged_write() {
         // Failover: from the kill to the next acknowledged write.
         let deadline = killed_at + Duration::from_secs(30);
         let failover = loop {
-            let first_after =
-                acked.lock().unwrap_or_else(|p| p.into_inner()).iter().skip(before).find(|(_, t)| *t > killed_at).map(|(_, t)| *t);
+            let first_after = acked
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .skip(before)
+                .find(|(_, t)| *t > killed_at)
+                .map(|(_, t)| *t);
             if let Some(t) = first_after {
                 break t.duration_since(killed_at);
             }
@@ -501,7 +670,8 @@ fn leader_kills_lose_no_acknowledged_write() {
     assert!(in_flight.len() <= 2, "only the two writers' last batches can be unanswered: {in_flight:?}");
     let mut done = unique.clone();
     for &i in &in_flight {
-        let r = c.node(leader).post("/v1/beacons/chaos", &ndjson(&batch(i)), &[("Idempotency-Key", &format!("chaos-{i}"))]);
+        let r =
+            c.node(leader).post("/v1/beacons/chaos", &ndjson(&batch(i)), &[("Idempotency-Key", &format!("chaos-{i}"))]);
         if r.status == 200 {
             done.push(i);
         }

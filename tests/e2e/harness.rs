@@ -41,8 +41,10 @@ fn free_port() -> u16 {
 fn free_port_on(ip: &str) -> u16 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static SEED: AtomicU64 = AtomicU64::new(0);
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
-    let mut x = t ^ u64::from(std::process::id()).rotate_left(32) ^ SEED.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed);
+    let t =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+    let mut x =
+        t ^ u64::from(std::process::id()).rotate_left(32) ^ SEED.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed);
     for _ in 0..1000 {
         x ^= x << 13;
         x ^= x >> 7;

@@ -11,6 +11,7 @@ use openraft::{Config, Raft, RaftNetworkFactory};
 use tidemark_catalog::spec::DEMO_BEACONS_SPEC;
 use tidemark_catalog::{CatalogCommand, DatasourceSpec};
 use tidemark_raft::log_store::LogStore;
+use tidemark_raft::snapshot::SnapshotTransfer;
 use tidemark_raft::state_machine::EngineStateMachine;
 use tidemark_raft::{LogCommand, Member as Addrs, NodeId, TypeConfig};
 use tidemark_storage::engine::command::{
@@ -24,6 +25,8 @@ pub(crate) type Node = Raft<TypeConfig, EngineStateMachine>;
 pub(crate) struct Member {
     pub(crate) raft: Node,
     pub(crate) engine: SharedEngine,
+    #[allow(dead_code)] // only the gRPC cluster test serves snapshot files
+    pub(crate) snapshots: Arc<SnapshotTransfer>,
 }
 
 /// Opens a node's Raft log and engine in `dir` and starts its Raft with `network`.
@@ -36,12 +39,13 @@ where
     let config = EngineConfig::new(dir.join("data"));
     let (engine, _) = Engine::open(config.clone()).expect("engine");
     let engine = SharedEngine(Arc::new(RwLock::new(engine)));
-    let sm = EngineStateMachine::new(engine.clone(), config).expect("state machine");
+    let snapshots = SnapshotTransfer::new(id, dir.join("data"));
+    let sm = EngineStateMachine::new(engine.clone(), config, snapshots.clone()).expect("state machine");
     // Generous timeouts: the test shares two cores with the rest of the suite.
     let raft_config =
         Config { heartbeat_interval: 200, election_timeout_min: 1500, election_timeout_max: 3000, ..Config::default() };
     let raft = Raft::new(id, Arc::new(raft_config.validate().expect("config")), network, log, sm).await.expect("raft");
-    Member { raft, engine }
+    Member { raft, engine, snapshots }
 }
 
 fn command(cmd: &Command, writer_time_ms: i64) -> LogCommand {
@@ -129,8 +133,11 @@ fn segment_files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
 /// Initializes a three-node cluster on node 1, writes a datasource, 2,000 events and a
 /// persist through the leader, and checks that every replica applied the same thing.
 pub(crate) async fn write_and_compare(members: &[Member], addrs: &[String], dirs: &[tempfile::TempDir]) {
-    let voters: BTreeMap<NodeId, Addrs> =
-        addrs.iter().enumerate().map(|(i, a)| (i as NodeId + 1, Addrs { raft: a.clone(), ..Addrs::default() })).collect();
+    let voters: BTreeMap<NodeId, Addrs> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| (i as NodeId + 1, Addrs { raft: a.clone(), ..Addrs::default() }))
+        .collect();
     members[0].raft.initialize(voters).await.expect("initialize");
     members[0].raft.wait(Some(Duration::from_secs(10))).current_leader(1, "leader").await.expect("node 1 leads");
 

@@ -16,7 +16,6 @@ use tidemark_catalog::{CatalogCommand, DatasourceId};
 use crate::error::{Error, Result};
 use crate::raw::frame::Verdict;
 
-
 /// One log entry as the engine applies it: its position in the log (the Raft index), the
 /// writer's clock when it was logged (apply's only clock), and a command's kind and bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -195,7 +194,9 @@ impl Command {
             return Err(Error::NewerCommand { kind, version });
         }
         if version != COMMAND_VERSION {
-            return Err(bad(format!("command format version {version} is not one this node writes ({COMMAND_VERSION})")));
+            return Err(bad(format!(
+                "command format version {version} is not one this node writes ({COMMAND_VERSION})"
+            )));
         }
         match kind {
             KIND_CATALOG => serde_json::from_slice(body).map(Command::Catalog).map_err(|e| bad(e.to_string())),

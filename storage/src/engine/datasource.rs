@@ -419,6 +419,14 @@ impl DatasourceState {
         }
     }
 
+    /// The data files a checkpoint of this datasource refers to, with their lengths: every
+    /// raw log file and every published segment (absolute paths).
+    pub(crate) fn data_files(&self) -> Vec<(PathBuf, u64)> {
+        let mut out: Vec<(PathBuf, u64)> = self.partitions.iter().flat_map(PartitionLog::file_lengths).collect();
+        out.extend(self.segments.iter().map(|(r, _)| (self.data_dir.join(&r.file), r.file_bytes)));
+        out
+    }
+
     pub(crate) fn remove_files(self) -> Result<()> {
         drop(self.partitions);
         drop(self.segments);

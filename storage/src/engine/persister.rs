@@ -3,9 +3,10 @@
 //! decides what to persist (deterministically, at a log position); this thread only does the
 //! I/O, and the engine publishes each finished segment the next time it runs.
 
-use std::sync::Mutex;
 use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use crate::engine::datasource::PersistJob;
 use crate::error::{Error, Result};
@@ -24,6 +25,32 @@ pub(crate) struct Persister {
     finished: Mutex<Receiver<Finished>>,
     thread: Option<JoinHandle<()>>,
     in_flight: usize,
+    idle: PersistIdle,
+}
+
+/// Waits, without the engine lock, until the segment writer has no job left: checkpoints wait
+/// for it (a checkpoint never records a persist in flight), and waiting here first keeps the
+/// engine lock short.
+#[derive(Debug, Clone, Default)]
+pub struct PersistIdle(Arc<(Mutex<usize>, Condvar)>);
+
+impl PersistIdle {
+    fn add(&self, n: isize) {
+        let (count, cv) = &*self.0;
+        let mut c = count.lock().unwrap_or_else(|p| p.into_inner());
+        *c = c.saturating_add_signed(n);
+        if *c == 0 {
+            cv.notify_all();
+        }
+    }
+
+    /// Returns whether the writer was idle within `timeout`.
+    pub fn wait(&self, timeout: Duration) -> bool {
+        let (count, cv) = &*self.0;
+        let c = count.lock().unwrap_or_else(|p| p.into_inner());
+        let (c, _) = cv.wait_timeout_while(c, timeout, |c| *c > 0).unwrap_or_else(|p| p.into_inner());
+        *c == 0
+    }
 }
 
 impl std::fmt::Debug for Finished {
@@ -36,6 +63,8 @@ impl Persister {
     pub(crate) fn start() -> Result<Persister> {
         let (jobs_tx, jobs_rx) = channel::<PersistJob>();
         let (done_tx, done_rx) = channel::<Finished>();
+        let idle = PersistIdle::default();
+        let outstanding = idle.clone();
         let thread = std::thread::Builder::new()
             .name("tidemark-persist".into())
             .spawn(move || {
@@ -43,20 +72,30 @@ impl Persister {
                     let started = std::time::Instant::now();
                     let result = job.run();
                     let seconds = started.elapsed().as_secs_f64();
-                    if done_tx.send(Finished { job, result, seconds }).is_err() {
+                    let sent = done_tx.send(Finished { job, result, seconds });
+                    outstanding.add(-1);
+                    if sent.is_err() {
                         return;
                     }
                 }
             })
             .map_err(|e| Error::Internal(format!("cannot start the segment writer: {e}")))?;
-        Ok(Persister { jobs: Some(jobs_tx), finished: Mutex::new(done_rx), thread: Some(thread), in_flight: 0 })
+        Ok(Persister { jobs: Some(jobs_tx), finished: Mutex::new(done_rx), thread: Some(thread), in_flight: 0, idle })
     }
 
     pub(crate) fn submit(&mut self, job: PersistJob) -> Result<()> {
         let tx = self.jobs.as_ref().ok_or(Error::Closed { what: "segment writer" })?;
-        tx.send(job).map_err(|_| Error::Closed { what: "segment writer" })?;
+        self.idle.add(1);
+        if tx.send(job).is_err() {
+            self.idle.add(-1);
+            return Err(Error::Closed { what: "segment writer" });
+        }
         self.in_flight += 1;
         Ok(())
+    }
+
+    pub(crate) fn idle(&self) -> PersistIdle {
+        self.idle.clone()
     }
 
     pub(crate) fn in_flight(&self) -> usize {

@@ -329,6 +329,12 @@ impl PartitionLog {
         self.last_log_position
     }
 
+    /// Every file of this log with its length, oldest first: after [`Self::sync`], exactly what
+    /// a snapshot carries (the active file's later appends are past the snapshot's position).
+    pub fn file_lengths(&self) -> Vec<(PathBuf, u64)> {
+        self.files.iter().map(|f| (f.path.clone(), f.len)).collect()
+    }
+
     /// The event-time range of every file, oldest first: (base offset, min, max) in ms.
     pub fn file_event_ranges(&self) -> Vec<(i64, i64, i64)> {
         self.files.iter().map(|f| (f.base_offset, f.min_event_ms, f.max_event_ms)).collect()
