@@ -73,6 +73,9 @@ pub(crate) struct IngestConfig {
     pub(crate) pending_entries_max: usize,
     pub(crate) idempotency_window_ms: i64,
     pub(crate) idempotency_keys_max: usize,
+    /// Spool beacons locally (202 "spooled") when no quorum can take them; off: 503.
+    pub(crate) spool: bool,
+    pub(crate) spool_bytes_max: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -114,6 +117,8 @@ impl Default for IngestConfig {
             pending_entries_max: 65_536,
             idempotency_window_ms: 24 * 3_600_000,
             idempotency_keys_max: 100_000,
+            spool: true,
+            spool_bytes_max: 1 << 30,
         }
     }
 }

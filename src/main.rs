@@ -328,10 +328,22 @@ async fn run_node(cfg: Config, demo: bool, test_faults: bool) -> Result<()> {
             }
         },
     ));
+    let spool = if cfg.ingest.spool {
+        let dir = cfg.data_dir.join("spool");
+        let spool = tidemark_ingest::spool::Spool::open(&dir, cfg.ingest.spool_bytes_max)
+            .with_context(|| format!("cannot open the beacon spool in {}", dir.display()))?;
+        Some(Arc::new(spool))
+    } else {
+        None
+    };
     let ingest_state = IngestState {
         node: node.clone(),
         limits: BeaconLimits { body_bytes_max: cfg.ingest.body_bytes_max, future_ms_max: cfg.ingest.future_ms_max },
+        spool: spool.clone(),
     };
+    if let Some(spool) = spool {
+        tokio::spawn(tidemark_ingest::beacon_routing::drain(ingest_state.clone(), spool));
+    }
     let app = tidemark_ingest::router(ingest_state)
         .merge(sql_router)
         // The beacon handler enforces its own limit with a clear 413; this bound is a backstop.

@@ -106,6 +106,25 @@ fn answer(outcome: &BatchOutcome, replayed: bool) -> Response {
     (StatusCode::OK, Json(body)).into_response()
 }
 
+/// The request's `Idempotency-Key`, if it has a valid one.
+pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>> {
+    let Some(v) = headers.get(IDEMPOTENCY_KEY) else { return Ok(None) };
+    let k = v.to_str().map_err(|_| Error::BadRequest("Idempotency-Key must be visible ASCII".into()))?;
+    if k.is_empty() || k.len() > IDEMPOTENCY_KEY_BYTES_MAX {
+        return Err(Error::BadRequest(format!("Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_BYTES_MAX} bytes")));
+    }
+    Ok(Some(k.to_string()))
+}
+
+/// The checks a request must pass before it may be spooled (the leader runs the full edge
+/// checks when the spool drains): its size, and that it holds beacons. Returns how many.
+pub fn precheck(limits: &BeaconLimits, body: &[u8]) -> Result<usize> {
+    if body.len() > limits.body_bytes_max {
+        return Err(Error::TooLarge { limit_bytes: limits.body_bytes_max });
+    }
+    Ok(split_body(body)?.len())
+}
+
 /// One partition's share of a request: request line numbers, records, binding verdicts.
 type PartBuilder = (Vec<u32>, Vec<Record>, Vec<VerdictRecord>);
 
@@ -122,18 +141,7 @@ pub async fn post_beacons(
     if let Some(reason) = node.fatal() {
         return Err(Error::Stopped { reason });
     }
-    let key = match headers.get(IDEMPOTENCY_KEY) {
-        None => None,
-        Some(v) => {
-            let k = v.to_str().map_err(|_| Error::BadRequest("Idempotency-Key must be visible ASCII".into()))?;
-            if k.is_empty() || k.len() > IDEMPOTENCY_KEY_BYTES_MAX {
-                return Err(Error::BadRequest(format!(
-                    "Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_BYTES_MAX} bytes"
-                )));
-            }
-            Some(k.to_string())
-        }
-    };
+    let key = idempotency_key(headers)?;
     let body_hash = xxhash_rust::xxh3::xxh3_64(&body);
     let lines = split_body(&body)?;
     let now = now_ms();

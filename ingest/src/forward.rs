@@ -82,21 +82,50 @@ pub(crate) async fn call_leader(
     serde_json::from_slice(&bytes).map_err(|e| e.to_string())
 }
 
-async fn forward(addr: &str, mut req: Request, me: NodeId) -> Result<Response, String> {
-    let stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+/// Why a forward failed: before anything was sent (the leader cannot have the request), or
+/// during the exchange (it may have applied it).
+#[derive(Debug)]
+pub(crate) enum ForwardError {
+    Connect(String),
+    Exchange(String),
+}
+
+impl std::fmt::Display for ForwardError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ForwardError::Connect(e) => write!(f, "cannot connect: {e}"),
+            ForwardError::Exchange(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+async fn forward(addr: &str, req: Request, me: NodeId) -> Result<Response, String> {
+    forward_request(addr, req, me).await.map_err(|e| e.to_string())
+}
+
+/// Sends `req` to the node at `addr` as forwarded by `me`.
+pub(crate) async fn forward_request(addr: &str, mut req: Request, me: NodeId) -> Result<Response, ForwardError> {
+    let connect = tokio::time::timeout(std::time::Duration::from_secs(2), tokio::net::TcpStream::connect(addr));
+    let stream = match connect.await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(ForwardError::Connect(e.to_string())),
+        Err(_) => return Err(ForwardError::Connect("no connection within 2 s".into())),
+    };
+    let exchange = |e: String| ForwardError::Exchange(e);
     let _ = stream.set_nodelay(true);
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake::<_, Body>(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Body>(TokioIo::new(stream))
+        .await
+        .map_err(|e| exchange(e.to_string()))?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "forwarding connection closed");
         }
     });
     let path = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
-    *req.uri_mut() = path.parse::<Uri>().map_err(|e| e.to_string())?;
+    *req.uri_mut() = path.parse::<Uri>().map_err(|e| exchange(e.to_string()))?;
     let headers = req.headers_mut();
-    headers.insert(HOST, HeaderValue::from_str(addr).map_err(|e| e.to_string())?);
+    headers.insert(HOST, HeaderValue::from_str(addr).map_err(|e| exchange(e.to_string()))?);
     headers.insert(FORWARDED_BY, HeaderValue::from(me));
-    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let resp = sender.send_request(req).await.map_err(|e| exchange(e.to_string()))?;
     Ok(resp.map(Body::new))
 }

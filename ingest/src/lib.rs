@@ -17,6 +17,7 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde_json::json;
 
+pub mod beacon_routing;
 pub mod beacons;
 pub mod cluster;
 pub mod datasources;
@@ -25,6 +26,7 @@ pub mod forward;
 pub mod kafka;
 pub mod metrics;
 pub mod node;
+pub mod spool;
 
 pub use error::{Error, Result};
 pub use node::{Node, NodeConfig};
@@ -33,13 +35,16 @@ pub use node::{Node, NodeConfig};
 pub struct IngestState {
     pub node: Node,
     pub limits: beacons::BeaconLimits,
+    /// The no-quorum spool for beacons; `None` when switched off (then: 503).
+    pub spool: Option<std::sync::Arc<spool::Spool>>,
 }
 
 /// The ingest and admin HTTP routes. Writes run on the leader: a follower forwards them.
 pub fn router(state: IngestState) -> Router {
     let leader = || axum::middleware::from_fn_with_state(state.clone(), forward::leader_only);
     Router::new()
-        .route("/v1/beacons/{datasource}", post(post_beacons).layer(leader()))
+        // Beacons route themselves: forwarded, or spooled when no quorum can take them.
+        .route("/v1/beacons/{datasource}", post(post_beacons))
         .route("/v1/datasources", get(list_datasources).merge(post(create_datasource).layer(leader())))
         .route(
             "/v1/datasources/{name}",
@@ -65,10 +70,7 @@ async fn post_beacons(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let resp = match beacons::post_beacons(&s.node, &s.limits, &ds, &headers, body).await {
-        Ok(r) => r,
-        Err(e) => e.into_response(),
-    };
+    let resp = beacon_routing::route(&s, &ds, headers, body).await;
     s.node.metrics().count_beacon_request(resp.status().as_u16());
     resp
 }
@@ -136,6 +138,10 @@ async fn health(State(s): State<IngestState>, Query(p): Query<HealthParams>) -> 
         "term": cluster.term,
         "applied_position": applied,
         "reason": reason,
+        "spool": s.spool.as_ref().map(|sp| {
+            let (batches, bytes) = sp.depth();
+            json!({ "batches": batches, "bytes": bytes })
+        }),
     });
     let ok = match p.require.as_deref() {
         Some("reads") => reads,
@@ -146,6 +152,9 @@ async fn health(State(s): State<IngestState>, Query(p): Query<HealthParams>) -> 
 }
 
 async fn metrics(State(s): State<IngestState>) -> Response {
-    let text = s.node.metrics().render(s.node.gauges());
+    let mut text = s.node.metrics().render(s.node.gauges());
+    if let Some(sp) = &s.spool {
+        text.push_str(&sp.render_metrics());
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }

@@ -282,6 +282,17 @@ impl Replica {
         self.inner.raft.metrics().borrow_watched().state == ServerState::Leader
     }
 
+    /// On the leader: whether a quorum acknowledged it within `within`. A leader cut off from
+    /// the majority believes it leads until an election elsewhere reaches it; this tells it
+    /// sooner that its writes cannot commit. A one-voter cluster always has its quorum.
+    pub fn has_recent_quorum(&self, within: Duration) -> bool {
+        let m = self.inner.raft.metrics().borrow_watched().clone();
+        if m.membership_config.membership().voter_ids().count() <= 1 {
+            return true;
+        }
+        m.last_quorum_acked.is_some_and(|t| openraft::Instant::elapsed(&*t) <= within)
+    }
+
     /// The leader this node knows of, with its addresses.
     pub fn leader(&self) -> Option<(NodeId, Member)> {
         let m = self.inner.raft.metrics().borrow_watched().clone();

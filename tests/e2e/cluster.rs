@@ -285,11 +285,11 @@ fn cut_off(c: &Cluster, i: usize, unreachable: &[usize]) {
 
 #[test]
 fn a_partitioned_leader_acknowledges_nothing_and_the_majority_goes_on() {
-    let c = Cluster::start_with(&["--test-faults"]);
+    let mut c = Cluster::start_with(&["--test-faults"]);
     let old = c.leader();
     let majority = [(old + 1) % 3, (old + 2) % 3];
     let old_term = c.status().and_then(|s| s["term"].as_u64()).unwrap_or(0);
-    let batches: Vec<Vec<Beacon>> = (0..3).map(|i| traffic(9100 + i, 12, now_ms() - 600_000, 600_000, 100)).collect();
+    let batches: Vec<Vec<Beacon>> = (0..5).map(|i| traffic(9100 + i, 12, now_ms() - 600_000, 600_000, 100)).collect();
     let post = |node: &TestNode, i: usize, timeout: Duration| {
         agent(timeout)
             .post(&format!("http://{}/v1/beacons/beacons", node.http))
@@ -325,20 +325,46 @@ fn a_partitioned_leader_acknowledges_nothing_and_the_majority_goes_on() {
         assert!(Instant::now() < deadline, "the majority took no write");
         std::thread::sleep(Duration::from_millis(100));
     }
-    // Still cut off, the old leader acknowledges nothing.
-    assert_ne!(post(c.node(old), 1, Duration::from_secs(2)), 200, "an isolated node acknowledged a write");
-
-    // Healed, the old leader follows; the write it never acknowledged is retried with its
-    // key and counts once.
-    for i in 0..3 {
-        cut_off(&c, i, &[]);
+    // Still cut off, the old leader acknowledges nothing: now that it has heard from no
+    // quorum for a while, it spools beacons instead (202 "spooled", never the normal ack),
+    // with the client's key or one of its own.
+    assert_eq!(post(c.node(old), 1, Duration::from_secs(2)), 202, "an isolated node must not acknowledge a write");
+    for (i, key) in [(3, Some("part-3")), (4, None)] {
+        let mut req = agent(Duration::from_secs(10)).post(&format!("http://{}/v1/beacons/beacons", c.node(old).http));
+        if let Some(k) = key {
+            req = req.header("Idempotency-Key", k);
+        }
+        let mut r = req.send(&ndjson(&batches[i])[..]).expect("the isolated node answers");
+        let body = r.body_mut().read_to_string().unwrap_or_default();
+        assert_eq!(r.status(), 202, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+        assert_eq!((v["spooled"].as_bool(), v["beacons"].as_u64()), (Some(true), Some(100)), "{body}");
+        if let Some(k) = key {
+            assert_eq!(v["idempotency_key"], k, "{body}");
+        }
     }
+    assert_eq!(metric(c.node(old), "tidemark_spool_batches"), 3);
+
+    // The spool is on disk: a kill -9 loses nothing of it. Restarted and healed, the old
+    // leader follows; the write it never acknowledged is retried with its key and counts once.
+    c.kill(old);
+    for &m in &majority {
+        cut_off(&c, m, &[]);
+    }
+    c.restart(old);
     let deadline = Instant::now() + Duration::from_secs(30);
     while post(c.node(old), 1, Duration::from_secs(5)) != 200 {
         assert!(Instant::now() < deadline, "after healing, the write was never taken");
         std::thread::sleep(Duration::from_millis(200));
     }
-    c.converged(&expected(&batches, &[0, 1, 2]));
+    // The spooled batches drain to the new leader once healed, and count once (batch 1 was
+    // spooled, maybe more than once while the node rejoined, and retried with its key).
+    c.converged(&expected(&batches, &[0, 1, 2, 3, 4]));
+    let n = c.node(old);
+    assert_eq!(metric(n, "tidemark_spool_batches"), 0);
+    // Counters restart with the process: the three spooled before the kill drained after it.
+    let (spooled, drained) = (metric(n, "tidemark_spool_spooled_total"), metric(n, "tidemark_spool_drained_total"));
+    assert!(drained == 3 + spooled, "{}", n.get("/metrics").body);
 }
 
 #[test]

@@ -1,0 +1,200 @@
+//! Where a beacon request goes. It runs here when this node leads and a quorum answers it, is
+//! forwarded when another node leads, and goes to the local spool (`spool.rs`) when no node
+//! can commit it now. This module also drains the spool once a leader is back.
+//!
+//! Invariants:
+//! - Only a request that reached no Raft log is spooled. Such a request found no leader, or
+//!   a leader without a recent quorum, or a leader it could not connect to. So a spooled
+//!   batch is the only copy of its beacons.
+//! - The spool drains in order, one batch at a time, each with its idempotency key, and a
+//!   batch leaves the spool only after the leader answered 200.
+//! - A drain request carries `x-tidemark-no-spool`, so no node spools it a second time.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::IngestState;
+use crate::beacons::{self, IDEMPOTENCY_KEY};
+use crate::error::Error;
+use crate::forward::{self, FORWARDED_BY, ForwardError};
+use crate::node::now_ms;
+use crate::spool::{self, NO_SPOOL, Spool};
+
+/// How long a leader may go without a quorum's acknowledgement before it treats itself as
+/// cut off: two of its longest election timeouts.
+fn quorum_window(s: &IngestState) -> Duration {
+    Duration::from_millis(2 * s.node.config().election_timeout_max_ms.max(100))
+}
+
+/// Handles `POST /v1/beacons/{datasource}` on any node.
+pub async fn route(s: &IngestState, datasource: &str, headers: HeaderMap, body: Bytes) -> Response {
+    let replica = s.node.replica();
+    let me = replica.node_id();
+    let spool = s.spool.as_ref().filter(|_| !headers.contains_key(NO_SPOOL));
+    let leader = replica.leader();
+    let leads = replica.is_leader() || leader.as_ref().is_some_and(|(id, _)| *id == me);
+    if leads {
+        if let Some(spool) = spool
+            && !replica.has_recent_quorum(quorum_window(s))
+        {
+            let why = "this node leads, but no quorum of voters has answered it lately";
+            return to_spool(s, spool, datasource, &headers, &body, why);
+        }
+        return beacons::post_beacons(&s.node, &s.limits, datasource, &headers, body)
+            .await
+            .unwrap_or_else(IntoResponse::into_response);
+    }
+    match leader {
+        Some(_) if headers.contains_key(FORWARDED_BY) => {
+            Error::Stopped { reason: "leadership moved while the request was forwarded; retry it".into() }
+                .into_response()
+        }
+        Some((id, member)) => {
+            let req = request(datasource, &headers, body.clone());
+            match forward::forward_request(&member.http, req, me).await {
+                Ok(resp) => {
+                    s.node.metrics().http_forwarded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    resp
+                }
+                Err(ForwardError::Connect(reason)) if let Some(spool) = spool => {
+                    tracing::warn!(leader = id, %reason, "the leader is unreachable; spooling a beacon request");
+                    let why = format!("the leader (node {id} at {}) is unreachable: {reason}", member.http);
+                    to_spool(s, spool, datasource, &headers, &body, &why)
+                }
+                Err(reason) => Error::Replication(tidemark_raft::Error::Stopped(format!(
+                    "forwarding to the leader (node {id} at {}) failed: {reason}; retry with the same idempotency key",
+                    member.http
+                )))
+                .into_response(),
+            }
+        }
+        None => match spool {
+            Some(spool) => to_spool(s, spool, datasource, &headers, &body, "no leader is known (no quorum)"),
+            None => Error::Replication(tidemark_raft::Error::NotLeader { node: me, leader: None }).into_response(),
+        },
+    }
+}
+
+fn request(datasource: &str, headers: &HeaderMap, body: Bytes) -> axum::extract::Request {
+    let mut req = axum::http::Request::new(Body::from(body));
+    *req.method_mut() = Method::POST;
+    *req.uri_mut() = format!("/v1/beacons/{datasource}").parse().unwrap_or_default();
+    *req.headers_mut() = headers.clone();
+    req
+}
+
+/// Spools a request and answers 202 `"spooled": true`.
+fn to_spool(s: &IngestState, spool: &Spool, datasource: &str, headers: &HeaderMap, body: &[u8], why: &str) -> Response {
+    let result = (|| {
+        if let Some(reason) = s.node.fatal() {
+            return Err(Error::Stopped { reason });
+        }
+        let beacons = beacons::precheck(&s.limits, body)?;
+        if s.node.engine().read().catalog().get(datasource).is_none() {
+            return Err(Error::NotFound(format!(
+                "datasource {datasource:?} does not exist; create it with POST /v1/datasources"
+            )));
+        }
+        let key = beacons::idempotency_key(headers)?.unwrap_or_else(|| format!("spool-{}", uuid::Uuid::new_v4()));
+        let header =
+            spool::Header { datasource: datasource.to_string(), idempotency_key: key.clone(), received_ms: now_ms() };
+        let seq = spool.put(&header, body)?;
+        Ok((beacons, key, seq))
+    })();
+    match result {
+        Ok((beacons, key, seq)) => {
+            let body = json!({
+                "spooled": true,
+                "beacons": beacons,
+                "idempotency_key": key,
+                "spool_seq": seq,
+                "reason": why,
+                "meaning": "durable on this node only, not yet replicated; it is sent to the leader when the cluster has one",
+            });
+            (StatusCode::ACCEPTED, Json(body)).into_response()
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+/// What became of one drain attempt.
+enum Sent {
+    Done,
+    /// The cluster refused the batch for good (4xx); it is set aside.
+    Refused(String),
+    /// No leader, no quorum, a transport error: try again later.
+    Later(String),
+}
+
+/// Sends spooled batches to the leader, oldest first, for as long as the node runs.
+pub async fn drain(s: IngestState, spool: Arc<Spool>) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        while let Some(item) = spool.oldest() {
+            match send(&s, &item).await {
+                Sent::Done => {
+                    if let Err(e) = spool.remove(item.seq) {
+                        tracing::error!(error = %e, "a drained spool file could not be removed");
+                        break;
+                    }
+                }
+                Sent::Refused(reason) => {
+                    tracing::error!(seq = item.seq, key = %item.header.idempotency_key, %reason, "the cluster refused a spooled batch");
+                    if spool.refuse(item.seq, &reason).is_err() {
+                        break;
+                    }
+                }
+                Sent::Later(reason) => {
+                    tracing::debug!(%reason, "spool drain waits");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+async fn send(s: &IngestState, item: &spool::Spooled) -> Sent {
+    let replica = s.node.replica();
+    let mut headers = HeaderMap::new();
+    let Ok(key) = HeaderValue::from_str(&item.header.idempotency_key) else {
+        return Sent::Refused(format!("idempotency key {:?} is not a valid header", item.header.idempotency_key));
+    };
+    headers.insert(IDEMPOTENCY_KEY, key);
+    headers.insert(NO_SPOOL, HeaderValue::from_static("1"));
+    let body = Bytes::from(item.body.clone());
+    let resp = if replica.is_leader() {
+        if !replica.has_recent_quorum(quorum_window(s)) {
+            return Sent::Later("no quorum".into());
+        }
+        beacons::post_beacons(&s.node, &s.limits, &item.header.datasource, &headers, body)
+            .await
+            .unwrap_or_else(IntoResponse::into_response)
+    } else {
+        let Some((_, leader)) = replica.leader() else { return Sent::Later("no leader".into()) };
+        let req = request(&item.header.datasource, &headers, body);
+        match forward::forward_request(&leader.http, req, replica.node_id()).await {
+            Ok(r) => r,
+            Err(e) => return Sent::Later(e.to_string()),
+        }
+    };
+    let status = resp.status();
+    if status == StatusCode::OK {
+        return Sent::Done;
+    }
+    let text = match axum::body::to_bytes(resp.into_body(), 1 << 16).await {
+        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+        Err(e) => e.to_string(),
+    };
+    if status.is_client_error() && status != StatusCode::REQUEST_TIMEOUT && status != StatusCode::TOO_MANY_REQUESTS {
+        Sent::Refused(format!("{status}: {text}"))
+    } else {
+        Sent::Later(format!("{status}: {text}"))
+    }
+}
