@@ -61,6 +61,15 @@ struct TopicWork {
 
 pub(crate) fn produce(b: &Arc<Broker>, req: &Request, r: ProduceRequest) -> Reply {
     let acks = r.acks;
+    // The client's own limit (request.timeout.ms), never beyond the node's write timeout: a
+    // connection answers in order, so one Produce waiting on a commit that cannot come (a
+    // leader cut off, or restored at a stale term) would hold every later answer, Metadata
+    // included, and librdkafka would not move the partition to the new leader meanwhile.
+    let write_timeout_ms = b.node.config().write_timeout_ms;
+    let wait = std::time::Duration::from_millis(match r.timeout_ms {
+        t if t > 0 => (t as u64).min(write_timeout_ms),
+        _ => write_timeout_ms,
+    });
     let mut throttle_ms = 0;
     let refuse_all = if r.transactional_id.as_ref().is_some_and(|t| !t.0.is_empty()) {
         Some((
@@ -170,7 +179,17 @@ pub(crate) fn produce(b: &Arc<Broker>, req: &Request, r: ProduceRequest) -> Repl
     Box::pin(async move {
         for w in &mut work {
             let Some(pending) = w.pending.take() else { continue };
-            match pending.wait().await {
+            let Ok(result) = tokio::time::timeout(wait, pending.wait()).await else {
+                // Not committed in time: it may still commit. librdkafka retries a timed-out
+                // batch as possibly written, and the producer's sequence check sees the retry.
+                for &slot in &w.slots {
+                    let a = &mut w.answers[slot];
+                    let msg = format!("not committed within {} ms (no quorum?); retry", wait.as_millis());
+                    *a = PartAnswer::error(a.index, code::REQUEST_TIMED_OUT, msg);
+                }
+                continue;
+            };
+            match result {
                 Ok(Applied::Events(outcome)) => {
                     for (slot, part) in w.slots.iter().zip(&outcome.parts) {
                         let a = &mut w.answers[*slot];
