@@ -175,10 +175,6 @@ impl Replica {
             election_timeout_max: config.election_timeout_max_ms,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every_entries),
             max_in_snapshot_log_to_keep: config.entries_kept_after_snapshot,
-            // A restarted leader starts as a follower. Restored as leader at its old term, it
-            // would take writes (Kafka Produce too) that can only be truncated once it hears
-            // of the newer term, holding those clients up meanwhile.
-            enable_leader_restore: Some(false),
             ..Config::default()
         }
         .validate()
