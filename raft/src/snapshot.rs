@@ -194,24 +194,17 @@ impl SnapshotTransfer {
     /// The CRC of `file`'s first `len` bytes, extended from the longest prefix already known.
     fn crc_of_prefix(&self, path: &Path, file: &File, len: u64) -> io::Result<u32> {
         let known = lock(&self.crcs).get(path).copied();
-        let (mut at, mut crc) = match known {
+        let (at, crc) = match known {
             Some((l, c)) if l == len => return Ok(c),
             Some((l, c)) if l < len => (l, c),
             _ => (0, 0),
         };
-        let mut buf = vec![0u8; CHUNK_BYTES as usize];
-        while at < len {
-            let want = (len - at).min(CHUNK_BYTES) as usize;
-            let n = file.read_at(&mut buf[..want], at)?;
-            if n == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!("{} is shorter ({at} bytes) than its checkpoint says ({len})", path.display()),
-                ));
-            }
-            crc = crc32c::crc32c_append(crc, &buf[..n]);
-            at += n as u64;
-        }
+        let crc = extend_crc(file, at, len, crc)?.ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("{} is shorter than its checkpoint says ({len} bytes)", path.display()),
+            )
+        })?;
         lock(&self.crcs).insert(path.to_path_buf(), (len, crc));
         Ok(crc)
     }
@@ -344,19 +337,7 @@ impl SnapshotTransfer {
         if len < f.len {
             return Ok(false);
         }
-        let mut crc = 0u32;
-        let mut at = 0u64;
-        let mut buf = vec![0u8; CHUNK_BYTES as usize];
-        while at < f.len {
-            let want = (f.len - at).min(CHUNK_BYTES) as usize;
-            let n = file.read_at(&mut buf[..want], at)?;
-            if n == 0 {
-                return Ok(false);
-            }
-            crc = crc32c::crc32c_append(crc, &buf[..n]);
-            at += n as u64;
-        }
-        if crc != f.crc32c {
+        if extend_crc(&file, 0, f.len, 0)? != Some(f.crc32c) {
             return Ok(false);
         }
         let part = done.with_extension("part");
@@ -421,22 +402,12 @@ impl SnapshotTransfer {
         }
         out.sync_all()?;
         let crc = tokio::task::spawn_blocking({
-            let part = part.clone();
-            move || -> io::Result<u32> {
-                let mut file = File::open(&part)?;
-                let mut crc = 0u32;
-                let mut buf = vec![0u8; 1 << 20];
-                loop {
-                    let n = file.read(&mut buf)?;
-                    if n == 0 {
-                        return Ok(crc);
-                    }
-                    crc = crc32c::crc32c_append(crc, &buf[..n]);
-                }
-            }
+            let (part, len) = (part.clone(), f.len);
+            move || extend_crc(&File::open(&part)?, 0, len, 0)
         })
         .await
-        .map_err(io::Error::other)??;
+        .map_err(io::Error::other)??
+        .unwrap_or(!f.crc32c);
         if crc != f.crc32c {
             // Start this file over: the bytes on disk are not the ones the source described.
             let _ = fs::remove_file(&part);
@@ -448,6 +419,22 @@ impl SnapshotTransfer {
         fs::rename(&part, done)?;
         Ok(())
     }
+}
+
+/// Extends `crc` over `file`'s bytes `[from, to)`; `None` if the file ends before `to`.
+fn extend_crc(file: &File, from: u64, to: u64, mut crc: u32) -> io::Result<Option<u32>> {
+    let mut buf = vec![0u8; CHUNK_BYTES as usize];
+    let mut at = from;
+    while at < to {
+        let want = (to - at).min(CHUNK_BYTES) as usize;
+        let n = file.read_at(&mut buf[..want], at)?;
+        if n == 0 {
+            return Ok(None);
+        }
+        crc = crc32c::crc32c_append(crc, &buf[..n]);
+        at += n as u64;
+    }
+    Ok(Some(crc))
 }
 
 /// A request for one chunk of a served snapshot's file.

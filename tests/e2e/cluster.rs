@@ -396,16 +396,21 @@ fn a_killed_follower_catches_up_and_a_wiped_node_rejoins() {
     c.wait_for(Duration::from_secs(30), "two voters", |s| s["voters"].as_object().is_some_and(|v| v.len() == 2));
     post(&c, 2);
     let dir = c.dirs[other].path().to_path_buf();
-    for entry in std::fs::read_dir(&dir).expect("data dir").flatten() {
-        let p = entry.path();
-        let _ = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
-    }
+    wipe(&dir);
     c.start_joining(other, leader);
     c.wait_for(Duration::from_secs(60), "three voters again", |s| {
         s["voters"].as_object().is_some_and(|v| v.len() == 3 && v.contains_key(&(other + 1).to_string()))
     });
     post(&c, 3);
     c.converged(&expected(&batches, &[0, 1, 2, 3]));
+}
+
+/// Empties a node's data directory (a lost disk).
+fn wipe(dir: &std::path::Path) {
+    for entry in std::fs::read_dir(dir).expect("data dir").flatten() {
+        let p = entry.path();
+        let _ = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+    }
 }
 
 /// A counter from a node's `/metrics`.
@@ -490,10 +495,7 @@ fn nodes_behind_the_purged_log_catch_up_by_snapshot_with_its_data_files() {
     post(&c, 40..70);
     purged_past(&c, at_removal + 5);
     let dir = c.dirs[wiped].path().to_path_buf();
-    for entry in std::fs::read_dir(&dir).expect("data dir").flatten() {
-        let p = entry.path();
-        let _ = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
-    }
+    wipe(&dir);
     c.start_joining(wiped, leader);
     c.wait_for(Duration::from_secs(90), "three voters again", |s| {
         s["voters"].as_object().is_some_and(|v| v.len() == 3 && v.contains_key(&(wiped + 1).to_string()))
