@@ -51,6 +51,10 @@ pub(crate) struct RaftSection {
     pub(crate) election_timeout_max_ms: u64,
     pub(crate) snapshot_every_entries: u64,
     pub(crate) entries_kept_after_snapshot: u64,
+    /// Pause between two scrubber passes over the data files; 0 turns the scrubber off.
+    pub(crate) scrub_interval_ms: u64,
+    /// The scrubber's read rate bound.
+    pub(crate) scrub_bytes_per_s: u64,
 }
 
 impl Default for RaftSection {
@@ -61,6 +65,8 @@ impl Default for RaftSection {
             election_timeout_max_ms: 800,
             snapshot_every_entries: 20_000,
             entries_kept_after_snapshot: 20_000,
+            scrub_interval_ms: 3_600_000,
+            scrub_bytes_per_s: 64 << 20,
         }
     }
 }

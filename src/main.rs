@@ -28,9 +28,11 @@ mod client;
 mod cluster;
 mod config;
 mod demo;
+mod listeners;
 
 use client::Client;
 use config::Config;
+use listeners::Reserved;
 
 #[derive(Debug, Parser)]
 #[command(name = "tidemark", version, about = "Analytics database for tracking beacons")]
@@ -103,6 +105,9 @@ struct ServeArgs {
     /// Raft entries kept below a snapshot (`[raft] entries_kept_after_snapshot`).
     #[arg(long, env = "TIDEMARK_ENTRIES_KEPT_AFTER_SNAPSHOT")]
     entries_kept_after_snapshot: Option<u64>,
+    /// Pause between scrubber passes over the data files, 0 = off (`[raft] scrub_interval_ms`).
+    #[arg(long, env = "TIDEMARK_SCRUB_INTERVAL_MS")]
+    scrub_interval_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -228,6 +233,9 @@ fn load_config(args: &ServeArgs) -> Result<Config> {
     if let Some(n) = args.entries_kept_after_snapshot {
         cfg.raft.entries_kept_after_snapshot = n;
     }
+    if let Some(n) = args.scrub_interval_ms {
+        cfg.raft.scrub_interval_ms = n;
+    }
     if let Some(t) = args.tick_interval_ms {
         cfg.storage.tick_interval_ms = t;
     }
@@ -253,6 +261,10 @@ fn node_config(cfg: &Config, kafka_advertised: std::net::SocketAddr, test_faults
     node.election_timeout_max_ms = cfg.raft.election_timeout_max_ms;
     node.checkpoint_every_entries = cfg.raft.snapshot_every_entries;
     node.entries_kept_after_snapshot = cfg.raft.entries_kept_after_snapshot;
+    node.scrub = tidemark_raft::scrubber::ScrubConfig {
+        interval: Duration::from_millis(cfg.raft.scrub_interval_ms),
+        bytes_per_s: cfg.raft.scrub_bytes_per_s,
+    };
     node.test_faults = test_faults;
     node.pending_entries_max = cfg.ingest.pending_entries_max;
     node.tick_interval_ms = cfg.storage.tick_interval_ms;
@@ -277,22 +289,19 @@ fn serve(args: ServeArgs) -> Result<()> {
 async fn run_node(cfg: Config, demo: bool, test_faults: bool) -> Result<()> {
     std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("cannot create {}", cfg.data_dir.display()))?;
     let started = Instant::now();
-    // Every listener is bound before the node starts, so a port in use fails at once.
-    let http = tokio::net::TcpListener::bind(&cfg.http_addr)
-        .await
-        .with_context(|| format!("cannot listen on {}", cfg.http_addr))?;
-    let flight_addr: std::net::SocketAddr = cfg.flight_addr.parse()?;
-    let flight =
-        tokio::net::TcpListener::bind(flight_addr).await.with_context(|| format!("cannot listen on {flight_addr}"))?;
-    let kafka = tokio::net::TcpListener::bind(&cfg.kafka_addr)
-        .await
-        .with_context(|| format!("cannot listen on {}", cfg.kafka_addr))?;
+    // Every port is bound before the node starts, so a port in use fails at once; the client
+    // ports listen only once the node can answer (a connection meanwhile is refused, and the
+    // client tries another node instead of waiting on one that replays its log).
+    let http = Reserved::bind(&cfg.http_addr, "http_addr").await?;
+    let flight = Reserved::bind(&cfg.flight_addr, "flight_addr").await?;
+    let flight_addr = flight.local_addr();
+    let kafka = Reserved::bind(&cfg.kafka_addr, "kafka_addr").await?;
     let raft = tokio::net::TcpListener::bind(&cfg.raft_addr)
         .await
         .with_context(|| format!("cannot listen on {} (raft_addr)", cfg.raft_addr))?;
     let kafka_advertised: std::net::SocketAddr = match &cfg.kafka_advertised_addr {
         Some(a) => a.parse()?,
-        None => kafka.local_addr()?,
+        None => kafka.local_addr(),
     };
     let (node, report) =
         Node::start(node_config(&cfg, kafka_advertised, test_faults), raft).await.context("cannot start the node")?;
@@ -359,6 +368,7 @@ async fn run_node(cfg: Config, demo: bool, test_faults: bool) -> Result<()> {
         "tidemark is serving: HTTP http://{} , Flight SQL grpc://{} , Kafka {} , Raft {} (node {})",
         cfg.http_addr, flight_addr, cfg.kafka_addr, cfg.raft_addr, cfg.node_id
     );
+    let (http, flight, kafka) = (http.listen()?, flight.listen()?, kafka.listen()?);
     let kafka_task = tokio::spawn(tidemark_ingest::kafka::serve(kafka, node.clone(), kafka_config));
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

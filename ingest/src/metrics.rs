@@ -70,6 +70,20 @@ pub struct EngineGauges {
     pub applied_position: u64,
     pub raft: RaftGauges,
     pub snapshots: SnapshotGauges,
+    pub scrub: ScrubGauges,
+}
+
+/// Scrubber counters since start, and the damaged files not yet repaired.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ScrubGauges {
+    pub passes: u64,
+    pub files_checked: u64,
+    pub bytes_checked: u64,
+    pub damaged_found: u64,
+    pub repaired: u64,
+    pub repair_failures: u64,
+    pub handovers: u64,
+    pub damaged_now: u64,
 }
 
 /// Snapshot transfer counters since start.
@@ -192,6 +206,45 @@ impl Metrics {
             "counter",
             "Snapshot stagings that failed (retried when the leader sends the snapshot again).",
             sn.fetch_failures,
+        );
+        let sc = g.scrub;
+        metric("tidemark_scrub_passes_total", "counter", "Scrubber passes over every data file.", sc.passes);
+        metric(
+            "tidemark_scrub_files_checked_total",
+            "counter",
+            "Data files the scrubber checked and found whole.",
+            sc.files_checked,
+        );
+        metric("tidemark_scrub_bytes_checked_total", "counter", "Data bytes the scrubber checked.", sc.bytes_checked);
+        metric(
+            "tidemark_scrub_damaged_found_total",
+            "counter",
+            "Damaged data files the scrubber found.",
+            sc.damaged_found,
+        );
+        metric(
+            "tidemark_scrub_repaired_total",
+            "counter",
+            "Damaged data files replaced by a checked copy from a replica.",
+            sc.repaired,
+        );
+        metric(
+            "tidemark_scrub_repair_failures_total",
+            "counter",
+            "Repair attempts that failed (tried again next pass).",
+            sc.repair_failures,
+        );
+        metric(
+            "tidemark_scrub_leader_handovers_total",
+            "counter",
+            "Times this node handed leadership over because it held damaged data.",
+            sc.handovers,
+        );
+        metric(
+            "tidemark_scrub_damaged_files",
+            "gauge",
+            "Damaged data files not yet repaired; while above 0 the node does not stand for leader.",
+            sc.damaged_now,
         );
         metric(
             "tidemark_http_forwarded_total",

@@ -24,7 +24,7 @@ use tidemark_storage::engine::command::Command;
 use tidemark_storage::engine::{Applied, EngineConfig, SharedEngine};
 
 use crate::error::{Error, Result};
-use crate::metrics::{EngineGauges, Metrics, RaftGauges, SnapshotGauges};
+use crate::metrics::{EngineGauges, Metrics, RaftGauges, ScrubGauges, SnapshotGauges};
 
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -49,6 +49,8 @@ pub struct NodeConfig {
     pub write_timeout_ms: u64,
     /// Let tests inject Raft transport faults (`POST /v1/test/faults`).
     pub test_faults: bool,
+    /// How often and how fast the scrubber checks the data files.
+    pub scrub: tidemark_raft::scrubber::ScrubConfig,
 }
 
 impl NodeConfig {
@@ -67,6 +69,7 @@ impl NodeConfig {
             election_timeout_max_ms: 800,
             write_timeout_ms: 10_000,
             test_faults: false,
+            scrub: tidemark_raft::scrubber::ScrubConfig::default(),
         }
     }
 }
@@ -126,6 +129,7 @@ impl Node {
         rc.election_timeout_min_ms = config.election_timeout_min_ms;
         rc.election_timeout_max_ms = config.election_timeout_max_ms;
         rc.test_faults = config.test_faults;
+        rc.scrub = config.scrub.clone();
         let (replica, opened) = Replica::open(rc, raft_listener).await?;
         let report = StartReport {
             checkpoint_position: opened.checkpoint_position,
@@ -209,6 +213,17 @@ impl Node {
             bytes_served: s.bytes_served.load(Ordering::Relaxed),
             fetch_failures: s.fetch_failures.load(Ordering::Relaxed),
         };
+        let sc = self.inner.replica.scrubber();
+        let scrub = ScrubGauges {
+            passes: sc.stats.passes.load(Ordering::Relaxed),
+            files_checked: sc.stats.files_checked.load(Ordering::Relaxed),
+            bytes_checked: sc.stats.bytes_checked.load(Ordering::Relaxed),
+            damaged_found: sc.stats.damaged_found.load(Ordering::Relaxed),
+            repaired: sc.stats.repaired.load(Ordering::Relaxed),
+            repair_failures: sc.stats.repair_failures.load(Ordering::Relaxed),
+            handovers: sc.stats.handovers.load(Ordering::Relaxed),
+            damaged_now: st.damaged_files.len() as u64,
+        };
         let e = self.inner.engine.read();
         let (events_ingested, events_rejected, realtime_rows, segments) = e.totals();
         EngineGauges {
@@ -220,6 +235,7 @@ impl Node {
             applied_position: e.applied_position(),
             raft,
             snapshots,
+            scrub,
         }
     }
 

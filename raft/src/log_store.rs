@@ -136,7 +136,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
         let last_purged: Option<LogId> = self.get_meta(LAST_PURGED)?;
         let last = self.last_entry()?.map(|e| e.log_id);
-        Ok(LogState { last_purged_log_id: last_purged.clone(), last_log_id: last.or(last_purged) })
+        Ok(LogState { last_purged_log_id: last_purged, last_log_id: last.or(last_purged) })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {

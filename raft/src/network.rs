@@ -25,7 +25,10 @@ use tidemark_proto::raft::raft_service_server::{RaftService, RaftServiceServer};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
+use tidemark_storage::engine::SharedEngine;
+
 use crate::faults::{Fault, Faults};
+use crate::scrubber::{self, ReadDataFile};
 use crate::snapshot::{Manifest, ReadFile, SnapshotTransfer};
 use crate::state_machine::EngineStateMachine;
 use crate::types::{Member, NodeId, TypeConfig};
@@ -235,14 +238,18 @@ const STAGE_WAIT: Duration = Duration::from_secs(40);
 pub struct RaftRpc {
     raft: Raft<TypeConfig, EngineStateMachine>,
     snapshots: std::sync::Arc<SnapshotTransfer>,
+    engine: SharedEngine,
+    node_id: NodeId,
 }
 
 /// The tonic service for this node's Raft, to add to the node's gRPC server.
 pub fn raft_service(
     raft: Raft<TypeConfig, EngineStateMachine>,
     snapshots: std::sync::Arc<SnapshotTransfer>,
+    engine: SharedEngine,
+    node_id: NodeId,
 ) -> RaftServiceServer<RaftRpc> {
-    RaftServiceServer::new(RaftRpc { raft, snapshots })
+    RaftServiceServer::new(RaftRpc { raft, snapshots, engine, node_id })
         .max_decoding_message_size(MESSAGE_BYTES_MAX)
         .max_encoding_message_size(MESSAGE_BYTES_MAX)
 }
@@ -262,6 +269,16 @@ impl RaftService for RaftRpc {
         let r: ReadFile = decode(&req.into_inner().body).map_err(bad_request)?;
         let snapshots = self.snapshots.clone();
         let chunk = tokio::task::spawn_blocking(move || snapshots.read(&r.snapshot, r.index, r.offset, r.max))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map(serde_bytes::ByteBuf::from);
+        answer(&chunk)
+    }
+
+    async fn read_data_file(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let r: ReadDataFile = decode(&req.into_inner().body).map_err(bad_request)?;
+        let (engine, node_id) = (self.engine.clone(), self.node_id);
+        let chunk = tokio::task::spawn_blocking(move || scrubber::serve_chunk(&engine, node_id, &r))
             .await
             .map_err(|e| Status::internal(e.to_string()))?
             .map(serde_bytes::ByteBuf::from);

@@ -12,8 +12,8 @@
 //! - A single node is a one-voter cluster and takes exactly this path.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use openraft::async_runtime::WatchReceiver;
@@ -29,6 +29,7 @@ use crate::error::{Error, Result};
 use crate::faults::Faults;
 use crate::log_store::LogStore;
 use crate::network::{GrpcNetwork, raft_service};
+use crate::scrubber::{ScrubConfig, Scrubber};
 use crate::snapshot::{SnapshotStats, SnapshotTransfer};
 use crate::state_machine::EngineStateMachine;
 use crate::types::{LogCommand, Member, NodeId, TypeConfig};
@@ -53,6 +54,8 @@ pub struct ReplicaConfig {
     pub in_flight_max: usize,
     /// Let tests inject transport faults ([`Replica::faults`]).
     pub test_faults: bool,
+    /// How often and how fast the data files are checked.
+    pub scrub: ScrubConfig,
 }
 
 impl ReplicaConfig {
@@ -68,6 +71,7 @@ impl ReplicaConfig {
             entries_kept_after_snapshot: 20_000,
             in_flight_max: 65_536,
             test_faults: false,
+            scrub: ScrubConfig::default(),
         }
     }
 }
@@ -85,6 +89,11 @@ struct Inner {
     applied: tokio::sync::watch::Receiver<u64>,
     faults: Option<Faults>,
     snapshots: Arc<SnapshotTransfer>,
+    /// Set when openraft's core task ended on its own (a panic in it, or a storage error it
+    /// could not report through metrics): the node can no longer take part and must stop.
+    core_stopped: Arc<Mutex<Option<String>>>,
+    core_watch: tokio::task::JoinHandle<()>,
+    scrubber: Arc<Scrubber>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -148,6 +157,9 @@ pub struct ClusterStatus {
     pub replication: Option<BTreeMap<NodeId, Option<u64>>>,
     /// Why Raft stopped on this node, if it did.
     pub fatal: Option<String>,
+    /// Data files the scrubber found damaged and has not repaired yet (relative path → what
+    /// is wrong); while any is listed the node does not stand for leader.
+    pub damaged_files: BTreeMap<String, String>,
 }
 
 impl Replica {
@@ -186,7 +198,7 @@ impl Replica {
             .map_err(|e| Error::Stopped(format!("Raft did not start: {e}")))?;
 
         let server = {
-            let service = raft_service(raft.clone(), snapshots.clone());
+            let service = raft_service(raft.clone(), snapshots.clone(), engine.clone(), config.node_id);
             tokio::spawn(async move {
                 let incoming = tonic::transport::server::TcpIncoming::from(listener);
                 if let Err(e) =
@@ -197,18 +209,39 @@ impl Replica {
             })
         };
         let (queue, mut rx) = tokio::sync::mpsc::unbounded_channel::<(LogCommand, Responder)>();
+        let core_stopped = Arc::new(Mutex::new(None::<String>));
         let forwarder = {
             let raft = raft.clone();
+            let core_stopped = core_stopped.clone();
             tokio::spawn(async move {
                 while let Some((cmd, responder)) = rx.recv().await {
                     // On a fatal error the responder is dropped and the writer told Raft stopped.
                     if let Err(e) = raft.client_write_ff(cmd, Some(responder)).await {
                         tracing::error!(error = %e, "Raft refused a write: it has stopped");
+                        let mut slot = core_stopped.lock().unwrap_or_else(|p| p.into_inner());
+                        slot.get_or_insert_with(|| format!("Raft stopped: {e}"));
                     }
                 }
             })
         };
+        // The core task owns the metrics sender: the channel closes exactly when the core is
+        // gone. A panicked core leaves its last metrics behind (leader, running state Ok), so
+        // without this the node would go on reporting healthy while it can do nothing.
+        let core_watch = {
+            let mut rx = raft.metrics();
+            let core_stopped = core_stopped.clone();
+            tokio::spawn(async move {
+                while rx.changed().await.is_ok() {}
+                tracing::error!("the Raft core task ended");
+                let mut slot = core_stopped.lock().unwrap_or_else(|p| p.into_inner());
+                slot.get_or_insert_with(|| "the Raft core task ended (see the log for a panic)".to_string());
+            })
+        };
+        let scrubber =
+            Scrubber::new(config.node_id, engine.clone(), raft.clone(), snapshots.clone(), config.scrub.clone());
+        let scrub_task = scrubber.spawn();
         let inner = Inner {
+            scrubber,
             raft,
             engine,
             config,
@@ -217,7 +250,9 @@ impl Replica {
             applied,
             faults,
             snapshots,
-            tasks: vec![server, forwarder],
+            core_stopped,
+            core_watch,
+            tasks: vec![server, forwarder, scrub_task],
         };
         Ok((Replica { inner: Arc::new(inner) }, report))
     }
@@ -272,6 +307,11 @@ impl Replica {
         &self.inner.snapshots.stats
     }
 
+    /// The background checker of this node's data files.
+    pub fn scrubber(&self) -> &Scrubber {
+        &self.inner.scrubber
+    }
+
     /// Changes whenever entries were applied here.
     pub fn applied_watch(&self) -> tokio::sync::watch::Receiver<u64> {
         self.inner.applied.clone()
@@ -309,6 +349,9 @@ impl Replica {
 
     /// Why Raft stopped on this node, if it did.
     pub fn fatal(&self) -> Option<String> {
+        if let Some(reason) = self.inner.core_stopped.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            return Some(reason);
+        }
         self.inner.raft.metrics().borrow_watched().running_state.as_ref().err().map(|e| e.to_string())
     }
 
@@ -463,7 +506,14 @@ impl Replica {
                 .replication
                 .as_ref()
                 .map(|r| r.iter().map(|(id, l)| (*id, l.as_ref().map(|l| l.index))).collect()),
-            fatal: m.running_state.as_ref().err().map(|e| e.to_string()),
+            fatal: self.fatal(),
+            damaged_files: self
+                .inner
+                .scrubber
+                .damaged()
+                .into_iter()
+                .map(|(p, why)| (p.to_string_lossy().into_owned(), why))
+                .collect(),
         }
     }
 
@@ -479,6 +529,8 @@ impl Replica {
 
     /// Stops Raft and the RPC server; the engine is left for the caller to checkpoint.
     pub async fn shutdown(&self) {
+        // A core that ends because it was told to is not a fault.
+        self.inner.core_watch.abort();
         if let Err(e) = self.inner.raft.shutdown().await {
             tracing::warn!(error = %e, "Raft did not stop cleanly");
         }

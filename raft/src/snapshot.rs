@@ -191,6 +191,12 @@ impl SnapshotTransfer {
         Ok(manifest)
     }
 
+    /// Forgets the CRC known for data file `relative` (a scrubber replaced a damaged copy,
+    /// whose CRC may be the one remembered).
+    pub fn forget_crc(&self, relative: &Path) {
+        lock(&self.crcs).remove(relative);
+    }
+
     /// The CRC of `file`'s first `len` bytes, extended from the longest prefix already known.
     fn crc_of_prefix(&self, path: &Path, file: &File, len: u64) -> io::Result<u32> {
         let known = lock(&self.crcs).get(path).copied();
@@ -362,45 +368,21 @@ impl SnapshotTransfer {
         let client = match clients.get(&id) {
             Some(c) => c.clone(),
             None => {
-                let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
-                    .map_err(io::Error::other)?
-                    .connect_timeout(Duration::from_millis(500))
-                    .connect()
-                    .await
-                    .map_err(io::Error::other)?;
-                let c = RaftServiceClient::new(channel).max_decoding_message_size(2 * CHUNK_BYTES as usize);
+                let c = connect(addr).await?;
                 clients.insert(id, c.clone());
                 c
             }
         };
         let part = done.with_extension("part");
-        let mut out = OpenOptions::new().create(true).append(true).read(true).open(&part)?;
-        let mut at = out.metadata()?.len();
-        if at > f.len {
-            out.set_len(0)?;
-            at = 0;
-        }
-        while at < f.len {
-            let req = ReadFile { snapshot: snapshot.to_string(), index, offset: at, max: CHUNK_BYTES };
-            let body = rmp_serde::to_vec_named(&req).map_err(io::Error::other)?;
+        fetch_into(&part, f.len, &self.stats.bytes_fetched, |offset| {
             let mut c = client.clone();
-            let call = c.read_snapshot_file(RaftMessage { body });
-            let answer = tokio::time::timeout(Duration::from_secs(30), call)
-                .await
-                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no chunk within 30 s"))?
-                .map_err(io::Error::other)?
-                .into_inner();
-            let chunk: Result<serde_bytes::ByteBuf, String> =
-                rmp_serde::from_slice(&answer.body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-            let chunk = chunk.map_err(io::Error::other)?;
-            if chunk.is_empty() {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("empty chunk at {at}")));
+            let req = ReadFile { snapshot: snapshot.to_string(), index, offset, max: CHUNK_BYTES };
+            async move {
+                let body = rmp_serde::to_vec_named(&req).map_err(io::Error::other)?;
+                c.read_snapshot_file(RaftMessage { body }).await.map_err(io::Error::other)
             }
-            out.write_all(&chunk)?;
-            at += chunk.len() as u64;
-            self.stats.bytes_fetched.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-        }
-        out.sync_all()?;
+        })
+        .await?;
         let crc = tokio::task::spawn_blocking({
             let (part, len) = (part.clone(), f.len);
             move || extend_crc(&File::open(&part)?, 0, len, 0)
@@ -435,6 +417,52 @@ fn extend_crc(file: &File, from: u64, to: u64, mut crc: u32) -> io::Result<Optio
         at += n as u64;
     }
     Ok(Some(crc))
+}
+
+/// A client for a peer's Raft RPC at `addr` that takes one chunk per answer.
+pub(crate) async fn connect(addr: &str) -> io::Result<RaftServiceClient<tonic::transport::Channel>> {
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .map_err(io::Error::other)?
+        .connect_timeout(Duration::from_millis(500))
+        .connect()
+        .await
+        .map_err(io::Error::other)?;
+    Ok(RaftServiceClient::new(channel).max_decoding_message_size(2 * CHUNK_BYTES as usize))
+}
+
+/// Fetches a file of `len` bytes into `part`, one `read(offset)` answer (a chunk, or the
+/// peer's reason it cannot serve one) at a time, resuming from what `part` already holds.
+/// Verifying the result is the caller's job.
+pub(crate) async fn fetch_into<F, Fut>(part: &Path, len: u64, fetched: &AtomicU64, mut read: F) -> io::Result<()>
+where
+    F: FnMut(u64) -> Fut,
+    Fut: std::future::Future<Output = io::Result<tonic::Response<RaftMessage>>>,
+{
+    let mut out = OpenOptions::new().create(true).append(true).read(true).open(part)?;
+    let mut at = out.metadata()?.len();
+    if at > len {
+        out.set_len(0)?;
+        at = 0;
+    }
+    while at < len {
+        let answer = tokio::time::timeout(Duration::from_secs(30), read(at))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no chunk within 30 s"))??
+            .into_inner();
+        let chunk: Result<serde_bytes::ByteBuf, String> =
+            rmp_serde::from_slice(&answer.body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let chunk = chunk.map_err(io::Error::other)?;
+        if chunk.is_empty() || chunk.len() as u64 > len - at {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("a chunk of {} bytes at {at} of a {len}-byte file", chunk.len()),
+            ));
+        }
+        out.write_all(&chunk)?;
+        at += chunk.len() as u64;
+        fetched.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+    }
+    out.sync_all()
 }
 
 /// A request for one chunk of a served snapshot's file.

@@ -19,7 +19,7 @@ async fn three_replicas_over_grpc_agree_byte_for_byte() {
     let mut members = Vec::new();
     for (i, (d, l)) in dirs.iter().zip(listeners).enumerate() {
         let m = common::start(i as NodeId + 1, d.path(), GrpcNetwork::default()).await;
-        let service = raft_service(m.raft.clone(), m.snapshots.clone());
+        let service = raft_service(m.raft.clone(), m.snapshots.clone(), m.engine.clone(), i as NodeId + 1);
         tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(service)

@@ -33,6 +33,7 @@ mod persister;
 pub use persister::PersistIdle;
 pub mod producers;
 pub mod rejects;
+pub mod scrub;
 mod system_tables;
 
 use std::collections::BTreeMap;

@@ -158,6 +158,7 @@ impl TestNode {
             .args(if extra.contains(&"--tick-interval-ms") { &[][..] } else { &["--tick-interval-ms", "200"][..] })
             .args(extra)
             .env("RUST_LOG", "info")
+            .env("RUST_BACKTRACE", "1")
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(err))
             .spawn()

@@ -3,7 +3,7 @@
 //! timeline.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use arrow_array::RecordBatch;
@@ -241,7 +241,13 @@ impl DatasourceState {
             || self.persisting.iter().any(|p| p.id.interval_start_ms == interval);
         let late = closed && persisted && !self.open.contains_key(&interval);
         let map = if late { &mut self.late } else { &mut self.open };
-        map.entry(interval).or_insert_with(|| OpenInterval::new(spec, position, writer_time_ms))
+        let open = map.entry(interval).or_insert_with(|| OpenInterval::new(spec, position, writer_time_ms));
+        // A rebuild walks one partition after another, so an index can meet its events out of
+        // position order: it must still start where its earliest event is, or the next
+        // checkpoint's `realtime_from` passes over that event and a later restart loses it.
+        open.first_position = open.first_position.min(position);
+        open.first_writer_time_ms = open.first_writer_time_ms.min(writer_time_ms);
+        open
     }
 
     pub(crate) fn add_event(&mut self, spec: &DatasourceSpec, position: u64, writer_time_ms: i64, event: &Event<'_>) {
@@ -425,6 +431,25 @@ impl DatasourceState {
         let mut out: Vec<(PathBuf, u64)> = self.partitions.iter().flat_map(PartitionLog::file_lengths).collect();
         out.extend(self.segments.iter().map(|(r, _)| (self.data_dir.join(&r.file), r.file_bytes)));
         out
+    }
+
+    /// Swaps in the segment at `path` (a repaired copy) for the one recorded as `relative`.
+    /// Returns whether this datasource holds that segment.
+    pub(crate) fn reopen_segment(&mut self, relative: &Path, path: &Path) -> Result<bool> {
+        let Some(slot) = self.segments.iter_mut().find(|(r, _)| r.file == relative) else { return Ok(false) };
+        slot.1 = crate::engine::scrub::reopened_segment(path)?;
+        Ok(true)
+    }
+
+    /// Reopens the raw log file at `path` (a repaired copy) in whichever partition holds it.
+    pub(crate) fn reopen_raw_file(&mut self, path: &Path) -> Result<bool> {
+        for log in &mut self.partitions {
+            if log.file_lengths().iter().any(|(p, _)| p == path) {
+                log.reopen_file(path)?;
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     pub(crate) fn remove_files(self) -> Result<()> {

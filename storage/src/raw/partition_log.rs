@@ -335,6 +335,28 @@ impl PartitionLog {
         self.files.iter().map(|f| (f.path.clone(), f.len)).collect()
     }
 
+    /// Reopens one of this log's files after it was replaced on disk by a verified copy of the
+    /// same bytes (a scrubber's repair): reads and appends go to the new file from here on. The
+    /// copy must be exactly as long as what this log holds, so no append is lost between.
+    pub fn reopen_file(&mut self, path: &Path) -> Result<()> {
+        let lf = self.files.iter_mut().find(|f| f.path == path).ok_or_else(|| Error::Corrupt {
+            path: path.to_path_buf(),
+            position: 0,
+            reason: "not a file of this log".into(),
+        })?;
+        let file = OpenOptions::new().read(true).append(true).open(path).map_err(Error::io(path))?;
+        let len = file.metadata().map_err(Error::io(path))?.len();
+        if len != lf.len {
+            return Err(Error::Corrupt {
+                path: path.to_path_buf(),
+                position: len,
+                reason: format!("the replacement holds {len} bytes where the log holds {}", lf.len),
+            });
+        }
+        lf.file = file;
+        Ok(())
+    }
+
     /// The event-time range of every file, oldest first: (base offset, min, max) in ms.
     pub fn file_event_ranges(&self) -> Vec<(i64, i64, i64)> {
         self.files.iter().map(|f| (f.base_offset, f.min_event_ms, f.max_event_ms)).collect()
@@ -601,6 +623,31 @@ fn scan_entries(file: &File, len: u64, base: i64) -> Scan {
         }
     }
     scan
+}
+
+/// Checks the first `len` bytes of a raw log file as a scrubber does: the header, then every
+/// entry's frame checksum, batch CRC and offset continuity. `len` is what the node holds as
+/// written (a file's length in [`PartitionLog::file_lengths`]); an active file's later
+/// appends are not looked at. Returns the number of entries checked.
+pub fn verify_file(path: &Path, len: u64) -> Result<usize> {
+    let base = path.file_stem().and_then(|s| s.to_str()).and_then(|s| s.parse::<i64>().ok()).ok_or_else(|| {
+        Error::Corrupt { path: path.to_path_buf(), position: 0, reason: "not a raw log file name".into() }
+    })?;
+    let file = File::open(path).map_err(Error::io(path))?;
+    let on_disk = file.metadata().map_err(Error::io(path))?.len();
+    let corrupt = |position: u64, reason: String| Error::Corrupt { path: path.to_path_buf(), position, reason };
+    if on_disk < len {
+        return Err(corrupt(on_disk, format!("the file holds {on_disk} bytes where {len} were written")));
+    }
+    let mut header = [0u8; FILE_HEADER_LEN as usize];
+    if len < FILE_HEADER_LEN || file.read_exact_at(&mut header, 0).is_err() || &header[..8] != FILE_MAGIC {
+        return Err(corrupt(0, "the raw log file header is damaged".into()));
+    }
+    let scan = scan_entries(&file, len, base);
+    match scan.failure {
+        Some(reason) => Err(corrupt(scan.good_len, reason)),
+        None => Ok(scan.entries.len()),
+    }
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {

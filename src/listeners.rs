@@ -1,0 +1,51 @@
+//! Client-facing ports: reserved before the node starts, listening only once it can answer.
+//!
+//! A node's start replays the raw log and can take seconds. A socket that listens through
+//! that time lets the kernel accept connections nobody answers: a Kafka client waits out its
+//! request timeout on ApiVersions before it tries another broker. A socket that is bound but
+//! not yet listening refuses connections at once, and still fails a port in use at start.
+
+use std::net::SocketAddr;
+
+use anyhow::{Context, Result, anyhow};
+use tokio::net::{TcpListener, TcpSocket};
+
+/// Connections the kernel queues before the node accepts them.
+const BACKLOG: u32 = 1024;
+
+/// A port bound for this node and not yet listening.
+#[derive(Debug)]
+pub(crate) struct Reserved {
+    socket: TcpSocket,
+    addr: SocketAddr,
+    what: &'static str,
+}
+
+impl Reserved {
+    /// Binds `addr` (`host:port`; the first address it resolves to) without listening.
+    pub(crate) async fn bind(addr: &str, what: &'static str) -> Result<Reserved> {
+        let resolved = tokio::net::lookup_host(addr)
+            .await
+            .with_context(|| format!("cannot resolve {addr} ({what})"))?
+            .next()
+            .ok_or_else(|| anyhow!("{addr} ({what}) resolves to no address"))?;
+        let socket = if resolved.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }
+            .with_context(|| format!("cannot open a socket for {addr} ({what})"))?;
+        // As TcpListener::bind does: a restarted node must not wait out TIME_WAIT.
+        socket.set_reuseaddr(true)?;
+        socket.bind(resolved).with_context(|| format!("cannot listen on {addr} ({what})"))?;
+        let addr = socket.local_addr()?;
+        Ok(Reserved { socket, addr, what })
+    }
+
+    /// The bound address (with the port the system chose, if it was 0).
+    pub(crate) fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Starts accepting connections.
+    pub(crate) fn listen(self) -> Result<TcpListener> {
+        let (addr, what) = (self.addr, self.what);
+        self.socket.listen(BACKLOG).with_context(|| format!("cannot listen on {addr} ({what})"))
+    }
+}
