@@ -2,8 +2,10 @@
 //! node, the leader SIGKILLed and restarted while writers keep going, and at the end every
 //! acknowledged event present exactly once on every node.
 //!
-//! `TIDEMARK_CHAOS_KILLS` sets the number of leader kills (default 20); the longer run is
-//! `TIDEMARK_CHAOS_KILLS=200 cargo test --test e2e cluster::leader_kills -- --nocapture`.
+//! `TIDEMARK_CHAOS_KILLS` sets the number of leader kills (default 20); with
+//! `TIDEMARK_CHAOS_FOLLOWERS=1` every second round also kills or pauses a follower. The longer
+//! run is `TIDEMARK_CHAOS_KILLS=200 TIDEMARK_CHAOS_FOLLOWERS=1 cargo test --test e2e
+//! cluster::leader_kills -- --nocapture`.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -661,8 +663,34 @@ fn leader_kills_lose_no_acknowledged_write() {
         }));
     }
 
+    let followers_too = std::env::var_os("TIDEMARK_CHAOS_FOLLOWERS").is_some();
+    let (mut follower_kills, mut follower_pauses) = (0, 0);
     let mut failovers = Vec::new();
     for k in 0..kills {
+        if followers_too && k % 2 == 1 {
+            // A follower fault while the leader keeps leading: a kill -9 and restart, or a
+            // 3 s SIGSTOP (its connections stay open and silent). Writes go on through the
+            // other two nodes; the follower must catch up before the next leader kill.
+            let leader = c.leader();
+            let followers: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+            let f = followers[(k / 2) % 2];
+            if (k / 4) % 2 == 0 {
+                c.kill(f);
+                std::thread::sleep(Duration::from_millis(500));
+                c.restart(f);
+                follower_kills += 1;
+            } else {
+                c.node(f).pause(true);
+                std::thread::sleep(Duration::from_secs(3));
+                c.node(f).pause(false);
+                follower_pauses += 1;
+            }
+            let id = f as u64 + 1;
+            c.wait_for(Duration::from_secs(180), "the faulted follower caught up", |s| {
+                let leader_last = s["last_log_index"].as_u64().unwrap_or(0);
+                s["replication"].get(id.to_string()).and_then(|v| v.as_u64()).is_some_and(|m| m + 50 >= leader_last)
+            });
+        }
         let leader = c.leader();
         let before = acked.lock().unwrap_or_else(|p| p.into_inner()).len();
         let killed_at = Instant::now();
@@ -747,6 +775,7 @@ fn leader_kills_lose_no_acknowledged_write() {
     c.converged_in("chaos", &want);
 
     failovers.sort_by(f64::total_cmp);
+    println!("chaos: {follower_kills} follower kills and {follower_pauses} follower pauses besides");
     println!(
         "chaos: {kills} leader kills, {} HTTP batches ({} events) and {kafka_total} Kafka records acknowledged, each counted once on all 3 nodes; failover p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
         acked.len(),

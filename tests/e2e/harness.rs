@@ -277,6 +277,15 @@ impl TestNode {
             .unwrap_or(0)
     }
 
+    /// SIGSTOP (`true`) or SIGCONT (`false`): a node that stalls (a long GC-like pause, a
+    /// stuck disk) without its sockets closing.
+    pub(crate) fn pause(&self, stopped: bool) {
+        if let Some(c) = self.child.as_ref() {
+            let signal = if stopped { "-STOP" } else { "-CONT" };
+            let _ = Command::new("kill").arg(signal).arg(c.id().to_string()).status();
+        }
+    }
+
     /// SIGKILL: no shutdown path runs.
     pub(crate) fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
