@@ -666,7 +666,10 @@ fn leader_kills_lose_no_acknowledged_write() {
     let followers_too = std::env::var_os("TIDEMARK_CHAOS_FOLLOWERS").is_some();
     let (mut follower_kills, mut follower_pauses) = (0, 0);
     let mut failovers = Vec::new();
+    // What came just before each leader kill, to tell slow failovers apart.
+    let mut slow: Vec<(f64, usize, &str)> = Vec::new();
     for k in 0..kills {
+        let mut before_kill = "leader kill only";
         if followers_too && k % 2 == 1 {
             // A follower fault while the leader keeps leading: a kill -9 and restart, or a
             // 3 s SIGSTOP (its connections stay open and silent). Writes go on through the
@@ -679,11 +682,13 @@ fn leader_kills_lose_no_acknowledged_write() {
                 std::thread::sleep(Duration::from_millis(500));
                 c.restart(f);
                 follower_kills += 1;
+                before_kill = "after a follower kill";
             } else {
                 c.node(f).pause(true);
                 std::thread::sleep(Duration::from_secs(3));
                 c.node(f).pause(false);
                 follower_pauses += 1;
+                before_kill = "after a follower pause";
             }
             let id = f as u64 + 1;
             c.wait_for(Duration::from_secs(180), "the faulted follower caught up", |s| {
@@ -719,6 +724,7 @@ fn leader_kills_lose_no_acknowledged_write() {
             std::thread::sleep(Duration::from_millis(10));
         };
         failovers.push(failover.as_secs_f64());
+        slow.push((failover.as_secs_f64(), k, before_kill));
         c.restart(leader);
         // The next kill needs a quorum without the next leader: wait until the restarted node
         // is a voter that holds the log again.
@@ -775,7 +781,11 @@ fn leader_kills_lose_no_acknowledged_write() {
     c.converged_in("chaos", &want);
 
     failovers.sort_by(f64::total_cmp);
+    slow.sort_by(|a, b| b.0.total_cmp(&a.0));
     println!("chaos: {follower_kills} follower kills and {follower_pauses} follower pauses besides");
+    for (secs, k, what) in slow.iter().take(3) {
+        println!("chaos: slowest failovers: kill {k} ({what}) {:.0} ms", secs * 1000.0);
+    }
     println!(
         "chaos: {kills} leader kills, {} HTTP batches ({} events) and {kafka_total} Kafka records acknowledged, each counted once on all 3 nodes; failover p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
         acked.len(),
