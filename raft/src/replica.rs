@@ -209,21 +209,18 @@ impl Replica {
             })
         };
         let (queue, mut rx) = tokio::sync::mpsc::unbounded_channel::<(LogCommand, Responder)>();
-        let core_stopped = Arc::new(Mutex::new(None::<String>));
         let forwarder = {
             let raft = raft.clone();
-            let core_stopped = core_stopped.clone();
             tokio::spawn(async move {
                 while let Some((cmd, responder)) = rx.recv().await {
                     // On a fatal error the responder is dropped and the writer told Raft stopped.
                     if let Err(e) = raft.client_write_ff(cmd, Some(responder)).await {
                         tracing::error!(error = %e, "Raft refused a write: it has stopped");
-                        let mut slot = core_stopped.lock().unwrap_or_else(|p| p.into_inner());
-                        slot.get_or_insert_with(|| format!("Raft stopped: {e}"));
                     }
                 }
             })
         };
+        let core_stopped = Arc::new(Mutex::new(None::<String>));
         // The core task owns the metrics sender: the channel closes exactly when the core is
         // gone. A panicked core leaves its last metrics behind (leader, running state Ok), so
         // without this the node would go on reporting healthy while it can do nothing.

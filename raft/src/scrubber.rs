@@ -160,7 +160,7 @@ impl Scrubber {
 
     async fn pass(&self) {
         let files = self.engine.read().scrub_files();
-        for f in files {
+        for f in scrub::newest_first(&self.data_dir, files) {
             let path = self.data_dir.join(&f.relative);
             let (kind, len) = (f.kind, f.len);
             let started = std::time::Instant::now();
@@ -188,8 +188,8 @@ impl Scrubber {
             self.stand_down().await;
         }
         for relative in left {
-            let held = self.engine.read().scrub_files().into_iter().find(|f| f.relative == relative);
-            if let Some(f) = held {
+            let held = self.engine.read().data_file_len(&relative);
+            if let Some(f) = held.and_then(|len| ScrubFile::new(relative.clone(), len)) {
                 self.try_repair(&f).await;
             } else {
                 // No longer held: nothing to repair.

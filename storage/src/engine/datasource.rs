@@ -446,7 +446,7 @@ impl DatasourceState {
     /// Returns whether this datasource holds that segment.
     pub(crate) fn reopen_segment(&mut self, relative: &Path, path: &Path) -> Result<bool> {
         let Some(slot) = self.segments.iter_mut().find(|(r, _)| r.file == relative) else { return Ok(false) };
-        slot.1 = crate::engine::scrub::reopened_segment(path)?;
+        slot.1 = Arc::new(Segment::open(path)?);
         Ok(true)
     }
 

@@ -12,7 +12,6 @@
 //!   the engine holds, so a raw log's entries and offsets stay where the engine indexed them.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::engine::Engine;
@@ -36,7 +35,8 @@ pub struct ScrubFile {
 }
 
 impl ScrubFile {
-    fn of(relative: PathBuf, len: u64) -> Option<ScrubFile> {
+    /// A segment (`.seg`) or raw log file (`.raw`); other files are not checked.
+    pub fn new(relative: PathBuf, len: u64) -> Option<ScrubFile> {
         let kind = match relative.extension().and_then(|e| e.to_str()) {
             Some("seg") => FileKind::Segment,
             Some("raw") => FileKind::RawLog,
@@ -44,6 +44,17 @@ impl ScrubFile {
         };
         Some(ScrubFile { relative, len, kind })
     }
+}
+
+/// Orders `files` newest first (by modification time under `data_dir`): recent data is what
+/// queries and replicas read most, and what a fresh fault most likely hit.
+pub fn newest_first(data_dir: &Path, files: Vec<ScrubFile>) -> Vec<ScrubFile> {
+    let mut dated: Vec<(Option<SystemTime>, ScrubFile)> = files
+        .into_iter()
+        .map(|f| (std::fs::metadata(data_dir.join(&f.relative)).and_then(|m| m.modified()).ok(), f))
+        .collect();
+    dated.sort_by_key(|f| std::cmp::Reverse(f.0));
+    dated.into_iter().map(|(_, f)| f).collect()
 }
 
 /// Checks `path` (this file, or a fetched copy of it) as a file of `kind` holding `len` bytes.
@@ -70,18 +81,10 @@ pub fn verify(path: &Path, kind: FileKind, len: u64) -> Result<u64> {
 }
 
 impl Engine {
-    /// Every data file the engine holds, newest first (by modification time): recent data is
-    /// what queries and replicas read most, and what a fresh fault most likely hit.
+    /// Every data file the engine holds that a scrubber checks, in no particular order
+    /// ([`newest_first`] orders them without the engine lock).
     pub fn scrub_files(&self) -> Vec<ScrubFile> {
-        let dir = self.data_dir().to_path_buf();
-        let mut files: Vec<(Option<SystemTime>, ScrubFile)> = self
-            .data_files()
-            .into_iter()
-            .filter_map(|(rel, len)| ScrubFile::of(rel, len))
-            .map(|f| (std::fs::metadata(dir.join(&f.relative)).and_then(|m| m.modified()).ok(), f))
-            .collect();
-        files.sort_by_key(|f| std::cmp::Reverse(f.0));
-        files.into_iter().map(|(_, f)| f).collect()
+        self.data_files().into_iter().filter_map(|(rel, len)| ScrubFile::new(rel, len)).collect()
     }
 
     /// The length this engine holds of data file `relative`, if it holds that file (what a
@@ -94,7 +97,7 @@ impl Engine {
     /// makes the engine read it from now on. The copy must hold exactly the bytes the engine
     /// holds of that file; queries that already hold the old segment finish on it.
     pub fn replace_data_file(&mut self, relative: &Path, copy: &Path) -> Result<()> {
-        let file = ScrubFile::of(relative.to_path_buf(), 0).ok_or_else(|| Error::Corrupt {
+        let file = ScrubFile::new(relative.to_path_buf(), 0).ok_or_else(|| Error::Corrupt {
             path: relative.to_path_buf(),
             position: 0,
             reason: "not a segment or raw log file".into(),
@@ -133,9 +136,4 @@ impl Engine {
         }
         Ok(())
     }
-}
-
-/// A segment opened from a repaired file, for the datasource to swap in.
-pub(crate) fn reopened_segment(path: &Path) -> Result<Arc<Segment>> {
-    Ok(Arc::new(Segment::open(path)?))
 }
