@@ -41,6 +41,8 @@ impl Histogram {
 #[derive(Debug, Default)]
 pub struct Metrics {
     pub persist_seconds: Histogram,
+    /// A checkpoint from its start (waiting for segment writes included) to stored.
+    pub checkpoint_seconds: Histogram,
     pub query_seconds: Histogram,
     pub beacon_requests: Mutex<std::collections::BTreeMap<u16, u64>>,
     pub commands_applied: AtomicU64,
@@ -291,6 +293,11 @@ impl Metrics {
             &mut out,
         );
         self.persist_seconds.render("tidemark_persist_duration_seconds", "Time to write one segment.", &mut out);
+        self.checkpoint_seconds.render(
+            "tidemark_checkpoint_duration_seconds",
+            "Time to write one checkpoint (raw log fsyncs included), mostly off the engine lock.",
+            &mut out,
+        );
         self.query_seconds.render("tidemark_query_duration_seconds", "Time to answer one SQL request.", &mut out);
         out
     }

@@ -175,7 +175,7 @@ impl Replica {
             raw_batches_replayed: recovery.raw_batches_replayed,
             cut_bytes: recovery.raw_cut_bytes,
         };
-        let engine = SharedEngine(Arc::new(std::sync::RwLock::new(engine)));
+        let engine = SharedEngine::new(engine);
         let snapshots = SnapshotTransfer::new(config.node_id, &config.engine.data_dir);
         let sm = EngineStateMachine::new(engine.clone(), config.engine.clone(), snapshots.clone())
             .map_err(|source| Error::Store { path: config.engine.data_dir.clone(), source })?;

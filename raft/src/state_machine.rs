@@ -11,7 +11,6 @@
 //! (`snapshot.rs`): the receiving node fetches those files before openraft hands the snapshot
 //! here, and installing swaps files and checkpoint in (`engine::install`) and reopens the engine.
 
-use std::fs::File;
 use std::io;
 use std::sync::{Arc, Mutex};
 
@@ -20,9 +19,8 @@ use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine, S
 use openraft::type_config::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
 use openraft::{EntryPayload, OptionalSend, StoredMembership};
 use serde::{Deserialize, Serialize};
-use tidemark_storage::engine::checkpoint::{self, Checkpoint};
+use tidemark_storage::engine::checkpoint::Checkpoint;
 use tidemark_storage::engine::command::Entry as LogEntry;
-use tidemark_storage::engine::command::KIND_CATALOG;
 use tidemark_storage::engine::{Engine, EngineConfig, SharedEngine};
 
 use crate::snapshot::{Manifest, SnapshotTransfer};
@@ -97,7 +95,6 @@ impl RaftStateMachine<TypeConfig> for EngineStateMachine {
     where
         Strm: futures::Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
     {
-        let mut catalog_changed = false;
         while let Some((entry, responder)) = entries.try_next().await? {
             let log_id = entry.log_id.clone();
             let answer = match entry.payload {
@@ -113,7 +110,6 @@ impl RaftStateMachine<TypeConfig> for EngineStateMachine {
                         kind: cmd.kind,
                         payload: cmd.payload,
                     };
-                    catalog_changed |= cmd.kind == KIND_CATALOG;
                     let result = self.engine.write().apply(&e);
                     Some(match result {
                         Ok(applied) => Ok(applied),
@@ -136,15 +132,9 @@ impl RaftStateMachine<TypeConfig> for EngineStateMachine {
         let mut engine = self.engine.write();
         engine.set_replication(meta);
         // Segments the writer finished become visible; a failure to write one stops the node.
-        let published =
-            engine.publish_persisted(false).map_err(|e| io::Error::other(format!("writing a segment: {e}")))?;
-        // A catalog change is checkpointed at once, as the single-node runtime did: files a
-        // dropped datasource leaves behind are only removed once no replay can need them.
-        // (Not while other segments are still being written: a checkpoint waits for them, and
-        // apply must not; the next publish or the periodic checkpoint records them.)
-        if catalog_changed || (!published.is_empty() && engine.persists_in_flight() == 0) {
-            engine.checkpoint().map_err(|e| io::Error::other(format!("checkpoint: {e}")))?;
-        }
+        // Checkpointing them (and catalog changes) is the runtime's ticker's job
+        // (`Engine::checkpoint_due`): apply never waits for fsyncs.
+        engine.publish_persisted(false).map_err(|e| io::Error::other(format!("writing a segment: {e}")))?;
         self.applied_tx.send_replace(engine.applied_position());
         Ok(())
     }
@@ -170,7 +160,9 @@ impl RaftStateMachine<TypeConfig> for EngineStateMachine {
             ReplicationMeta { last_applied: meta.last_log_id.clone(), membership: meta.last_membership.clone() };
         cp.replication = Some(meta_json(&replication)?);
         {
-            // Queries wait while the state is swapped; nothing else writes to the engine.
+            // Queries wait while the state is swapped; nothing else writes to the engine, and
+            // no checkpoint of the old state is written over the new one.
+            let _gate = self.engine.checkpoint_gate();
             let mut engine = self.engine.write();
             engine
                 .quiesce()
@@ -225,37 +217,19 @@ impl RaftSnapshotBuilder<TypeConfig> for CheckpointBuilder {
     type SnapshotData = Vec<u8>;
 
     async fn build_snapshot(&mut self) -> Result<SnapshotOf<TypeConfig, Vec<u8>>, io::Error> {
-        // openraft builds while entries go on being applied: what the snapshot claims must
-        // come from the engine under the same lock as the checkpoint. The replication record
-        // lags the engine by at most the batch being applied; entries between are skipped as
-        // already applied when the receiver gets them again.
-        // Segment writes in flight finish off the lock first (the checkpoint waits for them).
-        let idle = self.engine.read().persist_idle();
-        tokio::task::spawn_blocking(move || idle.wait(std::time::Duration::from_secs(60)))
+        // openraft builds while entries go on being applied: what the snapshot claims (the
+        // replication record) comes from the same capture as the checkpoint. Entries applied
+        // after it are sent again to the receiver, which skips what it already holds.
+        let engine = self.engine.clone();
+        let written = tokio::task::spawn_blocking(move || engine.checkpoint_with_files())
             .await
+            .map_err(io::Error::other)?
             .map_err(io::Error::other)?;
-        let (replication, checkpoint, files) = {
-            let mut e = self.engine.write();
-            e.checkpoint().map_err(io::Error::other)?;
-            let replication: ReplicationMeta = match e.replication() {
-                Some(v) => {
-                    serde_json::from_value(v.clone()).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?
-                }
-                None => ReplicationMeta::default(),
-            };
-            let dir = e.data_dir().to_path_buf();
-            let checkpoint = std::fs::read(checkpoint::path(&dir))?;
-            let files = e
-                .data_files()
-                .into_iter()
-                .map(|(rel, len)| {
-                    let file = File::open(dir.join(&rel))
-                        .map_err(|err| io::Error::new(err.kind(), format!("{}: {err}", rel.display())))?;
-                    Ok((rel, len, file))
-                })
-                .collect::<io::Result<Vec<_>>>()?;
-            (replication, checkpoint, files)
+        let replication: ReplicationMeta = match written.replication {
+            Some(v) => serde_json::from_value(v).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?,
+            None => ReplicationMeta::default(),
         };
+        let (checkpoint, files) = (written.bytes, written.files);
         let index = replication.last_applied.as_ref().map(|l| l.index).unwrap_or(0);
         let manifest = self.transfer.publish(index, checkpoint, files).await?;
         let data = manifest.encode()?;

@@ -21,7 +21,7 @@ impl StoreBuilder<TypeConfig, LogStore, EngineStateMachine, TempDir> for Builder
         let log = LogStore::open(&dir.path().join("raft")).map_err(store_error)?;
         let config = EngineConfig::new(dir.path().join("data"));
         let (engine, _) = Engine::open(config.clone()).map_err(|e| store_error(std::io::Error::other(e)))?;
-        let engine = SharedEngine(std::sync::Arc::new(std::sync::RwLock::new(engine)));
+        let engine = SharedEngine::new(engine);
         let snapshots = tidemark_raft::snapshot::SnapshotTransfer::new(1, &config.data_dir);
         let sm = EngineStateMachine::new(engine, config, snapshots).map_err(store_error)?;
         Ok((dir, log, sm))

@@ -38,14 +38,14 @@ mod system_tables;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use arrow_array::RecordBatch;
 use tidemark_catalog::event::{RejectReason, extract_json};
 use tidemark_catalog::{Catalog, CatalogCommand, CatalogEffect, DatasourceId};
 
 use self::command::Entry;
-use crate::engine::checkpoint::{Checkpoint, DatasourceCheckpoint};
+use crate::engine::checkpoint::{Checkpoint, DatasourceCheckpoint, PendingCheckpoint};
 use crate::engine::command::{Command, EventsCommand, InitProducerCommand, PersistCommand, PersistReason};
 use crate::engine::consumer_offsets::ConsumerOffsets;
 use crate::engine::datasource::DatasourceState;
@@ -138,6 +138,12 @@ pub struct Engine {
     applied_position: u64,
     writer_time_ms: i64,
     checkpoint_position: u64,
+    /// Segments were published or the catalog changed since the last checkpoint began: the
+    /// runtime checkpoints soon rather than at its regular interval.
+    checkpoint_due: bool,
+    /// Purged datasources, with the position of the purge: their files are removed once a
+    /// checkpoint at or after it is stored, as no restart can replay into them after that.
+    removals: Vec<(u64, DatasourceState)>,
     persister: persister::Persister,
 }
 
@@ -159,6 +165,8 @@ impl Engine {
             applied_position: 0,
             writer_time_ms: i64::MIN,
             checkpoint_position: 0,
+            checkpoint_due: false,
+            removals: Vec::new(),
             persister: persister::Persister::start()?,
             config,
         };
@@ -247,6 +255,7 @@ impl Engine {
             }
         }
         let effect = self.catalog.apply(position, writer_time_ms, cmd)?;
+        self.checkpoint_due = true;
         match &effect {
             CatalogEffect::Created(id) => {
                 let spec = self
@@ -280,7 +289,7 @@ impl Engine {
             }
             CatalogEffect::Purged(id) => {
                 if let Some(ds) = self.datasources.remove(id) {
-                    ds.remove_files()?;
+                    self.removals.push((position, ds));
                 }
             }
             CatalogEffect::AlreadyApplied => {}
@@ -328,7 +337,14 @@ impl Engine {
             });
         }
         let mut outcome = BatchOutcome { log_position: position, ..BatchOutcome::default() };
-        for (part, mut batch) in header.parts.iter().zip(cmd.batches) {
+        // Parts are applied in partition order, the order a restart rebuilds realtime indexes
+        // in (sketch states depend on the order values arrive in); answers go back in the
+        // request's order below. Every part pushes exactly one answer.
+        let mut parts: Vec<(usize, &command::EventsPart, Vec<u8>)> =
+            header.parts.iter().zip(cmd.batches).enumerate().map(|(slot, (part, batch))| (slot, part, batch)).collect();
+        parts.sort_by_key(|(slot, part, _)| (part.partition, *slot));
+        let slots: Vec<usize> = parts.iter().map(|(slot, _, _)| *slot).collect();
+        for (_, part, mut batch) in parts {
             let cap = header.decompressed_bytes_max.map_or(record_batch::DECOMPRESSED_BYTES_CEILING, |c| {
                 usize::try_from(c).unwrap_or(usize::MAX).min(record_batch::DECOMPRESSED_BYTES_CEILING)
             });
@@ -449,6 +465,10 @@ impl Engine {
                 }
             }
         }
+        let mut answers: Vec<(usize, PartOutcome)> =
+            slots.into_iter().zip(std::mem::take(&mut outcome.parts)).collect();
+        answers.sort_by_key(|(slot, _)| *slot);
+        outcome.parts = answers.into_iter().map(|(_, answer)| answer).collect();
         outcome.rejected.sort_by_key(|r| r.index);
         if let Some(key) = &header.idempotency_key {
             self.idempotency.remember(&header.datasource, key, header.body_hash, writer_time_ms, outcome.clone());
@@ -482,14 +502,18 @@ impl Engine {
         let mut seconds = Vec::with_capacity(finished.len());
         for f in finished {
             seconds.push(f.seconds);
-            let written = f.result?;
+            let (written, segment) = f.result?;
             match self.datasources.get_mut(&f.job.datasource) {
-                Some(ds) => ds.finish_persist(&f.job.id, &written)?,
+                Some(ds) => ds.finish_persist(&f.job.id, &written, segment)?,
                 // Purged while it was being written: nothing refers to the file.
                 None => {
+                    drop(segment);
                     let _ = std::fs::remove_file(&f.job.path);
                 }
             }
+        }
+        if !seconds.is_empty() {
+            self.checkpoint_due = true;
         }
         Ok(seconds)
     }
@@ -547,20 +571,36 @@ impl Engine {
         self.realtime_bytes() > self.config.realtime_bytes_max
     }
 
-    /// Syncs the raw logs and writes a checkpoint at the applied position; the Raft log
-    /// may then be trimmed below the returned position.
-    ///
-    /// It first waits for segments being written and publishes them: a checkpoint that named
-    /// an interval as persisting would come back, after a restart or on a replica installing
-    /// it as a snapshot, with that interval's rows in an open index, which the leader's later
-    /// persist commands (for its late chunk) never close, so the replica's segments would
-    /// diverge. Callers wait on [`Engine::persist_idle`] first to keep this short.
+    /// Syncs the raw logs and writes a checkpoint at the applied position, all under the
+    /// caller's lock; the Raft log may then be trimmed below the returned position. The
+    /// runtime uses [`SharedEngine::checkpoint`], which does the slow part off the lock.
     pub fn checkpoint(&mut self) -> Result<u64> {
-        self.publish_persisted(true)?;
-        for ds in self.datasources.values_mut() {
-            ds.sync()?;
+        let pending = self.begin_checkpoint(true)?.ok_or_else(|| Error::Internal("checkpoint not begun".into()))?;
+        let position = pending.position();
+        pending.write()?;
+        self.checkpoint_written(position)?;
+        Ok(position)
+    }
+
+    /// Captures a checkpoint at the applied position, to be written off the engine lock
+    /// ([`PendingCheckpoint::write`]) and then reported with [`Engine::checkpoint_written`].
+    ///
+    /// It first publishes finished segments; with segments still being written it returns
+    /// `None`, unless `wait_for_persists`, which waits for them under the lock. A checkpoint
+    /// that named an interval as persisting would come back, after a restart or on a replica
+    /// installing it as a snapshot, with that interval's rows in an open index, which the
+    /// leader's later persist commands (for its late chunk) never close, so the replica's
+    /// segments would diverge.
+    pub fn begin_checkpoint(&mut self, wait_for_persists: bool) -> Result<Option<PendingCheckpoint>> {
+        self.publish_persisted(wait_for_persists)?;
+        if self.persister.in_flight() > 0 {
+            return Ok(None);
         }
-        let cp = Checkpoint {
+        let mut unsynced = Vec::new();
+        for ds in self.datasources.values_mut() {
+            unsynced.extend(ds.take_unsynced()?);
+        }
+        let checkpoint = Checkpoint {
             version: checkpoint::CHECKPOINT_VERSION,
             applied_position: self.applied_position,
             writer_time_ms: self.writer_time_ms,
@@ -576,9 +616,42 @@ impl Engine {
             consumer_offsets: self.consumer_offsets.clone(),
             replication: self.replication.clone(),
         };
-        checkpoint::store(&self.config.data_dir, &cp)?;
-        self.checkpoint_position = self.applied_position;
-        Ok(self.applied_position)
+        self.checkpoint_due = false;
+        Ok(Some(PendingCheckpoint { data_dir: self.config.data_dir.clone(), checkpoint, unsynced }))
+    }
+
+    /// Records that the checkpoint at `position` is stored: files of datasources purged at or
+    /// before it are removed now.
+    pub fn checkpoint_written(&mut self, position: u64) -> Result<()> {
+        self.checkpoint_position = self.checkpoint_position.max(position);
+        let (gone, kept): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.removals).into_iter().partition(|(p, _)| *p <= position);
+        self.removals = kept;
+        for (_, ds) in gone {
+            ds.remove_files()?;
+        }
+        Ok(())
+    }
+
+    /// Whether segments were published or the catalog changed since the last checkpoint
+    /// began.
+    pub fn checkpoint_due(&self) -> bool {
+        self.checkpoint_due
+    }
+
+    /// Opens every data file the engine refers to (relative path, length, handle): with a
+    /// checkpoint just begun, what a snapshot of it must carry. Opened under the engine lock,
+    /// so a file removed later (a purge) is still readable through its handle.
+    pub fn open_data_files(&self) -> Result<Vec<(PathBuf, u64, std::fs::File)>> {
+        let dir = &self.config.data_dir;
+        self.data_files()
+            .into_iter()
+            .map(|(rel, len)| {
+                let path = dir.join(&rel);
+                let file = std::fs::File::open(&path).map_err(Error::io(&path))?;
+                Ok((rel, len, file))
+            })
+            .collect()
     }
 
     /// The data files the last [`Engine::checkpoint`] refers to, relative to the data
@@ -656,17 +729,79 @@ impl Engine {
     }
 }
 
-/// The engine shared between the applier (writes) and queries (reads).
+/// The engine shared between the applier (writes) and queries (reads), and the gate that
+/// writes checkpoints one at a time.
 #[derive(Debug, Clone)]
-pub struct SharedEngine(pub Arc<RwLock<Engine>>);
+pub struct SharedEngine {
+    engine: Arc<RwLock<Engine>>,
+    checkpoints: Arc<Mutex<()>>,
+}
+
+/// A checkpoint [`SharedEngine::checkpoint`] stored.
+#[derive(Debug)]
+pub struct WrittenCheckpoint {
+    pub position: u64,
+    /// The file's bytes, as stored.
+    pub bytes: Vec<u8>,
+    /// The replication layer's record inside it.
+    pub replication: Option<serde_json::Value>,
+    /// With [`SharedEngine::checkpoint_with_files`]: the data files it names, opened.
+    pub files: Vec<(PathBuf, u64, std::fs::File)>,
+}
 
 impl SharedEngine {
+    pub fn new(engine: Engine) -> SharedEngine {
+        SharedEngine { engine: Arc::new(RwLock::new(engine)), checkpoints: Arc::new(Mutex::new(())) }
+    }
+
     pub fn read(&self) -> std::sync::RwLockReadGuard<'_, Engine> {
-        self.0.read().unwrap_or_else(|p| p.into_inner())
+        self.engine.read().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn write(&self) -> std::sync::RwLockWriteGuard<'_, Engine> {
-        self.0.write().unwrap_or_else(|p| p.into_inner())
+        self.engine.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Held while a checkpoint is captured and written; whoever replaces the engine's files
+    /// (installing a snapshot) holds it too, so an older checkpoint is never stored over them.
+    pub fn checkpoint_gate(&self) -> MutexGuard<'_, ()> {
+        self.checkpoints.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes a checkpoint at the applied position. The engine lock is held only to capture
+    /// the state (after waiting, off the lock, for segment writes in flight); the fsyncs and
+    /// the encoding happen without it, so applying entries and queries go on meanwhile.
+    /// Blocking: call it from a thread that may block.
+    pub fn checkpoint(&self) -> Result<WrittenCheckpoint> {
+        self.checkpoint_inner(false)
+    }
+
+    /// [`SharedEngine::checkpoint`], also opening the data files it names (for a snapshot).
+    pub fn checkpoint_with_files(&self) -> Result<WrittenCheckpoint> {
+        self.checkpoint_inner(true)
+    }
+
+    fn checkpoint_inner(&self, with_files: bool) -> Result<WrittenCheckpoint> {
+        let _gate = self.checkpoint_gate();
+        let mut attempt = 0;
+        let (pending, files) = loop {
+            attempt += 1;
+            let idle = self.read().persist_idle();
+            idle.wait(std::time::Duration::from_secs(60));
+            let mut e = self.write();
+            // A persist logged between the wait and the lock: wait again off the lock, and
+            // only after a few tries under it (a steady stream of persists must not starve
+            // checkpoints).
+            if let Some(p) = e.begin_checkpoint(attempt >= 4)? {
+                let files = if with_files { e.open_data_files()? } else { Vec::new() };
+                break (p, files);
+            }
+        };
+        let position = pending.position();
+        let replication = pending.checkpoint().replication.clone();
+        let bytes = pending.write()?;
+        self.write().checkpoint_written(position)?;
+        Ok(WrittenCheckpoint { position, bytes, replication, files })
     }
 }
 

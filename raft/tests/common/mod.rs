@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::async_runtime::WatchReceiver;
@@ -38,7 +38,7 @@ where
     let log = LogStore::open(&dir.join("raft")).expect("log store");
     let config = EngineConfig::new(dir.join("data"));
     let (engine, _) = Engine::open(config.clone()).expect("engine");
-    let engine = SharedEngine(Arc::new(RwLock::new(engine)));
+    let engine = SharedEngine::new(engine);
     let snapshots = SnapshotTransfer::new(id, dir.join("data"));
     let sm = EngineStateMachine::new(engine.clone(), config, snapshots.clone()).expect("state machine");
     // Generous timeouts: the test shares two cores with the rest of the suite.

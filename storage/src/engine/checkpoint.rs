@@ -91,14 +91,58 @@ pub fn load(data_dir: &Path) -> Result<Option<Checkpoint>> {
 }
 
 pub fn store(data_dir: &Path, cp: &Checkpoint) -> Result<()> {
+    store_bytes(data_dir, &encode(cp)?)
+}
+
+pub fn encode(cp: &Checkpoint) -> Result<Vec<u8>> {
+    serde_json::to_vec(cp).map_err(|e| Error::Internal(format!("checkpoint encode: {e}")))
+}
+
+fn store_bytes(data_dir: &Path, bytes: &[u8]) -> Result<()> {
     let p = path(data_dir);
     let dir = p.parent().unwrap_or(data_dir);
     fs::create_dir_all(dir).map_err(Error::io(dir))?;
     let tmp = p.with_extension("json.tmp");
-    let bytes = serde_json::to_vec(cp).map_err(|e| Error::Internal(format!("checkpoint encode: {e}")))?;
     let mut f = File::create(&tmp).map_err(Error::io(&tmp))?;
-    f.write_all(&bytes).map_err(Error::io(&tmp))?;
+    f.write_all(bytes).map_err(Error::io(&tmp))?;
     f.sync_all().map_err(Error::fsync(&tmp))?;
     fs::rename(&tmp, &p).map_err(Error::io(&p))?;
     File::open(dir).and_then(|d| d.sync_all()).map_err(Error::fsync(dir))
+}
+
+/// A checkpoint captured under the engine lock ([`crate::engine::Engine::begin_checkpoint`])
+/// and written off it, so applying entries does not wait for fsyncs and encoding.
+///
+/// Invariant: checkpoints are written one at a time, in the order they were captured
+/// (`SharedEngine::checkpoint` holds its gate across capture and write). A later capture
+/// may have found a raw log file already counted as synced by an earlier one whose fsync is
+/// still to come; writing in order means that fsync has happened before the later checkpoint
+/// is stored.
+#[derive(Debug)]
+pub struct PendingCheckpoint {
+    pub(crate) data_dir: PathBuf,
+    pub(crate) checkpoint: Checkpoint,
+    /// Raw log files appended to since their last fsync, by a second handle.
+    pub(crate) unsynced: Vec<(PathBuf, File)>,
+}
+
+impl PendingCheckpoint {
+    pub fn position(&self) -> u64 {
+        self.checkpoint.applied_position
+    }
+
+    pub fn checkpoint(&self) -> &Checkpoint {
+        &self.checkpoint
+    }
+
+    /// Makes the raw logs durable up to the captured position, then stores the checkpoint
+    /// atomically. Returns the bytes stored (what a snapshot ships).
+    pub fn write(self) -> Result<Vec<u8>> {
+        for (path, file) in &self.unsynced {
+            file.sync_data().map_err(Error::fsync(path))?;
+        }
+        let bytes = encode(&self.checkpoint)?;
+        store_bytes(&self.data_dir, &bytes)?;
+        Ok(bytes)
+    }
 }

@@ -80,9 +80,11 @@ pub(crate) struct PersistJob {
 }
 
 impl PersistJob {
-    /// Writes the segment file; runs on the writer thread, off the engine lock.
-    pub(crate) fn run(&self) -> Result<WrittenSegment> {
-        write_segment(&self.path, self.id.clone(), &self.spec, &self.open.index)
+    /// Writes the segment file and opens it (which checks every column's checksum); runs on
+    /// the writer thread, so neither holds the engine lock.
+    pub(crate) fn run(&self) -> Result<(WrittenSegment, Segment)> {
+        let written = write_segment(&self.path, self.id.clone(), &self.spec, &self.open.index)?;
+        Ok((written, Segment::open(&self.path)?))
     }
 }
 
@@ -303,10 +305,9 @@ impl DatasourceState {
     }
 
     /// Publishes a segment the writer finished: it replaces its index in queries at once.
-    pub(crate) fn finish_persist(&mut self, id: &SegmentId, written: &WrittenSegment) -> Result<()> {
+    pub(crate) fn finish_persist(&mut self, id: &SegmentId, written: &WrittenSegment, segment: Segment) -> Result<()> {
         let Some(i) = self.persisting.iter().position(|p| &p.id == id) else { return Ok(()) };
         let p = self.persisting.remove(i);
-        let segment = Segment::open(&self.data_dir.join(&p.file))?;
         let record = SegmentRecord {
             id: p.id,
             file: p.file,
@@ -407,11 +408,14 @@ impl DatasourceState {
         self.persisting.clear();
     }
 
-    pub(crate) fn sync(&mut self) -> Result<()> {
+    /// Handles on the raw log files appended to since their last fsync (see
+    /// [`PartitionLog::take_unsynced`]).
+    pub(crate) fn take_unsynced(&mut self) -> Result<Vec<(PathBuf, std::fs::File)>> {
+        let mut out = Vec::new();
         for p in &mut self.partitions {
-            p.sync()?;
+            out.extend(p.take_unsynced()?);
         }
-        Ok(())
+        Ok(out)
     }
 
     pub(crate) fn checkpoint(&self, applied: u64) -> DatasourceCheckpoint {

@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use crate::engine::datasource::PersistJob;
 use crate::error::{Error, Result};
-use crate::segment::WrittenSegment;
+use crate::segment::{Segment, WrittenSegment};
 
 pub(crate) struct Finished {
     pub(crate) job: PersistJob,
-    pub(crate) result: Result<WrittenSegment>,
+    pub(crate) result: Result<(WrittenSegment, Segment)>,
     pub(crate) seconds: f64,
 }
 

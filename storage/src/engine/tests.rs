@@ -53,6 +53,44 @@ fn events_cmd(partition: u32, beacons: &[serde_json::Value], key: Option<&str>) 
     })
 }
 
+/// One entry with a part per (partition, beacons), in the order given (as a Kafka produce
+/// request may list partitions).
+fn multi_part_cmd(parts: &[(u32, Vec<serde_json::Value>)]) -> Command {
+    let mut header_parts = Vec::new();
+    let mut batches = Vec::new();
+    for (partition, beacons) in parts {
+        let records: Vec<Record> = beacons
+            .iter()
+            .map(|b| Record {
+                timestamp_ms: 0,
+                key: None,
+                value: Some(serde_json::to_vec(b).expect("json")),
+                headers: vec![],
+            })
+            .collect();
+        let batch = encode(&records);
+        header_parts.push(EventsPart {
+            partition: *partition,
+            lines: vec![],
+            verdicts: vec![],
+            batch_len: batch.len() as u32,
+        });
+        batches.push(batch);
+    }
+    Command::Events(EventsCommand {
+        header: EventsHeader {
+            datasource: "beacons".into(),
+            publisher: None,
+            idempotency_key: None,
+            body_hash: 0,
+            parts: header_parts,
+            future_ms_max: None,
+            decompressed_bytes_max: None,
+        },
+        batches,
+    })
+}
+
 fn beacon(ts: i64, merchant: &str, user: &str) -> serde_json::Value {
     json!({"ts": ts, "merchant_id": merchant, "app": "web", "event": "page_view", "page": "/", "country": "US",
            "device": "mobile", "user_id": user, "latency_ms": 12.5})
@@ -319,17 +357,28 @@ fn an_index_rebuilt_partition_by_partition_keeps_its_earliest_event_over_two_res
 fn a_restart_rebuilds_sketch_states_in_apply_order() {
     let mut log = Log { entries: vec![] };
     log.push(T0, &Command::Catalog(CatalogCommand::CreateDatasource { spec: spec() }));
-    // One rollup row (same minute, same dimensions) fed 120 distinct users from entries on
+    // One rollup row (same minute, same dimensions) fed 160 distinct users from entries on
     // partitions 2, 0, 1, 2, 0, 1: partition order is not position order.
     for (i, p) in [2u32, 0, 1, 2, 0, 1].into_iter().enumerate() {
         let beacons: Vec<_> = (0..20).map(|j| beacon(T0 + 1000, "m1", &format!("u{i}-{j}"))).collect();
         log.push(T0 + 2000 + i as i64, &events_cmd(p, &beacons, None));
     }
+    // And one entry whose parts list partition 2 before partition 0.
+    let users = |tag: &str| (0..20).map(|j| beacon(T0 + 1000, "m1", &format!("{tag}-{j}"))).collect::<Vec<_>>();
+    log.push(T0 + 3000, &multi_part_cmd(&[(2, users("x")), (0, users("y"))]));
     let build = |dir: &std::path::Path, restart: bool| -> Vec<u8> {
         let config = EngineConfig::new(dir);
         let (mut engine, _) = Engine::open(config.clone()).expect("open");
         for e in &log.entries {
-            engine.apply(e).expect("apply");
+            let applied = engine.apply(e).expect("apply");
+            if let Applied::Events(out) = applied
+                && out.parts.len() == 2
+            {
+                // Answers come back in the request's order, with each partition's offsets.
+                let got: Vec<(u32, i64, i64)> =
+                    out.parts.iter().map(|p| (p.partition, p.base_offset, p.last_offset)).collect();
+                assert_eq!(got, vec![(2, 40, 59), (0, 40, 59)]);
+            }
         }
         if restart {
             // The checkpoint holds the row open, so the restart rebuilds all of it from raw.
@@ -355,4 +404,64 @@ fn a_restart_rebuilds_sketch_states_in_apply_order() {
     let straight = build(a.path(), false);
     let restarted = build(b.path(), true);
     assert!(straight == restarted, "the restarted replica's segment differs from the one that never restarted");
+}
+
+#[test]
+fn a_checkpoint_captured_then_written_off_the_lock_holds_what_was_captured() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = EngineConfig::new(dir.path());
+    let mut log = Log { entries: vec![] };
+    let (mut engine, _) = Engine::open(config.clone()).expect("open");
+    engine.apply(&log.push(T0, &Command::Catalog(CatalogCommand::CreateDatasource { spec: spec() }))).expect("create");
+    engine
+        .apply(&log.push(T0 + 1, &events_cmd(0, &[beacon(T0, "m1", "u1"), beacon(T0, "m1", "u2")], None)))
+        .expect("events");
+    assert!(engine.checkpoint_due(), "a catalog change asks for a checkpoint");
+    let pending = engine.begin_checkpoint(false).expect("begin").expect("no segment being written");
+    assert_eq!(pending.position(), 2);
+    assert!(!engine.checkpoint_due());
+    // Applying goes on between the capture and the write (the write happens off the lock).
+    engine.apply(&log.push(T0 + 2, &events_cmd(1, &[beacon(T0, "m2", "u3")], None))).expect("events");
+    pending.write().expect("write");
+    engine.checkpoint_written(2).expect("written");
+    assert_eq!(engine.checkpoint_position(), 2);
+    drop(engine);
+
+    // The stored checkpoint is the captured state: position 2. Replaying from there finds
+    // entry 3 in the raw log already and counts it once.
+    let (mut engine, _) = Engine::open(config).expect("reopen");
+    assert_eq!(engine.applied_position(), 2);
+    assert_eq!(total_count(&engine), 2, "rebuilt from the raw log through the checkpoint");
+    engine.apply(&log.entries[2]).expect("replay entry 3");
+    assert_eq!(total_count(&engine), 3);
+    assert_eq!(engine.partition_log("beacons", 1).map(|l| l.next_offset()), Some(1), "appended once");
+}
+
+#[test]
+fn a_purged_datasource_keeps_its_files_until_a_checkpoint_covers_the_purge() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = EngineConfig::new(dir.path());
+    let mut log = Log { entries: vec![] };
+    let (mut engine, _) = Engine::open(config.clone()).expect("open");
+    let Applied::Catalog(CatalogEffect::Created(id)) = engine
+        .apply(&log.push(T0, &Command::Catalog(CatalogCommand::CreateDatasource { spec: spec() })))
+        .expect("create")
+    else {
+        panic!("created")
+    };
+    engine.apply(&log.push(T0 + 1, &events_cmd(0, &[beacon(T0, "m1", "u1")], None))).expect("events");
+    engine.checkpoint().expect("checkpoint before the delete");
+    let ds_dir = dir.path().join("datasources").join(id.to_string());
+    assert!(ds_dir.exists());
+    let delete = CatalogCommand::DeleteDatasource { name: "beacons".into(), grace_ms: 0 };
+    engine.apply(&log.push(T0 + 2, &Command::Catalog(delete))).expect("delete");
+    engine.apply(&log.push(T0 + 3, &Command::Catalog(CatalogCommand::PurgeDatasource { id }))).expect("purge");
+    // A crash now restarts from the checkpoint at 2, which still names the datasource's files.
+    assert!(ds_dir.exists(), "files stay while the stored checkpoint predates the purge");
+    let pending = engine.begin_checkpoint(true).expect("begin").expect("idle");
+    assert!(ds_dir.exists(), "nor does capturing a checkpoint remove them");
+    let position = pending.position();
+    pending.write().expect("write");
+    engine.checkpoint_written(position).expect("written");
+    assert!(!ds_dir.exists(), "removed once the checkpoint after the purge is stored");
 }

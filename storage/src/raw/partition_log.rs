@@ -421,6 +421,21 @@ impl PartitionLog {
         Ok(())
     }
 
+    /// For a checkpoint written off the engine lock: a second handle on the active file when
+    /// it was appended to since its last fsync, which the caller fsyncs (before the checkpoint
+    /// that counts on it is stored). The log counts itself synced from here on; an fsync
+    /// failure on that handle stops the node, so the count is never wrong for long.
+    pub fn take_unsynced(&mut self) -> Result<Option<(PathBuf, File)>> {
+        if !self.unsynced {
+            return Ok(None);
+        }
+        let active = self.active();
+        let handle = active.file.try_clone().map_err(Error::io(&active.path))?;
+        let path = active.path.clone();
+        self.unsynced = false;
+        Ok(Some((path, handle)))
+    }
+
     fn roll(&mut self) -> Result<()> {
         let active = self.active();
         active.file.sync_all().map_err(Error::fsync(&active.path))?;
