@@ -61,8 +61,8 @@ impl Default for RaftSection {
     fn default() -> Self {
         RaftSection {
             heartbeat_interval_ms: 100,
-            election_timeout_min_ms: 400,
-            election_timeout_max_ms: 800,
+            election_timeout_min_ms: 300,
+            election_timeout_max_ms: 600,
             snapshot_every_entries: 20_000,
             entries_kept_after_snapshot: 20_000,
             scrub_interval_ms: 3_600_000,

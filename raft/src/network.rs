@@ -142,6 +142,7 @@ impl GrpcConnection {
         let answer = match method {
             Method::AppendEntries => client.append_entries(msg).await,
             Method::Vote => client.vote(msg).await,
+            Method::PreVote => client.pre_vote(msg).await,
             Method::InstallSnapshot => client.install_snapshot(msg).await,
             Method::TransferLeader => client.transfer_leader(msg).await,
         };
@@ -165,6 +166,7 @@ impl GrpcConnection {
 enum Method {
     AppendEntries,
     Vote,
+    PreVote,
     InstallSnapshot,
     TransferLeader,
 }
@@ -199,6 +201,14 @@ impl RaftNetworkV2<TypeConfig> for GrpcConnection {
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
         self.call(Method::Vote, &rpc, ttl(&option)).await?.map_err(remote)
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(Method::PreVote, &rpc, ttl(&option)).await?.map_err(remote)
     }
 
     async fn transfer_leader(
@@ -293,6 +303,11 @@ impl RaftService for RaftRpc {
     async fn vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let rpc: VoteRequest<TypeConfig> = decode(&req.into_inner().body).map_err(bad_request)?;
         answer(&self.raft.vote(rpc).await)
+    }
+
+    async fn pre_vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let rpc: VoteRequest<TypeConfig> = decode(&req.into_inner().body).map_err(bad_request)?;
+        answer(&self.raft.pre_vote(rpc).await)
     }
 
     async fn transfer_leader(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {

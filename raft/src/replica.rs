@@ -65,8 +65,8 @@ impl ReplicaConfig {
             me,
             engine,
             heartbeat_interval_ms: 100,
-            election_timeout_min_ms: 400,
-            election_timeout_max_ms: 800,
+            election_timeout_min_ms: 300,
+            election_timeout_max_ms: 600,
             snapshot_every_entries: 20_000,
             entries_kept_after_snapshot: 20_000,
             in_flight_max: 65_536,
@@ -187,6 +187,9 @@ impl Replica {
             election_timeout_max: config.election_timeout_max_ms,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every_entries),
             max_in_snapshot_log_to_keep: config.entries_kept_after_snapshot,
+            // A follower back from a pause (or a partition) asks before it stands, instead of
+            // raising the term and unseating a leader the others still follow.
+            enable_pre_vote: Some(true),
             ..Config::default()
         }
         .validate()
