@@ -69,6 +69,7 @@ impl SnapshotSource for Segments {
             log_position: 1,
             segments: self.0.clone(),
             realtime: vec![],
+            unreadable: vec![],
         })
     }
     fn system_table_names(&self) -> Vec<String> {

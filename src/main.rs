@@ -28,6 +28,7 @@ mod client;
 mod cluster;
 mod config;
 mod demo;
+mod governance;
 mod listeners;
 
 use client::Client;
@@ -55,6 +56,9 @@ enum Cmd {
     /// Manage datasources.
     #[command(subcommand)]
     Datasource(DatasourceCmd),
+    /// Manage the tag registry: domains, tags, aliases; ask what a key means.
+    #[command(subcommand)]
+    Governance(governance::GovernanceCmd),
     /// Inspect and change the cluster's membership.
     #[command(subcommand)]
     Cluster(cluster::ClusterCmd),
@@ -128,9 +132,9 @@ struct SqlArgs {
 }
 
 #[derive(Debug, Args)]
-struct UrlArg {
+pub(crate) struct UrlArg {
     #[arg(long, env = "TIDEMARK_URL", default_value = "http://127.0.0.1:8080")]
-    url: String,
+    pub(crate) url: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -184,6 +188,7 @@ fn main() {
         Cmd::Bench(cmd) => bench::run(&cmd),
         Cmd::Sql(args) => sql(args),
         Cmd::Datasource(cmd) => datasource(cmd),
+        Cmd::Governance(cmd) => governance::run(cmd),
         Cmd::Cluster(cmd) => cluster::run(cmd),
     };
     if let Err(e) = result {
@@ -503,7 +508,7 @@ fn sql(args: SqlArgs) -> Result<()> {
     Ok(())
 }
 
-fn read_spec(file: &PathBuf) -> Result<Vec<u8>> {
+pub(crate) fn read_spec(file: &PathBuf) -> Result<Vec<u8>> {
     if file.as_os_str() == "-" {
         let mut v = Vec::new();
         std::io::stdin().read_to_end(&mut v)?;
@@ -512,7 +517,7 @@ fn read_spec(file: &PathBuf) -> Result<Vec<u8>> {
     std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))
 }
 
-fn print_json(body: &[u8]) -> Result<()> {
+pub(crate) fn print_json(body: &[u8]) -> Result<()> {
     let v: serde_json::Value = serde_json::from_slice(body)?;
     println!("{}", serde_json::to_string_pretty(&v)?);
     Ok(())

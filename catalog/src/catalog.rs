@@ -14,8 +14,20 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::LogPosition;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, SpecProblem};
+use crate::governance::{Form, Governance, GovernanceCommand, GovernanceEffect, Tag};
 use crate::spec::DatasourceSpec;
+use crate::standardise::TagRules;
+
+fn missing_required(tag: &str, datasource: &str, field: &str) -> SpecProblem {
+    SpecProblem {
+        field: field.to_string(),
+        message: format!(
+            "tag {tag:?} is required as a rollup dimension, but datasource {datasource:?} does not list it in \
+             dimensions; add it to the spec first"
+        ),
+    }
+}
 
 /// Identifies one incarnation of a datasource: the log position of its creation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -27,7 +39,8 @@ impl std::fmt::Display for DatasourceId {
     }
 }
 
-/// A change to the catalog. Serialized into log entries, so it is versioned (`v`).
+/// A change to the catalog. Serialized into log entries (the storage command's version byte
+/// says which operations a node must know to apply it).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum CatalogCommand {
@@ -46,6 +59,10 @@ pub enum CatalogCommand {
     PurgeDatasource {
         id: DatasourceId,
     },
+    /// A change to the tag registry (`op` names it: create_domain, update_domain, put_tag,
+    /// remove_tag).
+    #[serde(untagged)]
+    Governance(GovernanceCommand),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -90,6 +107,7 @@ pub enum CatalogEffect {
     Updated(DatasourceId),
     Deleted(DatasourceId),
     Purged(DatasourceId),
+    Governance(GovernanceEffect),
     /// The command had already been applied (a replay); nothing changed.
     AlreadyApplied,
 }
@@ -102,6 +120,8 @@ pub struct Catalog {
     deleted: BTreeMap<DatasourceId, DatasourceEntry>,
     /// The position of the last applied command.
     applied: LogPosition,
+    #[serde(default)]
+    governance: Governance,
 }
 
 impl Catalog {
@@ -120,6 +140,23 @@ impl Catalog {
     /// Live datasources in name order.
     pub fn datasources(&self) -> impl Iterator<Item = &DatasourceEntry> {
         self.datasources.values()
+    }
+
+    pub fn governance(&self) -> &Governance {
+        &self.governance
+    }
+
+    /// The tag rules governing `datasource` at `position` (none if it was in no domain then).
+    pub fn rules_at(&self, datasource: &str, position: LogPosition) -> Option<TagRules> {
+        let domain = self.governance.domain_of(datasource, position)?;
+        Some(TagRules::compile(&domain.name, domain.tags_at(position)))
+    }
+
+    /// What identifies [`Catalog::rules_at`]'s answer, for a cache: the domain and the
+    /// position of its last change at or before `position`.
+    pub fn rules_key(&self, datasource: &str, position: LogPosition) -> Option<(String, LogPosition)> {
+        let domain = self.governance.domain_of(datasource, position)?;
+        Some((domain.name.clone(), domain.changed_at_or_before(position)))
     }
 
     /// Deleted datasources whose grace period has passed at writer time `now_ms`.
@@ -145,15 +182,66 @@ impl Catalog {
                         ),
                     });
                 }
-                Ok(())
+                self.check_required_dimensions(spec)
             }
             CatalogCommand::UpdateDatasource { spec } => {
                 let entry = self.live(&spec.name)?;
-                entry.current().check_update(spec)
+                entry.current().check_update(spec)?;
+                self.check_required_dimensions(spec)
             }
             CatalogCommand::DeleteDatasource { name, .. } => self.live(name).map(|_| ()),
             CatalogCommand::PurgeDatasource { .. } => Ok(()),
+            CatalogCommand::Governance(g) => {
+                self.governance.check(g)?;
+                self.check_governance_against_specs(g)
+            }
         }
+    }
+
+    /// A tag required as a rollup dimension must be a dimension of every datasource of its
+    /// domain: checked when a spec changes.
+    fn check_required_dimensions(&self, spec: &DatasourceSpec) -> Result<()> {
+        let Some(domain) = self.governance.domain_of(&spec.name, LogPosition::MAX) else { return Ok(()) };
+        let problems: Vec<SpecProblem> = domain
+            .tags_at(LogPosition::MAX)
+            .filter(|t| t.required_in.contains(&Form::Rollup) && !spec.dimensions.contains(&t.name))
+            .map(|t| missing_required(&t.name, &spec.name, "dimensions"))
+            .collect();
+        if problems.is_empty() { Ok(()) } else { Err(Error::GovernanceConflict(problems)) }
+    }
+
+    /// ... and when the domain's tags or datasources change.
+    fn check_governance_against_specs(&self, cmd: &GovernanceCommand) -> Result<()> {
+        let (datasources, required): (Vec<String>, Vec<String>) = match cmd {
+            GovernanceCommand::PutTag { domain, tag } => {
+                let listed =
+                    self.governance.domain(domain).map(|d| d.current().datasources.clone()).unwrap_or_default();
+                let required = if tag.required_in.contains(&Form::Rollup) { vec![tag.name.clone()] } else { vec![] };
+                (listed, required)
+            }
+            GovernanceCommand::CreateDomain { domain } | GovernanceCommand::UpdateDomain { domain } => {
+                let required = self
+                    .governance
+                    .domain(&domain.name)
+                    .map(|d| {
+                        d.tags_at(LogPosition::MAX)
+                            .filter(|t| t.required_in.contains(&Form::Rollup))
+                            .map(|t| t.name.clone())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                (domain.datasources.clone(), required)
+            }
+            GovernanceCommand::RemoveTag { .. } => return Ok(()),
+        };
+        let mut problems = Vec::new();
+        for name in &datasources {
+            let Some(entry) = self.datasources.get(name) else { continue };
+            for tag in required.iter().filter(|t| !entry.current().dimensions.contains(t)) {
+                problems.push(missing_required(tag, name, "dimensions"));
+            }
+        }
+        if problems.is_empty() { Ok(()) } else { Err(Error::GovernanceConflict(problems)) }
     }
 
     /// Applies a command at `position`. Applying the same position twice is a no-op, so a
@@ -194,9 +282,33 @@ impl Catalog {
                 Some(_) => CatalogEffect::Purged(*id),
                 None => CatalogEffect::AlreadyApplied,
             },
+            CatalogCommand::Governance(g) => CatalogEffect::Governance(self.governance.apply(position, g)?),
         };
         self.applied = position;
         Ok(effect)
+    }
+
+    /// The JSON of what `cmd` changes, as it is now (`None` if it does not exist): the audit
+    /// log's before and after.
+    pub fn object_json(&self, cmd: &CatalogCommand) -> Option<serde_json::Value> {
+        match cmd {
+            CatalogCommand::CreateDatasource { spec } | CatalogCommand::UpdateDatasource { spec } => {
+                self.datasources.get(&spec.name).and_then(|e| serde_json::to_value(e.current()).ok())
+            }
+            CatalogCommand::DeleteDatasource { name, .. } => {
+                self.datasources.get(name).and_then(|e| serde_json::to_value(e.current()).ok())
+            }
+            CatalogCommand::PurgeDatasource { id } => {
+                self.deleted.get(id).and_then(|e| serde_json::to_value(e.current()).ok())
+            }
+            CatalogCommand::Governance(
+                GovernanceCommand::CreateDomain { domain } | GovernanceCommand::UpdateDomain { domain },
+            ) => self.governance.domain(&domain.name).and_then(|d| serde_json::to_value(d.current()).ok()),
+            CatalogCommand::Governance(
+                GovernanceCommand::PutTag { domain, tag: Tag { name, .. } }
+                | GovernanceCommand::RemoveTag { domain, tag: name },
+            ) => self.governance.domain(domain).and_then(|d| d.tag(name)).and_then(|t| serde_json::to_value(t).ok()),
+        }
     }
 
     fn live(&self, name: &str) -> Result<&DatasourceEntry> {
@@ -269,5 +381,51 @@ mod tests {
         assert_eq!(text, r#"{"op":"delete_datasource","name":"a","grace_ms":5}"#);
         let back: CatalogCommand = serde_json::from_str(&text).expect("parses");
         assert_eq!(back, cmd);
+        let cmd = CatalogCommand::Governance(GovernanceCommand::RemoveTag { domain: "d".into(), tag: "t".into() });
+        let text = serde_json::to_string(&cmd).expect("serializes");
+        assert_eq!(text, r#"{"op":"remove_tag","domain":"d","tag":"t"}"#);
+        let back: CatalogCommand = serde_json::from_str(&text).expect("parses");
+        assert_eq!(back, cmd);
+        assert!(serde_json::from_str::<CatalogCommand>(r#"{"op":"drop_everything"}"#).is_err());
+    }
+
+    fn governance(json: &str) -> CatalogCommand {
+        serde_json::from_str(json).expect("governance command")
+    }
+
+    #[test]
+    fn required_rollup_dimensions_are_checked_whenever_either_side_changes() {
+        let mut cat = Catalog::default();
+        cat.apply(1, 0, &CatalogCommand::CreateDatasource { spec: spec("a") }).expect("create");
+        cat.apply(2, 0, &governance(r#"{"op":"create_domain","domain":{"name":"shop","datasources":["a","b"]}}"#))
+            .expect("domain");
+        let required = r#"{"op":"put_tag","domain":"shop","tag":{"name":"store","kind":"dimension","type":"string",
+                           "status":"approved","required_in":["rollup"]}}"#;
+        let err = cat.apply(3, 0, &governance(required)).err().map(|e| e.to_string()).unwrap_or_default();
+        assert_eq!(
+            err,
+            "governance change conflicts: dimensions: tag \"store\" is required as a rollup dimension, but \
+             datasource \"a\" does not list it in dimensions; add it to the spec first"
+        );
+        let mut with_store = spec("a");
+        with_store.dimensions.push("store".into());
+        cat.apply(4, 0, &CatalogCommand::UpdateDatasource { spec: with_store }).expect("add the dimension");
+        cat.apply(5, 0, &governance(required)).expect("now the tag fits");
+        // A new datasource of the domain must carry it too.
+        let err = cat.check(&CatalogCommand::CreateDatasource { spec: spec("b") }).err().map(|e| e.to_string());
+        assert!(err.is_some_and(|e| e.contains("datasource \"b\" does not list it")));
+        assert!(cat.check(&CatalogCommand::CreateDatasource { spec: spec("c") }).is_ok(), "c is in no domain");
+
+        // Rules by position: none before the domain, the tag from 5 on.
+        assert!(cat.rules_at("a", 1).is_none());
+        assert!(cat.rules_at("a", 4).is_some_and(|r| r.resolve("store").is_none()));
+        assert!(cat.rules_at("a", 5).is_some_and(|r| r.resolve("store").is_some()));
+        assert_eq!(cat.rules_key("a", 4), Some(("shop".to_string(), 2)));
+        assert_eq!(cat.rules_key("a", 9), Some(("shop".to_string(), 5)));
+        let json = serde_json::to_string(&cat).expect("serializes");
+        let back: Catalog = serde_json::from_str(&json).expect("round trips");
+        assert_eq!(back, cat);
+        let old: Catalog = serde_json::from_str(r#"{"datasources":{},"deleted":{},"applied":3}"#).expect("older JSON");
+        assert!(old.governance().domains().next().is_none());
     }
 }

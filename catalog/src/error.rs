@@ -47,6 +47,21 @@ pub enum Error {
     )]
     OutOfOrder { position: LogPosition, applied: LogPosition },
 
+    #[error("invalid governance object: {}", join_problems(.0))]
+    InvalidTag(Vec<SpecProblem>),
+
+    #[error("governance change conflicts: {}", join_problems(.0))]
+    GovernanceConflict(Vec<SpecProblem>),
+
+    #[error("governance domain {name:?} does not exist")]
+    UnknownDomain { name: String },
+
+    #[error("governance domain {name:?} already exists; use update to change it")]
+    DomainExists { name: String },
+
+    #[error("tag {name:?} does not exist in governance domain {domain:?}")]
+    UnknownTag { domain: String, name: String },
+
     #[error("internal error (this is a bug in tidemark, please report it): {0}")]
     Internal(String),
 }
@@ -64,10 +79,14 @@ pub enum StatusCode {
 impl Error {
     pub fn status(&self) -> StatusCode {
         match self {
-            Error::InvalidSpec(_) | Error::SpecJson(_) | Error::InvalidPeriod { .. } => StatusCode::InvalidArgument,
-            Error::DatasourceExists { .. } => StatusCode::AlreadyExists,
-            Error::UnknownDatasource { .. } => StatusCode::NotFound,
-            Error::IncompatibleUpdate { .. } => StatusCode::FailedPrecondition,
+            Error::InvalidSpec(_) | Error::SpecJson(_) | Error::InvalidPeriod { .. } | Error::InvalidTag(_) => {
+                StatusCode::InvalidArgument
+            }
+            Error::DatasourceExists { .. } | Error::DomainExists { .. } => StatusCode::AlreadyExists,
+            Error::UnknownDatasource { .. } | Error::UnknownDomain { .. } | Error::UnknownTag { .. } => {
+                StatusCode::NotFound
+            }
+            Error::IncompatibleUpdate { .. } | Error::GovernanceConflict(_) => StatusCode::FailedPrecondition,
             Error::OutOfOrder { .. } | Error::Internal(_) => StatusCode::Internal,
         }
     }

@@ -67,6 +67,26 @@ pub enum RejectReason {
         expected: &'static str,
         got: String,
     },
+    /// Keys that are not approved tags of the datasource's governance domain, under the
+    /// datasource's `unknown_tags: reject` policy.
+    UnknownTags {
+        domain: String,
+        tags: Vec<UnknownTag>,
+    },
+    /// A registered tag with a value its type does not take.
+    WrongTagType {
+        tag: String,
+        /// The alias it was sent as, if not its name.
+        sent_as: Option<String>,
+        ty: crate::governance::TagType,
+        got: String,
+    },
+    /// One tag sent under two keys (its name and an alias, or two aliases).
+    DuplicateTag {
+        tag: String,
+        first: String,
+        second: String,
+    },
     /// A rejection decided elsewhere (for example a publish right), carried with its text.
     Other {
         code: u8,
@@ -83,6 +103,9 @@ impl RejectReason {
             RejectReason::TooFarInFuture { .. } => 4,
             RejectReason::BadDimension { .. } => 5,
             RejectReason::BadField { .. } => 6,
+            RejectReason::UnknownTags { .. } => 7,
+            RejectReason::WrongTagType { .. } => 8,
+            RejectReason::DuplicateTag { .. } => 9,
             RejectReason::Other { code, .. } => *code,
         }
     }
@@ -107,7 +130,76 @@ impl fmt::Display for RejectReason {
             RejectReason::BadField { metric, field, expected, got } => {
                 write!(f, "field {field:?} (for metric {metric:?}) must be {expected}, got {got}")
             }
+            RejectReason::UnknownTags { domain, tags } => {
+                match tags.as_slice() {
+                    [one] => write!(f, "unknown tag {} in domain {domain:?}{}", quoted(&one.key), one.hint)?,
+                    many => {
+                        write!(f, "unknown tags in domain {domain:?}: ")?;
+                        for (i, t) in many.iter().take(UNKNOWN_TAGS_NAMED).enumerate() {
+                            let sep = if i == 0 { "" } else { ", " };
+                            write!(f, "{sep}{}{}", quoted(&t.key), t.hint)?;
+                        }
+                        if many.len() > UNKNOWN_TAGS_NAMED {
+                            write!(f, " and {} more", many.len() - UNKNOWN_TAGS_NAMED)?;
+                        }
+                    }
+                }
+                Ok(())
+            }
+            RejectReason::WrongTagType { tag, sent_as, ty, got } => {
+                write!(f, "tag {tag:?}")?;
+                if let Some(key) = sent_as {
+                    write!(f, " (sent as {})", quoted(key))?;
+                }
+                write!(f, " must be {} (type {}), got {got}", ty.expected(), ty.name())
+            }
+            RejectReason::DuplicateTag { tag, first, second } => {
+                write!(f, "tag {tag:?} is sent twice, as {} and as {}; send it once", quoted(first), quoted(second))
+            }
             RejectReason::Other { detail, .. } => f.write_str(detail),
+        }
+    }
+}
+
+/// How many unknown tags a rejection names before "and N more".
+pub const UNKNOWN_TAGS_NAMED: usize = 5;
+
+/// A key a publisher sent, quoted for a message and cut at 128 bytes (keys come from
+/// anyone).
+pub fn quoted(key: &str) -> String {
+    const MAX: usize = 128;
+    if key.len() <= MAX {
+        return format!("{key:?}");
+    }
+    let mut end = MAX;
+    while !key.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{:?}", format!("{}…", &key[..end]))
+}
+
+/// A key that is not an approved tag, and what to tell the publisher about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownTag {
+    pub key: String,
+    pub hint: Hint,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hint {
+    /// The closest approved tag.
+    Suggest(String),
+    /// The key is a tag that is proposed, not yet approved.
+    Proposed,
+    None,
+}
+
+impl fmt::Display for Hint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Hint::Suggest(tag) => write!(f, " (did you mean {tag:?}?)"),
+            Hint::Proposed => f.write_str(" (proposed, not yet approved)"),
+            Hint::None => Ok(()),
         }
     }
 }
@@ -117,7 +209,7 @@ pub fn parse_timestamp(field: &str, v: &Value) -> Result<i64, RejectReason> {
     timestamp_of(field, &Field::of(v))
 }
 
-fn timestamp_of(field: &str, v: &Field<'_>) -> Result<i64, RejectReason> {
+pub(crate) fn timestamp_of(field: &str, v: &Field<'_>) -> Result<i64, RejectReason> {
     let bad = |detail: String| RejectReason::BadTimestamp { field: field.to_string(), detail };
     match v {
         Field::Null => Err(RejectReason::MissingTimestamp { field: field.to_string() }),
@@ -146,7 +238,7 @@ fn timestamp_of(field: &str, v: &Field<'_>) -> Result<i64, RejectReason> {
 /// One top-level field of a beacon, as extraction needs it: scalars with their value,
 /// containers only by kind. Strings borrow from the beacon when they can.
 #[derive(Debug, Clone, PartialEq)]
-enum Field<'a> {
+pub(crate) enum Field<'a> {
     Null,
     Bool(bool),
     Number(serde_json::Number),
@@ -167,7 +259,7 @@ impl<'a> Field<'a> {
         }
     }
 
-    fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             Field::Null => "null",
             Field::Bool(_) => "a boolean",
@@ -205,7 +297,7 @@ pub fn extract_json<'a>(spec: &DatasourceSpec, beacon: &'a [u8]) -> Result<Event
     })
 }
 
-fn extract_fields<'a>(
+pub(crate) fn extract_fields<'a>(
     spec: &DatasourceSpec,
     get: impl Fn(&str) -> Option<Field<'a>>,
 ) -> Result<Event<'a>, RejectReason> {
@@ -344,7 +436,7 @@ impl<'de> serde::de::Visitor<'de> for Wanted<'_> {
 }
 
 /// A key, borrowed from the input unless it had escapes.
-struct Key<'a>(Cow<'a, str>);
+pub(crate) struct Key<'a>(pub(crate) Cow<'a, str>);
 
 impl<'de> serde::Deserialize<'de> for Key<'de> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -372,7 +464,7 @@ impl<'de> serde::de::Visitor<'de> for StrVisitor {
 }
 
 /// One wanted field's value.
-struct FieldOf<'a>(Field<'a>);
+pub(crate) struct FieldOf<'a>(pub(crate) Field<'a>);
 
 impl<'de> serde::Deserialize<'de> for FieldOf<'de> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {

@@ -7,14 +7,20 @@
 //!  JSON spec ──► DatasourceSpec::from_json ──► CatalogCommand ──► Catalog::apply(position)
 //!                                                                     │ spec_at(position)
 //!  beacon JSON ───────────────────────────► event::extract(spec) ─────┴──► Event | RejectReason
+//!
+//!  tag registry (governance: domains, tags, aliases, by position) ──► TagRules
+//!  beacon JSON ──► standardise::standardise_json(spec, rules) ──► Event + dropped keys | RejectReason
 //! ```
 
 pub mod catalog;
 pub mod error;
 pub mod event;
+pub mod governance;
 pub mod partitioner;
 pub mod period;
 pub mod spec;
+pub mod standardise;
+pub mod suggest;
 
 pub use catalog::{Catalog, CatalogCommand, CatalogEffect, DatasourceEntry, DatasourceId};
 pub use error::{Error, Result, StatusCode};

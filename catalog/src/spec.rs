@@ -45,6 +45,10 @@ pub struct DatasourceSpec {
     pub late_window: Period,
     #[serde(default)]
     pub invalid_records: InvalidRecordPolicy,
+    /// What a beacon key that is not an approved tag of the datasource's governance domain
+    /// does to the beacon (datasources in no domain are not governed).
+    #[serde(default, skip_serializing_if = "UnknownTagPolicy::is_default")]
+    pub unknown_tags: UnknownTagPolicy,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -152,6 +156,23 @@ pub enum InvalidRecordPolicy {
     DeadLetter,
     /// Refuse the whole batch at the edge when any record fails the read-only check.
     RejectBatch,
+}
+
+/// What happens to a beacon carrying a key that is not an approved tag of its domain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnknownTagPolicy {
+    /// The key is left out; the answer names it (with a suggestion) and counts it.
+    #[default]
+    Drop,
+    /// The beacon is rejected, its reason naming the keys and the closest approved tags.
+    Reject,
+}
+
+impl UnknownTagPolicy {
+    pub fn is_default(&self) -> bool {
+        *self == UnknownTagPolicy::Drop
+    }
 }
 
 fn default_partitions() -> u32 {
@@ -324,7 +345,7 @@ pub const DEMO_BEACONS_SPEC: &str = r#"{"name": "beacons",
      "late_window": "PT10M"}"#;
 
 /// Names are SQL identifiers and Kafka topic names at once, so they keep to the common subset.
-fn check_identifier(name: &str) -> Option<String> {
+pub(crate) fn check_identifier(name: &str) -> Option<String> {
     if name.is_empty() {
         return Some("must not be empty".into());
     }

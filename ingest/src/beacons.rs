@@ -1,11 +1,13 @@
 //! `POST /v1/beacons/{datasource}`: a JSON array or NDJSON of beacons in, per-line answers out.
 //!
 //! The edge checks what it must answer at once and what binds forever (DESIGN.md, invariant
-//! 4): the body size, that each beacon is a JSON object with a usable timestamp not too far
+//! 4): the body size, that each beacon is a JSON object, and that its time is not too far
 //! ahead of the server clock. Those refusals travel in the log entry as binding verdicts.
-//! Validation of the rest is decided at apply under the spec in force there (apply wins);
-//! with the `reject_batch` policy the edge runs it read-only and refuses a failing batch whole.
-//! Beacons go to partitions by murmur2 of their tenant value, as Kafka's Java client does.
+//! The rest (the timestamp's presence and form, tag standardisation, values) is decided at
+//! apply under the spec and tag rules in force there (apply wins), so reprocessing with
+//! corrected rules can change it; with the `reject_batch` policy the edge runs the same check
+//! read-only and refuses a failing batch whole. Beacons go to partitions by murmur2 of their
+//! tenant value (found under its tag name or an alias), as Kafka's Java client does.
 //!
 //! Each request is one log entry; the answer comes after it is durable and applied.
 
@@ -17,9 +19,10 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 use serde_json::value::RawValue;
-use tidemark_catalog::event::{RejectReason, extract, parse_timestamp};
+use tidemark_catalog::event::{RejectReason, parse_timestamp};
 use tidemark_catalog::partitioner::partition_for_key;
 use tidemark_catalog::spec::InvalidRecordPolicy;
+use tidemark_catalog::standardise::{TagRules, standardise_json};
 use tidemark_storage::engine::command::{Command, EventsCommand, EventsHeader, EventsPart, VerdictRecord};
 use tidemark_storage::engine::idempotency::{BatchOutcome, Seen};
 use tidemark_storage::engine::{Applied, RefusalStatus};
@@ -87,10 +90,20 @@ fn split_body(body: &[u8]) -> Result<Vec<Line<'_>>> {
         .collect())
 }
 
+/// The value of tag `tag` in a beacon: under its name, or else under one of its aliases.
+fn tag_value<'v>(obj: &'v serde_json::Map<String, Value>, tag: &str, rules: Option<&TagRules>) -> Option<&'v Value> {
+    obj.get(tag).or_else(|| {
+        let rules = rules?;
+        obj.iter().find(|(k, _)| rules.resolve(k).is_some_and(|t| t.name == tag)).map(|(_, v)| v)
+    })
+}
+
 #[derive(Debug, serde::Serialize)]
 struct Answer<'a> {
     accepted: u32,
     rejected: &'a [tidemark_storage::engine::idempotency::RejectedLine],
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    dropped_tags: &'a [tidemark_storage::engine::idempotency::DroppedTagCount],
     log_position: u64,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     replayed: bool,
@@ -100,6 +113,7 @@ fn answer(outcome: &BatchOutcome, replayed: bool) -> Response {
     let body = Answer {
         accepted: outcome.accepted,
         rejected: &outcome.rejected,
+        dropped_tags: &outcome.dropped_tags,
         log_position: outcome.log_position,
         replayed,
     };
@@ -146,7 +160,7 @@ pub async fn post_beacons(
     let lines = split_body(&body)?;
     let now = now_ms();
 
-    let (spec, seen) = {
+    let (spec, seen, rules) = {
         let engine = node.engine();
         let e = engine.read();
         let entry = e.catalog().get(datasource).ok_or_else(|| {
@@ -159,7 +173,7 @@ pub async fn post_beacons(
             });
         }
         let seen = key.as_ref().map(|k| e.idempotency_check(datasource, k, body_hash));
-        (entry.current().clone(), seen)
+        (entry.current().clone(), seen, e.current_rules(datasource))
     };
     match seen {
         Some(Seen::Retry(outcome)) => return Ok(answer(&outcome, true)),
@@ -172,8 +186,12 @@ pub async fn post_beacons(
         _ => {}
     }
 
-    // Edge verdicts, per line.
+    // Edge verdicts, per line. Only what apply cannot decide the same way binds: bytes that
+    // are not a JSON object, and the server clock's "too far ahead". A missing or bad
+    // timestamp is apply's to find (same reason), so an alias added later can still rescue
+    // the beacon when it is reprocessed.
     let ts_field = &spec.timestamp.field;
+    let rules = rules.as_deref();
     let mut parts: BTreeMap<u32, PartBuilder> = BTreeMap::new();
     let mut batch_refusals = Vec::new();
     for (i, line) in lines.iter().enumerate() {
@@ -182,13 +200,11 @@ pub async fn post_beacons(
             (None, None) => Some(RejectReason::Other { code: 1, detail: "beacon is not valid JSON".into() }),
             (Some(v), None) => match v.as_object() {
                 None => Some(RejectReason::NotAnObject),
-                Some(obj) => match obj.get(ts_field).map(|t| parse_timestamp(ts_field, t)) {
-                    None => Some(RejectReason::MissingTimestamp { field: ts_field.clone() }),
-                    Some(Err(r)) => Some(r),
+                Some(obj) => match tag_value(obj, ts_field, rules).map(|t| parse_timestamp(ts_field, t)) {
                     Some(Ok(t)) if t > now + limits.future_ms_max => {
                         Some(RejectReason::TooFarInFuture { time_ms: t, limit_ms: limits.future_ms_max })
                     }
-                    Some(Ok(_)) => None,
+                    _ => None,
                 },
             },
         };
@@ -196,22 +212,23 @@ pub async fn post_beacons(
             let problem = binding
                 .as_ref()
                 .map(ToString::to_string)
-                .or_else(|| line.value.as_ref().and_then(|v| extract(&spec, v).err()).map(|r| r.to_string()));
+                .or_else(|| standardise_json(&spec, rules, line.raw).err().map(|r| r.to_string()));
             if let Some(p) = problem {
                 batch_refusals.push(serde_json::json!({ "index": i, "reason": p }));
             }
         }
+        let object = line.value.as_ref().and_then(Value::as_object);
         let tenant = spec
             .tenant
             .as_ref()
-            .and_then(|t| line.value.as_ref()?.get(t))
+            .and_then(|t| tag_value(object?, t, rules))
             .map(|v| match v {
                 Value::String(s) => s.clone(),
                 other => other.to_string(),
             })
             .unwrap_or_default();
         let partition = partition_for_key(tenant.as_bytes(), spec.partitions);
-        let ts = line.value.as_ref().and_then(|v| v.get(ts_field)).and_then(|t| parse_timestamp(ts_field, t).ok());
+        let ts = object.and_then(|o| tag_value(o, ts_field, rules)).and_then(|t| parse_timestamp(ts_field, t).ok());
         let part = parts.entry(partition).or_default();
         if let Some(r) = binding {
             part.2.push(VerdictRecord { index: part.1.len() as u32, code: r.code(), reason: r.to_string() });

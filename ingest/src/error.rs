@@ -80,7 +80,12 @@ impl axum::response::IntoResponse for Error {
     fn into_response(self) -> axum::response::Response {
         let status = self.status();
         let mut body = serde_json::json!({ "error": self.to_string() });
-        if let Error::Catalog(tidemark_catalog::Error::InvalidSpec(problems)) = &self {
+        if let Error::Catalog(
+            tidemark_catalog::Error::InvalidSpec(problems)
+            | tidemark_catalog::Error::InvalidTag(problems)
+            | tidemark_catalog::Error::GovernanceConflict(problems),
+        ) = &self
+        {
             body["problems"] = problems
                 .iter()
                 .map(|p| serde_json::json!({ "field": p.field, "message": p.message }))

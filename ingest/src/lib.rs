@@ -6,6 +6,7 @@
 //! ```text
 //!  POST /v1/beacons/{ds} ─► edge checks ─► Node::propose ─► Raft log ─► Engine::apply
 //!  /v1/datasources ───────► catalog command ─┘
+//!  /v1/governance ────────► catalog command (tag registry; suggest reads it)
 //!  GET /health, /metrics ◄── Node gauges
 //! ```
 
@@ -23,6 +24,7 @@ pub mod cluster;
 pub mod datasources;
 pub mod error;
 pub mod forward;
+pub mod governance;
 pub mod kafka;
 pub mod metrics;
 pub mod node;
@@ -50,6 +52,14 @@ pub fn router(state: IngestState) -> Router {
             "/v1/datasources/{name}",
             get(show_datasource).merge(put(update_datasource).delete(delete_datasource).layer(leader())),
         )
+        .route("/v1/governance/domains", get(list_domains).merge(post(create_domain).layer(leader())))
+        .route("/v1/governance/domains/{domain}", get(show_domain).merge(put(update_domain).layer(leader())))
+        .route("/v1/governance/domains/{domain}/tags", get(list_tags))
+        .route(
+            "/v1/governance/domains/{domain}/tags/{tag}",
+            get(show_tag).merge(put(put_tag).delete(remove_tag).layer(leader())),
+        )
+        .route("/v1/governance/suggest", get(suggest_tag))
         .route("/v1/cluster", get(cluster::status))
         .route("/v1/cluster/join", post(cluster::join).layer(leader()))
         .route("/v1/cluster/learners", post(cluster::add_learner).layer(leader()))
@@ -102,6 +112,42 @@ async fn delete_datasource(
     Query(p): Query<DeleteParams>,
 ) -> Response {
     datasources::delete(&s.node, &name, p.grace.as_deref()).await.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn list_domains(State(s): State<IngestState>) -> Response {
+    governance::list_domains(&s.node)
+}
+
+async fn create_domain(State(s): State<IngestState>, body: Bytes) -> Response {
+    governance::create_domain(&s.node, &body).await.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn show_domain(State(s): State<IngestState>, Path(domain): Path<String>) -> Response {
+    governance::show_domain(&s.node, &domain).unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn update_domain(State(s): State<IngestState>, Path(domain): Path<String>, body: Bytes) -> Response {
+    governance::update_domain(&s.node, &domain, &body).await.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn list_tags(State(s): State<IngestState>, Path(domain): Path<String>) -> Response {
+    governance::list_tags(&s.node, &domain).unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn show_tag(State(s): State<IngestState>, Path((domain, tag)): Path<(String, String)>) -> Response {
+    governance::show_tag(&s.node, &domain, &tag).unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn put_tag(State(s): State<IngestState>, Path((domain, tag)): Path<(String, String)>, body: Bytes) -> Response {
+    governance::put_tag(&s.node, &domain, &tag, &body).await.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn remove_tag(State(s): State<IngestState>, Path((domain, tag)): Path<(String, String)>) -> Response {
+    governance::remove_tag(&s.node, &domain, &tag).await.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn suggest_tag(State(s): State<IngestState>, Query(p): Query<governance::SuggestParams>) -> Response {
+    governance::suggest(&s.node, &p).unwrap_or_else(IntoResponse::into_response)
 }
 
 #[derive(Debug, serde::Deserialize)]

@@ -66,6 +66,7 @@ pub struct Metrics {
 pub struct EngineGauges {
     pub events_ingested: u64,
     pub events_rejected: u64,
+    pub tags_dropped: u64,
     pub realtime_rows: u64,
     pub realtime_bytes: u64,
     pub segments: u64,
@@ -138,6 +139,12 @@ impl Metrics {
             g.events_ingested,
         );
         metric("tidemark_events_rejected_total", "counter", "Events rejected (see sys.rejects).", g.events_rejected);
+        metric(
+            "tidemark_tags_dropped_total",
+            "counter",
+            "Beacon keys left out because they are not tags of the datasource's governance domain.",
+            g.tags_dropped,
+        );
         metric("tidemark_realtime_rows", "gauge", "Rows in realtime indexes.", g.realtime_rows);
         metric("tidemark_realtime_bytes", "gauge", "Approximate bytes held by realtime indexes.", g.realtime_bytes);
         metric("tidemark_segments", "gauge", "Published segments.", g.segments);

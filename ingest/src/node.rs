@@ -229,6 +229,7 @@ impl Node {
         EngineGauges {
             events_ingested,
             events_rejected,
+            tags_dropped: e.tags_dropped(),
             realtime_rows,
             realtime_bytes: e.realtime_bytes() as u64,
             segments,

@@ -75,6 +75,17 @@ impl TableProvider for DatasourceTable {
         let projection: Vec<usize> = projection.cloned().unwrap_or_else(|| (0..self.schema.fields().len()).collect());
         let projected = Arc::new(self.schema.project(&projection)?);
         let pruning = Pruning::from_filters(filters, &snap.spec.dimensions);
+        // A segment this node cannot read (damaged, being repaired from a replica) fails the
+        // query if the query could need it: an answer without its rows would be wrong.
+        if let Some(u) =
+            snap.unreadable.iter().find(|u| pruning.time_overlaps(u.interval_start_ms, u.interval_end_ms - 1))
+        {
+            return Err(DataFusionError::Execution(format!(
+                "datasource {:?}: segment {} is damaged on this node ({}) and is being repaired from a replica; \
+                 query another node, or narrow the time range to leave out {}..{} (ms)",
+                self.name, u.segment, u.reason, u.interval_start_ms, u.interval_end_ms
+            )));
+        }
         let mut report = ScanReport {
             datasource: self.name.clone(),
             log_position: snap.log_position,

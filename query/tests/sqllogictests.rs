@@ -96,7 +96,7 @@ fn build(dir: &Path) -> (Fixture, RecordBatch) {
     }
     let schema = Arc::new(table_schema(&spec));
     let rt = realtime.to_record_batch(&spec, schema).expect("realtime batch");
-    let snapshot = TableSnapshot { spec, log_position: 1, segments, realtime: vec![rt] };
+    let snapshot = TableSnapshot { spec, log_position: 1, segments, realtime: vec![rt], unreadable: vec![] };
 
     let raw_schema = Arc::new(Schema::new(vec![
         Field::new("ts", DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), false),

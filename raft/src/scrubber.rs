@@ -12,7 +12,11 @@
 //! - **Repairing**: replicas hold byte-identical files for the same log prefix (DESIGN.md
 //!   invariant 3), so the damaged file is fetched from a peer over `ReadDataFile`, in chunks,
 //!   checked the same way, and swapped in (`Engine::replace_data_file`). A peer that cannot
-//!   serve it, or whose copy fails the check, is skipped for the next one.
+//!   serve it, or whose copy fails the check, is skipped for the next one. Files whose repair
+//!   failed are tried again every few seconds until the next pass.
+//! - **At start-up** a segment that fails its checksums does not stop the node (the engine
+//!   keeps it in the timeline as unreadable; a query over its interval fails with an error
+//!   naming it); the scrubber repairs those first, even with scrubbing switched off.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -27,6 +31,9 @@ use serde::{Deserialize, Serialize};
 use tidemark_proto::raft::RaftMessage;
 use tidemark_storage::engine::SharedEngine;
 use tidemark_storage::engine::scrub::{self, ScrubFile};
+
+/// How often a damaged file whose repair failed is tried again between passes.
+const REPAIR_RETRY: Duration = Duration::from_secs(5);
 
 use crate::replica::RaftNode;
 use crate::snapshot::{SnapshotTransfer, connect, fetch_into};
@@ -144,16 +151,41 @@ impl Scrubber {
         self.damaged.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Runs passes until the task is aborted (a no-op when scrubbing is off).
+    /// Runs passes until the task is aborted. With scrubbing off (`interval` zero) it only
+    /// repairs segments the engine found damaged when it opened.
     pub fn spawn(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let this = self.clone();
         tokio::spawn(async move {
-            if this.config.interval.is_zero() {
-                return;
+            // Segments found damaged when the engine opened: repaired first, even with
+            // scrubbing off (the node must not serve without them for long).
+            let known = this.engine.read().unreadable_files();
+            for (relative, reason) in known {
+                let held = this.engine.read().data_file_len(&relative);
+                if let Some(f) = held.and_then(|len| ScrubFile::new(relative.clone(), len)) {
+                    this.found_damage(&f, reason).await;
+                }
             }
             loop {
-                this.pass().await;
-                tokio::time::sleep(this.config.interval).await;
+                if !this.config.interval.is_zero() {
+                    this.pass().await;
+                }
+                // Until the next pass, damaged files are retried every few seconds: a peer
+                // that could not serve one (still starting, or behind) may by now.
+                let next_pass =
+                    (!this.config.interval.is_zero()).then(|| tokio::time::Instant::now() + this.config.interval);
+                loop {
+                    let wait = match next_pass {
+                        None => REPAIR_RETRY,
+                        Some(at) => match at.checked_duration_since(tokio::time::Instant::now()) {
+                            Some(left) if !left.is_zero() => REPAIR_RETRY.min(left),
+                            _ => break,
+                        },
+                    };
+                    tokio::time::sleep(wait).await;
+                    if !this.damaged().is_empty() {
+                        this.retry_damaged().await;
+                    }
+                }
             }
         })
     }
@@ -181,8 +213,14 @@ impl Scrubber {
             }
             self.pace(len, started.elapsed()).await;
         }
-        // Files whose repair failed are tried again each pass; a transfer may have made this
-        // node leader meanwhile (the target cannot know it holds damage).
+        self.retry_damaged().await;
+        self.stats.passes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Tries again to repair files whose repair failed.
+    async fn retry_damaged(&self) {
+        // A transfer may have made this node leader meanwhile (the target cannot know it
+        // holds damage): stand down again first.
         let left: Vec<PathBuf> = self.damaged().into_keys().collect();
         if !left.is_empty() {
             self.stand_down().await;
@@ -197,7 +235,6 @@ impl Scrubber {
             }
         }
         self.resume_if_whole();
-        self.stats.passes.fetch_add(1, Ordering::Relaxed);
     }
 
     async fn pace(&self, bytes: u64, took: Duration) {

@@ -86,7 +86,8 @@ fn fixture() -> Fixture {
     }
     let schema = Arc::new(table_schema(&spec));
     let realtime = index.to_record_batch(&spec, schema).expect("realtime batch");
-    let snapshot = TableSnapshot { spec, log_position: 1, segments: vec![], realtime: vec![realtime] };
+    let snapshot =
+        TableSnapshot { spec, log_position: 1, segments: vec![], realtime: vec![realtime], unreadable: vec![] };
 
     // A system table with a dictionary column, like the datasource dimensions.
     let datasources = RecordBatch::try_new(

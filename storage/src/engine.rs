@@ -33,6 +33,7 @@ mod persister;
 pub use persister::PersistIdle;
 pub mod producers;
 pub mod rejects;
+mod rules;
 pub mod scrub;
 mod system_tables;
 
@@ -41,7 +42,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use arrow_array::RecordBatch;
-use tidemark_catalog::event::{RejectReason, extract_json};
+use tidemark_catalog::event::RejectReason;
+use tidemark_catalog::standardise::{DroppedTag, TagRules, standardise_json};
 use tidemark_catalog::{Catalog, CatalogCommand, CatalogEffect, DatasourceId};
 
 use self::command::Entry;
@@ -145,6 +147,7 @@ pub struct Engine {
     /// checkpoint at or after it is stored, as no restart can replay into them after that.
     removals: Vec<(u64, DatasourceState)>,
     persister: persister::Persister,
+    rules: rules::RulesCache,
 }
 
 impl Engine {
@@ -168,6 +171,7 @@ impl Engine {
             checkpoint_due: false,
             removals: Vec::new(),
             persister: persister::Persister::start()?,
+            rules: rules::RulesCache::default(),
             config,
         };
         let Some(cp) = cp else { return Ok((engine, recovery)) };
@@ -188,7 +192,7 @@ impl Engine {
             let spec = entry.current().clone();
             let mut ds = DatasourceState::open(&engine.config, dcp.id, &spec, &mut recovery)?;
             ds.restore(dcp)?;
-            let replayed = ds.rebuild_realtime(&engine.catalog, cp.applied_position)?;
+            let replayed = ds.rebuild_realtime(&engine.catalog, &engine.rules, cp.applied_position)?;
             recovery.raw_batches_replayed += replayed;
             engine.datasources.insert(ds.id, ds);
         }
@@ -238,7 +242,9 @@ impl Engine {
         if let Err(e) = self.catalog.check(cmd) {
             let status = match e.status() {
                 tidemark_catalog::StatusCode::NotFound => RefusalStatus::NotFound,
-                tidemark_catalog::StatusCode::AlreadyExists => RefusalStatus::Conflict,
+                tidemark_catalog::StatusCode::AlreadyExists | tidemark_catalog::StatusCode::FailedPrecondition => {
+                    RefusalStatus::Conflict
+                }
                 _ => RefusalStatus::Invalid,
             };
             return Ok(Applied::Refused { reason: e.to_string(), status });
@@ -292,7 +298,7 @@ impl Engine {
                     self.removals.push((position, ds));
                 }
             }
-            CatalogEffect::AlreadyApplied => {}
+            CatalogEffect::Governance(_) | CatalogEffect::AlreadyApplied => {}
         }
         Ok(Applied::Catalog(effect))
     }
@@ -322,6 +328,8 @@ impl Engine {
             }
         }
         let spec = entry.spec_at(position).clone();
+        // The domain's tag rules as of this position (none: not governed).
+        let rules = self.rules.get(&self.catalog, &header.datasource, position);
         let catalog_version = self.catalog.applied_position();
         let ds =
             self.datasources.get_mut(&id).ok_or_else(|| Error::Internal(format!("no state for datasource {id}")))?;
@@ -393,11 +401,13 @@ impl Engine {
                     if let Some(v) = binding.get(&(i as u32)) {
                         return Err(RejectReason::Other { code: v.code, detail: v.reason.clone() });
                     }
-                    let event = extract_json(&spec, r.value.as_deref().unwrap_or_default())?;
+                    let standardised =
+                        standardise_json(&spec, rules.as_deref(), r.value.as_deref().unwrap_or_default())?;
                     match header.future_ms_max {
-                        Some(limit) if event.time_ms > writer_time_ms.saturating_add(limit) => {
+                        Some(limit) if standardised.event.time_ms > writer_time_ms.saturating_add(limit) => {
+                            let time_ms = standardised.event.time_ms;
                             // Decided by a clock, so it binds: kept in the frame for replays.
-                            let reason = RejectReason::TooFarInFuture { time_ms: event.time_ms, limit_ms: limit };
+                            let reason = RejectReason::TooFarInFuture { time_ms, limit_ms: limit };
                             verdicts.push(crate::raw::frame::Verdict {
                                 record_index: i as u32,
                                 code: reason.code(),
@@ -405,15 +415,15 @@ impl Engine {
                             });
                             Err(reason)
                         }
-                        _ => Ok(event),
+                        _ => Ok(standardised),
                     }
                 })
                 .collect();
             verdicts.sort_by_key(|v| v.record_index);
             let (mut min_ms, mut max_ms) = (i64::MAX, i64::MIN);
-            for e in results.iter().flatten() {
-                min_ms = min_ms.min(e.time_ms);
-                max_ms = max_ms.max(e.time_ms);
+            for s in results.iter().flatten() {
+                min_ms = min_ms.min(s.event.time_ms);
+                max_ms = max_ms.max(s.event.time_ms);
             }
             let frame = crate::raw::frame::Frame {
                 log_position: position,
@@ -442,9 +452,13 @@ impl Engine {
             });
             for (i, r) in results.into_iter().enumerate() {
                 match r {
-                    Ok(event) => {
-                        ds.add_event(&spec, position, writer_time_ms, &event);
+                    Ok(standardised) => {
+                        ds.add_event(&spec, position, writer_time_ms, &standardised.event);
                         outcome.accepted += 1;
+                        if let Some(rules) = &rules {
+                            note_dropped(&mut outcome.dropped_tags, rules.domain(), &standardised.dropped);
+                            ds.tags_dropped += standardised.dropped.len() as u64;
+                        }
                     }
                     Err(reason) => {
                         let text = reason.to_string();
@@ -474,6 +488,11 @@ impl Engine {
             self.idempotency.remember(&header.datasource, key, header.body_hash, writer_time_ms, outcome.clone());
         }
         Ok(Applied::Events(outcome))
+    }
+
+    /// The tag rules governing `datasource` now (what the edge checks beacons against).
+    pub fn current_rules(&self, datasource: &str) -> Option<Arc<TagRules>> {
+        self.rules.get(&self.catalog, datasource, self.applied_position)
     }
 
     fn apply_init_producer(&mut self, cmd: &InitProducerCommand) -> Applied {
@@ -683,7 +702,19 @@ impl Engine {
         let spec = entry.current().clone();
         let schema = Arc::new(crate::segment::table_schema(&spec));
         let realtime = ds.realtime_batches(&spec, schema);
-        Some(TableSnapshot { spec, log_position: self.applied_position, segments: ds.segments(), realtime })
+        Some(TableSnapshot {
+            spec,
+            log_position: self.applied_position,
+            segments: ds.segments(),
+            realtime,
+            unreadable: ds.unreadable(),
+        })
+    }
+
+    /// Segments found damaged when the engine opened and not repaired since (relative path,
+    /// what is wrong): the scrubber repairs these first.
+    pub fn unreadable_files(&self) -> Vec<(PathBuf, String)> {
+        self.datasources.values().flat_map(DatasourceState::unreadable).map(|u| (u.file, u.reason)).collect()
     }
 
     pub fn rejects(&self) -> &RejectsTable {
@@ -726,6 +757,32 @@ impl Engine {
                 acc.3 + ds.segment_count() as u64,
             )
         })
+    }
+
+    /// Keys left out of events since the datasources were created, because they are not
+    /// tags of their domain.
+    pub fn tags_dropped(&self) -> u64 {
+        self.datasources.values().map(|ds| ds.tags_dropped).sum()
+    }
+}
+
+/// Counts `dropped` into a batch's answer: one row per key, first met first, bounded.
+fn note_dropped(into: &mut Vec<idempotency::DroppedTagCount>, domain: &str, dropped: &[DroppedTag]) {
+    for d in dropped {
+        if let Some(row) = into.iter_mut().find(|r| r.tag == d.key) {
+            row.count += 1;
+        } else if into.len() < idempotency::DROPPED_TAGS_LISTED {
+            let suggestion = match &d.hint {
+                tidemark_catalog::event::Hint::Suggest(t) => Some(t.clone()),
+                _ => None,
+            };
+            into.push(idempotency::DroppedTagCount {
+                tag: d.key.clone(),
+                count: 1,
+                suggestion,
+                message: d.message(domain),
+            });
+        }
     }
 }
 

@@ -17,6 +17,20 @@ pub struct TableSnapshot {
     pub segments: Vec<Arc<Segment>>,
     /// Realtime (not yet persisted) rows in the table schema.
     pub realtime: Vec<RecordBatch>,
+    /// Published segments this node cannot read (damaged on disk, waiting for repair from a
+    /// replica): a query whose time range meets one must fail, not answer without it.
+    pub unreadable: Vec<UnreadableSegment>,
+}
+
+/// A published segment this node holds but cannot read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UnreadableSegment {
+    pub segment: String,
+    /// Relative to the data directory.
+    pub file: std::path::PathBuf,
+    pub interval_start_ms: i64,
+    pub interval_end_ms: i64,
+    pub reason: String,
 }
 
 /// Implemented by the node; `query` builds its tables on it.

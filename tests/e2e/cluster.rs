@@ -823,7 +823,7 @@ fn first_raw_file(dir: &std::path::Path, ds: &str, p: u32) -> std::path::PathBuf
 #[test]
 fn the_scrubber_finds_damaged_files_and_repairs_them_from_a_replica() {
     // A pass every 300 ms, so the test does not wait on the hourly default.
-    let c = Cluster::start_with(&["--scrub-interval-ms", "300"]);
+    let mut c = Cluster::start_with(&["--scrub-interval-ms", "300"]);
     let leader = c.leader();
     let follower = (leader + 1) % 3;
     let witness = (leader + 2) % 3;
@@ -837,7 +837,7 @@ fn the_scrubber_finds_damaged_files_and_repairs_them_from_a_replica() {
     }
     let want = expected(&batches, &(0..batches.len()).collect::<Vec<_>>());
     c.converged_in("scrub", &want);
-    let dirs: Vec<&std::path::Path> = c.dirs.iter().map(|d| d.path()).collect();
+    let dirs: Vec<std::path::PathBuf> = c.dirs.iter().map(|d| d.path().to_path_buf()).collect();
     let deadline = Instant::now() + Duration::from_secs(60);
     let segments = loop {
         let all: Vec<BTreeMap<String, u32>> = dirs.iter().map(|d| segment_files(d)).collect();
@@ -856,7 +856,7 @@ fn the_scrubber_finds_damaged_files_and_repairs_them_from_a_replica() {
     let follower_seg = root(follower).join(seg_names[0]);
     let leader_seg = root(leader).join(seg_names[1]);
     let ds_dir = seg_names[0].split('/').next().expect("a datasource directory");
-    let leader_raw = first_raw_file(dirs[leader], ds_dir, 0);
+    let leader_raw = first_raw_file(&dirs[leader], ds_dir, 0);
     let found_before: Vec<u64> = (0..3).map(|i| metric(c.node(i), "tidemark_scrub_damaged_found_total")).collect();
     assert_eq!(found_before, vec![0, 0, 0], "whole files are not reported damaged");
     flip_byte(&follower_seg, 64);
@@ -899,9 +899,9 @@ fn the_scrubber_finds_damaged_files_and_repairs_them_from_a_replica() {
 
     // The repaired files are byte for byte the replicas' again, and queries on every node
     // (served from the repaired segments) give the exact answers.
-    assert_eq!(segment_files(dirs[follower]), segments, "the follower's segments match the replicas' again");
-    assert_eq!(segment_files(dirs[leader]), segments, "the old leader's segments match the replicas' again");
-    let raw_rel = leader_raw.strip_prefix(dirs[leader]).expect("under the data dir");
+    assert_eq!(segment_files(&dirs[follower]), segments, "the follower's segments match the replicas' again");
+    assert_eq!(segment_files(&dirs[leader]), segments, "the old leader's segments match the replicas' again");
+    let raw_rel = leader_raw.strip_prefix(&dirs[leader]).expect("under the data dir");
     let repaired_raw = std::fs::read(&leader_raw).expect("repaired raw file");
     let witness_raw = std::fs::read(dirs[witness].join(raw_rel)).expect("the witness's raw file");
     assert!(
@@ -915,4 +915,33 @@ fn the_scrubber_finds_damaged_files_and_repairs_them_from_a_replica() {
     let extra = traffic(7799, 12, start, 25 * 60_000, 40);
     let r = c.node(leader).post("/v1/beacons/scrub", &ndjson(&extra), &[("Idempotency-Key", "scrub-extra")]);
     assert_eq!(r.status, 200, "{}", r.body);
+    let mut sent = batches.clone();
+    sent.push(extra);
+    let want = expected(&sent, &(0..sent.len()).collect::<Vec<_>>());
+    c.converged_in("scrub", &want);
+
+    // A segment damaged while its node is down: the node still starts (a damaged segment
+    // used to stop it at start-up), and repairs it from a replica at once, not at the next
+    // pass.
+    c.kill(witness);
+    flip_byte(&root(witness).join(seg_names[2]), 64);
+    c.restart(witness);
+    c.node(witness).wait_healthy();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metric(c.node(witness), "tidemark_scrub_repaired_total") < 1
+        || metric(c.node(witness), "tidemark_scrub_damaged_files") != 0
+    {
+        assert!(Instant::now() < deadline, "the restarted node never repaired its segment{}", c.logs_tail(20));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let all: Vec<BTreeMap<String, u32>> = dirs.iter().map(|d| segment_files(d)).collect();
+        if all.iter().all(|s| s == &all[0]) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the restarted node's segments differ from the replicas': {all:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    c.converged_in("scrub", &want);
 }

@@ -61,3 +61,79 @@ fn kill_dash_nine_loses_no_acknowledged_beacon() {
     }
     assert_eq!(node.sql_i64("SELECT SUM(\"count\") FROM beacons"), 400 * 250);
 }
+
+#[test]
+fn a_segment_damaged_while_the_node_was_down_fails_the_queries_that_need_it_not_the_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut node = TestNode::start(dir.path());
+    let spec = tidemark_catalog::spec::DEMO_BEACONS_SPEC
+        .replace("\"beacons\"", "\"dmg\"")
+        .replace("\"segment\": \"PT1H\"", "\"segment\": \"PT1M\"")
+        .replace("\"PT10M\"", "\"PT1M\"");
+    let r = node.post("/v1/datasources", spec.as_bytes(), &[("Content-Type", "application/json")]);
+    assert!(r.status == 200 || r.status == 201, "{}", r.body);
+    // Events 5 to 30 minutes old: their minutes are closed, so segments are written.
+    let batch = traffic(4242, 12, now_ms() - 30 * 60_000, 25 * 60_000, 200);
+    let r = node.post("/v1/beacons/dmg", &ndjson(&batch), &[]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while node.sql_i64("SELECT COUNT(*) FROM sys.segments WHERE datasource = 'dmg'") < 3 {
+        assert!(std::time::Instant::now() < deadline, "segments were never written");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(node.sql_i64("SELECT SUM(\"count\") FROM dmg"), 200);
+    node.stop();
+
+    // One byte of one segment flips while the node is down (byte 64: the first column).
+    let mut segments: Vec<std::path::PathBuf> = walk(&dir.path().join("datasources"))
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    segments.sort();
+    let damaged = segments.first().expect("a segment file").clone();
+    let mut bytes = std::fs::read(&damaged).expect("read segment");
+    bytes[64] ^= 0xff;
+    std::fs::write(&damaged, &bytes).expect("damage segment");
+    let stem = damaged.file_stem().and_then(|s| s.to_str()).expect("segment name").to_string();
+    // <interval start>_<version>_<shard>.seg; the segment is one minute.
+    let start_ms: i64 = stem.split('_').next().and_then(|s| s.parse().ok()).expect("interval start in the file name");
+    let end_ms = start_ms + 60_000;
+
+    // The node starts, reports the file, and (alone: no replica to repair from) refuses the
+    // queries that need it, naming the segment; a time range without it still answers.
+    let node = TestNode::start(dir.path());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = node.get("/v1/cluster").json();
+        let listed =
+            status["damaged_files"].as_object().is_some_and(|m| m.keys().any(|k| k.ends_with(&format!("{stem}.seg"))));
+        if listed {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "damaged_files never listed the segment: {status}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let r = node.post("/v1/sql", b"SELECT SUM(\"count\") FROM dmg", &[("Content-Type", "text/plain")]);
+    assert_ne!(r.status, 200, "{}", r.body);
+    assert!(
+        r.body.contains(&format!("segment dmg_{start_ms}_{end_ms}_")) && r.body.contains("is damaged on this node"),
+        "{}",
+        r.body
+    );
+    let after = batch.iter().filter(|b| b.ts_ms >= end_ms).count() as i64;
+    let q = format!("SELECT COALESCE(SUM(\"count\"), 0) FROM dmg WHERE __time >= to_timestamp_millis({end_ms})");
+    assert_eq!(node.sql_i64(&q), after);
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = entry.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

@@ -5,6 +5,7 @@ mod cluster;
 mod crash;
 mod datasources;
 mod flight_adbc;
+mod governance;
 mod harness;
 mod kafka;
 

@@ -17,10 +17,10 @@ use kafka_protocol::messages::{
     InitProducerIdRequest, InitProducerIdResponse, ProduceRequest, ProduceResponse, ProducerId,
 };
 use kafka_protocol::protocol::StrBytes;
-use serde_json::Value;
 use tidemark_catalog::DatasourceSpec;
-use tidemark_catalog::event::{RejectReason, extract};
+use tidemark_catalog::event::RejectReason;
 use tidemark_catalog::spec::InvalidRecordPolicy;
+use tidemark_catalog::standardise::{TagRules, standardise_json};
 use tidemark_storage::engine::Applied;
 use tidemark_storage::engine::command::{Command, EventsCommand, EventsHeader, EventsPart, InitProducerCommand};
 use tidemark_storage::engine::idempotency::PartError;
@@ -91,10 +91,10 @@ pub(crate) fn produce(b: &Arc<Broker>, req: &Request, r: ProduceRequest) -> Repl
             work.push(w);
             continue;
         }
-        let (spec, overloaded) = {
+        let (spec, overloaded, rules) = {
             let engine = b.node.engine();
             let e = engine.read();
-            (e.catalog().get(&name).map(|entry| entry.current().clone()), e.is_overloaded())
+            (e.catalog().get(&name).map(|entry| entry.current().clone()), e.is_overloaded(), e.current_rules(&name))
         };
         let Some(spec) = spec else {
             w.answers = topic
@@ -131,7 +131,7 @@ pub(crate) fn produce(b: &Arc<Broker>, req: &Request, r: ProduceRequest) -> Repl
             } else if parts.iter().any(|p: &EventsPart| p.partition as i32 == pd.index) {
                 Err(PartAnswer::error(pd.index, code::INVALID_REQUEST, "the partition appears twice in one request"))
             } else {
-                check_part(b, &spec, pd.index, pd.records.as_ref())
+                check_part(b, &spec, rules.as_deref(), pd.index, pd.records.as_ref())
             };
             match checked {
                 Err(answer) => w.answers.push(answer),
@@ -282,6 +282,7 @@ fn partition_response(req: &Request, a: PartAnswer) -> PartitionProduceResponse 
 fn check_part<'a>(
     b: &Broker,
     spec: &DatasourceSpec,
+    rules: Option<&TagRules>,
     index: i32,
     records: Option<&'a Bytes>,
 ) -> Result<&'a Bytes, PartAnswer> {
@@ -332,17 +333,14 @@ fn check_part<'a>(
         let now = now_ms();
         let mut problems = Vec::new();
         for (i, (_, r)) in decoded.iter().enumerate() {
-            let value: Option<Value> = r.value.as_deref().and_then(|v| serde_json::from_slice(v).ok());
-            let problem = match value {
-                None => Some("record value is not valid JSON".to_string()),
-                Some(v) => match extract(spec, &v) {
-                    Err(reason) => Some(reason.to_string()),
-                    Ok(e) if e.time_ms > now + b.config.future_ms_max => Some(
-                        RejectReason::TooFarInFuture { time_ms: e.time_ms, limit_ms: b.config.future_ms_max }
-                            .to_string(),
-                    ),
-                    Ok(_) => None,
-                },
+            // The check apply makes (tag rules included), read-only; apply's verdict wins.
+            let problem = match standardise_json(spec, rules, r.value.as_deref().unwrap_or_default()) {
+                Err(reason) => Some(reason.to_string()),
+                Ok(s) if s.event.time_ms > now + b.config.future_ms_max => Some(
+                    RejectReason::TooFarInFuture { time_ms: s.event.time_ms, limit_ms: b.config.future_ms_max }
+                        .to_string(),
+                ),
+                Ok(_) => None,
             };
             if let Some(p) = problem {
                 problems.push((i as i32, p));

@@ -50,6 +50,8 @@ pub struct DatasourceCheckpoint {
     pub realtime_from: u64,
     pub events_ingested: u64,
     pub events_rejected: u64,
+    #[serde(default)]
+    pub tags_dropped: u64,
 }
 
 /// A published segment, as the timeline knows it.

@@ -26,7 +26,11 @@ pub struct Entry {
     pub payload: Vec<u8>,
 }
 
-pub const COMMAND_VERSION: u8 = 1;
+/// The newest command format this node reads. Each command is written in the oldest format
+/// that can carry it, so a node not yet upgraded applies what it knows and stops, clearly
+/// (`NewerCommand`), at the first entry it cannot apply, instead of skipping it and diverging.
+/// Format 2 adds the tag registry's catalog operations.
+pub const COMMAND_VERSION: u8 = 2;
 pub const KIND_CATALOG: u8 = 1;
 pub const KIND_EVENTS: u8 = 2;
 pub const KIND_PERSIST: u8 = 3;
@@ -168,8 +172,16 @@ impl Command {
         }
     }
 
+    /// The oldest format that carries this command.
+    pub fn format(&self) -> u8 {
+        match self {
+            Command::Catalog(CatalogCommand::Governance(_)) => 2,
+            _ => 1,
+        }
+    }
+
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = vec![COMMAND_VERSION];
+        let mut out = vec![self.format()];
         match self {
             Command::Catalog(c) => out.extend_from_slice(&to_json(c)),
             Command::Persist(p) => out.extend_from_slice(&to_json(p)),
@@ -193,10 +205,8 @@ impl Command {
         if version > COMMAND_VERSION {
             return Err(Error::NewerCommand { kind, version });
         }
-        if version != COMMAND_VERSION {
-            return Err(bad(format!(
-                "command format version {version} is not one this node writes ({COMMAND_VERSION})"
-            )));
+        if version == 0 {
+            return Err(bad("command format version 0 does not exist".into()));
         }
         match kind {
             KIND_CATALOG => serde_json::from_slice(body).map(Command::Catalog).map_err(|e| bad(e.to_string())),
@@ -270,6 +280,10 @@ mod tests {
                 batches: vec![batch.clone(), batch],
             }),
             Command::InitProducer(InitProducerCommand { existing: Some((4, 2)) }),
+            Command::Catalog(CatalogCommand::Governance(tidemark_catalog::governance::GovernanceCommand::RemoveTag {
+                domain: "d".into(),
+                tag: "t".into(),
+            })),
             Command::Offsets(OffsetsCommand::Commit {
                 group: "g".into(),
                 offsets: vec![CommittedOffset {
@@ -283,6 +297,8 @@ mod tests {
         ];
         for cmd in cmds {
             let bytes = cmd.encode();
+            // Only what needs format 2 is written in it.
+            assert_eq!(bytes[0], if matches!(cmd, Command::Catalog(CatalogCommand::Governance(_))) { 2 } else { 1 });
             assert_eq!(Command::decode(cmd.kind(), &bytes).expect("decodes"), cmd);
             let mut newer = bytes.clone();
             newer[0] = COMMAND_VERSION + 1;

@@ -8,12 +8,12 @@ use std::sync::{Arc, Mutex};
 
 use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
-use tidemark_catalog::event::extract_json;
 use tidemark_catalog::{Catalog, DatasourceId, DatasourceSpec, Event};
 
 use crate::engine::checkpoint::{DatasourceCheckpoint, SegmentRecord};
 use crate::engine::command::{PersistCommand, PersistReason};
 
+use crate::engine::rules::RulesCache;
 use crate::engine::{EngineConfig, Recovery};
 use crate::error::{Error, Result};
 use crate::raw::frame::Frame;
@@ -21,6 +21,8 @@ use crate::raw::partition_log::{IndexEntry, PartitionLog, PartitionLogConfig};
 use crate::raw::record_batch;
 use crate::rollup::RollupIndex;
 use crate::segment::{Segment, SegmentId, WrittenSegment, write_segment};
+use crate::snapshot::UnreadableSegment;
+use tidemark_catalog::standardise::standardise_json;
 
 /// The version string of segments written by ingest; reindexing publishes higher versions.
 pub(crate) const INGEST_VERSION: &str = "1";
@@ -101,12 +103,19 @@ pub(crate) struct DatasourceState {
     /// Indexes handed to the segment writer: still queried until their segment is published.
     persisting: Vec<Persisting>,
     segments: Vec<(SegmentRecord, Arc<Segment>)>,
+    /// Published segments whose file failed its checksums when the node started, with why:
+    /// still part of the timeline (checkpoints, shard numbers, snapshots name them), not
+    /// readable until the scrubber repairs them from a replica. Queries over their intervals
+    /// fail rather than answer without them.
+    damaged: Vec<(SegmentRecord, String)>,
     /// interval start → position of its last persist.
     persisted: BTreeMap<i64, u64>,
     /// From a checkpoint: raw batches before this position are all covered by segments.
     realtime_from: Option<u64>,
     pub(crate) events_ingested: u64,
     pub(crate) events_rejected: u64,
+    /// Keys left out of events because they are not tags of the datasource's domain.
+    pub(crate) tags_dropped: u64,
 }
 
 impl DatasourceState {
@@ -129,10 +138,12 @@ impl DatasourceState {
             late: BTreeMap::new(),
             persisting: Vec::new(),
             segments: Vec::new(),
+            damaged: Vec::new(),
             persisted: BTreeMap::new(),
             realtime_from: None,
             events_ingested: 0,
             events_rejected: 0,
+            tags_dropped: 0,
         };
         ds.grow_partitions_to(spec.partitions, recovery)?;
         Ok(ds)
@@ -166,19 +177,34 @@ impl DatasourceState {
 
     pub(crate) fn restore(&mut self, cp: DatasourceCheckpoint) -> Result<()> {
         for rec in cp.segments {
-            let seg = Segment::open(&self.data_dir.join(&rec.file))?;
-            self.segments.push((rec, Arc::new(seg)));
+            // A damaged file must not keep the node from starting: the node can repair it
+            // from a replica only once it runs. Other errors (a missing file) stay fatal.
+            match Segment::open(&self.data_dir.join(&rec.file)) {
+                Ok(seg) => self.segments.push((rec, Arc::new(seg))),
+                Err(e @ Error::Corrupt { .. }) => {
+                    tracing::error!(datasource = %self.name, file = %rec.file.display(), error = %e,
+                        "a segment is damaged; it is unreadable until repaired from a replica");
+                    self.damaged.push((rec, e.to_string()));
+                }
+                Err(e) => return Err(e),
+            }
         }
         self.persisted = cp.persisted.into_iter().collect();
         self.realtime_from = Some(cp.realtime_from);
         self.events_ingested = cp.events_ingested;
         self.events_rejected = cp.events_rejected;
+        self.tags_dropped = cp.tags_dropped;
         Ok(())
     }
 
     /// Re-adds to realtime indexes the events of raw batches applied up to `through` that no
     /// segment covers. Returns the number of raw batches read.
-    pub(crate) fn rebuild_realtime(&mut self, catalog: &Catalog, through: u64) -> Result<u64> {
+    pub(crate) fn rebuild_realtime(
+        &mut self,
+        catalog: &Catalog,
+        rules_cache: &RulesCache,
+        through: u64,
+    ) -> Result<u64> {
         let Some(entry) = catalog.by_id(self.id) else { return Ok(0) };
         if entry.deleted.is_some() {
             return Ok(0);
@@ -205,12 +231,19 @@ impl DatasourceState {
             let position = stored.frame.log_position;
             replayed += 1;
             let spec = entry.spec_at(position).clone();
+            // The tag rules of the batch's own position, as apply used.
+            let rules = rules_cache.get(catalog, &self.name, position);
             let (_, records) = record_batch::decode_records(&stored.batch)?;
             for (i, (_, record)) in records.iter().enumerate() {
                 if stored.frame.verdicts.iter().any(|v| v.record_index == i as u32) {
                     continue;
                 }
-                let Ok(event) = extract_json(&spec, record.value.as_deref().unwrap_or_default()) else { continue };
+                let Ok(standardised) =
+                    standardise_json(&spec, rules.as_deref(), record.value.as_deref().unwrap_or_default())
+                else {
+                    continue;
+                };
+                let event = standardised.event;
                 let interval = spec.granularity.segment.bucket_start(event.time_ms);
                 if self.persisted.get(&interval).is_some_and(|covered| *covered > position) {
                     continue;
@@ -286,7 +319,7 @@ impl DatasourceState {
         // The index was built under the spec in force at its first event (specs change only
         // after persisting every open index).
         let spec = entry.spec_at(open.first_position).clone();
-        let shard = (self.segments.iter().filter(|(r, _)| r.id.interval_start_ms == interval).count()
+        let shard = (self.segment_records().filter(|r| r.id.interval_start_ms == interval).count()
             + self.persisting.iter().filter(|p| p.id.interval_start_ms == interval).count()) as u32;
         let id = SegmentId {
             datasource: self.name.clone(),
@@ -382,11 +415,26 @@ impl DatasourceState {
     }
 
     pub(crate) fn segment_count(&self) -> usize {
-        self.segments.len()
+        self.segments.len() + self.damaged.len()
     }
 
+    /// Every published segment, the damaged ones included.
     pub(crate) fn segment_records(&self) -> impl Iterator<Item = &SegmentRecord> {
-        self.segments.iter().map(|(r, _)| r)
+        self.segments.iter().map(|(r, _)| r).chain(self.damaged.iter().map(|(r, _)| r))
+    }
+
+    /// Segments that cannot be read until repaired (see `damaged`).
+    pub(crate) fn unreadable(&self) -> Vec<UnreadableSegment> {
+        self.damaged
+            .iter()
+            .map(|(r, why)| UnreadableSegment {
+                segment: r.id.to_string(),
+                file: r.file.clone(),
+                interval_start_ms: r.id.interval_start_ms,
+                interval_end_ms: r.id.interval_end_ms,
+                reason: why.clone(),
+            })
+            .collect()
     }
 
     pub(crate) fn segments(&self) -> Vec<Arc<Segment>> {
@@ -430,11 +478,12 @@ impl DatasourceState {
             .unwrap_or(applied + 1);
         DatasourceCheckpoint {
             id: self.id,
-            segments: self.segments.iter().map(|(r, _)| r.clone()).collect(),
+            segments: self.segment_records().cloned().collect(),
             persisted: self.persisted.iter().map(|(k, v)| (*k, *v)).collect(),
             realtime_from,
             events_ingested: self.events_ingested,
             events_rejected: self.events_rejected,
+            tags_dropped: self.tags_dropped,
         }
     }
 
@@ -442,15 +491,21 @@ impl DatasourceState {
     /// raw log file and every published segment (absolute paths).
     pub(crate) fn data_files(&self) -> Vec<(PathBuf, u64)> {
         let mut out: Vec<(PathBuf, u64)> = self.partitions.iter().flat_map(PartitionLog::file_lengths).collect();
-        out.extend(self.segments.iter().map(|(r, _)| (self.data_dir.join(&r.file), r.file_bytes)));
+        out.extend(self.segment_records().map(|r| (self.data_dir.join(&r.file), r.file_bytes)));
         out
     }
 
     /// Swaps in the segment at `path` (a repaired copy) for the one recorded as `relative`.
     /// Returns whether this datasource holds that segment.
     pub(crate) fn reopen_segment(&mut self, relative: &Path, path: &Path) -> Result<bool> {
-        let Some(slot) = self.segments.iter_mut().find(|(r, _)| r.file == relative) else { return Ok(false) };
-        slot.1 = Arc::new(Segment::open(path)?);
+        if let Some(slot) = self.segments.iter_mut().find(|(r, _)| r.file == relative) {
+            slot.1 = Arc::new(Segment::open(path)?);
+            return Ok(true);
+        }
+        let Some(i) = self.damaged.iter().position(|(r, _)| r.file == relative) else { return Ok(false) };
+        let segment = Segment::open(path)?;
+        let (record, _) = self.damaged.remove(i);
+        self.segments.push((record, Arc::new(segment)));
         Ok(true)
     }
 

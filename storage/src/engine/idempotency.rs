@@ -17,6 +17,24 @@ pub struct BatchOutcome {
     /// Where each part was stored.
     pub parts: Vec<PartOutcome>,
     pub log_position: u64,
+    /// Keys that are not tags of the datasource's governance domain, left out of the events
+    /// that carried them (the `drop` policy), in the order first met; at most
+    /// [`DROPPED_TAGS_LISTED`] distinct keys.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dropped_tags: Vec<DroppedTagCount>,
+}
+
+pub const DROPPED_TAGS_LISTED: usize = 100;
+
+/// One key dropped from a batch's events, how many events carried it, and what to tell the
+/// publisher.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DroppedTagCount {
+    pub tag: String,
+    pub count: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suggestion: Option<String>,
+    pub message: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,4 +1,4 @@
-//! `sys.datasources`, `sys.segments` and `sys.rejects` as Arrow batches.
+//! `sys.datasources`, `sys.segments`, `sys.rejects` and `sys.tags` as Arrow batches.
 
 use std::sync::Arc;
 
@@ -9,7 +9,7 @@ use arrow_schema::{DataType, Field, Schema, TimeUnit};
 
 use crate::engine::Engine;
 
-pub(crate) const NAMES: [&str; 3] = ["datasources", "segments", "rejects"];
+pub(crate) const NAMES: [&str; 4] = ["datasources", "segments", "rejects", "tags"];
 
 fn ts_type() -> DataType {
     DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()))
@@ -24,6 +24,7 @@ pub(crate) fn build(engine: &Engine, name: &str) -> Option<RecordBatch> {
         "datasources" => datasources(engine),
         "segments" => segments(engine),
         "rejects" => rejects(engine),
+        "tags" => tags(engine),
         _ => None,
     }
 }
@@ -148,6 +149,56 @@ fn rejects(engine: &Engine) -> Option<RecordBatch> {
             Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| u32::from(r.code)))),
             Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.reason.clone()))),
             Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.payload.clone()))),
+        ],
+    )
+}
+
+/// The tag registry as it is now: one row per tag of every governance domain.
+fn tags(engine: &Engine) -> Option<RecordBatch> {
+    let mut rows = Vec::new();
+    for d in engine.catalog.governance().domains() {
+        for t in d.tags_at(u64::MAX) {
+            let position = d.tag_history(&t.name).last().map_or(0, |v| v.position);
+            rows.push((d, t, position));
+        }
+    }
+    let text = |f: &dyn Fn(&tidemark_catalog::governance::Tag) -> String| {
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|(_, t, _)| f(t)))) as ArrayRef
+    };
+    let forms = |t: &tidemark_catalog::governance::Tag| {
+        t.required_in
+            .iter()
+            .map(|f| serde_json::to_value(f).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let kind = |t: &tidemark_catalog::governance::Tag| {
+        serde_json::to_value(t.kind).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+    };
+    batch(
+        vec![
+            Field::new("domain", DataType::Utf8, false),
+            Field::new("tag", DataType::Utf8, false),
+            Field::new("kind", DataType::Utf8, false),
+            Field::new("type", DataType::Utf8, false),
+            Field::new("status", DataType::Utf8, false),
+            Field::new("aliases", DataType::Utf8, false),
+            Field::new("required_in", DataType::Utf8, false),
+            Field::new("owner_team", DataType::Utf8, false),
+            Field::new("description", DataType::Utf8, false),
+            Field::new("position", DataType::UInt64, false),
+        ],
+        vec![
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|(d, _, _)| d.name.clone()))),
+            text(&|t| t.name.clone()),
+            text(&kind),
+            text(&|t| t.ty.name().to_string()),
+            text(&|t| t.status.name().to_string()),
+            text(&|t| t.aliases.join(",")),
+            text(&forms),
+            text(&|t| t.owner_team.clone()),
+            text(&|t| t.description.clone()),
+            Arc::new(UInt64Array::from_iter_values(rows.iter().map(|(_, _, p)| *p))),
         ],
     )
 }
