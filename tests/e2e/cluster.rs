@@ -699,6 +699,8 @@ fn leader_kills_lose_no_acknowledged_write() {
         let leader = c.leader();
         let before = acked.lock().unwrap_or_else(|p| p.into_inner()).len();
         let killed_at = Instant::now();
+        // Wall-clock time, to line up with the node logs and the Kafka producer's failures.
+        println!("chaos: kill {k}: node {} at {} ms ({before_kill})", leader + 1, now_ms());
         c.kill(leader);
         // Failover: from the kill to the next acknowledged write.
         let deadline = killed_at + Duration::from_secs(30);

@@ -395,10 +395,16 @@ def produce_until(boot, topic, stopfile):
     })
     delivered = {}
     errors = []
+    # When (epoch ms) and where delivery failed: the first and last failure per (error, partition).
+    failures = {}
 
     def done(err, msg):
         if err is not None:
             errors.append(str(err))
+            key = f"{err.name()} partition {msg.partition()}"
+            now = int(time.time() * 1000)
+            first, _, n = failures.get(key, (now, now, 0))
+            failures[key] = (first, now, n + 1)
         else:
             m = json.loads(msg.value())["merchant_id"]
             delivered[m] = delivered.get(m, 0) + 1
@@ -418,7 +424,9 @@ def produce_until(boot, topic, stopfile):
             produced += 1
         p.poll(0.05)
     left = p.flush(240)
-    return {"produced": produced, "undelivered": left, "errors": errors[:5], "delivered": delivered}
+    return {"produced": produced, "undelivered": left, "errors": errors[:5], "error_count": len(errors),
+            "failures": {k: {"first": f, "last": l, "count": n} for k, (f, l, n) in failures.items()},
+            "delivered": delivered}
 
 
 def main():
