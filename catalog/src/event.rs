@@ -285,7 +285,7 @@ pub fn extract_object<'a>(spec: &DatasourceSpec, obj: &'a Map<String, Value>) ->
 /// would (same results, same reasons), without building the value: one pass that keeps only
 /// the fields the spec reads and borrows their strings. This is apply's hot path.
 pub fn extract_json<'a>(spec: &DatasourceSpec, beacon: &'a [u8]) -> Result<Event<'a>, RejectReason> {
-    let wanted = Wanted(spec);
+    let wanted = TopLevel(Some(spec));
     let mut de = serde_json::Deserializer::from_slice(beacon);
     let fields = serde::de::DeserializeSeed::deserialize(wanted, &mut de)
         .and_then(|f| de.end().map(|()| f))
@@ -367,22 +367,23 @@ pub(crate) fn extract_fields<'a>(
     Ok(Event { time_ms, dims, metrics })
 }
 
-/// The fields of a spec, for the one-pass reader: `deserialize` yields `None` for a beacon
-/// that is not an object, else the wanted top-level fields in document order.
-struct Wanted<'s>(&'s DatasourceSpec);
+/// The one-pass reader of a beacon's top-level fields: `deserialize` yields `None` for a
+/// beacon that is not an object, else its fields in document order — only those the spec
+/// reads, or all of them without a spec (standardisation must see every key).
+pub(crate) struct TopLevel<'s>(pub(crate) Option<&'s DatasourceSpec>);
 
-impl Wanted<'_> {
+impl TopLevel<'_> {
     fn wants(&self, key: &str) -> bool {
-        let s = self.0;
+        let Some(s) = self.0 else { return true };
         s.timestamp.field == key
             || s.dimensions.iter().any(|d| d == key)
             || s.metrics.iter().any(|m| m.kind.field() == Some(key))
     }
 }
 
-type Fields<'a> = Vec<(Cow<'a, str>, Field<'a>)>;
+pub(crate) type Fields<'a> = Vec<(Cow<'a, str>, Field<'a>)>;
 
-impl<'de> serde::de::DeserializeSeed<'de> for Wanted<'_> {
+impl<'de> serde::de::DeserializeSeed<'de> for TopLevel<'_> {
     type Value = Option<Fields<'de>>;
 
     fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
@@ -390,7 +391,7 @@ impl<'de> serde::de::DeserializeSeed<'de> for Wanted<'_> {
     }
 }
 
-impl<'de> serde::de::Visitor<'de> for Wanted<'_> {
+impl<'de> serde::de::Visitor<'de> for TopLevel<'_> {
     type Value = Option<Fields<'de>>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -436,7 +437,7 @@ impl<'de> serde::de::Visitor<'de> for Wanted<'_> {
 }
 
 /// A key, borrowed from the input unless it had escapes.
-pub(crate) struct Key<'a>(pub(crate) Cow<'a, str>);
+struct Key<'a>(Cow<'a, str>);
 
 impl<'de> serde::Deserialize<'de> for Key<'de> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -464,7 +465,7 @@ impl<'de> serde::de::Visitor<'de> for StrVisitor {
 }
 
 /// One wanted field's value.
-pub(crate) struct FieldOf<'a>(pub(crate) Field<'a>);
+struct FieldOf<'a>(Field<'a>);
 
 impl<'de> serde::Deserialize<'de> for FieldOf<'de> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {

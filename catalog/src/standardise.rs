@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use crate::event::{
-    Event, Field, FieldOf, Hint, Key, RejectReason, UnknownTag, extract_fields, extract_json, timestamp_of,
+    Event, Field, Hint, RejectReason, TopLevel, UnknownTag, extract_fields, extract_json, timestamp_of,
 };
 use crate::governance::{Tag, TagStatus, TagType};
 use crate::spec::{DatasourceSpec, UnknownTagPolicy};
@@ -117,7 +117,7 @@ pub fn standardise_json<'a>(
         return extract_json(spec, beacon).map(|event| Standardised { event, dropped: Vec::new() });
     };
     let mut de = serde_json::Deserializer::from_slice(beacon);
-    let fields = serde::de::DeserializeSeed::deserialize(AllFields, &mut de)
+    let fields = serde::de::DeserializeSeed::deserialize(TopLevel(None), &mut de)
         .and_then(|f| de.end().map(|()| f))
         .map_err(|e| RejectReason::Other { code: 1, detail: format!("record value is not valid JSON: {e}") })?;
     let Some(fields) = fields else { return Err(RejectReason::NotAnObject) };
@@ -127,23 +127,20 @@ pub fn standardise_json<'a>(
     let mut unknown: Vec<Cow<'a, str>> = Vec::new();
     let mut duplicate: Option<RejectReason> = None;
     for (key, field) in fields {
-        match rules.resolve(&key) {
-            Some(tag) => {
-                let alias = rules.lookup(&key).is_some_and(|(_, a)| a);
-                match known.iter_mut().find(|(t, ..)| t.name == tag.name) {
-                    Some(slot) if slot.1 == key => slot.3 = field,
-                    Some(slot) => {
-                        if duplicate.is_none() {
-                            duplicate = Some(RejectReason::DuplicateTag {
-                                tag: tag.name.clone(),
-                                first: slot.1.to_string(),
-                                second: key.to_string(),
-                            });
-                        }
+        match rules.lookup(&key).filter(|(tag, _)| tag.status != TagStatus::Proposed) {
+            Some((tag, alias)) => match known.iter_mut().find(|(t, ..)| t.name == tag.name) {
+                Some(slot) if slot.1 == key => slot.3 = field,
+                Some(slot) => {
+                    if duplicate.is_none() {
+                        duplicate = Some(RejectReason::DuplicateTag {
+                            tag: tag.name.clone(),
+                            first: slot.1.to_string(),
+                            second: key.to_string(),
+                        });
                     }
-                    None => known.push((tag, key, alias, field)),
                 }
-            }
+                None => known.push((tag, key, alias, field)),
+            },
             None => {
                 if !unknown.contains(&key) {
                     unknown.push(key);
@@ -196,60 +193,6 @@ fn misfit(ty: TagType, field: &Field<'_>) -> Option<String> {
         _ => false,
     };
     (!fits).then(|| field.kind().to_string())
-}
-
-/// Every top-level field of a beacon in document order; `None` for a beacon that is not an
-/// object.
-struct AllFields;
-
-type Fields<'a> = Vec<(Cow<'a, str>, Field<'a>)>;
-
-impl<'de> serde::de::DeserializeSeed<'de> for AllFields {
-    type Value = Option<Fields<'de>>;
-
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> serde::de::Visitor<'de> for AllFields {
-    type Value = Option<Fields<'de>>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON value")
-    }
-
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut out = Vec::with_capacity(16);
-        while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
-            out.push((key, map.next_value::<FieldOf<'de>>()?.0));
-        }
-        Ok(Some(out))
-    }
-
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
-        Ok(None)
-    }
-
-    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_unit<E>(self) -> Result<Self::Value, E> {
-        Ok(None)
-    }
 }
 
 #[cfg(test)]

@@ -89,19 +89,22 @@ pub async fn create_domain(node: &Node, body: &[u8]) -> Result<Response> {
     Ok((StatusCode::CREATED, Json(describe_domain(domain(e.catalog(), &name)?, false))).into_response())
 }
 
-pub async fn update_domain(node: &Node, name: &str, body: &[u8]) -> Result<Response> {
+/// The body with the name the URL gives: a body may leave it out, and one that names another
+/// object is a mistake, not a rename (`instead` says what to do).
+fn named_body(body: &[u8], kind: &str, name: &str, instead: &str) -> Result<String> {
     let mut v: Value =
         serde_json::from_slice(body).map_err(|e| Error::BadRequest(format!("the body is not JSON: {e}")))?;
-    // The URL names the domain; a body that names another is a mistake, not a rename.
     match v.get("name").and_then(Value::as_str) {
         Some(n) if n != name => {
-            return Err(Error::BadRequest(format!(
-                "the body names {n:?} but the URL names {name:?}; renaming is not supported"
-            )));
+            return Err(Error::BadRequest(format!("the body names {kind}{n:?} but the URL names {name:?}; {instead}")));
         }
         _ => v["name"] = Value::String(name.to_string()),
     }
-    let settings: DomainSettings = governance::from_json(&v.to_string())?;
+    Ok(v.to_string())
+}
+
+pub async fn update_domain(node: &Node, name: &str, body: &[u8]) -> Result<Response> {
+    let settings: DomainSettings = governance::from_json(&named_body(body, "", name, "renaming is not supported")?)?;
     change(node, GovernanceCommand::UpdateDomain { domain: settings }).await?;
     show_domain(node, name)
 }
@@ -124,17 +127,12 @@ pub fn show_tag(node: &Node, domain_name: &str, tag: &str) -> Result<Response> {
 }
 
 pub async fn put_tag(node: &Node, domain_name: &str, tag: &str, body: &[u8]) -> Result<Response> {
-    let mut v: Value =
-        serde_json::from_slice(body).map_err(|e| Error::BadRequest(format!("the body is not JSON: {e}")))?;
-    match v.get("name").and_then(Value::as_str) {
-        Some(n) if n != tag => {
-            return Err(Error::BadRequest(format!(
-                "the body names tag {n:?} but the URL names {tag:?}; renaming is not supported (add the old name as an alias)"
-            )));
-        }
-        _ => v["name"] = Value::String(tag.to_string()),
-    }
-    let parsed: Tag = governance::from_json(&v.to_string())?;
+    let parsed: Tag = governance::from_json(&named_body(
+        body,
+        "tag ",
+        tag,
+        "renaming is not supported (add the old name as an alias)",
+    )?)?;
     let effect = change(node, GovernanceCommand::PutTag { domain: domain_name.to_string(), tag: parsed }).await?;
     let status =
         if matches!(effect, GovernanceEffect::TagCreated { .. }) { StatusCode::CREATED } else { StatusCode::OK };

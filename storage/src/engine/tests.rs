@@ -29,28 +29,12 @@ fn spec() -> DatasourceSpec {
 }
 
 fn events_cmd(partition: u32, beacons: &[serde_json::Value], key: Option<&str>) -> Command {
-    let records: Vec<Record> = beacons
-        .iter()
-        .map(|b| Record {
-            timestamp_ms: 0,
-            key: None,
-            value: Some(serde_json::to_vec(b).expect("json")),
-            headers: vec![],
-        })
-        .collect();
-    let batch = encode(&records);
-    Command::Events(EventsCommand {
-        header: EventsHeader {
-            datasource: "beacons".into(),
-            publisher: None,
-            idempotency_key: key.map(str::to_string),
-            body_hash: beacons.len() as u64,
-            parts: vec![EventsPart { partition, lines: vec![], verdicts: vec![], batch_len: batch.len() as u32 }],
-            future_ms_max: None,
-            decompressed_bytes_max: None,
-        },
-        batches: vec![batch],
-    })
+    let mut cmd = multi_part_cmd(&[(partition, beacons.to_vec())]);
+    if let Command::Events(e) = &mut cmd {
+        e.header.idempotency_key = key.map(str::to_string);
+        e.header.body_hash = beacons.len() as u64;
+    }
+    cmd
 }
 
 /// One entry with a part per (partition, beacons), in the order given (as a Kafka produce
