@@ -1,5 +1,6 @@
 //! A small HTTP client for the CLI commands that talk to a running node (`sql`,
-//! `datasource`, `demo`).
+//! `datasource`, `demo`, …). It sends the API key in `TIDEMARK_TOKEN`, if set, as a bearer
+//! token (a node with keys refuses callers without one).
 
 use anyhow::{Context, Result, anyhow};
 
@@ -7,6 +8,8 @@ use anyhow::{Context, Result, anyhow};
 pub(crate) struct Client {
     base: String,
     agent: ureq::Agent,
+    /// `Authorization` header value.
+    auth: Option<String>,
 }
 
 /// A response: status and body.
@@ -39,7 +42,11 @@ const RESPONSE_BYTES_MAX: u64 = 1 << 30;
 impl Client {
     pub(crate) fn new(base: &str) -> Client {
         let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
-        Client { base: base.trim_end_matches('/').to_string(), agent }
+        let auth = std::env::var("TIDEMARK_TOKEN")
+            .ok()
+            .filter(|t| !t.trim().is_empty())
+            .map(|t| format!("Bearer {}", t.trim()));
+        Client { base: base.trim_end_matches('/').to_string(), agent, auth }
     }
 
     fn finish(&self, url: &str, r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Result<Reply> {
@@ -51,12 +58,20 @@ impl Client {
 
     pub(crate) fn get(&self, path: &str) -> Result<Reply> {
         let url = format!("{}{path}", self.base);
-        self.finish(&url, self.agent.get(&url).call())
+        let mut req = self.agent.get(&url);
+        if let Some(a) = &self.auth {
+            req = req.header("Authorization", a);
+        }
+        self.finish(&url, req.call())
     }
 
     pub(crate) fn delete(&self, path: &str) -> Result<Reply> {
         let url = format!("{}{path}", self.base);
-        self.finish(&url, self.agent.delete(&url).call())
+        let mut req = self.agent.delete(&url);
+        if let Some(a) = &self.auth {
+            req = req.header("Authorization", a);
+        }
+        self.finish(&url, req.call())
     }
 
     pub(crate) fn send(
@@ -73,6 +88,9 @@ impl Client {
             _ => self.agent.post(&url),
         }
         .header("Content-Type", content_type);
+        if let Some(a) = &self.auth {
+            req = req.header("Authorization", a);
+        }
         for (k, v) in headers {
             req = req.header(*k, *v);
         }

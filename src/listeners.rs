@@ -49,3 +49,47 @@ impl Reserved {
         self.socket.listen(BACKLOG).with_context(|| format!("cannot listen on {addr} ({what})"))
     }
 }
+
+/// Safe defaults: a node with no API keys serves loopback only, since anyone who can reach
+/// it may do anything. With keys, the Kafka port stays on loopback until SASL lands (its
+/// producers are not authenticated yet).
+pub(crate) fn check_exposure(listeners: &[(&str, SocketAddr)], keys: bool) -> Result<()> {
+    for (what, addr) in listeners {
+        if addr.ip().is_loopback() {
+            continue;
+        }
+        if !keys {
+            return Err(anyhow!(
+                "{what} {addr} is not a loopback address, and this node has no API keys, so anyone who can reach \
+                 it could read, write and manage everything. Start it on loopback, create an admin key \
+                 (`tidemark keys create --name admin --role admin`), then restart it on {addr}"
+            ));
+        }
+        if *what == "kafka_addr" {
+            return Err(anyhow!(
+                "kafka_addr {addr} is not a loopback address: the Kafka port does not authenticate producers \
+                 yet (SASL is not supported), so it serves loopback only"
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn off_loopback_needs_keys_and_kafka_stays_on_loopback() {
+        let lo: SocketAddr = "127.0.0.2:80".parse().expect("addr");
+        let public: SocketAddr = "10.1.2.3:80".parse().expect("addr");
+        assert!(check_exposure(&[("http_addr", lo), ("kafka_addr", lo)], false).is_ok());
+        let err = check_exposure(&[("http_addr", public)], false).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            err.starts_with("http_addr 10.1.2.3:80 is not a loopback address, and this node has no API keys"),
+            "{err}"
+        );
+        assert!(check_exposure(&[("http_addr", public)], true).is_ok());
+        assert!(check_exposure(&[("kafka_addr", public)], true).is_err());
+    }
+}

@@ -29,6 +29,7 @@ mod cluster;
 mod config;
 mod demo;
 mod governance;
+mod keys;
 mod listeners;
 
 use client::Client;
@@ -59,6 +60,9 @@ enum Cmd {
     /// Manage the tag registry: domains, tags, aliases; ask what a key means.
     #[command(subcommand)]
     Governance(governance::GovernanceCmd),
+    /// Create, list and revoke API keys.
+    #[command(subcommand)]
+    Keys(keys::KeysCmd),
     /// Inspect and change the cluster's membership.
     #[command(subcommand)]
     Cluster(cluster::ClusterCmd),
@@ -189,6 +193,7 @@ fn main() {
         Cmd::Sql(args) => sql(args),
         Cmd::Datasource(cmd) => datasource(cmd),
         Cmd::Governance(cmd) => governance::run(cmd),
+        Cmd::Keys(cmd) => keys::run(cmd),
         Cmd::Cluster(cmd) => cluster::run(cmd),
     };
     if let Err(e) = result {
@@ -308,8 +313,19 @@ async fn run_node(cfg: Config, demo: bool, test_faults: bool) -> Result<()> {
         Some(a) => a.parse()?,
         None => kafka.local_addr(),
     };
+    let raft_local = raft.local_addr()?;
     let (node, report) =
         Node::start(node_config(&cfg, kafka_advertised, test_faults), raft).await.context("cannot start the node")?;
+    let keys = node.engine().read().catalog().access().required();
+    listeners::check_exposure(
+        &[
+            ("http_addr", http.local_addr()),
+            ("flight_addr", flight_addr),
+            ("kafka_addr", kafka.local_addr()),
+            ("raft_addr", raft_local),
+        ],
+        keys,
+    )?;
     tracing::info!(
         data_dir = %cfg.data_dir.display(),
         node_id = cfg.node_id,
@@ -329,7 +345,8 @@ async fn run_node(cfg: Config, demo: bool, test_faults: bool) -> Result<()> {
 
     let source: Arc<dyn SnapshotSource> = Arc::new(node.engine());
     let barrier: Arc<dyn tidemark_sql::ReadBarrier> = Arc::new(RaftReadBarrier(node.clone()));
-    let sql_state = SqlState { source, barrier: Some(barrier) };
+    let auth: Arc<dyn tidemark_sql::flight_auth::Authenticator> = Arc::new(KeyCheck(node.clone()));
+    let sql_state = SqlState { source, barrier: Some(barrier), auth: Some(auth) };
     let metrics = node.metrics();
     let sql_router = tidemark_sql::http::router(sql_state.clone()).layer(axum::middleware::from_fn(
         move |req: axum::extract::Request, next: axum::middleware::Next| {
@@ -358,6 +375,9 @@ async fn run_node(cfg: Config, demo: bool, test_faults: bool) -> Result<()> {
     if let Some(spool) = spool {
         tokio::spawn(tidemark_ingest::beacon_routing::drain(ingest_state.clone(), spool));
     }
+    // SQL over HTTP sits behind the same key check as the ingest routes.
+    let sql_router = sql_router
+        .layer(axum::middleware::from_fn_with_state(ingest_state.clone(), tidemark_ingest::auth::authenticate));
     let app = tidemark_ingest::router(ingest_state)
         .merge(sql_router)
         // The beacon handler enforces its own limit with a clear 413; this bound is a backstop.
@@ -446,6 +466,23 @@ impl tidemark_sql::ReadBarrier for RaftReadBarrier {
     }
 }
 
+/// Flight SQL callers are checked against the same keys as HTTP callers: the catalog's.
+#[derive(Debug)]
+struct KeyCheck(Node);
+
+impl tidemark_sql::flight_auth::Authenticator for KeyCheck {
+    fn authenticate(
+        &self,
+        token: Option<&str>,
+    ) -> std::result::Result<tidemark_catalog::access::Principal, tidemark_catalog::access::Denied> {
+        self.0.engine().read().catalog().access().authenticate(token)
+    }
+
+    fn refused(&self) {
+        self.0.metrics().auth_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// On the node that starts a cluster: once it leads, the demo datasource exists.
 async fn create_demo_datasource(node: &Node) -> Result<()> {
     let leader = node.replica().wait_for_leader(Duration::from_secs(30)).await?;
@@ -453,7 +490,8 @@ async fn create_demo_datasource(node: &Node) -> Result<()> {
         return Ok(());
     }
     let spec = DatasourceSpec::from_json(DEMO_BEACONS_SPEC)?;
-    node.propose(&Command::Catalog(CatalogCommand::CreateDatasource { spec })).await?;
+    node.propose(&Command::catalog(CatalogCommand::CreateDatasource { spec }, tidemark_catalog::audit::ACTOR_SYSTEM))
+        .await?;
     tracing::info!("created the demo datasource `beacons`");
     Ok(())
 }

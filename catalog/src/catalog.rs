@@ -14,6 +14,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::LogPosition;
+use crate::access::{Access, AccessCommand};
+use crate::audit::{AuditLog, AuditRow};
 use crate::error::{Error, Result, SpecProblem};
 use crate::governance::{Form, Governance, GovernanceCommand, GovernanceEffect, Tag};
 use crate::spec::DatasourceSpec;
@@ -63,6 +65,28 @@ pub enum CatalogCommand {
     /// remove_tag).
     #[serde(untagged)]
     Governance(GovernanceCommand),
+    /// A change to the API keys (create_key, revoke_key, set_node_secret).
+    #[serde(untagged)]
+    Access(AccessCommand),
+}
+
+impl CatalogCommand {
+    /// The command's `op`, as the log and the audit log name it.
+    pub fn op(&self) -> &'static str {
+        match self {
+            CatalogCommand::CreateDatasource { .. } => "create_datasource",
+            CatalogCommand::UpdateDatasource { .. } => "update_datasource",
+            CatalogCommand::DeleteDatasource { .. } => "delete_datasource",
+            CatalogCommand::PurgeDatasource { .. } => "purge_datasource",
+            CatalogCommand::Governance(GovernanceCommand::CreateDomain { .. }) => "create_domain",
+            CatalogCommand::Governance(GovernanceCommand::UpdateDomain { .. }) => "update_domain",
+            CatalogCommand::Governance(GovernanceCommand::PutTag { .. }) => "put_tag",
+            CatalogCommand::Governance(GovernanceCommand::RemoveTag { .. }) => "remove_tag",
+            CatalogCommand::Access(AccessCommand::CreateKey { .. }) => "create_key",
+            CatalogCommand::Access(AccessCommand::RevokeKey { .. }) => "revoke_key",
+            CatalogCommand::Access(AccessCommand::SetNodeSecret { .. }) => "set_node_secret",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -108,6 +132,7 @@ pub enum CatalogEffect {
     Deleted(DatasourceId),
     Purged(DatasourceId),
     Governance(GovernanceEffect),
+    Access,
     /// The command had already been applied (a replay); nothing changed.
     AlreadyApplied,
 }
@@ -122,6 +147,10 @@ pub struct Catalog {
     applied: LogPosition,
     #[serde(default)]
     governance: Governance,
+    #[serde(default)]
+    access: Access,
+    #[serde(default)]
+    audit: AuditLog,
 }
 
 impl Catalog {
@@ -144,6 +173,14 @@ impl Catalog {
 
     pub fn governance(&self) -> &Governance {
         &self.governance
+    }
+
+    pub fn access(&self) -> &Access {
+        &self.access
+    }
+
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
     }
 
     /// The tag rules governing `datasource` at `position` (none if it was in no domain then).
@@ -195,6 +232,7 @@ impl Catalog {
                 self.governance.check(g)?;
                 self.check_governance_against_specs(g)
             }
+            CatalogCommand::Access(a) => self.access.check(a),
         }
     }
 
@@ -244,13 +282,43 @@ impl Catalog {
         if problems.is_empty() { Ok(()) } else { Err(Error::GovernanceConflict(problems)) }
     }
 
-    /// Applies a command at `position`. Applying the same position twice is a no-op, so a
-    /// replay after a crash is harmless.
-    pub fn apply(&mut self, position: LogPosition, writer_time_ms: i64, cmd: &CatalogCommand) -> Result<CatalogEffect> {
+    /// Applies a command at `position`, logged by `actor`, and records it in the audit log.
+    /// Applying the same position twice is a no-op, so a replay after a crash is harmless.
+    pub fn apply(
+        &mut self,
+        position: LogPosition,
+        writer_time_ms: i64,
+        cmd: &CatalogCommand,
+        actor: &str,
+    ) -> Result<CatalogEffect> {
         if position <= self.applied && self.applied != 0 {
             return Ok(CatalogEffect::AlreadyApplied);
         }
         self.check(cmd)?;
+        let before = self.object_json(cmd);
+        let object = self.object_name(cmd);
+        let effect = self.apply_checked(position, writer_time_ms, cmd)?;
+        if effect != CatalogEffect::AlreadyApplied {
+            let after = self.object_json(cmd);
+            self.audit.push(AuditRow {
+                position,
+                time_ms: writer_time_ms,
+                actor: actor.to_string(),
+                op: cmd.op().to_string(),
+                object,
+                before,
+                after,
+            });
+        }
+        Ok(effect)
+    }
+
+    fn apply_checked(
+        &mut self,
+        position: LogPosition,
+        writer_time_ms: i64,
+        cmd: &CatalogCommand,
+    ) -> Result<CatalogEffect> {
         let effect = match cmd {
             CatalogCommand::CreateDatasource { spec } => {
                 let id = DatasourceId(position);
@@ -283,6 +351,10 @@ impl Catalog {
                 None => CatalogEffect::AlreadyApplied,
             },
             CatalogCommand::Governance(g) => CatalogEffect::Governance(self.governance.apply(position, g)?),
+            CatalogCommand::Access(a) => {
+                self.access.apply(position, writer_time_ms, a)?;
+                CatalogEffect::Access
+            }
         };
         self.applied = position;
         Ok(effect)
@@ -308,6 +380,33 @@ impl Catalog {
                 GovernanceCommand::PutTag { domain, tag: Tag { name, .. } }
                 | GovernanceCommand::RemoveTag { domain, tag: name },
             ) => self.governance.domain(domain).and_then(|d| d.tag(name)).and_then(|t| serde_json::to_value(t).ok()),
+            CatalogCommand::Access(AccessCommand::CreateKey { key: crate::access::NewKey { id, .. } })
+            | CatalogCommand::Access(AccessCommand::RevokeKey { id }) => self.access.key(id).map(|k| k.public_json()),
+            CatalogCommand::Access(AccessCommand::SetNodeSecret { .. }) => None,
+        }
+    }
+
+    /// How the audit log names what `cmd` changes.
+    fn object_name(&self, cmd: &CatalogCommand) -> String {
+        match cmd {
+            CatalogCommand::CreateDatasource { spec } | CatalogCommand::UpdateDatasource { spec } => {
+                format!("datasource:{}", spec.name)
+            }
+            CatalogCommand::DeleteDatasource { name, .. } => format!("datasource:{name}"),
+            CatalogCommand::PurgeDatasource { id } => match self.by_id(*id) {
+                Some(e) => format!("datasource:{}", e.current().name),
+                None => format!("datasource:{id}"),
+            },
+            CatalogCommand::Governance(
+                GovernanceCommand::CreateDomain { domain } | GovernanceCommand::UpdateDomain { domain },
+            ) => format!("domain:{}", domain.name),
+            CatalogCommand::Governance(GovernanceCommand::PutTag { domain, tag: Tag { name, .. } })
+            | CatalogCommand::Governance(GovernanceCommand::RemoveTag { domain, tag: name }) => {
+                format!("tag:{domain}/{name}")
+            }
+            CatalogCommand::Access(AccessCommand::CreateKey { key: crate::access::NewKey { id, .. } })
+            | CatalogCommand::Access(AccessCommand::RevokeKey { id }) => format!("key:{id}"),
+            CatalogCommand::Access(AccessCommand::SetNodeSecret { .. }) => "node_secret".into(),
         }
     }
 
@@ -332,10 +431,10 @@ mod tests {
     #[test]
     fn spec_versions_follow_log_positions() {
         let mut cat = Catalog::default();
-        cat.apply(10, 0, &CatalogCommand::CreateDatasource { spec: spec("a") }).expect("create");
+        cat.apply(10, 0, &CatalogCommand::CreateDatasource { spec: spec("a") }, "t").expect("create");
         let mut v2 = spec("a");
         v2.metrics.push(MetricSpec { name: "s".into(), kind: MetricKind::DoubleSum { field: "x".into() } });
-        cat.apply(20, 0, &CatalogCommand::UpdateDatasource { spec: v2.clone() }).expect("update");
+        cat.apply(20, 0, &CatalogCommand::UpdateDatasource { spec: v2.clone() }, "t").expect("update");
         let entry = cat.get("a").expect("exists");
         assert_eq!(entry.spec_at(10).metrics.len(), 1);
         assert_eq!(entry.spec_at(19).metrics.len(), 1);
@@ -348,12 +447,12 @@ mod tests {
     fn replay_is_idempotent_and_errors_are_clear() {
         let mut cat = Catalog::default();
         let create = CatalogCommand::CreateDatasource { spec: spec("a") };
-        assert_eq!(cat.apply(5, 0, &create).ok(), Some(CatalogEffect::Created(DatasourceId(5))));
-        assert_eq!(cat.apply(5, 0, &create).ok(), Some(CatalogEffect::AlreadyApplied));
-        let err = cat.apply(6, 0, &create).err().map(|e| e.to_string()).unwrap_or_default();
+        assert_eq!(cat.apply(5, 0, &create, "t").ok(), Some(CatalogEffect::Created(DatasourceId(5))));
+        assert_eq!(cat.apply(5, 0, &create, "t").ok(), Some(CatalogEffect::AlreadyApplied));
+        let err = cat.apply(6, 0, &create, "t").err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("already exists"), "{err}");
         let err = cat
-            .apply(7, 0, &CatalogCommand::DeleteDatasource { name: "zz".into(), grace_ms: 0 })
+            .apply(7, 0, &CatalogCommand::DeleteDatasource { name: "zz".into(), grace_ms: 0 }, "t")
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();
@@ -363,14 +462,15 @@ mod tests {
     #[test]
     fn deleted_name_is_reusable_after_purge_as_a_new_incarnation() {
         let mut cat = Catalog::default();
-        cat.apply(1, 0, &CatalogCommand::CreateDatasource { spec: spec("a") }).expect("create");
-        cat.apply(2, 1_000, &CatalogCommand::DeleteDatasource { name: "a".into(), grace_ms: 500 }).expect("delete");
+        cat.apply(1, 0, &CatalogCommand::CreateDatasource { spec: spec("a") }, "t").expect("create");
+        cat.apply(2, 1_000, &CatalogCommand::DeleteDatasource { name: "a".into(), grace_ms: 500 }, "t")
+            .expect("delete");
         assert!(cat.get("a").is_none());
-        assert!(cat.apply(3, 1_100, &CatalogCommand::CreateDatasource { spec: spec("a") }).is_err());
+        assert!(cat.apply(3, 1_100, &CatalogCommand::CreateDatasource { spec: spec("a") }, "t").is_err());
         assert!(cat.purgeable(1_499).is_empty());
         assert_eq!(cat.purgeable(1_500), vec![DatasourceId(1)]);
-        cat.apply(4, 1_500, &CatalogCommand::PurgeDatasource { id: DatasourceId(1) }).expect("purge");
-        cat.apply(5, 1_600, &CatalogCommand::CreateDatasource { spec: spec("a") }).expect("recreate");
+        cat.apply(4, 1_500, &CatalogCommand::PurgeDatasource { id: DatasourceId(1) }, "t").expect("purge");
+        cat.apply(5, 1_600, &CatalogCommand::CreateDatasource { spec: spec("a") }, "t").expect("recreate");
         assert_eq!(cat.get("a").map(|e| e.id), Some(DatasourceId(5)));
     }
 
@@ -396,12 +496,12 @@ mod tests {
     #[test]
     fn required_rollup_dimensions_are_checked_whenever_either_side_changes() {
         let mut cat = Catalog::default();
-        cat.apply(1, 0, &CatalogCommand::CreateDatasource { spec: spec("a") }).expect("create");
-        cat.apply(2, 0, &governance(r#"{"op":"create_domain","domain":{"name":"shop","datasources":["a","b"]}}"#))
+        cat.apply(1, 0, &CatalogCommand::CreateDatasource { spec: spec("a") }, "t").expect("create");
+        cat.apply(2, 0, &governance(r#"{"op":"create_domain","domain":{"name":"shop","datasources":["a","b"]}}"#), "t")
             .expect("domain");
         let required = r#"{"op":"put_tag","domain":"shop","tag":{"name":"store","kind":"dimension","type":"string",
                            "status":"approved","required_in":["rollup"]}}"#;
-        let err = cat.apply(3, 0, &governance(required)).err().map(|e| e.to_string()).unwrap_or_default();
+        let err = cat.apply(3, 0, &governance(required), "t").err().map(|e| e.to_string()).unwrap_or_default();
         assert_eq!(
             err,
             "governance change conflicts: dimensions: tag \"store\" is required as a rollup dimension, but \
@@ -409,8 +509,8 @@ mod tests {
         );
         let mut with_store = spec("a");
         with_store.dimensions.push("store".into());
-        cat.apply(4, 0, &CatalogCommand::UpdateDatasource { spec: with_store }).expect("add the dimension");
-        cat.apply(5, 0, &governance(required)).expect("now the tag fits");
+        cat.apply(4, 0, &CatalogCommand::UpdateDatasource { spec: with_store }, "t").expect("add the dimension");
+        cat.apply(5, 0, &governance(required), "t").expect("now the tag fits");
         // A new datasource of the domain must carry it too.
         let err = cat.check(&CatalogCommand::CreateDatasource { spec: spec("b") }).err().map(|e| e.to_string());
         assert!(err.is_some_and(|e| e.contains("datasource \"b\" does not list it")));
@@ -427,5 +527,38 @@ mod tests {
         assert_eq!(back, cat);
         let old: Catalog = serde_json::from_str(r#"{"datasources":{},"deleted":{},"applied":3}"#).expect("older JSON");
         assert!(old.governance().domains().next().is_none());
+    }
+
+    #[test]
+    fn every_applied_change_is_audited_with_its_actor_before_and_after() {
+        let mut cat = Catalog::default();
+        cat.apply(1, 100, &CatalogCommand::CreateDatasource { spec: spec("a") }, "key:aaaaaaaaaaaa").expect("create");
+        let mut v2 = spec("a");
+        v2.dimensions.push("n".into());
+        cat.apply(2, 200, &CatalogCommand::UpdateDatasource { spec: v2 }, "key:bbbbbbbbbbbb").expect("update");
+        assert!(cat.apply(3, 300, &CatalogCommand::CreateDatasource { spec: spec("a") }, "x").is_err());
+        cat.apply(4, 400, &CatalogCommand::DeleteDatasource { name: "a".into(), grace_ms: 0 }, "anonymous")
+            .expect("delete");
+        cat.apply(5, 500, &CatalogCommand::PurgeDatasource { id: DatasourceId(1) }, "system").expect("purge");
+        cat.apply(5, 500, &CatalogCommand::PurgeDatasource { id: DatasourceId(1) }, "system").expect("replay");
+        let rows: Vec<_> = cat.audit().rows().collect();
+        let summary: Vec<(u64, i64, &str, &str, &str)> =
+            rows.iter().map(|r| (r.position, r.time_ms, r.actor.as_str(), r.op.as_str(), r.object.as_str())).collect();
+        assert_eq!(
+            summary,
+            vec![
+                (1, 100, "key:aaaaaaaaaaaa", "create_datasource", "datasource:a"),
+                (2, 200, "key:bbbbbbbbbbbb", "update_datasource", "datasource:a"),
+                (4, 400, "anonymous", "delete_datasource", "datasource:a"),
+                (5, 500, "system", "purge_datasource", "datasource:a"),
+            ],
+            "refused commands and replays are not audited"
+        );
+        assert_eq!(rows[0].before, None);
+        assert_eq!(rows[1].before.as_ref().map(|b| b["dimensions"].clone()), Some(serde_json::json!(["m"])));
+        assert_eq!(rows[1].after.as_ref().map(|a| a["dimensions"].clone()), Some(serde_json::json!(["m", "n"])));
+        assert_eq!(rows[2].after, None, "a deleted datasource is gone from the live catalog");
+        let back: Catalog = serde_json::from_str(&serde_json::to_string(&cat).expect("json")).expect("round trips");
+        assert_eq!(back.audit(), cat.audit());
     }
 }

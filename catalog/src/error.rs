@@ -62,6 +62,20 @@ pub enum Error {
     #[error("tag {name:?} does not exist in governance domain {domain:?}")]
     UnknownTag { domain: String, name: String },
 
+    #[error("invalid API key: {}", join_problems(.0))]
+    InvalidKey(Vec<SpecProblem>),
+
+    #[error("API key {id} already exists")]
+    KeyExists { id: String },
+
+    #[error("API key {id} does not exist")]
+    UnknownKey { id: String },
+
+    #[error(
+        "API key {id} is the last admin key; create another admin key before revoking it, or nobody could manage this cluster"
+    )]
+    LastAdminKey { id: String },
+
     #[error("internal error (this is a bug in tidemark, please report it): {0}")]
     Internal(String),
 }
@@ -79,14 +93,21 @@ pub enum StatusCode {
 impl Error {
     pub fn status(&self) -> StatusCode {
         match self {
-            Error::InvalidSpec(_) | Error::SpecJson(_) | Error::InvalidPeriod { .. } | Error::InvalidTag(_) => {
-                StatusCode::InvalidArgument
+            Error::InvalidSpec(_)
+            | Error::SpecJson(_)
+            | Error::InvalidPeriod { .. }
+            | Error::InvalidTag(_)
+            | Error::InvalidKey(_) => StatusCode::InvalidArgument,
+            Error::DatasourceExists { .. } | Error::DomainExists { .. } | Error::KeyExists { .. } => {
+                StatusCode::AlreadyExists
             }
-            Error::DatasourceExists { .. } | Error::DomainExists { .. } => StatusCode::AlreadyExists,
-            Error::UnknownDatasource { .. } | Error::UnknownDomain { .. } | Error::UnknownTag { .. } => {
-                StatusCode::NotFound
+            Error::UnknownDatasource { .. }
+            | Error::UnknownDomain { .. }
+            | Error::UnknownTag { .. }
+            | Error::UnknownKey { .. } => StatusCode::NotFound,
+            Error::IncompatibleUpdate { .. } | Error::GovernanceConflict(_) | Error::LastAdminKey { .. } => {
+                StatusCode::FailedPrecondition
             }
-            Error::IncompatibleUpdate { .. } | Error::GovernanceConflict(_) => StatusCode::FailedPrecondition,
             Error::OutOfOrder { .. } | Error::Internal(_) => StatusCode::Internal,
         }
     }

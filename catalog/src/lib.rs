@@ -12,6 +12,8 @@
 //!  beacon JSON ──► standardise::standardise_json(spec, rules) ──► Event + dropped keys | RejectReason
 //! ```
 
+pub mod access;
+pub mod audit;
 pub mod catalog;
 pub mod error;
 pub mod event;

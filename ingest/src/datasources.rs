@@ -33,8 +33,9 @@ pub fn describe(entry: &DatasourceEntry, with_versions: bool) -> Value {
     v
 }
 
-pub(crate) async fn apply(node: &Node, cmd: CatalogCommand) -> Result<CatalogEffect> {
-    match node.propose(&Command::Catalog(cmd)).await? {
+/// Logs a catalog change by `actor` (for the audit log) and waits for it to be applied.
+pub(crate) async fn apply(node: &Node, cmd: CatalogCommand, actor: &str) -> Result<CatalogEffect> {
+    match node.propose(&Command::catalog(cmd, actor)).await? {
         Applied::Catalog(effect) => Ok(effect),
         Applied::Refused { reason, status } => Err(match status {
             RefusalStatus::NotFound => Error::NotFound(reason),
@@ -61,20 +62,20 @@ pub fn show(node: &Node, name: &str) -> Result<Response> {
     Ok(Json(describe(entry, true)).into_response())
 }
 
-pub async fn create(node: &Node, body: &[u8]) -> Result<Response> {
+pub async fn create(node: &Node, actor: &str, body: &[u8]) -> Result<Response> {
     let text = std::str::from_utf8(body).map_err(|_| Error::BadRequest("the spec is not UTF-8".into()))?;
     let spec = DatasourceSpec::from_json(text)?;
     // Checked before logging, so a plain mistake is answered without a log entry.
     node.engine().read().catalog().check(&CatalogCommand::CreateDatasource { spec: spec.clone() })?;
     let name = spec.name.clone();
-    apply(node, CatalogCommand::CreateDatasource { spec }).await?;
+    apply(node, CatalogCommand::CreateDatasource { spec }, actor).await?;
     let engine = node.engine();
     let e = engine.read();
     let entry = e.catalog().get(&name).ok_or_else(|| Error::NotFound(format!("datasource {name:?} vanished")))?;
     Ok((StatusCode::CREATED, Json(describe(entry, false))).into_response())
 }
 
-pub async fn update(node: &Node, name: &str, body: &[u8]) -> Result<Response> {
+pub async fn update(node: &Node, actor: &str, name: &str, body: &[u8]) -> Result<Response> {
     let text = std::str::from_utf8(body).map_err(|_| Error::BadRequest("the spec is not UTF-8".into()))?;
     let spec = DatasourceSpec::from_json(text)?;
     if spec.name != name {
@@ -84,15 +85,15 @@ pub async fn update(node: &Node, name: &str, body: &[u8]) -> Result<Response> {
         )));
     }
     node.engine().read().catalog().check(&CatalogCommand::UpdateDatasource { spec: spec.clone() })?;
-    apply(node, CatalogCommand::UpdateDatasource { spec }).await?;
+    apply(node, CatalogCommand::UpdateDatasource { spec }, actor).await?;
     show(node, name)
 }
 
-pub async fn delete(node: &Node, name: &str, grace: Option<&str>) -> Result<Response> {
+pub async fn delete(node: &Node, actor: &str, name: &str, grace: Option<&str>) -> Result<Response> {
     let grace = Period::parse(grace.unwrap_or(DELETE_GRACE_DEFAULT))?;
     let cmd = CatalogCommand::DeleteDatasource { name: name.to_string(), grace_ms: grace.millis() };
     node.engine().read().catalog().check(&cmd)?;
-    apply(node, cmd).await?;
+    apply(node, cmd, actor).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({

@@ -56,23 +56,28 @@ pub async fn leader_only(State(s): State<IngestState>, req: Request, next: Next)
 }
 
 /// Sends a JSON request to the leader's HTTP API and returns its JSON answer (for Kafka
-/// requests a follower must have the leader run, such as InitProducerId).
+/// requests a follower must have the leader run, such as InitProducerId). It authenticates
+/// with the node token once the cluster has keys.
 pub(crate) async fn call_leader(
+    node: &crate::Node,
     addr: &str,
     path: &str,
     body: Option<serde_json::Value>,
-    me: NodeId,
 ) -> Result<serde_json::Value, String> {
+    let me = node.replica().node_id();
+    let token = node.engine().read().catalog().access().node_token();
     let (method, body) = match body {
         Some(b) => (axum::http::Method::POST, b.to_string()),
         None => (axum::http::Method::GET, String::new()),
     };
-    let req = axum::http::Request::builder()
+    let mut req = axum::http::Request::builder()
         .method(method)
         .uri(path)
-        .header(axum::http::header::CONTENT_TYPE, "application/json")
-        .body(Body::from(body))
-        .map_err(|e| e.to_string())?;
+        .header(axum::http::header::CONTENT_TYPE, "application/json");
+    if let Some(token) = token {
+        req = req.header(axum::http::header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let req = req.body(Body::from(body)).map_err(|e| e.to_string())?;
     let resp = forward(addr, req, me).await?;
     let status = resp.status();
     let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.map_err(|e| e.to_string())?;

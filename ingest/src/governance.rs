@@ -56,10 +56,10 @@ fn utf8(body: &[u8]) -> Result<&str> {
 }
 
 /// Checks, logs and applies one change.
-async fn change(node: &Node, cmd: GovernanceCommand) -> Result<GovernanceEffect> {
+async fn change(node: &Node, actor: &str, cmd: GovernanceCommand) -> Result<GovernanceEffect> {
     let cmd = CatalogCommand::Governance(cmd);
     node.engine().read().catalog().check(&cmd)?;
-    match apply(node, cmd).await? {
+    match apply(node, cmd, actor).await? {
         CatalogEffect::Governance(effect) => Ok(effect),
         other => {
             Err(Error::Storage(tidemark_storage::Error::Internal(format!("governance change applied as {other:?}"))))
@@ -80,10 +80,10 @@ pub fn show_domain(node: &Node, name: &str) -> Result<Response> {
     Ok(Json(describe_domain(domain(e.catalog(), name)?, true)).into_response())
 }
 
-pub async fn create_domain(node: &Node, body: &[u8]) -> Result<Response> {
+pub async fn create_domain(node: &Node, actor: &str, body: &[u8]) -> Result<Response> {
     let settings: DomainSettings = governance::from_json(utf8(body)?)?;
     let name = settings.name.clone();
-    change(node, GovernanceCommand::CreateDomain { domain: settings }).await?;
+    change(node, actor, GovernanceCommand::CreateDomain { domain: settings }).await?;
     let engine = node.engine();
     let e = engine.read();
     Ok((StatusCode::CREATED, Json(describe_domain(domain(e.catalog(), &name)?, false))).into_response())
@@ -103,9 +103,9 @@ fn named_body(body: &[u8], kind: &str, name: &str, instead: &str) -> Result<Stri
     Ok(v.to_string())
 }
 
-pub async fn update_domain(node: &Node, name: &str, body: &[u8]) -> Result<Response> {
+pub async fn update_domain(node: &Node, actor: &str, name: &str, body: &[u8]) -> Result<Response> {
     let settings: DomainSettings = governance::from_json(&named_body(body, "", name, "renaming is not supported")?)?;
-    change(node, GovernanceCommand::UpdateDomain { domain: settings }).await?;
+    change(node, actor, GovernanceCommand::UpdateDomain { domain: settings }).await?;
     show_domain(node, name)
 }
 
@@ -126,14 +126,15 @@ pub fn show_tag(node: &Node, domain_name: &str, tag: &str) -> Result<Response> {
     Ok(Json(describe_tag(d, t, true)).into_response())
 }
 
-pub async fn put_tag(node: &Node, domain_name: &str, tag: &str, body: &[u8]) -> Result<Response> {
+pub async fn put_tag(node: &Node, actor: &str, domain_name: &str, tag: &str, body: &[u8]) -> Result<Response> {
     let parsed: Tag = governance::from_json(&named_body(
         body,
         "tag ",
         tag,
         "renaming is not supported (add the old name as an alias)",
     )?)?;
-    let effect = change(node, GovernanceCommand::PutTag { domain: domain_name.to_string(), tag: parsed }).await?;
+    let effect =
+        change(node, actor, GovernanceCommand::PutTag { domain: domain_name.to_string(), tag: parsed }).await?;
     let status =
         if matches!(effect, GovernanceEffect::TagCreated { .. }) { StatusCode::CREATED } else { StatusCode::OK };
     let engine = node.engine();
@@ -145,8 +146,8 @@ pub async fn put_tag(node: &Node, domain_name: &str, tag: &str, body: &[u8]) -> 
     Ok((status, Json(answer)).into_response())
 }
 
-pub async fn remove_tag(node: &Node, domain_name: &str, tag: &str) -> Result<Response> {
-    change(node, GovernanceCommand::RemoveTag { domain: domain_name.to_string(), tag: tag.to_string() }).await?;
+pub async fn remove_tag(node: &Node, actor: &str, domain_name: &str, tag: &str) -> Result<Response> {
+    change(node, actor, GovernanceCommand::RemoveTag { domain: domain_name.to_string(), tag: tag.to_string() }).await?;
     Ok(Json(json!({ "removed": tag, "domain": domain_name })).into_response())
 }
 

@@ -177,6 +177,7 @@ pub(crate) mod code {
     pub(crate) const NOT_COORDINATOR: i16 = 16;
     pub(crate) const NOT_ENOUGH_REPLICAS: i16 = 19;
     pub(crate) const INVALID_REQUIRED_ACKS: i16 = 21;
+    pub(crate) const TOPIC_AUTHORIZATION_FAILED: i16 = 29;
     pub(crate) const ILLEGAL_GENERATION: i16 = 22;
     pub(crate) const INCONSISTENT_GROUP_PROTOCOL: i16 = 23;
     pub(crate) const INVALID_GROUP_ID: i16 = 24;

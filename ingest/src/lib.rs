@@ -7,17 +7,19 @@
 //!  POST /v1/beacons/{ds} ─► edge checks ─► Node::propose ─► Raft log ─► Engine::apply
 //!  /v1/datasources ───────► catalog command ─┘
 //!  /v1/governance ────────► catalog command (tag registry; suggest reads it)
+//!  /v1/keys ──────────────► catalog command (API keys; auth.rs checks every route's caller)
 //!  GET /health, /metrics ◄── Node gauges
 //! ```
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde_json::json;
 
+pub mod auth;
 pub mod beacon_routing;
 pub mod beacons;
 pub mod cluster;
@@ -26,6 +28,7 @@ pub mod error;
 pub mod forward;
 pub mod governance;
 pub mod kafka;
+pub mod keys;
 pub mod metrics;
 pub mod node;
 pub mod spool;
@@ -41,7 +44,8 @@ pub struct IngestState {
     pub spool: Option<std::sync::Arc<spool::Spool>>,
 }
 
-/// The ingest and admin HTTP routes. Writes run on the leader: a follower forwards them.
+/// The ingest and admin HTTP routes, each behind the key check of `auth.rs`. Writes run on
+/// the leader: a follower forwards them.
 pub fn router(state: IngestState) -> Router {
     let leader = || axum::middleware::from_fn_with_state(state.clone(), forward::leader_only);
     Router::new()
@@ -60,6 +64,8 @@ pub fn router(state: IngestState) -> Router {
             get(show_tag).merge(put(put_tag).delete(remove_tag).layer(leader())),
         )
         .route("/v1/governance/suggest", get(suggest_tag))
+        .route("/v1/keys", get(list_keys).merge(post(create_key).layer(leader())))
+        .route("/v1/keys/{id}", axum::routing::delete(revoke_key).layer(leader()))
         .route("/v1/cluster", get(cluster::status))
         .route("/v1/cluster/join", post(cluster::join).layer(leader()))
         .route("/v1/cluster/learners", post(cluster::add_learner).layer(leader()))
@@ -71,6 +77,7 @@ pub fn router(state: IngestState) -> Router {
         .route("/v1/test/faults", post(cluster::set_faults))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate))
         .with_state(state)
 }
 
@@ -89,16 +96,25 @@ async fn list_datasources(State(s): State<IngestState>) -> Response {
     datasources::list(&s.node)
 }
 
-async fn create_datasource(State(s): State<IngestState>, body: Bytes) -> Response {
-    datasources::create(&s.node, &body).await.unwrap_or_else(IntoResponse::into_response)
+async fn create_datasource(
+    State(s): State<IngestState>,
+    Extension(c): Extension<auth::Caller>,
+    body: Bytes,
+) -> Response {
+    datasources::create(&s.node, &c.actor(), &body).await.unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn show_datasource(State(s): State<IngestState>, Path(name): Path<String>) -> Response {
     datasources::show(&s.node, &name).unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn update_datasource(State(s): State<IngestState>, Path(name): Path<String>, body: Bytes) -> Response {
-    datasources::update(&s.node, &name, &body).await.unwrap_or_else(IntoResponse::into_response)
+async fn update_datasource(
+    State(s): State<IngestState>,
+    Extension(c): Extension<auth::Caller>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Response {
+    datasources::update(&s.node, &c.actor(), &name, &body).await.unwrap_or_else(IntoResponse::into_response)
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -108,26 +124,34 @@ struct DeleteParams {
 
 async fn delete_datasource(
     State(s): State<IngestState>,
+    Extension(c): Extension<auth::Caller>,
     Path(name): Path<String>,
     Query(p): Query<DeleteParams>,
 ) -> Response {
-    datasources::delete(&s.node, &name, p.grace.as_deref()).await.unwrap_or_else(IntoResponse::into_response)
+    datasources::delete(&s.node, &c.actor(), &name, p.grace.as_deref())
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn list_domains(State(s): State<IngestState>) -> Response {
     governance::list_domains(&s.node)
 }
 
-async fn create_domain(State(s): State<IngestState>, body: Bytes) -> Response {
-    governance::create_domain(&s.node, &body).await.unwrap_or_else(IntoResponse::into_response)
+async fn create_domain(State(s): State<IngestState>, Extension(c): Extension<auth::Caller>, body: Bytes) -> Response {
+    governance::create_domain(&s.node, &c.actor(), &body).await.unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn show_domain(State(s): State<IngestState>, Path(domain): Path<String>) -> Response {
     governance::show_domain(&s.node, &domain).unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn update_domain(State(s): State<IngestState>, Path(domain): Path<String>, body: Bytes) -> Response {
-    governance::update_domain(&s.node, &domain, &body).await.unwrap_or_else(IntoResponse::into_response)
+async fn update_domain(
+    State(s): State<IngestState>,
+    Extension(c): Extension<auth::Caller>,
+    Path(domain): Path<String>,
+    body: Bytes,
+) -> Response {
+    governance::update_domain(&s.node, &c.actor(), &domain, &body).await.unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn list_tags(State(s): State<IngestState>, Path(domain): Path<String>) -> Response {
@@ -138,16 +162,41 @@ async fn show_tag(State(s): State<IngestState>, Path((domain, tag)): Path<(Strin
     governance::show_tag(&s.node, &domain, &tag).unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn put_tag(State(s): State<IngestState>, Path((domain, tag)): Path<(String, String)>, body: Bytes) -> Response {
-    governance::put_tag(&s.node, &domain, &tag, &body).await.unwrap_or_else(IntoResponse::into_response)
+async fn put_tag(
+    State(s): State<IngestState>,
+    Extension(c): Extension<auth::Caller>,
+    Path((domain, tag)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    governance::put_tag(&s.node, &c.actor(), &domain, &tag, &body).await.unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn remove_tag(State(s): State<IngestState>, Path((domain, tag)): Path<(String, String)>) -> Response {
-    governance::remove_tag(&s.node, &domain, &tag).await.unwrap_or_else(IntoResponse::into_response)
+async fn remove_tag(
+    State(s): State<IngestState>,
+    Extension(c): Extension<auth::Caller>,
+    Path((domain, tag)): Path<(String, String)>,
+) -> Response {
+    governance::remove_tag(&s.node, &c.actor(), &domain, &tag).await.unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn suggest_tag(State(s): State<IngestState>, Query(p): Query<governance::SuggestParams>) -> Response {
     governance::suggest(&s.node, &p).unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn list_keys(State(s): State<IngestState>) -> Response {
+    keys::list(&s.node)
+}
+
+async fn create_key(State(s): State<IngestState>, Extension(c): Extension<auth::Caller>, body: Bytes) -> Response {
+    keys::create(&s.node, &c.actor(), &body).await.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn revoke_key(
+    State(s): State<IngestState>,
+    Extension(c): Extension<auth::Caller>,
+    Path(id): Path<String>,
+) -> Response {
+    keys::revoke(&s.node, &c.actor(), &id).await.unwrap_or_else(IntoResponse::into_response)
 }
 
 #[derive(Debug, serde::Deserialize)]

@@ -57,6 +57,8 @@ pub struct Metrics {
     pub kafka_produce_seconds: Histogram,
     /// HTTP writes this follower handed to the leader.
     pub http_forwarded: AtomicU64,
+    /// Requests refused for missing or wrong credentials (HTTP and Flight SQL).
+    pub auth_failures: AtomicU64,
     /// Times this node saw the cluster's leader change (including to "none").
     pub leader_changes: AtomicU64,
 }
@@ -260,6 +262,12 @@ impl Metrics {
             "counter",
             "HTTP writes forwarded to the leader.",
             self.http_forwarded.load(Ordering::Relaxed),
+        );
+        metric(
+            "tidemark_auth_failures_total",
+            "counter",
+            "Requests refused for a missing, unknown, revoked or wrong API key.",
+            self.auth_failures.load(Ordering::Relaxed),
         );
         metric(
             "tidemark_kafka_connections",

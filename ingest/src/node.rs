@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use tidemark_catalog::audit::ACTOR_SYSTEM;
 use tidemark_raft::{LogCommand, Member, NodeId, Replica, ReplicaConfig};
 use tidemark_storage::engine::command::Command;
 use tidemark_storage::engine::{Applied, EngineConfig, SharedEngine};
@@ -275,7 +276,7 @@ impl Node {
             let Some((_, leader)) = replica.leader().filter(|(id, _)| *id != me) else {
                 return Err(Error::Replication(tidemark_raft::Error::NotLeader { node: me, leader: None }));
             };
-            let v = crate::forward::call_leader(&leader.http, "/v1/cluster/read-index", None, me)
+            let v = crate::forward::call_leader(self, &leader.http, "/v1/cluster/read-index", None)
                 .await
                 .map_err(|reason| Error::Stopped { reason: format!("asking the leader for a read index: {reason}") })?;
             v.get("index")
@@ -361,7 +362,7 @@ fn tick_loop(inner: &Inner, runtime: &tokio::runtime::Handle) {
             let commands: Vec<Command> = {
                 let e = inner.engine.read();
                 let mut c: Vec<Command> = e.persist_decisions(now).into_iter().map(Command::Persist).collect();
-                c.extend(e.purge_decisions(now).into_iter().map(Command::Catalog));
+                c.extend(e.purge_decisions(now).into_iter().map(|p| Command::catalog(p, ACTOR_SYSTEM)));
                 c
             };
             let mut waiting = Vec::new();

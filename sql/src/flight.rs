@@ -54,6 +54,7 @@ use prost::Message as _;
 use tidemark_query::{CATALOG, DATASOURCE_SCHEMA, SYSTEM_SCHEMA};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::flight_auth::{FlightAuth, presented_token};
 use crate::{Error, SqlState};
 
 /// Where the binary listens for Flight SQL unless told otherwise.
@@ -78,9 +79,13 @@ impl TidemarkFlightSql {
     }
 }
 
-/// The gRPC service the binary serves with tonic (by default on [`DEFAULT_LISTEN`]).
-pub fn flight_service(state: SqlState) -> FlightServiceServer<TidemarkFlightSql> {
-    FlightServiceServer::new(TidemarkFlightSql::new(state))
+/// The gRPC service the binary serves with tonic (by default on [`DEFAULT_LISTEN`]), behind
+/// the API key check of `flight_auth.rs`.
+pub fn flight_service(
+    state: SqlState,
+) -> tonic::service::interceptor::InterceptedService<FlightServiceServer<TidemarkFlightSql>, FlightAuth> {
+    let auth = FlightAuth(state.auth.clone());
+    FlightServiceServer::with_interceptor(TidemarkFlightSql::new(state), auth)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -478,13 +483,23 @@ async fn refuse_update(state: &SqlState, text: &str) -> Result<i64, Status> {
 impl FlightSqlService for TidemarkFlightSql {
     type FlightService = TidemarkFlightSql;
 
-    /// No authentication yet: every handshake succeeds with an empty token.
+    /// The interceptor has checked the credentials; the answer carries the key as the bearer
+    /// token for the calls that follow (clients that logged in with basic credentials use it).
     async fn do_handshake(
         &self,
-        _request: Request<Streaming<HandshakeRequest>>,
+        request: Request<Streaming<HandshakeRequest>>,
     ) -> Result<Response<Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>>, Status> {
+        let token = presented_token(&request)?;
         let response = HandshakeResponse { protocol_version: 0, payload: Bytes::new() };
-        Ok(Response::new(Box::pin(futures::stream::iter([Ok(response)]))))
+        let mut response =
+            Response::new(Box::pin(futures::stream::iter([Ok(response)])) as Pin<Box<dyn Stream<Item = _> + Send>>);
+        if let Some(token) = token {
+            let value = format!("Bearer {token}")
+                .parse()
+                .map_err(|_| Status::unauthenticated("the API key is not a valid header value"))?;
+            response.metadata_mut().insert("authorization", value);
+        }
+        Ok(response)
     }
 
     // -- statements -------------------------------------------------------------------------

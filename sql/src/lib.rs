@@ -12,6 +12,7 @@ use std::sync::Arc;
 use tidemark_storage::snapshot::SnapshotSource;
 
 pub mod flight;
+pub mod flight_auth;
 pub mod http;
 
 /// What both doors need: where data comes from, and how to wait for read-your-writes.
@@ -19,6 +20,9 @@ pub mod http;
 pub struct SqlState {
     pub source: Arc<dyn SnapshotSource>,
     pub barrier: Option<Arc<dyn ReadBarrier>>,
+    /// Checks Flight SQL callers' API keys (HTTP callers are checked by the ingest router's
+    /// layer); `None` serves everyone.
+    pub auth: Option<Arc<dyn flight_auth::Authenticator>>,
 }
 
 /// The request header (HTTP) or gRPC metadata key (Flight SQL) that asks for a consistency

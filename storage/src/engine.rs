@@ -223,7 +223,9 @@ impl Engine {
         let cmd = Command::decode(entry.kind, &entry.payload)?;
         self.writer_time_ms = self.writer_time_ms.max(entry.writer_time_ms);
         let out = match cmd {
-            Command::Catalog(c) => self.apply_catalog(entry.position, entry.writer_time_ms, &c),
+            Command::Catalog { command, actor } => {
+                self.apply_catalog(entry.position, entry.writer_time_ms, &command, &actor)
+            }
             Command::Events(e) => self.apply_events(entry.position, entry.writer_time_ms, e),
             Command::Persist(p) => self.apply_persist(entry.position, &p),
             Command::InitProducer(p) => Ok(self.apply_init_producer(&p)),
@@ -238,7 +240,13 @@ impl Engine {
         out
     }
 
-    fn apply_catalog(&mut self, position: u64, writer_time_ms: i64, cmd: &CatalogCommand) -> Result<Applied> {
+    fn apply_catalog(
+        &mut self,
+        position: u64,
+        writer_time_ms: i64,
+        cmd: &CatalogCommand,
+        actor: &str,
+    ) -> Result<Applied> {
         if let Err(e) = self.catalog.check(cmd) {
             let status = match e.status() {
                 tidemark_catalog::StatusCode::NotFound => RefusalStatus::NotFound,
@@ -260,7 +268,7 @@ impl Engine {
                 }
             }
         }
-        let effect = self.catalog.apply(position, writer_time_ms, cmd)?;
+        let effect = self.catalog.apply(position, writer_time_ms, cmd, actor)?;
         self.checkpoint_due = true;
         match &effect {
             CatalogEffect::Created(id) => {
@@ -298,7 +306,7 @@ impl Engine {
                     self.removals.push((position, ds));
                 }
             }
-            CatalogEffect::Governance(_) | CatalogEffect::AlreadyApplied => {}
+            CatalogEffect::Governance(_) | CatalogEffect::Access | CatalogEffect::AlreadyApplied => {}
         }
         Ok(Applied::Catalog(effect))
     }

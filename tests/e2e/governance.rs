@@ -33,9 +33,8 @@ fn tag_name(json: &str) -> String {
 }
 
 fn metric(node: &TestNode, name: &str) -> u64 {
-    let text = node.get("/metrics").body;
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.trim().parse().ok()))
+    crate::harness::metric_value(&node.get("/metrics").body, name)
+        .map(|v| v as u64)
         .unwrap_or_else(|| panic!("no metric {name}"))
 }
 

@@ -151,7 +151,7 @@ impl TestNode {
         let log = data_dir.join(format!("node-{}.log", free_port()));
         let out = std::fs::File::create(&log).expect("log file");
         let err = out.try_clone().expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_tidemark"))
+        let child = Command::new(tidemark_bin())
             .args(["serve", "--data-dir"])
             .arg(data_dir)
             .args(["--http-addr", &http, "--flight-addr", &flight, "--kafka-addr", &kafka, "--raft-addr", &addrs.raft])
@@ -254,7 +254,7 @@ impl TestNode {
 
     /// Runs the CLI against this node.
     pub(crate) fn cli(&self, args: &[&str]) -> (i32, String, String) {
-        let out = Command::new(env!("CARGO_BIN_EXE_tidemark"))
+        let out = Command::new(tidemark_bin())
             .args(args)
             .env("TIDEMARK_URL", format!("http://{}", self.http))
             .output()
@@ -319,4 +319,16 @@ impl Drop for TestNode {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// The binary under test: this build's, or `TIDEMARK_BIN` (the long chaos run uses a release
+/// build, so a 200-kill run measures the server rather than debug-build overhead).
+pub(crate) fn tidemark_bin() -> std::path::PathBuf {
+    std::env::var_os("TIDEMARK_BIN").map(Into::into).unwrap_or_else(|| env!("CARGO_BIN_EXE_tidemark").into())
+}
+
+/// A sample's value in Prometheus text: the line `name value`.
+pub(crate) fn metric_value(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
 }

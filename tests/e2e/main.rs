@@ -1,5 +1,6 @@
 //! End-to-end tests against the real `tidemark` binary: one test binary, modules per area.
 
+mod access;
 mod beacons;
 mod cluster;
 mod crash;

@@ -401,8 +401,7 @@ async fn allocate_producer(b: &Broker, existing: Option<(i64, i16)>) -> Result<(
         && id != replica.node_id()
     {
         let body = serde_json::json!({ "existing": existing });
-        let v = crate::forward::call_leader(&leader.http, "/v1/cluster/init-producer", Some(body), replica.node_id())
-            .await?;
+        let v = crate::forward::call_leader(&b.node, &leader.http, "/v1/cluster/init-producer", Some(body)).await?;
         let pid = v.get("producer_id").and_then(serde_json::Value::as_i64);
         let epoch = v.get("epoch").and_then(serde_json::Value::as_i64);
         return match (pid, epoch) {

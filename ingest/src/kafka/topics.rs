@@ -46,13 +46,23 @@ fn catalog_error(e: &Error) -> Refusal {
 }
 
 /// Checks a catalog command against the current catalog, then (unless only validating) logs it.
+/// The Kafka port does not authenticate yet (no SASL), so once the node has API keys, topic
+/// changes are refused here and made over HTTP with a key.
 async fn run(node: &Node, cmd: CatalogCommand, validate_only: bool) -> Result<(), Refusal> {
+    if node.engine().read().catalog().access().required() {
+        return Err((
+            code::TOPIC_AUTHORIZATION_FAILED,
+            "this node requires API keys and the Kafka port cannot authenticate (no SASL yet): manage \
+             datasources over HTTP (/v1/datasources) with an admin key"
+                .to_string(),
+        ));
+    }
     let checked = node.engine().read().catalog().check(&cmd);
     checked.map_err(|e| catalog_error(&Error::Catalog(e)))?;
     if validate_only {
         return Ok(());
     }
-    apply(node, cmd).await.map(|_| ()).map_err(|e| catalog_error(&e))
+    apply(node, cmd, tidemark_catalog::audit::ACTOR_ANONYMOUS).await.map(|_| ()).map_err(|e| catalog_error(&e))
 }
 
 pub(crate) fn create_topics(b: Arc<Broker>, req: Request, r: CreateTopicsRequest) -> Reply {

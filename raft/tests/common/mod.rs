@@ -143,7 +143,8 @@ pub(crate) async fn write_and_compare(members: &[Member], addrs: &[String], dirs
 
     let hour = 1_790_000_000_000 / 3_600_000 * 3_600_000;
     let spec = DatasourceSpec::from_json(DEMO_BEACONS_SPEC).expect("spec");
-    let (created, _) = write(members, &Command::Catalog(CatalogCommand::CreateDatasource { spec }), hour).await;
+    let (created, _) =
+        write(members, &Command::catalog(CatalogCommand::CreateDatasource { spec }, "system"), hour).await;
     assert!(matches!(created, Applied::Catalog(_)), "{created:?}");
     for i in 0..40 {
         assert!(matches!(write(members, &events(i, hour), hour + 1000).await.0, Applied::Events(_)));

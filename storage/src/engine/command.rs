@@ -2,7 +2,8 @@
 //! version so a node can refuse, clearly, an entry written by a newer node.
 //!
 //! ```text
-//! kind 1 catalog:  version u8 | JSON CatalogCommand
+//! kind 1 catalog:  version u8 | JSON CatalogCommand (formats 1, 2)
+//!                  version u8 | JSON {"actor": "...", "command": CatalogCommand} (format 3)
 //! kind 2 events:   version u8 | header_len u32 LE | JSON EventsHeader | RecordBatch v2 bytes of
 //!                  each part, concatenated (lengths in the header)
 //! kind 3 persist:  version u8 | JSON PersistCommand
@@ -11,6 +12,7 @@
 //! ```
 
 use serde::{Deserialize, Serialize};
+use tidemark_catalog::audit::ACTOR_UNRECORDED;
 use tidemark_catalog::{CatalogCommand, DatasourceId};
 
 use crate::error::{Error, Result};
@@ -29,8 +31,9 @@ pub struct Entry {
 /// The newest command format this node reads. Each command is written in the oldest format
 /// that can carry it, so a node not yet upgraded applies what it knows and stops, clearly
 /// (`NewerCommand`), at the first entry it cannot apply, instead of skipping it and diverging.
-/// Format 2 adds the tag registry's catalog operations.
-pub const COMMAND_VERSION: u8 = 2;
+/// Format 2 adds the tag registry's catalog operations; format 3 carries the actor of every
+/// catalog command (for the audit log) and adds the API key operations.
+pub const COMMAND_VERSION: u8 = 3;
 pub const KIND_CATALOG: u8 = 1;
 pub const KIND_EVENTS: u8 = 2;
 pub const KIND_PERSIST: u8 = 3;
@@ -154,17 +157,33 @@ fn no_epoch() -> i32 {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
-    Catalog(CatalogCommand),
+    /// A catalog change and who asked for it (`key:<id>`, `anonymous`, `system`; entries of
+    /// formats 1 and 2 decode as `unrecorded`).
+    Catalog {
+        command: CatalogCommand,
+        actor: String,
+    },
     Events(EventsCommand),
     Persist(PersistCommand),
     InitProducer(InitProducerCommand),
     Offsets(OffsetsCommand),
 }
 
+/// Format 3's catalog payload.
+#[derive(Serialize, Deserialize)]
+struct CatalogEnvelope {
+    actor: String,
+    command: CatalogCommand,
+}
+
 impl Command {
+    pub fn catalog(command: CatalogCommand, actor: impl Into<String>) -> Command {
+        Command::Catalog { command, actor: actor.into() }
+    }
+
     pub fn kind(&self) -> u8 {
         match self {
-            Command::Catalog(_) => KIND_CATALOG,
+            Command::Catalog { .. } => KIND_CATALOG,
             Command::Events(_) => KIND_EVENTS,
             Command::Persist(_) => KIND_PERSIST,
             Command::InitProducer(_) => KIND_PRODUCER,
@@ -175,7 +194,7 @@ impl Command {
     /// The oldest format that carries this command.
     pub fn format(&self) -> u8 {
         match self {
-            Command::Catalog(CatalogCommand::Governance(_)) => 2,
+            Command::Catalog { .. } => 3,
             _ => 1,
         }
     }
@@ -183,7 +202,9 @@ impl Command {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = vec![self.format()];
         match self {
-            Command::Catalog(c) => out.extend_from_slice(&to_json(c)),
+            Command::Catalog { command, actor } => {
+                out.extend_from_slice(&to_json(&CatalogEnvelope { actor: actor.clone(), command: command.clone() }))
+            }
             Command::Persist(p) => out.extend_from_slice(&to_json(p)),
             Command::InitProducer(p) => out.extend_from_slice(&to_json(p)),
             Command::Offsets(o) => out.extend_from_slice(&to_json(o)),
@@ -209,7 +230,12 @@ impl Command {
             return Err(bad("command format version 0 does not exist".into()));
         }
         match kind {
-            KIND_CATALOG => serde_json::from_slice(body).map(Command::Catalog).map_err(|e| bad(e.to_string())),
+            KIND_CATALOG if version < 3 => serde_json::from_slice(body)
+                .map(|command| Command::catalog(command, ACTOR_UNRECORDED))
+                .map_err(|e| bad(e.to_string())),
+            KIND_CATALOG => serde_json::from_slice::<CatalogEnvelope>(body)
+                .map(|e| Command::Catalog { command: e.command, actor: e.actor })
+                .map_err(|e| bad(e.to_string())),
             KIND_PERSIST => serde_json::from_slice(body).map(Command::Persist).map_err(|e| bad(e.to_string())),
             KIND_PRODUCER => serde_json::from_slice(body).map(Command::InitProducer).map_err(|e| bad(e.to_string())),
             KIND_OFFSETS => serde_json::from_slice(body).map(Command::Offsets).map_err(|e| bad(e.to_string())),
@@ -252,7 +278,7 @@ mod tests {
     fn commands_round_trip_and_newer_versions_are_refused() {
         let batch = encode(&[Record { timestamp_ms: 1, key: None, value: Some(b"{}".to_vec()), headers: vec![] }]);
         let cmds = [
-            Command::Catalog(CatalogCommand::DeleteDatasource { name: "a".into(), grace_ms: 1 }),
+            Command::catalog(CatalogCommand::DeleteDatasource { name: "a".into(), grace_ms: 1 }, "key:abc"),
             Command::Persist(PersistCommand {
                 datasource: DatasourceId(3),
                 interval_start_ms: 3_600_000,
@@ -280,10 +306,13 @@ mod tests {
                 batches: vec![batch.clone(), batch],
             }),
             Command::InitProducer(InitProducerCommand { existing: Some((4, 2)) }),
-            Command::Catalog(CatalogCommand::Governance(tidemark_catalog::governance::GovernanceCommand::RemoveTag {
-                domain: "d".into(),
-                tag: "t".into(),
-            })),
+            Command::catalog(
+                CatalogCommand::Governance(tidemark_catalog::governance::GovernanceCommand::RemoveTag {
+                    domain: "d".into(),
+                    tag: "t".into(),
+                }),
+                "system",
+            ),
             Command::Offsets(OffsetsCommand::Commit {
                 group: "g".into(),
                 offsets: vec![CommittedOffset {
@@ -297,13 +326,20 @@ mod tests {
         ];
         for cmd in cmds {
             let bytes = cmd.encode();
-            // Only what needs format 2 is written in it.
-            assert_eq!(bytes[0], if matches!(cmd, Command::Catalog(CatalogCommand::Governance(_))) { 2 } else { 1 });
+            // Only what needs format 3 (catalog commands, with their actor) is written in it.
+            assert_eq!(bytes[0], if matches!(cmd, Command::Catalog { .. }) { 3 } else { 1 });
             assert_eq!(Command::decode(cmd.kind(), &bytes).expect("decodes"), cmd);
             let mut newer = bytes.clone();
             newer[0] = COMMAND_VERSION + 1;
             let err = Command::decode(cmd.kind(), &newer).err().map(|e| e.to_string()).unwrap_or_default();
             assert!(err.contains("upgrade this node"), "{err}");
         }
+        // Catalog entries of the formats before the actor decode as unrecorded.
+        let mut old = vec![1];
+        old.extend_from_slice(br#"{"op":"delete_datasource","name":"a","grace_ms":5}"#);
+        assert_eq!(
+            Command::decode(KIND_CATALOG, &old).expect("format 1"),
+            Command::catalog(CatalogCommand::DeleteDatasource { name: "a".into(), grace_ms: 5 }, "unrecorded")
+        );
     }
 }

@@ -1,4 +1,4 @@
-//! `sys.datasources`, `sys.segments`, `sys.rejects` and `sys.tags` as Arrow batches.
+//! `sys.datasources`, `sys.segments`, `sys.rejects`, `sys.tags` and `sys.audit` as Arrow batches.
 
 use std::sync::Arc;
 
@@ -9,7 +9,7 @@ use arrow_schema::{DataType, Field, Schema, TimeUnit};
 
 use crate::engine::Engine;
 
-pub(crate) const NAMES: [&str; 4] = ["datasources", "segments", "rejects", "tags"];
+pub(crate) const NAMES: [&str; 5] = ["datasources", "segments", "rejects", "tags", "audit"];
 
 fn ts_type() -> DataType {
     DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()))
@@ -25,6 +25,7 @@ pub(crate) fn build(engine: &Engine, name: &str) -> Option<RecordBatch> {
         "segments" => segments(engine),
         "rejects" => rejects(engine),
         "tags" => tags(engine),
+        "audit" => audit(engine),
         _ => None,
     }
 }
@@ -199,6 +200,33 @@ fn tags(engine: &Engine) -> Option<RecordBatch> {
             text(&|t| t.owner_team.clone()),
             text(&|t| t.description.clone()),
             Arc::new(UInt64Array::from_iter_values(rows.iter().map(|(_, _, p)| *p))),
+        ],
+    )
+}
+
+/// Every catalog change still in the audit log, oldest first: who, when, what, before, after
+/// (JSON; null when the object did not exist).
+fn audit(engine: &Engine) -> Option<RecordBatch> {
+    let rows: Vec<_> = engine.catalog.audit().rows().collect();
+    let json = |v: &Option<serde_json::Value>| v.as_ref().map(|v| v.to_string());
+    batch(
+        vec![
+            Field::new("log_position", DataType::UInt64, false),
+            Field::new("time", ts_type(), false),
+            Field::new("actor", DataType::Utf8, false),
+            Field::new("op", DataType::Utf8, false),
+            Field::new("object", DataType::Utf8, false),
+            Field::new("before", DataType::Utf8, true),
+            Field::new("after", DataType::Utf8, true),
+        ],
+        vec![
+            Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.position))),
+            Arc::new(TimestampMillisecondArray::from_iter_values(rows.iter().map(|r| r.time_ms)).with_timezone("UTC")),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.actor.clone()))),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.op.clone()))),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.object.clone()))),
+            Arc::new(StringArray::from_iter(rows.iter().map(|r| json(&r.before)))),
+            Arc::new(StringArray::from_iter(rows.iter().map(|r| json(&r.after)))),
         ],
     )
 }

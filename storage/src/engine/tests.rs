@@ -102,7 +102,7 @@ fn apply_persist_checkpoint_restart_replay() {
     let config = EngineConfig::new(dir.path());
     let mut log = Log { entries: vec![] };
     let (mut engine, _) = Engine::open(config.clone()).expect("open");
-    let e = log.push(T0, &Command::Catalog(CatalogCommand::CreateDatasource { spec: spec() }));
+    let e = log.push(T0, &Command::catalog(CatalogCommand::CreateDatasource { spec: spec() }, "system"));
     assert!(matches!(engine.apply(&e).expect("create"), Applied::Catalog(CatalogEffect::Created(_))));
 
     // 10 events in hour 0, one bad line, on two partitions.
@@ -190,7 +190,7 @@ fn binding_verdicts_and_spec_updates() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut engine, _) = Engine::open(EngineConfig::new(dir.path())).expect("open");
     let mut log = Log { entries: vec![] };
-    let e = log.push(T0, &Command::Catalog(CatalogCommand::CreateDatasource { spec: spec() }));
+    let e = log.push(T0, &Command::catalog(CatalogCommand::CreateDatasource { spec: spec() }, "system"));
     engine.apply(&e).expect("create");
     let Command::Events(mut cmd) = events_cmd(0, &[beacon(T0, "m1", "u1"), beacon(T0, "m1", "u2")], None) else {
         unreachable!()
@@ -204,7 +204,7 @@ fn binding_verdicts_and_spec_updates() {
     // Adding a dimension persists open indexes under the old spec first.
     let mut v2 = spec();
     v2.dimensions.push("campaign".into());
-    let e = log.push(T0 + 5, &Command::Catalog(CatalogCommand::UpdateDatasource { spec: v2.clone() }));
+    let e = log.push(T0 + 5, &Command::catalog(CatalogCommand::UpdateDatasource { spec: v2.clone() }, "system"));
     engine.apply(&e).expect("update");
     engine.publish_persisted(true).expect("publish");
     let snap = engine.table_snapshot("beacons").expect("snapshot");
@@ -244,7 +244,7 @@ fn binding_verdicts_and_spec_updates() {
 #[test]
 fn same_log_builds_byte_identical_segments() {
     let mut log = Log { entries: vec![] };
-    log.push(T0, &Command::Catalog(CatalogCommand::CreateDatasource { spec: spec() }));
+    log.push(T0, &Command::catalog(CatalogCommand::CreateDatasource { spec: spec() }, "system"));
     for i in 0..30i64 {
         let beacons: Vec<_> = (0..50)
             .map(|j| {
@@ -305,7 +305,7 @@ fn an_index_rebuilt_partition_by_partition_keeps_its_earliest_event_over_two_res
     let config = EngineConfig::new(dir.path());
     let mut log = Log { entries: vec![] };
     let (mut engine, _) = Engine::open(config.clone()).expect("open");
-    let e = log.push(T0, &Command::Catalog(CatalogCommand::CreateDatasource { spec: spec() }));
+    let e = log.push(T0, &Command::catalog(CatalogCommand::CreateDatasource { spec: spec() }, "system"));
     engine.apply(&e).expect("create");
     // Hour 0 opens first (position 2); hour 1's first event is on partition 2 (position 3),
     // its next on partition 0 (position 4).
@@ -340,7 +340,7 @@ fn an_index_rebuilt_partition_by_partition_keeps_its_earliest_event_over_two_res
 #[test]
 fn a_restart_rebuilds_sketch_states_in_apply_order() {
     let mut log = Log { entries: vec![] };
-    log.push(T0, &Command::Catalog(CatalogCommand::CreateDatasource { spec: spec() }));
+    log.push(T0, &Command::catalog(CatalogCommand::CreateDatasource { spec: spec() }, "system"));
     // One rollup row (same minute, same dimensions) fed 160 distinct users from entries on
     // partitions 2, 0, 1, 2, 0, 1: partition order is not position order.
     for (i, p) in [2u32, 0, 1, 2, 0, 1].into_iter().enumerate() {
@@ -396,7 +396,9 @@ fn a_checkpoint_captured_then_written_off_the_lock_holds_what_was_captured() {
     let config = EngineConfig::new(dir.path());
     let mut log = Log { entries: vec![] };
     let (mut engine, _) = Engine::open(config.clone()).expect("open");
-    engine.apply(&log.push(T0, &Command::Catalog(CatalogCommand::CreateDatasource { spec: spec() }))).expect("create");
+    engine
+        .apply(&log.push(T0, &Command::catalog(CatalogCommand::CreateDatasource { spec: spec() }, "system")))
+        .expect("create");
     engine
         .apply(&log.push(T0 + 1, &events_cmd(0, &[beacon(T0, "m1", "u1"), beacon(T0, "m1", "u2")], None)))
         .expect("events");
@@ -428,7 +430,7 @@ fn a_purged_datasource_keeps_its_files_until_a_checkpoint_covers_the_purge() {
     let mut log = Log { entries: vec![] };
     let (mut engine, _) = Engine::open(config.clone()).expect("open");
     let Applied::Catalog(CatalogEffect::Created(id)) = engine
-        .apply(&log.push(T0, &Command::Catalog(CatalogCommand::CreateDatasource { spec: spec() })))
+        .apply(&log.push(T0, &Command::catalog(CatalogCommand::CreateDatasource { spec: spec() }, "system")))
         .expect("create")
     else {
         panic!("created")
@@ -438,8 +440,10 @@ fn a_purged_datasource_keeps_its_files_until_a_checkpoint_covers_the_purge() {
     let ds_dir = dir.path().join("datasources").join(id.to_string());
     assert!(ds_dir.exists());
     let delete = CatalogCommand::DeleteDatasource { name: "beacons".into(), grace_ms: 0 };
-    engine.apply(&log.push(T0 + 2, &Command::Catalog(delete))).expect("delete");
-    engine.apply(&log.push(T0 + 3, &Command::Catalog(CatalogCommand::PurgeDatasource { id }))).expect("purge");
+    engine.apply(&log.push(T0 + 2, &Command::catalog(delete, "system"))).expect("delete");
+    engine
+        .apply(&log.push(T0 + 3, &Command::catalog(CatalogCommand::PurgeDatasource { id }, "system")))
+        .expect("purge");
     // A crash now restarts from the checkpoint at 2, which still names the datasource's files.
     assert!(ds_dir.exists(), "files stay while the stored checkpoint predates the purge");
     let pending = engine.begin_checkpoint(true).expect("begin").expect("idle");
@@ -456,7 +460,9 @@ fn a_segment_damaged_while_the_node_was_down_does_not_stop_it_and_is_unreadable_
     let config = EngineConfig::new(dir.path());
     let mut log = Log { entries: vec![] };
     let (mut engine, _) = Engine::open(config.clone()).expect("open");
-    engine.apply(&log.push(T0, &Command::Catalog(CatalogCommand::CreateDatasource { spec: spec() }))).expect("create");
+    engine
+        .apply(&log.push(T0, &Command::catalog(CatalogCommand::CreateDatasource { spec: spec() }, "system")))
+        .expect("create");
     let beacons: Vec<_> = (0..7).map(|i| beacon(T0 + i * 1000, "m1", &format!("u{i}"))).collect();
     engine.apply(&log.push(T0 + 1, &events_cmd(0, &beacons, None))).expect("events");
     let decisions = engine.persist_decisions(T0 + 2 * HOUR);
@@ -502,13 +508,15 @@ fn governed_beacons_are_standardised_at_apply_and_rebuilt_under_the_rules_of_the
     use tidemark_catalog::governance::GovernanceCommand;
     let gov = |json: &str| -> Command {
         let cmd: GovernanceCommand = serde_json::from_str(json).expect("governance command");
-        Command::Catalog(CatalogCommand::Governance(cmd))
+        Command::catalog(CatalogCommand::Governance(cmd), "system")
     };
     let dir = tempfile::tempdir().expect("tempdir");
     let config = EngineConfig::new(dir.path());
     let mut log = Log { entries: vec![] };
     let (mut engine, _) = Engine::open(config.clone()).expect("open");
-    engine.apply(&log.push(T0, &Command::Catalog(CatalogCommand::CreateDatasource { spec: spec() }))).expect("create");
+    engine
+        .apply(&log.push(T0, &Command::catalog(CatalogCommand::CreateDatasource { spec: spec() }, "system")))
+        .expect("create");
     for cmd in [
         r#"{"op":"create_domain","domain":{"name":"shop","datasources":["beacons"]}}"#,
         r#"{"op":"put_tag","domain":"shop","tag":{"name":"ts","kind":"timestamp","type":"timestamp","status":"approved"}}"#,

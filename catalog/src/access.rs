@@ -1,0 +1,475 @@
+//! API keys and roles: who may do what at every door. Keys are catalog state, created and
+//! revoked by catalog commands, so every node of a cluster authenticates the same callers.
+//!
+//! Invariants:
+//! - Only a SHA-256 of each secret is stored (in the log, checkpoints and snapshots). Secrets
+//!   are 256 random bits generated at the edge, so a fast hash is the right one (no password
+//!   stretching is needed for tokens nobody chose) and comparing digests leaks nothing usable.
+//! - Once a key has been created, every door that checks keys requires one, for good:
+//!   revoking keys never reopens a node, and the last admin key cannot be revoked.
+//! - What a role may do is one pure function, [`Role::allows`], used by HTTP and Flight alike.
+//!
+//! Tokens look like `tmk_<id>_<secret>` (12 and 64 lowercase hex digits). Nodes of a cluster
+//! call each other's internal routes with `tmk_node_<secret>`, a secret logged once when the
+//! first key is created (anyone who can read the log already holds all the data).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::LogPosition;
+use crate::error::{Error, Result, SpecProblem};
+
+pub const TOKEN_PREFIX: &str = "tmk_";
+const NODE_TOKEN_PREFIX: &str = "tmk_node_";
+pub const KEY_ID_LEN: usize = 12;
+pub const SECRET_LEN: usize = 64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Everything, including keys and cluster membership.
+    Admin,
+    /// The tag registry and retention; reads datasource specs.
+    GovernanceEditor,
+    /// Sends beacons; asks for tag suggestions.
+    Publisher,
+    /// Reads everything: SQL, specs, governance, metrics.
+    Analyst,
+    /// SQL scoped to its tenants (not available yet: keys of this role are refused).
+    MerchantReader,
+}
+
+impl Role {
+    pub const ALL: [Role; 5] =
+        [Role::Admin, Role::GovernanceEditor, Role::Publisher, Role::Analyst, Role::MerchantReader];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::GovernanceEditor => "governance_editor",
+            Role::Publisher => "publisher",
+            Role::Analyst => "analyst",
+            Role::MerchantReader => "merchant_reader",
+        }
+    }
+
+    pub fn allows(self, action: Action) -> bool {
+        use Action::*;
+        match self {
+            Role::Admin => true,
+            Role::GovernanceEditor => matches!(action, ReadCatalog | Suggest | ManageGovernance),
+            Role::Publisher => matches!(action, Publish | Suggest),
+            Role::Analyst => matches!(action, Query | ReadCatalog | Suggest | Monitor),
+            Role::MerchantReader => false,
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a request does, as far as access is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Send beacons (HTTP) or records (Kafka).
+    Publish,
+    /// Run SQL (HTTP and Flight SQL), system tables included.
+    Query,
+    /// Read datasource specs and the tag registry.
+    ReadCatalog,
+    /// `GET /v1/governance/suggest`, for tools that check tags before sending.
+    Suggest,
+    /// Create, change or delete datasources.
+    ManageDatasources,
+    /// Change the tag registry and retention.
+    ManageGovernance,
+    /// Create, list and revoke API keys.
+    ManageKeys,
+    /// Membership changes, leader transfer, fault injection.
+    ManageCluster,
+    /// Metrics and cluster status.
+    Monitor,
+    /// Node-to-node calls (read index, producer ids).
+    Internal,
+}
+
+impl Action {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Action::Publish => "publish events",
+            Action::Query => "run queries",
+            Action::ReadCatalog => "read datasource specs and the tag registry",
+            Action::Suggest => "ask for tag suggestions",
+            Action::ManageDatasources => "manage datasources",
+            Action::ManageGovernance => "change governance",
+            Action::ManageKeys => "manage API keys",
+            Action::ManageCluster => "manage the cluster",
+            Action::Monitor => "read metrics and cluster status",
+            Action::Internal => "make node-to-node calls",
+        }
+    }
+}
+
+/// An API key as the catalog keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKey {
+    pub id: String,
+    pub name: String,
+    pub role: Role,
+    /// SHA-256 of the secret, lowercase hex.
+    pub secret_sha256: String,
+    pub created_at: LogPosition,
+    pub created_ms: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<LogPosition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_ms: Option<i64>,
+}
+
+impl ApiKey {
+    /// The key as listings and the audit log show it: never the secret's digest.
+    pub fn public_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "id": self.id,
+            "name": self.name,
+            "role": self.role,
+            "created_at": self.created_at,
+            "created_ms": self.created_ms,
+            "revoked": self.revoked_at.is_some(),
+            "revoked_ms": self.revoked_ms,
+        })
+    }
+}
+
+/// A key to create, as the edge logs it (the secret already hashed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewKey {
+    pub id: String,
+    pub name: String,
+    pub role: Role,
+    pub secret_sha256: String,
+}
+
+/// Changes to the keys (`op`: create_key, revoke_key, set_node_secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum AccessCommand {
+    CreateKey {
+        key: NewKey,
+    },
+    RevokeKey {
+        id: String,
+    },
+    /// The secret nodes present to each other's internal routes; logged once, before the first key.
+    SetNodeSecret {
+        secret: String,
+    },
+}
+
+/// Who made a request, once its credentials are checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// No credentials, on a node with no keys: everything is allowed (loopback only).
+    Anonymous,
+    Key {
+        id: String,
+        role: Role,
+    },
+    /// Another node of the cluster.
+    Node,
+}
+
+impl Principal {
+    pub fn allows(&self, action: Action) -> bool {
+        match self {
+            Principal::Anonymous => true,
+            Principal::Key { role, .. } => role.allows(action),
+            Principal::Node => action == Action::Internal,
+        }
+    }
+
+    /// How the audit log names this caller.
+    pub fn actor(&self) -> String {
+        match self {
+            Principal::Anonymous => "anonymous".into(),
+            Principal::Key { id, .. } => format!("key:{id}"),
+            Principal::Node => "node".into(),
+        }
+    }
+
+    /// The refusal for `action`, naming the caller, its role and what it tried.
+    pub fn forbidden(&self, action: Action) -> String {
+        match self {
+            Principal::Key { id, role } => {
+                let allowed: Vec<&str> = Role::ALL.iter().filter(|r| r.allows(action)).map(|r| r.as_str()).collect();
+                format!(
+                    "API key {id} (role {role}) may not {}; that needs role {}",
+                    action.describe(),
+                    allowed.join(" or ")
+                )
+            }
+            Principal::Node => format!("the node token may not {}", action.describe()),
+            Principal::Anonymous => format!("anonymous callers may not {}", action.describe()),
+        }
+    }
+}
+
+/// Why credentials were not accepted (an HTTP 401 / gRPC UNAUTHENTICATED).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Denied {
+    #[error(
+        "this node requires an API key: send `Authorization: Bearer tmk_…` (create keys with `tidemark keys create`)"
+    )]
+    Missing,
+    #[error("the API key is malformed: expected tmk_<12 hex digits>_<64 hex digits>")]
+    Malformed,
+    #[error("API key {id} does not exist on this node")]
+    UnknownKey { id: String },
+    #[error("API key {id} was revoked")]
+    Revoked { id: String },
+    #[error("the secret of API key {id} is wrong")]
+    WrongSecret { id: String },
+    #[error("the node token is wrong")]
+    WrongNodeToken,
+}
+
+/// The keys and the node secret.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Access {
+    keys: BTreeMap<String, ApiKey>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    node_secret: Option<String>,
+}
+
+/// SHA-256 of `secret`, lowercase hex.
+pub fn sha256_hex(secret: &str) -> String {
+    Sha256::digest(secret.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn is_hex(s: &str, len: usize) -> bool {
+    s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Splits `tmk_<id>_<secret>` into id and secret.
+pub fn parse_token(token: &str) -> Option<(&str, &str)> {
+    let rest = token.strip_prefix(TOKEN_PREFIX)?;
+    let (id, secret) = rest.split_once('_')?;
+    (is_hex(id, KEY_ID_LEN) && is_hex(secret, SECRET_LEN)).then_some((id, secret))
+}
+
+impl Access {
+    /// Whether callers must present a key: from the first key created on.
+    pub fn required(&self) -> bool {
+        !self.keys.is_empty()
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &ApiKey> {
+        self.keys.values()
+    }
+
+    pub fn key(&self, id: &str) -> Option<&ApiKey> {
+        self.keys.get(id)
+    }
+
+    pub fn node_secret(&self) -> Option<&str> {
+        self.node_secret.as_deref()
+    }
+
+    /// The token a node presents to another node's internal routes.
+    pub fn node_token(&self) -> Option<String> {
+        self.node_secret.as_ref().map(|s| format!("{NODE_TOKEN_PREFIX}{s}"))
+    }
+
+    /// Checks a bearer token (`None`: no credentials sent).
+    pub fn authenticate(&self, token: Option<&str>) -> std::result::Result<Principal, Denied> {
+        let Some(token) = token else {
+            return if self.required() { Err(Denied::Missing) } else { Ok(Principal::Anonymous) };
+        };
+        if let Some(secret) = token.strip_prefix(NODE_TOKEN_PREFIX) {
+            return match &self.node_secret {
+                Some(s) if s == secret => Ok(Principal::Node),
+                _ => Err(Denied::WrongNodeToken),
+            };
+        }
+        let (id, secret) = parse_token(token).ok_or(Denied::Malformed)?;
+        let key = self.keys.get(id).ok_or_else(|| Denied::UnknownKey { id: id.to_string() })?;
+        if key.revoked_at.is_some() {
+            return Err(Denied::Revoked { id: id.to_string() });
+        }
+        if sha256_hex(secret) != key.secret_sha256 {
+            return Err(Denied::WrongSecret { id: id.to_string() });
+        }
+        Ok(Principal::Key { id: key.id.clone(), role: key.role })
+    }
+
+    pub fn check(&self, cmd: &AccessCommand) -> Result<()> {
+        match cmd {
+            AccessCommand::CreateKey { key } => {
+                let mut problems = Vec::new();
+                let mut problem = |field: &str, message: String| {
+                    problems.push(SpecProblem { field: field.into(), message });
+                };
+                if !is_hex(&key.id, KEY_ID_LEN) {
+                    problem("id", format!("must be {KEY_ID_LEN} lowercase hex digits"));
+                }
+                if key.name.trim().is_empty() || key.name.len() > 128 || key.name.chars().any(char::is_control) {
+                    problem("name", "must be 1 to 128 characters, without control characters".into());
+                }
+                if !is_hex(&key.secret_sha256, 64) {
+                    problem("secret_sha256", "must be 64 lowercase hex digits".into());
+                }
+                if key.role == Role::MerchantReader {
+                    problem(
+                        "role",
+                        "merchant_reader keys are not available yet: their tenant scope is not enforced in \
+                         queries; use analyst for a reader that sees everything"
+                            .into(),
+                    );
+                }
+                if !problems.is_empty() {
+                    return Err(Error::InvalidKey(problems));
+                }
+                if self.keys.contains_key(&key.id) {
+                    return Err(Error::KeyExists { id: key.id.clone() });
+                }
+                Ok(())
+            }
+            AccessCommand::RevokeKey { id } => {
+                let key = self.keys.get(id).ok_or_else(|| Error::UnknownKey { id: id.clone() })?;
+                let other_admin =
+                    self.keys.values().any(|k| k.id != *id && k.role == Role::Admin && k.revoked_at.is_none());
+                if key.role == Role::Admin && key.revoked_at.is_none() && !other_admin {
+                    return Err(Error::LastAdminKey { id: id.clone() });
+                }
+                Ok(())
+            }
+            AccessCommand::SetNodeSecret { secret } => {
+                if self.node_secret.is_some() {
+                    return Err(Error::KeyExists { id: "node".into() });
+                }
+                if !is_hex(secret, SECRET_LEN) {
+                    return Err(Error::InvalidKey(vec![SpecProblem {
+                        field: "secret".into(),
+                        message: format!("must be {SECRET_LEN} lowercase hex digits"),
+                    }]));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Applies a checked command. Revoking a revoked key changes nothing.
+    pub fn apply(&mut self, position: LogPosition, writer_time_ms: i64, cmd: &AccessCommand) -> Result<()> {
+        self.check(cmd)?;
+        match cmd {
+            AccessCommand::CreateKey { key } => {
+                self.keys.insert(
+                    key.id.clone(),
+                    ApiKey {
+                        id: key.id.clone(),
+                        name: key.name.clone(),
+                        role: key.role,
+                        secret_sha256: key.secret_sha256.clone(),
+                        created_at: position,
+                        created_ms: writer_time_ms,
+                        revoked_at: None,
+                        revoked_ms: None,
+                    },
+                );
+            }
+            AccessCommand::RevokeKey { id } => {
+                if let Some(k) = self.keys.get_mut(id)
+                    && k.revoked_at.is_none()
+                {
+                    k.revoked_at = Some(position);
+                    k.revoked_ms = Some(writer_time_ms);
+                }
+            }
+            AccessCommand::SetNodeSecret { secret } => self.node_secret = Some(secret.clone()),
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    fn new_key(id: &str, role: Role) -> AccessCommand {
+        AccessCommand::CreateKey {
+            key: NewKey { id: id.into(), name: format!("{role} key"), role, secret_sha256: sha256_hex(SECRET) },
+        }
+    }
+
+    #[test]
+    fn keys_authenticate_by_secret_and_stay_required_once_created() {
+        let mut a = Access::default();
+        assert_eq!(a.authenticate(None), Ok(Principal::Anonymous));
+        a.apply(3, 10, &new_key("aaaaaaaaaaaa", Role::Admin)).expect("admin");
+        a.apply(4, 11, &new_key("bbbbbbbbbbbb", Role::Analyst)).expect("analyst");
+        assert_eq!(a.authenticate(None), Err(Denied::Missing));
+        let token = format!("tmk_bbbbbbbbbbbb_{SECRET}");
+        assert_eq!(a.authenticate(Some(&token)), Ok(Principal::Key { id: "bbbbbbbbbbbb".into(), role: Role::Analyst }));
+        let wrong = format!("tmk_bbbbbbbbbbbb_{}", "f".repeat(64));
+        assert_eq!(a.authenticate(Some(&wrong)), Err(Denied::WrongSecret { id: "bbbbbbbbbbbb".into() }));
+        assert_eq!(a.authenticate(Some("Bearer x")), Err(Denied::Malformed));
+        let unknown = format!("tmk_cccccccccccc_{SECRET}");
+        assert_eq!(a.authenticate(Some(&unknown)), Err(Denied::UnknownKey { id: "cccccccccccc".into() }));
+
+        a.apply(5, 12, &AccessCommand::RevokeKey { id: "bbbbbbbbbbbb".into() }).expect("revoke");
+        assert_eq!(a.authenticate(Some(&token)), Err(Denied::Revoked { id: "bbbbbbbbbbbb".into() }));
+        assert_eq!(a.key("bbbbbbbbbbbb").and_then(|k| k.revoked_at), Some(5));
+        // The last admin key stays.
+        let err = a.check(&AccessCommand::RevokeKey { id: "aaaaaaaaaaaa".into() }).err().map(|e| e.to_string());
+        assert_eq!(
+            err.as_deref(),
+            Some(
+                "API key aaaaaaaaaaaa is the last admin key; create another admin key before revoking it, \
+                 or nobody could manage this cluster"
+            )
+        );
+        assert_eq!(a.authenticate(None), Err(Denied::Missing), "revoking never reopens the node");
+    }
+
+    #[test]
+    fn roles_allow_what_their_job_needs() {
+        let analyst = Principal::Key { id: "k".into(), role: Role::Analyst };
+        assert!(analyst.allows(Action::Query) && !analyst.allows(Action::Publish));
+        assert_eq!(
+            analyst.forbidden(Action::Publish),
+            "API key k (role analyst) may not publish events; that needs role admin or publisher"
+        );
+        assert!(Principal::Node.allows(Action::Internal) && !Principal::Node.allows(Action::Query));
+        let publisher = Principal::Key { id: "p".into(), role: Role::Publisher };
+        assert!(publisher.allows(Action::Suggest) && !publisher.allows(Action::ReadCatalog));
+    }
+
+    #[test]
+    fn bad_keys_are_refused_with_each_problem() {
+        let a = Access::default();
+        let cmd = AccessCommand::CreateKey {
+            key: NewKey { id: "XYZ".into(), name: " ".into(), role: Role::MerchantReader, secret_sha256: "00".into() },
+        };
+        let err = a.check(&cmd).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            err.starts_with("invalid API key: id: must be 12 lowercase hex digits; name: must be 1 to 128"),
+            "{err}"
+        );
+        assert!(err.contains("secret_sha256: must be 64 lowercase hex digits"), "{err}");
+        assert!(err.contains("role: merchant_reader keys are not available yet"), "{err}");
+        let json = serde_json::to_string(&new_key("aaaaaaaaaaaa", Role::Publisher)).expect("json");
+        assert!(
+            json.starts_with(
+                r#"{"op":"create_key","key":{"id":"aaaaaaaaaaaa","name":"publisher key","role":"publisher""#
+            )
+        );
+    }
+}
