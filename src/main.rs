@@ -409,9 +409,14 @@ async fn run_node(cfg: Config, demo: bool, test_faults: bool) -> Result<()> {
     let flight_task = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(tidemark_sql::flight::flight_service(sql_state))
-            .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(flight), async move {
-                let _ = flight_stop.changed().await;
-            }),
+            .serve_with_incoming_shutdown(
+                // Small answers (FlightInfo, prepared statements) go out at once, not after the
+                // client's delayed ACK.
+                tonic::transport::server::TcpIncoming::from(flight).with_nodelay(Some(true)),
+                async move {
+                    let _ = flight_stop.changed().await;
+                },
+            ),
     );
     if demo {
         let args = demo::DemoArgs {

@@ -7,7 +7,8 @@
 //!
 //! Invariants:
 //! - Every write is synced (the WAL is fsync'd) before openraft is told it is durable: a vote
-//!   before `save_vote` returns, entries before their `IOFlushed` callback fires.
+//!   before `save_vote` returns, entries before their `IOFlushed` callback fires. The
+//!   committed id is the exception (see `save_committed`).
 //! - `last_purged` is written before the entries it covers are deleted, so a crash between
 //!   the two leaves a log that still says where it starts.
 //! - The log is short-lived: openraft purges it below the last snapshot, and the raw logs
@@ -33,6 +34,8 @@ const META: &str = "meta";
 const VOTE: &[u8] = b"vote";
 const COMMITTED: &[u8] = b"committed";
 const LAST_PURGED: &[u8] = b"last_purged";
+/// Syncs slower than this are logged at debug level (disk contention shows up here first).
+const SLOW_SYNC: std::time::Duration = std::time::Duration::from_millis(10);
 
 type Entry = EntryOf<TypeConfig>;
 type LogId = LogIdOf<TypeConfig>;
@@ -147,8 +150,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.put_meta(VOTE, vote)
     }
 
+    /// Not synced: the committed id only lets a restart apply sooner, and the WAL keeps it in
+    /// order with the entries, so losing it in a crash is safe (the leader tells the node again).
+    /// A synced write here was a second fsync on every commit.
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
-        self.put_meta(COMMITTED, &committed)
+        self.db.put_cf(self.cf(META)?, COMMITTED, encode(&committed)?).map_err(io::Error::other)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
@@ -166,7 +172,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             batch.put_cf(cf, e.log_id.index.to_be_bytes(), encode(&e)?);
         }
         // One synced write: durable when it returns, so the callback can fire at once.
+        let t = std::time::Instant::now();
         let result = self.db.write_opt(batch, &synced()).map_err(io::Error::other);
+        if t.elapsed() >= SLOW_SYNC {
+            tracing::debug!(ms = t.elapsed().as_millis() as u64, "slow Raft log sync");
+        }
         let flushed = result.as_ref().map(|_| ()).map_err(|e| io::Error::other(e.to_string()));
         callback.io_completed(flushed);
         result

@@ -95,7 +95,10 @@ impl RaftStateMachine<TypeConfig> for EngineStateMachine {
     where
         Strm: futures::Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
     {
+        let t = std::time::Instant::now();
+        let mut n = 0;
         while let Some((entry, responder)) = entries.try_next().await? {
+            n += 1;
             let log_id = entry.log_id.clone();
             let answer = match entry.payload {
                 EntryPayload::Blank => None,
@@ -136,6 +139,9 @@ impl RaftStateMachine<TypeConfig> for EngineStateMachine {
         // (`Engine::checkpoint_due`): apply never waits for fsyncs.
         engine.publish_persisted(false).map_err(|e| io::Error::other(format!("writing a segment: {e}")))?;
         self.applied_tx.send_replace(engine.applied_position());
+        if t.elapsed().as_millis() >= 10 {
+            tracing::debug!(ms = t.elapsed().as_millis() as u64, entries = n, "slow apply");
+        }
         Ok(())
     }
 
