@@ -28,6 +28,46 @@ pub(crate) struct Config {
     pub(crate) ingest: IngestConfig,
     pub(crate) kafka: KafkaSection,
     pub(crate) storage: StorageConfig,
+    pub(crate) limits: LimitsSection,
+}
+
+/// What one query or one caller may use (see `tidemark_sql::limits`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct LimitsSection {
+    pub(crate) query_timeout_ms: u64,
+    pub(crate) query_memory_bytes_max: usize,
+    pub(crate) sql_bytes_max: usize,
+    pub(crate) sql_nesting_max: usize,
+    pub(crate) concurrent_queries_per_key: usize,
+    /// How long an answer to a wrong or missing API key waits (HTTP and Flight SQL).
+    pub(crate) failed_login_delay_ms: u64,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        let q = tidemark_sql::limits::QueryLimits::default();
+        LimitsSection {
+            query_timeout_ms: q.query_timeout_ms,
+            query_memory_bytes_max: q.query_memory_bytes_max,
+            sql_bytes_max: q.sql_bytes_max,
+            sql_nesting_max: q.sql_nesting_max,
+            concurrent_queries_per_key: q.concurrent_queries_per_key,
+            failed_login_delay_ms: 250,
+        }
+    }
+}
+
+impl LimitsSection {
+    pub(crate) fn query(&self) -> tidemark_sql::limits::QueryLimits {
+        tidemark_sql::limits::QueryLimits {
+            query_timeout_ms: self.query_timeout_ms,
+            query_memory_bytes_max: self.query_memory_bytes_max,
+            sql_bytes_max: self.sql_bytes_max,
+            sql_nesting_max: self.sql_nesting_max,
+            concurrent_queries_per_key: self.concurrent_queries_per_key,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -111,6 +151,7 @@ impl Default for Config {
             ingest: IngestConfig::default(),
             kafka: KafkaSection::default(),
             storage: StorageConfig::default(),
+            limits: LimitsSection::default(),
         }
     }
 }
@@ -185,6 +226,18 @@ impl Config {
         }
         if r.snapshot_every_entries == 0 {
             problems.push("raft.snapshot_every_entries: must be positive".into());
+        }
+        let l = &self.limits;
+        for (name, value) in [
+            ("query_timeout_ms", l.query_timeout_ms as usize),
+            ("query_memory_bytes_max", l.query_memory_bytes_max),
+            ("sql_bytes_max", l.sql_bytes_max),
+            ("sql_nesting_max", l.sql_nesting_max),
+            ("concurrent_queries_per_key", l.concurrent_queries_per_key),
+        ] {
+            if value == 0 {
+                problems.push(format!("limits.{name}: must be positive"));
+            }
         }
         if self.ingest.body_bytes_max == 0 {
             problems.push("ingest.body_bytes_max: must be positive".into());

@@ -346,7 +346,9 @@ async fn run_node(cfg: Config, demo: bool, test_faults: bool) -> Result<()> {
     let source: Arc<dyn SnapshotSource> = Arc::new(node.engine());
     let barrier: Arc<dyn tidemark_sql::ReadBarrier> = Arc::new(RaftReadBarrier(node.clone()));
     let auth: Arc<dyn tidemark_sql::flight_auth::Authenticator> = Arc::new(KeyCheck(node.clone()));
-    let sql_state = SqlState { source, barrier: Some(barrier), auth: Some(auth) };
+    let gate = tidemark_sql::limits::QueryGate::new(cfg.limits.query());
+    let sql_state = SqlState { source, barrier: Some(barrier), auth: Some(auth), gate };
+    let failed_login_delay = Duration::from_millis(cfg.limits.failed_login_delay_ms);
     let metrics = node.metrics();
     let sql_router = tidemark_sql::http::router(sql_state.clone()).layer(axum::middleware::from_fn(
         move |req: axum::extract::Request, next: axum::middleware::Next| {
@@ -371,6 +373,7 @@ async fn run_node(cfg: Config, demo: bool, test_faults: bool) -> Result<()> {
         node: node.clone(),
         limits: BeaconLimits { body_bytes_max: cfg.ingest.body_bytes_max, future_ms_max: cfg.ingest.future_ms_max },
         spool: spool.clone(),
+        failed_login_delay,
     };
     if let Some(spool) = spool {
         tokio::spawn(tidemark_ingest::beacon_routing::drain(ingest_state.clone(), spool));
@@ -408,7 +411,7 @@ async fn run_node(cfg: Config, demo: bool, test_faults: bool) -> Result<()> {
     let mut flight_stop = stop_rx.clone();
     let flight_task = tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(tidemark_sql::flight::flight_service(sql_state))
+            .add_service(tidemark_sql::flight::flight_service(sql_state, failed_login_delay))
             .serve_with_incoming_shutdown(
                 // Small answers (FlightInfo, prepared statements) go out at once, not after the
                 // client's delayed ACK.

@@ -91,6 +91,8 @@ pub async fn authenticate(State(s): State<IngestState>, mut req: Request, next: 
         (Err(_), None) => Principal::Anonymous,
         (Err(denied), Some(_)) => {
             s.node.metrics().auth_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            // Slows down guessing; the connection's other requests wait their own turn.
+            tokio::time::sleep(s.failed_login_delay).await;
             return unauthorized(&denied.to_string());
         }
     };
@@ -99,6 +101,7 @@ pub async fn authenticate(State(s): State<IngestState>, mut req: Request, next: 
     {
         return (StatusCode::FORBIDDEN, Json(json!({ "error": principal.forbidden(action) }))).into_response();
     }
+    req.extensions_mut().insert(principal.clone());
     req.extensions_mut().insert(Caller(principal));
     next.run(req).await
 }

@@ -42,6 +42,8 @@ pub struct IngestState {
     pub limits: beacons::BeaconLimits,
     /// The no-quorum spool for beacons; `None` when switched off (then: 503).
     pub spool: Option<std::sync::Arc<spool::Spool>>,
+    /// How long a request with a wrong key waits for its 401 (limits.failed_login_delay_ms).
+    pub failed_login_delay: std::time::Duration,
 }
 
 /// The ingest and admin HTTP routes, each behind the key check of `auth.rs`. Writes run on

@@ -14,7 +14,8 @@ use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider};
 use datafusion::dataframe::DataFrame;
 use datafusion::error::DataFusionError;
 use datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext};
-use datafusion::sql::parser::{DFParser, Statement};
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::sql::parser::{DFParserBuilder, Statement};
 use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
 use tidemark_storage::snapshot::SnapshotSource;
 
@@ -57,13 +58,45 @@ impl Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// What one session (one query) may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionLimits {
+    /// The session's memory pool: operators that would grow past it fail with
+    /// `ResourcesExhausted` instead of taking memory other queries need.
+    pub memory_bytes_max: Option<usize>,
+    /// How deep the SQL parser may recurse (nested expressions and subqueries).
+    pub nesting_max: usize,
+}
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        SessionLimits { memory_bytes_max: None, nesting_max: 50 }
+    }
+}
+
 /// A session over `source` with tidemark's tables and functions.
 pub fn new_session(source: Arc<dyn SnapshotSource>) -> SessionContext {
-    let config = SessionConfig::new()
+    new_session_with(source, SessionLimits::default())
+}
+
+/// A session with its own memory pool and parser depth bound.
+pub fn new_session_with(source: Arc<dyn SnapshotSource>, limits: SessionLimits) -> SessionContext {
+    let mut config = SessionConfig::new()
         .with_default_catalog_and_schema(CATALOG, DATASOURCE_SCHEMA)
         .with_create_default_catalog_and_schema(false)
         .with_information_schema(true);
-    let ctx = SessionContext::new_with_config(config);
+    if let Ok(depth) = datafusion::config::ConfigNonZeroUsize::try_new(limits.nesting_max) {
+        config.options_mut().sql_parser.recursion_limit = depth;
+    }
+    let mut runtime = RuntimeEnvBuilder::new();
+    if let Some(bytes) = limits.memory_bytes_max {
+        runtime = runtime.with_memory_limit(bytes, 1.0);
+    }
+    let ctx = match runtime.build_arc() {
+        Ok(rt) => SessionContext::new_with_config_rt(config, rt),
+        // Building a runtime without a disk manager change cannot fail; keep a session anyway.
+        Err(_) => SessionContext::new_with_config(config),
+    };
     let catalog = MemoryCatalogProvider::new();
     // MemoryCatalogProvider::register_schema only fails for duplicate names, which these are not.
     let _ = catalog.register_schema(DATASOURCE_SCHEMA, Arc::new(schemas::DatasourceSchema { source: source.clone() }));
@@ -77,7 +110,12 @@ pub fn new_session(source: Arc<dyn SnapshotSource>) -> SessionContext {
 
 /// Plans one read-only statement. Writes get an error that says how data gets in.
 pub async fn sql(ctx: &SessionContext, text: &str) -> Result<DataFrame> {
-    let statements = DFParser::parse_sql(text).map_err(Error::DataFusion)?;
+    let depth = ctx.state().config().options().sql_parser.recursion_limit.get();
+    let statements = DFParserBuilder::new(text)
+        .with_recursion_limit(depth)
+        .build()
+        .and_then(|mut p| p.parse_statements())
+        .map_err(Error::DataFusion)?;
     if statements.len() != 1 {
         return Err(Error::DataFusion(DataFusionError::Plan(format!(
             "expected exactly one SQL statement, got {}",

@@ -54,7 +54,10 @@ use prost::Message as _;
 use tidemark_query::{CATALOG, DATASOURCE_SCHEMA, SYSTEM_SCHEMA};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::flight_auth::{FlightAuth, presented_token};
+use tidemark_catalog::access::Principal;
+
+use crate::flight_auth::{DelayRefusals, FlightAuth, presented_token};
+use crate::limits::Limit;
 use crate::{Error, SqlState};
 
 /// Where the binary listens for Flight SQL unless told otherwise.
@@ -83,9 +86,12 @@ impl TidemarkFlightSql {
 /// the API key check of `flight_auth.rs`.
 pub fn flight_service(
     state: SqlState,
-) -> tonic::service::interceptor::InterceptedService<FlightServiceServer<TidemarkFlightSql>, FlightAuth> {
+    failed_login_delay: std::time::Duration,
+) -> DelayRefusals<tonic::service::interceptor::InterceptedService<FlightServiceServer<TidemarkFlightSql>, FlightAuth>>
+{
     let auth = FlightAuth(state.auth.clone());
-    FlightServiceServer::with_interceptor(TidemarkFlightSql::new(state), auth)
+    let inner = FlightServiceServer::with_interceptor(TidemarkFlightSql::new(state), auth);
+    DelayRefusals { inner, delay: failed_login_delay }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -93,6 +99,13 @@ pub fn flight_service(
 
 /// User errors (bad SQL, unknown table, writes) are the client's to fix; the rest are ours.
 fn status(e: Error) -> Status {
+    if let Error::Limit { limit, message } = &e {
+        return match limit {
+            Limit::Timeout => Status::deadline_exceeded(message.clone()),
+            Limit::Memory | Limit::Concurrency => Status::resource_exhausted(message.clone()),
+            Limit::SqlSize | Limit::Nesting => Status::invalid_argument(message.clone()),
+        };
+    }
     if e.is_user_error() {
         Status::invalid_argument(e.to_string())
     } else {
@@ -185,8 +198,10 @@ fn schema_ipc(schema: &Schema) -> Result<Bytes, Status> {
 /// Plans one statement. Placeholders are refused here, at planning, because nothing could
 /// bind them later and DataFusion would only fail at execution with a less helpful message.
 async fn plan(state: &SqlState, text: &str) -> Result<DataFrame, Status> {
-    let ctx = tidemark_query::new_session(state.source.clone());
-    let df = tidemark_query::sql(&ctx, text).await.map_err(|e| status(e.into()))?;
+    let limits = state.gate.limits;
+    limits.check_text(text).map_err(status)?;
+    let ctx = tidemark_query::new_session_with(state.source.clone(), limits.session());
+    let df = tidemark_query::sql(&ctx, text).await.map_err(|e| status(limits.name_limit(e.into())))?;
     let params = df.logical_plan().get_parameter_types().map_err(|e| status(tidemark_query::Error::from(e).into()))?;
     if !params.is_empty() {
         let mut names: Vec<&String> = params.keys().collect();
@@ -216,15 +231,44 @@ async fn consistency<T>(state: &SqlState, request: &Request<T>) -> Result<(), St
     })
 }
 
-async fn execute(state: &SqlState, text: &str) -> Result<Response<DoGetStream>, Status> {
+/// Who a call is from, for the per-key query count (the interceptor put it there).
+fn caller<T>(request: &Request<T>) -> String {
+    request.extensions().get::<Principal>().map_or_else(|| Principal::Anonymous.actor(), Principal::actor)
+}
+
+/// Plans and streams a statement for `who`, within the query limits: the key's slot is held
+/// until the stream ends, and the time limit covers planning and every batch.
+async fn execute(state: &SqlState, text: &str, who: &str) -> Result<Response<DoGetStream>, Status> {
     tracing::debug!(sql = %text, "flight sql: executing");
-    let df = plan(state, text).await?;
-    let schema = wire_schema(df.schema().as_arrow());
-    let batches = df.execute_stream().await.map_err(|e| status(tidemark_query::Error::from(e).into()))?;
+    let limits = state.gate.limits;
+    let slot = state.gate.enter(who).map_err(status)?;
+    let deadline = tokio::time::Instant::now() + limits.timeout();
+    let start = async {
+        let df = plan(state, text).await?;
+        let schema = wire_schema(df.schema().as_arrow());
+        let batches =
+            df.execute_stream().await.map_err(|e| status(limits.name_limit(tidemark_query::Error::from(e).into())))?;
+        Ok::<_, Status>((schema, batches))
+    };
+    let (schema, batches) =
+        tokio::time::timeout_at(deadline, start).await.map_err(|_| status(limits.timed_out()))??;
     let out_schema = schema.clone();
-    let batches = batches.map(move |batch| match batch {
-        Ok(batch) => to_wire(&batch, &out_schema).map_err(FlightError::Arrow),
-        Err(e) => Err(FlightError::Tonic(Box::new(status(tidemark_query::Error::from(e).into())))),
+    let batches = futures::stream::unfold(Some((batches, slot)), move |held| {
+        let out_schema = out_schema.clone();
+        async move {
+            let (mut batches, slot) = held?;
+            match tokio::time::timeout_at(deadline, batches.next()).await {
+                Err(_) => Some((Err(FlightError::Tonic(Box::new(status(limits.timed_out())))), None)),
+                Ok(None) => None,
+                Ok(Some(Ok(batch))) => {
+                    Some((to_wire(&batch, &out_schema).map_err(FlightError::Arrow), Some((batches, slot))))
+                }
+                Ok(Some(Err(e))) => {
+                    let e = status(limits.name_limit(tidemark_query::Error::from(e).into()));
+                    Some((Err(FlightError::Tonic(Box::new(e))), None))
+                }
+            }
+        }
     });
     Ok(Response::new(encode(schema, batches)))
 }
@@ -522,7 +566,7 @@ impl FlightSqlService for TidemarkFlightSql {
     ) -> Result<Response<DoGetStream>, Status> {
         let text = sql_text(&ticket.statement_handle, "ticket")?;
         consistency(&self.state, &request).await?;
-        execute(&self.state, &text).await
+        execute(&self.state, &text, &caller(&request)).await
     }
 
     async fn get_flight_info_substrait_plan(
@@ -595,7 +639,7 @@ impl FlightSqlService for TidemarkFlightSql {
     ) -> Result<Response<DoGetStream>, Status> {
         let text = sql_text(&command.prepared_statement_handle, "prepared statement handle")?;
         consistency(&self.state, &request).await?;
-        execute(&self.state, &text).await
+        execute(&self.state, &text, &caller(&request)).await
     }
 
     async fn do_put_prepared_statement_query(

@@ -60,3 +60,47 @@ impl tonic::service::Interceptor for FlightAuth {
         Ok(request)
     }
 }
+
+/// Wraps the Flight service so that a call refused for its credentials (gRPC status 16,
+/// UNAUTHENTICATED) is answered only after a delay, which slows down guessing keys. The
+/// interceptor cannot wait (it is synchronous); this runs around it.
+#[derive(Debug, Clone)]
+pub struct DelayRefusals<S> {
+    pub inner: S,
+    pub delay: std::time::Duration,
+}
+
+impl<S: tonic::server::NamedService> tonic::server::NamedService for DelayRefusals<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, ReqBody, ResBody> tonic::codegen::Service<tonic::codegen::http::Request<ReqBody>> for DelayRefusals<S>
+where
+    S: tonic::codegen::Service<
+            tonic::codegen::http::Request<ReqBody>,
+            Response = tonic::codegen::http::Response<ResBody>,
+        >,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ResBody: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: tonic::codegen::http::Request<ReqBody>) -> Self::Future {
+        let answer = self.inner.call(request);
+        let delay = self.delay;
+        Box::pin(async move {
+            let response = answer.await?;
+            if response.headers().get("grpc-status").is_some_and(|v| v.as_bytes() == b"16") {
+                tokio::time::sleep(delay).await;
+            }
+            Ok(response)
+        })
+    }
+}

@@ -4,13 +4,16 @@
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 
+use tidemark_catalog::access::Principal;
+
+use crate::limits::Limit;
 use crate::{Error, SqlState, run_query};
 
 pub const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
@@ -29,7 +32,22 @@ fn error_response(status: StatusCode, message: String) -> Response {
         .into_response()
 }
 
-async fn sql_handler(State(state): State<SqlState>, headers: HeaderMap, body: Bytes) -> Response {
+/// The status a refused query gets over HTTP.
+fn limit_status(limit: Limit) -> StatusCode {
+    match limit {
+        Limit::Timeout => StatusCode::REQUEST_TIMEOUT,
+        Limit::SqlSize => StatusCode::PAYLOAD_TOO_LARGE,
+        Limit::Concurrency => StatusCode::TOO_MANY_REQUESTS,
+        Limit::Memory | Limit::Nesting => StatusCode::BAD_REQUEST,
+    }
+}
+
+async fn sql_handler(
+    State(state): State<SqlState>,
+    caller: Option<Extension<Principal>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -59,8 +77,10 @@ async fn sql_handler(State(state): State<SqlState>, headers: HeaderMap, body: By
         return error_response(status, e.to_string());
     }
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("application/json").to_string();
-    let (schema, batches) = match run_query(&state, &text).await {
+    let who = caller.map_or_else(|| Principal::Anonymous.actor(), |Extension(p)| p.actor());
+    let (schema, batches) = match run_query(&state, &text, &who).await {
         Ok(r) => r,
+        Err(Error::Limit { limit, message }) => return error_response(limit_status(limit), message),
         Err(e) => {
             let status = if e.is_user_error() { StatusCode::BAD_REQUEST } else { StatusCode::INTERNAL_SERVER_ERROR };
             return error_response(status, e.to_string());

@@ -14,6 +14,7 @@ use tidemark_storage::snapshot::SnapshotSource;
 pub mod flight;
 pub mod flight_auth;
 pub mod http;
+pub mod limits;
 
 /// What both doors need: where data comes from, and how to wait for read-your-writes.
 #[derive(Debug, Clone)]
@@ -23,6 +24,8 @@ pub struct SqlState {
     /// Checks Flight SQL callers' API keys (HTTP callers are checked by the ingest router's
     /// layer); `None` serves everyone.
     pub auth: Option<Arc<dyn flight_auth::Authenticator>>,
+    /// Per-query limits and each key's running queries.
+    pub gate: Arc<limits::QueryGate>,
 }
 
 /// The request header (HTTP) or gRPC metadata key (Flight SQL) that asks for a consistency
@@ -64,13 +67,16 @@ pub enum Error {
 
     #[error("read-your-writes is not available right now: {0}")]
     Consistency(String),
+
+    #[error("{message}")]
+    Limit { limit: limits::Limit, message: String },
 }
 
 impl Error {
     pub fn is_user_error(&self) -> bool {
         match self {
             Error::Query(e) => e.is_user_error(),
-            Error::BadRequest(_) => true,
+            Error::BadRequest(_) | Error::Limit { .. } => true,
             Error::Encode(_) | Error::Consistency(_) => false,
         }
     }
@@ -78,14 +84,25 @@ impl Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Runs one read-only statement to completion.
+/// Runs one read-only statement to completion for `who` (an actor: `key:<id>`, `anonymous`),
+/// within the node's query limits.
 pub async fn run_query(
     state: &SqlState,
     text: &str,
+    who: &str,
 ) -> Result<(datafusion::arrow::datatypes::SchemaRef, Vec<datafusion::arrow::array::RecordBatch>)> {
-    let ctx = tidemark_query::new_session(state.source.clone());
-    let df = tidemark_query::sql(&ctx, text).await?;
-    let schema = Arc::new(df.schema().as_arrow().clone());
-    let batches = df.collect().await.map_err(tidemark_query::Error::from)?;
-    Ok((schema, batches))
+    let limits = state.gate.limits;
+    limits.check_text(text)?;
+    let _slot = state.gate.enter(who)?;
+    let work = async {
+        let ctx = tidemark_query::new_session_with(state.source.clone(), limits.session());
+        let df = tidemark_query::sql(&ctx, text).await?;
+        let schema = Arc::new(df.schema().as_arrow().clone());
+        let batches = df.collect().await.map_err(tidemark_query::Error::from)?;
+        Ok((schema, batches))
+    };
+    match tokio::time::timeout(limits.timeout(), work).await {
+        Ok(result) => result.map_err(|e| limits.name_limit(e)),
+        Err(_) => Err(limits.timed_out()),
+    }
 }

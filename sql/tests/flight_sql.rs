@@ -110,8 +110,17 @@ type Client = FlightSqlServiceClient<Channel>;
 async fn start() -> Client {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("local addr");
-    let state = SqlState { source: Arc::new(fixture()), barrier: None, auth: None };
-    tokio::spawn(Server::builder().add_service(flight_service(state)).serve_with_incoming(TcpIncoming::from(listener)));
+    let state = SqlState {
+        source: Arc::new(fixture()),
+        barrier: None,
+        auth: None,
+        gate: tidemark_sql::limits::QueryGate::new(Default::default()),
+    };
+    tokio::spawn(
+        Server::builder()
+            .add_service(flight_service(state, std::time::Duration::ZERO))
+            .serve_with_incoming(TcpIncoming::from(listener)),
+    );
     let channel = Endpoint::try_from(format!("http://{addr}")).expect("endpoint").connect().await.expect("connect");
     FlightSqlServiceClient::new(channel)
 }

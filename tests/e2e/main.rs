@@ -9,6 +9,7 @@ mod flight_adbc;
 mod governance;
 mod harness;
 mod kafka;
+mod limits;
 
 use tidemark_loadgen::{Beacon, Traffic, TrafficConfig};
 

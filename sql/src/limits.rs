@@ -1,0 +1,185 @@
+//! Limits on each query, so that one heavy query cannot starve the others: a time limit, a
+//! memory pool per query (DataFusion's), a bound on the SQL text and on its nesting, and a cap
+//! on the queries one key runs at once. Each refusal names the limit and the setting that
+//! changes it (`[limits]` in the node's config).
+//!
+//! Invariant: a query holds its [`Slot`] from planning until its last batch is sent (or the
+//! client goes away), so the per-key count covers streaming Flight results too.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use datafusion::error::DataFusionError;
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueryLimits {
+    /// From the start of planning to the last row sent.
+    pub query_timeout_ms: u64,
+    /// Memory one query's operators may hold (hash tables, sorts).
+    pub query_memory_bytes_max: usize,
+    pub sql_bytes_max: usize,
+    /// Depth of nested expressions and subqueries the parser accepts.
+    pub sql_nesting_max: usize,
+    /// Queries one API key (or all anonymous callers together) may run at once.
+    pub concurrent_queries_per_key: usize,
+}
+
+impl Default for QueryLimits {
+    fn default() -> Self {
+        QueryLimits {
+            query_timeout_ms: 60_000,
+            query_memory_bytes_max: 1 << 30,
+            sql_bytes_max: 1 << 20,
+            sql_nesting_max: 64,
+            concurrent_queries_per_key: 8,
+        }
+    }
+}
+
+/// Which limit refused a query (for the status each door answers with).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    Timeout,
+    Memory,
+    SqlSize,
+    Nesting,
+    Concurrency,
+}
+
+impl QueryLimits {
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.query_timeout_ms)
+    }
+
+    pub fn session(&self) -> tidemark_query::SessionLimits {
+        tidemark_query::SessionLimits {
+            memory_bytes_max: Some(self.query_memory_bytes_max),
+            nesting_max: self.sql_nesting_max,
+        }
+    }
+
+    pub fn check_text(&self, text: &str) -> Result<(), Error> {
+        if text.len() > self.sql_bytes_max {
+            return Err(Error::Limit {
+                limit: Limit::SqlSize,
+                message: format!(
+                    "the SQL text is {} bytes, above the limit of {} (limits.sql_bytes_max)",
+                    text.len(),
+                    self.sql_bytes_max
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    pub fn timed_out(&self) -> Error {
+        Error::Limit {
+            limit: Limit::Timeout,
+            message: format!(
+                "the query ran longer than its time limit of {} ms (limits.query_timeout_ms) and was cancelled",
+                self.query_timeout_ms
+            ),
+        }
+    }
+
+    /// Turns DataFusion's refusals that come from a limit into errors naming it.
+    pub fn name_limit(&self, e: Error) -> Error {
+        let Error::Query(tidemark_query::Error::DataFusion(df)) = &e else { return e };
+        match df.find_root() {
+            DataFusionError::ResourcesExhausted(detail) => Error::Limit {
+                limit: Limit::Memory,
+                message: format!(
+                    "the query needs more than its memory limit of {} bytes (limits.query_memory_bytes_max); \
+                     narrow the time range or group by fewer columns ({detail})",
+                    self.query_memory_bytes_max
+                ),
+            },
+            DataFusionError::SQL(inner, _) if inner.to_string().contains("recursion limit exceeded") => Error::Limit {
+                limit: Limit::Nesting,
+                message: format!("the SQL nests deeper than {} levels (limits.sql_nesting_max)", self.sql_nesting_max),
+            },
+            _ => e,
+        }
+    }
+}
+
+/// Counts each key's running queries.
+#[derive(Debug)]
+pub struct QueryGate {
+    pub limits: QueryLimits,
+    running: Mutex<HashMap<String, usize>>,
+}
+
+/// One running query of a key; dropping it frees the place.
+#[derive(Debug)]
+pub struct Slot {
+    gate: Arc<QueryGate>,
+    key: String,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut running = self.gate.running.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = running.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                running.remove(&self.key);
+            }
+        }
+    }
+}
+
+impl QueryGate {
+    pub fn new(limits: QueryLimits) -> Arc<QueryGate> {
+        Arc::new(QueryGate { limits, running: Mutex::new(HashMap::new()) })
+    }
+
+    /// A place for one more query of `key` (an actor such as `key:<id>` or `anonymous`).
+    pub fn enter(self: &Arc<Self>, key: &str) -> Result<Slot, Error> {
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        let n = running.entry(key.to_string()).or_insert(0);
+        if *n >= self.limits.concurrent_queries_per_key {
+            return Err(Error::Limit {
+                limit: Limit::Concurrency,
+                message: format!(
+                    "{key} already runs {n} queries, the limit (limits.concurrent_queries_per_key); retry when one ends"
+                ),
+            });
+        }
+        *n += 1;
+        Ok(Slot { gate: self.clone(), key: key.to_string() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_runs_at_most_its_limit_and_a_finished_query_frees_its_place() {
+        let gate = QueryGate::new(QueryLimits { concurrent_queries_per_key: 2, ..QueryLimits::default() });
+        let a = gate.enter("key:a").expect("first");
+        let _b = gate.enter("key:a").expect("second");
+        let err = gate.enter("key:a").err().map(|e| e.to_string()).unwrap_or_default();
+        assert_eq!(
+            err,
+            "key:a already runs 2 queries, the limit (limits.concurrent_queries_per_key); retry when one ends"
+        );
+        assert!(gate.enter("key:b").is_ok(), "other keys are not affected");
+        drop(a);
+        assert!(gate.enter("key:a").is_ok());
+    }
+
+    #[test]
+    fn oversized_sql_is_refused_naming_the_setting() {
+        let limits = QueryLimits { sql_bytes_max: 10, ..QueryLimits::default() };
+        assert!(limits.check_text("SELECT 1").is_ok());
+        let err = limits.check_text("SELECT 1 + 1 + 1").err().map(|e| e.to_string()).unwrap_or_default();
+        assert_eq!(err, "the SQL text is 16 bytes, above the limit of 10 (limits.sql_bytes_max)");
+    }
+}

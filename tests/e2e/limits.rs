@@ -1,0 +1,90 @@
+//! Query limits against the real binary: each refusal names its limit and setting, a refused
+//! query leaves the node answering others, and wrong keys wait before their 401.
+
+use std::time::{Duration, Instant};
+
+use crate::harness::TestNode;
+
+const CONFIG: &str = "[limits]
+query_timeout_ms = 1500
+query_memory_bytes_max = 2000000
+sql_bytes_max = 4000
+sql_nesting_max = 20
+concurrent_queries_per_key = 1
+failed_login_delay_ms = 300
+";
+
+const SLOW: &str = "SELECT COUNT(*) AS n FROM generate_series(1, 2000000000)";
+
+fn error_of(r: &crate::harness::Reply) -> String {
+    r.json()["error"].as_str().unwrap_or_default().to_string()
+}
+
+#[test]
+fn each_query_limit_refuses_with_its_name_and_the_node_keeps_answering() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("limits.toml");
+    std::fs::write(&config, CONFIG).expect("config");
+    let config = config.to_string_lossy().to_string();
+    let node = TestNode::start_with(&dir.path().join("data"), &["--config", &config]);
+    let sql = |q: &str| node.post("/v1/sql", q.as_bytes(), &[("Content-Type", "text/plain")]);
+
+    let big = format!("SELECT 1 AS x{}", " ".repeat(4000));
+    let r = sql(&big);
+    assert_eq!(
+        (r.status, error_of(&r)),
+        (413, format!("the SQL text is {} bytes, above the limit of 4000 (limits.sql_bytes_max)", big.len()))
+    );
+
+    let nested = format!("SELECT {}1{} AS x", "(".repeat(30), ")".repeat(30));
+    let r = sql(&nested);
+    assert_eq!(
+        (r.status, error_of(&r)),
+        (400, "the SQL nests deeper than 20 levels (limits.sql_nesting_max)".to_string())
+    );
+    let shallow = format!("SELECT {}1{} AS x", "(".repeat(5), ")".repeat(5));
+    assert_eq!(sql(&shallow).json()[0]["x"], 1);
+
+    let r = sql("SELECT value AS k, COUNT(*) AS c FROM generate_series(1, 300000) GROUP BY k ORDER BY c DESC LIMIT 1");
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        error_of(&r)
+            .starts_with("the query needs more than its memory limit of 2000000 bytes (limits.query_memory_bytes_max)"),
+        "{}",
+        r.body
+    );
+
+    // The slow query is cancelled at its time limit; meanwhile the same caller's second query
+    // is refused (one at a time), and once it ended the caller can query again.
+    std::thread::scope(|s| {
+        let slow = s.spawn(|| {
+            let t = Instant::now();
+            let r = sql(SLOW);
+            (r, t.elapsed())
+        });
+        std::thread::sleep(Duration::from_millis(400));
+        let r = sql("SELECT 1 AS one");
+        assert_eq!(r.status, 429, "{}", r.body);
+        assert_eq!(
+            error_of(&r),
+            "anonymous already runs 1 queries, the limit (limits.concurrent_queries_per_key); retry when one ends"
+        );
+        let (r, took) = slow.join().expect("slow query thread");
+        assert_eq!(r.status, 408, "{}", r.body);
+        assert_eq!(
+            error_of(&r),
+            "the query ran longer than its time limit of 1500 ms (limits.query_timeout_ms) and was cancelled"
+        );
+        assert!(took >= Duration::from_millis(1500), "{took:?}");
+    });
+    assert_eq!(sql("SELECT 1 AS one").json()[0]["one"], 1);
+
+    // With keys, a wrong key waits for its 401.
+    let (code, out, err) = node.cli(&["keys", "create", "--name", "root", "--role", "admin"]);
+    assert_eq!(code, 0, "{err}");
+    let wrong = format!("Bearer {}{}", &out.trim()[..17], "0".repeat(64));
+    let t = Instant::now();
+    let r = node.post("/v1/sql", b"SELECT 1", &[("Authorization", &wrong)]);
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert!(t.elapsed() >= Duration::from_millis(300), "answered after {:?}", t.elapsed());
+}
