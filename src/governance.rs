@@ -18,6 +18,9 @@ pub(crate) enum GovernanceCmd {
     /// Tags of a domain: kind, type, status, aliases, required forms.
     #[command(subcommand)]
     Tag(TagCmd),
+    /// How long each form of a datasource's data is kept.
+    #[command(subcommand)]
+    Retention(RetentionCmd),
     /// What a key means in each domain: a tag, an alias, or unknown with the closest tag.
     Suggest {
         tag: String,
@@ -27,6 +30,32 @@ pub(crate) enum GovernanceCmd {
         datasource: Option<String>,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        url: UrlArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum RetentionCmd {
+    /// Replace a datasource's retention rule; a form left out is kept forever.
+    Set {
+        datasource: String,
+        /// Raw log (ISO-8601 period such as P30D).
+        #[arg(long)]
+        raw: Option<String>,
+        /// Rolled-up segments.
+        #[arg(long)]
+        segments: Option<String>,
+        #[arg(long)]
+        rejects: Option<String>,
+        #[arg(long)]
+        fulltext: Option<String>,
+        #[command(flatten)]
+        url: UrlArg,
+    },
+    /// One datasource's rule, or every rule set.
+    Show {
+        datasource: Option<String>,
         #[command(flatten)]
         url: UrlArg,
     },
@@ -195,6 +224,19 @@ pub(crate) fn run(cmd: GovernanceCmd) -> Result<()> {
         GovernanceCmd::Tag(TagCmd::Remove { domain, tag, url }) => {
             let path = format!("/v1/governance/domains/{}/tags/{}", enc(&domain), enc(&tag));
             print_json(&Client::new(&url.url).delete(&path)?.ok()?.body)
+        }
+        GovernanceCmd::Retention(RetentionCmd::Set { datasource, raw, segments, rejects, fulltext, url }) => {
+            let body =
+                json!({ "raw": raw, "segments": segments, "rejects": rejects, "fulltext": fulltext }).to_string();
+            let path = format!("/v1/governance/retention/{}", enc(&datasource));
+            print_json(&Client::new(&url.url).send("PUT", &path, "application/json", &[], body.as_bytes())?.ok()?.body)
+        }
+        GovernanceCmd::Retention(RetentionCmd::Show { datasource, url }) => {
+            let path = match datasource {
+                Some(d) => format!("/v1/governance/retention/{}", enc(&d)),
+                None => "/v1/governance/retention".to_string(),
+            };
+            print_json(&Client::new(&url.url).get(&path)?.ok()?.body)
         }
         GovernanceCmd::Suggest { tag, domain, datasource, json, url } => {
             let mut path = format!("/v1/governance/suggest?tag={}", enc(&tag));

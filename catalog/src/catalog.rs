@@ -18,6 +18,7 @@ use crate::access::{Access, AccessCommand};
 use crate::audit::{AuditLog, AuditRow};
 use crate::error::{Error, Result, SpecProblem};
 use crate::governance::{Form, Governance, GovernanceCommand, GovernanceEffect, Tag};
+use crate::retention::{RetentionCommand, Retentions};
 use crate::spec::DatasourceSpec;
 use crate::standardise::TagRules;
 
@@ -68,6 +69,9 @@ pub enum CatalogCommand {
     /// A change to the API keys (create_key, revoke_key, set_node_secret).
     #[serde(untagged)]
     Access(AccessCommand),
+    /// A datasource's retention rule (put_retention).
+    #[serde(untagged)]
+    Retention(RetentionCommand),
 }
 
 impl CatalogCommand {
@@ -85,6 +89,7 @@ impl CatalogCommand {
             CatalogCommand::Access(AccessCommand::CreateKey { .. }) => "create_key",
             CatalogCommand::Access(AccessCommand::RevokeKey { .. }) => "revoke_key",
             CatalogCommand::Access(AccessCommand::SetNodeSecret { .. }) => "set_node_secret",
+            CatalogCommand::Retention(RetentionCommand::PutRetention { .. }) => "put_retention",
         }
     }
 }
@@ -133,6 +138,7 @@ pub enum CatalogEffect {
     Purged(DatasourceId),
     Governance(GovernanceEffect),
     Access,
+    Retention,
     /// The command had already been applied (a replay); nothing changed.
     AlreadyApplied,
 }
@@ -151,6 +157,8 @@ pub struct Catalog {
     access: Access,
     #[serde(default)]
     audit: AuditLog,
+    #[serde(default)]
+    retention: Retentions,
 }
 
 impl Catalog {
@@ -181,6 +189,10 @@ impl Catalog {
 
     pub fn audit(&self) -> &AuditLog {
         &self.audit
+    }
+
+    pub fn retention(&self) -> &Retentions {
+        &self.retention
     }
 
     /// The tag rules governing `datasource` at `position` (none if it was in no domain then).
@@ -233,6 +245,9 @@ impl Catalog {
                 self.check_governance_against_specs(g)
             }
             CatalogCommand::Access(a) => self.access.check(a),
+            CatalogCommand::Retention(RetentionCommand::PutRetention { datasource, .. }) => {
+                self.live(datasource).map(|_| ())
+            }
         }
     }
 
@@ -355,6 +370,10 @@ impl Catalog {
                 self.access.apply(position, writer_time_ms, a)?;
                 CatalogEffect::Access
             }
+            CatalogCommand::Retention(r) => {
+                self.retention.apply(position, r);
+                CatalogEffect::Retention
+            }
         };
         self.applied = position;
         Ok(effect)
@@ -383,6 +402,9 @@ impl Catalog {
             CatalogCommand::Access(AccessCommand::CreateKey { key: crate::access::NewKey { id, .. } })
             | CatalogCommand::Access(AccessCommand::RevokeKey { id }) => self.access.key(id).map(|k| k.public_json()),
             CatalogCommand::Access(AccessCommand::SetNodeSecret { .. }) => None,
+            CatalogCommand::Retention(RetentionCommand::PutRetention { datasource, .. }) => {
+                self.retention.at(datasource, LogPosition::MAX).and_then(|v| serde_json::to_value(&v.value).ok())
+            }
         }
     }
 
@@ -407,6 +429,9 @@ impl Catalog {
             CatalogCommand::Access(AccessCommand::CreateKey { key: crate::access::NewKey { id, .. } })
             | CatalogCommand::Access(AccessCommand::RevokeKey { id }) => format!("key:{id}"),
             CatalogCommand::Access(AccessCommand::SetNodeSecret { .. }) => "node_secret".into(),
+            CatalogCommand::Retention(RetentionCommand::PutRetention { datasource, .. }) => {
+                format!("retention:{datasource}")
+            }
         }
     }
 

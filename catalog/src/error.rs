@@ -62,6 +62,9 @@ pub enum Error {
     #[error("tag {name:?} does not exist in governance domain {domain:?}")]
     UnknownTag { domain: String, name: String },
 
+    #[error("invalid retention rule: {}", join_problems(.0))]
+    InvalidRetention(Vec<SpecProblem>),
+
     #[error("invalid API key: {}", join_problems(.0))]
     InvalidKey(Vec<SpecProblem>),
 
@@ -97,7 +100,8 @@ impl Error {
             | Error::SpecJson(_)
             | Error::InvalidPeriod { .. }
             | Error::InvalidTag(_)
-            | Error::InvalidKey(_) => StatusCode::InvalidArgument,
+            | Error::InvalidKey(_)
+            | Error::InvalidRetention(_) => StatusCode::InvalidArgument,
             Error::DatasourceExists { .. } | Error::DomainExists { .. } | Error::KeyExists { .. } => {
                 StatusCode::AlreadyExists
             }

@@ -14,6 +14,8 @@ use tidemark_catalog::governance::{
 use tidemark_catalog::standardise::TagRules;
 use tidemark_catalog::{CatalogCommand, CatalogEffect};
 
+use tidemark_catalog::retention::{Retention, RetentionCommand};
+
 use crate::datasources::apply;
 use crate::error::{Error, Result};
 use crate::node::Node;
@@ -229,4 +231,39 @@ fn article(status: TagStatus) -> &'static str {
         TagStatus::Deprecated => "a deprecated",
         TagStatus::Proposed => "a proposed",
     }
+}
+
+fn retention_json(datasource: &str, rule: Option<&tidemark_catalog::governance::Versioned<Retention>>) -> Value {
+    match rule {
+        Some(v) => json!({ "datasource": datasource, "retention": v.value, "position": v.position }),
+        None => json!({ "datasource": datasource, "retention": Retention::default(), "position": null,
+                        "note": "no rule set: every form is kept forever" }),
+    }
+}
+
+/// `GET /v1/governance/retention`: every datasource's rule in force.
+pub fn list_retention(node: &Node) -> Response {
+    let engine = node.engine();
+    let e = engine.read();
+    let all: Vec<Value> = e.catalog().retention().current().map(|(ds, v)| retention_json(ds, Some(v))).collect();
+    Json(all).into_response()
+}
+
+pub fn show_retention(node: &Node, datasource: &str) -> Result<Response> {
+    let engine = node.engine();
+    let e = engine.read();
+    if e.catalog().get(datasource).is_none() {
+        return Err(Error::NotFound(format!("datasource {datasource:?} does not exist")));
+    }
+    Ok(Json(retention_json(datasource, e.catalog().retention().at(datasource, u64::MAX))).into_response())
+}
+
+/// `PUT /v1/governance/retention/{datasource}` with `{"raw": "P30D", "segments": …}`.
+pub async fn put_retention(node: &Node, actor: &str, datasource: &str, body: &[u8]) -> Result<Response> {
+    let retention = Retention::from_json(utf8(body)?)?;
+    let cmd =
+        CatalogCommand::Retention(RetentionCommand::PutRetention { datasource: datasource.to_string(), retention });
+    node.engine().read().catalog().check(&cmd)?;
+    apply(node, cmd, actor).await?;
+    show_retention(node, datasource)
 }

@@ -66,6 +66,8 @@ pub fn router(state: IngestState) -> Router {
             get(show_tag).merge(put(put_tag).delete(remove_tag).layer(leader())),
         )
         .route("/v1/governance/suggest", get(suggest_tag))
+        .route("/v1/governance/retention", get(list_retention))
+        .route("/v1/governance/retention/{datasource}", get(show_retention).merge(put(put_retention).layer(leader())))
         .route("/v1/keys", get(list_keys).merge(post(create_key).layer(leader())))
         .route("/v1/keys/{id}", axum::routing::delete(revoke_key).layer(leader()))
         .route("/v1/cluster", get(cluster::status))
@@ -183,6 +185,23 @@ async fn remove_tag(
 
 async fn suggest_tag(State(s): State<IngestState>, Query(p): Query<governance::SuggestParams>) -> Response {
     governance::suggest(&s.node, &p).unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn list_retention(State(s): State<IngestState>) -> Response {
+    governance::list_retention(&s.node)
+}
+
+async fn show_retention(State(s): State<IngestState>, Path(ds): Path<String>) -> Response {
+    governance::show_retention(&s.node, &ds).unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn put_retention(
+    State(s): State<IngestState>,
+    Extension(c): Extension<auth::Caller>,
+    Path(ds): Path<String>,
+    body: Bytes,
+) -> Response {
+    governance::put_retention(&s.node, &c.actor(), &ds, &body).await.unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn list_keys(State(s): State<IngestState>) -> Response {

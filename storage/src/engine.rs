@@ -306,7 +306,10 @@ impl Engine {
                     self.removals.push((position, ds));
                 }
             }
-            CatalogEffect::Governance(_) | CatalogEffect::Access | CatalogEffect::AlreadyApplied => {}
+            CatalogEffect::Governance(_)
+            | CatalogEffect::Access
+            | CatalogEffect::Retention
+            | CatalogEffect::AlreadyApplied => {}
         }
         Ok(Applied::Catalog(effect))
     }

@@ -233,3 +233,71 @@ fn governance_errors_name_the_problem() {
     assert_ne!(code, 0);
     assert!(err.contains("deprecate it instead"), "{err}");
 }
+
+#[test]
+fn retention_is_stored_per_datasource_and_form_and_audited() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = TestNode::start(dir.path());
+    // No rule: every form is kept forever.
+    let r = node.get("/v1/governance/retention/beacons");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.json()["retention"],
+        serde_json::json!({"raw": null, "segments": null, "rejects": null, "fulltext": null})
+    );
+
+    let (code, out, err) = node.cli(&[
+        "governance",
+        "retention",
+        "set",
+        "beacons",
+        "--raw",
+        "P30D",
+        "--segments",
+        "P400D",
+        "--rejects",
+        "P7D",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(
+        v["retention"],
+        serde_json::json!({"raw": "P30D", "segments": "P400D", "rejects": "P7D", "fulltext": null})
+    );
+    let rows = node.sql("SELECT datasource, raw, segments, rejects, fulltext FROM sys.retention");
+    assert_eq!(
+        rows,
+        vec![
+            // JSON rows leave out nulls: fulltext is kept forever.
+            serde_json::json!({"datasource": "beacons", "raw": "P30D", "segments": "P400D", "rejects": "P7D"})
+        ]
+    );
+    // A shorter raw retention: the audit log has both rules, before and after.
+    let r = node.put("/v1/governance/retention/beacons", br#"{"raw":"P7D","segments":"P400D"}"#);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let rows =
+        node.sql("SELECT op, object, before, after FROM sys.audit WHERE op = 'put_retention' ORDER BY log_position");
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows[0]["before"], serde_json::Value::Null);
+    assert_eq!(rows[1]["object"], "retention:beacons");
+    let before: serde_json::Value = serde_json::from_str(rows[1]["before"].as_str().unwrap_or("null")).expect("json");
+    let after: serde_json::Value = serde_json::from_str(rows[1]["after"].as_str().unwrap_or("null")).expect("json");
+    assert_eq!(
+        (before["raw"].as_str(), after["raw"].as_str(), after["rejects"].as_str()),
+        (Some("P30D"), Some("P7D"), None)
+    );
+
+    // Bad input names the problem.
+    let r = node.put("/v1/governance/retention/beacons", br#"{"raw":"30 days"}"#);
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.json()["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("invalid retention rule: raw: invalid period \"30 days\"")),
+        "{}",
+        r.body
+    );
+    let r = node.put("/v1/governance/retention/nope", br#"{"raw":"P1D"}"#);
+    assert_eq!(r.status, 404, "{}", r.body);
+    assert_eq!(r.json()["error"], "datasource \"nope\" does not exist");
+}

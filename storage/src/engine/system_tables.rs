@@ -1,4 +1,5 @@
-//! `sys.datasources`, `sys.segments`, `sys.rejects`, `sys.tags` and `sys.audit` as Arrow batches.
+//! `sys.datasources`, `sys.segments`, `sys.rejects`, `sys.tags`, `sys.audit` and
+//! `sys.retention` as Arrow batches.
 
 use std::sync::Arc;
 
@@ -9,7 +10,7 @@ use arrow_schema::{DataType, Field, Schema, TimeUnit};
 
 use crate::engine::Engine;
 
-pub(crate) const NAMES: [&str; 5] = ["datasources", "segments", "rejects", "tags", "audit"];
+pub(crate) const NAMES: [&str; 6] = ["datasources", "segments", "rejects", "tags", "audit", "retention"];
 
 fn ts_type() -> DataType {
     DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()))
@@ -26,6 +27,7 @@ pub(crate) fn build(engine: &Engine, name: &str) -> Option<RecordBatch> {
         "rejects" => rejects(engine),
         "tags" => tags(engine),
         "audit" => audit(engine),
+        "retention" => retention(engine),
         _ => None,
     }
 }
@@ -227,6 +229,34 @@ fn audit(engine: &Engine) -> Option<RecordBatch> {
             Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.object.clone()))),
             Arc::new(StringArray::from_iter(rows.iter().map(|r| json(&r.before)))),
             Arc::new(StringArray::from_iter(rows.iter().map(|r| json(&r.after)))),
+        ],
+    )
+}
+
+/// Each datasource's retention rule in force: one row per datasource that has one; a null
+/// period keeps that form forever.
+fn retention(engine: &Engine) -> Option<RecordBatch> {
+    let rows: Vec<_> = engine.catalog.retention().current().collect();
+    let form = |i: usize| {
+        Arc::new(StringArray::from_iter(rows.iter().map(|(_, v)| v.value.forms()[i].1.map(|p| p.to_string()))))
+            as ArrayRef
+    };
+    batch(
+        vec![
+            Field::new("datasource", DataType::Utf8, false),
+            Field::new("raw", DataType::Utf8, true),
+            Field::new("segments", DataType::Utf8, true),
+            Field::new("rejects", DataType::Utf8, true),
+            Field::new("fulltext", DataType::Utf8, true),
+            Field::new("position", DataType::UInt64, false),
+        ],
+        vec![
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|(n, _)| n.to_string()))),
+            form(0),
+            form(1),
+            form(2),
+            form(3),
+            Arc::new(UInt64Array::from_iter_values(rows.iter().map(|(_, v)| v.position))),
         ],
     )
 }
