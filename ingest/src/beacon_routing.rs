@@ -168,6 +168,12 @@ async fn send(s: &IngestState, item: &spool::Spooled) -> Sent {
     };
     headers.insert(IDEMPOTENCY_KEY, key);
     headers.insert(NO_SPOOL, HeaderValue::from_static("1"));
+    // The caller was authenticated when the beacons were spooled; a forwarded drain speaks
+    // for this node, or a leader with keys would refuse it and the spooled beacons would stay.
+    let token = s.node.engine().read().catalog().access().node_token();
+    if let Some(auth) = token.and_then(|t| HeaderValue::from_str(&format!("Bearer {t}")).ok()) {
+        headers.insert(axum::http::header::AUTHORIZATION, auth);
+    }
     let body = Bytes::from(item.body.clone());
     let resp = if replica.is_leader() {
         if !replica.has_recent_quorum(quorum_window(s)) {
@@ -192,7 +198,10 @@ async fn send(s: &IngestState, item: &spool::Spooled) -> Sent {
         Ok(b) => String::from_utf8_lossy(&b).into_owned(),
         Err(e) => e.to_string(),
     };
-    if status.is_client_error() && status != StatusCode::REQUEST_TIMEOUT && status != StatusCode::TOO_MANY_REQUESTS {
+    // Credentials are the cluster's to sort out, never a reason to give up spooled beacons.
+    let retry =
+        [StatusCode::REQUEST_TIMEOUT, StatusCode::TOO_MANY_REQUESTS, StatusCode::UNAUTHORIZED, StatusCode::FORBIDDEN];
+    if status.is_client_error() && !retry.contains(&status) {
         Sent::Refused(format!("{status}: {text}"))
     } else {
         Sent::Later(format!("{status}: {text}"))
