@@ -31,6 +31,7 @@ mod demo;
 mod governance;
 mod keys;
 mod listeners;
+mod segments;
 
 use client::Client;
 use config::Config;
@@ -60,6 +61,9 @@ enum Cmd {
     /// Manage the tag registry: domains, tags, aliases; ask what a key means.
     #[command(subcommand)]
     Governance(governance::GovernanceCmd),
+    /// List a node's segments and verify their checksums.
+    #[command(subcommand)]
+    Segments(segments::SegmentsCmd),
     /// Create, list and revoke API keys.
     #[command(subcommand)]
     Keys(keys::KeysCmd),
@@ -194,6 +198,7 @@ fn main() {
         Cmd::Datasource(cmd) => datasource(cmd),
         Cmd::Governance(cmd) => governance::run(cmd),
         Cmd::Keys(cmd) => keys::run(cmd),
+        Cmd::Segments(cmd) => segments::run(cmd),
         Cmd::Cluster(cmd) => cluster::run(cmd),
     };
     if let Err(e) = result {

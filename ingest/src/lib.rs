@@ -31,6 +31,7 @@ pub mod kafka;
 pub mod keys;
 pub mod metrics;
 pub mod node;
+pub mod segments;
 pub mod spool;
 
 pub use error::{Error, Result};
@@ -68,6 +69,7 @@ pub fn router(state: IngestState) -> Router {
         .route("/v1/governance/suggest", get(suggest_tag))
         .route("/v1/governance/retention", get(list_retention))
         .route("/v1/governance/retention/{datasource}", get(show_retention).merge(put(put_retention).layer(leader())))
+        .route("/v1/segments/verify", post(verify_segments))
         .route("/v1/keys", get(list_keys).merge(post(create_key).layer(leader())))
         .route("/v1/keys/{id}", axum::routing::delete(revoke_key).layer(leader()))
         .route("/v1/cluster", get(cluster::status))
@@ -202,6 +204,10 @@ async fn put_retention(
     body: Bytes,
 ) -> Response {
     governance::put_retention(&s.node, &c.actor(), &ds, &body).await.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn verify_segments(State(s): State<IngestState>, Query(p): Query<segments::VerifyParams>) -> Response {
+    segments::verify(&s.node, &p).await.unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn list_keys(State(s): State<IngestState>) -> Response {

@@ -125,7 +125,7 @@ fn a_segment_damaged_while_the_node_was_down_fails_the_queries_that_need_it_not_
     assert_eq!(node.sql_i64(&q), after);
 }
 
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+pub(crate) fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let p = entry.path();

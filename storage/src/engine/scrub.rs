@@ -87,6 +87,15 @@ impl Engine {
         self.data_files().into_iter().filter_map(|(rel, len)| ScrubFile::new(rel, len)).collect()
     }
 
+    /// A live datasource's published segments (id, file relative to the data directory, bytes
+    /// written), for a DBA's on-demand check with [`verify`] off the lock; `None` if there is
+    /// no such datasource.
+    pub fn segment_files(&self, datasource: &str) -> Option<Vec<(String, PathBuf, u64)>> {
+        let entry = self.catalog.get(datasource)?;
+        let ds = self.datasources.get(&entry.id)?;
+        Some(ds.segment_records().map(|r| (r.id.to_string(), r.file.clone(), r.file_bytes)).collect())
+    }
+
     /// The length this engine holds of data file `relative`, if it holds that file (what a
     /// replica may serve to a peer repairing its copy).
     pub fn data_file_len(&self, relative: &Path) -> Option<u64> {

@@ -1,0 +1,93 @@
+//! `tidemark segments …`: what a DBA sees of a node's segments. `list` reads `sys.segments`
+//! over SQL; `verify` has the node check every column checksum now.
+
+use anyhow::{Result, bail};
+use clap::Subcommand;
+use serde_json::Value;
+
+use crate::client::Client;
+use crate::{UrlArg, print_json};
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum SegmentsCmd {
+    /// Published segments, by datasource and interval: version, shard, rows, bytes.
+    List {
+        #[arg(long)]
+        datasource: Option<String>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        url: UrlArg,
+    },
+    /// Check every checksum of every column of a datasource's segments on this node.
+    Verify {
+        #[arg(long)]
+        datasource: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        url: UrlArg,
+    },
+}
+
+fn quoted(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+pub(crate) fn run(cmd: SegmentsCmd) -> Result<()> {
+    match cmd {
+        SegmentsCmd::List { datasource, json, url } => {
+            let filter = datasource.map(|d| format!(" WHERE datasource = {}", quoted(&d))).unwrap_or_default();
+            let sql = format!(
+                "SELECT datasource, segment_id, interval_start, interval_end, version, shard, rows, events, bytes \
+                 FROM sys.segments{filter} ORDER BY datasource, interval_start, version, shard"
+            );
+            let reply = Client::new(&url.url).send("POST", "/v1/sql", "text/plain", &[], sql.as_bytes())?.ok()?;
+            if json {
+                return print_json(&reply.body);
+            }
+            let rows: Value = serde_json::from_slice(&reply.body)?;
+            println!(
+                "{:<12} {:<24} {:<26} {:>5} {:>9} {:>10} {:>11}",
+                "datasource", "interval_start", "version", "shard", "rows", "events", "bytes"
+            );
+            for r in rows.as_array().into_iter().flatten() {
+                println!(
+                    "{:<12} {:<24} {:<26} {:>5} {:>9} {:>10} {:>11}",
+                    r["datasource"].as_str().unwrap_or_default(),
+                    r["interval_start"].as_str().unwrap_or_default(),
+                    r["version"].as_str().unwrap_or_default(),
+                    r["shard"],
+                    r["rows"],
+                    r["events"],
+                    r["bytes"]
+                );
+            }
+            Ok(())
+        }
+        SegmentsCmd::Verify { datasource, json, url } => {
+            let path = format!("/v1/segments/verify?datasource={datasource}");
+            let reply = Client::new(&url.url).send("POST", &path, "application/json", &[], b"")?.ok()?;
+            let v: Value = serde_json::from_slice(&reply.body)?;
+            if json {
+                print_json(&reply.body)?;
+            } else {
+                for r in v["results"].as_array().into_iter().flatten() {
+                    match r["ok"].as_bool() {
+                        Some(true) => println!("ok       {}", r["segment"].as_str().unwrap_or_default()),
+                        _ => println!(
+                            "DAMAGED  {}: {}",
+                            r["segment"].as_str().unwrap_or_default(),
+                            r["error"].as_str().unwrap_or_default()
+                        ),
+                    }
+                }
+            }
+            let damaged = v["damaged"].as_u64().unwrap_or(0);
+            if damaged > 0 {
+                bail!("{damaged} of {} segments of {datasource:?} are damaged on this node", v["segments"]);
+            }
+            Ok(())
+        }
+    }
+}
