@@ -2,7 +2,7 @@
 //! before any handler runs (and before a follower forwards a write, after which the leader
 //! checks it again), and the route's [`Action`] against the caller's role.
 //!
-//! Invariants: no route runs without a [`Caller`] in its request extensions, and the map
+//! Invariants: no route runs without a [`Principal`] in its request extensions, and the map
 //! from route to action ([`action_for`]) is the only place that decides what a route needs.
 //! `GET /health` is open: a load balancer must see it without a key.
 
@@ -15,17 +15,6 @@ use serde_json::json;
 use tidemark_catalog::access::{Action, Principal};
 
 use crate::IngestState;
-
-/// The authenticated caller of a request.
-#[derive(Debug, Clone)]
-pub struct Caller(pub Principal);
-
-impl Caller {
-    /// How the audit log records this caller.
-    pub fn actor(&self) -> String {
-        self.0.actor()
-    }
-}
 
 /// What a request needs; `None` for routes open to anyone.
 pub fn action_for(method: &Method, path: &str) -> Option<Action> {
@@ -102,8 +91,7 @@ pub async fn authenticate(State(s): State<IngestState>, mut req: Request, next: 
     {
         return (StatusCode::FORBIDDEN, Json(json!({ "error": principal.forbidden(action) }))).into_response();
     }
-    req.extensions_mut().insert(principal.clone());
-    req.extensions_mut().insert(Caller(principal));
+    req.extensions_mut().insert(principal);
     next.run(req).await
 }
 

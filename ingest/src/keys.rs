@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tidemark_catalog::CatalogCommand;
-use tidemark_catalog::access::{AccessCommand, KEY_ID_LEN, NewKey, Role, SECRET_LEN, TOKEN_PREFIX, sha256_hex};
+use tidemark_catalog::access::{AccessCommand, KEY_ID_LEN, NewKey, Role, SECRET_LEN, TOKEN_PREFIX, hex, sha256_hex};
 
 use crate::datasources::apply;
 use crate::error::{Error, Result};
@@ -25,7 +25,7 @@ fn random_hex(len: usize) -> Result<String> {
     let mut bytes = vec![0u8; len / 2];
     getrandom::fill(&mut bytes)
         .map_err(|e| Error::Storage(tidemark_storage::Error::Internal(format!("no random bits from the OS: {e}"))))?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hex(&bytes))
 }
 
 async fn log(node: &Node, actor: &str, cmd: AccessCommand) -> Result<()> {

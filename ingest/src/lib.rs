@@ -18,6 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde_json::json;
+use tidemark_catalog::access::Principal;
 
 pub mod auth;
 pub mod beacon_routing;
@@ -102,11 +103,7 @@ async fn list_datasources(State(s): State<IngestState>) -> Response {
     datasources::list(&s.node)
 }
 
-async fn create_datasource(
-    State(s): State<IngestState>,
-    Extension(c): Extension<auth::Caller>,
-    body: Bytes,
-) -> Response {
+async fn create_datasource(State(s): State<IngestState>, Extension(c): Extension<Principal>, body: Bytes) -> Response {
     datasources::create(&s.node, &c.actor(), &body).await.unwrap_or_else(IntoResponse::into_response)
 }
 
@@ -116,7 +113,7 @@ async fn show_datasource(State(s): State<IngestState>, Path(name): Path<String>)
 
 async fn update_datasource(
     State(s): State<IngestState>,
-    Extension(c): Extension<auth::Caller>,
+    Extension(c): Extension<Principal>,
     Path(name): Path<String>,
     body: Bytes,
 ) -> Response {
@@ -130,7 +127,7 @@ struct DeleteParams {
 
 async fn delete_datasource(
     State(s): State<IngestState>,
-    Extension(c): Extension<auth::Caller>,
+    Extension(c): Extension<Principal>,
     Path(name): Path<String>,
     Query(p): Query<DeleteParams>,
 ) -> Response {
@@ -143,7 +140,7 @@ async fn list_domains(State(s): State<IngestState>) -> Response {
     governance::list_domains(&s.node)
 }
 
-async fn create_domain(State(s): State<IngestState>, Extension(c): Extension<auth::Caller>, body: Bytes) -> Response {
+async fn create_domain(State(s): State<IngestState>, Extension(c): Extension<Principal>, body: Bytes) -> Response {
     governance::create_domain(&s.node, &c.actor(), &body).await.unwrap_or_else(IntoResponse::into_response)
 }
 
@@ -153,7 +150,7 @@ async fn show_domain(State(s): State<IngestState>, Path(domain): Path<String>) -
 
 async fn update_domain(
     State(s): State<IngestState>,
-    Extension(c): Extension<auth::Caller>,
+    Extension(c): Extension<Principal>,
     Path(domain): Path<String>,
     body: Bytes,
 ) -> Response {
@@ -170,7 +167,7 @@ async fn show_tag(State(s): State<IngestState>, Path((domain, tag)): Path<(Strin
 
 async fn put_tag(
     State(s): State<IngestState>,
-    Extension(c): Extension<auth::Caller>,
+    Extension(c): Extension<Principal>,
     Path((domain, tag)): Path<(String, String)>,
     body: Bytes,
 ) -> Response {
@@ -179,7 +176,7 @@ async fn put_tag(
 
 async fn remove_tag(
     State(s): State<IngestState>,
-    Extension(c): Extension<auth::Caller>,
+    Extension(c): Extension<Principal>,
     Path((domain, tag)): Path<(String, String)>,
 ) -> Response {
     governance::remove_tag(&s.node, &c.actor(), &domain, &tag).await.unwrap_or_else(IntoResponse::into_response)
@@ -199,7 +196,7 @@ async fn show_retention(State(s): State<IngestState>, Path(ds): Path<String>) ->
 
 async fn put_retention(
     State(s): State<IngestState>,
-    Extension(c): Extension<auth::Caller>,
+    Extension(c): Extension<Principal>,
     Path(ds): Path<String>,
     body: Bytes,
 ) -> Response {
@@ -214,13 +211,13 @@ async fn list_keys(State(s): State<IngestState>) -> Response {
     keys::list(&s.node)
 }
 
-async fn create_key(State(s): State<IngestState>, Extension(c): Extension<auth::Caller>, body: Bytes) -> Response {
+async fn create_key(State(s): State<IngestState>, Extension(c): Extension<Principal>, body: Bytes) -> Response {
     keys::create(&s.node, &c.actor(), &body).await.unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn revoke_key(
     State(s): State<IngestState>,
-    Extension(c): Extension<auth::Caller>,
+    Extension(c): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Response {
     keys::revoke(&s.node, &c.actor(), &id).await.unwrap_or_else(IntoResponse::into_response)

@@ -174,8 +174,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // One synced write: durable when it returns, so the callback can fire at once.
         let t = std::time::Instant::now();
         let result = self.db.write_opt(batch, &synced()).map_err(io::Error::other);
-        if t.elapsed() >= SLOW_SYNC {
-            tracing::debug!(ms = t.elapsed().as_millis() as u64, "slow Raft log sync");
+        let took = t.elapsed();
+        if took >= SLOW_SYNC {
+            tracing::debug!(ms = took.as_millis() as u64, "slow Raft log sync");
         }
         let flushed = result.as_ref().map(|_| ()).map_err(|e| io::Error::other(e.to_string()));
         callback.io_completed(flushed);

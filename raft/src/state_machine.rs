@@ -26,6 +26,9 @@ use tidemark_storage::engine::{Engine, EngineConfig, SharedEngine};
 use crate::snapshot::{Manifest, SnapshotTransfer};
 use crate::types::{ApplyAnswer, TypeConfig};
 
+/// Applies slower than this are logged at debug level (a long apply holds the engine lock).
+const SLOW_APPLY: std::time::Duration = std::time::Duration::from_millis(10);
+
 type LogId = LogIdOf<TypeConfig>;
 type Membership = StoredMembershipOf<TypeConfig>;
 
@@ -139,8 +142,9 @@ impl RaftStateMachine<TypeConfig> for EngineStateMachine {
         // (`Engine::checkpoint_due`): apply never waits for fsyncs.
         engine.publish_persisted(false).map_err(|e| io::Error::other(format!("writing a segment: {e}")))?;
         self.applied_tx.send_replace(engine.applied_position());
-        if t.elapsed().as_millis() >= 10 {
-            tracing::debug!(ms = t.elapsed().as_millis() as u64, entries = n, "slow apply");
+        let took = t.elapsed();
+        if took >= SLOW_APPLY {
+            tracing::debug!(ms = took.as_millis() as u64, entries = n, "slow apply");
         }
         Ok(())
     }

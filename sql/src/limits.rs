@@ -11,12 +11,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use datafusion::error::DataFusionError;
-use serde::{Deserialize, Serialize};
 
 use crate::Error;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+/// Set from `[limits]` in the node's config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueryLimits {
     /// From the start of planning to the last row sent.
     pub query_timeout_ms: u64,
