@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
-use tidemark_catalog::access::{Action, Principal};
+use tidemark_catalog::access::{Action, Denied, Principal};
 
 use crate::IngestState;
 
@@ -74,7 +74,14 @@ pub async fn authenticate(State(s): State<IngestState>, mut req: Request, next: 
         Ok(t) => t,
         Err(message) => return unauthorized(message),
     };
-    let principal = s.node.engine().read().catalog().access().authenticate(token);
+    let check = || s.node.engine().read().catalog().access().authenticate(token);
+    let mut principal = check();
+    // A key created a moment ago through another node may not be applied here yet: catch up
+    // with what the leader has committed (a read index) and look again, so a new key works
+    // on every node at once. Only unknown keys pay for the round trip.
+    if matches!(principal, Err(Denied::UnknownKey { .. })) && action.is_some() && s.node.read_barrier().await.is_ok() {
+        principal = check();
+    }
     let principal = match (principal, action) {
         (Ok(p), _) => p,
         // An open route ignores credentials it cannot use.
