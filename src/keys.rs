@@ -16,9 +16,13 @@ pub(crate) enum KeysCmd {
         /// A name for people: who or what uses the key.
         #[arg(long)]
         name: String,
-        /// admin, governance_editor, publisher or analyst.
+        /// admin, governance_editor, publisher, analyst or merchant_reader.
         #[arg(long)]
         role: String,
+        /// For merchant_reader: a value of the tenant dimension (e.g. a merchant_id) whose rows
+        /// the key may read; repeat for several.
+        #[arg(long = "tenant")]
+        tenants: Vec<String>,
         /// Print the whole answer as JSON instead of the token alone.
         #[arg(long)]
         json: bool,
@@ -41,8 +45,12 @@ pub(crate) enum KeysCmd {
 
 pub(crate) fn run(cmd: KeysCmd) -> Result<()> {
     match cmd {
-        KeysCmd::Create { name, role, json, url } => {
-            let body = json!({ "name": name, "role": role }).to_string();
+        KeysCmd::Create { name, role, tenants, json, url } => {
+            let mut body = json!({ "name": name, "role": role });
+            if !tenants.is_empty() {
+                body["tenants"] = json!(tenants);
+            }
+            let body = body.to_string();
             let reply =
                 Client::new(&url.url).send("POST", "/v1/keys", "application/json", &[], body.as_bytes())?.ok()?;
             if json {

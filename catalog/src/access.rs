@@ -37,7 +37,8 @@ pub enum Role {
     Publisher,
     /// Reads everything: SQL, specs, governance, metrics.
     Analyst,
-    /// SQL scoped to its tenants (not available yet: keys of this role are refused).
+    /// SQL over the rows of its tenants only (values of each datasource's tenant dimension);
+    /// datasources without a tenant dimension and the system tables are invisible to it.
     MerchantReader,
 }
 
@@ -62,7 +63,7 @@ impl Role {
             Role::GovernanceEditor => matches!(action, ReadCatalog | Suggest | ManageGovernance),
             Role::Publisher => matches!(action, Publish | Suggest),
             Role::Analyst => matches!(action, Query | ReadCatalog | Suggest | Monitor),
-            Role::MerchantReader => false,
+            Role::MerchantReader => matches!(action, Query),
         }
     }
 }
@@ -123,6 +124,8 @@ pub struct ApiKey {
     pub role: Role,
     /// SHA-256 of the secret, lowercase hex.
     pub secret_sha256: String,
+    #[serde(default, skip_serializing_if = "KeyScope::is_empty")]
+    pub scope: KeyScope,
     pub created_at: LogPosition,
     pub created_ms: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -138,6 +141,7 @@ impl ApiKey {
             "id": self.id,
             "name": self.name,
             "role": self.role,
+            "tenants": self.scope.tenants,
             "created_at": self.created_at,
             "created_ms": self.created_ms,
             "revoked": self.revoked_at.is_some(),
@@ -154,7 +158,28 @@ pub struct NewKey {
     pub name: String,
     pub role: Role,
     pub secret_sha256: String,
+    #[serde(default, skip_serializing_if = "KeyScope::is_empty")]
+    pub scope: KeyScope,
 }
+
+/// What a key is limited to beyond its role.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyScope {
+    /// merchant_reader: the values of each datasource's tenant dimension whose rows the key
+    /// may read (at least one; a merchant group may have several).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tenants: Vec<String>,
+}
+
+impl KeyScope {
+    pub fn is_empty(&self) -> bool {
+        self.tenants.is_empty()
+    }
+}
+
+/// Longest tenant value a key may name (tenant values are dimension values).
+const TENANT_LEN_MAX: usize = 256;
 
 /// Changes to the keys (`op`: create_key, revoke_key, set_node_secret).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -180,6 +205,7 @@ pub enum Principal {
     Key {
         id: String,
         role: Role,
+        scope: std::sync::Arc<KeyScope>,
     },
     /// Another node of the cluster.
     Node,
@@ -208,13 +234,13 @@ impl Principal {
     /// The refusal for `action`, naming the caller, its role and what it tried.
     pub fn forbidden(&self, action: Action) -> String {
         match self {
-            Principal::Key { id, role } => {
+            Principal::Key { id, role, .. } => {
                 let allowed: Vec<&str> = Role::ALL.iter().filter(|r| r.allows(action)).map(|r| r.as_str()).collect();
-                format!(
-                    "API key {id} (role {role}) may not {}; that needs role {}",
-                    action.describe(),
-                    allowed.join(" or ")
-                )
+                let roles = match allowed.split_last() {
+                    Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+                    _ => allowed.join(""),
+                };
+                format!("API key {id} (role {role}) may not {}; that needs role {roles}", action.describe())
             }
             Principal::Node => format!("the node token may not {}", action.describe()),
             Principal::Anonymous => format!("anonymous callers may not {}", action.describe()),
@@ -312,7 +338,7 @@ impl Access {
         if sha256_hex(secret) != key.secret_sha256 {
             return Err(Denied::WrongSecret { id: id.to_string() });
         }
-        Ok(Principal::Key { id: key.id.clone(), role: key.role })
+        Ok(Principal::Key { id: key.id.clone(), role: key.role, scope: std::sync::Arc::new(key.scope.clone()) })
     }
 
     pub fn check(&self, cmd: &AccessCommand) -> Result<()> {
@@ -331,13 +357,31 @@ impl Access {
                 if !is_hex(&key.secret_sha256, 64) {
                     problem("secret_sha256", "must be 64 lowercase hex digits".into());
                 }
-                if key.role == Role::MerchantReader {
+                let tenants = &key.scope.tenants;
+                if key.role == Role::MerchantReader && tenants.is_empty() {
                     problem(
-                        "role",
-                        "merchant_reader keys are not available yet: their tenant scope is not enforced in \
-                         queries; use analyst for a reader that sees everything"
+                        "tenants",
+                        "a merchant_reader key needs at least one tenant: the values of the tenant dimension \
+                         (e.g. merchant_id) whose rows it may read"
                             .into(),
                     );
+                }
+                if key.role != Role::MerchantReader && !tenants.is_empty() {
+                    problem(
+                        "tenants",
+                        format!(
+                            "only merchant_reader keys are scoped to tenants; a {} key reads by its role",
+                            key.role
+                        ),
+                    );
+                }
+                for t in tenants {
+                    if t.is_empty() || t.len() > TENANT_LEN_MAX || t.chars().any(char::is_control) {
+                        problem(
+                            "tenants",
+                            format!("{t:?} must be 1 to {TENANT_LEN_MAX} bytes, without control characters"),
+                        );
+                    }
                 }
                 if !problems.is_empty() {
                     return Err(Error::InvalidKey(problems));
@@ -383,6 +427,7 @@ impl Access {
                         name: key.name.clone(),
                         role: key.role,
                         secret_sha256: key.secret_sha256.clone(),
+                        scope: key.scope.clone(),
                         created_at: position,
                         created_ms: writer_time_ms,
                         revoked_at: None,
@@ -412,7 +457,13 @@ mod tests {
 
     fn new_key(id: &str, role: Role) -> AccessCommand {
         AccessCommand::CreateKey {
-            key: NewKey { id: id.into(), name: format!("{role} key"), role, secret_sha256: sha256_hex(SECRET) },
+            key: NewKey {
+                id: id.into(),
+                name: format!("{role} key"),
+                role,
+                secret_sha256: sha256_hex(SECRET),
+                scope: KeyScope::default(),
+            },
         }
     }
 
@@ -424,7 +475,10 @@ mod tests {
         a.apply(4, 11, &new_key("bbbbbbbbbbbb", Role::Analyst)).expect("analyst");
         assert_eq!(a.authenticate(None), Err(Denied::Missing));
         let token = format!("tmk_bbbbbbbbbbbb_{SECRET}");
-        assert_eq!(a.authenticate(Some(&token)), Ok(Principal::Key { id: "bbbbbbbbbbbb".into(), role: Role::Analyst }));
+        assert_eq!(
+            a.authenticate(Some(&token)),
+            Ok(Principal::Key { id: "bbbbbbbbbbbb".into(), role: Role::Analyst, scope: Default::default() })
+        );
         let wrong = format!("tmk_bbbbbbbbbbbb_{}", "f".repeat(64));
         assert_eq!(a.authenticate(Some(&wrong)), Err(Denied::WrongSecret { id: "bbbbbbbbbbbb".into() }));
         assert_eq!(a.authenticate(Some("Bearer x")), Err(Denied::Malformed));
@@ -448,7 +502,7 @@ mod tests {
 
     #[test]
     fn roles_allow_what_their_job_needs() {
-        let analyst = Principal::Key { id: "k".into(), role: Role::Analyst };
+        let analyst = Principal::Key { id: "k".into(), role: Role::Analyst, scope: Default::default() };
         assert!(analyst.allows(Action::Query) && !analyst.allows(Action::Publish));
         assert_eq!(
             analyst.forbidden(Action::Publish),
@@ -456,7 +510,7 @@ mod tests {
         );
         assert!(Principal::Node.allows(Action::Internal) && !Principal::Node.allows(Action::Query));
         assert!(Principal::Node.allows(Action::Publish), "spool drains forward beacons as the node");
-        let publisher = Principal::Key { id: "p".into(), role: Role::Publisher };
+        let publisher = Principal::Key { id: "p".into(), role: Role::Publisher, scope: Default::default() };
         assert!(publisher.allows(Action::Suggest) && !publisher.allows(Action::ReadCatalog));
     }
 
@@ -464,7 +518,13 @@ mod tests {
     fn bad_keys_are_refused_with_each_problem() {
         let a = Access::default();
         let cmd = AccessCommand::CreateKey {
-            key: NewKey { id: "XYZ".into(), name: " ".into(), role: Role::MerchantReader, secret_sha256: "00".into() },
+            key: NewKey {
+                id: "XYZ".into(),
+                name: " ".into(),
+                role: Role::MerchantReader,
+                secret_sha256: "00".into(),
+                scope: KeyScope::default(),
+            },
         };
         let err = a.check(&cmd).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(
@@ -472,7 +532,7 @@ mod tests {
             "{err}"
         );
         assert!(err.contains("secret_sha256: must be 64 lowercase hex digits"), "{err}");
-        assert!(err.contains("role: merchant_reader keys are not available yet"), "{err}");
+        assert!(err.contains("tenants: a merchant_reader key needs at least one tenant"), "{err}");
         let json = serde_json::to_string(&new_key("aaaaaaaaaaaa", Role::Publisher)).expect("json");
         assert!(
             json.starts_with(

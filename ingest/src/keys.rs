@@ -8,7 +8,9 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tidemark_catalog::CatalogCommand;
-use tidemark_catalog::access::{AccessCommand, KEY_ID_LEN, NewKey, Role, SECRET_LEN, TOKEN_PREFIX, hex, sha256_hex};
+use tidemark_catalog::access::{
+    AccessCommand, KEY_ID_LEN, KeyScope, NewKey, Role, SECRET_LEN, TOKEN_PREFIX, hex, sha256_hex,
+};
 
 use crate::datasources::apply;
 use crate::error::{Error, Result};
@@ -19,6 +21,9 @@ use crate::node::Node;
 struct CreateKey {
     name: String,
     role: Role,
+    /// merchant_reader: the tenant values whose rows the key may read.
+    #[serde(default)]
+    tenants: Vec<String>,
 }
 
 fn random_hex(len: usize) -> Result<String> {
@@ -37,7 +42,8 @@ async fn log(node: &Node, actor: &str, cmd: AccessCommand) -> Result<()> {
 pub async fn create(node: &Node, actor: &str, body: &[u8]) -> Result<Response> {
     let req: CreateKey = serde_json::from_slice(body).map_err(|e| {
         Error::BadRequest(format!(
-            "a key needs {{\"name\": \"…\", \"role\": \"admin|governance_editor|publisher|analyst\"}}: {e}"
+            "a key needs {{\"name\": \"…\", \"role\": \"admin|governance_editor|publisher|analyst|merchant_reader\"}} \
+             (and \"tenants\": [\"…\"] for merchant_reader): {e}"
         ))
     })?;
     if node.engine().read().catalog().access().node_secret().is_none() {
@@ -45,7 +51,13 @@ pub async fn create(node: &Node, actor: &str, body: &[u8]) -> Result<Response> {
     }
     let id = random_hex(KEY_ID_LEN)?;
     let secret = random_hex(SECRET_LEN)?;
-    let key = NewKey { id: id.clone(), name: req.name, role: req.role, secret_sha256: sha256_hex(&secret) };
+    let key = NewKey {
+        id: id.clone(),
+        name: req.name,
+        role: req.role,
+        secret_sha256: sha256_hex(&secret),
+        scope: KeyScope { tenants: req.tenants },
+    };
     log(node, actor, AccessCommand::CreateKey { key }).await?;
     let mut v = shown(node, &id)?;
     v["token"] = Value::String(format!("{TOKEN_PREFIX}{id}_{secret}"));

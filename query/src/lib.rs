@@ -22,6 +22,7 @@ use tidemark_storage::snapshot::SnapshotSource;
 pub mod pruning;
 pub mod scan;
 pub mod schemas;
+pub mod scope;
 pub mod sketch_aggregates;
 pub mod table;
 pub mod time_floor;
@@ -76,11 +77,11 @@ impl Default for SessionLimits {
 
 /// A session over `source` with tidemark's tables and functions.
 pub fn new_session(source: Arc<dyn SnapshotSource>) -> SessionContext {
-    new_session_with(source, SessionLimits::default())
+    new_session_with(source, SessionLimits::default(), scope::Scope::All)
 }
 
-/// A session with its own memory pool and parser depth bound.
-pub fn new_session_with(source: Arc<dyn SnapshotSource>, limits: SessionLimits) -> SessionContext {
+/// A session with its own memory pool and parser depth bound, reading what `scope` may see.
+pub fn new_session_with(source: Arc<dyn SnapshotSource>, limits: SessionLimits, scope: scope::Scope) -> SessionContext {
     let mut config = SessionConfig::new()
         .with_default_catalog_and_schema(CATALOG, DATASOURCE_SCHEMA)
         .with_create_default_catalog_and_schema(false)
@@ -99,8 +100,12 @@ pub fn new_session_with(source: Arc<dyn SnapshotSource>, limits: SessionLimits) 
     };
     let catalog = MemoryCatalogProvider::new();
     // MemoryCatalogProvider::register_schema only fails for duplicate names, which these are not.
-    let _ = catalog.register_schema(DATASOURCE_SCHEMA, Arc::new(schemas::DatasourceSchema { source: source.clone() }));
-    let _ = catalog.register_schema(SYSTEM_SCHEMA, Arc::new(schemas::SystemSchema { source }));
+    let sees_system_tables = scope.sees_system_tables();
+    let _ = catalog
+        .register_schema(DATASOURCE_SCHEMA, Arc::new(schemas::DatasourceSchema { source: source.clone(), scope }));
+    if sees_system_tables {
+        let _ = catalog.register_schema(SYSTEM_SCHEMA, Arc::new(schemas::SystemSchema { source }));
+    }
     ctx.register_catalog(CATALOG, Arc::new(catalog));
     ctx.register_udf(time_floor::TimeFloor::udf());
     ctx.register_udaf(sketch_aggregates::ApproxCountDistinctHll::udaf());

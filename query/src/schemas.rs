@@ -8,25 +8,29 @@ use datafusion::catalog::{MemTable, SchemaProvider, TableProvider};
 use datafusion::error::Result;
 use tidemark_storage::snapshot::SnapshotSource;
 
+use crate::scope::Scope;
 use crate::table::DatasourceTable;
 
+/// The datasources `scope` can see.
 #[derive(Debug)]
 pub struct DatasourceSchema {
     pub(crate) source: Arc<dyn SnapshotSource>,
+    pub(crate) scope: Scope,
 }
 
 #[async_trait]
 impl SchemaProvider for DatasourceSchema {
     fn table_names(&self) -> Vec<String> {
-        self.source.table_names()
+        self.scope.table_names(self.source.as_ref())
     }
 
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
-        Ok(DatasourceTable::open(name, self.source.clone()).map(|t| Arc::new(t) as Arc<dyn TableProvider>))
+        Ok(DatasourceTable::open(name, self.source.clone(), self.scope.clone())
+            .map(|t| Arc::new(t) as Arc<dyn TableProvider>))
     }
 
     fn table_exist(&self, name: &str) -> bool {
-        self.source.table_names().iter().any(|t| t == name)
+        self.table_names().iter().any(|t| t == name)
     }
 }
 

@@ -23,6 +23,7 @@ use tidemark_storage::snapshot::SnapshotSource;
 
 use crate::pruning::Pruning;
 use crate::scan::{ScanReport, TidemarkScanExec};
+use crate::scope::Scope;
 
 /// Rows per batch handed to DataFusion (slices of segment columns, zero-copy).
 pub const BATCH_ROWS: usize = 65_536;
@@ -35,14 +36,18 @@ pub struct DatasourceTable {
     name: String,
     source: Arc<dyn SnapshotSource>,
     schema: SchemaRef,
+    scope: Scope,
 }
 
 impl DatasourceTable {
-    /// The table as of now; `None` if the datasource does not exist.
-    pub fn open(name: &str, source: Arc<dyn SnapshotSource>) -> Option<Self> {
+    /// The table as of now; `None` if the datasource does not exist or `scope` cannot see it.
+    pub fn open(name: &str, source: Arc<dyn SnapshotSource>, scope: Scope) -> Option<Self> {
         let snap = source.snapshot(name)?;
+        if !scope.sees(&snap.spec) {
+            return None;
+        }
         let schema = Arc::new(table_schema(&snap.spec));
-        Some(DatasourceTable { name: name.to_string(), source, schema })
+        Some(DatasourceTable { name: name.to_string(), source, schema, scope })
     }
 }
 
@@ -68,10 +73,11 @@ impl TableProvider for DatasourceTable {
         filters: &[Expr],
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let snap = self
-            .source
-            .snapshot(&self.name)
-            .ok_or_else(|| DataFusionError::Plan(format!("datasource {:?} was deleted while planning", self.name)))?;
+        let gone = || DataFusionError::Plan(format!("datasource {:?} was deleted while planning", self.name));
+        let snap = self.source.snapshot(&self.name).ok_or_else(gone)?;
+        // Everything below reads the scoped view only: rows, segment and row counts alike.
+        let view = self.scope.restrict(snap)?.ok_or_else(gone)?;
+        let snap = &view.snapshot;
         let projection: Vec<usize> = projection.cloned().unwrap_or_else(|| (0..self.schema.fields().len()).collect());
         let projected = Arc::new(self.schema.project(&projection)?);
         let pruning = Pruning::from_filters(filters, &snap.spec.dimensions);
@@ -89,21 +95,26 @@ impl TableProvider for DatasourceTable {
         let mut report = ScanReport {
             datasource: self.name.clone(),
             log_position: snap.log_position,
-            segments_total: snap.segments.len(),
+            segments_total: view.segments.len(),
             pruning: pruning.to_string(),
             columns: projected.fields().iter().map(|f| f.name().clone()).collect(),
             ..ScanReport::default()
         };
 
         let mut batches = Vec::new();
-        for seg in &snap.segments {
+        for scoped in &view.segments {
+            let seg = &scoped.segment;
             let meta = seg.meta();
-            report.segment_rows_total += meta.rows;
+            report.segment_rows_total += scoped.row_count();
             if meta.rows == 0 || !pruning.time_overlaps(meta.min_time_ms, meta.max_time_ms) {
                 report.segments_pruned_by_time += 1;
                 continue;
             }
             let selection = select_rows(seg, &pruning).map_err(|e| DataFusionError::External(Box::new(e)))?;
+            let selection = match (selection, &scoped.rows) {
+                (Some(s), Some(scope)) => Some(s & scope),
+                (s, scope) => s.or_else(|| scope.clone()),
+            };
             if selection.as_ref().is_some_and(RoaringBitmap::is_empty) {
                 report.segments_pruned_by_bitmap += 1;
                 continue;
@@ -124,7 +135,7 @@ impl TableProvider for DatasourceTable {
                 offset += len;
             }
         }
-        for rt in &snap.realtime {
+        for rt in &view.realtime {
             report.realtime_rows += rt.num_rows() as u64;
             if rt.num_rows() > 0 {
                 let projected_batch = rt.project(&projection)?;

@@ -17,6 +17,8 @@ use tidemark_catalog::DatasourceSpec;
 use tidemark_catalog::event::extract;
 use tidemark_catalog::spec::DEMO_BEACONS_SPEC;
 use tidemark_loadgen::{Beacon, Traffic, TrafficConfig};
+use tidemark_query::SessionLimits;
+use tidemark_query::scope::Scope;
 use tidemark_storage::rollup::RollupIndex;
 use tidemark_storage::segment::{Segment, SegmentId, table_schema, write_segment};
 use tidemark_storage::snapshot::{SnapshotSource, TableSnapshot};
@@ -25,6 +27,8 @@ use tidemark_storage::snapshot::{SnapshotSource, TableSnapshot};
 pub const FIXTURE_START_MS: i64 = 1_795_651_200_000;
 const HOUR_MS: i64 = 3_600_000;
 pub const FIXTURE_EVENTS: usize = 30_000;
+/// The merchants a `scoped_*.slt` session may read.
+const SCOPED_TENANTS: [&str; 2] = ["m00003", "m00042"];
 
 #[derive(Debug)]
 struct Fixture {
@@ -198,8 +202,14 @@ async fn main() {
     for file in &files {
         let source = source.clone();
         let raw = raw.clone();
+        // Files named scoped_* run as a merchant reader of two merchants.
+        let scope = if file.file_name().is_some_and(|n| n.to_string_lossy().starts_with("scoped_")) {
+            Scope::tenants(SCOPED_TENANTS.iter().map(|t| t.to_string()))
+        } else {
+            Scope::All
+        };
         let mut runner = sqllogictest::Runner::new(move || {
-            let ctx = tidemark_query::new_session(source.clone());
+            let ctx = tidemark_query::new_session_with(source.clone(), SessionLimits::default(), scope.clone());
             let raw_table = MemTable::try_new(raw.schema(), vec![vec![raw.clone()]]).expect("raw table");
             let fixture = Arc::new(MemorySchemaProvider::new());
             fixture.register_table("raw_beacons".into(), Arc::new(raw_table)).expect("register raw");
@@ -227,6 +237,16 @@ async fn main() {
         }
         Err(e) => {
             println!("FAILED  explain shows segment pruning: {e}");
+            failed += 1;
+        }
+    }
+    match scoped_explain_counts_only_scoped_rows(source.clone()).await {
+        Ok(()) => {
+            println!("ok      a scoped EXPLAIN counts only the scope's segments and rows");
+            passed += 1;
+        }
+        Err(e) => {
+            println!("FAILED  a scoped EXPLAIN counts only the scope's segments and rows: {e}");
             failed += 1;
         }
     }
@@ -264,4 +284,50 @@ async fn explain_shows_pruning(source: Arc<dyn SnapshotSource>) -> Result<(), St
         Some(n) if n > 0 && n < 2000 => Ok(()),
         other => Err(format!("expected a small bitmap selection, read {other:?}:\n{text}")),
     }
+}
+
+/// `EXPLAIN` of a scoped session reports the scope's rows, not the table's: its row counts equal
+/// the scoped rows (computed from the segments' own rows of those merchants), so the size of
+/// other merchants' data never shows.
+async fn scoped_explain_counts_only_scoped_rows(source: Arc<dyn SnapshotSource>) -> Result<(), String> {
+    let all = tidemark_query::new_session(source.clone());
+    let in_scope = format!("merchant_id IN ('{}')", SCOPED_TENANTS.join("', '"));
+    // Segment rows (hours 0 and 1) of the two merchants, read by an unscoped session.
+    let rows = collect_text(
+        &all,
+        &format!("SELECT COUNT(*) FROM beacons WHERE {in_scope} AND __time < TIMESTAMP '2026-11-26T02:00:00Z'"),
+    )
+    .await?;
+    let realtime = collect_text(
+        &all,
+        &format!("SELECT COUNT(*) FROM beacons WHERE {in_scope} AND __time >= TIMESTAMP '2026-11-26T02:00:00Z'"),
+    )
+    .await?;
+    let scoped = tidemark_query::new_session_with(
+        source,
+        SessionLimits::default(),
+        Scope::tenants(SCOPED_TENANTS.iter().map(|t| t.to_string())),
+    );
+    let plan = collect_text(&scoped, "EXPLAIN SELECT SUM(\"count\") FROM beacons").await?;
+    for needle in
+        [format!("segment_rows={}/{}", rows.trim(), rows.trim()), format!("realtime_rows={}", realtime.trim())]
+    {
+        if !plan.contains(&needle) {
+            return Err(format!("plan lacks {needle:?}:\n{plan}"));
+        }
+    }
+    Ok(())
+}
+
+/// The first column of the first row, as text (or the pretty-printed plan for EXPLAIN).
+async fn collect_text(ctx: &SessionContext, sql: &str) -> Result<String, String> {
+    let batches =
+        tidemark_query::sql(ctx, sql).await.map_err(|e| e.to_string())?.collect().await.map_err(|e| e.to_string())?;
+    if sql.starts_with("EXPLAIN") {
+        return datafusion::arrow::util::pretty::pretty_format_batches(&batches)
+            .map(|t| t.to_string())
+            .map_err(|e| e.to_string());
+    }
+    let batch = batches.first().ok_or("no rows")?;
+    array_value_to_string(batch.column(0), 0).map_err(|e| e.to_string())
 }

@@ -55,6 +55,7 @@ use tidemark_query::{CATALOG, DATASOURCE_SCHEMA, SYSTEM_SCHEMA};
 use tonic::{Request, Response, Status, Streaming};
 
 use tidemark_catalog::access::Principal;
+use tidemark_query::scope::Scope;
 
 use crate::flight_auth::{DelayRefusals, FlightAuth, presented_token};
 use crate::limits::Limit;
@@ -197,10 +198,10 @@ fn schema_ipc(schema: &Schema) -> Result<Bytes, Status> {
 
 /// Plans one statement. Placeholders are refused here, at planning, because nothing could
 /// bind them later and DataFusion would only fail at execution with a less helpful message.
-async fn plan(state: &SqlState, text: &str) -> Result<DataFrame, Status> {
+async fn plan(state: &SqlState, text: &str, caller: &Principal) -> Result<DataFrame, Status> {
     let limits = state.gate.limits;
     limits.check_text(text).map_err(status)?;
-    let ctx = tidemark_query::new_session_with(state.source.clone(), limits.session());
+    let ctx = tidemark_query::new_session_with(state.source.clone(), limits.session(), crate::scope_of(caller));
     let df = tidemark_query::sql(&ctx, text).await.map_err(|e| status(limits.name_limit(e.into())))?;
     let params = df.logical_plan().get_parameter_types().map_err(|e| status(tidemark_query::Error::from(e).into()))?;
     if !params.is_empty() {
@@ -216,8 +217,8 @@ async fn plan(state: &SqlState, text: &str) -> Result<DataFrame, Status> {
 }
 
 /// The wire schema of a statement's result, from its plan (no execution).
-async fn result_schema(state: &SqlState, text: &str) -> Result<SchemaRef, Status> {
-    let df = plan(state, text).await?;
+async fn result_schema(state: &SqlState, text: &str, caller: &Principal) -> Result<SchemaRef, Status> {
+    let df = plan(state, text, caller).await?;
     Ok(wire_schema(df.schema().as_arrow()))
 }
 
@@ -231,20 +232,21 @@ async fn consistency<T>(state: &SqlState, request: &Request<T>) -> Result<(), St
     })
 }
 
-/// Who a call is from, for the per-key query count (the interceptor put it there).
-fn caller<T>(request: &Request<T>) -> String {
-    request.extensions().get::<Principal>().map_or_else(|| Principal::Anonymous.actor(), Principal::actor)
+/// Who a call is from (the interceptor put it there): what it may see, and whose query count
+/// it adds to. Without an interceptor (no keys anywhere) the caller is anonymous.
+fn caller<T>(request: &Request<T>) -> Principal {
+    request.extensions().get::<Principal>().cloned().unwrap_or(Principal::Anonymous)
 }
 
-/// Plans and streams a statement for `who`, within the query limits: the key's slot is held
-/// until the stream ends, and the time limit covers planning and every batch.
-async fn execute(state: &SqlState, text: &str, who: &str) -> Result<Response<DoGetStream>, Status> {
+/// Plans and streams a statement for `caller`, within the query limits: the key's slot is
+/// held until the stream ends, and the time limit covers planning and every batch.
+async fn execute(state: &SqlState, text: &str, caller: &Principal) -> Result<Response<DoGetStream>, Status> {
     tracing::debug!(sql = %text, "flight sql: executing");
     let limits = state.gate.limits;
-    let slot = state.gate.enter(who).map_err(status)?;
+    let slot = state.gate.enter(&caller.actor()).map_err(status)?;
     let deadline = tokio::time::Instant::now() + limits.timeout();
     let start = async {
-        let df = plan(state, text).await?;
+        let df = plan(state, text, caller).await?;
         let schema = wire_schema(df.schema().as_arrow());
         let batches =
             df.execute_stream().await.map_err(|e| status(limits.name_limit(tidemark_query::Error::from(e).into())))?;
@@ -308,12 +310,18 @@ fn metadata_info(
 // ---------------------------------------------------------------------------------------------
 // Metadata
 
-/// Every table the session can read, with its `GetTables` type. Names only: schemas need a
+/// Every table the caller can read, with its `GetTables` type. Names only: schemas need a
 /// snapshot, which is taken only for tables that pass the client's filters.
-fn table_names(state: &SqlState) -> Vec<(&'static str, String, &'static str)> {
-    let mut tables: Vec<_> =
-        state.source.table_names().into_iter().map(|name| (DATASOURCE_SCHEMA, name, TABLE_TYPE)).collect();
-    tables.extend(state.source.system_table_names().into_iter().map(|name| (SYSTEM_SCHEMA, name, SYSTEM_TABLE_TYPE)));
+fn table_names(state: &SqlState, scope: &Scope) -> Vec<(&'static str, String, &'static str)> {
+    let mut tables: Vec<_> = scope
+        .table_names(state.source.as_ref())
+        .into_iter()
+        .map(|name| (DATASOURCE_SCHEMA, name, TABLE_TYPE))
+        .collect();
+    if scope.sees_system_tables() {
+        tables
+            .extend(state.source.system_table_names().into_iter().map(|name| (SYSTEM_SCHEMA, name, SYSTEM_TABLE_TYPE)));
+    }
     tables
 }
 
@@ -327,8 +335,8 @@ fn table_schema(state: &SqlState, db_schema: &str, name: &str) -> Option<SchemaR
     }
 }
 
-fn get_tables(state: &SqlState, query: CommandGetTables) -> Result<RecordBatch, FlightError> {
-    let tables = table_names(state);
+fn get_tables(state: &SqlState, query: CommandGetTables, scope: &Scope) -> Result<RecordBatch, FlightError> {
+    let tables = table_names(state, scope);
     let mut builder = query.clone().into_builder();
     if !builder.include_schema() {
         for (db_schema, name, table_type) in &tables {
@@ -513,8 +521,8 @@ async fn refuse_parameters(request: Request<PeekableFlightDataStream>) -> Result
 
 /// An update through Flight SQL. Writes fail in `plan` with the planner's read-only message
 /// (which says how data does get in); anything that plans is a read and belongs in a query.
-async fn refuse_update(state: &SqlState, text: &str) -> Result<i64, Status> {
-    plan(state, text).await?;
+async fn refuse_update(state: &SqlState, text: &str, caller: &Principal) -> Result<i64, Status> {
+    plan(state, text, caller).await?;
     Err(Status::invalid_argument(
         "this statement returns rows: run it as a query (executeQuery / CommandStatementQuery), not as an update",
     ))
@@ -554,7 +562,7 @@ impl FlightSqlService for TidemarkFlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         refuse_transaction(&query.transaction_id)?;
-        let schema = result_schema(&self.state, &query.query).await?;
+        let schema = result_schema(&self.state, &query.query, &caller(&request)).await?;
         let ticket = TicketStatementQuery { statement_handle: Bytes::from(query.query) };
         flight_info(&schema, ticket.as_any().encode_to_vec().into(), request.into_inner())
     }
@@ -580,10 +588,10 @@ impl FlightSqlService for TidemarkFlightSql {
     async fn do_put_statement_update(
         &self,
         command: CommandStatementUpdate,
-        _request: Request<PeekableFlightDataStream>,
+        request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
         refuse_transaction(&command.transaction_id)?;
-        refuse_update(&self.state, &command.query).await
+        refuse_update(&self.state, &command.query, &caller(&request)).await
     }
 
     async fn do_put_statement_ingest(
@@ -610,10 +618,10 @@ impl FlightSqlService for TidemarkFlightSql {
     async fn do_action_create_prepared_statement(
         &self,
         query: ActionCreatePreparedStatementRequest,
-        _request: Request<Action>,
+        request: Request<Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
         refuse_transaction(&query.transaction_id)?;
-        let schema = result_schema(&self.state, &query.query).await?;
+        let schema = result_schema(&self.state, &query.query, &caller(&request)).await?;
         Ok(ActionCreatePreparedStatementResult {
             prepared_statement_handle: Bytes::from(query.query),
             dataset_schema: schema_ipc(&schema)?,
@@ -628,7 +636,7 @@ impl FlightSqlService for TidemarkFlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let text = sql_text(&command.prepared_statement_handle, "prepared statement handle")?;
-        let schema = result_schema(&self.state, &text).await?;
+        let schema = result_schema(&self.state, &text, &caller(&request)).await?;
         flight_info(&schema, command.as_any().encode_to_vec().into(), request.into_inner())
     }
 
@@ -655,10 +663,10 @@ impl FlightSqlService for TidemarkFlightSql {
     async fn do_put_prepared_statement_update(
         &self,
         command: CommandPreparedStatementUpdate,
-        _request: Request<PeekableFlightDataStream>,
+        request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
         let text = sql_text(&command.prepared_statement_handle, "prepared statement handle")?;
-        refuse_update(&self.state, &text).await
+        refuse_update(&self.state, &text, &caller(&request)).await
     }
 
     /// Handles hold no server state, so there is nothing to free.
@@ -712,12 +720,14 @@ impl FlightSqlService for TidemarkFlightSql {
     async fn do_get_schemas(
         &self,
         query: CommandGetDbSchemas,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
         // The builder applies the catalog and schema-pattern filters.
         let mut builder = query.into_builder();
         builder.append(CATALOG, DATASOURCE_SCHEMA);
-        builder.append(CATALOG, SYSTEM_SCHEMA);
+        if crate::scope_of(&caller(&request)).sees_system_tables() {
+            builder.append(CATALOG, SYSTEM_SCHEMA);
+        }
         let schema = builder.schema();
         encode_batch(schema, builder.build())
     }
@@ -734,10 +744,10 @@ impl FlightSqlService for TidemarkFlightSql {
     async fn do_get_tables(
         &self,
         query: CommandGetTables,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
         let schema = query.clone().into_builder().schema();
-        encode_batch(schema, get_tables(&self.state, query))
+        encode_batch(schema, get_tables(&self.state, query, &crate::scope_of(&caller(&request))))
     }
 
     async fn get_flight_info_table_types(

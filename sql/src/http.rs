@@ -77,8 +77,8 @@ async fn sql_handler(
         return error_response(status, e.to_string());
     }
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("application/json").to_string();
-    let who = caller.map_or_else(|| Principal::Anonymous.actor(), |Extension(p)| p.actor());
-    let (schema, batches) = match run_query(&state, &text, &who).await {
+    let caller = caller.map_or(Principal::Anonymous, |Extension(p)| p);
+    let (schema, batches) = match run_query(&state, &text, &caller).await {
         Ok(r) => r,
         Err(Error::Limit { limit, message }) => return error_response(limit_status(limit), message),
         Err(e) => {

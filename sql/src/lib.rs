@@ -9,6 +9,8 @@
 
 use std::sync::Arc;
 
+use tidemark_catalog::access::{Principal, Role};
+use tidemark_query::scope::Scope;
 use tidemark_storage::snapshot::SnapshotSource;
 
 pub mod flight;
@@ -84,18 +86,27 @@ impl Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Runs one read-only statement to completion for `who` (an actor: `key:<id>`, `anonymous`),
-/// within the node's query limits.
+/// What `caller` may read: a merchant reader its tenants' rows, everyone else who may query
+/// everything.
+pub fn scope_of(caller: &Principal) -> Scope {
+    match caller {
+        Principal::Key { role: Role::MerchantReader, scope, .. } => Scope::tenants(scope.tenants.iter().cloned()),
+        Principal::Key { .. } | Principal::Anonymous | Principal::Node => Scope::All,
+    }
+}
+
+/// Runs one read-only statement to completion for `caller`, within the node's query limits
+/// and the caller's scope.
 pub async fn run_query(
     state: &SqlState,
     text: &str,
-    who: &str,
+    caller: &Principal,
 ) -> Result<(datafusion::arrow::datatypes::SchemaRef, Vec<datafusion::arrow::array::RecordBatch>)> {
     let limits = state.gate.limits;
     limits.check_text(text)?;
-    let _slot = state.gate.enter(who)?;
+    let _slot = state.gate.enter(&caller.actor())?;
     let work = async {
-        let ctx = tidemark_query::new_session_with(state.source.clone(), limits.session());
+        let ctx = tidemark_query::new_session_with(state.source.clone(), limits.session(), scope_of(caller));
         let df = tidemark_query::sql(&ctx, text).await?;
         let schema = Arc::new(df.schema().as_arrow().clone());
         let batches = df.collect().await.map_err(tidemark_query::Error::from)?;

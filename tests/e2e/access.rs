@@ -98,18 +98,28 @@ fn keys_and_roles_guard_every_door_and_changes_are_audited() {
     let mut ids: BTreeMap<&str, String> = BTreeMap::new();
     tokens.insert("admin", admin.clone());
     ids.insert("admin", admin_id.clone());
-    for role in ["governance_editor", "publisher", "analyst"] {
-        let (status, v) =
-            call(&node, "POST", "/v1/keys", json!({"name": role, "role": role}).to_string().as_bytes(), Some(&admin));
+    for role in ["governance_editor", "publisher", "analyst", "merchant_reader"] {
+        let mut body = json!({"name": role, "role": role});
+        if role == "merchant_reader" {
+            body["tenants"] = json!(["m1"]);
+        }
+        let (status, v) = call(&node, "POST", "/v1/keys", body.to_string().as_bytes(), Some(&admin));
         assert_eq!(status, 201, "{v}");
         assert_eq!(v["role"], role);
         assert!(v.get("secret_sha256").is_none(), "{v}");
         tokens.insert(role, v["token"].as_str().unwrap_or_default().to_string());
         ids.insert(role, v["id"].as_str().unwrap_or_default().to_string());
     }
+    // A merchant reader needs its tenants; other roles may not have any.
     let (status, v) = call(&node, "POST", "/v1/keys", br#"{"name":"m1","role":"merchant_reader"}"#, Some(&admin));
     assert_eq!(status, 400);
-    assert!(v["error"].as_str().is_some_and(|e| e.contains("merchant_reader keys are not available yet")), "{v}");
+    let e = v["error"].as_str().unwrap_or_default();
+    assert!(e.contains("tenants: a merchant_reader key needs at least one tenant"), "{v}");
+    let (status, v) =
+        call(&node, "POST", "/v1/keys", br#"{"name":"a","role":"analyst","tenants":["m1"]}"#, Some(&admin));
+    assert_eq!(status, 400);
+    let e = v["error"].as_str().unwrap_or_default();
+    assert!(e.contains("tenants: only merchant_reader keys are scoped to tenants"), "{v}");
 
     // The role x door matrix. Allowed calls must not be refused (and are 2xx where they can
     // be); refused ones are 401 for bad credentials and 403 naming the role otherwise.
@@ -121,13 +131,21 @@ fn keys_and_roles_guard_every_door_and_changes_are_audited() {
         ("governance_editor", tokens.get("governance_editor").cloned()),
         ("publisher", tokens.get("publisher").cloned()),
         ("analyst", tokens.get("analyst").cloned()),
+        ("merchant_reader", tokens.get("merchant_reader").cloned()),
     ];
     let beacons = ndjson(&traffic(5, 3, now_ms() - 60_000, 30_000, 4));
     type Door<'a> = (&'a str, &'a str, String, Vec<u8>, &'a [&'a str], bool);
     let doors = |who: &str| -> Vec<Door<'_>> {
         vec![
             ("publish", "POST", "/v1/beacons/beacons".into(), beacons.clone(), &["admin", "publisher"], true),
-            ("sql", "POST", "/v1/sql".into(), b"SELECT 1 AS one".to_vec(), &["admin", "analyst"], true),
+            (
+                "sql",
+                "POST",
+                "/v1/sql".into(),
+                b"SELECT 1 AS one".to_vec(),
+                &["admin", "analyst", "merchant_reader"],
+                true,
+            ),
             (
                 "list datasources",
                 "GET",
@@ -205,7 +223,7 @@ fn keys_and_roles_guard_every_door_and_changes_are_audited() {
         v["error"].as_str(),
         Some(
             format!(
-                "API key {} (role publisher) may not run queries; that needs role admin or analyst",
+                "API key {} (role publisher) may not run queries; that needs role admin, analyst or merchant_reader",
                 ids["publisher"]
             )
             .as_str()
@@ -250,6 +268,7 @@ fn keys_and_roles_guard_every_door_and_changes_are_audited() {
         row(&key("admin"), "create_key", &key("governance_editor")),
         row(&key("admin"), "create_key", &key("publisher")),
         row(&key("admin"), "create_key", &key("analyst")),
+        row(&key("admin"), "create_key", &key("merchant_reader")),
         row(&key("admin"), "create_datasource", "datasource:ds_admin"),
         row(&key("admin"), "create_domain", "domain:dom_admin"),
         row(&key("governance_editor"), "create_domain", "domain:dom_governance_editor"),
@@ -291,7 +310,10 @@ fn keys_and_roles_guard_every_door_and_changes_are_audited() {
     assert_eq!(v["bearer_analyst"]["ok"], audit_rows, "{v}");
     assert_eq!(v["basic_analyst"]["ok"], audit_rows, "{v}");
     let error = |case: &str| v[case]["error"].as_str().unwrap_or_default().to_string();
-    assert!(error("bearer_publisher").contains("may not run queries; that needs role admin or analyst"), "{v}");
+    assert!(
+        error("bearer_publisher").contains("may not run queries; that needs role admin, analyst or merchant_reader"),
+        "{v}"
+    );
     assert!(error("no_key").contains("this node requires an API key"), "{v}");
     assert!(error("wrong_key").contains("API key 000000000000 does not exist on this node"), "{v}");
     assert!(metric(&node, &admin, "tidemark_auth_failures_total") > failures_before);

@@ -209,6 +209,14 @@ impl TestNode {
         Self::finish(self.agent.get(&format!("http://{}{path}", self.http)).call())
     }
 
+    pub(crate) fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
+        let mut req = self.agent.get(&format!("http://{}{path}", self.http));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        Self::finish(req.call()).unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    }
+
     pub(crate) fn get(&self, path: &str) -> Reply {
         self.try_get(path).unwrap_or_else(|e| panic!("GET {path}: {e}"))
     }

@@ -10,6 +10,7 @@ mod governance;
 mod harness;
 mod kafka;
 mod limits;
+mod merchant_scope;
 mod segments;
 
 use tidemark_loadgen::{Beacon, Traffic, TrafficConfig};
