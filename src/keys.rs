@@ -23,6 +23,11 @@ pub(crate) enum KeysCmd {
         /// the key may read; repeat for several.
         #[arg(long = "tenant")]
         tenants: Vec<String>,
+        /// For publisher: a datasource it may publish to, as `DATASOURCE` (every tag) or
+        /// `DATASOURCE=tag,tag` (only those tags); repeat for several. Without it a publisher
+        /// may publish everything.
+        #[arg(long = "publish")]
+        publish: Vec<String>,
         /// Print the whole answer as JSON instead of the token alone.
         #[arg(long)]
         json: bool,
@@ -45,10 +50,21 @@ pub(crate) enum KeysCmd {
 
 pub(crate) fn run(cmd: KeysCmd) -> Result<()> {
     match cmd {
-        KeysCmd::Create { name, role, tenants, json, url } => {
+        KeysCmd::Create { name, role, tenants, publish, json, url } => {
             let mut body = json!({ "name": name, "role": role });
             if !tenants.is_empty() {
                 body["tenants"] = json!(tenants);
+            }
+            if !publish.is_empty() {
+                let mut grants = serde_json::Map::new();
+                for p in &publish {
+                    let grant = match p.split_once('=') {
+                        None => json!("*"),
+                        Some((_, tags)) => json!(tags.split(',').map(str::trim).collect::<Vec<_>>()),
+                    };
+                    grants.insert(p.split('=').next().unwrap_or_default().to_string(), grant);
+                }
+                body["publish"] = Value::Object(grants);
             }
             let body = body.to_string();
             let reply =

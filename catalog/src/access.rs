@@ -142,6 +142,7 @@ impl ApiKey {
             "name": self.name,
             "role": self.role,
             "tenants": self.scope.tenants,
+            "publish": self.scope.publish,
             "created_at": self.created_at,
             "created_ms": self.created_ms,
             "revoked": self.revoked_at.is_some(),
@@ -170,12 +171,54 @@ pub struct KeyScope {
     /// may read (at least one; a merchant group may have several).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tenants: Vec<String>,
+    /// publisher: the datasources it may publish to and, for each, the tags; absent: every
+    /// datasource and tag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish: Option<BTreeMap<String, TagGrant>>,
 }
 
 impl KeyScope {
     pub fn is_empty(&self) -> bool {
-        self.tenants.is_empty()
+        self.tenants.is_empty() && self.publish.is_none()
     }
+
+    /// What this key may publish to `datasource`.
+    pub fn publish_right(&self, datasource: &str) -> PublishRight<'_> {
+        match &self.publish {
+            None => PublishRight::Any,
+            Some(grants) => match grants.get(datasource) {
+                None => PublishRight::Nothing,
+                Some(TagGrant::All(_)) => PublishRight::Any,
+                Some(TagGrant::Only(tags)) => PublishRight::Tags(tags),
+            },
+        }
+    }
+
+    /// The datasources a restricted publisher key may publish to, for messages.
+    pub fn publishable(&self) -> Vec<&str> {
+        self.publish.iter().flat_map(|g| g.keys().map(String::as_str)).collect()
+    }
+}
+
+/// The tags a publisher key may send to one datasource: `"*"` for all, or their names
+/// (aliases resolve to their tag before the check; the timestamp field is always allowed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum TagGrant {
+    /// Must be `"*"`.
+    All(String),
+    Only(Vec<String>),
+}
+
+/// What a caller may publish to one datasource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublishRight<'a> {
+    /// Every tag.
+    Any,
+    /// These tags only (and the timestamp field).
+    Tags(&'a [String]),
+    /// Nothing: the datasource is not among the key's grants.
+    Nothing,
 }
 
 /// Longest tenant value a key may name (tenant values are dimension values).
@@ -383,6 +426,36 @@ impl Access {
                         );
                     }
                 }
+                if let Some(grants) = &key.scope.publish {
+                    if key.role != Role::Publisher {
+                        problem(
+                            "publish",
+                            format!(
+                                "only publisher keys carry publish grants; a {} key publishes by its role",
+                                key.role
+                            ),
+                        );
+                    }
+                    if grants.is_empty() {
+                        problem("publish", "name at least one datasource (omit \"publish\" for all)".into());
+                    }
+                    for (ds, grant) in grants {
+                        if ds.is_empty() {
+                            problem("publish", "a datasource name is empty".into());
+                        }
+                        match grant {
+                            TagGrant::All(star) if star != "*" => problem(
+                                &format!("publish.{ds}"),
+                                format!("{star:?} is not a grant: give \"*\" (every tag) or a list of tag names"),
+                            ),
+                            TagGrant::Only(tags) if tags.is_empty() || tags.iter().any(|t| t.is_empty()) => problem(
+                                &format!("publish.{ds}"),
+                                "list at least one tag name, none of them empty (\"*\" grants every tag)".into(),
+                            ),
+                            _ => {}
+                        }
+                    }
+                }
                 if !problems.is_empty() {
                     return Err(Error::InvalidKey(problems));
                 }
@@ -512,6 +585,30 @@ mod tests {
         assert!(Principal::Node.allows(Action::Publish), "spool drains forward beacons as the node");
         let publisher = Principal::Key { id: "p".into(), role: Role::Publisher, scope: Default::default() };
         assert!(publisher.allows(Action::Suggest) && !publisher.allows(Action::ReadCatalog));
+    }
+
+    #[test]
+    fn publish_grants_name_datasources_and_tags() {
+        let scope: KeyScope =
+            serde_json::from_str(r#"{"publish": {"shop": ["page", "country"], "app": "*"}}"#).expect("scope");
+        let tags = ["page".to_string(), "country".to_string()];
+        assert_eq!(scope.publish_right("shop"), PublishRight::Tags(&tags));
+        assert_eq!(scope.publish_right("app"), PublishRight::Any);
+        assert_eq!(scope.publish_right("other"), PublishRight::Nothing);
+        assert_eq!(scope.publishable(), ["app", "shop"]);
+        assert_eq!(KeyScope::default().publish_right("anything"), PublishRight::Any);
+        let mut a = Access::default();
+        let key = |role: Role, scope: KeyScope| AccessCommand::CreateKey {
+            key: NewKey { id: "aaaaaaaaaaaa".into(), name: "k".into(), role, secret_sha256: sha256_hex(SECRET), scope },
+        };
+        let err = a.check(&key(Role::Analyst, scope.clone())).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("publish: only publisher keys carry publish grants"), "{err}");
+        a.apply(1, 1, &key(Role::Publisher, scope.clone())).expect("publisher");
+        let token = format!("tmk_aaaaaaaaaaaa_{SECRET}");
+        match a.authenticate(Some(&token)) {
+            Ok(Principal::Key { scope: s, .. }) => assert_eq!(*s, scope),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

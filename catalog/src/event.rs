@@ -87,7 +87,15 @@ pub enum RejectReason {
         first: String,
         second: String,
     },
-    /// A rejection decided elsewhere (for example a publish right), carried with its text.
+    /// Tags the publisher's API key may not publish to this datasource (decided at the edge
+    /// when the beacon arrives; binding, so revoking or changing keys never re-decides it).
+    TagsNotPermitted {
+        key_id: String,
+        datasource: String,
+        tags: Vec<String>,
+    },
+    /// A rejection decided elsewhere and carried with its text (a binding edge verdict read
+    /// back from the log).
     Other {
         code: u8,
         detail: String,
@@ -106,6 +114,7 @@ impl RejectReason {
             RejectReason::UnknownTags { .. } => 7,
             RejectReason::WrongTagType { .. } => 8,
             RejectReason::DuplicateTag { .. } => 9,
+            RejectReason::TagsNotPermitted { .. } => 10,
             RejectReason::Other { code, .. } => *code,
         }
     }
@@ -155,6 +164,16 @@ impl fmt::Display for RejectReason {
             }
             RejectReason::DuplicateTag { tag, first, second } => {
                 write!(f, "tag {tag:?} is sent twice, as {} and as {}; send it once", quoted(first), quoted(second))
+            }
+            RejectReason::TagsNotPermitted { key_id, datasource, tags } => {
+                let named: Vec<String> = tags.iter().take(UNKNOWN_TAGS_NAMED).map(|t| quoted(t)).collect();
+                let more = tags.len().saturating_sub(UNKNOWN_TAGS_NAMED);
+                let plural = if tags.len() == 1 { "" } else { "s" };
+                write!(f, "API key {key_id} may not publish tag{plural} {} to {datasource:?}", named.join(", "))?;
+                if more > 0 {
+                    write!(f, " and {more} more")?;
+                }
+                write!(f, "; ask an admin for a key with that right")
             }
             RejectReason::Other { detail, .. } => f.write_str(detail),
         }

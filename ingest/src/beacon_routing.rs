@@ -19,6 +19,8 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use tidemark_catalog::access::Principal;
+
 use crate::IngestState;
 use crate::beacons::{self, IDEMPOTENCY_KEY};
 use crate::error::Error;
@@ -32,8 +34,17 @@ fn quorum_window(s: &IngestState) -> Duration {
     Duration::from_millis(2 * s.node.config().election_timeout_max_ms.max(100))
 }
 
-/// Handles `POST /v1/beacons/{datasource}` on any node.
-pub async fn route(s: &IngestState, datasource: &str, headers: HeaderMap, body: Bytes) -> Response {
+/// Handles `POST /v1/beacons/{datasource}` on any node, for `caller`. A key without the
+/// right to the datasource is refused here, where the beacons arrive, before any forwarding
+/// or spooling.
+pub async fn route(s: &IngestState, caller: &Principal, datasource: &str, headers: HeaderMap, body: Bytes) -> Response {
+    let publisher = match beacons::Publisher::of(&s.node, caller, &headers) {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    if let Err(e) = publisher.check_datasource(datasource) {
+        return e.into_response();
+    }
     let replica = s.node.replica();
     let me = replica.node_id();
     let spool = s.spool.as_ref().filter(|_| !headers.contains_key(NO_SPOOL));
@@ -44,9 +55,9 @@ pub async fn route(s: &IngestState, datasource: &str, headers: HeaderMap, body: 
             && !replica.has_recent_quorum(quorum_window(s))
         {
             let why = "this node leads, but no quorum of voters has answered it lately";
-            return to_spool(s, spool, datasource, &headers, &body, why);
+            return to_spool(s, spool, datasource, &headers, &body, &publisher, why);
         }
-        return beacons::post_beacons(&s.node, &s.limits, datasource, &headers, body)
+        return beacons::post_beacons(&s.node, &s.limits, datasource, &headers, body, &publisher)
             .await
             .unwrap_or_else(IntoResponse::into_response);
     }
@@ -65,7 +76,7 @@ pub async fn route(s: &IngestState, datasource: &str, headers: HeaderMap, body: 
                 Err(ForwardError::Connect(reason)) if let Some(spool) = spool => {
                     tracing::warn!(leader = id, %reason, "the leader is unreachable; spooling a beacon request");
                     let why = format!("the leader (node {id} at {}) is unreachable: {reason}", member.http);
-                    to_spool(s, spool, datasource, &headers, &body, &why)
+                    to_spool(s, spool, datasource, &headers, &body, &publisher, &why)
                 }
                 Err(reason) => Error::Replication(tidemark_raft::Error::Stopped(format!(
                     "forwarding to the leader (node {id} at {}) failed: {reason}; retry with the same idempotency key",
@@ -75,7 +86,9 @@ pub async fn route(s: &IngestState, datasource: &str, headers: HeaderMap, body: 
             }
         }
         None => match spool {
-            Some(spool) => to_spool(s, spool, datasource, &headers, &body, "no leader is known (no quorum)"),
+            Some(spool) => {
+                to_spool(s, spool, datasource, &headers, &body, &publisher, "no leader is known (no quorum)")
+            }
             None => Error::Replication(tidemark_raft::Error::NotLeader { node: me, leader: None }).into_response(),
         },
     }
@@ -89,8 +102,17 @@ fn request(datasource: &str, headers: &HeaderMap, body: Bytes) -> axum::extract:
     req
 }
 
-/// Spools a request and answers 202 `"spooled": true`.
-fn to_spool(s: &IngestState, spool: &Spool, datasource: &str, headers: &HeaderMap, body: &[u8], why: &str) -> Response {
+/// Spools a request and answers 202 `"spooled": true`. The publisher's key id goes with it,
+/// so the drain publishes under that key's rights.
+fn to_spool(
+    s: &IngestState,
+    spool: &Spool,
+    datasource: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+    publisher: &beacons::Publisher,
+    why: &str,
+) -> Response {
     let result = (|| {
         if let Some(reason) = s.node.fatal() {
             return Err(Error::Stopped { reason });
@@ -102,8 +124,12 @@ fn to_spool(s: &IngestState, spool: &Spool, datasource: &str, headers: &HeaderMa
             )));
         }
         let key = beacons::idempotency_key(headers)?.unwrap_or_else(|| format!("spool-{}", uuid::Uuid::new_v4()));
-        let header =
-            spool::Header { datasource: datasource.to_string(), idempotency_key: key.clone(), received_ms: now_ms() };
+        let header = spool::Header {
+            datasource: datasource.to_string(),
+            idempotency_key: key.clone(),
+            received_ms: now_ms(),
+            publisher: publisher.key_id.clone(),
+        };
         let seq = spool.put(&header, body)?;
         Ok((beacons, key, seq))
     })();
@@ -174,14 +200,22 @@ async fn send(s: &IngestState, item: &spool::Spooled) -> Sent {
     if let Some(auth) = token.and_then(|t| HeaderValue::from_str(&format!("Bearer {t}")).ok()) {
         headers.insert(axum::http::header::AUTHORIZATION, auth);
     }
+    if let Some(id) = item.header.publisher.as_deref().and_then(|id| HeaderValue::from_str(id).ok()) {
+        headers.insert(beacons::PUBLISHER_HEADER, id);
+    }
     let body = Bytes::from(item.body.clone());
     let resp = if replica.is_leader() {
         if !replica.has_recent_quorum(quorum_window(s)) {
             return Sent::Later("no quorum".into());
         }
-        beacons::post_beacons(&s.node, &s.limits, &item.header.datasource, &headers, body)
-            .await
-            .unwrap_or_else(IntoResponse::into_response)
+        match beacons::Publisher::of(&s.node, &Principal::Node, &headers) {
+            Ok(publisher) => {
+                beacons::post_beacons(&s.node, &s.limits, &item.header.datasource, &headers, body, &publisher)
+                    .await
+                    .unwrap_or_else(IntoResponse::into_response)
+            }
+            Err(e) => e.into_response(),
+        }
     } else {
         let Some((_, leader)) = replica.leader() else { return Sent::Later("no leader".into()) };
         let req = request(&item.header.datasource, &headers, body);

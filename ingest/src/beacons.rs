@@ -19,6 +19,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 use serde_json::value::RawValue;
+use tidemark_catalog::access::{KeyScope, Principal, PublishRight};
 use tidemark_catalog::event::{RejectReason, parse_timestamp};
 use tidemark_catalog::partitioner::partition_for_key;
 use tidemark_catalog::spec::InvalidRecordPolicy;
@@ -32,6 +33,9 @@ use crate::error::{Error, Result};
 use crate::node::{Node, now_ms};
 
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// The key id a spool drain publishes for: the drain authenticates as the node, and the
+/// leader applies the rights of the key that sent the beacons (only to node callers).
+pub const PUBLISHER_HEADER: &str = "x-tidemark-publisher";
 const IDEMPOTENCY_KEY_BYTES_MAX: usize = 256;
 
 #[derive(Debug, Clone)]
@@ -139,6 +143,68 @@ pub fn precheck(limits: &BeaconLimits, body: &[u8]) -> Result<usize> {
     Ok(split_body(body)?.len())
 }
 
+/// Who publishes a batch, and what their key lets them send.
+#[derive(Debug, Clone, Default)]
+pub struct Publisher {
+    /// The API key id, kept in the raw log frame; `None` on a node without keys.
+    pub key_id: Option<String>,
+    pub scope: KeyScope,
+}
+
+impl Publisher {
+    /// The publisher of a request from `caller`. A node caller (a spool drain) names the key
+    /// that sent the beacons in [`PUBLISHER_HEADER`]; that key's rights apply even if it was
+    /// revoked since, because the beacons were accepted while it was valid.
+    pub fn of(node: &Node, caller: &Principal, headers: &HeaderMap) -> Result<Publisher> {
+        match caller {
+            Principal::Key { id, scope, .. } => Ok(Publisher { key_id: Some(id.clone()), scope: (**scope).clone() }),
+            Principal::Anonymous => Ok(Publisher::default()),
+            Principal::Node => {
+                let Some(id) = headers.get(PUBLISHER_HEADER).and_then(|v| v.to_str().ok()) else {
+                    return Ok(Publisher::default());
+                };
+                let engine = node.engine();
+                let e = engine.read();
+                let key = e.catalog().access().key(id).ok_or_else(|| {
+                    Error::Forbidden(format!("the spooled batch names API key {id}, which does not exist"))
+                })?;
+                Ok(Publisher { key_id: Some(id.to_string()), scope: key.scope.clone() })
+            }
+        }
+    }
+
+    /// Refuses a datasource the key has no right to at all (403, nothing stored).
+    pub fn check_datasource(&self, datasource: &str) -> Result<PublishRight<'_>> {
+        let right = self.scope.publish_right(datasource);
+        if right == PublishRight::Nothing {
+            let may = self.scope.publishable();
+            return Err(Error::Forbidden(format!(
+                "API key {} may not publish to datasource {datasource:?}; it may publish to {}",
+                self.key_id.as_deref().unwrap_or("?"),
+                if may.is_empty() { "no datasource".to_string() } else { may.join(", ") }
+            )));
+        }
+        Ok(right)
+    }
+}
+
+/// The tags of `obj` outside `allowed`, by the tag each key names (aliases resolve first);
+/// the timestamp field is always allowed.
+fn tags_not_permitted(
+    obj: &serde_json::Map<String, Value>,
+    allowed: &[String],
+    ts_field: &str,
+    rules: Option<&TagRules>,
+) -> Vec<String> {
+    obj.keys()
+        .filter(|k| {
+            let tag = rules.and_then(|r| r.resolve(k)).map_or(k.as_str(), |t| t.name.as_str());
+            tag != ts_field && !allowed.iter().any(|a| a == tag)
+        })
+        .cloned()
+        .collect()
+}
+
 /// One partition's share of a request: request line numbers, records, binding verdicts.
 type PartBuilder = (Vec<u32>, Vec<Record>, Vec<VerdictRecord>);
 
@@ -148,6 +214,7 @@ pub async fn post_beacons(
     datasource: &str,
     headers: &HeaderMap,
     body: Bytes,
+    publisher: &Publisher,
 ) -> Result<Response> {
     if body.len() > limits.body_bytes_max {
         return Err(Error::TooLarge { limit_bytes: limits.body_bytes_max });
@@ -155,6 +222,7 @@ pub async fn post_beacons(
     if let Some(reason) = node.fatal() {
         return Err(Error::Stopped { reason });
     }
+    let right = publisher.check_datasource(datasource)?;
     let key = idempotency_key(headers)?;
     let body_hash = xxhash_rust::xxh3::xxh3_64(&body);
     let lines = split_body(&body)?;
@@ -187,7 +255,8 @@ pub async fn post_beacons(
     }
 
     // Edge verdicts, per line. Only what apply cannot decide the same way binds: bytes that
-    // are not a JSON object, and the server clock's "too far ahead". A missing or bad
+    // are not a JSON object, tags the publisher's key may not send (rights are checked when
+    // the beacon arrives), and the server clock's "too far ahead". A missing or bad
     // timestamp is apply's to find (same reason), so an alias added later can still rescue
     // the beacon when it is reprocessed.
     let ts_field = &spec.timestamp.field;
@@ -200,12 +269,23 @@ pub async fn post_beacons(
             (None, None) => Some(RejectReason::Other { code: 1, detail: "beacon is not valid JSON".into() }),
             (Some(v), None) => match v.as_object() {
                 None => Some(RejectReason::NotAnObject),
-                Some(obj) => match tag_value(obj, ts_field, rules).map(|t| parse_timestamp(ts_field, t)) {
-                    Some(Ok(t)) if t > now + limits.future_ms_max => {
-                        Some(RejectReason::TooFarInFuture { time_ms: t, limit_ms: limits.future_ms_max })
+                Some(obj) => {
+                    let denied = match right {
+                        PublishRight::Tags(allowed) => tags_not_permitted(obj, allowed, ts_field, rules),
+                        PublishRight::Any | PublishRight::Nothing => Vec::new(),
+                    };
+                    match tag_value(obj, ts_field, rules).map(|t| parse_timestamp(ts_field, t)) {
+                        _ if !denied.is_empty() => Some(RejectReason::TagsNotPermitted {
+                            key_id: publisher.key_id.clone().unwrap_or_default(),
+                            datasource: datasource.to_string(),
+                            tags: denied,
+                        }),
+                        Some(Ok(t)) if t > now + limits.future_ms_max => {
+                            Some(RejectReason::TooFarInFuture { time_ms: t, limit_ms: limits.future_ms_max })
+                        }
+                        _ => None,
                     }
-                    _ => None,
-                },
+                }
             },
         };
         if spec.invalid_records == InvalidRecordPolicy::RejectBatch {
@@ -259,7 +339,7 @@ pub async fn post_beacons(
     let cmd = Command::Events(EventsCommand {
         header: EventsHeader {
             datasource: datasource.to_string(),
-            publisher: None,
+            publisher: publisher.key_id.clone(),
             idempotency_key: key,
             body_hash,
             parts: header_parts,

@@ -22,6 +22,10 @@ pub enum Error {
     #[error("{0}")]
     NotFound(String),
 
+    /// The caller is known but may not do this (a publisher key without the datasource).
+    #[error("{0}")]
+    Forbidden(String),
+
     #[error("{0}")]
     Conflict(String),
 
@@ -56,6 +60,7 @@ impl Error {
             Error::Stopped { .. } | Error::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Error::BadRequest(_) => StatusCode::BAD_REQUEST,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::Forbidden(_) => StatusCode::FORBIDDEN,
             Error::Conflict(_) => StatusCode::CONFLICT,
             Error::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Error::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,

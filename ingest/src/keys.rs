@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tidemark_catalog::CatalogCommand;
 use tidemark_catalog::access::{
-    AccessCommand, KEY_ID_LEN, KeyScope, NewKey, Role, SECRET_LEN, TOKEN_PREFIX, hex, sha256_hex,
+    AccessCommand, KEY_ID_LEN, KeyScope, NewKey, Role, SECRET_LEN, TOKEN_PREFIX, TagGrant, hex, sha256_hex,
 };
 
 use crate::datasources::apply;
@@ -24,6 +24,9 @@ struct CreateKey {
     /// merchant_reader: the tenant values whose rows the key may read.
     #[serde(default)]
     tenants: Vec<String>,
+    /// publisher: datasource → `"*"` or the tags it may send; absent: everything.
+    #[serde(default)]
+    publish: Option<std::collections::BTreeMap<String, TagGrant>>,
 }
 
 fn random_hex(len: usize) -> Result<String> {
@@ -43,7 +46,7 @@ pub async fn create(node: &Node, actor: &str, body: &[u8]) -> Result<Response> {
     let req: CreateKey = serde_json::from_slice(body).map_err(|e| {
         Error::BadRequest(format!(
             "a key needs {{\"name\": \"…\", \"role\": \"admin|governance_editor|publisher|analyst|merchant_reader\"}} \
-             (and \"tenants\": [\"…\"] for merchant_reader): {e}"
+             (with \"tenants\": [\"…\"] for merchant_reader; \"publish\": {{\"datasource\": \"*\" or [\"tag\", …]}} to limit a publisher): {e}"
         ))
     })?;
     if node.engine().read().catalog().access().node_secret().is_none() {
@@ -56,7 +59,7 @@ pub async fn create(node: &Node, actor: &str, body: &[u8]) -> Result<Response> {
         name: req.name,
         role: req.role,
         secret_sha256: sha256_hex(&secret),
-        scope: KeyScope { tenants: req.tenants },
+        scope: KeyScope { tenants: req.tenants, publish: req.publish },
     };
     log(node, actor, AccessCommand::CreateKey { key }).await?;
     let mut v = shown(node, &id)?;

@@ -90,11 +90,13 @@ pub fn router(state: IngestState) -> Router {
 
 async fn post_beacons(
     State(s): State<IngestState>,
+    caller: Option<Extension<Principal>>,
     Path(ds): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let resp = beacon_routing::route(&s, &ds, headers, body).await;
+    let caller = caller.map_or(Principal::Anonymous, |Extension(p)| p);
+    let resp = beacon_routing::route(&s, &caller, &ds, headers, body).await;
     s.node.metrics().count_beacon_request(resp.status().as_u16());
     resp
 }

@@ -39,6 +39,9 @@ pub struct Header {
     pub datasource: String,
     pub idempotency_key: String,
     pub received_ms: i64,
+    /// The API key id that sent the beacons (the drain publishes under its rights).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publisher: Option<String>,
 }
 
 /// One spooled request, as the drain reads it back.
@@ -262,7 +265,7 @@ mod tests {
     use super::*;
 
     fn header(key: &str) -> Header {
-        Header { datasource: "beacons".into(), idempotency_key: key.into(), received_ms: 1 }
+        Header { datasource: "beacons".into(), idempotency_key: key.into(), received_ms: 1, publisher: None }
     }
 
     #[test]

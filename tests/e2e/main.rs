@@ -11,6 +11,7 @@ mod harness;
 mod kafka;
 mod limits;
 mod merchant_scope;
+mod publishers;
 mod segments;
 
 use tidemark_loadgen::{Beacon, Traffic, TrafficConfig};

@@ -1,0 +1,111 @@
+//! Publisher keys with rights to some datasources and tags, against the real binary: a
+//! datasource outside the key's grants is refused whole (403), a tag outside them rejects its
+//! line with a reason that names the key and the tag, kept in `sys.rejects` with code 10.
+
+use serde_json::{Value, json};
+
+use crate::harness::TestNode;
+use crate::now_ms;
+
+fn post(node: &TestNode, path: &str, token: &str, body: &[u8]) -> (u16, Value) {
+    let auth = format!("Bearer {token}");
+    let r = node.post(path, body, &[("Authorization", &auth), ("Content-Type", "application/json")]);
+    (r.status, serde_json::from_str(&r.body).unwrap_or(Value::Null))
+}
+
+fn spec(name: &str) -> Value {
+    json!({
+        "name": name,
+        "timestamp": {"field": "ts"},
+        "granularity": {"query": "PT1M", "segment": "PT1H"},
+        "dimensions": ["merchant_id", "page", "country"],
+        "metrics": [{"name": "count", "type": "count"}],
+        "tenant": "merchant_id",
+    })
+}
+
+#[test]
+fn a_publisher_key_publishes_only_its_datasources_and_tags() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = TestNode::start(dir.path());
+    let (code, out, err) = node.cli(&["keys", "create", "--name", "root", "--role", "admin"]);
+    assert_eq!(code, 0, "{err}");
+    let admin = out.trim().to_string();
+    for ds in ["shop", "other"] {
+        let (status, v) = post(&node, "/v1/datasources", &admin, spec(ds).to_string().as_bytes());
+        assert!(status == 200 || status == 201, "{v}");
+    }
+
+    // From the CLI: `shop` with two tags; a second key with every tag of `shop`.
+    let cli = |args: &[&str]| {
+        let mut full = vec!["keys", "create", "--json"];
+        full.extend_from_slice(args);
+        let out = std::process::Command::new(crate::harness::tidemark_bin())
+            .args(&full)
+            .args(["--url", &format!("http://{}", node.http)])
+            .env("TIDEMARK_TOKEN", &admin)
+            .output()
+            .expect("run tidemark");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+        (v["id"].as_str().unwrap_or_default().to_string(), v["token"].as_str().unwrap_or_default().to_string(), v)
+    };
+    let (app_id, app, shown) =
+        cli(&["--name", "shop app", "--role", "publisher", "--publish", "shop=merchant_id,page"]);
+    assert_eq!(shown["publish"], json!({"shop": ["merchant_id", "page"]}), "{shown}");
+    let (_, wide, _) = cli(&["--name", "shop tool", "--role", "publisher", "--publish", "shop"]);
+
+    // A datasource outside the grants: refused whole, nothing stored.
+    let ts = now_ms() - 60_000;
+    let line = |extra: Value| {
+        let mut b = json!({"ts": ts, "merchant_id": "m1", "page": "/"});
+        if let (Some(b), Some(e)) = (b.as_object_mut(), extra.as_object()) {
+            b.extend(e.clone());
+        }
+        b.to_string()
+    };
+    let (status, v) = post(&node, "/v1/beacons/other", &app, line(json!({})).as_bytes());
+    assert_eq!(status, 403, "{v}");
+    assert_eq!(v["error"], format!("API key {app_id} may not publish to datasource \"other\"; it may publish to shop"));
+
+    // A tag outside the grants rejects its line; the others go in.
+    let body = [line(json!({})), line(json!({"country": "FR"})), line(json!({"page": "/x"}))].join("\n");
+    let (status, v) = post(&node, "/v1/beacons/shop", &app, body.as_bytes());
+    assert_eq!(status, 200, "{v}");
+    let reason =
+        format!("API key {app_id} may not publish tag \"country\" to \"shop\"; ask an admin for a key with that right");
+    assert_eq!(v["accepted"], 2, "{v}");
+    assert_eq!(v["rejected"], json!([{"index": 1, "reason": reason}]), "{v}");
+    // The wider key may send every tag of shop, and still nothing to `other`.
+    let (status, v) = post(&node, "/v1/beacons/shop", &wide, line(json!({"country": "DE"})).as_bytes());
+    assert_eq!((status, v["accepted"].as_i64()), (200, Some(1)), "{v}");
+    assert_eq!(post(&node, "/v1/beacons/other", &wide, line(json!({})).as_bytes()).0, 403);
+
+    let auth = format!("Bearer {admin}");
+    let r = node.post(
+        "/v1/sql",
+        b"SELECT code, reason FROM sys.rejects WHERE datasource = 'shop'",
+        &[("Authorization", &auth)],
+    );
+    assert_eq!(r.json(), json!([{"code": 10, "reason": reason}]), "{}", r.body);
+    let r = node.post("/v1/sql", b"SELECT SUM(\"count\") AS n FROM shop", &[("Authorization", &auth)]);
+    assert_eq!(r.json(), json!([{"n": 3}]));
+
+    // Grants belong to publisher keys only, and name real grants.
+    let (status, v) = post(
+        &node,
+        "/v1/keys",
+        &admin,
+        json!({"name": "x", "role": "analyst", "publish": {"shop": "*"}}).to_string().as_bytes(),
+    );
+    assert_eq!(status, 400, "{v}");
+    assert!(v["error"].as_str().unwrap_or_default().contains("publish: only publisher keys carry publish grants"));
+    let (status, v) = post(
+        &node,
+        "/v1/keys",
+        &admin,
+        json!({"name": "x", "role": "publisher", "publish": {"shop": "all"}}).to_string().as_bytes(),
+    );
+    assert_eq!(status, 400, "{v}");
+    assert!(v["error"].as_str().unwrap_or_default().contains("publish.shop: \"all\" is not a grant"), "{v}");
+}
