@@ -51,8 +51,8 @@ impl Reserved {
 }
 
 /// Safe defaults: a node with no API keys serves loopback only, since anyone who can reach
-/// it may do anything. With keys, the Kafka port stays on loopback until SASL lands (its
-/// producers are not authenticated yet).
+/// it may do anything. With keys, every door authenticates (Kafka clients by SASL, and only
+/// by SCRAM off loopback, since PLAIN would send keys in the clear).
 pub(crate) fn check_exposure(listeners: &[(&str, SocketAddr)], keys: bool) -> Result<()> {
     for (what, addr) in listeners {
         if addr.ip().is_loopback() {
@@ -65,12 +65,6 @@ pub(crate) fn check_exposure(listeners: &[(&str, SocketAddr)], keys: bool) -> Re
                  (`tidemark keys create --name admin --role admin`), then restart it on {addr}"
             ));
         }
-        if *what == "kafka_addr" {
-            return Err(anyhow!(
-                "kafka_addr {addr} is not a loopback address: the Kafka port does not authenticate producers \
-                 yet (SASL is not supported), so it serves loopback only"
-            ));
-        }
     }
     Ok(())
 }
@@ -80,7 +74,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn off_loopback_needs_keys_and_kafka_stays_on_loopback() {
+    fn off_loopback_needs_keys() {
         let lo: SocketAddr = "127.0.0.2:80".parse().expect("addr");
         let public: SocketAddr = "10.1.2.3:80".parse().expect("addr");
         assert!(check_exposure(&[("http_addr", lo), ("kafka_addr", lo)], false).is_ok());
@@ -90,6 +84,6 @@ mod tests {
             "{err}"
         );
         assert!(check_exposure(&[("http_addr", public)], true).is_ok());
-        assert!(check_exposure(&[("kafka_addr", public)], true).is_err());
+        assert!(check_exposure(&[("kafka_addr", public)], true).is_ok());
     }
 }

@@ -396,6 +396,7 @@ async fn run_node(cfg: Config, demo: bool, test_faults: bool) -> Result<()> {
     kafka_config.request_bytes_max = cfg.kafka.request_bytes_max;
     kafka_config.decompressed_batch_bytes_max = cfg.kafka.decompressed_batch_bytes_max;
     kafka_config.future_ms_max = cfg.ingest.future_ms_max;
+    kafka_config.failed_login_delay = failed_login_delay;
     tracing::info!(http = %cfg.http_addr, flight = %flight_addr, kafka = %cfg.kafka_addr, raft = %cfg.raft_addr, "serving");
     println!(
         "tidemark is serving: HTTP http://{} , Flight SQL grpc://{} , Kafka {} , Raft {} (node {})",

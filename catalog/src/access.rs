@@ -62,7 +62,7 @@ impl Role {
             Role::Admin => true,
             Role::GovernanceEditor => matches!(action, ReadCatalog | Suggest | ManageGovernance),
             Role::Publisher => matches!(action, Publish | Suggest),
-            Role::Analyst => matches!(action, Query | ReadCatalog | Suggest | Monitor),
+            Role::Analyst => matches!(action, Query | ReadRaw | ReadCatalog | Suggest | Monitor),
             Role::MerchantReader => matches!(action, Query),
         }
     }
@@ -81,6 +81,8 @@ pub enum Action {
     Publish,
     /// Run SQL (HTTP and Flight SQL), system tables included.
     Query,
+    /// Read the raw event stream: Kafka Fetch, offsets and consumer groups.
+    ReadRaw,
     /// Read datasource specs and the tag registry.
     ReadCatalog,
     /// `GET /v1/governance/suggest`, for tools that check tags before sending.
@@ -104,6 +106,7 @@ impl Action {
         match self {
             Action::Publish => "publish events",
             Action::Query => "run queries",
+            Action::ReadRaw => "read the raw event stream (Kafka Fetch and consumer groups)",
             Action::ReadCatalog => "read datasource specs and the tag registry",
             Action::Suggest => "ask for tag suggestions",
             Action::ManageDatasources => "manage datasources",
@@ -126,6 +129,9 @@ pub struct ApiKey {
     pub secret_sha256: String,
     #[serde(default, skip_serializing_if = "KeyScope::is_empty")]
     pub scope: KeyScope,
+    /// What a Kafka client's SASL/SCRAM-SHA-256 login is checked against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scram: Option<ScramCredential>,
     pub created_at: LogPosition,
     pub created_ms: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -161,6 +167,24 @@ pub struct NewKey {
     pub secret_sha256: String,
     #[serde(default, skip_serializing_if = "KeyScope::is_empty")]
     pub scope: KeyScope,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scram: Option<ScramCredential>,
+}
+
+/// A key's SCRAM-SHA-256 verifier (RFC 5802): the password is the whole token. Derived at the
+/// edge from the secret with a random salt, so like the digest it cannot give the token back;
+/// the secret's 256 random bits make the iteration count a formality, kept at RFC 7677's
+/// minimum of 4096 because clients refuse fewer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScramCredential {
+    /// Base64.
+    pub salt: String,
+    pub iterations: u32,
+    /// Hex: H(HMAC(SaltedPassword, "Client Key")).
+    pub stored_key: String,
+    /// Hex: HMAC(SaltedPassword, "Server Key").
+    pub server_key: String,
 }
 
 /// What a key is limited to beyond its role.
@@ -400,6 +424,14 @@ impl Access {
                 if !is_hex(&key.secret_sha256, 64) {
                     problem("secret_sha256", "must be 64 lowercase hex digits".into());
                 }
+                if let Some(c) = &key.scram
+                    && (!is_hex(&c.stored_key, 64)
+                        || !is_hex(&c.server_key, 64)
+                        || c.iterations < 4096
+                        || c.salt.is_empty())
+                {
+                    problem("scram", "needs a salt, at least 4096 iterations and 64-hex-digit keys".into());
+                }
                 let tenants = &key.scope.tenants;
                 if key.role == Role::MerchantReader && tenants.is_empty() {
                     problem(
@@ -501,6 +533,7 @@ impl Access {
                         role: key.role,
                         secret_sha256: key.secret_sha256.clone(),
                         scope: key.scope.clone(),
+                        scram: key.scram.clone(),
                         created_at: position,
                         created_ms: writer_time_ms,
                         revoked_at: None,
@@ -536,6 +569,7 @@ mod tests {
                 role,
                 secret_sha256: sha256_hex(SECRET),
                 scope: KeyScope::default(),
+                scram: None,
             },
         }
     }
@@ -599,7 +633,14 @@ mod tests {
         assert_eq!(KeyScope::default().publish_right("anything"), PublishRight::Any);
         let mut a = Access::default();
         let key = |role: Role, scope: KeyScope| AccessCommand::CreateKey {
-            key: NewKey { id: "aaaaaaaaaaaa".into(), name: "k".into(), role, secret_sha256: sha256_hex(SECRET), scope },
+            key: NewKey {
+                id: "aaaaaaaaaaaa".into(),
+                name: "k".into(),
+                role,
+                secret_sha256: sha256_hex(SECRET),
+                scope,
+                scram: None,
+            },
         };
         let err = a.check(&key(Role::Analyst, scope.clone())).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("publish: only publisher keys carry publish grants"), "{err}");
@@ -621,6 +662,7 @@ mod tests {
                 role: Role::MerchantReader,
                 secret_sha256: "00".into(),
                 scope: KeyScope::default(),
+                scram: None,
             },
         };
         let err = a.check(&cmd).err().map(|e| e.to_string()).unwrap_or_default();

@@ -343,3 +343,21 @@ mod tests {
         }
     }
 }
+
+/// The keys of a beacon that name tags outside `allowed` (a publisher key's grant for one
+/// datasource): each key counts as the tag it names or aliases under `rules`, and the
+/// timestamp field is always allowed. Order follows `keys`.
+pub fn tags_not_permitted<'k>(
+    keys: impl IntoIterator<Item = &'k str>,
+    allowed: &[String],
+    ts_field: &str,
+    rules: Option<&TagRules>,
+) -> Vec<String> {
+    keys.into_iter()
+        .filter(|k| {
+            let tag = rules.and_then(|r| r.resolve(k)).map_or(*k, |t| t.name.as_str());
+            tag != ts_field && !allowed.iter().any(|a| a == tag)
+        })
+        .map(str::to_string)
+        .collect()
+}

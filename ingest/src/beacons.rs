@@ -23,7 +23,7 @@ use tidemark_catalog::access::{KeyScope, Principal, PublishRight};
 use tidemark_catalog::event::{RejectReason, parse_timestamp};
 use tidemark_catalog::partitioner::partition_for_key;
 use tidemark_catalog::spec::InvalidRecordPolicy;
-use tidemark_catalog::standardise::{TagRules, standardise_json};
+use tidemark_catalog::standardise::{TagRules, standardise_json, tags_not_permitted};
 use tidemark_storage::engine::command::{Command, EventsCommand, EventsHeader, EventsPart, VerdictRecord};
 use tidemark_storage::engine::idempotency::{BatchOutcome, Seen};
 use tidemark_storage::engine::{Applied, RefusalStatus};
@@ -157,8 +157,7 @@ impl Publisher {
     /// revoked since, because the beacons were accepted while it was valid.
     pub fn of(node: &Node, caller: &Principal, headers: &HeaderMap) -> Result<Publisher> {
         match caller {
-            Principal::Key { id, scope, .. } => Ok(Publisher { key_id: Some(id.clone()), scope: (**scope).clone() }),
-            Principal::Anonymous => Ok(Publisher::default()),
+            Principal::Key { .. } | Principal::Anonymous => Ok(Publisher::from_caller(caller)),
             Principal::Node => {
                 let Some(id) = headers.get(PUBLISHER_HEADER).and_then(|v| v.to_str().ok()) else {
                     return Ok(Publisher::default());
@@ -170,6 +169,14 @@ impl Publisher {
                 })?;
                 Ok(Publisher { key_id: Some(id.to_string()), scope: key.scope.clone() })
             }
+        }
+    }
+
+    /// The publisher a caller is by itself (a key, or nobody on a node without keys).
+    pub fn from_caller(caller: &Principal) -> Publisher {
+        match caller {
+            Principal::Key { id, scope, .. } => Publisher { key_id: Some(id.clone()), scope: (**scope).clone() },
+            Principal::Anonymous | Principal::Node => Publisher::default(),
         }
     }
 
@@ -186,23 +193,6 @@ impl Publisher {
         }
         Ok(right)
     }
-}
-
-/// The tags of `obj` outside `allowed`, by the tag each key names (aliases resolve first);
-/// the timestamp field is always allowed.
-fn tags_not_permitted(
-    obj: &serde_json::Map<String, Value>,
-    allowed: &[String],
-    ts_field: &str,
-    rules: Option<&TagRules>,
-) -> Vec<String> {
-    obj.keys()
-        .filter(|k| {
-            let tag = rules.and_then(|r| r.resolve(k)).map_or(k.as_str(), |t| t.name.as_str());
-            tag != ts_field && !allowed.iter().any(|a| a == tag)
-        })
-        .cloned()
-        .collect()
 }
 
 /// One partition's share of a request: request line numbers, records, binding verdicts.
@@ -271,7 +261,9 @@ pub async fn post_beacons(
                 None => Some(RejectReason::NotAnObject),
                 Some(obj) => {
                     let denied = match right {
-                        PublishRight::Tags(allowed) => tags_not_permitted(obj, allowed, ts_field, rules),
+                        PublishRight::Tags(allowed) => {
+                            tags_not_permitted(obj.keys().map(String::as_str), allowed, ts_field, rules)
+                        }
                         PublishRight::Any | PublishRight::Nothing => Vec::new(),
                     };
                     match tag_value(obj, ts_field, rules).map(|t| parse_timestamp(ts_field, t)) {
@@ -340,6 +332,7 @@ pub async fn post_beacons(
         header: EventsHeader {
             datasource: datasource.to_string(),
             publisher: publisher.key_id.clone(),
+            permitted_tags: None,
             idempotency_key: key,
             body_hash,
             parts: header_parts,

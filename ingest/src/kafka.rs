@@ -25,6 +25,7 @@ mod fetch;
 mod groups;
 mod metadata;
 mod produce;
+pub mod sasl;
 mod topics;
 
 use std::net::SocketAddr;
@@ -50,6 +51,8 @@ pub struct KafkaConfig {
     pub future_ms_max: i64,
     /// Requests answered concurrently per connection (answers still go out in order).
     pub in_flight_per_connection: usize,
+    /// How long a failed SASL login waits for its answer (limits.failed_login_delay_ms).
+    pub failed_login_delay: std::time::Duration,
 }
 
 impl KafkaConfig {
@@ -61,6 +64,7 @@ impl KafkaConfig {
             decompressed_batch_bytes_max: 64 * 1024 * 1024,
             future_ms_max: 24 * 3_600_000,
             in_flight_per_connection: 16,
+            failed_login_delay: std::time::Duration::from_millis(200),
         }
     }
 }
@@ -178,6 +182,8 @@ pub(crate) mod code {
     pub(crate) const NOT_ENOUGH_REPLICAS: i16 = 19;
     pub(crate) const INVALID_REQUIRED_ACKS: i16 = 21;
     pub(crate) const TOPIC_AUTHORIZATION_FAILED: i16 = 29;
+    pub(crate) const UNSUPPORTED_SASL_MECHANISM: i16 = 33;
+    pub(crate) const SASL_AUTHENTICATION_FAILED: i16 = 58;
     pub(crate) const ILLEGAL_GENERATION: i16 = 22;
     pub(crate) const INCONSISTENT_GROUP_PROTOCOL: i16 = 23;
     pub(crate) const INVALID_GROUP_ID: i16 = 24;

@@ -54,16 +54,22 @@ pub async fn create(node: &Node, actor: &str, body: &[u8]) -> Result<Response> {
     }
     let id = random_hex(KEY_ID_LEN)?;
     let secret = random_hex(SECRET_LEN)?;
+    let token = format!("{TOKEN_PREFIX}{id}_{secret}");
+    let mut salt = [0u8; 16];
+    getrandom::fill(&mut salt)
+        .map_err(|e| Error::Storage(tidemark_storage::Error::Internal(format!("no random bits from the OS: {e}"))))?;
     let key = NewKey {
         id: id.clone(),
         name: req.name,
         role: req.role,
         secret_sha256: sha256_hex(&secret),
         scope: KeyScope { tenants: req.tenants, publish: req.publish },
+        // Kafka clients log in with SCRAM-SHA-256 using the token as the password.
+        scram: Some(crate::kafka::sasl::scram_credential(&token, &salt, crate::kafka::sasl::SCRAM_ITERATIONS)),
     };
     log(node, actor, AccessCommand::CreateKey { key }).await?;
     let mut v = shown(node, &id)?;
-    v["token"] = Value::String(format!("{TOKEN_PREFIX}{id}_{secret}"));
+    v["token"] = Value::String(token);
     v["note"] = "the token is shown only now; tidemark keeps only its SHA-256".into();
     Ok((StatusCode::CREATED, Json(v)).into_response())
 }

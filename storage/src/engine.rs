@@ -43,7 +43,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use arrow_array::RecordBatch;
 use tidemark_catalog::event::RejectReason;
-use tidemark_catalog::standardise::{DroppedTag, TagRules, standardise_json};
+use tidemark_catalog::standardise::{DroppedTag, TagRules, standardise_json, tags_not_permitted};
 use tidemark_catalog::{Catalog, CatalogCommand, CatalogEffect, DatasourceId};
 
 use self::command::Entry;
@@ -412,8 +412,25 @@ impl Engine {
                     if let Some(v) = binding.get(&(i as u32)) {
                         return Err(RejectReason::Other { code: v.code, detail: v.reason.clone() });
                     }
-                    let standardised =
-                        standardise_json(&spec, rules.as_deref(), r.value.as_deref().unwrap_or_default())?;
+                    let value = r.value.as_deref().unwrap_or_default();
+                    if let Some(allowed) = &header.permitted_tags {
+                        let denied = denied_tags(value, allowed, &spec.timestamp.field, rules.as_deref());
+                        if !denied.is_empty() {
+                            // A publish right, decided for this key: binding for replays.
+                            let reason = RejectReason::TagsNotPermitted {
+                                key_id: header.publisher.clone().unwrap_or_default(),
+                                datasource: header.datasource.clone(),
+                                tags: denied,
+                            };
+                            verdicts.push(crate::raw::frame::Verdict {
+                                record_index: i as u32,
+                                code: reason.code(),
+                                reason: reason.to_string(),
+                            });
+                            return Err(reason);
+                        }
+                    }
+                    let standardised = standardise_json(&spec, rules.as_deref(), value)?;
                     match header.future_ms_max {
                         Some(limit) if standardised.event.time_ms > writer_time_ms.saturating_add(limit) => {
                             let time_ms = standardised.event.time_ms;
@@ -893,3 +910,12 @@ impl SnapshotSource for SharedEngine {
 
 #[cfg(test)]
 mod tests;
+
+/// The keys of a record's JSON object outside a publisher's `allowed` tags (none when the
+/// record is not a JSON object: standardisation rejects it for that).
+fn denied_tags(value: &[u8], allowed: &[String], ts_field: &str, rules: Option<&TagRules>) -> Vec<String> {
+    match serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(value) {
+        Ok(obj) => tags_not_permitted(obj.keys().map(String::as_str), allowed, ts_field, rules),
+        Err(_) => Vec::new(),
+    }
+}

@@ -139,6 +139,9 @@ const INIT_PRODUCER_ID: &[Field] = &[f(Str), f(I32), from(I64, 3), from(I16, 3),
 const DESCRIBE_CONFIGS_RESOURCE: &[Field] = &[f(I8), f(Str), f(Strs)];
 const DESCRIBE_CONFIGS: &[Field] = &[f(Structs(DESCRIBE_CONFIGS_RESOURCE)), from(Bool, 1), from(Bool, 3)];
 
+const SASL_HANDSHAKE: &[Field] = &[f(Str)];
+const SASL_AUTHENTICATE: &[Field] = &[f(Bytes)];
+
 /// The request types the door serves, the versions it advertises, and their schemas.
 pub(crate) fn schema(api: ApiKey) -> Option<(i16, i16, Schema)> {
     let s = |min, max, flexible_from, fields| Some((min, max, Schema { flexible_from, fields }));
@@ -164,6 +167,9 @@ pub(crate) fn schema(api: ApiKey) -> Option<(i16, i16, Schema)> {
         ApiKey::CreatePartitions => s(0, 3, 2, CREATE_PARTITIONS),
         ApiKey::InitProducerId => s(0, 5, 2, INIT_PRODUCER_ID),
         ApiKey::DescribeConfigs => s(1, 4, 4, DESCRIBE_CONFIGS),
+        // v1 only: after a v0 handshake the SASL bytes would come unframed (KIP-152).
+        ApiKey::SaslHandshake => s(1, 1, MAX, SASL_HANDSHAKE),
+        ApiKey::SaslAuthenticate => s(0, 2, 2, SASL_AUTHENTICATE),
         _ => None,
     }
 }

@@ -17,15 +17,26 @@ use kafka_protocol::messages::{
     DescribeConfigsRequest, DescribeGroupsRequest, FetchRequest, FindCoordinatorRequest, HeartbeatRequest,
     InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest, ListGroupsRequest, ListOffsetsRequest, MetadataRequest,
     OffsetCommitRequest, OffsetDeleteRequest, OffsetFetchRequest, ProduceRequest, RequestHeader, ResponseHeader,
-    SyncGroupRequest,
+    SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest, SaslHandshakeResponse, SyncGroupRequest,
 };
+use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion};
+use tidemark_catalog::access::{Action, Principal};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
 
-use crate::kafka::{Broker, bounds, fetch, groups, metadata, produce, topics};
+use crate::kafka::sasl::Sasl;
+use crate::kafka::{Broker, bounds, code, fetch, groups, metadata, produce, topics};
+
+/// Who is on the other end of a connection.
+#[derive(Debug)]
+pub(crate) struct Session {
+    pub sasl: Sasl,
+    /// PLAIN sends keys in the clear: offered only to loopback peers.
+    pub loopback: bool,
+}
 
 /// A request after its header: what the handlers see.
 #[derive(Debug, Clone)]
@@ -55,6 +66,8 @@ pub(crate) enum Close {
 }
 
 pub(crate) async fn run(stream: TcpStream, broker: Arc<Broker>) -> Result<(), Close> {
+    let loopback = stream.peer_addr().map(|a| a.ip().is_loopback()).unwrap_or(false);
+    let mut session = Session { sasl: Sasl::default(), loopback };
     let (mut rd, wr) = stream.into_split();
     let (tx, rx) = mpsc::channel::<Reply>(broker.config.in_flight_per_connection.max(1));
     let writer = tokio::spawn(write_loop(wr, rx));
@@ -63,7 +76,7 @@ pub(crate) async fn run(stream: TcpStream, broker: Arc<Broker>) -> Result<(), Cl
             Ok(f) => f,
             Err(e) => break Err(e),
         };
-        let reply = match dispatch(&broker, frame) {
+        let reply = match dispatch(&broker, frame, &mut session) {
             Ok(r) => r,
             Err(e) => break Err(e),
         };
@@ -180,6 +193,8 @@ pub(crate) enum Decoded {
     DescribeGroups(DescribeGroupsRequest),
     DeleteGroups(DeleteGroupsRequest),
     OffsetDelete(OffsetDeleteRequest),
+    SaslHandshake(SaslHandshakeRequest),
+    SaslAuthenticate(SaslAuthenticateRequest),
 }
 
 /// Decodes a body that passed [`parse_frame`].
@@ -206,28 +221,76 @@ pub(crate) fn decode_request(req: &Request, body: &mut Bytes) -> Result<Decoded,
         ApiKey::DescribeGroups => Decoded::DescribeGroups(decode(req, body)?),
         ApiKey::DeleteGroups => Decoded::DeleteGroups(decode(req, body)?),
         ApiKey::OffsetDelete => Decoded::OffsetDelete(decode(req, body)?),
+        ApiKey::SaslHandshake => Decoded::SaslHandshake(decode(req, body)?),
+        ApiKey::SaslAuthenticate => Decoded::SaslAuthenticate(decode(req, body)?),
         other => return Err(Close::Protocol(format!("{other:?} requests are not supported by tidemark"))),
     })
 }
 
-fn dispatch(broker: &Arc<Broker>, frame: Bytes) -> Result<Reply, Close> {
+/// Whether `api` is part of logging in (allowed before it).
+fn logs_in(api: ApiKey) -> bool {
+    matches!(api, ApiKey::ApiVersions | ApiKey::SaslHandshake | ApiKey::SaslAuthenticate)
+}
+
+/// The action a request needs beyond being logged in, if any.
+fn action_for(api: ApiKey) -> Option<Action> {
+    match api {
+        ApiKey::Fetch
+        | ApiKey::ListOffsets
+        | ApiKey::FindCoordinator
+        | ApiKey::JoinGroup
+        | ApiKey::SyncGroup
+        | ApiKey::Heartbeat
+        | ApiKey::LeaveGroup
+        | ApiKey::OffsetCommit
+        | ApiKey::OffsetFetch
+        | ApiKey::ListGroups
+        | ApiKey::DescribeGroups
+        | ApiKey::DeleteGroups
+        | ApiKey::OffsetDelete => Some(Action::ReadRaw),
+        // Produce and topic changes answer per topic.
+        _ => None,
+    }
+}
+
+fn dispatch(broker: &Arc<Broker>, frame: Bytes, session: &mut Session) -> Result<Reply, Close> {
     let (req, mut body) = match parse_frame(frame)? {
         Parsed::UnsupportedApiVersions(req) => return Ok(ready(metadata::api_versions_unsupported(&req))),
         Parsed::Request(req, body) => (req, body),
     };
     let b = broker.clone();
     b.node.metrics().count_kafka_request(api_name(req.api));
+    let caller = match session.sasl.principal() {
+        Some(p) => p.clone(),
+        None if logs_in(req.api) => Principal::Anonymous,
+        None if b.node.engine().read().catalog().access().required() => {
+            return Err(Close::Protocol(format!(
+                "{:?} before logging in: this node has API keys, so Kafka clients log in with SASL \
+                 (security.protocol=SASL_PLAINTEXT, sasl.mechanism=SCRAM-SHA-256, username = the key id, \
+                 password = the key; PLAIN on loopback)",
+                req.api
+            )));
+        }
+        None => Principal::Anonymous,
+    };
+    if let Some(action) = action_for(req.api)
+        && !caller.allows(action)
+    {
+        return Err(Close::Protocol(format!("{:?} refused: {}", req.api, caller.forbidden(action))));
+    }
     Ok(match decode_request(&req, &mut body)? {
         Decoded::ApiVersions(r) => ready(metadata::api_versions(&req, &r)),
+        Decoded::SaslHandshake(r) => ready(sasl_handshake(&req, &r, session)),
+        Decoded::SaslAuthenticate(r) => sasl_authenticate(&b, &req, &r, session),
         Decoded::Metadata(r) => ready(metadata::metadata(&b, &req, r)),
         Decoded::DescribeConfigs(r) => ready(metadata::describe_configs(&b, &req, r)),
-        Decoded::Produce(r) => produce::produce(&b, &req, r),
+        Decoded::Produce(r) => produce::produce(&b, &req, r, &caller),
         Decoded::InitProducerId(r) => produce::init_producer_id(&b, &req, r),
         Decoded::Fetch(r) => fetch::fetch(b, req, r),
         Decoded::ListOffsets(r) => ready(fetch::list_offsets(&b, &req, r)),
-        Decoded::CreateTopics(r) => topics::create_topics(b, req, r),
-        Decoded::DeleteTopics(r) => topics::delete_topics(b, req, r),
-        Decoded::CreatePartitions(r) => topics::create_partitions(b, req, r),
+        Decoded::CreateTopics(r) => topics::create_topics(b, req, r, caller),
+        Decoded::DeleteTopics(r) => topics::delete_topics(b, req, r, caller),
+        Decoded::CreatePartitions(r) => topics::create_partitions(b, req, r, caller),
         Decoded::FindCoordinator(r) => ready(groups::find_coordinator(&b, &req, r)),
         Decoded::JoinGroup(r) => groups::join_group(b, req, r),
         Decoded::SyncGroup(r) => groups::sync_group(b, req, r),
@@ -240,6 +303,56 @@ fn dispatch(broker: &Arc<Broker>, frame: Bytes) -> Result<Reply, Close> {
         Decoded::DeleteGroups(r) => groups::delete_groups(b, req, r),
         Decoded::OffsetDelete(r) => groups::offset_delete(b, req, r),
     })
+}
+
+fn sasl_handshake(req: &Request, r: &SaslHandshakeRequest, session: &mut Session) -> Option<Bytes> {
+    let mut resp = SaslHandshakeResponse::default();
+    resp.mechanisms = Sasl::mechanisms(session.loopback).into_iter().map(StrBytes::from_static_str).collect();
+    if let Err(reason) = session.sasl.handshake(r.mechanism.as_str(), session.loopback) {
+        tracing::info!(%reason, "kafka SASL handshake refused");
+        resp.error_code = code::UNSUPPORTED_SASL_MECHANISM;
+    }
+    encode(req, &resp)
+}
+
+/// One login message. A refusal waits the failed-login delay before it is answered (the
+/// connection answers in order, so nothing else of this client's goes out meanwhile).
+fn sasl_authenticate(b: &Arc<Broker>, req: &Request, r: &SaslAuthenticateRequest, session: &mut Session) -> Reply {
+    let mut resp = SaslAuthenticateResponse::default();
+    let nonce = {
+        let mut bytes = [0u8; 18];
+        match getrandom::fill(&mut bytes) {
+            Ok(()) => tidemark_catalog::access::hex(&bytes),
+            Err(e) => {
+                resp.error_code = code::SASL_AUTHENTICATION_FAILED;
+                resp.error_message = Some(StrBytes::from_string(format!("no random bits from the OS: {e}")));
+                return ready(encode(req, &resp));
+            }
+        }
+    };
+    let step = {
+        let engine = b.node.engine();
+        let e = engine.read();
+        session.sasl.authenticate(e.catalog().access(), &r.auth_bytes, &nonce)
+    };
+    match step {
+        Ok(answer) => {
+            resp.auth_bytes = Bytes::from(answer);
+            ready(encode(req, &resp))
+        }
+        Err(reason) => {
+            b.node.metrics().auth_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(%reason, "kafka SASL login refused");
+            resp.error_code = code::SASL_AUTHENTICATION_FAILED;
+            resp.error_message = Some(StrBytes::from_string(reason));
+            let answer = encode(req, &resp);
+            let delay = b.config.failed_login_delay;
+            Box::pin(async move {
+                tokio::time::sleep(delay).await;
+                answer
+            })
+        }
+    }
 }
 
 fn decode<T: Decodable>(req: &Request, body: &mut Bytes) -> Result<T, Close> {
@@ -270,6 +383,8 @@ fn api_name(api: ApiKey) -> &'static str {
         ApiKey::DescribeGroups => "DescribeGroups",
         ApiKey::DeleteGroups => "DeleteGroups",
         ApiKey::OffsetDelete => "OffsetDelete",
+        ApiKey::SaslHandshake => "SaslHandshake",
+        ApiKey::SaslAuthenticate => "SaslAuthenticate",
         _ => "other",
     }
 }

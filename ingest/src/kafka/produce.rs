@@ -18,15 +18,17 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 use tidemark_catalog::DatasourceSpec;
+use tidemark_catalog::access::{Action, Principal, PublishRight};
 use tidemark_catalog::event::RejectReason;
 use tidemark_catalog::spec::InvalidRecordPolicy;
-use tidemark_catalog::standardise::{TagRules, standardise_json};
+use tidemark_catalog::standardise::{TagRules, standardise_json, tags_not_permitted};
 use tidemark_storage::engine::Applied;
 use tidemark_storage::engine::command::{Command, EventsCommand, EventsHeader, EventsPart, InitProducerCommand};
 use tidemark_storage::engine::idempotency::PartError;
 use tidemark_storage::engine::producers::SequenceError;
 use tidemark_storage::raw::record_batch::{self, BatchHeader};
 
+use crate::beacons::Publisher;
 use crate::kafka::connection::{Reply, Request, encode, ready};
 use crate::kafka::{Broker, code};
 use crate::node::{Pending, now_ms};
@@ -59,7 +61,9 @@ struct TopicWork {
     pending: Option<Pending>,
 }
 
-pub(crate) fn produce(b: &Arc<Broker>, req: &Request, r: ProduceRequest) -> Reply {
+pub(crate) fn produce(b: &Arc<Broker>, req: &Request, r: ProduceRequest, caller: &Principal) -> Reply {
+    let publisher = Publisher::from_caller(caller);
+    let may_publish = caller.allows(Action::Publish);
     let acks = r.acks;
     // The client's own limit (request.timeout.ms), never beyond the node's write timeout: a
     // connection answers in order, so one Produce waiting on a commit that cannot come (a
@@ -111,6 +115,26 @@ pub(crate) fn produce(b: &Arc<Broker>, req: &Request, r: ProduceRequest) -> Repl
             work.push(w);
             continue;
         };
+        // Publish rights, per topic: none at all refuses every partition of it.
+        let right = if may_publish {
+            publisher.check_datasource(&name).map_err(|e| e.to_string())
+        } else {
+            Err(caller.forbidden(Action::Publish))
+        };
+        let permitted: Option<Vec<String>> = match right {
+            Err(message) => {
+                w.answers = topic
+                    .partition_data
+                    .iter()
+                    .map(|p| PartAnswer::error(p.index, code::TOPIC_AUTHORIZATION_FAILED, message.clone()))
+                    .collect();
+                work.push(w);
+                continue;
+            }
+            Ok(PublishRight::Tags(tags)) => Some(tags.to_vec()),
+            Ok(PublishRight::Any | PublishRight::Nothing) => None,
+        };
+        let grant = permitted.as_deref().map(|tags| (publisher.key_id.as_deref().unwrap_or_default(), tags));
         let mut parts = Vec::new();
         let mut batches = Vec::new();
         for pd in topic.partition_data {
@@ -131,7 +155,7 @@ pub(crate) fn produce(b: &Arc<Broker>, req: &Request, r: ProduceRequest) -> Repl
             } else if parts.iter().any(|p: &EventsPart| p.partition as i32 == pd.index) {
                 Err(PartAnswer::error(pd.index, code::INVALID_REQUEST, "the partition appears twice in one request"))
             } else {
-                check_part(b, &spec, rules.as_deref(), pd.index, pd.records.as_ref())
+                check_part(b, &spec, rules.as_deref(), grant, pd.index, pd.records.as_ref())
             };
             match checked {
                 Err(answer) => w.answers.push(answer),
@@ -152,7 +176,8 @@ pub(crate) fn produce(b: &Arc<Broker>, req: &Request, r: ProduceRequest) -> Repl
             let cmd = Command::Events(EventsCommand {
                 header: EventsHeader {
                     datasource: name,
-                    publisher: None,
+                    publisher: publisher.key_id.clone(),
+                    permitted_tags: permitted,
                     idempotency_key: None,
                     body_hash: 0,
                     parts,
@@ -283,6 +308,7 @@ fn check_part<'a>(
     b: &Broker,
     spec: &DatasourceSpec,
     rules: Option<&TagRules>,
+    grant: Option<(&str, &[String])>,
     index: i32,
     records: Option<&'a Bytes>,
 ) -> Result<&'a Bytes, PartAnswer> {
@@ -333,8 +359,23 @@ fn check_part<'a>(
         let now = now_ms();
         let mut problems = Vec::new();
         for (i, (_, r)) in decoded.iter().enumerate() {
-            // The check apply makes (tag rules included), read-only; apply's verdict wins.
-            let problem = match standardise_json(spec, rules, r.value.as_deref().unwrap_or_default()) {
+            // The checks apply makes (publish rights and tag rules included), read-only;
+            // apply's verdict wins.
+            let value = r.value.as_deref().unwrap_or_default();
+            let denied = grant.and_then(|(key_id, tags)| {
+                let obj = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(value).ok()?;
+                let denied = tags_not_permitted(obj.keys().map(String::as_str), tags, &spec.timestamp.field, rules);
+                (!denied.is_empty()).then(|| {
+                    RejectReason::TagsNotPermitted {
+                        key_id: key_id.to_string(),
+                        datasource: spec.name.clone(),
+                        tags: denied,
+                    }
+                    .to_string()
+                })
+            });
+            let problem = match standardise_json(spec, rules, value) {
+                _ if denied.is_some() => denied,
                 Err(reason) => Some(reason.to_string()),
                 Ok(s) if s.event.time_ms > now + b.config.future_ms_max => Some(
                     RejectReason::TooFarInFuture { time_ms: s.event.time_ms, limit_ms: b.config.future_ms_max }

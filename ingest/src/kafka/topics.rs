@@ -15,6 +15,7 @@ use kafka_protocol::messages::{
     DeleteTopicsResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
+use tidemark_catalog::access::{Action, Principal};
 use tidemark_catalog::{CatalogCommand, DatasourceSpec, Period};
 
 use crate::datasources::{DELETE_GRACE_DEFAULT, apply};
@@ -45,34 +46,28 @@ fn catalog_error(e: &Error) -> Refusal {
     (code, e.to_string())
 }
 
-/// Checks a catalog command against the current catalog, then (unless only validating) logs it.
-/// The Kafka port does not authenticate yet (no SASL), so once the node has API keys, topic
-/// changes are refused here and made over HTTP with a key.
-async fn run(node: &Node, cmd: CatalogCommand, validate_only: bool) -> Result<(), Refusal> {
-    if node.engine().read().catalog().access().required() {
-        return Err((
-            code::TOPIC_AUTHORIZATION_FAILED,
-            "this node requires API keys and the Kafka port cannot authenticate (no SASL yet): manage \
-             datasources over HTTP (/v1/datasources) with an admin key"
-                .to_string(),
-        ));
+/// Checks a catalog command against the current catalog, then (unless only validating) logs it
+/// for `caller`, who needs the right to manage datasources.
+async fn run(node: &Node, cmd: CatalogCommand, validate_only: bool, caller: &Principal) -> Result<(), Refusal> {
+    if !caller.allows(Action::ManageDatasources) {
+        return Err((code::TOPIC_AUTHORIZATION_FAILED, caller.forbidden(Action::ManageDatasources)));
     }
     let checked = node.engine().read().catalog().check(&cmd);
     checked.map_err(|e| catalog_error(&Error::Catalog(e)))?;
     if validate_only {
         return Ok(());
     }
-    apply(node, cmd, tidemark_catalog::audit::ACTOR_ANONYMOUS).await.map(|_| ()).map_err(|e| catalog_error(&e))
+    apply(node, cmd, &caller.actor()).await.map(|_| ()).map_err(|e| catalog_error(&e))
 }
 
-pub(crate) fn create_topics(b: Arc<Broker>, req: Request, r: CreateTopicsRequest) -> Reply {
+pub(crate) fn create_topics(b: Arc<Broker>, req: Request, r: CreateTopicsRequest, caller: Principal) -> Reply {
     Box::pin(async move {
         let mut resp = CreateTopicsResponse::default();
         for topic in r.topics {
             let name = topic.name.0.to_string();
             let mut result = CreatableTopicResult::default();
             result.name = topic.name.clone();
-            let outcome = create_one(&b, &name, &topic, r.validate_only).await;
+            let outcome = create_one(&b, &name, &topic, r.validate_only, &caller).await;
             match outcome {
                 Ok(partitions) => {
                     if req.version >= 5 {
@@ -105,6 +100,7 @@ async fn create_one(
     name: &str,
     topic: &kafka_protocol::messages::create_topics_request::CreatableTopic,
     validate_only: bool,
+    caller: &Principal,
 ) -> Result<i32, Refusal> {
     let Some(spec_text) = topic.configs.iter().find(|c| c.name.as_str() == SPEC_CONFIG).and_then(|c| c.value.as_ref())
     else {
@@ -144,11 +140,11 @@ async fn create_one(
         ));
     }
     let partitions = spec.partitions as i32;
-    run(&b.node, CatalogCommand::CreateDatasource { spec }, validate_only).await?;
+    run(&b.node, CatalogCommand::CreateDatasource { spec }, validate_only, caller).await?;
     Ok(partitions)
 }
 
-pub(crate) fn delete_topics(b: Arc<Broker>, req: Request, r: DeleteTopicsRequest) -> Reply {
+pub(crate) fn delete_topics(b: Arc<Broker>, req: Request, r: DeleteTopicsRequest, caller: Principal) -> Reply {
     Box::pin(async move {
         let mut resp = DeleteTopicsResponse::default();
         let mut targets: Vec<(Option<String>, uuid::Uuid)> =
@@ -175,7 +171,7 @@ pub(crate) fn delete_topics(b: Arc<Broker>, req: Request, r: DeleteTopicsRequest
                 Some(name) => {
                     result.name = Some(TopicName(StrBytes::from_string(name.clone())));
                     let cmd = CatalogCommand::DeleteDatasource { name, grace_ms: grace };
-                    if let Err((code, message)) = run(&b.node, cmd, false).await {
+                    if let Err((code, message)) = run(&b.node, cmd, false, &caller).await {
                         result.error_code = code;
                         if req.version >= 5 {
                             result.error_message = Some(StrBytes::from_string(message));
@@ -189,7 +185,7 @@ pub(crate) fn delete_topics(b: Arc<Broker>, req: Request, r: DeleteTopicsRequest
     })
 }
 
-pub(crate) fn create_partitions(b: Arc<Broker>, req: Request, r: CreatePartitionsRequest) -> Reply {
+pub(crate) fn create_partitions(b: Arc<Broker>, req: Request, r: CreatePartitionsRequest, caller: Principal) -> Reply {
     Box::pin(async move {
         let mut resp = CreatePartitionsResponse::default();
         for topic in r.topics {
@@ -208,7 +204,7 @@ pub(crate) fn create_partitions(b: Arc<Broker>, req: Request, r: CreatePartition
                 )),
                 Some(mut spec) => {
                     spec.partitions = topic.count as u32;
-                    run(&b.node, CatalogCommand::UpdateDatasource { spec }, r.validate_only).await
+                    run(&b.node, CatalogCommand::UpdateDatasource { spec }, r.validate_only, &caller).await
                 }
             };
             if let Err((code, message)) = outcome {

@@ -76,6 +76,7 @@ fn events(i: u64, start_ms: i64) -> Command {
         header: EventsHeader {
             datasource: "beacons".into(),
             publisher: None,
+            permitted_tags: None,
             idempotency_key: Some(format!("cluster-test-{i}")),
             body_hash: 0,
             parts: vec![EventsPart {

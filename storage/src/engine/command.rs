@@ -54,6 +54,11 @@ pub struct EventsHeader {
     pub datasource: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub publisher: Option<String>,
+    /// The tags the publisher's key may send to this datasource, when its grant names them.
+    /// Set by doors that cannot check records at the edge (Kafka): apply rejects a record
+    /// with any other tag and keeps that verdict in the frame as binding, as the HTTP edge's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub permitted_tags: Option<Vec<String>>,
     /// Makes a retried batch count once (scoped to the datasource, remembered for a window).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
@@ -289,6 +294,7 @@ mod tests {
                 header: EventsHeader {
                     datasource: "beacons".into(),
                     publisher: Some("key1".into()),
+                    permitted_tags: None,
                     idempotency_key: Some("k".into()),
                     body_hash: 99,
                     parts: vec![

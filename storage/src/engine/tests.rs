@@ -65,6 +65,7 @@ fn multi_part_cmd(parts: &[(u32, Vec<serde_json::Value>)]) -> Command {
         header: EventsHeader {
             datasource: "beacons".into(),
             publisher: None,
+            permitted_tags: None,
             idempotency_key: None,
             body_hash: 0,
             parts: header_parts,

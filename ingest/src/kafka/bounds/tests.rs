@@ -30,7 +30,7 @@ use kafka_protocol::messages::{
     DeleteTopicsRequest, DescribeConfigsRequest, DescribeGroupsRequest, FetchRequest, FindCoordinatorRequest, GroupId,
     HeartbeatRequest, InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest, ListGroupsRequest,
     ListOffsetsRequest, MetadataRequest, OffsetCommitRequest, OffsetDeleteRequest, OffsetFetchRequest, ProduceRequest,
-    ProducerId, SyncGroupRequest, TopicName, TransactionalId,
+    ProducerId, SaslAuthenticateRequest, SaslHandshakeRequest, SyncGroupRequest, TopicName, TransactionalId,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use proptest::prelude::*;
@@ -562,6 +562,15 @@ fn describe_configs(v: i16) -> DescribeConfigsRequest {
     r
 }
 
+fn sasl_handshake(_v: i16) -> SaslHandshakeRequest {
+    SaslHandshakeRequest::default().with_mechanism(s("SCRAM-SHA-256"))
+}
+
+fn sasl_authenticate(v: i16) -> SaslAuthenticateRequest {
+    let r = SaslAuthenticateRequest::default().with_auth_bytes(Bytes::from_static(b"n,,n=user,r=nonce"));
+    if v >= 2 { r.with_unknown_tagged_field(TAG, tag()) } else { r }
+}
+
 /// Encodes `req` at `version` and proves the bytes are a valid body: the crate decodes them,
 /// consuming every byte, and re-encodes the decoded request to the same bytes.
 fn encode_checked<T: Encodable + Decodable>(req: &T, version: i16) -> Vec<u8> {
@@ -618,6 +627,8 @@ const CASES: &[Case] = &[
     case!(CreatePartitions, CreatePartitionsRequest, create_partitions),
     case!(InitProducerId, InitProducerIdRequest, init_producer_id),
     case!(DescribeConfigs, DescribeConfigsRequest, describe_configs),
+    case!(SaslHandshake, SaslHandshakeRequest, sasl_handshake),
+    case!(SaslAuthenticate, SaslAuthenticateRequest, sasl_authenticate),
 ];
 
 fn case(api: ApiKey) -> &'static Case {
