@@ -2,7 +2,7 @@
 //! machine) and generates tonic/prost code into OUT_DIR.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/raft.proto"];
+    let protos = ["proto/raft.proto", "proto/admin.proto"];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }

@@ -405,6 +405,7 @@ async fn run_node(cfg: Config, demo: bool, test_faults: bool) -> Result<()> {
     let (http, flight, kafka) = (http.listen()?, flight.listen()?, kafka.listen()?);
     let kafka_task = tokio::spawn(tidemark_ingest::kafka::serve(kafka, node.clone(), kafka_config));
 
+    let admin_routes = app.clone();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut http_stop = stop_rx.clone();
     let http_task = tokio::spawn(async move {
@@ -418,6 +419,8 @@ async fn run_node(cfg: Config, demo: bool, test_faults: bool) -> Result<()> {
     let flight_task = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(tidemark_sql::flight::flight_service(sql_state, failed_login_delay))
+            // The admin API's gRPC twin runs the HTTP routes in-process, key check included.
+            .add_service(tidemark_ingest::admin_grpc::admin_service(admin_routes))
             .serve_with_incoming_shutdown(
                 // Small answers (FlightInfo, prepared statements) go out at once, not after the
                 // client's delayed ACK.

@@ -20,6 +20,7 @@ use axum::{Json, Router};
 use serde_json::json;
 use tidemark_catalog::access::Principal;
 
+pub mod admin_grpc;
 pub mod auth;
 pub mod beacon_routing;
 pub mod beacons;

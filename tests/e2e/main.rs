@@ -1,6 +1,7 @@
 //! End-to-end tests against the real `tidemark` binary: one test binary, modules per area.
 
 mod access;
+mod admin_grpc;
 mod beacons;
 mod cluster;
 mod crash;
