@@ -29,6 +29,7 @@ mod cluster;
 mod config;
 mod demo;
 mod governance;
+mod jobs;
 mod keys;
 mod listeners;
 mod segments;
@@ -64,6 +65,12 @@ enum Cmd {
     /// List a node's segments and verify their checksums.
     #[command(subcommand)]
     Segments(segments::SegmentsCmd),
+    /// Rebuild an interval of a datasource from the raw log under the current rules and
+    /// publish it as a new version (queries switch atomically).
+    Reindex(jobs::ReindexArgs),
+    /// Long jobs (reindexes): list, show, cancel.
+    #[command(subcommand)]
+    Jobs(jobs::JobsCmd),
     /// Create, list and revoke API keys.
     #[command(subcommand)]
     Keys(keys::KeysCmd),
@@ -199,6 +206,8 @@ fn main() {
         Cmd::Governance(cmd) => governance::run(cmd),
         Cmd::Keys(cmd) => keys::run(cmd),
         Cmd::Segments(cmd) => segments::run(cmd),
+        Cmd::Reindex(args) => jobs::reindex(args),
+        Cmd::Jobs(cmd) => jobs::run(cmd),
         Cmd::Cluster(cmd) => cluster::run(cmd),
     };
     if let Err(e) = result {

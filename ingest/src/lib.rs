@@ -29,6 +29,7 @@ pub mod datasources;
 pub mod error;
 pub mod forward;
 pub mod governance;
+pub mod jobs;
 pub mod kafka;
 pub mod keys;
 pub mod metrics;
@@ -72,6 +73,10 @@ pub fn router(state: IngestState) -> Router {
         .route("/v1/governance/retention", get(list_retention))
         .route("/v1/governance/retention/{datasource}", get(show_retention).merge(put(put_retention).layer(leader())))
         .route("/v1/segments/verify", post(verify_segments))
+        .route("/v1/reindex", post(start_reindex).layer(leader()))
+        .route("/v1/jobs", get(list_jobs))
+        .route("/v1/jobs/{id}", get(show_job))
+        .route("/v1/jobs/{id}/cancel", post(cancel_job).layer(leader()))
         .route("/v1/keys", get(list_keys).merge(post(create_key).layer(leader())))
         .route("/v1/keys/{id}", axum::routing::delete(revoke_key).layer(leader()))
         .route("/v1/cluster", get(cluster::status))
@@ -208,6 +213,22 @@ async fn put_retention(
 
 async fn verify_segments(State(s): State<IngestState>, Query(p): Query<segments::VerifyParams>) -> Response {
     segments::verify(&s.node, &p).await.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn start_reindex(State(s): State<IngestState>, Extension(c): Extension<Principal>, body: Bytes) -> Response {
+    jobs::reindex(&s.node, &c.actor(), &body).await.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn list_jobs(State(s): State<IngestState>) -> Response {
+    jobs::list(&s.node)
+}
+
+async fn show_job(State(s): State<IngestState>, Path(id): Path<u64>) -> Response {
+    jobs::show(&s.node, id).unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn cancel_job(State(s): State<IngestState>, Extension(c): Extension<Principal>, Path(id): Path<u64>) -> Response {
+    jobs::cancel(&s.node, &c.actor(), id).await.unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn list_keys(State(s): State<IngestState>) -> Response {

@@ -31,7 +31,9 @@ pub mod idempotency;
 pub mod install;
 mod persister;
 pub use persister::PersistIdle;
+mod jobs;
 pub mod producers;
+pub mod reindex;
 pub mod rejects;
 mod rules;
 pub mod scrub;
@@ -105,6 +107,10 @@ pub enum Applied {
         epoch: i16,
     },
     Offsets,
+    /// A reindex job started (its id), published or cancelled.
+    Job {
+        id: u64,
+    },
     /// The command was logged but refused at apply (e.g. its datasource vanished meanwhile).
     Refused {
         reason: String,
@@ -148,6 +154,13 @@ pub struct Engine {
     removals: Vec<(u64, DatasourceState)>,
     persister: persister::Persister,
     rules: rules::RulesCache,
+    /// Reindex jobs by id (their start position), finished ones included (the newest kept).
+    jobs: BTreeMap<u64, reindex::JobInfo>,
+    /// Builds of running jobs.
+    running: BTreeMap<u64, reindex::Running>,
+    /// Segment files replaced by a reindex at a position: removed once a checkpoint at or
+    /// after it is stored (an older checkpoint still names them).
+    obsolete: Vec<(u64, PathBuf)>,
 }
 
 impl Engine {
@@ -172,6 +185,9 @@ impl Engine {
             removals: Vec::new(),
             persister: persister::Persister::start()?,
             rules: rules::RulesCache::default(),
+            jobs: BTreeMap::new(),
+            running: BTreeMap::new(),
+            obsolete: Vec::new(),
             config,
         };
         let Some(cp) = cp else { return Ok((engine, recovery)) };
@@ -187,14 +203,27 @@ impl Engine {
         engine.writer_time_ms = cp.writer_time_ms;
         engine.checkpoint_position = cp.applied_position;
         recovery.checkpoint_position = cp.applied_position;
+        engine.jobs = cp.jobs.into_iter().map(|j| (j.id, j)).collect();
         for dcp in cp.datasources {
             let Some(entry) = engine.catalog.by_id(dcp.id) else { continue };
             let spec = entry.current().clone();
             let mut ds = DatasourceState::open(&engine.config, dcp.id, &spec, &mut recovery)?;
             ds.restore(dcp)?;
-            let replayed = ds.rebuild_realtime(&engine.catalog, &engine.rules, cp.applied_position)?;
+            let pending: Vec<(u64, i64, i64)> = engine
+                .jobs
+                .values()
+                .filter(|j| j.state == reindex::JobState::Running && j.datasource_id == ds.id)
+                .map(|j| (j.id, j.start_ms, j.end_ms))
+                .collect();
+            let replayed = ds.rebuild_realtime(&engine.catalog, &engine.rules, cp.applied_position, &pending)?;
             recovery.raw_batches_replayed += replayed;
             engine.datasources.insert(ds.id, ds);
+        }
+        // Builds that were running when the checkpoint was taken start again from raw.
+        let running: Vec<u64> =
+            engine.jobs.values().filter(|j| j.state == reindex::JobState::Running).map(|j| j.id).collect();
+        for id in running {
+            engine.start_build(id)?;
         }
         Ok((engine, recovery))
     }
@@ -233,6 +262,7 @@ impl Engine {
                 self.consumer_offsets.apply(&o, entry.writer_time_ms);
                 Ok(Applied::Offsets)
             }
+            Command::Reindex(r) => self.apply_reindex(entry.position, entry.writer_time_ms, r),
         };
         self.applied_position = entry.position;
         self.idempotency.expire(self.writer_time_ms);
@@ -662,6 +692,7 @@ impl Engine {
             producers: self.producers.clone(),
             consumer_offsets: self.consumer_offsets.clone(),
             replication: self.replication.clone(),
+            jobs: self.jobs_now(),
         };
         self.checkpoint_due = false;
         Ok(Some(PendingCheckpoint { data_dir: self.config.data_dir.clone(), checkpoint, unsynced }))
@@ -676,6 +707,17 @@ impl Engine {
         self.removals = kept;
         for (_, ds) in gone {
             ds.remove_files()?;
+        }
+        let (gone, kept): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.obsolete).into_iter().partition(|(p, _)| *p <= position);
+        self.obsolete = kept;
+        for (_, file) in gone {
+            let path = self.config.data_dir.join(&file);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::Io { path, source: e }),
+            }
         }
         Ok(())
     }

@@ -13,6 +13,7 @@ mod kafka;
 mod limits;
 mod merchant_scope;
 mod publishers;
+mod reindex;
 mod segments;
 
 use tidemark_loadgen::{Beacon, Traffic, TrafficConfig};

@@ -37,6 +37,9 @@ pub struct Checkpoint {
     /// as the state it describes, so the two never disagree after a crash.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replication: Option<serde_json::Value>,
+    /// Long jobs (reindexes): running ones are restarted from the raw log on open.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub jobs: Vec<crate::engine::reindex::JobInfo>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

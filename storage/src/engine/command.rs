@@ -9,6 +9,7 @@
 //! kind 3 persist:  version u8 | JSON PersistCommand
 //! kind 4 producer: version u8 | JSON InitProducerCommand
 //! kind 5 offsets:  version u8 | JSON OffsetsCommand
+//! kind 6 reindex:  version u8 | JSON ReindexCommand
 //! ```
 
 use serde::{Deserialize, Serialize};
@@ -39,6 +40,7 @@ pub const KIND_EVENTS: u8 = 2;
 pub const KIND_PERSIST: u8 = 3;
 pub const KIND_PRODUCER: u8 = 4;
 pub const KIND_OFFSETS: u8 = 5;
+pub const KIND_REINDEX: u8 = 6;
 
 /// One request's beacons for a datasource, split by partition, as the edge received them.
 /// One request is one entry, so it is applied (and counted, and deduplicated) as a whole.
@@ -172,6 +174,33 @@ pub enum Command {
     Persist(PersistCommand),
     InitProducer(InitProducerCommand),
     Offsets(OffsetsCommand),
+    Reindex(ReindexCommand),
+}
+
+/// Reprocessing an interval from the raw log (DESIGN.md, invariant 5). `Start` fixes what is
+/// rebuilt: the raw batches applied before it, under the spec and tag rules in force at its
+/// position, which is also the job's id and the new segments' version. Every replica builds
+/// the same segments off its engine lock; `Publish`, logged by the leader once its own build
+/// is done, swaps them in for the shards they replace in one step, so queries see the old
+/// version or the new one, never a mix. `Cancel` abandons a job (its build failed, or a DBA
+/// asked) and keeps the old version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum ReindexCommand {
+    Start {
+        datasource: DatasourceId,
+        /// Aligned to the datasource's segment granularity at apply.
+        start_ms: i64,
+        end_ms: i64,
+        actor: String,
+    },
+    Publish {
+        job: u64,
+    },
+    Cancel {
+        job: u64,
+        reason: String,
+    },
 }
 
 /// Format 3's catalog payload.
@@ -193,6 +222,7 @@ impl Command {
             Command::Persist(_) => KIND_PERSIST,
             Command::InitProducer(_) => KIND_PRODUCER,
             Command::Offsets(_) => KIND_OFFSETS,
+            Command::Reindex(_) => KIND_REINDEX,
         }
     }
 
@@ -213,6 +243,7 @@ impl Command {
             Command::Persist(p) => out.extend_from_slice(&to_json(p)),
             Command::InitProducer(p) => out.extend_from_slice(&to_json(p)),
             Command::Offsets(o) => out.extend_from_slice(&to_json(o)),
+            Command::Reindex(r) => out.extend_from_slice(&to_json(r)),
             Command::Events(e) => {
                 let header = to_json(&e.header);
                 out.extend_from_slice(&(header.len() as u32).to_le_bytes());
@@ -244,6 +275,7 @@ impl Command {
             KIND_PERSIST => serde_json::from_slice(body).map(Command::Persist).map_err(|e| bad(e.to_string())),
             KIND_PRODUCER => serde_json::from_slice(body).map(Command::InitProducer).map_err(|e| bad(e.to_string())),
             KIND_OFFSETS => serde_json::from_slice(body).map(Command::Offsets).map_err(|e| bad(e.to_string())),
+            KIND_REINDEX => serde_json::from_slice(body).map(Command::Reindex).map_err(|e| bad(e.to_string())),
             KIND_EVENTS => {
                 let len = body.get(..4).ok_or_else(|| bad("events header length missing".into()))?;
                 let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;

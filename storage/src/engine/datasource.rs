@@ -102,6 +102,9 @@ pub(crate) struct DatasourceState {
     late: BTreeMap<i64, OpenInterval>,
     /// Indexes handed to the segment writer: still queried until their segment is published.
     persisting: Vec<Persisting>,
+    /// Indexes of intervals being reindexed, frozen at the job's start (job, interval): still
+    /// queried, never added to, dropped when the job publishes (see `reindex.rs`).
+    frozen: Vec<(u64, i64, Arc<OpenInterval>)>,
     segments: Vec<(SegmentRecord, Arc<Segment>)>,
     /// Published segments whose file failed its checksums when the node started, with why:
     /// still part of the timeline (checkpoints, shard numbers, snapshots name them), not
@@ -137,6 +140,7 @@ impl DatasourceState {
             open: BTreeMap::new(),
             late: BTreeMap::new(),
             persisting: Vec::new(),
+            frozen: Vec::new(),
             segments: Vec::new(),
             damaged: Vec::new(),
             persisted: BTreeMap::new(),
@@ -204,6 +208,7 @@ impl DatasourceState {
         catalog: &Catalog,
         rules_cache: &RulesCache,
         through: u64,
+        pending: &[(u64, i64, i64)],
     ) -> Result<u64> {
         let Some(entry) = catalog.by_id(self.id) else { return Ok(0) };
         if entry.deleted.is_some() {
@@ -226,6 +231,7 @@ impl DatasourceState {
         }
         order.sort_by_key(|(position, p, _)| (*position, *p));
         let mut replayed = 0;
+        let mut frozen: BTreeMap<(u64, i64), OpenInterval> = BTreeMap::new();
         for (_, p, index_entry) in order {
             let stored = self.partitions[p].read_at(&index_entry)?;
             let position = stored.frame.log_position;
@@ -248,11 +254,111 @@ impl DatasourceState {
                 if self.persisted.get(&interval).is_some_and(|covered| *covered > position) {
                     continue;
                 }
-                // Counted in the checkpoint already; only the index is rebuilt.
+                // Counted in the checkpoint already; only the index is rebuilt. An event before
+                // a pending reindex of its interval was frozen there at the job's start.
+                let job =
+                    pending.iter().find(|(job, start, end)| position < *job && interval >= *start && interval < *end);
+                if let Some((job, _, _)) = job {
+                    let writer_ms = stored.frame.writer_time_ms;
+                    let open =
+                        frozen.entry((*job, interval)).or_insert_with(|| OpenInterval::new(&spec, position, writer_ms));
+                    open.first_position = open.first_position.min(position);
+                    open.index.add(&event);
+                    continue;
+                }
                 self.route(&spec, position, stored.frame.writer_time_ms, interval).index.add(&event);
             }
         }
+        self.frozen.extend(frozen.into_iter().map(|((job, interval), open)| (job, interval, Arc::new(open))));
         Ok(replayed)
+    }
+
+    /// Freezes the realtime indexes of [`start`, `end`) for reindex `job` (see `reindex.rs`).
+    pub(crate) fn freeze(&mut self, job: u64, start: i64, end: i64) {
+        for map in [&mut self.open, &mut self.late] {
+            let keys: Vec<i64> = map.range(start..end).map(|(k, _)| *k).collect();
+            for k in keys {
+                if let Some(open) = map.remove(&k) {
+                    self.frozen.push((job, k, Arc::new(open)));
+                }
+            }
+        }
+    }
+
+    /// For each interval of [`start`, `end`) that has shards (published or being written),
+    /// the number above all of them: a rebuilt shard's number.
+    pub(crate) fn next_shards(&self, start: i64, end: i64) -> BTreeMap<i64, u32> {
+        let mut out: BTreeMap<i64, u32> = BTreeMap::new();
+        let ids = self.segment_records().map(|r| &r.id).chain(self.persisting.iter().map(|p| &p.id));
+        for id in ids.filter(|id| id.interval_start_ms >= start && id.interval_start_ms < end) {
+            let next = out.entry(id.interval_start_ms).or_insert(0);
+            *next = (*next).max(id.shard + 1);
+        }
+        out
+    }
+
+    /// Raw batches applied at or before `through` that may hold events of [`start`, `end`),
+    /// in apply order.
+    pub(crate) fn reindex_sources(&self, start: i64, end: i64, through: u64) -> Vec<crate::engine::reindex::Source> {
+        let mut out: Vec<crate::engine::reindex::Source> = Vec::new();
+        for (p, log) in self.partitions.iter().enumerate() {
+            out.extend(log.sources_overlapping(start, end, through).into_iter().map(|(path, entry)| {
+                crate::engine::reindex::Source { position: entry.log_position, partition: p as u32, path, entry }
+            }));
+        }
+        out.sort_by_key(|s| (s.position, s.partition));
+        out
+    }
+
+    /// Publishes reindex `job`'s segments (stamped `position`): they replace every shard of
+    /// [`start`, `end`) published at or before the job's start, and the job's frozen indexes
+    /// go. Returns the replaced files (relative), which the engine removes once a checkpoint
+    /// no longer names them, and how many shards were replaced.
+    pub(crate) fn publish_reindex(
+        &mut self,
+        job: u64,
+        start: i64,
+        end: i64,
+        position: u64,
+        built: Vec<crate::engine::reindex::Built>,
+    ) -> (Vec<PathBuf>, u64) {
+        let replaced = |r: &SegmentRecord| {
+            r.id.interval_start_ms >= start && r.id.interval_start_ms < end && r.published_at <= job
+        };
+        let mut obsolete = Vec::new();
+        let mut kept = Vec::with_capacity(self.segments.len());
+        for (r, seg) in std::mem::take(&mut self.segments) {
+            if replaced(&r) { obsolete.push(r.file) } else { kept.push((r, seg)) }
+        }
+        self.segments = kept;
+        let mut damaged = Vec::new();
+        for (r, why) in std::mem::take(&mut self.damaged) {
+            if replaced(&r) { obsolete.push(r.file) } else { damaged.push((r, why)) }
+        }
+        self.damaged = damaged;
+        self.frozen.retain(|(j, _, _)| *j != job);
+        for b in built {
+            let mut record = b.record;
+            record.published_at = position;
+            let covered = self.persisted.entry(record.id.interval_start_ms).or_insert(job);
+            *covered = (*covered).max(job);
+            self.segments.push((record, Arc::new(b.segment)));
+        }
+        let n = obsolete.len() as u64;
+        (obsolete, n)
+    }
+
+    /// Ends reindex `job` without publishing: its frozen indexes are written as ordinary
+    /// shards (their events are in no segment).
+    pub(crate) fn unfreeze(&mut self, catalog: &Catalog, job: u64, position: u64) -> Result<Vec<PersistJob>> {
+        let frozen: Vec<(u64, i64, Arc<OpenInterval>)> =
+            self.frozen.iter().filter(|(j, _, _)| *j == job).cloned().collect();
+        self.frozen.retain(|(j, _, _)| *j != job);
+        let mut jobs = Vec::new();
+        for (_, interval, open) in frozen {
+            jobs.extend(self.persist_index(catalog, position, interval, open)?);
+        }
+        Ok(jobs)
     }
 
     /// The earliest raw position that may hold unpersisted events; saved in checkpoints.
@@ -311,6 +417,17 @@ impl DatasourceState {
     ) -> Result<Option<PersistJob>> {
         let map = if late { &mut self.late } else { &mut self.open };
         let Some(open) = map.remove(&interval) else { return Ok(None) };
+        self.persist_index(catalog, position, interval, Arc::new(open))
+    }
+
+    /// Hands `open` to the segment writer as the next shard of `interval`.
+    fn persist_index(
+        &mut self,
+        catalog: &Catalog,
+        position: u64,
+        interval: i64,
+        open: Arc<OpenInterval>,
+    ) -> Result<Option<PersistJob>> {
         if open.index.is_empty() {
             return Ok(None);
         }
@@ -319,8 +436,9 @@ impl DatasourceState {
         // The index was built under the spec in force at its first event (specs change only
         // after persisting every open index).
         let spec = entry.spec_at(open.first_position).clone();
-        let shard = (self.segment_records().filter(|r| r.id.interval_start_ms == interval).count()
-            + self.persisting.iter().filter(|p| p.id.interval_start_ms == interval).count()) as u32;
+        // Above every shard of the interval, so a number (and a file name) is never reused,
+        // even after a reindex replaced lower ones.
+        let shard = self.next_shards(interval, interval + 1).get(&interval).copied().unwrap_or(0);
         let id = SegmentId {
             datasource: self.name.clone(),
             interval_start_ms: interval,
@@ -328,11 +446,7 @@ impl DatasourceState {
             version: INGEST_VERSION.to_string(),
             shard,
         };
-        let file = PathBuf::from("datasources")
-            .join(self.id.to_string())
-            .join("segments")
-            .join(format!("{interval}_{}_{shard}.seg", INGEST_VERSION));
-        let open = Arc::new(open);
+        let file = crate::engine::reindex::segment_file(self.id, interval, INGEST_VERSION, shard);
         self.persisting.push(Persisting { id: id.clone(), file: file.clone(), position, open: open.clone() });
         Ok(Some(PersistJob { datasource: self.id, path: self.data_dir.join(&file), id, spec, open }))
     }
@@ -403,15 +517,20 @@ impl DatasourceState {
     pub(crate) fn realtime_bytes(&self) -> usize {
         self.open_indexes().map(|(_, _, b)| b).sum::<usize>()
             + self.persisting.iter().map(|p| p.open.index.memory_bytes()).sum::<usize>()
+            + self.frozen.iter().map(|(_, _, o)| o.index.memory_bytes()).sum::<usize>()
     }
 
-    pub(crate) fn realtime_rows(&self) -> u64 {
+    /// Every realtime index: open, late, being written, frozen for a reindex.
+    fn realtime_indexes(&self) -> impl Iterator<Item = &OpenInterval> {
         self.open
             .values()
             .chain(self.late.values())
             .chain(self.persisting.iter().map(|p| p.open.as_ref()))
-            .map(|o| o.index.rows() as u64)
-            .sum()
+            .chain(self.frozen.iter().map(|(_, _, o)| o.as_ref()))
+    }
+
+    pub(crate) fn realtime_rows(&self) -> u64 {
+        self.realtime_indexes().map(|o| o.index.rows() as u64).sum()
     }
 
     pub(crate) fn segment_count(&self) -> usize {
@@ -442,18 +561,14 @@ impl DatasourceState {
     }
 
     pub(crate) fn realtime_batches(&self, spec: &DatasourceSpec, schema: SchemaRef) -> Vec<RecordBatch> {
-        self.open
-            .values()
-            .chain(self.late.values())
-            .chain(self.persisting.iter().map(|p| p.open.as_ref()))
-            .filter_map(|o| o.batch(spec, schema.clone()))
-            .collect()
+        self.realtime_indexes().filter_map(|o| o.batch(spec, schema.clone())).collect()
     }
 
     pub(crate) fn drop_realtime(&mut self) {
         self.open.clear();
         self.late.clear();
         self.persisting.clear();
+        self.frozen.clear();
     }
 
     /// Handles on the raw log files appended to since their last fsync (see
@@ -468,14 +583,7 @@ impl DatasourceState {
 
     pub(crate) fn checkpoint(&self, applied: u64) -> DatasourceCheckpoint {
         // In-flight persists are not covered yet: a restart rebuilds their rows from raw.
-        let realtime_from = self
-            .open
-            .values()
-            .chain(self.late.values())
-            .chain(self.persisting.iter().map(|p| p.open.as_ref()))
-            .map(|o| o.first_position)
-            .min()
-            .unwrap_or(applied + 1);
+        let realtime_from = self.realtime_indexes().map(|o| o.first_position).min().unwrap_or(applied + 1);
         DatasourceCheckpoint {
             id: self.id,
             segments: self.segment_records().cloned().collect(),

@@ -164,6 +164,7 @@ mod tests {
             producers: Default::default(),
             consumer_offsets: Default::default(),
             replication: None,
+            jobs: Vec::new(),
         }
     }
 

@@ -1,5 +1,5 @@
-//! `sys.datasources`, `sys.segments`, `sys.rejects`, `sys.tags`, `sys.audit` and
-//! `sys.retention` as Arrow batches.
+//! `sys.datasources`, `sys.segments`, `sys.rejects`, `sys.tags`, `sys.audit`,
+//! `sys.retention` and `sys.jobs` as Arrow batches.
 
 use std::sync::Arc;
 
@@ -10,7 +10,7 @@ use arrow_schema::{DataType, Field, Schema, TimeUnit};
 
 use crate::engine::Engine;
 
-pub(crate) const NAMES: [&str; 6] = ["datasources", "segments", "rejects", "tags", "audit", "retention"];
+pub(crate) const NAMES: [&str; 7] = ["datasources", "segments", "rejects", "tags", "audit", "retention", "jobs"];
 
 fn ts_type() -> DataType {
     DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()))
@@ -28,6 +28,7 @@ pub(crate) fn build(engine: &Engine, name: &str) -> Option<RecordBatch> {
         "tags" => tags(engine),
         "audit" => audit(engine),
         "retention" => retention(engine),
+        "jobs" => jobs(engine),
         _ => None,
     }
 }
@@ -257,6 +258,57 @@ fn retention(engine: &Engine) -> Option<RecordBatch> {
             form(2),
             form(3),
             Arc::new(UInt64Array::from_iter_values(rows.iter().map(|(_, v)| v.position))),
+        ],
+    )
+}
+
+/// Long jobs (reindexes), running and finished, with their progress.
+fn jobs(engine: &Engine) -> Option<RecordBatch> {
+    let jobs = engine.jobs_now();
+    let ts = |f: &dyn Fn(&crate::engine::reindex::JobInfo) -> Option<i64>| {
+        Arc::new(TimestampMillisecondArray::from_iter(jobs.iter().map(f)).with_timezone("UTC")) as ArrayRef
+    };
+    let u64s = |f: &dyn Fn(&crate::engine::reindex::JobInfo) -> u64| {
+        Arc::new(UInt64Array::from_iter_values(jobs.iter().map(f))) as ArrayRef
+    };
+    batch(
+        vec![
+            Field::new("id", DataType::UInt64, false),
+            Field::new("kind", DataType::Utf8, false),
+            Field::new("datasource", DataType::Utf8, false),
+            Field::new("interval_start", ts_type(), true),
+            Field::new("interval_end", ts_type(), true),
+            Field::new("state", DataType::Utf8, false),
+            Field::new("actor", DataType::Utf8, false),
+            Field::new("started_at", ts_type(), true),
+            Field::new("finished_at", ts_type(), true),
+            Field::new("published_at", DataType::UInt64, true),
+            Field::new("batches_done", DataType::UInt64, false),
+            Field::new("batches_total", DataType::UInt64, false),
+            Field::new("events", DataType::UInt64, false),
+            Field::new("rejected", DataType::UInt64, false),
+            Field::new("segments_replaced", DataType::UInt64, false),
+            Field::new("segments_published", DataType::UInt64, false),
+            Field::new("error", DataType::Utf8, true),
+        ],
+        vec![
+            u64s(&|j| j.id),
+            Arc::new(StringArray::from_iter_values(jobs.iter().map(|j| j.kind.clone()))),
+            Arc::new(StringArray::from_iter_values(jobs.iter().map(|j| j.datasource.clone()))),
+            ts(&|j| Some(j.start_ms)),
+            ts(&|j| Some(j.end_ms)),
+            Arc::new(StringArray::from_iter_values(jobs.iter().map(|j| j.state.as_str()))),
+            Arc::new(StringArray::from_iter_values(jobs.iter().map(|j| j.actor.clone()))),
+            ts(&|j| Some(j.started_ms)),
+            ts(&|j| j.finished_ms),
+            Arc::new(UInt64Array::from_iter(jobs.iter().map(|j| j.published_at))),
+            u64s(&|j| j.batches_done),
+            u64s(&|j| j.batches_total),
+            u64s(&|j| j.events),
+            u64s(&|j| j.rejected),
+            u64s(&|j| j.segments_replaced),
+            u64s(&|j| j.segments_published),
+            Arc::new(StringArray::from_iter(jobs.iter().map(|j| j.error.clone()))),
         ],
     )
 }

@@ -581,6 +581,22 @@ impl PartitionLog {
     }
 
     /// Reads the batch an index entry points at.
+    /// The stored batches applied at or before `through` whose events may fall in
+    /// [`start_ms`, `end_ms`), with the file each is in (for readers off the engine lock: the
+    /// bytes of an applied entry never change).
+    pub fn sources_overlapping(&self, start_ms: i64, end_ms: i64, through: u64) -> Vec<(PathBuf, IndexEntry)> {
+        self.files
+            .iter()
+            .filter(|f| f.min_event_ms <= f.max_event_ms && f.min_event_ms < end_ms && f.max_event_ms >= start_ms)
+            .flat_map(|f| {
+                f.entries
+                    .iter()
+                    .filter(|e| e.log_position <= through && e.overlaps(start_ms, end_ms))
+                    .map(|e| (f.path.clone(), *e))
+            })
+            .collect()
+    }
+
     pub fn read_at(&self, entry: &IndexEntry) -> Result<StoredBatch> {
         let i = self.files.partition_point(|f| f.base_offset <= entry.base_offset).saturating_sub(1);
         read_entry(&self.files[i], entry)
@@ -588,9 +604,14 @@ impl PartitionLog {
 }
 
 fn read_entry(lf: &LogFile, e: &IndexEntry) -> Result<StoredBatch> {
+    read_stored(&lf.file, &lf.path, e)
+}
+
+/// Reads and checks the entry `e` of the raw log file `file` (at `path`).
+pub fn read_stored(file: &File, path: &Path, e: &IndexEntry) -> Result<StoredBatch> {
     let mut buf = vec![0u8; e.entry_len as usize];
-    lf.file.read_exact_at(&mut buf, e.file_pos).map_err(Error::io(&lf.path))?;
-    let corrupt = |reason: String| Error::Corrupt { path: lf.path.clone(), position: e.file_pos, reason };
+    file.read_exact_at(&mut buf, e.file_pos).map_err(Error::io(path))?;
+    let corrupt = |reason: String| Error::Corrupt { path: path.to_path_buf(), position: e.file_pos, reason };
     let parsed = parse_entry(&buf).map_err(corrupt)?;
     Ok(StoredBatch { frame: parsed.0, batch: buf[parsed.1..].to_vec() })
 }

@@ -1,0 +1,126 @@
+//! Reprocessing and long jobs over HTTP: `POST /v1/reindex` starts a reindex (a logged
+//! command; every replica builds the same new version from its raw log), `GET /v1/jobs[/{id}]`
+//! shows jobs with their progress, `POST /v1/jobs/{id}/cancel` abandons one (the old version
+//! stays). The leader publishes a finished build by itself (see the node's tick).
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tidemark_storage::engine::command::{Command, ReindexCommand};
+use tidemark_storage::engine::{Applied, RefusalStatus};
+
+use crate::error::{Error, Result};
+use crate::node::Node;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReindexRequest {
+    datasource: String,
+    /// `START/END`: RFC 3339 times, dates (midnight UTC) or epoch milliseconds.
+    interval: String,
+}
+
+/// One end of an interval: RFC 3339, a date, or epoch milliseconds.
+pub fn parse_instant(s: &str) -> Option<i64> {
+    let s = s.trim();
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        return s.parse().ok();
+    }
+    let full = if s.len() == 10 { format!("{s}T00:00:00Z") } else { s.to_string() };
+    tidemark_catalog::event::parse_timestamp("interval", &Value::String(full)).ok()
+}
+
+/// `START/END` in milliseconds.
+pub fn parse_interval(s: &str) -> Result<(i64, i64)> {
+    let bad = || {
+        Error::BadRequest(format!(
+            "interval {s:?} must be START/END with RFC 3339 times, dates or epoch milliseconds, \
+             e.g. 2026-11-26/2026-11-27"
+        ))
+    };
+    let (a, b) = s.split_once('/').ok_or_else(bad)?;
+    let (a, b) = (parse_instant(a).ok_or_else(bad)?, parse_instant(b).ok_or_else(bad)?);
+    if b <= a {
+        return Err(Error::BadRequest(format!("interval {s:?} ends before it starts")));
+    }
+    Ok((a, b))
+}
+
+fn refusal(reason: String, status: RefusalStatus) -> Error {
+    match status {
+        RefusalStatus::NotFound => Error::NotFound(reason),
+        RefusalStatus::Conflict => Error::Conflict(reason),
+        RefusalStatus::Invalid => Error::BadRequest(reason),
+    }
+}
+
+fn job_json(node: &Node, id: u64) -> Result<Value> {
+    let engine = node.engine();
+    let e = engine.read();
+    let job = e
+        .jobs_now()
+        .into_iter()
+        .find(|j| j.id == id)
+        .ok_or_else(|| Error::NotFound(format!("job {id} does not exist")))?;
+    serde_json::to_value(job).map_err(|e| Error::Storage(tidemark_storage::Error::Internal(e.to_string())))
+}
+
+pub async fn reindex(node: &Node, actor: &str, body: &[u8]) -> Result<Response> {
+    let req: ReindexRequest = serde_json::from_slice(body).map_err(|e| {
+        Error::BadRequest(format!("a reindex needs {{\"datasource\": \"…\", \"interval\": \"START/END\"}}: {e}"))
+    })?;
+    let (start_ms, end_ms) = parse_interval(&req.interval)?;
+    let datasource = {
+        let engine = node.engine();
+        let e = engine.read();
+        e.catalog()
+            .get(&req.datasource)
+            .map(|d| d.id)
+            .ok_or_else(|| Error::NotFound(format!("datasource {:?} does not exist", req.datasource)))?
+    };
+    let cmd = Command::Reindex(ReindexCommand::Start { datasource, start_ms, end_ms, actor: actor.to_string() });
+    match node.propose(&cmd).await? {
+        Applied::Job { id } => Ok((StatusCode::ACCEPTED, Json(job_json(node, id)?)).into_response()),
+        Applied::Refused { reason, status } => Err(refusal(reason, status)),
+        other => Err(Error::Storage(tidemark_storage::Error::Internal(format!("reindex applied as {other:?}")))),
+    }
+}
+
+pub fn list(node: &Node) -> Response {
+    let engine = node.engine();
+    let e = engine.read();
+    Json(json!(e.jobs_now())).into_response()
+}
+
+pub fn show(node: &Node, id: u64) -> Result<Response> {
+    Ok(Json(job_json(node, id)?).into_response())
+}
+
+pub async fn cancel(node: &Node, actor: &str, id: u64) -> Result<Response> {
+    let cmd = Command::Reindex(ReindexCommand::Cancel { job: id, reason: format!("cancelled by {actor}") });
+    match node.propose(&cmd).await? {
+        Applied::Job { id } => Ok(Json(job_json(node, id)?).into_response()),
+        Applied::Refused { reason, status } => Err(refusal(reason, status)),
+        other => Err(Error::Storage(tidemark_storage::Error::Internal(format!("cancel applied as {other:?}")))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn intervals_take_dates_times_and_milliseconds() {
+        assert_eq!(parse_interval("2026-11-26/2026-11-27").ok(), Some((1_795_651_200_000, 1_795_737_600_000)));
+        assert_eq!(parse_interval("1000/2000").ok(), Some((1000, 2000)));
+        assert_eq!(
+            parse_interval("2026-11-26T01:00:00Z/2026-11-26T02:00:00+00:00").ok(),
+            Some((1_795_654_800_000, 1_795_658_400_000))
+        );
+        let err = parse_interval("2026-11-27/2026-11-26").err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("ends before it starts"), "{err}");
+        assert!(parse_interval("yesterday").is_err());
+    }
+}

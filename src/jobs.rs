@@ -1,0 +1,132 @@
+//! `tidemark reindex` and `tidemark jobs`: reprocessing from the command line, a thin client
+//! over `/v1/reindex` and `/v1/jobs`. `reindex` waits for the new version to be published,
+//! showing the build's progress, and fails if the job is cancelled.
+
+use std::io::Write;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+
+use crate::client::Client;
+use crate::{UrlArg, print_json};
+
+#[derive(Debug, Args)]
+pub(crate) struct ReindexArgs {
+    #[arg(long)]
+    datasource: String,
+    /// START/END: RFC 3339 times, dates (midnight UTC) or epoch milliseconds, widened to whole
+    /// segments.
+    #[arg(long)]
+    interval: String,
+    /// Start the job and print it, without waiting for it to publish.
+    #[arg(long)]
+    no_wait: bool,
+    #[command(flatten)]
+    url: UrlArg,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum JobsCmd {
+    /// Every job the node remembers, newest last.
+    List {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        url: UrlArg,
+    },
+    /// One job.
+    Show {
+        id: u64,
+        #[command(flatten)]
+        url: UrlArg,
+    },
+    /// Abandon a running job: the old version stays, nothing of the new one is published.
+    Cancel {
+        id: u64,
+        #[command(flatten)]
+        url: UrlArg,
+    },
+}
+
+fn progress_line(j: &Value) -> String {
+    format!(
+        "job {} {}: {}/{} raw batches, {} events",
+        j["id"],
+        j["state"].as_str().unwrap_or("?"),
+        j["batches_done"],
+        j["batches_total"],
+        j["events"]
+    )
+}
+
+pub(crate) fn reindex(args: ReindexArgs) -> Result<()> {
+    let client = Client::new(&args.url.url);
+    let body = json!({ "datasource": args.datasource, "interval": args.interval }).to_string();
+    let reply = client.send("POST", "/v1/reindex", "application/json", &[], body.as_bytes())?.ok()?;
+    let job: Value = serde_json::from_slice(&reply.body)?;
+    if args.no_wait {
+        return print_json(&reply.body);
+    }
+    let id = job["id"].as_u64().unwrap_or_default();
+    eprintln!("started reindex job {id} of {:?}", args.datasource);
+    let mut last = String::new();
+    loop {
+        let j: Value = serde_json::from_slice(&client.get(&format!("/v1/jobs/{id}"))?.ok()?.body)?;
+        let line = progress_line(&j);
+        if line != last {
+            eprint!("\r{line}");
+            let _ = std::io::stderr().flush();
+            last = line;
+        }
+        match j["state"].as_str() {
+            Some("published") => {
+                eprintln!();
+                println!("{}", serde_json::to_string_pretty(&j)?);
+                return Ok(());
+            }
+            Some("cancelled") => {
+                eprintln!();
+                bail!("reindex job {id} was cancelled: {}", j["error"].as_str().unwrap_or("no reason given"));
+            }
+            _ => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+pub(crate) fn run(cmd: JobsCmd) -> Result<()> {
+    match cmd {
+        JobsCmd::List { json, url } => {
+            let reply = Client::new(&url.url).get("/v1/jobs")?.ok()?;
+            if json {
+                return print_json(&reply.body);
+            }
+            let jobs: Value = serde_json::from_slice(&reply.body)?;
+            println!(
+                "{:<10} {:<8} {:<14} {:<10} {:>9} {:>12} {:>9}",
+                "id", "kind", "datasource", "state", "batches", "events", "segments"
+            );
+            for j in jobs.as_array().into_iter().flatten() {
+                println!(
+                    "{:<10} {:<8} {:<14} {:<10} {:>9} {:>12} {:>9}",
+                    j["id"],
+                    j["kind"].as_str().unwrap_or_default(),
+                    j["datasource"].as_str().unwrap_or_default(),
+                    j["state"].as_str().unwrap_or_default(),
+                    format!("{}/{}", j["batches_done"], j["batches_total"]),
+                    j["events"],
+                    j["segments_published"]
+                );
+            }
+            Ok(())
+        }
+        JobsCmd::Show { id, url } => print_json(&Client::new(&url.url).get(&format!("/v1/jobs/{id}"))?.ok()?.body),
+        JobsCmd::Cancel { id, url } => print_json(
+            &Client::new(&url.url)
+                .send("POST", &format!("/v1/jobs/{id}/cancel"), "application/json", &[], b"")?
+                .ok()?
+                .body,
+        ),
+    }
+}

@@ -1,0 +1,232 @@
+//! The engine's side of long jobs: applying reindex commands, the leader's decision to
+//! publish or cancel a finished build, and what `sys.jobs` shows. The build itself and the
+//! timeline rules are in `reindex.rs`.
+
+use std::sync::atomic::Ordering;
+
+use tidemark_catalog::DatasourceId;
+
+use super::reindex::{self, BuildInput, JobInfo, JobState, Running};
+use super::{Applied, Engine, RefusalStatus};
+use crate::engine::command::ReindexCommand;
+use crate::error::{Error, Result};
+
+/// A job's refusal at apply: nothing changed.
+fn refused(reason: String, status: RefusalStatus) -> Result<Applied> {
+    Ok(Applied::Refused { reason, status })
+}
+
+impl Engine {
+    pub(crate) fn apply_reindex(&mut self, position: u64, writer_time_ms: i64, cmd: ReindexCommand) -> Result<Applied> {
+        match cmd {
+            ReindexCommand::Start { datasource, start_ms, end_ms, actor } => {
+                self.start_reindex(position, writer_time_ms, datasource, start_ms, end_ms, actor)
+            }
+            ReindexCommand::Publish { job } => self.publish_reindex(position, writer_time_ms, job),
+            ReindexCommand::Cancel { job, reason } => self.cancel_reindex(position, writer_time_ms, job, reason),
+        }
+    }
+
+    fn start_reindex(
+        &mut self,
+        position: u64,
+        writer_time_ms: i64,
+        datasource: DatasourceId,
+        start_ms: i64,
+        end_ms: i64,
+        actor: String,
+    ) -> Result<Applied> {
+        let Some(entry) = self.catalog.by_id(datasource).filter(|e| e.deleted.is_none()) else {
+            return refused(format!("datasource {datasource} does not exist"), RefusalStatus::NotFound);
+        };
+        let spec = entry.spec_at(position);
+        let name = spec.name.clone();
+        let seg = spec.granularity.segment.clone();
+        let start = seg.bucket_start(start_ms);
+        let end = match seg.bucket_start(end_ms) {
+            e if e == end_ms => e,
+            e => e + seg.millis(),
+        };
+        if end <= start {
+            return refused(format!("the interval {start_ms}..{end_ms} (ms) is empty"), RefusalStatus::Invalid);
+        }
+        if let Some(other) =
+            self.running.iter().find(|(_, r)| r.datasource == datasource && r.start_ms < end && start < r.end_ms)
+        {
+            return refused(
+                format!("reindex job {} of {name:?} covers part of this interval; wait for it or cancel it", other.0),
+                RefusalStatus::Conflict,
+            );
+        }
+        let Some(ds) = self.datasources.get_mut(&datasource) else {
+            return refused(format!("datasource {name:?} has no data on this node"), RefusalStatus::NotFound);
+        };
+        ds.freeze(position, start, end);
+        let shards = ds.next_shards(start, end);
+        let batches_total = ds.reindex_sources(start, end, position).len() as u64;
+        let info = JobInfo {
+            id: position,
+            kind: "reindex".into(),
+            datasource: name,
+            datasource_id: datasource,
+            start_ms: start,
+            end_ms: end,
+            state: JobState::Running,
+            actor,
+            started_ms: writer_time_ms,
+            finished_ms: None,
+            published_at: None,
+            batches_total,
+            batches_done: 0,
+            events: 0,
+            rejected: 0,
+            segments_replaced: 0,
+            segments_published: 0,
+            error: None,
+            shards: shards.into_iter().collect(),
+        };
+        self.jobs.insert(position, info);
+        self.start_build(position)?;
+        self.forget_old_jobs();
+        self.checkpoint_due = true;
+        Ok(Applied::Job { id: position })
+    }
+
+    /// Starts (or, after a restart, restarts) the build of running job `id` from the raw
+    /// batches applied before it, under the spec and rules at its position.
+    pub(crate) fn start_build(&mut self, id: u64) -> Result<()> {
+        let info = self.jobs.get(&id).ok_or_else(|| Error::Internal(format!("no reindex job {id}")))?;
+        let (datasource, start_ms, end_ms) = (info.datasource_id, info.start_ms, info.end_ms);
+        let shards = info.shards.iter().copied().collect();
+        let Some(entry) = self.catalog.by_id(datasource) else {
+            return Err(Error::Internal(format!("reindex job {id}: datasource {datasource} is not in the catalog")));
+        };
+        let spec = entry.spec_at(id).clone();
+        let rules = self.rules.get(&self.catalog, &spec.name, id);
+        let Some(ds) = self.datasources.get(&datasource) else {
+            return Err(Error::Internal(format!("reindex job {id}: datasource {datasource} has no state here")));
+        };
+        let input = BuildInput {
+            job: id,
+            datasource,
+            name: spec.name.clone(),
+            data_dir: self.config.data_dir.clone(),
+            sources: ds.reindex_sources(start_ms, end_ms, id),
+            spec,
+            rules,
+            start_ms,
+            end_ms,
+            shards,
+        };
+        self.running.insert(id, Running::spawn(input)?);
+        Ok(())
+    }
+
+    fn publish_reindex(&mut self, position: u64, writer_time_ms: i64, job: u64) -> Result<Applied> {
+        let Some(run) = self.running.remove(&job) else {
+            return refused(format!("reindex job {job} is not running"), RefusalStatus::Conflict);
+        };
+        let progress = run.progress.clone();
+        // A follower may still be building: apply waits, so every replica switches here.
+        let built = run.finish().map_err(|e| {
+            Error::Internal(format!("reindex job {job} failed on this node after the leader built it: {e}"))
+        })?;
+        // Shards written for events before the job must be in the timeline to be replaced.
+        self.publish_persisted(true)?;
+        let Some(info) = self.jobs.get_mut(&job) else {
+            return Err(Error::Internal(format!("reindex job {job} has no record")));
+        };
+        let published = built.len() as u64;
+        match self.datasources.get_mut(&info.datasource_id) {
+            Some(ds) => {
+                let (obsolete, replaced) = ds.publish_reindex(job, info.start_ms, info.end_ms, position, built);
+                self.obsolete.extend(obsolete.into_iter().map(|f| (position, f)));
+                info.segments_replaced = replaced;
+            }
+            // Purged meanwhile: nothing refers to the new files.
+            None => {
+                for b in built {
+                    let path = self.config.data_dir.join(&b.record.file);
+                    drop(b.segment);
+                    let _ = std::fs::remove_file(path);
+                }
+            }
+        }
+        info.state = JobState::Published;
+        info.published_at = Some(position);
+        info.finished_ms = Some(writer_time_ms);
+        info.segments_published = published;
+        info.batches_done = progress.batches_done.load(Ordering::Relaxed);
+        info.events = progress.events.load(Ordering::Relaxed);
+        info.rejected = progress.rejected.load(Ordering::Relaxed);
+        self.checkpoint_due = true;
+        Ok(Applied::Job { id: job })
+    }
+
+    fn cancel_reindex(&mut self, position: u64, writer_time_ms: i64, job: u64, reason: String) -> Result<Applied> {
+        let Some(run) = self.running.remove(&job) else {
+            return refused(format!("reindex job {job} is not running"), RefusalStatus::Conflict);
+        };
+        run.cancel.store(true, Ordering::Relaxed);
+        if let Ok(built) = run.finish() {
+            for b in built {
+                let path = self.config.data_dir.join(&b.record.file);
+                drop(b.segment);
+                let _ = std::fs::remove_file(path);
+            }
+        }
+        let Some(info) = self.jobs.get_mut(&job) else {
+            return Err(Error::Internal(format!("reindex job {job} has no record")));
+        };
+        info.state = JobState::Cancelled;
+        info.finished_ms = Some(writer_time_ms);
+        info.error = Some(reason);
+        let datasource = info.datasource_id;
+        // The frozen indexes' events are in no segment: they are written as ordinary shards.
+        if let Some(ds) = self.datasources.get_mut(&datasource) {
+            for persist in ds.unfreeze(&self.catalog, job, position)? {
+                self.persister.submit(persist)?;
+            }
+        }
+        self.checkpoint_due = true;
+        Ok(Applied::Job { id: job })
+    }
+
+    /// The leader's decisions for finished builds: publish a good one, cancel a failed one.
+    /// Pure: the caller logs them.
+    pub fn reindex_decisions(&self) -> Vec<ReindexCommand> {
+        self.running
+            .iter()
+            .filter_map(|(job, run)| match run.peek()? {
+                Ok(()) => Some(ReindexCommand::Publish { job: *job }),
+                Err(reason) => {
+                    Some(ReindexCommand::Cancel { job: *job, reason: format!("the build failed: {reason}") })
+                }
+            })
+            .collect()
+    }
+
+    /// Every job the node remembers, with the progress of running builds.
+    pub fn jobs_now(&self) -> Vec<JobInfo> {
+        self.jobs
+            .values()
+            .map(|j| {
+                let mut j = j.clone();
+                if let Some(run) = self.running.get(&j.id) {
+                    j.batches_done = run.progress.batches_done.load(Ordering::Relaxed);
+                    j.events = run.progress.events.load(Ordering::Relaxed);
+                    j.rejected = run.progress.rejected.load(Ordering::Relaxed);
+                }
+                j
+            })
+            .collect()
+    }
+
+    /// Keeps the newest [`reindex::JOBS_KEPT`] jobs; running ones are never forgotten.
+    fn forget_old_jobs(&mut self) {
+        while self.jobs.len() > reindex::JOBS_KEPT {
+            let Some(oldest) = self.jobs.values().find(|j| j.state != JobState::Running).map(|j| j.id) else { break };
+            self.jobs.remove(&oldest);
+        }
+    }
+}

@@ -1,0 +1,279 @@
+//! Reprocessing: an interval's segments rebuilt from the raw log, published as a new version
+//! (DESIGN.md, invariant 5). The timeline logic is ours because it is the product's core: a
+//! reindex must never hide an event or count one twice.
+//!
+//! A job is two log entries. `Start` at position P freezes the interval's realtime indexes
+//! (their events are all before P: they stay queryable, take no new events, and are dropped
+//! when the new version is published) and hands a builder thread the raw batches applied
+//! before P, the spec and the tag rules in force at P. Events arriving after P go to fresh
+//! indexes as usual and become shards that the new version carries unchanged. `Publish` at Q
+//! replaces, in one step, every shard of the interval published at or before P by the new
+//! segments (version P), and drops the frozen indexes. So a query sees either the old shards
+//! plus the frozen indexes, or the new version, each plus what arrived after P: never both,
+//! never neither.
+//!
+//! Invariants:
+//! - The build is a pure function of the raw log before P and the catalog at P, reading
+//!   batches in (log position, partition) order as apply did (sketch states depend on order),
+//!   so every replica writes byte-identical segments.
+//! - Binding edge verdicts in the raw frames are honoured (refused records stay refused);
+//!   everything else is decided again under the rules at P, so a corrected alias renames old
+//!   beacons.
+//! - Shard numbers of the new version are above every shard of the interval at P, so no file
+//!   name is ever reused while an older checkpoint may still refer to it.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use tidemark_catalog::standardise::{TagRules, standardise_json};
+use tidemark_catalog::{DatasourceId, DatasourceSpec};
+
+use crate::engine::checkpoint::SegmentRecord;
+use crate::error::{Error, Result};
+use crate::raw::partition_log::{IndexEntry, read_stored};
+use crate::raw::record_batch;
+use crate::rollup::RollupIndex;
+use crate::segment::{Segment, SegmentId, write_segment};
+
+/// One raw batch to read.
+#[derive(Debug, Clone)]
+pub(crate) struct Source {
+    pub(crate) position: u64,
+    pub(crate) partition: u32,
+    pub(crate) path: PathBuf,
+    pub(crate) entry: IndexEntry,
+}
+
+/// Everything a build needs, fixed at the `Start` position.
+#[derive(Debug)]
+pub(crate) struct BuildInput {
+    pub(crate) job: u64,
+    pub(crate) datasource: DatasourceId,
+    pub(crate) name: String,
+    pub(crate) data_dir: PathBuf,
+    pub(crate) spec: DatasourceSpec,
+    pub(crate) rules: Option<Arc<TagRules>>,
+    pub(crate) start_ms: i64,
+    pub(crate) end_ms: i64,
+    /// The shard number each rebuilt interval gets (above every existing shard).
+    pub(crate) shards: BTreeMap<i64, u32>,
+    /// Sorted by (position, partition).
+    pub(crate) sources: Vec<Source>,
+}
+
+/// A rebuilt segment, written and opened (checksums checked), not yet published.
+#[derive(Debug)]
+pub(crate) struct Built {
+    pub(crate) record: SegmentRecord,
+    pub(crate) segment: Segment,
+}
+
+/// A build's progress, read by `sys.jobs` while it runs.
+#[derive(Debug, Default)]
+pub(crate) struct Progress {
+    pub(crate) batches_done: AtomicU64,
+    pub(crate) events: AtomicU64,
+    pub(crate) rejected: AtomicU64,
+}
+
+/// What a finished build left: its segments or why it failed.
+pub(crate) type Outcome = std::result::Result<Vec<Built>, String>;
+
+/// A build running (or finished, not yet published) on its own thread.
+#[derive(Debug)]
+pub(crate) struct Running {
+    pub(crate) datasource: DatasourceId,
+    pub(crate) start_ms: i64,
+    pub(crate) end_ms: i64,
+    pub(crate) progress: Arc<Progress>,
+    pub(crate) cancel: Arc<AtomicBool>,
+    pub(crate) outcome: Arc<Mutex<Option<Outcome>>>,
+    pub(crate) thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Running {
+    pub(crate) fn spawn(input: BuildInput) -> Result<Running> {
+        let progress = Arc::new(Progress::default());
+        let cancel = Arc::new(AtomicBool::new(false));
+        let outcome = Arc::new(Mutex::new(None));
+        let (datasource, start_ms, end_ms) = (input.datasource, input.start_ms, input.end_ms);
+        let thread = {
+            let (progress, cancel, outcome) = (progress.clone(), cancel.clone(), outcome.clone());
+            std::thread::Builder::new()
+                .name(format!("reindex-{}", input.job))
+                .spawn(move || {
+                    let started = std::time::Instant::now();
+                    let result = build(&input, &progress, &cancel).map_err(|e| e.to_string());
+                    match &result {
+                        Ok(built) => tracing::info!(job = input.job, datasource = %input.name, segments = built.len(),
+                            events = progress.events.load(Ordering::Relaxed), seconds = started.elapsed().as_secs_f64(),
+                            "reindex built"),
+                        Err(e) => {
+                            tracing::error!(job = input.job, datasource = %input.name, error = %e, "reindex failed")
+                        }
+                    }
+                    *outcome.lock().unwrap_or_else(|p| p.into_inner()) = Some(result);
+                })
+                .map_err(|e| Error::Internal(format!("cannot start a reindex thread: {e}")))?
+        };
+        Ok(Running { datasource, start_ms, end_ms, progress, cancel, outcome, thread: Some(thread) })
+    }
+
+    /// The outcome, if the build is over.
+    pub(crate) fn peek(&self) -> Option<std::result::Result<(), String>> {
+        let o = self.outcome.lock().unwrap_or_else(|p| p.into_inner());
+        o.as_ref().map(|r| r.as_ref().map(|_| ()).map_err(Clone::clone))
+    }
+
+    /// Waits for the build and takes its outcome.
+    pub(crate) fn finish(mut self) -> Outcome {
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.outcome
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .unwrap_or_else(|| Err("the reindex thread ended without an outcome".into()))
+    }
+}
+
+/// Relative path of a segment file of `datasource`.
+pub(crate) fn segment_file(datasource: DatasourceId, interval: i64, version: &str, shard: u32) -> PathBuf {
+    PathBuf::from("datasources")
+        .join(datasource.to_string())
+        .join("segments")
+        .join(format!("{interval}_{version}_{shard}.seg"))
+}
+
+fn build(input: &BuildInput, progress: &Progress, cancel: &AtomicBool) -> Result<Vec<Built>> {
+    let spec = &input.spec;
+    let rules = input.rules.as_deref();
+    let mut indexes: BTreeMap<i64, RollupIndex> = BTreeMap::new();
+    let mut files: BTreeMap<PathBuf, File> = BTreeMap::new();
+    for source in &input.sources {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(Error::Internal("cancelled".into()));
+        }
+        if !files.contains_key(&source.path) {
+            let f = File::open(&source.path).map_err(Error::io(&source.path))?;
+            files.insert(source.path.clone(), f);
+        }
+        let file = files.get(&source.path).ok_or_else(|| Error::Internal("raw file handle vanished".into()))?;
+        let stored = read_stored(file, &source.path, &source.entry)?;
+        let (_, records) = record_batch::decode_records(&stored.batch)?;
+        for (i, (_, record)) in records.iter().enumerate() {
+            if stored.frame.verdicts.iter().any(|v| v.record_index == i as u32) {
+                continue;
+            }
+            let Ok(standardised) = standardise_json(spec, rules, record.value.as_deref().unwrap_or_default()) else {
+                progress.rejected.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            let event = standardised.event;
+            if event.time_ms < input.start_ms || event.time_ms >= input.end_ms {
+                continue;
+            }
+            let interval = spec.granularity.segment.bucket_start(event.time_ms);
+            indexes.entry(interval).or_insert_with(|| RollupIndex::new(spec)).add(&event);
+            progress.events.fetch_add(1, Ordering::Relaxed);
+        }
+        progress.batches_done.fetch_add(1, Ordering::Relaxed);
+    }
+    let mut built = Vec::with_capacity(indexes.len());
+    let version = input.job.to_string();
+    for (interval, index) in &indexes {
+        if index.is_empty() {
+            continue;
+        }
+        let shard = input.shards.get(interval).copied().unwrap_or(0);
+        let id = SegmentId {
+            datasource: input.name.clone(),
+            interval_start_ms: *interval,
+            interval_end_ms: interval + spec.granularity.segment.millis(),
+            version: version.clone(),
+            shard,
+        };
+        let file = segment_file(input.datasource, *interval, &version, shard);
+        let path = input.data_dir.join(&file);
+        let written = write_segment(&path, id.clone(), spec, index)?;
+        let segment = Segment::open(&path)?;
+        built.push(Built {
+            record: SegmentRecord {
+                id,
+                file,
+                file_bytes: written.file_bytes,
+                rows: written.meta.rows,
+                events: written.meta.events,
+                published_at: 0,
+            },
+            segment,
+        });
+    }
+    Ok(built)
+}
+
+/// Where a job stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Its segments are being built (on every replica).
+    Running,
+    /// Published: queries read the new version.
+    Published,
+    /// Abandoned; the old version stays.
+    Cancelled,
+}
+
+impl JobState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Running => "running",
+            JobState::Published => "published",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// A long job as `sys.jobs` and `/v1/jobs` show it; kept in checkpoints.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobInfo {
+    /// The log position of its start, which is also the version it publishes.
+    pub id: u64,
+    pub kind: String,
+    pub datasource: String,
+    pub datasource_id: DatasourceId,
+    pub start_ms: i64,
+    pub end_ms: i64,
+    pub state: JobState,
+    pub actor: String,
+    pub started_ms: i64,
+    #[serde(default)]
+    pub finished_ms: Option<i64>,
+    #[serde(default)]
+    pub published_at: Option<u64>,
+    pub batches_total: u64,
+    #[serde(default)]
+    pub batches_done: u64,
+    #[serde(default)]
+    pub events: u64,
+    #[serde(default)]
+    pub rejected: u64,
+    #[serde(default)]
+    pub segments_replaced: u64,
+    #[serde(default)]
+    pub segments_published: u64,
+    #[serde(default)]
+    pub error: Option<String>,
+    /// The shard number each rebuilt interval gets, fixed at the start so a build restarted
+    /// later writes the same files as every other replica.
+    #[serde(default)]
+    pub shards: Vec<(i64, u32)>,
+}
+
+/// The newest jobs kept (finished ones beyond this are forgotten, oldest first).
+pub(crate) const JOBS_KEPT: usize = 200;
