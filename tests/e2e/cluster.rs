@@ -609,6 +609,28 @@ fn nodes_behind_the_purged_log_catch_up_by_snapshot_with_its_data_files() {
         }
         std::thread::sleep(Duration::from_millis(500));
     }
+
+    // A reindex: every replica (the one that fetched everything by snapshot included) builds
+    // the same new version from its own raw log, and switches at the same log entry.
+    let interval = format!("{}/{}", start - 60_000, now_ms());
+    let (code, out, err) = c.node(leader).cli(&["reindex", "--datasource", "snap", "--interval", &interval]);
+    assert_eq!(code, 0, "{out}{err}");
+    let job: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+    let version = job["id"].as_u64().unwrap_or_default().to_string();
+    c.converged_in("snap", &expected(&batches, &all));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let versions: Vec<Vec<serde_json::Value>> = (0..3)
+            .map(|i| c.node(i).sql("SELECT DISTINCT version FROM sys.segments WHERE datasource = 'snap'"))
+            .collect();
+        let files: Vec<BTreeMap<String, u32>> = c.dirs.iter().map(|d| segment_files(d.path())).collect();
+        let new_only = versions.iter().all(|v| v.len() == 1 && v[0]["version"] == version.as_str());
+        if new_only && files.iter().all(|f| f == &files[0]) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "replicas differ after the reindex: {versions:?} {files:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
 
 #[test]
