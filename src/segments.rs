@@ -19,6 +19,17 @@ pub(crate) enum SegmentsCmd {
         #[command(flatten)]
         url: UrlArg,
     },
+    /// Take the whole segment intervals inside START/END out of the timeline (segments and
+    /// realtime rows; the raw log keeps its batches, so a reindex can bring them back).
+    Drop {
+        #[arg(long)]
+        datasource: String,
+        /// START/END: RFC 3339 times, dates (midnight UTC) or epoch milliseconds.
+        #[arg(long)]
+        interval: String,
+        #[command(flatten)]
+        url: UrlArg,
+    },
     /// Check every checksum of every column of a datasource's segments on this node.
     Verify {
         #[arg(long)]
@@ -36,6 +47,13 @@ fn quoted(s: &str) -> String {
 
 pub(crate) fn run(cmd: SegmentsCmd) -> Result<()> {
     match cmd {
+        SegmentsCmd::Drop { datasource, interval, url } => {
+            let body = serde_json::json!({ "datasource": datasource, "interval": interval }).to_string();
+            let reply = Client::new(&url.url)
+                .send("POST", "/v1/segments/drop", "application/json", &[], body.as_bytes())?
+                .ok()?;
+            print_json(&reply.body)
+        }
         SegmentsCmd::List { datasource, json, url } => {
             let filter = datasource.map(|d| format!(" WHERE datasource = {}", quoted(&d))).unwrap_or_default();
             let sql = format!(

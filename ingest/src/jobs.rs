@@ -1,14 +1,15 @@
 //! Reprocessing and long jobs over HTTP: `POST /v1/reindex` starts a reindex (a logged
 //! command; every replica builds the same new version from its raw log), `GET /v1/jobs[/{id}]`
 //! shows jobs with their progress, `POST /v1/jobs/{id}/cancel` abandons one (the old version
-//! stays). The leader publishes a finished build by itself (see the node's tick).
+//! stays), `POST /v1/segments/drop` takes an interval out of the timeline. The leader
+//! publishes a finished build by itself (see the node's tick).
 
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tidemark_storage::engine::command::{Command, ReindexCommand};
+use tidemark_storage::engine::command::{Command, TimelineCommand};
 use tidemark_storage::engine::{Applied, RefusalStatus};
 
 use crate::error::{Error, Result};
@@ -80,11 +81,34 @@ pub async fn reindex(node: &Node, actor: &str, body: &[u8]) -> Result<Response> 
             .map(|d| d.id)
             .ok_or_else(|| Error::NotFound(format!("datasource {:?} does not exist", req.datasource)))?
     };
-    let cmd = Command::Reindex(ReindexCommand::Start { datasource, start_ms, end_ms, actor: actor.to_string() });
+    let cmd = Command::Timeline(TimelineCommand::Start { datasource, start_ms, end_ms, actor: actor.to_string() });
     match node.propose(&cmd).await? {
         Applied::Job { id } => Ok((StatusCode::ACCEPTED, Json(job_json(node, id)?)).into_response()),
         Applied::Refused { reason, status } => Err(refusal(reason, status)),
         other => Err(Error::Storage(tidemark_storage::Error::Internal(format!("reindex applied as {other:?}")))),
+    }
+}
+
+/// `POST /v1/segments/drop`: takes the whole segment intervals of an interval out of the
+/// timeline at one log entry (they stay queryable until it commits).
+pub async fn drop_interval(node: &Node, actor: &str, body: &[u8]) -> Result<Response> {
+    let req: ReindexRequest = serde_json::from_slice(body).map_err(|e| {
+        Error::BadRequest(format!("a drop needs {{\"datasource\": \"…\", \"interval\": \"START/END\"}}: {e}"))
+    })?;
+    let (start_ms, end_ms) = parse_interval(&req.interval)?;
+    let datasource = {
+        let engine = node.engine();
+        let e = engine.read();
+        e.catalog()
+            .get(&req.datasource)
+            .map(|d| d.id)
+            .ok_or_else(|| Error::NotFound(format!("datasource {:?} does not exist", req.datasource)))?
+    };
+    let cmd = Command::Timeline(TimelineCommand::Drop { datasource, start_ms, end_ms, actor: actor.to_string() });
+    match node.propose(&cmd).await? {
+        Applied::Job { id } => Ok(Json(job_json(node, id)?).into_response()),
+        Applied::Refused { reason, status } => Err(refusal(reason, status)),
+        other => Err(Error::Storage(tidemark_storage::Error::Internal(format!("drop applied as {other:?}")))),
     }
 }
 
@@ -99,7 +123,7 @@ pub fn show(node: &Node, id: u64) -> Result<Response> {
 }
 
 pub async fn cancel(node: &Node, actor: &str, id: u64) -> Result<Response> {
-    let cmd = Command::Reindex(ReindexCommand::Cancel { job: id, reason: format!("cancelled by {actor}") });
+    let cmd = Command::Timeline(TimelineCommand::Cancel { job: id, reason: format!("cancelled by {actor}") });
     match node.propose(&cmd).await? {
         Applied::Job { id } => Ok(Json(job_json(node, id)?).into_response()),
         Applied::Refused { reason, status } => Err(refusal(reason, status)),

@@ -73,6 +73,7 @@ pub fn router(state: IngestState) -> Router {
         .route("/v1/governance/retention", get(list_retention))
         .route("/v1/governance/retention/{datasource}", get(show_retention).merge(put(put_retention).layer(leader())))
         .route("/v1/segments/verify", post(verify_segments))
+        .route("/v1/segments/drop", post(drop_segments).layer(leader()))
         .route("/v1/reindex", post(start_reindex).layer(leader()))
         .route("/v1/jobs", get(list_jobs))
         .route("/v1/jobs/{id}", get(show_job))
@@ -217,6 +218,10 @@ async fn verify_segments(State(s): State<IngestState>, Query(p): Query<segments:
 
 async fn start_reindex(State(s): State<IngestState>, Extension(c): Extension<Principal>, body: Bytes) -> Response {
     jobs::reindex(&s.node, &c.actor(), &body).await.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn drop_segments(State(s): State<IngestState>, Extension(c): Extension<Principal>, body: Bytes) -> Response {
+    jobs::drop_interval(&s.node, &c.actor(), &body).await.unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn list_jobs(State(s): State<IngestState>) -> Response {

@@ -364,7 +364,8 @@ fn tick_loop(inner: &Inner, runtime: &tokio::runtime::Handle) {
                 let mut c: Vec<Command> = e.persist_decisions(now).into_iter().map(Command::Persist).collect();
                 c.extend(e.purge_decisions(now).into_iter().map(|p| Command::catalog(p, ACTOR_SYSTEM)));
                 // Reindex builds this node finished: publish (or cancel a failed one).
-                c.extend(e.reindex_decisions().into_iter().map(Command::Reindex));
+                c.extend(e.reindex_decisions().into_iter().map(Command::Timeline));
+                c.extend(e.retention_decisions(now).into_iter().map(Command::Timeline));
                 c
             };
             let mut waiting = Vec::new();

@@ -262,7 +262,7 @@ impl Engine {
                 self.consumer_offsets.apply(&o, entry.writer_time_ms);
                 Ok(Applied::Offsets)
             }
-            Command::Reindex(r) => self.apply_reindex(entry.position, entry.writer_time_ms, r),
+            Command::Timeline(r) => self.apply_reindex(entry.position, entry.writer_time_ms, r),
         };
         self.applied_position = entry.position;
         self.idempotency.expire(self.writer_time_ms);
@@ -580,13 +580,15 @@ impl Engine {
         for f in finished {
             seconds.push(f.seconds);
             let (written, segment) = f.result?;
-            match self.datasources.get_mut(&f.job.datasource) {
+            let wanted = match self.datasources.get_mut(&f.job.datasource) {
                 Some(ds) => ds.finish_persist(&f.job.id, &written, segment)?,
-                // Purged while it was being written: nothing refers to the file.
-                None => {
-                    drop(segment);
-                    let _ = std::fs::remove_file(&f.job.path);
-                }
+                // Purged while it was being written.
+                None => false,
+            };
+            // Nothing refers to the file of an unwanted shard (its datasource was purged or
+            // its interval dropped while it was written).
+            if !wanted {
+                let _ = std::fs::remove_file(&f.job.path);
             }
         }
         if !seconds.is_empty() {

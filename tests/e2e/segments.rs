@@ -58,3 +58,70 @@ fn segments_are_listed_and_verified_and_a_damaged_one_is_named() {
     assert_ne!(code, 0);
     assert!(err.contains("HTTP 404: datasource \"nope\" does not exist"), "{err}");
 }
+
+#[test]
+fn an_interval_is_dropped_on_demand_and_by_retention_and_stays_dropped() {
+    const HOUR_MS: i64 = 3_600_000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut node = TestNode::start(dir.path());
+    let spec = serde_json::json!({
+        "name": "aged",
+        "timestamp": {"field": "ts"},
+        "granularity": {"query": "PT1M", "segment": "PT1H"},
+        "dimensions": ["merchant_id"],
+        "metrics": [{"name": "count", "type": "count"}],
+        "late_window": "PT1M",
+    });
+    let r = node.post("/v1/datasources", spec.to_string().as_bytes(), &[]);
+    assert!(r.status == 200 || r.status == 201, "{}", r.body);
+    // 100 events in each of the hours 5, 4, 3 and 2 before this one, 50 in this one.
+    let hour = now_ms() / HOUR_MS * HOUR_MS;
+    let mut lines = Vec::new();
+    for k in 2..=5 {
+        for i in 0..100 {
+            lines.push(serde_json::json!({"ts": hour - k * HOUR_MS + i * 1000, "merchant_id": "m1"}).to_string());
+        }
+    }
+    for i in 0..50 {
+        lines.push(serde_json::json!({"ts": now_ms() - i * 10, "merchant_id": "m1"}).to_string());
+    }
+    assert_eq!(node.post("/v1/beacons/aged", lines.join("\n").as_bytes(), &[]).status, 200);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while node.sql_i64("SELECT COALESCE(SUM(events), 0) FROM sys.segments WHERE datasource = 'aged'") < 400 {
+        assert!(Instant::now() < deadline, "the closed hours were never persisted");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let total = "SELECT SUM(\"count\") FROM aged";
+    assert_eq!(node.sql_i64(total), 450);
+
+    // A drop takes whole segment intervals only: hour 5 (the half hour after it stays).
+    let interval = format!("{}/{}", hour - 5 * HOUR_MS, hour - 4 * HOUR_MS + HOUR_MS / 2);
+    let (code, out, err) = node.cli(&["segments", "drop", "--datasource", "aged", "--interval", &interval]);
+    assert_eq!(code, 0, "{err}");
+    let job: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!((job["kind"].as_str(), job["events"].as_u64()), (Some("drop"), Some(100)), "{job}");
+    assert_eq!(job["end_ms"].as_i64(), Some(hour - 4 * HOUR_MS), "{job}");
+    assert_eq!(node.sql_i64(total), 350);
+    let (code, _, err) =
+        node.cli(&["segments", "drop", "--datasource", "aged", "--interval", &format!("{}/{}", hour - 10, hour - 5)]);
+    assert_ne!(code, 0);
+    assert!(err.contains("holds no whole PT1H segment interval"), "{err}");
+
+    // Retention keeps three hours of segments: hour 4 goes too, by the leader's own decision.
+    let r = node.put("/v1/governance/retention/aged", br#"{"segments": "PT3H"}"#);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while node.sql_i64(total) != 250 {
+        assert!(Instant::now() < deadline, "retention never dropped hour 4: {}", node.sql_i64(total));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let jobs = node.sql("SELECT kind, actor, events FROM sys.jobs ORDER BY id");
+    assert_eq!(jobs.len(), 2, "{jobs:?}");
+    assert!(jobs[1]["actor"].as_str().is_some_and(|a| a.starts_with("system:retention")), "{jobs:?}");
+    assert_eq!(jobs[1]["events"], 100, "{jobs:?}");
+
+    // Dropped stays dropped across a restart (the raw log keeps the batches, replay skips them).
+    node.stop();
+    let node = TestNode::start(dir.path());
+    assert_eq!(node.sql_i64(total), 250);
+}

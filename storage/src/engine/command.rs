@@ -9,7 +9,7 @@
 //! kind 3 persist:  version u8 | JSON PersistCommand
 //! kind 4 producer: version u8 | JSON InitProducerCommand
 //! kind 5 offsets:  version u8 | JSON OffsetsCommand
-//! kind 6 reindex:  version u8 | JSON ReindexCommand
+//! kind 6 reindex:  version u8 | JSON TimelineCommand
 //! ```
 
 use serde::{Deserialize, Serialize};
@@ -174,10 +174,11 @@ pub enum Command {
     Persist(PersistCommand),
     InitProducer(InitProducerCommand),
     Offsets(OffsetsCommand),
-    Reindex(ReindexCommand),
+    Timeline(TimelineCommand),
 }
 
-/// Reprocessing an interval from the raw log (DESIGN.md, invariant 5). `Start` fixes what is
+/// Changes to a datasource's segment timeline. Reprocessing an interval from the raw log
+/// (DESIGN.md, invariant 5): `Start` fixes what is
 /// rebuilt: the raw batches applied before it, under the spec and tag rules in force at its
 /// position, which is also the job's id and the new segments' version. Every replica builds
 /// the same segments off its engine lock; `Publish`, logged by the leader once its own build
@@ -186,7 +187,7 @@ pub enum Command {
 /// asked) and keeps the old version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
-pub enum ReindexCommand {
+pub enum TimelineCommand {
     Start {
         datasource: DatasourceId,
         /// Aligned to the datasource's segment granularity at apply.
@@ -200,6 +201,15 @@ pub enum ReindexCommand {
     Cancel {
         job: u64,
         reason: String,
+    },
+    /// Takes every whole segment interval of [`start_ms`, `end_ms`) out of the timeline,
+    /// segments and realtime rows alike (a DBA's drop, or retention). The raw log keeps its
+    /// batches, so a reindex can bring the interval back until raw retention removes them.
+    Drop {
+        datasource: DatasourceId,
+        start_ms: i64,
+        end_ms: i64,
+        actor: String,
     },
 }
 
@@ -222,7 +232,7 @@ impl Command {
             Command::Persist(_) => KIND_PERSIST,
             Command::InitProducer(_) => KIND_PRODUCER,
             Command::Offsets(_) => KIND_OFFSETS,
-            Command::Reindex(_) => KIND_REINDEX,
+            Command::Timeline(_) => KIND_REINDEX,
         }
     }
 
@@ -243,7 +253,7 @@ impl Command {
             Command::Persist(p) => out.extend_from_slice(&to_json(p)),
             Command::InitProducer(p) => out.extend_from_slice(&to_json(p)),
             Command::Offsets(o) => out.extend_from_slice(&to_json(o)),
-            Command::Reindex(r) => out.extend_from_slice(&to_json(r)),
+            Command::Timeline(r) => out.extend_from_slice(&to_json(r)),
             Command::Events(e) => {
                 let header = to_json(&e.header);
                 out.extend_from_slice(&(header.len() as u32).to_le_bytes());
@@ -275,7 +285,7 @@ impl Command {
             KIND_PERSIST => serde_json::from_slice(body).map(Command::Persist).map_err(|e| bad(e.to_string())),
             KIND_PRODUCER => serde_json::from_slice(body).map(Command::InitProducer).map_err(|e| bad(e.to_string())),
             KIND_OFFSETS => serde_json::from_slice(body).map(Command::Offsets).map_err(|e| bad(e.to_string())),
-            KIND_REINDEX => serde_json::from_slice(body).map(Command::Reindex).map_err(|e| bad(e.to_string())),
+            KIND_REINDEX => serde_json::from_slice(body).map(Command::Timeline).map_err(|e| bad(e.to_string())),
             KIND_EVENTS => {
                 let len = body.get(..4).ok_or_else(|| bad("events header length missing".into()))?;
                 let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;

@@ -348,6 +348,74 @@ impl DatasourceState {
         (obsolete, n)
     }
 
+    /// Takes [`start`, `end`) out of the timeline at `position`: its segments (returned as
+    /// files to remove once no checkpoint names them) and its realtime indexes; shards being
+    /// written for it are discarded when they finish. Raw batches before `position` are marked
+    /// covered so a restart does not bring their events back. Returns the files, the number of
+    /// segments and the number of events removed.
+    pub(crate) fn drop_range(&mut self, start: i64, end: i64, position: u64) -> (Vec<PathBuf>, u64, u64) {
+        let inside = |interval: i64| interval >= start && interval < end;
+        let mut touched: Vec<i64> = Vec::new();
+        let mut files = Vec::new();
+        let mut events = 0;
+        let mut kept = Vec::with_capacity(self.segments.len());
+        for (r, seg) in std::mem::take(&mut self.segments) {
+            if inside(r.id.interval_start_ms) {
+                touched.push(r.id.interval_start_ms);
+                events += r.events;
+                files.push(r.file);
+            } else {
+                kept.push((r, seg));
+            }
+        }
+        self.segments = kept;
+        let mut damaged = Vec::new();
+        for (r, why) in std::mem::take(&mut self.damaged) {
+            if inside(r.id.interval_start_ms) {
+                touched.push(r.id.interval_start_ms);
+                events += r.events;
+                files.push(r.file);
+            } else {
+                damaged.push((r, why));
+            }
+        }
+        self.damaged = damaged;
+        let segments = files.len() as u64;
+        for map in [&mut self.open, &mut self.late] {
+            let keys: Vec<i64> = map.range(start..end).map(|(k, _)| *k).collect();
+            for k in keys {
+                if let Some(o) = map.remove(&k) {
+                    events += o.index.events();
+                    touched.push(k);
+                }
+            }
+        }
+        self.persisting.retain(|p| {
+            let drop = inside(p.id.interval_start_ms);
+            if drop {
+                events += p.open.index.events();
+                touched.push(p.id.interval_start_ms);
+            }
+            !drop
+        });
+        for interval in touched {
+            let covered = self.persisted.entry(interval).or_insert(position);
+            *covered = (*covered).max(position);
+        }
+        (files, segments, events)
+    }
+
+    /// Whether any segment or realtime index of this datasource starts before `end`; the
+    /// earliest such interval.
+    pub(crate) fn earliest_interval_before(&self, end: i64) -> Option<i64> {
+        self.segment_records()
+            .map(|r| r.id.interval_start_ms)
+            .chain(self.open.keys().copied())
+            .chain(self.late.keys().copied())
+            .filter(|s| *s < end)
+            .min()
+    }
+
     /// Ends reindex `job` without publishing: its frozen indexes are written as ordinary
     /// shards (their events are in no segment).
     pub(crate) fn unfreeze(&mut self, catalog: &Catalog, job: u64, position: u64) -> Result<Vec<PersistJob>> {
@@ -452,8 +520,14 @@ impl DatasourceState {
     }
 
     /// Publishes a segment the writer finished: it replaces its index in queries at once.
-    pub(crate) fn finish_persist(&mut self, id: &SegmentId, written: &WrittenSegment, segment: Segment) -> Result<()> {
-        let Some(i) = self.persisting.iter().position(|p| &p.id == id) else { return Ok(()) };
+    /// Returns false if the shard is no longer wanted (its interval was dropped meanwhile).
+    pub(crate) fn finish_persist(
+        &mut self,
+        id: &SegmentId,
+        written: &WrittenSegment,
+        segment: Segment,
+    ) -> Result<bool> {
+        let Some(i) = self.persisting.iter().position(|p| &p.id == id) else { return Ok(false) };
         let p = self.persisting.remove(i);
         let record = SegmentRecord {
             id: p.id,
@@ -467,7 +541,7 @@ impl DatasourceState {
         self.segments.push((record, Arc::new(segment)));
         let covered = self.persisted.entry(interval).or_insert(p.position);
         *covered = (*covered).max(p.position);
-        Ok(())
+        Ok(true)
     }
 
     pub(crate) fn persist_all(&mut self, catalog: &Catalog, position: u64) -> Result<Vec<PersistJob>> {

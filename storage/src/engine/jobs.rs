@@ -8,7 +8,7 @@ use tidemark_catalog::DatasourceId;
 
 use super::reindex::{self, BuildInput, JobInfo, JobState, Running};
 use super::{Applied, Engine, RefusalStatus};
-use crate::engine::command::ReindexCommand;
+use crate::engine::command::TimelineCommand;
 use crate::error::{Error, Result};
 
 /// A job's refusal at apply: nothing changed.
@@ -17,13 +17,21 @@ fn refused(reason: String, status: RefusalStatus) -> Result<Applied> {
 }
 
 impl Engine {
-    pub(crate) fn apply_reindex(&mut self, position: u64, writer_time_ms: i64, cmd: ReindexCommand) -> Result<Applied> {
+    pub(crate) fn apply_reindex(
+        &mut self,
+        position: u64,
+        writer_time_ms: i64,
+        cmd: TimelineCommand,
+    ) -> Result<Applied> {
         match cmd {
-            ReindexCommand::Start { datasource, start_ms, end_ms, actor } => {
+            TimelineCommand::Start { datasource, start_ms, end_ms, actor } => {
                 self.start_reindex(position, writer_time_ms, datasource, start_ms, end_ms, actor)
             }
-            ReindexCommand::Publish { job } => self.publish_reindex(position, writer_time_ms, job),
-            ReindexCommand::Cancel { job, reason } => self.cancel_reindex(position, writer_time_ms, job, reason),
+            TimelineCommand::Publish { job } => self.publish_reindex(position, writer_time_ms, job),
+            TimelineCommand::Cancel { job, reason } => self.cancel_reindex(position, writer_time_ms, job, reason),
+            TimelineCommand::Drop { datasource, start_ms, end_ms, actor } => {
+                self.drop_interval(position, writer_time_ms, datasource, start_ms, end_ms, actor)
+            }
         }
     }
 
@@ -192,15 +200,112 @@ impl Engine {
         Ok(Applied::Job { id: job })
     }
 
+    /// Drops the whole segment intervals inside [`start_ms`, `end_ms`), recorded as a job of
+    /// kind `drop` with what it removed.
+    fn drop_interval(
+        &mut self,
+        position: u64,
+        writer_time_ms: i64,
+        datasource: DatasourceId,
+        start_ms: i64,
+        end_ms: i64,
+        actor: String,
+    ) -> Result<Applied> {
+        let Some(entry) = self.catalog.by_id(datasource).filter(|e| e.deleted.is_none()) else {
+            return refused(format!("datasource {datasource} does not exist"), RefusalStatus::NotFound);
+        };
+        let spec = entry.spec_at(position);
+        let name = spec.name.clone();
+        let seg = spec.granularity.segment.clone();
+        // Only whole intervals: a drop never takes more than it was asked for.
+        let start = match seg.bucket_start(start_ms) {
+            s if s == start_ms => s,
+            s => s + seg.millis(),
+        };
+        let end = seg.bucket_start(end_ms);
+        if end <= start {
+            return refused(
+                format!("{start_ms}..{end_ms} (ms) holds no whole {} segment interval of {name:?}", seg),
+                RefusalStatus::Invalid,
+            );
+        }
+        if let Some(other) =
+            self.running.iter().find(|(_, r)| r.datasource == datasource && r.start_ms < end && start < r.end_ms)
+        {
+            return refused(
+                format!("reindex job {} of {name:?} covers part of this interval; wait for it or cancel it", other.0),
+                RefusalStatus::Conflict,
+            );
+        }
+        // Shards written for the interval must be in the timeline (or known in flight) first.
+        self.publish_persisted(false)?;
+        let Some(ds) = self.datasources.get_mut(&datasource) else {
+            return refused(format!("datasource {name:?} has no data on this node"), RefusalStatus::NotFound);
+        };
+        let (files, segments, events) = ds.drop_range(start, end, position);
+        self.obsolete.extend(files.into_iter().map(|f| (position, f)));
+        self.jobs.insert(
+            position,
+            JobInfo {
+                id: position,
+                kind: "drop".into(),
+                datasource: name,
+                datasource_id: datasource,
+                start_ms: start,
+                end_ms: end,
+                state: JobState::Published,
+                actor,
+                started_ms: writer_time_ms,
+                finished_ms: Some(writer_time_ms),
+                published_at: Some(position),
+                batches_total: 0,
+                batches_done: 0,
+                events,
+                rejected: 0,
+                segments_replaced: segments,
+                segments_published: 0,
+                error: None,
+                shards: Vec::new(),
+            },
+        );
+        self.forget_old_jobs();
+        self.checkpoint_due = true;
+        Ok(Applied::Job { id: position })
+    }
+
+    /// Segment retention, by the writer's clock `now_ms`: for each datasource whose rule
+    /// keeps segments for a period, a drop of the whole intervals that ended before it.
+    /// Pure: the leader logs them.
+    pub fn retention_decisions(&self, now_ms: i64) -> Vec<TimelineCommand> {
+        let mut out = Vec::new();
+        for (name, rule) in self.catalog.retention().current() {
+            let Some(period) = &rule.value.segments else { continue };
+            let Some(entry) = self.catalog.get(name).filter(|e| e.deleted.is_none()) else { continue };
+            let Some(ds) = self.datasources.get(&entry.id) else { continue };
+            let seg = &entry.current().granularity.segment;
+            let end = seg.bucket_start(now_ms.saturating_sub(period.millis()));
+            let busy = self.running.values().any(|r| r.datasource == entry.id && r.start_ms < end);
+            if let Some(start) = ds.earliest_interval_before(end).filter(|_| !busy) {
+                out.push(TimelineCommand::Drop {
+                    datasource: entry.id,
+                    start_ms: start,
+                    end_ms: end,
+                    actor: format!("system:retention ({name} keeps segments for {period})"),
+                });
+            }
+        }
+        out
+    }
+
     /// The leader's decisions for finished builds: publish a good one, cancel a failed one.
     /// Pure: the caller logs them.
-    pub fn reindex_decisions(&self) -> Vec<ReindexCommand> {
+    pub fn reindex_decisions(&self) -> Vec<TimelineCommand> {
         self.running
             .iter()
             .filter_map(|(job, run)| match run.peek()? {
-                Ok(()) => Some(ReindexCommand::Publish { job: *job }),
+                Ok(()) => Some(TimelineCommand::Publish { job: *job }),
                 Err(reason) => {
-                    Some(ReindexCommand::Cancel { job: *job, reason: format!("the build failed: {reason}") })
+                    Some(TimelineCommand::Cancel { job: *job, reason: format!("the build failed: {reason}") })
                 }
             })
             .collect()
