@@ -27,6 +27,23 @@ pub(crate) struct ReindexArgs {
     url: UrlArg,
 }
 
+#[derive(Debug, Args)]
+pub(crate) struct CompactArgs {
+    #[arg(long)]
+    datasource: String,
+    /// START/END, widened to whole segments; only intervals with several shards (or at a
+    /// finer granularity than asked) are rewritten.
+    #[arg(long)]
+    interval: String,
+    /// Roll up to this coarser query granularity (e.g. PT15M), sketches merged.
+    #[arg(long)]
+    granularity: Option<String>,
+    #[arg(long)]
+    no_wait: bool,
+    #[command(flatten)]
+    url: UrlArg,
+}
+
 #[derive(Debug, Subcommand)]
 pub(crate) enum JobsCmd {
     /// Every job the node remembers, newest last.
@@ -52,7 +69,7 @@ pub(crate) enum JobsCmd {
 
 fn progress_line(j: &Value) -> String {
     format!(
-        "job {} {}: {}/{} raw batches, {} events",
+        "job {} {}: {}/{} batches, {} events",
         j["id"],
         j["state"].as_str().unwrap_or("?"),
         j["batches_done"],
@@ -65,12 +82,30 @@ pub(crate) fn reindex(args: ReindexArgs) -> Result<()> {
     let client = Client::new(&args.url.url);
     let body = json!({ "datasource": args.datasource, "interval": args.interval }).to_string();
     let reply = client.send("POST", "/v1/reindex", "application/json", &[], body.as_bytes())?.ok()?;
-    let job: Value = serde_json::from_slice(&reply.body)?;
     if args.no_wait {
         return print_json(&reply.body);
     }
+    wait(&client, &reply.body, &args.datasource)
+}
+
+pub(crate) fn compact(args: CompactArgs) -> Result<()> {
+    let client = Client::new(&args.url.url);
+    let mut body = json!({ "datasource": args.datasource, "interval": args.interval });
+    if let Some(g) = &args.granularity {
+        body["granularity"] = json!(g);
+    }
+    let reply = client.send("POST", "/v1/compact", "application/json", &[], body.to_string().as_bytes())?.ok()?;
+    if args.no_wait {
+        return print_json(&reply.body);
+    }
+    wait(&client, &reply.body, &args.datasource)
+}
+
+/// Follows a started job until it is published (printing it) or cancelled (an error).
+fn wait(client: &Client, started: &[u8], datasource: &str) -> Result<()> {
+    let job: Value = serde_json::from_slice(started)?;
     let id = job["id"].as_u64().unwrap_or_default();
-    eprintln!("started reindex job {id} of {:?}", args.datasource);
+    eprintln!("started {} job {id} of {datasource:?}", job["kind"].as_str().unwrap_or("?"));
     let mut last = String::new();
     loop {
         let j: Value = serde_json::from_slice(&client.get(&format!("/v1/jobs/{id}"))?.ok()?.body)?;
@@ -88,7 +123,7 @@ pub(crate) fn reindex(args: ReindexArgs) -> Result<()> {
             }
             Some("cancelled") => {
                 eprintln!();
-                bail!("reindex job {id} was cancelled: {}", j["error"].as_str().unwrap_or("no reason given"));
+                bail!("job {id} was cancelled: {}", j["error"].as_str().unwrap_or("no reason given"));
             }
             _ => std::thread::sleep(Duration::from_millis(200)),
         }

@@ -68,6 +68,9 @@ enum Cmd {
     /// Rebuild an interval of a datasource from the raw log under the current rules and
     /// publish it as a new version (queries switch atomically).
     Reindex(jobs::ReindexArgs),
+    /// Merge the shards of each interval into one segment (optionally rolled up to a coarser
+    /// granularity), from the segments, as a new version.
+    Compact(jobs::CompactArgs),
     /// Long jobs (reindexes): list, show, cancel.
     #[command(subcommand)]
     Jobs(jobs::JobsCmd),
@@ -207,6 +210,7 @@ fn main() {
         Cmd::Keys(cmd) => keys::run(cmd),
         Cmd::Segments(cmd) => segments::run(cmd),
         Cmd::Reindex(args) => jobs::reindex(args),
+        Cmd::Compact(args) => jobs::compact(args),
         Cmd::Jobs(cmd) => jobs::run(cmd),
         Cmd::Cluster(cmd) => cluster::run(cmd),
     };

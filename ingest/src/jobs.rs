@@ -89,6 +89,53 @@ pub async fn reindex(node: &Node, actor: &str, body: &[u8]) -> Result<Response> 
     }
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CompactRequest {
+    datasource: String,
+    interval: String,
+    /// A coarser query granularity to roll the interval up to (e.g. PT15M).
+    #[serde(default)]
+    granularity: Option<String>,
+}
+
+/// `POST /v1/compact`: merges each interval's shards into one from the segments (optionally
+/// rolled up to a coarser granularity), published as a new version like a reindex.
+pub async fn compact(node: &Node, actor: &str, body: &[u8]) -> Result<Response> {
+    let req: CompactRequest = serde_json::from_slice(body).map_err(|e| {
+        Error::BadRequest(format!(
+            "a compaction needs {{\"datasource\": \"…\", \"interval\": \"START/END\", \"granularity\": \"PT15M\" (optional)}}: {e}"
+        ))
+    })?;
+    let (start_ms, end_ms) = parse_interval(&req.interval)?;
+    let granularity = req
+        .granularity
+        .as_deref()
+        .map(tidemark_catalog::Period::parse)
+        .transpose()
+        .map_err(|e| Error::BadRequest(format!("granularity: {e}")))?;
+    let datasource = {
+        let engine = node.engine();
+        let e = engine.read();
+        e.catalog()
+            .get(&req.datasource)
+            .map(|d| d.id)
+            .ok_or_else(|| Error::NotFound(format!("datasource {:?} does not exist", req.datasource)))?
+    };
+    let cmd = Command::Timeline(TimelineCommand::Compact {
+        datasource,
+        start_ms,
+        end_ms,
+        granularity,
+        actor: actor.to_string(),
+    });
+    match node.propose(&cmd).await? {
+        Applied::Job { id } => Ok((StatusCode::ACCEPTED, Json(job_json(node, id)?)).into_response()),
+        Applied::Refused { reason, status } => Err(refusal(reason, status)),
+        other => Err(Error::Storage(tidemark_storage::Error::Internal(format!("compaction applied as {other:?}")))),
+    }
+}
+
 /// `POST /v1/segments/drop`: takes the whole segment intervals of an interval out of the
 /// timeline at one log entry (they stay queryable until it commits).
 pub async fn drop_interval(node: &Node, actor: &str, body: &[u8]) -> Result<Response> {

@@ -75,6 +75,7 @@ pub fn router(state: IngestState) -> Router {
         .route("/v1/segments/verify", post(verify_segments))
         .route("/v1/segments/drop", post(drop_segments).layer(leader()))
         .route("/v1/reindex", post(start_reindex).layer(leader()))
+        .route("/v1/compact", post(start_compact).layer(leader()))
         .route("/v1/jobs", get(list_jobs))
         .route("/v1/jobs/{id}", get(show_job))
         .route("/v1/jobs/{id}/cancel", post(cancel_job).layer(leader()))
@@ -218,6 +219,10 @@ async fn verify_segments(State(s): State<IngestState>, Query(p): Query<segments:
 
 async fn start_reindex(State(s): State<IngestState>, Extension(c): Extension<Principal>, body: Bytes) -> Response {
     jobs::reindex(&s.node, &c.actor(), &body).await.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn start_compact(State(s): State<IngestState>, Extension(c): Extension<Principal>, body: Bytes) -> Response {
+    jobs::compact(&s.node, &c.actor(), &body).await.unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn drop_segments(State(s): State<IngestState>, Extension(c): Extension<Principal>, body: Bytes) -> Response {

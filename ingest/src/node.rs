@@ -366,6 +366,7 @@ fn tick_loop(inner: &Inner, runtime: &tokio::runtime::Handle) {
                 // Reindex builds this node finished: publish (or cancel a failed one).
                 c.extend(e.reindex_decisions().into_iter().map(Command::Timeline));
                 c.extend(e.retention_decisions(now).into_iter().map(Command::Timeline));
+                c.extend(e.compaction_decisions(now).into_iter().map(Command::Timeline));
                 c
             };
             let mut waiting = Vec::new();

@@ -31,6 +31,7 @@ pub mod idempotency;
 pub mod install;
 mod persister;
 pub use persister::PersistIdle;
+mod compact;
 mod jobs;
 pub mod producers;
 pub mod reindex;

@@ -5,4 +5,4 @@ pub mod index;
 pub mod state;
 mod to_arrow;
 
-pub use index::{MetricColumn, RollupIndex};
+pub use index::{MetricColumn, RollupIndex, RowMetric};

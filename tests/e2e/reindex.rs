@@ -188,3 +188,136 @@ fn reindexing_rebuilds_from_raw_and_switches_atomically() {
     assert_eq!(node.sql_i64(&query), total + 10);
     assert_eq!(node.sql_i64("SELECT COUNT(*) FROM sys.jobs WHERE state = 'published'"), 2);
 }
+
+fn compact_spec(late_window: &str) -> Value {
+    json!({
+        "name": "merged",
+        "timestamp": {"field": "ts"},
+        "granularity": {"query": "PT1M", "segment": "PT1H"},
+        "dimensions": ["merchant_id", "page"],
+        "metrics": [{"name": "count", "type": "count"},
+                    {"name": "revenue", "type": "doubleSum", "field": "amount"},
+                    {"name": "lo", "type": "min", "field": "amount"},
+                    {"name": "hi", "type": "max", "field": "amount"},
+                    {"name": "users", "type": "hll", "field": "user_id"},
+                    {"name": "lat", "type": "tdigest", "field": "amount"}],
+        "tenant": "merchant_id",
+        "late_window": late_window,
+    })
+}
+
+/// Per merchant: count, revenue, min, max (exact) and distinct users, median (sketches).
+fn merchant_view(node: &TestNode) -> Vec<(String, i64, f64, f64, f64, f64, f64)> {
+    node.sql(
+        "SELECT merchant_id, SUM(\"count\") AS n, SUM(revenue) AS r, MIN(lo) AS lo, MAX(hi) AS hi, \
+         APPROX_COUNT_DISTINCT_DS_HLL(users) AS u, APPROX_QUANTILE_DS(lat, 0.5) AS p50 FROM merged GROUP BY 1 ORDER BY 1",
+    )
+    .iter()
+    .map(|r| {
+        let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
+        (r["merchant_id"].as_str().unwrap_or_default().to_string(), r["n"].as_i64().unwrap_or(0), f("r"), f("lo"), f("hi"), f("u"), f("p50"))
+    })
+    .collect()
+}
+
+#[test]
+fn compaction_merges_shards_from_segments_and_rolls_up_with_sketches_merged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = TestNode::start(dir.path());
+    let r = node.post("/v1/datasources", compact_spec("PT1M").to_string().as_bytes(), &[]);
+    assert!(r.status == 200 || r.status == 201, "{}", r.body);
+    // Three shards of the current hour: a spec change persists the open index each time.
+    // Events over the hour's first 30 minutes (some may be ahead of the clock, as allowed).
+    let hour = now_ms() / HOUR_MS * HOUR_MS;
+    for (round, window) in ["PT2M", "PT3M", "PT4M"].iter().enumerate() {
+        let lines: Vec<String> = (0..400)
+            .map(|i| {
+                let k = round * 400 + i;
+                beacon(k, hour + (k as i64 * 7919) % (30 * 60_000)).to_string()
+            })
+            .collect();
+        assert_eq!(node.post("/v1/beacons/merged", lines.join("\n").as_bytes(), &[]).status, 200);
+        let r = node.put("/v1/datasources/merged", compact_spec(window).to_string().as_bytes());
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    let shards = "SELECT COUNT(*) FROM sys.segments WHERE datasource = 'merged'";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while node.sql_i64(shards) < 3 {
+        assert!(Instant::now() < deadline, "three shards were never written");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let before = merchant_view(&node);
+    assert_eq!(before.iter().map(|m| m.1).sum::<i64>(), 1200);
+
+    // Merge the three shards into one: exact metrics unchanged, sketches merged.
+    let interval = format!("{hour}/{}", hour + HOUR_MS);
+    let (code, out, err) = node.cli(&["compact", "--datasource", "merged", "--interval", &interval]);
+    assert_eq!(code, 0, "{out}{err}");
+    let job: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(
+        (job["kind"].as_str(), job["segments_replaced"].as_u64(), job["segments_published"].as_u64()),
+        (Some("compact"), Some(3), Some(1)),
+        "{job}"
+    );
+    assert_eq!(node.sql_i64(shards), 1);
+    let after = merchant_view(&node);
+    assert_eq!(after.len(), before.len());
+    for (a, b) in after.iter().zip(&before) {
+        assert_eq!((&a.0, a.1, a.3, a.4), (&b.0, b.1, b.3, b.4), "exact metrics");
+        assert!((a.2 - b.2).abs() <= 1e-9 * b.2.abs(), "revenue {a:?} {b:?}");
+        assert!((a.5 - b.5).abs() <= 0.02 * b.5, "distinct users {a:?} {b:?}");
+        assert!((a.6 - b.6).abs() <= 0.05 * b.6.abs().max(1.0), "median {a:?} {b:?}");
+    }
+    let (code, _, err) = node.cli(&["compact", "--datasource", "merged", "--interval", &interval]);
+    assert_ne!(code, 0);
+    assert!(err.contains("nothing to compact"), "{err}");
+
+    // Roll the hour up to 15 minutes: fewer rows, every count still there.
+    let rows_before = node.sql_i64("SELECT COUNT(*) FROM merged");
+    let (code, out, err) =
+        node.cli(&["compact", "--datasource", "merged", "--interval", &interval, "--granularity", "PT15M"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let rolled = merchant_view(&node);
+    for (a, b) in rolled.iter().zip(&before) {
+        assert_eq!((&a.0, a.1, a.3, a.4), (&b.0, b.1, b.3, b.4), "exact metrics after the rollup");
+    }
+    let rows_after = node.sql_i64("SELECT COUNT(*) FROM merged");
+    assert!(
+        rows_after < rows_before,
+        "{rows_after} rows, {rows_before} before: {out} {:?}",
+        node.sql("SELECT * FROM sys.segments")
+    );
+    assert_eq!(
+        node.sql_i64("SELECT COUNT(*) FROM merged WHERE EXTRACT(MINUTE FROM __time) % 15 <> 0 OR EXTRACT(SECOND FROM __time) <> 0"),
+        0,
+        "every row starts a 15-minute bucket"
+    );
+    // Automatic compaction: two shards of a settled hour (three hours ago) become one, by the
+    // leader's own decision, with every event kept.
+    let old_hour = hour - 3 * HOUR_MS;
+    for (round, window) in ["PT5M", "PT6M"].iter().enumerate() {
+        let lines: Vec<String> =
+            (0..50).map(|i| beacon(round * 50 + i, old_hour + i as i64 * 60_000).to_string()).collect();
+        assert_eq!(node.post("/v1/beacons/merged", lines.join("\n").as_bytes(), &[]).status, 200);
+        let r = node.put("/v1/datasources/merged", compact_spec(window).to_string().as_bytes());
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    let old_shards = format!(
+        "SELECT COUNT(*) FROM sys.segments WHERE datasource = 'merged' AND interval_start = to_timestamp_millis({old_hour})"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while node.sql_i64("SELECT COUNT(*) FROM sys.jobs WHERE actor = 'system:compaction' AND state = 'published'") < 1 {
+        assert!(Instant::now() < deadline, "no automatic compaction: {:?}", node.sql("SELECT * FROM sys.jobs"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(node.sql_i64(&old_shards), 1);
+    assert_eq!(
+        node.sql_i64(&format!("SELECT SUM(\"count\") FROM merged WHERE __time < to_timestamp_millis({hour})")),
+        100
+    );
+
+    let (code, _, err) =
+        node.cli(&["compact", "--datasource", "merged", "--interval", &interval, "--granularity", "PT7M"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("must be a multiple of"), "{err}");
+}

@@ -202,6 +202,17 @@ pub enum TimelineCommand {
         job: u64,
         reason: String,
     },
+    /// Merges the shards of each interval of [`start_ms`, `end_ms`) into one segment from the
+    /// segments themselves, rolled up to `granularity` if given (a coarser query granularity),
+    /// published like a reindex (`Publish`/`Cancel` with the job's id).
+    Compact {
+        datasource: DatasourceId,
+        start_ms: i64,
+        end_ms: i64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        granularity: Option<tidemark_catalog::Period>,
+        actor: String,
+    },
     /// Takes every whole segment interval of [`start_ms`, `end_ms`) out of the timeline,
     /// segments and realtime rows alike (a DBA's drop, or retention). The raw log keeps its
     /// batches, so a reindex can bring the interval back until raw retention removes them.

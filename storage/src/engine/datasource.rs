@@ -297,6 +297,33 @@ impl DatasourceState {
         out
     }
 
+    /// The readable segments of [`start`, `end`) published at or before `through`, by interval,
+    /// in (version, shard) order; `Err` names a damaged one (compaction needs every shard).
+    pub(crate) fn segments_by_interval(
+        &self,
+        start: i64,
+        end: i64,
+        through: u64,
+    ) -> std::result::Result<BTreeMap<i64, Vec<(SegmentRecord, Arc<Segment>)>>, String> {
+        let inside = |r: &SegmentRecord| {
+            r.id.interval_start_ms >= start && r.id.interval_start_ms < end && r.published_at <= through
+        };
+        if let Some((r, why)) = self.damaged.iter().find(|(r, _)| inside(r)) {
+            return Err(format!("segment {} is damaged on this node ({why}); repair it first", r.id));
+        }
+        let mut out: BTreeMap<i64, Vec<(SegmentRecord, Arc<Segment>)>> = BTreeMap::new();
+        for (r, seg) in self.segments.iter().filter(|(r, _)| inside(r)) {
+            out.entry(r.id.interval_start_ms).or_default().push((r.clone(), seg.clone()));
+        }
+        for shards in out.values_mut() {
+            shards.sort_by(|(a, _), (b, _)| {
+                let version = |r: &SegmentRecord| r.id.version.parse::<u64>().unwrap_or(0);
+                (version(a), a.id.shard).cmp(&(version(b), b.id.shard))
+            });
+        }
+        Ok(out)
+    }
+
     /// Raw batches applied at or before `through` that may hold events of [`start`, `end`),
     /// in apply order.
     pub(crate) fn reindex_sources(&self, start: i64, end: i64, through: u64) -> Vec<crate::engine::reindex::Source> {
@@ -319,11 +346,16 @@ impl DatasourceState {
         job: u64,
         start: i64,
         end: i64,
+        only: Option<&[i64]>,
         position: u64,
         built: Vec<crate::engine::reindex::Built>,
     ) -> (Vec<PathBuf>, u64) {
         let replaced = |r: &SegmentRecord| {
-            r.id.interval_start_ms >= start && r.id.interval_start_ms < end && r.published_at <= job
+            let interval = r.id.interval_start_ms;
+            interval >= start
+                && interval < end
+                && r.published_at <= job
+                && only.is_none_or(|only| only.contains(&interval))
         };
         let mut obsolete = Vec::new();
         let mut kept = Vec::with_capacity(self.segments.len());
@@ -614,6 +646,18 @@ impl DatasourceState {
     /// Every published segment, the damaged ones included.
     pub(crate) fn segment_records(&self) -> impl Iterator<Item = &SegmentRecord> {
         self.segments.iter().map(|(r, _)| r).chain(self.damaged.iter().map(|(r, _)| r))
+    }
+
+    /// Intervals with more than one readable shard (and no damaged one), oldest first.
+    pub(crate) fn multi_shard_intervals(&self) -> Vec<i64> {
+        let mut count: BTreeMap<i64, usize> = BTreeMap::new();
+        for (r, _) in &self.segments {
+            *count.entry(r.id.interval_start_ms).or_default() += 1;
+        }
+        for (r, _) in &self.damaged {
+            count.remove(&r.id.interval_start_ms);
+        }
+        count.into_iter().filter(|(_, n)| *n > 1).map(|(i, _)| i).collect()
     }
 
     /// Segments that cannot be read until repaired (see `damaged`).

@@ -11,6 +11,9 @@ use super::{Applied, Engine, RefusalStatus};
 use crate::engine::command::TimelineCommand;
 use crate::error::{Error, Result};
 
+/// Who automatic compactions run as; other jobs preempt them.
+const AUTO_COMPACTION_ACTOR: &str = "system:compaction";
+
 /// A job's refusal at apply: nothing changed.
 fn refused(reason: String, status: RefusalStatus) -> Result<Applied> {
     Ok(Applied::Refused { reason, status })
@@ -29,6 +32,9 @@ impl Engine {
             }
             TimelineCommand::Publish { job } => self.publish_reindex(position, writer_time_ms, job),
             TimelineCommand::Cancel { job, reason } => self.cancel_reindex(position, writer_time_ms, job, reason),
+            TimelineCommand::Compact { datasource, start_ms, end_ms, granularity, actor } => {
+                self.start_compact(position, writer_time_ms, datasource, start_ms, end_ms, granularity, actor)
+            }
             TimelineCommand::Drop { datasource, start_ms, end_ms, actor } => {
                 self.drop_interval(position, writer_time_ms, datasource, start_ms, end_ms, actor)
             }
@@ -58,13 +64,8 @@ impl Engine {
         if end <= start {
             return refused(format!("the interval {start_ms}..{end_ms} (ms) is empty"), RefusalStatus::Invalid);
         }
-        if let Some(other) =
-            self.running.iter().find(|(_, r)| r.datasource == datasource && r.start_ms < end && start < r.end_ms)
-        {
-            return refused(
-                format!("reindex job {} of {name:?} covers part of this interval; wait for it or cancel it", other.0),
-                RefusalStatus::Conflict,
-            );
+        if let Some(refusal) = self.make_way(position, writer_time_ms, datasource, &name, start, end)? {
+            return Ok(refusal);
         }
         let Some(ds) = self.datasources.get_mut(&datasource) else {
             return refused(format!("datasource {name:?} has no data on this node"), RefusalStatus::NotFound);
@@ -92,6 +93,7 @@ impl Engine {
             segments_published: 0,
             error: None,
             shards: shards.into_iter().collect(),
+            granularity: None,
         };
         self.jobs.insert(position, info);
         self.start_build(position)?;
@@ -104,6 +106,9 @@ impl Engine {
     /// batches applied before it, under the spec and rules at its position.
     pub(crate) fn start_build(&mut self, id: u64) -> Result<()> {
         let info = self.jobs.get(&id).ok_or_else(|| Error::Internal(format!("no reindex job {id}")))?;
+        if info.kind == "compact" {
+            return self.start_compact_build(id);
+        }
         let (datasource, start_ms, end_ms) = (info.datasource_id, info.start_ms, info.end_ms);
         let shards = info.shards.iter().copied().collect();
         let Some(entry) = self.catalog.by_id(datasource) else {
@@ -145,9 +150,12 @@ impl Engine {
             return Err(Error::Internal(format!("reindex job {job} has no record")));
         };
         let published = built.len() as u64;
+        // A compaction replaces only the intervals it merged; a reindex, its whole range.
+        let only: Option<Vec<i64>> = (info.kind == "compact").then(|| info.shards.iter().map(|(i, _)| *i).collect());
         match self.datasources.get_mut(&info.datasource_id) {
             Some(ds) => {
-                let (obsolete, replaced) = ds.publish_reindex(job, info.start_ms, info.end_ms, position, built);
+                let (obsolete, replaced) =
+                    ds.publish_reindex(job, info.start_ms, info.end_ms, only.as_deref(), position, built);
                 self.obsolete.extend(obsolete.into_iter().map(|f| (position, f)));
                 info.segments_replaced = replaced;
             }
@@ -200,6 +208,134 @@ impl Engine {
         Ok(Applied::Job { id: job })
     }
 
+    #[allow(clippy::too_many_arguments)]
+    fn start_compact(
+        &mut self,
+        position: u64,
+        writer_time_ms: i64,
+        datasource: DatasourceId,
+        start_ms: i64,
+        end_ms: i64,
+        granularity: Option<tidemark_catalog::Period>,
+        actor: String,
+    ) -> Result<Applied> {
+        let Some(entry) = self.catalog.by_id(datasource).filter(|e| e.deleted.is_none()) else {
+            return refused(format!("datasource {datasource} does not exist"), RefusalStatus::NotFound);
+        };
+        let spec = entry.spec_at(position).clone();
+        let name = spec.name.clone();
+        let seg = spec.granularity.segment.clone();
+        let query = spec.granularity.query.clone();
+        let target = granularity.unwrap_or_else(|| query.clone());
+        if target.millis() % query.millis() != 0 || seg.millis() % target.millis() != 0 {
+            return refused(
+                format!(
+                    "granularity {target} must be a multiple of {name:?}'s query granularity {query} that divides its \
+                     segment granularity {seg}"
+                ),
+                RefusalStatus::Invalid,
+            );
+        }
+        let start = seg.bucket_start(start_ms);
+        let end = match seg.bucket_start(end_ms) {
+            e if e == end_ms => e,
+            e => e + seg.millis(),
+        };
+        if let Some(refusal) = self.make_way(position, writer_time_ms, datasource, &name, start, end)? {
+            return Ok(refusal);
+        }
+        // Shards being written belong to the input: let them land first.
+        self.publish_persisted(true)?;
+        let Some(ds) = self.datasources.get(&datasource) else {
+            return refused(format!("datasource {name:?} has no data on this node"), RefusalStatus::NotFound);
+        };
+        let inputs = match ds.segments_by_interval(start, end, position) {
+            Ok(i) => i,
+            Err(reason) => return refused(reason, RefusalStatus::Conflict),
+        };
+        let target_name = target.to_string();
+        let chosen: Vec<i64> = inputs
+            .iter()
+            .filter(|(_, shards)| {
+                shards.len() > 1 || shards.iter().any(|(_, s)| s.meta().query_granularity != target_name)
+            })
+            .map(|(i, _)| *i)
+            .collect();
+        if chosen.is_empty() {
+            return refused(
+                format!("nothing to compact in {name:?} there: every interval is one shard at {target}"),
+                RefusalStatus::Invalid,
+            );
+        }
+        let next = ds.next_shards(start, end);
+        let shards: Vec<(i64, u32)> = chosen.iter().map(|i| (*i, next.get(i).copied().unwrap_or(0))).collect();
+        let batches_total = chosen.iter().map(|i| inputs.get(i).map_or(0, Vec::len) as u64).sum();
+        self.jobs.insert(
+            position,
+            JobInfo {
+                id: position,
+                kind: "compact".into(),
+                datasource: name,
+                datasource_id: datasource,
+                start_ms: start,
+                end_ms: end,
+                state: JobState::Running,
+                actor,
+                started_ms: writer_time_ms,
+                finished_ms: None,
+                published_at: None,
+                batches_total,
+                batches_done: 0,
+                events: 0,
+                rejected: 0,
+                segments_replaced: 0,
+                segments_published: 0,
+                error: None,
+                shards,
+                granularity: (target != query).then_some(target_name),
+            },
+        );
+        self.start_compact_build(position)?;
+        self.forget_old_jobs();
+        self.checkpoint_due = true;
+        Ok(Applied::Job { id: position })
+    }
+
+    /// Starts (or restarts) compaction job `id` over the shards it chose at its start.
+    fn start_compact_build(&mut self, id: u64) -> Result<()> {
+        let info = self.jobs.get(&id).ok_or_else(|| Error::Internal(format!("no compaction job {id}")))?;
+        let (datasource, start_ms, end_ms) = (info.datasource_id, info.start_ms, info.end_ms);
+        let shards: std::collections::BTreeMap<i64, u32> = info.shards.iter().copied().collect();
+        let entry = self.catalog.by_id(datasource).ok_or_else(|| {
+            Error::Internal(format!("compaction job {id}: datasource {datasource} is not in the catalog"))
+        })?;
+        let spec = entry.spec_at(id).clone();
+        let granularity = match &info.granularity {
+            Some(g) => tidemark_catalog::Period::parse(g)
+                .map_err(|e| Error::Internal(format!("compaction job {id}: granularity {g}: {e}")))?,
+            None => spec.granularity.query.clone(),
+        };
+        let ds = self.datasources.get(&datasource).ok_or_else(|| {
+            Error::Internal(format!("compaction job {id}: datasource {datasource} has no state here"))
+        })?;
+        let mut inputs = ds.segments_by_interval(start_ms, end_ms, id).map_err(Error::Internal)?;
+        inputs.retain(|interval, _| shards.contains_key(interval));
+        let input = super::compact::CompactInput {
+            job: id,
+            datasource,
+            data_dir: self.config.data_dir.clone(),
+            spec: spec.clone(),
+            granularity,
+            inputs,
+            shards,
+        };
+        let run = Running::spawn_with(id, datasource, start_ms, end_ms, spec.name.clone(), move |progress, cancel| {
+            super::compact::build(&input, progress, cancel)
+        })?;
+        self.running.insert(id, run);
+        Ok(())
+    }
+
     /// Drops the whole segment intervals inside [`start_ms`, `end_ms`), recorded as a job of
     /// kind `drop` with what it removed.
     fn drop_interval(
@@ -229,13 +365,8 @@ impl Engine {
                 RefusalStatus::Invalid,
             );
         }
-        if let Some(other) =
-            self.running.iter().find(|(_, r)| r.datasource == datasource && r.start_ms < end && start < r.end_ms)
-        {
-            return refused(
-                format!("reindex job {} of {name:?} covers part of this interval; wait for it or cancel it", other.0),
-                RefusalStatus::Conflict,
-            );
+        if let Some(refusal) = self.make_way(position, writer_time_ms, datasource, &name, start, end)? {
+            return Ok(refusal);
         }
         // Shards written for the interval must be in the timeline (or known in flight) first.
         self.publish_persisted(false)?;
@@ -266,6 +397,7 @@ impl Engine {
                 segments_published: 0,
                 error: None,
                 shards: Vec::new(),
+                granularity: None,
             },
         );
         self.forget_old_jobs();
@@ -295,6 +427,64 @@ impl Engine {
             }
         }
         out
+    }
+
+    /// Automatic compaction, by the writer's clock `now_ms`: the oldest settled interval (closed
+    /// past its late window and ten minutes more, so stragglers have landed) that has several
+    /// shards is merged into one. One job at a time on the node is the CPU budget: nothing is
+    /// decided while any job runs. Pure: the leader logs it.
+    pub fn compaction_decisions(&self, now_ms: i64) -> Vec<TimelineCommand> {
+        const SETTLE_MS: i64 = 10 * 60_000;
+        if !self.running.is_empty() {
+            return Vec::new();
+        }
+        for ds in self.datasources.values() {
+            let Some(entry) = self.catalog.by_id(ds.id).filter(|e| e.deleted.is_none()) else { continue };
+            let spec = entry.current();
+            let seg_ms = spec.granularity.segment.millis();
+            let settled_before = now_ms - spec.late_window.millis() - SETTLE_MS;
+            if let Some(interval) = ds.multi_shard_intervals().into_iter().find(|i| i + seg_ms <= settled_before) {
+                return vec![TimelineCommand::Compact {
+                    datasource: ds.id,
+                    start_ms: interval,
+                    end_ms: interval + seg_ms,
+                    granularity: None,
+                    actor: AUTO_COMPACTION_ACTOR.into(),
+                }];
+            }
+        }
+        Vec::new()
+    }
+
+    /// Clears [`start`, `end`) of `datasource` for a new job at `position`: automatic
+    /// compactions there are preempted (cancelled at this same entry, so every replica agrees);
+    /// any other job running there refuses the new one.
+    fn make_way(
+        &mut self,
+        position: u64,
+        writer_time_ms: i64,
+        datasource: DatasourceId,
+        name: &str,
+        start: i64,
+        end: i64,
+    ) -> Result<Option<Applied>> {
+        let overlapping: Vec<u64> = self
+            .running
+            .iter()
+            .filter(|(_, r)| r.datasource == datasource && r.start_ms < end && start < r.end_ms)
+            .map(|(id, _)| *id)
+            .collect();
+        let automatic = |id: &u64| self.jobs.get(id).is_some_and(|j| j.actor == AUTO_COMPACTION_ACTOR);
+        if let Some(other) = overlapping.iter().find(|id| !automatic(id)) {
+            return Ok(Some(Applied::Refused {
+                reason: format!("job {other} of {name:?} covers part of this interval; wait for it or cancel it"),
+                status: RefusalStatus::Conflict,
+            }));
+        }
+        for id in overlapping {
+            self.cancel_reindex(position, writer_time_ms, id, format!("preempted by job {position}"))?;
+        }
+        Ok(None)
     }
 
     /// The leader's decisions for finished builds: publish a good one, cancel a failed one.

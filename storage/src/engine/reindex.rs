@@ -97,28 +97,41 @@ pub(crate) struct Running {
 
 impl Running {
     pub(crate) fn spawn(input: BuildInput) -> Result<Running> {
+        let (job, datasource, start_ms, end_ms, name) =
+            (input.job, input.datasource, input.start_ms, input.end_ms, input.name.clone());
+        Running::spawn_with(job, datasource, start_ms, end_ms, name, move |progress, cancel| {
+            build(&input, progress, cancel)
+        })
+    }
+
+    /// Runs `work` (a build from raw, or a compaction) on its own thread.
+    pub(crate) fn spawn_with(
+        job: u64,
+        datasource: DatasourceId,
+        start_ms: i64,
+        end_ms: i64,
+        name: String,
+        work: impl FnOnce(&Progress, &AtomicBool) -> Result<Vec<Built>> + Send + 'static,
+    ) -> Result<Running> {
         let progress = Arc::new(Progress::default());
         let cancel = Arc::new(AtomicBool::new(false));
         let outcome = Arc::new(Mutex::new(None));
-        let (datasource, start_ms, end_ms) = (input.datasource, input.start_ms, input.end_ms);
         let thread = {
             let (progress, cancel, outcome) = (progress.clone(), cancel.clone(), outcome.clone());
             std::thread::Builder::new()
-                .name(format!("reindex-{}", input.job))
+                .name(format!("job-{job}"))
                 .spawn(move || {
                     let started = std::time::Instant::now();
-                    let result = build(&input, &progress, &cancel).map_err(|e| e.to_string());
+                    let result = work(&progress, &cancel).map_err(|e| e.to_string());
                     match &result {
-                        Ok(built) => tracing::info!(job = input.job, datasource = %input.name, segments = built.len(),
+                        Ok(built) => tracing::info!(job, datasource = %name, segments = built.len(),
                             events = progress.events.load(Ordering::Relaxed), seconds = started.elapsed().as_secs_f64(),
-                            "reindex built"),
-                        Err(e) => {
-                            tracing::error!(job = input.job, datasource = %input.name, error = %e, "reindex failed")
-                        }
+                            "job built"),
+                        Err(e) => tracing::error!(job, datasource = %name, error = %e, "job failed"),
                     }
                     *outcome.lock().unwrap_or_else(|p| p.into_inner()) = Some(result);
                 })
-                .map_err(|e| Error::Internal(format!("cannot start a reindex thread: {e}")))?
+                .map_err(|e| Error::Internal(format!("cannot start a job thread: {e}")))?
         };
         Ok(Running { datasource, start_ms, end_ms, progress, cancel, outcome, thread: Some(thread) })
     }
@@ -273,6 +286,9 @@ pub struct JobInfo {
     /// later writes the same files as every other replica.
     #[serde(default)]
     pub shards: Vec<(i64, u32)>,
+    /// A compaction's target query granularity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub granularity: Option<String>,
 }
 
 /// The newest jobs kept (finished ones beyond this are forgotten, oldest first).

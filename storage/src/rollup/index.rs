@@ -16,6 +16,19 @@ use tidemark_catalog::{DatasourceSpec, Event, MetricInput, MetricKind, Period};
 use crate::rollup::dictionary::{Dictionary, NULL_ID};
 use crate::rollup::state::{DistinctState, QuantileState, distinct_hash};
 
+/// One metric of a pre-aggregated row, as [`RollupIndex::merge_row`] takes it.
+#[derive(Debug, Clone, Copy)]
+pub enum RowMetric<'a> {
+    /// No value (a min/max or sketch of a row that had none).
+    Null,
+    Count(u64),
+    Long(i64),
+    /// A double sum, min or max.
+    Double(f64),
+    /// An encoded distinct or quantile state.
+    State(&'a [u8]),
+}
+
 /// One metric's values for every row, in row order.
 #[derive(Debug, Clone)]
 pub enum MetricColumn {
@@ -182,6 +195,16 @@ impl RollupIndex {
                 None => NULL_ID,
             });
         }
+        let row = self.row_of_scratch(bucket);
+        for (m, input) in self.metrics.iter_mut().zip(&event.metrics) {
+            self.state_heap_bytes += m.update(row, input);
+        }
+        self.events += 1;
+    }
+
+    /// The row of (`bucket`, the dimension ids in `scratch`), created if new.
+    #[inline]
+    fn row_of_scratch(&mut self, bucket: i64) -> usize {
         let ndims = self.dims.len();
         let h = row_hash(bucket, &self.scratch);
         let (buckets, dim_ids, scratch) = (&self.buckets, &self.dim_ids, &self.scratch);
@@ -189,7 +212,7 @@ impl RollupIndex {
             let r = row as usize;
             buckets[r] == bucket && &dim_ids[r * ndims..(r + 1) * ndims] == scratch.as_slice()
         });
-        let row = match found {
+        match found {
             Some(&row) => row as usize,
             None => {
                 let row = self.buckets.len();
@@ -203,11 +226,72 @@ impl RollupIndex {
                 self.table.insert_unique(h, row as u32, |&r| hashes[r as usize]);
                 row
             }
-        };
-        for (m, input) in self.metrics.iter_mut().zip(&event.metrics) {
-            self.state_heap_bytes += m.update(row, input);
         }
-        self.events += 1;
+    }
+
+    /// An index whose rows are bucketed at `query` instead of the spec's query granularity
+    /// (compaction rolling older data up to a coarser one).
+    pub fn with_granularity(spec: &DatasourceSpec, query: Period) -> Self {
+        let mut index = RollupIndex::new(spec);
+        index.query_granularity = query;
+        index
+    }
+
+    /// Folds in one pre-aggregated row (a segment's, when compacting): its time is bucketed
+    /// at this index's granularity, counts and sums add, min and max compare, sketch states
+    /// merge. `events` is how many events the row stands for.
+    pub fn merge_row(
+        &mut self,
+        time_ms: i64,
+        dims: &[Option<&str>],
+        metrics: &[RowMetric<'_>],
+        events: u64,
+    ) -> crate::error::Result<()> {
+        let bucket = self.query_granularity.bucket_start(time_ms);
+        self.scratch.clear();
+        for (dict, value) in self.dims.iter_mut().zip(dims) {
+            self.scratch.push(match value {
+                Some(v) => dict.intern(v),
+                None => NULL_ID,
+            });
+        }
+        let row = self.row_of_scratch(bucket);
+        for (column, value) in self.metrics.iter_mut().zip(metrics) {
+            match (column, value) {
+                (_, RowMetric::Null) => {}
+                (MetricColumn::Count(v), RowMetric::Count(x)) => v[row] += x,
+                (MetricColumn::LongSum(v), RowMetric::Long(x)) => v[row] = v[row].wrapping_add(*x),
+                (MetricColumn::DoubleSum(v), RowMetric::Double(x)) => v[row] += x,
+                (MetricColumn::Min(v), RowMetric::Double(x)) => {
+                    if v[row].is_nan() || *x < v[row] {
+                        v[row] = *x;
+                    }
+                }
+                (MetricColumn::Max(v), RowMetric::Double(x)) => {
+                    if v[row].is_nan() || *x > v[row] {
+                        v[row] = *x;
+                    }
+                }
+                (MetricColumn::Distinct { lg_k, states }, RowMetric::State(bytes)) => {
+                    let before = states[row].heap_bytes();
+                    states[row].merge_encoded(bytes, *lg_k)?;
+                    self.state_heap_bytes += states[row].heap_bytes() as isize - before as isize;
+                }
+                (MetricColumn::Quantile { compression, states }, RowMetric::State(bytes)) => {
+                    let before = states[row].heap_bytes();
+                    states[row].merge_encoded(bytes, *compression)?;
+                    self.state_heap_bytes += states[row].heap_bytes() as isize - before as isize;
+                }
+                (column, value) => {
+                    return Err(crate::error::Error::Internal(format!(
+                        "a {value:?} value does not fit a {} column",
+                        column.kind_name()
+                    )));
+                }
+            }
+        }
+        self.events += events;
+        Ok(())
     }
 
     pub fn rows(&self) -> usize {

@@ -128,6 +128,88 @@ impl DistinctState {
     }
 }
 
+impl DistinctState {
+    /// Folds in a state encoded by [`Self::encode`] (a segment's column value): exact hashes
+    /// one by one, a sketch by HLL union. Compaction merges sketches this way, never
+    /// recomputing them; the result depends only on the states and their order.
+    pub fn merge_encoded(&mut self, bytes: &[u8], lg_k: u8) -> Result<()> {
+        match bytes.first() {
+            None => Ok(()),
+            Some(&TAG_EXACT) => {
+                let n = *bytes.get(1).ok_or_else(|| corrupt("exact distinct state"))? as usize;
+                let vals = bytes.get(2..2 + n * 8).ok_or_else(|| corrupt("exact distinct state"))?;
+                for c in vals.chunks_exact(8) {
+                    let mut a = [0u8; 8];
+                    a.copy_from_slice(c);
+                    self.add(u64::from_le_bytes(a), lg_k);
+                }
+                Ok(())
+            }
+            Some(&TAG_SKETCH) => {
+                let other = HllSketch::deserialize(&bytes[1..]).map_err(|e| Error::Sketch(e.to_string()))?;
+                let mut union = HllUnion::new(lg_k).map_err(|e| Error::Sketch(e.to_string()))?;
+                match std::mem::take(self) {
+                    DistinctState::Empty => {}
+                    DistinctState::One(a) => union.update_value(a),
+                    DistinctState::Two(a, b) => {
+                        union.update_value(a);
+                        union.update_value(b);
+                    }
+                    DistinctState::Exact(v) => v.into_iter().for_each(|h| union.update_value(h)),
+                    DistinctState::Sketch(s) => union.update(&s),
+                }
+                union.update(&other);
+                *self = DistinctState::Sketch(Box::new(union.to_sketch(HllType::Hll8)));
+                Ok(())
+            }
+            Some(t) => Err(corrupt(&format!("distinct state tag {t}"))),
+        }
+    }
+}
+
+impl QuantileState {
+    /// Folds in a state encoded by [`Self::encode`]: exact values one by one, a t-digest by
+    /// t-digest merge (never recomputed from values it no longer has).
+    pub fn merge_encoded(&mut self, bytes: &[u8], compression: u16) -> Result<()> {
+        match bytes.first() {
+            None => Ok(()),
+            Some(&TAG_EXACT) => {
+                let n = *bytes.get(1).ok_or_else(|| corrupt("exact quantile state"))? as usize;
+                let vals = bytes.get(2..2 + n * 8).ok_or_else(|| corrupt("exact quantile state"))?;
+                for c in vals.chunks_exact(8) {
+                    let mut a = [0u8; 8];
+                    a.copy_from_slice(c);
+                    self.add(f64::from_le_bytes(a), compression);
+                }
+                Ok(())
+            }
+            Some(&TAG_SKETCH) => {
+                let other = TDigestMut::deserialize(&bytes[1..]).map_err(|e| Error::Sketch(e.to_string()))?;
+                let mut t = match std::mem::take(self) {
+                    QuantileState::Sketch(t) => *t,
+                    small => {
+                        let mut t = new_tdigest(compression);
+                        match small {
+                            QuantileState::One(a) => t.update(a),
+                            QuantileState::Two(a, b) => {
+                                t.update(a);
+                                t.update(b);
+                            }
+                            QuantileState::Exact(v) => v.into_iter().for_each(|x| t.update(x)),
+                            QuantileState::Empty | QuantileState::Sketch(_) => {}
+                        }
+                        t
+                    }
+                };
+                t.merge(&other);
+                *self = QuantileState::Sketch(Box::new(t));
+                Ok(())
+            }
+            Some(t) => Err(corrupt(&format!("quantile state tag {t}"))),
+        }
+    }
+}
+
 pub fn new_hll(lg_k: u8) -> HllSketch {
     // lg_k is validated by the spec (4..=21), which is the range DataSketches accepts.
     HllSketch::new(lg_k, HllType::Hll8)
