@@ -19,6 +19,17 @@ pub(crate) enum SegmentsCmd {
         #[command(flatten)]
         url: UrlArg,
     },
+    /// One segment: its columns, their encodings, sizes and checksums.
+    Show {
+        #[arg(long)]
+        datasource: String,
+        /// The segment id, as `segments list` shows it.
+        segment: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        url: UrlArg,
+    },
     /// Take the whole segment intervals inside START/END out of the timeline (segments and
     /// realtime rows; the raw log keeps its batches, so a reindex can bring them back).
     Drop {
@@ -47,6 +58,36 @@ fn quoted(s: &str) -> String {
 
 pub(crate) fn run(cmd: SegmentsCmd) -> Result<()> {
     match cmd {
+        SegmentsCmd::Show { datasource, segment, json, url } => {
+            let reply = Client::new(&url.url).get(&format!("/v1/segments/{datasource}/{segment}"))?.ok()?;
+            if json {
+                return print_json(&reply.body);
+            }
+            let v: Value = serde_json::from_slice(&reply.body)?;
+            println!(
+                "{} (version {}, shard {}): {} rows, {} events, {} bytes, granularity {}",
+                v["segment"].as_str().unwrap_or_default(),
+                v["version"].as_str().unwrap_or_default(),
+                v["shard"],
+                v["rows"],
+                v["events"],
+                v["bytes"],
+                v["query_granularity"].as_str().unwrap_or("?")
+            );
+            println!("{:<20} {:<10} {:>10} {:>12} {:>9}  encoding", "column", "kind", "bytes", "cardinality", "nulls");
+            for c in v["columns"].as_array().into_iter().flatten() {
+                println!(
+                    "{:<20} {:<10} {:>10} {:>12} {:>9}  {}",
+                    c["name"].as_str().unwrap_or_default(),
+                    c["kind"].as_str().unwrap_or_default(),
+                    c["bytes"],
+                    c["cardinality"].as_u64().map(|n| n.to_string()).unwrap_or_default(),
+                    c["null_count"],
+                    c["encoding"].as_str().unwrap_or_default()
+                );
+            }
+            Ok(())
+        }
         SegmentsCmd::Drop { datasource, interval, url } => {
             let body = serde_json::json!({ "datasource": datasource, "interval": interval }).to_string();
             let reply = Client::new(&url.url)

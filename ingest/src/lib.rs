@@ -74,6 +74,7 @@ pub fn router(state: IngestState) -> Router {
         .route("/v1/governance/retention/{datasource}", get(show_retention).merge(put(put_retention).layer(leader())))
         .route("/v1/segments/verify", post(verify_segments))
         .route("/v1/segments/drop", post(drop_segments).layer(leader()))
+        .route("/v1/segments/{datasource}/{segment}", get(show_segment))
         .route("/v1/reindex", post(start_reindex).layer(leader()))
         .route("/v1/compact", post(start_compact).layer(leader()))
         .route("/v1/jobs", get(list_jobs))
@@ -219,6 +220,10 @@ async fn verify_segments(State(s): State<IngestState>, Query(p): Query<segments:
 
 async fn start_reindex(State(s): State<IngestState>, Extension(c): Extension<Principal>, body: Bytes) -> Response {
     jobs::reindex(&s.node, &c.actor(), &body).await.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn show_segment(State(s): State<IngestState>, Path((ds, segment)): Path<(String, String)>) -> Response {
+    segments::show(&s.node, &ds, &segment).unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn start_compact(State(s): State<IngestState>, Extension(c): Extension<Principal>, body: Bytes) -> Response {

@@ -49,3 +49,67 @@ pub async fn verify(node: &Node, p: &VerifyParams) -> Result<Response> {
     });
     Ok((StatusCode::OK, Json(body)).into_response())
 }
+
+/// How a column is laid out on disk, in words (the format is `storage/src/segment/README.md`).
+fn encoding(c: &tidemark_storage::segment::ColumnEntry) -> &'static str {
+    use tidemark_storage::segment::ColumnKind;
+    match c.kind {
+        ColumnKind::Time => "plain i64 milliseconds",
+        ColumnKind::Dimension => "sorted dictionary + i32 keys + roaring bitmap per value",
+        ColumnKind::Metric => match c.metric_type.as_deref() {
+            Some("count") | Some("longSum") => "plain i64",
+            _ => "plain f64",
+        },
+        ColumnKind::Sketch => "variable-width binary (encoded sketch states)",
+    }
+}
+
+/// `GET /v1/segments/{datasource}/{segment}`: one segment's record, columns, encodings, sizes
+/// and checksums, as this node holds it.
+pub fn show(node: &Node, datasource: &str, segment: &str) -> Result<Response> {
+    let engine = node.engine();
+    let e = engine.read();
+    let (record, meta) = e.segment_detail(datasource, segment).ok_or_else(|| {
+        Error::NotFound(format!(
+            "datasource {datasource:?} has no segment {segment:?}; list them with tidemark segments list"
+        ))
+    })?;
+    let mut v = json!({
+        "segment": record.id.to_string(),
+        "datasource": record.id.datasource,
+        "interval_start_ms": record.id.interval_start_ms,
+        "interval_end_ms": record.id.interval_end_ms,
+        "version": record.id.version,
+        "shard": record.id.shard,
+        "file": record.file,
+        "bytes": record.file_bytes,
+        "rows": record.rows,
+        "events": record.events,
+        "published_at": record.published_at,
+        "readable": meta.is_some(),
+    });
+    if let Some(meta) = meta {
+        v["query_granularity"] = json!(meta.query_granularity);
+        v["min_time_ms"] = json!(meta.min_time_ms);
+        v["max_time_ms"] = json!(meta.max_time_ms);
+        v["clustering"] = json!(meta.clustering);
+        v["columns"] = meta
+            .columns
+            .iter()
+            .map(|c| {
+                json!({
+                    "name": c.name,
+                    "kind": c.kind,
+                    "metric_type": c.metric_type,
+                    "encoding": encoding(c),
+                    "bytes": c.bytes(),
+                    "cardinality": c.cardinality,
+                    "null_count": c.null_count,
+                    "crc32c": format!("{:08x}", c.crc32c),
+                })
+            })
+            .collect::<Vec<Value>>()
+            .into();
+    }
+    Ok(Json(v).into_response())
+}

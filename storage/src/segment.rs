@@ -8,7 +8,7 @@ pub mod format;
 pub mod reader;
 pub mod writer;
 
-pub use format::{SegmentId, SegmentMeta};
+pub use format::{ColumnEntry, ColumnKind, SegmentId, SegmentMeta};
 pub use reader::{Segment, table_schema};
 pub use writer::{WrittenSegment, write_segment};
 

@@ -35,6 +35,31 @@ fn segments_are_listed_and_verified_and_a_damaged_one_is_named() {
     assert_eq!(listed.iter().map(|s| s["events"].as_i64().unwrap_or(0)).sum::<i64>(), 300);
     assert!(listed.iter().all(|s| s["datasource"] == "dba"));
 
+    // One segment in detail: every column of the spec, with its encoding, size and checksum.
+    let first = listed[0]["segment_id"].as_str().unwrap_or_default().to_string();
+    let (code, out, err) = node.cli(&["segments", "show", "--datasource", "dba", &first, "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let shown: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(shown["segment"], first.as_str());
+    assert_eq!(shown["rows"], listed[0]["rows"]);
+    let columns: Vec<&str> =
+        shown["columns"].as_array().into_iter().flatten().filter_map(|c| c["name"].as_str()).collect();
+    for c in ["__time", "merchant_id", "page", "count", "users_hll", "latency_td"] {
+        assert!(columns.contains(&c), "{c} missing from {columns:?}");
+    }
+    let column = |name: &str| {
+        shown["columns"].as_array().into_iter().flatten().find(|c| c["name"] == name).cloned().unwrap_or_default()
+    };
+    assert!(column("merchant_id")["encoding"].as_str().is_some_and(|e| e.contains("roaring")), "{shown}");
+    assert!(column("merchant_id")["cardinality"].as_u64().is_some_and(|n| n >= 1), "{shown}");
+    assert_eq!(column("count")["encoding"], "plain i64");
+    assert!(
+        shown["columns"].as_array().into_iter().flatten().all(|c| c["crc32c"].as_str().is_some_and(|h| h.len() == 8))
+    );
+    let (code, _, err) = node.cli(&["segments", "show", "--datasource", "dba", "nope"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("has no segment \"nope\""), "{err}");
+
     let (code, out, err) = node.cli(&["segments", "verify", "--datasource", "dba"]);
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(out.lines().filter(|l| l.starts_with("ok ")).count(), listed.len(), "{out}");

@@ -648,6 +648,14 @@ impl DatasourceState {
         self.segments.iter().map(|(r, _)| r).chain(self.damaged.iter().map(|(r, _)| r))
     }
 
+    /// A segment's record and, if readable here, its metadata.
+    pub(crate) fn segment_detail(&self, segment: &str) -> Option<(SegmentRecord, Option<crate::segment::SegmentMeta>)> {
+        if let Some((r, seg)) = self.segments.iter().find(|(r, _)| r.id.to_string() == segment) {
+            return Some((r.clone(), Some(seg.meta().clone())));
+        }
+        self.damaged.iter().find(|(r, _)| r.id.to_string() == segment).map(|(r, _)| (r.clone(), None))
+    }
+
     /// Intervals with more than one readable shard (and no damaged one), oldest first.
     pub(crate) fn multi_shard_intervals(&self) -> Vec<i64> {
         let mut count: BTreeMap<i64, usize> = BTreeMap::new();

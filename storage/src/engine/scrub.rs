@@ -96,6 +96,18 @@ impl Engine {
         Some(ds.segment_records().map(|r| (r.id.to_string(), r.file.clone(), r.file_bytes)).collect())
     }
 
+    /// A published segment of `datasource` by id (as `sys.segments` names it): its timeline
+    /// record and, if this node can read it, its metadata (columns, encodings, checksums).
+    pub fn segment_detail(
+        &self,
+        datasource: &str,
+        segment: &str,
+    ) -> Option<(crate::engine::checkpoint::SegmentRecord, Option<crate::segment::SegmentMeta>)> {
+        let entry = self.catalog.get(datasource)?;
+        let ds = self.datasources.get(&entry.id)?;
+        ds.segment_detail(segment)
+    }
+
     /// The length this engine holds of data file `relative`, if it holds that file (what a
     /// replica may serve to a peer repairing its copy).
     pub fn data_file_len(&self, relative: &Path) -> Option<u64> {
