@@ -150,3 +150,76 @@ fn an_interval_is_dropped_on_demand_and_by_retention_and_stays_dropped() {
     let node = TestNode::start(dir.path());
     assert_eq!(node.sql_i64(total), 250);
 }
+
+#[test]
+fn raw_and_rejects_retention_remove_old_files_and_rows_and_guard_reindexing() {
+    const HOUR_MS: i64 = 3_600_000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Small raw files, so a few hundred beacons fill several.
+    let config = dir.path().join("tidemark.toml");
+    std::fs::write(&config, "[storage]\nraw_file_bytes_max = 4096\n").expect("config");
+    let data = dir.path().join("data");
+    let node = TestNode::start_with(&data, &["--config", &config.to_string_lossy()]);
+    let spec = serde_json::json!({
+        "name": "kept",
+        "timestamp": {"field": "ts"},
+        "granularity": {"query": "PT1M", "segment": "PT1H"},
+        "dimensions": ["merchant_id"],
+        "metrics": [{"name": "count", "type": "count"}],
+        "late_window": "PT1M",
+    });
+    let r = node.post("/v1/datasources", spec.to_string().as_bytes(), &[]);
+    assert!(r.status == 200 || r.status == 201, "{}", r.body);
+    let hour = now_ms() / HOUR_MS * HOUR_MS;
+    for k in (2..=5).rev() {
+        let lines: Vec<String> = (0..100)
+            .map(|i| serde_json::json!({"ts": hour - k * HOUR_MS + i * 1000, "merchant_id": "m1"}).to_string())
+            .collect();
+        assert_eq!(node.post("/v1/beacons/kept", lines.join("\n").as_bytes(), &[]).status, 200);
+    }
+    // Three beacons without a timestamp: rejected, kept in sys.rejects.
+    let r = node.post("/v1/beacons/kept", b"{\"merchant_id\": \"m1\"}\n{\"merchant_id\": \"m2\"}\n{\"x\": 1}", &[]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while node.sql_i64("SELECT COALESCE(SUM(events), 0) FROM sys.segments WHERE datasource = 'kept'") < 400 {
+        assert!(Instant::now() < deadline, "the hours were never persisted");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let raw_files = || {
+        crate::crash::walk(&data.join("datasources"))
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "raw"))
+            .count()
+    };
+    let files_before = raw_files();
+    assert!(files_before > 3, "{files_before} raw files");
+    assert_eq!(node.sql_i64("SELECT COUNT(*) FROM sys.rejects WHERE datasource = 'kept'"), 3);
+    std::thread::sleep(Duration::from_millis(1500));
+
+    // Keep three hours of raw events and one second of rejects.
+    let r = node.put("/v1/governance/retention/kept", br#"{"raw": "PT3H", "rejects": "PT1S"}"#);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while node.sql_i64("SELECT COUNT(*) FROM sys.jobs WHERE kind = 'retain'") < 1 {
+        assert!(Instant::now() < deadline, "raw retention never ran: {:?}", node.sql("SELECT * FROM sys.jobs"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let job = node.get("/v1/jobs").json()[0].clone();
+    assert_eq!(job["kind"], "retain", "{job}");
+    assert!(job["files_removed"].as_u64().is_some_and(|n| n >= 1), "{job}");
+    assert_eq!(job["rejected"], 3, "{job}");
+    assert_eq!(node.sql_i64("SELECT COUNT(*) FROM sys.rejects WHERE datasource = 'kept'"), 0);
+    // Segments are another form: every event is still queryable.
+    assert_eq!(node.sql_i64("SELECT SUM(\"count\") FROM kept"), 400);
+    // A reindex would rebuild hour 5 from part of its events: refused, naming the way out.
+    let interval = format!("{}/{}", hour - 5 * HOUR_MS, hour - 4 * HOUR_MS);
+    let (code, _, err) = node.cli(&["reindex", "--datasource", "kept", "--interval", &interval]);
+    assert_ne!(code, 0);
+    assert!(err.contains("raw retention has removed"), "{err}");
+    // The files leave the disk once a checkpoint no longer names them.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while raw_files() >= files_before {
+        assert!(Instant::now() < deadline, "raw files were never deleted");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

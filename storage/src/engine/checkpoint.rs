@@ -51,6 +51,9 @@ pub struct DatasourceCheckpoint {
     pub persisted: Vec<(i64, u64)>,
     /// Raw batches at or after this position may hold events not yet in any segment.
     pub realtime_from: u64,
+    /// Raw retention removed events before this time (see `DatasourceState`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw_horizon_ms: Option<i64>,
     pub events_ingested: u64,
     pub events_rejected: u64,
     #[serde(default)]

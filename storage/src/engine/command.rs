@@ -213,6 +213,17 @@ pub enum TimelineCommand {
         granularity: Option<tidemark_catalog::Period>,
         actor: String,
     },
+    /// Raw log and rejects retention: removes raw log files whose events are all older than
+    /// `raw_before_ms` (and that no realtime index needs), and rejects received before
+    /// `rejects_before_ms`.
+    Retain {
+        datasource: DatasourceId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        raw_before_ms: Option<i64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rejects_before_ms: Option<i64>,
+        actor: String,
+    },
     /// Takes every whole segment interval of [`start_ms`, `end_ms`) out of the timeline,
     /// segments and realtime rows alike (a DBA's drop, or retention). The raw log keeps its
     /// batches, so a reindex can bring the interval back until raw retention removes them.

@@ -115,6 +115,9 @@ pub(crate) struct DatasourceState {
     persisted: BTreeMap<i64, u64>,
     /// From a checkpoint: raw batches before this position are all covered by segments.
     realtime_from: Option<u64>,
+    /// Raw retention has removed raw batches of events before this time: a reindex must not
+    /// start before it (it would rebuild an interval from part of its events).
+    pub(crate) raw_horizon_ms: Option<i64>,
     pub(crate) events_ingested: u64,
     pub(crate) events_rejected: u64,
     /// Keys left out of events because they are not tags of the datasource's domain.
@@ -145,6 +148,7 @@ impl DatasourceState {
             damaged: Vec::new(),
             persisted: BTreeMap::new(),
             realtime_from: None,
+            raw_horizon_ms: None,
             events_ingested: 0,
             events_rejected: 0,
             tags_dropped: 0,
@@ -195,6 +199,7 @@ impl DatasourceState {
         }
         self.persisted = cp.persisted.into_iter().collect();
         self.realtime_from = Some(cp.realtime_from);
+        self.raw_horizon_ms = cp.raw_horizon_ms;
         self.events_ingested = cp.events_ingested;
         self.events_rejected = cp.events_rejected;
         self.tags_dropped = cp.tags_dropped;
@@ -435,6 +440,31 @@ impl DatasourceState {
             *covered = (*covered).max(position);
         }
         (files, segments, events)
+    }
+
+    /// The first raw position a realtime index may still need (rebuilt from raw on restart).
+    fn realtime_needs_from(&self, applied: u64) -> u64 {
+        self.realtime_indexes().map(|o| o.first_position).min().unwrap_or(applied + 1)
+    }
+
+    /// Raw retention: takes out of every partition the oldest files whose events are all
+    /// older than `cutoff_ms` and no realtime index needs. Returns the files to delete.
+    pub(crate) fn drop_raw_before(&mut self, cutoff_ms: i64, applied: u64) -> Vec<PathBuf> {
+        let limit = self.realtime_needs_from(applied);
+        let mut files = Vec::new();
+        for log in &mut self.partitions {
+            files.extend(log.drop_files_before(cutoff_ms, limit));
+        }
+        if !files.is_empty() {
+            self.raw_horizon_ms = Some(self.raw_horizon_ms.map_or(cutoff_ms, |h| h.max(cutoff_ms)));
+        }
+        files
+    }
+
+    /// How many raw files [`Self::drop_raw_before`] would take.
+    pub(crate) fn raw_files_before(&self, cutoff_ms: i64, applied: u64) -> usize {
+        let limit = self.realtime_needs_from(applied);
+        self.partitions.iter().map(|l| l.files_before(cutoff_ms, limit)).sum()
     }
 
     /// Whether any segment or realtime index of this datasource starts before `end`; the
@@ -715,6 +745,7 @@ impl DatasourceState {
             segments: self.segment_records().cloned().collect(),
             persisted: self.persisted.iter().map(|(k, v)| (*k, *v)).collect(),
             realtime_from,
+            raw_horizon_ms: self.raw_horizon_ms,
             events_ingested: self.events_ingested,
             events_rejected: self.events_rejected,
             tags_dropped: self.tags_dropped,

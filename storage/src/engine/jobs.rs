@@ -35,6 +35,9 @@ impl Engine {
             TimelineCommand::Compact { datasource, start_ms, end_ms, granularity, actor } => {
                 self.start_compact(position, writer_time_ms, datasource, start_ms, end_ms, granularity, actor)
             }
+            TimelineCommand::Retain { datasource, raw_before_ms, rejects_before_ms, actor } => {
+                self.retain(position, writer_time_ms, datasource, raw_before_ms, rejects_before_ms, actor)
+            }
             TimelineCommand::Drop { datasource, start_ms, end_ms, actor } => {
                 self.drop_interval(position, writer_time_ms, datasource, start_ms, end_ms, actor)
             }
@@ -70,6 +73,15 @@ impl Engine {
         let Some(ds) = self.datasources.get_mut(&datasource) else {
             return refused(format!("datasource {name:?} has no data on this node"), RefusalStatus::NotFound);
         };
+        if let Some(horizon) = ds.raw_horizon_ms.filter(|h| start < *h) {
+            return refused(
+                format!(
+                    "raw retention has removed {name:?}'s raw events before {horizon} ms, so {start}..{end} cannot be \
+                     rebuilt from raw; reindex from {horizon} on, or compact (which works from segments)"
+                ),
+                RefusalStatus::Invalid,
+            );
+        }
         ds.freeze(position, start, end);
         let shards = ds.next_shards(start, end);
         let batches_total = ds.reindex_sources(start, end, position).len() as u64;
@@ -93,6 +105,7 @@ impl Engine {
             segments_published: 0,
             error: None,
             shards: shards.into_iter().collect(),
+            files_removed: 0,
             granularity: None,
         };
         self.jobs.insert(position, info);
@@ -292,6 +305,7 @@ impl Engine {
                 segments_published: 0,
                 error: None,
                 shards,
+                files_removed: 0,
                 granularity: (target != query).then_some(target_name),
             },
         );
@@ -397,6 +411,64 @@ impl Engine {
                 segments_published: 0,
                 error: None,
                 shards: Vec::new(),
+                files_removed: 0,
+                granularity: None,
+            },
+        );
+        self.forget_old_jobs();
+        self.checkpoint_due = true;
+        Ok(Applied::Job { id: position })
+    }
+
+    /// Raw log and rejects retention for one datasource, recorded as a job of kind `retain`.
+    fn retain(
+        &mut self,
+        position: u64,
+        writer_time_ms: i64,
+        datasource: DatasourceId,
+        raw_before_ms: Option<i64>,
+        rejects_before_ms: Option<i64>,
+        actor: String,
+    ) -> Result<Applied> {
+        let Some(entry) = self.catalog.by_id(datasource).filter(|e| e.deleted.is_none()) else {
+            return refused(format!("datasource {datasource} does not exist"), RefusalStatus::NotFound);
+        };
+        let name = entry.current().name.clone();
+        let applied = self.applied_position;
+        let Some(ds) = self.datasources.get_mut(&datasource) else {
+            return refused(format!("datasource {name:?} has no data on this node"), RefusalStatus::NotFound);
+        };
+        let files = raw_before_ms.map(|cutoff| ds.drop_raw_before(cutoff, applied)).unwrap_or_default();
+        // Data and index files: count the data files.
+        let files_removed = files.iter().filter(|f| f.extension().is_some_and(|e| e == "raw")).count() as u64;
+        let data_dir = self.config.data_dir.clone();
+        self.obsolete.extend(
+            files.into_iter().map(|f| (position, f.strip_prefix(&data_dir).map(|r| r.to_path_buf()).unwrap_or(f))),
+        );
+        let rejects = rejects_before_ms.map_or(0, |cutoff| self.rejects.remove_before(&name, cutoff)) as u64;
+        self.jobs.insert(
+            position,
+            JobInfo {
+                id: position,
+                kind: "retain".into(),
+                datasource: name,
+                datasource_id: datasource,
+                start_ms: raw_before_ms.or(rejects_before_ms).unwrap_or(0),
+                end_ms: raw_before_ms.or(rejects_before_ms).unwrap_or(0),
+                state: JobState::Published,
+                actor,
+                started_ms: writer_time_ms,
+                finished_ms: Some(writer_time_ms),
+                published_at: Some(position),
+                batches_total: 0,
+                batches_done: 0,
+                events: 0,
+                rejected: rejects,
+                segments_replaced: 0,
+                segments_published: 0,
+                error: None,
+                shards: Vec::new(),
+                files_removed,
                 granularity: None,
             },
         );
@@ -411,9 +483,21 @@ impl Engine {
     pub fn retention_decisions(&self, now_ms: i64) -> Vec<TimelineCommand> {
         let mut out = Vec::new();
         for (name, rule) in self.catalog.retention().current() {
-            let Some(period) = &rule.value.segments else { continue };
             let Some(entry) = self.catalog.get(name).filter(|e| e.deleted.is_none()) else { continue };
             let Some(ds) = self.datasources.get(&entry.id) else { continue };
+            let cutoff = |p: &tidemark_catalog::Period| now_ms.saturating_sub(p.millis());
+            let raw =
+                rule.value.raw.as_ref().map(cutoff).filter(|c| ds.raw_files_before(*c, self.applied_position) > 0);
+            let rejects = rule.value.rejects.as_ref().map(cutoff).filter(|c| self.rejects.count_before(name, *c) > 0);
+            if raw.is_some() || rejects.is_some() {
+                out.push(TimelineCommand::Retain {
+                    datasource: entry.id,
+                    raw_before_ms: raw,
+                    rejects_before_ms: rejects,
+                    actor: format!("system:retention ({name})"),
+                });
+            }
+            let Some(period) = &rule.value.segments else { continue };
             let seg = &entry.current().granularity.segment;
             let end = seg.bucket_start(now_ms.saturating_sub(period.millis()));
             let busy = self.running.values().any(|r| r.datasource == entry.id && r.start_ms < end);

@@ -286,6 +286,9 @@ pub struct JobInfo {
     /// later writes the same files as every other replica.
     #[serde(default)]
     pub shards: Vec<(i64, u32)>,
+    /// Raw log files a retention job removed.
+    #[serde(default)]
+    pub files_removed: u64,
     /// A compaction's target query granularity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub granularity: Option<String>,

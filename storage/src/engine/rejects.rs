@@ -53,6 +53,18 @@ impl RejectsTable {
         self.rows.iter()
     }
 
+    /// Removes `name`'s rejects received before `cutoff_ms`; returns how many.
+    pub fn remove_before(&mut self, name: &str, cutoff_ms: i64) -> usize {
+        let before = self.rows.len();
+        self.rows.retain(|r| r.datasource != name || r.writer_time_ms >= cutoff_ms);
+        before - self.rows.len()
+    }
+
+    /// How many of `name`'s rejects were received before `cutoff_ms`.
+    pub fn count_before(&self, name: &str, cutoff_ms: i64) -> usize {
+        self.rows.iter().filter(|r| r.datasource == name && r.writer_time_ms < cutoff_ms).count()
+    }
+
     pub fn remove_datasource(&mut self, name: &str) {
         self.rows.retain(|r| r.datasource != name);
     }

@@ -110,6 +110,11 @@ struct LogFile {
 }
 
 impl LogFile {
+    fn droppable(&self, cutoff_ms: i64, below_position: u64) -> bool {
+        self.entries.iter().all(|e| e.log_position < below_position)
+            && (self.entries.is_empty() || self.max_event_ms < cutoff_ms)
+    }
+
     fn note(&mut self, e: IndexEntry) {
         if e.min_event_ms <= e.max_event_ms {
             self.min_event_ms = self.min_event_ms.min(e.min_event_ms);
@@ -383,6 +388,27 @@ impl PartitionLog {
         }
         lf.file = file;
         Ok(())
+    }
+
+    /// Takes the oldest files out of this log while every event in them is older than
+    /// `cutoff_ms` and every batch was applied before `below_position` (so no realtime index
+    /// still needs it after a restart); the active file always stays. Returns their paths
+    /// (data and index files) for the caller to delete once no checkpoint names them. Kafka's
+    /// log start offset moves up to the first file kept.
+    pub fn drop_files_before(&mut self, cutoff_ms: i64, below_position: u64) -> Vec<PathBuf> {
+        let mut removed = Vec::new();
+        while self.files.len() > 1 && self.files[0].droppable(cutoff_ms, below_position) {
+            let f = self.files.remove(0);
+            removed.push(self.index_path(f.base_offset));
+            removed.push(f.path);
+        }
+        removed
+    }
+
+    /// How many of the oldest files [`Self::drop_files_before`] would take.
+    pub fn files_before(&self, cutoff_ms: i64, below_position: u64) -> usize {
+        let sealed = &self.files[..self.files.len().saturating_sub(1)];
+        sealed.iter().take_while(|f| f.droppable(cutoff_ms, below_position)).count()
     }
 
     /// The event-time range of every file, oldest first: (base offset, min, max) in ms.
