@@ -91,8 +91,9 @@ pub fn flight_service(
 ) -> DelayRefusals<tonic::service::interceptor::InterceptedService<FlightServiceServer<TidemarkFlightSql>, FlightAuth>>
 {
     let auth = FlightAuth(state.auth.clone());
+    let catch_up = state.auth.clone().zip(state.barrier.clone());
     let inner = FlightServiceServer::with_interceptor(TidemarkFlightSql::new(state), auth);
-    DelayRefusals { inner, delay: failed_login_delay }
+    DelayRefusals { inner, delay: failed_login_delay, catch_up }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -24,6 +24,11 @@ pub trait Authenticator: Send + Sync + std::fmt::Debug {
 pub fn presented_token<T>(request: &Request<T>) -> Result<Option<String>, Status> {
     let Some(value) = request.metadata().get("authorization") else { return Ok(None) };
     let value = value.to_str().map_err(|_| Status::unauthenticated("the authorization header is not ASCII"))?;
+    token_of(value)
+}
+
+/// The key in an `authorization` value: a bearer token, or basic credentials' password.
+fn token_of(value: &str) -> Result<Option<String>, Status> {
     let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
     if scheme.eq_ignore_ascii_case("bearer") {
         return Ok(Some(rest.trim().to_string()));
@@ -63,11 +68,21 @@ impl tonic::service::Interceptor for FlightAuth {
 
 /// Wraps the Flight service so that a call refused for its credentials (gRPC status 16,
 /// UNAUTHENTICATED) is answered only after a delay, which slows down guessing keys. The
-/// interceptor cannot wait (it is synchronous); this runs around it.
+/// interceptor cannot wait (it is synchronous); this runs around it. It also lets a key
+/// created a moment ago through another node work here at once: a key this node does not know
+/// yet makes it catch up with the leader's commit (a read index) before the interceptor looks.
 #[derive(Debug, Clone)]
 pub struct DelayRefusals<S> {
     pub inner: S,
     pub delay: std::time::Duration,
+    pub catch_up: Option<(Arc<dyn Authenticator>, Arc<dyn crate::ReadBarrier>)>,
+}
+
+/// Whether `headers` present a key this node does not know (yet).
+fn unknown_key(auth: &dyn Authenticator, headers: &tonic::codegen::http::HeaderMap) -> bool {
+    let Some(value) = headers.get("authorization").and_then(|v| v.to_str().ok()) else { return false };
+    let Ok(Some(token)) = token_of(value) else { return false };
+    matches!(auth.authenticate(Some(&token)), Err(Denied::UnknownKey { .. }))
 }
 
 impl<S: tonic::server::NamedService> tonic::server::NamedService for DelayRefusals<S> {
@@ -79,9 +94,12 @@ where
     S: tonic::codegen::Service<
             tonic::codegen::http::Request<ReqBody>,
             Response = tonic::codegen::http::Response<ResBody>,
-        >,
+        > + Clone
+        + Send
+        + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
+    ReqBody: Send + 'static,
     ResBody: Send + 'static,
 {
     type Response = S::Response;
@@ -93,14 +111,97 @@ where
     }
 
     fn call(&mut self, request: tonic::codegen::http::Request<ReqBody>) -> Self::Future {
-        let answer = self.inner.call(request);
         let delay = self.delay;
+        let barrier = match &self.catch_up {
+            Some((auth, barrier)) if unknown_key(auth.as_ref(), request.headers()) => Some(barrier.clone()),
+            _ => None,
+        };
+        let Some(barrier) = barrier else {
+            let answer = self.inner.call(request);
+            return Box::pin(async move {
+                let response = answer.await?;
+                if response.headers().get("grpc-status").is_some_and(|v| v.as_bytes() == b"16") {
+                    tokio::time::sleep(delay).await;
+                }
+                Ok(response)
+            });
+        };
+        // The service polled ready is the one that must be called: take it, leave a clone.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
-            let response = answer.await?;
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), barrier.wait()).await;
+            let response = inner.call(request).await?;
             if response.headers().get("grpc-status").is_some_and(|v| v.as_bytes() == b"16") {
                 tokio::time::sleep(delay).await;
             }
             Ok(response)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+    use tidemark_catalog::access::Role;
+    use tonic::codegen::Service;
+    use tonic::codegen::http::{Request as HttpRequest, Response as HttpResponse};
+
+    /// Knows the key only after the barrier ran (as a follower that has not applied it yet).
+    #[derive(Debug, Default)]
+    struct Lagging(AtomicBool);
+
+    impl Authenticator for Lagging {
+        fn authenticate(&self, _token: Option<&str>) -> Result<Principal, Denied> {
+            if self.0.load(Ordering::SeqCst) {
+                Ok(Principal::Key { id: "k".into(), role: Role::Analyst, scope: Default::default() })
+            } else {
+                Err(Denied::UnknownKey { id: "k".into() })
+            }
+        }
+    }
+
+    #[derive(Debug)]
+    struct CatchUp(Arc<Lagging>);
+
+    impl crate::ReadBarrier for CatchUp {
+        fn wait(&self) -> futures::future::BoxFuture<'static, Result<(), String>> {
+            self.0.0.store(true, Ordering::SeqCst);
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    /// Answers whether the key was known when the call reached it.
+    #[derive(Debug, Clone)]
+    struct Probe(Arc<Lagging>);
+
+    impl Service<HttpRequest<()>> for Probe {
+        type Response = HttpResponse<bool>;
+        type Error = std::convert::Infallible;
+        type Future = std::future::Ready<Result<HttpResponse<bool>, std::convert::Infallible>>;
+
+        fn poll_ready(&mut self, _cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _request: HttpRequest<()>) -> Self::Future {
+            std::future::ready(Ok(HttpResponse::new(self.0.authenticate(Some("x")).is_ok())))
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unknown_key_waits_for_the_leader_commit_before_the_check() {
+        let auth = Arc::new(Lagging::default());
+        let mut service = DelayRefusals {
+            inner: Probe(auth.clone()),
+            delay: std::time::Duration::ZERO,
+            catch_up: Some((auth.clone() as Arc<dyn Authenticator>, Arc::new(CatchUp(auth.clone())) as _)),
+        };
+        let token = format!("Bearer tmk_aaaaaaaaaaaa_{}", "0".repeat(64));
+        let request = HttpRequest::builder().header("authorization", token).body(()).expect("request");
+        let known = service.call(request).await.expect("answer").into_body();
+        assert!(known, "the check ran after catching up");
     }
 }
