@@ -44,6 +44,22 @@ pub(crate) struct CompactArgs {
     url: UrlArg,
 }
 
+#[derive(Debug, Args)]
+pub(crate) struct ExportArgs {
+    #[arg(long)]
+    datasource: String,
+    /// START/END: RFC 3339 times, dates (midnight UTC) or epoch milliseconds.
+    #[arg(long)]
+    interval: String,
+    #[arg(long, default_value = "parquet")]
+    format: String,
+    /// An absolute directory on the node's host; files go to DIR/date=YYYY-MM-DD/.
+    #[arg(long)]
+    to: String,
+    #[command(flatten)]
+    url: UrlArg,
+}
+
 #[derive(Debug, Subcommand)]
 pub(crate) enum JobsCmd {
     /// Every job the node remembers, newest last.
@@ -99,6 +115,15 @@ pub(crate) fn compact(args: CompactArgs) -> Result<()> {
         return print_json(&reply.body);
     }
     wait(&client, &reply.body, &args.datasource)
+}
+
+pub(crate) fn export(args: ExportArgs) -> Result<()> {
+    let body =
+        json!({ "datasource": args.datasource, "interval": args.interval, "format": args.format, "to": args.to });
+    let reply = Client::new(&args.url.url)
+        .send("POST", "/v1/export", "application/json", &[], body.to_string().as_bytes())?
+        .ok()?;
+    print_json(&reply.body)
 }
 
 /// Follows a started job until it is published (printing it) or cancelled (an error).

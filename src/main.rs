@@ -71,6 +71,8 @@ enum Cmd {
     /// Merge the shards of each interval into one segment (optionally rolled up to a coarser
     /// granularity), from the segments, as a new version.
     Compact(jobs::CompactArgs),
+    /// Write a datasource's raw events of an interval as Parquet, partitioned by date.
+    Export(jobs::ExportArgs),
     /// Long jobs (reindexes): list, show, cancel.
     #[command(subcommand)]
     Jobs(jobs::JobsCmd),
@@ -211,6 +213,7 @@ fn main() {
         Cmd::Segments(cmd) => segments::run(cmd),
         Cmd::Reindex(args) => jobs::reindex(args),
         Cmd::Compact(args) => jobs::compact(args),
+        Cmd::Export(args) => jobs::export(args),
         Cmd::Jobs(cmd) => jobs::run(cmd),
         Cmd::Cluster(cmd) => cluster::run(cmd),
     };

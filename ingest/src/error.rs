@@ -42,6 +42,8 @@ pub enum Error {
 impl Error {
     pub fn status(&self) -> StatusCode {
         match self {
+            Error::Storage(tidemark_storage::Error::NotFound(_)) => StatusCode::NOT_FOUND,
+            Error::Storage(tidemark_storage::Error::Invalid(_)) => StatusCode::BAD_REQUEST,
             Error::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Error::Catalog(e) => match e.status() {
                 tidemark_catalog::StatusCode::InvalidArgument => StatusCode::BAD_REQUEST,

@@ -136,6 +136,45 @@ pub async fn compact(node: &Node, actor: &str, body: &[u8]) -> Result<Response> 
     }
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExportRequest {
+    datasource: String,
+    interval: String,
+    /// Only "parquet" for now.
+    #[serde(default = "parquet")]
+    format: String,
+    /// An absolute directory on this node's host.
+    to: String,
+}
+
+fn parquet() -> String {
+    "parquet".into()
+}
+
+/// `POST /v1/export`: the datasource's raw events of an interval as Parquet files under a
+/// directory of this node's host, partitioned by UTC date; answers what it wrote.
+pub async fn export(node: &Node, body: &[u8]) -> Result<Response> {
+    let req: ExportRequest = serde_json::from_slice(body).map_err(|e| {
+        Error::BadRequest(format!(
+            "an export needs {{\"datasource\": \"…\", \"interval\": \"START/END\", \"to\": \"/absolute/dir\"}}: {e}"
+        ))
+    })?;
+    if req.format != "parquet" {
+        return Err(Error::BadRequest(format!("format {:?} is not supported; use parquet", req.format)));
+    }
+    let dir = std::path::PathBuf::from(&req.to);
+    if !dir.is_absolute() {
+        return Err(Error::BadRequest(format!("to {:?} must be an absolute directory on the node's host", req.to)));
+    }
+    let (start_ms, end_ms) = parse_interval(&req.interval)?;
+    let plan = node.engine().read().export_plan(&req.datasource, start_ms, end_ms)?;
+    let report = tokio::task::spawn_blocking(move || tidemark_storage::engine::export::run_export(&plan, &dir))
+        .await
+        .map_err(|e| Error::Storage(tidemark_storage::Error::Internal(format!("the export task failed: {e}"))))??;
+    Ok(Json(json!(report)).into_response())
+}
+
 /// `POST /v1/segments/drop`: takes the whole segment intervals of an interval out of the
 /// timeline at one log entry (they stay queryable until it commits).
 pub async fn drop_interval(node: &Node, actor: &str, body: &[u8]) -> Result<Response> {

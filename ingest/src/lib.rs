@@ -77,6 +77,7 @@ pub fn router(state: IngestState) -> Router {
         .route("/v1/segments/{datasource}/{segment}", get(show_segment))
         .route("/v1/reindex", post(start_reindex).layer(leader()))
         .route("/v1/compact", post(start_compact).layer(leader()))
+        .route("/v1/export", post(export_raw))
         .route("/v1/jobs", get(list_jobs))
         .route("/v1/jobs/{id}", get(show_job))
         .route("/v1/jobs/{id}/cancel", post(cancel_job).layer(leader()))
@@ -224,6 +225,10 @@ async fn start_reindex(State(s): State<IngestState>, Extension(c): Extension<Pri
 
 async fn show_segment(State(s): State<IngestState>, Path((ds, segment)): Path<(String, String)>) -> Response {
     segments::show(&s.node, &ds, &segment).unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn export_raw(State(s): State<IngestState>, body: Bytes) -> Response {
+    jobs::export(&s.node, &body).await.unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn start_compact(State(s): State<IngestState>, Extension(c): Extension<Principal>, body: Bytes) -> Response {

@@ -32,6 +32,7 @@ pub mod install;
 mod persister;
 pub use persister::PersistIdle;
 mod compact;
+pub mod export;
 mod jobs;
 pub mod producers;
 pub mod reindex;

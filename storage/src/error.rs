@@ -49,6 +49,14 @@ pub enum Error {
     #[error("sketch error: {0}")]
     Sketch(String),
 
+    /// A request names something that does not exist (a caller's mistake, 404).
+    #[error("{0}")]
+    NotFound(String),
+
+    /// A request that cannot be served as asked (a caller's mistake, 400).
+    #[error("{0}")]
+    Invalid(String),
+
     #[error("internal error (this is a bug in tidemark, please report it): {0}")]
     Internal(String),
 }

@@ -321,3 +321,66 @@ fn compaction_merges_shards_from_segments_and_rolls_up_with_sketches_merged() {
     assert_ne!(code, 0);
     assert!(err.contains("must be a multiple of"), "{err}");
 }
+
+#[test]
+fn raw_events_export_as_parquet_partitioned_by_date() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = TestNode::start(dir.path());
+    let r = node.post("/v1/datasources", spec(&["merchant_id", "page"]).to_string().as_bytes(), &[]);
+    assert!(r.status == 200 || r.status == 201, "{}", r.body);
+    // 300 events over the last two hours of yesterday and the first hour of today (UTC).
+    let day_ms = 24 * HOUR_MS;
+    let midnight = now_ms() / day_ms * day_ms;
+    let events: Vec<Value> = (0..300).map(|i| beacon(i, midnight - 2 * HOUR_MS + i as i64 * 36_000)).collect();
+    let body: Vec<String> = events.iter().map(Value::to_string).collect();
+    // One refused line: not part of the export.
+    let r = node.post("/v1/beacons/shop", format!("{}\n{{\"merchant_id\": \"x\"}}", body.join("\n")).as_bytes(), &[]);
+    assert_eq!(r.status, 200, "{}", r.body);
+
+    let out = dir.path().join("export");
+    let interval = format!("{}/{}", midnight - 2 * HOUR_MS, midnight + HOUR_MS);
+    let (code, stdout, err) = node.cli(&[
+        "export",
+        "--datasource",
+        "shop",
+        "--interval",
+        &interval,
+        "--format",
+        "parquet",
+        "--to",
+        &out.to_string_lossy(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let report: Value = serde_json::from_str(&stdout).expect("json");
+    assert_eq!(report["rows"], 300, "{report}");
+    assert_eq!(report["skipped"], 1, "{report}");
+
+    // Read back with pyarrow and compare with what was sent, per date.
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/parquet_export.py");
+    let py = std::process::Command::new(crate::harness::python()).arg(script).arg(&out).output().expect("python");
+    assert!(py.status.success(), "{}", String::from_utf8_lossy(&py.stderr));
+    let got: Value = serde_json::from_slice(&py.stdout).expect("json");
+    let mut expected: BTreeMap<String, (i64, f64, std::collections::BTreeSet<String>)> = BTreeMap::new();
+    for (i, e) in events.iter().enumerate() {
+        let ts = midnight - 2 * HOUR_MS + i as i64 * 36_000;
+        let date = if ts < midnight { "yesterday" } else { "today" };
+        let entry = expected.entry(date.into()).or_default();
+        entry.0 += 1;
+        entry.1 += e["amount"].as_f64().unwrap_or(0.0);
+        entry.2.insert(e["merchant_id"].as_str().unwrap_or_default().to_string());
+    }
+    let days = got["days"].as_object().cloned().unwrap_or_default();
+    assert_eq!(days.len(), 2, "{got}");
+    let mut by_order = days.values();
+    for label in ["yesterday", "today"] {
+        let (rows, amount, merchants) = &expected[label];
+        let day = by_order.next().cloned().unwrap_or_default();
+        assert_eq!(day["rows"].as_i64(), Some(*rows), "{label}: {got}");
+        assert!((day["amount"].as_f64().unwrap_or(0.0) - amount).abs() < 1e-6, "{label}: {got}");
+        let names: Vec<String> = merchants.iter().cloned().collect();
+        assert_eq!(day["merchants"], json!(names), "{label}: {got}");
+    }
+    for column in ["__time", "merchant_id", "page", "_partition", "_offset", "_log_position", "_payload"] {
+        assert!(got["columns"].as_array().is_some_and(|c| c.iter().any(|n| n == column)), "{column}: {got}");
+    }
+}
