@@ -86,6 +86,18 @@ impl EngineStateMachine {
     }
 }
 
+/// The job a `Publish` timeline entry publishes (other entries: `None`).
+fn publishing_job(kind: u8, payload: &[u8]) -> Option<u64> {
+    use tidemark_storage::engine::command::{Command, KIND_TIMELINE, TimelineCommand};
+    if kind != KIND_TIMELINE {
+        return None;
+    }
+    match Command::decode(kind, payload).ok()? {
+        Command::Timeline(TimelineCommand::Publish { job }) => Some(job),
+        _ => None,
+    }
+}
+
 impl RaftStateMachine<TypeConfig> for EngineStateMachine {
     type SnapshotData = Vec<u8>;
     type SnapshotBuilder = CheckpointBuilder;
@@ -110,6 +122,13 @@ impl RaftStateMachine<TypeConfig> for EngineStateMachine {
                     None
                 }
                 EntryPayload::Normal(cmd) => {
+                    // A reindex or compaction publishing: wait for this replica's own build
+                    // without the engine lock, so queries keep running meanwhile.
+                    if let Some(job) = publishing_job(cmd.kind, &cmd.payload) {
+                        while !self.engine.read().job_built(job) {
+                            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                        }
+                    }
                     let e = LogEntry {
                         position: log_id.index,
                         writer_time_ms: cmd.writer_time_ms,

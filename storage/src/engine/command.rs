@@ -9,7 +9,7 @@
 //! kind 3 persist:  version u8 | JSON PersistCommand
 //! kind 4 producer: version u8 | JSON InitProducerCommand
 //! kind 5 offsets:  version u8 | JSON OffsetsCommand
-//! kind 6 reindex:  version u8 | JSON TimelineCommand
+//! kind 6 timeline: version u8 | JSON TimelineCommand
 //! ```
 
 use serde::{Deserialize, Serialize};
@@ -40,7 +40,7 @@ pub const KIND_EVENTS: u8 = 2;
 pub const KIND_PERSIST: u8 = 3;
 pub const KIND_PRODUCER: u8 = 4;
 pub const KIND_OFFSETS: u8 = 5;
-pub const KIND_REINDEX: u8 = 6;
+pub const KIND_TIMELINE: u8 = 6;
 
 /// One request's beacons for a datasource, split by partition, as the edge received them.
 /// One request is one entry, so it is applied (and counted, and deduplicated) as a whole.
@@ -254,7 +254,7 @@ impl Command {
             Command::Persist(_) => KIND_PERSIST,
             Command::InitProducer(_) => KIND_PRODUCER,
             Command::Offsets(_) => KIND_OFFSETS,
-            Command::Timeline(_) => KIND_REINDEX,
+            Command::Timeline(_) => KIND_TIMELINE,
         }
     }
 
@@ -307,7 +307,7 @@ impl Command {
             KIND_PERSIST => serde_json::from_slice(body).map(Command::Persist).map_err(|e| bad(e.to_string())),
             KIND_PRODUCER => serde_json::from_slice(body).map(Command::InitProducer).map_err(|e| bad(e.to_string())),
             KIND_OFFSETS => serde_json::from_slice(body).map(Command::Offsets).map_err(|e| bad(e.to_string())),
-            KIND_REINDEX => serde_json::from_slice(body).map(Command::Timeline).map_err(|e| bad(e.to_string())),
+            KIND_TIMELINE => serde_json::from_slice(body).map(Command::Timeline).map_err(|e| bad(e.to_string())),
             KIND_EVENTS => {
                 let len = body.get(..4).ok_or_else(|| bad("events header length missing".into()))?;
                 let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;

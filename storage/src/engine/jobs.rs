@@ -571,6 +571,12 @@ impl Engine {
         Ok(None)
     }
 
+    /// Whether job `id`'s build is over on this node (or it is not running here at all): a
+    /// `Publish` applies without waiting under the engine lock.
+    pub fn job_built(&self, id: u64) -> bool {
+        self.running.get(&id).is_none_or(|r| r.peek().is_some())
+    }
+
     /// The leader's decisions for finished builds: publish a good one, cancel a failed one.
     /// Pure: the caller logs them.
     pub fn reindex_decisions(&self) -> Vec<TimelineCommand> {
