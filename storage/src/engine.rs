@@ -775,7 +775,7 @@ impl Engine {
         let ds = self.datasources.get(&entry.id)?;
         let spec = entry.current().clone();
         let schema = Arc::new(crate::segment::table_schema(&spec));
-        let realtime = ds.realtime_batches(&spec, schema);
+        let realtime = ds.realtime_batches(schema);
         Some(TableSnapshot {
             spec,
             log_position: self.applied_position,

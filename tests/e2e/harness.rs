@@ -235,7 +235,15 @@ impl TestNode {
     }
 
     pub(crate) fn post(&self, path: &str, body: &[u8], headers: &[(&str, &str)]) -> Reply {
-        self.try_post(path, body, headers).unwrap_or_else(|e| panic!("POST {path}: {e}"))
+        self.try_post(path, body, headers).unwrap_or_else(|e| {
+            // A transport error is the node's to explain: show the end of its log.
+            let log = self.log_text();
+            let lines: Vec<&str> = log.lines().collect();
+            // A panic in the node names itself; otherwise the last lines tell.
+            let at = lines.iter().position(|l| l.contains("panicked at")).unwrap_or(lines.len().saturating_sub(30));
+            let tail = lines[at..].iter().take(30).copied().collect::<Vec<_>>().join("\n");
+            panic!("POST {path}: {e}\nnode log:\n{tail}")
+        })
     }
 
     pub(crate) fn put(&self, path: &str, body: &[u8]) -> Reply {

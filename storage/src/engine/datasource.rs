@@ -30,6 +30,9 @@ pub(crate) const INGEST_VERSION: &str = "1";
 #[derive(Debug)]
 pub(crate) struct OpenInterval {
     index: RollupIndex,
+    /// The spec the index was built under: its dimensions and metrics, which a later spec
+    /// change may extend while the index is still queried (being written, or frozen).
+    spec: DatasourceSpec,
     /// Log position of the first event in it: raw batches from here on may be unpersisted.
     first_position: u64,
     first_writer_time_ms: i64,
@@ -41,13 +44,16 @@ impl OpenInterval {
     fn new(spec: &DatasourceSpec, position: u64, writer_time_ms: i64) -> Self {
         OpenInterval {
             index: RollupIndex::new(spec),
+            spec: spec.clone(),
             first_position: position,
             first_writer_time_ms: writer_time_ms,
             cache: Mutex::new(None),
         }
     }
 
-    fn batch(&self, spec: &DatasourceSpec, schema: SchemaRef) -> Option<RecordBatch> {
+    /// The rows in `schema` (the table's schema now): built under the index's own spec, then
+    /// each column taken by name, columns the index predates as nulls.
+    fn batch(&self, schema: SchemaRef) -> Option<RecordBatch> {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((events, batch)) = cache.as_ref()
             && *events == self.index.events()
@@ -55,7 +61,22 @@ impl OpenInterval {
         {
             return Some(batch.clone());
         }
-        let batch = self.index.to_record_batch(spec, schema).ok()?;
+        let own = Arc::new(crate::segment::table_schema(&self.spec));
+        let built = self.index.to_record_batch(&self.spec, own).ok()?;
+        let batch = if built.schema() == schema {
+            built
+        } else {
+            let columns: Vec<arrow_array::ArrayRef> = schema
+                .fields()
+                .iter()
+                .map(|f| match built.column_by_name(f.name()) {
+                    Some(c) if c.data_type() == f.data_type() => c.clone(),
+                    _ => arrow_array::new_null_array(f.data_type(), built.num_rows()),
+                })
+                .collect();
+            let options = arrow_array::RecordBatchOptions::new().with_row_count(Some(built.num_rows()));
+            RecordBatch::try_new_with_options(schema, columns, &options).ok()?
+        };
         *cache = Some((self.index.events(), batch.clone()));
         Some(batch)
     }
@@ -716,8 +737,8 @@ impl DatasourceState {
         self.segments.iter().map(|(_, s)| s.clone()).collect()
     }
 
-    pub(crate) fn realtime_batches(&self, spec: &DatasourceSpec, schema: SchemaRef) -> Vec<RecordBatch> {
-        self.realtime_indexes().filter_map(|o| o.batch(spec, schema.clone())).collect()
+    pub(crate) fn realtime_batches(&self, schema: SchemaRef) -> Vec<RecordBatch> {
+        self.realtime_indexes().filter_map(|o| o.batch(schema.clone())).collect()
     }
 
     pub(crate) fn drop_realtime(&mut self) {

@@ -207,6 +207,12 @@ fn binding_verdicts_and_spec_updates() {
     v2.dimensions.push("campaign".into());
     let e = log.push(T0 + 5, &Command::catalog(CatalogCommand::UpdateDatasource { spec: v2.clone() }, "system"));
     engine.apply(&e).expect("update");
+    // Until its segment is published, the index written under the old spec is still read, in
+    // the new schema: the added dimension reads as null (this used to index out of bounds).
+    let snap = engine.table_snapshot("beacons").expect("snapshot while persisting");
+    assert_eq!(snap.realtime.len(), 1);
+    let campaign = snap.realtime[0].column_by_name("campaign").expect("campaign column");
+    assert_eq!((campaign.len(), campaign.null_count()), (1, 1));
     engine.publish_persisted(true).expect("publish");
     let snap = engine.table_snapshot("beacons").expect("snapshot");
     assert_eq!(snap.segments.len(), 1);
