@@ -23,6 +23,7 @@ use tidemark_storage::snapshot::SnapshotSource;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod backup;
 mod bench;
 mod client;
 mod cluster;
@@ -73,6 +74,10 @@ enum Cmd {
     Compact(jobs::CompactArgs),
     /// Write a datasource's raw events of an interval as Parquet, partitioned by date.
     Export(jobs::ExportArgs),
+    /// Take a consistent backup of a running node (catalog, segments, raw log) into a directory.
+    Backup(backup::BackupArgs),
+    /// Make a new data directory from a backup, to start as a one-node cluster.
+    Restore(backup::RestoreArgs),
     /// Long jobs (reindexes): list, show, cancel.
     #[command(subcommand)]
     Jobs(jobs::JobsCmd),
@@ -214,6 +219,8 @@ fn main() {
         Cmd::Reindex(args) => jobs::reindex(args),
         Cmd::Compact(args) => jobs::compact(args),
         Cmd::Export(args) => jobs::export(args),
+        Cmd::Backup(args) => backup::backup(args),
+        Cmd::Restore(args) => backup::restore(args),
         Cmd::Jobs(cmd) => jobs::run(cmd),
         Cmd::Cluster(cmd) => cluster::run(cmd),
     };

@@ -175,6 +175,37 @@ pub async fn export(node: &Node, body: &[u8]) -> Result<Response> {
     Ok(Json(json!(report)).into_response())
 }
 
+/// `POST /v1/backup`: a consistent copy of this node's state into a new directory of its host,
+/// taken while it serves.
+pub async fn backup(node: &Node, body: &[u8]) -> Result<Response> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct BackupRequest {
+        to: String,
+    }
+    let req: BackupRequest = serde_json::from_slice(body)
+        .map_err(|e| Error::BadRequest(format!("a backup needs {{\"to\": \"/absolute/dir\"}}: {e}")))?;
+    let to = std::path::PathBuf::from(&req.to);
+    if !to.is_absolute() {
+        return Err(Error::BadRequest(format!("to {:?} must be an absolute directory on the node's host", req.to)));
+    }
+    let engine = node.engine();
+    let started = std::time::Instant::now();
+    let manifest =
+        tokio::task::spawn_blocking(move || tidemark_storage::engine::backup::backup(&engine, &to))
+            .await
+            .map_err(|e| Error::Storage(tidemark_storage::Error::Internal(format!("the backup task failed: {e}"))))??;
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(Json(json!({
+        "position": manifest.position,
+        "files": manifest.files.len(),
+        "bytes": manifest.bytes,
+        "seconds": seconds,
+        "mb_per_s": manifest.bytes as f64 / 1e6 / seconds.max(1e-9),
+    }))
+    .into_response())
+}
+
 /// `POST /v1/segments/drop`: takes the whole segment intervals of an interval out of the
 /// timeline at one log entry (they stay queryable until it commits).
 pub async fn drop_interval(node: &Node, actor: &str, body: &[u8]) -> Result<Response> {

@@ -78,6 +78,7 @@ pub fn router(state: IngestState) -> Router {
         .route("/v1/reindex", post(start_reindex).layer(leader()))
         .route("/v1/compact", post(start_compact).layer(leader()))
         .route("/v1/export", post(export_raw))
+        .route("/v1/backup", post(take_backup))
         .route("/v1/jobs", get(list_jobs))
         .route("/v1/jobs/{id}", get(show_job))
         .route("/v1/jobs/{id}/cancel", post(cancel_job).layer(leader()))
@@ -225,6 +226,10 @@ async fn start_reindex(State(s): State<IngestState>, Extension(c): Extension<Pri
 
 async fn show_segment(State(s): State<IngestState>, Path((ds, segment)): Path<(String, String)>) -> Response {
     segments::show(&s.node, &ds, &segment).unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn take_backup(State(s): State<IngestState>, body: Bytes) -> Response {
+    jobs::backup(&s.node, &body).await.unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn export_raw(State(s): State<IngestState>, body: Bytes) -> Response {

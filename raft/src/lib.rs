@@ -25,6 +25,7 @@ pub mod faults;
 pub mod log_store;
 pub mod network;
 pub mod replica;
+pub mod restore;
 pub mod scrubber;
 pub mod snapshot;
 pub mod state_machine;

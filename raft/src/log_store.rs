@@ -93,6 +93,17 @@ impl LogStore {
         self.db.put_cf_opt(self.cf(META)?, key, encode(v)?, &synced()).map_err(io::Error::other)
     }
 
+    /// Starts an empty store as if it had installed a snapshot at `last` and purged the log up
+    /// to it, with a vote for `node_id` at `term` (a restore; see `restore.rs`).
+    pub fn seed(&self, last: &LogId, term: u64, node_id: crate::types::NodeId) -> io::Result<()> {
+        if self.last_entry()?.is_some() || self.get_meta::<Vote>(VOTE)?.is_some() {
+            return Err(io::Error::other("the Raft store is not empty"));
+        }
+        self.put_meta(LAST_PURGED, last)?;
+        self.put_meta(COMMITTED, &Some(last.clone()))?;
+        self.put_meta(VOTE, &Vote::new_committed(term, node_id))
+    }
+
     fn last_entry(&self) -> io::Result<Option<Entry>> {
         let mut it = self.db.iterator_cf(self.cf(LOGS)?, IteratorMode::End);
         match it.next() {

@@ -34,9 +34,9 @@ type Membership = StoredMembershipOf<TypeConfig>;
 
 /// What the engine's checkpoint records for Raft.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct ReplicationMeta {
-    last_applied: Option<LogId>,
-    membership: Membership,
+pub(crate) struct ReplicationMeta {
+    pub(crate) last_applied: Option<LogId>,
+    pub(crate) membership: Membership,
 }
 
 /// A snapshot this node built: its meta and its encoded [`Manifest`].

@@ -31,6 +31,7 @@ pub mod idempotency;
 pub mod install;
 mod persister;
 pub use persister::PersistIdle;
+pub mod backup;
 mod compact;
 pub mod export;
 mod jobs;
