@@ -57,6 +57,21 @@ fn refusal(reason: String, status: RefusalStatus) -> Error {
     }
 }
 
+fn datasource_id(node: &Node, name: &str) -> Result<tidemark_catalog::DatasourceId> {
+    let engine = node.engine();
+    let e = engine.read();
+    e.catalog().get(name).map(|d| d.id).ok_or_else(|| Error::NotFound(format!("datasource {name:?} does not exist")))
+}
+
+/// Logs a timeline command and answers with the job it started or ended.
+async fn propose_job(node: &Node, cmd: &Command, ok: StatusCode) -> Result<Response> {
+    match node.propose(cmd).await? {
+        Applied::Job { id } => Ok((ok, Json(job_json(node, id)?)).into_response()),
+        Applied::Refused { reason, status } => Err(refusal(reason, status)),
+        other => Err(Error::Storage(tidemark_storage::Error::Internal(format!("{cmd:?} applied as {other:?}")))),
+    }
+}
+
 fn job_json(node: &Node, id: u64) -> Result<Value> {
     let engine = node.engine();
     let e = engine.read();
@@ -73,20 +88,9 @@ pub async fn reindex(node: &Node, actor: &str, body: &[u8]) -> Result<Response> 
         Error::BadRequest(format!("a reindex needs {{\"datasource\": \"…\", \"interval\": \"START/END\"}}: {e}"))
     })?;
     let (start_ms, end_ms) = parse_interval(&req.interval)?;
-    let datasource = {
-        let engine = node.engine();
-        let e = engine.read();
-        e.catalog()
-            .get(&req.datasource)
-            .map(|d| d.id)
-            .ok_or_else(|| Error::NotFound(format!("datasource {:?} does not exist", req.datasource)))?
-    };
+    let datasource = datasource_id(node, &req.datasource)?;
     let cmd = Command::Timeline(TimelineCommand::Start { datasource, start_ms, end_ms, actor: actor.to_string() });
-    match node.propose(&cmd).await? {
-        Applied::Job { id } => Ok((StatusCode::ACCEPTED, Json(job_json(node, id)?)).into_response()),
-        Applied::Refused { reason, status } => Err(refusal(reason, status)),
-        other => Err(Error::Storage(tidemark_storage::Error::Internal(format!("reindex applied as {other:?}")))),
-    }
+    propose_job(node, &cmd, StatusCode::ACCEPTED).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -114,14 +118,7 @@ pub async fn compact(node: &Node, actor: &str, body: &[u8]) -> Result<Response> 
         .map(tidemark_catalog::Period::parse)
         .transpose()
         .map_err(|e| Error::BadRequest(format!("granularity: {e}")))?;
-    let datasource = {
-        let engine = node.engine();
-        let e = engine.read();
-        e.catalog()
-            .get(&req.datasource)
-            .map(|d| d.id)
-            .ok_or_else(|| Error::NotFound(format!("datasource {:?} does not exist", req.datasource)))?
-    };
+    let datasource = datasource_id(node, &req.datasource)?;
     let cmd = Command::Timeline(TimelineCommand::Compact {
         datasource,
         start_ms,
@@ -129,11 +126,7 @@ pub async fn compact(node: &Node, actor: &str, body: &[u8]) -> Result<Response> 
         granularity,
         actor: actor.to_string(),
     });
-    match node.propose(&cmd).await? {
-        Applied::Job { id } => Ok((StatusCode::ACCEPTED, Json(job_json(node, id)?)).into_response()),
-        Applied::Refused { reason, status } => Err(refusal(reason, status)),
-        other => Err(Error::Storage(tidemark_storage::Error::Internal(format!("compaction applied as {other:?}")))),
-    }
+    propose_job(node, &cmd, StatusCode::ACCEPTED).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -213,20 +206,9 @@ pub async fn drop_interval(node: &Node, actor: &str, body: &[u8]) -> Result<Resp
         Error::BadRequest(format!("a drop needs {{\"datasource\": \"…\", \"interval\": \"START/END\"}}: {e}"))
     })?;
     let (start_ms, end_ms) = parse_interval(&req.interval)?;
-    let datasource = {
-        let engine = node.engine();
-        let e = engine.read();
-        e.catalog()
-            .get(&req.datasource)
-            .map(|d| d.id)
-            .ok_or_else(|| Error::NotFound(format!("datasource {:?} does not exist", req.datasource)))?
-    };
+    let datasource = datasource_id(node, &req.datasource)?;
     let cmd = Command::Timeline(TimelineCommand::Drop { datasource, start_ms, end_ms, actor: actor.to_string() });
-    match node.propose(&cmd).await? {
-        Applied::Job { id } => Ok(Json(job_json(node, id)?).into_response()),
-        Applied::Refused { reason, status } => Err(refusal(reason, status)),
-        other => Err(Error::Storage(tidemark_storage::Error::Internal(format!("drop applied as {other:?}")))),
-    }
+    propose_job(node, &cmd, StatusCode::OK).await
 }
 
 pub fn list(node: &Node) -> Response {
@@ -241,11 +223,7 @@ pub fn show(node: &Node, id: u64) -> Result<Response> {
 
 pub async fn cancel(node: &Node, actor: &str, id: u64) -> Result<Response> {
     let cmd = Command::Timeline(TimelineCommand::Cancel { job: id, reason: format!("cancelled by {actor}") });
-    match node.propose(&cmd).await? {
-        Applied::Job { id } => Ok(Json(job_json(node, id)?).into_response()),
-        Applied::Refused { reason, status } => Err(refusal(reason, status)),
-        other => Err(Error::Storage(tidemark_storage::Error::Internal(format!("cancel applied as {other:?}")))),
-    }
+    propose_job(node, &cmd, StatusCode::OK).await
 }
 
 #[cfg(test)]

@@ -18,10 +18,10 @@ use arrow_array::{Array, ArrayRef};
 use tidemark_catalog::{DatasourceId, DatasourceSpec, MetricKind, Period};
 
 use crate::engine::checkpoint::SegmentRecord;
-use crate::engine::reindex::{Built, Progress, segment_file};
+use crate::engine::reindex::{Built, Progress, write_built};
 use crate::error::{Error, Result};
 use crate::rollup::{RollupIndex, RowMetric};
-use crate::segment::{Segment, SegmentId, write_segment};
+use crate::segment::Segment;
 
 /// Everything a compaction needs, fixed at its start.
 #[derive(Debug)]
@@ -66,7 +66,6 @@ fn column<'a>(array: Option<&'a ArrayRef>, name: &str) -> Result<Column<'a>> {
 
 pub(crate) fn build(input: &CompactInput, progress: &Progress, cancel: &AtomicBool) -> Result<Vec<Built>> {
     let spec = &input.spec;
-    let version = input.job.to_string();
     let mut built = Vec::new();
     for (interval, shards) in &input.inputs {
         let mut index = RollupIndex::with_granularity(spec, input.granularity.clone());
@@ -82,28 +81,7 @@ pub(crate) fn build(input: &CompactInput, progress: &Progress, cancel: &AtomicBo
             continue;
         }
         let shard = input.shards.get(interval).copied().unwrap_or(0);
-        let id = SegmentId {
-            datasource: spec.name.clone(),
-            interval_start_ms: *interval,
-            interval_end_ms: interval + spec.granularity.segment.millis(),
-            version: version.clone(),
-            shard,
-        };
-        let file = segment_file(input.datasource, *interval, &version, shard);
-        let path = input.data_dir.join(&file);
-        let written = write_segment(&path, id.clone(), spec, &index)?;
-        let segment = Segment::open(&path)?;
-        built.push(Built {
-            record: SegmentRecord {
-                id,
-                file,
-                file_bytes: written.file_bytes,
-                rows: written.meta.rows,
-                events: written.meta.events,
-                published_at: 0,
-            },
-            segment,
-        });
+        built.push(write_built(&input.data_dir, input.datasource, spec, *interval, input.job, shard, &index)?);
     }
     Ok(built)
 }

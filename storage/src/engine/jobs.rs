@@ -14,6 +14,15 @@ use crate::error::{Error, Result};
 /// Who automatic compactions run as; other jobs preempt them.
 const AUTO_COMPACTION_ACTOR: &str = "system:compaction";
 
+/// [`start_ms`, `end_ms`) widened to whole segment intervals.
+fn widen(seg: &tidemark_catalog::Period, start_ms: i64, end_ms: i64) -> (i64, i64) {
+    let end = match seg.bucket_start(end_ms) {
+        e if e == end_ms => e,
+        e => e + seg.millis(),
+    };
+    (seg.bucket_start(start_ms), end)
+}
+
 /// A job's refusal at apply: nothing changed.
 fn refused(reason: String, status: RefusalStatus) -> Result<Applied> {
     Ok(Applied::Refused { reason, status })
@@ -59,11 +68,7 @@ impl Engine {
         let spec = entry.spec_at(position);
         let name = spec.name.clone();
         let seg = spec.granularity.segment.clone();
-        let start = seg.bucket_start(start_ms);
-        let end = match seg.bucket_start(end_ms) {
-            e if e == end_ms => e,
-            e => e + seg.millis(),
-        };
+        let (start, end) = widen(&seg, start_ms, end_ms);
         if end <= start {
             return refused(format!("the interval {start_ms}..{end_ms} (ms) is empty"), RefusalStatus::Invalid);
         }
@@ -85,29 +90,9 @@ impl Engine {
         ds.freeze(position, start, end);
         let shards = ds.next_shards(start, end);
         let batches_total = ds.reindex_sources(start, end, position).len() as u64;
-        let info = JobInfo {
-            id: position,
-            kind: "reindex".into(),
-            datasource: name,
-            datasource_id: datasource,
-            start_ms: start,
-            end_ms: end,
-            state: JobState::Running,
-            actor,
-            started_ms: writer_time_ms,
-            finished_ms: None,
-            published_at: None,
-            batches_total,
-            batches_done: 0,
-            events: 0,
-            rejected: 0,
-            segments_replaced: 0,
-            segments_published: 0,
-            error: None,
-            shards: shards.into_iter().collect(),
-            files_removed: 0,
-            granularity: None,
-        };
+        let mut info = JobInfo::new(position, "reindex", (datasource, name), (start, end), actor, writer_time_ms);
+        info.batches_total = batches_total;
+        info.shards = shards.into_iter().collect();
         self.jobs.insert(position, info);
         self.start_build(position)?;
         self.forget_old_jobs();
@@ -249,11 +234,7 @@ impl Engine {
                 RefusalStatus::Invalid,
             );
         }
-        let start = seg.bucket_start(start_ms);
-        let end = match seg.bucket_start(end_ms) {
-            e if e == end_ms => e,
-            e => e + seg.millis(),
-        };
+        let (start, end) = widen(&seg, start_ms, end_ms);
         if let Some(refusal) = self.make_way(position, writer_time_ms, datasource, &name, start, end)? {
             return Ok(refusal);
         }
@@ -283,32 +264,11 @@ impl Engine {
         let next = ds.next_shards(start, end);
         let shards: Vec<(i64, u32)> = chosen.iter().map(|i| (*i, next.get(i).copied().unwrap_or(0))).collect();
         let batches_total = chosen.iter().map(|i| inputs.get(i).map_or(0, Vec::len) as u64).sum();
-        self.jobs.insert(
-            position,
-            JobInfo {
-                id: position,
-                kind: "compact".into(),
-                datasource: name,
-                datasource_id: datasource,
-                start_ms: start,
-                end_ms: end,
-                state: JobState::Running,
-                actor,
-                started_ms: writer_time_ms,
-                finished_ms: None,
-                published_at: None,
-                batches_total,
-                batches_done: 0,
-                events: 0,
-                rejected: 0,
-                segments_replaced: 0,
-                segments_published: 0,
-                error: None,
-                shards,
-                files_removed: 0,
-                granularity: (target != query).then_some(target_name),
-            },
-        );
+        let mut info = JobInfo::new(position, "compact", (datasource, name), (start, end), actor, writer_time_ms);
+        info.batches_total = batches_total;
+        info.shards = shards;
+        info.granularity = (target != query).then_some(target_name);
+        self.jobs.insert(position, info);
         self.start_compact_build(position)?;
         self.forget_old_jobs();
         self.checkpoint_due = true;
@@ -389,32 +349,10 @@ impl Engine {
         };
         let (files, segments, events) = ds.drop_range(start, end, position);
         self.obsolete.extend(files.into_iter().map(|f| (position, f)));
-        self.jobs.insert(
-            position,
-            JobInfo {
-                id: position,
-                kind: "drop".into(),
-                datasource: name,
-                datasource_id: datasource,
-                start_ms: start,
-                end_ms: end,
-                state: JobState::Published,
-                actor,
-                started_ms: writer_time_ms,
-                finished_ms: Some(writer_time_ms),
-                published_at: Some(position),
-                batches_total: 0,
-                batches_done: 0,
-                events,
-                rejected: 0,
-                segments_replaced: segments,
-                segments_published: 0,
-                error: None,
-                shards: Vec::new(),
-                files_removed: 0,
-                granularity: None,
-            },
-        );
+        let mut info = JobInfo::new(position, "drop", (datasource, name), (start, end), actor, writer_time_ms);
+        info.events = events;
+        info.segments_replaced = segments;
+        self.jobs.insert(position, info.done_at_start());
         self.forget_old_jobs();
         self.checkpoint_due = true;
         Ok(Applied::Job { id: position })
@@ -446,32 +384,11 @@ impl Engine {
             files.into_iter().map(|f| (position, f.strip_prefix(&data_dir).map(|r| r.to_path_buf()).unwrap_or(f))),
         );
         let rejects = rejects_before_ms.map_or(0, |cutoff| self.rejects.remove_before(&name, cutoff)) as u64;
-        self.jobs.insert(
-            position,
-            JobInfo {
-                id: position,
-                kind: "retain".into(),
-                datasource: name,
-                datasource_id: datasource,
-                start_ms: raw_before_ms.or(rejects_before_ms).unwrap_or(0),
-                end_ms: raw_before_ms.or(rejects_before_ms).unwrap_or(0),
-                state: JobState::Published,
-                actor,
-                started_ms: writer_time_ms,
-                finished_ms: Some(writer_time_ms),
-                published_at: Some(position),
-                batches_total: 0,
-                batches_done: 0,
-                events: 0,
-                rejected: rejects,
-                segments_replaced: 0,
-                segments_published: 0,
-                error: None,
-                shards: Vec::new(),
-                files_removed,
-                granularity: None,
-            },
-        );
+        let cutoff = raw_before_ms.or(rejects_before_ms).unwrap_or(0);
+        let mut info = JobInfo::new(position, "retain", (datasource, name), (cutoff, cutoff), actor, writer_time_ms);
+        info.rejected = rejects;
+        info.files_removed = files_removed;
+        self.jobs.insert(position, info.done_at_start());
         self.forget_old_jobs();
         self.checkpoint_due = true;
         Ok(Applied::Job { id: position })

@@ -163,6 +163,40 @@ pub(crate) fn segment_file(datasource: DatasourceId, interval: i64, version: &st
         .join(format!("{interval}_{version}_{shard}.seg"))
 }
 
+/// Writes `index` as shard `shard` of `interval` in job `job`'s version and opens it (which
+/// checks its checksums): a job's segment, not yet published.
+pub(crate) fn write_built(
+    data_dir: &std::path::Path,
+    datasource: DatasourceId,
+    spec: &DatasourceSpec,
+    interval: i64,
+    job: u64,
+    shard: u32,
+    index: &RollupIndex,
+) -> Result<Built> {
+    let version = job.to_string();
+    let id = SegmentId {
+        datasource: spec.name.clone(),
+        interval_start_ms: interval,
+        interval_end_ms: interval + spec.granularity.segment.millis(),
+        version: version.clone(),
+        shard,
+    };
+    let file = segment_file(datasource, interval, &version, shard);
+    let path = data_dir.join(&file);
+    let written = write_segment(&path, id.clone(), spec, index)?;
+    let segment = Segment::open(&path)?;
+    let record = SegmentRecord {
+        id,
+        file,
+        file_bytes: written.file_bytes,
+        rows: written.meta.rows,
+        events: written.meta.events,
+        published_at: 0,
+    };
+    Ok(Built { record, segment })
+}
+
 fn build(input: &BuildInput, progress: &Progress, cancel: &AtomicBool) -> Result<Vec<Built>> {
     let spec = &input.spec;
     let rules = input.rules.as_deref();
@@ -198,34 +232,9 @@ fn build(input: &BuildInput, progress: &Progress, cancel: &AtomicBool) -> Result
         progress.batches_done.fetch_add(1, Ordering::Relaxed);
     }
     let mut built = Vec::with_capacity(indexes.len());
-    let version = input.job.to_string();
-    for (interval, index) in &indexes {
-        if index.is_empty() {
-            continue;
-        }
+    for (interval, index) in indexes.iter().filter(|(_, i)| !i.is_empty()) {
         let shard = input.shards.get(interval).copied().unwrap_or(0);
-        let id = SegmentId {
-            datasource: input.name.clone(),
-            interval_start_ms: *interval,
-            interval_end_ms: interval + spec.granularity.segment.millis(),
-            version: version.clone(),
-            shard,
-        };
-        let file = segment_file(input.datasource, *interval, &version, shard);
-        let path = input.data_dir.join(&file);
-        let written = write_segment(&path, id.clone(), spec, index)?;
-        let segment = Segment::open(&path)?;
-        built.push(Built {
-            record: SegmentRecord {
-                id,
-                file,
-                file_bytes: written.file_bytes,
-                rows: written.meta.rows,
-                events: written.meta.events,
-                published_at: 0,
-            },
-            segment,
-        });
+        built.push(write_built(&input.data_dir, input.datasource, spec, *interval, input.job, shard, index)?);
     }
     Ok(built)
 }
@@ -292,6 +301,50 @@ pub struct JobInfo {
     /// A compaction's target query granularity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub granularity: Option<String>,
+}
+
+impl JobInfo {
+    /// A job that starts running at `id`, nothing counted yet.
+    pub(crate) fn new(
+        id: u64,
+        kind: &str,
+        datasource: (DatasourceId, String),
+        (start_ms, end_ms): (i64, i64),
+        actor: String,
+        started_ms: i64,
+    ) -> JobInfo {
+        JobInfo {
+            id,
+            kind: kind.into(),
+            datasource: datasource.1,
+            datasource_id: datasource.0,
+            start_ms,
+            end_ms,
+            state: JobState::Running,
+            actor,
+            started_ms,
+            finished_ms: None,
+            published_at: None,
+            batches_total: 0,
+            batches_done: 0,
+            events: 0,
+            rejected: 0,
+            segments_replaced: 0,
+            segments_published: 0,
+            error: None,
+            shards: Vec::new(),
+            files_removed: 0,
+            granularity: None,
+        }
+    }
+
+    /// The job done at its own entry (a drop, a retention pass).
+    pub(crate) fn done_at_start(mut self) -> JobInfo {
+        self.state = JobState::Published;
+        self.finished_ms = Some(self.started_ms);
+        self.published_at = Some(self.id);
+        self
+    }
 }
 
 /// The newest jobs kept (finished ones beyond this are forgotten, oldest first).

@@ -136,12 +136,8 @@ impl DistinctState {
         match bytes.first() {
             None => Ok(()),
             Some(&TAG_EXACT) => {
-                let n = *bytes.get(1).ok_or_else(|| corrupt("exact distinct state"))? as usize;
-                let vals = bytes.get(2..2 + n * 8).ok_or_else(|| corrupt("exact distinct state"))?;
-                for c in vals.chunks_exact(8) {
-                    let mut a = [0u8; 8];
-                    a.copy_from_slice(c);
-                    self.add(u64::from_le_bytes(a), lg_k);
+                for v in exact(bytes, "exact distinct state")? {
+                    self.add(u64::from_le_bytes(v), lg_k);
                 }
                 Ok(())
             }
@@ -174,12 +170,8 @@ impl QuantileState {
         match bytes.first() {
             None => Ok(()),
             Some(&TAG_EXACT) => {
-                let n = *bytes.get(1).ok_or_else(|| corrupt("exact quantile state"))? as usize;
-                let vals = bytes.get(2..2 + n * 8).ok_or_else(|| corrupt("exact quantile state"))?;
-                for c in vals.chunks_exact(8) {
-                    let mut a = [0u8; 8];
-                    a.copy_from_slice(c);
-                    self.add(f64::from_le_bytes(a), compression);
+                for v in exact(bytes, "exact quantile state")? {
+                    self.add(f64::from_le_bytes(v), compression);
                 }
                 Ok(())
             }
@@ -237,12 +229,8 @@ impl DistinctMerger {
         match bytes.first() {
             None => Ok(()),
             Some(&TAG_EXACT) => {
-                let n = *bytes.get(1).ok_or_else(|| corrupt("exact distinct state"))? as usize;
-                let vals = bytes.get(2..2 + n * 8).ok_or_else(|| corrupt("exact distinct state"))?;
-                for c in vals.chunks_exact(8) {
-                    let mut a = [0u8; 8];
-                    a.copy_from_slice(c);
-                    self.add_hash(u64::from_le_bytes(a));
+                for v in exact(bytes, "exact distinct state")? {
+                    self.add_hash(u64::from_le_bytes(v));
                 }
                 Ok(())
             }
@@ -344,6 +332,17 @@ impl DistinctMerger {
             }
         }
     }
+}
+
+/// The 8-byte values of a `TAG_EXACT` state (a one-byte count after the tag).
+fn exact<'b>(bytes: &'b [u8], what: &str) -> Result<impl Iterator<Item = [u8; 8]> + 'b> {
+    let n = *bytes.get(1).ok_or_else(|| corrupt(what))? as usize;
+    let vals = bytes.get(2..2 + n * 8).ok_or_else(|| corrupt(what))?;
+    Ok(vals.chunks_exact(8).map(|c| {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(c);
+        a
+    }))
 }
 
 fn long_exact(bytes: &[u8]) -> Result<impl Iterator<Item = [u8; 8]> + '_> {
@@ -460,12 +459,8 @@ impl QuantileMerger {
         match bytes.first() {
             None => Ok(()),
             Some(&TAG_EXACT) => {
-                let n = *bytes.get(1).ok_or_else(|| corrupt("exact quantile state"))? as usize;
-                let vals = bytes.get(2..2 + n * 8).ok_or_else(|| corrupt("exact quantile state"))?;
-                for c in vals.chunks_exact(8) {
-                    let mut a = [0u8; 8];
-                    a.copy_from_slice(c);
-                    self.add(f64::from_le_bytes(a));
+                for v in exact(bytes, "exact quantile state")? {
+                    self.add(f64::from_le_bytes(v));
                 }
                 Ok(())
             }
