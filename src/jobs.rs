@@ -1,9 +1,11 @@
-//! `tidemark reindex` and `tidemark jobs`: reprocessing from the command line, a thin client
-//! over `/v1/reindex` and `/v1/jobs`. `reindex` waits for the new version to be published,
-//! showing the build's progress, and fails if the job is cancelled.
+//! `tidemark reindex|compact|delete|export` and `tidemark jobs`: long jobs from the command
+//! line, a thin client over `/v1/reindex`, `/v1/compact`, `/v1/delete`, `/v1/export` and
+//! `/v1/jobs`. A job command waits for the new version to be published, showing the build's
+//! progress as a bar on a terminal (plain lines otherwise), and fails if the job is cancelled.
 
-use std::io::Write;
 use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressStyle};
 
 use anyhow::{Result, bail};
 use clap::{Args, Subcommand};
@@ -38,6 +40,24 @@ pub(crate) struct CompactArgs {
     /// Roll up to this coarser query granularity (e.g. PT15M), sketches merged.
     #[arg(long)]
     granularity: Option<String>,
+    #[arg(long)]
+    no_wait: bool,
+    #[command(flatten)]
+    url: UrlArg,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DeleteArgs {
+    #[arg(long)]
+    datasource: String,
+    /// Which beacons: tags compared with =, !=, IN (…), IS [NOT] NULL, joined with AND, OR,
+    /// NOT and parentheses, e.g. "merchant_id = 'm1'" or "user_id IN ('u1', 'u2')". Aliases
+    /// count as their tag.
+    #[arg(long = "where", value_name = "CONDITION")]
+    condition: String,
+    /// Only beacons with event times in START/END (widened to whole segments); all if absent.
+    #[arg(long)]
+    interval: Option<String>,
     #[arg(long)]
     no_wait: bool,
     #[command(flatten)]
@@ -84,14 +104,8 @@ pub(crate) enum JobsCmd {
 }
 
 fn progress_line(j: &Value) -> String {
-    format!(
-        "job {} {}: {}/{} batches, {} events",
-        j["id"],
-        j["state"].as_str().unwrap_or("?"),
-        j["batches_done"],
-        j["batches_total"],
-        j["events"]
-    )
+    let events = if j["kind"] == "delete" { "records deleted" } else { "events" };
+    format!("{} {}, {} {events}", j["kind"].as_str().unwrap_or("job"), j["state"].as_str().unwrap_or("?"), j["events"])
 }
 
 pub(crate) fn reindex(args: ReindexArgs) -> Result<()> {
@@ -117,6 +131,19 @@ pub(crate) fn compact(args: CompactArgs) -> Result<()> {
     wait(&client, &reply.body, &args.datasource)
 }
 
+pub(crate) fn delete(args: DeleteArgs) -> Result<()> {
+    let client = Client::new(&args.url.url);
+    let mut body = json!({ "datasource": args.datasource, "where": args.condition });
+    if let Some(i) = &args.interval {
+        body["interval"] = json!(i);
+    }
+    let reply = client.send("POST", "/v1/delete", "application/json", &[], body.to_string().as_bytes())?.ok()?;
+    if args.no_wait {
+        return print_json(&reply.body);
+    }
+    wait(&client, &reply.body, &args.datasource)
+}
+
 pub(crate) fn export(args: ExportArgs) -> Result<()> {
     let body =
         json!({ "datasource": args.datasource, "interval": args.interval, "format": args.format, "to": args.to });
@@ -131,23 +158,31 @@ fn wait(client: &Client, started: &[u8], datasource: &str) -> Result<()> {
     let job: Value = serde_json::from_slice(started)?;
     let id = job["id"].as_u64().unwrap_or_default();
     eprintln!("started {} job {id} of {datasource:?}", job["kind"].as_str().unwrap_or("?"));
+    // A bar on a terminal; indicatif draws nothing elsewhere, so logs get a line per change.
+    let bar = ProgressBar::new(job["batches_total"].as_u64().unwrap_or(0));
+    if let Ok(style) = ProgressStyle::with_template("{bar:40} {pos}/{len} batches  {elapsed_precise}  {msg}") {
+        bar.set_style(style);
+    }
+    let plain = bar.is_hidden();
     let mut last = String::new();
     loop {
         let j: Value = serde_json::from_slice(&client.get(&format!("/v1/jobs/{id}"))?.ok()?.body)?;
         let line = progress_line(&j);
-        if line != last {
-            eprint!("\r{line}");
-            let _ = std::io::stderr().flush();
+        bar.set_length(j["batches_total"].as_u64().unwrap_or(0));
+        bar.set_position(j["batches_done"].as_u64().unwrap_or(0));
+        bar.set_message(line.clone());
+        if plain && line != last {
+            eprintln!("job {id}: {}/{} batches, {line}", j["batches_done"], j["batches_total"]);
             last = line;
         }
         match j["state"].as_str() {
             Some("published") => {
-                eprintln!();
+                bar.finish();
                 println!("{}", serde_json::to_string_pretty(&j)?);
                 return Ok(());
             }
             Some("cancelled") => {
-                eprintln!();
+                bar.abandon();
                 bail!("job {id} was cancelled: {}", j["error"].as_str().unwrap_or("no reason given"));
             }
             _ => std::thread::sleep(Duration::from_millis(200)),

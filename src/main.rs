@@ -72,6 +72,9 @@ enum Cmd {
     /// Merge the shards of each interval into one segment (optionally rolled up to a coarser
     /// granularity), from the segments, as a new version.
     Compact(jobs::CompactArgs),
+    /// Delete the beacons a condition matches (e.g. --where "merchant_id = 'm1'") from the raw
+    /// log, and rebuild the segment intervals that counted them, as one published job.
+    Delete(jobs::DeleteArgs),
     /// Write a datasource's raw events of an interval as Parquet, partitioned by date.
     Export(jobs::ExportArgs),
     /// Take a consistent backup of a running node (catalog, segments, raw log) into a directory.
@@ -218,6 +221,7 @@ fn main() {
         Cmd::Segments(cmd) => segments::run(cmd),
         Cmd::Reindex(args) => jobs::reindex(args),
         Cmd::Compact(args) => jobs::compact(args),
+        Cmd::Delete(args) => jobs::delete(args),
         Cmd::Export(args) => jobs::export(args),
         Cmd::Backup(args) => backup::backup(args),
         Cmd::Restore(args) => backup::restore(args),

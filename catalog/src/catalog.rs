@@ -191,6 +191,12 @@ impl Catalog {
         &self.audit
     }
 
+    /// Records an operation that is not a catalog command but changes what tidemark keeps
+    /// (a deletion), in log order at apply like every other row.
+    pub fn record_audit(&mut self, row: AuditRow) {
+        self.audit.push(row);
+    }
+
     pub fn retention(&self) -> &Retentions {
         &self.retention
     }

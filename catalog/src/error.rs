@@ -53,6 +53,9 @@ pub enum Error {
     #[error("governance change conflicts: {}", join_problems(.0))]
     GovernanceConflict(Vec<SpecProblem>),
 
+    #[error("--where {text:?}: {problem} at character {at}")]
+    InvalidWhere { text: String, at: usize, problem: String },
+
     #[error("governance domain {name:?} does not exist")]
     UnknownDomain { name: String },
 
@@ -101,7 +104,8 @@ impl Error {
             | Error::InvalidPeriod { .. }
             | Error::InvalidTag(_)
             | Error::InvalidKey(_)
-            | Error::InvalidRetention(_) => StatusCode::InvalidArgument,
+            | Error::InvalidRetention(_)
+            | Error::InvalidWhere { .. } => StatusCode::InvalidArgument,
             Error::DatasourceExists { .. } | Error::DomainExists { .. } | Error::KeyExists { .. } => {
                 StatusCode::AlreadyExists
             }

@@ -20,6 +20,7 @@ pub mod event;
 pub mod governance;
 pub mod partitioner;
 pub mod period;
+pub mod record_filter;
 pub mod retention;
 pub mod spec;
 pub mod standardise;

@@ -200,6 +200,50 @@ impl Admin for AdminService {
         self.call(&r, Method::POST, path, String::new()).await
     }
 
+    async fn drop_segments(&self, r: Request<Json>) -> Result<Response<Json>, Status> {
+        let body = r.get_ref().json.clone();
+        self.call(&r, Method::POST, "/v1/segments/drop".into(), body).await
+    }
+
+    async fn reindex(&self, r: Request<Json>) -> Result<Response<Json>, Status> {
+        let body = r.get_ref().json.clone();
+        self.call(&r, Method::POST, "/v1/reindex".into(), body).await
+    }
+
+    async fn compact(&self, r: Request<Json>) -> Result<Response<Json>, Status> {
+        let body = r.get_ref().json.clone();
+        self.call(&r, Method::POST, "/v1/compact".into(), body).await
+    }
+
+    async fn delete(&self, r: Request<Json>) -> Result<Response<Json>, Status> {
+        let body = r.get_ref().json.clone();
+        self.call(&r, Method::POST, "/v1/delete".into(), body).await
+    }
+
+    async fn export(&self, r: Request<Json>) -> Result<Response<Json>, Status> {
+        let body = r.get_ref().json.clone();
+        self.call(&r, Method::POST, "/v1/export".into(), body).await
+    }
+
+    async fn backup(&self, r: Request<Json>) -> Result<Response<Json>, Status> {
+        let body = r.get_ref().json.clone();
+        self.call(&r, Method::POST, "/v1/backup".into(), body).await
+    }
+
+    async fn list_jobs(&self, r: Request<Empty>) -> Result<Response<Json>, Status> {
+        self.call(&r, Method::GET, "/v1/jobs".into(), String::new()).await
+    }
+
+    async fn get_job(&self, r: Request<Name>) -> Result<Response<Json>, Status> {
+        let path = format!("/v1/jobs/{}", enc(&r.get_ref().name));
+        self.call(&r, Method::GET, path, String::new()).await
+    }
+
+    async fn cancel_job(&self, r: Request<Name>) -> Result<Response<Json>, Status> {
+        let path = format!("/v1/jobs/{}/cancel", enc(&r.get_ref().name));
+        self.call(&r, Method::POST, path, String::new()).await
+    }
+
     async fn create_key(&self, r: Request<Json>) -> Result<Response<Json>, Status> {
         let body = r.get_ref().json.clone();
         self.call(&r, Method::POST, "/v1/keys".into(), body).await

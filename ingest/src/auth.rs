@@ -45,6 +45,7 @@ pub fn action_for(method: &Method, path: &str) -> Option<Action> {
         p if p.starts_with("/v1/segments/")
             || p == "/v1/reindex"
             || p == "/v1/compact"
+            || p == "/v1/delete"
             || p == "/v1/export"
             || p == "/v1/backup" =>
         {

@@ -77,9 +77,11 @@ pub fn router(state: IngestState) -> Router {
         .route("/v1/segments/{datasource}/{segment}", get(show_segment))
         .route("/v1/reindex", post(start_reindex).layer(leader()))
         .route("/v1/compact", post(start_compact).layer(leader()))
+        .route("/v1/delete", post(start_delete).layer(leader()))
         .route("/v1/export", post(export_raw))
         .route("/v1/backup", post(take_backup))
         .route("/v1/jobs", get(list_jobs))
+        .route("/v1/jobs/copies", post(record_copy).layer(leader()))
         .route("/v1/jobs/{id}", get(show_job))
         .route("/v1/jobs/{id}/cancel", post(cancel_job).layer(leader()))
         .route("/v1/keys", get(list_keys).merge(post(create_key).layer(leader())))
@@ -228,12 +230,20 @@ async fn show_segment(State(s): State<IngestState>, Path((ds, segment)): Path<(S
     segments::show(&s.node, &ds, &segment).unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn take_backup(State(s): State<IngestState>, body: Bytes) -> Response {
-    jobs::backup(&s.node, &body).await.unwrap_or_else(IntoResponse::into_response)
+async fn take_backup(State(s): State<IngestState>, Extension(c): Extension<Principal>, body: Bytes) -> Response {
+    jobs::backup(&s.node, &c.actor(), &body).await.unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn export_raw(State(s): State<IngestState>, body: Bytes) -> Response {
-    jobs::export(&s.node, &body).await.unwrap_or_else(IntoResponse::into_response)
+async fn export_raw(State(s): State<IngestState>, Extension(c): Extension<Principal>, body: Bytes) -> Response {
+    jobs::export(&s.node, &c.actor(), &body).await.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn record_copy(State(s): State<IngestState>, body: Bytes) -> Response {
+    jobs::copied(&s.node, &body).await.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn start_delete(State(s): State<IngestState>, Extension(c): Extension<Principal>, body: Bytes) -> Response {
+    jobs::delete(&s.node, &c.actor(), &body).await.unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn start_compact(State(s): State<IngestState>, Extension(c): Extension<Principal>, body: Bytes) -> Response {

@@ -99,6 +99,8 @@ struct Inner {
     fatal: Mutex<Option<String>>,
     stopping: AtomicBool,
     last_checkpoint: Mutex<Instant>,
+    /// A deletion's position whose Raft log entries are still to be purged (see `erase`).
+    erase_pending: Mutex<Option<u64>>,
     config: NodeConfig,
 }
 
@@ -144,6 +146,7 @@ impl Node {
             fatal: Mutex::new(None),
             stopping: AtomicBool::new(false),
             last_checkpoint: Mutex::new(Instant::now()),
+            erase_pending: Mutex::new(None),
             config,
         });
         let ticker = {
@@ -346,6 +349,35 @@ fn checkpoint(inner: &Inner) {
     }
 }
 
+/// After a deletion publishes, the Raft log below it still holds the deleted beacons in the
+/// entries that brought them: this node snapshots (an engine checkpoint, which holds the
+/// rewritten raw log) and purges its log through the deletion, without waiting for the
+/// usual snapshot policy. Purging waits for the snapshot to cover the position (openraft
+/// never purges past its last snapshot), so it is retried on later ticks.
+fn erase(inner: &Inner, runtime: &tokio::runtime::Handle) {
+    let due = inner.engine.write().take_erase_due();
+    let mut pending = inner.erase_pending.lock().unwrap_or_else(|p| p.into_inner());
+    let raft = inner.replica.raft().clone();
+    if let Some(upto) = due {
+        *pending = Some(pending.map_or(upto, |p| p.max(upto)));
+        if let Err(e) = runtime.block_on(raft.trigger().snapshot()) {
+            tracing::warn!(error = %e, "could not start a snapshot after a deletion");
+        }
+    }
+    let Some(upto) = *pending else { return };
+    let snapshot = inner.replica.status().snapshot_index.unwrap_or(0);
+    if snapshot < upto {
+        return;
+    }
+    match runtime.block_on(raft.trigger().purge_log(upto)) {
+        Ok(()) => {
+            tracing::info!(upto, "purging the Raft log through a deletion");
+            *pending = None;
+        }
+        Err(e) => tracing::warn!(error = %e, "could not purge the Raft log after a deletion"),
+    }
+}
+
 /// Runs on its own thread: the persist decisions read the engine and must not hold up the
 /// async workers, and the checkpoints fsync.
 fn tick_loop(inner: &Inner, runtime: &tokio::runtime::Handle) {
@@ -390,6 +422,7 @@ fn tick_loop(inner: &Inner, runtime: &tokio::runtime::Handle) {
         if published || inner.engine.read().checkpoint_due() {
             checkpoint(inner);
         }
+        erase(inner, runtime);
         let stale = inner.last_checkpoint.lock().unwrap_or_else(|p| p.into_inner()).elapsed()
             >= Duration::from_millis(inner.config.checkpoint_interval_ms);
         let behind = {

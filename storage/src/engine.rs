@@ -33,6 +33,7 @@ mod persister;
 pub use persister::PersistIdle;
 pub mod backup;
 mod compact;
+mod delete;
 pub mod export;
 mod jobs;
 pub mod producers;
@@ -159,6 +160,11 @@ pub struct Engine {
     rules: rules::RulesCache,
     /// Reindex jobs by id (their start position), finished ones included (the newest kept).
     jobs: BTreeMap<u64, reindex::JobInfo>,
+    /// A deletion published at this position: the replication log still holds the deleted
+    /// beacons in its entries below it, and is to be snapshotted and purged through it.
+    erase_log_through: Option<u64>,
+    /// Exports and backups taken, which a deletion names in its report (oldest first).
+    copies: Vec<reindex::CopyRecord>,
     /// Builds of running jobs.
     running: BTreeMap<u64, reindex::Running>,
     /// Segment files replaced by a reindex at a position: removed once a checkpoint at or
@@ -189,6 +195,8 @@ impl Engine {
             persister: persister::Persister::start()?,
             rules: rules::RulesCache::default(),
             jobs: BTreeMap::new(),
+            copies: Vec::new(),
+            erase_log_through: None,
             running: BTreeMap::new(),
             obsolete: Vec::new(),
             config,
@@ -207,6 +215,7 @@ impl Engine {
         engine.checkpoint_position = cp.applied_position;
         recovery.checkpoint_position = cp.applied_position;
         engine.jobs = cp.jobs.into_iter().map(|j| (j.id, j)).collect();
+        engine.copies = cp.copies;
         for dcp in cp.datasources {
             let Some(entry) = engine.catalog.by_id(dcp.id) else { continue };
             let spec = entry.current().clone();
@@ -698,6 +707,7 @@ impl Engine {
             consumer_offsets: self.consumer_offsets.clone(),
             replication: self.replication.clone(),
             jobs: self.jobs_now(),
+            copies: self.copies.clone(),
         };
         self.checkpoint_due = false;
         Ok(Some(PendingCheckpoint { data_dir: self.config.data_dir.clone(), checkpoint, unsynced }))
@@ -725,6 +735,12 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// Takes the position through which a published deletion wants the replication log
+    /// purged (its entries still carry the deleted beacons as they were written).
+    pub fn take_erase_due(&mut self) -> Option<u64> {
+        self.erase_log_through.take()
     }
 
     /// Whether segments were published or the catalog changed since the last checkpoint

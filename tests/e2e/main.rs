@@ -7,6 +7,7 @@ mod beacons;
 mod cluster;
 mod crash;
 mod datasources;
+mod delete;
 mod flight_adbc;
 mod governance;
 mod harness;

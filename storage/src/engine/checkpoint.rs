@@ -40,6 +40,9 @@ pub struct Checkpoint {
     /// Long jobs (reindexes): running ones are restarted from the raw log on open.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub jobs: Vec<crate::engine::reindex::JobInfo>,
+    /// Exports and backups taken (see `Engine::copies`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub copies: Vec<crate::engine::reindex::CopyRecord>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

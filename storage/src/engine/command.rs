@@ -33,8 +33,9 @@ pub struct Entry {
 /// that can carry it, so a node not yet upgraded applies what it knows and stops, clearly
 /// (`NewerCommand`), at the first entry it cannot apply, instead of skipping it and diverging.
 /// Format 2 adds the tag registry's catalog operations; format 3 carries the actor of every
-/// catalog command (for the audit log) and adds the API key operations.
-pub const COMMAND_VERSION: u8 = 3;
+/// catalog command (for the audit log) and adds the API key operations; format 4 adds the
+/// timeline's `Delete` and `Copied`.
+pub const COMMAND_VERSION: u8 = 4;
 pub const KIND_CATALOG: u8 = 1;
 pub const KIND_EVENTS: u8 = 2;
 pub const KIND_PERSIST: u8 = 3;
@@ -233,6 +234,23 @@ pub enum TimelineCommand {
         end_ms: i64,
         actor: String,
     },
+    /// A copy of data taken outside tidemark's reach (an export, a backup) on `node`,
+    /// logged once it is written: it shows as a job, and a later deletion names it.
+    Copied(crate::engine::reindex::CopyRecord),
+    /// Takes the raw beacons `filter` matches (with event times in [`start_ms`, `end_ms`),
+    /// all time if absent) out of the raw log, and rebuilds the segment intervals that
+    /// counted them; published like a reindex (see `delete.rs`). `where_text` is what the
+    /// DBA typed, for the job's record and the audit log.
+    Delete {
+        datasource: DatasourceId,
+        filter: tidemark_catalog::record_filter::RecordFilter,
+        where_text: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        start_ms: Option<i64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        end_ms: Option<i64>,
+        actor: String,
+    },
 }
 
 /// Format 3's catalog payload.
@@ -262,6 +280,7 @@ impl Command {
     pub fn format(&self) -> u8 {
         match self {
             Command::Catalog { .. } => 3,
+            Command::Timeline(TimelineCommand::Delete { .. } | TimelineCommand::Copied(_)) => 4,
             _ => 1,
         }
     }

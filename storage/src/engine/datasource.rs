@@ -17,7 +17,7 @@ use crate::engine::rules::RulesCache;
 use crate::engine::{EngineConfig, Recovery};
 use crate::error::{Error, Result};
 use crate::raw::frame::Frame;
-use crate::raw::partition_log::{IndexEntry, PartitionLog, PartitionLogConfig};
+use crate::raw::partition_log::{IndexEntry, PartitionLog, PartitionLogConfig, SealedFile};
 use crate::raw::record_batch;
 use crate::rollup::RollupIndex;
 use crate::segment::{Segment, SegmentId, WrittenSegment, write_segment};
@@ -355,8 +355,8 @@ impl DatasourceState {
     pub(crate) fn reindex_sources(&self, start: i64, end: i64, through: u64) -> Vec<crate::engine::reindex::Source> {
         let mut out: Vec<crate::engine::reindex::Source> = Vec::new();
         for (p, log) in self.partitions.iter().enumerate() {
-            out.extend(log.sources_overlapping(start, end, through).into_iter().map(|(path, entry)| {
-                crate::engine::reindex::Source { position: entry.log_position, partition: p as u32, path, entry }
+            out.extend(log.sources_overlapping(start, end, through).into_iter().map(|(path, file, entry)| {
+                crate::engine::reindex::Source { position: entry.log_position, partition: p as u32, path, file, entry }
             }));
         }
         out.sort_by_key(|s| (s.position, s.partition));
@@ -510,6 +510,64 @@ impl DatasourceState {
             jobs.extend(self.persist_index(catalog, position, interval, open)?);
         }
         Ok(jobs)
+    }
+
+    /// Seals every partition's active raw file if it holds batches applied before
+    /// `position`, and returns the sealed files holding such batches (a deletion's input).
+    pub(crate) fn seal_raw_before(&mut self, position: u64) -> Result<Vec<SealedFile>> {
+        for log in &mut self.partitions {
+            log.seal_before(position)?;
+        }
+        Ok(self.sealed_raw_before(position))
+    }
+
+    /// The sealed raw files holding batches applied before `position`.
+    pub(crate) fn sealed_raw_before(&self, position: u64) -> Vec<SealedFile> {
+        self.partitions.iter().flat_map(|log| log.sealed_before(position)).collect()
+    }
+
+    /// Installs a deletion's raw file rewrites; returns how many replaced a file (raw
+    /// retention may have removed one meanwhile).
+    pub(crate) fn install_rewrites(&mut self, rewrites: Vec<crate::engine::delete::Rewrite>) -> Result<u64> {
+        let mut installed = 0;
+        for r in rewrites {
+            let Some(log) = self.partitions.get_mut(r.partition as usize) else {
+                let _ = std::fs::remove_file(&r.path);
+                continue;
+            };
+            if log.install_rewrite(r.base_offset, &r.path, r.entries)? {
+                installed += 1;
+            }
+        }
+        Ok(installed)
+    }
+
+    /// Ends job `job`'s freeze of the intervals outside `keep`: those frozen indexes are
+    /// written as ordinary shards (a deletion that found nothing there to rebuild).
+    pub(crate) fn unfreeze_except(
+        &mut self,
+        catalog: &Catalog,
+        job: u64,
+        position: u64,
+        keep: &std::collections::BTreeSet<i64>,
+    ) -> Result<Vec<PersistJob>> {
+        let thawed: Vec<(u64, i64, Arc<OpenInterval>)> =
+            self.frozen.iter().filter(|(j, i, _)| *j == job && !keep.contains(i)).cloned().collect();
+        self.frozen.retain(|(j, i, _)| *j != job || keep.contains(i));
+        let mut jobs = Vec::new();
+        for (_, interval, open) in thawed {
+            jobs.extend(self.persist_index(catalog, position, interval, open)?);
+        }
+        Ok(jobs)
+    }
+
+    /// Marks `intervals` covered by segments up to `position`: a restart rebuilds no
+    /// realtime rows for them from batches applied before it.
+    pub(crate) fn cover(&mut self, intervals: impl IntoIterator<Item = i64>, position: u64) {
+        for interval in intervals {
+            let covered = self.persisted.entry(interval).or_insert(position);
+            *covered = (*covered).max(position);
+        }
     }
 
     /// The earliest raw position that may hold unpersisted events; saved in checkpoints.

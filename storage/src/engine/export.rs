@@ -159,14 +159,9 @@ pub fn run_export(plan: &ExportPlan, dir: &Path) -> Result<ExportReport> {
     let rules = plan.rules.as_deref();
     let schema = schema(spec);
     let mut days: BTreeMap<i64, DayBuilder> = BTreeMap::new();
-    let mut files: BTreeMap<PathBuf, File> = BTreeMap::new();
     let mut skipped = 0;
     for source in &plan.sources {
-        if !files.contains_key(&source.path) {
-            files.insert(source.path.clone(), File::open(&source.path).map_err(Error::io(&source.path))?);
-        }
-        let file = files.get(&source.path).ok_or_else(|| Error::Internal("raw file handle vanished".into()))?;
-        let stored = read_stored(file, &source.path, &source.entry)?;
+        let stored = read_stored(&source.file, &source.path, &source.entry)?;
         let (_, records) = record_batch::decode_records(&stored.batch)?;
         for (i, (offset, record)) in records.iter().enumerate() {
             let value = record.value.as_deref().unwrap_or_default();

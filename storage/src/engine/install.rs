@@ -165,6 +165,7 @@ mod tests {
             consumer_offsets: Default::default(),
             replication: None,
             jobs: Vec::new(),
+            copies: Vec::new(),
         }
     }
 

@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 
 use tidemark_catalog::DatasourceId;
 
+use super::delete;
 use super::reindex::{self, BuildInput, JobInfo, JobState, Running};
 use super::{Applied, Engine, RefusalStatus};
 use crate::engine::command::TimelineCommand;
@@ -49,6 +50,11 @@ impl Engine {
             }
             TimelineCommand::Drop { datasource, start_ms, end_ms, actor } => {
                 self.drop_interval(position, writer_time_ms, datasource, start_ms, end_ms, actor)
+            }
+            TimelineCommand::Copied(record) => self.record_copy(position, writer_time_ms, record),
+            TimelineCommand::Delete { datasource, filter, where_text, start_ms, end_ms, actor } => {
+                let range = (start_ms.unwrap_or(delete::ALL_TIME.0), end_ms.unwrap_or(delete::ALL_TIME.1));
+                self.start_delete(position, writer_time_ms, datasource, (filter, where_text), range, actor)
             }
         }
     }
@@ -104,8 +110,10 @@ impl Engine {
     /// batches applied before it, under the spec and rules at its position.
     pub(crate) fn start_build(&mut self, id: u64) -> Result<()> {
         let info = self.jobs.get(&id).ok_or_else(|| Error::Internal(format!("no reindex job {id}")))?;
-        if info.kind == "compact" {
-            return self.start_compact_build(id);
+        match info.kind.as_str() {
+            "compact" => return self.start_compact_build(id),
+            "delete" => return self.start_delete_build(id, None),
+            _ => {}
         }
         let (datasource, start_ms, end_ms) = (info.datasource_id, info.start_ms, info.end_ms);
         let shards = info.shards.iter().copied().collect();
@@ -128,6 +136,7 @@ impl Engine {
             start_ms,
             end_ms,
             shards,
+            only: None,
         };
         self.running.insert(id, Running::spawn(input)?);
         Ok(())
@@ -139,17 +148,55 @@ impl Engine {
         };
         let progress = run.progress.clone();
         // A follower may still be building: apply waits, so every replica switches here.
-        let built = run.finish().map_err(|e| {
+        let output = run.finish().map_err(|e| {
             Error::Internal(format!("reindex job {job} failed on this node after the leader built it: {e}"))
         })?;
+        let built = output.segments;
         // Shards written for events before the job must be in the timeline to be replaced.
         self.publish_persisted(true)?;
         let Some(info) = self.jobs.get_mut(&job) else {
             return Err(Error::Internal(format!("reindex job {job} has no record")));
         };
         let published = built.len() as u64;
-        // A compaction replaces only the intervals it merged; a reindex, its whole range.
-        let only: Option<Vec<i64>> = (info.kind == "compact").then(|| info.shards.iter().map(|(i, _)| *i).collect());
+        // A compaction replaces only the intervals it merged; a deletion, the ones it
+        // rebuilt; a reindex, its whole range.
+        let mut only: Option<Vec<i64>> =
+            (info.kind == "compact").then(|| info.shards.iter().map(|(i, _)| *i).collect());
+        if let Some(deleted) = output.deletion {
+            let Some(ds) = self.datasources.get_mut(&info.datasource_id) else {
+                return Err(Error::Internal(format!("deletion {job}: its datasource has no state here")));
+            };
+            info.files_rewritten = ds.install_rewrites(deleted.rewrites)?;
+            for persist in ds.unfreeze_except(&self.catalog, job, position, &deleted.intervals)? {
+                self.persister.submit(persist)?;
+            }
+            ds.cover(deleted.intervals.iter().copied(), job);
+            let filter =
+                info.filter.clone().map(|f| f.compile(self.rules.get(&self.catalog, &info.datasource, job).as_deref()));
+            let matches = |payload: &str| filter.as_ref().is_some_and(|f| f.matches(payload.as_bytes()));
+            info.rejects_removed = self.rejects.remove_records(&info.datasource, &deleted.records, matches) as u64;
+            info.events = deleted.records.len() as u64;
+            only = Some(deleted.intervals.into_iter().collect());
+            self.erase_log_through = Some(position);
+            let after = serde_json::json!({
+                "job": job,
+                "records_deleted": info.events,
+                "files_rewritten": info.files_rewritten,
+                "intervals_rebuilt": only.as_ref().map_or(0, Vec::len),
+                "rejects_removed": info.rejects_removed,
+                "copies_before": info.copies_before,
+            });
+            self.catalog.record_audit(tidemark_catalog::audit::AuditRow {
+                position,
+                time_ms: writer_time_ms,
+                actor: info.actor.clone(),
+                op: "delete".into(),
+                object: format!("datasource:{}", info.datasource),
+                before: Some(serde_json::json!({ "where": info.where_text, "job": job })),
+                after: Some(after),
+            });
+        }
+        let deletion = info.kind == "delete";
         match self.datasources.get_mut(&info.datasource_id) {
             Some(ds) => {
                 let (obsolete, replaced) =
@@ -170,8 +217,11 @@ impl Engine {
         info.published_at = Some(position);
         info.finished_ms = Some(writer_time_ms);
         info.segments_published = published;
+        info.batches_total = info.batches_total.max(progress.batches_total.load(Ordering::Relaxed));
         info.batches_done = progress.batches_done.load(Ordering::Relaxed);
-        info.events = progress.events.load(Ordering::Relaxed);
+        if !deletion {
+            info.events = progress.events.load(Ordering::Relaxed);
+        }
         info.rejected = progress.rejected.load(Ordering::Relaxed);
         self.checkpoint_due = true;
         Ok(Applied::Job { id: job })
@@ -182,12 +232,8 @@ impl Engine {
             return refused(format!("reindex job {job} is not running"), RefusalStatus::Conflict);
         };
         run.cancel.store(true, Ordering::Relaxed);
-        if let Ok(built) = run.finish() {
-            for b in built {
-                let path = self.config.data_dir.join(&b.record.file);
-                drop(b.segment);
-                let _ = std::fs::remove_file(path);
-            }
+        if let Ok(output) = run.finish() {
+            output.discard(&self.config.data_dir);
         }
         let Some(info) = self.jobs.get_mut(&job) else {
             return Err(Error::Internal(format!("reindex job {job} has no record")));
@@ -304,7 +350,134 @@ impl Engine {
             shards,
         };
         let run = Running::spawn_with(id, datasource, start_ms, end_ms, spec.name.clone(), move |progress, cancel| {
-            super::compact::build(&input, progress, cancel)
+            super::compact::build(&input, progress, cancel).map(super::reindex::Output::from)
+        })?;
+        self.running.insert(id, run);
+        Ok(())
+    }
+
+    /// Starts a deletion (see `delete.rs`): seals the raw files, freezes the range's realtime
+    /// indexes and starts the build. Refused while another deletion of the datasource runs
+    /// (both would rewrite the same files) or a job covers part of the range.
+    fn start_delete(
+        &mut self,
+        position: u64,
+        writer_time_ms: i64,
+        datasource: DatasourceId,
+        (filter, where_text): (tidemark_catalog::record_filter::RecordFilter, String),
+        (start_ms, end_ms): (i64, i64),
+        actor: String,
+    ) -> Result<Applied> {
+        let Some(entry) = self.catalog.by_id(datasource).filter(|e| e.deleted.is_none()) else {
+            return refused(format!("datasource {datasource} does not exist"), RefusalStatus::NotFound);
+        };
+        let spec = entry.spec_at(position);
+        let name = spec.name.clone();
+        let (start, end) = widen(&spec.granularity.segment, start_ms, end_ms);
+        if end <= start {
+            return refused(format!("the interval {start_ms}..{end_ms} (ms) is empty"), RefusalStatus::Invalid);
+        }
+        let deleting = self
+            .running
+            .keys()
+            .find(|id| self.jobs.get(id).is_some_and(|j| j.kind == "delete" && j.datasource_id == datasource));
+        if let Some(other) = deleting {
+            return refused(
+                format!("deletion {other} of {name:?} is running; wait for it or cancel it"),
+                RefusalStatus::Conflict,
+            );
+        }
+        let Some(ds) = self.datasources.get(&datasource) else {
+            return refused(format!("datasource {name:?} has no data on this node"), RefusalStatus::NotFound);
+        };
+        if let Some(horizon) = ds.raw_horizon_ms.filter(|h| start < *h)
+            && ds.earliest_interval_before(horizon).is_some()
+        {
+            return refused(
+                format!(
+                    "raw retention has removed {name:?}'s raw events before {horizon} ms, so segments before it \
+                     cannot be rebuilt without the matching beacons; delete from {horizon} on (--interval), and \
+                     drop the older intervals (tidemark segments drop)"
+                ),
+                RefusalStatus::Invalid,
+            );
+        }
+        if let Some(refusal) = self.make_way(position, writer_time_ms, datasource, &name, start, end)? {
+            return Ok(refusal);
+        }
+        let Some(ds) = self.datasources.get_mut(&datasource) else {
+            return refused(format!("datasource {name:?} has no data on this node"), RefusalStatus::NotFound);
+        };
+        let files = ds.seal_raw_before(position)?;
+        ds.freeze(position, start, end);
+        let shards = ds.next_shards(start, end);
+        let mut info = JobInfo::new(position, "delete", (datasource, name), (start, end), actor, writer_time_ms);
+        info.shards = shards.into_iter().collect();
+        info.where_text = Some(where_text);
+        info.filter = Some(filter);
+        info.copies_before =
+            self.copies.iter().filter(|c| c.may_hold(&info.datasource, start, end)).map(|c| c.describe()).collect();
+        info.batches_total = files.iter().map(|f| f.entries.len() as u64).sum();
+        self.jobs.insert(position, info);
+        self.start_delete_build(position, Some(files))?;
+        self.forget_old_jobs();
+        self.checkpoint_due = true;
+        Ok(Applied::Job { id: position })
+    }
+
+    /// An export or backup written on some node: a finished job, remembered for deletions.
+    fn record_copy(&mut self, position: u64, writer_time_ms: i64, mut record: reindex::CopyRecord) -> Result<Applied> {
+        record.job = position;
+        record.time_ms = writer_time_ms;
+        let id = record.datasource.as_deref().and_then(|d| self.catalog.get(d)).map_or(DatasourceId(0), |e| e.id);
+        let (start, end) = (record.start_ms.unwrap_or(0), record.end_ms.unwrap_or(0));
+        let name = record.datasource.clone().unwrap_or_default();
+        let mut info =
+            JobInfo::new(position, &record.kind, (id, name), (start, end), record.actor.clone(), writer_time_ms);
+        info.destination = Some(format!("{} on node {}", record.to, record.node));
+        self.jobs.insert(position, info.done_at_start());
+        if self.copies.len() >= reindex::COPIES_KEPT {
+            self.copies.remove(0);
+        }
+        self.copies.push(record);
+        self.forget_old_jobs();
+        self.checkpoint_due = true;
+        Ok(Applied::Job { id: position })
+    }
+
+    /// Starts (or, after a restart, restarts) deletion `id`'s build over the sealed raw files
+    /// (`files`, or as the log holds them now).
+    fn start_delete_build(&mut self, id: u64, files: Option<Vec<crate::raw::partition_log::SealedFile>>) -> Result<()> {
+        let info = self.jobs.get(&id).ok_or_else(|| Error::Internal(format!("no deletion {id}")))?;
+        let filter = info.filter.clone().ok_or_else(|| Error::Internal(format!("deletion {id} has no filter")))?;
+        let (datasource, start_ms, end_ms) = (info.datasource_id, info.start_ms, info.end_ms);
+        let shards = info.shards.iter().copied().collect();
+        let entry = self
+            .catalog
+            .by_id(datasource)
+            .ok_or_else(|| Error::Internal(format!("deletion {id}: datasource {datasource} is not in the catalog")))?;
+        let spec = entry.spec_at(id).clone();
+        let rules = self.rules.get(&self.catalog, &spec.name, id);
+        let ds = self
+            .datasources
+            .get(&datasource)
+            .ok_or_else(|| Error::Internal(format!("deletion {id}: datasource {datasource} has no state here")))?;
+        let input = delete::DeleteInput {
+            job: id,
+            datasource,
+            name: spec.name.clone(),
+            data_dir: self.config.data_dir.clone(),
+            filter: filter.compile(rules.as_deref()),
+            rules,
+            start_ms,
+            end_ms,
+            shards,
+            files: files.unwrap_or_else(|| ds.sealed_raw_before(id)),
+            spec,
+        };
+        let name = input.name.clone();
+        let run = Running::spawn_with(id, datasource, start_ms, end_ms, name, move |progress, cancel| {
+            delete::build(&input, progress, cancel)
         })?;
         self.running.insert(id, run);
         Ok(())
@@ -515,6 +688,7 @@ impl Engine {
             .map(|j| {
                 let mut j = j.clone();
                 if let Some(run) = self.running.get(&j.id) {
+                    j.batches_total = j.batches_total.max(run.progress.batches_total.load(Ordering::Relaxed));
                     j.batches_done = run.progress.batches_done.load(Ordering::Relaxed);
                     j.events = run.progress.events.load(Ordering::Relaxed);
                     j.rejected = run.progress.rejected.load(Ordering::Relaxed);

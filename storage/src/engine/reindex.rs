@@ -45,6 +45,9 @@ pub(crate) struct Source {
     pub(crate) position: u64,
     pub(crate) partition: u32,
     pub(crate) path: PathBuf,
+    /// Opened under the engine lock: the bytes read are the ones the index entry describes,
+    /// whatever a later deletion puts at `path`.
+    pub(crate) file: Arc<File>,
     pub(crate) entry: IndexEntry,
 }
 
@@ -63,6 +66,8 @@ pub(crate) struct BuildInput {
     pub(crate) shards: BTreeMap<i64, u32>,
     /// Sorted by (position, partition).
     pub(crate) sources: Vec<Source>,
+    /// Rebuild only these intervals of the range (a deletion's), not all of it.
+    pub(crate) only: Option<std::collections::BTreeSet<i64>>,
 }
 
 /// A rebuilt segment, written and opened (checksums checked), not yet published.
@@ -75,13 +80,42 @@ pub(crate) struct Built {
 /// A build's progress, read by `sys.jobs` while it runs.
 #[derive(Debug, Default)]
 pub(crate) struct Progress {
+    /// Set by jobs that learn their size as they go (a deletion's rebuild); 0: the job's own.
+    pub(crate) batches_total: AtomicU64,
     pub(crate) batches_done: AtomicU64,
     pub(crate) events: AtomicU64,
     pub(crate) rejected: AtomicU64,
 }
 
-/// What a finished build left: its segments or why it failed.
-pub(crate) type Outcome = std::result::Result<Vec<Built>, String>;
+/// What a finished job built: segments, and for a deletion its raw log rewrites.
+#[derive(Debug, Default)]
+pub(crate) struct Output {
+    pub(crate) segments: Vec<Built>,
+    pub(crate) deletion: Option<crate::engine::delete::Deleted>,
+}
+
+impl From<Vec<Built>> for Output {
+    fn from(segments: Vec<Built>) -> Output {
+        Output { segments, deletion: None }
+    }
+}
+
+impl Output {
+    /// Removes what the job wrote, for a job that will not publish.
+    pub(crate) fn discard(self, data_dir: &std::path::Path) {
+        for b in self.segments {
+            let path = data_dir.join(&b.record.file);
+            drop(b.segment);
+            let _ = std::fs::remove_file(path);
+        }
+        for r in self.deletion.into_iter().flat_map(|d| d.rewrites) {
+            let _ = std::fs::remove_file(r.path);
+        }
+    }
+}
+
+/// What a finished build left: its output or why it failed.
+pub(crate) type Outcome = std::result::Result<Output, String>;
 
 /// A build running (or finished, not yet published) on its own thread.
 #[derive(Debug)]
@@ -100,7 +134,7 @@ impl Running {
         let (job, datasource, start_ms, end_ms, name) =
             (input.job, input.datasource, input.start_ms, input.end_ms, input.name.clone());
         Running::spawn_with(job, datasource, start_ms, end_ms, name, move |progress, cancel| {
-            build(&input, progress, cancel)
+            build(&input, progress, cancel).map(Output::from)
         })
     }
 
@@ -111,7 +145,7 @@ impl Running {
         start_ms: i64,
         end_ms: i64,
         name: String,
-        work: impl FnOnce(&Progress, &AtomicBool) -> Result<Vec<Built>> + Send + 'static,
+        work: impl FnOnce(&Progress, &AtomicBool) -> Result<Output> + Send + 'static,
     ) -> Result<Running> {
         let progress = Arc::new(Progress::default());
         let cancel = Arc::new(AtomicBool::new(false));
@@ -124,7 +158,7 @@ impl Running {
                     let started = std::time::Instant::now();
                     let result = work(&progress, &cancel).map_err(|e| e.to_string());
                     match &result {
-                        Ok(built) => tracing::info!(job, datasource = %name, segments = built.len(),
+                        Ok(built) => tracing::info!(job, datasource = %name, segments = built.segments.len(),
                             events = progress.events.load(Ordering::Relaxed), seconds = started.elapsed().as_secs_f64(),
                             "job built"),
                         Err(e) => tracing::error!(job, datasource = %name, error = %e, "job failed"),
@@ -197,21 +231,15 @@ pub(crate) fn write_built(
     Ok(Built { record, segment })
 }
 
-fn build(input: &BuildInput, progress: &Progress, cancel: &AtomicBool) -> Result<Vec<Built>> {
+pub(crate) fn build(input: &BuildInput, progress: &Progress, cancel: &AtomicBool) -> Result<Vec<Built>> {
     let spec = &input.spec;
     let rules = input.rules.as_deref();
     let mut indexes: BTreeMap<i64, RollupIndex> = BTreeMap::new();
-    let mut files: BTreeMap<PathBuf, File> = BTreeMap::new();
     for source in &input.sources {
         if cancel.load(Ordering::Relaxed) {
             return Err(Error::Internal("cancelled".into()));
         }
-        if !files.contains_key(&source.path) {
-            let f = File::open(&source.path).map_err(Error::io(&source.path))?;
-            files.insert(source.path.clone(), f);
-        }
-        let file = files.get(&source.path).ok_or_else(|| Error::Internal("raw file handle vanished".into()))?;
-        let stored = read_stored(file, &source.path, &source.entry)?;
+        let stored = read_stored(&source.file, &source.path, &source.entry)?;
         let (_, records) = record_batch::decode_records(&stored.batch)?;
         for (i, (_, record)) in records.iter().enumerate() {
             if stored.frame.verdicts.iter().any(|v| v.record_index == i as u32) {
@@ -226,6 +254,9 @@ fn build(input: &BuildInput, progress: &Progress, cancel: &AtomicBool) -> Result
                 continue;
             }
             let interval = spec.granularity.segment.bucket_start(event.time_ms);
+            if input.only.as_ref().is_some_and(|only| !only.contains(&interval)) {
+                continue;
+            }
             indexes.entry(interval).or_insert_with(|| RollupIndex::new(spec)).add(&event);
             progress.events.fetch_add(1, Ordering::Relaxed);
         }
@@ -301,6 +332,24 @@ pub struct JobInfo {
     /// A compaction's target query granularity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub granularity: Option<String>,
+    /// A deletion's condition, as typed and as parsed (a restarted build needs it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub where_text: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<tidemark_catalog::record_filter::RecordFilter>,
+    /// Raw log files a deletion rewrote.
+    #[serde(default)]
+    pub files_rewritten: u64,
+    /// `sys.rejects` rows a deletion removed.
+    #[serde(default)]
+    pub rejects_removed: u64,
+    /// Where an export or backup wrote (on the node that took it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<String>,
+    /// Copies taken before a deletion that may still hold what it removed (exports,
+    /// backups): tidemark cannot reach them, so the job names them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub copies_before: Vec<String>,
 }
 
 impl JobInfo {
@@ -335,6 +384,12 @@ impl JobInfo {
             shards: Vec::new(),
             files_removed: 0,
             granularity: None,
+            where_text: None,
+            filter: None,
+            files_rewritten: 0,
+            rejects_removed: 0,
+            copies_before: Vec::new(),
+            destination: None,
         }
     }
 
@@ -346,6 +401,60 @@ impl JobInfo {
         self
     }
 }
+
+/// An export or backup, as logged when it was written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyRecord {
+    /// `export` or `backup`.
+    pub kind: String,
+    /// The datasource exported (a backup holds them all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datasource: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_ms: Option<i64>,
+    /// The directory written, on `node`'s host.
+    pub to: String,
+    pub node: u64,
+    pub files: u64,
+    pub bytes: u64,
+    pub actor: String,
+    /// Its job id (the log position that recorded it), set at apply.
+    #[serde(default)]
+    pub job: u64,
+    #[serde(default)]
+    pub time_ms: i64,
+}
+
+impl CopyRecord {
+    /// Whether it may hold beacons of `datasource` with event times in [`start`, `end`).
+    pub(crate) fn may_hold(&self, datasource: &str, start: i64, end: i64) -> bool {
+        match self.kind.as_str() {
+            "backup" => true,
+            _ => {
+                self.datasource.as_deref() == Some(datasource)
+                    && self.start_ms.is_none_or(|s| s < end)
+                    && self.end_ms.is_none_or(|e| e > start)
+            }
+        }
+    }
+
+    /// One line for a deletion's report.
+    pub(crate) fn describe(&self) -> String {
+        let what = match &self.datasource {
+            Some(d) => format!("{} of {d:?}", self.kind),
+            None => self.kind.clone(),
+        };
+        format!(
+            "{what} to {} on node {} (job {}, {} files, {} bytes)",
+            self.to, self.node, self.job, self.files, self.bytes
+        )
+    }
+}
+
+/// Copies remembered for deletion reports.
+pub(crate) const COPIES_KEPT: usize = 10_000;
 
 /// The newest jobs kept (finished ones beyond this are forgotten, oldest first).
 pub(crate) const JOBS_KEPT: usize = 200;

@@ -65,6 +65,23 @@ impl RejectsTable {
         self.rows.iter().filter(|r| r.datasource == name && r.writer_time_ms < cutoff_ms).count()
     }
 
+    /// Removes `name`'s rejects of the records at `records` (partition, offset), and those
+    /// that never reached the raw log whose beacon `matches`; returns how many.
+    pub fn remove_records(
+        &mut self,
+        name: &str,
+        records: &std::collections::BTreeSet<(u32, i64)>,
+        matches: impl Fn(&str) -> bool,
+    ) -> usize {
+        let before = self.rows.len();
+        self.rows.retain(|r| {
+            let gone = r.datasource == name
+                && if r.offset >= 0 { records.contains(&(r.partition, r.offset)) } else { matches(&r.payload) };
+            !gone
+        });
+        before - self.rows.len()
+    }
+
     pub fn remove_datasource(&mut self, name: &str) {
         self.rows.retain(|r| r.datasource != name);
     }

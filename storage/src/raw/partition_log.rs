@@ -17,6 +17,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::raw::frame::Frame;
@@ -28,6 +29,8 @@ const FORMAT_VERSION: u32 = 1;
 const FILE_HEADER_LEN: u64 = 16;
 const ENTRY_PREFIX_LEN: usize = 8;
 const INDEX_ENTRY_LEN: usize = 64;
+/// A deletion writes a file's new version beside it under this suffix, then renames it over.
+const REWRITE_SUFFIX: &str = ".rewrite-";
 
 #[derive(Debug, Clone)]
 pub struct PartitionLogConfig {
@@ -102,7 +105,9 @@ pub struct StoredBatch {
 struct LogFile {
     base_offset: i64,
     path: PathBuf,
-    file: File,
+    /// Shared with readers off the engine lock (reindex, export, deletion), whose reads stay
+    /// on these bytes even if a deletion later puts a rewritten file at `path`.
+    file: Arc<File>,
     len: u64,
     entries: Vec<IndexEntry>,
     min_event_ms: i64,
@@ -189,6 +194,10 @@ impl PartitionLog {
                 && let Ok(base) = stem.parse::<i64>()
             {
                 bases.push(base);
+            } else if name.contains(REWRITE_SUFFIX) {
+                // A deletion's rewrite that was never installed: its job builds it again.
+                let path = item.path();
+                fs::remove_file(&path).map_err(Error::io(&path))?;
             }
         }
         bases.sort_unstable();
@@ -246,7 +255,7 @@ impl PartitionLog {
         Ok(LogFile {
             base_offset: base,
             path,
-            file,
+            file: Arc::new(file),
             len: FILE_HEADER_LEN,
             entries: Vec::new(),
             min_event_ms: i64::MAX,
@@ -261,7 +270,7 @@ impl PartitionLog {
         let mut lf = LogFile {
             base_offset: base,
             path: path.clone(),
-            file,
+            file: Arc::new(file),
             len,
             entries: Vec::new(),
             min_event_ms: i64::MAX,
@@ -386,7 +395,7 @@ impl PartitionLog {
                 reason: format!("the replacement holds {len} bytes where the log holds {}", lf.len),
             });
         }
-        lf.file = file;
+        lf.file = Arc::new(file);
         Ok(())
     }
 
@@ -446,7 +455,7 @@ impl PartitionLog {
 
         let active = self.active_mut();
         let file_pos = active.len;
-        active.file.write_all(&entry).map_err(Error::io(&active.path))?;
+        (&*active.file).write_all(&entry).map_err(Error::io(&active.path))?;
         active.len += entry.len() as u64;
         let index = IndexEntry {
             base_offset,
@@ -610,7 +619,12 @@ impl PartitionLog {
     /// The stored batches applied at or before `through` whose events may fall in
     /// [`start_ms`, `end_ms`), with the file each is in (for readers off the engine lock: the
     /// bytes of an applied entry never change).
-    pub fn sources_overlapping(&self, start_ms: i64, end_ms: i64, through: u64) -> Vec<(PathBuf, IndexEntry)> {
+    pub fn sources_overlapping(
+        &self,
+        start_ms: i64,
+        end_ms: i64,
+        through: u64,
+    ) -> Vec<(PathBuf, Arc<File>, IndexEntry)> {
         self.files
             .iter()
             .filter(|f| f.min_event_ms <= f.max_event_ms && f.min_event_ms < end_ms && f.max_event_ms >= start_ms)
@@ -618,14 +632,142 @@ impl PartitionLog {
                 f.entries
                     .iter()
                     .filter(|e| e.log_position <= through && e.overlaps(start_ms, end_ms))
-                    .map(|e| (f.path.clone(), *e))
+                    .map(|e| (f.path.clone(), f.file.clone(), *e))
             })
             .collect()
+    }
+
+    /// Seals the active file if it holds a batch applied before `position`, so every such
+    /// batch is in a file no append touches again (what a deletion rewrites). A replay of
+    /// the same command finds the batches after `position` in the active file and does not
+    /// seal again.
+    pub fn seal_before(&mut self, position: u64) -> Result<()> {
+        if self.active().entries.last().is_some_and(|e| e.log_position < position) {
+            self.roll()?;
+        }
+        Ok(())
+    }
+
+    /// The sealed files holding batches applied before `position`, with a handle each and
+    /// the entries of those batches.
+    pub fn sealed_before(&self, position: u64) -> Vec<SealedFile> {
+        let sealed = &self.files[..self.files.len().saturating_sub(1)];
+        sealed
+            .iter()
+            .filter(|f| f.entries.first().is_some_and(|e| e.log_position < position))
+            .map(|f| SealedFile {
+                partition: self.partition,
+                base_offset: f.base_offset,
+                path: f.path.clone(),
+                file: f.file.clone(),
+                entries: f.entries.clone(),
+            })
+            .collect()
+    }
+
+    /// Puts a deletion's rewrite of the sealed file starting at `base_offset` in its place:
+    /// renamed over the old file (readers holding the old handle keep its bytes), its index
+    /// rewritten. Returns false, leaving nothing behind, if the file is no longer in the log
+    /// (raw retention took it meanwhile). The rewrite must hold the same batches (offsets
+    /// and log positions), each possibly with fewer records.
+    pub fn install_rewrite(&mut self, base_offset: i64, rewritten: &Path, entries: Vec<IndexEntry>) -> Result<bool> {
+        let n = self.files.len();
+        let Some(i) = self.files[..n.saturating_sub(1)].iter().position(|f| f.base_offset == base_offset) else {
+            fs::remove_file(rewritten).map_err(Error::io(rewritten))?;
+            return Ok(false);
+        };
+        let same = |a: &IndexEntry, b: &IndexEntry| {
+            (a.base_offset, a.last_offset, a.log_position) == (b.base_offset, b.last_offset, b.log_position)
+        };
+        let old = &self.files[i];
+        if old.entries.len() != entries.len() || !old.entries.iter().zip(&entries).all(|(a, b)| same(a, b)) {
+            return Err(Error::Internal(format!(
+                "the rewrite of {} does not hold the same batches as the file",
+                old.path.display()
+            )));
+        }
+        let path = old.path.clone();
+        fs::rename(rewritten, &path).map_err(Error::io(&path))?;
+        sync_dir(&self.dir)?;
+        let file = OpenOptions::new().read(true).append(true).open(&path).map_err(Error::io(&path))?;
+        let len = file.metadata().map_err(Error::io(&path))?.len();
+        let mut lf = LogFile {
+            base_offset,
+            path,
+            file: Arc::new(file),
+            len,
+            entries: Vec::new(),
+            min_event_ms: i64::MAX,
+            max_event_ms: i64::MIN,
+        };
+        for e in entries {
+            lf.note(e);
+        }
+        // A crash before this leaves the old index, whose recorded length no longer
+        // matches: the file is scanned on open and the index written again.
+        self.write_sidecar(&lf)?;
+        self.files[i] = lf;
+        Ok(true)
     }
 
     pub fn read_at(&self, entry: &IndexEntry) -> Result<StoredBatch> {
         let i = self.files.partition_point(|f| f.base_offset <= entry.base_offset).saturating_sub(1);
         read_entry(&self.files[i], entry)
+    }
+}
+
+/// A sealed raw log file as a deletion reads it.
+#[derive(Debug, Clone)]
+pub struct SealedFile {
+    pub partition: u32,
+    pub base_offset: i64,
+    pub path: PathBuf,
+    pub file: Arc<File>,
+    pub entries: Vec<IndexEntry>,
+}
+
+impl SealedFile {
+    /// Where this file's rewrite is written before it is installed.
+    pub fn rewrite_path(&self, job: u64) -> PathBuf {
+        let name = self.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        self.path.with_file_name(format!("{name}{REWRITE_SUFFIX}{job}"))
+    }
+
+    /// Writes this file anew at `dest` (fsynced): every entry as stored, except those for
+    /// which `edit` returns a replacement frame and batch (the same offsets and position,
+    /// fewer records). Returns the new file's entries.
+    pub fn rewrite(
+        &self,
+        dest: &Path,
+        mut edit: impl FnMut(&IndexEntry, StoredBatch) -> Result<Option<(Frame, Vec<u8>)>>,
+    ) -> Result<Vec<IndexEntry>> {
+        let mut out = std::io::BufWriter::new(File::create(dest).map_err(Error::io(dest))?);
+        let mut header = Vec::with_capacity(FILE_HEADER_LEN as usize);
+        header.extend_from_slice(FILE_MAGIC);
+        header.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        header.extend_from_slice(&self.partition.to_le_bytes());
+        out.write_all(&header).map_err(Error::io(dest))?;
+        let mut pos = FILE_HEADER_LEN;
+        let mut entries = Vec::with_capacity(self.entries.len());
+        for e in &self.entries {
+            let stored = read_stored(&self.file, &self.path, e)?;
+            let (frame, batch) = match edit(e, stored.clone())? {
+                Some(replacement) => replacement,
+                None => (stored.frame, stored.batch),
+            };
+            let mut frame_bytes = Vec::with_capacity(64);
+            frame.encode(&mut frame_bytes);
+            let entry_len = ENTRY_PREFIX_LEN + frame_bytes.len() + batch.len();
+            out.write_all(&(frame_bytes.len() as u32).to_le_bytes()).map_err(Error::io(dest))?;
+            out.write_all(&crc32c::crc32c(&frame_bytes).to_le_bytes()).map_err(Error::io(dest))?;
+            out.write_all(&frame_bytes).map_err(Error::io(dest))?;
+            out.write_all(&batch).map_err(Error::io(dest))?;
+            entries.push(IndexEntry { file_pos: pos, entry_len: entry_len as u32, ..*e });
+            pos += entry_len as u64;
+        }
+        let file = out.into_inner().map_err(|e| Error::io(dest)(e.into_error()))?;
+        file.sync_all().map_err(Error::fsync(dest))?;
+        Ok(entries)
     }
 }
 

@@ -215,16 +215,22 @@ pub const DECOMPRESSED_BYTES_CEILING: usize = 1 << 30;
 /// and header count, one byte each. Bounds how many records a section can hold.
 const MIN_RECORD_BYTES: usize = 7;
 
-/// Decodes the records of a batch, decompressing its record section if it is compressed.
-/// Offsets are `base_offset + offsetDelta`.
+/// Decodes the records of a stored batch, decompressing its record section if it is
+/// compressed. Offsets are `base_offset + offsetDelta`. A stored batch may have gaps (records
+/// a deletion took out, as after Kafka's compaction): offset deltas only have to increase
+/// and stay within `lastOffsetDelta`.
 pub fn decode_records(batch: &[u8]) -> Result<(BatchHeader, Vec<(i64, Record)>)> {
-    decode_records_capped(batch, DECOMPRESSED_BYTES_CEILING)
+    decode(batch, DECOMPRESSED_BYTES_CEILING, false)
 }
 
-/// As [`decode_records`], refusing a record section that decompresses to more than `cap` bytes.
-/// Also checks what Kafka's broker checks of a produced batch: the records are numbered
-/// 0, 1, 2, ... and `lastOffsetDelta` is the last of them, so offsets stay dense.
+/// Decodes a produced batch, refusing a record section that decompresses to more than `cap`
+/// bytes. Also checks what Kafka's broker checks of a produced batch: the records are
+/// numbered 0, 1, 2, ... and `lastOffsetDelta` is the last of them, so offsets stay dense.
 pub fn decode_records_capped(batch: &[u8], cap: usize) -> Result<(BatchHeader, Vec<(i64, Record)>)> {
+    decode(batch, cap, true)
+}
+
+fn decode(batch: &[u8], cap: usize, dense: bool) -> Result<(BatchHeader, Vec<(i64, Record)>)> {
     let header = parse_header(batch)?;
     let section = &batch[HEADER_LEN..];
     let inflated;
@@ -242,12 +248,16 @@ pub fn decode_records_capped(batch: &[u8], cap: usize) -> Result<(BatchHeader, V
             body.len()
         )));
     }
-    if header.last_offset_delta as usize + 1 != count.max(1) {
+    if (dense && header.last_offset_delta as usize + 1 != count.max(1))
+        || header.last_offset_delta < 0
+        || count > header.last_offset_delta as usize + 1
+    {
         return Err(Error::bad_batch(format!(
             "lastOffsetDelta {} does not match recordCount {count}",
             header.last_offset_delta
         )));
     }
+    let mut previous_delta = -1i32;
     let mut records = Vec::with_capacity(count);
     for i in 0..count {
         let len = cur.varint()?;
@@ -261,9 +271,16 @@ pub fn decode_records_capped(batch: &[u8], cap: usize) -> Result<(BatchHeader, V
         cur.pos += 1; // record attributes, unused
         let ts_delta = cur.varlong()?;
         let offset_delta = cur.varint()?;
-        if offset_delta as usize != i {
+        if dense && offset_delta as usize != i {
             return Err(Error::bad_batch(format!("record {i} has offset delta {offset_delta}; expected {i}")));
         }
+        if offset_delta <= previous_delta || offset_delta > header.last_offset_delta {
+            return Err(Error::bad_batch(format!(
+                "record {i} has offset delta {offset_delta} after {previous_delta} (lastOffsetDelta {})",
+                header.last_offset_delta
+            )));
+        }
+        previous_delta = offset_delta;
         let key = cur.bytes()?;
         let value = cur.bytes()?;
         let header_count = cur.varint()?;
@@ -306,6 +323,48 @@ pub fn encode_compressed(
     out.extend_from_slice(&packed);
     let attributes = i16::from(codec);
     out[21..23].copy_from_slice(&attributes.to_be_bytes());
+    let batch_len = (out.len() - LOG_OVERHEAD) as i32;
+    out[8..12].copy_from_slice(&batch_len.to_be_bytes());
+    refresh_crc(&mut out);
+    Ok(out)
+}
+
+/// Rebuilds a stored batch keeping only the records at `keep` (indexes into its decoded
+/// records, increasing): each keeps its offset delta, so offsets do not move and the dropped
+/// ones become gaps, as Kafka's log compaction leaves them. The header (base offset,
+/// `lastOffsetDelta`, timestamps, producer id, epoch and base sequence, attributes) is kept;
+/// the record section is compressed again with the batch's own codec. Keeping nothing
+/// leaves an empty batch, which Kafka also keeps so the offsets it covered stay accounted for.
+pub fn retain_records(batch: &[u8], keep: &[usize]) -> Result<Vec<u8>> {
+    let (header, records) = decode_records(batch)?;
+    let mut body = Vec::with_capacity(batch.len());
+    let mut record = Vec::with_capacity(64);
+    for &i in keep {
+        let (offset, r) = records
+            .get(i)
+            .ok_or_else(|| Error::bad_batch(format!("record {i} is past the batch's {} records", records.len())))?;
+        record.clear();
+        record.push(0);
+        put_varlong(&mut record, r.timestamp_ms - header.base_timestamp);
+        put_varint(&mut record, (offset - header.base_offset) as i32);
+        put_bytes(&mut record, r.key.as_deref());
+        put_bytes(&mut record, r.value.as_deref());
+        put_varint(&mut record, r.headers.len() as i32);
+        for (k, v) in &r.headers {
+            put_bytes(&mut record, Some(k.as_bytes()));
+            put_bytes(&mut record, v.as_deref());
+        }
+        put_varint(&mut body, record.len() as i32);
+        body.extend_from_slice(&record);
+    }
+    let section = match header.compression() {
+        compression::NONE => body,
+        codec => compression::compress(codec, &body)?,
+    };
+    let mut out = Vec::with_capacity(HEADER_LEN + section.len());
+    out.extend_from_slice(&batch[..HEADER_LEN]);
+    out.extend_from_slice(&section);
+    out[57..61].copy_from_slice(&(keep.len() as i32).to_be_bytes());
     let batch_len = (out.len() - LOG_OVERHEAD) as i32;
     out[8..12].copy_from_slice(&batch_len.to_be_bytes());
     refresh_crc(&mut out);
@@ -450,6 +509,31 @@ mod tests {
         restamp_producer(&mut batch, 42, 3, 900);
         let h = parse_header(&batch).expect("CRC still valid");
         assert_eq!((h.producer_id, h.producer_epoch, h.base_sequence), (42, 3, 900));
+    }
+
+    #[test]
+    fn retained_records_keep_their_offsets_and_the_batch_its_span() {
+        let records: Vec<Record> = (0..5)
+            .map(|i| Record {
+                timestamp_ms: 1000 + i,
+                key: Some(vec![i as u8]),
+                value: Some(format!("v{i}").into_bytes()),
+                headers: vec![("h".into(), Some(b"x".to_vec()))],
+            })
+            .collect();
+        for codec in [compression::NONE, compression::GZIP, compression::ZSTD] {
+            let mut batch = encode_compressed(&records, codec, 7, 1, 30).expect("encodes");
+            set_base_offset(&mut batch, 100);
+            let kept = retain_records(&batch, &[1, 3]).expect("rewrites");
+            let (h, decoded) = decode_records(&kept).expect("decodes with gaps");
+            assert_eq!((h.base_offset, h.last_offset_delta, h.record_count), (100, 4, 2));
+            assert_eq!((h.producer_id, h.producer_epoch, h.base_sequence, h.compression()), (7, 1, 30, codec));
+            assert_eq!(decoded, vec![(101, records[1].clone()), (103, records[3].clone())]);
+            assert!(decode_records_capped(&kept, 1 << 20).is_err(), "a produced batch must be dense");
+            let empty = retain_records(&batch, &[]).expect("rewrites");
+            let (h, decoded) = decode_records(&empty).expect("an empty batch decodes");
+            assert_eq!((h.last_offset(), decoded.len()), (104, 0));
+        }
     }
 
     #[test]
