@@ -49,6 +49,20 @@ pub struct DatasourceSpec {
     /// does to the beacon (datasources in no domain are not governed).
     #[serde(default, skip_serializing_if = "UnknownTagPolicy::is_default")]
     pub unknown_tags: UnknownTagPolicy,
+    /// Older data rolled up to coarser query granularities by the background compaction,
+    /// e.g. `[{"after": "P30D", "granularity": "PT15M"}]`: an interval that ended more than
+    /// `after` ago is compacted to `granularity` (sketches merged, never recomputed). PT15M
+    /// keeps every time zone's day boundaries exact where PT1H would not (+05:30, +05:45).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rollup_rules: Vec<RollupRule>,
+}
+
+/// One age-based rollup rule (see [`DatasourceSpec::rollup_rules`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollupRule {
+    pub after: Period,
+    pub granularity: Period,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -278,6 +292,33 @@ impl DatasourceSpec {
                 problem(format!("clustering[{i}]"), format!("{key:?} appears twice"));
             }
         }
+        let mut previous: Option<&RollupRule> = None;
+        for (i, rule) in self.rollup_rules.iter().enumerate() {
+            let path = format!("rollup_rules[{i}]");
+            let g = &rule.granularity;
+            if !g.is_multiple_of(&self.granularity.query) || !self.granularity.segment.is_multiple_of(g) {
+                problem(
+                    format!("{path}.granularity"),
+                    format!(
+                        "{g} must be a multiple of the query granularity {} that divides the segment granularity {}",
+                        self.granularity.query, self.granularity.segment
+                    ),
+                );
+            }
+            if let Some(p) = previous
+                && (rule.after.millis() <= p.after.millis() || !g.is_multiple_of(&p.granularity) || g == &p.granularity)
+            {
+                problem(
+                    path.clone(),
+                    format!(
+                        "rules must go from younger to older data with coarser granularities: after {} ({}) \
+                         comes after {} ({})",
+                        rule.after, g, p.after, p.granularity
+                    ),
+                );
+            }
+            previous = Some(rule);
+        }
         if self.partitions == 0 || self.partitions > PARTITIONS_MAX {
             problem("partitions".into(), format!("{} is out of range; use 1 to {PARTITIONS_MAX}", self.partitions));
         }
@@ -375,6 +416,26 @@ mod tests {
             Ok(v) => panic!("expected an error, got {v:?}"),
             Err(e) => e.to_string(),
         }
+    }
+
+    #[test]
+    fn rollup_rules_go_from_younger_to_older_data_and_coarser_granularities() {
+        let with = |rules: &str| {
+            let mut v: serde_json::Value = serde_json::from_str(BEACONS).expect("json");
+            v["rollup_rules"] = serde_json::from_str(rules).expect("rules json");
+            DatasourceSpec::from_json(&v.to_string())
+        };
+        let ok = with(r#"[{"after": "P7D", "granularity": "PT5M"}, {"after": "P30D", "granularity": "PT15M"}]"#)
+            .expect("valid rules");
+        assert_eq!(ok.rollup_rules[1].granularity.millis(), 900_000);
+        let e =
+            err_text(with(r#"[{"after": "P30D", "granularity": "PT15M"}, {"after": "P7D", "granularity": "PT30M"}]"#));
+        assert!(e.contains("rollup_rules[1]: rules must go from younger to older data"), "{e}");
+        let e =
+            err_text(with(r#"[{"after": "P7D", "granularity": "PT15M"}, {"after": "P30D", "granularity": "PT20M"}]"#));
+        assert!(e.contains("rollup_rules[1]: rules must go"), "{e}");
+        let e = err_text(with(r#"[{"after": "P7D", "granularity": "PT15M", "keep": 1}]"#));
+        assert!(e.contains("keep"), "{e}");
     }
 
     #[test]

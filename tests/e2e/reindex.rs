@@ -316,6 +316,40 @@ fn compaction_merges_shards_from_segments_and_rolls_up_with_sketches_merged() {
         100
     );
 
+    // An age rule in the spec: intervals that ended more than two hours ago are rolled up to
+    // 15 minutes by the leader's own compaction, every event kept.
+    let mut ruled = compact_spec("PT6M");
+    ruled["rollup_rules"] = json!([{"after": "PT2H", "granularity": "PT15M"}]);
+    let r = node.put("/v1/datasources/merged", ruled.to_string().as_bytes());
+    assert_eq!(r.status, 200, "{}", r.body);
+    let in_old_hour =
+        format!("__time >= to_timestamp_millis({old_hour}) AND __time < to_timestamp_millis({})", old_hour + HOUR_MS);
+    let fine_rows = format!(
+        "SELECT COUNT(*) FROM merged WHERE {in_old_hour} AND (EXTRACT(MINUTE FROM __time) % 15 <> 0 OR EXTRACT(SECOND FROM __time) <> 0)"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while node.sql_i64(&fine_rows) > 0 {
+        assert!(Instant::now() < deadline, "the age rule never rolled up: {:?}", node.sql("SELECT * FROM sys.jobs"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(node.sql_i64(&format!("SELECT SUM(\"count\") FROM merged WHERE {in_old_hour}")), 100);
+    assert_eq!(node.sql_i64(&old_shards), 1);
+    assert!(
+        node.sql_i64("SELECT COUNT(*) FROM sys.jobs WHERE actor = 'system:compaction' AND state = 'published'") >= 2
+    );
+    let mut bad = compact_spec("PT6M");
+    bad["rollup_rules"] = json!([{"after": "P30D", "granularity": "PT7M"}]);
+    let r = node.put("/v1/datasources/merged", bad.to_string().as_bytes());
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.body.contains(
+            "rollup_rules[0].granularity: PT7M must be a multiple of the query granularity PT1M that divides the \
+             segment granularity PT1H"
+        ),
+        "{}",
+        r.body
+    );
+
     let (code, _, err) =
         node.cli(&["compact", "--datasource", "merged", "--interval", &interval, "--granularity", "PT7M"]);
     assert_ne!(code, 0);

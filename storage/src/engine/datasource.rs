@@ -766,15 +766,28 @@ impl DatasourceState {
     }
 
     /// Intervals with more than one readable shard (and no damaged one), oldest first.
-    pub(crate) fn multi_shard_intervals(&self) -> Vec<i64> {
-        let mut count: BTreeMap<i64, usize> = BTreeMap::new();
-        for (r, _) in &self.segments {
-            *count.entry(r.id.interval_start_ms).or_default() += 1;
+    /// The oldest interval ending at or before `settled_before` that compaction should
+    /// rewrite: several shards, or shards finer than the granularity `due` names for it (an
+    /// age rule); with that granularity if it is a rollup. Damaged intervals wait for repair.
+    pub(crate) fn compaction_candidate(
+        &self,
+        seg_ms: i64,
+        settled_before: i64,
+        due: impl Fn(i64) -> Option<tidemark_catalog::Period>,
+    ) -> Option<(i64, Option<tidemark_catalog::Period>)> {
+        let mut shards: BTreeMap<i64, (usize, i64)> = BTreeMap::new();
+        for (r, seg) in &self.segments {
+            let finest = tidemark_catalog::Period::parse(&seg.meta().query_granularity).map_or(0, |p| p.millis());
+            let e = shards.entry(r.id.interval_start_ms).or_insert((0, i64::MAX));
+            *e = (e.0 + 1, e.1.min(finest));
         }
         for (r, _) in &self.damaged {
-            count.remove(&r.id.interval_start_ms);
+            shards.remove(&r.id.interval_start_ms);
         }
-        count.into_iter().filter(|(_, n)| *n > 1).map(|(i, _)| i).collect()
+        shards.into_iter().filter(|(i, _)| i + seg_ms <= settled_before).find_map(|(interval, (n, finest))| {
+            let rollup = due(interval).filter(|g| finest < g.millis());
+            (n > 1 || rollup.is_some()).then_some((interval, rollup))
+        })
     }
 
     /// Segments that cannot be read until repaired (see `damaged`).

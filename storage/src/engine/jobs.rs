@@ -617,12 +617,20 @@ impl Engine {
             let spec = entry.current();
             let seg_ms = spec.granularity.segment.millis();
             let settled_before = now_ms - spec.late_window.millis() - SETTLE_MS;
-            if let Some(interval) = ds.multi_shard_intervals().into_iter().find(|i| i + seg_ms <= settled_before) {
+            // The coarsest granularity an age rule asks of the interval, if any.
+            let due = |interval: i64| {
+                spec.rollup_rules
+                    .iter()
+                    .rev()
+                    .find(|r| interval + seg_ms <= now_ms.saturating_sub(r.after.millis()))
+                    .map(|r| r.granularity.clone())
+            };
+            if let Some((interval, granularity)) = ds.compaction_candidate(seg_ms, settled_before, due) {
                 return vec![TimelineCommand::Compact {
                     datasource: ds.id,
                     start_ms: interval,
                     end_ms: interval + seg_ms,
-                    granularity: None,
+                    granularity,
                     actor: AUTO_COMPACTION_ACTOR.into(),
                 }];
             }
