@@ -631,6 +631,36 @@ fn nodes_behind_the_purged_log_catch_up_by_snapshot_with_its_data_files() {
         assert!(Instant::now() < deadline, "replicas differ after the reindex: {versions:?} {files:?}");
         std::thread::sleep(Duration::from_millis(500));
     }
+
+    // A deletion, asked of a follower: every replica takes the merchant out of its own raw
+    // log and rebuilds the same segments, switching at one log entry.
+    let mut want = expected(&batches, &all);
+    let (victim, _) = want.iter().max_by_key(|(_, v)| v.0).map(|(m, v)| (m.clone(), *v)).unwrap_or_default();
+    want.remove(&victim);
+    let condition = format!("merchant_id = '{victim}'");
+    let (code, out, err) = c.node(behind).cli(&["delete", "--datasource", "snap", "--where", &condition]);
+    assert_eq!(code, 0, "{out}{err}");
+    let job: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+    let deleted = expected(&batches, &all).get(&victim).map_or(0, |v| v.0);
+    assert_eq!(job["events"].as_i64(), Some(deleted), "{job}");
+    c.converged_in("snap", &want);
+    let needle = format!("\"merchant_id\":\"{victim}\"");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let files: Vec<BTreeMap<String, u32>> = c.dirs.iter().map(|d| segment_files(d.path())).collect();
+        let holding: Vec<std::path::PathBuf> = c
+            .dirs
+            .iter()
+            .flat_map(|d| crate::crash::walk(&d.path().join("datasources")))
+            .filter(|p| p.extension().is_some_and(|e| e == "raw"))
+            .filter(|p| String::from_utf8_lossy(&std::fs::read(p).unwrap_or_default()).contains(&needle))
+            .collect();
+        if holding.is_empty() && files.iter().all(|f| f == &files[0]) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "replicas differ after the deletion: {holding:?} {files:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
 
 #[test]
