@@ -30,13 +30,20 @@
 //!   nothing left to take out of a file already rewritten.
 //! - Readers off the engine lock (reindex, export) hold file handles, so a rename never
 //!   changes what they read.
+//! - `Publish` writes a journal (the intervals rebuilt, what was removed) before it renames
+//!   anything. A crash after the renames but before the next checkpoint replays the job
+//!   against raw files that no longer hold the matches; the journal tells the replayed build
+//!   which intervals still need rebuilding (their old segments are back from the checkpoint)
+//!   and what the job removed. It is deleted once a checkpoint covers the `Publish`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use serde::{Deserialize, Serialize};
 use tidemark_catalog::record_filter::CompiledFilter;
 use tidemark_catalog::standardise::{TagRules, standardise_json};
 use tidemark_catalog::{DatasourceId, DatasourceSpec};
@@ -66,6 +73,39 @@ pub(crate) struct DeleteInput {
     pub(crate) shards: BTreeMap<i64, u32>,
     /// Every sealed raw file holding batches applied before the job.
     pub(crate) files: Vec<SealedFile>,
+    /// A replay's journal of the job's first `Publish` (see the module doc).
+    pub(crate) journal: Option<Journal>,
+}
+
+/// What a deletion's `Publish` did, kept until a checkpoint covers it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Journal {
+    pub(crate) intervals: Vec<i64>,
+    pub(crate) records: u64,
+    pub(crate) files_rewritten: u64,
+}
+
+/// The journal's path, relative to the data directory.
+pub(crate) fn journal_file(job: u64) -> PathBuf {
+    PathBuf::from("state").join(format!("delete-{job}.json"))
+}
+
+pub(crate) fn read_journal(data_dir: &Path, job: u64) -> Option<Journal> {
+    serde_json::from_slice(&std::fs::read(data_dir.join(journal_file(job))).ok()?).ok()
+}
+
+/// Writes the journal durably (temp file, fsync, rename, directory fsync).
+pub(crate) fn write_journal(data_dir: &Path, job: u64, journal: &Journal) -> Result<()> {
+    let path = data_dir.join(journal_file(job));
+    let dir = path.parent().unwrap_or(data_dir).to_path_buf();
+    std::fs::create_dir_all(&dir).map_err(Error::io(&dir))?;
+    let tmp = path.with_extension("json.tmp");
+    let bytes = serde_json::to_vec(journal).map_err(|e| Error::Internal(format!("deletion journal: {e}")))?;
+    let mut f = File::create(&tmp).map_err(Error::io(&tmp))?;
+    f.write_all(&bytes).map_err(Error::io(&tmp))?;
+    f.sync_all().map_err(Error::fsync(&tmp))?;
+    std::fs::rename(&tmp, &path).map_err(Error::io(&path))?;
+    File::open(&dir).and_then(|d| d.sync_all()).map_err(Error::fsync(&dir))
 }
 
 /// A raw file's new version, written beside it, not yet installed.
@@ -85,6 +125,8 @@ pub(crate) struct Deleted {
     pub(crate) records: BTreeSet<(u32, i64)>,
     /// The segment intervals rebuilt.
     pub(crate) intervals: BTreeSet<i64>,
+    /// Set when this build replays a published job (its counts are the journal's).
+    pub(crate) journal: Option<Journal>,
 }
 
 /// A batch with the records at `keep` only, and its frame's verdicts renumbered to match.
@@ -174,6 +216,10 @@ fn run(
         let file = Arc::new(File::open(&path).map_err(Error::io(&path))?);
         after.push((f.partition, path.clone(), file, entries.clone()));
         deleted.rewrites.push(Rewrite { partition: f.partition, base_offset: f.base_offset, path, entries });
+    }
+    if let Some(j) = &input.journal {
+        deleted.intervals.extend(j.intervals.iter().copied());
+        deleted.journal = Some(j.clone());
     }
     progress.events.store(deleted.records.len() as u64, Ordering::Relaxed);
 

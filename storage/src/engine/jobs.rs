@@ -166,7 +166,22 @@ impl Engine {
             let Some(ds) = self.datasources.get_mut(&info.datasource_id) else {
                 return Err(Error::Internal(format!("deletion {job}: its datasource has no state here")));
             };
-            info.files_rewritten = ds.install_rewrites(deleted.rewrites)?;
+            // Journal first: a crash after the renames must still rebuild these intervals.
+            let journal = match deleted.journal.clone() {
+                Some(j) => j,
+                None => {
+                    let j = delete::Journal {
+                        intervals: deleted.intervals.iter().copied().collect(),
+                        records: deleted.records.len() as u64,
+                        files_rewritten: deleted.rewrites.len() as u64,
+                    };
+                    delete::write_journal(&self.config.data_dir, job, &j)?;
+                    j
+                }
+            };
+            self.obsolete.push((position, delete::journal_file(job)));
+            ds.install_rewrites(deleted.rewrites)?;
+            info.files_rewritten = journal.files_rewritten;
             for persist in ds.unfreeze_except(&self.catalog, job, position, &deleted.intervals)? {
                 self.persister.submit(persist)?;
             }
@@ -175,7 +190,7 @@ impl Engine {
                 info.filter.clone().map(|f| f.compile(self.rules.get(&self.catalog, &info.datasource, job).as_deref()));
             let matches = |payload: &str| filter.as_ref().is_some_and(|f| f.matches(payload.as_bytes()));
             info.rejects_removed = self.rejects.remove_records(&info.datasource, &deleted.records, matches) as u64;
-            info.events = deleted.records.len() as u64;
+            info.events = journal.records;
             only = Some(deleted.intervals.into_iter().collect());
             self.erase_log_through = Some(position);
             let after = serde_json::json!({
@@ -473,6 +488,7 @@ impl Engine {
             end_ms,
             shards,
             files: files.unwrap_or_else(|| ds.sealed_raw_before(id)),
+            journal: delete::read_journal(&self.config.data_dir, id),
             spec,
         };
         let name = input.name.clone();

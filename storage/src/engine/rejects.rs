@@ -66,7 +66,9 @@ impl RejectsTable {
     }
 
     /// Removes `name`'s rejects of the records at `records` (partition, offset), and those
-    /// that never reached the raw log whose beacon `matches`; returns how many.
+    /// whose beacon `matches` (those that never reached the raw log, and, after a restart
+    /// replayed a deletion whose raw rewrite was already in place, the rest); returns how
+    /// many.
     pub fn remove_records(
         &mut self,
         name: &str,
@@ -76,7 +78,7 @@ impl RejectsTable {
         let before = self.rows.len();
         self.rows.retain(|r| {
             let gone = r.datasource == name
-                && if r.offset >= 0 { records.contains(&(r.partition, r.offset)) } else { matches(&r.payload) };
+                && ((r.offset >= 0 && records.contains(&(r.partition, r.offset))) || matches(&r.payload));
             !gone
         });
         before - self.rows.len()

@@ -593,3 +593,87 @@ fn governed_beacons_are_standardised_at_apply_and_rebuilt_under_the_rules_of_the
     let (engine, _) = Engine::open(config).expect("reopen");
     assert_eq!(country(&engine), before, "a restart rebuilds with the same rules");
 }
+
+/// (offset, merchant) of every record stored in partition `p`, as Fetch would serve them.
+fn stored_merchants(engine: &Engine, p: u32) -> Vec<(i64, String)> {
+    let ds = engine.datasources.values().next().expect("a datasource");
+    let batches = ds.partition(p).expect("partition").read(0, 1 << 20).expect("read");
+    let mut out = Vec::new();
+    for b in batches {
+        let (_, records) = crate::raw::record_batch::decode_records(&b.batch).expect("decode");
+        for (offset, r) in records {
+            let v: serde_json::Value = serde_json::from_slice(r.value.as_deref().unwrap_or_default()).expect("json");
+            out.push((offset, v["merchant_id"].as_str().unwrap_or_default().to_string()));
+        }
+    }
+    out
+}
+
+#[test]
+fn a_deletion_replayed_after_a_crash_before_its_checkpoint_stays_whole() {
+    use super::command::TimelineCommand;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = EngineConfig::new(dir.path());
+    let mut log = Log { entries: vec![] };
+    let (mut engine, _) = Engine::open(config.clone()).expect("open");
+    let e = log.push(T0, &Command::catalog(CatalogCommand::CreateDatasource { spec: spec() }, "system"));
+    let Applied::Catalog(CatalogEffect::Created(datasource)) = engine.apply(&e).expect("create") else {
+        panic!("created")
+    };
+    // Hour 0 (persisted to a segment): m1, m2, m1 on partition 0, m2 on partition 1.
+    let hour0 = [beacon(T0 + 60_000, "m1", "u1"), beacon(T0 + 120_000, "m2", "u2"), beacon(T0 + 180_000, "m1", "u3")];
+    engine.apply(&log.push(T0 + 1000, &events_cmd(0, &hour0, None))).expect("events");
+    engine.apply(&log.push(T0 + 2000, &events_cmd(1, &[beacon(T0 + 240_000, "m2", "u4")], None))).expect("events");
+    for d in engine.persist_decisions(T0 + HOUR + 10 * 60_000) {
+        engine.apply(&log.push(T0 + HOUR + 10 * 60_000, &Command::Persist(d))).expect("persist");
+    }
+    engine.publish_persisted(true).expect("publish");
+    // Hour 1 (realtime): m1, m2.
+    let hour1 = [beacon(T0 + HOUR + 5, "m1", "u5"), beacon(T0 + HOUR + 6, "m2", "u6")];
+    engine.apply(&log.push(T0 + HOUR + 11 * 60_000, &events_cmd(0, &hour1, None))).expect("events");
+    engine.checkpoint().expect("checkpoint");
+    assert_eq!(total_count(&engine), 6);
+
+    let filter = tidemark_catalog::record_filter::RecordFilter::parse("merchant_id = 'm1'").expect("filter");
+    let delete = TimelineCommand::Delete {
+        datasource,
+        filter,
+        where_text: "merchant_id = 'm1'".into(),
+        start_ms: None,
+        end_ms: None,
+        actor: "test".into(),
+    };
+    let Applied::Job { id } =
+        engine.apply(&log.push(T0 + HOUR + 12 * 60_000, &Command::Timeline(delete))).expect("start")
+    else {
+        panic!("a job")
+    };
+    while !engine.job_built(id) {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let publish = Command::Timeline(TimelineCommand::Publish { job: id });
+    engine.apply(&log.push(T0 + HOUR + 13 * 60_000, &publish)).expect("publish");
+    engine.publish_persisted(true).expect("publish shards");
+    // A later m1 beacon is kept: a deletion is of what was there.
+    engine
+        .apply(&log.push(T0 + HOUR + 14 * 60_000, &events_cmd(1, &[beacon(T0 + HOUR + 7, "m1", "u7")], None)))
+        .expect("events");
+    let check = |engine: &Engine| {
+        assert_eq!(total_count(engine), 4, "m2's three events and the later m1 one");
+        assert_eq!(stored_merchants(engine, 0), vec![(1, "m2".to_string()), (4, "m2".to_string())]);
+        assert_eq!(stored_merchants(engine, 1), vec![(0, "m2".to_string()), (1, "m1".to_string())]);
+        let job = engine.jobs_now().into_iter().find(|j| j.id == id).expect("the job");
+        assert_eq!((job.events, job.state), (3, reindex::JobState::Published), "{job:?}");
+    };
+    check(&engine);
+    drop(engine);
+
+    // A crash before any checkpoint covers the deletion: the raw files are already rewritten,
+    // the checkpoint still has hour 0's segment with m1 in it. The replay must rebuild it.
+    let (mut engine, _) = Engine::open(config).expect("reopen");
+    for e in &log.entries {
+        engine.apply(e).expect("replay");
+    }
+    engine.publish_persisted(true).expect("publish shards");
+    check(&engine);
+}
