@@ -63,8 +63,19 @@ pub(crate) enum ClusterCmd {
 }
 
 fn post(url: &str, path: &str, body: &Value) -> Result<Value> {
-    let reply = Client::new(url).send("POST", path, "application/json", &[], body.to_string().as_bytes())?.ok()?;
+    post_with(&Client::new(url), path, body)
+}
+
+fn post_with(client: &Client, path: &str, body: &Value) -> Result<Value> {
+    let reply = client.send("POST", path, "application/json", &[], body.to_string().as_bytes())?.ok()?;
     Ok(serde_json::from_slice(&reply.body)?)
+}
+
+/// How this node speaks to its peers' HTTP ports (the scheme they serve, the CA to trust).
+#[derive(Debug, Clone)]
+pub(crate) struct PeerHttp {
+    pub(crate) scheme: &'static str,
+    pub(crate) ca: Option<std::path::PathBuf>,
 }
 
 pub(crate) fn run(cmd: ClusterCmd) -> Result<()> {
@@ -144,7 +155,7 @@ fn print_status(s: &Value) {
 /// `--join` asks the member at `join` to add it (the leader adds it as a learner, waits until
 /// it caught up, then makes it a voter); a member restarted on other addresses has the leader
 /// record them. Retries until the membership shows this node as it is.
-pub(crate) fn announce_in_background(node: Node, join: Option<String>) {
+pub(crate) fn announce_in_background(node: Node, join: Option<String>, peer: PeerHttp) {
     tokio::spawn(async move {
         let replica = node.replica().clone();
         let me = replica.me().clone();
@@ -164,9 +175,10 @@ pub(crate) fn announce_in_background(node: Node, join: Option<String>) {
                 match via {
                     None => Err("waiting for a leader".to_string()),
                     Some(via) => {
-                        let url = if via.starts_with("http") { via } else { format!("http://{via}") };
-                        let b = body.clone();
-                        match tokio::task::spawn_blocking(move || post(&url, "/v1/cluster/join", &b)).await {
+                        let url = if via.starts_with("http") { via } else { format!("{}://{via}", peer.scheme) };
+                        let (b, ca) = (body.clone(), peer.ca.clone());
+                        let join = move || post_with(&Client::with_ca(&url, ca.as_deref()), "/v1/cluster/join", &b);
+                        match tokio::task::spawn_blocking(join).await {
                             Ok(r) => r.map(|_| ()).map_err(|e| format!("{e:#}")),
                             Err(e) => Err(e.to_string()),
                         }

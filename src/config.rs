@@ -29,6 +29,32 @@ pub(crate) struct Config {
     pub(crate) kafka: KafkaSection,
     pub(crate) storage: StorageConfig,
     pub(crate) limits: LimitsSection,
+    pub(crate) tls: TlsSection,
+}
+
+/// TLS for the listeners (see `src/tls.rs`). `cert` and `key` turn it on for the client-facing
+/// ones (each can be left plain); `ca` also makes Raft RPC between nodes mutual TLS and is
+/// what a node checks its peers' certificates against.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct TlsSection {
+    /// This node's certificate chain (PEM).
+    pub(crate) cert: Option<PathBuf>,
+    /// Its private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub(crate) key: Option<PathBuf>,
+    /// The CA that signs every node's certificate (PEM).
+    pub(crate) ca: Option<PathBuf>,
+    pub(crate) http: bool,
+    pub(crate) flight: bool,
+    pub(crate) kafka: bool,
+    /// The name checked in peers' certificates (default: the peer's IP address).
+    pub(crate) peer_name: Option<String>,
+}
+
+impl Default for TlsSection {
+    fn default() -> Self {
+        TlsSection { cert: None, key: None, ca: None, http: true, flight: true, kafka: true, peer_name: None }
+    }
 }
 
 /// What one query or one caller may use (see `tidemark_sql::limits`).
@@ -152,6 +178,7 @@ impl Default for Config {
             kafka: KafkaSection::default(),
             storage: StorageConfig::default(),
             limits: LimitsSection::default(),
+            tls: TlsSection::default(),
         }
     }
 }
@@ -259,6 +286,18 @@ impl Config {
         }
         if self.storage.tick_interval_ms == 0 {
             problems.push("storage.tick_interval_ms: must be positive".into());
+        }
+        let t = &self.tls;
+        if t.cert.is_some() != t.key.is_some() {
+            problems.push("tls: cert and key go together (the certificate chain and its private key)".into());
+        }
+        if t.ca.is_some() && t.cert.is_none() {
+            problems.push("tls.ca: needs tls.cert and tls.key (this node's own certificate for its peers)".into());
+        }
+        if t.cert.is_some() && self.join.is_some() && t.ca.is_none() {
+            problems.push(
+                "tls.ca: a node joining a cluster with TLS needs the CA that signs its peers' certificates".into(),
+            );
         }
         if problems.is_empty() { Ok(()) } else { Err(problems) }
     }

@@ -32,6 +32,9 @@ pub(crate) struct DemoArgs {
     /// Beacons per request.
     #[arg(long, env = "TIDEMARK_DEMO_BATCH", default_value_t = 500)]
     pub(crate) batch: usize,
+    /// The CA to trust for an https:// URL (PEM).
+    #[arg(long, env = "TIDEMARK_CA_CERT")]
+    pub(crate) ca_cert: Option<std::path::PathBuf>,
 }
 
 fn now_ms() -> i64 {
@@ -81,7 +84,7 @@ impl Sender {
 pub(crate) fn run(args: &DemoArgs) -> Result<()> {
     let mut traffic = Traffic::new(&TrafficConfig { seed: args.seed, merchants: args.merchants, skew: 1.1 });
     let mut sender = Sender {
-        client: Client::new(&args.url),
+        client: Client::with_ca(&args.url, args.ca_cert.as_deref()),
         path: format!("/v1/beacons/{}", args.datasource),
         seq: 0,
         seed: args.seed ^ (now_ms() as u64),

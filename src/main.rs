@@ -34,6 +34,7 @@ mod jobs;
 mod keys;
 mod listeners;
 mod segments;
+mod tls;
 
 use client::Client;
 use config::Config;
@@ -119,6 +120,15 @@ struct ServeArgs {
     #[arg(long, env = "TIDEMARK_NODE_ID")]
     node_id: Option<u64>,
     /// Raft RPC listener (default 127.0.0.1:9093).
+    /// This node's TLS certificate chain (PEM): HTTPS, Flight SQL over TLS and Kafka SSL.
+    #[arg(long, env = "TIDEMARK_TLS_CERT")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "TIDEMARK_TLS_KEY")]
+    tls_key: Option<std::path::PathBuf>,
+    /// The CA that signs every node's certificate: Raft between nodes becomes mutual TLS.
+    #[arg(long, env = "TIDEMARK_TLS_CA")]
+    tls_ca: Option<std::path::PathBuf>,
     #[arg(long, env = "TIDEMARK_RAFT_ADDR")]
     raft_addr: Option<String>,
     /// HTTP address of a cluster member to join (e.g. 127.0.0.1:8080). Without it a new node
@@ -266,6 +276,15 @@ fn load_config(args: &ServeArgs) -> Result<Config> {
     if let Some(a) = &args.raft_addr {
         cfg.raft_addr = a.clone();
     }
+    if let Some(p) = &args.tls_cert {
+        cfg.tls.cert = Some(p.clone());
+    }
+    if let Some(p) = &args.tls_key {
+        cfg.tls.key = Some(p.clone());
+    }
+    if let Some(p) = &args.tls_ca {
+        cfg.tls.ca = Some(p.clone());
+    }
     if let Some(j) = &args.join {
         cfg.join = Some(j.clone());
     }
@@ -334,6 +353,11 @@ async fn run_node(cfg: Config, demo: bool, test_faults: bool) -> Result<()> {
     // Every port is bound before the node starts, so a port in use fails at once; the client
     // ports listen only once the node can answer (a connection meanwhile is refused, and the
     // client tries another node instead of waiting on one that replays its log).
+    tls::install_provider();
+    let tls = tls::Loaded::load(&cfg.tls)?;
+    let http_tls = tls.as_ref().map(tls::Loaded::http).transpose()?.flatten();
+    let kafka_tls = tls.as_ref().map(tls::Loaded::kafka).transpose()?.flatten();
+    let flight_tls = tls.as_ref().and_then(tls::Loaded::flight);
     let http = Reserved::bind(&cfg.http_addr, "http_addr").await?;
     let flight = Reserved::bind(&cfg.flight_addr, "flight_addr").await?;
     let flight_addr = flight.local_addr();
@@ -346,8 +370,10 @@ async fn run_node(cfg: Config, demo: bool, test_faults: bool) -> Result<()> {
         None => kafka.local_addr(),
     };
     let raft_local = raft.local_addr()?;
-    let (node, report) =
-        Node::start(node_config(&cfg, kafka_advertised, test_faults), raft).await.context("cannot start the node")?;
+    let mut node_cfg = node_config(&cfg, kafka_advertised, test_faults);
+    node_cfg.peer_tls = tls.as_ref().and_then(tls::Loaded::peers);
+    node_cfg.peer_https = tls.as_ref().map(tls::Loaded::peer_https).transpose()?.flatten();
+    let (node, report) = Node::start(node_cfg, raft).await.context("cannot start the node")?;
     let keys = node.engine().read().catalog().access().required();
     listeners::check_exposure(
         &[
@@ -370,7 +396,9 @@ async fn run_node(cfg: Config, demo: bool, test_faults: bool) -> Result<()> {
     if cfg.join.is_none() {
         node.bootstrap().await.context("cannot start the cluster")?;
     }
-    cluster::announce_in_background(node.clone(), cfg.join.clone());
+    let peer_http =
+        cluster::PeerHttp { scheme: if http_tls.is_some() { "https" } else { "http" }, ca: cfg.tls.ca.clone() };
+    cluster::announce_in_background(node.clone(), cfg.join.clone(), peer_http);
     if cfg.join.is_none() && cfg.demo_datasource {
         create_demo_datasource(&node).await?;
     }
@@ -424,9 +452,13 @@ async fn run_node(cfg: Config, demo: bool, test_faults: bool) -> Result<()> {
     kafka_config.decompressed_batch_bytes_max = cfg.kafka.decompressed_batch_bytes_max;
     kafka_config.future_ms_max = cfg.ingest.future_ms_max;
     kafka_config.failed_login_delay = failed_login_delay;
+    kafka_config.tls = kafka_tls.clone().map(tidemark_ingest::kafka::KafkaTls);
+    let http_scheme = if http_tls.is_some() { "https" } else { "http" };
+    let flight_scheme = if flight_tls.is_some() { "grpc+tls" } else { "grpc" };
+    let kafka_security = if kafka_tls.is_some() { " (SSL)" } else { "" };
     tracing::info!(http = %cfg.http_addr, flight = %flight_addr, kafka = %cfg.kafka_addr, raft = %cfg.raft_addr, "serving");
     println!(
-        "tidemark is serving: HTTP http://{} , Flight SQL grpc://{} , Kafka {} , Raft {} (node {})",
+        "tidemark is serving: HTTP {http_scheme}://{} , Flight SQL {flight_scheme}://{} , Kafka {}{kafka_security} , Raft {} (node {})",
         cfg.http_addr, flight_addr, cfg.kafka_addr, cfg.raft_addr, cfg.node_id
     );
     let (http, flight, kafka) = (http.listen()?, flight.listen()?, kafka.listen()?);
@@ -435,16 +467,32 @@ async fn run_node(cfg: Config, demo: bool, test_faults: bool) -> Result<()> {
     let admin_routes = app.clone();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut http_stop = stop_rx.clone();
-    let http_task = tokio::spawn(async move {
-        axum::serve(http, app)
-            .with_graceful_shutdown(async move {
-                let _ = http_stop.changed().await;
+    let http_task = match http_tls {
+        None => tokio::spawn(async move {
+            axum::serve(http, app)
+                .with_graceful_shutdown(async move {
+                    let _ = http_stop.changed().await;
+                })
+                .await
+        }),
+        Some(acceptor) => {
+            let https = tls::TlsListener::new(http, acceptor)?;
+            tokio::spawn(async move {
+                axum::serve(https, app)
+                    .with_graceful_shutdown(async move {
+                        let _ = http_stop.changed().await;
+                    })
+                    .await
             })
-            .await
-    });
+        }
+    };
     let mut flight_stop = stop_rx.clone();
+    let mut flight_server = tonic::transport::Server::builder();
+    if let Some(t) = flight_tls {
+        flight_server = flight_server.tls_config(t).context("the Flight SQL port's TLS")?;
+    }
     let flight_task = tokio::spawn(
-        tonic::transport::Server::builder()
+        flight_server
             .add_service(tidemark_sql::flight::flight_service(sql_state, failed_login_delay))
             // The admin API's gRPC twin runs the HTTP routes in-process, key check included.
             .add_service(tidemark_ingest::admin_grpc::admin_service(admin_routes))
@@ -459,7 +507,8 @@ async fn run_node(cfg: Config, demo: bool, test_faults: bool) -> Result<()> {
     );
     if demo {
         let args = demo::DemoArgs {
-            url: format!("http://{}", cfg.http_addr),
+            url: format!("{http_scheme}://{}", cfg.http_addr),
+            ca_cert: cfg.tls.ca.clone(),
             datasource: "beacons".into(),
             rate: 2000,
             backfill: 200_000,

@@ -68,7 +68,7 @@ pub async fn route(s: &IngestState, caller: &Principal, datasource: &str, header
         }
         Some((id, member)) => {
             let req = request(datasource, &headers, body.clone());
-            match forward::forward_request(&member.http, req, me).await {
+            match forward::forward_request(s.node.peer_https(), &member.http, req, me).await {
                 Ok(resp) => {
                     s.node.metrics().http_forwarded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     resp
@@ -219,7 +219,7 @@ async fn send(s: &IngestState, item: &spool::Spooled) -> Sent {
     } else {
         let Some((_, leader)) = replica.leader() else { return Sent::Later("no leader".into()) };
         let req = request(&item.header.datasource, &headers, body);
-        match forward::forward_request(&leader.http, req, replica.node_id()).await {
+        match forward::forward_request(s.node.peer_https(), &leader.http, req, replica.node_id()).await {
             Ok(r) => r,
             Err(e) => return Sent::Later(e.to_string()),
         }

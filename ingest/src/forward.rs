@@ -37,7 +37,7 @@ pub async fn leader_only(State(s): State<IngestState>, req: Request, next: Next)
             Error::Stopped { reason: "leadership moved while the request was forwarded; retry it".into() }
                 .into_response()
         }
-        Some((id, leader)) => match forward(&leader.http, req, me).await {
+        Some((id, leader)) => match forward(&s.node, &leader.http, req, me).await {
             Ok(resp) => {
                 s.node.metrics().http_forwarded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 resp
@@ -78,7 +78,7 @@ pub(crate) async fn call_leader(
         req = req.header(axum::http::header::AUTHORIZATION, format!("Bearer {token}"));
     }
     let req = req.body(Body::from(body)).map_err(|e| e.to_string())?;
-    let resp = forward(addr, req, me).await?;
+    let resp = forward(node, addr, req, me).await?;
     let status = resp.status();
     let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.map_err(|e| e.to_string())?;
     if !status.is_success() {
@@ -104,12 +104,50 @@ impl std::fmt::Display for ForwardError {
     }
 }
 
-async fn forward(addr: &str, req: Request, me: NodeId) -> Result<Response, String> {
-    forward_request(addr, req, me).await.map_err(|e| e.to_string())
+async fn forward(node: &crate::Node, addr: &str, req: Request, me: NodeId) -> Result<Response, String> {
+    forward_request(node.peer_https(), addr, req, me).await.map_err(|e| e.to_string())
 }
 
-/// Sends `req` to the node at `addr` as forwarded by `me`.
-pub(crate) async fn forward_request(addr: &str, mut req: Request, me: NodeId) -> Result<Response, ForwardError> {
+/// How a node reaches its peers' HTTP ports when they serve TLS: the cluster's CA, and the
+/// name their certificates carry (default: the address's IP).
+#[derive(Clone)]
+pub struct PeerHttps {
+    pub connector: tokio_rustls::TlsConnector,
+    pub name: Option<String>,
+}
+
+impl std::fmt::Debug for PeerHttps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerHttps").field("name", &self.name).finish()
+    }
+}
+
+impl PeerHttps {
+    /// Trusts the CA certificates in `ca_pem`.
+    pub fn new(ca_pem: &[u8], name: Option<String>) -> Result<PeerHttps, String> {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(ca_pem) {
+            roots.add(cert.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+        }
+        let config =
+            rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .map_err(|e| e.to_string())?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        Ok(PeerHttps { connector: std::sync::Arc::new(config).into(), name })
+    }
+}
+
+/// Sends `req` to the node at `addr` as forwarded by `me` (over TLS with `tls`).
+pub(crate) async fn forward_request(
+    tls: Option<&PeerHttps>,
+    addr: &str,
+    mut req: Request,
+    me: NodeId,
+) -> Result<Response, ForwardError> {
     let connect = tokio::time::timeout(std::time::Duration::from_secs(2), tokio::net::TcpStream::connect(addr));
     let stream = match connect.await {
         Ok(Ok(s)) => s,
@@ -118,14 +156,42 @@ pub(crate) async fn forward_request(addr: &str, mut req: Request, me: NodeId) ->
     };
     let exchange = |e: String| ForwardError::Exchange(e);
     let _ = stream.set_nodelay(true);
-    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Body>(TokioIo::new(stream))
-        .await
-        .map_err(|e| exchange(e.to_string()))?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "forwarding connection closed");
+    let mut sender = match tls {
+        None => {
+            let (sender, conn) = hyper::client::conn::http1::handshake::<_, Body>(TokioIo::new(stream))
+                .await
+                .map_err(|e| exchange(e.to_string()))?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "forwarding connection closed");
+                }
+            });
+            sender
         }
-    });
+        Some(t) => {
+            let host = t
+                .name
+                .clone()
+                .unwrap_or_else(|| addr.rsplit_once(':').map_or(addr, |(h, _)| h).trim_matches(['[', ']']).to_string());
+            let name = rustls::pki_types::ServerName::try_from(host)
+                .map_err(|e| ForwardError::Connect(format!("peer name: {e}")))?;
+            let handshake = tokio::time::timeout(std::time::Duration::from_secs(5), t.connector.connect(name, stream));
+            let stream = match handshake.await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return Err(ForwardError::Connect(format!("TLS: {e}"))),
+                Err(_) => return Err(ForwardError::Connect("no TLS handshake within 5 s".into())),
+            };
+            let (sender, conn) = hyper::client::conn::http1::handshake::<_, Body>(TokioIo::new(stream))
+                .await
+                .map_err(|e| exchange(e.to_string()))?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "forwarding connection closed");
+                }
+            });
+            sender
+        }
+    };
     let path = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
     *req.uri_mut() = path.parse::<Uri>().map_err(|e| exchange(e.to_string()))?;
     let headers = req.headers_mut();

@@ -53,6 +53,18 @@ pub struct KafkaConfig {
     pub in_flight_per_connection: usize,
     /// How long a failed SASL login waits for its answer (limits.failed_login_delay_ms).
     pub failed_login_delay: std::time::Duration,
+    /// TLS (SSL / SASL_SSL) for every connection, when set.
+    pub tls: Option<KafkaTls>,
+}
+
+/// The Kafka listener's TLS acceptor.
+#[derive(Clone)]
+pub struct KafkaTls(pub tokio_rustls::TlsAcceptor);
+
+impl std::fmt::Debug for KafkaTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KafkaTls")
+    }
 }
 
 impl KafkaConfig {
@@ -65,6 +77,7 @@ impl KafkaConfig {
             future_ms_max: 24 * 3_600_000,
             in_flight_per_connection: 16,
             failed_login_delay: std::time::Duration::from_millis(200),
+            tls: None,
         }
     }
 }
@@ -131,6 +144,9 @@ pub(crate) fn write_error_code(e: &crate::Error) -> i16 {
 }
 
 /// Accepts Kafka connections until the listener fails.
+/// How long a client has to finish its TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub async fn serve(listener: TcpListener, node: Node, config: KafkaConfig) -> std::io::Result<()> {
     let coordinator = Coordinator::default();
     let broker = Arc::new(Broker { node, config, coordinator });
@@ -142,7 +158,24 @@ pub async fn serve(listener: TcpListener, node: Node, config: KafkaConfig) -> st
         tokio::spawn(async move {
             let metrics = broker.node.metrics();
             metrics.kafka_connections_open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let closed = connection::run(stream, broker).await;
+            let loopback = peer.ip().is_loopback();
+            let closed = match broker.config.tls.clone() {
+                None => {
+                    let (rd, wr) = stream.into_split();
+                    connection::run(rd, wr, loopback, broker).await
+                }
+                // The handshake runs in the connection's task: the accept loop never waits on it.
+                Some(KafkaTls(acceptor)) => {
+                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => {
+                            let (rd, wr) = tokio::io::split(tls);
+                            connection::run(rd, wr, true, broker).await
+                        }
+                        Ok(Err(e)) => Err(connection::Close::Protocol(format!("TLS handshake failed: {e}"))),
+                        Err(_) => Err(connection::Close::Protocol("TLS handshake timed out".into())),
+                    }
+                }
+            };
             metrics.kafka_connections_open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             match closed {
                 Ok(()) => {}

@@ -52,6 +52,10 @@ pub struct NodeConfig {
     pub test_faults: bool,
     /// How often and how fast the scrubber checks the data files.
     pub scrub: tidemark_raft::scrubber::ScrubConfig,
+    /// Mutual TLS for Raft RPC between nodes.
+    pub peer_tls: Option<tidemark_raft::peer_tls::PeerTls>,
+    /// HTTPS to peers' HTTP ports (forwarded writes), when they serve TLS.
+    pub peer_https: Option<crate::forward::PeerHttps>,
 }
 
 impl NodeConfig {
@@ -71,6 +75,8 @@ impl NodeConfig {
             write_timeout_ms: 10_000,
             test_faults: false,
             scrub: tidemark_raft::scrubber::ScrubConfig::default(),
+            peer_tls: None,
+            peer_https: None,
         }
     }
 }
@@ -133,6 +139,7 @@ impl Node {
         rc.election_timeout_max_ms = config.election_timeout_max_ms;
         rc.test_faults = config.test_faults;
         rc.scrub = config.scrub.clone();
+        rc.tls = config.peer_tls.clone();
         let (replica, opened) = Replica::open(rc, raft_listener).await?;
         let report = StartReport {
             checkpoint_position: opened.checkpoint_position,
@@ -246,6 +253,11 @@ impl Node {
 
     /// Logs `cmd` and waits until it is committed and applied, at most `write_timeout_ms`
     /// (without a quorum a write never commits; the caller hears so and may retry).
+    /// How to reach peers' HTTP ports over TLS, if they serve it.
+    pub fn peer_https(&self) -> Option<&crate::forward::PeerHttps> {
+        self.inner.config.peer_https.as_ref()
+    }
+
     pub async fn propose(&self, cmd: &Command) -> Result<Applied> {
         let waited_ms = self.inner.config.write_timeout_ms;
         let pending = self.submit(cmd)?;

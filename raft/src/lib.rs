@@ -24,6 +24,7 @@ pub mod error;
 pub mod faults;
 pub mod log_store;
 pub mod network;
+pub mod peer_tls;
 pub mod replica;
 pub mod restore;
 pub mod scrubber;

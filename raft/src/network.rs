@@ -50,13 +50,21 @@ fn decode<T: DeserializeOwned>(b: &[u8]) -> io::Result<T> {
 #[derive(Debug, Clone, Default)]
 pub struct GrpcNetwork {
     pub faults: Option<Faults>,
+    /// Mutual TLS to peers, when the cluster has a CA.
+    pub tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
     type Network = GrpcConnection;
 
     async fn new_client(&mut self, target: NodeId, node: &Member) -> GrpcConnection {
-        GrpcConnection { target, addr: node.raft.clone(), client: None, faults: self.faults.clone() }
+        GrpcConnection {
+            target,
+            addr: node.raft.clone(),
+            client: None,
+            faults: self.faults.clone(),
+            tls: self.tls.clone(),
+        }
     }
 }
 
@@ -66,6 +74,7 @@ pub struct GrpcConnection {
     addr: String,
     client: Option<RaftServiceClient<Channel>>,
     faults: Option<Faults>,
+    tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 /// The snapshot message: the leader's vote and the snapshot (checkpoint and manifest).
@@ -84,7 +93,7 @@ impl GrpcConnection {
         }
         // A peer that is down, paused or still starting must fail fast, not hang a replication
         // stream: openraft leaves transport timeouts to the network.
-        let endpoint = Channel::from_shared(format!("http://{}", self.addr))
+        let endpoint = crate::peer_tls::endpoint(&self.addr, self.tls.as_ref())
             .map_err(|e| Unreachable::new(&e))?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)

@@ -59,6 +59,8 @@ pub struct ReplicaConfig {
     pub test_faults: bool,
     /// How often and how fast the data files are checked.
     pub scrub: ScrubConfig,
+    /// Mutual TLS for Raft RPC, when the cluster has a CA.
+    pub tls: Option<crate::peer_tls::PeerTls>,
 }
 
 impl ReplicaConfig {
@@ -75,6 +77,7 @@ impl ReplicaConfig {
             in_flight_max: 65_536,
             test_faults: false,
             scrub: ScrubConfig::default(),
+            tls: None,
         }
     }
 }
@@ -180,6 +183,9 @@ impl Replica {
         };
         let engine = SharedEngine::new(engine);
         let snapshots = SnapshotTransfer::new(config.node_id, &config.engine.data_dir);
+        if let Some(tls) = &config.tls {
+            snapshots.set_peer_tls(tls.client.clone());
+        }
         let sm = EngineStateMachine::new(engine.clone(), config.engine.clone(), snapshots.clone())
             .map_err(|source| Error::Store { path: config.engine.data_dir.clone(), source })?;
         let applied = sm.applied_watch();
@@ -198,11 +204,17 @@ impl Replica {
         .validate()
         .map_err(|e| Error::Membership(format!("invalid Raft timing: {e}")))?;
         let faults = config.test_faults.then(Faults::default);
-        let network = GrpcNetwork { faults: faults.clone() };
+        let network = GrpcNetwork { faults: faults.clone(), tls: config.tls.as_ref().map(|t| t.client.clone()) };
         let raft = Raft::new(config.node_id, Arc::new(raft_config), network, log, sm)
             .await
             .map_err(|e| Error::Stopped(format!("Raft did not start: {e}")))?;
 
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = &config.tls {
+            builder = builder
+                .tls_config(tls.server.clone())
+                .map_err(|e| Error::Stopped(format!("the Raft port's TLS: {e}")))?;
+        }
         let server = {
             let service = raft_service(raft.clone(), snapshots.clone(), engine.clone(), config.node_id);
             tokio::spawn(async move {
@@ -214,7 +226,7 @@ impl Replica {
                 // dropped the whole connection, AppendEntries streams included: 1,398 times in
                 // a 200-kill run. Peers are cluster members, not the internet, so the guard is
                 // set far above what timeouts cause.
-                if let Err(e) = tonic::transport::Server::builder()
+                if let Err(e) = builder
                     .http2_max_pending_accept_reset_streams(Some(RAFT_PENDING_RESETS_MAX))
                     .add_service(service)
                     .serve_with_incoming(incoming)

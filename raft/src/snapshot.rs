@@ -130,6 +130,8 @@ pub struct SnapshotTransfer {
     crcs: Mutex<HashMap<PathBuf, (u64, u32)>>,
     staging: Mutex<HashMap<String, tokio::sync::watch::Receiver<StageOutcome>>>,
     pub stats: SnapshotStats,
+    /// The client side of peer TLS, for fetching files from peers.
+    peer_tls: std::sync::OnceLock<tonic::transport::ClientTlsConfig>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -145,7 +147,17 @@ impl SnapshotTransfer {
             crcs: Mutex::new(HashMap::new()),
             staging: Mutex::new(HashMap::new()),
             stats: SnapshotStats::default(),
+            peer_tls: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Fetches from peers over mutual TLS from here on (set once, at start).
+    pub fn set_peer_tls(&self, tls: tonic::transport::ClientTlsConfig) {
+        let _ = self.peer_tls.set(tls);
+    }
+
+    pub(crate) fn peer_tls(&self) -> Option<&tonic::transport::ClientTlsConfig> {
+        self.peer_tls.get()
     }
 
     pub fn staging_dir(&self) -> PathBuf {
@@ -368,7 +380,7 @@ impl SnapshotTransfer {
         let client = match clients.get(&id) {
             Some(c) => c.clone(),
             None => {
-                let c = connect(addr).await?;
+                let c = connect(addr, self.peer_tls()).await?;
                 clients.insert(id, c.clone());
                 c
             }
@@ -420,8 +432,11 @@ fn extend_crc(file: &File, from: u64, to: u64, mut crc: u32) -> io::Result<Optio
 }
 
 /// A client for a peer's Raft RPC at `addr` that takes one chunk per answer.
-pub(crate) async fn connect(addr: &str) -> io::Result<RaftServiceClient<tonic::transport::Channel>> {
-    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+pub(crate) async fn connect(
+    addr: &str,
+    tls: Option<&tonic::transport::ClientTlsConfig>,
+) -> io::Result<RaftServiceClient<tonic::transport::Channel>> {
+    let channel = crate::peer_tls::endpoint(addr, tls)
         .map_err(io::Error::other)?
         .connect_timeout(Duration::from_millis(500))
         .connect()

@@ -14,6 +14,8 @@ pub(crate) struct TestNode {
     pub(crate) kafka: String,
     log: PathBuf,
     agent: ureq::Agent,
+    /// The CA a TLS node's certificate chains to; `None`: plain HTTP.
+    pub(crate) ca: Option<PathBuf>,
 }
 
 /// The Python with the test clients (Flight SQL, Kafka) that `dev/test` installs.
@@ -104,6 +106,19 @@ impl TestNode {
     }
 
     pub(crate) fn start_with(data_dir: &Path, extra: &[&str]) -> TestNode {
+        Self::start_inner(data_dir, extra, None)
+    }
+
+    /// A node serving HTTPS, Flight SQL over TLS and Kafka over TLS with `cert`/`key`, which
+    /// `ca` signs (the client side trusts `ca`).
+    pub(crate) fn start_tls(data_dir: &Path, ca: &Path, cert: &Path, key: &Path, extra: &[&str]) -> TestNode {
+        let (cert, key) = (cert.to_string_lossy().into_owned(), key.to_string_lossy().into_owned());
+        let mut args = vec!["--tls-cert", cert.as_str(), "--tls-key", key.as_str()];
+        args.extend(extra);
+        Self::start_inner(data_dir, &args, Some(ca))
+    }
+
+    fn start_inner(data_dir: &Path, extra: &[&str], ca: Option<&Path>) -> TestNode {
         for _ in 0..3 {
             let addrs = MemberAddrs {
                 node_id: 1,
@@ -113,6 +128,9 @@ impl TestNode {
                 raft: format!("127.0.0.1:{}", free_port()),
             };
             let mut node = Self::spawn(data_dir, &addrs, extra);
+            if let Some(ca) = ca {
+                node.trust(ca);
+            }
             // Another process can take a port between our check and the node's bind.
             let deadline = Instant::now() + Duration::from_secs(2);
             let exited = loop {
@@ -171,7 +189,33 @@ impl TestNode {
             .timeout_global(Some(Duration::from_secs(60)))
             .build()
             .into();
-        TestNode { child: Some(child), http, flight, kafka, log, agent }
+        TestNode { child: Some(child), http, flight, kafka, log, agent, ca: None }
+    }
+
+    /// Speaks HTTPS to the node from here on, trusting `ca`.
+    pub(crate) fn trust(&mut self, ca: &Path) {
+        let pem = std::fs::read(ca).expect("read the CA");
+        let certs: Vec<_> = ureq::tls::parse_pem(&pem)
+            .filter_map(|i| match i {
+                Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+                _ => None,
+            })
+            .collect();
+        let roots = ureq::tls::RootCerts::new_with_certs(&certs);
+        self.agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .max_idle_connections_per_host(0)
+            .timeout_global(Some(Duration::from_secs(60)))
+            .tls_config(ureq::tls::TlsConfig::builder().root_certs(roots).build())
+            .build()
+            .into();
+        self.ca = Some(ca.to_path_buf());
+    }
+
+    /// The node's URL for `path` (https once it trusts a CA).
+    pub(crate) fn url(&self, path: &str) -> String {
+        let scheme = if self.ca.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}{path}", self.http)
     }
 
     pub(crate) fn wait_healthy(&self) {
@@ -206,11 +250,11 @@ impl TestNode {
     }
 
     pub(crate) fn try_get(&self, path: &str) -> Result<Reply, ureq::Error> {
-        Self::finish(self.agent.get(&format!("http://{}{path}", self.http)).call())
+        Self::finish(self.agent.get(&self.url(path)).call())
     }
 
     pub(crate) fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
-        let mut req = self.agent.get(&format!("http://{}{path}", self.http));
+        let mut req = self.agent.get(&self.url(path));
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
@@ -222,12 +266,11 @@ impl TestNode {
     }
 
     pub(crate) fn delete(&self, path: &str) -> Reply {
-        Self::finish(self.agent.delete(&format!("http://{}{path}", self.http)).call())
-            .unwrap_or_else(|e| panic!("DELETE {path}: {e}"))
+        Self::finish(self.agent.delete(&self.url(path)).call()).unwrap_or_else(|e| panic!("DELETE {path}: {e}"))
     }
 
     pub(crate) fn try_post(&self, path: &str, body: &[u8], headers: &[(&str, &str)]) -> Result<Reply, ureq::Error> {
-        let mut req = self.agent.post(&format!("http://{}{path}", self.http));
+        let mut req = self.agent.post(&self.url(path));
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
@@ -247,8 +290,7 @@ impl TestNode {
     }
 
     pub(crate) fn put(&self, path: &str, body: &[u8]) -> Reply {
-        Self::finish(self.agent.put(&format!("http://{}{path}", self.http)).send(body))
-            .unwrap_or_else(|e| panic!("PUT {path}: {e}"))
+        Self::finish(self.agent.put(&self.url(path)).send(body)).unwrap_or_else(|e| panic!("PUT {path}: {e}"))
     }
 
     /// Rows of a SQL query as JSON objects.
@@ -272,7 +314,8 @@ impl TestNode {
     pub(crate) fn cli(&self, args: &[&str]) -> (i32, String, String) {
         let out = Command::new(tidemark_bin())
             .args(args)
-            .env("TIDEMARK_URL", format!("http://{}", self.http))
+            .env("TIDEMARK_URL", self.url(""))
+            .env("TIDEMARK_CA_CERT", self.ca.as_deref().unwrap_or(Path::new("")))
             .output()
             .expect("run tidemark CLI");
         (

@@ -17,6 +17,7 @@ mod merchant_scope;
 mod publishers;
 mod reindex;
 mod segments;
+mod tls;
 
 use tidemark_loadgen::{Beacon, Traffic, TrafficConfig};
 

@@ -22,9 +22,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion};
 use tidemark_catalog::access::{Action, Principal};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use crate::kafka::sasl::Sasl;
@@ -34,8 +32,9 @@ use crate::kafka::{Broker, bounds, code, fetch, groups, metadata, produce, topic
 #[derive(Debug)]
 pub(crate) struct Session {
     pub sasl: Sasl,
-    /// PLAIN sends keys in the clear: offered only to loopback peers.
-    pub loopback: bool,
+    /// PLAIN sends keys in the clear unless the connection is TLS: offered only on TLS
+    /// connections and to loopback peers.
+    pub plain_allowed: bool,
 }
 
 /// A request after its header: what the handlers see.
@@ -65,10 +64,14 @@ pub(crate) enum Close {
     Protocol(String),
 }
 
-pub(crate) async fn run(stream: TcpStream, broker: Arc<Broker>) -> Result<(), Close> {
-    let loopback = stream.peer_addr().map(|a| a.ip().is_loopback()).unwrap_or(false);
-    let mut session = Session { sasl: Sasl::default(), loopback };
-    let (mut rd, wr) = stream.into_split();
+/// Serves one connection (its two halves: a TCP socket's, or a TLS stream's) until it closes.
+pub(crate) async fn run(
+    mut rd: impl AsyncRead + Unpin + Send,
+    wr: impl AsyncWrite + Unpin + Send + 'static,
+    plain_allowed: bool,
+    broker: Arc<Broker>,
+) -> Result<(), Close> {
+    let mut session = Session { sasl: Sasl::default(), plain_allowed };
     let (tx, rx) = mpsc::channel::<Reply>(broker.config.in_flight_per_connection.max(1));
     let writer = tokio::spawn(write_loop(wr, rx));
     let result = loop {
@@ -94,10 +97,12 @@ pub(crate) async fn run(stream: TcpStream, broker: Arc<Broker>) -> Result<(), Cl
     }
 }
 
-async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Reply>) -> Result<(), Close> {
+async fn write_loop(mut wr: impl AsyncWrite + Unpin, mut rx: mpsc::Receiver<Reply>) -> Result<(), Close> {
     while let Some(reply) = rx.recv().await {
         if let Some(bytes) = reply.await {
             wr.write_all(&bytes).await?;
+            // A TLS stream may hold the answer in its buffer until told to send it.
+            wr.flush().await?;
         }
     }
     wr.shutdown().await.ok();
@@ -267,7 +272,7 @@ fn dispatch(broker: &Arc<Broker>, frame: Bytes, session: &mut Session) -> Result
             return Err(Close::Protocol(format!(
                 "{:?} before logging in: this node has API keys, so Kafka clients log in with SASL \
                  (security.protocol=SASL_PLAINTEXT, sasl.mechanism=SCRAM-SHA-256, username = the key id, \
-                 password = the key; PLAIN on loopback)",
+                 password = the key; PLAIN over TLS (SASL_SSL) or on loopback)",
                 req.api
             )));
         }
@@ -307,8 +312,8 @@ fn dispatch(broker: &Arc<Broker>, frame: Bytes, session: &mut Session) -> Result
 
 fn sasl_handshake(req: &Request, r: &SaslHandshakeRequest, session: &mut Session) -> Option<Bytes> {
     let mut resp = SaslHandshakeResponse::default();
-    resp.mechanisms = Sasl::mechanisms(session.loopback).into_iter().map(StrBytes::from_static_str).collect();
-    if let Err(reason) = session.sasl.handshake(r.mechanism.as_str(), session.loopback) {
+    resp.mechanisms = Sasl::mechanisms(session.plain_allowed).into_iter().map(StrBytes::from_static_str).collect();
+    if let Err(reason) = session.sasl.handshake(r.mechanism.as_str(), session.plain_allowed) {
         tracing::info!(%reason, "kafka SASL handshake refused");
         resp.error_code = code::UNSUPPORTED_SASL_MECHANISM;
     }

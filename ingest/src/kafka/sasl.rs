@@ -3,7 +3,7 @@
 //!
 //! - `PLAIN` (RFC 4616): the password is the API key's token (`tmk_<id>_<secret>`); the
 //!   username is not checked, as with Flight SQL's basic credentials. It sends the token in
-//!   the clear, so it is offered only to clients on a loopback address until TLS lands.
+//!   the clear, so it is offered only on TLS connections (SASL_SSL) and to loopback peers.
 //! - `SCRAM-SHA-256` (RFC 5802, 7677): the username is the key id and the password the token;
 //!   the node checks a proof against the key's stored verifier and never sees the token.
 //!
@@ -81,21 +81,23 @@ impl Sasl {
         }
     }
 
-    /// The mechanisms offered to a client on `loopback` or not.
-    pub(crate) fn mechanisms(loopback: bool) -> Vec<&'static str> {
-        if loopback { vec![PLAIN, SCRAM_SHA_256] } else { vec![SCRAM_SHA_256] }
+    /// The mechanisms offered to a client; PLAIN only where `plain_allowed` (a TLS connection,
+    /// or a loopback peer).
+    pub(crate) fn mechanisms(plain_allowed: bool) -> Vec<&'static str> {
+        if plain_allowed { vec![PLAIN, SCRAM_SHA_256] } else { vec![SCRAM_SHA_256] }
     }
 
     /// SaslHandshake: `Err` lists what is offered.
-    pub(crate) fn handshake(&mut self, mechanism: &str, loopback: bool) -> Result<(), String> {
-        let offered = Self::mechanisms(loopback);
+    pub(crate) fn handshake(&mut self, mechanism: &str, plain_allowed: bool) -> Result<(), String> {
+        let offered = Self::mechanisms(plain_allowed);
         match offered.iter().find(|m| **m == mechanism) {
             Some(m) => {
                 *self = Sasl::Chosen(m);
                 Ok(())
             }
             None if mechanism == PLAIN => Err(format!(
-                "SASL PLAIN sends the API key in the clear and is offered only on loopback until TLS is configured; use {SCRAM_SHA_256}"
+                "SASL PLAIN sends the API key in the clear: it is offered over TLS (security.protocol=SASL_SSL) \
+                 or on loopback only; use {SCRAM_SHA_256}"
             )),
             None => Err(format!("SASL mechanism {mechanism:?} is not supported; use {}", offered.join(" or "))),
         }
@@ -248,7 +250,7 @@ mod tests {
         let mut s = Sasl::default();
         assert!(s.handshake(PLAIN, true).is_ok());
         let err = Sasl::default().handshake(PLAIN, false).err().unwrap_or_default();
-        assert!(err.contains("offered only on loopback"), "{err}");
+        assert!(err.contains("offered over TLS (security.protocol=SASL_SSL) or on loopback only"), "{err}");
         let err = Sasl::default().handshake("GSSAPI", true).err().unwrap_or_default();
         assert_eq!(err, "SASL mechanism \"GSSAPI\" is not supported; use PLAIN or SCRAM-SHA-256");
     }
