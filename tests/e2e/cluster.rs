@@ -1021,3 +1021,109 @@ fn the_scrubber_finds_damaged_files_and_repairs_them_from_a_replica() {
     }
     c.converged_in("scrub", &want);
 }
+
+#[test]
+fn spooled_beacons_drain_under_their_publishers_rights() {
+    let c = Cluster::start_with(&["--test-faults"]);
+    let old = c.leader();
+    let majority = [(old + 1) % 3, (old + 2) % 3];
+    let (code, out, err) = c.node(old).cli(&["keys", "create", "--name", "root", "--role", "admin"]);
+    assert_eq!(code, 0, "{err}");
+    let admin = format!("Bearer {}", out.trim());
+    let as_admin = |i: usize, path: &str, body: &serde_json::Value| {
+        let r = c.node(i).post(path, body.to_string().as_bytes(), &[("Authorization", &admin)]);
+        (r.status, r.json())
+    };
+    let spec = serde_json::json!({
+        "name": "spooled",
+        "timestamp": {"field": "ts"},
+        "granularity": {"query": "PT1M", "segment": "PT1H"},
+        "dimensions": ["merchant_id", "page", "country"],
+        "metrics": [{"name": "count", "type": "count"}],
+        "tenant": "merchant_id",
+    });
+    let (status, v) = as_admin(old, "/v1/datasources", &spec);
+    assert_eq!(status, 201, "{v}");
+    let publisher =
+        serde_json::json!({"name": "app", "role": "publisher", "publish": {"spooled": ["merchant_id", "page"]}});
+    let (status, key) = as_admin(old, "/v1/keys", &publisher);
+    assert_eq!(status, 201, "{key}");
+    let (app_id, app) = (
+        key["id"].as_str().unwrap_or_default().to_string(),
+        format!("Bearer {}", key["token"].as_str().unwrap_or_default()),
+    );
+    // Every node knows both keys before the leader is cut off.
+    for i in 0..3 {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while c.node(i).get_with("/v1/cluster", &[("Authorization", &app)]).status == 401 {
+            assert!(Instant::now() < deadline, "node {} never learned the key", i + 1);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    // The leader is cut off from the other two, which elect a new one.
+    let faults = |i: usize, ids: &[usize]| {
+        let ids: Vec<u64> = ids.iter().map(|j| *j as u64 + 1).collect();
+        let (status, v) = as_admin(i, "/v1/test/faults", &serde_json::json!({ "unreachable": ids }));
+        assert_eq!(status, 200, "{v}");
+    };
+    faults(old, &majority);
+    for &m in &majority {
+        faults(m, &[old]);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = c.node(majority[0]).get_with("/v1/cluster", &[("Authorization", &admin)]).json();
+        if s["leader"].as_u64().is_some_and(|l| l != old as u64 + 1) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the majority elected no leader: {s}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The publisher's beacons reach the cut-off node, which spools them; one carries a tag
+    // outside the key's grant.
+    let ts = now_ms() - 60_000;
+    let lines = [
+        serde_json::json!({"ts": ts, "merchant_id": "m1", "page": "/a"}),
+        serde_json::json!({"ts": ts, "merchant_id": "m1", "page": "/b"}),
+        serde_json::json!({"ts": ts, "merchant_id": "m2", "page": "/a"}),
+        serde_json::json!({"ts": ts, "merchant_id": "m2", "country": "DE"}),
+    ];
+    let body: Vec<String> = lines.iter().map(ToString::to_string).collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let headers = [("Authorization", app.as_str()), ("Idempotency-Key", "spooled-1")];
+        if let Ok(r) = c.node(old).try_post("/v1/beacons/spooled", body.join("\n").as_bytes(), &headers)
+            && r.status == 202
+        {
+            assert_eq!(r.json()["spooled"], true, "{}", r.body);
+            break;
+        }
+        assert!(Instant::now() < deadline, "the cut-off node never spooled");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Healed, the node drains its spool to the new leader under the publisher's rights: three
+    // beacons count, the fourth is refused for its tag, naming the key, in sys.rejects.
+    for i in 0..3 {
+        faults(i, &[]);
+    }
+    let sql = |q: &str| {
+        let r = c.node(majority[0]).post(
+            "/v1/sql",
+            q.as_bytes(),
+            &[("Authorization", &admin), ("Content-Type", "text/plain")],
+        );
+        assert_eq!(r.status, 200, "{q}: {}", r.body);
+        r.json()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while sql("SELECT COALESCE(SUM(\"count\"), 0) AS n FROM spooled")[0]["n"] != 3 {
+        assert!(Instant::now() < deadline, "the spool never drained:\n{}", c.node(old).log_text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let rejects = sql("SELECT code, reason FROM sys.rejects WHERE datasource = 'spooled'");
+    assert_eq!(rejects.as_array().map_or(0, Vec::len), 1, "{rejects}");
+    assert_eq!(rejects[0]["code"], 10, "{rejects}");
+    let reason = rejects[0]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains(&format!("API key {app_id} may not publish tag \"country\"")), "{reason}");
+}
