@@ -51,12 +51,20 @@ impl Reserved {
 }
 
 /// Safe defaults: a node with no API keys serves loopback only, since anyone who can reach
-/// it may do anything. With keys, every door authenticates (Kafka clients by SASL, and only
-/// by SCRAM off loopback, since PLAIN would send keys in the clear).
-pub(crate) fn check_exposure(listeners: &[(&str, SocketAddr)], keys: bool) -> Result<()> {
+/// it may do anything. With keys, every client door authenticates (Kafka clients by SASL,
+/// PLAIN only over TLS off loopback). Raft RPC carries no API key: off loopback it must be
+/// mutual TLS (`peer_tls`), or anyone who reaches it could write into the replicated log.
+pub(crate) fn check_exposure(listeners: &[(&str, SocketAddr)], keys: bool, peer_tls: bool) -> Result<()> {
     for (what, addr) in listeners {
         if addr.ip().is_loopback() {
             continue;
+        }
+        if *what == "raft_addr" && !peer_tls {
+            return Err(anyhow!(
+                "raft_addr {addr} is not a loopback address, and Raft between nodes is not mutual TLS, so anyone \
+                 who can reach it could write into the cluster's log. Give every node the cluster's CA and its \
+                 certificate (--tls-ca, --tls-cert, --tls-key), or keep raft_addr on loopback"
+            ));
         }
         if !keys {
             return Err(anyhow!(
@@ -77,13 +85,18 @@ mod tests {
     fn off_loopback_needs_keys() {
         let lo: SocketAddr = "127.0.0.2:80".parse().expect("addr");
         let public: SocketAddr = "10.1.2.3:80".parse().expect("addr");
-        assert!(check_exposure(&[("http_addr", lo), ("kafka_addr", lo)], false).is_ok());
-        let err = check_exposure(&[("http_addr", public)], false).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(check_exposure(&[("http_addr", lo), ("kafka_addr", lo), ("raft_addr", lo)], false, false).is_ok());
+        let err =
+            check_exposure(&[("http_addr", public)], false, true).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(
             err.starts_with("http_addr 10.1.2.3:80 is not a loopback address, and this node has no API keys"),
             "{err}"
         );
-        assert!(check_exposure(&[("http_addr", public)], true).is_ok());
-        assert!(check_exposure(&[("kafka_addr", public)], true).is_ok());
+        assert!(check_exposure(&[("http_addr", public)], true, false).is_ok());
+        assert!(check_exposure(&[("kafka_addr", public)], true, false).is_ok());
+        let err =
+            check_exposure(&[("raft_addr", public)], true, false).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("Raft between nodes is not mutual TLS"), "{err}");
+        assert!(check_exposure(&[("raft_addr", public)], true, true).is_ok());
     }
 }

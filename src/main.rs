@@ -383,6 +383,7 @@ async fn run_node(cfg: Config, demo: bool, test_faults: bool) -> Result<()> {
             ("raft_addr", raft_local),
         ],
         keys,
+        tls.as_ref().is_some_and(|t| t.peers().is_some()),
     )?;
     tracing::info!(
         data_dir = %cfg.data_dir.display(),
