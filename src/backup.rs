@@ -41,9 +41,11 @@ pub(crate) struct RestoreArgs {
 
 pub(crate) fn backup(args: BackupArgs) -> Result<()> {
     let body = json!({ "to": args.to }).to_string();
-    print_json(
-        &Client::new(&args.url.url).send("POST", "/v1/backup", "application/json", &[], body.as_bytes())?.ok()?.body,
-    )
+    let client = Client::new(&args.url.url);
+    let reply = crate::jobs::with_spinner(&format!("backing up to {}", args.to), || {
+        client.send("POST", "/v1/backup", "application/json", &[], body.as_bytes())?.ok()
+    })?;
+    print_json(&reply.body)
 }
 
 pub(crate) fn restore(args: RestoreArgs) -> Result<()> {

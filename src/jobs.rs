@@ -103,6 +103,20 @@ pub(crate) enum JobsCmd {
     },
 }
 
+/// Runs `work` (a request a node answers when the job is done: an export, a backup) with a
+/// spinner and the elapsed time on a terminal.
+pub(crate) fn with_spinner<T>(what: &str, work: impl FnOnce() -> Result<T>) -> Result<T> {
+    let spinner = ProgressBar::new_spinner();
+    if let Ok(style) = ProgressStyle::with_template("{spinner} {msg} {elapsed_precise}") {
+        spinner.set_style(style);
+    }
+    spinner.set_message(what.to_string());
+    spinner.enable_steady_tick(Duration::from_millis(120));
+    let result = work();
+    spinner.finish_and_clear();
+    result
+}
+
 fn progress_line(j: &Value) -> String {
     let events = if j["kind"] == "delete" { "records deleted" } else { "events" };
     format!("{} {}, {} {events}", j["kind"].as_str().unwrap_or("job"), j["state"].as_str().unwrap_or("?"), j["events"])
@@ -147,9 +161,10 @@ pub(crate) fn delete(args: DeleteArgs) -> Result<()> {
 pub(crate) fn export(args: ExportArgs) -> Result<()> {
     let body =
         json!({ "datasource": args.datasource, "interval": args.interval, "format": args.format, "to": args.to });
-    let reply = Client::new(&args.url.url)
-        .send("POST", "/v1/export", "application/json", &[], body.to_string().as_bytes())?
-        .ok()?;
+    let client = Client::new(&args.url.url);
+    let reply = with_spinner(&format!("exporting {:?} to {}", args.datasource, args.to), || {
+        client.send("POST", "/v1/export", "application/json", &[], body.to_string().as_bytes())?.ok()
+    })?;
     print_json(&reply.body)
 }
 

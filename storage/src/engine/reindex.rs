@@ -34,7 +34,7 @@ use tidemark_catalog::{DatasourceId, DatasourceSpec};
 
 use crate::engine::checkpoint::SegmentRecord;
 use crate::error::{Error, Result};
-use crate::raw::partition_log::{IndexEntry, read_stored};
+use crate::raw::partition_log::{IndexEntry, read_stored_into};
 use crate::raw::record_batch;
 use crate::rollup::RollupIndex;
 use crate::segment::{Segment, SegmentId, write_segment};
@@ -189,6 +189,9 @@ impl Running {
     }
 }
 
+/// The most rows a build reserves for one interval's index up front (about 1 GB of columns).
+const ROWS_RESERVED_MAX: usize = 4 << 20;
+
 /// Relative path of a segment file of `datasource`.
 pub(crate) fn segment_file(datasource: DatasourceId, interval: i64, version: &str, shard: u32) -> PathBuf {
     PathBuf::from("datasources")
@@ -235,14 +238,20 @@ pub(crate) fn build(input: &BuildInput, progress: &Progress, cancel: &AtomicBool
     let spec = &input.spec;
     let rules = input.rules.as_deref();
     let mut indexes: BTreeMap<i64, RollupIndex> = BTreeMap::new();
+    // An interval's rows are at most its events, at most the records read: reserve that
+    // many (bounded) so the columns do not grow by doubling. Capacity never written costs
+    // address space, not memory.
+    let records: usize = input.sources.iter().map(|s| (s.entry.last_offset - s.entry.base_offset + 1) as usize).sum();
+    let reserve = records.min(ROWS_RESERVED_MAX);
+    let mut buf = Vec::new();
     for source in &input.sources {
         if cancel.load(Ordering::Relaxed) {
             return Err(Error::Internal("cancelled".into()));
         }
-        let stored = read_stored(&source.file, &source.path, &source.entry)?;
-        let (_, records) = record_batch::decode_records(&stored.batch)?;
+        let (frame, at) = read_stored_into(&source.file, &source.path, &source.entry, &mut buf)?;
+        let (_, records) = record_batch::decode_records(&buf[at..])?;
         for (i, (_, record)) in records.iter().enumerate() {
-            if stored.frame.verdicts.iter().any(|v| v.record_index == i as u32) {
+            if frame.verdicts.iter().any(|v| v.record_index == i as u32) {
                 continue;
             }
             let Ok(standardised) = standardise_json(spec, rules, record.value.as_deref().unwrap_or_default()) else {
@@ -257,7 +266,14 @@ pub(crate) fn build(input: &BuildInput, progress: &Progress, cancel: &AtomicBool
             if input.only.as_ref().is_some_and(|only| !only.contains(&interval)) {
                 continue;
             }
-            indexes.entry(interval).or_insert_with(|| RollupIndex::new(spec)).add(&event);
+            indexes
+                .entry(interval)
+                .or_insert_with(|| {
+                    let mut index = RollupIndex::new(spec);
+                    index.reserve(reserve);
+                    index
+                })
+                .add(&event);
             progress.events.fetch_add(1, Ordering::Relaxed);
         }
         progress.batches_done.fetch_add(1, Ordering::Relaxed);

@@ -56,6 +56,16 @@ impl MetricColumn {
         }
     }
 
+    fn reserve(&mut self, rows: usize) {
+        match self {
+            MetricColumn::Count(v) => v.reserve(rows),
+            MetricColumn::LongSum(v) => v.reserve(rows),
+            MetricColumn::DoubleSum(v) | MetricColumn::Min(v) | MetricColumn::Max(v) => v.reserve(rows),
+            MetricColumn::Distinct { states, .. } => states.reserve(rows),
+            MetricColumn::Quantile { states, .. } => states.reserve(rows),
+        }
+    }
+
     fn push_empty(&mut self) {
         match self {
             MetricColumn::Count(v) => v.push(0),
@@ -179,6 +189,21 @@ impl RollupIndex {
             events: 0,
             state_heap_bytes: 0,
             scratch: Vec::with_capacity(spec.dimensions.len()),
+        }
+    }
+
+    /// Makes room for `rows` more rows up front. For a builder that knows about how many
+    /// events are coming (a reindex): growing by doubling copies every column several times,
+    /// and each copy lands on fresh pages the kernel must zero. Untouched capacity costs
+    /// address space only.
+    pub fn reserve(&mut self, rows: usize) {
+        self.buckets.reserve(rows);
+        self.dim_ids.reserve(rows * self.dims.len());
+        self.row_hashes.reserve(rows);
+        let hashes = &self.row_hashes;
+        self.table.reserve(rows, |&r| hashes[r as usize]);
+        for m in &mut self.metrics {
+            m.reserve(rows);
         }
     }
 
@@ -329,6 +354,51 @@ impl RollupIndex {
         self.dim_ids[row * self.dims.len() + dim]
     }
 
+    /// Every dimension id of `row`, in dimension order (one cache line for a segment
+    /// writer gathering columns in sorted-row order, where `dim_id` per column is one miss
+    /// per value).
+    pub fn row_dim_ids(&self, row: usize) -> &[u32] {
+        let n = self.dims.len();
+        &self.dim_ids[row * n..(row + 1) * n]
+    }
+
+    /// [`Self::sorted_rows`] when the whole sort key (clustering ranks, bucket index, the
+    /// other ranks) packs into 128 bits, as it does for all but extreme cardinalities: one
+    /// pass computes each row's key, then a sort of (key, row) pairs touches memory in
+    /// order instead of chasing dictionary ranks and row data per comparison. The same
+    /// order as the comparator's (keys are unique: a row is its bucket and dimensions).
+    fn sorted_rows_packed(&self, clustering: &[usize], rest: &[usize], ranks: &[Vec<u32>]) -> Option<Vec<u32>> {
+        let bits = |max: u64| 64 - max.leading_zeros();
+        let step = self.query_granularity.millis().max(1);
+        let first = self.buckets.iter().copied().min().unwrap_or(0);
+        let last = self.buckets.iter().copied().max().unwrap_or(0);
+        let bucket_bits = bits(((last - first) / step) as u64);
+        let dim_bits: Vec<u32> = self.dims.iter().map(|d| bits(d.len() as u64)).collect();
+        let total: u32 = dim_bits.iter().sum::<u32>() + bucket_bits;
+        if total > 128 {
+            return None;
+        }
+        let n = self.dims.len();
+        let mut keyed: Vec<(u128, u32)> = Vec::with_capacity(self.rows());
+        for (r, bucket) in self.buckets.iter().enumerate() {
+            if (bucket - first) % step != 0 {
+                return None;
+            }
+            let ids = &self.dim_ids[r * n..(r + 1) * n];
+            let mut key: u128 = 0;
+            for &d in clustering {
+                key = (key << dim_bits[d]) | u128::from(ranks[d][ids[d] as usize]);
+            }
+            key = (key << bucket_bits) | ((bucket - first) / step) as u128;
+            for &d in rest {
+                key = (key << dim_bits[d]) | u128::from(ranks[d][ids[d] as usize]);
+            }
+            keyed.push((key, r as u32));
+        }
+        keyed.sort_unstable();
+        Some(keyed.into_iter().map(|(_, r)| r).collect())
+    }
+
     pub fn dictionary(&self, dim: usize) -> &Dictionary {
         &self.dims[dim]
     }
@@ -350,6 +420,13 @@ impl RollupIndex {
     pub fn sorted_rows(&self, clustering: &[usize]) -> Vec<u32> {
         let ranks: Vec<Vec<u32>> = self.dims.iter().map(Dictionary::sorted_ranks).collect();
         let rest: Vec<usize> = (0..self.dims.len()).filter(|d| !clustering.contains(d)).collect();
+        if let Some(order) = self.sorted_rows_packed(clustering, &rest, &ranks) {
+            return order;
+        }
+        self.sorted_rows_compared(clustering, &rest, &ranks)
+    }
+
+    fn sorted_rows_compared(&self, clustering: &[usize], rest: &[usize], ranks: &[Vec<u32>]) -> Vec<u32> {
         let mut order: Vec<u32> = (0..self.rows() as u32).collect();
         let key = |r: u32, d: usize| ranks[d][self.dim_id(r as usize, d) as usize];
         order.sort_unstable_by(|&a, &b| {
@@ -386,6 +463,29 @@ mod tests {
     }
 
     #[test]
+    fn packed_sort_keys_order_rows_as_the_comparator_does() {
+        let spec = spec();
+        let mut idx = RollupIndex::new(&spec);
+        let mut x: u64 = 7;
+        for _ in 0..2000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let page = if x % 11 == 0 { json!(null) } else { json!(format!("/p{}", x % 37)) };
+            let b =
+                json!({"ts": (x % 90) as i64 * 60_000 + (x % 997) as i64, "m": format!("m{}", x % 13), "page": page});
+            idx.add(&extract(&spec, &b).expect("valid"));
+        }
+        assert!(idx.rows() > 500);
+        let ranks: Vec<Vec<u32>> = idx.dims.iter().map(Dictionary::sorted_ranks).collect();
+        for clustering in [vec![], vec![0], vec![1], vec![1, 0]] {
+            let rest: Vec<usize> = (0..2).filter(|d| !clustering.contains(d)).collect();
+            let packed = idx.sorted_rows_packed(&clustering, &rest, &ranks).expect("fits in 128 bits");
+            assert_eq!(packed, idx.sorted_rows_compared(&clustering, &rest, &ranks), "clustering {clustering:?}");
+        }
+    }
+
+    #[test]
     fn rolls_up_by_bucket_and_dimensions() {
         let spec = spec();
         let mut idx = RollupIndex::new(&spec);
@@ -417,6 +517,7 @@ mod tests {
         assert!(states[2].is_empty());
         // Sorted: m=a first (row 2), then m=b by time (rows 0, 1).
         assert_eq!(idx.sorted_rows(&[0]), vec![2, 0, 1]);
+
         assert_eq!(idx.dictionary(1).value(idx.dim_id(2, 1)), None);
     }
 
