@@ -12,7 +12,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Method, StatusCode, header};
 use tidemark_proto::admin::admin_server::{Admin, AdminServer};
-use tidemark_proto::admin::{Empty, Json, Name, NamedJson, SuggestRequest, TagJson};
+use tidemark_proto::admin::{Empty, Json, Name, NamedJson, SegmentRef, SuggestRequest, TagJson};
 use tonic::{Request, Response, Status};
 use tower::ServiceExt;
 
@@ -198,6 +198,17 @@ impl Admin for AdminService {
     async fn verify_segments(&self, r: Request<Name>) -> Result<Response<Json>, Status> {
         let path = format!("/v1/segments/verify?datasource={}", enc(&r.get_ref().name));
         self.call(&r, Method::POST, path, String::new()).await
+    }
+
+    async fn list_segments(&self, r: Request<Name>) -> Result<Response<Json>, Status> {
+        let path = format!("/v1/segments?datasource={}", enc(&r.get_ref().name));
+        self.call(&r, Method::GET, path, String::new()).await
+    }
+
+    async fn get_segment(&self, r: Request<SegmentRef>) -> Result<Response<Json>, Status> {
+        let s = r.get_ref();
+        let path = format!("/v1/segments/{}/{}", enc(&s.datasource), enc(&s.segment));
+        self.call(&r, Method::GET, path, String::new()).await
     }
 
     async fn drop_segments(&self, r: Request<Json>) -> Result<Response<Json>, Status> {

@@ -41,7 +41,7 @@ pub fn action_for(method: &Method, path: &str) -> Option<Action> {
             }
         }
         p if p == "/v1/keys" || p.starts_with("/v1/keys/") => Action::ManageKeys,
-        p if p.starts_with("/v1/segments/") && read => Action::Monitor,
+        p if (p == "/v1/segments" || p.starts_with("/v1/segments/")) && read => Action::Monitor,
         p if p.starts_with("/v1/segments/")
             || p == "/v1/reindex"
             || p == "/v1/compact"

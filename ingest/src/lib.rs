@@ -72,6 +72,7 @@ pub fn router(state: IngestState) -> Router {
         .route("/v1/governance/suggest", get(suggest_tag))
         .route("/v1/governance/retention", get(list_retention))
         .route("/v1/governance/retention/{datasource}", get(show_retention).merge(put(put_retention).layer(leader())))
+        .route("/v1/segments", get(list_segments))
         .route("/v1/segments/verify", post(verify_segments))
         .route("/v1/segments/drop", post(drop_segments).layer(leader()))
         .route("/v1/segments/{datasource}/{segment}", get(show_segment))
@@ -216,6 +217,15 @@ async fn put_retention(
     body: Bytes,
 ) -> Response {
     governance::put_retention(&s.node, &c.actor(), &ds, &body).await.unwrap_or_else(IntoResponse::into_response)
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct SegmentsQuery {
+    datasource: String,
+}
+
+async fn list_segments(State(s): State<IngestState>, Query(q): Query<SegmentsQuery>) -> Response {
+    segments::list(&s.node, &q.datasource).unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn verify_segments(State(s): State<IngestState>, Query(p): Query<segments::VerifyParams>) -> Response {

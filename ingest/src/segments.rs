@@ -64,6 +64,34 @@ fn encoding(c: &tidemark_storage::segment::ColumnEntry) -> &'static str {
     }
 }
 
+/// `GET /v1/segments?datasource=D`: the datasource's published segments as this node holds
+/// them (what `sys.segments` shows), in interval, version, shard order.
+pub fn list(node: &Node, datasource: &str) -> Result<Response> {
+    let engine = node.engine();
+    let e = engine.read();
+    let records = e
+        .segment_list(datasource)
+        .ok_or_else(|| Error::NotFound(format!("datasource {datasource:?} does not exist")))?;
+    let rows: Vec<Value> = records
+        .iter()
+        .map(|r| {
+            json!({
+                "segment": r.id.to_string(),
+                "datasource": r.id.datasource,
+                "interval_start_ms": r.id.interval_start_ms,
+                "interval_end_ms": r.id.interval_end_ms,
+                "version": r.id.version,
+                "shard": r.id.shard,
+                "bytes": r.file_bytes,
+                "rows": r.rows,
+                "events": r.events,
+                "published_at": r.published_at,
+            })
+        })
+        .collect();
+    Ok(Json(Value::Array(rows)).into_response())
+}
+
 /// `GET /v1/segments/{datasource}/{segment}`: one segment's record, columns, encodings, sizes
 /// and checksums, as this node holds it.
 pub fn show(node: &Node, datasource: &str, segment: &str) -> Result<Response> {

@@ -72,6 +72,15 @@ fn the_admin_grpc_service_answers_as_its_http_twin() {
         let analyst = key["token"].as_str().unwrap_or_default().to_string();
         let listed = parse(client.list_datasources(with_key(Empty {}, Some(&analyst))).await);
         assert!(listed.as_array().is_some_and(|a| a.iter().any(|d| d["name"] == "grpc_ds")), "{listed}");
+        // The DBA calls: segments, jobs, a deletion with a bad condition.
+        let segments = parse(client.list_segments(with_key(Name { name: "grpc_ds".into() }, Some(&analyst))).await);
+        assert_eq!(segments, json!([]), "{segments}");
+        let jobs = parse(client.list_jobs(with_key(Empty {}, Some(&analyst))).await);
+        assert!(jobs.is_array(), "{jobs}");
+        let condition = json!({"datasource": "grpc_ds", "where": "merchant_id = m1"}).to_string();
+        let bad = client.delete(with_key(Json { json: condition }, Some(&admin))).await.err().expect("400");
+        assert_eq!(bad.code(), Code::InvalidArgument, "{}", bad.message());
+        assert!(bad.message().contains("m1 is not a value; quote text as 'm1'"), "{}", bad.message());
         let denied = client.list_keys(with_key(Empty {}, Some(&analyst))).await.err().expect("403");
         assert_eq!(denied.code(), Code::PermissionDenied);
         assert!(denied.message().contains("may not manage API keys"), "{}", denied.message());

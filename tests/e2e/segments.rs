@@ -34,6 +34,11 @@ fn segments_are_listed_and_verified_and_a_damaged_one_is_named() {
     assert!(listed.len() >= 3, "{listed:?}");
     assert_eq!(listed.iter().map(|s| s["events"].as_i64().unwrap_or(0)).sum::<i64>(), 300);
     assert!(listed.iter().all(|s| s["datasource"] == "dba"));
+    let over_http = node.get("/v1/segments?datasource=dba").json();
+    let over_http = over_http.as_array().cloned().unwrap_or_default();
+    assert_eq!(over_http.len(), listed.len(), "{over_http:?}");
+    assert_eq!(over_http.iter().map(|s| s["events"].as_i64().unwrap_or(0)).sum::<i64>(), 300);
+    assert_eq!(node.get("/v1/segments?datasource=nope").status, 404);
 
     // One segment in detail: every column of the spec, with its encoding, size and checksum.
     let first = listed[0]["segment_id"].as_str().unwrap_or_default().to_string();

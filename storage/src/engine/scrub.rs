@@ -96,6 +96,19 @@ impl Engine {
         Some(ds.segment_records().map(|r| (r.id.to_string(), r.file.clone(), r.file_bytes)).collect())
     }
 
+    /// The published segments of `datasource` (timeline records), in interval, version,
+    /// shard order; `None` if it does not exist.
+    pub fn segment_list(&self, datasource: &str) -> Option<Vec<crate::engine::checkpoint::SegmentRecord>> {
+        let entry = self.catalog.get(datasource).filter(|e| e.deleted.is_none())?;
+        let mut out: Vec<_> =
+            self.datasources.get(&entry.id).map(|ds| ds.segment_records().cloned().collect()).unwrap_or_default();
+        out.sort_by(|a: &crate::engine::checkpoint::SegmentRecord, b| {
+            let version = |r: &crate::engine::checkpoint::SegmentRecord| r.id.version.parse::<u64>().unwrap_or(0);
+            (a.id.interval_start_ms, version(a), a.id.shard).cmp(&(b.id.interval_start_ms, version(b), b.id.shard))
+        });
+        Some(out)
+    }
+
     /// A published segment of `datasource` by id (as `sys.segments` names it): its timeline
     /// record and, if this node can read it, its metadata (columns, encodings, checksums).
     pub fn segment_detail(
