@@ -237,4 +237,32 @@ fn a_merchant_is_deleted_from_raw_segments_fetch_and_rejects() {
     let mut want = expected(&events, "m1");
     want.insert("m1".into(), (1, 5, 5));
     assert_eq!(per_merchant(&node), want, "after a restart");
+
+    // An interval narrows a deletion to whole segments: m3's beacons of the current hour go,
+    // its older ones stay; a condition on a second tag too.
+    let hour = now / HOUR_MS * HOUR_MS;
+    let interval = format!("{hour}/{}", hour + HOUR_MS);
+    let (code, out, err) = node.cli(&[
+        "delete",
+        "--datasource",
+        "shop",
+        "--where",
+        "merchant_id = 'm3' AND page IN ('/p0', '/p1', '/p2', '/p3')",
+        "--interval",
+        &interval,
+    ]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let job: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let gone: Vec<&Value> =
+        events.iter().filter(|e| e["merchant_id"] == "m3" && e["ts"].as_i64().is_some_and(|t| t >= hour)).collect();
+    assert!(!gone.is_empty());
+    assert_eq!(job["events"], gone.len(), "{job}");
+    let kept: Vec<Value> = events
+        .iter()
+        .filter(|e| !(e["merchant_id"] == "m3" && e["ts"].as_i64().is_some_and(|t| t >= hour)))
+        .cloned()
+        .collect();
+    let mut want = expected(&kept, "m1");
+    want.insert("m1".into(), (1, 5, 5));
+    assert_eq!(per_merchant(&node), want, "only m3's current hour is gone");
 }
