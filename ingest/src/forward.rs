@@ -141,6 +141,22 @@ impl PeerHttps {
     }
 }
 
+/// An HTTP/1 client connection over `io` (plain TCP or TLS), driven by its own task.
+async fn http1<IO>(io: IO) -> Result<hyper::client::conn::http1::SendRequest<Body>, ForwardError>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake::<_, Body>(TokioIo::new(io))
+        .await
+        .map_err(|e| ForwardError::Exchange(e.to_string()))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "forwarding connection closed");
+        }
+    });
+    Ok(sender)
+}
+
 /// Sends `req` to the node at `addr` as forwarded by `me` (over TLS with `tls`).
 pub(crate) async fn forward_request(
     tls: Option<&PeerHttps>,
@@ -157,17 +173,7 @@ pub(crate) async fn forward_request(
     let exchange = |e: String| ForwardError::Exchange(e);
     let _ = stream.set_nodelay(true);
     let mut sender = match tls {
-        None => {
-            let (sender, conn) = hyper::client::conn::http1::handshake::<_, Body>(TokioIo::new(stream))
-                .await
-                .map_err(|e| exchange(e.to_string()))?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "forwarding connection closed");
-                }
-            });
-            sender
-        }
+        None => http1(stream).await?,
         Some(t) => {
             let host = t
                 .name
@@ -181,15 +187,7 @@ pub(crate) async fn forward_request(
                 Ok(Err(e)) => return Err(ForwardError::Connect(format!("TLS: {e}"))),
                 Err(_) => return Err(ForwardError::Connect("no TLS handshake within 5 s".into())),
             };
-            let (sender, conn) = hyper::client::conn::http1::handshake::<_, Body>(TokioIo::new(stream))
-                .await
-                .map_err(|e| exchange(e.to_string()))?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "forwarding connection closed");
-                }
-            });
-            sender
+            http1(stream).await?
         }
     };
     let path = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
