@@ -8,14 +8,16 @@ use anyhow::{Context, Result};
 use clap::Args;
 use serde_json::json;
 
+use crate::UrlArg;
 use crate::client::Client;
-use crate::{UrlArg, print_json};
 
 #[derive(Debug, Args)]
 pub(crate) struct BackupArgs {
     /// A new (or empty) absolute directory on the node's host.
     #[arg(long)]
     to: String,
+    #[command(flatten)]
+    copy: crate::jobs::CopyArgs,
     #[command(flatten)]
     url: UrlArg,
 }
@@ -40,12 +42,8 @@ pub(crate) struct RestoreArgs {
 }
 
 pub(crate) fn backup(args: BackupArgs) -> Result<()> {
-    let body = json!({ "to": args.to }).to_string();
-    let client = Client::new(&args.url.url);
-    let reply = crate::jobs::with_spinner(&format!("backing up to {}", args.to), || {
-        client.send("POST", "/v1/backup", "application/json", &[], body.as_bytes())?.ok()
-    })?;
-    print_json(&reply.body)
+    let what = format!("this node's state to {}", args.to);
+    args.copy.run(&Client::new(&args.url.url), "/v1/backup", json!({ "to": args.to }), &what)
 }
 
 pub(crate) fn restore(args: RestoreArgs) -> Result<()> {

@@ -1,7 +1,8 @@
 //! `tidemark reindex|compact|delete|export` and `tidemark jobs`: long jobs from the command
 //! line, a thin client over `/v1/reindex`, `/v1/compact`, `/v1/delete`, `/v1/export` and
-//! `/v1/jobs`. A job command waits for the new version to be published, showing the build's
-//! progress as a bar on a terminal (plain lines otherwise), and fails if the job is cancelled.
+//! `/v1/jobs`. A job command waits for the job to end (a new version published, a copy
+//! written), showing its progress as a bar on a terminal (raw batches, or bytes for a copy;
+//! plain lines otherwise), and fails if the job is cancelled.
 
 use std::time::Duration;
 
@@ -77,7 +78,35 @@ pub(crate) struct ExportArgs {
     #[arg(long)]
     to: String,
     #[command(flatten)]
+    copy: CopyArgs,
+    #[command(flatten)]
     url: UrlArg,
+}
+
+/// How an export or backup runs.
+#[derive(Debug, Args)]
+pub(crate) struct CopyArgs {
+    /// Read at most this many bytes per second, so serving keeps its disk bandwidth.
+    #[arg(long, value_name = "BYTES")]
+    max_bytes_per_s: Option<u64>,
+    /// Start the job and print it, without waiting for it to finish.
+    #[arg(long)]
+    no_wait: bool,
+}
+
+impl CopyArgs {
+    /// Starts the copy (`body` is its request) as a job and follows it to its end.
+    pub(crate) fn run(&self, client: &Client, path: &str, mut body: Value, what: &str) -> Result<()> {
+        body["wait"] = json!(false);
+        if let Some(rate) = self.max_bytes_per_s {
+            body["max_bytes_per_s"] = json!(rate);
+        }
+        let reply = client.send("POST", path, "application/json", &[], body.to_string().as_bytes())?.ok()?;
+        if self.no_wait {
+            return print_json(&reply.body);
+        }
+        wait(client, &reply.body, what)
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -103,23 +132,19 @@ pub(crate) enum JobsCmd {
     },
 }
 
-/// Runs `work` (a request a node answers when the job is done: an export, a backup) with a
-/// spinner and the elapsed time on a terminal.
-pub(crate) fn with_spinner<T>(what: &str, work: impl FnOnce() -> Result<T>) -> Result<T> {
-    let spinner = ProgressBar::new_spinner();
-    if let Ok(style) = ProgressStyle::with_template("{spinner} {msg} {elapsed_precise}") {
-        spinner.set_style(style);
+fn progress_line(j: &Value) -> String {
+    let (kind, state) = (j["kind"].as_str().unwrap_or("job"), j["state"].as_str().unwrap_or("?"));
+    match kind {
+        "backup" => format!("{kind} {state}, {} files", j["files_written"]),
+        "export" => format!("{kind} {state}, {} rows", j["events"]),
+        "delete" => format!("{kind} {state}, {} records deleted", j["events"]),
+        _ => format!("{kind} {state}, {} events", j["events"]),
     }
-    spinner.set_message(what.to_string());
-    spinner.enable_steady_tick(Duration::from_millis(120));
-    let result = work();
-    spinner.finish_and_clear();
-    result
 }
 
-fn progress_line(j: &Value) -> String {
-    let events = if j["kind"] == "delete" { "records deleted" } else { "events" };
-    format!("{} {}, {} {events}", j["kind"].as_str().unwrap_or("job"), j["state"].as_str().unwrap_or("?"), j["events"])
+/// Whether job `j` counts its progress in bytes (a copy) rather than raw batches.
+fn in_bytes(j: &Value) -> bool {
+    matches!(j["kind"].as_str(), Some("backup" | "export"))
 }
 
 pub(crate) fn reindex(args: ReindexArgs) -> Result<()> {
@@ -129,7 +154,7 @@ pub(crate) fn reindex(args: ReindexArgs) -> Result<()> {
     if args.no_wait {
         return print_json(&reply.body);
     }
-    wait(&client, &reply.body, &args.datasource)
+    wait(&client, &reply.body, &format!("{:?}", args.datasource))
 }
 
 pub(crate) fn compact(args: CompactArgs) -> Result<()> {
@@ -142,7 +167,7 @@ pub(crate) fn compact(args: CompactArgs) -> Result<()> {
     if args.no_wait {
         return print_json(&reply.body);
     }
-    wait(&client, &reply.body, &args.datasource)
+    wait(&client, &reply.body, &format!("{:?}", args.datasource))
 }
 
 pub(crate) fn delete(args: DeleteArgs) -> Result<()> {
@@ -155,27 +180,28 @@ pub(crate) fn delete(args: DeleteArgs) -> Result<()> {
     if args.no_wait {
         return print_json(&reply.body);
     }
-    wait(&client, &reply.body, &args.datasource)
+    wait(&client, &reply.body, &format!("{:?}", args.datasource))
 }
 
 pub(crate) fn export(args: ExportArgs) -> Result<()> {
     let body =
         json!({ "datasource": args.datasource, "interval": args.interval, "format": args.format, "to": args.to });
-    let client = Client::new(&args.url.url);
-    let reply = with_spinner(&format!("exporting {:?} to {}", args.datasource, args.to), || {
-        client.send("POST", "/v1/export", "application/json", &[], body.to_string().as_bytes())?.ok()
-    })?;
-    print_json(&reply.body)
+    args.copy.run(&Client::new(&args.url.url), "/v1/export", body, &format!("{:?}", args.datasource))
 }
 
 /// Follows a started job until it is published (printing it) or cancelled (an error).
-fn wait(client: &Client, started: &[u8], datasource: &str) -> Result<()> {
+pub(crate) fn wait(client: &Client, started: &[u8], what: &str) -> Result<()> {
     let job: Value = serde_json::from_slice(started)?;
     let id = job["id"].as_u64().unwrap_or_default();
-    eprintln!("started {} job {id} of {datasource:?}", job["kind"].as_str().unwrap_or("?"));
+    eprintln!("started {} job {id} of {what}", job["kind"].as_str().unwrap_or("?"));
+    let bytes = in_bytes(&job);
+    let (done, total, template) = match bytes {
+        true => ("bytes_done", "bytes_total", "{bar:40} {bytes}/{total_bytes}  {elapsed_precise}  {msg}"),
+        false => ("batches_done", "batches_total", "{bar:40} {pos}/{len} batches  {elapsed_precise}  {msg}"),
+    };
     // A bar on a terminal; indicatif draws nothing elsewhere, so logs get a line per change.
-    let bar = ProgressBar::new(job["batches_total"].as_u64().unwrap_or(0));
-    if let Ok(style) = ProgressStyle::with_template("{bar:40} {pos}/{len} batches  {elapsed_precise}  {msg}") {
+    let bar = ProgressBar::new(job[total].as_u64().unwrap_or(0));
+    if let Ok(style) = ProgressStyle::with_template(template) {
         bar.set_style(style);
     }
     let plain = bar.is_hidden();
@@ -183,11 +209,12 @@ fn wait(client: &Client, started: &[u8], datasource: &str) -> Result<()> {
     loop {
         let j: Value = serde_json::from_slice(&client.get(&format!("/v1/jobs/{id}"))?.ok()?.body)?;
         let line = progress_line(&j);
-        bar.set_length(j["batches_total"].as_u64().unwrap_or(0));
-        bar.set_position(j["batches_done"].as_u64().unwrap_or(0));
+        bar.set_length(j[total].as_u64().unwrap_or(0));
+        bar.set_position(j[done].as_u64().unwrap_or(0));
         bar.set_message(line.clone());
         if plain && line != last {
-            eprintln!("job {id}: {}/{} batches, {line}", j["batches_done"], j["batches_total"]);
+            let unit = if bytes { "bytes" } else { "batches" };
+            eprintln!("job {id}: {}/{} {unit}, {line}", j[done], j[total]);
             last = line;
         }
         match j["state"].as_str() {

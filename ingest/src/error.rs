@@ -44,6 +44,7 @@ impl Error {
         match self {
             Error::Storage(tidemark_storage::Error::NotFound(_)) => StatusCode::NOT_FOUND,
             Error::Storage(tidemark_storage::Error::Invalid(_)) => StatusCode::BAD_REQUEST,
+            Error::Storage(tidemark_storage::Error::Cancelled(_)) => StatusCode::CONFLICT,
             Error::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Error::Catalog(e) => match e.status() {
                 tidemark_catalog::StatusCode::InvalidArgument => StatusCode::BAD_REQUEST,

@@ -2,7 +2,8 @@
 //! command; every replica builds the same new version from its raw log), `GET /v1/jobs[/{id}]`
 //! shows jobs with their progress, `POST /v1/jobs/{id}/cancel` abandons one (the old version
 //! stays), `POST /v1/segments/drop` takes an interval out of the timeline. The leader
-//! publishes a finished build by itself (see the node's tick).
+//! publishes a finished build by itself (see the node's tick). Exports and backups, which run
+//! on the node asked rather than on every replica, are in `copies.rs`.
 
 use axum::Json;
 use axum::http::StatusCode;
@@ -10,7 +11,6 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tidemark_storage::engine::command::{Command, TimelineCommand};
-use tidemark_storage::engine::reindex::CopyRecord;
 use tidemark_storage::engine::{Applied, RefusalStatus};
 
 use crate::error::{Error, Result};
@@ -73,7 +73,7 @@ async fn propose_job(node: &Node, cmd: &Command, ok: StatusCode) -> Result<Respo
     }
 }
 
-fn job_json(node: &Node, id: u64) -> Result<Value> {
+pub(crate) fn job_json(node: &Node, id: u64) -> Result<Value> {
     let engine = node.engine();
     let e = engine.read();
     let job = e
@@ -166,142 +166,6 @@ pub async fn delete(node: &Node, actor: &str, body: &[u8]) -> Result<Response> {
         actor: actor.to_string(),
     });
     propose_job(node, &cmd, StatusCode::ACCEPTED).await
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ExportRequest {
-    datasource: String,
-    interval: String,
-    /// Only "parquet" for now.
-    #[serde(default = "parquet")]
-    format: String,
-    /// An absolute directory on this node's host.
-    to: String,
-}
-
-fn parquet() -> String {
-    "parquet".into()
-}
-
-/// `POST /v1/export`: the datasource's raw events of an interval as Parquet files under a
-/// directory of this node's host, partitioned by UTC date; answers what it wrote.
-pub async fn export(node: &Node, actor: &str, body: &[u8]) -> Result<Response> {
-    let req: ExportRequest = serde_json::from_slice(body).map_err(|e| {
-        Error::BadRequest(format!(
-            "an export needs {{\"datasource\": \"…\", \"interval\": \"START/END\", \"to\": \"/absolute/dir\"}}: {e}"
-        ))
-    })?;
-    if req.format != "parquet" {
-        return Err(Error::BadRequest(format!("format {:?} is not supported; use parquet", req.format)));
-    }
-    let dir = std::path::PathBuf::from(&req.to);
-    if !dir.is_absolute() {
-        return Err(Error::BadRequest(format!("to {:?} must be an absolute directory on the node's host", req.to)));
-    }
-    let (start_ms, end_ms) = parse_interval(&req.interval)?;
-    let plan = node.engine().read().export_plan(&req.datasource, start_ms, end_ms)?;
-    let to = dir.clone();
-    let report =
-        tokio::task::spawn_blocking(move || tidemark_storage::engine::export::run_export(&plan, &to))
-            .await
-            .map_err(|e| Error::Storage(tidemark_storage::Error::Internal(format!("the export task failed: {e}"))))??;
-    let record = CopyRecord {
-        kind: "export".into(),
-        datasource: Some(req.datasource.clone()),
-        start_ms: Some(start_ms),
-        end_ms: Some(end_ms),
-        to: dir.display().to_string(),
-        node: node.replica().node_id(),
-        files: report.files.len() as u64,
-        bytes: report.bytes,
-        actor: actor.to_string(),
-        job: 0,
-        time_ms: 0,
-    };
-    let mut answer = json!(report);
-    answer["job"] = record_copy(node, record).await;
-    Ok(Json(answer).into_response())
-}
-
-/// Logs a copy just written (it shows in `sys.jobs`; a later deletion names it); a follower
-/// has the leader log it. Answers the job id, or why it could not be recorded: the copy is
-/// written either way, so that is a warning in the answer, not a failure.
-async fn record_copy(node: &Node, record: CopyRecord) -> Value {
-    let replica = node.replica();
-    let result = match replica.leader() {
-        Some((id, leader)) if !replica.is_leader() && id != replica.node_id() => {
-            let body = serde_json::to_value(&record).unwrap_or_default();
-            crate::forward::call_leader(node, &leader.http, "/v1/jobs/copies", Some(body))
-                .await
-                .map(|v| v["id"].as_u64().unwrap_or_default())
-        }
-        _ => match node.propose(&Command::Timeline(TimelineCommand::Copied(record))).await {
-            Ok(Applied::Job { id }) => Ok(id),
-            Ok(other) => Err(format!("applied as {other:?}")),
-            Err(e) => Err(e.to_string()),
-        },
-    };
-    match result {
-        Ok(id) => json!(id),
-        Err(reason) => {
-            tracing::warn!(%reason, "a copy was written but could not be recorded");
-            json!({ "not_recorded": reason })
-        }
-    }
-}
-
-/// `POST /v1/jobs/copies` (leader): logs a copy a follower wrote.
-pub async fn copied(node: &Node, body: &[u8]) -> Result<Response> {
-    let record: CopyRecord =
-        serde_json::from_slice(body).map_err(|e| Error::BadRequest(format!("a copy record: {e}")))?;
-    propose_job(node, &Command::Timeline(TimelineCommand::Copied(record)), StatusCode::OK).await
-}
-
-/// `POST /v1/backup`: a consistent copy of this node's state into a new directory of its host,
-/// taken while it serves.
-pub async fn backup(node: &Node, actor: &str, body: &[u8]) -> Result<Response> {
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct BackupRequest {
-        to: String,
-    }
-    let req: BackupRequest = serde_json::from_slice(body)
-        .map_err(|e| Error::BadRequest(format!("a backup needs {{\"to\": \"/absolute/dir\"}}: {e}")))?;
-    let to = std::path::PathBuf::from(&req.to);
-    if !to.is_absolute() {
-        return Err(Error::BadRequest(format!("to {:?} must be an absolute directory on the node's host", req.to)));
-    }
-    let engine = node.engine();
-    let started = std::time::Instant::now();
-    let dir = to.clone();
-    let manifest = tokio::task::spawn_blocking(move || tidemark_storage::engine::backup::backup(&engine, &dir))
-        .await
-        .map_err(|e| Error::Storage(tidemark_storage::Error::Internal(format!("the backup task failed: {e}"))))??;
-    let seconds = started.elapsed().as_secs_f64();
-    let record = CopyRecord {
-        kind: "backup".into(),
-        datasource: None,
-        start_ms: None,
-        end_ms: None,
-        to: to.display().to_string(),
-        node: node.replica().node_id(),
-        files: manifest.files.len() as u64,
-        bytes: manifest.bytes,
-        actor: actor.to_string(),
-        job: 0,
-        time_ms: 0,
-    };
-    let job = record_copy(node, record).await;
-    Ok(Json(json!({
-        "job": job,
-        "position": manifest.position,
-        "files": manifest.files.len(),
-        "bytes": manifest.bytes,
-        "seconds": seconds,
-        "mb_per_s": manifest.bytes as f64 / 1e6 / seconds.max(1e-9),
-    }))
-    .into_response())
 }
 
 /// `POST /v1/segments/drop`: takes the whole segment intervals of an interval out of the

@@ -25,6 +25,7 @@ pub mod auth;
 pub mod beacon_routing;
 pub mod beacons;
 pub mod cluster;
+pub mod copies;
 pub mod datasources;
 pub mod error;
 pub mod forward;
@@ -241,15 +242,15 @@ async fn show_segment(State(s): State<IngestState>, Path((ds, segment)): Path<(S
 }
 
 async fn take_backup(State(s): State<IngestState>, Extension(c): Extension<Principal>, body: Bytes) -> Response {
-    jobs::backup(&s.node, &c.actor(), &body).await.unwrap_or_else(IntoResponse::into_response)
+    copies::backup(&s.node, &c.actor(), &body).await.unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn export_raw(State(s): State<IngestState>, Extension(c): Extension<Principal>, body: Bytes) -> Response {
-    jobs::export(&s.node, &c.actor(), &body).await.unwrap_or_else(IntoResponse::into_response)
+    copies::export(&s.node, &c.actor(), &body).await.unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn record_copy(State(s): State<IngestState>, body: Bytes) -> Response {
-    jobs::copied(&s.node, &body).await.unwrap_or_else(IntoResponse::into_response)
+    copies::copied(&s.node, &body).await.unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn start_delete(State(s): State<IngestState>, Extension(c): Extension<Principal>, body: Bytes) -> Response {

@@ -107,6 +107,9 @@ struct Inner {
     last_checkpoint: Mutex<Instant>,
     /// A deletion's position whose Raft log entries are still to be purged (see `erase`).
     erase_pending: Mutex<Option<u64>>,
+    /// Drawn at each start: copies this node runs carry it, so a later start knows the ones
+    /// an earlier run left unfinished.
+    boot: u64,
     config: NodeConfig,
 }
 
@@ -154,6 +157,7 @@ impl Node {
             stopping: AtomicBool::new(false),
             last_checkpoint: Mutex::new(Instant::now()),
             erase_pending: Mutex::new(None),
+            boot: boot_id(),
             config,
         });
         let ticker = {
@@ -171,7 +175,19 @@ impl Node {
                 tracing::info!(?from, ?to, "leader changed");
             });
         }
-        Ok((Node { inner, ticker: Arc::new(Mutex::new(Some(ticker))) }, report))
+        let node = Node { inner, ticker: Arc::new(Mutex::new(Some(ticker))) };
+        tokio::spawn(crate::copies::sweep_stale_copies(node.clone()));
+        Ok((node, report))
+    }
+
+    /// This run of the node (see `copies.rs`).
+    pub fn boot(&self) -> u64 {
+        self.inner.boot
+    }
+
+    /// Whether the node is shutting down.
+    pub fn stopping(&self) -> bool {
+        self.inner.stopping.load(Ordering::SeqCst)
     }
 
     /// Makes this node a one-voter cluster unless it already belongs to one.
@@ -324,6 +340,13 @@ impl Node {
             checkpoint(&self.inner);
         }
     }
+}
+
+/// A number no earlier run of this node drew: the clock's nanoseconds mixed with the
+/// process id.
+fn boot_id() -> u64 {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    nanos ^ (u64::from(std::process::id()) << 40) | 1
 }
 
 fn set_fatal(inner: &Inner, reason: String) {

@@ -10,6 +10,8 @@ use std::path::Path;
 
 use tidemark_storage::engine::backup;
 use tidemark_storage::engine::checkpoint::{self, Checkpoint};
+use tidemark_storage::engine::copies;
+use tidemark_storage::engine::reindex::JobState;
 
 use crate::error::{Error, Result};
 use crate::log_store::LogStore;
@@ -47,6 +49,13 @@ pub fn restore(from: &Path, data_dir: &Path, node_id: NodeId, member: Member) ->
         .map_err(failed)?;
     meta.membership = openraft::StoredMembership::new(meta.membership.log_id().clone(), membership);
     cp.replication = Some(serde_json::to_value(&meta).map_err(failed)?);
+    // Copies running when the backup was taken (the backup itself among them) run nowhere
+    // in the restored cluster; their outcome is the original cluster's to record.
+    for job in cp.jobs.iter_mut().filter(|j| copies::is_copy(&j.kind) && j.state == JobState::Running) {
+        job.state = JobState::Cancelled;
+        job.error =
+            Some("running when the backup this node was restored from was taken; see the original cluster".into());
+    }
     checkpoint::store(data_dir, &cp).map_err(failed)?;
     let raft_dir = data_dir.join("raft");
     let store = LogStore::open(&raft_dir).map_err(|source| Error::Store { path: raft_dir.clone(), source })?;

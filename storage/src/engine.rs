@@ -26,6 +26,7 @@
 pub mod checkpoint;
 pub mod command;
 pub mod consumer_offsets;
+pub mod copies;
 mod datasource;
 pub mod idempotency;
 pub mod install;
@@ -164,9 +165,11 @@ pub struct Engine {
     /// beacons in its entries below it, and is to be snapshotted and purged through it.
     erase_log_through: Option<u64>,
     /// Exports and backups taken, which a deletion names in its report (oldest first).
-    copies: Vec<reindex::CopyRecord>,
+    copies: Vec<copies::CopyRecord>,
     /// Builds of running jobs.
     running: BTreeMap<u64, reindex::Running>,
+    /// Copies this node is running (node-local, never checkpointed; see `copies.rs`).
+    copy_runs: BTreeMap<u64, copies::CopyRun>,
     /// Segment files replaced by a reindex at a position: removed once a checkpoint at or
     /// after it is stored (an older checkpoint still names them).
     obsolete: Vec<(u64, PathBuf)>,
@@ -198,6 +201,7 @@ impl Engine {
             copies: Vec::new(),
             erase_log_through: None,
             running: BTreeMap::new(),
+            copy_runs: BTreeMap::new(),
             obsolete: Vec::new(),
             config,
         };
@@ -225,6 +229,7 @@ impl Engine {
                 .jobs
                 .values()
                 .filter(|j| j.state == reindex::JobState::Running && j.datasource_id == ds.id)
+                .filter(|j| !copies::is_copy(&j.kind))
                 .map(|j| (j.id, j.start_ms, j.end_ms))
                 .collect();
             let replayed = ds.rebuild_realtime(&engine.catalog, &engine.rules, cp.applied_position, &pending)?;
@@ -232,8 +237,13 @@ impl Engine {
             engine.datasources.insert(ds.id, ds);
         }
         // Builds that were running when the checkpoint was taken start again from raw.
-        let running: Vec<u64> =
-            engine.jobs.values().filter(|j| j.state == reindex::JobState::Running).map(|j| j.id).collect();
+        // (Copies run on the node that took them, outside the engine: see `copies.rs`.)
+        let running: Vec<u64> = engine
+            .jobs
+            .values()
+            .filter(|j| j.state == reindex::JobState::Running && !copies::is_copy(&j.kind))
+            .map(|j| j.id)
+            .collect();
         for id in running {
             engine.start_build(id)?;
         }

@@ -57,6 +57,10 @@ pub enum Error {
     #[error("{0}")]
     Invalid(String),
 
+    /// A job was cancelled (by a DBA, or because its node restarted) while this ran.
+    #[error("{0}")]
+    Cancelled(String),
+
     #[error("internal error (this is a bug in tidemark, please report it): {0}")]
     Internal(String),
 }

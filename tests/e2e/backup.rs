@@ -44,8 +44,11 @@ fn a_backup_restores_into_a_new_node_with_exactly_its_state() {
     let backup = dir.path().join("backup");
     let (code, out, err) = node.cli(&["backup", "--to", &backup.to_string_lossy()]);
     assert_eq!(code, 0, "{err}");
+    // The command follows the backup job to its end and prints it.
     let report: Value = serde_json::from_str(&out).expect("json");
-    assert!(report["files"].as_u64().is_some_and(|n| n >= 2), "{report}");
+    assert_eq!((report["kind"].as_str(), report["state"].as_str()), (Some("backup"), Some("published")), "{report}");
+    assert!(report["files_written"].as_u64().is_some_and(|n| n >= 2), "{report}");
+    assert!(report["bytes_done"].as_u64().is_some_and(|b| b > 0) && report["bytes_done"] == report["bytes_total"]);
     // Written after the backup: not in it.
     let later = json!({"ts": now_ms(), "merchant_id": "m9", "amount": 1.0}).to_string();
     assert_eq!(node.post("/v1/beacons/shop", later.as_bytes(), &[]).status, 200);
@@ -68,12 +71,15 @@ fn a_backup_restores_into_a_new_node_with_exactly_its_state() {
     let restored = TestNode::start_member(&restored_dir, &addrs, None, &[]);
     restored.wait_healthy();
     assert_eq!(answers(&restored), before, "the restored node answers as the node did at the backup");
+    // The backup job was running in the state it copied: nothing runs it here.
+    assert_eq!(restored.sql_i64("SELECT COUNT(*) FROM sys.jobs WHERE state = 'running'"), 0);
     // It takes writes: the next entry follows the backup's position.
     let more = json!({"ts": now_ms(), "merchant_id": "m0", "amount": 2.0}).to_string();
     let r = restored.post("/v1/beacons/shop", more.as_bytes(), &[]);
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(restored.sql_i64("SELECT SUM(\"count\") FROM shop"), 501);
-    assert!(r.json()["log_position"].as_u64() > report["position"].as_u64(), "{} vs {report}", r.body);
+    assert!(report["backup_position"].as_u64().is_some_and(|p| p > 0), "{report}");
+    assert!(r.json()["log_position"].as_u64() > report["backup_position"].as_u64(), "{} vs {report}", r.body);
 
     // Another node joins the restored one and catches up with all of it.
     let second = TestNode::start_member(&dir.path().join("c"), &MemberAddrs::new(2), Some(&restored.http), &[]);

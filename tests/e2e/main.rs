@@ -5,6 +5,7 @@ mod admin_grpc;
 mod backup;
 mod beacons;
 mod cluster;
+mod copies;
 mod crash;
 mod datasources;
 mod delete;

@@ -385,9 +385,21 @@ fn raw_events_export_as_parquet_partitioned_by_date() {
         &out.to_string_lossy(),
     ]);
     assert_eq!(code, 0, "{err}");
-    let report: Value = serde_json::from_str(&stdout).expect("json");
-    assert_eq!(report["rows"], 300, "{report}");
-    assert_eq!(report["skipped"], 1, "{report}");
+    // The command follows the export job to its end and prints it.
+    let job: Value = serde_json::from_str(&stdout).expect("json");
+    assert_eq!(job["kind"], "export", "{job}");
+    assert_eq!(job["state"], "published", "{job}");
+    assert_eq!(job["events"], 300, "rows written: {job}");
+    assert_eq!(job["rejected"], 1, "records left out: {job}");
+    assert_eq!(job["files_written"], 2, "one file per date: {job}");
+    assert!(job["bytes_done"].as_u64().is_some_and(|b| b > 0) && job["bytes_done"] == job["bytes_total"], "{job}");
+    let listed = node.sql(&format!("SELECT kind, state, destination FROM sys.jobs WHERE id = {}", job["id"]));
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["state"], "published", "{listed:?}");
+    assert!(listed[0]["destination"].as_str().is_some_and(|d| d.contains(&*out.to_string_lossy())), "{listed:?}");
+    // Nothing temporary is left next to the files.
+    let leftovers: Vec<_> = walk(&out).into_iter().filter(|p| !p.ends_with(".parquet")).collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
 
     // Read back with pyarrow and compare with what was sent, per date.
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/parquet_export.py");
@@ -417,4 +429,18 @@ fn raw_events_export_as_parquet_partitioned_by_date() {
     for column in ["__time", "merchant_id", "page", "_partition", "_offset", "_log_position", "_payload"] {
         assert!(got["columns"].as_array().is_some_and(|c| c.iter().any(|n| n == column)), "{column}: {got}");
     }
+}
+
+/// Every file under `dir`, as strings.
+fn walk(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path.to_string_lossy().into_owned());
+        }
+    }
+    out
 }

@@ -4,6 +4,11 @@
 //! is opened then, so a file the node removes afterwards (a replaced segment) is still read
 //! whole; raw log files are copied up to the length the checkpoint covers (later appends are
 //! past its position). `raft::restore` brings a node up from a backup.
+//!
+//! A backup is a copy job (`copies.rs`): it counts its bytes as it goes, can be paced to a
+//! bandwidth so serving does not starve, stops when cancelled, and then removes what it
+//! wrote; the manifest is written last, so a directory without it is never taken for a
+//! backup.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -11,6 +16,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::SharedEngine;
+use super::copies::{CopyRun, Pace};
 use crate::error::{Error, Result};
 
 /// Name of the manifest at a backup's root.
@@ -39,45 +45,102 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |source| Error::Io { path: path.to_path_buf(), source }
 }
 
-/// Copies `len` bytes of `from` to `to` and syncs it.
-fn copy_prefix(mut from: &std::fs::File, to: &Path, len: u64) -> Result<()> {
+/// Copies `len` bytes of `from` to `to` and syncs it, counting and pacing the bytes as they go
+/// and stopping if `run` is cancelled.
+fn copy_prefix(from: impl Read, to: &Path, len: u64, run: &CopyRun, pace: &mut Pace) -> Result<()> {
     if let Some(dir) = to.parent() {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
     }
     let mut out = std::fs::File::create(to).map_err(io(to))?;
-    let copied = std::io::copy(&mut (&mut from).take(len), &mut out).map_err(io(to))?;
+    let mut reader = from.take(len);
+    let mut buf = vec![0u8; pace.chunk().min(len as usize).max(1)];
+    let mut copied = 0u64;
+    loop {
+        run.check("backup")?;
+        let n = reader.read(&mut buf).map_err(io(to))?;
+        if n == 0 {
+            break;
+        }
+        out.write_all(&buf[..n]).map_err(io(to))?;
+        copied += n as u64;
+        run.add_bytes(n as u64);
+        pace.spend(n as u64, run);
+    }
     if copied != len {
         return Err(Error::Internal(format!("{} was {copied} bytes, the checkpoint names {len}", to.display())));
     }
     out.sync_all().map_err(|source| Error::Fsync { path: to.to_path_buf(), source })
 }
 
-/// Takes a backup into `to`, which must not exist or be empty.
-pub fn backup(engine: &SharedEngine, to: &Path) -> Result<BackupManifest> {
+/// Takes a backup into `to`, which must not exist or be empty, at most `bytes_per_s` if
+/// given. A backup cancelled (or failing) part way removes what it wrote.
+pub fn backup(engine: &SharedEngine, to: &Path, run: &CopyRun, bytes_per_s: Option<u64>) -> Result<BackupManifest> {
     if std::fs::read_dir(to).is_ok_and(|mut d| d.next().is_some()) {
         return Err(Error::Invalid(format!("{} is not empty; back up into a new directory", to.display())));
     }
+    let existed = to.exists();
+    let mut written_paths = Vec::new();
+    let result = write_backup(engine, to, run, bytes_per_s, &mut written_paths);
+    if result.is_err() {
+        remove_written(to, &written_paths, !existed);
+    }
+    result
+}
+
+fn write_backup(
+    engine: &SharedEngine,
+    to: &Path,
+    run: &CopyRun,
+    bytes_per_s: Option<u64>,
+    written_paths: &mut Vec<PathBuf>,
+) -> Result<BackupManifest> {
     let written = engine.checkpoint_with_files()?;
+    let total = written.bytes.len() as u64 + written.files.iter().map(|(_, len, _)| len).sum::<u64>();
+    run.progress.bytes_total.store(total, std::sync::atomic::Ordering::Relaxed);
+    let mut pace = Pace::new(bytes_per_s);
     let checkpoint = crate::engine::checkpoint::path(Path::new(""));
     let checkpoint_path = to.join(&checkpoint);
     if let Some(dir) = checkpoint_path.parent() {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
     }
-    let mut f = std::fs::File::create(&checkpoint_path).map_err(io(&checkpoint_path))?;
-    f.write_all(&written.bytes).map_err(io(&checkpoint_path))?;
-    f.sync_all().map_err(|source| Error::Fsync { path: checkpoint_path.clone(), source })?;
+    written_paths.push(checkpoint_path.clone());
+    copy_prefix(&written.bytes[..], &checkpoint_path, written.bytes.len() as u64, run, &mut pace)?;
     let mut files = Vec::with_capacity(written.files.len());
     let mut bytes = written.bytes.len() as u64;
     for (rel, len, file) in &written.files {
-        copy_prefix(file, &to.join(rel), *len)?;
+        let path = to.join(rel);
+        written_paths.push(path.clone());
+        copy_prefix(file, &path, *len, run, &mut pace)?;
         files.push(BackedUpFile { path: rel.clone(), bytes: *len });
         bytes += len;
     }
+    run.check("backup")?;
     let manifest = BackupManifest { format: FORMAT, position: written.position, checkpoint, files, bytes };
     let text = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::Internal(format!("backup manifest: {e}")))?;
     let path = to.join(MANIFEST);
     std::fs::write(&path, text).map_err(io(&path))?;
     Ok(manifest)
+}
+
+/// Removes the files a copy wrote under `root` and the directories that leaves empty
+/// (`root` itself too if the copy created it); never anything else.
+pub fn remove_written(root: &Path, paths: &[PathBuf], root_too: bool) {
+    let mut dirs = std::collections::BTreeSet::new();
+    for p in paths {
+        let _ = std::fs::remove_file(p);
+        let mut dir = p.parent();
+        while let Some(d) = dir.filter(|d| d.starts_with(root) && *d != root) {
+            dirs.insert(d.to_path_buf());
+            dir = d.parent();
+        }
+    }
+    // Deepest first; remove_dir refuses a directory someone else put files in.
+    for d in dirs.iter().rev() {
+        let _ = std::fs::remove_dir(d);
+    }
+    if root_too {
+        let _ = std::fs::remove_dir(root);
+    }
 }
 
 /// Reads and checks a backup's manifest (every file present at its length).
@@ -115,7 +178,7 @@ pub fn copy_into(from: &Path, m: &BackupManifest, data_dir: &Path) -> Result<()>
         let src = from.join(path);
         let file = std::fs::File::open(&src).map_err(io(&src))?;
         let len = if len == u64::MAX { file.metadata().map_err(io(&src))?.len() } else { len };
-        copy_prefix(&file, &data_dir.join(path), len)?;
+        copy_prefix(&file, &data_dir.join(path), len, &CopyRun::default(), &mut Pace::new(None))?;
     }
     Ok(())
 }

@@ -42,7 +42,7 @@ pub struct Checkpoint {
     pub jobs: Vec<crate::engine::reindex::JobInfo>,
     /// Exports and backups taken (see `Engine::copies`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub copies: Vec<crate::engine::reindex::CopyRecord>,
+    pub copies: Vec<crate::engine::copies::CopyRecord>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

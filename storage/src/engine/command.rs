@@ -34,8 +34,9 @@ pub struct Entry {
 /// (`NewerCommand`), at the first entry it cannot apply, instead of skipping it and diverging.
 /// Format 2 adds the tag registry's catalog operations; format 3 carries the actor of every
 /// catalog command (for the audit log) and adds the API key operations; format 4 adds the
-/// timeline's `Delete` and `Copied`.
-pub const COMMAND_VERSION: u8 = 4;
+/// timeline's `Delete` and `Copied`; format 5 the running copies' `CopyStarted` and
+/// `CopyFinished`.
+pub const COMMAND_VERSION: u8 = 5;
 pub const KIND_CATALOG: u8 = 1;
 pub const KIND_EVENTS: u8 = 2;
 pub const KIND_PERSIST: u8 = 3;
@@ -235,8 +236,14 @@ pub enum TimelineCommand {
         actor: String,
     },
     /// A copy of data taken outside tidemark's reach (an export, a backup) on `node`,
-    /// logged once it is written: it shows as a job, and a later deletion names it.
-    Copied(crate::engine::reindex::CopyRecord),
+    /// logged once it is written: it shows as a job, and a later deletion names it. (Format
+    /// 4; newer nodes log `CopyStarted` and `CopyFinished` around the copy instead.)
+    Copied(crate::engine::copies::CopyRecord),
+    /// A copy starting on `node`: a running job on every replica (see `copies.rs`); ended by
+    /// `CopyFinished` or `Cancel`.
+    CopyStarted(crate::engine::copies::CopyRecord),
+    /// A running copy written whole, with what it wrote.
+    CopyFinished(crate::engine::copies::CopyFinish),
     /// Takes the raw beacons `filter` matches (with event times in [`start_ms`, `end_ms`),
     /// all time if absent) out of the raw log, and rebuilds the segment intervals that
     /// counted them; published like a reindex (see `delete.rs`). `where_text` is what the
@@ -281,6 +288,7 @@ impl Command {
         match self {
             Command::Catalog { .. } => 3,
             Command::Timeline(TimelineCommand::Delete { .. } | TimelineCommand::Copied(_)) => 4,
+            Command::Timeline(TimelineCommand::CopyStarted(_) | TimelineCommand::CopyFinished(_)) => 5,
             _ => 1,
         }
     }

@@ -45,8 +45,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::{Deserialize, Serialize};
 use tidemark_catalog::record_filter::CompiledFilter;
-use tidemark_catalog::standardise::{TagRules, standardise_json};
-use tidemark_catalog::{DatasourceId, DatasourceSpec};
+use tidemark_catalog::standardise::standardise_json;
 
 use crate::engine::reindex::{self, BuildInput, Output, Progress, Source};
 use crate::error::{Error, Result};
@@ -61,16 +60,10 @@ pub(crate) const ALL_TIME: (i64, i64) = (-(1 << 50), 1 << 50);
 /// Everything a deletion needs, fixed at its `Delete` position.
 #[derive(Debug)]
 pub(crate) struct DeleteInput {
-    pub(crate) job: u64,
-    pub(crate) datasource: DatasourceId,
-    pub(crate) name: String,
-    pub(crate) data_dir: PathBuf,
-    pub(crate) spec: DatasourceSpec,
-    pub(crate) rules: Option<Arc<TagRules>>,
+    /// The rebuild's input as a reindex of the range would have it, without its sources
+    /// (they are the rewritten files, known once they are written).
+    pub(crate) build: BuildInput,
     pub(crate) filter: CompiledFilter,
-    pub(crate) start_ms: i64,
-    pub(crate) end_ms: i64,
-    pub(crate) shards: BTreeMap<i64, u32>,
     /// Every sealed raw file holding batches applied before the job.
     pub(crate) files: Vec<SealedFile>,
     /// A replay's journal of the job's first `Publish` (see the module doc).
@@ -162,10 +155,10 @@ fn run(
     cancel: &AtomicBool,
     deleted: &mut Deleted,
 ) -> Result<Vec<reindex::Built>> {
-    let spec = &input.spec;
-    let rules = input.rules.as_deref();
+    let spec = &input.build.spec;
+    let rules = input.build.rules.as_deref();
     let seg = &spec.granularity.segment;
-    let before = |e: &IndexEntry| e.log_position < input.job;
+    let before = |e: &IndexEntry| e.log_position < input.build.job;
     let first_pass: usize = input.files.iter().map(|f| f.entries.iter().filter(|e| before(e)).count()).sum();
     progress.batches_total.store(first_pass as u64, Ordering::Relaxed);
     // Per file: its entries after the deletion, and the handle and path to read them from.
@@ -193,7 +186,7 @@ fn run(
                     Err(_) => tidemark_catalog::event::extract_json(spec, value).ok().map(|e| e.time_ms),
                 };
                 let time = event_time.unwrap_or(record.timestamp_ms);
-                if time < input.start_ms || time >= input.end_ms {
+                if time < input.build.start_ms || time >= input.build.end_ms {
                     keep.push(i);
                     continue;
                 }
@@ -211,7 +204,7 @@ fn run(
             after.push((f.partition, f.path.clone(), f.file.clone(), f.entries.clone()));
             continue;
         }
-        let path = f.rewrite_path(input.job);
+        let path = f.rewrite_path(input.build.job);
         let entries = f.rewrite(&path, |e, _| Ok(edits.remove(&e.base_offset)))?;
         let file = Arc::new(File::open(&path).map_err(Error::io(&path))?);
         after.push((f.partition, path.clone(), file, entries.clone()));
@@ -242,19 +235,7 @@ fn run(
     }
     sources.sort_by_key(|s| (s.position, s.partition));
     progress.batches_total.fetch_add(sources.len() as u64, Ordering::Relaxed);
-    let rebuild = BuildInput {
-        job: input.job,
-        datasource: input.datasource,
-        name: input.name.clone(),
-        data_dir: input.data_dir.clone(),
-        spec: spec.clone(),
-        rules: input.rules.clone(),
-        start_ms: input.start_ms,
-        end_ms: input.end_ms,
-        shards: input.shards.clone(),
-        sources,
-        only: Some(deleted.intervals.clone()),
-    };
+    let rebuild = BuildInput { sources, only: Some(deleted.intervals.clone()), ..input.build.clone() };
     // The rebuild counts the events it keeps; the job reports the ones it took out.
     let kept = Progress::default();
     let segments = reindex::build(&rebuild, &kept, cancel);

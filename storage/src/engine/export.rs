@@ -6,11 +6,16 @@
 //!
 //! The plan is taken under the engine lock (which raw batches, which rules); the files are
 //! read and written off it. Batches applied after the plan are not part of the export.
+//!
+//! An export is a copy job (`copies.rs`): each date's file streams to Parquet a batch of rows
+//! at a time (memory stays bounded however long the interval), progress counts raw batches
+//! read, and a cancel stops it and removes its files.
 
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use arrow_array::builder::{Int64Builder, StringBuilder, TimestampMillisecondBuilder, UInt32Builder, UInt64Builder};
 use arrow_array::{ArrayRef, RecordBatch};
@@ -23,9 +28,10 @@ use tidemark_catalog::event::DimValue;
 use tidemark_catalog::standardise::{TagRules, standardise_json};
 
 use super::Engine;
+use super::copies::{CopyRun, Pace};
 use crate::engine::reindex::Source;
 use crate::error::{Error, Result};
-use crate::raw::partition_log::read_stored;
+use crate::raw::partition_log::read_stored_into;
 use crate::raw::record_batch;
 
 const DAY_MS: i64 = 86_400_000;
@@ -49,6 +55,9 @@ pub struct ExportReport {
     /// Records in the interval's batches that do not count (refused, or failing the current
     /// rules), left out.
     pub skipped: u64,
+    /// Raw batches read, and their bytes.
+    pub batches: u64,
+    pub bytes_read: u64,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -153,19 +162,101 @@ fn civil_date(days: i64) -> String {
     format!("{y:04}-{m:02}-{d:02}")
 }
 
-/// Reads the plan's raw batches and writes one Parquet file per UTC date under `dir`.
-pub fn run_export(plan: &ExportPlan, dir: &Path) -> Result<ExportReport> {
+/// Rows buffered per date before they go to its Parquet writer as one batch.
+const ROWS_PER_BATCH: u64 = 64 * 1024;
+/// Rows per Parquet row group: bounds what each open writer holds in memory.
+const ROWS_PER_GROUP: usize = 256 * 1024;
+
+/// One UTC date's file being written: rows buffer in `builder`, go to `writer` a batch at a
+/// time, into `tmp`, renamed to `path` once every date is written.
+struct DayFile {
+    date: String,
+    builder: DayBuilder,
+    writer: ArrowWriter<File>,
+    tmp: PathBuf,
+    path: PathBuf,
+    rows: u64,
+}
+
+impl DayFile {
+    fn flush(&mut self, schema: &Arc<Schema>, dims: usize) -> Result<()> {
+        let builder = std::mem::replace(&mut self.builder, DayBuilder::new(dims));
+        let batch = builder.finish(schema)?;
+        self.writer.write(&batch).map_err(|e| parquet_error(&self.tmp, e))
+    }
+}
+
+fn parquet_error(path: &Path, e: parquet::errors::ParquetError) -> Error {
+    Error::Internal(format!("writing {}: {e}", path.display()))
+}
+
+/// Reads the plan's raw batches and writes one Parquet file per UTC date under `dir`,
+/// counting progress on `run` (batches and their bytes) and pacing reads to `bytes_per_s`.
+/// Files are written under temporary names and renamed only once all are whole; an export
+/// cancelled or failing part way removes what it wrote.
+pub fn run_export(plan: &ExportPlan, dir: &Path, run: &CopyRun, bytes_per_s: Option<u64>) -> Result<ExportReport> {
+    let existed = dir.exists();
+    let mut days: BTreeMap<i64, DayFile> = BTreeMap::new();
+    let result = write_days(plan, dir, run, bytes_per_s, &mut days);
+    let report = match result {
+        Ok(skipped) => finish_days(days, skipped).map(|mut r| {
+            r.batches = plan.sources.len() as u64;
+            r.bytes_read = plan.sources.iter().map(|s| u64::from(s.entry.entry_len)).sum();
+            r
+        }),
+        Err(e) => Err(e),
+    };
+    if report.is_err() {
+        crate::engine::backup::remove_written(dir, &temporary_paths(plan, dir), !existed);
+    }
+    report
+}
+
+/// The temporary files an export of `plan` may have left under `dir` (files already renamed
+/// into place are whole, and may be an earlier export's: they stay).
+pub fn temporary_paths(plan: &ExportPlan, dir: &Path) -> Vec<PathBuf> {
+    temporary_paths_of(plan.start_ms, plan.end_ms, dir)
+}
+
+/// The same, for an export of [`start_ms`, `end_ms`) (a node cleaning up after a restart).
+pub fn temporary_paths_of(start_ms: i64, end_ms: i64, dir: &Path) -> Vec<PathBuf> {
+    let first = start_ms.div_euclid(DAY_MS);
+    let last = (end_ms - 1).div_euclid(DAY_MS).max(first);
+    // A guard against an absurd interval: a century of dates.
+    let last = last.min(first + 36_600);
+    let name = format!("part-{start_ms}-{end_ms}.parquet.tmp");
+    (first..=last).map(|day| dir.join(format!("date={}", civil_date(day))).join(&name)).collect()
+}
+
+/// Reads every batch into the dates' writers; answers the records skipped.
+fn write_days(
+    plan: &ExportPlan,
+    dir: &Path,
+    run: &CopyRun,
+    bytes_per_s: Option<u64>,
+    days: &mut BTreeMap<i64, DayFile>,
+) -> Result<u64> {
     let spec = &plan.spec;
     let rules = plan.rules.as_deref();
     let schema = schema(spec);
-    let mut days: BTreeMap<i64, DayBuilder> = BTreeMap::new();
+    let dims = spec.dimensions.len();
+    let props = WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .set_max_row_group_row_count(Some(ROWS_PER_GROUP))
+        .build();
+    let progress = &run.progress;
+    progress.batches_total.store(plan.sources.len() as u64, Ordering::Relaxed);
+    progress.bytes_total.store(plan.sources.iter().map(|s| u64::from(s.entry.entry_len)).sum(), Ordering::Relaxed);
+    let mut pace = Pace::new(bytes_per_s);
     let mut skipped = 0;
+    let mut buf = Vec::new();
     for source in &plan.sources {
-        let stored = read_stored(&source.file, &source.path, &source.entry)?;
-        let (_, records) = record_batch::decode_records(&stored.batch)?;
+        run.check("export")?;
+        let (frame, at) = read_stored_into(&source.file, &source.path, &source.entry, &mut buf)?;
+        let (_, records) = record_batch::decode_records(&buf[at..])?;
         for (i, (offset, record)) in records.iter().enumerate() {
             let value = record.value.as_deref().unwrap_or_default();
-            let refused = stored.frame.verdicts.iter().any(|v| v.record_index == i as u32);
+            let refused = frame.verdicts.iter().any(|v| v.record_index == i as u32);
             let event = match standardise_json(spec, rules, value) {
                 Ok(s) if !refused => s.event,
                 _ => {
@@ -176,39 +267,66 @@ pub fn run_export(plan: &ExportPlan, dir: &Path) -> Result<ExportReport> {
             if event.time_ms < plan.start_ms || event.time_ms >= plan.end_ms {
                 continue;
             }
-            let day =
-                days.entry(event.time_ms.div_euclid(DAY_MS)).or_insert_with(|| DayBuilder::new(spec.dimensions.len()));
-            day.time.append_value(event.time_ms);
-            for (b, v) in day.dims.iter_mut().zip(&event.dims) {
+            let day_number = event.time_ms.div_euclid(DAY_MS);
+            let day = match days.entry(day_number) {
+                std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
+                std::collections::btree_map::Entry::Vacant(v) => {
+                    let date = civil_date(day_number);
+                    let day_dir = dir.join(format!("date={date}"));
+                    std::fs::create_dir_all(&day_dir).map_err(Error::io(&day_dir))?;
+                    let path = day_dir.join(format!("part-{}-{}.parquet", plan.start_ms, plan.end_ms));
+                    let tmp = path.with_extension("parquet.tmp");
+                    let out = File::create(&tmp).map_err(Error::io(&tmp))?;
+                    let writer = ArrowWriter::try_new(out, schema.clone(), Some(props.clone()))
+                        .map_err(|e| parquet_error(&tmp, e))?;
+                    v.insert(DayFile { date, builder: DayBuilder::new(dims), writer, tmp, path, rows: 0 })
+                }
+            };
+            let b = &mut day.builder;
+            b.time.append_value(event.time_ms);
+            for (col, v) in b.dims.iter_mut().zip(&event.dims) {
                 match v {
-                    Some(v) => b.append_value(dim_text(v)),
-                    None => b.append_null(),
+                    Some(v) => col.append_value(dim_text(v)),
+                    None => col.append_null(),
                 }
             }
-            day.partition.append_value(source.partition);
-            day.offset.append_value(*offset);
-            day.position.append_value(source.position);
-            day.publisher.append_option(stored.frame.publisher.as_deref());
-            day.payload.append_value(String::from_utf8_lossy(value));
+            b.partition.append_value(source.partition);
+            b.offset.append_value(*offset);
+            b.position.append_value(source.position);
+            b.publisher.append_option(frame.publisher.as_deref());
+            b.payload.append_value(String::from_utf8_lossy(value));
+            b.rows += 1;
             day.rows += 1;
+            if b.rows >= ROWS_PER_BATCH {
+                day.flush(&schema, dims)?;
+            }
+        }
+        progress.events.store(days.values().map(|d| d.rows).sum(), Ordering::Relaxed);
+        progress.rejected.store(skipped, Ordering::Relaxed);
+        progress.batches_done.fetch_add(1, Ordering::Relaxed);
+        let len = u64::from(source.entry.entry_len);
+        run.add_bytes(len);
+        pace.spend(len, run);
+    }
+    run.check("export")?;
+    for day in days.values_mut() {
+        if day.builder.rows > 0 {
+            day.flush(&schema, dims)?;
         }
     }
-    let mut report = ExportReport { files: Vec::new(), rows: 0, bytes: 0, skipped };
-    let props = WriterProperties::builder().set_compression(Compression::SNAPPY).build();
-    for (day, builder) in days {
-        let date = civil_date(day);
-        let rows = builder.rows;
-        let batch = builder.finish(&schema)?;
-        let day_dir = dir.join(format!("date={date}"));
-        std::fs::create_dir_all(&day_dir).map_err(Error::io(&day_dir))?;
-        let path = day_dir.join(format!("part-{}-{}.parquet", plan.start_ms, plan.end_ms));
-        let tmp = path.with_extension("parquet.tmp");
-        let out = File::create(&tmp).map_err(Error::io(&tmp))?;
-        let parquet_error =
-            |e: parquet::errors::ParquetError| Error::Internal(format!("writing {}: {e}", tmp.display()));
-        let mut writer = ArrowWriter::try_new(out, schema.clone(), Some(props.clone())).map_err(parquet_error)?;
-        writer.write(&batch).map_err(parquet_error)?;
-        writer.close().map_err(parquet_error)?;
+    Ok(skipped)
+}
+
+/// Closes every date's file and renames it into place.
+fn finish_days(days: BTreeMap<i64, DayFile>, skipped: u64) -> Result<ExportReport> {
+    let mut closed = Vec::with_capacity(days.len());
+    for (_, day) in days {
+        let DayFile { date, writer, tmp, path, rows, .. } = day;
+        writer.close().map_err(|e| parquet_error(&tmp, e))?;
+        closed.push((date, tmp, path, rows));
+    }
+    let mut report = ExportReport { files: Vec::new(), rows: 0, bytes: 0, skipped, batches: 0, bytes_read: 0 };
+    for (date, tmp, path, rows) in closed {
         std::fs::rename(&tmp, &path).map_err(Error::io(&path))?;
         let bytes = std::fs::metadata(&path).map_err(Error::io(&path))?.len();
         report.rows += rows;

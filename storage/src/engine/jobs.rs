@@ -6,9 +6,9 @@ use std::sync::atomic::Ordering;
 
 use tidemark_catalog::DatasourceId;
 
-use super::delete;
 use super::reindex::{self, BuildInput, JobInfo, JobState, Running};
 use super::{Applied, Engine, RefusalStatus};
+use super::{copies, delete};
 use crate::engine::command::TimelineCommand;
 use crate::error::{Error, Result};
 
@@ -52,6 +52,8 @@ impl Engine {
                 self.drop_interval(position, writer_time_ms, datasource, start_ms, end_ms, actor)
             }
             TimelineCommand::Copied(record) => self.record_copy(position, writer_time_ms, record),
+            TimelineCommand::CopyStarted(record) => self.start_copy(position, writer_time_ms, record),
+            TimelineCommand::CopyFinished(finish) => self.finish_copy(writer_time_ms, finish),
             TimelineCommand::Delete { datasource, filter, where_text, start_ms, end_ms, actor } => {
                 let range = (start_ms.unwrap_or(delete::ALL_TIME.0), end_ms.unwrap_or(delete::ALL_TIME.1));
                 self.start_delete(position, writer_time_ms, datasource, (filter, where_text), range, actor)
@@ -113,33 +115,41 @@ impl Engine {
         match info.kind.as_str() {
             "compact" => return self.start_compact_build(id),
             "delete" => return self.start_delete_build(id, None),
+            // Copies run on the node that took them, outside the engine.
+            kind if copies::is_copy(kind) => return Ok(()),
             _ => {}
         }
-        let (datasource, start_ms, end_ms) = (info.datasource_id, info.start_ms, info.end_ms);
-        let shards = info.shards.iter().copied().collect();
-        let Some(entry) = self.catalog.by_id(datasource) else {
-            return Err(Error::Internal(format!("reindex job {id}: datasource {datasource} is not in the catalog")));
-        };
+        let mut input = self.build_input(id)?;
+        let ds = self.datasources.get(&input.datasource).ok_or_else(|| {
+            Error::Internal(format!("reindex job {id}: datasource {} has no state here", input.datasource))
+        })?;
+        input.sources = ds.reindex_sources(input.start_ms, input.end_ms, id);
+        self.running.insert(id, Running::spawn(input)?);
+        Ok(())
+    }
+
+    /// Running job `id`'s build input under the spec and tag rules at its position, without
+    /// sources (what it reads depends on its kind).
+    fn build_input(&self, id: u64) -> Result<BuildInput> {
+        let info = self.jobs.get(&id).ok_or_else(|| Error::Internal(format!("no job {id}")))?;
+        let datasource = info.datasource_id;
+        let entry = self.catalog.by_id(datasource).ok_or_else(|| {
+            Error::Internal(format!("{} job {id}: datasource {datasource} is not in the catalog", info.kind))
+        })?;
         let spec = entry.spec_at(id).clone();
-        let rules = self.rules.get(&self.catalog, &spec.name, id);
-        let Some(ds) = self.datasources.get(&datasource) else {
-            return Err(Error::Internal(format!("reindex job {id}: datasource {datasource} has no state here")));
-        };
-        let input = BuildInput {
+        Ok(BuildInput {
             job: id,
             datasource,
             name: spec.name.clone(),
             data_dir: self.config.data_dir.clone(),
-            sources: ds.reindex_sources(start_ms, end_ms, id),
+            rules: self.rules.get(&self.catalog, &spec.name, id),
             spec,
-            rules,
-            start_ms,
-            end_ms,
-            shards,
+            start_ms: info.start_ms,
+            end_ms: info.end_ms,
+            shards: info.shards.iter().copied().collect(),
+            sources: Vec::new(),
             only: None,
-        };
-        self.running.insert(id, Running::spawn(input)?);
-        Ok(())
+        })
     }
 
     fn publish_reindex(&mut self, position: u64, writer_time_ms: i64, job: u64) -> Result<Applied> {
@@ -243,6 +253,9 @@ impl Engine {
     }
 
     fn cancel_reindex(&mut self, position: u64, writer_time_ms: i64, job: u64, reason: String) -> Result<Applied> {
+        if self.jobs.get(&job).is_some_and(|j| copies::is_copy(&j.kind)) {
+            return self.cancel_copy(writer_time_ms, job, reason);
+        }
         let Some(run) = self.running.remove(&job) else {
             return refused(format!("reindex job {job} is not running"), RefusalStatus::Conflict);
         };
@@ -440,58 +453,23 @@ impl Engine {
         Ok(Applied::Job { id: position })
     }
 
-    /// An export or backup written on some node: a finished job, remembered for deletions.
-    fn record_copy(&mut self, position: u64, writer_time_ms: i64, mut record: reindex::CopyRecord) -> Result<Applied> {
-        record.job = position;
-        record.time_ms = writer_time_ms;
-        let id = record.datasource.as_deref().and_then(|d| self.catalog.get(d)).map_or(DatasourceId(0), |e| e.id);
-        let (start, end) = (record.start_ms.unwrap_or(0), record.end_ms.unwrap_or(0));
-        let name = record.datasource.clone().unwrap_or_default();
-        let mut info =
-            JobInfo::new(position, &record.kind, (id, name), (start, end), record.actor.clone(), writer_time_ms);
-        info.destination = Some(format!("{} on node {}", record.to, record.node));
-        self.jobs.insert(position, info.done_at_start());
-        if self.copies.len() >= reindex::COPIES_KEPT {
-            self.copies.remove(0);
-        }
-        self.copies.push(record);
-        self.forget_old_jobs();
-        self.checkpoint_due = true;
-        Ok(Applied::Job { id: position })
-    }
-
     /// Starts (or, after a restart, restarts) deletion `id`'s build over the sealed raw files
     /// (`files`, or as the log holds them now).
     fn start_delete_build(&mut self, id: u64, files: Option<Vec<crate::raw::partition_log::SealedFile>>) -> Result<()> {
         let info = self.jobs.get(&id).ok_or_else(|| Error::Internal(format!("no deletion {id}")))?;
         let filter = info.filter.clone().ok_or_else(|| Error::Internal(format!("deletion {id} has no filter")))?;
-        let (datasource, start_ms, end_ms) = (info.datasource_id, info.start_ms, info.end_ms);
-        let shards = info.shards.iter().copied().collect();
-        let entry = self
-            .catalog
-            .by_id(datasource)
-            .ok_or_else(|| Error::Internal(format!("deletion {id}: datasource {datasource} is not in the catalog")))?;
-        let spec = entry.spec_at(id).clone();
-        let rules = self.rules.get(&self.catalog, &spec.name, id);
-        let ds = self
-            .datasources
-            .get(&datasource)
-            .ok_or_else(|| Error::Internal(format!("deletion {id}: datasource {datasource} has no state here")))?;
+        let build = self.build_input(id)?;
+        let ds = self.datasources.get(&build.datasource).ok_or_else(|| {
+            Error::Internal(format!("deletion {id}: datasource {} has no state here", build.datasource))
+        })?;
         let input = delete::DeleteInput {
-            job: id,
-            datasource,
-            name: spec.name.clone(),
-            data_dir: self.config.data_dir.clone(),
-            filter: filter.compile(rules.as_deref()),
-            rules,
-            start_ms,
-            end_ms,
-            shards,
+            filter: filter.compile(build.rules.as_deref()),
             files: files.unwrap_or_else(|| ds.sealed_raw_before(id)),
             journal: delete::read_journal(&self.config.data_dir, id),
-            spec,
+            build,
         };
-        let name = input.name.clone();
+        let b = &input.build;
+        let (datasource, start_ms, end_ms, name) = (b.datasource, b.start_ms, b.end_ms, b.name.clone());
         let run = Running::spawn_with(id, datasource, start_ms, end_ms, name, move |progress, cancel| {
             delete::build(&input, progress, cancel)
         })?;
@@ -717,13 +695,14 @@ impl Engine {
                     j.events = run.progress.events.load(Ordering::Relaxed);
                     j.rejected = run.progress.rejected.load(Ordering::Relaxed);
                 }
+                self.with_copy_progress(&mut j);
                 j
             })
             .collect()
     }
 
     /// Keeps the newest [`reindex::JOBS_KEPT`] jobs; running ones are never forgotten.
-    fn forget_old_jobs(&mut self) {
+    pub(super) fn forget_old_jobs(&mut self) {
         while self.jobs.len() > reindex::JOBS_KEPT {
             let Some(oldest) = self.jobs.values().find(|j| j.state != JobState::Running).map(|j| j.id) else { break };
             self.jobs.remove(&oldest);

@@ -52,7 +52,7 @@ pub(crate) struct Source {
 }
 
 /// Everything a build needs, fixed at the `Start` position.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct BuildInput {
     pub(crate) job: u64,
     pub(crate) datasource: DatasourceId,
@@ -85,6 +85,9 @@ pub(crate) struct Progress {
     pub(crate) batches_done: AtomicU64,
     pub(crate) events: AtomicU64,
     pub(crate) rejected: AtomicU64,
+    /// A copy's bytes (a backup's files; an export's raw batches read).
+    pub(crate) bytes_total: AtomicU64,
+    pub(crate) bytes_done: AtomicU64,
 }
 
 /// What a finished job built: segments, and for a deletion its raw log rewrites.
@@ -366,6 +369,17 @@ pub struct JobInfo {
     /// backups): tidemark cannot reach them, so the job names them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub copies_before: Vec<String>,
+    /// A copy's progress in bytes (a backup's files, an export's raw batches read), and
+    /// what it wrote.
+    #[serde(default)]
+    pub bytes_total: u64,
+    #[serde(default)]
+    pub bytes_done: u64,
+    #[serde(default)]
+    pub files_written: u64,
+    /// The log position a backup's state is at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_position: Option<u64>,
 }
 
 impl JobInfo {
@@ -406,6 +420,10 @@ impl JobInfo {
             rejects_removed: 0,
             copies_before: Vec::new(),
             destination: None,
+            bytes_total: 0,
+            bytes_done: 0,
+            files_written: 0,
+            backup_position: None,
         }
     }
 
@@ -415,57 +433,6 @@ impl JobInfo {
         self.finished_ms = Some(self.started_ms);
         self.published_at = Some(self.id);
         self
-    }
-}
-
-/// An export or backup, as logged when it was written.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CopyRecord {
-    /// `export` or `backup`.
-    pub kind: String,
-    /// The datasource exported (a backup holds them all).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub datasource: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub start_ms: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub end_ms: Option<i64>,
-    /// The directory written, on `node`'s host.
-    pub to: String,
-    pub node: u64,
-    pub files: u64,
-    pub bytes: u64,
-    pub actor: String,
-    /// Its job id (the log position that recorded it), set at apply.
-    #[serde(default)]
-    pub job: u64,
-    #[serde(default)]
-    pub time_ms: i64,
-}
-
-impl CopyRecord {
-    /// Whether it may hold beacons of `datasource` with event times in [`start`, `end`).
-    pub(crate) fn may_hold(&self, datasource: &str, start: i64, end: i64) -> bool {
-        match self.kind.as_str() {
-            "backup" => true,
-            _ => {
-                self.datasource.as_deref() == Some(datasource)
-                    && self.start_ms.is_none_or(|s| s < end)
-                    && self.end_ms.is_none_or(|e| e > start)
-            }
-        }
-    }
-
-    /// One line for a deletion's report.
-    pub(crate) fn describe(&self) -> String {
-        let what = match &self.datasource {
-            Some(d) => format!("{} of {d:?}", self.kind),
-            None => self.kind.clone(),
-        };
-        format!(
-            "{what} to {} on node {} (job {}, {} files, {} bytes)",
-            self.to, self.node, self.job, self.files, self.bytes
-        )
     }
 }
 

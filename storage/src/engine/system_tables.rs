@@ -262,7 +262,8 @@ fn retention(engine: &Engine) -> Option<RecordBatch> {
     )
 }
 
-/// Long jobs (reindexes), running and finished, with their progress.
+/// Long jobs (reindexes, compactions, deletions, drops, retention, exports, backups),
+/// running and finished, with their progress.
 fn jobs(engine: &Engine) -> Option<RecordBatch> {
     let jobs = engine.jobs_now();
     let ts = |f: &dyn Fn(&crate::engine::reindex::JobInfo) -> Option<i64>| {
@@ -289,6 +290,10 @@ fn jobs(engine: &Engine) -> Option<RecordBatch> {
             Field::new("rejected", DataType::UInt64, false),
             Field::new("segments_replaced", DataType::UInt64, false),
             Field::new("segments_published", DataType::UInt64, false),
+            Field::new("bytes_done", DataType::UInt64, false),
+            Field::new("bytes_total", DataType::UInt64, false),
+            Field::new("files_written", DataType::UInt64, false),
+            Field::new("destination", DataType::Utf8, true),
             Field::new("error", DataType::Utf8, true),
         ],
         vec![
@@ -308,6 +313,10 @@ fn jobs(engine: &Engine) -> Option<RecordBatch> {
             u64s(&|j| j.rejected),
             u64s(&|j| j.segments_replaced),
             u64s(&|j| j.segments_published),
+            u64s(&|j| j.bytes_done),
+            u64s(&|j| j.bytes_total),
+            u64s(&|j| j.files_written),
+            Arc::new(StringArray::from_iter(jobs.iter().map(|j| j.destination.clone()))),
             Arc::new(StringArray::from_iter(jobs.iter().map(|j| j.error.clone()))),
         ],
     )

@@ -677,3 +677,86 @@ fn a_deletion_replayed_after_a_crash_before_its_checkpoint_stays_whole() {
     engine.publish_persisted(true).expect("publish shards");
     check(&engine);
 }
+
+#[test]
+fn a_copy_is_a_running_job_until_finished_or_cancelled_and_a_cancelled_one_never_finishes() {
+    use super::command::TimelineCommand;
+    use super::copies::{CopyFinish, CopyRecord};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = EngineConfig::new(dir.path());
+    let mut log = Log { entries: vec![] };
+    let (mut engine, _) = Engine::open(config.clone()).expect("open");
+    let e = log.push(T0, &Command::catalog(CatalogCommand::CreateDatasource { spec: spec() }, "system"));
+    engine.apply(&e).expect("create");
+    let record = |to: &str, boot: u64| CopyRecord {
+        kind: "export".into(),
+        datasource: Some("beacons".into()),
+        start_ms: Some(T0),
+        end_ms: Some(T0 + HOUR),
+        to: to.into(),
+        node: 1,
+        files: 0,
+        bytes: 0,
+        actor: "dba".into(),
+        job: 0,
+        time_ms: 0,
+        boot,
+    };
+    let start = |engine: &mut Engine, log: &mut Log, to: &str, boot: u64| {
+        let cmd = Command::Timeline(TimelineCommand::CopyStarted(record(to, boot)));
+        match engine.apply(&log.push(T0 + 10, &cmd)).expect("start") {
+            Applied::Job { id } => id,
+            other => panic!("a job, not {other:?}"),
+        }
+    };
+    let state = |engine: &Engine, id: u64| engine.jobs_now().into_iter().find(|j| j.id == id).expect("job");
+
+    // Started, it runs; the node running it sees its progress and a cancel raises its flag.
+    let a = start(&mut engine, &mut log, "/x/a", 7);
+    let run = engine.register_copy(a).expect("register");
+    assert_eq!(state(&engine, a).state, reindex::JobState::Running);
+    run.add_bytes(42);
+    assert_eq!(state(&engine, a).bytes_done, 42);
+    let cancel = Command::Timeline(TimelineCommand::Cancel { job: a, reason: "cancelled by dba".into() });
+    engine.apply(&log.push(T0 + 20, &cancel)).expect("cancel");
+    assert!(run.cancelled());
+    assert_eq!(state(&engine, a).state, reindex::JobState::Cancelled);
+    // Its end, logged after the cancel, is refused: the files it names are not vouched for.
+    let finish = |job| {
+        Command::Timeline(TimelineCommand::CopyFinished(CopyFinish {
+            job,
+            files: 2,
+            bytes: 900,
+            rows: 30,
+            skipped: 1,
+            position: None,
+            batches: 3,
+            bytes_read: 5000,
+        }))
+    };
+    let refused = engine.apply(&log.push(T0 + 30, &finish(a))).expect("finish");
+    assert!(matches!(refused, Applied::Refused { status: RefusalStatus::Conflict, .. }), "{refused:?}");
+
+    // Another finishes: done with what it wrote, on every replica alike; a deletion names it.
+    let b = start(&mut engine, &mut log, "/x/b", 7);
+    engine.apply(&log.push(T0 + 40, &finish(b))).expect("finish");
+    let done = state(&engine, b);
+    assert_eq!((done.state, done.events, done.rejected, done.files_written), (reindex::JobState::Published, 30, 1, 2));
+    assert_eq!((done.bytes_done, done.bytes_total, done.batches_done), (5000, 5000, 3));
+    let described: Vec<String> = engine.copies.iter().map(|c| c.describe()).collect();
+    assert_eq!(described.len(), 1, "the cancelled copy is forgotten: {described:?}");
+    assert!(described[0].contains("/x/b") && described[0].contains("900 bytes"), "{described:?}");
+
+    // One left running by an earlier boot of node 1 is stale for node 1's next boot only.
+    let c = start(&mut engine, &mut log, "/x/c", 7);
+    assert!(engine.stale_copies(1, 7).is_empty());
+    assert!(engine.stale_copies(2, 8).is_empty());
+    assert_eq!(engine.stale_copies(1, 8).iter().map(|r| r.job).collect::<Vec<_>>(), vec![c]);
+
+    // After a restart the running copy is not rebuilt as if it were a reindex, and stays known.
+    engine.checkpoint().expect("checkpoint");
+    drop(engine);
+    let (engine, _) = Engine::open(config).expect("reopen");
+    assert_eq!(state(&engine, c).state, reindex::JobState::Running);
+    assert_eq!(engine.stale_copies(1, 8).len(), 1);
+}
