@@ -186,7 +186,16 @@ pub fn list(node: &Node) -> Response {
     Json(json!(e.jobs_now())).into_response()
 }
 
-pub fn show(node: &Node, id: u64) -> Result<Response> {
+/// A job is identified by the log position that started it: a node that has not applied
+/// that far yet (a follower just after the leader started the job) first catches up with what
+/// the leader has committed (a read barrier) rather than answer that the job does not exist.
+pub async fn show(node: &Node, id: u64) -> Result<Response> {
+    let applied = node.engine().read().applied_position();
+    if id > applied {
+        if let Err(e) = node.read_barrier().await {
+            tracing::debug!(error = %e, job = id, "no read barrier for a job lookup");
+        }
+    }
     Ok(Json(job_json(node, id)?).into_response())
 }
 

@@ -270,7 +270,7 @@ async fn list_jobs(State(s): State<IngestState>) -> Response {
 }
 
 async fn show_job(State(s): State<IngestState>, Path(id): Path<u64>) -> Response {
-    jobs::show(&s.node, id).unwrap_or_else(IntoResponse::into_response)
+    jobs::show(&s.node, id).await.unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn cancel_job(State(s): State<IngestState>, Extension(c): Extension<Principal>, Path(id): Path<u64>) -> Response {

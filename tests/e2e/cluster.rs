@@ -632,8 +632,34 @@ fn nodes_behind_the_purged_log_catch_up_by_snapshot_with_its_data_files() {
         std::thread::sleep(Duration::from_millis(500));
     }
 
+    // An export taken on a follower: it runs there (its host's disk), its job is logged
+    // through the leader, and every replica knows it, written.
+    let copies_dir = tempfile::tempdir().expect("tempdir");
+    let export_dir = copies_dir.path().join("export");
+    let export_text = export_dir.to_string_lossy().into_owned();
+    let (code, out, err) =
+        c.node(behind).cli(&["export", "--datasource", "snap", "--interval", "0/9999999999999", "--to", &export_text]);
+    assert_eq!(code, 0, "{out}{err}");
+    let export: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+    assert_eq!(export["state"], "published", "{export}");
+    assert_eq!(export["events"].as_i64(), Some(all.iter().map(|i| batches[*i].len() as i64).sum()), "{export}");
+    let export_id = export["id"].as_u64().unwrap_or_default();
+    for i in 0..3 {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let j = c.node(i).get(&format!("/v1/jobs/{export_id}")).json();
+            if j["state"] == "published" {
+                assert!(j["destination"].as_str().is_some_and(|d| d.contains(&export_text)), "{j}");
+                assert_eq!(j["events"], export["events"], "node {i}: {j}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "node {i} never saw the export written: {j}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     // A deletion, asked of a follower: every replica takes the merchant out of its own raw
-    // log and rebuilds the same segments, switching at one log entry.
+    // log and rebuilds the same segments, switching at one log entry. It names the export.
     let mut want = expected(&batches, &all);
     let (victim, _) = want.iter().max_by_key(|(_, v)| v.0).map(|(m, v)| (m.clone(), *v)).unwrap_or_default();
     want.remove(&victim);
@@ -643,6 +669,8 @@ fn nodes_behind_the_purged_log_catch_up_by_snapshot_with_its_data_files() {
     let job: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
     let deleted = expected(&batches, &all).get(&victim).map_or(0, |v| v.0);
     assert_eq!(job["events"].as_i64(), Some(deleted), "{job}");
+    let copies = job["copies_before"].as_array().cloned().unwrap_or_default();
+    assert!(copies.iter().any(|c| c.as_str().is_some_and(|c| c.contains(&export_text))), "{job}");
     c.converged_in("snap", &want);
     let needle = format!("\"merchant_id\":\"{victim}\"");
     let deadline = Instant::now() + Duration::from_secs(60);
