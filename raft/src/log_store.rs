@@ -12,7 +12,8 @@
 //! - `last_purged` is written before the entries it covers are deleted, so a crash between
 //!   the two leaves a log that still says where it starts.
 //! - The log is short-lived: openraft purges it below the last snapshot, and the raw logs
-//!   hold the data for as long as retention says.
+//!   hold the data for as long as retention says. A purge compacts the purged range, so the
+//!   entries' bytes leave the disk then, not at RocksDB's leisure.
 
 use std::fmt::Debug;
 use std::io;
@@ -205,7 +206,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
         self.put_meta(LAST_PURGED, &log_id)?;
         let mut batch = WriteBatch::default();
-        batch.delete_range_cf(self.cf(LOGS)?, 0u64.to_be_bytes(), log_id.index.saturating_add(1).to_be_bytes());
-        self.db.write_opt(batch, &synced()).map_err(io::Error::other)
+        let end = log_id.index.saturating_add(1).to_be_bytes();
+        batch.delete_range_cf(self.cf(LOGS)?, 0u64.to_be_bytes(), end);
+        self.db.write_opt(batch, &synced()).map_err(io::Error::other)?;
+        // A range delete only hides the entries: compacting the range takes their bytes out of
+        // the table files, and flushing both column families retires the write-ahead log files
+        // that still hold them (a WAL file goes only once every family's writes in it are
+        // flushed). Purging after a deletion relies on it: the beacons it removed must not
+        // linger here.
+        self.db.compact_range_cf(self.cf(LOGS)?, None::<&[u8]>, Some(&end[..]));
+        for cf in [LOGS, META] {
+            self.db.flush_cf(self.cf(cf)?).map_err(io::Error::other)?;
+        }
+        Ok(())
     }
 }

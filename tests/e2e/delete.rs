@@ -116,6 +116,20 @@ fn raw_files_with(dir: &Path, needle: &str) -> Vec<std::path::PathBuf> {
         .collect()
 }
 
+/// Every file of the node's data directory `dir` (not the test's own export, not the
+/// node's log) holding `needle`.
+fn files_holding(dir: &Path, needle: &str) -> Vec<std::path::PathBuf> {
+    crate::crash::walk(dir)
+        .into_iter()
+        .filter(|p| !p.starts_with(dir.join("export-before")))
+        .filter(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("node-")))
+        .filter(|p| {
+            let bytes = std::fs::read(p).unwrap_or_default();
+            bytes.windows(needle.len()).any(|w| w == needle.as_bytes())
+        })
+        .collect()
+}
+
 #[test]
 fn a_merchant_is_deleted_from_raw_segments_fetch_and_rejects() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -155,6 +169,8 @@ fn a_merchant_is_deleted_from_raw_segments_fetch_and_rejects() {
     let fetched_before = fetch_all(&node);
     assert_eq!(fetched_before.len(), events.len() + rejects.len());
     assert!(!raw_files_with(dir.path(), MARKER).is_empty(), "the marker is in the raw log before");
+    let in_raft = |files: Vec<std::path::PathBuf>| files.into_iter().filter(|f| f.starts_with(dir.path().join("raft")));
+    assert!(in_raft(files_holding(dir.path(), MARKER)).count() > 0, "the Raft log holds the beacons before");
 
     // An export taken before the deletion still holds m1: the job must name it.
     let export_dir = dir.path().join("export-before");
@@ -224,6 +240,17 @@ fn a_merchant_is_deleted_from_raw_segments_fetch_and_rejects() {
         }
         assert!(Instant::now() < deadline, "the Raft log was not purged through {published}: {status}");
         std::thread::sleep(Duration::from_millis(200));
+    }
+    // And its bytes are off the disk: no file of the node's (Raft's RocksDB files, checkpoints,
+    // raw logs, segments) holds an m1 beacon any more.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let holding = files_holding(dir.path(), MARKER);
+        if holding.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "files still holding m1 after the purge: {holding:?}");
+        std::thread::sleep(Duration::from_millis(300));
     }
 
     // A deletion is not a ban: a later m1 beacon is counted.
