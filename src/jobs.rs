@@ -205,17 +205,35 @@ pub(crate) fn wait(client: &Client, started: &[u8], what: &str) -> Result<()> {
         bar.set_style(style);
     }
     let plain = bar.is_hidden();
-    let mut last = String::new();
+    let mut last = (String::new(), std::time::Instant::now());
+    let mut failures = 0;
     loop {
-        let j: Value = serde_json::from_slice(&client.get(&format!("/v1/jobs/{id}"))?.ok()?.body)?;
+        // A node busy or between leaders for a moment does not end the wait: the job goes on.
+        let reply = client.get(&format!("/v1/jobs/{id}")).and_then(|r| r.ok());
+        let j: Value = match reply {
+            Ok(r) => {
+                failures = 0;
+                serde_json::from_slice(&r.body)?
+            }
+            Err(e) if failures < 25 => {
+                failures += 1;
+                tracing::debug!(error = %e, "asking for job {id} again");
+                std::thread::sleep(Duration::from_millis(400));
+                continue;
+            }
+            Err(e) => {
+                return Err(e.context(format!("following job {id} (it may still be running: tidemark jobs show {id})")));
+            }
+        };
         let line = progress_line(&j);
         bar.set_length(j[total].as_u64().unwrap_or(0));
         bar.set_position(j[done].as_u64().unwrap_or(0));
         bar.set_message(line.clone());
-        if plain && line != last {
+        // Without a terminal: a line when the state changes, and every few seconds of progress.
+        if plain && (line != last.0 || last.1.elapsed() >= Duration::from_secs(5)) {
             let unit = if bytes { "bytes" } else { "batches" };
             eprintln!("job {id}: {}/{} {unit}, {line}", j[done], j[total]);
-            last = line;
+            last = (line, std::time::Instant::now());
         }
         match j["state"].as_str() {
             Some("published") => {

@@ -24,7 +24,8 @@ pub fn action_for(method: &Method, path: &str) -> Option<Action> {
         "/metrics" | "/v1/cluster" => Action::Monitor,
         "/v1/sql" => Action::Query,
         "/v1/governance/suggest" => Action::Suggest,
-        "/v1/cluster/read-index" | "/v1/cluster/init-producer" => Action::Internal,
+        // A copy's log entries come from the node that runs it, with the node token.
+        "/v1/cluster/read-index" | "/v1/cluster/init-producer" | "/v1/jobs/copies" => Action::Internal,
         p if p.starts_with("/v1/beacons/") => Action::Publish,
         p if p == "/v1/datasources" || p.starts_with("/v1/datasources/") => {
             if read {
@@ -135,6 +136,7 @@ mod tests {
         assert_eq!(action_for(&get, "/v1/keys"), Some(Action::ManageKeys));
         assert_eq!(action_for(&post, "/v1/cluster/join"), Some(Action::ManageCluster));
         assert_eq!(action_for(&get, "/v1/cluster/read-index"), Some(Action::Internal));
+        assert_eq!(action_for(&Method::POST, "/v1/jobs/copies"), Some(Action::Internal));
         assert_eq!(action_for(&get, "/nowhere"), Some(Action::ManageCluster));
     }
 

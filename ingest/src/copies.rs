@@ -6,9 +6,12 @@
 //! it then removes what it wrote. A follower has the leader log the copy's start and end
 //! (`POST /v1/jobs/copies`).
 //!
-//! Invariant: a copy's end is logged only after its files are whole; if its job was ended
-//! meanwhile (cancelled), the files are removed instead, so a job marked written always
-//! names whole output.
+//! Invariants:
+//! - A copy's end is logged only after its files are whole; if its job was ended meanwhile
+//!   (cancelled), the files are removed instead, so a job marked written names whole output.
+//! - Every copy's job ends: its end is retried until the log takes it, and a job nothing runs
+//!   (its node restarted, or its start was given up on and committed after all) is settled by
+//!   that node's sweep.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -19,15 +22,18 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tidemark_storage::engine::command::{Command, TimelineCommand};
-use tidemark_storage::engine::copies::{CopyFinish, CopyRecord, CopyRun};
+use tidemark_storage::engine::copies::{self, CopyFinish, CopyRecord, CopyRun};
 use tidemark_storage::engine::{Applied, RefusalStatus};
 
 use crate::error::{Error, Result};
+use crate::forward::LeaderRefusal;
 use crate::jobs::{job_json, parse_interval};
 use crate::node::Node;
 
 /// How long a node waits to apply its own copy's start (it was just committed).
 const APPLY_WAIT: Duration = Duration::from_secs(30);
+/// How long a copy's end is retried while the log cannot take it (no leader).
+const END_RETRY: Duration = Duration::from_secs(600);
 /// How often a node looks for copies an earlier run of it left marked running.
 const SWEEP_EVERY: Duration = Duration::from_secs(2);
 
@@ -86,6 +92,20 @@ impl CopyCommand {
     }
 }
 
+/// A copy's bandwidth: none, or a positive number of bytes per second.
+fn pace(max_bytes_per_s: Option<u64>) -> Result<Option<u64>> {
+    match max_bytes_per_s {
+        Some(0) => Err(Error::BadRequest("max_bytes_per_s must be at least 1 (leave it out for no limit)".into())),
+        other => Ok(other),
+    }
+}
+
+/// A number no other copy of this node draws.
+fn draw_run(node: &Node) -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    node.boot().rotate_left(17) ^ NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 fn absolute(to: &str) -> Result<PathBuf> {
     let dir = PathBuf::from(to);
     if !dir.is_absolute() {
@@ -117,8 +137,11 @@ pub async fn export(node: &Node, actor: &str, body: &[u8]) -> Result<Response> {
     }
     let dir = absolute(&req.to)?;
     let (start_ms, end_ms) = parse_interval(&req.interval)?;
-    // Refusals (no such datasource, raw retention) come before a job is logged.
-    let plan = node.engine().read().export_plan(&req.datasource, start_ms, end_ms)?;
+    let rate = pace(req.max_bytes_per_s)?;
+    // Refusals (no such datasource, raw retention) come before a job is logged; the plan read
+    // is taken again once the job's start is applied here, so it covers what was applied
+    // before the job (a deletion published meanwhile included).
+    node.engine().read().export_plan(&req.datasource, start_ms, end_ms)?;
     let record = CopyRecord {
         kind: "export".into(),
         datasource: Some(req.datasource.clone()),
@@ -132,10 +155,13 @@ pub async fn export(node: &Node, actor: &str, body: &[u8]) -> Result<Response> {
         job: 0,
         time_ms: 0,
         boot: node.boot(),
+        run: 0,
     };
-    let rate = req.max_bytes_per_s;
-    run_copy(node, record, req.wait, move |run| {
-        let report = tidemark_storage::engine::export::run_export(&plan, &dir, run, rate)?;
+    let engine = node.engine();
+    let datasource = req.datasource;
+    run_copy(node, record, req.wait, move |job, run| {
+        let plan = engine.read().export_plan(&datasource, start_ms, end_ms)?;
+        let report = tidemark_storage::engine::export::run_export(&plan, &dir, job, run, rate)?;
         Ok(Written {
             finish: CopyFinish {
                 job: 0,
@@ -164,6 +190,7 @@ pub async fn backup(node: &Node, actor: &str, body: &[u8]) -> Result<Response> {
         ))
     })?;
     let to = absolute(&req.to)?;
+    let rate = pace(req.max_bytes_per_s)?;
     if std::fs::read_dir(&to).is_ok_and(|mut d| d.next().is_some()) {
         return Err(Error::BadRequest(format!("{} is not empty; back up into a new directory", to.display())));
     }
@@ -180,10 +207,10 @@ pub async fn backup(node: &Node, actor: &str, body: &[u8]) -> Result<Response> {
         job: 0,
         time_ms: 0,
         boot: node.boot(),
+        run: 0,
     };
     let engine = node.engine();
-    let rate = req.max_bytes_per_s;
-    run_copy(node, record, req.wait, move |run| {
+    run_copy(node, record, req.wait, move |_, run| {
         let started = std::time::Instant::now();
         let manifest = tidemark_storage::engine::backup::backup(&engine, &to, run, rate)?;
         let seconds = started.elapsed().as_secs_f64();
@@ -215,27 +242,29 @@ pub async fn backup(node: &Node, actor: &str, body: &[u8]) -> Result<Response> {
     .await
 }
 
-/// Logs a copy's start, runs `work` on a blocking thread with the copy's progress, and logs
-/// its end: written, or cancelled with the reason it failed. Answers what it wrote when the
-/// request waits, else the running job at once (202).
-async fn run_copy<F>(node: &Node, record: CopyRecord, wait: bool, work: F) -> Result<Response>
+/// Logs a copy's start, runs `work` (given the job id) on a blocking thread with the copy's
+/// progress, and logs its end: written, or cancelled with the reason it failed. Answers what
+/// it wrote when the request waits, else the running job at once (202).
+async fn run_copy<F>(node: &Node, mut record: CopyRecord, wait: bool, work: F) -> Result<Response>
 where
-    F: FnOnce(&CopyRun) -> tidemark_storage::Result<Written> + Send + 'static,
+    F: FnOnce(u64, &CopyRun) -> tidemark_storage::Result<Written> + Send + 'static,
 {
     let kind = record.kind.clone();
-    let id = log_copy(node, CopyCommand::Start(record)).await?;
-    let registered = match node.replica().wait_applied(id, APPLY_WAIT).await {
-        Ok(()) => node.engine().write().register_copy(id).map_err(Error::from),
-        Err(e) => Err(Error::from(e)),
-    };
-    let run = match registered {
-        Ok(run) => run,
-        Err(e) => {
+    record.run = draw_run(node);
+    let run_id = record.run;
+    // Until registered, the sweep must not take this copy for one nothing runs.
+    node.copy_starting(run_id, true);
+    let started = start_copy(node, record).await;
+    node.copy_starting(run_id, false);
+    let (id, run) = match started {
+        Ok(started) => started,
+        Err((Some(id), e)) => {
             // Logged but never run: end its job rather than leave it running.
             let reason = format!("the {kind} could not start: {e}");
-            let _ = log_copy(node, CopyCommand::Abandon { job: id, reason }).await;
+            let _ = end_copy(node, id, CopyCommand::Abandon { job: id, reason }).await;
             return Err(e);
         }
+        Err((None, e)) => return Err(e),
     };
     let task = {
         let node = node.clone();
@@ -248,39 +277,52 @@ where
     if !wait {
         return Ok((StatusCode::ACCEPTED, Json(job_json(node, id)?)).into_response());
     }
-    let mut report = task
-        .await
-        .map_err(|e| Error::Storage(tidemark_storage::Error::Internal(format!("the {id} copy task failed: {e}"))))??;
+    let mut report = task.await.map_err(|e| {
+        Error::Storage(tidemark_storage::Error::Internal(format!("copy job {id}'s task failed: {e}")))
+    })??;
     report["job"] = json!(id);
     Ok(Json(report).into_response())
 }
 
+/// Logs the start and registers the copy here once this node has applied it; on failure, the
+/// job id if the start was logged.
+async fn start_copy(node: &Node, record: CopyRecord) -> std::result::Result<(u64, CopyRun), (Option<u64>, Error)> {
+    let id = log_copy(node, CopyCommand::Start(record)).await.map_err(|e| (None, e))?;
+    node.replica().wait_applied(id, APPLY_WAIT).await.map_err(|e| (Some(id), Error::from(e)))?;
+    let run = node.engine().write().register_copy(id).map_err(|e| (Some(id), Error::from(e)))?;
+    Ok((id, run))
+}
+
 async fn copy_and_log<F>(node: &Node, id: u64, kind: &str, run: CopyRun, work: F) -> Result<Value>
 where
-    F: FnOnce(&CopyRun) -> tidemark_storage::Result<Written> + Send + 'static,
+    F: FnOnce(u64, &CopyRun) -> tidemark_storage::Result<Written> + Send + 'static,
 {
     let worker = run.clone();
-    let outcome = tokio::task::spawn_blocking(move || work(&worker))
+    let outcome = tokio::task::spawn_blocking(move || work(id, &worker))
         .await
         .map_err(|e| tidemark_storage::Error::Internal(format!("the {kind} task failed: {e}")))
         .and_then(|r| r);
     match outcome {
         Ok(mut written) => {
             written.finish.job = id;
-            match log_copy(node, CopyCommand::Finish(written.finish)).await {
-                Ok(_) => {
+            match end_copy(node, id, CopyCommand::Finish(written.finish)).await {
+                Ok(()) => {
                     tracing::info!(job = id, kind, "copy written");
                     Ok(written.report)
                 }
                 // Cancelled after its last check: what it wrote is not vouched for.
                 Err(Error::Conflict(reason)) => {
-                    tidemark_storage::engine::backup::remove_written(&written.root, &written.files, false);
-                    Err(Error::Conflict(reason))
+                    let root = written.root.clone();
+                    let files = written.files;
+                    let _ = tokio::task::spawn_blocking(move || {
+                        tidemark_storage::engine::backup::remove_written(&root, &files, false)
+                    })
+                    .await;
+                    Err(Error::Conflict(format!("{kind} job {id} ended before it was written: {reason}")))
                 }
-                // Written whole, but the end could not be logged (no leader): the job stays
-                // running until this node's next start cancels it; the files stand.
+                // Written whole, its end never logged: the sweep settles it (a backup with its
+                // manifest as written).
                 Err(e) => {
-                    tracing::warn!(job = id, error = %e, "a copy was written but its end could not be logged");
                     let mut report = written.report;
                     report["not_recorded"] = json!(e.to_string());
                     Ok(report)
@@ -290,17 +332,43 @@ where
         Err(e) => {
             if !run.cancelled() {
                 let reason = format!("the {kind} failed: {e}");
-                if let Err(logged) = log_copy(node, CopyCommand::Abandon { job: id, reason }).await {
-                    tracing::warn!(job = id, error = %logged, "a failed copy's end could not be logged");
-                }
+                let _ = end_copy(node, id, CopyCommand::Abandon { job: id, reason }).await;
             }
             Err(match e {
                 tidemark_storage::Error::Cancelled(_) => {
                     let why = job_json(node, id).ok().and_then(|j| j["error"].as_str().map(str::to_string));
                     Error::Conflict(format!("{kind} job {id} was cancelled: {}", why.unwrap_or_default()))
                 }
+                tidemark_storage::Error::Invalid(reason) => Error::BadRequest(reason),
                 other => Error::Storage(other),
             })
+        }
+    }
+}
+
+/// Logs a copy's end, retrying for a while when the log cannot take it (no leader): a job
+/// must not stay running for want of a leader at the moment the copy ended. A refusal
+/// (the job already ended) is returned as is.
+async fn end_copy(node: &Node, job: u64, cmd: CopyCommand) -> Result<()> {
+    let body = serde_json::to_value(&cmd)
+        .map_err(|e| Error::Storage(tidemark_storage::Error::Internal(format!("a copy command: {e}"))))?;
+    let deadline = tokio::time::Instant::now() + END_RETRY;
+    let mut pause = Duration::from_millis(200);
+    loop {
+        let cmd: CopyCommand = serde_json::from_value(body.clone())
+            .map_err(|e| Error::Storage(tidemark_storage::Error::Internal(format!("a copy command: {e}"))))?;
+        match log_copy(node, cmd).await {
+            Ok(_) => return Ok(()),
+            Err(e @ (Error::Conflict(_) | Error::NotFound(_) | Error::BadRequest(_))) => return Err(e),
+            Err(e) if tokio::time::Instant::now() >= deadline || node.stopping() => {
+                tracing::warn!(job, error = %e, "a copy's end could not be logged; the node's sweep will settle it");
+                return Err(e);
+            }
+            Err(e) => {
+                tracing::debug!(job, error = %e, "retrying a copy's end");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
         }
     }
 }
@@ -313,15 +381,19 @@ async fn log_copy(node: &Node, cmd: CopyCommand) -> Result<u64> {
         Some((id, leader)) if !replica.is_leader() && id != replica.node_id() => {
             let body = serde_json::to_value(&cmd)
                 .map_err(|e| Error::Storage(tidemark_storage::Error::Internal(format!("a copy command: {e}"))))?;
-            let answer = crate::forward::call_leader(node, &leader.http, "/v1/jobs/copies", Some(body)).await.map_err(
-                |reason| match reason {
-                    r if r.contains("409") => Error::Conflict(r),
-                    r => Error::Stopped { reason: format!("the leader did not log the copy: {r}") },
-                },
-            )?;
-            answer["id"]
-                .as_u64()
-                .ok_or_else(|| Error::Stopped { reason: format!("the leader answered {answer} for a copy") })
+            let answer =
+                crate::forward::ask_leader(node, &leader.http, "/v1/jobs/copies", body).await.map_err(|refusal| {
+                    match refusal {
+                        LeaderRefusal::Refused(StatusCode::CONFLICT, m) => Error::Conflict(m),
+                        LeaderRefusal::Refused(StatusCode::NOT_FOUND, m) => Error::NotFound(m),
+                        LeaderRefusal::Refused(StatusCode::BAD_REQUEST, m) => Error::BadRequest(m),
+                        LeaderRefusal::Refused(status, m) => {
+                            Error::Unavailable(format!("the leader did not log the copy ({status}): {m}"))
+                        }
+                        LeaderRefusal::Unreachable(m) => Error::Unavailable(format!("the leader is out of reach: {m}")),
+                    }
+                })?;
+            answer["id"].as_u64().ok_or_else(|| Error::Unavailable(format!("the leader answered {answer} for a copy")))
         }
         _ => match node.propose(&Command::Timeline(cmd.timeline())).await? {
             Applied::Job { id } => Ok(id),
@@ -339,12 +411,20 @@ async fn log_copy(node: &Node, cmd: CopyCommand) -> Result<u64> {
 pub async fn copied(node: &Node, body: &[u8]) -> Result<Response> {
     let cmd: CopyCommand =
         serde_json::from_slice(body).map_err(|e| Error::BadRequest(format!("a copy command: {e}")))?;
+    if let CopyCommand::Abandon { job, .. } = &cmd {
+        let kind = node.engine().read().jobs_now().into_iter().find(|j| j.id == *job).map(|j| j.kind);
+        if !kind.as_deref().is_some_and(tidemark_storage::engine::copies::is_copy) {
+            return Err(Error::BadRequest(format!("job {job} is not an export or backup")));
+        }
+    }
     let id = log_copy(node, cmd).await?;
     Ok(Json(job_json(node, id)?).into_response())
 }
 
-/// Runs for the node's life: copies an earlier run of this node started and never ended
-/// (it stopped mid-copy) are cancelled, after removing what is known to be theirs.
+/// Runs for the node's life: copies of this node that nothing runs (an earlier run of the
+/// node stopped mid-copy, or a start given up on committed after all) are settled: a backup
+/// found whole is logged as written, anything else cancelled after its unfinished files are
+/// removed.
 pub async fn sweep_stale_copies(node: Node) {
     let me = node.replica().node_id();
     while !node.stopping() {
@@ -352,16 +432,21 @@ pub async fn sweep_stale_copies(node: Node) {
         if node.replica().leader().is_none() {
             continue;
         }
-        let stale = node.engine().read().stale_copies(me, node.boot());
-        for record in stale {
-            let reason = tidemark_storage::engine::copies::remove_leftovers(&record);
-            match log_copy(&node, CopyCommand::Abandon { job: record.job, reason }).await {
-                Ok(_) => {
-                    tracing::info!(job = record.job, kind = %record.kind, "cancelled a copy this node left running")
-                }
-                Err(e) => {
-                    tracing::warn!(job = record.job, error = %e, "could not cancel a copy this node left running")
-                }
+        let orphans = {
+            let starting = |run: u64| node.is_copy_starting(run);
+            node.engine().read().orphan_copies(me, node.boot(), &starting)
+        };
+        for record in orphans {
+            let job = record.job;
+            let settled = tokio::task::spawn_blocking(move || copies::settle_leftover(&record)).await;
+            let cmd = match settled {
+                Ok(copies::Leftover::Written(finish)) => CopyCommand::Finish(finish),
+                Ok(copies::Leftover::Cancel(reason)) => CopyCommand::Abandon { job, reason },
+                Err(e) => CopyCommand::Abandon { job, reason: format!("its node could not look at what it left: {e}") },
+            };
+            match log_copy(&node, cmd).await {
+                Ok(_) => tracing::info!(job, "settled a copy nothing runs"),
+                Err(e) => tracing::warn!(job, error = %e, "could not settle a copy nothing runs"),
             }
         }
     }

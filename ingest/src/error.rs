@@ -37,6 +37,10 @@ pub enum Error {
 
     #[error("{reason}; retry after {retry_after_s} s")]
     Overloaded { reason: String, retry_after_s: u64 },
+
+    /// Something this request needs is out of reach for now (the leader); a retry may work.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl Error {
@@ -60,7 +64,7 @@ impl Error {
                 // moved mid-write): the client retries, with its idempotency key.
                 _ => StatusCode::SERVICE_UNAVAILABLE,
             },
-            Error::Stopped { .. } | Error::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Stopped { .. } | Error::Overloaded { .. } | Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::BadRequest(_) => StatusCode::BAD_REQUEST,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::Forbidden(_) => StatusCode::FORBIDDEN,
@@ -73,6 +77,7 @@ impl Error {
     pub fn retry_after_s(&self) -> Option<u64> {
         match self {
             Error::Overloaded { retry_after_s, .. } => Some(*retry_after_s),
+            Error::Unavailable(_) => Some(1),
             Error::Replication(
                 tidemark_raft::Error::Overloaded { .. }
                 | tidemark_raft::Error::NotLeader { .. }

@@ -87,6 +87,47 @@ pub(crate) async fn call_leader(
     serde_json::from_slice(&bytes).map_err(|e| e.to_string())
 }
 
+/// Why the leader did not answer a request with success: its refusal (status and message),
+/// or no answer at all.
+#[derive(Debug)]
+pub(crate) enum LeaderRefusal {
+    Refused(axum::http::StatusCode, String),
+    Unreachable(String),
+}
+
+/// [`call_leader`], telling the leader's refusals (with their status) from failures to reach it.
+pub(crate) async fn ask_leader(
+    node: &crate::Node,
+    addr: &str,
+    path: &str,
+    body: serde_json::Value,
+) -> Result<serde_json::Value, LeaderRefusal> {
+    let me = node.replica().node_id();
+    let token = node.engine().read().catalog().access().node_token();
+    let mut req = axum::http::Request::builder()
+        .method(axum::http::Method::POST)
+        .uri(path)
+        .header(axum::http::header::CONTENT_TYPE, "application/json");
+    if let Some(token) = token {
+        req = req.header(axum::http::header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let unreachable = |e: String| LeaderRefusal::Unreachable(e);
+    let req = req.body(Body::from(body.to_string())).map_err(|e| unreachable(e.to_string()))?;
+    let resp = forward(node, addr, req, me).await.map_err(unreachable)?;
+    let status = resp.status();
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.map_err(|e| unreachable(e.to_string()))?;
+    if !status.is_success() {
+        // The leader's error body is {"error": "..."}; its message is what a caller shows.
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        let message = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_string))
+            .unwrap_or(text);
+        return Err(LeaderRefusal::Refused(status, message));
+    }
+    serde_json::from_slice(&bytes).map_err(|e| unreachable(e.to_string()))
+}
+
 /// Why a forward failed: before anything was sent (the leader cannot have the request), or
 /// during the exchange (it may have applied it).
 #[derive(Debug)]

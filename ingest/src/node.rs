@@ -107,9 +107,13 @@ struct Inner {
     last_checkpoint: Mutex<Instant>,
     /// A deletion's position whose Raft log entries are still to be purged (see `erase`).
     erase_pending: Mutex<Option<u64>>,
+    /// A deletion's purge done or under way: the purged range is to be compacted off the disk.
+    erase_compact: Mutex<Option<u64>>,
     /// Drawn at each start: copies this node runs carry it, so a later start knows the ones
     /// an earlier run left unfinished.
     boot: u64,
+    /// Copies this node is starting (by their `run`), before they are registered in the engine.
+    copies_starting: Mutex<std::collections::BTreeSet<u64>>,
     config: NodeConfig,
 }
 
@@ -157,7 +161,9 @@ impl Node {
             stopping: AtomicBool::new(false),
             last_checkpoint: Mutex::new(Instant::now()),
             erase_pending: Mutex::new(None),
+            erase_compact: Mutex::new(None),
             boot: boot_id(),
+            copies_starting: Mutex::new(std::collections::BTreeSet::new()),
             config,
         });
         let ticker = {
@@ -183,6 +189,20 @@ impl Node {
     /// This run of the node (see `copies.rs`).
     pub fn boot(&self) -> u64 {
         self.inner.boot
+    }
+
+    /// Marks copy `run` as starting (true) or no longer starting (false); see `copies.rs`.
+    pub fn copy_starting(&self, run: u64, starting: bool) {
+        let mut set = self.inner.copies_starting.lock().unwrap_or_else(|p| p.into_inner());
+        if starting {
+            set.insert(run);
+        } else {
+            set.remove(&run);
+        }
+    }
+
+    pub fn is_copy_starting(&self, run: u64) -> bool {
+        self.inner.copies_starting.lock().unwrap_or_else(|p| p.into_inner()).contains(&run)
     }
 
     /// Whether the node is shutting down.
@@ -325,6 +345,8 @@ impl Node {
     /// Stops the ticker and Raft, then checkpoints, so the next start replays little.
     pub async fn shutdown(&self) {
         self.inner.stopping.store(true, Ordering::SeqCst);
+        // Copies running here stop and remove what they wrote; the next start ends their jobs.
+        self.inner.engine.read().stop_copies();
         let ticker = self.ticker.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(t) = ticker {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
@@ -388,7 +410,8 @@ fn checkpoint(inner: &Inner) {
 /// entries that brought them: this node snapshots (an engine checkpoint, which holds the
 /// rewritten raw log) and purges its log through the deletion, without waiting for the
 /// usual snapshot policy. Purging waits for the snapshot to cover the position (openraft
-/// never purges past its last snapshot), so it is retried on later ticks.
+/// never purges past its last snapshot), so it is retried on later ticks; once purged, the
+/// range is compacted so the entries' bytes leave RocksDB's files too.
 fn erase(inner: &Inner, runtime: &tokio::runtime::Handle) {
     let due = inner.engine.write().take_erase_due();
     let mut pending = inner.erase_pending.lock().unwrap_or_else(|p| p.into_inner());
@@ -397,6 +420,24 @@ fn erase(inner: &Inner, runtime: &tokio::runtime::Handle) {
         *pending = Some(pending.map_or(upto, |p| p.max(upto)));
         if let Err(e) = runtime.block_on(raft.trigger().snapshot()) {
             tracing::warn!(error = %e, "could not start a snapshot after a deletion");
+        }
+    }
+    // Once the purge is done, its range is compacted off the disk, on a thread of its own
+    // (it may take a while, and the ticker has other work).
+    let mut compacting = inner.erase_compact.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(through) = *compacting {
+        if inner.replica.status().purged_index.unwrap_or(0) >= through {
+            *compacting = None;
+            let replica = inner.replica.clone();
+            let spawned = std::thread::Builder::new().name("tidemark-log-compact".into()).spawn(move || match replica
+                .compact_purged_log(through)
+            {
+                Ok(()) => tracing::info!(through, "the purged Raft log entries are off the disk"),
+                Err(e) => tracing::warn!(through, error = %e, "could not compact the purged Raft log"),
+            });
+            if let Err(e) = spawned {
+                tracing::warn!(error = %e, "could not start compacting the purged Raft log");
+            }
         }
     }
     let Some(upto) = *pending else { return };
@@ -408,6 +449,7 @@ fn erase(inner: &Inner, runtime: &tokio::runtime::Handle) {
         Ok(()) => {
             tracing::info!(upto, "purging the Raft log through a deletion");
             *pending = None;
+            *compacting = Some(compacting.map_or(upto, |c| c.max(upto)));
         }
         Err(e) => tracing::warn!(error = %e, "could not purge the Raft log after a deletion"),
     }

@@ -12,8 +12,9 @@
 //! - `last_purged` is written before the entries it covers are deleted, so a crash between
 //!   the two leaves a log that still says where it starts.
 //! - The log is short-lived: openraft purges it below the last snapshot, and the raw logs
-//!   hold the data for as long as retention says. A purge compacts the purged range, so the
-//!   entries' bytes leave the disk then, not at RocksDB's leisure.
+//!   hold the data for as long as retention says. After a deletion the purged range is also
+//!   compacted (`compact_purged`), so the entries' bytes leave the disk then, not at
+//!   RocksDB's leisure.
 
 use std::fmt::Debug;
 use std::io;
@@ -103,6 +104,23 @@ impl LogStore {
         self.put_meta(LAST_PURGED, last)?;
         self.put_meta(COMMITTED, &Some(last.clone()))?;
         self.put_meta(VOTE, &Vote::new_committed(term, node_id))
+    }
+
+    /// Takes purged entries through index `through` off the disk: a purge's range delete only
+    /// hides them, so the range is compacted (their bytes leave the table files) and both
+    /// column families are flushed (a write-ahead log file is retired only once every
+    /// family's writes in it are flushed). A deletion relies on it: the beacons it removed
+    /// must not linger in the Raft log's files. Not part of `purge`, which runs in openraft's
+    /// core task and must stay short; the manual compaction does not wait for background ones.
+    pub fn compact_purged(&self, through: u64) -> io::Result<()> {
+        let end = through.saturating_add(1).to_be_bytes();
+        let mut opts = rocksdb::CompactOptions::default();
+        opts.set_exclusive_manual_compaction(false);
+        self.db.compact_range_cf_opt(self.cf(LOGS)?, None::<&[u8]>, Some(&end[..]), &opts);
+        for cf in [LOGS, META] {
+            self.db.flush_cf(self.cf(cf)?).map_err(io::Error::other)?;
+        }
+        Ok(())
     }
 
     fn last_entry(&self) -> io::Result<Option<Entry>> {
@@ -206,18 +224,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
         self.put_meta(LAST_PURGED, &log_id)?;
         let mut batch = WriteBatch::default();
-        let end = log_id.index.saturating_add(1).to_be_bytes();
-        batch.delete_range_cf(self.cf(LOGS)?, 0u64.to_be_bytes(), end);
-        self.db.write_opt(batch, &synced()).map_err(io::Error::other)?;
-        // A range delete only hides the entries: compacting the range takes their bytes out of
-        // the table files, and flushing both column families retires the write-ahead log files
-        // that still hold them (a WAL file goes only once every family's writes in it are
-        // flushed). Purging after a deletion relies on it: the beacons it removed must not
-        // linger here.
-        self.db.compact_range_cf(self.cf(LOGS)?, None::<&[u8]>, Some(&end[..]));
-        for cf in [LOGS, META] {
-            self.db.flush_cf(self.cf(cf)?).map_err(io::Error::other)?;
-        }
-        Ok(())
+        batch.delete_range_cf(self.cf(LOGS)?, 0u64.to_be_bytes(), log_id.index.saturating_add(1).to_be_bytes());
+        self.db.write_opt(batch, &synced()).map_err(io::Error::other)
     }
 }

@@ -94,6 +94,8 @@ struct Inner {
     in_flight: Arc<AtomicUsize>,
     applied: tokio::sync::watch::Receiver<u64>,
     faults: Option<Faults>,
+    /// The Raft log store, shared with openraft (for compacting what it purged).
+    log: LogStore,
     snapshots: Arc<SnapshotTransfer>,
     /// Set when openraft's core task ended on its own (a panic in it, or a storage error it
     /// could not report through metrics): the node can no longer take part and must stop.
@@ -205,6 +207,7 @@ impl Replica {
         .map_err(|e| Error::Membership(format!("invalid Raft timing: {e}")))?;
         let faults = config.test_faults.then(Faults::default);
         let network = GrpcNetwork { faults: faults.clone(), tls: config.tls.as_ref().map(|t| t.client.clone()) };
+        let log_handle = log.clone();
         let raft = Raft::new(config.node_id, Arc::new(raft_config), network, log, sm)
             .await
             .map_err(|e| Error::Stopped(format!("Raft did not start: {e}")))?;
@@ -274,6 +277,7 @@ impl Replica {
             in_flight: Arc::new(AtomicUsize::new(0)),
             applied,
             faults,
+            log: log_handle,
             snapshots,
             core_stopped,
             core_watch,
@@ -492,6 +496,12 @@ impl Replica {
     }
 
     /// Waits until this node has applied `index` (a read index from the leader).
+    /// Takes the log entries purged through `through` off the disk now (see
+    /// [`LogStore::compact_purged`]); blocking, so call it off the async workers.
+    pub fn compact_purged_log(&self, through: u64) -> std::io::Result<()> {
+        self.inner.log.compact_purged(through)
+    }
+
     pub async fn wait_applied(&self, index: u64, timeout: Duration) -> Result<()> {
         let mut rx = self.applied_watch();
         let wait = rx.wait_for(|applied| *applied >= index);

@@ -208,6 +208,10 @@ impl RaftStateMachine<TypeConfig> for EngineStateMachine {
                 raw_batches_replayed = recovery.raw_batches_replayed,
                 "installed a snapshot"
             );
+            let mut fresh = fresh;
+            // Copies this node runs go on: their handles move over (a cancel in the snapshot
+            // raises their flag).
+            fresh.adopt_copy_runs(engine.take_copy_runs());
             *engine = fresh;
         }
         self.transfer.clear_staging();

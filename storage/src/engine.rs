@@ -716,7 +716,8 @@ impl Engine {
             producers: self.producers.clone(),
             consumer_offsets: self.consumer_offsets.clone(),
             replication: self.replication.clone(),
-            jobs: self.jobs_now(),
+            // As applied: live progress (a build's, a copy's on this node) is not replicated state.
+            jobs: self.jobs.values().cloned().collect(),
             copies: self.copies.clone(),
         };
         self.checkpoint_due = false;

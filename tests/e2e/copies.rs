@@ -134,7 +134,8 @@ fn copies_are_jobs_with_progress_that_a_cancel_or_a_restart_ends_cleanly() {
     // export's unfinished files.
     let id = start(&node, &[&args[..], &["--no-wait", "--max-bytes-per-s", "2000"]].concat());
     job_until(&node, id, "the export never read a batch", |j| j["batches_done"].as_u64() > Some(0));
-    assert!(files_under(&export).iter().any(|f| f.ends_with(".parquet.tmp")), "{:?}", files_under(&export));
+    let temporary = format!(".parquet.{id}.tmp");
+    assert!(files_under(&export).iter().any(|f| f.ends_with(&temporary)), "{:?}", files_under(&export));
     node.kill9();
     node = TestNode::start(&data);
     let ended = job_until(&node, id, "the restarted node never ended its copy", |j| j["state"] != "running");
@@ -150,6 +151,20 @@ fn copies_are_jobs_with_progress_that_a_cancel_or_a_restart_ends_cleanly() {
     assert_eq!(job["events"], 2000, "{job}");
     assert_eq!(job["batches_done"], job["batches_total"], "{job}");
     assert!(job["bytes_done"].as_u64() > Some(0) && job["bytes_done"] == job["bytes_total"], "{job}");
+    // The same export again into the same directory would overwrite it: refused, naming the
+    // file, and the files stay as they were.
+    let before: Vec<(String, u64)> =
+        files_under(&export).into_iter().map(|f| (f.clone(), std::fs::metadata(&f).map_or(0, |m| m.len()))).collect();
+    let (code, _, err) = node.cli(&args);
+    assert_ne!(code, 0);
+    assert!(err.contains("already exists") && err.contains(".parquet"), "{err}");
+    let after: Vec<(String, u64)> =
+        files_under(&export).into_iter().map(|f| (f.clone(), std::fs::metadata(&f).map_or(0, |m| m.len()))).collect();
+    assert_eq!(after, before, "the earlier export is untouched");
+    let (code, _, err) =
+        node.cli(&["backup", "--to", &dir.path().join("x").to_string_lossy(), "--max-bytes-per-s", "0"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("max_bytes_per_s must be at least 1"), "{err}");
     let full = dir.path().join("full-backup");
     let (code, out, err) = node.cli(&["backup", "--to", &full.to_string_lossy()]);
     assert_eq!(code, 0, "{err}");

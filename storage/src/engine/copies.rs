@@ -14,8 +14,10 @@
 //!   refused and the node removes what it wrote, so a job that says `published` (written)
 //!   names whole output.
 //! - A running copy whose node has restarted since it started (its boot id differs from the
-//!   node's) runs nowhere: that node logs its cancel ([`Engine::stale_copies`]).
+//!   node's), or of this boot but neither registered nor still starting, runs nowhere: that
+//!   node settles it ([`Engine::orphan_copies`], [`settle_leftover`]).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -60,6 +62,10 @@ pub struct CopyRecord {
     /// not running any more.
     #[serde(default)]
     pub boot: u64,
+    /// Drawn by the node for this copy before it is logged, so the node can tell its copies
+    /// still starting from ones whose start it gave up on (which nothing runs).
+    #[serde(default)]
+    pub run: u64,
 }
 
 impl CopyRecord {
@@ -75,19 +81,19 @@ impl CopyRecord {
         }
     }
 
-    /// One line for a deletion's report.
-    pub(crate) fn describe(&self) -> String {
+    /// One line for a deletion's report, by the state of its job.
+    pub(crate) fn describe(&self, state: Option<JobState>) -> String {
         let what = match &self.datasource {
             Some(d) => format!("{} of {d:?}", self.kind),
             None => self.kind.clone(),
         };
-        if self.files == 0 && self.bytes == 0 {
-            return format!("{what} to {} on node {} (job {}, being written)", self.to, self.node, self.job);
-        }
-        format!(
-            "{what} to {} on node {} (job {}, {} files, {} bytes)",
-            self.to, self.node, self.job, self.files, self.bytes
-        )
+        let how = match state {
+            Some(JobState::Published) => format!("{} files, {} bytes", self.files, self.bytes),
+            Some(JobState::Running) => "being written".to_string(),
+            // A cancelled copy removes what it wrote, unless its node stopped mid-copy.
+            _ => "cancelled; anything it left there is beyond tidemark's reach".to_string(),
+        };
+        format!("{what} to {} on node {} (job {}, {how})", self.to, self.node, self.job)
     }
 }
 
@@ -178,24 +184,48 @@ impl Pace {
     }
 }
 
-/// Removes what a copy that stopped with its node left, where tidemark knows what it wrote
-/// (an export's temporary files), and answers the reason its job is cancelled with. A
-/// backup's directory stays: without its manifest no restore takes it.
-pub fn remove_leftovers(record: &CopyRecord) -> String {
+/// How a copy that nothing runs any more ends, decided by what its node finds on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Leftover {
+    /// A backup whose manifest was written: it is whole, only its end was not logged.
+    Written(CopyFinish),
+    /// Anything else: cancelled with this reason (an export's unfinished files removed).
+    Cancel(String),
+}
+
+/// What to log for `record`, a copy of this node that nothing runs (see
+/// [`Engine::orphan_copies`]), after removing the files tidemark knows to be its unfinished
+/// ones (an export's temporary files). A backup's directory without its manifest stays: no
+/// restore takes it, and only the DBA knows whether anything else is in it.
+pub fn settle_leftover(record: &CopyRecord) -> Leftover {
     let dir = std::path::Path::new(&record.to);
-    match (record.kind.as_str(), record.start_ms, record.end_ms) {
-        ("export", Some(start), Some(end)) => {
-            let temporary = super::export::temporary_paths_of(start, end, dir);
-            super::backup::remove_written(dir, &temporary, false);
-            format!("node {} restarted while the export ran; its unfinished files were removed", record.node)
+    match record.kind.as_str() {
+        "backup" => match super::backup::read_manifest(dir) {
+            Ok(m) => Leftover::Written(CopyFinish {
+                job: record.job,
+                files: m.files.len() as u64,
+                bytes: m.bytes,
+                rows: 0,
+                skipped: 0,
+                position: Some(m.position),
+                batches: 0,
+                bytes_read: m.bytes,
+            }),
+            Err(_) => Leftover::Cancel(format!(
+                "the backup stopped before it was written (its node restarted or gave up logging it); {} holds an \
+                 unfinished copy without {}: remove it",
+                record.to,
+                super::backup::MANIFEST
+            )),
+        },
+        _ => {
+            let removed = super::export::remove_temporary(dir, record.job);
+            Leftover::Cancel(format!(
+                "the export stopped before it was written (its node restarted or gave up logging it); {removed} \
+                 unfinished files removed from {} (date files already in place there are whole)",
+                record.to
+            ))
         }
-        _ => format!(
-            "node {} restarted while the {} ran; {} holds an unfinished copy (no {}), remove it",
-            record.node,
-            record.kind,
-            record.to,
-            super::backup::MANIFEST
-        ),
     }
 }
 
@@ -227,7 +257,8 @@ impl Engine {
         Ok(Applied::Job { id: position })
     }
 
-    /// A copy written whole: its job is done, with what it wrote.
+    /// A copy written whole: its job is done, with what it wrote. (Also how a node settles a
+    /// backup written whole whose end it could not log before it stopped.)
     pub(crate) fn finish_copy(&mut self, writer_time_ms: i64, finish: CopyFinish) -> Result<Applied> {
         let job = finish.job;
         let Some(info) = self.jobs.get_mut(&job).filter(|j| is_copy(&j.kind)) else {
@@ -256,8 +287,7 @@ impl Engine {
         Ok(Applied::Job { id: job })
     }
 
-    /// Ends a running copy: its node stops it and removes what it wrote, so a deletion need not
-    /// name it.
+    /// Ends a running copy: its node stops it and removes what it wrote.
     pub(crate) fn cancel_copy(&mut self, writer_time_ms: i64, job: u64, reason: String) -> Result<Applied> {
         let Some(info) = self.jobs.get_mut(&job) else {
             return refused(format!("job {job} does not exist"), RefusalStatus::NotFound);
@@ -271,7 +301,8 @@ impl Engine {
         if let Some(run) = self.copy_runs.get(&job) {
             run.cancel.store(true, Ordering::Relaxed);
         }
-        self.copies.retain(|c| c.job != job);
+        // Its record stays: a node that stopped mid-copy may have left files a deletion must
+        // name.
         self.checkpoint_due = true;
         Ok(Applied::Job { id: job })
     }
@@ -325,19 +356,56 @@ impl Engine {
         Ok(run)
     }
 
+    /// This node's running copies, taken out (an engine about to be replaced by a snapshot's).
+    pub fn take_copy_runs(&mut self) -> BTreeMap<u64, CopyRun> {
+        std::mem::take(&mut self.copy_runs)
+    }
+
+    /// Takes over the running copies of the engine this one replaces; a copy whose job is no
+    /// longer running here (cancelled in the snapshot) is told to stop.
+    pub fn adopt_copy_runs(&mut self, runs: BTreeMap<u64, CopyRun>) {
+        for (job, run) in runs {
+            if self.jobs.get(&job).is_none_or(|j| j.state != JobState::Running) {
+                run.cancel.store(true, Ordering::Relaxed);
+            }
+            self.copy_runs.insert(job, run);
+        }
+    }
+
+    /// Tells every copy this node runs to stop (the node is shutting down); each removes what
+    /// it wrote, and the next start cancels their jobs.
+    pub fn stop_copies(&self) {
+        for run in self.copy_runs.values() {
+            run.cancel.store(true, Ordering::Relaxed);
+        }
+    }
+
     /// The copy ended on this node (written, failed or cancelled).
     pub fn unregister_copy(&mut self, job: u64) {
         self.copy_runs.remove(&job);
     }
 
-    /// Copies `node` started in an earlier boot that are still marked running: nothing runs
-    /// them, so that node cancels them (see [`remove_leftovers`]).
-    pub fn stale_copies(&self, node: u64, boot: u64) -> Vec<CopyRecord> {
+    /// Copies of `node` marked running that nothing runs: started by an earlier boot, or by
+    /// this one (`boot`) but neither registered here nor still starting (`starting` tells, by
+    /// the copy's `run`): their start was given up on and committed after all. That node
+    /// settles them (see [`settle_leftover`]).
+    pub fn orphan_copies(&self, node: u64, boot: u64, starting: &dyn Fn(u64) -> bool) -> Vec<CopyRecord> {
         self.copies
             .iter()
-            .filter(|c| c.node == node && c.boot != boot && !self.copy_runs.contains_key(&c.job))
+            .filter(|c| c.node == node && !self.copy_runs.contains_key(&c.job))
+            .filter(|c| c.boot != boot || !starting(c.run))
             .filter(|c| self.jobs.get(&c.job).is_some_and(|j| j.state == JobState::Running))
             .cloned()
+            .collect()
+    }
+
+    /// The copies that may hold beacons of `datasource` in [`start`, `end`), described for a
+    /// deletion's report; only those logged after position `since` if given.
+    pub(crate) fn copies_holding(&self, datasource: &str, start: i64, end: i64, since: Option<u64>) -> Vec<String> {
+        self.copies
+            .iter()
+            .filter(|c| since.is_none_or(|p| c.job > p) && c.may_hold(datasource, start, end))
+            .map(|c| c.describe(self.jobs.get(&c.job).map(|j| j.state)))
             .collect()
     }
 
@@ -386,6 +454,7 @@ mod tests {
             job: 7,
             time_ms: 0,
             boot: 0,
+            run: 0,
         };
         assert!(export.may_hold("shop", 150, 300));
         assert!(!export.may_hold("shop", 200, 300));

@@ -192,49 +192,65 @@ fn parquet_error(path: &Path, e: parquet::errors::ParquetError) -> Error {
 
 /// Reads the plan's raw batches and writes one Parquet file per UTC date under `dir`,
 /// counting progress on `run` (batches and their bytes) and pacing reads to `bytes_per_s`.
-/// Files are written under temporary names and renamed only once all are whole; an export
-/// cancelled or failing part way removes what it wrote.
-pub fn run_export(plan: &ExportPlan, dir: &Path, run: &CopyRun, bytes_per_s: Option<u64>) -> Result<ExportReport> {
+/// Files are written under temporary names carrying the job id and renamed only once all are
+/// whole; a date file already in `dir` is never overwritten (the export fails, naming it). An
+/// export cancelled or failing part way removes every file it created, and nothing else.
+pub fn run_export(
+    plan: &ExportPlan,
+    dir: &Path,
+    job: u64,
+    run: &CopyRun,
+    bytes_per_s: Option<u64>,
+) -> Result<ExportReport> {
     let existed = dir.exists();
     let mut days: BTreeMap<i64, DayFile> = BTreeMap::new();
-    let result = write_days(plan, dir, run, bytes_per_s, &mut days);
-    let report = match result {
-        Ok(skipped) => finish_days(days, skipped).map(|mut r| {
+    let mut created = Vec::new();
+    let report = write_days(plan, dir, job, run, bytes_per_s, &mut days, &mut created)
+        .and_then(|skipped| finish_days(days, skipped, &mut created))
+        .map(|mut r| {
             r.batches = plan.sources.len() as u64;
             r.bytes_read = plan.sources.iter().map(|s| u64::from(s.entry.entry_len)).sum();
             r
-        }),
-        Err(e) => Err(e),
-    };
+        });
     if report.is_err() {
-        crate::engine::backup::remove_written(dir, &temporary_paths(plan, dir), !existed);
+        crate::engine::backup::remove_written(dir, &created, !existed);
     }
     report
 }
 
-/// The temporary files an export of `plan` may have left under `dir` (files already renamed
-/// into place are whole, and may be an earlier export's: they stay).
-pub fn temporary_paths(plan: &ExportPlan, dir: &Path) -> Vec<PathBuf> {
-    temporary_paths_of(plan.start_ms, plan.end_ms, dir)
+/// The temporary file of job `job`'s export for `path`.
+fn temporary(path: &Path, job: u64) -> PathBuf {
+    path.with_extension(format!("parquet.{job}.tmp"))
 }
 
-/// The same, for an export of [`start_ms`, `end_ms`) (a node cleaning up after a restart).
-pub fn temporary_paths_of(start_ms: i64, end_ms: i64, dir: &Path) -> Vec<PathBuf> {
-    let first = start_ms.div_euclid(DAY_MS);
-    let last = (end_ms - 1).div_euclid(DAY_MS).max(first);
-    // A guard against an absurd interval: a century of dates.
-    let last = last.min(first + 36_600);
-    let name = format!("part-{start_ms}-{end_ms}.parquet.tmp");
-    (first..=last).map(|day| dir.join(format!("date={}", civil_date(day))).join(&name)).collect()
+/// Removes the temporary files job `job`'s export left under `dir` (its node stopped
+/// mid-export); answers how many. Date files renamed into place are whole and stay.
+pub fn remove_temporary(dir: &Path, job: u64) -> usize {
+    let suffix = format!(".parquet.{job}.tmp");
+    let mut removed = Vec::new();
+    for day in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if !day.file_name().to_string_lossy().starts_with("date=") {
+            continue;
+        }
+        for f in std::fs::read_dir(day.path()).into_iter().flatten().flatten() {
+            if f.file_name().to_string_lossy().ends_with(&suffix) {
+                removed.push(f.path());
+            }
+        }
+    }
+    crate::engine::backup::remove_written(dir, &removed, false);
+    removed.len()
 }
 
 /// Reads every batch into the dates' writers; answers the records skipped.
 fn write_days(
     plan: &ExportPlan,
     dir: &Path,
+    job: u64,
     run: &CopyRun,
     bytes_per_s: Option<u64>,
     days: &mut BTreeMap<i64, DayFile>,
+    created: &mut Vec<PathBuf>,
 ) -> Result<u64> {
     let spec = &plan.spec;
     let rules = plan.rules.as_deref();
@@ -275,8 +291,15 @@ fn write_days(
                     let day_dir = dir.join(format!("date={date}"));
                     std::fs::create_dir_all(&day_dir).map_err(Error::io(&day_dir))?;
                     let path = day_dir.join(format!("part-{}-{}.parquet", plan.start_ms, plan.end_ms));
-                    let tmp = path.with_extension("parquet.tmp");
-                    let out = File::create(&tmp).map_err(Error::io(&tmp))?;
+                    if path.exists() {
+                        return Err(Error::Invalid(format!(
+                            "{} already exists (an earlier export?); export into a new directory or remove it",
+                            path.display()
+                        )));
+                    }
+                    let tmp = temporary(&path, job);
+                    let out = File::create_new(&tmp).map_err(Error::io(&tmp))?;
+                    created.push(tmp.clone());
                     let writer = ArrowWriter::try_new(out, schema.clone(), Some(props.clone()))
                         .map_err(|e| parquet_error(&tmp, e))?;
                     v.insert(DayFile { date, builder: DayBuilder::new(dims), writer, tmp, path, rows: 0 })
@@ -318,7 +341,7 @@ fn write_days(
 }
 
 /// Closes every date's file and renames it into place.
-fn finish_days(days: BTreeMap<i64, DayFile>, skipped: u64) -> Result<ExportReport> {
+fn finish_days(days: BTreeMap<i64, DayFile>, skipped: u64, created: &mut Vec<PathBuf>) -> Result<ExportReport> {
     let mut closed = Vec::with_capacity(days.len());
     for (_, day) in days {
         let DayFile { date, writer, tmp, path, rows, .. } = day;
@@ -327,7 +350,14 @@ fn finish_days(days: BTreeMap<i64, DayFile>, skipped: u64) -> Result<ExportRepor
     }
     let mut report = ExportReport { files: Vec::new(), rows: 0, bytes: 0, skipped, batches: 0, bytes_read: 0 };
     for (date, tmp, path, rows) in closed {
+        if path.exists() {
+            return Err(Error::Invalid(format!(
+                "{} appeared during the export; export into a new directory",
+                path.display()
+            )));
+        }
         std::fs::rename(&tmp, &path).map_err(Error::io(&path))?;
+        created.push(path.clone());
         let bytes = std::fs::metadata(&path).map_err(Error::io(&path))?.len();
         report.rows += rows;
         report.bytes += bytes;

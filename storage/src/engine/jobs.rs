@@ -164,6 +164,11 @@ impl Engine {
         let built = output.segments;
         // Shards written for events before the job must be in the timeline to be replaced.
         self.publish_persisted(true)?;
+        // Copies started while a deletion ran read the raw log before its rewrite: named too.
+        let copies_during = match self.jobs.get(&job) {
+            Some(j) if j.kind == "delete" => self.copies_holding(&j.datasource, j.start_ms, j.end_ms, Some(job)),
+            _ => Vec::new(),
+        };
         let Some(info) = self.jobs.get_mut(&job) else {
             return Err(Error::Internal(format!("reindex job {job} has no record")));
         };
@@ -200,6 +205,7 @@ impl Engine {
                 info.filter.clone().map(|f| f.compile(self.rules.get(&self.catalog, &info.datasource, job).as_deref()));
             let matches = |payload: &str| filter.as_ref().is_some_and(|f| f.matches(payload.as_bytes()));
             info.rejects_removed = self.rejects.remove_records(&info.datasource, &deleted.records, matches) as u64;
+            info.copies_before.extend(copies_during);
             info.events = journal.records;
             only = Some(deleted.intervals.into_iter().collect());
             self.erase_log_through = Some(position);
@@ -443,8 +449,7 @@ impl Engine {
         info.shards = shards.into_iter().collect();
         info.where_text = Some(where_text);
         info.filter = Some(filter);
-        info.copies_before =
-            self.copies.iter().filter(|c| c.may_hold(&info.datasource, start, end)).map(|c| c.describe()).collect();
+        info.copies_before = self.copies_holding(&info.datasource, start, end, None);
         info.batches_total = files.iter().map(|f| f.entries.len() as u64).sum();
         self.jobs.insert(position, info);
         self.start_delete_build(position, Some(files))?;

@@ -701,6 +701,7 @@ fn a_copy_is_a_running_job_until_finished_or_cancelled_and_a_cancelled_one_never
         job: 0,
         time_ms: 0,
         boot,
+        run: boot * 100 + to.len() as u64,
     };
     let start = |engine: &mut Engine, log: &mut Log, to: &str, boot: u64| {
         let cmd = Command::Timeline(TimelineCommand::CopyStarted(record(to, boot)));
@@ -743,20 +744,31 @@ fn a_copy_is_a_running_job_until_finished_or_cancelled_and_a_cancelled_one_never
     let done = state(&engine, b);
     assert_eq!((done.state, done.events, done.rejected, done.files_written), (reindex::JobState::Published, 30, 1, 2));
     assert_eq!((done.bytes_done, done.bytes_total, done.batches_done), (5000, 5000, 3));
-    let described: Vec<String> = engine.copies.iter().map(|c| c.describe()).collect();
-    assert_eq!(described.len(), 1, "the cancelled copy is forgotten: {described:?}");
-    assert!(described[0].contains("/x/b") && described[0].contains("900 bytes"), "{described:?}");
+    // A deletion's report names both by their state (the cancelled one may have left files).
+    let described = engine.copies_holding("beacons", T0, T0 + HOUR, None);
+    assert_eq!(described.len(), 2, "{described:?}");
+    assert!(described[0].contains("/x/a") && described[0].contains("cancelled"), "{described:?}");
+    assert!(described[1].contains("/x/b") && described[1].contains("900 bytes"), "{described:?}");
+    assert!(engine.copies_holding("beacons", T0 + HOUR, T0 + 2 * HOUR, None).is_empty(), "other hours");
+    assert_eq!(engine.copies_holding("beacons", T0, T0 + HOUR, Some(a)).len(), 1, "logged after a");
 
-    // One left running by an earlier boot of node 1 is stale for node 1's next boot only.
+    // One left running: an orphan for a later boot of node 1; for this boot only once it is
+    // neither starting nor registered.
     let c = start(&mut engine, &mut log, "/x/c", 7);
-    assert!(engine.stale_copies(1, 7).is_empty());
-    assert!(engine.stale_copies(2, 8).is_empty());
-    assert_eq!(engine.stale_copies(1, 8).iter().map(|r| r.job).collect::<Vec<_>>(), vec![c]);
+    let starting = |_: u64| true;
+    let given_up = |_: u64| false;
+    assert!(engine.orphan_copies(1, 7, &starting).is_empty());
+    assert!(engine.orphan_copies(2, 8, &given_up).is_empty(), "another node's");
+    assert_eq!(engine.orphan_copies(1, 8, &starting).iter().map(|r| r.job).collect::<Vec<_>>(), vec![c]);
+    assert_eq!(engine.orphan_copies(1, 7, &given_up).iter().map(|r| r.job).collect::<Vec<_>>(), vec![c]);
+    let _registered = engine.register_copy(c).expect("register");
+    assert!(engine.orphan_copies(1, 7, &given_up).is_empty(), "registered: it runs");
+    engine.unregister_copy(c);
 
     // After a restart the running copy is not rebuilt as if it were a reindex, and stays known.
     engine.checkpoint().expect("checkpoint");
     drop(engine);
     let (engine, _) = Engine::open(config).expect("reopen");
     assert_eq!(state(&engine, c).state, reindex::JobState::Running);
-    assert_eq!(engine.stale_copies(1, 8).len(), 1);
+    assert_eq!(engine.orphan_copies(1, 8, &starting).len(), 1);
 }
