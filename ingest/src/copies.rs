@@ -142,6 +142,12 @@ pub async fn export(node: &Node, actor: &str, body: &[u8]) -> Result<Response> {
     // is taken again once the job's start is applied here, so it covers what was applied
     // before the job (a deletion published meanwhile included).
     node.engine().read().export_plan(&req.datasource, start_ms, end_ms)?;
+    if let Some(existing) = tidemark_storage::engine::export::existing_output(&dir, start_ms, end_ms) {
+        return Err(Error::BadRequest(format!(
+            "{} already exists (an earlier export of this interval); export into a new directory or remove it",
+            existing.display()
+        )));
+    }
     let record = CopyRecord {
         kind: "export".into(),
         datasource: Some(req.datasource.clone()),

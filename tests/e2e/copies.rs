@@ -155,9 +155,12 @@ fn copies_are_jobs_with_progress_that_a_cancel_or_a_restart_ends_cleanly() {
     // file, and the files stay as they were.
     let before: Vec<(String, u64)> =
         files_under(&export).into_iter().map(|f| (f.clone(), std::fs::metadata(&f).map_or(0, |m| m.len()))).collect();
+    let exports = || node.sql_i64("SELECT COUNT(*) FROM sys.jobs WHERE kind = 'export'");
+    let logged = exports();
     let (code, _, err) = node.cli(&args);
     assert_ne!(code, 0);
     assert!(err.contains("already exists") && err.contains(".parquet"), "{err}");
+    assert_eq!(exports(), logged, "refused before a job was logged");
     let after: Vec<(String, u64)> =
         files_under(&export).into_iter().map(|f| (f.clone(), std::fs::metadata(&f).map_or(0, |m| m.len()))).collect();
     assert_eq!(after, before, "the earlier export is untouched");

@@ -218,6 +218,20 @@ pub fn run_export(
     report
 }
 
+/// A date file an export of [`start_ms`, `end_ms`) would write that `dir` already holds (an
+/// earlier export of the same interval): checked before a job starts, and again as each file
+/// is created.
+pub fn existing_output(dir: &Path, start_ms: i64, end_ms: i64) -> Option<PathBuf> {
+    let name = format!("part-{start_ms}-{end_ms}.parquet");
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|day| day.file_name().to_string_lossy().starts_with("date="))
+        .map(|day| day.path().join(&name))
+        .find(|path| path.exists())
+}
+
 /// The temporary file of job `job`'s export for `path`.
 fn temporary(path: &Path, job: u64) -> PathBuf {
     path.with_extension(format!("parquet.{job}.tmp"))
