@@ -52,6 +52,8 @@ pub fn action_for(method: &Method, path: &str) -> Option<Action> {
         {
             Action::ManageDatasources
         }
+        // A copy's live progress, asked of the node running it by the node a DBA asked.
+        p if p.starts_with("/v1/jobs/") && p.ends_with("/progress") => Action::Internal,
         p if p == "/v1/jobs" || p.starts_with("/v1/jobs/") => {
             if read {
                 Action::Monitor
@@ -137,6 +139,8 @@ mod tests {
         assert_eq!(action_for(&post, "/v1/cluster/join"), Some(Action::ManageCluster));
         assert_eq!(action_for(&get, "/v1/cluster/read-index"), Some(Action::Internal));
         assert_eq!(action_for(&Method::POST, "/v1/jobs/copies"), Some(Action::Internal));
+        assert_eq!(action_for(&get, "/v1/jobs/12/progress"), Some(Action::Internal));
+        assert_eq!(action_for(&get, "/v1/jobs/12"), Some(Action::Monitor));
         assert_eq!(action_for(&get, "/nowhere"), Some(Action::ManageCluster));
     }
 

@@ -102,17 +102,30 @@ pub(crate) async fn ask_leader(
     path: &str,
     body: serde_json::Value,
 ) -> Result<serde_json::Value, LeaderRefusal> {
+    ask_node(node, addr, path, Some(body)).await
+}
+
+/// A JSON request to another node's HTTP API (POST with a body, else GET), with the node
+/// token once the cluster has keys.
+pub(crate) async fn ask_node(
+    node: &crate::Node,
+    addr: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Result<serde_json::Value, LeaderRefusal> {
     let me = node.replica().node_id();
     let token = node.engine().read().catalog().access().node_token();
+    let method = if body.is_some() { axum::http::Method::POST } else { axum::http::Method::GET };
     let mut req = axum::http::Request::builder()
-        .method(axum::http::Method::POST)
+        .method(method)
         .uri(path)
         .header(axum::http::header::CONTENT_TYPE, "application/json");
     if let Some(token) = token {
         req = req.header(axum::http::header::AUTHORIZATION, format!("Bearer {token}"));
     }
     let unreachable = |e: String| LeaderRefusal::Unreachable(e);
-    let req = req.body(Body::from(body.to_string())).map_err(|e| unreachable(e.to_string()))?;
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let req = req.body(Body::from(body)).map_err(|e| unreachable(e.to_string()))?;
     let resp = forward(node, addr, req, me).await.map_err(unreachable)?;
     let status = resp.status();
     let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.map_err(|e| unreachable(e.to_string()))?;

@@ -196,6 +196,36 @@ pub async fn show(node: &Node, id: u64) -> Result<Response> {
             tracing::debug!(error = %e, job = id, "no read barrier for a job lookup");
         }
     }
+    let mut job = job_json(node, id)?;
+    with_remote_progress(node, &mut job).await;
+    Ok(Json(job).into_response())
+}
+
+/// A copy's progress lives on the node running it: a running copy of another node gets its
+/// live figures from there (best effort: if that node does not answer soon, the job is shown
+/// as this node knows it).
+async fn with_remote_progress(node: &Node, job: &mut Value) {
+    let (Some(id), Some(kind)) = (job["id"].as_u64(), job["kind"].as_str()) else { return };
+    if job["state"] != "running" || !tidemark_storage::engine::copies::is_copy(kind) {
+        return;
+    }
+    let me = node.replica().node_id();
+    let Some(owner) = node.engine().read().copy_node(id).filter(|n| *n != me) else { return };
+    let Some(member) = node.replica().members().get(&owner).cloned() else { return };
+    let path = format!("/v1/jobs/{id}/progress");
+    let asked = crate::forward::ask_node(node, &member.http, &path, None);
+    let Ok(Ok(remote)) = tokio::time::timeout(std::time::Duration::from_secs(2), asked).await else { return };
+    if remote["state"] != "running" {
+        return;
+    }
+    for field in ["batches_done", "batches_total", "events", "rejected", "bytes_done", "bytes_total"] {
+        job[field] = remote[field].clone();
+    }
+}
+
+/// `GET /v1/jobs/{id}/progress` (node-internal): the job as this node knows it, live
+/// progress included; what another node asks of the node running a copy.
+pub fn progress(node: &Node, id: u64) -> Result<Response> {
     Ok(Json(job_json(node, id)?).into_response())
 }
 

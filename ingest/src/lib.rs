@@ -85,6 +85,7 @@ pub fn router(state: IngestState) -> Router {
         .route("/v1/jobs", get(list_jobs))
         .route("/v1/jobs/copies", post(record_copy).layer(leader()))
         .route("/v1/jobs/{id}", get(show_job))
+        .route("/v1/jobs/{id}/progress", get(job_progress))
         .route("/v1/jobs/{id}/cancel", post(cancel_job).layer(leader()))
         .route("/v1/keys", get(list_keys).merge(post(create_key).layer(leader())))
         .route("/v1/keys/{id}", axum::routing::delete(revoke_key).layer(leader()))
@@ -267,6 +268,10 @@ async fn drop_segments(State(s): State<IngestState>, Extension(c): Extension<Pri
 
 async fn list_jobs(State(s): State<IngestState>) -> Response {
     jobs::list(&s.node)
+}
+
+async fn job_progress(State(s): State<IngestState>, Path(id): Path<u64>) -> Response {
+    jobs::progress(&s.node, id).unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn show_job(State(s): State<IngestState>, Path(id): Path<u64>) -> Response {

@@ -635,6 +635,48 @@ fn nodes_behind_the_purged_log_catch_up_by_snapshot_with_its_data_files() {
     // An export taken on a follower: it runs there (its host's disk), its job is logged
     // through the leader, and every replica knows it, written.
     let copies_dir = tempfile::tempdir().expect("tempdir");
+    // Paced, it runs long enough to watch from the leader (which asks the follower for its
+    // progress) and to cancel there: the follower stops it and removes its files.
+    let paced_dir = copies_dir.path().join("paced");
+    let paced_text = paced_dir.to_string_lossy().into_owned();
+    let (code, out, err) = c.node(behind).cli(&[
+        "export",
+        "--datasource",
+        "snap",
+        "--interval",
+        "0/9999999999999",
+        "--to",
+        &paced_text,
+        "--no-wait",
+        "--max-bytes-per-s",
+        "2000",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let paced: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+    let paced_id = paced["id"].as_u64().unwrap_or_default();
+    let leader = c.leader();
+    assert_ne!(leader, behind, "the export ran on a follower");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let j = c.node(leader).get(&format!("/v1/jobs/{paced_id}")).json();
+        if j["state"] == "running" && j["bytes_done"].as_u64() > Some(0) {
+            assert!(j["bytes_done"].as_u64() < j["bytes_total"].as_u64(), "{j}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the leader never showed the follower's progress: {j}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (code, out, err) = c.node(leader).cli(&["jobs", "cancel", &paced_id.to_string()]);
+    assert_eq!(code, 0, "{out}{err}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while crate::crash::walk(&paced_dir).into_iter().next().is_some() {
+        assert!(Instant::now() < deadline, "the follower left {:?}", crate::crash::walk(&paced_dir));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for i in 0..3 {
+        assert_eq!(c.node(i).get(&format!("/v1/jobs/{paced_id}")).json()["state"], "cancelled", "node {i}");
+    }
+
     let export_dir = copies_dir.path().join("export");
     let export_text = export_dir.to_string_lossy().into_owned();
     let (code, out, err) =

@@ -380,6 +380,11 @@ impl Engine {
         }
     }
 
+    /// The node that runs copy `job`, if it is a copy.
+    pub fn copy_node(&self, job: u64) -> Option<u64> {
+        self.copies.iter().find(|c| c.job == job).map(|c| c.node)
+    }
+
     /// The copy ended on this node (written, failed or cancelled).
     pub fn unregister_copy(&mut self, job: u64) {
         self.copy_runs.remove(&job);
