@@ -356,6 +356,24 @@ impl CompiledFilter {
     }
 }
 
+impl CompiledFilter {
+    /// Whether a rolled-up row matches: `value` gives a tag's stored value (its standardised
+    /// text; `None` for null or a tag the row does not have).
+    pub fn matches_row(&self, value: &dyn Fn(&str) -> Option<String>) -> bool {
+        eval_with(&self.root, &|keys: &[String]| keys.iter().filter_map(|k| value(k)).collect())
+    }
+}
+
+fn eval_with(node: &Node, texts: &dyn Fn(&[String]) -> Vec<String>) -> bool {
+    match node {
+        Node::In { keys, values } => texts(keys).iter().any(|t| values.iter().any(|v| v == t)),
+        Node::IsNull { keys } => texts(keys).is_empty(),
+        Node::Not(inner) => !eval_with(inner, texts),
+        Node::And(all) => all.iter().all(|n| eval_with(n, texts)),
+        Node::Or(any) => any.iter().any(|n| eval_with(n, texts)),
+    }
+}
+
 /// The tag's values in `obj` under any of its keys, as text; JSON null counts as absent.
 fn texts<'a>(obj: &'a serde_json::Map<String, serde_json::Value>, keys: &[String]) -> Vec<std::borrow::Cow<'a, str>> {
     use serde_json::Value;
@@ -405,6 +423,24 @@ mod tests {
         assert!(matches("page IS NULL AND country IS NULL", b));
         assert!(matches("merchant_id IS NOT NULL", b));
         assert!(matches("\"merchant_id\" <> 'm2'", b));
+    }
+
+    #[test]
+    fn rows_match_by_their_stored_values() {
+        let f =
+            RecordFilter::parse("merchant_id = 'm1' AND (country IS NULL OR country != 'DE')").map(|f| f.compile(None));
+        let f = f.unwrap_or_else(|e| panic!("{e}"));
+        let row = |m: &'static str, c: Option<&'static str>| {
+            move |k: &str| match k {
+                "merchant_id" => Some(m.to_string()),
+                "country" => c.map(str::to_string),
+                _ => None,
+            }
+        };
+        assert!(f.matches_row(&row("m1", None)));
+        assert!(f.matches_row(&row("m1", Some("FR"))));
+        assert!(!f.matches_row(&row("m1", Some("DE"))));
+        assert!(!f.matches_row(&row("m2", None)));
     }
 
     #[test]

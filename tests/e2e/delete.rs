@@ -293,3 +293,89 @@ fn a_merchant_is_deleted_from_raw_segments_fetch_and_rejects() {
     want.insert("m1".into(), (1, 5, 5));
     assert_eq!(per_merchant(&node), want, "only m3's current hour is gone");
 }
+
+#[test]
+fn before_the_raw_horizon_a_deletion_takes_the_rolled_up_rows_out() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Small raw files, so raw retention can remove the older hours' files.
+    let config = dir.path().join("tidemark.toml");
+    std::fs::write(&config, "[storage]\nraw_file_bytes_max = 4096\n").expect("config");
+    let data = dir.path().join("data");
+    let node = TestNode::start_with(&data, &["--config", &config.to_string_lossy()]);
+    let spec = json!({
+        "name": "aged",
+        "timestamp": {"field": "ts"},
+        "granularity": {"query": "PT1M", "segment": "PT1H"},
+        "dimensions": ["merchant_id"],
+        "metrics": [{"name": "count", "type": "count"}, {"name": "revenue", "type": "longSum", "field": "amount"}],
+        "late_window": "PT1M",
+    });
+    let r = node.post("/v1/datasources", spec.to_string().as_bytes(), &[]);
+    assert!(r.status == 200 || r.status == 201, "{}", r.body);
+    // Hours 5 to 2 before this one; m1 and m2 in turn, amount i.
+    let hour = now_ms() / HOUR_MS * HOUR_MS;
+    let mut events: Vec<Value> = Vec::new();
+    for k in (2..=5).rev() {
+        let lines: Vec<Value> = (0..100)
+            .map(|i: i64| {
+                json!({"ts": hour - k * HOUR_MS + i * 1000, "merchant_id": format!("m{}", i % 2 + 1),
+                                 "amount": i, "user_id": format!("u{i}")})
+            })
+            .collect();
+        let body: Vec<String> = lines.iter().map(Value::to_string).collect();
+        assert_eq!(node.post("/v1/beacons/aged", body.join("\n").as_bytes(), &[]).status, 200);
+        events.extend(lines);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let persisted = "SELECT COALESCE(SUM(events), 0) FROM sys.segments WHERE datasource = 'aged'";
+    while node.sql_i64(persisted) < 400 {
+        assert!(Instant::now() < deadline, "the hours were never persisted");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Raw events older than three hours go: hours 5 and 4 keep only their segments.
+    assert_eq!(node.put("/v1/governance/retention/aged", br#"{"raw": "PT3H"}"#).status, 200);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while node.sql_i64("SELECT COUNT(*) FROM sys.jobs WHERE kind = 'retain'") < 1 {
+        assert!(Instant::now() < deadline, "raw retention never ran");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // A condition on a tag the rolled-up rows do not keep cannot reach the old hours.
+    let (code, _, err) = node.cli(&["delete", "--datasource", "aged", "--where", "user_id = 'u1'"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("names user_id which the rolled-up rows do not keep"), "{err}");
+    // One on a dimension takes m1's rows out of the old hours and its beacons out of the rest.
+    let (code, out, err) = node.cli(&["delete", "--datasource", "aged", "--where", "merchant_id = 'm1'"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let job: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(job["state"], "published", "{job}");
+    assert_eq!(job["events"], 200, "every m1 event, from rows and from beacons: {job}");
+    let per_merchant: BTreeMap<String, (i64, i64)> = node
+        .sql("SELECT merchant_id, SUM(\"count\") AS n, SUM(revenue) AS r FROM aged GROUP BY 1")
+        .into_iter()
+        .map(|r| {
+            (
+                r["merchant_id"].as_str().unwrap_or("?").to_string(),
+                (r["n"].as_i64().unwrap_or(-1), r["r"].as_i64().unwrap_or(-1)),
+            )
+        })
+        .collect();
+    let m2: Vec<&Value> = events.iter().filter(|e| e["merchant_id"] == "m2").collect();
+    let want = (m2.len() as i64, m2.iter().map(|e| e["amount"].as_i64().unwrap_or(0)).sum::<i64>());
+    assert_eq!(per_merchant, BTreeMap::from([("m2".to_string(), want)]), "m1 is gone from every hour");
+    assert_eq!(node.sql_i64(persisted), 200, "segment event totals count what is left");
+    // The audit row tells the two apart: at least hours 5 and 4 (50 m1 events each) went by
+    // their rolled-up rows.
+    let audit = node.sql("SELECT after FROM sys.audit WHERE op = 'delete'");
+    let after: Value = serde_json::from_str(audit[0]["after"].as_str().unwrap_or("{}")).unwrap_or_default();
+    let (rows, raw) = (after["rolled_up_events_deleted"].as_i64(), after["records_deleted"].as_i64());
+    assert!(rows.is_some_and(|r| r >= 100) && rows.zip(raw).map(|(a, b)| a + b) == Some(200), "{after}");
+
+    // The same after a restart.
+    let mut node = node;
+    node.stop();
+    let node = TestNode::start_with(&data, &["--config", &config.to_string_lossy()]);
+    assert_eq!(node.sql_i64("SELECT COUNT(*) FROM aged WHERE merchant_id = 'm1'"), 0);
+    assert_eq!(node.sql_i64("SELECT SUM(\"count\") FROM aged"), want.0);
+    assert_eq!(node.sql_i64(persisted), 200);
+}

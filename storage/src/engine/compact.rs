@@ -73,7 +73,7 @@ pub(crate) fn build(input: &CompactInput, progress: &Progress, cancel: &AtomicBo
             if cancel.load(Ordering::Relaxed) {
                 return Err(Error::Internal("cancelled".into()));
             }
-            merge_segment(&mut index, spec, seg)?;
+            merge_segment(&mut index, spec, seg, None)?;
             progress.batches_done.fetch_add(1, Ordering::Relaxed);
             progress.events.fetch_add(seg.meta().events, Ordering::Relaxed);
         }
@@ -86,8 +86,60 @@ pub(crate) fn build(input: &CompactInput, progress: &Progress, cancel: &AtomicBo
     Ok(built)
 }
 
-/// Folds every row of `seg` into `index`. Columns the segment predates read as null.
-fn merge_segment(index: &mut RollupIndex, spec: &DatasourceSpec, seg: &Segment) -> Result<()> {
+/// Rows a deletion takes out of rolled-up segments: those `filter` matches by their
+/// dimension values; `count` is the spec's count metric, which says how many events a row
+/// stands for.
+pub(crate) struct RowDrop<'a> {
+    pub(crate) filter: &'a tidemark_catalog::record_filter::CompiledFilter,
+    pub(crate) count: usize,
+}
+
+/// The intervals' shards rewritten without the rows `drop` matches, one segment per interval
+/// that lost a row (at the coarsest granularity among its shards), with the events removed.
+/// What a deletion does where raw retention has removed the beacons.
+pub(crate) fn build_without(
+    input: &CompactInput,
+    drop: &RowDrop<'_>,
+    cancel: &AtomicBool,
+) -> Result<(Vec<Built>, std::collections::BTreeSet<i64>, u64)> {
+    let spec = &input.spec;
+    let (mut built, mut intervals, mut removed) = (Vec::new(), std::collections::BTreeSet::new(), 0);
+    for (interval, shards) in &input.inputs {
+        let granularity = shards
+            .iter()
+            .filter_map(|(_, s)| Period::parse(&s.meta().query_granularity).ok())
+            .max_by_key(Period::millis)
+            .unwrap_or_else(|| spec.granularity.query.clone());
+        let mut index = RollupIndex::with_granularity(spec, granularity);
+        let mut here = 0;
+        for (_, seg) in shards {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(Error::Internal("cancelled".into()));
+            }
+            here += merge_segment(&mut index, spec, seg, Some(drop))?;
+        }
+        if here == 0 {
+            continue;
+        }
+        removed += here;
+        intervals.insert(*interval);
+        if index.is_empty() {
+            continue;
+        }
+        let shard = input.shards.get(interval).copied().unwrap_or(0);
+        built.push(write_built(&input.data_dir, input.datasource, spec, *interval, input.job, shard, &index)?);
+    }
+    Ok((built, intervals, removed))
+}
+
+/// Folds every row of `seg` into `index` (but those `drop` matches); answers the events of
+/// the rows dropped. Columns the segment predates read as null.
+fn merge_segment(
+    index: &mut RollupIndex,
+    spec: &DatasourceSpec,
+    seg: &Segment,
+    drop: Option<&RowDrop<'_>>,
+) -> Result<u64> {
     let rows = seg.rows();
     let read = |name: &str| -> Result<Option<ArrayRef>> {
         if seg.meta().column(name).is_none() {
@@ -105,6 +157,7 @@ fn merge_segment(index: &mut RollupIndex, spec: &DatasourceSpec, seg: &Segment) 
     let metric_arrays: Vec<Option<ArrayRef>> = spec.metrics.iter().map(|m| read(&m.name)).collect::<Result<_>>()?;
     let metrics: Vec<Column<'_>> =
         metric_arrays.iter().zip(&spec.metrics).map(|(a, m)| column(a.as_ref(), &m.name)).collect::<Result<_>>()?;
+    let mut dropped = 0u64;
     let mut dim_values: Vec<Option<&str>> = Vec::with_capacity(dims.len());
     let mut metric_values: Vec<RowMetric<'_>> = Vec::with_capacity(metrics.len());
     for row in 0..rows {
@@ -130,10 +183,27 @@ fn merge_segment(index: &mut RollupIndex, spec: &DatasourceSpec, seg: &Segment) 
                 _ => RowMetric::Null,
             });
         }
+        if let Some(drop) = drop {
+            let value = |tag: &str| {
+                let i = spec.dimensions.iter().position(|d| d == tag)?;
+                dim_values.get(i).copied().flatten().map(str::to_string)
+            };
+            if drop.filter.matches_row(&value) {
+                if let Some(RowMetric::Count(n)) = metric_values.get(drop.count) {
+                    dropped += n;
+                }
+                continue;
+            }
+            index.merge_row(time.value(row), &dim_values, &metric_values, 0)?;
+            continue;
+        }
         // The segment's event total goes with its first row, so the compacted segment counts
         // exactly the events of its inputs whatever metrics the spec has.
         let events = if row == 0 { seg.meta().events } else { 0 };
         index.merge_row(time.value(row), &dim_values, &metric_values, events)?;
     }
-    Ok(())
+    if drop.is_some() {
+        index.add_events(seg.meta().events.saturating_sub(dropped));
+    }
+    Ok(dropped)
 }

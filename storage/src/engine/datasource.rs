@@ -490,6 +490,11 @@ impl DatasourceState {
 
     /// Whether any segment or realtime index of this datasource starts before `end`; the
     /// earliest such interval.
+    /// Whether a realtime index (open or late) holds events of an interval before `end`.
+    pub(crate) fn realtime_before(&self, end: i64) -> bool {
+        self.open.keys().chain(self.late.keys()).any(|s| *s < end)
+    }
+
     pub(crate) fn earliest_interval_before(&self, end: i64) -> Option<i64> {
         self.segment_records()
             .map(|r| r.id.interval_start_ms)

@@ -13,7 +13,11 @@
 //!    left empty stays, so the offsets and log positions it covered stay accounted for), and
 //!    binding verdicts follow their records;
 //! 2. rebuilds, from the rewritten raw log, every segment interval that held a matching
-//!    event, as a reindex of just those intervals would.
+//!    event, as a reindex of just those intervals would;
+//! 3. for intervals before the raw horizon (raw retention removed their beacons; the job
+//!    start allows it only for a condition on dimensions and a spec with a count metric),
+//!    rewrites their segments without the rows the condition matches, from the segments at P
+//!    (`compact::build_without`), each row's events taken from its count metric.
 //!
 //! `Publish` then, under the engine lock, renames the rewrites over the old files, swaps the
 //! rebuilt intervals in for their shards published at or before P (and their frozen
@@ -68,6 +72,19 @@ pub(crate) struct DeleteInput {
     pub(crate) files: Vec<SealedFile>,
     /// A replay's journal of the job's first `Publish` (see the module doc).
     pub(crate) journal: Option<Journal>,
+    /// Intervals before the raw horizon, rewritten from their segments.
+    pub(crate) rollups: Option<Rollups>,
+}
+
+/// A deletion's intervals before the raw horizon (its beacons are gone there): their
+/// segments at the job's start, rewritten without the rows the condition matches.
+#[derive(Debug)]
+pub(crate) struct Rollups {
+    /// Intervals starting before this go this way; the raw log rebuilds the others.
+    pub(crate) cutoff: i64,
+    pub(crate) inputs: BTreeMap<i64, Vec<(crate::engine::checkpoint::SegmentRecord, Arc<crate::segment::Segment>)>>,
+    /// The spec's count metric (how many events a row stands for).
+    pub(crate) count: usize,
 }
 
 /// What a deletion's `Publish` did, kept until a checkpoint covers it.
@@ -76,6 +93,9 @@ pub(crate) struct Journal {
     pub(crate) intervals: Vec<i64>,
     pub(crate) records: u64,
     pub(crate) files_rewritten: u64,
+    /// Events taken out of rolled-up rows before the raw horizon.
+    #[serde(default)]
+    pub(crate) rollup_events: u64,
 }
 
 /// The journal's path, relative to the data directory.
@@ -120,6 +140,8 @@ pub(crate) struct Deleted {
     pub(crate) intervals: BTreeSet<i64>,
     /// Set when this build replays a published job (its counts are the journal's).
     pub(crate) journal: Option<Journal>,
+    /// Events taken out of rolled-up rows before the raw horizon.
+    pub(crate) rollup_events: u64,
 }
 
 /// A batch with the records at `keep` only, and its frame's verdicts renumbered to match.
@@ -235,10 +257,30 @@ fn run(
     }
     sources.sort_by_key(|s| (s.position, s.partition));
     progress.batches_total.fetch_add(sources.len() as u64, Ordering::Relaxed);
-    let rebuild = BuildInput { sources, only: Some(deleted.intervals.clone()), ..input.build.clone() };
+    // Intervals before the raw horizon are the rolled-up rows' to rewrite, not the raw log's.
+    let cutoff = input.rollups.as_ref().map_or(i64::MIN, |r| r.cutoff);
+    let from_raw = deleted.intervals.iter().copied().filter(|i| *i >= cutoff).collect();
+    let rebuild = BuildInput { sources, only: Some(from_raw), ..input.build.clone() };
     // The rebuild counts the events it keeps; the job reports the ones it took out.
     let kept = Progress::default();
-    let segments = reindex::build(&rebuild, &kept, cancel);
+    let mut segments = reindex::build(&rebuild, &kept, cancel)?;
     progress.batches_done.fetch_add(kept.batches_done.load(Ordering::Relaxed), Ordering::Relaxed);
-    segments
+    if let Some(rollups) = &input.rollups {
+        let b = &input.build;
+        let compact = crate::engine::compact::CompactInput {
+            job: b.job,
+            datasource: b.datasource,
+            data_dir: b.data_dir.clone(),
+            spec: b.spec.clone(),
+            granularity: b.spec.granularity.query.clone(),
+            inputs: rollups.inputs.clone(),
+            shards: b.shards.clone(),
+        };
+        let drop = crate::engine::compact::RowDrop { filter: &input.filter, count: rollups.count };
+        let (built, intervals, events) = crate::engine::compact::build_without(&compact, &drop, cancel)?;
+        segments.extend(built);
+        deleted.intervals.extend(intervals);
+        deleted.rollup_events = events;
+    }
+    Ok(segments)
 }

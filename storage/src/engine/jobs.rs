@@ -189,6 +189,7 @@ impl Engine {
                         intervals: deleted.intervals.iter().copied().collect(),
                         records: deleted.records.len() as u64,
                         files_rewritten: deleted.rewrites.len() as u64,
+                        rollup_events: deleted.rollup_events,
                     };
                     delete::write_journal(&self.config.data_dir, job, &j)?;
                     j
@@ -206,12 +207,13 @@ impl Engine {
             let matches = |payload: &str| filter.as_ref().is_some_and(|f| f.matches(payload.as_bytes()));
             info.rejects_removed = self.rejects.remove_records(&info.datasource, &deleted.records, matches) as u64;
             info.copies_before.extend(copies_during);
-            info.events = journal.records;
+            info.events = journal.records + journal.rollup_events;
             only = Some(deleted.intervals.into_iter().collect());
             self.erase_log_through = Some(position);
             let after = serde_json::json!({
                 "job": job,
-                "records_deleted": info.events,
+                "records_deleted": journal.records,
+                "rolled_up_events_deleted": journal.rollup_events,
                 "files_rewritten": info.files_rewritten,
                 "intervals_rebuilt": only.as_ref().map_or(0, Vec::len),
                 "rejects_removed": info.rejects_removed,
@@ -424,17 +426,40 @@ impl Engine {
         let Some(ds) = self.datasources.get(&datasource) else {
             return refused(format!("datasource {name:?} has no data on this node"), RefusalStatus::NotFound);
         };
+        // Before the raw horizon the beacons are gone: the rolled-up rows are rewritten
+        // instead, which a condition on dimensions (stored in the rows) allows.
+        let mut rollups_before = None;
         if let Some(horizon) = ds.raw_horizon_ms.filter(|h| start < *h)
             && ds.earliest_interval_before(horizon).is_some()
         {
-            return refused(
-                format!(
-                    "raw retention has removed {name:?}'s raw events before {horizon} ms, so segments before it \
-                     cannot be rebuilt without the matching beacons; delete from {horizon} on (--interval), and \
-                     drop the older intervals (tidemark segments drop)"
-                ),
-                RefusalStatus::Invalid,
-            );
+            let seg_ms = spec.granularity.segment.millis();
+            let cutoff = spec.granularity.segment.bucket_start(horizon.saturating_add(seg_ms - 1));
+            let rules = self.rules.get(&self.catalog, &name, position);
+            let tag_of =
+                |t: &str| rules.as_deref().and_then(|r| r.lookup(t)).map_or(t.to_string(), |(t, _)| t.name.clone());
+            let others: Vec<String> =
+                filter.tags().into_iter().map(tag_of).filter(|t| !spec.dimensions.contains(t)).collect();
+            let count = spec.metrics.iter().any(|m| m.kind == tidemark_catalog::MetricKind::Count);
+            let why = if !others.is_empty() {
+                Some(format!("the condition names {} which the rolled-up rows do not keep", others.join(", ")))
+            } else if !count {
+                Some(format!("{name:?} has no count metric to tell how many events a rolled-up row stands for"))
+            } else if ds.realtime_before(cutoff) {
+                Some("an interval before it is still being ingested".to_string())
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                return refused(
+                    format!(
+                        "raw retention has removed {name:?}'s raw events before {horizon} ms, so older intervals can \
+                         only lose rolled-up rows matching a condition on dimensions, and {why}; delete from \
+                         {horizon} on (--interval), or drop the older intervals (tidemark segments drop)"
+                    ),
+                    RefusalStatus::Invalid,
+                );
+            }
+            rollups_before = Some(cutoff);
         }
         if let Some(refusal) = self.make_way(position, writer_time_ms, datasource, &name, start, end)? {
             return Ok(refusal);
@@ -449,6 +474,7 @@ impl Engine {
         info.shards = shards.into_iter().collect();
         info.where_text = Some(where_text);
         info.filter = Some(filter);
+        info.rollups_before_ms = rollups_before;
         info.copies_before = self.copies_holding(&info.datasource, start, end, None);
         info.batches_total = files.iter().map(|f| f.entries.len() as u64).sum();
         self.jobs.insert(position, info);
@@ -467,10 +493,21 @@ impl Engine {
         let ds = self.datasources.get(&build.datasource).ok_or_else(|| {
             Error::Internal(format!("deletion {id}: datasource {} has no state here", build.datasource))
         })?;
+        // Intervals before the raw horizon: their segments as they were at the job's start.
+        let rollups = match info.rollups_before_ms {
+            Some(cutoff) => {
+                let inputs = ds.segments_by_interval(build.start_ms, cutoff, id).map_err(Error::Internal)?;
+                let count = build.spec.metrics.iter().position(|m| m.kind == tidemark_catalog::MetricKind::Count);
+                let count = count.ok_or_else(|| Error::Internal(format!("deletion {id}: no count metric")))?;
+                Some(delete::Rollups { cutoff, inputs, count })
+            }
+            None => None,
+        };
         let input = delete::DeleteInput {
             filter: filter.compile(build.rules.as_deref()),
             files: files.unwrap_or_else(|| ds.sealed_raw_before(id)),
             journal: delete::read_journal(&self.config.data_dir, id),
+            rollups,
             build,
         };
         let b = &input.build;

@@ -380,6 +380,10 @@ pub struct JobInfo {
     /// The log position a backup's state is at.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup_position: Option<u64>,
+    /// A deletion's intervals before this start (raw retention removed their beacons) are
+    /// rewritten from their rolled-up segments instead of the raw log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollups_before_ms: Option<i64>,
 }
 
 impl JobInfo {
@@ -424,6 +428,7 @@ impl JobInfo {
             bytes_done: 0,
             files_written: 0,
             backup_position: None,
+            rollups_before_ms: None,
         }
     }
 

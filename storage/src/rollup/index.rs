@@ -327,6 +327,12 @@ impl RollupIndex {
         self.events
     }
 
+    /// Counts `n` more events merged without a row of their own (a segment's total, after a
+    /// deletion took some of its rows out).
+    pub(crate) fn add_events(&mut self, n: u64) {
+        self.events += n;
+    }
+
     pub fn is_empty(&self) -> bool {
         self.buckets.is_empty()
     }
