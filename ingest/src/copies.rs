@@ -106,6 +106,36 @@ fn draw_run(node: &Node) -> u64 {
     node.boot().rotate_left(17) ^ NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
+/// A copy of `kind` into `to` on this node, to be logged (an export names its datasource and
+/// interval).
+fn new_record(
+    node: &Node,
+    actor: &str,
+    kind: &str,
+    to: &std::path::Path,
+    export: Option<(String, i64, i64)>,
+) -> CopyRecord {
+    let (datasource, start_ms, end_ms) = match export {
+        Some((d, s, e)) => (Some(d), Some(s), Some(e)),
+        None => (None, None, None),
+    };
+    CopyRecord {
+        kind: kind.into(),
+        datasource,
+        start_ms,
+        end_ms,
+        to: to.display().to_string(),
+        node: node.replica().node_id(),
+        files: 0,
+        bytes: 0,
+        actor: actor.to_string(),
+        job: 0,
+        time_ms: 0,
+        boot: node.boot(),
+        run: 0,
+    }
+}
+
 fn absolute(to: &str) -> Result<PathBuf> {
     let dir = PathBuf::from(to);
     if !dir.is_absolute() {
@@ -148,21 +178,7 @@ pub async fn export(node: &Node, actor: &str, body: &[u8]) -> Result<Response> {
             existing.display()
         )));
     }
-    let record = CopyRecord {
-        kind: "export".into(),
-        datasource: Some(req.datasource.clone()),
-        start_ms: Some(start_ms),
-        end_ms: Some(end_ms),
-        to: dir.display().to_string(),
-        node: node.replica().node_id(),
-        files: 0,
-        bytes: 0,
-        actor: actor.to_string(),
-        job: 0,
-        time_ms: 0,
-        boot: node.boot(),
-        run: 0,
-    };
+    let record = new_record(node, actor, "export", &dir, Some((req.datasource.clone(), start_ms, end_ms)));
     let engine = node.engine();
     let datasource = req.datasource;
     run_copy(node, record, req.wait, move |job, run| {
@@ -200,21 +216,7 @@ pub async fn backup(node: &Node, actor: &str, body: &[u8]) -> Result<Response> {
     if std::fs::read_dir(&to).is_ok_and(|mut d| d.next().is_some()) {
         return Err(Error::BadRequest(format!("{} is not empty; back up into a new directory", to.display())));
     }
-    let record = CopyRecord {
-        kind: "backup".into(),
-        datasource: None,
-        start_ms: None,
-        end_ms: None,
-        to: to.display().to_string(),
-        node: node.replica().node_id(),
-        files: 0,
-        bytes: 0,
-        actor: actor.to_string(),
-        job: 0,
-        time_ms: 0,
-        boot: node.boot(),
-        run: 0,
-    };
+    let record = new_record(node, actor, "backup", &to, None);
     let engine = node.engine();
     run_copy(node, record, req.wait, move |_, run| {
         let started = std::time::Instant::now();

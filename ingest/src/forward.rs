@@ -64,27 +64,10 @@ pub(crate) async fn call_leader(
     path: &str,
     body: Option<serde_json::Value>,
 ) -> Result<serde_json::Value, String> {
-    let me = node.replica().node_id();
-    let token = node.engine().read().catalog().access().node_token();
-    let (method, body) = match body {
-        Some(b) => (axum::http::Method::POST, b.to_string()),
-        None => (axum::http::Method::GET, String::new()),
-    };
-    let mut req = axum::http::Request::builder()
-        .method(method)
-        .uri(path)
-        .header(axum::http::header::CONTENT_TYPE, "application/json");
-    if let Some(token) = token {
-        req = req.header(axum::http::header::AUTHORIZATION, format!("Bearer {token}"));
-    }
-    let req = req.body(Body::from(body)).map_err(|e| e.to_string())?;
-    let resp = forward(node, addr, req, me).await?;
-    let status = resp.status();
-    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.map_err(|e| e.to_string())?;
-    if !status.is_success() {
-        return Err(format!("leader answered {status}: {}", String::from_utf8_lossy(&bytes)));
-    }
-    serde_json::from_slice(&bytes).map_err(|e| e.to_string())
+    ask_node(node, addr, path, body).await.map_err(|refusal| match refusal {
+        LeaderRefusal::Refused(status, message) => format!("leader answered {status}: {message}"),
+        LeaderRefusal::Unreachable(e) => e,
+    })
 }
 
 /// Why the leader did not answer a request with success: its refusal (status and message),

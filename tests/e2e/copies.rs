@@ -55,16 +55,7 @@ fn job_until(node: &TestNode, id: u64, what: &str, done: impl Fn(&Value) -> bool
 
 /// Files under `dir` (none if it does not exist).
 fn files_under(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            out.extend(files_under(&path));
-        } else {
-            out.push(path.to_string_lossy().into_owned());
-        }
-    }
-    out
+    crate::crash::walk(dir).into_iter().map(|p| p.to_string_lossy().into_owned()).collect()
 }
 
 /// Starts a copy with the CLI without waiting; answers its job id.

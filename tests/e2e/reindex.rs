@@ -398,7 +398,8 @@ fn raw_events_export_as_parquet_partitioned_by_date() {
     assert_eq!(listed[0]["state"], "published", "{listed:?}");
     assert!(listed[0]["destination"].as_str().is_some_and(|d| d.contains(&*out.to_string_lossy())), "{listed:?}");
     // Nothing temporary is left next to the files.
-    let leftovers: Vec<_> = walk(&out).into_iter().filter(|p| !p.ends_with(".parquet")).collect();
+    let leftovers: Vec<_> =
+        crate::crash::walk(&out).into_iter().filter(|p| p.extension().is_none_or(|e| e != "parquet")).collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 
     // Read back with pyarrow and compare with what was sent, per date.
@@ -429,18 +430,4 @@ fn raw_events_export_as_parquet_partitioned_by_date() {
     for column in ["__time", "merchant_id", "page", "_partition", "_offset", "_log_position", "_payload"] {
         assert!(got["columns"].as_array().is_some_and(|c| c.iter().any(|n| n == column)), "{column}: {got}");
     }
-}
-
-/// Every file under `dir`, as strings.
-fn walk(dir: &std::path::Path) -> Vec<String> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            out.extend(walk(&path));
-        } else {
-            out.push(path.to_string_lossy().into_owned());
-        }
-    }
-    out
 }

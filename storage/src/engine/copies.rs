@@ -242,14 +242,7 @@ impl Engine {
                 RefusalStatus::Invalid,
             );
         }
-        record.job = position;
-        record.time_ms = writer_time_ms;
-        let id = record.datasource.as_deref().and_then(|d| self.catalog.get(d)).map_or(DatasourceId(0), |e| e.id);
-        let (start, end) = (record.start_ms.unwrap_or(0), record.end_ms.unwrap_or(0));
-        let name = record.datasource.clone().unwrap_or_default();
-        let mut info =
-            JobInfo::new(position, &record.kind, (id, name), (start, end), record.actor.clone(), writer_time_ms);
-        info.destination = Some(format!("{} on node {}", record.to, record.node));
+        let info = self.copy_job(position, writer_time_ms, &mut record);
         self.jobs.insert(position, info);
         self.remember_copy(record);
         self.forget_old_jobs();
@@ -314,14 +307,7 @@ impl Engine {
         writer_time_ms: i64,
         mut record: CopyRecord,
     ) -> Result<Applied> {
-        record.job = position;
-        record.time_ms = writer_time_ms;
-        let id = record.datasource.as_deref().and_then(|d| self.catalog.get(d)).map_or(DatasourceId(0), |e| e.id);
-        let (start, end) = (record.start_ms.unwrap_or(0), record.end_ms.unwrap_or(0));
-        let name = record.datasource.clone().unwrap_or_default();
-        let mut info =
-            JobInfo::new(position, &record.kind, (id, name), (start, end), record.actor.clone(), writer_time_ms);
-        info.destination = Some(format!("{} on node {}", record.to, record.node));
+        let mut info = self.copy_job(position, writer_time_ms, &mut record);
         info.files_written = record.files;
         info.bytes_done = record.bytes;
         info.bytes_total = record.bytes;
@@ -330,6 +316,19 @@ impl Engine {
         self.forget_old_jobs();
         self.checkpoint_due = true;
         Ok(Applied::Job { id: position })
+    }
+
+    /// The running job of copy `record` logged at `position` (which becomes its id).
+    fn copy_job(&self, position: u64, writer_time_ms: i64, record: &mut CopyRecord) -> JobInfo {
+        record.job = position;
+        record.time_ms = writer_time_ms;
+        let id = record.datasource.as_deref().and_then(|d| self.catalog.get(d)).map_or(DatasourceId(0), |e| e.id);
+        let (start, end) = (record.start_ms.unwrap_or(0), record.end_ms.unwrap_or(0));
+        let name = record.datasource.clone().unwrap_or_default();
+        let mut info =
+            JobInfo::new(position, &record.kind, (id, name), (start, end), record.actor.clone(), writer_time_ms);
+        info.destination = Some(format!("{} on node {}", record.to, record.node));
+        info
     }
 
     fn remember_copy(&mut self, record: CopyRecord) {
