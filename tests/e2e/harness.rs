@@ -59,6 +59,21 @@ fn free_port_on(ip: &str) -> u16 {
     panic!("no free port on {ip} between 20000 and 32000");
 }
 
+/// Four different free ports on `ip` (a node's HTTP, Flight, Kafka and Raft): each draw is
+/// free now, but two draws can pick the same one.
+fn four_free_ports(ip: &str) -> [u16; 4] {
+    let mut ports = [0u16; 4];
+    let mut n = 0;
+    while n < 4 {
+        let p = free_port_on(ip);
+        if !ports[..n].contains(&p) {
+            ports[n] = p;
+            n += 1;
+        }
+    }
+    ports
+}
+
 /// A cluster member's fixed addresses, so it can be restarted where the others expect it.
 #[derive(Debug, Clone)]
 pub(crate) struct MemberAddrs {
@@ -73,13 +88,13 @@ impl MemberAddrs {
     /// Member `node_id` listens on 127.0.0.<node_id>, on free ports.
     pub(crate) fn new(node_id: u64) -> MemberAddrs {
         let ip = format!("127.0.0.{node_id}");
-        let port = || free_port_on(&ip);
+        let ports = four_free_ports(&ip);
         MemberAddrs {
             node_id,
-            http: format!("{ip}:{}", port()),
-            flight: format!("{ip}:{}", port()),
-            kafka: format!("{ip}:{}", port()),
-            raft: format!("{ip}:{}", port()),
+            http: format!("{ip}:{}", ports[0]),
+            flight: format!("{ip}:{}", ports[1]),
+            kafka: format!("{ip}:{}", ports[2]),
+            raft: format!("{ip}:{}", ports[3]),
         }
     }
 }
@@ -120,12 +135,13 @@ impl TestNode {
 
     fn start_inner(data_dir: &Path, extra: &[&str], ca: Option<&Path>) -> TestNode {
         for _ in 0..3 {
+            let ports = four_free_ports("127.0.0.1");
             let addrs = MemberAddrs {
                 node_id: 1,
-                http: format!("127.0.0.1:{}", free_port()),
-                flight: format!("127.0.0.1:{}", free_port()),
-                kafka: format!("127.0.0.1:{}", free_port()),
-                raft: format!("127.0.0.1:{}", free_port()),
+                http: format!("127.0.0.1:{}", ports[0]),
+                flight: format!("127.0.0.1:{}", ports[1]),
+                kafka: format!("127.0.0.1:{}", ports[2]),
+                raft: format!("127.0.0.1:{}", ports[3]),
             };
             let mut node = Self::spawn(data_dir, &addrs, extra);
             if let Some(ca) = ca {
