@@ -99,7 +99,11 @@ pub(crate) fn run(args: &DemoArgs) -> Result<()> {
         for chunk in events.chunks(batch) {
             sender.send(chunk)?;
         }
-        eprintln!("demo: backfilled {} events over the past hour ({} accepted)", sender.sent, sender.accepted);
+        // The start is printed so a test can compute the backfill exactly (same seed, same events).
+        eprintln!(
+            "demo: backfilled {} events over the past hour ({} accepted; from {start} ms)",
+            sender.sent, sender.accepted
+        );
     }
     let started = Instant::now();
     let tick = Duration::from_millis(100);
@@ -125,4 +129,38 @@ pub(crate) fn run(args: &DemoArgs) -> Result<()> {
     }
     eprintln!("demo: done, sent {} events ({} accepted, {} rejected)", sender.sent, sender.accepted, sender.rejected);
     Ok(())
+}
+
+/// The example queries the demo guide prints: one merchant's time series, and a sketch
+/// answer (distinct users and p99 latency) per country. The e2e test runs these lines as
+/// printed, so they stay correct.
+const GUIDE_QUERIES: [&str; 2] = [
+    r#"SELECT TIME_FLOOR(__time, 'PT5M') AS t, SUM("count") AS events, SUM(amount_sum) AS revenue FROM beacons WHERE merchant_id = 'm00001' GROUP BY 1 ORDER BY 1"#,
+    r#"SELECT country, APPROX_COUNT_DISTINCT_DS_HLL(users_hll) AS users, APPROX_QUANTILE_DS(latency_td, 0.99) AS p99_ms FROM beacons GROUP BY 1 ORDER BY 2 DESC LIMIT 5"#,
+];
+
+/// What a newcomer reads once the demo node is up: queries to try and the command that runs
+/// them, where Kafka clients connect, where the data lives and how to start over.
+pub(crate) fn guide(cfg: &crate::config::Config, http_scheme: &str, kafka_bootstrap: &str) -> String {
+    // From a checkout the README's commands go through dev/tidemark (one build for all).
+    let cli = if std::path::Path::new("dev/tidemark").exists() { "dev/tidemark" } else { "tidemark" };
+    let url = format!("{http_scheme}://{}", cfg.http_addr);
+    let env = if url == "http://127.0.0.1:8080" { String::new() } else { format!("TIDEMARK_URL={url} ") };
+    let data_dir = std::fs::canonicalize(&cfg.data_dir).unwrap_or_else(|_| cfg.data_dir.clone());
+    let mut out = String::from(
+        "\nThe demo sends an hour of merchant traffic (backfill), then 2,000 events/s. Try, in another terminal:\n",
+    );
+    for q in GUIDE_QUERIES {
+        out.push_str(&format!("  {env}{cli} sql \"{}\"\n", q.replace('"', "\\\"")));
+    }
+    out.push_str(&format!(
+        "  curl -s {url}/v1/sql -d 'SELECT COUNT(*) AS rows, SUM(\"count\") AS events FROM beacons'\n"
+    ));
+    out.push_str(&format!("Kafka bootstrap: {kafka_bootstrap} (topic `beacons`; e.g. kcat -b {kafka_bootstrap} -L)\n"));
+    out.push_str(&format!("Data directory: {}\n", data_dir.display()));
+    out.push_str(&format!(
+        "Start fresh: stop the node (Ctrl-C), rm -rf {}, and run the demo again.",
+        data_dir.display()
+    ));
+    out
 }

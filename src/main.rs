@@ -220,6 +220,9 @@ enum DatasourceCmd {
 
 fn main() {
     let cli = Cli::parse();
+    if !matches!(cli.command, Cmd::Serve(_)) {
+        exit_quietly_on_closed_pipe();
+    }
     let result = match cli.command {
         Cmd::Serve(args) => serve(args),
         Cmd::Demo(args) => demo::run(&args),
@@ -333,11 +336,26 @@ fn node_config(cfg: &Config, kafka_advertised: std::net::SocketAddr, test_faults
     node
 }
 
+/// A client command piped into `head` ends quietly when the pipe closes, as Unix tools do,
+/// instead of panicking in `println!`. Rust ignores SIGPIPE so that a server sees EPIPE on a
+/// socket as an error; the server keeps that.
+fn exit_quietly_on_closed_pipe() {
+    // SAFETY: called at start-up, before any thread exists; SIG_DFL is a valid disposition.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+/// The log filter when `RUST_LOG` is not set: tidemark's own events at info (every crate's
+/// target starts with `tidemark`), dependencies at warn. openraft logs whole Raft states at
+/// info, which buried the lines a newcomer needs.
+const DEFAULT_LOG_FILTER: &str = "warn,tidemark=info";
+
 fn serve(args: ServeArgs) -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER)),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -462,6 +480,9 @@ async fn run_node(cfg: Config, demo: bool, test_faults: bool) -> Result<()> {
         "tidemark is serving: HTTP {http_scheme}://{} , Flight SQL {flight_scheme}://{} , Kafka {}{kafka_security} , Raft {} (node {})",
         cfg.http_addr, flight_addr, cfg.kafka_addr, cfg.raft_addr, cfg.node_id
     );
+    if demo {
+        println!("{}", demo::guide(&cfg, http_scheme, &kafka_advertised.to_string()));
+    }
     let (http, flight, kafka) = (http.listen()?, flight.listen()?, kafka.listen()?);
     let kafka_task = tokio::spawn(tidemark_ingest::kafka::serve(kafka, node.clone(), kafka_config));
 

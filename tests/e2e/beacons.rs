@@ -142,7 +142,7 @@ fn closed_intervals_persist_and_survive_restart() {
     let recent = traffic(10, 20, now_ms() - 60_000, 30_000, 500);
     assert_eq!(node.post("/v1/beacons/beacons", &ndjson(&old), &[]).status, 200);
     assert_eq!(node.post("/v1/beacons/beacons", &ndjson(&recent), &[]).status, 200);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     // Segments are written off the engine lock and published when done.
     while node.sql_i64("SELECT COALESCE(SUM(events), 0) FROM sys.segments") < 1500 {
         assert!(std::time::Instant::now() < deadline, "the old interval was not persisted:\n{}", node.log_text());

@@ -260,7 +260,11 @@ def groups(boot):
 
 def group_pair(boot, topic, count):
     """Two kafka-python consumers in one group split the partitions; once the group is stable,
-    COUNT records are produced and the pair must read each exactly once."""
+    COUNT records are produced and the pair must read each exactly once.
+
+    Each phase waits for what it needs with its own deadline and says which one ran out (a
+    loaded machine makes rebalances slow, not wrong); a consumer thread that fails reports why.
+    """
     import threading
 
     from confluent_kafka import Producer
@@ -268,42 +272,60 @@ def group_pair(boot, topic, count):
 
     consumers = [
         KafkaConsumer(topic, bootstrap_servers=boot, group_id="g_pair", auto_offset_reset="earliest",
-                      enable_auto_commit=False, client_id=f"pair-{i}")
+                      enable_auto_commit=False, client_id=f"pair-{i}",
+                      session_timeout_ms=30000, heartbeat_interval_ms=1000)
         for i in range(2)
     ]
     got = [[], []]
+    errors = []
     lock = threading.Lock()
     stop = threading.Event()
 
     def run(i):
-        while not stop.is_set():
-            for records in consumers[i].poll(timeout_ms=200).values():
-                with lock:
-                    got[i].extend((m.partition, m.offset) for m in records)
+        try:
+            while not stop.is_set():
+                for records in consumers[i].poll(timeout_ms=200).values():
+                    with lock:
+                        got[i].extend((m.partition, m.offset) for m in records)
+        except BaseException as e:  # reported to the test, not lost on a thread's stderr
+            errors.append(f"pair-{i}: {e!r}")
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
     for t in threads:
         t.start()
-    deadline = time.time() + 60
-    while time.time() < deadline:
+
+    def finish(out):
+        stop.set()
+        for t in threads:
+            t.join()
+        for c in consumers:
+            c.close()
+        out["errors"] = errors
+        return out
+
+    started = time.time()
+    while True:
         a = [set(tp.partition for tp in c.assignment()) for c in consumers]
         if all(a) and not (a[0] & a[1]) and len(a[0] | a[1]) == 3:
             break
+        if errors or time.time() - started > 180:
+            return finish({"split": False, "assignments": [sorted(x) for x in a],
+                           "waited_s": round(time.time() - started, 1)})
         time.sleep(0.2)
-    assignments = [sorted(tp.partition for tp in c.assignment()) for c in consumers]
+    # The split that passed the check, not a second read of it.
+    assignments = [sorted(x) for x in a]
+    split_s = round(time.time() - started, 1)
     p = Producer({"bootstrap.servers": boot, "acks": "all", "enable.idempotence": True, "partitioner": "murmur2_random"})
     for i in range(count):
         p.produce(topic, key=f"m{i % 97}".encode(), value=json.dumps({"ts": int(time.time() * 1000), "merchant_id": f"m{i % 97}"}).encode())
-    p.flush(30)
-    while time.time() < deadline and len(got[0]) + len(got[1]) < count:
+    undelivered = p.flush(60)
+    read_by = time.time() + 120
+    while time.time() < read_by and len(got[0]) + len(got[1]) < count and not errors:
         time.sleep(0.1)
-    stop.set()
-    for t in threads:
-        t.join()
-    for c in consumers:
-        c.close()
     every = got[0] + got[1]
-    return {"assignments": assignments, "read": [len(g) for g in got], "distinct": len(set(every)), "total": len(every)}
+    return finish({"split": True, "split_s": split_s, "assignments": assignments, "undelivered": undelivered,
+                   "read_timed_out": len(every) < count and time.time() >= read_by,
+                   "read": [len(g) for g in got], "distinct": len(set(every)), "total": len(every)})
 
 
 def groups_admin(boot, topic):

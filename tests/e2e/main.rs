@@ -9,6 +9,7 @@ mod copies;
 mod crash;
 mod datasources;
 mod delete;
+mod demo;
 mod flight_adbc;
 mod governance;
 mod harness;

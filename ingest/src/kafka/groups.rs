@@ -53,6 +53,11 @@ const SESSION_TIMEOUT_MAX_MS: i32 = 1_800_000;
 /// Kafka's `offset.metadata.max.bytes`.
 const OFFSET_METADATA_MAX_BYTES: usize = 4096;
 const SWEEP_EVERY: Duration = Duration::from_millis(250);
+/// How long the first round of an empty group waits for more members, as Kafka's
+/// `group.initial.rebalance.delay.ms` (default 3 s): consumers started together join one
+/// round, instead of the first taking every partition and the next ones waiting for it to
+/// notice a rebalance on a heartbeat.
+const INITIAL_REBALANCE_DELAY: Duration = Duration::from_secs(3);
 
 fn s(text: &str) -> StrBytes {
     StrBytes::from_string(text.to_string())
@@ -120,6 +125,8 @@ struct Group {
     /// Member ids handed out with MEMBER_ID_REQUIRED (KIP-394), and until when they are valid.
     pending: HashMap<String, Instant>,
     rebalance_deadline: Option<Instant>,
+    /// A first round (of an empty group) completes no earlier than this.
+    initial_until: Option<Instant>,
 }
 
 impl Group {
@@ -133,6 +140,7 @@ impl Group {
             members: BTreeMap::new(),
             pending: HashMap::new(),
             rebalance_deadline: None,
+            initial_until: None,
         }
     }
 
@@ -148,6 +156,9 @@ impl Group {
         if self.state != State::PreparingRebalance {
             let timeout = self.members.values().map(|m| m.rebalance_timeout).max().unwrap_or_default();
             self.rebalance_deadline = Some(now + timeout);
+            if self.state == State::Empty {
+                self.initial_until = Some(now + INITIAL_REBALANCE_DELAY.min(timeout));
+            }
         }
         self.state = State::PreparingRebalance;
     }
@@ -159,11 +170,12 @@ impl Group {
             return;
         }
         let all_joined = self.members.values().all(|m| m.join_waiter.is_some());
-        if !all_joined && !force {
+        if !force && (!all_joined || self.initial_until.is_some_and(|t| Instant::now() < t)) {
             return;
         }
         self.members.retain(|_, m| m.join_waiter.is_some());
         self.rebalance_deadline = None;
+        self.initial_until = None;
         self.generation += 1;
         if self.members.is_empty() {
             self.state = State::Empty;
@@ -312,6 +324,9 @@ impl Coordinator {
                 }
                 if g.rebalance_deadline.is_some_and(|d| d <= now) {
                     g.maybe_complete_join(true);
+                } else if g.initial_until.is_some_and(|t| t <= now) {
+                    g.initial_until = None;
+                    g.maybe_complete_join(false);
                 }
             }
         });
@@ -1015,6 +1030,49 @@ mod tests {
         let hostile = [0, 1, 0x7f, 0xff, 0xff, 0xff, 0, 1, b'x'];
         assert_eq!(subscription_topics(&hostile), vec!["x".to_string()]);
         assert!(subscription_topics(&[0]).is_empty());
+    }
+
+    fn member(protocols: &[&str]) -> Member {
+        Member {
+            instance_id: None,
+            client_id: String::new(),
+            session_timeout: Duration::from_secs(10),
+            rebalance_timeout: Duration::from_secs(10),
+            protocols: protocols.iter().map(|p| (p.to_string(), Bytes::new())).collect(),
+            last_seen: Instant::now(),
+            join_waiter: None,
+            sync_waiter: None,
+            assignment: Bytes::new(),
+        }
+    }
+
+    #[test]
+    fn an_empty_groups_first_round_waits_for_more_members() {
+        let mut g = Group::new();
+        let now = Instant::now();
+        let mut a = member(&["range"]);
+        let (tx, mut rx) = oneshot::channel();
+        a.join_waiter = Some(tx);
+        g.members.insert("a".into(), a);
+        g.prepare_rebalance(now);
+        g.maybe_complete_join(false);
+        assert_eq!(g.state, State::PreparingRebalance, "one member does not end the first round at once");
+        assert!(rx.try_recv().is_err());
+
+        // A second member joins within the delay; once it passes, both are in generation 1.
+        let mut b = member(&["range"]);
+        let (tx, mut rx_b) = oneshot::channel();
+        b.join_waiter = Some(tx);
+        g.members.insert("b".into(), b);
+        g.prepare_rebalance(now);
+        g.maybe_complete_join(false);
+        assert_eq!(g.state, State::PreparingRebalance);
+        g.initial_until = Some(now);
+        g.maybe_complete_join(false);
+        assert_eq!(g.state, State::CompletingRebalance);
+        let (oa, ob) = (rx.try_recv().expect("a answered"), rx_b.try_recv().expect("b answered"));
+        assert_eq!((oa.generation, ob.generation), (1, 1));
+        assert_eq!(oa.members.len() + ob.members.len(), 2, "the leader learns of both members");
     }
 
     #[test]

@@ -140,7 +140,7 @@ pub(crate) async fn write_and_compare(members: &[Member], addrs: &[String], dirs
         .map(|(i, a)| (i as NodeId + 1, Addrs { raft: a.clone(), ..Addrs::default() }))
         .collect();
     members[0].raft.initialize(voters).await.expect("initialize");
-    members[0].raft.wait(Some(Duration::from_secs(10))).current_leader(1, "leader").await.expect("node 1 leads");
+    members[0].raft.wait(Some(Duration::from_secs(60))).current_leader(1, "leader").await.expect("node 1 leads");
 
     let hour = 1_790_000_000_000 / 3_600_000 * 3_600_000;
     let spec = DatasourceSpec::from_json(DEMO_BEACONS_SPEC).expect("spec");
