@@ -10,11 +10,20 @@
 //!
 //! Invariant: a scoped view never holds a row outside the scope; an empty tenant list sees
 //! nothing (fail closed).
+//!
+//! Invariant: a scoped scan hands DataFusion no value outside the scope's rows. Selecting rows
+//! of a dictionary column keeps its whole dictionary (a segment's and the realtime index's
+//! dictionaries hold every merchant, page and country of the interval), and Arrow evaluates
+//! some expressions on dictionary values before rows are taken: a failing cast quoted another
+//! merchant's id, and an Arrow IPC answer carried every dictionary whole. So every batch of a
+//! scoped scan goes through [`only_used_values`], which rebuilds each dictionary from the
+//! values its rows use.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch};
+use arrow_select::dictionary::garbage_collect_any_dictionary;
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, RecordBatchOptions};
 use datafusion::arrow::compute::filter_record_batch;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::error::{DataFusionError, Result};
@@ -116,6 +125,25 @@ pub struct ScopedSnapshot {
     pub realtime: Vec<RecordBatch>,
     /// The whole snapshot, for its spec, log position and unreadable segments.
     pub snapshot: TableSnapshot,
+}
+
+/// `batch` with each dictionary column rebuilt to hold only the values its rows use (the
+/// second invariant above). Cost: one pass over the keys and a gather of the used values,
+/// per dictionary column of each batch a scoped scan returns.
+pub fn only_used_values(batch: RecordBatch) -> Result<RecordBatch> {
+    if !batch.columns().iter().any(|c| matches!(c.data_type(), DataType::Dictionary(..))) {
+        return Ok(batch);
+    }
+    let columns = batch
+        .columns()
+        .iter()
+        .map(|c| match c.as_any_dictionary_opt() {
+            Some(dictionary) => garbage_collect_any_dictionary(dictionary),
+            None => Ok(c.clone()),
+        })
+        .collect::<std::result::Result<Vec<ArrayRef>, _>>()?;
+    let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+    Ok(RecordBatch::try_new_with_options(batch.schema(), columns, &options)?)
 }
 
 /// The rows of `batch` whose `dim` column holds one of `tenants`.

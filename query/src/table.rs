@@ -142,6 +142,9 @@ impl TableProvider for DatasourceTable {
                 batches.push(projected_batch);
             }
         }
+        if !self.scope.is_all() {
+            batches = batches.into_iter().map(crate::scope::only_used_values).collect::<Result<_>>()?;
+        }
         let n = state.config().target_partitions().max(1).min(batches.len().max(1));
         let mut partitions: Vec<Vec<RecordBatch>> = vec![Vec::new(); n];
         for (i, b) in batches.into_iter().enumerate() {

@@ -250,6 +250,16 @@ async fn main() {
             failed += 1;
         }
     }
+    match scoped_answers_hold_only_scoped_values(source.clone()).await {
+        Ok(()) => {
+            println!("ok      a scoped answer's dictionaries and IPC bytes hold only the scope's values");
+            passed += 1;
+        }
+        Err(e) => {
+            println!("FAILED  a scoped answer's dictionaries and IPC bytes hold only the scope's values: {e}");
+            failed += 1;
+        }
+    }
     println!("{passed} passed, {failed} failed");
     if failed > 0 || passed == 0 {
         std::process::exit(1);
@@ -314,6 +324,84 @@ async fn scoped_explain_counts_only_scoped_rows(source: Arc<dyn SnapshotSource>)
     {
         if !plan.contains(&needle) {
             return Err(format!("plan lacks {needle:?}:\n{plan}"));
+        }
+    }
+    Ok(())
+}
+
+/// A scoped session's answer, as batches and as the Arrow IPC stream `POST /v1/sql` writes
+/// from them, holds no value of rows outside the scope: every dictionary value is one that the
+/// scope's own rows hold (read by an unscoped session), and no other merchant's id appears
+/// anywhere in the bytes. Dimension columns come from segments (hours 0 and 1) and the
+/// realtime index (hour 2) alike.
+async fn scoped_answers_hold_only_scoped_values(source: Arc<dyn SnapshotSource>) -> Result<(), String> {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use datafusion::arrow::array::AsArray;
+    use datafusion::arrow::ipc::writer::StreamWriter;
+    let all = tidemark_query::new_session(source.clone());
+    let in_scope = format!("merchant_id IN ('{}')", SCOPED_TENANTS.join("', '"));
+    let mut allowed: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for dim in ["merchant_id", "app", "event", "page", "country", "device"] {
+        let sql = format!("SELECT DISTINCT CAST({dim} AS VARCHAR) FROM beacons WHERE {in_scope} AND {dim} IS NOT NULL");
+        let batches = tidemark_query::sql(&all, &sql)
+            .await
+            .map_err(|e| e.to_string())?
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?;
+        let values = allowed.entry(dim.to_string()).or_default();
+        for b in &batches {
+            for row in 0..b.num_rows() {
+                values.insert(array_value_to_string(b.column(0), row).map_err(|e| e.to_string())?);
+            }
+        }
+    }
+    let scoped = tidemark_query::new_session_with(
+        source,
+        SessionLimits::default(),
+        Scope::tenants(SCOPED_TENANTS.iter().map(|t| t.to_string())),
+    );
+    for sql in [
+        "SELECT merchant_id, app, event, page, country, device FROM beacons",
+        "SELECT merchant_id, page FROM beacons LIMIT 1",
+        "SELECT * FROM beacons WHERE __time >= TIMESTAMP '2026-11-26T02:00:00Z' LIMIT 3",
+        "SELECT * FROM beacons WHERE __time < TIMESTAMP '2026-11-26T02:00:00Z' LIMIT 3",
+    ] {
+        let batches = tidemark_query::sql(&scoped, sql)
+            .await
+            .map_err(|e| e.to_string())?
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?;
+        let schema = batches.first().ok_or(format!("{sql}: no batches"))?.schema();
+        for batch in &batches {
+            for (field, column) in schema.fields().iter().zip(batch.columns()) {
+                let Some(dict) = column.as_any_dictionary_opt() else { continue };
+                let ok = allowed.get(field.name()).ok_or(format!("{sql}: unexpected dictionary {}", field.name()))?;
+                for i in 0..dict.values().len() {
+                    let v = array_value_to_string(dict.values(), i).map_err(|e| e.to_string())?;
+                    if !ok.contains(&v) {
+                        return Err(format!(
+                            "{sql}: column {}'s dictionary holds {v:?}, no row of the scope's",
+                            field.name()
+                        ));
+                    }
+                }
+            }
+        }
+        let mut ipc = Vec::new();
+        let mut writer = StreamWriter::try_new(&mut ipc, &schema).map_err(|e| e.to_string())?;
+        for batch in &batches {
+            writer.write(batch).map_err(|e| e.to_string())?;
+        }
+        writer.finish().map_err(|e| e.to_string())?;
+        drop(writer);
+        let text = String::from_utf8_lossy(&ipc);
+        for m in (0..100).map(|i| format!("m{i:05}")).filter(|m| !SCOPED_TENANTS.contains(&m.as_str())) {
+            if text.contains(&m) {
+                return Err(format!("{sql}: the Arrow IPC answer names merchant {m}"));
+            }
         }
     }
     Ok(())
