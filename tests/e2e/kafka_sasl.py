@@ -117,7 +117,22 @@ def consume_scram(boot, user, password, topic, want):
     return got
 
 
-def main(boot, pub_id, pub_token, analyst_id, analyst_token):
+def merchant_metadata(boot, user, password):
+    """A merchant reader's key logs in but may not list topics: the broker closes on Metadata."""
+    from kafka import KafkaAdminClient
+
+    try:
+        a = KafkaAdminClient(bootstrap_servers=boot, security_protocol="SASL_PLAINTEXT", sasl_mechanism="SCRAM-SHA-256",
+                             sasl_plain_username=user, sasl_plain_password=password, api_version=(2, 5),
+                             request_timeout_ms=5000)
+        topics = a.list_topics()
+        a.close()
+        return {"topics": sorted(topics)}
+    except Exception as e:
+        return {"error": type(e).__name__ + ": " + str(e)}
+
+
+def main(boot, pub_id, pub_token, analyst_id, analyst_token, merchant_id, merchant_token):
     out = {
         # SCRAM: a permitted record, one with a tag outside the grant, then a topic outside it.
         "scram_shop": confluent_scram(boot, pub_id, pub_token, "shop", [beacon(), beacon(country="FR")]),
@@ -128,8 +143,9 @@ def main(boot, pub_id, pub_token, analyst_id, analyst_token):
     }
     out["no_login"] = no_login(boot)
     out["consumed"] = consume_scram(boot, analyst_id, analyst_token, "shop", 3)
+    out["merchant_metadata"] = merchant_metadata(boot, merchant_id, merchant_token)
     print(json.dumps(out))
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:6])
+    main(*sys.argv[1:8])

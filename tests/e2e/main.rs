@@ -13,6 +13,8 @@ mod demo;
 mod flight_adbc;
 mod governance;
 mod harness;
+mod isolation;
+mod isolation_gen;
 mod kafka;
 mod limits;
 mod merchant_scope;

@@ -129,11 +129,12 @@ fn kafka_clients_log_in_with_api_keys_and_keep_to_their_grants() {
     let (pub_id, publisher) =
         key(json!({"name": "pos", "role": "publisher", "publish": {"shop": ["merchant_id", "page"]}}));
     let (analyst_id, analyst) = key(json!({"name": "bi", "role": "analyst"}));
+    let (merchant_id, merchant) = key(json!({"name": "m1", "role": "merchant_reader", "tenants": ["m1"]}));
 
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/kafka_sasl.py");
     let out = std::process::Command::new(crate::harness::python())
         .arg(script)
-        .args([&node.kafka, &pub_id, &publisher, &analyst_id, &analyst])
+        .args([&node.kafka, &pub_id, &publisher, &analyst_id, &analyst, &merchant_id, &merchant])
         .output()
         .expect("run python");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -156,6 +157,8 @@ fn kafka_clients_log_in_with_api_keys_and_keep_to_their_grants() {
     let pages: Vec<&str> = v["consumed"].as_array().into_iter().flatten().filter_map(|b| b["page"].as_str()).collect();
     assert_eq!(pages.len(), 3, "{v:#}");
     assert!(pages.contains(&"/plain"), "{v:#}");
+    // A merchant reader's key logs in, but Kafka names no datasource to it (issue 19).
+    assert!(v["merchant_metadata"]["error"].is_string(), "a merchant key listed topics: {v:#}");
 
     let auth = format!("Bearer {admin}");
     let r = node.post(
@@ -172,4 +175,8 @@ fn kafka_clients_log_in_with_api_keys_and_keep_to_their_grants() {
     assert!(log.contains("kafka SASL login refused"), "failed logins are logged");
     assert!(log.contains(&format!("the secret of API key {pub_id} is wrong")), "the SCRAM proof was checked");
     assert!(log.contains("API key 000000000000 does not exist on this node"), "the PLAIN key was checked");
+    assert!(
+        log.contains(&format!("Metadata refused: API key {merchant_id} (role merchant_reader) may not publish events")),
+        "the merchant key's Metadata request was refused by role"
+    );
 }

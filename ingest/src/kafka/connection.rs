@@ -237,8 +237,14 @@ fn logs_in(api: ApiKey) -> bool {
     matches!(api, ApiKey::ApiVersions | ApiKey::SaslHandshake | ApiKey::SaslAuthenticate)
 }
 
-/// The action a request needs beyond being logged in, if any.
-fn action_for(api: ApiKey) -> Option<Action> {
+/// The actions a request needs beyond being logged in, any one of them; none: the request
+/// answers per topic (Produce, topic changes).
+///
+/// Metadata and DescribeConfigs name every datasource and its spec, so they are for the keys
+/// that use Kafka (publishers, raw readers, datasource managers): a merchant reader's key,
+/// which sees only its tenant's rows over SQL, learns nothing here. InitProducerId logs a
+/// command, so it needs the right to publish.
+fn actions_for(api: ApiKey) -> &'static [Action] {
     match api {
         ApiKey::Fetch
         | ApiKey::ListOffsets
@@ -252,9 +258,10 @@ fn action_for(api: ApiKey) -> Option<Action> {
         | ApiKey::ListGroups
         | ApiKey::DescribeGroups
         | ApiKey::DeleteGroups
-        | ApiKey::OffsetDelete => Some(Action::ReadRaw),
-        // Produce and topic changes answer per topic.
-        _ => None,
+        | ApiKey::OffsetDelete => &[Action::ReadRaw],
+        ApiKey::Metadata | ApiKey::DescribeConfigs => &[Action::Publish, Action::ReadRaw, Action::ManageDatasources],
+        ApiKey::InitProducerId => &[Action::Publish],
+        _ => &[],
     }
 }
 
@@ -278,10 +285,12 @@ fn dispatch(broker: &Arc<Broker>, frame: Bytes, session: &mut Session) -> Result
         }
         None => Principal::Anonymous,
     };
-    if let Some(action) = action_for(req.api)
-        && !caller.allows(action)
+    let needs = actions_for(req.api);
+    if let Some(first) = needs.first()
+        && !needs.iter().any(|a| caller.allows(*a))
     {
-        return Err(Close::Protocol(format!("{:?} refused: {}", req.api, caller.forbidden(action))));
+        let others = if needs.len() > 1 { " (or a key that reads the raw stream or manages datasources)" } else { "" };
+        return Err(Close::Protocol(format!("{:?} refused: {}{others}", req.api, caller.forbidden(*first))));
     }
     Ok(match decode_request(&req, &mut body)? {
         Decoded::ApiVersions(r) => ready(metadata::api_versions(&req, &r)),
@@ -410,4 +419,28 @@ pub(crate) fn encode<R: Encodable + HeaderVersion>(req: &Request, resp: &R) -> O
     let size = (buf.len() - 4) as i32;
     buf[0..4].copy_from_slice(&size.to_be_bytes());
     Some(buf.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use tidemark_catalog::access::Role;
+
+    use super::*;
+
+    /// A merchant reader's key may log in, but names no topic and logs nothing through Kafka.
+    #[test]
+    fn a_merchant_reader_gets_no_kafka_request_past_login() {
+        let may = |role: Role, api: ApiKey| {
+            let needs = actions_for(api);
+            needs.is_empty() || needs.iter().any(|a| role.allows(*a))
+        };
+        for api in
+            [ApiKey::Metadata, ApiKey::DescribeConfigs, ApiKey::InitProducerId, ApiKey::ListOffsets, ApiKey::Fetch]
+        {
+            assert!(!may(Role::MerchantReader, api), "{api:?}");
+        }
+        assert!(may(Role::Publisher, ApiKey::Metadata) && may(Role::Publisher, ApiKey::InitProducerId));
+        assert!(may(Role::Analyst, ApiKey::Metadata) && !may(Role::Analyst, ApiKey::InitProducerId));
+        assert!(logs_in(ApiKey::SaslAuthenticate) && actions_for(ApiKey::SaslAuthenticate).is_empty());
+    }
 }
