@@ -85,6 +85,29 @@ fn the_admin_grpc_service_answers_as_its_http_twin() {
         assert_eq!(denied.code(), Code::PermissionDenied);
         assert!(denied.message().contains("may not manage API keys"), "{}", denied.message());
 
+        // A merchant reader's key reads nothing through the admin service (issue 19): no
+        // datasource list, segment, job or cluster figure of other merchants' data.
+        let key = parse(
+            client
+                .create_key(with_key(
+                    Json { json: json!({"name": "m1", "role": "merchant_reader", "tenants": ["m1"]}).to_string() },
+                    Some(&admin),
+                ))
+                .await,
+        );
+        let merchant = key["token"].as_str().unwrap_or_default().to_string();
+        let refusals = [
+            client.list_datasources(with_key(Empty {}, Some(&merchant))).await.err(),
+            client.list_segments(with_key(Name { name: "grpc_ds".into() }, Some(&merchant))).await.err(),
+            client.list_jobs(with_key(Empty {}, Some(&merchant))).await.err(),
+            client.cluster_status(with_key(Empty {}, Some(&merchant))).await.err(),
+        ];
+        for refused in refusals {
+            let status = refused.expect("a merchant key is refused");
+            assert_eq!(status.code(), Code::PermissionDenied, "{}", status.message());
+            assert!(status.message().contains("role merchant_reader"), "{}", status.message());
+        }
+
         // Governance through gRPC lands in the audit log under the caller's key.
         parse(client.create_domain(with_key(Json { json: json!({"name": "shop"}).to_string() }, Some(&admin))).await);
         let tag = json!({"name": "store", "kind": "dimension", "type": "string", "description": "a store"});
