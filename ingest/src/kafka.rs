@@ -143,16 +143,47 @@ pub(crate) fn write_error_code(e: &crate::Error) -> i16 {
     }
 }
 
-/// Accepts Kafka connections until the listener fails.
 /// How long a client has to finish its TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// After an `accept` error the listener waits this long, doubling up to the second bound, so
+/// a node out of file descriptors neither spins nor gives up its port.
+const ACCEPT_RETRY_MIN: std::time::Duration = std::time::Duration::from_millis(10);
+const ACCEPT_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Accepts Kafka connections for as long as the node runs. An `accept` error (out of file
+/// descriptors, say) is counted, reported by `/health` and retried with backoff, as axum and
+/// tonic do: it once ended the listener for good while `/health` said ok.
 
 pub async fn serve(listener: TcpListener, node: Node, config: KafkaConfig) -> std::io::Result<()> {
     let coordinator = Coordinator::default();
     let broker = Arc::new(Broker { node, config, coordinator });
     groups::spawn_expiry(broker.clone());
+    let mut retry = ACCEPT_RETRY_MIN;
     loop {
-        let (stream, peer) = listener.accept().await?;
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                let metrics = broker.node.metrics();
+                metrics.kafka_accept_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let first = metrics
+                    .kafka_accept_failing
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .replace(e.to_string())
+                    .is_none();
+                if first {
+                    tracing::warn!(error = %e, "the Kafka port cannot accept connections; retrying");
+                }
+                tokio::time::sleep(retry).await;
+                retry = (retry * 2).min(ACCEPT_RETRY_MAX);
+                continue;
+            }
+        };
+        if retry != ACCEPT_RETRY_MIN {
+            retry = ACCEPT_RETRY_MIN;
+            broker.node.metrics().kafka_accept_failing.lock().unwrap_or_else(|p| p.into_inner()).take();
+            tracing::info!("the Kafka port accepts connections again");
+        }
         let _ = stream.set_nodelay(true);
         let broker = broker.clone();
         tokio::spawn(async move {

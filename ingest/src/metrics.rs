@@ -53,6 +53,11 @@ pub struct Metrics {
     pub kafka_connections_open: AtomicU64,
     /// Connections closed because of what the client sent (over-size, malformed, unsupported).
     pub kafka_connections_refused: AtomicU64,
+    /// `accept` errors on the Kafka port (EMFILE, ENFILE, ENOBUFS, ...); each is retried.
+    pub kafka_accept_errors: AtomicU64,
+    /// The last `accept` error while the Kafka port cannot take connections; cleared by the
+    /// next connection it accepts. `/health` reports it.
+    pub kafka_accept_failing: Mutex<Option<String>>,
     /// Produce request to answer (durable and applied).
     pub kafka_produce_seconds: Histogram,
     /// HTTP writes this follower handed to the leader.
@@ -274,6 +279,12 @@ impl Metrics {
             "gauge",
             "Open Kafka connections.",
             self.kafka_connections_open.load(Ordering::Relaxed),
+        );
+        metric(
+            "tidemark_kafka_accept_errors_total",
+            "counter",
+            "Errors accepting Kafka connections (such as too many open files); each is retried.",
+            self.kafka_accept_errors.load(Ordering::Relaxed),
         );
         metric(
             "tidemark_kafka_connections_refused_total",

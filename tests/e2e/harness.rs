@@ -179,13 +179,41 @@ impl TestNode {
         Self::spawn(data_dir, addrs, &args)
     }
 
+    /// A single node that may hold at most `fds_max` open files (`ulimit -n`), for tests of
+    /// what the node does when it runs out.
+    pub(crate) fn start_with_fd_limit(data_dir: &Path, fds_max: u32) -> TestNode {
+        let ports = four_free_ports("127.0.0.1");
+        let addrs = MemberAddrs {
+            node_id: 1,
+            http: format!("127.0.0.1:{}", ports[0]),
+            flight: format!("127.0.0.1:{}", ports[1]),
+            kafka: format!("127.0.0.1:{}", ports[2]),
+            raft: format!("127.0.0.1:{}", ports[3]),
+        };
+        let node = Self::spawn_limited(data_dir, &addrs, &[], Some(fds_max));
+        node.wait_healthy();
+        node
+    }
+
     fn spawn(data_dir: &Path, addrs: &MemberAddrs, extra: &[&str]) -> TestNode {
+        Self::spawn_limited(data_dir, addrs, extra, None)
+    }
+
+    fn spawn_limited(data_dir: &Path, addrs: &MemberAddrs, extra: &[&str], fds_max: Option<u32>) -> TestNode {
         let (http, flight, kafka) = (addrs.http.clone(), addrs.flight.clone(), addrs.kafka.clone());
         std::fs::create_dir_all(data_dir).expect("data dir");
         let log = data_dir.join(format!("node-{}.log", free_port()));
         let out = std::fs::File::create(&log).expect("log file");
         let err = out.try_clone().expect("log file");
-        let child = Command::new(tidemark_bin())
+        let mut command = match fds_max {
+            None => Command::new(tidemark_bin()),
+            Some(n) => {
+                let mut c = Command::new("sh");
+                c.arg("-c").arg(format!("ulimit -n {n} && exec \"$0\" \"$@\"")).arg(tidemark_bin());
+                c
+            }
+        };
+        let child = command
             .args(["serve", "--data-dir"])
             .arg(data_dir)
             .args(["--http-addr", &http, "--flight-addr", &flight, "--kafka-addr", &kafka, "--raft-addr", &addrs.raft])

@@ -17,6 +17,7 @@ mod isolation;
 mod isolation_gen;
 mod kafka;
 mod limits;
+mod listeners;
 mod merchant_scope;
 mod publishers;
 mod reindex;
