@@ -66,6 +66,7 @@ pub(crate) struct LimitsSection {
     pub(crate) sql_bytes_max: usize,
     pub(crate) sql_nesting_max: usize,
     pub(crate) concurrent_queries_per_key: usize,
+    pub(crate) function_result_bytes_max: usize,
     /// How long an answer to a wrong or missing API key waits (HTTP and Flight SQL).
     pub(crate) failed_login_delay_ms: u64,
 }
@@ -79,6 +80,7 @@ impl Default for LimitsSection {
             sql_bytes_max: q.sql_bytes_max,
             sql_nesting_max: q.sql_nesting_max,
             concurrent_queries_per_key: q.concurrent_queries_per_key,
+            function_result_bytes_max: q.function_result_bytes_max,
             failed_login_delay_ms: 250,
         }
     }
@@ -92,6 +94,7 @@ impl LimitsSection {
             sql_bytes_max: self.sql_bytes_max,
             sql_nesting_max: self.sql_nesting_max,
             concurrent_queries_per_key: self.concurrent_queries_per_key,
+            function_result_bytes_max: self.function_result_bytes_max,
         }
     }
 }
@@ -261,6 +264,7 @@ impl Config {
             ("sql_bytes_max", l.sql_bytes_max),
             ("sql_nesting_max", l.sql_nesting_max),
             ("concurrent_queries_per_key", l.concurrent_queries_per_key),
+            ("function_result_bytes_max", l.function_result_bytes_max),
         ] {
             if value == 0 {
                 problems.push(format!("limits.{name}: must be positive"));

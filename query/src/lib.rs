@@ -19,6 +19,7 @@ use datafusion::sql::parser::{DFParserBuilder, Statement};
 use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
 use tidemark_storage::snapshot::SnapshotSource;
 
+pub mod capped;
 pub mod pruning;
 pub mod scan;
 pub mod schemas;
@@ -67,11 +68,14 @@ pub struct SessionLimits {
     pub memory_bytes_max: Option<usize>,
     /// How deep the SQL parser may recurse (nested expressions and subqueries).
     pub nesting_max: usize,
+    /// Bytes one call of a function that sizes its result from an argument may build
+    /// (`repeat`, `lpad`, …; see [`capped`]).
+    pub function_result_bytes_max: usize,
 }
 
 impl Default for SessionLimits {
     fn default() -> Self {
-        SessionLimits { memory_bytes_max: None, nesting_max: 50 }
+        SessionLimits { memory_bytes_max: None, nesting_max: 50, function_result_bytes_max: 64 << 20 }
     }
 }
 
@@ -107,6 +111,7 @@ pub fn new_session_with(source: Arc<dyn SnapshotSource>, limits: SessionLimits, 
         let _ = catalog.register_schema(SYSTEM_SCHEMA, Arc::new(schemas::SystemSchema { source }));
     }
     ctx.register_catalog(CATALOG, Arc::new(catalog));
+    capped::register(&ctx, limits.function_result_bytes_max);
     ctx.register_udf(time_floor::TimeFloor::udf());
     ctx.register_udaf(sketch_aggregates::ApproxCountDistinctHll::udaf());
     ctx.register_udaf(sketch_aggregates::ApproxQuantileDs::udaf());

@@ -26,6 +26,9 @@ pub struct QueryLimits {
     pub sql_nesting_max: usize,
     /// Queries one API key (or all anonymous callers together) may run at once.
     pub concurrent_queries_per_key: usize,
+    /// Bytes one call of `repeat`, `lpad`, `rpad`, `array_repeat`, `range` or
+    /// `generate_series` may build (a failed allocation would abort the node).
+    pub function_result_bytes_max: usize,
 }
 
 impl Default for QueryLimits {
@@ -36,6 +39,7 @@ impl Default for QueryLimits {
             sql_bytes_max: 1 << 20,
             sql_nesting_max: 64,
             concurrent_queries_per_key: 8,
+            function_result_bytes_max: 64 << 20,
         }
     }
 }
@@ -59,6 +63,7 @@ impl QueryLimits {
         tidemark_query::SessionLimits {
             memory_bytes_max: Some(self.query_memory_bytes_max),
             nesting_max: self.sql_nesting_max,
+            function_result_bytes_max: self.function_result_bytes_max,
         }
     }
 
@@ -90,6 +95,10 @@ impl QueryLimits {
     pub fn name_limit(&self, e: Error) -> Error {
         let Error::Query(tidemark_query::Error::DataFusion(df)) = &e else { return e };
         match df.find_root() {
+            // A capped function's refusal already names its setting.
+            DataFusionError::ResourcesExhausted(detail) if detail.contains(tidemark_query::capped::SETTING) => {
+                Error::Limit { limit: Limit::Memory, message: detail.clone() }
+            }
             DataFusionError::ResourcesExhausted(detail) => Error::Limit {
                 limit: Limit::Memory,
                 message: format!(

@@ -191,7 +191,7 @@ fn remove_all(haystack: &[u8], needle: &[u8]) -> Vec<u8> {
 }
 
 /// An answer as JSON rows, or the error text.
-type Answer = Result<Vec<Value>, String>;
+pub(crate) type Answer = Result<Vec<Value>, String>;
 
 fn json_rows(batches: &[RecordBatch]) -> Result<Vec<Value>, String> {
     let mut out = Vec::new();
@@ -207,24 +207,25 @@ fn json_rows(batches: &[RecordBatch]) -> Result<Vec<Value>, String> {
 }
 
 /// A Flight SQL client that keeps the raw bytes of every reply.
-struct Flight {
+pub(crate) struct Flight {
     rt: tokio::runtime::Runtime,
     client: FlightServiceClient<Channel>,
-    auth: String,
+    auth: Option<String>,
 }
 
 impl Flight {
-    fn connect(addr: &str, token: &str) -> Flight {
+    /// A client sending `token` as its bearer key (none: a node without keys).
+    pub(crate) fn connect(addr: &str, token: Option<&str>) -> Flight {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         let channel = rt
             .block_on(tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("uri").connect())
             .expect("connect to Flight SQL");
-        Flight { rt, client: FlightServiceClient::new(channel), auth: format!("Bearer {token}") }
+        Flight { rt, client: FlightServiceClient::new(channel), auth: token.map(|t| format!("Bearer {t}")) }
     }
 
     fn request<T>(&self, msg: T) -> tonic::Request<T> {
         let mut r = tonic::Request::new(msg);
-        if let Ok(v) = self.auth.parse() {
+        if let Some(v) = self.auth.as_ref().and_then(|a| a.parse().ok()) {
             r.metadata_mut().insert("authorization", v);
         }
         r
@@ -271,7 +272,7 @@ impl Flight {
         (raw, batches)
     }
 
-    fn query(&mut self, sql: &str) -> (Vec<u8>, Answer) {
+    pub(crate) fn query(&mut self, sql: &str) -> (Vec<u8>, Answer) {
         let cmd = CommandStatementQuery { query: sql.to_string(), transaction_id: None }.as_any();
         let (raw, batches) = self.call(cmd);
         (raw, batches.and_then(|b| json_rows(&b)))
@@ -457,8 +458,8 @@ fn a_merchant_key_sees_nothing_of_other_merchants_in_generated_queries() {
         std::thread::sleep(Duration::from_millis(250));
     }
 
-    let mut merchant_flight = Flight::connect(&node.flight, &merchant);
-    let mut admin_flight = Flight::connect(&node.flight, &admin);
+    let mut merchant_flight = Flight::connect(&node.flight, Some(&merchant));
+    let mut admin_flight = Flight::connect(&node.flight, Some(&admin));
     let mut failures: Vec<String> = Vec::new();
 
     // The Flight SQL metadata calls, as the merchant.

@@ -102,3 +102,32 @@ fn each_query_limit_refuses_with_its_name_and_the_node_keeps_answering() {
     assert_eq!(r.status, 401, "{}", r.body);
     assert!(t.elapsed() >= Duration::from_millis(300), "answered after {:?}", t.elapsed());
 }
+
+/// One statement must not stop the node (issue 20): a function that sizes its result from an
+/// argument is refused before it allocates, naming its setting, over HTTP and Flight SQL, and
+/// the node and its other clients carry on. Without the cap the first query aborted the
+/// process (`memory allocation of 1000000000000000 bytes failed`).
+#[test]
+fn a_function_call_past_its_size_limit_is_refused_and_the_node_lives() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = TestNode::start(dir.path());
+    let mut flight = crate::isolation::Flight::connect(&node.flight, None);
+    for sql in [
+        "SELECT length(repeat(arrow_cast('x', 'LargeUtf8'), 1000000000000000))",
+        "SELECT lpad('x', 1000000000000)",
+        "SELECT rpad('x', 1000000000000, 'yz')",
+        "SELECT array_repeat('x', 10000000000)",
+        "SELECT cardinality(range(1, 9000000000000000000))",
+        "SELECT cardinality(generate_series(1, 9000000000000000000))",
+    ] {
+        let r = node.post("/v1/sql", sql.as_bytes(), &[("Content-Type", "text/plain")]);
+        assert_eq!(r.status, 400, "{sql}: {}", r.body);
+        assert!(error_of(&r).contains("(limits.function_result_bytes_max)"), "{sql}: {}", r.body);
+        let (_, answer) = flight.query(sql);
+        let e = answer.err().unwrap_or_default();
+        assert!(e.contains("(limits.function_result_bytes_max)"), "Flight SQL, {sql}: {e}");
+    }
+    assert_eq!(node.get("/health").status, 200, "the node lives:\n{}", node.log_text());
+    let r = node.post("/v1/sql", b"SELECT repeat('ab', 3) AS r", &[("Content-Type", "text/plain")]);
+    assert_eq!(r.json()[0]["r"], "ababab", "{}", r.body);
+}
