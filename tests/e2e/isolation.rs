@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 use arrow_flight::decode::FlightRecordBatchStream;
 use arrow_flight::flight_service_client::FlightServiceClient;
 use arrow_flight::sql::{
-    Any, CommandGetCatalogs, CommandGetDbSchemas, CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables,
+    Any, CommandGetCatalogs, CommandGetDbSchemas, CommandGetExportedKeys, CommandGetImportedKeys,
+    CommandGetPrimaryKeys, CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables, CommandGetXdbcTypeInfo,
     CommandStatementQuery, ProstMessageExt,
 };
 use arrow_flight::{FlightData, FlightDescriptor, Ticket};
@@ -479,7 +480,26 @@ fn a_merchant_key_sees_nothing_of_other_merchants_in_generated_queries() {
         ),
         ("GetTableTypes", CommandGetTableTypes {}.as_any()),
         ("GetSqlInfo", CommandGetSqlInfo { info: vec![] }.as_any()),
+        ("GetXdbcTypeInfo", CommandGetXdbcTypeInfo { data_type: None }.as_any()),
     ];
+    // The key calls name a table: the merchant's own, and the copy it may also see.
+    let mut metadata = metadata;
+    for table in ["iso_all", "iso_one"] {
+        let (catalog, db_schema, table) = (Some("tidemark".to_string()), Some("public".to_string()), table.to_string());
+        metadata.extend([
+            (
+                "GetPrimaryKeys",
+                CommandGetPrimaryKeys { catalog: catalog.clone(), db_schema: db_schema.clone(), table: table.clone() }
+                    .as_any(),
+            ),
+            (
+                "GetExportedKeys",
+                CommandGetExportedKeys { catalog: catalog.clone(), db_schema: db_schema.clone(), table: table.clone() }
+                    .as_any(),
+            ),
+            ("GetImportedKeys", CommandGetImportedKeys { catalog, db_schema, table }.as_any()),
+        ]);
+    }
     for (name, cmd) in metadata {
         let (raw, _) = merchant_flight.call(cmd);
         if let Some(l) = leak(&raw, "", &canaries) {
