@@ -230,34 +230,27 @@ async fn main() {
             }
         }
     }
-    match explain_shows_pruning(source.clone()).await {
-        Ok(()) => {
-            println!("ok      explain shows segment pruning");
-            passed += 1;
-        }
-        Err(e) => {
-            println!("FAILED  explain shows segment pruning: {e}");
-            failed += 1;
-        }
-    }
-    match scoped_explain_counts_only_scoped_rows(source.clone()).await {
-        Ok(()) => {
-            println!("ok      a scoped EXPLAIN counts only the scope's segments and rows");
-            passed += 1;
-        }
-        Err(e) => {
-            println!("FAILED  a scoped EXPLAIN counts only the scope's segments and rows: {e}");
-            failed += 1;
-        }
-    }
-    match scoped_answers_hold_only_scoped_values(source.clone()).await {
-        Ok(()) => {
-            println!("ok      a scoped answer's dictionaries and IPC bytes hold only the scope's values");
-            passed += 1;
-        }
-        Err(e) => {
-            println!("FAILED  a scoped answer's dictionaries and IPC bytes hold only the scope's values: {e}");
-            failed += 1;
+    let checks = [
+        ("explain shows segment pruning", explain_shows_pruning(source.clone()).await),
+        (
+            "a scoped EXPLAIN counts only the scope's segments and rows",
+            scoped_explain_counts_only_scoped_rows(source.clone()).await,
+        ),
+        (
+            "a scoped answer's dictionaries and IPC bytes hold only the scope's values",
+            scoped_answers_hold_only_scoped_values(source.clone()).await,
+        ),
+    ];
+    for (name, result) in checks {
+        match result {
+            Ok(()) => {
+                println!("ok      {name}");
+                passed += 1;
+            }
+            Err(e) => {
+                println!("FAILED  {name}: {e}");
+                failed += 1;
+            }
         }
     }
     println!("{passed} passed, {failed} failed");

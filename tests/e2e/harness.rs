@@ -135,14 +135,7 @@ impl TestNode {
 
     fn start_inner(data_dir: &Path, extra: &[&str], ca: Option<&Path>) -> TestNode {
         for _ in 0..3 {
-            let ports = four_free_ports("127.0.0.1");
-            let addrs = MemberAddrs {
-                node_id: 1,
-                http: format!("127.0.0.1:{}", ports[0]),
-                flight: format!("127.0.0.1:{}", ports[1]),
-                kafka: format!("127.0.0.1:{}", ports[2]),
-                raft: format!("127.0.0.1:{}", ports[3]),
-            };
+            let addrs = MemberAddrs::new(1);
             let mut node = Self::spawn(data_dir, &addrs, extra);
             if let Some(ca) = ca {
                 node.trust(ca);
@@ -182,15 +175,7 @@ impl TestNode {
     /// A single node that may hold at most `fds_max` open files (`ulimit -n`), for tests of
     /// what the node does when it runs out.
     pub(crate) fn start_with_fd_limit(data_dir: &Path, fds_max: u32) -> TestNode {
-        let ports = four_free_ports("127.0.0.1");
-        let addrs = MemberAddrs {
-            node_id: 1,
-            http: format!("127.0.0.1:{}", ports[0]),
-            flight: format!("127.0.0.1:{}", ports[1]),
-            kafka: format!("127.0.0.1:{}", ports[2]),
-            raft: format!("127.0.0.1:{}", ports[3]),
-        };
-        let node = Self::spawn_limited(data_dir, &addrs, &[], Some(fds_max));
+        let node = Self::spawn_limited(data_dir, &MemberAddrs::new(1), &[], Some(fds_max));
         node.wait_healthy();
         node
     }

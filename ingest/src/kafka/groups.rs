@@ -1078,17 +1078,6 @@ mod tests {
     #[test]
     fn protocol_vote_prefers_what_everyone_supports() {
         let mut g = Group::new();
-        let member = |protocols: &[&str]| Member {
-            instance_id: None,
-            client_id: String::new(),
-            session_timeout: Duration::from_secs(10),
-            rebalance_timeout: Duration::from_secs(10),
-            protocols: protocols.iter().map(|p| (p.to_string(), Bytes::new())).collect(),
-            last_seen: Instant::now(),
-            join_waiter: None,
-            sync_waiter: None,
-            assignment: Bytes::new(),
-        };
         g.members.insert("a".into(), member(&["cooperative-sticky", "range"]));
         g.members.insert("b".into(), member(&["range", "roundrobin"]));
         assert_eq!(g.choose_protocol().as_deref(), Some("range"));
