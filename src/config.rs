@@ -63,6 +63,9 @@ impl Default for TlsSection {
 pub(crate) struct LimitsSection {
     pub(crate) query_timeout_ms: u64,
     pub(crate) query_memory_bytes_max: usize,
+    pub(crate) node_query_memory_bytes_max: usize,
+    pub(crate) result_rows_max: u64,
+    pub(crate) result_bytes_max: u64,
     pub(crate) sql_bytes_max: usize,
     pub(crate) sql_nesting_max: usize,
     pub(crate) concurrent_queries_per_key: usize,
@@ -77,6 +80,9 @@ impl Default for LimitsSection {
         LimitsSection {
             query_timeout_ms: q.query_timeout_ms,
             query_memory_bytes_max: q.query_memory_bytes_max,
+            node_query_memory_bytes_max: q.node_query_memory_bytes_max,
+            result_rows_max: q.result_rows_max,
+            result_bytes_max: q.result_bytes_max,
             sql_bytes_max: q.sql_bytes_max,
             sql_nesting_max: q.sql_nesting_max,
             concurrent_queries_per_key: q.concurrent_queries_per_key,
@@ -91,6 +97,9 @@ impl LimitsSection {
         tidemark_sql::limits::QueryLimits {
             query_timeout_ms: self.query_timeout_ms,
             query_memory_bytes_max: self.query_memory_bytes_max,
+            node_query_memory_bytes_max: self.node_query_memory_bytes_max,
+            result_rows_max: self.result_rows_max,
+            result_bytes_max: self.result_bytes_max,
             sql_bytes_max: self.sql_bytes_max,
             sql_nesting_max: self.sql_nesting_max,
             concurrent_queries_per_key: self.concurrent_queries_per_key,
@@ -261,6 +270,9 @@ impl Config {
         for (name, value) in [
             ("query_timeout_ms", l.query_timeout_ms as usize),
             ("query_memory_bytes_max", l.query_memory_bytes_max),
+            ("node_query_memory_bytes_max", l.node_query_memory_bytes_max),
+            ("result_rows_max", usize::try_from(l.result_rows_max).unwrap_or(usize::MAX)),
+            ("result_bytes_max", usize::try_from(l.result_bytes_max).unwrap_or(usize::MAX)),
             ("sql_bytes_max", l.sql_bytes_max),
             ("sql_nesting_max", l.sql_nesting_max),
             ("concurrent_queries_per_key", l.concurrent_queries_per_key),
@@ -269,6 +281,13 @@ impl Config {
             if value == 0 {
                 problems.push(format!("limits.{name}: must be positive"));
             }
+        }
+        if l.node_query_memory_bytes_max < l.query_memory_bytes_max {
+            problems.push(format!(
+                "limits.node_query_memory_bytes_max ({}) must not be below limits.query_memory_bytes_max ({}): \
+                 no query could use its own limit",
+                l.node_query_memory_bytes_max, l.query_memory_bytes_max
+            ));
         }
         if self.ingest.body_bytes_max == 0 {
             problems.push("ingest.body_bytes_max: must be positive".into());

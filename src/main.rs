@@ -453,6 +453,7 @@ async fn run_node(cfg: Config, demo: bool, test_faults: bool) -> Result<()> {
         limits: BeaconLimits { body_bytes_max: cfg.ingest.body_bytes_max, future_ms_max: cfg.ingest.future_ms_max },
         spool: spool.clone(),
         failed_login_delay,
+        more_metrics: vec![Arc::new(QueryGateMetrics(sql_state.gate.clone()))],
     };
     if let Some(spool) = spool {
         tokio::spawn(tidemark_ingest::beacon_routing::drain(ingest_state.clone(), spool));
@@ -568,6 +569,16 @@ async fn run_node(cfg: Config, demo: bool, test_faults: bool) -> Result<()> {
     node.shutdown().await;
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// The SQL doors' gauges on `/metrics`.
+#[derive(Debug)]
+struct QueryGateMetrics(Arc<tidemark_sql::limits::QueryGate>);
+
+impl tidemark_ingest::RenderMetrics for QueryGateMetrics {
+    fn render_metrics(&self) -> String {
+        self.0.render_metrics()
+    }
 }
 
 /// Read-your-writes for the SQL doors, through the node's Raft read index.

@@ -49,6 +49,13 @@ pub struct IngestState {
     pub spool: Option<std::sync::Arc<spool::Spool>>,
     /// How long a request with a wrong key waits for its 401 (limits.failed_login_delay_ms).
     pub failed_login_delay: std::time::Duration,
+    /// Metrics of parts the binary wires in beside ingest (the SQL doors' query gate).
+    pub more_metrics: Vec<std::sync::Arc<dyn RenderMetrics>>,
+}
+
+/// A part of the node that adds lines to `/metrics` (Prometheus text format).
+pub trait RenderMetrics: Send + Sync + std::fmt::Debug {
+    fn render_metrics(&self) -> String;
 }
 
 /// The ingest and admin HTTP routes, each behind the key check of `auth.rs`. Writes run on
@@ -352,6 +359,9 @@ async fn metrics(State(s): State<IngestState>) -> Response {
     let mut text = s.node.metrics().render(s.node.gauges());
     if let Some(sp) = &s.spool {
         text.push_str(&sp.render_metrics());
+    }
+    for part in &s.more_metrics {
+        text.push_str(&part.render_metrics());
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }

@@ -10,16 +10,19 @@
 
 use std::sync::Arc;
 
+use datafusion::arrow::error::ArrowError;
 use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider};
 use datafusion::dataframe::DataFrame;
 use datafusion::error::DataFusionError;
 use datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext};
+use datafusion::execution::memory_pool::TrackConsumersPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::sql::parser::{DFParserBuilder, Statement};
 use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
 use tidemark_storage::snapshot::SnapshotSource;
 
 pub mod capped;
+pub mod memory;
 pub mod pruning;
 pub mod scan;
 pub mod schemas;
@@ -47,13 +50,21 @@ impl Error {
     pub fn is_user_error(&self) -> bool {
         match self {
             Error::ReadOnly { .. } => true,
-            Error::DataFusion(e) => matches!(
-                e.find_root(),
+            Error::DataFusion(e) => match e.find_root() {
                 DataFusionError::Plan(_)
-                    | DataFusionError::SQL(..)
-                    | DataFusionError::SchemaError(..)
-                    | DataFusionError::NotImplemented(_)
-            ),
+                | DataFusionError::SQL(..)
+                | DataFusionError::SchemaError(..)
+                | DataFusionError::NotImplemented(_) => true,
+                // Values the statement itself computes wrongly: `1 / 0`, `CAST('FR' AS DATE)`.
+                DataFusionError::ArrowError(e, _) => matches!(
+                    e.as_ref(),
+                    ArrowError::CastError(_)
+                        | ArrowError::DivideByZero
+                        | ArrowError::ArithmeticOverflow(_)
+                        | ArrowError::ParseError(_)
+                ),
+                _ => false,
+            },
         }
     }
 }
@@ -61,11 +72,14 @@ impl Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// What one session (one query) may use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct SessionLimits {
     /// The session's memory pool: operators that would grow past it fail with
     /// `ResourcesExhausted` instead of taking memory other queries need.
     pub memory_bytes_max: Option<usize>,
+    /// The node's budget for all running queries, which the session's pool also draws on
+    /// (see [`memory`]); `None`: only the session's own limit applies.
+    pub node_memory: Option<Arc<memory::NodeMemory>>,
     /// How deep the SQL parser may recurse (nested expressions and subqueries).
     pub nesting_max: usize,
     /// Bytes one call of a function that sizes its result from an argument may build
@@ -75,7 +89,12 @@ pub struct SessionLimits {
 
 impl Default for SessionLimits {
     fn default() -> Self {
-        SessionLimits { memory_bytes_max: None, nesting_max: 50, function_result_bytes_max: 64 << 20 }
+        SessionLimits {
+            memory_bytes_max: None,
+            node_memory: None,
+            nesting_max: 50,
+            function_result_bytes_max: 64 << 20,
+        }
     }
 }
 
@@ -95,7 +114,10 @@ pub fn new_session_with(source: Arc<dyn SnapshotSource>, limits: SessionLimits, 
     }
     let mut runtime = RuntimeEnvBuilder::new();
     if let Some(bytes) = limits.memory_bytes_max {
-        runtime = runtime.with_memory_limit(bytes, 1.0);
+        let pool = memory::QueryMemoryPool::new(bytes, limits.node_memory.clone());
+        // TrackConsumersPool names the largest consumers in a refusal.
+        let top = std::num::NonZeroUsize::MIN.saturating_add(4);
+        runtime = runtime.with_memory_pool(Arc::new(TrackConsumersPool::new(pool, top)));
     }
     let ctx = match runtime.build_arc() {
         Ok(rt) => SessionContext::new_with_config_rt(config, rt),

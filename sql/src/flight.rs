@@ -42,10 +42,8 @@ use arrow_flight::{
     SchemaAsIpc, Ticket,
 };
 use bytes::Bytes;
-use datafusion::arrow::array::{ArrayRef, AsArray, RecordBatch, RecordBatchOptions};
-use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
-use datafusion::arrow::error::ArrowError;
+use datafusion::arrow::array::{AsArray, RecordBatch};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::ipc::writer::IpcWriteOptions;
 use datafusion::arrow::ipc::{MessageHeader, root_as_message};
 use datafusion::dataframe::DataFrame;
@@ -57,8 +55,10 @@ use tonic::{Request, Response, Status, Streaming};
 use tidemark_catalog::access::Principal;
 use tidemark_query::scope::Scope;
 
+use crate::answer::Answer;
 use crate::flight_auth::{DelayRefusals, FlightAuth, presented_token};
-use crate::limits::Limit;
+use crate::limits::{Limit, ResultCap};
+use crate::wire::{to_wire, wire_schema};
 use crate::{Error, SqlState};
 
 /// Where the binary listens for Flight SQL unless told otherwise.
@@ -104,7 +104,9 @@ fn status(e: Error) -> Status {
     if let Error::Limit { limit, message } = &e {
         return match limit {
             Limit::Timeout => Status::deadline_exceeded(message.clone()),
-            Limit::Memory | Limit::Concurrency => Status::resource_exhausted(message.clone()),
+            Limit::Memory | Limit::NodeMemory | Limit::Concurrency | Limit::ResultSize => {
+                Status::resource_exhausted(message.clone())
+            }
             Limit::SqlSize | Limit::Nesting => Status::invalid_argument(message.clone()),
         };
     }
@@ -138,55 +140,6 @@ fn refuse_transaction(transaction_id: &Option<Bytes>) -> Result<(), Status> {
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// The wire schema
-
-/// The type a column is sent as. The encoder hydrates dictionaries anyway (tidemark's
-/// dimensions are `Dictionary(Int32, Utf8)`), and many Flight SQL clients (the JDBC driver among
-/// them) do not read view types, so both go out as their plain types. Doing it here rather than
-/// relying on the encoder's default keeps the announced schema and the sent one identical.
-fn wire_type(t: &DataType) -> DataType {
-    match t {
-        DataType::Dictionary(_, values) => wire_type(values),
-        DataType::Utf8View => DataType::Utf8,
-        DataType::BinaryView => DataType::Binary,
-        DataType::List(f) => DataType::List(wire_field(f)),
-        DataType::LargeList(f) => DataType::LargeList(wire_field(f)),
-        DataType::FixedSizeList(f, n) => DataType::FixedSizeList(wire_field(f), *n),
-        DataType::Struct(fields) => DataType::Struct(fields.iter().map(wire_field).collect()),
-        other => other.clone(),
-    }
-}
-
-fn wire_field(f: &FieldRef) -> FieldRef {
-    Arc::new(f.as_ref().clone().with_data_type(wire_type(f.data_type())))
-}
-
-/// `schema` as clients receive it.
-pub fn wire_schema(schema: &Schema) -> SchemaRef {
-    let fields: Vec<FieldRef> = schema.fields().iter().map(wire_field).collect();
-    Arc::new(Schema::new(fields).with_metadata(schema.metadata().clone()))
-}
-
-/// Casts a result batch to the wire schema announced for it.
-fn to_wire(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, ArrowError> {
-    let columns =
-        batch
-            .columns()
-            .iter()
-            .zip(schema.fields())
-            .map(|(column, field)| {
-                if column.data_type() == field.data_type() {
-                    Ok(column.clone())
-                } else {
-                    cast(column, field.data_type())
-                }
-            })
-            .collect::<Result<Vec<ArrayRef>, _>>()?;
-    let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
-    RecordBatch::try_new_with_options(schema.clone(), columns, &options)
-}
-
 fn schema_ipc(schema: &Schema) -> Result<Bytes, Status> {
     let IpcMessage(bytes) = SchemaAsIpc::new(schema, &IpcWriteOptions::default())
         .try_into()
@@ -197,24 +150,8 @@ fn schema_ipc(schema: &Schema) -> Result<Bytes, Status> {
 // ---------------------------------------------------------------------------------------------
 // Planning and streaming
 
-/// Plans one statement. Placeholders are refused here, at planning, because nothing could
-/// bind them later and DataFusion would only fail at execution with a less helpful message.
 async fn plan(state: &SqlState, text: &str, caller: &Principal) -> Result<DataFrame, Status> {
-    let limits = state.gate.limits;
-    limits.check_text(text).map_err(status)?;
-    let ctx = tidemark_query::new_session_with(state.source.clone(), limits.session(), crate::scope_of(caller));
-    let df = tidemark_query::sql(&ctx, text).await.map_err(|e| status(limits.name_limit(e.into())))?;
-    let params = df.logical_plan().get_parameter_types().map_err(|e| status(tidemark_query::Error::from(e).into()))?;
-    if !params.is_empty() {
-        let mut names: Vec<&String> = params.keys().collect();
-        names.sort();
-        let names: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
-        return Err(Status::invalid_argument(format!(
-            "query parameters ({}) are not supported yet: write the values into the SQL text",
-            names.join(", ")
-        )));
-    }
-    Ok(df)
+    crate::plan(state, text, caller).await.map_err(status)
 }
 
 /// The wire schema of a statement's result, from its plan (no execution).
@@ -240,40 +177,41 @@ fn caller<T>(request: &Request<T>) -> Principal {
 }
 
 /// Plans and streams a statement for `caller`, within the query limits: the key's slot is
-/// held until the stream ends, and the time limit covers planning and every batch.
+/// held until the stream ends, the time limit covers planning and every batch, and the
+/// answer's rows and bytes are capped (the stream then ends with the cap's error).
 async fn execute(state: &SqlState, text: &str, caller: &Principal) -> Result<Response<DoGetStream>, Status> {
     tracing::debug!(sql = %text, "flight sql: executing");
-    let limits = state.gate.limits;
-    let slot = state.gate.enter(&caller.actor()).map_err(status)?;
-    let deadline = tokio::time::Instant::now() + limits.timeout();
-    let start = async {
-        let df = plan(state, text, caller).await?;
-        let schema = wire_schema(df.schema().as_arrow());
-        let batches =
-            df.execute_stream().await.map_err(|e| status(limits.name_limit(tidemark_query::Error::from(e).into())))?;
-        Ok::<_, Status>((schema, batches))
-    };
-    let (schema, batches) =
-        tokio::time::timeout_at(deadline, start).await.map_err(|_| status(limits.timed_out()))??;
+    let answer = Answer::start(state, text, caller).await.map_err(status)?;
+    let limits = *answer.limits();
+    let schema = wire_schema(answer.schema());
     let out_schema = schema.clone();
-    let batches = futures::stream::unfold(Some((batches, slot)), move |held| {
+    let batches = futures::stream::unfold(answer, move |mut answer| {
         let out_schema = out_schema.clone();
         async move {
-            let (mut batches, slot) = held?;
-            match tokio::time::timeout_at(deadline, batches.next()).await {
-                Err(_) => Some((Err(FlightError::Tonic(Box::new(status(limits.timed_out())))), None)),
-                Ok(None) => None,
-                Ok(Some(Ok(batch))) => {
-                    Some((to_wire(&batch, &out_schema).map_err(FlightError::Arrow), Some((batches, slot))))
-                }
-                Ok(Some(Err(e))) => {
-                    let e = status(limits.name_limit(tidemark_query::Error::from(e).into()));
-                    Some((Err(FlightError::Tonic(Box::new(e))), None))
-                }
-            }
+            let item = match answer.next().await? {
+                Ok(batch) => to_wire(&batch, &out_schema).map_err(FlightError::Arrow),
+                Err(e) => Err(FlightError::Tonic(Box::new(status(e)))),
+            };
+            Some((item, answer))
         }
     });
-    Ok(Response::new(encode(schema, batches)))
+    // The byte cap counts the messages as sent (IPC header and body).
+    let mut sent: u64 = 0;
+    let mut capped = false;
+    let messages = encode(schema, batches).map(move |message| {
+        let message = message?;
+        sent = sent.saturating_add((message.data_header.len() + message.data_body.len()) as u64);
+        if sent > limits.result_bytes_max {
+            return Err(status(limits.result_capped(ResultCap::Bytes)));
+        }
+        Ok(message)
+    });
+    let messages = messages.take_while(move |m| {
+        let go_on = !capped;
+        capped |= m.is_err();
+        futures::future::ready(go_on)
+    });
+    Ok(Response::new(Box::pin(messages)))
 }
 
 fn encode(

@@ -13,10 +13,12 @@ use tidemark_catalog::access::{Principal, Role};
 use tidemark_query::scope::Scope;
 use tidemark_storage::snapshot::SnapshotSource;
 
+pub mod answer;
 pub mod flight;
 pub mod flight_auth;
 pub mod http;
 pub mod limits;
+pub mod wire;
 
 /// What both doors need: where data comes from, and how to wait for read-your-writes.
 #[derive(Debug, Clone)]
@@ -67,6 +69,9 @@ pub enum Error {
     #[error("bad request: {0}")]
     BadRequest(String),
 
+    #[error("{0}")]
+    Unsupported(String),
+
     #[error("read-your-writes is not available right now: {0}")]
     Consistency(String),
 
@@ -78,7 +83,7 @@ impl Error {
     pub fn is_user_error(&self) -> bool {
         match self {
             Error::Query(e) => e.is_user_error(),
-            Error::BadRequest(_) | Error::Limit { .. } => true,
+            Error::BadRequest(_) | Error::Unsupported(_) | Error::Limit { .. } => true,
             Error::Encode(_) | Error::Consistency(_) => false,
         }
     }
@@ -95,25 +100,22 @@ pub fn scope_of(caller: &Principal) -> Scope {
     }
 }
 
-/// Runs one read-only statement to completion for `caller`, within the node's query limits
-/// and the caller's scope.
-pub async fn run_query(
-    state: &SqlState,
-    text: &str,
-    caller: &Principal,
-) -> Result<(datafusion::arrow::datatypes::SchemaRef, Vec<datafusion::arrow::array::RecordBatch>)> {
+/// Plans one read-only statement for `caller`, within the node's query limits and the
+/// caller's scope. Placeholders are refused here, at planning, because nothing could bind
+/// them later and DataFusion would only fail at execution with a less helpful message.
+pub async fn plan(state: &SqlState, text: &str, caller: &Principal) -> Result<datafusion::dataframe::DataFrame> {
     let limits = state.gate.limits;
     limits.check_text(text)?;
-    let _slot = state.gate.enter(&caller.actor())?;
-    let work = async {
-        let ctx = tidemark_query::new_session_with(state.source.clone(), limits.session(), scope_of(caller));
-        let df = tidemark_query::sql(&ctx, text).await?;
-        let schema = Arc::new(df.schema().as_arrow().clone());
-        let batches = df.collect().await.map_err(tidemark_query::Error::from)?;
-        Ok((schema, batches))
-    };
-    match tokio::time::timeout(limits.timeout(), work).await {
-        Ok(result) => result.map_err(|e| limits.name_limit(e)),
-        Err(_) => Err(limits.timed_out()),
+    let ctx = tidemark_query::new_session_with(state.source.clone(), state.gate.session(), scope_of(caller));
+    let df = tidemark_query::sql(&ctx, text).await.map_err(|e| limits.name_limit(e.into()))?;
+    let params = df.logical_plan().get_parameter_types().map_err(tidemark_query::Error::from)?;
+    if !params.is_empty() {
+        let mut names: Vec<&str> = params.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        return Err(Error::Unsupported(format!(
+            "query parameters ({}) are not supported yet: write the values into the SQL text",
+            names.join(", ")
+        )));
     }
+    Ok(df)
 }

@@ -1,7 +1,8 @@
 //! Limits on each query, so that one heavy query cannot starve the others: a time limit, a
-//! memory pool per query (DataFusion's), a bound on the SQL text and on its nesting, and a cap
-//! on the queries one key runs at once. Each refusal names the limit and the setting that
-//! changes it (`[limits]` in the node's config).
+//! memory pool per query drawing on one budget for the node (`tidemark_query::memory`), a
+//! bound on the SQL text and on its nesting, caps on the rows and bytes of an answer, and a
+//! cap on the queries one key runs at once. Each refusal names the limit and the setting
+//! that changes it (`[limits]` in the node's config).
 //!
 //! Invariant: a query holds its [`Slot`] from planning until its last batch is sent (or the
 //! client goes away), so the per-key count covers streaming Flight results too.
@@ -11,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use datafusion::error::DataFusionError;
+use tidemark_query::memory::{NODE_FULL, NODE_SETTING, NodeMemory};
 
 use crate::Error;
 
@@ -21,6 +23,12 @@ pub struct QueryLimits {
     pub query_timeout_ms: u64,
     /// Memory one query's operators may hold (hash tables, sorts).
     pub query_memory_bytes_max: usize,
+    /// Memory all running queries' operators may hold together.
+    pub node_query_memory_bytes_max: usize,
+    /// Rows one answer may carry; the answer ends with an error past it.
+    pub result_rows_max: u64,
+    /// Bytes one answer may carry on the wire (JSON, CSV or Arrow IPC as sent).
+    pub result_bytes_max: u64,
     pub sql_bytes_max: usize,
     /// Depth of nested expressions and subqueries the parser accepts.
     pub sql_nesting_max: usize,
@@ -36,6 +44,9 @@ impl Default for QueryLimits {
         QueryLimits {
             query_timeout_ms: 60_000,
             query_memory_bytes_max: 1 << 30,
+            node_query_memory_bytes_max: 4 << 30,
+            result_rows_max: 10_000_000,
+            result_bytes_max: 1 << 30,
             sql_bytes_max: 1 << 20,
             sql_nesting_max: 64,
             concurrent_queries_per_key: 8,
@@ -48,7 +59,12 @@ impl Default for QueryLimits {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Limit {
     Timeout,
+    /// The query's own memory limit: the query itself is too big.
     Memory,
+    /// The node's budget for all queries is taken: retry later.
+    NodeMemory,
+    /// The answer reached its row or byte cap.
+    ResultSize,
     SqlSize,
     Nesting,
     Concurrency,
@@ -57,14 +73,6 @@ pub enum Limit {
 impl QueryLimits {
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.query_timeout_ms)
-    }
-
-    pub fn session(&self) -> tidemark_query::SessionLimits {
-        tidemark_query::SessionLimits {
-            memory_bytes_max: Some(self.query_memory_bytes_max),
-            nesting_max: self.sql_nesting_max,
-            function_result_bytes_max: self.function_result_bytes_max,
-        }
     }
 
     pub fn check_text(&self, text: &str) -> Result<(), Error> {
@@ -95,6 +103,9 @@ impl QueryLimits {
     pub fn name_limit(&self, e: Error) -> Error {
         let Error::Query(tidemark_query::Error::DataFusion(df)) = &e else { return e };
         match df.find_root() {
+            DataFusionError::ResourcesExhausted(detail) if detail.contains(NODE_SETTING) => {
+                Error::Limit { limit: Limit::NodeMemory, message: node_full_message(detail) }
+            }
             // A capped function's refusal already names its setting.
             DataFusionError::ResourcesExhausted(detail) if detail.contains(tidemark_query::capped::SETTING) => {
                 Error::Limit { limit: Limit::Memory, message: detail.clone() }
@@ -114,12 +125,46 @@ impl QueryLimits {
             _ => e,
         }
     }
+
+    /// The refusal of an answer that reached its row or byte cap.
+    pub fn result_capped(&self, what: ResultCap) -> Error {
+        let message = match what {
+            ResultCap::Rows => format!(
+                "the answer reached its cap of {} rows (limits.result_rows_max) and was cut there; \
+                 aggregate, filter or add a LIMIT",
+                self.result_rows_max
+            ),
+            ResultCap::Bytes => format!(
+                "the answer reached its cap of {} bytes (limits.result_bytes_max) and was cut there; \
+                 aggregate, filter, select fewer columns or add a LIMIT",
+                self.result_bytes_max
+            ),
+        };
+        Error::Limit { limit: Limit::ResultSize, message }
+    }
 }
 
-/// Counts each key's running queries.
+/// Which cap an answer reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResultCap {
+    Rows,
+    Bytes,
+}
+
+/// The node-wide refusal without DataFusion's list of consumers, which names this query's
+/// operators, not what fills the node.
+fn node_full_message(detail: &str) -> String {
+    match detail.find(NODE_FULL) {
+        Some(at) => detail[at..].to_string(),
+        None => detail.to_string(),
+    }
+}
+
+/// Counts each key's running queries; holds the node's query memory budget.
 #[derive(Debug)]
 pub struct QueryGate {
     pub limits: QueryLimits,
+    node_memory: Arc<NodeMemory>,
     running: Mutex<HashMap<String, usize>>,
 }
 
@@ -144,11 +189,48 @@ impl Drop for Slot {
 
 impl QueryGate {
     pub fn new(limits: QueryLimits) -> Arc<QueryGate> {
-        Arc::new(QueryGate { limits, running: Mutex::new(HashMap::new()) })
+        let node_memory = NodeMemory::new(limits.node_query_memory_bytes_max);
+        Arc::new(QueryGate { limits, node_memory, running: Mutex::new(HashMap::new()) })
     }
 
-    /// A place for one more query of `key` (an actor such as `key:<id>` or `anonymous`).
+    /// What one query's session may use: its own limits and the node's memory budget.
+    pub fn session(&self) -> tidemark_query::SessionLimits {
+        tidemark_query::SessionLimits {
+            memory_bytes_max: Some(self.limits.query_memory_bytes_max),
+            node_memory: Some(self.node_memory.clone()),
+            nesting_max: self.limits.sql_nesting_max,
+            function_result_bytes_max: self.limits.function_result_bytes_max,
+        }
+    }
+
+    /// The gate's gauges in Prometheus text format: running queries, the memory they hold
+    /// and the node's budget.
+    pub fn render_metrics(&self) -> String {
+        let running: usize = self.running.lock().unwrap_or_else(|p| p.into_inner()).values().sum();
+        let mut out = String::new();
+        for (name, help, value) in [
+            ("tidemark_queries_running", "SQL queries running (planning or streaming their answer).", running),
+            ("tidemark_query_memory_bytes", "Bytes the running queries' operators hold.", self.node_memory.used()),
+            (
+                "tidemark_query_memory_limit_bytes",
+                "The node's budget for query memory (limits.node_query_memory_bytes_max).",
+                self.node_memory.limit(),
+            ),
+        ] {
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"));
+        }
+        out
+    }
+
+    /// A place for one more query of `key` (an actor such as `key:<id>` or `anonymous`);
+    /// refused while the key runs its limit of queries or the node's query memory is taken.
     pub fn enter(self: &Arc<Self>, key: &str) -> Result<Slot, Error> {
+        if self.node_memory.is_full() {
+            return Err(Error::Limit {
+                limit: Limit::NodeMemory,
+                message: tidemark_query::memory::node_full(self.node_memory.used(), self.node_memory.limit()),
+            });
+        }
         let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
         let n = running.entry(key.to_string()).or_insert(0);
         if *n >= self.limits.concurrent_queries_per_key {

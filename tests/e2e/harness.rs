@@ -320,15 +320,23 @@ impl TestNode {
 
     /// A POST whose answer may be binary (Arrow IPC): its status and bytes, as sent.
     pub(crate) fn post_raw(&self, path: &str, body: &[u8], headers: &[(&str, &str)]) -> (u16, Vec<u8>) {
+        let (status, bytes) = self.try_post_raw(path, body, headers);
+        (status, bytes.unwrap_or_else(|e| panic!("POST {path}: {e}\nnode log:\n{}", self.log_text())))
+    }
+
+    /// A POST's status and its body's bytes, or the error that cut the body.
+    pub(crate) fn try_post_raw(
+        &self,
+        path: &str,
+        body: &[u8],
+        headers: &[(&str, &str)],
+    ) -> (u16, Result<Vec<u8>, ureq::Error>) {
         let mut req = self.agent.post(&self.url(path));
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
         let mut resp = req.send(body).unwrap_or_else(|e| panic!("POST {path}: {e}\nnode log:\n{}", self.log_text()));
-        let status = resp.status().as_u16();
-        let bytes =
-            resp.body_mut().with_config().limit(1 << 30).read_to_vec().unwrap_or_else(|e| panic!("POST {path}: {e}"));
-        (status, bytes)
+        (resp.status().as_u16(), resp.body_mut().with_config().limit(1 << 30).read_to_vec())
     }
 
     pub(crate) fn put(&self, path: &str, body: &[u8]) -> Reply {

@@ -2,6 +2,7 @@
 
 mod access;
 mod admin_grpc;
+mod answers;
 mod backup;
 mod beacons;
 mod cluster;
