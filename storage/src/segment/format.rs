@@ -125,3 +125,29 @@ impl SegmentMeta {
         self.columns.iter().find(|c| c.name == name)
     }
 }
+
+/// Rewrites a segment file's footer after `edit`, with every checksum (each column's and the
+/// footer's) recomputed from the bytes as they are. Tests and the fuzz target craft files
+/// with it: checksums are no defence against a crafted file, so what they change must reach
+/// the reader's checks behind the checksums. `None` when the bytes have no readable footer;
+/// never panics, whatever the bytes.
+pub fn reseal(file: &mut Vec<u8>, edit: impl FnOnce(&mut SegmentMeta)) -> Option<()> {
+    let trailer_start = file.len().checked_sub(TRAILER_LEN)?;
+    let footer_len = u32::from_le_bytes(file.get(trailer_start..trailer_start + 4)?.try_into().ok()?) as usize;
+    let footer_start = trailer_start.checked_sub(footer_len)?;
+    let mut meta: SegmentMeta = serde_json::from_slice(file.get(footer_start..trailer_start)?).ok()?;
+    edit(&mut meta);
+    for col in &mut meta.columns {
+        let range = usize::try_from(col.start).ok().zip(usize::try_from(col.end).ok());
+        if let Some(bytes) = range.and_then(|(s, e)| file.get(s..e)) {
+            col.crc32c = crc32c::crc32c(bytes);
+        }
+    }
+    let footer = serde_json::to_vec(&meta).ok()?;
+    file.truncate(footer_start);
+    file.extend_from_slice(&footer);
+    file.extend_from_slice(&u32::try_from(footer.len()).ok()?.to_le_bytes());
+    file.extend_from_slice(&crc32c::crc32c(&footer).to_le_bytes());
+    file.extend_from_slice(FOOTER_MAGIC);
+    Some(())
+}

@@ -1,13 +1,17 @@
 //! Opens a segment file with mmap, verifies it, and hands its columns to Arrow without copying.
 //!
-//! Every column's checksum is verified when the segment is opened: an I/O error on a mapped
-//! page arrives as SIGBUS rather than an error value, so damage must be found up front, and a
-//! corrupt segment is refused with the column and byte range named.
+//! Every column's checksum is verified when the segment is opened, through `pread` before
+//! the file is mapped: an I/O error on a mapped page arrives as SIGBUS rather than an error
+//! value, so damage must be found up front, and a corrupt segment is refused with the column
+//! and byte range named. Lengths and offsets from the file are checked without overflow
+//! against the file, their column and the row count, so a crafted file (whose checksums
+//! anyone can recompute) gets an error, never a panic or a read outside the mapping.
 //!
 //! Invariant: arrays returned here borrow the mapping (the `Arc<Mmap>` is their owner), so a
 //! segment file is never modified or truncated while open; segments are immutable.
 
 use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 use std::sync::Arc;
@@ -17,7 +21,7 @@ use arrow_array::{
     Array, ArrayRef, BinaryArray, DictionaryArray, Float64Array, Int32Array, Int64Array, StringArray,
     TimestampMillisecondArray,
 };
-use arrow_buffer::{BooleanBuffer, Buffer, NullBuffer, OffsetBuffer, ScalarBuffer};
+use arrow_buffer::{ArrowNativeType, BooleanBuffer, Buffer, NullBuffer, OffsetBuffer, ScalarBuffer};
 use arrow_schema::{DataType, Field, Schema, TimeUnit};
 use memmap2::Mmap;
 use roaring::RoaringBitmap;
@@ -65,53 +69,76 @@ pub fn table_schema(spec: &tidemark_catalog::DatasourceSpec) -> Schema {
 }
 
 impl Segment {
+    /// Opens and verifies a segment file. Everything is checked through `pread` before the
+    /// file is mapped: an I/O error on a damaged sector is then an error value, where through
+    /// the mapping it would be SIGBUS. Checksums are not a defence against a crafted file
+    /// (anyone can recompute them), so every length and offset the footer gives is checked
+    /// with overflow-free arithmetic against the file and the column it belongs to.
     pub fn open(path: &Path) -> Result<Segment> {
         let file = File::open(path).map_err(Error::io(path))?;
-        // SAFETY: segment files are immutable once renamed into place (writer.rs), and the
-        // node never truncates a file that may still be mapped; checksums are verified below
-        // before any column is read.
-        let mmap = unsafe { Mmap::map(&file) }.map_err(Error::io(path))?;
         let corrupt = |position: u64, reason: String| Error::Corrupt { path: path.to_path_buf(), position, reason };
-        let len = mmap.len();
-        if len < HEADER_LEN + TRAILER_LEN || &mmap[..8] != MAGIC {
+        let len = file.metadata().map_err(Error::io(path))?.len();
+        let too_short = (HEADER_LEN + TRAILER_LEN) as u64;
+        if len < too_short {
             return Err(corrupt(0, "not a tidemark segment file".into()));
         }
-        let version = u32::from_le_bytes([mmap[8], mmap[9], mmap[10], mmap[11]]);
+        let mut header = [0u8; HEADER_LEN];
+        file.read_exact_at(&mut header, 0).map_err(Error::io(path))?;
+        if &header[..8] != MAGIC {
+            return Err(corrupt(0, "not a tidemark segment file".into()));
+        }
+        let version = u32::from_le_bytes([header[8], header[9], header[10], header[11]]);
         if version != FORMAT_VERSION {
             return Err(corrupt(
                 8,
                 format!("segment format version {version} is not supported (this node reads {FORMAT_VERSION})"),
             ));
         }
-        let trailer = &mmap[len - TRAILER_LEN..];
+        let trailer_start = len - TRAILER_LEN as u64;
+        let mut trailer = [0u8; TRAILER_LEN];
+        file.read_exact_at(&mut trailer, trailer_start).map_err(Error::io(path))?;
         if &trailer[8..] != FOOTER_MAGIC {
-            return Err(corrupt((len - 8) as u64, "footer magic missing: the file is truncated".into()));
+            return Err(corrupt(len - 8, "footer magic missing: the file is truncated".into()));
         }
-        let footer_len = u32::from_le_bytes([trailer[0], trailer[1], trailer[2], trailer[3]]) as usize;
+        let footer_len = u64::from(u32::from_le_bytes([trailer[0], trailer[1], trailer[2], trailer[3]]));
         let footer_crc = u32::from_le_bytes([trailer[4], trailer[5], trailer[6], trailer[7]]);
-        let footer_start =
-            (len - TRAILER_LEN).checked_sub(footer_len).filter(|s| *s >= HEADER_LEN).ok_or_else(|| {
-                corrupt((len - TRAILER_LEN) as u64, format!("footer length {footer_len} does not fit the file"))
-            })?;
-        let footer = &mmap[footer_start..len - TRAILER_LEN];
-        if crc32c::crc32c(footer) != footer_crc {
-            return Err(corrupt(footer_start as u64, "footer checksum mismatch".into()));
+        let footer_start = trailer_start
+            .checked_sub(footer_len)
+            .filter(|s| *s >= HEADER_LEN as u64)
+            .ok_or_else(|| corrupt(trailer_start, format!("footer length {footer_len} does not fit the file")))?;
+        // At most 4 GiB (a u32 length), and inside a file that exists.
+        let mut footer = vec![0u8; footer_len as usize];
+        file.read_exact_at(&mut footer, footer_start).map_err(Error::io(path))?;
+        if crc32c::crc32c(&footer) != footer_crc {
+            return Err(corrupt(footer_start, "footer checksum mismatch".into()));
         }
-        let meta: SegmentMeta = serde_json::from_slice(footer)
-            .map_err(|e| corrupt(footer_start as u64, format!("footer is unreadable: {e}")))?;
+        let meta: SegmentMeta =
+            serde_json::from_slice(&footer).map_err(|e| corrupt(footer_start, format!("footer is unreadable: {e}")))?;
+        if usize::try_from(meta.rows).is_err() {
+            return Err(corrupt(footer_start, format!("row count {} does not fit this machine", meta.rows)));
+        }
         for col in &meta.columns {
-            let (s, e) = (col.start as usize, col.end as usize);
+            let (s, e) = (col.start, col.end);
             if s > e || e > footer_start {
-                return Err(corrupt(col.start, format!("column {} lies outside the data region", col.name)));
+                return Err(corrupt(s, format!("column {} lies outside the data region", col.name)));
             }
-            if crc32c::crc32c(&mmap[s..e]) != col.crc32c {
-                return Err(corrupt(col.start, format!("checksum mismatch in column {} (bytes {s}..{e})", col.name)));
+            if file_crc(&file, s, e).map_err(Error::io(path))? != col.crc32c {
+                return Err(corrupt(s, format!("checksum mismatch in column {} (bytes {s}..{e})", col.name)));
             }
             for b in &col.buffers {
-                if b.offset < col.start || b.offset + b.len > col.end || !(b.offset as usize).is_multiple_of(ALIGN) {
+                let inside = b.offset >= s && b.offset.checked_add(b.len).is_some_and(|end| end <= e);
+                if !inside || !b.offset.is_multiple_of(ALIGN as u64) {
                     return Err(corrupt(b.offset, format!("buffer {:?} of column {} is misplaced", b.role, col.name)));
                 }
             }
+        }
+        // SAFETY: segment files are immutable once renamed into place (writer.rs), and the
+        // node never truncates or rewrites a file that may be mapped (repairs and installs
+        // rename a new file over the name); everything read through the mapping was checked
+        // above, and the mapping's length is checked against what was read.
+        let mmap = unsafe { Mmap::map(&file) }.map_err(Error::io(path))?;
+        if mmap.len() as u64 != len {
+            return Err(corrupt(0, format!("the file changed while it was opened ({len} then {} bytes)", mmap.len())));
         }
         let segment = Segment { path: path.to_path_buf(), mmap: Arc::new(mmap), meta };
         // Structural checks once, here, so reads can build arrays without re-validating.
@@ -162,16 +189,56 @@ impl Segment {
         }
     }
 
-    fn required(&self, col: &ColumnEntry, role: BufferRole) -> Result<Buffer> {
-        col.buffer(role).map(|r| self.buffer(r)).ok_or_else(|| Error::Corrupt {
-            path: self.path.clone(),
-            position: col.start,
-            reason: format!("column {} lacks its {role:?} buffer", col.name),
-        })
+    fn corrupt(&self, col: &ColumnEntry, reason: String) -> Error {
+        Error::Corrupt { path: self.path.clone(), position: col.start, reason }
     }
 
-    fn nulls(&self, col: &ColumnEntry) -> Option<NullBuffer> {
-        col.buffer(BufferRole::Validity).map(|r| NullBuffer::new(BooleanBuffer::new(self.buffer(r), 0, self.rows())))
+    fn required(&self, col: &ColumnEntry, role: BufferRole) -> Result<Buffer> {
+        col.buffer(role)
+            .map(|r| self.buffer(r))
+            .ok_or_else(|| self.corrupt(col, format!("column {} lacks its {role:?} buffer", col.name)))
+    }
+
+    /// `n` fixed-width values from a column's buffer, refused when the buffer is shorter
+    /// (Arrow would panic).
+    fn scalars<T: ArrowNativeType>(&self, col: &ColumnEntry, role: BufferRole, n: usize) -> Result<ScalarBuffer<T>> {
+        let buffer = self.required(col, role)?;
+        let needed = n.checked_mul(std::mem::size_of::<T>());
+        if needed.is_none_or(|needed| needed > buffer.len()) {
+            return Err(self.corrupt(
+                col,
+                format!("column {}: its {role:?} buffer of {} bytes cannot hold {n} values", col.name, buffer.len()),
+            ));
+        }
+        Ok(ScalarBuffer::new(buffer, 0, n))
+    }
+
+    /// `n + 1` offsets, which must not overflow.
+    fn offset_count(&self, col: &ColumnEntry, n: usize) -> Result<usize> {
+        n.checked_add(1).ok_or_else(|| self.corrupt(col, format!("column {}: {n} values is too many", col.name)))
+    }
+
+    /// Offsets Arrow accepts (non-negative, never decreasing): `OffsetBuffer::new` panics on
+    /// others, so a damaged or crafted file is refused first.
+    fn checked_offsets(&self, col: &ColumnEntry, offsets: ScalarBuffer<i32>) -> Result<OffsetBuffer<i32>> {
+        let fine = offsets.first().is_some_and(|first| *first >= 0) && offsets.windows(2).all(|w| w[0] <= w[1]);
+        if !fine {
+            return Err(self.corrupt(col, format!("column {}: offsets are negative or decreasing", col.name)));
+        }
+        Ok(OffsetBuffer::new(offsets))
+    }
+
+    fn nulls(&self, col: &ColumnEntry) -> Result<Option<NullBuffer>> {
+        let Some(r) = col.buffer(BufferRole::Validity) else { return Ok(None) };
+        let rows = self.rows();
+        let buffer = self.buffer(r);
+        if buffer.len() < rows.div_ceil(8) {
+            return Err(self.corrupt(
+                col,
+                format!("column {}: its validity bitmap of {} bytes cannot cover {rows} rows", col.name, buffer.len()),
+            ));
+        }
+        Ok(Some(NullBuffer::new(BooleanBuffer::new(buffer, 0, rows))))
     }
 
     /// The column as an Arrow array backed by the mapping. Its structure (offsets, keys,
@@ -191,14 +258,11 @@ impl Segment {
         };
         let array: ArrayRef = match col.kind {
             ColumnKind::Time => {
-                let values = ScalarBuffer::<i64>::new(self.required(col, BufferRole::Values)?, 0, rows);
+                let values = self.scalars::<i64>(col, BufferRole::Values, rows)?;
                 Arc::new(TimestampMillisecondArray::new(values, None).with_timezone("UTC"))
             }
             ColumnKind::Dimension => {
-                let keys = Int32Array::new(
-                    ScalarBuffer::new(self.required(col, BufferRole::Values)?, 0, rows),
-                    self.nulls(col),
-                );
+                let keys = Int32Array::new(self.scalars(col, BufferRole::Values, rows)?, self.nulls(col)?);
                 let values = self.dictionary_array(col, validate)?;
                 if validate {
                     Arc::new(DictionaryArray::<Int32Type>::try_new(keys, Arc::new(values)).map_err(bad)?)
@@ -209,24 +273,21 @@ impl Segment {
                 }
             }
             ColumnKind::Metric => match col.metric_type.as_deref() {
-                Some("count") | Some("longSum") => Arc::new(Int64Array::new(
-                    ScalarBuffer::new(self.required(col, BufferRole::Values)?, 0, rows),
-                    self.nulls(col),
-                )),
-                _ => Arc::new(Float64Array::new(
-                    ScalarBuffer::new(self.required(col, BufferRole::Values)?, 0, rows),
-                    self.nulls(col),
-                )),
+                Some("count") | Some("longSum") => {
+                    Arc::new(Int64Array::new(self.scalars(col, BufferRole::Values, rows)?, self.nulls(col)?))
+                }
+                _ => Arc::new(Float64Array::new(self.scalars(col, BufferRole::Values, rows)?, self.nulls(col)?)),
             },
             ColumnKind::Sketch => {
-                let offsets = ScalarBuffer::<i32>::new(self.required(col, BufferRole::Offsets)?, 0, rows + 1);
+                let offsets = self.scalars::<i32>(col, BufferRole::Offsets, self.offset_count(col, rows)?)?;
                 let data = self.required(col, BufferRole::Data)?;
                 if validate {
-                    Arc::new(BinaryArray::try_new(OffsetBuffer::new(offsets), data, self.nulls(col)).map_err(bad)?)
+                    let offsets = self.checked_offsets(col, offsets)?;
+                    Arc::new(BinaryArray::try_new(offsets, data, self.nulls(col)?).map_err(bad)?)
                 } else {
                     // SAFETY: validated at open (monotonic offsets within `data`).
                     Arc::new(unsafe {
-                        BinaryArray::new_unchecked(OffsetBuffer::new_unchecked(offsets), data, self.nulls(col))
+                        BinaryArray::new_unchecked(OffsetBuffer::new_unchecked(offsets), data, self.nulls(col)?)
                     })
                 }
             }
@@ -235,15 +296,14 @@ impl Segment {
     }
 
     fn dictionary_array(&self, col: &ColumnEntry, validate: bool) -> Result<StringArray> {
-        let card = col.cardinality.unwrap_or(0) as usize;
-        let offsets = ScalarBuffer::<i32>::new(self.required(col, BufferRole::DictOffsets)?, 0, card + 1);
+        let card = usize::try_from(col.cardinality.unwrap_or(0))
+            .map_err(|_| self.corrupt(col, format!("column {}: its cardinality does not fit", col.name)))?;
+        let offsets = self.scalars::<i32>(col, BufferRole::DictOffsets, self.offset_count(col, card)?)?;
         let data = self.required(col, BufferRole::DictData)?;
         if validate {
-            return StringArray::try_new(OffsetBuffer::new(offsets), data, None).map_err(|e| Error::Corrupt {
-                path: self.path.clone(),
-                position: col.start,
-                reason: format!("dictionary of {}: {e}", col.name),
-            });
+            let offsets = self.checked_offsets(col, offsets)?;
+            return StringArray::try_new(offsets, data, None)
+                .map_err(|e| self.corrupt(col, format!("dictionary of {}: {e}", col.name)));
         }
         // SAFETY: validated at open (monotonic offsets, UTF-8).
         Ok(unsafe { StringArray::new_unchecked(OffsetBuffer::new_unchecked(offsets), data, None) })
@@ -259,9 +319,11 @@ impl Segment {
         let col = self.entry(dim)?;
         let dict = self.dictionary(dim)?;
         let card = dict.len();
-        let offsets_buf = self.required(col, BufferRole::BitmapOffsets)?;
-        let offsets = ScalarBuffer::<u64>::new(offsets_buf, 0, card + 2);
+        // One bitmap per value, then null's: card + 2 offsets.
+        let slots = card.checked_add(2).ok_or_else(|| self.corrupt(col, format!("column {dim}: too many values")))?;
+        let offsets = self.scalars::<u64>(col, BufferRole::BitmapOffsets, slots)?;
         let bitmaps = self.required(col, BufferRole::Bitmaps)?;
+        let rows = self.meta.rows;
         let mut out = RoaringBitmap::new();
         for v in values {
             let slot = match v {
@@ -269,17 +331,39 @@ impl Segment {
                 Some(s) => binary_search(&dict, s),
             };
             if let Some(slot) = slot {
-                let bytes = &bitmaps.as_slice()[offsets[slot] as usize..offsets[slot + 1] as usize];
-                let bm = RoaringBitmap::deserialize_from(bytes).map_err(|e| Error::Corrupt {
-                    path: self.path.clone(),
-                    position: col.start,
-                    reason: format!("bitmap of {dim}: {e}"),
-                })?;
+                // The bitmap index is not checked at open (it is read only by filters), so
+                // each bitmap is checked as it is read: its bytes inside the buffer, its rows
+                // inside the segment.
+                let bytes = usize::try_from(offsets[slot])
+                    .ok()
+                    .zip(usize::try_from(offsets[slot + 1]).ok())
+                    .and_then(|(a, b)| bitmaps.as_slice().get(a..b))
+                    .ok_or_else(|| self.corrupt(col, format!("bitmap {slot} of {dim} lies outside its buffer")))?;
+                let bm = RoaringBitmap::deserialize_from(bytes)
+                    .map_err(|e| self.corrupt(col, format!("bitmap of {dim}: {e}")))?;
+                if bm.max().is_some_and(|max| u64::from(max) >= rows) {
+                    return Err(
+                        self.corrupt(col, format!("bitmap {slot} of {dim} names rows past the segment's {rows}"))
+                    );
+                }
                 out |= bm;
             }
         }
         Ok(out)
     }
+}
+
+/// CRC32C of bytes `start..end` of `file`, read in pieces (never through a mapping).
+fn file_crc(file: &File, start: u64, end: u64) -> std::io::Result<u32> {
+    let mut buf = vec![0u8; 1 << 20];
+    let (mut at, mut crc) = (start, 0u32);
+    while at < end {
+        let n = usize::try_from((end - at).min(buf.len() as u64)).unwrap_or(buf.len());
+        file.read_exact_at(&mut buf[..n], at)?;
+        crc = crc32c::crc32c_append(crc, &buf[..n]);
+        at += n as u64;
+    }
+    Ok(crc)
 }
 
 fn binary_search(dict: &StringArray, needle: &str) -> Option<usize> {

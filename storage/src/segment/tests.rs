@@ -4,6 +4,7 @@ use arrow_array::Array;
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float64Type, Int32Type, Int64Type, TimestampMillisecondType};
 use proptest::prelude::*;
+use roaring::RoaringBitmap;
 use serde_json::json;
 use tidemark_catalog::DatasourceSpec;
 use tidemark_catalog::event::extract;
@@ -188,4 +189,125 @@ fn same_index_writes_identical_bytes() {
     let a = std::fs::read(dir.path().join("a.seg")).expect("read");
     let b = std::fs::read(dir.path().join("b.seg")).expect("read");
     assert_eq!(a, b);
+}
+
+/// A crafted file: a real segment whose footer `edit` changes (and whose data `poke`
+/// changes), every checksum then recomputed, as an attacker would.
+fn crafted(
+    edit: impl FnOnce(&mut SegmentMeta),
+    poke: impl FnOnce(&SegmentMeta, &mut Vec<u8>),
+) -> (tempfile::TempDir, std::path::PathBuf) {
+    let (spec, idx) =
+        build(&[(1, 1, Some(1), 3, Some(8), 2), (2, 2, None, 4, None, 3), (3, 1, Some(2), 5, Some(1), 4)]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("crafted.seg");
+    let written = write_segment(&path, id(), &spec, &idx).expect("write");
+    let mut bytes = std::fs::read(&path).expect("read");
+    poke(&written.meta, &mut bytes);
+    format::reseal(&mut bytes, edit).expect("a footer to edit");
+    std::fs::write(&path, &bytes).expect("write");
+    (dir, path)
+}
+
+fn buffer_mut<'a>(meta: &'a mut SegmentMeta, column: &str, role: format::BufferRole) -> &'a mut format::BufferRef {
+    let col = meta.columns.iter_mut().find(|c| c.name == column).expect("column");
+    col.buffers.iter_mut().find(|b| b.role == role).expect("buffer")
+}
+
+fn refused(path: &std::path::Path, expected: &str) {
+    match Segment::open(path) {
+        Err(crate::Error::Corrupt { reason, .. }) => assert!(reason.contains(expected), "{reason}"),
+        Err(e) => panic!("expected a corrupt-segment error naming {expected:?}, got {e}"),
+        Ok(_) => panic!("a crafted segment opened ({expected})"),
+    }
+}
+
+/// Issue 20, item 7: each of these once panicked, or read outside the mapping (the first:
+/// `offset + len` wrapped past the bounds check in a release build).
+#[test]
+fn crafted_lengths_and_offsets_are_refused_without_a_panic() {
+    use format::BufferRole::*;
+    let (_d, p) = crafted(
+        |m| {
+            let b = buffer_mut(m, "amt", Values);
+            b.len = u64::MAX - b.offset + 1;
+        },
+        |_, _| {},
+    );
+    refused(&p, "buffer Values of column amt is misplaced");
+
+    let (_d, p) = crafted(|m| m.rows = 1 << 40, |_, _| {});
+    refused(&p, "cannot hold");
+    let (_d, p) = crafted(|m| m.rows = u64::MAX, |_, _| {});
+    refused(&p, "");
+
+    let (_d, p) = crafted(
+        |m| m.columns.iter_mut().filter(|c| c.name == "page").for_each(|c| c.cardinality = Some(u64::MAX)),
+        |_, _| {},
+    );
+    refused(&p, "page");
+
+    let (_d, p) = crafted(|m| buffer_mut(m, "page", Validity).len = 0, |_, _| {});
+    refused(&p, "validity bitmap of 0 bytes");
+
+    // Dictionary offsets that decrease (the data is changed; the footer is not).
+    let (_d, p) = crafted(
+        |_| {},
+        |meta, bytes| {
+            let offsets = meta.column("m").and_then(|c| c.buffer(DictOffsets)).expect("dictionary offsets");
+            let at = offsets.offset as usize + 4;
+            bytes[at..at + 4].copy_from_slice(&i32::MAX.to_le_bytes());
+        },
+    );
+    refused(&p, "offsets are negative or decreasing");
+
+    // A sketch column whose first offset is negative.
+    let (_d, p) = crafted(
+        |_| {},
+        |meta, bytes| {
+            let offsets = meta.column("users").and_then(|c| c.buffer(Offsets)).expect("sketch offsets");
+            let at = offsets.offset as usize;
+            bytes[at..at + 4].copy_from_slice(&(-8i32).to_le_bytes());
+        },
+    );
+    refused(&p, "offsets are negative or decreasing");
+}
+
+/// The bitmap index is read only by filters: a crafted one is an error there, not a panic
+/// and not rows from outside the segment.
+#[test]
+fn a_crafted_bitmap_index_is_an_error_when_read() {
+    use format::BufferRole::*;
+    let (_d, p) = crafted(
+        |_| {},
+        |meta, bytes| {
+            let offsets = meta.column("m").and_then(|c| c.buffer(BitmapOffsets)).expect("bitmap offsets");
+            let at = offsets.offset as usize + 8;
+            bytes[at..at + 8].copy_from_slice(&u64::MAX.to_le_bytes());
+        },
+    );
+    let seg = Segment::open(&p).expect("the bitmap index is not read at open");
+    let err = seg.rows_matching("m", &[Some("m1")]).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.contains("lies outside its buffer"), "{err}");
+
+    // A bitmap naming row 1000 of a 3-row segment.
+    let (_d, p) = crafted(
+        |_| {},
+        |meta, bytes| {
+            let col = meta.column("m").expect("m");
+            let offsets = col.buffer(BitmapOffsets).expect("bitmap offsets");
+            let bitmaps = col.buffer(Bitmaps).expect("bitmaps");
+            let at = offsets.offset as usize;
+            let start = u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes")) as usize;
+            let end = u64::from_le_bytes(bytes[at + 8..at + 16].try_into().expect("8 bytes")) as usize;
+            let mut forged = Vec::new();
+            RoaringBitmap::from_iter([1000u32]).serialize_into(&mut forged).expect("serialize");
+            assert!(forged.len() <= end - start, "the forged bitmap fits where the first one was");
+            let base = bitmaps.offset as usize + start;
+            bytes[base..base + forged.len()].copy_from_slice(&forged);
+        },
+    );
+    let seg = Segment::open(&p).expect("open");
+    let err = seg.rows_matching("m", &[Some("m1")]).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.contains("names rows past the segment's 3"), "{err}");
 }
