@@ -27,6 +27,7 @@ pub(crate) struct Config {
     pub(crate) raft: RaftSection,
     pub(crate) ingest: IngestConfig,
     pub(crate) kafka: KafkaSection,
+    pub(crate) http: HttpSection,
     pub(crate) storage: StorageConfig,
     pub(crate) limits: LimitsSection,
     pub(crate) tls: TlsSection,
@@ -113,11 +114,41 @@ impl LimitsSection {
 pub(crate) struct KafkaSection {
     pub(crate) request_bytes_max: usize,
     pub(crate) decompressed_batch_bytes_max: usize,
+    pub(crate) unauthenticated_request_bytes_max: usize,
+    pub(crate) connections_max: usize,
+    pub(crate) connections_per_address_max: usize,
+    pub(crate) idle_timeout_ms: u64,
+    pub(crate) request_read_timeout_ms: u64,
 }
 
 impl Default for KafkaSection {
     fn default() -> Self {
-        KafkaSection { request_bytes_max: 100 * 1024 * 1024, decompressed_batch_bytes_max: 64 * 1024 * 1024 }
+        KafkaSection {
+            request_bytes_max: 100 * 1024 * 1024,
+            decompressed_batch_bytes_max: 64 * 1024 * 1024,
+            unauthenticated_request_bytes_max: 512 * 1024,
+            connections_max: 10_000,
+            connections_per_address_max: 1_000,
+            idle_timeout_ms: 600_000,
+            request_read_timeout_ms: 30_000,
+        }
+    }
+}
+
+/// The HTTP listener's connection bounds (see `src/http_serve.rs`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct HttpSection {
+    pub(crate) connections_max: usize,
+    pub(crate) connections_per_address_max: usize,
+    /// How long a request's headers may take to arrive, counted from when the connection is
+    /// ready for its next request: a keep-alive connection idle that long is closed too.
+    pub(crate) header_read_timeout_ms: u64,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        HttpSection { connections_max: 10_000, connections_per_address_max: 1_000, header_read_timeout_ms: 30_000 }
     }
 }
 
@@ -188,6 +219,7 @@ impl Default for Config {
             raft: RaftSection::default(),
             ingest: IngestConfig::default(),
             kafka: KafkaSection::default(),
+            http: HttpSection::default(),
             storage: StorageConfig::default(),
             limits: LimitsSection::default(),
             tls: TlsSection::default(),
@@ -303,6 +335,23 @@ impl Config {
         }
         if self.kafka.request_bytes_max < 1024 {
             problems.push("kafka.request_bytes_max: must be at least 1024".into());
+        }
+        let k = &self.kafka;
+        if k.unauthenticated_request_bytes_max < 1024 {
+            problems.push("kafka.unauthenticated_request_bytes_max: must be at least 1024".into());
+        }
+        for (name, value) in [
+            ("kafka.connections_max", k.connections_max as u64),
+            ("kafka.connections_per_address_max", k.connections_per_address_max as u64),
+            ("kafka.idle_timeout_ms", k.idle_timeout_ms),
+            ("kafka.request_read_timeout_ms", k.request_read_timeout_ms),
+            ("http.connections_max", self.http.connections_max as u64),
+            ("http.connections_per_address_max", self.http.connections_per_address_max as u64),
+            ("http.header_read_timeout_ms", self.http.header_read_timeout_ms),
+        ] {
+            if value == 0 {
+                problems.push(format!("{name}: must be positive"));
+            }
         }
         if self.kafka.decompressed_batch_bytes_max > (1 << 30) {
             problems.push("kafka.decompressed_batch_bytes_max: must be at most 1 GiB (1073741824)".into());

@@ -30,6 +30,7 @@ mod cluster;
 mod config;
 mod demo;
 mod governance;
+mod http_serve;
 mod jobs;
 mod keys;
 mod listeners;
@@ -448,12 +449,22 @@ async fn run_node(cfg: Config, demo: bool, test_faults: bool) -> Result<()> {
     } else {
         None
     };
+    let kafka_connections = tidemark_ingest::connections::ConnectionGate::new(
+        "kafka",
+        cfg.kafka.connections_max,
+        cfg.kafka.connections_per_address_max,
+    );
+    let http_bounds = http_serve::Bounds::from_config(&cfg.http);
     let ingest_state = IngestState {
         node: node.clone(),
         limits: BeaconLimits { body_bytes_max: cfg.ingest.body_bytes_max, future_ms_max: cfg.ingest.future_ms_max },
         spool: spool.clone(),
         failed_login_delay,
-        more_metrics: vec![Arc::new(QueryGateMetrics(sql_state.gate.clone()))],
+        more_metrics: vec![
+            Arc::new(QueryGateMetrics(sql_state.gate.clone())),
+            kafka_connections.clone(),
+            http_bounds.connections.clone(),
+        ],
     };
     if let Some(spool) = spool {
         tokio::spawn(tidemark_ingest::beacon_routing::drain(ingest_state.clone(), spool));
@@ -469,6 +480,10 @@ async fn run_node(cfg: Config, demo: bool, test_faults: bool) -> Result<()> {
     let mut kafka_config = tidemark_ingest::kafka::KafkaConfig::new(kafka_advertised);
     kafka_config.node_id = cfg.node_id as i32;
     kafka_config.request_bytes_max = cfg.kafka.request_bytes_max;
+    kafka_config.unauthenticated_request_bytes_max = cfg.kafka.unauthenticated_request_bytes_max;
+    kafka_config.idle_timeout = Duration::from_millis(cfg.kafka.idle_timeout_ms);
+    kafka_config.request_read_timeout = Duration::from_millis(cfg.kafka.request_read_timeout_ms);
+    kafka_config.connections = kafka_connections.clone();
     kafka_config.decompressed_batch_bytes_max = cfg.kafka.decompressed_batch_bytes_max;
     kafka_config.future_ms_max = cfg.ingest.future_ms_max;
     kafka_config.failed_login_delay = failed_login_delay;
@@ -490,23 +505,14 @@ async fn run_node(cfg: Config, demo: bool, test_faults: bool) -> Result<()> {
     let admin_routes = app.clone();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut http_stop = stop_rx.clone();
+    let stopped = async move {
+        let _ = http_stop.changed().await;
+    };
     let http_task = match http_tls {
-        None => tokio::spawn(async move {
-            axum::serve(http, app)
-                .with_graceful_shutdown(async move {
-                    let _ = http_stop.changed().await;
-                })
-                .await
-        }),
+        None => tokio::spawn(http_serve::serve(http, app, http_bounds, stopped)),
         Some(acceptor) => {
             let https = tls::TlsListener::new(http, acceptor)?;
-            tokio::spawn(async move {
-                axum::serve(https, app)
-                    .with_graceful_shutdown(async move {
-                        let _ = http_stop.changed().await;
-                    })
-                    .await
-            })
+            tokio::spawn(http_serve::serve(https, app, http_bounds, stopped))
         }
     };
     let mut flight_stop = stop_rx.clone();

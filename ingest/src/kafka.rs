@@ -45,6 +45,17 @@ pub struct KafkaConfig {
     pub node_id: i32,
     /// Larger requests close the connection (Kafka's `socket.request.max.bytes`).
     pub request_bytes_max: usize,
+    /// Before a client logged in (on a node with keys), larger requests close the connection
+    /// (Kafka's `sasl.server.max.receive.size`): no one unknown makes the node buffer 100 MiB.
+    pub unauthenticated_request_bytes_max: usize,
+    /// How long a connection may wait before sending its next request (Kafka's
+    /// `connections.max.idle.ms`).
+    pub idle_timeout: std::time::Duration,
+    /// How long a request may take to arrive once its first byte did (a client trickling a
+    /// request a byte at a time holds a connection and a buffer).
+    pub request_read_timeout: std::time::Duration,
+    /// Connections in all and per address.
+    pub connections: Arc<crate::connections::ConnectionGate>,
     /// A produced batch may decompress to at most this many bytes.
     pub decompressed_batch_bytes_max: usize,
     /// Events stamped further ahead of the writer's clock are rejected at apply.
@@ -73,6 +84,10 @@ impl KafkaConfig {
             advertised,
             node_id: 1,
             request_bytes_max: 100 * 1024 * 1024,
+            unauthenticated_request_bytes_max: 512 * 1024,
+            idle_timeout: std::time::Duration::from_secs(600),
+            request_read_timeout: std::time::Duration::from_secs(30),
+            connections: crate::connections::ConnectionGate::new("kafka", 10_000, 1_000),
             decompressed_batch_bytes_max: 64 * 1024 * 1024,
             future_ms_max: 24 * 3_600_000,
             in_flight_per_connection: 16,
@@ -184,9 +199,15 @@ pub async fn serve(listener: TcpListener, node: Node, config: KafkaConfig) -> st
             broker.node.metrics().kafka_accept_failing.lock().unwrap_or_else(|p| p.into_inner()).take();
             tracing::info!("the Kafka port accepts connections again");
         }
+        let place = match broker.config.connections.admit(peer.ip()) {
+            Ok(place) => place,
+            // Closed at once, before a byte is read: the refusal is counted and logged.
+            Err(_) => continue,
+        };
         let _ = stream.set_nodelay(true);
         let broker = broker.clone();
         tokio::spawn(async move {
+            let _place = place;
             let metrics = broker.node.metrics();
             metrics.kafka_connections_open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let loopback = peer.ip().is_loopback();

@@ -25,6 +25,7 @@ pub mod auth;
 pub mod beacon_routing;
 pub mod beacons;
 pub mod cluster;
+pub mod connections;
 pub mod copies;
 pub mod datasources;
 pub mod error;

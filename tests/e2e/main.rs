@@ -6,6 +6,7 @@ mod answers;
 mod backup;
 mod beacons;
 mod cluster;
+mod connections;
 mod copies;
 mod crash;
 mod datasources;

@@ -62,6 +62,8 @@ pub(crate) enum Close {
     Io(#[from] std::io::Error),
     #[error("{0}")]
     Protocol(String),
+    #[error("no request for {} ms (kafka.idle_timeout_ms)", .0.as_millis())]
+    Idle(std::time::Duration),
 }
 
 /// Serves one connection (its two halves: a TCP socket's, or a TLS stream's) until it closes.
@@ -75,7 +77,12 @@ pub(crate) async fn run(
     let (tx, rx) = mpsc::channel::<Reply>(broker.config.in_flight_per_connection.max(1));
     let writer = tokio::spawn(write_loop(wr, rx));
     let result = loop {
-        let frame = match read_frame(&mut rd, broker.config.request_bytes_max).await {
+        let max = if session.sasl.principal().is_none() && broker.node.engine().read().catalog().access().required() {
+            broker.config.unauthenticated_request_bytes_max.min(broker.config.request_bytes_max)
+        } else {
+            broker.config.request_bytes_max
+        };
+        let frame = match read_frame(&mut rd, max, &broker.config).await {
             Ok(f) => f,
             Err(e) => break Err(e),
         };
@@ -110,29 +117,49 @@ async fn write_loop(mut wr: impl AsyncWrite + Unpin, mut rx: mpsc::Receiver<Repl
 }
 
 /// Reads one frame. The body grows as bytes arrive, so a client that declares a large frame
-/// and sends nothing holds no memory.
-async fn read_frame(rd: &mut (impl AsyncReadExt + Unpin), max: usize) -> Result<Bytes, Close> {
+/// and sends nothing holds no memory. The first byte may take up to the idle timeout; the
+/// rest of the frame must follow within the request read timeout.
+async fn read_frame(
+    rd: &mut (impl AsyncReadExt + Unpin),
+    max: usize,
+    config: &crate::kafka::KafkaConfig,
+) -> Result<Bytes, Close> {
     let mut size = [0u8; 4];
-    match rd.read_exact(&mut size).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(Close::Eof),
-        Err(e) => return Err(e.into()),
+    // One byte: a read cancelled by the timeout has consumed nothing.
+    match tokio::time::timeout(config.idle_timeout, rd.read_exact(&mut size[..1])).await {
+        Err(_) => return Err(Close::Idle(config.idle_timeout)),
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(Close::Eof),
+        Ok(Err(e)) => return Err(e.into()),
     }
-    let size = i32::from_be_bytes(size);
-    if size < 8 {
-        return Err(Close::Protocol(format!("frame size {size} is too small for a request header")));
+    let rest = async {
+        rd.read_exact(&mut size[1..]).await?;
+        let size = i32::from_be_bytes(size);
+        if size < 8 {
+            return Err(Close::Protocol(format!("frame size {size} is too small for a request header")));
+        }
+        if size as usize > max {
+            let why = if max < config.request_bytes_max {
+                "limit before logging in (kafka.unauthenticated_request_bytes_max, Kafka's sasl.server.max.receive.size)"
+            } else {
+                "limit (kafka.request_bytes_max, Kafka's socket.request.max.bytes)"
+            };
+            return Err(Close::Protocol(format!("request of {size} bytes is larger than the {max}-byte {why}")));
+        }
+        let mut body = Vec::with_capacity((size as usize).min(64 * 1024));
+        let n = rd.take(size as u64).read_to_end(&mut body).await?;
+        if n < size as usize {
+            return Err(Close::Protocol(format!("connection closed after {n} of a {size}-byte request")));
+        }
+        Ok(Bytes::from(body))
+    };
+    match tokio::time::timeout(config.request_read_timeout, rest).await {
+        Ok(frame) => frame,
+        Err(_) => Err(Close::Protocol(format!(
+            "the request did not arrive within {} ms of its first byte (kafka.request_read_timeout_ms)",
+            config.request_read_timeout.as_millis()
+        ))),
     }
-    if size as usize > max {
-        return Err(Close::Protocol(format!(
-            "request of {size} bytes is larger than the {max}-byte limit (socket.request.max.bytes)"
-        )));
-    }
-    let mut body = Vec::with_capacity((size as usize).min(64 * 1024));
-    let n = rd.take(size as u64).read_to_end(&mut body).await?;
-    if n < size as usize {
-        return Err(Close::Protocol(format!("connection closed after {n} of a {size}-byte request")));
-    }
-    Ok(Bytes::from(body))
 }
 
 /// A frame after its header, version and bounds checks.
