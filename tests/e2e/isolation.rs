@@ -5,11 +5,11 @@
 //! the same way. Every other merchant's rows carry canaries: each of their dimension values
 //! contains `zqx7`, and their amounts and latencies are unique numbers. The generator
 //! (`isolation_gen.rs`) writes queries over `{t}`; each runs as the merchant's key over
-//! `iso_all` (HTTP JSON, CSV and Arrow IPC, and Flight SQL) and as an admin key over
-//! `iso_one` (HTTP JSON and Flight SQL). Deterministic queries must answer the same rows (as
-//! multisets) both ways, and fail both ways or neither; and no byte of any answer, error or
-//! metadata reply the merchant gets may hold a canary (apart from literals its own SQL
-//! names): raw response bytes are scanned, not decoded values.
+//! `iso_all` (HTTP JSON, CSV and Arrow IPC, Flight SQL statements and prepared statements)
+//! and as an admin key over `iso_one` (HTTP JSON and Flight SQL). Deterministic queries
+//! must answer the same rows (as multisets) both ways, and fail both ways or neither; and no
+//! byte of any answer, error or metadata reply the merchant gets may hold a canary (apart
+//! from literals its own SQL names): raw response bytes are scanned, not decoded values.
 //!
 //! `TIDEMARK_ISOLATION_QUERIES` (default 500) and `TIDEMARK_ISOLATION_SEED` (default: from
 //! the clock, printed) set the run; `dev/isolation-long` runs 100,000 against a release build.
@@ -20,11 +20,12 @@ use std::time::{Duration, Instant};
 use arrow_flight::decode::FlightRecordBatchStream;
 use arrow_flight::flight_service_client::FlightServiceClient;
 use arrow_flight::sql::{
+    ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest, ActionCreatePreparedStatementResult,
     Any, CommandGetCatalogs, CommandGetDbSchemas, CommandGetExportedKeys, CommandGetImportedKeys,
     CommandGetPrimaryKeys, CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables, CommandGetXdbcTypeInfo,
-    CommandStatementQuery, ProstMessageExt,
+    CommandPreparedStatementQuery, CommandStatementQuery, ProstMessageExt,
 };
-use arrow_flight::{FlightData, FlightDescriptor, Ticket};
+use arrow_flight::{Action, FlightData, FlightDescriptor, Ticket};
 use datafusion::arrow::array::RecordBatch;
 use futures::TryStreamExt;
 use prost::Message;
@@ -273,6 +274,57 @@ impl Flight {
         (raw, batches)
     }
 
+    /// The statement as a prepared statement: created (its reply, with the result's schema,
+    /// is scanned too), run, closed.
+    pub(crate) fn prepared(&mut self, sql: &str) -> (Vec<u8>, Answer) {
+        let create = ActionCreatePreparedStatementRequest { query: sql.to_string(), transaction_id: None };
+        let (mut raw, result) = self.action("CreatePreparedStatement", create.as_any().encode_to_vec());
+        let created = match result.and_then(|bodies| {
+            let body = bodies.first().ok_or("CreatePreparedStatement answered nothing")?.clone();
+            let any = Any::decode(body.as_slice()).map_err(|e| e.to_string())?;
+            any.unpack::<ActionCreatePreparedStatementResult>()
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| "not an ActionCreatePreparedStatementResult".to_string())
+        }) {
+            Ok(created) => created,
+            Err(e) => return (raw, Err(e)),
+        };
+        let handle = created.prepared_statement_handle.clone();
+        let cmd = CommandPreparedStatementQuery { prepared_statement_handle: handle.clone() }.as_any();
+        let (run_raw, batches) = self.call(cmd);
+        raw.extend(run_raw);
+        let close = ActionClosePreparedStatementRequest { prepared_statement_handle: handle };
+        let (close_raw, _) = self.action("ClosePreparedStatement", close.as_any().encode_to_vec());
+        raw.extend(close_raw);
+        (raw, batches.and_then(|b| json_rows(&b)))
+    }
+
+    /// A DoAction's result bodies (also as raw bytes), or the error's text.
+    fn action(&mut self, kind: &str, body: Vec<u8>) -> (Vec<u8>, Result<Vec<Vec<u8>>, String>) {
+        let action = Action { r#type: kind.to_string(), body: body.into() };
+        let mut raw = Vec::new();
+        let stream = match self.rt.block_on(self.client.do_action(self.request(action))) {
+            Ok(s) => s.into_inner(),
+            Err(s) => {
+                raw.extend_from_slice(s.message().as_bytes());
+                return (raw, Err(s.message().to_string()));
+            }
+        };
+        match self.rt.block_on(stream.try_collect::<Vec<arrow_flight::Result>>()) {
+            Ok(results) => {
+                let bodies: Vec<Vec<u8>> = results.into_iter().map(|r| r.body.to_vec()).collect();
+                for b in &bodies {
+                    raw.extend_from_slice(b);
+                }
+                (raw, Ok(bodies))
+            }
+            Err(s) => {
+                raw.extend_from_slice(s.message().as_bytes());
+                (raw, Err(s.message().to_string()))
+            }
+        }
+    }
+
     pub(crate) fn query(&mut self, sql: &str) -> (Vec<u8>, Answer) {
         let cmd = CommandStatementQuery { query: sql.to_string(), transaction_id: None }.as_any();
         let (raw, batches) = self.call(cmd);
@@ -378,6 +430,8 @@ fn check(
     scan("HTTP Arrow IPC", &ipc);
     let (flight_raw, flight_rows) = flights.0.query(&sql);
     scan("Flight SQL", &flight_raw);
+    let (prepared_raw, prepared_rows) = flights.0.prepared(&sql);
+    scan("Flight SQL prepared statement", &prepared_raw);
 
     let Compare::Multiset { tolerance } = q.compare else { return problems };
     let mine = http_json(status, &json_bytes);
@@ -396,6 +450,7 @@ fn check(
     };
     compare("HTTP JSON", &mine, &copy);
     compare("Flight SQL", &flight_rows, &copy_flight);
+    compare("Flight SQL prepared statement", &prepared_rows, &copy_flight);
     if ipc_status == 200 {
         compare("HTTP Arrow IPC against JSON", &ipc_rows(&ipc), &mine);
     }
