@@ -1,5 +1,6 @@
 //! Functions whose result size comes from an argument, capped: `repeat`, `lpad`, `rpad`,
-//! `array_repeat` and the integer forms of `range` and `generate_series`.
+//! `array_repeat`, `array_resize`, and `range` and `generate_series` over integers, dates and
+//! timestamps.
 //!
 //! A failed allocation aborts a Rust process; nothing can catch it. `SELECT
 //! repeat('x', 1000000000000000)` from any key that may query therefore stopped the node
@@ -18,7 +19,9 @@ use std::sync::Arc;
 use datafusion::arrow::array::{Array, ArrayRef, AsArray};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::compute::kernels::length::length;
-use datafusion::arrow::datatypes::{DataType, FieldRef, Int64Type};
+use datafusion::arrow::datatypes::{
+    DataType, FieldRef, Int64Type, IntervalMonthDayNano, IntervalMonthDayNanoType, IntervalUnit, TimeUnit,
+};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::logical_expr::{
     ColumnarValue, Documentation, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
@@ -37,17 +40,21 @@ enum Size {
     Pad,
     /// `array_repeat(element, n)`: n copies of the element, per row.
     ArrayRepeat,
-    /// `range`/`generate_series([start,] stop [, step])` over integers: 8 bytes an element.
+    /// `range`/`generate_series([start,] stop [, step])`: over integers, or over dates and
+    /// timestamps stepping by an interval; 8 bytes an element.
     Series,
+    /// `array_resize(array, n [, value])`: n elements per row, each the size of the array's.
+    Resize,
 }
 
-const CAPPED: [(&str, Size); 6] = [
+const CAPPED: [(&str, Size); 7] = [
     ("repeat", Size::Repeat),
     ("lpad", Size::Pad),
     ("rpad", Size::Pad),
     ("array_repeat", Size::ArrayRepeat),
     ("range", Size::Series),
     ("generate_series", Size::Series),
+    ("array_resize", Size::Resize),
 ];
 
 /// Replaces each capped function the session has with its capped wrapper.
@@ -128,11 +135,34 @@ fn bound(size: Size, args: &[ColumnarValue], rows: usize) -> Result<u128> {
             let per_row = (element.get_array_memory_size() / rows).max(8) as u128;
             ints(&n)?.iter().map(|n| pos(*n) * per_row).sum()
         }
+        Size::Resize => {
+            let (Some(list), Some(n)) = (arg(0)?, arg(1)?) else { return Ok(0) };
+            let elements = match list.data_type() {
+                DataType::List(_) => list.as_list::<i32>().values().len(),
+                DataType::LargeList(_) => list.as_list::<i64>().values().len(),
+                _ => rows,
+            };
+            let per_element = (list.get_array_memory_size() / elements.max(1)).max(8) as u128;
+            ints(&n)?.iter().map(|n| pos(*n) * per_element).sum()
+        }
+        Size::Series if args.iter().any(|a| !a.data_type().is_integer()) => {
+            let (Some(start), Some(stop), Some(step)) = (arg(0)?, arg(1)?, arg(2)?) else { return Ok(0) };
+            let (start, stop) = (millis(&start)?, millis(&stop)?);
+            let step = cast(&step, &DataType::Interval(IntervalUnit::MonthDayNano))?;
+            let step = step.as_primitive::<IntervalMonthDayNanoType>();
+            (0..rows)
+                .map(|row| {
+                    let (Some(a), Some(b)) = (start[row], stop[row]) else { return 0 };
+                    if step.is_null(row) {
+                        return 0;
+                    }
+                    let span_ns = (i128::from(b) - i128::from(a)).unsigned_abs() * 1_000_000;
+                    span_ns / shortest_step_ns(step.value(row)) + 1
+                })
+                .map(|elements| elements * 8)
+                .sum()
+        }
         Size::Series => {
-            // Dates and timestamps step by intervals; only integer series are bounded here.
-            if args.iter().any(|a| !a.data_type().is_integer()) {
-                return Ok(0);
-            }
             let columns = (0..args.len()).map(arg).collect::<Result<Vec<_>>>()?.into_iter().flatten();
             let columns = columns.map(|c| ints(&c)).collect::<Result<Vec<_>>>()?;
             let value = |c: usize, row: usize| columns.get(c).and_then(|v| v.get(row).copied().flatten());
@@ -156,6 +186,28 @@ fn bound(size: Size, args: &[ColumnarValue], rows: usize) -> Result<u128> {
         }
     };
     Ok(total)
+}
+
+/// The least time an interval step can span, in nanoseconds (a month at least 28 days, a
+/// day at least 23 hours across a clock change). A step whose parts have mixed signs
+/// (`1 month - 29 days`) is taken as 1 ns: its length depends on the dates, and a bound must
+/// not be too small.
+fn shortest_step_ns(step: IntervalMonthDayNano) -> u128 {
+    let parts = [
+        i128::from(step.months) * 28 * 86_400_000_000_000,
+        i128::from(step.days) * 23 * 3_600_000_000_000,
+        i128::from(step.nanoseconds),
+    ];
+    let all_ahead = parts.iter().all(|p| *p >= 0);
+    let all_back = parts.iter().all(|p| *p <= 0);
+    let total = parts.iter().sum::<i128>().unsigned_abs();
+    if (all_ahead || all_back) && total > 0 { total } else { 1 }
+}
+
+/// A date or timestamp column as epoch milliseconds.
+fn millis(array: &ArrayRef) -> Result<Vec<Option<i64>>> {
+    let ms = cast(array, &DataType::Timestamp(TimeUnit::Millisecond, None))?;
+    ints(&cast(&ms, &DataType::Int64)?)
 }
 
 fn pos(v: Option<i64>) -> u128 {
@@ -189,13 +241,26 @@ mod tests {
             "SELECT range(1, 100000000000)",
             "SELECT generate_series(-9000000000000000000, 9000000000000000000)",
             "SELECT repeat(s, 100000) FROM (VALUES ('abcdefghij'), ('klm')) t(s)",
+            "SELECT array_resize([1, 2], 10000000000)",
+            "SELECT range(DATE '1970-01-01', DATE '9999-12-31', INTERVAL '1' DAY)",
+            "SELECT generate_series(TIMESTAMP '1970-01-01', TIMESTAMP '2200-01-01', INTERVAL '1 second')",
+            "SELECT range(DATE '2000-01-01', DATE '2400-01-01', INTERVAL '1 month -27 days')",
         ] {
             let e = run(&ctx, sql).await.err().map(|e| e.to_string()).unwrap_or_default();
             assert!(e.contains(SETTING), "{sql}: {e}");
         }
-        let ok = run(&ctx, "SELECT repeat('ab', 3) AS r, lpad('7', 3, '0') AS l, cardinality(range(1, 11)) AS n").await;
+        let ok = run(
+            &ctx,
+            "SELECT repeat('ab', 3) AS r, lpad('7', 3, '0') AS l, cardinality(range(1, 11)) AS n, \
+             cardinality(range(DATE '2024-01-01', DATE '2024-03-01', INTERVAL '1' MONTH)) AS months, \
+             cardinality(generate_series(TIMESTAMP '2024-01-01', TIMESTAMP '2024-01-02', INTERVAL '1 hour')) AS hours, \
+             cardinality(array_resize([1, 2], 5)) AS resized",
+        )
+        .await;
         let batches = ok.expect("small calls answer");
         let text = datafusion::arrow::util::pretty::pretty_format_batches(&batches).expect("format").to_string();
-        assert!(text.contains("ababab") && text.contains("007") && text.contains("| 10 "), "{text}");
+        assert!(text.contains("ababab") && text.contains("007"), "{text}");
+        // range excludes its stop, generate_series includes it.
+        assert!(text.contains("| 10 | 2      | 25    | 5       |"), "{text}");
     }
 }

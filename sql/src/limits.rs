@@ -34,8 +34,8 @@ pub struct QueryLimits {
     pub sql_nesting_max: usize,
     /// Queries one API key (or all anonymous callers together) may run at once.
     pub concurrent_queries_per_key: usize,
-    /// Bytes one call of `repeat`, `lpad`, `rpad`, `array_repeat`, `range` or
-    /// `generate_series` may build (a failed allocation would abort the node).
+    /// Bytes one call of `repeat`, `lpad`, `rpad`, `array_repeat`, `array_resize`, `range`
+    /// or `generate_series` may build (a failed allocation would abort the node).
     pub function_result_bytes_max: usize,
 }
 
