@@ -15,6 +15,7 @@ mod demo;
 mod flight_adbc;
 mod governance;
 mod harness;
+mod hostile;
 mod isolation;
 mod isolation_gen;
 mod kafka;
