@@ -567,6 +567,7 @@ fn a_merchant_key_sees_nothing_of_other_merchants_in_generated_queries() {
     let mut by_kind: BTreeMap<&str, usize> = BTreeMap::new();
     let mut compared = 0usize;
     let mut answered = 0usize;
+    let mut problems = 0usize;
     let started = Instant::now();
     for i in 0..queries {
         let q = generator.next_query();
@@ -575,9 +576,18 @@ fn a_merchant_key_sees_nothing_of_other_merchants_in_generated_queries() {
         for p in
             check(&q, &node, (&merchant, &admin), (&mut merchant_flight, &mut admin_flight), &canaries, &mut answered)
         {
+            problems += 1;
             if failures.len() < 20 {
                 failures.push(format!("query {i} ({}): {}\n    {p}", q.kind, q.sql("iso_all")));
             }
+        }
+        if (i + 1) % 5000 == 0 {
+            // A long run reports as it goes: a run stopped early still says how far it got.
+            eprintln!(
+                "isolation: {} of {queries} queries in {:.0} s, {problems} problems so far",
+                i + 1,
+                started.elapsed().as_secs_f64()
+            );
         }
     }
     eprintln!(
