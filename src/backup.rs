@@ -55,6 +55,11 @@ pub(crate) fn restore(args: RestoreArgs) -> Result<()> {
     let restored = tidemark_raft::restore::restore(&args.from, &args.data_dir, args.node_id, member)
         .with_context(|| format!("restoring {} into {}", args.from.display(), args.data_dir.display()))?;
     println!("{}", serde_json::to_string_pretty(&restored)?);
+    if !restored.checked {
+        eprintln!(
+            "warning: this backup predates per-file checksums (manifest format 1): its files were copied unchecked"
+        );
+    }
     eprintln!(
         "restored position {}; start it with: tidemark serve --data-dir {} --node-id {} --http-addr {} --kafka-addr {} --raft-addr {}",
         restored.position,

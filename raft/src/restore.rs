@@ -24,6 +24,8 @@ pub struct Restored {
     pub position: u64,
     pub files: usize,
     pub bytes: u64,
+    /// Whether every file's checksum was checked (backups in manifest format 2).
+    pub checked: bool,
 }
 
 fn failed(what: impl std::fmt::Display) -> Error {
@@ -60,5 +62,10 @@ pub fn restore(from: &Path, data_dir: &Path, node_id: NodeId, member: Member) ->
     let raft_dir = data_dir.join("raft");
     let store = LogStore::open(&raft_dir).map_err(|source| Error::Store { path: raft_dir.clone(), source })?;
     store.seed(&last, term, node_id).map_err(|source| Error::Store { path: raft_dir, source })?;
-    Ok(Restored { position: cp.applied_position, files: manifest.files.len(), bytes: manifest.bytes })
+    Ok(Restored {
+        position: cp.applied_position,
+        files: manifest.files.len(),
+        bytes: manifest.bytes,
+        checked: manifest.checked(),
+    })
 }

@@ -93,3 +93,119 @@ fn a_backup_restores_into_a_new_node_with_exactly_its_state() {
         std::thread::sleep(std::time::Duration::from_millis(300));
     }
 }
+
+/// Runs `tidemark restore` from `backup` into `data_dir`: (success, stderr).
+fn restore(backup: &std::path::Path, data_dir: &std::path::Path) -> (bool, String) {
+    let out = std::process::Command::new(crate::harness::tidemark_bin())
+        .args(["restore", "--from"])
+        .arg(backup)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .output()
+        .expect("restore");
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Copies a backup directory, so each case edits its own.
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    for entry in walk(from) {
+        let rel = entry.strip_prefix(from).expect("inside");
+        let dest = to.join(rel);
+        std::fs::create_dir_all(dest.parent().expect("parent")).expect("mkdir");
+        std::fs::copy(&entry, &dest).expect("copy");
+    }
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).expect("read_dir").flatten() {
+        let p = e.path();
+        if p.is_dir() { out.extend(walk(&p)) } else { out.push(p) }
+    }
+    out
+}
+
+fn edit_manifest(backup: &std::path::Path, edit: impl FnOnce(&mut Value)) {
+    let path = backup.join("BACKUP.json");
+    let mut m: Value = serde_json::from_slice(&std::fs::read(&path).expect("manifest")).expect("json");
+    edit(&mut m);
+    std::fs::write(&path, serde_json::to_vec_pretty(&m).expect("json")).expect("write");
+}
+
+/// Issue 21, item 1: a manifest is input like any other. Before, a manifest naming an
+/// absolute path as its checkpoint truncated that file, and `..` wrote outside the data
+/// directory; a damaged file restored silently.
+#[test]
+fn a_crafted_or_damaged_backup_is_refused_and_nothing_is_written_outside_its_data_directory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = TestNode::start(&dir.path().join("a"));
+    let beacons = crate::traffic(5, 10, now_ms() - 60_000, 50_000, 200);
+    assert_eq!(node.post("/v1/beacons/beacons", &crate::ndjson(&beacons), &[]).status, 200);
+    let backup = dir.path().join("backup");
+    let (code, _, err) = node.cli(&["backup", "--to", &backup.to_string_lossy()]);
+    assert_eq!(code, 0, "{err}");
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(backup.join("BACKUP.json")).expect("manifest")).expect("json");
+    assert_eq!(manifest["format"], 2);
+    assert!(manifest["checkpoint_crc32c"].is_u64(), "{manifest}");
+    let files = manifest["files"].as_array().cloned().unwrap_or_default();
+    assert!(!files.is_empty() && files.iter().all(|f| f["crc32c"].is_u64()), "{manifest}");
+    let a_file = files[0]["path"].as_str().unwrap_or_default().to_string();
+
+    let victim = dir.path().join("victim.txt");
+    std::fs::write(&victim, "keep me").expect("victim");
+    let case = |name: &str| {
+        let copy = dir.path().join(format!("backup-{name}"));
+        copy_dir(&backup, &copy);
+        (copy, dir.path().join(format!("restored-{name}")))
+    };
+
+    // An absolute path as the checkpoint.
+    let (b, d) = case("absolute");
+    edit_manifest(&b, |m| m["checkpoint"] = json!(victim.to_string_lossy()));
+    let (ok, err) = restore(&b, &d);
+    assert!(!ok && err.contains("a backup's paths must be relative and made of plain names"), "{err}");
+    assert_eq!(std::fs::read_to_string(&victim).expect("victim"), "keep me");
+
+    // `..` out of the data directory.
+    let (b, d) = case("dotdot");
+    std::fs::copy(b.join(&a_file), b.join("escaped")).expect("copy");
+    edit_manifest(&b, |m| m["files"][0]["path"] = json!("../escaped"));
+    let (ok, err) = restore(&b, &d);
+    assert!(!ok && err.contains("names ../escaped: a backup's paths must be relative"), "{err}");
+    assert!(!dir.path().join("escaped").exists(), "a file was written outside the data directory");
+
+    // A symbolic link in place of a data file.
+    let (b, d) = case("symlink");
+    std::fs::rename(b.join(&a_file), b.join("elsewhere")).expect("move");
+    std::os::unix::fs::symlink(b.join("elsewhere"), b.join(&a_file)).expect("symlink");
+    let (ok, err) = restore(&b, &d);
+    assert!(!ok && err.contains("is a symbolic link"), "{err}");
+
+    // A damaged byte: same length, other contents. Nothing of the restore stays behind.
+    let (b, d) = case("damaged");
+    let mut bytes = std::fs::read(b.join(&a_file)).expect("read");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x40;
+    std::fs::write(b.join(&a_file), &bytes).expect("write");
+    let (ok, err) = restore(&b, &d);
+    assert!(!ok && err.contains(&format!("backup file {a_file} is damaged")), "{err}");
+    assert!(!d.exists() || std::fs::read_dir(&d).map(|mut e| e.next().is_none()).unwrap_or(true), "left behind");
+
+    // A backup from before the checksums (format 1) restores, with a warning.
+    let (b, d) = case("format1");
+    edit_manifest(&b, |m| {
+        m["format"] = json!(1);
+        m.as_object_mut().map(|o| o.remove("checkpoint_crc32c"));
+        for f in m["files"].as_array_mut().into_iter().flatten() {
+            f.as_object_mut().map(|o| o.remove("crc32c"));
+        }
+    });
+    let (ok, err) = restore(&b, &d);
+    assert!(ok, "{err}");
+    assert!(err.contains("predates per-file checksums"), "{err}");
+
+    // The untouched backup restores, checked, without the warning.
+    let (ok, err) = restore(&backup, &dir.path().join("restored-intact"));
+    assert!(ok && !err.contains("warning"), "{err}");
+}
