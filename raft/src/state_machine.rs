@@ -57,6 +57,12 @@ fn meta_json(m: &ReplicationMeta) -> io::Result<serde_json::Value> {
     serde_json::to_value(m).map_err(io::Error::other)
 }
 
+/// The log index everything through which is applied: the Raft record's, or the engine's
+/// position when that is ahead (a checkpoint from before the record existed).
+fn raft_applied(meta: &ReplicationMeta, engine: &Engine) -> u64 {
+    meta.last_applied.as_ref().map_or(0, |l| l.index).max(engine.applied_position())
+}
+
 impl EngineStateMachine {
     /// Wraps an opened engine; what it last applied comes from its checkpoint.
     pub fn new(
@@ -68,11 +74,14 @@ impl EngineStateMachine {
             None => ReplicationMeta::default(),
             Some(v) => serde_json::from_value(v.clone()).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?,
         };
-        let (applied_tx, _) = tokio::sync::watch::channel(engine.read().applied_position());
+        let (applied_tx, _) = tokio::sync::watch::channel(raft_applied(&meta, &engine.read()));
         Ok(EngineStateMachine { engine, config, meta, current: Arc::new(Mutex::new(None)), transfer, applied_tx })
     }
 
-    /// Changes whenever entries were applied.
+    /// The Raft log index applied through, whenever entries were applied. It counts every
+    /// entry, membership changes and leaders' blank entries too: a read index can be one of
+    /// those, and the engine's position (commands only) would never reach it on a quiet
+    /// node, so read-your-writes waited for the next write.
     pub fn applied_watch(&self) -> tokio::sync::watch::Receiver<u64> {
         self.applied_tx.subscribe()
     }
@@ -160,7 +169,7 @@ impl RaftStateMachine<TypeConfig> for EngineStateMachine {
         // Checkpointing them (and catalog changes) is the runtime's ticker's job
         // (`Engine::checkpoint_due`): apply never waits for fsyncs.
         engine.publish_persisted(false).map_err(|e| io::Error::other(format!("writing a segment: {e}")))?;
-        self.applied_tx.send_replace(engine.applied_position());
+        self.applied_tx.send_replace(raft_applied(&self.meta, &engine));
         let took = t.elapsed();
         if took >= SLOW_APPLY {
             tracing::debug!(ms = took.as_millis() as u64, entries = n, "slow apply");
@@ -217,7 +226,7 @@ impl RaftStateMachine<TypeConfig> for EngineStateMachine {
         self.transfer.clear_staging();
         self.transfer.stats.installed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.meta = replication;
-        self.applied_tx.send_replace(self.engine.read().applied_position());
+        self.applied_tx.send_replace(raft_applied(&self.meta, &self.engine.read()));
         // Another node's snapshot is not served from here: the next one asked for is built.
         *self.slot() = None;
         Ok(())
