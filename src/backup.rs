@@ -47,6 +47,7 @@ pub(crate) fn backup(args: BackupArgs) -> Result<()> {
 }
 
 pub(crate) fn restore(args: RestoreArgs) -> Result<()> {
+    crate::owner_only_files();
     let member = tidemark_raft::Member {
         raft: args.raft_addr.clone(),
         http: args.http_addr.clone(),

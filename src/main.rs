@@ -362,12 +362,26 @@ fn serve(args: ServeArgs) -> Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cfg = load_config(&args)?;
+    owner_only_files();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(run_node(cfg, args.demo, args.test_faults))
 }
 
+/// Data files hold raw beacons, key digests and the node secret: everything this process
+/// creates is its owner's only (files 0600, directories 0700), whatever umask it was
+/// started with.
+pub(crate) fn owner_only_files() {
+    // SAFETY: umask only sets the process's file creation mask; it cannot fail.
+    unsafe {
+        libc::umask(0o077);
+    }
+}
+
 async fn run_node(cfg: Config, demo: bool, test_faults: bool) -> Result<()> {
     std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("cannot create {}", cfg.data_dir.display()))?;
+    // A data directory made before the mask was set (or by hand) is closed too.
+    std::fs::set_permissions(&cfg.data_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .with_context(|| format!("cannot make {} its owner's only", cfg.data_dir.display()))?;
     let started = Instant::now();
     // Every port is bound before the node starts, so a port in use fails at once; the client
     // ports listen only once the node can answer (a connection meanwhile is refused, and the

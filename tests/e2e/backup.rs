@@ -238,3 +238,34 @@ fn read_your_writes_answers_on_a_quiet_restarted_node() {
     );
     assert_eq!((r.status, r.json()[0]["n"].clone()), (200, json!(0)), "{}", r.body);
 }
+
+/// Issue 21, item 4 (files at rest): whatever the umask the node starts with, its data
+/// directory and everything in it, and the backups it writes, are the owner's only.
+#[test]
+fn data_files_and_backups_are_the_owners_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).expect("mkdir");
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let node = TestNode::start(&data);
+    let beacons = crate::traffic(9, 5, now_ms() - 60_000, 50_000, 50);
+    assert_eq!(node.post("/v1/beacons/beacons", &crate::ndjson(&beacons), &[]).status, 200);
+    let backup = dir.path().join("backup");
+    let (code, _, err) = node.cli(&["backup", "--to", &backup.to_string_lossy()]);
+    assert_eq!(code, 0, "{err}");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.permissions().mode() & 0o777).unwrap_or(0);
+    assert_eq!(mode(&data), 0o700);
+    let mut seen = 0;
+    for root in [&data, &backup] {
+        for f in walk(root) {
+            // The log file is the harness's, not the node's.
+            if f.extension().is_some_and(|e| e == "log") && f.parent() == Some(data.as_path()) {
+                continue;
+            }
+            assert_eq!(mode(&f) & 0o077, 0, "{} is {:o}", f.display(), mode(&f));
+            seen += 1;
+        }
+    }
+    assert!(seen > 5, "{seen} files looked at");
+}
