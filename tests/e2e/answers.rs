@@ -176,6 +176,14 @@ fn a_client_that_goes_away_stops_its_query_and_the_node_budget_refuses_a_second(
             "[limits]\nquery_timeout_ms = 600000\nquery_memory_bytes_max = {budget}\nnode_query_memory_bytes_max = {budget}\n"
         ),
     );
+    // The same over Flight SQL: a client that drops its DoGet stream stops the query.
+    let mut flight = crate::isolation::Flight::connect(&node.flight, None);
+    flight.abandon(HOLDS_MEMORY, || {
+        settled_memory(&node);
+        assert_eq!(gauges(&node).0, 1.0);
+    });
+    wait_until_idle(&node, Duration::from_secs(10));
+
     let first = start_query(&node, HOLDS_MEMORY);
     settled_memory(&node);
     let r = node.post("/v1/sql", HOLDS_MEMORY.as_bytes(), &[("Content-Type", "text/plain")]);

@@ -325,6 +325,21 @@ impl Flight {
         }
     }
 
+    /// Starts a statement's DoGet, reads its first message, then `wait`s on `hold` while the
+    /// stream is open and drops it (a client going away mid-answer).
+    pub(crate) fn abandon(&mut self, sql: &str, hold: impl FnOnce()) {
+        let cmd = CommandStatementQuery { query: sql.to_string(), transaction_id: None }.as_any();
+        let descriptor = FlightDescriptor::new_cmd(cmd.encode_to_vec());
+        let info = self.rt.block_on(self.client.get_flight_info(self.request(descriptor))).expect("FlightInfo");
+        let ticket = info.into_inner().endpoint[0].ticket.clone().expect("a ticket");
+        let mut stream = self.rt.block_on(self.client.do_get(self.request(ticket))).expect("DoGet").into_inner();
+        let _ = self.rt.block_on(stream.message());
+        hold();
+        drop(stream);
+        // The reset goes out when the client's runtime next runs its connection.
+        self.rt.block_on(async { tokio::time::sleep(Duration::from_millis(300)).await });
+    }
+
     pub(crate) fn query(&mut self, sql: &str) -> (Vec<u8>, Answer) {
         let cmd = CommandStatementQuery { query: sql.to_string(), transaction_id: None }.as_any();
         let (raw, batches) = self.call(cmd);
