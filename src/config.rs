@@ -65,6 +65,8 @@ pub(crate) struct LimitsSection {
     pub(crate) query_timeout_ms: u64,
     pub(crate) query_memory_bytes_max: usize,
     pub(crate) node_query_memory_bytes_max: usize,
+    /// Disk the node's queries may spill to together (in `<data_dir>/spill`).
+    pub(crate) query_spill_bytes_max: u64,
     pub(crate) result_rows_max: u64,
     pub(crate) result_bytes_max: u64,
     pub(crate) sql_bytes_max: usize,
@@ -82,6 +84,7 @@ impl Default for LimitsSection {
             query_timeout_ms: q.query_timeout_ms,
             query_memory_bytes_max: q.query_memory_bytes_max,
             node_query_memory_bytes_max: q.node_query_memory_bytes_max,
+            query_spill_bytes_max: 16 << 30,
             result_rows_max: q.result_rows_max,
             result_bytes_max: q.result_bytes_max,
             sql_bytes_max: q.sql_bytes_max,

@@ -440,7 +440,12 @@ async fn run_node(cfg: Config, demo: bool, test_faults: bool) -> Result<()> {
     let source: Arc<dyn SnapshotSource> = Arc::new(node.engine());
     let barrier: Arc<dyn tidemark_sql::ReadBarrier> = Arc::new(RaftReadBarrier(node.clone()));
     let auth: Arc<dyn tidemark_sql::flight_auth::Authenticator> = Arc::new(KeyCheck(node.clone()));
-    let gate = tidemark_sql::limits::QueryGate::new(cfg.limits.query());
+    // A data directory's `spill` holds only a running query's temporary files: whatever a
+    // crash left there is garbage.
+    let spill_dir = cfg.data_dir.join("spill");
+    let _ = std::fs::remove_dir_all(&spill_dir);
+    let gate =
+        tidemark_sql::limits::QueryGate::with_spill(cfg.limits.query(), spill_dir, cfg.limits.query_spill_bytes_max)?;
     let sql_state = SqlState { source, barrier: Some(barrier), auth: Some(auth), gate };
     let failed_login_delay = Duration::from_millis(cfg.limits.failed_login_delay_ms);
     let metrics = node.metrics();

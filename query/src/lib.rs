@@ -80,6 +80,9 @@ pub struct SessionLimits {
     /// The node's budget for all running queries, which the session's pool also draws on
     /// (see [`memory`]); `None`: only the session's own limit applies.
     pub node_memory: Option<Arc<memory::NodeMemory>>,
+    /// Where sorts and groupings short of memory spill, shared by all of a node's queries
+    /// so its size cap is the node's; `None`: DataFusion's default (the OS temp directory).
+    pub spill: Option<Arc<datafusion::execution::disk_manager::DiskManager>>,
     /// How deep the SQL parser may recurse (nested expressions and subqueries).
     pub nesting_max: usize,
     /// Bytes one call of a function that sizes its result from an argument may build
@@ -92,6 +95,7 @@ impl Default for SessionLimits {
         SessionLimits {
             memory_bytes_max: None,
             node_memory: None,
+            spill: None,
             nesting_max: 50,
             function_result_bytes_max: 64 << 20,
         }
@@ -119,8 +123,13 @@ pub fn new_session_with(source: Arc<dyn SnapshotSource>, limits: SessionLimits, 
         let top = std::num::NonZeroUsize::MIN.saturating_add(4);
         runtime = runtime.with_memory_pool(Arc::new(TrackConsumersPool::new(pool, top)));
     }
-    let ctx = match runtime.build_arc() {
-        Ok(rt) => SessionContext::new_with_config_rt(config, rt),
+    let ctx = match runtime.build() {
+        Ok(mut rt) => {
+            if let Some(spill) = &limits.spill {
+                rt.disk_manager = spill.clone();
+            }
+            SessionContext::new_with_config_rt(config, Arc::new(rt))
+        }
         // Building a runtime without a disk manager change cannot fail; keep a session anyway.
         Err(_) => SessionContext::new_with_config(config),
     };

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use datafusion::error::DataFusionError;
+use datafusion::execution::disk_manager::{DiskManager, DiskManagerBuilder, DiskManagerMode};
 use tidemark_query::memory::{NODE_FULL, NODE_SETTING, NodeMemory};
 
 use crate::Error;
@@ -102,6 +103,16 @@ impl QueryLimits {
     /// Turns DataFusion's refusals that come from a limit into errors naming it.
     pub fn name_limit(&self, e: Error) -> Error {
         let Error::Query(tidemark_query::Error::DataFusion(df)) = &e else { return e };
+        // DataFusion reports a full spill directory as an I/O error naming its own setting.
+        let text = df.to_string();
+        if text.contains("max_temp_directory_size") {
+            return Error::Limit {
+                limit: Limit::NodeMemory,
+                message: "the running queries' spill files reached their limit (limits.query_spill_bytes_max); \
+                          retry when fewer queries run, or narrow the query"
+                    .into(),
+            };
+        }
         match df.find_root() {
             DataFusionError::ResourcesExhausted(detail) if detail.contains(NODE_SETTING) => {
                 Error::Limit { limit: Limit::NodeMemory, message: node_full_message(detail) }
@@ -160,11 +171,12 @@ fn node_full_message(detail: &str) -> String {
     }
 }
 
-/// Counts each key's running queries; holds the node's query memory budget.
+/// Counts each key's running queries; holds the node's query memory budget and spill space.
 #[derive(Debug)]
 pub struct QueryGate {
     pub limits: QueryLimits,
     node_memory: Arc<NodeMemory>,
+    spill: Option<Arc<DiskManager>>,
     running: Mutex<HashMap<String, usize>>,
 }
 
@@ -190,7 +202,27 @@ impl Drop for Slot {
 impl QueryGate {
     pub fn new(limits: QueryLimits) -> Arc<QueryGate> {
         let node_memory = NodeMemory::new(limits.node_query_memory_bytes_max);
-        Arc::new(QueryGate { limits, node_memory, running: Mutex::new(HashMap::new()) })
+        Arc::new(QueryGate { limits, node_memory, spill: None, running: Mutex::new(HashMap::new()) })
+    }
+
+    /// A gate whose queries spill into `dir` (under the node's data directory, created when
+    /// first needed), at most `bytes_max` for all of them together; a query that would
+    /// spill more fails naming the setting.
+    pub fn with_spill(limits: QueryLimits, dir: std::path::PathBuf, bytes_max: u64) -> Result<Arc<QueryGate>, Error> {
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::BadRequest(format!("cannot create the spill directory {}: {e}", dir.display())))?;
+        let spill = DiskManagerBuilder::default()
+            .with_mode(DiskManagerMode::Directories(vec![dir]))
+            .with_max_temp_directory_size(bytes_max)
+            .build()
+            .map_err(|e| Error::BadRequest(format!("cannot set up spilling: {e}")))?;
+        let node_memory = NodeMemory::new(limits.node_query_memory_bytes_max);
+        Ok(Arc::new(QueryGate {
+            limits,
+            node_memory,
+            spill: Some(Arc::new(spill)),
+            running: Mutex::new(HashMap::new()),
+        }))
     }
 
     /// What one query's session may use: its own limits and the node's memory budget.
@@ -198,6 +230,7 @@ impl QueryGate {
         tidemark_query::SessionLimits {
             memory_bytes_max: Some(self.limits.query_memory_bytes_max),
             node_memory: Some(self.node_memory.clone()),
+            spill: self.spill.clone(),
             nesting_max: self.limits.sql_nesting_max,
             function_result_bytes_max: self.limits.function_result_bytes_max,
         }

@@ -210,3 +210,24 @@ fn a_client_that_goes_away_stops_its_query_and_the_node_budget_refuses_a_second(
     assert_eq!(r.json()[0]["n"], 300_000, "{}", r.body);
     assert_eq!(node.get("/health").status, 200);
 }
+
+/// A sort short of memory spills under the node's data directory, within the node's spill
+/// cap (`limits.query_spill_bytes_max`); past the cap the query is refused naming it.
+#[test]
+fn a_sort_short_of_memory_spills_within_the_nodes_spill_cap() {
+    let sorted = "SELECT MAX(rn) AS n FROM (SELECT ROW_NUMBER() OVER (ORDER BY value DESC) AS rn \
+                  FROM generate_series(1, 6000000))";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = node_with(dir.path(), "[limits]\nquery_memory_bytes_max = 32000000\n");
+    let r = node.post("/v1/sql", sorted.as_bytes(), &[("Content-Type", "text/plain")]);
+    assert_eq!((r.status, r.json()[0]["n"].clone()), (200, serde_json::json!(6_000_000)), "{}", r.body);
+    assert!(dir.path().join("data/spill").is_dir(), "spills go under the data directory");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = node_with(dir.path(), "[limits]\nquery_memory_bytes_max = 32000000\nquery_spill_bytes_max = 100000\n");
+    let r = node.post("/v1/sql", sorted.as_bytes(), &[("Content-Type", "text/plain")]);
+    assert_eq!(r.status, 429, "{}", r.body);
+    let e = r.json()["error"].as_str().unwrap_or_default().to_string();
+    assert!(e.contains("(limits.query_spill_bytes_max)"), "{e}");
+    assert_eq!(node.get("/health").status, 200);
+}
