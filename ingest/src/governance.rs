@@ -14,6 +14,7 @@ use tidemark_catalog::governance::{
 use tidemark_catalog::standardise::TagRules;
 use tidemark_catalog::{CatalogCommand, CatalogEffect};
 
+use tidemark_catalog::access::{Principal, Role};
 use tidemark_catalog::retention::{Retention, RetentionCommand};
 
 use crate::datasources::apply;
@@ -259,8 +260,53 @@ pub fn show_retention(node: &Node, datasource: &str) -> Result<Response> {
 }
 
 /// `PUT /v1/governance/retention/{datasource}` with `{"raw": "P30D", "segments": …}`.
-pub async fn put_retention(node: &Node, actor: &str, datasource: &str, body: &[u8]) -> Result<Response> {
+///
+/// A rule removes history nothing can rebuild, so two checks come before it is logged:
+/// shortening any form (or limiting one kept forever) is an admin's change, not a
+/// governance editor's; and no form may be kept for less than the datasource's late window,
+/// inside which events are still being written.
+pub async fn put_retention(node: &Node, caller: &Principal, datasource: &str, body: &[u8]) -> Result<Response> {
     let retention = Retention::from_json(utf8(body)?)?;
+    {
+        let engine = node.engine();
+        let e = engine.read();
+        let spec = e
+            .catalog()
+            .get(datasource)
+            .ok_or_else(|| Error::NotFound(format!("datasource {datasource:?} does not exist")))?;
+        let late = &spec.current().late_window;
+        for (form, period) in retention.forms() {
+            if let Some(p) = period
+                && p.millis() < late.millis()
+            {
+                return Err(Error::BadRequest(format!(
+                    "{form}: {p} is shorter than {datasource}'s late window {late}: it would remove data still \
+                     being written; keep every form at least {late}"
+                )));
+            }
+        }
+        let current = e.catalog().retention().at(datasource, u64::MAX).map(|v| v.value.clone()).unwrap_or_default();
+        let admin = matches!(caller, Principal::Anonymous | Principal::Node | Principal::Key { role: Role::Admin, .. });
+        if !admin {
+            for ((form, was), (_, now)) in current.forms().into_iter().zip(retention.forms()) {
+                let shorter = match (was, now) {
+                    (None, Some(_)) => true,
+                    (Some(a), Some(b)) => b.millis() < a.millis(),
+                    (_, None) => false,
+                };
+                if shorter {
+                    let was = was.map_or("forever".to_string(), ToString::to_string);
+                    let now = now.map_or("forever".to_string(), ToString::to_string);
+                    return Err(Error::Forbidden(format!(
+                        "{form}: shortening retention ({was} to {now}) removes history that cannot be rebuilt: \
+                         an admin key's change (this key may lengthen rules)"
+                    )));
+                }
+            }
+        }
+    }
+    let actor = caller.actor();
+    let actor = actor.as_str();
     let cmd =
         CatalogCommand::Retention(RetentionCommand::PutRetention { datasource: datasource.to_string(), retention });
     node.engine().read().catalog().check(&cmd)?;

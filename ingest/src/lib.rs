@@ -226,7 +226,7 @@ async fn put_retention(
     Path(ds): Path<String>,
     body: Bytes,
 ) -> Response {
-    governance::put_retention(&s.node, &c.actor(), &ds, &body).await.unwrap_or_else(IntoResponse::into_response)
+    governance::put_retention(&s.node, &c, &ds, &body).await.unwrap_or_else(IntoResponse::into_response)
 }
 
 #[derive(Debug, serde::Deserialize)]

@@ -301,3 +301,54 @@ fn retention_is_stored_per_datasource_and_form_and_audited() {
     assert_eq!(r.status, 404, "{}", r.body);
     assert_eq!(r.json()["error"], "datasource \"nope\" does not exist");
 }
+
+/// Issue 21, item 2: a governance editor's key answered 200 to `{"raw": "PT1M", "segments":
+/// "PT1M", "rejects": "PT1M"}`, after which the leader dropped every older interval and
+/// raw file. Shortening a rule is an admin's change, and no rule reaches inside the late
+/// window (PT10M by default), where events are still being written.
+#[test]
+fn shortening_retention_is_an_admins_change_and_never_reaches_inside_the_late_window() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = TestNode::start(dir.path());
+    let key = |name: &str, role: &str, auth: Option<&str>| {
+        let body = serde_json::json!({ "name": name, "role": role }).to_string();
+        let mut headers = vec![("Content-Type", "application/json")];
+        if let Some(a) = auth {
+            headers.push(("Authorization", a));
+        }
+        let r = node.post("/v1/keys", body.as_bytes(), &headers);
+        assert_eq!(r.status, 201, "{}", r.body);
+        format!("Bearer {}", r.json()["token"].as_str().unwrap_or_default())
+    };
+    let admin = key("root", "admin", None);
+    let editor = key("ed", "governance_editor", Some(&admin));
+    let put = |auth: &str, body: &str| {
+        node.put_with("/v1/governance/retention/beacons", body.as_bytes(), &[("Authorization", auth)])
+    };
+    let error = |r: &crate::harness::Reply| r.json()["error"].as_str().unwrap_or_default().to_string();
+
+    // From forever to a limit: shorter, so the editor may not; the admin may.
+    let r = put(&editor, r#"{"raw": "PT1M", "segments": "PT1M", "rejects": "PT1M"}"#);
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(
+        error(&r),
+        "raw: PT1M is shorter than beacons's late window PT10M: it would remove data still being written; \
+         keep every form at least PT10M"
+    );
+    let r = put(&editor, r#"{"raw": "P30D"}"#);
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert_eq!(
+        error(&r),
+        "raw: shortening retention (forever to P30D) removes history that cannot be rebuilt: an admin key's change \
+         (this key may lengthen rules)"
+    );
+    assert_eq!(put(&admin, r#"{"raw": "P30D"}"#).status, 200);
+    // Lengthening is the editor's to do; shortening again is not.
+    assert_eq!(put(&editor, r#"{"raw": "P60D"}"#).status, 200);
+    let r = put(&editor, r#"{"raw": "P7D"}"#);
+    assert_eq!(r.status, 403, "{}", r.body);
+    let r = put(&admin, r#"{"raw": "PT5M"}"#);
+    assert_eq!(r.status, 400, "the late window binds admins too: {}", r.body);
+    let rule = node.get_with("/v1/governance/retention/beacons", &[("Authorization", &admin)]).json();
+    assert_eq!(rule["retention"]["raw"], "P60D", "{rule}");
+}

@@ -339,6 +339,14 @@ impl TestNode {
         (resp.status().as_u16(), resp.body_mut().with_config().limit(1 << 30).read_to_vec())
     }
 
+    pub(crate) fn put_with(&self, path: &str, body: &[u8], headers: &[(&str, &str)]) -> Reply {
+        let mut req = self.agent.put(&self.url(path));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        Self::finish(req.send(body)).unwrap_or_else(|e| panic!("PUT {path}: {e}"))
+    }
+
     pub(crate) fn put(&self, path: &str, body: &[u8]) -> Reply {
         Self::finish(self.agent.put(&self.url(path)).send(body)).unwrap_or_else(|e| panic!("PUT {path}: {e}"))
     }
