@@ -51,7 +51,12 @@ where
 {
     let mut builder = Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(bounds.header_read_timeout);
-    builder.http2().timer(TokioTimer::new());
+    // HTTP/2 has no header deadline per connection: pings find peers that went away.
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(bounds.header_read_timeout))
+        .keep_alive_timeout(bounds.header_read_timeout);
     let builder = Arc::new(builder);
     // Every connection's task holds a receiver; the sender learns when all are gone.
     let (stopping_tx, stopping_rx) = tokio::sync::watch::channel(false);
