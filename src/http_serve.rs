@@ -22,6 +22,9 @@ use hyper_util::service::TowerToHyperService;
 use tidemark_ingest::connections::ConnectionGate;
 use tower::ServiceExt;
 
+/// How long a shutdown waits for open connections to finish their requests.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
 /// The HTTP listener's bounds, from `[http]` in the config.
 #[derive(Debug, Clone)]
 pub(crate) struct Bounds {
@@ -94,6 +97,10 @@ where
     drop(listener);
     drop(stopping_rx);
     let _ = stopping_tx.send(true);
-    stopping_tx.closed().await;
+    // A client that stopped reading must not hold the node's shutdown: past the grace
+    // period the remaining connections are dropped with the runtime.
+    if tokio::time::timeout(SHUTDOWN_GRACE, stopping_tx.closed()).await.is_err() {
+        tracing::warn!("http connections still open after {SHUTDOWN_GRACE:?} of shutdown; closing them");
+    }
     Ok(())
 }

@@ -530,7 +530,7 @@ async fn run_node(cfg: Config, demo: bool, test_faults: bool) -> Result<()> {
     let http_task = match http_tls {
         None => tokio::spawn(http_serve::serve(http, app, http_bounds, stopped)),
         Some(acceptor) => {
-            let https = tls::TlsListener::new(http, acceptor)?;
+            let https = tls::TlsListener::new(http, acceptor, http_bounds.connections.clone())?;
             tokio::spawn(http_serve::serve(https, app, http_bounds, stopped))
         }
     };

@@ -148,7 +148,14 @@ pub(crate) struct TlsListener {
 }
 
 impl TlsListener {
-    pub(crate) fn new(tcp: TcpListener, acceptor: tokio_rustls::TlsAcceptor) -> std::io::Result<TlsListener> {
+    /// `gate` counts a connection from its accept, through its handshake: handshakes that
+    /// never finish are bounded like any other connection. (Once handed to the serve loop,
+    /// the connection is counted there.)
+    pub(crate) fn new(
+        tcp: TcpListener,
+        acceptor: tokio_rustls::TlsAcceptor,
+        gate: std::sync::Arc<tidemark_ingest::connections::ConnectionGate>,
+    ) -> std::io::Result<TlsListener> {
         let local = tcp.local_addr()?;
         let (tx, connections) = mpsc::channel(256);
         tokio::spawn(async move {
@@ -165,10 +172,16 @@ impl TlsListener {
                     // axum stopped serving: close the port.
                     _ = tx.closed() => return,
                 };
+                let Ok(place) = gate.admit(peer.ip()) else {
+                    // Closed at once; the gate counted and logged it.
+                    continue;
+                };
                 let _ = socket.set_nodelay(true);
                 let (acceptor, tx) = (acceptor.clone(), tx.clone());
                 tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(socket)).await {
+                    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(socket)).await;
+                    drop(place);
+                    match handshake {
                         Ok(Ok(tls)) => {
                             let _ = tx.send((tls, peer)).await;
                         }

@@ -263,8 +263,8 @@ pub fn show_retention(node: &Node, datasource: &str) -> Result<Response> {
 ///
 /// A rule removes history nothing can rebuild, so two checks come before it is logged:
 /// shortening any form (or limiting one kept forever) is an admin's change, not a
-/// governance editor's; and no form may be kept for less than the datasource's late window,
-/// inside which events are still being written.
+/// governance editor's; and no form of the events (raw, segments, fulltext) may be kept for
+/// less than the datasource's late window, inside which events are still being written.
 pub async fn put_retention(node: &Node, caller: &Principal, datasource: &str, body: &[u8]) -> Result<Response> {
     let retention = Retention::from_json(utf8(body)?)?;
     {
@@ -275,7 +275,8 @@ pub async fn put_retention(node: &Node, caller: &Principal, datasource: &str, bo
             .get(datasource)
             .ok_or_else(|| Error::NotFound(format!("datasource {datasource:?} does not exist")))?;
         let late = &spec.current().late_window;
-        for (form, period) in retention.forms() {
+        // Rejects are records of refused events, not intervals being written: no floor.
+        for (form, period) in retention.forms().into_iter().filter(|(form, _)| *form != "rejects") {
             if let Some(p) = period
                 && p.millis() < late.millis()
             {

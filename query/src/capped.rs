@@ -142,7 +142,9 @@ fn bound(size: Size, args: &[ColumnarValue], rows: usize) -> Result<u128> {
                 DataType::LargeList(_) => list.as_list::<i64>().values().len(),
                 _ => rows,
             };
-            let per_element = (list.get_array_memory_size() / elements.max(1)).max(8) as u128;
+            // New elements are copies of the fill value (the third argument) when there is one.
+            let fill = arg(2)?.map_or(0, |v| v.get_array_memory_size() / rows);
+            let per_element = (list.get_array_memory_size() / elements.max(1)).max(fill).max(8) as u128;
             ints(&n)?.iter().map(|n| pos(*n) * per_element).sum()
         }
         Size::Series if args.iter().any(|a| !a.data_type().is_integer()) => {
@@ -156,7 +158,8 @@ fn bound(size: Size, args: &[ColumnarValue], rows: usize) -> Result<u128> {
                     if step.is_null(row) {
                         return 0;
                     }
-                    let span_ns = (i128::from(b) - i128::from(a)).unsigned_abs() * 1_000_000;
+                    // Milliseconds truncate: up to 1 ms of the span is lost at each end.
+                    let span_ns = ((i128::from(b) - i128::from(a)).unsigned_abs() + 2) * 1_000_000;
                     span_ns / shortest_step_ns(step.value(row)) + 1
                 })
                 .map(|elements| elements * 8)
@@ -242,6 +245,8 @@ mod tests {
             "SELECT generate_series(-9000000000000000000, 9000000000000000000)",
             "SELECT repeat(s, 100000) FROM (VALUES ('abcdefghij'), ('klm')) t(s)",
             "SELECT array_resize([1, 2], 10000000000)",
+            "SELECT array_resize([''], 1000, repeat('x', 60000))",
+            "SELECT generate_series(TIMESTAMP '2024-01-01 00:00:00', TIMESTAMP '2024-01-01 00:00:00.000999', INTERVAL '1 nanosecond')",
             "SELECT range(DATE '1970-01-01', DATE '9999-12-31', INTERVAL '1' DAY)",
             "SELECT generate_series(TIMESTAMP '1970-01-01', TIMESTAMP '2200-01-01', INTERVAL '1 second')",
             "SELECT range(DATE '2000-01-01', DATE '2400-01-01', INTERVAL '1 month -27 days')",

@@ -33,9 +33,24 @@ fn failed(what: impl std::fmt::Display) -> Error {
 }
 
 /// Restores the backup at `from` into `data_dir` for node `node_id` listening at `member`.
+/// A restore that fails leaves the data directory as empty as it found it (it must be empty
+/// to begin with), so it can be retried.
 pub fn restore(from: &Path, data_dir: &Path, node_id: NodeId, member: Member) -> Result<Restored> {
     let manifest = backup::read_manifest(from).map_err(failed)?;
     backup::copy_into(from, &manifest, data_dir).map_err(failed)?;
+    let restored = seed(data_dir, node_id, member, &manifest);
+    if restored.is_err() {
+        // copy_into refused a data directory that was not empty: all that is in it is ours.
+        for entry in std::fs::read_dir(data_dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            let _ = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+        }
+    }
+    restored
+}
+
+/// Rewrites a copied checkpoint's replication record for this node and seeds its Raft store.
+fn seed(data_dir: &Path, node_id: NodeId, member: Member, manifest: &backup::BackupManifest) -> Result<Restored> {
     let mut cp: Checkpoint =
         checkpoint::load(data_dir).map_err(failed)?.ok_or_else(|| failed("the backup holds no checkpoint"))?;
     let replication =

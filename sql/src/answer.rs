@@ -1,10 +1,11 @@
 //! A running query's answer, as both doors stream it.
 //!
-//! The key's [`Slot`], the time limit and the answer's row cap travel with the batch stream,
-//! so a door never collects an answer whole: it sends each batch as it comes. Dropping an
-//! [`Answer`] (its client went away: hyper drops the body, tonic the response stream) drops
-//! DataFusion's stream, which stops the query's work, and frees the slot and the memory it
-//! held.
+//! The query runs in its own task, which holds the key's [`Slot`] and DataFusion's stream
+//! and hands batches over a one-batch channel, so a door never collects an answer whole: it
+//! sends each batch as it comes. The task ends at the time limit whether or not the client
+//! reads (a client that stops reading cannot hold a slot or query memory past it), and
+//! dropping an [`Answer`] (its client went away: hyper drops the body, tonic the response
+//! stream) aborts the task, which stops the query's work and frees the slot and memory.
 //!
 //! Invariant: an answer yields at most `limits.result_rows_max` rows; when there were more,
 //! it ends with the cap's error rather than ending as if complete, so no client mistakes a
@@ -14,8 +15,11 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use datafusion::execution::SendableRecordBatchStream;
 use futures::StreamExt;
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use tidemark_catalog::access::Principal;
@@ -26,14 +30,72 @@ use crate::{Error, Result, SqlState};
 /// One statement's answer, batch by batch.
 pub struct Answer {
     schema: SchemaRef,
-    batches: SendableRecordBatchStream,
+    batches: mpsc::Receiver<Result<RecordBatch>>,
+    run: Arc<Run>,
     limits: QueryLimits,
-    deadline: Instant,
     rows: u64,
     /// The row cap cut the last batch: the cap's error comes next.
     cut: bool,
     ended: bool,
-    _slot: Slot,
+    /// Stops the query's task when the answer is dropped (its client went away).
+    _abort: AbortOnDrop,
+}
+
+/// How the query's task ended, for the answer to tell a complete end from a cut one.
+#[derive(Debug, Default)]
+struct Run {
+    complete: AtomicBool,
+    timed_out: AtomicBool,
+}
+
+#[derive(Debug)]
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Runs the query's stream to its end or its deadline, whichever comes first, handing
+/// batches over one at a time. The slot and DataFusion's stream (with the memory its
+/// operators hold) live here, not in the answer: a client that stops reading cannot keep
+/// them past the time limit, because this task ends at the deadline either way.
+async fn drive(
+    mut stream: SendableRecordBatchStream,
+    tx: mpsc::Sender<Result<RecordBatch>>,
+    deadline: Instant,
+    limits: QueryLimits,
+    run: Arc<Run>,
+    slot: Slot,
+) {
+    let _slot = slot;
+    loop {
+        let item = tokio::select! {
+            item = stream.next() => item,
+            () = tokio::time::sleep_until(deadline) => {
+                run.timed_out.store(true, Ordering::Relaxed);
+                return;
+            }
+        };
+        let Some(item) = item else {
+            run.complete.store(true, Ordering::Relaxed);
+            return;
+        };
+        let failed = item.is_err();
+        let item = item.map_err(|e| limits.name_limit(tidemark_query::Error::from(e).into()));
+        tokio::select! {
+            sent = tx.send(item) => {
+                if sent.is_err() || failed {
+                    return;
+                }
+            }
+            () = tokio::time::sleep_until(deadline) => {
+                run.timed_out.store(true, Ordering::Relaxed);
+                return;
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Answer {
@@ -57,8 +119,22 @@ impl Answer {
                 df.execute_stream().await.map_err(|e| limits.name_limit(tidemark_query::Error::from(e).into()))?;
             Ok::<_, Error>((schema, batches))
         };
-        let (schema, batches) = tokio::time::timeout_at(deadline, start).await.map_err(|_| limits.timed_out())??;
-        Ok(Answer { schema, batches, limits, deadline, rows: 0, cut: false, ended: false, _slot: slot })
+        let (schema, stream) = tokio::time::timeout_at(deadline, start).await.map_err(|_| limits.timed_out())??;
+        // One batch in hand and one on its way: the query runs at most that far ahead of
+        // its client.
+        let (tx, batches) = mpsc::channel(1);
+        let run = Arc::new(Run::default());
+        let task = tokio::spawn(drive(stream, tx, deadline, limits, run.clone(), slot));
+        Ok(Answer {
+            schema,
+            batches,
+            run,
+            limits,
+            rows: 0,
+            cut: false,
+            ended: false,
+            _abort: AbortOnDrop(task.abort_handle()),
+        })
     }
 
     /// The answer's columns (DataFusion's types: dictionary columns stay dictionaries).
@@ -78,11 +154,13 @@ impl Answer {
         let item = if self.cut {
             Some(Err(self.limits.result_capped(ResultCap::Rows)))
         } else {
-            match tokio::time::timeout_at(self.deadline, self.batches.next()).await {
-                Err(_) => Some(Err(self.limits.timed_out())),
-                Ok(None) => None,
-                Ok(Some(Err(e))) => Some(Err(self.limits.name_limit(tidemark_query::Error::from(e).into()))),
-                Ok(Some(Ok(batch))) => Some(self.within_row_cap(batch)),
+            match self.batches.recv().await {
+                Some(Err(e)) => Some(Err(e)),
+                Some(Ok(batch)) => Some(self.within_row_cap(batch)),
+                None if self.run.complete.load(Ordering::Relaxed) => None,
+                None if self.run.timed_out.load(Ordering::Relaxed) => Some(Err(self.limits.timed_out())),
+                // The task ended otherwise (a panic in an operator): never a clean end.
+                None => Some(Err(Error::Encode("the query stopped before its answer was complete".into()))),
             }
         };
         if !matches!(item, Some(Ok(_))) {

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use datafusion::arrow::error::ArrowError;
 use datafusion::error::DataFusionError;
 use datafusion::execution::disk_manager::{DiskManager, DiskManagerBuilder, DiskManagerMode};
 use tidemark_query::memory::{NODE_FULL, NODE_SETTING, NodeMemory};
@@ -103,9 +104,16 @@ impl QueryLimits {
     /// Turns DataFusion's refusals that come from a limit into errors naming it.
     pub fn name_limit(&self, e: Error) -> Error {
         let Error::Query(tidemark_query::Error::DataFusion(df)) = &e else { return e };
-        // DataFusion reports a full spill directory as an I/O error naming its own setting.
-        let text = df.to_string();
-        if text.contains("max_temp_directory_size") {
+        // DataFusion reports a full spill directory as an I/O error naming its own setting
+        // (matched on the error's kind too: a planning error can quote the user's text).
+        let spill_full = |m: &str| m.contains("max_temp_directory_size");
+        let full = match df.find_root() {
+            DataFusionError::ArrowError(e, _) => matches!(e.as_ref(), ArrowError::IoError(m, _) if spill_full(m)),
+            DataFusionError::IoError(e) => spill_full(&e.to_string()),
+            DataFusionError::ResourcesExhausted(m) | DataFusionError::Execution(m) => spill_full(m),
+            _ => false,
+        };
+        if full {
             return Error::Limit {
                 limit: Limit::NodeMemory,
                 message: "the running queries' spill files reached their limit (limits.query_spill_bytes_max); \
