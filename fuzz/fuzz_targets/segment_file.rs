@@ -107,8 +107,7 @@ fuzz_target!(|data: &[u8]| {
     }
     for dim in &segment.meta().dimensions {
         if let Ok(dict) = segment.dictionary(dim) {
-            let values: Vec<Option<&str>> =
-                (0..dict.len().min(8)).map(|i| Some(dict.value(i))).chain([None, Some("absent")]).collect();
+            let values: Vec<Option<&str>> = dict.iter().take(8).chain([None, Some("absent")]).collect();
             let _ = segment.rows_matching(dim, &values);
         }
     }
