@@ -28,6 +28,7 @@ pub(crate) struct Config {
     pub(crate) ingest: IngestConfig,
     pub(crate) kafka: KafkaSection,
     pub(crate) http: HttpSection,
+    pub(crate) flight: FlightSection,
     pub(crate) storage: StorageConfig,
     pub(crate) limits: LimitsSection,
     pub(crate) tls: TlsSection,
@@ -155,6 +156,20 @@ impl Default for HttpSection {
     }
 }
 
+/// The Flight SQL listener's connection bounds (see `src/flight_incoming.rs`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct FlightSection {
+    pub(crate) connections_max: usize,
+    pub(crate) connections_per_address_max: usize,
+}
+
+impl Default for FlightSection {
+    fn default() -> Self {
+        FlightSection { connections_max: 10_000, connections_per_address_max: 1_000 }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct RaftSection {
@@ -223,6 +238,7 @@ impl Default for Config {
             ingest: IngestConfig::default(),
             kafka: KafkaSection::default(),
             http: HttpSection::default(),
+            flight: FlightSection::default(),
             storage: StorageConfig::default(),
             limits: LimitsSection::default(),
             tls: TlsSection::default(),
@@ -351,6 +367,8 @@ impl Config {
             ("http.connections_max", self.http.connections_max as u64),
             ("http.connections_per_address_max", self.http.connections_per_address_max as u64),
             ("http.header_read_timeout_ms", self.http.header_read_timeout_ms),
+            ("flight.connections_max", self.flight.connections_max as u64),
+            ("flight.connections_per_address_max", self.flight.connections_per_address_max as u64),
         ] {
             if value == 0 {
                 problems.push(format!("{name}: must be positive"));

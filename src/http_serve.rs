@@ -33,9 +33,16 @@ pub(crate) struct Bounds {
 }
 
 impl Bounds {
-    pub(crate) fn from_config(http: &crate::config::HttpSection) -> Bounds {
+    /// `connections_max` lowered to `max`, `why`, if that is lower.
+    pub(crate) fn from_config(http: &crate::config::HttpSection, max: usize, why: &str) -> Bounds {
         Bounds {
-            connections: ConnectionGate::new("http", http.connections_max, http.connections_per_address_max),
+            connections: ConnectionGate::lowered(
+                "http",
+                http.connections_max,
+                http.connections_per_address_max,
+                max,
+                why,
+            ),
             header_read_timeout: Duration::from_millis(http.header_read_timeout_ms),
         }
     }

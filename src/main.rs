@@ -29,6 +29,8 @@ mod client;
 mod cluster;
 mod config;
 mod demo;
+mod descriptors;
+mod flight_incoming;
 mod governance;
 mod http_serve;
 mod jobs;
@@ -378,6 +380,7 @@ pub(crate) fn owner_only_files() {
 }
 
 async fn run_node(cfg: Config, demo: bool, test_faults: bool) -> Result<()> {
+    let descriptors = descriptors::raise();
     std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("cannot create {}", cfg.data_dir.display()))?;
     // A data directory made before the mask was set (or by hand) is closed too.
     std::fs::set_permissions(&cfg.data_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
@@ -468,12 +471,32 @@ async fn run_node(cfg: Config, demo: bool, test_faults: bool) -> Result<()> {
     } else {
         None
     };
-    let kafka_connections = tidemark_ingest::connections::ConnectionGate::new(
+    let configured = [cfg.kafka.connections_max, cfg.http.connections_max, cfg.flight.connections_max];
+    let [kafka_max, http_max, flight_max] = descriptors.split(configured);
+    let why = descriptors.why();
+    if [kafka_max, http_max, flight_max] != configured {
+        tracing::warn!(
+            kafka = kafka_max,
+            http = http_max,
+            flight = flight_max,
+            "connection limits lowered: {why}; raise the hard limit (ulimit -Hn, LimitNOFILE=) to admit more"
+        );
+    }
+    let kafka_connections = tidemark_ingest::connections::ConnectionGate::lowered(
         "kafka",
         cfg.kafka.connections_max,
         cfg.kafka.connections_per_address_max,
+        kafka_max,
+        &why,
     );
-    let http_bounds = http_serve::Bounds::from_config(&cfg.http);
+    let http_bounds = http_serve::Bounds::from_config(&cfg.http, http_max, &why);
+    let flight_connections = tidemark_ingest::connections::ConnectionGate::lowered(
+        "flight",
+        cfg.flight.connections_max,
+        cfg.flight.connections_per_address_max,
+        flight_max,
+        &why,
+    );
     let ingest_state = IngestState {
         node: node.clone(),
         limits: BeaconLimits { body_bytes_max: cfg.ingest.body_bytes_max, future_ms_max: cfg.ingest.future_ms_max },
@@ -483,6 +506,7 @@ async fn run_node(cfg: Config, demo: bool, test_faults: bool) -> Result<()> {
             Arc::new(QueryGateMetrics(sql_state.gate.clone())),
             kafka_connections.clone(),
             http_bounds.connections.clone(),
+            flight_connections.clone(),
         ],
     };
     if let Some(spool) = spool {
@@ -544,14 +568,9 @@ async fn run_node(cfg: Config, demo: bool, test_faults: bool) -> Result<()> {
             .add_service(tidemark_sql::flight::flight_service(sql_state, failed_login_delay))
             // The admin API's gRPC twin runs the HTTP routes in-process, key check included.
             .add_service(tidemark_ingest::admin_grpc::admin_service(admin_routes))
-            .serve_with_incoming_shutdown(
-                // Small answers (FlightInfo, prepared statements) go out at once, not after the
-                // client's delayed ACK.
-                tonic::transport::server::TcpIncoming::from(flight).with_nodelay(Some(true)),
-                async move {
-                    let _ = flight_stop.changed().await;
-                },
-            ),
+            .serve_with_incoming_shutdown(flight_incoming::incoming(flight, flight_connections), async move {
+                let _ = flight_stop.changed().await;
+            }),
     );
     if demo {
         let args = demo::DemoArgs {

@@ -18,6 +18,8 @@ use std::sync::{Arc, Mutex};
 pub struct ConnectionGate {
     door: &'static str,
     total_max: usize,
+    /// What set `total_max`, as the refusal names it.
+    total_source: String,
     per_address_max: usize,
     open: Mutex<Open>,
     refused_total: AtomicU64,
@@ -33,8 +35,8 @@ struct Open {
 /// Why a connection was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
-    #[error("{door} has {max} connections open, its limit ({door}.connections_max)")]
-    Total { door: &'static str, max: usize },
+    #[error("{door} has {max} connections open, its limit ({set_by})")]
+    Total { door: &'static str, max: usize, set_by: String },
     #[error(
         "{address} has {max} {door} connections open, the limit for one address ({door}.connections_per_address_max)"
     )]
@@ -63,14 +65,37 @@ impl Drop for ConnectionPlace {
 
 impl ConnectionGate {
     pub fn new(door: &'static str, total_max: usize, per_address_max: usize) -> Arc<ConnectionGate> {
+        Self::lowered(door, total_max, per_address_max, usize::MAX, "")
+    }
+
+    /// The same bounds, with the total lowered to `max` for the reason `why` (the node's file
+    /// descriptors, say), if that is lower.
+    pub fn lowered(
+        door: &'static str,
+        configured: usize,
+        per_address_max: usize,
+        max: usize,
+        why: &str,
+    ) -> Arc<ConnectionGate> {
+        let total_source = if max < configured {
+            format!("{door}.connections_max {configured}, lowered to {max}: {why}")
+        } else {
+            format!("{door}.connections_max")
+        };
         Arc::new(ConnectionGate {
             door,
-            total_max,
+            total_max: configured.min(max),
+            total_source,
             per_address_max,
             open: Mutex::new(Open::default()),
             refused_total: AtomicU64::new(0),
             refused_per_address: AtomicU64::new(0),
         })
+    }
+
+    /// The most connections it admits.
+    pub fn total_max(&self) -> usize {
+        self.total_max
     }
 
     /// A place for a connection from `address`, or why there is none.
@@ -79,7 +104,7 @@ impl ConnectionGate {
             let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
             let from_address = open.by_address.get(&address).copied().unwrap_or(0);
             if open.total >= self.total_max {
-                Refusal::Total { door: self.door, max: self.total_max }
+                Refusal::Total { door: self.door, max: self.total_max, set_by: self.total_source.clone() }
             } else if from_address >= self.per_address_max {
                 Refusal::PerAddress { door: self.door, address, max: self.per_address_max }
             } else {

@@ -326,14 +326,16 @@ async fn health(State(s): State<IngestState>, Query(p): Query<HealthParams>) -> 
     let leader_known = cluster.leader.is_some();
     let writes = fatal.is_none() && !overloaded && leader_known;
     let reads = fatal.is_none() && cluster.applied_index.is_some();
+    let trouble = s.node.trouble();
     let kafka_failing = s.node.metrics().kafka_accept_failing.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let reason = fatal
         .clone()
         .or_else(|| (!leader_known).then(|| "no leader is known: election in progress, or no quorum".to_string()))
         .or_else(|| overloaded.then(|| "realtime index at its memory bound".to_string()))
-        .or_else(|| kafka_failing.as_ref().map(|e| format!("the Kafka port cannot accept connections: {e}")));
+        .or_else(|| kafka_failing.as_ref().map(|e| format!("the Kafka port cannot accept connections: {e}")))
+        .or_else(|| trouble.clone());
     let body = json!({
-        "status": if writes && reads && kafka_failing.is_none() { "ok" } else { "degraded" },
+        "status": if writes && reads && kafka_failing.is_none() && trouble.is_none() { "ok" } else { "degraded" },
         "listeners": { "kafka": kafka_failing.as_ref().map_or("ok".to_string(), |e| format!("failing: {e}")) },
         "writes": writes,
         "reads": reads,

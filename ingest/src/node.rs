@@ -103,6 +103,9 @@ struct Inner {
     engine: SharedEngine,
     metrics: Arc<Metrics>,
     fatal: Mutex<Option<String>>,
+    /// A checkpoint that failed for a shortage ([`tidemark_storage::Error::is_shortage`]):
+    /// reported until one succeeds, and retried every tick meanwhile.
+    checkpoint_trouble: Mutex<Option<String>>,
     stopping: AtomicBool,
     last_checkpoint: Mutex<Instant>,
     /// A deletion's position whose Raft log entries are still to be purged (see `erase`).
@@ -158,6 +161,7 @@ impl Node {
             replica,
             metrics: Arc::new(Metrics::default()),
             fatal: Mutex::new(None),
+            checkpoint_trouble: Mutex::new(None),
             stopping: AtomicBool::new(false),
             last_checkpoint: Mutex::new(Instant::now()),
             erase_pending: Mutex::new(None),
@@ -237,6 +241,13 @@ impl Node {
             return Some(f);
         }
         self.inner.replica.fatal()
+    }
+
+    /// A shortage the node is waiting out (descriptors, disk space, memory) without having
+    /// stopped: a checkpoint or a segment write to be retried.
+    pub fn trouble(&self) -> Option<String> {
+        let checkpoint = self.inner.checkpoint_trouble.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        checkpoint.or_else(|| self.inner.engine.read().trouble())
     }
 
     pub fn gauges(&self) -> EngineGauges {
@@ -347,6 +358,7 @@ impl Node {
         self.inner.stopping.store(true, Ordering::SeqCst);
         // Copies running here stop and remove what they wrote; the next start ends their jobs.
         self.inner.engine.read().stop_copies();
+        self.inner.engine.read().stop_retrying();
         let ticker = self.ticker.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(t) = ticker {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
@@ -400,8 +412,20 @@ fn checkpoint(inner: &Inner) {
     let started = Instant::now();
     let result = inner.engine.checkpoint();
     inner.metrics.checkpoint_seconds.observe(started.elapsed().as_secs_f64());
+    let mut trouble = inner.checkpoint_trouble.lock().unwrap_or_else(|p| p.into_inner());
     match result {
-        Ok(_) => *inner.last_checkpoint.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now(),
+        Ok(_) => {
+            *inner.last_checkpoint.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+            if trouble.take().is_some() {
+                tracing::info!("a checkpoint was written again");
+            }
+        }
+        // The previous checkpoint and the Raft log above it still hold everything: nothing
+        // acknowledged is at risk, so a shortage is waited out rather than stopping writes.
+        Err(e) if e.is_shortage() => {
+            tracing::warn!(error = %e, "a checkpoint failed for a shortage; retrying every tick");
+            *trouble = Some(format!("checkpoint failed, retrying: {e}"));
+        }
         Err(e) => set_fatal(inner, format!("checkpoint failed: {e}")),
     }
 }
@@ -496,7 +520,8 @@ fn tick_loop(inner: &Inner, runtime: &tokio::runtime::Handle) {
         // Segments finished since the last apply become visible now; they and catalog changes
         // are checkpointed soon (files of a purged datasource go only after that).
         let published = publish(inner);
-        if published || inner.engine.read().checkpoint_due() {
+        let retry = inner.checkpoint_trouble.lock().unwrap_or_else(|p| p.into_inner()).is_some();
+        if published || retry || inner.engine.read().checkpoint_due() {
             checkpoint(inner);
         }
         erase(inner, runtime);

@@ -75,6 +75,10 @@ impl LogStore {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
+        // RocksDB keeps every table file open by default; the log is purged behind snapshots
+        // and holds few, but the node's descriptors are budgeted (client connections get
+        // what is left), so the bound is explicit.
+        opts.set_max_open_files(256);
         let cfs = [LOGS, META].map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
         let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(io::Error::other)?;
         Ok(LogStore { db: Arc::new(db) })

@@ -624,6 +624,17 @@ impl Engine {
         self.persister.idle()
     }
 
+    /// A shortage the node is waiting out (a segment write to be retried), if any: reported
+    /// on `/health`; writes still go on.
+    pub fn trouble(&self) -> Option<String> {
+        self.persister.trouble()
+    }
+
+    /// The node is stopping: segment writes stop waiting out shortages.
+    pub fn stop_retrying(&self) {
+        self.persister.stop_retrying();
+    }
+
     /// Segments being written right now.
     pub fn persists_in_flight(&self) -> usize {
         self.persister.in_flight()
@@ -699,7 +710,17 @@ impl Engine {
         }
         let mut unsynced = Vec::new();
         for ds in self.datasources.values_mut() {
-            unsynced.extend(ds.take_unsynced()?);
+            match ds.take_unsynced() {
+                Ok(files) => unsynced.extend(files),
+                Err(e) => {
+                    // The logs taken so far count themselves synced: make it true before the
+                    // capture is abandoned (an fsync needs no new descriptor).
+                    for (path, file) in &unsynced {
+                        file.sync_data().map_err(Error::fsync(path))?;
+                    }
+                    return Err(e);
+                }
+            }
         }
         let checkpoint = Checkpoint {
             version: checkpoint::CHECKPOINT_VERSION,
@@ -725,24 +746,34 @@ impl Engine {
     }
 
     /// Records that the checkpoint at `position` is stored: files of datasources purged at or
-    /// before it are removed now.
+    /// before it are removed now. A file that cannot be removed yet (the node is short of
+    /// descriptors, say) is only garbage: it is logged and tried again after the next
+    /// checkpoint, never a reason to stop.
     pub fn checkpoint_written(&mut self, position: u64) -> Result<()> {
         self.checkpoint_position = self.checkpoint_position.max(position);
         let (gone, kept): (Vec<_>, Vec<_>) =
             std::mem::take(&mut self.removals).into_iter().partition(|(p, _)| *p <= position);
         self.removals = kept;
-        for (_, ds) in gone {
-            ds.remove_files()?;
+        for (at, ds) in gone {
+            // Its open files are closed either way; a directory left behind is retried below.
+            if let Err(Error::Io { path, source }) = ds.remove_files() {
+                tracing::warn!(path = %path.display(), error = %source, "cannot remove a purged datasource's files yet; will retry");
+                self.obsolete.push((at, path));
+            }
         }
         let (gone, kept): (Vec<_>, Vec<_>) =
             std::mem::take(&mut self.obsolete).into_iter().partition(|(p, _)| *p <= position);
         self.obsolete = kept;
-        for (_, file) in gone {
+        for (at, file) in gone {
             let path = self.config.data_dir.join(&file);
-            match std::fs::remove_file(&path) {
+            let removed = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+            match removed {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::Io { path, source: e }),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot remove an obsolete file yet; will retry");
+                    self.obsolete.push((at, file));
+                }
             }
         }
         Ok(())

@@ -66,6 +66,17 @@ pub enum Error {
 }
 
 impl Error {
+    /// An I/O error from running short of something the node gets back (file descriptors,
+    /// disk space, memory): what failed may be tried again once the shortage passes. Never
+    /// an fsync failure (see [`Error::Fsync`]) or damaged data.
+    pub fn is_shortage(&self) -> bool {
+        let Error::Io { source, .. } = self else { return false };
+        matches!(
+            source.raw_os_error(),
+            Some(libc::EMFILE | libc::ENFILE | libc::ENOSPC | libc::EDQUOT | libc::ENOMEM | libc::ENOBUFS)
+        ) || matches!(source.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::OutOfMemory)
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
         let path = path.into();
         move |source| Error::Io { path, source }
@@ -82,3 +93,22 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn io(errno: i32) -> Error {
+        Error::Io { path: "x".into(), source: std::io::Error::from_raw_os_error(errno) }
+    }
+
+    #[test]
+    fn shortages_are_the_errors_a_retry_can_outlast() {
+        assert!(io(libc::EMFILE).is_shortage());
+        assert!(io(libc::ENOSPC).is_shortage());
+        assert!(!io(libc::ENOENT).is_shortage());
+        assert!(!io(libc::EIO).is_shortage());
+        let fsync = Error::Fsync { path: "x".into(), source: std::io::Error::from_raw_os_error(libc::ENOSPC) };
+        assert!(!fsync.is_shortage(), "an fsync failure is never retried");
+    }
+}

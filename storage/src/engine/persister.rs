@@ -2,7 +2,13 @@
 //! engine lock, so ingest and queries keep going while a large interval is written. Apply
 //! decides what to persist (deterministically, at a log position); this thread only does the
 //! I/O, and the engine publishes each finished segment the next time it runs.
+//!
+//! A write that fails for want of descriptors, disk space or memory ([`Error::is_shortage`])
+//! is tried again every second, with the shortage reported ([`Persister::trouble`]), rather
+//! than stopping the node: the interval stays queryable in memory, the Raft log still holds
+//! its entries, and the realtime memory bound refuses writes if the shortage lasts.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -26,7 +32,14 @@ pub(crate) struct Persister {
     thread: Option<JoinHandle<()>>,
     in_flight: usize,
     idle: PersistIdle,
+    /// Why the job at hand is waiting to be tried again, if it is.
+    trouble: Arc<Mutex<Option<String>>>,
+    /// Set when the node stops: a shortage is then an error, not a reason to wait.
+    stopping: Arc<AtomicBool>,
 }
+
+/// How long the writer waits before trying a job again after a shortage.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// Waits, without the engine lock, until the segment writer has no job left: checkpoints wait
 /// for it (a checkpoint never records a persist in flight), and waiting here first keeps the
@@ -65,12 +78,15 @@ impl Persister {
         let (done_tx, done_rx) = channel::<Finished>();
         let idle = PersistIdle::default();
         let outstanding = idle.clone();
+        let trouble = Arc::new(Mutex::new(None));
+        let stopping = Arc::new(AtomicBool::new(false));
+        let (shown, stop) = (trouble.clone(), stopping.clone());
         let thread = std::thread::Builder::new()
             .name("tidemark-persist".into())
             .spawn(move || {
                 while let Ok(job) = jobs_rx.recv() {
                     let started = std::time::Instant::now();
-                    let result = job.run();
+                    let result = run_until_no_shortage(&job, &shown, &stop);
                     let seconds = started.elapsed().as_secs_f64();
                     let sent = done_tx.send(Finished { job, result, seconds });
                     outstanding.add(-1);
@@ -80,7 +96,15 @@ impl Persister {
                 }
             })
             .map_err(|e| Error::Internal(format!("cannot start the segment writer: {e}")))?;
-        Ok(Persister { jobs: Some(jobs_tx), finished: Mutex::new(done_rx), thread: Some(thread), in_flight: 0, idle })
+        Ok(Persister {
+            jobs: Some(jobs_tx),
+            finished: Mutex::new(done_rx),
+            thread: Some(thread),
+            in_flight: 0,
+            idle,
+            trouble,
+            stopping,
+        })
     }
 
     pub(crate) fn submit(&mut self, job: PersistJob) -> Result<()> {
@@ -92,6 +116,16 @@ impl Persister {
         }
         self.in_flight += 1;
         Ok(())
+    }
+
+    /// Why a segment write is waiting to be tried again, if one is.
+    pub(crate) fn trouble(&self) -> Option<String> {
+        self.trouble.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The node is stopping: a job held up by a shortage fails now instead of waiting.
+    pub(crate) fn stop_retrying(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
     }
 
     pub(crate) fn idle(&self) -> PersistIdle {
@@ -123,9 +157,32 @@ impl Persister {
 impl Drop for Persister {
     fn drop(&mut self) {
         // Closing the job channel ends the thread after the job at hand.
+        self.stop_retrying();
         self.jobs.take();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+        }
+    }
+}
+
+fn run_until_no_shortage(
+    job: &PersistJob,
+    trouble: &Mutex<Option<String>>,
+    stopping: &AtomicBool,
+) -> Result<(WrittenSegment, Segment)> {
+    loop {
+        let result = job.run();
+        match &result {
+            Err(e) if e.is_shortage() && !stopping.load(Ordering::SeqCst) => {
+                let why = format!("writing segment {} is waiting to be retried: {e}", job.id);
+                tracing::warn!("{why}");
+                *trouble.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+                std::thread::sleep(RETRY_AFTER);
+            }
+            _ => {
+                *trouble.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                return result;
+            }
         }
     }
 }
