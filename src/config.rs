@@ -24,6 +24,10 @@ pub(crate) struct Config {
     pub(crate) raft_addr: String,
     /// HTTP address of a cluster member to join; none: start (or restart) on its own.
     pub(crate) join: Option<String>,
+    /// What every Raft RPC and node-to-node call carries; every node of a cluster needs the
+    /// same (`TIDEMARK_CLUSTER_SECRET` overrides it). None: a single node draws a random one.
+    #[serde(skip_serializing)]
+    pub(crate) cluster_secret: Option<Secret>,
     pub(crate) raft: RaftSection,
     pub(crate) ingest: IngestConfig,
     pub(crate) kafka: KafkaSection,
@@ -110,6 +114,17 @@ impl LimitsSection {
             concurrent_queries_per_key: self.concurrent_queries_per_key,
             function_result_bytes_max: self.function_result_bytes_max,
         }
+    }
+}
+
+/// A secret from the configuration: never shown by `Debug`, never written back out.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub(crate) struct Secret(pub(crate) String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(…)")
     }
 }
 
@@ -234,6 +249,7 @@ impl Default for Config {
             node_id: 1,
             raft_addr: "127.0.0.1:9093".into(),
             join: None,
+            cluster_secret: None,
             raft: RaftSection::default(),
             ingest: IngestConfig::default(),
             kafka: KafkaSection::default(),
@@ -342,6 +358,17 @@ impl Config {
         }
         if self.ingest.body_bytes_max == 0 {
             problems.push("ingest.body_bytes_max: must be positive".into());
+        }
+        if let Some(secret) = &self.cluster_secret
+            && let Err(e) = tidemark_raft::ClusterSecret::new(&secret.0)
+        {
+            problems.push(format!("cluster_secret: {e}"));
+        }
+        if self.join.is_some() && self.cluster_secret.is_none() {
+            problems.push(
+                "join: a node joins a cluster only with its cluster_secret (or TIDEMARK_CLUSTER_SECRET), the same on every node"
+                    .into(),
+            );
         }
         if self.ingest.future_ms_max < 0 {
             problems.push("ingest.future_ms_max: must not be negative".into());

@@ -306,6 +306,10 @@ fn load_config(args: &ServeArgs) -> Result<Config> {
     if let Some(t) = args.tick_interval_ms {
         cfg.storage.tick_interval_ms = t;
     }
+    // From the environment only (a flag would show it to every `ps`).
+    if let Ok(secret) = std::env::var("TIDEMARK_CLUSTER_SECRET") {
+        cfg.cluster_secret = Some(config::Secret(secret));
+    }
     if let Err(problems) = cfg.validate() {
         bail!("invalid configuration:\n  {}", problems.join("\n  "));
     }
@@ -336,6 +340,8 @@ fn node_config(cfg: &Config, kafka_advertised: std::net::SocketAddr, test_faults
     node.pending_entries_max = cfg.ingest.pending_entries_max;
     node.tick_interval_ms = cfg.storage.tick_interval_ms;
     node.checkpoint_interval_ms = cfg.storage.checkpoint_interval_ms;
+    // Checked by `Config::validate`.
+    node.cluster_secret = cfg.cluster_secret.as_ref().and_then(|s| tidemark_raft::ClusterSecret::new(&s.0).ok());
     node
 }
 
@@ -645,7 +651,7 @@ impl tidemark_sql::flight_auth::Authenticator for KeyCheck {
         &self,
         token: Option<&str>,
     ) -> std::result::Result<tidemark_catalog::access::Principal, tidemark_catalog::access::Denied> {
-        self.0.engine().read().catalog().access().authenticate(token)
+        self.0.engine().read().catalog().access().authenticate(token, None)
     }
 
     fn refused(&self) {

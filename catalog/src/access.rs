@@ -22,7 +22,8 @@ use crate::LogPosition;
 use crate::error::{Error, Result, SpecProblem};
 
 pub const TOKEN_PREFIX: &str = "tmk_";
-const NODE_TOKEN_PREFIX: &str = "tmk_node_";
+/// A node's token to another node's internal routes: this prefix, then the cluster secret.
+pub const NODE_TOKEN_PREFIX: &str = "tmk_node_";
 pub const KEY_ID_LEN: usize = 12;
 pub const SECRET_LEN: usize = 64;
 
@@ -258,7 +259,10 @@ pub enum AccessCommand {
     RevokeKey {
         id: String,
     },
-    /// The secret nodes present to each other's internal routes; logged once, before the first key.
+    /// Logged by releases before the cluster secret (issue 21), once, before the first key:
+    /// a node token in plain text. Such entries still decode and apply, as nothing: the
+    /// secret they carry is never kept and no longer lets anyone in (nodes present the
+    /// cluster secret from their configuration instead).
     SetNodeSecret {
         secret: String,
     },
@@ -334,12 +338,11 @@ pub enum Denied {
     WrongNodeToken,
 }
 
-/// The keys and the node secret.
+/// The API keys. (Checkpoints of releases before the cluster secret also hold a
+/// `node_secret`, which is ignored when read and gone from the next checkpoint.)
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Access {
     keys: BTreeMap<String, ApiKey>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    node_secret: Option<String>,
 }
 
 /// Lowercase hex of `bytes`.
@@ -377,22 +380,18 @@ impl Access {
         self.keys.get(id)
     }
 
-    pub fn node_secret(&self) -> Option<&str> {
-        self.node_secret.as_deref()
-    }
-
-    /// The token a node presents to another node's internal routes.
-    pub fn node_token(&self) -> Option<String> {
-        self.node_secret.as_ref().map(|s| format!("{NODE_TOKEN_PREFIX}{s}"))
-    }
-
-    /// Checks a bearer token (`None`: no credentials sent).
-    pub fn authenticate(&self, token: Option<&str>) -> std::result::Result<Principal, Denied> {
+    /// Checks a bearer token (`None`: no credentials sent). A node token is accepted only
+    /// where the caller passes the cluster secret (`node_secret`: node-to-node HTTP routes).
+    pub fn authenticate(
+        &self,
+        token: Option<&str>,
+        node_secret: Option<&str>,
+    ) -> std::result::Result<Principal, Denied> {
         let Some(token) = token else {
             return if self.required() { Err(Denied::Missing) } else { Ok(Principal::Anonymous) };
         };
         if let Some(secret) = token.strip_prefix(NODE_TOKEN_PREFIX) {
-            return match &self.node_secret {
+            return match node_secret {
                 // Compared as digests: the time a comparison takes says nothing of the secret.
                 Some(s) if sha256_hex(s) == sha256_hex(secret) => Ok(Principal::Node),
                 _ => Err(Denied::WrongNodeToken),
@@ -506,10 +505,8 @@ impl Access {
                 }
                 Ok(())
             }
+            // Old entries only: they apply as nothing (see the variant).
             AccessCommand::SetNodeSecret { secret } => {
-                if self.node_secret.is_some() {
-                    return Err(Error::KeyExists { id: "node".into() });
-                }
                 if !is_hex(secret, SECRET_LEN) {
                     return Err(Error::InvalidKey(vec![SpecProblem {
                         field: "secret".into(),
@@ -550,7 +547,7 @@ impl Access {
                     k.revoked_ms = Some(writer_time_ms);
                 }
             }
-            AccessCommand::SetNodeSecret { secret } => self.node_secret = Some(secret.clone()),
+            AccessCommand::SetNodeSecret { .. } => {}
         }
         Ok(())
     }
@@ -576,25 +573,45 @@ mod tests {
     }
 
     #[test]
+    fn an_old_node_secret_entry_applies_as_nothing_and_lets_no_one_in() {
+        let mut a = Access::default();
+        a.apply(3, 10, &new_key("aaaaaaaaaaaa", Role::Admin)).expect("admin");
+        let old = "a".repeat(64);
+        a.apply(4, 11, &AccessCommand::SetNodeSecret { secret: old.clone() }).expect("old entries still apply");
+        let json = serde_json::to_string(&a).expect("json");
+        assert!(!json.contains(&old), "the plaintext is not kept: {json}");
+        let token = format!("{NODE_TOKEN_PREFIX}{old}");
+        assert_eq!(a.authenticate(Some(&token), None), Err(Denied::WrongNodeToken));
+        assert_eq!(a.authenticate(Some(&token), Some("the-cluster-secret")), Err(Denied::WrongNodeToken));
+        let node = format!("{NODE_TOKEN_PREFIX}the-cluster-secret");
+        assert_eq!(a.authenticate(Some(&node), Some("the-cluster-secret")), Ok(Principal::Node));
+        assert_eq!(a.authenticate(Some(&node), None), Err(Denied::WrongNodeToken), "only where the caller allows");
+        // A checkpoint of an older release, with the plaintext, still reads.
+        let older = format!("{{\"keys\": {{}}, \"node_secret\": \"{old}\"}}");
+        let read: Access = serde_json::from_str(&older).expect("an old checkpoint's access");
+        assert!(!serde_json::to_string(&read).expect("json").contains(&old));
+    }
+
+    #[test]
     fn keys_authenticate_by_secret_and_stay_required_once_created() {
         let mut a = Access::default();
-        assert_eq!(a.authenticate(None), Ok(Principal::Anonymous));
+        assert_eq!(a.authenticate(None, None), Ok(Principal::Anonymous));
         a.apply(3, 10, &new_key("aaaaaaaaaaaa", Role::Admin)).expect("admin");
         a.apply(4, 11, &new_key("bbbbbbbbbbbb", Role::Analyst)).expect("analyst");
-        assert_eq!(a.authenticate(None), Err(Denied::Missing));
+        assert_eq!(a.authenticate(None, None), Err(Denied::Missing));
         let token = format!("tmk_bbbbbbbbbbbb_{SECRET}");
         assert_eq!(
-            a.authenticate(Some(&token)),
+            a.authenticate(Some(&token), None),
             Ok(Principal::Key { id: "bbbbbbbbbbbb".into(), role: Role::Analyst, scope: Default::default() })
         );
         let wrong = format!("tmk_bbbbbbbbbbbb_{}", "f".repeat(64));
-        assert_eq!(a.authenticate(Some(&wrong)), Err(Denied::WrongSecret { id: "bbbbbbbbbbbb".into() }));
-        assert_eq!(a.authenticate(Some("Bearer x")), Err(Denied::Malformed));
+        assert_eq!(a.authenticate(Some(&wrong), None), Err(Denied::WrongSecret { id: "bbbbbbbbbbbb".into() }));
+        assert_eq!(a.authenticate(Some("Bearer x"), None), Err(Denied::Malformed));
         let unknown = format!("tmk_cccccccccccc_{SECRET}");
-        assert_eq!(a.authenticate(Some(&unknown)), Err(Denied::UnknownKey { id: "cccccccccccc".into() }));
+        assert_eq!(a.authenticate(Some(&unknown), None), Err(Denied::UnknownKey { id: "cccccccccccc".into() }));
 
         a.apply(5, 12, &AccessCommand::RevokeKey { id: "bbbbbbbbbbbb".into() }).expect("revoke");
-        assert_eq!(a.authenticate(Some(&token)), Err(Denied::Revoked { id: "bbbbbbbbbbbb".into() }));
+        assert_eq!(a.authenticate(Some(&token), None), Err(Denied::Revoked { id: "bbbbbbbbbbbb".into() }));
         assert_eq!(a.key("bbbbbbbbbbbb").and_then(|k| k.revoked_at), Some(5));
         // The last admin key stays.
         let err = a.check(&AccessCommand::RevokeKey { id: "aaaaaaaaaaaa".into() }).err().map(|e| e.to_string());
@@ -605,7 +622,7 @@ mod tests {
                  or nobody could manage this cluster"
             )
         );
-        assert_eq!(a.authenticate(None), Err(Denied::Missing), "revoking never reopens the node");
+        assert_eq!(a.authenticate(None, None), Err(Denied::Missing), "revoking never reopens the node");
     }
 
     #[test]
@@ -647,7 +664,7 @@ mod tests {
         assert!(err.contains("publish: only publisher keys carry publish grants"), "{err}");
         a.apply(1, 1, &key(Role::Publisher, scope.clone())).expect("publisher");
         let token = format!("tmk_aaaaaaaaaaaa_{SECRET}");
-        match a.authenticate(Some(&token)) {
+        match a.authenticate(Some(&token), None) {
             Ok(Principal::Key { scope: s, .. }) => assert_eq!(*s, scope),
             other => panic!("{other:?}"),
         }

@@ -196,8 +196,7 @@ async fn send(s: &IngestState, item: &spool::Spooled) -> Sent {
     headers.insert(NO_SPOOL, HeaderValue::from_static("1"));
     // The caller was authenticated when the beacons were spooled; a forwarded drain speaks
     // for this node, or a leader with keys would refuse it and the spooled beacons would stay.
-    let token = s.node.engine().read().catalog().access().node_token();
-    if let Some(auth) = token.and_then(|t| HeaderValue::from_str(&format!("Bearer {t}")).ok()) {
+    if let Ok(auth) = HeaderValue::from_str(&format!("Bearer {}", s.node.node_token())) {
         headers.insert(axum::http::header::AUTHORIZATION, auth);
     }
     if let Some(id) = item.header.publisher.as_deref().and_then(|id| HeaderValue::from_str(id).ok()) {

@@ -97,15 +97,13 @@ pub(crate) async fn ask_node(
     body: Option<serde_json::Value>,
 ) -> Result<serde_json::Value, LeaderRefusal> {
     let me = node.replica().node_id();
-    let token = node.engine().read().catalog().access().node_token();
+    let token = node.node_token();
     let method = if body.is_some() { axum::http::Method::POST } else { axum::http::Method::GET };
     let mut req = axum::http::Request::builder()
         .method(method)
         .uri(path)
         .header(axum::http::header::CONTENT_TYPE, "application/json");
-    if let Some(token) = token {
-        req = req.header(axum::http::header::AUTHORIZATION, format!("Bearer {token}"));
-    }
+    req = req.header(axum::http::header::AUTHORIZATION, format!("Bearer {token}"));
     let unreachable = |e: String| LeaderRefusal::Unreachable(e);
     let body = body.map(|b| b.to_string()).unwrap_or_default();
     let req = req.body(Body::from(body)).map_err(|e| unreachable(e.to_string()))?;

@@ -166,9 +166,9 @@ const ACCEPT_RETRY_MIN: std::time::Duration = std::time::Duration::from_millis(1
 const ACCEPT_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Accepts Kafka connections for as long as the node runs. An `accept` error (out of file
-/// descriptors, say) is counted, reported by `/health` and retried with backoff, as axum and
-/// tonic do: it once ended the listener for good while `/health` said ok.
-
+/// descriptors, say) is counted, reported by `/health` and retried with backoff, as axum does
+/// (and `src/flight_incoming.rs` for Flight SQL): it once ended the listener for good while
+/// `/health` said ok.
 pub async fn serve(listener: TcpListener, node: Node, config: KafkaConfig) -> std::io::Result<()> {
     let coordinator = Coordinator::default();
     let broker = Arc::new(Broker { node, config, coordinator });

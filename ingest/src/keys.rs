@@ -49,9 +49,6 @@ pub async fn create(node: &Node, actor: &str, body: &[u8]) -> Result<Response> {
              (with \"tenants\": [\"…\"] for merchant_reader; \"publish\": {{\"datasource\": \"*\" or [\"tag\", …]}} to limit a publisher): {e}"
         ))
     })?;
-    if node.engine().read().catalog().access().node_secret().is_none() {
-        log(node, actor, AccessCommand::SetNodeSecret { secret: random_hex(SECRET_LEN)? }).await?;
-    }
     let id = random_hex(KEY_ID_LEN)?;
     let secret = random_hex(SECRET_LEN)?;
     let token = format!("{TOKEN_PREFIX}{id}_{secret}");

@@ -56,6 +56,8 @@ pub struct NodeConfig {
     pub peer_tls: Option<tidemark_raft::peer_tls::PeerTls>,
     /// HTTPS to peers' HTTP ports (forwarded writes), when they serve TLS.
     pub peer_https: Option<crate::forward::PeerHttps>,
+    /// Carried by Raft RPC and node-to-node HTTP calls; none: a random one (a single node).
+    pub cluster_secret: Option<tidemark_raft::ClusterSecret>,
 }
 
 impl NodeConfig {
@@ -77,6 +79,7 @@ impl NodeConfig {
             scrub: tidemark_raft::scrubber::ScrubConfig::default(),
             peer_tls: None,
             peer_https: None,
+            cluster_secret: None,
         }
     }
 }
@@ -140,7 +143,12 @@ impl Node {
     /// part of a cluster if it never was: call [`Node::bootstrap`] for a new cluster or a
     /// single node, or have a leader add it.
     pub async fn start(config: NodeConfig, raft_listener: tokio::net::TcpListener) -> Result<(Node, StartReport)> {
-        let mut rc = ReplicaConfig::new(config.node_id, config.me.clone(), config.engine.clone());
+        let secret = match &config.cluster_secret {
+            Some(s) => s.clone(),
+            None => tidemark_raft::ClusterSecret::random()
+                .map_err(|e| Error::Storage(tidemark_storage::Error::Internal(e)))?,
+        };
+        let mut rc = ReplicaConfig::new(config.node_id, config.me.clone(), config.engine.clone(), secret);
         rc.in_flight_max = config.pending_entries_max;
         rc.snapshot_every_entries = config.checkpoint_every_entries;
         rc.entries_kept_after_snapshot = config.entries_kept_after_snapshot;
@@ -241,6 +249,16 @@ impl Node {
             return Some(f);
         }
         self.inner.replica.fatal()
+    }
+
+    /// The cluster secret: what this node presents to its peers, and requires of them.
+    pub fn cluster_secret(&self) -> &tidemark_raft::ClusterSecret {
+        self.inner.replica.cluster_secret()
+    }
+
+    /// The token this node presents to its peers' internal HTTP routes.
+    pub fn node_token(&self) -> String {
+        format!("{}{}", tidemark_catalog::access::NODE_TOKEN_PREFIX, self.cluster_secret().expose())
     }
 
     /// A shortage the node is waiting out (descriptors, disk space, memory) without having
@@ -487,6 +505,21 @@ fn tick_loop(inner: &Inner, runtime: &tokio::runtime::Handle) {
         std::thread::sleep(tick);
         if inner.fatal.lock().unwrap_or_else(|p| p.into_inner()).is_some() || inner.replica.fatal().is_some() {
             continue;
+        }
+        // A member restarted without the cluster secret drew a random one, which its peers
+        // refuse: say so and stop, rather than campaign forever.
+        if inner.replica.cluster_secret().is_generated() {
+            let voters = inner.replica.status().voters.len();
+            if voters > 1 {
+                set_fatal(
+                    inner,
+                    format!(
+                        "this node is one of {voters} cluster members but has no cluster_secret (or \
+                         TIDEMARK_CLUSTER_SECRET): its peers refuse it; restart it with the secret every member has"
+                    ),
+                );
+                continue;
+            }
         }
         // Only the leader decides when an interval ends, so every replica persists it at the
         // same log position.

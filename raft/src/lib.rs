@@ -20,6 +20,7 @@
 //! agree byte for byte; the node runtime runs on it (a single node is a one-voter cluster).
 //! Not yet (issue 4): the scrubber, the no-quorum spool.
 
+pub mod cluster_secret;
 pub mod error;
 pub mod faults;
 pub mod log_store;
@@ -32,6 +33,7 @@ pub mod snapshot;
 pub mod state_machine;
 mod types;
 
+pub use cluster_secret::ClusterSecret;
 pub use error::{Error, Result};
 pub use faults::FaultRules;
 pub use replica::{ClusterStatus, Replica, ReplicaConfig, Submitted};

@@ -22,11 +22,13 @@ use serde::de::DeserializeOwned;
 use tidemark_proto::raft::RaftMessage;
 use tidemark_proto::raft::raft_service_client::RaftServiceClient;
 use tidemark_proto::raft::raft_service_server::{RaftService, RaftServiceServer};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use tidemark_storage::engine::SharedEngine;
 
+use crate::cluster_secret::{Check, ClusterSecret, Present};
 use crate::faults::{Fault, Faults};
 use crate::scrubber::{self, ReadDataFile};
 use crate::snapshot::{Manifest, ReadFile, SnapshotTransfer};
@@ -45,6 +47,9 @@ fn decode<T: DeserializeOwned>(b: &[u8]) -> io::Result<T> {
     rmp_serde::from_slice(b).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
+/// A client of a peer's Raft RPC: every call carries the cluster secret.
+pub(crate) type PeerClient = RaftServiceClient<InterceptedService<Channel, Present>>;
+
 /// Makes connections to peers at their `Member::raft` address. With `faults` (tests only),
 /// every message first consults the fault rules.
 #[derive(Debug, Clone, Default)]
@@ -52,6 +57,8 @@ pub struct GrpcNetwork {
     pub faults: Option<Faults>,
     /// Mutual TLS to peers, when the cluster has a CA.
     pub tls: Option<tonic::transport::ClientTlsConfig>,
+    /// Presented on every RPC; peers refuse RPCs without it.
+    pub secret: Option<ClusterSecret>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
@@ -64,6 +71,7 @@ impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
             client: None,
             faults: self.faults.clone(),
             tls: self.tls.clone(),
+            secret: self.secret.clone(),
         }
     }
 }
@@ -72,9 +80,10 @@ impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
 pub struct GrpcConnection {
     target: NodeId,
     addr: String,
-    client: Option<RaftServiceClient<Channel>>,
+    client: Option<PeerClient>,
     faults: Option<Faults>,
     tls: Option<tonic::transport::ClientTlsConfig>,
+    secret: Option<ClusterSecret>,
 }
 
 /// The snapshot message: the leader's vote and the snapshot (checkpoint and manifest).
@@ -87,7 +96,7 @@ struct SnapshotMessage {
 }
 
 impl GrpcConnection {
-    async fn client(&mut self) -> Result<RaftServiceClient<Channel>, Unreachable<TypeConfig>> {
+    async fn client(&mut self) -> Result<PeerClient, Unreachable<TypeConfig>> {
         if let Some(c) = &self.client {
             return Ok(c.clone());
         }
@@ -101,7 +110,7 @@ impl GrpcConnection {
             .keep_alive_timeout(Duration::from_secs(2))
             .keep_alive_while_idle(true);
         let channel = endpoint.connect().await.map_err(|e| Unreachable::new(&e))?;
-        let client = RaftServiceClient::new(channel)
+        let client = RaftServiceClient::with_interceptor(channel, Present(self.secret.clone()))
             .max_decoding_message_size(MESSAGE_BYTES_MAX)
             .max_encoding_message_size(MESSAGE_BYTES_MAX);
         self.client = Some(client.clone());
@@ -261,16 +270,19 @@ pub struct RaftRpc {
     node_id: NodeId,
 }
 
-/// The tonic service for this node's Raft, to add to the node's gRPC server.
+/// The tonic service for this node's Raft, to add to the node's gRPC server. It refuses every
+/// RPC that does not carry `secret`.
 pub fn raft_service(
     raft: Raft<TypeConfig, EngineStateMachine>,
     snapshots: std::sync::Arc<SnapshotTransfer>,
     engine: SharedEngine,
     node_id: NodeId,
-) -> RaftServiceServer<RaftRpc> {
-    RaftServiceServer::new(RaftRpc { raft, snapshots, engine, node_id })
+    secret: &ClusterSecret,
+) -> InterceptedService<RaftServiceServer<RaftRpc>, Check> {
+    let server = RaftServiceServer::new(RaftRpc { raft, snapshots, engine, node_id })
         .max_decoding_message_size(MESSAGE_BYTES_MAX)
-        .max_encoding_message_size(MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(MESSAGE_BYTES_MAX);
+    InterceptedService::new(server, secret.checker())
 }
 
 fn bad_request(e: io::Error) -> Status {

@@ -61,10 +61,12 @@ pub struct ReplicaConfig {
     pub scrub: ScrubConfig,
     /// Mutual TLS for Raft RPC, when the cluster has a CA.
     pub tls: Option<crate::peer_tls::PeerTls>,
+    /// Carried by every Raft RPC, and required of every incoming one.
+    pub secret: crate::ClusterSecret,
 }
 
 impl ReplicaConfig {
-    pub fn new(node_id: NodeId, me: Member, engine: EngineConfig) -> ReplicaConfig {
+    pub fn new(node_id: NodeId, me: Member, engine: EngineConfig, secret: crate::ClusterSecret) -> ReplicaConfig {
         ReplicaConfig {
             node_id,
             me,
@@ -78,6 +80,7 @@ impl ReplicaConfig {
             test_faults: false,
             scrub: ScrubConfig::default(),
             tls: None,
+            secret,
         }
     }
 }
@@ -188,6 +191,7 @@ impl Replica {
         if let Some(tls) = &config.tls {
             snapshots.set_peer_tls(tls.client.clone());
         }
+        snapshots.set_cluster_secret(config.secret.clone());
         let sm = EngineStateMachine::new(engine.clone(), config.engine.clone(), snapshots.clone())
             .map_err(|source| Error::Store { path: config.engine.data_dir.clone(), source })?;
         let applied = sm.applied_watch();
@@ -206,7 +210,11 @@ impl Replica {
         .validate()
         .map_err(|e| Error::Membership(format!("invalid Raft timing: {e}")))?;
         let faults = config.test_faults.then(Faults::default);
-        let network = GrpcNetwork { faults: faults.clone(), tls: config.tls.as_ref().map(|t| t.client.clone()) };
+        let network = GrpcNetwork {
+            faults: faults.clone(),
+            tls: config.tls.as_ref().map(|t| t.client.clone()),
+            secret: Some(config.secret.clone()),
+        };
         let log_handle = log.clone();
         let raft = Raft::new(config.node_id, Arc::new(raft_config), network, log, sm)
             .await
@@ -219,7 +227,7 @@ impl Replica {
                 .map_err(|e| Error::Stopped(format!("the Raft port's TLS: {e}")))?;
         }
         let server = {
-            let service = raft_service(raft.clone(), snapshots.clone(), engine.clone(), config.node_id);
+            let service = raft_service(raft.clone(), snapshots.clone(), engine.clone(), config.node_id, &config.secret);
             tokio::spawn(async move {
                 // Without TCP_NODELAY a follower's small AppendEntries answer waits for the
                 // leader's delayed ACK (Nagle): 40 ms on every few commits, the whole p99.
@@ -316,6 +324,11 @@ impl Replica {
 
     pub fn engine(&self) -> SharedEngine {
         self.inner.engine.clone()
+    }
+
+    /// What this node presents to its peers, and requires of them.
+    pub fn cluster_secret(&self) -> &crate::ClusterSecret {
+        &self.inner.config.secret
     }
 
     pub fn node_id(&self) -> NodeId {

@@ -344,7 +344,7 @@ impl Scrubber {
     }
 
     async fn fetch_and_check(&self, addr: &str, f: &ScrubFile, len: u64, copy: &Path) -> io::Result<()> {
-        let client = connect(addr, self.snapshots.peer_tls()).await?;
+        let client = connect(addr, self.snapshots.peer_tls(), self.snapshots.cluster_secret()).await?;
         let path = f.relative.to_string_lossy().into_owned();
         let fetched = AtomicU64::new(0);
         fetch_into(copy, len, &fetched, |offset| {

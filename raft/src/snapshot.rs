@@ -132,6 +132,8 @@ pub struct SnapshotTransfer {
     pub stats: SnapshotStats,
     /// The client side of peer TLS, for fetching files from peers.
     peer_tls: std::sync::OnceLock<tonic::transport::ClientTlsConfig>,
+    /// Presented to peers when fetching files from them.
+    secret: std::sync::OnceLock<crate::ClusterSecret>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -148,6 +150,7 @@ impl SnapshotTransfer {
             staging: Mutex::new(HashMap::new()),
             stats: SnapshotStats::default(),
             peer_tls: std::sync::OnceLock::new(),
+            secret: std::sync::OnceLock::new(),
         })
     }
 
@@ -158,6 +161,15 @@ impl SnapshotTransfer {
 
     pub(crate) fn peer_tls(&self) -> Option<&tonic::transport::ClientTlsConfig> {
         self.peer_tls.get()
+    }
+
+    /// Presents `secret` to peers when fetching files from here on (set once, at start).
+    pub fn set_cluster_secret(&self, secret: crate::ClusterSecret) {
+        let _ = self.secret.set(secret);
+    }
+
+    pub(crate) fn cluster_secret(&self) -> Option<&crate::ClusterSecret> {
+        self.secret.get()
     }
 
     pub fn staging_dir(&self) -> PathBuf {
@@ -315,7 +327,7 @@ impl SnapshotTransfer {
         let mut sources: Vec<(NodeId, String)> = members.iter().map(|(id, m)| (*id, m.raft.clone())).collect();
         sources.sort_by_key(|(id, _)| *id != manifest.source);
         sources.retain(|(id, _)| *id != self.node_id);
-        let mut clients: HashMap<NodeId, RaftServiceClient<tonic::transport::Channel>> = HashMap::new();
+        let mut clients: HashMap<NodeId, crate::network::PeerClient> = HashMap::new();
         for (index, f) in manifest.files.iter().enumerate() {
             let done = dir.join(f.content_name());
             if fs::metadata(&done).map(|m| m.len() == f.len).unwrap_or(false) {
@@ -369,7 +381,7 @@ impl SnapshotTransfer {
     #[allow(clippy::too_many_arguments)]
     async fn fetch_file(
         &self,
-        clients: &mut HashMap<NodeId, RaftServiceClient<tonic::transport::Channel>>,
+        clients: &mut HashMap<NodeId, crate::network::PeerClient>,
         id: NodeId,
         addr: &str,
         snapshot: &str,
@@ -380,7 +392,7 @@ impl SnapshotTransfer {
         let client = match clients.get(&id) {
             Some(c) => c.clone(),
             None => {
-                let c = connect(addr, self.peer_tls()).await?;
+                let c = connect(addr, self.peer_tls(), self.cluster_secret()).await?;
                 clients.insert(id, c.clone());
                 c
             }
@@ -435,14 +447,16 @@ fn extend_crc(file: &File, from: u64, to: u64, mut crc: u32) -> io::Result<Optio
 pub(crate) async fn connect(
     addr: &str,
     tls: Option<&tonic::transport::ClientTlsConfig>,
-) -> io::Result<RaftServiceClient<tonic::transport::Channel>> {
+    secret: Option<&crate::ClusterSecret>,
+) -> io::Result<crate::network::PeerClient> {
     let channel = crate::peer_tls::endpoint(addr, tls)
         .map_err(io::Error::other)?
         .connect_timeout(Duration::from_millis(500))
         .connect()
         .await
         .map_err(io::Error::other)?;
-    Ok(RaftServiceClient::new(channel).max_decoding_message_size(2 * CHUNK_BYTES as usize))
+    let present = crate::cluster_secret::Present(secret.cloned());
+    Ok(RaftServiceClient::with_interceptor(channel, present).max_decoding_message_size(2 * CHUNK_BYTES as usize))
 }
 
 /// Fetches a file of `len` bytes into `part`, one `read(offset)` answer (a chunk, or the

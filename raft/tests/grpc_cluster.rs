@@ -3,8 +3,8 @@
 
 mod common;
 
-use tidemark_raft::NodeId;
 use tidemark_raft::network::{GrpcNetwork, raft_service};
+use tidemark_raft::{ClusterSecret, NodeId};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_over_grpc_agree_byte_for_byte() {
@@ -16,10 +16,14 @@ async fn three_replicas_over_grpc_agree_byte_for_byte() {
         addrs.push(l.local_addr().expect("addr").to_string());
         listeners.push(l);
     }
+    let secret = ClusterSecret::new("grpc-cluster-test-secret").expect("secret");
     let mut members = Vec::new();
     for (i, (d, l)) in dirs.iter().zip(listeners).enumerate() {
-        let m = common::start(i as NodeId + 1, d.path(), GrpcNetwork::default()).await;
-        let service = raft_service(m.raft.clone(), m.snapshots.clone(), m.engine.clone(), i as NodeId + 1);
+        let network = GrpcNetwork { secret: Some(secret.clone()), ..GrpcNetwork::default() };
+        let m = common::start(i as NodeId + 1, d.path(), network).await;
+        m.snapshots.set_cluster_secret(secret.clone());
+        let id = i as NodeId + 1;
+        let service = raft_service(m.raft.clone(), m.snapshots.clone(), m.engine.clone(), id, &secret);
         tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(service)

@@ -263,7 +263,6 @@ fn keys_and_roles_guard_every_door_and_changes_are_audited() {
     let row = |a: &str, op: &str, o: &str| (a.to_string(), op.to_string(), o.to_string());
     let expected = vec![
         row("system", "create_datasource", "datasource:beacons"),
-        row("anonymous", "set_node_secret", "node_secret"),
         row("anonymous", "create_key", &key("admin")),
         row(&key("admin"), "create_key", &key("governance_editor")),
         row(&key("admin"), "create_key", &key("publisher")),

@@ -180,11 +180,39 @@ impl TestNode {
         node
     }
 
+    /// A cluster member started with `secret` as its cluster secret (none: without one)
+    /// instead of the one every other test node shares.
+    pub(crate) fn start_member_with_secret(
+        data_dir: &Path,
+        addrs: &MemberAddrs,
+        join: Option<&str>,
+        secret: Option<&str>,
+    ) -> TestNode {
+        let id = addrs.node_id.to_string();
+        let mut args = vec!["--node-id", &id];
+        if let Some(j) = join {
+            args.extend(["--join", j]);
+        }
+        Self::spawn_with(data_dir, addrs, &args, None, Some(secret))
+    }
+
     fn spawn(data_dir: &Path, addrs: &MemberAddrs, extra: &[&str]) -> TestNode {
         Self::spawn_limited(data_dir, addrs, extra, None)
     }
 
     fn spawn_limited(data_dir: &Path, addrs: &MemberAddrs, extra: &[&str], fds_max: Option<u32>) -> TestNode {
+        Self::spawn_with(data_dir, addrs, extra, fds_max, None)
+    }
+
+    /// `secret`: `None` for the shared [`CLUSTER_SECRET`], `Some(s)` for `s` (`Some(None)`:
+    /// no secret at all).
+    fn spawn_with(
+        data_dir: &Path,
+        addrs: &MemberAddrs,
+        extra: &[&str],
+        fds_max: Option<u32>,
+        secret: Option<Option<&str>>,
+    ) -> TestNode {
         let (http, flight, kafka) = (addrs.http.clone(), addrs.flight.clone(), addrs.kafka.clone());
         std::fs::create_dir_all(data_dir).expect("data dir");
         let log = data_dir.join(format!("node-{}.log", free_port()));
@@ -206,6 +234,8 @@ impl TestNode {
             .args(extra)
             .env("RUST_LOG", "info")
             .env("RUST_BACKTRACE", "1")
+            .env_remove("TIDEMARK_CLUSTER_SECRET")
+            .envs(secret.unwrap_or(Some(CLUSTER_SECRET)).map(|s| ("TIDEMARK_CLUSTER_SECRET", s)))
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(err))
             .spawn()
@@ -411,6 +441,19 @@ impl TestNode {
         }
     }
 
+    /// Waits up to `timeout` for the node to exit on its own: its exit code (None: still
+    /// running, or killed by a signal).
+    pub(crate) fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
     /// SIGTERM and wait for a clean exit.
     pub(crate) fn stop(&mut self) -> Option<i32> {
         let mut c = self.child.take()?;
@@ -437,6 +480,9 @@ impl Drop for TestNode {
         self.kill9();
     }
 }
+
+/// The cluster secret every test node shares unless a test says otherwise.
+pub(crate) const CLUSTER_SECRET: &str = "e2e-cluster-secret-0123456789";
 
 /// The binary under test: this build's, or `TIDEMARK_BIN` (the long chaos run uses a release
 /// build, so a 200-kill run measures the server rather than debug-build overhead).

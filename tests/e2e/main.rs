@@ -6,6 +6,7 @@ mod answers;
 mod backup;
 mod beacons;
 mod cluster;
+mod cluster_secret;
 mod connections;
 mod copies;
 mod crash;

@@ -146,7 +146,7 @@ fn plain(access: &Access, bytes: &[u8]) -> Result<Principal, String> {
     if !token.starts_with(TOKEN_PREFIX) {
         return Err(format!("the SASL PLAIN password must be an API key ({TOKEN_PREFIX}…)"));
     }
-    access.authenticate(Some(token)).map_err(denied)
+    access.authenticate(Some(token), None).map_err(denied)
 }
 
 /// The value of attribute `name` (`n=…`) in a SCRAM message.
