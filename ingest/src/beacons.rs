@@ -230,7 +230,7 @@ pub async fn post_beacons(
                 retry_after_s: 5,
             });
         }
-        let seen = key.as_ref().map(|k| e.idempotency_check(datasource, k, body_hash));
+        let seen = key.as_ref().map(|k| e.idempotency_check(datasource, publisher.key_id.as_deref(), k, body_hash));
         (entry.current().clone(), seen, e.current_rules(datasource))
     };
     match seen {
@@ -333,6 +333,8 @@ pub async fn post_beacons(
             datasource: datasource.to_string(),
             publisher: publisher.key_id.clone(),
             permitted_tags: None,
+            // A publisher's keys are its own (see `IdempotencyWindow`).
+            idempotency_per_publisher: key.is_some() && publisher.key_id.is_some(),
             idempotency_key: key,
             body_hash,
             parts: header_parts,

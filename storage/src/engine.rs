@@ -376,7 +376,7 @@ impl Engine {
         };
         let id = entry.id;
         if let Some(key) = &header.idempotency_key {
-            match self.idempotency.check(&header.datasource, key, header.body_hash) {
+            match self.idempotency.check(&header.datasource, header.idempotency_scope(), key, header.body_hash) {
                 Seen::New => {}
                 Seen::Retry(outcome) => return Ok(Applied::Retry(outcome)),
                 Seen::Conflict => {
@@ -565,7 +565,15 @@ impl Engine {
         outcome.parts = answers.into_iter().map(|(_, answer)| answer).collect();
         outcome.rejected.sort_by_key(|r| r.index);
         if let Some(key) = &header.idempotency_key {
-            self.idempotency.remember(&header.datasource, key, header.body_hash, writer_time_ms, outcome.clone());
+            let scope = header.idempotency_scope();
+            self.idempotency.remember(
+                &header.datasource,
+                scope,
+                key,
+                header.body_hash,
+                writer_time_ms,
+                outcome.clone(),
+            );
         }
         Ok(Applied::Events(outcome))
     }
@@ -823,9 +831,10 @@ impl Engine {
         self.publish_persisted(true).map(|_| ())
     }
 
-    /// The idempotency window's view of a keyed batch (read-only, for the edge).
-    pub fn idempotency_check(&self, datasource: &str, key: &str, body_hash: u64) -> Seen {
-        self.idempotency.check(datasource, key, body_hash)
+    /// The idempotency window's view of a keyed batch (read-only, for the edge); `scope`
+    /// as [`EventsHeader::idempotency_scope`] gives it.
+    pub fn idempotency_check(&self, datasource: &str, scope: Option<&str>, key: &str, body_hash: u64) -> Seen {
+        self.idempotency.check(datasource, scope, key, body_hash)
     }
 
     /// A query snapshot of one datasource as of the applied position.

@@ -180,3 +180,72 @@ fn kafka_clients_log_in_with_api_keys_and_keep_to_their_grants() {
         "the merchant key's Metadata request was refused by role"
     );
 }
+
+/// Issue 21, item 5: an `Idempotency-Key` belongs to the publisher key that sent it. Another
+/// publisher using the same key string on the same datasource is neither refused (422) nor
+/// answered with the first publisher's batch, and each one's retries still count once, also
+/// after a restart (the window is replicated state, replayed from the log).
+#[test]
+fn each_publishers_idempotency_keys_are_its_own() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut node = TestNode::start(dir.path());
+    let (code, out, err) = node.cli(&["keys", "create", "--name", "root", "--role", "admin"]);
+    assert_eq!(code, 0, "{err}");
+    let admin = out.trim().to_string();
+    let (status, v) = post(&node, "/v1/datasources", &admin, spec("shop").to_string().as_bytes());
+    assert!(status == 200 || status == 201, "{v}");
+    let key = |name: &str| {
+        let body = json!({"name": name, "role": "publisher", "publish": {"shop": "*"}});
+        let (status, v) = post(&node, "/v1/keys", &admin, body.to_string().as_bytes());
+        assert_eq!(status, 201, "{v}");
+        v["token"].as_str().unwrap_or_default().to_string()
+    };
+    let (a, b) = (key("app a"), key("app b"));
+    let ts = now_ms() - 60_000;
+    let lines = |n: usize, merchant: &str| {
+        (0..n).map(|i| json!({"ts": ts + i as i64, "merchant_id": merchant}).to_string()).collect::<Vec<_>>().join("\n")
+    };
+    let (body_a, body_b) = (lines(2, "ma"), lines(3, "mb"));
+    let send = |token: &str, body: &str| {
+        let auth = format!("Bearer {token}");
+        let r =
+            node.post("/v1/beacons/shop", body.as_bytes(), &[("Authorization", &auth), ("Idempotency-Key", "batch-1")]);
+        (r.status, serde_json::from_str::<Value>(&r.body).unwrap_or(Value::Null))
+    };
+    let total = |node: &TestNode| {
+        let auth = format!("Bearer {admin}");
+        let r = node.post("/v1/sql", b"SELECT SUM(\"count\") AS n FROM shop", &[("Authorization", &auth)]);
+        r.json()[0]["n"].as_i64().unwrap_or(-1)
+    };
+
+    let (status, first_a) = send(&a, &body_a);
+    assert_eq!((status, first_a["accepted"].as_i64()), (200, Some(2)), "{first_a}");
+    let (status, first_b) = send(&b, &body_b);
+    assert_eq!((status, first_b["accepted"].as_i64()), (200, Some(3)), "B's batch is B's own: {first_b}");
+    assert_ne!(first_b["replayed"], true, "{first_b}");
+    assert_eq!(total(&node), 5);
+
+    for (token, body, first) in [(&a, &body_a, &first_a), (&b, &body_b, &first_b)] {
+        let (status, again) = send(token, body);
+        assert_eq!(status, 200, "{again}");
+        assert_eq!(again["replayed"], true, "{again}");
+        assert_eq!(again["log_position"], first["log_position"], "each retry gets its own original answer");
+    }
+    assert_eq!(total(&node), 5);
+    // A publisher's own key with another body is still a conflict.
+    let (status, v) = send(&a, &body_b);
+    assert_eq!(status, 422, "{v}");
+
+    // After a restart (the window is in the checkpoint) the keys are still each one's own.
+    assert_eq!(node.stop(), Some(0));
+    node = TestNode::start(dir.path());
+    for (token, body, first) in [(&a, &body_a, &first_a), (&b, &body_b, &first_b)] {
+        let auth = format!("Bearer {token}");
+        let r =
+            node.post("/v1/beacons/shop", body.as_bytes(), &[("Authorization", &auth), ("Idempotency-Key", "batch-1")]);
+        let again: Value = serde_json::from_str(&r.body).unwrap_or(Value::Null);
+        assert_eq!((r.status, &again["replayed"]), (200, &json!(true)), "{again}");
+        assert_eq!(again["log_position"], first["log_position"]);
+    }
+    assert_eq!(total(&node), 5);
+}

@@ -179,6 +179,7 @@ pub(crate) fn produce(b: &Arc<Broker>, req: &Request, r: ProduceRequest, caller:
                     publisher: publisher.key_id.clone(),
                     permitted_tags: permitted,
                     idempotency_key: None,
+                    idempotency_per_publisher: false,
                     body_hash: 0,
                     parts,
                     future_ms_max: Some(b.config.future_ms_max),

@@ -78,6 +78,7 @@ fn events(i: u64, start_ms: i64) -> Command {
             publisher: None,
             permitted_tags: None,
             idempotency_key: Some(format!("cluster-test-{i}")),
+            idempotency_per_publisher: false,
             body_hash: 0,
             parts: vec![EventsPart {
                 partition: (i % 3) as u32,

@@ -35,8 +35,9 @@ pub struct Entry {
 /// Format 2 adds the tag registry's catalog operations; format 3 carries the actor of every
 /// catalog command (for the audit log) and adds the API key operations; format 4 adds the
 /// timeline's `Delete` and `Copied`; format 5 the running copies' `CopyStarted` and
-/// `CopyFinished`.
-pub const COMMAND_VERSION: u8 = 5;
+/// `CopyFinished`; format 6 scopes an events entry's idempotency key by its publisher
+/// (`EventsHeader::idempotency_per_publisher`).
+pub const COMMAND_VERSION: u8 = 6;
 pub const KIND_CATALOG: u8 = 1;
 pub const KIND_EVENTS: u8 = 2;
 pub const KIND_PERSIST: u8 = 3;
@@ -66,6 +67,10 @@ pub struct EventsHeader {
     /// Makes a retried batch count once (scoped to the datasource, remembered for a window).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// The key is scoped by `publisher` too, so one publisher's keys never meet another's
+    /// (format 6; older entries share one scope per datasource, and replay so).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub idempotency_per_publisher: bool,
     /// Hash of the request body, to tell a retry from a different batch under the same key.
     #[serde(default)]
     pub body_hash: u64,
@@ -79,6 +84,14 @@ pub struct EventsHeader {
     /// Travels in the entry for the same reason as `future_ms_max`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decompressed_bytes_max: Option<u64>,
+}
+
+impl EventsHeader {
+    /// The scope of the entry's idempotency key within its datasource: the publisher's key
+    /// id for a format-6 entry that asks for it, else none (one shared scope).
+    pub fn idempotency_scope(&self) -> Option<&str> {
+        if self.idempotency_per_publisher { self.publisher.as_deref() } else { None }
+    }
 }
 
 /// The beacons of one request that go to one partition.
@@ -289,6 +302,7 @@ impl Command {
             Command::Catalog { .. } => 3,
             Command::Timeline(TimelineCommand::Delete { .. } | TimelineCommand::Copied(_)) => 4,
             Command::Timeline(TimelineCommand::CopyStarted(_) | TimelineCommand::CopyFinished(_)) => 5,
+            Command::Events(e) if e.header.idempotency_per_publisher => 6,
             _ => 1,
         }
     }
@@ -339,7 +353,9 @@ impl Command {
                 let len = body.get(..4).ok_or_else(|| bad("events header length missing".into()))?;
                 let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
                 let header = body.get(4..4 + len).ok_or_else(|| bad("events header truncated".into()))?;
-                let header: EventsHeader = serde_json::from_slice(header).map_err(|e| bad(e.to_string()))?;
+                let mut header: EventsHeader = serde_json::from_slice(header).map_err(|e| bad(e.to_string()))?;
+                // Only format 6 may scope keys by publisher: an older entry decides as it did.
+                header.idempotency_per_publisher &= version >= 6;
                 let mut rest = &body[4 + len..];
                 let mut batches = Vec::with_capacity(header.parts.len());
                 for part in &header.parts {
@@ -387,6 +403,7 @@ mod tests {
                     publisher: Some("key1".into()),
                     permitted_tags: None,
                     idempotency_key: Some("k".into()),
+                    idempotency_per_publisher: false,
                     body_hash: 99,
                     parts: vec![
                         EventsPart {
@@ -431,6 +448,31 @@ mod tests {
             let err = Command::decode(cmd.kind(), &newer).err().map(|e| e.to_string()).unwrap_or_default();
             assert!(err.contains("upgrade this node"), "{err}");
         }
+        // An events entry that scopes its key by publisher needs format 6; the flag in an
+        // older entry is not honoured, so replaying it decides as it did.
+        let header = EventsHeader {
+            datasource: "beacons".into(),
+            publisher: Some("key1".into()),
+            permitted_tags: None,
+            idempotency_key: Some("k".into()),
+            idempotency_per_publisher: true,
+            body_hash: 1,
+            parts: vec![],
+            future_ms_max: None,
+            decompressed_bytes_max: None,
+        };
+        assert_eq!(header.idempotency_scope(), Some("key1"));
+        let scoped = Command::Events(EventsCommand { header, batches: vec![] });
+        let bytes = scoped.encode();
+        assert_eq!(bytes[0], 6);
+        assert_eq!(Command::decode(KIND_EVENTS, &bytes).expect("format 6"), scoped);
+        let mut older = bytes.clone();
+        older[0] = 5;
+        match Command::decode(KIND_EVENTS, &older).expect("format 5") {
+            Command::Events(read) => assert_eq!(read.header.idempotency_scope(), None),
+            other => panic!("decoded as {other:?}"),
+        }
+
         // Catalog entries of the formats before the actor decode as unrecorded.
         let mut old = vec![1];
         old.extend_from_slice(br#"{"op":"delete_datasource","name":"a","grace_ms":5}"#);

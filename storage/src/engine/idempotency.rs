@@ -1,5 +1,10 @@
-//! The idempotency window: an `Idempotency-Key` (scoped to a datasource) makes a retried batch
-//! count once and get the original answer; the same key with a different body is a conflict.
+//! The idempotency window: an `Idempotency-Key` (scoped to a datasource and, from command
+//! format 6 on, to the publisher's key) makes a retried batch count once and get the original
+//! answer; the same key with a different body is a conflict. One publisher's keys therefore
+//! never refuse or stand in for another's.
+//!
+//! A scoped key is stored as `scope NUL key`: NUL cannot occur in an HTTP header value, so it
+//! never equals an unscoped key (those of older entries), and checkpoints keep their form.
 //!
 //! Invariant: expiry uses the writer time stamped on log entries, never the local clock, so
 //! every replica (and every replay) keeps and forgets the same keys.
@@ -144,8 +149,8 @@ impl IdempotencyWindow {
         self.keys_max = keys_max;
     }
 
-    pub fn check(&self, datasource: &str, key: &str, body_hash: u64) -> Seen {
-        match self.entries.get(&(datasource.to_string(), key.to_string())) {
+    pub fn check(&self, datasource: &str, scope: Option<&str>, key: &str, body_hash: u64) -> Seen {
+        match self.entries.get(&(datasource.to_string(), scoped(scope, key))) {
             None => Seen::New,
             Some(r) if r.body_hash == body_hash => Seen::Retry(r.outcome.clone()),
             Some(_) => Seen::Conflict,
@@ -155,12 +160,13 @@ impl IdempotencyWindow {
     pub fn remember(
         &mut self,
         datasource: &str,
+        scope: Option<&str>,
         key: &str,
         body_hash: u64,
         writer_time_ms: i64,
         outcome: BatchOutcome,
     ) {
-        let k = (datasource.to_string(), key.to_string());
+        let k = (datasource.to_string(), scoped(scope, key));
         self.order.push_back((writer_time_ms, k.0.clone(), k.1.clone()));
         self.entries.insert(k, Remembered { body_hash, writer_time_ms, outcome });
     }
@@ -194,6 +200,14 @@ impl IdempotencyWindow {
     }
 }
 
+/// The window's key for `key` within `scope` (see the module doc).
+fn scoped(scope: Option<&str>, key: &str) -> String {
+    match scope {
+        None => key.to_string(),
+        Some(s) => format!("{s}\0{key}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,14 +216,31 @@ mod tests {
     fn retries_conflicts_and_expiry_follow_writer_time() {
         let mut w = IdempotencyWindow::new(1000, 10);
         let out = BatchOutcome { accepted: 3, ..BatchOutcome::default() };
-        assert_eq!(w.check("ds", "k", 1), Seen::New);
-        w.remember("ds", "k", 1, 100, out.clone());
-        assert_eq!(w.check("ds", "k", 1), Seen::Retry(out));
-        assert_eq!(w.check("ds", "k", 2), Seen::Conflict);
-        assert_eq!(w.check("other", "k", 2), Seen::New, "keys are scoped to a datasource");
+        assert_eq!(w.check("ds", None, "k", 1), Seen::New);
+        w.remember("ds", None, "k", 1, 100, out.clone());
+        assert_eq!(w.check("ds", None, "k", 1), Seen::Retry(out));
+        assert_eq!(w.check("ds", None, "k", 2), Seen::Conflict);
+        assert_eq!(w.check("other", None, "k", 2), Seen::New, "keys are scoped to a datasource");
         w.expire(1100);
         assert_eq!(w.len(), 1);
         w.expire(1101);
-        assert_eq!(w.check("ds", "k", 1), Seen::New);
+        assert_eq!(w.check("ds", None, "k", 1), Seen::New);
+    }
+
+    #[test]
+    fn publishers_keys_never_meet_and_unscoped_keys_stay_shared() {
+        let mut w = IdempotencyWindow::new(1000, 10);
+        let a = BatchOutcome { accepted: 1, ..BatchOutcome::default() };
+        let b = BatchOutcome { accepted: 2, ..BatchOutcome::default() };
+        w.remember("ds", Some("aaaaaaaaaaaa"), "k", 1, 100, a.clone());
+        assert_eq!(w.check("ds", Some("bbbbbbbbbbbb"), "k", 2), Seen::New, "another publisher's key is free");
+        w.remember("ds", Some("bbbbbbbbbbbb"), "k", 2, 101, b.clone());
+        assert_eq!(w.check("ds", Some("aaaaaaaaaaaa"), "k", 1), Seen::Retry(a));
+        assert_eq!(w.check("ds", Some("bbbbbbbbbbbb"), "k", 2), Seen::Retry(b));
+        assert_eq!(w.check("ds", None, "k", 1), Seen::New, "an unscoped key (older entries) is its own");
+        // The checkpoint form is unchanged: a window written before scopes reads back.
+        let old = r#"{"window_ms":1000,"keys_max":10,"entries":[["ds","k",{"body_hash":7,"writer_time_ms":5,"outcome":{"accepted":4,"rejected":[],"parts":[],"log_position":9}}]],"order":[[5,"ds","k"]]}"#;
+        let read: IdempotencyWindow = serde_json::from_str(old).expect("an older checkpoint's window");
+        assert!(matches!(read.check("ds", None, "k", 7), Seen::Retry(o) if o.accepted == 4));
     }
 }

@@ -67,6 +67,7 @@ fn multi_part_cmd(parts: &[(u32, Vec<serde_json::Value>)]) -> Command {
             publisher: None,
             permitted_tags: None,
             idempotency_key: None,
+            idempotency_per_publisher: false,
             body_hash: 0,
             parts: header_parts,
             future_ms_max: None,
