@@ -50,6 +50,9 @@ pub(crate) enum RetentionCmd {
         rejects: Option<String>,
         #[arg(long)]
         fulltext: Option<String>,
+        /// Only say what the rule would remove now (intervals, files, events, bytes).
+        #[arg(long)]
+        dry_run: bool,
         #[command(flatten)]
         url: UrlArg,
     },
@@ -225,10 +228,11 @@ pub(crate) fn run(cmd: GovernanceCmd) -> Result<()> {
             let path = format!("/v1/governance/domains/{}/tags/{}", enc(&domain), enc(&tag));
             print_json(&Client::new(&url.url).delete(&path)?.ok()?.body)
         }
-        GovernanceCmd::Retention(RetentionCmd::Set { datasource, raw, segments, rejects, fulltext, url }) => {
+        GovernanceCmd::Retention(RetentionCmd::Set { datasource, raw, segments, rejects, fulltext, dry_run, url }) => {
             let body =
                 json!({ "raw": raw, "segments": segments, "rejects": rejects, "fulltext": fulltext }).to_string();
-            let path = format!("/v1/governance/retention/{}", enc(&datasource));
+            let dry = if dry_run { "?dry_run=true" } else { "" };
+            let path = format!("/v1/governance/retention/{}{dry}", enc(&datasource));
             print_json(&Client::new(&url.url).send("PUT", &path, "application/json", &[], body.as_bytes())?.ok()?.body)
         }
         GovernanceCmd::Retention(RetentionCmd::Show { datasource, url }) => {

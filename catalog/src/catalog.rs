@@ -320,7 +320,13 @@ impl Catalog {
         let object = self.object_name(cmd);
         let effect = self.apply_checked(position, writer_time_ms, cmd)?;
         if effect != CatalogEffect::AlreadyApplied {
-            let after = self.object_json(cmd);
+            let mut after = self.object_json(cmd);
+            // A retention rule's row also says what it would remove when it was set.
+            if let CatalogCommand::Retention(RetentionCommand::PutRetention { would_remove: Some(w), .. }) = cmd
+                && let Some(rule) = after.as_mut().and_then(serde_json::Value::as_object_mut)
+            {
+                rule.insert("would_remove".into(), w.clone());
+            }
             self.audit.push(AuditRow {
                 position,
                 time_ms: writer_time_ms,

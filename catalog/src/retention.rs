@@ -74,10 +74,17 @@ impl Retention {
 }
 
 /// Sets a datasource's retention (`op`: put_retention).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum RetentionCommand {
-    PutRetention { datasource: String, retention: Retention },
+    PutRetention {
+        datasource: String,
+        retention: Retention,
+        /// What the rule would remove when it was set, as the node that took the change
+        /// counted it: for the audit row only (apply decides nothing by it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        would_remove: Option<serde_json::Value>,
+    },
 }
 
 /// Every datasource's retention history.
@@ -100,7 +107,7 @@ impl Retentions {
     }
 
     pub fn apply(&mut self, position: LogPosition, cmd: &RetentionCommand) {
-        let RetentionCommand::PutRetention { datasource, retention } = cmd;
+        let RetentionCommand::PutRetention { datasource, retention, .. } = cmd;
         self.by_datasource
             .entry(datasource.clone())
             .or_default()
@@ -123,9 +130,15 @@ mod tests {
         assert!(err.contains("unknown field `logs`"), "{err}");
 
         let mut all = Retentions::default();
-        all.apply(10, &RetentionCommand::PutRetention { datasource: "a".into(), retention: r.clone() });
+        all.apply(
+            10,
+            &RetentionCommand::PutRetention { datasource: "a".into(), retention: r.clone(), would_remove: None },
+        );
         let shorter = Retention { raw: Period::parse("P7D").ok(), ..r.clone() };
-        all.apply(20, &RetentionCommand::PutRetention { datasource: "a".into(), retention: shorter.clone() });
+        all.apply(
+            20,
+            &RetentionCommand::PutRetention { datasource: "a".into(), retention: shorter.clone(), would_remove: None },
+        );
         assert!(all.at("a", 9).is_none());
         assert_eq!(all.at("a", 15).map(|v| &v.value), Some(&r));
         assert_eq!(all.at("a", 20).map(|v| &v.value), Some(&shorter));

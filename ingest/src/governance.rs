@@ -265,9 +265,18 @@ pub fn show_retention(node: &Node, datasource: &str) -> Result<Response> {
 /// shortening any form (or limiting one kept forever) is an admin's change, not a
 /// governance editor's; and no form of the events (raw, segments, fulltext) may be kept for
 /// less than the datasource's late window, inside which events are still being written.
-pub async fn put_retention(node: &Node, caller: &Principal, datasource: &str, body: &[u8]) -> Result<Response> {
+/// The answer (and the audit row) says what the rule would remove now, in intervals, files,
+/// events and bytes (`would_remove`); with `dry_run` that is all that happens. Removal of
+/// what a running job covers waits for the job (`waiting_for_jobs`).
+pub async fn put_retention(
+    node: &Node,
+    caller: &Principal,
+    datasource: &str,
+    body: &[u8],
+    dry_run: bool,
+) -> Result<Response> {
     let retention = Retention::from_json(utf8(body)?)?;
-    {
+    let would_remove = {
         let engine = node.engine();
         let e = engine.read();
         let spec = e
@@ -305,12 +314,26 @@ pub async fn put_retention(node: &Node, caller: &Principal, datasource: &str, bo
                 }
             }
         }
+        let preview = e.retention_preview(datasource, &retention, crate::node::now_ms());
+        serde_json::to_value(preview).unwrap_or(Value::Null)
+    };
+    if dry_run {
+        let answer = json!({ "datasource": datasource, "retention": retention, "would_remove": would_remove,
+                             "dry_run": true });
+        return Ok(Json(answer).into_response());
     }
     let actor = caller.actor();
     let actor = actor.as_str();
-    let cmd =
-        CatalogCommand::Retention(RetentionCommand::PutRetention { datasource: datasource.to_string(), retention });
+    let cmd = CatalogCommand::Retention(RetentionCommand::PutRetention {
+        datasource: datasource.to_string(),
+        retention,
+        would_remove: Some(would_remove.clone()),
+    });
     node.engine().read().catalog().check(&cmd)?;
     apply(node, cmd, actor).await?;
-    show_retention(node, datasource)
+    let e = node.engine();
+    let e = e.read();
+    let mut answer = retention_json(datasource, e.catalog().retention().at(datasource, u64::MAX));
+    answer["would_remove"] = would_remove;
+    Ok(Json(answer).into_response())
 }

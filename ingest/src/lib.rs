@@ -220,13 +220,20 @@ async fn show_retention(State(s): State<IngestState>, Path(ds): Path<String>) ->
     governance::show_retention(&s.node, &ds).unwrap_or_else(IntoResponse::into_response)
 }
 
+#[derive(Debug, serde::Deserialize)]
+struct DryRun {
+    #[serde(default)]
+    dry_run: bool,
+}
+
 async fn put_retention(
     State(s): State<IngestState>,
     Extension(c): Extension<Principal>,
     Path(ds): Path<String>,
+    Query(q): Query<DryRun>,
     body: Bytes,
 ) -> Response {
-    governance::put_retention(&s.node, &c, &ds, &body).await.unwrap_or_else(IntoResponse::into_response)
+    governance::put_retention(&s.node, &c, &ds, &body, q.dry_run).await.unwrap_or_else(IntoResponse::into_response)
 }
 
 #[derive(Debug, serde::Deserialize)]

@@ -37,6 +37,7 @@ mod compact;
 mod delete;
 pub mod export;
 mod jobs;
+pub use jobs::{Removal, RetentionPreview};
 pub mod producers;
 pub mod reindex;
 pub mod rejects;

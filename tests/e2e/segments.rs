@@ -137,9 +137,39 @@ fn an_interval_is_dropped_on_demand_and_by_retention_and_stays_dropped() {
     assert_ne!(code, 0);
     assert!(err.contains("holds no whole PT1H segment interval"), "{err}");
 
+    // A dry run says what keeping three hours would remove now (hour 4: one interval, 100
+    // events) and changes nothing.
+    let r = node.put("/v1/governance/retention/aged?dry_run=true", br#"{"segments": "PT3H"}"#);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let dry = r.json();
+    let seg = &dry["would_remove"]["segments"];
+    assert_eq!(
+        (dry["dry_run"].as_bool(), seg["intervals"].as_u64(), seg["events"].as_u64()),
+        (Some(true), Some(1), Some(100)),
+        "{dry}"
+    );
+    assert_eq!(seg["before_ms"].as_i64(), Some(hour - 3 * HOUR_MS), "{dry}");
+    assert!(seg["bytes"].as_u64().is_some_and(|b| b > 0), "{dry}");
+    assert!(dry["would_remove"].get("raw").is_none(), "raw is kept forever: {dry}");
+    let (code, out, err) =
+        node.cli(&["governance", "retention", "set", "aged", "--segments", "PT3H", "--raw", "P30D", "--dry-run"]);
+    assert_eq!(code, 0, "{err}");
+    let cli: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(cli["would_remove"]["segments"]["events"].as_u64(), Some(100), "{cli}");
+    assert_eq!(cli["would_remove"]["raw"]["files"].as_u64(), Some(0), "nothing sealed is that old: {cli}");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(node.sql_i64(total), 350, "a dry run removes nothing");
+    assert_eq!(node.get("/v1/governance/retention/aged").json()["position"], serde_json::Value::Null);
+
     // Retention keeps three hours of segments: hour 4 goes too, by the leader's own decision.
+    // The answer and the audit row say what the rule removes.
     let r = node.put("/v1/governance/retention/aged", br#"{"segments": "PT3H"}"#);
     assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["would_remove"]["segments"]["events"].as_u64(), Some(100), "{}", r.body);
+    let audit = node.sql("SELECT after FROM sys.audit WHERE op = 'put_retention'");
+    let after: serde_json::Value = serde_json::from_str(audit[0]["after"].as_str().unwrap_or("null")).expect("json");
+    assert_eq!(after["would_remove"]["segments"]["intervals"].as_u64(), Some(1), "{after}");
+    assert_eq!(after["segments"].as_str(), Some("PT3H"), "{after}");
     let deadline = Instant::now() + Duration::from_secs(30);
     while node.sql_i64(total) != 250 {
         assert!(Instant::now() < deadline, "retention never dropped hour 4: {}", node.sql_i64(total));
@@ -201,7 +231,19 @@ fn raw_and_rejects_retention_remove_old_files_and_rows_and_guard_reindexing() {
     assert_eq!(node.sql_i64("SELECT COUNT(*) FROM sys.rejects WHERE datasource = 'kept'"), 3);
     std::thread::sleep(Duration::from_millis(1500));
 
-    // Keep three hours of raw events and one second of rejects.
+    // Keep three hours of raw events and one second of rejects. A dry run first: the rule
+    // would remove the sealed raw files whose beacons are all older than three hours (each
+    // hour's 100 beacons went in as one batch, so whole hours of them: 5, 4 and, once three
+    // hours have passed since its last beacon, 3) and all three rejects, and removes nothing.
+    let r = node.put("/v1/governance/retention/kept?dry_run=true", br#"{"raw": "PT3H", "rejects": "PT1S"}"#);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let dry = r.json()["would_remove"].clone();
+    assert!(dry["raw"]["files"].as_u64().is_some_and(|n| n >= 1), "{dry}");
+    let raw_events = dry["raw"]["events"].as_u64().unwrap_or(0);
+    assert!([200, 300].contains(&raw_events), "whole hours of beacons, at least 5 and 4: {dry}");
+    assert!(dry["raw"]["bytes"].as_u64().is_some_and(|b| b > 0), "{dry}");
+    assert_eq!(dry["rejects"]["events"].as_u64(), Some(3), "{dry}");
+    assert_eq!(raw_files(), files_before, "a dry run removes nothing");
     let r = node.put("/v1/governance/retention/kept", br#"{"raw": "PT3H", "rejects": "PT1S"}"#);
     assert_eq!(r.status, 200, "{}", r.body);
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -488,6 +488,29 @@ impl DatasourceState {
         self.partitions.iter().map(|l| l.files_before(cutoff_ms, limit)).sum()
     }
 
+    /// [`Self::raw_files_before`], measured: (files, records, bytes).
+    pub(crate) fn raw_removable_before(&self, cutoff_ms: i64, applied: u64) -> (u64, u64, u64) {
+        let limit = self.realtime_needs_from(applied);
+        self.partitions
+            .iter()
+            .map(|l| l.removable_before(cutoff_ms, limit))
+            .fold((0, 0, 0), |a, b| (a.0 + b.0, a.1 + b.1, a.2 + b.2))
+    }
+
+    /// The intervals before `end` (segments and realtime indexes), and the events and bytes of
+    /// their segments.
+    pub(crate) fn intervals_before(&self, end: i64) -> (u64, u64, u64) {
+        let mut starts = std::collections::BTreeSet::new();
+        let (mut events, mut bytes) = (0, 0);
+        for r in self.segment_records().filter(|r| r.id.interval_start_ms < end) {
+            starts.insert(r.id.interval_start_ms);
+            events += r.events;
+            bytes += r.file_bytes;
+        }
+        starts.extend(self.open.keys().chain(self.late.keys()).filter(|s| **s < end));
+        (starts.len() as u64, events, bytes)
+    }
+
     /// Whether any segment or realtime index of this datasource starts before `end`; the
     /// earliest such interval.
     /// Whether a realtime index (open or late) holds events of an interval before `end`.

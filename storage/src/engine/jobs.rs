@@ -612,8 +612,14 @@ impl Engine {
             let Some(entry) = self.catalog.get(name).filter(|e| e.deleted.is_none()) else { continue };
             let Some(ds) = self.datasources.get(&entry.id) else { continue };
             let cutoff = |p: &tidemark_catalog::Period| now_ms.saturating_sub(p.millis());
-            let raw =
-                rule.value.raw.as_ref().map(cutoff).filter(|c| ds.raw_files_before(*c, self.applied_position) > 0);
+            // Raw files a running job (a reindex reading them) still needs wait for it.
+            let raw = rule
+                .value
+                .raw
+                .as_ref()
+                .map(cutoff)
+                .filter(|c| ds.raw_files_before(*c, self.applied_position) > 0)
+                .filter(|c| self.jobs_before(entry.id, *c).is_empty());
             let rejects = rule.value.rejects.as_ref().map(cutoff).filter(|c| self.rejects.count_before(name, *c) > 0);
             if raw.is_some() || rejects.is_some() {
                 out.push(TimelineCommand::Retain {
@@ -637,6 +643,46 @@ impl Engine {
             }
         }
         out
+    }
+
+    /// Running jobs of `datasource` over an interval that starts before `end`: what a
+    /// retention removal before `end` waits for.
+    fn jobs_before(&self, datasource: DatasourceId, end: i64) -> Vec<u64> {
+        self.running.iter().filter(|(_, r)| r.datasource == datasource && r.start_ms < end).map(|(id, _)| *id).collect()
+    }
+
+    /// What `rule` would remove from datasource `name` now, by writer time `now_ms`, as
+    /// [`Engine::retention_decisions`] would decide it (the same cut-offs), counted: for a
+    /// dry run, the answer of a real change, and its audit row. `None` if there is no such
+    /// datasource.
+    pub fn retention_preview(
+        &self,
+        name: &str,
+        rule: &tidemark_catalog::retention::Retention,
+        now_ms: i64,
+    ) -> Option<RetentionPreview> {
+        let entry = self.catalog.get(name).filter(|e| e.deleted.is_none())?;
+        let ds = self.datasources.get(&entry.id)?;
+        let cutoff = |p: &tidemark_catalog::Period| now_ms.saturating_sub(p.millis());
+        let mut preview = RetentionPreview::default();
+        if let Some(before) = rule.raw.as_ref().map(cutoff) {
+            let (files, events, bytes) = ds.raw_removable_before(before, self.applied_position);
+            preview.raw = Some(Removal { before_ms: before, intervals: None, files: Some(files), events, bytes });
+            preview.waiting_for_jobs.extend(self.jobs_before(entry.id, before));
+        }
+        if let Some(period) = &rule.segments {
+            let end = entry.current().granularity.segment.bucket_start(cutoff(period));
+            let (intervals, events, bytes) = ds.intervals_before(end);
+            preview.segments = Some(Removal { before_ms: end, intervals: Some(intervals), files: None, events, bytes });
+            preview.waiting_for_jobs.extend(self.jobs_before(entry.id, end));
+        }
+        if let Some(before) = rule.rejects.as_ref().map(cutoff) {
+            let (rows, bytes) = self.rejects.measure_before(name, before);
+            preview.rejects = Some(Removal { before_ms: before, intervals: None, files: None, events: rows, bytes });
+        }
+        preview.waiting_for_jobs.sort_unstable();
+        preview.waiting_for_jobs.dedup();
+        Some(preview)
     }
 
     /// Automatic compaction, by the writer's clock `now_ms`: the oldest settled interval (closed
@@ -750,4 +796,34 @@ impl Engine {
             self.jobs.remove(&oldest);
         }
     }
+}
+
+/// What a retention rule would remove now, form by form (`None`: the form is kept forever).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RetentionPreview {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub raw: Option<Removal>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub segments: Option<Removal>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rejects: Option<Removal>,
+    /// Running jobs over what the rule would remove: the removal waits until they end.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub waiting_for_jobs: Vec<u64>,
+}
+
+/// One form's share of a [`RetentionPreview`]: what lies before `before_ms` (event time for
+/// raw files and segment intervals, arrival time for rejects).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Removal {
+    pub before_ms: i64,
+    /// Whole intervals (segments and realtime indexes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub intervals: Option<u64>,
+    /// Raw log files.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub files: Option<u64>,
+    /// Events (raw records, events rolled into segments, reject rows).
+    pub events: u64,
+    pub bytes: u64,
 }

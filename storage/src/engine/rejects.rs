@@ -61,6 +61,14 @@ impl RejectsTable {
     }
 
     /// How many of `name`'s rejects were received before `cutoff_ms`.
+    /// [`Self::count_before`] and the bytes of those rows' beacons.
+    pub fn measure_before(&self, name: &str, cutoff_ms: i64) -> (u64, u64) {
+        self.rows
+            .iter()
+            .filter(|r| r.datasource == name && r.writer_time_ms < cutoff_ms)
+            .fold((0, 0), |(n, b), r| (n + 1, b + r.payload.len() as u64))
+    }
+
     pub fn count_before(&self, name: &str, cutoff_ms: i64) -> usize {
         self.rows.iter().filter(|r| r.datasource == name && r.writer_time_ms < cutoff_ms).count()
     }

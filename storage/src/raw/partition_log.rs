@@ -420,6 +420,15 @@ impl PartitionLog {
         sealed.iter().take_while(|f| f.droppable(cutoff_ms, below_position)).count()
     }
 
+    /// What [`Self::files_before`] counts, measured: (files, records, bytes).
+    pub fn removable_before(&self, cutoff_ms: i64, below_position: u64) -> (u64, u64, u64) {
+        let sealed = &self.files[..self.files.len().saturating_sub(1)];
+        sealed.iter().take_while(|f| f.droppable(cutoff_ms, below_position)).fold((0, 0, 0), |(n, r, b), f| {
+            let records: i64 = f.entries.iter().map(|e| e.last_offset - e.base_offset + 1).sum();
+            (n + 1, r + records.max(0) as u64, b + f.len)
+        })
+    }
+
     /// The event-time range of every file, oldest first: (base offset, min, max) in ms.
     pub fn file_event_ranges(&self) -> Vec<(i64, i64, i64)> {
         self.files.iter().map(|f| (f.base_offset, f.min_event_ms, f.max_event_ms)).collect()
