@@ -7,6 +7,7 @@ mod backup;
 mod beacons;
 mod cluster;
 mod cluster_secret;
+mod compat;
 mod connections;
 mod copies;
 mod crash;

@@ -149,11 +149,19 @@ impl IdempotencyWindow {
         self.keys_max = keys_max;
     }
 
+    /// A scoped key not seen in its scope may still be a retry of a batch an older release
+    /// remembered unscoped (before an upgrade, within the window): the same body under the
+    /// same key is that retry; another body is new, since it may come from another publisher.
     pub fn check(&self, datasource: &str, scope: Option<&str>, key: &str, body_hash: u64) -> Seen {
-        match self.entries.get(&(datasource.to_string(), scoped(scope, key))) {
-            None => Seen::New,
+        let ds = datasource.to_string();
+        match self.entries.get(&(ds.clone(), scoped(scope, key))) {
             Some(r) if r.body_hash == body_hash => Seen::Retry(r.outcome.clone()),
             Some(_) => Seen::Conflict,
+            None if scope.is_none() => Seen::New,
+            None => match self.entries.get(&(ds, key.to_string())) {
+                Some(r) if r.body_hash == body_hash => Seen::Retry(r.outcome.clone()),
+                _ => Seen::New,
+            },
         }
     }
 
@@ -238,6 +246,12 @@ mod tests {
         assert_eq!(w.check("ds", Some("aaaaaaaaaaaa"), "k", 1), Seen::Retry(a));
         assert_eq!(w.check("ds", Some("bbbbbbbbbbbb"), "k", 2), Seen::Retry(b));
         assert_eq!(w.check("ds", None, "k", 1), Seen::New, "an unscoped key (older entries) is its own");
+        // A batch an older release remembered unscoped: its retry by body is still a retry,
+        // another body under that key is new (it may be another publisher's).
+        let old = BatchOutcome { accepted: 9, ..BatchOutcome::default() };
+        w.remember("ds", None, "legacy", 5, 102, old.clone());
+        assert_eq!(w.check("ds", Some("aaaaaaaaaaaa"), "legacy", 5), Seen::Retry(old));
+        assert_eq!(w.check("ds", Some("aaaaaaaaaaaa"), "legacy", 6), Seen::New);
         // The checkpoint form is unchanged: a window written before scopes reads back.
         let old = r#"{"window_ms":1000,"keys_max":10,"entries":[["ds","k",{"body_hash":7,"writer_time_ms":5,"outcome":{"accepted":4,"rejected":[],"parts":[],"log_position":9}}]],"order":[[5,"ds","k"]]}"#;
         let read: IdempotencyWindow = serde_json::from_str(old).expect("an older checkpoint's window");
