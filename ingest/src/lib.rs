@@ -265,7 +265,14 @@ async fn export_raw(State(s): State<IngestState>, Extension(c): Extension<Princi
     copies::export(&s.node, &c.actor(), &body).await.unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn record_copy(State(s): State<IngestState>, body: Bytes) -> Response {
+/// A copy's entry carries the user its node authenticated as the audit actor: only a node
+/// (holding the cluster secret) vouches for that, never an API key, an admin's included.
+async fn record_copy(State(s): State<IngestState>, Extension(c): Extension<Principal>, body: Bytes) -> Response {
+    if matches!(c, Principal::Key { .. }) {
+        let error = "POST /v1/jobs/copies is a node-to-node route (it names the user a node authenticated): \
+                     only cluster members call it; start a copy with POST /v1/export or /v1/backup";
+        return (StatusCode::FORBIDDEN, Json(json!({ "error": error }))).into_response();
+    }
     copies::copied(&s.node, &body).await.unwrap_or_else(IntoResponse::into_response)
 }
 

@@ -216,6 +216,12 @@ fn keys_and_roles_guard_every_door_and_changes_are_audited() {
             }
         }
     }
+    // A copy's entry names the user its node authenticated: no key may write one, and so
+    // no key may put another user's name in the audit log (issue 21, item 4).
+    let forged = json!({"op": "abandon", "job": 1, "actor": "someone else"}).to_string();
+    let (status, v) = call(&node, "POST", "/v1/jobs/copies", forged.as_bytes(), Some(&admin));
+    assert_eq!(status, 403, "{v}");
+    assert!(v["error"].as_str().is_some_and(|e| e.contains("node-to-node route")), "{v}");
     let analyst = tokens["analyst"].clone();
     let (status, v) = call(&node, "POST", "/v1/sql", b"SELECT 1 AS one", Some(&tokens["publisher"]));
     assert_eq!(status, 403);

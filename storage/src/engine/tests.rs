@@ -4,7 +4,9 @@ use serde_json::json;
 use tidemark_catalog::spec::DEMO_BEACONS_SPEC;
 use tidemark_catalog::{CatalogCommand, DatasourceSpec};
 
-use super::command::{Command, EventsCommand, EventsHeader, EventsPart, PersistCommand, PersistReason, VerdictRecord};
+use super::command::{
+    Command, EventsCommand, EventsHeader, EventsPart, PersistCommand, PersistReason, TimelineCommand, VerdictRecord,
+};
 use super::*;
 use crate::raw::record_batch::{Record, encode};
 
@@ -772,4 +774,59 @@ fn a_copy_is_a_running_job_until_finished_or_cancelled_and_a_cancelled_one_never
     let (engine, _) = Engine::open(config).expect("reopen");
     assert_eq!(state(&engine, c).state, reindex::JobState::Running);
     assert_eq!(engine.orphan_copies(1, 8, &starting).len(), 1);
+}
+
+#[test]
+fn raw_retention_waits_for_a_running_job_over_what_it_would_remove() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = EngineConfig::new(dir.path());
+    // Small raw files, so hour 0's batches fill sealed files retention may remove.
+    config.raw_file_bytes_max = 1024;
+    let mut log = Log { entries: vec![] };
+    let (mut engine, _) = Engine::open(config).expect("open");
+    let e = log.push(T0, &Command::catalog(CatalogCommand::CreateDatasource { spec: spec() }, "system"));
+    let Applied::Catalog(CatalogEffect::Created(id)) = engine.apply(&e).expect("create") else { panic!("created") };
+    for k in 0..4 {
+        let batch: Vec<_> = (0..10).map(|i| beacon(T0 + k * 60_000 + i, "m1", "u1")).collect();
+        let e = log.push(T0 + 1000 + k, &events_cmd(0, &batch, None));
+        engine.apply(&e).expect("events");
+    }
+    // Hour 0 closes into a segment, so no realtime index needs its raw files.
+    let decisions = engine.persist_decisions(T0 + HOUR + 10 * 60_000);
+    let e = log.push(T0 + HOUR + 10 * 60_000, &Command::Persist(decisions[0].clone()));
+    engine.apply(&e).expect("persist");
+    engine.publish_persisted(true).expect("publish");
+    let rule: tidemark_catalog::retention::Retention =
+        tidemark_catalog::retention::Retention::from_json(r#"{"raw": "P1D"}"#).expect("rule");
+    let put = tidemark_catalog::retention::RetentionCommand::PutRetention {
+        datasource: "beacons".into(),
+        retention: rule.clone(),
+        would_remove: None,
+    };
+    let e = log.push(T0 + HOUR + 11 * 60_000, &Command::catalog(CatalogCommand::Retention(put), "admin"));
+    engine.apply(&e).expect("rule");
+    let now = T0 + 3 * 24 * HOUR;
+    let raw_retains = |engine: &Engine| {
+        engine
+            .retention_decisions(now)
+            .into_iter()
+            .filter(|c| matches!(c, TimelineCommand::Retain { raw_before_ms: Some(_), .. }))
+            .count()
+    };
+    assert_eq!(raw_retains(&engine), 1, "hour 0's sealed files are due");
+    let preview = engine.retention_preview("beacons", &rule, now).expect("preview");
+    let raw = preview.raw.clone().expect("raw form");
+    assert!(raw.files.is_some_and(|n| n >= 1) && raw.events >= 10 && raw.bytes > 0, "{preview:?}");
+    assert!(preview.waiting_for_jobs.is_empty());
+
+    // A reindex of hour 0 runs (until its publish is logged): removal waits for it.
+    let start = TimelineCommand::Start { datasource: id, start_ms: T0, end_ms: T0 + HOUR, actor: "dba".into() };
+    let e = log.push(now, &Command::Timeline(start));
+    let Applied::Job { id: job } = engine.apply(&e).expect("reindex") else { panic!("a job") };
+    assert_eq!(raw_retains(&engine), 0, "nothing is removed under a running job");
+    let preview = engine.retention_preview("beacons", &rule, now).expect("preview");
+    assert_eq!(preview.waiting_for_jobs, vec![job]);
+    let e = log.push(now + 1, &Command::Timeline(TimelineCommand::Cancel { job, reason: "test".into() }));
+    engine.apply(&e).expect("cancel");
+    assert_eq!(raw_retains(&engine), 1, "due again once the job ended");
 }
