@@ -80,6 +80,9 @@ pub(crate) struct LimitsSection {
     pub(crate) function_result_bytes_max: usize,
     /// How long an answer to a wrong or missing API key waits (HTTP and Flight SQL).
     pub(crate) failed_login_delay_ms: u64,
+    /// File descriptors kept from client connections for storage and Raft (see
+    /// `src/descriptors.rs`); none: half the limit, at most 4096.
+    pub(crate) descriptors_reserved: Option<u64>,
 }
 
 impl Default for LimitsSection {
@@ -97,6 +100,7 @@ impl Default for LimitsSection {
             concurrent_queries_per_key: q.concurrent_queries_per_key,
             function_result_bytes_max: q.function_result_bytes_max,
             failed_login_delay_ms: 250,
+            descriptors_reserved: None,
         }
     }
 }

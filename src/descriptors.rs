@@ -22,8 +22,13 @@ pub(crate) struct Budget {
 impl Budget {
     /// Half of a small limit is kept for storage and Raft; of a large one, 4096.
     pub(crate) fn of(limit: u64) -> Budget {
-        let reserve = (limit / 2).min(4096);
-        Budget { limit, for_connections: usize::try_from(limit - reserve).unwrap_or(usize::MAX) }
+        Self::keeping(limit, (limit / 2).min(4096))
+    }
+
+    /// `reserved` of `limit` kept for storage and Raft, the rest for connections.
+    pub(crate) fn keeping(limit: u64, reserved: u64) -> Budget {
+        let rest = limit.saturating_sub(reserved);
+        Budget { limit, for_connections: usize::try_from(rest).unwrap_or(usize::MAX) }
     }
 
     /// The doors' configured connection limits, scaled down in proportion when together
@@ -47,9 +52,18 @@ impl Budget {
     }
 }
 
-/// Raises the soft descriptor limit to the hard one and returns the node's budget. A limit
-/// that cannot be read or raised is used as it is (and said so).
-pub(crate) fn raise() -> Budget {
+/// Raises the soft descriptor limit to the hard one and returns the node's budget, keeping
+/// `reserved` descriptors (none: the default share) from connections. A limit that cannot be
+/// read or raised is used as it is (and said so).
+pub(crate) fn raise(reserved: Option<u64>) -> Budget {
+    let budget = raise_limit();
+    match reserved {
+        Some(r) => Budget::keeping(budget.limit, r),
+        None => budget,
+    }
+}
+
+fn raise_limit() -> Budget {
     let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit writes into the struct we own; no other memory is touched.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
@@ -79,6 +93,8 @@ mod tests {
         assert_eq!(Budget::of(200), Budget { limit: 200, for_connections: 100 });
         assert_eq!(Budget::of(1024), Budget { limit: 1024, for_connections: 512 });
         assert_eq!(Budget::of(1 << 20), Budget { limit: 1 << 20, for_connections: (1 << 20) - 4096 });
+        assert_eq!(Budget::keeping(200, 0), Budget { limit: 200, for_connections: 200 });
+        assert_eq!(Budget::keeping(200, 500), Budget { limit: 200, for_connections: 0 });
     }
 
     #[test]

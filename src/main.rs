@@ -386,7 +386,7 @@ pub(crate) fn owner_only_files() {
 }
 
 async fn run_node(cfg: Config, demo: bool, test_faults: bool) -> Result<()> {
-    let descriptors = descriptors::raise();
+    let descriptors = descriptors::raise(cfg.limits.descriptors_reserved);
     std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("cannot create {}", cfg.data_dir.display()))?;
     // A data directory made before the mask was set (or by hand) is closed too.
     std::fs::set_permissions(&cfg.data_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))

@@ -174,8 +174,8 @@ impl TestNode {
 
     /// A single node that may hold at most `fds_max` open files (`ulimit -n`), for tests of
     /// what the node does when it runs out.
-    pub(crate) fn start_with_fd_limit(data_dir: &Path, fds_max: u32) -> TestNode {
-        let node = Self::spawn_limited(data_dir, &MemberAddrs::new(1), &[], Some(fds_max));
+    pub(crate) fn start_with_fd_limit(data_dir: &Path, fds_max: u32, extra: &[&str]) -> TestNode {
+        let node = Self::spawn_limited(data_dir, &MemberAddrs::new(1), extra, Some(fds_max));
         node.wait_healthy();
         node
     }

@@ -6,7 +6,13 @@
 //!
 //! (CI once caught what happened before: the flood took every descriptor, the next
 //! checkpoint failed with "Too many open files", and the node stopped taking writes for good.)
+//!
+//! And when an operator gives connections every descriptor (`descriptors_reserved = 0`), so
+//! a flood does exhaust them: the Kafka port reports on `/health` while `accept` fails, a
+//! checkpoint that fails for want of a descriptor is retried rather than stopping the node,
+//! and once the flood ends the same port takes clients and the node takes writes again.
 
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
@@ -24,7 +30,7 @@ fn refused(node: &TestNode, door: &str) -> f64 {
 #[test]
 fn a_connection_flood_cannot_take_the_descriptors_storage_needs() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let node = TestNode::start_with_fd_limit(dir.path(), 200);
+    let node = TestNode::start_with_fd_limit(dir.path(), 200, &[]);
     // 200 descriptors: 100 for connections, split evenly over the three doors.
     assert!(node.log_text().contains("connection limits lowered"), "{}", node.log_text());
     let mut kafka = KafkaConn::connect(&node.kafka).expect("connect");
@@ -92,4 +98,85 @@ fn a_connection_flood_cannot_take_the_descriptors_storage_needs() {
     let mut flight = crate::isolation::Flight::connect(&node.flight, None);
     let (_, answer) = flight.query("SELECT SUM(\"count\") AS n FROM shop");
     assert_eq!(answer.map(|rows| rows[0]["n"].clone()), Ok(json!(300)), "Flight SQL answers again");
+}
+
+/// `GET /health` over a connection the node accepted before it ran out of descriptors.
+fn health_over(conn: &mut TcpStream) -> String {
+    let _ = conn.write_all(b"GET /health HTTP/1.1\r\nHost: tidemark\r\n\r\n");
+    let mut buf = vec![0u8; 8192];
+    let n = conn.read(&mut buf).unwrap_or(0);
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+#[test]
+fn a_node_out_of_descriptors_keeps_its_kafka_port_and_takes_writes_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("tidemark.toml");
+    // Every descriptor to connections, nearly all of them to Kafka's door.
+    let toml = "[limits]\ndescriptors_reserved = 0\n[http]\nconnections_max = 10\n[flight]\nconnections_max = 1\n";
+    std::fs::write(&config, toml).expect("config");
+    let data = dir.path().join("data");
+    let node = TestNode::start_with_fd_limit(&data, 200, &["--config", &config.to_string_lossy()]);
+    let mut kafka = KafkaConn::connect(&node.kafka).expect("connect");
+    kafka.init_producer_id().expect("the Kafka port answers");
+    let mut http = TcpStream::connect(&node.http).expect("http");
+    http.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    assert!(health_over(&mut http).contains("\"kafka\":\"ok\""), "the Kafka listener starts ok");
+
+    // Connections past the node's descriptors: the kernel queues them, accept fails.
+    let mut flood = Vec::new();
+    for _ in 0..400 {
+        match TcpStream::connect(&node.kafka) {
+            Ok(c) => flood.push(c),
+            Err(_) => break,
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let failing = loop {
+        let h = health_over(&mut http);
+        if h.contains("\"kafka\":\"failing: ") || Instant::now() > deadline {
+            break h;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(failing.contains("Too many open files"), "/health reports the listener: {failing}");
+    drop(flood);
+
+    // Descriptors free again: the same port takes a new client, and the node writes.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let answered = KafkaConn::connect(&node.kafka).and_then(|mut c| c.init_producer_id().map(|_| ()));
+        if answered.is_ok() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the Kafka port never took a connection again: {answered:?}\n{}",
+            node.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // New HTTP connections may still meet the tail of the shortage for a moment.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let metrics = loop {
+        match node.try_get("/metrics") {
+            Ok(r) if r.status == 200 => break r.body,
+            other => assert!(Instant::now() < deadline, "/metrics never answered: {:?}", other.map(|r| r.status)),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(metric_value(&metrics, "tidemark_kafka_accept_errors_total").unwrap_or(0.0) > 0.0, "{metrics}");
+    loop {
+        let health = node.try_get("/health").map(|r| r.body).unwrap_or_default();
+        if health.contains("\"status\":\"ok\"") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "/health never cleared: {health}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(node.log_text().contains("the Kafka port accepts connections again"));
+    let line = json!({"ts": now_ms(), "merchant_id": "m1"}).to_string();
+    let r = node.post("/v1/beacons/beacons", line.as_bytes(), &[]);
+    assert_eq!(r.status, 200, "the node takes writes after running out of descriptors: {}", r.body);
+    assert!(node.log_text().lines().all(|l| !l.contains("node stopped accepting writes")), "{}", node.log_text());
 }
