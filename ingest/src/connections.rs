@@ -4,6 +4,10 @@
 //! flood of connections from one client cannot take the file descriptors every other client
 //! and Raft need.
 //!
+//! "One address" is an IPv4 address, or an IPv6 /64 prefix: one IPv6 host (or one customer's
+//! network) is routinely handed a whole /64, so counting each of its 2^64 addresses apart
+//! would bound nothing. An IPv4-mapped IPv6 address counts as its IPv4 address.
+//!
 //! Invariant: a [`ConnectionPlace`] exists for every open connection the gate admitted, and
 //! dropping it (the connection's task ended, however) gives its place back.
 
@@ -100,6 +104,7 @@ impl ConnectionGate {
 
     /// A place for a connection from `address`, or why there is none.
     pub fn admit(self: &Arc<Self>, address: IpAddr) -> Result<ConnectionPlace, Refusal> {
+        let address = counted_as(address);
         let refusal = {
             let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
             let from_address = open.by_address.get(&address).copied().unwrap_or(0);
@@ -154,9 +159,39 @@ impl crate::RenderMetrics for ConnectionGate {
     }
 }
 
+/// The address a connection from `address` counts against (see the module doc): the /64
+/// of an IPv6 address, written as that prefix with zeros after it.
+fn counted_as(address: IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V4(_) => address,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv6_addresses_count_by_their_64_prefix() {
+        let gate = ConnectionGate::new("http", 100, 2);
+        let host = |last: u16| IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 1, 2, 0, 0, 0, last));
+        let _a = gate.admit(host(1)).expect("first of the /64");
+        let _b = gate.admit(host(0xbeef)).expect("second of the /64");
+        assert_eq!(
+            gate.admit(host(7)).err().map(|e| e.to_string()).unwrap_or_default(),
+            "2001:db8:1:2:: has 2 http connections open, the limit for one address (http.connections_per_address_max)"
+        );
+        let other = IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 1, 3, 0, 0, 0, 1));
+        assert!(gate.admit(other).is_ok(), "another /64 has its own places");
+        let mapped: IpAddr = "::ffff:10.0.0.9".parse().expect("mapped");
+        let _m1 = gate.admit(mapped).expect("mapped");
+        let _m2 = gate.admit([10, 0, 0, 9].into()).expect("the same IPv4 address");
+        assert!(gate.admit(mapped).is_err(), "an IPv4-mapped address counts as its IPv4 address");
+    }
 
     #[test]
     fn a_gate_admits_up_to_its_limits_and_a_closed_connection_frees_its_place() {
