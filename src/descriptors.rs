@@ -6,7 +6,8 @@
 //! checkpoint or log roll fails for want of one.
 //!
 //! Invariant: the Kafka, HTTP and Flight SQL doors' connection limits together never exceed
-//! [`Budget::for_connections`] (but each door admits one connection at least).
+//! [`Budget::for_connections`] (but each door admits one connection at least); the Raft
+//! port's comes out of the share kept ([`Budget::raft_connections`]).
 
 /// The most descriptors the node asks for, even when the hard limit is unlimited.
 const LIMIT_CEILING: u64 = 1 << 20;
@@ -31,6 +32,19 @@ impl Budget {
         Budget { limit, for_connections: usize::try_from(rest).unwrap_or(usize::MAX) }
     }
 
+    /// The budget keeping at least twice what storage and Raft hold open now (`in_use`, at
+    /// start: every raw log file stays open, and RocksDB keeps its table files), so a node
+    /// with much data still has room to grow.
+    pub(crate) fn sparing(self, in_use: u64) -> Budget {
+        let kept = self.limit.saturating_sub(self.for_connections as u64);
+        Budget::keeping(self.limit, kept.max(in_use.saturating_mul(2)))
+    }
+
+    /// The descriptors this process holds open now (Linux), if that can be read.
+    pub(crate) fn in_use() -> Option<u64> {
+        std::fs::read_dir("/proc/self/fd").ok().map(|d| d.count() as u64)
+    }
+
     /// The doors' configured connection limits, scaled down in proportion when together
     /// they exceed what connections may take (each keeps at least one).
     pub(crate) fn split<const N: usize>(&self, configured: [usize; N]) -> [usize; N] {
@@ -40,6 +54,13 @@ impl Budget {
             return configured;
         }
         configured.map(|c| usize::try_from((c as u128 * budget / total).max(1)).unwrap_or(usize::MAX))
+    }
+
+    /// The Raft port's connection limit: peers need a few each; it comes out of the share
+    /// kept for storage and Raft (a quarter of it, at most 256).
+    pub(crate) fn raft_connections(&self) -> usize {
+        let kept = self.limit.saturating_sub(self.for_connections as u64);
+        usize::try_from(kept / 4).unwrap_or(usize::MAX).clamp(8, 256)
     }
 
     /// Why a door's limit was lowered, for its refusals and the start-up warning.
@@ -95,6 +116,12 @@ mod tests {
         assert_eq!(Budget::of(1 << 20), Budget { limit: 1 << 20, for_connections: (1 << 20) - 4096 });
         assert_eq!(Budget::keeping(200, 0), Budget { limit: 200, for_connections: 200 });
         assert_eq!(Budget::keeping(200, 500), Budget { limit: 200, for_connections: 0 });
+        assert_eq!(Budget::of(1 << 20).sparing(10_000), Budget { limit: 1 << 20, for_connections: (1 << 20) - 20_000 });
+        assert_eq!(
+            Budget::of(1 << 20).sparing(100),
+            Budget::of(1 << 20),
+            "the default share when storage holds little"
+        );
     }
 
     #[test]

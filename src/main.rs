@@ -30,7 +30,6 @@ mod cluster;
 mod config;
 mod demo;
 mod descriptors;
-mod flight_incoming;
 mod governance;
 mod http_serve;
 mod jobs;
@@ -415,6 +414,7 @@ async fn run_node(cfg: Config, demo: bool, test_faults: bool) -> Result<()> {
     let mut node_cfg = node_config(&cfg, kafka_advertised, test_faults);
     node_cfg.peer_tls = tls.as_ref().and_then(tls::Loaded::peers);
     node_cfg.peer_https = tls.as_ref().map(tls::Loaded::peer_https).transpose()?.flatten();
+    node_cfg.raft_connections_max = descriptors.raft_connections();
     let (node, report) = Node::start(node_cfg, raft).await.context("cannot start the node")?;
     let keys = node.engine().read().catalog().access().required();
     listeners::check_exposure(
@@ -476,6 +476,11 @@ async fn run_node(cfg: Config, demo: bool, test_faults: bool) -> Result<()> {
         Some(Arc::new(spool))
     } else {
         None
+    };
+    // Unless the operator set the share, keep room for what storage already holds open.
+    let descriptors = match (cfg.limits.descriptors_reserved, descriptors::Budget::in_use()) {
+        (None, Some(in_use)) => descriptors.sparing(in_use),
+        _ => descriptors,
     };
     let configured = [cfg.kafka.connections_max, cfg.http.connections_max, cfg.flight.connections_max];
     let [kafka_max, http_max, flight_max] = descriptors.split(configured);
@@ -574,9 +579,14 @@ async fn run_node(cfg: Config, demo: bool, test_faults: bool) -> Result<()> {
             .add_service(tidemark_sql::flight::flight_service(sql_state, failed_login_delay))
             // The admin API's gRPC twin runs the HTTP routes in-process, key check included.
             .add_service(tidemark_ingest::admin_grpc::admin_service(admin_routes))
-            .serve_with_incoming_shutdown(flight_incoming::incoming(flight, flight_connections), async move {
-                let _ = flight_stop.changed().await;
-            }),
+            .serve_with_incoming_shutdown(
+                tidemark_raft::incoming::incoming(flight, "flight", move |peer| {
+                    flight_connections.admit(peer.ip()).ok()
+                }),
+                async move {
+                    let _ = flight_stop.changed().await;
+                },
+            ),
     );
     if demo {
         let args = demo::DemoArgs {

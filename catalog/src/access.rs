@@ -10,8 +10,8 @@
 //! - What a role may do is one pure function, [`Role::allows`], used by HTTP and Flight alike.
 //!
 //! Tokens look like `tmk_<id>_<secret>` (12 and 64 lowercase hex digits). Nodes of a cluster
-//! call each other's internal routes with `tmk_node_<secret>`, a secret logged once when the
-//! first key is created (anyone who can read the log already holds all the data).
+//! call each other's internal routes with `tmk_node_<cluster secret>`: the secret comes from
+//! each node's configuration and is never in the log (`tidemark_raft::cluster_secret`).
 
 use std::collections::BTreeMap;
 
@@ -338,11 +338,33 @@ pub enum Denied {
     WrongNodeToken,
 }
 
-/// The API keys. (Checkpoints of releases before the cluster secret also hold a
-/// `node_secret`, which is ignored when read and gone from the next checkpoint.)
+/// The API keys.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "AccessRecord")]
 pub struct Access {
     keys: BTreeMap<String, ApiKey>,
+    /// A `SetNodeSecret` entry of an older release was applied: a second one is refused, as
+    /// that release refused it, so replaying such a log decides as it did. The secret
+    /// itself is never kept.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    node_secret_set: bool,
+}
+
+/// How [`Access`] is read: checkpoints of releases before the cluster secret hold the
+/// node secret itself, which is dropped here (only that there was one is kept).
+#[derive(Deserialize)]
+struct AccessRecord {
+    keys: BTreeMap<String, ApiKey>,
+    #[serde(default)]
+    node_secret_set: bool,
+    #[serde(default)]
+    node_secret: Option<String>,
+}
+
+impl From<AccessRecord> for Access {
+    fn from(r: AccessRecord) -> Self {
+        Access { keys: r.keys, node_secret_set: r.node_secret_set || r.node_secret.is_some() }
+    }
 }
 
 /// Lowercase hex of `bytes`.
@@ -505,8 +527,11 @@ impl Access {
                 }
                 Ok(())
             }
-            // Old entries only: they apply as nothing (see the variant).
+            // Old entries only: they apply as nothing but the mark (see the variant).
             AccessCommand::SetNodeSecret { secret } => {
+                if self.node_secret_set {
+                    return Err(Error::KeyExists { id: "node".into() });
+                }
                 if !is_hex(secret, SECRET_LEN) {
                     return Err(Error::InvalidKey(vec![SpecProblem {
                         field: "secret".into(),
@@ -547,7 +572,7 @@ impl Access {
                     k.revoked_ms = Some(writer_time_ms);
                 }
             }
-            AccessCommand::SetNodeSecret { .. } => {}
+            AccessCommand::SetNodeSecret { .. } => self.node_secret_set = true,
         }
         Ok(())
     }
@@ -589,7 +614,12 @@ mod tests {
         // A checkpoint of an older release, with the plaintext, still reads.
         let older = format!("{{\"keys\": {{}}, \"node_secret\": \"{old}\"}}");
         let read: Access = serde_json::from_str(&older).expect("an old checkpoint's access");
-        assert!(!serde_json::to_string(&read).expect("json").contains(&old));
+        let json = serde_json::to_string(&read).expect("json");
+        assert!(!json.contains(&old) && json.contains("\"node_secret_set\":true"), "{json}");
+        // As the older release did, a second node secret entry is refused (replay decides alike).
+        assert!(a.check(&AccessCommand::SetNodeSecret { secret: "b".repeat(64) }).is_err());
+        let mut read = read;
+        assert!(read.apply(5, 12, &AccessCommand::SetNodeSecret { secret: "b".repeat(64) }).is_err());
     }
 
     #[test]

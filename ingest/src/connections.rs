@@ -17,7 +17,7 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-/// One door's connection bounds (`kafka` or `http`: the config section that sets them).
+/// One door's connection bounds (`kafka`, `http` or `flight`: the config section that sets them).
 #[derive(Debug)]
 pub struct ConnectionGate {
     door: &'static str,

@@ -58,6 +58,8 @@ pub struct NodeConfig {
     pub peer_https: Option<crate::forward::PeerHttps>,
     /// Carried by Raft RPC and node-to-node HTTP calls; none: a random one (a single node).
     pub cluster_secret: Option<tidemark_raft::ClusterSecret>,
+    /// Connections the Raft port holds open at most.
+    pub raft_connections_max: usize,
 }
 
 impl NodeConfig {
@@ -80,6 +82,7 @@ impl NodeConfig {
             peer_tls: None,
             peer_https: None,
             cluster_secret: None,
+            raft_connections_max: 256,
         }
     }
 }
@@ -109,6 +112,8 @@ struct Inner {
     /// A checkpoint that failed for a shortage ([`tidemark_storage::Error::is_shortage`]):
     /// reported until one succeeds, and retried every tick meanwhile.
     checkpoint_trouble: Mutex<Option<String>>,
+    /// The segment writer's shortage state, read and stopped without the engine lock.
+    persist: tidemark_storage::engine::PersistControl,
     stopping: AtomicBool,
     last_checkpoint: Mutex<Instant>,
     /// A deletion's position whose Raft log entries are still to be purged (see `erase`).
@@ -158,18 +163,21 @@ impl Node {
         rc.test_faults = config.test_faults;
         rc.scrub = config.scrub.clone();
         rc.tls = config.peer_tls.clone();
+        rc.connections_max = config.raft_connections_max;
         let (replica, opened) = Replica::open(rc, raft_listener).await?;
         let report = StartReport {
             checkpoint_position: opened.checkpoint_position,
             raw_batches_replayed: opened.raw_batches_replayed,
             cut_bytes: opened.cut_bytes,
         };
+        let persist = replica.engine().read().persist_control();
         let inner = Arc::new(Inner {
             engine: replica.engine(),
             replica,
             metrics: Arc::new(Metrics::default()),
             fatal: Mutex::new(None),
             checkpoint_trouble: Mutex::new(None),
+            persist,
             stopping: AtomicBool::new(false),
             last_checkpoint: Mutex::new(Instant::now()),
             erase_pending: Mutex::new(None),
@@ -265,7 +273,7 @@ impl Node {
     /// stopped: a checkpoint or a segment write to be retried.
     pub fn trouble(&self) -> Option<String> {
         let checkpoint = self.inner.checkpoint_trouble.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        checkpoint.or_else(|| self.inner.engine.read().trouble())
+        checkpoint.or_else(|| self.inner.persist.trouble())
     }
 
     pub fn gauges(&self) -> EngineGauges {
@@ -374,9 +382,10 @@ impl Node {
     /// Stops the ticker and Raft, then checkpoints, so the next start replays little.
     pub async fn shutdown(&self) {
         self.inner.stopping.store(true, Ordering::SeqCst);
+        // First, without the engine lock: a caller holding it may be waiting for the writer.
+        self.inner.persist.stop_retrying();
         // Copies running here stop and remove what they wrote; the next start ends their jobs.
         self.inner.engine.read().stop_copies();
-        self.inner.engine.read().stop_retrying();
         let ticker = self.ticker.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(t) = ticker {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;

@@ -1,7 +1,8 @@
 //! The cluster secret: what every Raft RPC carries, so only the cluster's members can append
 //! entries, vote, or read snapshot and data files (raw beacons among them) from this port,
 //! with or without TLS. The same secret is the node token other nodes present to this one's
-//! internal HTTP routes (`tmn_<secret>`).
+//! internal HTTP routes (`tmk_node_<secret>`). It is a bearer secret: off loopback, mutual
+//! TLS is what keeps it from the network.
 //!
 //! It comes from configuration or the environment and lives in memory only: never in the
 //! replicated log, a checkpoint or a backup (a joining node has none of those yet, and a

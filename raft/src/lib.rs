@@ -23,6 +23,7 @@
 pub mod cluster_secret;
 pub mod error;
 pub mod faults;
+pub mod incoming;
 pub mod log_store;
 pub mod network;
 pub mod peer_tls;

@@ -63,6 +63,8 @@ pub struct ReplicaConfig {
     pub tls: Option<crate::peer_tls::PeerTls>,
     /// Carried by every Raft RPC, and required of every incoming one.
     pub secret: crate::ClusterSecret,
+    /// Connections the Raft port holds open at most (peers, and anyone else who connects).
+    pub connections_max: usize,
 }
 
 impl ReplicaConfig {
@@ -81,6 +83,7 @@ impl ReplicaConfig {
             scrub: ScrubConfig::default(),
             tls: None,
             secret,
+            connections_max: 256,
         }
     }
 }
@@ -228,10 +231,12 @@ impl Replica {
         }
         let server = {
             let service = raft_service(raft.clone(), snapshots.clone(), engine.clone(), config.node_id, &config.secret);
+            let connections_max = config.connections_max;
             tokio::spawn(async move {
-                // Without TCP_NODELAY a follower's small AppendEntries answer waits for the
-                // leader's delayed ACK (Nagle): 40 ms on every few commits, the whole p99.
-                let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+                // Bounded like the client doors (a connection flood cannot take the node's
+                // descriptors), with TCP_NODELAY (see `incoming`).
+                let counter = crate::incoming::Counter::new(connections_max);
+                let incoming = crate::incoming::incoming(listener, "raft", move |peer| counter.admit(peer));
                 // A peer cancels RPCs that outlive their timeout (heartbeats under load, every
                 // few hundred ms); h2's rapid-reset guard (20 pending resets by default) then
                 // dropped the whole connection, AppendEntries streams included: 1,398 times in

@@ -38,6 +38,7 @@ mod delete;
 pub mod export;
 mod jobs;
 pub use jobs::{Removal, RetentionPreview};
+pub use persister::PersistControl;
 pub mod producers;
 pub mod reindex;
 pub mod rejects;
@@ -633,15 +634,10 @@ impl Engine {
         self.persister.idle()
     }
 
-    /// A shortage the node is waiting out (a segment write to be retried), if any: reported
-    /// on `/health`; writes still go on.
-    pub fn trouble(&self) -> Option<String> {
-        self.persister.trouble()
-    }
-
-    /// The node is stopping: segment writes stop waiting out shortages.
-    pub fn stop_retrying(&self) {
-        self.persister.stop_retrying();
+    /// The segment writer's shortage state (a write waiting to be retried; stopping the
+    /// wait), to keep and use without the engine lock.
+    pub fn persist_control(&self) -> PersistControl {
+        self.persister.control()
     }
 
     /// Segments being written right now.
@@ -719,16 +715,11 @@ impl Engine {
         }
         let mut unsynced = Vec::new();
         for ds in self.datasources.values_mut() {
-            match ds.take_unsynced() {
-                Ok(files) => unsynced.extend(files),
-                Err(e) => {
-                    // The logs taken so far count themselves synced: make it true before the
-                    // capture is abandoned (an fsync needs no new descriptor).
-                    for (path, file) in &unsynced {
-                        file.sync_data().map_err(Error::fsync(path))?;
-                    }
-                    return Err(e);
-                }
+            if let Err(e) = ds.take_unsynced(&mut unsynced) {
+                // The logs taken so far count themselves synced: make it true before the
+                // capture is abandoned (an fsync needs no new descriptor).
+                checkpoint::sync_taken(&unsynced)?;
+                return Err(e);
             }
         }
         let checkpoint = Checkpoint {
@@ -993,7 +984,18 @@ impl SharedEngine {
             // only after a few tries under it (a steady stream of persists must not starve
             // checkpoints).
             if let Some(p) = e.begin_checkpoint(attempt >= 4)? {
-                let files = if with_files { e.open_data_files()? } else { Vec::new() };
+                let files = if with_files {
+                    match e.open_data_files() {
+                        Ok(files) => files,
+                        Err(err) => {
+                            // The capture counted its raw logs synced: keep that true.
+                            checkpoint::sync_taken(&p.unsynced)?;
+                            return Err(err);
+                        }
+                    }
+                } else {
+                    Vec::new()
+                };
                 break (p, files);
             }
         };

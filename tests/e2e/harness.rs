@@ -12,6 +12,7 @@ pub(crate) struct TestNode {
     pub(crate) http: String,
     pub(crate) flight: String,
     pub(crate) kafka: String,
+    pub(crate) raft: String,
     log: PathBuf,
     agent: ureq::Agent,
     /// The CA a TLS node's certificate chains to; `None`: plain HTTP.
@@ -248,7 +249,7 @@ impl TestNode {
             .timeout_global(Some(Duration::from_secs(60)))
             .build()
             .into();
-        TestNode { child: Some(child), http, flight, kafka, log, agent, ca: None }
+        TestNode { child: Some(child), http, flight, kafka, raft: addrs.raft.clone(), log, agent, ca: None }
     }
 
     /// Speaks HTTPS to the node from here on, trusting `ca`.

@@ -109,6 +109,14 @@ pub fn encode(cp: &Checkpoint) -> Result<Vec<u8>> {
     serde_json::to_vec(cp).map_err(|e| Error::Internal(format!("checkpoint encode: {e}")))
 }
 
+/// Fsyncs raw log handles a capture took (their logs count themselves synced from then on).
+pub(crate) fn sync_taken(unsynced: &[(PathBuf, File)]) -> Result<()> {
+    for (path, file) in unsynced {
+        file.sync_data().map_err(Error::fsync(path))?;
+    }
+    Ok(())
+}
+
 fn store_bytes(data_dir: &Path, bytes: &[u8]) -> Result<()> {
     let p = path(data_dir);
     let dir = p.parent().unwrap_or(data_dir);
@@ -118,7 +126,9 @@ fn store_bytes(data_dir: &Path, bytes: &[u8]) -> Result<()> {
     f.write_all(bytes).map_err(Error::io(&tmp))?;
     f.sync_all().map_err(Error::fsync(&tmp))?;
     fs::rename(&tmp, &p).map_err(Error::io(&p))?;
-    File::open(dir).and_then(|d| d.sync_all()).map_err(Error::fsync(dir))
+    // Opening the directory can run short of descriptors (retried); its fsync cannot fail
+    // and be retried.
+    File::open(dir).map_err(Error::io(dir))?.sync_all().map_err(Error::fsync(dir))
 }
 
 /// A checkpoint captured under the engine lock ([`crate::engine::Engine::begin_checkpoint`])
@@ -149,9 +159,7 @@ impl PendingCheckpoint {
     /// Makes the raw logs durable up to the captured position, then stores the checkpoint
     /// atomically. Returns the bytes stored (what a snapshot ships).
     pub fn write(self) -> Result<Vec<u8>> {
-        for (path, file) in &self.unsynced {
-            file.sync_data().map_err(Error::fsync(path))?;
-        }
+        sync_taken(&self.unsynced)?;
         let bytes = encode(&self.checkpoint)?;
         store_bytes(&self.data_dir, &bytes)?;
         Ok(bytes)

@@ -36,8 +36,9 @@ pub struct Entry {
 /// catalog command (for the audit log) and adds the API key operations; format 4 adds the
 /// timeline's `Delete` and `Copied`; format 5 the running copies' `CopyStarted` and
 /// `CopyFinished`; format 6 scopes an events entry's idempotency key by its publisher
-/// (`EventsHeader::idempotency_per_publisher`).
-pub const COMMAND_VERSION: u8 = 6;
+/// (`EventsHeader::idempotency_per_publisher`); format 7 lets a raw retention entry spare
+/// the files a running job still reads (`TimelineCommand::Retain::spare_running_jobs`).
+pub const COMMAND_VERSION: u8 = 7;
 pub const KIND_CATALOG: u8 = 1;
 pub const KIND_EVENTS: u8 = 2;
 pub const KIND_PERSIST: u8 = 3;
@@ -238,6 +239,10 @@ pub enum TimelineCommand {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         rejects_before_ms: Option<i64>,
         actor: String,
+        /// Apply keeps the raw files while a job runs over an interval before
+        /// `raw_before_ms` (format 7; older entries removed them regardless, and replay so).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        spare_running_jobs: bool,
     },
     /// Takes every whole segment interval of [`start_ms`, `end_ms`) out of the timeline,
     /// segments and realtime rows alike (a DBA's drop, or retention). The raw log keeps its
@@ -303,6 +308,7 @@ impl Command {
             Command::Timeline(TimelineCommand::Delete { .. } | TimelineCommand::Copied(_)) => 4,
             Command::Timeline(TimelineCommand::CopyStarted(_) | TimelineCommand::CopyFinished(_)) => 5,
             Command::Events(e) if e.header.idempotency_per_publisher => 6,
+            Command::Timeline(TimelineCommand::Retain { spare_running_jobs: true, .. }) => 7,
             _ => 1,
         }
     }
@@ -348,7 +354,14 @@ impl Command {
             KIND_PERSIST => serde_json::from_slice(body).map(Command::Persist).map_err(|e| bad(e.to_string())),
             KIND_PRODUCER => serde_json::from_slice(body).map(Command::InitProducer).map_err(|e| bad(e.to_string())),
             KIND_OFFSETS => serde_json::from_slice(body).map(Command::Offsets).map_err(|e| bad(e.to_string())),
-            KIND_TIMELINE => serde_json::from_slice(body).map(Command::Timeline).map_err(|e| bad(e.to_string())),
+            KIND_TIMELINE => {
+                let mut cmd: TimelineCommand = serde_json::from_slice(body).map_err(|e| bad(e.to_string()))?;
+                // Only format 7 may spare running jobs: an older entry applies as it did.
+                if let TimelineCommand::Retain { spare_running_jobs, .. } = &mut cmd {
+                    *spare_running_jobs &= version >= 7;
+                }
+                Ok(Command::Timeline(cmd))
+            }
             KIND_EVENTS => {
                 let len = body.get(..4).ok_or_else(|| bad("events header length missing".into()))?;
                 let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
@@ -472,6 +485,24 @@ mod tests {
             Command::Events(read) => assert_eq!(read.header.idempotency_scope(), None),
             other => panic!("decoded as {other:?}"),
         }
+
+        // A raw retention entry that spares running jobs needs format 7; an older one does not.
+        let retain = Command::Timeline(TimelineCommand::Retain {
+            datasource: DatasourceId(3),
+            raw_before_ms: Some(5),
+            rejects_before_ms: None,
+            actor: "system".into(),
+            spare_running_jobs: true,
+        });
+        let bytes = retain.encode();
+        assert_eq!(bytes[0], 7);
+        assert_eq!(Command::decode(KIND_TIMELINE, &bytes).expect("format 7"), retain);
+        let mut older = bytes.clone();
+        older[0] = 6;
+        assert!(matches!(
+            Command::decode(KIND_TIMELINE, &older).expect("format 6"),
+            Command::Timeline(TimelineCommand::Retain { spare_running_jobs: false, .. })
+        ));
 
         // Catalog entries of the formats before the actor decode as unrecorded.
         let mut old = vec![1];

@@ -848,13 +848,13 @@ impl DatasourceState {
     }
 
     /// Handles on the raw log files appended to since their last fsync (see
-    /// [`PartitionLog::take_unsynced`]).
-    pub(crate) fn take_unsynced(&mut self) -> Result<Vec<(PathBuf, std::fs::File)>> {
-        let mut out = Vec::new();
+    /// [`PartitionLog::take_unsynced`]), added to `into`. On an error the handles taken so
+    /// far stay in `into`: the caller must fsync them (their logs count themselves synced).
+    pub(crate) fn take_unsynced(&mut self, into: &mut Vec<(PathBuf, std::fs::File)>) -> Result<()> {
         for p in &mut self.partitions {
-            out.extend(p.take_unsynced()?);
+            into.extend(p.take_unsynced()?);
         }
-        Ok(out)
+        Ok(())
     }
 
     pub(crate) fn checkpoint(&self, applied: u64) -> DatasourceCheckpoint {

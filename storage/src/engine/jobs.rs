@@ -45,7 +45,11 @@ impl Engine {
             TimelineCommand::Compact { datasource, start_ms, end_ms, granularity, actor } => {
                 self.start_compact(position, writer_time_ms, datasource, start_ms, end_ms, granularity, actor)
             }
-            TimelineCommand::Retain { datasource, raw_before_ms, rejects_before_ms, actor } => {
+            TimelineCommand::Retain { datasource, raw_before_ms, rejects_before_ms, actor, spare_running_jobs } => {
+                // A job started between the leader's decision and this entry still has its
+                // raw files: they go on a later decision, once it has ended.
+                let raw_before_ms = raw_before_ms
+                    .filter(|cutoff| !spare_running_jobs || self.jobs_before(datasource, *cutoff).is_empty());
                 self.retain(position, writer_time_ms, datasource, raw_before_ms, rejects_before_ms, actor)
             }
             TimelineCommand::Drop { datasource, start_ms, end_ms, actor } => {
@@ -627,6 +631,7 @@ impl Engine {
                     raw_before_ms: raw,
                     rejects_before_ms: rejects,
                     actor: format!("system:retention ({name})"),
+                    spare_running_jobs: true,
                 });
             }
             let Some(period) = &rule.value.segments else { continue };
@@ -646,9 +651,14 @@ impl Engine {
     }
 
     /// Running jobs of `datasource` over an interval that starts before `end`: what a
-    /// retention removal before `end` waits for.
+    /// retention removal before `end` waits for. Read from the applied job records (not the
+    /// node's running builds), so apply decides the same on every replica and replay.
     fn jobs_before(&self, datasource: DatasourceId, end: i64) -> Vec<u64> {
-        self.running.iter().filter(|(_, r)| r.datasource == datasource && r.start_ms < end).map(|(id, _)| *id).collect()
+        self.jobs
+            .values()
+            .filter(|j| j.state == JobState::Running && j.datasource_id == datasource && j.start_ms < end)
+            .map(|j| j.id)
+            .collect()
     }
 
     /// What `rule` would remove from datasource `name` now, by writer time `now_ms`, as

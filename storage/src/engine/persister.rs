@@ -4,9 +4,11 @@
 //! I/O, and the engine publishes each finished segment the next time it runs.
 //!
 //! A write that fails for want of descriptors, disk space or memory ([`Error::is_shortage`])
-//! is tried again every second, with the shortage reported ([`Persister::trouble`]), rather
-//! than stopping the node: the interval stays queryable in memory, the Raft log still holds
-//! its entries, and the realtime memory bound refuses writes if the shortage lasts.
+//! is tried again every second for up to [`SHORTAGE_WAIT`], with the shortage reported
+//! ([`PersistControl`]), rather than stopping the node at once: the interval stays queryable
+//! in memory and the Raft log still holds its entries. The wait is bounded because some
+//! callers wait for the writer under the engine lock (a checkpoint's last try, a reindex's
+//! publish); a shortage that outlasts it fails the job, which stops the node as before.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
@@ -32,14 +34,35 @@ pub(crate) struct Persister {
     thread: Option<JoinHandle<()>>,
     in_flight: usize,
     idle: PersistIdle,
+    control: PersistControl,
+}
+
+/// The segment writer's shortage state, shared so the node reads and stops it without the
+/// engine lock (a caller may hold that lock while it waits for the writer).
+#[derive(Debug, Clone, Default)]
+pub struct PersistControl {
     /// Why the job at hand is waiting to be tried again, if it is.
     trouble: Arc<Mutex<Option<String>>>,
     /// Set when the node stops: a shortage is then an error, not a reason to wait.
     stopping: Arc<AtomicBool>,
 }
 
+impl PersistControl {
+    /// Why a segment write is waiting to be tried again, if one is.
+    pub fn trouble(&self) -> Option<String> {
+        self.trouble.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The node is stopping: a job held up by a shortage fails now instead of waiting.
+    pub fn stop_retrying(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+}
+
 /// How long the writer waits before trying a job again after a shortage.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
+/// How long one job may wait out a shortage before it fails.
+const SHORTAGE_WAIT: Duration = Duration::from_secs(60);
 
 /// Waits, without the engine lock, until the segment writer has no job left: checkpoints wait
 /// for it (a checkpoint never records a persist in flight), and waiting here first keeps the
@@ -78,15 +101,14 @@ impl Persister {
         let (done_tx, done_rx) = channel::<Finished>();
         let idle = PersistIdle::default();
         let outstanding = idle.clone();
-        let trouble = Arc::new(Mutex::new(None));
-        let stopping = Arc::new(AtomicBool::new(false));
-        let (shown, stop) = (trouble.clone(), stopping.clone());
+        let control = PersistControl::default();
+        let shared = control.clone();
         let thread = std::thread::Builder::new()
             .name("tidemark-persist".into())
             .spawn(move || {
                 while let Ok(job) = jobs_rx.recv() {
                     let started = std::time::Instant::now();
-                    let result = run_until_no_shortage(&job, &shown, &stop);
+                    let result = run_until_no_shortage(&job, &shared);
                     let seconds = started.elapsed().as_secs_f64();
                     let sent = done_tx.send(Finished { job, result, seconds });
                     outstanding.add(-1);
@@ -102,8 +124,7 @@ impl Persister {
             thread: Some(thread),
             in_flight: 0,
             idle,
-            trouble,
-            stopping,
+            control,
         })
     }
 
@@ -118,14 +139,8 @@ impl Persister {
         Ok(())
     }
 
-    /// Why a segment write is waiting to be tried again, if one is.
-    pub(crate) fn trouble(&self) -> Option<String> {
-        self.trouble.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    /// The node is stopping: a job held up by a shortage fails now instead of waiting.
-    pub(crate) fn stop_retrying(&self) {
-        self.stopping.store(true, Ordering::SeqCst);
+    pub(crate) fn control(&self) -> PersistControl {
+        self.control.clone()
     }
 
     pub(crate) fn idle(&self) -> PersistIdle {
@@ -157,7 +172,7 @@ impl Persister {
 impl Drop for Persister {
     fn drop(&mut self) {
         // Closing the job channel ends the thread after the job at hand.
-        self.stop_retrying();
+        self.control.stop_retrying();
         self.jobs.take();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -165,22 +180,21 @@ impl Drop for Persister {
     }
 }
 
-fn run_until_no_shortage(
-    job: &PersistJob,
-    trouble: &Mutex<Option<String>>,
-    stopping: &AtomicBool,
-) -> Result<(WrittenSegment, Segment)> {
+fn run_until_no_shortage(job: &PersistJob, control: &PersistControl) -> Result<(WrittenSegment, Segment)> {
+    let started = std::time::Instant::now();
     loop {
         let result = job.run();
         match &result {
-            Err(e) if e.is_shortage() && !stopping.load(Ordering::SeqCst) => {
+            Err(e)
+                if e.is_shortage() && !control.stopping.load(Ordering::SeqCst) && started.elapsed() < SHORTAGE_WAIT =>
+            {
                 let why = format!("writing segment {} is waiting to be retried: {e}", job.id);
                 tracing::warn!("{why}");
-                *trouble.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+                *control.trouble.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
                 std::thread::sleep(RETRY_AFTER);
             }
             _ => {
-                *trouble.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                *control.trouble.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 return result;
             }
         }

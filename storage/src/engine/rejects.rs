@@ -60,7 +60,6 @@ impl RejectsTable {
         before - self.rows.len()
     }
 
-    /// How many of `name`'s rejects were received before `cutoff_ms`.
     /// [`Self::count_before`] and the bytes of those rows' beacons.
     pub fn measure_before(&self, name: &str, cutoff_ms: i64) -> (u64, u64) {
         self.rows
@@ -69,6 +68,7 @@ impl RejectsTable {
             .fold((0, 0), |(n, b), r| (n + 1, b + r.payload.len() as u64))
     }
 
+    /// How many of `name`'s rejects were received before `cutoff_ms`.
     pub fn count_before(&self, name: &str, cutoff_ms: i64) -> usize {
         self.rows.iter().filter(|r| r.datasource == name && r.writer_time_ms < cutoff_ms).count()
     }

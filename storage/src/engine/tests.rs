@@ -826,6 +826,17 @@ fn raw_retention_waits_for_a_running_job_over_what_it_would_remove() {
     assert_eq!(raw_retains(&engine), 0, "nothing is removed under a running job");
     let preview = engine.retention_preview("beacons", &rule, now).expect("preview");
     assert_eq!(preview.waiting_for_jobs, vec![job]);
+    // A removal decided just before the job started spares its files at apply.
+    let retain = TimelineCommand::Retain {
+        datasource: id,
+        raw_before_ms: Some(now - 24 * HOUR),
+        rejects_before_ms: None,
+        actor: "system:retention".into(),
+        spare_running_jobs: true,
+    };
+    let e = log.push(now, &Command::Timeline(retain));
+    engine.apply(&e).expect("retain");
+    assert_eq!(engine.retention_preview("beacons", &rule, now).and_then(|p| p.raw).map(|r| r.events), Some(raw.events));
     let e = log.push(now + 1, &Command::Timeline(TimelineCommand::Cancel { job, reason: "test".into() }));
     engine.apply(&e).expect("cancel");
     assert_eq!(raw_retains(&engine), 1, "due again once the job ended");

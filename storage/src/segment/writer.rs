@@ -126,7 +126,7 @@ pub fn write_segment(path: &Path, id: SegmentId, spec: &DatasourceSpec, index: &
             let file = b.out.into_inner().map_err(|e| Error::io(&tmp)(e.into_error()))?;
             file.sync_all().map_err(Error::fsync(&tmp))?;
             fs::rename(&tmp, path).map_err(Error::io(path))?;
-            File::open(dir).and_then(|d| d.sync_all()).map_err(Error::fsync(dir))?;
+            File::open(dir).map_err(Error::io(dir))?.sync_all().map_err(Error::fsync(dir))?;
             Ok(WrittenSegment { meta, file_bytes: b.pos })
         }
         Err(e) => {
