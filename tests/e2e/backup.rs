@@ -4,6 +4,7 @@
 
 use serde_json::{Value, json};
 
+use crate::crash::walk;
 use crate::harness::{MemberAddrs, TestNode};
 use crate::now_ms;
 
@@ -115,23 +116,14 @@ fn restore(backup: &std::path::Path, data_dir: &std::path::Path) -> (bool, Strin
     (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
-/// Copies a backup directory, so each case edits its own.
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+/// Copies a directory's files (a backup, a fixture), so each case edits its own.
+pub(crate) fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     for entry in walk(from) {
         let rel = entry.strip_prefix(from).expect("inside");
         let dest = to.join(rel);
         std::fs::create_dir_all(dest.parent().expect("parent")).expect("mkdir");
         std::fs::copy(&entry, &dest).expect("copy");
     }
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).expect("read_dir").flatten() {
-        let p = e.path();
-        if p.is_dir() { out.extend(walk(&p)) } else { out.push(p) }
-    }
-    out
 }
 
 fn edit_manifest(backup: &std::path::Path, edit: impl FnOnce(&mut Value)) {

@@ -8,22 +8,10 @@ use std::path::Path;
 
 use serde_json::Value;
 
+use crate::backup::copy_dir;
 use crate::harness::TestNode;
 
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/compat-5079f75");
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for entry in std::fs::read_dir(from).expect("read fixture") {
-        let entry = entry.expect("entry");
-        let target = to.join(entry.file_name());
-        if entry.file_type().expect("type").is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).expect("copy");
-        }
-    }
-}
 
 fn sql(node: &TestNode, token: &str, query: &str) -> Value {
     let auth = format!("Bearer {token}");

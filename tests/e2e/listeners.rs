@@ -22,6 +22,23 @@ use tidemark_loadgen::kafka::KafkaConn;
 use crate::harness::{TestNode, metric_value};
 use crate::now_ms;
 
+/// Waits up to 30 s for the Kafka port to answer a new client.
+fn kafka_answers_again(node: &TestNode) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let answered = KafkaConn::connect(&node.kafka).and_then(|mut c| c.init_producer_id().map(|_| ()));
+        if answered.is_ok() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the Kafka port never took a client again: {answered:?}\n{}",
+            node.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 fn refused(node: &TestNode, door: &str) -> f64 {
     let name = format!("tidemark_{door}_connections_refused_by_limit_total{{limit=\"connections_max\"}}");
     metric_value(&node.get("/metrics").body, &name).unwrap_or(0.0)
@@ -91,15 +108,7 @@ fn a_connection_flood_cannot_take_the_descriptors_storage_needs() {
     drop(flood);
 
     // The flood gone, both ports take new clients again.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let answered = KafkaConn::connect(&node.kafka).and_then(|mut c| c.init_producer_id().map(|_| ()));
-        if answered.is_ok() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the Kafka port never took a client again: {answered:?}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    kafka_answers_again(&node);
     let mut flight = crate::isolation::Flight::connect(&node.flight, None);
     let (_, answer) = flight.query("SELECT SUM(\"count\") AS n FROM shop");
     assert_eq!(answer.map(|rows| rows[0]["n"].clone()), Ok(json!(300)), "Flight SQL answers again");
@@ -148,19 +157,7 @@ fn a_node_out_of_descriptors_keeps_its_kafka_port_and_takes_writes_again() {
     drop(flood);
 
     // Descriptors free again: the same port takes a new client, and the node writes.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let answered = KafkaConn::connect(&node.kafka).and_then(|mut c| c.init_producer_id().map(|_| ()));
-        if answered.is_ok() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the Kafka port never took a connection again: {answered:?}\n{}",
-            node.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    kafka_answers_again(&node);
     // New HTTP connections may still meet the tail of the shortage for a moment.
     let deadline = Instant::now() + Duration::from_secs(30);
     let metrics = loop {
