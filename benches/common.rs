@@ -21,12 +21,22 @@ pub(crate) fn spec() -> DatasourceSpec {
 }
 
 /// `n` beacons as NDJSON lines, from `merchants` merchants over `span_ms`.
-pub(crate) fn lines(seed: u64, merchants: usize, start_ms: i64, span_ms: i64, n: usize) -> Vec<Vec<u8>> {
-    Traffic::new(&TrafficConfig { seed, merchants, skew: 1.1 })
-        .batch(start_ms, span_ms, n)
-        .iter()
-        .map(|b| serde_json::to_vec(&b.to_json()).expect("json"))
-        .collect()
+pub(crate) fn lines(
+    seed: u64,
+    merchants: usize,
+    start_ms: i64,
+    span_ms: i64,
+    n: usize,
+) -> Vec<Vec<u8>> {
+    Traffic::new(&TrafficConfig {
+        seed,
+        merchants,
+        skew: 1.1,
+    })
+    .batch(start_ms, span_ms, n)
+    .iter()
+    .map(|b| serde_json::to_vec(&b.to_json()).expect("json"))
+    .collect()
 }
 
 /// Rolls `lines` into one index per hour and writes each as a segment in `dir`.
@@ -37,7 +47,10 @@ pub(crate) fn build_segments(dir: &std::path::Path, lines: &[Vec<u8>]) -> Vec<Ar
         let v: serde_json::Value = serde_json::from_slice(l).expect("json");
         let e = extract(&spec, &v).expect("valid");
         let h = spec.granularity.segment.bucket_start(e.time_ms);
-        hours.entry(h).or_insert_with(|| RollupIndex::new(&spec)).add(&e);
+        hours
+            .entry(h)
+            .or_insert_with(|| RollupIndex::new(&spec))
+            .add(&e);
     }
     hours
         .into_iter()

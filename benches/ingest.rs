@@ -13,8 +13,14 @@ fn rollup(c: &mut Criterion) {
     let spec = common::spec();
     // A realistic day-like mix: 100,000 merchants, one hour of events.
     let lines = common::lines(7, 100_000, common::DAY_START_MS, common::HOUR_MS, EVENTS);
-    let values: Vec<serde_json::Value> = lines.iter().map(|l| serde_json::from_slice(l).expect("json")).collect();
-    let events: Vec<_> = values.iter().map(|v| extract(&spec, v).expect("valid")).collect();
+    let values: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|l| serde_json::from_slice(l).expect("json"))
+        .collect();
+    let events: Vec<_> = values
+        .iter()
+        .map(|v| extract(&spec, v).expect("valid"))
+        .collect();
 
     let mut g = c.benchmark_group("ingest");
     g.throughput(Throughput::Elements(EVENTS as u64));

@@ -9,18 +9,30 @@ use tidemark_storage::snapshot::SnapshotSource;
 mod common;
 
 fn events() -> usize {
-    std::env::var("TIDEMARK_BENCH_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000_000)
+    std::env::var("TIDEMARK_BENCH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000_000)
 }
 
 const QUERIES: [(&str, &str); 5] = [
-    ("global_distinct_users", "SELECT APPROX_COUNT_DISTINCT_DS_HLL(users_hll) FROM beacons"),
-    ("events_per_hour", "SELECT TIME_FLOOR(__time, 'PT1H') AS h, SUM(\"count\") FROM beacons GROUP BY 1"),
+    (
+        "global_distinct_users",
+        "SELECT APPROX_COUNT_DISTINCT_DS_HLL(users_hll) FROM beacons",
+    ),
+    (
+        "events_per_hour",
+        "SELECT TIME_FLOOR(__time, 'PT1H') AS h, SUM(\"count\") FROM beacons GROUP BY 1",
+    ),
     (
         "one_merchant_day",
         "SELECT TIME_FLOOR(__time, 'PT1H') AS h, SUM(\"count\"), SUM(amount_sum), APPROX_COUNT_DISTINCT_DS_HLL(users_hll), \
          APPROX_QUANTILE_DS(latency_td, 0.99) FROM beacons WHERE merchant_id = 'm00042' GROUP BY 1",
     ),
-    ("revenue_by_country", "SELECT country, SUM(amount_sum) FROM beacons GROUP BY 1"),
+    (
+        "revenue_by_country",
+        "SELECT country, SUM(amount_sum) FROM beacons GROUP BY 1",
+    ),
     (
         "p99_latency_by_page_top",
         "SELECT page, APPROX_QUANTILE_DS(latency_td, 0.99) FROM beacons WHERE event = 'purchase' GROUP BY 1",
@@ -43,7 +55,10 @@ fn query(c: &mut Criterion) {
         );
         segments.extend(common::build_segments(dir.path(), &lines));
     }
-    let bytes: u64 = segments.iter().map(|s| std::fs::metadata(s.path()).map(|m| m.len()).unwrap_or(0)).sum();
+    let bytes: u64 = segments
+        .iter()
+        .map(|s| std::fs::metadata(s.path()).map(|m| m.len()).unwrap_or(0))
+        .sum();
     let rows: u64 = segments.iter().map(|s| s.meta().rows).sum();
     eprintln!(
         "query fixture: {n} events, {rows} rows ({:.2} : 1), {bytes} bytes ({:.1} bytes/event), built in {:.1?}",
@@ -52,7 +67,10 @@ fn query(c: &mut Criterion) {
         started.elapsed()
     );
     let source: Arc<dyn SnapshotSource> = Arc::new(common::Segments(segments));
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     let mut g = c.benchmark_group("query_day");
     g.sample_size(10);
     for (name, sql) in QUERIES {

@@ -68,7 +68,9 @@ fn segments(c: &mut Criterion) {
         })
     });
     g.throughput(Throughput::Bytes(written.file_bytes));
-    g.bench_function("open_and_verify_checksums", |b| b.iter(|| Segment::open(&path).expect("open")));
+    g.bench_function("open_and_verify_checksums", |b| {
+        b.iter(|| Segment::open(&path).expect("open"))
+    });
 
     let users = seg.column("users_hll").expect("users");
     let users = users.as_binary::<i32>();

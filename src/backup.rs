@@ -43,7 +43,12 @@ pub(crate) struct RestoreArgs {
 
 pub(crate) fn backup(args: BackupArgs) -> Result<()> {
     let what = format!("this node's state to {}", args.to);
-    args.copy.run(&Client::new(&args.url.url), "/v1/backup", json!({ "to": args.to }), &what)
+    args.copy.run(
+        &Client::new(&args.url.url),
+        "/v1/backup",
+        json!({ "to": args.to }),
+        &what,
+    )
 }
 
 pub(crate) fn restore(args: RestoreArgs) -> Result<()> {
@@ -53,8 +58,15 @@ pub(crate) fn restore(args: RestoreArgs) -> Result<()> {
         http: args.http_addr.clone(),
         kafka: args.kafka_addr.clone(),
     };
-    let restored = tidemark_raft::restore::restore(&args.from, &args.data_dir, args.node_id, member)
-        .with_context(|| format!("restoring {} into {}", args.from.display(), args.data_dir.display()))?;
+    let restored =
+        tidemark_raft::restore::restore(&args.from, &args.data_dir, args.node_id, member)
+            .with_context(|| {
+                format!(
+                    "restoring {} into {}",
+                    args.from.display(),
+                    args.data_dir.display()
+                )
+            })?;
     println!("{}", serde_json::to_string_pretty(&restored)?);
     if !restored.checked {
         eprintln!(

@@ -44,7 +44,9 @@ const RESPONSE_BYTES_MAX: u64 = 1 << 30;
 
 impl Client {
     pub(crate) fn new(base: &str) -> Client {
-        let ca = std::env::var_os("TIDEMARK_CA_CERT").filter(|v| !v.is_empty()).map(std::path::PathBuf::from);
+        let ca = std::env::var_os("TIDEMARK_CA_CERT")
+            .filter(|v| !v.is_empty())
+            .map(std::path::PathBuf::from);
         Client::with_ca(base, ca.as_deref())
     }
 
@@ -62,12 +64,21 @@ impl Client {
                         })
                         .collect();
                     if certs.is_empty() {
-                        ca_error = Some(format!("TIDEMARK_CA_CERT {} holds no PEM certificate", path.display()));
+                        ca_error = Some(format!(
+                            "TIDEMARK_CA_CERT {} holds no PEM certificate",
+                            path.display()
+                        ));
                     }
                     let roots = ureq::tls::RootCerts::new_with_certs(&certs);
-                    config = config.tls_config(ureq::tls::TlsConfig::builder().root_certs(roots).build());
+                    config = config
+                        .tls_config(ureq::tls::TlsConfig::builder().root_certs(roots).build());
                 }
-                Err(e) => ca_error = Some(format!("cannot read TIDEMARK_CA_CERT {}: {e}", path.display())),
+                Err(e) => {
+                    ca_error = Some(format!(
+                        "cannot read TIDEMARK_CA_CERT {}: {e}",
+                        path.display()
+                    ))
+                }
             }
         }
         let agent: ureq::Agent = config.build().into();
@@ -75,16 +86,31 @@ impl Client {
             .ok()
             .filter(|t| !t.trim().is_empty())
             .map(|t| format!("Bearer {}", t.trim()));
-        Client { base: base.trim_end_matches('/').to_string(), agent, auth, ca_error }
+        Client {
+            base: base.trim_end_matches('/').to_string(),
+            agent,
+            auth,
+            ca_error,
+        }
     }
 
-    fn finish(&self, url: &str, r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Result<Reply> {
+    fn finish(
+        &self,
+        url: &str,
+        r: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<Reply> {
         if let Some(e) = &self.ca_error {
             return Err(anyhow!("{e}"));
         }
-        let mut resp = r.with_context(|| format!("cannot reach tidemark at {url}; is `tidemark serve` running?"))?;
+        let mut resp = r.with_context(|| {
+            format!("cannot reach tidemark at {url}; is `tidemark serve` running?")
+        })?;
         let status = resp.status().as_u16();
-        let body = resp.body_mut().with_config().limit(RESPONSE_BYTES_MAX).read_to_vec()?;
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(RESPONSE_BYTES_MAX)
+            .read_to_vec()?;
         Ok(Reply { status, body })
     }
 

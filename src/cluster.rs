@@ -67,7 +67,15 @@ fn post(url: &str, path: &str, body: &Value) -> Result<Value> {
 }
 
 fn post_with(client: &Client, path: &str, body: &Value) -> Result<Value> {
-    let reply = client.send("POST", path, "application/json", &[], body.to_string().as_bytes())?.ok()?;
+    let reply = client
+        .send(
+            "POST",
+            path,
+            "application/json",
+            &[],
+            body.to_string().as_bytes(),
+        )?
+        .ok()?;
     Ok(serde_json::from_slice(&reply.body)?)
 }
 
@@ -92,22 +100,34 @@ pub(crate) fn run(cmd: ClusterCmd) -> Result<()> {
                 print_status(&status);
             }
         }
-        ClusterCmd::AddLearner { node_id, raft, http, kafka, url } => {
+        ClusterCmd::AddLearner {
+            node_id,
+            raft,
+            http,
+            kafka,
+            url,
+        } => {
             done(post(
                 &url.url,
                 "/v1/cluster/learners",
                 &json!({ "node_id": node_id, "raft": raft, "http": http, "kafka": kafka }),
             )?);
         }
-        ClusterCmd::Promote { node_id, url } => {
-            done(post(&url.url, "/v1/cluster/promote", &json!({ "node_id": node_id }))?)
-        }
-        ClusterCmd::Remove { node_id, url } => {
-            done(post(&url.url, "/v1/cluster/remove", &json!({ "node_id": node_id }))?)
-        }
-        ClusterCmd::TransferLeader { node_id, url } => {
-            done(post(&url.url, "/v1/cluster/transfer-leader", &json!({ "node_id": node_id }))?)
-        }
+        ClusterCmd::Promote { node_id, url } => done(post(
+            &url.url,
+            "/v1/cluster/promote",
+            &json!({ "node_id": node_id }),
+        )?),
+        ClusterCmd::Remove { node_id, url } => done(post(
+            &url.url,
+            "/v1/cluster/remove",
+            &json!({ "node_id": node_id }),
+        )?),
+        ClusterCmd::TransferLeader { node_id, url } => done(post(
+            &url.url,
+            "/v1/cluster/transfer-leader",
+            &json!({ "node_id": node_id }),
+        )?),
     }
     Ok(())
 }
@@ -119,21 +139,42 @@ fn print_status(s: &Value) {
         s["node_id"],
         s["state"].as_str().unwrap_or("?"),
         s["term"],
-        leader.map(|l| l.to_string()).unwrap_or_else(|| "none".into())
+        leader
+            .map(|l| l.to_string())
+            .unwrap_or_else(|| "none".into())
     );
     println!(
         "log: last {} committed {} applied {} snapshot {} purged {}",
-        s["last_log_index"], s["committed_index"], s["applied_index"], s["snapshot_index"], s["purged_index"]
+        s["last_log_index"],
+        s["committed_index"],
+        s["applied_index"],
+        s["snapshot_index"],
+        s["purged_index"]
     );
-    println!("{:<6} {:<8} {:<22} {:<22} {:<22} {:>10}", "node", "role", "http", "kafka", "raft", "matched");
+    println!(
+        "{:<6} {:<8} {:<22} {:<22} {:<22} {:>10}",
+        "node", "role", "http", "kafka", "raft", "matched"
+    );
     for (kind, key) in [("voter", "voters"), ("learner", "learners")] {
-        let Some(members) = s.get(key).and_then(Value::as_object) else { continue };
+        let Some(members) = s.get(key).and_then(Value::as_object) else {
+            continue;
+        };
         for (id, m) in members {
-            let role = if leader.map(|l| l.to_string()).as_deref() == Some(id) { "leader" } else { kind };
+            let role = if leader.map(|l| l.to_string()).as_deref() == Some(id) {
+                "leader"
+            } else {
+                kind
+            };
             let matched = s
                 .get("replication")
                 .and_then(|r| r.get(id))
-                .map(|v| if v.is_null() { "-".to_string() } else { v.to_string() })
+                .map(|v| {
+                    if v.is_null() {
+                        "-".to_string()
+                    } else {
+                        v.to_string()
+                    }
+                })
                 .unwrap_or_else(|| "?".into());
             println!(
                 "{:<6} {:<8} {:<22} {:<22} {:<22} {:>10}",
@@ -168,16 +209,34 @@ pub(crate) fn announce_in_background(node: Node, join: Option<String>, peer: Pee
             }
             let known = status.voters.contains_key(&id) || status.learners.contains_key(&id);
             let outcome = if known && replica.is_leader() {
-                replica.update_member(id, me.clone()).await.map(|_| ()).map_err(|e| e.to_string())
+                replica
+                    .update_member(id, me.clone())
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
             } else {
                 // Through the leader once this node knows it, else the member it was told to join.
-                let via = replica.leader().filter(|(l, _)| *l != id).map(|(_, m)| m.http).or_else(|| join.clone());
+                let via = replica
+                    .leader()
+                    .filter(|(l, _)| *l != id)
+                    .map(|(_, m)| m.http)
+                    .or_else(|| join.clone());
                 match via {
                     None => Err("waiting for a leader".to_string()),
                     Some(via) => {
-                        let url = if via.starts_with("http") { via } else { format!("{}://{via}", peer.scheme) };
+                        let url = if via.starts_with("http") {
+                            via
+                        } else {
+                            format!("{}://{via}", peer.scheme)
+                        };
                         let (b, ca) = (body.clone(), peer.ca.clone());
-                        let join = move || post_with(&Client::with_ca(&url, ca.as_deref()), "/v1/cluster/join", &b);
+                        let join = move || {
+                            post_with(
+                                &Client::with_ca(&url, ca.as_deref()),
+                                "/v1/cluster/join",
+                                &b,
+                            )
+                        };
                         match tokio::task::spawn_blocking(join).await {
                             Ok(r) => r.map(|_| ()).map_err(|e| format!("{e:#}")),
                             Err(e) => Err(e.to_string()),
@@ -186,8 +245,12 @@ pub(crate) fn announce_in_background(node: Node, join: Option<String>, peer: Pee
                 }
             };
             match outcome {
-                Ok(()) => tracing::info!(node_id = id, "the cluster knows this node at its addresses"),
-                Err(e) => tracing::info!(node_id = id, reason = %e, "announcing this node to the cluster; will retry"),
+                Ok(()) => {
+                    tracing::info!(node_id = id, "the cluster knows this node at its addresses")
+                }
+                Err(e) => {
+                    tracing::info!(node_id = id, reason = %e, "announcing this node to the cluster; will retry")
+                }
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }

@@ -59,7 +59,15 @@ pub(crate) struct TlsSection {
 
 impl Default for TlsSection {
     fn default() -> Self {
-        TlsSection { cert: None, key: None, ca: None, http: true, flight: true, kafka: true, peer_name: None }
+        TlsSection {
+            cert: None,
+            key: None,
+            ca: None,
+            http: true,
+            flight: true,
+            kafka: true,
+            peer_name: None,
+        }
     }
 }
 
@@ -171,7 +179,11 @@ pub(crate) struct HttpSection {
 
 impl Default for HttpSection {
     fn default() -> Self {
-        HttpSection { connections_max: 10_000, connections_per_address_max: 1_000, header_read_timeout_ms: 30_000 }
+        HttpSection {
+            connections_max: 10_000,
+            connections_per_address_max: 1_000,
+            header_read_timeout_ms: 30_000,
+        }
     }
 }
 
@@ -185,7 +197,10 @@ pub(crate) struct FlightSection {
 
 impl Default for FlightSection {
     fn default() -> Self {
-        FlightSection { connections_max: 10_000, connections_per_address_max: 1_000 }
+        FlightSection {
+            connections_max: 10_000,
+            connections_per_address_max: 1_000,
+        }
     }
 }
 
@@ -315,7 +330,9 @@ impl Config {
                 continue;
             }
             if addr.parse::<SocketAddr>().is_err() {
-                problems.push(format!("{name}: {addr:?} is not an address like 127.0.0.1:8080"));
+                problems.push(format!(
+                    "{name}: {addr:?} is not an address like 127.0.0.1:8080"
+                ));
             }
         }
         if self.node_id == 0 {
@@ -342,8 +359,14 @@ impl Config {
             ("query_timeout_ms", l.query_timeout_ms as usize),
             ("query_memory_bytes_max", l.query_memory_bytes_max),
             ("node_query_memory_bytes_max", l.node_query_memory_bytes_max),
-            ("result_rows_max", usize::try_from(l.result_rows_max).unwrap_or(usize::MAX)),
-            ("result_bytes_max", usize::try_from(l.result_bytes_max).unwrap_or(usize::MAX)),
+            (
+                "result_rows_max",
+                usize::try_from(l.result_rows_max).unwrap_or(usize::MAX),
+            ),
+            (
+                "result_bytes_max",
+                usize::try_from(l.result_bytes_max).unwrap_or(usize::MAX),
+            ),
             ("sql_bytes_max", l.sql_bytes_max),
             ("sql_nesting_max", l.sql_nesting_max),
             ("concurrent_queries_per_key", l.concurrent_queries_per_key),
@@ -392,38 +415,61 @@ impl Config {
         }
         for (name, value) in [
             ("kafka.connections_max", k.connections_max as u64),
-            ("kafka.connections_per_address_max", k.connections_per_address_max as u64),
+            (
+                "kafka.connections_per_address_max",
+                k.connections_per_address_max as u64,
+            ),
             ("kafka.idle_timeout_ms", k.idle_timeout_ms),
             ("kafka.request_read_timeout_ms", k.request_read_timeout_ms),
             ("http.connections_max", self.http.connections_max as u64),
-            ("http.connections_per_address_max", self.http.connections_per_address_max as u64),
-            ("http.header_read_timeout_ms", self.http.header_read_timeout_ms),
+            (
+                "http.connections_per_address_max",
+                self.http.connections_per_address_max as u64,
+            ),
+            (
+                "http.header_read_timeout_ms",
+                self.http.header_read_timeout_ms,
+            ),
             ("flight.connections_max", self.flight.connections_max as u64),
-            ("flight.connections_per_address_max", self.flight.connections_per_address_max as u64),
+            (
+                "flight.connections_per_address_max",
+                self.flight.connections_per_address_max as u64,
+            ),
         ] {
             if value == 0 {
                 problems.push(format!("{name}: must be positive"));
             }
         }
         if self.kafka.decompressed_batch_bytes_max > (1 << 30) {
-            problems.push("kafka.decompressed_batch_bytes_max: must be at most 1 GiB (1073741824)".into());
+            problems.push(
+                "kafka.decompressed_batch_bytes_max: must be at most 1 GiB (1073741824)".into(),
+            );
         }
         if self.storage.tick_interval_ms == 0 {
             problems.push("storage.tick_interval_ms: must be positive".into());
         }
         let t = &self.tls;
         if t.cert.is_some() != t.key.is_some() {
-            problems.push("tls: cert and key go together (the certificate chain and its private key)".into());
+            problems.push(
+                "tls: cert and key go together (the certificate chain and its private key)".into(),
+            );
         }
         if t.ca.is_some() && t.cert.is_none() {
-            problems.push("tls.ca: needs tls.cert and tls.key (this node's own certificate for its peers)".into());
+            problems.push(
+                "tls.ca: needs tls.cert and tls.key (this node's own certificate for its peers)"
+                    .into(),
+            );
         }
         if t.cert.is_some() && self.join.is_some() && t.ca.is_none() {
             problems.push(
                 "tls.ca: a node joining a cluster with TLS needs the CA that signs its peers' certificates".into(),
             );
         }
-        if problems.is_empty() { Ok(()) } else { Err(problems) }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
     }
 }
 
@@ -441,6 +487,9 @@ mod tests {
         bad.storage.realtime_bytes_persist = usize::MAX;
         let problems = bad.validate().err().unwrap_or_default();
         assert_eq!(problems.len(), 2, "{problems:?}");
-        assert!(Config::from_toml("colour = 1", "x").is_err(), "unknown keys are refused");
+        assert!(
+            Config::from_toml("colour = 1", "x").is_err(),
+            "unknown keys are refused"
+        );
     }
 }

@@ -38,7 +38,10 @@ pub(crate) struct DemoArgs {
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 struct Sender {
@@ -63,7 +66,13 @@ impl Sender {
         // Retries reuse the key, so a batch whose answer was lost counts once.
         let mut attempt = 0;
         let reply = loop {
-            let r = self.client.send("POST", &self.path, "application/x-ndjson", &[("Idempotency-Key", &key)], &body);
+            let r = self.client.send(
+                "POST",
+                &self.path,
+                "application/x-ndjson",
+                &[("Idempotency-Key", &key)],
+                &body,
+            );
             match r {
                 Ok(reply) if reply.status == 503 && attempt < 10 => {}
                 Ok(reply) => break reply.ok()?,
@@ -76,13 +85,20 @@ impl Sender {
         let v: serde_json::Value = serde_json::from_slice(&reply.body)?;
         self.sent += beacons.len() as u64;
         self.accepted += v.get("accepted").and_then(|a| a.as_u64()).unwrap_or(0);
-        self.rejected += v.get("rejected").and_then(|r| r.as_array()).map_or(0, |r| r.len() as u64);
+        self.rejected += v
+            .get("rejected")
+            .and_then(|r| r.as_array())
+            .map_or(0, |r| r.len() as u64);
         Ok(())
     }
 }
 
 pub(crate) fn run(args: &DemoArgs) -> Result<()> {
-    let mut traffic = Traffic::new(&TrafficConfig { seed: args.seed, merchants: args.merchants, skew: 1.1 });
+    let mut traffic = Traffic::new(&TrafficConfig {
+        seed: args.seed,
+        merchants: args.merchants,
+        skew: 1.1,
+    });
     let mut sender = Sender {
         client: Client::with_ca(&args.url, args.ca_cert.as_deref()),
         path: format!("/v1/beacons/{}", args.datasource),
@@ -110,7 +126,10 @@ pub(crate) fn run(args: &DemoArgs) -> Result<()> {
     let per_tick = (args.rate / 10).max(1) as usize;
     let mut last_report = Instant::now();
     loop {
-        if args.seconds.is_some_and(|s| started.elapsed() >= Duration::from_secs(s)) {
+        if args
+            .seconds
+            .is_some_and(|s| started.elapsed() >= Duration::from_secs(s))
+        {
             break;
         }
         let t0 = Instant::now();
@@ -120,14 +139,20 @@ pub(crate) fn run(args: &DemoArgs) -> Result<()> {
             sender.send(chunk)?;
         }
         if last_report.elapsed() >= Duration::from_secs(5) {
-            eprintln!("demo: sent {} events ({} accepted, {} rejected)", sender.sent, sender.accepted, sender.rejected);
+            eprintln!(
+                "demo: sent {} events ({} accepted, {} rejected)",
+                sender.sent, sender.accepted, sender.rejected
+            );
             last_report = Instant::now();
         }
         if let Some(rest) = tick.checked_sub(t0.elapsed()) {
             std::thread::sleep(rest);
         }
     }
-    eprintln!("demo: done, sent {} events ({} accepted, {} rejected)", sender.sent, sender.accepted, sender.rejected);
+    eprintln!(
+        "demo: done, sent {} events ({} accepted, {} rejected)",
+        sender.sent, sender.accepted, sender.rejected
+    );
     Ok(())
 }
 
@@ -141,22 +166,39 @@ const GUIDE_QUERIES: [&str; 2] = [
 
 /// What a newcomer reads once the demo node is up: queries to try and the command that runs
 /// them, where Kafka clients connect, where the data lives and how to start over.
-pub(crate) fn guide(cfg: &crate::config::Config, http_scheme: &str, kafka_bootstrap: &str) -> String {
+pub(crate) fn guide(
+    cfg: &crate::config::Config,
+    http_scheme: &str,
+    kafka_bootstrap: &str,
+) -> String {
     // From a checkout the README's commands go through dev/tidemark (one build for all).
-    let cli = if std::path::Path::new("dev/tidemark").exists() { "dev/tidemark" } else { "tidemark" };
+    let cli = if std::path::Path::new("dev/tidemark").exists() {
+        "dev/tidemark"
+    } else {
+        "tidemark"
+    };
     let url = format!("{http_scheme}://{}", cfg.http_addr);
-    let env = if url == "http://127.0.0.1:8080" { String::new() } else { format!("TIDEMARK_URL={url} ") };
+    let env = if url == "http://127.0.0.1:8080" {
+        String::new()
+    } else {
+        format!("TIDEMARK_URL={url} ")
+    };
     let data_dir = std::fs::canonicalize(&cfg.data_dir).unwrap_or_else(|_| cfg.data_dir.clone());
     let mut out = String::from(
         "\nThe demo sends an hour of merchant traffic (backfill), then 2,000 events/s. Try, in another terminal:\n",
     );
     for q in GUIDE_QUERIES {
-        out.push_str(&format!("  {env}{cli} sql \"{}\"\n", q.replace('"', "\\\"")));
+        out.push_str(&format!(
+            "  {env}{cli} sql \"{}\"\n",
+            q.replace('"', "\\\"")
+        ));
     }
     out.push_str(&format!(
         "  curl -s {url}/v1/sql -d 'SELECT COUNT(*) AS rows, SUM(\"count\") AS events FROM beacons'\n"
     ));
-    out.push_str(&format!("Kafka bootstrap: {kafka_bootstrap} (topic `beacons`; e.g. kcat -b {kafka_bootstrap} -L)\n"));
+    out.push_str(&format!(
+        "Kafka bootstrap: {kafka_bootstrap} (topic `beacons`; e.g. kcat -b {kafka_bootstrap} -L)\n"
+    ));
     out.push_str(&format!("Data directory: {}\n", data_dir.display()));
     out.push_str(&format!(
         "Start fresh: stop the node (Ctrl-C), rm -rf {}, and run the demo again.",

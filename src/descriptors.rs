@@ -29,7 +29,10 @@ impl Budget {
     /// `reserved` of `limit` kept for storage and Raft, the rest for connections.
     pub(crate) fn keeping(limit: u64, reserved: u64) -> Budget {
         let rest = limit.saturating_sub(reserved);
-        Budget { limit, for_connections: usize::try_from(rest).unwrap_or(usize::MAX) }
+        Budget {
+            limit,
+            for_connections: usize::try_from(rest).unwrap_or(usize::MAX),
+        }
     }
 
     /// The budget keeping at least twice what storage and Raft hold open now (`in_use`, at
@@ -42,7 +45,9 @@ impl Budget {
 
     /// The descriptors this process holds open now (Linux), if that can be read.
     pub(crate) fn in_use() -> Option<u64> {
-        std::fs::read_dir("/proc/self/fd").ok().map(|d| d.count() as u64)
+        std::fs::read_dir("/proc/self/fd")
+            .ok()
+            .map(|d| d.count() as u64)
     }
 
     /// The doors' configured connection limits, scaled down in proportion when together
@@ -53,14 +58,17 @@ impl Budget {
         if total <= budget {
             return configured;
         }
-        configured.map(|c| usize::try_from((c as u128 * budget / total).max(1)).unwrap_or(usize::MAX))
+        configured
+            .map(|c| usize::try_from((c as u128 * budget / total).max(1)).unwrap_or(usize::MAX))
     }
 
     /// The Raft port's connection limit: peers need a few each; it comes out of the share
     /// kept for storage and Raft (a quarter of it, at most 256).
     pub(crate) fn raft_connections(&self) -> usize {
         let kept = self.limit.saturating_sub(self.for_connections as u64);
-        usize::try_from(kept / 4).unwrap_or(usize::MAX).clamp(8, 256)
+        usize::try_from(kept / 4)
+            .unwrap_or(usize::MAX)
+            .clamp(8, 256)
     }
 
     /// Why a door's limit was lowered, for its refusals and the start-up warning.
@@ -85,7 +93,10 @@ pub(crate) fn raise(reserved: Option<u64>) -> Budget {
 }
 
 fn raise_limit() -> Budget {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: getrlimit writes into the struct we own; no other memory is touched.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
         tracing::warn!(error = %std::io::Error::last_os_error(), "cannot read the file descriptor limit; assuming 1024");
@@ -93,10 +104,17 @@ fn raise_limit() -> Budget {
     }
     let wanted = lim.rlim_max.min(LIMIT_CEILING);
     if lim.rlim_cur < wanted {
-        let raised = libc::rlimit { rlim_cur: wanted, rlim_max: lim.rlim_max };
+        let raised = libc::rlimit {
+            rlim_cur: wanted,
+            rlim_max: lim.rlim_max,
+        };
         // SAFETY: setrlimit reads the struct we own.
         if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
-            tracing::info!(from = lim.rlim_cur, to = wanted, "raised the file descriptor limit");
+            tracing::info!(
+                from = lim.rlim_cur,
+                to = wanted,
+                "raised the file descriptor limit"
+            );
             lim.rlim_cur = wanted;
         } else {
             tracing::warn!(error = %std::io::Error::last_os_error(), limit = lim.rlim_cur, "cannot raise the file descriptor limit");
@@ -111,12 +129,48 @@ mod tests {
 
     #[test]
     fn a_small_limit_keeps_half_and_a_large_one_keeps_4096() {
-        assert_eq!(Budget::of(200), Budget { limit: 200, for_connections: 100 });
-        assert_eq!(Budget::of(1024), Budget { limit: 1024, for_connections: 512 });
-        assert_eq!(Budget::of(1 << 20), Budget { limit: 1 << 20, for_connections: (1 << 20) - 4096 });
-        assert_eq!(Budget::keeping(200, 0), Budget { limit: 200, for_connections: 200 });
-        assert_eq!(Budget::keeping(200, 500), Budget { limit: 200, for_connections: 0 });
-        assert_eq!(Budget::of(1 << 20).sparing(10_000), Budget { limit: 1 << 20, for_connections: (1 << 20) - 20_000 });
+        assert_eq!(
+            Budget::of(200),
+            Budget {
+                limit: 200,
+                for_connections: 100
+            }
+        );
+        assert_eq!(
+            Budget::of(1024),
+            Budget {
+                limit: 1024,
+                for_connections: 512
+            }
+        );
+        assert_eq!(
+            Budget::of(1 << 20),
+            Budget {
+                limit: 1 << 20,
+                for_connections: (1 << 20) - 4096
+            }
+        );
+        assert_eq!(
+            Budget::keeping(200, 0),
+            Budget {
+                limit: 200,
+                for_connections: 200
+            }
+        );
+        assert_eq!(
+            Budget::keeping(200, 500),
+            Budget {
+                limit: 200,
+                for_connections: 0
+            }
+        );
+        assert_eq!(
+            Budget::of(1 << 20).sparing(10_000),
+            Budget {
+                limit: 1 << 20,
+                for_connections: (1 << 20) - 20_000
+            }
+        );
         assert_eq!(
             Budget::of(1 << 20).sparing(100),
             Budget::of(1 << 20),
@@ -127,7 +181,10 @@ mod tests {
     #[test]
     fn limits_that_fit_are_kept_and_others_scale_in_proportion() {
         let big = Budget::of(1 << 20);
-        assert_eq!(big.split([10_000, 10_000, 10_000]), [10_000, 10_000, 10_000]);
+        assert_eq!(
+            big.split([10_000, 10_000, 10_000]),
+            [10_000, 10_000, 10_000]
+        );
         let small = Budget::of(200);
         assert_eq!(small.split([10_000, 10_000, 10_000]), [33, 33, 33]);
         assert_eq!(small.split([300, 100, 100]), [60, 20, 20]);

@@ -141,21 +141,31 @@ pub(crate) enum TagCmd {
 fn enc(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
 }
 
 fn domain_body(name: &str, f: &DomainFields) -> Vec<u8> {
-    json!({"name": name, "description": f.description, "datasources": f.datasources}).to_string().into_bytes()
+    json!({"name": name, "description": f.description, "datasources": f.datasources})
+        .to_string()
+        .into_bytes()
 }
 
 pub(crate) fn run(cmd: GovernanceCmd) -> Result<()> {
     match cmd {
         GovernanceCmd::Domain(DomainCmd::Create { name, fields, url }) => {
             let body = domain_body(&name, &fields);
-            let reply = Client::new(&url.url).send("POST", "/v1/governance/domains", "application/json", &[], &body)?;
+            let reply = Client::new(&url.url).send(
+                "POST",
+                "/v1/governance/domains",
+                "application/json",
+                &[],
+                &body,
+            )?;
             print_json(&reply.ok()?.body)
         }
         GovernanceCmd::Domain(DomainCmd::Update { name, fields, url }) => {
@@ -172,8 +182,12 @@ pub(crate) fn run(cmd: GovernanceCmd) -> Result<()> {
             let v: Value = serde_json::from_slice(&reply.body)?;
             println!("{:<24} {:>5}  DATASOURCES", "DOMAIN", "TAGS");
             for d in v.as_array().into_iter().flatten() {
-                let datasources: Vec<&str> =
-                    d["datasources"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+                let datasources: Vec<&str> = d["datasources"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
                 println!(
                     "{:<24} {:>5}  {}",
                     d["name"].as_str().unwrap_or_default(),
@@ -184,31 +198,41 @@ pub(crate) fn run(cmd: GovernanceCmd) -> Result<()> {
             Ok(())
         }
         GovernanceCmd::Domain(DomainCmd::Show { name, url }) => {
-            let reply = Client::new(&url.url).get(&format!("/v1/governance/domains/{}", enc(&name)))?.ok()?;
+            let reply = Client::new(&url.url)
+                .get(&format!("/v1/governance/domains/{}", enc(&name)))?
+                .ok()?;
             print_json(&reply.body)
         }
         GovernanceCmd::Tag(TagCmd::Put { domain, file, url }) => {
             let body = read_spec(&file)?;
             let tag: Value = serde_json::from_slice(&body)?;
-            let name = tag
-                .get("name")
-                .and_then(Value::as_str)
-                .ok_or_else(|| anyhow::anyhow!("the tag file must name the tag (\"name\": \"account_number\")"))?;
+            let name = tag.get("name").and_then(Value::as_str).ok_or_else(|| {
+                anyhow::anyhow!("the tag file must name the tag (\"name\": \"account_number\")")
+            })?;
             let path = format!("/v1/governance/domains/{}/tags/{}", enc(&domain), enc(name));
             let reply = Client::new(&url.url).send("PUT", &path, "application/json", &[], &body)?;
             print_json(&reply.ok()?.body)
         }
         GovernanceCmd::Tag(TagCmd::List { domain, json, url }) => {
-            let reply = Client::new(&url.url).get(&format!("/v1/governance/domains/{}/tags", enc(&domain)))?.ok()?;
+            let reply = Client::new(&url.url)
+                .get(&format!("/v1/governance/domains/{}/tags", enc(&domain)))?
+                .ok()?;
             if json {
                 return print_json(&reply.body);
             }
             let v: Value = serde_json::from_slice(&reply.body)?;
-            println!("{:<24} {:<10} {:<9} {:<10} ALIASES", "TAG", "KIND", "TYPE", "STATUS");
+            println!(
+                "{:<24} {:<10} {:<9} {:<10} ALIASES",
+                "TAG", "KIND", "TYPE", "STATUS"
+            );
             for t in v.as_array().into_iter().flatten() {
                 let t = &t["tag"];
-                let aliases: Vec<&str> =
-                    t["aliases"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+                let aliases: Vec<&str> = t["aliases"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
                 println!(
                     "{:<24} {:<10} {:<9} {:<10} {}",
                     t["name"].as_str().unwrap_or_default(),
@@ -228,12 +252,25 @@ pub(crate) fn run(cmd: GovernanceCmd) -> Result<()> {
             let path = format!("/v1/governance/domains/{}/tags/{}", enc(&domain), enc(&tag));
             print_json(&Client::new(&url.url).delete(&path)?.ok()?.body)
         }
-        GovernanceCmd::Retention(RetentionCmd::Set { datasource, raw, segments, rejects, fulltext, dry_run, url }) => {
+        GovernanceCmd::Retention(RetentionCmd::Set {
+            datasource,
+            raw,
+            segments,
+            rejects,
+            fulltext,
+            dry_run,
+            url,
+        }) => {
             let body =
                 json!({ "raw": raw, "segments": segments, "rejects": rejects, "fulltext": fulltext }).to_string();
             let dry = if dry_run { "?dry_run=true" } else { "" };
             let path = format!("/v1/governance/retention/{}{dry}", enc(&datasource));
-            print_json(&Client::new(&url.url).send("PUT", &path, "application/json", &[], body.as_bytes())?.ok()?.body)
+            print_json(
+                &Client::new(&url.url)
+                    .send("PUT", &path, "application/json", &[], body.as_bytes())?
+                    .ok()?
+                    .body,
+            )
         }
         GovernanceCmd::Retention(RetentionCmd::Show { datasource, url }) => {
             let path = match datasource {
@@ -242,7 +279,13 @@ pub(crate) fn run(cmd: GovernanceCmd) -> Result<()> {
             };
             print_json(&Client::new(&url.url).get(&path)?.ok()?.body)
         }
-        GovernanceCmd::Suggest { tag, domain, datasource, json, url } => {
+        GovernanceCmd::Suggest {
+            tag,
+            domain,
+            datasource,
+            json,
+            url,
+        } => {
             let mut path = format!("/v1/governance/suggest?tag={}", enc(&tag));
             if let Some(d) = domain {
                 path.push_str(&format!("&domain={}", enc(&d)));

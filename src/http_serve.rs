@@ -60,7 +60,10 @@ where
     L: Listener<Addr = SocketAddr>,
 {
     let mut builder = Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(bounds.header_read_timeout);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(bounds.header_read_timeout);
     // HTTP/2 has no header deadline per connection: pings find peers that went away.
     builder
         .http2()
@@ -80,7 +83,10 @@ where
             // Closed at once; the gate counted and logged it.
             continue;
         };
-        let service = TowerToHyperService::new(app.clone().map_request(|r: Request<Incoming>| r.map(Body::new)));
+        let service = TowerToHyperService::new(
+            app.clone()
+                .map_request(|r: Request<Incoming>| r.map(Body::new)),
+        );
         let builder = builder.clone();
         let mut stopping = stopping_rx.clone();
         tokio::spawn(async move {
@@ -106,8 +112,13 @@ where
     let _ = stopping_tx.send(true);
     // A client that stopped reading must not hold the node's shutdown: past the grace
     // period the remaining connections are dropped with the runtime.
-    if tokio::time::timeout(SHUTDOWN_GRACE, stopping_tx.closed()).await.is_err() {
-        tracing::warn!("http connections still open after {SHUTDOWN_GRACE:?} of shutdown; closing them");
+    if tokio::time::timeout(SHUTDOWN_GRACE, stopping_tx.closed())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "http connections still open after {SHUTDOWN_GRACE:?} of shutdown; closing them"
+        );
     }
     Ok(())
 }

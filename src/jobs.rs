@@ -96,12 +96,26 @@ pub(crate) struct CopyArgs {
 
 impl CopyArgs {
     /// Starts the copy (`body` is its request) as a job and follows it to its end.
-    pub(crate) fn run(&self, client: &Client, path: &str, mut body: Value, what: &str) -> Result<()> {
+    pub(crate) fn run(
+        &self,
+        client: &Client,
+        path: &str,
+        mut body: Value,
+        what: &str,
+    ) -> Result<()> {
         body["wait"] = json!(false);
         if let Some(rate) = self.max_bytes_per_s {
             body["max_bytes_per_s"] = json!(rate);
         }
-        let reply = client.send("POST", path, "application/json", &[], body.to_string().as_bytes())?.ok()?;
+        let reply = client
+            .send(
+                "POST",
+                path,
+                "application/json",
+                &[],
+                body.to_string().as_bytes(),
+            )?
+            .ok()?;
         if self.no_wait {
             return print_json(&reply.body);
         }
@@ -133,7 +147,10 @@ pub(crate) enum JobsCmd {
 }
 
 fn progress_line(j: &Value) -> String {
-    let (kind, state) = (j["kind"].as_str().unwrap_or("job"), j["state"].as_str().unwrap_or("?"));
+    let (kind, state) = (
+        j["kind"].as_str().unwrap_or("job"),
+        j["state"].as_str().unwrap_or("?"),
+    );
     match kind {
         "backup" => format!("{kind} {state}, {} files", j["files_written"]),
         "export" => format!("{kind} {state}, {} rows", j["events"]),
@@ -150,7 +167,15 @@ fn in_bytes(j: &Value) -> bool {
 pub(crate) fn reindex(args: ReindexArgs) -> Result<()> {
     let client = Client::new(&args.url.url);
     let body = json!({ "datasource": args.datasource, "interval": args.interval }).to_string();
-    let reply = client.send("POST", "/v1/reindex", "application/json", &[], body.as_bytes())?.ok()?;
+    let reply = client
+        .send(
+            "POST",
+            "/v1/reindex",
+            "application/json",
+            &[],
+            body.as_bytes(),
+        )?
+        .ok()?;
     if args.no_wait {
         return print_json(&reply.body);
     }
@@ -163,7 +188,15 @@ pub(crate) fn compact(args: CompactArgs) -> Result<()> {
     if let Some(g) = &args.granularity {
         body["granularity"] = json!(g);
     }
-    let reply = client.send("POST", "/v1/compact", "application/json", &[], body.to_string().as_bytes())?.ok()?;
+    let reply = client
+        .send(
+            "POST",
+            "/v1/compact",
+            "application/json",
+            &[],
+            body.to_string().as_bytes(),
+        )?
+        .ok()?;
     if args.no_wait {
         return print_json(&reply.body);
     }
@@ -176,7 +209,15 @@ pub(crate) fn delete(args: DeleteArgs) -> Result<()> {
     if let Some(i) = &args.interval {
         body["interval"] = json!(i);
     }
-    let reply = client.send("POST", "/v1/delete", "application/json", &[], body.to_string().as_bytes())?.ok()?;
+    let reply = client
+        .send(
+            "POST",
+            "/v1/delete",
+            "application/json",
+            &[],
+            body.to_string().as_bytes(),
+        )?
+        .ok()?;
     if args.no_wait {
         return print_json(&reply.body);
     }
@@ -184,20 +225,35 @@ pub(crate) fn delete(args: DeleteArgs) -> Result<()> {
 }
 
 pub(crate) fn export(args: ExportArgs) -> Result<()> {
-    let body =
-        json!({ "datasource": args.datasource, "interval": args.interval, "format": args.format, "to": args.to });
-    args.copy.run(&Client::new(&args.url.url), "/v1/export", body, &format!("{:?}", args.datasource))
+    let body = json!({ "datasource": args.datasource, "interval": args.interval, "format": args.format, "to": args.to });
+    args.copy.run(
+        &Client::new(&args.url.url),
+        "/v1/export",
+        body,
+        &format!("{:?}", args.datasource),
+    )
 }
 
 /// Follows a started job until it is published (printing it) or cancelled (an error).
 pub(crate) fn wait(client: &Client, started: &[u8], what: &str) -> Result<()> {
     let job: Value = serde_json::from_slice(started)?;
     let id = job["id"].as_u64().unwrap_or_default();
-    eprintln!("started {} job {id} of {what}", job["kind"].as_str().unwrap_or("?"));
+    eprintln!(
+        "started {} job {id} of {what}",
+        job["kind"].as_str().unwrap_or("?")
+    );
     let bytes = in_bytes(&job);
     let (done, total, template) = match bytes {
-        true => ("bytes_done", "bytes_total", "{bar:40} {bytes}/{total_bytes}  {elapsed_precise}  {msg}"),
-        false => ("batches_done", "batches_total", "{bar:40} {pos}/{len} batches  {elapsed_precise}  {msg}"),
+        true => (
+            "bytes_done",
+            "bytes_total",
+            "{bar:40} {bytes}/{total_bytes}  {elapsed_precise}  {msg}",
+        ),
+        false => (
+            "batches_done",
+            "batches_total",
+            "{bar:40} {pos}/{len} batches  {elapsed_precise}  {msg}",
+        ),
     };
     // A bar on a terminal; indicatif draws nothing elsewhere, so logs get a line per change.
     let bar = ProgressBar::new(job[total].as_u64().unwrap_or(0));
@@ -222,7 +278,9 @@ pub(crate) fn wait(client: &Client, started: &[u8], what: &str) -> Result<()> {
                 continue;
             }
             Err(e) => {
-                return Err(e.context(format!("following job {id} (it may still be running: tidemark jobs show {id})")));
+                return Err(e.context(format!(
+                    "following job {id} (it may still be running: tidemark jobs show {id})"
+                )));
             }
         };
         let line = progress_line(&j);
@@ -243,7 +301,10 @@ pub(crate) fn wait(client: &Client, started: &[u8], what: &str) -> Result<()> {
             }
             Some("cancelled") => {
                 bar.abandon();
-                bail!("job {id} was cancelled: {}", j["error"].as_str().unwrap_or("no reason given"));
+                bail!(
+                    "job {id} was cancelled: {}",
+                    j["error"].as_str().unwrap_or("no reason given")
+                );
             }
             _ => std::thread::sleep(Duration::from_millis(200)),
         }
@@ -276,10 +337,21 @@ pub(crate) fn run(cmd: JobsCmd) -> Result<()> {
             }
             Ok(())
         }
-        JobsCmd::Show { id, url } => print_json(&Client::new(&url.url).get(&format!("/v1/jobs/{id}"))?.ok()?.body),
+        JobsCmd::Show { id, url } => print_json(
+            &Client::new(&url.url)
+                .get(&format!("/v1/jobs/{id}"))?
+                .ok()?
+                .body,
+        ),
         JobsCmd::Cancel { id, url } => print_json(
             &Client::new(&url.url)
-                .send("POST", &format!("/v1/jobs/{id}/cancel"), "application/json", &[], b"")?
+                .send(
+                    "POST",
+                    &format!("/v1/jobs/{id}/cancel"),
+                    "application/json",
+                    &[],
+                    b"",
+                )?
                 .ok()?
                 .body,
         ),

@@ -50,7 +50,14 @@ pub(crate) enum KeysCmd {
 
 pub(crate) fn run(cmd: KeysCmd) -> Result<()> {
     match cmd {
-        KeysCmd::Create { name, role, tenants, publish, json, url } => {
+        KeysCmd::Create {
+            name,
+            role,
+            tenants,
+            publish,
+            json,
+            url,
+        } => {
             let mut body = json!({ "name": name, "role": role });
             if !tenants.is_empty() {
                 body["tenants"] = json!(tenants);
@@ -60,15 +67,18 @@ pub(crate) fn run(cmd: KeysCmd) -> Result<()> {
                 for p in &publish {
                     let grant = match p.split_once('=') {
                         None => json!("*"),
-                        Some((_, tags)) => json!(tags.split(',').map(str::trim).collect::<Vec<_>>()),
+                        Some((_, tags)) => {
+                            json!(tags.split(',').map(str::trim).collect::<Vec<_>>())
+                        }
                     };
                     grants.insert(p.split('=').next().unwrap_or_default().to_string(), grant);
                 }
                 body["publish"] = Value::Object(grants);
             }
             let body = body.to_string();
-            let reply =
-                Client::new(&url.url).send("POST", "/v1/keys", "application/json", &[], body.as_bytes())?.ok()?;
+            let reply = Client::new(&url.url)
+                .send("POST", "/v1/keys", "application/json", &[], body.as_bytes())?
+                .ok()?;
             if json {
                 return print_json(&reply.body);
             }
@@ -93,12 +103,21 @@ pub(crate) fn run(cmd: KeysCmd) -> Result<()> {
                     "{:<14} {:<18} {:<8} {}",
                     k["id"].as_str().unwrap_or_default(),
                     k["role"].as_str().unwrap_or_default(),
-                    if k["revoked"].as_bool().unwrap_or(false) { "yes" } else { "no" },
+                    if k["revoked"].as_bool().unwrap_or(false) {
+                        "yes"
+                    } else {
+                        "no"
+                    },
                     k["name"].as_str().unwrap_or_default()
                 );
             }
             Ok(())
         }
-        KeysCmd::Revoke { id, url } => print_json(&Client::new(&url.url).delete(&format!("/v1/keys/{id}"))?.ok()?.body),
+        KeysCmd::Revoke { id, url } => print_json(
+            &Client::new(&url.url)
+                .delete(&format!("/v1/keys/{id}"))?
+                .ok()?
+                .body,
+        ),
     }
 }

@@ -29,11 +29,17 @@ impl Reserved {
             .with_context(|| format!("cannot resolve {addr} ({what})"))?
             .next()
             .ok_or_else(|| anyhow!("{addr} ({what}) resolves to no address"))?;
-        let socket = if resolved.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }
-            .with_context(|| format!("cannot open a socket for {addr} ({what})"))?;
+        let socket = if resolved.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }
+        .with_context(|| format!("cannot open a socket for {addr} ({what})"))?;
         // As TcpListener::bind does: a restarted node must not wait out TIME_WAIT.
         socket.set_reuseaddr(true)?;
-        socket.bind(resolved).with_context(|| format!("cannot listen on {addr} ({what})"))?;
+        socket
+            .bind(resolved)
+            .with_context(|| format!("cannot listen on {addr} ({what})"))?;
         let addr = socket.local_addr()?;
         Ok(Reserved { socket, addr, what })
     }
@@ -46,7 +52,9 @@ impl Reserved {
     /// Starts accepting connections.
     pub(crate) fn listen(self) -> Result<TcpListener> {
         let (addr, what) = (self.addr, self.what);
-        self.socket.listen(BACKLOG).with_context(|| format!("cannot listen on {addr} ({what})"))
+        self.socket
+            .listen(BACKLOG)
+            .with_context(|| format!("cannot listen on {addr} ({what})"))
     }
 }
 
@@ -54,7 +62,11 @@ impl Reserved {
 /// it may do anything. With keys, every client door authenticates (Kafka clients by SASL,
 /// PLAIN only over TLS off loopback). Raft RPC carries no API key: off loopback it must be
 /// mutual TLS (`peer_tls`), or anyone who reaches it could write into the replicated log.
-pub(crate) fn check_exposure(listeners: &[(&str, SocketAddr)], keys: bool, peer_tls: bool) -> Result<()> {
+pub(crate) fn check_exposure(
+    listeners: &[(&str, SocketAddr)],
+    keys: bool,
+    peer_tls: bool,
+) -> Result<()> {
     for (what, addr) in listeners {
         if addr.ip().is_loopback() {
             continue;
@@ -85,18 +97,34 @@ mod tests {
     fn off_loopback_needs_keys() {
         let lo: SocketAddr = "127.0.0.2:80".parse().expect("addr");
         let public: SocketAddr = "10.1.2.3:80".parse().expect("addr");
-        assert!(check_exposure(&[("http_addr", lo), ("kafka_addr", lo), ("raft_addr", lo)], false, false).is_ok());
-        let err =
-            check_exposure(&[("http_addr", public)], false, true).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(
-            err.starts_with("http_addr 10.1.2.3:80 is not a loopback address, and this node has no API keys"),
+            check_exposure(
+                &[("http_addr", lo), ("kafka_addr", lo), ("raft_addr", lo)],
+                false,
+                false
+            )
+            .is_ok()
+        );
+        let err = check_exposure(&[("http_addr", public)], false, true)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.starts_with(
+                "http_addr 10.1.2.3:80 is not a loopback address, and this node has no API keys"
+            ),
             "{err}"
         );
         assert!(check_exposure(&[("http_addr", public)], true, false).is_ok());
         assert!(check_exposure(&[("kafka_addr", public)], true, false).is_ok());
-        let err =
-            check_exposure(&[("raft_addr", public)], true, false).err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(err.contains("Raft between nodes is not mutual TLS"), "{err}");
+        let err = check_exposure(&[("raft_addr", public)], true, false)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("Raft between nodes is not mutual TLS"),
+            "{err}"
+        );
         assert!(check_exposure(&[("raft_addr", public)], true, true).is_ok());
     }
 }

@@ -43,7 +43,11 @@ use config::Config;
 use listeners::Reserved;
 
 #[derive(Debug, Parser)]
-#[command(name = "tidemark", version, about = "Analytics database for tracking beacons")]
+#[command(
+    name = "tidemark",
+    version,
+    about = "Analytics database for tracking beacons"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -252,7 +256,8 @@ fn main() {
 fn load_config(args: &ServeArgs) -> Result<Config> {
     let mut cfg = match &args.config {
         Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
             Config::from_toml(&text, &path.display().to_string())?
         }
         None => Config::default(),
@@ -315,7 +320,11 @@ fn load_config(args: &ServeArgs) -> Result<Config> {
     Ok(cfg)
 }
 
-fn node_config(cfg: &Config, kafka_advertised: std::net::SocketAddr, test_faults: bool) -> NodeConfig {
+fn node_config(
+    cfg: &Config,
+    kafka_advertised: std::net::SocketAddr,
+    test_faults: bool,
+) -> NodeConfig {
     let mut engine = EngineConfig::new(&cfg.data_dir);
     engine.raw_file_bytes_max = cfg.storage.raw_file_bytes_max;
     engine.realtime_bytes_persist = cfg.storage.realtime_bytes_persist;
@@ -325,7 +334,11 @@ fn node_config(cfg: &Config, kafka_advertised: std::net::SocketAddr, test_faults
     engine.rejects_max = cfg.storage.rejects_max;
     let mut node = NodeConfig::new(engine);
     node.node_id = cfg.node_id;
-    node.me = Member { raft: cfg.raft_addr.clone(), http: cfg.http_addr.clone(), kafka: kafka_advertised.to_string() };
+    node.me = Member {
+        raft: cfg.raft_addr.clone(),
+        http: cfg.http_addr.clone(),
+        kafka: kafka_advertised.to_string(),
+    };
     node.heartbeat_interval_ms = cfg.raft.heartbeat_interval_ms;
     node.election_timeout_min_ms = cfg.raft.election_timeout_min_ms;
     node.election_timeout_max_ms = cfg.raft.election_timeout_max_ms;
@@ -340,7 +353,10 @@ fn node_config(cfg: &Config, kafka_advertised: std::net::SocketAddr, test_faults
     node.tick_interval_ms = cfg.storage.tick_interval_ms;
     node.checkpoint_interval_ms = cfg.storage.checkpoint_interval_ms;
     // Checked by `Config::validate`.
-    node.cluster_secret = cfg.cluster_secret.as_ref().and_then(|s| tidemark_raft::ClusterSecret::new(&s.0).ok());
+    node.cluster_secret = cfg
+        .cluster_secret
+        .as_ref()
+        .and_then(|s| tidemark_raft::ClusterSecret::new(&s.0).ok());
     node
 }
 
@@ -370,7 +386,9 @@ fn serve(args: ServeArgs) -> Result<()> {
         .init();
     let cfg = load_config(&args)?;
     owner_only_files();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(run_node(cfg, args.demo, args.test_faults))
 }
 
@@ -386,10 +404,14 @@ pub(crate) fn owner_only_files() {
 
 async fn run_node(cfg: Config, demo: bool, test_faults: bool) -> Result<()> {
     let descriptors = descriptors::raise(cfg.limits.descriptors_reserved);
-    std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("cannot create {}", cfg.data_dir.display()))?;
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("cannot create {}", cfg.data_dir.display()))?;
     // A data directory made before the mask was set (or by hand) is closed too.
-    std::fs::set_permissions(&cfg.data_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
-        .with_context(|| format!("cannot make {} its owner's only", cfg.data_dir.display()))?;
+    std::fs::set_permissions(
+        &cfg.data_dir,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .with_context(|| format!("cannot make {} its owner's only", cfg.data_dir.display()))?;
     let started = Instant::now();
     // Every port is bound before the node starts, so a port in use fails at once; the client
     // ports listen only once the node can answer (a connection meanwhile is refused, and the
@@ -413,9 +435,15 @@ async fn run_node(cfg: Config, demo: bool, test_faults: bool) -> Result<()> {
     let raft_local = raft.local_addr()?;
     let mut node_cfg = node_config(&cfg, kafka_advertised, test_faults);
     node_cfg.peer_tls = tls.as_ref().and_then(tls::Loaded::peers);
-    node_cfg.peer_https = tls.as_ref().map(tls::Loaded::peer_https).transpose()?.flatten();
+    node_cfg.peer_https = tls
+        .as_ref()
+        .map(tls::Loaded::peer_https)
+        .transpose()?
+        .flatten();
     node_cfg.raft_connections_max = descriptors.raft_connections();
-    let (node, report) = Node::start(node_cfg, raft).await.context("cannot start the node")?;
+    let (node, report) = Node::start(node_cfg, raft)
+        .await
+        .context("cannot start the node")?;
     let keys = node.engine().read().catalog().access().required();
     listeners::check_exposure(
         &[
@@ -439,8 +467,10 @@ async fn run_node(cfg: Config, demo: bool, test_faults: bool) -> Result<()> {
     if cfg.join.is_none() {
         node.bootstrap().await.context("cannot start the cluster")?;
     }
-    let peer_http =
-        cluster::PeerHttp { scheme: if http_tls.is_some() { "https" } else { "http" }, ca: cfg.tls.ca.clone() };
+    let peer_http = cluster::PeerHttp {
+        scheme: if http_tls.is_some() { "https" } else { "http" },
+        ca: cfg.tls.ca.clone(),
+    };
     cluster::announce_in_background(node.clone(), cfg.join.clone(), peer_http);
     if cfg.join.is_none() && cfg.demo_datasource {
         create_demo_datasource(&node).await?;
@@ -453,22 +483,31 @@ async fn run_node(cfg: Config, demo: bool, test_faults: bool) -> Result<()> {
     // crash left there is garbage.
     let spill_dir = cfg.data_dir.join("spill");
     let _ = std::fs::remove_dir_all(&spill_dir);
-    let gate =
-        tidemark_sql::limits::QueryGate::with_spill(cfg.limits.query(), spill_dir, cfg.limits.query_spill_bytes_max)?;
-    let sql_state = SqlState { source, barrier: Some(barrier), auth: Some(auth), gate };
+    let gate = tidemark_sql::limits::QueryGate::with_spill(
+        cfg.limits.query(),
+        spill_dir,
+        cfg.limits.query_spill_bytes_max,
+    )?;
+    let sql_state = SqlState {
+        source,
+        barrier: Some(barrier),
+        auth: Some(auth),
+        gate,
+    };
     let failed_login_delay = Duration::from_millis(cfg.limits.failed_login_delay_ms);
     let metrics = node.metrics();
-    let sql_router = tidemark_sql::http::router(sql_state.clone()).layer(axum::middleware::from_fn(
-        move |req: axum::extract::Request, next: axum::middleware::Next| {
-            let metrics = metrics.clone();
-            async move {
-                let t = Instant::now();
-                let resp = next.run(req).await;
-                metrics.query_seconds.observe(t.elapsed().as_secs_f64());
-                resp
-            }
-        },
-    ));
+    let sql_router =
+        tidemark_sql::http::router(sql_state.clone()).layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| {
+                let metrics = metrics.clone();
+                async move {
+                    let t = Instant::now();
+                    let resp = next.run(req).await;
+                    metrics.query_seconds.observe(t.elapsed().as_secs_f64());
+                    resp
+                }
+            },
+        ));
     let spool = if cfg.ingest.spool {
         let dir = cfg.data_dir.join("spool");
         let spool = tidemark_ingest::spool::Spool::open(&dir, cfg.ingest.spool_bytes_max)
@@ -478,11 +517,18 @@ async fn run_node(cfg: Config, demo: bool, test_faults: bool) -> Result<()> {
         None
     };
     // Unless the operator set the share, keep room for what storage already holds open.
-    let descriptors = match (cfg.limits.descriptors_reserved, descriptors::Budget::in_use()) {
+    let descriptors = match (
+        cfg.limits.descriptors_reserved,
+        descriptors::Budget::in_use(),
+    ) {
         (None, Some(in_use)) => descriptors.sparing(in_use),
         _ => descriptors,
     };
-    let configured = [cfg.kafka.connections_max, cfg.http.connections_max, cfg.flight.connections_max];
+    let configured = [
+        cfg.kafka.connections_max,
+        cfg.http.connections_max,
+        cfg.flight.connections_max,
+    ];
     let [kafka_max, http_max, flight_max] = descriptors.split(configured);
     let why = descriptors.why();
     if [kafka_max, http_max, flight_max] != configured {
@@ -510,7 +556,10 @@ async fn run_node(cfg: Config, demo: bool, test_faults: bool) -> Result<()> {
     );
     let ingest_state = IngestState {
         node: node.clone(),
-        limits: BeaconLimits { body_bytes_max: cfg.ingest.body_bytes_max, future_ms_max: cfg.ingest.future_ms_max },
+        limits: BeaconLimits {
+            body_bytes_max: cfg.ingest.body_bytes_max,
+            future_ms_max: cfg.ingest.future_ms_max,
+        },
         spool: spool.clone(),
         failed_login_delay,
         more_metrics: vec![
@@ -521,15 +570,22 @@ async fn run_node(cfg: Config, demo: bool, test_faults: bool) -> Result<()> {
         ],
     };
     if let Some(spool) = spool {
-        tokio::spawn(tidemark_ingest::beacon_routing::drain(ingest_state.clone(), spool));
+        tokio::spawn(tidemark_ingest::beacon_routing::drain(
+            ingest_state.clone(),
+            spool,
+        ));
     }
     // SQL over HTTP sits behind the same key check as the ingest routes.
-    let sql_router = sql_router
-        .layer(axum::middleware::from_fn_with_state(ingest_state.clone(), tidemark_ingest::auth::authenticate));
+    let sql_router = sql_router.layer(axum::middleware::from_fn_with_state(
+        ingest_state.clone(),
+        tidemark_ingest::auth::authenticate,
+    ));
     let app = tidemark_ingest::router(ingest_state)
         .merge(sql_router)
         // The beacon handler enforces its own limit with a clear 413; this bound is a backstop.
-        .layer(axum::extract::DefaultBodyLimit::max(cfg.ingest.body_bytes_max + 1));
+        .layer(axum::extract::DefaultBodyLimit::max(
+            cfg.ingest.body_bytes_max + 1,
+        ));
 
     let mut kafka_config = tidemark_ingest::kafka::KafkaConfig::new(kafka_advertised);
     kafka_config.node_id = cfg.node_id as i32;
@@ -543,7 +599,11 @@ async fn run_node(cfg: Config, demo: bool, test_faults: bool) -> Result<()> {
     kafka_config.failed_login_delay = failed_login_delay;
     kafka_config.tls = kafka_tls.clone().map(tidemark_ingest::kafka::KafkaTls);
     let http_scheme = if http_tls.is_some() { "https" } else { "http" };
-    let flight_scheme = if flight_tls.is_some() { "grpc+tls" } else { "grpc" };
+    let flight_scheme = if flight_tls.is_some() {
+        "grpc+tls"
+    } else {
+        "grpc"
+    };
     let kafka_security = if kafka_tls.is_some() { " (SSL)" } else { "" };
     tracing::info!(http = %cfg.http_addr, flight = %flight_addr, kafka = %cfg.kafka_addr, raft = %cfg.raft_addr, "serving");
     println!(
@@ -551,10 +611,17 @@ async fn run_node(cfg: Config, demo: bool, test_faults: bool) -> Result<()> {
         cfg.http_addr, flight_addr, cfg.kafka_addr, cfg.raft_addr, cfg.node_id
     );
     if demo {
-        println!("{}", demo::guide(&cfg, http_scheme, &kafka_advertised.to_string()));
+        println!(
+            "{}",
+            demo::guide(&cfg, http_scheme, &kafka_advertised.to_string())
+        );
     }
     let (http, flight, kafka) = (http.listen()?, flight.listen()?, kafka.listen()?);
-    let kafka_task = tokio::spawn(tidemark_ingest::kafka::serve(kafka, node.clone(), kafka_config));
+    let kafka_task = tokio::spawn(tidemark_ingest::kafka::serve(
+        kafka,
+        node.clone(),
+        kafka_config,
+    ));
 
     let admin_routes = app.clone();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -572,11 +639,16 @@ async fn run_node(cfg: Config, demo: bool, test_faults: bool) -> Result<()> {
     let mut flight_stop = stop_rx.clone();
     let mut flight_server = tonic::transport::Server::builder();
     if let Some(t) = flight_tls {
-        flight_server = flight_server.tls_config(t).context("the Flight SQL port's TLS")?;
+        flight_server = flight_server
+            .tls_config(t)
+            .context("the Flight SQL port's TLS")?;
     }
     let flight_task = tokio::spawn(
         flight_server
-            .add_service(tidemark_sql::flight::flight_service(sql_state, failed_login_delay))
+            .add_service(tidemark_sql::flight::flight_service(
+                sql_state,
+                failed_login_delay,
+            ))
             // The admin API's gRPC twin runs the HTTP routes in-process, key check included.
             .add_service(tidemark_ingest::admin_grpc::admin_service(admin_routes))
             .serve_with_incoming_shutdown(
@@ -660,24 +732,40 @@ impl tidemark_sql::flight_auth::Authenticator for KeyCheck {
     fn authenticate(
         &self,
         token: Option<&str>,
-    ) -> std::result::Result<tidemark_catalog::access::Principal, tidemark_catalog::access::Denied> {
-        self.0.engine().read().catalog().access().authenticate(token, None)
+    ) -> std::result::Result<tidemark_catalog::access::Principal, tidemark_catalog::access::Denied>
+    {
+        self.0
+            .engine()
+            .read()
+            .catalog()
+            .access()
+            .authenticate(token, None)
     }
 
     fn refused(&self) {
-        self.0.metrics().auth_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.0
+            .metrics()
+            .auth_failures
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
 /// On the node that starts a cluster: once it leads, the demo datasource exists.
 async fn create_demo_datasource(node: &Node) -> Result<()> {
-    let leader = node.replica().wait_for_leader(Duration::from_secs(30)).await?;
-    if leader != node.replica().node_id() || node.engine().read().catalog().get("beacons").is_some() {
+    let leader = node
+        .replica()
+        .wait_for_leader(Duration::from_secs(30))
+        .await?;
+    if leader != node.replica().node_id() || node.engine().read().catalog().get("beacons").is_some()
+    {
         return Ok(());
     }
     let spec = DatasourceSpec::from_json(DEMO_BEACONS_SPEC)?;
-    node.propose(&Command::catalog(CatalogCommand::CreateDatasource { spec }, tidemark_catalog::audit::ACTOR_SYSTEM))
-        .await?;
+    node.propose(&Command::catalog(
+        CatalogCommand::CreateDatasource { spec },
+        tidemark_catalog::audit::ACTOR_SYSTEM,
+    ))
+    .await?;
     tracing::info!("created the demo datasource `beacons`");
     Ok(())
 }
@@ -686,13 +774,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
@@ -718,12 +807,26 @@ fn sql(args: SqlArgs) -> Result<()> {
         Format::Json => "application/json",
         Format::Csv => "text/csv",
     };
-    let reply = client.send("POST", "/v1/sql", "text/plain", &[("Accept", accept)], query.as_bytes())?.ok()?;
+    let reply = client
+        .send(
+            "POST",
+            "/v1/sql",
+            "text/plain",
+            &[("Accept", accept)],
+            query.as_bytes(),
+        )?
+        .ok()?;
     match args.format {
         Format::Table => {
-            let reader = datafusion::arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(reply.body), None)?;
+            let reader = datafusion::arrow::ipc::reader::StreamReader::try_new(
+                std::io::Cursor::new(reply.body),
+                None,
+            )?;
             let batches: Vec<_> = reader.collect::<Result<_, _>>()?;
-            println!("{}", datafusion::arrow::util::pretty::pretty_format_batches(&batches)?);
+            println!(
+                "{}",
+                datafusion::arrow::util::pretty::pretty_format_batches(&batches)?
+            );
             let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
             eprintln!("({rows} row{})", if rows == 1 { "" } else { "s" });
         }
@@ -750,8 +853,13 @@ pub(crate) fn print_json(body: &[u8]) -> Result<()> {
 fn datasource(cmd: DatasourceCmd) -> Result<()> {
     match cmd {
         DatasourceCmd::Create { file, url } => {
-            let reply =
-                Client::new(&url.url).send("POST", "/v1/datasources", "application/json", &[], &read_spec(&file)?)?;
+            let reply = Client::new(&url.url).send(
+                "POST",
+                "/v1/datasources",
+                "application/json",
+                &[],
+                &read_spec(&file)?,
+            )?;
             print_json(&reply.ok()?.body)
         }
         DatasourceCmd::Update { name, file, url } => {
@@ -765,31 +873,48 @@ fn datasource(cmd: DatasourceCmd) -> Result<()> {
             print_json(&reply.ok()?.body)
         }
         DatasourceCmd::Delete { name, grace, url } => {
-            let reply = Client::new(&url.url).delete(&format!("/v1/datasources/{name}?grace={grace}"))?;
+            let reply =
+                Client::new(&url.url).delete(&format!("/v1/datasources/{name}?grace={grace}"))?;
             print_json(&reply.ok()?.body)
         }
         DatasourceCmd::Show { name, json, url } => {
-            let reply = Client::new(&url.url).get(&format!("/v1/datasources/{name}"))?.ok()?;
+            let reply = Client::new(&url.url)
+                .get(&format!("/v1/datasources/{name}"))?
+                .ok()?;
             if json {
                 return print_json(&reply.body);
             }
             let v: serde_json::Value = serde_json::from_slice(&reply.body)?;
-            let spec = v.get("spec").ok_or_else(|| anyhow!("the node's answer has no spec"))?;
+            let spec = v
+                .get("spec")
+                .ok_or_else(|| anyhow!("the node's answer has no spec"))?;
             println!("name:        {}", v["name"].as_str().unwrap_or_default());
             println!("id:          {}", v["id"].as_str().unwrap_or_default());
-            println!("granularity: query {} segment {}", spec["granularity"]["query"], spec["granularity"]["segment"]);
+            println!(
+                "granularity: query {} segment {}",
+                spec["granularity"]["query"], spec["granularity"]["segment"]
+            );
             println!("partitions:  {}", spec["partitions"]);
             println!("dimensions:  {}", spec["dimensions"]);
             let metrics: Vec<String> = spec["metrics"]
                 .as_array()
                 .map(|m| {
                     m.iter()
-                        .map(|m| format!("{} ({})", m["name"].as_str().unwrap_or(""), m["type"].as_str().unwrap_or("")))
+                        .map(|m| {
+                            format!(
+                                "{} ({})",
+                                m["name"].as_str().unwrap_or(""),
+                                m["type"].as_str().unwrap_or("")
+                            )
+                        })
                         .collect()
                 })
                 .unwrap_or_default();
             println!("metrics:     {}", metrics.join(", "));
-            println!("versions:    {}", v["versions"].as_array().map_or(0, |a| a.len()));
+            println!(
+                "versions:    {}",
+                v["versions"].as_array().map_or(0, |a| a.len())
+            );
             Ok(())
         }
         DatasourceCmd::List { json, url } => {
@@ -798,7 +923,10 @@ fn datasource(cmd: DatasourceCmd) -> Result<()> {
                 return print_json(&reply.body);
             }
             let v: serde_json::Value = serde_json::from_slice(&reply.body)?;
-            println!("{:<24} {:<10} {:<8} {:<8} {:>10}", "NAME", "ID", "QUERY", "SEGMENT", "PARTITIONS");
+            println!(
+                "{:<24} {:<10} {:<8} {:<8} {:>10}",
+                "NAME", "ID", "QUERY", "SEGMENT", "PARTITIONS"
+            );
             for d in v.as_array().into_iter().flatten() {
                 let spec = &d["spec"];
                 println!(

@@ -58,8 +58,15 @@ fn quoted(s: &str) -> String {
 
 pub(crate) fn run(cmd: SegmentsCmd) -> Result<()> {
     match cmd {
-        SegmentsCmd::Show { datasource, segment, json, url } => {
-            let reply = Client::new(&url.url).get(&format!("/v1/segments/{datasource}/{segment}"))?.ok()?;
+        SegmentsCmd::Show {
+            datasource,
+            segment,
+            json,
+            url,
+        } => {
+            let reply = Client::new(&url.url)
+                .get(&format!("/v1/segments/{datasource}/{segment}"))?
+                .ok()?;
             if json {
                 return print_json(&reply.body);
             }
@@ -74,34 +81,59 @@ pub(crate) fn run(cmd: SegmentsCmd) -> Result<()> {
                 v["bytes"],
                 v["query_granularity"].as_str().unwrap_or("?")
             );
-            println!("{:<20} {:<10} {:>10} {:>12} {:>9}  encoding", "column", "kind", "bytes", "cardinality", "nulls");
+            println!(
+                "{:<20} {:<10} {:>10} {:>12} {:>9}  encoding",
+                "column", "kind", "bytes", "cardinality", "nulls"
+            );
             for c in v["columns"].as_array().into_iter().flatten() {
                 println!(
                     "{:<20} {:<10} {:>10} {:>12} {:>9}  {}",
                     c["name"].as_str().unwrap_or_default(),
                     c["kind"].as_str().unwrap_or_default(),
                     c["bytes"],
-                    c["cardinality"].as_u64().map(|n| n.to_string()).unwrap_or_default(),
+                    c["cardinality"]
+                        .as_u64()
+                        .map(|n| n.to_string())
+                        .unwrap_or_default(),
                     c["null_count"],
                     c["encoding"].as_str().unwrap_or_default()
                 );
             }
             Ok(())
         }
-        SegmentsCmd::Drop { datasource, interval, url } => {
-            let body = serde_json::json!({ "datasource": datasource, "interval": interval }).to_string();
+        SegmentsCmd::Drop {
+            datasource,
+            interval,
+            url,
+        } => {
+            let body =
+                serde_json::json!({ "datasource": datasource, "interval": interval }).to_string();
             let reply = Client::new(&url.url)
-                .send("POST", "/v1/segments/drop", "application/json", &[], body.as_bytes())?
+                .send(
+                    "POST",
+                    "/v1/segments/drop",
+                    "application/json",
+                    &[],
+                    body.as_bytes(),
+                )?
                 .ok()?;
             print_json(&reply.body)
         }
-        SegmentsCmd::List { datasource, json, url } => {
-            let filter = datasource.map(|d| format!(" WHERE datasource = {}", quoted(&d))).unwrap_or_default();
+        SegmentsCmd::List {
+            datasource,
+            json,
+            url,
+        } => {
+            let filter = datasource
+                .map(|d| format!(" WHERE datasource = {}", quoted(&d)))
+                .unwrap_or_default();
             let sql = format!(
                 "SELECT datasource, segment_id, interval_start, interval_end, version, shard, rows, events, bytes \
                  FROM sys.segments{filter} ORDER BY datasource, interval_start, version, shard"
             );
-            let reply = Client::new(&url.url).send("POST", "/v1/sql", "text/plain", &[], sql.as_bytes())?.ok()?;
+            let reply = Client::new(&url.url)
+                .send("POST", "/v1/sql", "text/plain", &[], sql.as_bytes())?
+                .ok()?;
             if json {
                 return print_json(&reply.body);
             }
@@ -124,16 +156,24 @@ pub(crate) fn run(cmd: SegmentsCmd) -> Result<()> {
             }
             Ok(())
         }
-        SegmentsCmd::Verify { datasource, json, url } => {
+        SegmentsCmd::Verify {
+            datasource,
+            json,
+            url,
+        } => {
             let path = format!("/v1/segments/verify?datasource={datasource}");
-            let reply = Client::new(&url.url).send("POST", &path, "application/json", &[], b"")?.ok()?;
+            let reply = Client::new(&url.url)
+                .send("POST", &path, "application/json", &[], b"")?
+                .ok()?;
             let v: Value = serde_json::from_slice(&reply.body)?;
             if json {
                 print_json(&reply.body)?;
             } else {
                 for r in v["results"].as_array().into_iter().flatten() {
                     match r["ok"].as_bool() {
-                        Some(true) => println!("ok       {}", r["segment"].as_str().unwrap_or_default()),
+                        Some(true) => {
+                            println!("ok       {}", r["segment"].as_str().unwrap_or_default())
+                        }
                         _ => println!(
                             "DAMAGED  {}: {}",
                             r["segment"].as_str().unwrap_or_default(),
@@ -144,7 +184,10 @@ pub(crate) fn run(cmd: SegmentsCmd) -> Result<()> {
             }
             let damaged = v["damaged"].as_u64().unwrap_or(0);
             if damaged > 0 {
-                bail!("{damaged} of {} segments of {datasource:?} are damaged on this node", v["segments"]);
+                bail!(
+                    "{damaged} of {} segments of {datasource:?} are damaged on this node",
+                    v["segments"]
+                );
             }
             Ok(())
         }

@@ -44,9 +44,12 @@ pub(crate) fn install_provider() {
 impl Loaded {
     /// Reads the files `section` names; `None` when TLS is off.
     pub(crate) fn load(section: &TlsSection) -> Result<Option<Loaded>> {
-        let (Some(cert), Some(key)) = (&section.cert, &section.key) else { return Ok(None) };
-        let read =
-            |p: &Path, what: &str| std::fs::read(p).with_context(|| format!("cannot read tls.{what} {}", p.display()));
+        let (Some(cert), Some(key)) = (&section.cert, &section.key) else {
+            return Ok(None);
+        };
+        let read = |p: &Path, what: &str| {
+            std::fs::read(p).with_context(|| format!("cannot read tls.{what} {}", p.display()))
+        };
         let loaded = Loaded {
             cert_pem: read(cert, "cert")?,
             key_pem: read(key, "key")?,
@@ -58,13 +61,16 @@ impl Loaded {
             .server_config(&[])
             .with_context(|| format!("tls.cert {} / tls.key {}", cert.display(), key.display()))?;
         if let Some(ca) = &section.ca {
-            loaded.roots().with_context(|| format!("tls.ca {}", ca.display()))?;
+            loaded
+                .roots()
+                .with_context(|| format!("tls.ca {}", ca.display()))?;
         }
         Ok(Some(loaded))
     }
 
     fn certs(&self) -> Result<Vec<CertificateDer<'static>>> {
-        let certs: Vec<_> = CertificateDer::pem_slice_iter(&self.cert_pem).collect::<Result<_, _>>()?;
+        let certs: Vec<_> =
+            CertificateDer::pem_slice_iter(&self.cert_pem).collect::<Result<_, _>>()?;
         if certs.is_empty() {
             bail!("no PEM certificate in the file");
         }
@@ -72,7 +78,8 @@ impl Loaded {
     }
 
     fn key(&self) -> Result<PrivateKeyDer<'static>> {
-        PrivateKeyDer::from_pem_slice(&self.key_pem).context("no PEM private key (PKCS#8, PKCS#1 or SEC1) in the file")
+        PrivateKeyDer::from_pem_slice(&self.key_pem)
+            .context("no PEM private key (PKCS#8, PKCS#1 or SEC1) in the file")
     }
 
     fn roots(&self) -> Result<rustls::RootCertStore> {
@@ -125,7 +132,9 @@ impl Loaded {
 
     /// How this node reaches peers' HTTPS ports (forwarded writes), when HTTP TLS is on.
     pub(crate) fn peer_https(&self) -> Result<Option<tidemark_ingest::forward::PeerHttps>> {
-        let (true, Some(ca)) = (self.section.http, self.ca_pem.as_deref()) else { return Ok(None) };
+        let (true, Some(ca)) = (self.section.http, self.ca_pem.as_deref()) else {
+            return Ok(None);
+        };
         tidemark_ingest::forward::PeerHttps::new(ca, self.section.peer_name.clone())
             .map(Some)
             .map_err(|e| anyhow::anyhow!("tls.ca: {e}"))
@@ -135,7 +144,10 @@ impl Loaded {
     pub(crate) fn flight(&self) -> Option<tonic::transport::ServerTlsConfig> {
         self.section.flight.then(|| {
             tonic::transport::ServerTlsConfig::new()
-                .identity(tonic::transport::Identity::from_pem(&self.cert_pem, &self.key_pem))
+                .identity(tonic::transport::Identity::from_pem(
+                    &self.cert_pem,
+                    &self.key_pem,
+                ))
                 .timeout(HANDSHAKE_TIMEOUT)
         })
     }
@@ -179,7 +191,8 @@ impl TlsListener {
                 let _ = socket.set_nodelay(true);
                 let (acceptor, tx) = (acceptor.clone(), tx.clone());
                 tokio::spawn(async move {
-                    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(socket)).await;
+                    let handshake =
+                        tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(socket)).await;
                     drop(place);
                     match handshake {
                         Ok(Ok(tls)) => {

@@ -44,8 +44,13 @@ pub enum Role {
 }
 
 impl Role {
-    pub const ALL: [Role; 5] =
-        [Role::Admin, Role::GovernanceEditor, Role::Publisher, Role::Analyst, Role::MerchantReader];
+    pub const ALL: [Role; 5] = [
+        Role::Admin,
+        Role::GovernanceEditor,
+        Role::Publisher,
+        Role::Analyst,
+        Role::MerchantReader,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -221,7 +226,10 @@ impl KeyScope {
 
     /// The datasources a restricted publisher key may publish to, for messages.
     pub fn publishable(&self) -> Vec<&str> {
-        self.publish.iter().flat_map(|g| g.keys().map(String::as_str)).collect()
+        self.publish
+            .iter()
+            .flat_map(|g| g.keys().map(String::as_str))
+            .collect()
     }
 }
 
@@ -306,12 +314,21 @@ impl Principal {
     pub fn forbidden(&self, action: Action) -> String {
         match self {
             Principal::Key { id, role, .. } => {
-                let allowed: Vec<&str> = Role::ALL.iter().filter(|r| r.allows(action)).map(|r| r.as_str()).collect();
+                let allowed: Vec<&str> = Role::ALL
+                    .iter()
+                    .filter(|r| r.allows(action))
+                    .map(|r| r.as_str())
+                    .collect();
                 let roles = match allowed.split_last() {
-                    Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+                    Some((last, rest)) if !rest.is_empty() => {
+                        format!("{} or {last}", rest.join(", "))
+                    }
                     _ => allowed.join(""),
                 };
-                format!("API key {id} (role {role}) may not {}; that needs role {roles}", action.describe())
+                format!(
+                    "API key {id} (role {role}) may not {}; that needs role {roles}",
+                    action.describe()
+                )
             }
             Principal::Node => format!("the node token may not {}", action.describe()),
             Principal::Anonymous => format!("anonymous callers may not {}", action.describe()),
@@ -363,7 +380,10 @@ struct AccessRecord {
 
 impl From<AccessRecord> for Access {
     fn from(r: AccessRecord) -> Self {
-        Access { keys: r.keys, node_secret_set: r.node_secret_set || r.node_secret.is_some() }
+        Access {
+            keys: r.keys,
+            node_secret_set: r.node_secret_set || r.node_secret.is_some(),
+        }
     }
 }
 
@@ -378,7 +398,9 @@ pub fn sha256_hex(secret: &str) -> String {
 }
 
 fn is_hex(s: &str, len: usize) -> bool {
-    s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == len
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Splits `tmk_<id>_<secret>` into id and secret.
@@ -410,7 +432,11 @@ impl Access {
         node_secret: Option<&str>,
     ) -> std::result::Result<Principal, Denied> {
         let Some(token) = token else {
-            return if self.required() { Err(Denied::Missing) } else { Ok(Principal::Anonymous) };
+            return if self.required() {
+                Err(Denied::Missing)
+            } else {
+                Ok(Principal::Anonymous)
+            };
         };
         if let Some(secret) = token.strip_prefix(NODE_TOKEN_PREFIX) {
             return match node_secret {
@@ -420,14 +446,21 @@ impl Access {
             };
         }
         let (id, secret) = parse_token(token).ok_or(Denied::Malformed)?;
-        let key = self.keys.get(id).ok_or_else(|| Denied::UnknownKey { id: id.to_string() })?;
+        let key = self
+            .keys
+            .get(id)
+            .ok_or_else(|| Denied::UnknownKey { id: id.to_string() })?;
         if key.revoked_at.is_some() {
             return Err(Denied::Revoked { id: id.to_string() });
         }
         if sha256_hex(secret) != key.secret_sha256 {
             return Err(Denied::WrongSecret { id: id.to_string() });
         }
-        Ok(Principal::Key { id: key.id.clone(), role: key.role, scope: std::sync::Arc::new(key.scope.clone()) })
+        Ok(Principal::Key {
+            id: key.id.clone(),
+            role: key.role,
+            scope: std::sync::Arc::new(key.scope.clone()),
+        })
     }
 
     pub fn check(&self, cmd: &AccessCommand) -> Result<()> {
@@ -435,13 +468,22 @@ impl Access {
             AccessCommand::CreateKey { key } => {
                 let mut problems = Vec::new();
                 let mut problem = |field: &str, message: String| {
-                    problems.push(SpecProblem { field: field.into(), message });
+                    problems.push(SpecProblem {
+                        field: field.into(),
+                        message,
+                    });
                 };
                 if !is_hex(&key.id, KEY_ID_LEN) {
                     problem("id", format!("must be {KEY_ID_LEN} lowercase hex digits"));
                 }
-                if key.name.trim().is_empty() || key.name.len() > 128 || key.name.chars().any(char::is_control) {
-                    problem("name", "must be 1 to 128 characters, without control characters".into());
+                if key.name.trim().is_empty()
+                    || key.name.len() > 128
+                    || key.name.chars().any(char::is_control)
+                {
+                    problem(
+                        "name",
+                        "must be 1 to 128 characters, without control characters".into(),
+                    );
                 }
                 if !is_hex(&key.secret_sha256, 64) {
                     problem("secret_sha256", "must be 64 lowercase hex digits".into());
@@ -452,7 +494,10 @@ impl Access {
                         || c.iterations < 4096
                         || c.salt.is_empty())
                 {
-                    problem("scram", "needs a salt, at least 4096 iterations and 64-hex-digit keys".into());
+                    problem(
+                        "scram",
+                        "needs a salt, at least 4096 iterations and 64-hex-digit keys".into(),
+                    );
                 }
                 let tenants = &key.scope.tenants;
                 if key.role == Role::MerchantReader && tenants.is_empty() {
@@ -476,7 +521,9 @@ impl Access {
                     if t.is_empty() || t.len() > TENANT_LEN_MAX || t.chars().any(char::is_control) {
                         problem(
                             "tenants",
-                            format!("{t:?} must be 1 to {TENANT_LEN_MAX} bytes, without control characters"),
+                            format!(
+                                "{t:?} must be 1 to {TENANT_LEN_MAX} bytes, without control characters"
+                            ),
                         );
                     }
                 }
@@ -491,7 +538,10 @@ impl Access {
                         );
                     }
                     if grants.is_empty() {
-                        problem("publish", "name at least one datasource (omit \"publish\" for all)".into());
+                        problem(
+                            "publish",
+                            "name at least one datasource (omit \"publish\" for all)".into(),
+                        );
                     }
                     for (ds, grant) in grants {
                         if ds.is_empty() {
@@ -519,9 +569,14 @@ impl Access {
                 Ok(())
             }
             AccessCommand::RevokeKey { id } => {
-                let key = self.keys.get(id).ok_or_else(|| Error::UnknownKey { id: id.clone() })?;
-                let other_admin =
-                    self.keys.values().any(|k| k.id != *id && k.role == Role::Admin && k.revoked_at.is_none());
+                let key = self
+                    .keys
+                    .get(id)
+                    .ok_or_else(|| Error::UnknownKey { id: id.clone() })?;
+                let other_admin = self
+                    .keys
+                    .values()
+                    .any(|k| k.id != *id && k.role == Role::Admin && k.revoked_at.is_none());
                 if key.role == Role::Admin && key.revoked_at.is_none() && !other_admin {
                     return Err(Error::LastAdminKey { id: id.clone() });
                 }
@@ -544,7 +599,12 @@ impl Access {
     }
 
     /// Applies a checked command. Revoking a revoked key changes nothing.
-    pub fn apply(&mut self, position: LogPosition, writer_time_ms: i64, cmd: &AccessCommand) -> Result<()> {
+    pub fn apply(
+        &mut self,
+        position: LogPosition,
+        writer_time_ms: i64,
+        cmd: &AccessCommand,
+    ) -> Result<()> {
         self.check(cmd)?;
         match cmd {
             AccessCommand::CreateKey { key } => {
@@ -600,51 +660,125 @@ mod tests {
     #[test]
     fn an_old_node_secret_entry_applies_as_nothing_and_lets_no_one_in() {
         let mut a = Access::default();
-        a.apply(3, 10, &new_key("aaaaaaaaaaaa", Role::Admin)).expect("admin");
+        a.apply(3, 10, &new_key("aaaaaaaaaaaa", Role::Admin))
+            .expect("admin");
         let old = "a".repeat(64);
-        a.apply(4, 11, &AccessCommand::SetNodeSecret { secret: old.clone() }).expect("old entries still apply");
+        a.apply(
+            4,
+            11,
+            &AccessCommand::SetNodeSecret {
+                secret: old.clone(),
+            },
+        )
+        .expect("old entries still apply");
         let json = serde_json::to_string(&a).expect("json");
         assert!(!json.contains(&old), "the plaintext is not kept: {json}");
         let token = format!("{NODE_TOKEN_PREFIX}{old}");
-        assert_eq!(a.authenticate(Some(&token), None), Err(Denied::WrongNodeToken));
-        assert_eq!(a.authenticate(Some(&token), Some("the-cluster-secret")), Err(Denied::WrongNodeToken));
+        assert_eq!(
+            a.authenticate(Some(&token), None),
+            Err(Denied::WrongNodeToken)
+        );
+        assert_eq!(
+            a.authenticate(Some(&token), Some("the-cluster-secret")),
+            Err(Denied::WrongNodeToken)
+        );
         let node = format!("{NODE_TOKEN_PREFIX}the-cluster-secret");
-        assert_eq!(a.authenticate(Some(&node), Some("the-cluster-secret")), Ok(Principal::Node));
-        assert_eq!(a.authenticate(Some(&node), None), Err(Denied::WrongNodeToken), "only where the caller allows");
+        assert_eq!(
+            a.authenticate(Some(&node), Some("the-cluster-secret")),
+            Ok(Principal::Node)
+        );
+        assert_eq!(
+            a.authenticate(Some(&node), None),
+            Err(Denied::WrongNodeToken),
+            "only where the caller allows"
+        );
         // A checkpoint of an older release, with the plaintext, still reads.
         let older = format!("{{\"keys\": {{}}, \"node_secret\": \"{old}\"}}");
         let read: Access = serde_json::from_str(&older).expect("an old checkpoint's access");
         let json = serde_json::to_string(&read).expect("json");
-        assert!(!json.contains(&old) && json.contains("\"node_secret_set\":true"), "{json}");
+        assert!(
+            !json.contains(&old) && json.contains("\"node_secret_set\":true"),
+            "{json}"
+        );
         // As the older release did, a second node secret entry is refused (replay decides alike).
-        assert!(a.check(&AccessCommand::SetNodeSecret { secret: "b".repeat(64) }).is_err());
+        assert!(
+            a.check(&AccessCommand::SetNodeSecret {
+                secret: "b".repeat(64)
+            })
+            .is_err()
+        );
         let mut read = read;
-        assert!(read.apply(5, 12, &AccessCommand::SetNodeSecret { secret: "b".repeat(64) }).is_err());
+        assert!(
+            read.apply(
+                5,
+                12,
+                &AccessCommand::SetNodeSecret {
+                    secret: "b".repeat(64)
+                }
+            )
+            .is_err()
+        );
     }
 
     #[test]
     fn keys_authenticate_by_secret_and_stay_required_once_created() {
         let mut a = Access::default();
         assert_eq!(a.authenticate(None, None), Ok(Principal::Anonymous));
-        a.apply(3, 10, &new_key("aaaaaaaaaaaa", Role::Admin)).expect("admin");
-        a.apply(4, 11, &new_key("bbbbbbbbbbbb", Role::Analyst)).expect("analyst");
+        a.apply(3, 10, &new_key("aaaaaaaaaaaa", Role::Admin))
+            .expect("admin");
+        a.apply(4, 11, &new_key("bbbbbbbbbbbb", Role::Analyst))
+            .expect("analyst");
         assert_eq!(a.authenticate(None, None), Err(Denied::Missing));
         let token = format!("tmk_bbbbbbbbbbbb_{SECRET}");
         assert_eq!(
             a.authenticate(Some(&token), None),
-            Ok(Principal::Key { id: "bbbbbbbbbbbb".into(), role: Role::Analyst, scope: Default::default() })
+            Ok(Principal::Key {
+                id: "bbbbbbbbbbbb".into(),
+                role: Role::Analyst,
+                scope: Default::default()
+            })
         );
         let wrong = format!("tmk_bbbbbbbbbbbb_{}", "f".repeat(64));
-        assert_eq!(a.authenticate(Some(&wrong), None), Err(Denied::WrongSecret { id: "bbbbbbbbbbbb".into() }));
-        assert_eq!(a.authenticate(Some("Bearer x"), None), Err(Denied::Malformed));
+        assert_eq!(
+            a.authenticate(Some(&wrong), None),
+            Err(Denied::WrongSecret {
+                id: "bbbbbbbbbbbb".into()
+            })
+        );
+        assert_eq!(
+            a.authenticate(Some("Bearer x"), None),
+            Err(Denied::Malformed)
+        );
         let unknown = format!("tmk_cccccccccccc_{SECRET}");
-        assert_eq!(a.authenticate(Some(&unknown), None), Err(Denied::UnknownKey { id: "cccccccccccc".into() }));
+        assert_eq!(
+            a.authenticate(Some(&unknown), None),
+            Err(Denied::UnknownKey {
+                id: "cccccccccccc".into()
+            })
+        );
 
-        a.apply(5, 12, &AccessCommand::RevokeKey { id: "bbbbbbbbbbbb".into() }).expect("revoke");
-        assert_eq!(a.authenticate(Some(&token), None), Err(Denied::Revoked { id: "bbbbbbbbbbbb".into() }));
+        a.apply(
+            5,
+            12,
+            &AccessCommand::RevokeKey {
+                id: "bbbbbbbbbbbb".into(),
+            },
+        )
+        .expect("revoke");
+        assert_eq!(
+            a.authenticate(Some(&token), None),
+            Err(Denied::Revoked {
+                id: "bbbbbbbbbbbb".into()
+            })
+        );
         assert_eq!(a.key("bbbbbbbbbbbb").and_then(|k| k.revoked_at), Some(5));
         // The last admin key stays.
-        let err = a.check(&AccessCommand::RevokeKey { id: "aaaaaaaaaaaa".into() }).err().map(|e| e.to_string());
+        let err = a
+            .check(&AccessCommand::RevokeKey {
+                id: "aaaaaaaaaaaa".into(),
+            })
+            .err()
+            .map(|e| e.to_string());
         assert_eq!(
             err.as_deref(),
             Some(
@@ -652,33 +786,52 @@ mod tests {
                  or nobody could manage this cluster"
             )
         );
-        assert_eq!(a.authenticate(None, None), Err(Denied::Missing), "revoking never reopens the node");
+        assert_eq!(
+            a.authenticate(None, None),
+            Err(Denied::Missing),
+            "revoking never reopens the node"
+        );
     }
 
     #[test]
     fn roles_allow_what_their_job_needs() {
-        let analyst = Principal::Key { id: "k".into(), role: Role::Analyst, scope: Default::default() };
+        let analyst = Principal::Key {
+            id: "k".into(),
+            role: Role::Analyst,
+            scope: Default::default(),
+        };
         assert!(analyst.allows(Action::Query) && !analyst.allows(Action::Publish));
         assert_eq!(
             analyst.forbidden(Action::Publish),
             "API key k (role analyst) may not publish events; that needs role admin or publisher"
         );
         assert!(Principal::Node.allows(Action::Internal) && !Principal::Node.allows(Action::Query));
-        assert!(Principal::Node.allows(Action::Publish), "spool drains forward beacons as the node");
-        let publisher = Principal::Key { id: "p".into(), role: Role::Publisher, scope: Default::default() };
+        assert!(
+            Principal::Node.allows(Action::Publish),
+            "spool drains forward beacons as the node"
+        );
+        let publisher = Principal::Key {
+            id: "p".into(),
+            role: Role::Publisher,
+            scope: Default::default(),
+        };
         assert!(publisher.allows(Action::Suggest) && !publisher.allows(Action::ReadCatalog));
     }
 
     #[test]
     fn publish_grants_name_datasources_and_tags() {
         let scope: KeyScope =
-            serde_json::from_str(r#"{"publish": {"shop": ["page", "country"], "app": "*"}}"#).expect("scope");
+            serde_json::from_str(r#"{"publish": {"shop": ["page", "country"], "app": "*"}}"#)
+                .expect("scope");
         let tags = ["page".to_string(), "country".to_string()];
         assert_eq!(scope.publish_right("shop"), PublishRight::Tags(&tags));
         assert_eq!(scope.publish_right("app"), PublishRight::Any);
         assert_eq!(scope.publish_right("other"), PublishRight::Nothing);
         assert_eq!(scope.publishable(), ["app", "shop"]);
-        assert_eq!(KeyScope::default().publish_right("anything"), PublishRight::Any);
+        assert_eq!(
+            KeyScope::default().publish_right("anything"),
+            PublishRight::Any
+        );
         let mut a = Access::default();
         let key = |role: Role, scope: KeyScope| AccessCommand::CreateKey {
             key: NewKey {
@@ -690,9 +843,17 @@ mod tests {
                 scram: None,
             },
         };
-        let err = a.check(&key(Role::Analyst, scope.clone())).err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(err.contains("publish: only publisher keys carry publish grants"), "{err}");
-        a.apply(1, 1, &key(Role::Publisher, scope.clone())).expect("publisher");
+        let err = a
+            .check(&key(Role::Analyst, scope.clone()))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("publish: only publisher keys carry publish grants"),
+            "{err}"
+        );
+        a.apply(1, 1, &key(Role::Publisher, scope.clone()))
+            .expect("publisher");
         let token = format!("tmk_aaaaaaaaaaaa_{SECRET}");
         match a.authenticate(Some(&token), None) {
             Ok(Principal::Key { scope: s, .. }) => assert_eq!(*s, scope),
@@ -713,13 +874,25 @@ mod tests {
                 scram: None,
             },
         };
-        let err = a.check(&cmd).err().map(|e| e.to_string()).unwrap_or_default();
+        let err = a
+            .check(&cmd)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(
-            err.starts_with("invalid API key: id: must be 12 lowercase hex digits; name: must be 1 to 128"),
+            err.starts_with(
+                "invalid API key: id: must be 12 lowercase hex digits; name: must be 1 to 128"
+            ),
             "{err}"
         );
-        assert!(err.contains("secret_sha256: must be 64 lowercase hex digits"), "{err}");
-        assert!(err.contains("tenants: a merchant_reader key needs at least one tenant"), "{err}");
+        assert!(
+            err.contains("secret_sha256: must be 64 lowercase hex digits"),
+            "{err}"
+        );
+        assert!(
+            err.contains("tenants: a merchant_reader key needs at least one tenant"),
+            "{err}"
+        );
         let json = serde_json::to_string(&new_key("aaaaaaaaaaaa", Role::Publisher)).expect("json");
         assert!(
             json.starts_with(

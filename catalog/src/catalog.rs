@@ -171,7 +171,10 @@ impl Catalog {
     }
 
     pub fn by_id(&self, id: DatasourceId) -> Option<&DatasourceEntry> {
-        self.datasources.values().find(|e| e.id == id).or_else(|| self.deleted.get(&id))
+        self.datasources
+            .values()
+            .find(|e| e.id == id)
+            .or_else(|| self.deleted.get(&id))
     }
 
     /// Live datasources in name order.
@@ -209,14 +212,22 @@ impl Catalog {
 
     /// What identifies [`Catalog::rules_at`]'s answer, for a cache: the domain and the
     /// position of its last change at or before `position`.
-    pub fn rules_key(&self, datasource: &str, position: LogPosition) -> Option<(String, LogPosition)> {
+    pub fn rules_key(
+        &self,
+        datasource: &str,
+        position: LogPosition,
+    ) -> Option<(String, LogPosition)> {
         let domain = self.governance.domain_of(datasource, position)?;
         Some((domain.name.clone(), domain.changed_at_or_before(position)))
     }
 
     /// Deleted datasources whose grace period has passed at writer time `now_ms`.
     pub fn purgeable(&self, now_ms: i64) -> Vec<DatasourceId> {
-        self.deleted.values().filter(|e| e.deleted.is_some_and(|d| d.purge_after_ms <= now_ms)).map(|e| e.id).collect()
+        self.deleted
+            .values()
+            .filter(|e| e.deleted.is_some_and(|d| d.purge_after_ms <= now_ms))
+            .map(|e| e.id)
+            .collect()
     }
 
     /// Checks a command against the current state without applying it (for the edge).
@@ -225,9 +236,15 @@ impl Catalog {
             CatalogCommand::CreateDatasource { spec } => {
                 spec.validate()?;
                 if self.datasources.contains_key(&spec.name) {
-                    return Err(Error::DatasourceExists { name: spec.name.clone() });
+                    return Err(Error::DatasourceExists {
+                        name: spec.name.clone(),
+                    });
                 }
-                if let Some(e) = self.deleted.values().find(|e| e.current().name == spec.name) {
+                if let Some(e) = self
+                    .deleted
+                    .values()
+                    .find(|e| e.current().name == spec.name)
+                {
                     return Err(Error::IncompatibleUpdate {
                         name: spec.name.clone(),
                         reason: format!(
@@ -260,25 +277,39 @@ impl Catalog {
     /// A tag required as a rollup dimension must be a dimension of every datasource of its
     /// domain: checked when a spec changes.
     fn check_required_dimensions(&self, spec: &DatasourceSpec) -> Result<()> {
-        let Some(domain) = self.governance.domain_of(&spec.name, LogPosition::MAX) else { return Ok(()) };
+        let Some(domain) = self.governance.domain_of(&spec.name, LogPosition::MAX) else {
+            return Ok(());
+        };
         let problems: Vec<SpecProblem> = domain
             .tags_at(LogPosition::MAX)
             .filter(|t| t.required_in.contains(&Form::Rollup) && !spec.dimensions.contains(&t.name))
             .map(|t| missing_required(&t.name, &spec.name, "dimensions"))
             .collect();
-        if problems.is_empty() { Ok(()) } else { Err(Error::GovernanceConflict(problems)) }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::GovernanceConflict(problems))
+        }
     }
 
     /// ... and when the domain's tags or datasources change.
     fn check_governance_against_specs(&self, cmd: &GovernanceCommand) -> Result<()> {
         let (datasources, required): (Vec<String>, Vec<String>) = match cmd {
             GovernanceCommand::PutTag { domain, tag } => {
-                let listed =
-                    self.governance.domain(domain).map(|d| d.current().datasources.clone()).unwrap_or_default();
-                let required = if tag.required_in.contains(&Form::Rollup) { vec![tag.name.clone()] } else { vec![] };
+                let listed = self
+                    .governance
+                    .domain(domain)
+                    .map(|d| d.current().datasources.clone())
+                    .unwrap_or_default();
+                let required = if tag.required_in.contains(&Form::Rollup) {
+                    vec![tag.name.clone()]
+                } else {
+                    vec![]
+                };
                 (listed, required)
             }
-            GovernanceCommand::CreateDomain { domain } | GovernanceCommand::UpdateDomain { domain } => {
+            GovernanceCommand::CreateDomain { domain }
+            | GovernanceCommand::UpdateDomain { domain } => {
                 let required = self
                     .governance
                     .domain(&domain.name)
@@ -295,12 +326,21 @@ impl Catalog {
         };
         let mut problems = Vec::new();
         for name in &datasources {
-            let Some(entry) = self.datasources.get(name) else { continue };
-            for tag in required.iter().filter(|t| !entry.current().dimensions.contains(t)) {
+            let Some(entry) = self.datasources.get(name) else {
+                continue;
+            };
+            for tag in required
+                .iter()
+                .filter(|t| !entry.current().dimensions.contains(t))
+            {
                 problems.push(missing_required(tag, name, "dimensions"));
             }
         }
-        if problems.is_empty() { Ok(()) } else { Err(Error::GovernanceConflict(problems)) }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::GovernanceConflict(problems))
+        }
     }
 
     /// Applies a command at `position`, logged by `actor`, and records it in the audit log.
@@ -322,7 +362,10 @@ impl Catalog {
         if effect != CatalogEffect::AlreadyApplied {
             let mut after = self.object_json(cmd);
             // A retention rule's row also says what it would remove when it was set.
-            if let CatalogCommand::Retention(RetentionCommand::PutRetention { would_remove: Some(w), .. }) = cmd
+            if let CatalogCommand::Retention(RetentionCommand::PutRetention {
+                would_remove: Some(w),
+                ..
+            }) = cmd
                 && let Some(rule) = after.as_mut().and_then(serde_json::Value::as_object_mut)
             {
                 rule.insert("would_remove".into(), w.clone());
@@ -351,7 +394,14 @@ impl Catalog {
                 let id = DatasourceId(position);
                 self.datasources.insert(
                     spec.name.clone(),
-                    DatasourceEntry { id, versions: vec![SpecVersion { position, spec: spec.clone() }], deleted: None },
+                    DatasourceEntry {
+                        id,
+                        versions: vec![SpecVersion {
+                            position,
+                            spec: spec.clone(),
+                        }],
+                        deleted: None,
+                    },
                 );
                 CatalogEffect::Created(id)
             }
@@ -360,7 +410,10 @@ impl Catalog {
                     .datasources
                     .get_mut(&spec.name)
                     .ok_or_else(|| Error::Internal("checked datasource vanished".into()))?;
-                entry.versions.push(SpecVersion { position, spec: spec.clone() });
+                entry.versions.push(SpecVersion {
+                    position,
+                    spec: spec.clone(),
+                });
                 CatalogEffect::Updated(entry.id)
             }
             CatalogCommand::DeleteDatasource { name, grace_ms } => {
@@ -368,7 +421,10 @@ impl Catalog {
                     .datasources
                     .remove(name)
                     .ok_or_else(|| Error::Internal("checked datasource vanished".into()))?;
-                entry.deleted = Some(Deletion { position, purge_after_ms: writer_time_ms.saturating_add(*grace_ms) });
+                entry.deleted = Some(Deletion {
+                    position,
+                    purge_after_ms: writer_time_ms.saturating_add(*grace_ms),
+                });
                 let id = entry.id;
                 self.deleted.insert(id, entry);
                 CatalogEffect::Deleted(id)
@@ -377,7 +433,9 @@ impl Catalog {
                 Some(_) => CatalogEffect::Purged(*id),
                 None => CatalogEffect::AlreadyApplied,
             },
-            CatalogCommand::Governance(g) => CatalogEffect::Governance(self.governance.apply(position, g)?),
+            CatalogCommand::Governance(g) => {
+                CatalogEffect::Governance(self.governance.apply(position, g)?)
+            }
             CatalogCommand::Access(a) => {
                 self.access.apply(position, writer_time_ms, a)?;
                 CatalogEffect::Access
@@ -395,35 +453,56 @@ impl Catalog {
     /// log's before and after.
     pub fn object_json(&self, cmd: &CatalogCommand) -> Option<serde_json::Value> {
         match cmd {
-            CatalogCommand::CreateDatasource { spec } | CatalogCommand::UpdateDatasource { spec } => {
-                self.datasources.get(&spec.name).and_then(|e| serde_json::to_value(e.current()).ok())
-            }
-            CatalogCommand::DeleteDatasource { name, .. } => {
-                self.datasources.get(name).and_then(|e| serde_json::to_value(e.current()).ok())
-            }
-            CatalogCommand::PurgeDatasource { id } => {
-                self.deleted.get(id).and_then(|e| serde_json::to_value(e.current()).ok())
-            }
+            CatalogCommand::CreateDatasource { spec }
+            | CatalogCommand::UpdateDatasource { spec } => self
+                .datasources
+                .get(&spec.name)
+                .and_then(|e| serde_json::to_value(e.current()).ok()),
+            CatalogCommand::DeleteDatasource { name, .. } => self
+                .datasources
+                .get(name)
+                .and_then(|e| serde_json::to_value(e.current()).ok()),
+            CatalogCommand::PurgeDatasource { id } => self
+                .deleted
+                .get(id)
+                .and_then(|e| serde_json::to_value(e.current()).ok()),
             CatalogCommand::Governance(
-                GovernanceCommand::CreateDomain { domain } | GovernanceCommand::UpdateDomain { domain },
-            ) => self.governance.domain(&domain.name).and_then(|d| serde_json::to_value(d.current()).ok()),
+                GovernanceCommand::CreateDomain { domain }
+                | GovernanceCommand::UpdateDomain { domain },
+            ) => self
+                .governance
+                .domain(&domain.name)
+                .and_then(|d| serde_json::to_value(d.current()).ok()),
             CatalogCommand::Governance(
-                GovernanceCommand::PutTag { domain, tag: Tag { name, .. } }
+                GovernanceCommand::PutTag {
+                    domain,
+                    tag: Tag { name, .. },
+                }
                 | GovernanceCommand::RemoveTag { domain, tag: name },
-            ) => self.governance.domain(domain).and_then(|d| d.tag(name)).and_then(|t| serde_json::to_value(t).ok()),
-            CatalogCommand::Access(AccessCommand::CreateKey { key: crate::access::NewKey { id, .. } })
-            | CatalogCommand::Access(AccessCommand::RevokeKey { id }) => self.access.key(id).map(|k| k.public_json()),
-            CatalogCommand::Access(AccessCommand::SetNodeSecret { .. }) => None,
-            CatalogCommand::Retention(RetentionCommand::PutRetention { datasource, .. }) => {
-                self.retention.at(datasource, LogPosition::MAX).and_then(|v| serde_json::to_value(&v.value).ok())
+            ) => self
+                .governance
+                .domain(domain)
+                .and_then(|d| d.tag(name))
+                .and_then(|t| serde_json::to_value(t).ok()),
+            CatalogCommand::Access(AccessCommand::CreateKey {
+                key: crate::access::NewKey { id, .. },
+            })
+            | CatalogCommand::Access(AccessCommand::RevokeKey { id }) => {
+                self.access.key(id).map(|k| k.public_json())
             }
+            CatalogCommand::Access(AccessCommand::SetNodeSecret { .. }) => None,
+            CatalogCommand::Retention(RetentionCommand::PutRetention { datasource, .. }) => self
+                .retention
+                .at(datasource, LogPosition::MAX)
+                .and_then(|v| serde_json::to_value(&v.value).ok()),
         }
     }
 
     /// How the audit log names what `cmd` changes.
     fn object_name(&self, cmd: &CatalogCommand) -> String {
         match cmd {
-            CatalogCommand::CreateDatasource { spec } | CatalogCommand::UpdateDatasource { spec } => {
+            CatalogCommand::CreateDatasource { spec }
+            | CatalogCommand::UpdateDatasource { spec } => {
                 format!("datasource:{}", spec.name)
             }
             CatalogCommand::DeleteDatasource { name, .. } => format!("datasource:{name}"),
@@ -432,13 +511,19 @@ impl Catalog {
                 None => format!("datasource:{id}"),
             },
             CatalogCommand::Governance(
-                GovernanceCommand::CreateDomain { domain } | GovernanceCommand::UpdateDomain { domain },
+                GovernanceCommand::CreateDomain { domain }
+                | GovernanceCommand::UpdateDomain { domain },
             ) => format!("domain:{}", domain.name),
-            CatalogCommand::Governance(GovernanceCommand::PutTag { domain, tag: Tag { name, .. } })
+            CatalogCommand::Governance(GovernanceCommand::PutTag {
+                domain,
+                tag: Tag { name, .. },
+            })
             | CatalogCommand::Governance(GovernanceCommand::RemoveTag { domain, tag: name }) => {
                 format!("tag:{domain}/{name}")
             }
-            CatalogCommand::Access(AccessCommand::CreateKey { key: crate::access::NewKey { id, .. } })
+            CatalogCommand::Access(AccessCommand::CreateKey {
+                key: crate::access::NewKey { id, .. },
+            })
             | CatalogCommand::Access(AccessCommand::RevokeKey { id }) => format!("key:{id}"),
             CatalogCommand::Access(AccessCommand::SetNodeSecret { .. }) => "node_secret".into(),
             CatalogCommand::Retention(RetentionCommand::PutRetention { datasource, .. }) => {
@@ -448,7 +533,11 @@ impl Catalog {
     }
 
     fn live(&self, name: &str) -> Result<&DatasourceEntry> {
-        self.datasources.get(name).ok_or_else(|| Error::UnknownDatasource { name: name.to_string() })
+        self.datasources
+            .get(name)
+            .ok_or_else(|| Error::UnknownDatasource {
+                name: name.to_string(),
+            })
     }
 }
 
@@ -468,10 +557,25 @@ mod tests {
     #[test]
     fn spec_versions_follow_log_positions() {
         let mut cat = Catalog::default();
-        cat.apply(10, 0, &CatalogCommand::CreateDatasource { spec: spec("a") }, "t").expect("create");
+        cat.apply(
+            10,
+            0,
+            &CatalogCommand::CreateDatasource { spec: spec("a") },
+            "t",
+        )
+        .expect("create");
         let mut v2 = spec("a");
-        v2.metrics.push(MetricSpec { name: "s".into(), kind: MetricKind::DoubleSum { field: "x".into() } });
-        cat.apply(20, 0, &CatalogCommand::UpdateDatasource { spec: v2.clone() }, "t").expect("update");
+        v2.metrics.push(MetricSpec {
+            name: "s".into(),
+            kind: MetricKind::DoubleSum { field: "x".into() },
+        });
+        cat.apply(
+            20,
+            0,
+            &CatalogCommand::UpdateDatasource { spec: v2.clone() },
+            "t",
+        )
+        .expect("update");
         let entry = cat.get("a").expect("exists");
         assert_eq!(entry.spec_at(10).metrics.len(), 1);
         assert_eq!(entry.spec_at(19).metrics.len(), 1);
@@ -484,12 +588,30 @@ mod tests {
     fn replay_is_idempotent_and_errors_are_clear() {
         let mut cat = Catalog::default();
         let create = CatalogCommand::CreateDatasource { spec: spec("a") };
-        assert_eq!(cat.apply(5, 0, &create, "t").ok(), Some(CatalogEffect::Created(DatasourceId(5))));
-        assert_eq!(cat.apply(5, 0, &create, "t").ok(), Some(CatalogEffect::AlreadyApplied));
-        let err = cat.apply(6, 0, &create, "t").err().map(|e| e.to_string()).unwrap_or_default();
+        assert_eq!(
+            cat.apply(5, 0, &create, "t").ok(),
+            Some(CatalogEffect::Created(DatasourceId(5)))
+        );
+        assert_eq!(
+            cat.apply(5, 0, &create, "t").ok(),
+            Some(CatalogEffect::AlreadyApplied)
+        );
+        let err = cat
+            .apply(6, 0, &create, "t")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("already exists"), "{err}");
         let err = cat
-            .apply(7, 0, &CatalogCommand::DeleteDatasource { name: "zz".into(), grace_ms: 0 }, "t")
+            .apply(
+                7,
+                0,
+                &CatalogCommand::DeleteDatasource {
+                    name: "zz".into(),
+                    grace_ms: 0,
+                },
+                "t",
+            )
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();
@@ -499,26 +621,71 @@ mod tests {
     #[test]
     fn deleted_name_is_reusable_after_purge_as_a_new_incarnation() {
         let mut cat = Catalog::default();
-        cat.apply(1, 0, &CatalogCommand::CreateDatasource { spec: spec("a") }, "t").expect("create");
-        cat.apply(2, 1_000, &CatalogCommand::DeleteDatasource { name: "a".into(), grace_ms: 500 }, "t")
-            .expect("delete");
+        cat.apply(
+            1,
+            0,
+            &CatalogCommand::CreateDatasource { spec: spec("a") },
+            "t",
+        )
+        .expect("create");
+        cat.apply(
+            2,
+            1_000,
+            &CatalogCommand::DeleteDatasource {
+                name: "a".into(),
+                grace_ms: 500,
+            },
+            "t",
+        )
+        .expect("delete");
         assert!(cat.get("a").is_none());
-        assert!(cat.apply(3, 1_100, &CatalogCommand::CreateDatasource { spec: spec("a") }, "t").is_err());
+        assert!(
+            cat.apply(
+                3,
+                1_100,
+                &CatalogCommand::CreateDatasource { spec: spec("a") },
+                "t"
+            )
+            .is_err()
+        );
         assert!(cat.purgeable(1_499).is_empty());
         assert_eq!(cat.purgeable(1_500), vec![DatasourceId(1)]);
-        cat.apply(4, 1_500, &CatalogCommand::PurgeDatasource { id: DatasourceId(1) }, "t").expect("purge");
-        cat.apply(5, 1_600, &CatalogCommand::CreateDatasource { spec: spec("a") }, "t").expect("recreate");
+        cat.apply(
+            4,
+            1_500,
+            &CatalogCommand::PurgeDatasource {
+                id: DatasourceId(1),
+            },
+            "t",
+        )
+        .expect("purge");
+        cat.apply(
+            5,
+            1_600,
+            &CatalogCommand::CreateDatasource { spec: spec("a") },
+            "t",
+        )
+        .expect("recreate");
         assert_eq!(cat.get("a").map(|e| e.id), Some(DatasourceId(5)));
     }
 
     #[test]
     fn commands_round_trip_through_json() {
-        let cmd = CatalogCommand::DeleteDatasource { name: "a".into(), grace_ms: 5 };
+        let cmd = CatalogCommand::DeleteDatasource {
+            name: "a".into(),
+            grace_ms: 5,
+        };
         let text = serde_json::to_string(&cmd).expect("serializes");
-        assert_eq!(text, r#"{"op":"delete_datasource","name":"a","grace_ms":5}"#);
+        assert_eq!(
+            text,
+            r#"{"op":"delete_datasource","name":"a","grace_ms":5}"#
+        );
         let back: CatalogCommand = serde_json::from_str(&text).expect("parses");
         assert_eq!(back, cmd);
-        let cmd = CatalogCommand::Governance(GovernanceCommand::RemoveTag { domain: "d".into(), tag: "t".into() });
+        let cmd = CatalogCommand::Governance(GovernanceCommand::RemoveTag {
+            domain: "d".into(),
+            tag: "t".into(),
+        });
         let text = serde_json::to_string(&cmd).expect("serializes");
         assert_eq!(text, r#"{"op":"remove_tag","domain":"d","tag":"t"}"#);
         let back: CatalogCommand = serde_json::from_str(&text).expect("parses");
@@ -533,12 +700,29 @@ mod tests {
     #[test]
     fn required_rollup_dimensions_are_checked_whenever_either_side_changes() {
         let mut cat = Catalog::default();
-        cat.apply(1, 0, &CatalogCommand::CreateDatasource { spec: spec("a") }, "t").expect("create");
-        cat.apply(2, 0, &governance(r#"{"op":"create_domain","domain":{"name":"shop","datasources":["a","b"]}}"#), "t")
-            .expect("domain");
+        cat.apply(
+            1,
+            0,
+            &CatalogCommand::CreateDatasource { spec: spec("a") },
+            "t",
+        )
+        .expect("create");
+        cat.apply(
+            2,
+            0,
+            &governance(
+                r#"{"op":"create_domain","domain":{"name":"shop","datasources":["a","b"]}}"#,
+            ),
+            "t",
+        )
+        .expect("domain");
         let required = r#"{"op":"put_tag","domain":"shop","tag":{"name":"store","kind":"dimension","type":"string",
                            "status":"approved","required_in":["rollup"]}}"#;
-        let err = cat.apply(3, 0, &governance(required), "t").err().map(|e| e.to_string()).unwrap_or_default();
+        let err = cat
+            .apply(3, 0, &governance(required), "t")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert_eq!(
             err,
             "governance change conflicts: dimensions: tag \"store\" is required as a rollup dimension, but \
@@ -546,56 +730,153 @@ mod tests {
         );
         let mut with_store = spec("a");
         with_store.dimensions.push("store".into());
-        cat.apply(4, 0, &CatalogCommand::UpdateDatasource { spec: with_store }, "t").expect("add the dimension");
-        cat.apply(5, 0, &governance(required), "t").expect("now the tag fits");
+        cat.apply(
+            4,
+            0,
+            &CatalogCommand::UpdateDatasource { spec: with_store },
+            "t",
+        )
+        .expect("add the dimension");
+        cat.apply(5, 0, &governance(required), "t")
+            .expect("now the tag fits");
         // A new datasource of the domain must carry it too.
-        let err = cat.check(&CatalogCommand::CreateDatasource { spec: spec("b") }).err().map(|e| e.to_string());
+        let err = cat
+            .check(&CatalogCommand::CreateDatasource { spec: spec("b") })
+            .err()
+            .map(|e| e.to_string());
         assert!(err.is_some_and(|e| e.contains("datasource \"b\" does not list it")));
-        assert!(cat.check(&CatalogCommand::CreateDatasource { spec: spec("c") }).is_ok(), "c is in no domain");
+        assert!(
+            cat.check(&CatalogCommand::CreateDatasource { spec: spec("c") })
+                .is_ok(),
+            "c is in no domain"
+        );
 
         // Rules by position: none before the domain, the tag from 5 on.
         assert!(cat.rules_at("a", 1).is_none());
-        assert!(cat.rules_at("a", 4).is_some_and(|r| r.resolve("store").is_none()));
-        assert!(cat.rules_at("a", 5).is_some_and(|r| r.resolve("store").is_some()));
+        assert!(
+            cat.rules_at("a", 4)
+                .is_some_and(|r| r.resolve("store").is_none())
+        );
+        assert!(
+            cat.rules_at("a", 5)
+                .is_some_and(|r| r.resolve("store").is_some())
+        );
         assert_eq!(cat.rules_key("a", 4), Some(("shop".to_string(), 2)));
         assert_eq!(cat.rules_key("a", 9), Some(("shop".to_string(), 5)));
         let json = serde_json::to_string(&cat).expect("serializes");
         let back: Catalog = serde_json::from_str(&json).expect("round trips");
         assert_eq!(back, cat);
-        let old: Catalog = serde_json::from_str(r#"{"datasources":{},"deleted":{},"applied":3}"#).expect("older JSON");
+        let old: Catalog = serde_json::from_str(r#"{"datasources":{},"deleted":{},"applied":3}"#)
+            .expect("older JSON");
         assert!(old.governance().domains().next().is_none());
     }
 
     #[test]
     fn every_applied_change_is_audited_with_its_actor_before_and_after() {
         let mut cat = Catalog::default();
-        cat.apply(1, 100, &CatalogCommand::CreateDatasource { spec: spec("a") }, "key:aaaaaaaaaaaa").expect("create");
+        cat.apply(
+            1,
+            100,
+            &CatalogCommand::CreateDatasource { spec: spec("a") },
+            "key:aaaaaaaaaaaa",
+        )
+        .expect("create");
         let mut v2 = spec("a");
         v2.dimensions.push("n".into());
-        cat.apply(2, 200, &CatalogCommand::UpdateDatasource { spec: v2 }, "key:bbbbbbbbbbbb").expect("update");
-        assert!(cat.apply(3, 300, &CatalogCommand::CreateDatasource { spec: spec("a") }, "x").is_err());
-        cat.apply(4, 400, &CatalogCommand::DeleteDatasource { name: "a".into(), grace_ms: 0 }, "anonymous")
-            .expect("delete");
-        cat.apply(5, 500, &CatalogCommand::PurgeDatasource { id: DatasourceId(1) }, "system").expect("purge");
-        cat.apply(5, 500, &CatalogCommand::PurgeDatasource { id: DatasourceId(1) }, "system").expect("replay");
+        cat.apply(
+            2,
+            200,
+            &CatalogCommand::UpdateDatasource { spec: v2 },
+            "key:bbbbbbbbbbbb",
+        )
+        .expect("update");
+        assert!(
+            cat.apply(
+                3,
+                300,
+                &CatalogCommand::CreateDatasource { spec: spec("a") },
+                "x"
+            )
+            .is_err()
+        );
+        cat.apply(
+            4,
+            400,
+            &CatalogCommand::DeleteDatasource {
+                name: "a".into(),
+                grace_ms: 0,
+            },
+            "anonymous",
+        )
+        .expect("delete");
+        cat.apply(
+            5,
+            500,
+            &CatalogCommand::PurgeDatasource {
+                id: DatasourceId(1),
+            },
+            "system",
+        )
+        .expect("purge");
+        cat.apply(
+            5,
+            500,
+            &CatalogCommand::PurgeDatasource {
+                id: DatasourceId(1),
+            },
+            "system",
+        )
+        .expect("replay");
         let rows: Vec<_> = cat.audit().rows().collect();
-        let summary: Vec<(u64, i64, &str, &str, &str)> =
-            rows.iter().map(|r| (r.position, r.time_ms, r.actor.as_str(), r.op.as_str(), r.object.as_str())).collect();
+        let summary: Vec<(u64, i64, &str, &str, &str)> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.position,
+                    r.time_ms,
+                    r.actor.as_str(),
+                    r.op.as_str(),
+                    r.object.as_str(),
+                )
+            })
+            .collect();
         assert_eq!(
             summary,
             vec![
-                (1, 100, "key:aaaaaaaaaaaa", "create_datasource", "datasource:a"),
-                (2, 200, "key:bbbbbbbbbbbb", "update_datasource", "datasource:a"),
+                (
+                    1,
+                    100,
+                    "key:aaaaaaaaaaaa",
+                    "create_datasource",
+                    "datasource:a"
+                ),
+                (
+                    2,
+                    200,
+                    "key:bbbbbbbbbbbb",
+                    "update_datasource",
+                    "datasource:a"
+                ),
                 (4, 400, "anonymous", "delete_datasource", "datasource:a"),
                 (5, 500, "system", "purge_datasource", "datasource:a"),
             ],
             "refused commands and replays are not audited"
         );
         assert_eq!(rows[0].before, None);
-        assert_eq!(rows[1].before.as_ref().map(|b| b["dimensions"].clone()), Some(serde_json::json!(["m"])));
-        assert_eq!(rows[1].after.as_ref().map(|a| a["dimensions"].clone()), Some(serde_json::json!(["m", "n"])));
-        assert_eq!(rows[2].after, None, "a deleted datasource is gone from the live catalog");
-        let back: Catalog = serde_json::from_str(&serde_json::to_string(&cat).expect("json")).expect("round trips");
+        assert_eq!(
+            rows[1].before.as_ref().map(|b| b["dimensions"].clone()),
+            Some(serde_json::json!(["m"]))
+        );
+        assert_eq!(
+            rows[1].after.as_ref().map(|a| a["dimensions"].clone()),
+            Some(serde_json::json!(["m", "n"]))
+        );
+        assert_eq!(
+            rows[2].after, None,
+            "a deleted datasource is gone from the live catalog"
+        );
+        let back: Catalog =
+            serde_json::from_str(&serde_json::to_string(&cat).expect("json")).expect("round trips");
         assert_eq!(back.audit(), cat.audit());
     }
 }

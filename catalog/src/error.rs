@@ -18,7 +18,11 @@ impl std::fmt::Display for SpecProblem {
 }
 
 fn join_problems(problems: &[SpecProblem]) -> String {
-    problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+    problems
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -45,7 +49,10 @@ pub enum Error {
         "catalog command at log position {position} is older than the catalog (at {applied}); \
          commands must be applied in log order"
     )]
-    OutOfOrder { position: LogPosition, applied: LogPosition },
+    OutOfOrder {
+        position: LogPosition,
+        applied: LogPosition,
+    },
 
     #[error("invalid governance object: {}", join_problems(.0))]
     InvalidTag(Vec<SpecProblem>),
@@ -54,7 +61,11 @@ pub enum Error {
     GovernanceConflict(Vec<SpecProblem>),
 
     #[error("--where {text:?}: {problem} at character {at}")]
-    InvalidWhere { text: String, at: usize, problem: String },
+    InvalidWhere {
+        text: String,
+        at: usize,
+        problem: String,
+    },
 
     #[error("governance domain {name:?} does not exist")]
     UnknownDomain { name: String },
@@ -106,16 +117,16 @@ impl Error {
             | Error::InvalidKey(_)
             | Error::InvalidRetention(_)
             | Error::InvalidWhere { .. } => StatusCode::InvalidArgument,
-            Error::DatasourceExists { .. } | Error::DomainExists { .. } | Error::KeyExists { .. } => {
-                StatusCode::AlreadyExists
-            }
+            Error::DatasourceExists { .. }
+            | Error::DomainExists { .. }
+            | Error::KeyExists { .. } => StatusCode::AlreadyExists,
             Error::UnknownDatasource { .. }
             | Error::UnknownDomain { .. }
             | Error::UnknownTag { .. }
             | Error::UnknownKey { .. } => StatusCode::NotFound,
-            Error::IncompatibleUpdate { .. } | Error::GovernanceConflict(_) | Error::LastAdminKey { .. } => {
-                StatusCode::FailedPrecondition
-            }
+            Error::IncompatibleUpdate { .. }
+            | Error::GovernanceConflict(_)
+            | Error::LastAdminKey { .. } => StatusCode::FailedPrecondition,
             Error::OutOfOrder { .. } | Error::Internal(_) => StatusCode::Internal,
         }
     }

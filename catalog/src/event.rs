@@ -128,20 +128,42 @@ impl fmt::Display for RejectReason {
                 write!(f, "timestamp field {field:?} is missing or null")
             }
             RejectReason::BadTimestamp { field, detail } => {
-                write!(f, "timestamp field {field:?} {detail}; send epoch milliseconds or RFC 3339")
+                write!(
+                    f,
+                    "timestamp field {field:?} {detail}; send epoch milliseconds or RFC 3339"
+                )
             }
             RejectReason::TooFarInFuture { time_ms, limit_ms } => {
-                write!(f, "event time {time_ms} ms is more than {limit_ms} ms ahead of the server clock")
+                write!(
+                    f,
+                    "event time {time_ms} ms is more than {limit_ms} ms ahead of the server clock"
+                )
             }
             RejectReason::BadDimension { name, got } => {
-                write!(f, "dimension {name:?} must be a string, number or boolean, got {got}")
+                write!(
+                    f,
+                    "dimension {name:?} must be a string, number or boolean, got {got}"
+                )
             }
-            RejectReason::BadField { metric, field, expected, got } => {
-                write!(f, "field {field:?} (for metric {metric:?}) must be {expected}, got {got}")
+            RejectReason::BadField {
+                metric,
+                field,
+                expected,
+                got,
+            } => {
+                write!(
+                    f,
+                    "field {field:?} (for metric {metric:?}) must be {expected}, got {got}"
+                )
             }
             RejectReason::UnknownTags { domain, tags } => {
                 match tags.as_slice() {
-                    [one] => write!(f, "unknown tag {} in domain {domain:?}{}", quoted(&one.key), one.hint)?,
+                    [one] => write!(
+                        f,
+                        "unknown tag {} in domain {domain:?}{}",
+                        quoted(&one.key),
+                        one.hint
+                    )?,
                     many => {
                         write!(f, "unknown tags in domain {domain:?}: ")?;
                         for (i, t) in many.iter().take(UNKNOWN_TAGS_NAMED).enumerate() {
@@ -155,21 +177,48 @@ impl fmt::Display for RejectReason {
                 }
                 Ok(())
             }
-            RejectReason::WrongTagType { tag, sent_as, ty, got } => {
+            RejectReason::WrongTagType {
+                tag,
+                sent_as,
+                ty,
+                got,
+            } => {
                 write!(f, "tag {tag:?}")?;
                 if let Some(key) = sent_as {
                     write!(f, " (sent as {})", quoted(key))?;
                 }
-                write!(f, " must be {} (type {}), got {got}", ty.expected(), ty.name())
+                write!(
+                    f,
+                    " must be {} (type {}), got {got}",
+                    ty.expected(),
+                    ty.name()
+                )
             }
             RejectReason::DuplicateTag { tag, first, second } => {
-                write!(f, "tag {tag:?} is sent twice, as {} and as {}; send it once", quoted(first), quoted(second))
+                write!(
+                    f,
+                    "tag {tag:?} is sent twice, as {} and as {}; send it once",
+                    quoted(first),
+                    quoted(second)
+                )
             }
-            RejectReason::TagsNotPermitted { key_id, datasource, tags } => {
-                let named: Vec<String> = tags.iter().take(UNKNOWN_TAGS_NAMED).map(|t| quoted(t)).collect();
+            RejectReason::TagsNotPermitted {
+                key_id,
+                datasource,
+                tags,
+            } => {
+                let named: Vec<String> = tags
+                    .iter()
+                    .take(UNKNOWN_TAGS_NAMED)
+                    .map(|t| quoted(t))
+                    .collect();
                 let more = tags.len().saturating_sub(UNKNOWN_TAGS_NAMED);
                 let plural = if tags.len() == 1 { "" } else { "s" };
-                write!(f, "API key {key_id} may not publish tag{plural} {} to {datasource:?}", named.join(", "))?;
+                write!(
+                    f,
+                    "API key {key_id} may not publish tag{plural} {} to {datasource:?}",
+                    named.join(", ")
+                )?;
                 if more > 0 {
                     write!(f, " and {more} more")?;
                 }
@@ -229,9 +278,14 @@ pub fn parse_timestamp(field: &str, v: &Value) -> Result<i64, RejectReason> {
 }
 
 pub(crate) fn timestamp_of(field: &str, v: &Field<'_>) -> Result<i64, RejectReason> {
-    let bad = |detail: String| RejectReason::BadTimestamp { field: field.to_string(), detail };
+    let bad = |detail: String| RejectReason::BadTimestamp {
+        field: field.to_string(),
+        detail,
+    };
     match v {
-        Field::Null => Err(RejectReason::MissingTimestamp { field: field.to_string() }),
+        Field::Null => Err(RejectReason::MissingTimestamp {
+            field: field.to_string(),
+        }),
         Field::Number(n) => {
             if let Some(ms) = n.as_i64() {
                 Ok(ms)
@@ -244,7 +298,9 @@ pub(crate) fn timestamp_of(field: &str, v: &Field<'_>) -> Result<i64, RejectReas
         }
         Field::Str(s) => {
             if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
-                return s.parse::<i64>().map_err(|_| bad(format!("{s:?} is too large")));
+                return s
+                    .parse::<i64>()
+                    .map_err(|_| bad(format!("{s:?} is too large")));
             }
             DateTime::parse_from_rfc3339(s)
                 .map(|t| t.timestamp_millis())
@@ -296,23 +352,38 @@ pub fn extract<'a>(spec: &DatasourceSpec, beacon: &'a Value) -> Result<Event<'a>
     extract_object(spec, obj)
 }
 
-pub fn extract_object<'a>(spec: &DatasourceSpec, obj: &'a Map<String, Value>) -> Result<Event<'a>, RejectReason> {
+pub fn extract_object<'a>(
+    spec: &DatasourceSpec,
+    obj: &'a Map<String, Value>,
+) -> Result<Event<'a>, RejectReason> {
     extract_fields(spec, |name| obj.get(name).map(Field::of))
 }
 
 /// Extracts an event straight from a beacon's JSON bytes, as [`extract`] of the parsed value
 /// would (same results, same reasons), without building the value: one pass that keeps only
 /// the fields the spec reads and borrows their strings. This is apply's hot path.
-pub fn extract_json<'a>(spec: &DatasourceSpec, beacon: &'a [u8]) -> Result<Event<'a>, RejectReason> {
+pub fn extract_json<'a>(
+    spec: &DatasourceSpec,
+    beacon: &'a [u8],
+) -> Result<Event<'a>, RejectReason> {
     let wanted = TopLevel(Some(spec));
     let mut de = serde_json::Deserializer::from_slice(beacon);
     let fields = serde::de::DeserializeSeed::deserialize(wanted, &mut de)
         .and_then(|f| de.end().map(|()| f))
-        .map_err(|e| RejectReason::Other { code: 1, detail: format!("record value is not valid JSON: {e}") })?;
-    let Some(fields) = fields else { return Err(RejectReason::NotAnObject) };
+        .map_err(|e| RejectReason::Other {
+            code: 1,
+            detail: format!("record value is not valid JSON: {e}"),
+        })?;
+    let Some(fields) = fields else {
+        return Err(RejectReason::NotAnObject);
+    };
     extract_fields(spec, |name| {
         // The last occurrence of a repeated key wins, as it does in a parsed value.
-        fields.iter().rev().find(|(k, _)| k.as_ref() == name).map(|(_, f)| f.clone())
+        fields
+            .iter()
+            .rev()
+            .find(|(k, _)| k.as_ref() == name)
+            .map(|(_, f)| f.clone())
     })
 }
 
@@ -323,7 +394,9 @@ pub(crate) fn extract_fields<'a>(
     let ts_field = &spec.timestamp.field;
     let time_ms = match get(ts_field) {
         None => {
-            return Err(RejectReason::MissingTimestamp { field: ts_field.clone() });
+            return Err(RejectReason::MissingTimestamp {
+                field: ts_field.clone(),
+            });
         }
         Some(v) => timestamp_of(ts_field, &v)?,
     };
@@ -336,7 +409,10 @@ pub(crate) fn extract_fields<'a>(
             Some(Field::Number(n)) => Some(DimValue::Owned(n.to_string())),
             Some(Field::Bool(b)) => Some(DimValue::Borrowed(if b { "true" } else { "false" })),
             Some(other) => {
-                return Err(RejectReason::BadDimension { name: name.clone(), got: other.kind() });
+                return Err(RejectReason::BadDimension {
+                    name: name.clone(),
+                    got: other.kind(),
+                });
             }
         });
     }
@@ -345,7 +421,9 @@ pub(crate) fn extract_fields<'a>(
     for metric in &spec.metrics {
         let input = match (&metric.kind, metric.kind.field().map(|f| (f, get(f)))) {
             (MetricKind::Count, _) => MetricInput::Count,
-            (_, None) | (_, Some((_, None))) | (_, Some((_, Some(Field::Null)))) => MetricInput::Absent,
+            (_, None) | (_, Some((_, None))) | (_, Some((_, Some(Field::Null)))) => {
+                MetricInput::Absent
+            }
             (kind, Some((field, Some(v)))) => {
                 let bad = |expected: &'static str, got: String| RejectReason::BadField {
                     metric: metric.name.clone(),
@@ -366,9 +444,16 @@ pub(crate) fn extract_fields<'a>(
                     MetricKind::Hll { .. } => match v {
                         Field::Str(s) => MetricInput::Distinct(s),
                         Field::Number(n) => MetricInput::Distinct(DimValue::Owned(n.to_string())),
-                        Field::Bool(b) => MetricInput::Distinct(DimValue::Borrowed(if b { "true" } else { "false" })),
+                        Field::Bool(b) => MetricInput::Distinct(DimValue::Borrowed(if b {
+                            "true"
+                        } else {
+                            "false"
+                        })),
                         other => {
-                            return Err(bad("a string, number or boolean", other.kind().to_string()));
+                            return Err(bad(
+                                "a string, number or boolean",
+                                other.kind().to_string(),
+                            ));
                         }
                     },
                     _ => match v {
@@ -383,7 +468,11 @@ pub(crate) fn extract_fields<'a>(
         };
         metrics.push(input);
     }
-    Ok(Event { time_ms, dims, metrics })
+    Ok(Event {
+        time_ms,
+        dims,
+        metrics,
+    })
 }
 
 /// The one-pass reader of a beacon's top-level fields: `deserialize` yields `None` for a
@@ -513,7 +602,9 @@ impl<'de> serde::de::Visitor<'de> for FieldVisitor {
         Ok(Field::Number(v.into()))
     }
     fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Self::Value, E> {
-        serde_json::Number::from_f64(v).map(Field::Number).ok_or_else(|| E::custom("number is not finite"))
+        serde_json::Number::from_f64(v)
+            .map(Field::Number)
+            .ok_or_else(|| E::custom("number is not finite"))
     }
     fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
         Ok(Field::Str(Cow::Borrowed(v)))
@@ -529,7 +620,10 @@ impl<'de> serde::de::Visitor<'de> for FieldVisitor {
         Ok(Field::Array)
     }
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        while map.next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?.is_some() {}
+        while map
+            .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+            .is_some()
+        {}
         Ok(Field::Object)
     }
 }
@@ -581,7 +675,10 @@ mod tests {
         assert_eq!(parse_timestamp("ts", &json!(1234)), Ok(1234));
         assert_eq!(parse_timestamp("ts", &json!("1234")), Ok(1234));
         assert_eq!(parse_timestamp("ts", &json!(1234.0)), Ok(1234));
-        assert_eq!(parse_timestamp("ts", &json!("1970-01-01T00:00:01+01:00")), Ok(-3_599_000));
+        assert_eq!(
+            parse_timestamp("ts", &json!("1970-01-01T00:00:01+01:00")),
+            Ok(-3_599_000)
+        );
         assert!(parse_timestamp("ts", &json!(12.5)).is_err());
         assert!(parse_timestamp("ts", &json!("yesterday")).is_err());
     }
@@ -614,8 +711,15 @@ mod tests {
             assert_eq!(extract_json(&s, b.as_bytes()), extract(&s, &v), "{b}");
         }
         for bad in [&b"{\"ts\": 1"[..], b"", b"{\"ts\": 1} trailing", b"\xff"] {
-            let reason = extract_json(&s, bad).err().map(|r| (r.code(), r.to_string()));
-            assert!(reason.as_ref().is_some_and(|(c, t)| *c == 1 && t.contains("not valid JSON")), "{reason:?}");
+            let reason = extract_json(&s, bad)
+                .err()
+                .map(|r| (r.code(), r.to_string()));
+            assert!(
+                reason
+                    .as_ref()
+                    .is_some_and(|(c, t)| *c == 1 && t.contains("not valid JSON")),
+                "{reason:?}"
+            );
         }
     }
 
@@ -627,11 +731,20 @@ mod tests {
             (json!({"page": "x"}), "\"ts\" is missing"),
             (json!({"ts": true}), "is a boolean"),
             (json!({"ts": 1, "page": {"a": 1}}), "dimension \"page\""),
-            (json!({"ts": 1, "qty": 1.5}), "field \"qty\" (for metric \"qty\") must be a whole number"),
-            (json!({"ts": 1, "amount": "12"}), "must be a number, got a string"),
+            (
+                json!({"ts": 1, "qty": 1.5}),
+                "field \"qty\" (for metric \"qty\") must be a whole number",
+            ),
+            (
+                json!({"ts": 1, "amount": "12"}),
+                "must be a number, got a string",
+            ),
         ];
         for (beacon, needle) in cases {
-            let reason = extract(&s, &beacon).err().map(|r| r.to_string()).unwrap_or_default();
+            let reason = extract(&s, &beacon)
+                .err()
+                .map(|r| r.to_string())
+                .unwrap_or_default();
             assert!(reason.contains(needle), "{beacon}: {reason}");
         }
     }

@@ -132,22 +132,32 @@ impl Tag {
     /// Checks the tag on its own and puts aliases and forms in a canonical order.
     pub fn normalised(mut self) -> Result<Tag> {
         let mut problems = Vec::new();
-        let mut problem = |field: &str, message: String| problems.push(SpecProblem { field: field.into(), message });
+        let mut problem = |field: &str, message: String| {
+            problems.push(SpecProblem {
+                field: field.into(),
+                message,
+            })
+        };
         if let Some(msg) = check_identifier(&self.name) {
             problem("name", msg);
         }
         match (self.kind, self.ty) {
             (TagKind::Timestamp, TagType::Timestamp) => {}
-            (TagKind::Timestamp, ty) => {
-                problem("type", format!("a timestamp tag has type timestamp, not {}", ty.name()))
-            }
-            (_, TagType::Timestamp) => {
-                problem("type", "type timestamp is for tags of kind timestamp (the event time)".into())
-            }
+            (TagKind::Timestamp, ty) => problem(
+                "type",
+                format!("a timestamp tag has type timestamp, not {}", ty.name()),
+            ),
+            (_, TagType::Timestamp) => problem(
+                "type",
+                "type timestamp is for tags of kind timestamp (the event time)".into(),
+            ),
             _ => {}
         }
         if self.required_in.contains(&Form::Rollup) && self.kind != TagKind::Dimension {
-            problem("required_in", "only a dimension can be required as a rollup dimension".into());
+            problem(
+                "required_in",
+                "only a dimension can be required as a rollup dimension".into(),
+            );
         }
         for (i, alias) in self.aliases.iter().enumerate() {
             let field = format!("aliases[{i}]");
@@ -162,10 +172,22 @@ impl Tag {
             }
         }
         if self.description.len() > TEXT_LEN_MAX {
-            problem("description", format!("is {} bytes long; the limit is {TEXT_LEN_MAX}", self.description.len()));
+            problem(
+                "description",
+                format!(
+                    "is {} bytes long; the limit is {TEXT_LEN_MAX}",
+                    self.description.len()
+                ),
+            );
         }
         if self.owner_team.len() > TEXT_LEN_MAX {
-            problem("owner_team", format!("is {} bytes long; the limit is {TEXT_LEN_MAX}", self.owner_team.len()));
+            problem(
+                "owner_team",
+                format!(
+                    "is {} bytes long; the limit is {TEXT_LEN_MAX}",
+                    self.owner_team.len()
+                ),
+            );
         }
         if !problems.is_empty() {
             return Err(Error::InvalidTag(problems));
@@ -197,17 +219,26 @@ impl DomainSettings {
     pub fn normalised(mut self) -> Result<DomainSettings> {
         let mut problems = Vec::new();
         if let Some(msg) = check_identifier(&self.name) {
-            problems.push(SpecProblem { field: "name".into(), message: msg });
+            problems.push(SpecProblem {
+                field: "name".into(),
+                message: msg,
+            });
         }
         for (i, ds) in self.datasources.iter().enumerate() {
             if let Some(msg) = check_identifier(ds) {
-                problems.push(SpecProblem { field: format!("datasources[{i}]"), message: msg });
+                problems.push(SpecProblem {
+                    field: format!("datasources[{i}]"),
+                    message: msg,
+                });
             }
         }
         if self.description.len() > TEXT_LEN_MAX {
             problems.push(SpecProblem {
                 field: "description".into(),
-                message: format!("is {} bytes long; the limit is {TEXT_LEN_MAX}", self.description.len()),
+                message: format!(
+                    "is {} bytes long; the limit is {TEXT_LEN_MAX}",
+                    self.description.len()
+                ),
             });
         }
         if !problems.is_empty() {
@@ -225,7 +256,11 @@ pub fn from_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T> {
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         Error::InvalidTag(vec![SpecProblem {
-            field: if path == "." { "(body)".to_string() } else { path },
+            field: if path == "." {
+                "(body)".to_string()
+            } else {
+                path
+            },
             message: e.into_inner().to_string(),
         }])
     })
@@ -239,7 +274,11 @@ pub struct Versioned<T> {
 }
 
 fn at<T>(history: &[Versioned<T>], position: LogPosition) -> Option<&T> {
-    history.iter().rev().find(|v| v.position <= position).map(|v| &v.value)
+    history
+        .iter()
+        .rev()
+        .find(|v| v.position <= position)
+        .map(|v| &v.value)
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -267,11 +306,16 @@ impl DomainEntry {
 
     /// The tags in force at `position`, by name.
     pub fn tags_at(&self, position: LogPosition) -> impl Iterator<Item = &Tag> {
-        self.tags.values().filter_map(move |h| at(h, position).and_then(Option::as_ref))
+        self.tags
+            .values()
+            .filter_map(move |h| at(h, position).and_then(Option::as_ref))
     }
 
     pub fn tag(&self, name: &str) -> Option<&Tag> {
-        self.tags.get(name).and_then(|h| h.last()).and_then(|v| v.value.as_ref())
+        self.tags
+            .get(name)
+            .and_then(|h| h.last())
+            .and_then(|v| v.value.as_ref())
     }
 
     /// Where `name` was last changed (for `versions` in answers and the rules cache).
@@ -283,7 +327,11 @@ impl DomainEntry {
     pub fn changed_at_or_before(&self, position: LogPosition) -> LogPosition {
         let settings = self.settings.iter().map(|v| v.position);
         let tags = self.tags.values().flatten().map(|v| v.position);
-        settings.chain(tags).filter(|p| *p <= position).max().unwrap_or(0)
+        settings
+            .chain(tags)
+            .filter(|p| *p <= position)
+            .max()
+            .unwrap_or(0)
     }
 }
 
@@ -347,9 +395,10 @@ impl Governance {
 
     /// The domain whose settings at `position` list `datasource`.
     pub fn domain_of(&self, datasource: &str, position: LogPosition) -> Option<&DomainEntry> {
-        self.domains
-            .values()
-            .find(|d| d.settings_at(position).is_some_and(|s| s.datasources.iter().any(|n| n == datasource)))
+        self.domains.values().find(|d| {
+            d.settings_at(position)
+                .is_some_and(|s| s.datasources.iter().any(|n| n == datasource))
+        })
     }
 
     /// Checks `cmd` against the registry as it is (the catalog adds the checks against
@@ -371,28 +420,60 @@ impl Governance {
                 self.check_membership(&domain)
             }
             GovernanceCommand::PutTag { domain, tag } => {
-                let entry = self.domains.get(domain).ok_or_else(|| Error::UnknownDomain { name: domain.clone() })?;
+                let entry = self
+                    .domains
+                    .get(domain)
+                    .ok_or_else(|| Error::UnknownDomain {
+                        name: domain.clone(),
+                    })?;
                 let tag = tag.clone().normalised()?;
                 let mut problems = Vec::new();
-                for other in entry.tags_at(LogPosition::MAX).filter(|t| t.name != tag.name) {
+                for other in entry
+                    .tags_at(LogPosition::MAX)
+                    .filter(|t| t.name != tag.name)
+                {
                     for (i, key) in tag.keys().enumerate() {
                         if other.keys().any(|k| k == key) {
-                            let field = if i == 0 { "name".to_string() } else { format!("aliases[{}]", i - 1) };
-                            let what = if key == other.name {
-                                format!("{key:?} is already the tag {:?} in domain {domain:?}", other.name)
+                            let field = if i == 0 {
+                                "name".to_string()
                             } else {
-                                format!("{key:?} is already an alias of tag {:?} in domain {domain:?}", other.name)
+                                format!("aliases[{}]", i - 1)
                             };
-                            problems.push(SpecProblem { field, message: what });
+                            let what = if key == other.name {
+                                format!(
+                                    "{key:?} is already the tag {:?} in domain {domain:?}",
+                                    other.name
+                                )
+                            } else {
+                                format!(
+                                    "{key:?} is already an alias of tag {:?} in domain {domain:?}",
+                                    other.name
+                                )
+                            };
+                            problems.push(SpecProblem {
+                                field,
+                                message: what,
+                            });
                         }
                     }
                 }
-                if problems.is_empty() { Ok(()) } else { Err(Error::GovernanceConflict(problems)) }
+                if problems.is_empty() {
+                    Ok(())
+                } else {
+                    Err(Error::GovernanceConflict(problems))
+                }
             }
             GovernanceCommand::RemoveTag { domain, tag } => {
-                let entry = self.domains.get(domain).ok_or_else(|| Error::UnknownDomain { name: domain.clone() })?;
-                let current =
-                    entry.tag(tag).ok_or_else(|| Error::UnknownTag { domain: domain.clone(), name: tag.clone() })?;
+                let entry = self
+                    .domains
+                    .get(domain)
+                    .ok_or_else(|| Error::UnknownDomain {
+                        name: domain.clone(),
+                    })?;
+                let current = entry.tag(tag).ok_or_else(|| Error::UnknownTag {
+                    domain: domain.clone(),
+                    name: tag.clone(),
+                })?;
                 if current.status != TagStatus::Proposed {
                     return Err(Error::GovernanceConflict(vec![SpecProblem {
                         field: "status".into(),
@@ -410,7 +491,10 @@ impl Governance {
     fn check_membership(&self, domain: &DomainSettings) -> Result<()> {
         let mut problems = Vec::new();
         for (i, ds) in domain.datasources.iter().enumerate() {
-            if let Some(other) = self.domain_of(ds, LogPosition::MAX).filter(|d| d.name != domain.name) {
+            if let Some(other) = self
+                .domain_of(ds, LogPosition::MAX)
+                .filter(|d| d.name != domain.name)
+            {
                 problems.push(SpecProblem {
                     field: format!("datasources[{i}]"),
                     message: format!(
@@ -420,11 +504,19 @@ impl Governance {
                 });
             }
         }
-        if problems.is_empty() { Ok(()) } else { Err(Error::GovernanceConflict(problems)) }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::GovernanceConflict(problems))
+        }
     }
 
     /// Applies a checked command at `position`.
-    pub fn apply(&mut self, position: LogPosition, cmd: &GovernanceCommand) -> Result<GovernanceEffect> {
+    pub fn apply(
+        &mut self,
+        position: LogPosition,
+        cmd: &GovernanceCommand,
+    ) -> Result<GovernanceEffect> {
         self.check(cmd)?;
         Ok(match cmd {
             GovernanceCommand::CreateDomain { domain } => {
@@ -434,7 +526,10 @@ impl Governance {
                     name.clone(),
                     DomainEntry {
                         name: name.clone(),
-                        settings: vec![Versioned { position, value: domain }],
+                        settings: vec![Versioned {
+                            position,
+                            value: domain,
+                        }],
                         tags: BTreeMap::new(),
                     },
                 );
@@ -443,35 +538,64 @@ impl Governance {
             GovernanceCommand::UpdateDomain { domain } => {
                 let domain = domain.clone().normalised()?;
                 let name = domain.name.clone();
-                let entry = self.domains.get_mut(&name).ok_or_else(|| Error::UnknownDomain { name: name.clone() })?;
+                let entry = self
+                    .domains
+                    .get_mut(&name)
+                    .ok_or_else(|| Error::UnknownDomain { name: name.clone() })?;
                 if entry.current() == &domain {
                     return Ok(GovernanceEffect::Unchanged);
                 }
-                entry.settings.push(Versioned { position, value: domain });
+                entry.settings.push(Versioned {
+                    position,
+                    value: domain,
+                });
                 GovernanceEffect::DomainUpdated(name)
             }
             GovernanceCommand::PutTag { domain, tag } => {
                 let tag = tag.clone().normalised()?;
-                let entry =
-                    self.domains.get_mut(domain).ok_or_else(|| Error::UnknownDomain { name: domain.clone() })?;
+                let entry = self
+                    .domains
+                    .get_mut(domain)
+                    .ok_or_else(|| Error::UnknownDomain {
+                        name: domain.clone(),
+                    })?;
                 let history = entry.tags.entry(tag.name.clone()).or_default();
                 let existed = history.last().is_some_and(|v| v.value.is_some());
                 if history.last().and_then(|v| v.value.as_ref()) == Some(&tag) {
                     return Ok(GovernanceEffect::Unchanged);
                 }
                 let name = tag.name.clone();
-                history.push(Versioned { position, value: Some(tag) });
+                history.push(Versioned {
+                    position,
+                    value: Some(tag),
+                });
                 if existed {
-                    GovernanceEffect::TagUpdated { domain: domain.clone(), tag: name }
+                    GovernanceEffect::TagUpdated {
+                        domain: domain.clone(),
+                        tag: name,
+                    }
                 } else {
-                    GovernanceEffect::TagCreated { domain: domain.clone(), tag: name }
+                    GovernanceEffect::TagCreated {
+                        domain: domain.clone(),
+                        tag: name,
+                    }
                 }
             }
             GovernanceCommand::RemoveTag { domain, tag } => {
-                let entry =
-                    self.domains.get_mut(domain).ok_or_else(|| Error::UnknownDomain { name: domain.clone() })?;
-                entry.tags.entry(tag.clone()).or_default().push(Versioned { position, value: None });
-                GovernanceEffect::TagRemoved { domain: domain.clone(), tag: tag.clone() }
+                let entry = self
+                    .domains
+                    .get_mut(domain)
+                    .ok_or_else(|| Error::UnknownDomain {
+                        name: domain.clone(),
+                    })?;
+                entry.tags.entry(tag.clone()).or_default().push(Versioned {
+                    position,
+                    value: None,
+                });
+                GovernanceEffect::TagRemoved {
+                    domain: domain.clone(),
+                    tag: tag.clone(),
+                }
             }
         })
     }
@@ -495,61 +619,125 @@ mod tests {
 
     #[test]
     fn tags_are_checked_on_their_own() {
-        let bad = tag(r#"{"name":"1x","kind":"dimension","type":"timestamp","aliases":["", "1x", "a", "a"],
-                "required_in":["rollup"]}"#);
-        let Err(Error::InvalidTag(problems)) = bad.normalised() else { panic!("refused") };
+        let bad = tag(
+            r#"{"name":"1x","kind":"dimension","type":"timestamp","aliases":["", "1x", "a", "a"],
+                "required_in":["rollup"]}"#,
+        );
+        let Err(Error::InvalidTag(problems)) = bad.normalised() else {
+            panic!("refused")
+        };
         let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
-        assert_eq!(fields, vec!["name", "type", "aliases[0]", "aliases[1]", "aliases[3]"]);
-        let bad = tag(r#"{"name":"amount","kind":"field","type":"double","required_in":["rollup"]}"#);
-        let Err(Error::InvalidTag(problems)) = bad.normalised() else { panic!("refused") };
-        assert_eq!(problems[0].to_string(), "required_in: only a dimension can be required as a rollup dimension");
-        let ok = tag(r#"{"name":"account_number","kind":"dimension","type":"string","aliases":["b","a"]}"#);
+        assert_eq!(
+            fields,
+            vec!["name", "type", "aliases[0]", "aliases[1]", "aliases[3]"]
+        );
+        let bad =
+            tag(r#"{"name":"amount","kind":"field","type":"double","required_in":["rollup"]}"#);
+        let Err(Error::InvalidTag(problems)) = bad.normalised() else {
+            panic!("refused")
+        };
+        assert_eq!(
+            problems[0].to_string(),
+            "required_in: only a dimension can be required as a rollup dimension"
+        );
+        let ok = tag(
+            r#"{"name":"account_number","kind":"dimension","type":"string","aliases":["b","a"]}"#,
+        );
         assert_eq!(ok.normalised().expect("valid").aliases, vec!["a", "b"]);
     }
 
     #[test]
     fn history_answers_for_any_position() {
         let mut g = Governance::default();
-        let put = |t: &str| GovernanceCommand::PutTag { domain: "payments".into(), tag: tag(t) };
-        let acct = r#"{"name":"account_number","kind":"dimension","type":"string","status":"approved"}"#;
+        let put = |t: &str| GovernanceCommand::PutTag {
+            domain: "payments".into(),
+            tag: tag(t),
+        };
+        let acct =
+            r#"{"name":"account_number","kind":"dimension","type":"string","status":"approved"}"#;
         let acct_alias = r#"{"name":"account_number","kind":"dimension","type":"string","status":"approved",
                               "aliases":["acct_num"]}"#;
         assert_eq!(
-            g.apply(10, &GovernanceCommand::CreateDomain { domain: domain("payments", &["payments"]) })
-                .expect("create"),
+            g.apply(
+                10,
+                &GovernanceCommand::CreateDomain {
+                    domain: domain("payments", &["payments"])
+                }
+            )
+            .expect("create"),
             GovernanceEffect::DomainCreated("payments".into())
         );
-        assert!(matches!(g.apply(20, &put(acct)).expect("put"), GovernanceEffect::TagCreated { .. }));
-        assert_eq!(g.apply(25, &put(acct)).expect("same again"), GovernanceEffect::Unchanged);
-        assert!(matches!(g.apply(30, &put(acct_alias)).expect("alias"), GovernanceEffect::TagUpdated { .. }));
+        assert!(matches!(
+            g.apply(20, &put(acct)).expect("put"),
+            GovernanceEffect::TagCreated { .. }
+        ));
+        assert_eq!(
+            g.apply(25, &put(acct)).expect("same again"),
+            GovernanceEffect::Unchanged
+        );
+        assert!(matches!(
+            g.apply(30, &put(acct_alias)).expect("alias"),
+            GovernanceEffect::TagUpdated { .. }
+        ));
         let d = g.domain("payments").expect("domain");
-        let aliases = |p: LogPosition| d.tags_at(p).flat_map(|t| t.aliases.clone()).collect::<Vec<_>>();
+        let aliases = |p: LogPosition| {
+            d.tags_at(p)
+                .flat_map(|t| t.aliases.clone())
+                .collect::<Vec<_>>()
+        };
         assert_eq!(d.tags_at(15).count(), 0);
         assert_eq!(aliases(29), Vec::<String>::new());
         assert_eq!(aliases(30), vec!["acct_num".to_string()]);
-        assert_eq!((d.changed_at_or_before(29), d.changed_at_or_before(1000)), (20, 30));
+        assert_eq!(
+            (d.changed_at_or_before(29), d.changed_at_or_before(1000)),
+            (20, 30)
+        );
         assert_eq!(g.domain_of("payments", 9).map(|d| d.name.as_str()), None);
-        assert_eq!(g.domain_of("payments", 10).map(|d| d.name.as_str()), Some("payments"));
+        assert_eq!(
+            g.domain_of("payments", 10).map(|d| d.name.as_str()),
+            Some("payments")
+        );
     }
 
     #[test]
     fn conflicts_name_the_other_tag() {
         let mut g = Governance::default();
-        g.apply(1, &GovernanceCommand::CreateDomain { domain: domain("payments", &["payments"]) }).expect("create");
-        let put = |t: &str| GovernanceCommand::PutTag { domain: "payments".into(), tag: tag(t) };
-        g.apply(2, &put(r#"{"name":"amount","kind":"field","type":"double","status":"approved"}"#)).expect("amount");
-        let err = g.apply(3, &put(r#"{"name":"amt","kind":"field","type":"double","aliases":["amount"]}"#));
+        g.apply(
+            1,
+            &GovernanceCommand::CreateDomain {
+                domain: domain("payments", &["payments"]),
+            },
+        )
+        .expect("create");
+        let put = |t: &str| GovernanceCommand::PutTag {
+            domain: "payments".into(),
+            tag: tag(t),
+        };
+        g.apply(
+            2,
+            &put(r#"{"name":"amount","kind":"field","type":"double","status":"approved"}"#),
+        )
+        .expect("amount");
+        let err = g.apply(
+            3,
+            &put(r#"{"name":"amt","kind":"field","type":"double","aliases":["amount"]}"#),
+        );
         assert_eq!(
             err.map_err(|e| e.to_string()).err().as_deref(),
             Some(
                 "governance change conflicts: aliases[0]: \"amount\" is already the tag \"amount\" in domain \"payments\""
             )
         );
-        let err = g.check(&GovernanceCommand::RemoveTag { domain: "payments".into(), tag: "amount".into() });
+        let err = g.check(&GovernanceCommand::RemoveTag {
+            domain: "payments".into(),
+            tag: "amount".into(),
+        });
         assert!(err.map_err(|e| e.to_string()).err().is_some_and(|e| {
             e.contains("tag \"amount\" is approved; only a proposed tag can be removed (deprecate it instead)")
         }));
-        let err = g.check(&GovernanceCommand::CreateDomain { domain: domain("sales", &["payments"]) });
+        let err = g.check(&GovernanceCommand::CreateDomain {
+            domain: domain("sales", &["payments"]),
+        });
         assert!(err.map_err(|e| e.to_string()).err().is_some_and(|e| e.contains(
             "datasource \"payments\" is already in domain \"payments\"; a datasource belongs to one domain"
         )));

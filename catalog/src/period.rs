@@ -23,9 +23,14 @@ pub struct Period {
 
 impl Period {
     pub fn parse(text: &str) -> Result<Self> {
-        let bad = |reason: &str| Error::InvalidPeriod { text: text.to_string(), reason: reason.to_string() };
+        let bad = |reason: &str| Error::InvalidPeriod {
+            text: text.to_string(),
+            reason: reason.to_string(),
+        };
         let upper = text.trim().to_ascii_uppercase();
-        let rest = upper.strip_prefix('P').ok_or_else(|| bad("must start with P"))?;
+        let rest = upper
+            .strip_prefix('P')
+            .ok_or_else(|| bad("must start with P"))?;
         if rest.is_empty() {
             return Err(bad("has no duration after P"));
         }
@@ -44,7 +49,9 @@ impl Period {
                 'D' => 86_400_000,
                 'W' => 7 * 86_400_000,
                 'M' | 'Y' => {
-                    return Err(bad("calendar periods (months, years) are not supported; use days or weeks"));
+                    return Err(bad(
+                        "calendar periods (months, years) are not supported; use days or weeks",
+                    ));
                 }
                 other => return Err(bad(&format!("unknown date unit {other:?}"))),
             };
@@ -62,7 +69,10 @@ impl Period {
         if millis <= 0 {
             return Err(bad("must be longer than zero"));
         }
-        Ok(Period { text: upper, millis })
+        Ok(Period {
+            text: upper,
+            millis,
+        })
     }
 
     pub fn millis(&self) -> i64 {
@@ -95,7 +105,9 @@ fn split_units(s: &str) -> std::result::Result<Vec<(i64, char)>, String> {
             if digits.is_empty() {
                 return Err(format!("unit {c:?} has no number before it"));
             }
-            let amount: i64 = digits.parse().map_err(|_| "number is too large".to_string())?;
+            let amount: i64 = digits
+                .parse()
+                .map_err(|_| "number is too large".to_string())?;
             out.push((amount, c));
             digits.clear();
         }
@@ -143,11 +155,26 @@ mod tests {
     #[test]
     fn parses_common_granularities() {
         assert_eq!(Period::parse("PT1M").map(|p| p.millis()).ok(), Some(60_000));
-        assert_eq!(Period::parse("PT15M").map(|p| p.millis()).ok(), Some(900_000));
-        assert_eq!(Period::parse("PT1H").map(|p| p.millis()).ok(), Some(3_600_000));
-        assert_eq!(Period::parse("P1D").map(|p| p.millis()).ok(), Some(86_400_000));
-        assert_eq!(Period::parse("P1DT12H").map(|p| p.millis()).ok(), Some(129_600_000));
-        assert_eq!(Period::parse("pt30s").map(|p| p.millis()).ok(), Some(30_000));
+        assert_eq!(
+            Period::parse("PT15M").map(|p| p.millis()).ok(),
+            Some(900_000)
+        );
+        assert_eq!(
+            Period::parse("PT1H").map(|p| p.millis()).ok(),
+            Some(3_600_000)
+        );
+        assert_eq!(
+            Period::parse("P1D").map(|p| p.millis()).ok(),
+            Some(86_400_000)
+        );
+        assert_eq!(
+            Period::parse("P1DT12H").map(|p| p.millis()).ok(),
+            Some(129_600_000)
+        );
+        assert_eq!(
+            Period::parse("pt30s").map(|p| p.millis()).ok(),
+            Some(30_000)
+        );
     }
 
     #[test]
@@ -162,7 +189,10 @@ mod tests {
             ("PTM", "no number"),
             ("PT1X", "unknown time unit"),
         ] {
-            let err = Period::parse(text).err().map(|e| e.to_string()).unwrap_or_default();
+            let err = Period::parse(text)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
             assert!(err.contains(needle), "{text}: {err}");
         }
     }

@@ -56,7 +56,11 @@ pub enum RecordFilter {
 type FilterError = crate::Error;
 
 fn filter_error(text: &str, at: usize, problem: String) -> FilterError {
-    crate::Error::InvalidWhere { text: text.to_string(), at, problem }
+    crate::Error::InvalidWhere {
+        text: text.to_string(),
+        at,
+        problem,
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -94,7 +98,10 @@ fn tokenize(text: &str) -> Result<Vec<(usize, Token)>, FilterError> {
                     out.push((at, Token::Sym("!=")));
                     i += 2;
                 } else {
-                    return Err(err(at, format!("{c:?} is not an operator here; use =, != or IN")));
+                    return Err(err(
+                        at,
+                        format!("{c:?} is not an operator here; use =, != or IN"),
+                    ));
                 }
             }
             '\'' | '"' => {
@@ -116,26 +123,45 @@ fn tokenize(text: &str) -> Result<Vec<(usize, Token)>, FilterError> {
                     }
                     s.push(ch);
                 }
-                out.push((at, if quote == '\'' { Token::Str(s) } else { Token::Ident(s) }));
+                out.push((
+                    at,
+                    if quote == '\'' {
+                        Token::Str(s)
+                    } else {
+                        Token::Ident(s)
+                    },
+                ));
             }
             c if c.is_ascii_digit() || c == '-' || c == '+' => {
                 let start = i;
                 i += 1;
-                while chars.get(i).is_some_and(|(_, c)| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '+')) {
+                while chars
+                    .get(i)
+                    .is_some_and(|(_, c)| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '+'))
+                {
                     i += 1;
                 }
                 let s: String = chars[start..i].iter().map(|(_, c)| c).collect();
                 if s.parse::<f64>().is_err() {
-                    return Err(err(at, format!("{s:?} is not a number; quote text as 'text'")));
+                    return Err(err(
+                        at,
+                        format!("{s:?} is not a number; quote text as 'text'"),
+                    ));
                 }
                 out.push((at, Token::Num(s)));
             }
             c if c.is_alphabetic() || c == '_' => {
                 let start = i;
-                while chars.get(i).is_some_and(|(_, c)| c.is_alphanumeric() || matches!(c, '_' | '.' | '-')) {
+                while chars
+                    .get(i)
+                    .is_some_and(|(_, c)| c.is_alphanumeric() || matches!(c, '_' | '.' | '-'))
+                {
                     i += 1;
                 }
-                out.push((at, Token::Ident(chars[start..i].iter().map(|(_, c)| c).collect())));
+                out.push((
+                    at,
+                    Token::Ident(chars[start..i].iter().map(|(_, c)| c).collect()),
+                ));
             }
             c => return Err(err(at, format!("unexpected {c:?}"))),
         }
@@ -151,7 +177,10 @@ struct Parser<'t> {
 
 impl Parser<'_> {
     fn err(&self, problem: impl Into<String>) -> FilterError {
-        let at = self.tokens.get(self.pos).map_or(self.text.chars().count(), |(at, _)| *at);
+        let at = self
+            .tokens
+            .get(self.pos)
+            .map_or(self.text.chars().count(), |(at, _)| *at);
         filter_error(self.text, at, problem.into())
     }
 
@@ -180,7 +209,11 @@ impl Parser<'_> {
         while self.keyword("or") {
             any.push(self.and()?);
         }
-        Ok(if any.len() == 1 { any.remove(0) } else { RecordFilter::Or { any } })
+        Ok(if any.len() == 1 {
+            any.remove(0)
+        } else {
+            RecordFilter::Or { any }
+        })
     }
 
     fn and(&mut self) -> Result<RecordFilter, FilterError> {
@@ -188,12 +221,18 @@ impl Parser<'_> {
         while self.keyword("and") {
             all.push(self.unary()?);
         }
-        Ok(if all.len() == 1 { all.remove(0) } else { RecordFilter::And { all } })
+        Ok(if all.len() == 1 {
+            all.remove(0)
+        } else {
+            RecordFilter::And { all }
+        })
     }
 
     fn unary(&mut self) -> Result<RecordFilter, FilterError> {
         if self.keyword("not") {
-            return Ok(RecordFilter::Not { filter: Box::new(self.unary()?) });
+            return Ok(RecordFilter::Not {
+                filter: Box::new(self.unary()?),
+            });
         }
         if self.symbol("(") {
             let inner = self.or()?;
@@ -212,11 +251,20 @@ impl Parser<'_> {
         };
         self.pos += 1;
         if self.symbol("=") {
-            return Ok(RecordFilter::In { tag, values: vec![self.literal()?] });
+            return Ok(RecordFilter::In {
+                tag,
+                values: vec![self.literal()?],
+            });
         }
         if self.symbol("!=") {
             let values = vec![self.literal()?];
-            return Ok(not(RecordFilter::In { tag: tag.clone(), values }, &tag));
+            return Ok(not(
+                RecordFilter::In {
+                    tag: tag.clone(),
+                    values,
+                },
+                &tag,
+            ));
         }
         if self.keyword("is") {
             let negated = self.keyword("not");
@@ -224,7 +272,13 @@ impl Parser<'_> {
                 return Err(self.err("expected NULL after IS"));
             }
             let is_null = RecordFilter::IsNull { tag };
-            return Ok(if negated { RecordFilter::Not { filter: Box::new(is_null) } } else { is_null });
+            return Ok(if negated {
+                RecordFilter::Not {
+                    filter: Box::new(is_null),
+                }
+            } else {
+                is_null
+            });
         }
         let negated = self.keyword("not");
         if !self.keyword("in") {
@@ -240,14 +294,19 @@ impl Parser<'_> {
         if !self.symbol(")") {
             return Err(self.err("expected , or ) in the IN list"));
         }
-        let list = RecordFilter::In { tag: tag.clone(), values };
+        let list = RecordFilter::In {
+            tag: tag.clone(),
+            values,
+        };
         Ok(if negated { not(list, &tag) } else { list })
     }
 
     fn literal(&mut self) -> Result<String, FilterError> {
         let value = match self.peek() {
             Some(Token::Str(s) | Token::Num(s)) => s.clone(),
-            Some(Token::Ident(w)) if w.eq_ignore_ascii_case("true") || w.eq_ignore_ascii_case("false") => {
+            Some(Token::Ident(w))
+                if w.eq_ignore_ascii_case("true") || w.eq_ignore_ascii_case("false") =>
+            {
                 w.to_ascii_lowercase()
             }
             Some(Token::Ident(w)) => {
@@ -264,27 +323,43 @@ impl Parser<'_> {
 fn not(list: RecordFilter, tag: &str) -> RecordFilter {
     RecordFilter::And {
         all: vec![
-            RecordFilter::Not { filter: Box::new(RecordFilter::IsNull { tag: tag.to_string() }) },
-            RecordFilter::Not { filter: Box::new(list) },
+            RecordFilter::Not {
+                filter: Box::new(RecordFilter::IsNull {
+                    tag: tag.to_string(),
+                }),
+            },
+            RecordFilter::Not {
+                filter: Box::new(list),
+            },
         ],
     }
 }
 
 fn is_keyword(w: &str) -> bool {
-    ["and", "or", "not", "in", "is", "null"].iter().any(|k| w.eq_ignore_ascii_case(k))
+    ["and", "or", "not", "in", "is", "null"]
+        .iter()
+        .any(|k| w.eq_ignore_ascii_case(k))
 }
 
 impl RecordFilter {
     /// Parses a `--where` text.
     pub fn parse(text: &str) -> Result<RecordFilter, FilterError> {
         let tokens = tokenize(text)?;
-        let mut p = Parser { text, tokens, pos: 0 };
+        let mut p = Parser {
+            text,
+            tokens,
+            pos: 0,
+        };
         if p.tokens.is_empty() {
-            return Err(p.err("the condition is empty; say which beacons to delete, e.g. merchant_id = 'm1'"));
+            return Err(p.err(
+                "the condition is empty; say which beacons to delete, e.g. merchant_id = 'm1'",
+            ));
         }
         let filter = p.or()?;
         if p.pos < p.tokens.len() {
-            return Err(p.err("unexpected text after the condition (join conditions with AND or OR)"));
+            return Err(
+                p.err("unexpected text after the condition (join conditions with AND or OR)")
+            );
         }
         Ok(filter)
     }
@@ -313,18 +388,27 @@ impl RecordFilter {
     pub fn compile(&self, rules: Option<&TagRules>) -> CompiledFilter {
         let keys = |tag: &str| -> Vec<String> {
             match rules.and_then(|r| r.lookup(tag)) {
-                Some((t, _)) => std::iter::once(t.name.clone()).chain(t.aliases.iter().cloned()).collect(),
+                Some((t, _)) => std::iter::once(t.name.clone())
+                    .chain(t.aliases.iter().cloned())
+                    .collect(),
                 None => vec![tag.to_string()],
             }
         };
-        CompiledFilter { root: compile_node(self, &keys) }
+        CompiledFilter {
+            root: compile_node(self, &keys),
+        }
     }
 }
 
 #[derive(Debug, Clone)]
 enum Node {
-    In { keys: Vec<String>, values: Vec<String> },
-    IsNull { keys: Vec<String> },
+    In {
+        keys: Vec<String>,
+        values: Vec<String>,
+    },
+    IsNull {
+        keys: Vec<String>,
+    },
     Not(Box<Node>),
     And(Vec<Node>),
     Or(Vec<Node>),
@@ -332,7 +416,10 @@ enum Node {
 
 fn compile_node(f: &RecordFilter, keys: &dyn Fn(&str) -> Vec<String>) -> Node {
     match f {
-        RecordFilter::In { tag, values } => Node::In { keys: keys(tag), values: values.clone() },
+        RecordFilter::In { tag, values } => Node::In {
+            keys: keys(tag),
+            values: values.clone(),
+        },
         RecordFilter::IsNull { tag } => Node::IsNull { keys: keys(tag) },
         RecordFilter::Not { filter } => Node::Not(Box::new(compile_node(filter, keys))),
         RecordFilter::And { all } => Node::And(all.iter().map(|f| compile_node(f, keys)).collect()),
@@ -360,7 +447,9 @@ impl CompiledFilter {
     /// Whether a rolled-up row matches: `value` gives a tag's stored value (its standardised
     /// text; `None` for null or a tag the row does not have).
     pub fn matches_row(&self, value: &dyn Fn(&str) -> Option<String>) -> bool {
-        eval_with(&self.root, &|keys: &[String]| keys.iter().filter_map(|k| value(k)).collect())
+        eval_with(&self.root, &|keys: &[String]| {
+            keys.iter().filter_map(|k| value(k)).collect()
+        })
     }
 }
 
@@ -375,13 +464,20 @@ fn eval_with(node: &Node, texts: &dyn Fn(&[String]) -> Vec<String>) -> bool {
 }
 
 /// The tag's values in `obj` under any of its keys, as text; JSON null counts as absent.
-fn texts<'a>(obj: &'a serde_json::Map<String, serde_json::Value>, keys: &[String]) -> Vec<std::borrow::Cow<'a, str>> {
+fn texts<'a>(
+    obj: &'a serde_json::Map<String, serde_json::Value>,
+    keys: &[String],
+) -> Vec<std::borrow::Cow<'a, str>> {
     use serde_json::Value;
     keys.iter()
         .filter_map(|k| match obj.get(k)? {
             Value::String(s) => Some(std::borrow::Cow::Borrowed(s.as_str())),
             Value::Number(n) => Some(std::borrow::Cow::Owned(n.to_string())),
-            Value::Bool(b) => Some(std::borrow::Cow::Borrowed(if *b { "true" } else { "false" })),
+            Value::Bool(b) => Some(std::borrow::Cow::Borrowed(if *b {
+                "true"
+            } else {
+                "false"
+            })),
             Value::Null => None,
             other => Some(std::borrow::Cow::Owned(other.to_string())),
         })
@@ -390,7 +486,9 @@ fn texts<'a>(obj: &'a serde_json::Map<String, serde_json::Value>, keys: &[String
 
 fn eval(node: &Node, obj: &serde_json::Map<String, serde_json::Value>) -> bool {
     match node {
-        Node::In { keys, values } => texts(obj, keys).iter().any(|t| values.iter().any(|v| v == t)),
+        Node::In { keys, values } => texts(obj, keys)
+            .iter()
+            .any(|t| values.iter().any(|v| v == t)),
         Node::IsNull { keys } => texts(obj, keys).is_empty(),
         Node::Not(inner) => !eval(inner, obj),
         Node::And(all) => all.iter().all(|n| eval(n, obj)),
@@ -404,7 +502,9 @@ mod tests {
     use crate::governance::Tag;
 
     fn matches(text: &str, beacon: &str) -> bool {
-        RecordFilter::parse(text).map(|f| f.compile(None).matches(beacon.as_bytes())).unwrap_or_else(|e| panic!("{e}"))
+        RecordFilter::parse(text)
+            .map(|f| f.compile(None).matches(beacon.as_bytes()))
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     #[test]
@@ -427,8 +527,8 @@ mod tests {
 
     #[test]
     fn rows_match_by_their_stored_values() {
-        let f =
-            RecordFilter::parse("merchant_id = 'm1' AND (country IS NULL OR country != 'DE')").map(|f| f.compile(None));
+        let f = RecordFilter::parse("merchant_id = 'm1' AND (country IS NULL OR country != 'DE')")
+            .map(|f| f.compile(None));
         let f = f.unwrap_or_else(|e| panic!("{e}"));
         let row = |m: &'static str, c: Option<&'static str>| {
             move |k: &str| match k {
@@ -447,10 +547,15 @@ mod tests {
     fn null_never_compares() {
         let b = r#"{"merchant_id":"m1"}"#;
         assert!(!matches("country = 'DE'", b));
-        assert!(!matches("country != 'DE'", b), "an absent tag is not unequal either");
+        assert!(
+            !matches("country != 'DE'", b),
+            "an absent tag is not unequal either"
+        );
         assert!(!matches("country NOT IN ('DE')", b));
         assert!(
-            !RecordFilter::parse("merchant_id = 'm1'").map(|f| f.compile(None).matches(b"not json")).unwrap_or(true)
+            !RecordFilter::parse("merchant_id = 'm1'")
+                .map(|f| f.compile(None).matches(b"not json"))
+                .unwrap_or(true)
         );
     }
 
@@ -464,7 +569,9 @@ mod tests {
         .unwrap_or_else(|e| panic!("{e}"));
         let rules = TagRules::compile("shop", [&tag]);
         for text in ["account_number = 'a7'", "acct_num = 'a7'"] {
-            let f = RecordFilter::parse(text).unwrap_or_else(|e| panic!("{e}")).compile(Some(&rules));
+            let f = RecordFilter::parse(text)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .compile(Some(&rules));
             assert!(f.matches(br#"{"acct_num":"a7"}"#), "{text}");
             assert!(f.matches(br#"{"account_number":"a7"}"#), "{text}");
             assert!(!f.matches(br#"{"account_number":"a8"}"#), "{text}");
@@ -475,18 +582,41 @@ mod tests {
     fn bad_conditions_say_what_is_wrong() {
         let cases = [
             ("", "the condition is empty", 0),
-            ("merchant_id = m1", "m1 is not a value; quote text as 'm1'", 14),
+            (
+                "merchant_id = m1",
+                "m1 is not a value; quote text as 'm1'",
+                14,
+            ),
             ("merchant_id = 'm1", "never closed", 14),
-            ("merchant_id 'm1'", "expected =, !=, IN or IS NULL after merchant_id", 12),
-            ("merchant_id = 'm1' user_id = 2", "unexpected text after the condition", 19),
+            (
+                "merchant_id 'm1'",
+                "expected =, !=, IN or IS NULL after merchant_id",
+                12,
+            ),
+            (
+                "merchant_id = 'm1' user_id = 2",
+                "unexpected text after the condition",
+                19,
+            ),
             ("(merchant_id = 'm1'", "expected ) to close", 19),
-            ("merchant_id IN ('a' 'b')", "expected , or ) in the IN list", 20),
+            (
+                "merchant_id IN ('a' 'b')",
+                "expected , or ) in the IN list",
+                20,
+            ),
             ("merchant_id > 3", "unexpected '>'", 12),
             ("= 'm1'", "expected a tag name", 0),
         ];
         for (text, want, at) in cases {
-            let e = RecordFilter::parse(text).err().unwrap_or_else(|| panic!("{text:?} parsed"));
-            let crate::Error::InvalidWhere { problem, at: found, .. } = &e else { panic!("{e}") };
+            let e = RecordFilter::parse(text)
+                .err()
+                .unwrap_or_else(|| panic!("{text:?} parsed"));
+            let crate::Error::InvalidWhere {
+                problem, at: found, ..
+            } = &e
+            else {
+                panic!("{e}")
+            };
             assert!(problem.contains(want), "{text:?}: {e}");
             assert_eq!(*found, at, "{text:?}: {e}");
         }
@@ -494,9 +624,11 @@ mod tests {
 
     #[test]
     fn round_trips_through_json() {
-        let f = RecordFilter::parse("a = '1' AND (b IN (2, 3) OR NOT c IS NULL)").unwrap_or_else(|e| panic!("{e}"));
+        let f = RecordFilter::parse("a = '1' AND (b IN (2, 3) OR NOT c IS NULL)")
+            .unwrap_or_else(|e| panic!("{e}"));
         let back: RecordFilter =
-            serde_json::from_str(&serde_json::to_string(&f).unwrap_or_default()).unwrap_or_else(|e| panic!("{e}"));
+            serde_json::from_str(&serde_json::to_string(&f).unwrap_or_default())
+                .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(back, f);
         assert_eq!(f.tags(), vec!["a", "b", "c"]);
     }

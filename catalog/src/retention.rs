@@ -53,13 +53,20 @@ impl Retention {
             if let Some(p) = p
                 && p.millis() <= 0
             {
-                problems.push(SpecProblem { field: field.into(), message: format!("{p} must be a positive period") });
+                problems.push(SpecProblem {
+                    field: field.into(),
+                    message: format!("{p} must be a positive period"),
+                });
             }
         }
         // Segments are rolled up from the raw log: keeping the raw log longer is fine (it can
         // rebuild them), keeping segments longer than raw is the usual case; nothing to
         // cross-check except that rejects need their raw records to be reprocessed.
-        if problems.is_empty() { Ok(()) } else { Err(Error::InvalidRetention(problems)) }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::InvalidRetention(problems))
+        }
     }
 
     /// (form name, period) in a fixed order.
@@ -103,15 +110,24 @@ impl Retentions {
 
     /// The current rule of every datasource that has one, by name.
     pub fn current(&self) -> impl Iterator<Item = (&str, &Versioned<Retention>)> {
-        self.by_datasource.iter().filter_map(|(name, h)| h.last().map(|v| (name.as_str(), v)))
+        self.by_datasource
+            .iter()
+            .filter_map(|(name, h)| h.last().map(|v| (name.as_str(), v)))
     }
 
     pub fn apply(&mut self, position: LogPosition, cmd: &RetentionCommand) {
-        let RetentionCommand::PutRetention { datasource, retention, .. } = cmd;
+        let RetentionCommand::PutRetention {
+            datasource,
+            retention,
+            ..
+        } = cmd;
         self.by_datasource
             .entry(datasource.clone())
             .or_default()
-            .push(Versioned { position, value: retention.clone() });
+            .push(Versioned {
+                position,
+                value: retention.clone(),
+            });
     }
 }
 
@@ -121,27 +137,53 @@ mod tests {
 
     #[test]
     fn rules_parse_with_named_problems_and_follow_log_positions() {
-        let r = Retention::from_json(r#"{"raw":"P30D","segments":"P400D","rejects":"P7D"}"#).expect("valid");
+        let r = Retention::from_json(r#"{"raw":"P30D","segments":"P400D","rejects":"P7D"}"#)
+            .expect("valid");
         assert_eq!(r.raw.as_ref().map(|p| p.millis()), Some(30 * 86_400_000));
         assert_eq!(r.fulltext, None);
-        let err = Retention::from_json(r#"{"raw":"30 days"}"#).err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(err.starts_with("invalid retention rule: raw: invalid period \"30 days\""), "{err}");
-        let err = Retention::from_json(r#"{"logs":"P1D"}"#).err().map(|e| e.to_string()).unwrap_or_default();
+        let err = Retention::from_json(r#"{"raw":"30 days"}"#)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.starts_with("invalid retention rule: raw: invalid period \"30 days\""),
+            "{err}"
+        );
+        let err = Retention::from_json(r#"{"logs":"P1D"}"#)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("unknown field `logs`"), "{err}");
 
         let mut all = Retentions::default();
         all.apply(
             10,
-            &RetentionCommand::PutRetention { datasource: "a".into(), retention: r.clone(), would_remove: None },
+            &RetentionCommand::PutRetention {
+                datasource: "a".into(),
+                retention: r.clone(),
+                would_remove: None,
+            },
         );
-        let shorter = Retention { raw: Period::parse("P7D").ok(), ..r.clone() };
+        let shorter = Retention {
+            raw: Period::parse("P7D").ok(),
+            ..r.clone()
+        };
         all.apply(
             20,
-            &RetentionCommand::PutRetention { datasource: "a".into(), retention: shorter.clone(), would_remove: None },
+            &RetentionCommand::PutRetention {
+                datasource: "a".into(),
+                retention: shorter.clone(),
+                would_remove: None,
+            },
         );
         assert!(all.at("a", 9).is_none());
         assert_eq!(all.at("a", 15).map(|v| &v.value), Some(&r));
         assert_eq!(all.at("a", 20).map(|v| &v.value), Some(&shorter));
-        assert_eq!(all.current().map(|(n, v)| (n, v.position)).collect::<Vec<_>>(), vec![("a", 20)]);
+        assert_eq!(
+            all.current()
+                .map(|(n, v)| (n, v.position))
+                .collect::<Vec<_>>(),
+            vec![("a", 20)]
+        );
     }
 }

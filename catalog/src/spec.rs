@@ -155,7 +155,9 @@ impl MetricKind {
 
     pub fn tdigest_compression(&self) -> u16 {
         match self {
-            MetricKind::Tdigest { compression, .. } => compression.unwrap_or(TDIGEST_COMPRESSION_DEFAULT),
+            MetricKind::Tdigest { compression, .. } => {
+                compression.unwrap_or(TDIGEST_COMPRESSION_DEFAULT)
+            }
             _ => TDIGEST_COMPRESSION_DEFAULT,
         }
     }
@@ -206,7 +208,11 @@ impl DatasourceSpec {
             let path = e.path().to_string();
             let inner = e.into_inner();
             Error::InvalidSpec(vec![SpecProblem {
-                field: if path == "." { "(spec)".to_string() } else { path },
+                field: if path == "." {
+                    "(spec)".to_string()
+                } else {
+                    path
+                },
                 message: inner.to_string(),
             }])
         })?;
@@ -225,9 +231,16 @@ impl DatasourceSpec {
             problem("name".into(), msg);
         }
         if self.timestamp.field.is_empty() {
-            problem("timestamp.field".into(), "must name the input field holding event time".into());
+            problem(
+                "timestamp.field".into(),
+                "must name the input field holding event time".into(),
+            );
         }
-        if !self.granularity.segment.is_multiple_of(&self.granularity.query) {
+        if !self
+            .granularity
+            .segment
+            .is_multiple_of(&self.granularity.query)
+        {
             problem(
                 "granularity.segment".into(),
                 format!(
@@ -244,7 +257,10 @@ impl DatasourceSpec {
                 problem(path.clone(), msg);
             }
             if dim == &self.timestamp.field {
-                problem(path.clone(), format!("{dim:?} is the timestamp field and cannot also be a dimension"));
+                problem(
+                    path.clone(),
+                    format!("{dim:?} is the timestamp field and cannot also be a dimension"),
+                );
             }
             columns.push((dim, path));
         }
@@ -257,36 +273,60 @@ impl DatasourceSpec {
             if let Some(field) = metric.kind.field()
                 && field.is_empty()
             {
-                problem(format!("{path}.field"), "must name the input field this metric reads".into());
+                problem(
+                    format!("{path}.field"),
+                    "must name the input field this metric reads".into(),
+                );
             }
             if let MetricKind::Hll { lg_k: Some(k), .. } = metric.kind
                 && !(4..=21).contains(&k)
             {
-                problem(format!("{path}.lg_k"), format!("{k} is out of range; use 4 to 21 (default 12)"));
+                problem(
+                    format!("{path}.lg_k"),
+                    format!("{k} is out of range; use 4 to 21 (default 12)"),
+                );
             }
-            if let MetricKind::Tdigest { compression: Some(c), .. } = metric.kind
+            if let MetricKind::Tdigest {
+                compression: Some(c),
+                ..
+            } = metric.kind
                 && c < 10
             {
-                problem(format!("{path}.compression"), format!("{c} is too small; use at least 10 (default 100)"));
+                problem(
+                    format!("{path}.compression"),
+                    format!("{c} is too small; use at least 10 (default 100)"),
+                );
             }
         }
         for (i, (name, path)) in columns.iter().enumerate() {
             if *name == TIME_COLUMN {
-                problem(path.clone(), format!("{TIME_COLUMN:?} is reserved for event time"));
+                problem(
+                    path.clone(),
+                    format!("{TIME_COLUMN:?} is reserved for event time"),
+                );
             }
             if let Some((_, first)) = columns[..i].iter().find(|(other, _)| other == name) {
-                problem(path.clone(), format!("column {name:?} is already defined at {first}"));
+                problem(
+                    path.clone(),
+                    format!("column {name:?} is already defined at {first}"),
+                );
             }
         }
 
         if let Some(tenant) = &self.tenant
             && !self.dimensions.contains(tenant)
         {
-            problem("tenant".into(), format!("{tenant:?} is not one of the dimensions"));
+            problem(
+                "tenant".into(),
+                format!("{tenant:?} is not one of the dimensions"),
+            );
         }
         for (i, key) in self.clustering.iter().enumerate() {
             if !self.dimensions.contains(key) {
-                problem(format!("clustering[{i}]"), format!("{key:?} is not one of the dimensions"));
+                problem(
+                    format!("clustering[{i}]"),
+                    format!("{key:?} is not one of the dimensions"),
+                );
             }
             if self.clustering[..i].contains(key) {
                 problem(format!("clustering[{i}]"), format!("{key:?} appears twice"));
@@ -296,7 +336,9 @@ impl DatasourceSpec {
         for (i, rule) in self.rollup_rules.iter().enumerate() {
             let path = format!("rollup_rules[{i}]");
             let g = &rule.granularity;
-            if !g.is_multiple_of(&self.granularity.query) || !self.granularity.segment.is_multiple_of(g) {
+            if !g.is_multiple_of(&self.granularity.query)
+                || !self.granularity.segment.is_multiple_of(g)
+            {
                 problem(
                     format!("{path}.granularity"),
                     format!(
@@ -306,7 +348,9 @@ impl DatasourceSpec {
                 );
             }
             if let Some(p) = previous
-                && (rule.after.millis() <= p.after.millis() || !g.is_multiple_of(&p.granularity) || g == &p.granularity)
+                && (rule.after.millis() <= p.after.millis()
+                    || !g.is_multiple_of(&p.granularity)
+                    || g == &p.granularity)
             {
                 problem(
                     path.clone(),
@@ -320,30 +364,53 @@ impl DatasourceSpec {
             previous = Some(rule);
         }
         if self.partitions == 0 || self.partitions > PARTITIONS_MAX {
-            problem("partitions".into(), format!("{} is out of range; use 1 to {PARTITIONS_MAX}", self.partitions));
+            problem(
+                "partitions".into(),
+                format!(
+                    "{} is out of range; use 1 to {PARTITIONS_MAX}",
+                    self.partitions
+                ),
+            );
         }
 
-        if problems.is_empty() { Ok(()) } else { Err(Error::InvalidSpec(problems)) }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::InvalidSpec(problems))
+        }
     }
 
     /// Decides whether `new` may replace `self` for an existing datasource.
     pub fn check_update(&self, new: &DatasourceSpec) -> Result<()> {
-        let refuse = |reason: String| Err(Error::IncompatibleUpdate { name: self.name.clone(), reason });
+        let refuse = |reason: String| {
+            Err(Error::IncompatibleUpdate {
+                name: self.name.clone(),
+                reason,
+            })
+        };
         if new.name != self.name {
-            return refuse(format!("the name cannot change (to {:?}); create a new datasource", new.name));
+            return refuse(format!(
+                "the name cannot change (to {:?}); create a new datasource",
+                new.name
+            ));
         }
         if new.timestamp != self.timestamp {
             return refuse("the timestamp field cannot change".into());
         }
         for dim in &self.dimensions {
             if !new.dimensions.contains(dim) {
-                return refuse(format!("dimension {dim:?} cannot be removed; dimensions may only be added"));
+                return refuse(format!(
+                    "dimension {dim:?} cannot be removed; dimensions may only be added"
+                ));
             }
         }
         for old in &self.metrics {
             match new.metrics.iter().find(|m| m.name == old.name) {
                 None => {
-                    return refuse(format!("metric {:?} cannot be removed; metrics may only be added", old.name));
+                    return refuse(format!(
+                        "metric {:?} cannot be removed; metrics may only be added",
+                        old.name
+                    ));
                 }
                 Some(m) if m.kind != old.kind => {
                     return refuse(format!(
@@ -358,7 +425,10 @@ impl DatasourceSpec {
             return refuse("the tenant dimension cannot change".into());
         }
         if new.partitions < self.partitions {
-            return refuse(format!("partitions can only grow (from {} to {} asked)", self.partitions, new.partitions));
+            return refuse(format!(
+                "partitions can only grow (from {} to {} asked)",
+                self.partitions, new.partitions
+            ));
         }
         new.validate()
     }
@@ -391,12 +461,19 @@ pub(crate) fn check_identifier(name: &str) -> Option<String> {
         return Some("must not be empty".into());
     }
     if name.len() > NAME_LEN_MAX {
-        return Some(format!("is {} bytes long; the limit is {NAME_LEN_MAX}", name.len()));
+        return Some(format!(
+            "is {} bytes long; the limit is {NAME_LEN_MAX}",
+            name.len()
+        ));
     }
     let mut chars = name.chars();
-    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
     if !first_ok || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-        return Some(format!("{name:?} must start with a letter or _ and hold only letters, digits and _"));
+        return Some(format!(
+            "{name:?} must start with a letter or _ and hold only letters, digits and _"
+        ));
     }
     None
 }
@@ -428,13 +505,20 @@ mod tests {
         let ok = with(r#"[{"after": "P7D", "granularity": "PT5M"}, {"after": "P30D", "granularity": "PT15M"}]"#)
             .expect("valid rules");
         assert_eq!(ok.rollup_rules[1].granularity.millis(), 900_000);
-        let e =
-            err_text(with(r#"[{"after": "P30D", "granularity": "PT15M"}, {"after": "P7D", "granularity": "PT30M"}]"#));
-        assert!(e.contains("rollup_rules[1]: rules must go from younger to older data"), "{e}");
-        let e =
-            err_text(with(r#"[{"after": "P7D", "granularity": "PT15M"}, {"after": "P30D", "granularity": "PT20M"}]"#));
+        let e = err_text(with(
+            r#"[{"after": "P30D", "granularity": "PT15M"}, {"after": "P7D", "granularity": "PT30M"}]"#,
+        ));
+        assert!(
+            e.contains("rollup_rules[1]: rules must go from younger to older data"),
+            "{e}"
+        );
+        let e = err_text(with(
+            r#"[{"after": "P7D", "granularity": "PT15M"}, {"after": "P30D", "granularity": "PT20M"}]"#,
+        ));
         assert!(e.contains("rollup_rules[1]: rules must go"), "{e}");
-        let e = err_text(with(r#"[{"after": "P7D", "granularity": "PT15M", "keep": 1}]"#));
+        let e = err_text(with(
+            r#"[{"after": "P7D", "granularity": "PT15M", "keep": 1}]"#,
+        ));
         assert!(e.contains("keep"), "{e}");
     }
 
@@ -477,7 +561,12 @@ mod tests {
             .replace(r#""partitions": 3"#, r#""partitions": 0"#)
             .replace(r#""segment": "PT1H""#, r#""segment": "PT90S""#);
         let err = err_text(DatasourceSpec::from_json(&text));
-        for needle in ["tenant", "\"count\" is already defined", "partitions", "granularity.segment"] {
+        for needle in [
+            "tenant",
+            "\"count\" is already defined",
+            "partitions",
+            "granularity.segment",
+        ] {
             assert!(err.contains(needle), "missing {needle:?} in {err}");
         }
     }
@@ -487,7 +576,12 @@ mod tests {
         let old = beacons();
         let mut added = old.clone();
         added.dimensions.push("campaign".into());
-        added.metrics.push(MetricSpec { name: "qty".into(), kind: MetricKind::LongSum { field: "qty".into() } });
+        added.metrics.push(MetricSpec {
+            name: "qty".into(),
+            kind: MetricKind::LongSum {
+                field: "qty".into(),
+            },
+        });
         added.granularity.query = Period::parse("PT5M").expect("valid");
         assert!(old.check_update(&added).is_ok());
 
@@ -496,7 +590,9 @@ mod tests {
         assert!(err_text(old.check_update(&removed)).contains("\"page\" cannot be removed"));
 
         let mut retyped = old.clone();
-        retyped.metrics[1].kind = MetricKind::LongSum { field: "amount".into() };
+        retyped.metrics[1].kind = MetricKind::LongSum {
+            field: "amount".into(),
+        };
         assert!(err_text(old.check_update(&retyped)).contains("amount_sum"));
 
         let mut fewer = old.clone();

@@ -21,7 +21,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use crate::event::{
-    Event, Field, Hint, RejectReason, TopLevel, UnknownTag, extract_fields, extract_json, timestamp_of,
+    Event, Field, Hint, RejectReason, TopLevel, UnknownTag, extract_fields, extract_json,
+    timestamp_of,
 };
 use crate::governance::{Tag, TagStatus, TagType};
 use crate::spec::{DatasourceSpec, UnknownTagPolicy};
@@ -53,7 +54,12 @@ impl TagRules {
                 candidates.extend(t.aliases.iter().map(|a| Candidate::new(a, &t.name, false)));
             }
         }
-        TagRules { domain: domain.to_string(), tags, keys, candidates }
+        TagRules {
+            domain: domain.to_string(),
+            tags,
+            keys,
+            candidates,
+        }
     }
 
     pub fn domain(&self) -> &str {
@@ -62,17 +68,25 @@ impl TagRules {
 
     /// The tag `key` means, if it is a name or alias of a tag that is not merely proposed.
     pub fn resolve(&self, key: &str) -> Option<&Tag> {
-        self.keys.get(key).map(|(i, _)| &self.tags[*i]).filter(|t| t.status != TagStatus::Proposed)
+        self.keys
+            .get(key)
+            .map(|(i, _)| &self.tags[*i])
+            .filter(|t| t.status != TagStatus::Proposed)
     }
 
     /// The tag `key` names or aliases, whatever its status.
     pub fn lookup(&self, key: &str) -> Option<(&Tag, bool)> {
-        self.keys.get(key).map(|(i, alias)| (&self.tags[*i], *alias))
+        self.keys
+            .get(key)
+            .map(|(i, alias)| (&self.tags[*i], *alias))
     }
 
     /// What to tell a publisher who sent `key`, which is not an approved or deprecated tag.
     pub fn hint(&self, key: &str) -> Hint {
-        if self.lookup(key).is_some_and(|(t, _)| t.status == TagStatus::Proposed) {
+        if self
+            .lookup(key)
+            .is_some_and(|(t, _)| t.status == TagStatus::Proposed)
+        {
             return Hint::Proposed;
         }
         suggest(key, &self.candidates).map_or(Hint::None, |t| Hint::Suggest(t.to_string()))
@@ -89,7 +103,11 @@ pub struct DroppedTag {
 impl DroppedTag {
     /// The text a publisher reads in the answer.
     pub fn message(&self, domain: &str) -> String {
-        format!("tag {} is not in domain {domain:?} and was dropped{}", crate::event::quoted(&self.key), self.hint)
+        format!(
+            "tag {} is not in domain {domain:?} and was dropped{}",
+            crate::event::quoted(&self.key),
+            self.hint
+        )
     }
 }
 
@@ -114,20 +132,31 @@ pub fn standardise_json<'a>(
     beacon: &'a [u8],
 ) -> Result<Standardised<'a>, RejectReason> {
     let Some(rules) = rules else {
-        return extract_json(spec, beacon).map(|event| Standardised { event, dropped: Vec::new() });
+        return extract_json(spec, beacon).map(|event| Standardised {
+            event,
+            dropped: Vec::new(),
+        });
     };
     let mut de = serde_json::Deserializer::from_slice(beacon);
     let fields = serde::de::DeserializeSeed::deserialize(TopLevel(None), &mut de)
         .and_then(|f| de.end().map(|()| f))
-        .map_err(|e| RejectReason::Other { code: 1, detail: format!("record value is not valid JSON: {e}") })?;
-    let Some(fields) = fields else { return Err(RejectReason::NotAnObject) };
+        .map_err(|e| RejectReason::Other {
+            code: 1,
+            detail: format!("record value is not valid JSON: {e}"),
+        })?;
+    let Some(fields) = fields else {
+        return Err(RejectReason::NotAnObject);
+    };
 
     // Known tags by name, with the key each came as (the last occurrence of a key wins).
     let mut known: Vec<(&Tag, Cow<'a, str>, bool, Field<'a>)> = Vec::new();
     let mut unknown: Vec<Cow<'a, str>> = Vec::new();
     let mut duplicate: Option<RejectReason> = None;
     for (key, field) in fields {
-        match rules.lookup(&key).filter(|(tag, _)| tag.status != TagStatus::Proposed) {
+        match rules
+            .lookup(&key)
+            .filter(|(tag, _)| tag.status != TagStatus::Proposed)
+        {
             Some((tag, alias)) => match known.iter_mut().find(|(t, ..)| t.name == tag.name) {
                 Some(slot) if slot.1 == key => slot.3 = field,
                 Some(slot) => {
@@ -151,12 +180,23 @@ pub fn standardise_json<'a>(
     if let Some(reason) = duplicate {
         return Err(reason);
     }
-    let dropped: Vec<DroppedTag> =
-        unknown.iter().map(|k| DroppedTag { key: k.to_string(), hint: rules.hint(k) }).collect();
+    let dropped: Vec<DroppedTag> = unknown
+        .iter()
+        .map(|k| DroppedTag {
+            key: k.to_string(),
+            hint: rules.hint(k),
+        })
+        .collect();
     if !dropped.is_empty() && spec.unknown_tags == UnknownTagPolicy::Reject {
         return Err(RejectReason::UnknownTags {
             domain: rules.domain.clone(),
-            tags: dropped.into_iter().map(|d| UnknownTag { key: d.key, hint: d.hint }).collect(),
+            tags: dropped
+                .into_iter()
+                .map(|d| UnknownTag {
+                    key: d.key,
+                    hint: d.hint,
+                })
+                .collect(),
         });
     }
     for (tag, key, alias, field) in &known {
@@ -172,7 +212,12 @@ pub fn standardise_json<'a>(
             });
         }
     }
-    let event = extract_fields(spec, |name| known.iter().find(|(t, ..)| t.name == name).map(|(.., f)| f.clone()))?;
+    let event = extract_fields(spec, |name| {
+        known
+            .iter()
+            .find(|(t, ..)| t.name == name)
+            .map(|(.., f)| f.clone())
+    })?;
     Ok(Standardised { event, dropped })
 }
 
@@ -242,10 +287,18 @@ mod tests {
     #[test]
     fn aliases_are_renamed_to_their_tag() {
         let r = rules(true);
-        let b = r#"{"time":1000,"merchant_id":"m1","acct_num":"A-1","amount":2.5,"legacy_sku":"x"}"#;
+        let b =
+            r#"{"time":1000,"merchant_id":"m1","acct_num":"A-1","amount":2.5,"legacy_sku":"x"}"#;
         let s = standardise_json(&spec("reject"), Some(&r), b.as_bytes()).expect("valid");
         assert_eq!(s.event.time_ms, 1000);
-        assert_eq!(s.event.dims, vec![Some(DimValue::Borrowed("m1")), Some(DimValue::Borrowed("A-1")), None]);
+        assert_eq!(
+            s.event.dims,
+            vec![
+                Some(DimValue::Borrowed("m1")),
+                Some(DimValue::Borrowed("A-1")),
+                None
+            ]
+        );
         assert_eq!(s.event.metrics[1], MetricInput::Double(2.5));
         assert!(s.dropped.is_empty());
     }
@@ -254,7 +307,8 @@ mod tests {
     fn unknown_tags_are_dropped_with_a_suggestion() {
         let r = rules(true);
         let b = r#"{"ts":1,"acct_nm":"x","zzz":1,"acct_nm":"y","coupon":"c"}"#;
-        let s = standardise_json(&spec("drop"), Some(&r), b.as_bytes()).expect("dropped, not rejected");
+        let s =
+            standardise_json(&spec("drop"), Some(&r), b.as_bytes()).expect("dropped, not rejected");
         assert_eq!(s.event.dims, vec![None, None, None]);
         let dropped: Vec<String> = s.dropped.iter().map(|d| d.message("payments")).collect();
         assert_eq!(
@@ -275,7 +329,11 @@ mod tests {
                 7,
                 r#"unknown tag "acct_nm" in domain "payments" (did you mean "account_number"?)"#,
             ),
-            (r#"{"ts":1,"zzz":1}"#, 7, r#"unknown tag "zzz" in domain "payments""#),
+            (
+                r#"{"ts":1,"zzz":1}"#,
+                7,
+                r#"unknown tag "zzz" in domain "payments""#,
+            ),
             (
                 r#"{"ts":1,"coupon":"c"}"#,
                 7,
@@ -291,13 +349,21 @@ mod tests {
                 7,
                 r#"unknown tags in domain "payments": "a1", "a2", "a3", "a4", "a5" and 2 more"#,
             ),
-            (r#"{"ts":1,"amount":"12"}"#, 8, r#"tag "amount" must be a finite number (type double), got a string"#),
+            (
+                r#"{"ts":1,"amount":"12"}"#,
+                8,
+                r#"tag "amount" must be a finite number (type double), got a string"#,
+            ),
             (
                 r#"{"ts":1,"acct_num":12}"#,
                 8,
                 r#"tag "account_number" (sent as "acct_num") must be a string (type string), got a number"#,
             ),
-            (r#"{"ts":1,"qty":1.5}"#, 8, r#"tag "qty" must be a whole number within 64 bits (type long), got 1.5"#),
+            (
+                r#"{"ts":1,"qty":1.5}"#,
+                8,
+                r#"tag "qty" must be a whole number within 64 bits (type long), got 1.5"#,
+            ),
             (
                 r#"{"ts":1,"user_id":[1]}"#,
                 8,
@@ -309,17 +375,32 @@ mod tests {
                 r#"tag "account_number" is sent twice, as "acct_num" and as "account_number"; send it once"#,
             ),
             // Unknown tags come before the missing timestamp; the timestamp keeps its reasons.
-            (r#"{"zzz":1,"amount":"x"}"#, 7, r#"unknown tag "zzz" in domain "payments""#),
-            (r#"{"amount":2}"#, 2, r#"timestamp field "ts" is missing or null"#),
+            (
+                r#"{"zzz":1,"amount":"x"}"#,
+                7,
+                r#"unknown tag "zzz" in domain "payments""#,
+            ),
+            (
+                r#"{"amount":2}"#,
+                2,
+                r#"timestamp field "ts" is missing or null"#,
+            ),
             (r#"[1]"#, 1, "beacon is not a JSON object"),
         ];
         for (beacon, code, text) in cases {
-            assert_eq!(reason("reject", beacon), (code, text.to_string()), "{beacon}");
+            assert_eq!(
+                reason("reject", beacon),
+                (code, text.to_string()),
+                "{beacon}"
+            );
         }
         // Through its alias too, the timestamp keeps the timestamp reasons.
         let (code, text) = reason("reject", r#"{"time":"yesterday"}"#);
         assert_eq!(code, 3);
-        assert!(text.starts_with(r#"timestamp field "ts" "yesterday" is not a valid time"#), "{text}");
+        assert!(
+            text.starts_with(r#"timestamp field "ts" "yesterday" is not a valid time"#),
+            "{text}"
+        );
     }
 
     #[test]
@@ -336,7 +417,12 @@ mod tests {
     #[test]
     fn without_rules_it_is_extract_json() {
         let s = spec("reject");
-        for b in [r#"{"ts":1,"zzz":1,"merchant_id":"m"}"#, r#"{"amount":1}"#, r#"[1]"#, r#"{"ts":1,"qty":1.5}"#] {
+        for b in [
+            r#"{"ts":1,"zzz":1,"merchant_id":"m"}"#,
+            r#"{"amount":1}"#,
+            r#"[1]"#,
+            r#"{"ts":1,"qty":1.5}"#,
+        ] {
             let plain = extract_json(&s, b.as_bytes());
             let governed = standardise_json(&s, None, b.as_bytes()).map(|x| x.event);
             assert_eq!(governed, plain, "{b}");
@@ -355,7 +441,9 @@ pub fn tags_not_permitted<'k>(
 ) -> Vec<String> {
     keys.into_iter()
         .filter(|k| {
-            let tag = rules.and_then(|r| r.resolve(k)).map_or(*k, |t| t.name.as_str());
+            let tag = rules
+                .and_then(|r| r.resolve(k))
+                .map_or(*k, |t| t.name.as_str());
             tag != ts_field && !allowed.iter().any(|a| a == tag)
         })
         .map(str::to_string)

@@ -19,14 +19,22 @@ pub struct Candidate {
 
 impl Candidate {
     pub fn new(key: &str, tag: &str, is_name: bool) -> Candidate {
-        Candidate { key: key.to_string(), tag: tag.to_string(), is_name, normalised: normalise(key) }
+        Candidate {
+            key: key.to_string(),
+            tag: tag.to_string(),
+            is_name,
+            normalised: normalise(key),
+        }
     }
 }
 
 /// ASCII-lowercase, without `_`, `-`, `.` and spaces: `Account-Number` and `account_number`
 /// are the same key to a human.
 pub fn normalise(key: &str) -> String {
-    key.chars().filter(|c| !matches!(c, '_' | '-' | '.' | ' ')).map(|c| c.to_ascii_lowercase()).collect()
+    key.chars()
+        .filter(|c| !matches!(c, '_' | '-' | '.' | ' '))
+        .map(|c| c.to_ascii_lowercase())
+        .collect()
 }
 
 /// Optimal string alignment distance over characters: insertions, deletions, substitutions
@@ -74,7 +82,11 @@ pub fn suggest<'c>(key: &str, candidates: &'c [Candidate]) -> Option<&'c str> {
     candidates
         .iter()
         .filter_map(|c| {
-            let d = if c.normalised == k { 0 } else { osa_distance(&k, &c.normalised) };
+            let d = if c.normalised == k {
+                0
+            } else {
+                osa_distance(&k, &c.normalised)
+            };
             (d <= limit).then_some((d, !c.is_name, c.tag.as_str()))
         })
         .min()
@@ -87,7 +99,15 @@ mod tests {
 
     fn candidates() -> Vec<Candidate> {
         let mut c = Vec::new();
-        for tag in ["ts", "merchant_id", "account_number", "country", "amount", "qty", "user_id"] {
+        for tag in [
+            "ts",
+            "merchant_id",
+            "account_number",
+            "country",
+            "amount",
+            "qty",
+            "user_id",
+        ] {
             c.push(Candidate::new(tag, tag, true));
         }
         c.push(Candidate::new("acct_num", "account_number", false));
@@ -106,7 +126,11 @@ mod tests {
         assert_eq!(osa_distance("countyr", "country"), 1);
         assert_eq!(osa_distance("", "abc"), 3);
         assert_eq!(osa_distance("kitten", "sitting"), 3);
-        assert_eq!(osa_distance("ca", "abc"), 3, "OSA does not edit a swapped pair again");
+        assert_eq!(
+            osa_distance("ca", "abc"),
+            3,
+            "OSA does not edit a swapped pair again"
+        );
     }
 
     #[test]
@@ -131,9 +155,19 @@ mod tests {
 
     #[test]
     fn ties_go_to_names_then_the_least_tag() {
-        let c = vec![Candidate::new("pane", "pane", true), Candidate::new("page", "page", true)];
+        let c = vec![
+            Candidate::new("pane", "pane", true),
+            Candidate::new("page", "page", true),
+        ];
         assert_eq!(suggest("pahe", &c), Some("page"));
-        let c = vec![Candidate::new("sku", "product_sku", false), Candidate::new("skus", "skus", true)];
-        assert_eq!(suggest("skux", &c), Some("skus"), "a name beats an alias at the same distance");
+        let c = vec![
+            Candidate::new("sku", "product_sku", false),
+            Candidate::new("skus", "skus", true),
+        ];
+        assert_eq!(
+            suggest("skux", &c),
+            Some("skus"),
+            "a name beats an alias at the same distance"
+        );
     }
 }

@@ -21,4 +21,3 @@ fuzz_target!(|data: &[u8]| {
         let _ = decode_records_capped(&batch, 1 << 20);
     }
 });
-

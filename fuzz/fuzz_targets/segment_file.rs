@@ -44,7 +44,11 @@ fn seed() -> &'static Vec<u8> {
 }
 
 fn scratch() -> PathBuf {
-    let dir = if std::path::Path::new("/dev/shm").is_dir() { PathBuf::from("/dev/shm") } else { std::env::temp_dir() };
+    let dir = if std::path::Path::new("/dev/shm").is_dir() {
+        PathBuf::from("/dev/shm")
+    } else {
+        std::env::temp_dir()
+    };
     dir.join(format!("tidemark-fuzz-segment-{}", std::process::id()))
 }
 
@@ -76,7 +80,13 @@ fuzz_target!(|data: &[u8]| {
     let mut bytes = seed().clone();
     let edits: Vec<(u8, u8, u64)> = data
         .chunks_exact(10)
-        .map(|c| (c[0], c[1], u64::from_le_bytes(c[2..10].try_into().unwrap_or_default())))
+        .map(|c| {
+            (
+                c[0],
+                c[1],
+                u64::from_le_bytes(c[2..10].try_into().unwrap_or_default()),
+            )
+        })
         .collect();
     // Edits of kind 6 overwrite a data byte instead (position from the value).
     let data_len = bytes.len().saturating_sub(64).max(1);
@@ -100,14 +110,17 @@ fuzz_target!(|data: &[u8]| {
     if std::fs::write(&path, &bytes).is_err() {
         return;
     }
-    let Ok(segment) = Segment::open(&path) else { return };
+    let Ok(segment) = Segment::open(&path) else {
+        return;
+    };
     let _ = segment.schema();
     for col in &segment.meta().columns {
         let _ = segment.column(&col.name);
     }
     for dim in &segment.meta().dimensions {
         if let Ok(dict) = segment.dictionary(dim) {
-            let values: Vec<Option<&str>> = dict.iter().take(8).chain([None, Some("absent")]).collect();
+            let values: Vec<Option<&str>> =
+                dict.iter().take(8).chain([None, Some("absent")]).collect();
             let _ = segment.rows_matching(dim, &values);
         }
     }

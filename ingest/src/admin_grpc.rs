@@ -74,14 +74,25 @@ impl AdminService {
         body: String,
     ) -> Result<Response<Json>, Status> {
         let mut http = axum::http::Request::builder().method(method).uri(&path);
-        if let Some(auth) = request.metadata().get("authorization").and_then(|v| v.to_str().ok()) {
+        if let Some(auth) = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+        {
             http = http.header(header::AUTHORIZATION, auth);
         }
         if !body.is_empty() {
             http = http.header(header::CONTENT_TYPE, "application/json");
         }
-        let http = http.body(Body::from(body)).map_err(|e| Status::invalid_argument(format!("bad request: {e}")))?;
-        let answer = self.router.clone().oneshot(http).await.map_err(|e| Status::internal(e.to_string()))?;
+        let http = http
+            .body(Body::from(body))
+            .map_err(|e| Status::invalid_argument(format!("bad request: {e}")))?;
+        let answer = self
+            .router
+            .clone()
+            .oneshot(http)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
         let code = answer.status();
         let bytes = axum::body::to_bytes(answer.into_body(), ANSWER_BYTES_MAX)
             .await
@@ -101,7 +112,8 @@ impl AdminService {
 #[tonic::async_trait]
 impl Admin for AdminService {
     async fn list_datasources(&self, r: Request<Empty>) -> Result<Response<Json>, Status> {
-        self.call(&r, Method::GET, "/v1/datasources".into(), String::new()).await
+        self.call(&r, Method::GET, "/v1/datasources".into(), String::new())
+            .await
     }
 
     async fn get_datasource(&self, r: Request<Name>) -> Result<Response<Json>, Status> {
@@ -111,11 +123,15 @@ impl Admin for AdminService {
 
     async fn create_datasource(&self, r: Request<Json>) -> Result<Response<Json>, Status> {
         let body = r.get_ref().json.clone();
-        self.call(&r, Method::POST, "/v1/datasources".into(), body).await
+        self.call(&r, Method::POST, "/v1/datasources".into(), body)
+            .await
     }
 
     async fn update_datasource(&self, r: Request<NamedJson>) -> Result<Response<Json>, Status> {
-        let (path, body) = (format!("/v1/datasources/{}", enc(&r.get_ref().name)), r.get_ref().json.clone());
+        let (path, body) = (
+            format!("/v1/datasources/{}", enc(&r.get_ref().name)),
+            r.get_ref().json.clone(),
+        );
         self.call(&r, Method::PUT, path, body).await
     }
 
@@ -123,8 +139,11 @@ impl Admin for AdminService {
         let mut path = format!("/v1/datasources/{}", enc(&r.get_ref().name));
         let options = r.get_ref().json.trim();
         if !options.is_empty() {
-            let v: serde_json::Value = serde_json::from_str(options)
-                .map_err(|e| Status::invalid_argument(format!("json must be {{\"grace\": \"PT1H\"}} or empty: {e}")))?;
+            let v: serde_json::Value = serde_json::from_str(options).map_err(|e| {
+                Status::invalid_argument(format!(
+                    "json must be {{\"grace\": \"PT1H\"}} or empty: {e}"
+                ))
+            })?;
             if let Some(grace) = v.get("grace").and_then(|g| g.as_str()) {
                 path.push_str(&format!("?grace={}", enc(grace)));
             }
@@ -133,7 +152,13 @@ impl Admin for AdminService {
     }
 
     async fn list_domains(&self, r: Request<Empty>) -> Result<Response<Json>, Status> {
-        self.call(&r, Method::GET, "/v1/governance/domains".into(), String::new()).await
+        self.call(
+            &r,
+            Method::GET,
+            "/v1/governance/domains".into(),
+            String::new(),
+        )
+        .await
     }
 
     async fn get_domain(&self, r: Request<Name>) -> Result<Response<Json>, Status> {
@@ -143,11 +168,15 @@ impl Admin for AdminService {
 
     async fn create_domain(&self, r: Request<Json>) -> Result<Response<Json>, Status> {
         let body = r.get_ref().json.clone();
-        self.call(&r, Method::POST, "/v1/governance/domains".into(), body).await
+        self.call(&r, Method::POST, "/v1/governance/domains".into(), body)
+            .await
     }
 
     async fn update_domain(&self, r: Request<NamedJson>) -> Result<Response<Json>, Status> {
-        let (path, body) = (format!("/v1/governance/domains/{}", enc(&r.get_ref().name)), r.get_ref().json.clone());
+        let (path, body) = (
+            format!("/v1/governance/domains/{}", enc(&r.get_ref().name)),
+            r.get_ref().json.clone(),
+        );
         self.call(&r, Method::PUT, path, body).await
     }
 
@@ -158,13 +187,24 @@ impl Admin for AdminService {
 
     async fn put_tag(&self, r: Request<TagJson>) -> Result<Response<Json>, Status> {
         let t = r.get_ref();
-        let (path, body) = (format!("/v1/governance/domains/{}/tags/{}", enc(&t.domain), enc(&t.tag)), t.json.clone());
+        let (path, body) = (
+            format!(
+                "/v1/governance/domains/{}/tags/{}",
+                enc(&t.domain),
+                enc(&t.tag)
+            ),
+            t.json.clone(),
+        );
         self.call(&r, Method::PUT, path, body).await
     }
 
     async fn remove_tag(&self, r: Request<TagJson>) -> Result<Response<Json>, Status> {
         let t = r.get_ref();
-        let path = format!("/v1/governance/domains/{}/tags/{}", enc(&t.domain), enc(&t.tag));
+        let path = format!(
+            "/v1/governance/domains/{}/tags/{}",
+            enc(&t.domain),
+            enc(&t.tag)
+        );
         self.call(&r, Method::DELETE, path, String::new()).await
     }
 
@@ -182,7 +222,13 @@ impl Admin for AdminService {
     }
 
     async fn list_retention(&self, r: Request<Empty>) -> Result<Response<Json>, Status> {
-        self.call(&r, Method::GET, "/v1/governance/retention".into(), String::new()).await
+        self.call(
+            &r,
+            Method::GET,
+            "/v1/governance/retention".into(),
+            String::new(),
+        )
+        .await
     }
 
     async fn get_retention(&self, r: Request<Name>) -> Result<Response<Json>, Status> {
@@ -191,7 +237,10 @@ impl Admin for AdminService {
     }
 
     async fn put_retention(&self, r: Request<NamedJson>) -> Result<Response<Json>, Status> {
-        let (path, body) = (format!("/v1/governance/retention/{}", enc(&r.get_ref().name)), r.get_ref().json.clone());
+        let (path, body) = (
+            format!("/v1/governance/retention/{}", enc(&r.get_ref().name)),
+            r.get_ref().json.clone(),
+        );
         self.call(&r, Method::PUT, path, body).await
     }
 
@@ -213,17 +262,20 @@ impl Admin for AdminService {
 
     async fn drop_segments(&self, r: Request<Json>) -> Result<Response<Json>, Status> {
         let body = r.get_ref().json.clone();
-        self.call(&r, Method::POST, "/v1/segments/drop".into(), body).await
+        self.call(&r, Method::POST, "/v1/segments/drop".into(), body)
+            .await
     }
 
     async fn reindex(&self, r: Request<Json>) -> Result<Response<Json>, Status> {
         let body = r.get_ref().json.clone();
-        self.call(&r, Method::POST, "/v1/reindex".into(), body).await
+        self.call(&r, Method::POST, "/v1/reindex".into(), body)
+            .await
     }
 
     async fn compact(&self, r: Request<Json>) -> Result<Response<Json>, Status> {
         let body = r.get_ref().json.clone();
-        self.call(&r, Method::POST, "/v1/compact".into(), body).await
+        self.call(&r, Method::POST, "/v1/compact".into(), body)
+            .await
     }
 
     async fn delete(&self, r: Request<Json>) -> Result<Response<Json>, Status> {
@@ -242,7 +294,8 @@ impl Admin for AdminService {
     }
 
     async fn list_jobs(&self, r: Request<Empty>) -> Result<Response<Json>, Status> {
-        self.call(&r, Method::GET, "/v1/jobs".into(), String::new()).await
+        self.call(&r, Method::GET, "/v1/jobs".into(), String::new())
+            .await
     }
 
     async fn get_job(&self, r: Request<Name>) -> Result<Response<Json>, Status> {
@@ -261,7 +314,8 @@ impl Admin for AdminService {
     }
 
     async fn list_keys(&self, r: Request<Empty>) -> Result<Response<Json>, Status> {
-        self.call(&r, Method::GET, "/v1/keys".into(), String::new()).await
+        self.call(&r, Method::GET, "/v1/keys".into(), String::new())
+            .await
     }
 
     async fn revoke_key(&self, r: Request<Name>) -> Result<Response<Json>, Status> {
@@ -270,7 +324,8 @@ impl Admin for AdminService {
     }
 
     async fn cluster_status(&self, r: Request<Empty>) -> Result<Response<Json>, Status> {
-        self.call(&r, Method::GET, "/v1/cluster".into(), String::new()).await
+        self.call(&r, Method::GET, "/v1/cluster".into(), String::new())
+            .await
     }
 }
 
@@ -282,7 +337,13 @@ mod tests {
     fn names_cannot_change_the_route() {
         assert_eq!(enc("shop_events"), "shop_events");
         assert_eq!(enc("../keys?x=1"), "..%2Fkeys%3Fx%3D1");
-        assert_eq!(status_of(StatusCode::FORBIDDEN, "no".into()).code(), tonic::Code::PermissionDenied);
-        assert_eq!(status_of(StatusCode::UNAUTHORIZED, "no".into()).code(), tonic::Code::Unauthenticated);
+        assert_eq!(
+            status_of(StatusCode::FORBIDDEN, "no".into()).code(),
+            tonic::Code::PermissionDenied
+        );
+        assert_eq!(
+            status_of(StatusCode::UNAUTHORIZED, "no".into()).code(),
+            tonic::Code::Unauthenticated
+        );
     }
 }

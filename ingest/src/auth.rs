@@ -25,7 +25,9 @@ pub fn action_for(method: &Method, path: &str) -> Option<Action> {
         "/v1/sql" => Action::Query,
         "/v1/governance/suggest" => Action::Suggest,
         // A copy's log entries come from the node that runs it, with the node token.
-        "/v1/cluster/read-index" | "/v1/cluster/init-producer" | "/v1/jobs/copies" => Action::Internal,
+        "/v1/cluster/read-index" | "/v1/cluster/init-producer" | "/v1/jobs/copies" => {
+            Action::Internal
+        }
         p if p.starts_with("/v1/beacons/") => Action::Publish,
         p if p == "/v1/datasources" || p.starts_with("/v1/datasources/") => {
             if read {
@@ -69,8 +71,12 @@ pub fn action_for(method: &Method, path: &str) -> Option<Action> {
 
 /// The bearer token of a request, if any (`Authorization: Bearer <token>`).
 pub fn bearer(headers: &HeaderMap) -> Result<Option<&str>, &'static str> {
-    let Some(value) = headers.get(header::AUTHORIZATION) else { return Ok(None) };
-    let value = value.to_str().map_err(|_| "the Authorization header is not ASCII")?;
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let value = value
+        .to_str()
+        .map_err(|_| "the Authorization header is not ASCII")?;
     match value.split_once(' ') {
         Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => Ok(Some(token.trim())),
         _ => Err("the Authorization header must be `Bearer <API key>`"),
@@ -94,12 +100,22 @@ pub async fn authenticate(State(s): State<IngestState>, mut req: Request, next: 
         Err(message) => return unauthorized(message),
     };
     let secret = s.node.cluster_secret().expose();
-    let check = || s.node.engine().read().catalog().access().authenticate(token, Some(secret));
+    let check = || {
+        s.node
+            .engine()
+            .read()
+            .catalog()
+            .access()
+            .authenticate(token, Some(secret))
+    };
     let mut principal = check();
     // A key created a moment ago through another node may not be applied here yet: catch up
     // with what the leader has committed (a read index) and look again, so a new key works
     // on every node at once. Only unknown keys pay for the round trip.
-    if matches!(principal, Err(Denied::UnknownKey { .. })) && action.is_some() && s.node.read_barrier().await.is_ok() {
+    if matches!(principal, Err(Denied::UnknownKey { .. }))
+        && action.is_some()
+        && s.node.read_barrier().await.is_ok()
+    {
         principal = check();
     }
     let principal = match (principal, action) {
@@ -107,7 +123,10 @@ pub async fn authenticate(State(s): State<IngestState>, mut req: Request, next: 
         // An open route ignores credentials it cannot use.
         (Err(_), None) => Principal::Anonymous,
         (Err(denied), Some(_)) => {
-            s.node.metrics().auth_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            s.node
+                .metrics()
+                .auth_failures
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             // Slows down guessing; the connection's other requests wait their own turn.
             tokio::time::sleep(s.failed_login_delay).await;
             return unauthorized(&denied.to_string());
@@ -116,7 +135,11 @@ pub async fn authenticate(State(s): State<IngestState>, mut req: Request, next: 
     if let Some(action) = action
         && !principal.allows(action)
     {
-        return (StatusCode::FORBIDDEN, Json(json!({ "error": principal.forbidden(action) }))).into_response();
+        return (
+            StatusCode::FORBIDDEN,
+            Json(json!({ "error": principal.forbidden(action) })),
+        )
+            .into_response();
     }
     req.extensions_mut().insert(principal);
     next.run(req).await
@@ -132,15 +155,39 @@ mod tests {
         let post = Method::POST;
         assert_eq!(action_for(&get, "/health"), None);
         assert_eq!(action_for(&post, "/v1/beacons/shop"), Some(Action::Publish));
-        assert_eq!(action_for(&get, "/v1/datasources/shop"), Some(Action::ReadCatalog));
-        assert_eq!(action_for(&Method::DELETE, "/v1/datasources/shop"), Some(Action::ManageDatasources));
-        assert_eq!(action_for(&get, "/v1/governance/suggest"), Some(Action::Suggest));
-        assert_eq!(action_for(&Method::PUT, "/v1/governance/domains/d/tags/t"), Some(Action::ManageGovernance));
+        assert_eq!(
+            action_for(&get, "/v1/datasources/shop"),
+            Some(Action::ReadCatalog)
+        );
+        assert_eq!(
+            action_for(&Method::DELETE, "/v1/datasources/shop"),
+            Some(Action::ManageDatasources)
+        );
+        assert_eq!(
+            action_for(&get, "/v1/governance/suggest"),
+            Some(Action::Suggest)
+        );
+        assert_eq!(
+            action_for(&Method::PUT, "/v1/governance/domains/d/tags/t"),
+            Some(Action::ManageGovernance)
+        );
         assert_eq!(action_for(&get, "/v1/keys"), Some(Action::ManageKeys));
-        assert_eq!(action_for(&post, "/v1/cluster/join"), Some(Action::ManageCluster));
-        assert_eq!(action_for(&get, "/v1/cluster/read-index"), Some(Action::Internal));
-        assert_eq!(action_for(&Method::POST, "/v1/jobs/copies"), Some(Action::Internal));
-        assert_eq!(action_for(&get, "/v1/jobs/12/progress"), Some(Action::Internal));
+        assert_eq!(
+            action_for(&post, "/v1/cluster/join"),
+            Some(Action::ManageCluster)
+        );
+        assert_eq!(
+            action_for(&get, "/v1/cluster/read-index"),
+            Some(Action::Internal)
+        );
+        assert_eq!(
+            action_for(&Method::POST, "/v1/jobs/copies"),
+            Some(Action::Internal)
+        );
+        assert_eq!(
+            action_for(&get, "/v1/jobs/12/progress"),
+            Some(Action::Internal)
+        );
         assert_eq!(action_for(&get, "/v1/jobs/12"), Some(Action::Monitor));
         assert_eq!(action_for(&get, "/nowhere"), Some(Action::ManageCluster));
     }
@@ -149,9 +196,15 @@ mod tests {
     fn only_bearer_tokens_are_read() {
         let mut h = HeaderMap::new();
         assert_eq!(bearer(&h), Ok(None));
-        h.insert(header::AUTHORIZATION, "Bearer tmk_x".parse().expect("header"));
+        h.insert(
+            header::AUTHORIZATION,
+            "Bearer tmk_x".parse().expect("header"),
+        );
         assert_eq!(bearer(&h), Ok(Some("tmk_x")));
-        h.insert(header::AUTHORIZATION, "Basic dXNlcjpwdw==".parse().expect("header"));
+        h.insert(
+            header::AUTHORIZATION,
+            "Basic dXNlcjpwdw==".parse().expect("header"),
+        );
         assert!(bearer(&h).is_err());
     }
 }

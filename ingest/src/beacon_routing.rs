@@ -37,7 +37,13 @@ fn quorum_window(s: &IngestState) -> Duration {
 /// Handles `POST /v1/beacons/{datasource}` on any node, for `caller`. A key without the
 /// right to the datasource is refused here, where the beacons arrive, before any forwarding
 /// or spooling.
-pub async fn route(s: &IngestState, caller: &Principal, datasource: &str, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn route(
+    s: &IngestState,
+    caller: &Principal,
+    datasource: &str,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let publisher = match beacons::Publisher::of(&s.node, caller, &headers) {
         Ok(p) => p,
         Err(e) => return e.into_response(),
@@ -62,10 +68,10 @@ pub async fn route(s: &IngestState, caller: &Principal, datasource: &str, header
             .unwrap_or_else(IntoResponse::into_response);
     }
     match leader {
-        Some(_) if headers.contains_key(FORWARDED_BY) => {
-            Error::Stopped { reason: "leadership moved while the request was forwarded; retry it".into() }
-                .into_response()
+        Some(_) if headers.contains_key(FORWARDED_BY) => Error::Stopped {
+            reason: "leadership moved while the request was forwarded; retry it".into(),
         }
+        .into_response(),
         Some((id, member)) => {
             let req = request(datasource, &headers, body.clone());
             match forward::forward_request(s.node.peer_https(), &member.http, req, me).await {
@@ -86,10 +92,20 @@ pub async fn route(s: &IngestState, caller: &Principal, datasource: &str, header
             }
         }
         None => match spool {
-            Some(spool) => {
-                to_spool(s, spool, datasource, &headers, &body, &publisher, "no leader is known (no quorum)")
-            }
-            None => Error::Replication(tidemark_raft::Error::NotLeader { node: me, leader: None }).into_response(),
+            Some(spool) => to_spool(
+                s,
+                spool,
+                datasource,
+                &headers,
+                &body,
+                &publisher,
+                "no leader is known (no quorum)",
+            ),
+            None => Error::Replication(tidemark_raft::Error::NotLeader {
+                node: me,
+                leader: None,
+            })
+            .into_response(),
         },
     }
 }
@@ -97,7 +113,9 @@ pub async fn route(s: &IngestState, caller: &Principal, datasource: &str, header
 fn request(datasource: &str, headers: &HeaderMap, body: Bytes) -> axum::extract::Request {
     let mut req = axum::http::Request::new(Body::from(body));
     *req.method_mut() = Method::POST;
-    *req.uri_mut() = format!("/v1/beacons/{datasource}").parse().unwrap_or_default();
+    *req.uri_mut() = format!("/v1/beacons/{datasource}")
+        .parse()
+        .unwrap_or_default();
     *req.headers_mut() = headers.clone();
     req
 }
@@ -123,7 +141,8 @@ fn to_spool(
                 "datasource {datasource:?} does not exist; create it with POST /v1/datasources"
             )));
         }
-        let key = beacons::idempotency_key(headers)?.unwrap_or_else(|| format!("spool-{}", uuid::Uuid::new_v4()));
+        let key = beacons::idempotency_key(headers)?
+            .unwrap_or_else(|| format!("spool-{}", uuid::Uuid::new_v4()));
         let header = spool::Header {
             datasource: datasource.to_string(),
             idempotency_key: key.clone(),
@@ -190,7 +209,10 @@ async fn send(s: &IngestState, item: &spool::Spooled) -> Sent {
     let replica = s.node.replica();
     let mut headers = HeaderMap::new();
     let Ok(key) = HeaderValue::from_str(&item.header.idempotency_key) else {
-        return Sent::Refused(format!("idempotency key {:?} is not a valid header", item.header.idempotency_key));
+        return Sent::Refused(format!(
+            "idempotency key {:?} is not a valid header",
+            item.header.idempotency_key
+        ));
     };
     headers.insert(IDEMPOTENCY_KEY, key);
     headers.insert(NO_SPOOL, HeaderValue::from_static("1"));
@@ -199,7 +221,12 @@ async fn send(s: &IngestState, item: &spool::Spooled) -> Sent {
     if let Ok(auth) = HeaderValue::from_str(&format!("Bearer {}", s.node.node_token())) {
         headers.insert(axum::http::header::AUTHORIZATION, auth);
     }
-    if let Some(id) = item.header.publisher.as_deref().and_then(|id| HeaderValue::from_str(id).ok()) {
+    if let Some(id) = item
+        .header
+        .publisher
+        .as_deref()
+        .and_then(|id| HeaderValue::from_str(id).ok())
+    {
         headers.insert(beacons::PUBLISHER_HEADER, id);
     }
     let body = Bytes::from(item.body.clone());
@@ -208,17 +235,26 @@ async fn send(s: &IngestState, item: &spool::Spooled) -> Sent {
             return Sent::Later("no quorum".into());
         }
         match beacons::Publisher::of(&s.node, &Principal::Node, &headers) {
-            Ok(publisher) => {
-                beacons::post_beacons(&s.node, &s.limits, &item.header.datasource, &headers, body, &publisher)
-                    .await
-                    .unwrap_or_else(IntoResponse::into_response)
-            }
+            Ok(publisher) => beacons::post_beacons(
+                &s.node,
+                &s.limits,
+                &item.header.datasource,
+                &headers,
+                body,
+                &publisher,
+            )
+            .await
+            .unwrap_or_else(IntoResponse::into_response),
             Err(e) => e.into_response(),
         }
     } else {
-        let Some((_, leader)) = replica.leader() else { return Sent::Later("no leader".into()) };
+        let Some((_, leader)) = replica.leader() else {
+            return Sent::Later("no leader".into());
+        };
         let req = request(&item.header.datasource, &headers, body);
-        match forward::forward_request(s.node.peer_https(), &leader.http, req, replica.node_id()).await {
+        match forward::forward_request(s.node.peer_https(), &leader.http, req, replica.node_id())
+            .await
+        {
             Ok(r) => r,
             Err(e) => return Sent::Later(e.to_string()),
         }
@@ -232,8 +268,12 @@ async fn send(s: &IngestState, item: &spool::Spooled) -> Sent {
         Err(e) => e.to_string(),
     };
     // Credentials are the cluster's to sort out, never a reason to give up spooled beacons.
-    let retry =
-        [StatusCode::REQUEST_TIMEOUT, StatusCode::TOO_MANY_REQUESTS, StatusCode::UNAUTHORIZED, StatusCode::FORBIDDEN];
+    let retry = [
+        StatusCode::REQUEST_TIMEOUT,
+        StatusCode::TOO_MANY_REQUESTS,
+        StatusCode::UNAUTHORIZED,
+        StatusCode::FORBIDDEN,
+    ];
     if status.is_client_error() && !retry.contains(&status) {
         Sent::Refused(format!("{status}: {text}"))
     } else {

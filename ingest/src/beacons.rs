@@ -24,7 +24,9 @@ use tidemark_catalog::event::{RejectReason, parse_timestamp};
 use tidemark_catalog::partitioner::partition_for_key;
 use tidemark_catalog::spec::InvalidRecordPolicy;
 use tidemark_catalog::standardise::{TagRules, standardise_json, tags_not_permitted};
-use tidemark_storage::engine::command::{Command, EventsCommand, EventsHeader, EventsPart, VerdictRecord};
+use tidemark_storage::engine::command::{
+    Command, EventsCommand, EventsHeader, EventsPart, VerdictRecord,
+};
 use tidemark_storage::engine::idempotency::{BatchOutcome, Seen};
 use tidemark_storage::engine::{Applied, RefusalStatus};
 use tidemark_storage::raw::record_batch::{Record, encode};
@@ -47,7 +49,10 @@ pub struct BeaconLimits {
 
 impl Default for BeaconLimits {
     fn default() -> Self {
-        BeaconLimits { body_bytes_max: 16 * 1024 * 1024, future_ms_max: 24 * 3_600_000 }
+        BeaconLimits {
+            body_bytes_max: 16 * 1024 * 1024,
+            future_ms_max: 24 * 3_600_000,
+        }
     }
 }
 
@@ -62,11 +67,16 @@ struct Line<'a> {
 fn split_body(body: &[u8]) -> Result<Vec<Line<'_>>> {
     let first = body.iter().position(|b| !b.is_ascii_whitespace());
     let Some(first) = first else {
-        return Err(Error::BadRequest("the body holds no beacons; send a JSON array or NDJSON".into()));
+        return Err(Error::BadRequest(
+            "the body holds no beacons; send a JSON array or NDJSON".into(),
+        ));
     };
     if body[first] == b'[' {
-        let items: Vec<&RawValue> = serde_json::from_slice(body)
-            .map_err(|e| Error::BadRequest(format!("the body starts with '[' but is not a JSON array: {e}")))?;
+        let items: Vec<&RawValue> = serde_json::from_slice(body).map_err(|e| {
+            Error::BadRequest(format!(
+                "the body starts with '[' but is not a JSON array: {e}"
+            ))
+        })?;
         if items.is_empty() {
             return Err(Error::BadRequest("the JSON array holds no beacons".into()));
         }
@@ -75,30 +85,50 @@ fn split_body(body: &[u8]) -> Result<Vec<Line<'_>>> {
             .map(|raw| {
                 let bytes = raw.get().as_bytes();
                 let value: Option<Value> = serde_json::from_str(raw.get()).ok();
-                Line { raw: bytes, value, parse_error: None }
+                Line {
+                    raw: bytes,
+                    value,
+                    parse_error: None,
+                }
             })
             .collect());
     }
     let text_ok = std::str::from_utf8(body).is_ok();
     if !text_ok {
-        return Err(Error::BadRequest("the body is not UTF-8 text; send a JSON array or NDJSON".into()));
+        return Err(Error::BadRequest(
+            "the body is not UTF-8 text; send a JSON array or NDJSON".into(),
+        ));
     }
     Ok(body
         .split(|b| *b == b'\n')
         .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
         .filter(|l| l.iter().any(|b| !b.is_ascii_whitespace()))
         .map(|raw| match serde_json::from_slice::<Value>(raw) {
-            Ok(v) => Line { raw, value: Some(v), parse_error: None },
-            Err(e) => Line { raw, value: None, parse_error: Some(format!("line is not valid JSON: {e}")) },
+            Ok(v) => Line {
+                raw,
+                value: Some(v),
+                parse_error: None,
+            },
+            Err(e) => Line {
+                raw,
+                value: None,
+                parse_error: Some(format!("line is not valid JSON: {e}")),
+            },
         })
         .collect())
 }
 
 /// The value of tag `tag` in a beacon: under its name, or else under one of its aliases.
-fn tag_value<'v>(obj: &'v serde_json::Map<String, Value>, tag: &str, rules: Option<&TagRules>) -> Option<&'v Value> {
+fn tag_value<'v>(
+    obj: &'v serde_json::Map<String, Value>,
+    tag: &str,
+    rules: Option<&TagRules>,
+) -> Option<&'v Value> {
     obj.get(tag).or_else(|| {
         let rules = rules?;
-        obj.iter().find(|(k, _)| rules.resolve(k).is_some_and(|t| t.name == tag)).map(|(_, v)| v)
+        obj.iter()
+            .find(|(k, _)| rules.resolve(k).is_some_and(|t| t.name == tag))
+            .map(|(_, v)| v)
     })
 }
 
@@ -126,10 +156,16 @@ fn answer(outcome: &BatchOutcome, replayed: bool) -> Response {
 
 /// The request's `Idempotency-Key`, if it has a valid one.
 pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>> {
-    let Some(v) = headers.get(IDEMPOTENCY_KEY) else { return Ok(None) };
-    let k = v.to_str().map_err(|_| Error::BadRequest("Idempotency-Key must be visible ASCII".into()))?;
+    let Some(v) = headers.get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    let k = v
+        .to_str()
+        .map_err(|_| Error::BadRequest("Idempotency-Key must be visible ASCII".into()))?;
     if k.is_empty() || k.len() > IDEMPOTENCY_KEY_BYTES_MAX {
-        return Err(Error::BadRequest(format!("Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_BYTES_MAX} bytes")));
+        return Err(Error::BadRequest(format!(
+            "Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_BYTES_MAX} bytes"
+        )));
     }
     Ok(Some(k.to_string()))
 }
@@ -138,7 +174,9 @@ pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>> {
 /// checks when the spool drains): its size, and that it holds beacons. Returns how many.
 pub fn precheck(limits: &BeaconLimits, body: &[u8]) -> Result<usize> {
     if body.len() > limits.body_bytes_max {
-        return Err(Error::TooLarge { limit_bytes: limits.body_bytes_max });
+        return Err(Error::TooLarge {
+            limit_bytes: limits.body_bytes_max,
+        });
     }
     Ok(split_body(body)?.len())
 }
@@ -165,9 +203,14 @@ impl Publisher {
                 let engine = node.engine();
                 let e = engine.read();
                 let key = e.catalog().access().key(id).ok_or_else(|| {
-                    Error::Forbidden(format!("the spooled batch names API key {id}, which does not exist"))
+                    Error::Forbidden(format!(
+                        "the spooled batch names API key {id}, which does not exist"
+                    ))
                 })?;
-                Ok(Publisher { key_id: Some(id.to_string()), scope: key.scope.clone() })
+                Ok(Publisher {
+                    key_id: Some(id.to_string()),
+                    scope: key.scope.clone(),
+                })
             }
         }
     }
@@ -175,7 +218,10 @@ impl Publisher {
     /// The publisher a caller is by itself (a key, or nobody on a node without keys).
     pub fn from_caller(caller: &Principal) -> Publisher {
         match caller {
-            Principal::Key { id, scope, .. } => Publisher { key_id: Some(id.clone()), scope: (**scope).clone() },
+            Principal::Key { id, scope, .. } => Publisher {
+                key_id: Some(id.clone()),
+                scope: (**scope).clone(),
+            },
             Principal::Anonymous | Principal::Node => Publisher::default(),
         }
     }
@@ -188,7 +234,11 @@ impl Publisher {
             return Err(Error::Forbidden(format!(
                 "API key {} may not publish to datasource {datasource:?}; it may publish to {}",
                 self.key_id.as_deref().unwrap_or("?"),
-                if may.is_empty() { "no datasource".to_string() } else { may.join(", ") }
+                if may.is_empty() {
+                    "no datasource".to_string()
+                } else {
+                    may.join(", ")
+                }
             )));
         }
         Ok(right)
@@ -207,7 +257,9 @@ pub async fn post_beacons(
     publisher: &Publisher,
 ) -> Result<Response> {
     if body.len() > limits.body_bytes_max {
-        return Err(Error::TooLarge { limit_bytes: limits.body_bytes_max });
+        return Err(Error::TooLarge {
+            limit_bytes: limits.body_bytes_max,
+        });
     }
     if let Some(reason) = node.fatal() {
         return Err(Error::Stopped { reason });
@@ -222,7 +274,9 @@ pub async fn post_beacons(
         let engine = node.engine();
         let e = engine.read();
         let entry = e.catalog().get(datasource).ok_or_else(|| {
-            Error::NotFound(format!("datasource {datasource:?} does not exist; create it with POST /v1/datasources"))
+            Error::NotFound(format!(
+                "datasource {datasource:?} does not exist; create it with POST /v1/datasources"
+            ))
         })?;
         if e.is_overloaded() {
             return Err(Error::Overloaded {
@@ -230,7 +284,9 @@ pub async fn post_beacons(
                 retry_after_s: 5,
             });
         }
-        let seen = key.as_ref().map(|k| e.idempotency_check(datasource, publisher.key_id.as_deref(), k, body_hash));
+        let seen = key
+            .as_ref()
+            .map(|k| e.idempotency_check(datasource, publisher.key_id.as_deref(), k, body_hash));
         (entry.current().clone(), seen, e.current_rules(datasource))
     };
     match seen {
@@ -255,15 +311,24 @@ pub async fn post_beacons(
     let mut batch_refusals = Vec::new();
     for (i, line) in lines.iter().enumerate() {
         let binding: Option<RejectReason> = match (&line.value, &line.parse_error) {
-            (_, Some(err)) => Some(RejectReason::Other { code: 1, detail: err.clone() }),
-            (None, None) => Some(RejectReason::Other { code: 1, detail: "beacon is not valid JSON".into() }),
+            (_, Some(err)) => Some(RejectReason::Other {
+                code: 1,
+                detail: err.clone(),
+            }),
+            (None, None) => Some(RejectReason::Other {
+                code: 1,
+                detail: "beacon is not valid JSON".into(),
+            }),
             (Some(v), None) => match v.as_object() {
                 None => Some(RejectReason::NotAnObject),
                 Some(obj) => {
                     let denied = match right {
-                        PublishRight::Tags(allowed) => {
-                            tags_not_permitted(obj.keys().map(String::as_str), allowed, ts_field, rules)
-                        }
+                        PublishRight::Tags(allowed) => tags_not_permitted(
+                            obj.keys().map(String::as_str),
+                            allowed,
+                            ts_field,
+                            rules,
+                        ),
                         PublishRight::Any | PublishRight::Nothing => Vec::new(),
                     };
                     match tag_value(obj, ts_field, rules).map(|t| parse_timestamp(ts_field, t)) {
@@ -273,7 +338,10 @@ pub async fn post_beacons(
                             tags: denied,
                         }),
                         Some(Ok(t)) if t > now + limits.future_ms_max => {
-                            Some(RejectReason::TooFarInFuture { time_ms: t, limit_ms: limits.future_ms_max })
+                            Some(RejectReason::TooFarInFuture {
+                                time_ms: t,
+                                limit_ms: limits.future_ms_max,
+                            })
                         }
                         _ => None,
                     }
@@ -281,10 +349,11 @@ pub async fn post_beacons(
             },
         };
         if spec.invalid_records == InvalidRecordPolicy::RejectBatch {
-            let problem = binding
-                .as_ref()
-                .map(ToString::to_string)
-                .or_else(|| standardise_json(&spec, rules, line.raw).err().map(|r| r.to_string()));
+            let problem = binding.as_ref().map(ToString::to_string).or_else(|| {
+                standardise_json(&spec, rules, line.raw)
+                    .err()
+                    .map(|r| r.to_string())
+            });
             if let Some(p) = problem {
                 batch_refusals.push(serde_json::json!({ "index": i, "reason": p }));
             }
@@ -300,10 +369,16 @@ pub async fn post_beacons(
             })
             .unwrap_or_default();
         let partition = partition_for_key(tenant.as_bytes(), spec.partitions);
-        let ts = object.and_then(|o| tag_value(o, ts_field, rules)).and_then(|t| parse_timestamp(ts_field, t).ok());
+        let ts = object
+            .and_then(|o| tag_value(o, ts_field, rules))
+            .and_then(|t| parse_timestamp(ts_field, t).ok());
         let part = parts.entry(partition).or_default();
         if let Some(r) = binding {
-            part.2.push(VerdictRecord { index: part.1.len() as u32, code: r.code(), reason: r.to_string() });
+            part.2.push(VerdictRecord {
+                index: part.1.len() as u32,
+                code: r.code(),
+                reason: r.to_string(),
+            });
         }
         part.0.push(i as u32);
         part.1.push(Record {
@@ -325,7 +400,12 @@ pub async fn post_beacons(
     let mut header_parts = Vec::with_capacity(parts.len());
     for (partition, (line_indexes, records, verdicts)) in parts {
         let batch = encode(&records);
-        header_parts.push(EventsPart { partition, lines: line_indexes, verdicts, batch_len: batch.len() as u32 });
+        header_parts.push(EventsPart {
+            partition,
+            lines: line_indexes,
+            verdicts,
+            batch_len: batch.len() as u32,
+        });
         batches.push(batch);
     }
     let cmd = Command::Events(EventsCommand {
@@ -351,7 +431,9 @@ pub async fn post_beacons(
             RefusalStatus::Conflict => Error::Unprocessable(reason),
             RefusalStatus::Invalid => Error::BadRequest(reason),
         }),
-        other => Err(Error::Storage(tidemark_storage::Error::Internal(format!("beacon batch applied as {other:?}")))),
+        other => Err(Error::Storage(tidemark_storage::Error::Internal(format!(
+            "beacon batch applied as {other:?}"
+        )))),
     }
 }
 
@@ -361,14 +443,27 @@ mod tests {
 
     #[test]
     fn bodies_split_into_beacons() {
-        let arr = split_body(br#" [{"a":1}, {"b":2}, 3]"#).ok().unwrap_or_default();
+        let arr = split_body(br#" [{"a":1}, {"b":2}, 3]"#)
+            .ok()
+            .unwrap_or_default();
         assert_eq!(arr.len(), 3);
         assert_eq!(arr[1].raw, br#"{"b":2}"#);
-        let nd = split_body(b"{\"a\":1}\r\n\n  \n{oops\n{\"c\":3}").ok().unwrap_or_default();
+        let nd = split_body(b"{\"a\":1}\r\n\n  \n{oops\n{\"c\":3}")
+            .ok()
+            .unwrap_or_default();
         assert_eq!(nd.len(), 3);
-        assert!(nd[1].parse_error.as_deref().unwrap_or_default().contains("not valid JSON"));
+        assert!(
+            nd[1]
+                .parse_error
+                .as_deref()
+                .unwrap_or_default()
+                .contains("not valid JSON")
+        );
         for bad in [&b"  "[..], b"[1, 2", b"[]"] {
-            let err = split_body(bad).err().map(|e| e.to_string()).unwrap_or_default();
+            let err = split_body(bad)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
             assert!(!err.is_empty(), "{:?}", String::from_utf8_lossy(bad));
         }
     }

@@ -54,14 +54,27 @@ fn member(b: MemberBody) -> Result<(NodeId, Member)> {
     }
     for (name, addr) in [("raft", &b.raft), ("http", &b.http), ("kafka", &b.kafka)] {
         if addr.parse::<std::net::SocketAddr>().is_err() {
-            return Err(Error::BadRequest(format!("{name}: {addr:?} is not an address like 127.0.0.2:9093")));
+            return Err(Error::BadRequest(format!(
+                "{name}: {addr:?} is not an address like 127.0.0.2:9093"
+            )));
         }
     }
-    Ok((b.node_id, Member { raft: b.raft, http: b.http, kafka: b.kafka }))
+    Ok((
+        b.node_id,
+        Member {
+            raft: b.raft,
+            http: b.http,
+            kafka: b.kafka,
+        },
+    ))
 }
 
 fn done(what: String, s: &IngestState) -> Response {
-    (axum::http::StatusCode::OK, Json(json!({ "ok": what, "cluster": s.node.replica().status() }))).into_response()
+    (
+        axum::http::StatusCode::OK,
+        Json(json!({ "ok": what, "cluster": s.node.replica().status() })),
+    )
+        .into_response()
 }
 
 pub(crate) async fn status(State(s): State<IngestState>) -> Response {
@@ -73,7 +86,9 @@ pub(crate) async fn join(State(s): State<IngestState>, body: Bytes) -> Response 
         let (id, m) = member(parse(&body)?)?;
         let replica = s.node.replica();
         match replica.status().voters.get(&id) {
-            Some(known) if *known == m => return Ok(done(format!("node {id} is already a voter"), &s)),
+            Some(known) if *known == m => {
+                return Ok(done(format!("node {id} is already a voter"), &s));
+            }
             Some(_) => {
                 // The same node restarted on other addresses: record them.
                 replica.update_member(id, m).await?;
@@ -102,7 +117,10 @@ pub(crate) async fn add_learner(State(s): State<IngestState>, body: Bytes) -> Re
 pub(crate) async fn promote(State(s): State<IngestState>, body: Bytes) -> Response {
     let run = async {
         let b: NodeBody = parse(&body)?;
-        s.node.replica().promote(BTreeSet::from([b.node_id])).await?;
+        s.node
+            .replica()
+            .promote(BTreeSet::from([b.node_id]))
+            .await?;
         Ok::<_, Error>(done(format!("node {} is a voter", b.node_id), &s))
     };
     run.await.unwrap_or_else(IntoResponse::into_response)
@@ -112,7 +130,10 @@ pub(crate) async fn remove(State(s): State<IngestState>, body: Bytes) -> Respons
     let run = async {
         let b: NodeBody = parse(&body)?;
         if !s.node.replica().members().contains_key(&b.node_id) {
-            return Err(Error::NotFound(format!("node {} is not a member", b.node_id)));
+            return Err(Error::NotFound(format!(
+                "node {} is not a member",
+                b.node_id
+            )));
         }
         s.node.replica().remove(BTreeSet::from([b.node_id])).await?;
         Ok::<_, Error>(done(format!("node {} removed", b.node_id), &s))
@@ -123,7 +144,10 @@ pub(crate) async fn remove(State(s): State<IngestState>, body: Bytes) -> Respons
 pub(crate) async fn transfer_leader(State(s): State<IngestState>, body: Bytes) -> Response {
     let run = async {
         let b: NodeBody = parse(&body)?;
-        s.node.replica().transfer_leader(b.node_id, Duration::from_secs(10)).await?;
+        s.node
+            .replica()
+            .transfer_leader(b.node_id, Duration::from_secs(10))
+            .await?;
         Ok::<_, Error>(done(format!("node {} leads", b.node_id), &s))
     };
     run.await.unwrap_or_else(IntoResponse::into_response)
@@ -140,10 +164,16 @@ struct InitProducerBody {
 pub(crate) async fn init_producer(State(s): State<IngestState>, body: Bytes) -> Response {
     let run = async {
         let b: InitProducerBody = parse(&body)?;
-        let cmd = Command::InitProducer(InitProducerCommand { existing: b.existing });
+        let cmd = Command::InitProducer(InitProducerCommand {
+            existing: b.existing,
+        });
         match s.node.propose(&cmd).await? {
-            Applied::Producer { id, epoch } => Ok(Json(json!({ "producer_id": id, "epoch": epoch })).into_response()),
-            other => Err(Error::Stopped { reason: format!("InitProducerId applied as {other:?}") }),
+            Applied::Producer { id, epoch } => {
+                Ok(Json(json!({ "producer_id": id, "epoch": epoch })).into_response())
+            }
+            other => Err(Error::Stopped {
+                reason: format!("InitProducerId applied as {other:?}"),
+            }),
         }
     };
     run.await.unwrap_or_else(|e: Error| e.into_response())
@@ -153,7 +183,10 @@ pub(crate) async fn init_producer(State(s): State<IngestState>, body: Bytes) -> 
 /// started with `--test-faults`).
 pub(crate) async fn set_faults(State(s): State<IngestState>, body: Bytes) -> Response {
     let Some(faults) = s.node.replica().faults() else {
-        return Error::NotFound("transport faults are off; start the node with --test-faults".into()).into_response();
+        return Error::NotFound(
+            "transport faults are off; start the node with --test-faults".into(),
+        )
+        .into_response();
     };
     let run = || {
         let rules: tidemark_raft::FaultRules = parse(&body)?;

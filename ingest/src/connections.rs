@@ -40,11 +40,19 @@ struct Open {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
     #[error("{door} has {max} connections open, its limit ({set_by})")]
-    Total { door: &'static str, max: usize, set_by: String },
+    Total {
+        door: &'static str,
+        max: usize,
+        set_by: String,
+    },
     #[error(
         "{address} has {max} {door} connections open, the limit for one address ({door}.connections_per_address_max)"
     )]
-    PerAddress { door: &'static str, address: IpAddr, max: usize },
+    PerAddress {
+        door: &'static str,
+        address: IpAddr,
+        max: usize,
+    },
 }
 
 /// An admitted connection's place; dropping it frees the place.
@@ -68,7 +76,11 @@ impl Drop for ConnectionPlace {
 }
 
 impl ConnectionGate {
-    pub fn new(door: &'static str, total_max: usize, per_address_max: usize) -> Arc<ConnectionGate> {
+    pub fn new(
+        door: &'static str,
+        total_max: usize,
+        per_address_max: usize,
+    ) -> Arc<ConnectionGate> {
         Self::lowered(door, total_max, per_address_max, usize::MAX, "")
     }
 
@@ -109,13 +121,24 @@ impl ConnectionGate {
             let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
             let from_address = open.by_address.get(&address).copied().unwrap_or(0);
             if open.total >= self.total_max {
-                Refusal::Total { door: self.door, max: self.total_max, set_by: self.total_source.clone() }
+                Refusal::Total {
+                    door: self.door,
+                    max: self.total_max,
+                    set_by: self.total_source.clone(),
+                }
             } else if from_address >= self.per_address_max {
-                Refusal::PerAddress { door: self.door, address, max: self.per_address_max }
+                Refusal::PerAddress {
+                    door: self.door,
+                    address,
+                    max: self.per_address_max,
+                }
             } else {
                 open.total += 1;
                 *open.by_address.entry(address).or_insert(0) += 1;
-                return Ok(ConnectionPlace { gate: self.clone(), address });
+                return Ok(ConnectionPlace {
+                    gate: self.clone(),
+                    address,
+                });
             }
         };
         let counter = match refusal {
@@ -166,7 +189,9 @@ fn counted_as(address: IpAddr) -> IpAddr {
         IpAddr::V4(_) => address,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
             Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(
+                u128::from(v6) & !((1u128 << 64) - 1),
+            )),
         },
     }
 }
@@ -178,19 +203,28 @@ mod tests {
     #[test]
     fn ipv6_addresses_count_by_their_64_prefix() {
         let gate = ConnectionGate::new("http", 100, 2);
-        let host = |last: u16| IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 1, 2, 0, 0, 0, last));
+        let host =
+            |last: u16| IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 1, 2, 0, 0, 0, last));
         let _a = gate.admit(host(1)).expect("first of the /64");
         let _b = gate.admit(host(0xbeef)).expect("second of the /64");
         assert_eq!(
-            gate.admit(host(7)).err().map(|e| e.to_string()).unwrap_or_default(),
+            gate.admit(host(7))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default(),
             "2001:db8:1:2:: has 2 http connections open, the limit for one address (http.connections_per_address_max)"
         );
         let other = IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 1, 3, 0, 0, 0, 1));
         assert!(gate.admit(other).is_ok(), "another /64 has its own places");
         let mapped: IpAddr = "::ffff:10.0.0.9".parse().expect("mapped");
         let _m1 = gate.admit(mapped).expect("mapped");
-        let _m2 = gate.admit([10, 0, 0, 9].into()).expect("the same IPv4 address");
-        assert!(gate.admit(mapped).is_err(), "an IPv4-mapped address counts as its IPv4 address");
+        let _m2 = gate
+            .admit([10, 0, 0, 9].into())
+            .expect("the same IPv4 address");
+        assert!(
+            gate.admit(mapped).is_err(),
+            "an IPv4-mapped address counts as its IPv4 address"
+        );
     }
 
     #[test]
@@ -201,20 +235,31 @@ mod tests {
         let a1 = gate.admit(a).expect("first from a");
         let _a2 = gate.admit(a).expect("second from a");
         assert_eq!(
-            gate.admit(a).err().map(|e| e.to_string()).unwrap_or_default(),
+            gate.admit(a)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default(),
             "10.0.0.1 has 2 kafka connections open, the limit for one address (kafka.connections_per_address_max)"
         );
         let _b1 = gate.admit(b).expect("first from b");
         assert_eq!(
-            gate.admit(b).err().map(|e| e.to_string()).unwrap_or_default(),
+            gate.admit(b)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default(),
             "kafka has 3 connections open, its limit (kafka.connections_max)"
         );
         drop(a1);
         assert_eq!(gate.open(), 2);
-        assert!(gate.admit(b).is_ok(), "a closed connection's place is free again");
+        assert!(
+            gate.admit(b).is_ok(),
+            "a closed connection's place is free again"
+        );
         let text = crate::RenderMetrics::render_metrics(gate.as_ref());
         assert!(
-            text.contains("tidemark_kafka_connections_refused_by_limit_total{limit=\"connections_max\"} 1"),
+            text.contains(
+                "tidemark_kafka_connections_refused_by_limit_total{limit=\"connections_max\"} 1"
+            ),
             "{text}"
         );
         assert!(

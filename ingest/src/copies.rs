@@ -95,7 +95,9 @@ impl CopyCommand {
 /// A copy's bandwidth: none, or a positive number of bytes per second.
 fn pace(max_bytes_per_s: Option<u64>) -> Result<Option<u64>> {
     match max_bytes_per_s {
-        Some(0) => Err(Error::BadRequest("max_bytes_per_s must be at least 1 (leave it out for no limit)".into())),
+        Some(0) => Err(Error::BadRequest(
+            "max_bytes_per_s must be at least 1 (leave it out for no limit)".into(),
+        )),
         other => Ok(other),
     }
 }
@@ -139,7 +141,9 @@ fn new_record(
 fn absolute(to: &str) -> Result<PathBuf> {
     let dir = PathBuf::from(to);
     if !dir.is_absolute() {
-        return Err(Error::BadRequest(format!("to {to:?} must be an absolute directory on the node's host")));
+        return Err(Error::BadRequest(format!(
+            "to {to:?} must be an absolute directory on the node's host"
+        )));
     }
     Ok(dir)
 }
@@ -163,7 +167,10 @@ pub async fn export(node: &Node, actor: &str, body: &[u8]) -> Result<Response> {
         ))
     })?;
     if req.format != "parquet" {
-        return Err(Error::BadRequest(format!("format {:?} is not supported; use parquet", req.format)));
+        return Err(Error::BadRequest(format!(
+            "format {:?} is not supported; use parquet",
+            req.format
+        )));
     }
     let dir = absolute(&req.to)?;
     let (start_ms, end_ms) = parse_interval(&req.interval)?;
@@ -171,14 +178,24 @@ pub async fn export(node: &Node, actor: &str, body: &[u8]) -> Result<Response> {
     // Refusals (no such datasource, raw retention) come before a job is logged; the plan read
     // is taken again once the job's start is applied here, so it covers what was applied
     // before the job (a deletion published meanwhile included).
-    node.engine().read().export_plan(&req.datasource, start_ms, end_ms)?;
-    if let Some(existing) = tidemark_storage::engine::export::existing_output(&dir, start_ms, end_ms) {
+    node.engine()
+        .read()
+        .export_plan(&req.datasource, start_ms, end_ms)?;
+    if let Some(existing) =
+        tidemark_storage::engine::export::existing_output(&dir, start_ms, end_ms)
+    {
         return Err(Error::BadRequest(format!(
             "{} already exists (an earlier export of this interval); export into a new directory or remove it",
             existing.display()
         )));
     }
-    let record = new_record(node, actor, "export", &dir, Some((req.datasource.clone(), start_ms, end_ms)));
+    let record = new_record(
+        node,
+        actor,
+        "export",
+        &dir,
+        Some((req.datasource.clone(), start_ms, end_ms)),
+    );
     let engine = node.engine();
     let datasource = req.datasource;
     run_copy(node, record, req.wait, move |job, run| {
@@ -214,7 +231,10 @@ pub async fn backup(node: &Node, actor: &str, body: &[u8]) -> Result<Response> {
     let to = absolute(&req.to)?;
     let rate = pace(req.max_bytes_per_s)?;
     if std::fs::read_dir(&to).is_ok_and(|mut d| d.next().is_some()) {
-        return Err(Error::BadRequest(format!("{} is not empty; back up into a new directory", to.display())));
+        return Err(Error::BadRequest(format!(
+            "{} is not empty; back up into a new directory",
+            to.display()
+        )));
     }
     let record = new_record(node, actor, "backup", &to, None);
     let engine = node.engine();
@@ -286,7 +306,9 @@ where
         return Ok((StatusCode::ACCEPTED, Json(job_json(node, id)?)).into_response());
     }
     let mut report = task.await.map_err(|e| {
-        Error::Storage(tidemark_storage::Error::Internal(format!("copy job {id}'s task failed: {e}")))
+        Error::Storage(tidemark_storage::Error::Internal(format!(
+            "copy job {id}'s task failed: {e}"
+        )))
     })??;
     report["job"] = json!(id);
     Ok(Json(report).into_response())
@@ -294,10 +316,22 @@ where
 
 /// Logs the start and registers the copy here once this node has applied it; on failure, the
 /// job id if the start was logged.
-async fn start_copy(node: &Node, record: CopyRecord) -> std::result::Result<(u64, CopyRun), (Option<u64>, Error)> {
-    let id = log_copy(node, CopyCommand::Start(record)).await.map_err(|e| (None, e))?;
-    node.replica().wait_applied(id, APPLY_WAIT).await.map_err(|e| (Some(id), Error::from(e)))?;
-    let run = node.engine().write().register_copy(id).map_err(|e| (Some(id), Error::from(e)))?;
+async fn start_copy(
+    node: &Node,
+    record: CopyRecord,
+) -> std::result::Result<(u64, CopyRun), (Option<u64>, Error)> {
+    let id = log_copy(node, CopyCommand::Start(record))
+        .await
+        .map_err(|e| (None, e))?;
+    node.replica()
+        .wait_applied(id, APPLY_WAIT)
+        .await
+        .map_err(|e| (Some(id), Error::from(e)))?;
+    let run = node
+        .engine()
+        .write()
+        .register_copy(id)
+        .map_err(|e| (Some(id), Error::from(e)))?;
     Ok((id, run))
 }
 
@@ -326,7 +360,9 @@ where
                         tidemark_storage::engine::backup::remove_written(&root, &files, false)
                     })
                     .await;
-                    Err(Error::Conflict(format!("{kind} job {id} ended before it was written: {reason}")))
+                    Err(Error::Conflict(format!(
+                        "{kind} job {id} ended before it was written: {reason}"
+                    )))
                 }
                 // Written whole, its end never logged: the sweep settles it (a backup with its
                 // manifest as written).
@@ -344,8 +380,13 @@ where
             }
             Err(match e {
                 tidemark_storage::Error::Cancelled(_) => {
-                    let why = job_json(node, id).ok().and_then(|j| j["error"].as_str().map(str::to_string));
-                    Error::Conflict(format!("{kind} job {id} was cancelled: {}", why.unwrap_or_default()))
+                    let why = job_json(node, id)
+                        .ok()
+                        .and_then(|j| j["error"].as_str().map(str::to_string));
+                    Error::Conflict(format!(
+                        "{kind} job {id} was cancelled: {}",
+                        why.unwrap_or_default()
+                    ))
                 }
                 tidemark_storage::Error::Invalid(reason) => Error::BadRequest(reason),
                 other => Error::Storage(other),
@@ -358,16 +399,24 @@ where
 /// must not stay running for want of a leader at the moment the copy ended. A refusal
 /// (the job already ended) is returned as is.
 async fn end_copy(node: &Node, job: u64, cmd: CopyCommand) -> Result<()> {
-    let body = serde_json::to_value(&cmd)
-        .map_err(|e| Error::Storage(tidemark_storage::Error::Internal(format!("a copy command: {e}"))))?;
+    let body = serde_json::to_value(&cmd).map_err(|e| {
+        Error::Storage(tidemark_storage::Error::Internal(format!(
+            "a copy command: {e}"
+        )))
+    })?;
     let deadline = tokio::time::Instant::now() + END_RETRY;
     let mut pause = Duration::from_millis(200);
     loop {
-        let cmd: CopyCommand = serde_json::from_value(body.clone())
-            .map_err(|e| Error::Storage(tidemark_storage::Error::Internal(format!("a copy command: {e}"))))?;
+        let cmd: CopyCommand = serde_json::from_value(body.clone()).map_err(|e| {
+            Error::Storage(tidemark_storage::Error::Internal(format!(
+                "a copy command: {e}"
+            )))
+        })?;
         match log_copy(node, cmd).await {
             Ok(_) => return Ok(()),
-            Err(e @ (Error::Conflict(_) | Error::NotFound(_) | Error::BadRequest(_))) => return Err(e),
+            Err(e @ (Error::Conflict(_) | Error::NotFound(_) | Error::BadRequest(_))) => {
+                return Err(e);
+            }
             Err(e) if tokio::time::Instant::now() >= deadline || node.stopping() => {
                 tracing::warn!(job, error = %e, "a copy's end could not be logged; the node's sweep will settle it");
                 return Err(e);
@@ -387,21 +436,27 @@ async fn log_copy(node: &Node, cmd: CopyCommand) -> Result<u64> {
     let replica = node.replica();
     match replica.leader() {
         Some((id, leader)) if !replica.is_leader() && id != replica.node_id() => {
-            let body = serde_json::to_value(&cmd)
-                .map_err(|e| Error::Storage(tidemark_storage::Error::Internal(format!("a copy command: {e}"))))?;
-            let answer =
-                crate::forward::ask_leader(node, &leader.http, "/v1/jobs/copies", body).await.map_err(|refusal| {
-                    match refusal {
-                        LeaderRefusal::Refused(StatusCode::CONFLICT, m) => Error::Conflict(m),
-                        LeaderRefusal::Refused(StatusCode::NOT_FOUND, m) => Error::NotFound(m),
-                        LeaderRefusal::Refused(StatusCode::BAD_REQUEST, m) => Error::BadRequest(m),
-                        LeaderRefusal::Refused(status, m) => {
-                            Error::Unavailable(format!("the leader did not log the copy ({status}): {m}"))
-                        }
-                        LeaderRefusal::Unreachable(m) => Error::Unavailable(format!("the leader is out of reach: {m}")),
+            let body = serde_json::to_value(&cmd).map_err(|e| {
+                Error::Storage(tidemark_storage::Error::Internal(format!(
+                    "a copy command: {e}"
+                )))
+            })?;
+            let answer = crate::forward::ask_leader(node, &leader.http, "/v1/jobs/copies", body)
+                .await
+                .map_err(|refusal| match refusal {
+                    LeaderRefusal::Refused(StatusCode::CONFLICT, m) => Error::Conflict(m),
+                    LeaderRefusal::Refused(StatusCode::NOT_FOUND, m) => Error::NotFound(m),
+                    LeaderRefusal::Refused(StatusCode::BAD_REQUEST, m) => Error::BadRequest(m),
+                    LeaderRefusal::Refused(status, m) => Error::Unavailable(format!(
+                        "the leader did not log the copy ({status}): {m}"
+                    )),
+                    LeaderRefusal::Unreachable(m) => {
+                        Error::Unavailable(format!("the leader is out of reach: {m}"))
                     }
                 })?;
-            answer["id"].as_u64().ok_or_else(|| Error::Unavailable(format!("the leader answered {answer} for a copy")))
+            answer["id"].as_u64().ok_or_else(|| {
+                Error::Unavailable(format!("the leader answered {answer} for a copy"))
+            })
         }
         _ => match node.propose(&Command::Timeline(cmd.timeline())).await? {
             Applied::Job { id } => Ok(id),
@@ -410,19 +465,32 @@ async fn log_copy(node: &Node, cmd: CopyCommand) -> Result<u64> {
                 RefusalStatus::Conflict => Error::Conflict(reason),
                 RefusalStatus::Invalid => Error::BadRequest(reason),
             }),
-            other => Err(Error::Storage(tidemark_storage::Error::Internal(format!("a copy applied as {other:?}")))),
+            other => Err(Error::Storage(tidemark_storage::Error::Internal(format!(
+                "a copy applied as {other:?}"
+            )))),
         },
     }
 }
 
 /// `POST /v1/jobs/copies` (leader): logs a copy entry a follower sends.
 pub async fn copied(node: &Node, body: &[u8]) -> Result<Response> {
-    let cmd: CopyCommand =
-        serde_json::from_slice(body).map_err(|e| Error::BadRequest(format!("a copy command: {e}")))?;
+    let cmd: CopyCommand = serde_json::from_slice(body)
+        .map_err(|e| Error::BadRequest(format!("a copy command: {e}")))?;
     if let CopyCommand::Abandon { job, .. } = &cmd {
-        let kind = node.engine().read().jobs_now().into_iter().find(|j| j.id == *job).map(|j| j.kind);
-        if !kind.as_deref().is_some_and(tidemark_storage::engine::copies::is_copy) {
-            return Err(Error::BadRequest(format!("job {job} is not an export or backup")));
+        let kind = node
+            .engine()
+            .read()
+            .jobs_now()
+            .into_iter()
+            .find(|j| j.id == *job)
+            .map(|j| j.kind);
+        if !kind
+            .as_deref()
+            .is_some_and(tidemark_storage::engine::copies::is_copy)
+        {
+            return Err(Error::BadRequest(format!(
+                "job {job} is not an export or backup"
+            )));
         }
     }
     let id = log_copy(node, cmd).await?;
@@ -442,15 +510,21 @@ pub async fn sweep_stale_copies(node: Node) {
         }
         let orphans = {
             let starting = |run: u64| node.is_copy_starting(run);
-            node.engine().read().orphan_copies(me, node.boot(), &starting)
+            node.engine()
+                .read()
+                .orphan_copies(me, node.boot(), &starting)
         };
         for record in orphans {
             let job = record.job;
-            let settled = tokio::task::spawn_blocking(move || copies::settle_leftover(&record)).await;
+            let settled =
+                tokio::task::spawn_blocking(move || copies::settle_leftover(&record)).await;
             let cmd = match settled {
                 Ok(copies::Leftover::Written(finish)) => CopyCommand::Finish(finish),
                 Ok(copies::Leftover::Cancel(reason)) => CopyCommand::Abandon { job, reason },
-                Err(e) => CopyCommand::Abandon { job, reason: format!("its node could not look at what it left: {e}") },
+                Err(e) => CopyCommand::Abandon {
+                    job,
+                    reason: format!("its node could not look at what it left: {e}"),
+                },
             };
             match log_copy(&node, cmd).await {
                 Ok(_) => tracing::info!(job, "settled a copy nothing runs"),

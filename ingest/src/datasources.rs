@@ -42,41 +42,56 @@ pub(crate) async fn apply(node: &Node, cmd: CatalogCommand, actor: &str) -> Resu
             RefusalStatus::Conflict => Error::Conflict(reason),
             RefusalStatus::Invalid => Error::BadRequest(reason),
         }),
-        other => {
-            Err(Error::Storage(tidemark_storage::Error::Internal(format!("catalog command applied as {other:?}"))))
-        }
+        other => Err(Error::Storage(tidemark_storage::Error::Internal(format!(
+            "catalog command applied as {other:?}"
+        )))),
     }
 }
 
 pub fn list(node: &Node) -> Response {
     let engine = node.engine();
     let e = engine.read();
-    let all: Vec<Value> = e.catalog().datasources().map(|d| describe(d, false)).collect();
+    let all: Vec<Value> = e
+        .catalog()
+        .datasources()
+        .map(|d| describe(d, false))
+        .collect();
     Json(all).into_response()
 }
 
 pub fn show(node: &Node, name: &str) -> Result<Response> {
     let engine = node.engine();
     let e = engine.read();
-    let entry = e.catalog().get(name).ok_or_else(|| Error::NotFound(format!("datasource {name:?} does not exist")))?;
+    let entry = e
+        .catalog()
+        .get(name)
+        .ok_or_else(|| Error::NotFound(format!("datasource {name:?} does not exist")))?;
     Ok(Json(describe(entry, true)).into_response())
 }
 
 pub async fn create(node: &Node, actor: &str, body: &[u8]) -> Result<Response> {
-    let text = std::str::from_utf8(body).map_err(|_| Error::BadRequest("the spec is not UTF-8".into()))?;
+    let text =
+        std::str::from_utf8(body).map_err(|_| Error::BadRequest("the spec is not UTF-8".into()))?;
     let spec = DatasourceSpec::from_json(text)?;
     // Checked before logging, so a plain mistake is answered without a log entry.
-    node.engine().read().catalog().check(&CatalogCommand::CreateDatasource { spec: spec.clone() })?;
+    node.engine()
+        .read()
+        .catalog()
+        .check(&CatalogCommand::CreateDatasource { spec: spec.clone() })?;
     let name = spec.name.clone();
     apply(node, CatalogCommand::CreateDatasource { spec }, actor).await?;
     let engine = node.engine();
     let e = engine.read();
-    let entry = e.catalog().get(&name).ok_or_else(|| Error::NotFound(format!("datasource {name:?} vanished")))?;
+    let entry = e
+        .catalog()
+        .get(&name)
+        .ok_or_else(|| Error::NotFound(format!("datasource {name:?} vanished")))?;
     Ok((StatusCode::CREATED, Json(describe(entry, false))).into_response())
 }
 
 pub async fn update(node: &Node, actor: &str, name: &str, body: &[u8]) -> Result<Response> {
-    let text = std::str::from_utf8(body).map_err(|_| Error::BadRequest("the spec is not UTF-8".into()))?;
+    let text =
+        std::str::from_utf8(body).map_err(|_| Error::BadRequest("the spec is not UTF-8".into()))?;
     let spec = DatasourceSpec::from_json(text)?;
     if spec.name != name {
         return Err(Error::BadRequest(format!(
@@ -84,14 +99,20 @@ pub async fn update(node: &Node, actor: &str, name: &str, body: &[u8]) -> Result
             spec.name
         )));
     }
-    node.engine().read().catalog().check(&CatalogCommand::UpdateDatasource { spec: spec.clone() })?;
+    node.engine()
+        .read()
+        .catalog()
+        .check(&CatalogCommand::UpdateDatasource { spec: spec.clone() })?;
     apply(node, CatalogCommand::UpdateDatasource { spec }, actor).await?;
     show(node, name)
 }
 
 pub async fn delete(node: &Node, actor: &str, name: &str, grace: Option<&str>) -> Result<Response> {
     let grace = Period::parse(grace.unwrap_or(DELETE_GRACE_DEFAULT))?;
-    let cmd = CatalogCommand::DeleteDatasource { name: name.to_string(), grace_ms: grace.millis() };
+    let cmd = CatalogCommand::DeleteDatasource {
+        name: name.to_string(),
+        grace_ms: grace.millis(),
+    };
     node.engine().read().catalog().check(&cmd)?;
     apply(node, cmd, actor).await?;
     Ok((

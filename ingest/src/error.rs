@@ -64,7 +64,9 @@ impl Error {
                 // moved mid-write): the client retries, with its idempotency key.
                 _ => StatusCode::SERVICE_UNAVAILABLE,
             },
-            Error::Stopped { .. } | Error::Overloaded { .. } | Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Stopped { .. } | Error::Overloaded { .. } | Error::Unavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Error::BadRequest(_) => StatusCode::BAD_REQUEST,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::Forbidden(_) => StatusCode::FORBIDDEN,
@@ -109,7 +111,8 @@ impl axum::response::IntoResponse for Error {
         if let Some(s) = self.retry_after_s()
             && let Ok(v) = axum::http::HeaderValue::from_str(&s.to_string())
         {
-            resp.headers_mut().insert(axum::http::header::RETRY_AFTER, v);
+            resp.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, v);
         }
         resp
     }

@@ -29,17 +29,25 @@ pub async fn leader_only(State(s): State<IngestState>, req: Request, next: Next)
         return next.run(req).await;
     }
     let me = replica.node_id();
-    let no_leader = || Error::Replication(tidemark_raft::Error::NotLeader { node: me, leader: None });
+    let no_leader = || {
+        Error::Replication(tidemark_raft::Error::NotLeader {
+            node: me,
+            leader: None,
+        })
+    };
     match replica.leader() {
         // Raft's view and the metrics can disagree for a moment; let Raft decide.
         Some((id, _)) if id == me => next.run(req).await,
-        Some(_) if req.headers().contains_key(FORWARDED_BY) => {
-            Error::Stopped { reason: "leadership moved while the request was forwarded; retry it".into() }
-                .into_response()
+        Some(_) if req.headers().contains_key(FORWARDED_BY) => Error::Stopped {
+            reason: "leadership moved while the request was forwarded; retry it".into(),
         }
+        .into_response(),
         Some((id, leader)) => match forward(&s.node, &leader.http, req, me).await {
             Ok(resp) => {
-                s.node.metrics().http_forwarded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                s.node
+                    .metrics()
+                    .http_forwarded
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 resp
             }
             Err(reason) => {
@@ -64,10 +72,14 @@ pub(crate) async fn call_leader(
     path: &str,
     body: Option<serde_json::Value>,
 ) -> Result<serde_json::Value, String> {
-    ask_node(node, addr, path, body).await.map_err(|refusal| match refusal {
-        LeaderRefusal::Refused(status, message) => format!("leader answered {status}: {message}"),
-        LeaderRefusal::Unreachable(e) => e,
-    })
+    ask_node(node, addr, path, body)
+        .await
+        .map_err(|refusal| match refusal {
+            LeaderRefusal::Refused(status, message) => {
+                format!("leader answered {status}: {message}")
+            }
+            LeaderRefusal::Unreachable(e) => e,
+        })
 }
 
 /// Why the leader did not answer a request with success: its refusal (status and message),
@@ -98,7 +110,11 @@ pub(crate) async fn ask_node(
 ) -> Result<serde_json::Value, LeaderRefusal> {
     let me = node.replica().node_id();
     let token = node.node_token();
-    let method = if body.is_some() { axum::http::Method::POST } else { axum::http::Method::GET };
+    let method = if body.is_some() {
+        axum::http::Method::POST
+    } else {
+        axum::http::Method::GET
+    };
     let mut req = axum::http::Request::builder()
         .method(method)
         .uri(path)
@@ -106,10 +122,14 @@ pub(crate) async fn ask_node(
     req = req.header(axum::http::header::AUTHORIZATION, format!("Bearer {token}"));
     let unreachable = |e: String| LeaderRefusal::Unreachable(e);
     let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let req = req.body(Body::from(body)).map_err(|e| unreachable(e.to_string()))?;
+    let req = req
+        .body(Body::from(body))
+        .map_err(|e| unreachable(e.to_string()))?;
     let resp = forward(node, addr, req, me).await.map_err(unreachable)?;
     let status = resp.status();
-    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.map_err(|e| unreachable(e.to_string()))?;
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .map_err(|e| unreachable(e.to_string()))?;
     if !status.is_success() {
         // The leader's error body is {"error": "..."}; its message is what a caller shows.
         let text = String::from_utf8_lossy(&bytes).into_owned();
@@ -139,8 +159,15 @@ impl std::fmt::Display for ForwardError {
     }
 }
 
-async fn forward(node: &crate::Node, addr: &str, req: Request, me: NodeId) -> Result<Response, String> {
-    forward_request(node.peer_https(), addr, req, me).await.map_err(|e| e.to_string())
+async fn forward(
+    node: &crate::Node,
+    addr: &str,
+    req: Request,
+    me: NodeId,
+) -> Result<Response, String> {
+    forward_request(node.peer_https(), addr, req, me)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// How a node reaches its peers' HTTP ports when they serve TLS: the cluster's CA, and the
@@ -153,7 +180,9 @@ pub struct PeerHttps {
 
 impl std::fmt::Debug for PeerHttps {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PeerHttps").field("name", &self.name).finish()
+        f.debug_struct("PeerHttps")
+            .field("name", &self.name)
+            .finish()
     }
 }
 
@@ -164,15 +193,21 @@ impl PeerHttps {
         use rustls::pki_types::pem::PemObject;
         let mut roots = rustls::RootCertStore::empty();
         for cert in CertificateDer::pem_slice_iter(ca_pem) {
-            roots.add(cert.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+            roots
+                .add(cert.map_err(|e| e.to_string())?)
+                .map_err(|e| e.to_string())?;
         }
-        let config =
-            rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .map_err(|e| e.to_string())?
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-        Ok(PeerHttps { connector: std::sync::Arc::new(config).into(), name })
+        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        Ok(PeerHttps {
+            connector: std::sync::Arc::new(config).into(),
+            name,
+        })
     }
 }
 
@@ -199,7 +234,10 @@ pub(crate) async fn forward_request(
     mut req: Request,
     me: NodeId,
 ) -> Result<Response, ForwardError> {
-    let connect = tokio::time::timeout(std::time::Duration::from_secs(2), tokio::net::TcpStream::connect(addr));
+    let connect = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        tokio::net::TcpStream::connect(addr),
+    );
     let stream = match connect.await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return Err(ForwardError::Connect(e.to_string())),
@@ -210,13 +248,18 @@ pub(crate) async fn forward_request(
     let mut sender = match tls {
         None => http1(stream).await?,
         Some(t) => {
-            let host = t
-                .name
-                .clone()
-                .unwrap_or_else(|| addr.rsplit_once(':').map_or(addr, |(h, _)| h).trim_matches(['[', ']']).to_string());
+            let host = t.name.clone().unwrap_or_else(|| {
+                addr.rsplit_once(':')
+                    .map_or(addr, |(h, _)| h)
+                    .trim_matches(['[', ']'])
+                    .to_string()
+            });
             let name = rustls::pki_types::ServerName::try_from(host)
                 .map_err(|e| ForwardError::Connect(format!("peer name: {e}")))?;
-            let handshake = tokio::time::timeout(std::time::Duration::from_secs(5), t.connector.connect(name, stream));
+            let handshake = tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                t.connector.connect(name, stream),
+            );
             let stream = match handshake.await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => return Err(ForwardError::Connect(format!("TLS: {e}"))),
@@ -225,11 +268,21 @@ pub(crate) async fn forward_request(
             http1(stream).await?
         }
     };
-    let path = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
     *req.uri_mut() = path.parse::<Uri>().map_err(|e| exchange(e.to_string()))?;
     let headers = req.headers_mut();
-    headers.insert(HOST, HeaderValue::from_str(addr).map_err(|e| exchange(e.to_string()))?);
+    headers.insert(
+        HOST,
+        HeaderValue::from_str(addr).map_err(|e| exchange(e.to_string()))?,
+    );
     headers.insert(FORWARDED_BY, HeaderValue::from(me));
-    let resp = sender.send_request(req).await.map_err(|e| exchange(e.to_string()))?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| exchange(e.to_string()))?;
     Ok(resp.map(Body::new))
 }

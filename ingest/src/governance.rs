@@ -31,8 +31,12 @@ fn describe_domain(d: &DomainEntry, with_history: bool) -> Value {
         "position": d.settings.last().map_or(0, |v| v.position),
     });
     if with_history {
-        v["versions"] =
-            d.settings.iter().map(|s| json!({"position": s.position, "settings": s.value})).collect::<Vec<_>>().into();
+        v["versions"] = d
+            .settings
+            .iter()
+            .map(|s| json!({"position": s.position, "settings": s.value}))
+            .collect::<Vec<_>>()
+            .into();
     }
     v
 }
@@ -41,8 +45,11 @@ fn describe_tag(d: &DomainEntry, t: &Tag, with_history: bool) -> Value {
     let history = d.tag_history(&t.name);
     let mut v = json!({ "tag": t, "position": history.last().map_or(0, |v| v.position) });
     if with_history {
-        v["versions"] =
-            history.iter().map(|h| json!({"position": h.position, "tag": h.value})).collect::<Vec<_>>().into();
+        v["versions"] = history
+            .iter()
+            .map(|h| json!({"position": h.position, "tag": h.value}))
+            .collect::<Vec<_>>()
+            .into();
     }
     v
 }
@@ -64,16 +71,21 @@ async fn change(node: &Node, actor: &str, cmd: GovernanceCommand) -> Result<Gove
     node.engine().read().catalog().check(&cmd)?;
     match apply(node, cmd, actor).await? {
         CatalogEffect::Governance(effect) => Ok(effect),
-        other => {
-            Err(Error::Storage(tidemark_storage::Error::Internal(format!("governance change applied as {other:?}"))))
-        }
+        other => Err(Error::Storage(tidemark_storage::Error::Internal(format!(
+            "governance change applied as {other:?}"
+        )))),
     }
 }
 
 pub fn list_domains(node: &Node) -> Response {
     let engine = node.engine();
     let e = engine.read();
-    let all: Vec<Value> = e.catalog().governance().domains().map(|d| describe_domain(d, false)).collect();
+    let all: Vec<Value> = e
+        .catalog()
+        .governance()
+        .domains()
+        .map(|d| describe_domain(d, false))
+        .collect();
     Json(all).into_response()
 }
 
@@ -86,20 +98,31 @@ pub fn show_domain(node: &Node, name: &str) -> Result<Response> {
 pub async fn create_domain(node: &Node, actor: &str, body: &[u8]) -> Result<Response> {
     let settings: DomainSettings = governance::from_json(utf8(body)?)?;
     let name = settings.name.clone();
-    change(node, actor, GovernanceCommand::CreateDomain { domain: settings }).await?;
+    change(
+        node,
+        actor,
+        GovernanceCommand::CreateDomain { domain: settings },
+    )
+    .await?;
     let engine = node.engine();
     let e = engine.read();
-    Ok((StatusCode::CREATED, Json(describe_domain(domain(e.catalog(), &name)?, false))).into_response())
+    Ok((
+        StatusCode::CREATED,
+        Json(describe_domain(domain(e.catalog(), &name)?, false)),
+    )
+        .into_response())
 }
 
 /// The body with the name the URL gives: a body may leave it out, and one that names another
 /// object is a mistake, not a rename (`instead` says what to do).
 fn named_body(body: &[u8], kind: &str, name: &str, instead: &str) -> Result<String> {
-    let mut v: Value =
-        serde_json::from_slice(body).map_err(|e| Error::BadRequest(format!("the body is not JSON: {e}")))?;
+    let mut v: Value = serde_json::from_slice(body)
+        .map_err(|e| Error::BadRequest(format!("the body is not JSON: {e}")))?;
     match v.get("name").and_then(Value::as_str) {
         Some(n) if n != name => {
-            return Err(Error::BadRequest(format!("the body names {kind}{n:?} but the URL names {name:?}; {instead}")));
+            return Err(Error::BadRequest(format!(
+                "the body names {kind}{n:?} but the URL names {name:?}; {instead}"
+            )));
         }
         _ => v["name"] = Value::String(name.to_string()),
     }
@@ -107,8 +130,14 @@ fn named_body(body: &[u8], kind: &str, name: &str, instead: &str) -> Result<Stri
 }
 
 pub async fn update_domain(node: &Node, actor: &str, name: &str, body: &[u8]) -> Result<Response> {
-    let settings: DomainSettings = governance::from_json(&named_body(body, "", name, "renaming is not supported")?)?;
-    change(node, actor, GovernanceCommand::UpdateDomain { domain: settings }).await?;
+    let settings: DomainSettings =
+        governance::from_json(&named_body(body, "", name, "renaming is not supported")?)?;
+    change(
+        node,
+        actor,
+        GovernanceCommand::UpdateDomain { domain: settings },
+    )
+    .await?;
     show_domain(node, name)
 }
 
@@ -116,41 +145,79 @@ pub fn list_tags(node: &Node, domain_name: &str) -> Result<Response> {
     let engine = node.engine();
     let e = engine.read();
     let d = domain(e.catalog(), domain_name)?;
-    Ok(Json(d.tags_at(u64::MAX).map(|t| describe_tag(d, t, false)).collect::<Vec<_>>()).into_response())
+    Ok(Json(
+        d.tags_at(u64::MAX)
+            .map(|t| describe_tag(d, t, false))
+            .collect::<Vec<_>>(),
+    )
+    .into_response())
 }
 
 pub fn show_tag(node: &Node, domain_name: &str, tag: &str) -> Result<Response> {
     let engine = node.engine();
     let e = engine.read();
     let d = domain(e.catalog(), domain_name)?;
-    let t = d
-        .tag(tag)
-        .ok_or_else(|| Error::NotFound(format!("tag {tag:?} does not exist in governance domain {domain_name:?}")))?;
+    let t = d.tag(tag).ok_or_else(|| {
+        Error::NotFound(format!(
+            "tag {tag:?} does not exist in governance domain {domain_name:?}"
+        ))
+    })?;
     Ok(Json(describe_tag(d, t, true)).into_response())
 }
 
-pub async fn put_tag(node: &Node, actor: &str, domain_name: &str, tag: &str, body: &[u8]) -> Result<Response> {
+pub async fn put_tag(
+    node: &Node,
+    actor: &str,
+    domain_name: &str,
+    tag: &str,
+    body: &[u8],
+) -> Result<Response> {
     let parsed: Tag = governance::from_json(&named_body(
         body,
         "tag ",
         tag,
         "renaming is not supported (add the old name as an alias)",
     )?)?;
-    let effect =
-        change(node, actor, GovernanceCommand::PutTag { domain: domain_name.to_string(), tag: parsed }).await?;
-    let status =
-        if matches!(effect, GovernanceEffect::TagCreated { .. }) { StatusCode::CREATED } else { StatusCode::OK };
+    let effect = change(
+        node,
+        actor,
+        GovernanceCommand::PutTag {
+            domain: domain_name.to_string(),
+            tag: parsed,
+        },
+    )
+    .await?;
+    let status = if matches!(effect, GovernanceEffect::TagCreated { .. }) {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     let engine = node.engine();
     let e = engine.read();
     let d = domain(e.catalog(), domain_name)?;
-    let t = d.tag(tag).ok_or_else(|| Error::NotFound(format!("tag {tag:?} vanished")))?;
+    let t = d
+        .tag(tag)
+        .ok_or_else(|| Error::NotFound(format!("tag {tag:?} vanished")))?;
     let mut answer = describe_tag(d, t, false);
     answer["changed"] = (effect != GovernanceEffect::Unchanged).into();
     Ok((status, Json(answer)).into_response())
 }
 
-pub async fn remove_tag(node: &Node, actor: &str, domain_name: &str, tag: &str) -> Result<Response> {
-    change(node, actor, GovernanceCommand::RemoveTag { domain: domain_name.to_string(), tag: tag.to_string() }).await?;
+pub async fn remove_tag(
+    node: &Node,
+    actor: &str,
+    domain_name: &str,
+    tag: &str,
+) -> Result<Response> {
+    change(
+        node,
+        actor,
+        GovernanceCommand::RemoveTag {
+            domain: domain_name.to_string(),
+            tag: tag.to_string(),
+        },
+    )
+    .await?;
     Ok(Json(json!({ "removed": tag, "domain": domain_name })).into_response())
 }
 
@@ -174,12 +241,16 @@ pub fn suggest(node: &Node, p: &SuggestParams) -> Result<Response> {
     let catalog = e.catalog();
     let domains: Vec<&DomainEntry> = match (&p.domain, &p.datasource) {
         (Some(d), _) => vec![domain(catalog, d)?],
-        (None, Some(ds)) => vec![
-            catalog
-                .governance()
-                .domain_of(ds, u64::MAX)
-                .ok_or_else(|| Error::NotFound(format!("datasource {ds:?} is in no governance domain")))?,
-        ],
+        (None, Some(ds)) => {
+            vec![
+                catalog
+                    .governance()
+                    .domain_of(ds, u64::MAX)
+                    .ok_or_else(|| {
+                        Error::NotFound(format!("datasource {ds:?} is in no governance domain"))
+                    })?,
+            ]
+        }
         (None, None) => catalog.governance().domains().collect(),
     };
     let answers: Vec<Value> = domains
@@ -234,11 +305,18 @@ fn article(status: TagStatus) -> &'static str {
     }
 }
 
-fn retention_json(datasource: &str, rule: Option<&tidemark_catalog::governance::Versioned<Retention>>) -> Value {
+fn retention_json(
+    datasource: &str,
+    rule: Option<&tidemark_catalog::governance::Versioned<Retention>>,
+) -> Value {
     match rule {
-        Some(v) => json!({ "datasource": datasource, "retention": v.value, "position": v.position }),
-        None => json!({ "datasource": datasource, "retention": Retention::default(), "position": null,
-                        "note": "no rule set: every form is kept forever" }),
+        Some(v) => {
+            json!({ "datasource": datasource, "retention": v.value, "position": v.position })
+        }
+        None => {
+            json!({ "datasource": datasource, "retention": Retention::default(), "position": null,
+                        "note": "no rule set: every form is kept forever" })
+        }
     }
 }
 
@@ -246,7 +324,12 @@ fn retention_json(datasource: &str, rule: Option<&tidemark_catalog::governance::
 pub fn list_retention(node: &Node) -> Response {
     let engine = node.engine();
     let e = engine.read();
-    let all: Vec<Value> = e.catalog().retention().current().map(|(ds, v)| retention_json(ds, Some(v))).collect();
+    let all: Vec<Value> = e
+        .catalog()
+        .retention()
+        .current()
+        .map(|(ds, v)| retention_json(ds, Some(v)))
+        .collect();
     Json(all).into_response()
 }
 
@@ -254,9 +337,15 @@ pub fn show_retention(node: &Node, datasource: &str) -> Result<Response> {
     let engine = node.engine();
     let e = engine.read();
     if e.catalog().get(datasource).is_none() {
-        return Err(Error::NotFound(format!("datasource {datasource:?} does not exist")));
+        return Err(Error::NotFound(format!(
+            "datasource {datasource:?} does not exist"
+        )));
     }
-    Ok(Json(retention_json(datasource, e.catalog().retention().at(datasource, u64::MAX))).into_response())
+    Ok(Json(retention_json(
+        datasource,
+        e.catalog().retention().at(datasource, u64::MAX),
+    ))
+    .into_response())
 }
 
 /// `PUT /v1/governance/retention/{datasource}` with `{"raw": "P30D", "segments": …}`.
@@ -285,7 +374,11 @@ pub async fn put_retention(
             .ok_or_else(|| Error::NotFound(format!("datasource {datasource:?} does not exist")))?;
         let late = &spec.current().late_window;
         // Rejects are records of refused events, not intervals being written: no floor.
-        for (form, period) in retention.forms().into_iter().filter(|(form, _)| *form != "rejects") {
+        for (form, period) in retention
+            .forms()
+            .into_iter()
+            .filter(|(form, _)| *form != "rejects")
+        {
             if let Some(p) = period
                 && p.millis() < late.millis()
             {
@@ -295,8 +388,21 @@ pub async fn put_retention(
                 )));
             }
         }
-        let current = e.catalog().retention().at(datasource, u64::MAX).map(|v| v.value.clone()).unwrap_or_default();
-        let admin = matches!(caller, Principal::Anonymous | Principal::Node | Principal::Key { role: Role::Admin, .. });
+        let current = e
+            .catalog()
+            .retention()
+            .at(datasource, u64::MAX)
+            .map(|v| v.value.clone())
+            .unwrap_or_default();
+        let admin = matches!(
+            caller,
+            Principal::Anonymous
+                | Principal::Node
+                | Principal::Key {
+                    role: Role::Admin,
+                    ..
+                }
+        );
         if !admin {
             for ((form, was), (_, now)) in current.forms().into_iter().zip(retention.forms()) {
                 let shorter = match (was, now) {

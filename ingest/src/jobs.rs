@@ -30,7 +30,11 @@ pub fn parse_instant(s: &str) -> Option<i64> {
     if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
         return s.parse().ok();
     }
-    let full = if s.len() == 10 { format!("{s}T00:00:00Z") } else { s.to_string() };
+    let full = if s.len() == 10 {
+        format!("{s}T00:00:00Z")
+    } else {
+        s.to_string()
+    };
     tidemark_catalog::event::parse_timestamp("interval", &Value::String(full)).ok()
 }
 
@@ -43,9 +47,14 @@ pub fn parse_interval(s: &str) -> Result<(i64, i64)> {
         ))
     };
     let (a, b) = s.split_once('/').ok_or_else(bad)?;
-    let (a, b) = (parse_instant(a).ok_or_else(bad)?, parse_instant(b).ok_or_else(bad)?);
+    let (a, b) = (
+        parse_instant(a).ok_or_else(bad)?,
+        parse_instant(b).ok_or_else(bad)?,
+    );
     if b <= a {
-        return Err(Error::BadRequest(format!("interval {s:?} ends before it starts")));
+        return Err(Error::BadRequest(format!(
+            "interval {s:?} ends before it starts"
+        )));
     }
     Ok((a, b))
 }
@@ -61,7 +70,10 @@ fn refusal(reason: String, status: RefusalStatus) -> Error {
 fn datasource_id(node: &Node, name: &str) -> Result<tidemark_catalog::DatasourceId> {
     let engine = node.engine();
     let e = engine.read();
-    e.catalog().get(name).map(|d| d.id).ok_or_else(|| Error::NotFound(format!("datasource {name:?} does not exist")))
+    e.catalog()
+        .get(name)
+        .map(|d| d.id)
+        .ok_or_else(|| Error::NotFound(format!("datasource {name:?} does not exist")))
 }
 
 /// Logs a timeline command and answers with the job it started or ended.
@@ -69,7 +81,9 @@ async fn propose_job(node: &Node, cmd: &Command, ok: StatusCode) -> Result<Respo
     match node.propose(cmd).await? {
         Applied::Job { id } => Ok((ok, Json(job_json(node, id)?)).into_response()),
         Applied::Refused { reason, status } => Err(refusal(reason, status)),
-        other => Err(Error::Storage(tidemark_storage::Error::Internal(format!("{cmd:?} applied as {other:?}")))),
+        other => Err(Error::Storage(tidemark_storage::Error::Internal(format!(
+            "{cmd:?} applied as {other:?}"
+        )))),
     }
 }
 
@@ -81,16 +95,24 @@ pub(crate) fn job_json(node: &Node, id: u64) -> Result<Value> {
         .into_iter()
         .find(|j| j.id == id)
         .ok_or_else(|| Error::NotFound(format!("job {id} does not exist")))?;
-    serde_json::to_value(job).map_err(|e| Error::Storage(tidemark_storage::Error::Internal(e.to_string())))
+    serde_json::to_value(job)
+        .map_err(|e| Error::Storage(tidemark_storage::Error::Internal(e.to_string())))
 }
 
 pub async fn reindex(node: &Node, actor: &str, body: &[u8]) -> Result<Response> {
     let req: ReindexRequest = serde_json::from_slice(body).map_err(|e| {
-        Error::BadRequest(format!("a reindex needs {{\"datasource\": \"…\", \"interval\": \"START/END\"}}: {e}"))
+        Error::BadRequest(format!(
+            "a reindex needs {{\"datasource\": \"…\", \"interval\": \"START/END\"}}: {e}"
+        ))
     })?;
     let (start_ms, end_ms) = parse_interval(&req.interval)?;
     let datasource = datasource_id(node, &req.datasource)?;
-    let cmd = Command::Timeline(TimelineCommand::Start { datasource, start_ms, end_ms, actor: actor.to_string() });
+    let cmd = Command::Timeline(TimelineCommand::Start {
+        datasource,
+        start_ms,
+        end_ms,
+        actor: actor.to_string(),
+    });
     propose_job(node, &cmd, StatusCode::ACCEPTED).await
 }
 
@@ -172,11 +194,18 @@ pub async fn delete(node: &Node, actor: &str, body: &[u8]) -> Result<Response> {
 /// timeline at one log entry (they stay queryable until it commits).
 pub async fn drop_interval(node: &Node, actor: &str, body: &[u8]) -> Result<Response> {
     let req: ReindexRequest = serde_json::from_slice(body).map_err(|e| {
-        Error::BadRequest(format!("a drop needs {{\"datasource\": \"…\", \"interval\": \"START/END\"}}: {e}"))
+        Error::BadRequest(format!(
+            "a drop needs {{\"datasource\": \"…\", \"interval\": \"START/END\"}}: {e}"
+        ))
     })?;
     let (start_ms, end_ms) = parse_interval(&req.interval)?;
     let datasource = datasource_id(node, &req.datasource)?;
-    let cmd = Command::Timeline(TimelineCommand::Drop { datasource, start_ms, end_ms, actor: actor.to_string() });
+    let cmd = Command::Timeline(TimelineCommand::Drop {
+        datasource,
+        start_ms,
+        end_ms,
+        actor: actor.to_string(),
+    });
     propose_job(node, &cmd, StatusCode::OK).await
 }
 
@@ -205,20 +234,36 @@ pub async fn show(node: &Node, id: u64) -> Result<Response> {
 /// live figures from there (best effort: if that node does not answer soon, the job is shown
 /// as this node knows it).
 async fn with_remote_progress(node: &Node, job: &mut Value) {
-    let (Some(id), Some(kind)) = (job["id"].as_u64(), job["kind"].as_str()) else { return };
+    let (Some(id), Some(kind)) = (job["id"].as_u64(), job["kind"].as_str()) else {
+        return;
+    };
     if job["state"] != "running" || !tidemark_storage::engine::copies::is_copy(kind) {
         return;
     }
     let me = node.replica().node_id();
-    let Some(owner) = node.engine().read().copy_node(id).filter(|n| *n != me) else { return };
-    let Some(member) = node.replica().members().get(&owner).cloned() else { return };
+    let Some(owner) = node.engine().read().copy_node(id).filter(|n| *n != me) else {
+        return;
+    };
+    let Some(member) = node.replica().members().get(&owner).cloned() else {
+        return;
+    };
     let path = format!("/v1/jobs/{id}/progress");
     let asked = crate::forward::ask_node(node, &member.http, &path, None);
-    let Ok(Ok(remote)) = tokio::time::timeout(std::time::Duration::from_secs(2), asked).await else { return };
+    let Ok(Ok(remote)) = tokio::time::timeout(std::time::Duration::from_secs(2), asked).await
+    else {
+        return;
+    };
     if remote["state"] != "running" {
         return;
     }
-    for field in ["batches_done", "batches_total", "events", "rejected", "bytes_done", "bytes_total"] {
+    for field in [
+        "batches_done",
+        "batches_total",
+        "events",
+        "rejected",
+        "bytes_done",
+        "bytes_total",
+    ] {
         job[field] = remote[field].clone();
     }
 }
@@ -230,7 +275,10 @@ pub fn progress(node: &Node, id: u64) -> Result<Response> {
 }
 
 pub async fn cancel(node: &Node, actor: &str, id: u64) -> Result<Response> {
-    let cmd = Command::Timeline(TimelineCommand::Cancel { job: id, reason: format!("cancelled by {actor}") });
+    let cmd = Command::Timeline(TimelineCommand::Cancel {
+        job: id,
+        reason: format!("cancelled by {actor}"),
+    });
     propose_job(node, &cmd, StatusCode::OK).await
 }
 
@@ -240,13 +288,19 @@ mod tests {
 
     #[test]
     fn intervals_take_dates_times_and_milliseconds() {
-        assert_eq!(parse_interval("2026-11-26/2026-11-27").ok(), Some((1_795_651_200_000, 1_795_737_600_000)));
+        assert_eq!(
+            parse_interval("2026-11-26/2026-11-27").ok(),
+            Some((1_795_651_200_000, 1_795_737_600_000))
+        );
         assert_eq!(parse_interval("1000/2000").ok(), Some((1000, 2000)));
         assert_eq!(
             parse_interval("2026-11-26T01:00:00Z/2026-11-26T02:00:00+00:00").ok(),
             Some((1_795_654_800_000, 1_795_658_400_000))
         );
-        let err = parse_interval("2026-11-27/2026-11-26").err().map(|e| e.to_string()).unwrap_or_default();
+        let err = parse_interval("2026-11-27/2026-11-26")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("ends before it starts"), "{err}");
         assert!(parse_interval("yesterday").is_err());
     }

@@ -127,7 +127,11 @@ impl Broker {
             .filter(|(id, _)| **id as i64 != me)
             .filter_map(|(id, m)| {
                 let addr: SocketAddr = m.kafka.parse().ok()?;
-                Some(BrokerAddr { id: *id as i32, host: addr.ip().to_string(), port: i32::from(addr.port()) })
+                Some(BrokerAddr {
+                    id: *id as i32,
+                    host: addr.ip().to_string(),
+                    port: i32::from(addr.port()),
+                })
             })
             .collect();
         brokers.push(BrokerAddr {
@@ -136,7 +140,10 @@ impl Broker {
             port: i32::from(self.config.advertised.port()),
         });
         brokers.sort_by_key(|b| b.id);
-        let leader = replica.leader().map(|(id, _)| id as i32).filter(|id| brokers.iter().any(|b| b.id == *id));
+        let leader = replica
+            .leader()
+            .map(|(id, _)| id as i32)
+            .filter(|id| brokers.iter().any(|b| b.id == *id));
         (brokers, leader)
     }
 
@@ -150,10 +157,12 @@ impl Broker {
 /// NOT_LEADER_OR_FOLLOWER (the idempotent producer's sequence makes the retry safe).
 pub(crate) fn write_error_code(e: &crate::Error) -> i16 {
     match e {
-        crate::Error::Replication(tidemark_raft::Error::NotLeader { .. } | tidemark_raft::Error::OutcomeUnknown) => {
-            code::NOT_LEADER_OR_FOLLOWER
+        crate::Error::Replication(
+            tidemark_raft::Error::NotLeader { .. } | tidemark_raft::Error::OutcomeUnknown,
+        ) => code::NOT_LEADER_OR_FOLLOWER,
+        crate::Error::Replication(tidemark_raft::Error::Overloaded { .. }) => {
+            code::NOT_ENOUGH_REPLICAS
         }
-        crate::Error::Replication(tidemark_raft::Error::Overloaded { .. }) => code::NOT_ENOUGH_REPLICAS,
         _ => code::KAFKA_STORAGE_ERROR,
     }
 }
@@ -171,7 +180,11 @@ const ACCEPT_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(1);
 /// `/health` said ok.
 pub async fn serve(listener: TcpListener, node: Node, config: KafkaConfig) -> std::io::Result<()> {
     let coordinator = Coordinator::default();
-    let broker = Arc::new(Broker { node, config, coordinator });
+    let broker = Arc::new(Broker {
+        node,
+        config,
+        coordinator,
+    });
     groups::spawn_expiry(broker.clone());
     let mut retry = ACCEPT_RETRY_MIN;
     loop {
@@ -179,7 +192,9 @@ pub async fn serve(listener: TcpListener, node: Node, config: KafkaConfig) -> st
             Ok(accepted) => accepted,
             Err(e) => {
                 let metrics = broker.node.metrics();
-                metrics.kafka_accept_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                metrics
+                    .kafka_accept_errors
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let first = metrics
                     .kafka_accept_failing
                     .lock()
@@ -196,7 +211,13 @@ pub async fn serve(listener: TcpListener, node: Node, config: KafkaConfig) -> st
         };
         if retry != ACCEPT_RETRY_MIN {
             retry = ACCEPT_RETRY_MIN;
-            broker.node.metrics().kafka_accept_failing.lock().unwrap_or_else(|p| p.into_inner()).take();
+            broker
+                .node
+                .metrics()
+                .kafka_accept_failing
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
             tracing::info!("the Kafka port accepts connections again");
         }
         let place = match broker.config.connections.admit(peer.ip()) {
@@ -209,7 +230,9 @@ pub async fn serve(listener: TcpListener, node: Node, config: KafkaConfig) -> st
         tokio::spawn(async move {
             let _place = place;
             let metrics = broker.node.metrics();
-            metrics.kafka_connections_open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            metrics
+                .kafka_connections_open
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let loopback = peer.ip().is_loopback();
             let closed = match broker.config.tls.clone() {
                 None => {
@@ -218,21 +241,30 @@ pub async fn serve(listener: TcpListener, node: Node, config: KafkaConfig) -> st
                 }
                 // The handshake runs in the connection's task: the accept loop never waits on it.
                 Some(KafkaTls(acceptor)) => {
-                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+                    {
                         Ok(Ok(tls)) => {
                             let (rd, wr) = tokio::io::split(tls);
                             connection::run(rd, wr, true, broker).await
                         }
-                        Ok(Err(e)) => Err(connection::Close::Protocol(format!("TLS handshake failed: {e}"))),
-                        Err(_) => Err(connection::Close::Protocol("TLS handshake timed out".into())),
+                        Ok(Err(e)) => Err(connection::Close::Protocol(format!(
+                            "TLS handshake failed: {e}"
+                        ))),
+                        Err(_) => Err(connection::Close::Protocol(
+                            "TLS handshake timed out".into(),
+                        )),
                     }
                 }
             };
-            metrics.kafka_connections_open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            metrics
+                .kafka_connections_open
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             match closed {
                 Ok(()) => {}
                 Err(connection::Close::Protocol(reason)) => {
-                    metrics.kafka_connections_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    metrics
+                        .kafka_connections_refused
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::warn!(%peer, %reason, "kafka connection refused");
                 }
                 Err(reason) => tracing::info!(%peer, %reason, "kafka connection closed"),
@@ -245,11 +277,13 @@ pub async fn serve(listener: TcpListener, node: Node, config: KafkaConfig) -> st
 /// connection does: header, API and version, bounds check, then `kafka-protocol`'s decoder.
 /// For the fuzzer (`fuzz/`): any input must give `Ok` or `Err`, never a panic or an abort.
 pub fn decode_frame(frame: &[u8]) -> Result<(), String> {
-    match connection::parse_frame(bytes::Bytes::copy_from_slice(frame)).map_err(|e| e.to_string())? {
+    match connection::parse_frame(bytes::Bytes::copy_from_slice(frame))
+        .map_err(|e| e.to_string())?
+    {
         connection::Parsed::UnsupportedApiVersions(_) => Ok(()),
-        connection::Parsed::Request(req, mut body) => {
-            connection::decode_request(&req, &mut body).map(|_| ()).map_err(|e| e.to_string())
-        }
+        connection::Parsed::Request(req, mut body) => connection::decode_request(&req, &mut body)
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
     }
 }
 

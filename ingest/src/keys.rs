@@ -9,7 +9,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tidemark_catalog::CatalogCommand;
 use tidemark_catalog::access::{
-    AccessCommand, KEY_ID_LEN, KeyScope, NewKey, Role, SECRET_LEN, TOKEN_PREFIX, TagGrant, hex, sha256_hex,
+    AccessCommand, KEY_ID_LEN, KeyScope, NewKey, Role, SECRET_LEN, TOKEN_PREFIX, TagGrant, hex,
+    sha256_hex,
 };
 
 use crate::datasources::apply;
@@ -31,8 +32,11 @@ struct CreateKey {
 
 fn random_hex(len: usize) -> Result<String> {
     let mut bytes = vec![0u8; len / 2];
-    getrandom::fill(&mut bytes)
-        .map_err(|e| Error::Storage(tidemark_storage::Error::Internal(format!("no random bits from the OS: {e}"))))?;
+    getrandom::fill(&mut bytes).map_err(|e| {
+        Error::Storage(tidemark_storage::Error::Internal(format!(
+            "no random bits from the OS: {e}"
+        )))
+    })?;
     Ok(hex(&bytes))
 }
 
@@ -53,16 +57,26 @@ pub async fn create(node: &Node, actor: &str, body: &[u8]) -> Result<Response> {
     let secret = random_hex(SECRET_LEN)?;
     let token = format!("{TOKEN_PREFIX}{id}_{secret}");
     let mut salt = [0u8; 16];
-    getrandom::fill(&mut salt)
-        .map_err(|e| Error::Storage(tidemark_storage::Error::Internal(format!("no random bits from the OS: {e}"))))?;
+    getrandom::fill(&mut salt).map_err(|e| {
+        Error::Storage(tidemark_storage::Error::Internal(format!(
+            "no random bits from the OS: {e}"
+        )))
+    })?;
     let key = NewKey {
         id: id.clone(),
         name: req.name,
         role: req.role,
         secret_sha256: sha256_hex(&secret),
-        scope: KeyScope { tenants: req.tenants, publish: req.publish },
+        scope: KeyScope {
+            tenants: req.tenants,
+            publish: req.publish,
+        },
         // Kafka clients log in with SCRAM-SHA-256 using the token as the password.
-        scram: Some(crate::kafka::sasl::scram_credential(&token, &salt, crate::kafka::sasl::SCRAM_ITERATIONS)),
+        scram: Some(crate::kafka::sasl::scram_credential(
+            &token,
+            &salt,
+            crate::kafka::sasl::SCRAM_ITERATIONS,
+        )),
     };
     log(node, actor, AccessCommand::CreateKey { key }).await?;
     let mut v = shown(node, &id)?;
@@ -74,14 +88,23 @@ pub async fn create(node: &Node, actor: &str, body: &[u8]) -> Result<Response> {
 fn shown(node: &Node, id: &str) -> Result<Value> {
     let engine = node.engine();
     let e = engine.read();
-    let key = e.catalog().access().key(id).ok_or_else(|| Error::NotFound(format!("API key {id} does not exist")))?;
+    let key = e
+        .catalog()
+        .access()
+        .key(id)
+        .ok_or_else(|| Error::NotFound(format!("API key {id} does not exist")))?;
     Ok(key.public_json())
 }
 
 pub fn list(node: &Node) -> Response {
     let engine = node.engine();
     let e = engine.read();
-    let keys: Vec<Value> = e.catalog().access().keys().map(|k| k.public_json()).collect();
+    let keys: Vec<Value> = e
+        .catalog()
+        .access()
+        .keys()
+        .map(|k| k.public_json())
+        .collect();
     Json(json!(keys)).into_response()
 }
 

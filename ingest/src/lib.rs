@@ -66,13 +66,26 @@ pub fn router(state: IngestState) -> Router {
     Router::new()
         // Beacons route themselves: forwarded, or spooled when no quorum can take them.
         .route("/v1/beacons/{datasource}", post(post_beacons))
-        .route("/v1/datasources", get(list_datasources).merge(post(create_datasource).layer(leader())))
+        .route(
+            "/v1/datasources",
+            get(list_datasources).merge(post(create_datasource).layer(leader())),
+        )
         .route(
             "/v1/datasources/{name}",
-            get(show_datasource).merge(put(update_datasource).delete(delete_datasource).layer(leader())),
+            get(show_datasource).merge(
+                put(update_datasource)
+                    .delete(delete_datasource)
+                    .layer(leader()),
+            ),
         )
-        .route("/v1/governance/domains", get(list_domains).merge(post(create_domain).layer(leader())))
-        .route("/v1/governance/domains/{domain}", get(show_domain).merge(put(update_domain).layer(leader())))
+        .route(
+            "/v1/governance/domains",
+            get(list_domains).merge(post(create_domain).layer(leader())),
+        )
+        .route(
+            "/v1/governance/domains/{domain}",
+            get(show_domain).merge(put(update_domain).layer(leader())),
+        )
         .route("/v1/governance/domains/{domain}/tags", get(list_tags))
         .route(
             "/v1/governance/domains/{domain}/tags/{tag}",
@@ -80,7 +93,10 @@ pub fn router(state: IngestState) -> Router {
         )
         .route("/v1/governance/suggest", get(suggest_tag))
         .route("/v1/governance/retention", get(list_retention))
-        .route("/v1/governance/retention/{datasource}", get(show_retention).merge(put(put_retention).layer(leader())))
+        .route(
+            "/v1/governance/retention/{datasource}",
+            get(show_retention).merge(put(put_retention).layer(leader())),
+        )
         .route("/v1/segments", get(list_segments))
         .route("/v1/segments/verify", post(verify_segments))
         .route("/v1/segments/drop", post(drop_segments).layer(leader()))
@@ -95,20 +111,44 @@ pub fn router(state: IngestState) -> Router {
         .route("/v1/jobs/{id}", get(show_job))
         .route("/v1/jobs/{id}/progress", get(job_progress))
         .route("/v1/jobs/{id}/cancel", post(cancel_job).layer(leader()))
-        .route("/v1/keys", get(list_keys).merge(post(create_key).layer(leader())))
-        .route("/v1/keys/{id}", axum::routing::delete(revoke_key).layer(leader()))
+        .route(
+            "/v1/keys",
+            get(list_keys).merge(post(create_key).layer(leader())),
+        )
+        .route(
+            "/v1/keys/{id}",
+            axum::routing::delete(revoke_key).layer(leader()),
+        )
         .route("/v1/cluster", get(cluster::status))
         .route("/v1/cluster/join", post(cluster::join).layer(leader()))
-        .route("/v1/cluster/learners", post(cluster::add_learner).layer(leader()))
-        .route("/v1/cluster/promote", post(cluster::promote).layer(leader()))
+        .route(
+            "/v1/cluster/learners",
+            post(cluster::add_learner).layer(leader()),
+        )
+        .route(
+            "/v1/cluster/promote",
+            post(cluster::promote).layer(leader()),
+        )
         .route("/v1/cluster/remove", post(cluster::remove).layer(leader()))
-        .route("/v1/cluster/transfer-leader", post(cluster::transfer_leader).layer(leader()))
-        .route("/v1/cluster/read-index", get(cluster::read_index).layer(leader()))
-        .route("/v1/cluster/init-producer", post(cluster::init_producer).layer(leader()))
+        .route(
+            "/v1/cluster/transfer-leader",
+            post(cluster::transfer_leader).layer(leader()),
+        )
+        .route(
+            "/v1/cluster/read-index",
+            get(cluster::read_index).layer(leader()),
+        )
+        .route(
+            "/v1/cluster/init-producer",
+            post(cluster::init_producer).layer(leader()),
+        )
         .route("/v1/test/faults", post(cluster::set_faults))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ))
         .with_state(state)
 }
 
@@ -121,7 +161,9 @@ async fn post_beacons(
 ) -> Response {
     let caller = caller.map_or(Principal::Anonymous, |Extension(p)| p);
     let resp = beacon_routing::route(&s, &caller, &ds, headers, body).await;
-    s.node.metrics().count_beacon_request(resp.status().as_u16());
+    s.node
+        .metrics()
+        .count_beacon_request(resp.status().as_u16());
     resp
 }
 
@@ -129,8 +171,14 @@ async fn list_datasources(State(s): State<IngestState>) -> Response {
     datasources::list(&s.node)
 }
 
-async fn create_datasource(State(s): State<IngestState>, Extension(c): Extension<Principal>, body: Bytes) -> Response {
-    datasources::create(&s.node, &c.actor(), &body).await.unwrap_or_else(IntoResponse::into_response)
+async fn create_datasource(
+    State(s): State<IngestState>,
+    Extension(c): Extension<Principal>,
+    body: Bytes,
+) -> Response {
+    datasources::create(&s.node, &c.actor(), &body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn show_datasource(State(s): State<IngestState>, Path(name): Path<String>) -> Response {
@@ -143,7 +191,9 @@ async fn update_datasource(
     Path(name): Path<String>,
     body: Bytes,
 ) -> Response {
-    datasources::update(&s.node, &c.actor(), &name, &body).await.unwrap_or_else(IntoResponse::into_response)
+    datasources::update(&s.node, &c.actor(), &name, &body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -166,8 +216,14 @@ async fn list_domains(State(s): State<IngestState>) -> Response {
     governance::list_domains(&s.node)
 }
 
-async fn create_domain(State(s): State<IngestState>, Extension(c): Extension<Principal>, body: Bytes) -> Response {
-    governance::create_domain(&s.node, &c.actor(), &body).await.unwrap_or_else(IntoResponse::into_response)
+async fn create_domain(
+    State(s): State<IngestState>,
+    Extension(c): Extension<Principal>,
+    body: Bytes,
+) -> Response {
+    governance::create_domain(&s.node, &c.actor(), &body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn show_domain(State(s): State<IngestState>, Path(domain): Path<String>) -> Response {
@@ -180,14 +236,19 @@ async fn update_domain(
     Path(domain): Path<String>,
     body: Bytes,
 ) -> Response {
-    governance::update_domain(&s.node, &c.actor(), &domain, &body).await.unwrap_or_else(IntoResponse::into_response)
+    governance::update_domain(&s.node, &c.actor(), &domain, &body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn list_tags(State(s): State<IngestState>, Path(domain): Path<String>) -> Response {
     governance::list_tags(&s.node, &domain).unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn show_tag(State(s): State<IngestState>, Path((domain, tag)): Path<(String, String)>) -> Response {
+async fn show_tag(
+    State(s): State<IngestState>,
+    Path((domain, tag)): Path<(String, String)>,
+) -> Response {
     governance::show_tag(&s.node, &domain, &tag).unwrap_or_else(IntoResponse::into_response)
 }
 
@@ -197,7 +258,9 @@ async fn put_tag(
     Path((domain, tag)): Path<(String, String)>,
     body: Bytes,
 ) -> Response {
-    governance::put_tag(&s.node, &c.actor(), &domain, &tag, &body).await.unwrap_or_else(IntoResponse::into_response)
+    governance::put_tag(&s.node, &c.actor(), &domain, &tag, &body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn remove_tag(
@@ -205,10 +268,15 @@ async fn remove_tag(
     Extension(c): Extension<Principal>,
     Path((domain, tag)): Path<(String, String)>,
 ) -> Response {
-    governance::remove_tag(&s.node, &c.actor(), &domain, &tag).await.unwrap_or_else(IntoResponse::into_response)
+    governance::remove_tag(&s.node, &c.actor(), &domain, &tag)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn suggest_tag(State(s): State<IngestState>, Query(p): Query<governance::SuggestParams>) -> Response {
+async fn suggest_tag(
+    State(s): State<IngestState>,
+    Query(p): Query<governance::SuggestParams>,
+) -> Response {
     governance::suggest(&s.node, &p).unwrap_or_else(IntoResponse::into_response)
 }
 
@@ -233,7 +301,9 @@ async fn put_retention(
     Query(q): Query<DryRun>,
     body: Bytes,
 ) -> Response {
-    governance::put_retention(&s.node, &c, &ds, &body, q.dry_run).await.unwrap_or_else(IntoResponse::into_response)
+    governance::put_retention(&s.node, &c, &ds, &body, q.dry_run)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -245,47 +315,97 @@ async fn list_segments(State(s): State<IngestState>, Query(q): Query<SegmentsQue
     segments::list(&s.node, &q.datasource).unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn verify_segments(State(s): State<IngestState>, Query(p): Query<segments::VerifyParams>) -> Response {
-    segments::verify(&s.node, &p).await.unwrap_or_else(IntoResponse::into_response)
+async fn verify_segments(
+    State(s): State<IngestState>,
+    Query(p): Query<segments::VerifyParams>,
+) -> Response {
+    segments::verify(&s.node, &p)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn start_reindex(State(s): State<IngestState>, Extension(c): Extension<Principal>, body: Bytes) -> Response {
-    jobs::reindex(&s.node, &c.actor(), &body).await.unwrap_or_else(IntoResponse::into_response)
+async fn start_reindex(
+    State(s): State<IngestState>,
+    Extension(c): Extension<Principal>,
+    body: Bytes,
+) -> Response {
+    jobs::reindex(&s.node, &c.actor(), &body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn show_segment(State(s): State<IngestState>, Path((ds, segment)): Path<(String, String)>) -> Response {
+async fn show_segment(
+    State(s): State<IngestState>,
+    Path((ds, segment)): Path<(String, String)>,
+) -> Response {
     segments::show(&s.node, &ds, &segment).unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn take_backup(State(s): State<IngestState>, Extension(c): Extension<Principal>, body: Bytes) -> Response {
-    copies::backup(&s.node, &c.actor(), &body).await.unwrap_or_else(IntoResponse::into_response)
+async fn take_backup(
+    State(s): State<IngestState>,
+    Extension(c): Extension<Principal>,
+    body: Bytes,
+) -> Response {
+    copies::backup(&s.node, &c.actor(), &body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn export_raw(State(s): State<IngestState>, Extension(c): Extension<Principal>, body: Bytes) -> Response {
-    copies::export(&s.node, &c.actor(), &body).await.unwrap_or_else(IntoResponse::into_response)
+async fn export_raw(
+    State(s): State<IngestState>,
+    Extension(c): Extension<Principal>,
+    body: Bytes,
+) -> Response {
+    copies::export(&s.node, &c.actor(), &body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
 /// A copy's entry carries the user its node authenticated as the audit actor: only a node
 /// (holding the cluster secret) vouches for that, never an API key, an admin's included.
-async fn record_copy(State(s): State<IngestState>, Extension(c): Extension<Principal>, body: Bytes) -> Response {
+async fn record_copy(
+    State(s): State<IngestState>,
+    Extension(c): Extension<Principal>,
+    body: Bytes,
+) -> Response {
     if matches!(c, Principal::Key { .. }) {
         let error = "POST /v1/jobs/copies is a node-to-node route (it names the user a node authenticated): \
                      only cluster members call it; start a copy with POST /v1/export or /v1/backup";
         return (StatusCode::FORBIDDEN, Json(json!({ "error": error }))).into_response();
     }
-    copies::copied(&s.node, &body).await.unwrap_or_else(IntoResponse::into_response)
+    copies::copied(&s.node, &body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn start_delete(State(s): State<IngestState>, Extension(c): Extension<Principal>, body: Bytes) -> Response {
-    jobs::delete(&s.node, &c.actor(), &body).await.unwrap_or_else(IntoResponse::into_response)
+async fn start_delete(
+    State(s): State<IngestState>,
+    Extension(c): Extension<Principal>,
+    body: Bytes,
+) -> Response {
+    jobs::delete(&s.node, &c.actor(), &body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn start_compact(State(s): State<IngestState>, Extension(c): Extension<Principal>, body: Bytes) -> Response {
-    jobs::compact(&s.node, &c.actor(), &body).await.unwrap_or_else(IntoResponse::into_response)
+async fn start_compact(
+    State(s): State<IngestState>,
+    Extension(c): Extension<Principal>,
+    body: Bytes,
+) -> Response {
+    jobs::compact(&s.node, &c.actor(), &body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn drop_segments(State(s): State<IngestState>, Extension(c): Extension<Principal>, body: Bytes) -> Response {
-    jobs::drop_interval(&s.node, &c.actor(), &body).await.unwrap_or_else(IntoResponse::into_response)
+async fn drop_segments(
+    State(s): State<IngestState>,
+    Extension(c): Extension<Principal>,
+    body: Bytes,
+) -> Response {
+    jobs::drop_interval(&s.node, &c.actor(), &body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn list_jobs(State(s): State<IngestState>) -> Response {
@@ -297,19 +417,33 @@ async fn job_progress(State(s): State<IngestState>, Path(id): Path<u64>) -> Resp
 }
 
 async fn show_job(State(s): State<IngestState>, Path(id): Path<u64>) -> Response {
-    jobs::show(&s.node, id).await.unwrap_or_else(IntoResponse::into_response)
+    jobs::show(&s.node, id)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn cancel_job(State(s): State<IngestState>, Extension(c): Extension<Principal>, Path(id): Path<u64>) -> Response {
-    jobs::cancel(&s.node, &c.actor(), id).await.unwrap_or_else(IntoResponse::into_response)
+async fn cancel_job(
+    State(s): State<IngestState>,
+    Extension(c): Extension<Principal>,
+    Path(id): Path<u64>,
+) -> Response {
+    jobs::cancel(&s.node, &c.actor(), id)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn list_keys(State(s): State<IngestState>) -> Response {
     keys::list(&s.node)
 }
 
-async fn create_key(State(s): State<IngestState>, Extension(c): Extension<Principal>, body: Bytes) -> Response {
-    keys::create(&s.node, &c.actor(), &body).await.unwrap_or_else(IntoResponse::into_response)
+async fn create_key(
+    State(s): State<IngestState>,
+    Extension(c): Extension<Principal>,
+    body: Bytes,
+) -> Response {
+    keys::create(&s.node, &c.actor(), &body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn revoke_key(
@@ -317,7 +451,9 @@ async fn revoke_key(
     Extension(c): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Response {
-    keys::revoke(&s.node, &c.actor(), &id).await.unwrap_or_else(IntoResponse::into_response)
+    keys::revoke(&s.node, &c.actor(), &id)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -341,12 +477,25 @@ async fn health(State(s): State<IngestState>, Query(p): Query<HealthParams>) -> 
     let writes = fatal.is_none() && !overloaded && leader_known;
     let reads = fatal.is_none() && cluster.applied_index.is_some();
     let trouble = s.node.trouble();
-    let kafka_failing = s.node.metrics().kafka_accept_failing.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let kafka_failing = s
+        .node
+        .metrics()
+        .kafka_accept_failing
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
     let reason = fatal
         .clone()
-        .or_else(|| (!leader_known).then(|| "no leader is known: election in progress, or no quorum".to_string()))
+        .or_else(|| {
+            (!leader_known)
+                .then(|| "no leader is known: election in progress, or no quorum".to_string())
+        })
         .or_else(|| overloaded.then(|| "realtime index at its memory bound".to_string()))
-        .or_else(|| kafka_failing.as_ref().map(|e| format!("the Kafka port cannot accept connections: {e}")))
+        .or_else(|| {
+            kafka_failing
+                .as_ref()
+                .map(|e| format!("the Kafka port cannot accept connections: {e}"))
+        })
         .or_else(|| trouble.clone());
     let body = json!({
         "status": if writes && reads && kafka_failing.is_none() && trouble.is_none() { "ok" } else { "degraded" },
@@ -368,7 +517,11 @@ async fn health(State(s): State<IngestState>, Query(p): Query<HealthParams>) -> 
         Some("reads") => reads,
         _ => writes,
     };
-    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, Json(body)).into_response()
 }
 

@@ -6,7 +6,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Bucket upper bounds in seconds, shared by the latency histograms.
-const BUCKETS_S: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
+const BUCKETS_S: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
 
 #[derive(Debug, Default)]
 pub struct Histogram {
@@ -21,7 +23,8 @@ impl Histogram {
             Some(i) => self.counts[i].fetch_add(1, Ordering::Relaxed),
             None => self.inf.fetch_add(1, Ordering::Relaxed),
         };
-        self.sum_us.fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
+        self.sum_us
+            .fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
     }
 
     fn render(&self, name: &str, help: &str, out: &mut String) {
@@ -33,7 +36,11 @@ impl Histogram {
         }
         cumulative += self.inf.load(Ordering::Relaxed);
         let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
-        let _ = writeln!(out, "{name}_sum {}", self.sum_us.load(Ordering::Relaxed) as f64 / 1e6);
+        let _ = writeln!(
+            out,
+            "{name}_sum {}",
+            self.sum_us.load(Ordering::Relaxed) as f64 / 1e6
+        );
         let _ = writeln!(out, "{name}_count {cumulative}");
     }
 }
@@ -122,22 +129,38 @@ pub struct RaftGauges {
 
 impl Metrics {
     pub fn count_beacon_request(&self, status: u16) {
-        let mut m = self.beacon_requests.lock().unwrap_or_else(|p| p.into_inner());
+        let mut m = self
+            .beacon_requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         *m.entry(status).or_default() += 1;
     }
 
     pub fn count_kafka_request(&self, api: &'static str) {
-        *self.kafka_requests.lock().unwrap_or_else(|p| p.into_inner()).entry(api).or_default() += 1;
+        *self
+            .kafka_requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(api)
+            .or_default() += 1;
     }
 
     pub fn count_kafka_produce_partition(&self, error_code: i16) {
-        *self.kafka_produce_partitions.lock().unwrap_or_else(|p| p.into_inner()).entry(error_code).or_default() += 1;
+        *self
+            .kafka_produce_partitions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(error_code)
+            .or_default() += 1;
     }
 
     pub fn render(&self, g: EngineGauges) -> String {
         let mut out = String::with_capacity(4096);
         let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
         };
         metric(
             "tidemark_events_ingested_total",
@@ -145,17 +168,42 @@ impl Metrics {
             "Events rolled up into the realtime index.",
             g.events_ingested,
         );
-        metric("tidemark_events_rejected_total", "counter", "Events rejected (see sys.rejects).", g.events_rejected);
+        metric(
+            "tidemark_events_rejected_total",
+            "counter",
+            "Events rejected (see sys.rejects).",
+            g.events_rejected,
+        );
         metric(
             "tidemark_tags_dropped_total",
             "counter",
             "Beacon keys left out because they are not tags of the datasource's governance domain.",
             g.tags_dropped,
         );
-        metric("tidemark_realtime_rows", "gauge", "Rows in realtime indexes.", g.realtime_rows);
-        metric("tidemark_realtime_bytes", "gauge", "Approximate bytes held by realtime indexes.", g.realtime_bytes);
-        metric("tidemark_segments", "gauge", "Published segments.", g.segments);
-        metric("tidemark_applied_log_position", "gauge", "Position of the last applied log entry.", g.applied_position);
+        metric(
+            "tidemark_realtime_rows",
+            "gauge",
+            "Rows in realtime indexes.",
+            g.realtime_rows,
+        );
+        metric(
+            "tidemark_realtime_bytes",
+            "gauge",
+            "Approximate bytes held by realtime indexes.",
+            g.realtime_bytes,
+        );
+        metric(
+            "tidemark_segments",
+            "gauge",
+            "Published segments.",
+            g.segments,
+        );
+        metric(
+            "tidemark_applied_log_position",
+            "gauge",
+            "Position of the last applied log entry.",
+            g.applied_position,
+        );
         metric(
             "tidemark_commands_applied_total",
             "counter",
@@ -163,10 +211,25 @@ impl Metrics {
             self.commands_applied.load(Ordering::Relaxed),
         );
         let r = g.raft;
-        metric("tidemark_raft_is_leader", "gauge", "1 if this node leads the Raft group.", u64::from(r.is_leader));
+        metric(
+            "tidemark_raft_is_leader",
+            "gauge",
+            "1 if this node leads the Raft group.",
+            u64::from(r.is_leader),
+        );
         metric("tidemark_raft_term", "gauge", "Current Raft term.", r.term);
-        metric("tidemark_raft_voters", "gauge", "Voters in the membership this node knows.", r.voters);
-        metric("tidemark_raft_last_log_index", "gauge", "Last index in this node's Raft log.", r.last_log_index);
+        metric(
+            "tidemark_raft_voters",
+            "gauge",
+            "Voters in the membership this node knows.",
+            r.voters,
+        );
+        metric(
+            "tidemark_raft_last_log_index",
+            "gauge",
+            "Last index in this node's Raft log.",
+            r.last_log_index,
+        );
         metric(
             "tidemark_raft_commit_lag_entries",
             "gauge",
@@ -186,7 +249,12 @@ impl Metrics {
             self.leader_changes.load(Ordering::Relaxed),
         );
         let sn = g.snapshots;
-        metric("tidemark_raft_snapshots_built_total", "counter", "Snapshots this node built.", sn.built);
+        metric(
+            "tidemark_raft_snapshots_built_total",
+            "counter",
+            "Snapshots this node built.",
+            sn.built,
+        );
         metric(
             "tidemark_raft_snapshots_installed_total",
             "counter",
@@ -224,14 +292,24 @@ impl Metrics {
             sn.fetch_failures,
         );
         let sc = g.scrub;
-        metric("tidemark_scrub_passes_total", "counter", "Scrubber passes over every data file.", sc.passes);
+        metric(
+            "tidemark_scrub_passes_total",
+            "counter",
+            "Scrubber passes over every data file.",
+            sc.passes,
+        );
         metric(
             "tidemark_scrub_files_checked_total",
             "counter",
             "Data files the scrubber checked and found whole.",
             sc.files_checked,
         );
-        metric("tidemark_scrub_bytes_checked_total", "counter", "Data bytes the scrubber checked.", sc.bytes_checked);
+        metric(
+            "tidemark_scrub_bytes_checked_total",
+            "counter",
+            "Data bytes the scrubber checked.",
+            sc.bytes_checked,
+        );
         metric(
             "tidemark_scrub_damaged_found_total",
             "counter",
@@ -296,35 +374,64 @@ impl Metrics {
             out,
             "# HELP tidemark_beacon_requests_total Beacon requests by HTTP status.\n# TYPE tidemark_beacon_requests_total counter"
         );
-        for (status, n) in self.beacon_requests.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-            let _ = writeln!(out, "tidemark_beacon_requests_total{{status=\"{status}\"}} {n}");
+        for (status, n) in self
+            .beacon_requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "tidemark_beacon_requests_total{{status=\"{status}\"}} {n}"
+            );
         }
         let _ = writeln!(
             out,
             "# HELP tidemark_kafka_requests_total Kafka requests by API.\n# TYPE tidemark_kafka_requests_total counter"
         );
-        for (api, n) in self.kafka_requests.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        for (api, n) in self
+            .kafka_requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
             let _ = writeln!(out, "tidemark_kafka_requests_total{{api=\"{api}\"}} {n}");
         }
         let _ = writeln!(
             out,
             "# HELP tidemark_kafka_produce_partitions_total Produce partition answers by Kafka error code (0 = stored).\n# TYPE tidemark_kafka_produce_partitions_total counter"
         );
-        for (code, n) in self.kafka_produce_partitions.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-            let _ = writeln!(out, "tidemark_kafka_produce_partitions_total{{error_code=\"{code}\"}} {n}");
+        for (code, n) in self
+            .kafka_produce_partitions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "tidemark_kafka_produce_partitions_total{{error_code=\"{code}\"}} {n}"
+            );
         }
         self.kafka_produce_seconds.render(
             "tidemark_kafka_produce_duration_seconds",
             "Kafka produce request to answer (durable and applied).",
             &mut out,
         );
-        self.persist_seconds.render("tidemark_persist_duration_seconds", "Time to write one segment.", &mut out);
+        self.persist_seconds.render(
+            "tidemark_persist_duration_seconds",
+            "Time to write one segment.",
+            &mut out,
+        );
         self.checkpoint_seconds.render(
             "tidemark_checkpoint_duration_seconds",
             "Time to write one checkpoint (raw log fsyncs included), mostly off the engine lock.",
             &mut out,
         );
-        self.query_seconds.render("tidemark_query_duration_seconds", "Time to answer one SQL request.", &mut out);
+        self.query_seconds.render(
+            "tidemark_query_duration_seconds",
+            "Time to answer one SQL request.",
+            &mut out,
+        );
         out
     }
 }

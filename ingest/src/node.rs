@@ -100,7 +100,10 @@ impl Pending {
 }
 
 pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 #[derive(Debug)]
@@ -147,13 +150,21 @@ impl Node {
     /// ticker. Raft replays what the engine's checkpoint does not cover. The node is not yet
     /// part of a cluster if it never was: call [`Node::bootstrap`] for a new cluster or a
     /// single node, or have a leader add it.
-    pub async fn start(config: NodeConfig, raft_listener: tokio::net::TcpListener) -> Result<(Node, StartReport)> {
+    pub async fn start(
+        config: NodeConfig,
+        raft_listener: tokio::net::TcpListener,
+    ) -> Result<(Node, StartReport)> {
         let secret = match &config.cluster_secret {
             Some(s) => s.clone(),
             None => tidemark_raft::ClusterSecret::random()
                 .map_err(|e| Error::Storage(tidemark_storage::Error::Internal(e)))?,
         };
-        let mut rc = ReplicaConfig::new(config.node_id, config.me.clone(), config.engine.clone(), secret);
+        let mut rc = ReplicaConfig::new(
+            config.node_id,
+            config.me.clone(),
+            config.engine.clone(),
+            secret,
+        );
         rc.in_flight_max = config.pending_entries_max;
         rc.snapshot_every_entries = config.checkpoint_every_entries;
         rc.entries_kept_after_snapshot = config.entries_kept_after_snapshot;
@@ -192,7 +203,11 @@ impl Node {
             std::thread::Builder::new()
                 .name("tidemark-tick".into())
                 .spawn(move || tick_loop(&inner, &runtime))
-                .map_err(|e| Error::Storage(tidemark_storage::Error::Internal(format!("cannot start ticker: {e}"))))?
+                .map_err(|e| {
+                    Error::Storage(tidemark_storage::Error::Internal(format!(
+                        "cannot start ticker: {e}"
+                    )))
+                })?
         };
         {
             let metrics = inner.metrics.clone();
@@ -201,7 +216,10 @@ impl Node {
                 tracing::info!(?from, ?to, "leader changed");
             });
         }
-        let node = Node { inner, ticker: Arc::new(Mutex::new(Some(ticker))) };
+        let node = Node {
+            inner,
+            ticker: Arc::new(Mutex::new(Some(ticker))),
+        };
         tokio::spawn(crate::copies::sweep_stale_copies(node.clone()));
         Ok((node, report))
     }
@@ -213,7 +231,11 @@ impl Node {
 
     /// Marks copy `run` as starting (true) or no longer starting (false); see `copies.rs`.
     pub fn copy_starting(&self, run: u64, starting: bool) {
-        let mut set = self.inner.copies_starting.lock().unwrap_or_else(|p| p.into_inner());
+        let mut set = self
+            .inner
+            .copies_starting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if starting {
             set.insert(run);
         } else {
@@ -222,7 +244,11 @@ impl Node {
     }
 
     pub fn is_copy_starting(&self, run: u64) -> bool {
-        self.inner.copies_starting.lock().unwrap_or_else(|p| p.into_inner()).contains(&run)
+        self.inner
+            .copies_starting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&run)
     }
 
     /// Whether the node is shutting down.
@@ -253,7 +279,13 @@ impl Node {
 
     /// Why the node stopped accepting writes, if it did.
     pub fn fatal(&self) -> Option<String> {
-        if let Some(f) = self.inner.fatal.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+        if let Some(f) = self
+            .inner
+            .fatal
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
             return Some(f);
         }
         self.inner.replica.fatal()
@@ -266,13 +298,22 @@ impl Node {
 
     /// The token this node presents to its peers' internal HTTP routes.
     pub fn node_token(&self) -> String {
-        format!("{}{}", tidemark_catalog::access::NODE_TOKEN_PREFIX, self.cluster_secret().expose())
+        format!(
+            "{}{}",
+            tidemark_catalog::access::NODE_TOKEN_PREFIX,
+            self.cluster_secret().expose()
+        )
     }
 
     /// A shortage the node is waiting out (descriptors, disk space, memory) without having
     /// stopped: a checkpoint or a segment write to be retried.
     pub fn trouble(&self) -> Option<String> {
-        let checkpoint = self.inner.checkpoint_trouble.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let checkpoint = self
+            .inner
+            .checkpoint_trouble
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         checkpoint.or_else(|| self.inner.persist.trouble())
     }
 
@@ -336,7 +377,9 @@ impl Node {
         let pending = self.submit(cmd)?;
         match tokio::time::timeout(Duration::from_millis(waited_ms), pending.wait()).await {
             Ok(answer) => answer,
-            Err(_) => Err(Error::Replication(tidemark_raft::Error::NotCommitted { waited_ms })),
+            Err(_) => Err(Error::Replication(tidemark_raft::Error::NotCommitted {
+                waited_ms,
+            })),
         }
     }
 
@@ -347,7 +390,11 @@ impl Node {
         if let Some(reason) = self.fatal() {
             return Err(Error::Stopped { reason });
         }
-        let entry = LogCommand { writer_time_ms: now_ms(), kind: cmd.kind(), payload: cmd.encode() };
+        let entry = LogCommand {
+            writer_time_ms: now_ms(),
+            kind: cmd.kind(),
+            payload: cmd.encode(),
+        };
         let submitted = self.inner.replica.submit(entry)?;
         Ok(Pending(submitted, self.inner.metrics.clone()))
     }
@@ -362,14 +409,21 @@ impl Node {
         } else {
             let me = replica.node_id();
             let Some((_, leader)) = replica.leader().filter(|(id, _)| *id != me) else {
-                return Err(Error::Replication(tidemark_raft::Error::NotLeader { node: me, leader: None }));
+                return Err(Error::Replication(tidemark_raft::Error::NotLeader {
+                    node: me,
+                    leader: None,
+                }));
             };
             let v = crate::forward::call_leader(self, &leader.http, "/v1/cluster/read-index", None)
                 .await
-                .map_err(|reason| Error::Stopped { reason: format!("asking the leader for a read index: {reason}") })?;
+                .map_err(|reason| Error::Stopped {
+                    reason: format!("asking the leader for a read index: {reason}"),
+                })?;
             v.get("index")
                 .and_then(serde_json::Value::as_u64)
-                .ok_or_else(|| Error::Stopped { reason: format!("the leader answered {v} for a read index") })?
+                .ok_or_else(|| Error::Stopped {
+                    reason: format!("the leader answered {v} for a read index"),
+                })?
         };
         Ok(replica.wait_applied(index, wait).await?)
     }
@@ -406,7 +460,9 @@ impl Node {
 /// A number no earlier run of this node drew: the clock's nanoseconds mixed with the
 /// process id.
 fn boot_id() -> u64 {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
     nanos ^ (u64::from(std::process::id()) << 40) | 1
 }
 
@@ -438,11 +494,20 @@ fn publish(inner: &Inner) -> bool {
 fn checkpoint(inner: &Inner) {
     let started = Instant::now();
     let result = inner.engine.checkpoint();
-    inner.metrics.checkpoint_seconds.observe(started.elapsed().as_secs_f64());
-    let mut trouble = inner.checkpoint_trouble.lock().unwrap_or_else(|p| p.into_inner());
+    inner
+        .metrics
+        .checkpoint_seconds
+        .observe(started.elapsed().as_secs_f64());
+    let mut trouble = inner
+        .checkpoint_trouble
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
     match result {
         Ok(_) => {
-            *inner.last_checkpoint.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+            *inner
+                .last_checkpoint
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Instant::now();
             if trouble.take().is_some() {
                 tracing::info!("a checkpoint was written again");
             }
@@ -465,7 +530,10 @@ fn checkpoint(inner: &Inner) {
 /// range is compacted so the entries' bytes leave RocksDB's files too.
 fn erase(inner: &Inner, runtime: &tokio::runtime::Handle) {
     let due = inner.engine.write().take_erase_due();
-    let mut pending = inner.erase_pending.lock().unwrap_or_else(|p| p.into_inner());
+    let mut pending = inner
+        .erase_pending
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
     let raft = inner.replica.raft().clone();
     if let Some(upto) = due {
         *pending = Some(pending.map_or(upto, |p| p.max(upto)));
@@ -475,17 +543,24 @@ fn erase(inner: &Inner, runtime: &tokio::runtime::Handle) {
     }
     // Once the purge is done, its range is compacted off the disk, on a thread of its own
     // (it may take a while, and the ticker has other work).
-    let mut compacting = inner.erase_compact.lock().unwrap_or_else(|p| p.into_inner());
+    let mut compacting = inner
+        .erase_compact
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
     if let Some(through) = *compacting {
         if inner.replica.status().purged_index.unwrap_or(0) >= through {
             *compacting = None;
             let replica = inner.replica.clone();
-            let spawned = std::thread::Builder::new().name("tidemark-log-compact".into()).spawn(move || match replica
-                .compact_purged_log(through)
-            {
-                Ok(()) => tracing::info!(through, "the purged Raft log entries are off the disk"),
-                Err(e) => tracing::warn!(through, error = %e, "could not compact the purged Raft log"),
-            });
+            let spawned = std::thread::Builder::new()
+                .name("tidemark-log-compact".into())
+                .spawn(move || match replica.compact_purged_log(through) {
+                    Ok(()) => {
+                        tracing::info!(through, "the purged Raft log entries are off the disk")
+                    }
+                    Err(e) => {
+                        tracing::warn!(through, error = %e, "could not compact the purged Raft log")
+                    }
+                });
             if let Err(e) = spawned {
                 tracing::warn!(error = %e, "could not start compacting the purged Raft log");
             }
@@ -512,7 +587,13 @@ fn tick_loop(inner: &Inner, runtime: &tokio::runtime::Handle) {
     let tick = Duration::from_millis(inner.config.tick_interval_ms.max(10));
     while !inner.stopping.load(Ordering::SeqCst) {
         std::thread::sleep(tick);
-        if inner.fatal.lock().unwrap_or_else(|p| p.into_inner()).is_some() || inner.replica.fatal().is_some() {
+        if inner
+            .fatal
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+            || inner.replica.fatal().is_some()
+        {
             continue;
         }
         // A member restarted without the cluster secret drew a random one, which its peers
@@ -536,20 +617,42 @@ fn tick_loop(inner: &Inner, runtime: &tokio::runtime::Handle) {
             let now = now_ms();
             let commands: Vec<Command> = {
                 let e = inner.engine.read();
-                let mut c: Vec<Command> = e.persist_decisions(now).into_iter().map(Command::Persist).collect();
-                c.extend(e.purge_decisions(now).into_iter().map(|p| Command::catalog(p, ACTOR_SYSTEM)));
+                let mut c: Vec<Command> = e
+                    .persist_decisions(now)
+                    .into_iter()
+                    .map(Command::Persist)
+                    .collect();
+                c.extend(
+                    e.purge_decisions(now)
+                        .into_iter()
+                        .map(|p| Command::catalog(p, ACTOR_SYSTEM)),
+                );
                 // Reindex builds this node finished: publish (or cancel a failed one).
                 c.extend(e.reindex_decisions().into_iter().map(Command::Timeline));
-                c.extend(e.retention_decisions(now).into_iter().map(Command::Timeline));
-                c.extend(e.compaction_decisions(now).into_iter().map(Command::Timeline));
+                c.extend(
+                    e.retention_decisions(now)
+                        .into_iter()
+                        .map(Command::Timeline),
+                );
+                c.extend(
+                    e.compaction_decisions(now)
+                        .into_iter()
+                        .map(Command::Timeline),
+                );
                 c
             };
             let mut waiting = Vec::new();
             for cmd in &commands {
-                let entry = LogCommand { writer_time_ms: now, kind: cmd.kind(), payload: cmd.encode() };
+                let entry = LogCommand {
+                    writer_time_ms: now,
+                    kind: cmd.kind(),
+                    payload: cmd.encode(),
+                };
                 match inner.replica.submit(entry) {
                     Ok(p) => waiting.push(p),
-                    Err(e) => tracing::warn!(error = %e, "could not log a persist decision; will retry"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not log a persist decision; will retry")
+                    }
                 }
             }
             // Wait for our own decisions to apply, so the next tick does not decide them again.
@@ -562,12 +665,20 @@ fn tick_loop(inner: &Inner, runtime: &tokio::runtime::Handle) {
         // Segments finished since the last apply become visible now; they and catalog changes
         // are checkpointed soon (files of a purged datasource go only after that).
         let published = publish(inner);
-        let retry = inner.checkpoint_trouble.lock().unwrap_or_else(|p| p.into_inner()).is_some();
+        let retry = inner
+            .checkpoint_trouble
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some();
         if published || retry || inner.engine.read().checkpoint_due() {
             checkpoint(inner);
         }
         erase(inner, runtime);
-        let stale = inner.last_checkpoint.lock().unwrap_or_else(|p| p.into_inner()).elapsed()
+        let stale = inner
+            .last_checkpoint
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .elapsed()
             >= Duration::from_millis(inner.config.checkpoint_interval_ms);
         let behind = {
             let e = inner.engine.read();

@@ -17,10 +17,9 @@ pub struct VerifyParams {
 }
 
 pub async fn verify(node: &Node, p: &VerifyParams) -> Result<Response> {
-    let datasource = p
-        .datasource
-        .clone()
-        .ok_or_else(|| Error::BadRequest("name the datasource: /v1/segments/verify?datasource=NAME".into()))?;
+    let datasource = p.datasource.clone().ok_or_else(|| {
+        Error::BadRequest("name the datasource: /v1/segments/verify?datasource=NAME".into())
+    })?;
     let (data_dir, files) = {
         let engine = node.engine();
         let e = engine.read();

@@ -75,15 +75,21 @@ pub struct Spool {
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io_error(dir, e))
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_error(dir, e))
 }
 
 fn io_error(path: &Path, e: std::io::Error) -> Error {
-    Error::Storage(tidemark_storage::Error::Io { path: path.to_path_buf(), source: e })
+    Error::Storage(tidemark_storage::Error::Io {
+        path: path.to_path_buf(),
+        source: e,
+    })
 }
 
 fn encode(header: &Header, body: &[u8]) -> Result<Vec<u8>> {
-    let h = serde_json::to_vec(header).map_err(|e| Error::BadRequest(format!("spool header: {e}")))?;
+    let h =
+        serde_json::to_vec(header).map_err(|e| Error::BadRequest(format!("spool header: {e}")))?;
     let mut out = Vec::with_capacity(16 + h.len() + body.len());
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&(h.len() as u32).to_le_bytes());
@@ -103,7 +109,9 @@ fn decode(bytes: &[u8]) -> std::result::Result<(Header, Vec<u8>), String> {
         return Err("checksum mismatch".into());
     }
     let len = u32::from_le_bytes([content[8], content[9], content[10], content[11]]) as usize;
-    let header = content.get(12..12 + len).ok_or("header length past the end")?;
+    let header = content
+        .get(12..12 + len)
+        .ok_or("header length past the end")?;
     let header: Header = serde_json::from_slice(header).map_err(|e| format!("header: {e}"))?;
     Ok((header, content[12 + len..].to_vec()))
 }
@@ -123,13 +131,21 @@ impl Spool {
                 let _ = fs::remove_file(&path);
                 continue;
             }
-            if let Some(seq) = name.strip_suffix(&format!(".{SUFFIX}")).and_then(|s| s.parse::<u64>().ok()) {
+            if let Some(seq) = name
+                .strip_suffix(&format!(".{SUFFIX}"))
+                .and_then(|s| s.parse::<u64>().ok())
+            {
                 let len = item.metadata().map_err(|e| io_error(&path, e))?.len();
                 files.insert(seq, len);
             }
         }
         let next_seq = files.keys().next_back().map_or(0, |s| s + 1);
-        Ok(Spool { dir, bytes_max, queue: Mutex::new(Queue { files, next_seq }), stats: SpoolStats::default() })
+        Ok(Spool {
+            dir,
+            bytes_max,
+            queue: Mutex::new(Queue { files, next_seq }),
+            stats: SpoolStats::default(),
+        })
     }
 
     fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
@@ -151,10 +167,22 @@ impl Spool {
         let (batches, bytes) = self.depth();
         let mut out = String::new();
         let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
-            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"));
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+            ));
         };
-        metric("tidemark_spool_batches", "gauge", "Beacon requests spooled here, waiting for a quorum.", batches);
-        metric("tidemark_spool_bytes", "gauge", "Bytes of spooled beacon requests.", bytes);
+        metric(
+            "tidemark_spool_batches",
+            "gauge",
+            "Beacon requests spooled here, waiting for a quorum.",
+            batches,
+        );
+        metric(
+            "tidemark_spool_bytes",
+            "gauge",
+            "Bytes of spooled beacon requests.",
+            bytes,
+        );
         metric(
             "tidemark_spool_spooled_total",
             "counter",
@@ -219,7 +247,10 @@ impl Spool {
         loop {
             let seq = *self.queue().files.keys().next()?;
             let path = self.path(seq);
-            match fs::read(&path).map_err(|e| e.to_string()).and_then(|b| decode(&b)) {
+            match fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| decode(&b))
+            {
                 Ok((header, body)) => return Some(Spooled { seq, header, body }),
                 Err(reason) => {
                     tracing::error!(file = %path.display(), %reason, "a spooled batch is unreadable; set aside");
@@ -265,7 +296,12 @@ mod tests {
     use super::*;
 
     fn header(key: &str) -> Header {
-        Header { datasource: "beacons".into(), idempotency_key: key.into(), received_ms: 1, publisher: None }
+        Header {
+            datasource: "beacons".into(),
+            idempotency_key: key.into(),
+            received_ms: 1,
+            publisher: None,
+        }
     }
 
     #[test]
@@ -277,13 +313,23 @@ mod tests {
         std::fs::write(dir.path().join("00000000000000000002.tmp"), b"torn").expect("write");
         drop(spool);
         let spool = Spool::open(dir.path(), 1 << 20).expect("reopen");
-        assert!(!dir.path().join("00000000000000000002.tmp").exists(), "a torn write is dropped");
+        assert!(
+            !dir.path().join("00000000000000000002.tmp").exists(),
+            "a torn write is dropped"
+        );
         assert_eq!(spool.depth().0, 2);
         let first = spool.oldest().expect("oldest");
-        assert_eq!((first.header.idempotency_key.as_str(), first.body.as_slice()), ("a", &b"{\"x\":1}"[..]));
+        assert_eq!(
+            (first.header.idempotency_key.as_str(), first.body.as_slice()),
+            ("a", &b"{\"x\":1}"[..])
+        );
         spool.remove(first.seq).expect("remove");
         assert_eq!(spool.oldest().expect("next").header.idempotency_key, "b");
-        assert_eq!(spool.put(&header("c"), b"{}").expect("put"), 2, "sequence numbers are not reused");
+        assert_eq!(
+            spool.put(&header("c"), b"{}").expect("put"),
+            2,
+            "sequence numbers are not reused"
+        );
     }
 
     #[test]
@@ -301,7 +347,11 @@ mod tests {
         bytes[20] ^= 1;
         std::fs::write(&p, bytes).expect("write");
         assert_eq!(spool.oldest().expect("oldest").header.idempotency_key, "c");
-        assert!(dir.path().join("refused/00000000000000000000.spool").exists());
+        assert!(
+            dir.path()
+                .join("refused/00000000000000000000.spool")
+                .exists()
+        );
         assert_eq!(spool.stats.refused.load(Ordering::Relaxed), 1);
     }
 }

@@ -11,7 +11,8 @@ use std::time::Duration;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
-    ApiKey, InitProducerIdRequest, InitProducerIdResponse, ProduceRequest, ProduceResponse, RequestHeader, TopicName,
+    ApiKey, InitProducerIdRequest, InitProducerIdResponse, ProduceRequest, ProduceResponse,
+    RequestHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 
@@ -56,10 +57,19 @@ impl KafkaConn {
         let stream = TcpStream::connect(addr)?;
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(Duration::from_secs(60)))?;
-        Ok(KafkaConn { stream, next_correlation: 1, last_throttle_ms: 0 })
+        Ok(KafkaConn {
+            stream,
+            next_correlation: 1,
+            last_throttle_ms: 0,
+        })
     }
 
-    fn send<R: Encodable>(&mut self, api: ApiKey, version: i16, body: &R) -> Result<i32, KafkaError> {
+    fn send<R: Encodable>(
+        &mut self,
+        api: ApiKey,
+        version: i16,
+        body: &R,
+    ) -> Result<i32, KafkaError> {
         let correlation = self.next_correlation;
         self.next_correlation += 1;
         let mut header = RequestHeader::default();
@@ -69,7 +79,9 @@ impl KafkaConn {
         header.client_id = Some(StrBytes::from_static_str("tidemark-loadgen"));
         let mut buf = BytesMut::new();
         buf.put_i32(0);
-        header.encode(&mut buf, api.request_header_version(version)).map_err(protocol)?;
+        header
+            .encode(&mut buf, api.request_header_version(version))
+            .map_err(protocol)?;
         body.encode(&mut buf, version).map_err(protocol)?;
         let size = (buf.len() - 4) as i32;
         buf[0..4].copy_from_slice(&size.to_be_bytes());
@@ -77,19 +89,27 @@ impl KafkaConn {
         Ok(correlation)
     }
 
-    fn receive<R: Decodable + HeaderVersion>(&mut self, version: i16, correlation: i32) -> Result<R, KafkaError> {
+    fn receive<R: Decodable + HeaderVersion>(
+        &mut self,
+        version: i16,
+        correlation: i32,
+    ) -> Result<R, KafkaError> {
         let mut size = [0u8; 4];
         self.stream.read_exact(&mut size)?;
         let size = i32::from_be_bytes(size);
         if size < 4 || size as usize > RESPONSE_BYTES_MAX {
-            return Err(KafkaError::Protocol(format!("response size {size} is out of range")));
+            return Err(KafkaError::Protocol(format!(
+                "response size {size} is out of range"
+            )));
         }
         let mut body = vec![0u8; size as usize];
         self.stream.read_exact(&mut body)?;
         let mut body = Bytes::from(body);
         let got = body.get_i32();
         if got != correlation {
-            return Err(KafkaError::Protocol(format!("answer {got} arrived where {correlation} was expected")));
+            return Err(KafkaError::Protocol(format!(
+                "answer {got} arrived where {correlation} was expected"
+            )));
         }
         if R::header_version(version) >= 1 {
             // Response header v1: tagged fields after the correlation id.
@@ -107,7 +127,9 @@ impl KafkaConn {
                 }
             }
             if tags != 0 {
-                return Err(KafkaError::Protocol("unexpected tagged fields in a response header".into()));
+                return Err(KafkaError::Protocol(
+                    "unexpected tagged fields in a response header".into(),
+                ));
             }
         }
         R::decode(&mut body, version).map_err(protocol)
@@ -119,7 +141,11 @@ impl KafkaConn {
     }
 
     /// Re-initialises a producer id (KIP-360): the same id with a bumped epoch.
-    pub fn reinit_producer_id(&mut self, producer_id: i64, epoch: i16) -> Result<(i64, i16), KafkaError> {
+    pub fn reinit_producer_id(
+        &mut self,
+        producer_id: i64,
+        epoch: i16,
+    ) -> Result<(i64, i16), KafkaError> {
         let mut req = InitProducerIdRequest::default();
         req.transactional_id = None;
         req.transaction_timeout_ms = 60_000;
@@ -128,14 +154,22 @@ impl KafkaConn {
         let c = self.send(ApiKey::InitProducerId, INIT_PRODUCER_ID_VERSION, &req)?;
         let resp: InitProducerIdResponse = self.receive(INIT_PRODUCER_ID_VERSION, c)?;
         if resp.error_code != 0 {
-            return Err(KafkaError::Protocol(format!("InitProducerId failed with error {}", resp.error_code)));
+            return Err(KafkaError::Protocol(format!(
+                "InitProducerId failed with error {}",
+                resp.error_code
+            )));
         }
         Ok((resp.producer_id.0, resp.producer_epoch))
     }
 
     /// Sends a produce request of one record batch per partition, without waiting; returns
     /// its correlation id for [`Self::read_produce`]. Answers come back in send order.
-    pub fn send_produce(&mut self, topic: &str, batches: &[(i32, Bytes)], acks: i16) -> Result<i32, KafkaError> {
+    pub fn send_produce(
+        &mut self,
+        topic: &str,
+        batches: &[(i32, Bytes)],
+        acks: i16,
+    ) -> Result<i32, KafkaError> {
         let mut t = TopicProduceData::default();
         t.name = TopicName(StrBytes::from_string(topic.to_string()));
         t.partition_data = batches
@@ -170,7 +204,13 @@ impl KafkaConn {
                     .record_errors
                     .iter()
                     .map(|e| {
-                        (e.batch_index, e.batch_index_error_message.as_ref().map(|m| m.to_string()).unwrap_or_default())
+                        (
+                            e.batch_index,
+                            e.batch_index_error_message
+                                .as_ref()
+                                .map(|m| m.to_string())
+                                .unwrap_or_default(),
+                        )
                     })
                     .collect(),
             })
@@ -191,7 +231,12 @@ impl KafkaConn {
             match self.stream.read(&mut buf) {
                 Ok(0) => return Ok(true),
                 Ok(_) => continue,
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
                     return Ok(false);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Ok(true),

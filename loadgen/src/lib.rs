@@ -13,8 +13,13 @@ pub mod kafka;
 use serde_json::{Value, json};
 
 pub const APPS: [&str; 4] = ["web", "ios", "android", "pos"];
-pub const EVENTS: [(&str, u32); 5] =
-    [("page_view", 70), ("click", 15), ("search", 7), ("add_to_cart", 5), ("purchase", 3)];
+pub const EVENTS: [(&str, u32); 5] = [
+    ("page_view", 70),
+    ("click", 15),
+    ("search", 7),
+    ("add_to_cart", 5),
+    ("purchase", 3),
+];
 pub const DEVICES: [(&str, u32); 3] = [("mobile", 60), ("desktop", 35), ("tablet", 5)];
 pub const COUNTRIES: [(&str, u32); 12] = [
     ("US", 30),
@@ -122,7 +127,11 @@ pub struct TrafficConfig {
 
 impl Default for TrafficConfig {
     fn default() -> Self {
-        TrafficConfig { seed: 42, merchants: 1000, skew: 1.1 }
+        TrafficConfig {
+            seed: 42,
+            merchants: 1000,
+            skew: 1.1,
+        }
     }
 }
 
@@ -139,7 +148,9 @@ pub struct Traffic {
 impl Traffic {
     pub fn new(config: &TrafficConfig) -> Self {
         let n = config.merchants.max(1);
-        let weights: Vec<f64> = (1..=n).map(|rank| 1.0 / (rank as f64).powf(config.skew)).collect();
+        let weights: Vec<f64> = (1..=n)
+            .map(|rank| 1.0 / (rank as f64).powf(config.skew))
+            .collect();
         let total: f64 = weights.iter().sum();
         let mut acc = 0.0;
         let cumulative = weights
@@ -149,9 +160,20 @@ impl Traffic {
                 acc
             })
             .collect();
-        let users = weights.iter().map(|w| ((w / total) * 2_000_000.0).max(20.0) as u64).collect();
-        let pages = weights.iter().map(|w| ((w / total) * 5_000.0).clamp(8.0, 400.0) as u64).collect();
-        Traffic { rng: Rng::new(config.seed), cumulative, users, pages }
+        let users = weights
+            .iter()
+            .map(|w| ((w / total) * 2_000_000.0).max(20.0) as u64)
+            .collect();
+        let pages = weights
+            .iter()
+            .map(|w| ((w / total) * 5_000.0).clamp(8.0, 400.0) as u64)
+            .collect();
+        Traffic {
+            rng: Rng::new(config.seed),
+            cumulative,
+            users,
+            pages,
+        }
     }
 
     pub fn merchant_name(index: usize) -> String {
@@ -161,7 +183,10 @@ impl Traffic {
     /// The next event, stamped `ts_ms`.
     pub fn next(&mut self, ts_ms: i64) -> Beacon {
         let u = self.rng.unit();
-        let m = self.cumulative.partition_point(|c| *c < u).min(self.cumulative.len() - 1);
+        let m = self
+            .cumulative
+            .partition_point(|c| *c < u)
+            .min(self.cumulative.len() - 1);
         let event = self.rng.weighted(&EVENTS);
         let page = match event {
             "purchase" => "/checkout".to_string(),
@@ -178,7 +203,8 @@ impl Traffic {
         } else {
             (4.8 + 0.5 * self.rng.normal()).exp()
         };
-        let amount = (event == "purchase").then(|| ((3.5 + 0.9 * self.rng.normal()).exp() * 100.0).round() / 100.0);
+        let amount = (event == "purchase")
+            .then(|| ((3.5 + 0.9 * self.rng.normal()).exp() * 100.0).round() / 100.0);
         Beacon {
             ts_ms,
             merchant_id: Self::merchant_name(m),
@@ -195,7 +221,9 @@ impl Traffic {
 
     /// `count` events spread evenly over `[start_ms, start_ms + span_ms)`.
     pub fn batch(&mut self, start_ms: i64, span_ms: i64, count: usize) -> Vec<Beacon> {
-        (0..count).map(|i| self.next(start_ms + (i as i64 * span_ms) / count.max(1) as i64)).collect()
+        (0..count)
+            .map(|i| self.next(start_ms + (i as i64 * span_ms) / count.max(1) as i64))
+            .collect()
     }
 }
 
@@ -205,7 +233,11 @@ mod tests {
 
     #[test]
     fn same_seed_same_events() {
-        let cfg = TrafficConfig { seed: 7, merchants: 100, skew: 1.1 };
+        let cfg = TrafficConfig {
+            seed: 7,
+            merchants: 100,
+            skew: 1.1,
+        };
         let a = Traffic::new(&cfg).batch(0, 60_000, 500);
         let b = Traffic::new(&cfg).batch(0, 60_000, 500);
         assert_eq!(a, b);
@@ -213,12 +245,20 @@ mod tests {
 
     #[test]
     fn sizes_are_skewed_and_purchases_carry_amounts() {
-        let mut t = Traffic::new(&TrafficConfig { seed: 1, merchants: 200, skew: 1.1 });
+        let mut t = Traffic::new(&TrafficConfig {
+            seed: 1,
+            merchants: 200,
+            skew: 1.1,
+        });
         let events = t.batch(0, 3_600_000, 20_000);
         let top = events.iter().filter(|b| b.merchant_id == "m00000").count();
         let tail = events.iter().filter(|b| b.merchant_id == "m00150").count();
         assert!(top > 20 * tail.max(1), "top {top} vs tail {tail}");
-        assert!(events.iter().all(|b| (b.event == "purchase") == b.amount.is_some()));
+        assert!(
+            events
+                .iter()
+                .all(|b| (b.event == "purchase") == b.amount.is_some())
+        );
         let mut lat: Vec<f64> = events.iter().map(|b| b.latency_ms).collect();
         lat.sort_by(f64::total_cmp);
         let p50 = lat[lat.len() / 2];

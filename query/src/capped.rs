@@ -20,11 +20,13 @@ use datafusion::arrow::array::{Array, ArrayRef, AsArray};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::compute::kernels::length::length;
 use datafusion::arrow::datatypes::{
-    DataType, FieldRef, Int64Type, IntervalMonthDayNano, IntervalMonthDayNanoType, IntervalUnit, TimeUnit,
+    DataType, FieldRef, Int64Type, IntervalMonthDayNano, IntervalMonthDayNanoType, IntervalUnit,
+    TimeUnit,
 };
 use datafusion::error::{DataFusionError, Result};
 use datafusion::logical_expr::{
-    ColumnarValue, Documentation, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
+    ColumnarValue, Documentation, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl,
+    Signature,
 };
 use datafusion::prelude::SessionContext;
 
@@ -62,7 +64,11 @@ pub fn register(ctx: &SessionContext, bytes_max: usize) {
     for (name, size) in CAPPED {
         let inner = ctx.state().scalar_functions().get(name).cloned();
         if let Some(inner) = inner {
-            ctx.register_udf(ScalarUDF::new_from_impl(Capped { inner, size, bytes_max }));
+            ctx.register_udf(ScalarUDF::new_from_impl(Capped {
+                inner,
+                size,
+                bytes_max,
+            }));
         }
     }
 }
@@ -122,7 +128,9 @@ fn bound(size: Size, args: &[ColumnarValue], rows: usize) -> Result<u128> {
     let arg = |i: usize| args.get(i).map(|a| a.to_array(rows)).transpose();
     let total = match size {
         Size::Repeat => {
-            let (Some(text), Some(n)) = (arg(0)?, arg(1)?) else { return Ok(0) };
+            let (Some(text), Some(n)) = (arg(0)?, arg(1)?) else {
+                return Ok(0);
+            };
             let (lens, n) = (ints(&length(&text)?)?, ints(&n)?);
             lens.iter().zip(&n).map(|(l, n)| pos(*l) * pos(*n)).sum()
         }
@@ -131,12 +139,16 @@ fn bound(size: Size, args: &[ColumnarValue], rows: usize) -> Result<u128> {
             ints(&n)?.iter().map(|n| pos(*n) * 4).sum()
         }
         Size::ArrayRepeat => {
-            let (Some(element), Some(n)) = (arg(0)?, arg(1)?) else { return Ok(0) };
+            let (Some(element), Some(n)) = (arg(0)?, arg(1)?) else {
+                return Ok(0);
+            };
             let per_row = (element.get_array_memory_size() / rows).max(8) as u128;
             ints(&n)?.iter().map(|n| pos(*n) * per_row).sum()
         }
         Size::Resize => {
-            let (Some(list), Some(n)) = (arg(0)?, arg(1)?) else { return Ok(0) };
+            let (Some(list), Some(n)) = (arg(0)?, arg(1)?) else {
+                return Ok(0);
+            };
             let elements = match list.data_type() {
                 DataType::List(_) => list.as_list::<i32>().values().len(),
                 DataType::LargeList(_) => list.as_list::<i64>().values().len(),
@@ -144,17 +156,23 @@ fn bound(size: Size, args: &[ColumnarValue], rows: usize) -> Result<u128> {
             };
             // New elements are copies of the fill value (the third argument) when there is one.
             let fill = arg(2)?.map_or(0, |v| v.get_array_memory_size() / rows);
-            let per_element = (list.get_array_memory_size() / elements.max(1)).max(fill).max(8) as u128;
+            let per_element = (list.get_array_memory_size() / elements.max(1))
+                .max(fill)
+                .max(8) as u128;
             ints(&n)?.iter().map(|n| pos(*n) * per_element).sum()
         }
         Size::Series if args.iter().any(|a| !a.data_type().is_integer()) => {
-            let (Some(start), Some(stop), Some(step)) = (arg(0)?, arg(1)?, arg(2)?) else { return Ok(0) };
+            let (Some(start), Some(stop), Some(step)) = (arg(0)?, arg(1)?, arg(2)?) else {
+                return Ok(0);
+            };
             let (start, stop) = (millis(&start)?, millis(&stop)?);
             let step = cast(&step, &DataType::Interval(IntervalUnit::MonthDayNano))?;
             let step = step.as_primitive::<IntervalMonthDayNanoType>();
             (0..rows)
                 .map(|row| {
-                    let (Some(a), Some(b)) = (start[row], stop[row]) else { return 0 };
+                    let (Some(a), Some(b)) = (start[row], stop[row]) else {
+                        return 0;
+                    };
                     if step.is_null(row) {
                         return 0;
                     }
@@ -166,9 +184,14 @@ fn bound(size: Size, args: &[ColumnarValue], rows: usize) -> Result<u128> {
                 .sum()
         }
         Size::Series => {
-            let columns = (0..args.len()).map(arg).collect::<Result<Vec<_>>>()?.into_iter().flatten();
+            let columns = (0..args.len())
+                .map(arg)
+                .collect::<Result<Vec<_>>>()?
+                .into_iter()
+                .flatten();
             let columns = columns.map(|c| ints(&c)).collect::<Result<Vec<_>>>()?;
-            let value = |c: usize, row: usize| columns.get(c).and_then(|v| v.get(row).copied().flatten());
+            let value =
+                |c: usize, row: usize| columns.get(c).and_then(|v| v.get(row).copied().flatten());
             (0..rows)
                 .map(|row| {
                     let (start, stop, step) = match columns.len() {
@@ -204,7 +227,11 @@ fn shortest_step_ns(step: IntervalMonthDayNano) -> u128 {
     let all_ahead = parts.iter().all(|p| *p >= 0);
     let all_back = parts.iter().all(|p| *p <= 0);
     let total = parts.iter().sum::<i128>().unsigned_abs();
-    if (all_ahead || all_back) && total > 0 { total } else { 1 }
+    if (all_ahead || all_back) && total > 0 {
+        total
+    } else {
+        1
+    }
 }
 
 /// A date or timestamp column as epoch milliseconds.
@@ -227,7 +254,10 @@ fn ints(array: &ArrayRef) -> Result<Vec<Option<i64>>> {
 mod tests {
     use super::*;
 
-    async fn run(ctx: &SessionContext, sql: &str) -> Result<Vec<datafusion::arrow::array::RecordBatch>> {
+    async fn run(
+        ctx: &SessionContext,
+        sql: &str,
+    ) -> Result<Vec<datafusion::arrow::array::RecordBatch>> {
         ctx.sql(sql).await?.collect().await
     }
 
@@ -251,7 +281,11 @@ mod tests {
             "SELECT generate_series(TIMESTAMP '1970-01-01', TIMESTAMP '2200-01-01', INTERVAL '1 second')",
             "SELECT range(DATE '2000-01-01', DATE '2400-01-01', INTERVAL '1 month -27 days')",
         ] {
-            let e = run(&ctx, sql).await.err().map(|e| e.to_string()).unwrap_or_default();
+            let e = run(&ctx, sql)
+                .await
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
             assert!(e.contains(SETTING), "{sql}: {e}");
         }
         let ok = run(
@@ -263,7 +297,9 @@ mod tests {
         )
         .await;
         let batches = ok.expect("small calls answer");
-        let text = datafusion::arrow::util::pretty::pretty_format_batches(&batches).expect("format").to_string();
+        let text = datafusion::arrow::util::pretty::pretty_format_batches(&batches)
+            .expect("format")
+            .to_string();
         assert!(text.contains("ababab") && text.contains("007"), "{text}");
         // range excludes its stop, generate_series includes it.
         assert!(text.contains("| 10 | 2      | 25    | 5       |"), "{text}");

@@ -39,7 +39,10 @@ pub const SYSTEM_SCHEMA: &str = "sys";
 pub enum Error {
     /// The statement writes or changes schema; tidemark's SQL is read-only.
     #[error("{statement} is not supported: {hint}")]
-    ReadOnly { statement: String, hint: &'static str },
+    ReadOnly {
+        statement: String,
+        hint: &'static str,
+    },
 
     #[error("{0}")]
     DataFusion(#[from] DataFusionError),
@@ -108,7 +111,11 @@ pub fn new_session(source: Arc<dyn SnapshotSource>) -> SessionContext {
 }
 
 /// A session with its own memory pool and parser depth bound, reading what `scope` may see.
-pub fn new_session_with(source: Arc<dyn SnapshotSource>, limits: SessionLimits, scope: scope::Scope) -> SessionContext {
+pub fn new_session_with(
+    source: Arc<dyn SnapshotSource>,
+    limits: SessionLimits,
+    scope: scope::Scope,
+) -> SessionContext {
     let mut config = SessionConfig::new()
         .with_default_catalog_and_schema(CATALOG, DATASOURCE_SCHEMA)
         .with_create_default_catalog_and_schema(false)
@@ -136,8 +143,13 @@ pub fn new_session_with(source: Arc<dyn SnapshotSource>, limits: SessionLimits, 
     let catalog = MemoryCatalogProvider::new();
     // MemoryCatalogProvider::register_schema only fails for duplicate names, which these are not.
     let sees_system_tables = scope.sees_system_tables();
-    let _ = catalog
-        .register_schema(DATASOURCE_SCHEMA, Arc::new(schemas::DatasourceSchema { source: source.clone(), scope }));
+    let _ = catalog.register_schema(
+        DATASOURCE_SCHEMA,
+        Arc::new(schemas::DatasourceSchema {
+            source: source.clone(),
+            scope,
+        }),
+    );
     if sees_system_tables {
         let _ = catalog.register_schema(SYSTEM_SCHEMA, Arc::new(schemas::SystemSchema { source }));
     }
@@ -151,7 +163,13 @@ pub fn new_session_with(source: Arc<dyn SnapshotSource>, limits: SessionLimits, 
 
 /// Plans one read-only statement. Writes get an error that says how data gets in.
 pub async fn sql(ctx: &SessionContext, text: &str) -> Result<DataFrame> {
-    let depth = ctx.state().config().options().sql_parser.recursion_limit.get();
+    let depth = ctx
+        .state()
+        .config()
+        .options()
+        .sql_parser
+        .recursion_limit
+        .get();
     let statements = DFParserBuilder::new(text)
         .with_recursion_limit(depth)
         .build()
@@ -178,9 +196,15 @@ pub async fn sql(ctx: &SessionContext, text: &str) -> Result<DataFrame> {
             } else {
                 table::READ_ONLY_HINT
             };
-            return Err(Error::ReadOnly { statement: kind.to_string(), hint });
+            return Err(Error::ReadOnly {
+                statement: kind.to_string(),
+                hint,
+            });
         }
     }
-    let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
+    let options = SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false);
     Ok(ctx.sql_with_options(text, options).await?)
 }

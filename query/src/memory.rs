@@ -30,7 +30,9 @@ pub const NODE_FULL: &str = "the node's running queries hold ";
 
 /// The node-wide refusal.
 pub fn node_full(used: usize, limit: usize) -> String {
-    format!("{NODE_FULL}{used} of their {limit} bytes ({NODE_SETTING}); retry when fewer queries run")
+    format!(
+        "{NODE_FULL}{used} of their {limit} bytes ({NODE_SETTING}); retry when fewer queries run"
+    )
 }
 
 /// The node's budget for the memory all running queries' operators hold.
@@ -42,7 +44,10 @@ pub struct NodeMemory {
 
 impl NodeMemory {
     pub fn new(limit: usize) -> Arc<NodeMemory> {
-        Arc::new(NodeMemory { limit, used: AtomicUsize::new(0) })
+        Arc::new(NodeMemory {
+            limit,
+            used: AtomicUsize::new(0),
+        })
     }
 
     pub fn limit(&self) -> usize {
@@ -74,7 +79,11 @@ impl NodeMemory {
     fn give_back(&self, bytes: usize) {
         // Saturating: a give-back larger than the count would be a bug in the accounting,
         // and must not wrap the count into "always full".
-        let _ = self.used.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| Some(used.saturating_sub(bytes)));
+        let _ = self
+            .used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                Some(used.saturating_sub(bytes))
+            });
     }
 }
 
@@ -88,13 +97,22 @@ pub struct QueryMemoryPool {
 
 impl QueryMemoryPool {
     pub fn new(limit: usize, node: Option<Arc<NodeMemory>>) -> QueryMemoryPool {
-        QueryMemoryPool { limit, used: AtomicUsize::new(0), node }
+        QueryMemoryPool {
+            limit,
+            used: AtomicUsize::new(0),
+            node,
+        }
     }
 }
 
 impl fmt::Display for QueryMemoryPool {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "query pool (used: {}, limit: {})", self.used.load(Ordering::Relaxed), self.limit)
+        write!(
+            f,
+            "query pool (used: {}, limit: {})",
+            self.used.load(Ordering::Relaxed),
+            self.limit
+        )
     }
 }
 
@@ -133,7 +151,10 @@ impl MemoryPool for QueryMemoryPool {
             && node.try_take(additional).is_err()
         {
             self.used.fetch_sub(additional, Ordering::Relaxed);
-            return Err(DataFusionError::ResourcesExhausted(node_full(node.used(), node.limit())));
+            return Err(DataFusionError::ResourcesExhausted(node_full(
+                node.used(),
+                node.limit(),
+            )));
         }
         Ok(())
     }
@@ -172,15 +193,25 @@ mod tests {
         let rb = MemoryConsumer::new("hash b").register(&b);
 
         ra.try_grow(600).expect("a within both limits");
-        let own = ra.try_grow(1).expect_err("a above its own limit").to_string();
+        let own = ra
+            .try_grow(1)
+            .expect_err("a above its own limit")
+            .to_string();
         assert!(own.contains(QUERY_SETTING), "{own}");
         assert_eq!(node.used(), 600);
 
         rb.try_grow(400).expect("b takes what the node has left");
         assert!(node.is_full());
         let full = rb.try_grow(1).expect_err("the node is full").to_string();
-        assert!(full.contains(NODE_SETTING) && full.contains("1000 of their 1000 bytes"), "{full}");
-        assert_eq!((b.reserved(), node.used()), (400, 1000), "a refused growth takes nothing");
+        assert!(
+            full.contains(NODE_SETTING) && full.contains("1000 of their 1000 bytes"),
+            "{full}"
+        );
+        assert_eq!(
+            (b.reserved(), node.used()),
+            (400, 1000),
+            "a refused growth takes nothing"
+        );
 
         ra.shrink(100);
         rb.try_grow(100).expect("a's freed bytes are b's to take");

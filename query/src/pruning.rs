@@ -37,7 +37,8 @@ impl Pruning {
 
     /// Whether rows with `__time` in `[min_ms, max_ms]` (inclusive) may match.
     pub fn time_overlaps(&self, min_ms: i64, max_ms: i64) -> bool {
-        self.time_min_ms.is_none_or(|lo| max_ms >= lo) && self.time_max_ms.is_none_or(|hi| min_ms < hi)
+        self.time_min_ms.is_none_or(|lo| max_ms >= lo)
+            && self.time_max_ms.is_none_or(|hi| min_ms < hi)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -65,7 +66,12 @@ impl Pruning {
     fn absorb(&mut self, e: &Expr, dimensions: &[String]) {
         match e {
             Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
-                let (col, op, lit) = match (column_name(left), literal(right), column_name(right), literal(left)) {
+                let (col, op, lit) = match (
+                    column_name(left),
+                    literal(right),
+                    column_name(right),
+                    literal(left),
+                ) {
                     (Some(c), Some(l), _, _) => (c, *op, l),
                     (_, _, Some(c), Some(l)) => match op.swap() {
                         Some(swapped) => (c, swapped, l),
@@ -95,15 +101,19 @@ impl Pruning {
             }
             Expr::Between(b) if !b.negated => {
                 if column_name(&b.expr) == Some(tidemark_catalog::spec::TIME_COLUMN)
-                    && let (Some(lo), Some(hi)) =
-                        (literal(&b.low).and_then(timestamp_ms), literal(&b.high).and_then(timestamp_ms))
+                    && let (Some(lo), Some(hi)) = (
+                        literal(&b.low).and_then(timestamp_ms),
+                        literal(&b.high).and_then(timestamp_ms),
+                    )
                 {
                     self.raise_min(lo);
                     self.lower_max(hi.saturating_add(1));
                 }
             }
             Expr::InList(list) if !list.negated => {
-                let Some(col) = column_name(&list.expr) else { return };
+                let Some(col) = column_name(&list.expr) else {
+                    return;
+                };
                 if !dimensions.iter().any(|d| d == col) {
                     return;
                 }
@@ -137,11 +147,21 @@ impl fmt::Display for Pruning {
             parts.push(format!("__time=[{lo}, {hi})"));
         }
         for (dim, values) in &self.dimension_values {
-            let vals: Vec<String> =
-                values.iter().map(|v| v.as_deref().map_or("NULL".into(), |s| format!("'{s}'"))).collect();
+            let vals: Vec<String> = values
+                .iter()
+                .map(|v| v.as_deref().map_or("NULL".into(), |s| format!("'{s}'")))
+                .collect();
             parts.push(format!("{dim} IN ({})", vals.join(", ")));
         }
-        write!(f, "{}", if parts.is_empty() { "none".to_string() } else { parts.join(" AND ") })
+        write!(
+            f,
+            "{}",
+            if parts.is_empty() {
+                "none".to_string()
+            } else {
+                parts.join(" AND ")
+            }
+        )
     }
 }
 
@@ -153,7 +173,11 @@ fn format_ms(ms: i64) -> String {
 
 fn split_conjunction(e: &Expr) -> Vec<&Expr> {
     match e {
-        Expr::BinaryExpr(BinaryExpr { left, op: Operator::And, right }) => {
+        Expr::BinaryExpr(BinaryExpr {
+            left,
+            op: Operator::And,
+            right,
+        }) => {
             let mut v = split_conjunction(left);
             v.extend(split_conjunction(right));
             v
@@ -181,9 +205,9 @@ fn literal(e: &Expr) -> Option<&ScalarValue> {
 
 fn string(v: &ScalarValue) -> Option<String> {
     match v {
-        ScalarValue::Utf8(Some(s)) | ScalarValue::LargeUtf8(Some(s)) | ScalarValue::Utf8View(Some(s)) => {
-            Some(s.clone())
-        }
+        ScalarValue::Utf8(Some(s))
+        | ScalarValue::LargeUtf8(Some(s))
+        | ScalarValue::Utf8View(Some(s)) => Some(s.clone()),
         ScalarValue::Dictionary(_, inner) => string(inner),
         _ => None,
     }
@@ -206,14 +230,19 @@ mod tests {
     use datafusion::prelude::{col, lit};
 
     fn ts(ms: i64) -> Expr {
-        Expr::Literal(ScalarValue::TimestampMillisecond(Some(ms), Some("UTC".into())), None)
+        Expr::Literal(
+            ScalarValue::TimestampMillisecond(Some(ms), Some("UTC".into())),
+            None,
+        )
     }
 
     #[test]
     fn reads_time_bounds_and_dimension_sets() {
         let dims = vec!["page".to_string(), "country".to_string()];
         let filters = vec![
-            col("__time").gt_eq(ts(1000)).and(col("__time").lt(ts(5000))),
+            col("__time")
+                .gt_eq(ts(1000))
+                .and(col("__time").lt(ts(5000))),
             ts(2000).lt_eq(col("__time")),
             col("page").in_list(vec![lit("/a"), lit("/b")], false),
             col("page").eq(lit("/b")),
@@ -223,7 +252,10 @@ mod tests {
         let p = Pruning::from_filters(&filters, &dims);
         assert_eq!(p.time_min_ms, Some(2000));
         assert_eq!(p.time_max_ms, Some(5000));
-        assert_eq!(p.dimension_values.get("page"), Some(&vec![Some("/b".to_string())]));
+        assert_eq!(
+            p.dimension_values.get("page"),
+            Some(&vec![Some("/b".to_string())])
+        );
         assert_eq!(p.dimension_values.get("country"), Some(&vec![None]));
         assert!(p.time_overlaps(4999, 9000));
         assert!(!p.time_overlaps(5000, 9000));

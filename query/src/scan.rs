@@ -13,8 +13,8 @@ use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::memory::MemoryStream;
 use datafusion::physical_plan::{
-    ChildrenPropertiesMode, DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
-    ReplaceChildrenOptions,
+    ChildrenPropertiesMode, DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning,
+    PlanProperties, ReplaceChildrenOptions,
 };
 
 /// Counts of what a scan kept and skipped, for `EXPLAIN`.
@@ -53,7 +53,12 @@ impl TidemarkScanExec {
         if partitions.is_empty() {
             partitions.push(Vec::new());
         }
-        TidemarkScanExec { report, partitions, schema, properties: Arc::new(properties) }
+        TidemarkScanExec {
+            report,
+            partitions,
+            schema,
+            properties: Arc::new(properties),
+        }
     }
 
     pub fn report(&self) -> &ScanReport {
@@ -67,7 +72,11 @@ impl DisplayAs for TidemarkScanExec {
         let kept = r.segments_total - r.segments_pruned_by_time - r.segments_pruned_by_bitmap;
         match t {
             DisplayFormatType::TreeRender => {
-                write!(f, "datasource={}\nsegments={kept}/{}", r.datasource, r.segments_total)
+                write!(
+                    f,
+                    "datasource={}\nsegments={kept}/{}",
+                    r.datasource, r.segments_total
+                )
             }
             _ => write!(
                 f,
@@ -116,17 +125,31 @@ impl ExecutionPlan for TidemarkScanExec {
         Ok(self)
     }
 
-    fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
-        self.replace_children(children, ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute))
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        self.replace_children(
+            children,
+            ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute),
+        )
     }
 
-    fn execute(&self, partition: usize, _context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
+    fn execute(
+        &self,
+        partition: usize,
+        _context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
         let batches = self.partitions.get(partition).cloned().ok_or_else(|| {
             datafusion::error::DataFusionError::Internal(format!(
                 "TidemarkScanExec has {} partitions, asked for {partition}",
                 self.partitions.len()
             ))
         })?;
-        Ok(Box::pin(MemoryStream::try_new(batches, self.schema.clone(), None)?))
+        Ok(Box::pin(MemoryStream::try_new(
+            batches,
+            self.schema.clone(),
+            None,
+        )?))
     }
 }

@@ -25,8 +25,10 @@ impl SchemaProvider for DatasourceSchema {
     }
 
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
-        Ok(DatasourceTable::open(name, self.source.clone(), self.scope.clone())
-            .map(|t| Arc::new(t) as Arc<dyn TableProvider>))
+        Ok(
+            DatasourceTable::open(name, self.source.clone(), self.scope.clone())
+                .map(|t| Arc::new(t) as Arc<dyn TableProvider>),
+        )
     }
 
     fn table_exist(&self, name: &str) -> bool {
@@ -46,7 +48,9 @@ impl SchemaProvider for SystemSchema {
     }
 
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
-        let Some(batch) = self.source.system_table(name) else { return Ok(None) };
+        let Some(batch) = self.source.system_table(name) else {
+            return Ok(None);
+        };
         let table = MemTable::try_new(batch.schema(), vec![vec![batch]])?;
         Ok(Some(Arc::new(table)))
     }

@@ -23,7 +23,9 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use arrow_select::dictionary::garbage_collect_any_dictionary;
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, RecordBatchOptions};
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, RecordBatch, RecordBatchOptions,
+};
 use datafusion::arrow::compute::filter_record_batch;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::error::{DataFusionError, Result};
@@ -52,7 +54,9 @@ pub struct ScopedSegment {
 
 impl ScopedSegment {
     pub fn row_count(&self) -> u64 {
-        self.rows.as_ref().map_or(self.segment.meta().rows, RoaringBitmap::len)
+        self.rows
+            .as_ref()
+            .map_or(self.segment.meta().rows, RoaringBitmap::len)
     }
 }
 
@@ -91,10 +95,23 @@ impl Scope {
     /// A snapshot as this session may read it, or `None` if the datasource is not visible.
     pub fn restrict(&self, snap: TableSnapshot) -> Result<Option<ScopedSnapshot>> {
         let Scope::Tenants(tenants) = self else {
-            let segments = snap.segments.iter().map(|s| ScopedSegment { segment: s.clone(), rows: None }).collect();
-            return Ok(Some(ScopedSnapshot { segments, realtime: snap.realtime.clone(), snapshot: snap }));
+            let segments = snap
+                .segments
+                .iter()
+                .map(|s| ScopedSegment {
+                    segment: s.clone(),
+                    rows: None,
+                })
+                .collect();
+            return Ok(Some(ScopedSnapshot {
+                segments,
+                realtime: snap.realtime.clone(),
+                snapshot: snap,
+            }));
         };
-        let Some(dim) = snap.spec.tenant.clone() else { return Ok(None) };
+        let Some(dim) = snap.spec.tenant.clone() else {
+            return Ok(None);
+        };
         let wanted: Vec<Option<&str>> = tenants.iter().map(|t| Some(t.as_str())).collect();
         let mut segments = Vec::new();
         for seg in &snap.segments {
@@ -102,9 +119,14 @@ impl Scope {
             if seg.meta().column(&dim).is_none() {
                 continue;
             }
-            let rows = seg.rows_matching(&dim, &wanted).map_err(|e| DataFusionError::External(Box::new(e)))?;
+            let rows = seg
+                .rows_matching(&dim, &wanted)
+                .map_err(|e| DataFusionError::External(Box::new(e)))?;
             if !rows.is_empty() {
-                segments.push(ScopedSegment { segment: seg.clone(), rows: Some(rows) });
+                segments.push(ScopedSegment {
+                    segment: seg.clone(),
+                    rows: Some(rows),
+                });
             }
         }
         let mut realtime = Vec::new();
@@ -114,7 +136,11 @@ impl Scope {
                 realtime.push(kept);
             }
         }
-        Ok(Some(ScopedSnapshot { segments, realtime, snapshot: snap }))
+        Ok(Some(ScopedSnapshot {
+            segments,
+            realtime,
+            snapshot: snap,
+        }))
     }
 }
 
@@ -131,7 +157,11 @@ pub struct ScopedSnapshot {
 /// second invariant above). Cost: one pass over the keys and a gather of the used values,
 /// per dictionary column of each batch a scoped scan returns.
 pub fn only_used_values(batch: RecordBatch) -> Result<RecordBatch> {
-    if !batch.columns().iter().any(|c| matches!(c.data_type(), DataType::Dictionary(..))) {
+    if !batch
+        .columns()
+        .iter()
+        .any(|c| matches!(c.data_type(), DataType::Dictionary(..)))
+    {
         return Ok(batch);
     }
     let columns = batch
@@ -143,7 +173,11 @@ pub fn only_used_values(batch: RecordBatch) -> Result<RecordBatch> {
         })
         .collect::<std::result::Result<Vec<ArrayRef>, _>>()?;
     let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
-    Ok(RecordBatch::try_new_with_options(batch.schema(), columns, &options)?)
+    Ok(RecordBatch::try_new_with_options(
+        batch.schema(),
+        columns,
+        &options,
+    )?)
 }
 
 /// The rows of `batch` whose `dim` column holds one of `tenants`.

@@ -15,7 +15,9 @@ use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::utils::format_state_name;
-use datafusion::logical_expr::{Accumulator, AggregateUDF, AggregateUDFImpl, Signature, TypeSignature, Volatility};
+use datafusion::logical_expr::{
+    Accumulator, AggregateUDF, AggregateUDFImpl, Signature, TypeSignature, Volatility,
+};
 use datafusion::physical_expr::expressions::Literal;
 use datafusion::scalar::ScalarValue;
 use tidemark_catalog::spec::{HLL_LG_K_DEFAULT, TDIGEST_COMPRESSION_DEFAULT};
@@ -26,17 +28,29 @@ fn storage_err(e: tidemark_storage::Error) -> DataFusionError {
 }
 
 fn literal_arg(args: &AccumulatorArgs<'_>, i: usize) -> Option<ScalarValue> {
-    args.exprs.get(i)?.downcast_ref::<Literal>().map(|l| l.value().clone())
+    args.exprs
+        .get(i)?
+        .downcast_ref::<Literal>()
+        .map(|l| l.value().clone())
 }
 
 fn is_state_column(t: &DataType) -> bool {
-    matches!(t, DataType::Binary | DataType::LargeBinary | DataType::BinaryView)
+    matches!(
+        t,
+        DataType::Binary | DataType::LargeBinary | DataType::BinaryView
+    )
 }
 
 /// Calls `merge` with every non-null encoded state in `array` (stored states or partials).
-fn for_each_state(array: &ArrayRef, mut merge: impl FnMut(&[u8]) -> tidemark_storage::Result<()>) -> Result<()> {
-    let states =
-        if matches!(array.data_type(), DataType::Binary) { array.clone() } else { cast(array, &DataType::Binary)? };
+fn for_each_state(
+    array: &ArrayRef,
+    mut merge: impl FnMut(&[u8]) -> tidemark_storage::Result<()>,
+) -> Result<()> {
+    let states = if matches!(array.data_type(), DataType::Binary) {
+        array.clone()
+    } else {
+        cast(array, &DataType::Binary)?
+    };
     for state in states.as_binary::<i32>().iter().flatten() {
         merge(state).map_err(storage_err)?;
     }
@@ -51,7 +65,10 @@ pub struct ApproxCountDistinctHll {
 impl ApproxCountDistinctHll {
     pub fn udaf() -> AggregateUDF {
         AggregateUDF::from(ApproxCountDistinctHll {
-            signature: Signature::one_of(vec![TypeSignature::Any(1), TypeSignature::Any(2)], Volatility::Immutable),
+            signature: Signature::one_of(
+                vec![TypeSignature::Any(1), TypeSignature::Any(2)],
+                Volatility::Immutable,
+            ),
         })
     }
 }
@@ -82,11 +99,18 @@ impl AggregateUDFImpl for ApproxCountDistinctHll {
             },
         };
         let raw = !is_state_column(args.expr_fields[0].data_type());
-        Ok(Box::new(DistinctAccumulator { merger: DistinctMerger::new(lg_k), raw }))
+        Ok(Box::new(DistinctAccumulator {
+            merger: DistinctMerger::new(lg_k),
+            raw,
+        }))
     }
 
     fn state_fields(&self, args: StateFieldsArgs<'_>) -> Result<Vec<FieldRef>> {
-        Ok(vec![Arc::new(Field::new(format_state_name(args.name, "hll"), DataType::Binary, true))])
+        Ok(vec![Arc::new(Field::new(
+            format_state_name(args.name, "hll"),
+            DataType::Binary,
+            true,
+        ))])
     }
 }
 
@@ -115,11 +139,15 @@ impl Accumulator for DistinctAccumulator {
     }
 
     fn state(&mut self) -> Result<Vec<ScalarValue>> {
-        Ok(vec![ScalarValue::Binary(Some(self.merger.to_state_bytes()))])
+        Ok(vec![ScalarValue::Binary(Some(
+            self.merger.to_state_bytes(),
+        ))])
     }
 
     fn evaluate(&mut self) -> Result<ScalarValue> {
-        Ok(ScalarValue::Int64(Some(self.merger.estimate().round() as i64)))
+        Ok(ScalarValue::Int64(Some(
+            self.merger.estimate().round() as i64
+        )))
     }
 
     fn size(&self) -> usize {
@@ -173,14 +201,25 @@ impl AggregateUDFImpl for ApproxQuantileDs {
             }
         };
         if !(0.0..=1.0).contains(&q) {
-            return Err(DataFusionError::Plan(format!("{}: quantile {q} is outside [0, 1]", args.name)));
+            return Err(DataFusionError::Plan(format!(
+                "{}: quantile {q} is outside [0, 1]",
+                args.name
+            )));
         }
         let raw = !is_state_column(args.expr_fields[0].data_type());
-        Ok(Box::new(QuantileAccumulator { merger: QuantileMerger::new(TDIGEST_COMPRESSION_DEFAULT), q, raw }))
+        Ok(Box::new(QuantileAccumulator {
+            merger: QuantileMerger::new(TDIGEST_COMPRESSION_DEFAULT),
+            q,
+            raw,
+        }))
     }
 
     fn state_fields(&self, args: StateFieldsArgs<'_>) -> Result<Vec<FieldRef>> {
-        Ok(vec![Arc::new(Field::new(format_state_name(args.name, "tdigest"), DataType::Binary, true))])
+        Ok(vec![Arc::new(Field::new(
+            format_state_name(args.name, "tdigest"),
+            DataType::Binary,
+            true,
+        ))])
     }
 }
 
@@ -196,7 +235,11 @@ impl Accumulator for QuantileAccumulator {
         let input = &values[0];
         if self.raw {
             let nums = cast(input, &DataType::Float64)?;
-            for v in nums.as_primitive::<datafusion::arrow::datatypes::Float64Type>().iter().flatten() {
+            for v in nums
+                .as_primitive::<datafusion::arrow::datatypes::Float64Type>()
+                .iter()
+                .flatten()
+            {
                 self.merger.add(v);
             }
             return Ok(());
@@ -209,7 +252,9 @@ impl Accumulator for QuantileAccumulator {
     }
 
     fn state(&mut self) -> Result<Vec<ScalarValue>> {
-        Ok(vec![ScalarValue::Binary(Some(self.merger.to_state_bytes()))])
+        Ok(vec![ScalarValue::Binary(Some(
+            self.merger.to_state_bytes(),
+        ))])
     }
 
     fn evaluate(&mut self) -> Result<ScalarValue> {

@@ -9,7 +9,9 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions, UInt32Array, new_null_array};
+use datafusion::arrow::array::{
+    ArrayRef, RecordBatch, RecordBatchOptions, UInt32Array, new_null_array,
+};
 use datafusion::arrow::compute::take;
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
@@ -47,7 +49,12 @@ impl DatasourceTable {
             return None;
         }
         let schema = Arc::new(table_schema(&snap.spec));
-        Some(DatasourceTable { name: name.to_string(), source, schema, scope })
+        Some(DatasourceTable {
+            name: name.to_string(),
+            source,
+            schema,
+            scope,
+        })
     }
 }
 
@@ -61,7 +68,10 @@ impl TableProvider for DatasourceTable {
         TableType::Base
     }
 
-    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> Result<Vec<TableProviderFilterPushDown>> {
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> Result<Vec<TableProviderFilterPushDown>> {
         // Inexact: pruning keeps a superset; DataFusion re-applies every filter.
         Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
     }
@@ -73,18 +83,27 @@ impl TableProvider for DatasourceTable {
         filters: &[Expr],
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let gone = || DataFusionError::Plan(format!("datasource {:?} was deleted while planning", self.name));
+        let gone = || {
+            DataFusionError::Plan(format!(
+                "datasource {:?} was deleted while planning",
+                self.name
+            ))
+        };
         let snap = self.source.snapshot(&self.name).ok_or_else(gone)?;
         // Everything below reads the scoped view only: rows, segment and row counts alike.
         let view = self.scope.restrict(snap)?.ok_or_else(gone)?;
         let snap = &view.snapshot;
-        let projection: Vec<usize> = projection.cloned().unwrap_or_else(|| (0..self.schema.fields().len()).collect());
+        let projection: Vec<usize> = projection
+            .cloned()
+            .unwrap_or_else(|| (0..self.schema.fields().len()).collect());
         let projected = Arc::new(self.schema.project(&projection)?);
         let pruning = Pruning::from_filters(filters, &snap.spec.dimensions);
         // A segment this node cannot read (damaged, being repaired from a replica) fails the
         // query if the query could need it: an answer without its rows would be wrong.
-        if let Some(u) =
-            snap.unreadable.iter().find(|u| pruning.time_overlaps(u.interval_start_ms, u.interval_end_ms - 1))
+        if let Some(u) = snap
+            .unreadable
+            .iter()
+            .find(|u| pruning.time_overlaps(u.interval_start_ms, u.interval_end_ms - 1))
         {
             return Err(DataFusionError::Execution(format!(
                 "datasource {:?}: segment {} is damaged on this node ({}) and is being repaired from a replica; \
@@ -97,7 +116,11 @@ impl TableProvider for DatasourceTable {
             log_position: snap.log_position,
             segments_total: view.segments.len(),
             pruning: pruning.to_string(),
-            columns: projected.fields().iter().map(|f| f.name().clone()).collect(),
+            columns: projected
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .collect(),
             ..ScanReport::default()
         };
 
@@ -110,7 +133,8 @@ impl TableProvider for DatasourceTable {
                 report.segments_pruned_by_time += 1;
                 continue;
             }
-            let selection = select_rows(seg, &pruning).map_err(|e| DataFusionError::External(Box::new(e)))?;
+            let selection =
+                select_rows(seg, &pruning).map_err(|e| DataFusionError::External(Box::new(e)))?;
             let selection = match (selection, &scoped.rows) {
                 (Some(s), Some(scope)) => Some(s & scope),
                 (s, scope) => s.or_else(|| scope.clone()),
@@ -143,14 +167,23 @@ impl TableProvider for DatasourceTable {
             }
         }
         if !self.scope.is_all() {
-            batches = batches.into_iter().map(crate::scope::only_used_values).collect::<Result<_>>()?;
+            batches = batches
+                .into_iter()
+                .map(crate::scope::only_used_values)
+                .collect::<Result<_>>()?;
         }
-        let n = state.config().target_partitions().max(1).min(batches.len().max(1));
+        let n = state
+            .config()
+            .target_partitions()
+            .max(1)
+            .min(batches.len().max(1));
         let mut partitions: Vec<Vec<RecordBatch>> = vec![Vec::new(); n];
         for (i, b) in batches.into_iter().enumerate() {
             partitions[i % n].push(b);
         }
-        Ok(Arc::new(TidemarkScanExec::new(projected, partitions, report)))
+        Ok(Arc::new(TidemarkScanExec::new(
+            projected, partitions, report,
+        )))
     }
 
     async fn insert_into(
@@ -159,12 +192,18 @@ impl TableProvider for DatasourceTable {
         _input: Arc<dyn ExecutionPlan>,
         _insert_op: InsertOp,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        Err(DataFusionError::Plan(format!("cannot INSERT into {}: {READ_ONLY_HINT}", self.name)))
+        Err(DataFusionError::Plan(format!(
+            "cannot INSERT into {}: {READ_ONLY_HINT}",
+            self.name
+        )))
     }
 }
 
 /// Rows of `seg` that pass the dimension conditions, or `None` when there are none to apply.
-fn select_rows(seg: &Segment, pruning: &Pruning) -> tidemark_storage::Result<Option<RoaringBitmap>> {
+fn select_rows(
+    seg: &Segment,
+    pruning: &Pruning,
+) -> tidemark_storage::Result<Option<RoaringBitmap>> {
     let mut selection: Option<RoaringBitmap> = None;
     for (dim, values) in &pruning.dimension_values {
         let rows = if seg.meta().column(dim).is_some() {
@@ -186,13 +225,19 @@ fn select_rows(seg: &Segment, pruning: &Pruning) -> tidemark_storage::Result<Opt
     Ok(selection)
 }
 
-fn segment_columns(seg: &Segment, schema: &Schema, selection: Option<&RoaringBitmap>) -> Result<Vec<ArrayRef>> {
+fn segment_columns(
+    seg: &Segment,
+    schema: &Schema,
+    selection: Option<&RoaringBitmap>,
+) -> Result<Vec<ArrayRef>> {
     let indices = selection.map(|s| UInt32Array::from_iter_values(s.iter()));
     let rows = indices.as_ref().map_or(seg.rows(), |i| i.len());
     let mut out = Vec::with_capacity(schema.fields().len());
     for field in schema.fields() {
         let array = if seg.meta().column(field.name()).is_some() {
-            let full = seg.column(field.name()).map_err(|e| DataFusionError::External(Box::new(e)))?;
+            let full = seg
+                .column(field.name())
+                .map_err(|e| DataFusionError::External(Box::new(e)))?;
             match &indices {
                 Some(idx) => take(full.as_ref(), idx, None)?,
                 None => full,

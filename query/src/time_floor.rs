@@ -13,7 +13,9 @@ use datafusion::arrow::array::{Array, ArrayRef, AsArray, TimestampMillisecondArr
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, TimeUnit, TimestampMillisecondType};
 use datafusion::error::{DataFusionError, Result};
-use datafusion::logical_expr::{ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility};
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+};
 use datafusion::scalar::ScalarValue;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -24,10 +26,14 @@ enum FloorPeriod {
 
 fn parse_period(text: &str) -> Result<FloorPeriod> {
     let bad = |why: &str| {
-        DataFusionError::Plan(format!("TIME_FLOOR: period {text:?} {why}; use ISO-8601 like PT15M, PT1H, P1D, P1M"))
+        DataFusionError::Plan(format!(
+            "TIME_FLOOR: period {text:?} {why}; use ISO-8601 like PT15M, PT1H, P1D, P1M"
+        ))
     };
     let upper = text.trim().to_ascii_uppercase();
-    let body = upper.strip_prefix('P').ok_or_else(|| bad("must start with P"))?;
+    let body = upper
+        .strip_prefix('P')
+        .ok_or_else(|| bad("must start with P"))?;
     let (num, unit) = body.split_at(body.len().saturating_sub(1));
     let calendar = |n: &str, months: i64| -> Result<FloorPeriod> {
         let n: i64 = n.parse().map_err(|_| bad("needs a whole number"))?;
@@ -43,11 +49,18 @@ fn parse_period(text: &str) -> Result<FloorPeriod> {
             _ => {}
         }
     }
-    tidemark_catalog::Period::parse(text).map(|p| FloorPeriod::FixedMs(p.millis())).map_err(|e| bad(&e.to_string()))
+    tidemark_catalog::Period::parse(text)
+        .map(|p| FloorPeriod::FixedMs(p.millis()))
+        .map_err(|e| bad(&e.to_string()))
 }
 
 /// Floors `t_ms` (UTC epoch ms) to its period start in `tz`, counted from `origin_ms`.
-fn floor_ms(t_ms: i64, period: FloorPeriod, origin_ms: Option<i64>, tz: Option<&Tz>) -> Option<i64> {
+fn floor_ms(
+    t_ms: i64,
+    period: FloorPeriod,
+    origin_ms: Option<i64>,
+    tz: Option<&Tz>,
+) -> Option<i64> {
     let Some(tz) = tz else {
         return match period {
             FloorPeriod::FixedMs(p) => {
@@ -64,7 +77,8 @@ fn floor_ms(t_ms: i64, period: FloorPeriod, origin_ms: Option<i64>, tz: Option<&
         FloorPeriod::FixedMs(p) => {
             let offset = offset_ms(tz, t_ms)?;
             let local = t_ms + offset;
-            let origin_local = origin_ms.map_or(Some(0), |o| offset_ms(tz, o).map(|off| o + off))?;
+            let origin_local =
+                origin_ms.map_or(Some(0), |o| offset_ms(tz, o).map(|off| o + off))?;
             let floored_local = origin_local + (local - origin_local).div_euclid(p) * p;
             local_to_utc(tz, floored_local)
         }
@@ -97,7 +111,11 @@ fn floor_months<Z: TimeZone>(tz: &Z, t_ms: i64, n: i64, origin_ms: Option<i64>) 
     };
     let months = i64::from(local.year()) * 12 + i64::from(local.month0()) - (oy * 12 + om);
     let start = oy * 12 + om + months.div_euclid(n) * n;
-    let date = NaiveDate::from_ymd_opt(start.div_euclid(12) as i32, start.rem_euclid(12) as u32 + 1, 1)?;
+    let date = NaiveDate::from_ymd_opt(
+        start.div_euclid(12) as i32,
+        start.rem_euclid(12) as u32 + 1,
+        1,
+    )?;
     let naive: NaiveDateTime = date.and_hms_opt(0, 0, 0)?;
     local_to_utc(tz, naive.and_utc().timestamp_millis())
 }
@@ -109,17 +127,21 @@ pub struct TimeFloor {
 
 impl TimeFloor {
     pub fn udf() -> ScalarUDF {
-        ScalarUDF::from(TimeFloor { signature: Signature::user_defined(Volatility::Immutable) })
+        ScalarUDF::from(TimeFloor {
+            signature: Signature::user_defined(Volatility::Immutable),
+        })
     }
 }
 
 fn scalar_string(v: &ColumnarValue, what: &str) -> Result<Option<String>> {
     match v {
-        ColumnarValue::Scalar(ScalarValue::Utf8(s) | ScalarValue::LargeUtf8(s) | ScalarValue::Utf8View(s)) => {
-            Ok(s.clone())
-        }
+        ColumnarValue::Scalar(
+            ScalarValue::Utf8(s) | ScalarValue::LargeUtf8(s) | ScalarValue::Utf8View(s),
+        ) => Ok(s.clone()),
         ColumnarValue::Scalar(ScalarValue::Null) => Ok(None),
-        _ => Err(DataFusionError::Plan(format!("TIME_FLOOR: the {what} must be a string literal"))),
+        _ => Err(DataFusionError::Plan(format!(
+            "TIME_FLOOR: the {what} must be a string literal"
+        ))),
     }
 }
 
@@ -141,7 +163,9 @@ impl ScalarUDFImpl for TimeFloor {
         }
         let ts = match &arg_types[0] {
             DataType::Timestamp(_, tz) => DataType::Timestamp(TimeUnit::Millisecond, tz.clone()),
-            DataType::Date32 | DataType::Date64 | DataType::Null => DataType::Timestamp(TimeUnit::Millisecond, None),
+            DataType::Date32 | DataType::Date64 | DataType::Null => {
+                DataType::Timestamp(TimeUnit::Millisecond, None)
+            }
             other => {
                 return Err(DataFusionError::Plan(format!(
                     "TIME_FLOOR: the first argument must be a timestamp, got {other}"
@@ -163,7 +187,9 @@ impl ScalarUDFImpl for TimeFloor {
 
     fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
         match &arg_types[0] {
-            DataType::Timestamp(_, tz) => Ok(DataType::Timestamp(TimeUnit::Millisecond, tz.clone())),
+            DataType::Timestamp(_, tz) => {
+                Ok(DataType::Timestamp(TimeUnit::Millisecond, tz.clone()))
+            }
             _ => Ok(DataType::Timestamp(TimeUnit::Millisecond, None)),
         }
     }
@@ -175,14 +201,23 @@ impl ScalarUDFImpl for TimeFloor {
         let origin_ms = match args.args.get(2) {
             None | Some(ColumnarValue::Scalar(ScalarValue::Null)) => None,
             Some(ColumnarValue::Scalar(ScalarValue::TimestampMillisecond(v, _))) => *v,
-            Some(_) => return Err(DataFusionError::Plan("TIME_FLOOR: the origin must be a timestamp literal".into())),
+            Some(_) => {
+                return Err(DataFusionError::Plan(
+                    "TIME_FLOOR: the origin must be a timestamp literal".into(),
+                ));
+            }
         };
-        let tz = match args.args.get(3).map(|v| scalar_string(v, "timezone")).transpose()?.flatten() {
+        let tz = match args
+            .args
+            .get(3)
+            .map(|v| scalar_string(v, "timezone"))
+            .transpose()?
+            .flatten()
+        {
             None => None,
-            Some(name) => Some(
-                Tz::from_str(&name)
-                    .map_err(|e| DataFusionError::Plan(format!("TIME_FLOOR: unknown time zone {name:?}: {e}")))?,
-            ),
+            Some(name) => Some(Tz::from_str(&name).map_err(|e| {
+                DataFusionError::Plan(format!("TIME_FLOOR: unknown time zone {name:?}: {e}"))
+            })?),
         };
         let out_type = args.return_type().clone();
         let out_tz = match &out_type {
@@ -194,14 +229,22 @@ impl ScalarUDFImpl for TimeFloor {
                 let arr = s.to_array()?;
                 let ms = cast(&arr, &DataType::Timestamp(TimeUnit::Millisecond, None))?;
                 let v = ms.as_primitive::<TimestampMillisecondType>();
-                let out = if v.is_null(0) { None } else { floor_ms(v.value(0), period, origin_ms, tz.as_ref()) };
-                Ok(ColumnarValue::Scalar(ScalarValue::TimestampMillisecond(out, out_tz)))
+                let out = if v.is_null(0) {
+                    None
+                } else {
+                    floor_ms(v.value(0), period, origin_ms, tz.as_ref())
+                };
+                Ok(ColumnarValue::Scalar(ScalarValue::TimestampMillisecond(
+                    out, out_tz,
+                )))
             }
             ColumnarValue::Array(arr) => {
                 let ms = cast(arr, &DataType::Timestamp(TimeUnit::Millisecond, None))?;
                 let v = ms.as_primitive::<TimestampMillisecondType>();
-                let out: TimestampMillisecondArray =
-                    v.iter().map(|t| t.and_then(|t| floor_ms(t, period, origin_ms, tz.as_ref()))).collect();
+                let out: TimestampMillisecondArray = v
+                    .iter()
+                    .map(|t| t.and_then(|t| floor_ms(t, period, origin_ms, tz.as_ref())))
+                    .collect();
                 let out: ArrayRef = Arc::new(out.with_timezone_opt(out_tz));
                 Ok(ColumnarValue::Array(out))
             }
@@ -214,19 +257,39 @@ mod tests {
     use super::*;
 
     fn ms(s: &str) -> i64 {
-        DateTime::parse_from_rfc3339(s).map(|t| t.timestamp_millis()).unwrap_or(i64::MIN)
+        DateTime::parse_from_rfc3339(s)
+            .map(|t| t.timestamp_millis())
+            .unwrap_or(i64::MIN)
     }
 
     #[test]
     fn floors_fixed_and_calendar_periods_in_utc() {
         let t = ms("2026-11-26T10:47:13.5Z");
         let p = |s: &str| parse_period(s).ok().unwrap_or(FloorPeriod::FixedMs(1));
-        assert_eq!(floor_ms(t, p("PT15M"), None, None), Some(ms("2026-11-26T10:45:00Z")));
-        assert_eq!(floor_ms(t, p("P1D"), None, None), Some(ms("2026-11-26T00:00:00Z")));
-        assert_eq!(floor_ms(t, p("P1M"), None, None), Some(ms("2026-11-01T00:00:00Z")));
-        assert_eq!(floor_ms(t, p("P3M"), None, None), Some(ms("2026-10-01T00:00:00Z")));
-        assert_eq!(floor_ms(t, p("P1Y"), None, None), Some(ms("2026-01-01T00:00:00Z")));
-        assert_eq!(floor_ms(t, p("PT1H"), Some(ms("2000-01-01T00:30:00Z")), None), Some(ms("2026-11-26T10:30:00Z")));
+        assert_eq!(
+            floor_ms(t, p("PT15M"), None, None),
+            Some(ms("2026-11-26T10:45:00Z"))
+        );
+        assert_eq!(
+            floor_ms(t, p("P1D"), None, None),
+            Some(ms("2026-11-26T00:00:00Z"))
+        );
+        assert_eq!(
+            floor_ms(t, p("P1M"), None, None),
+            Some(ms("2026-11-01T00:00:00Z"))
+        );
+        assert_eq!(
+            floor_ms(t, p("P3M"), None, None),
+            Some(ms("2026-10-01T00:00:00Z"))
+        );
+        assert_eq!(
+            floor_ms(t, p("P1Y"), None, None),
+            Some(ms("2026-01-01T00:00:00Z"))
+        );
+        assert_eq!(
+            floor_ms(t, p("PT1H"), Some(ms("2000-01-01T00:30:00Z")), None),
+            Some(ms("2026-11-26T10:30:00Z"))
+        );
     }
 
     #[test]
@@ -235,15 +298,30 @@ mod tests {
         let ny = Tz::from_str("America/New_York").ok();
         let t = ms("2026-11-26T20:10:00Z"); // 01:40 next day in Kolkata, 15:10 in New York
         let p = |s: &str| parse_period(s).ok().unwrap_or(FloorPeriod::FixedMs(1));
-        assert_eq!(floor_ms(t, p("P1D"), None, kolkata.as_ref()), Some(ms("2026-11-27T00:00:00+05:30")));
-        assert_eq!(floor_ms(t, p("PT1H"), None, kolkata.as_ref()), Some(ms("2026-11-27T01:00:00+05:30")));
-        assert_eq!(floor_ms(t, p("P1D"), None, ny.as_ref()), Some(ms("2026-11-26T00:00:00-05:00")));
-        assert_eq!(floor_ms(t, p("P1M"), None, ny.as_ref()), Some(ms("2026-11-01T00:00:00-04:00")));
+        assert_eq!(
+            floor_ms(t, p("P1D"), None, kolkata.as_ref()),
+            Some(ms("2026-11-27T00:00:00+05:30"))
+        );
+        assert_eq!(
+            floor_ms(t, p("PT1H"), None, kolkata.as_ref()),
+            Some(ms("2026-11-27T01:00:00+05:30"))
+        );
+        assert_eq!(
+            floor_ms(t, p("P1D"), None, ny.as_ref()),
+            Some(ms("2026-11-26T00:00:00-05:00"))
+        );
+        assert_eq!(
+            floor_ms(t, p("P1M"), None, ny.as_ref()),
+            Some(ms("2026-11-01T00:00:00-04:00"))
+        );
     }
 
     #[test]
     fn bad_periods_are_named() {
-        let err = parse_period("1H").err().map(|e| e.to_string()).unwrap_or_default();
+        let err = parse_period("1H")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("\"1H\""), "{err}");
         assert!(parse_period("P0M").is_err());
     }

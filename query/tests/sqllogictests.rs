@@ -51,7 +51,11 @@ impl SnapshotSource for Fixture {
 }
 
 fn beacons() -> Vec<(Beacon, serde_json::Value)> {
-    let mut traffic = Traffic::new(&TrafficConfig { seed: 7, merchants: 100, skew: 1.1 });
+    let mut traffic = Traffic::new(&TrafficConfig {
+        seed: 7,
+        merchants: 100,
+        skew: 1.1,
+    });
     traffic
         .batch(FIXTURE_START_MS, 3 * HOUR_MS, FIXTURE_EVENTS)
         .into_iter()
@@ -74,7 +78,11 @@ fn build(dir: &Path) -> (Fixture, RecordBatch) {
     let events = beacons();
     let hour = |b: &Beacon| (b.ts_ms - FIXTURE_START_MS) / HOUR_MS;
     // Hour 0 as two shards (as a late chunk would make), hour 1 as one, hour 2 in realtime.
-    let mut shards = [RollupIndex::new(&spec), RollupIndex::new(&spec), RollupIndex::new(&spec)];
+    let mut shards = [
+        RollupIndex::new(&spec),
+        RollupIndex::new(&spec),
+        RollupIndex::new(&spec),
+    ];
     let mut realtime = RollupIndex::new(&spec);
     for (i, (b, json)) in events.iter().enumerate() {
         let e = extract(&spec, json).expect("generated beacons are valid");
@@ -99,11 +107,23 @@ fn build(dir: &Path) -> (Fixture, RecordBatch) {
         segments.push(Arc::new(Segment::open(&path).expect("open segment")));
     }
     let schema = Arc::new(table_schema(&spec));
-    let rt = realtime.to_record_batch(&spec, schema).expect("realtime batch");
-    let snapshot = TableSnapshot { spec, log_position: 1, segments, realtime: vec![rt], unreadable: vec![] };
+    let rt = realtime
+        .to_record_batch(&spec, schema)
+        .expect("realtime batch");
+    let snapshot = TableSnapshot {
+        spec,
+        log_position: 1,
+        segments,
+        realtime: vec![rt],
+        unreadable: vec![],
+    };
 
     let raw_schema = Arc::new(Schema::new(vec![
-        Field::new("ts", DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), false),
+        Field::new(
+            "ts",
+            DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+            false,
+        ),
         Field::new("merchant_id", DataType::Utf8, false),
         Field::new("app", DataType::Utf8, false),
         Field::new("event", DataType::Utf8, false),
@@ -114,24 +134,31 @@ fn build(dir: &Path) -> (Fixture, RecordBatch) {
         Field::new("amount", DataType::Float64, true),
         Field::new("latency_ms", DataType::Float64, false),
     ]));
-    let col = |f: &dyn Fn(&Beacon) -> String| StringArray::from_iter_values(events.iter().map(|(b, _)| f(b)));
+    let col = |f: &dyn Fn(&Beacon) -> String| {
+        StringArray::from_iter_values(events.iter().map(|(b, _)| f(b)))
+    };
     let raw = RecordBatch::try_new(
         raw_schema,
         vec![
             Arc::new(
-                TimestampMillisecondArray::from_iter_values(events.iter().map(|(b, _)| b.ts_ms)).with_timezone("UTC"),
+                TimestampMillisecondArray::from_iter_values(events.iter().map(|(b, _)| b.ts_ms))
+                    .with_timezone("UTC"),
             ),
             Arc::new(col(&|b| b.merchant_id.clone())),
             Arc::new(col(&|b| b.app.to_string())),
             Arc::new(col(&|b| b.event.to_string())),
             Arc::new(col(&|b| b.page.clone())),
             Arc::new(col(&|b| b.country.to_string())),
-            Arc::new(StringArray::from_iter(
-                events.iter().map(|(b, json)| json.get("device").map(|_| b.device.to_string())),
-            )),
+            Arc::new(StringArray::from_iter(events.iter().map(|(b, json)| {
+                json.get("device").map(|_| b.device.to_string())
+            }))),
             Arc::new(col(&|b| b.user_id.clone())),
-            Arc::new(Float64Array::from_iter(events.iter().map(|(b, _)| b.amount))),
-            Arc::new(Float64Array::from_iter_values(events.iter().map(|(b, _)| b.latency_ms))),
+            Arc::new(Float64Array::from_iter(
+                events.iter().map(|(b, _)| b.amount),
+            )),
+            Arc::new(Float64Array::from_iter_values(
+                events.iter().map(|(b, _)| b.latency_ms),
+            )),
         ],
     )
     .expect("raw batch");
@@ -158,13 +185,20 @@ impl sqllogictest::AsyncDB for Db {
     type ColumnType = DefaultColumnType;
 
     async fn run(&mut self, sql: &str) -> Result<DBOutput<DefaultColumnType>, DbError> {
-        let df = tidemark_query::sql(&self.ctx, sql).await.map_err(|e| DbError(e.to_string()))?;
+        let df = tidemark_query::sql(&self.ctx, sql)
+            .await
+            .map_err(|e| DbError(e.to_string()))?;
         let batches = df.collect().await.map_err(|e| DbError(e.to_string()))?;
         let mut rows = Vec::new();
         let mut types = Vec::new();
         for batch in &batches {
             if types.is_empty() {
-                types = batch.schema().fields().iter().map(|_| DefaultColumnType::Any).collect();
+                types = batch
+                    .schema()
+                    .fields()
+                    .iter()
+                    .map(|_| DefaultColumnType::Any)
+                    .collect();
             }
             for r in 0..batch.num_rows() {
                 let mut row = Vec::with_capacity(batch.num_columns());
@@ -203,18 +237,30 @@ async fn main() {
         let source = source.clone();
         let raw = raw.clone();
         // Files named scoped_* run as a merchant reader of two merchants.
-        let scope = if file.file_name().is_some_and(|n| n.to_string_lossy().starts_with("scoped_")) {
+        let scope = if file
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("scoped_"))
+        {
             Scope::tenants(SCOPED_TENANTS.iter().map(|t| t.to_string()))
         } else {
             Scope::All
         };
         let mut runner = sqllogictest::Runner::new(move || {
-            let ctx = tidemark_query::new_session_with(source.clone(), SessionLimits::default(), scope.clone());
-            let raw_table = MemTable::try_new(raw.schema(), vec![vec![raw.clone()]]).expect("raw table");
+            let ctx = tidemark_query::new_session_with(
+                source.clone(),
+                SessionLimits::default(),
+                scope.clone(),
+            );
+            let raw_table =
+                MemTable::try_new(raw.schema(), vec![vec![raw.clone()]]).expect("raw table");
             let fixture = Arc::new(MemorySchemaProvider::new());
-            fixture.register_table("raw_beacons".into(), Arc::new(raw_table)).expect("register raw");
+            fixture
+                .register_table("raw_beacons".into(), Arc::new(raw_table))
+                .expect("register raw");
             if let Some(catalog) = ctx.catalog(tidemark_query::CATALOG) {
-                catalog.register_schema("fixture", fixture).expect("register fixture schema");
+                catalog
+                    .register_schema("fixture", fixture)
+                    .expect("register fixture schema");
             }
             async move { Ok::<_, DbError>(Db { ctx }) }
         });
@@ -231,7 +277,10 @@ async fn main() {
         }
     }
     let checks = [
-        ("explain shows segment pruning", explain_shows_pruning(source.clone()).await),
+        (
+            "explain shows segment pruning",
+            explain_shows_pruning(source.clone()).await,
+        ),
         (
             "a scoped EXPLAIN counts only the scope's segments and rows",
             scoped_explain_counts_only_scoped_rows(source.clone()).await,
@@ -271,7 +320,9 @@ async fn explain_shows_pruning(source: Arc<dyn SnapshotSource>) -> Result<(), St
     .await
     .map_err(|e| e.to_string())?;
     let batches = df.collect().await.map_err(|e| e.to_string())?;
-    let text = datafusion::arrow::util::pretty::pretty_format_batches(&batches).map_err(|e| e.to_string())?.to_string();
+    let text = datafusion::arrow::util::pretty::pretty_format_batches(&batches)
+        .map_err(|e| e.to_string())?
+        .to_string();
     for needle in [
         "TidemarkScanExec: datasource=beacons",
         "segments=1/3 (pruned by time: 2, by bitmap: 0)",
@@ -282,17 +333,25 @@ async fn explain_shows_pruning(source: Arc<dyn SnapshotSource>) -> Result<(), St
         }
     }
     // Rows read are the bitmap's selection, far fewer than the segment holds.
-    let read = text.split("segment_rows=").nth(1).and_then(|s| s.split('/').next()).and_then(|n| n.parse::<u64>().ok());
+    let read = text
+        .split("segment_rows=")
+        .nth(1)
+        .and_then(|s| s.split('/').next())
+        .and_then(|n| n.parse::<u64>().ok());
     match read {
         Some(n) if n > 0 && n < 2000 => Ok(()),
-        other => Err(format!("expected a small bitmap selection, read {other:?}:\n{text}")),
+        other => Err(format!(
+            "expected a small bitmap selection, read {other:?}:\n{text}"
+        )),
     }
 }
 
 /// `EXPLAIN` of a scoped session reports the scope's rows, not the table's: its row counts equal
 /// the scoped rows (computed from the segments' own rows of those merchants), so the size of
 /// other merchants' data never shows.
-async fn scoped_explain_counts_only_scoped_rows(source: Arc<dyn SnapshotSource>) -> Result<(), String> {
+async fn scoped_explain_counts_only_scoped_rows(
+    source: Arc<dyn SnapshotSource>,
+) -> Result<(), String> {
     let all = tidemark_query::new_session(source.clone());
     let in_scope = format!("merchant_id IN ('{}')", SCOPED_TENANTS.join("', '"));
     // Segment rows (hours 0 and 1) of the two merchants, read by an unscoped session.
@@ -312,9 +371,10 @@ async fn scoped_explain_counts_only_scoped_rows(source: Arc<dyn SnapshotSource>)
         Scope::tenants(SCOPED_TENANTS.iter().map(|t| t.to_string())),
     );
     let plan = collect_text(&scoped, "EXPLAIN SELECT SUM(\"count\") FROM beacons").await?;
-    for needle in
-        [format!("segment_rows={}/{}", rows.trim(), rows.trim()), format!("realtime_rows={}", realtime.trim())]
-    {
+    for needle in [
+        format!("segment_rows={}/{}", rows.trim(), rows.trim()),
+        format!("realtime_rows={}", realtime.trim()),
+    ] {
         if !plan.contains(&needle) {
             return Err(format!("plan lacks {needle:?}:\n{plan}"));
         }
@@ -327,7 +387,9 @@ async fn scoped_explain_counts_only_scoped_rows(source: Arc<dyn SnapshotSource>)
 /// scope's own rows hold (read by an unscoped session), and no other merchant's id appears
 /// anywhere in the bytes. Dimension columns come from segments (hours 0 and 1) and the
 /// realtime index (hour 2) alike.
-async fn scoped_answers_hold_only_scoped_values(source: Arc<dyn SnapshotSource>) -> Result<(), String> {
+async fn scoped_answers_hold_only_scoped_values(
+    source: Arc<dyn SnapshotSource>,
+) -> Result<(), String> {
     use std::collections::{BTreeMap, BTreeSet};
 
     use datafusion::arrow::array::AsArray;
@@ -336,7 +398,9 @@ async fn scoped_answers_hold_only_scoped_values(source: Arc<dyn SnapshotSource>)
     let in_scope = format!("merchant_id IN ('{}')", SCOPED_TENANTS.join("', '"));
     let mut allowed: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for dim in ["merchant_id", "app", "event", "page", "country", "device"] {
-        let sql = format!("SELECT DISTINCT CAST({dim} AS VARCHAR) FROM beacons WHERE {in_scope} AND {dim} IS NOT NULL");
+        let sql = format!(
+            "SELECT DISTINCT CAST({dim} AS VARCHAR) FROM beacons WHERE {in_scope} AND {dim} IS NOT NULL"
+        );
         let batches = tidemark_query::sql(&all, &sql)
             .await
             .map_err(|e| e.to_string())?
@@ -367,11 +431,18 @@ async fn scoped_answers_hold_only_scoped_values(source: Arc<dyn SnapshotSource>)
             .collect()
             .await
             .map_err(|e| e.to_string())?;
-        let schema = batches.first().ok_or(format!("{sql}: no batches"))?.schema();
+        let schema = batches
+            .first()
+            .ok_or(format!("{sql}: no batches"))?
+            .schema();
         for batch in &batches {
             for (field, column) in schema.fields().iter().zip(batch.columns()) {
-                let Some(dict) = column.as_any_dictionary_opt() else { continue };
-                let ok = allowed.get(field.name()).ok_or(format!("{sql}: unexpected dictionary {}", field.name()))?;
+                let Some(dict) = column.as_any_dictionary_opt() else {
+                    continue;
+                };
+                let ok = allowed
+                    .get(field.name())
+                    .ok_or(format!("{sql}: unexpected dictionary {}", field.name()))?;
                 for i in 0..dict.values().len() {
                     let v = array_value_to_string(dict.values(), i).map_err(|e| e.to_string())?;
                     if !ok.contains(&v) {
@@ -391,7 +462,10 @@ async fn scoped_answers_hold_only_scoped_values(source: Arc<dyn SnapshotSource>)
         writer.finish().map_err(|e| e.to_string())?;
         drop(writer);
         let text = String::from_utf8_lossy(&ipc);
-        for m in (0..100).map(|i| format!("m{i:05}")).filter(|m| !SCOPED_TENANTS.contains(&m.as_str())) {
+        for m in (0..100)
+            .map(|i| format!("m{i:05}"))
+            .filter(|m| !SCOPED_TENANTS.contains(&m.as_str()))
+        {
             if text.contains(&m) {
                 return Err(format!("{sql}: the Arrow IPC answer names merchant {m}"));
             }
@@ -402,8 +476,12 @@ async fn scoped_answers_hold_only_scoped_values(source: Arc<dyn SnapshotSource>)
 
 /// The first column of the first row, as text (or the pretty-printed plan for EXPLAIN).
 async fn collect_text(ctx: &SessionContext, sql: &str) -> Result<String, String> {
-    let batches =
-        tidemark_query::sql(ctx, sql).await.map_err(|e| e.to_string())?.collect().await.map_err(|e| e.to_string())?;
+    let batches = tidemark_query::sql(ctx, sql)
+        .await
+        .map_err(|e| e.to_string())?
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?;
     if sql.starts_with("EXPLAIN") {
         return datafusion::arrow::util::pretty::pretty_format_batches(&batches)
             .map(|t| t.to_string())

@@ -35,7 +35,9 @@ pub struct ClusterSecret {
 
 impl std::fmt::Debug for ClusterSecret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClusterSecret").field("generated", &self.generated).finish_non_exhaustive()
+        f.debug_struct("ClusterSecret")
+            .field("generated", &self.generated)
+            .finish_non_exhaustive()
     }
 }
 
@@ -44,7 +46,9 @@ impl ClusterSecret {
     pub fn new(secret: &str) -> Result<ClusterSecret, String> {
         let len = secret.chars().count();
         if !(SECRET_LEN_MIN..=SECRET_LEN_MAX).contains(&len) {
-            return Err(format!("must be {SECRET_LEN_MIN} to {SECRET_LEN_MAX} characters long, not {len}"));
+            return Err(format!(
+                "must be {SECRET_LEN_MIN} to {SECRET_LEN_MAX} characters long, not {len}"
+            ));
         }
         if !secret.bytes().all(|b| b.is_ascii_graphic()) {
             return Err("may hold only printable ASCII characters without spaces".into());
@@ -61,7 +65,11 @@ impl ClusterSecret {
     }
 
     fn of(secret: &str, generated: bool) -> ClusterSecret {
-        ClusterSecret { secret: Arc::from(secret), digest: Sha256::digest(secret.as_bytes()).into(), generated }
+        ClusterSecret {
+            secret: Arc::from(secret),
+            digest: Sha256::digest(secret.as_bytes()).into(),
+            generated,
+        }
     }
 
     /// Whether the node drew it itself (so no other node can know it).
@@ -98,7 +106,9 @@ pub struct Present(pub(crate) Option<ClusterSecret>);
 
 impl Interceptor for Present {
     fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
-        let Some(secret) = &self.0 else { return Ok(req) };
+        let Some(secret) = &self.0 else {
+            return Ok(req);
+        };
         let value = MetadataValue::try_from(secret.expose())
             .map_err(|_| Status::internal("the cluster secret is not a valid gRPC header value"))?;
         req.metadata_mut().insert(METADATA_KEY, value);
@@ -112,7 +122,10 @@ pub struct Check(ClusterSecret);
 
 impl Interceptor for Check {
     fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
-        let presented = req.metadata().get(METADATA_KEY).and_then(|v| v.to_str().ok());
+        let presented = req
+            .metadata()
+            .get(METADATA_KEY)
+            .and_then(|v| v.to_str().ok());
         match presented {
             Some(s) if self.0.matches(s) => Ok(req),
             Some(_) => Err(Status::unauthenticated(
@@ -138,14 +151,23 @@ mod tests {
         assert!(ClusterSecret::new("has a space in it, see").is_err());
         let r = ClusterSecret::random().expect("random");
         assert!(r.is_generated() && r.expose().len() == 64);
-        assert!(!format!("{s:?}").contains("horse"), "Debug never shows the secret");
+        assert!(
+            !format!("{s:?}").contains("horse"),
+            "Debug never shows the secret"
+        );
     }
 
     #[test]
     fn the_checker_refuses_a_missing_or_wrong_secret_and_takes_the_right_one() {
         let s = ClusterSecret::new("0123456789abcdef0123").expect("valid");
         let mut check = s.checker();
-        assert_eq!(check.call(Request::new(())).map(|_| ()).map_err(|e| e.code()), Err(tonic::Code::Unauthenticated));
+        assert_eq!(
+            check
+                .call(Request::new(()))
+                .map(|_| ())
+                .map_err(|e| e.code()),
+            Err(tonic::Code::Unauthenticated)
+        );
         let other = ClusterSecret::new("fedcba98765432100123").expect("valid");
         let wrong = other.presenter().call(Request::new(())).expect("present");
         assert!(check.call(wrong).is_err());

@@ -6,7 +6,10 @@ use crate::types::{Member, NodeId};
 pub enum Error {
     /// This node does not lead; `leader` is where the write should go, when it is known.
     #[error("node {node} is not the leader{}", leader_hint(.leader))]
-    NotLeader { node: NodeId, leader: Option<(NodeId, Member)> },
+    NotLeader {
+        node: NodeId,
+        leader: Option<(NodeId, Member)>,
+    },
 
     /// The entry was appended on this node, which lost leadership before it committed. It may
     /// still commit through the new leader: retry with the same idempotency key (HTTP) or
@@ -38,10 +41,16 @@ pub enum Error {
     Membership(String),
 
     #[error("cannot listen for Raft RPC on {addr}: {source}")]
-    Listen { addr: String, source: std::io::Error },
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
 
     #[error("cannot open the Raft store in {path}: {source}")]
-    Store { path: std::path::PathBuf, source: std::io::Error },
+    Store {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
 
     #[error(transparent)]
     Storage(#[from] tidemark_storage::Error),

@@ -46,7 +46,10 @@ pub struct Faults {
 impl Faults {
     pub fn set(&self, rules: FaultRules) -> Result<(), String> {
         if !(0.0..=1.0).contains(&rules.drop_ratio) {
-            return Err(format!("drop_ratio must be between 0 and 1, not {}", rules.drop_ratio));
+            return Err(format!(
+                "drop_ratio must be between 0 and 1, not {}",
+                rules.drop_ratio
+            ));
         }
         *self.rules.write().unwrap_or_else(|p| p.into_inner()) = rules;
         Ok(())
@@ -72,7 +75,10 @@ impl Faults {
 
     /// A uniform number in [0, 1) from a shared xorshift: tests need chance, not secrecy.
     fn next_unit(&self) -> f64 {
-        let mut x = self.seed.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed) | 1;
+        let mut x = self
+            .seed
+            .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)
+            | 1;
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;

@@ -87,13 +87,21 @@ impl<P> Connected for GatedStream<P> {
 }
 
 impl<P: Unpin> AsyncRead for GatedStream<P> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.io).poll_read(cx, buf)
     }
 }
 
 impl<P: Unpin> AsyncWrite for GatedStream<P> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.io).poll_write(cx, buf)
     }
 
@@ -139,14 +147,22 @@ impl Drop for CountedPlace {
 
 impl Counter {
     pub fn new(max: usize) -> Counter {
-        Counter { open: Arc::default(), max, refused: Arc::default() }
+        Counter {
+            open: Arc::default(),
+            max,
+            refused: Arc::default(),
+        }
     }
 
     /// A place, or none when `max` connections are open (logged at the 1st, 2nd, 4th, …
     /// refusal).
     pub fn admit(&self, peer: std::net::SocketAddr) -> Option<CountedPlace> {
         use std::sync::atomic::Ordering;
-        let taken = self.open.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < self.max).then_some(n + 1));
+        let taken = self
+            .open
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < self.max).then_some(n + 1)
+            });
         if taken.is_ok() {
             return Some(CountedPlace(self.open.clone()));
         }

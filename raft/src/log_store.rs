@@ -25,7 +25,9 @@ use std::sync::Arc;
 use openraft::OptionalSend;
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::type_config::alias::{EntryOf, LogIdOf, VoteOf};
-use rocksdb::{ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions};
+use rocksdb::{
+    ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -51,7 +53,9 @@ pub struct LogStore {
 
 impl Debug for LogStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LogStore").field("path", &self.db.path()).finish()
+        f.debug_struct("LogStore")
+            .field("path", &self.db.path())
+            .finish()
     }
 }
 
@@ -85,18 +89,26 @@ impl LogStore {
     }
 
     fn cf(&self, name: &str) -> io::Result<&rocksdb::ColumnFamily> {
-        self.db.cf_handle(name).ok_or_else(|| io::Error::other(format!("column family {name} is missing")))
+        self.db
+            .cf_handle(name)
+            .ok_or_else(|| io::Error::other(format!("column family {name} is missing")))
     }
 
     fn get_meta<T: DeserializeOwned>(&self, key: &[u8]) -> io::Result<Option<T>> {
-        match self.db.get_cf(self.cf(META)?, key).map_err(io::Error::other)? {
+        match self
+            .db
+            .get_cf(self.cf(META)?, key)
+            .map_err(io::Error::other)?
+        {
             None => Ok(None),
             Some(b) => decode(&b).map(Some),
         }
     }
 
     fn put_meta<T: Serialize>(&self, key: &[u8], v: &T) -> io::Result<()> {
-        self.db.put_cf_opt(self.cf(META)?, key, encode(v)?, &synced()).map_err(io::Error::other)
+        self.db
+            .put_cf_opt(self.cf(META)?, key, encode(v)?, &synced())
+            .map_err(io::Error::other)
     }
 
     /// Starts an empty store as if it had installed a snapshot at `last` and purged the log up
@@ -120,7 +132,8 @@ impl LogStore {
         let end = through.saturating_add(1).to_be_bytes();
         let mut opts = rocksdb::CompactOptions::default();
         opts.set_exclusive_manual_compaction(false);
-        self.db.compact_range_cf_opt(self.cf(LOGS)?, None::<&[u8]>, Some(&end[..]), &opts);
+        self.db
+            .compact_range_cf_opt(self.cf(LOGS)?, None::<&[u8]>, Some(&end[..]), &opts);
         for cf in [LOGS, META] {
             self.db.flush_cf(self.cf(cf)?).map_err(io::Error::other)?;
         }
@@ -150,7 +163,10 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Unbounded => 0,
         };
         let mut out = Vec::new();
-        let it = self.db.iterator_cf(self.cf(LOGS)?, IteratorMode::From(&start.to_be_bytes(), Direction::Forward));
+        let it = self.db.iterator_cf(
+            self.cf(LOGS)?,
+            IteratorMode::From(&start.to_be_bytes(), Direction::Forward),
+        );
         for kv in it {
             let (k, v) = kv.map_err(io::Error::other)?;
             let index = u64::from_be_bytes(k.as_ref().try_into().map_err(io::Error::other)?);
@@ -173,7 +189,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
         let last_purged: Option<LogId> = self.get_meta(LAST_PURGED)?;
         let last = self.last_entry()?.map(|e| e.log_id);
-        Ok(LogState { last_purged_log_id: last_purged, last_log_id: last.or(last_purged) })
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            last_log_id: last.or(last_purged),
+        })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -188,14 +207,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     /// order with the entries, so losing it in a crash is safe (the leader tells the node again).
     /// A synced write here was a second fsync on every commit.
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
-        self.db.put_cf(self.cf(META)?, COMMITTED, encode(&committed)?).map_err(io::Error::other)
+        self.db
+            .put_cf(self.cf(META)?, COMMITTED, encode(&committed)?)
+            .map_err(io::Error::other)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
         Ok(self.get_meta::<Option<LogId>>(COMMITTED)?.flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: IOFlushed<TypeConfig>,
+    ) -> Result<(), io::Error>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -207,12 +232,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         // One synced write: durable when it returns, so the callback can fire at once.
         let t = std::time::Instant::now();
-        let result = self.db.write_opt(batch, &synced()).map_err(io::Error::other);
+        let result = self
+            .db
+            .write_opt(batch, &synced())
+            .map_err(io::Error::other);
         let took = t.elapsed();
         if took >= SLOW_SYNC {
             tracing::debug!(ms = took.as_millis() as u64, "slow Raft log sync");
         }
-        let flushed = result.as_ref().map(|_| ()).map_err(|e| io::Error::other(e.to_string()));
+        let flushed = result
+            .as_ref()
+            .map(|_| ())
+            .map_err(|e| io::Error::other(e.to_string()));
         callback.io_completed(flushed);
         result
     }
@@ -222,13 +253,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut batch = WriteBatch::default();
         batch.delete_range_cf(self.cf(LOGS)?, from.to_be_bytes(), u64::MAX.to_be_bytes());
         // delete_range's end is exclusive: the entry at u64::MAX (never written) stays.
-        self.db.write_opt(batch, &synced()).map_err(io::Error::other)
+        self.db
+            .write_opt(batch, &synced())
+            .map_err(io::Error::other)
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
         self.put_meta(LAST_PURGED, &log_id)?;
         let mut batch = WriteBatch::default();
-        batch.delete_range_cf(self.cf(LOGS)?, 0u64.to_be_bytes(), log_id.index.saturating_add(1).to_be_bytes());
-        self.db.write_opt(batch, &synced()).map_err(io::Error::other)
+        batch.delete_range_cf(
+            self.cf(LOGS)?,
+            0u64.to_be_bytes(),
+            log_id.index.saturating_add(1).to_be_bytes(),
+        );
+        self.db
+            .write_opt(batch, &synced())
+            .map_err(io::Error::other)
     }
 }

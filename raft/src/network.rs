@@ -10,11 +10,13 @@ use std::io;
 use std::time::Duration;
 
 use openraft::Raft;
-use openraft::errors::{NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::errors::{
+    NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::type_config::alias::{SnapshotMetaOf, SnapshotOf, VoteOf};
 use serde::Serialize;
@@ -132,7 +134,10 @@ impl GrpcConnection {
                 self.client = None;
                 let e = io::Error::new(
                     io::ErrorKind::TimedOut,
-                    format!("raft rpc to node {} at {} timed out after {ttl:?}", self.target, self.addr),
+                    format!(
+                        "raft rpc to node {} at {} timed out after {ttl:?}",
+                        self.target, self.addr
+                    ),
                 );
                 Err(RPCError::Unreachable(Unreachable::new(&e)))
             }
@@ -146,10 +151,20 @@ impl GrpcConnection {
     ) -> Result<Result<Resp, RaftError<TypeConfig>>, RPCError<TypeConfig>> {
         if let Some(faults) = &self.faults {
             let fault = faults.for_message(self.target);
-            let injected = |what: &str| io::Error::other(format!("test fault: {what} to node {}", self.target));
+            let injected = |what: &str| {
+                io::Error::other(format!("test fault: {what} to node {}", self.target))
+            };
             match fault {
-                Fault::Unreachable => return Err(RPCError::Unreachable(Unreachable::new(&injected("partitioned")))),
-                Fault::Dropped => return Err(RPCError::Network(NetworkError::new(&injected("message dropped")))),
+                Fault::Unreachable => {
+                    return Err(RPCError::Unreachable(Unreachable::new(&injected(
+                        "partitioned",
+                    ))));
+                }
+                Fault::Dropped => {
+                    return Err(RPCError::Network(NetworkError::new(&injected(
+                        "message dropped",
+                    ))));
+                }
                 Fault::Delayed(d) => tokio::time::sleep(d).await,
                 Fault::None => {}
             }
@@ -168,7 +183,10 @@ impl GrpcConnection {
             Ok(a) => a.into_inner(),
             Err(status) => {
                 self.client = None;
-                let e = io::Error::other(format!("raft rpc to node {} at {}: {status}", self.target, self.addr));
+                let e = io::Error::other(format!(
+                    "raft rpc to node {} at {}: {status}",
+                    self.target, self.addr
+                ));
                 return Err(if status.code() == tonic::Code::Unavailable {
                     RPCError::Unreachable(Unreachable::new(&e))
                 } else {
@@ -210,7 +228,9 @@ impl RaftNetworkV2<TypeConfig> for GrpcConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call(Method::AppendEntries, &rpc, ttl(&option)).await?.map_err(remote)
+        self.call(Method::AppendEntries, &rpc, ttl(&option))
+            .await?
+            .map_err(remote)
     }
 
     async fn vote(
@@ -218,7 +238,9 @@ impl RaftNetworkV2<TypeConfig> for GrpcConnection {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call(Method::Vote, &rpc, ttl(&option)).await?.map_err(remote)
+        self.call(Method::Vote, &rpc, ttl(&option))
+            .await?
+            .map_err(remote)
     }
 
     async fn pre_vote(
@@ -226,7 +248,9 @@ impl RaftNetworkV2<TypeConfig> for GrpcConnection {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call(Method::PreVote, &rpc, ttl(&option)).await?.map_err(remote)
+        self.call(Method::PreVote, &rpc, ttl(&option))
+            .await?
+            .map_err(remote)
     }
 
     async fn transfer_leader(
@@ -234,7 +258,9 @@ impl RaftNetworkV2<TypeConfig> for GrpcConnection {
         req: TransferLeaderRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call(Method::TransferLeader, &req, ttl(&option)).await?.map_err(remote)
+        self.call(Method::TransferLeader, &req, ttl(&option))
+            .await?
+            .map_err(remote)
     }
 
     async fn full_snapshot(
@@ -244,15 +270,23 @@ impl RaftNetworkV2<TypeConfig> for GrpcConnection {
         _cancel: impl std::future::Future<Output = ReplicationClosed> + Send + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        let msg = SnapshotMessage { vote, meta: snapshot.meta, data: snapshot.snapshot };
+        let msg = SnapshotMessage {
+            vote,
+            meta: snapshot.meta,
+            data: snapshot.snapshot,
+        };
         // The receiver stages the data files before it answers (up to STAGE_WAIT, then it
         // asks for the snapshot again while its fetch goes on).
         let ttl = option.soft_ttl().max(STAGE_WAIT + Duration::from_secs(30));
         match self.call(Method::InstallSnapshot, &msg, ttl).await {
             Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) => Err(StreamingError::Network(NetworkError::new(&io::Error::other(e.to_string())))),
+            Ok(Err(e)) => Err(StreamingError::Network(NetworkError::new(
+                &io::Error::other(e.to_string()),
+            ))),
             Err(RPCError::Unreachable(u)) => Err(StreamingError::Unreachable(u)),
-            Err(e) => Err(StreamingError::Network(NetworkError::new(&io::Error::other(e.to_string())))),
+            Err(e) => Err(StreamingError::Network(NetworkError::new(
+                &io::Error::other(e.to_string()),
+            ))),
         }
     }
 }
@@ -279,9 +313,14 @@ pub fn raft_service(
     node_id: NodeId,
     secret: &ClusterSecret,
 ) -> InterceptedService<RaftServiceServer<RaftRpc>, Check> {
-    let server = RaftServiceServer::new(RaftRpc { raft, snapshots, engine, node_id })
-        .max_decoding_message_size(MESSAGE_BYTES_MAX)
-        .max_encoding_message_size(MESSAGE_BYTES_MAX);
+    let server = RaftServiceServer::new(RaftRpc {
+        raft,
+        snapshots,
+        engine,
+        node_id,
+    })
+    .max_decoding_message_size(MESSAGE_BYTES_MAX)
+    .max_encoding_message_size(MESSAGE_BYTES_MAX);
     InterceptedService::new(server, secret.checker())
 }
 
@@ -296,28 +335,41 @@ fn answer<T: Serialize>(result: &T) -> Result<Response<RaftMessage>, Status> {
 
 #[tonic::async_trait]
 impl RaftService for RaftRpc {
-    async fn read_snapshot_file(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+    async fn read_snapshot_file(
+        &self,
+        req: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
         let r: ReadFile = decode(&req.into_inner().body).map_err(bad_request)?;
         let snapshots = self.snapshots.clone();
-        let chunk = tokio::task::spawn_blocking(move || snapshots.read(&r.snapshot, r.index, r.offset, r.max))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map(serde_bytes::ByteBuf::from);
+        let chunk = tokio::task::spawn_blocking(move || {
+            snapshots.read(&r.snapshot, r.index, r.offset, r.max)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map(serde_bytes::ByteBuf::from);
         answer(&chunk)
     }
 
-    async fn read_data_file(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+    async fn read_data_file(
+        &self,
+        req: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
         let r: ReadDataFile = decode(&req.into_inner().body).map_err(bad_request)?;
         let (engine, node_id) = (self.engine.clone(), self.node_id);
-        let chunk = tokio::task::spawn_blocking(move || scrubber::serve_chunk(&engine, node_id, &r))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map(serde_bytes::ByteBuf::from);
+        let chunk =
+            tokio::task::spawn_blocking(move || scrubber::serve_chunk(&engine, node_id, &r))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .map(serde_bytes::ByteBuf::from);
         answer(&chunk)
     }
 
-    async fn append_entries(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        let rpc: AppendEntriesRequest<TypeConfig> = decode(&req.into_inner().body).map_err(bad_request)?;
+    async fn append_entries(
+        &self,
+        req: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let rpc: AppendEntriesRequest<TypeConfig> =
+            decode(&req.into_inner().body).map_err(bad_request)?;
         answer(&self.raft.append_entries(rpc).await)
     }
 
@@ -331,20 +383,44 @@ impl RaftService for RaftRpc {
         answer(&self.raft.pre_vote(rpc).await)
     }
 
-    async fn transfer_leader(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        let rpc: TransferLeaderRequest<TypeConfig> = decode(&req.into_inner().body).map_err(bad_request)?;
-        let result = self.raft.handle_transfer_leader(rpc).await.map_err(RaftError::<TypeConfig>::Fatal);
+    async fn transfer_leader(
+        &self,
+        req: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let rpc: TransferLeaderRequest<TypeConfig> =
+            decode(&req.into_inner().body).map_err(bad_request)?;
+        let result = self
+            .raft
+            .handle_transfer_leader(rpc)
+            .await
+            .map_err(RaftError::<TypeConfig>::Fatal);
         answer(&result)
     }
 
-    async fn install_snapshot(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+    async fn install_snapshot(
+        &self,
+        req: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
         let msg: SnapshotMessage = decode(&req.into_inner().body).map_err(bad_request)?;
         let manifest = std::sync::Arc::new(Manifest::decode(&msg.data).map_err(bad_request)?);
-        let members = msg.meta.last_membership.membership().nodes().map(|(id, m)| (*id, m.clone())).collect();
+        let members = msg
+            .meta
+            .last_membership
+            .membership()
+            .nodes()
+            .map(|(id, m)| (*id, m.clone()))
+            .collect();
         let total = manifest.total_bytes();
-        match tokio::time::timeout(STAGE_WAIT, self.snapshots.stage(manifest.clone(), members)).await {
+        match tokio::time::timeout(STAGE_WAIT, self.snapshots.stage(manifest.clone(), members))
+            .await
+        {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(Status::unavailable(format!("snapshot {}: {e}", manifest.id))),
+            Ok(Err(e)) => {
+                return Err(Status::unavailable(format!(
+                    "snapshot {}: {e}",
+                    manifest.id
+                )));
+            }
             Err(_) => {
                 return Err(Status::unavailable(format!(
                     "snapshot {}: still fetching its data files ({total} bytes in all); send it again",
@@ -352,8 +428,15 @@ impl RaftService for RaftRpc {
                 )));
             }
         }
-        let snapshot = openraft::storage::Snapshot { meta: msg.meta, snapshot: msg.data };
-        let result = self.raft.install_full_snapshot(msg.vote, snapshot).await.map_err(RaftError::<TypeConfig>::Fatal);
+        let snapshot = openraft::storage::Snapshot {
+            meta: msg.meta,
+            snapshot: msg.data,
+        };
+        let result = self
+            .raft
+            .install_full_snapshot(msg.vote, snapshot)
+            .await
+            .map_err(RaftError::<TypeConfig>::Fatal);
         answer(&result)
     }
 }

@@ -21,7 +21,9 @@ impl PeerTls {
             .identity(identity.clone())
             .client_ca_root(Certificate::from_pem(ca))
             .timeout(std::time::Duration::from_secs(10));
-        let mut client = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)).identity(identity);
+        let mut client = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(ca))
+            .identity(identity);
         if let Some(name) = peer_name {
             client = client.domain_name(name);
         }
@@ -30,7 +32,10 @@ impl PeerTls {
 }
 
 /// An endpoint for a peer's Raft address: `https://` with the client side of `tls`, or plain.
-pub(crate) fn endpoint(addr: &str, tls: Option<&ClientTlsConfig>) -> Result<Endpoint, tonic::transport::Error> {
+pub(crate) fn endpoint(
+    addr: &str,
+    tls: Option<&ClientTlsConfig>,
+) -> Result<Endpoint, tonic::transport::Error> {
     match tls {
         None => Endpoint::from_shared(format!("http://{addr}")),
         Some(t) => Endpoint::from_shared(format!("https://{addr}"))?.tls_config(t.clone()),

@@ -68,7 +68,12 @@ pub struct ReplicaConfig {
 }
 
 impl ReplicaConfig {
-    pub fn new(node_id: NodeId, me: Member, engine: EngineConfig, secret: crate::ClusterSecret) -> ReplicaConfig {
+    pub fn new(
+        node_id: NodeId,
+        me: Member,
+        engine: EngineConfig,
+        secret: crate::ClusterSecret,
+    ) -> ReplicaConfig {
         ReplicaConfig {
             node_id,
             me,
@@ -136,16 +141,25 @@ impl Drop for InFlight {
 
 impl Submitted {
     pub async fn wait(self) -> Result<Applied> {
-        let answer = self.rx.await.map_err(|_| Error::Stopped("Raft stopped before answering".into()))?;
+        let answer = self
+            .rx
+            .await
+            .map_err(|_| Error::Stopped("Raft stopped before answering".into()))?;
         match answer {
             Ok(resp) => match resp.data.applied {
                 Some(Ok(applied)) => Ok(applied),
                 Some(Err(reason)) => Err(Error::Refused(reason)),
-                None => Err(Error::Stopped(format!("entry {} was not applied by this node", resp.log_id))),
+                None => Err(Error::Stopped(format!(
+                    "entry {} was not applied by this node",
+                    resp.log_id
+                ))),
             },
             Err(ClientWriteError::ForwardToLeader(f)) => {
                 let leader = f.leader_id.zip(f.leader_node);
-                Err(Error::NotLeader { node: self.node, leader })
+                Err(Error::NotLeader {
+                    node: self.node,
+                    leader,
+                })
             }
             Err(ClientWriteError::LogEntryDiscarded(_)) => Err(Error::OutcomeUnknown),
             Err(e) => Err(Error::Stopped(e.to_string())),
@@ -180,9 +194,15 @@ impl Replica {
     /// Opens the Raft log (`<data_dir>/raft`) and the engine, starts Raft and serves Raft RPC
     /// on `listener`. A node that was never part of a cluster waits to be initialized
     /// ([`Replica::bootstrap`]) or added by a leader.
-    pub async fn open(config: ReplicaConfig, listener: tokio::net::TcpListener) -> Result<(Replica, OpenReport)> {
+    pub async fn open(
+        config: ReplicaConfig,
+        listener: tokio::net::TcpListener,
+    ) -> Result<(Replica, OpenReport)> {
         let raft_dir = config.engine.data_dir.join("raft");
-        let log = LogStore::open(&raft_dir).map_err(|source| Error::Store { path: raft_dir.clone(), source })?;
+        let log = LogStore::open(&raft_dir).map_err(|source| Error::Store {
+            path: raft_dir.clone(),
+            source,
+        })?;
         let (engine, recovery) = Engine::open(config.engine.clone())?;
         let report = OpenReport {
             checkpoint_position: recovery.checkpoint_position,
@@ -196,7 +216,10 @@ impl Replica {
         }
         snapshots.set_cluster_secret(config.secret.clone());
         let sm = EngineStateMachine::new(engine.clone(), config.engine.clone(), snapshots.clone())
-            .map_err(|source| Error::Store { path: config.engine.data_dir.clone(), source })?;
+            .map_err(|source| Error::Store {
+                path: config.engine.data_dir.clone(),
+                source,
+            })?;
         let applied = sm.applied_watch();
         let raft_config = Config {
             cluster_name: "tidemark".into(),
@@ -230,13 +253,20 @@ impl Replica {
                 .map_err(|e| Error::Stopped(format!("the Raft port's TLS: {e}")))?;
         }
         let server = {
-            let service = raft_service(raft.clone(), snapshots.clone(), engine.clone(), config.node_id, &config.secret);
+            let service = raft_service(
+                raft.clone(),
+                snapshots.clone(),
+                engine.clone(),
+                config.node_id,
+                &config.secret,
+            );
             let connections_max = config.connections_max;
             tokio::spawn(async move {
                 // Bounded like the client doors (a connection flood cannot take the node's
                 // descriptors), with TCP_NODELAY (see `incoming`).
                 let counter = crate::incoming::Counter::new(connections_max);
-                let incoming = crate::incoming::incoming(listener, "raft", move |peer| counter.admit(peer));
+                let incoming =
+                    crate::incoming::incoming(listener, "raft", move |peer| counter.admit(peer));
                 // A peer cancels RPCs that outlive their timeout (heartbeats under load, every
                 // few hundred ms); h2's rapid-reset guard (20 pending resets by default) then
                 // dropped the whole connection, AppendEntries streams included: 1,398 times in
@@ -275,11 +305,18 @@ impl Replica {
                 while rx.changed().await.is_ok() {}
                 tracing::error!("the Raft core task ended");
                 let mut slot = core_stopped.lock().unwrap_or_else(|p| p.into_inner());
-                slot.get_or_insert_with(|| "the Raft core task ended (see the log for a panic)".to_string());
+                slot.get_or_insert_with(|| {
+                    "the Raft core task ended (see the log for a panic)".to_string()
+                });
             })
         };
-        let scrubber =
-            Scrubber::new(config.node_id, engine.clone(), raft.clone(), snapshots.clone(), config.scrub.clone());
+        let scrubber = Scrubber::new(
+            config.node_id,
+            engine.clone(),
+            raft.clone(),
+            snapshots.clone(),
+            config.scrub.clone(),
+        );
         let scrub_task = scrubber.spawn();
         let inner = Inner {
             scrubber,
@@ -296,17 +333,28 @@ impl Replica {
             core_watch,
             tasks: vec![server, forwarder, scrub_task],
         };
-        Ok((Replica { inner: Arc::new(inner) }, report))
+        Ok((
+            Replica {
+                inner: Arc::new(inner),
+            },
+            report,
+        ))
     }
 
     /// Makes this node a one-voter cluster if it was never initialized: the single-node
     /// default, and the first node of a new cluster. A no-op on restart.
     pub async fn bootstrap(&self) -> Result<()> {
         let raft = &self.inner.raft;
-        let initialized = raft.is_initialized().await.map_err(|e| Error::Stopped(e.to_string()))?;
+        let initialized = raft
+            .is_initialized()
+            .await
+            .map_err(|e| Error::Stopped(e.to_string()))?;
         if !initialized {
-            let members = BTreeMap::from([(self.inner.config.node_id, self.inner.config.me.clone())]);
-            raft.initialize(members).await.map_err(|e| Error::Membership(e.to_string()))?;
+            let members =
+                BTreeMap::from([(self.inner.config.node_id, self.inner.config.me.clone())]);
+            raft.initialize(members)
+                .await
+                .map_err(|e| Error::Membership(e.to_string()))?;
         }
         Ok(())
     }
@@ -320,7 +368,8 @@ impl Replica {
             .metrics(|m| m.current_leader.is_some(), "a leader is elected")
             .await
             .map_err(|e| Error::Stopped(format!("no leader within {timeout:?}: {e}")))?;
-        m.current_leader.ok_or_else(|| Error::Stopped("no leader".into()))
+        m.current_leader
+            .ok_or_else(|| Error::Stopped("no leader".into()))
     }
 
     pub fn raft(&self) -> &RaftNode {
@@ -377,7 +426,8 @@ impl Replica {
         if m.membership_config.membership().voter_ids().count() <= 1 {
             return true;
         }
-        m.last_quorum_acked.is_some_and(|t| openraft::Instant::elapsed(&*t) <= within)
+        m.last_quorum_acked
+            .is_some_and(|t| openraft::Instant::elapsed(&*t) <= within)
     }
 
     /// The leader this node knows of, with its addresses.
@@ -391,15 +441,31 @@ impl Replica {
     /// Every member (voters and learners) with its addresses.
     pub fn members(&self) -> BTreeMap<NodeId, Member> {
         let m = self.inner.raft.metrics().borrow_watched().clone();
-        m.membership_config.nodes().map(|(id, n)| (*id, n.clone())).collect()
+        m.membership_config
+            .nodes()
+            .map(|(id, n)| (*id, n.clone()))
+            .collect()
     }
 
     /// Why Raft stopped on this node, if it did.
     pub fn fatal(&self) -> Option<String> {
-        if let Some(reason) = self.inner.core_stopped.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+        if let Some(reason) = self
+            .inner
+            .core_stopped
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
             return Some(reason);
         }
-        self.inner.raft.metrics().borrow_watched().running_state.as_ref().err().map(|e| e.to_string())
+        self.inner
+            .raft
+            .metrics()
+            .borrow_watched()
+            .running_state
+            .as_ref()
+            .err()
+            .map(|e| e.to_string())
     }
 
     /// Calls `f(from, to)` on every change of the leader this node knows (for metrics, logs).
@@ -425,16 +491,30 @@ impl Replica {
         let in_flight = self.inner.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
         let slot = InFlight(self.inner.in_flight.clone());
         if in_flight > self.inner.config.in_flight_max {
-            return Err(Error::Overloaded { in_flight: in_flight - 1, bound: self.inner.config.in_flight_max });
+            return Err(Error::Overloaded {
+                in_flight: in_flight - 1,
+                bound: self.inner.config.in_flight_max,
+            });
         }
         let (responder, rx) = Responder::complete_only();
-        self.inner.queue.send((cmd, responder)).map_err(|_| Error::Stopped("the node is shutting down".into()))?;
-        Ok(Submitted { rx, node: self.node_id(), _slot: slot })
+        self.inner
+            .queue
+            .send((cmd, responder))
+            .map_err(|_| Error::Stopped("the node is shutting down".into()))?;
+        Ok(Submitted {
+            rx,
+            node: self.node_id(),
+            _slot: slot,
+        })
     }
 
     /// Adds a learner and, when `blocking`, waits until it has caught up with the log.
     pub async fn add_learner(&self, id: NodeId, member: Member, blocking: bool) -> Result<()> {
-        self.inner.raft.add_learner(id, member, blocking).await.map_err(|e| self.membership_error(e))?;
+        self.inner
+            .raft
+            .add_learner(id, member, blocking)
+            .await
+            .map_err(|e| self.membership_error(e))?;
         Ok(())
     }
 
@@ -463,7 +543,12 @@ impl Replica {
 
     /// Removes members (voters or learners) from the cluster.
     pub async fn remove(&self, ids: BTreeSet<NodeId>) -> Result<()> {
-        let voters: BTreeSet<NodeId> = self.inner.raft.voter_ids().filter(|v| ids.contains(v)).collect();
+        let voters: BTreeSet<NodeId> = self
+            .inner
+            .raft
+            .voter_ids()
+            .filter(|v| ids.contains(v))
+            .collect();
         if !voters.is_empty() {
             self.inner
                 .raft
@@ -471,7 +556,12 @@ impl Replica {
                 .await
                 .map_err(|e| self.membership_error(e))?;
         }
-        let learners: BTreeSet<NodeId> = self.inner.raft.learner_ids().filter(|v| ids.contains(v)).collect();
+        let learners: BTreeSet<NodeId> = self
+            .inner
+            .raft
+            .learner_ids()
+            .filter(|v| ids.contains(v))
+            .collect();
         if !learners.is_empty() {
             self.inner
                 .raft
@@ -486,30 +576,51 @@ impl Replica {
     /// `timeout`.
     pub async fn transfer_leader(&self, to: NodeId, timeout: Duration) -> Result<()> {
         if !self.is_leader() {
-            return Err(Error::NotLeader { node: self.node_id(), leader: self.leader() });
+            return Err(Error::NotLeader {
+                node: self.node_id(),
+                leader: self.leader(),
+            });
         }
         if !self.inner.raft.voter_ids().any(|v| v == to) {
             return Err(Error::Membership(format!("node {to} is not a voter")));
         }
-        self.inner.raft.trigger().transfer_leader(to).await.map_err(|e| Error::Stopped(e.to_string()))?;
+        self.inner
+            .raft
+            .trigger()
+            .transfer_leader(to)
+            .await
+            .map_err(|e| Error::Stopped(e.to_string()))?;
         self.inner
             .raft
             .wait(Some(timeout))
-            .metrics(|m| m.current_leader == Some(to), "the new leader is elected")
+            .metrics(
+                |m| m.current_leader == Some(to),
+                "the new leader is elected",
+            )
             .await
-            .map_err(|e| Error::Membership(format!("node {to} did not take over within {timeout:?}: {e}")))?;
+            .map_err(|e| {
+                Error::Membership(format!(
+                    "node {to} did not take over within {timeout:?}: {e}"
+                ))
+            })?;
         Ok(())
     }
 
     /// A read index: on the leader, the log index a read must see applied to reflect every
     /// write acknowledged before it (ReadIndex: a heartbeat round confirms leadership).
     pub async fn read_index(&self) -> Result<u64> {
-        let read = self.inner.raft.ensure_linearizable(ReadPolicy::ReadIndex).await.map_err(|e| {
-            match e.forward_to_leader() {
-                Some(f) => Error::NotLeader { node: self.node_id(), leader: f.leader_id.zip(f.leader_node.clone()) },
+        let read = self
+            .inner
+            .raft
+            .ensure_linearizable(ReadPolicy::ReadIndex)
+            .await
+            .map_err(|e| match e.forward_to_leader() {
+                Some(f) => Error::NotLeader {
+                    node: self.node_id(),
+                    leader: f.leader_id.zip(f.leader_node.clone()),
+                },
                 None => Error::Stopped(e.to_string()),
-            }
-        })?;
+            })?;
         Ok(read.index())
     }
 
@@ -526,7 +637,9 @@ impl Replica {
         match tokio::time::timeout(timeout, wait).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(_)) => Err(Error::Stopped("the state machine stopped".into())),
-            Err(_) => Err(Error::Stopped(format!("this node did not apply index {index} within {timeout:?}"))),
+            Err(_) => Err(Error::Stopped(format!(
+                "this node did not apply index {index} within {timeout:?}"
+            ))),
         }
     }
 
@@ -555,10 +668,11 @@ impl Replica {
             purged_index: m.purged.as_ref().map(|l| l.index),
             voters: voter_nodes,
             learners: learner_nodes,
-            replication: m
-                .replication
-                .as_ref()
-                .map(|r| r.iter().map(|(id, l)| (*id, l.as_ref().map(|l| l.index))).collect()),
+            replication: m.replication.as_ref().map(|r| {
+                r.iter()
+                    .map(|(id, l)| (*id, l.as_ref().map(|l| l.index)))
+                    .collect()
+            }),
             fatal: self.fatal(),
             damaged_files: self
                 .inner
@@ -570,12 +684,18 @@ impl Replica {
         }
     }
 
-    fn membership_error<E: std::fmt::Display>(&self, e: openraft::errors::RaftError<TypeConfig, E>) -> Error
+    fn membership_error<E: std::fmt::Display>(
+        &self,
+        e: openraft::errors::RaftError<TypeConfig, E>,
+    ) -> Error
     where
         E: openraft::TryAsRef<openraft::errors::ForwardToLeader<TypeConfig>> + std::error::Error,
     {
         match e.forward_to_leader() {
-            Some(f) => Error::NotLeader { node: self.node_id(), leader: f.leader_id.zip(f.leader_node.clone()) },
+            Some(f) => Error::NotLeader {
+                node: self.node_id(),
+                leader: f.leader_id.zip(f.leader_node.clone()),
+            },
             None => Error::Membership(e.to_string()),
         }
     }

@@ -56,7 +56,10 @@ pub struct ScrubConfig {
 
 impl Default for ScrubConfig {
     fn default() -> Self {
-        ScrubConfig { interval: Duration::from_secs(3600), bytes_per_s: 64 << 20 }
+        ScrubConfig {
+            interval: Duration::from_secs(3600),
+            bytes_per_s: 64 << 20,
+        }
     }
 }
 
@@ -84,9 +87,16 @@ pub struct ReadDataFile {
 
 /// Serves one chunk of a data file to a peer repairing its copy: only files the engine holds,
 /// and only the bytes it holds of them.
-pub fn serve_chunk(engine: &SharedEngine, node_id: NodeId, req: &ReadDataFile) -> Result<Vec<u8>, String> {
+pub fn serve_chunk(
+    engine: &SharedEngine,
+    node_id: NodeId,
+    req: &ReadDataFile,
+) -> Result<Vec<u8>, String> {
     let relative = PathBuf::from(&req.path);
-    if relative.components().any(|c| !matches!(c, Component::Normal(_))) {
+    if relative
+        .components()
+        .any(|c| !matches!(c, Component::Normal(_)))
+    {
         return Err(format!("{} is not a data file path", req.path));
     }
     let (held, path) = {
@@ -97,7 +107,10 @@ pub fn serve_chunk(engine: &SharedEngine, node_id: NodeId, req: &ReadDataFile) -
         return Err(format!("node {node_id} does not hold {}", req.path));
     };
     if req.offset > held {
-        return Err(format!("offset {} is past the {held} bytes node {node_id} holds of {}", req.offset, req.path));
+        return Err(format!(
+            "offset {} is past the {held} bytes node {node_id} holds of {}",
+            req.offset, req.path
+        ));
     }
     let n = (held - req.offset).min(req.max).min(CHUNK_BYTES) as usize;
     let mut buf = vec![0u8; n];
@@ -148,7 +161,10 @@ impl Scrubber {
 
     /// Damaged files found and not yet repaired, with what is wrong with each.
     pub fn damaged(&self) -> BTreeMap<PathBuf, String> {
-        self.damaged.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.damaged
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Runs passes until the task is aborted. With scrubbing off (`interval` zero) it only
@@ -171,8 +187,8 @@ impl Scrubber {
                 }
                 // Until the next pass, damaged files are retried every few seconds: a peer
                 // that could not serve one (still starting, or behind) may by now.
-                let next_pass =
-                    (!this.config.interval.is_zero()).then(|| tokio::time::Instant::now() + this.config.interval);
+                let next_pass = (!this.config.interval.is_zero())
+                    .then(|| tokio::time::Instant::now() + this.config.interval);
                 loop {
                     let wait = match next_pass {
                         None => REPAIR_RETRY,
@@ -196,7 +212,8 @@ impl Scrubber {
             let path = self.data_dir.join(&f.relative);
             let (kind, len) = (f.kind, f.len);
             let started = std::time::Instant::now();
-            let checked = tokio::task::spawn_blocking(move || scrub::verify(&path, kind, len)).await;
+            let checked =
+                tokio::task::spawn_blocking(move || scrub::verify(&path, kind, len)).await;
             match checked {
                 Ok(Ok(bytes)) => {
                     self.stats.files_checked.fetch_add(1, Ordering::Relaxed);
@@ -231,7 +248,10 @@ impl Scrubber {
                 self.try_repair(&f).await;
             } else {
                 // No longer held: nothing to repair.
-                self.damaged.lock().unwrap_or_else(|p| p.into_inner()).remove(&relative);
+                self.damaged
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&relative);
             }
         }
         self.resume_if_whole();
@@ -250,7 +270,10 @@ impl Scrubber {
     async fn found_damage(&self, f: &ScrubFile, reason: String) {
         tracing::error!(file = %f.relative.display(), %reason, "the scrubber found a damaged data file");
         self.stats.damaged_found.fetch_add(1, Ordering::Relaxed);
-        self.damaged.lock().unwrap_or_else(|p| p.into_inner()).insert(f.relative.clone(), reason);
+        self.damaged
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(f.relative.clone(), reason);
         self.stand_down().await;
         self.try_repair(f).await;
         self.resume_if_whole();
@@ -261,7 +284,10 @@ impl Scrubber {
             Ok(from) => {
                 tracing::info!(file = %f.relative.display(), from, "repaired a damaged data file from a replica");
                 self.stats.repaired.fetch_add(1, Ordering::Relaxed);
-                self.damaged.lock().unwrap_or_else(|p| p.into_inner()).remove(&f.relative);
+                self.damaged
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&f.relative);
             }
             Err(e) => {
                 tracing::error!(file = %f.relative.display(), error = %e, "could not repair a damaged data file yet");
@@ -273,8 +299,12 @@ impl Scrubber {
     /// Stops standing for leader; a leader hands over to another voter.
     async fn stand_down(&self) {
         let m = self.raft.metrics().borrow_watched().clone();
-        let others: Vec<NodeId> =
-            m.membership_config.membership().voter_ids().filter(|id| *id != self.node_id).collect();
+        let others: Vec<NodeId> = m
+            .membership_config
+            .membership()
+            .voter_ids()
+            .filter(|id| *id != self.node_id)
+            .collect();
         let Some(&to) = others.first() else { return };
         self.raft.runtime_config().elect(false);
         if m.state == ServerState::Leader {
@@ -287,7 +317,12 @@ impl Scrubber {
     }
 
     fn resume_if_whole(&self) {
-        if self.damaged.lock().unwrap_or_else(|p| p.into_inner()).is_empty() {
+        if self
+            .damaged
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+        {
             self.raft.runtime_config().elect(true);
         }
     }
@@ -308,7 +343,10 @@ impl Scrubber {
         let incoming = self.data_dir.join(INCOMING_DIR);
         std::fs::create_dir_all(&incoming)?;
         // The copy keeps the file's name: a raw log file's name carries its base offset.
-        let name = f.relative.file_name().ok_or_else(|| io_err("a data file without a name"))?;
+        let name = f
+            .relative
+            .file_name()
+            .ok_or_else(|| io_err("a data file without a name"))?;
         let copy = incoming.join(name);
         let mut errors = Vec::new();
         for _ in 0..REPAIR_TRIES {
@@ -343,16 +381,33 @@ impl Scrubber {
         Err(io_err(errors.join("; ")))
     }
 
-    async fn fetch_and_check(&self, addr: &str, f: &ScrubFile, len: u64, copy: &Path) -> io::Result<()> {
-        let client = connect(addr, self.snapshots.peer_tls(), self.snapshots.cluster_secret()).await?;
+    async fn fetch_and_check(
+        &self,
+        addr: &str,
+        f: &ScrubFile,
+        len: u64,
+        copy: &Path,
+    ) -> io::Result<()> {
+        let client = connect(
+            addr,
+            self.snapshots.peer_tls(),
+            self.snapshots.cluster_secret(),
+        )
+        .await?;
         let path = f.relative.to_string_lossy().into_owned();
         let fetched = AtomicU64::new(0);
         fetch_into(copy, len, &fetched, |offset| {
             let mut c = client.clone();
-            let req = ReadDataFile { path: path.clone(), offset, max: CHUNK_BYTES };
+            let req = ReadDataFile {
+                path: path.clone(),
+                offset,
+                max: CHUNK_BYTES,
+            };
             async move {
                 let body = rmp_serde::to_vec_named(&req).map_err(io::Error::other)?;
-                c.read_data_file(RaftMessage { body }).await.map_err(io::Error::other)
+                c.read_data_file(RaftMessage { body })
+                    .await
+                    .map_err(io::Error::other)
             }
         })
         .await?;

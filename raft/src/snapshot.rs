@@ -81,12 +81,19 @@ impl Manifest {
     }
 
     pub fn decode(bytes: &[u8]) -> io::Result<Manifest> {
-        let m: Manifest = rmp_serde::from_slice(bytes)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("snapshot manifest unreadable: {e}")))?;
+        let m: Manifest = rmp_serde::from_slice(bytes).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("snapshot manifest unreadable: {e}"),
+            )
+        })?;
         if m.format != MANIFEST_FORMAT {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!("snapshot manifest format {} is not {MANIFEST_FORMAT}: upgrade this node", m.format),
+                format!(
+                    "snapshot manifest format {} is not {MANIFEST_FORMAT}: upgrade this node",
+                    m.format
+                ),
             ));
         }
         Ok(m)
@@ -190,14 +197,23 @@ impl SnapshotTransfer {
                 .into_iter()
                 .map(|(path, len, file)| {
                     let crc32c = this.crc_of_prefix(&path, &file, len)?;
-                    Ok((FileRef { path: path.to_string_lossy().into_owned(), len, crc32c }, file))
+                    Ok((
+                        FileRef {
+                            path: path.to_string_lossy().into_owned(),
+                            len,
+                            crc32c,
+                        },
+                        file,
+                    ))
                 })
                 .collect()
         })
         .await
         .map_err(io::Error::other)??;
-        let stamp =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
         let id = format!("{}-{index}-{stamp}", self.node_id);
         let manifest = Manifest {
             format: MANIFEST_FORMAT,
@@ -207,7 +223,10 @@ impl SnapshotTransfer {
             files: described.iter().map(|(f, _)| f.clone()).collect(),
         };
         let mut served = lock(&self.served);
-        served.push_back(Arc::new(Served { id, files: described }));
+        served.push_back(Arc::new(Served {
+            id,
+            files: described,
+        }));
         while served.len() > SERVED_MAX {
             served.pop_front();
         }
@@ -232,7 +251,10 @@ impl SnapshotTransfer {
         let crc = extend_crc(file, at, len, crc)?.ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::UnexpectedEof,
-                format!("{} is shorter than its checkpoint says ({len} bytes)", path.display()),
+                format!(
+                    "{} is shorter than its checkpoint says ({len} bytes)",
+                    path.display()
+                ),
             )
         })?;
         lock(&self.crcs).insert(path.to_path_buf(), (len, crc));
@@ -243,18 +265,27 @@ impl SnapshotTransfer {
     pub fn read(&self, id: &str, index: usize, offset: u64, max: u64) -> Result<Vec<u8>, String> {
         let served = lock(&self.served).iter().find(|s| s.id == id).cloned();
         let Some(served) = served else {
-            return Err(format!("node {} no longer serves snapshot {id}; a newer one will be sent", self.node_id));
+            return Err(format!(
+                "node {} no longer serves snapshot {id}; a newer one will be sent",
+                self.node_id
+            ));
         };
         let Some((f, file)) = served.files.get(index) else {
             return Err(format!("snapshot {id} has no file {index}"));
         };
         if offset > f.len {
-            return Err(format!("offset {offset} is past the end of {} ({} bytes)", f.path, f.len));
+            return Err(format!(
+                "offset {offset} is past the end of {} ({} bytes)",
+                f.path, f.len
+            ));
         }
         let n = (f.len - offset).min(max).min(CHUNK_BYTES) as usize;
         let mut buf = vec![0u8; n];
-        file.read_exact_at(&mut buf, offset).map_err(|e| format!("reading {}: {e}", f.path))?;
-        self.stats.bytes_served.fetch_add(n as u64, Ordering::Relaxed);
+        file.read_exact_at(&mut buf, offset)
+            .map_err(|e| format!("reading {}: {e}", f.path))?;
+        self.stats
+            .bytes_served
+            .fetch_add(n as u64, Ordering::Relaxed);
         Ok(buf)
     }
 
@@ -275,7 +306,10 @@ impl SnapshotTransfer {
                     staging.insert(manifest.id.clone(), rx.clone());
                     let this = self.clone();
                     tokio::spawn(async move {
-                        let result = this.fetch_all(&manifest, &members).await.map_err(|e| e.to_string());
+                        let result = this
+                            .fetch_all(&manifest, &members)
+                            .await
+                            .map_err(|e| e.to_string());
                         if result.is_err() {
                             this.stats.fetch_failures.fetch_add(1, Ordering::Relaxed);
                         }
@@ -286,8 +320,13 @@ impl SnapshotTransfer {
                 }
             }
         };
-        let outcome = rx.wait_for(Option::is_some).await.map_err(|_| "the staging task stopped".to_string())?;
-        outcome.clone().unwrap_or_else(|| Err("the staging task stopped".into()))
+        let outcome = rx
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| "the staging task stopped".to_string())?;
+        outcome
+            .clone()
+            .unwrap_or_else(|| Err("the staging task stopped".into()))
     }
 
     /// The staged files of a fully staged `manifest`, for the install.
@@ -299,12 +338,23 @@ impl SnapshotTransfer {
             .map(|f| {
                 let staged = dir.join(f.content_name());
                 let len = fs::metadata(&staged)
-                    .map_err(|e| io::Error::new(e.kind(), format!("snapshot file {} is not staged: {e}", f.path)))?
+                    .map_err(|e| {
+                        io::Error::new(
+                            e.kind(),
+                            format!("snapshot file {} is not staged: {e}", f.path),
+                        )
+                    })?
                     .len();
                 if len != f.len {
-                    return Err(io::Error::other(format!("staged {} has {len} bytes, not {}", f.path, f.len)));
+                    return Err(io::Error::other(format!(
+                        "staged {} has {len} bytes, not {}",
+                        f.path, f.len
+                    )));
                 }
-                Ok(StagedFile { relative: PathBuf::from(&f.path), staged })
+                Ok(StagedFile {
+                    relative: PathBuf::from(&f.path),
+                    staged,
+                })
             })
             .collect()
     }
@@ -318,19 +368,29 @@ impl SnapshotTransfer {
         }
     }
 
-    async fn fetch_all(&self, manifest: &Manifest, members: &BTreeMap<NodeId, Member>) -> io::Result<()> {
+    async fn fetch_all(
+        &self,
+        manifest: &Manifest,
+        members: &BTreeMap<NodeId, Member>,
+    ) -> io::Result<()> {
         let dir = self.staging_dir();
         fs::create_dir_all(&dir)?;
         // The source first, then every other member: after a leader change another node may
         // serve the same snapshot id only if it built it, so this mostly helps a source that
         // moved addresses.
-        let mut sources: Vec<(NodeId, String)> = members.iter().map(|(id, m)| (*id, m.raft.clone())).collect();
+        let mut sources: Vec<(NodeId, String)> = members
+            .iter()
+            .map(|(id, m)| (*id, m.raft.clone()))
+            .collect();
         sources.sort_by_key(|(id, _)| *id != manifest.source);
         sources.retain(|(id, _)| *id != self.node_id);
         let mut clients: HashMap<NodeId, crate::network::PeerClient> = HashMap::new();
         for (index, f) in manifest.files.iter().enumerate() {
             let done = dir.join(f.content_name());
-            if fs::metadata(&done).map(|m| m.len() == f.len).unwrap_or(false) {
+            if fs::metadata(&done)
+                .map(|m| m.len() == f.len)
+                .unwrap_or(false)
+            {
                 continue;
             }
             if self.reuse_local(f, &done)? {
@@ -339,7 +399,10 @@ impl SnapshotTransfer {
             }
             let mut last_error = None;
             for (id, addr) in &sources {
-                match self.fetch_file(&mut clients, *id, addr, &manifest.id, index, f, &done).await {
+                match self
+                    .fetch_file(&mut clients, *id, addr, &manifest.id, index, f, &done)
+                    .await
+                {
                     Ok(()) => {
                         last_error = None;
                         break;
@@ -351,7 +414,10 @@ impl SnapshotTransfer {
                 }
             }
             if let Some(e) = last_error {
-                return Err(io::Error::other(format!("fetching {} of snapshot {}: {e}", f.path, manifest.id)));
+                return Err(io::Error::other(format!(
+                    "fetching {} of snapshot {}: {e}",
+                    f.path, manifest.id
+                )));
             }
             self.stats.files_fetched.fetch_add(1, Ordering::Relaxed);
         }
@@ -362,7 +428,9 @@ impl SnapshotTransfer {
     /// holds most segments and sealed raw files).
     fn reuse_local(&self, f: &FileRef, done: &Path) -> io::Result<bool> {
         let local = self.data_dir.join(&f.path);
-        let Ok(file) = File::open(&local) else { return Ok(false) };
+        let Ok(file) = File::open(&local) else {
+            return Ok(false);
+        };
         let len = file.metadata()?.len();
         if len < f.len {
             return Ok(false);
@@ -400,10 +468,17 @@ impl SnapshotTransfer {
         let part = done.with_extension("part");
         fetch_into(&part, f.len, &self.stats.bytes_fetched, |offset| {
             let mut c = client.clone();
-            let req = ReadFile { snapshot: snapshot.to_string(), index, offset, max: CHUNK_BYTES };
+            let req = ReadFile {
+                snapshot: snapshot.to_string(),
+                index,
+                offset,
+                max: CHUNK_BYTES,
+            };
             async move {
                 let body = rmp_serde::to_vec_named(&req).map_err(io::Error::other)?;
-                c.read_snapshot_file(RaftMessage { body }).await.map_err(io::Error::other)
+                c.read_snapshot_file(RaftMessage { body })
+                    .await
+                    .map_err(io::Error::other)
             }
         })
         .await?;
@@ -419,7 +494,10 @@ impl SnapshotTransfer {
             let _ = fs::remove_file(&part);
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!("checksum mismatch: got crc32c {crc:08x}, the manifest says {:08x}", f.crc32c),
+                format!(
+                    "checksum mismatch: got crc32c {crc:08x}, the manifest says {:08x}",
+                    f.crc32c
+                ),
             ));
         }
         fs::rename(&part, done)?;
@@ -456,18 +534,28 @@ pub(crate) async fn connect(
         .await
         .map_err(io::Error::other)?;
     let present = crate::cluster_secret::Present(secret.cloned());
-    Ok(RaftServiceClient::with_interceptor(channel, present).max_decoding_message_size(2 * CHUNK_BYTES as usize))
+    Ok(RaftServiceClient::with_interceptor(channel, present)
+        .max_decoding_message_size(2 * CHUNK_BYTES as usize))
 }
 
 /// Fetches a file of `len` bytes into `part`, one `read(offset)` answer (a chunk, or the
 /// peer's reason it cannot serve one) at a time, resuming from what `part` already holds.
 /// Verifying the result is the caller's job.
-pub(crate) async fn fetch_into<F, Fut>(part: &Path, len: u64, fetched: &AtomicU64, mut read: F) -> io::Result<()>
+pub(crate) async fn fetch_into<F, Fut>(
+    part: &Path,
+    len: u64,
+    fetched: &AtomicU64,
+    mut read: F,
+) -> io::Result<()>
 where
     F: FnMut(u64) -> Fut,
     Fut: std::future::Future<Output = io::Result<tonic::Response<RaftMessage>>>,
 {
-    let mut out = OpenOptions::new().create(true).append(true).read(true).open(part)?;
+    let mut out = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .read(true)
+        .open(part)?;
     let mut at = out.metadata()?.len();
     if at > len {
         out.set_len(0)?;
@@ -478,13 +566,16 @@ where
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no chunk within 30 s"))??
             .into_inner();
-        let chunk: Result<serde_bytes::ByteBuf, String> =
-            rmp_serde::from_slice(&answer.body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let chunk: Result<serde_bytes::ByteBuf, String> = rmp_serde::from_slice(&answer.body)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         let chunk = chunk.map_err(io::Error::other)?;
         if chunk.is_empty() || chunk.len() as u64 > len - at {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!("a chunk of {} bytes at {at} of a {len}-byte file", chunk.len()),
+                format!(
+                    "a chunk of {} bytes at {at} of a {len}-byte file",
+                    chunk.len()
+                ),
             ));
         }
         out.write_all(&chunk)?;
@@ -518,7 +609,10 @@ mod tests {
         assert_eq!(first, crc32c::crc32c(&[7u8; 4_000]));
         let longer = t.crc_of_prefix(&path, &file, 10_000).expect("crc");
         assert_eq!(longer, crc32c::crc32c(&[7u8; 10_000]));
-        assert!(t.crc_of_prefix(&path, &file, 20_000).is_err(), "a file shorter than claimed is an error");
+        assert!(
+            t.crc_of_prefix(&path, &file, 20_000).is_err(),
+            "a file shorter than claimed is an error"
+        );
     }
 
     #[tokio::test]
@@ -530,7 +624,10 @@ mod tests {
         fs::write(dir.path().join(&rel), &bytes).expect("write");
         let t = SnapshotTransfer::new(1, dir.path());
         let file = File::open(dir.path().join(&rel)).expect("open");
-        let m = t.publish(5, b"{}".to_vec(), vec![(rel, 8_000, file)]).await.expect("publish");
+        let m = t
+            .publish(5, b"{}".to_vec(), vec![(rel, 8_000, file)])
+            .await
+            .expect("publish");
         assert_eq!(m.files[0].crc32c, crc32c::crc32c(&bytes[..8_000]));
         let mut got = t.read(&m.id, 0, 0, 5_000).expect("read");
         got.extend(t.read(&m.id, 0, 5_000, 5_000).expect("read"));

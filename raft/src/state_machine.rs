@@ -15,7 +15,9 @@ use std::io;
 use std::sync::{Arc, Mutex};
 
 use futures::TryStreamExt;
-use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine, Snapshot, SnapshotMeta};
+use openraft::storage::{
+    EntryResponder, RaftSnapshotBuilder, RaftStateMachine, Snapshot, SnapshotMeta,
+};
 use openraft::type_config::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
 use openraft::{EntryPayload, OptionalSend, StoredMembership};
 use serde::{Deserialize, Serialize};
@@ -60,7 +62,10 @@ fn meta_json(m: &ReplicationMeta) -> io::Result<serde_json::Value> {
 /// The log index everything through which is applied: the Raft record's, or the engine's
 /// position when that is ahead (a checkpoint from before the record existed).
 fn raft_applied(meta: &ReplicationMeta, engine: &Engine) -> u64 {
-    meta.last_applied.as_ref().map_or(0, |l| l.index).max(engine.applied_position())
+    meta.last_applied
+        .as_ref()
+        .map_or(0, |l| l.index)
+        .max(engine.applied_position())
 }
 
 impl EngineStateMachine {
@@ -72,10 +77,18 @@ impl EngineStateMachine {
     ) -> io::Result<EngineStateMachine> {
         let meta = match engine.read().replication() {
             None => ReplicationMeta::default(),
-            Some(v) => serde_json::from_value(v.clone()).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?,
+            Some(v) => serde_json::from_value(v.clone())
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?,
         };
         let (applied_tx, _) = tokio::sync::watch::channel(raft_applied(&meta, &engine.read()));
-        Ok(EngineStateMachine { engine, config, meta, current: Arc::new(Mutex::new(None)), transfer, applied_tx })
+        Ok(EngineStateMachine {
+            engine,
+            config,
+            meta,
+            current: Arc::new(Mutex::new(None)),
+            transfer,
+            applied_tx,
+        })
     }
 
     /// The Raft log index applied through, whenever entries were applied. It counts every
@@ -117,7 +130,9 @@ impl RaftStateMachine<TypeConfig> for EngineStateMachine {
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
     where
-        Strm: futures::Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+        Strm: futures::Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>>
+            + Unpin
+            + OptionalSend,
     {
         let t = std::time::Instant::now();
         let mut n = 0;
@@ -153,7 +168,11 @@ impl RaftStateMachine<TypeConfig> for EngineStateMachine {
                         }
                         // An I/O fault, or an entry from a newer version (a rolling upgrade
                         // reached a node not yet upgraded): stop rather than diverge.
-                        Err(err) => return Err(io::Error::other(format!("applying {log_id} failed: {err}"))),
+                        Err(err) => {
+                            return Err(io::Error::other(format!(
+                                "applying {log_id} failed: {err}"
+                            )));
+                        }
                     })
                 }
             };
@@ -168,8 +187,11 @@ impl RaftStateMachine<TypeConfig> for EngineStateMachine {
         // Segments the writer finished become visible; a failure to write one stops the node.
         // Checkpointing them (and catalog changes) is the runtime's ticker's job
         // (`Engine::checkpoint_due`): apply never waits for fsyncs.
-        engine.publish_persisted(false).map_err(|e| io::Error::other(format!("writing a segment: {e}")))?;
-        self.applied_tx.send_replace(raft_applied(&self.meta, &engine));
+        engine
+            .publish_persisted(false)
+            .map_err(|e| io::Error::other(format!("writing a segment: {e}")))?;
+        self.applied_tx
+            .send_replace(raft_applied(&self.meta, &engine));
         let took = t.elapsed();
         if took >= SLOW_APPLY {
             tracing::debug!(ms = took.as_millis() as u64, entries = n, "slow apply");
@@ -185,30 +207,42 @@ impl RaftStateMachine<TypeConfig> for EngineStateMachine {
         }
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMetaOf<TypeConfig>, data: Vec<u8>) -> Result<(), io::Error> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMetaOf<TypeConfig>,
+        data: Vec<u8>,
+    ) -> Result<(), io::Error> {
         if meta.last_log_id <= self.meta.last_applied {
             // Already there (a snapshot sent twice): nothing to replace.
             return Ok(());
         }
         let manifest = Manifest::decode(&data)?;
         let staged = self.transfer.staged_files(&manifest)?;
-        let mut cp: Checkpoint =
-            serde_json::from_slice(&manifest.checkpoint).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        let replication =
-            ReplicationMeta { last_applied: meta.last_log_id.clone(), membership: meta.last_membership.clone() };
+        let mut cp: Checkpoint = serde_json::from_slice(&manifest.checkpoint)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let replication = ReplicationMeta {
+            last_applied: meta.last_log_id.clone(),
+            membership: meta.last_membership.clone(),
+        };
         cp.replication = Some(meta_json(&replication)?);
         {
             // Queries wait while the state is swapped; nothing else writes to the engine, and
             // no checkpoint of the old state is written over the new one.
             let _gate = self.engine.checkpoint_gate();
             let mut engine = self.engine.write();
-            engine
-                .quiesce()
-                .map_err(|e| io::Error::other(format!("finishing segment writes before a snapshot: {e}")))?;
+            engine.quiesce().map_err(|e| {
+                io::Error::other(format!("finishing segment writes before a snapshot: {e}"))
+            })?;
             tidemark_storage::engine::install::install(&self.config.data_dir, &cp, &staged)
-                .map_err(|e| io::Error::other(format!("installing snapshot {}: {e}", manifest.id)))?;
-            let (fresh, recovery) = Engine::open(self.config.clone())
-                .map_err(|e| io::Error::other(format!("opening the engine from snapshot {}: {e}", manifest.id)))?;
+                .map_err(|e| {
+                    io::Error::other(format!("installing snapshot {}: {e}", manifest.id))
+                })?;
+            let (fresh, recovery) = Engine::open(self.config.clone()).map_err(|e| {
+                io::Error::other(format!(
+                    "opening the engine from snapshot {}: {e}",
+                    manifest.id
+                ))
+            })?;
             tracing::info!(
                 snapshot = %manifest.id,
                 position = fresh.applied_position(),
@@ -224,15 +258,21 @@ impl RaftStateMachine<TypeConfig> for EngineStateMachine {
             *engine = fresh;
         }
         self.transfer.clear_staging();
-        self.transfer.stats.installed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.transfer
+            .stats
+            .installed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.meta = replication;
-        self.applied_tx.send_replace(raft_applied(&self.meta, &self.engine.read()));
+        self.applied_tx
+            .send_replace(raft_applied(&self.meta, &self.engine.read()));
         // Another node's snapshot is not served from here: the next one asked for is built.
         *self.slot() = None;
         Ok(())
     }
 
-    async fn get_current_snapshot(&mut self) -> Result<Option<SnapshotOf<TypeConfig, Vec<u8>>>, io::Error> {
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<SnapshotOf<TypeConfig, Vec<u8>>>, io::Error> {
         if let Some((meta, snapshot)) = self.slot().clone() {
             return Ok(Some(Snapshot { meta, snapshot }));
         }
@@ -268,15 +308,27 @@ impl RaftSnapshotBuilder<TypeConfig> for CheckpointBuilder {
             .map_err(io::Error::other)?
             .map_err(io::Error::other)?;
         let replication: ReplicationMeta = match written.replication {
-            Some(v) => serde_json::from_value(v).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?,
+            Some(v) => serde_json::from_value(v)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?,
             None => ReplicationMeta::default(),
         };
         let (checkpoint, files) = (written.bytes, written.files);
-        let index = replication.last_applied.as_ref().map(|l| l.index).unwrap_or(0);
+        let index = replication
+            .last_applied
+            .as_ref()
+            .map(|l| l.index)
+            .unwrap_or(0);
         let manifest = self.transfer.publish(index, checkpoint, files).await?;
         let data = manifest.encode()?;
-        let meta = SnapshotMeta { last_log_id: replication.last_applied, last_membership: replication.membership };
-        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some((meta.clone(), data.clone()));
-        Ok(Snapshot { meta, snapshot: data })
+        let meta = SnapshotMeta {
+            last_log_id: replication.last_applied,
+            last_membership: replication.membership,
+        };
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((meta.clone(), data.clone()));
+        Ok(Snapshot {
+            meta,
+            snapshot: data,
+        })
     }
 }

@@ -31,7 +31,11 @@ pub struct Member {
 
 impl fmt::Display for Member {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "raft {} http {} kafka {}", self.raft, self.http, self.kafka)
+        write!(
+            f,
+            "raft {} http {} kafka {}",
+            self.raft, self.http, self.kafka
+        )
     }
 }
 
@@ -48,7 +52,13 @@ pub struct LogCommand {
 
 impl fmt::Display for LogCommand {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "command kind {} ({} bytes) at {}", self.kind, self.payload.len(), self.writer_time_ms)
+        write!(
+            f,
+            "command kind {} ({} bytes) at {}",
+            self.kind,
+            self.payload.len(),
+            self.writer_time_ms
+        )
     }
 }
 

@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex};
 
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
 use openraft::type_config::alias::{SnapshotOf, VoteOf};
 use tidemark_raft::Member;
 use tidemark_raft::{NodeId, TypeConfig};
@@ -29,7 +31,10 @@ impl RaftNetworkFactory<TypeConfig> for Router {
     type Network = Conn;
 
     async fn new_client(&mut self, target: NodeId, _node: &Member) -> Conn {
-        Conn { router: self.clone(), target }
+        Conn {
+            router: self.clone(),
+            target,
+        }
     }
 }
 
@@ -52,7 +57,9 @@ impl RaftNetworkV2<TypeConfig> for Conn {
         _option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
         let node = self.node()?;
-        node.append_entries(rpc).await.map_err(|e| RPCError::Network(NetworkError::new(&e)))
+        node.append_entries(rpc)
+            .await
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))
     }
 
     async fn vote(
@@ -61,7 +68,9 @@ impl RaftNetworkV2<TypeConfig> for Conn {
         _option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
         let node = self.node()?;
-        node.vote(rpc).await.map_err(|e| RPCError::Network(NetworkError::new(&e)))
+        node.vote(rpc)
+            .await
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))
     }
 
     async fn full_snapshot(
@@ -72,19 +81,27 @@ impl RaftNetworkV2<TypeConfig> for Conn {
         _option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         let node = self.node()?;
-        node.install_full_snapshot(vote, snapshot).await.map_err(|e| StreamingError::Network(NetworkError::new(&e)))
+        node.install_full_snapshot(vote, snapshot)
+            .await
+            .map_err(|e| StreamingError::Network(NetworkError::new(&e)))
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_apply_the_same_log_and_agree_byte_for_byte() {
-    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().expect("tempdir")).collect();
+    let dirs: Vec<tempfile::TempDir> = (0..3)
+        .map(|_| tempfile::tempdir().expect("tempdir"))
+        .collect();
     let router = Router::default();
     let mut members = Vec::new();
     for (i, d) in dirs.iter().enumerate() {
         let id = i as NodeId + 1;
         let m = common::start(id, d.path(), router.clone()).await;
-        router.nodes.lock().unwrap_or_else(|p| p.into_inner()).insert(id, m.raft.clone());
+        router
+            .nodes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, m.raft.clone());
         members.push(m);
     }
     let addrs: Vec<String> = (1..=3).map(|i| format!("node-{i}")).collect();

@@ -8,22 +8,35 @@ use tidemark_raft::{ClusterSecret, NodeId};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_over_grpc_agree_byte_for_byte() {
-    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().expect("tempdir")).collect();
+    let dirs: Vec<tempfile::TempDir> = (0..3)
+        .map(|_| tempfile::tempdir().expect("tempdir"))
+        .collect();
     let mut listeners = Vec::new();
     let mut addrs = Vec::new();
     for _ in 0..3 {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         addrs.push(l.local_addr().expect("addr").to_string());
         listeners.push(l);
     }
     let secret = ClusterSecret::new("grpc-cluster-test-secret").expect("secret");
     let mut members = Vec::new();
     for (i, (d, l)) in dirs.iter().zip(listeners).enumerate() {
-        let network = GrpcNetwork { secret: Some(secret.clone()), ..GrpcNetwork::default() };
+        let network = GrpcNetwork {
+            secret: Some(secret.clone()),
+            ..GrpcNetwork::default()
+        };
         let m = common::start(i as NodeId + 1, d.path(), network).await;
         m.snapshots.set_cluster_secret(secret.clone());
         let id = i as NodeId + 1;
-        let service = raft_service(m.raft.clone(), m.snapshots.clone(), m.engine.clone(), id, &secret);
+        let service = raft_service(
+            m.raft.clone(),
+            m.snapshots.clone(),
+            m.engine.clone(),
+            id,
+            &secret,
+        );
         tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(service)

@@ -13,10 +13,16 @@ use tidemark_storage::engine::{Engine, EngineConfig};
 #[tokio::test]
 #[ignore = "a diagnosis tool: needs TIDEMARK_REPLAY_DIR"]
 async fn replay_a_nodes_raft_log_into_a_fresh_engine() {
-    let Some(dir) = std::env::var_os("TIDEMARK_REPLAY_DIR").map(std::path::PathBuf::from) else { return };
+    let Some(dir) = std::env::var_os("TIDEMARK_REPLAY_DIR").map(std::path::PathBuf::from) else {
+        return;
+    };
     let mut log = LogStore::open(&dir.join("raft")).expect("raft log");
     let entries = log.try_get_log_entries(0..u64::MAX).await.expect("entries");
-    println!("{} entries, first {:?}", entries.len(), entries.first().map(|e| e.log_id.index));
+    println!(
+        "{} entries, first {:?}",
+        entries.len(),
+        entries.first().map(|e| e.log_id.index)
+    );
     let out = tempfile::tempdir().expect("tempdir");
     let (mut engine, _) = Engine::open(EngineConfig::new(out.path())).expect("engine");
     for e in entries {
@@ -34,14 +40,23 @@ async fn replay_a_nodes_raft_log_into_a_fresh_engine() {
         }
     }
     engine.checkpoint().expect("checkpoint");
-    let cp = std::fs::read_to_string(out.path().join("state").join("checkpoint.json")).expect("checkpoint");
+    let cp = std::fs::read_to_string(out.path().join("state").join("checkpoint.json"))
+        .expect("checkpoint");
     let cp: serde_json::Value = serde_json::from_str(&cp).expect("json");
     for ds in cp["datasources"].as_array().into_iter().flatten() {
-        println!("datasource {} events_ingested {}", ds["id"], ds["events_ingested"]);
+        println!(
+            "datasource {} events_ingested {}",
+            ds["id"], ds["events_ingested"]
+        );
         for s in ds["segments"].as_array().into_iter().flatten() {
-            println!("  {} events {} published_at {}", s["file"], s["events"], s["published_at"]);
+            println!(
+                "  {} events {} published_at {}",
+                s["file"], s["events"], s["published_at"]
+            );
         }
     }
     let (ingested, rejected, realtime_rows, segments) = engine.totals();
-    println!("totals: ingested {ingested} rejected {rejected} realtime rows {realtime_rows} segments {segments}");
+    println!(
+        "totals: ingested {ingested} rejected {rejected} realtime rows {realtime_rows} segments {segments}"
+    );
 }

@@ -16,11 +16,14 @@ fn store_error(e: std::io::Error) -> StorageError<TypeConfig> {
 }
 
 impl StoreBuilder<TypeConfig, LogStore, EngineStateMachine, TempDir> for Builder {
-    async fn build(&self) -> Result<(TempDir, LogStore, EngineStateMachine), StorageError<TypeConfig>> {
+    async fn build(
+        &self,
+    ) -> Result<(TempDir, LogStore, EngineStateMachine), StorageError<TypeConfig>> {
         let dir = tempfile::tempdir().map_err(store_error)?;
         let log = LogStore::open(&dir.path().join("raft")).map_err(store_error)?;
         let config = EngineConfig::new(dir.path().join("data"));
-        let (engine, _) = Engine::open(config.clone()).map_err(|e| store_error(std::io::Error::other(e)))?;
+        let (engine, _) =
+            Engine::open(config.clone()).map_err(|e| store_error(std::io::Error::other(e)))?;
         let engine = SharedEngine::new(engine);
         let snapshots = tidemark_raft::snapshot::SnapshotTransfer::new(1, &config.data_dir);
         let sm = EngineStateMachine::new(engine, config, snapshots).map_err(store_error)?;
@@ -30,5 +33,7 @@ impl StoreBuilder<TypeConfig, LogStore, EngineStateMachine, TempDir> for Builder
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openraft_storage_suite_passes() {
-    Suite::test_all(Builder).await.expect("openraft storage suite");
+    Suite::test_all(Builder)
+        .await
+        .expect("openraft storage suite");
 }

@@ -100,7 +100,10 @@ async fn drive(
 
 impl std::fmt::Debug for Answer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Answer").field("rows", &self.rows).field("ended", &self.ended).finish_non_exhaustive()
+        f.debug_struct("Answer")
+            .field("rows", &self.rows)
+            .field("ended", &self.ended)
+            .finish_non_exhaustive()
     }
 }
 
@@ -115,11 +118,15 @@ impl Answer {
         let start = async {
             let df = crate::plan(state, text, caller).await?;
             let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-            let batches =
-                df.execute_stream().await.map_err(|e| limits.name_limit(tidemark_query::Error::from(e).into()))?;
+            let batches = df
+                .execute_stream()
+                .await
+                .map_err(|e| limits.name_limit(tidemark_query::Error::from(e).into()))?;
             Ok::<_, Error>((schema, batches))
         };
-        let (schema, stream) = tokio::time::timeout_at(deadline, start).await.map_err(|_| limits.timed_out())??;
+        let (schema, stream) = tokio::time::timeout_at(deadline, start)
+            .await
+            .map_err(|_| limits.timed_out())??;
         // One batch in hand and one on its way: the query runs at most that far ahead of
         // its client.
         let (tx, batches) = mpsc::channel(1);
@@ -158,9 +165,13 @@ impl Answer {
                 Some(Err(e)) => Some(Err(e)),
                 Some(Ok(batch)) => Some(self.within_row_cap(batch)),
                 None if self.run.complete.load(Ordering::Relaxed) => None,
-                None if self.run.timed_out.load(Ordering::Relaxed) => Some(Err(self.limits.timed_out())),
+                None if self.run.timed_out.load(Ordering::Relaxed) => {
+                    Some(Err(self.limits.timed_out()))
+                }
                 // The task ended otherwise (a panic in an operator): never a clean end.
-                None => Some(Err(Error::Encode("the query stopped before its answer was complete".into()))),
+                None => Some(Err(Error::Encode(
+                    "the query stopped before its answer was complete".into(),
+                ))),
             }
         };
         if !matches!(item, Some(Ok(_))) {

@@ -22,24 +22,27 @@ use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
 use arrow_flight::sql::metadata::{
-    GetTablesBuilder, SqlInfoData, SqlInfoDataBuilder, XdbcTypeInfo, XdbcTypeInfoData, XdbcTypeInfoDataBuilder,
+    GetTablesBuilder, SqlInfoData, SqlInfoDataBuilder, XdbcTypeInfo, XdbcTypeInfoData,
+    XdbcTypeInfoDataBuilder,
 };
 use arrow_flight::sql::server::{FlightSqlService, PeekableFlightDataStream};
 use arrow_flight::sql::{
     ActionBeginSavepointRequest, ActionBeginSavepointResult, ActionBeginTransactionRequest,
     ActionBeginTransactionResult, ActionCancelQueryRequest, ActionCancelQueryResult,
-    ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest, ActionCreatePreparedStatementResult,
-    ActionCreatePreparedSubstraitPlanRequest, ActionEndSavepointRequest, ActionEndTransactionRequest,
-    CommandGetCatalogs, CommandGetCrossReference, CommandGetDbSchemas, CommandGetExportedKeys, CommandGetImportedKeys,
-    CommandGetPrimaryKeys, CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables, CommandGetXdbcTypeInfo,
-    CommandPreparedStatementQuery, CommandPreparedStatementUpdate, CommandStatementIngest, CommandStatementQuery,
-    CommandStatementSubstraitPlan, CommandStatementUpdate, DoPutPreparedStatementResult, Nullable, ProstMessageExt,
-    Searchable, SqlInfo, SqlNullOrdering, SqlSupportedCaseSensitivity, SqlSupportedTransaction, TicketStatementQuery,
-    XdbcDataType, XdbcDatetimeSubcode,
+    ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest,
+    ActionCreatePreparedStatementResult, ActionCreatePreparedSubstraitPlanRequest,
+    ActionEndSavepointRequest, ActionEndTransactionRequest, CommandGetCatalogs,
+    CommandGetCrossReference, CommandGetDbSchemas, CommandGetExportedKeys, CommandGetImportedKeys,
+    CommandGetPrimaryKeys, CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables,
+    CommandGetXdbcTypeInfo, CommandPreparedStatementQuery, CommandPreparedStatementUpdate,
+    CommandStatementIngest, CommandStatementQuery, CommandStatementSubstraitPlan,
+    CommandStatementUpdate, DoPutPreparedStatementResult, Nullable, ProstMessageExt, Searchable,
+    SqlInfo, SqlNullOrdering, SqlSupportedCaseSensitivity, SqlSupportedTransaction,
+    TicketStatementQuery, XdbcDataType, XdbcDatetimeSubcode,
 };
 use arrow_flight::{
-    Action, FlightData, FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse, IpcMessage,
-    SchemaAsIpc, Ticket,
+    Action, FlightData, FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest,
+    HandshakeResponse, IpcMessage, SchemaAsIpc, Ticket,
 };
 use bytes::Bytes;
 use datafusion::arrow::array::{AsArray, RecordBatch};
@@ -88,12 +91,20 @@ impl TidemarkFlightSql {
 pub fn flight_service(
     state: SqlState,
     failed_login_delay: std::time::Duration,
-) -> DelayRefusals<tonic::service::interceptor::InterceptedService<FlightServiceServer<TidemarkFlightSql>, FlightAuth>>
-{
+) -> DelayRefusals<
+    tonic::service::interceptor::InterceptedService<
+        FlightServiceServer<TidemarkFlightSql>,
+        FlightAuth,
+    >,
+> {
     let auth = FlightAuth(state.auth.clone());
     let catch_up = state.auth.clone().zip(state.barrier.clone());
     let inner = FlightServiceServer::with_interceptor(TidemarkFlightSql::new(state), auth);
-    DelayRefusals { inner, delay: failed_login_delay, catch_up }
+    DelayRefusals {
+        inner,
+        delay: failed_login_delay,
+        catch_up,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -125,17 +136,20 @@ fn internal(what: &str, e: impl std::fmt::Display) -> Status {
 
 /// Statement text from a ticket or a prepared statement handle (both are the SQL itself).
 fn sql_text(handle: &[u8], what: &str) -> Result<String, Status> {
-    String::from_utf8(handle.to_vec())
-        .map_err(|_| Status::invalid_argument(format!("the {what} is not a tidemark statement (not UTF-8 SQL text)")))
+    String::from_utf8(handle.to_vec()).map_err(|_| {
+        Status::invalid_argument(format!(
+            "the {what} is not a tidemark statement (not UTF-8 SQL text)"
+        ))
+    })
 }
 
 /// Transactions do not exist here (every query reads its own consistent snapshot), so a
 /// request inside one is refused rather than silently run outside it.
 fn refuse_transaction(transaction_id: &Option<Bytes>) -> Result<(), Status> {
     match transaction_id {
-        Some(id) if !id.is_empty() => {
-            Err(Status::invalid_argument("tidemark has no transactions: run the statement without a transaction id"))
-        }
+        Some(id) if !id.is_empty() => Err(Status::invalid_argument(
+            "tidemark has no transactions: run the statement without a transaction id",
+        )),
         _ => Ok(()),
     }
 }
@@ -155,7 +169,11 @@ async fn plan(state: &SqlState, text: &str, caller: &Principal) -> Result<DataFr
 }
 
 /// The wire schema of a statement's result, from its plan (no execution).
-async fn result_schema(state: &SqlState, text: &str, caller: &Principal) -> Result<SchemaRef, Status> {
+async fn result_schema(
+    state: &SqlState,
+    text: &str,
+    caller: &Principal,
+) -> Result<SchemaRef, Status> {
     let df = plan(state, text, caller).await?;
     Ok(wire_schema(df.schema().as_arrow()))
 }
@@ -164,22 +182,37 @@ async fn result_schema(state: &SqlState, text: &str, caller: &Principal) -> Resu
 /// are no rows, so clients always learn the columns.
 /// The consistency a Flight SQL call asked for in its `tidemark-consistency` metadata.
 async fn consistency<T>(state: &SqlState, request: &Request<T>) -> Result<(), Status> {
-    let asked = request.metadata().get(crate::CONSISTENCY_HEADER).map(|v| v.to_str().unwrap_or("(not text)"));
+    let asked = request
+        .metadata()
+        .get(crate::CONSISTENCY_HEADER)
+        .map(|v| v.to_str().unwrap_or("(not text)"));
     crate::consistency(state, asked).await.map_err(|e| {
-        if e.is_user_error() { Status::invalid_argument(e.to_string()) } else { Status::unavailable(e.to_string()) }
+        if e.is_user_error() {
+            Status::invalid_argument(e.to_string())
+        } else {
+            Status::unavailable(e.to_string())
+        }
     })
 }
 
 /// Who a call is from (the interceptor put it there): what it may see, and whose query count
 /// it adds to. Without an interceptor (no keys anywhere) the caller is anonymous.
 fn caller<T>(request: &Request<T>) -> Principal {
-    request.extensions().get::<Principal>().cloned().unwrap_or(Principal::Anonymous)
+    request
+        .extensions()
+        .get::<Principal>()
+        .cloned()
+        .unwrap_or(Principal::Anonymous)
 }
 
 /// Plans and streams a statement for `caller`, within the query limits: the key's slot is
 /// held until the stream ends, the time limit covers planning and every batch, and the
 /// answer's rows and bytes are capped (the stream then ends with the cap's error).
-async fn execute(state: &SqlState, text: &str, caller: &Principal) -> Result<Response<DoGetStream>, Status> {
+async fn execute(
+    state: &SqlState,
+    text: &str,
+    caller: &Principal,
+) -> Result<Response<DoGetStream>, Status> {
     tracing::debug!(sql = %text, "flight sql: executing");
     let answer = Answer::start(state, text, caller).await.map_err(status)?;
     let limits = *answer.limits();
@@ -218,17 +251,32 @@ fn encode(
     schema: SchemaRef,
     batches: impl Stream<Item = Result<RecordBatch, FlightError>> + Send + 'static,
 ) -> DoGetStream {
-    Box::pin(FlightDataEncoderBuilder::new().with_schema(schema).build(batches).map_err(Status::from))
+    Box::pin(
+        FlightDataEncoderBuilder::new()
+            .with_schema(schema)
+            .build(batches)
+            .map_err(Status::from),
+    )
 }
 
 /// A one-batch answer (the metadata calls).
-fn encode_batch(schema: SchemaRef, batch: Result<RecordBatch, FlightError>) -> Result<Response<DoGetStream>, Status> {
+fn encode_batch(
+    schema: SchemaRef,
+    batch: Result<RecordBatch, FlightError>,
+) -> Result<Response<DoGetStream>, Status> {
     let batch = batch.map_err(|e| internal("cannot build the metadata result", e))?;
-    Ok(Response::new(encode(schema, futures::stream::iter([Ok(batch)]))))
+    Ok(Response::new(encode(
+        schema,
+        futures::stream::iter([Ok(batch)]),
+    )))
 }
 
 /// A `FlightInfo` whose one endpoint's ticket is `ticket`; the client reuses this connection.
-fn flight_info(schema: &Schema, ticket: Bytes, descriptor: FlightDescriptor) -> Result<Response<FlightInfo>, Status> {
+fn flight_info(
+    schema: &Schema,
+    ticket: Bytes,
+    descriptor: FlightDescriptor,
+) -> Result<Response<FlightInfo>, Status> {
     let info = FlightInfo::new()
         .try_with_schema(schema)
         .map_err(|e| internal("cannot encode the result schema", e))?
@@ -243,7 +291,11 @@ fn metadata_info(
     schema: &Schema,
     request: Request<FlightDescriptor>,
 ) -> Result<Response<FlightInfo>, Status> {
-    flight_info(schema, command.as_any().encode_to_vec().into(), request.into_inner())
+    flight_info(
+        schema,
+        command.as_any().encode_to_vec().into(),
+        request.into_inner(),
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -258,8 +310,13 @@ fn table_names(state: &SqlState, scope: &Scope) -> Vec<(&'static str, String, &'
         .map(|name| (DATASOURCE_SCHEMA, name, TABLE_TYPE))
         .collect();
     if scope.sees_system_tables() {
-        tables
-            .extend(state.source.system_table_names().into_iter().map(|name| (SYSTEM_SCHEMA, name, SYSTEM_TABLE_TYPE)));
+        tables.extend(
+            state
+                .source
+                .system_table_names()
+                .into_iter()
+                .map(|name| (SYSTEM_SCHEMA, name, SYSTEM_TABLE_TYPE)),
+        );
     }
     tables
 }
@@ -268,13 +325,22 @@ fn table_names(state: &SqlState, scope: &Scope) -> Vec<(&'static str, String, &'
 fn table_schema(state: &SqlState, db_schema: &str, name: &str) -> Option<SchemaRef> {
     if db_schema == DATASOURCE_SCHEMA {
         let snapshot = state.source.snapshot(name)?;
-        Some(wire_schema(&tidemark_storage::segment::table_schema(&snapshot.spec)))
+        Some(wire_schema(&tidemark_storage::segment::table_schema(
+            &snapshot.spec,
+        )))
     } else {
-        state.source.system_table(name).map(|batch| wire_schema(batch.schema_ref()))
+        state
+            .source
+            .system_table(name)
+            .map(|batch| wire_schema(batch.schema_ref()))
     }
 }
 
-fn get_tables(state: &SqlState, query: CommandGetTables, scope: &Scope) -> Result<RecordBatch, FlightError> {
+fn get_tables(
+    state: &SqlState,
+    query: CommandGetTables,
+    scope: &Scope,
+) -> Result<RecordBatch, FlightError> {
     let tables = table_names(state, scope);
     let mut builder = query.clone().into_builder();
     if !builder.include_schema() {
@@ -302,7 +368,8 @@ fn get_tables(state: &SqlState, query: CommandGetTables, scope: &Scope) -> Resul
             .as_string_opt::<i32>()
             .ok_or_else(|| FlightError::protocol(format!("GetTables column {i} is not Utf8")))
     };
-    let (db_schemas, table_names, table_types) = (text_column(1)?, text_column(2)?, text_column(3)?);
+    let (db_schemas, table_names, table_types) =
+        (text_column(1)?, text_column(2)?, text_column(3)?);
     for row in 0..names.num_rows() {
         let (db_schema, name) = (db_schemas.value(row), table_names.value(row));
         if let Some(schema) = table_schema(state, db_schema, name) {
@@ -321,7 +388,10 @@ static SQL_INFO: LazyLock<Result<SqlInfoData, String>> = LazyLock::new(|| {
     b.append(SqlInfo::FlightSqlServerReadOnly, true);
     b.append(SqlInfo::FlightSqlServerSql, true);
     b.append(SqlInfo::FlightSqlServerSubstrait, false);
-    b.append(SqlInfo::FlightSqlServerTransaction, SqlSupportedTransaction::None as i32);
+    b.append(
+        SqlInfo::FlightSqlServerTransaction,
+        SqlSupportedTransaction::None as i32,
+    );
     b.append(SqlInfo::FlightSqlServerCancel, false);
     b.append(SqlInfo::FlightSqlServerBulkIngestion, false);
     // Handles are the SQL text itself, so they never time out.
@@ -330,11 +400,17 @@ static SQL_INFO: LazyLock<Result<SqlInfoData, String>> = LazyLock::new(|| {
     b.append(SqlInfo::SqlDdlSchema, false);
     b.append(SqlInfo::SqlDdlTable, false);
     // DataFusion folds unquoted identifiers to lower case.
-    b.append(SqlInfo::SqlIdentifierCase, SqlSupportedCaseSensitivity::SqlCaseSensitivityLowercase as i32);
+    b.append(
+        SqlInfo::SqlIdentifierCase,
+        SqlSupportedCaseSensitivity::SqlCaseSensitivityLowercase as i32,
+    );
     b.append(SqlInfo::SqlIdentifierQuoteChar, "\"");
     b.append(SqlInfo::SqlAllTablesAreSelectable, true);
     // DataFusion's default ordering treats NULL as the largest value.
-    b.append(SqlInfo::SqlNullOrdering, SqlNullOrdering::SqlNullsSortedHigh as i32);
+    b.append(
+        SqlInfo::SqlNullOrdering,
+        SqlNullOrdering::SqlNullsSortedHigh as i32,
+    );
     // The metadata filters use Arrow's LIKE kernel, which escapes with a backslash.
     b.append(SqlInfo::SqlSearchStringEscape, "\\");
     b.append(SqlInfo::SqlSupportsColumnAliasing, true);
@@ -344,12 +420,17 @@ static SQL_INFO: LazyLock<Result<SqlInfoData, String>> = LazyLock::new(|| {
 });
 
 fn sql_info() -> Result<&'static SqlInfoData, Status> {
-    SQL_INFO.as_ref().map_err(|e| internal("cannot build SqlInfo", e))
+    SQL_INFO
+        .as_ref()
+        .map_err(|e| internal("cannot build SqlInfo", e))
 }
 
 fn xdbc(type_name: &str, data_type: XdbcDataType, column_size: Option<i32>) -> XdbcTypeInfo {
     let text = matches!(data_type, XdbcDataType::XdbcVarchar);
-    let numeric = matches!(data_type, XdbcDataType::XdbcBigint | XdbcDataType::XdbcInteger | XdbcDataType::XdbcDouble);
+    let numeric = matches!(
+        data_type,
+        XdbcDataType::XdbcBigint | XdbcDataType::XdbcInteger | XdbcDataType::XdbcDouble
+    );
     let timestamp = matches!(data_type, XdbcDataType::XdbcTimestamp);
     XdbcTypeInfo {
         type_name: type_name.into(),
@@ -374,9 +455,17 @@ fn xdbc(type_name: &str, data_type: XdbcDataType, column_size: Option<i32>) -> X
         minimum_scale: None,
         maximum_scale: None,
         // ODBC puts datetime types under SQL_DATETIME with a subcode.
-        sql_data_type: if timestamp { XdbcDataType::XdbcDatetime } else { data_type },
+        sql_data_type: if timestamp {
+            XdbcDataType::XdbcDatetime
+        } else {
+            data_type
+        },
         datetime_subcode: timestamp.then_some(XdbcDatetimeSubcode::XdbcSubcodeTimestamp),
-        num_prec_radix: numeric.then_some(if matches!(data_type, XdbcDataType::XdbcDouble) { 2 } else { 10 }),
+        num_prec_radix: numeric.then_some(if matches!(data_type, XdbcDataType::XdbcDouble) {
+            2
+        } else {
+            10
+        }),
         interval_precision: None,
     }
 }
@@ -395,7 +484,9 @@ static XDBC_TYPES: LazyLock<Result<XdbcTypeInfoData, String>> = LazyLock::new(||
 });
 
 fn xdbc_types() -> Result<&'static XdbcTypeInfoData, Status> {
-    XDBC_TYPES.as_ref().map_err(|e| internal("cannot build XdbcTypeInfo", e))
+    XDBC_TYPES
+        .as_ref()
+        .map_err(|e| internal("cannot build XdbcTypeInfo", e))
 }
 
 /// `GetPrimaryKeys` result schema (FlightSql.proto). tidemark tables have no keys, so the
@@ -443,11 +534,13 @@ async fn refuse_parameters(request: Request<PeekableFlightDataStream>) -> Result
         if data.data_header.is_empty() {
             continue;
         }
-        let message = root_as_message(&data.data_header)
-            .map_err(|e| Status::invalid_argument(format!("the parameter stream is not Arrow IPC: {e}")))?;
+        let message = root_as_message(&data.data_header).map_err(|e| {
+            Status::invalid_argument(format!("the parameter stream is not Arrow IPC: {e}"))
+        })?;
         if message.header_type() == MessageHeader::Schema {
-            let schema = Schema::try_from(&data)
-                .map_err(|e| Status::invalid_argument(format!("cannot read the parameter schema: {e}")))?;
+            let schema = Schema::try_from(&data).map_err(|e| {
+                Status::invalid_argument(format!("cannot read the parameter schema: {e}"))
+            })?;
             if !schema.fields().is_empty() {
                 return Err(Status::invalid_argument(
                     "tidemark does not support bound parameters yet: write the values into the SQL text",
@@ -479,11 +572,17 @@ impl FlightSqlService for TidemarkFlightSql {
     async fn do_handshake(
         &self,
         request: Request<Streaming<HandshakeRequest>>,
-    ) -> Result<Response<Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>>, Status> {
+    ) -> Result<
+        Response<Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>>,
+        Status,
+    > {
         let token = presented_token(&request)?;
-        let response = HandshakeResponse { protocol_version: 0, payload: Bytes::new() };
-        let mut response =
-            Response::new(Box::pin(futures::stream::iter([Ok(response)])) as Pin<Box<dyn Stream<Item = _> + Send>>);
+        let response = HandshakeResponse {
+            protocol_version: 0,
+            payload: Bytes::new(),
+        };
+        let mut response = Response::new(Box::pin(futures::stream::iter([Ok(response)]))
+            as Pin<Box<dyn Stream<Item = _> + Send>>);
         if let Some(token) = token {
             let value = format!("Bearer {token}")
                 .parse()
@@ -502,8 +601,14 @@ impl FlightSqlService for TidemarkFlightSql {
     ) -> Result<Response<FlightInfo>, Status> {
         refuse_transaction(&query.transaction_id)?;
         let schema = result_schema(&self.state, &query.query, &caller(&request)).await?;
-        let ticket = TicketStatementQuery { statement_handle: Bytes::from(query.query) };
-        flight_info(&schema, ticket.as_any().encode_to_vec().into(), request.into_inner())
+        let ticket = TicketStatementQuery {
+            statement_handle: Bytes::from(query.query),
+        };
+        flight_info(
+            &schema,
+            ticket.as_any().encode_to_vec().into(),
+            request.into_inner(),
+        )
     }
 
     async fn do_get_statement(
@@ -521,7 +626,9 @@ impl FlightSqlService for TidemarkFlightSql {
         _query: CommandStatementSubstraitPlan,
         _request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        Err(Status::unimplemented("tidemark runs SQL text, not Substrait plans"))
+        Err(Status::unimplemented(
+            "tidemark runs SQL text, not Substrait plans",
+        ))
     }
 
     async fn do_put_statement_update(
@@ -549,7 +656,9 @@ impl FlightSqlService for TidemarkFlightSql {
         _command: CommandStatementSubstraitPlan,
         _request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
-        Err(Status::unimplemented("tidemark runs SQL text, not Substrait plans"))
+        Err(Status::unimplemented(
+            "tidemark runs SQL text, not Substrait plans",
+        ))
     }
 
     // -- prepared statements ----------------------------------------------------------------
@@ -574,9 +683,16 @@ impl FlightSqlService for TidemarkFlightSql {
         command: CommandPreparedStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let text = sql_text(&command.prepared_statement_handle, "prepared statement handle")?;
+        let text = sql_text(
+            &command.prepared_statement_handle,
+            "prepared statement handle",
+        )?;
         let schema = result_schema(&self.state, &text, &caller(&request)).await?;
-        flight_info(&schema, command.as_any().encode_to_vec().into(), request.into_inner())
+        flight_info(
+            &schema,
+            command.as_any().encode_to_vec().into(),
+            request.into_inner(),
+        )
     }
 
     async fn do_get_prepared_statement(
@@ -584,7 +700,10 @@ impl FlightSqlService for TidemarkFlightSql {
         command: CommandPreparedStatementQuery,
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        let text = sql_text(&command.prepared_statement_handle, "prepared statement handle")?;
+        let text = sql_text(
+            &command.prepared_statement_handle,
+            "prepared statement handle",
+        )?;
         consistency(&self.state, &request).await?;
         execute(&self.state, &text, &caller(&request)).await
     }
@@ -594,9 +713,14 @@ impl FlightSqlService for TidemarkFlightSql {
         command: CommandPreparedStatementQuery,
         request: Request<PeekableFlightDataStream>,
     ) -> Result<DoPutPreparedStatementResult, Status> {
-        sql_text(&command.prepared_statement_handle, "prepared statement handle")?;
+        sql_text(
+            &command.prepared_statement_handle,
+            "prepared statement handle",
+        )?;
         refuse_parameters(request).await?;
-        Ok(DoPutPreparedStatementResult { prepared_statement_handle: Some(command.prepared_statement_handle) })
+        Ok(DoPutPreparedStatementResult {
+            prepared_statement_handle: Some(command.prepared_statement_handle),
+        })
     }
 
     async fn do_put_prepared_statement_update(
@@ -604,7 +728,10 @@ impl FlightSqlService for TidemarkFlightSql {
         command: CommandPreparedStatementUpdate,
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
-        let text = sql_text(&command.prepared_statement_handle, "prepared statement handle")?;
+        let text = sql_text(
+            &command.prepared_statement_handle,
+            "prepared statement handle",
+        )?;
         refuse_update(&self.state, &text, &caller(&request)).await
     }
 
@@ -622,7 +749,9 @@ impl FlightSqlService for TidemarkFlightSql {
         _query: ActionCreatePreparedSubstraitPlanRequest,
         _request: Request<Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
-        Err(Status::unimplemented("tidemark runs SQL text, not Substrait plans"))
+        Err(Status::unimplemented(
+            "tidemark runs SQL text, not Substrait plans",
+        ))
     }
 
     // -- catalog metadata -------------------------------------------------------------------
@@ -686,7 +815,10 @@ impl FlightSqlService for TidemarkFlightSql {
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
         let schema = query.clone().into_builder().schema();
-        encode_batch(schema, get_tables(&self.state, query, &crate::scope_of(&caller(&request))))
+        encode_batch(
+            schema,
+            get_tables(&self.state, query, &crate::scope_of(&caller(&request))),
+        )
     }
 
     async fn get_flight_info_table_types(
@@ -819,7 +951,9 @@ impl FlightSqlService for TidemarkFlightSql {
         _query: ActionBeginTransactionRequest,
         _request: Request<Action>,
     ) -> Result<ActionBeginTransactionResult, Status> {
-        Err(Status::unimplemented("tidemark has no transactions: every query reads its own consistent snapshot"))
+        Err(Status::unimplemented(
+            "tidemark has no transactions: every query reads its own consistent snapshot",
+        ))
     }
 
     async fn do_action_end_transaction(
@@ -827,7 +961,9 @@ impl FlightSqlService for TidemarkFlightSql {
         _query: ActionEndTransactionRequest,
         _request: Request<Action>,
     ) -> Result<(), Status> {
-        Err(Status::unimplemented("tidemark has no transactions: every query reads its own consistent snapshot"))
+        Err(Status::unimplemented(
+            "tidemark has no transactions: every query reads its own consistent snapshot",
+        ))
     }
 
     async fn do_action_begin_savepoint(
@@ -835,7 +971,9 @@ impl FlightSqlService for TidemarkFlightSql {
         _query: ActionBeginSavepointRequest,
         _request: Request<Action>,
     ) -> Result<ActionBeginSavepointResult, Status> {
-        Err(Status::unimplemented("tidemark has no transactions or savepoints"))
+        Err(Status::unimplemented(
+            "tidemark has no transactions or savepoints",
+        ))
     }
 
     async fn do_action_end_savepoint(
@@ -843,7 +981,9 @@ impl FlightSqlService for TidemarkFlightSql {
         _query: ActionEndSavepointRequest,
         _request: Request<Action>,
     ) -> Result<(), Status> {
-        Err(Status::unimplemented("tidemark has no transactions or savepoints"))
+        Err(Status::unimplemented(
+            "tidemark has no transactions or savepoints",
+        ))
     }
 
     async fn do_action_cancel_query(
@@ -851,7 +991,9 @@ impl FlightSqlService for TidemarkFlightSql {
         _query: ActionCancelQueryRequest,
         _request: Request<Action>,
     ) -> Result<ActionCancelQueryResult, Status> {
-        Err(Status::unimplemented("CancelQuery is not supported: close the DoGet stream to stop a query"))
+        Err(Status::unimplemented(
+            "CancelQuery is not supported: close the DoGet stream to stop a query",
+        ))
     }
 
     async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}

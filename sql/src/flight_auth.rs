@@ -22,8 +22,12 @@ pub trait Authenticator: Send + Sync + std::fmt::Debug {
 
 /// The key a request presents, from its `authorization` metadata.
 pub fn presented_token<T>(request: &Request<T>) -> Result<Option<String>, Status> {
-    let Some(value) = request.metadata().get("authorization") else { return Ok(None) };
-    let value = value.to_str().map_err(|_| Status::unauthenticated("the authorization header is not ASCII"))?;
+    let Some(value) = request.metadata().get("authorization") else {
+        return Ok(None);
+    };
+    let value = value
+        .to_str()
+        .map_err(|_| Status::unauthenticated("the authorization header is not ASCII"))?;
     token_of(value)
 }
 
@@ -38,12 +42,16 @@ fn token_of(value: &str) -> Result<Option<String>, Status> {
         let bytes = base64::engine::general_purpose::STANDARD_NO_PAD
             .decode(rest.trim().trim_end_matches('='))
             .map_err(|_| Status::unauthenticated("basic credentials are not valid base64"))?;
-        let text = String::from_utf8(bytes).map_err(|_| Status::unauthenticated("basic credentials are not UTF-8"))?;
-        let (_user, password) =
-            text.split_once(':').ok_or_else(|| Status::unauthenticated("basic credentials must be user:password"))?;
+        let text = String::from_utf8(bytes)
+            .map_err(|_| Status::unauthenticated("basic credentials are not UTF-8"))?;
+        let (_user, password) = text
+            .split_once(':')
+            .ok_or_else(|| Status::unauthenticated("basic credentials must be user:password"))?;
         return Ok(Some(password.to_string()));
     }
-    Err(Status::unauthenticated("the authorization header must be `Bearer <API key>` or basic credentials"))
+    Err(Status::unauthenticated(
+        "the authorization header must be `Bearer <API key>` or basic credentials",
+    ))
 }
 
 /// The interceptor in front of every Flight SQL call.
@@ -52,14 +60,18 @@ pub struct FlightAuth(pub Option<Arc<dyn Authenticator>>);
 
 impl tonic::service::Interceptor for FlightAuth {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        let Some(auth) = &self.0 else { return Ok(request) };
+        let Some(auth) = &self.0 else {
+            return Ok(request);
+        };
         let token = presented_token(&request)?;
         let principal = auth.authenticate(token.as_deref()).map_err(|denied| {
             auth.refused();
             Status::unauthenticated(denied.to_string())
         })?;
         if !principal.allows(Action::Query) {
-            return Err(Status::permission_denied(principal.forbidden(Action::Query)));
+            return Err(Status::permission_denied(
+                principal.forbidden(Action::Query),
+            ));
         }
         request.extensions_mut().insert(principal);
         Ok(request)
@@ -80,16 +92,24 @@ pub struct DelayRefusals<S> {
 
 /// Whether `headers` present a key this node does not know (yet).
 fn unknown_key(auth: &dyn Authenticator, headers: &tonic::codegen::http::HeaderMap) -> bool {
-    let Some(value) = headers.get("authorization").and_then(|v| v.to_str().ok()) else { return false };
-    let Ok(Some(token)) = token_of(value) else { return false };
-    matches!(auth.authenticate(Some(&token)), Err(Denied::UnknownKey { .. }))
+    let Some(value) = headers.get("authorization").and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let Ok(Some(token)) = token_of(value) else {
+        return false;
+    };
+    matches!(
+        auth.authenticate(Some(&token)),
+        Err(Denied::UnknownKey { .. })
+    )
 }
 
 impl<S: tonic::server::NamedService> tonic::server::NamedService for DelayRefusals<S> {
     const NAME: &'static str = S::NAME;
 }
 
-impl<S, ReqBody, ResBody> tonic::codegen::Service<tonic::codegen::http::Request<ReqBody>> for DelayRefusals<S>
+impl<S, ReqBody, ResBody> tonic::codegen::Service<tonic::codegen::http::Request<ReqBody>>
+    for DelayRefusals<S>
 where
     S: tonic::codegen::Service<
             tonic::codegen::http::Request<ReqBody>,
@@ -104,23 +124,34 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
 
-    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: tonic::codegen::http::Request<ReqBody>) -> Self::Future {
         let delay = self.delay;
         let barrier = match &self.catch_up {
-            Some((auth, barrier)) if unknown_key(auth.as_ref(), request.headers()) => Some(barrier.clone()),
+            Some((auth, barrier)) if unknown_key(auth.as_ref(), request.headers()) => {
+                Some(barrier.clone())
+            }
             _ => None,
         };
         let Some(barrier) = barrier else {
             let answer = self.inner.call(request);
             return Box::pin(async move {
                 let response = answer.await?;
-                if response.headers().get("grpc-status").is_some_and(|v| v.as_bytes() == b"16") {
+                if response
+                    .headers()
+                    .get("grpc-status")
+                    .is_some_and(|v| v.as_bytes() == b"16")
+                {
                     tokio::time::sleep(delay).await;
                 }
                 Ok(response)
@@ -132,7 +163,11 @@ where
         Box::pin(async move {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(2), barrier.wait()).await;
             let response = inner.call(request).await?;
-            if response.headers().get("grpc-status").is_some_and(|v| v.as_bytes() == b"16") {
+            if response
+                .headers()
+                .get("grpc-status")
+                .is_some_and(|v| v.as_bytes() == b"16")
+            {
                 tokio::time::sleep(delay).await;
             }
             Ok(response)
@@ -156,7 +191,11 @@ mod tests {
     impl Authenticator for Lagging {
         fn authenticate(&self, _token: Option<&str>) -> Result<Principal, Denied> {
             if self.0.load(Ordering::SeqCst) {
-                Ok(Principal::Key { id: "k".into(), role: Role::Analyst, scope: Default::default() })
+                Ok(Principal::Key {
+                    id: "k".into(),
+                    role: Role::Analyst,
+                    scope: Default::default(),
+                })
             } else {
                 Err(Denied::UnknownKey { id: "k".into() })
             }
@@ -182,12 +221,17 @@ mod tests {
         type Error = std::convert::Infallible;
         type Future = std::future::Ready<Result<HttpResponse<bool>, std::convert::Infallible>>;
 
-        fn poll_ready(&mut self, _cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        fn poll_ready(
+            &mut self,
+            _cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), Self::Error>> {
             std::task::Poll::Ready(Ok(()))
         }
 
         fn call(&mut self, _request: HttpRequest<()>) -> Self::Future {
-            std::future::ready(Ok(HttpResponse::new(self.0.authenticate(Some("x")).is_ok())))
+            std::future::ready(Ok(HttpResponse::new(
+                self.0.authenticate(Some("x")).is_ok(),
+            )))
         }
     }
 
@@ -197,10 +241,16 @@ mod tests {
         let mut service = DelayRefusals {
             inner: Probe(auth.clone()),
             delay: std::time::Duration::ZERO,
-            catch_up: Some((auth.clone() as Arc<dyn Authenticator>, Arc::new(CatchUp(auth.clone())) as _)),
+            catch_up: Some((
+                auth.clone() as Arc<dyn Authenticator>,
+                Arc::new(CatchUp(auth.clone())) as _,
+            )),
         };
         let token = format!("Bearer tmk_aaaaaaaaaaaa_{}", "0".repeat(64));
-        let request = HttpRequest::builder().header("authorization", token).body(()).expect("request");
+        let request = HttpRequest::builder()
+            .header("authorization", token)
+            .body(())
+            .expect("request");
         let known = service.call(request).await.expect("answer").into_body();
         assert!(known, "the check ran after catching up");
     }

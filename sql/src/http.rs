@@ -30,7 +30,9 @@ use crate::{Error, SqlState};
 pub const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
 
 pub fn router(state: SqlState) -> Router {
-    Router::new().route("/v1/sql", post(sql_handler)).with_state(state)
+    Router::new()
+        .route("/v1/sql", post(sql_handler))
+        .with_state(state)
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -39,7 +41,11 @@ struct SqlRequest {
 }
 
 fn error_response(status: StatusCode, message: String) -> Response {
-    (status, [(header::CONTENT_TYPE, "application/json")], serde_json::json!({ "error": message }).to_string())
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::json!({ "error": message }).to_string(),
+    )
         .into_response()
 }
 
@@ -76,18 +82,29 @@ async fn sql_handler(
     } else {
         match String::from_utf8(body.to_vec()) {
             Ok(s) => s,
-            Err(_) => return error_response(StatusCode::BAD_REQUEST, "the SQL text is not UTF-8".into()),
+            Err(_) => {
+                return error_response(StatusCode::BAD_REQUEST, "the SQL text is not UTF-8".into());
+            }
         }
     };
     if text.trim().is_empty() {
         return error_response(StatusCode::BAD_REQUEST, "no SQL statement given".into());
     }
-    let asked = headers.get(crate::CONSISTENCY_HEADER).map(|v| v.to_str().unwrap_or("(not text)"));
+    let asked = headers
+        .get(crate::CONSISTENCY_HEADER)
+        .map(|v| v.to_str().unwrap_or("(not text)"));
     if let Err(e) = crate::consistency(&state, asked).await {
-        let status = if e.is_user_error() { StatusCode::BAD_REQUEST } else { StatusCode::SERVICE_UNAVAILABLE };
+        let status = if e.is_user_error() {
+            StatusCode::BAD_REQUEST
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
         return error_response(status, e.to_string());
     }
-    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("application/json");
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json");
     let format = Format::from_accept(accept);
     let caller = caller.map_or(Principal::Anonymous, |Extension(p)| p);
     let mut answer = match Answer::start(&state, &text, &caller).await {
@@ -107,24 +124,44 @@ async fn sql_handler(
         Ok(e) => e,
         Err(e) => return refusal(e),
     };
-    let body = Streamed { answer, encoder, first, sent: 0, opening: Some(opening), done: false };
+    let body = Streamed {
+        answer,
+        encoder,
+        first,
+        sent: 0,
+        opening: Some(opening),
+        done: false,
+    };
     let stream = futures::stream::unfold(body, |mut body| async move {
         let chunk = body.next_chunk().await?;
         Some((chunk, body))
     });
-    (StatusCode::OK, [(header::CONTENT_TYPE, format.content_type())], Body::from_stream(stream)).into_response()
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, format.content_type())],
+        Body::from_stream(stream),
+    )
+        .into_response()
 }
 
 fn refusal(e: Error) -> Response {
     match e {
-        Error::Limit { limit: limit @ (Limit::NodeMemory | Limit::Concurrency), message } => {
+        Error::Limit {
+            limit: limit @ (Limit::NodeMemory | Limit::Concurrency),
+            message,
+        } => {
             let mut r = error_response(limit_status(limit), message);
-            r.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
             r
         }
         Error::Limit { limit, message } => error_response(limit_status(limit), message),
         e => {
-            let status = if e.is_user_error() { StatusCode::BAD_REQUEST } else { StatusCode::INTERNAL_SERVER_ERROR };
+            let status = if e.is_user_error() {
+                StatusCode::BAD_REQUEST
+            } else {
+                StatusCode::INTERNAL_SERVER_ERROR
+            };
             error_response(status, e.to_string())
         }
     }
@@ -219,9 +256,14 @@ impl Format {
 /// come out as their values); CSV has a header line even when there are no rows; Arrow IPC
 /// has the wire types Flight SQL sends (`wire.rs`).
 enum Encoder {
-    Json { rows_written: bool },
+    Json {
+        rows_written: bool,
+    },
     Csv,
-    Arrow { writer: Box<StreamWriter<Vec<u8>>>, schema: SchemaRef },
+    Arrow {
+        writer: Box<StreamWriter<Vec<u8>>>,
+        schema: SchemaRef,
+    },
 }
 
 fn encode_error(e: impl std::fmt::Display) -> Error {
@@ -232,7 +274,12 @@ impl Encoder {
     /// The encoder and the bytes that open the answer.
     fn new(format: Format, schema: &SchemaRef) -> Result<(Encoder, Vec<u8>), Error> {
         Ok(match format {
-            Format::Json => (Encoder::Json { rows_written: false }, b"[".to_vec()),
+            Format::Json => (
+                Encoder::Json {
+                    rows_written: false,
+                },
+                b"[".to_vec(),
+            ),
             Format::Csv => {
                 let mut out = Vec::new();
                 WriterBuilder::new()
@@ -246,7 +293,13 @@ impl Encoder {
                 let schema = wire_schema(schema);
                 let mut w = StreamWriter::try_new(Vec::new(), &schema).map_err(encode_error)?;
                 let opening = std::mem::take(w.get_mut());
-                (Encoder::Arrow { writer: Box::new(w), schema }, opening)
+                (
+                    Encoder::Arrow {
+                        writer: Box::new(w),
+                        schema,
+                    },
+                    opening,
+                )
             }
         })
     }
@@ -281,11 +334,17 @@ impl Encoder {
             }
             Encoder::Csv => {
                 let mut out = Vec::new();
-                WriterBuilder::new().with_header(false).build(&mut out).write(batch).map_err(encode_error)?;
+                WriterBuilder::new()
+                    .with_header(false)
+                    .build(&mut out)
+                    .write(batch)
+                    .map_err(encode_error)?;
                 Ok(out)
             }
             Encoder::Arrow { writer, schema } => {
-                writer.write(&to_wire(batch, schema).map_err(encode_error)?).map_err(encode_error)?;
+                writer
+                    .write(&to_wire(batch, schema).map_err(encode_error)?)
+                    .map_err(encode_error)?;
                 Ok(std::mem::take(writer.get_mut()))
             }
         }
@@ -308,11 +367,14 @@ impl Encoder {
     fn fail(&mut self, e: &Error) -> Option<Vec<u8>> {
         match self {
             Encoder::Json { rows_written } => {
-                let record = serde_json::json!({ "error": e.to_string(), "truncated": true }).to_string();
+                let record =
+                    serde_json::json!({ "error": e.to_string(), "truncated": true }).to_string();
                 let comma = if *rows_written { "," } else { "" };
                 Some(format!("{comma}{record}]").into_bytes())
             }
-            Encoder::Csv => Some(format!("#error (truncated): {}\n", e.to_string().replace('\n', " ")).into_bytes()),
+            Encoder::Csv => Some(
+                format!("#error (truncated): {}\n", e.to_string().replace('\n', " ")).into_bytes(),
+            ),
             Encoder::Arrow { .. } => None,
         }
     }

@@ -76,7 +76,10 @@ pub enum Error {
     Consistency(String),
 
     #[error("{message}")]
-    Limit { limit: limits::Limit, message: String },
+    Limit {
+        limit: limits::Limit,
+        message: String,
+    },
 }
 
 impl Error {
@@ -95,7 +98,11 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// everything.
 pub fn scope_of(caller: &Principal) -> Scope {
     match caller {
-        Principal::Key { role: Role::MerchantReader, scope, .. } => Scope::tenants(scope.tenants.iter().cloned()),
+        Principal::Key {
+            role: Role::MerchantReader,
+            scope,
+            ..
+        } => Scope::tenants(scope.tenants.iter().cloned()),
         Principal::Key { .. } | Principal::Anonymous | Principal::Node => Scope::All,
     }
 }
@@ -103,12 +110,25 @@ pub fn scope_of(caller: &Principal) -> Scope {
 /// Plans one read-only statement for `caller`, within the node's query limits and the
 /// caller's scope. Placeholders are refused here, at planning, because nothing could bind
 /// them later and DataFusion would only fail at execution with a less helpful message.
-pub async fn plan(state: &SqlState, text: &str, caller: &Principal) -> Result<datafusion::dataframe::DataFrame> {
+pub async fn plan(
+    state: &SqlState,
+    text: &str,
+    caller: &Principal,
+) -> Result<datafusion::dataframe::DataFrame> {
     let limits = state.gate.limits;
     limits.check_text(text)?;
-    let ctx = tidemark_query::new_session_with(state.source.clone(), state.gate.session(), scope_of(caller));
-    let df = tidemark_query::sql(&ctx, text).await.map_err(|e| limits.name_limit(e.into()))?;
-    let params = df.logical_plan().get_parameter_types().map_err(tidemark_query::Error::from)?;
+    let ctx = tidemark_query::new_session_with(
+        state.source.clone(),
+        state.gate.session(),
+        scope_of(caller),
+    );
+    let df = tidemark_query::sql(&ctx, text)
+        .await
+        .map_err(|e| limits.name_limit(e.into()))?;
+    let params = df
+        .logical_plan()
+        .get_parameter_types()
+        .map_err(tidemark_query::Error::from)?;
     if !params.is_empty() {
         let mut names: Vec<&str> = params.keys().map(String::as_str).collect();
         names.sort_unstable();

@@ -103,12 +103,16 @@ impl QueryLimits {
 
     /// Turns DataFusion's refusals that come from a limit into errors naming it.
     pub fn name_limit(&self, e: Error) -> Error {
-        let Error::Query(tidemark_query::Error::DataFusion(df)) = &e else { return e };
+        let Error::Query(tidemark_query::Error::DataFusion(df)) = &e else {
+            return e;
+        };
         // DataFusion reports a full spill directory as an I/O error naming its own setting
         // (matched on the error's kind too: a planning error can quote the user's text).
         let spill_full = |m: &str| m.contains("max_temp_directory_size");
         let full = match df.find_root() {
-            DataFusionError::ArrowError(e, _) => matches!(e.as_ref(), ArrowError::IoError(m, _) if spill_full(m)),
+            DataFusionError::ArrowError(e, _) => {
+                matches!(e.as_ref(), ArrowError::IoError(m, _) if spill_full(m))
+            }
             DataFusionError::IoError(e) => spill_full(&e.to_string()),
             DataFusionError::ResourcesExhausted(m) | DataFusionError::Execution(m) => spill_full(m),
             _ => false,
@@ -123,11 +127,19 @@ impl QueryLimits {
         }
         match df.find_root() {
             DataFusionError::ResourcesExhausted(detail) if detail.contains(NODE_SETTING) => {
-                Error::Limit { limit: Limit::NodeMemory, message: node_full_message(detail) }
+                Error::Limit {
+                    limit: Limit::NodeMemory,
+                    message: node_full_message(detail),
+                }
             }
             // A capped function's refusal already names its setting.
-            DataFusionError::ResourcesExhausted(detail) if detail.contains(tidemark_query::capped::SETTING) => {
-                Error::Limit { limit: Limit::Memory, message: detail.clone() }
+            DataFusionError::ResourcesExhausted(detail)
+                if detail.contains(tidemark_query::capped::SETTING) =>
+            {
+                Error::Limit {
+                    limit: Limit::Memory,
+                    message: detail.clone(),
+                }
             }
             DataFusionError::ResourcesExhausted(detail) => Error::Limit {
                 limit: Limit::Memory,
@@ -137,10 +149,17 @@ impl QueryLimits {
                     self.query_memory_bytes_max
                 ),
             },
-            DataFusionError::SQL(inner, _) if inner.to_string().contains("recursion limit exceeded") => Error::Limit {
-                limit: Limit::Nesting,
-                message: format!("the SQL nests deeper than {} levels (limits.sql_nesting_max)", self.sql_nesting_max),
-            },
+            DataFusionError::SQL(inner, _)
+                if inner.to_string().contains("recursion limit exceeded") =>
+            {
+                Error::Limit {
+                    limit: Limit::Nesting,
+                    message: format!(
+                        "the SQL nests deeper than {} levels (limits.sql_nesting_max)",
+                        self.sql_nesting_max
+                    ),
+                }
+            }
             _ => e,
         }
     }
@@ -159,7 +178,10 @@ impl QueryLimits {
                 self.result_bytes_max
             ),
         };
-        Error::Limit { limit: Limit::ResultSize, message }
+        Error::Limit {
+            limit: Limit::ResultSize,
+            message,
+        }
     }
 }
 
@@ -210,15 +232,28 @@ impl Drop for Slot {
 impl QueryGate {
     pub fn new(limits: QueryLimits) -> Arc<QueryGate> {
         let node_memory = NodeMemory::new(limits.node_query_memory_bytes_max);
-        Arc::new(QueryGate { limits, node_memory, spill: None, running: Mutex::new(HashMap::new()) })
+        Arc::new(QueryGate {
+            limits,
+            node_memory,
+            spill: None,
+            running: Mutex::new(HashMap::new()),
+        })
     }
 
     /// A gate whose queries spill into `dir` (under the node's data directory, created when
     /// first needed), at most `bytes_max` for all of them together; a query that would
     /// spill more fails naming the setting.
-    pub fn with_spill(limits: QueryLimits, dir: std::path::PathBuf, bytes_max: u64) -> Result<Arc<QueryGate>, Error> {
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| Error::BadRequest(format!("cannot create the spill directory {}: {e}", dir.display())))?;
+    pub fn with_spill(
+        limits: QueryLimits,
+        dir: std::path::PathBuf,
+        bytes_max: u64,
+    ) -> Result<Arc<QueryGate>, Error> {
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            Error::BadRequest(format!(
+                "cannot create the spill directory {}: {e}",
+                dir.display()
+            ))
+        })?;
         let spill = DiskManagerBuilder::default()
             .with_mode(DiskManagerMode::Directories(vec![dir]))
             .with_max_temp_directory_size(bytes_max)
@@ -247,18 +282,33 @@ impl QueryGate {
     /// The gate's gauges in Prometheus text format: running queries, the memory they hold
     /// and the node's budget.
     pub fn render_metrics(&self) -> String {
-        let running: usize = self.running.lock().unwrap_or_else(|p| p.into_inner()).values().sum();
+        let running: usize = self
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .sum();
         let mut out = String::new();
         for (name, help, value) in [
-            ("tidemark_queries_running", "SQL queries running (planning or streaming their answer).", running),
-            ("tidemark_query_memory_bytes", "Bytes the running queries' operators hold.", self.node_memory.used()),
+            (
+                "tidemark_queries_running",
+                "SQL queries running (planning or streaming their answer).",
+                running,
+            ),
+            (
+                "tidemark_query_memory_bytes",
+                "Bytes the running queries' operators hold.",
+                self.node_memory.used(),
+            ),
             (
                 "tidemark_query_memory_limit_bytes",
                 "The node's budget for query memory (limits.node_query_memory_bytes_max).",
                 self.node_memory.limit(),
             ),
         ] {
-            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"));
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"
+            ));
         }
         out
     }
@@ -269,7 +319,10 @@ impl QueryGate {
         if self.node_memory.is_full() {
             return Err(Error::Limit {
                 limit: Limit::NodeMemory,
-                message: tidemark_query::memory::node_full(self.node_memory.used(), self.node_memory.limit()),
+                message: tidemark_query::memory::node_full(
+                    self.node_memory.used(),
+                    self.node_memory.limit(),
+                ),
             });
         }
         let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
@@ -283,7 +336,10 @@ impl QueryGate {
             });
         }
         *n += 1;
-        Ok(Slot { gate: self.clone(), key: key.to_string() })
+        Ok(Slot {
+            gate: self.clone(),
+            key: key.to_string(),
+        })
     }
 }
 
@@ -293,10 +349,17 @@ mod tests {
 
     #[test]
     fn a_key_runs_at_most_its_limit_and_a_finished_query_frees_its_place() {
-        let gate = QueryGate::new(QueryLimits { concurrent_queries_per_key: 2, ..QueryLimits::default() });
+        let gate = QueryGate::new(QueryLimits {
+            concurrent_queries_per_key: 2,
+            ..QueryLimits::default()
+        });
         let a = gate.enter("key:a").expect("first");
         let _b = gate.enter("key:a").expect("second");
-        let err = gate.enter("key:a").err().map(|e| e.to_string()).unwrap_or_default();
+        let err = gate
+            .enter("key:a")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert_eq!(
             err,
             "key:a already runs 2 queries, the limit (limits.concurrent_queries_per_key); retry when one ends"
@@ -308,9 +371,19 @@ mod tests {
 
     #[test]
     fn oversized_sql_is_refused_naming_the_setting() {
-        let limits = QueryLimits { sql_bytes_max: 10, ..QueryLimits::default() };
+        let limits = QueryLimits {
+            sql_bytes_max: 10,
+            ..QueryLimits::default()
+        };
         assert!(limits.check_text("SELECT 1").is_ok());
-        let err = limits.check_text("SELECT 1 + 1 + 1").err().map(|e| e.to_string()).unwrap_or_default();
-        assert_eq!(err, "the SQL text is 16 bytes, above the limit of 10 (limits.sql_bytes_max)");
+        let err = limits
+            .check_text("SELECT 1 + 1 + 1")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert_eq!(
+            err,
+            "the SQL text is 16 bytes, above the limit of 10 (limits.sql_bytes_max)"
+        );
     }
 }

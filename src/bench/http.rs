@@ -38,10 +38,16 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
         bail!("--clients and --batch must be positive");
     }
     // Bodies are made before the clock starts, so the tool measures the node, not itself.
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as i64;
     let bodies: Vec<Vec<u8>> = (0..args.clients * 8)
         .map(|i| {
-            let mut t = Traffic::new(&TrafficConfig { seed: 7 + i as u64, merchants: args.merchants, skew: 1.1 });
+            let mut t = Traffic::new(&TrafficConfig {
+                seed: 7 + i as u64,
+                merchants: args.merchants,
+                skew: 1.1,
+            });
             let mut body = Vec::with_capacity(args.batch * 220);
             for b in t.batch(now - 600_000, 600_000, args.batch) {
                 body.extend_from_slice(b.to_json().to_string().as_bytes());
@@ -58,7 +64,12 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
     let started = Instant::now();
     let mut threads = Vec::new();
     for c in 0..args.clients {
-        let (bodies, latencies, failures, stop) = (bodies.clone(), latencies.clone(), failures.clone(), stop.clone());
+        let (bodies, latencies, failures, stop) = (
+            bodies.clone(),
+            latencies.clone(),
+            failures.clone(),
+            stop.clone(),
+        );
         let client = Client::new(&args.url);
         let path = format!("/v1/beacons/{}", args.datasource);
         threads.push(std::thread::spawn(move || {
@@ -66,14 +77,25 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
             let mut mine = Vec::new();
             while !stop.load(Ordering::Relaxed) {
                 let t = Instant::now();
-                let r = client.send("POST", &path, "application/x-ndjson", &[], &bodies[i % bodies.len()]);
+                let r = client.send(
+                    "POST",
+                    &path,
+                    "application/x-ndjson",
+                    &[],
+                    &bodies[i % bodies.len()],
+                );
                 match r {
-                    Ok(reply) if reply.status == 200 => mine.push(t.elapsed().as_secs_f64() * 1000.0),
+                    Ok(reply) if reply.status == 200 => {
+                        mine.push(t.elapsed().as_secs_f64() * 1000.0)
+                    }
                     _ => *failures.lock().unwrap_or_else(|p| p.into_inner()) += 1,
                 }
                 i += 1;
             }
-            latencies.lock().unwrap_or_else(|p| p.into_inner()).extend(mine);
+            latencies
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(mine);
         }));
     }
     std::thread::sleep(Duration::from_secs(args.seconds));

@@ -75,12 +75,18 @@ fn codec(name: &str) -> Result<u8> {
 /// Prepared batches per partition: beacons keyed by merchant, placed by murmur2 as a Kafka
 /// client's default partitioner would.
 fn prepare(args: &ProduceArgs, codec: u8) -> Result<(Vec<Vec<Vec<u8>>>, u64)> {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as i64;
     let parts = args.partitions as usize;
     let mut pending: Vec<Vec<Record>> = vec![Vec::new(); parts];
     let mut pool: Vec<Vec<Vec<u8>>> = vec![Vec::new(); parts];
     let mut raw_bytes = 0u64;
-    let mut traffic = Traffic::new(&TrafficConfig { seed: 11, merchants: args.merchants, skew: 1.1 });
+    let mut traffic = Traffic::new(&TrafficConfig {
+        seed: 11,
+        merchants: args.merchants,
+        skew: 1.1,
+    });
     while pool.iter().any(|p| p.len() < args.pool) {
         for b in traffic.batch(now - 3_600_000, 3_600_000, 10_000) {
             let p = partition_for_key(b.merchant_id.as_bytes(), args.partitions) as usize;
@@ -112,7 +118,12 @@ struct Tally {
     errors: Vec<String>,
 }
 
-fn producer(args: &ProduceArgs, pool: &[Vec<Vec<u8>>], stop: &AtomicBool, tally: &Mutex<Tally>) -> Result<()> {
+fn producer(
+    args: &ProduceArgs,
+    pool: &[Vec<Vec<u8>>],
+    stop: &AtomicBool,
+    tally: &Mutex<Tally>,
+) -> Result<()> {
     let mut conn = KafkaConn::connect(&args.kafka)?;
     let (pid, epoch) = conn.init_producer_id()?;
     let per_thread_rate = args.rate as f64 / args.connections as f64;
@@ -155,7 +166,10 @@ fn producer(args: &ProduceArgs, pool: &[Vec<Vec<u8>>], stop: &AtomicBool, tally:
             } else {
                 mine.failed += 1;
                 if mine.errors.len() < 3 {
-                    mine.errors.push(format!("partition {} error {}", ack.partition, ack.error_code));
+                    mine.errors.push(format!(
+                        "partition {} error {}",
+                        ack.partition, ack.error_code
+                    ));
                 }
             }
         }
@@ -169,7 +183,12 @@ fn producer(args: &ProduceArgs, pool: &[Vec<Vec<u8>>], stop: &AtomicBool, tally:
 }
 
 pub(crate) fn run(args: &ProduceArgs) -> Result<()> {
-    if args.connections == 0 || args.batch == 0 || args.in_flight == 0 || args.partitions == 0 || args.pool == 0 {
+    if args.connections == 0
+        || args.batch == 0
+        || args.in_flight == 0
+        || args.partitions == 0
+        || args.pool == 0
+    {
         bail!("--connections, --in-flight, --batch, --partitions and --pool must be positive");
     }
     let codec = codec(&args.codec)?;
@@ -186,11 +205,16 @@ pub(crate) fn run(args: &ProduceArgs) -> Result<()> {
     let pool = Arc::new(pool);
     let stop = Arc::new(AtomicBool::new(false));
     let tally = Arc::new(Mutex::new(Tally::default()));
-    let cpu0 = args.pid.iter().map(|p| cpu_seconds(*p)).collect::<Result<Vec<f64>>>()?;
+    let cpu0 = args
+        .pid
+        .iter()
+        .map(|p| cpu_seconds(*p))
+        .collect::<Result<Vec<f64>>>()?;
     let started = Instant::now();
     let threads: Vec<_> = (0..args.connections)
         .map(|_| {
-            let (args, pool, stop, tally) = (args.clone(), pool.clone(), stop.clone(), tally.clone());
+            let (args, pool, stop, tally) =
+                (args.clone(), pool.clone(), stop.clone(), tally.clone());
             std::thread::spawn(move || producer(&args, &pool, &stop, &tally))
         })
         .collect();
@@ -219,7 +243,11 @@ pub(crate) fn run(args: &ProduceArgs) -> Result<()> {
         args.connections,
         events / wall,
         t.failed,
-        if t.errors.is_empty() { String::new() } else { format!(": {}", t.errors.join(", ")) }
+        if t.errors.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", t.errors.join(", "))
+        }
     );
     println!(
         "ack latency per batch: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",

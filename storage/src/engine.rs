@@ -57,10 +57,14 @@ use tidemark_catalog::{Catalog, CatalogCommand, CatalogEffect, DatasourceId};
 
 use self::command::Entry;
 use crate::engine::checkpoint::{Checkpoint, DatasourceCheckpoint, PendingCheckpoint};
-use crate::engine::command::{Command, EventsCommand, InitProducerCommand, PersistCommand, PersistReason};
+use crate::engine::command::{
+    Command, EventsCommand, InitProducerCommand, PersistCommand, PersistReason,
+};
 use crate::engine::consumer_offsets::ConsumerOffsets;
 use crate::engine::datasource::DatasourceState;
-use crate::engine::idempotency::{BatchOutcome, IdempotencyWindow, PartError, PartOutcome, RejectedLine, Seen};
+use crate::engine::idempotency::{
+    BatchOutcome, IdempotencyWindow, PartError, PartOutcome, RejectedLine, Seen,
+};
 use crate::engine::producers::{ProducerStates, SequenceCheck};
 use crate::engine::rejects::RejectsTable;
 use crate::error::{Error, Result};
@@ -187,7 +191,10 @@ impl Engine {
         let mut engine = Engine {
             catalog: Catalog::default(),
             datasources: BTreeMap::new(),
-            idempotency: IdempotencyWindow::new(config.idempotency_window_ms, config.idempotency_keys_max),
+            idempotency: IdempotencyWindow::new(
+                config.idempotency_window_ms,
+                config.idempotency_keys_max,
+            ),
             rejects: RejectsTable::new(config.rejects_max),
             producers: ProducerStates::default(),
             consumer_offsets: ConsumerOffsets::default(),
@@ -207,10 +214,15 @@ impl Engine {
             obsolete: Vec::new(),
             config,
         };
-        let Some(cp) = cp else { return Ok((engine, recovery)) };
+        let Some(cp) = cp else {
+            return Ok((engine, recovery));
+        };
         engine.catalog = cp.catalog;
         engine.idempotency = cp.idempotency;
-        engine.idempotency.set_bounds(engine.config.idempotency_window_ms, engine.config.idempotency_keys_max);
+        engine.idempotency.set_bounds(
+            engine.config.idempotency_window_ms,
+            engine.config.idempotency_keys_max,
+        );
         engine.rejects = cp.rejects;
         engine.rejects.set_bound(engine.config.rejects_max);
         engine.producers = cp.producers;
@@ -223,7 +235,9 @@ impl Engine {
         engine.jobs = cp.jobs.into_iter().map(|j| (j.id, j)).collect();
         engine.copies = cp.copies;
         for dcp in cp.datasources {
-            let Some(entry) = engine.catalog.by_id(dcp.id) else { continue };
+            let Some(entry) = engine.catalog.by_id(dcp.id) else {
+                continue;
+            };
             let spec = entry.current().clone();
             let mut ds = DatasourceState::open(&engine.config, dcp.id, &spec, &mut recovery)?;
             ds.restore(dcp)?;
@@ -234,7 +248,12 @@ impl Engine {
                 .filter(|j| !copies::is_copy(&j.kind))
                 .map(|j| (j.id, j.start_ms, j.end_ms))
                 .collect();
-            let replayed = ds.rebuild_realtime(&engine.catalog, &engine.rules, cp.applied_position, &pending)?;
+            let replayed = ds.rebuild_realtime(
+                &engine.catalog,
+                &engine.rules,
+                cp.applied_position,
+                &pending,
+            )?;
             recovery.raw_batches_replayed += replayed;
             engine.datasources.insert(ds.id, ds);
         }
@@ -271,7 +290,10 @@ impl Engine {
     /// Applies one entry. Entries at or below the applied position are ignored (replay).
     pub fn apply(&mut self, entry: &Entry) -> Result<Applied> {
         if entry.position <= self.applied_position {
-            return Ok(Applied::Refused { reason: "already applied".into(), status: RefusalStatus::Conflict });
+            return Ok(Applied::Refused {
+                reason: "already applied".into(),
+                status: RefusalStatus::Conflict,
+            });
         }
         let cmd = Command::decode(entry.kind, &entry.payload)?;
         self.writer_time_ms = self.writer_time_ms.max(entry.writer_time_ms);
@@ -290,7 +312,8 @@ impl Engine {
         };
         self.applied_position = entry.position;
         self.idempotency.expire(self.writer_time_ms);
-        self.producers.expire(self.writer_time_ms, self.config.producer_idle_ms);
+        self.producers
+            .expire(self.writer_time_ms, self.config.producer_idle_ms);
         out
     }
 
@@ -304,12 +327,14 @@ impl Engine {
         if let Err(e) = self.catalog.check(cmd) {
             let status = match e.status() {
                 tidemark_catalog::StatusCode::NotFound => RefusalStatus::NotFound,
-                tidemark_catalog::StatusCode::AlreadyExists | tidemark_catalog::StatusCode::FailedPrecondition => {
-                    RefusalStatus::Conflict
-                }
+                tidemark_catalog::StatusCode::AlreadyExists
+                | tidemark_catalog::StatusCode::FailedPrecondition => RefusalStatus::Conflict,
                 _ => RefusalStatus::Invalid,
             };
-            return Ok(Applied::Refused { reason: e.to_string(), status });
+            return Ok(Applied::Refused {
+                reason: e.to_string(),
+                status,
+            });
         }
         // A spec change closes the datasource's realtime indexes under the old spec first.
         if let CatalogCommand::UpdateDatasource { spec } = cmd
@@ -368,7 +393,12 @@ impl Engine {
         Ok(Applied::Catalog(effect))
     }
 
-    fn apply_events(&mut self, position: u64, writer_time_ms: i64, cmd: EventsCommand) -> Result<Applied> {
+    fn apply_events(
+        &mut self,
+        position: u64,
+        writer_time_ms: i64,
+        cmd: EventsCommand,
+    ) -> Result<Applied> {
         let header = &cmd.header;
         let Some(entry) = self.catalog.get(&header.datasource) else {
             return Ok(Applied::Refused {
@@ -378,7 +408,12 @@ impl Engine {
         };
         let id = entry.id;
         if let Some(key) = &header.idempotency_key {
-            match self.idempotency.check(&header.datasource, header.idempotency_scope(), key, header.body_hash) {
+            match self.idempotency.check(
+                &header.datasource,
+                header.idempotency_scope(),
+                key,
+                header.body_hash,
+            ) {
                 Seen::New => {}
                 Seen::Retry(outcome) => return Ok(Applied::Retry(outcome)),
                 Seen::Conflict => {
@@ -396,9 +431,15 @@ impl Engine {
         // The domain's tag rules as of this position (none: not governed).
         let rules = self.rules.get(&self.catalog, &header.datasource, position);
         let catalog_version = self.catalog.applied_position();
-        let ds =
-            self.datasources.get_mut(&id).ok_or_else(|| Error::Internal(format!("no state for datasource {id}")))?;
-        if let Some(part) = header.parts.iter().find(|p| p.partition as usize >= ds.partition_count()) {
+        let ds = self
+            .datasources
+            .get_mut(&id)
+            .ok_or_else(|| Error::Internal(format!("no state for datasource {id}")))?;
+        if let Some(part) = header
+            .parts
+            .iter()
+            .find(|p| p.partition as usize >= ds.partition_count())
+        {
             return Ok(Applied::Refused {
                 reason: format!(
                     "partition {} does not exist; {:?} has {}",
@@ -409,18 +450,31 @@ impl Engine {
                 status: RefusalStatus::Invalid,
             });
         }
-        let mut outcome = BatchOutcome { log_position: position, ..BatchOutcome::default() };
+        let mut outcome = BatchOutcome {
+            log_position: position,
+            ..BatchOutcome::default()
+        };
         // Parts are applied in partition order, the order a restart rebuilds realtime indexes
         // in (sketch states depend on the order values arrive in); answers go back in the
         // request's order below. Every part pushes exactly one answer.
-        let mut parts: Vec<(usize, &command::EventsPart, Vec<u8>)> =
-            header.parts.iter().zip(cmd.batches).enumerate().map(|(slot, (part, batch))| (slot, part, batch)).collect();
+        let mut parts: Vec<(usize, &command::EventsPart, Vec<u8>)> = header
+            .parts
+            .iter()
+            .zip(cmd.batches)
+            .enumerate()
+            .map(|(slot, (part, batch))| (slot, part, batch))
+            .collect();
         parts.sort_by_key(|(slot, part, _)| (part.partition, *slot));
         let slots: Vec<usize> = parts.iter().map(|(slot, _, _)| *slot).collect();
         for (_, part, mut batch) in parts {
-            let cap = header.decompressed_bytes_max.map_or(record_batch::DECOMPRESSED_BYTES_CEILING, |c| {
-                usize::try_from(c).unwrap_or(usize::MAX).min(record_batch::DECOMPRESSED_BYTES_CEILING)
-            });
+            let cap = header.decompressed_bytes_max.map_or(
+                record_batch::DECOMPRESSED_BYTES_CEILING,
+                |c| {
+                    usize::try_from(c)
+                        .unwrap_or(usize::MAX)
+                        .min(record_batch::DECOMPRESSED_BYTES_CEILING)
+                },
+            );
             let (batch_header, records) = match record_batch::decode_records_capped(&batch, cap) {
                 Ok(decoded) => decoded,
                 Err(e) => {
@@ -429,7 +483,9 @@ impl Engine {
                         base_offset: -1,
                         last_offset: -1,
                         duplicate: false,
-                        error: Some(PartError::CorruptBatch { reason: e.to_string() }),
+                        error: Some(PartError::CorruptBatch {
+                            reason: e.to_string(),
+                        }),
                     });
                     continue;
                 }
@@ -457,18 +513,24 @@ impl Engine {
                     continue;
                 }
             }
-            let binding: BTreeMap<u32, &command::VerdictRecord> = part.verdicts.iter().map(|v| (v.index, v)).collect();
-            let mut verdicts: Vec<crate::raw::frame::Verdict> = part.verdicts.iter().map(Into::into).collect();
+            let binding: BTreeMap<u32, &command::VerdictRecord> =
+                part.verdicts.iter().map(|v| (v.index, v)).collect();
+            let mut verdicts: Vec<crate::raw::frame::Verdict> =
+                part.verdicts.iter().map(Into::into).collect();
             let results: Vec<_> = records
                 .iter()
                 .enumerate()
                 .map(|(i, (_, r))| {
                     if let Some(v) = binding.get(&(i as u32)) {
-                        return Err(RejectReason::Other { code: v.code, detail: v.reason.clone() });
+                        return Err(RejectReason::Other {
+                            code: v.code,
+                            detail: v.reason.clone(),
+                        });
                     }
                     let value = r.value.as_deref().unwrap_or_default();
                     if let Some(allowed) = &header.permitted_tags {
-                        let denied = denied_tags(value, allowed, &spec.timestamp.field, rules.as_deref());
+                        let denied =
+                            denied_tags(value, allowed, &spec.timestamp.field, rules.as_deref());
                         if !denied.is_empty() {
                             // A publish right, decided for this key: binding for replays.
                             let reason = RejectReason::TagsNotPermitted {
@@ -486,10 +548,16 @@ impl Engine {
                     }
                     let standardised = standardise_json(&spec, rules.as_deref(), value)?;
                     match header.future_ms_max {
-                        Some(limit) if standardised.event.time_ms > writer_time_ms.saturating_add(limit) => {
+                        Some(limit)
+                            if standardised.event.time_ms
+                                > writer_time_ms.saturating_add(limit) =>
+                        {
                             let time_ms = standardised.event.time_ms;
                             // Decided by a clock, so it binds: kept in the frame for replays.
-                            let reason = RejectReason::TooFarInFuture { time_ms, limit_ms: limit };
+                            let reason = RejectReason::TooFarInFuture {
+                                time_ms,
+                                limit_ms: limit,
+                            };
                             verdicts.push(crate::raw::frame::Verdict {
                                 record_index: i as u32,
                                 code: reason.code(),
@@ -538,7 +606,11 @@ impl Engine {
                         ds.add_event(&spec, position, writer_time_ms, &standardised.event);
                         outcome.accepted += 1;
                         if let Some(rules) = &rules {
-                            note_dropped(&mut outcome.dropped_tags, rules.domain(), &standardised.dropped);
+                            note_dropped(
+                                &mut outcome.dropped_tags,
+                                rules.domain(),
+                                &standardised.dropped,
+                            );
                             ds.tags_dropped += standardised.dropped.len() as u64;
                         }
                     }
@@ -553,16 +625,23 @@ impl Engine {
                             record_index: part.line(i),
                             code: reason.code(),
                             reason: text.clone(),
-                            payload: rejects::payload_text(records[i].1.value.as_deref().unwrap_or_default()),
+                            payload: rejects::payload_text(
+                                records[i].1.value.as_deref().unwrap_or_default(),
+                            ),
                         });
                         ds.events_rejected += 1;
-                        outcome.rejected.push(RejectedLine { index: part.line(i), reason: text });
+                        outcome.rejected.push(RejectedLine {
+                            index: part.line(i),
+                            reason: text,
+                        });
                     }
                 }
             }
         }
-        let mut answers: Vec<(usize, PartOutcome)> =
-            slots.into_iter().zip(std::mem::take(&mut outcome.parts)).collect();
+        let mut answers: Vec<(usize, PartOutcome)> = slots
+            .into_iter()
+            .zip(std::mem::take(&mut outcome.parts))
+            .collect();
         answers.sort_by_key(|(slot, _)| *slot);
         outcome.parts = answers.into_iter().map(|(_, answer)| answer).collect();
         outcome.rejected.sort_by_key(|r| r.index);
@@ -582,7 +661,8 @@ impl Engine {
 
     /// The tag rules governing `datasource` now (what the edge checks beacons against).
     pub fn current_rules(&self, datasource: &str) -> Option<Arc<TagRules>> {
-        self.rules.get(&self.catalog, datasource, self.applied_position)
+        self.rules
+            .get(&self.catalog, datasource, self.applied_position)
     }
 
     fn apply_init_producer(&mut self, cmd: &InitProducerCommand) -> Applied {
@@ -650,7 +730,9 @@ impl Engine {
     pub fn persist_decisions(&self, now_ms: i64) -> Vec<PersistCommand> {
         let mut out = Vec::new();
         for ds in self.datasources.values() {
-            let Some(entry) = self.catalog.by_id(ds.id) else { continue };
+            let Some(entry) = self.catalog.by_id(ds.id) else {
+                continue;
+            };
             if entry.deleted.is_some() {
                 continue;
             }
@@ -660,7 +742,10 @@ impl Engine {
             let largest = self
                 .datasources
                 .values()
-                .flat_map(|ds| ds.open_indexes().map(move |(start, late, bytes)| (bytes, ds.id, start, late)))
+                .flat_map(|ds| {
+                    ds.open_indexes()
+                        .map(move |(start, late, bytes)| (bytes, ds.id, start, late))
+                })
                 .max();
             if let Some((_, id, start, late)) = largest {
                 out.push(PersistCommand {
@@ -676,11 +761,18 @@ impl Engine {
 
     /// Deleted datasources whose grace period passed at writer time `now_ms`.
     pub fn purge_decisions(&self, now_ms: i64) -> Vec<CatalogCommand> {
-        self.catalog.purgeable(now_ms).into_iter().map(|id| CatalogCommand::PurgeDatasource { id }).collect()
+        self.catalog
+            .purgeable(now_ms)
+            .into_iter()
+            .map(|id| CatalogCommand::PurgeDatasource { id })
+            .collect()
     }
 
     pub fn realtime_bytes(&self) -> usize {
-        self.datasources.values().map(DatasourceState::realtime_bytes).sum()
+        self.datasources
+            .values()
+            .map(DatasourceState::realtime_bytes)
+            .sum()
     }
 
     /// Whether writes should be refused until persists catch up (the realtime memory bound).
@@ -692,7 +784,9 @@ impl Engine {
     /// caller's lock; the Raft log may then be trimmed below the returned position. The
     /// runtime uses [`SharedEngine::checkpoint`], which does the slow part off the lock.
     pub fn checkpoint(&mut self) -> Result<u64> {
-        let pending = self.begin_checkpoint(true)?.ok_or_else(|| Error::Internal("checkpoint not begun".into()))?;
+        let pending = self
+            .begin_checkpoint(true)?
+            .ok_or_else(|| Error::Internal("checkpoint not begun".into()))?;
         let position = pending.position();
         pending.write()?;
         self.checkpoint_written(position)?;
@@ -708,7 +802,10 @@ impl Engine {
     /// installing it as a snapshot, with that interval's rows in an open index, which the
     /// leader's later persist commands (for its late chunk) never close, so the replica's
     /// segments would diverge.
-    pub fn begin_checkpoint(&mut self, wait_for_persists: bool) -> Result<Option<PendingCheckpoint>> {
+    pub fn begin_checkpoint(
+        &mut self,
+        wait_for_persists: bool,
+    ) -> Result<Option<PendingCheckpoint>> {
         self.publish_persisted(wait_for_persists)?;
         if self.persister.in_flight() > 0 {
             return Ok(None);
@@ -742,7 +839,11 @@ impl Engine {
             copies: self.copies.clone(),
         };
         self.checkpoint_due = false;
-        Ok(Some(PendingCheckpoint { data_dir: self.config.data_dir.clone(), checkpoint, unsynced }))
+        Ok(Some(PendingCheckpoint {
+            data_dir: self.config.data_dir.clone(),
+            checkpoint,
+            unsynced,
+        }))
     }
 
     /// Records that the checkpoint at `position` is stored: files of datasources purged at or
@@ -751,8 +852,9 @@ impl Engine {
     /// checkpoint, never a reason to stop.
     pub fn checkpoint_written(&mut self, position: u64) -> Result<()> {
         self.checkpoint_position = self.checkpoint_position.max(position);
-        let (gone, kept): (Vec<_>, Vec<_>) =
-            std::mem::take(&mut self.removals).into_iter().partition(|(p, _)| *p <= position);
+        let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.removals)
+            .into_iter()
+            .partition(|(p, _)| *p <= position);
         self.removals = kept;
         for (at, ds) in gone {
             // Its open files are closed either way; a directory left behind is retried below.
@@ -761,12 +863,17 @@ impl Engine {
                 self.obsolete.push((at, path));
             }
         }
-        let (gone, kept): (Vec<_>, Vec<_>) =
-            std::mem::take(&mut self.obsolete).into_iter().partition(|(p, _)| *p <= position);
+        let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.obsolete)
+            .into_iter()
+            .partition(|(p, _)| *p <= position);
         self.obsolete = kept;
         for (at, file) in gone {
             let path = self.config.data_dir.join(&file);
-            let removed = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+            let removed = if path.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
             match removed {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -825,7 +932,13 @@ impl Engine {
 
     /// The idempotency window's view of a keyed batch (read-only, for the edge); `scope`
     /// as [`EventsHeader::idempotency_scope`] gives it.
-    pub fn idempotency_check(&self, datasource: &str, scope: Option<&str>, key: &str, body_hash: u64) -> Seen {
+    pub fn idempotency_check(
+        &self,
+        datasource: &str,
+        scope: Option<&str>,
+        key: &str,
+        body_hash: u64,
+    ) -> Seen {
         self.idempotency.check(datasource, scope, key, body_hash)
     }
 
@@ -848,7 +961,11 @@ impl Engine {
     /// Segments found damaged when the engine opened and not repaired since (relative path,
     /// what is wrong): the scrubber repairs these first.
     pub fn unreadable_files(&self) -> Vec<(PathBuf, String)> {
-        self.datasources.values().flat_map(DatasourceState::unreadable).map(|u| (u.file, u.reason)).collect()
+        self.datasources
+            .values()
+            .flat_map(DatasourceState::unreadable)
+            .map(|u| (u.file, u.reason))
+            .collect()
     }
 
     pub fn rejects(&self) -> &RejectsTable {
@@ -876,7 +993,11 @@ impl Engine {
     }
 
     /// The raw log of one partition of a live datasource, for Kafka Fetch and ListOffsets.
-    pub fn partition_log(&self, datasource: &str, partition: u32) -> Option<&crate::raw::partition_log::PartitionLog> {
+    pub fn partition_log(
+        &self,
+        datasource: &str,
+        partition: u32,
+    ) -> Option<&crate::raw::partition_log::PartitionLog> {
         let entry = self.catalog.get(datasource)?;
         self.datasources.get(&entry.id)?.partition(partition)
     }
@@ -901,7 +1022,11 @@ impl Engine {
 }
 
 /// Counts `dropped` into a batch's answer: one row per key, first met first, bounded.
-fn note_dropped(into: &mut Vec<idempotency::DroppedTagCount>, domain: &str, dropped: &[DroppedTag]) {
+fn note_dropped(
+    into: &mut Vec<idempotency::DroppedTagCount>,
+    domain: &str,
+    dropped: &[DroppedTag],
+) {
     for d in dropped {
         if let Some(row) = into.iter_mut().find(|r| r.tag == d.key) {
             row.count += 1;
@@ -942,7 +1067,10 @@ pub struct WrittenCheckpoint {
 
 impl SharedEngine {
     pub fn new(engine: Engine) -> SharedEngine {
-        SharedEngine { engine: Arc::new(RwLock::new(engine)), checkpoints: Arc::new(Mutex::new(())) }
+        SharedEngine {
+            engine: Arc::new(RwLock::new(engine)),
+            checkpoints: Arc::new(Mutex::new(())),
+        }
     }
 
     pub fn read(&self) -> std::sync::RwLockReadGuard<'_, Engine> {
@@ -1003,13 +1131,22 @@ impl SharedEngine {
         let replication = pending.checkpoint().replication.clone();
         let bytes = pending.write()?;
         self.write().checkpoint_written(position)?;
-        Ok(WrittenCheckpoint { position, bytes, replication, files })
+        Ok(WrittenCheckpoint {
+            position,
+            bytes,
+            replication,
+            files,
+        })
     }
 }
 
 impl SnapshotSource for SharedEngine {
     fn table_names(&self) -> Vec<String> {
-        self.read().catalog.datasources().map(|e| e.current().name.clone()).collect()
+        self.read()
+            .catalog
+            .datasources()
+            .map(|e| e.current().name.clone())
+            .collect()
     }
 
     fn snapshot(&self, table: &str) -> Option<TableSnapshot> {
@@ -1030,7 +1167,12 @@ mod tests;
 
 /// The keys of a record's JSON object outside a publisher's `allowed` tags (none when the
 /// record is not a JSON object: standardisation rejects it for that).
-fn denied_tags(value: &[u8], allowed: &[String], ts_field: &str, rules: Option<&TagRules>) -> Vec<String> {
+fn denied_tags(
+    value: &[u8],
+    allowed: &[String],
+    ts_field: &str,
+    rules: Option<&TagRules>,
+) -> Vec<String> {
     match serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(value) {
         Ok(obj) => tags_not_permitted(obj.keys().map(String::as_str), allowed, ts_field, rules),
         Err(_) => Vec::new(),

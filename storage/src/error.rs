@@ -5,14 +5,20 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("I/O error on {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 
     /// An fsync failed: the node must stop rather than retry, since the kernel may have
     /// dropped the dirty pages (the PostgreSQL fsync lesson).
     #[error(
         "fsync failed on {path}: {source}; stopping: durable state is unknown, restart the node to recover from the log"
     )]
-    Fsync { path: PathBuf, source: std::io::Error },
+    Fsync {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 
     #[error("malformed record batch: {reason}")]
     BadBatch { reason: String },
@@ -21,15 +27,28 @@ pub enum Error {
     UnsupportedCompression { codec: u8 },
 
     #[error("corrupt data in {path} at byte {position}: {reason}")]
-    Corrupt { path: PathBuf, position: u64, reason: String },
+    Corrupt {
+        path: PathBuf,
+        position: u64,
+        reason: String,
+    },
 
-    #[error("offset {offset} is out of range for partition {partition} (available {earliest}..{next})")]
-    OffsetOutOfRange { partition: u32, offset: i64, earliest: i64, next: i64 },
+    #[error(
+        "offset {offset} is out of range for partition {partition} (available {earliest}..{next})"
+    )]
+    OffsetOutOfRange {
+        partition: u32,
+        offset: i64,
+        earliest: i64,
+        next: i64,
+    },
 
     #[error("the {what} is shut down")]
     Closed { what: &'static str },
 
-    #[error("realtime index for {datasource} is at its memory bound ({bytes} bytes); retry after persists catch up")]
+    #[error(
+        "realtime index for {datasource} is at its memory bound ({bytes} bytes); retry after persists catch up"
+    )]
     IndexFull { datasource: String, bytes: usize },
 
     #[error("log entry of kind {kind} cannot be applied: {reason}")]
@@ -70,11 +89,23 @@ impl Error {
     /// disk space, memory): what failed may be tried again once the shortage passes. Never
     /// an fsync failure (see [`Error::Fsync`]) or damaged data.
     pub fn is_shortage(&self) -> bool {
-        let Error::Io { source, .. } = self else { return false };
+        let Error::Io { source, .. } = self else {
+            return false;
+        };
         matches!(
             source.raw_os_error(),
-            Some(libc::EMFILE | libc::ENFILE | libc::ENOSPC | libc::EDQUOT | libc::ENOMEM | libc::ENOBUFS)
-        ) || matches!(source.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::OutOfMemory)
+            Some(
+                libc::EMFILE
+                    | libc::ENFILE
+                    | libc::ENOSPC
+                    | libc::EDQUOT
+                    | libc::ENOMEM
+                    | libc::ENOBUFS
+            )
+        ) || matches!(
+            source.kind(),
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::OutOfMemory
+        )
     }
 
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
@@ -88,7 +119,9 @@ impl Error {
     }
 
     pub(crate) fn bad_batch(reason: impl Into<String>) -> Error {
-        Error::BadBatch { reason: reason.into() }
+        Error::BadBatch {
+            reason: reason.into(),
+        }
     }
 }
 
@@ -99,7 +132,10 @@ mod tests {
     use super::*;
 
     fn io(errno: i32) -> Error {
-        Error::Io { path: "x".into(), source: std::io::Error::from_raw_os_error(errno) }
+        Error::Io {
+            path: "x".into(),
+            source: std::io::Error::from_raw_os_error(errno),
+        }
     }
 
     #[test]
@@ -108,7 +144,10 @@ mod tests {
         assert!(io(libc::ENOSPC).is_shortage());
         assert!(!io(libc::ENOENT).is_shortage());
         assert!(!io(libc::EIO).is_shortage());
-        let fsync = Error::Fsync { path: "x".into(), source: std::io::Error::from_raw_os_error(libc::ENOSPC) };
+        let fsync = Error::Fsync {
+            path: "x".into(),
+            source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+        };
         assert!(!fsync.is_shortage(), "an fsync failure is never retried");
     }
 }

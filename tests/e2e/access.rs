@@ -12,15 +12,23 @@ use serde_json::{Value, json};
 use crate::harness::{TestNode, python, tidemark_bin};
 use crate::{ndjson, now_ms, traffic};
 
-const NEEDS_KEY: &str =
-    "this node requires an API key: send `Authorization: Bearer tmk_…` (create keys with `tidemark keys create`)";
+const NEEDS_KEY: &str = "this node requires an API key: send `Authorization: Bearer tmk_…` (create keys with `tidemark keys create`)";
 
 fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder().http_status_as_error(false).build().into()
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into()
 }
 
 /// One HTTP call as `token` (none: anonymous): status and JSON body (`null` if not JSON).
-fn call(node: &TestNode, method: &str, path: &str, body: &[u8], token: Option<&str>) -> (u16, Value) {
+fn call(
+    node: &TestNode,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    token: Option<&str>,
+) -> (u16, Value) {
     let url = format!("http://{}{path}", node.http);
     let auth = token.map(|t| format!("Bearer {t}"));
     let a = agent();
@@ -40,7 +48,11 @@ fn call(node: &TestNode, method: &str, path: &str, body: &[u8], token: Option<&s
             r.call()
         }
         _ => {
-            let mut r = if method == "PUT" { a.put(&url) } else { a.post(&url) };
+            let mut r = if method == "PUT" {
+                a.put(&url)
+            } else {
+                a.post(&url)
+            };
             if let Some(h) = &auth {
                 r = r.header("Authorization", h);
             }
@@ -66,7 +78,11 @@ fn spec(name: &str) -> String {
 
 fn metric(node: &TestNode, token: &str, name: &str) -> f64 {
     let url = format!("http://{}/metrics", node.http);
-    let mut resp = agent().get(&url).header("Authorization", format!("Bearer {token}")).call().expect("metrics");
+    let mut resp = agent()
+        .get(&url)
+        .header("Authorization", format!("Bearer {token}"))
+        .call()
+        .expect("metrics");
     let text = resp.body_mut().read_to_string().unwrap_or_default();
     crate::harness::metric_value(&text, name).unwrap_or_else(|| panic!("no {name} in\n{text}"))
 }
@@ -83,7 +99,10 @@ fn keys_and_roles_guard_every_door_and_changes_are_audited() {
     assert_eq!(code, 0, "{err}");
     let admin = out.trim().to_string();
     let admin_id = admin.get(4..16).unwrap_or_default().to_string();
-    assert!(admin.starts_with("tmk_") && admin.len() == 4 + 12 + 1 + 64, "{admin}");
+    assert!(
+        admin.starts_with("tmk_") && admin.len() == 4 + 12 + 1 + 64,
+        "{admin}"
+    );
 
     // From now on every door but /health needs a key.
     let (status, body) = call(&node, "GET", "/v1/datasources", b"", None);
@@ -98,12 +117,23 @@ fn keys_and_roles_guard_every_door_and_changes_are_audited() {
     let mut ids: BTreeMap<&str, String> = BTreeMap::new();
     tokens.insert("admin", admin.clone());
     ids.insert("admin", admin_id.clone());
-    for role in ["governance_editor", "publisher", "analyst", "merchant_reader"] {
+    for role in [
+        "governance_editor",
+        "publisher",
+        "analyst",
+        "merchant_reader",
+    ] {
         let mut body = json!({"name": role, "role": role});
         if role == "merchant_reader" {
             body["tenants"] = json!(["m1"]);
         }
-        let (status, v) = call(&node, "POST", "/v1/keys", body.to_string().as_bytes(), Some(&admin));
+        let (status, v) = call(
+            &node,
+            "POST",
+            "/v1/keys",
+            body.to_string().as_bytes(),
+            Some(&admin),
+        );
         assert_eq!(status, 201, "{v}");
         assert_eq!(v["role"], role);
         assert!(v.get("secret_sha256").is_none(), "{v}");
@@ -111,15 +141,32 @@ fn keys_and_roles_guard_every_door_and_changes_are_audited() {
         ids.insert(role, v["id"].as_str().unwrap_or_default().to_string());
     }
     // A merchant reader needs its tenants; other roles may not have any.
-    let (status, v) = call(&node, "POST", "/v1/keys", br#"{"name":"m1","role":"merchant_reader"}"#, Some(&admin));
+    let (status, v) = call(
+        &node,
+        "POST",
+        "/v1/keys",
+        br#"{"name":"m1","role":"merchant_reader"}"#,
+        Some(&admin),
+    );
     assert_eq!(status, 400);
     let e = v["error"].as_str().unwrap_or_default();
-    assert!(e.contains("tenants: a merchant_reader key needs at least one tenant"), "{v}");
-    let (status, v) =
-        call(&node, "POST", "/v1/keys", br#"{"name":"a","role":"analyst","tenants":["m1"]}"#, Some(&admin));
+    assert!(
+        e.contains("tenants: a merchant_reader key needs at least one tenant"),
+        "{v}"
+    );
+    let (status, v) = call(
+        &node,
+        "POST",
+        "/v1/keys",
+        br#"{"name":"a","role":"analyst","tenants":["m1"]}"#,
+        Some(&admin),
+    );
     assert_eq!(status, 400);
     let e = v["error"].as_str().unwrap_or_default();
-    assert!(e.contains("tenants: only merchant_reader keys are scoped to tenants"), "{v}");
+    assert!(
+        e.contains("tenants: only merchant_reader keys are scoped to tenants"),
+        "{v}"
+    );
 
     // The role x door matrix. Allowed calls must not be refused (and are 2xx where they can
     // be); refused ones are 401 for bad credentials and 403 naming the role otherwise.
@@ -128,7 +175,10 @@ fn keys_and_roles_guard_every_door_and_changes_are_audited() {
         ("anonymous", None),
         ("wrong_secret", Some(wrong)),
         ("admin", Some(admin.clone())),
-        ("governance_editor", tokens.get("governance_editor").cloned()),
+        (
+            "governance_editor",
+            tokens.get("governance_editor").cloned(),
+        ),
         ("publisher", tokens.get("publisher").cloned()),
         ("analyst", tokens.get("analyst").cloned()),
         ("merchant_reader", tokens.get("merchant_reader").cloned()),
@@ -137,7 +187,14 @@ fn keys_and_roles_guard_every_door_and_changes_are_audited() {
     type Door<'a> = (&'a str, &'a str, String, Vec<u8>, &'a [&'a str], bool);
     let doors = |who: &str| -> Vec<Door<'_>> {
         vec![
-            ("publish", "POST", "/v1/beacons/beacons".into(), beacons.clone(), &["admin", "publisher"], true),
+            (
+                "publish",
+                "POST",
+                "/v1/beacons/beacons".into(),
+                beacons.clone(),
+                &["admin", "publisher"],
+                true,
+            ),
             (
                 "sql",
                 "POST",
@@ -166,7 +223,9 @@ fn keys_and_roles_guard_every_door_and_changes_are_audited() {
                 "create domain",
                 "POST",
                 "/v1/governance/domains".into(),
-                json!({"name": format!("dom_{who}")}).to_string().into_bytes(),
+                json!({"name": format!("dom_{who}")})
+                    .to_string()
+                    .into_bytes(),
                 &["admin", "governance_editor"],
                 true,
             ),
@@ -178,9 +237,30 @@ fn keys_and_roles_guard_every_door_and_changes_are_audited() {
                 &["admin", "governance_editor", "publisher", "analyst"],
                 true,
             ),
-            ("list keys", "GET", "/v1/keys".into(), vec![], &["admin"], true),
-            ("metrics", "GET", "/metrics".into(), vec![], &["admin", "analyst"], false),
-            ("cluster status", "GET", "/v1/cluster".into(), vec![], &["admin", "analyst"], true),
+            (
+                "list keys",
+                "GET",
+                "/v1/keys".into(),
+                vec![],
+                &["admin"],
+                true,
+            ),
+            (
+                "metrics",
+                "GET",
+                "/metrics".into(),
+                vec![],
+                &["admin", "analyst"],
+                false,
+            ),
+            (
+                "cluster status",
+                "GET",
+                "/v1/cluster".into(),
+                vec![],
+                &["admin", "analyst"],
+                true,
+            ),
             (
                 "transfer leader",
                 "POST",
@@ -189,7 +269,14 @@ fn keys_and_roles_guard_every_door_and_changes_are_audited() {
                 &["admin"],
                 false,
             ),
-            ("read index", "GET", "/v1/cluster/read-index".into(), vec![], &["admin"], true),
+            (
+                "read index",
+                "GET",
+                "/v1/cluster/read-index".into(),
+                vec![],
+                &["admin"],
+                true,
+            ),
         ]
     };
     for (who, token) in &callers {
@@ -202,28 +289,56 @@ fn keys_and_roles_guard_every_door_and_changes_are_audited() {
                     assert!((200..300).contains(&status), "{what}");
                 }
             } else if token.is_none() {
-                assert_eq!((status, v["error"].as_str()), (401, Some(NEEDS_KEY)), "{what}");
+                assert_eq!(
+                    (status, v["error"].as_str()),
+                    (401, Some(NEEDS_KEY)),
+                    "{what}"
+                );
                 http_401s += 1;
             } else if *who == "wrong_secret" {
                 let expected = format!("the secret of API key {admin_id} is wrong");
-                assert_eq!((status, v["error"].as_str()), (401, Some(expected.as_str())), "{what}");
+                assert_eq!(
+                    (status, v["error"].as_str()),
+                    (401, Some(expected.as_str())),
+                    "{what}"
+                );
                 http_401s += 1;
             } else {
                 assert_eq!(status, 403, "{what}");
                 let e = v["error"].as_str().unwrap_or_default();
                 let prefix = format!("API key {} (role {who}) may not ", ids[who]);
-                assert!(e.starts_with(&prefix) && e.contains("; that needs role admin"), "{what}");
+                assert!(
+                    e.starts_with(&prefix) && e.contains("; that needs role admin"),
+                    "{what}"
+                );
             }
         }
     }
     // A copy's entry names the user its node authenticated: no key may write one, and so
     // no key may put another user's name in the audit log (issue 21, item 4).
     let forged = json!({"op": "abandon", "job": 1, "actor": "someone else"}).to_string();
-    let (status, v) = call(&node, "POST", "/v1/jobs/copies", forged.as_bytes(), Some(&admin));
+    let (status, v) = call(
+        &node,
+        "POST",
+        "/v1/jobs/copies",
+        forged.as_bytes(),
+        Some(&admin),
+    );
     assert_eq!(status, 403, "{v}");
-    assert!(v["error"].as_str().is_some_and(|e| e.contains("node-to-node route")), "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("node-to-node route")),
+        "{v}"
+    );
     let analyst = tokens["analyst"].clone();
-    let (status, v) = call(&node, "POST", "/v1/sql", b"SELECT 1 AS one", Some(&tokens["publisher"]));
+    let (status, v) = call(
+        &node,
+        "POST",
+        "/v1/sql",
+        b"SELECT 1 AS one",
+        Some(&tokens["publisher"]),
+    );
     assert_eq!(status, 403);
     assert_eq!(
         v["error"].as_str(),
@@ -239,11 +354,17 @@ fn keys_and_roles_guard_every_door_and_changes_are_audited() {
     // A tag changed twice by the governance editor: the audit log has both, before and after.
     let ge = tokens["governance_editor"].clone();
     let tag = |description: &str| {
-        json!({"name": "store", "kind": "dimension", "type": "string", "description": description}).to_string()
+        json!({"name": "store", "kind": "dimension", "type": "string", "description": description})
+            .to_string()
     };
     for d in ["first", "second"] {
-        let (status, v) =
-            call(&node, "PUT", "/v1/governance/domains/dom_admin/tags/store", tag(d).as_bytes(), Some(&ge));
+        let (status, v) = call(
+            &node,
+            "PUT",
+            "/v1/governance/domains/dom_admin/tags/store",
+            tag(d).as_bytes(),
+            Some(&ge),
+        );
         assert!((200..300).contains(&status), "{status} {v}");
     }
 
@@ -276,7 +397,11 @@ fn keys_and_roles_guard_every_door_and_changes_are_audited() {
         row(&key("admin"), "create_key", &key("merchant_reader")),
         row(&key("admin"), "create_datasource", "datasource:ds_admin"),
         row(&key("admin"), "create_domain", "domain:dom_admin"),
-        row(&key("governance_editor"), "create_domain", "domain:dom_governance_editor"),
+        row(
+            &key("governance_editor"),
+            "create_domain",
+            "domain:dom_governance_editor",
+        ),
         row(&key("governance_editor"), "put_tag", "tag:dom_admin/store"),
         row(&key("governance_editor"), "put_tag", "tag:dom_admin/store"),
     ];
@@ -289,13 +414,21 @@ fn keys_and_roles_guard_every_door_and_changes_are_audited() {
         Some(&analyst),
     );
     let rows = rows.as_array().cloned().unwrap_or_default();
-    let parse = |v: &Value| v.as_str().and_then(|s| serde_json::from_str::<Value>(s).ok()).unwrap_or(Value::Null);
+    let parse = |v: &Value| {
+        v.as_str()
+            .and_then(|s| serde_json::from_str::<Value>(s).ok())
+            .unwrap_or(Value::Null)
+    };
     let (first_put, second_put) = (&rows[rows.len() - 2], &rows[rows.len() - 1]);
     assert_eq!(first_put["before"], Value::Null);
     assert_eq!(parse(&first_put["after"])["description"], "first");
     assert_eq!(parse(&second_put["before"])["description"], "first");
     assert_eq!(parse(&second_put["after"])["description"], "second");
-    assert!(rows.iter().all(|r| !r.to_string().contains("secret_sha256")), "no digest in the audit log: {rows:?}");
+    assert!(
+        rows.iter()
+            .all(|r| !r.to_string().contains("secret_sha256")),
+        "no digest in the audit log: {rows:?}"
+    );
 
     // Flight SQL through ADBC: bearer and basic credentials, a role without queries, no key.
     let failures_before = metric(&node, &admin, "tidemark_auth_failures_total");
@@ -309,37 +442,90 @@ fn keys_and_roles_guard_every_door_and_changes_are_audited() {
         .output()
         .expect("run python");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"));
     let audit_rows = expected.len() as i64;
     assert_eq!(v["bearer_analyst"]["ok"], audit_rows, "{v}");
     assert_eq!(v["basic_analyst"]["ok"], audit_rows, "{v}");
     let error = |case: &str| v[case]["error"].as_str().unwrap_or_default().to_string();
     assert!(
-        error("bearer_publisher").contains("may not run queries; that needs role admin, analyst or merchant_reader"),
+        error("bearer_publisher")
+            .contains("may not run queries; that needs role admin, analyst or merchant_reader"),
         "{v}"
     );
-    assert!(error("no_key").contains("this node requires an API key"), "{v}");
-    assert!(error("wrong_key").contains("API key 000000000000 does not exist on this node"), "{v}");
+    assert!(
+        error("no_key").contains("this node requires an API key"),
+        "{v}"
+    );
+    assert!(
+        error("wrong_key").contains("API key 000000000000 does not exist on this node"),
+        "{v}"
+    );
     assert!(metric(&node, &admin, "tidemark_auth_failures_total") > failures_before);
 
     // Revocation takes effect at once; the last admin key cannot go.
-    let (status, v) = call(&node, "DELETE", &format!("/v1/keys/{}", ids["publisher"]), b"", Some(&admin));
+    let (status, v) = call(
+        &node,
+        "DELETE",
+        &format!("/v1/keys/{}", ids["publisher"]),
+        b"",
+        Some(&admin),
+    );
     assert_eq!((status, v["revoked"].as_bool()), (200, Some(true)), "{v}");
-    let (status, v) = call(&node, "POST", "/v1/beacons/beacons", &beacons, Some(&tokens["publisher"]));
+    let (status, v) = call(
+        &node,
+        "POST",
+        "/v1/beacons/beacons",
+        &beacons,
+        Some(&tokens["publisher"]),
+    );
     let revoked = format!("API key {} was revoked", ids["publisher"]);
     assert_eq!((status, v["error"].as_str()), (401, Some(revoked.as_str())));
-    let (status, v) = call(&node, "DELETE", &format!("/v1/keys/{admin_id}"), b"", Some(&admin));
+    let (status, v) = call(
+        &node,
+        "DELETE",
+        &format!("/v1/keys/{admin_id}"),
+        b"",
+        Some(&admin),
+    );
     assert_eq!(status, 409, "{v}");
-    assert!(v["error"].as_str().is_some_and(|e| e.contains("is the last admin key")), "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("is the last admin key")),
+        "{v}"
+    );
 
     // Keys and the audit log survive a restart.
     node.stop();
     let node = TestNode::start(dir.path());
-    assert_eq!(call(&node, "POST", "/v1/sql", b"SELECT 1 AS one", None).0, 401);
-    let (status, rows) = call(&node, "POST", "/v1/sql", b"SELECT COUNT(*) AS n FROM sys.audit", Some(&analyst));
-    assert_eq!((status, rows[0]["n"].as_i64()), (200, Some(audit_rows + 1)), "{rows}");
-    let (status, _) = call(&node, "POST", "/v1/beacons/beacons", &beacons, Some(&tokens["publisher"]));
+    assert_eq!(
+        call(&node, "POST", "/v1/sql", b"SELECT 1 AS one", None).0,
+        401
+    );
+    let (status, rows) = call(
+        &node,
+        "POST",
+        "/v1/sql",
+        b"SELECT COUNT(*) AS n FROM sys.audit",
+        Some(&analyst),
+    );
+    assert_eq!(
+        (status, rows[0]["n"].as_i64()),
+        (200, Some(audit_rows + 1)),
+        "{rows}"
+    );
+    let (status, _) = call(
+        &node,
+        "POST",
+        "/v1/beacons/beacons",
+        &beacons,
+        Some(&tokens["publisher"]),
+    );
     assert_eq!(status, 401);
 }
 
@@ -349,7 +535,14 @@ fn a_node_without_keys_refuses_to_listen_off_loopback() {
     let mut child = Command::new(tidemark_bin())
         .args(["serve", "--data-dir"])
         .arg(dir.path())
-        .args(["--http-addr", "0.0.0.0:0", "--flight-addr", "127.0.0.1:0", "--kafka-addr", "127.0.0.1:0"])
+        .args([
+            "--http-addr",
+            "0.0.0.0:0",
+            "--flight-addr",
+            "127.0.0.1:0",
+            "--kafka-addr",
+            "127.0.0.1:0",
+        ])
         .args(["--raft-addr", "127.0.0.1:0"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
@@ -372,7 +565,8 @@ fn a_node_without_keys_refuses_to_listen_off_loopback() {
     }
     assert!(!status.success());
     assert!(
-        err.contains("http_addr 0.0.0.0:") && err.contains("is not a loopback address, and this node has no API keys"),
+        err.contains("http_addr 0.0.0.0:")
+            && err.contains("is not a loopback address, and this node has no API keys"),
         "{err}"
     );
 }

@@ -20,7 +20,10 @@ fn with_key<T>(message: T, token: Option<&str>) -> tonic::Request<T> {
 }
 
 fn parse(answer: Result<tonic::Response<Json>, tonic::Status>) -> Value {
-    let json = answer.unwrap_or_else(|s| panic!("{:?}: {}", s.code(), s.message())).into_inner().json;
+    let json = answer
+        .unwrap_or_else(|s| panic!("{:?}: {}", s.code(), s.message()))
+        .into_inner()
+        .json;
     serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"))
 }
 

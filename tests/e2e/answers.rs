@@ -30,13 +30,20 @@ fn node_with(dir: &std::path::Path, config: &str) -> TestNode {
 }
 
 fn text(node: &TestNode, sql: &str, accept: &str) -> crate::harness::Reply {
-    node.post("/v1/sql", sql.as_bytes(), &[("Content-Type", "text/plain"), ("Accept", accept)])
+    node.post(
+        "/v1/sql",
+        sql.as_bytes(),
+        &[("Content-Type", "text/plain"), ("Accept", accept)],
+    )
 }
 
 #[test]
 fn a_huge_answer_streams_to_its_cap_and_says_it_was_cut() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let node = node_with(dir.path(), "[limits]\nresult_rows_max = 100000\nresult_bytes_max = 4000000\n");
+    let node = node_with(
+        dir.path(),
+        "[limits]\nresult_rows_max = 100000\nresult_bytes_max = 4000000\n",
+    );
     let rss_before = node.rss_kib();
 
     // JSON: the first 100000 values, then the record that says the answer was cut.
@@ -47,18 +54,31 @@ fn a_huge_answer_streams_to_its_cap_and_says_it_was_cut() {
     for (i, row) in rows[..100_000].iter().enumerate() {
         assert_eq!(row["value"], i as i64 + 1, "row {i}");
     }
-    assert_eq!(rows[100_000], serde_json::json!({ "error": ROW_CAP, "truncated": true }));
+    assert_eq!(
+        rows[100_000],
+        serde_json::json!({ "error": ROW_CAP, "truncated": true })
+    );
 
     // An answer exactly at the cap is whole: no record.
     let rows = node.sql("SELECT value FROM generate_series(1, 100000)");
-    assert_eq!((rows.len(), rows.last().map(|r| r["value"].clone())), (100_000, Some(serde_json::json!(100_000))));
+    assert_eq!(
+        (rows.len(), rows.last().map(|r| r["value"].clone())),
+        (100_000, Some(serde_json::json!(100_000)))
+    );
 
     // CSV: the byte cap (about 37000 rows of 107 bytes) cuts first; the last line says so.
-    let r = text(&node, "SELECT value, repeat('x', 100) AS pad FROM generate_series(1, 3000000000)", "text/csv");
+    let r = text(
+        &node,
+        "SELECT value, repeat('x', 100) AS pad FROM generate_series(1, 3000000000)",
+        "text/csv",
+    );
     assert_eq!(r.status, 200);
     let lines: Vec<&str> = r.body.lines().collect();
     assert_eq!(lines.first().copied(), Some("value,pad"));
-    assert_eq!(lines.last().copied(), Some(format!("#error (truncated): {BYTE_CAP}").as_str()));
+    assert_eq!(
+        lines.last().copied(),
+        Some(format!("#error (truncated): {BYTE_CAP}").as_str())
+    );
     let data = &lines[1..lines.len() - 1];
     assert!(data.len() > 30_000, "{} rows before the cap", data.len());
     let pad = "x".repeat(100);
@@ -69,15 +89,25 @@ fn a_huge_answer_streams_to_its_cap_and_says_it_was_cut() {
     assert!(sent <= 4_000_000, "{sent} bytes sent before the record");
 
     // Arrow IPC: a whole answer reads back; a cut one ends in an error, not a clean end.
-    let arrow = [("Content-Type", "text/plain"), ("Accept", "application/vnd.apache.arrow.stream")];
-    let (status, body) = node.try_post_raw("/v1/sql", b"SELECT value FROM generate_series(1, 5000)", &arrow);
+    let arrow = [
+        ("Content-Type", "text/plain"),
+        ("Accept", "application/vnd.apache.arrow.stream"),
+    ];
+    let (status, body) = node.try_post_raw(
+        "/v1/sql",
+        b"SELECT value FROM generate_series(1, 5000)",
+        &arrow,
+    );
     assert_eq!(status, 200);
-    let batches: Vec<RecordBatch> = StreamReader::try_new(std::io::Cursor::new(body.expect("whole body")), None)
-        .expect("an Arrow IPC stream")
-        .collect::<Result<_, _>>()
-        .expect("batches");
-    let values: Vec<i64> =
-        batches.iter().flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec()).collect();
+    let batches: Vec<RecordBatch> =
+        StreamReader::try_new(std::io::Cursor::new(body.expect("whole body")), None)
+            .expect("an Arrow IPC stream")
+            .collect::<Result<_, _>>()
+            .expect("batches");
+    let values: Vec<i64> = batches
+        .iter()
+        .flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec())
+        .collect();
     assert_eq!(values, (1..=5000).collect::<Vec<i64>>());
     let (status, body) = node.try_post_raw("/v1/sql", HUGE.as_bytes(), &arrow);
     assert_eq!(status, 200);
@@ -85,8 +115,13 @@ fn a_huge_answer_streams_to_its_cap_and_says_it_was_cut() {
         Err(_) => {}
         Ok(bytes) => {
             let read: Result<Vec<RecordBatch>, _> =
-                StreamReader::try_new(std::io::Cursor::new(bytes), None).map(|r| r.collect()).and_then(|r| r);
-            assert!(read.is_err(), "a cut Arrow answer must not read as complete");
+                StreamReader::try_new(std::io::Cursor::new(bytes), None)
+                    .map(|r| r.collect())
+                    .and_then(|r| r);
+            assert!(
+                read.is_err(),
+                "a cut Arrow answer must not read as complete"
+            );
         }
     }
 
@@ -132,7 +167,10 @@ fn settled_memory(node: &TestNode) -> f64 {
         if now > 0.0 && (now - last).abs() < now / 20.0 {
             return now.max(last);
         }
-        assert!(Instant::now() < deadline, "the query's memory never settled (last {now})");
+        assert!(
+            Instant::now() < deadline,
+            "the query's memory never settled (last {now})"
+        );
         last = now;
     }
 }
@@ -140,7 +178,11 @@ fn settled_memory(node: &TestNode) -> f64 {
 fn wait_until_idle(node: &TestNode, within: Duration) {
     let deadline = Instant::now() + within;
     while gauges(node) != (0.0, 0.0) {
-        assert!(Instant::now() < deadline, "the query still runs after its client left: {:?}", gauges(node));
+        assert!(
+            Instant::now() < deadline,
+            "the query still runs after its client left: {:?}",
+            gauges(node)
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -186,7 +228,11 @@ fn a_client_that_goes_away_stops_its_query_and_the_node_budget_refuses_a_second(
 
     let first = start_query(&node, HOLDS_MEMORY);
     settled_memory(&node);
-    let r = node.post("/v1/sql", HOLDS_MEMORY.as_bytes(), &[("Content-Type", "text/plain")]);
+    let r = node.post(
+        "/v1/sql",
+        HOLDS_MEMORY.as_bytes(),
+        &[("Content-Type", "text/plain")],
+    );
     assert_eq!(r.status, 429, "{}", r.body);
     assert_eq!(r.header("retry-after"), Some("1"));
     let e = r.json()["error"].as_str().unwrap_or_default().to_string();
@@ -198,7 +244,10 @@ fn a_client_that_goes_away_stops_its_query_and_the_node_budget_refuses_a_second(
         "{e}"
     );
     // Small queries still run beside the big one.
-    assert_eq!(node.sql_i64("SELECT COUNT(*) FROM generate_series(1, 1000)"), 1000);
+    assert_eq!(
+        node.sql_i64("SELECT COUNT(*) FROM generate_series(1, 1000)"),
+        1000
+    );
 
     drop(first);
     wait_until_idle(&node, Duration::from_secs(10));
@@ -219,13 +268,32 @@ fn a_sort_short_of_memory_spills_within_the_nodes_spill_cap() {
                   FROM generate_series(1, 6000000))";
     let dir = tempfile::tempdir().expect("tempdir");
     let node = node_with(dir.path(), "[limits]\nquery_memory_bytes_max = 32000000\n");
-    let r = node.post("/v1/sql", sorted.as_bytes(), &[("Content-Type", "text/plain")]);
-    assert_eq!((r.status, r.json()[0]["n"].clone()), (200, serde_json::json!(6_000_000)), "{}", r.body);
-    assert!(dir.path().join("data/spill").is_dir(), "spills go under the data directory");
+    let r = node.post(
+        "/v1/sql",
+        sorted.as_bytes(),
+        &[("Content-Type", "text/plain")],
+    );
+    assert_eq!(
+        (r.status, r.json()[0]["n"].clone()),
+        (200, serde_json::json!(6_000_000)),
+        "{}",
+        r.body
+    );
+    assert!(
+        dir.path().join("data/spill").is_dir(),
+        "spills go under the data directory"
+    );
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let node = node_with(dir.path(), "[limits]\nquery_memory_bytes_max = 32000000\nquery_spill_bytes_max = 100000\n");
-    let r = node.post("/v1/sql", sorted.as_bytes(), &[("Content-Type", "text/plain")]);
+    let node = node_with(
+        dir.path(),
+        "[limits]\nquery_memory_bytes_max = 32000000\nquery_spill_bytes_max = 100000\n",
+    );
+    let r = node.post(
+        "/v1/sql",
+        sorted.as_bytes(),
+        &[("Content-Type", "text/plain")],
+    );
     assert_eq!(r.status, 429, "{}", r.body);
     let e = r.json()["error"].as_str().unwrap_or_default().to_string();
     assert!(e.contains("(limits.query_spill_bytes_max)"), "{e}");

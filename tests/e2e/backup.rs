@@ -30,14 +30,29 @@ fn a_backup_restores_into_a_new_node_with_exactly_its_state() {
     let hour = 3_600_000;
     let lines: Vec<String> = (0..500)
         .map(|i| {
-            let ts = if i < 450 { now_ms() / hour * hour - 3 * hour + i * 20_000 } else { now_ms() - i };
-            json!({"ts": ts, "merchant_id": format!("m{}", i % 4), "amount": i as f64 + 0.5}).to_string()
+            let ts = if i < 450 {
+                now_ms() / hour * hour - 3 * hour + i * 20_000
+            } else {
+                now_ms() - i
+            };
+            json!({"ts": ts, "merchant_id": format!("m{}", i % 4), "amount": i as f64 + 0.5})
+                .to_string()
         })
         .collect();
-    assert_eq!(node.post("/v1/beacons/shop", lines.join("\n").as_bytes(), &[]).status, 200);
+    assert_eq!(
+        node.post("/v1/beacons/shop", lines.join("\n").as_bytes(), &[])
+            .status,
+        200
+    );
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while node.sql_i64("SELECT COALESCE(SUM(events), 0) FROM sys.segments WHERE datasource = 'shop'") < 450 {
-        assert!(std::time::Instant::now() < deadline, "segments were never written");
+    while node
+        .sql_i64("SELECT COALESCE(SUM(events), 0) FROM sys.segments WHERE datasource = 'shop'")
+        < 450
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "segments were never written"
+        );
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
     let before = answers(&node);
@@ -47,12 +62,25 @@ fn a_backup_restores_into_a_new_node_with_exactly_its_state() {
     assert_eq!(code, 0, "{err}");
     // The command follows the backup job to its end and prints it.
     let report: Value = serde_json::from_str(&out).expect("json");
-    assert_eq!((report["kind"].as_str(), report["state"].as_str()), (Some("backup"), Some("published")), "{report}");
-    assert!(report["files_written"].as_u64().is_some_and(|n| n >= 2), "{report}");
-    assert!(report["bytes_done"].as_u64().is_some_and(|b| b > 0) && report["bytes_done"] == report["bytes_total"]);
+    assert_eq!(
+        (report["kind"].as_str(), report["state"].as_str()),
+        (Some("backup"), Some("published")),
+        "{report}"
+    );
+    assert!(
+        report["files_written"].as_u64().is_some_and(|n| n >= 2),
+        "{report}"
+    );
+    assert!(
+        report["bytes_done"].as_u64().is_some_and(|b| b > 0)
+            && report["bytes_done"] == report["bytes_total"]
+    );
     // Written after the backup: not in it.
     let later = json!({"ts": now_ms(), "merchant_id": "m9", "amount": 1.0}).to_string();
-    assert_eq!(node.post("/v1/beacons/shop", later.as_bytes(), &[]).status, 200);
+    assert_eq!(
+        node.post("/v1/beacons/shop", later.as_bytes(), &[]).status,
+        200
+    );
     let (code, _, err) = node.cli(&["backup", "--to", &backup.to_string_lossy()]);
     assert_ne!(code, 0);
     assert!(err.contains("is not empty"), "{err}");
@@ -65,10 +93,21 @@ fn a_backup_restores_into_a_new_node_with_exactly_its_state() {
         .arg(&backup)
         .arg("--data-dir")
         .arg(&restored_dir)
-        .args(["--http-addr", &addrs.http, "--kafka-addr", &addrs.kafka, "--raft-addr", &addrs.raft])
+        .args([
+            "--http-addr",
+            &addrs.http,
+            "--kafka-addr",
+            &addrs.kafka,
+            "--raft-addr",
+            &addrs.raft,
+        ])
         .output()
         .expect("restore");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let restored = TestNode::start_member(&restored_dir, &addrs, None, &[]);
     restored.wait_healthy();
     // Issue 21, item 6: read-your-writes on the quiet restored node. Its read index is the
@@ -77,29 +116,62 @@ fn a_backup_restores_into_a_new_node_with_exactly_its_state() {
     let r = restored.post(
         "/v1/sql",
         b"SELECT SUM(\"count\") AS n FROM shop",
-        &[("Content-Type", "text/plain"), ("tidemark-consistency", "read-your-writes")],
+        &[
+            ("Content-Type", "text/plain"),
+            ("tidemark-consistency", "read-your-writes"),
+        ],
     );
-    assert_eq!((r.status, r.json()[0]["n"].clone()), (200, json!(500)), "{}", r.body);
-    assert_eq!(answers(&restored), before, "the restored node answers as the node did at the backup");
+    assert_eq!(
+        (r.status, r.json()[0]["n"].clone()),
+        (200, json!(500)),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        answers(&restored),
+        before,
+        "the restored node answers as the node did at the backup"
+    );
     // The backup job was running in the state it copied: nothing runs it here.
-    assert_eq!(restored.sql_i64("SELECT COUNT(*) FROM sys.jobs WHERE state = 'running'"), 0);
+    assert_eq!(
+        restored.sql_i64("SELECT COUNT(*) FROM sys.jobs WHERE state = 'running'"),
+        0
+    );
     // It takes writes: the next entry follows the backup's position.
     let more = json!({"ts": now_ms(), "merchant_id": "m0", "amount": 2.0}).to_string();
     let r = restored.post("/v1/beacons/shop", more.as_bytes(), &[]);
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(restored.sql_i64("SELECT SUM(\"count\") FROM shop"), 501);
-    assert!(report["backup_position"].as_u64().is_some_and(|p| p > 0), "{report}");
-    assert!(r.json()["log_position"].as_u64() > report["backup_position"].as_u64(), "{} vs {report}", r.body);
+    assert!(
+        report["backup_position"].as_u64().is_some_and(|p| p > 0),
+        "{report}"
+    );
+    assert!(
+        r.json()["log_position"].as_u64() > report["backup_position"].as_u64(),
+        "{} vs {report}",
+        r.body
+    );
 
     // Another node joins the restored one and catches up with all of it.
-    let second = TestNode::start_member(&dir.path().join("c"), &MemberAddrs::new(2), Some(&restored.http), &[]);
+    let second = TestNode::start_member(
+        &dir.path().join("c"),
+        &MemberAddrs::new(2),
+        Some(&restored.http),
+        &[],
+    );
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
         let r = second.try_post("/v1/sql", b"SELECT SUM(\"count\") AS n FROM shop", &[]);
-        if r.as_ref().is_ok_and(|r| r.status == 200 && r.json()[0]["n"] == 501) {
+        if r.as_ref()
+            .is_ok_and(|r| r.status == 200 && r.json()[0]["n"] == 501)
+        {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "the joining node never caught up: {:?}", r.map(|r| r.body));
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the joining node never caught up: {:?}",
+            r.map(|r| r.body)
+        );
         std::thread::sleep(std::time::Duration::from_millis(300));
     }
 }
@@ -113,7 +185,10 @@ fn restore(backup: &std::path::Path, data_dir: &std::path::Path) -> (bool, Strin
         .arg(data_dir)
         .output()
         .expect("restore");
-    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// Copies a directory's files (a backup, a fixture), so each case edits its own.
@@ -128,7 +203,8 @@ pub(crate) fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
 
 fn edit_manifest(backup: &std::path::Path, edit: impl FnOnce(&mut Value)) {
     let path = backup.join("BACKUP.json");
-    let mut m: Value = serde_json::from_slice(&std::fs::read(&path).expect("manifest")).expect("json");
+    let mut m: Value =
+        serde_json::from_slice(&std::fs::read(&path).expect("manifest")).expect("json");
     edit(&mut m);
     std::fs::write(&path, serde_json::to_vec_pretty(&m).expect("json")).expect("write");
 }
@@ -141,16 +217,24 @@ fn a_crafted_or_damaged_backup_is_refused_and_nothing_is_written_outside_its_dat
     let dir = tempfile::tempdir().expect("tempdir");
     let node = TestNode::start(&dir.path().join("a"));
     let beacons = crate::traffic(5, 10, now_ms() - 60_000, 50_000, 200);
-    assert_eq!(node.post("/v1/beacons/beacons", &crate::ndjson(&beacons), &[]).status, 200);
+    assert_eq!(
+        node.post("/v1/beacons/beacons", &crate::ndjson(&beacons), &[])
+            .status,
+        200
+    );
     let backup = dir.path().join("backup");
     let (code, _, err) = node.cli(&["backup", "--to", &backup.to_string_lossy()]);
     assert_eq!(code, 0, "{err}");
     let manifest: Value =
-        serde_json::from_slice(&std::fs::read(backup.join("BACKUP.json")).expect("manifest")).expect("json");
+        serde_json::from_slice(&std::fs::read(backup.join("BACKUP.json")).expect("manifest"))
+            .expect("json");
     assert_eq!(manifest["format"], 2);
     assert!(manifest["checkpoint_crc32c"].is_u64(), "{manifest}");
     let files = manifest["files"].as_array().cloned().unwrap_or_default();
-    assert!(!files.is_empty() && files.iter().all(|f| f["crc32c"].is_u64()), "{manifest}");
+    assert!(
+        !files.is_empty() && files.iter().all(|f| f["crc32c"].is_u64()),
+        "{manifest}"
+    );
     let a_file = files[0]["path"].as_str().unwrap_or_default().to_string();
 
     let victim = dir.path().join("victim.txt");
@@ -165,7 +249,10 @@ fn a_crafted_or_damaged_backup_is_refused_and_nothing_is_written_outside_its_dat
     let (b, d) = case("absolute");
     edit_manifest(&b, |m| m["checkpoint"] = json!(victim.to_string_lossy()));
     let (ok, err) = restore(&b, &d);
-    assert!(!ok && err.contains("a backup's paths must be relative and made of plain names"), "{err}");
+    assert!(
+        !ok && err.contains("a backup's paths must be relative and made of plain names"),
+        "{err}"
+    );
     assert_eq!(std::fs::read_to_string(&victim).expect("victim"), "keep me");
 
     // `..` out of the data directory.
@@ -173,8 +260,14 @@ fn a_crafted_or_damaged_backup_is_refused_and_nothing_is_written_outside_its_dat
     std::fs::copy(b.join(&a_file), b.join("escaped")).expect("copy");
     edit_manifest(&b, |m| m["files"][0]["path"] = json!("../escaped"));
     let (ok, err) = restore(&b, &d);
-    assert!(!ok && err.contains("names ../escaped: a backup's paths must be relative"), "{err}");
-    assert!(!dir.path().join("escaped").exists(), "a file was written outside the data directory");
+    assert!(
+        !ok && err.contains("names ../escaped: a backup's paths must be relative"),
+        "{err}"
+    );
+    assert!(
+        !dir.path().join("escaped").exists(),
+        "a file was written outside the data directory"
+    );
 
     // A symbolic link in place of a data file.
     let (b, d) = case("symlink");
@@ -190,8 +283,17 @@ fn a_crafted_or_damaged_backup_is_refused_and_nothing_is_written_outside_its_dat
     bytes[last] ^= 0x40;
     std::fs::write(b.join(&a_file), &bytes).expect("write");
     let (ok, err) = restore(&b, &d);
-    assert!(!ok && err.contains(&format!("backup file {a_file} is damaged")), "{err}");
-    assert!(!d.exists() || std::fs::read_dir(&d).map(|mut e| e.next().is_none()).unwrap_or(true), "left behind");
+    assert!(
+        !ok && err.contains(&format!("backup file {a_file} is damaged")),
+        "{err}"
+    );
+    assert!(
+        !d.exists()
+            || std::fs::read_dir(&d)
+                .map(|mut e| e.next().is_none())
+                .unwrap_or(true),
+        "left behind"
+    );
 
     // A backup from before the checksums (format 1) restores, with a warning.
     let (b, d) = case("format1");
@@ -226,9 +328,17 @@ fn read_your_writes_answers_on_a_quiet_restarted_node() {
     let r = node.post(
         "/v1/sql",
         b"SELECT COUNT(*) AS n FROM beacons",
-        &[("Content-Type", "text/plain"), ("tidemark-consistency", "read-your-writes")],
+        &[
+            ("Content-Type", "text/plain"),
+            ("tidemark-consistency", "read-your-writes"),
+        ],
     );
-    assert_eq!((r.status, r.json()[0]["n"].clone()), (200, json!(0)), "{}", r.body);
+    assert_eq!(
+        (r.status, r.json()[0]["n"].clone()),
+        (200, json!(0)),
+        "{}",
+        r.body
+    );
 }
 
 /// Issue 21, item 4 (files at rest): whatever the umask the node starts with, its data
@@ -242,11 +352,19 @@ fn data_files_and_backups_are_the_owners_only() {
     std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     let node = TestNode::start(&data);
     let beacons = crate::traffic(9, 5, now_ms() - 60_000, 50_000, 50);
-    assert_eq!(node.post("/v1/beacons/beacons", &crate::ndjson(&beacons), &[]).status, 200);
+    assert_eq!(
+        node.post("/v1/beacons/beacons", &crate::ndjson(&beacons), &[])
+            .status,
+        200
+    );
     let backup = dir.path().join("backup");
     let (code, _, err) = node.cli(&["backup", "--to", &backup.to_string_lossy()]);
     assert_eq!(code, 0, "{err}");
-    let mode = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.permissions().mode() & 0o777).unwrap_or(0);
+    let mode = |p: &std::path::Path| {
+        std::fs::metadata(p)
+            .map(|m| m.permissions().mode() & 0o777)
+            .unwrap_or(0)
+    };
     assert_eq!(mode(&data), 0o700);
     let mut seen = 0;
     for root in [&data, &backup] {

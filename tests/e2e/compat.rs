@@ -24,8 +24,12 @@ fn sql(node: &TestNode, token: &str, query: &str) -> Value {
 fn an_older_releases_data_directory_and_backup_open() {
     let fixture = Path::new(FIXTURE);
     let facts: Value =
-        serde_json::from_slice(&std::fs::read(fixture.join("facts.json")).expect("facts.json")).expect("json");
-    let admin = facts["admin_token"].as_str().expect("admin token").to_string();
+        serde_json::from_slice(&std::fs::read(fixture.join("facts.json")).expect("facts.json"))
+            .expect("json");
+    let admin = facts["admin_token"]
+        .as_str()
+        .expect("admin token")
+        .to_string();
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
     copy_dir(&fixture.join("data"), &data);
@@ -36,17 +40,33 @@ fn an_older_releases_data_directory_and_backup_open() {
     assert_eq!(keys.status, 200, "{}", keys.body);
     let n = sql(&node, &admin, "SELECT SUM(\"count\") AS n FROM shop");
     assert_eq!(n[0]["n"], facts["events"], "{n}");
-    let audit = sql(&node, &admin, "SELECT op FROM sys.audit ORDER BY log_position");
-    assert!(audit.to_string().contains("set_node_secret"), "the old entry is history: {audit}");
+    let audit = sql(
+        &node,
+        &admin,
+        "SELECT op FROM sys.audit ORDER BY log_position",
+    );
+    assert!(
+        audit.to_string().contains("set_node_secret"),
+        "the old entry is history: {audit}"
+    );
 
     // The keyed batch's retry, sent by the same key after the upgrade, is answered as a
     // retry (the window holds it unscoped) and counts once.
     let keyed = std::fs::read(fixture.join("keyed.ndjson")).expect("keyed batch");
     let auth = format!("Bearer {admin}");
-    let r = node.post("/v1/beacons/shop", &keyed, &[("Authorization", &auth), ("Idempotency-Key", "compat-1")]);
+    let r = node.post(
+        "/v1/beacons/shop",
+        &keyed,
+        &[("Authorization", &auth), ("Idempotency-Key", "compat-1")],
+    );
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["replayed"], true, "{}", r.body);
-    assert_eq!(r.json()["log_position"], facts["keyed_answer"]["log_position"], "{}", r.body);
+    assert_eq!(
+        r.json()["log_position"],
+        facts["keyed_answer"]["log_position"],
+        "{}",
+        r.body
+    );
     let n = sql(&node, &admin, "SELECT SUM(\"count\") AS n FROM shop");
     assert_eq!(n[0]["n"], facts["events"], "{n}");
     drop(node);
@@ -60,7 +80,11 @@ fn an_older_releases_data_directory_and_backup_open() {
         .arg(&restored)
         .output()
         .expect("tidemark restore");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let node = TestNode::start(&restored);
     let n = sql(&node, &admin, "SELECT SUM(\"count\") AS n FROM shop");
     assert_eq!(n[0]["n"], facts["events_in_backup"], "{n}");

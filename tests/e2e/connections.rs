@@ -42,7 +42,12 @@ fn closed_within(conn: &mut TcpStream, within: Duration) -> bool {
             Ok(0) => return true,
             // An answer (HTTP 408, say) is not the end; what follows is.
             Ok(_) => continue,
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
                 return false;
             }
             Err(_) => return true,
@@ -56,7 +61,9 @@ fn metric(node: &TestNode, name: &str) -> f64 {
 
 /// A Kafka ApiVersions v0 request: the node answers it without a login.
 fn api_versions_works(addr: &str) -> bool {
-    let Ok(mut conn) = TcpStream::connect(addr) else { return false };
+    let Ok(mut conn) = TcpStream::connect(addr) else {
+        return false;
+    };
     let client = b"probe";
     let mut body = Vec::new();
     body.extend_from_slice(&18i16.to_be_bytes()); // ApiVersions
@@ -71,13 +78,16 @@ fn api_versions_works(addr: &str) -> bool {
     }
     let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
     let mut head = [0u8; 8];
-    conn.read_exact(&mut head).is_ok() && i32::from_be_bytes([head[4], head[5], head[6], head[7]]) == 7
+    conn.read_exact(&mut head).is_ok()
+        && i32::from_be_bytes([head[4], head[5], head[6], head[7]]) == 7
 }
 
 /// Opens `n` connections at once and counts those the node closed straight away (all are
 /// looked at together, well before any timeout could close the others).
 fn flood(addr: &str, n: usize) -> (Vec<TcpStream>, usize) {
-    let conns: Vec<TcpStream> = (0..n).map(|_| TcpStream::connect(addr).expect("connect")).collect();
+    let conns: Vec<TcpStream> = (0..n)
+        .map(|_| TcpStream::connect(addr).expect("connect"))
+        .collect();
     std::thread::sleep(Duration::from_millis(400));
     let closed = conns
         .iter()
@@ -104,28 +114,44 @@ fn kafka_connections_are_bounded_in_number_idleness_and_size_before_login() {
     let (conns, closed) = flood(&node.kafka, 25);
     assert_eq!(closed, 5, "connections closed at accept");
     assert_eq!(
-        metric(&node, "tidemark_kafka_connections_refused_by_limit_total{limit=\"connections_per_address_max\"}"),
+        metric(
+            &node,
+            "tidemark_kafka_connections_refused_by_limit_total{limit=\"connections_per_address_max\"}"
+        ),
         5.0
     );
     drop(conns);
     let deadline = Instant::now() + Duration::from_secs(10);
     while !api_versions_works(&node.kafka) {
-        assert!(Instant::now() < deadline, "no Kafka client got in after the flood left");
+        assert!(
+            Instant::now() < deadline,
+            "no Kafka client got in after the flood left"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 
     // Idle: a connection that sends nothing is closed after kafka.idle_timeout_ms.
     let mut idle = TcpStream::connect(&node.kafka).expect("connect");
     let t = Instant::now();
-    assert!(closed_within(&mut idle, Duration::from_secs(10)), "an idle connection stayed open");
-    assert!(t.elapsed() >= Duration::from_millis(2500), "closed after {:?}, before the idle timeout", t.elapsed());
+    assert!(
+        closed_within(&mut idle, Duration::from_secs(10)),
+        "an idle connection stayed open"
+    );
+    assert!(
+        t.elapsed() >= Duration::from_millis(2500),
+        "closed after {:?}, before the idle timeout",
+        t.elapsed()
+    );
 
     // Trickling: a frame whose bytes stop coming is closed after the request read timeout.
     let mut slow = TcpStream::connect(&node.kafka).expect("connect");
     slow.write_all(&100_000i32.to_be_bytes()).expect("size");
     slow.write_all(b"\x00\x12").expect("two bytes");
     let t = Instant::now();
-    assert!(closed_within(&mut slow, Duration::from_secs(10)), "a trickling request kept its connection");
+    assert!(
+        closed_within(&mut slow, Duration::from_secs(10)),
+        "a trickling request kept its connection"
+    );
     assert!(
         t.elapsed() < Duration::from_millis(2800),
         "closed after {:?}: by the idle timeout, not the read timeout",
@@ -144,7 +170,10 @@ fn kafka_connections_are_bounded_in_number_idleness_and_size_before_login() {
     let refused_before = refused();
     let mut big = TcpStream::connect(&node.kafka).expect("connect");
     big.write_all(&100_000i32.to_be_bytes()).expect("size");
-    assert!(closed_within(&mut big, Duration::from_millis(800)), "a 100000-byte frame before login was read");
+    assert!(
+        closed_within(&mut big, Duration::from_millis(800)),
+        "a 100000-byte frame before login was read"
+    );
     // The connection's task logs and counts as it ends, just after the socket closed.
     let deadline = Instant::now() + Duration::from_secs(5);
     while refused() < refused_before + 1.0 {
@@ -154,7 +183,10 @@ fn kafka_connections_are_bounded_in_number_idleness_and_size_before_login() {
     assert!(node.log_text().contains(
         "request of 100000 bytes is larger than the 4096-byte limit before logging in (kafka.unauthenticated_request_bytes_max"
     ));
-    assert!(api_versions_works(&node.kafka), "small requests before login still work");
+    assert!(
+        api_versions_works(&node.kafka),
+        "small requests before login still work"
+    );
     assert_eq!(node.get("/health").status, 200);
 }
 
@@ -166,20 +198,34 @@ fn http_connections_are_bounded_in_number_and_header_time() {
 
     // Slowloris: headers that never finish are cut at http.header_read_timeout_ms.
     let mut slow = TcpStream::connect(&node.http).expect("connect");
-    slow.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n").expect("half the headers");
+    slow.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        .expect("half the headers");
     let t = Instant::now();
-    assert!(closed_within(&mut slow, Duration::from_secs(10)), "unfinished headers kept their connection");
-    assert!(t.elapsed() >= Duration::from_millis(1200), "closed after {:?}", t.elapsed());
+    assert!(
+        closed_within(&mut slow, Duration::from_secs(10)),
+        "unfinished headers kept their connection"
+    );
+    assert!(
+        t.elapsed() >= Duration::from_millis(1200),
+        "closed after {:?}",
+        t.elapsed()
+    );
 
     // A keep-alive connection idle past the same deadline is closed too.
     let mut idle = TcpStream::connect(&node.http).expect("connect");
-    idle.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").expect("request");
-    assert!(closed_within(&mut idle, Duration::from_secs(10)), "an idle keep-alive connection stayed open");
+    idle.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("request");
+    assert!(
+        closed_within(&mut idle, Duration::from_secs(10)),
+        "an idle keep-alive connection stayed open"
+    );
 
     // A flood of 25 from one address: the ones past 20 (less any the test's own client
     // holds) are closed at accept and counted; other requests carry on meanwhile.
-    let before =
-        metric(&node, "tidemark_http_connections_refused_by_limit_total{limit=\"connections_per_address_max\"}");
+    let before = metric(
+        &node,
+        "tidemark_http_connections_refused_by_limit_total{limit=\"connections_per_address_max\"}",
+    );
     let (conns, closed) = flood(&node.http, 25);
     assert!((5..=7).contains(&closed), "{closed} closed at accept");
     drop(conns);
@@ -191,10 +237,17 @@ fn http_connections_are_bounded_in_number_and_header_time() {
                 "tidemark_http_connections_refused_by_limit_total{limit=\"connections_per_address_max\"}",
             )
             .unwrap_or(-1.0);
-            assert_eq!(after - before, closed as f64, "every closed connection was counted");
+            assert_eq!(
+                after - before,
+                closed as f64,
+                "every closed connection was counted"
+            );
             break;
         }
-        assert!(Instant::now() < deadline, "HTTP did not recover after the flood left");
+        assert!(
+            Instant::now() < deadline,
+            "HTTP did not recover after the flood left"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(node.get("/health").status, 200);

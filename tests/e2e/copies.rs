@@ -55,7 +55,10 @@ fn job_until(node: &TestNode, id: u64, what: &str, done: impl Fn(&Value) -> bool
 
 /// Files under `dir` (none if it does not exist).
 fn files_under(dir: &Path) -> Vec<String> {
-    crate::crash::walk(dir).into_iter().map(|p| p.to_string_lossy().into_owned()).collect()
+    crate::crash::walk(dir)
+        .into_iter()
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect()
 }
 
 /// Starts a copy with the CLI without waiting; answers its job id.
@@ -73,30 +76,71 @@ fn copies_are_jobs_with_progress_that_a_cancel_or_a_restart_ends_cleanly() {
     let data = dir.path().join("node");
     let mut node = TestNode::start(&data);
     setup(&node);
-    let interval = format!("{}/{}", now_ms() / HOUR_MS * HOUR_MS - 2 * HOUR_MS, now_ms() / HOUR_MS * HOUR_MS);
+    let interval = format!(
+        "{}/{}",
+        now_ms() / HOUR_MS * HOUR_MS - 2 * HOUR_MS,
+        now_ms() / HOUR_MS * HOUR_MS
+    );
 
     // A backup paced to 20 kB/s: running, its bytes counting up, in /v1/jobs and sys.jobs.
     let paced = dir.path().join("paced-backup");
     let paced_text = paced.to_string_lossy().into_owned();
-    let id = start(&node, &["backup", "--to", &paced_text, "--no-wait", "--max-bytes-per-s", "20000"]);
-    let running = job_until(&node, id, "the backup never counted a byte", |j| j["bytes_done"].as_u64() > Some(0));
+    let id = start(
+        &node,
+        &[
+            "backup",
+            "--to",
+            &paced_text,
+            "--no-wait",
+            "--max-bytes-per-s",
+            "20000",
+        ],
+    );
+    let running = job_until(&node, id, "the backup never counted a byte", |j| {
+        j["bytes_done"].as_u64() > Some(0)
+    });
     assert_eq!(running["state"], "running", "{running}");
-    let (done, total) = (running["bytes_done"].as_u64().unwrap_or(0), running["bytes_total"].as_u64().unwrap_or(0));
+    let (done, total) = (
+        running["bytes_done"].as_u64().unwrap_or(0),
+        running["bytes_total"].as_u64().unwrap_or(0),
+    );
     assert!(done < total, "paced: {running}");
-    let rows = node.sql(&format!("SELECT kind, state, bytes_total, destination FROM sys.jobs WHERE id = {id}"));
-    assert_eq!((rows[0]["kind"].as_str(), rows[0]["state"].as_str()), (Some("backup"), Some("running")), "{rows:?}");
+    let rows = node.sql(&format!(
+        "SELECT kind, state, bytes_total, destination FROM sys.jobs WHERE id = {id}"
+    ));
+    assert_eq!(
+        (rows[0]["kind"].as_str(), rows[0]["state"].as_str()),
+        (Some("backup"), Some("running")),
+        "{rows:?}"
+    );
     assert_eq!(rows[0]["bytes_total"].as_u64(), Some(total), "{rows:?}");
-    assert!(rows[0]["destination"].as_str().is_some_and(|d| d.contains(&paced_text)), "{rows:?}");
+    assert!(
+        rows[0]["destination"]
+            .as_str()
+            .is_some_and(|d| d.contains(&paced_text)),
+        "{rows:?}"
+    );
 
     // Cancelled: the job says so, and the copy stops and removes its directory.
     let (code, _, err) = node.cli(&["jobs", "cancel", &id.to_string()]);
     assert_eq!(code, 0, "{err}");
-    let ended = job_until(&node, id, "the cancel never applied", |j| j["state"] != "running");
+    let ended = job_until(&node, id, "the cancel never applied", |j| {
+        j["state"] != "running"
+    });
     assert_eq!(ended["state"], "cancelled", "{ended}");
-    assert!(ended["error"].as_str().is_some_and(|e| e.contains("cancelled by")), "{ended}");
+    assert!(
+        ended["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("cancelled by")),
+        "{ended}"
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     while paced.exists() {
-        assert!(Instant::now() < deadline, "the cancelled backup left {:?}", files_under(&paced));
+        assert!(
+            Instant::now() < deadline,
+            "the cancelled backup left {:?}",
+            files_under(&paced)
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     // Cancelling it again is a conflict that names why.
@@ -107,32 +151,80 @@ fn copies_are_jobs_with_progress_that_a_cancel_or_a_restart_ends_cleanly() {
     // An export cancelled the same way leaves no file behind.
     let export = dir.path().join("paced-export");
     let export_text = export.to_string_lossy().into_owned();
-    let args = ["export", "--datasource", "shop", "--interval", &interval, "--to", &export_text];
-    let id = start(&node, &[&args[..], &["--no-wait", "--max-bytes-per-s", "2000"]].concat());
-    let running = job_until(&node, id, "the export never read a batch", |j| j["batches_done"].as_u64() > Some(0));
+    let args = [
+        "export",
+        "--datasource",
+        "shop",
+        "--interval",
+        &interval,
+        "--to",
+        &export_text,
+    ];
+    let id = start(
+        &node,
+        &[&args[..], &["--no-wait", "--max-bytes-per-s", "2000"]].concat(),
+    );
+    let running = job_until(&node, id, "the export never read a batch", |j| {
+        j["batches_done"].as_u64() > Some(0)
+    });
     assert_eq!(running["kind"], "export", "{running}");
-    assert!(running["batches_done"].as_u64() < running["batches_total"].as_u64(), "paced: {running}");
-    assert!(running["events"].as_u64() > Some(0), "rows so far: {running}");
-    assert_eq!(node.post(&format!("/v1/jobs/{id}/cancel"), b"", &[]).status, 200);
-    job_until(&node, id, "the export's cancel never applied", |j| j["state"] == "cancelled");
+    assert!(
+        running["batches_done"].as_u64() < running["batches_total"].as_u64(),
+        "paced: {running}"
+    );
+    assert!(
+        running["events"].as_u64() > Some(0),
+        "rows so far: {running}"
+    );
+    assert_eq!(
+        node.post(&format!("/v1/jobs/{id}/cancel"), b"", &[]).status,
+        200
+    );
+    job_until(&node, id, "the export's cancel never applied", |j| {
+        j["state"] == "cancelled"
+    });
     let deadline = Instant::now() + Duration::from_secs(30);
     while !files_under(&export).is_empty() {
-        assert!(Instant::now() < deadline, "the cancelled export left {:?}", files_under(&export));
+        assert!(
+            Instant::now() < deadline,
+            "the cancelled export left {:?}",
+            files_under(&export)
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 
     // A node killed mid-export: back up, it cancels the job it left running and removes the
     // export's unfinished files.
-    let id = start(&node, &[&args[..], &["--no-wait", "--max-bytes-per-s", "2000"]].concat());
-    job_until(&node, id, "the export never read a batch", |j| j["batches_done"].as_u64() > Some(0));
+    let id = start(
+        &node,
+        &[&args[..], &["--no-wait", "--max-bytes-per-s", "2000"]].concat(),
+    );
+    job_until(&node, id, "the export never read a batch", |j| {
+        j["batches_done"].as_u64() > Some(0)
+    });
     let temporary = format!(".parquet.{id}.tmp");
-    assert!(files_under(&export).iter().any(|f| f.ends_with(&temporary)), "{:?}", files_under(&export));
+    assert!(
+        files_under(&export).iter().any(|f| f.ends_with(&temporary)),
+        "{:?}",
+        files_under(&export)
+    );
     node.kill9();
     node = TestNode::start(&data);
-    let ended = job_until(&node, id, "the restarted node never ended its copy", |j| j["state"] != "running");
+    let ended = job_until(&node, id, "the restarted node never ended its copy", |j| {
+        j["state"] != "running"
+    });
     assert_eq!(ended["state"], "cancelled", "{ended}");
-    assert!(ended["error"].as_str().is_some_and(|e| e.contains("restarted")), "{ended}");
-    assert!(files_under(&export).is_empty(), "{:?}", files_under(&export));
+    assert!(
+        ended["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("restarted")),
+        "{ended}"
+    );
+    assert!(
+        files_under(&export).is_empty(),
+        "{:?}",
+        files_under(&export)
+    );
 
     // Run to its end, an export counts every byte it read and every row; a backup too.
     let (code, out, err) = node.cli(&args);
@@ -141,22 +233,37 @@ fn copies_are_jobs_with_progress_that_a_cancel_or_a_restart_ends_cleanly() {
     assert_eq!(job["state"], "published", "{job}");
     assert_eq!(job["events"], 2000, "{job}");
     assert_eq!(job["batches_done"], job["batches_total"], "{job}");
-    assert!(job["bytes_done"].as_u64() > Some(0) && job["bytes_done"] == job["bytes_total"], "{job}");
+    assert!(
+        job["bytes_done"].as_u64() > Some(0) && job["bytes_done"] == job["bytes_total"],
+        "{job}"
+    );
     // The same export again into the same directory would overwrite it: refused, naming the
     // file, and the files stay as they were.
-    let before: Vec<(String, u64)> =
-        files_under(&export).into_iter().map(|f| (f.clone(), std::fs::metadata(&f).map_or(0, |m| m.len()))).collect();
+    let before: Vec<(String, u64)> = files_under(&export)
+        .into_iter()
+        .map(|f| (f.clone(), std::fs::metadata(&f).map_or(0, |m| m.len())))
+        .collect();
     let exports = || node.sql_i64("SELECT COUNT(*) FROM sys.jobs WHERE kind = 'export'");
     let logged = exports();
     let (code, _, err) = node.cli(&args);
     assert_ne!(code, 0);
-    assert!(err.contains("already exists") && err.contains(".parquet"), "{err}");
+    assert!(
+        err.contains("already exists") && err.contains(".parquet"),
+        "{err}"
+    );
     assert_eq!(exports(), logged, "refused before a job was logged");
-    let after: Vec<(String, u64)> =
-        files_under(&export).into_iter().map(|f| (f.clone(), std::fs::metadata(&f).map_or(0, |m| m.len()))).collect();
+    let after: Vec<(String, u64)> = files_under(&export)
+        .into_iter()
+        .map(|f| (f.clone(), std::fs::metadata(&f).map_or(0, |m| m.len())))
+        .collect();
     assert_eq!(after, before, "the earlier export is untouched");
-    let (code, _, err) =
-        node.cli(&["backup", "--to", &dir.path().join("x").to_string_lossy(), "--max-bytes-per-s", "0"]);
+    let (code, _, err) = node.cli(&[
+        "backup",
+        "--to",
+        &dir.path().join("x").to_string_lossy(),
+        "--max-bytes-per-s",
+        "0",
+    ]);
     assert_ne!(code, 0);
     assert!(err.contains("max_bytes_per_s must be at least 1"), "{err}");
     let full = dir.path().join("full-backup");
@@ -164,11 +271,18 @@ fn copies_are_jobs_with_progress_that_a_cancel_or_a_restart_ends_cleanly() {
     assert_eq!(code, 0, "{err}");
     let job: Value = serde_json::from_str(&out).expect("json");
     assert_eq!(job["state"], "published", "{job}");
-    assert!(job["bytes_done"].as_u64() > Some(0) && job["bytes_done"] == job["bytes_total"], "{job}");
+    assert!(
+        job["bytes_done"].as_u64() > Some(0) && job["bytes_done"] == job["bytes_total"],
+        "{job}"
+    );
     let on_disk: u64 = files_under(&full)
         .iter()
         .filter(|f| !f.ends_with("BACKUP.json"))
         .map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0))
         .sum();
-    assert_eq!(job["bytes_done"].as_u64(), Some(on_disk), "bytes counted vs written: {job}");
+    assert_eq!(
+        job["bytes_done"].as_u64(),
+        Some(on_disk),
+        "bytes counted vs written: {job}"
+    );
 }

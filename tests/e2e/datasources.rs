@@ -29,7 +29,10 @@ fn datasource_lifecycle_through_the_cli() {
     std::fs::write(&bad, SHOPS.replace("\"longSum\"", "\"longsum\"")).expect("write");
     let (code, _, err) = node.cli(&["datasource", "create", "--file", &bad.to_string_lossy()]);
     assert_ne!(code, 0);
-    assert!(err.contains("metrics[1]") && err.contains("longsum"), "{err}");
+    assert!(
+        err.contains("metrics[1]") && err.contains("longsum"),
+        "{err}"
+    );
 
     let (code, out, _) = node.cli(&["datasource", "list"]);
     assert_eq!(code, 0);
@@ -47,12 +50,28 @@ fn datasource_lifecycle_through_the_cli() {
 
     // Update adds a dimension; rows from before read it as null.
     let updated = dir.path().join("shops2.json");
-    std::fs::write(&updated, SHOPS.replace("\"page\"]", "\"page\", \"campaign\"]")).expect("write");
-    let (code, out, err) = node.cli(&["datasource", "update", "shops", "--file", &updated.to_string_lossy()]);
+    std::fs::write(
+        &updated,
+        SHOPS.replace("\"page\"]", "\"page\", \"campaign\"]"),
+    )
+    .expect("write");
+    let (code, out, err) = node.cli(&[
+        "datasource",
+        "update",
+        "shops",
+        "--file",
+        &updated.to_string_lossy(),
+    ]);
     assert_eq!(code, 0, "{out}{err}");
-    let body = format!("{{\"ts\": {t}, \"merchant_id\": \"a\", \"campaign\": \"spring\", \"qty\": 5}}");
-    assert_eq!(node.post("/v1/beacons/shops", body.as_bytes(), &[]).status, 200);
-    let rows = node.sql("SELECT campaign, SUM(qty) AS q FROM shops GROUP BY campaign ORDER BY campaign NULLS FIRST");
+    let body =
+        format!("{{\"ts\": {t}, \"merchant_id\": \"a\", \"campaign\": \"spring\", \"qty\": 5}}");
+    assert_eq!(
+        node.post("/v1/beacons/shops", body.as_bytes(), &[]).status,
+        200
+    );
+    let rows = node.sql(
+        "SELECT campaign, SUM(qty) AS q FROM shops GROUP BY campaign ORDER BY campaign NULLS FIRST",
+    );
     assert_eq!(rows.len(), 2, "{rows:?}");
     assert!(rows[0]["campaign"].is_null());
     assert_eq!(rows[0]["q"], 5);
@@ -63,8 +82,18 @@ fn datasource_lifecycle_through_the_cli() {
 
     // Removing a dimension is refused with the reason.
     let shrunk = dir.path().join("shops3.json");
-    std::fs::write(&shrunk, SHOPS.replace("[\"merchant_id\", \"page\"]", "[\"merchant_id\"]")).expect("write");
-    let (code, _, err) = node.cli(&["datasource", "update", "shops", "--file", &shrunk.to_string_lossy()]);
+    std::fs::write(
+        &shrunk,
+        SHOPS.replace("[\"merchant_id\", \"page\"]", "[\"merchant_id\"]"),
+    )
+    .expect("write");
+    let (code, _, err) = node.cli(&[
+        "datasource",
+        "update",
+        "shops",
+        "--file",
+        &shrunk.to_string_lossy(),
+    ]);
     assert_ne!(code, 0);
     assert!(err.contains("\"page\" cannot be removed"), "{err}");
 
@@ -80,10 +109,17 @@ fn datasource_lifecycle_through_the_cli() {
             break;
         }
         assert!(err.contains("purged"), "{err}");
-        assert!(std::time::Instant::now() < deadline, "name never freed: {err}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "name never freed: {err}"
+        );
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
-    assert_eq!(node.sql_i64("SELECT COUNT(*) FROM shops"), 0, "a new incarnation starts empty");
+    assert_eq!(
+        node.sql_i64("SELECT COUNT(*) FROM shops"),
+        0,
+        "a new incarnation starts empty"
+    );
     assert!(
         !dir.path().join("datasources").join("ds2").exists()
             || node.sql_i64("SELECT COUNT(*) FROM sys.segments WHERE datasource = 'shops'") == 0
@@ -94,11 +130,22 @@ fn datasource_lifecycle_through_the_cli() {
 fn datasource_rest_errors_are_clear() {
     let dir = tempfile::tempdir().expect("tempdir");
     let node = TestNode::start(dir.path());
-    let spec = tidemark_catalog::spec::DEMO_BEACONS_SPEC.replace("\"partitions\": 3", "\"partitions\": 2");
+    let spec =
+        tidemark_catalog::spec::DEMO_BEACONS_SPEC.replace("\"partitions\": 3", "\"partitions\": 2");
     let r = node.put("/v1/datasources/beacons", spec.as_bytes());
     assert_eq!(r.status, 409, "{}", r.body);
-    assert!(r.json()["error"].as_str().unwrap_or_default().contains("partitions can only grow"), "{}", r.body);
-    let r = node.put("/v1/datasources/other", tidemark_catalog::spec::DEMO_BEACONS_SPEC.as_bytes());
+    assert!(
+        r.json()["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("partitions can only grow"),
+        "{}",
+        r.body
+    );
+    let r = node.put(
+        "/v1/datasources/other",
+        tidemark_catalog::spec::DEMO_BEACONS_SPEC.as_bytes(),
+    );
     assert_eq!(r.status, 400, "{}", r.body);
     let r = node.delete("/v1/datasources/nope");
     assert_eq!(r.status, 404, "{}", r.body);
@@ -114,5 +161,10 @@ fn datasource_rest_errors_are_clear() {
         .flatten()
         .filter_map(|p| p["field"].as_str().map(str::to_string))
         .collect();
-    assert_eq!(fields, vec!["name".to_string(), "timestamp.field".to_string()], "{}", r.body);
+    assert_eq!(
+        fields,
+        vec!["name".to_string(), "timestamp.field".to_string()],
+        "{}",
+        r.body
+    );
 }

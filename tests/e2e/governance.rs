@@ -29,7 +29,10 @@ const TAGS: [&str; 8] = [
 ];
 
 fn tag_name(json: &str) -> String {
-    serde_json::from_str::<serde_json::Value>(json).expect("tag JSON")["name"].as_str().expect("name").to_string()
+    serde_json::from_str::<serde_json::Value>(json).expect("tag JSON")["name"]
+        .as_str()
+        .expect("name")
+        .to_string()
 }
 
 fn metric(node: &TestNode, name: &str) -> u64 {
@@ -42,18 +45,39 @@ fn metric(node: &TestNode, name: &str) -> u64 {
 fn tags_are_standardised_at_apply_and_suggested_to_tools() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut node = TestNode::start(dir.path());
-    let r = node.post("/v1/datasources", PAYMENTS.as_bytes(), &[("Content-Type", "application/json")]);
+    let r = node.post(
+        "/v1/datasources",
+        PAYMENTS.as_bytes(),
+        &[("Content-Type", "application/json")],
+    );
     assert_eq!(r.status, 201, "{}", r.body);
 
     // A domain through the CLI, its tags over REST.
-    let (code, out, err) = node.cli(&["governance", "domain", "create", "payments", "--datasource", "payments"]);
+    let (code, out, err) = node.cli(&[
+        "governance",
+        "domain",
+        "create",
+        "payments",
+        "--datasource",
+        "payments",
+    ]);
     assert_eq!(code, 0, "{out}{err}");
     for t in TAGS {
-        let r = node.put(&format!("/v1/governance/domains/payments/tags/{}", tag_name(t)), t.as_bytes());
+        let r = node.put(
+            &format!("/v1/governance/domains/payments/tags/{}", tag_name(t)),
+            t.as_bytes(),
+        );
         assert_eq!(r.status, 201, "{t}: {}", r.body);
     }
-    let r = node.put("/v1/governance/domains/payments/tags/country", TAGS[3].as_bytes());
-    assert_eq!((r.status, r.json()["changed"].clone()), (200, json!(false)), "the same tag again changes nothing");
+    let r = node.put(
+        "/v1/governance/domains/payments/tags/country",
+        TAGS[3].as_bytes(),
+    );
+    assert_eq!(
+        (r.status, r.json()["changed"].clone()),
+        (200, json!(false)),
+        "the same tag again changes nothing"
+    );
 
     // An alias is renamed; an unknown key is dropped and named, with a suggestion.
     let now = now_ms();
@@ -74,12 +98,18 @@ fn tags_are_standardised_at_apply_and_suggested_to_tools() {
     let rows = node.sql(
         "SELECT account_number, SUM(\"count\") AS n FROM payments GROUP BY account_number ORDER BY account_number NULLS LAST",
     );
-    assert_eq!(serde_json::Value::Array(rows), json!([{"account_number": "A-1", "n": 1}, {"n": 1}]));
+    assert_eq!(
+        serde_json::Value::Array(rows),
+        json!([{"account_number": "A-1", "n": 1}, {"n": 1}])
+    );
     assert_eq!(node.sql_i64("SELECT SUM(qty) FROM payments"), 3);
     assert_eq!(metric(&node, "tidemark_tags_dropped_total"), 1);
 
     // Under the reject policy an unknown tag and a wrong type reject the beacon, exactly why.
-    let strict = PAYMENTS.replace("\"name\": \"payments\",", "\"name\": \"payments\", \"unknown_tags\": \"reject\",");
+    let strict = PAYMENTS.replace(
+        "\"name\": \"payments\",",
+        "\"name\": \"payments\", \"unknown_tags\": \"reject\",",
+    );
     let r = node.put("/v1/datasources/payments", strict.as_bytes());
     assert_eq!(r.status, 200, "{}", r.body);
     let body = format!(
@@ -106,9 +136,21 @@ fn tags_are_standardised_at_apply_and_suggested_to_tools() {
         .sql("SELECT code, reason FROM sys.rejects WHERE datasource = 'payments' ORDER BY log_position, record_index");
     let got: Vec<(i64, String)> = rejects
         .iter()
-        .map(|r| (r["code"].as_i64().unwrap_or(-1), r["reason"].as_str().unwrap_or_default().to_string()))
+        .map(|r| {
+            (
+                r["code"].as_i64().unwrap_or(-1),
+                r["reason"].as_str().unwrap_or_default().to_string(),
+            )
+        })
         .collect();
-    assert_eq!(got, vec![(7, expected[0].to_string()), (8, expected[1].to_string()), (7, expected[2].to_string())]);
+    assert_eq!(
+        got,
+        vec![
+            (7, expected[0].to_string()),
+            (8, expected[1].to_string()),
+            (7, expected[2].to_string())
+        ]
+    );
 
     // Tools ask what a key means.
     let r = node.get("/v1/governance/suggest?tag=acct_nm");
@@ -126,15 +168,27 @@ fn tags_are_standardised_at_apply_and_suggested_to_tools() {
     );
     let r = node.get("/v1/governance/suggest");
     assert_eq!(r.status, 400);
-    assert_eq!(r.json()["error"], "the tag parameter is required, e.g. /v1/governance/suggest?tag=acct_num");
+    assert_eq!(
+        r.json()["error"],
+        "the tag parameter is required, e.g. /v1/governance/suggest?tag=acct_num"
+    );
     let r = node.get("/v1/governance/suggest?tag=x&domain=nope");
-    assert_eq!((r.status, r.json()["error"].clone()), (404, json!("governance domain \"nope\" does not exist")));
+    assert_eq!(
+        (r.status, r.json()["error"].clone()),
+        (404, json!("governance domain \"nope\" does not exist"))
+    );
     let r = node.get("/v1/governance/suggest?tag=x&datasource=beacons");
     assert_eq!(r.status, 404);
-    assert_eq!(r.json()["error"], "datasource \"beacons\" is in no governance domain");
+    assert_eq!(
+        r.json()["error"],
+        "datasource \"beacons\" is in no governance domain"
+    );
     let (code, out, err) = node.cli(&["governance", "suggest", "Account-Number"]);
     assert_eq!(code, 0, "{err}");
-    assert_eq!(out.trim(), "unknown tag \"Account-Number\" in domain \"payments\" (did you mean \"account_number\"?)");
+    assert_eq!(
+        out.trim(),
+        "unknown tag \"Account-Number\" in domain \"payments\" (did you mean \"account_number\"?)"
+    );
 
     // Restart: the registry and what it did survive.
     node.stop();
@@ -143,24 +197,38 @@ fn tags_are_standardised_at_apply_and_suggested_to_tools() {
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["tag"]["aliases"], json!(["acct_num"]));
     assert_eq!(r.json()["versions"].as_array().map(Vec::len), Some(1));
-    assert_eq!(node.sql_i64("SELECT SUM(\"count\") FROM payments WHERE account_number = 'A-1'"), 1);
+    assert_eq!(
+        node.sql_i64("SELECT SUM(\"count\") FROM payments WHERE account_number = 'A-1'"),
+        1
+    );
     let rows =
         node.sql("SELECT tag, kind, type, status, aliases FROM sys.tags WHERE domain = 'payments' AND tag LIKE 'acc%'");
     assert_eq!(
         serde_json::Value::Array(rows),
         json!([{"tag": "account_number", "kind": "dimension", "type": "string", "status": "approved", "aliases": "acct_num"}])
     );
-    assert_eq!(node.sql_i64("SELECT COUNT(*) FROM sys.tags WHERE domain = 'payments'"), 8);
+    assert_eq!(
+        node.sql_i64("SELECT COUNT(*) FROM sys.tags WHERE domain = 'payments'"),
+        8
+    );
     let (code, out, _) = node.cli(&["governance", "tag", "list", "payments"]);
     assert_eq!(code, 0);
-    assert!(out.lines().any(|l| l.starts_with("account_number") && l.contains("acct_num")), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("account_number") && l.contains("acct_num")),
+        "{out}"
+    );
 }
 
 #[test]
 fn governance_errors_name_the_problem() {
     let dir = tempfile::tempdir().expect("tempdir");
     let node = TestNode::start(dir.path());
-    let r = node.post("/v1/datasources", PAYMENTS.as_bytes(), &[("Content-Type", "application/json")]);
+    let r = node.post(
+        "/v1/datasources",
+        PAYMENTS.as_bytes(),
+        &[("Content-Type", "application/json")],
+    );
     assert_eq!(r.status, 201, "{}", r.body);
     let r = node.post(
         "/v1/governance/domains",
@@ -170,7 +238,10 @@ fn governance_errors_name_the_problem() {
     assert_eq!(r.status, 201, "{}", r.body);
 
     // A malformed tag: the field is named.
-    let r = node.put("/v1/governance/domains/payments/tags/amount", br#"{"kind": "field", "type": "decimal"}"#);
+    let r = node.put(
+        "/v1/governance/domains/payments/tags/amount",
+        br#"{"kind": "field", "type": "decimal"}"#,
+    );
     assert_eq!(r.status, 400, "{}", r.body);
     assert_eq!(r.json()["problems"][0]["field"], "type", "{}", r.body);
     let r = node.put(
@@ -179,7 +250,12 @@ fn governance_errors_name_the_problem() {
     );
     assert_eq!(r.status, 400, "{}", r.body);
     let problems = r.json()["problems"].clone();
-    let fields: Vec<&str> = problems.as_array().into_iter().flatten().filter_map(|p| p["field"].as_str()).collect();
+    let fields: Vec<&str> = problems
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["field"].as_str())
+        .collect();
     assert_eq!(fields, vec!["type", "aliases[0]"], "{}", r.body);
 
     // A tag required as a rollup dimension the datasource lacks.
@@ -204,7 +280,10 @@ fn governance_errors_name_the_problem() {
         br#"{"kind": "field", "type": "double", "aliases": ["amount"]}"#,
     );
     assert_eq!(r.status, 409, "{}", r.body);
-    assert_eq!(r.json()["problems"][0]["message"], "\"amount\" is already the tag \"amount\" in domain \"payments\"");
+    assert_eq!(
+        r.json()["problems"][0]["message"],
+        "\"amount\" is already the tag \"amount\" in domain \"payments\""
+    );
     let r = node.delete("/v1/governance/domains/payments/tags/amount");
     assert_eq!(r.status, 409, "{}", r.body);
     assert!(
@@ -215,8 +294,10 @@ fn governance_errors_name_the_problem() {
         "{}",
         r.body
     );
-    let r =
-        node.put("/v1/governance/domains/payments/tags/amount", br#"{"name": "amt", "kind": "field", "type": "any"}"#);
+    let r = node.put(
+        "/v1/governance/domains/payments/tags/amount",
+        br#"{"name": "amt", "kind": "field", "type": "any"}"#,
+    );
     assert_eq!(r.status, 400, "{}", r.body);
     assert!(r.body.contains("renaming is not supported"), "{}", r.body);
     // A datasource belongs to one domain; unknown domains and tags are 404.
@@ -226,9 +307,16 @@ fn governance_errors_name_the_problem() {
         &[("Content-Type", "application/json")],
     );
     assert_eq!(r.status, 409, "{}", r.body);
-    assert!(r.body.contains("a datasource belongs to one domain"), "{}", r.body);
+    assert!(
+        r.body.contains("a datasource belongs to one domain"),
+        "{}",
+        r.body
+    );
     assert_eq!(node.get("/v1/governance/domains/nope").status, 404);
-    assert_eq!(node.get("/v1/governance/domains/payments/tags/nope").status, 404);
+    assert_eq!(
+        node.get("/v1/governance/domains/payments/tags/nope").status,
+        404
+    );
     let (code, _, err) = node.cli(&["governance", "tag", "remove", "payments", "amount"]);
     assert_ne!(code, 0);
     assert!(err.contains("deprecate it instead"), "{err}");
@@ -273,17 +361,26 @@ fn retention_is_stored_per_datasource_and_form_and_audited() {
         ]
     );
     // A shorter raw retention: the audit log has both rules, before and after.
-    let r = node.put("/v1/governance/retention/beacons", br#"{"raw":"P7D","segments":"P400D"}"#);
+    let r = node.put(
+        "/v1/governance/retention/beacons",
+        br#"{"raw":"P7D","segments":"P400D"}"#,
+    );
     assert_eq!(r.status, 200, "{}", r.body);
     let rows =
         node.sql("SELECT op, object, before, after FROM sys.audit WHERE op = 'put_retention' ORDER BY log_position");
     assert_eq!(rows.len(), 2, "{rows:?}");
     assert_eq!(rows[0]["before"], serde_json::Value::Null);
     assert_eq!(rows[1]["object"], "retention:beacons");
-    let before: serde_json::Value = serde_json::from_str(rows[1]["before"].as_str().unwrap_or("null")).expect("json");
-    let after: serde_json::Value = serde_json::from_str(rows[1]["after"].as_str().unwrap_or("null")).expect("json");
+    let before: serde_json::Value =
+        serde_json::from_str(rows[1]["before"].as_str().unwrap_or("null")).expect("json");
+    let after: serde_json::Value =
+        serde_json::from_str(rows[1]["after"].as_str().unwrap_or("null")).expect("json");
     assert_eq!(
-        (before["raw"].as_str(), after["raw"].as_str(), after["rejects"].as_str()),
+        (
+            before["raw"].as_str(),
+            after["raw"].as_str(),
+            after["rejects"].as_str()
+        ),
         (Some("P30D"), Some("P7D"), None)
     );
 
@@ -291,9 +388,9 @@ fn retention_is_stored_per_datasource_and_form_and_audited() {
     let r = node.put("/v1/governance/retention/beacons", br#"{"raw":"30 days"}"#);
     assert_eq!(r.status, 400, "{}", r.body);
     assert!(
-        r.json()["error"]
-            .as_str()
-            .is_some_and(|e| e.starts_with("invalid retention rule: raw: invalid period \"30 days\"")),
+        r.json()["error"].as_str().is_some_and(
+            |e| e.starts_with("invalid retention rule: raw: invalid period \"30 days\"")
+        ),
         "{}",
         r.body
     );
@@ -323,12 +420,20 @@ fn shortening_retention_is_an_admins_change_and_never_reaches_inside_the_late_wi
     let admin = key("root", "admin", None);
     let editor = key("ed", "governance_editor", Some(&admin));
     let put = |auth: &str, body: &str| {
-        node.put_with("/v1/governance/retention/beacons", body.as_bytes(), &[("Authorization", auth)])
+        node.put_with(
+            "/v1/governance/retention/beacons",
+            body.as_bytes(),
+            &[("Authorization", auth)],
+        )
     };
-    let error = |r: &crate::harness::Reply| r.json()["error"].as_str().unwrap_or_default().to_string();
+    let error =
+        |r: &crate::harness::Reply| r.json()["error"].as_str().unwrap_or_default().to_string();
 
     // From forever to a limit: shorter, so the editor may not; the admin may.
-    let r = put(&editor, r#"{"raw": "PT1M", "segments": "PT1M", "rejects": "PT1M"}"#);
+    let r = put(
+        &editor,
+        r#"{"raw": "PT1M", "segments": "PT1M", "rejects": "PT1M"}"#,
+    );
     assert_eq!(r.status, 400, "{}", r.body);
     assert_eq!(
         error(&r),
@@ -348,7 +453,16 @@ fn shortening_retention_is_an_admins_change_and_never_reaches_inside_the_late_wi
     let r = put(&editor, r#"{"raw": "P7D"}"#);
     assert_eq!(r.status, 403, "{}", r.body);
     let r = put(&admin, r#"{"raw": "PT5M"}"#);
-    assert_eq!(r.status, 400, "the late window binds admins too: {}", r.body);
-    let rule = node.get_with("/v1/governance/retention/beacons", &[("Authorization", &admin)]).json();
+    assert_eq!(
+        r.status, 400,
+        "the late window binds admins too: {}",
+        r.body
+    );
+    let rule = node
+        .get_with(
+            "/v1/governance/retention/beacons",
+            &[("Authorization", &admin)],
+        )
+        .json();
     assert_eq!(rule["retention"]["raw"], "P60D", "{rule}");
 }

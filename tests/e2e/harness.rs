@@ -44,10 +44,13 @@ fn free_port() -> u16 {
 fn free_port_on(ip: &str) -> u16 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static SEED: AtomicU64 = AtomicU64::new(0);
-    let t =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
-    let mut x =
-        t ^ u64::from(std::process::id()).rotate_left(32) ^ SEED.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let mut x = t
+        ^ u64::from(std::process::id()).rotate_left(32)
+        ^ SEED.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed);
     for _ in 0..1000 {
         x ^= x << 13;
         x ^= x >> 7;
@@ -112,7 +115,10 @@ impl Reply {
     }
 
     pub(crate) fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -127,8 +133,17 @@ impl TestNode {
 
     /// A node serving HTTPS, Flight SQL over TLS and Kafka over TLS with `cert`/`key`, which
     /// `ca` signs (the client side trusts `ca`).
-    pub(crate) fn start_tls(data_dir: &Path, ca: &Path, cert: &Path, key: &Path, extra: &[&str]) -> TestNode {
-        let (cert, key) = (cert.to_string_lossy().into_owned(), key.to_string_lossy().into_owned());
+    pub(crate) fn start_tls(
+        data_dir: &Path,
+        ca: &Path,
+        cert: &Path,
+        key: &Path,
+        extra: &[&str],
+    ) -> TestNode {
+        let (cert, key) = (
+            cert.to_string_lossy().into_owned(),
+            key.to_string_lossy().into_owned(),
+        );
         let mut args = vec!["--tls-cert", cert.as_str(), "--tls-key", key.as_str()];
         args.extend(extra);
         Self::start_inner(data_dir, &args, Some(ca))
@@ -163,7 +178,12 @@ impl TestNode {
 
     /// Starts (or restarts) a cluster member; `join` is another member's HTTP address. It does
     /// not wait: a joining node is healthy only once it has a leader.
-    pub(crate) fn start_member(data_dir: &Path, addrs: &MemberAddrs, join: Option<&str>, extra: &[&str]) -> TestNode {
+    pub(crate) fn start_member(
+        data_dir: &Path,
+        addrs: &MemberAddrs,
+        join: Option<&str>,
+        extra: &[&str],
+    ) -> TestNode {
         let id = addrs.node_id.to_string();
         let mut args = vec!["--node-id", &id];
         if let Some(j) = join {
@@ -201,7 +221,12 @@ impl TestNode {
         Self::spawn_limited(data_dir, addrs, extra, None)
     }
 
-    fn spawn_limited(data_dir: &Path, addrs: &MemberAddrs, extra: &[&str], fds_max: Option<u32>) -> TestNode {
+    fn spawn_limited(
+        data_dir: &Path,
+        addrs: &MemberAddrs,
+        extra: &[&str],
+        fds_max: Option<u32>,
+    ) -> TestNode {
         Self::spawn_with(data_dir, addrs, extra, fds_max, None)
     }
 
@@ -214,7 +239,11 @@ impl TestNode {
         fds_max: Option<u32>,
         secret: Option<Option<&str>>,
     ) -> TestNode {
-        let (http, flight, kafka) = (addrs.http.clone(), addrs.flight.clone(), addrs.kafka.clone());
+        let (http, flight, kafka) = (
+            addrs.http.clone(),
+            addrs.flight.clone(),
+            addrs.kafka.clone(),
+        );
         std::fs::create_dir_all(data_dir).expect("data dir");
         let log = data_dir.join(format!("node-{}.log", free_port()));
         let out = std::fs::File::create(&log).expect("log file");
@@ -223,20 +252,39 @@ impl TestNode {
             None => Command::new(tidemark_bin()),
             Some(n) => {
                 let mut c = Command::new("sh");
-                c.arg("-c").arg(format!("ulimit -n {n} && exec \"$0\" \"$@\"")).arg(tidemark_bin());
+                c.arg("-c")
+                    .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                    .arg(tidemark_bin());
                 c
             }
         };
         let child = command
             .args(["serve", "--data-dir"])
             .arg(data_dir)
-            .args(["--http-addr", &http, "--flight-addr", &flight, "--kafka-addr", &kafka, "--raft-addr", &addrs.raft])
-            .args(if extra.contains(&"--tick-interval-ms") { &[][..] } else { &["--tick-interval-ms", "200"][..] })
+            .args([
+                "--http-addr",
+                &http,
+                "--flight-addr",
+                &flight,
+                "--kafka-addr",
+                &kafka,
+                "--raft-addr",
+                &addrs.raft,
+            ])
+            .args(if extra.contains(&"--tick-interval-ms") {
+                &[][..]
+            } else {
+                &["--tick-interval-ms", "200"][..]
+            })
             .args(extra)
             .env("RUST_LOG", "info")
             .env("RUST_BACKTRACE", "1")
             .env_remove("TIDEMARK_CLUSTER_SECRET")
-            .envs(secret.unwrap_or(Some(CLUSTER_SECRET)).map(|s| ("TIDEMARK_CLUSTER_SECRET", s)))
+            .envs(
+                secret
+                    .unwrap_or(Some(CLUSTER_SECRET))
+                    .map(|s| ("TIDEMARK_CLUSTER_SECRET", s)),
+            )
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(err))
             .spawn()
@@ -249,7 +297,16 @@ impl TestNode {
             .timeout_global(Some(Duration::from_secs(60)))
             .build()
             .into();
-        TestNode { child: Some(child), http, flight, kafka, raft: addrs.raft.clone(), log, agent, ca: None }
+        TestNode {
+            child: Some(child),
+            http,
+            flight,
+            kafka,
+            raft: addrs.raft.clone(),
+            log,
+            agent,
+            ca: None,
+        }
     }
 
     /// Speaks HTTPS to the node from here on, trusting `ca`.
@@ -297,16 +354,31 @@ impl TestNode {
         s
     }
 
-    fn finish(r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Result<Reply, ureq::Error> {
+    fn finish(
+        r: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<Reply, ureq::Error> {
         let mut resp = r?;
         let status = resp.status().as_u16();
         let headers = resp
             .headers()
             .iter()
-            .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or_default().to_string()))
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_string(),
+                    v.to_str().unwrap_or_default().to_string(),
+                )
+            })
             .collect();
-        let body = resp.body_mut().with_config().limit(1 << 30).read_to_string()?;
-        Ok(Reply { status, body, headers })
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(1 << 30)
+            .read_to_string()?;
+        Ok(Reply {
+            status,
+            body,
+            headers,
+        })
     }
 
     pub(crate) fn try_get(&self, path: &str) -> Result<Reply, ureq::Error> {
@@ -322,14 +394,21 @@ impl TestNode {
     }
 
     pub(crate) fn get(&self, path: &str) -> Reply {
-        self.try_get(path).unwrap_or_else(|e| panic!("GET {path}: {e}"))
+        self.try_get(path)
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
     }
 
     pub(crate) fn delete(&self, path: &str) -> Reply {
-        Self::finish(self.agent.delete(&self.url(path)).call()).unwrap_or_else(|e| panic!("DELETE {path}: {e}"))
+        Self::finish(self.agent.delete(&self.url(path)).call())
+            .unwrap_or_else(|e| panic!("DELETE {path}: {e}"))
     }
 
-    pub(crate) fn try_post(&self, path: &str, body: &[u8], headers: &[(&str, &str)]) -> Result<Reply, ureq::Error> {
+    pub(crate) fn try_post(
+        &self,
+        path: &str,
+        body: &[u8],
+        headers: &[(&str, &str)],
+    ) -> Result<Reply, ureq::Error> {
         let mut req = self.agent.post(&self.url(path));
         for (k, v) in headers {
             req = req.header(*k, *v);
@@ -343,16 +422,32 @@ impl TestNode {
             let log = self.log_text();
             let lines: Vec<&str> = log.lines().collect();
             // A panic in the node names itself; otherwise the last lines tell.
-            let at = lines.iter().position(|l| l.contains("panicked at")).unwrap_or(lines.len().saturating_sub(30));
-            let tail = lines[at..].iter().take(30).copied().collect::<Vec<_>>().join("\n");
+            let at = lines
+                .iter()
+                .position(|l| l.contains("panicked at"))
+                .unwrap_or(lines.len().saturating_sub(30));
+            let tail = lines[at..]
+                .iter()
+                .take(30)
+                .copied()
+                .collect::<Vec<_>>()
+                .join("\n");
             panic!("POST {path}: {e}\nnode log:\n{tail}")
         })
     }
 
     /// A POST whose answer may be binary (Arrow IPC): its status and bytes, as sent.
-    pub(crate) fn post_raw(&self, path: &str, body: &[u8], headers: &[(&str, &str)]) -> (u16, Vec<u8>) {
+    pub(crate) fn post_raw(
+        &self,
+        path: &str,
+        body: &[u8],
+        headers: &[(&str, &str)],
+    ) -> (u16, Vec<u8>) {
         let (status, bytes) = self.try_post_raw(path, body, headers);
-        (status, bytes.unwrap_or_else(|e| panic!("POST {path}: {e}\nnode log:\n{}", self.log_text())))
+        (
+            status,
+            bytes.unwrap_or_else(|e| panic!("POST {path}: {e}\nnode log:\n{}", self.log_text())),
+        )
     }
 
     /// A POST's status and its body's bytes, or the error that cut the body.
@@ -366,8 +461,13 @@ impl TestNode {
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        let mut resp = req.send(body).unwrap_or_else(|e| panic!("POST {path}: {e}\nnode log:\n{}", self.log_text()));
-        (resp.status().as_u16(), resp.body_mut().with_config().limit(1 << 30).read_to_vec())
+        let mut resp = req
+            .send(body)
+            .unwrap_or_else(|e| panic!("POST {path}: {e}\nnode log:\n{}", self.log_text()));
+        (
+            resp.status().as_u16(),
+            resp.body_mut().with_config().limit(1 << 30).read_to_vec(),
+        )
     }
 
     pub(crate) fn put_with(&self, path: &str, body: &[u8], headers: &[(&str, &str)]) -> Reply {
@@ -379,12 +479,17 @@ impl TestNode {
     }
 
     pub(crate) fn put(&self, path: &str, body: &[u8]) -> Reply {
-        Self::finish(self.agent.put(&self.url(path)).send(body)).unwrap_or_else(|e| panic!("PUT {path}: {e}"))
+        Self::finish(self.agent.put(&self.url(path)).send(body))
+            .unwrap_or_else(|e| panic!("PUT {path}: {e}"))
     }
 
     /// Rows of a SQL query as JSON objects.
     pub(crate) fn sql(&self, query: &str) -> Vec<serde_json::Value> {
-        let r = self.post("/v1/sql", query.as_bytes(), &[("Content-Type", "text/plain")]);
+        let r = self.post(
+            "/v1/sql",
+            query.as_bytes(),
+            &[("Content-Type", "text/plain")],
+        );
         assert_eq!(r.status, 200, "{query}: {}", r.body);
         r.json().as_array().cloned().unwrap_or_default()
     }
@@ -404,7 +509,10 @@ impl TestNode {
         let out = Command::new(tidemark_bin())
             .args(args)
             .env("TIDEMARK_URL", self.url(""))
-            .env("TIDEMARK_CA_CERT", self.ca.as_deref().unwrap_or(Path::new("")))
+            .env(
+                "TIDEMARK_CA_CERT",
+                self.ca.as_deref().unwrap_or(Path::new("")),
+            )
             .output()
             .expect("run tidemark CLI");
         (
@@ -430,7 +538,10 @@ impl TestNode {
     pub(crate) fn pause(&self, stopped: bool) {
         if let Some(c) = self.child.as_ref() {
             let signal = if stopped { "-STOP" } else { "-CONT" };
-            let _ = Command::new("kill").arg(signal).arg(c.id().to_string()).status();
+            let _ = Command::new("kill")
+                .arg(signal)
+                .arg(c.id().to_string())
+                .status();
         }
     }
 
@@ -458,7 +569,10 @@ impl TestNode {
     /// SIGTERM and wait for a clean exit.
     pub(crate) fn stop(&mut self) -> Option<i32> {
         let mut c = self.child.take()?;
-        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if let Ok(Some(status)) = c.try_wait() {
@@ -488,11 +602,16 @@ pub(crate) const CLUSTER_SECRET: &str = "e2e-cluster-secret-0123456789";
 /// The binary under test: this build's, or `TIDEMARK_BIN` (the long chaos run uses a release
 /// build, so a 200-kill run measures the server rather than debug-build overhead).
 pub(crate) fn tidemark_bin() -> std::path::PathBuf {
-    std::env::var_os("TIDEMARK_BIN").map(Into::into).unwrap_or_else(|| env!("CARGO_BIN_EXE_tidemark").into())
+    std::env::var_os("TIDEMARK_BIN")
+        .map(Into::into)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_tidemark").into())
 }
 
 /// A sample's value in Prometheus text: the line `name value`.
 pub(crate) fn metric_value(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
+    text.lines().find_map(|l| {
+        l.strip_prefix(name)
+            .and_then(|v| v.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+    })
 }

@@ -38,12 +38,16 @@ fn until(stop: &AtomicBool, mut attack: impl FnMut()) {
 }
 
 fn sql(node: &TestNode, q: &str) -> u16 {
-    node.try_post("/v1/sql", q.as_bytes(), &[("Content-Type", "text/plain")]).map_or(0, |r| r.status)
+    node.try_post("/v1/sql", q.as_bytes(), &[("Content-Type", "text/plain")])
+        .map_or(0, |r| r.status)
 }
 
 #[test]
 fn a_node_under_every_attack_at_once_keeps_serving_a_good_client() {
-    let secs: u64 = std::env::var("TIDEMARK_HOSTILE_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(8);
+    let secs: u64 = std::env::var("TIDEMARK_HOSTILE_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8);
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("node.toml");
     std::fs::write(&config, CONFIG).expect("config");
@@ -59,7 +63,9 @@ fn a_node_under_every_attack_at_once_keeps_serving_a_good_client() {
     let (sent, read_back) = std::thread::scope(|s| {
         s.spawn(|| {
             until(&stop, || {
-                let conns: Vec<TcpStream> = (0..150).filter_map(|_| TcpStream::connect(&node.kafka).ok()).collect();
+                let conns: Vec<TcpStream> = (0..150)
+                    .filter_map(|_| TcpStream::connect(&node.kafka).ok())
+                    .collect();
                 std::thread::sleep(Duration::from_millis(300));
                 drop(conns);
                 count();
@@ -82,7 +88,9 @@ fn a_node_under_every_attack_at_once_keeps_serving_a_good_client() {
         });
         s.spawn(|| {
             until(&stop, || {
-                let mut slow: Vec<TcpStream> = (0..20).filter_map(|_| TcpStream::connect(&node.http).ok()).collect();
+                let mut slow: Vec<TcpStream> = (0..20)
+                    .filter_map(|_| TcpStream::connect(&node.http).ok())
+                    .collect();
                 for c in &mut slow {
                     let _ = c.write_all(b"POST /v1/sql HTTP/1.1\r\nHost: x\r\n");
                 }
@@ -144,13 +152,19 @@ fn a_node_under_every_attack_at_once_keeps_serving_a_good_client() {
         (sent, read_back)
     });
 
-    assert_eq!(read_back, sent as i64, "every acknowledged beacon is counted");
+    assert_eq!(
+        read_back, sent as i64,
+        "every acknowledged beacon is counted"
+    );
     assert!(attacks.load(Ordering::Relaxed) > 5, "the attacks ran");
     assert_eq!(node.get("/health").status, 200);
     let peak_mib = peak_rss_kib.load(Ordering::Relaxed) / 1024;
     // The query budget is 256 MiB; the rest of a node (debug build, RocksDB, Raft) stays
     // well under a few hundred more.
-    assert!(peak_mib < 1024, "the node's memory peaked at {peak_mib} MiB");
+    assert!(
+        peak_mib < 1024,
+        "the node's memory peaked at {peak_mib} MiB"
+    );
     eprintln!(
         "hostile run: {secs} s, {} attack rounds, {sent} beacons acknowledged and counted, peak RSS {peak_mib} MiB",
         attacks.load(Ordering::Relaxed)

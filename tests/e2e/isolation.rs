@@ -20,10 +20,11 @@ use std::time::{Duration, Instant};
 use arrow_flight::decode::FlightRecordBatchStream;
 use arrow_flight::flight_service_client::FlightServiceClient;
 use arrow_flight::sql::{
-    ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest, ActionCreatePreparedStatementResult,
-    Any, CommandGetCatalogs, CommandGetDbSchemas, CommandGetExportedKeys, CommandGetImportedKeys,
-    CommandGetPrimaryKeys, CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables, CommandGetXdbcTypeInfo,
-    CommandPreparedStatementQuery, CommandStatementQuery, ProstMessageExt,
+    ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest,
+    ActionCreatePreparedStatementResult, Any, CommandGetCatalogs, CommandGetDbSchemas,
+    CommandGetExportedKeys, CommandGetImportedKeys, CommandGetPrimaryKeys, CommandGetSqlInfo,
+    CommandGetTableTypes, CommandGetTables, CommandGetXdbcTypeInfo, CommandPreparedStatementQuery,
+    CommandStatementQuery, ProstMessageExt,
 };
 use arrow_flight::{Action, FlightData, FlightDescriptor, Ticket};
 use datafusion::arrow::array::RecordBatch;
@@ -95,13 +96,20 @@ fn events(start_ms: i64, canaries: &mut Canaries) -> (Vec<Value>, Vec<Value>) {
         let country = format!("{MARK}c{other}");
         let device = format!("{MARK}d{other}");
         let app = format!("{MARK}a{other}");
-        canaries.strings.extend([merchant.clone(), country.clone(), device.clone(), app.clone()]);
+        canaries.strings.extend([
+            merchant.clone(),
+            country.clone(),
+            device.clone(),
+            app.clone(),
+        ]);
         for i in 0..200i64 {
             let page = format!("/{MARK}p-{other}-{}", i % 5);
             // Unique, exact in binary, and far from anything the scoped merchant's sums reach.
             let amount = 73_219_467.8125 + (m as i64 * 1000 + i) as f64;
             let latency = 91_357_113.4375 + (m as i64 * 1000 + i) as f64;
-            canaries.numbers.extend([amount.to_bits(), latency.to_bits()]);
+            canaries
+                .numbers
+                .extend([amount.to_bits(), latency.to_bits()]);
             if i < 5 {
                 canaries.strings.push(page.clone());
             }
@@ -118,13 +126,24 @@ fn events(start_ms: i64, canaries: &mut Canaries) -> (Vec<Value>, Vec<Value>) {
 fn vocabulary(start_ms: i64, canaries: &Canaries) -> Vocabulary {
     let own = vec![
         ("merchant_id", vec![MERCHANT.to_string()]),
-        ("page", ["/a/home", "/a/cart", "/a/buy", "/a/help"].map(String::from).to_vec()),
+        (
+            "page",
+            ["/a/home", "/a/cart", "/a/buy", "/a/help"]
+                .map(String::from)
+                .to_vec(),
+        ),
         ("country", vec!["FR".into(), "DE".into()]),
         ("device", vec!["ios".into(), "web".into()]),
         ("app", vec!["shop".into(), "pos".into()]),
     ];
-    let of =
-        |prefix: &str| -> Vec<String> { canaries.strings.iter().filter(|s| s.starts_with(prefix)).cloned().collect() };
+    let of = |prefix: &str| -> Vec<String> {
+        canaries
+            .strings
+            .iter()
+            .filter(|s| s.starts_with(prefix))
+            .cloned()
+            .collect()
+    };
     let canary = vec![
         ("merchant_id", of(&format!("{MARK}m"))),
         ("page", of(&format!("/{MARK}p"))),
@@ -132,7 +151,12 @@ fn vocabulary(start_ms: i64, canaries: &Canaries) -> Vocabulary {
         ("device", of(&format!("{MARK}d"))),
         ("app", of(&format!("{MARK}a"))),
     ];
-    Vocabulary { own, canaries: canary, start_ms, minutes: MINUTES }
+    Vocabulary {
+        own,
+        canaries: canary,
+        start_ms,
+        minutes: MINUTES,
+    }
 }
 
 /// Where a canary shows in `bytes` that the SQL did not name itself, if anywhere.
@@ -142,8 +166,10 @@ fn leak(bytes: &[u8], sql: &str, canaries: &Canaries) -> Option<String> {
     for s in canaries.strings.iter().filter(|s| sql.contains(s.as_str())) {
         text = remove_all(&text, s.as_bytes());
     }
-    let context =
-        |at: usize| String::from_utf8_lossy(&text[at.saturating_sub(60)..(at + 60).min(text.len())]).into_owned();
+    let context = |at: usize| {
+        String::from_utf8_lossy(&text[at.saturating_sub(60)..(at + 60).min(text.len())])
+            .into_owned()
+    };
     if let Some(at) = find(&text, MARK.as_bytes()) {
         return Some(format!("a canary string: …{}…", context(at)));
     }
@@ -159,7 +185,9 @@ fn leak(bytes: &[u8], sql: &str, canaries: &Canaries) -> Option<String> {
         while i < text.len() && (text[i].is_ascii_digit() || text[i] == b'.') {
             i += 1;
         }
-        let n = std::str::from_utf8(&text[start..i]).ok().and_then(|t| t.parse::<f64>().ok());
+        let n = std::str::from_utf8(&text[start..i])
+            .ok()
+            .and_then(|t| t.parse::<f64>().ok());
         if n.is_some_and(|n| numbers.contains(&n.to_bits())) {
             return Some(format!("a canary number as text: …{}…", context(start)));
         }
@@ -168,7 +196,10 @@ fn leak(bytes: &[u8], sql: &str, canaries: &Canaries) -> Option<String> {
     for (at, w) in text.windows(8).enumerate() {
         let bits = u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
         if numbers.contains(&bits) {
-            return Some(format!("the canary number {} as bytes at offset {at}", f64::from_bits(bits)));
+            return Some(format!(
+                "the canary number {} as bytes at offset {at}",
+                f64::from_bits(bits)
+            ));
         }
     }
     None
@@ -218,11 +249,22 @@ pub(crate) struct Flight {
 impl Flight {
     /// A client sending `token` as its bearer key (none: a node without keys).
     pub(crate) fn connect(addr: &str, token: Option<&str>) -> Flight {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
         let channel = rt
-            .block_on(tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("uri").connect())
+            .block_on(
+                tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                    .expect("uri")
+                    .connect(),
+            )
             .expect("connect to Flight SQL");
-        Flight { rt, client: FlightServiceClient::new(channel), auth: token.map(|t| format!("Bearer {t}")) }
+        Flight {
+            rt,
+            client: FlightServiceClient::new(channel),
+            auth: token.map(|t| format!("Bearer {t}")),
+        }
     }
 
     fn request<T>(&self, msg: T) -> tonic::Request<T> {
@@ -238,7 +280,10 @@ impl Flight {
     fn call(&mut self, cmd: Any) -> (Vec<u8>, Result<Vec<RecordBatch>, String>) {
         let descriptor = FlightDescriptor::new_cmd(cmd.encode_to_vec());
         let mut raw = Vec::new();
-        let info = match self.rt.block_on(self.client.get_flight_info(self.request(descriptor))) {
+        let info = match self
+            .rt
+            .block_on(self.client.get_flight_info(self.request(descriptor)))
+        {
             Ok(i) => i.into_inner(),
             Err(s) => {
                 raw.extend_from_slice(s.message().as_bytes());
@@ -248,7 +293,10 @@ impl Flight {
         raw.extend(info.encode_to_vec());
         let mut data: Vec<FlightData> = Vec::new();
         for endpoint in &info.endpoint {
-            let ticket = endpoint.ticket.clone().unwrap_or_else(|| Ticket::new(Vec::new()));
+            let ticket = endpoint
+                .ticket
+                .clone()
+                .unwrap_or_else(|| Ticket::new(Vec::new()));
             let stream = match self.rt.block_on(self.client.do_get(self.request(ticket))) {
                 Ok(s) => s.into_inner(),
                 Err(s) => {
@@ -269,18 +317,30 @@ impl Flight {
             raw.extend_from_slice(&d.data_body);
             raw.extend_from_slice(&d.app_metadata);
         }
-        let decoded = FlightRecordBatchStream::new_from_flight_data(futures::stream::iter(data.into_iter().map(Ok)));
-        let batches = self.rt.block_on(decoded.try_collect::<Vec<RecordBatch>>()).map_err(|e| e.to_string());
+        let decoded = FlightRecordBatchStream::new_from_flight_data(futures::stream::iter(
+            data.into_iter().map(Ok),
+        ));
+        let batches = self
+            .rt
+            .block_on(decoded.try_collect::<Vec<RecordBatch>>())
+            .map_err(|e| e.to_string());
         (raw, batches)
     }
 
     /// The statement as a prepared statement: created (its reply, with the result's schema,
     /// is scanned too), run, closed.
     pub(crate) fn prepared(&mut self, sql: &str) -> (Vec<u8>, Answer) {
-        let create = ActionCreatePreparedStatementRequest { query: sql.to_string(), transaction_id: None };
-        let (mut raw, result) = self.action("CreatePreparedStatement", create.as_any().encode_to_vec());
+        let create = ActionCreatePreparedStatementRequest {
+            query: sql.to_string(),
+            transaction_id: None,
+        };
+        let (mut raw, result) =
+            self.action("CreatePreparedStatement", create.as_any().encode_to_vec());
         let created = match result.and_then(|bodies| {
-            let body = bodies.first().ok_or("CreatePreparedStatement answered nothing")?.clone();
+            let body = bodies
+                .first()
+                .ok_or("CreatePreparedStatement answered nothing")?
+                .clone();
             let any = Any::decode(body.as_slice()).map_err(|e| e.to_string())?;
             any.unpack::<ActionCreatePreparedStatementResult>()
                 .map_err(|e| e.to_string())?
@@ -290,10 +350,15 @@ impl Flight {
             Err(e) => return (raw, Err(e)),
         };
         let handle = created.prepared_statement_handle.clone();
-        let cmd = CommandPreparedStatementQuery { prepared_statement_handle: handle.clone() }.as_any();
+        let cmd = CommandPreparedStatementQuery {
+            prepared_statement_handle: handle.clone(),
+        }
+        .as_any();
         let (run_raw, batches) = self.call(cmd);
         raw.extend(run_raw);
-        let close = ActionClosePreparedStatementRequest { prepared_statement_handle: handle };
+        let close = ActionClosePreparedStatementRequest {
+            prepared_statement_handle: handle,
+        };
         let (close_raw, _) = self.action("ClosePreparedStatement", close.as_any().encode_to_vec());
         raw.extend(close_raw);
         (raw, batches.and_then(|b| json_rows(&b)))
@@ -301,16 +366,25 @@ impl Flight {
 
     /// A DoAction's result bodies (also as raw bytes), or the error's text.
     fn action(&mut self, kind: &str, body: Vec<u8>) -> (Vec<u8>, Result<Vec<Vec<u8>>, String>) {
-        let action = Action { r#type: kind.to_string(), body: body.into() };
+        let action = Action {
+            r#type: kind.to_string(),
+            body: body.into(),
+        };
         let mut raw = Vec::new();
-        let stream = match self.rt.block_on(self.client.do_action(self.request(action))) {
+        let stream = match self
+            .rt
+            .block_on(self.client.do_action(self.request(action)))
+        {
             Ok(s) => s.into_inner(),
             Err(s) => {
                 raw.extend_from_slice(s.message().as_bytes());
                 return (raw, Err(s.message().to_string()));
             }
         };
-        match self.rt.block_on(stream.try_collect::<Vec<arrow_flight::Result>>()) {
+        match self
+            .rt
+            .block_on(stream.try_collect::<Vec<arrow_flight::Result>>())
+        {
             Ok(results) => {
                 let bodies: Vec<Vec<u8>> = results.into_iter().map(|r| r.body.to_vec()).collect();
                 for b in &bodies {
@@ -328,20 +402,39 @@ impl Flight {
     /// Starts a statement's DoGet, reads its first message, then `wait`s on `hold` while the
     /// stream is open and drops it (a client going away mid-answer).
     pub(crate) fn abandon(&mut self, sql: &str, hold: impl FnOnce()) {
-        let cmd = CommandStatementQuery { query: sql.to_string(), transaction_id: None }.as_any();
+        let cmd = CommandStatementQuery {
+            query: sql.to_string(),
+            transaction_id: None,
+        }
+        .as_any();
         let descriptor = FlightDescriptor::new_cmd(cmd.encode_to_vec());
-        let info = self.rt.block_on(self.client.get_flight_info(self.request(descriptor))).expect("FlightInfo");
-        let ticket = info.into_inner().endpoint[0].ticket.clone().expect("a ticket");
-        let mut stream = self.rt.block_on(self.client.do_get(self.request(ticket))).expect("DoGet").into_inner();
+        let info = self
+            .rt
+            .block_on(self.client.get_flight_info(self.request(descriptor)))
+            .expect("FlightInfo");
+        let ticket = info.into_inner().endpoint[0]
+            .ticket
+            .clone()
+            .expect("a ticket");
+        let mut stream = self
+            .rt
+            .block_on(self.client.do_get(self.request(ticket)))
+            .expect("DoGet")
+            .into_inner();
         let _ = self.rt.block_on(stream.message());
         hold();
         drop(stream);
         // The reset goes out when the client's runtime next runs its connection.
-        self.rt.block_on(async { tokio::time::sleep(Duration::from_millis(300)).await });
+        self.rt
+            .block_on(async { tokio::time::sleep(Duration::from_millis(300)).await });
     }
 
     pub(crate) fn query(&mut self, sql: &str) -> (Vec<u8>, Answer) {
-        let cmd = CommandStatementQuery { query: sql.to_string(), transaction_id: None }.as_any();
+        let cmd = CommandStatementQuery {
+            query: sql.to_string(),
+            transaction_id: None,
+        }
+        .as_any();
         let (raw, batches) = self.call(cmd);
         (raw, batches.and_then(|b| json_rows(&b)))
     }
@@ -352,7 +445,11 @@ fn http(node: &TestNode, token: &str, sql: &str, accept: &str) -> (u16, Vec<u8>)
     node.post_raw(
         "/v1/sql",
         sql.as_bytes(),
-        &[("Authorization", &auth), ("Accept", accept), ("Content-Type", "text/plain")],
+        &[
+            ("Authorization", &auth),
+            ("Accept", accept),
+            ("Content-Type", "text/plain"),
+        ],
     )
 }
 
@@ -366,21 +463,28 @@ fn http_json(status: u16, bytes: &[u8]) -> Answer {
 }
 
 fn ipc_rows(bytes: &[u8]) -> Answer {
-    let reader = datafusion::arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)
+    let reader =
+        datafusion::arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)
+            .map_err(|e| e.to_string())?;
+    let batches = reader
+        .collect::<Result<Vec<_>, _>>()
         .map_err(|e| e.to_string())?;
-    let batches = reader.collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())?;
     json_rows(&batches)
 }
 
 /// A row's sort key: text fields as they are, doubles rounded (they may differ in the last
 /// digits between the two sides), so equal rows line up.
 fn row_key(row: &Value) -> String {
-    let Some(o) = row.as_object() else { return row.to_string() };
+    let Some(o) = row.as_object() else {
+        return row.to_string();
+    };
     let mut text = String::new();
     let mut doubles = String::new();
     for (k, v) in o {
         match v {
-            Value::Number(n) if n.is_f64() => doubles.push_str(&format!("{k}={:.2e};", n.as_f64().unwrap_or(0.0))),
+            Value::Number(n) if n.is_f64() => {
+                doubles.push_str(&format!("{k}={:.2e};", n.as_f64().unwrap_or(0.0)))
+            }
             _ => text.push_str(&format!("{k}={v};")),
         }
     }
@@ -448,7 +552,9 @@ fn check(
     let (prepared_raw, prepared_rows) = flights.0.prepared(&sql);
     scan("Flight SQL prepared statement", &prepared_raw);
 
-    let Compare::Multiset { tolerance } = q.compare else { return problems };
+    let Compare::Multiset { tolerance } = q.compare else {
+        return problems;
+    };
     let mine = http_json(status, &json_bytes);
     let (copy_status, copy_bytes) = http(node, admin, &copy_sql, "application/json");
     let copy = http_json(copy_status, &copy_bytes);
@@ -456,16 +562,26 @@ fn check(
     let mut compare = |door: &str, a: &Answer, b: &Answer| match (a, b) {
         (Ok(x), Ok(y)) => {
             if let Err(e) = same_rows(x, y, tolerance) {
-                problems.push(format!("{door}: the merchant's answer differs from the copy's: {e}"));
+                problems.push(format!(
+                    "{door}: the merchant's answer differs from the copy's: {e}"
+                ));
             }
         }
         (Err(_), Err(_)) => {}
-        (Ok(_), Err(e)) => problems.push(format!("{door}: the copy fails ({e}), the merchant's query does not")),
-        (Err(e), Ok(_)) => problems.push(format!("{door}: the merchant's query fails ({e}), the copy's does not")),
+        (Ok(_), Err(e)) => problems.push(format!(
+            "{door}: the copy fails ({e}), the merchant's query does not"
+        )),
+        (Err(e), Ok(_)) => problems.push(format!(
+            "{door}: the merchant's query fails ({e}), the copy's does not"
+        )),
     };
     compare("HTTP JSON", &mine, &copy);
     compare("Flight SQL", &flight_rows, &copy_flight);
-    compare("Flight SQL prepared statement", &prepared_rows, &copy_flight);
+    compare(
+        "Flight SQL prepared statement",
+        &prepared_rows,
+        &copy_flight,
+    );
     if ipc_status == 200 {
         compare("HTTP Arrow IPC against JSON", &ipc_rows(&ipc), &mine);
     }
@@ -474,11 +590,22 @@ fn check(
 
 #[test]
 fn a_merchant_key_sees_nothing_of_other_merchants_in_generated_queries() {
-    let queries: usize = std::env::var("TIDEMARK_ISOLATION_QUERIES").ok().and_then(|v| v.parse().ok()).unwrap_or(500);
-    let seed: u64 = std::env::var("TIDEMARK_ISOLATION_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)
-    });
-    eprintln!("isolation: seed {seed} (TIDEMARK_ISOLATION_SEED={seed} replays it), {queries} queries");
+    let queries: usize = std::env::var("TIDEMARK_ISOLATION_QUERIES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(500);
+    let seed: u64 = std::env::var("TIDEMARK_ISOLATION_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+        });
+    eprintln!(
+        "isolation: seed {seed} (TIDEMARK_ISOLATION_SEED={seed} replays it), {queries} queries"
+    );
 
     let dir = tempfile::tempdir().expect("tempdir");
     let node = TestNode::start(dir.path());
@@ -490,7 +617,13 @@ fn a_merchant_key_sees_nothing_of_other_merchants_in_generated_queries() {
         }
         node.post(path, body, &headers)
     };
-    let r = post("/v1/keys", None, json!({"name": "root", "role": "admin"}).to_string().as_bytes());
+    let r = post(
+        "/v1/keys",
+        None,
+        json!({"name": "root", "role": "admin"})
+            .to_string()
+            .as_bytes(),
+    );
     assert_eq!(r.status, 201, "{}", r.body);
     let admin = r.json()["token"].as_str().unwrap_or_default().to_string();
     let body = json!({"name": "ma01 dashboard", "role": "merchant_reader", "tenants": [MERCHANT]});
@@ -498,7 +631,11 @@ fn a_merchant_key_sees_nothing_of_other_merchants_in_generated_queries() {
     assert_eq!(r.status, 201, "{}", r.body);
     let merchant = r.json()["token"].as_str().unwrap_or_default().to_string();
     for name in ["iso_all", "iso_one"] {
-        let r = post("/v1/datasources", Some(&admin), spec(name).to_string().as_bytes());
+        let r = post(
+            "/v1/datasources",
+            Some(&admin),
+            spec(name).to_string().as_bytes(),
+        );
         assert!(r.status == 200 || r.status == 201, "{}", r.body);
     }
 
@@ -507,7 +644,10 @@ fn a_merchant_key_sees_nothing_of_other_merchants_in_generated_queries() {
     let mut canaries = Canaries::default();
     let (all, own) = events(start_ms, &mut canaries);
     for (name, events) in [("iso_all", &all), ("iso_one", &own)] {
-        let body: Vec<u8> = events.iter().flat_map(|e| format!("{e}\n").into_bytes()).collect();
+        let body: Vec<u8> = events
+            .iter()
+            .flat_map(|e| format!("{e}\n").into_bytes())
+            .collect();
         let r = post(&format!("/v1/beacons/{name}"), Some(&admin), &body);
         assert_eq!(r.status, 200, "{}", r.body);
         assert_eq!(r.json()["accepted"], json!(events.len()), "{}", r.body);
@@ -525,7 +665,11 @@ fn a_merchant_key_sees_nothing_of_other_merchants_in_generated_queries() {
         if seg.len() == 2 {
             break;
         }
-        assert!(Instant::now() < deadline, "no segments in both datasources: {}", String::from_utf8_lossy(&b));
+        assert!(
+            Instant::now() < deadline,
+            "no segments in both datasources: {}",
+            String::from_utf8_lossy(&b)
+        );
         std::thread::sleep(Duration::from_millis(250));
     }
 
@@ -536,7 +680,14 @@ fn a_merchant_key_sees_nothing_of_other_merchants_in_generated_queries() {
     // The Flight SQL metadata calls, as the merchant.
     let metadata: Vec<(&str, Any)> = vec![
         ("GetCatalogs", CommandGetCatalogs {}.as_any()),
-        ("GetDbSchemas", CommandGetDbSchemas { catalog: None, db_schema_filter_pattern: None }.as_any()),
+        (
+            "GetDbSchemas",
+            CommandGetDbSchemas {
+                catalog: None,
+                db_schema_filter_pattern: None,
+            }
+            .as_any(),
+        ),
         (
             "GetTables",
             CommandGetTables {
@@ -550,24 +701,47 @@ fn a_merchant_key_sees_nothing_of_other_merchants_in_generated_queries() {
         ),
         ("GetTableTypes", CommandGetTableTypes {}.as_any()),
         ("GetSqlInfo", CommandGetSqlInfo { info: vec![] }.as_any()),
-        ("GetXdbcTypeInfo", CommandGetXdbcTypeInfo { data_type: None }.as_any()),
+        (
+            "GetXdbcTypeInfo",
+            CommandGetXdbcTypeInfo { data_type: None }.as_any(),
+        ),
     ];
     // The key calls name a table: the merchant's own, and the copy it may also see.
     let mut metadata = metadata;
     for table in ["iso_all", "iso_one"] {
-        let (catalog, db_schema, table) = (Some("tidemark".to_string()), Some("public".to_string()), table.to_string());
+        let (catalog, db_schema, table) = (
+            Some("tidemark".to_string()),
+            Some("public".to_string()),
+            table.to_string(),
+        );
         metadata.extend([
             (
                 "GetPrimaryKeys",
-                CommandGetPrimaryKeys { catalog: catalog.clone(), db_schema: db_schema.clone(), table: table.clone() }
-                    .as_any(),
+                CommandGetPrimaryKeys {
+                    catalog: catalog.clone(),
+                    db_schema: db_schema.clone(),
+                    table: table.clone(),
+                }
+                .as_any(),
             ),
             (
                 "GetExportedKeys",
-                CommandGetExportedKeys { catalog: catalog.clone(), db_schema: db_schema.clone(), table: table.clone() }
-                    .as_any(),
+                CommandGetExportedKeys {
+                    catalog: catalog.clone(),
+                    db_schema: db_schema.clone(),
+                    table: table.clone(),
+                }
+                .as_any(),
             ),
-            ("GetImportedKeys", CommandGetImportedKeys { catalog, db_schema, table }.as_any()),
+            (
+                "GetImportedKeys",
+                CommandGetImportedKeys {
+                    catalog,
+                    db_schema,
+                    table,
+                }
+                .as_any(),
+            ),
         ]);
     }
     for (name, cmd) in metadata {
@@ -588,12 +762,21 @@ fn a_merchant_key_sees_nothing_of_other_merchants_in_generated_queries() {
         let q = generator.next_query();
         *by_kind.entry(q.kind).or_default() += 1;
         compared += usize::from(q.compare != Compare::CanaryOnly);
-        for p in
-            check(&q, &node, (&merchant, &admin), (&mut merchant_flight, &mut admin_flight), &canaries, &mut answered)
-        {
+        for p in check(
+            &q,
+            &node,
+            (&merchant, &admin),
+            (&mut merchant_flight, &mut admin_flight),
+            &canaries,
+            &mut answered,
+        ) {
             problems += 1;
             if failures.len() < 20 {
-                failures.push(format!("query {i} ({}): {}\n    {p}", q.kind, q.sql("iso_all")));
+                failures.push(format!(
+                    "query {i} ({}): {}\n    {p}",
+                    q.kind,
+                    q.sql("iso_all")
+                ));
             }
         }
         if (i + 1) % 5000 == 0 {
@@ -610,5 +793,10 @@ fn a_merchant_key_sees_nothing_of_other_merchants_in_generated_queries() {
          compared as multisets, the rest by canary scan only): {by_kind:?}",
         started.elapsed().as_secs_f64()
     );
-    assert!(failures.is_empty(), "seed {seed}: {} problems:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "seed {seed}: {} problems:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }

@@ -90,7 +90,10 @@ pub(crate) struct Generator<'a> {
 
 impl<'a> Generator<'a> {
     pub(crate) fn new(seed: u64, vocab: &'a Vocabulary) -> Self {
-        Generator { rng: Rng::new(seed), vocab }
+        Generator {
+            rng: Rng::new(seed),
+            vocab,
+        }
     }
 
     fn dim(&mut self) -> &'static str {
@@ -108,9 +111,21 @@ impl<'a> Generator<'a> {
 
     /// A value of `dim`: the scoped merchant's (60%) or another merchant's canary.
     fn value(&mut self, dim: &str) -> String {
-        let pool = if self.rng.chance(60) { &self.vocab.own } else { &self.vocab.canaries };
-        let values = pool.iter().find(|(d, _)| *d == dim).map(|(_, v)| v.as_slice()).unwrap_or(&[]);
-        if values.is_empty() { "nothing".to_string() } else { self.rng.pick(values).clone() }
+        let pool = if self.rng.chance(60) {
+            &self.vocab.own
+        } else {
+            &self.vocab.canaries
+        };
+        let values = pool
+            .iter()
+            .find(|(d, _)| *d == dim)
+            .map(|(_, v)| v.as_slice())
+            .unwrap_or(&[]);
+        if values.is_empty() {
+            "nothing".to_string()
+        } else {
+            self.rng.pick(values).clone()
+        }
     }
 
     fn minute(&mut self) -> i64 {
@@ -138,14 +153,25 @@ impl<'a> Generator<'a> {
             7 => format!("__time >= to_timestamp_millis({})", self.minute()),
             8 => {
                 let (lo, hi) = (self.minute(), self.minute());
-                format!("__time BETWEEN to_timestamp_millis({}) AND to_timestamp_millis({})", lo.min(hi), lo.max(hi))
+                format!(
+                    "__time BETWEEN to_timestamp_millis({}) AND to_timestamp_millis({})",
+                    lo.min(hi),
+                    lo.max(hi)
+                )
             }
-            _ => format!("(merchant_id = {} OR 1 = 1)", quote(&self.value("merchant_id"))),
+            _ => format!(
+                "(merchant_id = {} OR 1 = 1)",
+                quote(&self.value("merchant_id"))
+            ),
         }
     }
 
     fn maybe_where(&mut self) -> String {
-        if self.rng.chance(50) { format!(" WHERE {}", self.predicate()) } else { String::new() }
+        if self.rng.chance(50) {
+            format!(" WHERE {}", self.predicate())
+        } else {
+            String::new()
+        }
     }
 
     /// A value expression over a dimension; the casts fail on some values (a failing
@@ -156,7 +182,10 @@ impl<'a> Generator<'a> {
             1 => format!("length({d})"),
             2 => format!("concat({d}, '|')"),
             3 => format!("substr({d}, 2, 3)"),
-            4 => format!("CASE WHEN {d} = {} THEN 'hit' ELSE {d} END", quote(&self.value(d))),
+            4 => format!(
+                "CASE WHEN {d} = {} THEN 'hit' ELSE {d} END",
+                quote(&self.value(d))
+            ),
             5 => format!("coalesce({d}, 'none')"),
             6 => format!("CAST({d} AS INT)"),
             7 => format!("CAST({d} AS DATE)"),
@@ -174,7 +203,13 @@ impl<'a> Generator<'a> {
             0 => {
                 let (a, b) = self.two_dims();
                 let w = self.maybe_where();
-                ("projection", format!("SELECT {a}, {b}, \"count\" FROM {{t}}{w} ORDER BY {a}, {b}, \"count\""), exact)
+                (
+                    "projection",
+                    format!(
+                        "SELECT {a}, {b}, \"count\" FROM {{t}}{w} ORDER BY {a}, {b}, \"count\""
+                    ),
+                    exact,
+                )
             }
             1 => {
                 let (a, b) = self.two_dims();
@@ -187,7 +222,11 @@ impl<'a> Generator<'a> {
             }
             2 => {
                 let p = self.predicate();
-                ("count", format!("SELECT COUNT(*) AS rows, SUM(\"count\") AS n FROM {{t}} WHERE {p}"), exact)
+                (
+                    "count",
+                    format!("SELECT COUNT(*) AS rows, SUM(\"count\") AS n FROM {{t}} WHERE {p}"),
+                    exact,
+                )
             }
             3 => {
                 let d = self.dim();
@@ -217,9 +256,12 @@ impl<'a> Generator<'a> {
             }
             6 => {
                 let (a, b) = self.two_dims();
-                let op = *self.rng.pick(&["UNION", "UNION ALL", "INTERSECT", "EXCEPT"]);
+                let op = *self
+                    .rng
+                    .pick(&["UNION", "UNION ALL", "INTERSECT", "EXCEPT"]);
                 let p = self.predicate();
-                let sql = format!("SELECT {a} AS v FROM {{t}} {op} SELECT {b} FROM {{t}} WHERE {p}");
+                let sql =
+                    format!("SELECT {a} AS v FROM {{t}} {op} SELECT {b} FROM {{t}} WHERE {p}");
                 ("set operation", sql, exact)
             }
             7 => {
@@ -234,23 +276,37 @@ impl<'a> Generator<'a> {
                 let d = self.dim();
                 let e = self.expression(d);
                 let w = self.maybe_where();
-                ("expression", format!("SELECT {e} AS x, COUNT(*) AS c FROM {{t}}{w} GROUP BY 1"), exact)
+                (
+                    "expression",
+                    format!("SELECT {e} AS x, COUNT(*) AS c FROM {{t}}{w} GROUP BY 1"),
+                    exact,
+                )
             }
             9 => {
                 let d = self.dim();
                 let e = self.expression(d);
-                ("expression rows", format!("SELECT {e} AS x FROM {{t}} ORDER BY 1"), exact)
+                (
+                    "expression rows",
+                    format!("SELECT {e} AS x FROM {{t}} ORDER BY 1"),
+                    exact,
+                )
             }
             10 => {
                 let n = 1 + self.rng.below(5);
                 let w = self.maybe_where();
-                ("limit", format!("SELECT * FROM {{t}}{w} LIMIT {n}"), Compare::CanaryOnly)
+                (
+                    "limit",
+                    format!("SELECT * FROM {{t}}{w} LIMIT {n}"),
+                    Compare::CanaryOnly,
+                )
             }
             11 => {
                 let d = self.dim();
                 let w = self.maybe_where();
                 let analyze = if self.rng.chance(50) { "ANALYZE " } else { "" };
-                let sql = format!("EXPLAIN {analyze}SELECT {d}, SUM(\"count\") FROM {{t}}{w} GROUP BY {d}");
+                let sql = format!(
+                    "EXPLAIN {analyze}SELECT {d}, SUM(\"count\") FROM {{t}}{w} GROUP BY {d}"
+                );
                 ("explain", sql, Compare::CanaryOnly)
             }
             12 => {
@@ -275,7 +331,11 @@ impl<'a> Generator<'a> {
                     "sys.keys",
                     "sys.retention",
                 ]);
-                ("system table", format!("SELECT * FROM {table}"), Compare::CanaryOnly)
+                (
+                    "system table",
+                    format!("SELECT * FROM {table}"),
+                    Compare::CanaryOnly,
+                )
             }
             14 => {
                 let d = self.dim();
@@ -290,7 +350,11 @@ impl<'a> Generator<'a> {
             15 => {
                 let d = self.dim();
                 let w = self.maybe_where();
-                ("distinct", format!("SELECT DISTINCT {d} FROM {{t}}{w}"), exact)
+                (
+                    "distinct",
+                    format!("SELECT DISTINCT {d} FROM {{t}}{w}"),
+                    exact,
+                )
             }
             16 => {
                 let d = self.dim();
@@ -311,7 +375,11 @@ impl<'a> Generator<'a> {
                 ("time series", sql, exact)
             }
         };
-        GenQuery { template, compare, kind }
+        GenQuery {
+            template,
+            compare,
+            kind,
+        }
     }
 }
 
@@ -321,8 +389,14 @@ mod tests {
 
     fn vocab() -> Vocabulary {
         Vocabulary {
-            own: DIMENSIONS.iter().map(|d| (*d, vec![format!("own-{d}")])).collect(),
-            canaries: DIMENSIONS.iter().map(|d| (*d, vec![format!("zqx7-{d}")])).collect(),
+            own: DIMENSIONS
+                .iter()
+                .map(|d| (*d, vec![format!("own-{d}")]))
+                .collect(),
+            canaries: DIMENSIONS
+                .iter()
+                .map(|d| (*d, vec![format!("zqx7-{d}")]))
+                .collect(),
             start_ms: 0,
             minutes: 10,
         }
@@ -340,7 +414,10 @@ mod tests {
         assert_eq!(a, b.iter().map(|q| q.template.clone()).collect::<Vec<_>>());
         let kinds: std::collections::BTreeSet<&str> = b.iter().map(|q| q.kind).collect();
         assert_eq!(kinds.len(), 18, "{kinds:?}");
-        assert!(b.iter().any(|q| q.template.contains("zqx7")), "canaries are asked for");
+        assert!(
+            b.iter().any(|q| q.template.contains("zqx7")),
+            "canaries are asked for"
+        );
         assert!(b.iter().any(|q| q.compare == Compare::CanaryOnly));
     }
 }

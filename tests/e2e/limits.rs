@@ -33,19 +33,30 @@ fn each_query_limit_refuses_with_its_name_and_the_node_keeps_answering() {
     let r = sql(&big);
     assert_eq!(
         (r.status, error_of(&r)),
-        (413, format!("the SQL text is {} bytes, above the limit of 4000 (limits.sql_bytes_max)", big.len()))
+        (
+            413,
+            format!(
+                "the SQL text is {} bytes, above the limit of 4000 (limits.sql_bytes_max)",
+                big.len()
+            )
+        )
     );
 
     let nested = format!("SELECT {}1{} AS x", "(".repeat(30), ")".repeat(30));
     let r = sql(&nested);
     assert_eq!(
         (r.status, error_of(&r)),
-        (400, "the SQL nests deeper than 20 levels (limits.sql_nesting_max)".to_string())
+        (
+            400,
+            "the SQL nests deeper than 20 levels (limits.sql_nesting_max)".to_string()
+        )
     );
     let shallow = format!("SELECT {}1{} AS x", "(".repeat(5), ")".repeat(5));
     assert_eq!(sql(&shallow).json()[0]["x"], 1);
 
-    let r = sql("SELECT value AS k, COUNT(*) AS c FROM generate_series(1, 300000) GROUP BY k ORDER BY c DESC LIMIT 1");
+    let r = sql(
+        "SELECT value AS k, COUNT(*) AS c FROM generate_series(1, 300000) GROUP BY k ORDER BY c DESC LIMIT 1",
+    );
     assert_eq!(r.status, 400, "{}", r.body);
     assert!(
         error_of(&r)
@@ -90,7 +101,10 @@ fn each_query_limit_refuses_with_its_name_and_the_node_keeps_answering() {
             break;
         }
     }
-    assert!(overlapped, "in five attempts the probe never ran while the slow query held the caller's place");
+    assert!(
+        overlapped,
+        "in five attempts the probe never ran while the slow query held the caller's place"
+    );
     assert_eq!(sql("SELECT 1 AS one").json()[0]["one"], 1);
 
     // With keys, a wrong key waits for its 401.
@@ -100,7 +114,11 @@ fn each_query_limit_refuses_with_its_name_and_the_node_keeps_answering() {
     let t = Instant::now();
     let r = node.post("/v1/sql", b"SELECT 1", &[("Authorization", &wrong)]);
     assert_eq!(r.status, 401, "{}", r.body);
-    assert!(t.elapsed() >= Duration::from_millis(300), "answered after {:?}", t.elapsed());
+    assert!(
+        t.elapsed() >= Duration::from_millis(300),
+        "answered after {:?}",
+        t.elapsed()
+    );
 }
 
 /// One statement must not stop the node (issue 20): a function that sizes its result from an
@@ -125,12 +143,28 @@ fn a_function_call_past_its_size_limit_is_refused_and_the_node_lives() {
     ] {
         let r = node.post("/v1/sql", sql.as_bytes(), &[("Content-Type", "text/plain")]);
         assert_eq!(r.status, 400, "{sql}: {}", r.body);
-        assert!(error_of(&r).contains("(limits.function_result_bytes_max)"), "{sql}: {}", r.body);
+        assert!(
+            error_of(&r).contains("(limits.function_result_bytes_max)"),
+            "{sql}: {}",
+            r.body
+        );
         let (_, answer) = flight.query(sql);
         let e = answer.err().unwrap_or_default();
-        assert!(e.contains("(limits.function_result_bytes_max)"), "Flight SQL, {sql}: {e}");
+        assert!(
+            e.contains("(limits.function_result_bytes_max)"),
+            "Flight SQL, {sql}: {e}"
+        );
     }
-    assert_eq!(node.get("/health").status, 200, "the node lives:\n{}", node.log_text());
-    let r = node.post("/v1/sql", b"SELECT repeat('ab', 3) AS r", &[("Content-Type", "text/plain")]);
+    assert_eq!(
+        node.get("/health").status,
+        200,
+        "the node lives:\n{}",
+        node.log_text()
+    );
+    let r = node.post(
+        "/v1/sql",
+        b"SELECT repeat('ab', 3) AS r",
+        &[("Content-Type", "text/plain")],
+    );
     assert_eq!(r.json()[0]["r"], "ababab", "{}", r.body);
 }

@@ -26,7 +26,8 @@ use crate::now_ms;
 fn kafka_answers_again(node: &TestNode) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let answered = KafkaConn::connect(&node.kafka).and_then(|mut c| c.init_producer_id().map(|_| ()));
+        let answered =
+            KafkaConn::connect(&node.kafka).and_then(|mut c| c.init_producer_id().map(|_| ()));
         if answered.is_ok() {
             return;
         }
@@ -40,7 +41,8 @@ fn kafka_answers_again(node: &TestNode) {
 }
 
 fn refused(node: &TestNode, door: &str) -> f64 {
-    let name = format!("tidemark_{door}_connections_refused_by_limit_total{{limit=\"connections_max\"}}");
+    let name =
+        format!("tidemark_{door}_connections_refused_by_limit_total{{limit=\"connections_max\"}}");
     metric_value(&node.get("/metrics").body, &name).unwrap_or(0.0)
 }
 
@@ -50,7 +52,11 @@ fn a_connection_flood_cannot_take_the_descriptors_storage_needs() {
     let node = TestNode::start_with_fd_limit(dir.path(), 200, &[]);
     // 200 descriptors: at most 100 for connections (less if storage holds many open at
     // start), split evenly over the three doors.
-    assert!(node.log_text().contains("connection limits lowered"), "{}", node.log_text());
+    assert!(
+        node.log_text().contains("connection limits lowered"),
+        "{}",
+        node.log_text()
+    );
     let mut kafka = KafkaConn::connect(&node.kafka).expect("connect");
     kafka.init_producer_id().expect("the Kafka port answers");
 
@@ -65,12 +71,28 @@ fn a_connection_flood_cannot_take_the_descriptors_storage_needs() {
     }
     let deadline = Instant::now() + Duration::from_secs(30);
     while refused(&node, "kafka") == 0.0 || refused(&node, "flight") == 0.0 {
-        assert!(Instant::now() < deadline, "the flood was never refused:\n{}", node.get("/metrics").body);
+        assert!(
+            Instant::now() < deadline,
+            "the flood was never refused:\n{}",
+            node.get("/metrics").body
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(node.log_text().contains("kafka.connections_max 10000, lowered to "), "{}", node.log_text());
-    while !node.log_text().contains("the Raft port has its most connections open") {
-        assert!(Instant::now() < deadline, "the Raft port never refused the flood:\n{}", node.log_text());
+    assert!(
+        node.log_text()
+            .contains("kafka.connections_max 10000, lowered to "),
+        "{}",
+        node.log_text()
+    );
+    while !node
+        .log_text()
+        .contains("the Raft port has its most connections open")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the Raft port never refused the flood:\n{}",
+            node.log_text()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 
@@ -96,22 +118,39 @@ fn a_connection_flood_cannot_take_the_descriptors_storage_needs() {
     let r = node.post("/v1/beacons/shop", lines.join("\n").as_bytes(), &[]);
     assert_eq!(r.status, 200, "{}", r.body);
     let deadline = Instant::now() + Duration::from_secs(60);
-    while node.sql_i64("SELECT COALESCE(SUM(events), 0) FROM sys.segments WHERE datasource = 'shop'") < 300 {
-        assert!(Instant::now() < deadline, "segments were never written under the flood:\n{}", node.log_text());
+    while node
+        .sql_i64("SELECT COALESCE(SUM(events), 0) FROM sys.segments WHERE datasource = 'shop'")
+        < 300
+    {
+        assert!(
+            Instant::now() < deadline,
+            "segments were never written under the flood:\n{}",
+            node.log_text()
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
-    kafka.init_producer_id().expect("an admitted Kafka client is still answered under the flood");
+    kafka
+        .init_producer_id()
+        .expect("an admitted Kafka client is still answered under the flood");
     let health = node.get("/health");
     assert_eq!(health.status, 200, "{}", health.body);
     assert_eq!(health.json()["status"], "ok", "{}", health.body);
-    assert!(!node.log_text().contains("Too many open files"), "{}", node.log_text());
+    assert!(
+        !node.log_text().contains("Too many open files"),
+        "{}",
+        node.log_text()
+    );
     drop(flood);
 
     // The flood gone, both ports take new clients again.
     kafka_answers_again(&node);
     let mut flight = crate::isolation::Flight::connect(&node.flight, None);
     let (_, answer) = flight.query("SELECT SUM(\"count\") AS n FROM shop");
-    assert_eq!(answer.map(|rows| rows[0]["n"].clone()), Ok(json!(300)), "Flight SQL answers again");
+    assert_eq!(
+        answer.map(|rows| rows[0]["n"].clone()),
+        Ok(json!(300)),
+        "Flight SQL answers again"
+    );
 }
 
 /// `GET /health` over a connection the node accepted before it ran out of descriptors.
@@ -134,8 +173,12 @@ fn a_node_out_of_descriptors_keeps_its_kafka_port_and_takes_writes_again() {
     let mut kafka = KafkaConn::connect(&node.kafka).expect("connect");
     kafka.init_producer_id().expect("the Kafka port answers");
     let mut http = TcpStream::connect(&node.http).expect("http");
-    http.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-    assert!(health_over(&mut http).contains("\"kafka\":\"ok\""), "the Kafka listener starts ok");
+    http.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    assert!(
+        health_over(&mut http).contains("\"kafka\":\"ok\""),
+        "the Kafka listener starts ok"
+    );
 
     // Connections past the node's descriptors: the kernel queues them, accept fails.
     let mut flood = Vec::new();
@@ -153,7 +196,10 @@ fn a_node_out_of_descriptors_keeps_its_kafka_port_and_takes_writes_again() {
         }
         std::thread::sleep(Duration::from_millis(200));
     };
-    assert!(failing.contains("Too many open files"), "/health reports the listener: {failing}");
+    assert!(
+        failing.contains("Too many open files"),
+        "/health reports the listener: {failing}"
+    );
     drop(flood);
 
     // Descriptors free again: the same port takes a new client, and the node writes.
@@ -163,11 +209,18 @@ fn a_node_out_of_descriptors_keeps_its_kafka_port_and_takes_writes_again() {
     let metrics = loop {
         match node.try_get("/metrics") {
             Ok(r) if r.status == 200 => break r.body,
-            other => assert!(Instant::now() < deadline, "/metrics never answered: {:?}", other.map(|r| r.status)),
+            other => assert!(
+                Instant::now() < deadline,
+                "/metrics never answered: {:?}",
+                other.map(|r| r.status)
+            ),
         }
         std::thread::sleep(Duration::from_millis(200));
     };
-    assert!(metric_value(&metrics, "tidemark_kafka_accept_errors_total").unwrap_or(0.0) > 0.0, "{metrics}");
+    assert!(
+        metric_value(&metrics, "tidemark_kafka_accept_errors_total").unwrap_or(0.0) > 0.0,
+        "{metrics}"
+    );
     loop {
         let health = node.try_get("/health").map(|r| r.body).unwrap_or_default();
         if health.contains("\"status\":\"ok\"") {
@@ -176,7 +229,10 @@ fn a_node_out_of_descriptors_keeps_its_kafka_port_and_takes_writes_again() {
         assert!(Instant::now() < deadline, "/health never cleared: {health}");
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert!(node.log_text().contains("the Kafka port accepts connections again"));
+    assert!(
+        node.log_text()
+            .contains("the Kafka port accepts connections again")
+    );
     // A new HTTP connection may still be refused for a moment (this test leaves the HTTP door
     // ten places); the write itself must be taken.
     let line = json!({"ts": now_ms(), "merchant_id": "m1"}).to_string();
@@ -184,12 +240,22 @@ fn a_node_out_of_descriptors_keeps_its_kafka_port_and_takes_writes_again() {
     loop {
         match node.try_post("/v1/beacons/beacons", line.as_bytes(), &[]) {
             Ok(r) => {
-                assert_eq!(r.status, 200, "the node takes writes after running out of descriptors: {}", r.body);
+                assert_eq!(
+                    r.status, 200,
+                    "the node takes writes after running out of descriptors: {}",
+                    r.body
+                );
                 break;
             }
             Err(e) => assert!(Instant::now() < deadline, "the beacon was never taken: {e}"),
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert!(node.log_text().lines().all(|l| !l.contains("node stopped accepting writes")), "{}", node.log_text());
+    assert!(
+        node.log_text()
+            .lines()
+            .all(|l| !l.contains("node stopped accepting writes")),
+        "{}",
+        node.log_text()
+    );
 }

@@ -32,12 +32,26 @@ mod tls;
 use tidemark_loadgen::{Beacon, Traffic, TrafficConfig};
 
 /// Generated beacons around `now_ms`, deterministic for a seed.
-pub(crate) fn traffic(seed: u64, merchants: usize, start_ms: i64, span_ms: i64, n: usize) -> Vec<Beacon> {
-    Traffic::new(&TrafficConfig { seed, merchants, skew: 1.1 }).batch(start_ms, span_ms, n)
+pub(crate) fn traffic(
+    seed: u64,
+    merchants: usize,
+    start_ms: i64,
+    span_ms: i64,
+    n: usize,
+) -> Vec<Beacon> {
+    Traffic::new(&TrafficConfig {
+        seed,
+        merchants,
+        skew: 1.1,
+    })
+    .batch(start_ms, span_ms, n)
 }
 
 pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 pub(crate) fn ndjson(beacons: &[Beacon]) -> Vec<u8> {

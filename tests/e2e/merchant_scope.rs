@@ -46,12 +46,23 @@ fn a_merchant_key_sees_only_its_own_rows_through_every_sql_shape() {
         }),
     ];
     for spec in datasources {
-        let r = node.post("/v1/datasources", spec.to_string().as_bytes(), &[("Authorization", &auth)]);
+        let r = node.post(
+            "/v1/datasources",
+            spec.to_string().as_bytes(),
+            &[("Authorization", &auth)],
+        );
         assert!(r.status == 200 || r.status == 201, "{}", r.body);
     }
-    let analyst = create_key(&node, Some(&admin), json!({"name": "bi", "role": "analyst"}));
-    let merchant =
-        create_key(&node, Some(&admin), json!({"name": "m1 dashboard", "role": "merchant_reader", "tenants": ["m1"]}));
+    let analyst = create_key(
+        &node,
+        Some(&admin),
+        json!({"name": "bi", "role": "analyst"}),
+    );
+    let merchant = create_key(
+        &node,
+        Some(&admin),
+        json!({"name": "m1 dashboard", "role": "merchant_reader", "tenants": ["m1"]}),
+    );
 
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/merchant_scope.py");
     let out = Command::new(python())
@@ -71,9 +82,22 @@ fn a_merchant_key_sees_only_its_own_rows_through_every_sql_shape() {
 
     // The HTTP SQL door applies the same scope.
     let bearer = format!("Bearer {merchant}");
-    let r = node.post("/v1/sql", b"SELECT DISTINCT merchant_id FROM shop", &[("Authorization", &bearer)]);
-    assert_eq!((r.status, r.json()), (200, json!([{"merchant_id": "m1"}])), "{}", r.body);
-    let r = node.post("/v1/sql", b"SELECT * FROM sys.audit", &[("Authorization", &bearer)]);
+    let r = node.post(
+        "/v1/sql",
+        b"SELECT DISTINCT merchant_id FROM shop",
+        &[("Authorization", &bearer)],
+    );
+    assert_eq!(
+        (r.status, r.json()),
+        (200, json!([{"merchant_id": "m1"}])),
+        "{}",
+        r.body
+    );
+    let r = node.post(
+        "/v1/sql",
+        b"SELECT * FROM sys.audit",
+        &[("Authorization", &bearer)],
+    );
     assert_eq!(r.status, 400, "{}", r.body);
     assert!(r.body.contains("sys.audit' not found"), "{}", r.body);
     // And nothing but SQL: specs and metrics are the analyst's.

@@ -67,49 +67,86 @@ fn reindex(node: &TestNode, from: i64, to: i64, wait: bool) -> Value {
 fn reindexing_rebuilds_from_raw_and_switches_atomically() {
     let dir = tempfile::tempdir().expect("tempdir");
     let node = TestNode::start(dir.path());
-    let r = node.post("/v1/datasources", spec(&["merchant_id", "page"]).to_string().as_bytes(), &[]);
+    let r = node.post(
+        "/v1/datasources",
+        spec(&["merchant_id", "page"]).to_string().as_bytes(),
+        &[],
+    );
     assert!(r.status == 200 || r.status == 201, "{}", r.body);
 
     // Three closed hours of beacons (they persist as segments within seconds).
     let h0 = (now_ms() / HOUR_MS - 4) * HOUR_MS;
     let h3 = h0 + 3 * HOUR_MS;
-    let events: Vec<Value> = (0..EVENTS).map(|i| beacon(i, h0 + (i as i64 * 3 * HOUR_MS) / EVENTS as i64)).collect();
+    let events: Vec<Value> = (0..EVENTS)
+        .map(|i| beacon(i, h0 + (i as i64 * 3 * HOUR_MS) / EVENTS as i64))
+        .collect();
     for chunk in events.chunks(1000) {
         let body: Vec<String> = chunk.iter().map(Value::to_string).collect();
         let r = node.post("/v1/beacons/shop", body.join("\n").as_bytes(), &[]);
         assert_eq!(r.status, 200, "{}", r.body);
     }
     let deadline = Instant::now() + Duration::from_secs(60);
-    while node.sql_i64("SELECT COALESCE(SUM(events), 0) FROM sys.segments WHERE datasource = 'shop'") < EVENTS as i64 {
+    while node
+        .sql_i64("SELECT COALESCE(SUM(events), 0) FROM sys.segments WHERE datasource = 'shop'")
+        < EVENTS as i64
+    {
         assert!(Instant::now() < deadline, "the hours were never persisted");
         std::thread::sleep(Duration::from_millis(200));
     }
 
     // 1. Same rules: the same aggregates, exactly, from one new shard per hour.
     let before = aggregates(&node, h0, h3);
-    assert_eq!(before.iter().map(|r| r["n"].as_i64().unwrap_or(0)).sum::<i64>(), EVENTS as i64);
+    assert_eq!(
+        before
+            .iter()
+            .map(|r| r["n"].as_i64().unwrap_or(0))
+            .sum::<i64>(),
+        EVENTS as i64
+    );
     let job = reindex(&node, h0, h3, true);
     assert_eq!(job["state"], "published", "{job}");
     assert_eq!(job["events"], EVENTS, "{job}");
     let version = job["id"].as_u64().unwrap_or_default().to_string();
-    assert_eq!(aggregates(&node, h0, h3), before, "a reindex under the same rules reproduces the aggregates");
+    assert_eq!(
+        aggregates(&node, h0, h3),
+        before,
+        "a reindex under the same rules reproduces the aggregates"
+    );
     let segments =
         node.sql("SELECT version, events FROM sys.segments WHERE datasource = 'shop' ORDER BY interval_start");
     assert_eq!(segments.len(), 3, "{segments:?}");
-    assert!(segments.iter().all(|s| s["version"] == version.as_str()), "{segments:?}");
+    assert!(
+        segments.iter().all(|s| s["version"] == version.as_str()),
+        "{segments:?}"
+    );
     let distinct = node.sql(
         "SELECT merchant_id, CAST(APPROX_COUNT_DISTINCT_DS_HLL(users) AS BIGINT) AS u FROM shop GROUP BY 1 ORDER BY 1",
     );
     for row in &distinct {
-        let m: usize = row["merchant_id"].as_str().and_then(|m| m[1..].parse().ok()).unwrap_or(99);
-        let exact = (0..EVENTS).filter(|i| i % 7 == m).map(|i| i % 50).collect::<std::collections::BTreeSet<_>>().len();
+        let m: usize = row["merchant_id"]
+            .as_str()
+            .and_then(|m| m[1..].parse().ok())
+            .unwrap_or(99);
+        let exact = (0..EVENTS)
+            .filter(|i| i % 7 == m)
+            .map(|i| i % 50)
+            .collect::<std::collections::BTreeSet<_>>()
+            .len();
         let got = row["u"].as_i64().unwrap_or(0) as f64;
-        assert!((got - exact as f64).abs() <= exact as f64 * 0.05, "{row} vs {exact}");
+        assert!(
+            (got - exact as f64).abs() <= exact as f64 * 0.05,
+            "{row} vs {exact}"
+        );
     }
 
     // 2. A rule change: `country` becomes a dimension. Old segments read it as null until a
     // reindex fills it from the raw beacons, while queries run and late events arrive.
-    let r = node.put("/v1/datasources/shop", spec(&["merchant_id", "page", "country"]).to_string().as_bytes());
+    let r = node.put(
+        "/v1/datasources/shop",
+        spec(&["merchant_id", "page", "country"])
+            .to_string()
+            .as_bytes(),
+    );
     assert_eq!(r.status, 200, "{}", r.body);
     let query = format!(
         "SELECT SUM(\"count\") AS n, SUM(CASE WHEN country IS NULL THEN \"count\" ELSE 0 END) AS nulls FROM shop \
@@ -126,7 +163,10 @@ fn reindexing_rebuilds_from_raw_and_switches_atomically() {
                 let r = node.post("/v1/sql", query.as_bytes(), &[]);
                 assert_eq!(r.status, 200, "the query loop failed: {}", r.body);
                 let row = &r.json()[0];
-                let answer = (row["n"].as_i64().unwrap_or(-1), row["nulls"].as_i64().unwrap_or(-1));
+                let answer = (
+                    row["n"].as_i64().unwrap_or(-1),
+                    row["nulls"].as_i64().unwrap_or(-1),
+                );
                 *seen.entry(answer).or_default() += 1;
                 if after_publish {
                     break (seen, answer);
@@ -137,7 +177,9 @@ fn reindexing_rebuilds_from_raw_and_switches_atomically() {
         let job = reindex(&node, h0, h3, false);
         // Late events for the reindexed hours, sent while the job runs: new shards that the
         // new version carries unchanged.
-        let late: Vec<String> = (0..10).map(|i| beacon(i, h0 + HOUR_MS + 1000 * i as i64).to_string()).collect();
+        let late: Vec<String> = (0..10)
+            .map(|i| beacon(i, h0 + HOUR_MS + 1000 * i as i64).to_string())
+            .collect();
         let r = node.post("/v1/beacons/shop", late.join("\n").as_bytes(), &[]);
         assert_eq!(r.status, 200, "{}", r.body);
         let id = job["id"].as_u64().unwrap_or_default();
@@ -156,11 +198,24 @@ fn reindexing_rebuilds_from_raw_and_switches_atomically() {
     });
     let total = EVENTS as i64;
     for (n, nulls) in seen.keys() {
-        assert!(*n == total || *n == total + 10, "a count that is neither before nor after the late events: {seen:?}");
-        assert!(*nulls == total || *nulls == 0, "a mix of old and new rows: {seen:?}");
+        assert!(
+            *n == total || *n == total + 10,
+            "a count that is neither before nor after the late events: {seen:?}"
+        );
+        assert!(
+            *nulls == total || *nulls == 0,
+            "a mix of old and new rows: {seen:?}"
+        );
     }
-    assert!(seen.keys().any(|(_, nulls)| *nulls == total), "the loop saw the old version: {seen:?}");
-    assert_eq!(last, (total + 10, 0), "the loop ended on the new version: {seen:?}");
+    assert!(
+        seen.keys().any(|(_, nulls)| *nulls == total),
+        "the loop saw the old version: {seen:?}"
+    );
+    assert_eq!(
+        last,
+        (total + 10, 0),
+        "the loop ended on the new version: {seen:?}"
+    );
     assert_eq!(node.sql_i64(&query), total + 10, "late events counted once");
 
     // The new dimension, filled from raw, matches the beacons exactly.
@@ -172,9 +227,13 @@ fn reindexing_rebuilds_from_raw_and_switches_atomically() {
     for i in (0..EVENTS).chain(0..10) {
         *expected.entry(format!("C{}", i % 3)).or_default() += 1;
     }
-    let expected: Vec<Value> = expected.into_iter().map(|(c, n)| json!({"country": c, "n": n})).collect();
+    let expected: Vec<Value> = expected
+        .into_iter()
+        .map(|(c, n)| json!({"country": c, "n": n}))
+        .collect();
     assert_eq!(by_country, expected);
-    let jobs = node.sql("SELECT state, segments_published, segments_replaced FROM sys.jobs ORDER BY id");
+    let jobs =
+        node.sql("SELECT state, segments_published, segments_replaced FROM sys.jobs ORDER BY id");
     assert_eq!(
         jobs,
         vec![
@@ -189,7 +248,10 @@ fn reindexing_rebuilds_from_raw_and_switches_atomically() {
     node.stop();
     let node = TestNode::start(dir.path());
     assert_eq!(node.sql_i64(&query), total + 10);
-    assert_eq!(node.sql_i64("SELECT COUNT(*) FROM sys.jobs WHERE state = 'published'"), 2);
+    assert_eq!(
+        node.sql_i64("SELECT COUNT(*) FROM sys.jobs WHERE state = 'published'"),
+        2
+    );
 }
 
 fn compact_spec(late_window: &str) -> Value {
@@ -227,7 +289,11 @@ fn merchant_view(node: &TestNode) -> Vec<(String, i64, f64, f64, f64, f64, f64)>
 fn compaction_merges_shards_from_segments_and_rolls_up_with_sketches_merged() {
     let dir = tempfile::tempdir().expect("tempdir");
     let node = TestNode::start(dir.path());
-    let r = node.post("/v1/datasources", compact_spec("PT1M").to_string().as_bytes(), &[]);
+    let r = node.post(
+        "/v1/datasources",
+        compact_spec("PT1M").to_string().as_bytes(),
+        &[],
+    );
     assert!(r.status == 200 || r.status == 201, "{}", r.body);
     // Three shards of the current hour: a spec change persists the open index each time.
     // Events over the hour's first 30 minutes (some may be ahead of the clock, as allowed).
@@ -239,8 +305,15 @@ fn compaction_merges_shards_from_segments_and_rolls_up_with_sketches_merged() {
                 beacon(k, hour + (k as i64 * 7919) % (30 * 60_000)).to_string()
             })
             .collect();
-        assert_eq!(node.post("/v1/beacons/merged", lines.join("\n").as_bytes(), &[]).status, 200);
-        let r = node.put("/v1/datasources/merged", compact_spec(window).to_string().as_bytes());
+        assert_eq!(
+            node.post("/v1/beacons/merged", lines.join("\n").as_bytes(), &[])
+                .status,
+            200
+        );
+        let r = node.put(
+            "/v1/datasources/merged",
+            compact_spec(window).to_string().as_bytes(),
+        );
         assert_eq!(r.status, 200, "{}", r.body);
     }
     let shards = "SELECT COUNT(*) FROM sys.segments WHERE datasource = 'merged'";
@@ -254,11 +327,16 @@ fn compaction_merges_shards_from_segments_and_rolls_up_with_sketches_merged() {
 
     // Merge the three shards into one: exact metrics unchanged, sketches merged.
     let interval = format!("{hour}/{}", hour + HOUR_MS);
-    let (code, out, err) = node.cli(&["compact", "--datasource", "merged", "--interval", &interval]);
+    let (code, out, err) =
+        node.cli(&["compact", "--datasource", "merged", "--interval", &interval]);
     assert_eq!(code, 0, "{out}{err}");
     let job: Value = serde_json::from_str(&out).expect("json");
     assert_eq!(
-        (job["kind"].as_str(), job["segments_replaced"].as_u64(), job["segments_published"].as_u64()),
+        (
+            job["kind"].as_str(),
+            job["segments_replaced"].as_u64(),
+            job["segments_published"].as_u64()
+        ),
         (Some("compact"), Some(3), Some(1)),
         "{job}"
     );
@@ -266,10 +344,20 @@ fn compaction_merges_shards_from_segments_and_rolls_up_with_sketches_merged() {
     let after = merchant_view(&node);
     assert_eq!(after.len(), before.len());
     for (a, b) in after.iter().zip(&before) {
-        assert_eq!((&a.0, a.1, a.3, a.4), (&b.0, b.1, b.3, b.4), "exact metrics");
+        assert_eq!(
+            (&a.0, a.1, a.3, a.4),
+            (&b.0, b.1, b.3, b.4),
+            "exact metrics"
+        );
         assert!((a.2 - b.2).abs() <= 1e-9 * b.2.abs(), "revenue {a:?} {b:?}");
-        assert!((a.5 - b.5).abs() <= 0.02 * b.5, "distinct users {a:?} {b:?}");
-        assert!((a.6 - b.6).abs() <= 0.05 * b.6.abs().max(1.0), "median {a:?} {b:?}");
+        assert!(
+            (a.5 - b.5).abs() <= 0.02 * b.5,
+            "distinct users {a:?} {b:?}"
+        );
+        assert!(
+            (a.6 - b.6).abs() <= 0.05 * b.6.abs().max(1.0),
+            "median {a:?} {b:?}"
+        );
     }
     let (code, _, err) = node.cli(&["compact", "--datasource", "merged", "--interval", &interval]);
     assert_ne!(code, 0);
@@ -277,12 +365,23 @@ fn compaction_merges_shards_from_segments_and_rolls_up_with_sketches_merged() {
 
     // Roll the hour up to 15 minutes: fewer rows, every count still there.
     let rows_before = node.sql_i64("SELECT COUNT(*) FROM merged");
-    let (code, out, err) =
-        node.cli(&["compact", "--datasource", "merged", "--interval", &interval, "--granularity", "PT15M"]);
+    let (code, out, err) = node.cli(&[
+        "compact",
+        "--datasource",
+        "merged",
+        "--interval",
+        &interval,
+        "--granularity",
+        "PT15M",
+    ]);
     assert_eq!(code, 0, "{out}{err}");
     let rolled = merchant_view(&node);
     for (a, b) in rolled.iter().zip(&before) {
-        assert_eq!((&a.0, a.1, a.3, a.4), (&b.0, b.1, b.3, b.4), "exact metrics after the rollup");
+        assert_eq!(
+            (&a.0, a.1, a.3, a.4),
+            (&b.0, b.1, b.3, b.4),
+            "exact metrics after the rollup"
+        );
     }
     let rows_after = node.sql_i64("SELECT COUNT(*) FROM merged");
     assert!(
@@ -299,23 +398,40 @@ fn compaction_merges_shards_from_segments_and_rolls_up_with_sketches_merged() {
     // leader's own decision, with every event kept.
     let old_hour = hour - 3 * HOUR_MS;
     for (round, window) in ["PT5M", "PT6M"].iter().enumerate() {
-        let lines: Vec<String> =
-            (0..50).map(|i| beacon(round * 50 + i, old_hour + i as i64 * 60_000).to_string()).collect();
-        assert_eq!(node.post("/v1/beacons/merged", lines.join("\n").as_bytes(), &[]).status, 200);
-        let r = node.put("/v1/datasources/merged", compact_spec(window).to_string().as_bytes());
+        let lines: Vec<String> = (0..50)
+            .map(|i| beacon(round * 50 + i, old_hour + i as i64 * 60_000).to_string())
+            .collect();
+        assert_eq!(
+            node.post("/v1/beacons/merged", lines.join("\n").as_bytes(), &[])
+                .status,
+            200
+        );
+        let r = node.put(
+            "/v1/datasources/merged",
+            compact_spec(window).to_string().as_bytes(),
+        );
         assert_eq!(r.status, 200, "{}", r.body);
     }
     let old_shards = format!(
         "SELECT COUNT(*) FROM sys.segments WHERE datasource = 'merged' AND interval_start = to_timestamp_millis({old_hour})"
     );
     let deadline = Instant::now() + Duration::from_secs(60);
-    while node.sql_i64("SELECT COUNT(*) FROM sys.jobs WHERE actor = 'system:compaction' AND state = 'published'") < 1 {
-        assert!(Instant::now() < deadline, "no automatic compaction: {:?}", node.sql("SELECT * FROM sys.jobs"));
+    while node.sql_i64(
+        "SELECT COUNT(*) FROM sys.jobs WHERE actor = 'system:compaction' AND state = 'published'",
+    ) < 1
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no automatic compaction: {:?}",
+            node.sql("SELECT * FROM sys.jobs")
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(node.sql_i64(&old_shards), 1);
     assert_eq!(
-        node.sql_i64(&format!("SELECT SUM(\"count\") FROM merged WHERE __time < to_timestamp_millis({hour})")),
+        node.sql_i64(&format!(
+            "SELECT SUM(\"count\") FROM merged WHERE __time < to_timestamp_millis({hour})"
+        )),
         100
     );
 
@@ -325,17 +441,28 @@ fn compaction_merges_shards_from_segments_and_rolls_up_with_sketches_merged() {
     ruled["rollup_rules"] = json!([{"after": "PT2H", "granularity": "PT15M"}]);
     let r = node.put("/v1/datasources/merged", ruled.to_string().as_bytes());
     assert_eq!(r.status, 200, "{}", r.body);
-    let in_old_hour =
-        format!("__time >= to_timestamp_millis({old_hour}) AND __time < to_timestamp_millis({})", old_hour + HOUR_MS);
+    let in_old_hour = format!(
+        "__time >= to_timestamp_millis({old_hour}) AND __time < to_timestamp_millis({})",
+        old_hour + HOUR_MS
+    );
     let fine_rows = format!(
         "SELECT COUNT(*) FROM merged WHERE {in_old_hour} AND (EXTRACT(MINUTE FROM __time) % 15 <> 0 OR EXTRACT(SECOND FROM __time) <> 0)"
     );
     let deadline = Instant::now() + Duration::from_secs(60);
     while node.sql_i64(&fine_rows) > 0 {
-        assert!(Instant::now() < deadline, "the age rule never rolled up: {:?}", node.sql("SELECT * FROM sys.jobs"));
+        assert!(
+            Instant::now() < deadline,
+            "the age rule never rolled up: {:?}",
+            node.sql("SELECT * FROM sys.jobs")
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(node.sql_i64(&format!("SELECT SUM(\"count\") FROM merged WHERE {in_old_hour}")), 100);
+    assert_eq!(
+        node.sql_i64(&format!(
+            "SELECT SUM(\"count\") FROM merged WHERE {in_old_hour}"
+        )),
+        100
+    );
     assert_eq!(node.sql_i64(&old_shards), 1);
     assert!(
         node.sql_i64("SELECT COUNT(*) FROM sys.jobs WHERE actor = 'system:compaction' AND state = 'published'") >= 2
@@ -353,8 +480,15 @@ fn compaction_merges_shards_from_segments_and_rolls_up_with_sketches_merged() {
         r.body
     );
 
-    let (code, _, err) =
-        node.cli(&["compact", "--datasource", "merged", "--interval", &interval, "--granularity", "PT7M"]);
+    let (code, _, err) = node.cli(&[
+        "compact",
+        "--datasource",
+        "merged",
+        "--interval",
+        &interval,
+        "--granularity",
+        "PT7M",
+    ]);
     assert_ne!(code, 0);
     assert!(err.contains("must be a multiple of"), "{err}");
 }
@@ -363,15 +497,25 @@ fn compaction_merges_shards_from_segments_and_rolls_up_with_sketches_merged() {
 fn raw_events_export_as_parquet_partitioned_by_date() {
     let dir = tempfile::tempdir().expect("tempdir");
     let node = TestNode::start(dir.path());
-    let r = node.post("/v1/datasources", spec(&["merchant_id", "page"]).to_string().as_bytes(), &[]);
+    let r = node.post(
+        "/v1/datasources",
+        spec(&["merchant_id", "page"]).to_string().as_bytes(),
+        &[],
+    );
     assert!(r.status == 200 || r.status == 201, "{}", r.body);
     // 300 events over the last two hours of yesterday and the first hour of today (UTC).
     let day_ms = 24 * HOUR_MS;
     let midnight = now_ms() / day_ms * day_ms;
-    let events: Vec<Value> = (0..300).map(|i| beacon(i, midnight - 2 * HOUR_MS + i as i64 * 36_000)).collect();
+    let events: Vec<Value> = (0..300)
+        .map(|i| beacon(i, midnight - 2 * HOUR_MS + i as i64 * 36_000))
+        .collect();
     let body: Vec<String> = events.iter().map(Value::to_string).collect();
     // One refused line: not part of the export.
-    let r = node.post("/v1/beacons/shop", format!("{}\n{{\"merchant_id\": \"x\"}}", body.join("\n")).as_bytes(), &[]);
+    let r = node.post(
+        "/v1/beacons/shop",
+        format!("{}\n{{\"merchant_id\": \"x\"}}", body.join("\n")).as_bytes(),
+        &[],
+    );
     assert_eq!(r.status, 200, "{}", r.body);
 
     let out = dir.path().join("export");
@@ -395,29 +539,54 @@ fn raw_events_export_as_parquet_partitioned_by_date() {
     assert_eq!(job["events"], 300, "rows written: {job}");
     assert_eq!(job["rejected"], 1, "records left out: {job}");
     assert_eq!(job["files_written"], 2, "one file per date: {job}");
-    assert!(job["bytes_done"].as_u64().is_some_and(|b| b > 0) && job["bytes_done"] == job["bytes_total"], "{job}");
-    let listed = node.sql(&format!("SELECT kind, state, destination FROM sys.jobs WHERE id = {}", job["id"]));
+    assert!(
+        job["bytes_done"].as_u64().is_some_and(|b| b > 0)
+            && job["bytes_done"] == job["bytes_total"],
+        "{job}"
+    );
+    let listed = node.sql(&format!(
+        "SELECT kind, state, destination FROM sys.jobs WHERE id = {}",
+        job["id"]
+    ));
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert_eq!(listed[0]["state"], "published", "{listed:?}");
-    assert!(listed[0]["destination"].as_str().is_some_and(|d| d.contains(&*out.to_string_lossy())), "{listed:?}");
+    assert!(
+        listed[0]["destination"]
+            .as_str()
+            .is_some_and(|d| d.contains(&*out.to_string_lossy())),
+        "{listed:?}"
+    );
     // Nothing temporary is left next to the files.
-    let leftovers: Vec<_> =
-        crate::crash::walk(&out).into_iter().filter(|p| p.extension().is_none_or(|e| e != "parquet")).collect();
+    let leftovers: Vec<_> = crate::crash::walk(&out)
+        .into_iter()
+        .filter(|p| p.extension().is_none_or(|e| e != "parquet"))
+        .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 
     // Read back with pyarrow and compare with what was sent, per date.
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/parquet_export.py");
-    let py = std::process::Command::new(crate::harness::python()).arg(script).arg(&out).output().expect("python");
-    assert!(py.status.success(), "{}", String::from_utf8_lossy(&py.stderr));
+    let py = std::process::Command::new(crate::harness::python())
+        .arg(script)
+        .arg(&out)
+        .output()
+        .expect("python");
+    assert!(
+        py.status.success(),
+        "{}",
+        String::from_utf8_lossy(&py.stderr)
+    );
     let got: Value = serde_json::from_slice(&py.stdout).expect("json");
-    let mut expected: BTreeMap<String, (i64, f64, std::collections::BTreeSet<String>)> = BTreeMap::new();
+    let mut expected: BTreeMap<String, (i64, f64, std::collections::BTreeSet<String>)> =
+        BTreeMap::new();
     for (i, e) in events.iter().enumerate() {
         let ts = midnight - 2 * HOUR_MS + i as i64 * 36_000;
         let date = if ts < midnight { "yesterday" } else { "today" };
         let entry = expected.entry(date.into()).or_default();
         entry.0 += 1;
         entry.1 += e["amount"].as_f64().unwrap_or(0.0);
-        entry.2.insert(e["merchant_id"].as_str().unwrap_or_default().to_string());
+        entry
+            .2
+            .insert(e["merchant_id"].as_str().unwrap_or_default().to_string());
     }
     let days = got["days"].as_object().cloned().unwrap_or_default();
     assert_eq!(days.len(), 2, "{got}");
@@ -426,11 +595,27 @@ fn raw_events_export_as_parquet_partitioned_by_date() {
         let (rows, amount, merchants) = &expected[label];
         let day = by_order.next().cloned().unwrap_or_default();
         assert_eq!(day["rows"].as_i64(), Some(*rows), "{label}: {got}");
-        assert!((day["amount"].as_f64().unwrap_or(0.0) - amount).abs() < 1e-6, "{label}: {got}");
+        assert!(
+            (day["amount"].as_f64().unwrap_or(0.0) - amount).abs() < 1e-6,
+            "{label}: {got}"
+        );
         let names: Vec<String> = merchants.iter().cloned().collect();
         assert_eq!(day["merchants"], json!(names), "{label}: {got}");
     }
-    for column in ["__time", "merchant_id", "page", "_partition", "_offset", "_log_position", "_payload"] {
-        assert!(got["columns"].as_array().is_some_and(|c| c.iter().any(|n| n == column)), "{column}: {got}");
+    for column in [
+        "__time",
+        "merchant_id",
+        "page",
+        "_partition",
+        "_offset",
+        "_log_position",
+        "_payload",
+    ] {
+        assert!(
+            got["columns"]
+                .as_array()
+                .is_some_and(|c| c.iter().any(|n| n == column)),
+            "{column}: {got}"
+        );
     }
 }

@@ -21,13 +21,27 @@ pub(crate) struct Certs {
 }
 
 fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl").current_dir(dir).args(args).output().expect("run openssl");
-    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 pub(crate) fn make_certs(dir: &Path) -> Certs {
     std::fs::create_dir_all(dir).expect("certs dir");
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
     let mut ca = vec!["req", "-x509"];
     ca.extend(ec);
     ca.extend([
@@ -47,7 +61,14 @@ pub(crate) fn make_certs(dir: &Path) -> Certs {
     openssl(dir, &ca);
     let mut csr = vec!["req", "-new"];
     csr.extend(ec);
-    csr.extend(["-keyout", "node.key", "-out", "node.csr", "-subj", "/CN=tidemark-node"]);
+    csr.extend([
+        "-keyout",
+        "node.key",
+        "-out",
+        "node.csr",
+        "-subj",
+        "/CN=tidemark-node",
+    ]);
     openssl(dir, &csr);
     std::fs::write(
         dir.join("node.ext"),
@@ -76,13 +97,18 @@ pub(crate) fn make_certs(dir: &Path) -> Certs {
             "node.pem",
         ],
     );
-    Certs { ca: dir.join("ca.pem"), cert: dir.join("node.pem"), key: dir.join("node.key") }
+    Certs {
+        ca: dir.join("ca.pem"),
+        cert: dir.join("node.pem"),
+        key: dir.join("node.key"),
+    }
 }
 
 /// What a plain-text HTTP request to `addr` gets back (nothing that is HTTP, from a TLS port).
 fn plain_http_answer(addr: &str) -> String {
     let mut s = std::net::TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
     let _ = s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
     let mut buf = Vec::new();
     let _ = s.read_to_end(&mut buf);
@@ -90,7 +116,12 @@ fn plain_http_answer(addr: &str) -> String {
 }
 
 fn run_python(code: &str, args: &[&str]) -> String {
-    let out = Command::new(python()).arg("-c").arg(code).args(args).output().expect("run python");
+    let out = Command::new(python())
+        .arg("-c")
+        .arg(code)
+        .args(args)
+        .output()
+        .expect("run python");
     assert!(
         out.status.success(),
         "python failed:\n{}\n{}",
@@ -149,7 +180,13 @@ print(5)
 fn tls_listeners_serve_https_flight_sql_and_kafka_to_real_clients() {
     let dir = tempfile::tempdir().expect("tempdir");
     let certs = make_certs(&dir.path().join("certs"));
-    let mut node = TestNode::start_tls(&dir.path().join("data"), &certs.ca, &certs.cert, &certs.key, &[]);
+    let mut node = TestNode::start_tls(
+        &dir.path().join("data"),
+        &certs.ca,
+        &certs.cert,
+        &certs.key,
+        &[],
+    );
     let spec = json!({
         "name": "tls_ds",
         "timestamp": {"field": "ts"},
@@ -162,8 +199,14 @@ fn tls_listeners_serve_https_flight_sql_and_kafka_to_real_clients() {
     let r = node.post("/v1/datasources", spec.to_string().as_bytes(), &[]);
     assert_eq!(r.status, 201, "{}", r.body);
     let now = crate::now_ms();
-    let lines: Vec<String> = (0..5).map(|i| json!({"ts": now, "merchant_id": "https", "n": i}).to_string()).collect();
-    assert_eq!(node.post("/v1/beacons/tls_ds", lines.join("\n").as_bytes(), &[]).status, 200);
+    let lines: Vec<String> = (0..5)
+        .map(|i| json!({"ts": now, "merchant_id": "https", "n": i}).to_string())
+        .collect();
+    assert_eq!(
+        node.post("/v1/beacons/tls_ds", lines.join("\n").as_bytes(), &[])
+            .status,
+        200
+    );
     assert_eq!(node.sql_i64("SELECT SUM(\"count\") FROM tls_ds"), 5);
     // The CLI over https, trusting the CA through TIDEMARK_CA_CERT (the harness sets it).
     let (code, out, err) = node.cli(&["datasource", "list"]);
@@ -171,7 +214,10 @@ fn tls_listeners_serve_https_flight_sql_and_kafka_to_real_clients() {
     assert!(out.contains("tls_ds"), "{out}");
     // A plain-text client gets no HTTP answer from the TLS port.
     let answer = plain_http_answer(&node.http);
-    assert!(!answer.contains("HTTP/1.1 200"), "plain HTTP was served: {answer}");
+    assert!(
+        !answer.contains("HTTP/1.1 200"),
+        "plain HTTP was served: {answer}"
+    );
     // A client that does not trust the CA refuses the node's certificate itself.
     let untrusting = Command::new(crate::harness::tidemark_bin())
         .args(["datasource", "list"])
@@ -181,7 +227,10 @@ fn tls_listeners_serve_https_flight_sql_and_kafka_to_real_clients() {
         .expect("run the CLI");
     assert!(!untrusting.status.success());
     let err = String::from_utf8_lossy(&untrusting.stderr);
-    assert!(err.contains("UnknownIssuer") || err.to_lowercase().contains("certificate"), "{err}");
+    assert!(
+        err.contains("UnknownIssuer") || err.to_lowercase().contains("certificate"),
+        "{err}"
+    );
 
     // Flight SQL over TLS with ADBC.
     let ca = certs.ca.to_string_lossy().into_owned();
@@ -189,29 +238,66 @@ fn tls_listeners_serve_https_flight_sql_and_kafka_to_real_clients() {
     assert_eq!(run_python(ADBC_TLS, &[&flight, &ca]), "5");
 
     // Kafka over SSL: confluent-kafka produces 20 and reads everything back; kcat reads too.
-    let got = run_python(CONFLUENT_SSL, &[&node.kafka, &ca, "tls_ds", &now.to_string()]);
+    let got = run_python(
+        CONFLUENT_SSL,
+        &[&node.kafka, &ca, "tls_ds", &now.to_string()],
+    );
     assert_eq!(got, "25", "5 HTTPS beacons and 20 produced over SSL");
     let kcat = std::env::var("TIDEMARK_KCAT").unwrap_or_else(|_| "kcat".into());
     let out = Command::new(kcat)
-        .args(["-C", "-b", &node.kafka, "-t", "tls_ds", "-o", "beginning", "-e", "-q"])
-        .args(["-X", "security.protocol=SSL", "-X", &format!("ssl.ca.location={ca}")])
+        .args([
+            "-C",
+            "-b",
+            &node.kafka,
+            "-t",
+            "tls_ds",
+            "-o",
+            "beginning",
+            "-e",
+            "-q",
+        ])
+        .args([
+            "-X",
+            "security.protocol=SSL",
+            "-X",
+            &format!("ssl.ca.location={ca}"),
+        ])
         .output()
         .expect("run kcat");
-    assert!(out.status.success(), "kcat over SSL: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "kcat over SSL: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 25);
     assert_eq!(node.sql_i64("SELECT SUM(\"count\") FROM tls_ds"), 25);
 
     // With keys: SASL PLAIN over TLS (SASL_SSL) with kafka-python.
-    let (code, out, err) = node.cli(&["keys", "create", "--name", "tls-admin", "--role", "admin", "--json"]);
+    let (code, out, err) = node.cli(&[
+        "keys",
+        "create",
+        "--name",
+        "tls-admin",
+        "--role",
+        "admin",
+        "--json",
+    ]);
     assert_eq!(code, 0, "{err}");
-    let key: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let key: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
     let token = key["token"].as_str().unwrap_or_default().to_string();
-    let sent = run_python(KAFKA_PYTHON_SASL_SSL_PLAIN, &[&node.kafka, &ca, &token, "tls_ds", &now.to_string()]);
+    let sent = run_python(
+        KAFKA_PYTHON_SASL_SSL_PLAIN,
+        &[&node.kafka, &ca, &token, "tls_ds", &now.to_string()],
+    );
     assert_eq!(sent, "5");
     let total = node.post(
         "/v1/sql",
         b"SELECT SUM(\"count\") AS c FROM tls_ds",
-        &[("Authorization", &format!("Bearer {token}")), ("Content-Type", "text/plain")],
+        &[
+            ("Authorization", &format!("Bearer {token}")),
+            ("Content-Type", "text/plain"),
+        ],
     );
     assert_eq!(total.status, 200, "{}", total.body);
     assert_eq!(total.json()[0]["c"], 30);
@@ -244,7 +330,14 @@ fn cluster_nodes_speak_mutual_tls_and_forward_over_https() {
         certs.key.to_string_lossy().into_owned(),
         certs.ca.to_string_lossy().into_owned(),
     );
-    let tls = ["--tls-cert", cert.as_str(), "--tls-key", key.as_str(), "--tls-ca", ca.as_str()];
+    let tls = [
+        "--tls-cert",
+        cert.as_str(),
+        "--tls-key",
+        key.as_str(),
+        "--tls-ca",
+        ca.as_str(),
+    ];
     let (a1, a2) = (MemberAddrs::new(1), MemberAddrs::new(2));
     let mut n1 = TestNode::start_member(&dir.path().join("n1"), &a1, None, &tls);
     n1.trust(&certs.ca);
@@ -253,11 +346,17 @@ fn cluster_nodes_speak_mutual_tls_and_forward_over_https() {
     n2.trust(&certs.ca);
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let voters = n1.get("/v1/cluster").json()["voters"].as_object().map_or(0, |v| v.len());
+        let voters = n1.get("/v1/cluster").json()["voters"]
+            .as_object()
+            .map_or(0, |v| v.len());
         if voters == 2 {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "node 2 never joined over TLS:\n{}", n2.log_text());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node 2 never joined over TLS:\n{}",
+            n2.log_text()
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     n2.wait_healthy();
@@ -272,7 +371,9 @@ fn cluster_nodes_speak_mutual_tls_and_forward_over_https() {
     let r = n2.post("/v1/datasources", spec.to_string().as_bytes(), &[]);
     assert_eq!(r.status, 201, "{}", r.body);
     let now = crate::now_ms();
-    let lines: Vec<String> = (0..7).map(|i| json!({"ts": now, "merchant_id": "m", "n": i}).to_string()).collect();
+    let lines: Vec<String> = (0..7)
+        .map(|i| json!({"ts": now, "merchant_id": "m", "n": i}).to_string())
+        .collect();
     let r = n2.post("/v1/beacons/mtls", lines.join("\n").as_bytes(), &[]);
     assert_eq!(r.status, 200, "{}", r.body);
     for n in [&n1, &n2] {
@@ -285,7 +386,10 @@ fn cluster_nodes_speak_mutual_tls_and_forward_over_https() {
     // A node's Raft port speaks TLS and wants a client certificate the CA signed: with the
     // node certificate the h2 server answers; trusting the CA without one gets nothing.
     let (host, port) = a1.raft.rsplit_once(':').expect("host:port");
-    assert_eq!(run_python(RAFT_CLIENT, &[host, port, &ca, &cert, &key]), "served");
+    assert_eq!(
+        run_python(RAFT_CLIENT, &[host, port, &ca, &cert, &key]),
+        "served"
+    );
     assert_eq!(run_python(RAFT_CLIENT, &[host, port, &ca]), "refused");
     n2.stop();
     n1.stop();

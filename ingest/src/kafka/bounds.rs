@@ -65,7 +65,14 @@ const PRODUCE_PARTITION: &[Field] = &[f(I32), f(Bytes)];
 const PRODUCE_TOPIC: &[Field] = &[upto(Str, 12), from(Uuid, 13), f(Structs(PRODUCE_PARTITION))];
 const PRODUCE: &[Field] = &[f(Str), f(I16), f(I32), f(Structs(PRODUCE_TOPIC))];
 
-const FETCH_PARTITION: &[Field] = &[f(I32), from(I32, 9), f(I64), from(I32, 12), from(I64, 5), f(I32)];
+const FETCH_PARTITION: &[Field] = &[
+    f(I32),
+    from(I32, 9),
+    f(I64),
+    from(I32, 12),
+    from(I64, 5),
+    f(I32),
+];
 const FETCH_TOPIC: &[Field] = &[upto(Str, 12), from(Uuid, 13), f(Structs(FETCH_PARTITION))];
 const FORGOTTEN_TOPIC: &[Field] = &[upto(Str, 12), from(Uuid, 13), f(I32s)];
 const FETCH: &[Field] = &[
@@ -83,25 +90,59 @@ const FETCH: &[Field] = &[
 
 const LIST_OFFSETS_PARTITION: &[Field] = &[f(I32), from(I32, 4), f(I64)];
 const LIST_OFFSETS_TOPIC: &[Field] = &[f(Str), f(Structs(LIST_OFFSETS_PARTITION))];
-const LIST_OFFSETS: &[Field] = &[f(I32), from(I8, 2), f(Structs(LIST_OFFSETS_TOPIC)), from(I32, 10)];
+const LIST_OFFSETS: &[Field] = &[
+    f(I32),
+    from(I8, 2),
+    f(Structs(LIST_OFFSETS_TOPIC)),
+    from(I32, 10),
+];
 
 const METADATA_TOPIC: &[Field] = &[from(Uuid, 10), f(Str)];
-const METADATA: &[Field] = &[f(Structs(METADATA_TOPIC)), from(Bool, 4), between(Bool, 8, 10), from(Bool, 8)];
+const METADATA: &[Field] = &[
+    f(Structs(METADATA_TOPIC)),
+    from(Bool, 4),
+    between(Bool, 8, 10),
+    from(Bool, 8),
+];
 
 const OFFSET_COMMIT_PARTITION: &[Field] = &[f(I32), f(I64), from(I32, 6), f(Str)];
 const OFFSET_COMMIT_TOPIC: &[Field] = &[f(Str), f(Structs(OFFSET_COMMIT_PARTITION))];
-const OFFSET_COMMIT: &[Field] = &[f(Str), f(I32), f(Str), from(Str, 7), upto(I64, 4), f(Structs(OFFSET_COMMIT_TOPIC))];
+const OFFSET_COMMIT: &[Field] = &[
+    f(Str),
+    f(I32),
+    f(Str),
+    from(Str, 7),
+    upto(I64, 4),
+    f(Structs(OFFSET_COMMIT_TOPIC)),
+];
 
 const OFFSET_FETCH_TOPIC: &[Field] = &[f(Str), f(I32s)];
-const OFFSET_FETCH_GROUP: &[Field] = &[f(Str), from(Str, 9), from(I32, 9), f(Structs(OFFSET_FETCH_TOPIC))];
-const OFFSET_FETCH: &[Field] =
-    &[upto(Str, 7), upto(Structs(OFFSET_FETCH_TOPIC), 7), from(Structs(OFFSET_FETCH_GROUP), 8), from(Bool, 7)];
+const OFFSET_FETCH_GROUP: &[Field] = &[
+    f(Str),
+    from(Str, 9),
+    from(I32, 9),
+    f(Structs(OFFSET_FETCH_TOPIC)),
+];
+const OFFSET_FETCH: &[Field] = &[
+    upto(Str, 7),
+    upto(Structs(OFFSET_FETCH_TOPIC), 7),
+    from(Structs(OFFSET_FETCH_GROUP), 8),
+    from(Bool, 7),
+];
 
 const FIND_COORDINATOR: &[Field] = &[upto(Str, 3), from(I8, 1), from(Strs, 4)];
 
 const JOIN_GROUP_PROTOCOL: &[Field] = &[f(Str), f(Bytes)];
-const JOIN_GROUP: &[Field] =
-    &[f(Str), f(I32), from(I32, 1), f(Str), from(Str, 5), f(Str), f(Structs(JOIN_GROUP_PROTOCOL)), from(Str, 8)];
+const JOIN_GROUP: &[Field] = &[
+    f(Str),
+    f(I32),
+    from(I32, 1),
+    f(Str),
+    from(Str, 5),
+    f(Str),
+    f(Structs(JOIN_GROUP_PROTOCOL)),
+    from(Str, 8),
+];
 
 const HEARTBEAT: &[Field] = &[f(Str), f(I32), f(Str), from(Str, 3)];
 
@@ -109,8 +150,15 @@ const LEAVE_GROUP_MEMBER: &[Field] = &[f(Str), f(Str), from(Str, 5)];
 const LEAVE_GROUP: &[Field] = &[f(Str), upto(Str, 2), from(Structs(LEAVE_GROUP_MEMBER), 3)];
 
 const SYNC_GROUP_ASSIGNMENT: &[Field] = &[f(Str), f(Bytes)];
-const SYNC_GROUP: &[Field] =
-    &[f(Str), f(I32), f(Str), from(Str, 3), from(Str, 5), from(Str, 5), f(Structs(SYNC_GROUP_ASSIGNMENT))];
+const SYNC_GROUP: &[Field] = &[
+    f(Str),
+    f(I32),
+    f(Str),
+    from(Str, 3),
+    from(Str, 5),
+    from(Str, 5),
+    f(Structs(SYNC_GROUP_ASSIGNMENT)),
+];
 
 const DESCRIBE_GROUPS: &[Field] = &[f(Strs), from(Bool, 3)];
 const LIST_GROUPS: &[Field] = &[from(Strs, 4), from(Strs, 5)];
@@ -123,28 +171,54 @@ const API_VERSIONS: &[Field] = &[from(Str, 3), from(Str, 3)];
 
 const CREATE_TOPICS_ASSIGNMENT: &[Field] = &[f(I32), f(I32s)];
 const CREATE_TOPICS_CONFIG: &[Field] = &[f(Str), f(Str)];
-const CREATE_TOPICS_TOPIC: &[Field] =
-    &[f(Str), f(I32), f(I16), f(Structs(CREATE_TOPICS_ASSIGNMENT)), f(Structs(CREATE_TOPICS_CONFIG))];
+const CREATE_TOPICS_TOPIC: &[Field] = &[
+    f(Str),
+    f(I32),
+    f(I16),
+    f(Structs(CREATE_TOPICS_ASSIGNMENT)),
+    f(Structs(CREATE_TOPICS_CONFIG)),
+];
 const CREATE_TOPICS: &[Field] = &[f(Structs(CREATE_TOPICS_TOPIC)), f(I32), from(Bool, 1)];
 
 const DELETE_TOPICS_STATE: &[Field] = &[f(Str), f(Uuid)];
 const DELETE_TOPICS: &[Field] = &[from(Structs(DELETE_TOPICS_STATE), 6), upto(Strs, 5), f(I32)];
 
 const CREATE_PARTITIONS_ASSIGNMENT: &[Field] = &[f(I32s)];
-const CREATE_PARTITIONS_TOPIC: &[Field] = &[f(Str), f(I32), f(Structs(CREATE_PARTITIONS_ASSIGNMENT))];
+const CREATE_PARTITIONS_TOPIC: &[Field] =
+    &[f(Str), f(I32), f(Structs(CREATE_PARTITIONS_ASSIGNMENT))];
 const CREATE_PARTITIONS: &[Field] = &[f(Structs(CREATE_PARTITIONS_TOPIC)), f(I32), f(Bool)];
 
-const INIT_PRODUCER_ID: &[Field] = &[f(Str), f(I32), from(I64, 3), from(I16, 3), from(Bool, 6), from(Bool, 6)];
+const INIT_PRODUCER_ID: &[Field] = &[
+    f(Str),
+    f(I32),
+    from(I64, 3),
+    from(I16, 3),
+    from(Bool, 6),
+    from(Bool, 6),
+];
 
 const DESCRIBE_CONFIGS_RESOURCE: &[Field] = &[f(I8), f(Str), f(Strs)];
-const DESCRIBE_CONFIGS: &[Field] = &[f(Structs(DESCRIBE_CONFIGS_RESOURCE)), from(Bool, 1), from(Bool, 3)];
+const DESCRIBE_CONFIGS: &[Field] = &[
+    f(Structs(DESCRIBE_CONFIGS_RESOURCE)),
+    from(Bool, 1),
+    from(Bool, 3),
+];
 
 const SASL_HANDSHAKE: &[Field] = &[f(Str)];
 const SASL_AUTHENTICATE: &[Field] = &[f(Bytes)];
 
 /// The request types the door serves, the versions it advertises, and their schemas.
 pub(crate) fn schema(api: ApiKey) -> Option<(i16, i16, Schema)> {
-    let s = |min, max, flexible_from, fields| Some((min, max, Schema { flexible_from, fields }));
+    let s = |min, max, flexible_from, fields| {
+        Some((
+            min,
+            max,
+            Schema {
+                flexible_from,
+                fields,
+            },
+        ))
+    };
     match api {
         ApiKey::Produce => s(3, 12, 9, PRODUCE),
         ApiKey::Fetch => s(4, 12, 12, FETCH),
@@ -187,7 +261,12 @@ pub(crate) fn check(schema: &Schema, version: i16, body: &[u8]) -> Result<(), Bo
 /// As [`check`], returning how many bytes the schema accounts for (tests compare it with the
 /// encoded length to prove a schema matches the wire format).
 pub(crate) fn walk(schema: &Schema, version: i16, body: &[u8]) -> Result<usize, BoundsError> {
-    let mut w = Walker { buf: body, pos: 0, flexible: version >= schema.flexible_from, version };
+    let mut w = Walker {
+        buf: body,
+        pos: 0,
+        flexible: version >= schema.flexible_from,
+        version,
+    };
     w.fields(schema.fields)?;
     Ok(w.pos)
 }
@@ -217,7 +296,10 @@ impl Walker<'_> {
     }
 
     fn int(&mut self, n: usize) -> Result<i64, BoundsError> {
-        let b = self.buf.get(self.pos..self.pos + n).ok_or_else(|| BoundsError("request is truncated".into()))?;
+        let b = self
+            .buf
+            .get(self.pos..self.pos + n)
+            .ok_or_else(|| BoundsError("request is truncated".into()))?;
         self.pos += n;
         Ok(b.iter().fold(0i64, |acc, x| (acc << 8) | i64::from(*x)))
     }
@@ -225,7 +307,10 @@ impl Walker<'_> {
     fn uvarint(&mut self) -> Result<u64, BoundsError> {
         let mut v = 0u64;
         for i in 0..5 {
-            let b = *self.buf.get(self.pos).ok_or_else(|| BoundsError("request is truncated in a varint".into()))?;
+            let b = *self
+                .buf
+                .get(self.pos)
+                .ok_or_else(|| BoundsError("request is truncated in a varint".into()))?;
             self.pos += 1;
             v |= u64::from(b & 0x7f) << (7 * i);
             if b & 0x80 == 0 {
@@ -242,10 +327,17 @@ impl Walker<'_> {
             return Ok(n.checked_sub(1).map(|n| n as usize));
         }
         let raw = self.int(width)?;
-        let n = if width == 2 { i64::from(raw as u16 as i16) } else { i64::from(raw as u32 as i32) };
+        let n = if width == 2 {
+            i64::from(raw as u16 as i16)
+        } else {
+            i64::from(raw as u32 as i32)
+        };
         match n {
             -1 => Ok(None),
-            n if n < 0 => Err(BoundsError(format!("negative length {n} at byte {}", self.pos - width))),
+            n if n < 0 => Err(BoundsError(format!(
+                "negative length {n} at byte {}",
+                self.pos - width
+            ))),
             n => Ok(Some(n as usize)),
         }
     }
@@ -277,7 +369,10 @@ impl Walker<'_> {
     fn tagged_fields(&mut self) -> Result<(), BoundsError> {
         let n = self.uvarint()? as usize;
         if n.saturating_mul(2) > self.remaining() {
-            return Err(BoundsError(format!("{n} tagged fields cannot fit in {} bytes", self.remaining())));
+            return Err(BoundsError(format!(
+                "{n} tagged fields cannot fit in {} bytes",
+                self.remaining()
+            )));
         }
         for _ in 0..n {
             self.uvarint()?;

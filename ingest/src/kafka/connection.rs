@@ -13,11 +13,13 @@ use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, CreatePartitionsRequest, CreateTopicsRequest, DeleteGroupsRequest, DeleteTopicsRequest,
-    DescribeConfigsRequest, DescribeGroupsRequest, FetchRequest, FindCoordinatorRequest, HeartbeatRequest,
-    InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest, ListGroupsRequest, ListOffsetsRequest, MetadataRequest,
-    OffsetCommitRequest, OffsetDeleteRequest, OffsetFetchRequest, ProduceRequest, RequestHeader, ResponseHeader,
-    SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest, SaslHandshakeResponse, SyncGroupRequest,
+    ApiKey, ApiVersionsRequest, CreatePartitionsRequest, CreateTopicsRequest, DeleteGroupsRequest,
+    DeleteTopicsRequest, DescribeConfigsRequest, DescribeGroupsRequest, FetchRequest,
+    FindCoordinatorRequest, HeartbeatRequest, InitProducerIdRequest, JoinGroupRequest,
+    LeaveGroupRequest, ListGroupsRequest, ListOffsetsRequest, MetadataRequest, OffsetCommitRequest,
+    OffsetDeleteRequest, OffsetFetchRequest, ProduceRequest, RequestHeader, ResponseHeader,
+    SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest, SaslHandshakeResponse,
+    SyncGroupRequest,
 };
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion};
@@ -73,12 +75,20 @@ pub(crate) async fn run(
     plain_allowed: bool,
     broker: Arc<Broker>,
 ) -> Result<(), Close> {
-    let mut session = Session { sasl: Sasl::default(), plain_allowed };
+    let mut session = Session {
+        sasl: Sasl::default(),
+        plain_allowed,
+    };
     let (tx, rx) = mpsc::channel::<Reply>(broker.config.in_flight_per_connection.max(1));
     let writer = tokio::spawn(write_loop(wr, rx));
     let result = loop {
-        let max = if session.sasl.principal().is_none() && broker.node.engine().read().catalog().access().required() {
-            broker.config.unauthenticated_request_bytes_max.min(broker.config.request_bytes_max)
+        let max = if session.sasl.principal().is_none()
+            && broker.node.engine().read().catalog().access().required()
+        {
+            broker
+                .config
+                .unauthenticated_request_bytes_max
+                .min(broker.config.request_bytes_max)
         } else {
             broker.config.request_bytes_max
         };
@@ -104,7 +114,10 @@ pub(crate) async fn run(
     }
 }
 
-async fn write_loop(mut wr: impl AsyncWrite + Unpin, mut rx: mpsc::Receiver<Reply>) -> Result<(), Close> {
+async fn write_loop(
+    mut wr: impl AsyncWrite + Unpin,
+    mut rx: mpsc::Receiver<Reply>,
+) -> Result<(), Close> {
     while let Some(reply) = rx.recv().await {
         if let Some(bytes) = reply.await {
             wr.write_all(&bytes).await?;
@@ -136,7 +149,9 @@ async fn read_frame(
         rd.read_exact(&mut size[1..]).await?;
         let size = i32::from_be_bytes(size);
         if size < 8 {
-            return Err(Close::Protocol(format!("frame size {size} is too small for a request header")));
+            return Err(Close::Protocol(format!(
+                "frame size {size} is too small for a request header"
+            )));
         }
         if size as usize > max {
             let why = if max < config.request_bytes_max {
@@ -144,12 +159,16 @@ async fn read_frame(
             } else {
                 "limit (kafka.request_bytes_max, Kafka's socket.request.max.bytes)"
             };
-            return Err(Close::Protocol(format!("request of {size} bytes is larger than the {max}-byte {why}")));
+            return Err(Close::Protocol(format!(
+                "request of {size} bytes is larger than the {max}-byte {why}"
+            )));
         }
         let mut body = Vec::with_capacity((size as usize).min(64 * 1024));
         let n = rd.take(size as u64).read_to_end(&mut body).await?;
         if n < size as usize {
-            return Err(Close::Protocol(format!("connection closed after {n} of a {size}-byte request")));
+            return Err(Close::Protocol(format!(
+                "connection closed after {n} of a {size}-byte request"
+            )));
         }
         Ok(Bytes::from(body))
     };
@@ -174,11 +193,15 @@ pub(crate) enum Parsed {
 /// Reads the request header and checks the API, its version and the body's lengths.
 pub(crate) fn parse_frame(mut frame: Bytes) -> Result<Parsed, Close> {
     if frame.len() < 4 {
-        return Err(Close::Protocol(format!("a {}-byte frame is too small for a request header", frame.len())));
+        return Err(Close::Protocol(format!(
+            "a {}-byte frame is too small for a request header",
+            frame.len()
+        )));
     }
     let key = i16::from_be_bytes([frame[0], frame[1]]);
     let version = i16::from_be_bytes([frame[2], frame[3]]);
-    let api = ApiKey::try_from(key).map_err(|_| Close::Protocol(format!("unknown API key {key}")))?;
+    let api =
+        ApiKey::try_from(key).map_err(|_| Close::Protocol(format!("unknown API key {key}")))?;
     let header = RequestHeader::decode(&mut frame, api.request_header_version(version))
         .map_err(|e| Close::Protocol(format!("bad {api:?} request header: {e}")))?;
     let req = Request {
@@ -188,16 +211,23 @@ pub(crate) fn parse_frame(mut frame: Bytes) -> Result<Parsed, Close> {
         client_id: header.client_id.map(|c| c.to_string()).unwrap_or_default(),
     };
     let Some((min, max, schema)) = bounds::schema(api) else {
-        return Err(Close::Protocol(format!("{api:?} requests are not supported by tidemark")));
+        return Err(Close::Protocol(format!(
+            "{api:?} requests are not supported by tidemark"
+        )));
     };
     if !(min..=max).contains(&version) {
         if api == ApiKey::ApiVersions {
             return Ok(Parsed::UnsupportedApiVersions(req));
         }
-        return Err(Close::Protocol(format!("{api:?} v{version} is not supported; this broker serves v{min}-v{max}")));
+        return Err(Close::Protocol(format!(
+            "{api:?} v{version} is not supported; this broker serves v{min}-v{max}"
+        )));
     }
-    bounds::check(&schema, version, &frame)
-        .map_err(|e| Close::Protocol(format!("{api:?} v{version} request refused before decoding: {e}")))?;
+    bounds::check(&schema, version, &frame).map_err(|e| {
+        Close::Protocol(format!(
+            "{api:?} v{version} request refused before decoding: {e}"
+        ))
+    })?;
     Ok(Parsed::Request(req, frame))
 }
 
@@ -255,13 +285,20 @@ pub(crate) fn decode_request(req: &Request, body: &mut Bytes) -> Result<Decoded,
         ApiKey::OffsetDelete => Decoded::OffsetDelete(decode(req, body)?),
         ApiKey::SaslHandshake => Decoded::SaslHandshake(decode(req, body)?),
         ApiKey::SaslAuthenticate => Decoded::SaslAuthenticate(decode(req, body)?),
-        other => return Err(Close::Protocol(format!("{other:?} requests are not supported by tidemark"))),
+        other => {
+            return Err(Close::Protocol(format!(
+                "{other:?} requests are not supported by tidemark"
+            )));
+        }
     })
 }
 
 /// Whether `api` is part of logging in (allowed before it).
 fn logs_in(api: ApiKey) -> bool {
-    matches!(api, ApiKey::ApiVersions | ApiKey::SaslHandshake | ApiKey::SaslAuthenticate)
+    matches!(
+        api,
+        ApiKey::ApiVersions | ApiKey::SaslHandshake | ApiKey::SaslAuthenticate
+    )
 }
 
 /// The actions a request needs beyond being logged in, any one of them; none: the request
@@ -286,7 +323,9 @@ fn actions_for(api: ApiKey) -> &'static [Action] {
         | ApiKey::DescribeGroups
         | ApiKey::DeleteGroups
         | ApiKey::OffsetDelete => &[Action::ReadRaw],
-        ApiKey::Metadata | ApiKey::DescribeConfigs => &[Action::Publish, Action::ReadRaw, Action::ManageDatasources],
+        ApiKey::Metadata | ApiKey::DescribeConfigs => {
+            &[Action::Publish, Action::ReadRaw, Action::ManageDatasources]
+        }
         ApiKey::InitProducerId => &[Action::Publish],
         _ => &[],
     }
@@ -294,7 +333,9 @@ fn actions_for(api: ApiKey) -> &'static [Action] {
 
 fn dispatch(broker: &Arc<Broker>, frame: Bytes, session: &mut Session) -> Result<Reply, Close> {
     let (req, mut body) = match parse_frame(frame)? {
-        Parsed::UnsupportedApiVersions(req) => return Ok(ready(metadata::api_versions_unsupported(&req))),
+        Parsed::UnsupportedApiVersions(req) => {
+            return Ok(ready(metadata::api_versions_unsupported(&req)));
+        }
         Parsed::Request(req, body) => (req, body),
     };
     let b = broker.clone();
@@ -316,8 +357,16 @@ fn dispatch(broker: &Arc<Broker>, frame: Bytes, session: &mut Session) -> Result
     if let Some(first) = needs.first()
         && !needs.iter().any(|a| caller.allows(*a))
     {
-        let others = if needs.len() > 1 { " (or a key that reads the raw stream or manages datasources)" } else { "" };
-        return Err(Close::Protocol(format!("{:?} refused: {}{others}", req.api, caller.forbidden(*first))));
+        let others = if needs.len() > 1 {
+            " (or a key that reads the raw stream or manages datasources)"
+        } else {
+            ""
+        };
+        return Err(Close::Protocol(format!(
+            "{:?} refused: {}{others}",
+            req.api,
+            caller.forbidden(*first)
+        )));
     }
     Ok(match decode_request(&req, &mut body)? {
         Decoded::ApiVersions(r) => ready(metadata::api_versions(&req, &r)),
@@ -348,8 +397,14 @@ fn dispatch(broker: &Arc<Broker>, frame: Bytes, session: &mut Session) -> Result
 
 fn sasl_handshake(req: &Request, r: &SaslHandshakeRequest, session: &mut Session) -> Option<Bytes> {
     let mut resp = SaslHandshakeResponse::default();
-    resp.mechanisms = Sasl::mechanisms(session.plain_allowed).into_iter().map(StrBytes::from_static_str).collect();
-    if let Err(reason) = session.sasl.handshake(r.mechanism.as_str(), session.plain_allowed) {
+    resp.mechanisms = Sasl::mechanisms(session.plain_allowed)
+        .into_iter()
+        .map(StrBytes::from_static_str)
+        .collect();
+    if let Err(reason) = session
+        .sasl
+        .handshake(r.mechanism.as_str(), session.plain_allowed)
+    {
         tracing::info!(%reason, "kafka SASL handshake refused");
         resp.error_code = code::UNSUPPORTED_SASL_MECHANISM;
     }
@@ -358,7 +413,12 @@ fn sasl_handshake(req: &Request, r: &SaslHandshakeRequest, session: &mut Session
 
 /// One login message. A refusal waits the failed-login delay before it is answered (the
 /// connection answers in order, so nothing else of this client's goes out meanwhile).
-fn sasl_authenticate(b: &Arc<Broker>, req: &Request, r: &SaslAuthenticateRequest, session: &mut Session) -> Reply {
+fn sasl_authenticate(
+    b: &Arc<Broker>,
+    req: &Request,
+    r: &SaslAuthenticateRequest,
+    session: &mut Session,
+) -> Reply {
     let mut resp = SaslAuthenticateResponse::default();
     let nonce = {
         let mut bytes = [0u8; 18];
@@ -366,7 +426,9 @@ fn sasl_authenticate(b: &Arc<Broker>, req: &Request, r: &SaslAuthenticateRequest
             Ok(()) => tidemark_catalog::access::hex(&bytes),
             Err(e) => {
                 resp.error_code = code::SASL_AUTHENTICATION_FAILED;
-                resp.error_message = Some(StrBytes::from_string(format!("no random bits from the OS: {e}")));
+                resp.error_message = Some(StrBytes::from_string(format!(
+                    "no random bits from the OS: {e}"
+                )));
                 return ready(encode(req, &resp));
             }
         }
@@ -374,7 +436,9 @@ fn sasl_authenticate(b: &Arc<Broker>, req: &Request, r: &SaslAuthenticateRequest
     let step = {
         let engine = b.node.engine();
         let e = engine.read();
-        session.sasl.authenticate(e.catalog().access(), &r.auth_bytes, &nonce)
+        session
+            .sasl
+            .authenticate(e.catalog().access(), &r.auth_bytes, &nonce)
     };
     match step {
         Ok(answer) => {
@@ -382,7 +446,10 @@ fn sasl_authenticate(b: &Arc<Broker>, req: &Request, r: &SaslAuthenticateRequest
             ready(encode(req, &resp))
         }
         Err(reason) => {
-            b.node.metrics().auth_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            b.node
+                .metrics()
+                .auth_failures
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::info!(%reason, "kafka SASL login refused");
             resp.error_code = code::SASL_AUTHENTICATION_FAILED;
             resp.error_message = Some(StrBytes::from_string(reason));
@@ -397,8 +464,12 @@ fn sasl_authenticate(b: &Arc<Broker>, req: &Request, r: &SaslAuthenticateRequest
 }
 
 fn decode<T: Decodable>(req: &Request, body: &mut Bytes) -> Result<T, Close> {
-    T::decode(body, req.version)
-        .map_err(|e| Close::Protocol(format!("malformed {:?} v{} request: {e}", req.api, req.version)))
+    T::decode(body, req.version).map_err(|e| {
+        Close::Protocol(format!(
+            "malformed {:?} v{} request: {e}",
+            req.api, req.version
+        ))
+    })
 }
 
 fn api_name(api: ApiKey) -> &'static str {
@@ -437,8 +508,9 @@ pub(crate) fn encode<R: Encodable + HeaderVersion>(req: &Request, resp: &R) -> O
     let mut buf = BytesMut::with_capacity(64);
     buf.put_i32(0);
     let header = ResponseHeader::default().with_correlation_id(req.correlation_id);
-    let encoded =
-        header.encode(&mut buf, R::header_version(req.version)).and_then(|()| resp.encode(&mut buf, req.version));
+    let encoded = header
+        .encode(&mut buf, R::header_version(req.version))
+        .and_then(|()| resp.encode(&mut buf, req.version));
     if let Err(e) = encoded {
         tracing::error!(api = ?req.api, version = req.version, error = %e, "cannot encode a Kafka response");
         return None;
@@ -461,13 +533,23 @@ mod tests {
             let needs = actions_for(api);
             needs.is_empty() || needs.iter().any(|a| role.allows(*a))
         };
-        for api in
-            [ApiKey::Metadata, ApiKey::DescribeConfigs, ApiKey::InitProducerId, ApiKey::ListOffsets, ApiKey::Fetch]
-        {
+        for api in [
+            ApiKey::Metadata,
+            ApiKey::DescribeConfigs,
+            ApiKey::InitProducerId,
+            ApiKey::ListOffsets,
+            ApiKey::Fetch,
+        ] {
             assert!(!may(Role::MerchantReader, api), "{api:?}");
         }
-        assert!(may(Role::Publisher, ApiKey::Metadata) && may(Role::Publisher, ApiKey::InitProducerId));
-        assert!(may(Role::Analyst, ApiKey::Metadata) && !may(Role::Analyst, ApiKey::InitProducerId));
-        assert!(logs_in(ApiKey::SaslAuthenticate) && actions_for(ApiKey::SaslAuthenticate).is_empty());
+        assert!(
+            may(Role::Publisher, ApiKey::Metadata) && may(Role::Publisher, ApiKey::InitProducerId)
+        );
+        assert!(
+            may(Role::Analyst, ApiKey::Metadata) && !may(Role::Analyst, ApiKey::InitProducerId)
+        );
+        assert!(
+            logs_in(ApiKey::SaslAuthenticate) && actions_for(ApiKey::SaslAuthenticate).is_empty()
+        );
     }
 }

@@ -12,8 +12,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
-use kafka_protocol::messages::list_offsets_response::{ListOffsetsPartitionResponse, ListOffsetsTopicResponse};
-use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse};
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+};
+use kafka_protocol::messages::{
+    BrokerId, FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse,
+};
 use tidemark_storage::engine::Engine;
 
 use crate::kafka::connection::{Reply, Request, encode};
@@ -29,7 +33,8 @@ const MAX_TIMESTAMP: i64 = -3;
 
 pub(crate) fn fetch(b: Arc<Broker>, req: Request, r: FetchRequest) -> Reply {
     Box::pin(async move {
-        let deadline = Instant::now() + Duration::from_millis(r.max_wait_ms.clamp(0, 60_000) as u64);
+        let deadline =
+            Instant::now() + Duration::from_millis(r.max_wait_ms.clamp(0, 60_000) as u64);
         let mut watch = b.node.applied_watch();
         loop {
             watch.mark_unchanged();
@@ -54,7 +59,11 @@ fn read_all(e: &Engine, req: &Request, r: &FetchRequest) -> (FetchResponse, usiz
     let mut resp = FetchResponse::default();
     let mut total = 0usize;
     let mut errors = false;
-    let max_bytes = if r.max_bytes <= 0 { FETCH_BYTES_MAX } else { (r.max_bytes as usize).min(FETCH_BYTES_MAX) };
+    let max_bytes = if r.max_bytes <= 0 {
+        FETCH_BYTES_MAX
+    } else {
+        (r.max_bytes as usize).min(FETCH_BYTES_MAX)
+    };
     for topic in &r.topics {
         let name = topic.topic.0.to_string();
         let mut t = FetchableTopicResponse::default();
@@ -63,8 +72,14 @@ fn read_all(e: &Engine, req: &Request, r: &FetchRequest) -> (FetchResponse, usiz
             let mut out = PartitionData::default();
             out.partition_index = p.partition;
             out.preferred_read_replica = BrokerId(-1);
-            out.aborted_transactions = if req.version >= 4 { Some(Vec::new()) } else { None };
-            let log = u32::try_from(p.partition).ok().and_then(|part| e.partition_log(&name, part));
+            out.aborted_transactions = if req.version >= 4 {
+                Some(Vec::new())
+            } else {
+                None
+            };
+            let log = u32::try_from(p.partition)
+                .ok()
+                .and_then(|part| e.partition_log(&name, part));
             let Some(log) = log else {
                 out.error_code = code::UNKNOWN_TOPIC_OR_PARTITION;
                 out.high_watermark = -1;
@@ -86,7 +101,8 @@ fn read_all(e: &Engine, req: &Request, r: &FetchRequest) -> (FetchResponse, usiz
                 let limit = (p.partition_max_bytes.max(0) as usize).min(max_bytes - total);
                 match log.read(p.fetch_offset, limit) {
                     Ok(batches) => {
-                        let mut buf = Vec::with_capacity(batches.iter().map(|s| s.batch.len()).sum());
+                        let mut buf =
+                            Vec::with_capacity(batches.iter().map(|s| s.batch.len()).sum());
                         for s in &batches {
                             if !buf.is_empty() && total + buf.len() + s.batch.len() > max_bytes {
                                 break;
@@ -126,7 +142,9 @@ pub(crate) fn list_offsets(b: &Broker, req: &Request, r: ListOffsetsRequest) -> 
             out.partition_index = p.partition_index;
             out.timestamp = -1;
             out.offset = -1;
-            let log = u32::try_from(p.partition_index).ok().and_then(|part| e.partition_log(&name, part));
+            let log = u32::try_from(p.partition_index)
+                .ok()
+                .and_then(|part| e.partition_log(&name, part));
             match log {
                 None => out.error_code = code::UNKNOWN_TOPIC_OR_PARTITION,
                 Some(log) => match p.timestamp {

@@ -27,17 +27,22 @@ use kafka_protocol::messages::find_coordinator_response::Coordinator as Coordina
 use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
 use kafka_protocol::messages::leave_group_response::MemberResponse;
 use kafka_protocol::messages::list_groups_response::ListedGroup;
-use kafka_protocol::messages::offset_commit_response::{OffsetCommitResponsePartition, OffsetCommitResponseTopic};
-use kafka_protocol::messages::offset_delete_response::{OffsetDeleteResponsePartition, OffsetDeleteResponseTopic};
+use kafka_protocol::messages::offset_commit_response::{
+    OffsetCommitResponsePartition, OffsetCommitResponseTopic,
+};
+use kafka_protocol::messages::offset_delete_response::{
+    OffsetDeleteResponsePartition, OffsetDeleteResponseTopic,
+};
 use kafka_protocol::messages::offset_fetch_response::{
-    OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions, OffsetFetchResponseTopic,
-    OffsetFetchResponseTopics,
+    OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions,
+    OffsetFetchResponseTopic, OffsetFetchResponseTopics,
 };
 use kafka_protocol::messages::{
-    BrokerId, DeleteGroupsRequest, DeleteGroupsResponse, DescribeGroupsRequest, DescribeGroupsResponse,
-    FindCoordinatorRequest, FindCoordinatorResponse, GroupId, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest,
-    JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse,
-    OffsetCommitRequest, OffsetCommitResponse, OffsetDeleteRequest, OffsetDeleteResponse, OffsetFetchRequest,
+    BrokerId, DeleteGroupsRequest, DeleteGroupsResponse, DescribeGroupsRequest,
+    DescribeGroupsResponse, FindCoordinatorRequest, FindCoordinatorResponse, GroupId,
+    HeartbeatRequest, HeartbeatResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest,
+    LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse, OffsetCommitRequest,
+    OffsetCommitResponse, OffsetDeleteRequest, OffsetDeleteResponse, OffsetFetchRequest,
     OffsetFetchResponse, SyncGroupRequest, SyncGroupResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
@@ -149,12 +154,20 @@ impl Group {
             // Followers waiting for an assignment of the old round must rejoin.
             for m in self.members.values_mut() {
                 if let Some(w) = m.sync_waiter.take() {
-                    let _ = w.send(SyncOutcome { error: code::REBALANCE_IN_PROGRESS, assignment: Bytes::new() });
+                    let _ = w.send(SyncOutcome {
+                        error: code::REBALANCE_IN_PROGRESS,
+                        assignment: Bytes::new(),
+                    });
                 }
             }
         }
         if self.state != State::PreparingRebalance {
-            let timeout = self.members.values().map(|m| m.rebalance_timeout).max().unwrap_or_default();
+            let timeout = self
+                .members
+                .values()
+                .map(|m| m.rebalance_timeout)
+                .max()
+                .unwrap_or_default();
             self.rebalance_deadline = Some(now + timeout);
             if self.state == State::Empty {
                 self.initial_until = Some(now + INITIAL_REBALANCE_DELAY.min(timeout));
@@ -184,7 +197,11 @@ impl Group {
             return;
         }
         self.protocol = self.choose_protocol();
-        if self.leader.as_ref().is_none_or(|l| !self.members.contains_key(l)) {
+        if self
+            .leader
+            .as_ref()
+            .is_none_or(|l| !self.members.contains_key(l))
+        {
             self.leader = self.members.keys().next().cloned();
         }
         let leader = self.leader.clone().unwrap_or_default();
@@ -193,7 +210,12 @@ impl Group {
             .members
             .iter()
             .map(|(id, m)| {
-                let meta = m.protocols.iter().find(|(n, _)| *n == protocol).map(|(_, b)| b.clone()).unwrap_or_default();
+                let meta = m
+                    .protocols
+                    .iter()
+                    .find(|(n, _)| *n == protocol)
+                    .map(|(_, b)| b.clone())
+                    .unwrap_or_default();
                 (id.clone(), m.instance_id.clone(), meta)
             })
             .collect();
@@ -209,7 +231,11 @@ impl Group {
                     protocol: self.protocol.clone(),
                     leader: leader.clone(),
                     member_id: id.clone(),
-                    members: if *id == leader { everyone.clone() } else { Vec::new() },
+                    members: if *id == leader {
+                        everyone.clone()
+                    } else {
+                        Vec::new()
+                    },
                 });
             }
         }
@@ -226,11 +252,18 @@ impl Group {
             .unwrap_or_default();
         let mut votes: BTreeMap<&String, usize> = BTreeMap::new();
         for m in self.members.values() {
-            if let Some((n, _)) = m.protocols.iter().find(|(n, _)| supported_by_all.contains(n)) {
+            if let Some((n, _)) = m
+                .protocols
+                .iter()
+                .find(|(n, _)| supported_by_all.contains(n))
+            {
                 *votes.entry(n).or_default() += 1;
             }
         }
-        votes.into_iter().max_by_key(|(n, v)| (*v, std::cmp::Reverse(*n))).map(|(n, _)| n.clone())
+        votes
+            .into_iter()
+            .max_by_key(|(n, v)| (*v, std::cmp::Reverse(*n)))
+            .map(|(n, _)| n.clone())
     }
 
     fn remove_member(&mut self, id: &str, now: Instant) {
@@ -239,7 +272,10 @@ impl Group {
                 let _ = w.send(JoinOutcome::error(code::UNKNOWN_MEMBER_ID, id));
             }
             if let Some(w) = m.sync_waiter.take() {
-                let _ = w.send(SyncOutcome { error: code::UNKNOWN_MEMBER_ID, assignment: Bytes::new() });
+                let _ = w.send(SyncOutcome {
+                    error: code::UNKNOWN_MEMBER_ID,
+                    assignment: Bytes::new(),
+                });
             }
             if self.members.is_empty() && self.state != State::PreparingRebalance {
                 self.state = State::Empty;
@@ -282,12 +318,27 @@ impl JoinOutcome {
 /// int16-length strings). Untrusted bytes: every count is checked against what remains.
 fn subscription_topics(meta: &[u8]) -> Vec<String> {
     let mut out = Vec::new();
-    let Some(count) = meta.get(2..6).map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]])) else { return out };
+    let Some(count) = meta
+        .get(2..6)
+        .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    else {
+        return out;
+    };
     let mut pos = 6;
     for _ in 0..count.max(0) {
-        let Some(len) = meta.get(pos..pos + 2).map(|b| i16::from_be_bytes([b[0], b[1]])) else { break };
+        let Some(len) = meta
+            .get(pos..pos + 2)
+            .map(|b| i16::from_be_bytes([b[0], b[1]]))
+        else {
+            break;
+        };
         pos += 2;
-        let Some(name) = usize::try_from(len).ok().and_then(|l| meta.get(pos..pos + l)) else { break };
+        let Some(name) = usize::try_from(len)
+            .ok()
+            .and_then(|l| meta.get(pos..pos + l))
+        else {
+            break;
+        };
         pos += name.len();
         out.push(String::from_utf8_lossy(name).into_owned());
     }
@@ -343,7 +394,11 @@ pub(crate) fn spawn_expiry(b: Arc<Broker>) {
     });
 }
 
-pub(crate) fn find_coordinator(b: &Broker, req: &Request, r: FindCoordinatorRequest) -> Option<Bytes> {
+pub(crate) fn find_coordinator(
+    b: &Broker,
+    req: &Request,
+    r: FindCoordinatorRequest,
+) -> Option<Bytes> {
     let mut resp = FindCoordinatorResponse::default();
     let refusal = (r.key_type != 0).then(|| {
         (
@@ -354,9 +409,15 @@ pub(crate) fn find_coordinator(b: &Broker, req: &Request, r: FindCoordinatorRequ
     let (brokers, leader) = b.cluster();
     let coordinator = leader.and_then(|id| brokers.into_iter().find(|a| a.id == id));
     let refusal = refusal.or_else(|| {
-        coordinator.is_none().then_some((code::COORDINATOR_NOT_AVAILABLE, "no leader is elected yet; retry shortly"))
+        coordinator.is_none().then_some((
+            code::COORDINATOR_NOT_AVAILABLE,
+            "no leader is elected yet; retry shortly",
+        ))
     });
-    let (id, host, port) = coordinator.map(|a| (a.id, s(&a.host), a.port)).unwrap_or((-1, s(""), -1));
+    let (id, host, port) =
+        coordinator
+            .map(|a| (a.id, s(&a.host), a.port))
+            .unwrap_or((-1, s(""), -1));
     if req.version >= 4 {
         resp.coordinators = r
             .coordinator_keys
@@ -411,28 +472,45 @@ pub(crate) fn join_group(b: Arc<Broker>, req: Request, r: JoinGroupRequest) -> R
         return immediate(JoinOutcome::error(code::NOT_COORDINATOR, &r.member_id));
     }
     if !(SESSION_TIMEOUT_MIN_MS..=SESSION_TIMEOUT_MAX_MS).contains(&r.session_timeout_ms) {
-        return immediate(JoinOutcome::error(code::INVALID_SESSION_TIMEOUT, &r.member_id));
+        return immediate(JoinOutcome::error(
+            code::INVALID_SESSION_TIMEOUT,
+            &r.member_id,
+        ));
     }
     let (tx, rx) = oneshot::channel();
     let early = b.coordinator.with(|groups| {
         let g = groups.entry(group_id.clone()).or_insert_with(Group::new);
         let protocol_type = r.protocol_type.to_string();
-        let protocols: Vec<(String, Bytes)> =
-            r.protocols.iter().map(|p| (p.name.to_string(), p.metadata.clone())).collect();
+        let protocols: Vec<(String, Bytes)> = r
+            .protocols
+            .iter()
+            .map(|p| (p.name.to_string(), p.metadata.clone()))
+            .collect();
         if protocols.is_empty()
-            || g.protocol_type.as_ref().is_some_and(|t| *t != protocol_type && !g.members.is_empty())
+            || g.protocol_type
+                .as_ref()
+                .is_some_and(|t| *t != protocol_type && !g.members.is_empty())
             || (!g.members.is_empty()
-                && !protocols
-                    .iter()
-                    .any(|(n, _)| g.members.values().all(|m| m.protocols.iter().any(|(mn, _)| mn == n))))
+                && !protocols.iter().any(|(n, _)| {
+                    g.members
+                        .values()
+                        .all(|m| m.protocols.iter().any(|(mn, _)| mn == n))
+                }))
         {
-            return Some(JoinOutcome::error(code::INCONSISTENT_GROUP_PROTOCOL, &r.member_id));
+            return Some(JoinOutcome::error(
+                code::INCONSISTENT_GROUP_PROTOCOL,
+                &r.member_id,
+            ));
         }
         let mut member_id = r.member_id.to_string();
         if member_id.is_empty() {
             member_id = format!(
                 "{}-{}",
-                if req.client_id.is_empty() { "member" } else { &req.client_id },
+                if req.client_id.is_empty() {
+                    "member"
+                } else {
+                    &req.client_id
+                },
                 uuid::Uuid::new_v4()
             );
             if req.version >= 4 {
@@ -445,19 +523,27 @@ pub(crate) fn join_group(b: Arc<Broker>, req: Request, r: JoinGroupRequest) -> R
         }
         g.protocol_type = Some(protocol_type);
         let rebalance_timeout = Duration::from_millis(
-            if req.version >= 1 { r.rebalance_timeout_ms } else { r.session_timeout_ms }.max(0) as u64,
+            if req.version >= 1 {
+                r.rebalance_timeout_ms
+            } else {
+                r.session_timeout_ms
+            }
+            .max(0) as u64,
         );
-        let member = g.members.entry(member_id.clone()).or_insert_with(|| Member {
-            instance_id: None,
-            client_id: req.client_id.clone(),
-            session_timeout: Duration::ZERO,
-            rebalance_timeout,
-            protocols: Vec::new(),
-            last_seen: now,
-            join_waiter: None,
-            sync_waiter: None,
-            assignment: Bytes::new(),
-        });
+        let member = g
+            .members
+            .entry(member_id.clone())
+            .or_insert_with(|| Member {
+                instance_id: None,
+                client_id: req.client_id.clone(),
+                session_timeout: Duration::ZERO,
+                rebalance_timeout,
+                protocols: Vec::new(),
+                last_seen: now,
+                join_waiter: None,
+                sync_waiter: None,
+                assignment: Bytes::new(),
+            });
         member.instance_id = r.group_instance_id.as_ref().map(|i| i.to_string());
         member.session_timeout = Duration::from_millis(r.session_timeout_ms as u64);
         member.rebalance_timeout = rebalance_timeout;
@@ -475,7 +561,9 @@ pub(crate) fn join_group(b: Arc<Broker>, req: Request, r: JoinGroupRequest) -> R
         return immediate(outcome);
     }
     Box::pin(async move {
-        let outcome = rx.await.unwrap_or_else(|_| JoinOutcome::error(code::UNKNOWN_MEMBER_ID, ""));
+        let outcome = rx
+            .await
+            .unwrap_or_else(|_| JoinOutcome::error(code::UNKNOWN_MEMBER_ID, ""));
         join_answer(&req, outcome)
     })
 }
@@ -514,13 +602,36 @@ pub(crate) fn sync_group(b: Arc<Broker>, req: Request, r: SyncGroupRequest) -> R
     let (tx, rx) = oneshot::channel();
     let (early, protocol_type, protocol) = b.coordinator.with(|groups| {
         if !b.coordinates() {
-            return (Some(SyncOutcome { error: code::NOT_COORDINATOR, assignment: Bytes::new() }), None, None);
+            return (
+                Some(SyncOutcome {
+                    error: code::NOT_COORDINATOR,
+                    assignment: Bytes::new(),
+                }),
+                None,
+                None,
+            );
         }
         let Some(g) = groups.get_mut(&group_id) else {
-            return (Some(SyncOutcome { error: code::UNKNOWN_MEMBER_ID, assignment: Bytes::new() }), None, None);
+            return (
+                Some(SyncOutcome {
+                    error: code::UNKNOWN_MEMBER_ID,
+                    assignment: Bytes::new(),
+                }),
+                None,
+                None,
+            );
         };
         let names = (g.protocol_type.clone(), g.protocol.clone());
-        let fail = |error| (Some(SyncOutcome { error, assignment: Bytes::new() }), names.0.clone(), names.1.clone());
+        let fail = |error| {
+            (
+                Some(SyncOutcome {
+                    error,
+                    assignment: Bytes::new(),
+                }),
+                names.0.clone(),
+                names.1.clone(),
+            )
+        };
         if !g.members.contains_key(&member_id) {
             return fail(code::UNKNOWN_MEMBER_ID);
         }
@@ -530,8 +641,19 @@ pub(crate) fn sync_group(b: Arc<Broker>, req: Request, r: SyncGroupRequest) -> R
         match g.state {
             State::Empty | State::PreparingRebalance => fail(code::REBALANCE_IN_PROGRESS),
             State::Stable => {
-                let assignment = g.members.get(&member_id).map(|m| m.assignment.clone()).unwrap_or_default();
-                (Some(SyncOutcome { error: code::NONE, assignment }), names.0, names.1)
+                let assignment = g
+                    .members
+                    .get(&member_id)
+                    .map(|m| m.assignment.clone())
+                    .unwrap_or_default();
+                (
+                    Some(SyncOutcome {
+                        error: code::NONE,
+                        assignment,
+                    }),
+                    names.0,
+                    names.1,
+                )
             }
             State::CompletingRebalance => {
                 let now = Instant::now();
@@ -540,13 +662,19 @@ pub(crate) fn sync_group(b: Arc<Broker>, req: Request, r: SyncGroupRequest) -> R
                     m.sync_waiter = Some(tx);
                 }
                 if g.leader.as_deref() == Some(member_id.as_str()) {
-                    let given: HashMap<String, Bytes> =
-                        r.assignments.iter().map(|a| (a.member_id.to_string(), a.assignment.clone())).collect();
+                    let given: HashMap<String, Bytes> = r
+                        .assignments
+                        .iter()
+                        .map(|a| (a.member_id.to_string(), a.assignment.clone()))
+                        .collect();
                     for (id, m) in g.members.iter_mut() {
                         m.assignment = given.get(id).cloned().unwrap_or_default();
                         m.last_seen = now;
                         if let Some(w) = m.sync_waiter.take() {
-                            let _ = w.send(SyncOutcome { error: code::NONE, assignment: m.assignment.clone() });
+                            let _ = w.send(SyncOutcome {
+                                error: code::NONE,
+                                assignment: m.assignment.clone(),
+                            });
                         }
                     }
                     g.state = State::Stable;
@@ -568,7 +696,10 @@ pub(crate) fn sync_group(b: Arc<Broker>, req: Request, r: SyncGroupRequest) -> R
     match early {
         Some(o) => ready(answer(o)),
         None => Box::pin(async move {
-            let o = rx.await.unwrap_or(SyncOutcome { error: code::REBALANCE_IN_PROGRESS, assignment: Bytes::new() });
+            let o = rx.await.unwrap_or(SyncOutcome {
+                error: code::REBALANCE_IN_PROGRESS,
+                assignment: Bytes::new(),
+            });
             answer(o)
         }),
     }
@@ -581,8 +712,12 @@ pub(crate) fn heartbeat(b: &Broker, req: &Request, r: HeartbeatRequest) -> Optio
         if !b.coordinates() {
             return code::NOT_COORDINATOR;
         }
-        let Some(g) = groups.get_mut(&group_id) else { return code::UNKNOWN_MEMBER_ID };
-        let Some(m) = g.members.get_mut(&member_id) else { return code::UNKNOWN_MEMBER_ID };
+        let Some(g) = groups.get_mut(&group_id) else {
+            return code::UNKNOWN_MEMBER_ID;
+        };
+        let Some(m) = g.members.get_mut(&member_id) else {
+            return code::UNKNOWN_MEMBER_ID;
+        };
         m.last_seen = Instant::now();
         match g.state {
             State::PreparingRebalance => code::REBALANCE_IN_PROGRESS,
@@ -600,7 +735,12 @@ pub(crate) fn leave_group(b: &Broker, req: &Request, r: LeaveGroupRequest) -> Op
     let leaving: Vec<(String, Option<String>)> = if req.version >= 3 {
         r.members
             .iter()
-            .map(|m| (m.member_id.to_string(), m.group_instance_id.as_ref().map(|i| i.to_string())))
+            .map(|m| {
+                (
+                    m.member_id.to_string(),
+                    m.group_instance_id.as_ref().map(|i| i.to_string()),
+                )
+            })
             .collect()
     } else {
         vec![(r.member_id.to_string(), None)]
@@ -608,7 +748,10 @@ pub(crate) fn leave_group(b: &Broker, req: &Request, r: LeaveGroupRequest) -> Op
     let now = Instant::now();
     let results: Vec<(String, Option<String>, i16)> = b.coordinator.with(|groups| {
         let Some(g) = groups.get_mut(&group_id) else {
-            return leaving.into_iter().map(|(id, inst)| (id, inst, code::UNKNOWN_MEMBER_ID)).collect();
+            return leaving
+                .into_iter()
+                .map(|(id, inst)| (id, inst, code::UNKNOWN_MEMBER_ID))
+                .collect();
         };
         leaving
             .into_iter()
@@ -655,10 +798,18 @@ fn commit_allowed(b: &Broker, group: &str, generation: i32, member: &str) -> i16
     b.coordinator.with(|groups| {
         let Some(g) = groups.get(group) else {
             // A standalone consumer (assign(), no membership) commits with generation -1.
-            return if generation < 0 { code::NONE } else { code::ILLEGAL_GENERATION };
+            return if generation < 0 {
+                code::NONE
+            } else {
+                code::ILLEGAL_GENERATION
+            };
         };
         if generation < 0 && member.is_empty() {
-            return if g.members.is_empty() { code::NONE } else { code::UNKNOWN_MEMBER_ID };
+            return if g.members.is_empty() {
+                code::NONE
+            } else {
+                code::UNKNOWN_MEMBER_ID
+            };
         }
         if !g.members.contains_key(member) {
             return code::UNKNOWN_MEMBER_ID;
@@ -680,7 +831,12 @@ pub(crate) fn offset_commit(b: Arc<Broker>, req: Request, r: OffsetCommitRequest
     } else if !b.coordinates() {
         code::NOT_COORDINATOR
     } else {
-        commit_allowed(&b, &group, r.generation_id_or_member_epoch, r.member_id.as_str())
+        commit_allowed(
+            &b,
+            &group,
+            r.generation_id_or_member_epoch,
+            r.member_id.as_str(),
+        )
     };
     // (topic, partition, error) in request order; offsets to log for those without an error.
     let mut results: Vec<(TopicName, Vec<(i32, i16)>)> = Vec::new();
@@ -690,14 +846,23 @@ pub(crate) fn offset_commit(b: Arc<Broker>, req: Request, r: OffsetCommitRequest
         let e = engine.read();
         for t in &r.topics {
             let name = t.name.0.to_string();
-            let partitions = e.catalog().get(&name).map(|entry| entry.current().partitions);
+            let partitions = e
+                .catalog()
+                .get(&name)
+                .map(|entry| entry.current().partitions);
             let mut parts = Vec::new();
             for p in &t.partitions {
                 let error = if allowed != code::NONE {
                     allowed
-                } else if partitions.is_none_or(|n| p.partition_index < 0 || p.partition_index as u32 >= n) {
+                } else if partitions
+                    .is_none_or(|n| p.partition_index < 0 || p.partition_index as u32 >= n)
+                {
                     code::UNKNOWN_TOPIC_OR_PARTITION
-                } else if p.committed_metadata.as_ref().is_some_and(|m| m.len() > OFFSET_METADATA_MAX_BYTES) {
+                } else if p
+                    .committed_metadata
+                    .as_ref()
+                    .is_some_and(|m| m.len() > OFFSET_METADATA_MAX_BYTES)
+                {
                     12 // OFFSET_METADATA_TOO_LARGE
                 } else {
                     offsets.push(CommittedOffset {
@@ -714,8 +879,10 @@ pub(crate) fn offset_commit(b: Arc<Broker>, req: Request, r: OffsetCommitRequest
             results.push((t.name.clone(), parts));
         }
     }
-    let submitted =
-        (!offsets.is_empty()).then(|| b.node.submit(&Command::Offsets(OffsetsCommand::Commit { group, offsets })));
+    let submitted = (!offsets.is_empty()).then(|| {
+        b.node
+            .submit(&Command::Offsets(OffsetsCommand::Commit { group, offsets }))
+    });
     Box::pin(async move {
         let failed = match submitted {
             None => None,
@@ -776,7 +943,10 @@ fn fetch_offsets(
         for (t, p, _) in offsets.of_group(group) {
             by_topic.entry(t).or_default().push(p as i32);
         }
-        by_topic.into_iter().map(|(t, ps)| (TopicName(s(&t)), ps)).collect()
+        by_topic
+            .into_iter()
+            .map(|(t, ps)| (TopicName(s(&t)), ps))
+            .collect()
     });
     wanted
         .into_iter()
@@ -784,9 +954,14 @@ fn fetch_offsets(
             let topic = name.0.to_string();
             let rows = parts
                 .into_iter()
-                .map(|p| match u32::try_from(p).ok().and_then(|pu| offsets.get(group, &topic, pu)) {
-                    Some(r) => (p, r.offset, r.leader_epoch, r.metadata.clone()),
-                    None => (p, -1, -1, Some(String::new())),
+                .map(|p| {
+                    match u32::try_from(p)
+                        .ok()
+                        .and_then(|pu| offsets.get(group, &topic, pu))
+                    {
+                        Some(r) => (p, r.offset, r.leader_epoch, r.metadata.clone()),
+                        None => (p, -1, -1, Some(String::new())),
+                    }
                 })
                 .collect();
             (name, rows)
@@ -798,8 +973,11 @@ pub(crate) fn offset_fetch(b: &Broker, req: &Request, r: OffsetFetchRequest) -> 
     let mut resp = OffsetFetchResponse::default();
     if req.version >= 8 {
         for g in &r.groups {
-            let topics =
-                g.topics.as_ref().map(|ts| ts.iter().map(|t| (t.name.clone(), t.partition_indexes.clone())).collect());
+            let topics = g.topics.as_ref().map(|ts| {
+                ts.iter()
+                    .map(|t| (t.name.clone(), t.partition_indexes.clone()))
+                    .collect()
+            });
             let mut out = OffsetFetchResponseGroup::default();
             out.group_id = g.group_id.clone();
             out.topics = fetch_offsets(b, g.group_id.0.as_str(), topics)
@@ -824,8 +1002,11 @@ pub(crate) fn offset_fetch(b: &Broker, req: &Request, r: OffsetFetchRequest) -> 
             resp.groups.push(out);
         }
     } else {
-        let topics =
-            r.topics.as_ref().map(|ts| ts.iter().map(|t| (t.name.clone(), t.partition_indexes.clone())).collect());
+        let topics = r.topics.as_ref().map(|ts| {
+            ts.iter()
+                .map(|t| (t.name.clone(), t.partition_indexes.clone()))
+                .collect()
+        });
         resp.topics = fetch_offsets(b, r.group_id.0.as_str(), topics)
             .into_iter()
             .map(|(name, rows)| {
@@ -868,7 +1049,10 @@ fn known_groups(b: &Broker) -> BTreeMap<String, (String, String)> {
             }
             out.insert(
                 id.clone(),
-                (g.state.name().into(), g.protocol_type.clone().unwrap_or_else(|| "consumer".into())),
+                (
+                    g.state.name().into(),
+                    g.protocol_type.clone().unwrap_or_else(|| "consumer".into()),
+                ),
             );
         }
     });
@@ -878,10 +1062,15 @@ fn known_groups(b: &Broker) -> BTreeMap<String, (String, String)> {
 pub(crate) fn list_groups(b: &Broker, req: &Request, r: ListGroupsRequest) -> Option<Bytes> {
     let mut resp = ListGroupsResponse::default();
     let states: Vec<String> = r.states_filter.iter().map(|x| x.to_lowercase()).collect();
-    let types_ok = r.types_filter.is_empty() || r.types_filter.iter().any(|t| t.eq_ignore_ascii_case("classic"));
+    let types_ok = r.types_filter.is_empty()
+        || r.types_filter
+            .iter()
+            .any(|t| t.eq_ignore_ascii_case("classic"));
     resp.groups = known_groups(b)
         .into_iter()
-        .filter(|(_, (state, _))| types_ok && (states.is_empty() || states.contains(&state.to_lowercase())))
+        .filter(|(_, (state, _))| {
+            types_ok && (states.is_empty() || states.contains(&state.to_lowercase()))
+        })
         .map(|(id, (state, protocol_type))| {
             let mut g = ListedGroup::default();
             g.group_id = GroupId(s(&id));
@@ -898,7 +1087,11 @@ pub(crate) fn list_groups(b: &Broker, req: &Request, r: ListGroupsRequest) -> Op
     encode(req, &resp)
 }
 
-pub(crate) fn describe_groups(b: &Broker, req: &Request, r: DescribeGroupsRequest) -> Option<Bytes> {
+pub(crate) fn describe_groups(
+    b: &Broker,
+    req: &Request,
+    r: DescribeGroupsRequest,
+) -> Option<Bytes> {
     let known = known_groups(b);
     let mut resp = DescribeGroupsResponse::default();
     for id in &r.groups {
@@ -920,16 +1113,27 @@ pub(crate) fn describe_groups(b: &Broker, req: &Request, r: DescribeGroupsReques
                     }
                     x.client_id = s(&m.client_id);
                     x.client_host = s("/127.0.0.1");
-                    x.member_metadata =
-                        m.protocols.iter().find(|(n, _)| *n == protocol).map(|(_, b)| b.clone()).unwrap_or_default();
+                    x.member_metadata = m
+                        .protocols
+                        .iter()
+                        .find(|(n, _)| *n == protocol)
+                        .map(|(_, b)| b.clone())
+                        .unwrap_or_default();
                     x.member_assignment = m.assignment.clone();
                     x
                 })
                 .collect::<Vec<_>>();
-            Some((g.state.name(), g.protocol_type.clone().unwrap_or_default(), protocol, members))
+            Some((
+                g.state.name(),
+                g.protocol_type.clone().unwrap_or_default(),
+                protocol,
+                members,
+            ))
         });
         match described {
-            Some((state, protocol_type, protocol, members)) if !members.is_empty() || !known.contains_key(&name) => {
+            Some((state, protocol_type, protocol, members))
+                if !members.is_empty() || !known.contains_key(&name) =>
+            {
                 d.group_state = s(state);
                 d.protocol_type = s(&protocol_type);
                 d.protocol_data = s(&protocol);
@@ -956,14 +1160,24 @@ pub(crate) fn delete_groups(b: Arc<Broker>, req: Request, r: DeleteGroupsRequest
             let name = id.0.to_string();
             let mut result = DeletableGroupResult::default();
             result.group_id = id;
-            let active = b.coordinator.with(|groups| groups.get(&name).is_some_and(|g| !g.members.is_empty()));
+            let active = b
+                .coordinator
+                .with(|groups| groups.get(&name).is_some_and(|g| !g.members.is_empty()));
             result.error_code = if active {
                 code::NON_EMPTY_GROUP
-            } else if !known.contains_key(&name) && !b.coordinator.with(|groups| groups.contains_key(&name)) {
+            } else if !known.contains_key(&name)
+                && !b.coordinator.with(|groups| groups.contains_key(&name))
+            {
                 code::GROUP_ID_NOT_FOUND
             } else {
                 b.coordinator.with(|groups| groups.remove(&name));
-                match b.node.propose(&Command::Offsets(OffsetsCommand::DeleteGroup { group: name })).await {
+                match b
+                    .node
+                    .propose(&Command::Offsets(OffsetsCommand::DeleteGroup {
+                        group: name,
+                    }))
+                    .await
+                {
                     Ok(_) => code::NONE,
                     Err(e) => {
                         tracing::warn!(error = %e, "deleting a group's offsets failed");
@@ -985,8 +1199,12 @@ pub(crate) fn offset_delete(b: Arc<Broker>, req: Request, r: OffsetDeleteRequest
             resp.error_code = code::GROUP_ID_NOT_FOUND;
             return encode(&req, &resp);
         }
-        let subscribed =
-            b.coordinator.with(|groups| groups.get(&group).map(Group::subscribed_topics).unwrap_or_default());
+        let subscribed = b.coordinator.with(|groups| {
+            groups
+                .get(&group)
+                .map(Group::subscribed_topics)
+                .unwrap_or_default()
+        });
         let mut partitions = Vec::new();
         for t in &r.topics {
             let name = t.name.0.to_string();
@@ -1005,7 +1223,13 @@ pub(crate) fn offset_delete(b: Arc<Broker>, req: Request, r: OffsetDeleteRequest
             resp.topics.push(out);
         }
         if !partitions.is_empty()
-            && let Err(e) = b.node.propose(&Command::Offsets(OffsetsCommand::Delete { group, partitions })).await
+            && let Err(e) = b
+                .node
+                .propose(&Command::Offsets(OffsetsCommand::Delete {
+                    group,
+                    partitions,
+                }))
+                .await
         {
             tracing::warn!(error = %e, "deleting offsets failed");
             resp.error_code = code::COORDINATOR_NOT_AVAILABLE;
@@ -1025,7 +1249,10 @@ mod tests {
             meta.extend_from_slice(&(t.len() as i16).to_be_bytes());
             meta.extend_from_slice(t.as_bytes());
         }
-        assert_eq!(subscription_topics(&meta), vec!["beacons".to_string(), "orders".to_string()]);
+        assert_eq!(
+            subscription_topics(&meta),
+            vec!["beacons".to_string(), "orders".to_string()]
+        );
         // A huge declared count over a short buffer stops at the end of the bytes.
         let hostile = [0, 1, 0x7f, 0xff, 0xff, 0xff, 0, 1, b'x'];
         assert_eq!(subscription_topics(&hostile), vec!["x".to_string()]);
@@ -1038,7 +1265,10 @@ mod tests {
             client_id: String::new(),
             session_timeout: Duration::from_secs(10),
             rebalance_timeout: Duration::from_secs(10),
-            protocols: protocols.iter().map(|p| (p.to_string(), Bytes::new())).collect(),
+            protocols: protocols
+                .iter()
+                .map(|p| (p.to_string(), Bytes::new()))
+                .collect(),
             last_seen: Instant::now(),
             join_waiter: None,
             sync_waiter: None,
@@ -1056,7 +1286,11 @@ mod tests {
         g.members.insert("a".into(), a);
         g.prepare_rebalance(now);
         g.maybe_complete_join(false);
-        assert_eq!(g.state, State::PreparingRebalance, "one member does not end the first round at once");
+        assert_eq!(
+            g.state,
+            State::PreparingRebalance,
+            "one member does not end the first round at once"
+        );
         assert!(rx.try_recv().is_err());
 
         // A second member joins within the delay; once it passes, both are in generation 1.
@@ -1070,16 +1304,25 @@ mod tests {
         g.initial_until = Some(now);
         g.maybe_complete_join(false);
         assert_eq!(g.state, State::CompletingRebalance);
-        let (oa, ob) = (rx.try_recv().expect("a answered"), rx_b.try_recv().expect("b answered"));
+        let (oa, ob) = (
+            rx.try_recv().expect("a answered"),
+            rx_b.try_recv().expect("b answered"),
+        );
         assert_eq!((oa.generation, ob.generation), (1, 1));
-        assert_eq!(oa.members.len() + ob.members.len(), 2, "the leader learns of both members");
+        assert_eq!(
+            oa.members.len() + ob.members.len(),
+            2,
+            "the leader learns of both members"
+        );
     }
 
     #[test]
     fn protocol_vote_prefers_what_everyone_supports() {
         let mut g = Group::new();
-        g.members.insert("a".into(), member(&["cooperative-sticky", "range"]));
-        g.members.insert("b".into(), member(&["range", "roundrobin"]));
+        g.members
+            .insert("a".into(), member(&["cooperative-sticky", "range"]));
+        g.members
+            .insert("b".into(), member(&["range", "roundrobin"]));
         assert_eq!(g.choose_protocol().as_deref(), Some("range"));
     }
 }

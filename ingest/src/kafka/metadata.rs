@@ -4,13 +4,15 @@
 
 use bytes::Bytes;
 use kafka_protocol::messages::api_versions_response::ApiVersion;
-use kafka_protocol::messages::describe_configs_response::{DescribeConfigsResourceResult, DescribeConfigsResult};
+use kafka_protocol::messages::describe_configs_response::{
+    DescribeConfigsResourceResult, DescribeConfigsResult,
+};
 use kafka_protocol::messages::metadata_response::{
     MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
 };
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, ApiVersionsResponse, BrokerId, DescribeConfigsRequest, DescribeConfigsResponse,
-    MetadataRequest, MetadataResponse, TopicName,
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, BrokerId, DescribeConfigsRequest,
+    DescribeConfigsResponse, MetadataRequest, MetadataResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use tidemark_catalog::DatasourceEntry;
@@ -29,7 +31,9 @@ const RESOURCE_BROKER: i8 = 4;
 fn api_list() -> Vec<ApiVersion> {
     let mut out = Vec::new();
     for key in 0..=i16::from(u8::MAX) {
-        let Ok(api) = ApiKey::try_from(key) else { continue };
+        let Ok(api) = ApiKey::try_from(key) else {
+            continue;
+        };
         if let Some((min, max, _)) = bounds::schema(api) {
             let mut v = ApiVersion::default();
             v.api_key = key;
@@ -52,7 +56,12 @@ pub(crate) fn api_versions_unsupported(req: &Request) -> Option<Bytes> {
     let mut resp = ApiVersionsResponse::default();
     resp.error_code = code::UNSUPPORTED_VERSION;
     resp.api_keys = api_list();
-    let v0 = Request { api: req.api, version: 0, correlation_id: req.correlation_id, client_id: String::new() };
+    let v0 = Request {
+        api: req.api,
+        version: 0,
+        correlation_id: req.correlation_id,
+        client_id: String::new(),
+    };
     encode(&v0, &resp)
 }
 
@@ -124,7 +133,9 @@ pub(crate) fn metadata(b: &Broker, req: &Request, r: MetadataRequest) -> Option<
     resp.topics = match r.topics {
         // Null (or, before v1, empty) means every topic.
         None => catalog.datasources().map(describe).collect(),
-        Some(topics) if topics.is_empty() && req.version == 0 => catalog.datasources().map(describe).collect(),
+        Some(topics) if topics.is_empty() && req.version == 0 => {
+            catalog.datasources().map(describe).collect()
+        }
         Some(topics) => topics
             .iter()
             .map(|t| {
@@ -145,7 +156,11 @@ pub(crate) fn metadata(b: &Broker, req: &Request, r: MetadataRequest) -> Option<
     encode(req, &resp)
 }
 
-pub(crate) fn describe_configs(b: &Broker, req: &Request, r: DescribeConfigsRequest) -> Option<Bytes> {
+pub(crate) fn describe_configs(
+    b: &Broker,
+    req: &Request,
+    r: DescribeConfigsRequest,
+) -> Option<Bytes> {
     let engine = b.node.engine();
     let e = engine.read();
     let mut resp = DescribeConfigsResponse::default();
@@ -166,20 +181,27 @@ pub(crate) fn describe_configs(b: &Broker, req: &Request, r: DescribeConfigsRequ
                         ("cleanup.policy", "delete".into()),
                         ("compression.type", "producer".into()),
                         ("message.timestamp.type", "CreateTime".into()),
-                        ("max.message.bytes", b.config.decompressed_batch_bytes_max.to_string()),
+                        (
+                            "max.message.bytes",
+                            b.config.decompressed_batch_bytes_max.to_string(),
+                        ),
                         ("min.insync.replicas", "1".into()),
                         (SPEC_CONFIG, serde_json::to_string(spec).unwrap_or_default()),
                     ]
                 }
                 None => {
                     result.error_code = code::UNKNOWN_TOPIC_OR_PARTITION;
-                    result.error_message = Some(str_bytes(&format!("topic {name:?} does not exist")));
+                    result.error_message =
+                        Some(str_bytes(&format!("topic {name:?} does not exist")));
                     vec![]
                 }
             },
             RESOURCE_BROKER => vec![
                 ("broker.id", b.config.node_id.to_string()),
-                ("socket.request.max.bytes", b.config.request_bytes_max.to_string()),
+                (
+                    "socket.request.max.bytes",
+                    b.config.request_bytes_max.to_string(),
+                ),
                 ("auto.create.topics.enable", "false".into()),
                 ("num.partitions", "1".into()),
             ],

@@ -23,7 +23,9 @@ use tidemark_catalog::event::RejectReason;
 use tidemark_catalog::spec::InvalidRecordPolicy;
 use tidemark_catalog::standardise::{TagRules, standardise_json, tags_not_permitted};
 use tidemark_storage::engine::Applied;
-use tidemark_storage::engine::command::{Command, EventsCommand, EventsHeader, EventsPart, InitProducerCommand};
+use tidemark_storage::engine::command::{
+    Command, EventsCommand, EventsHeader, EventsPart, InitProducerCommand,
+};
 use tidemark_storage::engine::idempotency::PartError;
 use tidemark_storage::engine::producers::SequenceError;
 use tidemark_storage::raw::record_batch::{self, BatchHeader};
@@ -48,7 +50,13 @@ struct PartAnswer {
 
 impl PartAnswer {
     fn error(index: i32, error: i16, message: impl Into<String>) -> Self {
-        PartAnswer { index, error, message: Some(message.into()), base_offset: -1, record_errors: Vec::new() }
+        PartAnswer {
+            index,
+            error,
+            message: Some(message.into()),
+            base_offset: -1,
+            record_errors: Vec::new(),
+        }
     }
 }
 
@@ -61,7 +69,12 @@ struct TopicWork {
     pending: Option<Pending>,
 }
 
-pub(crate) fn produce(b: &Arc<Broker>, req: &Request, r: ProduceRequest, caller: &Principal) -> Reply {
+pub(crate) fn produce(
+    b: &Arc<Broker>,
+    req: &Request,
+    r: ProduceRequest,
+    caller: &Principal,
+) -> Reply {
     let publisher = Publisher::from_caller(caller);
     let may_publish = caller.allows(Action::Publish);
     let acks = r.acks;
@@ -89,16 +102,29 @@ pub(crate) fn produce(b: &Arc<Broker>, req: &Request, r: ProduceRequest, caller:
     let mut work = Vec::with_capacity(r.topic_data.len());
     for topic in r.topic_data {
         let name = topic.name.0.to_string();
-        let mut w = TopicWork { name: name.clone(), answers: Vec::new(), slots: Vec::new(), pending: None };
+        let mut w = TopicWork {
+            name: name.clone(),
+            answers: Vec::new(),
+            slots: Vec::new(),
+            pending: None,
+        };
         if let Some((err, msg)) = refuse_all {
-            w.answers = topic.partition_data.iter().map(|p| PartAnswer::error(p.index, err, msg)).collect();
+            w.answers = topic
+                .partition_data
+                .iter()
+                .map(|p| PartAnswer::error(p.index, err, msg))
+                .collect();
             work.push(w);
             continue;
         }
         let (spec, overloaded, rules) = {
             let engine = b.node.engine();
             let e = engine.read();
-            (e.catalog().get(&name).map(|entry| entry.current().clone()), e.is_overloaded(), e.current_rules(&name))
+            (
+                e.catalog().get(&name).map(|entry| entry.current().clone()),
+                e.is_overloaded(),
+                e.current_rules(&name),
+            )
         };
         let Some(spec) = spec else {
             w.answers = topic
@@ -126,7 +152,13 @@ pub(crate) fn produce(b: &Arc<Broker>, req: &Request, r: ProduceRequest, caller:
                 w.answers = topic
                     .partition_data
                     .iter()
-                    .map(|p| PartAnswer::error(p.index, code::TOPIC_AUTHORIZATION_FAILED, message.clone()))
+                    .map(|p| {
+                        PartAnswer::error(
+                            p.index,
+                            code::TOPIC_AUTHORIZATION_FAILED,
+                            message.clone(),
+                        )
+                    })
                     .collect();
                 work.push(w);
                 continue;
@@ -134,7 +166,9 @@ pub(crate) fn produce(b: &Arc<Broker>, req: &Request, r: ProduceRequest, caller:
             Ok(PublishRight::Tags(tags)) => Some(tags.to_vec()),
             Ok(PublishRight::Any | PublishRight::Nothing) => None,
         };
-        let grant = permitted.as_deref().map(|tags| (publisher.key_id.as_deref().unwrap_or_default(), tags));
+        let grant = permitted
+            .as_deref()
+            .map(|tags| (publisher.key_id.as_deref().unwrap_or_default(), tags));
         let mut parts = Vec::new();
         let mut batches = Vec::new();
         for pd in topic.partition_data {
@@ -152,15 +186,32 @@ pub(crate) fn produce(b: &Arc<Broker>, req: &Request, r: ProduceRequest, caller:
                     code::NOT_ENOUGH_REPLICAS,
                     "the realtime index is at its memory bound while segments persist; retry shortly",
                 ))
-            } else if parts.iter().any(|p: &EventsPart| p.partition as i32 == pd.index) {
-                Err(PartAnswer::error(pd.index, code::INVALID_REQUEST, "the partition appears twice in one request"))
+            } else if parts
+                .iter()
+                .any(|p: &EventsPart| p.partition as i32 == pd.index)
+            {
+                Err(PartAnswer::error(
+                    pd.index,
+                    code::INVALID_REQUEST,
+                    "the partition appears twice in one request",
+                ))
             } else {
-                check_part(b, &spec, rules.as_deref(), grant, pd.index, pd.records.as_ref())
+                check_part(
+                    b,
+                    &spec,
+                    rules.as_deref(),
+                    grant,
+                    pd.index,
+                    pd.records.as_ref(),
+                )
             };
             match checked {
                 Err(answer) => w.answers.push(answer),
                 Ok(batch) => {
-                    w.answers.push(PartAnswer { index: pd.index, ..PartAnswer::default() });
+                    w.answers.push(PartAnswer {
+                        index: pd.index,
+                        ..PartAnswer::default()
+                    });
                     w.slots.push(slot);
                     parts.push(EventsPart {
                         partition: pd.index as u32,
@@ -204,13 +255,18 @@ pub(crate) fn produce(b: &Arc<Broker>, req: &Request, r: ProduceRequest, caller:
     let started = std::time::Instant::now();
     Box::pin(async move {
         for w in &mut work {
-            let Some(pending) = w.pending.take() else { continue };
+            let Some(pending) = w.pending.take() else {
+                continue;
+            };
             let Ok(result) = tokio::time::timeout(wait, pending.wait()).await else {
                 // Not committed in time: it may still commit. librdkafka retries a timed-out
                 // batch as possibly written, and the producer's sequence check sees the retry.
                 for &slot in &w.slots {
                     let a = &mut w.answers[slot];
-                    let msg = format!("not committed within {} ms (no quorum?); retry", wait.as_millis());
+                    let msg = format!(
+                        "not committed within {} ms (no quorum?); retry",
+                        wait.as_millis()
+                    );
                     *a = PartAnswer::error(a.index, code::REQUEST_TIMED_OUT, msg);
                 }
                 continue;
@@ -223,12 +279,12 @@ pub(crate) fn produce(b: &Arc<Broker>, req: &Request, r: ProduceRequest, caller:
                             None => a.base_offset = part.base_offset,
                             Some(e) => {
                                 let err = match e {
-                                    PartError::Sequence(SequenceError::InvalidProducerEpoch { .. }) => {
-                                        code::INVALID_PRODUCER_EPOCH
-                                    }
-                                    PartError::Sequence(SequenceError::OutOfOrderSequence { .. }) => {
-                                        code::OUT_OF_ORDER_SEQUENCE_NUMBER
-                                    }
+                                    PartError::Sequence(SequenceError::InvalidProducerEpoch {
+                                        ..
+                                    }) => code::INVALID_PRODUCER_EPOCH,
+                                    PartError::Sequence(SequenceError::OutOfOrderSequence {
+                                        ..
+                                    }) => code::OUT_OF_ORDER_SEQUENCE_NUMBER,
                                     PartError::CorruptBatch { .. } => code::CORRUPT_MESSAGE,
                                 };
                                 *a = PartAnswer::error(a.index, err, e.to_string());
@@ -239,14 +295,19 @@ pub(crate) fn produce(b: &Arc<Broker>, req: &Request, r: ProduceRequest, caller:
                 Ok(Applied::Refused { reason, .. }) => {
                     for &slot in &w.slots {
                         let a = &mut w.answers[slot];
-                        *a = PartAnswer::error(a.index, code::UNKNOWN_TOPIC_OR_PARTITION, reason.clone());
+                        *a = PartAnswer::error(
+                            a.index,
+                            code::UNKNOWN_TOPIC_OR_PARTITION,
+                            reason.clone(),
+                        );
                     }
                 }
                 Ok(other) => {
                     tracing::error!(?other, "a produce entry applied as something else");
                     for &slot in &w.slots {
                         let a = &mut w.answers[slot];
-                        *a = PartAnswer::error(a.index, code::KAFKA_STORAGE_ERROR, "internal error");
+                        *a =
+                            PartAnswer::error(a.index, code::KAFKA_STORAGE_ERROR, "internal error");
                     }
                 }
                 Err(e) => {
@@ -260,7 +321,9 @@ pub(crate) fn produce(b: &Arc<Broker>, req: &Request, r: ProduceRequest, caller:
         for a in work.iter().flat_map(|w| &w.answers) {
             metrics.count_kafka_produce_partition(a.error);
         }
-        metrics.kafka_produce_seconds.observe(started.elapsed().as_secs_f64());
+        metrics
+            .kafka_produce_seconds
+            .observe(started.elapsed().as_secs_f64());
         if acks == 0 {
             return None;
         }
@@ -271,7 +334,11 @@ pub(crate) fn produce(b: &Arc<Broker>, req: &Request, r: ProduceRequest, caller:
             .map(|w| {
                 let mut t = TopicProduceResponse::default();
                 t.name = kafka_protocol::messages::TopicName(StrBytes::from_string(w.name));
-                t.partition_responses = w.answers.into_iter().map(|a| partition_response(&req, a)).collect();
+                t.partition_responses = w
+                    .answers
+                    .into_iter()
+                    .map(|a| partition_response(&req, a))
+                    .collect();
                 t
             })
             .collect();
@@ -317,13 +384,20 @@ fn check_part<'a>(
     if index < 0 || index as u32 >= spec.partitions {
         return Err(err(
             code::UNKNOWN_TOPIC_OR_PARTITION,
-            format!("partition {index} does not exist; {:?} has {} partitions", spec.name, spec.partitions),
+            format!(
+                "partition {index} does not exist; {:?} has {} partitions",
+                spec.name, spec.partitions
+            ),
         ));
     }
     let Some(bytes) = records.filter(|r| !r.is_empty()) else {
-        return Err(err(code::CORRUPT_MESSAGE, "the partition carries no record batch".into()));
+        return Err(err(
+            code::CORRUPT_MESSAGE,
+            "the partition carries no record batch".into(),
+        ));
     };
-    let total = record_batch::peek_total_len(bytes).map_err(|e| err(code::CORRUPT_MESSAGE, e.to_string()))?;
+    let total = record_batch::peek_total_len(bytes)
+        .map_err(|e| err(code::CORRUPT_MESSAGE, e.to_string()))?;
     if total != bytes.len() {
         return Err(err(
             code::INVALID_REQUEST,
@@ -336,7 +410,10 @@ fn check_part<'a>(
     if bytes.len() > 16 && bytes[16] as i8 != record_batch::MAGIC {
         return Err(err(
             code::UNSUPPORTED_FOR_MESSAGE_FORMAT,
-            format!("message format v{} is not supported; use RecordBatch v2 (Kafka 0.11+ clients)", bytes[16] as i8),
+            format!(
+                "message format v{} is not supported; use RecordBatch v2 (Kafka 0.11+ clients)",
+                bytes[16] as i8
+            ),
         ));
     }
     let header: BatchHeader =
@@ -351,12 +428,16 @@ fn check_part<'a>(
     if header.compression() > 4 {
         return Err(err(
             code::UNSUPPORTED_COMPRESSION_TYPE,
-            format!("compression codec {} is unknown; use none, gzip, snappy, lz4 or zstd", header.compression()),
+            format!(
+                "compression codec {} is unknown; use none, gzip, snappy, lz4 or zstd",
+                header.compression()
+            ),
         ));
     }
     if spec.invalid_records == InvalidRecordPolicy::RejectBatch {
-        let (_, decoded) = record_batch::decode_records_capped(bytes, b.config.decompressed_batch_bytes_max)
-            .map_err(|e| err(code::CORRUPT_MESSAGE, e.to_string()))?;
+        let (_, decoded) =
+            record_batch::decode_records_capped(bytes, b.config.decompressed_batch_bytes_max)
+                .map_err(|e| err(code::CORRUPT_MESSAGE, e.to_string()))?;
         let now = now_ms();
         let mut problems = Vec::new();
         for (i, (_, r)) in decoded.iter().enumerate() {
@@ -364,8 +445,15 @@ fn check_part<'a>(
             // apply's verdict wins.
             let value = r.value.as_deref().unwrap_or_default();
             let denied = grant.and_then(|(key_id, tags)| {
-                let obj = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(value).ok()?;
-                let denied = tags_not_permitted(obj.keys().map(String::as_str), tags, &spec.timestamp.field, rules);
+                let obj =
+                    serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(value)
+                        .ok()?;
+                let denied = tags_not_permitted(
+                    obj.keys().map(String::as_str),
+                    tags,
+                    &spec.timestamp.field,
+                    rules,
+                );
                 (!denied.is_empty()).then(|| {
                     RejectReason::TagsNotPermitted {
                         key_id: key_id.to_string(),
@@ -379,8 +467,11 @@ fn check_part<'a>(
                 _ if denied.is_some() => denied,
                 Err(reason) => Some(reason.to_string()),
                 Ok(s) if s.event.time_ms > now + b.config.future_ms_max => Some(
-                    RejectReason::TooFarInFuture { time_ms: s.event.time_ms, limit_ms: b.config.future_ms_max }
-                        .to_string(),
+                    RejectReason::TooFarInFuture {
+                        time_ms: s.event.time_ms,
+                        limit_ms: b.config.future_ms_max,
+                    }
+                    .to_string(),
                 ),
                 Ok(_) => None,
             };
@@ -443,7 +534,13 @@ async fn allocate_producer(b: &Broker, existing: Option<(i64, i16)>) -> Result<(
         && id != replica.node_id()
     {
         let body = serde_json::json!({ "existing": existing });
-        let v = crate::forward::call_leader(&b.node, &leader.http, "/v1/cluster/init-producer", Some(body)).await?;
+        let v = crate::forward::call_leader(
+            &b.node,
+            &leader.http,
+            "/v1/cluster/init-producer",
+            Some(body),
+        )
+        .await?;
         let pid = v.get("producer_id").and_then(serde_json::Value::as_i64);
         let epoch = v.get("epoch").and_then(serde_json::Value::as_i64);
         return match (pid, epoch) {
@@ -451,7 +548,10 @@ async fn allocate_producer(b: &Broker, existing: Option<(i64, i16)>) -> Result<(
             _ => Err(format!("the leader answered {v}")),
         };
     }
-    let pending = b.node.submit(&Command::InitProducer(InitProducerCommand { existing })).map_err(|e| e.to_string())?;
+    let pending = b
+        .node
+        .submit(&Command::InitProducer(InitProducerCommand { existing }))
+        .map_err(|e| e.to_string())?;
     match pending.wait().await {
         Ok(Applied::Producer { id, epoch }) => Ok((id, epoch)),
         Ok(other) => Err(format!("applied as {other:?}")),

@@ -27,7 +27,8 @@ type HmacSha256 = Hmac<Sha256>;
 
 fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
     // HMAC takes keys of any length, so `new_from_slice` cannot fail.
-    let mut mac = <HmacSha256 as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!("HMAC accepts any key"));
+    let mut mac = <HmacSha256 as Mac>::new_from_slice(key)
+        .unwrap_or_else(|_| unreachable!("HMAC accepts any key"));
     mac.update(data);
     mac.finalize().into_bytes().into()
 }
@@ -49,7 +50,10 @@ pub fn scram_credential(password: &str, salt: &[u8], iterations: u32) -> ScramCr
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
     (s.len() % 2 == 0).then_some(())?;
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 /// Where a connection's login stands.
@@ -84,7 +88,11 @@ impl Sasl {
     /// The mechanisms offered to a client; PLAIN only where `plain_allowed` (a TLS connection,
     /// or a loopback peer).
     pub(crate) fn mechanisms(plain_allowed: bool) -> Vec<&'static str> {
-        if plain_allowed { vec![PLAIN, SCRAM_SHA_256] } else { vec![SCRAM_SHA_256] }
+        if plain_allowed {
+            vec![PLAIN, SCRAM_SHA_256]
+        } else {
+            vec![SCRAM_SHA_256]
+        }
     }
 
     /// SaslHandshake: `Err` lists what is offered.
@@ -99,7 +107,10 @@ impl Sasl {
                 "SASL PLAIN sends the API key in the clear: it is offered over TLS (security.protocol=SASL_SSL) \
                  or on loopback only; use {SCRAM_SHA_256}"
             )),
-            None => Err(format!("SASL mechanism {mechanism:?} is not supported; use {}", offered.join(" or "))),
+            None => Err(format!(
+                "SASL mechanism {mechanism:?} is not supported; use {}",
+                offered.join(" or ")
+            )),
         }
     }
 
@@ -108,7 +119,9 @@ impl Sasl {
     pub(crate) fn authenticate(&mut self, access: &Access, bytes: &[u8], nonce: &str) -> Step {
         let state = std::mem::take(self);
         let result = match state {
-            Sasl::Start | Sasl::Done(_) => Err("send SaslHandshake before SaslAuthenticate".to_string()),
+            Sasl::Start | Sasl::Done(_) => {
+                Err("send SaslHandshake before SaslAuthenticate".to_string())
+            }
             Sasl::Chosen(PLAIN) => plain(access, bytes).map(|p| {
                 *self = Sasl::Done(p);
                 Vec::new()
@@ -117,12 +130,23 @@ impl Sasl {
                 *self = next;
                 answer
             }),
-            Sasl::ScramSent { key_id, client_first_bare, server_first, nonce } => {
-                scram_final(access, &key_id, &client_first_bare, &server_first, &nonce, bytes).map(|(p, answer)| {
-                    *self = Sasl::Done(p);
-                    answer
-                })
-            }
+            Sasl::ScramSent {
+                key_id,
+                client_first_bare,
+                server_first,
+                nonce,
+            } => scram_final(
+                access,
+                &key_id,
+                &client_first_bare,
+                &server_first,
+                &nonce,
+                bytes,
+            )
+            .map(|(p, answer)| {
+                *self = Sasl::Done(p);
+                answer
+            }),
         };
         if result.is_err() {
             *self = Sasl::Start;
@@ -138,25 +162,36 @@ fn denied(d: Denied) -> String {
 /// `authzid NUL authcid NUL password`: the password is the token.
 fn plain(access: &Access, bytes: &[u8]) -> Result<Principal, String> {
     let mut parts = bytes.split(|b| *b == 0);
-    let (_authzid, _user, password) = match (parts.next(), parts.next(), parts.next(), parts.next()) {
+    let (_authzid, _user, password) = match (parts.next(), parts.next(), parts.next(), parts.next())
+    {
         (Some(a), Some(u), Some(p), None) => (a, u, p),
         _ => return Err("a SASL PLAIN message is authzid NUL username NUL password".into()),
     };
-    let token = std::str::from_utf8(password).map_err(|_| "the SASL PLAIN password is not UTF-8".to_string())?;
+    let token = std::str::from_utf8(password)
+        .map_err(|_| "the SASL PLAIN password is not UTF-8".to_string())?;
     if !token.starts_with(TOKEN_PREFIX) {
-        return Err(format!("the SASL PLAIN password must be an API key ({TOKEN_PREFIX}…)"));
+        return Err(format!(
+            "the SASL PLAIN password must be an API key ({TOKEN_PREFIX}…)"
+        ));
     }
     access.authenticate(Some(token), None).map_err(denied)
 }
 
 /// The value of attribute `name` (`n=…`) in a SCRAM message.
 fn attr<'a>(message: &'a str, name: char) -> Option<&'a str> {
-    message.split(',').find_map(|a| a.strip_prefix(name)?.strip_prefix('='))
+    message
+        .split(',')
+        .find_map(|a| a.strip_prefix(name)?.strip_prefix('='))
 }
 
 /// A key usable for SCRAM, by id.
-fn scram_key<'a>(access: &'a Access, id: &str) -> Result<(&'a ApiKey, &'a ScramCredential), String> {
-    let key = access.key(id).ok_or_else(|| denied(Denied::UnknownKey { id: id.to_string() }))?;
+fn scram_key<'a>(
+    access: &'a Access,
+    id: &str,
+) -> Result<(&'a ApiKey, &'a ScramCredential), String> {
+    let key = access
+        .key(id)
+        .ok_or_else(|| denied(Denied::UnknownKey { id: id.to_string() }))?;
     if key.revoked_at.is_some() {
         return Err(denied(Denied::Revoked { id: id.to_string() }));
     }
@@ -167,15 +202,27 @@ fn scram_key<'a>(access: &'a Access, id: &str) -> Result<(&'a ApiKey, &'a ScramC
 }
 
 /// client-first `n,,n=<key id>,r=<client nonce>` → server-first `r=<nonce>,s=<salt>,i=<n>`.
-fn scram_first(access: &Access, bytes: &[u8], server_nonce: &str) -> Result<(Sasl, Vec<u8>), String> {
-    let text = std::str::from_utf8(bytes).map_err(|_| "the SCRAM client-first message is not UTF-8".to_string())?;
-    let bare = text.strip_prefix("n,,").or_else(|| text.strip_prefix("y,,")).ok_or_else(|| {
-        "SCRAM channel binding and authorization ids are not supported; start with \"n,,\"".to_string()
-    })?;
+fn scram_first(
+    access: &Access,
+    bytes: &[u8],
+    server_nonce: &str,
+) -> Result<(Sasl, Vec<u8>), String> {
+    let text = std::str::from_utf8(bytes)
+        .map_err(|_| "the SCRAM client-first message is not UTF-8".to_string())?;
+    let bare = text
+        .strip_prefix("n,,")
+        .or_else(|| text.strip_prefix("y,,"))
+        .ok_or_else(|| {
+            "SCRAM channel binding and authorization ids are not supported; start with \"n,,\""
+                .to_string()
+        })?;
     let user = attr(bare, 'n').ok_or("the SCRAM client-first message has no username (n=)")?;
     let client_nonce = attr(bare, 'r').ok_or("the SCRAM client-first message has no nonce (r=)")?;
     // Usernames escape ',' and '=' (RFC 5802 5.1); key ids never contain them.
-    let id = user.strip_prefix(TOKEN_PREFIX).and_then(|rest| rest.get(..12)).unwrap_or(user);
+    let id = user
+        .strip_prefix(TOKEN_PREFIX)
+        .and_then(|rest| rest.get(..12))
+        .unwrap_or(user);
     let (_, cred) = scram_key(access, id)?;
     let nonce = format!("{client_nonce}{server_nonce}");
     let server_first = format!("r={nonce},s={},i={}", cred.salt, cred.iterations);
@@ -197,29 +244,48 @@ fn scram_final(
     nonce: &str,
     bytes: &[u8],
 ) -> Result<(Principal, Vec<u8>), String> {
-    let text = std::str::from_utf8(bytes).map_err(|_| "the SCRAM client-final message is not UTF-8".to_string())?;
-    let (without_proof, proof) = text.rsplit_once(",p=").ok_or("the SCRAM client-final message has no proof (p=)")?;
+    let text = std::str::from_utf8(bytes)
+        .map_err(|_| "the SCRAM client-final message is not UTF-8".to_string())?;
+    let (without_proof, proof) = text
+        .rsplit_once(",p=")
+        .ok_or("the SCRAM client-final message has no proof (p=)")?;
     if attr(without_proof, 'r') != Some(nonce) {
         return Err("the SCRAM client-final nonce does not match this exchange".into());
     }
-    let proof = B64.decode(proof).map_err(|_| "the SCRAM proof is not base64".to_string())?;
+    let proof = B64
+        .decode(proof)
+        .map_err(|_| "the SCRAM proof is not base64".to_string())?;
     let (key, cred) = scram_key(access, key_id)?;
     let stored_key = unhex(&cred.stored_key).ok_or("the stored SCRAM key is damaged")?;
     let server_key = unhex(&cred.server_key).ok_or("the stored SCRAM key is damaged")?;
     let auth_message = format!("{client_first_bare},{server_first},{without_proof}");
     let client_signature = hmac(&stored_key, auth_message.as_bytes());
     if proof.len() != client_signature.len() {
-        return Err(denied(Denied::WrongSecret { id: key_id.to_string() }));
+        return Err(denied(Denied::WrongSecret {
+            id: key_id.to_string(),
+        }));
     }
-    let client_key: Vec<u8> = proof.iter().zip(client_signature).map(|(p, s)| p ^ s).collect();
+    let client_key: Vec<u8> = proof
+        .iter()
+        .zip(client_signature)
+        .map(|(p, s)| p ^ s)
+        .collect();
     let computed: [u8; 32] = Sha256::digest(&client_key).into();
     if computed.as_slice() != stored_key.as_slice() {
-        return Err(denied(Denied::WrongSecret { id: key_id.to_string() }));
+        return Err(denied(Denied::WrongSecret {
+            id: key_id.to_string(),
+        }));
     }
     let server_signature = hmac(&server_key, auth_message.as_bytes());
-    let principal =
-        Principal::Key { id: key.id.clone(), role: key.role, scope: std::sync::Arc::new(key.scope.clone()) };
-    Ok((principal, format!("v={}", B64.encode(server_signature)).into_bytes()))
+    let principal = Principal::Key {
+        id: key.id.clone(),
+        role: key.role,
+        scope: std::sync::Arc::new(key.scope.clone()),
+    };
+    Ok((
+        principal,
+        format!("v={}", B64.encode(server_signature)).into_bytes(),
+    ))
 }
 
 #[cfg(test)]
@@ -238,20 +304,37 @@ mod tests {
         let stored = unhex(&cred.stored_key).expect("hex");
         let server = unhex(&cred.server_key).expect("hex");
         // The client's proof from the RFC: ClientKey XOR ClientSignature.
-        let proof = B64.decode("dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=").expect("proof");
+        let proof = B64
+            .decode("dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=")
+            .expect("proof");
         let signature = hmac(&stored, auth_message.as_bytes());
         let client_key: Vec<u8> = proof.iter().zip(signature).map(|(p, s)| p ^ s).collect();
         assert_eq!(Sha256::digest(&client_key).as_slice(), stored.as_slice());
-        assert_eq!(B64.encode(hmac(&server, auth_message.as_bytes())), "6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=");
+        assert_eq!(
+            B64.encode(hmac(&server, auth_message.as_bytes())),
+            "6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4="
+        );
     }
 
     #[test]
     fn plain_is_offered_only_on_loopback() {
         let mut s = Sasl::default();
         assert!(s.handshake(PLAIN, true).is_ok());
-        let err = Sasl::default().handshake(PLAIN, false).err().unwrap_or_default();
-        assert!(err.contains("offered over TLS (security.protocol=SASL_SSL) or on loopback only"), "{err}");
-        let err = Sasl::default().handshake("GSSAPI", true).err().unwrap_or_default();
-        assert_eq!(err, "SASL mechanism \"GSSAPI\" is not supported; use PLAIN or SCRAM-SHA-256");
+        let err = Sasl::default()
+            .handshake(PLAIN, false)
+            .err()
+            .unwrap_or_default();
+        assert!(
+            err.contains("offered over TLS (security.protocol=SASL_SSL) or on loopback only"),
+            "{err}"
+        );
+        let err = Sasl::default()
+            .handshake("GSSAPI", true)
+            .err()
+            .unwrap_or_default();
+        assert_eq!(
+            err,
+            "SASL mechanism \"GSSAPI\" is not supported; use PLAIN or SCRAM-SHA-256"
+        );
     }
 }

@@ -40,16 +40,37 @@ where
     let (engine, _) = Engine::open(config.clone()).expect("engine");
     let engine = SharedEngine::new(engine);
     let snapshots = SnapshotTransfer::new(id, dir.join("data"));
-    let sm = EngineStateMachine::new(engine.clone(), config, snapshots.clone()).expect("state machine");
+    let sm =
+        EngineStateMachine::new(engine.clone(), config, snapshots.clone()).expect("state machine");
     // Generous timeouts: the test shares two cores with the rest of the suite.
-    let raft_config =
-        Config { heartbeat_interval: 200, election_timeout_min: 1500, election_timeout_max: 3000, ..Config::default() };
-    let raft = Raft::new(id, Arc::new(raft_config.validate().expect("config")), network, log, sm).await.expect("raft");
-    Member { raft, engine, snapshots }
+    let raft_config = Config {
+        heartbeat_interval: 200,
+        election_timeout_min: 1500,
+        election_timeout_max: 3000,
+        ..Config::default()
+    };
+    let raft = Raft::new(
+        id,
+        Arc::new(raft_config.validate().expect("config")),
+        network,
+        log,
+        sm,
+    )
+    .await
+    .expect("raft");
+    Member {
+        raft,
+        engine,
+        snapshots,
+    }
 }
 
 fn command(cmd: &Command, writer_time_ms: i64) -> LogCommand {
-    LogCommand { writer_time_ms, kind: cmd.kind(), payload: cmd.encode() }
+    LogCommand {
+        writer_time_ms,
+        kind: cmd.kind(),
+        payload: cmd.encode(),
+    }
 }
 
 fn events(i: u64, start_ms: i64) -> Command {
@@ -98,7 +119,9 @@ fn events(i: u64, start_ms: i64) -> Command {
 async fn write(members: &[Member], cmd: &Command, writer_time_ms: i64) -> (Applied, u64) {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let leader = members.iter().find_map(|m| m.raft.metrics().borrow_watched().current_leader);
+        let leader = members
+            .iter()
+            .find_map(|m| m.raft.metrics().borrow_watched().current_leader);
         let node = leader.and_then(|id| members.get((id - 1) as usize));
         if let Some(node) = node {
             match node.raft.client_write(command(cmd, writer_time_ms)).await {
@@ -110,7 +133,10 @@ async fn write(members: &[Member], cmd: &Command, writer_time_ms: i64) -> (Appli
                 Err(e) => panic!("client_write: {e}"),
             }
         }
-        assert!(std::time::Instant::now() < deadline, "no leader took the write within 30 s");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no leader took the write within 30 s"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -124,7 +150,10 @@ fn segment_files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
             if p.is_dir() {
                 stack.push(p);
             } else if p.to_string_lossy().contains("segments") {
-                let rel = p.strip_prefix(dir).map(|r| r.display().to_string()).unwrap_or_default();
+                let rel = p
+                    .strip_prefix(dir)
+                    .map(|r| r.display().to_string())
+                    .unwrap_or_default();
                 out.insert(rel, std::fs::read(&p).expect("segment"));
             }
         }
@@ -134,25 +163,59 @@ fn segment_files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
 
 /// Initializes a three-node cluster on node 1, writes a datasource, 2,000 events and a
 /// persist through the leader, and checks that every replica applied the same thing.
-pub(crate) async fn write_and_compare(members: &[Member], addrs: &[String], dirs: &[tempfile::TempDir]) {
+pub(crate) async fn write_and_compare(
+    members: &[Member],
+    addrs: &[String],
+    dirs: &[tempfile::TempDir],
+) {
     let voters: BTreeMap<NodeId, Addrs> = addrs
         .iter()
         .enumerate()
-        .map(|(i, a)| (i as NodeId + 1, Addrs { raft: a.clone(), ..Addrs::default() }))
+        .map(|(i, a)| {
+            (
+                i as NodeId + 1,
+                Addrs {
+                    raft: a.clone(),
+                    ..Addrs::default()
+                },
+            )
+        })
         .collect();
-    members[0].raft.initialize(voters).await.expect("initialize");
-    members[0].raft.wait(Some(Duration::from_secs(60))).current_leader(1, "leader").await.expect("node 1 leads");
+    members[0]
+        .raft
+        .initialize(voters)
+        .await
+        .expect("initialize");
+    members[0]
+        .raft
+        .wait(Some(Duration::from_secs(60)))
+        .current_leader(1, "leader")
+        .await
+        .expect("node 1 leads");
 
     let hour = 1_790_000_000_000 / 3_600_000 * 3_600_000;
     let spec = DatasourceSpec::from_json(DEMO_BEACONS_SPEC).expect("spec");
-    let (created, _) =
-        write(members, &Command::catalog(CatalogCommand::CreateDatasource { spec }, "system"), hour).await;
+    let (created, _) = write(
+        members,
+        &Command::catalog(CatalogCommand::CreateDatasource { spec }, "system"),
+        hour,
+    )
+    .await;
     assert!(matches!(created, Applied::Catalog(_)), "{created:?}");
     for i in 0..40 {
-        assert!(matches!(write(members, &events(i, hour), hour + 1000).await.0, Applied::Events(_)));
+        assert!(matches!(
+            write(members, &events(i, hour), hour + 1000).await.0,
+            Applied::Events(_)
+        ));
     }
     // The leader decides when an interval ends; every replica persists it at that index.
-    let id = members[0].engine.read().catalog().get("beacons").map(|e| e.id).expect("datasource id");
+    let id = members[0]
+        .engine
+        .read()
+        .catalog()
+        .get("beacons")
+        .map(|e| e.id)
+        .expect("datasource id");
     let persist = Command::Persist(PersistCommand {
         datasource: id,
         interval_start_ms: hour,
@@ -174,15 +237,27 @@ pub(crate) async fn write_and_compare(members: &[Member], addrs: &[String], dirs
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        m.engine.write().publish_persisted(true).expect("segments written");
+        m.engine
+            .write()
+            .publish_persisted(true)
+            .expect("segments written");
     }
     let totals: Vec<_> = members.iter().map(|m| m.engine.read().totals()).collect();
     assert_eq!(totals[0].0, 2000, "events ingested");
-    assert!(totals.iter().all(|t| *t == totals[0]), "replicas agree on counts: {totals:?}");
+    assert!(
+        totals.iter().all(|t| *t == totals[0]),
+        "replicas agree on counts: {totals:?}"
+    );
     let files: Vec<_> = dirs.iter().map(|d| segment_files(d.path())).collect();
     assert!(!files[0].is_empty(), "a segment was written");
-    assert_eq!(files[0], files[1], "replica 2 holds byte-identical segments");
-    assert_eq!(files[0], files[2], "replica 3 holds byte-identical segments");
+    assert_eq!(
+        files[0], files[1],
+        "replica 2 holds byte-identical segments"
+    );
+    assert_eq!(
+        files[0], files[2],
+        "replica 3 holds byte-identical segments"
+    );
     for m in members {
         m.raft.shutdown().await.expect("shutdown");
     }

@@ -63,12 +63,21 @@ pub struct BackedUpFile {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
-    move |source| Error::Io { path: path.to_path_buf(), source }
+    move |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Copies `len` bytes of `from` to `to` and syncs it, counting and pacing the bytes as they go
 /// and stopping if `run` is cancelled; returns the bytes' CRC-32C.
-fn copy_prefix(from: impl Read, to: &Path, len: u64, run: &CopyRun, pace: &mut Pace) -> Result<u32> {
+fn copy_prefix(
+    from: impl Read,
+    to: &Path,
+    len: u64,
+    run: &CopyRun,
+    pace: &mut Pace,
+) -> Result<u32> {
     if let Some(dir) = to.parent() {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
     }
@@ -90,17 +99,31 @@ fn copy_prefix(from: impl Read, to: &Path, len: u64, run: &CopyRun, pace: &mut P
         pace.spend(n as u64, run);
     }
     if copied != len {
-        return Err(Error::Internal(format!("{} was {copied} bytes, the checkpoint names {len}", to.display())));
+        return Err(Error::Internal(format!(
+            "{} was {copied} bytes, the checkpoint names {len}",
+            to.display()
+        )));
     }
-    out.sync_all().map_err(|source| Error::Fsync { path: to.to_path_buf(), source })?;
+    out.sync_all().map_err(|source| Error::Fsync {
+        path: to.to_path_buf(),
+        source,
+    })?;
     Ok(crc)
 }
 
 /// Takes a backup into `to`, which must not exist or be empty, at most `bytes_per_s` if
 /// given. A backup cancelled (or failing) part way removes what it wrote.
-pub fn backup(engine: &SharedEngine, to: &Path, run: &CopyRun, bytes_per_s: Option<u64>) -> Result<BackupManifest> {
+pub fn backup(
+    engine: &SharedEngine,
+    to: &Path,
+    run: &CopyRun,
+    bytes_per_s: Option<u64>,
+) -> Result<BackupManifest> {
     if std::fs::read_dir(to).is_ok_and(|mut d| d.next().is_some()) {
-        return Err(Error::Invalid(format!("{} is not empty; back up into a new directory", to.display())));
+        return Err(Error::Invalid(format!(
+            "{} is not empty; back up into a new directory",
+            to.display()
+        )));
     }
     let existed = to.exists();
     let mut written_paths = Vec::new();
@@ -119,8 +142,11 @@ fn write_backup(
     written_paths: &mut Vec<PathBuf>,
 ) -> Result<BackupManifest> {
     let written = engine.checkpoint_with_files()?;
-    let total = written.bytes.len() as u64 + written.files.iter().map(|(_, len, _)| len).sum::<u64>();
-    run.progress.bytes_total.store(total, std::sync::atomic::Ordering::Relaxed);
+    let total =
+        written.bytes.len() as u64 + written.files.iter().map(|(_, len, _)| len).sum::<u64>();
+    run.progress
+        .bytes_total
+        .store(total, std::sync::atomic::Ordering::Relaxed);
     let mut pace = Pace::new(bytes_per_s);
     let checkpoint = crate::engine::checkpoint::path(Path::new(""));
     let checkpoint_path = to.join(&checkpoint);
@@ -128,21 +154,37 @@ fn write_backup(
         std::fs::create_dir_all(dir).map_err(io(dir))?;
     }
     written_paths.push(checkpoint_path.clone());
-    let checkpoint_crc32c =
-        Some(copy_prefix(&written.bytes[..], &checkpoint_path, written.bytes.len() as u64, run, &mut pace)?);
+    let checkpoint_crc32c = Some(copy_prefix(
+        &written.bytes[..],
+        &checkpoint_path,
+        written.bytes.len() as u64,
+        run,
+        &mut pace,
+    )?);
     let mut files = Vec::with_capacity(written.files.len());
     let mut bytes = written.bytes.len() as u64;
     for (rel, len, file) in &written.files {
         let path = to.join(rel);
         written_paths.push(path.clone());
         let crc32c = Some(copy_prefix(file, &path, *len, run, &mut pace)?);
-        files.push(BackedUpFile { path: rel.clone(), bytes: *len, crc32c });
+        files.push(BackedUpFile {
+            path: rel.clone(),
+            bytes: *len,
+            crc32c,
+        });
         bytes += len;
     }
     run.check("backup")?;
-    let manifest =
-        BackupManifest { format: FORMAT, position: written.position, checkpoint, checkpoint_crc32c, files, bytes };
-    let text = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::Internal(format!("backup manifest: {e}")))?;
+    let manifest = BackupManifest {
+        format: FORMAT,
+        position: written.position,
+        checkpoint,
+        checkpoint_crc32c,
+        files,
+        bytes,
+    };
+    let text = serde_json::to_vec_pretty(&manifest)
+        .map_err(|e| Error::Internal(format!("backup manifest: {e}")))?;
     let path = to.join(MANIFEST);
     std::fs::write(&path, text).map_err(io(&path))?;
     Ok(manifest)
@@ -175,10 +217,13 @@ pub fn remove_written(root: &Path, paths: &[PathBuf], root_too: bool) {
 pub fn read_manifest(from: &Path) -> Result<BackupManifest> {
     let path = from.join(MANIFEST);
     let text = std::fs::read(&path).map_err(|_| {
-        Error::Invalid(format!("{} has no {MANIFEST}: not a tidemark backup (or an unfinished one)", from.display()))
+        Error::Invalid(format!(
+            "{} has no {MANIFEST}: not a tidemark backup (or an unfinished one)",
+            from.display()
+        ))
     })?;
-    let m: BackupManifest =
-        serde_json::from_slice(&text).map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+    let m: BackupManifest = serde_json::from_slice(&text)
+        .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
     if m.format != FORMAT && m.format != FORMAT_UNCHECKED {
         return Err(Error::Invalid(format!(
             "backup format {} is not {FORMAT_UNCHECKED} or {FORMAT}; use a matching tidemark",
@@ -191,7 +236,10 @@ pub fn read_manifest(from: &Path) -> Result<BackupManifest> {
     for (rel, bytes, crc) in named {
         inside(rel)?;
         if checked && crc.is_none() {
-            return Err(Error::Invalid(format!("{MANIFEST} names {} without its checksum", rel.display())));
+            return Err(Error::Invalid(format!(
+                "{MANIFEST} names {} without its checksum",
+                rel.display()
+            )));
         }
         let md = std::fs::symlink_metadata(from.join(rel)).ok();
         if md.as_ref().is_some_and(|md| md.file_type().is_symlink()) {
@@ -203,7 +251,10 @@ pub fn read_manifest(from: &Path) -> Result<BackupManifest> {
         let len = md.filter(|md| md.is_file()).map_or(u64::MAX, |md| md.len());
         if bytes.is_some_and(|bytes| bytes != len) || len == u64::MAX {
             let size = bytes.map(|b| format!(" {b} bytes")).unwrap_or_default();
-            return Err(Error::Invalid(format!("backup file {} is missing or not{size}", rel.display())));
+            return Err(Error::Invalid(format!(
+                "backup file {} is missing or not{size}",
+                rel.display()
+            )));
         }
     }
     Ok(m)
@@ -212,7 +263,8 @@ pub fn read_manifest(from: &Path) -> Result<BackupManifest> {
 /// Refuses a path that could lead outside the directory it is joined to: absolute, empty,
 /// or with `..`, `.` or a root among its components.
 fn inside(rel: &Path) -> Result<()> {
-    let plain = !rel.as_os_str().is_empty() && rel.components().all(|c| matches!(c, Component::Normal(_)));
+    let plain =
+        !rel.as_os_str().is_empty() && rel.components().all(|c| matches!(c, Component::Normal(_)));
     if !plain {
         return Err(Error::Invalid(format!(
             "{MANIFEST} names {}: a backup's paths must be relative and made of plain names (no root, no ..)",
@@ -227,7 +279,10 @@ fn inside(rel: &Path) -> Result<()> {
 /// replication record. A failed restore removes what it wrote.
 pub fn copy_into(from: &Path, m: &BackupManifest, data_dir: &Path) -> Result<()> {
     if std::fs::read_dir(data_dir).is_ok_and(|mut d| d.next().is_some()) {
-        return Err(Error::Invalid(format!("{} is not empty; restore into a new data directory", data_dir.display())));
+        return Err(Error::Invalid(format!(
+            "{} is not empty; restore into a new data directory",
+            data_dir.display()
+        )));
     }
     let existed = data_dir.exists();
     let mut written = Vec::new();
@@ -238,12 +293,17 @@ pub fn copy_into(from: &Path, m: &BackupManifest, data_dir: &Path) -> Result<()>
     result
 }
 
-fn copy_files(from: &Path, m: &BackupManifest, data_dir: &Path, written: &mut Vec<PathBuf>) -> Result<()> {
-    let named = m.files.iter().map(|f| (&f.path, Some(f.bytes), f.crc32c)).chain(std::iter::once((
-        &m.checkpoint,
-        None,
-        m.checkpoint_crc32c,
-    )));
+fn copy_files(
+    from: &Path,
+    m: &BackupManifest,
+    data_dir: &Path,
+    written: &mut Vec<PathBuf>,
+) -> Result<()> {
+    let named = m
+        .files
+        .iter()
+        .map(|f| (&f.path, Some(f.bytes), f.crc32c))
+        .chain(std::iter::once((&m.checkpoint, None, m.checkpoint_crc32c)));
     for (path, len, crc) in named {
         // Checked by read_manifest too; checked here again because this is where it matters.
         inside(path)?;

@@ -95,7 +95,10 @@ pub fn load(data_dir: &Path) -> Result<Option<Checkpoint>> {
         return Err(Error::Corrupt {
             path: p,
             position: 0,
-            reason: format!("checkpoint version {} is not {CHECKPOINT_VERSION}; upgrade the node", cp.version),
+            reason: format!(
+                "checkpoint version {} is not {CHECKPOINT_VERSION}; upgrade the node",
+                cp.version
+            ),
         });
     }
     Ok(Some(cp))
@@ -128,7 +131,10 @@ fn store_bytes(data_dir: &Path, bytes: &[u8]) -> Result<()> {
     fs::rename(&tmp, &p).map_err(Error::io(&p))?;
     // Opening the directory can run short of descriptors (retried); its fsync cannot fail
     // and be retried.
-    File::open(dir).map_err(Error::io(dir))?.sync_all().map_err(Error::fsync(dir))
+    File::open(dir)
+        .map_err(Error::io(dir))?
+        .sync_all()
+        .map_err(Error::fsync(dir))
 }
 
 /// A checkpoint captured under the engine lock ([`crate::engine::Engine::begin_checkpoint`])

@@ -91,7 +91,11 @@ impl EventsHeader {
     /// The scope of the entry's idempotency key within its datasource: the publisher's key
     /// id for a format-6 entry that asks for it, else none (one shared scope).
     pub fn idempotency_scope(&self) -> Option<&str> {
-        if self.idempotency_per_publisher { self.publisher.as_deref() } else { None }
+        if self.idempotency_per_publisher {
+            self.publisher.as_deref()
+        } else {
+            None
+        }
     }
 }
 
@@ -123,7 +127,11 @@ pub struct VerdictRecord {
 
 impl From<&VerdictRecord> for Verdict {
     fn from(v: &VerdictRecord) -> Verdict {
-        Verdict { record_index: v.index, code: v.code, reason: v.reason.clone() }
+        Verdict {
+            record_index: v.index,
+            code: v.code,
+            reason: v.reason.clone(),
+        }
     }
 }
 
@@ -158,9 +166,17 @@ pub struct InitProducerCommand {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "op")]
 pub enum OffsetsCommand {
-    Commit { group: String, offsets: Vec<CommittedOffset> },
-    Delete { group: String, partitions: Vec<(String, u32)> },
-    DeleteGroup { group: String },
+    Commit {
+        group: String,
+        offsets: Vec<CommittedOffset>,
+    },
+    Delete {
+        group: String,
+        partitions: Vec<(String, u32)>,
+    },
+    DeleteGroup {
+        group: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -287,7 +303,10 @@ struct CatalogEnvelope {
 
 impl Command {
     pub fn catalog(command: CatalogCommand, actor: impl Into<String>) -> Command {
-        Command::Catalog { command, actor: actor.into() }
+        Command::Catalog {
+            command,
+            actor: actor.into(),
+        }
     }
 
     pub fn kind(&self) -> u8 {
@@ -306,9 +325,14 @@ impl Command {
         match self {
             Command::Catalog { .. } => 3,
             Command::Timeline(TimelineCommand::Delete { .. } | TimelineCommand::Copied(_)) => 4,
-            Command::Timeline(TimelineCommand::CopyStarted(_) | TimelineCommand::CopyFinished(_)) => 5,
+            Command::Timeline(
+                TimelineCommand::CopyStarted(_) | TimelineCommand::CopyFinished(_),
+            ) => 5,
             Command::Events(e) if e.header.idempotency_per_publisher => 6,
-            Command::Timeline(TimelineCommand::Retain { spare_running_jobs: true, .. }) => 7,
+            Command::Timeline(TimelineCommand::Retain {
+                spare_running_jobs: true,
+                ..
+            }) => 7,
             _ => 1,
         }
     }
@@ -317,7 +341,10 @@ impl Command {
         let mut out = vec![self.format()];
         match self {
             Command::Catalog { command, actor } => {
-                out.extend_from_slice(&to_json(&CatalogEnvelope { actor: actor.clone(), command: command.clone() }))
+                out.extend_from_slice(&to_json(&CatalogEnvelope {
+                    actor: actor.clone(),
+                    command: command.clone(),
+                }))
             }
             Command::Persist(p) => out.extend_from_slice(&to_json(p)),
             Command::InitProducer(p) => out.extend_from_slice(&to_json(p)),
@@ -337,7 +364,9 @@ impl Command {
 
     pub fn decode(kind: u8, payload: &[u8]) -> Result<Command> {
         let bad = |reason: String| Error::BadCommand { kind, reason };
-        let (&version, body) = payload.split_first().ok_or_else(|| bad("empty payload".into()))?;
+        let (&version, body) = payload
+            .split_first()
+            .ok_or_else(|| bad("empty payload".into()))?;
         if version > COMMAND_VERSION {
             return Err(Error::NewerCommand { kind, version });
         }
@@ -349,24 +378,42 @@ impl Command {
                 .map(|command| Command::catalog(command, ACTOR_UNRECORDED))
                 .map_err(|e| bad(e.to_string())),
             KIND_CATALOG => serde_json::from_slice::<CatalogEnvelope>(body)
-                .map(|e| Command::Catalog { command: e.command, actor: e.actor })
+                .map(|e| Command::Catalog {
+                    command: e.command,
+                    actor: e.actor,
+                })
                 .map_err(|e| bad(e.to_string())),
-            KIND_PERSIST => serde_json::from_slice(body).map(Command::Persist).map_err(|e| bad(e.to_string())),
-            KIND_PRODUCER => serde_json::from_slice(body).map(Command::InitProducer).map_err(|e| bad(e.to_string())),
-            KIND_OFFSETS => serde_json::from_slice(body).map(Command::Offsets).map_err(|e| bad(e.to_string())),
+            KIND_PERSIST => serde_json::from_slice(body)
+                .map(Command::Persist)
+                .map_err(|e| bad(e.to_string())),
+            KIND_PRODUCER => serde_json::from_slice(body)
+                .map(Command::InitProducer)
+                .map_err(|e| bad(e.to_string())),
+            KIND_OFFSETS => serde_json::from_slice(body)
+                .map(Command::Offsets)
+                .map_err(|e| bad(e.to_string())),
             KIND_TIMELINE => {
-                let mut cmd: TimelineCommand = serde_json::from_slice(body).map_err(|e| bad(e.to_string()))?;
+                let mut cmd: TimelineCommand =
+                    serde_json::from_slice(body).map_err(|e| bad(e.to_string()))?;
                 // Only format 7 may spare running jobs: an older entry applies as it did.
-                if let TimelineCommand::Retain { spare_running_jobs, .. } = &mut cmd {
+                if let TimelineCommand::Retain {
+                    spare_running_jobs, ..
+                } = &mut cmd
+                {
                     *spare_running_jobs &= version >= 7;
                 }
                 Ok(Command::Timeline(cmd))
             }
             KIND_EVENTS => {
-                let len = body.get(..4).ok_or_else(|| bad("events header length missing".into()))?;
+                let len = body
+                    .get(..4)
+                    .ok_or_else(|| bad("events header length missing".into()))?;
                 let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
-                let header = body.get(4..4 + len).ok_or_else(|| bad("events header truncated".into()))?;
-                let mut header: EventsHeader = serde_json::from_slice(header).map_err(|e| bad(e.to_string()))?;
+                let header = body
+                    .get(4..4 + len)
+                    .ok_or_else(|| bad("events header truncated".into()))?;
+                let mut header: EventsHeader =
+                    serde_json::from_slice(header).map_err(|e| bad(e.to_string()))?;
                 // Only format 6 may scope keys by publisher: an older entry decides as it did.
                 header.idempotency_per_publisher &= version >= 6;
                 let mut rest = &body[4 + len..];
@@ -374,7 +421,10 @@ impl Command {
                 for part in &header.parts {
                     let n = part.batch_len as usize;
                     if rest.len() < n {
-                        return Err(bad(format!("batch of partition {} is truncated", part.partition)));
+                        return Err(bad(format!(
+                            "batch of partition {} is truncated",
+                            part.partition
+                        )));
                     }
                     batches.push(rest[..n].to_vec());
                     rest = &rest[n..];
@@ -384,7 +434,10 @@ impl Command {
                 }
                 Ok(Command::Events(EventsCommand { header, batches }))
             }
-            other => Err(Error::NewerCommand { kind: other, version }),
+            other => Err(Error::NewerCommand {
+                kind: other,
+                version,
+            }),
         }
     }
 }
@@ -401,9 +454,20 @@ mod tests {
 
     #[test]
     fn commands_round_trip_and_newer_versions_are_refused() {
-        let batch = encode(&[Record { timestamp_ms: 1, key: None, value: Some(b"{}".to_vec()), headers: vec![] }]);
+        let batch = encode(&[Record {
+            timestamp_ms: 1,
+            key: None,
+            value: Some(b"{}".to_vec()),
+            headers: vec![],
+        }]);
         let cmds = [
-            Command::catalog(CatalogCommand::DeleteDatasource { name: "a".into(), grace_ms: 1 }, "key:abc"),
+            Command::catalog(
+                CatalogCommand::DeleteDatasource {
+                    name: "a".into(),
+                    grace_ms: 1,
+                },
+                "key:abc",
+            ),
             Command::Persist(PersistCommand {
                 datasource: DatasourceId(3),
                 interval_start_ms: 3_600_000,
@@ -422,22 +486,35 @@ mod tests {
                         EventsPart {
                             partition: 2,
                             lines: vec![3],
-                            verdicts: vec![VerdictRecord { index: 0, code: 4, reason: "future".into() }],
+                            verdicts: vec![VerdictRecord {
+                                index: 0,
+                                code: 4,
+                                reason: "future".into(),
+                            }],
                             batch_len: batch.len() as u32,
                         },
-                        EventsPart { partition: 0, lines: vec![], verdicts: vec![], batch_len: batch.len() as u32 },
+                        EventsPart {
+                            partition: 0,
+                            lines: vec![],
+                            verdicts: vec![],
+                            batch_len: batch.len() as u32,
+                        },
                     ],
                     future_ms_max: Some(1000),
                     decompressed_bytes_max: Some(1 << 20),
                 },
                 batches: vec![batch.clone(), batch],
             }),
-            Command::InitProducer(InitProducerCommand { existing: Some((4, 2)) }),
+            Command::InitProducer(InitProducerCommand {
+                existing: Some((4, 2)),
+            }),
             Command::catalog(
-                CatalogCommand::Governance(tidemark_catalog::governance::GovernanceCommand::RemoveTag {
-                    domain: "d".into(),
-                    tag: "t".into(),
-                }),
+                CatalogCommand::Governance(
+                    tidemark_catalog::governance::GovernanceCommand::RemoveTag {
+                        domain: "d".into(),
+                        tag: "t".into(),
+                    },
+                ),
                 "system",
             ),
             Command::Offsets(OffsetsCommand::Commit {
@@ -454,11 +531,21 @@ mod tests {
         for cmd in cmds {
             let bytes = cmd.encode();
             // Only what needs format 3 (catalog commands, with their actor) is written in it.
-            assert_eq!(bytes[0], if matches!(cmd, Command::Catalog { .. }) { 3 } else { 1 });
+            assert_eq!(
+                bytes[0],
+                if matches!(cmd, Command::Catalog { .. }) {
+                    3
+                } else {
+                    1
+                }
+            );
             assert_eq!(Command::decode(cmd.kind(), &bytes).expect("decodes"), cmd);
             let mut newer = bytes.clone();
             newer[0] = COMMAND_VERSION + 1;
-            let err = Command::decode(cmd.kind(), &newer).err().map(|e| e.to_string()).unwrap_or_default();
+            let err = Command::decode(cmd.kind(), &newer)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
             assert!(err.contains("upgrade this node"), "{err}");
         }
         // An events entry that scopes its key by publisher needs format 6; the flag in an
@@ -475,10 +562,16 @@ mod tests {
             decompressed_bytes_max: None,
         };
         assert_eq!(header.idempotency_scope(), Some("key1"));
-        let scoped = Command::Events(EventsCommand { header, batches: vec![] });
+        let scoped = Command::Events(EventsCommand {
+            header,
+            batches: vec![],
+        });
         let bytes = scoped.encode();
         assert_eq!(bytes[0], 6);
-        assert_eq!(Command::decode(KIND_EVENTS, &bytes).expect("format 6"), scoped);
+        assert_eq!(
+            Command::decode(KIND_EVENTS, &bytes).expect("format 6"),
+            scoped
+        );
         let mut older = bytes.clone();
         older[0] = 5;
         match Command::decode(KIND_EVENTS, &older).expect("format 5") {
@@ -496,12 +589,18 @@ mod tests {
         });
         let bytes = retain.encode();
         assert_eq!(bytes[0], 7);
-        assert_eq!(Command::decode(KIND_TIMELINE, &bytes).expect("format 7"), retain);
+        assert_eq!(
+            Command::decode(KIND_TIMELINE, &bytes).expect("format 7"),
+            retain
+        );
         let mut older = bytes.clone();
         older[0] = 6;
         assert!(matches!(
             Command::decode(KIND_TIMELINE, &older).expect("format 6"),
-            Command::Timeline(TimelineCommand::Retain { spare_running_jobs: false, .. })
+            Command::Timeline(TimelineCommand::Retain {
+                spare_running_jobs: false,
+                ..
+            })
         ));
 
         // Catalog entries of the formats before the actor decode as unrecorded.
@@ -509,7 +608,13 @@ mod tests {
         old.extend_from_slice(br#"{"op":"delete_datasource","name":"a","grace_ms":5}"#);
         assert_eq!(
             Command::decode(KIND_CATALOG, &old).expect("format 1"),
-            Command::catalog(CatalogCommand::DeleteDatasource { name: "a".into(), grace_ms: 5 }, "unrecorded")
+            Command::catalog(
+                CatalogCommand::DeleteDatasource {
+                    name: "a".into(),
+                    grace_ms: 5
+                },
+                "unrecorded"
+            )
         );
     }
 }

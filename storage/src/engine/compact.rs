@@ -42,17 +42,24 @@ pub(crate) struct CompactInput {
 enum Column<'a> {
     Missing,
     Time(&'a arrow_array::PrimitiveArray<TimestampMillisecondType>),
-    Dim(&'a arrow_array::DictionaryArray<Int32Type>, &'a arrow_array::StringArray),
+    Dim(
+        &'a arrow_array::DictionaryArray<Int32Type>,
+        &'a arrow_array::StringArray,
+    ),
     Int(&'a arrow_array::PrimitiveArray<Int64Type>),
     Float(&'a arrow_array::PrimitiveArray<Float64Type>),
     Bytes(&'a arrow_array::BinaryArray),
 }
 
 fn column<'a>(array: Option<&'a ArrayRef>, name: &str) -> Result<Column<'a>> {
-    let Some(a) = array else { return Ok(Column::Missing) };
+    let Some(a) = array else {
+        return Ok(Column::Missing);
+    };
     let wrong = || Error::Internal(format!("segment column {name} has type {}", a.data_type()));
     Ok(match a.data_type() {
-        arrow_schema::DataType::Timestamp(..) => Column::Time(a.as_primitive_opt().ok_or_else(wrong)?),
+        arrow_schema::DataType::Timestamp(..) => {
+            Column::Time(a.as_primitive_opt().ok_or_else(wrong)?)
+        }
         arrow_schema::DataType::Dictionary(..) => {
             let d = a.as_dictionary_opt::<Int32Type>().ok_or_else(wrong)?;
             Column::Dim(d, d.values().as_string_opt::<i32>().ok_or_else(wrong)?)
@@ -64,7 +71,11 @@ fn column<'a>(array: Option<&'a ArrayRef>, name: &str) -> Result<Column<'a>> {
     })
 }
 
-pub(crate) fn build(input: &CompactInput, progress: &Progress, cancel: &AtomicBool) -> Result<Vec<Built>> {
+pub(crate) fn build(
+    input: &CompactInput,
+    progress: &Progress,
+    cancel: &AtomicBool,
+) -> Result<Vec<Built>> {
     let spec = &input.spec;
     let mut built = Vec::new();
     for (interval, shards) in &input.inputs {
@@ -75,13 +86,23 @@ pub(crate) fn build(input: &CompactInput, progress: &Progress, cancel: &AtomicBo
             }
             merge_segment(&mut index, spec, seg, None)?;
             progress.batches_done.fetch_add(1, Ordering::Relaxed);
-            progress.events.fetch_add(seg.meta().events, Ordering::Relaxed);
+            progress
+                .events
+                .fetch_add(seg.meta().events, Ordering::Relaxed);
         }
         if index.is_empty() {
             continue;
         }
         let shard = input.shards.get(interval).copied().unwrap_or(0);
-        built.push(write_built(&input.data_dir, input.datasource, spec, *interval, input.job, shard, &index)?);
+        built.push(write_built(
+            &input.data_dir,
+            input.datasource,
+            spec,
+            *interval,
+            input.job,
+            shard,
+            &index,
+        )?);
     }
     Ok(built)
 }
@@ -103,7 +124,8 @@ pub(crate) fn build_without(
     cancel: &AtomicBool,
 ) -> Result<(Vec<Built>, std::collections::BTreeSet<i64>, u64)> {
     let spec = &input.spec;
-    let (mut built, mut intervals, mut removed) = (Vec::new(), std::collections::BTreeSet::new(), 0);
+    let (mut built, mut intervals, mut removed) =
+        (Vec::new(), std::collections::BTreeSet::new(), 0);
     for (interval, shards) in &input.inputs {
         let granularity = shards
             .iter()
@@ -127,7 +149,15 @@ pub(crate) fn build_without(
             continue;
         }
         let shard = input.shards.get(interval).copied().unwrap_or(0);
-        built.push(write_built(&input.data_dir, input.datasource, spec, *interval, input.job, shard, &index)?);
+        built.push(write_built(
+            &input.data_dir,
+            input.datasource,
+            spec,
+            *interval,
+            input.job,
+            shard,
+            &index,
+        )?);
     }
     Ok((built, intervals, removed))
 }
@@ -151,12 +181,26 @@ fn merge_segment(
     let Column::Time(time) = column(time.as_ref(), tidemark_catalog::spec::TIME_COLUMN)? else {
         return Err(Error::Internal("a segment without its time column".into()));
     };
-    let dim_arrays: Vec<Option<ArrayRef>> = spec.dimensions.iter().map(|d| read(d)).collect::<Result<_>>()?;
-    let dims: Vec<Column<'_>> =
-        dim_arrays.iter().zip(&spec.dimensions).map(|(a, n)| column(a.as_ref(), n)).collect::<Result<_>>()?;
-    let metric_arrays: Vec<Option<ArrayRef>> = spec.metrics.iter().map(|m| read(&m.name)).collect::<Result<_>>()?;
-    let metrics: Vec<Column<'_>> =
-        metric_arrays.iter().zip(&spec.metrics).map(|(a, m)| column(a.as_ref(), &m.name)).collect::<Result<_>>()?;
+    let dim_arrays: Vec<Option<ArrayRef>> = spec
+        .dimensions
+        .iter()
+        .map(|d| read(d))
+        .collect::<Result<_>>()?;
+    let dims: Vec<Column<'_>> = dim_arrays
+        .iter()
+        .zip(&spec.dimensions)
+        .map(|(a, n)| column(a.as_ref(), n))
+        .collect::<Result<_>>()?;
+    let metric_arrays: Vec<Option<ArrayRef>> = spec
+        .metrics
+        .iter()
+        .map(|m| read(&m.name))
+        .collect::<Result<_>>()?;
+    let metrics: Vec<Column<'_>> = metric_arrays
+        .iter()
+        .zip(&spec.metrics)
+        .map(|(a, m)| column(a.as_ref(), &m.name))
+        .collect::<Result<_>>()?;
     let mut dropped = 0u64;
     let mut dim_values: Vec<Option<&str>> = Vec::with_capacity(dims.len());
     let mut metric_values: Vec<RowMetric<'_>> = Vec::with_capacity(metrics.len());
@@ -166,7 +210,10 @@ fn merge_segment(
             dim_values.push(match d {
                 Column::Dim(keys, values) if keys.is_valid(row) => {
                     let k = keys.keys().value(row);
-                    usize::try_from(k).ok().filter(|k| *k < values.len()).map(|k| values.value(k))
+                    usize::try_from(k)
+                        .ok()
+                        .filter(|k| *k < values.len())
+                        .map(|k| values.value(k))
                 }
                 _ => None,
             });

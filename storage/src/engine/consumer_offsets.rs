@@ -67,8 +67,12 @@ impl ConsumerOffsets {
 
     /// Every committed offset of a group: (topic, partition, record).
     pub fn of_group(&self, group: &str) -> Vec<(String, u32, OffsetRecord)> {
-        let Some(g) = self.groups.get(group) else { return Vec::new() };
-        g.iter().flat_map(|(t, parts)| parts.iter().map(move |(p, r)| (t.clone(), *p, r.clone()))).collect()
+        let Some(g) = self.groups.get(group) else {
+            return Vec::new();
+        };
+        g.iter()
+            .flat_map(|(t, parts)| parts.iter().map(move |(p, r)| (t.clone(), *p, r.clone())))
+            .collect()
     }
 
     /// Groups that have committed offsets.
@@ -97,7 +101,13 @@ mod tests {
     fn commit(group: &str, topic: &str, partition: u32, offset: i64) -> OffsetsCommand {
         OffsetsCommand::Commit {
             group: group.into(),
-            offsets: vec![CommittedOffset { topic: topic.into(), partition, offset, leader_epoch: -1, metadata: None }],
+            offsets: vec![CommittedOffset {
+                topic: topic.into(),
+                partition,
+                offset,
+                leader_epoch: -1,
+                metadata: None,
+            }],
         }
     }
 
@@ -107,8 +117,17 @@ mod tests {
         o.apply(&commit("g", "t", 0, 5), 1);
         o.apply(&commit("g", "t", 0, 9), 2);
         o.apply(&commit("g", "t", 1, 3), 3);
-        assert_eq!(o.get("g", "t", 0).map(|r| (r.offset, r.committed_at_ms)), Some((9, 2)));
-        o.apply(&OffsetsCommand::Delete { group: "g".into(), partitions: vec![("t".into(), 0)] }, 4);
+        assert_eq!(
+            o.get("g", "t", 0).map(|r| (r.offset, r.committed_at_ms)),
+            Some((9, 2))
+        );
+        o.apply(
+            &OffsetsCommand::Delete {
+                group: "g".into(),
+                partitions: vec![("t".into(), 0)],
+            },
+            4,
+        );
         assert!(o.get("g", "t", 0).is_none());
         assert_eq!(o.of_group("g").len(), 1);
         o.apply(&OffsetsCommand::DeleteGroup { group: "g".into() }, 5);

@@ -93,7 +93,10 @@ impl CopyRecord {
             // A cancelled copy removes what it wrote, unless its node stopped mid-copy.
             _ => "cancelled; anything it left there is beyond tidemark's reach".to_string(),
         };
-        format!("{what} to {} on node {} (job {}, {how})", self.to, self.node, self.job)
+        format!(
+            "{what} to {} on node {} (job {}, {how})",
+            self.to, self.node, self.job
+        )
     }
 }
 
@@ -156,7 +159,11 @@ pub struct Pace {
 
 impl Pace {
     pub fn new(bytes_per_s: Option<u64>) -> Pace {
-        Pace { bytes_per_s: bytes_per_s.filter(|b| *b > 0), started: std::time::Instant::now(), done: 0 }
+        Pace {
+            bytes_per_s: bytes_per_s.filter(|b| *b > 0),
+            started: std::time::Instant::now(),
+            done: 0,
+        }
     }
 
     /// How much to copy between two waits: a tenth of a second's worth, so progress moves
@@ -235,7 +242,12 @@ fn refused(reason: String, status: RefusalStatus) -> Result<Applied> {
 
 impl Engine {
     /// A copy starting on some node: a running job on every replica.
-    pub(crate) fn start_copy(&mut self, position: u64, writer_time_ms: i64, mut record: CopyRecord) -> Result<Applied> {
+    pub(crate) fn start_copy(
+        &mut self,
+        position: u64,
+        writer_time_ms: i64,
+        mut record: CopyRecord,
+    ) -> Result<Applied> {
         if !is_copy(&record.kind) {
             return refused(
                 format!("{:?} is not a kind of copy (export, backup)", record.kind),
@@ -252,14 +264,27 @@ impl Engine {
 
     /// A copy written whole: its job is done, with what it wrote. (Also how a node settles a
     /// backup written whole whose end it could not log before it stopped.)
-    pub(crate) fn finish_copy(&mut self, writer_time_ms: i64, finish: CopyFinish) -> Result<Applied> {
+    pub(crate) fn finish_copy(
+        &mut self,
+        writer_time_ms: i64,
+        finish: CopyFinish,
+    ) -> Result<Applied> {
         let job = finish.job;
         let Some(info) = self.jobs.get_mut(&job).filter(|j| is_copy(&j.kind)) else {
-            return refused(format!("copy job {job} does not exist"), RefusalStatus::NotFound);
+            return refused(
+                format!("copy job {job} does not exist"),
+                RefusalStatus::NotFound,
+            );
         };
         if info.state != JobState::Running {
-            let why = info.error.clone().unwrap_or_else(|| info.state.as_str().to_string());
-            return refused(format!("{} job {job} already ended: {why}", info.kind), RefusalStatus::Conflict);
+            let why = info
+                .error
+                .clone()
+                .unwrap_or_else(|| info.state.as_str().to_string());
+            return refused(
+                format!("{} job {job} already ended: {why}", info.kind),
+                RefusalStatus::Conflict,
+            );
         }
         info.state = JobState::Published;
         info.finished_ms = Some(writer_time_ms);
@@ -281,12 +306,20 @@ impl Engine {
     }
 
     /// Ends a running copy: its node stops it and removes what it wrote.
-    pub(crate) fn cancel_copy(&mut self, writer_time_ms: i64, job: u64, reason: String) -> Result<Applied> {
+    pub(crate) fn cancel_copy(
+        &mut self,
+        writer_time_ms: i64,
+        job: u64,
+        reason: String,
+    ) -> Result<Applied> {
         let Some(info) = self.jobs.get_mut(&job) else {
             return refused(format!("job {job} does not exist"), RefusalStatus::NotFound);
         };
         if info.state != JobState::Running {
-            return refused(format!("{} job {job} is not running", info.kind), RefusalStatus::Conflict);
+            return refused(
+                format!("{} job {job} is not running", info.kind),
+                RefusalStatus::Conflict,
+            );
         }
         info.state = JobState::Cancelled;
         info.finished_ms = Some(writer_time_ms);
@@ -322,11 +355,21 @@ impl Engine {
     fn copy_job(&self, position: u64, writer_time_ms: i64, record: &mut CopyRecord) -> JobInfo {
         record.job = position;
         record.time_ms = writer_time_ms;
-        let id = record.datasource.as_deref().and_then(|d| self.catalog.get(d)).map_or(DatasourceId(0), |e| e.id);
+        let id = record
+            .datasource
+            .as_deref()
+            .and_then(|d| self.catalog.get(d))
+            .map_or(DatasourceId(0), |e| e.id);
         let (start, end) = (record.start_ms.unwrap_or(0), record.end_ms.unwrap_or(0));
         let name = record.datasource.clone().unwrap_or_default();
-        let mut info =
-            JobInfo::new(position, &record.kind, (id, name), (start, end), record.actor.clone(), writer_time_ms);
+        let mut info = JobInfo::new(
+            position,
+            &record.kind,
+            (id, name),
+            (start, end),
+            record.actor.clone(),
+            writer_time_ms,
+        );
         info.destination = Some(format!("{} on node {}", record.to, record.node));
         info
     }
@@ -347,8 +390,14 @@ impl Engine {
             .filter(|j| is_copy(&j.kind))
             .ok_or_else(|| Error::NotFound(format!("copy job {job} does not exist")))?;
         if info.state != JobState::Running {
-            let why = info.error.clone().unwrap_or_else(|| info.state.as_str().to_string());
-            return Err(Error::Cancelled(format!("{} job {job} ended before it ran: {why}", info.kind)));
+            let why = info
+                .error
+                .clone()
+                .unwrap_or_else(|| info.state.as_str().to_string());
+            return Err(Error::Cancelled(format!(
+                "{} job {job} ended before it ran: {why}",
+                info.kind
+            )));
         }
         let run = CopyRun::default();
         self.copy_runs.insert(job, run.clone());
@@ -364,7 +413,11 @@ impl Engine {
     /// longer running here (cancelled in the snapshot) is told to stop.
     pub fn adopt_copy_runs(&mut self, runs: BTreeMap<u64, CopyRun>) {
         for (job, run) in runs {
-            if self.jobs.get(&job).is_none_or(|j| j.state != JobState::Running) {
+            if self
+                .jobs
+                .get(&job)
+                .is_none_or(|j| j.state != JobState::Running)
+            {
                 run.cancel.store(true, Ordering::Relaxed);
             }
             self.copy_runs.insert(job, run);
@@ -393,19 +446,34 @@ impl Engine {
     /// this one (`boot`) but neither registered here nor still starting (`starting` tells, by
     /// the copy's `run`): their start was given up on and committed after all. That node
     /// settles them (see [`settle_leftover`]).
-    pub fn orphan_copies(&self, node: u64, boot: u64, starting: &dyn Fn(u64) -> bool) -> Vec<CopyRecord> {
+    pub fn orphan_copies(
+        &self,
+        node: u64,
+        boot: u64,
+        starting: &dyn Fn(u64) -> bool,
+    ) -> Vec<CopyRecord> {
         self.copies
             .iter()
             .filter(|c| c.node == node && !self.copy_runs.contains_key(&c.job))
             .filter(|c| c.boot != boot || !starting(c.run))
-            .filter(|c| self.jobs.get(&c.job).is_some_and(|j| j.state == JobState::Running))
+            .filter(|c| {
+                self.jobs
+                    .get(&c.job)
+                    .is_some_and(|j| j.state == JobState::Running)
+            })
             .cloned()
             .collect()
     }
 
     /// The copies that may hold beacons of `datasource` in [`start`, `end`), described for a
     /// deletion's report; only those logged after position `since` if given.
-    pub(crate) fn copies_holding(&self, datasource: &str, start: i64, end: i64, since: Option<u64>) -> Vec<String> {
+    pub(crate) fn copies_holding(
+        &self,
+        datasource: &str,
+        start: i64,
+        end: i64,
+        since: Option<u64>,
+    ) -> Vec<String> {
         self.copies
             .iter()
             .filter(|c| since.is_none_or(|p| c.job > p) && c.may_hold(datasource, start, end))
@@ -463,7 +531,13 @@ mod tests {
         assert!(export.may_hold("shop", 150, 300));
         assert!(!export.may_hold("shop", 200, 300));
         assert!(!export.may_hold("other", 0, 1000));
-        let backup = CopyRecord { kind: "backup".into(), datasource: None, start_ms: None, end_ms: None, ..export };
+        let backup = CopyRecord {
+            kind: "backup".into(),
+            datasource: None,
+            start_ms: None,
+            end_ms: None,
+            ..export
+        };
         assert!(backup.may_hold("anything", 0, 1));
     }
 }

@@ -74,7 +74,8 @@ impl OpenInterval {
                     _ => arrow_array::new_null_array(f.data_type(), built.num_rows()),
                 })
                 .collect();
-            let options = arrow_array::RecordBatchOptions::new().with_row_count(Some(built.num_rows()));
+            let options =
+                arrow_array::RecordBatchOptions::new().with_row_count(Some(built.num_rows()));
             RecordBatch::try_new_with_options(schema, columns, &options).ok()?
         };
         *cache = Some((self.index.events(), batch.clone()));
@@ -153,7 +154,9 @@ impl DatasourceState {
         recovery: &mut Recovery,
     ) -> Result<Self> {
         let dir = config.data_dir.join("datasources").join(id.to_string());
-        let raw_config = PartitionLogConfig { file_bytes_max: config.raw_file_bytes_max };
+        let raw_config = PartitionLogConfig {
+            file_bytes_max: config.raw_file_bytes_max,
+        };
         let mut ds = DatasourceState {
             id,
             name: spec.name.clone(),
@@ -181,7 +184,11 @@ impl DatasourceState {
     fn grow_partitions_to(&mut self, n: u32, recovery: &mut Recovery) -> Result<()> {
         while self.partitions.len() < n as usize {
             let p = self.partitions.len() as u32;
-            let (log, rec) = PartitionLog::open(&self.dir.join("raw").join(p.to_string()), p, self.raw_config.clone())?;
+            let (log, rec) = PartitionLog::open(
+                &self.dir.join("raw").join(p.to_string()),
+                p,
+                self.raw_config.clone(),
+            )?;
             recovery.raw_cut_bytes += rec.cut_bytes;
             if let Some(reason) = rec.cut_reason {
                 tracing::warn!(datasource = %self.name, partition = p, %reason, bytes = rec.cut_bytes, "cut torn raw log tail");
@@ -236,7 +243,9 @@ impl DatasourceState {
         through: u64,
         pending: &[(u64, i64, i64)],
     ) -> Result<u64> {
-        let Some(entry) = catalog.by_id(self.id) else { return Ok(0) };
+        let Some(entry) = catalog.by_id(self.id) else {
+            return Ok(0);
+        };
         if entry.deleted.is_some() {
             return Ok(0);
         }
@@ -267,35 +276,54 @@ impl DatasourceState {
             let rules = rules_cache.get(catalog, &self.name, position);
             let (_, records) = record_batch::decode_records(&stored.batch)?;
             for (i, (_, record)) in records.iter().enumerate() {
-                if stored.frame.verdicts.iter().any(|v| v.record_index == i as u32) {
+                if stored
+                    .frame
+                    .verdicts
+                    .iter()
+                    .any(|v| v.record_index == i as u32)
+                {
                     continue;
                 }
-                let Ok(standardised) =
-                    standardise_json(&spec, rules.as_deref(), record.value.as_deref().unwrap_or_default())
-                else {
+                let Ok(standardised) = standardise_json(
+                    &spec,
+                    rules.as_deref(),
+                    record.value.as_deref().unwrap_or_default(),
+                ) else {
                     continue;
                 };
                 let event = standardised.event;
                 let interval = spec.granularity.segment.bucket_start(event.time_ms);
-                if self.persisted.get(&interval).is_some_and(|covered| *covered > position) {
+                if self
+                    .persisted
+                    .get(&interval)
+                    .is_some_and(|covered| *covered > position)
+                {
                     continue;
                 }
                 // Counted in the checkpoint already; only the index is rebuilt. An event before
                 // a pending reindex of its interval was frozen there at the job's start.
-                let job =
-                    pending.iter().find(|(job, start, end)| position < *job && interval >= *start && interval < *end);
+                let job = pending.iter().find(|(job, start, end)| {
+                    position < *job && interval >= *start && interval < *end
+                });
                 if let Some((job, _, _)) = job {
                     let writer_ms = stored.frame.writer_time_ms;
-                    let open =
-                        frozen.entry((*job, interval)).or_insert_with(|| OpenInterval::new(&spec, position, writer_ms));
+                    let open = frozen
+                        .entry((*job, interval))
+                        .or_insert_with(|| OpenInterval::new(&spec, position, writer_ms));
                     open.first_position = open.first_position.min(position);
                     open.index.add(&event);
                     continue;
                 }
-                self.route(&spec, position, stored.frame.writer_time_ms, interval).index.add(&event);
+                self.route(&spec, position, stored.frame.writer_time_ms, interval)
+                    .index
+                    .add(&event);
             }
         }
-        self.frozen.extend(frozen.into_iter().map(|((job, interval), open)| (job, interval, Arc::new(open))));
+        self.frozen.extend(
+            frozen
+                .into_iter()
+                .map(|((job, interval), open)| (job, interval, Arc::new(open))),
+        );
         Ok(replayed)
     }
 
@@ -315,7 +343,10 @@ impl DatasourceState {
     /// the number above all of them: a rebuilt shard's number.
     pub(crate) fn next_shards(&self, start: i64, end: i64) -> BTreeMap<i64, u32> {
         let mut out: BTreeMap<i64, u32> = BTreeMap::new();
-        let ids = self.segment_records().map(|r| &r.id).chain(self.persisting.iter().map(|p| &p.id));
+        let ids = self
+            .segment_records()
+            .map(|r| &r.id)
+            .chain(self.persisting.iter().map(|p| &p.id));
         for id in ids.filter(|id| id.interval_start_ms >= start && id.interval_start_ms < end) {
             let next = out.entry(id.interval_start_ms).or_insert(0);
             *next = (*next).max(id.shard + 1);
@@ -332,14 +363,21 @@ impl DatasourceState {
         through: u64,
     ) -> std::result::Result<BTreeMap<i64, Vec<(SegmentRecord, Arc<Segment>)>>, String> {
         let inside = |r: &SegmentRecord| {
-            r.id.interval_start_ms >= start && r.id.interval_start_ms < end && r.published_at <= through
+            r.id.interval_start_ms >= start
+                && r.id.interval_start_ms < end
+                && r.published_at <= through
         };
         if let Some((r, why)) = self.damaged.iter().find(|(r, _)| inside(r)) {
-            return Err(format!("segment {} is damaged on this node ({why}); repair it first", r.id));
+            return Err(format!(
+                "segment {} is damaged on this node ({why}); repair it first",
+                r.id
+            ));
         }
         let mut out: BTreeMap<i64, Vec<(SegmentRecord, Arc<Segment>)>> = BTreeMap::new();
         for (r, seg) in self.segments.iter().filter(|(r, _)| inside(r)) {
-            out.entry(r.id.interval_start_ms).or_default().push((r.clone(), seg.clone()));
+            out.entry(r.id.interval_start_ms)
+                .or_default()
+                .push((r.clone(), seg.clone()));
         }
         for shards in out.values_mut() {
             shards.sort_by(|(a, _), (b, _)| {
@@ -352,12 +390,25 @@ impl DatasourceState {
 
     /// Raw batches applied at or before `through` that may hold events of [`start`, `end`),
     /// in apply order.
-    pub(crate) fn reindex_sources(&self, start: i64, end: i64, through: u64) -> Vec<crate::engine::reindex::Source> {
+    pub(crate) fn reindex_sources(
+        &self,
+        start: i64,
+        end: i64,
+        through: u64,
+    ) -> Vec<crate::engine::reindex::Source> {
         let mut out: Vec<crate::engine::reindex::Source> = Vec::new();
         for (p, log) in self.partitions.iter().enumerate() {
-            out.extend(log.sources_overlapping(start, end, through).into_iter().map(|(path, file, entry)| {
-                crate::engine::reindex::Source { position: entry.log_position, partition: p as u32, path, file, entry }
-            }));
+            out.extend(
+                log.sources_overlapping(start, end, through)
+                    .into_iter()
+                    .map(|(path, file, entry)| crate::engine::reindex::Source {
+                        position: entry.log_position,
+                        partition: p as u32,
+                        path,
+                        file,
+                        entry,
+                    }),
+            );
         }
         out.sort_by_key(|s| (s.position, s.partition));
         out
@@ -386,19 +437,30 @@ impl DatasourceState {
         let mut obsolete = Vec::new();
         let mut kept = Vec::with_capacity(self.segments.len());
         for (r, seg) in std::mem::take(&mut self.segments) {
-            if replaced(&r) { obsolete.push(r.file) } else { kept.push((r, seg)) }
+            if replaced(&r) {
+                obsolete.push(r.file)
+            } else {
+                kept.push((r, seg))
+            }
         }
         self.segments = kept;
         let mut damaged = Vec::new();
         for (r, why) in std::mem::take(&mut self.damaged) {
-            if replaced(&r) { obsolete.push(r.file) } else { damaged.push((r, why)) }
+            if replaced(&r) {
+                obsolete.push(r.file)
+            } else {
+                damaged.push((r, why))
+            }
         }
         self.damaged = damaged;
         self.frozen.retain(|(j, _, _)| *j != job);
         for b in built {
             let mut record = b.record;
             record.published_at = position;
-            let covered = self.persisted.entry(record.id.interval_start_ms).or_insert(job);
+            let covered = self
+                .persisted
+                .entry(record.id.interval_start_ms)
+                .or_insert(job);
             *covered = (*covered).max(job);
             self.segments.push((record, Arc::new(b.segment)));
         }
@@ -411,7 +473,12 @@ impl DatasourceState {
     /// written for it are discarded when they finish. Raw batches before `position` are marked
     /// covered so a restart does not bring their events back. Returns the files, the number of
     /// segments and the number of events removed.
-    pub(crate) fn drop_range(&mut self, start: i64, end: i64, position: u64) -> (Vec<PathBuf>, u64, u64) {
+    pub(crate) fn drop_range(
+        &mut self,
+        start: i64,
+        end: i64,
+        position: u64,
+    ) -> (Vec<PathBuf>, u64, u64) {
         let inside = |interval: i64| interval >= start && interval < end;
         let mut touched: Vec<i64> = Vec::new();
         let mut files = Vec::new();
@@ -465,7 +532,10 @@ impl DatasourceState {
 
     /// The first raw position a realtime index may still need (rebuilt from raw on restart).
     fn realtime_needs_from(&self, applied: u64) -> u64 {
-        self.realtime_indexes().map(|o| o.first_position).min().unwrap_or(applied + 1)
+        self.realtime_indexes()
+            .map(|o| o.first_position)
+            .min()
+            .unwrap_or(applied + 1)
     }
 
     /// Raw retention: takes out of every partition the oldest files whose events are all
@@ -485,7 +555,10 @@ impl DatasourceState {
     /// How many raw files [`Self::drop_raw_before`] would take.
     pub(crate) fn raw_files_before(&self, cutoff_ms: i64, applied: u64) -> usize {
         let limit = self.realtime_needs_from(applied);
-        self.partitions.iter().map(|l| l.files_before(cutoff_ms, limit)).sum()
+        self.partitions
+            .iter()
+            .map(|l| l.files_before(cutoff_ms, limit))
+            .sum()
     }
 
     /// [`Self::raw_files_before`], measured: (files, records, bytes).
@@ -502,12 +575,20 @@ impl DatasourceState {
     pub(crate) fn intervals_before(&self, end: i64) -> (u64, u64, u64) {
         let mut starts = std::collections::BTreeSet::new();
         let (mut events, mut bytes) = (0, 0);
-        for r in self.segment_records().filter(|r| r.id.interval_start_ms < end) {
+        for r in self
+            .segment_records()
+            .filter(|r| r.id.interval_start_ms < end)
+        {
             starts.insert(r.id.interval_start_ms);
             events += r.events;
             bytes += r.file_bytes;
         }
-        starts.extend(self.open.keys().chain(self.late.keys()).filter(|s| **s < end));
+        starts.extend(
+            self.open
+                .keys()
+                .chain(self.late.keys())
+                .filter(|s| **s < end),
+        );
         (starts.len() as u64, events, bytes)
     }
 
@@ -529,9 +610,18 @@ impl DatasourceState {
 
     /// Ends reindex `job` without publishing: its frozen indexes are written as ordinary
     /// shards (their events are in no segment).
-    pub(crate) fn unfreeze(&mut self, catalog: &Catalog, job: u64, position: u64) -> Result<Vec<PersistJob>> {
-        let frozen: Vec<(u64, i64, Arc<OpenInterval>)> =
-            self.frozen.iter().filter(|(j, _, _)| *j == job).cloned().collect();
+    pub(crate) fn unfreeze(
+        &mut self,
+        catalog: &Catalog,
+        job: u64,
+        position: u64,
+    ) -> Result<Vec<PersistJob>> {
+        let frozen: Vec<(u64, i64, Arc<OpenInterval>)> = self
+            .frozen
+            .iter()
+            .filter(|(j, _, _)| *j == job)
+            .cloned()
+            .collect();
         self.frozen.retain(|(j, _, _)| *j != job);
         let mut jobs = Vec::new();
         for (_, interval, open) in frozen {
@@ -551,12 +641,18 @@ impl DatasourceState {
 
     /// The sealed raw files holding batches applied before `position`.
     pub(crate) fn sealed_raw_before(&self, position: u64) -> Vec<SealedFile> {
-        self.partitions.iter().flat_map(|log| log.sealed_before(position)).collect()
+        self.partitions
+            .iter()
+            .flat_map(|log| log.sealed_before(position))
+            .collect()
     }
 
     /// Installs a deletion's raw file rewrites; returns how many replaced a file (raw
     /// retention may have removed one meanwhile).
-    pub(crate) fn install_rewrites(&mut self, rewrites: Vec<crate::engine::delete::Rewrite>) -> Result<u64> {
+    pub(crate) fn install_rewrites(
+        &mut self,
+        rewrites: Vec<crate::engine::delete::Rewrite>,
+    ) -> Result<u64> {
         let mut installed = 0;
         for r in rewrites {
             let Some(log) = self.partitions.get_mut(r.partition as usize) else {
@@ -579,9 +675,14 @@ impl DatasourceState {
         position: u64,
         keep: &std::collections::BTreeSet<i64>,
     ) -> Result<Vec<PersistJob>> {
-        let thawed: Vec<(u64, i64, Arc<OpenInterval>)> =
-            self.frozen.iter().filter(|(j, i, _)| *j == job && !keep.contains(i)).cloned().collect();
-        self.frozen.retain(|(j, i, _)| *j != job || keep.contains(i));
+        let thawed: Vec<(u64, i64, Arc<OpenInterval>)> = self
+            .frozen
+            .iter()
+            .filter(|(j, i, _)| *j == job && !keep.contains(i))
+            .cloned()
+            .collect();
+        self.frozen
+            .retain(|(j, i, _)| *j != job || keep.contains(i));
         let mut jobs = Vec::new();
         for (_, interval, open) in thawed {
             jobs.extend(self.persist_index(catalog, position, interval, open)?);
@@ -604,9 +705,17 @@ impl DatasourceState {
     }
 
     /// Appends a batch to its partition, or finds it there when replaying.
-    pub(crate) fn append_raw(&mut self, partition: u32, frame: &Frame, batch: &mut [u8]) -> Result<IndexEntry> {
+    pub(crate) fn append_raw(
+        &mut self,
+        partition: u32,
+        frame: &Frame,
+        batch: &mut [u8],
+    ) -> Result<IndexEntry> {
         let log = &mut self.partitions[partition as usize];
-        if log.last_log_position().is_some_and(|last| last >= frame.log_position) {
+        if log
+            .last_log_position()
+            .is_some_and(|last| last >= frame.log_position)
+        {
             // A replay after a restart: the batch reached the raw log before the crash.
             return log.entry_at_position(frame.log_position).ok_or_else(|| {
                 Error::Internal(format!(
@@ -622,13 +731,25 @@ impl DatasourceState {
     /// writer's clock (stamped on the entry, so replays agree) is past its end plus the late
     /// window, its stragglers collect in one late chunk; an interval persisted early (memory
     /// bound, spec change) simply starts a new open index.
-    fn route(&mut self, spec: &DatasourceSpec, position: u64, writer_time_ms: i64, interval: i64) -> &mut OpenInterval {
-        let closed = writer_time_ms >= interval + spec.granularity.segment.millis() + spec.late_window.millis();
+    fn route(
+        &mut self,
+        spec: &DatasourceSpec,
+        position: u64,
+        writer_time_ms: i64,
+        interval: i64,
+    ) -> &mut OpenInterval {
+        let closed = writer_time_ms
+            >= interval + spec.granularity.segment.millis() + spec.late_window.millis();
         let persisted = self.persisted.contains_key(&interval)
-            || self.persisting.iter().any(|p| p.id.interval_start_ms == interval);
+            || self
+                .persisting
+                .iter()
+                .any(|p| p.id.interval_start_ms == interval);
         let late = closed && persisted && !self.open.contains_key(&interval);
         let map = if late { &mut self.late } else { &mut self.open };
-        let open = map.entry(interval).or_insert_with(|| OpenInterval::new(spec, position, writer_time_ms));
+        let open = map
+            .entry(interval)
+            .or_insert_with(|| OpenInterval::new(spec, position, writer_time_ms));
         // A rebuild walks one partition after another, so an index can meet its events out of
         // position order: it must still start where its earliest event is, or the next
         // checkpoint's `realtime_from` passes over that event and a later restart loses it.
@@ -637,9 +758,17 @@ impl DatasourceState {
         open
     }
 
-    pub(crate) fn add_event(&mut self, spec: &DatasourceSpec, position: u64, writer_time_ms: i64, event: &Event<'_>) {
+    pub(crate) fn add_event(
+        &mut self,
+        spec: &DatasourceSpec,
+        position: u64,
+        writer_time_ms: i64,
+        event: &Event<'_>,
+    ) {
         let interval = spec.granularity.segment.bucket_start(event.time_ms);
-        self.route(spec, position, writer_time_ms, interval).index.add(event);
+        self.route(spec, position, writer_time_ms, interval)
+            .index
+            .add(event);
         self.events_ingested += 1;
     }
 
@@ -653,7 +782,9 @@ impl DatasourceState {
         late: bool,
     ) -> Result<Option<PersistJob>> {
         let map = if late { &mut self.late } else { &mut self.open };
-        let Some(open) = map.remove(&interval) else { return Ok(None) };
+        let Some(open) = map.remove(&interval) else {
+            return Ok(None);
+        };
         self.persist_index(catalog, position, interval, Arc::new(open))
     }
 
@@ -668,14 +799,19 @@ impl DatasourceState {
         if open.index.is_empty() {
             return Ok(None);
         }
-        let entry =
-            catalog.by_id(self.id).ok_or_else(|| Error::Internal(format!("datasource {} not in catalog", self.id)))?;
+        let entry = catalog
+            .by_id(self.id)
+            .ok_or_else(|| Error::Internal(format!("datasource {} not in catalog", self.id)))?;
         // The index was built under the spec in force at its first event (specs change only
         // after persisting every open index).
         let spec = entry.spec_at(open.first_position).clone();
         // Above every shard of the interval, so a number (and a file name) is never reused,
         // even after a reindex replaced lower ones.
-        let shard = self.next_shards(interval, interval + 1).get(&interval).copied().unwrap_or(0);
+        let shard = self
+            .next_shards(interval, interval + 1)
+            .get(&interval)
+            .copied()
+            .unwrap_or(0);
         let id = SegmentId {
             datasource: self.name.clone(),
             interval_start_ms: interval,
@@ -684,8 +820,19 @@ impl DatasourceState {
             shard,
         };
         let file = crate::engine::reindex::segment_file(self.id, interval, INGEST_VERSION, shard);
-        self.persisting.push(Persisting { id: id.clone(), file: file.clone(), position, open: open.clone() });
-        Ok(Some(PersistJob { datasource: self.id, path: self.data_dir.join(&file), id, spec, open }))
+        self.persisting.push(Persisting {
+            id: id.clone(),
+            file: file.clone(),
+            position,
+            open: open.clone(),
+        });
+        Ok(Some(PersistJob {
+            datasource: self.id,
+            path: self.data_dir.join(&file),
+            id,
+            spec,
+            open,
+        }))
     }
 
     /// Publishes a segment the writer finished: it replaces its index in queries at once.
@@ -696,7 +843,9 @@ impl DatasourceState {
         written: &WrittenSegment,
         segment: Segment,
     ) -> Result<bool> {
-        let Some(i) = self.persisting.iter().position(|p| &p.id == id) else { return Ok(false) };
+        let Some(i) = self.persisting.iter().position(|p| &p.id == id) else {
+            return Ok(false);
+        };
         let p = self.persisting.remove(i);
         let record = SegmentRecord {
             id: p.id,
@@ -713,7 +862,11 @@ impl DatasourceState {
         Ok(true)
     }
 
-    pub(crate) fn persist_all(&mut self, catalog: &Catalog, position: u64) -> Result<Vec<PersistJob>> {
+    pub(crate) fn persist_all(
+        &mut self,
+        catalog: &Catalog,
+        position: u64,
+    ) -> Result<Vec<PersistJob>> {
         let mut jobs = Vec::new();
         let open: Vec<i64> = self.open.keys().copied().collect();
         for interval in open {
@@ -726,11 +879,19 @@ impl DatasourceState {
         Ok(jobs)
     }
 
-    pub(crate) fn closed_intervals(&self, spec: &DatasourceSpec, now_ms: i64) -> Vec<PersistCommand> {
+    pub(crate) fn closed_intervals(
+        &self,
+        spec: &DatasourceSpec,
+        now_ms: i64,
+    ) -> Vec<PersistCommand> {
         let seg = spec.granularity.segment.millis();
         let late_ms = spec.late_window.millis();
         let mut out = Vec::new();
-        for (start, _) in self.open.iter().filter(|(start, _)| now_ms >= **start + seg + late_ms) {
+        for (start, _) in self
+            .open
+            .iter()
+            .filter(|(start, _)| now_ms >= **start + seg + late_ms)
+        {
             out.push(PersistCommand {
                 datasource: self.id,
                 interval_start_ms: *start,
@@ -738,7 +899,12 @@ impl DatasourceState {
                 reason: PersistReason::IntervalClosed,
             });
         }
-        for start in self.late.iter().filter(|(_, c)| now_ms >= c.first_writer_time_ms + late_ms).map(|(s, _)| s) {
+        for start in self
+            .late
+            .iter()
+            .filter(|(_, c)| now_ms >= c.first_writer_time_ms + late_ms)
+            .map(|(s, _)| s)
+        {
             out.push(PersistCommand {
                 datasource: self.id,
                 interval_start_ms: *start,
@@ -754,13 +920,25 @@ impl DatasourceState {
         self.open
             .iter()
             .map(|(s, o)| (*s, false, o.index.memory_bytes()))
-            .chain(self.late.iter().map(|(s, o)| (*s, true, o.index.memory_bytes())))
+            .chain(
+                self.late
+                    .iter()
+                    .map(|(s, o)| (*s, true, o.index.memory_bytes())),
+            )
     }
 
     pub(crate) fn realtime_bytes(&self) -> usize {
         self.open_indexes().map(|(_, _, b)| b).sum::<usize>()
-            + self.persisting.iter().map(|p| p.open.index.memory_bytes()).sum::<usize>()
-            + self.frozen.iter().map(|(_, _, o)| o.index.memory_bytes()).sum::<usize>()
+            + self
+                .persisting
+                .iter()
+                .map(|p| p.open.index.memory_bytes())
+                .sum::<usize>()
+            + self
+                .frozen
+                .iter()
+                .map(|(_, _, o)| o.index.memory_bytes())
+                .sum::<usize>()
     }
 
     /// Every realtime index: open, late, being written, frozen for a reindex.
@@ -782,15 +960,28 @@ impl DatasourceState {
 
     /// Every published segment, the damaged ones included.
     pub(crate) fn segment_records(&self) -> impl Iterator<Item = &SegmentRecord> {
-        self.segments.iter().map(|(r, _)| r).chain(self.damaged.iter().map(|(r, _)| r))
+        self.segments
+            .iter()
+            .map(|(r, _)| r)
+            .chain(self.damaged.iter().map(|(r, _)| r))
     }
 
     /// A segment's record and, if readable here, its metadata.
-    pub(crate) fn segment_detail(&self, segment: &str) -> Option<(SegmentRecord, Option<crate::segment::SegmentMeta>)> {
-        if let Some((r, seg)) = self.segments.iter().find(|(r, _)| r.id.to_string() == segment) {
+    pub(crate) fn segment_detail(
+        &self,
+        segment: &str,
+    ) -> Option<(SegmentRecord, Option<crate::segment::SegmentMeta>)> {
+        if let Some((r, seg)) = self
+            .segments
+            .iter()
+            .find(|(r, _)| r.id.to_string() == segment)
+        {
             return Some((r.clone(), Some(seg.meta().clone())));
         }
-        self.damaged.iter().find(|(r, _)| r.id.to_string() == segment).map(|(r, _)| (r.clone(), None))
+        self.damaged
+            .iter()
+            .find(|(r, _)| r.id.to_string() == segment)
+            .map(|(r, _)| (r.clone(), None))
     }
 
     /// Intervals with more than one readable shard (and no damaged one), oldest first.
@@ -805,17 +996,23 @@ impl DatasourceState {
     ) -> Option<(i64, Option<tidemark_catalog::Period>)> {
         let mut shards: BTreeMap<i64, (usize, i64)> = BTreeMap::new();
         for (r, seg) in &self.segments {
-            let finest = tidemark_catalog::Period::parse(&seg.meta().query_granularity).map_or(0, |p| p.millis());
-            let e = shards.entry(r.id.interval_start_ms).or_insert((0, i64::MAX));
+            let finest = tidemark_catalog::Period::parse(&seg.meta().query_granularity)
+                .map_or(0, |p| p.millis());
+            let e = shards
+                .entry(r.id.interval_start_ms)
+                .or_insert((0, i64::MAX));
             *e = (e.0 + 1, e.1.min(finest));
         }
         for (r, _) in &self.damaged {
             shards.remove(&r.id.interval_start_ms);
         }
-        shards.into_iter().filter(|(i, _)| i + seg_ms <= settled_before).find_map(|(interval, (n, finest))| {
-            let rollup = due(interval).filter(|g| finest < g.millis());
-            (n > 1 || rollup.is_some()).then_some((interval, rollup))
-        })
+        shards
+            .into_iter()
+            .filter(|(i, _)| i + seg_ms <= settled_before)
+            .find_map(|(interval, (n, finest))| {
+                let rollup = due(interval).filter(|g| finest < g.millis());
+                (n > 1 || rollup.is_some()).then_some((interval, rollup))
+            })
     }
 
     /// Segments that cannot be read until repaired (see `damaged`).
@@ -837,7 +1034,9 @@ impl DatasourceState {
     }
 
     pub(crate) fn realtime_batches(&self, schema: SchemaRef) -> Vec<RecordBatch> {
-        self.realtime_indexes().filter_map(|o| o.batch(schema.clone())).collect()
+        self.realtime_indexes()
+            .filter_map(|o| o.batch(schema.clone()))
+            .collect()
     }
 
     pub(crate) fn drop_realtime(&mut self) {
@@ -859,7 +1058,11 @@ impl DatasourceState {
 
     pub(crate) fn checkpoint(&self, applied: u64) -> DatasourceCheckpoint {
         // In-flight persists are not covered yet: a restart rebuilds their rows from raw.
-        let realtime_from = self.realtime_indexes().map(|o| o.first_position).min().unwrap_or(applied + 1);
+        let realtime_from = self
+            .realtime_indexes()
+            .map(|o| o.first_position)
+            .min()
+            .unwrap_or(applied + 1);
         DatasourceCheckpoint {
             id: self.id,
             segments: self.segment_records().cloned().collect(),
@@ -875,8 +1078,15 @@ impl DatasourceState {
     /// The data files a checkpoint of this datasource refers to, with their lengths: every
     /// raw log file and every published segment (absolute paths).
     pub(crate) fn data_files(&self) -> Vec<(PathBuf, u64)> {
-        let mut out: Vec<(PathBuf, u64)> = self.partitions.iter().flat_map(PartitionLog::file_lengths).collect();
-        out.extend(self.segment_records().map(|r| (self.data_dir.join(&r.file), r.file_bytes)));
+        let mut out: Vec<(PathBuf, u64)> = self
+            .partitions
+            .iter()
+            .flat_map(PartitionLog::file_lengths)
+            .collect();
+        out.extend(
+            self.segment_records()
+                .map(|r| (self.data_dir.join(&r.file), r.file_bytes)),
+        );
         out
     }
 
@@ -887,7 +1097,9 @@ impl DatasourceState {
             slot.1 = Arc::new(Segment::open(path)?);
             return Ok(true);
         }
-        let Some(i) = self.damaged.iter().position(|(r, _)| r.file == relative) else { return Ok(false) };
+        let Some(i) = self.damaged.iter().position(|(r, _)| r.file == relative) else {
+            return Ok(false);
+        };
         let segment = Segment::open(path)?;
         let (record, _) = self.damaged.remove(i);
         self.segments.push((record, Arc::new(segment)));
@@ -911,7 +1123,10 @@ impl DatasourceState {
         match std::fs::remove_dir_all(&self.dir) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::Io { path: self.dir.clone(), source: e }),
+            Err(e) => Err(Error::Io {
+                path: self.dir.clone(),
+                source: e,
+            }),
         }
     }
 }

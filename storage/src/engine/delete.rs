@@ -82,7 +82,13 @@ pub(crate) struct DeleteInput {
 pub(crate) struct Rollups {
     /// Intervals starting before this go this way; the raw log rebuilds the others.
     pub(crate) cutoff: i64,
-    pub(crate) inputs: BTreeMap<i64, Vec<(crate::engine::checkpoint::SegmentRecord, Arc<crate::segment::Segment>)>>,
+    pub(crate) inputs: BTreeMap<
+        i64,
+        Vec<(
+            crate::engine::checkpoint::SegmentRecord,
+            Arc<crate::segment::Segment>,
+        )>,
+    >,
     /// The spec's count metric (how many events a row stands for).
     pub(crate) count: usize,
 }
@@ -113,12 +119,15 @@ pub(crate) fn write_journal(data_dir: &Path, job: u64, journal: &Journal) -> Res
     let dir = path.parent().unwrap_or(data_dir).to_path_buf();
     std::fs::create_dir_all(&dir).map_err(Error::io(&dir))?;
     let tmp = path.with_extension("json.tmp");
-    let bytes = serde_json::to_vec(journal).map_err(|e| Error::Internal(format!("deletion journal: {e}")))?;
+    let bytes = serde_json::to_vec(journal)
+        .map_err(|e| Error::Internal(format!("deletion journal: {e}")))?;
     let mut f = File::create(&tmp).map_err(Error::io(&tmp))?;
     f.write_all(&bytes).map_err(Error::io(&tmp))?;
     f.sync_all().map_err(Error::fsync(&tmp))?;
     std::fs::rename(&tmp, &path).map_err(Error::io(&path))?;
-    File::open(&dir).and_then(|d| d.sync_all()).map_err(Error::fsync(&dir))
+    File::open(&dir)
+        .and_then(|d| d.sync_all())
+        .map_err(Error::fsync(&dir))
 }
 
 /// A raw file's new version, written beside it, not yet installed.
@@ -151,17 +160,33 @@ fn without(frame: &Frame, batch: &[u8], keep: &[usize]) -> Result<(Frame, Vec<u8
         .iter()
         .filter_map(|v| {
             let at = keep.iter().position(|k| *k == v.record_index as usize)?;
-            Some(Verdict { record_index: at as u32, ..v.clone() })
+            Some(Verdict {
+                record_index: at as u32,
+                ..v.clone()
+            })
         })
         .collect();
-    Ok((Frame { verdicts, ..frame.clone() }, record_batch::retain_records(batch, keep)?))
+    Ok((
+        Frame {
+            verdicts,
+            ..frame.clone()
+        },
+        record_batch::retain_records(batch, keep)?,
+    ))
 }
 
 /// Runs the deletion's build; on failure (or cancel) nothing it wrote is left behind.
-pub(crate) fn build(input: &DeleteInput, progress: &Progress, cancel: &AtomicBool) -> Result<Output> {
+pub(crate) fn build(
+    input: &DeleteInput,
+    progress: &Progress,
+    cancel: &AtomicBool,
+) -> Result<Output> {
     let mut deleted = Deleted::default();
     match run(input, progress, cancel, &mut deleted) {
-        Ok(segments) => Ok(Output { segments, deletion: Some(deleted) }),
+        Ok(segments) => Ok(Output {
+            segments,
+            deletion: Some(deleted),
+        }),
         Err(e) => {
             for r in &deleted.rewrites {
                 let _ = std::fs::remove_file(&r.path);
@@ -181,10 +206,17 @@ fn run(
     let rules = input.build.rules.as_deref();
     let seg = &spec.granularity.segment;
     let before = |e: &IndexEntry| e.log_position < input.build.job;
-    let first_pass: usize = input.files.iter().map(|f| f.entries.iter().filter(|e| before(e)).count()).sum();
-    progress.batches_total.store(first_pass as u64, Ordering::Relaxed);
+    let first_pass: usize = input
+        .files
+        .iter()
+        .map(|f| f.entries.iter().filter(|e| before(e)).count())
+        .sum();
+    progress
+        .batches_total
+        .store(first_pass as u64, Ordering::Relaxed);
     // Per file: its entries after the deletion, and the handle and path to read them from.
-    let mut after: Vec<(u32, PathBuf, Arc<File>, Vec<IndexEntry>)> = Vec::with_capacity(input.files.len());
+    let mut after: Vec<(u32, PathBuf, Arc<File>, Vec<IndexEntry>)> =
+        Vec::with_capacity(input.files.len());
     for f in &input.files {
         let mut edits: BTreeMap<i64, (Frame, Vec<u8>)> = BTreeMap::new();
         for e in f.entries.iter().filter(|e| before(e)) {
@@ -205,7 +237,9 @@ fn run(
                 // it); a beacon with no readable time is placed by its Kafka timestamp.
                 let event_time = match standardise_json(spec, rules, value) {
                     Ok(s) => Some(s.event.time_ms),
-                    Err(_) => tidemark_catalog::event::extract_json(spec, value).ok().map(|e| e.time_ms),
+                    Err(_) => tidemark_catalog::event::extract_json(spec, value)
+                        .ok()
+                        .map(|e| e.time_ms),
                 };
                 let time = event_time.unwrap_or(record.timestamp_ms);
                 if time < input.build.start_ms || time >= input.build.end_ms {
@@ -223,48 +257,79 @@ fn run(
             progress.batches_done.fetch_add(1, Ordering::Relaxed);
         }
         if edits.is_empty() {
-            after.push((f.partition, f.path.clone(), f.file.clone(), f.entries.clone()));
+            after.push((
+                f.partition,
+                f.path.clone(),
+                f.file.clone(),
+                f.entries.clone(),
+            ));
             continue;
         }
         let path = f.rewrite_path(input.build.job);
         let entries = f.rewrite(&path, |e, _| Ok(edits.remove(&e.base_offset)))?;
         let file = Arc::new(File::open(&path).map_err(Error::io(&path))?);
         after.push((f.partition, path.clone(), file, entries.clone()));
-        deleted.rewrites.push(Rewrite { partition: f.partition, base_offset: f.base_offset, path, entries });
+        deleted.rewrites.push(Rewrite {
+            partition: f.partition,
+            base_offset: f.base_offset,
+            path,
+            entries,
+        });
     }
     if let Some(j) = &input.journal {
         deleted.intervals.extend(j.intervals.iter().copied());
         deleted.journal = Some(j.clone());
     }
-    progress.events.store(deleted.records.len() as u64, Ordering::Relaxed);
+    progress
+        .events
+        .store(deleted.records.len() as u64, Ordering::Relaxed);
 
     // The touched intervals, rebuilt from the rewritten log as a reindex would.
     let touches = |e: &IndexEntry| {
-        deleted
-            .intervals
-            .iter()
-            .any(|i| e.min_event_ms <= e.max_event_ms && e.min_event_ms < i + seg.millis() && e.max_event_ms >= *i)
+        deleted.intervals.iter().any(|i| {
+            e.min_event_ms <= e.max_event_ms
+                && e.min_event_ms < i + seg.millis()
+                && e.max_event_ms >= *i
+        })
     };
     let mut sources: Vec<Source> = Vec::new();
     for (partition, path, file, entries) in &after {
-        sources.extend(entries.iter().filter(|e| before(e) && touches(e)).map(|e| Source {
-            position: e.log_position,
-            partition: *partition,
-            path: path.clone(),
-            file: file.clone(),
-            entry: *e,
-        }));
+        sources.extend(
+            entries
+                .iter()
+                .filter(|e| before(e) && touches(e))
+                .map(|e| Source {
+                    position: e.log_position,
+                    partition: *partition,
+                    path: path.clone(),
+                    file: file.clone(),
+                    entry: *e,
+                }),
+        );
     }
     sources.sort_by_key(|s| (s.position, s.partition));
-    progress.batches_total.fetch_add(sources.len() as u64, Ordering::Relaxed);
+    progress
+        .batches_total
+        .fetch_add(sources.len() as u64, Ordering::Relaxed);
     // Intervals before the raw horizon are the rolled-up rows' to rewrite, not the raw log's.
     let cutoff = input.rollups.as_ref().map_or(i64::MIN, |r| r.cutoff);
-    let from_raw = deleted.intervals.iter().copied().filter(|i| *i >= cutoff).collect();
-    let rebuild = BuildInput { sources, only: Some(from_raw), ..input.build.clone() };
+    let from_raw = deleted
+        .intervals
+        .iter()
+        .copied()
+        .filter(|i| *i >= cutoff)
+        .collect();
+    let rebuild = BuildInput {
+        sources,
+        only: Some(from_raw),
+        ..input.build.clone()
+    };
     // The rebuild counts the events it keeps; the job reports the ones it took out.
     let kept = Progress::default();
     let mut segments = reindex::build(&rebuild, &kept, cancel)?;
-    progress.batches_done.fetch_add(kept.batches_done.load(Ordering::Relaxed), Ordering::Relaxed);
+    progress
+        .batches_done
+        .fetch_add(kept.batches_done.load(Ordering::Relaxed), Ordering::Relaxed);
     if let Some(rollups) = &input.rollups {
         let b = &input.build;
         let compact = crate::engine::compact::CompactInput {
@@ -276,8 +341,12 @@ fn run(
             inputs: rollups.inputs.clone(),
             shards: b.shards.clone(),
         };
-        let drop = crate::engine::compact::RowDrop { filter: &input.filter, count: rollups.count };
-        let (built, intervals, events) = crate::engine::compact::build_without(&compact, &drop, cancel)?;
+        let drop = crate::engine::compact::RowDrop {
+            filter: &input.filter,
+            count: rollups.count,
+        };
+        let (built, intervals, events) =
+            crate::engine::compact::build_without(&compact, &drop, cancel)?;
         segments.extend(built);
         deleted.intervals.extend(intervals);
         deleted.rollup_events = events;

@@ -17,7 +17,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use arrow_array::builder::{Int64Builder, StringBuilder, TimestampMillisecondBuilder, UInt32Builder, UInt64Builder};
+use arrow_array::builder::{
+    Int64Builder, StringBuilder, TimestampMillisecondBuilder, UInt32Builder, UInt64Builder,
+};
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, TimeUnit};
 use parquet::arrow::ArrowWriter;
@@ -76,10 +78,11 @@ impl Engine {
             .get(datasource)
             .filter(|e| e.deleted.is_none())
             .ok_or_else(|| Error::NotFound(format!("datasource {datasource:?} does not exist")))?;
-        let ds = self
-            .datasources
-            .get(&entry.id)
-            .ok_or_else(|| Error::NotFound(format!("datasource {datasource:?} has no data on this node")))?;
+        let ds = self.datasources.get(&entry.id).ok_or_else(|| {
+            Error::NotFound(format!(
+                "datasource {datasource:?} has no data on this node"
+            ))
+        })?;
         if let Some(h) = ds.raw_horizon_ms.filter(|h| start_ms < *h) {
             return Err(Error::Invalid(format!(
                 "raw retention has removed {datasource:?}'s raw events before {h} ms; export from there on"
@@ -87,7 +90,9 @@ impl Engine {
         }
         Ok(ExportPlan {
             spec: entry.current().clone(),
-            rules: self.rules.get(&self.catalog, datasource, self.applied_position),
+            rules: self
+                .rules
+                .get(&self.catalog, datasource, self.applied_position),
             start_ms,
             end_ms,
             sources: ds.reindex_sources(start_ms, end_ms, self.applied_position),
@@ -123,13 +128,18 @@ impl DayBuilder {
 
     fn finish(mut self, schema: &Arc<Schema>) -> Result<RecordBatch> {
         let mut columns: Vec<ArrayRef> = vec![Arc::new(self.time.finish())];
-        columns.extend(self.dims.iter_mut().map(|d| Arc::new(d.finish()) as ArrayRef));
+        columns.extend(
+            self.dims
+                .iter_mut()
+                .map(|d| Arc::new(d.finish()) as ArrayRef),
+        );
         columns.push(Arc::new(self.partition.finish()));
         columns.push(Arc::new(self.offset.finish()));
         columns.push(Arc::new(self.position.finish()));
         columns.push(Arc::new(self.publisher.finish()));
         columns.push(Arc::new(self.payload.finish()));
-        RecordBatch::try_new(schema.clone(), columns).map_err(|e| Error::Internal(format!("export batch: {e}")))
+        RecordBatch::try_new(schema.clone(), columns)
+            .map_err(|e| Error::Internal(format!("export batch: {e}")))
     }
 }
 
@@ -139,7 +149,11 @@ fn schema(spec: &DatasourceSpec) -> Arc<Schema> {
         DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
         false,
     )];
-    fields.extend(spec.dimensions.iter().map(|d| Field::new(d, DataType::Utf8, true)));
+    fields.extend(
+        spec.dimensions
+            .iter()
+            .map(|d| Field::new(d, DataType::Utf8, true)),
+    );
     fields.push(Field::new("_partition", DataType::UInt32, false));
     fields.push(Field::new("_offset", DataType::Int64, false));
     fields.push(Field::new("_log_position", DataType::UInt64, false));
@@ -182,7 +196,9 @@ impl DayFile {
     fn flush(&mut self, schema: &Arc<Schema>, dims: usize) -> Result<()> {
         let builder = std::mem::replace(&mut self.builder, DayBuilder::new(dims));
         let batch = builder.finish(schema)?;
-        self.writer.write(&batch).map_err(|e| parquet_error(&self.tmp, e))
+        self.writer
+            .write(&batch)
+            .map_err(|e| parquet_error(&self.tmp, e))
     }
 }
 
@@ -209,7 +225,11 @@ pub fn run_export(
         .and_then(|skipped| finish_days(days, skipped, &mut created))
         .map(|mut r| {
             r.batches = plan.sources.len() as u64;
-            r.bytes_read = plan.sources.iter().map(|s| u64::from(s.entry.entry_len)).sum();
+            r.bytes_read = plan
+                .sources
+                .iter()
+                .map(|s| u64::from(s.entry.entry_len))
+                .sum();
             r
         });
     if report.is_err() {
@@ -246,7 +266,11 @@ pub fn remove_temporary(dir: &Path, job: u64) -> usize {
         if !day.file_name().to_string_lossy().starts_with("date=") {
             continue;
         }
-        for f in std::fs::read_dir(day.path()).into_iter().flatten().flatten() {
+        for f in std::fs::read_dir(day.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             if f.file_name().to_string_lossy().ends_with(&suffix) {
                 removed.push(f.path());
             }
@@ -275,8 +299,16 @@ fn write_days(
         .set_max_row_group_row_count(Some(ROWS_PER_GROUP))
         .build();
     let progress = &run.progress;
-    progress.batches_total.store(plan.sources.len() as u64, Ordering::Relaxed);
-    progress.bytes_total.store(plan.sources.iter().map(|s| u64::from(s.entry.entry_len)).sum(), Ordering::Relaxed);
+    progress
+        .batches_total
+        .store(plan.sources.len() as u64, Ordering::Relaxed);
+    progress.bytes_total.store(
+        plan.sources
+            .iter()
+            .map(|s| u64::from(s.entry.entry_len))
+            .sum(),
+        Ordering::Relaxed,
+    );
     let mut pace = Pace::new(bytes_per_s);
     let mut skipped = 0;
     let mut buf = Vec::new();
@@ -304,7 +336,8 @@ fn write_days(
                     let date = civil_date(day_number);
                     let day_dir = dir.join(format!("date={date}"));
                     std::fs::create_dir_all(&day_dir).map_err(Error::io(&day_dir))?;
-                    let path = day_dir.join(format!("part-{}-{}.parquet", plan.start_ms, plan.end_ms));
+                    let path =
+                        day_dir.join(format!("part-{}-{}.parquet", plan.start_ms, plan.end_ms));
                     if path.exists() {
                         return Err(Error::Invalid(format!(
                             "{} already exists (an earlier export?); export into a new directory or remove it",
@@ -316,7 +349,14 @@ fn write_days(
                     created.push(tmp.clone());
                     let writer = ArrowWriter::try_new(out, schema.clone(), Some(props.clone()))
                         .map_err(|e| parquet_error(&tmp, e))?;
-                    v.insert(DayFile { date, builder: DayBuilder::new(dims), writer, tmp, path, rows: 0 })
+                    v.insert(DayFile {
+                        date,
+                        builder: DayBuilder::new(dims),
+                        writer,
+                        tmp,
+                        path,
+                        rows: 0,
+                    })
                 }
             };
             let b = &mut day.builder;
@@ -338,7 +378,9 @@ fn write_days(
                 day.flush(&schema, dims)?;
             }
         }
-        progress.events.store(days.values().map(|d| d.rows).sum(), Ordering::Relaxed);
+        progress
+            .events
+            .store(days.values().map(|d| d.rows).sum(), Ordering::Relaxed);
         progress.rejected.store(skipped, Ordering::Relaxed);
         progress.batches_done.fetch_add(1, Ordering::Relaxed);
         let len = u64::from(source.entry.entry_len);
@@ -355,14 +397,32 @@ fn write_days(
 }
 
 /// Closes every date's file and renames it into place.
-fn finish_days(days: BTreeMap<i64, DayFile>, skipped: u64, created: &mut Vec<PathBuf>) -> Result<ExportReport> {
+fn finish_days(
+    days: BTreeMap<i64, DayFile>,
+    skipped: u64,
+    created: &mut Vec<PathBuf>,
+) -> Result<ExportReport> {
     let mut closed = Vec::with_capacity(days.len());
     for (_, day) in days {
-        let DayFile { date, writer, tmp, path, rows, .. } = day;
+        let DayFile {
+            date,
+            writer,
+            tmp,
+            path,
+            rows,
+            ..
+        } = day;
         writer.close().map_err(|e| parquet_error(&tmp, e))?;
         closed.push((date, tmp, path, rows));
     }
-    let mut report = ExportReport { files: Vec::new(), rows: 0, bytes: 0, skipped, batches: 0, bytes_read: 0 };
+    let mut report = ExportReport {
+        files: Vec::new(),
+        rows: 0,
+        bytes: 0,
+        skipped,
+        batches: 0,
+        bytes_read: 0,
+    };
     for (date, tmp, path, rows) in closed {
         if path.exists() {
             return Err(Error::Invalid(format!(
@@ -375,7 +435,12 @@ fn finish_days(days: BTreeMap<i64, DayFile>, skipped: u64, created: &mut Vec<Pat
         let bytes = std::fs::metadata(&path).map_err(Error::io(&path))?.len();
         report.rows += rows;
         report.bytes += bytes;
-        report.files.push(ExportedFile { path, date, rows, bytes });
+        report.files.push(ExportedFile {
+            path,
+            date,
+            rows,
+            bytes,
+        });
     }
     Ok(report)
 }

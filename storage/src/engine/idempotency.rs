@@ -122,7 +122,11 @@ impl From<IdempotencyWindow> for WindowRecord {
         WindowRecord {
             window_ms: w.window_ms,
             keys_max: w.keys_max,
-            entries: w.entries.into_iter().map(|((ds, k), r)| (ds, k, r)).collect(),
+            entries: w
+                .entries
+                .into_iter()
+                .map(|((ds, k), r)| (ds, k, r))
+                .collect(),
             order: w.order,
         }
     }
@@ -133,7 +137,11 @@ impl From<WindowRecord> for IdempotencyWindow {
         IdempotencyWindow {
             window_ms: r.window_ms,
             keys_max: r.keys_max,
-            entries: r.entries.into_iter().map(|(ds, k, v)| ((ds, k), v)).collect(),
+            entries: r
+                .entries
+                .into_iter()
+                .map(|(ds, k, v)| ((ds, k), v))
+                .collect(),
             order: r.order,
         }
     }
@@ -141,7 +149,12 @@ impl From<WindowRecord> for IdempotencyWindow {
 
 impl IdempotencyWindow {
     pub fn new(window_ms: i64, keys_max: usize) -> Self {
-        IdempotencyWindow { window_ms, keys_max, entries: BTreeMap::new(), order: VecDeque::new() }
+        IdempotencyWindow {
+            window_ms,
+            keys_max,
+            entries: BTreeMap::new(),
+            order: VecDeque::new(),
+        }
     }
 
     pub fn set_bounds(&mut self, window_ms: i64, keys_max: usize) {
@@ -175,8 +188,16 @@ impl IdempotencyWindow {
         outcome: BatchOutcome,
     ) {
         let k = (datasource.to_string(), scoped(scope, key));
-        self.order.push_back((writer_time_ms, k.0.clone(), k.1.clone()));
-        self.entries.insert(k, Remembered { body_hash, writer_time_ms, outcome });
+        self.order
+            .push_back((writer_time_ms, k.0.clone(), k.1.clone()));
+        self.entries.insert(
+            k,
+            Remembered {
+                body_hash,
+                writer_time_ms,
+                outcome,
+            },
+        );
     }
 
     /// Forgets keys older than the window at writer time `now_ms`, and the oldest beyond the bound.
@@ -223,12 +244,19 @@ mod tests {
     #[test]
     fn retries_conflicts_and_expiry_follow_writer_time() {
         let mut w = IdempotencyWindow::new(1000, 10);
-        let out = BatchOutcome { accepted: 3, ..BatchOutcome::default() };
+        let out = BatchOutcome {
+            accepted: 3,
+            ..BatchOutcome::default()
+        };
         assert_eq!(w.check("ds", None, "k", 1), Seen::New);
         w.remember("ds", None, "k", 1, 100, out.clone());
         assert_eq!(w.check("ds", None, "k", 1), Seen::Retry(out));
         assert_eq!(w.check("ds", None, "k", 2), Seen::Conflict);
-        assert_eq!(w.check("other", None, "k", 2), Seen::New, "keys are scoped to a datasource");
+        assert_eq!(
+            w.check("other", None, "k", 2),
+            Seen::New,
+            "keys are scoped to a datasource"
+        );
         w.expire(1100);
         assert_eq!(w.len(), 1);
         w.expire(1101);
@@ -238,23 +266,44 @@ mod tests {
     #[test]
     fn publishers_keys_never_meet_and_unscoped_keys_stay_shared() {
         let mut w = IdempotencyWindow::new(1000, 10);
-        let a = BatchOutcome { accepted: 1, ..BatchOutcome::default() };
-        let b = BatchOutcome { accepted: 2, ..BatchOutcome::default() };
+        let a = BatchOutcome {
+            accepted: 1,
+            ..BatchOutcome::default()
+        };
+        let b = BatchOutcome {
+            accepted: 2,
+            ..BatchOutcome::default()
+        };
         w.remember("ds", Some("aaaaaaaaaaaa"), "k", 1, 100, a.clone());
-        assert_eq!(w.check("ds", Some("bbbbbbbbbbbb"), "k", 2), Seen::New, "another publisher's key is free");
+        assert_eq!(
+            w.check("ds", Some("bbbbbbbbbbbb"), "k", 2),
+            Seen::New,
+            "another publisher's key is free"
+        );
         w.remember("ds", Some("bbbbbbbbbbbb"), "k", 2, 101, b.clone());
         assert_eq!(w.check("ds", Some("aaaaaaaaaaaa"), "k", 1), Seen::Retry(a));
         assert_eq!(w.check("ds", Some("bbbbbbbbbbbb"), "k", 2), Seen::Retry(b));
-        assert_eq!(w.check("ds", None, "k", 1), Seen::New, "an unscoped key (older entries) is its own");
+        assert_eq!(
+            w.check("ds", None, "k", 1),
+            Seen::New,
+            "an unscoped key (older entries) is its own"
+        );
         // A batch an older release remembered unscoped: its retry by body is still a retry,
         // another body under that key is new (it may be another publisher's).
-        let old = BatchOutcome { accepted: 9, ..BatchOutcome::default() };
+        let old = BatchOutcome {
+            accepted: 9,
+            ..BatchOutcome::default()
+        };
         w.remember("ds", None, "legacy", 5, 102, old.clone());
-        assert_eq!(w.check("ds", Some("aaaaaaaaaaaa"), "legacy", 5), Seen::Retry(old));
+        assert_eq!(
+            w.check("ds", Some("aaaaaaaaaaaa"), "legacy", 5),
+            Seen::Retry(old)
+        );
         assert_eq!(w.check("ds", Some("aaaaaaaaaaaa"), "legacy", 6), Seen::New);
         // The checkpoint form is unchanged: a window written before scopes reads back.
         let old = r#"{"window_ms":1000,"keys_max":10,"entries":[["ds","k",{"body_hash":7,"writer_time_ms":5,"outcome":{"accepted":4,"rejected":[],"parts":[],"log_position":9}}]],"order":[[5,"ds","k"]]}"#;
-        let read: IdempotencyWindow = serde_json::from_str(old).expect("an older checkpoint's window");
+        let read: IdempotencyWindow =
+            serde_json::from_str(old).expect("an older checkpoint's window");
         assert!(matches!(read.check("ds", None, "k", 7), Seen::Retry(o) if o.accepted == 4));
     }
 }

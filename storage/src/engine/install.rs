@@ -56,7 +56,9 @@ pub fn install(data_dir: &Path, checkpoint: &Checkpoint, files: &[StagedFile]) -
         // tree without copying, and both names point at bytes already fsync'd by the fetcher.
         if fs::hard_link(&f.staged, &dest).is_err() {
             fs::copy(&f.staged, &dest).map_err(Error::io(&dest))?;
-            fs::File::open(&dest).and_then(|d| d.sync_all()).map_err(Error::fsync(&dest))?;
+            fs::File::open(&dest)
+                .and_then(|d| d.sync_all())
+                .map_err(Error::fsync(&dest))?;
         }
     }
     for d in dirs.iter().rev() {
@@ -65,7 +67,8 @@ pub fn install(data_dir: &Path, checkpoint: &Checkpoint, files: &[StagedFile]) -
     let marker = marker_path(data_dir);
     write_atomically(
         &marker,
-        &serde_json::to_vec(checkpoint).map_err(|e| Error::Internal(format!("checkpoint encode: {e}")))?,
+        &serde_json::to_vec(checkpoint)
+            .map_err(|e| Error::Internal(format!("checkpoint encode: {e}")))?,
     )?;
     finish(data_dir)
 }
@@ -90,7 +93,11 @@ fn finish(data_dir: &Path) -> Result<()> {
         position: 0,
         reason: format!("snapshot install record unreadable: {e}"),
     })?;
-    let (live, incoming, replaced) = (data_dir.join(LIVE), data_dir.join(INCOMING), data_dir.join(REPLACED));
+    let (live, incoming, replaced) = (
+        data_dir.join(LIVE),
+        data_dir.join(INCOMING),
+        data_dir.join(REPLACED),
+    );
     if incoming.exists() {
         if live.exists() {
             remove_tree(&replaced)?;
@@ -140,12 +147,17 @@ fn remove_tree(dir: &Path) -> Result<()> {
     match fs::remove_dir_all(dir) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::Io { path: dir.to_path_buf(), source: e }),
+        Err(e) => Err(Error::Io {
+            path: dir.to_path_buf(),
+            source: e,
+        }),
     }
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
-    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(Error::fsync(dir))
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(Error::fsync(dir))
 }
 
 #[cfg(test)]
@@ -178,12 +190,28 @@ mod tests {
         checkpoint::store(data, &checkpoint_at(5)).expect("store");
         let staged = data.join("staging-a");
         fs::write(&staged, b"new bytes").expect("write");
-        let files = [StagedFile { relative: "datasources/2/segments/a.seg".into(), staged }];
+        let files = [StagedFile {
+            relative: "datasources/2/segments/a.seg".into(),
+            staged,
+        }];
         install(data, &checkpoint_at(90), &files).expect("install");
         assert!(!data.join("datasources/1").exists());
-        assert_eq!(fs::read(data.join("datasources/2/segments/a.seg")).expect("read"), b"new bytes");
-        assert_eq!(checkpoint::load(data).expect("load").expect("some").applied_position, 90);
-        assert!(!marker_path(data).exists() && !data.join(REPLACED).exists() && !data.join(INCOMING).exists());
+        assert_eq!(
+            fs::read(data.join("datasources/2/segments/a.seg")).expect("read"),
+            b"new bytes"
+        );
+        assert_eq!(
+            checkpoint::load(data)
+                .expect("load")
+                .expect("some")
+                .applied_position,
+            90
+        );
+        assert!(
+            !marker_path(data).exists()
+                && !data.join(REPLACED).exists()
+                && !data.join(INCOMING).exists()
+        );
     }
 
     #[test]
@@ -196,19 +224,40 @@ mod tests {
         fs::create_dir_all(data.join("datasources.incoming/7")).expect("mkdir");
         assert!(!finish_interrupted(data).expect("finish"));
         assert!(data.join("datasources/1").exists() && !data.join(INCOMING).exists());
-        assert_eq!(checkpoint::load(data).expect("load").expect("some").applied_position, 5);
+        assert_eq!(
+            checkpoint::load(data)
+                .expect("load")
+                .expect("some")
+                .applied_position,
+            5
+        );
         // Crash after the marker and after the live tree was moved aside.
         fs::create_dir_all(data.join("datasources.incoming/7")).expect("mkdir");
-        write_atomically(&marker_path(data), &serde_json::to_vec(&checkpoint_at(40)).expect("json")).expect("marker");
+        write_atomically(
+            &marker_path(data),
+            &serde_json::to_vec(&checkpoint_at(40)).expect("json"),
+        )
+        .expect("marker");
         fs::rename(data.join("datasources"), data.join(REPLACED)).expect("rename");
         assert!(finish_interrupted(data).expect("finish"));
         assert!(data.join("datasources/7").exists() && !data.join(REPLACED).exists());
-        assert_eq!(checkpoint::load(data).expect("load").expect("some").applied_position, 40);
+        assert_eq!(
+            checkpoint::load(data)
+                .expect("load")
+                .expect("some")
+                .applied_position,
+            40
+        );
     }
 
     #[test]
     fn paths_outside_the_datasources_tree_are_refused() {
-        for bad in ["state/checkpoint.json", "datasources/../raft/x", "/etc/passwd", "datasources"] {
+        for bad in [
+            "state/checkpoint.json",
+            "datasources/../raft/x",
+            "/etc/passwd",
+            "datasources",
+        ] {
             assert!(under_datasources(Path::new(bad)).is_err(), "{bad} accepted");
         }
         assert_eq!(

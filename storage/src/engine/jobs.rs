@@ -37,30 +37,97 @@ impl Engine {
         cmd: TimelineCommand,
     ) -> Result<Applied> {
         match cmd {
-            TimelineCommand::Start { datasource, start_ms, end_ms, actor } => {
-                self.start_reindex(position, writer_time_ms, datasource, start_ms, end_ms, actor)
-            }
+            TimelineCommand::Start {
+                datasource,
+                start_ms,
+                end_ms,
+                actor,
+            } => self.start_reindex(
+                position,
+                writer_time_ms,
+                datasource,
+                start_ms,
+                end_ms,
+                actor,
+            ),
             TimelineCommand::Publish { job } => self.publish_reindex(position, writer_time_ms, job),
-            TimelineCommand::Cancel { job, reason } => self.cancel_reindex(position, writer_time_ms, job, reason),
-            TimelineCommand::Compact { datasource, start_ms, end_ms, granularity, actor } => {
-                self.start_compact(position, writer_time_ms, datasource, start_ms, end_ms, granularity, actor)
+            TimelineCommand::Cancel { job, reason } => {
+                self.cancel_reindex(position, writer_time_ms, job, reason)
             }
-            TimelineCommand::Retain { datasource, raw_before_ms, rejects_before_ms, actor, spare_running_jobs } => {
+            TimelineCommand::Compact {
+                datasource,
+                start_ms,
+                end_ms,
+                granularity,
+                actor,
+            } => self.start_compact(
+                position,
+                writer_time_ms,
+                datasource,
+                start_ms,
+                end_ms,
+                granularity,
+                actor,
+            ),
+            TimelineCommand::Retain {
+                datasource,
+                raw_before_ms,
+                rejects_before_ms,
+                actor,
+                spare_running_jobs,
+            } => {
                 // A job started between the leader's decision and this entry still has its
                 // raw files: they go on a later decision, once it has ended.
-                let raw_before_ms = raw_before_ms
-                    .filter(|cutoff| !spare_running_jobs || self.jobs_before(datasource, *cutoff).is_empty());
-                self.retain(position, writer_time_ms, datasource, raw_before_ms, rejects_before_ms, actor)
+                let raw_before_ms = raw_before_ms.filter(|cutoff| {
+                    !spare_running_jobs || self.jobs_before(datasource, *cutoff).is_empty()
+                });
+                self.retain(
+                    position,
+                    writer_time_ms,
+                    datasource,
+                    raw_before_ms,
+                    rejects_before_ms,
+                    actor,
+                )
             }
-            TimelineCommand::Drop { datasource, start_ms, end_ms, actor } => {
-                self.drop_interval(position, writer_time_ms, datasource, start_ms, end_ms, actor)
-            }
+            TimelineCommand::Drop {
+                datasource,
+                start_ms,
+                end_ms,
+                actor,
+            } => self.drop_interval(
+                position,
+                writer_time_ms,
+                datasource,
+                start_ms,
+                end_ms,
+                actor,
+            ),
             TimelineCommand::Copied(record) => self.record_copy(position, writer_time_ms, record),
-            TimelineCommand::CopyStarted(record) => self.start_copy(position, writer_time_ms, record),
+            TimelineCommand::CopyStarted(record) => {
+                self.start_copy(position, writer_time_ms, record)
+            }
             TimelineCommand::CopyFinished(finish) => self.finish_copy(writer_time_ms, finish),
-            TimelineCommand::Delete { datasource, filter, where_text, start_ms, end_ms, actor } => {
-                let range = (start_ms.unwrap_or(delete::ALL_TIME.0), end_ms.unwrap_or(delete::ALL_TIME.1));
-                self.start_delete(position, writer_time_ms, datasource, (filter, where_text), range, actor)
+            TimelineCommand::Delete {
+                datasource,
+                filter,
+                where_text,
+                start_ms,
+                end_ms,
+                actor,
+            } => {
+                let range = (
+                    start_ms.unwrap_or(delete::ALL_TIME.0),
+                    end_ms.unwrap_or(delete::ALL_TIME.1),
+                );
+                self.start_delete(
+                    position,
+                    writer_time_ms,
+                    datasource,
+                    (filter, where_text),
+                    range,
+                    actor,
+                )
             }
         }
     }
@@ -74,21 +141,36 @@ impl Engine {
         end_ms: i64,
         actor: String,
     ) -> Result<Applied> {
-        let Some(entry) = self.catalog.by_id(datasource).filter(|e| e.deleted.is_none()) else {
-            return refused(format!("datasource {datasource} does not exist"), RefusalStatus::NotFound);
+        let Some(entry) = self
+            .catalog
+            .by_id(datasource)
+            .filter(|e| e.deleted.is_none())
+        else {
+            return refused(
+                format!("datasource {datasource} does not exist"),
+                RefusalStatus::NotFound,
+            );
         };
         let spec = entry.spec_at(position);
         let name = spec.name.clone();
         let seg = spec.granularity.segment.clone();
         let (start, end) = widen(&seg, start_ms, end_ms);
         if end <= start {
-            return refused(format!("the interval {start_ms}..{end_ms} (ms) is empty"), RefusalStatus::Invalid);
+            return refused(
+                format!("the interval {start_ms}..{end_ms} (ms) is empty"),
+                RefusalStatus::Invalid,
+            );
         }
-        if let Some(refusal) = self.make_way(position, writer_time_ms, datasource, &name, start, end)? {
+        if let Some(refusal) =
+            self.make_way(position, writer_time_ms, datasource, &name, start, end)?
+        {
             return Ok(refusal);
         }
         let Some(ds) = self.datasources.get_mut(&datasource) else {
-            return refused(format!("datasource {name:?} has no data on this node"), RefusalStatus::NotFound);
+            return refused(
+                format!("datasource {name:?} has no data on this node"),
+                RefusalStatus::NotFound,
+            );
         };
         if let Some(horizon) = ds.raw_horizon_ms.filter(|h| start < *h) {
             return refused(
@@ -102,7 +184,14 @@ impl Engine {
         ds.freeze(position, start, end);
         let shards = ds.next_shards(start, end);
         let batches_total = ds.reindex_sources(start, end, position).len() as u64;
-        let mut info = JobInfo::new(position, "reindex", (datasource, name), (start, end), actor, writer_time_ms);
+        let mut info = JobInfo::new(
+            position,
+            "reindex",
+            (datasource, name),
+            (start, end),
+            actor,
+            writer_time_ms,
+        );
         info.batches_total = batches_total;
         info.shards = shards.into_iter().collect();
         self.jobs.insert(position, info);
@@ -115,7 +204,10 @@ impl Engine {
     /// Starts (or, after a restart, restarts) the build of running job `id` from the raw
     /// batches applied before it, under the spec and rules at its position.
     pub(crate) fn start_build(&mut self, id: u64) -> Result<()> {
-        let info = self.jobs.get(&id).ok_or_else(|| Error::Internal(format!("no reindex job {id}")))?;
+        let info = self
+            .jobs
+            .get(&id)
+            .ok_or_else(|| Error::Internal(format!("no reindex job {id}")))?;
         match info.kind.as_str() {
             "compact" => return self.start_compact_build(id),
             "delete" => return self.start_delete_build(id, None),
@@ -125,7 +217,10 @@ impl Engine {
         }
         let mut input = self.build_input(id)?;
         let ds = self.datasources.get(&input.datasource).ok_or_else(|| {
-            Error::Internal(format!("reindex job {id}: datasource {} has no state here", input.datasource))
+            Error::Internal(format!(
+                "reindex job {id}: datasource {} has no state here",
+                input.datasource
+            ))
         })?;
         input.sources = ds.reindex_sources(input.start_ms, input.end_ms, id);
         self.running.insert(id, Running::spawn(input)?);
@@ -135,10 +230,16 @@ impl Engine {
     /// Running job `id`'s build input under the spec and tag rules at its position, without
     /// sources (what it reads depends on its kind).
     fn build_input(&self, id: u64) -> Result<BuildInput> {
-        let info = self.jobs.get(&id).ok_or_else(|| Error::Internal(format!("no job {id}")))?;
+        let info = self
+            .jobs
+            .get(&id)
+            .ok_or_else(|| Error::Internal(format!("no job {id}")))?;
         let datasource = info.datasource_id;
         let entry = self.catalog.by_id(datasource).ok_or_else(|| {
-            Error::Internal(format!("{} job {id}: datasource {datasource} is not in the catalog", info.kind))
+            Error::Internal(format!(
+                "{} job {id}: datasource {datasource} is not in the catalog",
+                info.kind
+            ))
         })?;
         let spec = entry.spec_at(id).clone();
         Ok(BuildInput {
@@ -158,19 +259,26 @@ impl Engine {
 
     fn publish_reindex(&mut self, position: u64, writer_time_ms: i64, job: u64) -> Result<Applied> {
         let Some(run) = self.running.remove(&job) else {
-            return refused(format!("reindex job {job} is not running"), RefusalStatus::Conflict);
+            return refused(
+                format!("reindex job {job} is not running"),
+                RefusalStatus::Conflict,
+            );
         };
         let progress = run.progress.clone();
         // A follower may still be building: apply waits, so every replica switches here.
         let output = run.finish().map_err(|e| {
-            Error::Internal(format!("reindex job {job} failed on this node after the leader built it: {e}"))
+            Error::Internal(format!(
+                "reindex job {job} failed on this node after the leader built it: {e}"
+            ))
         })?;
         let built = output.segments;
         // Shards written for events before the job must be in the timeline to be replaced.
         self.publish_persisted(true)?;
         // Copies started while a deletion ran read the raw log before its rewrite: named too.
         let copies_during = match self.jobs.get(&job) {
-            Some(j) if j.kind == "delete" => self.copies_holding(&j.datasource, j.start_ms, j.end_ms, Some(job)),
+            Some(j) if j.kind == "delete" => {
+                self.copies_holding(&j.datasource, j.start_ms, j.end_ms, Some(job))
+            }
             _ => Vec::new(),
         };
         let Some(info) = self.jobs.get_mut(&job) else {
@@ -183,7 +291,9 @@ impl Engine {
             (info.kind == "compact").then(|| info.shards.iter().map(|(i, _)| *i).collect());
         if let Some(deleted) = output.deletion {
             let Some(ds) = self.datasources.get_mut(&info.datasource_id) else {
-                return Err(Error::Internal(format!("deletion {job}: its datasource has no state here")));
+                return Err(Error::Internal(format!(
+                    "deletion {job}: its datasource has no state here"
+                )));
             };
             // Journal first: a crash after the renames must still rebuild these intervals.
             let journal = match deleted.journal.clone() {
@@ -206,10 +316,22 @@ impl Engine {
                 self.persister.submit(persist)?;
             }
             ds.cover(deleted.intervals.iter().copied(), job);
-            let filter =
-                info.filter.clone().map(|f| f.compile(self.rules.get(&self.catalog, &info.datasource, job).as_deref()));
-            let matches = |payload: &str| filter.as_ref().is_some_and(|f| f.matches(payload.as_bytes()));
-            info.rejects_removed = self.rejects.remove_records(&info.datasource, &deleted.records, matches) as u64;
+            let filter = info.filter.clone().map(|f| {
+                f.compile(
+                    self.rules
+                        .get(&self.catalog, &info.datasource, job)
+                        .as_deref(),
+                )
+            });
+            let matches = |payload: &str| {
+                filter
+                    .as_ref()
+                    .is_some_and(|f| f.matches(payload.as_bytes()))
+            };
+            info.rejects_removed =
+                self.rejects
+                    .remove_records(&info.datasource, &deleted.records, matches)
+                    as u64;
             info.copies_before.extend(copies_during);
             info.events = journal.records + journal.rollup_events;
             only = Some(deleted.intervals.into_iter().collect());
@@ -223,22 +345,30 @@ impl Engine {
                 "rejects_removed": info.rejects_removed,
                 "copies_before": info.copies_before,
             });
-            self.catalog.record_audit(tidemark_catalog::audit::AuditRow {
-                position,
-                time_ms: writer_time_ms,
-                actor: info.actor.clone(),
-                op: "delete".into(),
-                object: format!("datasource:{}", info.datasource),
-                before: Some(serde_json::json!({ "where": info.where_text, "job": job })),
-                after: Some(after),
-            });
+            self.catalog
+                .record_audit(tidemark_catalog::audit::AuditRow {
+                    position,
+                    time_ms: writer_time_ms,
+                    actor: info.actor.clone(),
+                    op: "delete".into(),
+                    object: format!("datasource:{}", info.datasource),
+                    before: Some(serde_json::json!({ "where": info.where_text, "job": job })),
+                    after: Some(after),
+                });
         }
         let deletion = info.kind == "delete";
         match self.datasources.get_mut(&info.datasource_id) {
             Some(ds) => {
-                let (obsolete, replaced) =
-                    ds.publish_reindex(job, info.start_ms, info.end_ms, only.as_deref(), position, built);
-                self.obsolete.extend(obsolete.into_iter().map(|f| (position, f)));
+                let (obsolete, replaced) = ds.publish_reindex(
+                    job,
+                    info.start_ms,
+                    info.end_ms,
+                    only.as_deref(),
+                    position,
+                    built,
+                );
+                self.obsolete
+                    .extend(obsolete.into_iter().map(|f| (position, f)));
                 info.segments_replaced = replaced;
             }
             // Purged meanwhile: nothing refers to the new files.
@@ -254,7 +384,9 @@ impl Engine {
         info.published_at = Some(position);
         info.finished_ms = Some(writer_time_ms);
         info.segments_published = published;
-        info.batches_total = info.batches_total.max(progress.batches_total.load(Ordering::Relaxed));
+        info.batches_total = info
+            .batches_total
+            .max(progress.batches_total.load(Ordering::Relaxed));
         info.batches_done = progress.batches_done.load(Ordering::Relaxed);
         if !deletion {
             info.events = progress.events.load(Ordering::Relaxed);
@@ -264,12 +396,25 @@ impl Engine {
         Ok(Applied::Job { id: job })
     }
 
-    fn cancel_reindex(&mut self, position: u64, writer_time_ms: i64, job: u64, reason: String) -> Result<Applied> {
-        if self.jobs.get(&job).is_some_and(|j| copies::is_copy(&j.kind)) {
+    fn cancel_reindex(
+        &mut self,
+        position: u64,
+        writer_time_ms: i64,
+        job: u64,
+        reason: String,
+    ) -> Result<Applied> {
+        if self
+            .jobs
+            .get(&job)
+            .is_some_and(|j| copies::is_copy(&j.kind))
+        {
             return self.cancel_copy(writer_time_ms, job, reason);
         }
         let Some(run) = self.running.remove(&job) else {
-            return refused(format!("reindex job {job} is not running"), RefusalStatus::Conflict);
+            return refused(
+                format!("reindex job {job} is not running"),
+                RefusalStatus::Conflict,
+            );
         };
         run.cancel.store(true, Ordering::Relaxed);
         if let Ok(output) = run.finish() {
@@ -303,8 +448,15 @@ impl Engine {
         granularity: Option<tidemark_catalog::Period>,
         actor: String,
     ) -> Result<Applied> {
-        let Some(entry) = self.catalog.by_id(datasource).filter(|e| e.deleted.is_none()) else {
-            return refused(format!("datasource {datasource} does not exist"), RefusalStatus::NotFound);
+        let Some(entry) = self
+            .catalog
+            .by_id(datasource)
+            .filter(|e| e.deleted.is_none())
+        else {
+            return refused(
+                format!("datasource {datasource} does not exist"),
+                RefusalStatus::NotFound,
+            );
         };
         let spec = entry.spec_at(position).clone();
         let name = spec.name.clone();
@@ -321,13 +473,18 @@ impl Engine {
             );
         }
         let (start, end) = widen(&seg, start_ms, end_ms);
-        if let Some(refusal) = self.make_way(position, writer_time_ms, datasource, &name, start, end)? {
+        if let Some(refusal) =
+            self.make_way(position, writer_time_ms, datasource, &name, start, end)?
+        {
             return Ok(refusal);
         }
         // Shards being written belong to the input: let them land first.
         self.publish_persisted(true)?;
         let Some(ds) = self.datasources.get(&datasource) else {
-            return refused(format!("datasource {name:?} has no data on this node"), RefusalStatus::NotFound);
+            return refused(
+                format!("datasource {name:?} has no data on this node"),
+                RefusalStatus::NotFound,
+            );
         };
         let inputs = match ds.segments_by_interval(start, end, position) {
             Ok(i) => i,
@@ -337,20 +494,38 @@ impl Engine {
         let chosen: Vec<i64> = inputs
             .iter()
             .filter(|(_, shards)| {
-                shards.len() > 1 || shards.iter().any(|(_, s)| s.meta().query_granularity != target_name)
+                shards.len() > 1
+                    || shards
+                        .iter()
+                        .any(|(_, s)| s.meta().query_granularity != target_name)
             })
             .map(|(i, _)| *i)
             .collect();
         if chosen.is_empty() {
             return refused(
-                format!("nothing to compact in {name:?} there: every interval is one shard at {target}"),
+                format!(
+                    "nothing to compact in {name:?} there: every interval is one shard at {target}"
+                ),
                 RefusalStatus::Invalid,
             );
         }
         let next = ds.next_shards(start, end);
-        let shards: Vec<(i64, u32)> = chosen.iter().map(|i| (*i, next.get(i).copied().unwrap_or(0))).collect();
-        let batches_total = chosen.iter().map(|i| inputs.get(i).map_or(0, Vec::len) as u64).sum();
-        let mut info = JobInfo::new(position, "compact", (datasource, name), (start, end), actor, writer_time_ms);
+        let shards: Vec<(i64, u32)> = chosen
+            .iter()
+            .map(|i| (*i, next.get(i).copied().unwrap_or(0)))
+            .collect();
+        let batches_total = chosen
+            .iter()
+            .map(|i| inputs.get(i).map_or(0, Vec::len) as u64)
+            .sum();
+        let mut info = JobInfo::new(
+            position,
+            "compact",
+            (datasource, name),
+            (start, end),
+            actor,
+            writer_time_ms,
+        );
         info.batches_total = batches_total;
         info.shards = shards;
         info.granularity = (target != query).then_some(target_name);
@@ -363,22 +538,32 @@ impl Engine {
 
     /// Starts (or restarts) compaction job `id` over the shards it chose at its start.
     fn start_compact_build(&mut self, id: u64) -> Result<()> {
-        let info = self.jobs.get(&id).ok_or_else(|| Error::Internal(format!("no compaction job {id}")))?;
+        let info = self
+            .jobs
+            .get(&id)
+            .ok_or_else(|| Error::Internal(format!("no compaction job {id}")))?;
         let (datasource, start_ms, end_ms) = (info.datasource_id, info.start_ms, info.end_ms);
         let shards: std::collections::BTreeMap<i64, u32> = info.shards.iter().copied().collect();
         let entry = self.catalog.by_id(datasource).ok_or_else(|| {
-            Error::Internal(format!("compaction job {id}: datasource {datasource} is not in the catalog"))
+            Error::Internal(format!(
+                "compaction job {id}: datasource {datasource} is not in the catalog"
+            ))
         })?;
         let spec = entry.spec_at(id).clone();
         let granularity = match &info.granularity {
-            Some(g) => tidemark_catalog::Period::parse(g)
-                .map_err(|e| Error::Internal(format!("compaction job {id}: granularity {g}: {e}")))?,
+            Some(g) => tidemark_catalog::Period::parse(g).map_err(|e| {
+                Error::Internal(format!("compaction job {id}: granularity {g}: {e}"))
+            })?,
             None => spec.granularity.query.clone(),
         };
         let ds = self.datasources.get(&datasource).ok_or_else(|| {
-            Error::Internal(format!("compaction job {id}: datasource {datasource} has no state here"))
+            Error::Internal(format!(
+                "compaction job {id}: datasource {datasource} has no state here"
+            ))
         })?;
-        let mut inputs = ds.segments_by_interval(start_ms, end_ms, id).map_err(Error::Internal)?;
+        let mut inputs = ds
+            .segments_by_interval(start_ms, end_ms, id)
+            .map_err(Error::Internal)?;
         inputs.retain(|interval, _| shards.contains_key(interval));
         let input = super::compact::CompactInput {
             job: id,
@@ -389,9 +574,16 @@ impl Engine {
             inputs,
             shards,
         };
-        let run = Running::spawn_with(id, datasource, start_ms, end_ms, spec.name.clone(), move |progress, cancel| {
-            super::compact::build(&input, progress, cancel).map(super::reindex::Output::from)
-        })?;
+        let run = Running::spawn_with(
+            id,
+            datasource,
+            start_ms,
+            end_ms,
+            spec.name.clone(),
+            move |progress, cancel| {
+                super::compact::build(&input, progress, cancel).map(super::reindex::Output::from)
+            },
+        )?;
         self.running.insert(id, run);
         Ok(())
     }
@@ -408,19 +600,30 @@ impl Engine {
         (start_ms, end_ms): (i64, i64),
         actor: String,
     ) -> Result<Applied> {
-        let Some(entry) = self.catalog.by_id(datasource).filter(|e| e.deleted.is_none()) else {
-            return refused(format!("datasource {datasource} does not exist"), RefusalStatus::NotFound);
+        let Some(entry) = self
+            .catalog
+            .by_id(datasource)
+            .filter(|e| e.deleted.is_none())
+        else {
+            return refused(
+                format!("datasource {datasource} does not exist"),
+                RefusalStatus::NotFound,
+            );
         };
         let spec = entry.spec_at(position);
         let name = spec.name.clone();
         let (start, end) = widen(&spec.granularity.segment, start_ms, end_ms);
         if end <= start {
-            return refused(format!("the interval {start_ms}..{end_ms} (ms) is empty"), RefusalStatus::Invalid);
+            return refused(
+                format!("the interval {start_ms}..{end_ms} (ms) is empty"),
+                RefusalStatus::Invalid,
+            );
         }
-        let deleting = self
-            .running
-            .keys()
-            .find(|id| self.jobs.get(id).is_some_and(|j| j.kind == "delete" && j.datasource_id == datasource));
+        let deleting = self.running.keys().find(|id| {
+            self.jobs
+                .get(id)
+                .is_some_and(|j| j.kind == "delete" && j.datasource_id == datasource)
+        });
         if let Some(other) = deleting {
             return refused(
                 format!("deletion {other} of {name:?} is running; wait for it or cancel it"),
@@ -428,7 +631,10 @@ impl Engine {
             );
         }
         let Some(ds) = self.datasources.get(&datasource) else {
-            return refused(format!("datasource {name:?} has no data on this node"), RefusalStatus::NotFound);
+            return refused(
+                format!("datasource {name:?} has no data on this node"),
+                RefusalStatus::NotFound,
+            );
         };
         // Before the raw horizon the beacons are gone: the rolled-up rows are rewritten
         // instead, which a condition on dimensions (stored in the rows) allows.
@@ -437,17 +643,36 @@ impl Engine {
             && ds.earliest_interval_before(horizon).is_some()
         {
             let seg_ms = spec.granularity.segment.millis();
-            let cutoff = spec.granularity.segment.bucket_start(horizon.saturating_add(seg_ms - 1));
+            let cutoff = spec
+                .granularity
+                .segment
+                .bucket_start(horizon.saturating_add(seg_ms - 1));
             let rules = self.rules.get(&self.catalog, &name, position);
-            let tag_of =
-                |t: &str| rules.as_deref().and_then(|r| r.lookup(t)).map_or(t.to_string(), |(t, _)| t.name.clone());
-            let others: Vec<String> =
-                filter.tags().into_iter().map(tag_of).filter(|t| !spec.dimensions.contains(t)).collect();
-            let count = spec.metrics.iter().any(|m| m.kind == tidemark_catalog::MetricKind::Count);
+            let tag_of = |t: &str| {
+                rules
+                    .as_deref()
+                    .and_then(|r| r.lookup(t))
+                    .map_or(t.to_string(), |(t, _)| t.name.clone())
+            };
+            let others: Vec<String> = filter
+                .tags()
+                .into_iter()
+                .map(tag_of)
+                .filter(|t| !spec.dimensions.contains(t))
+                .collect();
+            let count = spec
+                .metrics
+                .iter()
+                .any(|m| m.kind == tidemark_catalog::MetricKind::Count);
             let why = if !others.is_empty() {
-                Some(format!("the condition names {} which the rolled-up rows do not keep", others.join(", ")))
+                Some(format!(
+                    "the condition names {} which the rolled-up rows do not keep",
+                    others.join(", ")
+                ))
             } else if !count {
-                Some(format!("{name:?} has no count metric to tell how many events a rolled-up row stands for"))
+                Some(format!(
+                    "{name:?} has no count metric to tell how many events a rolled-up row stands for"
+                ))
             } else if ds.realtime_before(cutoff) {
                 Some("an interval before it is still being ingested".to_string())
             } else {
@@ -465,16 +690,28 @@ impl Engine {
             }
             rollups_before = Some(cutoff);
         }
-        if let Some(refusal) = self.make_way(position, writer_time_ms, datasource, &name, start, end)? {
+        if let Some(refusal) =
+            self.make_way(position, writer_time_ms, datasource, &name, start, end)?
+        {
             return Ok(refusal);
         }
         let Some(ds) = self.datasources.get_mut(&datasource) else {
-            return refused(format!("datasource {name:?} has no data on this node"), RefusalStatus::NotFound);
+            return refused(
+                format!("datasource {name:?} has no data on this node"),
+                RefusalStatus::NotFound,
+            );
         };
         let files = ds.seal_raw_before(position)?;
         ds.freeze(position, start, end);
         let shards = ds.next_shards(start, end);
-        let mut info = JobInfo::new(position, "delete", (datasource, name), (start, end), actor, writer_time_ms);
+        let mut info = JobInfo::new(
+            position,
+            "delete",
+            (datasource, name),
+            (start, end),
+            actor,
+            writer_time_ms,
+        );
         info.shards = shards.into_iter().collect();
         info.where_text = Some(where_text);
         info.filter = Some(filter);
@@ -490,20 +727,44 @@ impl Engine {
 
     /// Starts (or, after a restart, restarts) deletion `id`'s build over the sealed raw files
     /// (`files`, or as the log holds them now).
-    fn start_delete_build(&mut self, id: u64, files: Option<Vec<crate::raw::partition_log::SealedFile>>) -> Result<()> {
-        let info = self.jobs.get(&id).ok_or_else(|| Error::Internal(format!("no deletion {id}")))?;
-        let filter = info.filter.clone().ok_or_else(|| Error::Internal(format!("deletion {id} has no filter")))?;
+    fn start_delete_build(
+        &mut self,
+        id: u64,
+        files: Option<Vec<crate::raw::partition_log::SealedFile>>,
+    ) -> Result<()> {
+        let info = self
+            .jobs
+            .get(&id)
+            .ok_or_else(|| Error::Internal(format!("no deletion {id}")))?;
+        let filter = info
+            .filter
+            .clone()
+            .ok_or_else(|| Error::Internal(format!("deletion {id} has no filter")))?;
         let build = self.build_input(id)?;
         let ds = self.datasources.get(&build.datasource).ok_or_else(|| {
-            Error::Internal(format!("deletion {id}: datasource {} has no state here", build.datasource))
+            Error::Internal(format!(
+                "deletion {id}: datasource {} has no state here",
+                build.datasource
+            ))
         })?;
         // Intervals before the raw horizon: their segments as they were at the job's start.
         let rollups = match info.rollups_before_ms {
             Some(cutoff) => {
-                let inputs = ds.segments_by_interval(build.start_ms, cutoff, id).map_err(Error::Internal)?;
-                let count = build.spec.metrics.iter().position(|m| m.kind == tidemark_catalog::MetricKind::Count);
-                let count = count.ok_or_else(|| Error::Internal(format!("deletion {id}: no count metric")))?;
-                Some(delete::Rollups { cutoff, inputs, count })
+                let inputs = ds
+                    .segments_by_interval(build.start_ms, cutoff, id)
+                    .map_err(Error::Internal)?;
+                let count = build
+                    .spec
+                    .metrics
+                    .iter()
+                    .position(|m| m.kind == tidemark_catalog::MetricKind::Count);
+                let count = count
+                    .ok_or_else(|| Error::Internal(format!("deletion {id}: no count metric")))?;
+                Some(delete::Rollups {
+                    cutoff,
+                    inputs,
+                    count,
+                })
             }
             None => None,
         };
@@ -515,10 +776,16 @@ impl Engine {
             build,
         };
         let b = &input.build;
-        let (datasource, start_ms, end_ms, name) = (b.datasource, b.start_ms, b.end_ms, b.name.clone());
-        let run = Running::spawn_with(id, datasource, start_ms, end_ms, name, move |progress, cancel| {
-            delete::build(&input, progress, cancel)
-        })?;
+        let (datasource, start_ms, end_ms, name) =
+            (b.datasource, b.start_ms, b.end_ms, b.name.clone());
+        let run = Running::spawn_with(
+            id,
+            datasource,
+            start_ms,
+            end_ms,
+            name,
+            move |progress, cancel| delete::build(&input, progress, cancel),
+        )?;
         self.running.insert(id, run);
         Ok(())
     }
@@ -534,8 +801,15 @@ impl Engine {
         end_ms: i64,
         actor: String,
     ) -> Result<Applied> {
-        let Some(entry) = self.catalog.by_id(datasource).filter(|e| e.deleted.is_none()) else {
-            return refused(format!("datasource {datasource} does not exist"), RefusalStatus::NotFound);
+        let Some(entry) = self
+            .catalog
+            .by_id(datasource)
+            .filter(|e| e.deleted.is_none())
+        else {
+            return refused(
+                format!("datasource {datasource} does not exist"),
+                RefusalStatus::NotFound,
+            );
         };
         let spec = entry.spec_at(position);
         let name = spec.name.clone();
@@ -548,21 +822,37 @@ impl Engine {
         let end = seg.bucket_start(end_ms);
         if end <= start {
             return refused(
-                format!("{start_ms}..{end_ms} (ms) holds no whole {} segment interval of {name:?}", seg),
+                format!(
+                    "{start_ms}..{end_ms} (ms) holds no whole {} segment interval of {name:?}",
+                    seg
+                ),
                 RefusalStatus::Invalid,
             );
         }
-        if let Some(refusal) = self.make_way(position, writer_time_ms, datasource, &name, start, end)? {
+        if let Some(refusal) =
+            self.make_way(position, writer_time_ms, datasource, &name, start, end)?
+        {
             return Ok(refusal);
         }
         // Shards written for the interval must be in the timeline (or known in flight) first.
         self.publish_persisted(false)?;
         let Some(ds) = self.datasources.get_mut(&datasource) else {
-            return refused(format!("datasource {name:?} has no data on this node"), RefusalStatus::NotFound);
+            return refused(
+                format!("datasource {name:?} has no data on this node"),
+                RefusalStatus::NotFound,
+            );
         };
         let (files, segments, events) = ds.drop_range(start, end, position);
-        self.obsolete.extend(files.into_iter().map(|f| (position, f)));
-        let mut info = JobInfo::new(position, "drop", (datasource, name), (start, end), actor, writer_time_ms);
+        self.obsolete
+            .extend(files.into_iter().map(|f| (position, f)));
+        let mut info = JobInfo::new(
+            position,
+            "drop",
+            (datasource, name),
+            (start, end),
+            actor,
+            writer_time_ms,
+        );
         info.events = events;
         info.segments_replaced = segments;
         self.jobs.insert(position, info.done_at_start());
@@ -581,24 +871,52 @@ impl Engine {
         rejects_before_ms: Option<i64>,
         actor: String,
     ) -> Result<Applied> {
-        let Some(entry) = self.catalog.by_id(datasource).filter(|e| e.deleted.is_none()) else {
-            return refused(format!("datasource {datasource} does not exist"), RefusalStatus::NotFound);
+        let Some(entry) = self
+            .catalog
+            .by_id(datasource)
+            .filter(|e| e.deleted.is_none())
+        else {
+            return refused(
+                format!("datasource {datasource} does not exist"),
+                RefusalStatus::NotFound,
+            );
         };
         let name = entry.current().name.clone();
         let applied = self.applied_position;
         let Some(ds) = self.datasources.get_mut(&datasource) else {
-            return refused(format!("datasource {name:?} has no data on this node"), RefusalStatus::NotFound);
+            return refused(
+                format!("datasource {name:?} has no data on this node"),
+                RefusalStatus::NotFound,
+            );
         };
-        let files = raw_before_ms.map(|cutoff| ds.drop_raw_before(cutoff, applied)).unwrap_or_default();
+        let files = raw_before_ms
+            .map(|cutoff| ds.drop_raw_before(cutoff, applied))
+            .unwrap_or_default();
         // Data and index files: count the data files.
-        let files_removed = files.iter().filter(|f| f.extension().is_some_and(|e| e == "raw")).count() as u64;
+        let files_removed = files
+            .iter()
+            .filter(|f| f.extension().is_some_and(|e| e == "raw"))
+            .count() as u64;
         let data_dir = self.config.data_dir.clone();
-        self.obsolete.extend(
-            files.into_iter().map(|f| (position, f.strip_prefix(&data_dir).map(|r| r.to_path_buf()).unwrap_or(f))),
-        );
-        let rejects = rejects_before_ms.map_or(0, |cutoff| self.rejects.remove_before(&name, cutoff)) as u64;
+        self.obsolete.extend(files.into_iter().map(|f| {
+            (
+                position,
+                f.strip_prefix(&data_dir)
+                    .map(|r| r.to_path_buf())
+                    .unwrap_or(f),
+            )
+        }));
+        let rejects =
+            rejects_before_ms.map_or(0, |cutoff| self.rejects.remove_before(&name, cutoff)) as u64;
         let cutoff = raw_before_ms.or(rejects_before_ms).unwrap_or(0);
-        let mut info = JobInfo::new(position, "retain", (datasource, name), (cutoff, cutoff), actor, writer_time_ms);
+        let mut info = JobInfo::new(
+            position,
+            "retain",
+            (datasource, name),
+            (cutoff, cutoff),
+            actor,
+            writer_time_ms,
+        );
         info.rejected = rejects;
         info.files_removed = files_removed;
         self.jobs.insert(position, info.done_at_start());
@@ -613,8 +931,12 @@ impl Engine {
     pub fn retention_decisions(&self, now_ms: i64) -> Vec<TimelineCommand> {
         let mut out = Vec::new();
         for (name, rule) in self.catalog.retention().current() {
-            let Some(entry) = self.catalog.get(name).filter(|e| e.deleted.is_none()) else { continue };
-            let Some(ds) = self.datasources.get(&entry.id) else { continue };
+            let Some(entry) = self.catalog.get(name).filter(|e| e.deleted.is_none()) else {
+                continue;
+            };
+            let Some(ds) = self.datasources.get(&entry.id) else {
+                continue;
+            };
             let cutoff = |p: &tidemark_catalog::Period| now_ms.saturating_sub(p.millis());
             // Raw files a running job (a reindex reading them) still needs wait for it.
             let raw = rule
@@ -624,7 +946,12 @@ impl Engine {
                 .map(cutoff)
                 .filter(|c| ds.raw_files_before(*c, self.applied_position) > 0)
                 .filter(|c| self.jobs_before(entry.id, *c).is_empty());
-            let rejects = rule.value.rejects.as_ref().map(cutoff).filter(|c| self.rejects.count_before(name, *c) > 0);
+            let rejects = rule
+                .value
+                .rejects
+                .as_ref()
+                .map(cutoff)
+                .filter(|c| self.rejects.count_before(name, *c) > 0);
             if raw.is_some() || rejects.is_some() {
                 out.push(TimelineCommand::Retain {
                     datasource: entry.id,
@@ -634,10 +961,15 @@ impl Engine {
                     spare_running_jobs: true,
                 });
             }
-            let Some(period) = &rule.value.segments else { continue };
+            let Some(period) = &rule.value.segments else {
+                continue;
+            };
             let seg = &entry.current().granularity.segment;
             let end = seg.bucket_start(now_ms.saturating_sub(period.millis()));
-            let busy = self.running.values().any(|r| r.datasource == entry.id && r.start_ms < end);
+            let busy = self
+                .running
+                .values()
+                .any(|r| r.datasource == entry.id && r.start_ms < end);
             if let Some(start) = ds.earliest_interval_before(end).filter(|_| !busy) {
                 out.push(TimelineCommand::Drop {
                     datasource: entry.id,
@@ -656,7 +988,9 @@ impl Engine {
     fn jobs_before(&self, datasource: DatasourceId, end: i64) -> Vec<u64> {
         self.jobs
             .values()
-            .filter(|j| j.state == JobState::Running && j.datasource_id == datasource && j.start_ms < end)
+            .filter(|j| {
+                j.state == JobState::Running && j.datasource_id == datasource && j.start_ms < end
+            })
             .map(|j| j.id)
             .collect()
     }
@@ -677,18 +1011,44 @@ impl Engine {
         let mut preview = RetentionPreview::default();
         if let Some(before) = rule.raw.as_ref().map(cutoff) {
             let (files, events, bytes) = ds.raw_removable_before(before, self.applied_position);
-            preview.raw = Some(Removal { before_ms: before, intervals: None, files: Some(files), events, bytes });
-            preview.waiting_for_jobs.extend(self.jobs_before(entry.id, before));
+            preview.raw = Some(Removal {
+                before_ms: before,
+                intervals: None,
+                files: Some(files),
+                events,
+                bytes,
+            });
+            preview
+                .waiting_for_jobs
+                .extend(self.jobs_before(entry.id, before));
         }
         if let Some(period) = &rule.segments {
-            let end = entry.current().granularity.segment.bucket_start(cutoff(period));
+            let end = entry
+                .current()
+                .granularity
+                .segment
+                .bucket_start(cutoff(period));
             let (intervals, events, bytes) = ds.intervals_before(end);
-            preview.segments = Some(Removal { before_ms: end, intervals: Some(intervals), files: None, events, bytes });
-            preview.waiting_for_jobs.extend(self.jobs_before(entry.id, end));
+            preview.segments = Some(Removal {
+                before_ms: end,
+                intervals: Some(intervals),
+                files: None,
+                events,
+                bytes,
+            });
+            preview
+                .waiting_for_jobs
+                .extend(self.jobs_before(entry.id, end));
         }
         if let Some(before) = rule.rejects.as_ref().map(cutoff) {
             let (rows, bytes) = self.rejects.measure_before(name, before);
-            preview.rejects = Some(Removal { before_ms: before, intervals: None, files: None, events: rows, bytes });
+            preview.rejects = Some(Removal {
+                before_ms: before,
+                intervals: None,
+                files: None,
+                events: rows,
+                bytes,
+            });
         }
         preview.waiting_for_jobs.sort_unstable();
         preview.waiting_for_jobs.dedup();
@@ -705,7 +1065,9 @@ impl Engine {
             return Vec::new();
         }
         for ds in self.datasources.values() {
-            let Some(entry) = self.catalog.by_id(ds.id).filter(|e| e.deleted.is_none()) else { continue };
+            let Some(entry) = self.catalog.by_id(ds.id).filter(|e| e.deleted.is_none()) else {
+                continue;
+            };
             let spec = entry.current();
             let seg_ms = spec.granularity.segment.millis();
             let settled_before = now_ms - spec.late_window.millis() - SETTLE_MS;
@@ -717,7 +1079,9 @@ impl Engine {
                     .find(|r| interval + seg_ms <= now_ms.saturating_sub(r.after.millis()))
                     .map(|r| r.granularity.clone())
             };
-            if let Some((interval, granularity)) = ds.compaction_candidate(seg_ms, settled_before, due) {
+            if let Some((interval, granularity)) =
+                ds.compaction_candidate(seg_ms, settled_before, due)
+            {
                 return vec![TimelineCommand::Compact {
                     datasource: ds.id,
                     start_ms: interval,
@@ -748,15 +1112,26 @@ impl Engine {
             .filter(|(_, r)| r.datasource == datasource && r.start_ms < end && start < r.end_ms)
             .map(|(id, _)| *id)
             .collect();
-        let automatic = |id: &u64| self.jobs.get(id).is_some_and(|j| j.actor == AUTO_COMPACTION_ACTOR);
+        let automatic = |id: &u64| {
+            self.jobs
+                .get(id)
+                .is_some_and(|j| j.actor == AUTO_COMPACTION_ACTOR)
+        };
         if let Some(other) = overlapping.iter().find(|id| !automatic(id)) {
             return Ok(Some(Applied::Refused {
-                reason: format!("job {other} of {name:?} covers part of this interval; wait for it or cancel it"),
+                reason: format!(
+                    "job {other} of {name:?} covers part of this interval; wait for it or cancel it"
+                ),
                 status: RefusalStatus::Conflict,
             }));
         }
         for id in overlapping {
-            self.cancel_reindex(position, writer_time_ms, id, format!("preempted by job {position}"))?;
+            self.cancel_reindex(
+                position,
+                writer_time_ms,
+                id,
+                format!("preempted by job {position}"),
+            )?;
         }
         Ok(None)
     }
@@ -774,9 +1149,10 @@ impl Engine {
             .iter()
             .filter_map(|(job, run)| match run.peek()? {
                 Ok(()) => Some(TimelineCommand::Publish { job: *job }),
-                Err(reason) => {
-                    Some(TimelineCommand::Cancel { job: *job, reason: format!("the build failed: {reason}") })
-                }
+                Err(reason) => Some(TimelineCommand::Cancel {
+                    job: *job,
+                    reason: format!("the build failed: {reason}"),
+                }),
             })
             .collect()
     }
@@ -788,7 +1164,9 @@ impl Engine {
             .map(|j| {
                 let mut j = j.clone();
                 if let Some(run) = self.running.get(&j.id) {
-                    j.batches_total = j.batches_total.max(run.progress.batches_total.load(Ordering::Relaxed));
+                    j.batches_total = j
+                        .batches_total
+                        .max(run.progress.batches_total.load(Ordering::Relaxed));
                     j.batches_done = run.progress.batches_done.load(Ordering::Relaxed);
                     j.events = run.progress.events.load(Ordering::Relaxed);
                     j.rejected = run.progress.rejected.load(Ordering::Relaxed);
@@ -802,7 +1180,14 @@ impl Engine {
     /// Keeps the newest [`reindex::JOBS_KEPT`] jobs; running ones are never forgotten.
     pub(super) fn forget_old_jobs(&mut self) {
         while self.jobs.len() > reindex::JOBS_KEPT {
-            let Some(oldest) = self.jobs.values().find(|j| j.state != JobState::Running).map(|j| j.id) else { break };
+            let Some(oldest) = self
+                .jobs
+                .values()
+                .find(|j| j.state != JobState::Running)
+                .map(|j| j.id)
+            else {
+                break;
+            };
             self.jobs.remove(&oldest);
         }
     }

@@ -50,7 +50,10 @@ pub struct PersistControl {
 impl PersistControl {
     /// Why a segment write is waiting to be tried again, if one is.
     pub fn trouble(&self) -> Option<String> {
-        self.trouble.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.trouble
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The node is stopping: a job held up by a shortage fails now instead of waiting.
@@ -84,14 +87,19 @@ impl PersistIdle {
     pub fn wait(&self, timeout: Duration) -> bool {
         let (count, cv) = &*self.0;
         let c = count.lock().unwrap_or_else(|p| p.into_inner());
-        let (c, _) = cv.wait_timeout_while(c, timeout, |c| *c > 0).unwrap_or_else(|p| p.into_inner());
+        let (c, _) = cv
+            .wait_timeout_while(c, timeout, |c| *c > 0)
+            .unwrap_or_else(|p| p.into_inner());
         *c == 0
     }
 }
 
 impl std::fmt::Debug for Finished {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Finished").field("segment", &self.job.id).field("ok", &self.result.is_ok()).finish()
+        f.debug_struct("Finished")
+            .field("segment", &self.job.id)
+            .field("ok", &self.result.is_ok())
+            .finish()
     }
 }
 
@@ -110,7 +118,11 @@ impl Persister {
                     let started = std::time::Instant::now();
                     let result = run_until_no_shortage(&job, &shared);
                     let seconds = started.elapsed().as_secs_f64();
-                    let sent = done_tx.send(Finished { job, result, seconds });
+                    let sent = done_tx.send(Finished {
+                        job,
+                        result,
+                        seconds,
+                    });
                     outstanding.add(-1);
                     if sent.is_err() {
                         return;
@@ -129,11 +141,15 @@ impl Persister {
     }
 
     pub(crate) fn submit(&mut self, job: PersistJob) -> Result<()> {
-        let tx = self.jobs.as_ref().ok_or(Error::Closed { what: "segment writer" })?;
+        let tx = self.jobs.as_ref().ok_or(Error::Closed {
+            what: "segment writer",
+        })?;
         self.idle.add(1);
         if tx.send(job).is_err() {
             self.idle.add(-1);
-            return Err(Error::Closed { what: "segment writer" });
+            return Err(Error::Closed {
+                what: "segment writer",
+            });
         }
         self.in_flight += 1;
         Ok(())
@@ -156,7 +172,11 @@ impl Persister {
         let mut out = Vec::new();
         let finished = self.finished.get_mut().unwrap_or_else(|p| p.into_inner());
         while self.in_flight > 0 {
-            let next = if wait { finished.recv().ok() } else { finished.try_recv().ok() };
+            let next = if wait {
+                finished.recv().ok()
+            } else {
+                finished.try_recv().ok()
+            };
             match next {
                 Some(f) => {
                     self.in_flight -= 1;
@@ -180,13 +200,18 @@ impl Drop for Persister {
     }
 }
 
-fn run_until_no_shortage(job: &PersistJob, control: &PersistControl) -> Result<(WrittenSegment, Segment)> {
+fn run_until_no_shortage(
+    job: &PersistJob,
+    control: &PersistControl,
+) -> Result<(WrittenSegment, Segment)> {
     let started = std::time::Instant::now();
     loop {
         let result = job.run();
         match &result {
             Err(e)
-                if e.is_shortage() && !control.stopping.load(Ordering::SeqCst) && started.elapsed() < SHORTAGE_WAIT =>
+                if e.is_shortage()
+                    && !control.stopping.load(Ordering::SeqCst)
+                    && started.elapsed() < SHORTAGE_WAIT =>
             {
                 let why = format!("writing segment {} is waiting to be retried: {e}", job.id);
                 tracing::warn!("{why}");

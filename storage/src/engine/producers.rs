@@ -52,10 +52,16 @@ impl std::fmt::Display for SequenceError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             SequenceError::InvalidProducerEpoch { epoch, current } => {
-                write!(f, "producer epoch {epoch} is fenced: the partition has seen epoch {current}")
+                write!(
+                    f,
+                    "producer epoch {epoch} is fenced: the partition has seen epoch {current}"
+                )
             }
             SequenceError::OutOfOrderSequence { expected, got } => {
-                write!(f, "out of order sequence number: expected {expected}, got {got}")
+                write!(
+                    f,
+                    "out of order sequence number: expected {expected}, got {got}"
+                )
             }
         }
     }
@@ -85,7 +91,11 @@ pub struct ProducerStates {
 fn last_seq_of(h: &BatchHeader) -> i32 {
     // Sequences wrap at i32::MAX back to 0, as Kafka's DefaultRecordBatch.incrementSequence.
     let last = i64::from(h.base_sequence) + i64::from(h.last_offset_delta);
-    if last > i64::from(i32::MAX) { (last - i64::from(i32::MAX) - 1) as i32 } else { last as i32 }
+    if last > i64::from(i32::MAX) {
+        (last - i64::from(i32::MAX) - 1) as i32
+    } else {
+        last as i32
+    }
 }
 
 fn next_seq(seq: i32) -> i32 {
@@ -112,7 +122,11 @@ impl ProducerStates {
         if h.producer_id < 0 {
             return SequenceCheck::Append;
         }
-        let Some(entry) = self.partitions.get(&datasource).and_then(|p| p.get(&partition)?.get(&h.producer_id)) else {
+        let Some(entry) = self
+            .partitions
+            .get(&datasource)
+            .and_then(|p| p.get(&partition)?.get(&h.producer_id))
+        else {
             return SequenceCheck::Append;
         };
         let first = h.base_sequence;
@@ -127,15 +141,25 @@ impl ProducerStates {
             return if first == 0 {
                 SequenceCheck::Append
             } else {
-                SequenceCheck::Refuse(SequenceError::OutOfOrderSequence { expected: 0, got: first })
+                SequenceCheck::Refuse(SequenceError::OutOfOrderSequence {
+                    expected: 0,
+                    got: first,
+                })
             };
         }
-        if let Some(dup) = entry.batches.iter().find(|b| b.first_seq == first && b.last_seq == last) {
+        if let Some(dup) = entry
+            .batches
+            .iter()
+            .find(|b| b.first_seq == first && b.last_seq == last)
+        {
             return SequenceCheck::Duplicate(*dup);
         }
         match entry.batches.back() {
             Some(b) if first != next_seq(b.last_seq) => {
-                SequenceCheck::Refuse(SequenceError::OutOfOrderSequence { expected: next_seq(b.last_seq), got: first })
+                SequenceCheck::Refuse(SequenceError::OutOfOrderSequence {
+                    expected: next_seq(b.last_seq),
+                    got: first,
+                })
             }
             _ => SequenceCheck::Append,
         }
@@ -206,7 +230,10 @@ impl ProducerStates {
 
     /// Producers with state on a partition (for tests and `sys` views).
     pub fn producers_on(&self, datasource: u64, partition: u32) -> usize {
-        self.partitions.get(&datasource).and_then(|p| p.get(&partition)).map_or(0, BTreeMap::len)
+        self.partitions
+            .get(&datasource)
+            .and_then(|p| p.get(&partition))
+            .map_or(0, BTreeMap::len)
     }
 }
 
@@ -216,8 +243,14 @@ mod tests {
     use crate::raw::record_batch::{Record, encode_with_producer, parse_header};
 
     fn header(pid: i64, epoch: i16, seq: i32, records: usize) -> BatchHeader {
-        let recs: Vec<Record> =
-            (0..records).map(|_| Record { timestamp_ms: 1, key: None, value: None, headers: vec![] }).collect();
+        let recs: Vec<Record> = (0..records)
+            .map(|_| Record {
+                timestamp_ms: 1,
+                key: None,
+                value: None,
+                headers: vec![],
+            })
+            .collect();
         parse_header(&encode_with_producer(&recs, pid, epoch, seq)).expect("valid batch")
     }
 
@@ -232,24 +265,38 @@ mod tests {
         // Retry of the same batch: a duplicate with its original offsets.
         assert_eq!(
             s.check(1, 0, &b0),
-            SequenceCheck::Duplicate(BatchMeta { first_seq: 0, last_seq: 2, base_offset: 100, last_offset: 102 })
+            SequenceCheck::Duplicate(BatchMeta {
+                first_seq: 0,
+                last_seq: 2,
+                base_offset: 100,
+                last_offset: 102
+            })
         );
         // A gap is out of order; the next batch is fine; other partitions are independent.
         assert_eq!(
             s.check(1, 0, &header(pid, 0, 5, 1)),
-            SequenceCheck::Refuse(SequenceError::OutOfOrderSequence { expected: 3, got: 5 })
+            SequenceCheck::Refuse(SequenceError::OutOfOrderSequence {
+                expected: 3,
+                got: 5
+            })
         );
         assert_eq!(s.check(1, 0, &header(pid, 0, 3, 1)), SequenceCheck::Append);
         assert_eq!(s.check(1, 1, &header(pid, 0, 77, 1)), SequenceCheck::Append);
         // A bumped epoch must restart at 0; the old epoch is then fenced.
         let (_, e1) = s.init_producer(Some((pid, 0)));
         assert_eq!(e1, 1);
-        assert!(matches!(s.check(1, 0, &header(pid, 1, 3, 1)), SequenceCheck::Refuse(_)));
+        assert!(matches!(
+            s.check(1, 0, &header(pid, 1, 3, 1)),
+            SequenceCheck::Refuse(_)
+        ));
         let b1 = header(pid, 1, 0, 1);
         s.record(1, 0, &b1, 103, 103, 20);
         assert_eq!(
             s.check(1, 0, &header(pid, 0, 3, 1)),
-            SequenceCheck::Refuse(SequenceError::InvalidProducerEpoch { epoch: 0, current: 1 })
+            SequenceCheck::Refuse(SequenceError::InvalidProducerEpoch {
+                epoch: 0,
+                current: 1
+            })
         );
         // Non-idempotent batches are never checked.
         assert_eq!(s.check(1, 0, &header(-1, -1, -1, 1)), SequenceCheck::Append);
@@ -261,24 +308,44 @@ mod tests {
         for i in 0..7 {
             s.record(1, 0, &header(9, 0, i, 1), i64::from(i), i64::from(i), 0);
         }
-        assert!(matches!(s.check(1, 0, &header(9, 0, 6, 1)), SequenceCheck::Duplicate(_)));
-        assert!(matches!(s.check(1, 0, &header(9, 0, 2, 1)), SequenceCheck::Duplicate(_)));
+        assert!(matches!(
+            s.check(1, 0, &header(9, 0, 6, 1)),
+            SequenceCheck::Duplicate(_)
+        ));
+        assert!(matches!(
+            s.check(1, 0, &header(9, 0, 2, 1)),
+            SequenceCheck::Duplicate(_)
+        ));
         assert_eq!(
             s.check(1, 0, &header(9, 0, 1, 1)),
-            SequenceCheck::Refuse(SequenceError::OutOfOrderSequence { expected: 7, got: 1 }),
+            SequenceCheck::Refuse(SequenceError::OutOfOrderSequence {
+                expected: 7,
+                got: 1
+            }),
             "older than the five remembered"
         );
         let mut w = ProducerStates::default();
         w.record(1, 0, &header(4, 0, i32::MAX - 1, 2), 0, 1, 0);
-        assert_eq!(w.check(1, 0, &header(4, 0, 0, 1)), SequenceCheck::Append, "wraps to 0");
-        assert_eq!(s.init_producer(None).0, 10, "ids seen in batches are never reused");
+        assert_eq!(
+            w.check(1, 0, &header(4, 0, 0, 1)),
+            SequenceCheck::Append,
+            "wraps to 0"
+        );
+        assert_eq!(
+            s.init_producer(None).0,
+            10,
+            "ids seen in batches are never reused"
+        );
     }
 
     #[test]
     fn a_client_chosen_huge_producer_id_does_not_overflow() {
         let mut s = ProducerStates::default();
         s.record(1, 0, &header(i64::MAX, 0, 0, 1), 0, 0, 0);
-        assert_eq!(s.check(1, 0, &header(i64::MAX, 0, 1, 1)), SequenceCheck::Append);
+        assert_eq!(
+            s.check(1, 0, &header(i64::MAX, 0, 1, 1)),
+            SequenceCheck::Append
+        );
     }
 
     #[test]

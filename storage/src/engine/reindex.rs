@@ -99,7 +99,10 @@ pub(crate) struct Output {
 
 impl From<Vec<Built>> for Output {
     fn from(segments: Vec<Built>) -> Output {
-        Output { segments, deletion: None }
+        Output {
+            segments,
+            deletion: None,
+        }
     }
 }
 
@@ -134,11 +137,21 @@ pub(crate) struct Running {
 
 impl Running {
     pub(crate) fn spawn(input: BuildInput) -> Result<Running> {
-        let (job, datasource, start_ms, end_ms, name) =
-            (input.job, input.datasource, input.start_ms, input.end_ms, input.name.clone());
-        Running::spawn_with(job, datasource, start_ms, end_ms, name, move |progress, cancel| {
-            build(&input, progress, cancel).map(Output::from)
-        })
+        let (job, datasource, start_ms, end_ms, name) = (
+            input.job,
+            input.datasource,
+            input.start_ms,
+            input.end_ms,
+            input.name.clone(),
+        );
+        Running::spawn_with(
+            job,
+            datasource,
+            start_ms,
+            end_ms,
+            name,
+            move |progress, cancel| build(&input, progress, cancel).map(Output::from),
+        )
     }
 
     /// Runs `work` (a build from raw, or a compaction) on its own thread.
@@ -170,13 +183,22 @@ impl Running {
                 })
                 .map_err(|e| Error::Internal(format!("cannot start a job thread: {e}")))?
         };
-        Ok(Running { datasource, start_ms, end_ms, progress, cancel, outcome, thread: Some(thread) })
+        Ok(Running {
+            datasource,
+            start_ms,
+            end_ms,
+            progress,
+            cancel,
+            outcome,
+            thread: Some(thread),
+        })
     }
 
     /// The outcome, if the build is over.
     pub(crate) fn peek(&self) -> Option<std::result::Result<(), String>> {
         let o = self.outcome.lock().unwrap_or_else(|p| p.into_inner());
-        o.as_ref().map(|r| r.as_ref().map(|_| ()).map_err(Clone::clone))
+        o.as_ref()
+            .map(|r| r.as_ref().map(|_| ()).map_err(Clone::clone))
     }
 
     /// Waits for the build and takes its outcome.
@@ -196,7 +218,12 @@ impl Running {
 const ROWS_RESERVED_MAX: usize = 4 << 20;
 
 /// Relative path of a segment file of `datasource`.
-pub(crate) fn segment_file(datasource: DatasourceId, interval: i64, version: &str, shard: u32) -> PathBuf {
+pub(crate) fn segment_file(
+    datasource: DatasourceId,
+    interval: i64,
+    version: &str,
+    shard: u32,
+) -> PathBuf {
     PathBuf::from("datasources")
         .join(datasource.to_string())
         .join("segments")
@@ -237,14 +264,22 @@ pub(crate) fn write_built(
     Ok(Built { record, segment })
 }
 
-pub(crate) fn build(input: &BuildInput, progress: &Progress, cancel: &AtomicBool) -> Result<Vec<Built>> {
+pub(crate) fn build(
+    input: &BuildInput,
+    progress: &Progress,
+    cancel: &AtomicBool,
+) -> Result<Vec<Built>> {
     let spec = &input.spec;
     let rules = input.rules.as_deref();
     let mut indexes: BTreeMap<i64, RollupIndex> = BTreeMap::new();
     // An interval's rows are at most its events, at most the records read: reserve that
     // many (bounded) so the columns do not grow by doubling. Capacity never written costs
     // address space, not memory.
-    let records: usize = input.sources.iter().map(|s| (s.entry.last_offset - s.entry.base_offset + 1) as usize).sum();
+    let records: usize = input
+        .sources
+        .iter()
+        .map(|s| (s.entry.last_offset - s.entry.base_offset + 1) as usize)
+        .sum();
     let reserve = records.min(ROWS_RESERVED_MAX);
     let mut buf = Vec::new();
     for source in &input.sources {
@@ -257,7 +292,9 @@ pub(crate) fn build(input: &BuildInput, progress: &Progress, cancel: &AtomicBool
             if frame.verdicts.iter().any(|v| v.record_index == i as u32) {
                 continue;
             }
-            let Ok(standardised) = standardise_json(spec, rules, record.value.as_deref().unwrap_or_default()) else {
+            let Ok(standardised) =
+                standardise_json(spec, rules, record.value.as_deref().unwrap_or_default())
+            else {
                 progress.rejected.fetch_add(1, Ordering::Relaxed);
                 continue;
             };
@@ -266,7 +303,11 @@ pub(crate) fn build(input: &BuildInput, progress: &Progress, cancel: &AtomicBool
                 continue;
             }
             let interval = spec.granularity.segment.bucket_start(event.time_ms);
-            if input.only.as_ref().is_some_and(|only| !only.contains(&interval)) {
+            if input
+                .only
+                .as_ref()
+                .is_some_and(|only| !only.contains(&interval))
+            {
                 continue;
             }
             indexes
@@ -284,7 +325,15 @@ pub(crate) fn build(input: &BuildInput, progress: &Progress, cancel: &AtomicBool
     let mut built = Vec::with_capacity(indexes.len());
     for (interval, index) in indexes.iter().filter(|(_, i)| !i.is_empty()) {
         let shard = input.shards.get(interval).copied().unwrap_or(0);
-        built.push(write_built(&input.data_dir, input.datasource, spec, *interval, input.job, shard, index)?);
+        built.push(write_built(
+            &input.data_dir,
+            input.datasource,
+            spec,
+            *interval,
+            input.job,
+            shard,
+            index,
+        )?);
     }
     Ok(built)
 }

@@ -30,7 +30,10 @@ pub struct RejectsTable {
 
 impl RejectsTable {
     pub fn new(rows_max: usize) -> Self {
-        RejectsTable { rows: VecDeque::new(), rows_max }
+        RejectsTable {
+            rows: VecDeque::new(),
+            rows_max,
+        }
     }
 
     pub fn set_bound(&mut self, rows_max: usize) {
@@ -56,7 +59,8 @@ impl RejectsTable {
     /// Removes `name`'s rejects received before `cutoff_ms`; returns how many.
     pub fn remove_before(&mut self, name: &str, cutoff_ms: i64) -> usize {
         let before = self.rows.len();
-        self.rows.retain(|r| r.datasource != name || r.writer_time_ms >= cutoff_ms);
+        self.rows
+            .retain(|r| r.datasource != name || r.writer_time_ms >= cutoff_ms);
         before - self.rows.len()
     }
 
@@ -70,7 +74,10 @@ impl RejectsTable {
 
     /// How many of `name`'s rejects were received before `cutoff_ms`.
     pub fn count_before(&self, name: &str, cutoff_ms: i64) -> usize {
-        self.rows.iter().filter(|r| r.datasource == name && r.writer_time_ms < cutoff_ms).count()
+        self.rows
+            .iter()
+            .filter(|r| r.datasource == name && r.writer_time_ms < cutoff_ms)
+            .count()
     }
 
     /// Removes `name`'s rejects of the records at `records` (partition, offset), and those
@@ -86,7 +93,8 @@ impl RejectsTable {
         let before = self.rows.len();
         self.rows.retain(|r| {
             let gone = r.datasource == name
-                && ((r.offset >= 0 && records.contains(&(r.partition, r.offset))) || matches(&r.payload));
+                && ((r.offset >= 0 && records.contains(&(r.partition, r.offset)))
+                    || matches(&r.payload));
             !gone
         });
         before - self.rows.len()

@@ -19,7 +19,12 @@ pub(crate) struct RulesCache(Mutex<BTreeMap<(String, u64), Arc<TagRules>>>);
 
 impl RulesCache {
     /// The rules governing `datasource` at `position`, if it was in a domain then.
-    pub(crate) fn get(&self, catalog: &Catalog, datasource: &str, position: u64) -> Option<Arc<TagRules>> {
+    pub(crate) fn get(
+        &self,
+        catalog: &Catalog,
+        datasource: &str,
+        position: u64,
+    ) -> Option<Arc<TagRules>> {
         let key = catalog.rules_key(datasource, position)?;
         let mut cache = self.0.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(rules) = cache.get(&key) {

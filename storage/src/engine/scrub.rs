@@ -42,7 +42,11 @@ impl ScrubFile {
             Some("raw") => FileKind::RawLog,
             _ => return None,
         };
-        Some(ScrubFile { relative, len, kind })
+        Some(ScrubFile {
+            relative,
+            len,
+            kind,
+        })
     }
 }
 
@@ -51,7 +55,14 @@ impl ScrubFile {
 pub fn newest_first(data_dir: &Path, files: Vec<ScrubFile>) -> Vec<ScrubFile> {
     let mut dated: Vec<(Option<SystemTime>, ScrubFile)> = files
         .into_iter()
-        .map(|f| (std::fs::metadata(data_dir.join(&f.relative)).and_then(|m| m.modified()).ok(), f))
+        .map(|f| {
+            (
+                std::fs::metadata(data_dir.join(&f.relative))
+                    .and_then(|m| m.modified())
+                    .ok(),
+                f,
+            )
+        })
         .collect();
     dated.sort_by_key(|f| std::cmp::Reverse(f.0));
     dated.into_iter().map(|(_, f)| f).collect()
@@ -84,7 +95,10 @@ impl Engine {
     /// Every data file the engine holds that a scrubber checks, in no particular order
     /// ([`newest_first`] orders them without the engine lock).
     pub fn scrub_files(&self) -> Vec<ScrubFile> {
-        self.data_files().into_iter().filter_map(|(rel, len)| ScrubFile::new(rel, len)).collect()
+        self.data_files()
+            .into_iter()
+            .filter_map(|(rel, len)| ScrubFile::new(rel, len))
+            .collect()
     }
 
     /// A live datasource's published segments (id, file relative to the data directory, bytes
@@ -93,18 +107,37 @@ impl Engine {
     pub fn segment_files(&self, datasource: &str) -> Option<Vec<(String, PathBuf, u64)>> {
         let entry = self.catalog.get(datasource)?;
         let ds = self.datasources.get(&entry.id)?;
-        Some(ds.segment_records().map(|r| (r.id.to_string(), r.file.clone(), r.file_bytes)).collect())
+        Some(
+            ds.segment_records()
+                .map(|r| (r.id.to_string(), r.file.clone(), r.file_bytes))
+                .collect(),
+        )
     }
 
     /// The published segments of `datasource` (timeline records), in interval, version,
     /// shard order; `None` if it does not exist.
-    pub fn segment_list(&self, datasource: &str) -> Option<Vec<crate::engine::checkpoint::SegmentRecord>> {
-        let entry = self.catalog.get(datasource).filter(|e| e.deleted.is_none())?;
-        let mut out: Vec<_> =
-            self.datasources.get(&entry.id).map(|ds| ds.segment_records().cloned().collect()).unwrap_or_default();
+    pub fn segment_list(
+        &self,
+        datasource: &str,
+    ) -> Option<Vec<crate::engine::checkpoint::SegmentRecord>> {
+        let entry = self
+            .catalog
+            .get(datasource)
+            .filter(|e| e.deleted.is_none())?;
+        let mut out: Vec<_> = self
+            .datasources
+            .get(&entry.id)
+            .map(|ds| ds.segment_records().cloned().collect())
+            .unwrap_or_default();
         out.sort_by(|a: &crate::engine::checkpoint::SegmentRecord, b| {
-            let version = |r: &crate::engine::checkpoint::SegmentRecord| r.id.version.parse::<u64>().unwrap_or(0);
-            (a.id.interval_start_ms, version(a), a.id.shard).cmp(&(b.id.interval_start_ms, version(b), b.id.shard))
+            let version = |r: &crate::engine::checkpoint::SegmentRecord| {
+                r.id.version.parse::<u64>().unwrap_or(0)
+            };
+            (a.id.interval_start_ms, version(a), a.id.shard).cmp(&(
+                b.id.interval_start_ms,
+                version(b),
+                b.id.shard,
+            ))
         });
         Some(out)
     }
@@ -115,7 +148,10 @@ impl Engine {
         &self,
         datasource: &str,
         segment: &str,
-    ) -> Option<(crate::engine::checkpoint::SegmentRecord, Option<crate::segment::SegmentMeta>)> {
+    ) -> Option<(
+        crate::engine::checkpoint::SegmentRecord,
+        Option<crate::segment::SegmentMeta>,
+    )> {
         let entry = self.catalog.get(datasource)?;
         let ds = self.datasources.get(&entry.id)?;
         ds.segment_detail(segment)
@@ -124,7 +160,10 @@ impl Engine {
     /// The length this engine holds of data file `relative`, if it holds that file (what a
     /// replica may serve to a peer repairing its copy).
     pub fn data_file_len(&self, relative: &Path) -> Option<u64> {
-        self.data_files().into_iter().find(|(rel, _)| rel == relative).map(|(_, len)| len)
+        self.data_files()
+            .into_iter()
+            .find(|(rel, _)| rel == relative)
+            .map(|(_, len)| len)
     }
 
     /// Puts `copy` (verified, on the same file system) in place of data file `relative` and
@@ -152,7 +191,9 @@ impl Engine {
         let dest = self.data_dir().join(relative);
         std::fs::rename(copy, &dest).map_err(Error::io(&dest))?;
         if let Some(parent) = dest.parent() {
-            std::fs::File::open(parent).and_then(|d| d.sync_all()).map_err(Error::fsync(parent))?;
+            std::fs::File::open(parent)
+                .and_then(|d| d.sync_all())
+                .map_err(Error::fsync(parent))?;
         }
         for ds in self.datasources.values_mut() {
             match file.kind {

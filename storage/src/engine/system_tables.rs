@@ -4,13 +4,22 @@
 use std::sync::Arc;
 
 use arrow_array::{
-    ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray, UInt32Array, UInt64Array,
+    ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray, UInt32Array,
+    UInt64Array,
 };
 use arrow_schema::{DataType, Field, Schema, TimeUnit};
 
 use crate::engine::Engine;
 
-pub(crate) const NAMES: [&str; 7] = ["datasources", "segments", "rejects", "tags", "audit", "retention", "jobs"];
+pub(crate) const NAMES: [&str; 7] = [
+    "datasources",
+    "segments",
+    "rejects",
+    "tags",
+    "audit",
+    "retention",
+    "jobs",
+];
 
 fn ts_type() -> DataType {
     DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()))
@@ -36,8 +45,10 @@ pub(crate) fn build(engine: &Engine, name: &str) -> Option<RecordBatch> {
 fn datasources(engine: &Engine) -> Option<RecordBatch> {
     let entries: Vec<_> = engine.catalog.datasources().collect();
     let state = |e: &&tidemark_catalog::DatasourceEntry| engine.datasources.get(&e.id);
-    let spec_json: Vec<String> =
-        entries.iter().map(|e| serde_json::to_string(e.current()).unwrap_or_default()).collect();
+    let spec_json: Vec<String> = entries
+        .iter()
+        .map(|e| serde_json::to_string(e.current()).unwrap_or_default())
+        .collect();
     batch(
         vec![
             Field::new("name", DataType::Utf8, false),
@@ -56,29 +67,64 @@ fn datasources(engine: &Engine) -> Option<RecordBatch> {
             Field::new("spec", DataType::Utf8, false),
         ],
         vec![
-            Arc::new(StringArray::from_iter_values(entries.iter().map(|e| e.current().name.clone()))),
-            Arc::new(StringArray::from_iter_values(entries.iter().map(|e| e.id.to_string()))),
-            Arc::new(UInt32Array::from_iter_values(entries.iter().map(|e| e.current().partitions))),
-            Arc::new(StringArray::from_iter_values(entries.iter().map(|e| e.current().granularity.query.to_string()))),
             Arc::new(StringArray::from_iter_values(
-                entries.iter().map(|e| e.current().granularity.segment.to_string()),
+                entries.iter().map(|e| e.current().name.clone()),
             )),
-            Arc::new(StringArray::from_iter_values(entries.iter().map(|e| e.current().dimensions.join(",")))),
+            Arc::new(StringArray::from_iter_values(
+                entries.iter().map(|e| e.id.to_string()),
+            )),
+            Arc::new(UInt32Array::from_iter_values(
+                entries.iter().map(|e| e.current().partitions),
+            )),
             Arc::new(StringArray::from_iter_values(
                 entries
                     .iter()
-                    .map(|e| e.current().metrics.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(",")),
+                    .map(|e| e.current().granularity.query.to_string()),
             )),
-            Arc::new(UInt64Array::from_iter_values(entries.iter().map(|e| e.versions.len() as u64))),
+            Arc::new(StringArray::from_iter_values(
+                entries
+                    .iter()
+                    .map(|e| e.current().granularity.segment.to_string()),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                entries.iter().map(|e| e.current().dimensions.join(",")),
+            )),
+            Arc::new(StringArray::from_iter_values(entries.iter().map(|e| {
+                e.current()
+                    .metrics
+                    .iter()
+                    .map(|m| m.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            }))),
             Arc::new(UInt64Array::from_iter_values(
-                entries.iter().map(|e| e.versions.last().map_or(0, |v| v.position)),
+                entries.iter().map(|e| e.versions.len() as u64),
             )),
             Arc::new(UInt64Array::from_iter_values(
-                entries.iter().map(|e| state(e).map_or(0, |d| d.segment_count() as u64)),
+                entries
+                    .iter()
+                    .map(|e| e.versions.last().map_or(0, |v| v.position)),
             )),
-            Arc::new(UInt64Array::from_iter_values(entries.iter().map(|e| state(e).map_or(0, |d| d.realtime_rows())))),
-            Arc::new(UInt64Array::from_iter_values(entries.iter().map(|e| state(e).map_or(0, |d| d.events_ingested)))),
-            Arc::new(UInt64Array::from_iter_values(entries.iter().map(|e| state(e).map_or(0, |d| d.events_rejected)))),
+            Arc::new(UInt64Array::from_iter_values(
+                entries
+                    .iter()
+                    .map(|e| state(e).map_or(0, |d| d.segment_count() as u64)),
+            )),
+            Arc::new(UInt64Array::from_iter_values(
+                entries
+                    .iter()
+                    .map(|e| state(e).map_or(0, |d| d.realtime_rows())),
+            )),
+            Arc::new(UInt64Array::from_iter_values(
+                entries
+                    .iter()
+                    .map(|e| state(e).map_or(0, |d| d.events_ingested)),
+            )),
+            Arc::new(UInt64Array::from_iter_values(
+                entries
+                    .iter()
+                    .map(|e| state(e).map_or(0, |d| d.events_rejected)),
+            )),
             Arc::new(StringArray::from_iter_values(spec_json)),
         ],
     )
@@ -106,23 +152,41 @@ fn segments(engine: &Engine) -> Option<RecordBatch> {
             Field::new("file", DataType::Utf8, false),
         ],
         vec![
-            Arc::new(StringArray::from_iter_values(live.iter().map(|r| r.id.datasource.clone()))),
-            Arc::new(StringArray::from_iter_values(live.iter().map(|r| r.id.to_string()))),
+            Arc::new(StringArray::from_iter_values(
+                live.iter().map(|r| r.id.datasource.clone()),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                live.iter().map(|r| r.id.to_string()),
+            )),
             Arc::new(
-                TimestampMillisecondArray::from_iter_values(live.iter().map(|r| r.id.interval_start_ms))
-                    .with_timezone("UTC"),
+                TimestampMillisecondArray::from_iter_values(
+                    live.iter().map(|r| r.id.interval_start_ms),
+                )
+                .with_timezone("UTC"),
             ),
             Arc::new(
-                TimestampMillisecondArray::from_iter_values(live.iter().map(|r| r.id.interval_end_ms))
-                    .with_timezone("UTC"),
+                TimestampMillisecondArray::from_iter_values(
+                    live.iter().map(|r| r.id.interval_end_ms),
+                )
+                .with_timezone("UTC"),
             ),
-            Arc::new(StringArray::from_iter_values(live.iter().map(|r| r.id.version.clone()))),
-            Arc::new(UInt32Array::from_iter_values(live.iter().map(|r| r.id.shard))),
+            Arc::new(StringArray::from_iter_values(
+                live.iter().map(|r| r.id.version.clone()),
+            )),
+            Arc::new(UInt32Array::from_iter_values(
+                live.iter().map(|r| r.id.shard),
+            )),
             Arc::new(UInt64Array::from_iter_values(live.iter().map(|r| r.rows))),
             Arc::new(UInt64Array::from_iter_values(live.iter().map(|r| r.events))),
-            Arc::new(UInt64Array::from_iter_values(live.iter().map(|r| r.file_bytes))),
-            Arc::new(UInt64Array::from_iter_values(live.iter().map(|r| r.published_at))),
-            Arc::new(StringArray::from_iter_values(live.iter().map(|r| r.file.display().to_string()))),
+            Arc::new(UInt64Array::from_iter_values(
+                live.iter().map(|r| r.file_bytes),
+            )),
+            Arc::new(UInt64Array::from_iter_values(
+                live.iter().map(|r| r.published_at),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                live.iter().map(|r| r.file.display().to_string()),
+            )),
         ],
     )
 }
@@ -142,17 +206,32 @@ fn rejects(engine: &Engine) -> Option<RecordBatch> {
             Field::new("payload", DataType::Utf8, false),
         ],
         vec![
-            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.datasource.clone()))),
-            Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.partition))),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| r.datasource.clone()),
+            )),
+            Arc::new(UInt32Array::from_iter_values(
+                rows.iter().map(|r| r.partition),
+            )),
             Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.offset))),
-            Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.log_position))),
+            Arc::new(UInt64Array::from_iter_values(
+                rows.iter().map(|r| r.log_position),
+            )),
             Arc::new(
-                TimestampMillisecondArray::from_iter_values(rows.iter().map(|r| r.writer_time_ms)).with_timezone("UTC"),
+                TimestampMillisecondArray::from_iter_values(rows.iter().map(|r| r.writer_time_ms))
+                    .with_timezone("UTC"),
             ),
-            Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.record_index))),
-            Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| u32::from(r.code)))),
-            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.reason.clone()))),
-            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.payload.clone()))),
+            Arc::new(UInt32Array::from_iter_values(
+                rows.iter().map(|r| r.record_index),
+            )),
+            Arc::new(UInt32Array::from_iter_values(
+                rows.iter().map(|r| u32::from(r.code)),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| r.reason.clone()),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| r.payload.clone()),
+            )),
         ],
     )
 }
@@ -167,17 +246,27 @@ fn tags(engine: &Engine) -> Option<RecordBatch> {
         }
     }
     let text = |f: &dyn Fn(&tidemark_catalog::governance::Tag) -> String| {
-        Arc::new(StringArray::from_iter_values(rows.iter().map(|(_, t, _)| f(t)))) as ArrayRef
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|(_, t, _)| f(t)),
+        )) as ArrayRef
     };
     let forms = |t: &tidemark_catalog::governance::Tag| {
         t.required_in
             .iter()
-            .map(|f| serde_json::to_value(f).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default())
+            .map(|f| {
+                serde_json::to_value(f)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default()
+            })
             .collect::<Vec<_>>()
             .join(",")
     };
     let kind = |t: &tidemark_catalog::governance::Tag| {
-        serde_json::to_value(t.kind).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+        serde_json::to_value(t.kind)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default()
     };
     batch(
         vec![
@@ -193,7 +282,9 @@ fn tags(engine: &Engine) -> Option<RecordBatch> {
             Field::new("position", DataType::UInt64, false),
         ],
         vec![
-            Arc::new(StringArray::from_iter_values(rows.iter().map(|(d, _, _)| d.name.clone()))),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|(d, _, _)| d.name.clone()),
+            )),
             text(&|t| t.name.clone()),
             text(&kind),
             text(&|t| t.ty.name().to_string()),
@@ -202,7 +293,9 @@ fn tags(engine: &Engine) -> Option<RecordBatch> {
             text(&forms),
             text(&|t| t.owner_team.clone()),
             text(&|t| t.description.clone()),
-            Arc::new(UInt64Array::from_iter_values(rows.iter().map(|(_, _, p)| *p))),
+            Arc::new(UInt64Array::from_iter_values(
+                rows.iter().map(|(_, _, p)| *p),
+            )),
         ],
     )
 }
@@ -223,11 +316,22 @@ fn audit(engine: &Engine) -> Option<RecordBatch> {
             Field::new("after", DataType::Utf8, true),
         ],
         vec![
-            Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.position))),
-            Arc::new(TimestampMillisecondArray::from_iter_values(rows.iter().map(|r| r.time_ms)).with_timezone("UTC")),
-            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.actor.clone()))),
-            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.op.clone()))),
-            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.object.clone()))),
+            Arc::new(UInt64Array::from_iter_values(
+                rows.iter().map(|r| r.position),
+            )),
+            Arc::new(
+                TimestampMillisecondArray::from_iter_values(rows.iter().map(|r| r.time_ms))
+                    .with_timezone("UTC"),
+            ),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| r.actor.clone()),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| r.op.clone()),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| r.object.clone()),
+            )),
             Arc::new(StringArray::from_iter(rows.iter().map(|r| json(&r.before)))),
             Arc::new(StringArray::from_iter(rows.iter().map(|r| json(&r.after)))),
         ],
@@ -239,8 +343,10 @@ fn audit(engine: &Engine) -> Option<RecordBatch> {
 fn retention(engine: &Engine) -> Option<RecordBatch> {
     let rows: Vec<_> = engine.catalog.retention().current().collect();
     let form = |i: usize| {
-        Arc::new(StringArray::from_iter(rows.iter().map(|(_, v)| v.value.forms()[i].1.map(|p| p.to_string()))))
-            as ArrayRef
+        Arc::new(StringArray::from_iter(
+            rows.iter()
+                .map(|(_, v)| v.value.forms()[i].1.map(|p| p.to_string())),
+        )) as ArrayRef
     };
     batch(
         vec![
@@ -252,12 +358,16 @@ fn retention(engine: &Engine) -> Option<RecordBatch> {
             Field::new("position", DataType::UInt64, false),
         ],
         vec![
-            Arc::new(StringArray::from_iter_values(rows.iter().map(|(n, _)| n.to_string()))),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|(n, _)| n.to_string()),
+            )),
             form(0),
             form(1),
             form(2),
             form(3),
-            Arc::new(UInt64Array::from_iter_values(rows.iter().map(|(_, v)| v.position))),
+            Arc::new(UInt64Array::from_iter_values(
+                rows.iter().map(|(_, v)| v.position),
+            )),
         ],
     )
 }
@@ -267,7 +377,8 @@ fn retention(engine: &Engine) -> Option<RecordBatch> {
 fn jobs(engine: &Engine) -> Option<RecordBatch> {
     let jobs = engine.jobs_now();
     let ts = |f: &dyn Fn(&crate::engine::reindex::JobInfo) -> Option<i64>| {
-        Arc::new(TimestampMillisecondArray::from_iter(jobs.iter().map(f)).with_timezone("UTC")) as ArrayRef
+        Arc::new(TimestampMillisecondArray::from_iter(jobs.iter().map(f)).with_timezone("UTC"))
+            as ArrayRef
     };
     let u64s = |f: &dyn Fn(&crate::engine::reindex::JobInfo) -> u64| {
         Arc::new(UInt64Array::from_iter_values(jobs.iter().map(f))) as ArrayRef
@@ -298,12 +409,20 @@ fn jobs(engine: &Engine) -> Option<RecordBatch> {
         ],
         vec![
             u64s(&|j| j.id),
-            Arc::new(StringArray::from_iter_values(jobs.iter().map(|j| j.kind.clone()))),
-            Arc::new(StringArray::from_iter_values(jobs.iter().map(|j| j.datasource.clone()))),
+            Arc::new(StringArray::from_iter_values(
+                jobs.iter().map(|j| j.kind.clone()),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                jobs.iter().map(|j| j.datasource.clone()),
+            )),
             ts(&|j| Some(j.start_ms)),
             ts(&|j| Some(j.end_ms)),
-            Arc::new(StringArray::from_iter_values(jobs.iter().map(|j| j.state.as_str()))),
-            Arc::new(StringArray::from_iter_values(jobs.iter().map(|j| j.actor.clone()))),
+            Arc::new(StringArray::from_iter_values(
+                jobs.iter().map(|j| j.state.as_str()),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                jobs.iter().map(|j| j.actor.clone()),
+            )),
             ts(&|j| Some(j.started_ms)),
             ts(&|j| j.finished_ms),
             Arc::new(UInt64Array::from_iter(jobs.iter().map(|j| j.published_at))),
@@ -316,7 +435,9 @@ fn jobs(engine: &Engine) -> Option<RecordBatch> {
             u64s(&|j| j.bytes_done),
             u64s(&|j| j.bytes_total),
             u64s(&|j| j.files_written),
-            Arc::new(StringArray::from_iter(jobs.iter().map(|j| j.destination.clone()))),
+            Arc::new(StringArray::from_iter(
+                jobs.iter().map(|j| j.destination.clone()),
+            )),
             Arc::new(StringArray::from_iter(jobs.iter().map(|j| j.error.clone()))),
         ],
     )

@@ -42,7 +42,8 @@ pub fn decompress(codec: u8, input: &[u8], cap: usize) -> Result<Vec<u8>> {
         SNAPPY => snappy(input, cap)?,
         LZ4 => read_capped(lz4_flex::frame::FrameDecoder::new(input), codec, cap)?,
         ZSTD => {
-            let decoder = zstd::stream::read::Decoder::with_buffer(input).map_err(|e| corrupt(codec, &e))?;
+            let decoder =
+                zstd::stream::read::Decoder::with_buffer(input).map_err(|e| corrupt(codec, &e))?;
             read_capped(decoder, codec, cap)?
         }
         other => return Err(Error::UnsupportedCompression { codec: other }),
@@ -53,7 +54,9 @@ pub fn decompress(codec: u8, input: &[u8], cap: usize) -> Result<Vec<u8>> {
 /// Compresses a record section (the load tool and tests produce compressed batches).
 pub fn compress(codec: u8, input: &[u8]) -> Result<Vec<u8>> {
     use std::io::Write;
-    let io = |e: std::io::Error| Error::bad_batch(format!("{} compression failed: {e}", codec_name(codec)));
+    let io = |e: std::io::Error| {
+        Error::bad_batch(format!("{} compression failed: {e}", codec_name(codec)))
+    };
     match codec {
         NONE => Ok(input.to_vec()),
         GZIP => {
@@ -67,7 +70,8 @@ pub fn compress(codec: u8, input: &[u8]) -> Result<Vec<u8>> {
         LZ4 => {
             let mut enc = lz4_flex::frame::FrameEncoder::new(Vec::new());
             enc.write_all(input).map_err(io)?;
-            enc.finish().map_err(|e| Error::bad_batch(format!("lz4 compression failed: {e}")))
+            enc.finish()
+                .map_err(|e| Error::bad_batch(format!("lz4 compression failed: {e}")))
         }
         ZSTD => zstd::stream::encode_all(input, 1).map_err(io),
         other => Err(Error::UnsupportedCompression { codec: other }),
@@ -76,7 +80,10 @@ pub fn compress(codec: u8, input: &[u8]) -> Result<Vec<u8>> {
 
 fn read_capped(reader: impl Read, codec: u8, cap: usize) -> Result<Vec<u8>> {
     let mut out = Vec::new();
-    reader.take(cap as u64 + 1).read_to_end(&mut out).map_err(|e| corrupt(codec, &e))?;
+    reader
+        .take(cap as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| corrupt(codec, &e))?;
     if out.len() > cap {
         return Err(too_large(codec, cap));
     }
@@ -96,8 +103,9 @@ fn snappy(input: &[u8], cap: usize) -> Result<Vec<u8>> {
             .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
             .ok_or_else(|| Error::bad_batch("snappy (xerial) block length is truncated"))?;
         pos += 4;
-        let block =
-            input.get(pos..pos + len).ok_or_else(|| Error::bad_batch("snappy (xerial) block runs past the end"))?;
+        let block = input
+            .get(pos..pos + len)
+            .ok_or_else(|| Error::bad_batch("snappy (xerial) block runs past the end"))?;
         pos += len;
         let part = snappy_block(block, cap, out.len())?;
         out.extend_from_slice(&part);
@@ -108,15 +116,21 @@ fn snappy(input: &[u8], cap: usize) -> Result<Vec<u8>> {
 /// One raw snappy block; `already` bytes were produced before it.
 fn snappy_block(block: &[u8], cap: usize, already: usize) -> Result<Vec<u8>> {
     // The block states its decompressed length up front, so the cap is checked before allocating.
-    let len = snap::raw::decompress_len(block).map_err(|e| Error::bad_batch(format!("snappy: {e}")))?;
+    let len =
+        snap::raw::decompress_len(block).map_err(|e| Error::bad_batch(format!("snappy: {e}")))?;
     if already.saturating_add(len) > cap {
         return Err(too_large(SNAPPY, cap));
     }
-    snap::raw::Decoder::new().decompress_vec(block).map_err(|e| Error::bad_batch(format!("snappy: {e}")))
+    snap::raw::Decoder::new()
+        .decompress_vec(block)
+        .map_err(|e| Error::bad_batch(format!("snappy: {e}")))
 }
 
 fn corrupt(codec: u8, e: &dyn std::fmt::Display) -> Error {
-    Error::bad_batch(format!("{} record section does not decompress: {e}", codec_name(codec)))
+    Error::bad_batch(format!(
+        "{} record section does not decompress: {e}",
+        codec_name(codec)
+    ))
 }
 
 fn too_large(codec: u8, cap: usize) -> Error {
@@ -132,7 +146,9 @@ mod tests {
 
     #[test]
     fn every_codec_round_trips() {
-        let data: Vec<u8> = (0..50_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
+        let data: Vec<u8> = (0..50_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect();
         for codec in [NONE, GZIP, SNAPPY, LZ4, ZSTD] {
             let packed = compress(codec, &data).expect("compresses");
             let unpacked = decompress(codec, &packed, data.len()).expect("decompresses");
@@ -146,15 +162,24 @@ mod tests {
         for codec in [GZIP, SNAPPY, LZ4, ZSTD] {
             let packed = compress(codec, &zeros).expect("compresses");
             assert!(packed.len() < 300_000, "{} packs zeros", codec_name(codec));
-            let err = decompress(codec, &packed, 1 << 20).err().map(|e| e.to_string()).unwrap_or_default();
-            assert!(err.contains("more than 1048576 bytes"), "{}: {err}", codec_name(codec));
+            let err = decompress(codec, &packed, 1 << 20)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(
+                err.contains("more than 1048576 bytes"),
+                "{}: {err}",
+                codec_name(codec)
+            );
         }
     }
 
     #[test]
     fn xerial_framed_snappy_is_accepted() {
         let data = b"hello hello hello hello kafka".repeat(100);
-        let block = snap::raw::Encoder::new().compress_vec(&data).expect("compresses");
+        let block = snap::raw::Encoder::new()
+            .compress_vec(&data)
+            .expect("compresses");
         let mut framed = XERIAL_MAGIC.to_vec();
         framed.extend_from_slice(&1i32.to_be_bytes());
         framed.extend_from_slice(&1i32.to_be_bytes());
@@ -171,6 +196,9 @@ mod tests {
         for codec in [GZIP, SNAPPY, LZ4, ZSTD] {
             assert!(decompress(codec, b"\x82SNAPPY\x00garbage-garbage", 1 << 20).is_err());
         }
-        assert!(matches!(decompress(7, b"", 10), Err(Error::UnsupportedCompression { codec: 7 })));
+        assert!(matches!(
+            decompress(7, b"", 10),
+            Err(Error::UnsupportedCompression { codec: 7 })
+        ));
     }
 }

@@ -82,7 +82,11 @@ impl Frame {
             let record_index = r.u32()?;
             let code = r.u8()?;
             let reason = r.string()?;
-            verdicts.push(Verdict { record_index, code, reason });
+            verdicts.push(Verdict {
+                record_index,
+                code,
+                reason,
+            });
         }
         if r.pos != buf.len() {
             return Err(Error::bad_batch("raw frame has trailing bytes"));
@@ -93,7 +97,11 @@ impl Frame {
             catalog_version,
             min_event_ms,
             max_event_ms,
-            publisher: if publisher.is_empty() { None } else { Some(publisher) },
+            publisher: if publisher.is_empty() {
+                None
+            } else {
+                Some(publisher)
+            },
             verdicts,
         })
     }
@@ -116,7 +124,10 @@ struct Reader<'a> {
 
 impl Reader<'_> {
     fn take(&mut self, n: usize) -> Result<&[u8]> {
-        let b = self.buf.get(self.pos..self.pos + n).ok_or_else(|| Error::bad_batch("raw frame is truncated"))?;
+        let b = self
+            .buf
+            .get(self.pos..self.pos + n)
+            .ok_or_else(|| Error::bad_batch("raw frame is truncated"))?;
         self.pos += n;
         Ok(b)
     }
@@ -137,7 +148,8 @@ impl Reader<'_> {
         let mut a = [0u8; 2];
         a.copy_from_slice(self.take(2)?);
         let len = u16::from_le_bytes(a) as usize;
-        String::from_utf8(self.take(len)?.to_vec()).map_err(|_| Error::bad_batch("raw frame text is not UTF-8"))
+        String::from_utf8(self.take(len)?.to_vec())
+            .map_err(|_| Error::bad_batch("raw frame text is not UTF-8"))
     }
 }
 

@@ -40,7 +40,9 @@ pub struct PartitionLogConfig {
 
 impl Default for PartitionLogConfig {
     fn default() -> Self {
-        PartitionLogConfig { file_bytes_max: 256 * 1024 * 1024 }
+        PartitionLogConfig {
+            file_bytes_max: 256 * 1024 * 1024,
+        }
     }
 }
 
@@ -60,7 +62,9 @@ pub struct IndexEntry {
 
 impl IndexEntry {
     fn overlaps(&self, start_ms: i64, end_ms: i64) -> bool {
-        self.min_event_ms <= self.max_event_ms && self.min_event_ms < end_ms && self.max_event_ms >= start_ms
+        self.min_event_ms <= self.max_event_ms
+            && self.min_event_ms < end_ms
+            && self.max_event_ms >= start_ms
     }
 
     fn encode(&self, out: &mut Vec<u8>) {
@@ -129,7 +133,9 @@ impl LogFile {
     }
 
     fn overlaps(&self, start_ms: i64, end_ms: i64) -> bool {
-        self.min_event_ms <= self.max_event_ms && self.min_event_ms < end_ms && self.max_event_ms >= start_ms
+        self.min_event_ms <= self.max_event_ms
+            && self.min_event_ms < end_ms
+            && self.max_event_ms >= start_ms
     }
 }
 
@@ -155,10 +161,14 @@ fn start_writeback(file: &File, offset: u64, len: u64) {
     #[cfg(target_os = "linux")]
     {
         use std::os::fd::AsRawFd;
-        let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else { return };
+        let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+            return;
+        };
         // SAFETY: the descriptor belongs to `file`, open for the whole call; the call only
         // schedules I/O on it and touches no memory of ours.
-        let rc = unsafe { libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE) };
+        let rc = unsafe {
+            libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE)
+        };
         if rc != 0 {
             // Only a hint: the fsync that makes the data durable reports real I/O errors.
             tracing::debug!(error = %std::io::Error::last_os_error(), "sync_file_range failed");
@@ -183,7 +193,11 @@ pub struct PartitionLog {
 }
 
 impl PartitionLog {
-    pub fn open(dir: &Path, partition: u32, config: PartitionLogConfig) -> Result<(PartitionLog, Recovery)> {
+    pub fn open(
+        dir: &Path,
+        partition: u32,
+        config: PartitionLogConfig,
+    ) -> Result<(PartitionLog, Recovery)> {
         fs::create_dir_all(dir).map_err(Error::io(dir))?;
         let mut bases: Vec<i64> = Vec::new();
         for item in fs::read_dir(dir).map_err(Error::io(dir))? {
@@ -243,8 +257,12 @@ impl PartitionLog {
 
     fn create_file(&self, base: i64) -> Result<LogFile> {
         let path = self.file_path(base);
-        let mut file =
-            OpenOptions::new().create_new(true).read(true).append(true).open(&path).map_err(Error::io(&path))?;
+        let mut file = OpenOptions::new()
+            .create_new(true)
+            .read(true)
+            .append(true)
+            .open(&path)
+            .map_err(Error::io(&path))?;
         let mut header = Vec::with_capacity(FILE_HEADER_LEN as usize);
         header.extend_from_slice(FILE_MAGIC);
         header.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
@@ -265,7 +283,11 @@ impl PartitionLog {
 
     fn load_file(&self, base: i64, is_last: bool, recovery: &mut Recovery) -> Result<LogFile> {
         let path = self.file_path(base);
-        let file = OpenOptions::new().read(true).append(true).open(&path).map_err(Error::io(&path))?;
+        let file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .open(&path)
+            .map_err(Error::io(&path))?;
         let len = file.metadata().map_err(Error::io(&path))?.len();
         let mut lf = LogFile {
             base_offset: base,
@@ -277,7 +299,10 @@ impl PartitionLog {
             max_event_ms: i64::MIN,
         };
         let mut header = [0u8; FILE_HEADER_LEN as usize];
-        if len < FILE_HEADER_LEN || lf.file.read_exact_at(&mut header, 0).is_err() || &header[..8] != FILE_MAGIC {
+        if len < FILE_HEADER_LEN
+            || lf.file.read_exact_at(&mut header, 0).is_err()
+            || &header[..8] != FILE_MAGIC
+        {
             if is_last {
                 // A file whose header never became durable holds nothing that was synced.
                 recovery.cut_bytes += len;
@@ -285,7 +310,11 @@ impl PartitionLog {
                 fs::remove_file(&path).map_err(Error::io(&path))?;
                 return self.create_file(base);
             }
-            return Err(Error::Corrupt { path, position: 0, reason: "not a tidemark raw log file".into() });
+            return Err(Error::Corrupt {
+                path,
+                position: 0,
+                reason: "not a tidemark raw log file".into(),
+            });
         }
         if !is_last && let Some(entries) = self.read_sidecar(base, len) {
             for e in entries {
@@ -299,11 +328,19 @@ impl PartitionLog {
         }
         if let Some(reason) = scan.failure {
             if !is_last {
-                return Err(Error::Corrupt { path, position: scan.good_len, reason });
+                return Err(Error::Corrupt {
+                    path,
+                    position: scan.good_len,
+                    reason,
+                });
             }
             // A torn tail: the entry was never synced, so nothing acknowledged is in it.
             recovery.cut_bytes += len - scan.good_len;
-            recovery.cut_reason = Some(format!("{} at byte {}: {reason}", path.display(), scan.good_len));
+            recovery.cut_reason = Some(format!(
+                "{} at byte {}: {reason}",
+                path.display(),
+                scan.good_len
+            ));
             lf.file.set_len(scan.good_len).map_err(Error::io(&path))?;
             lf.file.sync_all().map_err(Error::fsync(&path))?;
             lf.len = scan.good_len;
@@ -328,7 +365,12 @@ impl PartitionLog {
         if recorded_len != file_len || body.len() != 24 + count * INDEX_ENTRY_LEN {
             return None;
         }
-        Some(body[24..].chunks_exact(INDEX_ENTRY_LEN).map(IndexEntry::decode).collect())
+        Some(
+            body[24..]
+                .chunks_exact(INDEX_ENTRY_LEN)
+                .map(IndexEntry::decode)
+                .collect(),
+        )
     }
 }
 
@@ -347,7 +389,9 @@ impl PartitionLog {
         let path = self.index_path(lf.base_offset);
         let tmp = path.with_extension("idx.tmp");
         fs::write(&tmp, &out).map_err(Error::io(&tmp))?;
-        File::open(&tmp).and_then(|f| f.sync_all()).map_err(Error::fsync(&tmp))?;
+        File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(Error::fsync(&tmp))?;
         fs::rename(&tmp, &path).map_err(Error::io(&path))?;
         sync_dir(&self.dir)
     }
@@ -363,7 +407,10 @@ impl PartitionLog {
 
     /// The first offset still stored.
     pub fn earliest_offset(&self) -> i64 {
-        self.files.iter().find_map(|f| f.entries.first().map(|e| e.base_offset)).unwrap_or(self.next_offset)
+        self.files
+            .iter()
+            .find_map(|f| f.entries.first().map(|e| e.base_offset))
+            .unwrap_or(self.next_offset)
     }
 
     /// The log position (Raft index) of the last batch stored: replay skips entries up to it.
@@ -381,18 +428,29 @@ impl PartitionLog {
     /// same bytes (a scrubber's repair): reads and appends go to the new file from here on. The
     /// copy must be exactly as long as what this log holds, so no append is lost between.
     pub fn reopen_file(&mut self, path: &Path) -> Result<()> {
-        let lf = self.files.iter_mut().find(|f| f.path == path).ok_or_else(|| Error::Corrupt {
-            path: path.to_path_buf(),
-            position: 0,
-            reason: "not a file of this log".into(),
-        })?;
-        let file = OpenOptions::new().read(true).append(true).open(path).map_err(Error::io(path))?;
+        let lf = self
+            .files
+            .iter_mut()
+            .find(|f| f.path == path)
+            .ok_or_else(|| Error::Corrupt {
+                path: path.to_path_buf(),
+                position: 0,
+                reason: "not a file of this log".into(),
+            })?;
+        let file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .open(path)
+            .map_err(Error::io(path))?;
         let len = file.metadata().map_err(Error::io(path))?.len();
         if len != lf.len {
             return Err(Error::Corrupt {
                 path: path.to_path_buf(),
                 position: len,
-                reason: format!("the replacement holds {len} bytes where the log holds {}", lf.len),
+                reason: format!(
+                    "the replacement holds {len} bytes where the log holds {}",
+                    lf.len
+                ),
             });
         }
         lf.file = Arc::new(file);
@@ -417,21 +475,34 @@ impl PartitionLog {
     /// How many of the oldest files [`Self::drop_files_before`] would take.
     pub fn files_before(&self, cutoff_ms: i64, below_position: u64) -> usize {
         let sealed = &self.files[..self.files.len().saturating_sub(1)];
-        sealed.iter().take_while(|f| f.droppable(cutoff_ms, below_position)).count()
+        sealed
+            .iter()
+            .take_while(|f| f.droppable(cutoff_ms, below_position))
+            .count()
     }
 
     /// What [`Self::files_before`] counts, measured: (files, records, bytes).
     pub fn removable_before(&self, cutoff_ms: i64, below_position: u64) -> (u64, u64, u64) {
         let sealed = &self.files[..self.files.len().saturating_sub(1)];
-        sealed.iter().take_while(|f| f.droppable(cutoff_ms, below_position)).fold((0, 0, 0), |(n, r, b), f| {
-            let records: i64 = f.entries.iter().map(|e| e.last_offset - e.base_offset + 1).sum();
-            (n + 1, r + records.max(0) as u64, b + f.len)
-        })
+        sealed
+            .iter()
+            .take_while(|f| f.droppable(cutoff_ms, below_position))
+            .fold((0, 0, 0), |(n, r, b), f| {
+                let records: i64 = f
+                    .entries
+                    .iter()
+                    .map(|e| e.last_offset - e.base_offset + 1)
+                    .sum();
+                (n + 1, r + records.max(0) as u64, b + f.len)
+            })
     }
 
     /// The event-time range of every file, oldest first: (base offset, min, max) in ms.
     pub fn file_event_ranges(&self) -> Vec<(i64, i64, i64)> {
-        self.files.iter().map(|f| (f.base_offset, f.min_event_ms, f.max_event_ms)).collect()
+        self.files
+            .iter()
+            .map(|f| (f.base_offset, f.min_event_ms, f.max_event_ms))
+            .collect()
     }
 
     /// Appends one batch, assigning its offsets. `batch` must be a whole RecordBatch v2; its
@@ -464,7 +535,9 @@ impl PartitionLog {
 
         let active = self.active_mut();
         let file_pos = active.len;
-        (&*active.file).write_all(&entry).map_err(Error::io(&active.path))?;
+        (&*active.file)
+            .write_all(&entry)
+            .map_err(Error::io(&active.path))?;
         active.len += entry.len() as u64;
         let index = IndexEntry {
             base_offset,
@@ -482,7 +555,11 @@ impl PartitionLog {
         self.unsynced = true;
         let end = self.active().len;
         if end.saturating_sub(self.writeback_from) >= WRITEBACK_BYTES {
-            start_writeback(&self.active().file, self.writeback_from, end - self.writeback_from);
+            start_writeback(
+                &self.active().file,
+                self.writeback_from,
+                end - self.writeback_from,
+            );
             self.writeback_from = end;
         }
         Ok(index)
@@ -492,7 +569,10 @@ impl PartitionLog {
     pub fn sync(&mut self) -> Result<()> {
         if self.unsynced {
             let active = self.active();
-            active.file.sync_data().map_err(Error::fsync(&active.path))?;
+            active
+                .file
+                .sync_data()
+                .map_err(Error::fsync(&active.path))?;
             self.unsynced = false;
         }
         Ok(())
@@ -546,7 +626,10 @@ impl PartitionLog {
         }
         let mut out = Vec::new();
         let mut bytes = 0usize;
-        let start_file = self.files.partition_point(|f| f.base_offset <= offset).saturating_sub(1);
+        let start_file = self
+            .files
+            .partition_point(|f| f.base_offset <= offset)
+            .saturating_sub(1);
         for lf in &self.files[start_file..] {
             let first = lf.entries.partition_point(|e| e.last_offset < offset);
             for e in &lf.entries[first..] {
@@ -567,22 +650,42 @@ impl PartitionLog {
         self.files
             .iter()
             .filter(|f| f.overlaps(start_ms, end_ms))
-            .flat_map(|f| f.entries.iter().filter(|e| e.overlaps(start_ms, end_ms)).copied())
+            .flat_map(|f| {
+                f.entries
+                    .iter()
+                    .filter(|e| e.overlaps(start_ms, end_ms))
+                    .copied()
+            })
             .collect()
     }
 
     /// The stored batch that came from log position (Raft index) `position`, if any. Positions
     /// increase with offsets, so this is a binary search.
     pub fn entry_at_position(&self, position: u64) -> Option<IndexEntry> {
-        let file = self.files.partition_point(|f| f.entries.first().is_some_and(|e| e.log_position <= position));
+        let file = self.files.partition_point(|f| {
+            f.entries
+                .first()
+                .is_some_and(|e| e.log_position <= position)
+        });
         let f = &self.files[file.checked_sub(1)?];
         let i = f.entries.partition_point(|e| e.log_position < position);
-        f.entries.get(i).filter(|e| e.log_position == position).copied()
+        f.entries
+            .get(i)
+            .filter(|e| e.log_position == position)
+            .copied()
     }
 
     /// Index entries of every batch from log position `position` on, in offset order.
     pub fn entries_from_position(&self, position: u64) -> Vec<IndexEntry> {
-        self.files.iter().flat_map(|f| f.entries.iter().filter(|e| e.log_position >= position).copied()).collect()
+        self.files
+            .iter()
+            .flat_map(|f| {
+                f.entries
+                    .iter()
+                    .filter(|e| e.log_position >= position)
+                    .copied()
+            })
+            .collect()
     }
 
     /// Kafka ListOffsets by time: the first record whose timestamp is at or after `ts_ms`, as
@@ -597,7 +700,9 @@ impl PartitionLog {
                     continue;
                 }
                 let (_, records) = record_batch::decode_records(&stored.batch)?;
-                if let Some((offset, r)) = records.into_iter().find(|(_, r)| r.timestamp_ms >= ts_ms) {
+                if let Some((offset, r)) =
+                    records.into_iter().find(|(_, r)| r.timestamp_ms >= ts_ms)
+                {
                     return Ok(Some((offset, r.timestamp_ms)));
                 }
             }
@@ -613,15 +718,23 @@ impl PartitionLog {
             for e in &lf.entries {
                 let stored = read_entry(lf, e)?;
                 let header = record_batch::parse_header(&stored.batch)?;
-                if best.as_ref().is_none_or(|(ts, _, _)| header.max_timestamp > *ts) {
+                if best
+                    .as_ref()
+                    .is_none_or(|(ts, _, _)| header.max_timestamp > *ts)
+                {
                     best = Some((header.max_timestamp, *e, fi));
                 }
             }
         }
-        let Some((ts, e, fi)) = best else { return Ok(None) };
+        let Some((ts, e, fi)) = best else {
+            return Ok(None);
+        };
         let stored = read_entry(&self.files[fi], &e)?;
         let (_, records) = record_batch::decode_records(&stored.batch)?;
-        Ok(records.into_iter().find(|(_, r)| r.timestamp_ms == ts).map(|(o, r)| (o, r.timestamp_ms)))
+        Ok(records
+            .into_iter()
+            .find(|(_, r)| r.timestamp_ms == ts)
+            .map(|(o, r)| (o, r.timestamp_ms)))
     }
 
     /// Reads the batch an index entry points at.
@@ -636,7 +749,11 @@ impl PartitionLog {
     ) -> Vec<(PathBuf, Arc<File>, IndexEntry)> {
         self.files
             .iter()
-            .filter(|f| f.min_event_ms <= f.max_event_ms && f.min_event_ms < end_ms && f.max_event_ms >= start_ms)
+            .filter(|f| {
+                f.min_event_ms <= f.max_event_ms
+                    && f.min_event_ms < end_ms
+                    && f.max_event_ms >= start_ms
+            })
             .flat_map(|f| {
                 f.entries
                     .iter()
@@ -651,7 +768,12 @@ impl PartitionLog {
     /// the same command finds the batches after `position` in the active file and does not
     /// seal again.
     pub fn seal_before(&mut self, position: u64) -> Result<()> {
-        if self.active().entries.last().is_some_and(|e| e.log_position < position) {
+        if self
+            .active()
+            .entries
+            .last()
+            .is_some_and(|e| e.log_position < position)
+        {
             self.roll()?;
         }
         Ok(())
@@ -679,17 +801,28 @@ impl PartitionLog {
     /// rewritten. Returns false, leaving nothing behind, if the file is no longer in the log
     /// (raw retention took it meanwhile). The rewrite must hold the same batches (offsets
     /// and log positions), each possibly with fewer records.
-    pub fn install_rewrite(&mut self, base_offset: i64, rewritten: &Path, entries: Vec<IndexEntry>) -> Result<bool> {
+    pub fn install_rewrite(
+        &mut self,
+        base_offset: i64,
+        rewritten: &Path,
+        entries: Vec<IndexEntry>,
+    ) -> Result<bool> {
         let n = self.files.len();
-        let Some(i) = self.files[..n.saturating_sub(1)].iter().position(|f| f.base_offset == base_offset) else {
+        let Some(i) = self.files[..n.saturating_sub(1)]
+            .iter()
+            .position(|f| f.base_offset == base_offset)
+        else {
             fs::remove_file(rewritten).map_err(Error::io(rewritten))?;
             return Ok(false);
         };
         let same = |a: &IndexEntry, b: &IndexEntry| {
-            (a.base_offset, a.last_offset, a.log_position) == (b.base_offset, b.last_offset, b.log_position)
+            (a.base_offset, a.last_offset, a.log_position)
+                == (b.base_offset, b.last_offset, b.log_position)
         };
         let old = &self.files[i];
-        if old.entries.len() != entries.len() || !old.entries.iter().zip(&entries).all(|(a, b)| same(a, b)) {
+        if old.entries.len() != entries.len()
+            || !old.entries.iter().zip(&entries).all(|(a, b)| same(a, b))
+        {
             return Err(Error::Internal(format!(
                 "the rewrite of {} does not hold the same batches as the file",
                 old.path.display()
@@ -698,7 +831,11 @@ impl PartitionLog {
         let path = old.path.clone();
         fs::rename(rewritten, &path).map_err(Error::io(&path))?;
         sync_dir(&self.dir)?;
-        let file = OpenOptions::new().read(true).append(true).open(&path).map_err(Error::io(&path))?;
+        let file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .open(&path)
+            .map_err(Error::io(&path))?;
         let len = file.metadata().map_err(Error::io(&path))?.len();
         let mut lf = LogFile {
             base_offset,
@@ -720,7 +857,10 @@ impl PartitionLog {
     }
 
     pub fn read_at(&self, entry: &IndexEntry) -> Result<StoredBatch> {
-        let i = self.files.partition_point(|f| f.base_offset <= entry.base_offset).saturating_sub(1);
+        let i = self
+            .files
+            .partition_point(|f| f.base_offset <= entry.base_offset)
+            .saturating_sub(1);
         read_entry(&self.files[i], entry)
     }
 }
@@ -738,8 +878,13 @@ pub struct SealedFile {
 impl SealedFile {
     /// Where this file's rewrite is written before it is installed.
     pub fn rewrite_path(&self, job: u64) -> PathBuf {
-        let name = self.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        self.path.with_file_name(format!("{name}{REWRITE_SUFFIX}{job}"))
+        let name = self
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        self.path
+            .with_file_name(format!("{name}{REWRITE_SUFFIX}{job}"))
     }
 
     /// Writes this file anew at `dest` (fsynced): every entry as stored, except those for
@@ -767,14 +912,22 @@ impl SealedFile {
             let mut frame_bytes = Vec::with_capacity(64);
             frame.encode(&mut frame_bytes);
             let entry_len = ENTRY_PREFIX_LEN + frame_bytes.len() + batch.len();
-            out.write_all(&(frame_bytes.len() as u32).to_le_bytes()).map_err(Error::io(dest))?;
-            out.write_all(&crc32c::crc32c(&frame_bytes).to_le_bytes()).map_err(Error::io(dest))?;
+            out.write_all(&(frame_bytes.len() as u32).to_le_bytes())
+                .map_err(Error::io(dest))?;
+            out.write_all(&crc32c::crc32c(&frame_bytes).to_le_bytes())
+                .map_err(Error::io(dest))?;
             out.write_all(&frame_bytes).map_err(Error::io(dest))?;
             out.write_all(&batch).map_err(Error::io(dest))?;
-            entries.push(IndexEntry { file_pos: pos, entry_len: entry_len as u32, ..*e });
+            entries.push(IndexEntry {
+                file_pos: pos,
+                entry_len: entry_len as u32,
+                ..*e
+            });
             pos += entry_len as u64;
         }
-        let file = out.into_inner().map_err(|e| Error::io(dest)(e.into_error()))?;
+        let file = out
+            .into_inner()
+            .map_err(|e| Error::io(dest)(e.into_error()))?;
         file.sync_all().map_err(Error::fsync(dest))?;
         Ok(entries)
     }
@@ -787,20 +940,38 @@ fn read_entry(lf: &LogFile, e: &IndexEntry) -> Result<StoredBatch> {
 /// Reads and checks the entry `e` of `file` into `buf` (reused across calls: a build reads
 /// thousands of megabyte-sized batches, and a fresh buffer for each costs the kernel a page
 /// zeroing and the process a copy); returns its frame and where its batch starts in `buf`.
-pub fn read_stored_into(file: &File, path: &Path, e: &IndexEntry, buf: &mut Vec<u8>) -> Result<(Frame, usize)> {
+pub fn read_stored_into(
+    file: &File,
+    path: &Path,
+    e: &IndexEntry,
+    buf: &mut Vec<u8>,
+) -> Result<(Frame, usize)> {
     buf.clear();
     buf.resize(e.entry_len as usize, 0);
-    file.read_exact_at(buf, e.file_pos).map_err(Error::io(path))?;
-    parse_entry(buf).map_err(|reason| Error::Corrupt { path: path.to_path_buf(), position: e.file_pos, reason })
+    file.read_exact_at(buf, e.file_pos)
+        .map_err(Error::io(path))?;
+    parse_entry(buf).map_err(|reason| Error::Corrupt {
+        path: path.to_path_buf(),
+        position: e.file_pos,
+        reason,
+    })
 }
 
 /// Reads and checks the entry `e` of the raw log file `file` (at `path`).
 pub fn read_stored(file: &File, path: &Path, e: &IndexEntry) -> Result<StoredBatch> {
     let mut buf = vec![0u8; e.entry_len as usize];
-    file.read_exact_at(&mut buf, e.file_pos).map_err(Error::io(path))?;
-    let corrupt = |reason: String| Error::Corrupt { path: path.to_path_buf(), position: e.file_pos, reason };
+    file.read_exact_at(&mut buf, e.file_pos)
+        .map_err(Error::io(path))?;
+    let corrupt = |reason: String| Error::Corrupt {
+        path: path.to_path_buf(),
+        position: e.file_pos,
+        reason,
+    };
     let parsed = parse_entry(&buf).map_err(corrupt)?;
-    Ok(StoredBatch { frame: parsed.0, batch: buf[parsed.1..].to_vec() })
+    Ok(StoredBatch {
+        frame: parsed.0,
+        batch: buf[parsed.1..].to_vec(),
+    })
 }
 
 /// Checks one whole entry; returns its frame and where its batch starts.
@@ -811,7 +982,9 @@ fn parse_entry(buf: &[u8]) -> std::result::Result<(Frame, usize), String> {
     let frame_len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
     let crc = u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]);
     let frame_end = ENTRY_PREFIX_LEN + frame_len;
-    let frame_bytes = buf.get(ENTRY_PREFIX_LEN..frame_end).ok_or("frame is truncated")?;
+    let frame_bytes = buf
+        .get(ENTRY_PREFIX_LEN..frame_end)
+        .ok_or("frame is truncated")?;
     if crc32c::crc32c(frame_bytes) != crc {
         return Err("frame checksum mismatch".into());
     }
@@ -829,31 +1002,43 @@ struct Scan {
 /// Walks a file's entries from the header on, stopping at the first one that is incomplete,
 /// fails a checksum, or breaks offset continuity.
 fn scan_entries(file: &File, len: u64, base: i64) -> Scan {
-    let mut scan = Scan { entries: Vec::new(), good_len: FILE_HEADER_LEN, failure: None };
+    let mut scan = Scan {
+        entries: Vec::new(),
+        good_len: FILE_HEADER_LEN,
+        failure: None,
+    };
     let mut expected_offset = base;
     let mut pos = FILE_HEADER_LEN;
     while pos < len {
         let result = (|| -> std::result::Result<IndexEntry, String> {
             let mut prefix = [0u8; ENTRY_PREFIX_LEN];
-            file.read_exact_at(&mut prefix, pos).map_err(|_| "entry prefix is truncated".to_string())?;
+            file.read_exact_at(&mut prefix, pos)
+                .map_err(|_| "entry prefix is truncated".to_string())?;
             let frame_len = u32::from_le_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as u64;
             let batch_at = pos + ENTRY_PREFIX_LEN as u64 + frame_len;
             let mut batch_prefix = [0u8; record_batch::LOG_OVERHEAD];
             if batch_at + record_batch::LOG_OVERHEAD as u64 > len {
                 return Err("entry is truncated".into());
             }
-            file.read_exact_at(&mut batch_prefix, batch_at).map_err(|e| e.to_string())?;
-            let batch_len = record_batch::peek_total_len(&batch_prefix).map_err(|e| e.to_string())? as u64;
+            file.read_exact_at(&mut batch_prefix, batch_at)
+                .map_err(|e| e.to_string())?;
+            let batch_len =
+                record_batch::peek_total_len(&batch_prefix).map_err(|e| e.to_string())? as u64;
             let entry_len = batch_at + batch_len - pos;
             if pos + entry_len > len || entry_len > u32::MAX as u64 {
                 return Err("entry is truncated".into());
             }
             let mut buf = vec![0u8; entry_len as usize];
-            file.read_exact_at(&mut buf, pos).map_err(|e| e.to_string())?;
+            file.read_exact_at(&mut buf, pos)
+                .map_err(|e| e.to_string())?;
             let (frame, batch_start) = parse_entry(&buf)?;
-            let header = record_batch::parse_header(&buf[batch_start..]).map_err(|e| e.to_string())?;
+            let header =
+                record_batch::parse_header(&buf[batch_start..]).map_err(|e| e.to_string())?;
             if header.base_offset != expected_offset {
-                return Err(format!("batch base offset {} where {expected_offset} was expected", header.base_offset));
+                return Err(format!(
+                    "batch base offset {} where {expected_offset} was expected",
+                    header.base_offset
+                ));
             }
             Ok(IndexEntry {
                 base_offset: header.base_offset,
@@ -887,17 +1072,33 @@ fn scan_entries(file: &File, len: u64, base: i64) -> Scan {
 /// written (a file's length in [`PartitionLog::file_lengths`]); an active file's later
 /// appends are not looked at. Returns the number of entries checked.
 pub fn verify_file(path: &Path, len: u64) -> Result<usize> {
-    let base = path.file_stem().and_then(|s| s.to_str()).and_then(|s| s.parse::<i64>().ok()).ok_or_else(|| {
-        Error::Corrupt { path: path.to_path_buf(), position: 0, reason: "not a raw log file name".into() }
-    })?;
+    let base = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .and_then(|s| s.parse::<i64>().ok())
+        .ok_or_else(|| Error::Corrupt {
+            path: path.to_path_buf(),
+            position: 0,
+            reason: "not a raw log file name".into(),
+        })?;
     let file = File::open(path).map_err(Error::io(path))?;
     let on_disk = file.metadata().map_err(Error::io(path))?.len();
-    let corrupt = |position: u64, reason: String| Error::Corrupt { path: path.to_path_buf(), position, reason };
+    let corrupt = |position: u64, reason: String| Error::Corrupt {
+        path: path.to_path_buf(),
+        position,
+        reason,
+    };
     if on_disk < len {
-        return Err(corrupt(on_disk, format!("the file holds {on_disk} bytes where {len} were written")));
+        return Err(corrupt(
+            on_disk,
+            format!("the file holds {on_disk} bytes where {len} were written"),
+        ));
     }
     let mut header = [0u8; FILE_HEADER_LEN as usize];
-    if len < FILE_HEADER_LEN || file.read_exact_at(&mut header, 0).is_err() || &header[..8] != FILE_MAGIC {
+    if len < FILE_HEADER_LEN
+        || file.read_exact_at(&mut header, 0).is_err()
+        || &header[..8] != FILE_MAGIC
+    {
         return Err(corrupt(0, "the raw log file header is damaged".into()));
     }
     let scan = scan_entries(&file, len, base);
@@ -908,7 +1109,9 @@ pub fn verify_file(path: &Path, len: u64) -> Result<usize> {
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(Error::fsync(dir))
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(Error::fsync(dir))
 }
 
 #[cfg(test)]
@@ -943,13 +1146,18 @@ mod tests {
     #[test]
     fn offsets_are_dense_and_survive_reopen_and_roll() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let config = PartitionLogConfig { file_bytes_max: 300 };
+        let config = PartitionLogConfig {
+            file_bytes_max: 300,
+        };
         {
             let (mut log, rec) = PartitionLog::open(dir.path(), 0, config.clone()).expect("open");
             assert_eq!(rec.entries, 0);
             for i in 0..10u64 {
                 let e = log
-                    .append(&frame(i + 1, (i * 100) as i64, (i * 100 + 50) as i64), &mut batch(3, "b"))
+                    .append(
+                        &frame(i + 1, (i * 100) as i64, (i * 100 + 50) as i64),
+                        &mut batch(3, "b"),
+                    )
                     .expect("append");
                 assert_eq!(e.base_offset, (i * 3) as i64);
             }
@@ -964,7 +1172,11 @@ mod tests {
         let all = log.read(0, usize::MAX).expect("read");
         assert_eq!(all.len(), 10);
         let from_mid = log.read(16, 1).expect("read");
-        assert_eq!(from_mid.len(), 1, "at least one batch even when over max_bytes");
+        assert_eq!(
+            from_mid.len(),
+            1,
+            "at least one batch even when over max_bytes"
+        );
         let (h, recs) = record_batch::decode_records(&from_mid[0].batch).expect("decode");
         assert_eq!(h.base_offset, 15);
         assert_eq!(recs[1].0, 16);
@@ -974,16 +1186,34 @@ mod tests {
     #[test]
     fn event_time_reads_touch_only_overlapping_entries() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (mut log, _) = PartitionLog::open(dir.path(), 0, PartitionLogConfig { file_bytes_max: 1 }).expect("open");
-        log.append(&frame(1, 0, 99), &mut batch(1, "a")).expect("append");
-        log.append(&frame(2, 100, 199), &mut batch(1, "b")).expect("append");
-        log.append(&frame(3, 1, 0), &mut batch(1, "c")).expect("append"); // no event times
-        log.append(&frame(4, 50, 150), &mut batch(1, "d")).expect("append"); // late
-        let hits: Vec<u64> = log.entries_overlapping(100, 200).iter().map(|e| e.log_position).collect();
+        let (mut log, _) =
+            PartitionLog::open(dir.path(), 0, PartitionLogConfig { file_bytes_max: 1 })
+                .expect("open");
+        log.append(&frame(1, 0, 99), &mut batch(1, "a"))
+            .expect("append");
+        log.append(&frame(2, 100, 199), &mut batch(1, "b"))
+            .expect("append");
+        log.append(&frame(3, 1, 0), &mut batch(1, "c"))
+            .expect("append"); // no event times
+        log.append(&frame(4, 50, 150), &mut batch(1, "d"))
+            .expect("append"); // late
+        let hits: Vec<u64> = log
+            .entries_overlapping(100, 200)
+            .iter()
+            .map(|e| e.log_position)
+            .collect();
         assert_eq!(hits, vec![2, 4]);
         // One entry per file here, so each file's range is its entry's.
         let ranges = log.file_event_ranges();
-        assert_eq!(ranges, vec![(0, 0, 99), (1, 100, 199), (2, i64::MAX, i64::MIN), (3, 50, 150)]);
+        assert_eq!(
+            ranges,
+            vec![
+                (0, 0, 99),
+                (1, 100, 199),
+                (2, i64::MAX, i64::MIN),
+                (3, 50, 150)
+            ]
+        );
     }
 
     #[test]
@@ -991,32 +1221,45 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path;
         {
-            let (mut log, _) = PartitionLog::open(dir.path(), 2, PartitionLogConfig::default()).expect("open");
-            log.append(&frame(1, 0, 1), &mut batch(2, "a")).expect("append");
-            log.append(&frame(2, 0, 1), &mut batch(2, "b")).expect("append");
+            let (mut log, _) =
+                PartitionLog::open(dir.path(), 2, PartitionLogConfig::default()).expect("open");
+            log.append(&frame(1, 0, 1), &mut batch(2, "a"))
+                .expect("append");
+            log.append(&frame(2, 0, 1), &mut batch(2, "b"))
+                .expect("append");
             log.sync().expect("sync");
             path = log.active().path.clone();
         }
         let len = fs::metadata(&path).expect("meta").len();
-        OpenOptions::new().write(true).open(&path).and_then(|f| f.set_len(len - 3)).expect("truncate");
-        let (mut log, rec) = PartitionLog::open(dir.path(), 2, PartitionLogConfig::default()).expect("reopen");
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_len(len - 3))
+            .expect("truncate");
+        let (mut log, rec) =
+            PartitionLog::open(dir.path(), 2, PartitionLogConfig::default()).expect("reopen");
         assert_eq!(rec.entries, 1);
         assert!(rec.cut_bytes > 0 && rec.cut_reason.is_some());
         assert_eq!(log.next_offset(), 2);
         assert_eq!(log.last_log_position(), Some(1));
-        let e = log.append(&frame(2, 0, 1), &mut batch(1, "c")).expect("append after cut");
+        let e = log
+            .append(&frame(2, 0, 1), &mut batch(1, "c"))
+            .expect("append after cut");
         assert_eq!(e.base_offset, 2);
     }
 
     #[test]
     fn corruption_in_a_sealed_file_is_an_error_not_a_cut() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let config = PartitionLogConfig { file_bytes_max: 100 };
+        let config = PartitionLogConfig {
+            file_bytes_max: 100,
+        };
         let first;
         {
             let (mut log, _) = PartitionLog::open(dir.path(), 0, config.clone()).expect("open");
             for i in 0..4 {
-                log.append(&frame(i + 1, 0, 1), &mut batch(1, "x")).expect("append");
+                log.append(&frame(i + 1, 0, 1), &mut batch(1, "x"))
+                    .expect("append");
             }
             log.sync().expect("sync");
             first = log.files[0].path.clone();
@@ -1026,7 +1269,10 @@ mod tests {
         let n = bytes.len();
         bytes[n - 2] ^= 0xff;
         fs::write(&first, bytes).expect("write");
-        let err = PartitionLog::open(dir.path(), 0, config).err().map(|e| e.to_string()).unwrap_or_default();
+        let err = PartitionLog::open(dir.path(), 0, config)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("corrupt data"), "{err}");
     }
 }

@@ -88,11 +88,16 @@ fn be_i16(b: &[u8], at: usize) -> i16 {
 /// Reads the batch length from the first 12 bytes, to know how many bytes a batch takes.
 pub fn peek_total_len(prefix: &[u8]) -> Result<usize> {
     if prefix.len() < LOG_OVERHEAD {
-        return Err(Error::bad_batch(format!("{} bytes is too short for a batch header", prefix.len())));
+        return Err(Error::bad_batch(format!(
+            "{} bytes is too short for a batch header",
+            prefix.len()
+        )));
     }
     let len = be_i32(prefix, 8);
     if len < (HEADER_LEN - LOG_OVERHEAD) as i32 {
-        return Err(Error::bad_batch(format!("batchLength {len} is shorter than a v2 header")));
+        return Err(Error::bad_batch(format!(
+            "batchLength {len} is shorter than a v2 header"
+        )));
     }
     Ok(LOG_OVERHEAD + len as usize)
 }
@@ -101,16 +106,23 @@ pub fn peek_total_len(prefix: &[u8]) -> Result<usize> {
 pub fn parse_header(batch: &[u8]) -> Result<BatchHeader> {
     let total = peek_total_len(batch)?;
     if batch.len() != total {
-        return Err(Error::bad_batch(format!("batchLength says {total} bytes but {} were given", batch.len())));
+        return Err(Error::bad_batch(format!(
+            "batchLength says {total} bytes but {} were given",
+            batch.len()
+        )));
     }
     let magic = batch[16] as i8;
     if magic != MAGIC {
-        return Err(Error::bad_batch(format!("magic {magic} is not supported; only RecordBatch v2 (magic 2)")));
+        return Err(Error::bad_batch(format!(
+            "magic {magic} is not supported; only RecordBatch v2 (magic 2)"
+        )));
     }
     let crc = be_i32(batch, 17) as u32;
     let actual = crc32c::crc32c(&batch[CRC_START..]);
     if crc != actual {
-        return Err(Error::bad_batch(format!("CRC32C mismatch: header says {crc:#010x}, bytes give {actual:#010x}")));
+        return Err(Error::bad_batch(format!(
+            "CRC32C mismatch: header says {crc:#010x}, bytes give {actual:#010x}"
+        )));
     }
     let header = BatchHeader {
         base_offset: be_i64(batch, 0),
@@ -127,7 +139,9 @@ pub fn parse_header(batch: &[u8]) -> Result<BatchHeader> {
         record_count: be_i32(batch, 57),
     };
     if header.record_count < 0 || header.last_offset_delta < 0 {
-        return Err(Error::bad_batch("negative record count or last offset delta"));
+        return Err(Error::bad_batch(
+            "negative record count or last offset delta",
+        ));
     }
     Ok(header)
 }
@@ -148,7 +162,12 @@ pub fn refresh_crc(batch: &mut [u8]) {
 
 /// Sets the idempotent producer fields of a batch in place and recomputes its CRC (the load
 /// tool resends one prepared batch under fresh sequence numbers without recompressing it).
-pub fn restamp_producer(batch: &mut [u8], producer_id: i64, producer_epoch: i16, base_sequence: i32) {
+pub fn restamp_producer(
+    batch: &mut [u8],
+    producer_id: i64,
+    producer_epoch: i16,
+    base_sequence: i32,
+) {
     if batch.len() < HEADER_LEN {
         return;
     }
@@ -168,7 +187,12 @@ pub fn encode(records: &[Record]) -> Vec<u8> {
     encode_with_producer(records, -1, -1, -1)
 }
 
-pub fn encode_with_producer(records: &[Record], producer_id: i64, producer_epoch: i16, base_sequence: i32) -> Vec<u8> {
+pub fn encode_with_producer(
+    records: &[Record],
+    producer_id: i64,
+    producer_epoch: i16,
+    base_sequence: i32,
+) -> Vec<u8> {
     let base_ts = records.iter().map(|r| r.timestamp_ms).min().unwrap_or(-1);
     let max_ts = records.iter().map(|r| r.timestamp_ms).max().unwrap_or(-1);
     let mut out = Vec::with_capacity(HEADER_LEN + records.len() * 64);
@@ -226,7 +250,10 @@ pub fn decode_records(batch: &[u8]) -> Result<(BatchHeader, Vec<(i64, Record)>)>
 /// Decodes a produced batch, refusing a record section that decompresses to more than `cap`
 /// bytes. Also checks what Kafka's broker checks of a produced batch: the records are
 /// numbered 0, 1, 2, ... and `lastOffsetDelta` is the last of them, so offsets stay dense.
-pub fn decode_records_capped(batch: &[u8], cap: usize) -> Result<(BatchHeader, Vec<(i64, Record)>)> {
+pub fn decode_records_capped(
+    batch: &[u8],
+    cap: usize,
+) -> Result<(BatchHeader, Vec<(i64, Record)>)> {
     decode(batch, cap, true)
 }
 
@@ -272,7 +299,9 @@ fn decode(batch: &[u8], cap: usize, dense: bool) -> Result<(BatchHeader, Vec<(i6
         let ts_delta = cur.varlong()?;
         let offset_delta = cur.varint()?;
         if dense && offset_delta as usize != i {
-            return Err(Error::bad_batch(format!("record {i} has offset delta {offset_delta}; expected {i}")));
+            return Err(Error::bad_batch(format!(
+                "record {i} has offset delta {offset_delta}; expected {i}"
+            )));
         }
         if offset_delta <= previous_delta || offset_delta > header.last_offset_delta {
             return Err(Error::bad_batch(format!(
@@ -285,12 +314,17 @@ fn decode(batch: &[u8], cap: usize, dense: bool) -> Result<(BatchHeader, Vec<(i6
         let value = cur.bytes()?;
         let header_count = cur.varint()?;
         if header_count < 0 || header_count as usize > end.saturating_sub(cur.pos) {
-            return Err(Error::bad_batch(format!("record {i} declares {header_count} headers that cannot fit")));
+            return Err(Error::bad_batch(format!(
+                "record {i} declares {header_count} headers that cannot fit"
+            )));
         }
         let mut headers = Vec::with_capacity(header_count as usize);
         for _ in 0..header_count {
-            let k = cur.bytes()?.ok_or_else(|| Error::bad_batch("null header key"))?;
-            let k = String::from_utf8(k).map_err(|_| Error::bad_batch("header key is not UTF-8"))?;
+            let k = cur
+                .bytes()?
+                .ok_or_else(|| Error::bad_batch("null header key"))?;
+            let k =
+                String::from_utf8(k).map_err(|_| Error::bad_batch("header key is not UTF-8"))?;
             headers.push((k, cur.bytes()?));
         }
         if cur.pos != end {
@@ -298,7 +332,12 @@ fn decode(batch: &[u8], cap: usize, dense: bool) -> Result<(BatchHeader, Vec<(i6
         }
         records.push((
             header.base_offset + i64::from(offset_delta),
-            Record { timestamp_ms: header.base_timestamp + ts_delta, key, value, headers },
+            Record {
+                timestamp_ms: header.base_timestamp + ts_delta,
+                key,
+                value,
+                headers,
+            },
         ));
     }
     Ok((header, records))
@@ -340,9 +379,12 @@ pub fn retain_records(batch: &[u8], keep: &[usize]) -> Result<Vec<u8>> {
     let mut body = Vec::with_capacity(batch.len());
     let mut record = Vec::with_capacity(64);
     for &i in keep {
-        let (offset, r) = records
-            .get(i)
-            .ok_or_else(|| Error::bad_batch(format!("record {i} is past the batch's {} records", records.len())))?;
+        let (offset, r) = records.get(i).ok_or_else(|| {
+            Error::bad_batch(format!(
+                "record {i} is past the batch's {} records",
+                records.len()
+            ))
+        })?;
         record.clear();
         record.push(0);
         put_varlong(&mut record, r.timestamp_ms - header.base_timestamp);
@@ -403,7 +445,10 @@ impl Cursor<'_> {
     fn uvarint(&mut self, max_bytes: usize) -> Result<u64> {
         let mut v: u64 = 0;
         for i in 0..max_bytes {
-            let b = *self.buf.get(self.pos).ok_or_else(|| Error::bad_batch("varint runs past the end"))?;
+            let b = *self
+                .buf
+                .get(self.pos)
+                .ok_or_else(|| Error::bad_batch("varint runs past the end"))?;
             self.pos += 1;
             v |= u64::from(b & 0x7f) << (7 * i);
             if b & 0x80 == 0 {
@@ -426,7 +471,10 @@ impl Cursor<'_> {
             return Ok(None);
         }
         let end = self.pos.saturating_add(len as usize);
-        let b = self.buf.get(self.pos..end).ok_or_else(|| Error::bad_batch("field runs past the end of the batch"))?;
+        let b = self
+            .buf
+            .get(self.pos..end)
+            .ok_or_else(|| Error::bad_batch("field runs past the end of the batch"))?;
         self.pos = end;
         Ok(Some(b.to_vec()))
     }
@@ -443,7 +491,10 @@ mod tests {
             proptest::option::of(proptest::collection::vec(any::<u8>(), 0..20)),
             proptest::option::of(proptest::collection::vec(any::<u8>(), 0..200)),
             proptest::collection::vec(
-                ("[a-z]{0,8}", proptest::option::of(proptest::collection::vec(any::<u8>(), 0..8))),
+                (
+                    "[a-z]{0,8}",
+                    proptest::option::of(proptest::collection::vec(any::<u8>(), 0..8)),
+                ),
                 0..3,
             ),
         )
@@ -489,26 +540,52 @@ mod tests {
                 headers: vec![("h".into(), Some(b"v".to_vec()))],
             })
             .collect();
-        for codec in [compression::GZIP, compression::SNAPPY, compression::LZ4, compression::ZSTD] {
+        for codec in [
+            compression::GZIP,
+            compression::SNAPPY,
+            compression::LZ4,
+            compression::ZSTD,
+        ] {
             let mut batch = encode_compressed(&records, codec, 7, 1, 40).expect("encodes");
             set_base_offset(&mut batch, 1000);
             let (header, decoded) = decode_records(&batch).expect("decodes");
             assert_eq!(header.compression(), codec);
-            assert_eq!((header.producer_id, header.producer_epoch, header.base_sequence), (7, 1, 40));
+            assert_eq!(
+                (
+                    header.producer_id,
+                    header.producer_epoch,
+                    header.base_sequence
+                ),
+                (7, 1, 40)
+            );
             let got: Vec<Record> = decoded.iter().map(|(_, r)| r.clone()).collect();
             assert_eq!(got, records, "{}", compression::codec_name(codec));
             assert_eq!(decoded.last().map(|(o, _)| *o), Some(1299));
-            assert!(decode_records_capped(&batch, 100).is_err(), "the cap applies");
+            assert!(
+                decode_records_capped(&batch, 100).is_err(),
+                "the cap applies"
+            );
         }
     }
 
     #[test]
     fn restamped_batches_keep_a_valid_crc() {
-        let records = vec![Record { timestamp_ms: 5, key: None, value: Some(b"{}".to_vec()), headers: vec![] }; 3];
+        let records = vec![
+            Record {
+                timestamp_ms: 5,
+                key: None,
+                value: Some(b"{}".to_vec()),
+                headers: vec![]
+            };
+            3
+        ];
         let mut batch = encode_compressed(&records, compression::LZ4, -1, -1, -1).expect("encodes");
         restamp_producer(&mut batch, 42, 3, 900);
         let h = parse_header(&batch).expect("CRC still valid");
-        assert_eq!((h.producer_id, h.producer_epoch, h.base_sequence), (42, 3, 900));
+        assert_eq!(
+            (h.producer_id, h.producer_epoch, h.base_sequence),
+            (42, 3, 900)
+        );
     }
 
     #[test]
@@ -526,10 +603,27 @@ mod tests {
             set_base_offset(&mut batch, 100);
             let kept = retain_records(&batch, &[1, 3]).expect("rewrites");
             let (h, decoded) = decode_records(&kept).expect("decodes with gaps");
-            assert_eq!((h.base_offset, h.last_offset_delta, h.record_count), (100, 4, 2));
-            assert_eq!((h.producer_id, h.producer_epoch, h.base_sequence, h.compression()), (7, 1, 30, codec));
-            assert_eq!(decoded, vec![(101, records[1].clone()), (103, records[3].clone())]);
-            assert!(decode_records_capped(&kept, 1 << 20).is_err(), "a produced batch must be dense");
+            assert_eq!(
+                (h.base_offset, h.last_offset_delta, h.record_count),
+                (100, 4, 2)
+            );
+            assert_eq!(
+                (
+                    h.producer_id,
+                    h.producer_epoch,
+                    h.base_sequence,
+                    h.compression()
+                ),
+                (7, 1, 30, codec)
+            );
+            assert_eq!(
+                decoded,
+                vec![(101, records[1].clone()), (103, records[3].clone())]
+            );
+            assert!(
+                decode_records_capped(&kept, 1 << 20).is_err(),
+                "a produced batch must be dense"
+            );
             let empty = retain_records(&batch, &[]).expect("rewrites");
             let (h, decoded) = decode_records(&empty).expect("an empty batch decodes");
             assert_eq!((h.last_offset(), decoded.len()), (104, 0));
@@ -538,19 +632,35 @@ mod tests {
 
     #[test]
     fn a_huge_declared_record_count_is_refused_before_allocating() {
-        let mut batch = encode(&[Record { timestamp_ms: 1, key: None, value: None, headers: vec![] }]);
+        let mut batch = encode(&[Record {
+            timestamp_ms: 1,
+            key: None,
+            value: None,
+            headers: vec![],
+        }]);
         batch[57..61].copy_from_slice(&i32::MAX.to_be_bytes());
         batch[23..27].copy_from_slice(&(i32::MAX - 1).to_be_bytes());
         refresh_crc(&mut batch);
-        let err = decode_records(&batch).err().map(|e| e.to_string()).unwrap_or_default();
+        let err = decode_records(&batch)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("cannot fit"), "{err}");
     }
 
     #[test]
     fn known_bytes_match_kafka_layout() {
-        let batch = encode(&[Record { timestamp_ms: 1000, key: None, value: Some(b"hi".to_vec()), headers: vec![] }]);
+        let batch = encode(&[Record {
+            timestamp_ms: 1000,
+            key: None,
+            value: Some(b"hi".to_vec()),
+            headers: vec![],
+        }]);
         // Record: attrs 0, tsDelta 0, offsetDelta 0, key -1 (0x01), value len 2 (0x04) 'h' 'i', 0 headers.
-        assert_eq!(&batch[HEADER_LEN..], &[0x10, 0, 0, 0, 0x01, 0x04, b'h', b'i', 0]);
+        assert_eq!(
+            &batch[HEADER_LEN..],
+            &[0x10, 0, 0, 0, 0x01, 0x04, b'h', b'i', 0]
+        );
         assert_eq!(batch[16], 2);
         assert_eq!(be_i32(&batch, 8) as usize, batch.len() - 12);
         assert_eq!(be_i64(&batch, 43), -1, "no producer id");

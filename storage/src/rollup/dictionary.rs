@@ -31,7 +31,12 @@ impl Dictionary {
     #[inline]
     pub fn intern(&mut self, value: &str) -> u32 {
         let h = hash_str(value);
-        let Dictionary { bytes, spans, hashes, table } = self;
+        let Dictionary {
+            bytes,
+            spans,
+            hashes,
+            table,
+        } = self;
         let get = |id: u32| -> &str {
             let (start, len) = spans[(id - 1) as usize];
             &bytes[start as usize..(start + len) as usize]

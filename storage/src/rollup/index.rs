@@ -37,8 +37,14 @@ pub enum MetricColumn {
     DoubleSum(Vec<f64>),
     Min(Vec<f64>),
     Max(Vec<f64>),
-    Distinct { lg_k: u8, states: Vec<DistinctState> },
-    Quantile { compression: u16, states: Vec<QuantileState> },
+    Distinct {
+        lg_k: u8,
+        states: Vec<DistinctState>,
+    },
+    Quantile {
+        compression: u16,
+        states: Vec<QuantileState>,
+    },
 }
 
 impl MetricColumn {
@@ -49,10 +55,14 @@ impl MetricColumn {
             MetricKind::DoubleSum { .. } => MetricColumn::DoubleSum(Vec::new()),
             MetricKind::Min { .. } => MetricColumn::Min(Vec::new()),
             MetricKind::Max { .. } => MetricColumn::Max(Vec::new()),
-            MetricKind::Hll { .. } => MetricColumn::Distinct { lg_k: kind.hll_lg_k(), states: Vec::new() },
-            MetricKind::Tdigest { .. } => {
-                MetricColumn::Quantile { compression: kind.tdigest_compression(), states: Vec::new() }
-            }
+            MetricKind::Hll { .. } => MetricColumn::Distinct {
+                lg_k: kind.hll_lg_k(),
+                states: Vec::new(),
+            },
+            MetricKind::Tdigest { .. } => MetricColumn::Quantile {
+                compression: kind.tdigest_compression(),
+                states: Vec::new(),
+            },
         }
     }
 
@@ -60,7 +70,9 @@ impl MetricColumn {
         match self {
             MetricColumn::Count(v) => v.reserve(rows),
             MetricColumn::LongSum(v) => v.reserve(rows),
-            MetricColumn::DoubleSum(v) | MetricColumn::Min(v) | MetricColumn::Max(v) => v.reserve(rows),
+            MetricColumn::DoubleSum(v) | MetricColumn::Min(v) | MetricColumn::Max(v) => {
+                v.reserve(rows)
+            }
             MetricColumn::Distinct { states, .. } => states.reserve(rows),
             MetricColumn::Quantile { states, .. } => states.reserve(rows),
         }
@@ -122,14 +134,23 @@ impl MetricColumn {
                 s.add(distinct_hash(text), *lg_k);
                 s.heap_bytes() as isize - before as isize
             }
-            (MetricColumn::Quantile { compression, states }, MetricInput::Double(x)) => {
+            (
+                MetricColumn::Quantile {
+                    compression,
+                    states,
+                },
+                MetricInput::Double(x),
+            ) => {
                 let s = &mut states[row];
                 let before = s.heap_bytes();
                 s.add(*x, *compression);
                 s.heap_bytes() as isize - before as isize
             }
             // Extraction produces inputs matching the spec the column was built from.
-            (col, input) => panic!("metric input {input:?} does not fit column {}", col.kind_name()),
+            (col, input) => panic!(
+                "metric input {input:?} does not fit column {}",
+                col.kind_name()
+            ),
         }
     }
 
@@ -185,7 +206,11 @@ impl RollupIndex {
             dim_ids: Vec::new(),
             row_hashes: Vec::new(),
             table: HashTable::new(),
-            metrics: spec.metrics.iter().map(|m| MetricColumn::for_kind(&m.kind)).collect(),
+            metrics: spec
+                .metrics
+                .iter()
+                .map(|m| MetricColumn::for_kind(&m.kind))
+                .collect(),
             events: 0,
             state_heap_bytes: 0,
             scratch: Vec::with_capacity(spec.dimensions.len()),
@@ -248,7 +273,8 @@ impl RollupIndex {
                 }
                 self.row_hashes.push(h);
                 let hashes = &self.row_hashes;
-                self.table.insert_unique(h, row as u32, |&r| hashes[r as usize]);
+                self.table
+                    .insert_unique(h, row as u32, |&r| hashes[r as usize]);
                 row
             }
         }
@@ -302,7 +328,13 @@ impl RollupIndex {
                     states[row].merge_encoded(bytes, *lg_k)?;
                     self.state_heap_bytes += states[row].heap_bytes() as isize - before as isize;
                 }
-                (MetricColumn::Quantile { compression, states }, RowMetric::State(bytes)) => {
+                (
+                    MetricColumn::Quantile {
+                        compression,
+                        states,
+                    },
+                    RowMetric::State(bytes),
+                ) => {
                     let before = states[row].heap_bytes();
                     states[row].merge_encoded(bytes, *compression)?;
                     self.state_heap_bytes += states[row].heap_bytes() as isize - before as isize;
@@ -343,7 +375,15 @@ impl RollupIndex {
 
     /// Approximate bytes held, for the memory bound that triggers a persist.
     pub fn memory_bytes(&self) -> usize {
-        let per_row = 8 + 4 * self.dims.len() + 8 + 4 + self.metrics.iter().map(MetricColumn::row_bytes).sum::<usize>();
+        let per_row = 8
+            + 4 * self.dims.len()
+            + 8
+            + 4
+            + self
+                .metrics
+                .iter()
+                .map(MetricColumn::row_bytes)
+                .sum::<usize>();
         let dicts: usize = self.dims.iter().map(Dictionary::heap_bytes).sum();
         self.rows() * per_row + dicts + self.state_heap_bytes.max(0) as usize
     }
@@ -373,7 +413,12 @@ impl RollupIndex {
     /// pass computes each row's key, then a sort of (key, row) pairs touches memory in
     /// order instead of chasing dictionary ranks and row data per comparison. The same
     /// order as the comparator's (keys are unique: a row is its bucket and dimensions).
-    fn sorted_rows_packed(&self, clustering: &[usize], rest: &[usize], ranks: &[Vec<u32>]) -> Option<Vec<u32>> {
+    fn sorted_rows_packed(
+        &self,
+        clustering: &[usize],
+        rest: &[usize],
+        ranks: &[Vec<u32>],
+    ) -> Option<Vec<u32>> {
         let bits = |max: u64| 64 - max.leading_zeros();
         let step = self.query_granularity.millis().max(1);
         let first = self.buckets.iter().copied().min().unwrap_or(0);
@@ -425,21 +470,30 @@ impl RollupIndex {
     /// time, then the other dimensions in spec order. Ties cannot happen: rows are unique.
     pub fn sorted_rows(&self, clustering: &[usize]) -> Vec<u32> {
         let ranks: Vec<Vec<u32>> = self.dims.iter().map(Dictionary::sorted_ranks).collect();
-        let rest: Vec<usize> = (0..self.dims.len()).filter(|d| !clustering.contains(d)).collect();
+        let rest: Vec<usize> = (0..self.dims.len())
+            .filter(|d| !clustering.contains(d))
+            .collect();
         if let Some(order) = self.sorted_rows_packed(clustering, &rest, &ranks) {
             return order;
         }
         self.sorted_rows_compared(clustering, &rest, &ranks)
     }
 
-    fn sorted_rows_compared(&self, clustering: &[usize], rest: &[usize], ranks: &[Vec<u32>]) -> Vec<u32> {
+    fn sorted_rows_compared(
+        &self,
+        clustering: &[usize],
+        rest: &[usize],
+        ranks: &[Vec<u32>],
+    ) -> Vec<u32> {
         let mut order: Vec<u32> = (0..self.rows() as u32).collect();
         let key = |r: u32, d: usize| ranks[d][self.dim_id(r as usize, d) as usize];
         order.sort_unstable_by(|&a, &b| {
             clustering
                 .iter()
                 .map(|&d| key(a, d).cmp(&key(b, d)))
-                .chain(std::iter::once(self.buckets[a as usize].cmp(&self.buckets[b as usize])))
+                .chain(std::iter::once(
+                    self.buckets[a as usize].cmp(&self.buckets[b as usize]),
+                ))
                 .chain(rest.iter().map(|&d| key(a, d).cmp(&key(b, d))))
                 .find(|o| o.is_ne())
                 .unwrap_or(std::cmp::Ordering::Equal)
@@ -477,17 +531,26 @@ mod tests {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            let page = if x % 11 == 0 { json!(null) } else { json!(format!("/p{}", x % 37)) };
-            let b =
-                json!({"ts": (x % 90) as i64 * 60_000 + (x % 997) as i64, "m": format!("m{}", x % 13), "page": page});
+            let page = if x % 11 == 0 {
+                json!(null)
+            } else {
+                json!(format!("/p{}", x % 37))
+            };
+            let b = json!({"ts": (x % 90) as i64 * 60_000 + (x % 997) as i64, "m": format!("m{}", x % 13), "page": page});
             idx.add(&extract(&spec, &b).expect("valid"));
         }
         assert!(idx.rows() > 500);
         let ranks: Vec<Vec<u32>> = idx.dims.iter().map(Dictionary::sorted_ranks).collect();
         for clustering in [vec![], vec![0], vec![1], vec![1, 0]] {
             let rest: Vec<usize> = (0..2).filter(|d| !clustering.contains(d)).collect();
-            let packed = idx.sorted_rows_packed(&clustering, &rest, &ranks).expect("fits in 128 bits");
-            assert_eq!(packed, idx.sorted_rows_compared(&clustering, &rest, &ranks), "clustering {clustering:?}");
+            let packed = idx
+                .sorted_rows_packed(&clustering, &rest, &ranks)
+                .expect("fits in 128 bits");
+            assert_eq!(
+                packed,
+                idx.sorted_rows_compared(&clustering, &rest, &ranks),
+                "clustering {clustering:?}"
+            );
         }
     }
 
@@ -507,18 +570,30 @@ mod tests {
         }
         assert_eq!(idx.rows(), 3);
         assert_eq!(idx.events(), 5);
-        let MetricColumn::Count(counts) = idx.metric(0) else { panic!("count column") };
+        let MetricColumn::Count(counts) = idx.metric(0) else {
+            panic!("count column")
+        };
         assert_eq!(counts, &vec![2, 1, 2]);
-        let MetricColumn::LongSum(n) = idx.metric(1) else { panic!("longSum column") };
+        let MetricColumn::LongSum(n) = idx.metric(1) else {
+            panic!("longSum column")
+        };
         assert_eq!(n, &vec![3, 3, 0]);
-        let MetricColumn::DoubleSum(amt) = idx.metric(2) else { panic!("doubleSum column") };
+        let MetricColumn::DoubleSum(amt) = idx.metric(2) else {
+            panic!("doubleSum column")
+        };
         assert_eq!(amt, &vec![1.0, 0.0, 0.0]);
-        let MetricColumn::Min(lo) = idx.metric(3) else { panic!("min column") };
+        let MetricColumn::Min(lo) = idx.metric(3) else {
+            panic!("min column")
+        };
         assert_eq!(lo[0], -1.0);
         assert!(lo[1].is_nan() && lo[2].is_nan(), "no input is null");
-        let MetricColumn::Max(hi) = idx.metric(4) else { panic!("max column") };
+        let MetricColumn::Max(hi) = idx.metric(4) else {
+            panic!("max column")
+        };
         assert_eq!(hi[0], 2.0);
-        let MetricColumn::Distinct { states, .. } = idx.metric(5) else { panic!("hll column") };
+        let MetricColumn::Distinct { states, .. } = idx.metric(5) else {
+            panic!("hll column")
+        };
         assert_eq!(states[0].estimate(), 2.0);
         assert!(states[2].is_empty());
         // Sorted: m=a first (row 2), then m=b by time (rows 0, 1).
@@ -533,12 +608,13 @@ mod tests {
         let build = || {
             let mut idx = RollupIndex::new(&spec);
             for i in 0..5000u64 {
-                let b =
-                    json!({"ts": i * 1000, "m": format!("m{}", i % 37), "u": format!("u{}", i % 101), "amt": i as f64});
+                let b = json!({"ts": i * 1000, "m": format!("m{}", i % 37), "u": format!("u{}", i % 101), "amt": i as f64});
                 idx.add(&extract(&spec, &b).expect("valid"));
             }
             let mut merged = DistinctMerger::new(12);
-            let MetricColumn::Distinct { states, .. } = idx.metric(5) else { panic!("hll column") };
+            let MetricColumn::Distinct { states, .. } = idx.metric(5) else {
+                panic!("hll column")
+            };
             let mut bytes = Vec::new();
             for s in states {
                 let mut one = Vec::new();

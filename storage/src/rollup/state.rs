@@ -142,7 +142,8 @@ impl DistinctState {
                 Ok(())
             }
             Some(&TAG_SKETCH) => {
-                let other = HllSketch::deserialize(&bytes[1..]).map_err(|e| Error::Sketch(e.to_string()))?;
+                let other = HllSketch::deserialize(&bytes[1..])
+                    .map_err(|e| Error::Sketch(e.to_string()))?;
                 let mut union = HllUnion::new(lg_k).map_err(|e| Error::Sketch(e.to_string()))?;
                 match std::mem::take(self) {
                     DistinctState::Empty => {}
@@ -176,7 +177,8 @@ impl QuantileState {
                 Ok(())
             }
             Some(&TAG_SKETCH) => {
-                let other = TDigestMut::deserialize(&bytes[1..]).map_err(|e| Error::Sketch(e.to_string()))?;
+                let other = TDigestMut::deserialize(&bytes[1..])
+                    .map_err(|e| Error::Sketch(e.to_string()))?;
                 let mut t = match std::mem::take(self) {
                     QuantileState::Sketch(t) => *t,
                     small => {
@@ -220,7 +222,12 @@ pub struct DistinctMerger {
 
 impl DistinctMerger {
     pub fn new(lg_k: u8) -> Self {
-        DistinctMerger { lg_k, exact: Vec::new(), exact_limit: 4096, union: None }
+        DistinctMerger {
+            lg_k,
+            exact: Vec::new(),
+            exact_limit: 4096,
+            union: None,
+        }
     }
 
     /// Merges one encoded state (as written by [`DistinctState::encode`]).
@@ -241,7 +248,8 @@ impl DistinctMerger {
                 Ok(())
             }
             Some(&TAG_SKETCH) => {
-                let s = HllSketch::deserialize(&bytes[1..]).map_err(|e| Error::Sketch(e.to_string()))?;
+                let s = HllSketch::deserialize(&bytes[1..])
+                    .map_err(|e| Error::Sketch(e.to_string()))?;
                 self.union_mut().update(&s);
                 Ok(())
             }
@@ -259,7 +267,8 @@ impl DistinctMerger {
                     self.exact.sort_unstable();
                     self.exact.dedup();
                     if self.exact.len() > self.exact_limit / 2 {
-                        let mut u = HllUnion::new(self.lg_k).unwrap_or_else(|e| panic!("lg_k {}: {e}", self.lg_k));
+                        let mut u = HllUnion::new(self.lg_k)
+                            .unwrap_or_else(|e| panic!("lg_k {}: {e}", self.lg_k));
                         for h in self.exact.drain(..) {
                             u.update_value(h);
                         }
@@ -301,13 +310,16 @@ impl DistinctMerger {
 
     fn union_mut(&mut self) -> &mut HllUnion {
         if self.union.is_none() {
-            let mut u = HllUnion::new(self.lg_k).unwrap_or_else(|e| panic!("lg_k {}: {e}", self.lg_k));
+            let mut u =
+                HllUnion::new(self.lg_k).unwrap_or_else(|e| panic!("lg_k {}: {e}", self.lg_k));
             for h in self.exact.drain(..) {
                 u.update_value(h);
             }
             self.union = Some(u);
         }
-        self.union.as_mut().unwrap_or_else(|| unreachable!("set above"))
+        self.union
+            .as_mut()
+            .unwrap_or_else(|| unreachable!("set above"))
     }
 
     pub fn estimate(&mut self) -> f64 {
@@ -316,7 +328,8 @@ impl DistinctMerger {
                 let mut est = u.estimate();
                 if !self.exact.is_empty() {
                     // Exact values gathered before a sketch arrived are folded in now.
-                    let mut u2 = HllUnion::new(self.lg_k).unwrap_or_else(|e| panic!("lg_k {}: {e}", self.lg_k));
+                    let mut u2 = HllUnion::new(self.lg_k)
+                        .unwrap_or_else(|e| panic!("lg_k {}: {e}", self.lg_k));
                     u2.update(&u.to_sketch(HllType::Hll8));
                     for h in &self.exact {
                         u2.update_value(*h);
@@ -348,7 +361,9 @@ fn exact<'b>(bytes: &'b [u8], what: &str) -> Result<impl Iterator<Item = [u8; 8]
 fn long_exact(bytes: &[u8]) -> Result<impl Iterator<Item = [u8; 8]> + '_> {
     let n = bytes.get(1..5).ok_or_else(|| corrupt("long exact state"))?;
     let n = u32::from_le_bytes([n[0], n[1], n[2], n[3]]) as usize;
-    let vals = bytes.get(5..5 + n * 8).ok_or_else(|| corrupt("long exact state"))?;
+    let vals = bytes
+        .get(5..5 + n * 8)
+        .ok_or_else(|| corrupt("long exact state"))?;
     Ok(vals.chunks_exact(8).map(|c| {
         let mut a = [0u8; 8];
         a.copy_from_slice(c);
@@ -436,8 +451,9 @@ impl QuantileState {
 }
 
 pub fn new_tdigest(compression: u16) -> TDigestMut {
-    TDigestMut::new(compression)
-        .unwrap_or_else(|e| panic!("compression {compression} passed spec validation but t-digest refused it: {e}"))
+    TDigestMut::new(compression).unwrap_or_else(|e| {
+        panic!("compression {compression} passed spec validation but t-digest refused it: {e}")
+    })
 }
 
 /// Merges encoded quantile states: exact values while few, a t-digest beyond.
@@ -451,7 +467,12 @@ pub struct QuantileMerger {
 
 impl QuantileMerger {
     pub fn new(compression: u16) -> Self {
-        QuantileMerger { compression, exact: Vec::new(), exact_limit: 8192, digests: Vec::new() }
+        QuantileMerger {
+            compression,
+            exact: Vec::new(),
+            exact_limit: 8192,
+            digests: Vec::new(),
+        }
     }
 
     #[inline]
@@ -471,7 +492,8 @@ impl QuantileMerger {
                 Ok(())
             }
             Some(&TAG_SKETCH) => {
-                let t = TDigestMut::deserialize(&bytes[1..]).map_err(|e| Error::Sketch(e.to_string()))?;
+                let t = TDigestMut::deserialize(&bytes[1..])
+                    .map_err(|e| Error::Sketch(e.to_string()))?;
                 self.digests.push(t);
                 if self.digests.len() >= 64 {
                     self.collapse();
@@ -506,7 +528,10 @@ impl QuantileMerger {
             return out;
         }
         self.collapse();
-        let mut t = self.digests.pop().unwrap_or_else(|| new_tdigest(self.compression));
+        let mut t = self
+            .digests
+            .pop()
+            .unwrap_or_else(|| new_tdigest(self.compression));
         for x in self.exact.drain(..) {
             t.update(x);
         }
@@ -517,7 +542,12 @@ impl QuantileMerger {
     }
 
     pub fn heap_bytes(&self) -> usize {
-        self.exact.capacity() * 8 + self.digests.iter().map(TDigestMut::estimated_size).sum::<usize>()
+        self.exact.capacity() * 8
+            + self
+                .digests
+                .iter()
+                .map(TDigestMut::estimated_size)
+                .sum::<usize>()
     }
 
     fn collapse(&mut self) {
@@ -604,12 +634,16 @@ mod tests {
         let mut m = DistinctMerger::new(12);
         // 2,000 groups of 50 users each, half overlapping the next group: 50,025 distinct.
         for g in 0..2000u64 {
-            m.merge_encoded(&encoded_distinct(g * 25..g * 25 + 50)).expect("merge");
+            m.merge_encoded(&encoded_distinct(g * 25..g * 25 + 50))
+                .expect("merge");
         }
         let exact = 1999.0 * 25.0 + 50.0;
         let est = m.estimate();
         // lg_k 12: RSE about 1.6%; 3 standard errors is under 5%.
-        assert!((est - exact).abs() / exact < 0.05, "estimate {est} vs exact {exact}");
+        assert!(
+            (est - exact).abs() / exact < 0.05,
+            "estimate {est} vs exact {exact}"
+        );
     }
 
     #[test]
@@ -636,7 +670,9 @@ mod tests {
         for _ in 0..1000 {
             let mut s = QuantileState::default();
             for _ in 0..40 {
-                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 let u = ((x >> 11) as f64 / (1u64 << 53) as f64).max(1e-12);
                 let v = 10.0 / u.powf(0.7);
                 all.push(v);
@@ -648,14 +684,18 @@ mod tests {
         }
         let est = m.quantile(0.99).expect("some");
         let exact = exact_quantile(&mut all, 0.99).expect("some");
-        assert!((est - exact).abs() / exact < 0.02, "p99 {est} vs exact {exact}");
+        assert!(
+            (est - exact).abs() / exact < 0.02,
+            "p99 {est} vs exact {exact}"
+        );
     }
 
     #[test]
     fn partial_states_round_trip_through_bytes() {
         let mut a = DistinctMerger::new(12);
         for g in 0..30u64 {
-            a.merge_encoded(&encoded_distinct(g * 10..g * 10 + 10)).expect("merge");
+            a.merge_encoded(&encoded_distinct(g * 10..g * 10 + 10))
+                .expect("merge");
         }
         let mut b = DistinctMerger::new(12);
         b.merge_encoded(&a.to_state_bytes()).expect("merge partial");

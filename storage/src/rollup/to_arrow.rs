@@ -24,7 +24,9 @@ impl RollupIndex {
     pub fn to_record_batch(&self, spec: &DatasourceSpec, schema: SchemaRef) -> Result<RecordBatch> {
         let rows = self.rows();
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
-        columns.push(Arc::new(TimestampMillisecondArray::from(self.buckets().to_vec()).with_timezone("UTC")));
+        columns.push(Arc::new(
+            TimestampMillisecondArray::from(self.buckets().to_vec()).with_timezone("UTC"),
+        ));
         for d in 0..spec.dimensions.len() {
             let dict = self.dictionary(d);
             let mut values = StringBuilder::with_capacity(dict.len(), dict.len() * 8);
@@ -43,24 +45,33 @@ impl RollupIndex {
         }
         for m in 0..spec.metrics.len() {
             let array: ArrayRef = match self.metric(m) {
-                MetricColumn::Count(v) => Arc::new(Int64Array::from_iter_values(v.iter().map(|x| *x as i64))),
+                MetricColumn::Count(v) => {
+                    Arc::new(Int64Array::from_iter_values(v.iter().map(|x| *x as i64)))
+                }
                 MetricColumn::LongSum(v) => Arc::new(Int64Array::from(v.clone())),
                 MetricColumn::DoubleSum(v) => Arc::new(Float64Array::from(v.clone())),
-                MetricColumn::Min(v) | MetricColumn::Max(v) => {
-                    Arc::new(v.iter().map(|x| if x.is_nan() { None } else { Some(*x) }).collect::<Float64Array>())
+                MetricColumn::Min(v) | MetricColumn::Max(v) => Arc::new(
+                    v.iter()
+                        .map(|x| if x.is_nan() { None } else { Some(*x) })
+                        .collect::<Float64Array>(),
+                ),
+                MetricColumn::Distinct { states, .. } => {
+                    Arc::new(encode_states(states.len(), |r, out| {
+                        states[r].encode(out);
+                        !states[r].is_empty()
+                    }))
                 }
-                MetricColumn::Distinct { states, .. } => Arc::new(encode_states(states.len(), |r, out| {
-                    states[r].encode(out);
-                    !states[r].is_empty()
-                })),
-                MetricColumn::Quantile { states, .. } => Arc::new(encode_states(states.len(), |r, out| {
-                    states[r].encode(out);
-                    !states[r].is_empty()
-                })),
+                MetricColumn::Quantile { states, .. } => {
+                    Arc::new(encode_states(states.len(), |r, out| {
+                        states[r].encode(out);
+                        !states[r].is_empty()
+                    }))
+                }
             };
             columns.push(array);
         }
-        RecordBatch::try_new(schema, columns).map_err(|e| Error::Internal(format!("realtime batch: {e}")))
+        RecordBatch::try_new(schema, columns)
+            .map_err(|e| Error::Internal(format!("realtime batch: {e}")))
     }
 }
 
@@ -69,7 +80,11 @@ fn encode_states(rows: usize, encode: impl Fn(usize, &mut Vec<u8>) -> bool) -> B
     let mut out: Vec<Option<Vec<u8>>> = Vec::with_capacity(rows);
     for r in 0..rows {
         buf.clear();
-        out.push(if encode(r, &mut buf) { Some(buf.clone()) } else { None });
+        out.push(if encode(r, &mut buf) {
+            Some(buf.clone())
+        } else {
+            None
+        });
     }
     BinaryArray::from_iter(out)
 }

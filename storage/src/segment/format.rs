@@ -133,12 +133,19 @@ impl SegmentMeta {
 /// never panics, whatever the bytes.
 pub fn reseal(file: &mut Vec<u8>, edit: impl FnOnce(&mut SegmentMeta)) -> Option<()> {
     let trailer_start = file.len().checked_sub(TRAILER_LEN)?;
-    let footer_len = u32::from_le_bytes(file.get(trailer_start..trailer_start + 4)?.try_into().ok()?) as usize;
+    let footer_len = u32::from_le_bytes(
+        file.get(trailer_start..trailer_start + 4)?
+            .try_into()
+            .ok()?,
+    ) as usize;
     let footer_start = trailer_start.checked_sub(footer_len)?;
-    let mut meta: SegmentMeta = serde_json::from_slice(file.get(footer_start..trailer_start)?).ok()?;
+    let mut meta: SegmentMeta =
+        serde_json::from_slice(file.get(footer_start..trailer_start)?).ok()?;
     edit(&mut meta);
     for col in &mut meta.columns {
-        let range = usize::try_from(col.start).ok().zip(usize::try_from(col.end).ok());
+        let range = usize::try_from(col.start)
+            .ok()
+            .zip(usize::try_from(col.end).ok());
         if let Some(bytes) = range.and_then(|(s, e)| file.get(s..e)) {
             col.crc32c = crc32c::crc32c(bytes);
         }

@@ -18,10 +18,12 @@ use std::sync::Arc;
 
 use arrow_array::types::Int32Type;
 use arrow_array::{
-    Array, ArrayRef, BinaryArray, DictionaryArray, Float64Array, Int32Array, Int64Array, StringArray,
-    TimestampMillisecondArray,
+    Array, ArrayRef, BinaryArray, DictionaryArray, Float64Array, Int32Array, Int64Array,
+    StringArray, TimestampMillisecondArray,
 };
-use arrow_buffer::{ArrowNativeType, BooleanBuffer, Buffer, NullBuffer, OffsetBuffer, ScalarBuffer};
+use arrow_buffer::{
+    ArrowNativeType, BooleanBuffer, Buffer, NullBuffer, OffsetBuffer, ScalarBuffer,
+};
 use arrow_schema::{DataType, Field, Schema, TimeUnit};
 use memmap2::Mmap;
 use roaring::RoaringBitmap;
@@ -40,7 +42,9 @@ pub struct Segment {
 pub fn column_type(kind: ColumnKind, metric_type: Option<&str>) -> DataType {
     match kind {
         ColumnKind::Time => DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
-        ColumnKind::Dimension => DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
+        ColumnKind::Dimension => {
+            DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8))
+        }
         ColumnKind::Metric => match metric_type {
             Some("count") | Some("longSum") => DataType::Int64,
             _ => DataType::Float64,
@@ -52,18 +56,29 @@ pub fn column_type(kind: ColumnKind, metric_type: Option<&str>) -> DataType {
 /// The SQL schema of a datasource under `spec`: `__time`, the dimensions, then the metrics.
 /// Segments and the realtime index are both served in it.
 pub fn table_schema(spec: &tidemark_catalog::DatasourceSpec) -> Schema {
-    let mut fields = vec![Field::new(tidemark_catalog::spec::TIME_COLUMN, column_type(ColumnKind::Time, None), false)];
+    let mut fields = vec![Field::new(
+        tidemark_catalog::spec::TIME_COLUMN,
+        column_type(ColumnKind::Time, None),
+        false,
+    )];
     for d in &spec.dimensions {
-        fields.push(Field::new(d, column_type(ColumnKind::Dimension, None), true));
+        fields.push(Field::new(
+            d,
+            column_type(ColumnKind::Dimension, None),
+            true,
+        ));
     }
     for m in &spec.metrics {
         let kind = match m.kind {
-            tidemark_catalog::MetricKind::Hll { .. } | tidemark_catalog::MetricKind::Tdigest { .. } => {
-                ColumnKind::Sketch
-            }
+            tidemark_catalog::MetricKind::Hll { .. }
+            | tidemark_catalog::MetricKind::Tdigest { .. } => ColumnKind::Sketch,
             _ => ColumnKind::Metric,
         };
-        fields.push(Field::new(&m.name, column_type(kind, Some(m.kind.type_name())), true));
+        fields.push(Field::new(
+            &m.name,
+            column_type(kind, Some(m.kind.type_name())),
+            true,
+        ));
     }
     Schema::new(fields)
 }
@@ -76,14 +91,19 @@ impl Segment {
     /// with overflow-free arithmetic against the file and the column it belongs to.
     pub fn open(path: &Path) -> Result<Segment> {
         let file = File::open(path).map_err(Error::io(path))?;
-        let corrupt = |position: u64, reason: String| Error::Corrupt { path: path.to_path_buf(), position, reason };
+        let corrupt = |position: u64, reason: String| Error::Corrupt {
+            path: path.to_path_buf(),
+            position,
+            reason,
+        };
         let len = file.metadata().map_err(Error::io(path))?.len();
         let too_short = (HEADER_LEN + TRAILER_LEN) as u64;
         if len < too_short {
             return Err(corrupt(0, "not a tidemark segment file".into()));
         }
         let mut header = [0u8; HEADER_LEN];
-        file.read_exact_at(&mut header, 0).map_err(Error::io(path))?;
+        file.read_exact_at(&mut header, 0)
+            .map_err(Error::io(path))?;
         if &header[..8] != MAGIC {
             return Err(corrupt(0, "not a tidemark segment file".into()));
         }
@@ -91,44 +111,71 @@ impl Segment {
         if version != FORMAT_VERSION {
             return Err(corrupt(
                 8,
-                format!("segment format version {version} is not supported (this node reads {FORMAT_VERSION})"),
+                format!(
+                    "segment format version {version} is not supported (this node reads {FORMAT_VERSION})"
+                ),
             ));
         }
         let trailer_start = len - TRAILER_LEN as u64;
         let mut trailer = [0u8; TRAILER_LEN];
-        file.read_exact_at(&mut trailer, trailer_start).map_err(Error::io(path))?;
+        file.read_exact_at(&mut trailer, trailer_start)
+            .map_err(Error::io(path))?;
         if &trailer[8..] != FOOTER_MAGIC {
-            return Err(corrupt(len - 8, "footer magic missing: the file is truncated".into()));
+            return Err(corrupt(
+                len - 8,
+                "footer magic missing: the file is truncated".into(),
+            ));
         }
-        let footer_len = u64::from(u32::from_le_bytes([trailer[0], trailer[1], trailer[2], trailer[3]]));
+        let footer_len = u64::from(u32::from_le_bytes([
+            trailer[0], trailer[1], trailer[2], trailer[3],
+        ]));
         let footer_crc = u32::from_le_bytes([trailer[4], trailer[5], trailer[6], trailer[7]]);
         let footer_start = trailer_start
             .checked_sub(footer_len)
             .filter(|s| *s >= HEADER_LEN as u64)
-            .ok_or_else(|| corrupt(trailer_start, format!("footer length {footer_len} does not fit the file")))?;
+            .ok_or_else(|| {
+                corrupt(
+                    trailer_start,
+                    format!("footer length {footer_len} does not fit the file"),
+                )
+            })?;
         // At most 4 GiB (a u32 length), and inside a file that exists.
         let mut footer = vec![0u8; footer_len as usize];
-        file.read_exact_at(&mut footer, footer_start).map_err(Error::io(path))?;
+        file.read_exact_at(&mut footer, footer_start)
+            .map_err(Error::io(path))?;
         if crc32c::crc32c(&footer) != footer_crc {
             return Err(corrupt(footer_start, "footer checksum mismatch".into()));
         }
-        let meta: SegmentMeta =
-            serde_json::from_slice(&footer).map_err(|e| corrupt(footer_start, format!("footer is unreadable: {e}")))?;
+        let meta: SegmentMeta = serde_json::from_slice(&footer)
+            .map_err(|e| corrupt(footer_start, format!("footer is unreadable: {e}")))?;
         if usize::try_from(meta.rows).is_err() {
-            return Err(corrupt(footer_start, format!("row count {} does not fit this machine", meta.rows)));
+            return Err(corrupt(
+                footer_start,
+                format!("row count {} does not fit this machine", meta.rows),
+            ));
         }
         for col in &meta.columns {
             let (s, e) = (col.start, col.end);
             if s > e || e > footer_start {
-                return Err(corrupt(s, format!("column {} lies outside the data region", col.name)));
+                return Err(corrupt(
+                    s,
+                    format!("column {} lies outside the data region", col.name),
+                ));
             }
             if file_crc(&file, s, e).map_err(Error::io(path))? != col.crc32c {
-                return Err(corrupt(s, format!("checksum mismatch in column {} (bytes {s}..{e})", col.name)));
+                return Err(corrupt(
+                    s,
+                    format!("checksum mismatch in column {} (bytes {s}..{e})", col.name),
+                ));
             }
             for b in &col.buffers {
-                let inside = b.offset >= s && b.offset.checked_add(b.len).is_some_and(|end| end <= e);
+                let inside =
+                    b.offset >= s && b.offset.checked_add(b.len).is_some_and(|end| end <= e);
                 if !inside || !b.offset.is_multiple_of(ALIGN as u64) {
-                    return Err(corrupt(b.offset, format!("buffer {:?} of column {} is misplaced", b.role, col.name)));
+                    return Err(corrupt(
+                        b.offset,
+                        format!("buffer {:?} of column {} is misplaced", b.role, col.name),
+                    ));
                 }
             }
         }
@@ -138,9 +185,19 @@ impl Segment {
         // above, and the mapping's length is checked against what was read.
         let mmap = unsafe { Mmap::map(&file) }.map_err(Error::io(path))?;
         if mmap.len() as u64 != len {
-            return Err(corrupt(0, format!("the file changed while it was opened ({len} then {} bytes)", mmap.len())));
+            return Err(corrupt(
+                0,
+                format!(
+                    "the file changed while it was opened ({len} then {} bytes)",
+                    mmap.len()
+                ),
+            ));
         }
-        let segment = Segment { path: path.to_path_buf(), mmap: Arc::new(mmap), meta };
+        let segment = Segment {
+            path: path.to_path_buf(),
+            mmap: Arc::new(mmap),
+            meta,
+        };
         // Structural checks once, here, so reads can build arrays without re-validating.
         for col in &segment.meta.columns {
             segment.build(col, true)?;
@@ -168,14 +225,20 @@ impl Segment {
                 .iter()
                 .map(|c| {
                     let nullable = c.kind != ColumnKind::Time;
-                    Field::new(&c.name, column_type(c.kind, c.metric_type.as_deref()), nullable)
+                    Field::new(
+                        &c.name,
+                        column_type(c.kind, c.metric_type.as_deref()),
+                        nullable,
+                    )
                 })
                 .collect::<Vec<_>>(),
         )
     }
 
     fn entry(&self, name: &str) -> Result<&ColumnEntry> {
-        self.meta.column(name).ok_or_else(|| Error::Internal(format!("segment {} has no column {name}", self.meta.id)))
+        self.meta.column(name).ok_or_else(|| {
+            Error::Internal(format!("segment {} has no column {name}", self.meta.id))
+        })
     }
 
     /// A zero-copy Arrow buffer over part of the mapping.
@@ -190,24 +253,40 @@ impl Segment {
     }
 
     fn corrupt(&self, col: &ColumnEntry, reason: String) -> Error {
-        Error::Corrupt { path: self.path.clone(), position: col.start, reason }
+        Error::Corrupt {
+            path: self.path.clone(),
+            position: col.start,
+            reason,
+        }
     }
 
     fn required(&self, col: &ColumnEntry, role: BufferRole) -> Result<Buffer> {
-        col.buffer(role)
-            .map(|r| self.buffer(r))
-            .ok_or_else(|| self.corrupt(col, format!("column {} lacks its {role:?} buffer", col.name)))
+        col.buffer(role).map(|r| self.buffer(r)).ok_or_else(|| {
+            self.corrupt(
+                col,
+                format!("column {} lacks its {role:?} buffer", col.name),
+            )
+        })
     }
 
     /// `n` fixed-width values from a column's buffer, refused when the buffer is shorter
     /// (Arrow would panic).
-    fn scalars<T: ArrowNativeType>(&self, col: &ColumnEntry, role: BufferRole, n: usize) -> Result<ScalarBuffer<T>> {
+    fn scalars<T: ArrowNativeType>(
+        &self,
+        col: &ColumnEntry,
+        role: BufferRole,
+        n: usize,
+    ) -> Result<ScalarBuffer<T>> {
         let buffer = self.required(col, role)?;
         let needed = n.checked_mul(std::mem::size_of::<T>());
         if needed.is_none_or(|needed| needed > buffer.len()) {
             return Err(self.corrupt(
                 col,
-                format!("column {}: its {role:?} buffer of {} bytes cannot hold {n} values", col.name, buffer.len()),
+                format!(
+                    "column {}: its {role:?} buffer of {} bytes cannot hold {n} values",
+                    col.name,
+                    buffer.len()
+                ),
             ));
         }
         Ok(ScalarBuffer::new(buffer, 0, n))
@@ -215,27 +294,43 @@ impl Segment {
 
     /// `n + 1` offsets, which must not overflow.
     fn offset_count(&self, col: &ColumnEntry, n: usize) -> Result<usize> {
-        n.checked_add(1).ok_or_else(|| self.corrupt(col, format!("column {}: {n} values is too many", col.name)))
+        n.checked_add(1).ok_or_else(|| {
+            self.corrupt(col, format!("column {}: {n} values is too many", col.name))
+        })
     }
 
     /// Offsets Arrow accepts (non-negative, never decreasing): `OffsetBuffer::new` panics on
     /// others, so a damaged or crafted file is refused first.
-    fn checked_offsets(&self, col: &ColumnEntry, offsets: ScalarBuffer<i32>) -> Result<OffsetBuffer<i32>> {
-        let fine = offsets.first().is_some_and(|first| *first >= 0) && offsets.windows(2).all(|w| w[0] <= w[1]);
+    fn checked_offsets(
+        &self,
+        col: &ColumnEntry,
+        offsets: ScalarBuffer<i32>,
+    ) -> Result<OffsetBuffer<i32>> {
+        let fine = offsets.first().is_some_and(|first| *first >= 0)
+            && offsets.windows(2).all(|w| w[0] <= w[1]);
         if !fine {
-            return Err(self.corrupt(col, format!("column {}: offsets are negative or decreasing", col.name)));
+            return Err(self.corrupt(
+                col,
+                format!("column {}: offsets are negative or decreasing", col.name),
+            ));
         }
         Ok(OffsetBuffer::new(offsets))
     }
 
     fn nulls(&self, col: &ColumnEntry) -> Result<Option<NullBuffer>> {
-        let Some(r) = col.buffer(BufferRole::Validity) else { return Ok(None) };
+        let Some(r) = col.buffer(BufferRole::Validity) else {
+            return Ok(None);
+        };
         let rows = self.rows();
         let buffer = self.buffer(r);
         if buffer.len() < rows.div_ceil(8) {
             return Err(self.corrupt(
                 col,
-                format!("column {}: its validity bitmap of {} bytes cannot cover {rows} rows", col.name, buffer.len()),
+                format!(
+                    "column {}: its validity bitmap of {} bytes cannot cover {rows} rows",
+                    col.name,
+                    buffer.len()
+                ),
             ));
         }
         Ok(Some(NullBuffer::new(BooleanBuffer::new(buffer, 0, rows))))
@@ -262,24 +357,37 @@ impl Segment {
                 Arc::new(TimestampMillisecondArray::new(values, None).with_timezone("UTC"))
             }
             ColumnKind::Dimension => {
-                let keys = Int32Array::new(self.scalars(col, BufferRole::Values, rows)?, self.nulls(col)?);
+                let keys = Int32Array::new(
+                    self.scalars(col, BufferRole::Values, rows)?,
+                    self.nulls(col)?,
+                );
                 let values = self.dictionary_array(col, validate)?;
                 if validate {
-                    Arc::new(DictionaryArray::<Int32Type>::try_new(keys, Arc::new(values)).map_err(bad)?)
+                    Arc::new(
+                        DictionaryArray::<Int32Type>::try_new(keys, Arc::new(values))
+                            .map_err(bad)?,
+                    )
                 } else {
                     // SAFETY: `open` built this column with `validate`, which checked every
                     // key against the dictionary; the bytes are immutable and checksummed.
-                    Arc::new(unsafe { DictionaryArray::<Int32Type>::new_unchecked(keys, Arc::new(values)) })
+                    Arc::new(unsafe {
+                        DictionaryArray::<Int32Type>::new_unchecked(keys, Arc::new(values))
+                    })
                 }
             }
             ColumnKind::Metric => match col.metric_type.as_deref() {
-                Some("count") | Some("longSum") => {
-                    Arc::new(Int64Array::new(self.scalars(col, BufferRole::Values, rows)?, self.nulls(col)?))
-                }
-                _ => Arc::new(Float64Array::new(self.scalars(col, BufferRole::Values, rows)?, self.nulls(col)?)),
+                Some("count") | Some("longSum") => Arc::new(Int64Array::new(
+                    self.scalars(col, BufferRole::Values, rows)?,
+                    self.nulls(col)?,
+                )),
+                _ => Arc::new(Float64Array::new(
+                    self.scalars(col, BufferRole::Values, rows)?,
+                    self.nulls(col)?,
+                )),
             },
             ColumnKind::Sketch => {
-                let offsets = self.scalars::<i32>(col, BufferRole::Offsets, self.offset_count(col, rows)?)?;
+                let offsets =
+                    self.scalars::<i32>(col, BufferRole::Offsets, self.offset_count(col, rows)?)?;
                 let data = self.required(col, BufferRole::Data)?;
                 if validate {
                     let offsets = self.checked_offsets(col, offsets)?;
@@ -287,7 +395,11 @@ impl Segment {
                 } else {
                     // SAFETY: validated at open (monotonic offsets within `data`).
                     Arc::new(unsafe {
-                        BinaryArray::new_unchecked(OffsetBuffer::new_unchecked(offsets), data, self.nulls(col)?)
+                        BinaryArray::new_unchecked(
+                            OffsetBuffer::new_unchecked(offsets),
+                            data,
+                            self.nulls(col)?,
+                        )
                     })
                 }
             }
@@ -296,9 +408,14 @@ impl Segment {
     }
 
     fn dictionary_array(&self, col: &ColumnEntry, validate: bool) -> Result<StringArray> {
-        let card = usize::try_from(col.cardinality.unwrap_or(0))
-            .map_err(|_| self.corrupt(col, format!("column {}: its cardinality does not fit", col.name)))?;
-        let offsets = self.scalars::<i32>(col, BufferRole::DictOffsets, self.offset_count(col, card)?)?;
+        let card = usize::try_from(col.cardinality.unwrap_or(0)).map_err(|_| {
+            self.corrupt(
+                col,
+                format!("column {}: its cardinality does not fit", col.name),
+            )
+        })?;
+        let offsets =
+            self.scalars::<i32>(col, BufferRole::DictOffsets, self.offset_count(col, card)?)?;
         let data = self.required(col, BufferRole::DictData)?;
         if validate {
             let offsets = self.checked_offsets(col, offsets)?;
@@ -320,7 +437,9 @@ impl Segment {
         let dict = self.dictionary(dim)?;
         let card = dict.len();
         // One bitmap per value, then null's: card + 2 offsets.
-        let slots = card.checked_add(2).ok_or_else(|| self.corrupt(col, format!("column {dim}: too many values")))?;
+        let slots = card
+            .checked_add(2)
+            .ok_or_else(|| self.corrupt(col, format!("column {dim}: too many values")))?;
         let offsets = self.scalars::<u64>(col, BufferRole::BitmapOffsets, slots)?;
         let bitmaps = self.required(col, BufferRole::Bitmaps)?;
         let rows = self.meta.rows;
@@ -338,13 +457,19 @@ impl Segment {
                     .ok()
                     .zip(usize::try_from(offsets[slot + 1]).ok())
                     .and_then(|(a, b)| bitmaps.as_slice().get(a..b))
-                    .ok_or_else(|| self.corrupt(col, format!("bitmap {slot} of {dim} lies outside its buffer")))?;
+                    .ok_or_else(|| {
+                        self.corrupt(
+                            col,
+                            format!("bitmap {slot} of {dim} lies outside its buffer"),
+                        )
+                    })?;
                 let bm = RoaringBitmap::deserialize_from(bytes)
                     .map_err(|e| self.corrupt(col, format!("bitmap of {dim}: {e}")))?;
                 if bm.max().is_some_and(|max| u64::from(max) >= rows) {
-                    return Err(
-                        self.corrupt(col, format!("bitmap {slot} of {dim} names rows past the segment's {rows}"))
-                    );
+                    return Err(self.corrupt(
+                        col,
+                        format!("bitmap {slot} of {dim} names rows past the segment's {rows}"),
+                    ));
                 }
                 out |= bm;
             }

@@ -43,7 +43,8 @@ fn build(beacons: &[Beacon]) -> (DatasourceSpec, RollupIndex) {
     let spec = spec();
     let mut idx = RollupIndex::new(&spec);
     for &(minute, m, page, n, amt, u) in beacons {
-        let mut v = json!({"ts": minute * 60_000 + 7, "m": format!("m{m}"), "n": n, "u": format!("u{u}")});
+        let mut v =
+            json!({"ts": minute * 60_000 + 7, "m": format!("m{m}"), "n": n, "u": format!("u{u}")});
         if let Some(p) = page {
             v["page"] = json!(format!("/p{p}"));
         }
@@ -57,7 +58,14 @@ fn build(beacons: &[Beacon]) -> (DatasourceSpec, RollupIndex) {
 
 fn arb_beacons() -> impl Strategy<Value = Vec<Beacon>> {
     proptest::collection::vec(
-        (0i64..60, 0u8..5, proptest::option::of(0u8..4), -5i64..50, proptest::option::of(-100i32..1000), 0u16..40),
+        (
+            0i64..60,
+            0u8..5,
+            proptest::option::of(0u8..4),
+            -5i64..50,
+            proptest::option::of(-100i32..1000),
+            0u16..40,
+        ),
         1..300,
     )
 }
@@ -141,7 +149,9 @@ proptest! {
 
 #[test]
 fn quantile_column_round_trips_through_sketch_and_exact_states() {
-    let beacons: Vec<Beacon> = (0..500).map(|i| (0, (i % 2) as u8, None, 1, Some(i), 1)).collect();
+    let beacons: Vec<Beacon> = (0..500)
+        .map(|i| (0, (i % 2) as u8, None, 1, Some(i), 1))
+        .collect();
     let (spec, idx) = build(&beacons);
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("q.seg");
@@ -168,19 +178,35 @@ fn a_corrupted_byte_is_named_by_its_column() {
     let mut bytes = std::fs::read(&path).expect("read");
     bytes[amt.start as usize + 3] ^= 0x01;
     std::fs::write(&path, &bytes).expect("write");
-    let err = Segment::open(&path).err().map(|e| e.to_string()).unwrap_or_default();
+    let err = Segment::open(&path)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
     assert!(err.contains("checksum mismatch in column amt"), "{err}");
 
     bytes.truncate(bytes.len() - 1);
     std::fs::write(&path, &bytes).expect("write");
-    let err = Segment::open(&path).err().map(|e| e.to_string()).unwrap_or_default();
+    let err = Segment::open(&path)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
     assert!(err.contains("truncated"), "{err}");
 }
 
 #[test]
 fn same_index_writes_identical_bytes() {
-    let beacons: Vec<Beacon> =
-        (0..200).map(|i| (i % 7, (i % 3) as u8, Some((i % 4) as u8), i, Some(i as i32), (i % 50) as u16)).collect();
+    let beacons: Vec<Beacon> = (0..200)
+        .map(|i| {
+            (
+                i % 7,
+                (i % 3) as u8,
+                Some((i % 4) as u8),
+                i,
+                Some(i as i32),
+                (i % 50) as u16,
+            )
+        })
+        .collect();
     let dir = tempfile::tempdir().expect("tempdir");
     let (spec, a) = build(&beacons);
     let (_, b) = build(&beacons);
@@ -197,8 +223,11 @@ fn crafted(
     edit: impl FnOnce(&mut SegmentMeta),
     poke: impl FnOnce(&SegmentMeta, &mut Vec<u8>),
 ) -> (tempfile::TempDir, std::path::PathBuf) {
-    let (spec, idx) =
-        build(&[(1, 1, Some(1), 3, Some(8), 2), (2, 2, None, 4, None, 3), (3, 1, Some(2), 5, Some(1), 4)]);
+    let (spec, idx) = build(&[
+        (1, 1, Some(1), 3, Some(8), 2),
+        (2, 2, None, 4, None, 3),
+        (3, 1, Some(2), 5, Some(1), 4),
+    ]);
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("crafted.seg");
     let written = write_segment(&path, id(), &spec, &idx).expect("write");
@@ -209,9 +238,20 @@ fn crafted(
     (dir, path)
 }
 
-fn buffer_mut<'a>(meta: &'a mut SegmentMeta, column: &str, role: format::BufferRole) -> &'a mut format::BufferRef {
-    let col = meta.columns.iter_mut().find(|c| c.name == column).expect("column");
-    col.buffers.iter_mut().find(|b| b.role == role).expect("buffer")
+fn buffer_mut<'a>(
+    meta: &'a mut SegmentMeta,
+    column: &str,
+    role: format::BufferRole,
+) -> &'a mut format::BufferRef {
+    let col = meta
+        .columns
+        .iter_mut()
+        .find(|c| c.name == column)
+        .expect("column");
+    col.buffers
+        .iter_mut()
+        .find(|b| b.role == role)
+        .expect("buffer")
 }
 
 fn refused(path: &std::path::Path, expected: &str) {
@@ -242,7 +282,12 @@ fn crafted_lengths_and_offsets_are_refused_without_a_panic() {
     refused(&p, "");
 
     let (_d, p) = crafted(
-        |m| m.columns.iter_mut().filter(|c| c.name == "page").for_each(|c| c.cardinality = Some(u64::MAX)),
+        |m| {
+            m.columns
+                .iter_mut()
+                .filter(|c| c.name == "page")
+                .for_each(|c| c.cardinality = Some(u64::MAX))
+        },
         |_, _| {},
     );
     refused(&p, "page");
@@ -254,7 +299,10 @@ fn crafted_lengths_and_offsets_are_refused_without_a_panic() {
     let (_d, p) = crafted(
         |_| {},
         |meta, bytes| {
-            let offsets = meta.column("m").and_then(|c| c.buffer(DictOffsets)).expect("dictionary offsets");
+            let offsets = meta
+                .column("m")
+                .and_then(|c| c.buffer(DictOffsets))
+                .expect("dictionary offsets");
             let at = offsets.offset as usize + 4;
             bytes[at..at + 4].copy_from_slice(&i32::MAX.to_le_bytes());
         },
@@ -265,7 +313,10 @@ fn crafted_lengths_and_offsets_are_refused_without_a_panic() {
     let (_d, p) = crafted(
         |_| {},
         |meta, bytes| {
-            let offsets = meta.column("users").and_then(|c| c.buffer(Offsets)).expect("sketch offsets");
+            let offsets = meta
+                .column("users")
+                .and_then(|c| c.buffer(Offsets))
+                .expect("sketch offsets");
             let at = offsets.offset as usize;
             bytes[at..at + 4].copy_from_slice(&(-8i32).to_le_bytes());
         },
@@ -281,13 +332,20 @@ fn a_crafted_bitmap_index_is_an_error_when_read() {
     let (_d, p) = crafted(
         |_| {},
         |meta, bytes| {
-            let offsets = meta.column("m").and_then(|c| c.buffer(BitmapOffsets)).expect("bitmap offsets");
+            let offsets = meta
+                .column("m")
+                .and_then(|c| c.buffer(BitmapOffsets))
+                .expect("bitmap offsets");
             let at = offsets.offset as usize + 8;
             bytes[at..at + 8].copy_from_slice(&u64::MAX.to_le_bytes());
         },
     );
     let seg = Segment::open(&p).expect("the bitmap index is not read at open");
-    let err = seg.rows_matching("m", &[Some("m1")]).err().map(|e| e.to_string()).unwrap_or_default();
+    let err = seg
+        .rows_matching("m", &[Some("m1")])
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
     assert!(err.contains("lies outside its buffer"), "{err}");
 
     // A bitmap naming row 1000 of a 3-row segment.
@@ -299,15 +357,25 @@ fn a_crafted_bitmap_index_is_an_error_when_read() {
             let bitmaps = col.buffer(Bitmaps).expect("bitmaps");
             let at = offsets.offset as usize;
             let start = u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes")) as usize;
-            let end = u64::from_le_bytes(bytes[at + 8..at + 16].try_into().expect("8 bytes")) as usize;
+            let end =
+                u64::from_le_bytes(bytes[at + 8..at + 16].try_into().expect("8 bytes")) as usize;
             let mut forged = Vec::new();
-            RoaringBitmap::from_iter([1000u32]).serialize_into(&mut forged).expect("serialize");
-            assert!(forged.len() <= end - start, "the forged bitmap fits where the first one was");
+            RoaringBitmap::from_iter([1000u32])
+                .serialize_into(&mut forged)
+                .expect("serialize");
+            assert!(
+                forged.len() <= end - start,
+                "the forged bitmap fits where the first one was"
+            );
             let base = bitmaps.offset as usize + start;
             bytes[base..base + forged.len()].copy_from_slice(&forged);
         },
     );
     let seg = Segment::open(&p).expect("open");
-    let err = seg.rows_matching("m", &[Some("m1")]).err().map(|e| e.to_string()).unwrap_or_default();
+    let err = seg
+        .rows_matching("m", &[Some("m1")])
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
     assert!(err.contains("names rows past the segment's 3"), "{err}");
 }

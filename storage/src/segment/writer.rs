@@ -47,18 +47,32 @@ impl Builder {
 
     fn pad(&mut self) -> Result<()> {
         let rem = self.pos as usize % ALIGN;
-        if rem != 0 { self.write(&ZEROS[..ALIGN - rem]) } else { Ok(()) }
+        if rem != 0 {
+            self.write(&ZEROS[..ALIGN - rem])
+        } else {
+            Ok(())
+        }
     }
 
     fn buffer(&mut self, role: BufferRole, bytes: &[u8]) -> Result<BufferRef> {
         self.pad()?;
         let offset = self.pos;
         self.write(bytes)?;
-        Ok(BufferRef { role, offset, len: bytes.len() as u64 })
+        Ok(BufferRef {
+            role,
+            offset,
+            len: bytes.len() as u64,
+        })
     }
 
     /// Closes a column that started at `start`: pads, and takes the checksum of its bytes.
-    fn column(&mut self, name: &str, kind: ColumnKind, start: u64, buffers: Vec<BufferRef>) -> Result<ColumnEntry> {
+    fn column(
+        &mut self,
+        name: &str,
+        kind: ColumnKind,
+        start: u64,
+        buffers: Vec<BufferRef>,
+    ) -> Result<ColumnEntry> {
         self.pad()?;
         Ok(ColumnEntry {
             name: name.to_string(),
@@ -104,8 +118,15 @@ fn validity(valid: impl Iterator<Item = bool>, rows: usize) -> (Option<Vec<u8>>,
 }
 
 /// Writes `index` (rolled up under `spec`) as segment `id` at `path`.
-pub fn write_segment(path: &Path, id: SegmentId, spec: &DatasourceSpec, index: &RollupIndex) -> Result<WrittenSegment> {
-    if index.dimension_count() != spec.dimensions.len() || index.metric_count() != spec.metrics.len() {
+pub fn write_segment(
+    path: &Path,
+    id: SegmentId,
+    spec: &DatasourceSpec,
+    index: &RollupIndex,
+) -> Result<WrittenSegment> {
+    if index.dimension_count() != spec.dimensions.len()
+        || index.metric_count() != spec.metrics.len()
+    {
         return Err(Error::Internal(format!(
             "index shape ({} dims, {} metrics) does not match the spec of {}",
             index.dimension_count(),
@@ -113,21 +134,39 @@ pub fn write_segment(path: &Path, id: SegmentId, spec: &DatasourceSpec, index: &
             spec.name
         )));
     }
-    let clustering: Vec<usize> = spec.clustering.iter().filter_map(|c| spec.dimension_index(c)).collect();
+    let clustering: Vec<usize> = spec
+        .clustering
+        .iter()
+        .filter_map(|c| spec.dimension_index(c))
+        .collect();
     let order = index.sorted_rows(&clustering);
     let rows = order.len();
     let dir = path.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir).map_err(Error::io(dir))?;
     let tmp = path.with_extension("tmp");
     let file = File::create(&tmp).map_err(Error::io(&tmp))?;
-    let mut b = Builder { out: BufWriter::with_capacity(1 << 20, file), path: tmp.clone(), pos: 0, column_crc: 0 };
+    let mut b = Builder {
+        out: BufWriter::with_capacity(1 << 20, file),
+        path: tmp.clone(),
+        pos: 0,
+        column_crc: 0,
+    };
     match write_body(&mut b, id, spec, index, &order, rows) {
         Ok(meta) => {
-            let file = b.out.into_inner().map_err(|e| Error::io(&tmp)(e.into_error()))?;
+            let file = b
+                .out
+                .into_inner()
+                .map_err(|e| Error::io(&tmp)(e.into_error()))?;
             file.sync_all().map_err(Error::fsync(&tmp))?;
             fs::rename(&tmp, path).map_err(Error::io(path))?;
-            File::open(dir).map_err(Error::io(dir))?.sync_all().map_err(Error::fsync(dir))?;
-            Ok(WrittenSegment { meta, file_bytes: b.pos })
+            File::open(dir)
+                .map_err(Error::io(dir))?
+                .sync_all()
+                .map_err(Error::fsync(dir))?;
+            Ok(WrittenSegment {
+                meta,
+                file_bytes: b.pos,
+            })
         }
         Err(e) => {
             drop(b);
@@ -155,10 +194,17 @@ fn write_body(
     let times: Vec<i64> = order.iter().map(|&r| index.bucket(r as usize)).collect();
     let start = b.start()?;
     let values = b.buffer(BufferRole::Values, &le_bytes(&times, i64::to_le_bytes))?;
-    columns.push(b.column(tidemark_catalog::spec::TIME_COLUMN, ColumnKind::Time, start, vec![values])?);
+    columns.push(b.column(
+        tidemark_catalog::spec::TIME_COLUMN,
+        ColumnKind::Time,
+        start,
+        vec![values],
+    )?);
 
     // Dimension ids in row order, gathered in one pass (a row's ids share a cache line).
-    let mut ids: Vec<Vec<u32>> = (0..spec.dimensions.len()).map(|_| Vec::with_capacity(rows)).collect();
+    let mut ids: Vec<Vec<u32>> = (0..spec.dimensions.len())
+        .map(|_| Vec::with_capacity(rows))
+        .collect();
     for &r in order {
         for (col, &id) in ids.iter_mut().zip(index.row_dim_ids(r as usize)) {
             col.push(id);
@@ -209,7 +255,9 @@ fn write_body(
             next[slot as usize] += 1;
         }
         let bitmaps = (0..slots_n)
-            .map(|v| RoaringBitmap::from_sorted_iter(positions[starts[v]..starts[v + 1]].iter().copied()))
+            .map(|v| {
+                RoaringBitmap::from_sorted_iter(positions[starts[v]..starts[v + 1]].iter().copied())
+            })
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(|e| Error::Internal(format!("roaring build: {e}")))?;
         let (valid, nulls) = validity(ids[d].iter().map(|&id| id != NULL_ID), rows);
@@ -217,15 +265,22 @@ fn write_body(
         let mut bitmap_data = Vec::new();
         bitmap_offsets.push(0u64);
         for bm in &bitmaps {
-            bm.serialize_into(&mut bitmap_data).map_err(|e| Error::Internal(format!("roaring serialize: {e}")))?;
+            bm.serialize_into(&mut bitmap_data)
+                .map_err(|e| Error::Internal(format!("roaring serialize: {e}")))?;
             bitmap_offsets.push(bitmap_data.len() as u64);
         }
         let start = b.start()?;
         let mut bufs = vec![
             b.buffer(BufferRole::Values, &le_bytes(&keys, i32::to_le_bytes))?,
-            b.buffer(BufferRole::DictOffsets, &le_bytes(&dict_offsets, i32::to_le_bytes))?,
+            b.buffer(
+                BufferRole::DictOffsets,
+                &le_bytes(&dict_offsets, i32::to_le_bytes),
+            )?,
             b.buffer(BufferRole::DictData, &dict_data)?,
-            b.buffer(BufferRole::BitmapOffsets, &le_bytes(&bitmap_offsets, u64::to_le_bytes))?,
+            b.buffer(
+                BufferRole::BitmapOffsets,
+                &le_bytes(&bitmap_offsets, u64::to_le_bytes),
+            )?,
             b.buffer(BufferRole::Bitmaps, &bitmap_data)?,
         ];
         if let Some(v) = valid {
@@ -243,29 +298,49 @@ fn write_body(
         let (kind, bufs, nulls) = match index.metric(m) {
             MetricColumn::Count(v) => {
                 let vals: Vec<i64> = order.iter().map(|&r| v[r as usize] as i64).collect();
-                (ColumnKind::Metric, vec![b.buffer(BufferRole::Values, &le_bytes(&vals, i64::to_le_bytes))?], 0)
+                (
+                    ColumnKind::Metric,
+                    vec![b.buffer(BufferRole::Values, &le_bytes(&vals, i64::to_le_bytes))?],
+                    0,
+                )
             }
             MetricColumn::LongSum(v) => {
                 let vals: Vec<i64> = order.iter().map(|&r| v[r as usize]).collect();
-                (ColumnKind::Metric, vec![b.buffer(BufferRole::Values, &le_bytes(&vals, i64::to_le_bytes))?], 0)
+                (
+                    ColumnKind::Metric,
+                    vec![b.buffer(BufferRole::Values, &le_bytes(&vals, i64::to_le_bytes))?],
+                    0,
+                )
             }
             MetricColumn::DoubleSum(v) | MetricColumn::Min(v) | MetricColumn::Max(v) => {
                 let vals: Vec<f64> = order.iter().map(|&r| v[r as usize]).collect();
                 let (valid, nulls) = validity(vals.iter().map(|x| !x.is_nan()), rows);
                 // Null slots hold 0 so a scan that ignores validity stays finite.
-                let vals: Vec<f64> = vals.into_iter().map(|x| if x.is_nan() { 0.0 } else { x }).collect();
-                let mut bufs = vec![b.buffer(BufferRole::Values, &le_bytes(&vals, f64::to_le_bytes))?];
+                let vals: Vec<f64> = vals
+                    .into_iter()
+                    .map(|x| if x.is_nan() { 0.0 } else { x })
+                    .collect();
+                let mut bufs =
+                    vec![b.buffer(BufferRole::Values, &le_bytes(&vals, f64::to_le_bytes))?];
                 if let Some(v) = valid {
                     bufs.push(b.buffer(BufferRole::Validity, &v)?);
                 }
                 (ColumnKind::Metric, bufs, nulls)
             }
-            MetricColumn::Distinct { states, .. } => {
-                sketch_buffers(b, rows, order, |r, out| states[r].encode(out), |r| states[r].is_empty())?
-            }
-            MetricColumn::Quantile { states, .. } => {
-                sketch_buffers(b, rows, order, |r, out| states[r].encode(out), |r| states[r].is_empty())?
-            }
+            MetricColumn::Distinct { states, .. } => sketch_buffers(
+                b,
+                rows,
+                order,
+                |r, out| states[r].encode(out),
+                |r| states[r].is_empty(),
+            )?,
+            MetricColumn::Quantile { states, .. } => sketch_buffers(
+                b,
+                rows,
+                order,
+                |r, out| states[r].encode(out),
+                |r| states[r].is_empty(),
+            )?,
         };
         let mut col = b.column(&metric.name, kind, start, bufs)?;
         col.metric_type = Some(metric.kind.type_name().to_string());
@@ -286,7 +361,8 @@ fn write_body(
         clustering: spec.clustering.clone(),
         columns,
     };
-    let footer = serde_json::to_vec(&meta).map_err(|e| Error::Internal(format!("footer encode: {e}")))?;
+    let footer =
+        serde_json::to_vec(&meta).map_err(|e| Error::Internal(format!("footer encode: {e}")))?;
     b.write(&footer)?;
     b.write(&(footer.len() as u32).to_le_bytes())?;
     b.write(&crc32c::crc32c(&footer).to_le_bytes())?;
@@ -308,11 +384,16 @@ fn sketch_buffers(
     offsets.push(0i32);
     for &r in order {
         encode(r as usize, &mut data);
-        offsets.push(i32::try_from(data.len()).map_err(|_| Error::Internal("sketch column exceeds 2 GiB".into()))?);
+        offsets.push(
+            i32::try_from(data.len())
+                .map_err(|_| Error::Internal("sketch column exceeds 2 GiB".into()))?,
+        );
     }
     let (valid, nulls) = validity(order.iter().map(|&r| !is_empty(r as usize)), rows);
-    let mut bufs =
-        vec![b.buffer(BufferRole::Offsets, &le_bytes(&offsets, i32::to_le_bytes))?, b.buffer(BufferRole::Data, &data)?];
+    let mut bufs = vec![
+        b.buffer(BufferRole::Offsets, &le_bytes(&offsets, i32::to_le_bytes))?,
+        b.buffer(BufferRole::Data, &data)?,
+    ];
     if let Some(v) = valid {
         bufs.push(b.buffer(BufferRole::Validity, &v)?);
     }

@@ -7,7 +7,9 @@ use std::any::type_name;
 use std::cell::Cell;
 
 use bytes::{Bytes, BytesMut};
-use kafka_protocol::messages::create_partitions_request::{CreatePartitionsAssignment, CreatePartitionsTopic};
+use kafka_protocol::messages::create_partitions_request::{
+    CreatePartitionsAssignment, CreatePartitionsTopic,
+};
 use kafka_protocol::messages::create_topics_request::{
     CreatableReplicaAssignment, CreatableTopic, CreatableTopicConfig,
 };
@@ -18,19 +20,24 @@ use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
 use kafka_protocol::messages::leave_group_request::MemberIdentity;
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
-use kafka_protocol::messages::offset_commit_request::{OffsetCommitRequestPartition, OffsetCommitRequestTopic};
-use kafka_protocol::messages::offset_delete_request::{OffsetDeleteRequestPartition, OffsetDeleteRequestTopic};
+use kafka_protocol::messages::offset_commit_request::{
+    OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+};
+use kafka_protocol::messages::offset_delete_request::{
+    OffsetDeleteRequestPartition, OffsetDeleteRequestTopic,
+};
 use kafka_protocol::messages::offset_fetch_request::{
     OffsetFetchRequestGroup, OffsetFetchRequestTopic, OffsetFetchRequestTopics,
 };
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
 use kafka_protocol::messages::{
-    ApiVersionsRequest, BrokerId, CreatePartitionsRequest, CreateTopicsRequest, DeleteGroupsRequest,
-    DeleteTopicsRequest, DescribeConfigsRequest, DescribeGroupsRequest, FetchRequest, FindCoordinatorRequest, GroupId,
-    HeartbeatRequest, InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest, ListGroupsRequest,
-    ListOffsetsRequest, MetadataRequest, OffsetCommitRequest, OffsetDeleteRequest, OffsetFetchRequest, ProduceRequest,
-    ProducerId, SaslAuthenticateRequest, SaslHandshakeRequest, SyncGroupRequest, TopicName, TransactionalId,
+    ApiVersionsRequest, BrokerId, CreatePartitionsRequest, CreateTopicsRequest,
+    DeleteGroupsRequest, DeleteTopicsRequest, DescribeConfigsRequest, DescribeGroupsRequest,
+    FetchRequest, FindCoordinatorRequest, GroupId, HeartbeatRequest, InitProducerIdRequest,
+    JoinGroupRequest, LeaveGroupRequest, ListGroupsRequest, ListOffsetsRequest, MetadataRequest,
+    OffsetCommitRequest, OffsetDeleteRequest, OffsetFetchRequest, ProduceRequest, ProducerId,
+    SaslAuthenticateRequest, SaslHandshakeRequest, SyncGroupRequest, TopicName, TransactionalId,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use proptest::prelude::*;
@@ -172,7 +179,9 @@ fn fetch(v: i16) -> FetchRequest {
         t
     };
     let forgotten = |name, id| {
-        let mut t = ForgottenTopic::default().with_partitions(vec![5, 6]).with_unknown_tagged_field(TAG, tag());
+        let mut t = ForgottenTopic::default()
+            .with_partitions(vec![5, 6])
+            .with_unknown_tagged_field(TAG, tag());
         if v <= 12 {
             t.topic = topic(name);
         } else {
@@ -237,7 +246,9 @@ fn list_offsets(v: i16) -> ListOffsetsRequest {
 
 fn metadata(v: i16) -> MetadataRequest {
     let t = |name, id| {
-        let mut x = MetadataRequestTopic::default().with_name(Some(topic(name))).with_unknown_tagged_field(TAG, tag());
+        let mut x = MetadataRequestTopic::default()
+            .with_name(Some(topic(name)))
+            .with_unknown_tagged_field(TAG, tag());
         if v >= 10 {
             x.topic_id = uuid(id);
         }
@@ -391,7 +402,9 @@ fn leave_group(v: i16) -> LeaveGroupRequest {
         }
         x
     };
-    let mut r = LeaveGroupRequest::default().with_group_id(group("readers")).with_unknown_tagged_field(TAG, tag());
+    let mut r = LeaveGroupRequest::default()
+        .with_group_id(group("readers"))
+        .with_unknown_tagged_field(TAG, tag());
     if v <= 2 {
         r.member_id = s("member-1");
     } else {
@@ -453,9 +466,13 @@ fn delete_groups(_v: i16) -> DeleteGroupsRequest {
 fn offset_delete(_v: i16) -> OffsetDeleteRequest {
     let partition = |p| OffsetDeleteRequestPartition::default().with_partition_index(p);
     let t = |name| {
-        OffsetDeleteRequestTopic::default().with_name(topic(name)).with_partitions(vec![partition(0), partition(1)])
+        OffsetDeleteRequestTopic::default()
+            .with_name(topic(name))
+            .with_partitions(vec![partition(0), partition(1)])
     };
-    OffsetDeleteRequest::default().with_group_id(group("readers")).with_topics(vec![t("orders"), t("events")])
+    OffsetDeleteRequest::default()
+        .with_group_id(group("readers"))
+        .with_topics(vec![t("orders"), t("events")])
 }
 
 fn api_versions(v: i16) -> ApiVersionsRequest {
@@ -486,7 +503,10 @@ fn create_topics(_v: i16) -> CreateTopicsRequest {
             .with_num_partitions(-1)
             .with_replication_factor(-1)
             .with_assignments(vec![assignment(0), assignment(1)])
-            .with_configs(vec![config("retention.ms", "1000"), config("cleanup.policy", "delete")])
+            .with_configs(vec![
+                config("retention.ms", "1000"),
+                config("cleanup.policy", "delete"),
+            ])
             .with_unknown_tagged_field(TAG, tag())
     };
     CreateTopicsRequest::default()
@@ -503,7 +523,9 @@ fn delete_topics(v: i16) -> DeleteTopicsRequest {
             .with_topic_id(uuid(id))
             .with_unknown_tagged_field(TAG, tag())
     };
-    let mut r = DeleteTopicsRequest::default().with_timeout_ms(5_000).with_unknown_tagged_field(TAG, tag());
+    let mut r = DeleteTopicsRequest::default()
+        .with_timeout_ms(5_000)
+        .with_unknown_tagged_field(TAG, tag());
     if v <= 5 {
         r.topic_names = vec![topic("orders"), topic("events")];
     } else {
@@ -567,8 +589,13 @@ fn sasl_handshake(_v: i16) -> SaslHandshakeRequest {
 }
 
 fn sasl_authenticate(v: i16) -> SaslAuthenticateRequest {
-    let r = SaslAuthenticateRequest::default().with_auth_bytes(Bytes::from_static(b"n,,n=user,r=nonce"));
-    if v >= 2 { r.with_unknown_tagged_field(TAG, tag()) } else { r }
+    let r = SaslAuthenticateRequest::default()
+        .with_auth_bytes(Bytes::from_static(b"n,,n=user,r=nonce"));
+    if v >= 2 {
+        r.with_unknown_tagged_field(TAG, tag())
+    } else {
+        r
+    }
 }
 
 /// Encodes `req` at `version` and proves the bytes are a valid body: the crate decodes them,
@@ -576,14 +603,27 @@ fn sasl_authenticate(v: i16) -> SaslAuthenticateRequest {
 fn encode_checked<T: Encodable + Decodable>(req: &T, version: i16) -> Vec<u8> {
     let name = type_name::<T>();
     let mut buf = BytesMut::new();
-    req.encode(&mut buf, version).unwrap_or_else(|e| panic!("encoding {name} v{version}: {e:#}"));
+    req.encode(&mut buf, version)
+        .unwrap_or_else(|e| panic!("encoding {name} v{version}: {e:#}"));
     let body = buf.freeze();
     let mut rest = body.clone();
-    let decoded = T::decode(&mut rest, version).unwrap_or_else(|e| panic!("decoding {name} v{version}: {e:#}"));
-    assert!(rest.is_empty(), "decoding {name} v{version} left {} of {} bytes", rest.len(), body.len());
+    let decoded = T::decode(&mut rest, version)
+        .unwrap_or_else(|e| panic!("decoding {name} v{version}: {e:#}"));
+    assert!(
+        rest.is_empty(),
+        "decoding {name} v{version} left {} of {} bytes",
+        rest.len(),
+        body.len()
+    );
     let mut again = BytesMut::new();
-    decoded.encode(&mut again, version).unwrap_or_else(|e| panic!("re-encoding {name} v{version}: {e:#}"));
-    assert_eq!(again.freeze(), body, "{name} v{version} does not survive a decode/encode round trip");
+    decoded
+        .encode(&mut again, version)
+        .unwrap_or_else(|e| panic!("re-encoding {name} v{version}: {e:#}"));
+    assert_eq!(
+        again.freeze(),
+        body,
+        "{name} v{version} does not survive a decode/encode round trip"
+    );
     body.to_vec()
 }
 
@@ -601,7 +641,11 @@ struct Case {
 
 macro_rules! case {
     ($api:ident, $ty:ty, $build:ident) => {
-        Case { api: ApiKey::$api, body: |v| encode_checked::<$ty>(&$build(v), v), decodes: decodes::<$ty> }
+        Case {
+            api: ApiKey::$api,
+            body: |v| encode_checked::<$ty>(&$build(v), v),
+            decodes: decodes::<$ty>,
+        }
     };
 }
 
@@ -632,7 +676,10 @@ const CASES: &[Case] = &[
 ];
 
 fn case(api: ApiKey) -> &'static Case {
-    CASES.iter().find(|c| c.api == api).unwrap_or_else(|| panic!("no test builder for {api:?}"))
+    CASES
+        .iter()
+        .find(|c| c.api == api)
+        .unwrap_or_else(|| panic!("no test builder for {api:?}"))
 }
 
 /// Every (api, version) the schema table advertises.
@@ -644,7 +691,9 @@ fn advertised() -> Vec<(ApiKey, i16)> {
 }
 
 fn schema_of(api: ApiKey) -> Schema {
-    schema(api).unwrap_or_else(|| panic!("{api:?} has no schema")).2
+    schema(api)
+        .unwrap_or_else(|| panic!("{api:?} has no schema"))
+        .2
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -655,11 +704,17 @@ fn the_builders_cover_exactly_the_served_requests() {
     for api in ApiKey::iter() {
         let served = schema(api).is_some();
         let built = CASES.iter().any(|c| c.api == api);
-        assert_eq!(served, built, "{api:?}: served by the door = {served}, has a test builder = {built}");
+        assert_eq!(
+            served, built,
+            "{api:?}: served by the door = {served}, has a test builder = {built}"
+        );
     }
     for (api, v) in advertised() {
         let (min, max) = (api.valid_versions().min, api.valid_versions().max);
-        assert!((min..=max).contains(&v), "{api:?} v{v} is advertised but kafka-protocol only knows v{min}..=v{max}");
+        assert!(
+            (min..=max).contains(&v),
+            "{api:?} v{v} is advertised but kafka-protocol only knows v{min}..=v{max}"
+        );
     }
 }
 
@@ -670,10 +725,17 @@ fn every_schema_consumes_exactly_what_the_encoder_writes_at_every_version() {
         let body = (case(api).body)(v);
         let walked = walk(&schema_of(api), v, &body);
         if walked != Ok(body.len()) {
-            wrong.push(format!("{api:?} v{v}: walk = {walked:?}, encoded body is {} bytes", body.len()));
+            wrong.push(format!(
+                "{api:?} v{v}: walk = {walked:?}, encoded body is {} bytes",
+                body.len()
+            ));
         }
     }
-    assert!(wrong.is_empty(), "schemas disagree with the encoder:\n{}", wrong.join("\n"));
+    assert!(
+        wrong.is_empty(),
+        "schemas disagree with the encoder:\n{}",
+        wrong.join("\n")
+    );
 }
 
 #[test]
@@ -682,18 +744,31 @@ fn the_agreement_check_catches_wrong_schemas() {
     // version, or a wrong field width all disagree with the encoder's bytes.
     const NO_INSTANCE_ID: &[Field] = &[f(Str), f(I32), f(Str)];
     let body = (case(ApiKey::Heartbeat).body)(3);
-    let missing = Schema { flexible_from: 4, fields: NO_INSTANCE_ID };
+    let missing = Schema {
+        flexible_from: 4,
+        fields: NO_INSTANCE_ID,
+    };
     assert_ne!(walk(&missing, 3, &body), Ok(body.len()), "a missing field");
 
     let body = (case(ApiKey::Heartbeat).body)(4);
-    let rigid = Schema { flexible_from: 5, fields: HEARTBEAT };
-    assert_ne!(walk(&rigid, 4, &body), Ok(body.len()), "a wrong first flexible version");
+    let rigid = Schema {
+        flexible_from: 5,
+        fields: HEARTBEAT,
+    };
+    assert_ne!(
+        walk(&rigid, 4, &body),
+        Ok(body.len()),
+        "a wrong first flexible version"
+    );
 
     const WIDE_PARTITION: &[Field] = &[f(I64), f(Ty::Bytes)];
     const WIDE_TOPIC: &[Field] = &[f(Str), f(Structs(WIDE_PARTITION))];
     const WIDE: &[Field] = &[f(Str), f(I16), f(I32), f(Structs(WIDE_TOPIC))];
     let body = (case(ApiKey::Produce).body)(8);
-    let wide = Schema { flexible_from: 9, fields: WIDE };
+    let wide = Schema {
+        flexible_from: 9,
+        fields: WIDE,
+    };
     assert_ne!(walk(&wide, 8, &body), Ok(body.len()), "a wrong field width");
 }
 
@@ -703,7 +778,11 @@ fn every_truncated_valid_body_is_refused() {
         let schema = schema_of(api);
         let body = (case(api).body)(v);
         for n in 0..body.len() {
-            assert!(check(&schema, v, &body[..n]).is_err(), "{api:?} v{v} passes cut to {n} of {} bytes", body.len());
+            assert!(
+                check(&schema, v, &body[..n]).is_err(),
+                "{api:?} v{v} passes cut to {n} of {} bytes",
+                body.len()
+            );
         }
     }
 }
@@ -714,9 +793,16 @@ fn the_builders_populate_what_the_walker_checks() {
     // pass without exercising nested schemas. Each body must carry at least two elements.
     let body = (case(ApiKey::Produce).body)(12);
     let text = String::from_utf8_lossy(&body);
-    assert_eq!(text.matches("a record batch").count(), 4, "two topics of two partitions each");
+    assert_eq!(
+        text.matches("a record batch").count(),
+        4,
+        "two topics of two partitions each"
+    );
     let body = (case(ApiKey::Fetch).body)(12);
-    assert!(String::from_utf8_lossy(&body).contains("cluster"), "the known tagged field is encoded");
+    assert!(
+        String::from_utf8_lossy(&body).contains("cluster"),
+        "the known tagged field is encoded"
+    );
     assert_eq!(
         String::from_utf8_lossy(&body).matches("tagged").count(),
         9,
@@ -733,8 +819,14 @@ fn refused(api: ApiKey, version: i16, body: &[u8], expected: &str) -> String {
     let schema = schema_of(api);
     let (result, allocated) = allocated_by(|| check(&schema, version, body));
     let err = result.expect_err("a hostile body must be refused").0;
-    assert!(err.contains(expected), "{api:?} v{version}: error {err:?} does not mention {expected:?}");
-    assert!(allocated < 1024, "refusing {api:?} v{version} allocated {allocated} bytes");
+    assert!(
+        err.contains(expected),
+        "{api:?} v{version}: error {err:?} does not mention {expected:?}"
+    );
+    assert!(
+        allocated < 1024,
+        "refusing {api:?} v{version} allocated {allocated} bytes"
+    );
     err
 }
 
@@ -776,12 +868,23 @@ fn produce_records_longer_than_the_body_are_refused() {
     body.extend_from_slice(&be32(0)); // index
     body.extend_from_slice(&be32(i32::MAX)); // records length
     body.extend_from_slice(b"short");
-    refused(ApiKey::Produce, 7, &body, "bytes of 2147483647 bytes runs past the end");
+    refused(
+        ApiKey::Produce,
+        7,
+        &body,
+        "bytes of 2147483647 bytes runs past the end",
+    );
 }
 
 #[test]
 fn a_negative_string_length_is_refused() {
-    let body = [&(-5i16).to_be_bytes()[..], b"group", &be32(1), &[0, 1, b'm']].concat();
+    let body = [
+        &(-5i16).to_be_bytes()[..],
+        b"group",
+        &be32(1),
+        &[0, 1, b'm'],
+    ]
+    .concat();
     refused(ApiKey::Heartbeat, 0, &body, "negative length -5");
 }
 
@@ -794,7 +897,12 @@ fn a_negative_array_count_is_refused() {
 #[test]
 fn a_string_longer_than_the_body_is_refused() {
     let body = [&100i16.to_be_bytes()[..], b"abc"].concat();
-    refused(ApiKey::Heartbeat, 0, &body, "string of 100 bytes runs past the end");
+    refused(
+        ApiKey::Heartbeat,
+        0,
+        &body,
+        "string of 100 bytes runs past the end",
+    );
     // Flexible: compact string of length 0x7fff_fffe.
     let body = [0xff, 0xff, 0xff, 0xff, 0x07, b'a', b'b'];
     refused(ApiKey::Heartbeat, 4, &body, "runs past the end");
@@ -809,9 +917,16 @@ fn an_int32_array_longer_than_the_body_is_refused() {
     body.extend_from_slice(&[0, 1, b't']);
     body.extend_from_slice(&be32(3));
     body.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 2]);
-    refused(ApiKey::OffsetFetch, 1, &body, "declares 3 elements but only 8 bytes remain");
+    refused(
+        ApiKey::OffsetFetch,
+        1,
+        &body,
+        "declares 3 elements but only 8 bytes remain",
+    );
     // Flexible (v6): compact array of 0x0fff_ffff - 1 int32s.
-    let body = [0x02, b'g', 0x02, 0x02, b't', 0xff, 0xff, 0xff, 0x7f, 0, 0, 0, 1, 0, 0];
+    let body = [
+        0x02, b'g', 0x02, 0x02, b't', 0xff, 0xff, 0xff, 0x7f, 0, 0, 0, 1, 0, 0,
+    ];
     refused(ApiKey::OffsetFetch, 6, &body, "declares 268435454 elements");
 }
 
@@ -828,27 +943,54 @@ fn heartbeat_v4_fields() -> Vec<u8> {
 fn the_heartbeat_v4_fixture_is_valid() {
     let mut body = heartbeat_v4_fields();
     body.push(0); // no tagged fields
-    assert_eq!(walk(&schema_of(ApiKey::Heartbeat), 4, &body), Ok(body.len()));
+    assert_eq!(
+        walk(&schema_of(ApiKey::Heartbeat), 4, &body),
+        Ok(body.len())
+    );
     assert!(decodes::<HeartbeatRequest>(4, &body));
 }
 
 #[test]
 fn a_tagged_field_section_declaring_a_huge_count_is_refused() {
-    let body = [&heartbeat_v4_fields()[..], &[0xff, 0xff, 0xff, 0xff, 0x0f, 1, 0]].concat();
-    refused(ApiKey::Heartbeat, 4, &body, "4294967295 tagged fields cannot fit in 2 bytes");
+    let body = [
+        &heartbeat_v4_fields()[..],
+        &[0xff, 0xff, 0xff, 0xff, 0x0f, 1, 0],
+    ]
+    .concat();
+    refused(
+        ApiKey::Heartbeat,
+        4,
+        &body,
+        "4294967295 tagged fields cannot fit in 2 bytes",
+    );
 }
 
 #[test]
 fn a_tagged_field_longer_than_the_body_is_refused() {
     let body = [&heartbeat_v4_fields()[..], &[1, 5, 50, b'x', b'y', b'z']].concat();
-    refused(ApiKey::Heartbeat, 4, &body, "tagged field of 50 bytes runs past the end");
+    refused(
+        ApiKey::Heartbeat,
+        4,
+        &body,
+        "tagged field of 50 bytes runs past the end",
+    );
 }
 
 #[test]
 fn truncated_and_overlong_varints_are_refused() {
     refused(ApiKey::Metadata, 9, &[0x80, 0x80], "truncated in a varint");
-    refused(ApiKey::Metadata, 9, &[0x80, 0x80, 0x80, 0x80, 0x80, 0x01], "varint longer than 5 bytes");
-    refused(ApiKey::Heartbeat, 0, &[0, 1, b'g', 0, 0], "int32 of 4 bytes runs past the end");
+    refused(
+        ApiKey::Metadata,
+        9,
+        &[0x80, 0x80, 0x80, 0x80, 0x80, 0x01],
+        "varint longer than 5 bytes",
+    );
+    refused(
+        ApiKey::Heartbeat,
+        0,
+        &[0, 1, b'g', 0, 0],
+        "int32 of 4 bytes runs past the end",
+    );
     refused(ApiKey::Metadata, 1, &[0, 0], "truncated");
 }
 
