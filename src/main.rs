@@ -10,12 +10,12 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tidemark_catalog::spec::DEMO_BEACONS_SPEC;
 use tidemark_catalog::{CatalogCommand, DatasourceSpec};
+use tidemark_engine::EngineConfig;
+use tidemark_engine::command::Command;
 use tidemark_ingest::beacons::BeaconLimits;
 use tidemark_ingest::{IngestState, Node, NodeConfig};
 use tidemark_raft::Member;
 use tidemark_sql::SqlState;
-use tidemark_storage::engine::EngineConfig;
-use tidemark_storage::engine::command::Command;
 use tidemark_storage::snapshot::SnapshotSource;
 
 /// Ingest allocates many small, short-lived values per event (JSON maps, record buffers);

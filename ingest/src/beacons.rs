@@ -24,11 +24,9 @@ use tidemark_catalog::event::{RejectReason, parse_timestamp};
 use tidemark_catalog::partitioner::partition_for_key;
 use tidemark_catalog::spec::InvalidRecordPolicy;
 use tidemark_catalog::standardise::{TagRules, standardise_json, tags_not_permitted};
-use tidemark_storage::engine::command::{
-    Command, EventsCommand, EventsHeader, EventsPart, VerdictRecord,
-};
-use tidemark_storage::engine::idempotency::{BatchOutcome, Seen};
-use tidemark_storage::engine::{Applied, RefusalStatus};
+use tidemark_engine::command::{Command, EventsCommand, EventsHeader, EventsPart, VerdictRecord};
+use tidemark_engine::idempotency::{BatchOutcome, Seen};
+use tidemark_engine::{Applied, RefusalStatus};
 use tidemark_storage::raw::record_batch::{Record, encode};
 
 use crate::error::{Error, Result};
@@ -135,9 +133,9 @@ fn tag_value<'v>(
 #[derive(Debug, serde::Serialize)]
 struct Answer<'a> {
     accepted: u32,
-    rejected: &'a [tidemark_storage::engine::idempotency::RejectedLine],
+    rejected: &'a [tidemark_engine::idempotency::RejectedLine],
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
-    dropped_tags: &'a [tidemark_storage::engine::idempotency::DroppedTagCount],
+    dropped_tags: &'a [tidemark_engine::idempotency::DroppedTagCount],
     log_position: u64,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     replayed: bool,

@@ -23,8 +23,8 @@ use serde::Deserialize;
 use serde_json::json;
 use tidemark_raft::{Member, NodeId};
 
-use tidemark_storage::engine::Applied;
-use tidemark_storage::engine::command::{Command, InitProducerCommand};
+use tidemark_engine::Applied;
+use tidemark_engine::command::{Command, InitProducerCommand};
 
 use crate::IngestState;
 use crate::error::{Error, Result};

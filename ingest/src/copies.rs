@@ -1,6 +1,6 @@
 //! Exports and backups over HTTP: `POST /v1/export` and `POST /v1/backup` run a copy on this
 //! node (it writes to this host's disk) as a job every replica knows (see
-//! `tidemark_storage::engine::copies`). The request either waits for the copy and answers
+//! `tidemark_engine::copies`). The request either waits for the copy and answers
 //! what it wrote (the default), or, with `"wait": false`, answers the running job at once
 //! (202) for the caller to follow on `/v1/jobs/{id}`. `POST /v1/jobs/{id}/cancel` stops it;
 //! it then removes what it wrote. A follower has the leader log the copy's start and end
@@ -21,9 +21,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tidemark_storage::engine::command::{Command, TimelineCommand};
-use tidemark_storage::engine::copies::{self, CopyFinish, CopyRecord, CopyRun};
-use tidemark_storage::engine::{Applied, RefusalStatus};
+use tidemark_engine::command::{Command, TimelineCommand};
+use tidemark_engine::copies::{self, CopyFinish, CopyRecord, CopyRun};
+use tidemark_engine::{Applied, RefusalStatus};
 
 use crate::error::{Error, Result};
 use crate::forward::LeaderRefusal;
@@ -181,9 +181,7 @@ pub async fn export(node: &Node, actor: &str, body: &[u8]) -> Result<Response> {
     node.engine()
         .read()
         .export_plan(&req.datasource, start_ms, end_ms)?;
-    if let Some(existing) =
-        tidemark_storage::engine::export::existing_output(&dir, start_ms, end_ms)
-    {
+    if let Some(existing) = tidemark_engine::export::existing_output(&dir, start_ms, end_ms) {
         return Err(Error::BadRequest(format!(
             "{} already exists (an earlier export of this interval); export into a new directory or remove it",
             existing.display()
@@ -200,7 +198,7 @@ pub async fn export(node: &Node, actor: &str, body: &[u8]) -> Result<Response> {
     let datasource = req.datasource;
     run_copy(node, record, req.wait, move |job, run| {
         let plan = engine.read().export_plan(&datasource, start_ms, end_ms)?;
-        let report = tidemark_storage::engine::export::run_export(&plan, &dir, job, run, rate)?;
+        let report = tidemark_engine::export::run_export(&plan, &dir, job, run, rate)?;
         Ok(Written {
             finish: CopyFinish {
                 job: 0,
@@ -240,11 +238,11 @@ pub async fn backup(node: &Node, actor: &str, body: &[u8]) -> Result<Response> {
     let engine = node.engine();
     run_copy(node, record, req.wait, move |_, run| {
         let started = std::time::Instant::now();
-        let manifest = tidemark_storage::engine::backup::backup(&engine, &to, run, rate)?;
+        let manifest = tidemark_engine::backup::backup(&engine, &to, run, rate)?;
         let seconds = started.elapsed().as_secs_f64();
         let mut files: Vec<PathBuf> = manifest.files.iter().map(|f| to.join(&f.path)).collect();
         files.push(to.join(&manifest.checkpoint));
-        files.push(to.join(tidemark_storage::engine::backup::MANIFEST));
+        files.push(to.join(tidemark_engine::backup::MANIFEST));
         Ok(Written {
             finish: CopyFinish {
                 job: 0,
@@ -357,7 +355,7 @@ where
                     let root = written.root.clone();
                     let files = written.files;
                     let _ = tokio::task::spawn_blocking(move || {
-                        tidemark_storage::engine::backup::remove_written(&root, &files, false)
+                        tidemark_engine::backup::remove_written(&root, &files, false)
                     })
                     .await;
                     Err(Error::Conflict(format!(
@@ -486,7 +484,7 @@ pub async fn copied(node: &Node, body: &[u8]) -> Result<Response> {
             .map(|j| j.kind);
         if !kind
             .as_deref()
-            .is_some_and(tidemark_storage::engine::copies::is_copy)
+            .is_some_and(tidemark_engine::copies::is_copy)
         {
             return Err(Error::BadRequest(format!(
                 "job {job} is not an export or backup"

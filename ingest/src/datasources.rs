@@ -6,8 +6,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use tidemark_catalog::{CatalogCommand, CatalogEffect, DatasourceEntry, DatasourceSpec, Period};
-use tidemark_storage::engine::command::Command;
-use tidemark_storage::engine::{Applied, RefusalStatus};
+use tidemark_engine::command::Command;
+use tidemark_engine::{Applied, RefusalStatus};
 
 use crate::error::{Error, Result};
 use crate::node::Node;

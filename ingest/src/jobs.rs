@@ -10,8 +10,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tidemark_storage::engine::command::{Command, TimelineCommand};
-use tidemark_storage::engine::{Applied, RefusalStatus};
+use tidemark_engine::command::{Command, TimelineCommand};
+use tidemark_engine::{Applied, RefusalStatus};
 
 use crate::error::{Error, Result};
 use crate::node::Node;
@@ -237,7 +237,7 @@ async fn with_remote_progress(node: &Node, job: &mut Value) {
     let (Some(id), Some(kind)) = (job["id"].as_u64(), job["kind"].as_str()) else {
         return;
     };
-    if job["state"] != "running" || !tidemark_storage::engine::copies::is_copy(kind) {
+    if job["state"] != "running" || !tidemark_engine::copies::is_copy(kind) {
         return;
     }
     let me = node.replica().node_id();

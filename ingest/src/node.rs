@@ -20,9 +20,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tidemark_catalog::audit::ACTOR_SYSTEM;
+use tidemark_engine::command::Command;
+use tidemark_engine::{Applied, EngineConfig, SharedEngine};
 use tidemark_raft::{LogCommand, Member, NodeId, Replica, ReplicaConfig};
-use tidemark_storage::engine::command::Command;
-use tidemark_storage::engine::{Applied, EngineConfig, SharedEngine};
 
 use crate::error::{Error, Result};
 use crate::metrics::{EngineGauges, Metrics, RaftGauges, ScrubGauges, SnapshotGauges};
@@ -116,7 +116,7 @@ struct Inner {
     /// reported until one succeeds, and retried every tick meanwhile.
     checkpoint_trouble: Mutex<Option<String>>,
     /// The segment writer's shortage state, read and stopped without the engine lock.
-    persist: tidemark_storage::engine::PersistControl,
+    persist: tidemark_engine::PersistControl,
     stopping: AtomicBool,
     last_checkpoint: Mutex<Instant>,
     /// A deletion's position whose Raft log entries are still to be purged (see `erase`).

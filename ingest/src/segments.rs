@@ -6,7 +6,7 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
-use tidemark_storage::engine::scrub::{FileKind, verify as verify_file};
+use tidemark_engine::scrub::{FileKind, verify as verify_file};
 
 use crate::error::{Error, Result};
 use crate::node::Node;

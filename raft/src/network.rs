@@ -28,7 +28,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
-use tidemark_storage::engine::SharedEngine;
+use tidemark_engine::SharedEngine;
 
 use crate::cluster_secret::{Check, ClusterSecret, Present};
 use crate::faults::{Fault, Faults};

@@ -23,7 +23,7 @@ use openraft::raft::ClientWriteResult;
 use openraft::type_config::alias::OneshotReceiverOf;
 use openraft::{ChangeMembers, Config, Raft, ReadPolicy, ServerState, SnapshotPolicy};
 use serde::Serialize;
-use tidemark_storage::engine::{Applied, Engine, EngineConfig, SharedEngine};
+use tidemark_engine::{Applied, Engine, EngineConfig, SharedEngine};
 
 use crate::error::{Error, Result};
 use crate::faults::Faults;

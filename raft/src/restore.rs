@@ -8,10 +8,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use tidemark_storage::engine::backup;
-use tidemark_storage::engine::checkpoint::{self, Checkpoint};
-use tidemark_storage::engine::copies;
-use tidemark_storage::engine::reindex::JobState;
+use tidemark_engine::backup;
+use tidemark_engine::checkpoint::{self, Checkpoint};
+use tidemark_engine::copies;
+use tidemark_engine::reindex::JobState;
 
 use crate::error::{Error, Result};
 use crate::log_store::LogStore;

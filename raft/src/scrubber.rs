@@ -28,9 +28,9 @@ use std::time::Duration;
 use openraft::ServerState;
 use openraft::async_runtime::WatchReceiver;
 use serde::{Deserialize, Serialize};
+use tidemark_engine::SharedEngine;
+use tidemark_engine::scrub::{self, ScrubFile};
 use tidemark_proto::raft::RaftMessage;
-use tidemark_storage::engine::SharedEngine;
-use tidemark_storage::engine::scrub::{self, ScrubFile};
 
 /// How often a damaged file whose repair failed is tried again between passes.
 const REPAIR_RETRY: Duration = Duration::from_secs(5);

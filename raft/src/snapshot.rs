@@ -18,7 +18,7 @@
 //!   verified against its CRC before it takes its final name. The staging runs in its own
 //!   task, so a snapshot RPC that times out does not lose the work done, and the leader's next
 //!   attempt joins the same task.
-//! - **Installing**: `tidemark_storage::engine::install` swaps the staged files and the
+//! - **Installing**: `tidemark_engine::install` swaps the staged files and the
 //!   checkpoint in, crash-safely, and the engine is reopened from them.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -31,9 +31,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tidemark_engine::install::StagedFile;
 use tidemark_proto::raft::RaftMessage;
 use tidemark_proto::raft::raft_service_client::RaftServiceClient;
-use tidemark_storage::engine::install::StagedFile;
 
 use crate::types::{Member, NodeId};
 
@@ -53,7 +53,7 @@ pub struct Manifest {
     pub id: String,
     /// The node that built it and serves its files.
     pub source: NodeId,
-    /// The engine checkpoint (JSON), as `tidemark_storage::engine::checkpoint` writes it.
+    /// The engine checkpoint (JSON), as `tidemark_engine::checkpoint` writes it.
     #[serde(with = "serde_bytes")]
     pub checkpoint: Vec<u8>,
     pub files: Vec<FileRef>,

@@ -21,9 +21,9 @@ use openraft::storage::{
 use openraft::type_config::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
 use openraft::{EntryPayload, OptionalSend, StoredMembership};
 use serde::{Deserialize, Serialize};
-use tidemark_storage::engine::checkpoint::Checkpoint;
-use tidemark_storage::engine::command::Entry as LogEntry;
-use tidemark_storage::engine::{Engine, EngineConfig, SharedEngine};
+use tidemark_engine::checkpoint::Checkpoint;
+use tidemark_engine::command::Entry as LogEntry;
+use tidemark_engine::{Engine, EngineConfig, SharedEngine};
 
 use crate::snapshot::{Manifest, SnapshotTransfer};
 use crate::types::{ApplyAnswer, TypeConfig};
@@ -110,7 +110,7 @@ impl EngineStateMachine {
 
 /// The job a `Publish` timeline entry publishes (other entries: `None`).
 fn publishing_job(kind: u8, payload: &[u8]) -> Option<u64> {
-    use tidemark_storage::engine::command::{Command, KIND_TIMELINE, TimelineCommand};
+    use tidemark_engine::command::{Command, KIND_TIMELINE, TimelineCommand};
     if kind != KIND_TIMELINE {
         return None;
     }
@@ -233,10 +233,9 @@ impl RaftStateMachine<TypeConfig> for EngineStateMachine {
             engine.quiesce().map_err(|e| {
                 io::Error::other(format!("finishing segment writes before a snapshot: {e}"))
             })?;
-            tidemark_storage::engine::install::install(&self.config.data_dir, &cp, &staged)
-                .map_err(|e| {
-                    io::Error::other(format!("installing snapshot {}: {e}", manifest.id))
-                })?;
+            tidemark_engine::install::install(&self.config.data_dir, &cp, &staged).map_err(
+                |e| io::Error::other(format!("installing snapshot {}: {e}", manifest.id)),
+            )?;
             let (fresh, recovery) = Engine::open(self.config.clone()).map_err(|e| {
                 io::Error::other(format!(
                     "opening the engine from snapshot {}: {e}",

@@ -3,7 +3,7 @@
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
-use tidemark_storage::engine::Applied;
+use tidemark_engine::Applied;
 
 pub type NodeId = u64;
 

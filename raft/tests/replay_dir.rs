@@ -6,9 +6,9 @@
 
 use openraft::EntryPayload;
 use openraft::storage::RaftLogReader;
+use tidemark_engine::command::Entry;
+use tidemark_engine::{Engine, EngineConfig};
 use tidemark_raft::log_store::LogStore;
-use tidemark_storage::engine::command::Entry;
-use tidemark_storage::engine::{Engine, EngineConfig};
 
 #[tokio::test]
 #[ignore = "a diagnosis tool: needs TIDEMARK_REPLAY_DIR"]

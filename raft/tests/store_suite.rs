@@ -4,10 +4,10 @@
 use openraft::testing::log::{StoreBuilder, Suite};
 use openraft::{ErrorSubject, ErrorVerb, StorageError};
 use tempfile::TempDir;
+use tidemark_engine::{Engine, EngineConfig, SharedEngine};
 use tidemark_raft::TypeConfig;
 use tidemark_raft::log_store::LogStore;
 use tidemark_raft::state_machine::EngineStateMachine;
-use tidemark_storage::engine::{Engine, EngineConfig, SharedEngine};
 
 struct Builder;
 

@@ -108,17 +108,17 @@ impl Error {
         )
     }
 
-    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
+    pub fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
         let path = path.into();
         move |source| Error::Io { path, source }
     }
 
-    pub(crate) fn fsync(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
+    pub fn fsync(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
         let path = path.into();
         move |source| Error::Fsync { path, source }
     }
 
-    pub(crate) fn bad_batch(reason: impl Into<String>) -> Error {
+    pub fn bad_batch(reason: impl Into<String>) -> Error {
         Error::BadBatch {
             reason: reason.into(),
         }

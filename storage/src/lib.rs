@@ -1,15 +1,17 @@
-//! tidemark-storage: everything tidemark keeps on disk or in memory for a node, and nothing
-//! about the network, Raft or SQL.
+//! tidemark-storage: the bytes tidemark keeps on disk, in their formats, with their readers
+//! and writers; nothing about the network, Raft, SQL or which log entries made them (that is
+//! `tidemark-engine`, which drives these formats).
 //!
 //! ```text
-//!  log entry (Raft index) ──Engine::apply──► raw log per partition (Kafka RecordBatch v2 + frame)
-//!                                      └──► rollup index (inline exact states ─► sketches)
+//!  raw log per partition (Kafka RecordBatch v2 + frame)      raw/
+//!  rollup index (inline exact states ─► sketches)            rollup/
+//!  segment files (mmap, sorted dictionaries, sketch columns) segment/
+//!  what a query reads of a datasource                        snapshot.rs
 //! ```
 //!
-//! Key types: [`engine::Engine`], [`raw::partition_log::PartitionLog`],
-//! [`rollup::RollupIndex`].
+//! Key types: [`raw::partition_log::PartitionLog`], [`rollup::RollupIndex`],
+//! [`segment::Segment`], [`snapshot::SnapshotSource`].
 
-pub mod engine;
 pub mod error;
 pub mod raw;
 pub mod rollup;

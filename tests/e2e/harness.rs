@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::wire_capture;
+
 pub(crate) struct TestNode {
     child: Option<Child>,
     pub(crate) http: String,
@@ -355,9 +357,18 @@ impl TestNode {
     }
 
     fn finish(
+        method: &str,
+        path: &str,
+        sent: &[u8],
         r: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
     ) -> Result<Reply, ureq::Error> {
-        let mut resp = r?;
+        let mut resp = match r {
+            Ok(resp) => resp,
+            Err(e) => {
+                wire_capture::record(method, path, sent, 0, e.to_string().as_bytes());
+                return Err(e);
+            }
+        };
         let status = resp.status().as_u16();
         let headers = resp
             .headers()
@@ -374,6 +385,7 @@ impl TestNode {
             .with_config()
             .limit(1 << 30)
             .read_to_string()?;
+        wire_capture::record(method, path, sent, status, body.as_bytes());
         Ok(Reply {
             status,
             body,
@@ -382,7 +394,7 @@ impl TestNode {
     }
 
     pub(crate) fn try_get(&self, path: &str) -> Result<Reply, ureq::Error> {
-        Self::finish(self.agent.get(&self.url(path)).call())
+        Self::finish("GET", path, b"", self.agent.get(&self.url(path)).call())
     }
 
     pub(crate) fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
@@ -390,7 +402,7 @@ impl TestNode {
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        Self::finish(req.call()).unwrap_or_else(|e| panic!("GET {path}: {e}"))
+        Self::finish("GET", path, b"", req.call()).unwrap_or_else(|e| panic!("GET {path}: {e}"))
     }
 
     pub(crate) fn get(&self, path: &str) -> Reply {
@@ -399,8 +411,13 @@ impl TestNode {
     }
 
     pub(crate) fn delete(&self, path: &str) -> Reply {
-        Self::finish(self.agent.delete(&self.url(path)).call())
-            .unwrap_or_else(|e| panic!("DELETE {path}: {e}"))
+        Self::finish(
+            "DELETE",
+            path,
+            b"",
+            self.agent.delete(&self.url(path)).call(),
+        )
+        .unwrap_or_else(|e| panic!("DELETE {path}: {e}"))
     }
 
     pub(crate) fn try_post(
@@ -413,7 +430,7 @@ impl TestNode {
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        Self::finish(req.send(body))
+        Self::finish("POST", path, body, req.send(body))
     }
 
     pub(crate) fn post(&self, path: &str, body: &[u8], headers: &[(&str, &str)]) -> Reply {
@@ -464,10 +481,13 @@ impl TestNode {
         let mut resp = req
             .send(body)
             .unwrap_or_else(|e| panic!("POST {path}: {e}\nnode log:\n{}", self.log_text()));
-        (
-            resp.status().as_u16(),
-            resp.body_mut().with_config().limit(1 << 30).read_to_vec(),
-        )
+        let status = resp.status().as_u16();
+        let answer = resp.body_mut().with_config().limit(1 << 30).read_to_vec();
+        match &answer {
+            Ok(bytes) => wire_capture::record("POST", path, body, status, bytes),
+            Err(e) => wire_capture::record("POST", path, body, status, e.to_string().as_bytes()),
+        }
+        (status, answer)
     }
 
     pub(crate) fn put_with(&self, path: &str, body: &[u8], headers: &[(&str, &str)]) -> Reply {
@@ -475,12 +495,18 @@ impl TestNode {
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        Self::finish(req.send(body)).unwrap_or_else(|e| panic!("PUT {path}: {e}"))
+        Self::finish("PUT", path, body, req.send(body))
+            .unwrap_or_else(|e| panic!("PUT {path}: {e}"))
     }
 
     pub(crate) fn put(&self, path: &str, body: &[u8]) -> Reply {
-        Self::finish(self.agent.put(&self.url(path)).send(body))
-            .unwrap_or_else(|e| panic!("PUT {path}: {e}"))
+        Self::finish(
+            "PUT",
+            path,
+            body,
+            self.agent.put(&self.url(path)).send(body),
+        )
+        .unwrap_or_else(|e| panic!("PUT {path}: {e}"))
     }
 
     /// Rows of a SQL query as JSON objects.
@@ -515,8 +541,13 @@ impl TestNode {
             )
             .output()
             .expect("run tidemark CLI");
+        let code = out.status.code().unwrap_or(-1);
+        let mut answer = out.stdout.clone();
+        answer.extend_from_slice(b"\n-- stderr --\n");
+        answer.extend_from_slice(&out.stderr);
+        wire_capture::record("CLI", &args.join(" "), b"", code as u16, &answer);
         (
-            out.status.code().unwrap_or(-1),
+            code,
             String::from_utf8_lossy(&out.stdout).into_owned(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )

@@ -28,6 +28,7 @@ mod publishers;
 mod reindex;
 mod segments;
 mod tls;
+mod wire_capture;
 
 use tidemark_loadgen::{Beacon, Traffic, TrafficConfig};
 

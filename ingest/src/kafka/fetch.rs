@@ -18,7 +18,7 @@ use kafka_protocol::messages::list_offsets_response::{
 use kafka_protocol::messages::{
     BrokerId, FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse,
 };
-use tidemark_storage::engine::Engine;
+use tidemark_engine::Engine;
 
 use crate::kafka::connection::{Reply, Request, encode};
 use crate::kafka::{Broker, code};

@@ -46,8 +46,8 @@ use kafka_protocol::messages::{
     OffsetFetchResponse, SyncGroupRequest, SyncGroupResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
-use tidemark_storage::engine::Applied;
-use tidemark_storage::engine::command::{Command, CommittedOffset, OffsetsCommand};
+use tidemark_engine::Applied;
+use tidemark_engine::command::{Command, CommittedOffset, OffsetsCommand};
 use tokio::sync::oneshot;
 
 use crate::kafka::connection::{Reply, Request, encode, ready};

@@ -22,12 +22,12 @@ use tidemark_catalog::access::{Action, Principal, PublishRight};
 use tidemark_catalog::event::RejectReason;
 use tidemark_catalog::spec::InvalidRecordPolicy;
 use tidemark_catalog::standardise::{TagRules, standardise_json, tags_not_permitted};
-use tidemark_storage::engine::Applied;
-use tidemark_storage::engine::command::{
+use tidemark_engine::Applied;
+use tidemark_engine::command::{
     Command, EventsCommand, EventsHeader, EventsPart, InitProducerCommand,
 };
-use tidemark_storage::engine::idempotency::PartError;
-use tidemark_storage::engine::producers::SequenceError;
+use tidemark_engine::idempotency::PartError;
+use tidemark_engine::producers::SequenceError;
 use tidemark_storage::raw::record_batch::{self, BatchHeader};
 
 use crate::beacons::Publisher;

@@ -10,14 +10,14 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::{Config, Raft, RaftNetworkFactory};
 use tidemark_catalog::spec::DEMO_BEACONS_SPEC;
 use tidemark_catalog::{CatalogCommand, DatasourceSpec};
+use tidemark_engine::command::{
+    Command, EventsCommand, EventsHeader, EventsPart, PersistCommand, PersistReason,
+};
+use tidemark_engine::{Applied, Engine, EngineConfig, SharedEngine};
 use tidemark_raft::log_store::LogStore;
 use tidemark_raft::snapshot::SnapshotTransfer;
 use tidemark_raft::state_machine::EngineStateMachine;
 use tidemark_raft::{LogCommand, Member as Addrs, NodeId, TypeConfig};
-use tidemark_storage::engine::command::{
-    Command, EventsCommand, EventsHeader, EventsPart, PersistCommand, PersistReason,
-};
-use tidemark_storage::engine::{Applied, Engine, EngineConfig, SharedEngine};
 use tidemark_storage::raw::record_batch::{Record, encode};
 
 pub(crate) type Node = Raft<TypeConfig, EngineStateMachine>;

@@ -361,7 +361,7 @@ impl RollupIndex {
 
     /// Counts `n` more events merged without a row of their own (a segment's total, after a
     /// deletion took some of its rows out).
-    pub(crate) fn add_events(&mut self, n: u64) {
+    pub fn add_events(&mut self, n: u64) {
         self.events += n;
     }
 

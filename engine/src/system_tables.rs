@@ -9,7 +9,7 @@ use arrow_array::{
 };
 use arrow_schema::{DataType, Field, Schema, TimeUnit};
 
-use crate::engine::Engine;
+use crate::Engine;
 
 pub(crate) const NAMES: [&str; 7] = [
     "datasources",
@@ -376,11 +376,11 @@ fn retention(engine: &Engine) -> Option<RecordBatch> {
 /// running and finished, with their progress.
 fn jobs(engine: &Engine) -> Option<RecordBatch> {
     let jobs = engine.jobs_now();
-    let ts = |f: &dyn Fn(&crate::engine::reindex::JobInfo) -> Option<i64>| {
+    let ts = |f: &dyn Fn(&crate::reindex::JobInfo) -> Option<i64>| {
         Arc::new(TimestampMillisecondArray::from_iter(jobs.iter().map(f)).with_timezone("UTC"))
             as ArrayRef
     };
-    let u64s = |f: &dyn Fn(&crate::engine::reindex::JobInfo) -> u64| {
+    let u64s = |f: &dyn Fn(&crate::reindex::JobInfo) -> u64| {
         Arc::new(UInt64Array::from_iter_values(jobs.iter().map(f))) as ArrayRef
     };
     batch(

@@ -17,11 +17,11 @@ use arrow_array::types::{Float64Type, Int32Type, Int64Type, TimestampMillisecond
 use arrow_array::{Array, ArrayRef};
 use tidemark_catalog::{DatasourceId, DatasourceSpec, MetricKind, Period};
 
-use crate::engine::checkpoint::SegmentRecord;
-use crate::engine::reindex::{Built, Progress, write_built};
-use crate::error::{Error, Result};
-use crate::rollup::{RollupIndex, RowMetric};
-use crate::segment::Segment;
+use crate::checkpoint::SegmentRecord;
+use crate::reindex::{Built, Progress, write_built};
+use crate::{Error, Result};
+use tidemark_storage::rollup::{RollupIndex, RowMetric};
+use tidemark_storage::segment::Segment;
 
 /// Everything a compaction needs, fixed at its start.
 #[derive(Debug)]

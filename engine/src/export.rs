@@ -31,10 +31,10 @@ use tidemark_catalog::standardise::{TagRules, standardise_json};
 
 use super::Engine;
 use super::copies::{CopyRun, Pace};
-use crate::engine::reindex::Source;
-use crate::error::{Error, Result};
-use crate::raw::partition_log::read_stored_into;
-use crate::raw::record_batch;
+use crate::reindex::Source;
+use crate::{Error, Result};
+use tidemark_storage::raw::partition_log::read_stored_into;
+use tidemark_storage::raw::record_batch;
 
 const DAY_MS: i64 = 86_400_000;
 
@@ -233,7 +233,7 @@ pub fn run_export(
             r
         });
     if report.is_err() {
-        crate::engine::backup::remove_written(dir, &created, !existed);
+        crate::backup::remove_written(dir, &created, !existed);
     }
     report
 }
@@ -276,7 +276,7 @@ pub fn remove_temporary(dir: &Path, job: u64) -> usize {
             }
         }
     }
-    crate::engine::backup::remove_written(dir, &removed, false);
+    crate::backup::remove_written(dir, &removed, false);
     removed.len()
 }
 

@@ -56,20 +56,18 @@ use tidemark_catalog::standardise::{DroppedTag, TagRules, standardise_json, tags
 use tidemark_catalog::{Catalog, CatalogCommand, CatalogEffect, DatasourceId};
 
 use self::command::Entry;
-use crate::engine::checkpoint::{Checkpoint, DatasourceCheckpoint, PendingCheckpoint};
-use crate::engine::command::{
-    Command, EventsCommand, InitProducerCommand, PersistCommand, PersistReason,
-};
-use crate::engine::consumer_offsets::ConsumerOffsets;
-use crate::engine::datasource::DatasourceState;
-use crate::engine::idempotency::{
+use crate::checkpoint::{Checkpoint, DatasourceCheckpoint, PendingCheckpoint};
+use crate::command::{Command, EventsCommand, InitProducerCommand, PersistCommand, PersistReason};
+use crate::consumer_offsets::ConsumerOffsets;
+use crate::datasource::DatasourceState;
+use crate::idempotency::{
     BatchOutcome, IdempotencyWindow, PartError, PartOutcome, RejectedLine, Seen,
 };
-use crate::engine::producers::{ProducerStates, SequenceCheck};
-use crate::engine::rejects::RejectsTable;
-use crate::error::{Error, Result};
-use crate::raw::record_batch;
-use crate::snapshot::{SnapshotSource, TableSnapshot};
+use crate::producers::{ProducerStates, SequenceCheck};
+use crate::rejects::RejectsTable;
+use tidemark_storage::raw::record_batch;
+use tidemark_storage::snapshot::{SnapshotSource, TableSnapshot};
+pub use tidemark_storage::{Error, Result};
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -515,7 +513,7 @@ impl Engine {
             }
             let binding: BTreeMap<u32, &command::VerdictRecord> =
                 part.verdicts.iter().map(|v| (v.index, v)).collect();
-            let mut verdicts: Vec<crate::raw::frame::Verdict> =
+            let mut verdicts: Vec<tidemark_storage::raw::frame::Verdict> =
                 part.verdicts.iter().map(Into::into).collect();
             let results: Vec<_> = records
                 .iter()
@@ -538,7 +536,7 @@ impl Engine {
                                 datasource: header.datasource.clone(),
                                 tags: denied,
                             };
-                            verdicts.push(crate::raw::frame::Verdict {
+                            verdicts.push(tidemark_storage::raw::frame::Verdict {
                                 record_index: i as u32,
                                 code: reason.code(),
                                 reason: reason.to_string(),
@@ -558,7 +556,7 @@ impl Engine {
                                 time_ms,
                                 limit_ms: limit,
                             };
-                            verdicts.push(crate::raw::frame::Verdict {
+                            verdicts.push(tidemark_storage::raw::frame::Verdict {
                                 record_index: i as u32,
                                 code: reason.code(),
                                 reason: reason.to_string(),
@@ -575,7 +573,7 @@ impl Engine {
                 min_ms = min_ms.min(s.event.time_ms);
                 max_ms = max_ms.max(s.event.time_ms);
             }
-            let frame = crate::raw::frame::Frame {
+            let frame = tidemark_storage::raw::frame::Frame {
                 log_position: position,
                 writer_time_ms,
                 catalog_version,
@@ -947,7 +945,7 @@ impl Engine {
         let entry = self.catalog.get(name)?;
         let ds = self.datasources.get(&entry.id)?;
         let spec = entry.current().clone();
-        let schema = Arc::new(crate::segment::table_schema(&spec));
+        let schema = Arc::new(tidemark_storage::segment::table_schema(&spec));
         let realtime = ds.realtime_batches(schema);
         Some(TableSnapshot {
             spec,
@@ -997,7 +995,7 @@ impl Engine {
         &self,
         datasource: &str,
         partition: u32,
-    ) -> Option<&crate::raw::partition_log::PartitionLog> {
+    ) -> Option<&tidemark_storage::raw::partition_log::PartitionLog> {
         let entry = self.catalog.get(datasource)?;
         self.datasources.get(&entry.id)?.partition(partition)
     }

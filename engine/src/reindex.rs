@@ -32,12 +32,12 @@ use serde::{Deserialize, Serialize};
 use tidemark_catalog::standardise::{TagRules, standardise_json};
 use tidemark_catalog::{DatasourceId, DatasourceSpec};
 
-use crate::engine::checkpoint::SegmentRecord;
-use crate::error::{Error, Result};
-use crate::raw::partition_log::{IndexEntry, read_stored_into};
-use crate::raw::record_batch;
-use crate::rollup::RollupIndex;
-use crate::segment::{Segment, SegmentId, write_segment};
+use crate::checkpoint::SegmentRecord;
+use crate::{Error, Result};
+use tidemark_storage::raw::partition_log::{IndexEntry, read_stored_into};
+use tidemark_storage::raw::record_batch;
+use tidemark_storage::rollup::RollupIndex;
+use tidemark_storage::segment::{Segment, SegmentId, write_segment};
 
 /// One raw batch to read.
 #[derive(Debug, Clone)]
@@ -94,7 +94,7 @@ pub(crate) struct Progress {
 #[derive(Debug, Default)]
 pub(crate) struct Output {
     pub(crate) segments: Vec<Built>,
-    pub(crate) deletion: Option<crate::engine::delete::Deleted>,
+    pub(crate) deletion: Option<crate::delete::Deleted>,
 }
 
 impl From<Vec<Built>> for Output {

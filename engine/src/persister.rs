@@ -16,9 +16,9 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::engine::datasource::PersistJob;
-use crate::error::{Error, Result};
-use crate::segment::{Segment, WrittenSegment};
+use crate::datasource::PersistJob;
+use crate::{Error, Result};
+use tidemark_storage::segment::{Segment, WrittenSegment};
 
 pub(crate) struct Finished {
     pub(crate) job: PersistJob,

@@ -26,7 +26,7 @@ use tidemark_catalog::DatasourceId;
 
 use super::reindex::{self, JobInfo, JobState, Progress};
 use super::{Applied, Engine, RefusalStatus};
-use crate::error::{Error, Result};
+use crate::{Error, Result};
 
 /// The job kinds that are copies.
 pub const COPY_KINDS: [&str; 2] = ["export", "backup"];

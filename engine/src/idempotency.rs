@@ -61,7 +61,7 @@ pub struct PartOutcome {
 #[serde(rename_all = "snake_case")]
 pub enum PartError {
     /// The idempotent producer's epoch or sequence does not fit (see `producers`).
-    Sequence(crate::engine::producers::SequenceError),
+    Sequence(crate::producers::SequenceError),
     /// The batch's records do not decode (bad framing, bad compression, over the size cap).
     CorruptBatch { reason: String },
 }

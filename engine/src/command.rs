@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 use tidemark_catalog::audit::ACTOR_UNRECORDED;
 use tidemark_catalog::{CatalogCommand, DatasourceId};
 
-use crate::error::{Error, Result};
-use crate::raw::frame::Verdict;
+use crate::{Error, Result};
+use tidemark_storage::raw::frame::Verdict;
 
 /// One log entry as the engine applies it: its position in the log (the Raft index), the
 /// writer's clock when it was logged (apply's only clock), and a command's kind and bytes.
@@ -272,12 +272,12 @@ pub enum TimelineCommand {
     /// A copy of data taken outside tidemark's reach (an export, a backup) on `node`,
     /// logged once it is written: it shows as a job, and a later deletion names it. (Format
     /// 4; newer nodes log `CopyStarted` and `CopyFinished` around the copy instead.)
-    Copied(crate::engine::copies::CopyRecord),
+    Copied(crate::copies::CopyRecord),
     /// A copy starting on `node`: a running job on every replica (see `copies.rs`); ended by
     /// `CopyFinished` or `Cancel`.
-    CopyStarted(crate::engine::copies::CopyRecord),
+    CopyStarted(crate::copies::CopyRecord),
     /// A running copy written whole, with what it wrote.
-    CopyFinished(crate::engine::copies::CopyFinish),
+    CopyFinished(crate::copies::CopyFinish),
     /// Takes the raw beacons `filter` matches (with event times in [`start_ms`, `end_ms`),
     /// all time if absent) out of the raw log, and rebuilds the segment intervals that
     /// counted them; published like a reindex (see `delete.rs`). `where_text` is what the
@@ -450,7 +450,7 @@ fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::raw::record_batch::{Record, encode};
+    use tidemark_storage::raw::record_batch::{Record, encode};
 
     #[test]
     fn commands_round_trip_and_newer_versions_are_refused() {

@@ -10,19 +10,21 @@ use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
 use tidemark_catalog::{Catalog, DatasourceId, DatasourceSpec, Event};
 
-use crate::engine::checkpoint::{DatasourceCheckpoint, SegmentRecord};
-use crate::engine::command::{PersistCommand, PersistReason};
+use crate::checkpoint::{DatasourceCheckpoint, SegmentRecord};
+use crate::command::{PersistCommand, PersistReason};
 
-use crate::engine::rules::RulesCache;
-use crate::engine::{EngineConfig, Recovery};
-use crate::error::{Error, Result};
-use crate::raw::frame::Frame;
-use crate::raw::partition_log::{IndexEntry, PartitionLog, PartitionLogConfig, SealedFile};
-use crate::raw::record_batch;
-use crate::rollup::RollupIndex;
-use crate::segment::{Segment, SegmentId, WrittenSegment, write_segment};
-use crate::snapshot::UnreadableSegment;
+use crate::rules::RulesCache;
+use crate::{EngineConfig, Recovery};
+use crate::{Error, Result};
 use tidemark_catalog::standardise::standardise_json;
+use tidemark_storage::raw::frame::Frame;
+use tidemark_storage::raw::partition_log::{
+    IndexEntry, PartitionLog, PartitionLogConfig, SealedFile,
+};
+use tidemark_storage::raw::record_batch;
+use tidemark_storage::rollup::RollupIndex;
+use tidemark_storage::segment::{Segment, SegmentId, WrittenSegment, write_segment};
+use tidemark_storage::snapshot::UnreadableSegment;
 
 /// The version string of segments written by ingest; reindexing publishes higher versions.
 pub(crate) const INGEST_VERSION: &str = "1";
@@ -61,7 +63,7 @@ impl OpenInterval {
         {
             return Some(batch.clone());
         }
-        let own = Arc::new(crate::segment::table_schema(&self.spec));
+        let own = Arc::new(tidemark_storage::segment::table_schema(&self.spec));
         let built = self.index.to_record_batch(&self.spec, own).ok()?;
         let batch = if built.schema() == schema {
             built
@@ -395,13 +397,13 @@ impl DatasourceState {
         start: i64,
         end: i64,
         through: u64,
-    ) -> Vec<crate::engine::reindex::Source> {
-        let mut out: Vec<crate::engine::reindex::Source> = Vec::new();
+    ) -> Vec<crate::reindex::Source> {
+        let mut out: Vec<crate::reindex::Source> = Vec::new();
         for (p, log) in self.partitions.iter().enumerate() {
             out.extend(
                 log.sources_overlapping(start, end, through)
                     .into_iter()
-                    .map(|(path, file, entry)| crate::engine::reindex::Source {
+                    .map(|(path, file, entry)| crate::reindex::Source {
                         position: entry.log_position,
                         partition: p as u32,
                         path,
@@ -425,7 +427,7 @@ impl DatasourceState {
         end: i64,
         only: Option<&[i64]>,
         position: u64,
-        built: Vec<crate::engine::reindex::Built>,
+        built: Vec<crate::reindex::Built>,
     ) -> (Vec<PathBuf>, u64) {
         let replaced = |r: &SegmentRecord| {
             let interval = r.id.interval_start_ms;
@@ -651,7 +653,7 @@ impl DatasourceState {
     /// retention may have removed one meanwhile).
     pub(crate) fn install_rewrites(
         &mut self,
-        rewrites: Vec<crate::engine::delete::Rewrite>,
+        rewrites: Vec<crate::delete::Rewrite>,
     ) -> Result<u64> {
         let mut installed = 0;
         for r in rewrites {
@@ -819,7 +821,7 @@ impl DatasourceState {
             version: INGEST_VERSION.to_string(),
             shard,
         };
-        let file = crate::engine::reindex::segment_file(self.id, interval, INGEST_VERSION, shard);
+        let file = crate::reindex::segment_file(self.id, interval, INGEST_VERSION, shard);
         self.persisting.push(Persisting {
             id: id.clone(),
             file: file.clone(),
@@ -970,7 +972,10 @@ impl DatasourceState {
     pub(crate) fn segment_detail(
         &self,
         segment: &str,
-    ) -> Option<(SegmentRecord, Option<crate::segment::SegmentMeta>)> {
+    ) -> Option<(
+        SegmentRecord,
+        Option<tidemark_storage::segment::SegmentMeta>,
+    )> {
         if let Some((r, seg)) = self
             .segments
             .iter()

@@ -10,12 +10,12 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use tidemark_catalog::{Catalog, DatasourceId};
 
-use crate::engine::consumer_offsets::ConsumerOffsets;
-use crate::engine::idempotency::IdempotencyWindow;
-use crate::engine::producers::ProducerStates;
-use crate::engine::rejects::RejectsTable;
-use crate::error::{Error, Result};
-use crate::segment::SegmentId;
+use crate::consumer_offsets::ConsumerOffsets;
+use crate::idempotency::IdempotencyWindow;
+use crate::producers::ProducerStates;
+use crate::rejects::RejectsTable;
+use crate::{Error, Result};
+use tidemark_storage::segment::SegmentId;
 
 pub const CHECKPOINT_VERSION: u32 = 1;
 
@@ -39,10 +39,10 @@ pub struct Checkpoint {
     pub replication: Option<serde_json::Value>,
     /// Long jobs (reindexes): running ones are restarted from the raw log on open.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub jobs: Vec<crate::engine::reindex::JobInfo>,
+    pub jobs: Vec<crate::reindex::JobInfo>,
     /// Exports and backups taken (see `Engine::copies`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub copies: Vec<crate::engine::copies::CopyRecord>,
+    pub copies: Vec<crate::copies::CopyRecord>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -137,7 +137,7 @@ fn store_bytes(data_dir: &Path, bytes: &[u8]) -> Result<()> {
         .map_err(Error::fsync(dir))
 }
 
-/// A checkpoint captured under the engine lock ([`crate::engine::Engine::begin_checkpoint`])
+/// A checkpoint captured under the engine lock ([`crate::Engine::begin_checkpoint`])
 /// and written off it, so applying entries does not wait for fsyncs and encoding.
 ///
 /// Invariant: checkpoints are written one at a time, in the order they were captured

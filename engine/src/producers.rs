@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use crate::raw::record_batch::BatchHeader;
+use tidemark_storage::raw::record_batch::BatchHeader;
 
 /// Batches remembered per producer and partition: Kafka allows five in flight.
 pub const BATCHES_REMEMBERED: usize = 5;
@@ -240,7 +240,7 @@ impl ProducerStates {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::raw::record_batch::{Record, encode_with_producer, parse_header};
+    use tidemark_storage::raw::record_batch::{Record, encode_with_producer, parse_header};
 
     fn header(pid: i64, epoch: i16, seq: i32, records: usize) -> BatchHeader {
         let recs: Vec<Record> = (0..records)

@@ -9,7 +9,7 @@ use super::command::{
     TimelineCommand, VerdictRecord,
 };
 use super::*;
-use crate::raw::record_batch::{Record, encode};
+use tidemark_storage::raw::record_batch::{Record, encode};
 
 const HOUR: i64 = 3_600_000;
 const T0: i64 = 1_795_651_200_000; // 2026-11-26T00:00Z
@@ -885,7 +885,8 @@ fn stored_merchants(engine: &Engine, p: u32) -> Vec<(i64, String)> {
         .expect("read");
     let mut out = Vec::new();
     for b in batches {
-        let (_, records) = crate::raw::record_batch::decode_records(&b.batch).expect("decode");
+        let (_, records) =
+            tidemark_storage::raw::record_batch::decode_records(&b.batch).expect("decode");
         for (offset, r) in records {
             let v: serde_json::Value =
                 serde_json::from_slice(r.value.as_deref().unwrap_or_default()).expect("json");

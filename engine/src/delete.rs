@@ -51,11 +51,11 @@ use serde::{Deserialize, Serialize};
 use tidemark_catalog::record_filter::CompiledFilter;
 use tidemark_catalog::standardise::standardise_json;
 
-use crate::engine::reindex::{self, BuildInput, Output, Progress, Source};
-use crate::error::{Error, Result};
-use crate::raw::frame::{Frame, Verdict};
-use crate::raw::partition_log::{IndexEntry, SealedFile};
-use crate::raw::record_batch;
+use crate::reindex::{self, BuildInput, Output, Progress, Source};
+use crate::{Error, Result};
+use tidemark_storage::raw::frame::{Frame, Verdict};
+use tidemark_storage::raw::partition_log::{IndexEntry, SealedFile};
+use tidemark_storage::raw::record_batch;
 
 /// The widest range a deletion without an interval covers (about ±35,000 years), kept well
 /// inside `i64` so widening it to whole segments cannot overflow.
@@ -85,8 +85,8 @@ pub(crate) struct Rollups {
     pub(crate) inputs: BTreeMap<
         i64,
         Vec<(
-            crate::engine::checkpoint::SegmentRecord,
-            Arc<crate::segment::Segment>,
+            crate::checkpoint::SegmentRecord,
+            Arc<tidemark_storage::segment::Segment>,
         )>,
     >,
     /// The spec's count metric (how many events a row stands for).
@@ -223,7 +223,7 @@ fn run(
             if cancel.load(Ordering::Relaxed) {
                 return Err(Error::Internal("cancelled".into()));
             }
-            let stored = crate::raw::partition_log::read_stored(&f.file, &f.path, e)?;
+            let stored = tidemark_storage::raw::partition_log::read_stored(&f.file, &f.path, e)?;
             let (_, records) = record_batch::decode_records(&stored.batch)?;
             let mut keep = Vec::with_capacity(records.len());
             for (i, (offset, record)) in records.iter().enumerate() {
@@ -332,7 +332,7 @@ fn run(
         .fetch_add(kept.batches_done.load(Ordering::Relaxed), Ordering::Relaxed);
     if let Some(rollups) = &input.rollups {
         let b = &input.build;
-        let compact = crate::engine::compact::CompactInput {
+        let compact = crate::compact::CompactInput {
             job: b.job,
             datasource: b.datasource,
             data_dir: b.data_dir.clone(),
@@ -341,12 +341,11 @@ fn run(
             inputs: rollups.inputs.clone(),
             shards: b.shards.clone(),
         };
-        let drop = crate::engine::compact::RowDrop {
+        let drop = crate::compact::RowDrop {
             filter: &input.filter,
             count: rollups.count,
         };
-        let (built, intervals, events) =
-            crate::engine::compact::build_without(&compact, &drop, cancel)?;
+        let (built, intervals, events) = crate::compact::build_without(&compact, &drop, cancel)?;
         segments.extend(built);
         deleted.intervals.extend(intervals);
         deleted.rollup_events = events;

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use super::SharedEngine;
 use super::copies::{CopyRun, Pace};
-use crate::error::{Error, Result};
+use crate::{Error, Result};
 
 /// Name of the manifest at a backup's root.
 pub const MANIFEST: &str = "BACKUP.json";
@@ -148,7 +148,7 @@ fn write_backup(
         .bytes_total
         .store(total, std::sync::atomic::Ordering::Relaxed);
     let mut pace = Pace::new(bytes_per_s);
-    let checkpoint = crate::engine::checkpoint::path(Path::new(""));
+    let checkpoint = crate::checkpoint::path(Path::new(""));
     let checkpoint_path = to.join(&checkpoint);
     if let Some(dir) = checkpoint_path.parent() {
         std::fs::create_dir_all(dir).map_err(io(dir))?;

@@ -19,8 +19,8 @@
 use std::fs;
 use std::path::{Component, Path, PathBuf};
 
-use crate::engine::checkpoint::{self, Checkpoint};
-use crate::error::{Error, Result};
+use crate::checkpoint::{self, Checkpoint};
+use crate::{Error, Result};
 
 const LIVE: &str = "datasources";
 const INCOMING: &str = "datasources.incoming";
@@ -171,8 +171,8 @@ mod tests {
             writer_time_ms: 0,
             catalog: Default::default(),
             datasources: Vec::new(),
-            idempotency: crate::engine::idempotency::IdempotencyWindow::new(1000, 10),
-            rejects: crate::engine::rejects::RejectsTable::new(10),
+            idempotency: crate::idempotency::IdempotencyWindow::new(1000, 10),
+            rejects: crate::rejects::RejectsTable::new(10),
             producers: Default::default(),
             consumer_offsets: Default::default(),
             replication: None,

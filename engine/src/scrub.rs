@@ -14,10 +14,10 @@
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use crate::engine::Engine;
-use crate::error::{Error, Result};
-use crate::raw::partition_log;
-use crate::segment::reader::Segment;
+use crate::Engine;
+use crate::{Error, Result};
+use tidemark_storage::raw::partition_log;
+use tidemark_storage::segment::reader::Segment;
 
 /// What kind of data file, which decides how it is checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,10 +116,7 @@ impl Engine {
 
     /// The published segments of `datasource` (timeline records), in interval, version,
     /// shard order; `None` if it does not exist.
-    pub fn segment_list(
-        &self,
-        datasource: &str,
-    ) -> Option<Vec<crate::engine::checkpoint::SegmentRecord>> {
+    pub fn segment_list(&self, datasource: &str) -> Option<Vec<crate::checkpoint::SegmentRecord>> {
         let entry = self
             .catalog
             .get(datasource)
@@ -129,10 +126,9 @@ impl Engine {
             .get(&entry.id)
             .map(|ds| ds.segment_records().cloned().collect())
             .unwrap_or_default();
-        out.sort_by(|a: &crate::engine::checkpoint::SegmentRecord, b| {
-            let version = |r: &crate::engine::checkpoint::SegmentRecord| {
-                r.id.version.parse::<u64>().unwrap_or(0)
-            };
+        out.sort_by(|a: &crate::checkpoint::SegmentRecord, b| {
+            let version =
+                |r: &crate::checkpoint::SegmentRecord| r.id.version.parse::<u64>().unwrap_or(0);
             (a.id.interval_start_ms, version(a), a.id.shard).cmp(&(
                 b.id.interval_start_ms,
                 version(b),
@@ -149,8 +145,8 @@ impl Engine {
         datasource: &str,
         segment: &str,
     ) -> Option<(
-        crate::engine::checkpoint::SegmentRecord,
-        Option<crate::segment::SegmentMeta>,
+        crate::checkpoint::SegmentRecord,
+        Option<tidemark_storage::segment::SegmentMeta>,
     )> {
         let entry = self.catalog.get(datasource)?;
         let ds = self.datasources.get(&entry.id)?;

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::command::OffsetsCommand;
+use crate::command::OffsetsCommand;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OffsetRecord {
@@ -96,7 +96,7 @@ impl ConsumerOffsets {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::command::CommittedOffset;
+    use crate::command::CommittedOffset;
 
     fn commit(group: &str, topic: &str, partition: u32, offset: i64) -> OffsetsCommand {
         OffsetsCommand::Commit {

@@ -9,8 +9,8 @@ use tidemark_catalog::DatasourceId;
 use super::reindex::{self, BuildInput, JobInfo, JobState, Running};
 use super::{Applied, Engine, RefusalStatus};
 use super::{copies, delete};
-use crate::engine::command::TimelineCommand;
-use crate::error::{Error, Result};
+use crate::command::TimelineCommand;
+use crate::{Error, Result};
 
 /// Who automatic compactions run as; other jobs preempt them.
 const AUTO_COMPACTION_ACTOR: &str = "system:compaction";
@@ -730,7 +730,7 @@ impl Engine {
     fn start_delete_build(
         &mut self,
         id: u64,
-        files: Option<Vec<crate::raw::partition_log::SealedFile>>,
+        files: Option<Vec<tidemark_storage::raw::partition_log::SealedFile>>,
     ) -> Result<()> {
         let info = self
             .jobs
