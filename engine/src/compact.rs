@@ -175,7 +175,7 @@ fn merge_segment(
         if seg.meta().column(name).is_none() {
             return Ok(None);
         }
-        seg.column(name).map(Some)
+        Ok(seg.column(name).map(Some)?)
     };
     let time = read(tidemark_catalog::spec::TIME_COLUMN)?;
     let Column::Time(time) = column(time.as_ref(), tidemark_catalog::spec::TIME_COLUMN)? else {

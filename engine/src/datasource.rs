@@ -219,12 +219,12 @@ impl DatasourceState {
             // from a replica only once it runs. Other errors (a missing file) stay fatal.
             match Segment::open(&self.data_dir.join(&rec.file)) {
                 Ok(seg) => self.segments.push((rec, Arc::new(seg))),
-                Err(e @ Error::Corrupt { .. }) => {
+                Err(e @ tidemark_storage::Error::Corrupt { .. }) => {
                     tracing::error!(datasource = %self.name, file = %rec.file.display(), error = %e,
                         "a segment is damaged; it is unreadable until repaired from a replica");
                     self.damaged.push((rec, e.to_string()));
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Err(e.into()),
             }
         }
         self.persisted = cp.persisted.into_iter().collect();
@@ -726,7 +726,7 @@ impl DatasourceState {
                 ))
             });
         }
-        log.append(frame, batch)
+        Ok(log.append(frame, batch)?)
     }
 
     /// The index an event of `interval` goes to. Once an interval has been persisted and the

@@ -28,6 +28,7 @@ pub mod command;
 pub mod consumer_offsets;
 pub mod copies;
 mod datasource;
+pub mod error;
 pub mod idempotency;
 pub mod install;
 mod persister;
@@ -65,9 +66,9 @@ use crate::idempotency::{
 };
 use crate::producers::{ProducerStates, SequenceCheck};
 use crate::rejects::RejectsTable;
+pub use error::{Error, Result};
 use tidemark_storage::raw::record_batch;
 use tidemark_storage::snapshot::{SnapshotSource, TableSnapshot};
-pub use tidemark_storage::{Error, Result};
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {

@@ -429,7 +429,7 @@ pub async fn post_beacons(
             RefusalStatus::Conflict => Error::Unprocessable(reason),
             RefusalStatus::Invalid => Error::BadRequest(reason),
         }),
-        other => Err(Error::Storage(tidemark_storage::Error::Internal(format!(
+        other => Err(Error::Engine(tidemark_engine::Error::Internal(format!(
             "beacon batch applied as {other:?}"
         )))),
     }

@@ -273,7 +273,7 @@ pub async fn backup(node: &Node, actor: &str, body: &[u8]) -> Result<Response> {
 /// it wrote when the request waits, else the running job at once (202).
 async fn run_copy<F>(node: &Node, mut record: CopyRecord, wait: bool, work: F) -> Result<Response>
 where
-    F: FnOnce(u64, &CopyRun) -> tidemark_storage::Result<Written> + Send + 'static,
+    F: FnOnce(u64, &CopyRun) -> tidemark_engine::Result<Written> + Send + 'static,
 {
     let kind = record.kind.clone();
     record.run = draw_run(node);
@@ -304,7 +304,7 @@ where
         return Ok((StatusCode::ACCEPTED, Json(job_json(node, id)?)).into_response());
     }
     let mut report = task.await.map_err(|e| {
-        Error::Storage(tidemark_storage::Error::Internal(format!(
+        Error::Engine(tidemark_engine::Error::Internal(format!(
             "copy job {id}'s task failed: {e}"
         )))
     })??;
@@ -335,12 +335,12 @@ async fn start_copy(
 
 async fn copy_and_log<F>(node: &Node, id: u64, kind: &str, run: CopyRun, work: F) -> Result<Value>
 where
-    F: FnOnce(u64, &CopyRun) -> tidemark_storage::Result<Written> + Send + 'static,
+    F: FnOnce(u64, &CopyRun) -> tidemark_engine::Result<Written> + Send + 'static,
 {
     let worker = run.clone();
     let outcome = tokio::task::spawn_blocking(move || work(id, &worker))
         .await
-        .map_err(|e| tidemark_storage::Error::Internal(format!("the {kind} task failed: {e}")))
+        .map_err(|e| tidemark_engine::Error::Internal(format!("the {kind} task failed: {e}")))
         .and_then(|r| r);
     match outcome {
         Ok(mut written) => {
@@ -377,7 +377,7 @@ where
                 let _ = end_copy(node, id, CopyCommand::Abandon { job: id, reason }).await;
             }
             Err(match e {
-                tidemark_storage::Error::Cancelled(_) => {
+                tidemark_engine::Error::Cancelled(_) => {
                     let why = job_json(node, id)
                         .ok()
                         .and_then(|j| j["error"].as_str().map(str::to_string));
@@ -386,8 +386,8 @@ where
                         why.unwrap_or_default()
                     ))
                 }
-                tidemark_storage::Error::Invalid(reason) => Error::BadRequest(reason),
-                other => Error::Storage(other),
+                tidemark_engine::Error::Invalid(reason) => Error::BadRequest(reason),
+                other => Error::Engine(other),
             })
         }
     }
@@ -398,7 +398,7 @@ where
 /// (the job already ended) is returned as is.
 async fn end_copy(node: &Node, job: u64, cmd: CopyCommand) -> Result<()> {
     let body = serde_json::to_value(&cmd).map_err(|e| {
-        Error::Storage(tidemark_storage::Error::Internal(format!(
+        Error::Engine(tidemark_engine::Error::Internal(format!(
             "a copy command: {e}"
         )))
     })?;
@@ -406,7 +406,7 @@ async fn end_copy(node: &Node, job: u64, cmd: CopyCommand) -> Result<()> {
     let mut pause = Duration::from_millis(200);
     loop {
         let cmd: CopyCommand = serde_json::from_value(body.clone()).map_err(|e| {
-            Error::Storage(tidemark_storage::Error::Internal(format!(
+            Error::Engine(tidemark_engine::Error::Internal(format!(
                 "a copy command: {e}"
             )))
         })?;
@@ -435,7 +435,7 @@ async fn log_copy(node: &Node, cmd: CopyCommand) -> Result<u64> {
     match replica.leader() {
         Some((id, leader)) if !replica.is_leader() && id != replica.node_id() => {
             let body = serde_json::to_value(&cmd).map_err(|e| {
-                Error::Storage(tidemark_storage::Error::Internal(format!(
+                Error::Engine(tidemark_engine::Error::Internal(format!(
                     "a copy command: {e}"
                 )))
             })?;
@@ -463,7 +463,7 @@ async fn log_copy(node: &Node, cmd: CopyCommand) -> Result<u64> {
                 RefusalStatus::Conflict => Error::Conflict(reason),
                 RefusalStatus::Invalid => Error::BadRequest(reason),
             }),
-            other => Err(Error::Storage(tidemark_storage::Error::Internal(format!(
+            other => Err(Error::Engine(tidemark_engine::Error::Internal(format!(
                 "a copy applied as {other:?}"
             )))),
         },

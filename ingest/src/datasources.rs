@@ -42,7 +42,7 @@ pub(crate) async fn apply(node: &Node, cmd: CatalogCommand, actor: &str) -> Resu
             RefusalStatus::Conflict => Error::Conflict(reason),
             RefusalStatus::Invalid => Error::BadRequest(reason),
         }),
-        other => Err(Error::Storage(tidemark_storage::Error::Internal(format!(
+        other => Err(Error::Engine(tidemark_engine::Error::Internal(format!(
             "catalog command applied as {other:?}"
         )))),
     }

@@ -5,7 +5,7 @@ use axum::http::StatusCode;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
-    Storage(#[from] tidemark_storage::Error),
+    Engine(#[from] tidemark_engine::Error),
 
     #[error(transparent)]
     Catalog(#[from] tidemark_catalog::Error),
@@ -46,10 +46,10 @@ pub enum Error {
 impl Error {
     pub fn status(&self) -> StatusCode {
         match self {
-            Error::Storage(tidemark_storage::Error::NotFound(_)) => StatusCode::NOT_FOUND,
-            Error::Storage(tidemark_storage::Error::Invalid(_)) => StatusCode::BAD_REQUEST,
-            Error::Storage(tidemark_storage::Error::Cancelled(_)) => StatusCode::CONFLICT,
-            Error::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Error::Engine(tidemark_engine::Error::NotFound(_)) => StatusCode::NOT_FOUND,
+            Error::Engine(tidemark_engine::Error::Invalid(_)) => StatusCode::BAD_REQUEST,
+            Error::Engine(tidemark_engine::Error::Cancelled(_)) => StatusCode::CONFLICT,
+            Error::Engine(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Error::Catalog(e) => match e.status() {
                 tidemark_catalog::StatusCode::InvalidArgument => StatusCode::BAD_REQUEST,
                 tidemark_catalog::StatusCode::NotFound => StatusCode::NOT_FOUND,

@@ -71,7 +71,7 @@ async fn change(node: &Node, actor: &str, cmd: GovernanceCommand) -> Result<Gove
     node.engine().read().catalog().check(&cmd)?;
     match apply(node, cmd, actor).await? {
         CatalogEffect::Governance(effect) => Ok(effect),
-        other => Err(Error::Storage(tidemark_storage::Error::Internal(format!(
+        other => Err(Error::Engine(tidemark_engine::Error::Internal(format!(
             "governance change applied as {other:?}"
         )))),
     }

@@ -81,7 +81,7 @@ async fn propose_job(node: &Node, cmd: &Command, ok: StatusCode) -> Result<Respo
     match node.propose(cmd).await? {
         Applied::Job { id } => Ok((ok, Json(job_json(node, id)?)).into_response()),
         Applied::Refused { reason, status } => Err(refusal(reason, status)),
-        other => Err(Error::Storage(tidemark_storage::Error::Internal(format!(
+        other => Err(Error::Engine(tidemark_engine::Error::Internal(format!(
             "{cmd:?} applied as {other:?}"
         )))),
     }
@@ -96,7 +96,7 @@ pub(crate) fn job_json(node: &Node, id: u64) -> Result<Value> {
         .find(|j| j.id == id)
         .ok_or_else(|| Error::NotFound(format!("job {id} does not exist")))?;
     serde_json::to_value(job)
-        .map_err(|e| Error::Storage(tidemark_storage::Error::Internal(e.to_string())))
+        .map_err(|e| Error::Engine(tidemark_engine::Error::Internal(e.to_string())))
 }
 
 pub async fn reindex(node: &Node, actor: &str, body: &[u8]) -> Result<Response> {

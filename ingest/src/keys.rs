@@ -33,7 +33,7 @@ struct CreateKey {
 fn random_hex(len: usize) -> Result<String> {
     let mut bytes = vec![0u8; len / 2];
     getrandom::fill(&mut bytes).map_err(|e| {
-        Error::Storage(tidemark_storage::Error::Internal(format!(
+        Error::Engine(tidemark_engine::Error::Internal(format!(
             "no random bits from the OS: {e}"
         )))
     })?;
@@ -58,7 +58,7 @@ pub async fn create(node: &Node, actor: &str, body: &[u8]) -> Result<Response> {
     let token = format!("{TOKEN_PREFIX}{id}_{secret}");
     let mut salt = [0u8; 16];
     getrandom::fill(&mut salt).map_err(|e| {
-        Error::Storage(tidemark_storage::Error::Internal(format!(
+        Error::Engine(tidemark_engine::Error::Internal(format!(
             "no random bits from the OS: {e}"
         )))
     })?;

@@ -112,7 +112,7 @@ struct Inner {
     engine: SharedEngine,
     metrics: Arc<Metrics>,
     fatal: Mutex<Option<String>>,
-    /// A checkpoint that failed for a shortage ([`tidemark_storage::Error::is_shortage`]):
+    /// A checkpoint that failed for a shortage ([`tidemark_engine::Error::is_shortage`]):
     /// reported until one succeeds, and retried every tick meanwhile.
     checkpoint_trouble: Mutex<Option<String>>,
     /// The segment writer's shortage state, read and stopped without the engine lock.
@@ -157,7 +157,7 @@ impl Node {
         let secret = match &config.cluster_secret {
             Some(s) => s.clone(),
             None => tidemark_raft::ClusterSecret::random()
-                .map_err(|e| Error::Storage(tidemark_storage::Error::Internal(e)))?,
+                .map_err(|e| Error::Engine(tidemark_engine::Error::Internal(e)))?,
         };
         let mut rc = ReplicaConfig::new(
             config.node_id,
@@ -204,7 +204,7 @@ impl Node {
                 .name("tidemark-tick".into())
                 .spawn(move || tick_loop(&inner, &runtime))
                 .map_err(|e| {
-                    Error::Storage(tidemark_storage::Error::Internal(format!(
+                    Error::Engine(tidemark_engine::Error::Internal(format!(
                         "cannot start ticker: {e}"
                     )))
                 })?

@@ -38,7 +38,7 @@ pub async fn verify(node: &Node, p: &VerifyParams) -> Result<Response> {
             .collect::<Vec<Value>>()
     })
     .await
-    .map_err(|e| Error::Storage(tidemark_storage::Error::Internal(format!("verification stopped: {e}"))))?;
+    .map_err(|e| Error::Engine(tidemark_engine::Error::Internal(format!("verification stopped: {e}"))))?;
     let damaged = results.iter().filter(|r| r["ok"] == false).count();
     let body = json!({
         "datasource": datasource,

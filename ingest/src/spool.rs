@@ -81,7 +81,7 @@ fn sync_dir(dir: &Path) -> Result<()> {
 }
 
 fn io_error(path: &Path, e: std::io::Error) -> Error {
-    Error::Storage(tidemark_storage::Error::Io {
+    Error::Engine(tidemark_engine::Error::Io {
         path: path.to_path_buf(),
         source: e,
     })

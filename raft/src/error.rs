@@ -53,7 +53,7 @@ pub enum Error {
     },
 
     #[error(transparent)]
-    Storage(#[from] tidemark_storage::Error),
+    Engine(#[from] tidemark_engine::Error),
 }
 
 fn leader_hint(leader: &Option<(NodeId, Member)>) -> String {

@@ -163,7 +163,7 @@ impl RaftStateMachine<TypeConfig> for EngineStateMachine {
                     Some(match result {
                         Ok(applied) => Ok(applied),
                         // Refused before touching state, the same way on every replica.
-                        Err(tidemark_storage::Error::BadCommand { kind, reason }) => {
+                        Err(tidemark_engine::Error::BadCommand { kind, reason }) => {
                             Err(format!("log entry of kind {kind} refused: {reason}"))
                         }
                         // An I/O fault, or an entry from a newer version (a rolling upgrade

@@ -43,42 +43,8 @@ pub enum Error {
         next: i64,
     },
 
-    #[error("the {what} is shut down")]
-    Closed { what: &'static str },
-
-    #[error(
-        "realtime index for {datasource} is at its memory bound ({bytes} bytes); retry after persists catch up"
-    )]
-    IndexFull { datasource: String, bytes: usize },
-
-    #[error("log entry of kind {kind} cannot be applied: {reason}")]
-    BadCommand { kind: u8, reason: String },
-
-    /// Written by a newer node (a new kind or format version). Unlike a bad command, which
-    /// every replica refuses alike, only older nodes refuse this one: such a node must stop
-    /// rather than skip the entry and diverge.
-    #[error(
-        "log entry of kind {kind} (format version {version}) was written by a newer tidemark; upgrade this node, it stopped rather than skip the entry"
-    )]
-    NewerCommand { kind: u8, version: u8 },
-
-    #[error(transparent)]
-    Catalog(#[from] tidemark_catalog::Error),
-
     #[error("sketch error: {0}")]
     Sketch(String),
-
-    /// A request names something that does not exist (a caller's mistake, 404).
-    #[error("{0}")]
-    NotFound(String),
-
-    /// A request that cannot be served as asked (a caller's mistake, 400).
-    #[error("{0}")]
-    Invalid(String),
-
-    /// A job was cancelled (by a DBA, or because its node restarted) while this ran.
-    #[error("{0}")]
-    Cancelled(String),
 
     #[error("internal error (this is a bug in tidemark, please report it): {0}")]
     Internal(String),
@@ -89,36 +55,23 @@ impl Error {
     /// disk space, memory): what failed may be tried again once the shortage passes. Never
     /// an fsync failure (see [`Error::Fsync`]) or damaged data.
     pub fn is_shortage(&self) -> bool {
-        let Error::Io { source, .. } = self else {
-            return false;
-        };
-        matches!(
-            source.raw_os_error(),
-            Some(
-                libc::EMFILE
-                    | libc::ENFILE
-                    | libc::ENOSPC
-                    | libc::EDQUOT
-                    | libc::ENOMEM
-                    | libc::ENOBUFS
-            )
-        ) || matches!(
-            source.kind(),
-            std::io::ErrorKind::StorageFull | std::io::ErrorKind::OutOfMemory
-        )
+        match self {
+            Error::Io { source, .. } => is_shortage(source),
+            _ => false,
+        }
     }
 
-    pub fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
+    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
         let path = path.into();
         move |source| Error::Io { path, source }
     }
 
-    pub fn fsync(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
+    pub(crate) fn fsync(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
         let path = path.into();
         move |source| Error::Fsync { path, source }
     }
 
-    pub fn bad_batch(reason: impl Into<String>) -> Error {
+    pub(crate) fn bad_batch(reason: impl Into<String>) -> Error {
         Error::BadBatch {
             reason: reason.into(),
         }
@@ -126,6 +79,25 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// An I/O error from running short of something the node gets back (file descriptors, disk
+/// space, memory).
+pub fn is_shortage(source: &std::io::Error) -> bool {
+    matches!(
+        source.raw_os_error(),
+        Some(
+            libc::EMFILE
+                | libc::ENFILE
+                | libc::ENOSPC
+                | libc::EDQUOT
+                | libc::ENOMEM
+                | libc::ENOBUFS
+        )
+    ) || matches!(
+        source.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::OutOfMemory
+    )
+}
 
 #[cfg(test)]
 mod tests {
