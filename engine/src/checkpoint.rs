@@ -39,7 +39,7 @@ pub struct Checkpoint {
     pub replication: Option<serde_json::Value>,
     /// Long jobs (reindexes): running ones are restarted from the raw log on open.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub jobs: Vec<crate::reindex::JobInfo>,
+    pub jobs: Vec<crate::job::JobRecord>,
     /// Exports and backups taken (see `Engine::copies`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub copies: Vec<crate::copies::CopyRecord>,

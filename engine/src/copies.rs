@@ -24,22 +24,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use serde::{Deserialize, Serialize};
 use tidemark_catalog::DatasourceId;
 
-use super::reindex::{self, JobInfo, JobState, Progress};
+use super::job::{JobKind, JobRecord, JobState};
+use super::reindex::Progress;
 use super::{Applied, Engine, RefusalStatus};
 use crate::{Error, Result};
-
-/// The job kinds that are copies.
-pub const COPY_KINDS: [&str; 2] = ["export", "backup"];
-
-pub fn is_copy(kind: &str) -> bool {
-    COPY_KINDS.contains(&kind)
-}
 
 /// An export or backup, as logged when it started (and completed when it finished).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CopyRecord {
-    /// `export` or `backup`.
-    pub kind: String,
+    /// `Export` or `Backup`.
+    pub kind: JobKind,
     /// The datasource exported (a backup holds them all).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub datasource: Option<String>,
@@ -71,8 +65,8 @@ pub struct CopyRecord {
 impl CopyRecord {
     /// Whether it may hold beacons of `datasource` with event times in [`start`, `end`).
     pub(crate) fn may_hold(&self, datasource: &str, start: i64, end: i64) -> bool {
-        match self.kind.as_str() {
-            "backup" => true,
+        match self.kind {
+            JobKind::Backup => true,
             _ => {
                 self.datasource.as_deref() == Some(datasource)
                     && self.start_ms.is_none_or(|s| s < end)
@@ -85,7 +79,7 @@ impl CopyRecord {
     pub(crate) fn describe(&self, state: Option<JobState>) -> String {
         let what = match &self.datasource {
             Some(d) => format!("{} of {d:?}", self.kind),
-            None => self.kind.clone(),
+            None => self.kind.to_string(),
         };
         let how = match state {
             Some(JobState::Published) => format!("{} files, {} bytes", self.files, self.bytes),
@@ -206,8 +200,8 @@ pub enum Leftover {
 /// restore takes it, and only the DBA knows whether anything else is in it.
 pub fn settle_leftover(record: &CopyRecord) -> Leftover {
     let dir = std::path::Path::new(&record.to);
-    match record.kind.as_str() {
-        "backup" => match super::backup::read_manifest(dir) {
+    match record.kind {
+        JobKind::Backup => match super::backup::read_manifest(dir) {
             Ok(m) => Leftover::Written(CopyFinish {
                 job: record.job,
                 files: m.files.len() as u64,
@@ -248,9 +242,9 @@ impl Engine {
         writer_time_ms: i64,
         mut record: CopyRecord,
     ) -> Result<Applied> {
-        if !is_copy(&record.kind) {
+        if !record.kind.is_copy() {
             return refused(
-                format!("{:?} is not a kind of copy (export, backup)", record.kind),
+                format!("\"{}\" is not a kind of copy (export, backup)", record.kind),
                 RefusalStatus::Invalid,
             );
         }
@@ -270,7 +264,7 @@ impl Engine {
         finish: CopyFinish,
     ) -> Result<Applied> {
         let job = finish.job;
-        let Some(info) = self.jobs.get_mut(&job).filter(|j| is_copy(&j.kind)) else {
+        let Some(info) = self.jobs.get_mut(&job).filter(|j| j.kind.is_copy()) else {
             return refused(
                 format!("copy job {job} does not exist"),
                 RefusalStatus::NotFound,
@@ -352,7 +346,7 @@ impl Engine {
     }
 
     /// The running job of copy `record` logged at `position` (which becomes its id).
-    fn copy_job(&self, position: u64, writer_time_ms: i64, record: &mut CopyRecord) -> JobInfo {
+    fn copy_job(&self, position: u64, writer_time_ms: i64, record: &mut CopyRecord) -> JobRecord {
         record.job = position;
         record.time_ms = writer_time_ms;
         let id = record
@@ -362,9 +356,9 @@ impl Engine {
             .map_or(DatasourceId(0), |e| e.id);
         let (start, end) = (record.start_ms.unwrap_or(0), record.end_ms.unwrap_or(0));
         let name = record.datasource.clone().unwrap_or_default();
-        let mut info = JobInfo::new(
+        let mut info = JobRecord::new(
             position,
-            &record.kind,
+            record.kind,
             (id, name),
             (start, end),
             record.actor.clone(),
@@ -375,7 +369,7 @@ impl Engine {
     }
 
     fn remember_copy(&mut self, record: CopyRecord) {
-        if self.copies.len() >= reindex::COPIES_KEPT {
+        if self.copies.len() >= super::job::COPIES_KEPT {
             self.copies.remove(0);
         }
         self.copies.push(record);
@@ -387,7 +381,7 @@ impl Engine {
         let info = self
             .jobs
             .get(&job)
-            .filter(|j| is_copy(&j.kind))
+            .filter(|j| j.kind.is_copy())
             .ok_or_else(|| Error::NotFound(format!("copy job {job} does not exist")))?;
         if info.state != JobState::Running {
             let why = info
@@ -482,7 +476,7 @@ impl Engine {
     }
 
     /// `j` with the progress of its copy if this node runs it.
-    pub(crate) fn with_copy_progress(&self, j: &mut JobInfo) {
+    pub(crate) fn with_copy_progress(&self, j: &mut JobRecord) {
         if let Some(run) = self.copy_runs.get(&j.id) {
             let p = &run.progress;
             j.batches_total = p.batches_total.load(Ordering::Relaxed);
@@ -514,7 +508,7 @@ mod tests {
     #[test]
     fn copies_that_may_hold_a_datasource_interval() {
         let export = CopyRecord {
-            kind: "export".into(),
+            kind: JobKind::Export,
             datasource: Some("shop".into()),
             start_ms: Some(100),
             end_ms: Some(200),
@@ -532,7 +526,7 @@ mod tests {
         assert!(!export.may_hold("shop", 200, 300));
         assert!(!export.may_hold("other", 0, 1000));
         let backup = CopyRecord {
-            kind: "backup".into(),
+            kind: JobKind::Backup,
             datasource: None,
             start_ms: None,
             end_ms: None,

@@ -821,7 +821,7 @@ impl DatasourceState {
             version: INGEST_VERSION.to_string(),
             shard,
         };
-        let file = crate::reindex::segment_file(self.id, interval, INGEST_VERSION, shard);
+        let file = segment_file(self.id, interval, INGEST_VERSION, shard);
         self.persisting.push(Persisting {
             id: id.clone(),
             file: file.clone(),
@@ -1134,4 +1134,17 @@ impl DatasourceState {
             }),
         }
     }
+}
+
+/// Relative path of a segment file of `datasource`.
+pub(crate) fn segment_file(
+    datasource: DatasourceId,
+    interval: i64,
+    version: &str,
+    shard: u32,
+) -> PathBuf {
+    PathBuf::from("datasources")
+        .join(datasource.to_string())
+        .join("segments")
+        .join(format!("{interval}_{version}_{shard}.seg"))
 }

@@ -6,9 +6,10 @@ use std::sync::atomic::Ordering;
 
 use tidemark_catalog::DatasourceId;
 
-use super::reindex::{self, BuildInput, JobInfo, JobState, Running};
+use super::delete;
+use super::job::{JobKind, JobRecord, JobState};
+use super::reindex::{BuildInput, Running};
 use super::{Applied, Engine, RefusalStatus};
-use super::{copies, delete};
 use crate::command::TimelineCommand;
 use crate::{Error, Result};
 
@@ -184,9 +185,9 @@ impl Engine {
         ds.freeze(position, start, end);
         let shards = ds.next_shards(start, end);
         let batches_total = ds.reindex_sources(start, end, position).len() as u64;
-        let mut info = JobInfo::new(
+        let mut info = JobRecord::new(
             position,
-            "reindex",
+            JobKind::Reindex,
             (datasource, name),
             (start, end),
             actor,
@@ -208,12 +209,13 @@ impl Engine {
             .jobs
             .get(&id)
             .ok_or_else(|| Error::Internal(format!("no reindex job {id}")))?;
-        match info.kind.as_str() {
-            "compact" => return self.start_compact_build(id),
-            "delete" => return self.start_delete_build(id, None),
+        match info.kind {
+            JobKind::Compact => return self.start_compact_build(id),
+            JobKind::Delete => return self.start_delete_build(id, None),
             // Copies run on the node that took them, outside the engine.
-            kind if copies::is_copy(kind) => return Ok(()),
-            _ => {}
+            JobKind::Export | JobKind::Backup => return Ok(()),
+            // Drops and retention passes are done at their own entry, never running.
+            JobKind::Reindex | JobKind::Drop | JobKind::Retain => {}
         }
         let mut input = self.build_input(id)?;
         let ds = self.datasources.get(&input.datasource).ok_or_else(|| {
@@ -276,7 +278,7 @@ impl Engine {
         self.publish_persisted(true)?;
         // Copies started while a deletion ran read the raw log before its rewrite: named too.
         let copies_during = match self.jobs.get(&job) {
-            Some(j) if j.kind == "delete" => {
+            Some(j) if j.kind == JobKind::Delete => {
                 self.copies_holding(&j.datasource, j.start_ms, j.end_ms, Some(job))
             }
             _ => Vec::new(),
@@ -288,7 +290,7 @@ impl Engine {
         // A compaction replaces only the intervals it merged; a deletion, the ones it
         // rebuilt; a reindex, its whole range.
         let mut only: Option<Vec<i64>> =
-            (info.kind == "compact").then(|| info.shards.iter().map(|(i, _)| *i).collect());
+            (info.kind == JobKind::Compact).then(|| info.shards.iter().map(|(i, _)| *i).collect());
         if let Some(deleted) = output.deletion {
             let Some(ds) = self.datasources.get_mut(&info.datasource_id) else {
                 return Err(Error::Internal(format!(
@@ -356,7 +358,7 @@ impl Engine {
                     after: Some(after),
                 });
         }
-        let deletion = info.kind == "delete";
+        let deletion = info.kind == JobKind::Delete;
         match self.datasources.get_mut(&info.datasource_id) {
             Some(ds) => {
                 let (obsolete, replaced) = ds.publish_reindex(
@@ -403,11 +405,7 @@ impl Engine {
         job: u64,
         reason: String,
     ) -> Result<Applied> {
-        if self
-            .jobs
-            .get(&job)
-            .is_some_and(|j| copies::is_copy(&j.kind))
-        {
+        if self.jobs.get(&job).is_some_and(|j| j.kind.is_copy()) {
             return self.cancel_copy(writer_time_ms, job, reason);
         }
         let Some(run) = self.running.remove(&job) else {
@@ -518,9 +516,9 @@ impl Engine {
             .iter()
             .map(|i| inputs.get(i).map_or(0, Vec::len) as u64)
             .sum();
-        let mut info = JobInfo::new(
+        let mut info = JobRecord::new(
             position,
-            "compact",
+            JobKind::Compact,
             (datasource, name),
             (start, end),
             actor,
@@ -622,7 +620,7 @@ impl Engine {
         let deleting = self.running.keys().find(|id| {
             self.jobs
                 .get(id)
-                .is_some_and(|j| j.kind == "delete" && j.datasource_id == datasource)
+                .is_some_and(|j| j.kind == JobKind::Delete && j.datasource_id == datasource)
         });
         if let Some(other) = deleting {
             return refused(
@@ -704,9 +702,9 @@ impl Engine {
         let files = ds.seal_raw_before(position)?;
         ds.freeze(position, start, end);
         let shards = ds.next_shards(start, end);
-        let mut info = JobInfo::new(
+        let mut info = JobRecord::new(
             position,
-            "delete",
+            JobKind::Delete,
             (datasource, name),
             (start, end),
             actor,
@@ -845,9 +843,9 @@ impl Engine {
         let (files, segments, events) = ds.drop_range(start, end, position);
         self.obsolete
             .extend(files.into_iter().map(|f| (position, f)));
-        let mut info = JobInfo::new(
+        let mut info = JobRecord::new(
             position,
-            "drop",
+            JobKind::Drop,
             (datasource, name),
             (start, end),
             actor,
@@ -909,9 +907,9 @@ impl Engine {
         let rejects =
             rejects_before_ms.map_or(0, |cutoff| self.rejects.remove_before(&name, cutoff)) as u64;
         let cutoff = raw_before_ms.or(rejects_before_ms).unwrap_or(0);
-        let mut info = JobInfo::new(
+        let mut info = JobRecord::new(
             position,
-            "retain",
+            JobKind::Retain,
             (datasource, name),
             (cutoff, cutoff),
             actor,
@@ -1158,7 +1156,7 @@ impl Engine {
     }
 
     /// Every job the node remembers, with the progress of running builds.
-    pub fn jobs_now(&self) -> Vec<JobInfo> {
+    pub fn jobs_now(&self) -> Vec<JobRecord> {
         self.jobs
             .values()
             .map(|j| {
@@ -1177,9 +1175,9 @@ impl Engine {
             .collect()
     }
 
-    /// Keeps the newest [`reindex::JOBS_KEPT`] jobs; running ones are never forgotten.
+    /// Keeps the newest [`job::JOBS_KEPT`] jobs; running ones are never forgotten.
     pub(super) fn forget_old_jobs(&mut self) {
-        while self.jobs.len() > reindex::JOBS_KEPT {
+        while self.jobs.len() > super::job::JOBS_KEPT {
             let Some(oldest) = self
                 .jobs
                 .values()

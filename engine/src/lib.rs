@@ -31,6 +31,7 @@ mod datasource;
 pub mod error;
 pub mod idempotency;
 pub mod install;
+pub mod job;
 mod persister;
 pub use persister::PersistIdle;
 pub mod backup;
@@ -165,7 +166,7 @@ pub struct Engine {
     persister: persister::Persister,
     rules: rules::RulesCache,
     /// Reindex jobs by id (their start position), finished ones included (the newest kept).
-    jobs: BTreeMap<u64, reindex::JobInfo>,
+    jobs: BTreeMap<u64, job::JobRecord>,
     /// A deletion published at this position: the replication log still holds the deleted
     /// beacons in its entries below it, and is to be snapshotted and purged through it.
     erase_log_through: Option<u64>,
@@ -243,8 +244,8 @@ impl Engine {
             let pending: Vec<(u64, i64, i64)> = engine
                 .jobs
                 .values()
-                .filter(|j| j.state == reindex::JobState::Running && j.datasource_id == ds.id)
-                .filter(|j| !copies::is_copy(&j.kind))
+                .filter(|j| j.state == job::JobState::Running && j.datasource_id == ds.id)
+                .filter(|j| !j.kind.is_copy())
                 .map(|j| (j.id, j.start_ms, j.end_ms))
                 .collect();
             let replayed = ds.rebuild_realtime(
@@ -261,7 +262,7 @@ impl Engine {
         let running: Vec<u64> = engine
             .jobs
             .values()
-            .filter(|j| j.state == reindex::JobState::Running && !copies::is_copy(&j.kind))
+            .filter(|j| j.state == job::JobState::Running && !j.kind.is_copy())
             .map(|j| j.id)
             .collect();
         for id in running {

@@ -376,11 +376,11 @@ fn retention(engine: &Engine) -> Option<RecordBatch> {
 /// running and finished, with their progress.
 fn jobs(engine: &Engine) -> Option<RecordBatch> {
     let jobs = engine.jobs_now();
-    let ts = |f: &dyn Fn(&crate::reindex::JobInfo) -> Option<i64>| {
+    let ts = |f: &dyn Fn(&crate::job::JobRecord) -> Option<i64>| {
         Arc::new(TimestampMillisecondArray::from_iter(jobs.iter().map(f)).with_timezone("UTC"))
             as ArrayRef
     };
-    let u64s = |f: &dyn Fn(&crate::reindex::JobInfo) -> u64| {
+    let u64s = |f: &dyn Fn(&crate::job::JobRecord) -> u64| {
         Arc::new(UInt64Array::from_iter_values(jobs.iter().map(f))) as ArrayRef
     };
     batch(
@@ -410,7 +410,7 @@ fn jobs(engine: &Engine) -> Option<RecordBatch> {
         vec![
             u64s(&|j| j.id),
             Arc::new(StringArray::from_iter_values(
-                jobs.iter().map(|j| j.kind.clone()),
+                jobs.iter().map(|j| j.kind.as_str()),
             )),
             Arc::new(StringArray::from_iter_values(
                 jobs.iter().map(|j| j.datasource.clone()),

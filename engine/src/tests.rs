@@ -998,7 +998,7 @@ fn a_deletion_replayed_after_a_crash_before_its_checkpoint_stays_whole() {
             .expect("the job");
         assert_eq!(
             (job.events, job.state),
-            (3, reindex::JobState::Published),
+            (3, job::JobState::Published),
             "{job:?}"
         );
     };
@@ -1029,7 +1029,7 @@ fn a_copy_is_a_running_job_until_finished_or_cancelled_and_a_cancelled_one_never
     );
     engine.apply(&e).expect("create");
     let record = |to: &str, boot: u64| CopyRecord {
-        kind: "export".into(),
+        kind: crate::job::JobKind::Export,
         datasource: Some("beacons".into()),
         start_ms: Some(T0),
         end_ms: Some(T0 + HOUR),
@@ -1061,7 +1061,7 @@ fn a_copy_is_a_running_job_until_finished_or_cancelled_and_a_cancelled_one_never
     // Started, it runs; the node running it sees its progress and a cancel raises its flag.
     let a = start(&mut engine, &mut log, "/x/a", 7);
     let run = engine.register_copy(a).expect("register");
-    assert_eq!(state(&engine, a).state, reindex::JobState::Running);
+    assert_eq!(state(&engine, a).state, job::JobState::Running);
     run.add_bytes(42);
     assert_eq!(state(&engine, a).bytes_done, 42);
     let cancel = Command::Timeline(TimelineCommand::Cancel {
@@ -1070,7 +1070,7 @@ fn a_copy_is_a_running_job_until_finished_or_cancelled_and_a_cancelled_one_never
     });
     engine.apply(&log.push(T0 + 20, &cancel)).expect("cancel");
     assert!(run.cancelled());
-    assert_eq!(state(&engine, a).state, reindex::JobState::Cancelled);
+    assert_eq!(state(&engine, a).state, job::JobState::Cancelled);
     // Its end, logged after the cancel, is refused: the files it names are not vouched for.
     let finish = |job| {
         Command::Timeline(TimelineCommand::CopyFinished(CopyFinish {
@@ -1106,7 +1106,7 @@ fn a_copy_is_a_running_job_until_finished_or_cancelled_and_a_cancelled_one_never
     let done = state(&engine, b);
     assert_eq!(
         (done.state, done.events, done.rejected, done.files_written),
-        (reindex::JobState::Published, 30, 1, 2)
+        (job::JobState::Published, 30, 1, 2)
     );
     assert_eq!(
         (done.bytes_done, done.bytes_total, done.batches_done),
@@ -1174,7 +1174,7 @@ fn a_copy_is_a_running_job_until_finished_or_cancelled_and_a_cancelled_one_never
     engine.checkpoint().expect("checkpoint");
     drop(engine);
     let (engine, _) = Engine::open(config).expect("reopen");
-    assert_eq!(state(&engine, c).state, reindex::JobState::Running);
+    assert_eq!(state(&engine, c).state, job::JobState::Running);
     assert_eq!(engine.orphan_copies(1, 8, &starting).len(), 1);
 }
 

@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tidemark_engine::command::{Command, TimelineCommand};
 use tidemark_engine::copies::{self, CopyFinish, CopyRecord, CopyRun};
+use tidemark_engine::job::JobKind;
 use tidemark_engine::{Applied, RefusalStatus};
 
 use crate::error::{Error, Result};
@@ -113,7 +114,7 @@ fn draw_run(node: &Node) -> u64 {
 fn new_record(
     node: &Node,
     actor: &str,
-    kind: &str,
+    kind: JobKind,
     to: &std::path::Path,
     export: Option<(String, i64, i64)>,
 ) -> CopyRecord {
@@ -122,7 +123,7 @@ fn new_record(
         None => (None, None, None),
     };
     CopyRecord {
-        kind: kind.into(),
+        kind,
         datasource,
         start_ms,
         end_ms,
@@ -190,7 +191,7 @@ pub async fn export(node: &Node, actor: &str, body: &[u8]) -> Result<Response> {
     let record = new_record(
         node,
         actor,
-        "export",
+        JobKind::Export,
         &dir,
         Some((req.datasource.clone(), start_ms, end_ms)),
     );
@@ -234,7 +235,7 @@ pub async fn backup(node: &Node, actor: &str, body: &[u8]) -> Result<Response> {
             to.display()
         )));
     }
-    let record = new_record(node, actor, "backup", &to, None);
+    let record = new_record(node, actor, JobKind::Backup, &to, None);
     let engine = node.engine();
     run_copy(node, record, req.wait, move |_, run| {
         let started = std::time::Instant::now();
@@ -295,7 +296,7 @@ where
     let task = {
         let node = node.clone();
         tokio::spawn(async move {
-            let result = copy_and_log(&node, id, &kind, run, work).await;
+            let result = copy_and_log(&node, id, kind.as_str(), run, work).await;
             node.engine().write().unregister_copy(id);
             result
         })
@@ -482,10 +483,7 @@ pub async fn copied(node: &Node, body: &[u8]) -> Result<Response> {
             .into_iter()
             .find(|j| j.id == *job)
             .map(|j| j.kind);
-        if !kind
-            .as_deref()
-            .is_some_and(tidemark_engine::copies::is_copy)
-        {
+        if !kind.is_some_and(JobKind::is_copy) {
             return Err(Error::BadRequest(format!(
                 "job {job} is not an export or backup"
             )));

@@ -237,7 +237,8 @@ async fn with_remote_progress(node: &Node, job: &mut Value) {
     let (Some(id), Some(kind)) = (job["id"].as_u64(), job["kind"].as_str()) else {
         return;
     };
-    if job["state"] != "running" || !tidemark_engine::copies::is_copy(kind) {
+    let kind = serde_json::from_value::<tidemark_engine::job::JobKind>(kind.into());
+    if job["state"] != "running" || !kind.is_ok_and(tidemark_engine::job::JobKind::is_copy) {
         return;
     }
     let me = node.replica().node_id();

@@ -10,8 +10,7 @@ use std::path::Path;
 
 use tidemark_engine::backup;
 use tidemark_engine::checkpoint::{self, Checkpoint};
-use tidemark_engine::copies;
-use tidemark_engine::reindex::JobState;
+use tidemark_engine::job::JobState;
 
 use crate::error::{Error, Result};
 use crate::log_store::LogStore;
@@ -93,7 +92,7 @@ fn seed(
     for job in cp
         .jobs
         .iter_mut()
-        .filter(|j| copies::is_copy(&j.kind) && j.state == JobState::Running)
+        .filter(|j| j.kind.is_copy() && j.state == JobState::Running)
     {
         job.state = JobState::Cancelled;
         job.error =
