@@ -249,10 +249,10 @@ impl Engine {
             );
         }
         let info = self.copy_job(position, writer_time_ms, &mut record);
-        self.jobs.insert(position, info);
+        self.state.jobs.insert(position, info);
         self.remember_copy(record);
         self.forget_old_jobs();
-        self.checkpoint_due = true;
+        self.runtime.checkpoint_due = true;
         Ok(Applied::Job { id: position })
     }
 
@@ -264,7 +264,7 @@ impl Engine {
         finish: CopyFinish,
     ) -> Result<Applied> {
         let job = finish.job;
-        let Some(info) = self.jobs.get_mut(&job).filter(|j| j.kind.is_copy()) else {
+        let Some(info) = self.state.jobs.get_mut(&job).filter(|j| j.kind.is_copy()) else {
             return refused(
                 format!("copy job {job} does not exist"),
                 RefusalStatus::NotFound,
@@ -290,12 +290,12 @@ impl Engine {
         info.events = finish.rows;
         info.rejected = finish.skipped;
         info.backup_position = finish.position;
-        self.copy_runs.remove(&job);
-        if let Some(record) = self.copies.iter_mut().find(|c| c.job == job) {
+        self.runtime.copy_runs.remove(&job);
+        if let Some(record) = self.state.copies.iter_mut().find(|c| c.job == job) {
             record.files = finish.files;
             record.bytes = finish.bytes;
         }
-        self.checkpoint_due = true;
+        self.runtime.checkpoint_due = true;
         Ok(Applied::Job { id: job })
     }
 
@@ -306,7 +306,7 @@ impl Engine {
         job: u64,
         reason: String,
     ) -> Result<Applied> {
-        let Some(info) = self.jobs.get_mut(&job) else {
+        let Some(info) = self.state.jobs.get_mut(&job) else {
             return refused(format!("job {job} does not exist"), RefusalStatus::NotFound);
         };
         if info.state != JobState::Running {
@@ -318,12 +318,12 @@ impl Engine {
         info.state = JobState::Cancelled;
         info.finished_ms = Some(writer_time_ms);
         info.error = Some(reason);
-        if let Some(run) = self.copy_runs.get(&job) {
+        if let Some(run) = self.runtime.copy_runs.get(&job) {
             run.cancel.store(true, Ordering::Relaxed);
         }
         // Its record stays: a node that stopped mid-copy may have left files a deletion must
         // name.
-        self.checkpoint_due = true;
+        self.runtime.checkpoint_due = true;
         Ok(Applied::Job { id: job })
     }
 
@@ -338,10 +338,10 @@ impl Engine {
         info.files_written = record.files;
         info.bytes_done = record.bytes;
         info.bytes_total = record.bytes;
-        self.jobs.insert(position, info.done_at_start());
+        self.state.jobs.insert(position, info.done_at_start());
         self.remember_copy(record);
         self.forget_old_jobs();
-        self.checkpoint_due = true;
+        self.runtime.checkpoint_due = true;
         Ok(Applied::Job { id: position })
     }
 
@@ -352,7 +352,7 @@ impl Engine {
         let id = record
             .datasource
             .as_deref()
-            .and_then(|d| self.catalog.get(d))
+            .and_then(|d| self.state.catalog.get(d))
             .map_or(DatasourceId(0), |e| e.id);
         let (start, end) = (record.start_ms.unwrap_or(0), record.end_ms.unwrap_or(0));
         let name = record.datasource.clone().unwrap_or_default();
@@ -369,16 +369,17 @@ impl Engine {
     }
 
     fn remember_copy(&mut self, record: CopyRecord) {
-        if self.copies.len() >= super::job::COPIES_KEPT {
-            self.copies.remove(0);
+        if self.state.copies.len() >= super::job::COPIES_KEPT {
+            self.state.copies.remove(0);
         }
-        self.copies.push(record);
+        self.state.copies.push(record);
     }
 
     /// This node runs copy `job` (whose `CopyStarted` it has applied): its progress and cancel
     /// flag, registered so `sys.jobs` shows the one and a `Cancel` raises the other.
     pub fn register_copy(&mut self, job: u64) -> Result<CopyRun> {
         let info = self
+            .state
             .jobs
             .get(&job)
             .filter(|j| j.kind.is_copy())
@@ -394,13 +395,13 @@ impl Engine {
             )));
         }
         let run = CopyRun::default();
-        self.copy_runs.insert(job, run.clone());
+        self.runtime.copy_runs.insert(job, run.clone());
         Ok(run)
     }
 
     /// This node's running copies, taken out (an engine about to be replaced by a snapshot's).
     pub fn take_copy_runs(&mut self) -> BTreeMap<u64, CopyRun> {
-        std::mem::take(&mut self.copy_runs)
+        std::mem::take(&mut self.runtime.copy_runs)
     }
 
     /// Takes over the running copies of the engine this one replaces; a copy whose job is no
@@ -408,32 +409,37 @@ impl Engine {
     pub fn adopt_copy_runs(&mut self, runs: BTreeMap<u64, CopyRun>) {
         for (job, run) in runs {
             if self
+                .state
                 .jobs
                 .get(&job)
                 .is_none_or(|j| j.state != JobState::Running)
             {
                 run.cancel.store(true, Ordering::Relaxed);
             }
-            self.copy_runs.insert(job, run);
+            self.runtime.copy_runs.insert(job, run);
         }
     }
 
     /// Tells every copy this node runs to stop (the node is shutting down); each removes what
     /// it wrote, and the next start cancels their jobs.
     pub fn stop_copies(&self) {
-        for run in self.copy_runs.values() {
+        for run in self.runtime.copy_runs.values() {
             run.cancel.store(true, Ordering::Relaxed);
         }
     }
 
     /// The node that runs copy `job`, if it is a copy.
     pub fn copy_node(&self, job: u64) -> Option<u64> {
-        self.copies.iter().find(|c| c.job == job).map(|c| c.node)
+        self.state
+            .copies
+            .iter()
+            .find(|c| c.job == job)
+            .map(|c| c.node)
     }
 
     /// The copy ended on this node (written, failed or cancelled).
     pub fn unregister_copy(&mut self, job: u64) {
-        self.copy_runs.remove(&job);
+        self.runtime.copy_runs.remove(&job);
     }
 
     /// Copies of `node` marked running that nothing runs: started by an earlier boot, or by
@@ -446,12 +452,14 @@ impl Engine {
         boot: u64,
         starting: &dyn Fn(u64) -> bool,
     ) -> Vec<CopyRecord> {
-        self.copies
+        self.state
+            .copies
             .iter()
-            .filter(|c| c.node == node && !self.copy_runs.contains_key(&c.job))
+            .filter(|c| c.node == node && !self.runtime.copy_runs.contains_key(&c.job))
             .filter(|c| c.boot != boot || !starting(c.run))
             .filter(|c| {
-                self.jobs
+                self.state
+                    .jobs
                     .get(&c.job)
                     .is_some_and(|j| j.state == JobState::Running)
             })
@@ -468,16 +476,17 @@ impl Engine {
         end: i64,
         since: Option<u64>,
     ) -> Vec<String> {
-        self.copies
+        self.state
+            .copies
             .iter()
             .filter(|c| since.is_none_or(|p| c.job > p) && c.may_hold(datasource, start, end))
-            .map(|c| c.describe(self.jobs.get(&c.job).map(|j| j.state)))
+            .map(|c| c.describe(self.state.jobs.get(&c.job).map(|j| j.state)))
             .collect()
     }
 
     /// `j` with the progress of its copy if this node runs it.
     pub(crate) fn with_copy_progress(&self, j: &mut JobRecord) {
-        if let Some(run) = self.copy_runs.get(&j.id) {
+        if let Some(run) = self.runtime.copy_runs.get(&j.id) {
             let p = &run.progress;
             j.batches_total = p.batches_total.load(Ordering::Relaxed);
             j.batches_done = p.batches_done.load(Ordering::Relaxed);

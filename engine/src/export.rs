@@ -74,11 +74,12 @@ impl Engine {
     /// The export of `datasource`'s events in [`start_ms`, `end_ms`) as of now.
     pub fn export_plan(&self, datasource: &str, start_ms: i64, end_ms: i64) -> Result<ExportPlan> {
         let entry = self
+            .state
             .catalog
             .get(datasource)
             .filter(|e| e.deleted.is_none())
             .ok_or_else(|| Error::NotFound(format!("datasource {datasource:?} does not exist")))?;
-        let ds = self.datasources.get(&entry.id).ok_or_else(|| {
+        let ds = self.state.datasources.get(&entry.id).ok_or_else(|| {
             Error::NotFound(format!(
                 "datasource {datasource:?} has no data on this node"
             ))
@@ -90,12 +91,14 @@ impl Engine {
         }
         Ok(ExportPlan {
             spec: entry.current().clone(),
-            rules: self
-                .rules
-                .get(&self.catalog, datasource, self.applied_position),
+            rules: self.state.rules.get(
+                &self.state.catalog,
+                datasource,
+                self.state.applied_position,
+            ),
             start_ms,
             end_ms,
-            sources: ds.reindex_sources(start_ms, end_ms, self.applied_position),
+            sources: ds.reindex_sources(start_ms, end_ms, self.state.applied_position),
         })
     }
 }

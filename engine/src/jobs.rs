@@ -143,6 +143,7 @@ impl Engine {
         actor: String,
     ) -> Result<Applied> {
         let Some(entry) = self
+            .state
             .catalog
             .by_id(datasource)
             .filter(|e| e.deleted.is_none())
@@ -167,7 +168,7 @@ impl Engine {
         {
             return Ok(refusal);
         }
-        let Some(ds) = self.datasources.get_mut(&datasource) else {
+        let Some(ds) = self.state.datasources.get_mut(&datasource) else {
             return refused(
                 format!("datasource {name:?} has no data on this node"),
                 RefusalStatus::NotFound,
@@ -195,10 +196,10 @@ impl Engine {
         );
         info.batches_total = batches_total;
         info.shards = shards.into_iter().collect();
-        self.jobs.insert(position, info);
+        self.state.jobs.insert(position, info);
         self.start_build(position)?;
         self.forget_old_jobs();
-        self.checkpoint_due = true;
+        self.runtime.checkpoint_due = true;
         Ok(Applied::Job { id: position })
     }
 
@@ -206,6 +207,7 @@ impl Engine {
     /// batches applied before it, under the spec and rules at its position.
     pub(crate) fn start_build(&mut self, id: u64) -> Result<()> {
         let info = self
+            .state
             .jobs
             .get(&id)
             .ok_or_else(|| Error::Internal(format!("no reindex job {id}")))?;
@@ -218,14 +220,18 @@ impl Engine {
             JobKind::Reindex | JobKind::Drop | JobKind::Retain => {}
         }
         let mut input = self.build_input(id)?;
-        let ds = self.datasources.get(&input.datasource).ok_or_else(|| {
-            Error::Internal(format!(
-                "reindex job {id}: datasource {} has no state here",
-                input.datasource
-            ))
-        })?;
+        let ds = self
+            .state
+            .datasources
+            .get(&input.datasource)
+            .ok_or_else(|| {
+                Error::Internal(format!(
+                    "reindex job {id}: datasource {} has no state here",
+                    input.datasource
+                ))
+            })?;
         input.sources = ds.reindex_sources(input.start_ms, input.end_ms, id);
-        self.running.insert(id, Running::spawn(input)?);
+        self.runtime.running.insert(id, Running::spawn(input)?);
         Ok(())
     }
 
@@ -233,11 +239,12 @@ impl Engine {
     /// sources (what it reads depends on its kind).
     fn build_input(&self, id: u64) -> Result<BuildInput> {
         let info = self
+            .state
             .jobs
             .get(&id)
             .ok_or_else(|| Error::Internal(format!("no job {id}")))?;
         let datasource = info.datasource_id;
-        let entry = self.catalog.by_id(datasource).ok_or_else(|| {
+        let entry = self.state.catalog.by_id(datasource).ok_or_else(|| {
             Error::Internal(format!(
                 "{} job {id}: datasource {datasource} is not in the catalog",
                 info.kind
@@ -249,7 +256,7 @@ impl Engine {
             datasource,
             name: spec.name.clone(),
             data_dir: self.config.data_dir.clone(),
-            rules: self.rules.get(&self.catalog, &spec.name, id),
+            rules: self.state.rules.get(&self.state.catalog, &spec.name, id),
             spec,
             start_ms: info.start_ms,
             end_ms: info.end_ms,
@@ -260,7 +267,7 @@ impl Engine {
     }
 
     fn publish_reindex(&mut self, position: u64, writer_time_ms: i64, job: u64) -> Result<Applied> {
-        let Some(run) = self.running.remove(&job) else {
+        let Some(run) = self.runtime.running.remove(&job) else {
             return refused(
                 format!("reindex job {job} is not running"),
                 RefusalStatus::Conflict,
@@ -277,13 +284,13 @@ impl Engine {
         // Shards written for events before the job must be in the timeline to be replaced.
         self.publish_persisted(true)?;
         // Copies started while a deletion ran read the raw log before its rewrite: named too.
-        let copies_during = match self.jobs.get(&job) {
+        let copies_during = match self.state.jobs.get(&job) {
             Some(j) if j.kind == JobKind::Delete => {
                 self.copies_holding(&j.datasource, j.start_ms, j.end_ms, Some(job))
             }
             _ => Vec::new(),
         };
-        let Some(info) = self.jobs.get_mut(&job) else {
+        let Some(info) = self.state.jobs.get_mut(&job) else {
             return Err(Error::Internal(format!("reindex job {job} has no record")));
         };
         let published = built.len() as u64;
@@ -292,7 +299,7 @@ impl Engine {
         let mut only: Option<Vec<i64>> =
             (info.kind == JobKind::Compact).then(|| info.shards.iter().map(|(i, _)| *i).collect());
         if let Some(deleted) = output.deletion {
-            let Some(ds) = self.datasources.get_mut(&info.datasource_id) else {
+            let Some(ds) = self.state.datasources.get_mut(&info.datasource_id) else {
                 return Err(Error::Internal(format!(
                     "deletion {job}: its datasource has no state here"
                 )));
@@ -311,17 +318,22 @@ impl Engine {
                     j
                 }
             };
-            self.obsolete.push((position, delete::journal_file(job)));
+            self.runtime
+                .obsolete
+                .push((position, delete::journal_file(job)));
             ds.install_rewrites(deleted.rewrites)?;
             info.files_rewritten = journal.files_rewritten;
-            for persist in ds.unfreeze_except(&self.catalog, job, position, &deleted.intervals)? {
-                self.persister.submit(persist)?;
+            for persist in
+                ds.unfreeze_except(&self.state.catalog, job, position, &deleted.intervals)?
+            {
+                self.runtime.persister.submit(persist)?;
             }
             ds.cover(deleted.intervals.iter().copied(), job);
             let filter = info.filter.clone().map(|f| {
                 f.compile(
-                    self.rules
-                        .get(&self.catalog, &info.datasource, job)
+                    self.state
+                        .rules
+                        .get(&self.state.catalog, &info.datasource, job)
                         .as_deref(),
                 )
             });
@@ -331,13 +343,14 @@ impl Engine {
                     .is_some_and(|f| f.matches(payload.as_bytes()))
             };
             info.rejects_removed =
-                self.rejects
+                self.state
+                    .rejects
                     .remove_records(&info.datasource, &deleted.records, matches)
                     as u64;
             info.copies_before.extend(copies_during);
             info.events = journal.records + journal.rollup_events;
             only = Some(deleted.intervals.into_iter().collect());
-            self.erase_log_through = Some(position);
+            self.state.erase_log_through = Some(position);
             let after = serde_json::json!({
                 "job": job,
                 "records_deleted": journal.records,
@@ -347,7 +360,8 @@ impl Engine {
                 "rejects_removed": info.rejects_removed,
                 "copies_before": info.copies_before,
             });
-            self.catalog
+            self.state
+                .catalog
                 .record_audit(tidemark_catalog::audit::AuditRow {
                     position,
                     time_ms: writer_time_ms,
@@ -359,7 +373,7 @@ impl Engine {
                 });
         }
         let deletion = info.kind == JobKind::Delete;
-        match self.datasources.get_mut(&info.datasource_id) {
+        match self.state.datasources.get_mut(&info.datasource_id) {
             Some(ds) => {
                 let (obsolete, replaced) = ds.publish_reindex(
                     job,
@@ -369,7 +383,8 @@ impl Engine {
                     position,
                     built,
                 );
-                self.obsolete
+                self.runtime
+                    .obsolete
                     .extend(obsolete.into_iter().map(|f| (position, f)));
                 info.segments_replaced = replaced;
             }
@@ -394,7 +409,7 @@ impl Engine {
             info.events = progress.events.load(Ordering::Relaxed);
         }
         info.rejected = progress.rejected.load(Ordering::Relaxed);
-        self.checkpoint_due = true;
+        self.runtime.checkpoint_due = true;
         Ok(Applied::Job { id: job })
     }
 
@@ -405,10 +420,10 @@ impl Engine {
         job: u64,
         reason: String,
     ) -> Result<Applied> {
-        if self.jobs.get(&job).is_some_and(|j| j.kind.is_copy()) {
+        if self.state.jobs.get(&job).is_some_and(|j| j.kind.is_copy()) {
             return self.cancel_copy(writer_time_ms, job, reason);
         }
-        let Some(run) = self.running.remove(&job) else {
+        let Some(run) = self.runtime.running.remove(&job) else {
             return refused(
                 format!("reindex job {job} is not running"),
                 RefusalStatus::Conflict,
@@ -418,7 +433,7 @@ impl Engine {
         if let Ok(output) = run.finish() {
             output.discard(&self.config.data_dir);
         }
-        let Some(info) = self.jobs.get_mut(&job) else {
+        let Some(info) = self.state.jobs.get_mut(&job) else {
             return Err(Error::Internal(format!("reindex job {job} has no record")));
         };
         info.state = JobState::Cancelled;
@@ -426,12 +441,12 @@ impl Engine {
         info.error = Some(reason);
         let datasource = info.datasource_id;
         // The frozen indexes' events are in no segment: they are written as ordinary shards.
-        if let Some(ds) = self.datasources.get_mut(&datasource) {
-            for persist in ds.unfreeze(&self.catalog, job, position)? {
-                self.persister.submit(persist)?;
+        if let Some(ds) = self.state.datasources.get_mut(&datasource) {
+            for persist in ds.unfreeze(&self.state.catalog, job, position)? {
+                self.runtime.persister.submit(persist)?;
             }
         }
-        self.checkpoint_due = true;
+        self.runtime.checkpoint_due = true;
         Ok(Applied::Job { id: job })
     }
 
@@ -447,6 +462,7 @@ impl Engine {
         actor: String,
     ) -> Result<Applied> {
         let Some(entry) = self
+            .state
             .catalog
             .by_id(datasource)
             .filter(|e| e.deleted.is_none())
@@ -478,7 +494,7 @@ impl Engine {
         }
         // Shards being written belong to the input: let them land first.
         self.publish_persisted(true)?;
-        let Some(ds) = self.datasources.get(&datasource) else {
+        let Some(ds) = self.state.datasources.get(&datasource) else {
             return refused(
                 format!("datasource {name:?} has no data on this node"),
                 RefusalStatus::NotFound,
@@ -527,22 +543,23 @@ impl Engine {
         info.batches_total = batches_total;
         info.shards = shards;
         info.granularity = (target != query).then_some(target_name);
-        self.jobs.insert(position, info);
+        self.state.jobs.insert(position, info);
         self.start_compact_build(position)?;
         self.forget_old_jobs();
-        self.checkpoint_due = true;
+        self.runtime.checkpoint_due = true;
         Ok(Applied::Job { id: position })
     }
 
     /// Starts (or restarts) compaction job `id` over the shards it chose at its start.
     fn start_compact_build(&mut self, id: u64) -> Result<()> {
         let info = self
+            .state
             .jobs
             .get(&id)
             .ok_or_else(|| Error::Internal(format!("no compaction job {id}")))?;
         let (datasource, start_ms, end_ms) = (info.datasource_id, info.start_ms, info.end_ms);
         let shards: std::collections::BTreeMap<i64, u32> = info.shards.iter().copied().collect();
-        let entry = self.catalog.by_id(datasource).ok_or_else(|| {
+        let entry = self.state.catalog.by_id(datasource).ok_or_else(|| {
             Error::Internal(format!(
                 "compaction job {id}: datasource {datasource} is not in the catalog"
             ))
@@ -554,7 +571,7 @@ impl Engine {
             })?,
             None => spec.granularity.query.clone(),
         };
-        let ds = self.datasources.get(&datasource).ok_or_else(|| {
+        let ds = self.state.datasources.get(&datasource).ok_or_else(|| {
             Error::Internal(format!(
                 "compaction job {id}: datasource {datasource} has no state here"
             ))
@@ -582,7 +599,7 @@ impl Engine {
                 super::compact::build(&input, progress, cancel).map(super::reindex::Output::from)
             },
         )?;
-        self.running.insert(id, run);
+        self.runtime.running.insert(id, run);
         Ok(())
     }
 
@@ -599,6 +616,7 @@ impl Engine {
         actor: String,
     ) -> Result<Applied> {
         let Some(entry) = self
+            .state
             .catalog
             .by_id(datasource)
             .filter(|e| e.deleted.is_none())
@@ -617,8 +635,9 @@ impl Engine {
                 RefusalStatus::Invalid,
             );
         }
-        let deleting = self.running.keys().find(|id| {
-            self.jobs
+        let deleting = self.runtime.running.keys().find(|id| {
+            self.state
+                .jobs
                 .get(id)
                 .is_some_and(|j| j.kind == JobKind::Delete && j.datasource_id == datasource)
         });
@@ -628,7 +647,7 @@ impl Engine {
                 RefusalStatus::Conflict,
             );
         }
-        let Some(ds) = self.datasources.get(&datasource) else {
+        let Some(ds) = self.state.datasources.get(&datasource) else {
             return refused(
                 format!("datasource {name:?} has no data on this node"),
                 RefusalStatus::NotFound,
@@ -645,7 +664,7 @@ impl Engine {
                 .granularity
                 .segment
                 .bucket_start(horizon.saturating_add(seg_ms - 1));
-            let rules = self.rules.get(&self.catalog, &name, position);
+            let rules = self.state.rules.get(&self.state.catalog, &name, position);
             let tag_of = |t: &str| {
                 rules
                     .as_deref()
@@ -693,7 +712,7 @@ impl Engine {
         {
             return Ok(refusal);
         }
-        let Some(ds) = self.datasources.get_mut(&datasource) else {
+        let Some(ds) = self.state.datasources.get_mut(&datasource) else {
             return refused(
                 format!("datasource {name:?} has no data on this node"),
                 RefusalStatus::NotFound,
@@ -716,10 +735,10 @@ impl Engine {
         info.rollups_before_ms = rollups_before;
         info.copies_before = self.copies_holding(&info.datasource, start, end, None);
         info.batches_total = files.iter().map(|f| f.entries.len() as u64).sum();
-        self.jobs.insert(position, info);
+        self.state.jobs.insert(position, info);
         self.start_delete_build(position, Some(files))?;
         self.forget_old_jobs();
-        self.checkpoint_due = true;
+        self.runtime.checkpoint_due = true;
         Ok(Applied::Job { id: position })
     }
 
@@ -731,6 +750,7 @@ impl Engine {
         files: Option<Vec<tidemark_storage::raw::partition_log::SealedFile>>,
     ) -> Result<()> {
         let info = self
+            .state
             .jobs
             .get(&id)
             .ok_or_else(|| Error::Internal(format!("no deletion {id}")))?;
@@ -739,12 +759,16 @@ impl Engine {
             .clone()
             .ok_or_else(|| Error::Internal(format!("deletion {id} has no filter")))?;
         let build = self.build_input(id)?;
-        let ds = self.datasources.get(&build.datasource).ok_or_else(|| {
-            Error::Internal(format!(
-                "deletion {id}: datasource {} has no state here",
-                build.datasource
-            ))
-        })?;
+        let ds = self
+            .state
+            .datasources
+            .get(&build.datasource)
+            .ok_or_else(|| {
+                Error::Internal(format!(
+                    "deletion {id}: datasource {} has no state here",
+                    build.datasource
+                ))
+            })?;
         // Intervals before the raw horizon: their segments as they were at the job's start.
         let rollups = match info.rollups_before_ms {
             Some(cutoff) => {
@@ -784,7 +808,7 @@ impl Engine {
             name,
             move |progress, cancel| delete::build(&input, progress, cancel),
         )?;
-        self.running.insert(id, run);
+        self.runtime.running.insert(id, run);
         Ok(())
     }
 
@@ -800,6 +824,7 @@ impl Engine {
         actor: String,
     ) -> Result<Applied> {
         let Some(entry) = self
+            .state
             .catalog
             .by_id(datasource)
             .filter(|e| e.deleted.is_none())
@@ -834,14 +859,15 @@ impl Engine {
         }
         // Shards written for the interval must be in the timeline (or known in flight) first.
         self.publish_persisted(false)?;
-        let Some(ds) = self.datasources.get_mut(&datasource) else {
+        let Some(ds) = self.state.datasources.get_mut(&datasource) else {
             return refused(
                 format!("datasource {name:?} has no data on this node"),
                 RefusalStatus::NotFound,
             );
         };
         let (files, segments, events) = ds.drop_range(start, end, position);
-        self.obsolete
+        self.runtime
+            .obsolete
             .extend(files.into_iter().map(|f| (position, f)));
         let mut info = JobRecord::new(
             position,
@@ -853,9 +879,9 @@ impl Engine {
         );
         info.events = events;
         info.segments_replaced = segments;
-        self.jobs.insert(position, info.done_at_start());
+        self.state.jobs.insert(position, info.done_at_start());
         self.forget_old_jobs();
-        self.checkpoint_due = true;
+        self.runtime.checkpoint_due = true;
         Ok(Applied::Job { id: position })
     }
 
@@ -870,6 +896,7 @@ impl Engine {
         actor: String,
     ) -> Result<Applied> {
         let Some(entry) = self
+            .state
             .catalog
             .by_id(datasource)
             .filter(|e| e.deleted.is_none())
@@ -880,8 +907,8 @@ impl Engine {
             );
         };
         let name = entry.current().name.clone();
-        let applied = self.applied_position;
-        let Some(ds) = self.datasources.get_mut(&datasource) else {
+        let applied = self.state.applied_position;
+        let Some(ds) = self.state.datasources.get_mut(&datasource) else {
             return refused(
                 format!("datasource {name:?} has no data on this node"),
                 RefusalStatus::NotFound,
@@ -896,7 +923,7 @@ impl Engine {
             .filter(|f| f.extension().is_some_and(|e| e == "raw"))
             .count() as u64;
         let data_dir = self.config.data_dir.clone();
-        self.obsolete.extend(files.into_iter().map(|f| {
+        self.runtime.obsolete.extend(files.into_iter().map(|f| {
             (
                 position,
                 f.strip_prefix(&data_dir)
@@ -904,8 +931,9 @@ impl Engine {
                     .unwrap_or(f),
             )
         }));
-        let rejects =
-            rejects_before_ms.map_or(0, |cutoff| self.rejects.remove_before(&name, cutoff)) as u64;
+        let rejects = rejects_before_ms
+            .map_or(0, |cutoff| self.state.rejects.remove_before(&name, cutoff))
+            as u64;
         let cutoff = raw_before_ms.or(rejects_before_ms).unwrap_or(0);
         let mut info = JobRecord::new(
             position,
@@ -917,9 +945,9 @@ impl Engine {
         );
         info.rejected = rejects;
         info.files_removed = files_removed;
-        self.jobs.insert(position, info.done_at_start());
+        self.state.jobs.insert(position, info.done_at_start());
         self.forget_old_jobs();
-        self.checkpoint_due = true;
+        self.runtime.checkpoint_due = true;
         Ok(Applied::Job { id: position })
     }
 
@@ -928,11 +956,11 @@ impl Engine {
     /// Pure: the leader logs them.
     pub fn retention_decisions(&self, now_ms: i64) -> Vec<TimelineCommand> {
         let mut out = Vec::new();
-        for (name, rule) in self.catalog.retention().current() {
-            let Some(entry) = self.catalog.get(name).filter(|e| e.deleted.is_none()) else {
+        for (name, rule) in self.state.catalog.retention().current() {
+            let Some(entry) = self.state.catalog.get(name).filter(|e| e.deleted.is_none()) else {
                 continue;
             };
-            let Some(ds) = self.datasources.get(&entry.id) else {
+            let Some(ds) = self.state.datasources.get(&entry.id) else {
                 continue;
             };
             let cutoff = |p: &tidemark_catalog::Period| now_ms.saturating_sub(p.millis());
@@ -942,14 +970,14 @@ impl Engine {
                 .raw
                 .as_ref()
                 .map(cutoff)
-                .filter(|c| ds.raw_files_before(*c, self.applied_position) > 0)
+                .filter(|c| ds.raw_files_before(*c, self.state.applied_position) > 0)
                 .filter(|c| self.jobs_before(entry.id, *c).is_empty());
             let rejects = rule
                 .value
                 .rejects
                 .as_ref()
                 .map(cutoff)
-                .filter(|c| self.rejects.count_before(name, *c) > 0);
+                .filter(|c| self.state.rejects.count_before(name, *c) > 0);
             if raw.is_some() || rejects.is_some() {
                 out.push(TimelineCommand::Retain {
                     datasource: entry.id,
@@ -965,6 +993,7 @@ impl Engine {
             let seg = &entry.current().granularity.segment;
             let end = seg.bucket_start(now_ms.saturating_sub(period.millis()));
             let busy = self
+                .runtime
                 .running
                 .values()
                 .any(|r| r.datasource == entry.id && r.start_ms < end);
@@ -984,7 +1013,8 @@ impl Engine {
     /// retention removal before `end` waits for. Read from the applied job records (not the
     /// node's running builds), so apply decides the same on every replica and replay.
     fn jobs_before(&self, datasource: DatasourceId, end: i64) -> Vec<u64> {
-        self.jobs
+        self.state
+            .jobs
             .values()
             .filter(|j| {
                 j.state == JobState::Running && j.datasource_id == datasource && j.start_ms < end
@@ -1003,12 +1033,17 @@ impl Engine {
         rule: &tidemark_catalog::retention::Retention,
         now_ms: i64,
     ) -> Option<RetentionPreview> {
-        let entry = self.catalog.get(name).filter(|e| e.deleted.is_none())?;
-        let ds = self.datasources.get(&entry.id)?;
+        let entry = self
+            .state
+            .catalog
+            .get(name)
+            .filter(|e| e.deleted.is_none())?;
+        let ds = self.state.datasources.get(&entry.id)?;
         let cutoff = |p: &tidemark_catalog::Period| now_ms.saturating_sub(p.millis());
         let mut preview = RetentionPreview::default();
         if let Some(before) = rule.raw.as_ref().map(cutoff) {
-            let (files, events, bytes) = ds.raw_removable_before(before, self.applied_position);
+            let (files, events, bytes) =
+                ds.raw_removable_before(before, self.state.applied_position);
             preview.raw = Some(Removal {
                 before_ms: before,
                 intervals: None,
@@ -1039,7 +1074,7 @@ impl Engine {
                 .extend(self.jobs_before(entry.id, end));
         }
         if let Some(before) = rule.rejects.as_ref().map(cutoff) {
-            let (rows, bytes) = self.rejects.measure_before(name, before);
+            let (rows, bytes) = self.state.rejects.measure_before(name, before);
             preview.rejects = Some(Removal {
                 before_ms: before,
                 intervals: None,
@@ -1059,11 +1094,16 @@ impl Engine {
     /// decided while any job runs. Pure: the leader logs it.
     pub fn compaction_decisions(&self, now_ms: i64) -> Vec<TimelineCommand> {
         const SETTLE_MS: i64 = 10 * 60_000;
-        if !self.running.is_empty() {
+        if !self.runtime.running.is_empty() {
             return Vec::new();
         }
-        for ds in self.datasources.values() {
-            let Some(entry) = self.catalog.by_id(ds.id).filter(|e| e.deleted.is_none()) else {
+        for ds in self.state.datasources.values() {
+            let Some(entry) = self
+                .state
+                .catalog
+                .by_id(ds.id)
+                .filter(|e| e.deleted.is_none())
+            else {
                 continue;
             };
             let spec = entry.current();
@@ -1105,13 +1145,15 @@ impl Engine {
         end: i64,
     ) -> Result<Option<Applied>> {
         let overlapping: Vec<u64> = self
+            .runtime
             .running
             .iter()
             .filter(|(_, r)| r.datasource == datasource && r.start_ms < end && start < r.end_ms)
             .map(|(id, _)| *id)
             .collect();
         let automatic = |id: &u64| {
-            self.jobs
+            self.state
+                .jobs
                 .get(id)
                 .is_some_and(|j| j.actor == AUTO_COMPACTION_ACTOR)
         };
@@ -1137,13 +1179,17 @@ impl Engine {
     /// Whether job `id`'s build is over on this node (or it is not running here at all): a
     /// `Publish` applies without waiting under the engine lock.
     pub fn job_built(&self, id: u64) -> bool {
-        self.running.get(&id).is_none_or(|r| r.peek().is_some())
+        self.runtime
+            .running
+            .get(&id)
+            .is_none_or(|r| r.peek().is_some())
     }
 
     /// The leader's decisions for finished builds: publish a good one, cancel a failed one.
     /// Pure: the caller logs them.
     pub fn reindex_decisions(&self) -> Vec<TimelineCommand> {
-        self.running
+        self.runtime
+            .running
             .iter()
             .filter_map(|(job, run)| match run.peek()? {
                 Ok(()) => Some(TimelineCommand::Publish { job: *job }),
@@ -1157,11 +1203,12 @@ impl Engine {
 
     /// Every job the node remembers, with the progress of running builds.
     pub fn jobs_now(&self) -> Vec<JobRecord> {
-        self.jobs
+        self.state
+            .jobs
             .values()
             .map(|j| {
                 let mut j = j.clone();
-                if let Some(run) = self.running.get(&j.id) {
+                if let Some(run) = self.runtime.running.get(&j.id) {
                     j.batches_total = j
                         .batches_total
                         .max(run.progress.batches_total.load(Ordering::Relaxed));
@@ -1177,8 +1224,9 @@ impl Engine {
 
     /// Keeps the newest [`job::JOBS_KEPT`] jobs; running ones are never forgotten.
     pub(super) fn forget_old_jobs(&mut self) {
-        while self.jobs.len() > super::job::JOBS_KEPT {
+        while self.state.jobs.len() > super::job::JOBS_KEPT {
             let Some(oldest) = self
+                .state
                 .jobs
                 .values()
                 .find(|j| j.state != JobState::Running)
@@ -1186,7 +1234,7 @@ impl Engine {
             else {
                 break;
             };
-            self.jobs.remove(&oldest);
+            self.state.jobs.remove(&oldest);
         }
     }
 }

@@ -144,41 +144,64 @@ pub struct Recovery {
     pub raw_cut_bytes: u64,
 }
 
+/// One replica's state machine: the state apply changes, and the node's machinery around it.
 #[derive(Debug)]
 pub struct Engine {
     config: EngineConfig,
+    state: Replicated,
+    runtime: Runtime,
+}
+
+/// What applying the log changes, and nothing else: the same on every replica at the same
+/// position, and what a checkpoint holds (apart from `rules`, a cache derived from the
+/// catalog). A datasource's state also holds its node-local files and realtime indexes (see
+/// `datasource.rs`), which are rebuilt from the raw log, never checkpointed as such.
+#[derive(Debug)]
+struct Replicated {
     catalog: Catalog,
     datasources: BTreeMap<DatasourceId, DatasourceState>,
     idempotency: IdempotencyWindow,
     rejects: RejectsTable,
     producers: ProducerStates,
     consumer_offsets: ConsumerOffsets,
+    /// Raft's own bookkeeping (last applied log id, membership), opaque to the engine.
     replication: Option<serde_json::Value>,
     applied_position: u64,
     writer_time_ms: i64,
-    checkpoint_position: u64,
-    /// Segments were published or the catalog changed since the last checkpoint began: the
-    /// runtime checkpoints soon rather than at its regular interval.
-    checkpoint_due: bool,
-    /// Purged datasources, with the position of the purge: their files are removed once a
-    /// checkpoint at or after it is stored, as no restart can replay into them after that.
-    removals: Vec<(u64, DatasourceState)>,
-    persister: persister::Persister,
+    /// The tag rules of the catalog, compiled (derived, never checkpointed).
     rules: rules::RulesCache,
-    /// Reindex jobs by id (their start position), finished ones included (the newest kept).
+    /// Jobs by id (their start position), finished ones included (the newest kept).
     jobs: BTreeMap<u64, job::JobRecord>,
     /// A deletion published at this position: the replication log still holds the deleted
     /// beacons in its entries below it, and is to be snapshotted and purged through it.
     erase_log_through: Option<u64>,
     /// Exports and backups taken, which a deletion names in its report (oldest first).
     copies: Vec<copies::CopyRecord>,
-    /// Builds of running jobs.
-    running: BTreeMap<u64, reindex::Running>,
-    /// Copies this node is running (node-local, never checkpointed; see `copies.rs`).
-    copy_runs: BTreeMap<u64, copies::CopyRun>,
+}
+
+/// The node-local machinery around the replicated state: never checkpointed, different on
+/// each node. Apply uses it only to carry out what the replicated state already decided (wait
+/// for a running job's build, hand a closed interval to the persister); what an entry does
+/// never depends on it.
+#[derive(Debug)]
+struct Runtime {
+    /// The position of the last checkpoint stored on this node.
+    checkpoint_position: u64,
+    /// Segments were published or the catalog changed since the last checkpoint began: the
+    /// node checkpoints soon rather than at its regular interval.
+    checkpoint_due: bool,
+    /// Purged datasources, with the position of the purge: their files are removed once a
+    /// checkpoint at or after it is stored, as no restart can replay into them after that.
+    removals: Vec<(u64, DatasourceState)>,
     /// Segment files replaced by a reindex at a position: removed once a checkpoint at or
     /// after it is stored (an older checkpoint still names them).
     obsolete: Vec<(u64, PathBuf)>,
+    /// The thread that writes persisted intervals' segment files.
+    persister: persister::Persister,
+    /// Builds of running jobs.
+    running: BTreeMap<u64, reindex::Running>,
+    /// Copies this node is running (see `copies.rs`).
+    copy_runs: BTreeMap<u64, copies::CopyRun>,
 }
 
 impl Engine {
@@ -189,59 +212,64 @@ impl Engine {
         let cp = checkpoint::load(&config.data_dir)?;
         let mut recovery = Recovery::default();
         let mut engine = Engine {
-            catalog: Catalog::default(),
-            datasources: BTreeMap::new(),
-            idempotency: IdempotencyWindow::new(
-                config.idempotency_window_ms,
-                config.idempotency_keys_max,
-            ),
-            rejects: RejectsTable::new(config.rejects_max),
-            producers: ProducerStates::default(),
-            consumer_offsets: ConsumerOffsets::default(),
-            replication: None,
-            applied_position: 0,
-            writer_time_ms: i64::MIN,
-            checkpoint_position: 0,
-            checkpoint_due: false,
-            removals: Vec::new(),
-            persister: persister::Persister::start()?,
-            rules: rules::RulesCache::default(),
-            jobs: BTreeMap::new(),
-            copies: Vec::new(),
-            erase_log_through: None,
-            running: BTreeMap::new(),
-            copy_runs: BTreeMap::new(),
-            obsolete: Vec::new(),
+            state: Replicated {
+                catalog: Catalog::default(),
+                datasources: BTreeMap::new(),
+                idempotency: IdempotencyWindow::new(
+                    config.idempotency_window_ms,
+                    config.idempotency_keys_max,
+                ),
+                rejects: RejectsTable::new(config.rejects_max),
+                producers: ProducerStates::default(),
+                consumer_offsets: ConsumerOffsets::default(),
+                replication: None,
+                applied_position: 0,
+                writer_time_ms: i64::MIN,
+                rules: rules::RulesCache::default(),
+                jobs: BTreeMap::new(),
+                copies: Vec::new(),
+                erase_log_through: None,
+            },
+            runtime: Runtime {
+                checkpoint_position: 0,
+                checkpoint_due: false,
+                removals: Vec::new(),
+                obsolete: Vec::new(),
+                persister: persister::Persister::start()?,
+                running: BTreeMap::new(),
+                copy_runs: BTreeMap::new(),
+            },
             config,
         };
         let Some(cp) = cp else {
             return Ok((engine, recovery));
         };
-        engine.catalog = cp.catalog;
-        engine.idempotency = cp.idempotency;
-        engine.idempotency.set_bounds(
+        engine.state.catalog = cp.catalog;
+        engine.state.idempotency = cp.idempotency;
+        engine.state.idempotency.set_bounds(
             engine.config.idempotency_window_ms,
             engine.config.idempotency_keys_max,
         );
-        engine.rejects = cp.rejects;
-        engine.rejects.set_bound(engine.config.rejects_max);
-        engine.producers = cp.producers;
-        engine.consumer_offsets = cp.consumer_offsets;
-        engine.replication = cp.replication;
-        engine.applied_position = cp.applied_position;
-        engine.writer_time_ms = cp.writer_time_ms;
-        engine.checkpoint_position = cp.applied_position;
+        engine.state.rejects = cp.rejects;
+        engine.state.rejects.set_bound(engine.config.rejects_max);
+        engine.state.producers = cp.producers;
+        engine.state.consumer_offsets = cp.consumer_offsets;
+        engine.state.replication = cp.replication;
+        engine.state.applied_position = cp.applied_position;
+        engine.state.writer_time_ms = cp.writer_time_ms;
+        engine.runtime.checkpoint_position = cp.applied_position;
         recovery.checkpoint_position = cp.applied_position;
-        engine.jobs = cp.jobs.into_iter().map(|j| (j.id, j)).collect();
-        engine.copies = cp.copies;
+        engine.state.jobs = cp.jobs.into_iter().map(|j| (j.id, j)).collect();
+        engine.state.copies = cp.copies;
         for dcp in cp.datasources {
-            let Some(entry) = engine.catalog.by_id(dcp.id) else {
+            let Some(entry) = engine.state.catalog.by_id(dcp.id) else {
                 continue;
             };
             let spec = entry.current().clone();
             let mut ds = DatasourceState::open(&engine.config, dcp.id, &spec, &mut recovery)?;
             ds.restore(dcp)?;
             let pending: Vec<(u64, i64, i64)> = engine
+                .state
                 .jobs
                 .values()
                 .filter(|j| j.state == job::JobState::Running && j.datasource_id == ds.id)
@@ -249,17 +277,18 @@ impl Engine {
                 .map(|j| (j.id, j.start_ms, j.end_ms))
                 .collect();
             let replayed = ds.rebuild_realtime(
-                &engine.catalog,
-                &engine.rules,
+                &engine.state.catalog,
+                &engine.state.rules,
                 cp.applied_position,
                 &pending,
             )?;
             recovery.raw_batches_replayed += replayed;
-            engine.datasources.insert(ds.id, ds);
+            engine.state.datasources.insert(ds.id, ds);
         }
         // Builds that were running when the checkpoint was taken start again from raw.
         // (Copies run on the node that took them, outside the engine: see `copies.rs`.)
         let running: Vec<u64> = engine
+            .state
             .jobs
             .values()
             .filter(|j| j.state == job::JobState::Running && !j.kind.is_copy())
@@ -272,15 +301,15 @@ impl Engine {
     }
 
     pub fn applied_position(&self) -> u64 {
-        self.applied_position
+        self.state.applied_position
     }
 
     pub fn checkpoint_position(&self) -> u64 {
-        self.checkpoint_position
+        self.runtime.checkpoint_position
     }
 
     pub fn catalog(&self) -> &Catalog {
-        &self.catalog
+        &self.state.catalog
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -289,14 +318,14 @@ impl Engine {
 
     /// Applies one entry. Entries at or below the applied position are ignored (replay).
     pub fn apply(&mut self, entry: &Entry) -> Result<Applied> {
-        if entry.position <= self.applied_position {
+        if entry.position <= self.state.applied_position {
             return Ok(Applied::Refused {
                 reason: "already applied".into(),
                 status: RefusalStatus::Conflict,
             });
         }
         let cmd = Command::decode(entry.kind, &entry.payload)?;
-        self.writer_time_ms = self.writer_time_ms.max(entry.writer_time_ms);
+        self.state.writer_time_ms = self.state.writer_time_ms.max(entry.writer_time_ms);
         let out = match cmd {
             Command::Catalog { command, actor } => {
                 self.apply_catalog(entry.position, entry.writer_time_ms, &command, &actor)
@@ -305,15 +334,16 @@ impl Engine {
             Command::Persist(p) => self.apply_persist(entry.position, &p),
             Command::InitProducer(p) => Ok(self.apply_init_producer(&p)),
             Command::Offsets(o) => {
-                self.consumer_offsets.apply(&o, entry.writer_time_ms);
+                self.state.consumer_offsets.apply(&o, entry.writer_time_ms);
                 Ok(Applied::Offsets)
             }
             Command::Timeline(r) => self.apply_reindex(entry.position, entry.writer_time_ms, r),
         };
-        self.applied_position = entry.position;
-        self.idempotency.expire(self.writer_time_ms);
-        self.producers
-            .expire(self.writer_time_ms, self.config.producer_idle_ms);
+        self.state.applied_position = entry.position;
+        self.state.idempotency.expire(self.state.writer_time_ms);
+        self.state
+            .producers
+            .expire(self.state.writer_time_ms, self.config.producer_idle_ms);
         out
     }
 
@@ -324,7 +354,7 @@ impl Engine {
         cmd: &CatalogCommand,
         actor: &str,
     ) -> Result<Applied> {
-        if let Err(e) = self.catalog.check(cmd) {
+        if let Err(e) = self.state.catalog.check(cmd) {
             let status = match e.status() {
                 tidemark_catalog::StatusCode::NotFound => RefusalStatus::NotFound,
                 tidemark_catalog::StatusCode::AlreadyExists
@@ -338,51 +368,56 @@ impl Engine {
         }
         // A spec change closes the datasource's realtime indexes under the old spec first.
         if let CatalogCommand::UpdateDatasource { spec } = cmd
-            && let Some(entry) = self.catalog.get(&spec.name)
+            && let Some(entry) = self.state.catalog.get(&spec.name)
         {
             let id = entry.id;
-            if let Some(ds) = self.datasources.get_mut(&id) {
-                for job in ds.persist_all(&self.catalog, position)? {
-                    self.persister.submit(job)?;
+            if let Some(ds) = self.state.datasources.get_mut(&id) {
+                for job in ds.persist_all(&self.state.catalog, position)? {
+                    self.runtime.persister.submit(job)?;
                 }
             }
         }
-        let effect = self.catalog.apply(position, writer_time_ms, cmd, actor)?;
-        self.checkpoint_due = true;
+        let effect = self
+            .state
+            .catalog
+            .apply(position, writer_time_ms, cmd, actor)?;
+        self.runtime.checkpoint_due = true;
         match &effect {
             CatalogEffect::Created(id) => {
                 let spec = self
+                    .state
                     .catalog
                     .by_id(*id)
                     .map(|e| e.current().clone())
                     .ok_or_else(|| Error::Internal("created datasource missing".into()))?;
                 let mut recovery = Recovery::default();
                 let ds = DatasourceState::open(&self.config, *id, &spec, &mut recovery)?;
-                self.datasources.insert(*id, ds);
+                self.state.datasources.insert(*id, ds);
             }
             CatalogEffect::Updated(id) => {
                 let spec = self
+                    .state
                     .catalog
                     .by_id(*id)
                     .map(|e| e.current().clone())
                     .ok_or_else(|| Error::Internal("updated datasource missing".into()))?;
-                if let Some(ds) = self.datasources.get_mut(id) {
+                if let Some(ds) = self.state.datasources.get_mut(id) {
                     ds.grow_partitions(&spec)?;
                 }
             }
             CatalogEffect::Deleted(id) => {
-                if let Some(ds) = self.datasources.get_mut(id) {
+                if let Some(ds) = self.state.datasources.get_mut(id) {
                     ds.drop_realtime();
                     let name = ds.name.clone();
-                    self.idempotency.remove_datasource(&name);
-                    self.rejects.remove_datasource(&name);
-                    self.producers.remove_datasource(id.0);
-                    self.consumer_offsets.remove_topic(&name);
+                    self.state.idempotency.remove_datasource(&name);
+                    self.state.rejects.remove_datasource(&name);
+                    self.state.producers.remove_datasource(id.0);
+                    self.state.consumer_offsets.remove_topic(&name);
                 }
             }
             CatalogEffect::Purged(id) => {
-                if let Some(ds) = self.datasources.remove(id) {
-                    self.removals.push((position, ds));
+                if let Some(ds) = self.state.datasources.remove(id) {
+                    self.runtime.removals.push((position, ds));
                 }
             }
             CatalogEffect::Governance(_)
@@ -400,7 +435,7 @@ impl Engine {
         cmd: EventsCommand,
     ) -> Result<Applied> {
         let header = &cmd.header;
-        let Some(entry) = self.catalog.get(&header.datasource) else {
+        let Some(entry) = self.state.catalog.get(&header.datasource) else {
             return Ok(Applied::Refused {
                 reason: format!("datasource {:?} does not exist", header.datasource),
                 status: RefusalStatus::NotFound,
@@ -408,7 +443,7 @@ impl Engine {
         };
         let id = entry.id;
         if let Some(key) = &header.idempotency_key {
-            match self.idempotency.check(
+            match self.state.idempotency.check(
                 &header.datasource,
                 header.idempotency_scope(),
                 key,
@@ -429,9 +464,13 @@ impl Engine {
         }
         let spec = entry.spec_at(position).clone();
         // The domain's tag rules as of this position (none: not governed).
-        let rules = self.rules.get(&self.catalog, &header.datasource, position);
-        let catalog_version = self.catalog.applied_position();
+        let rules = self
+            .state
+            .rules
+            .get(&self.state.catalog, &header.datasource, position);
+        let catalog_version = self.state.catalog.applied_position();
         let ds = self
+            .state
             .datasources
             .get_mut(&id)
             .ok_or_else(|| Error::Internal(format!("no state for datasource {id}")))?;
@@ -490,7 +529,11 @@ impl Engine {
                     continue;
                 }
             };
-            match self.producers.check(id.0, part.partition, &batch_header) {
+            match self
+                .state
+                .producers
+                .check(id.0, part.partition, &batch_header)
+            {
                 SequenceCheck::Append => {}
                 SequenceCheck::Duplicate(meta) => {
                     outcome.parts.push(PartOutcome {
@@ -585,7 +628,7 @@ impl Engine {
                 verdicts,
             };
             let stored = ds.append_raw(part.partition, &frame, &mut batch)?;
-            self.producers.record(
+            self.state.producers.record(
                 id.0,
                 part.partition,
                 &batch_header,
@@ -616,7 +659,7 @@ impl Engine {
                     }
                     Err(reason) => {
                         let text = reason.to_string();
-                        self.rejects.push(rejects::RejectRow {
+                        self.state.rejects.push(rejects::RejectRow {
                             datasource: header.datasource.clone(),
                             partition: part.partition,
                             offset: stored.base_offset + i as i64,
@@ -647,7 +690,7 @@ impl Engine {
         outcome.rejected.sort_by_key(|r| r.index);
         if let Some(key) = &header.idempotency_key {
             let scope = header.idempotency_scope();
-            self.idempotency.remember(
+            self.state.idempotency.remember(
                 &header.datasource,
                 scope,
                 key,
@@ -661,22 +704,28 @@ impl Engine {
 
     /// The tag rules governing `datasource` now (what the edge checks beacons against).
     pub fn current_rules(&self, datasource: &str) -> Option<Arc<TagRules>> {
-        self.rules
-            .get(&self.catalog, datasource, self.applied_position)
+        self.state
+            .rules
+            .get(&self.state.catalog, datasource, self.state.applied_position)
     }
 
     fn apply_init_producer(&mut self, cmd: &InitProducerCommand) -> Applied {
-        let (id, epoch) = self.producers.init_producer(cmd.existing);
+        let (id, epoch) = self.state.producers.init_producer(cmd.existing);
         Applied::Producer { id, epoch }
     }
 
     fn apply_persist(&mut self, position: u64, cmd: &PersistCommand) -> Result<Applied> {
-        let Some(ds) = self.datasources.get_mut(&cmd.datasource) else {
+        let Some(ds) = self.state.datasources.get_mut(&cmd.datasource) else {
             return Ok(Applied::Persisted { segments: 0 });
         };
-        match ds.start_persist(&self.catalog, position, cmd.interval_start_ms, cmd.late)? {
+        match ds.start_persist(
+            &self.state.catalog,
+            position,
+            cmd.interval_start_ms,
+            cmd.late,
+        )? {
             Some(job) => {
-                self.persister.submit(job)?;
+                self.runtime.persister.submit(job)?;
                 Ok(Applied::Persisted { segments: 1 })
             }
             None => Ok(Applied::Persisted { segments: 0 }),
@@ -687,12 +736,12 @@ impl Engine {
     /// them). Returns the seconds each took to write. A failed segment write is an I/O fault
     /// that stops the node, like an fsync error.
     pub fn publish_persisted(&mut self, wait: bool) -> Result<Vec<f64>> {
-        let finished = self.persister.collect(wait);
+        let finished = self.runtime.persister.collect(wait);
         let mut seconds = Vec::with_capacity(finished.len());
         for f in finished {
             seconds.push(f.seconds);
             let (written, segment) = f.result?;
-            let wanted = match self.datasources.get_mut(&f.job.datasource) {
+            let wanted = match self.state.datasources.get_mut(&f.job.datasource) {
                 Some(ds) => ds.finish_persist(&f.job.id, &written, segment)?,
                 // Purged while it was being written.
                 None => false,
@@ -704,33 +753,33 @@ impl Engine {
             }
         }
         if !seconds.is_empty() {
-            self.checkpoint_due = true;
+            self.runtime.checkpoint_due = true;
         }
         Ok(seconds)
     }
 
     /// A handle to wait for the segment writer to be idle, without holding the engine lock.
     pub fn persist_idle(&self) -> PersistIdle {
-        self.persister.idle()
+        self.runtime.persister.idle()
     }
 
     /// The segment writer's shortage state (a write waiting to be retried; stopping the
     /// wait), to keep and use without the engine lock.
     pub fn persist_control(&self) -> PersistControl {
-        self.persister.control()
+        self.runtime.persister.control()
     }
 
     /// Segments being written right now.
     pub fn persists_in_flight(&self) -> usize {
-        self.persister.in_flight()
+        self.runtime.persister.in_flight()
     }
 
     /// Which intervals should persist now, by the writer's clock `now_ms` and the memory
     /// bound. Pure: the caller logs the returned commands.
     pub fn persist_decisions(&self, now_ms: i64) -> Vec<PersistCommand> {
         let mut out = Vec::new();
-        for ds in self.datasources.values() {
-            let Some(entry) = self.catalog.by_id(ds.id) else {
+        for ds in self.state.datasources.values() {
+            let Some(entry) = self.state.catalog.by_id(ds.id) else {
                 continue;
             };
             if entry.deleted.is_some() {
@@ -740,6 +789,7 @@ impl Engine {
         }
         if out.is_empty() && self.realtime_bytes() > self.config.realtime_bytes_persist {
             let largest = self
+                .state
                 .datasources
                 .values()
                 .flat_map(|ds| {
@@ -761,7 +811,8 @@ impl Engine {
 
     /// Deleted datasources whose grace period passed at writer time `now_ms`.
     pub fn purge_decisions(&self, now_ms: i64) -> Vec<CatalogCommand> {
-        self.catalog
+        self.state
+            .catalog
             .purgeable(now_ms)
             .into_iter()
             .map(|id| CatalogCommand::PurgeDatasource { id })
@@ -769,7 +820,8 @@ impl Engine {
     }
 
     pub fn realtime_bytes(&self) -> usize {
-        self.datasources
+        self.state
+            .datasources
             .values()
             .map(DatasourceState::realtime_bytes)
             .sum()
@@ -807,11 +859,11 @@ impl Engine {
         wait_for_persists: bool,
     ) -> Result<Option<PendingCheckpoint>> {
         self.publish_persisted(wait_for_persists)?;
-        if self.persister.in_flight() > 0 {
+        if self.runtime.persister.in_flight() > 0 {
             return Ok(None);
         }
         let mut unsynced = Vec::new();
-        for ds in self.datasources.values_mut() {
+        for ds in self.state.datasources.values_mut() {
             if let Err(e) = ds.take_unsynced(&mut unsynced) {
                 // The logs taken so far count themselves synced: make it true before the
                 // capture is abandoned (an fsync needs no new descriptor).
@@ -821,24 +873,25 @@ impl Engine {
         }
         let checkpoint = Checkpoint {
             version: checkpoint::CHECKPOINT_VERSION,
-            applied_position: self.applied_position,
-            writer_time_ms: self.writer_time_ms,
-            catalog: self.catalog.clone(),
+            applied_position: self.state.applied_position,
+            writer_time_ms: self.state.writer_time_ms,
+            catalog: self.state.catalog.clone(),
             datasources: self
+                .state
                 .datasources
                 .values()
-                .map(|ds| ds.checkpoint(self.applied_position))
+                .map(|ds| ds.checkpoint(self.state.applied_position))
                 .collect::<Vec<DatasourceCheckpoint>>(),
-            idempotency: self.idempotency.clone(),
-            rejects: self.rejects.clone(),
-            producers: self.producers.clone(),
-            consumer_offsets: self.consumer_offsets.clone(),
-            replication: self.replication.clone(),
+            idempotency: self.state.idempotency.clone(),
+            rejects: self.state.rejects.clone(),
+            producers: self.state.producers.clone(),
+            consumer_offsets: self.state.consumer_offsets.clone(),
+            replication: self.state.replication.clone(),
             // As applied: live progress (a build's, a copy's on this node) is not replicated state.
-            jobs: self.jobs.values().cloned().collect(),
-            copies: self.copies.clone(),
+            jobs: self.state.jobs.values().cloned().collect(),
+            copies: self.state.copies.clone(),
         };
-        self.checkpoint_due = false;
+        self.runtime.checkpoint_due = false;
         Ok(Some(PendingCheckpoint {
             data_dir: self.config.data_dir.clone(),
             checkpoint,
@@ -851,22 +904,22 @@ impl Engine {
     /// descriptors, say) is only garbage: it is logged and tried again after the next
     /// checkpoint, never a reason to stop.
     pub fn checkpoint_written(&mut self, position: u64) -> Result<()> {
-        self.checkpoint_position = self.checkpoint_position.max(position);
-        let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.removals)
+        self.runtime.checkpoint_position = self.runtime.checkpoint_position.max(position);
+        let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.runtime.removals)
             .into_iter()
             .partition(|(p, _)| *p <= position);
-        self.removals = kept;
+        self.runtime.removals = kept;
         for (at, ds) in gone {
             // Its open files are closed either way; a directory left behind is retried below.
             if let Err(Error::Io { path, source }) = ds.remove_files() {
                 tracing::warn!(path = %path.display(), error = %source, "cannot remove a purged datasource's files yet; will retry");
-                self.obsolete.push((at, path));
+                self.runtime.obsolete.push((at, path));
             }
         }
-        let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.obsolete)
+        let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.runtime.obsolete)
             .into_iter()
             .partition(|(p, _)| *p <= position);
-        self.obsolete = kept;
+        self.runtime.obsolete = kept;
         for (at, file) in gone {
             let path = self.config.data_dir.join(&file);
             let removed = if path.is_dir() {
@@ -879,7 +932,7 @@ impl Engine {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => {
                     tracing::warn!(path = %path.display(), error = %e, "cannot remove an obsolete file yet; will retry");
-                    self.obsolete.push((at, file));
+                    self.runtime.obsolete.push((at, file));
                 }
             }
         }
@@ -889,13 +942,13 @@ impl Engine {
     /// Takes the position through which a published deletion wants the replication log
     /// purged (its entries still carry the deleted beacons as they were written).
     pub fn take_erase_due(&mut self) -> Option<u64> {
-        self.erase_log_through.take()
+        self.state.erase_log_through.take()
     }
 
     /// Whether segments were published or the catalog changed since the last checkpoint
     /// began.
     pub fn checkpoint_due(&self) -> bool {
-        self.checkpoint_due
+        self.runtime.checkpoint_due
     }
 
     /// Opens every data file the engine refers to (relative path, length, handle): with a
@@ -917,7 +970,8 @@ impl Engine {
     /// directory, with the length that checkpoint covers: what a snapshot must carry.
     pub fn data_files(&self) -> Vec<(PathBuf, u64)> {
         let dir = &self.config.data_dir;
-        self.datasources
+        self.state
+            .datasources
             .values()
             .flat_map(DatasourceState::data_files)
             .map(|(p, len)| (p.strip_prefix(dir).map(Path::to_path_buf).unwrap_or(p), len))
@@ -939,19 +993,21 @@ impl Engine {
         key: &str,
         body_hash: u64,
     ) -> Seen {
-        self.idempotency.check(datasource, scope, key, body_hash)
+        self.state
+            .idempotency
+            .check(datasource, scope, key, body_hash)
     }
 
     /// A query snapshot of one datasource as of the applied position.
     pub fn table_snapshot(&self, name: &str) -> Option<TableSnapshot> {
-        let entry = self.catalog.get(name)?;
-        let ds = self.datasources.get(&entry.id)?;
+        let entry = self.state.catalog.get(name)?;
+        let ds = self.state.datasources.get(&entry.id)?;
         let spec = entry.current().clone();
         let schema = Arc::new(tidemark_storage::segment::table_schema(&spec));
         let realtime = ds.realtime_batches(schema);
         Some(TableSnapshot {
             spec,
-            log_position: self.applied_position,
+            log_position: self.state.applied_position,
             segments: ds.segments(),
             realtime,
             unreadable: ds.unreadable(),
@@ -961,7 +1017,8 @@ impl Engine {
     /// Segments found damaged when the engine opened and not repaired since (relative path,
     /// what is wrong): the scrubber repairs these first.
     pub fn unreadable_files(&self) -> Vec<(PathBuf, String)> {
-        self.datasources
+        self.state
+            .datasources
             .values()
             .flat_map(DatasourceState::unreadable)
             .map(|u| (u.file, u.reason))
@@ -969,27 +1026,27 @@ impl Engine {
     }
 
     pub fn rejects(&self) -> &RejectsTable {
-        &self.rejects
+        &self.state.rejects
     }
 
     /// The replication layer's opaque record (see `Checkpoint::replication`), as of the last
     /// checkpoint loaded or the last [`Engine::set_replication`].
     pub fn replication(&self) -> Option<&serde_json::Value> {
-        self.replication.as_ref()
+        self.state.replication.as_ref()
     }
 
     /// Sets what the next checkpoint records for the replication layer. The caller keeps it
     /// in step with what it has applied.
     pub fn set_replication(&mut self, meta: serde_json::Value) {
-        self.replication = Some(meta);
+        self.state.replication = Some(meta);
     }
 
     pub fn producers(&self) -> &ProducerStates {
-        &self.producers
+        &self.state.producers
     }
 
     pub fn consumer_offsets(&self) -> &ConsumerOffsets {
-        &self.consumer_offsets
+        &self.state.consumer_offsets
     }
 
     /// The raw log of one partition of a live datasource, for Kafka Fetch and ListOffsets.
@@ -998,26 +1055,33 @@ impl Engine {
         datasource: &str,
         partition: u32,
     ) -> Option<&tidemark_storage::raw::partition_log::PartitionLog> {
-        let entry = self.catalog.get(datasource)?;
-        self.datasources.get(&entry.id)?.partition(partition)
+        let entry = self.state.catalog.get(datasource)?;
+        self.state.datasources.get(&entry.id)?.partition(partition)
     }
 
     /// Totals for metrics: (events ingested, events rejected, realtime rows, segments).
     pub fn totals(&self) -> (u64, u64, u64, u64) {
-        self.datasources.values().fold((0, 0, 0, 0), |acc, ds| {
-            (
-                acc.0 + ds.events_ingested,
-                acc.1 + ds.events_rejected,
-                acc.2 + ds.realtime_rows(),
-                acc.3 + ds.segment_count() as u64,
-            )
-        })
+        self.state
+            .datasources
+            .values()
+            .fold((0, 0, 0, 0), |acc, ds| {
+                (
+                    acc.0 + ds.events_ingested,
+                    acc.1 + ds.events_rejected,
+                    acc.2 + ds.realtime_rows(),
+                    acc.3 + ds.segment_count() as u64,
+                )
+            })
     }
 
     /// Keys left out of events since the datasources were created, because they are not
     /// tags of their domain.
     pub fn tags_dropped(&self) -> u64 {
-        self.datasources.values().map(|ds| ds.tags_dropped).sum()
+        self.state
+            .datasources
+            .values()
+            .map(|ds| ds.tags_dropped)
+            .sum()
     }
 }
 
@@ -1143,6 +1207,7 @@ impl SharedEngine {
 impl SnapshotSource for SharedEngine {
     fn table_names(&self) -> Vec<String> {
         self.read()
+            .state
             .catalog
             .datasources()
             .map(|e| e.current().name.clone())

@@ -105,8 +105,8 @@ impl Engine {
     /// written), for a DBA's on-demand check with [`verify`] off the lock; `None` if there is
     /// no such datasource.
     pub fn segment_files(&self, datasource: &str) -> Option<Vec<(String, PathBuf, u64)>> {
-        let entry = self.catalog.get(datasource)?;
-        let ds = self.datasources.get(&entry.id)?;
+        let entry = self.state.catalog.get(datasource)?;
+        let ds = self.state.datasources.get(&entry.id)?;
         Some(
             ds.segment_records()
                 .map(|r| (r.id.to_string(), r.file.clone(), r.file_bytes))
@@ -118,10 +118,12 @@ impl Engine {
     /// shard order; `None` if it does not exist.
     pub fn segment_list(&self, datasource: &str) -> Option<Vec<crate::checkpoint::SegmentRecord>> {
         let entry = self
+            .state
             .catalog
             .get(datasource)
             .filter(|e| e.deleted.is_none())?;
         let mut out: Vec<_> = self
+            .state
             .datasources
             .get(&entry.id)
             .map(|ds| ds.segment_records().cloned().collect())
@@ -148,8 +150,8 @@ impl Engine {
         crate::checkpoint::SegmentRecord,
         Option<tidemark_storage::segment::SegmentMeta>,
     )> {
-        let entry = self.catalog.get(datasource)?;
-        let ds = self.datasources.get(&entry.id)?;
+        let entry = self.state.catalog.get(datasource)?;
+        let ds = self.state.datasources.get(&entry.id)?;
         ds.segment_detail(segment)
     }
 
@@ -191,7 +193,7 @@ impl Engine {
                 .and_then(|d| d.sync_all())
                 .map_err(Error::fsync(parent))?;
         }
-        for ds in self.datasources.values_mut() {
+        for ds in self.state.datasources.values_mut() {
             match file.kind {
                 FileKind::Segment => {
                     if ds.reopen_segment(relative, &dest)? {

@@ -43,8 +43,8 @@ pub(crate) fn build(engine: &Engine, name: &str) -> Option<RecordBatch> {
 }
 
 fn datasources(engine: &Engine) -> Option<RecordBatch> {
-    let entries: Vec<_> = engine.catalog.datasources().collect();
-    let state = |e: &&tidemark_catalog::DatasourceEntry| engine.datasources.get(&e.id);
+    let entries: Vec<_> = engine.state.catalog.datasources().collect();
+    let state = |e: &&tidemark_catalog::DatasourceEntry| engine.state.datasources.get(&e.id);
     let spec_json: Vec<String> = entries
         .iter()
         .map(|e| serde_json::to_string(e.current()).unwrap_or_default())
@@ -132,9 +132,10 @@ fn datasources(engine: &Engine) -> Option<RecordBatch> {
 
 fn segments(engine: &Engine) -> Option<RecordBatch> {
     let live: Vec<_> = engine
+        .state
         .catalog
         .datasources()
-        .filter_map(|e| engine.datasources.get(&e.id))
+        .filter_map(|e| engine.state.datasources.get(&e.id))
         .flat_map(|ds| ds.segment_records())
         .collect();
     batch(
@@ -192,7 +193,7 @@ fn segments(engine: &Engine) -> Option<RecordBatch> {
 }
 
 fn rejects(engine: &Engine) -> Option<RecordBatch> {
-    let rows: Vec<_> = engine.rejects.rows().collect();
+    let rows: Vec<_> = engine.state.rejects.rows().collect();
     batch(
         vec![
             Field::new("datasource", DataType::Utf8, false),
@@ -239,7 +240,7 @@ fn rejects(engine: &Engine) -> Option<RecordBatch> {
 /// The tag registry as it is now: one row per tag of every governance domain.
 fn tags(engine: &Engine) -> Option<RecordBatch> {
     let mut rows = Vec::new();
-    for d in engine.catalog.governance().domains() {
+    for d in engine.state.catalog.governance().domains() {
         for t in d.tags_at(u64::MAX) {
             let position = d.tag_history(&t.name).last().map_or(0, |v| v.position);
             rows.push((d, t, position));
@@ -303,7 +304,7 @@ fn tags(engine: &Engine) -> Option<RecordBatch> {
 /// Every catalog change still in the audit log, oldest first: who, when, what, before, after
 /// (JSON; null when the object did not exist).
 fn audit(engine: &Engine) -> Option<RecordBatch> {
-    let rows: Vec<_> = engine.catalog.audit().rows().collect();
+    let rows: Vec<_> = engine.state.catalog.audit().rows().collect();
     let json = |v: &Option<serde_json::Value>| v.as_ref().map(|v| v.to_string());
     batch(
         vec![
@@ -341,7 +342,7 @@ fn audit(engine: &Engine) -> Option<RecordBatch> {
 /// Each datasource's retention rule in force: one row per datasource that has one; a null
 /// period keeps that form forever.
 fn retention(engine: &Engine) -> Option<RecordBatch> {
-    let rows: Vec<_> = engine.catalog.retention().current().collect();
+    let rows: Vec<_> = engine.state.catalog.retention().current().collect();
     let form = |i: usize| {
         Arc::new(StringArray::from_iter(
             rows.iter()

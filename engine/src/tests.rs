@@ -877,7 +877,12 @@ fn governed_beacons_are_standardised_at_apply_and_rebuilt_under_the_rules_of_the
 
 /// (offset, merchant) of every record stored in partition `p`, as Fetch would serve them.
 fn stored_merchants(engine: &Engine, p: u32) -> Vec<(i64, String)> {
-    let ds = engine.datasources.values().next().expect("a datasource");
+    let ds = engine
+        .state
+        .datasources
+        .values()
+        .next()
+        .expect("a datasource");
     let batches = ds
         .partition(p)
         .expect("partition")
