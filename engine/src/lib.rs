@@ -1,6 +1,6 @@
 //! The engine: each replica's state machine. Applying log entries (Raft entries) in position
-//! order is the only way its state changes (DESIGN.md, invariant 1); the replication issue
-//! wraps the same `apply` in openraft's state machine.
+//! order is the only way its state changes (DESIGN.md, invariant 1); `tidemark-raft` wraps
+//! the same `apply` in openraft's state machine.
 //!
 //! ```text
 //!  Entry ─► Command::decode ─► catalog command ──► Catalog (specs by position)
@@ -23,29 +23,31 @@
 //! - A datasource spec change first persists that datasource's realtime indexes, so an index
 //!   only ever holds rows of one spec version.
 
-pub mod checkpoint;
-pub mod command;
-pub mod consumer_offsets;
-pub mod copies;
-mod datasource;
+// The facade: what other crates use. Everything else is the engine's own.
+pub mod backup; // a consistent copy of the node's state, and its manifest
+pub mod checkpoint; // the state a checkpoint or snapshot carries
+pub mod command; // the log entry format: what doors submit and apply decodes
+pub mod copies; // exports and backups as jobs run by one node
 pub mod error;
-pub mod idempotency;
-pub mod install;
-pub mod job;
-mod persister;
-pub use persister::PersistIdle;
-pub mod backup;
-mod compact;
-mod delete;
-pub mod export;
-mod jobs;
+pub mod export; // raw beacons written out as Parquet
+pub mod idempotency; // a batch's outcome, as its sender is answered
+pub mod install; // a snapshot's files swapped in crash-safely
+pub mod job; // the record of a long job, whatever its kind
+pub mod producers; // idempotent Kafka producers' sequence rules
+pub mod scrub; // which data files are checked, and their repair
+pub use error::{Error, Result};
 pub use jobs::{Removal, RetentionPreview};
-pub use persister::PersistControl;
-pub mod producers;
-pub mod reindex;
-pub mod rejects;
+pub use persister::{PersistControl, PersistIdle};
+
+mod compact;
+mod consumer_offsets;
+mod datasource;
+mod delete;
+mod jobs;
+mod persister;
+mod reindex;
+mod rejects;
 mod rules;
-pub mod scrub;
 mod system_tables;
 
 use std::collections::BTreeMap;
@@ -67,7 +69,6 @@ use crate::idempotency::{
 };
 use crate::producers::{ProducerStates, SequenceCheck};
 use crate::rejects::RejectsTable;
-pub use error::{Error, Result};
 use tidemark_storage::raw::record_batch;
 use tidemark_storage::snapshot::{SnapshotSource, TableSnapshot};
 

@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use serde::{Deserialize, Serialize};
 
 /// Bytes of a rejected beacon kept for display; the raw log holds it whole.
-pub const PAYLOAD_BYTES_MAX: usize = 1024;
+pub(crate) const PAYLOAD_BYTES_MAX: usize = 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RejectRow {
@@ -106,7 +106,7 @@ impl RejectsTable {
 }
 
 /// The beacon text for display, cut at a character boundary.
-pub fn payload_text(bytes: &[u8]) -> String {
+pub(crate) fn payload_text(bytes: &[u8]) -> String {
     let text = String::from_utf8_lossy(bytes);
     if text.len() <= PAYLOAD_BYTES_MAX {
         return text.into_owned();
