@@ -97,18 +97,10 @@ pub enum Error {
     Internal(String),
 }
 
-/// The status class of an error, mapped to a wire status only at the edges (HTTP, gRPC, Kafka).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StatusCode {
-    InvalidArgument,
-    NotFound,
-    AlreadyExists,
-    FailedPrecondition,
-    Internal,
-}
+use crate::StatusClass;
 
 impl Error {
-    pub fn status(&self) -> StatusCode {
+    pub fn status_class(&self) -> StatusClass {
         match self {
             Error::InvalidSpec(_)
             | Error::SpecJson(_)
@@ -116,18 +108,18 @@ impl Error {
             | Error::InvalidTag(_)
             | Error::InvalidKey(_)
             | Error::InvalidRetention(_)
-            | Error::InvalidWhere { .. } => StatusCode::InvalidArgument,
+            | Error::InvalidWhere { .. } => StatusClass::Invalid,
             Error::DatasourceExists { .. }
             | Error::DomainExists { .. }
-            | Error::KeyExists { .. } => StatusCode::AlreadyExists,
+            | Error::KeyExists { .. } => StatusClass::AlreadyExists,
             Error::UnknownDatasource { .. }
             | Error::UnknownDomain { .. }
             | Error::UnknownTag { .. }
-            | Error::UnknownKey { .. } => StatusCode::NotFound,
+            | Error::UnknownKey { .. } => StatusClass::NotFound,
             Error::IncompatibleUpdate { .. }
             | Error::GovernanceConflict(_)
-            | Error::LastAdminKey { .. } => StatusCode::FailedPrecondition,
-            Error::OutOfOrder { .. } | Error::Internal(_) => StatusCode::Internal,
+            | Error::LastAdminKey { .. } => StatusClass::FailedPrecondition,
+            Error::OutOfOrder { .. } | Error::Internal(_) => StatusClass::Internal,
         }
     }
 }

@@ -24,13 +24,15 @@ pub mod record_filter;
 pub mod retention;
 pub mod spec;
 pub mod standardise;
+pub mod status;
 pub mod suggest;
 
 pub use catalog::{Catalog, CatalogCommand, CatalogEffect, DatasourceEntry, DatasourceId};
-pub use error::{Error, Result, StatusCode};
+pub use error::{Error, Result};
 pub use event::{Event, MetricInput, RejectReason};
 pub use period::Period;
 pub use spec::{DatasourceSpec, MetricKind, MetricSpec};
+pub use status::StatusClass;
 
 /// A position in the node's command log (a Raft index once replication lands).
 pub type LogPosition = u64;

@@ -67,6 +67,20 @@ pub enum Error {
 }
 
 impl Error {
+    /// What kind of failure this is. Only what a request can cause is the caller's: a name
+    /// that does not exist, a request that cannot be served as asked, a job cancelled under
+    /// it. Everything else (damaged or unwritable state, a catalog error raised past the
+    /// edge's own checks) is the node's.
+    pub fn status_class(&self) -> tidemark_catalog::StatusClass {
+        use tidemark_catalog::StatusClass;
+        match self {
+            Error::NotFound(_) => StatusClass::NotFound,
+            Error::Invalid(_) => StatusClass::Invalid,
+            Error::Cancelled(_) => StatusClass::Cancelled,
+            _ => StatusClass::Internal,
+        }
+    }
+
     /// Running short of something the node gets back (file descriptors, disk space, memory):
     /// what failed may be tried again once the shortage passes. Never an fsync failure or
     /// damaged data. See [`tidemark_storage::Error::is_shortage`].

@@ -356,10 +356,10 @@ impl Engine {
         actor: &str,
     ) -> Result<Applied> {
         if let Err(e) = self.state.catalog.check(cmd) {
-            let status = match e.status() {
-                tidemark_catalog::StatusCode::NotFound => RefusalStatus::NotFound,
-                tidemark_catalog::StatusCode::AlreadyExists
-                | tidemark_catalog::StatusCode::FailedPrecondition => RefusalStatus::Conflict,
+            let status = match e.status_class() {
+                tidemark_catalog::StatusClass::NotFound => RefusalStatus::NotFound,
+                tidemark_catalog::StatusClass::AlreadyExists
+                | tidemark_catalog::StatusClass::FailedPrecondition => RefusalStatus::Conflict,
                 _ => RefusalStatus::Invalid,
             };
             return Ok(Applied::Refused {

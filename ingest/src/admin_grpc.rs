@@ -49,19 +49,11 @@ fn enc(s: &str) -> String {
     out
 }
 
+/// The gRPC status of an HTTP answer: the admin service serves the HTTP API's answers, so
+/// it reads their status back as a class and answers with that class's gRPC code.
 fn status_of(code: StatusCode, message: String) -> Status {
-    match code.as_u16() {
-        400 | 413 => Status::invalid_argument(message),
-        401 => Status::unauthenticated(message),
-        403 => Status::permission_denied(message),
-        404 => Status::not_found(message),
-        408 => Status::deadline_exceeded(message),
-        409 => Status::already_exists(message),
-        412 | 422 => Status::failed_precondition(message),
-        429 => Status::resource_exhausted(message),
-        503 => Status::unavailable(message),
-        _ => Status::internal(message),
-    }
+    let class = tidemark_catalog::StatusClass::from_http_status(code.as_u16());
+    Status::new(tonic::Code::from_i32(class.grpc_code()), message)
 }
 
 impl AdminService {

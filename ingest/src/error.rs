@@ -1,6 +1,13 @@
-//! The ingest error type, and its one mapping to HTTP statuses.
+//! The ingest error type: its status class, and the one map from a class to an HTTP status
+//! for the HTTP doors this crate serves.
 
 use axum::http::StatusCode;
+use tidemark_catalog::StatusClass;
+
+/// The HTTP status of a status class (the table is [`StatusClass::http_status`]).
+pub fn http_status(class: StatusClass) -> StatusCode {
+    StatusCode::from_u16(class.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -44,36 +51,27 @@ pub enum Error {
 }
 
 impl Error {
-    pub fn status(&self) -> StatusCode {
+    /// What kind of failure this is, for every door that answers with it.
+    pub fn status_class(&self) -> StatusClass {
         match self {
-            Error::Engine(tidemark_engine::Error::NotFound(_)) => StatusCode::NOT_FOUND,
-            Error::Engine(tidemark_engine::Error::Invalid(_)) => StatusCode::BAD_REQUEST,
-            Error::Engine(tidemark_engine::Error::Cancelled(_)) => StatusCode::CONFLICT,
-            Error::Engine(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            Error::Catalog(e) => match e.status() {
-                tidemark_catalog::StatusCode::InvalidArgument => StatusCode::BAD_REQUEST,
-                tidemark_catalog::StatusCode::NotFound => StatusCode::NOT_FOUND,
-                tidemark_catalog::StatusCode::AlreadyExists => StatusCode::CONFLICT,
-                tidemark_catalog::StatusCode::FailedPrecondition => StatusCode::CONFLICT,
-                tidemark_catalog::StatusCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-            },
-            Error::Replication(e) => match e {
-                tidemark_raft::Error::Refused(_) => StatusCode::UNPROCESSABLE_ENTITY,
-                tidemark_raft::Error::Membership(_) => StatusCode::CONFLICT,
-                // No leader to take the write right now (election, no quorum, leadership
-                // moved mid-write): the client retries, with its idempotency key.
-                _ => StatusCode::SERVICE_UNAVAILABLE,
-            },
+            Error::Engine(e) => e.status_class(),
+            Error::Catalog(e) => e.status_class(),
+            Error::Replication(e) => e.status_class(),
             Error::Stopped { .. } | Error::Overloaded { .. } | Error::Unavailable(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
+                StatusClass::Unavailable
             }
-            Error::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Error::NotFound(_) => StatusCode::NOT_FOUND,
-            Error::Forbidden(_) => StatusCode::FORBIDDEN,
-            Error::Conflict(_) => StatusCode::CONFLICT,
-            Error::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Error::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::BadRequest(_) => StatusClass::Invalid,
+            Error::NotFound(_) => StatusClass::NotFound,
+            Error::Forbidden(_) => StatusClass::PermissionDenied,
+            Error::Conflict(_) => StatusClass::Conflict,
+            Error::Unprocessable(_) => StatusClass::Unprocessable,
+            Error::TooLarge { .. } => StatusClass::TooLarge,
         }
+    }
+
+    /// The HTTP status this error is answered with: the one map from a class to HTTP.
+    pub fn status(&self) -> StatusCode {
+        http_status(self.status_class())
     }
 
     pub fn retry_after_s(&self) -> Option<u64> {

@@ -56,6 +56,20 @@ pub enum Error {
     Engine(#[from] tidemark_engine::Error),
 }
 
+impl Error {
+    /// What kind of failure this is. A refusal is the state machine's verdict on the command
+    /// and a membership refusal a conflict with the cluster as it is; everything else means
+    /// no quorum could take the write now, and a retry (with the same idempotency key) may.
+    pub fn status_class(&self) -> tidemark_catalog::StatusClass {
+        use tidemark_catalog::StatusClass;
+        match self {
+            Error::Refused(_) => StatusClass::Unprocessable,
+            Error::Membership(_) => StatusClass::Conflict,
+            _ => StatusClass::Unavailable,
+        }
+    }
+}
+
 fn leader_hint(leader: &Option<(NodeId, Member)>) -> String {
     match leader {
         Some((id, m)) => format!("; node {id} leads (HTTP {}, Kafka {})", m.http, m.kafka),

@@ -60,7 +60,7 @@ use tidemark_query::scope::Scope;
 
 use crate::answer::Answer;
 use crate::flight_auth::{DelayRefusals, FlightAuth, presented_token};
-use crate::limits::{Limit, ResultCap};
+use crate::limits::ResultCap;
 use crate::wire::{to_wire, wire_schema};
 use crate::{Error, SqlState};
 
@@ -112,21 +112,11 @@ pub fn flight_service(
 
 /// User errors (bad SQL, unknown table, writes) are the client's to fix; the rest are ours.
 fn status(e: Error) -> Status {
-    if let Error::Limit { limit, message } = &e {
-        return match limit {
-            Limit::Timeout => Status::deadline_exceeded(message.clone()),
-            Limit::Memory | Limit::NodeMemory | Limit::Concurrency | Limit::ResultSize => {
-                Status::resource_exhausted(message.clone())
-            }
-            Limit::SqlSize | Limit::Nesting => Status::invalid_argument(message.clone()),
-        };
-    }
-    if e.is_user_error() {
-        Status::invalid_argument(e.to_string())
-    } else {
+    let class = e.status_class();
+    if class == tidemark_catalog::StatusClass::Internal {
         tracing::warn!(error = %e, "flight sql: internal error");
-        Status::internal(e.to_string())
     }
+    crate::status::grpc_status(class, e.to_string())
 }
 
 fn internal(what: &str, e: impl std::fmt::Display) -> Status {
@@ -186,13 +176,9 @@ async fn consistency<T>(state: &SqlState, request: &Request<T>) -> Result<(), St
         .metadata()
         .get(crate::CONSISTENCY_HEADER)
         .map(|v| v.to_str().unwrap_or("(not text)"));
-    crate::consistency(state, asked).await.map_err(|e| {
-        if e.is_user_error() {
-            Status::invalid_argument(e.to_string())
-        } else {
-            Status::unavailable(e.to_string())
-        }
-    })
+    crate::consistency(state, asked)
+        .await
+        .map_err(|e| crate::status::grpc_status(e.status_class(), e.to_string()))
 }
 
 /// Who a call is from (the interceptor put it there): what it may see, and whose query count

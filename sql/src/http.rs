@@ -51,12 +51,7 @@ fn error_response(status: StatusCode, message: String) -> Response {
 
 /// The status a refused query gets over HTTP.
 fn limit_status(limit: Limit) -> StatusCode {
-    match limit {
-        Limit::Timeout => StatusCode::REQUEST_TIMEOUT,
-        Limit::SqlSize => StatusCode::PAYLOAD_TOO_LARGE,
-        Limit::Concurrency | Limit::NodeMemory => StatusCode::TOO_MANY_REQUESTS,
-        Limit::Memory | Limit::Nesting | Limit::ResultSize => StatusCode::BAD_REQUEST,
-    }
+    crate::status::http_status(limit.status_class())
 }
 
 async fn sql_handler(
@@ -94,12 +89,7 @@ async fn sql_handler(
         .get(crate::CONSISTENCY_HEADER)
         .map(|v| v.to_str().unwrap_or("(not text)"));
     if let Err(e) = crate::consistency(&state, asked).await {
-        let status = if e.is_user_error() {
-            StatusCode::BAD_REQUEST
-        } else {
-            StatusCode::SERVICE_UNAVAILABLE
-        };
-        return error_response(status, e.to_string());
+        return error_response(crate::status::http_status(e.status_class()), e.to_string());
     }
     let accept = headers
         .get(header::ACCEPT)
@@ -156,14 +146,7 @@ fn refusal(e: Error) -> Response {
             r
         }
         Error::Limit { limit, message } => error_response(limit_status(limit), message),
-        e => {
-            let status = if e.is_user_error() {
-                StatusCode::BAD_REQUEST
-            } else {
-                StatusCode::INTERNAL_SERVER_ERROR
-            };
-            error_response(status, e.to_string())
-        }
+        e => error_response(crate::status::http_status(e.status_class()), e.to_string()),
     }
 }
 

@@ -18,6 +18,7 @@ pub mod flight;
 pub mod flight_auth;
 pub mod http;
 pub mod limits;
+mod status;
 pub mod wire;
 
 /// What both doors need: where data comes from, and how to wait for read-your-writes.
@@ -90,9 +91,21 @@ impl Error {
             Error::Encode(_) | Error::Consistency(_) => false,
         }
     }
+
+    /// What kind of failure this is; the doors answer with its wire status.
+    pub fn status_class(&self) -> StatusClass {
+        match self {
+            Error::Limit { limit, .. } => limit.status_class(),
+            Error::Consistency(_) => StatusClass::Unavailable,
+            e if e.is_user_error() => StatusClass::Invalid,
+            _ => StatusClass::Internal,
+        }
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+use tidemark_catalog::StatusClass;
 
 /// What `caller` may read: a merchant reader its tenants' rows, everyone else who may query
 /// everything.

@@ -72,6 +72,20 @@ pub enum Limit {
     Concurrency,
 }
 
+impl Limit {
+    /// A query over its own memory, nesting or answer bound must ask for less (retrying the
+    /// same query fails again); a full node or a full concurrency quota may be retried.
+    pub fn status_class(self) -> tidemark_catalog::StatusClass {
+        use tidemark_catalog::StatusClass;
+        match self {
+            Limit::Timeout => StatusClass::DeadlineExceeded,
+            Limit::SqlSize => StatusClass::TooLarge,
+            Limit::Concurrency | Limit::NodeMemory => StatusClass::ResourceExhausted,
+            Limit::Memory | Limit::Nesting | Limit::ResultSize => StatusClass::Invalid,
+        }
+    }
+}
+
 impl QueryLimits {
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.query_timeout_ms)

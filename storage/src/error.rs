@@ -51,6 +51,13 @@ pub enum Error {
 }
 
 impl Error {
+    /// What kind of failure this is. Everything the formats raise is the node's problem (a
+    /// damaged file, a failed write), never the caller's: callers that hand the formats
+    /// client bytes (the Kafka door) decide their own answers from the variant.
+    pub fn status_class(&self) -> tidemark_catalog::StatusClass {
+        tidemark_catalog::StatusClass::Internal
+    }
+
     /// An I/O error from running short of something the node gets back (file descriptors,
     /// disk space, memory): what failed may be tried again once the shortage passes. Never
     /// an fsync failure (see [`Error::Fsync`]) or damaged data.

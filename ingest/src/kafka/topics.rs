@@ -31,9 +31,9 @@ fn catalog_error(e: &Error) -> Refusal {
     let code = match e {
         Error::Conflict(_) => code::TOPIC_ALREADY_EXISTS,
         Error::NotFound(_) => code::UNKNOWN_TOPIC_OR_PARTITION,
-        Error::Catalog(c) => match c.status() {
-            tidemark_catalog::StatusCode::AlreadyExists => code::TOPIC_ALREADY_EXISTS,
-            tidemark_catalog::StatusCode::NotFound => code::UNKNOWN_TOPIC_OR_PARTITION,
+        Error::Catalog(c) => match c.status_class() {
+            tidemark_catalog::StatusClass::AlreadyExists => code::TOPIC_ALREADY_EXISTS,
+            tidemark_catalog::StatusClass::NotFound => code::UNKNOWN_TOPIC_OR_PARTITION,
             _ => code::INVALID_CONFIG,
         },
         Error::BadRequest(_) => code::INVALID_CONFIG,
