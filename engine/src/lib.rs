@@ -35,6 +35,7 @@ pub mod install; // a snapshot's files swapped in crash-safely
 pub mod job; // the record of a long job, whatever its kind
 pub mod producers; // idempotent Kafka producers' sequence rules
 pub mod scrub; // which data files are checked, and their repair
+pub mod verdict; // the per-record write rules, for apply and the doors
 pub use error::{Error, Result};
 pub use jobs::{Removal, RetentionPreview};
 pub use persister::{PersistControl, PersistIdle};
@@ -43,6 +44,7 @@ mod compact;
 mod consumer_offsets;
 mod datasource;
 mod delete;
+mod events;
 mod jobs;
 mod persister;
 mod reindex;
@@ -55,21 +57,17 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use arrow_array::RecordBatch;
-use tidemark_catalog::event::RejectReason;
-use tidemark_catalog::standardise::{DroppedTag, TagRules, standardise_json, tags_not_permitted};
+use tidemark_catalog::standardise::TagRules;
 use tidemark_catalog::{Catalog, CatalogCommand, CatalogEffect, DatasourceId};
 
 use self::command::Entry;
 use crate::checkpoint::{Checkpoint, DatasourceCheckpoint, PendingCheckpoint};
-use crate::command::{Command, EventsCommand, InitProducerCommand, PersistCommand, PersistReason};
+use crate::command::{Command, InitProducerCommand, PersistCommand, PersistReason};
 use crate::consumer_offsets::ConsumerOffsets;
 use crate::datasource::DatasourceState;
-use crate::idempotency::{
-    BatchOutcome, IdempotencyWindow, PartError, PartOutcome, RejectedLine, Seen,
-};
-use crate::producers::{ProducerStates, SequenceCheck};
+use crate::idempotency::{BatchOutcome, IdempotencyWindow, Seen};
+use crate::producers::ProducerStates;
 use crate::rejects::RejectsTable;
-use tidemark_storage::raw::record_batch;
 use tidemark_storage::snapshot::{SnapshotSource, TableSnapshot};
 
 #[derive(Debug, Clone)]
@@ -427,280 +425,6 @@ impl Engine {
             | CatalogEffect::AlreadyApplied => {}
         }
         Ok(Applied::Catalog(effect))
-    }
-
-    fn apply_events(
-        &mut self,
-        position: u64,
-        writer_time_ms: i64,
-        cmd: EventsCommand,
-    ) -> Result<Applied> {
-        let header = &cmd.header;
-        let Some(entry) = self.state.catalog.get(&header.datasource) else {
-            return Ok(Applied::Refused {
-                reason: format!("datasource {:?} does not exist", header.datasource),
-                status: RefusalStatus::NotFound,
-            });
-        };
-        let id = entry.id;
-        if let Some(key) = &header.idempotency_key {
-            match self.state.idempotency.check(
-                &header.datasource,
-                header.idempotency_scope(),
-                key,
-                header.body_hash,
-            ) {
-                Seen::New => {}
-                Seen::Retry(outcome) => return Ok(Applied::Retry(outcome)),
-                Seen::Conflict => {
-                    return Ok(Applied::Refused {
-                        reason: format!(
-                            "Idempotency-Key {key:?} was already used for a different batch on {:?}; use a new key for new data",
-                            header.datasource
-                        ),
-                        status: RefusalStatus::Conflict,
-                    });
-                }
-            }
-        }
-        let spec = entry.spec_at(position).clone();
-        // The domain's tag rules as of this position (none: not governed).
-        let rules = self
-            .state
-            .rules
-            .get(&self.state.catalog, &header.datasource, position);
-        let catalog_version = self.state.catalog.applied_position();
-        let ds = self
-            .state
-            .datasources
-            .get_mut(&id)
-            .ok_or_else(|| Error::Internal(format!("no state for datasource {id}")))?;
-        if let Some(part) = header
-            .parts
-            .iter()
-            .find(|p| p.partition as usize >= ds.partition_count())
-        {
-            return Ok(Applied::Refused {
-                reason: format!(
-                    "partition {} does not exist; {:?} has {}",
-                    part.partition,
-                    header.datasource,
-                    ds.partition_count()
-                ),
-                status: RefusalStatus::Invalid,
-            });
-        }
-        let mut outcome = BatchOutcome {
-            log_position: position,
-            ..BatchOutcome::default()
-        };
-        // Parts are applied in partition order, the order a restart rebuilds realtime indexes
-        // in (sketch states depend on the order values arrive in); answers go back in the
-        // request's order below. Every part pushes exactly one answer.
-        let mut parts: Vec<(usize, &command::EventsPart, Vec<u8>)> = header
-            .parts
-            .iter()
-            .zip(cmd.batches)
-            .enumerate()
-            .map(|(slot, (part, batch))| (slot, part, batch))
-            .collect();
-        parts.sort_by_key(|(slot, part, _)| (part.partition, *slot));
-        let slots: Vec<usize> = parts.iter().map(|(slot, _, _)| *slot).collect();
-        for (_, part, mut batch) in parts {
-            let cap = header.decompressed_bytes_max.map_or(
-                record_batch::DECOMPRESSED_BYTES_CEILING,
-                |c| {
-                    usize::try_from(c)
-                        .unwrap_or(usize::MAX)
-                        .min(record_batch::DECOMPRESSED_BYTES_CEILING)
-                },
-            );
-            let (batch_header, records) = match record_batch::decode_records_capped(&batch, cap) {
-                Ok(decoded) => decoded,
-                Err(e) => {
-                    outcome.parts.push(PartOutcome {
-                        partition: part.partition,
-                        base_offset: -1,
-                        last_offset: -1,
-                        duplicate: false,
-                        error: Some(PartError::CorruptBatch {
-                            reason: e.to_string(),
-                        }),
-                    });
-                    continue;
-                }
-            };
-            match self
-                .state
-                .producers
-                .check(id.0, part.partition, &batch_header)
-            {
-                SequenceCheck::Append => {}
-                SequenceCheck::Duplicate(meta) => {
-                    outcome.parts.push(PartOutcome {
-                        partition: part.partition,
-                        base_offset: meta.base_offset,
-                        last_offset: meta.last_offset,
-                        duplicate: true,
-                        error: None,
-                    });
-                    continue;
-                }
-                SequenceCheck::Refuse(error) => {
-                    outcome.parts.push(PartOutcome {
-                        partition: part.partition,
-                        base_offset: -1,
-                        last_offset: -1,
-                        duplicate: false,
-                        error: Some(PartError::Sequence(error)),
-                    });
-                    continue;
-                }
-            }
-            let binding: BTreeMap<u32, &command::VerdictRecord> =
-                part.verdicts.iter().map(|v| (v.index, v)).collect();
-            let mut verdicts: Vec<tidemark_storage::raw::frame::Verdict> =
-                part.verdicts.iter().map(Into::into).collect();
-            let results: Vec<_> = records
-                .iter()
-                .enumerate()
-                .map(|(i, (_, r))| {
-                    if let Some(v) = binding.get(&(i as u32)) {
-                        return Err(RejectReason::Other {
-                            code: v.code,
-                            detail: v.reason.clone(),
-                        });
-                    }
-                    let value = r.value.as_deref().unwrap_or_default();
-                    if let Some(allowed) = &header.permitted_tags {
-                        let denied =
-                            denied_tags(value, allowed, &spec.timestamp.field, rules.as_deref());
-                        if !denied.is_empty() {
-                            // A publish right, decided for this key: binding for replays.
-                            let reason = RejectReason::TagsNotPermitted {
-                                key_id: header.publisher.clone().unwrap_or_default(),
-                                datasource: header.datasource.clone(),
-                                tags: denied,
-                            };
-                            verdicts.push(tidemark_storage::raw::frame::Verdict {
-                                record_index: i as u32,
-                                code: reason.code(),
-                                reason: reason.to_string(),
-                            });
-                            return Err(reason);
-                        }
-                    }
-                    let standardised = standardise_json(&spec, rules.as_deref(), value)?;
-                    match header.future_ms_max {
-                        Some(limit)
-                            if standardised.event.time_ms
-                                > writer_time_ms.saturating_add(limit) =>
-                        {
-                            let time_ms = standardised.event.time_ms;
-                            // Decided by a clock, so it binds: kept in the frame for replays.
-                            let reason = RejectReason::TooFarInFuture {
-                                time_ms,
-                                limit_ms: limit,
-                            };
-                            verdicts.push(tidemark_storage::raw::frame::Verdict {
-                                record_index: i as u32,
-                                code: reason.code(),
-                                reason: reason.to_string(),
-                            });
-                            Err(reason)
-                        }
-                        _ => Ok(standardised),
-                    }
-                })
-                .collect();
-            verdicts.sort_by_key(|v| v.record_index);
-            let (mut min_ms, mut max_ms) = (i64::MAX, i64::MIN);
-            for s in results.iter().flatten() {
-                min_ms = min_ms.min(s.event.time_ms);
-                max_ms = max_ms.max(s.event.time_ms);
-            }
-            let frame = tidemark_storage::raw::frame::Frame {
-                log_position: position,
-                writer_time_ms,
-                catalog_version,
-                min_event_ms: min_ms,
-                max_event_ms: max_ms,
-                publisher: header.publisher.clone(),
-                verdicts,
-            };
-            let stored = ds.append_raw(part.partition, &frame, &mut batch)?;
-            self.state.producers.record(
-                id.0,
-                part.partition,
-                &batch_header,
-                stored.base_offset,
-                stored.last_offset,
-                writer_time_ms,
-            );
-            outcome.parts.push(PartOutcome {
-                partition: part.partition,
-                base_offset: stored.base_offset,
-                last_offset: stored.last_offset,
-                duplicate: false,
-                error: None,
-            });
-            for (i, r) in results.into_iter().enumerate() {
-                match r {
-                    Ok(standardised) => {
-                        ds.add_event(&spec, position, writer_time_ms, &standardised.event);
-                        outcome.accepted += 1;
-                        if let Some(rules) = &rules {
-                            note_dropped(
-                                &mut outcome.dropped_tags,
-                                rules.domain(),
-                                &standardised.dropped,
-                            );
-                            ds.tags_dropped += standardised.dropped.len() as u64;
-                        }
-                    }
-                    Err(reason) => {
-                        let text = reason.to_string();
-                        self.state.rejects.push(rejects::RejectRow {
-                            datasource: header.datasource.clone(),
-                            partition: part.partition,
-                            offset: stored.base_offset + i as i64,
-                            log_position: position,
-                            writer_time_ms,
-                            record_index: part.line(i),
-                            code: reason.code(),
-                            reason: text.clone(),
-                            payload: rejects::payload_text(
-                                records[i].1.value.as_deref().unwrap_or_default(),
-                            ),
-                        });
-                        ds.events_rejected += 1;
-                        outcome.rejected.push(RejectedLine {
-                            index: part.line(i),
-                            reason: text,
-                        });
-                    }
-                }
-            }
-        }
-        let mut answers: Vec<(usize, PartOutcome)> = slots
-            .into_iter()
-            .zip(std::mem::take(&mut outcome.parts))
-            .collect();
-        answers.sort_by_key(|(slot, _)| *slot);
-        outcome.parts = answers.into_iter().map(|(_, answer)| answer).collect();
-        outcome.rejected.sort_by_key(|r| r.index);
-        if let Some(key) = &header.idempotency_key {
-            let scope = header.idempotency_scope();
-            self.state.idempotency.remember(
-                &header.datasource,
-                scope,
-                key,
-                header.body_hash,
-                writer_time_ms,
-                outcome.clone(),
-            );
-        }
-        Ok(Applied::Events(outcome))
     }
 
     /// The tag rules governing `datasource` now (what the edge checks beacons against).
@@ -1087,29 +811,6 @@ impl Engine {
 }
 
 /// Counts `dropped` into a batch's answer: one row per key, first met first, bounded.
-fn note_dropped(
-    into: &mut Vec<idempotency::DroppedTagCount>,
-    domain: &str,
-    dropped: &[DroppedTag],
-) {
-    for d in dropped {
-        if let Some(row) = into.iter_mut().find(|r| r.tag == d.key) {
-            row.count += 1;
-        } else if into.len() < idempotency::DROPPED_TAGS_LISTED {
-            let suggestion = match &d.hint {
-                tidemark_catalog::event::Hint::Suggest(t) => Some(t.clone()),
-                _ => None,
-            };
-            into.push(idempotency::DroppedTagCount {
-                tag: d.key.clone(),
-                count: 1,
-                suggestion,
-                message: d.message(domain),
-            });
-        }
-    }
-}
-
 /// The engine shared between the applier (writes) and queries (reads), and the gate that
 /// writes checkpoints one at a time.
 #[derive(Debug, Clone)]
@@ -1230,17 +931,3 @@ impl SnapshotSource for SharedEngine {
 
 #[cfg(test)]
 mod tests;
-
-/// The keys of a record's JSON object outside a publisher's `allowed` tags (none when the
-/// record is not a JSON object: standardisation rejects it for that).
-fn denied_tags(
-    value: &[u8],
-    allowed: &[String],
-    ts_field: &str,
-    rules: Option<&TagRules>,
-) -> Vec<String> {
-    match serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(value) {
-        Ok(obj) => tags_not_permitted(obj.keys().map(String::as_str), allowed, ts_field, rules),
-        Err(_) => Vec::new(),
-    }
-}

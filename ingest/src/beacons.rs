@@ -23,9 +23,10 @@ use tidemark_catalog::access::{KeyScope, Principal, PublishRight};
 use tidemark_catalog::event::{RejectReason, parse_timestamp};
 use tidemark_catalog::partitioner::partition_for_key;
 use tidemark_catalog::spec::InvalidRecordPolicy;
-use tidemark_catalog::standardise::{TagRules, standardise_json, tags_not_permitted};
+use tidemark_catalog::standardise::TagRules;
 use tidemark_engine::command::{Command, EventsCommand, EventsHeader, EventsPart, VerdictRecord};
 use tidemark_engine::idempotency::{BatchOutcome, Seen};
+use tidemark_engine::verdict::{WriteRules, verdict};
 use tidemark_engine::{Applied, RefusalStatus};
 use tidemark_storage::raw::record_batch::{Record, encode};
 
@@ -298,13 +299,25 @@ pub async fn post_beacons(
         _ => {}
     }
 
-    // Edge verdicts, per line. Only what apply cannot decide the same way binds: bytes that
-    // are not a JSON object, tags the publisher's key may not send (rights are checked when
-    // the beacon arrives), and the server clock's "too far ahead". A missing or bad
-    // timestamp is apply's to find (same reason), so an alias added later can still rescue
-    // the beacon when it is reprocessed.
+    // Edge verdicts, per line: only what the body's format decides binds here (bytes that are
+    // not a JSON object). Publish rights and the clock are apply's to judge, by the one
+    // verdict function (`tidemark_engine::verdict`): the key's permitted tags and the future
+    // limit travel in the entry, as from the Kafka door, and apply's refusals for them bind.
+    // A datasource that refuses whole batches gets the same verdicts here, read-only.
     let ts_field = &spec.timestamp.field;
     let rules = rules.as_deref();
+    let permitted: Option<Vec<String>> = match right {
+        PublishRight::Tags(allowed) => Some(allowed.to_vec()),
+        PublishRight::Any | PublishRight::Nothing => None,
+    };
+    let write_rules = WriteRules {
+        spec: &spec,
+        tag_rules: rules,
+        permitted: permitted
+            .as_deref()
+            .map(|tags| (publisher.key_id.as_deref().unwrap_or_default(), tags)),
+        future: Some((now, limits.future_ms_max)),
+    };
     let mut parts: BTreeMap<u32, PartBuilder> = BTreeMap::new();
     let mut batch_refusals = Vec::new();
     for (i, line) in lines.iter().enumerate() {
@@ -319,38 +332,14 @@ pub async fn post_beacons(
             }),
             (Some(v), None) => match v.as_object() {
                 None => Some(RejectReason::NotAnObject),
-                Some(obj) => {
-                    let denied = match right {
-                        PublishRight::Tags(allowed) => tags_not_permitted(
-                            obj.keys().map(String::as_str),
-                            allowed,
-                            ts_field,
-                            rules,
-                        ),
-                        PublishRight::Any | PublishRight::Nothing => Vec::new(),
-                    };
-                    match tag_value(obj, ts_field, rules).map(|t| parse_timestamp(ts_field, t)) {
-                        _ if !denied.is_empty() => Some(RejectReason::TagsNotPermitted {
-                            key_id: publisher.key_id.clone().unwrap_or_default(),
-                            datasource: datasource.to_string(),
-                            tags: denied,
-                        }),
-                        Some(Ok(t)) if t > now + limits.future_ms_max => {
-                            Some(RejectReason::TooFarInFuture {
-                                time_ms: t,
-                                limit_ms: limits.future_ms_max,
-                            })
-                        }
-                        _ => None,
-                    }
-                }
+                Some(_) => None,
             },
         };
         if spec.invalid_records == InvalidRecordPolicy::RejectBatch {
             let problem = binding.as_ref().map(ToString::to_string).or_else(|| {
-                standardise_json(&spec, rules, line.raw)
-                    .err()
-                    .map(|r| r.to_string())
+                verdict(&write_rules, line.raw)
+                    .refusal()
+                    .map(ToString::to_string)
             });
             if let Some(p) = problem {
                 batch_refusals.push(serde_json::json!({ "index": i, "reason": p }));
@@ -410,13 +399,13 @@ pub async fn post_beacons(
         header: EventsHeader {
             datasource: datasource.to_string(),
             publisher: publisher.key_id.clone(),
-            permitted_tags: None,
+            permitted_tags: permitted,
             // A publisher's keys are its own (see `IdempotencyWindow`).
             idempotency_per_publisher: key.is_some() && publisher.key_id.is_some(),
             idempotency_key: key,
             body_hash,
             parts: header_parts,
-            future_ms_max: None,
+            future_ms_max: Some(limits.future_ms_max),
             decompressed_bytes_max: None,
         },
         batches,

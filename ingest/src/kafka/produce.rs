@@ -19,15 +19,15 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 use tidemark_catalog::DatasourceSpec;
 use tidemark_catalog::access::{Action, Principal, PublishRight};
-use tidemark_catalog::event::RejectReason;
 use tidemark_catalog::spec::InvalidRecordPolicy;
-use tidemark_catalog::standardise::{TagRules, standardise_json, tags_not_permitted};
+use tidemark_catalog::standardise::TagRules;
 use tidemark_engine::Applied;
 use tidemark_engine::command::{
     Command, EventsCommand, EventsHeader, EventsPart, InitProducerCommand,
 };
 use tidemark_engine::idempotency::PartError;
 use tidemark_engine::producers::SequenceError;
+use tidemark_engine::verdict::{WriteRules, verdict};
 use tidemark_storage::raw::record_batch::{self, BatchHeader};
 
 use crate::beacons::Publisher;
@@ -438,45 +438,18 @@ fn check_part<'a>(
         let (_, decoded) =
             record_batch::decode_records_capped(bytes, b.config.decompressed_batch_bytes_max)
                 .map_err(|e| err(code::CORRUPT_MESSAGE, e.to_string()))?;
-        let now = now_ms();
+        // The rules apply judges by, read-only (apply's verdict wins).
+        let write_rules = WriteRules {
+            spec,
+            tag_rules: rules,
+            permitted: grant,
+            future: Some((now_ms(), b.config.future_ms_max)),
+        };
         let mut problems = Vec::new();
         for (i, (_, r)) in decoded.iter().enumerate() {
-            // The checks apply makes (publish rights and tag rules included), read-only;
-            // apply's verdict wins.
             let value = r.value.as_deref().unwrap_or_default();
-            let denied = grant.and_then(|(key_id, tags)| {
-                let obj =
-                    serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(value)
-                        .ok()?;
-                let denied = tags_not_permitted(
-                    obj.keys().map(String::as_str),
-                    tags,
-                    &spec.timestamp.field,
-                    rules,
-                );
-                (!denied.is_empty()).then(|| {
-                    RejectReason::TagsNotPermitted {
-                        key_id: key_id.to_string(),
-                        datasource: spec.name.clone(),
-                        tags: denied,
-                    }
-                    .to_string()
-                })
-            });
-            let problem = match standardise_json(spec, rules, value) {
-                _ if denied.is_some() => denied,
-                Err(reason) => Some(reason.to_string()),
-                Ok(s) if s.event.time_ms > now + b.config.future_ms_max => Some(
-                    RejectReason::TooFarInFuture {
-                        time_ms: s.event.time_ms,
-                        limit_ms: b.config.future_ms_max,
-                    }
-                    .to_string(),
-                ),
-                Ok(_) => None,
-            };
-            if let Some(p) = problem {
-                problems.push((i as i32, p));
+            if let Some(reason) = verdict(&write_rules, value).refusal() {
+                problems.push((i as i32, reason.to_string()));
             }
         }
         if !problems.is_empty() {
