@@ -267,7 +267,7 @@ pub enum AccessCommand {
     RevokeKey {
         id: String,
     },
-    /// Logged by releases before the cluster secret (issue 21), once, before the first key:
+    /// Logged by releases before the cluster secret, once, before the first key:
     /// a node token in plain text. Such entries still decode and apply, as nothing: the
     /// secret they carry is never kept and no longer lets anyone in (nodes present the
     /// cluster secret from their configuration instead).

@@ -1,7 +1,7 @@
 //! The catalog state machine: datasources and every version of their specs, changed only by
 //! applying [`CatalogCommand`]s in log order.
 //!
-//! Invariant: rules are versioned by log position (DESIGN.md, invariant 3). Each datasource
+//! Invariant: rules are versioned by log position (ARCHITECTURE.md, invariant 3). Each datasource
 //! keeps every spec version with the position it took effect at, so apply, replay and
 //! reindex use [`Catalog::spec_at`] with the entry's own position.
 //!

@@ -438,7 +438,7 @@ impl DatasourceSpec {
     }
 }
 
-/// The demo's `beacons` datasource, exactly as issue 2 specifies it.
+/// The demo's `beacons` datasource.
 pub const DEMO_BEACONS_SPEC: &str = r#"{"name": "beacons",
      "timestamp": {"field": "ts"},
      "granularity": {"query": "PT1M", "segment": "PT1H"},

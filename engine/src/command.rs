@@ -210,7 +210,7 @@ pub enum Command {
 }
 
 /// Changes to a datasource's segment timeline. Reprocessing an interval from the raw log
-/// (DESIGN.md, invariant 5): `Start` fixes what is
+/// (ARCHITECTURE.md, invariant 5): `Start` fixes what is
 /// rebuilt: the raw batches applied before it, under the spec and tag rules in force at its
 /// position, which is also the job's id and the new segments' version. Every replica builds
 /// the same segments off its engine lock; `Publish`, logged by the leader once its own build

@@ -1,5 +1,5 @@
 //! The engine: each replica's state machine. Applying log entries (Raft entries) in position
-//! order is the only way its state changes (DESIGN.md, invariant 1); `tidemark-raft` wraps
+//! order is the only way its state changes (ARCHITECTURE.md, invariant 1); `tidemark-raft` wraps
 //! the same `apply` in openraft's state machine.
 //!
 //! ```text

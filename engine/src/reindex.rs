@@ -1,5 +1,5 @@
 //! Reprocessing: an interval's segments rebuilt from the raw log, published as a new version
-//! (DESIGN.md, invariant 5). The timeline logic is ours because it is the product's core: a
+//! (ARCHITECTURE.md, invariant 5). The timeline logic is ours because it is the product's core: a
 //! reindex must never hide an event or count one twice.
 //!
 //! A job is two log entries. `Start` at position P freezes the interval's realtime indexes

@@ -1,12 +1,12 @@
 //! `POST /v1/beacons/{datasource}`: a JSON array or NDJSON of beacons in, per-line answers out.
 //!
-//! The edge checks what it must answer at once and what binds forever (DESIGN.md, invariant
-//! 4): the body size, that each beacon is a JSON object, and that its time is not too far
-//! ahead of the server clock. Those refusals travel in the log entry as binding verdicts.
-//! The rest (the timestamp's presence and form, tag standardisation, values) is decided at
-//! apply under the spec and tag rules in force there (apply wins), so reprocessing with
-//! corrected rules can change it; with the `reject_batch` policy the edge runs the same check
-//! read-only and refuses a failing batch whole. Beacons go to partitions by murmur2 of their
+//! The edge checks what the request's bytes say (ARCHITECTURE.md, invariant 4): the body
+//! size, and that each beacon is a JSON object; those refusals travel in the log entry as
+//! binding verdicts. Everything else is judged at apply by the one verdict function
+//! (`tidemark_engine::verdict`): the key's publish rights and the future-time limit travel in
+//! the entry and their refusals bind; the spec and tag rules in force there decide the rest,
+//! which reprocessing with corrected rules can change. With the `reject_batch` policy the edge
+//! runs the same function read-only and refuses a failing batch whole. Beacons go to partitions by murmur2 of their
 //! tenant value (found under its tag name or an alias), as Kafka's Java client does.
 //!
 //! Each request is one log entry; the answer comes after it is durable and applied.

@@ -1,6 +1,6 @@
 //! The no-quorum spool: beacon requests this node could not hand to a quorum, kept durably
-//! on this node until the cluster has a leader again (issue 4, item 8; the seed's "Kafka is
-//! down" case).
+//! on this node until the cluster has a leader again (what a tracking service did when its
+//! Kafka was down).
 //!
 //! A spooled request gets a weaker answer than the normal acknowledgement: 202 with
 //! `"spooled": true`, which means durable on this node only and not yet replicated. A request is

@@ -1,4 +1,4 @@
-//! Tenant scope: which rows a session may read (DESIGN.md, invariant 8).
+//! Tenant scope: which rows a session may read (ARCHITECTURE.md, invariant 8).
 //!
 //! A merchant-scoped session sees, of every datasource that has a tenant dimension, only the
 //! rows whose tenant value is one of its own, and nothing else: no system tables, no

@@ -18,7 +18,6 @@
 //!
 //! Status: the store and the state machine pass openraft's storage suite; three replicas
 //! agree byte for byte; the node runtime runs on it (a single node is a one-voter cluster).
-//! Not yet (issue 4): the scrubber, the no-quorum spool.
 
 pub mod cluster_secret;
 pub mod error;

@@ -1,4 +1,4 @@
-//! The scrubber (issue 4, item 7): a background task that checks this node's data files
+//! The scrubber: a background task that checks this node's data files
 //! against their own checksums, newest first, and repairs a damaged file from a replica.
 //!
 //! - **Checking** runs in the background from start-up on and never blocks it. One file at a
@@ -9,7 +9,7 @@
 //!   repaired (openraft's `elect(false)`), and a leader hands leadership to another voter.
 //!   Its Raft log is not affected, so it goes on voting and replicating. In a one-voter
 //!   cluster there is nobody to hand over to, and the node goes on leading.
-//! - **Repairing**: replicas hold byte-identical files for the same log prefix (DESIGN.md
+//! - **Repairing**: replicas hold byte-identical files for the same log prefix (ARCHITECTURE.md
 //!   invariant 3), so the damaged file is fetched from a peer over `ReadDataFile`, in chunks,
 //!   checked the same way, and swapped in (`Engine::replace_data_file`). A peer that cannot
 //!   serve it, or whose copy fails the check, is skipped for the next one. Files whose repair

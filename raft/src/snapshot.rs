@@ -1,5 +1,5 @@
 //! Snapshots that carry data: what a new or far-behind replica needs to catch up when the
-//! leader no longer holds the log from where it stands (issue 4, item 6).
+//! leader no longer holds the log from where it stands.
 //!
 //! A snapshot is small: the engine checkpoint (catalog, segment timeline, idempotency keys…)
 //! plus a [`Manifest`] of the data files that checkpoint refers to (raw log files, up to the

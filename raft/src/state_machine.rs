@@ -1,7 +1,7 @@
 //! The replicated state machine: committed Raft entries applied to the engine, in index order.
 //!
 //! A normal entry's index is its log position for the engine, so the engine's idempotent,
-//! deterministic apply path (DESIGN.md invariant 1) is the one every replica
+//! deterministic apply path (ARCHITECTURE.md invariant 1) is the one every replica
 //! uses. This module adds what openraft needs to know: the last applied log id and the
 //! membership, recorded inside the engine's checkpoint (`Engine::set_replication`) so they
 //! are written in the same atomic file as the state they describe. After a restart, openraft

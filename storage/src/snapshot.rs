@@ -1,4 +1,4 @@
-//! What a query reads: a consistent view of one datasource (DESIGN.md, invariant 7), and the
+//! What a query reads: a consistent view of one datasource (ARCHITECTURE.md, invariant 7), and the
 //! trait through which `query` asks for it without knowing how the node keeps its state.
 
 use std::sync::Arc;

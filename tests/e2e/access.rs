@@ -315,7 +315,7 @@ fn keys_and_roles_guard_every_door_and_changes_are_audited() {
         }
     }
     // A copy's entry names the user its node authenticated: no key may write one, and so
-    // no key may put another user's name in the audit log (issue 21, item 4).
+    // no key may put another user's name in the audit log.
     let forged = json!({"op": "abandon", "job": 1, "actor": "someone else"}).to_string();
     let (status, v) = call(
         &node,

@@ -88,7 +88,7 @@ fn the_admin_grpc_service_answers_as_its_http_twin() {
         assert_eq!(denied.code(), Code::PermissionDenied);
         assert!(denied.message().contains("may not manage API keys"), "{}", denied.message());
 
-        // A merchant reader's key reads nothing through the admin service (issue 19): no
+        // A merchant reader's key reads nothing through the admin service: no
         // datasource list, segment, job or cluster figure of other merchants' data.
         let key = parse(
             client

@@ -1,4 +1,4 @@
-//! Answers stream, are capped, and die with their client (issue 20, items 2 and 3), against
+//! Answers stream, are capped, and die with their client, against
 //! the real binary: a huge answer is cut at its row or byte cap with a record saying so (the
 //! node's memory staying flat), a client that goes away frees its query's place and memory,
 //! and the node's query memory budget refuses a second heavy query with 429 naming it.

@@ -110,7 +110,7 @@ fn a_backup_restores_into_a_new_node_with_exactly_its_state() {
     );
     let restored = TestNode::start_member(&restored_dir, &addrs, None, &[]);
     restored.wait_healthy();
-    // Issue 21, item 6: read-your-writes on the quiet restored node. Its read index is the
+    // Read-your-writes on the quiet restored node. Its read index is the
     // membership change or the new leader's blank entry, which the engine's position (commands
     // only) never reached: every such read answered 503 until the next write.
     let r = restored.post(
@@ -209,7 +209,7 @@ fn edit_manifest(backup: &std::path::Path, edit: impl FnOnce(&mut Value)) {
     std::fs::write(&path, serde_json::to_vec_pretty(&m).expect("json")).expect("write");
 }
 
-/// Issue 21, item 1: a manifest is input like any other. Before, a manifest naming an
+/// A manifest is input like any other. Before, a manifest naming an
 /// absolute path as its checkpoint truncated that file, and `..` wrote outside the data
 /// directory; a damaged file restored silently.
 #[test]
@@ -313,7 +313,7 @@ fn a_crafted_or_damaged_backup_is_refused_and_nothing_is_written_outside_its_dat
     assert!(ok && !err.contains("warning"), "{err}");
 }
 
-/// Issue 21, item 6: read-your-writes on a quiet node whose last log entries are not
+/// Read-your-writes on a quiet node whose last log entries are not
 /// commands (a restarted leader's blank entry, a membership change). The read index is one
 /// of those; the engine's position counts commands only and never reached it, so every such
 /// read answered 503 until the next write.
@@ -341,7 +341,7 @@ fn read_your_writes_answers_on_a_quiet_restarted_node() {
     );
 }
 
-/// Issue 21, item 4 (files at rest): whatever the umask the node starts with, its data
+/// Whatever the umask the node starts with, its data
 /// directory and everything in it, and the backups it writes, are the owner's only.
 #[test]
 fn data_files_and_backups_are_the_owners_only() {

@@ -1,4 +1,4 @@
-//! The Raft port takes RPCs only with the cluster secret (issue 21, items 3 and 4): without
+//! The Raft port takes RPCs only with the cluster secret: without
 //! it, or with another, nothing reaches Raft (no vote, no appended entry, no snapshot or data
 //! file read); a node needs the secret to join a cluster or to restart as a member of one.
 

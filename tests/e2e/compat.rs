@@ -1,4 +1,4 @@
-//! Files written by an older release still open (issue 21): a data directory and a backup
+//! Files written by an older release still open: a data directory and a backup
 //! made by the release before the cluster secret and publisher-scoped idempotency keys
 //! (`tests/fixtures/compat-5079f75`, written by `dev/compat-fixture` with that commit's
 //! binary). Its Raft log holds a plain-text node token entry, replayed as nothing; its keys,

@@ -1,4 +1,4 @@
-//! Connection bounds on the Kafka and HTTP doors (issue 20, item 5), against the real binary:
+//! Connection bounds on the Kafka and HTTP doors, against the real binary:
 //! a flood from one address is cut at its limit while other clients carry on, an idle or
 //! trickling connection is closed, and before logging in a Kafka client cannot make the node
 //! buffer a large frame. Before these bounds the node read a 100 MiB frame before checking

@@ -399,7 +399,7 @@ fn retention_is_stored_per_datasource_and_form_and_audited() {
     assert_eq!(r.json()["error"], "datasource \"nope\" does not exist");
 }
 
-/// Issue 21, item 2: a governance editor's key answered 200 to `{"raw": "PT1M", "segments":
+/// A governance editor's key answered 200 to `{"raw": "PT1M", "segments":
 /// "PT1M", "rejects": "PT1M"}`, after which the leader dropped every older interval and
 /// raw file. Shortening a rule is an admin's change, and no rule reaches inside the late
 /// window (PT10M by default), where events are still being written.

@@ -1,4 +1,4 @@
-//! The hostile-client run (issue 20): every attack the limits answer, at once, against one
+//! The hostile-client run: every attack the limits answer, at once, against one
 //! node, while a well-behaved client keeps sending beacons and reading them back. The node
 //! must stay healthy, the good client must get every answer right, and the node's memory
 //! must stay under its configured query budget plus what a node needs anyway.

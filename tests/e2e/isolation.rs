@@ -1,5 +1,5 @@
 //! A merchant key sees nothing of another merchant: a differential suite of generated
-//! queries (issue 19).
+//! queries.
 //!
 //! `iso_all` holds four merchants' events; `iso_one` holds only the scoped merchant's, sent
 //! the same way. Every other merchant's rows carry canaries: each of their dimension values

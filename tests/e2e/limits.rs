@@ -121,7 +121,7 @@ fn each_query_limit_refuses_with_its_name_and_the_node_keeps_answering() {
     );
 }
 
-/// One statement must not stop the node (issue 20): a function that sizes its result from an
+/// One statement must not stop the node: a function that sizes its result from an
 /// argument is refused before it allocates, naming its setting, over HTTP and Flight SQL, and
 /// the node and its other clients carry on. Without the cap the first query aborted the
 /// process (`memory allocation of 1000000000000000 bytes failed`).

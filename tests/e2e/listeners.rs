@@ -1,4 +1,4 @@
-//! No client may take the file descriptors a node needs (issue 20). A node held to 200
+//! No client may take the file descriptors a node needs. A node held to 200
 //! descriptors keeps half for storage and Raft: a flood of Kafka, Flight SQL and Raft-port
 //! connections is closed at accept past the doors' lowered limits, while the node goes on writing
 //! segments and checkpoints (each needs new descriptors), answers its existing clients and

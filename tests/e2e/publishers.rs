@@ -278,7 +278,7 @@ fn kafka_clients_log_in_with_api_keys_and_keep_to_their_grants() {
         .collect();
     assert_eq!(pages.len(), 3, "{v:#}");
     assert!(pages.contains(&"/plain"), "{v:#}");
-    // A merchant reader's key logs in, but Kafka names no datasource to it (issue 19).
+    // A merchant reader's key logs in, but Kafka names no datasource to it.
     assert!(
         v["merchant_metadata"]["error"].is_string(),
         "a merchant key listed topics: {v:#}"
@@ -326,7 +326,7 @@ fn kafka_clients_log_in_with_api_keys_and_keep_to_their_grants() {
     );
 }
 
-/// Issue 21, item 5: an `Idempotency-Key` belongs to the publisher key that sent it. Another
+/// An `Idempotency-Key` belongs to the publisher key that sent it. Another
 /// publisher using the same key string on the same datasource is neither refused (422) nor
 /// answered with the first publisher's batch, and each one's retries still count once, also
 /// after a restart (the window is replicated state, replayed from the log).

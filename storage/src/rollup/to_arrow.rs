@@ -2,7 +2,7 @@
 //! segments and realtime rows alike. Rows come out in index (arrival) order.
 //!
 //! This copies: the index keeps changing under apply, and a query needs a snapshot as of one
-//! log position (DESIGN.md, invariant 7).
+//! log position (ARCHITECTURE.md, invariant 7).
 
 use std::sync::Arc;
 

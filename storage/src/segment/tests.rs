@@ -262,7 +262,7 @@ fn refused(path: &std::path::Path, expected: &str) {
     }
 }
 
-/// Issue 20, item 7: each of these once panicked, or read outside the mapping (the first:
+/// Each of these once panicked, or read outside the mapping (the first:
 /// `offset + len` wrapped past the bounds check in a release build).
 #[test]
 fn crafted_lengths_and_offsets_are_refused_without_a_panic() {
