@@ -28,8 +28,12 @@ pub enum StatusClass {
     Unauthenticated,
     /// Valid credentials without the right.
     PermissionDenied,
-    /// A bound was reached (concurrency, memory, rate): retry later or ask for less.
+    /// A shared bound was reached (the node's query memory, a key's concurrent queries):
+    /// retry later.
     ResourceExhausted,
+    /// The request is over a limit of its own (a query's memory, its answer's size): the same
+    /// request fails again; ask for less.
+    OverLimit,
     /// The request body is over its size limit: split it.
     TooLarge,
     /// The request ran out of its time limit.
@@ -61,7 +65,7 @@ impl StatusClass {
     /// The HTTP status a door answers with.
     pub fn http_status(self) -> u16 {
         match self {
-            StatusClass::Invalid => 400,
+            StatusClass::Invalid | StatusClass::OverLimit => 400,
             StatusClass::Unauthenticated => 401,
             StatusClass::PermissionDenied => 403,
             StatusClass::NotFound => 404,
@@ -94,7 +98,7 @@ impl StatusClass {
             StatusClass::FailedPrecondition | StatusClass::Unprocessable => {
                 grpc::FAILED_PRECONDITION
             }
-            StatusClass::ResourceExhausted => grpc::RESOURCE_EXHAUSTED,
+            StatusClass::ResourceExhausted | StatusClass::OverLimit => grpc::RESOURCE_EXHAUSTED,
             StatusClass::Unavailable => grpc::UNAVAILABLE,
             StatusClass::Cancelled => grpc::CANCELLED,
             StatusClass::Internal => grpc::INTERNAL,
@@ -125,7 +129,7 @@ impl StatusClass {
 mod tests {
     use super::StatusClass::{self, *};
 
-    const ALL: [StatusClass; 14] = [
+    const ALL: [StatusClass; 15] = [
         Invalid,
         NotFound,
         AlreadyExists,
@@ -135,6 +139,7 @@ mod tests {
         Unauthenticated,
         PermissionDenied,
         ResourceExhausted,
+        OverLimit,
         TooLarge,
         DeadlineExceeded,
         Unavailable,
@@ -154,6 +159,7 @@ mod tests {
             (Unauthenticated, 401, 16),
             (PermissionDenied, 403, 7),
             (ResourceExhausted, 429, 8),
+            (OverLimit, 400, 8),
             (TooLarge, 413, 3),
             (DeadlineExceeded, 408, 4),
             (Unavailable, 503, 14),

@@ -534,10 +534,9 @@ fn erase(inner: &Inner, runtime: &tokio::runtime::Handle) {
         .erase_pending
         .lock()
         .unwrap_or_else(|p| p.into_inner());
-    let raft = inner.replica.raft().clone();
     if let Some(upto) = due {
         *pending = Some(pending.map_or(upto, |p| p.max(upto)));
-        if let Err(e) = runtime.block_on(raft.trigger().snapshot()) {
+        if let Err(e) = runtime.block_on(inner.replica.snapshot_now()) {
             tracing::warn!(error = %e, "could not start a snapshot after a deletion");
         }
     }
@@ -571,7 +570,7 @@ fn erase(inner: &Inner, runtime: &tokio::runtime::Handle) {
     if snapshot < upto {
         return;
     }
-    match runtime.block_on(raft.trigger().purge_log(upto)) {
+    match runtime.block_on(inner.replica.purge_log_through(upto)) {
         Ok(()) => {
             tracing::info!(upto, "purging the Raft log through a deletion");
             *pending = None;

@@ -372,10 +372,6 @@ impl Replica {
             .ok_or_else(|| Error::Stopped("no leader".into()))
     }
 
-    pub fn raft(&self) -> &RaftNode {
-        &self.inner.raft
-    }
-
     pub fn engine(&self) -> SharedEngine {
         self.inner.engine.clone()
     }
@@ -625,6 +621,28 @@ impl Replica {
     }
 
     /// Waits until this node has applied `index` (a read index from the leader).
+    /// Starts a snapshot now, outside the usual policy (after a deletion, whose beacons the
+    /// log below it still holds).
+    pub async fn snapshot_now(&self) -> Result<()> {
+        self.inner
+            .raft
+            .trigger()
+            .snapshot()
+            .await
+            .map_err(|e| Error::Stopped(e.to_string()))
+    }
+
+    /// Purges this node's log through `index`. openraft never purges past its last snapshot:
+    /// call it once [`ClusterStatus::snapshot_index`] covers `index`.
+    pub async fn purge_log_through(&self, index: u64) -> Result<()> {
+        self.inner
+            .raft
+            .trigger()
+            .purge_log(index)
+            .await
+            .map_err(|e| Error::Stopped(e.to_string()))
+    }
+
     /// Takes the log entries purged through `through` off the disk now (see
     /// [`LogStore::compact_purged`]); blocking, so call it off the async workers.
     pub fn compact_purged_log(&self, through: u64) -> std::io::Result<()> {

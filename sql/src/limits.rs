@@ -73,15 +73,17 @@ pub enum Limit {
 }
 
 impl Limit {
-    /// A query over its own memory, nesting or answer bound must ask for less (retrying the
-    /// same query fails again); a full node or a full concurrency quota may be retried.
+    /// A query over its own memory or answer bound must ask for less (retrying the same query
+    /// fails again); a full node or a full concurrency quota may be retried; a statement too
+    /// large or too deeply nested is malformed.
     pub fn status_class(self) -> tidemark_catalog::StatusClass {
         use tidemark_catalog::StatusClass;
         match self {
             Limit::Timeout => StatusClass::DeadlineExceeded,
             Limit::SqlSize => StatusClass::TooLarge,
             Limit::Concurrency | Limit::NodeMemory => StatusClass::ResourceExhausted,
-            Limit::Memory | Limit::Nesting | Limit::ResultSize => StatusClass::Invalid,
+            Limit::Memory | Limit::ResultSize => StatusClass::OverLimit,
+            Limit::Nesting => StatusClass::Invalid,
         }
     }
 }

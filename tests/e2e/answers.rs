@@ -125,7 +125,7 @@ fn a_huge_answer_streams_to_its_cap_and_says_it_was_cut() {
         }
     }
 
-    // Flight SQL: the stream ends with INVALID_ARGUMENT (ask for less) naming the cap.
+    // Flight SQL: the stream ends with RESOURCE_EXHAUSTED naming the cap.
     let mut flight = crate::isolation::Flight::connect(&node.flight, None);
     let (_, answer) = flight.query(HUGE);
     let e = answer.err().unwrap_or_default();

@@ -21,6 +21,12 @@ pub(crate) fn record(method: &str, path: &str, sent: &[u8], status: u16, answer:
         "answer": String::from_utf8_lossy(answer),
     });
     let file = std::path::Path::new(&dir).join(format!("{test}.jsonl"));
+    // One writer at a time: threads of one test (and unnamed threads of several) share a
+    // file, and appends longer than a pipe buffer may interleave.
+    static WRITING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = WRITING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let written = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
