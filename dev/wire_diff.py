@@ -56,7 +56,11 @@ def mask_json(value, key=""):
     if isinstance(value, dict):
         return {k: mask_json(v, k) for k, v in sorted(value.items())}
     if isinstance(value, list):
-        return [mask_json(v, key) for v in value]
+        items = [mask_json(v, key) for v in value]
+        # Rows of a query without ORDER BY come in any order: compare them as a multiset.
+        if items and all(isinstance(v, dict) for v in items):
+            items.sort(key=lambda v: json.dumps(v, sort_keys=True))
+        return items
     if isinstance(value, str):
         return mask_text(value)
     if isinstance(value, (int, float)) and not isinstance(value, bool) and VOLATILE_KEY.search(key):
