@@ -102,6 +102,18 @@ pub(crate) struct Journal {
     /// Events taken out of rolled-up rows before the raw horizon.
     #[serde(default)]
     pub(crate) rollup_events: u64,
+    /// Of `records`, the raw beacons still held for intervals before the raw horizon: they
+    /// leave the raw log too, but their events are counted in `rollup_events`.
+    #[serde(default)]
+    pub(crate) raw_in_rollups: u64,
+}
+
+impl Journal {
+    /// The events the deletion took out, each once: the raw beacons of intervals after the
+    /// raw horizon, and the rolled-up rows' events before it.
+    pub(crate) fn events(&self) -> u64 {
+        self.records.saturating_sub(self.raw_in_rollups) + self.rollup_events
+    }
 }
 
 /// The journal's path, relative to the data directory.
@@ -151,6 +163,8 @@ pub(crate) struct Deleted {
     pub(crate) journal: Option<Journal>,
     /// Events taken out of rolled-up rows before the raw horizon.
     pub(crate) rollup_events: u64,
+    /// Records taken out of the raw log whose intervals the rolled-up rows account for.
+    pub(crate) raw_in_rollups: u64,
 }
 
 /// A batch with the records at `keep` only, and its frame's verdicts renumbered to match.
@@ -247,6 +261,9 @@ fn run(
                     continue;
                 }
                 deleted.records.insert((f.partition, *offset));
+                if input.rollups.as_ref().is_some_and(|r| time < r.cutoff) {
+                    deleted.raw_in_rollups += 1;
+                }
                 if let Some(t) = event_time {
                     deleted.intervals.insert(seg.bucket_start(t));
                 }

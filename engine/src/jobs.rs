@@ -313,6 +313,7 @@ impl Engine {
                         records: deleted.records.len() as u64,
                         files_rewritten: deleted.rewrites.len() as u64,
                         rollup_events: deleted.rollup_events,
+                        raw_in_rollups: deleted.raw_in_rollups,
                     };
                     delete::write_journal(&self.config.data_dir, job, &j)?;
                     j
@@ -348,13 +349,16 @@ impl Engine {
                     .remove_records(&info.datasource, &deleted.records, matches)
                     as u64;
             info.copies_before.extend(copies_during);
-            info.events = journal.records + journal.rollup_events;
+            info.events = journal.events();
             only = Some(deleted.intervals.into_iter().collect());
             self.state.erase_log_through = Some(position);
             let after = serde_json::json!({
                 "job": job,
                 "records_deleted": journal.records,
                 "rolled_up_events_deleted": journal.rollup_events,
+                // Raw beacons of intervals before the raw horizon that retention had not yet
+                // removed: they leave the raw log, and their events are counted in the rows.
+                "records_in_rolled_up_intervals": journal.raw_in_rollups,
                 "files_rewritten": info.files_rewritten,
                 "intervals_rebuilt": only.as_ref().map_or(0, Vec::len),
                 "rejects_removed": info.rejects_removed,

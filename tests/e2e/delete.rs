@@ -589,16 +589,23 @@ fn before_the_raw_horizon_a_deletion_takes_the_rolled_up_rows_out() {
         "segment event totals count what is left"
     );
     // The audit row tells the two apart: at least hours 5 and 4 (50 m1 events each) went by
-    // their rolled-up rows.
+    // their rolled-up rows. Raw retention removes whole files, so some beacons of the hour
+    // that holds the horizon may still be in the raw log: they go too, and are counted once,
+    // in the rows (the job's events above).
     let audit = node.sql("SELECT after FROM sys.audit WHERE op = 'delete'");
     let after: Value =
         serde_json::from_str(audit[0]["after"].as_str().unwrap_or("{}")).unwrap_or_default();
-    let (rows, raw) = (
+    let (rows, raw, raw_in_rows) = (
         after["rolled_up_events_deleted"].as_i64(),
         after["records_deleted"].as_i64(),
+        after["records_in_rolled_up_intervals"].as_i64(),
     );
     assert!(
-        rows.is_some_and(|r| r >= 100) && rows.zip(raw).map(|(a, b)| a + b) == Some(200),
+        rows.is_some_and(|r| r >= 100)
+            && match (rows, raw, raw_in_rows) {
+                (Some(a), Some(b), Some(c)) => a + b - c == 200,
+                _ => false,
+            },
         "{after}"
     );
 
