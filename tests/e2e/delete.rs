@@ -497,13 +497,16 @@ fn before_the_raw_horizon_a_deletion_takes_the_rolled_up_rows_out() {
     });
     let r = node.post("/v1/datasources", spec.to_string().as_bytes(), &[]);
     assert!(r.status == 200 || r.status == 201, "{}", r.body);
-    // Hours 5 to 2 before this one; m1 and m2 in turn, amount i.
+    // Hours 5 to 2 before this one, in each hour's last 100 s; m1 and m2 in turn, amount i.
+    // Raw retention (PT3H, below) removes whole files older than now - 3 h, which falls in
+    // hour 3: hours 5 and 4 lose their beacons, and hour 3's stay on disk although the
+    // deletion takes that hour from its rolled-up rows (each event must still count once).
     let hour = now_ms() / HOUR_MS * HOUR_MS;
     let mut events: Vec<Value> = Vec::new();
     for k in (2..=5).rev() {
         let lines: Vec<Value> = (0..100)
             .map(|i: i64| {
-                json!({"ts": hour - k * HOUR_MS + i * 1000, "merchant_id": format!("m{}", i % 2 + 1),
+                json!({"ts": hour - k * HOUR_MS + HOUR_MS - 100_000 + i * 1000, "merchant_id": format!("m{}", i % 2 + 1),
                                  "amount": i, "user_id": format!("u{i}")})
             })
             .collect();
@@ -588,10 +591,9 @@ fn before_the_raw_horizon_a_deletion_takes_the_rolled_up_rows_out() {
         200,
         "segment event totals count what is left"
     );
-    // The audit row tells the two apart: at least hours 5 and 4 (50 m1 events each) went by
-    // their rolled-up rows. Raw retention removes whole files, so some beacons of the hour
-    // that holds the horizon may still be in the raw log: they go too, and are counted once,
-    // in the rows (the job's events above).
+    // The audit row tells the two apart: hours 5, 4 and 3 (50 m1 events each) went by their
+    // rolled-up rows, hour 3's beacons left the raw log too (counted once, in the rows), and
+    // hour 2 went by its beacons.
     let audit = node.sql("SELECT after FROM sys.audit WHERE op = 'delete'");
     let after: Value =
         serde_json::from_str(audit[0]["after"].as_str().unwrap_or("{}")).unwrap_or_default();
@@ -600,12 +602,13 @@ fn before_the_raw_horizon_a_deletion_takes_the_rolled_up_rows_out() {
         after["records_deleted"].as_i64(),
         after["records_in_rolled_up_intervals"].as_i64(),
     );
+    // (Raw files hold whole batches, so how many beacons of the older hours outlive retention
+    // depends on where files end; hour 3's always do.)
     assert!(
-        rows.is_some_and(|r| r >= 100)
-            && match (rows, raw, raw_in_rows) {
-                (Some(a), Some(b), Some(c)) => a + b - c == 200,
-                _ => false,
-            },
+        match (rows, raw, raw_in_rows) {
+            (Some(a), Some(b), Some(c)) => a >= 150 && c >= 50 && a + b - c == 200,
+            _ => false,
+        },
         "{after}"
     );
 
