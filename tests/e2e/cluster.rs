@@ -114,8 +114,9 @@ impl Cluster {
             }
             assert!(
                 Instant::now() < deadline,
-                "cluster never reached: {what}; last status {:?}",
-                self.status()
+                "cluster never reached: {what}; last status {:?}{}",
+                self.status(),
+                self.logs_tail(40)
             );
             std::thread::sleep(Duration::from_millis(100));
         }
