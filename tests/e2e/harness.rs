@@ -597,14 +597,17 @@ impl TestNode {
         None
     }
 
-    /// SIGTERM and wait for a clean exit.
+    /// SIGTERM and wait for a clean exit (`None`: it had to be killed, and the end of its log
+    /// is printed, so a slow or stuck shutdown says where it was).
     pub(crate) fn stop(&mut self) -> Option<i32> {
         let mut c = self.child.take()?;
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(c.id().to_string())
             .status();
-        let deadline = Instant::now() + Duration::from_secs(30);
+        // Generous: a full suite on two cores can slow a clean shutdown (the last checkpoint's
+        // fsyncs, Raft's shutdown) well past what it takes alone.
+        let deadline = Instant::now() + Duration::from_secs(90);
         while Instant::now() < deadline {
             if let Ok(Some(status)) = c.try_wait() {
                 return status.code();
@@ -613,6 +616,13 @@ impl TestNode {
         }
         let _ = c.kill();
         let _ = c.wait();
+        let log = self.log_text();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        eprintln!(
+            "the node did not stop within 90 s of SIGTERM; its log ends:\n{}",
+            tail.join("\n")
+        );
         None
     }
 }
